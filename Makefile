@@ -1,0 +1,55 @@
+# txgraph — two commands: `make demo` and `make test`. Both start from a fresh
+# machine: they create .venv, install the package, and (test) the QEMU peers.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+HYPOTHESIS_PROFILE ?= ci
+
+.PHONY: demo test qemu venv unit differential interop property proofs bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian's qemu-utils (qemu-img, qemu-io, qemu-nbd) and qemu-system-common
+# (qemu-storage-daemon) are the peers and oracles of the test suite.
+qemu:
+	@if ! command -v qemu-storage-daemon >/dev/null 2>&1 || ! command -v qemu-img >/dev/null 2>&1; then \
+		echo "installing Debian's qemu-utils and qemu-system-common"; \
+		SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq qemu-utils qemu-system-common >/dev/null; \
+	fi
+	@qemu-storage-daemon --version | head -1
+
+demo: venv qemu
+	$(VENV)/bin/txgraph demo
+
+test: venv qemu
+	HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(PY) -m pytest -q -p no:cacheprovider tests proofs
+
+unit: venv
+	$(PY) -m pytest -q tests/unit
+
+differential: venv qemu
+	HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(PY) -m pytest -q tests/differential
+
+interop: venv qemu
+	$(PY) -m pytest -q tests/interop
+
+property: venv
+	HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(PY) -m pytest -q tests/property
+
+proofs: venv
+	$(PY) -m pytest -q proofs
+
+bench: venv qemu
+	$(VENV)/bin/txgraph bench all
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

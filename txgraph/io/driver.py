@@ -1,0 +1,115 @@
+"""The data-plane driver contract: one object per block node.
+
+Mirrors QEMU's BlockDriver callbacks that matter for a live graph
+(``bdrv_co_preadv``, ``bdrv_co_pwritev``, ``bdrv_co_pwrite_zeroes``,
+``bdrv_co_pdiscard``, ``bdrv_co_flush``, ``bdrv_co_getlength``,
+``bdrv_co_block_status``). Drivers talk to their children only through the
+``children`` mapping the Runtime maintains, so that an edge swap done by the
+Runtime under drain is seen by the very next request.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["BlockStatus", "ImageInfo", "DriverNode"]
+
+
+@dataclass(frozen=True)
+class BlockStatus:
+    """The answer to a block-status query for ``[offset, offset + length)``.
+
+    ``allocated`` is true when this layer (not its backing) defines the data;
+    ``zero`` when the range reads as zeroes; ``host_offset`` is the offset in
+    the layer's ``file`` child when the data is stored there uncompressed.
+    """
+
+    offset: int
+    length: int
+    allocated: bool
+    zero: bool
+    host_offset: int | None = None
+
+
+@dataclass
+class ImageInfo:
+    """What a node learned about its image at open (for the model and for queries).
+
+    Mirrors the ``image`` member of QEMU's ``query-named-block-nodes``
+    (``ImageInfo`` in qapi/block-core.json) plus the header facts the model
+    needs to auto-open a backing chain.
+    """
+
+    #: format name as QEMU reports it (``qcow2``, ``raw``, ``file``...)
+    format: str
+    #: guest-visible size in bytes
+    virtual_size: int
+    #: the node's filename as QEMU would print it
+    filename: str = ""
+    #: bytes allocated on the host (``st_blocks * 512``), when it is a file
+    actual_size: int | None = None
+    #: backing file string from the image header, verbatim
+    backing_file: str | None = None
+    #: backing format from the header extension
+    backing_format: str | None = None
+    #: external data file name from the header extension (qcow2)
+    data_file: str | None = None
+    #: the image requires an external data file (qcow2 incompatible bit 2)
+    has_external_data_file: bool = False
+    cluster_size: int | None = None
+    dirty: bool = False
+    #: ``format-specific`` member of ImageInfo, already in QMP shape
+    format_specific: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class DriverNode(abc.ABC):
+    """A live node of the data plane.
+
+    Offsets and lengths are in bytes. Errors are raised as
+    :class:`txgraph.errors.IOFailure` carrying an errno, never as bare OSError.
+    """
+
+    #: QEMU driver name (``file``, ``qcow2``, ``throttle``...)
+    driver_name: str = ""
+
+    def __init__(self, node_name: str, options: Mapping[str, Any],
+                 children: Mapping[str, DriverNode], read_only: bool) -> None:
+        self.node_name = node_name
+        self.options = dict(options)
+        # The Runtime owns this dict and swaps entries under drain.
+        self.children: dict[str, DriverNode] = dict(children)
+        self.read_only = read_only
+
+    # -- data path ----------------------------------------------------------
+    @abc.abstractmethod
+    def read(self, offset: int, length: int) -> bytes: ...
+
+    @abc.abstractmethod
+    def write(self, offset: int, data: bytes) -> None: ...
+
+    def write_zeroes(self, offset: int, length: int, *, may_unmap: bool = False) -> None:
+        self.write(offset, bytes(length))
+
+    def discard(self, offset: int, length: int) -> None:
+        """Discard is advisory in QEMU; the default does nothing."""
+
+    def flush(self) -> None:
+        for child in self.children.values():
+            child.flush()
+
+    @abc.abstractmethod
+    def size(self) -> int: ...
+
+    def block_status(self, offset: int, length: int) -> BlockStatus:
+        return BlockStatus(offset, length, allocated=True, zero=False)
+
+    # -- control path -------------------------------------------------------
+    def info(self) -> ImageInfo:
+        return ImageInfo(format=self.driver_name, virtual_size=self.size())
+
+    def close(self) -> None:
+        """Release host resources (fds, mappings, locks). Idempotent."""

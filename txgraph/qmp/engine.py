@@ -1,0 +1,74 @@
+"""The in-process QMP engine: one dict in, one dict out.
+
+``Engine.execute`` is what the socket server calls for every command after
+capabilities negotiation, and what tests and the Python API call directly, so
+both paths answer identically. It reproduces the dispatcher of QEMU's QMP
+monitor (``qmp_dispatch``): unknown commands are ``CommandNotFound``, arguments
+are validated against the QAPI schema before any side effect, and the ``id``
+member is echoed verbatim.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from txgraph.errors import QMPError, TxgraphError
+from txgraph.qmp.commands import COMMANDS, CommandContext
+
+__all__ = ["Engine", "EventListener"]
+
+EventListener = Callable[[dict[str, Any]], None]
+
+
+class Engine:
+    """Dispatch QMP commands to txgraph operations on one live block graph."""
+
+    def __init__(self, context: CommandContext | None = None) -> None:
+        self.context = context if context is not None else CommandContext()
+        self._listeners: list[EventListener] = []
+        self.context.emit_event = self.emit_event
+
+    # -- events ------------------------------------------------------------------------
+    def add_event_listener(self, listener: EventListener) -> None:
+        self._listeners.append(listener)
+
+    def remove_event_listener(self, listener: EventListener) -> None:
+        self._listeners.remove(listener)
+
+    def emit_event(self, name: str, data: dict[str, Any] | None = None) -> None:
+        """Deliver a QMP event (with QEMU's ``timestamp`` shape) to every listener."""
+        now = time.time()
+        event: dict[str, Any] = {"event": name,
+                                 "timestamp": {"seconds": int(now),
+                                               "microseconds": int((now % 1) * 1_000_000)}}
+        if data is not None:
+            event["data"] = data
+        for listener in list(self._listeners):
+            listener(event)
+
+    # -- commands ----------------------------------------------------------------------
+    def command_names(self) -> list[str]:
+        return sorted(COMMANDS)
+
+    def execute(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Run one QMP command message and return the full reply message."""
+        reply: dict[str, Any]
+        try:
+            reply = {"return": self._dispatch(message)}
+        except TxgraphError as err:
+            reply = {"error": err.to_qmp()}
+        if "id" in message:
+            reply["id"] = message["id"]
+        return reply
+
+    def _dispatch(self, message: dict[str, Any]) -> Any:
+        from txgraph.qmp.qapi import check_message, validate_arguments
+
+        name, arguments = check_message(message)
+        handler = COMMANDS.get(name)
+        if handler is None:
+            raise QMPError(f"The command {name} has not been found", "CommandNotFound")
+        typed = validate_arguments(name, arguments)
+        return handler(self.context, typed)
