@@ -1,0 +1,156 @@
+"""Block nodes, non-node parents and edges: the vertices and arcs of a BlockGraph.
+
+These mirror QEMU's BlockDriverState, BlockBackend/BlockJob and BdrvChild
+(reference/qemu-graph.md §1.1, qemu-options.md §0) with only the state the
+graph rules and the query commands need.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from txgraph.model.options import Provenance
+from txgraph.model.perm import PERM_ALL, Perm, Role
+
+__all__ = ["OpenFlag", "BlockNode", "Backend", "Edge", "ParentKind"]
+
+
+class OpenFlag(enum.IntFlag):
+    """The BDRV_O_* flags that carry option semantics (qemu-options.md §0.3)."""
+
+    NONE = 0
+    RDWR = 0x0002
+    SNAPSHOT = 0x0008
+    TEMPORARY = 0x0010
+    NOCACHE = 0x0020
+    NATIVE_AIO = 0x0080
+    NO_BACKING = 0x0100
+    NO_FLUSH = 0x0200
+    COPY_ON_READ = 0x0400
+    INACTIVE = 0x0800
+    CHECK = 0x1000
+    ALLOW_RDWR = 0x2000
+    UNMAP = 0x4000
+    PROTOCOL = 0x8000
+    NO_IO = 0x10000
+    AUTO_RDONLY = 0x20000
+    IO_URING = 0x40000
+
+
+class ParentKind(enum.Enum):
+    """BdrvChildClass: who is on the parent side of an edge."""
+
+    NODE = "node"  # child_of_bds
+    ROOT = "root"  # child_root: a BlockBackend (export, device, job-internal)
+    JOB = "job"  # child_job: stays at its node on replace
+
+
+@dataclass
+class BlockNode:
+    """One BlockDriverState.
+
+    ``options`` holds the effective flattened options and ``explicit`` the ones
+    the user gave (json: values count as given); child keys are removed from
+    both once the children are open, exactly as QEMU does.
+    """
+
+    name: str
+    driver: str
+    options: dict[str, Any] = field(default_factory=dict)
+    explicit: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Provenance] = field(default_factory=dict)
+    flags: OpenFlag = OpenFlag.NONE
+    detect_zeroes: str = "off"
+    force_share: bool = False
+    #: the parent this node was implicitly created for (None: top-level or referenced)
+    inherits_from: str | None = None
+    monitor_owned: bool = False
+    #: a job filter inserted without a filter-node-name
+    implicit: bool = False
+    #: the format driver was chosen by probing the content
+    probed: bool = False
+    filename: str = ""
+    exact_filename: str = ""
+    #: header facts (format drivers)
+    backing_file: str = ""
+    backing_format: str = ""
+    auto_backing_file: str = ""
+    #: the image reported by the data plane at open, in QMP ImageInfo shape
+    image: dict[str, Any] = field(default_factory=dict)
+    #: quorum: next child index (never reused)
+    next_child_index: int = 0
+    #: creation order (all_bdrv_states) and naming order (graph_bdrv_states)
+    seq: int = 0
+    name_seq: int = 0
+
+    @property
+    def read_only(self) -> bool:
+        return not self.flags & OpenFlag.RDWR
+
+    @property
+    def writable(self) -> bool:
+        """``bdrv_is_writable``: RDWR and not INACTIVE."""
+        return bool(self.flags & OpenFlag.RDWR) and not self.flags & OpenFlag.INACTIVE
+
+    @property
+    def cache_direct(self) -> bool:
+        return bool(self.flags & OpenFlag.NOCACHE)
+
+    @property
+    def cache_no_flush(self) -> bool:
+        return bool(self.flags & OpenFlag.NO_FLUSH)
+
+    def state(self) -> tuple[Any, ...]:
+        """Everything that defines the node, for hashing and equality in tests."""
+        return (self.name, self.driver, sorted(self.options.items(), key=lambda kv: kv[0]),
+                sorted(self.explicit.items(), key=lambda kv: kv[0]),
+                sorted((k, v.source.value, v.parent, v.edge) for k, v in self.provenance.items()),
+                int(self.flags), self.detect_zeroes, self.force_share, self.inherits_from,
+                self.monitor_owned, self.implicit, self.probed, self.filename,
+                self.exact_filename, self.backing_file, self.backing_format,
+                self.auto_backing_file, self.next_child_index, self.seq, self.name_seq)
+
+
+@dataclass
+class Backend:
+    """A non-node parent: a BlockBackend (export or device) or a block job.
+
+    ``perm``/``shared`` are what it requests on its root edge.
+    """
+
+    key: str
+    kind: ParentKind
+    #: QMP-visible name (export id, device id, job id); "" for anonymous backends
+    name: str = ""
+    #: the owner as named in permission-conflict errors
+    description: str = "an unnamed block device"
+    perm: Perm = Perm.NONE
+    shared: Perm = PERM_ALL
+    seq: int = 0
+
+    def state(self) -> tuple[Any, ...]:
+        return (self.key, self.kind.value, self.name, self.description, int(self.perm),
+                int(self.shared), self.seq)
+
+
+@dataclass
+class Edge:
+    """One BdrvChild. Identity is (parent, name); replace operations only move ``child``."""
+
+    name: str
+    role: Role
+    parent_kind: ParentKind = ParentKind.NODE
+    perm: Perm = Perm.NONE
+    shared: Perm = PERM_ALL
+    frozen: bool = False
+    #: position in the parent's children list (QEMU inserts at the head: newest first)
+    seq: int = 0
+    #: position in the child's parents list; re-targeting moves the edge to the head
+    #: of the new child's list while it keeps its place among the parent's children
+    parent_seq: int = 0
+
+    def state(self) -> tuple[Any, ...]:
+        return (self.name, int(self.role), self.parent_kind.value, int(self.perm),
+                int(self.shared), self.frozen, self.seq, self.parent_seq)

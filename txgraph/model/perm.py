@@ -1,0 +1,186 @@
+"""Permission bits, child roles and the per-edge permission formulas.
+
+Reproduces QEMU 7.2's permission system (block.c ``bdrv_child_perm`` and the
+driver ``bdrv_child_perm`` callbacks; reference/qemu-graph.md §2): each edge
+carries the permissions its parent needs on the child (``perm``) and the
+permissions the parent lets other users of the child have (``shared``). An
+edge's values are a function of the parent's *cumulative* permissions, that is
+the union of what the parent's own parents need and the intersection of what
+they share.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+__all__ = [
+    "Perm",
+    "Role",
+    "PERM_ALL",
+    "ChildPermContext",
+    "child_perm",
+    "perm_names",
+    "perm_list",
+]
+
+
+class Perm(enum.IntFlag):
+    """BLK_PERM_* bits (include/block/block-common.h)."""
+
+    NONE = 0
+    CONSISTENT_READ = 0x1
+    WRITE = 0x2
+    WRITE_UNCHANGED = 0x4
+    RESIZE = 0x8
+
+
+PERM_ALL = Perm.CONSISTENT_READ | Perm.WRITE | Perm.WRITE_UNCHANGED | Perm.RESIZE
+
+# QMP names (BlockPermission enum) in bit order, as QEMU's bdrv_perm_names walks them.
+_PERM_QMP_NAMES: tuple[tuple[Perm, str], ...] = (
+    (Perm.CONSISTENT_READ, "consistent-read"),
+    (Perm.WRITE, "write"),
+    (Perm.WRITE_UNCHANGED, "write-unchanged"),
+    (Perm.RESIZE, "resize"),
+)
+
+
+def perm_names(perm: int) -> str:
+    """Comma-separated names in bit order, as in QEMU's permission-conflict errors."""
+    return ", ".join(name for bit, name in _PERM_QMP_NAMES if perm & bit)
+
+
+def perm_list(perm: int) -> list[str]:
+    """The list x-debug-query-block-graph reports: built by prepending, so highest bit first."""
+    return [name for bit, name in reversed(_PERM_QMP_NAMES) if perm & bit]
+
+
+def perm_from_names(names: Iterable[str]) -> Perm:
+    lookup = {name: bit for bit, name in _PERM_QMP_NAMES}
+    result = Perm.NONE
+    for name in names:
+        result |= lookup[name]
+    return result
+
+
+class Role(enum.IntFlag):
+    """BdrvChildRole bits: what a child edge is for (reference/qemu-graph.md §1.2)."""
+
+    NONE = 0
+    DATA = 1 << 0
+    METADATA = 1 << 1
+    FILTERED = 1 << 2
+    COW = 1 << 3
+    PRIMARY = 1 << 4
+    IMAGE = DATA | METADATA | PRIMARY
+
+
+@dataclass(frozen=True)
+class ChildPermContext:
+    """What a child-permission formula needs to know about the parent node."""
+
+    #: the parent driver's permission function family (see :func:`child_perm`)
+    family: str
+    #: the parent is writable (BDRV_O_RDWR after any pending reopen)
+    parent_writable: bool
+    #: the parent was opened with BDRV_O_INACTIVE (incoming migration)
+    parent_inactive: bool = False
+    #: the parent was opened with BDRV_O_NO_IO
+    parent_no_io: bool = False
+    #: blkdebug's take-child-perms / unshare-child-perms options
+    take_perms: Perm = Perm.NONE
+    unshare_perms: Perm = Perm.NONE
+    #: quorum rewrite-corrupted
+    rewrite_corrupted: bool = False
+
+
+def _filter_perms(perm: Perm, shared: Perm) -> tuple[Perm, Perm]:
+    """``bdrv_filter_default_perms``: a filter passes its parents' needs through."""
+    return perm, shared
+
+
+def _cow_perms(ctx: ChildPermContext, perm: Perm, shared: Perm) -> tuple[Perm, Perm]:
+    """``bdrv_default_perms_for_cow``: a backing child is only ever read.
+
+    Writes to the backing are shared only if the parent's users share writes
+    themselves, since the overlay then cannot rely on a stable backing either.
+    """
+    nperm = perm & Perm.CONSISTENT_READ
+    nshared = Perm.CONSISTENT_READ | Perm.WRITE_UNCHANGED
+    if shared & Perm.WRITE or ctx.parent_inactive:
+        nshared |= Perm.WRITE | Perm.RESIZE
+    return nperm, nshared
+
+
+def _storage_perms(ctx: ChildPermContext, role: Role, perm: Perm,
+                   shared: Perm) -> tuple[Perm, Perm]:
+    """``bdrv_default_perms_for_storage``: data and metadata children of formats.
+
+    A writable format node always needs to write and resize the file that
+    holds its metadata (even with no users), and never lets anyone else do so;
+    a node that does I/O reads its metadata.
+    """
+    nperm, nshared = perm, shared
+    if role & Role.METADATA:
+        if ctx.parent_writable:
+            nperm |= Perm.WRITE | Perm.RESIZE
+        if not ctx.parent_no_io:
+            nperm |= Perm.CONSISTENT_READ
+        nshared &= ~(Perm.WRITE | Perm.RESIZE)
+    if role & Role.DATA:
+        nshared &= ~Perm.RESIZE
+        if nperm & Perm.WRITE_UNCHANGED:
+            nperm |= Perm.WRITE
+        if nperm & Perm.WRITE:
+            nperm |= Perm.RESIZE
+    if ctx.parent_inactive:
+        nshared |= Perm.WRITE | Perm.RESIZE
+    return nperm, nshared
+
+
+def _default_perms(ctx: ChildPermContext, role: Role, perm: Perm,
+                   shared: Perm) -> tuple[Perm, Perm]:
+    """``bdrv_default_perms``: dispatch on the child's role."""
+    if role & Role.FILTERED:
+        return _filter_perms(perm, shared)
+    if role & Role.COW:
+        return _cow_perms(ctx, perm, shared)
+    if role & (Role.DATA | Role.METADATA):
+        return _storage_perms(ctx, role, perm, shared)
+    # A child with no role at all takes nothing and shares everything.
+    return Perm.NONE, PERM_ALL
+
+
+def child_perm(ctx: ChildPermContext, role: Role, perm: Perm, shared: Perm) -> tuple[Perm, Perm]:
+    """Compute (perm, shared) of one child edge from the parent's cumulative perms.
+
+    ``ctx.family`` selects the driver's ``bdrv_child_perm`` implementation:
+
+    - ``default``: ``bdrv_default_perms`` (file-less protocols never have children)
+    - ``raw``: raw-format's variant (default rules; the data child only takes
+      write/resize when its parents need them, raw having no metadata)
+    - ``quorum``: ``quorum_child_perm`` (never shares write or resize so that
+      children cannot diverge)
+    - ``copy-on-read``: ``cor_child_perm`` (adds write-unchanged for populating reads)
+    - ``blkdebug``: default plus the take/unshare child-perm options
+    """
+    family = ctx.family
+    if family == "quorum":
+        nperm = perm | (Perm.WRITE if ctx.rewrite_corrupted else Perm.NONE)
+        nshared = (shared & (Perm.CONSISTENT_READ | Perm.WRITE_UNCHANGED))
+        return nperm, nshared
+    if family == "copy-on-read":
+        nperm, nshared = _default_perms(ctx, role, perm, shared)
+        if role & Role.FILTERED:
+            nperm |= Perm.WRITE_UNCHANGED
+        return nperm, nshared
+    nperm, nshared = _default_perms(ctx, role, perm, shared)
+    if family == "raw" and role & Role.DATA and not role & Role.METADATA:
+        # raw has no metadata of its own: write and resize only when asked for.
+        nperm = (nperm & ~(Perm.WRITE | Perm.RESIZE)) | (perm & (Perm.WRITE | Perm.RESIZE))
+    if family == "blkdebug":
+        nperm |= ctx.take_perms
+        nshared &= ~ctx.unshare_perms
+    return nperm, nshared

@@ -1,0 +1,138 @@
+"""Permission refresh: recompute edge permissions and enforce P3/P4.
+
+Reproduces ``bdrv_refresh_perms`` / ``bdrv_do_refresh_perms`` (block.c;
+reference/qemu-graph.md §2.2): walk the union of the touched nodes' subtrees
+parents-first; at each node check that no parent needs what another parent
+does not share (P3), that writers only use writable nodes (P4), let the driver
+veto (P6, image locks), then recompute the node's child edges from its
+cumulative permissions. The walk is computed here as a pure function; the
+caller applies the returned changes through its transaction so they can be
+undone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from txgraph.errors import BlockError, PermissionConflict
+from txgraph.model.drivers import driver_spec
+from txgraph.model.graph import BlockGraph
+from txgraph.model.node import BlockNode, Edge, OpenFlag
+from txgraph.model.perm import PERM_ALL, ChildPermContext, Perm, child_perm, perm_from_names, perm_names
+
+__all__ = ["EdgePermChange", "compute_refresh", "cumulative_perms", "child_perm_context",
+           "parent_description"]
+
+
+@dataclass(frozen=True)
+class EdgePermChange:
+    parent: str
+    name: str
+    perm: Perm
+    shared: Perm
+
+
+#: ``writable_after(node)``: is the node writable once the pending operation commits?
+WritableAfter = Callable[[BlockNode], bool]
+#: ``driver_check(node, perm, shared)``: the driver's check_perm (image locks); raises on veto.
+DriverCheck = Callable[[BlockNode, Perm, Perm], None]
+
+
+def parent_description(graph: BlockGraph, parent: str) -> str:
+    """``bdrv_child_user_desc``: how an edge's owner is named in conflict errors."""
+    if parent in graph.nodes:
+        return f"node '{parent}'"
+    return graph.backends[parent].description
+
+
+def cumulative_perms(parent_edges: Iterable[Edge]) -> tuple[Perm, Perm]:
+    """``bdrv_get_cumulative_perm``: union of needs, intersection of what is shared."""
+    perm, shared = Perm.NONE, PERM_ALL
+    for edge in parent_edges:
+        perm |= edge.perm
+        shared &= edge.shared
+    return perm, shared
+
+
+def _perm_option(node: BlockNode, key: str) -> Perm:
+    names = [v for k, v in sorted(node.options.items()) if k.startswith(key + ".")]
+    return perm_from_names(str(n) for n in names)
+
+
+def child_perm_context(node: BlockNode, writable: bool) -> ChildPermContext:
+    spec = driver_spec(node.driver)
+    family = spec.perm_family if spec else "default"
+    return ChildPermContext(
+        family=family,
+        parent_writable=writable,
+        parent_inactive=bool(node.flags & OpenFlag.INACTIVE),
+        parent_no_io=bool(node.flags & OpenFlag.NO_IO),
+        take_perms=_perm_option(node, "take-child-perms") if family == "blkdebug" else Perm.NONE,
+        unshare_perms=_perm_option(node, "unshare-child-perms") if family == "blkdebug" else Perm.NONE,
+        rewrite_corrupted=node.options.get("rewrite-corrupted") in (True, "on"),
+    )
+
+
+def compute_refresh(graph: BlockGraph, roots: Iterable[str], *,
+                    writable_after: WritableAfter | None = None,
+                    driver_check: DriverCheck | None = None) -> list[EdgePermChange]:
+    """Walk the roots' subtrees parents-first and return the edge permission changes.
+
+    :raises PermissionConflict: two parents of a node disagree (QEMU's P3 text).
+    :raises BlockError: a writer on a read-only node (P4) or a driver veto.
+    """
+    is_writable: WritableAfter = writable_after or (lambda n: n.writable)
+    # New values of edges already recomputed in this walk: (parent, name) -> (perm, shared)
+    overlay: dict[tuple[str, str], tuple[Perm, Perm]] = {}
+    changes: list[EdgePermChange] = []
+
+    def current(parent: str, edge: Edge) -> tuple[Perm, Perm]:
+        return overlay.get((parent, edge.name), (edge.perm, edge.shared))
+
+    for name in graph.subtree_topological(roots):
+        node = graph.nodes[name]
+        parents = graph.parents(name)
+        values = [(p, e, *current(p, e)) for p, e in parents]
+        _check_conflicts(graph, name, values)
+        perm = Perm.NONE
+        shared = PERM_ALL
+        for _p, _e, eperm, eshared in values:
+            perm |= eperm
+            shared &= eshared
+        writable = is_writable(node)
+        if perm & (Perm.WRITE | Perm.WRITE_UNCHANGED) and not writable:
+            if not node.writable:
+                raise BlockError("Block node is read-only", rule="P4-read-only", subjects=(name,))
+            raise BlockError(f"Read-only block node '{name}' cannot support read-write users",
+                             rule="P4-read-only", subjects=(name,))
+        if driver_check is not None:
+            driver_check(node, perm, shared)
+        ctx = child_perm_context(node, writable)
+        for child, edge in graph.children(name):
+            nperm, nshared = child_perm(ctx, edge.role, perm, shared)
+            if graph.nodes[child].force_share:
+                nshared = PERM_ALL
+            if (nperm, nshared) != current(name, edge):
+                overlay[(name, edge.name)] = (nperm, nshared)
+                changes.append(EdgePermChange(name, edge.name, nperm, nshared))
+    return changes
+
+
+def _check_conflicts(graph: BlockGraph, child: str,
+                     values: list[tuple[str, Edge, Perm, Perm]]) -> None:
+    """``bdrv_parent_perms_conflict``: every parent b's needs must be shared by every other a."""
+    for a_parent, a_edge, _a_perm, a_shared in values:
+        for b_parent, b_edge, b_perm, _b_shared in values:
+            if a_edge is b_edge:
+                continue
+            missing = b_perm & ~a_shared
+            if missing:
+                raise PermissionConflict(
+                    f"Permission conflict on node '{child}': permissions '{perm_names(missing)}' "
+                    f"are both required by {parent_description(graph, b_parent)} "
+                    f"(uses node '{child}' as '{b_edge.name}' child) and unshared by "
+                    f"{parent_description(graph, a_parent)} (uses node '{child}' as "
+                    f"'{a_edge.name}' child).",
+                    rule="P3-perm-conflict", subjects=(child, b_parent, a_parent))
+
