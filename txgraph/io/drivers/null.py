@@ -1,0 +1,66 @@
+"""The ``null-co`` / ``null-aio`` drivers: a sink of a given size.
+
+Reproduces QEMU 7.2's block/null.c (``null_file_open``, ``null_co_preadv``,
+``null_co_block_status``): default size 1 GiB, length rounded up to whole
+sectors, writes are dropped, reads return zeros (``read-zeroes=off`` leaves the
+buffer undefined in QEMU; txgraph returns zeros anyway, which is a valid
+"undefined"), ``latency-ns`` delays every request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from txgraph.errors import OpenError
+from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
+from txgraph.io.registry import register
+
+__all__ = ["NullNode"]
+
+
+@register("null-co", "null-aio")
+class NullNode(DriverNode):
+    """A node whose data is discarded; reads see zeros."""
+
+    driver_name = "null-co"
+
+    def __init__(self, node_name: str, options: Mapping[str, Any],
+                 children: Mapping[str, DriverNode], read_only: bool) -> None:
+        super().__init__(node_name, options, children, read_only)
+        self.driver_name = str(options.get("driver", "null-co"))
+        self._size = int(options.get("size", 1 << 30))
+        self.read_zeroes = bool(options.get("read-zeroes", False))
+        self.latency_ns = int(options.get("latency-ns", 0))
+        if self.latency_ns < 0:
+            raise OpenError("latency-ns is invalid")
+
+    def _delay(self) -> None:
+        if self.latency_ns:
+            time.sleep(self.latency_ns / 1e9)
+
+    def read(self, offset: int, length: int) -> bytes:
+        self._delay()
+        return bytes(length)
+
+    def write(self, offset: int, data: bytes) -> None:
+        self._delay()
+
+    def write_zeroes(self, offset: int, length: int, *, may_unmap: bool = False) -> None:
+        self._delay()
+
+    def flush(self) -> None:
+        self._delay()
+
+    def size(self) -> int:
+        # QEMU keeps lengths in whole 512-byte sectors, rounding up.
+        return (self._size + 511) // 512 * 512
+
+    def block_status(self, offset: int, length: int) -> BlockStatus:
+        return BlockStatus(offset, length, allocated=True, zero=self.read_zeroes,
+                           host_offset=offset)
+
+    def info(self) -> ImageInfo:
+        return ImageInfo(format=self.driver_name, virtual_size=self.size(),
+                         filename=f"{self.driver_name}://", actual_size=0)

@@ -1,0 +1,115 @@
+"""The ``raw`` format driver: a window ``[offset, offset+size)`` of its ``file`` child.
+
+Reproduces QEMU 7.2's block/raw-format.c: option checks of
+``raw_apply_options`` (with QEMU's texts), ``raw_adjust_offset`` (an explicit
+``size`` confines requests: reads outside fail with EINVAL, writes with
+ENOSPC), and the probed-raw safety rule of ``raw_co_pwritev`` (CVE-2008-2004):
+when the format was probed (option ``x-txgraph-probed``), a write touching the
+first sector is widened to the whole sector (read-modify-write, as QEMU's
+512-byte request alignment does) and refused with EPERM if the resulting
+sector would probe as another format.
+"""
+
+from __future__ import annotations
+
+import errno as E
+from collections.abc import Mapping
+from typing import Any
+
+from txgraph.errors import IOFailure, OpenError
+from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
+from txgraph.io.probe import PROBE_SIZE, probe_format
+from txgraph.io.registry import register
+
+__all__ = ["RawNode"]
+
+
+@register("raw")
+class RawNode(DriverNode):
+    """Raw image over the ``file`` child, optionally a sub-window of it."""
+
+    driver_name = "raw"
+
+    def __init__(self, node_name: str, options: Mapping[str, Any],
+                 children: Mapping[str, DriverNode], read_only: bool) -> None:
+        super().__init__(node_name, options, children, read_only)
+        if "file" not in self.children:
+            raise OpenError('A block device must be specified for "file"')
+        self.probed = bool(options.get("x-txgraph-probed", False))
+        self.offset = int(options.get("offset", 0))
+        self.has_size = "size" in options
+        real = self.children["file"].size()
+        if self.offset > real:
+            raise OpenError(f"Offset ({self.offset}) cannot be greater than size of the "
+                            f"containing file ({real})")
+        if self.has_size:
+            self._size = int(options["size"])
+            if real - self.offset < self._size:
+                raise OpenError(f"The sum of offset ({self.offset}) and size ({self._size}) has to "
+                                f"be smaller or equal to the  actual size of the containing file "
+                                f"({real})")
+            if self._size % 512:
+                raise OpenError("Specified size is not multiple of 512")
+        else:
+            self._size = real - self.offset
+
+    @property
+    def file(self) -> DriverNode:
+        return self.children["file"]
+
+    def _adjust(self, offset: int, length: int, is_write: bool) -> int:
+        """``raw_adjust_offset``: never leak outside an explicit window."""
+        if self.has_size and (offset > self._size or length > self._size - offset):
+            err = E.ENOSPC if is_write else E.EINVAL
+            raise IOFailure("No space left on device" if is_write else "Invalid argument", err)
+        return offset + self.offset
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.file.read(self._adjust(offset, length, False), length)
+
+    def readinto(self, offset: int, out: memoryview) -> None:
+        f = self.file
+        host = self._adjust(offset, len(out), False)
+        ri = getattr(f, "readinto", None)
+        if ri is not None:
+            ri(host, out)
+        else:
+            out[:] = f.read(host, len(out))
+
+    def _check_probed_write(self, offset: int, data: bytes) -> tuple[int, bytes]:
+        """Widen a write touching sector 0 to the whole sector and re-probe it."""
+        if not self.probed or offset >= PROBE_SIZE:
+            return offset, data
+        end = offset + len(data)
+        if offset > 0 or end < PROBE_SIZE:
+            head = self.read(0, offset) if offset else b""
+            tail_len = max(0, PROBE_SIZE - end)
+            tail = self.read(end, tail_len) if tail_len else b""
+            data, offset = head + bytes(data) + tail, 0
+        if probe_format(bytes(data[:PROBE_SIZE])) != "raw":
+            raise IOFailure("Operation not permitted", E.EPERM)
+        return offset, bytes(data)
+
+    def write(self, offset: int, data: bytes) -> None:
+        offset, data = self._check_probed_write(offset, data)
+        self.file.write(self._adjust(offset, len(data), True), data)
+
+    def write_zeroes(self, offset: int, length: int, *, may_unmap: bool = False) -> None:
+        # Zeros always probe as raw, so the probed rule never refuses them.
+        self.file.write_zeroes(self._adjust(offset, length, True), length, may_unmap=may_unmap)
+
+    def discard(self, offset: int, length: int) -> None:
+        self.file.discard(self._adjust(offset, length, True), length)
+
+    def size(self) -> int:
+        return (self._size + 511) // 512 * 512
+
+    def block_status(self, offset: int, length: int) -> BlockStatus:
+        st = self.file.block_status(offset + self.offset, length)
+        host = None if st.host_offset is None else st.host_offset
+        return BlockStatus(offset, st.length, allocated=True, zero=st.zero, host_offset=host)
+
+    def info(self) -> ImageInfo:
+        fi = self.file.info()
+        return ImageInfo(format="raw", virtual_size=self.size(), filename=fi.filename,
+                         actual_size=fi.actual_size)

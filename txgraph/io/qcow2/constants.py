@@ -1,0 +1,66 @@
+"""qcow2 on-disk constants (facts from the qcow2 specification, docs/interop/qcow2.txt).
+
+Kept in one place so the header parser, the compiled map and the allocator agree
+on masks and limits. The limits are the ones QEMU 7.2 enforces at open
+(``QCOW_MAX_REFTABLE_SIZE``, ``QCOW_MAX_L1_SIZE``, ``QCOW_MAX_SNAPSHOTS``...).
+"""
+
+from __future__ import annotations
+
+MAGIC = b"QFI\xfb"
+
+# Header extension types.
+EXT_END = 0
+EXT_BACKING_FORMAT = 0xE2792ACA
+EXT_FEATURE_TABLE = 0x6803F857
+EXT_BITMAPS = 0x23852875
+EXT_CRYPTO = 0x0537BE77
+EXT_DATA_FILE = 0x44415441
+
+# Incompatible feature bits.
+INCOMPAT_DIRTY = 1 << 0
+INCOMPAT_CORRUPT = 1 << 1
+INCOMPAT_DATA_FILE = 1 << 2
+INCOMPAT_COMPRESSION = 1 << 3
+INCOMPAT_EXTL2 = 1 << 4
+INCOMPAT_MASK = 0x1F
+COMPAT_LAZY_REFCOUNTS = 1 << 0
+AUTOCLEAR_BITMAPS = 1 << 0
+AUTOCLEAR_DATA_FILE_RAW = 1 << 1
+AUTOCLEAR_MASK = 0x3
+
+COMPRESSION_ZLIB = 0
+COMPRESSION_ZSTD = 1
+
+MIN_CLUSTER_BITS = 9
+MAX_CLUSTER_BITS = 21
+
+# Limits QEMU applies to tables read at open (bytes / counts).
+MAX_REFTABLE_SIZE = 8 << 20
+MAX_L1_SIZE = 32 << 20
+MAX_SNAPSHOTS = 65536
+SNAPSHOT_HEADER_SIZE = 40
+MAX_SNAPSHOT_EXTRA_DATA = 1024
+MAX_SNAPSHOTS_TABLE_SIZE = 64 << 20
+MAX_BACKING_FILE_NAME = 1023
+MAX_BACKING_FORMAT = 16
+MAX_CHAIN_DEPTH = 16
+
+# Table entry masks.
+L1E_OFFSET_MASK = 0x00FFFFFFFFFFFE00
+L1E_RESERVED_MASK = 0x7F000000000001FF
+L2E_OFFSET_MASK = 0x00FFFFFFFFFFFE00
+L2E_STD_RESERVED_MASK = 0x3F000000000001FE
+REFT_OFFSET_MASK = 0xFFFFFFFFFFFFFE00
+REFT_RESERVED_MASK = 0x1FF
+OFLAG_COPIED = 1 << 63
+OFLAG_COMPRESSED = 1 << 62
+OFLAG_ZERO = 1 << 0
+
+EXTL2_SUBCLUSTERS = 32
+
+INT64_MAX = (1 << 63) - 1
+INT_MAX = (1 << 31) - 1
+HOST_OFFSET_LIMIT = 1 << 56
+#: the block layer refuses requests reaching past this (QEMU's BDRV_MAX_LENGTH)
+BDRV_MAX_LENGTH = INT64_MAX - (1 << 30) + 1

@@ -1,0 +1,315 @@
+"""The qcow2 format driver: open, info, reads (writes live in :mod:`.writer`).
+
+Reproduces QEMU 7.2's ``qcow2_open``/``qcow2_do_open`` (validation via
+:func:`read_qcow2_header`), ``qcow2_co_preadv_part`` (one copy per run of
+host-contiguous clusters, backing chain for unallocated ranges, zeros beyond
+the backing's end, subclusters, compressed clusters),
+``qcow2_co_block_status`` and ``qcow2_get_specific_info``/``qcow2_get_info``.
+
+The backing and data-file children are looked up in ``self.children`` on
+every request: the Runtime attaches them after construction and may swap them
+under drain.
+"""
+
+from __future__ import annotations
+
+import errno as E
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from txgraph.errors import IOFailure
+from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
+from txgraph.io.qcow2 import constants as C
+from txgraph.io.qcow2.compress import ClusterCache, DecompressError, decompress
+from txgraph.io.qcow2.header import Qcow2Header, read_qcow2_header
+from txgraph.io.qcow2.l2map import COMPRESSED, INVALID, MIXED, UNALLOC, ZERO, L2Map
+from txgraph.io.qcow2.snapshots import snapshot_qmp
+
+__all__ = ["Qcow2Node", "child_readinto"]
+
+
+def child_readinto(child: DriverNode, offset: int, out: memoryview) -> None:
+    """Read through a child's ``readinto`` fast path when it has one."""
+    ri = getattr(child, "readinto", None)
+    if ri is not None:
+        ri(offset, out)
+    else:
+        out[:] = child.read(offset, len(out))
+
+
+def _eio(desc: str = "Input/output error") -> IOFailure:
+    return IOFailure(desc, E.EIO)
+
+
+class Qcow2Node(DriverNode):
+    """An open qcow2 image on top of its ``file`` child."""
+
+    driver_name = "qcow2"
+
+    def __init__(self, node_name: str, options: Mapping[str, Any],
+                 children: Mapping[str, DriverNode], read_only: bool) -> None:
+        super().__init__(node_name, options, children, read_only)
+        from txgraph.errors import OpenError
+
+        if "file" not in self.children:
+            raise OpenError('A block device must be specified for "file"')
+        f = self.children["file"]
+        flen = getattr(f, "file_length", f.size)()
+        self.header: Qcow2Header = read_qcow2_header(self._fread, flen, read_only=read_only)
+        h = self.header
+        self.cluster_size = h.cluster_size
+        self.cluster_bits = h.cluster_bits
+        try:
+            l1_bytes = self._fread(h.l1_table_offset, h.l1_size * 8)
+        except IOFailure as e:
+            raise OpenError(f"Could not read L1 table: {e.desc}") from None
+        self.l1 = np.frombuffer(l1_bytes, dtype=">u8").astype(np.uint64)
+        self.map = L2Map(h, self.l1, self._fread)
+        self.cache = ClusterCache()
+        #: set when an inconsistency was found at runtime (QEMU's "corrupt" bit)
+        self.corrupt = h.corrupt
+        #: messages of corruption events (the Runtime may turn them into QMP events)
+        self.corruption_events: list[str] = []
+        self.writer: Any = None
+        if not read_only:
+            from txgraph.io.qcow2.writer import Qcow2Writer
+
+            self.writer = Qcow2Writer(self)
+
+    # -- helpers ---------------------------------------------------------------
+    @property
+    def file(self) -> DriverNode:
+        return self.children["file"]
+
+    def _fread(self, offset: int, length: int) -> bytes:
+        """Metadata read; like QEMU's block layer, refuse ranges past BDRV_MAX_LENGTH."""
+        if offset + length > C.BDRV_MAX_LENGTH:
+            raise _eio()
+        return self.file.read(offset, length)
+
+    def _data_child(self) -> DriverNode:
+        if self.header.has_data_file:
+            dc = self.children.get("data-file")
+            if dc is None:
+                raise _eio()
+            return dc
+        return self.file
+
+    def signal_corruption(self, message: str) -> IOFailure:
+        """QEMU's ``qcow2_signal_corruption``: mark the image corrupt, fail with EIO."""
+        if not self.corrupt:
+            self.corruption_events.append(message)
+            self.corrupt = True
+            if self.writer is not None:
+                self.writer.mark_corrupt_on_disk()
+        return _eio()
+
+    # -- reads -----------------------------------------------------------------
+    def read(self, offset: int, length: int) -> bytes:
+        vsize = self.size()
+        if length > 0 and offset + length <= vsize and (offset >> self.cluster_bits) == (
+                (offset + length - 1) >> self.cluster_bits):
+            code = self.map.code(offset >> self.cluster_bits)
+            if code >= 0:  # fast path: one data cluster, one copy
+                dc = self._data_child()
+                return dc.read(code + (offset & (self.cluster_size - 1)), length)
+        buf = bytearray(length)
+        self._readinto(offset, memoryview(buf), zeroed=True)
+        return bytes(buf)
+
+    def readinto(self, offset: int, out: memoryview) -> None:
+        self._readinto(offset, out, zeroed=False)
+
+    def _readinto(self, offset: int, out: memoryview, *, zeroed: bool) -> None:
+        length = len(out)
+        if length == 0:
+            return
+        vsize = self.size()
+        if offset + length > vsize:
+            inside = max(0, vsize - offset)
+            if not zeroed:
+                out[inside:] = bytes(length - inside)
+            out, length = out[:inside], inside
+            if not length:
+                return
+        cb, cs = self.cluster_bits, self.cluster_size
+        c0 = offset >> cb
+        c1 = (offset + length - 1) >> cb
+        pos = offset
+        end = offset + length
+        for first, n, code in self.map.runs(c0, c1 - c0 + 1):
+            run_end = min(end, (first + n) << cb)
+            a, b = pos - offset, run_end - offset
+            if code >= 0:
+                child_readinto(self._data_child(), code + (pos - (first << cb)), out[a:b])
+            elif code == ZERO:
+                if not zeroed:
+                    out[a:b] = bytes(b - a)
+            elif code == UNALLOC:
+                self._read_backing(pos, out[a:b], zeroed)
+            elif code == COMPRESSED:
+                data = self._decompressed(first)
+                io = pos & (cs - 1)
+                out[a:b] = data[io:io + (b - a)]
+            elif code == MIXED:
+                self._read_subclusters(first, pos, out[a:b], zeroed)
+            else:
+                raise self._invalid(first)
+            pos = run_end
+
+    def _invalid(self, cluster: int) -> IOFailure:
+        slot = cluster >> self.map.l2b
+        msg = self.map.bad_slots.get(slot)
+        if msg is None:
+            raw, _ = self.map.raw_entry(cluster)
+            l2off = self.map.l2_offset(slot)
+            idx = cluster & (self.map.n - 1)
+            if raw & C.OFLAG_ZERO and self.header.version < 3 and not raw & C.OFLAG_COMPRESSED:
+                msg = f"Zero cluster entry found in pre-v3 image (L2 offset: {l2off:#x}, L2 index: {idx:#x})"
+            else:
+                msg = (f"Cluster allocation offset {raw & C.L2E_OFFSET_MASK:#x} unaligned "
+                       f"(L2 offset: {l2off:#x}, L2 index: {idx:#x})")
+        return self.signal_corruption(msg)
+
+    def _read_backing(self, pos: int, out: memoryview, zeroed: bool) -> None:
+        """Unallocated range: the backing image at the same offset, zeros past its end."""
+        backing = self.children.get("backing")
+        n = len(out)
+        inside = 0
+        if backing is not None:
+            inside = max(0, min(n, backing.size() - pos))
+            if inside:
+                child_readinto(backing, pos, out[:inside])
+        if inside < n and not zeroed:
+            out[inside:] = bytes(n - inside)
+
+    def _decompressed(self, cluster: int) -> bytes:
+        raw, _ = self.map.raw_entry(cluster)
+        key = self.map.compressed_extent(raw)
+        data = self.cache.get(key)
+        if data is None:
+            coff, csize = key
+            try:
+                data = decompress(self.header.compression_type, self._fread(coff, csize),
+                                  self.cluster_size)
+            except DecompressError:
+                raise _eio() from None
+            self.cache.put(key, data)
+        return data
+
+    def _read_subclusters(self, cluster: int, pos: int, out: memoryview, zeroed: bool) -> None:
+        """Extended L2: each 1/32 of the cluster is data, zeros, or the backing."""
+        raw, bm = self.map.raw_entry(cluster)
+        host = raw & C.L2E_OFFSET_MASK
+        scs = self.cluster_size // C.EXTL2_SUBCLUSTERS
+        base = cluster << self.cluster_bits
+        p, end = pos, pos + len(out)
+        while p < end:
+            k = (p - base) // scs
+            q = min(end, base + (k + 1) * scs)
+            a, b = p - pos, q - pos
+            if bm >> (32 + k) & 1:
+                if not zeroed:
+                    out[a:b] = bytes(b - a)
+            elif bm >> k & 1:
+                child_readinto(self._data_child(), host + (p - base), out[a:b])
+            else:
+                self._read_backing(p, out[a:b], zeroed)
+            p = q
+
+    def translate(self, guest_offsets: np.ndarray) -> np.ndarray:
+        """Batched guest -> host translation (host offset or a negative class code)."""
+        return self.map.translate(guest_offsets)
+
+    # -- writes (delegated) ---------------------------------------------------
+    def _w(self) -> Any:
+        if self.writer is None:
+            raise IOFailure("Operation not permitted", E.EPERM)
+        if self.corrupt:
+            raise _eio()
+        return self.writer
+
+    def write(self, offset: int, data: bytes) -> None:
+        self._w().write(offset, data)
+
+    def write_zeroes(self, offset: int, length: int, *, may_unmap: bool = False) -> None:
+        self._w().write_zeroes(offset, length, may_unmap)
+
+    def discard(self, offset: int, length: int) -> None:
+        self._w().discard(offset, length)
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+        else:
+            super().flush()
+
+    # -- status and info --------------------------------------------------------
+    def size(self) -> int:
+        # QEMU keeps whole sectors: an unaligned header size is rounded down.
+        return self.header.size // 512 * 512
+
+    def block_status(self, offset: int, length: int) -> BlockStatus:
+        """``qcow2_co_block_status`` for the first run of ``[offset, offset+length)``."""
+        cb = self.cluster_bits
+        length = min(length, self.size() - offset)
+        first, n, code = self.map.runs(offset >> cb, 1 + ((offset + length - 1) >> cb)
+                                       - (offset >> cb))[0]
+        n_bytes = min(offset + length, (first + n) << cb) - offset
+        if code >= 0:
+            return BlockStatus(offset, n_bytes, True, False, code + (offset - (first << cb)))
+        if code == ZERO:
+            return BlockStatus(offset, n_bytes, True, True)
+        if code == UNALLOC:
+            backing = self.children.get("backing")
+            zero = backing is None or offset >= backing.size()
+            return BlockStatus(offset, n_bytes, False, zero)
+        if code == INVALID:
+            raise self._invalid(first)
+        return BlockStatus(offset, n_bytes, True, False)
+
+    def format_specific(self) -> dict[str, Any]:
+        h = self.header
+        if h.version < 3:
+            data: dict[str, Any] = {"compat": "0.10", "compression-type": "zlib",
+                                    "refcount-bits": h.refcount_bits}
+        else:
+            data = {"compat": "1.1",
+                    "compression-type": "zstd" if h.compression_type else "zlib",
+                    "lazy-refcounts": h.lazy_refcounts, "refcount-bits": h.refcount_bits}
+            if h.has_data_file:
+                if h.data_file is not None:
+                    data["data-file"] = h.data_file
+                data["data-file-raw"] = h.data_file_raw
+            data["corrupt"] = self.corrupt
+            data["extended-l2"] = h.extended_l2
+        return {"type": "qcow2", "data": data}
+
+    def info(self) -> ImageInfo:
+        h = self.header
+        fi = self.file.info()
+        extra: dict[str, Any] = {}
+        if h.snapshots:
+            extra["snapshots"] = [snapshot_qmp(s) for s in h.snapshots]
+        if h.backing_file is not None and fi.filename and not fi.filename.startswith("json:"):
+            extra["full-backing-filename"] = (
+                h.backing_file if os.path.isabs(h.backing_file) or ":" in h.backing_file
+                else os.path.join(os.path.dirname(fi.filename), h.backing_file))
+        actual = fi.actual_size
+        dc = self.children.get("data-file")
+        if dc is not None and actual is not None:
+            # Like bdrv_sum_allocated_file_size: every storage child counts, backing does not.
+            actual += dc.info().actual_size or 0
+        return ImageInfo(format="qcow2", virtual_size=self.size(), filename=fi.filename,
+                         actual_size=actual, backing_file=h.backing_file,
+                         backing_format=h.backing_format, data_file=h.data_file,
+                         has_external_data_file=h.has_data_file, cluster_size=h.cluster_size,
+                         dirty=h.dirty, format_specific=self.format_specific(), extra=extra)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
