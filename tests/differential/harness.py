@@ -576,15 +576,50 @@ class Comparison:
         return "\n".join(lines)
 
 
+def _is_error(v: Any) -> bool:
+    return isinstance(v, dict) and set(v) == {"error"}
+
+
+def _diff_nodes(a: Any, b: Any, out: list[str]) -> None:
+    if _is_error(a) or _is_error(b):
+        out.append(f"nodes: {_short(a)}  !=  {_short(b)}")
+        return
+    only_a = sorted(set(a) - set(b))
+    only_b = sorted(set(b) - set(a))
+    if only_a:
+        out.append(f"nodes only in left:  {only_a}")
+    if only_b:
+        out.append(f"nodes only in right: {only_b}")
+    for k in sorted(set(a) & set(b)):
+        _diff_values(a[k], b[k], f"nodes[{k}]", out)
+
+
+def _short(v: Any) -> str:
+    if _is_error(v):
+        return f"error {v['error'].get('class')}: {v['error'].get('desc')}"
+    if isinstance(v, dict) and "nodes" in v and "edges" in v:
+        return f"graph of {len(v['nodes'])} nodes/{len(v['edges'])} edges"
+    if isinstance(v, dict):
+        return f"{len(v)} nodes {sorted(v)[:8]}"
+    return json.dumps(v)[:200]
+
+
 def compare_records(a: StepRecord, b: StepRecord) -> list[str]:
     """Differences between the same step on two peers (empty list when equal)."""
     out: list[str] = []
     if a.reply is not None and b.reply is not None and a.reply != b.reply:
-        _diff_values(a.reply, b.reply, "reply", out)
+        if _is_error(a.reply) != _is_error(b.reply):
+            out.append(f"reply: {_short(a.reply) if _is_error(a.reply) else json.dumps(a.reply)[:300]}"
+                       f"  !=  {_short(b.reply) if _is_error(b.reply) else json.dumps(b.reply)[:300]}")
+        else:
+            _diff_values(a.reply, b.reply, "reply", out)
     if a.nodes != b.nodes:
-        _diff_values(a.nodes, b.nodes, "nodes", out)
+        _diff_nodes(a.nodes, b.nodes, out)
     if a.graph != b.graph:
-        _diff_graph(a.graph, b.graph, out)
+        if _is_error(a.graph) or _is_error(b.graph):
+            out.append(f"graph: {_short(a.graph)}  !=  {_short(b.graph)}")
+        else:
+            _diff_graph(a.graph, b.graph, out)
     return out
 
 
@@ -671,8 +706,16 @@ def main(argv: list[str] | None = None) -> int:
             _print_trace(run_scenario(s, QSDPeer))
             continue
         comp = differential(s, QSDPeer if ns.self_check else EnginePeer)
-        print(comp if not ns.all else (f"PASS {s.name}" if comp else f"FAIL {s.name}: "
-                                       + str(comp).splitlines()[1 if len(str(comp).splitlines()) > 1 else 0][:160]))
+        if not ns.all:
+            print(comp)
+        elif comp:
+            print(f"PASS {s.name}")
+        elif comp.setup_error:
+            print(f"FAIL {s.name}: setup: {comp.setup_error[:160]}")
+        else:
+            d = comp.diffs[0]
+            print(f"FAIL {s.name}: step {d.index}: {d.lines[0][:200]}")
+        sys.stdout.flush()
         rc |= 0 if comp else 1
     return rc
 

@@ -6,6 +6,7 @@ Debug one failure with ``python -m tests.differential.harness NAME``.
 
 from __future__ import annotations
 
+import copy
 import random
 
 import pytest
@@ -19,7 +20,8 @@ pytestmark = pytest.mark.qsd
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
 def test_scenario(scenario: Scenario) -> None:
     comp = differential(scenario, right=EnginePeer)
-    assert comp.equal, "\n" + str(comp)
+    if not comp.equal:
+        pytest.fail(str(comp), pytrace=False)
 
 
 def _sample(n: int = 10) -> list[Scenario]:
@@ -37,7 +39,23 @@ def test_harness_self_check(scenario: Scenario) -> None:
     """Two independent QSD processes must compare equal: proves the canonicalisation
     (auto-name random digits, temp paths, ids) removes exactly the run-specific noise."""
     comp = differential(scenario, right=QSDPeer, left=QSDPeer)
-    assert comp.equal, "\n" + str(comp)
+    if not comp.equal:
+        pytest.fail(str(comp), pytrace=False)
+
+
+def test_harness_detects_difference() -> None:
+    """A one-field change in the state, or a different error text, must be reported."""
+    from tests.differential.harness import compare_traces, run_scenario
+    from tests.differential.scenarios import BY_NAME
+
+    left = run_scenario(BY_NAME["inh_readonly_to_file"], QSDPeer)
+    right = copy.deepcopy(left)
+    right.records[0].nodes["qf"]["ro"] = False
+    right.records[1].reply = {"error": {"class": "GenericError", "desc": "something else"}}
+    comp = compare_traces(left, right)
+    assert not comp.equal
+    text = str(comp)
+    assert "nodes[qf].ro" in text and "step 1" in text, text
 
 
 def test_scenario_catalogue() -> None:
