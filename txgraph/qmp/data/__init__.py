@@ -1,0 +1,1 @@
+"""QAPI interface data captured from qemu-storage-daemon (see README)."""

@@ -1,0 +1,200 @@
+"""The QMP socket server: QEMU's QMP monitor in front of a txgraph :class:`Engine`.
+
+Reproduces what a client of qemu-storage-daemon 7.2's ``--monitor`` sees
+(QEMU's ``monitor/qmp.c``): a greeting, capabilities negotiation, one reply per
+message in order, CRLF-terminated output, ``id`` echoed verbatim, parse errors
+answered without ``id``, and events written between replies once a client has
+negotiated. Input needs no delimiter and may arrive in any fragments
+(:class:`~txgraph.qmp.decoder.JSONStreamDecoder`).
+
+Several clients may be connected; commands from all of them run one at a time
+on the engine (a lock around a worker thread, so a long command does not stop
+other clients from connecting or receiving their greeting). A client that goes
+away, even in the middle of a message, affects nobody else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from typing import Any
+
+from txgraph.errors import QMPError, TxgraphError
+from txgraph.qmp.decoder import JSONParseError, JSONStreamDecoder
+from txgraph.qmp.encoder import encode_message
+from txgraph.qmp.engine import Engine
+from txgraph.qmp.qapi import check_message, validate_arguments
+
+__all__ = ["QMPServer", "serve", "run_server"]
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 64 * 1024
+# txgraph offers no capability: ``exec-oob`` is not implemented, and QMPClient
+# enables every capability a server advertises.
+OFFERED_CAPABILITIES: tuple[str, ...] = ()
+
+
+def _error(desc: str, error_class: str = "GenericError") -> dict[str, Any]:
+    return {"error": {"class": error_class, "desc": desc}}
+
+
+class _Client:
+    """One connection: its parser, negotiation state and output stream."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.decoder = JSONStreamDecoder()
+        self.negotiated = False
+
+    def send(self, message: dict[str, Any]) -> None:
+        # One write per message keeps events from splitting a reply.
+        if not self.writer.is_closing():
+            self.writer.write(encode_message(message))
+
+
+class QMPServer:
+    """Serve ``engine`` over QMP on a unix socket."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._lock = asyncio.Lock()
+        self._clients: set[_Client] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._path: str | None = None
+
+    async def start(self, path: str) -> None:
+        """Listen on ``path`` (mode 0600; a stale socket file is replaced)."""
+        self._loop = asyncio.get_running_loop()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            # Restrict before listen(): nobody can connect in between.
+            os.chmod(path, 0o600)
+        except BaseException:
+            sock.close()
+            raise
+        self._path = path
+        self._server = await asyncio.start_unix_server(self._serve_client, sock=sock)
+        self.engine.add_event_listener(self._on_event)
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    async def close(self) -> None:
+        """Stop listening, disconnect every client, remove the socket file."""
+        with contextlib.suppress(ValueError):
+            self.engine.remove_event_listener(self._on_event)
+        if self._server is not None:
+            self._server.close()
+        for client in list(self._clients):
+            client.writer.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+        if self._path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._path)
+
+    # -- events ------------------------------------------------------------------------
+    def _on_event(self, event: dict[str, Any]) -> None:
+        """Engine listener; may be called from the worker thread running a command."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(self._broadcast, event)
+
+    def _broadcast(self, event: dict[str, Any]) -> None:
+        for client in list(self._clients):
+            if client.negotiated:
+                client.send(event)
+
+    # -- connections -------------------------------------------------------------------
+    async def _serve_client(self, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> None:
+        client = _Client(writer)
+        self._clients.add(client)
+        try:
+            version = await self._run_engine({"execute": "query-version"})
+            client.send({"QMP": {"version": version.get("return", {}),
+                                 "capabilities": list(OFFERED_CAPABILITIES)}})
+            while True:
+                data = await reader.read(READ_CHUNK)
+                if not data:
+                    break
+                for message in client.decoder.feed(data):
+                    client.send(await self._reply(client, message))
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._clients.discard(client)
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+
+    async def _reply(self, client: _Client, message: Any) -> dict[str, Any]:
+        """The reply to one decoded message (monitor_qmp_dispatch + qmp_dispatch)."""
+        if isinstance(message, JSONParseError):
+            return _error(message.desc)
+        try:
+            name, arguments = check_message(message)
+            if name == "qmp_capabilities":
+                reply = {"return": self._capabilities(client, arguments)}
+            elif not client.negotiated:
+                raise QMPError("Expecting capabilities negotiation with 'qmp_capabilities'",
+                               "CommandNotFound")
+            else:
+                return await self._run_engine(message)
+        except TxgraphError as err:
+            reply = {"error": err.to_qmp()}
+        if isinstance(message, dict) and "id" in message:
+            reply["id"] = message["id"]
+        return reply
+
+    def _capabilities(self, client: _Client, arguments: dict[str, Any]) -> dict[str, Any]:
+        """``qmp_capabilities``: the only command before negotiation, refused after it."""
+        typed = validate_arguments("qmp_capabilities", arguments)
+        if client.negotiated:
+            raise QMPError("Capabilities negotiation is already complete, command ignored",
+                           "CommandNotFound")
+        for cap in typed.get("enable", []):
+            if cap not in OFFERED_CAPABILITIES:
+                raise QMPError(f"Capability '{cap}' not available")
+        client.negotiated = True
+        return {}
+
+    async def _run_engine(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Execute on the engine, one command at a time across all clients."""
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            try:
+                return await loop.run_in_executor(None, self.engine.execute, message)
+            except Exception as exc:    # a bug in a handler must not cost the connection
+                log.exception("QMP command failed unexpectedly")
+                reply = _error(f"internal error: {exc}")
+                if "id" in message:
+                    reply["id"] = message["id"]
+                return reply
+
+
+async def serve(path: str, engine: Engine) -> None:
+    """Serve QMP for ``engine`` on unix socket ``path`` until cancelled."""
+    server = QMPServer(engine)
+    await server.start(path)
+    try:
+        await server.serve_forever()
+    finally:
+        await server.close()
+
+
+def run_server(path: str, engine: Engine) -> None:
+    """Blocking form of :func:`serve` (``txgraph serve --qmp PATH``)."""
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(path, engine))
