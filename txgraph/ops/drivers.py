@@ -1,0 +1,211 @@
+"""Driver open steps: what each driver's ``bdrv_open`` does to the graph.
+
+Each function consumes the driver's options from the working set, opens and
+attaches the driver's children in QEMU's order, and creates the node's live
+driver object through the Runtime (so open errors come from real files and
+real headers). The order matters: it decides which error wins and which
+auto-name counter value each node receives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from txgraph.errors import OpenError, TxgraphError
+from txgraph.model.drivers import DriverSpec
+from txgraph.model.node import BlockNode
+from txgraph.model.options import array_entries, parse_bool
+from txgraph.model.perm import Role
+
+if TYPE_CHECKING:
+    from txgraph.ops.inherit import OptionSet
+    from txgraph.ops.open import Opener
+
+__all__ = ["open_driver"]
+
+OpenFn = Callable[["Opener", BlockNode, DriverSpec, "OptionSet"], None]
+
+
+def open_driver(opener: Opener, node: BlockNode, spec: DriverSpec, work: OptionSet) -> None:
+    _OPENERS.get(spec.name, _open_protocol)(opener, node, spec, work)
+
+
+def _consume(work: OptionSet, spec: DriverSpec) -> dict[str, Any]:
+    """Take every option the driver understands out of the working set."""
+    taken = {k: v for k, v in work.values.items() if spec.accepts_option(k)}
+    for key in taken:
+        work.discard(key)
+    return taken
+
+
+def _runtime_open(opener: Opener, node: BlockNode, children: dict[str, str]) -> None:
+    """Create the node's driver object and record what it reports about the image."""
+    runtime = opener.runtime
+    try:
+        info = runtime.open_node(node.name, node.driver, node.options, children, node.read_only)
+    except TxgraphError:
+        raise
+    except OSError as err:  # a driver that let an OS error escape: still QEMU-shaped text
+        raise OpenError(f"Could not open '{node.filename}': {err.strerror}") from err
+    opener.tx.undo(lambda: runtime.close_node(node.name))
+    node.image = _image_dict(info)
+    if info.backing_file:
+        node.backing_file = info.backing_file
+        node.auto_backing_file = info.backing_file
+    if info.backing_format:
+        node.backing_format = info.backing_format
+
+
+def _image_dict(info: Any) -> dict[str, Any]:
+    image: dict[str, Any] = {"virtual-size": info.virtual_size, "format": info.format}
+    if info.actual_size is not None:
+        image["actual-size"] = info.actual_size
+    if info.cluster_size:
+        image["cluster-size"] = info.cluster_size
+    if info.format_specific is not None:
+        image["format-specific"] = info.format_specific
+    image["dirty-flag"] = info.dirty
+    image.update(info.extra)
+    return image
+
+
+def _open_protocol(opener: Opener, node: BlockNode, spec: DriverSpec, work: OptionSet) -> None:
+    """file, host_device, null-co, null-aio, nbd: no children, options only."""
+    opts = _consume(work, spec)
+    if spec.name in ("file", "host_device"):
+        aio = opts.get("aio", "threads")
+        if aio == "native" and not node.cache_direct:
+            raise OpenError("aio=native was specified, but it requires cache.direct=on, "
+                            "which was not specified.")
+    _runtime_open(opener, node, {})
+
+
+def _open_raw(opener: Opener, node: BlockNode, spec: DriverSpec, work: OptionSet) -> None:
+    """``raw_open``: an offset/size window makes the file edge DATA instead of FILTERED."""
+    opts = _consume(work, spec)
+    for key in ("offset", "size"):
+        if key in opts and not isinstance(opts[key], int):
+            raise OpenError(f"Parameter '{key}' expects a non-negative number below 2^64")
+    windowed = "size" in opts or bool(opts.get("offset", 0))
+    role = Role.DATA | Role.PRIMARY if windowed else Role.FILTERED | Role.PRIMARY
+    child = opener.open_child(None, work, "file", node, role, False)
+    assert child is not None
+    _runtime_open(opener, node, {"file": child})
+
+
+def _open_filter(opener: Opener, node: BlockNode, spec: DriverSpec, work: OptionSet) -> None:
+    """throttle, copy-on-read, preallocate, compress: one filtered ``file`` child."""
+    child = opener.open_child(None, work, "file", node, Role.FILTERED | Role.PRIMARY, False)
+    assert child is not None
+    opts = _consume(work, spec)
+    if spec.name == "throttle":
+        group = opts.get("throttle-group")
+        if group is None:
+            raise OpenError("Parameter 'throttle-group' is missing")
+        obj = opener.session.objects.get(group)
+        if obj is None or obj.qom_type != "throttle-group":
+            raise OpenError(f"Throttle group '{group}' does not exist")
+    if spec.name == "copy-on-read" and "bottom" in opts:
+        bottom = opts["bottom"]
+        if bottom not in opener.graph.nodes:
+            raise OpenError(f"Bottom node '{bottom}' not found")
+    _runtime_open(opener, node, {"file": child})
+
+
+def _open_blkdebug(opener: Opener, node: BlockNode, spec: DriverSpec, work: OptionSet) -> None:
+    """``blkdebug_open``: options and config first, then the ``image`` child."""
+    opts = _consume(work, spec)
+    image_filename = opts.pop("x-image", None)
+    config = opts.get("config")
+    if isinstance(config, str) and config:
+        try:
+            with open(config, "rb"):
+                pass
+        except OSError as err:
+            raise OpenError(f"Could not read blkdebug config file: {err.strerror}") from err
+    child = opener.open_child(image_filename, work, "image", node, Role.FILTERED | Role.PRIMARY,
+                              False)
+    assert child is not None
+    _runtime_open(opener, node, {"image": child})
+
+
+def _open_qcow2(opener: Opener, node: BlockNode, spec: DriverSpec, work: OptionSet) -> None:
+    """``qcow2_open``: ``file`` (IMAGE), the header, then the external data file rules."""
+    child = opener.open_child(None, work, "file", node, Role.IMAGE, False)
+    assert child is not None
+    data_file_given = "data-file" in work or any(k.startswith("data-file.") for k in work.values)
+    _consume_qcow2_options(work, spec)
+    _runtime_open(opener, node, {"file": child})
+    info = opener.runtime.info(node.name)
+    data_child = opener.open_child(None, work, "data-file", node, Role.DATA, True) \
+        if data_file_given else None
+    if info.has_external_data_file:
+        if data_child is None and info.data_file:
+            data_child = opener.open_child(info.data_file, work, "data-file", node, Role.DATA, False)
+        if data_child is None:
+            raise OpenError("'data-file' is required for this image")
+        # The metadata file holds no guest data once a data file exists.
+        file_edge = opener.graph.child_edge(node.name, "file")
+        assert file_edge is not None
+        opener.tx.set(file_edge[1], "role", Role.METADATA | Role.PRIMARY)
+        from txgraph.ops.perms import refresh_perms
+
+        refresh_perms(opener.session, opener.tx, [node.name])
+    elif data_child is not None:
+        raise OpenError("'data-file' can only be set for images with an external data file")
+
+
+def _consume_qcow2_options(work: OptionSet, spec: DriverSpec) -> None:
+    for key in [k for k in work.values if spec.accepts_option(k)
+                and k != "data-file" and not k.startswith("data-file.")]:
+        work.discard(key)
+
+
+def _open_quorum(opener: Opener, node: BlockNode, spec: DriverSpec, work: OptionSet) -> None:
+    """``quorum_open``: validate the children array and threshold, then open each child."""
+    count = array_entries(work.values, "children.")
+    if count < 0:
+        raise OpenError("Option children is not a valid array")
+    if count < 1:
+        raise OpenError("Number of provided children must be 1 or more")
+    opts = _consume(work, spec)
+    threshold = opts.get("vote-threshold", 0)
+    if not isinstance(threshold, int) or threshold < 1:
+        raise OpenError("Parameter 'vote-threshold' expects a value >= 1")
+    if threshold > count:
+        raise OpenError("threshold may not exceed children count")
+    pattern = opts.get("read-pattern", "quorum")
+    if pattern not in ("quorum", "fifo"):
+        raise OpenError("Please set read-pattern as fifo or quorum")
+    blkverify = bool(parse_bool(opts.get("blkverify", False)))
+    if pattern == "fifo" and blkverify:
+        raise OpenError("fifo pattern and blkverify are incompatible")
+    if blkverify and (count != 2 or threshold != 2):
+        raise OpenError("blkverify=on can only be set if there are exactly two files and "
+                        "vote-threshold is 2")
+    rewrite = bool(parse_bool(opts.get("rewrite-corrupted", False)))
+    if rewrite and blkverify:
+        raise OpenError("rewrite-corrupted=on cannot be used with blkverify=on")
+    if rewrite and pattern == "fifo":
+        raise OpenError("rewrite-corrupted=on cannot be used with read-pattern=fifo")
+    children: dict[str, str] = {}
+    for index in range(count):
+        key = f"children.{index}"
+        child = opener.open_child(None, work, key, node, Role.DATA, False)
+        assert child is not None
+        children[key] = child
+    node.next_child_index = count
+    _runtime_open(opener, node, children)
+
+
+_OPENERS: dict[str, OpenFn] = {
+    "raw": _open_raw,
+    "qcow2": _open_qcow2,
+    "throttle": _open_filter,
+    "copy-on-read": _open_filter,
+    "preallocate": _open_filter,
+    "compress": _open_filter,
+    "blkdebug": _open_blkdebug,
+    "quorum": _open_quorum,
+}

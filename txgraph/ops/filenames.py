@@ -1,0 +1,161 @@
+"""Node filenames: plain when one file describes the node, ``json:`` otherwise.
+
+Reproduces ``bdrv_refresh_filename``, ``append_strong_runtime_options``,
+``bdrv_backing_overridden``, ``bdrv_dirname`` and
+``bdrv_get_full_backing_filename`` (block.c; reference/qemu-options.md §3.6,
+§8.4). The generated json: text uses QEMU's QDict key order, so it matches
+what qemu-storage-daemon prints byte for byte.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from txgraph.errors import OpenError
+from txgraph.model.drivers import driver_spec
+from txgraph.model.graph import BlockGraph
+from txgraph.model.node import OpenFlag
+from txgraph.model.options import qdict_order, to_qjson, unflatten
+
+__all__ = ["refresh_filename", "full_open_options", "full_backing_filename", "dirname",
+           "backing_overridden"]
+
+_PATH_MAX = 4096
+
+
+def backing_overridden(graph: BlockGraph, name: str) -> bool:
+    """``bdrv_backing_overridden``: the backing is not what the header alone would open."""
+    node = graph.nodes[name]
+    backing = graph.backing_child(name)
+    if backing is not None:
+        return node.auto_backing_file != graph.nodes[backing].filename
+    return node.auto_backing_file != ""
+
+
+def _strong_options(graph: BlockGraph, name: str) -> tuple[dict[str, Any], bool]:
+    """``append_strong_runtime_options``: driver/filename always; strong ones flag json."""
+    node = graph.nodes[name]
+    spec = driver_spec(node.driver)
+    out: dict[str, Any] = {}
+    found_any = False
+    for key in ("driver", "filename"):
+        if key in node.options:
+            out[key] = node.options[key]
+    if spec is not None:
+        for opt in sorted(spec.strong_opts):
+            if opt.endswith("."):
+                for key in qdict_order(list(node.options)):
+                    if key.startswith(opt):
+                        out[key] = node.options[key]
+                        found_any = True
+            elif opt in node.options:
+                out[opt] = node.options[opt]
+                found_any = True
+    return out, found_any
+
+
+def full_open_options(graph: BlockGraph, name: str) -> dict[str, Any]:
+    """The options dict that would reopen this node (children nested by edge name)."""
+    node = graph.nodes[name]
+    opts, _found = _strong_options(graph, name)
+    overridden = backing_overridden(graph, name)
+    if node.driver == "quorum":
+        kids = sorted(((e.name, c) for c, e in graph.children(name) if e.name.startswith("children.")),
+                      key=lambda ec: int(ec[0].split(".")[1]))
+        opts["children"] = [full_open_options(graph, c) for _n, c in kids]
+    elif node.driver == "blkdebug":
+        found = graph.child_edge(name, "image")
+        if found:
+            opts["image"] = full_open_options(graph, found[0])
+    else:
+        for child, edge in graph.children(name):
+            if edge.name == "backing" and not overridden:
+                continue
+            opts[edge.name] = full_open_options(graph, child)
+        if overridden and graph.backing_child(name) is None:
+            opts["backing"] = None
+    return unflatten(opts) if any("." in k for k in opts) else opts
+
+
+def refresh_filename(graph: BlockGraph, name: str) -> None:
+    """Recompute ``filename``/``exact_filename`` of a node and, first, of its children."""
+    for child, _edge in graph.children(name):
+        refresh_filename(graph, child)
+    node = graph.nodes[name]
+    spec = driver_spec(node.driver)
+    if spec is None:
+        return
+    opts = full_open_options(graph, name)
+    _strong, generate_json = _strong_options(graph, name)
+    overridden = backing_overridden(graph, name)
+    if node.flags & OpenFlag.NO_IO:
+        overridden = False
+    generate_json = generate_json or overridden
+    primary = _primary_child(graph, name)
+    if node.driver in ("null-co", "null-aio"):
+        ignorable = {"filename", "driver", "latency-ns"}
+        node.exact_filename = f"{node.driver}://" if set(opts) <= ignorable else ""
+    elif node.driver == "blkdebug":
+        image = graph.child_edge(name, "image")
+        node.exact_filename = ""
+        if image and graph.nodes[image[0]].exact_filename and \
+                set(opts) <= {"driver", "config", "x-image", "image"}:
+            config = node.options.get("config", "")
+            node.exact_filename = f"blkdebug:{config}:{graph.nodes[image[0]].exact_filename}"
+    elif primary is not None:
+        node.exact_filename = ""
+        child = graph.nodes[primary]
+        cspec = driver_spec(child.driver)
+        if child.exact_filename and cspec is not None and cspec.is_protocol \
+                and not spec.is_filter and not generate_json:
+            node.exact_filename = child.exact_filename
+    if node.exact_filename:
+        node.filename = node.exact_filename
+    else:
+        text = "json:" + to_qjson(opts)
+        if len(text) >= _PATH_MAX:
+            text = text[:_PATH_MAX - 4] + "..."
+        node.filename = text
+
+
+def _primary_child(graph: BlockGraph, name: str) -> str | None:
+    from txgraph.model.perm import Role
+
+    for child, edge in graph.children(name):
+        if edge.role & Role.PRIMARY:
+            return child
+    return None
+
+
+def dirname(graph: BlockGraph, name: str) -> str:
+    """``bdrv_dirname``: the directory relative backing names resolve against."""
+    primary = _primary_child(graph, name)
+    if primary is not None:
+        return dirname(graph, primary)
+    node = graph.nodes[name]
+    if node.exact_filename:
+        head = os.path.dirname(node.exact_filename)
+        return head + "/" if head else ""
+    raise OpenError(f"Cannot generate a base directory for {node.driver} nodes")
+
+
+def _has_protocol(path: str) -> bool:
+    """``path_has_protocol``: a ':' before any '/'."""
+    for ch in path:
+        if ch == "/":
+            return False
+        if ch == ":":
+            return True
+    return False
+
+
+def full_backing_filename(graph: BlockGraph, name: str) -> str | None:
+    """``bdrv_get_full_backing_filename``: the header's backing name made absolute."""
+    node = graph.nodes[name]
+    backing = node.backing_file
+    if not backing:
+        return None
+    if _has_protocol(backing) or backing.startswith("/"):
+        return backing
+    return dirname(graph, name) + backing

@@ -1,0 +1,85 @@
+"""A Session: one live block layer — graph, data plane, objects and policy.
+
+This is what a qemu-storage-daemon process is to QEMU: the graph of nodes,
+the monitor-owned node list, the QOM objects (throttle groups), the auto-name
+counter, and the Runtime holding the live driver objects. Every command runs
+inside :meth:`Session.transaction`, which validates the staged graph with the
+checker before committing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from txgraph.errors import InvariantViolation
+from txgraph.io.runtime import Runtime
+from txgraph.model.graph import BlockGraph
+from txgraph.model.names import AutoNamer
+from txgraph.ops.transaction import Transaction
+
+__all__ = ["Session", "QomObject"]
+
+
+@dataclass
+class QomObject:
+    """A user-created QOM object (object-add), e.g. a throttle-group."""
+
+    id: str
+    qom_type: str
+    props: dict[str, Any] = field(default_factory=dict)
+
+
+class Session:
+    """The live state commands operate on."""
+
+    def __init__(self, *, policy: str = "qemu", runtime: Runtime | None = None,
+                 name_seed: int | None = None, check: bool = True) -> None:
+        self.graph = BlockGraph()
+        self.runtime = runtime if runtime is not None else Runtime()
+        self.namer = AutoNamer(name_seed)
+        self.objects: dict[str, QomObject] = {}
+        self.policy = policy
+        #: run the invariant checker on every transaction before it commits
+        self.check = check
+        #: order in which nodes received their names (graph_bdrv_states)
+        self._name_seq = 0
+        #: fault injection for tests: fail the k-th primitive of the next transaction
+        self.fail_next_at: int | None = None
+        self.last_verdict: Any = None
+
+    def next_name_seq(self) -> int:
+        self._name_seq += 1
+        return self._name_seq
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """Stage changes; commit if the block works and the checker agrees, else undo all."""
+        fail_at, self.fail_next_at = self.fail_next_at, None
+        tx = Transaction(self.graph, fail_at=fail_at)
+        saved_name_seq = self._name_seq
+        try:
+            yield tx
+            self._validate(tx)
+        except BaseException:
+            tx.abort()
+            self._name_seq = saved_name_seq
+            raise
+        tx.commit()
+
+    def _validate(self, tx: Transaction) -> None:
+        if not self.check or not tx.touched:
+            return
+        from txgraph.checker import check
+
+        verdict = check(self.graph, tx.touched, policy=self.policy)
+        self.last_verdict = verdict
+        if not verdict.ok:
+            first = verdict.violations[0]
+            raise InvariantViolation(first.sentence, rule=first.rule, subjects=tuple(first.nodes),
+                                     explanation=verdict.to_json())
+
+    def close(self) -> None:
+        self.runtime.close_all()

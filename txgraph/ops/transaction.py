@@ -1,0 +1,180 @@
+"""Transactions over the live BlockGraph: primitives that record their inverses.
+
+Follows QEMU's util/transactions.c discipline ("do immediately, register the
+undo"; reference/qemu-graph.md §4.1): each primitive changes the staged graph
+at once and pushes its inverse; ``abort`` replays the inverses newest first,
+so the graph ends byte-identical to before (tests check the digest);
+``commit`` runs the deferred irreversible work (closing driver objects of
+removed nodes) and bumps the graph generation.
+
+Staging happens in place on the live graph under the engine's command lock:
+nothing else reads the graph while a transaction is open, and the data plane
+only sees a change when the commit hands it over under drain. This costs
+O(change) per transaction instead of a full copy, which matters at 10,000
+nodes. A ``fail_at`` counter injects a fault before the k-th primitive, which
+is how the tests prove every operation is all-or-nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any
+
+from txgraph.model.graph import BlockGraph
+from txgraph.model.node import Backend, BlockNode, Edge
+from txgraph.model.perm import Perm
+
+__all__ = ["Transaction", "TxState", "InjectedFault"]
+
+
+class TxState(enum.Enum):
+    OPEN = "open"
+    COMMITTED = "committed"
+    ABORTED = "aborted"
+
+
+class InjectedFault(Exception):
+    """Raised by a transaction whose ``fail_at`` counter ran out (fault-injection tests)."""
+
+
+class Transaction:
+    """A set of staged graph changes that commit or abort as one."""
+
+    def __init__(self, graph: BlockGraph, *, fail_at: int | None = None) -> None:
+        self.graph = graph
+        self.state = TxState.OPEN
+        self._undo: list[Callable[[], None]] = []
+        self._on_commit: list[Callable[[], None]] = []
+        self._start_seq = graph._seq
+        #: nodes whose vertices or edges changed: the checker's region
+        self.touched: set[str] = set()
+        self.steps = 0
+        self._fail_at = fail_at
+
+    # -- bookkeeping ---------------------------------------------------------------------
+    def _step(self) -> None:
+        assert self.state is TxState.OPEN, f"transaction is {self.state.value}"
+        self.steps += 1
+        if self._fail_at is not None and self.steps == self._fail_at:
+            raise InjectedFault(f"fault injected at primitive step {self.steps}")
+
+    def undo(self, fn: Callable[[], None]) -> None:
+        """Register a custom inverse (for state outside the graph, e.g. a runtime open)."""
+        self._undo.append(fn)
+
+    def on_commit(self, fn: Callable[[], None]) -> None:
+        """Register irreversible work that must only happen if the transaction commits."""
+        self._on_commit.append(fn)
+
+    # -- primitives ----------------------------------------------------------------------
+    def add_node(self, node: BlockNode) -> None:
+        self._step()
+        node.seq = self.graph.next_seq()
+        self.graph.add_node(node)
+        self.touched.add(node.name)
+        self._undo.append(lambda: self.graph.remove_node(node.name))
+
+    def remove_node(self, name: str) -> BlockNode:
+        self._step()
+        node = self.graph.remove_node(name)
+        self.touched.discard(name)
+        self._undo.append(lambda: self.graph.add_node(node))
+        return node
+
+    def add_backend(self, backend: Backend) -> None:
+        self._step()
+        backend.seq = self.graph.next_seq()
+        self.graph.add_backend(backend)
+        self._undo.append(lambda: self.graph.remove_backend(backend.key))
+
+    def remove_backend(self, key: str) -> Backend:
+        self._step()
+        backend = self.graph.remove_backend(key)
+        self._undo.append(lambda: self.graph.add_backend(backend))
+        return backend
+
+    def attach(self, parent: str, child: str, edge: Edge) -> Edge:
+        """Create an edge; it goes to the head of both the parent's and child's lists."""
+        self._step()
+        edge.seq = self.graph.next_seq()
+        edge.parent_seq = edge.seq
+        self.graph.attach(parent, child, edge)
+        self.touched.update((parent, child))
+        self._undo.append(lambda: self.graph.detach(parent, edge.name))
+        return edge
+
+    def detach(self, parent: str, name: str) -> tuple[str, Edge]:
+        self._step()
+        child, edge = self.graph.detach(parent, name)
+        self.touched.update((parent, child))
+        self._undo.append(lambda: self.graph.attach(parent, child, edge))
+        return child, edge
+
+    def retarget(self, parent: str, name: str, new_child: str) -> str:
+        """``bdrv_replace_child_noperm``: the same edge now points at ``new_child``."""
+        self._step()
+        old_child, edge = self.graph.detach(parent, name)
+        old_parent_seq = edge.parent_seq
+        edge.parent_seq = self.graph.next_seq()
+        self.graph.attach(parent, new_child, edge)
+        self.touched.update((parent, old_child, new_child))
+
+        def undo() -> None:
+            self.graph.detach(parent, name)
+            edge.parent_seq = old_parent_seq
+            self.graph.attach(parent, old_child, edge)
+
+        self._undo.append(undo)
+        return old_child
+
+    def set(self, obj: Any, attr: str, value: Any) -> None:
+        """Set one attribute of a node, backend or edge, remembering the old value."""
+        self._step()
+        old = getattr(obj, attr)
+        setattr(obj, attr, value)
+        if isinstance(obj, BlockNode):
+            self.touched.add(obj.name)
+        self._undo.append(lambda: setattr(obj, attr, old))
+
+    def set_edge_perm(self, parent: str, name: str, perm: Perm, shared: Perm) -> None:
+        """``bdrv_child_set_perm``: recorded so abort restores the old values."""
+        found = self.graph.child_edge(parent, name)
+        assert found is not None
+        child, edge = found
+        self._step()
+        old = (edge.perm, edge.shared)
+        edge.perm, edge.shared = perm, shared
+        self.touched.update((parent, child) if parent in self.graph.nodes else (child,))
+
+        def undo() -> None:
+            edge.perm, edge.shared = old
+
+        self._undo.append(undo)
+
+    # -- outcome -------------------------------------------------------------------------
+    def commit(self) -> None:
+        assert self.state is TxState.OPEN
+        self.state = TxState.COMMITTED
+        self.graph.generation += 1
+        for fn in self._on_commit:
+            fn()
+        self._undo.clear()
+        self._on_commit.clear()
+
+    def abort(self) -> None:
+        """Replay every inverse newest first; the graph is as before the transaction."""
+        if self.state is not TxState.OPEN:
+            return
+        self.state = TxState.ABORTED
+        while self._undo:
+            self._undo.pop()()
+        self.graph._seq = self._start_seq
+        self._on_commit.clear()
+
+    def __enter__(self) -> Transaction:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if exc_type is not None:
+            self.abort()
