@@ -31,7 +31,8 @@ from typing import Any
 from txgraph.errors import QAPIError, QMPError
 from txgraph.qmp.encoder import ghash_first, qdict_order
 
-__all__ = ["check_message", "validate_arguments", "schema_json", "has_command"]
+__all__ = ["check_message", "validate_arguments", "schema_json", "has_command",
+           "order_return", "order_event"]
 
 _DATA = Path(__file__).resolve().parent / "data"
 _SCHEMA_FILE = _DATA / "qsd-7.2-schema.json"
@@ -68,6 +69,51 @@ def schema_json() -> list[dict[str, Any]]:
 def has_command(name: str) -> bool:
     """Whether QSD 7.2's schema defines command ``name``."""
     return name in _schema().commands
+
+
+def order_return(command: str, value: Any) -> Any:
+    """``value`` with every object's members in the order of ``command``'s ret-type.
+
+    QEMU's output visitor inserts members in schema order, and that insertion
+    order decides the output order of keys sharing a QDict bucket (``micro``
+    and ``minor`` in ``query-version``). Reordering here keeps the bytes equal
+    to QEMU's whatever order a handler built its dicts in. Unknown commands and
+    keys outside the schema are left as they are.
+    """
+    entry = _schema().commands.get(command)
+    return value if entry is None else _reorder(entry["ret-type"], value)
+
+
+def order_event(name: str, data: Any) -> Any:
+    """Event ``data`` reordered by the event's schema type (see :func:`order_return`)."""
+    entry = _schema().by_name.get(name)
+    if entry is None or entry["meta-type"] != "event" or "arg-type" not in entry:
+        return data
+    return _reorder(entry["arg-type"], data)
+
+
+def _reorder(tname: str, value: Any) -> Any:
+    t = _schema().by_name.get(tname)
+    if t is None:
+        return value
+    meta = t["meta-type"]
+    if meta == "array" and isinstance(value, list):
+        return [_reorder(t["element-type"], v) for v in value]
+    if meta == "alternate" and isinstance(value, dict):
+        for member in t["members"]:
+            if _schema().by_name[member["type"]]["meta-type"] == "object":
+                return _reorder(member["type"], value)
+        return value
+    if meta != "object" or not isinstance(value, dict):
+        return value
+    members = [(m["name"], m["type"]) for m in t.get("members", [])]
+    tag = t.get("tag")
+    for variant in t.get("variants", []):
+        if tag is not None and variant["case"] == value.get(tag):
+            members += [(m["name"], m["type"]) for m in _schema().by_name[variant["type"]]["members"]]
+    result = {name: _reorder(mtype, value[name]) for name, mtype in members if name in value}
+    result.update((k, v) for k, v in value.items() if k not in result)
+    return result
 
 
 def check_message(message: Any) -> tuple[str, dict[str, Any]]:

@@ -26,7 +26,7 @@ from txgraph.errors import QMPError, TxgraphError
 from txgraph.qmp.decoder import JSONParseError, JSONStreamDecoder
 from txgraph.qmp.encoder import encode_message
 from txgraph.qmp.engine import Engine
-from txgraph.qmp.qapi import check_message, validate_arguments
+from txgraph.qmp.qapi import check_message, order_event, order_return, validate_arguments
 
 __all__ = ["QMPServer", "serve", "run_server"]
 
@@ -108,6 +108,8 @@ class QMPServer:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
+        if "data" in event:
+            event = {**event, "data": order_event(event["event"], event["data"])}
         loop.call_soon_threadsafe(self._broadcast, event)
 
     def _broadcast(self, event: dict[str, Any]) -> None:
@@ -122,7 +124,7 @@ class QMPServer:
         self._clients.add(client)
         try:
             version = await self._run_engine({"execute": "query-version"})
-            client.send({"QMP": {"version": version.get("return", {}),
+            client.send({"QMP": {"version": order_return("query-version", version.get("return", {})),
                                  "capabilities": list(OFFERED_CAPABILITIES)}})
             while True:
                 data = await reader.read(READ_CHUNK)
@@ -151,7 +153,10 @@ class QMPServer:
                 raise QMPError("Expecting capabilities negotiation with 'qmp_capabilities'",
                                "CommandNotFound")
             else:
-                return await self._run_engine(message)
+                reply = await self._run_engine(message)
+                if "return" in reply:
+                    reply["return"] = order_return(name, reply["return"])
+                return reply
         except TxgraphError as err:
             reply = {"error": err.to_qmp()}
         if isinstance(message, dict) and "id" in message:
