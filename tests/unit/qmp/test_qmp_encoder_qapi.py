@@ -78,3 +78,11 @@ def test_schema_json_is_the_captured_reply() -> None:
             "arg-type": "29"} in schema
     schema.clear()
     assert len(schema_json()) == 494
+
+
+def test_event_layout_matches_qsd() -> None:
+    # As QSD 7.2 printed a blockdev-create job's first event.
+    event = {"event": "JOB_STATUS_CHANGE", "data": {"id": "j", "status": "created"},
+             "timestamp": {"microseconds": 797708, "seconds": 1795659544}}
+    assert encode(event) == ('{"timestamp": {"seconds": 1795659544, "microseconds": 797708}, '
+                             '"event": "JOB_STATUS_CHANGE", "data": {"status": "created", "id": "j"}}')
