@@ -131,7 +131,7 @@ def test_probed_raw_refuses_qcow2_header_in_sector0_like_qemu_io(tmp_path: Path)
 def test_file_growth_zeroes_discard_flush(tmp_path: Path) -> None:
     p = tmp_path / "g.img"
     p.write_bytes(b"")
-    f = open_node("file", {"filename": str(p)})
+    f = open_node("file", {"filename": str(p), "discard": "unmap"})
     assert f.size() == 0 and f.read(0, 10) == bytes(10)
     f.write(1 << 20, b"tail")
     assert os.path.getsize(p) == (1 << 20) + 4 and f.size() == (1 << 20) + 512

@@ -188,6 +188,8 @@ class FileNode(DriverNode):
     def discard(self, offset: int, length: int) -> None:
         """``raw_co_pdiscard``: best effort hole punching; unsupported is not an error."""
         self._check_writable()
+        if self.options.get("discard", "ignore") not in ("unmap", "on"):
+            return  # BDRV_O_UNMAP is off: QEMU drops the request
         inside = min(offset + length, self._len) - offset
         if inside > 0:
             punch_hole(self.fd, offset, inside)

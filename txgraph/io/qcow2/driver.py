@@ -239,7 +239,9 @@ class Qcow2Node(DriverNode):
         self._w().write_zeroes(offset, length, may_unmap)
 
     def discard(self, offset: int, length: int) -> None:
-        self._w().discard(offset, length)
+        # BDRV_O_UNMAP: with the default discard=ignore, guest discards are dropped.
+        if self.options.get("discard", "ignore") in ("unmap", "on"):
+            self._w().discard(offset, length)
 
     def flush(self) -> None:
         if self.writer is not None:

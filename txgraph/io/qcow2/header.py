@@ -77,6 +77,8 @@ class Qcow2Header:
     #: (type, data) of extensions txgraph does not interpret, in file order
     unknown_extensions: list[tuple[int, bytes]] = field(default_factory=list)
     snapshots: list[Snapshot] = field(default_factory=list)
+    #: bytes used by the snapshot table
+    snapshots_size: int = 0
 
     # -- derived geometry ----------------------------------------------------
     @property
@@ -297,7 +299,7 @@ def read_qcow2_header(read: Reader, size: int, *, read_only: bool = True) -> Qco
             raise _fail("Backing file name too long")
         h.backing_file = read(h.backing_file_offset, n).decode("utf-8", "replace")
     from txgraph.io.qcow2.snapshots import read_snapshots
-    h.snapshots = read_snapshots(h, read)
+    h.snapshots, h.snapshots_size = read_snapshots(h, read)
     return h
 
 

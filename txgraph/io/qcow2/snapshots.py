@@ -22,8 +22,11 @@ __all__ = ["read_snapshots", "snapshot_qmp", "validate_snapshot_l1"]
 _SN = struct.Struct(">QIHHIIQII")
 
 
-def read_snapshots(h: Qcow2Header, read: Reader) -> list[Snapshot]:
-    """Parse the snapshot table, bounded by QEMU's per-entry and total limits."""
+def read_snapshots(h: Qcow2Header, read: Reader) -> tuple[list[Snapshot], int]:
+    """Parse the snapshot table, bounded by QEMU's per-entry and total limits.
+
+    Returns the entries and the table's size in bytes.
+    """
     from txgraph.io.qcow2.header import Snapshot
 
     out: list[Snapshot] = []
@@ -54,7 +57,7 @@ def read_snapshots(h: Qcow2Header, read: Reader) -> list[Snapshot]:
             raise OpenError("Snapshot table is too big")
         out.append(Snapshot(sid, name, l1_off, l1_size, date_sec, date_nsec, vm_clock,
                             vm_state, disk_size, icount))
-    return out
+    return out, offset - h.snapshots_offset
 
 
 def validate_snapshot_l1(h: Qcow2Header, sn: Snapshot) -> None:

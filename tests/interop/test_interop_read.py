@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from imgkit import convert_raw, open_chain, poke, qemu_img, qemu_io
+from interop_kit import convert_raw, open_chain, poke, qemu_img, qemu_io
 
 from tests.support.qsd import QSD
 from txgraph.errors import IOFailure
