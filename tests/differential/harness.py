@@ -194,15 +194,42 @@ class Peer(Protocol):
         """Release the peer (kill the process, drop the engine)."""
 
 
+def _start_qsd(workdir: str | None, attempts: int = 5) -> Any:
+    """Start a QSD, retrying the start-up race of tests.support.qsd.
+
+    ``QSD()`` connects as soon as the socket file exists, which can be a moment before the
+    daemon listens (``ConnectionRefusedError``); the half-started process is reaped here.
+    """
+    import time
+
+    from tests.support.qsd import QSD
+
+    for attempt in range(attempts):
+        q = QSD.__new__(QSD)
+        try:
+            q.__init__(workdir=workdir)  # type: ignore[misc]
+            return q
+        except ConnectionRefusedError:
+            proc = getattr(q, "proc", None)
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if proc is not None and proc.stdout:
+                proc.stdout.close()
+            shutil.rmtree(getattr(q, "_tmp", ""), ignore_errors=True)
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
+    raise AssertionError("unreachable")
+
+
 class QSDPeer:
     """A fresh qemu-storage-daemon 7.2 process."""
 
     label = "qsd"
 
     def __init__(self, workdir: Path | None = None) -> None:
-        from tests.support.qsd import QSD
-
-        self._qsd = QSD(workdir=str(workdir) if workdir else None)
+        self._qsd = _start_qsd(str(workdir) if workdir else None)
 
     def execute(self, message: dict[str, Any]) -> dict[str, Any]:
         return self.send_raw(json.dumps(message)) or {}

@@ -147,4 +147,20 @@ SCENARIOS = [
         add({"driver": "qcow2", "node-name": "t", "file": fnode("t.qcow2")}),
     ], setup=[qcow2_img("b.qcow2"), qcow2_img("t.qcow2", backing="b.qcow2", opts="data_file=t.raw")],
         theme=T),
+    sc("bk_backing_empty_and_auto_reference", [
+        add({"driver": "qcow2", "node-name": "t", "file": fnode("t.qcow2", "tf")}),
+        add({"driver": "qcow2", "node-name": "o", "backing": "{#block1}", "file": fnode("o.qcow2", "of")}),
+        add({"driver": "qcow2", "node-name": "e", "backing": "", "file": fnode("e.qcow2", "ef")}),
+        delete("t"),
+        delete("o"),
+    ], setup=[qcow2_img("b.qcow2"), qcow2_img("t.qcow2", backing="b.qcow2"), qcow2_img("o.qcow2"),
+              qcow2_img("e.qcow2", backing="b.qcow2")], theme=T,
+        doc="an auto-named header backing shared by reference; backing '' is not null over QMP"),
+    sc("bk_filename_option_not_parsed", [
+        add({"driver": "file", "node-name": "j", "filename": 'json:{"driver":"null-co"}'}),
+        add({"driver": "file", "node-name": "n", "filename": "null-co://"}),
+        add({"driver": "file", "node-name": "p", "filename": "file:{dir}/a.raw"}),
+        add({"driver": "qcow2", "node-name": "q", "file": fnode("q.qcow2")}),
+    ], setup=[raw_img("a.raw"), qcow2_img("q.qcow2", backing="file:{dir}/a.raw", fmt="raw", unsafe=True)],
+        theme=T, doc="filename options are literal paths; a header backing name gets prefix parsing"),
 ]
