@@ -47,8 +47,17 @@ class QSD:
                 out = self.proc.stdout.read().decode() if self.proc.stdout else ""
                 raise RuntimeError(f"qemu-storage-daemon did not start: {out}")
             time.sleep(0.01)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self.socket_path)
+        # The socket file appears just before QSD listens on it: retry briefly.
+        while True:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                self.sock.connect(self.socket_path)
+                break
+            except ConnectionRefusedError:
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
         self._file = self.sock.makefile("rwb")
         self.greeting = self._read()
         reply = self.execute("qmp_capabilities")

@@ -11,12 +11,13 @@ drained section, reference/qemu-graph.md §6).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 from txgraph.errors import OpenError
 from txgraph.io.driver import DriverNode, ImageInfo
+from txgraph.io.locking import LockState, prepare_perm
 from txgraph.io.registry import driver_class
 
 __all__ = ["Runtime"]
@@ -27,6 +28,8 @@ class Runtime:
 
     def __init__(self) -> None:
         self._nodes: dict[str, DriverNode] = {}
+        # Image-lock state of file nodes (bytes held by their fds), by node name.
+        self._locks: dict[str, LockState] = {}
         # Readers (I/O requests) hold it shared; graph changes hold it exclusively.
         self._graph_lock = _RWLock()
 
@@ -44,6 +47,7 @@ class Runtime:
 
     def close_node(self, name: str) -> None:
         node = self._nodes.pop(name, None)
+        self._locks.pop(name, None)
         if node is not None:
             node.close()
 
@@ -73,6 +77,18 @@ class Runtime:
 
     def set_read_only(self, name: str, read_only: bool) -> None:
         self._nodes[name].read_only = read_only
+
+    def check_perm(self, name: str, perm: int, shared: int) -> Callable[[], None] | None:
+        """The driver's ``bdrv_check_perm`` (rule P6): file nodes take QEMU's image locks.
+
+        Returns the undo that restores the previous locks, or None if nothing changed.
+        """
+        node = self._nodes.get(name)
+        fd = getattr(node, "fd", -1)
+        if node is None or fd < 0 or node.options.get("locking", "auto") in ("off", False):
+            return None
+        state = self._locks.setdefault(name, LockState())
+        return prepare_perm(fd, state, perm, shared)
 
     def close_all(self) -> None:
         for name in list(self._nodes):

@@ -18,6 +18,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from txgraph.qobject.encoder import qdict_order
+
 __all__ = [
     "Source",
     "Provenance",
@@ -26,6 +28,8 @@ __all__ = [
     "extract_subdict",
     "array_entries",
     "parse_bool",
+    "qdict_order",
+    "qdict_first",
 ]
 
 Options = dict[str, Any]
@@ -194,42 +198,12 @@ def iter_child_keys(options: Mapping[str, Any], child: str) -> Iterator[str]:
 
 
 # -- QDict iteration order ------------------------------------------------------------------
-# QEMU's QDict is a 512-bucket hash table; iteration walks the buckets in order
-# and, inside a bucket, the newest insertion first. Which key an error message
-# names ("first unsupported option") and the key order of generated json:
-# filenames both follow it, so txgraph reproduces it to match QEMU's texts.
-_QDICT_BUCKETS = 512
-
-
-def _qdict_hash(key: str) -> int:
-    """The string hash QEMU's QDict uses (the classic tdb hash), modulo 2**32."""
-    data = key.encode()
-    value = (0x238F13AF * len(data)) & 0xFFFFFFFF
-    for i, byte in enumerate(data):
-        value = (value + (byte << (i * 5 % 24))) & 0xFFFFFFFF
-    return (1103515243 * value + 12345) & 0xFFFFFFFF
-
-
-def qdict_order(keys: list[str]) -> list[str]:
-    """Order ``keys`` (given in insertion order) the way QEMU iterates a QDict."""
-    indexed = list(enumerate(keys))
-    indexed.sort(key=lambda ik: (_qdict_hash(ik[1]) % _QDICT_BUCKETS, -ik[0]))
-    return [k for _, k in indexed]
+# QEMU's QDict iterates by hash bucket, newest insertion first inside a bucket.
+# Which key an error message names ("first unsupported option") and the key
+# order of generated json: filenames both follow it.
 
 
 def qdict_first(options: Mapping[str, Any]) -> str | None:
     """``qdict_first``: the key QEMU would look at first."""
     ordered = qdict_order(list(options))
     return ordered[0] if ordered else None
-
-
-def to_qjson(value: Any) -> str:
-    """``qobject_to_json``: dicts in QDict order, QEMU's separators and escapes."""
-    import json
-
-    if isinstance(value, Mapping):
-        items = ", ".join(f"{json.dumps(k)}: {to_qjson(value[k])}" for k in qdict_order(list(value)))
-        return "{" + items + "}"
-    if isinstance(value, list):
-        return "[" + ", ".join(to_qjson(v) for v in value) + "]"
-    return json.dumps(value)

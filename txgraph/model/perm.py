@@ -47,9 +47,18 @@ _PERM_QMP_NAMES: tuple[tuple[Perm, str], ...] = (
 )
 
 
+# Human names (block.c's permission table) used in error messages.
+_PERM_HUMAN_NAMES: tuple[tuple[Perm, str], ...] = (
+    (Perm.CONSISTENT_READ, "consistent read"),
+    (Perm.WRITE, "write"),
+    (Perm.WRITE_UNCHANGED, "write unchanged"),
+    (Perm.RESIZE, "resize"),
+)
+
+
 def perm_names(perm: int) -> str:
-    """Comma-separated names in bit order, as in QEMU's permission-conflict errors."""
-    return ", ".join(name for bit, name in _PERM_QMP_NAMES if perm & bit)
+    """``bdrv_perm_names``: comma-separated human names in bit order, as in error texts."""
+    return ", ".join(name for bit, name in _PERM_HUMAN_NAMES if perm & bit)
 
 
 def perm_list(perm: int) -> list[str]:

@@ -85,7 +85,7 @@ def _open_raw(opener: Opener, node: BlockNode, spec: DriverSpec, work: OptionSet
     """``raw_open``: an offset/size window makes the file edge DATA instead of FILTERED."""
     opts = _consume(work, spec)
     for key in ("offset", "size"):
-        if key in opts and not isinstance(opts[key], int):
+        if key in opts and (not isinstance(opts[key], int) or opts[key] < 0):
             raise OpenError(f"Parameter '{key}' expects a non-negative number below 2^64")
     windowed = "size" in opts or bool(opts.get("offset", 0))
     role = Role.DATA | Role.PRIMARY if windowed else Role.FILTERED | Role.PRIMARY
@@ -135,9 +135,11 @@ def _open_qcow2(opener: Opener, node: BlockNode, spec: DriverSpec, work: OptionS
     child = opener.open_child(None, work, "file", node, Role.IMAGE, False)
     assert child is not None
     data_file_given = "data-file" in work or any(k.startswith("data-file.") for k in work.values)
+    opts = {k: work.values[k] for k in work.values if spec.accepts_option(k)}
     _consume_qcow2_options(work, spec)
     _runtime_open(opener, node, {"file": child})
     info = opener.runtime.info(node.name)
+    _check_qcow2_cache_options(opts, info.cluster_size or 65536)
     data_child = opener.open_child(None, work, "data-file", node, Role.DATA, True) \
         if data_file_given else None
     if info.has_external_data_file:
@@ -154,6 +156,28 @@ def _open_qcow2(opener: Opener, node: BlockNode, spec: DriverSpec, work: OptionS
         refresh_perms(opener.session, opener.tx, [node.name])
     elif data_child is not None:
         raise OpenError("'data-file' can only be set for images with an external data file")
+
+
+def _check_qcow2_cache_options(opts: dict[str, Any], cluster_size: int) -> None:
+    """``read_cache_sizes`` and ``qcow2_update_options_prepare``'s cache checks."""
+    combined = opts.get("cache-size")
+    l2 = opts.get("l2-cache-size")
+    refcount = opts.get("refcount-cache-size")
+    if combined is not None:
+        if l2 is not None and refcount is not None:
+            raise OpenError("l2-cache-size, refcount-cache-size, and cache-size may not be set "
+                            "at the same time")
+        if l2 is not None and l2 > combined:
+            raise OpenError("l2-cache-size may not exceed cache-size")
+        if refcount is not None and refcount > combined:
+            raise OpenError("refcount-cache-size may not exceed cache-size")
+    entry = opts.get("l2-cache-entry-size")
+    if entry is not None and (entry < 512 or entry > cluster_size or entry & (entry - 1)):
+        raise OpenError("L2 cache entry size must be a power of two between 512 and the "
+                        f"cluster size ({cluster_size})")
+    interval = opts.get("cache-clean-interval")
+    if interval is not None and interval > 0xFFFFFFFF:
+        raise OpenError("Cache clean interval too big")
 
 
 def _consume_qcow2_options(work: OptionSet, spec: DriverSpec) -> None:

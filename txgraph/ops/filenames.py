@@ -16,7 +16,8 @@ from txgraph.errors import OpenError
 from txgraph.model.drivers import driver_spec
 from txgraph.model.graph import BlockGraph
 from txgraph.model.node import OpenFlag
-from txgraph.model.options import qdict_order, to_qjson, unflatten
+from txgraph.model.options import qdict_order, unflatten
+from txgraph.qobject.encoder import encode as to_qjson
 
 __all__ = ["refresh_filename", "full_open_options", "full_backing_filename", "dirname",
            "backing_overridden"]

@@ -42,7 +42,7 @@ def _validate_throttle_limits(props: dict[str, Any]) -> None:
         if key.startswith("x-"):
             limits[key[2:]] = value
     for key, value in limits.items():
-        if isinstance(value, int) and value > 1_000_000_000_000_000:
+        if isinstance(value, int) and not 0 <= value <= 1_000_000_000_000_000:
             raise BlockError("bps/iops/max values must be within [0, 1000000000000000]")
     for kind in ("bps", "iops"):
         total = limits.get(f"{kind}-total", 0)
@@ -53,8 +53,7 @@ def _validate_throttle_limits(props: dict[str, Any]) -> None:
         if key.endswith("-max") and value:
             base = limits.get(key[: -len("-max")], 0)
             if not base:
-                raise BlockError(f"{key[: -len('-max')]}-max/iops-max require corresponding "
-                                 f"bps/iops values")
+                raise BlockError("bps_max/iops_max require corresponding bps/iops values")
             if value < base:
                 raise BlockError("bps_max/iops_max cannot be lower than bps/iops")
 

@@ -15,7 +15,6 @@ released"), while the auto-name counter keeps advancing as QEMU's does.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from txgraph.errors import BlockError, OpenError, TxgraphError
@@ -29,6 +28,7 @@ from txgraph.ops.filenames import full_backing_filename, refresh_filename
 from txgraph.ops.inherit import OptionSet, fill_options, flags_from_options, inherit_options
 from txgraph.ops.perms import refresh_perms
 from txgraph.ops.transaction import Transaction
+from txgraph.qobject.decoder import parse_json_text
 
 __all__ = ["Opener", "lookup_bs"]
 
@@ -307,9 +307,9 @@ def _merge_json_filename(opts: OptionSet, filename: str) -> None:
     """``parse_json_protocol``: a json: filename's options, merged under the explicit ones."""
     text = filename[len("json:"):]
     try:
-        value = json.loads(text)
+        value = parse_json_text(text)
     except ValueError as err:
-        raise OpenError(f"Could not parse the JSON options: {err.msg}") from err
+        raise OpenError(f"Could not parse the JSON options: {err}") from err
     if not isinstance(value, dict):
         raise OpenError("Invalid JSON object given")
     prov = Provenance(Source.JSON, detail=filename if len(filename) < 80 else filename[:77] + "...")

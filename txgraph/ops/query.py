@@ -172,3 +172,18 @@ def block_graph(session: Session) -> dict[str, Any]:
         nodes.insert(0, {"id": num(node.name), "type": "block-driver", "name": node.name})
         add_edges(node.name)
     return {"nodes": nodes, "edges": edges}
+
+
+def query_block(session: Session) -> list[dict[str, Any]]:
+    """``qmp_query_block``: one entry per named BlockBackend (devices); exports are anonymous."""
+    out: list[dict[str, Any]] = []
+    for backend in sorted(session.graph.backends.values(), key=lambda b: b.seq):
+        if backend.kind is not ParentKind.ROOT or not backend.name:
+            continue
+        kids = session.graph.children(backend.key)
+        entry: dict[str, Any] = {"device": backend.name, "locked": False, "removable": False,
+                                 "type": "unknown"}
+        if kids:
+            entry["inserted"] = _device_info(session, kids[0][0], False)
+        out.append(entry)
+    return out

@@ -107,3 +107,12 @@ def _query_block_graph(ctx: CommandContext, args: dict[str, Any]) -> Any:
     from txgraph.ops.query import block_graph
 
     return block_graph(ctx.session)
+
+
+@command("query-block")
+def _query_block(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    # Only monitor-named BlockBackends (devices, -drive) are listed; exports'
+    # backends are anonymous, so a storage daemon without devices has none.
+    from txgraph.ops.query import query_block
+
+    return query_block(ctx.session)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from txgraph.errors import QAPIError, QMPError
-from txgraph.qmp.encoder import ghash_first, qdict_order
+from txgraph.qobject.encoder import ghash_first, qdict_order
 
 __all__ = ["check_message", "validate_arguments", "schema_json", "has_command",
            "order_return", "order_event"]

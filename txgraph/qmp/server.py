@@ -5,7 +5,7 @@ Reproduces what a client of qemu-storage-daemon 7.2's ``--monitor`` sees
 message in order, CRLF-terminated output, ``id`` echoed verbatim, parse errors
 answered without ``id``, and events written between replies once a client has
 negotiated. Input needs no delimiter and may arrive in any fragments
-(:class:`~txgraph.qmp.decoder.JSONStreamDecoder`).
+(:class:`~txgraph.qobject.decoder.JSONStreamDecoder`).
 
 Several clients may be connected; commands from all of them run one at a time
 on the engine (a lock around a worker thread, so a long command does not stop
@@ -23,8 +23,8 @@ import socket
 from typing import Any
 
 from txgraph.errors import QMPError, TxgraphError
-from txgraph.qmp.decoder import JSONParseError, JSONStreamDecoder
-from txgraph.qmp.encoder import encode_message
+from txgraph.qobject.decoder import JSONParseError, JSONStreamDecoder
+from txgraph.qobject.encoder import encode_message
 from txgraph.qmp.engine import Engine
 from txgraph.qmp.qapi import check_message, order_event, order_return, validate_arguments
 

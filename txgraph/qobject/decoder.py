@@ -448,3 +448,18 @@ def qemu_text(raw: bytes) -> str:
         cp, i = mod_utf8_codepoint(raw, i, len(raw) - i + 1)
         chars.append("\ufffd" if cp < 0 else chr(cp))
     return "".join(chars)
+
+
+def parse_json_text(text: str) -> Any:
+    """``qobject_from_json``: parse one complete JSON text, or raise ValueError with QEMU's text."""
+    decoder = JSONStreamDecoder()
+    # A trailing space ends a top-level scalar the way the end of input does for QEMU.
+    results = decoder.feed(text.encode("utf-8", "surrogatepass") + b" ")
+    if not results:
+        raise ValueError("JSON parse error, premature EOI")
+    first = results[0]
+    if isinstance(first, JSONParseError):
+        raise ValueError(first.desc)
+    if len(results) > 1:
+        raise ValueError("JSON parse error, expecting value")
+    return first
