@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.differential.scenarios._common import (
-    add, fnode, null, obj_del, qcow2_img, raw_img, sc, tg,
+    add, fnode, null, qcow2_img, raw_img, sc, tg,
 )
 
 T = "inherit"
@@ -128,4 +128,3 @@ SCENARIOS = [
         theme=T),
 ]
 
-_ = obj_del
