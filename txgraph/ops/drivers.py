@@ -211,8 +211,6 @@ def _open_quorum(opener: Opener, node: BlockNode, spec: DriverSpec, work: Option
     rewrite = bool(parse_bool(opts.get("rewrite-corrupted", False)))
     if rewrite and blkverify:
         raise OpenError("rewrite-corrupted=on cannot be used with blkverify=on")
-    if rewrite and pattern == "fifo":
-        raise OpenError("rewrite-corrupted=on cannot be used with read-pattern=fifo")
     children: dict[str, str] = {}
     for index in range(count):
         key = f"children.{index}"

@@ -132,22 +132,55 @@ def fill_options(options: OptionSet, filename: str | None, flags: OpenFlag) -> O
         protocol = spec.is_protocol
     flags = flags | OpenFlag.PROTOCOL if protocol else flags & ~OpenFlag.PROTOCOL
     _update_options_from_flags(options, flags)
+    parse_filename = False
     if protocol and filename:
         if "filename" in options:
             raise OpenError("Can't specify 'file' and 'filename' options at the same time")
         options.put("filename", filename, Provenance(Source.EXPLICIT, detail="legacy filename"))
+        parse_filename = True
+    fname = options.values.get("filename")
     if not isinstance(drvname, str) and protocol:
-        fname = options.values.get("filename")
         if isinstance(fname, str):
-            options.put("driver", _find_protocol(fname), Provenance(Source.DEFAULT, detail="from the filename"))
+            drvname = _find_protocol(fname, parse_filename)
+            options.put("driver", drvname, Provenance(Source.DEFAULT, detail="from the filename"))
         else:
             raise OpenError("Must specify either driver or file")
+    if parse_filename and isinstance(fname, str) and isinstance(drvname, str):
+        _parse_filename(options, drvname, fname)
     return flags
 
 
-def _find_protocol(filename: str) -> str:
-    """``bdrv_find_protocol`` for options-dict filenames: prefixes are not parsed there."""
-    return "file"
+_PROTOCOLS = {"file": "file", "host_device": "host_device", "nbd": "nbd", "nbd+tcp": "nbd",
+              "nbd+unix": "nbd", "null-co": "null-co", "null-aio": "null-aio",
+              "blkdebug": "blkdebug", "blkverify": "blkverify"}
+
+
+def _find_protocol(filename: str, allow_prefix: bool) -> str:
+    """``bdrv_find_protocol``: a ``proto:`` prefix (before any '/') picks the driver.
+
+    Only legacy filename strings (image headers) get prefix parsing; a
+    ``filename`` option is always a plain path for the file driver.
+    """
+    colon = filename.find(":")
+    slash = filename.find("/")
+    if not allow_prefix or colon < 0 or (0 <= slash < colon):
+        return "file"
+    prefix = filename[:colon]
+    driver = _PROTOCOLS.get(prefix)
+    if driver is None:
+        raise OpenError(f"Unknown protocol '{prefix}'")
+    return driver
+
+
+def _parse_filename(options: OptionSet, driver: str, filename: str) -> None:
+    """The drivers' ``bdrv_parse_filename`` for the prefixes txgraph understands."""
+    prov = Provenance(Source.EXPLICIT, detail="legacy filename")
+    if driver in ("file", "host_device") and filename.startswith(driver + ":"):
+        options.put("filename", filename[len(driver) + 1:], prov)
+    elif driver in ("null-co", "null-aio"):
+        if filename != f"{driver}://":
+            raise OpenError(f"The only allowed filename for this driver is '{driver}://'")
+        options.discard("filename")
 
 
 def flags_from_options(flags: OpenFlag, options: dict[str, Any]) -> OpenFlag:

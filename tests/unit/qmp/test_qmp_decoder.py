@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from txgraph.qmp.decoder import JSONParseError, JSONStreamDecoder
+from txgraph.qobject.decoder import JSONParseError, JSONStreamDecoder
 
 
 def feed_all(*chunks: bytes) -> list[Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from txgraph.errors import QAPIError, QMPError
-from txgraph.qmp.encoder import encode, encode_message
+from txgraph.qobject.encoder import encode, encode_message
 from txgraph.qmp.qapi import check_message, schema_json, validate_arguments
 
 

@@ -1,0 +1,161 @@
+"""The real QEMU tools as peers: qemu-storage-daemon over QMP, and qemu-img.
+
+Used by the differential tests (QSD is the oracle) and by ``txgraph bench``
+(QSD is the peer a ratio is measured against). Deliberately tiny and
+synchronous: it speaks the wire protocol by hand (one JSON object per line
+from QSD, CRLF-terminated) so comparisons never depend on txgraph's own QMP
+code to talk to the oracle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["QMPProcess", "QSD", "TxgraphDaemon", "QSD_BINARY", "qsd_available", "qemu_img"]
+
+QSD_BINARY = shutil.which("qemu-storage-daemon") or "/usr/bin/qemu-storage-daemon"
+
+
+def qsd_available() -> bool:
+    return os.access(QSD_BINARY, os.X_OK)
+
+
+class QMPProcess:
+    """A process serving QMP on a unix socket, with one negotiated connection.
+
+    ``execute`` returns the raw reply dict (``{"return": ...}`` or
+    ``{"error": ...}``); events that arrive meanwhile are kept in ``events``.
+    """
+
+    label = "QMP server"
+
+    def __init__(self, args: list[str], socket_path: str, tmpdir: str, workdir: str | None) -> None:
+        self._tmp = tmpdir
+        self.socket_path = socket_path
+        self.events: list[dict[str, Any]] = []
+        self.proc = subprocess.Popen(args, cwd=workdir or self._tmp, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while not os.path.exists(self.socket_path):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
+                self.proc.kill()
+                raise RuntimeError(f"{self.label} did not start: {out}")
+            time.sleep(0.01)
+        # The socket file appears just before the server listens on it: retry briefly.
+        while True:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                self.sock.connect(self.socket_path)
+                break
+            except ConnectionRefusedError:
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    self.proc.kill()
+                    raise
+                time.sleep(0.01)
+        self._file = self.sock.makefile("rwb")
+        self.greeting = self._read()
+        reply = self.execute("qmp_capabilities")
+        assert reply == {"return": {}}, reply
+
+    def _read(self) -> dict[str, Any]:
+        line = self._file.readline()
+        if not line:
+            raise RuntimeError(f"{self.label} closed the connection")
+        return json.loads(line)
+
+    def send_raw(self, text: str | bytes) -> dict[str, Any]:
+        """Send bytes verbatim and return the next non-event message."""
+        self._file.write(text.encode() if isinstance(text, str) else text)
+        self._file.flush()
+        while True:
+            msg = self._read()
+            if "event" in msg:
+                self.events.append(msg)
+                continue
+            return msg
+
+    def execute(self, command: str, arguments: dict[str, Any] | None = None,
+                **extra: Any) -> dict[str, Any]:
+        msg: dict[str, Any] = {"execute": command, **extra}
+        if arguments is not None:
+            msg["arguments"] = arguments
+        return self.send_raw(json.dumps(msg))
+
+    def cmd(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        """Execute and return the ``return`` value; raise on an error reply."""
+        reply = self.execute(command, arguments)
+        if "error" in reply:
+            raise RuntimeError(f"{command} failed: {reply['error']['desc']}")
+        return reply["return"]
+
+    def close(self) -> None:
+        try:
+            self._file.close()
+            self.sock.close()
+        finally:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            if self.proc.stdout:
+                self.proc.stdout.close()
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> QMPProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class QSD(QMPProcess):
+    """A real qemu-storage-daemon 7.2 with its QMP monitor on a private socket."""
+
+    label = "qemu-storage-daemon"
+
+    def __init__(self, extra_args: list[str] | None = None, workdir: str | None = None) -> None:
+        tmp = tempfile.mkdtemp(prefix="qsd-")
+        path = os.path.join(tmp, "qmp.sock")
+        args = [QSD_BINARY, "--chardev", f"socket,id=qmp0,path={path},server=on,wait=off",
+                "--monitor", "chardev=qmp0", *(extra_args or [])]
+        super().__init__(args, path, tmp, workdir)
+
+    def __enter__(self) -> QSD:
+        return self
+
+
+class TxgraphDaemon(QMPProcess):
+    """``txgraph serve`` in a child process, driven exactly like :class:`QSD`."""
+
+    label = "txgraph serve"
+
+    def __init__(self, extra_args: list[str] | None = None, workdir: str | None = None) -> None:
+        tmp = tempfile.mkdtemp(prefix="txgraph-")
+        path = os.path.join(tmp, "qmp.sock")
+        args = [sys.executable, "-m", "txgraph.cli", "serve", "--qmp", path, *(extra_args or [])]
+        super().__init__(args, path, tmp, workdir)
+
+    def __enter__(self) -> TxgraphDaemon:
+        return self
+
+
+def qemu_img(*args: str | Path) -> str:
+    """Run qemu-img and return its stdout; raise with its stderr on failure."""
+    res = subprocess.run(["qemu-img", *map(str, args)], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"qemu-img {' '.join(map(str, args))}: {res.stderr.strip()}")
+    return res.stdout
