@@ -90,6 +90,13 @@ class Runtime:
         state = self._locks.setdefault(name, LockState())
         return prepare_perm(fd, state, perm, shared)
 
+    def state(self) -> tuple[object, ...]:
+        """Open nodes, their children and held image locks: equal states mean an identical data plane."""
+        return tuple(sorted(
+            (name, tuple(sorted((edge, child.node_name) for edge, child in node.children.items())),
+             node.read_only, repr(self._locks.get(name, LockState())))
+            for name, node in self._nodes.items()))
+
     def close_all(self) -> None:
         for name in list(self._nodes):
             self.close_node(name)

@@ -49,6 +49,8 @@ class Session:
         #: fault injection for tests: fail the k-th primitive of the next transaction
         self.fail_next_at: int | None = None
         self.last_verdict: Any = None
+        #: primitive steps of the last transaction (fault-injection tests iterate over them)
+        self.last_steps = 0
 
     def next_name_seq(self) -> int:
         self._name_seq += 1
@@ -64,9 +66,11 @@ class Session:
             yield tx
             self._validate(tx)
         except BaseException:
+            self.last_steps = tx.steps
             tx.abort()
             self._name_seq = saved_name_seq
             raise
+        self.last_steps = tx.steps
         tx.commit()
 
     def _validate(self, tx: Transaction) -> None:

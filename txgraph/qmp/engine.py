@@ -59,6 +59,8 @@ class Engine:
             reply = {"return": self._dispatch(message)}
         except TxgraphError as err:
             reply = {"error": err.to_qmp()}
+        except Exception as err:  # a bug must not take the server down; the graph was rolled back
+            reply = {"error": {"class": "GenericError", "desc": f"internal error: {err}"}}
         if "id" in message:
             reply["id"] = message["id"]
         return reply
