@@ -15,6 +15,7 @@ released"), while the auto-name counter keeps advancing as QEMU's does.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from txgraph.errors import BlockError, OpenError, TxgraphError
@@ -31,6 +32,9 @@ from txgraph.ops.transaction import Transaction
 from txgraph.qobject.decoder import parse_json_text
 
 __all__ = ["Opener", "lookup_bs"]
+
+#: stands for a parent that gets its node name only after its ``file`` was pre-opened
+_UNNAMED = "\0unnamed-parent"
 
 _COMMON_CONSUMED = ("node-name", "driver", "cache.direct", "cache.no-flush", "read-only",
                     "auto-read-only", "detect-zeroes", "discard", "force-share")
@@ -125,7 +129,7 @@ class Opener:
             else:
                 self._pending_inherit.setdefault(id(parent), []).append(node)
             flags = inherit_options(role, parent_is_format, opts, parent.flags, parent.options,
-                                    parent.name or "(parent)", child_key or "")
+                                    parent.name or _UNNAMED, child_key or "")
         flags = fill_options(opts, filename, flags)
 
         ro = opts.values.get("read-only")
@@ -170,6 +174,8 @@ class Opener:
         self._open_common(node, spec, file_node, work)
         for child in self._pending_inherit.pop(id(node), []):
             child.inherits_from = node.name
+            child.provenance = {k: replace(v, parent=node.name) if v.parent == _UNNAMED else v
+                                for k, v in child.provenance.items()}
 
         if not node.flags & OpenFlag.NO_BACKING:
             self._open_backing_file(node, spec, work)
