@@ -30,16 +30,19 @@ def _child(img: Path, rnd_seed: int, round_no: int, wfd: int) -> None:
     rnd = random.Random(rnd_seed)
     node = open_chain(img, read_only=False)
     node.options["discard"] = "unmap"
-    nslots = SIZE // SLOT
+    # Acknowledged writes live in the first half; the second half gets unacknowledged
+    # writes and zeroes, so in-flight zeroing never legitimately hides an acked write.
+    nslots = SIZE // 2 // SLOT
+    half = SIZE // 2
     for step in range(10_000):
         slot = (round_no * 37 + step) % nslots
         off = slot * SLOT + rnd.randrange(0, 4096)
         pat = (round_no * 7 + step) % 255 + 1
         node.write(off, bytes([pat]) * 40000)
-        if rnd.random() < 0.3:
-            z = rnd.randrange(SIZE - 200000)
-            if abs(z - off) > 3 * SLOT:
-                node.write_zeroes(z, rnd.randrange(1, 200000), may_unmap=rnd.random() < 0.5)
+        if rnd.random() < 0.5:
+            node.write(half + rnd.randrange(half - 40000), bytes([pat]) * 40000)
+            z = half + rnd.randrange(half - 200000)
+            node.write_zeroes(z, rnd.randrange(1, 200000), may_unmap=rnd.random() < 0.5)
         node.flush()
         os.write(wfd, struct.pack(">QQ", off, pat))
 

@@ -121,6 +121,17 @@ class Qcow2Node(DriverNode):
         return bytes(buf)
 
     def readinto(self, offset: int, out: memoryview) -> None:
+        """Read into a caller buffer; one-cluster data reads skip the run machinery."""
+        n = len(out)
+        cb = self.cluster_bits
+        c = offset >> cb
+        if n and c == (offset + n - 1) >> cb and offset + n <= self.header.size:
+            codes = self.map.codes[c >> self.map.l2b] if c < self.map.nb_clusters else None
+            if codes is not None:
+                code = int(codes[c & (self.map.n - 1)])
+                if code >= 0:
+                    child_readinto(self._data_child(), code + (offset & (self.cluster_size - 1)), out)
+                    return
         self._readinto(offset, out, zeroed=False)
 
     def _readinto(self, offset: int, out: memoryview, *, zeroed: bool) -> None:

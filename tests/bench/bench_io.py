@@ -1,0 +1,170 @@
+"""I/O benchmarks: txgraph's data plane against ``qemu-img bench`` on the same images.
+
+Not a timed test: run ``.venv/bin/python tests/bench/bench_io.py [WORKDIR]``. Each
+measure prints one JSON line ``{name, txgraph, peer, unit, ratio, peer_desc}``;
+``ratio`` is txgraph / peer (higher is better for txgraph), both measured in
+the same run, interleaved (warm-up, then rounds alternating txgraph and the
+peer; medians). Images follow the project reference (§B.1), built once in
+WORKDIR and reused.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from txgraph.io.registry import driver_class  # noqa: E402
+
+GiB, MiB = 1 << 30, 1 << 20
+ROUNDS = 3
+
+
+def _sh(*args: str | Path, stdin: str | None = None) -> str:
+    return subprocess.run([str(a) for a in args], input=stdin, capture_output=True, text=True,
+                          check=True).stdout
+
+
+def build_images(work: Path) -> dict[str, Path]:
+    """full.qcow2 (2 GiB, allocated), 3-layer chain top/mid/full, zlib comp.qcow2 (1 GiB)."""
+    work.mkdir(parents=True, exist_ok=True)
+    full, mid, top, comp = (work / n for n in ("full.qcow2", "mid.qcow2", "top.qcow2", "comp.qcow2"))
+    if not full.exists():
+        _sh("qemu-img", "create", "-q", "-f", "qcow2", full, "2G")
+        _sh("qemu-io", "-f", "qcow2", "-c", "write -q -P 0x5a 0 1G", "-c", "write -q -P 0x5a 1G 1G", full)
+    for name, below, seed, pat in ((mid, full, 1, "0xa5"), (top, mid, 2, "0x3c")):
+        if not name.exists():
+            _sh("qemu-img", "create", "-q", "-f", "qcow2", "-b", below.name, "-F", "qcow2", name, "2G")
+            rnd = random.Random(seed)
+            cmds = "".join(f"write -q -P {pat} {c * 65536} 65536\n"
+                           for c in rnd.sample(range(32768), 8192))
+            _sh("qemu-io", "-f", "qcow2", name, stdin=cmds + "quit\n")
+    if not comp.exists():
+        src = work / "comp_src.qcow2"
+        _sh("qemu-img", "create", "-q", "-f", "qcow2", src, "1G")
+        _sh("qemu-io", "-f", "qcow2", "-c", "write -q -P 0x5a 0 1G", src)
+        _sh("qemu-img", "convert", "-c", "-O", "qcow2", src, comp)
+        src.unlink()
+    for p in (full, mid, top, comp):  # warm the page cache
+        with open(p, "rb") as fh:
+            while fh.read(8 * MiB):
+                pass
+    return {"full": full, "mid": mid, "top": top, "comp": comp}
+
+
+def open_image(path: Path) -> Any:
+    """Open an image and its backing chain read-only (what the Runtime would build)."""
+    f = driver_class("file")("f", {"filename": str(path)}, {}, True)  # type: ignore[misc]
+    node = driver_class("qcow2")("q", {}, {"file": f}, True)  # type: ignore[misc]
+    bf = node.info().backing_file
+    if bf:
+        node.children["backing"] = open_image(path.parent / bf)
+    return node
+
+
+def qemu_bench(img: Path, *args: str) -> float:
+    """Seconds reported by ``qemu-img bench`` ("Run completed in N seconds")."""
+    out = _sh("qemu-img", "bench", "-f", "qcow2", "-t", "writeback", "-i", "io_uring", *args, img)
+    m = re.search(r"Run completed in ([0-9.]+) seconds", out)
+    assert m, out
+    return float(m.group(1))
+
+
+def seq_txgraph(img: Path, total: int) -> float:
+    node = open_image(img)
+    buf = memoryview(bytearray(MiB))
+    t = time.perf_counter()
+    for off in range(0, total, MiB):
+        node.readinto(off, buf)
+    return time.perf_counter() - t
+
+
+def rand_txgraph(img: Path, count: int) -> float:
+    node = open_image(img)
+    offs = (np.random.default_rng(3).integers(0, node.size() // 4096, count) * 4096).tolist()
+    buf = memoryview(bytearray(4096))
+    t = time.perf_counter()
+    for off in offs:
+        node.readinto(off, buf)
+    return time.perf_counter() - t
+
+
+def _interleave(ours: Callable[[], float], peer: Callable[[], float]) -> tuple[float, float]:
+    ours(), peer()  # warm-up
+    a, b = [], []
+    for _ in range(ROUNDS):
+        a.append(ours())
+        b.append(peer())
+    return statistics.median(a), statistics.median(b)
+
+
+def _line(name: str, ours: float, peer: float | None, unit: str, desc: str) -> dict[str, Any]:
+    return {"name": name, "txgraph": round(ours, 1), "peer": None if peer is None else round(peer, 1),
+            "unit": unit, "ratio": None if not peer else round(ours / peer, 2), "peer_desc": desc}
+
+
+def run_io_benchmarks(workdir: Path | str) -> list[dict[str, Any]]:
+    """Run every measure; returns one dict per measure (also printed as JSON lines)."""
+    imgs = build_images(Path(workdir))
+    results: list[dict[str, Any]] = []
+
+    def emit(d: dict[str, Any]) -> None:
+        results.append(d)
+        print(json.dumps(d), flush=True)
+
+    mb = 2 * GiB / 1e6
+    ours, peer = _interleave(lambda: seq_txgraph(imgs["full"], 2 * GiB),
+                             lambda: qemu_bench(imgs["full"], "-c", "2048", "-s", "1M", "-d", "1"))
+    emit(_line("seq_1MiB_full_2GiB", mb / ours, mb / peer, "MB/s", "qemu-img bench -d1 io_uring"))
+    n = 200_000
+    ours, peer = _interleave(lambda: rand_txgraph(imgs["full"], n),
+                             lambda: qemu_bench(imgs["full"], "-c", str(n), "-s", "4k",
+                                                "-S", "268636160", "-d", "1"))
+    emit(_line("rand_4KiB_d1_full", n / ours, n / peer, "IOPS",
+               "qemu-img bench -d1 io_uring, 4099-cluster stride"))
+    ours, peer = _interleave(lambda: seq_txgraph(imgs["top"], 2 * GiB),
+                             lambda: qemu_bench(imgs["top"], "-c", "2048", "-s", "1M", "-d", "1"))
+    emit(_line("seq_1MiB_chain3", mb / ours, mb / peer, "MB/s", "qemu-img bench -d1 io_uring"))
+    mb1 = GiB / 1e6
+    ours, peer = _interleave(lambda: seq_txgraph(imgs["comp"], GiB),
+                             lambda: qemu_bench(imgs["comp"], "-c", "1024", "-s", "1M", "-d", "1"))
+    emit(_line("seq_1MiB_zlib_1GiB", mb1 / ours, mb1 / peer, "MB/s", "qemu-img bench -d1 io_uring"))
+    node = open_image(imgs["full"])
+    offs = np.random.default_rng(42).integers(0, node.size(), 10**6, dtype=np.uint64)
+    node.translate(offs[:10])
+
+    def batch() -> float:
+        t = time.perf_counter()
+        node.translate(offs)
+        return time.perf_counter() - t
+
+    scalar = offs[:100_000].tolist()
+
+    def one_by_one() -> float:
+        code, cb = node.map.code, node.cluster_bits
+        t = time.perf_counter()
+        for g in scalar:
+            code(g >> cb)
+        return (time.perf_counter() - t) * 10
+
+    ours, peer = _interleave(batch, one_by_one)
+    emit(_line("translate_1M_batch", 1e6 / ours, 1e6 / peer, "lookups/s",
+               "txgraph scalar per-request lookup (no QEMU equivalent)"))
+    return results
+
+
+if __name__ == "__main__":
+    run_io_benchmarks(sys.argv[1] if len(sys.argv) > 1 else "/tmp/txgraph-bench")
