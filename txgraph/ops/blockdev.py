@@ -20,23 +20,29 @@ from txgraph.ops.perms import refresh_perms
 from txgraph.ops.session import Session
 from txgraph.ops.transaction import Transaction
 
-__all__ = ["blockdev_add", "blockdev_del", "unref_node", "op_blocker"]
+__all__ = ["blockdev_add", "blockdev_del", "stage_blockdev_add", "stage_blockdev_del",
+           "unref_node", "op_blocker"]
 
 _ADD_DEFAULT = Provenance(Source.ENTRY_DEFAULT, detail="blockdev-add")
 
 
 def blockdev_add(session: Session, arguments: dict[str, Any]) -> str:
     """Open the node tree described by ``arguments``; return the root's name."""
+    with session.transaction() as tx:
+        return stage_blockdev_add(session, tx, arguments)
+
+
+def stage_blockdev_add(session: Session, tx: Transaction, arguments: dict[str, Any]) -> str:
+    """blockdev-add inside an open transaction (also used by the ``transaction`` command)."""
     options = OptionSet.explicit(flatten(arguments))
     if not isinstance(options.values.get("node-name"), str):
         raise OpenError("'node-name' must be specified for the root node")
     # bds_tree_init's defaults: strings, and inherited by children like explicit values.
     for key in ("cache.direct", "cache.no-flush", "read-only"):
         options.set_default(key, "off", _ADD_DEFAULT)
-    with session.transaction() as tx:
-        name = Opener(session, tx).open_inherit(None, None, options, OpenFlag.NONE, None,
-                                                Role.NONE, None, False)
-        tx.set(session.graph.nodes[name], "monitor_owned", True)
+    name = Opener(session, tx).open_inherit(None, None, options, OpenFlag.NONE, None,
+                                            Role.NONE, None, False)
+    tx.set(session.graph.nodes[name], "monitor_owned", True)
     return name
 
 
@@ -53,6 +59,12 @@ def op_blocker(session: Session, name: str) -> str | None:
 
 
 def blockdev_del(session: Session, node_name: str) -> None:
+    with session.transaction() as tx:
+        stage_blockdev_del(session, tx, node_name)
+
+
+def stage_blockdev_del(session: Session, tx: Transaction, node_name: str) -> None:
+    """blockdev-del inside an open transaction: QEMU's checks in QEMU's order, then the unref."""
     graph = session.graph
     node = graph.nodes.get(node_name)
     if node is None:
@@ -67,9 +79,8 @@ def blockdev_del(session: Session, node_name: str) -> None:
         raise BlockError(f"Node {node_name} is not owned by the monitor")
     if graph.refcount(node_name) > 1:
         raise BlockError(f"Block device {node_name} is in use")
-    with session.transaction() as tx:
-        tx.set(node, "monitor_owned", False)
-        unref_node(session, tx, node_name)
+    tx.set(node, "monitor_owned", False)
+    unref_node(session, tx, node_name)
 
 
 def unref_node(session: Session, tx: Transaction, name: str) -> None:

@@ -116,3 +116,8 @@ def _query_block(ctx: CommandContext, args: dict[str, Any]) -> Any:
     from txgraph.ops.query import query_block
 
     return query_block(ctx.session)
+
+
+# Reconfiguration commands (reopen, snapshots, quorum changes, replace, filters,
+# transaction) register themselves in their own module.
+import txgraph.qmp.commands_reconfig  # noqa: E402,F401
