@@ -1,0 +1,258 @@
+"""SMT-LIB text for one check: declarations, facts and tracked rule implications.
+
+Every constraint restates a rule over the region's constants; the facts pin
+the constants to the graph, so a rule literal in an unsat core is a rule the
+graph breaks. The child-permission formulas are symbolic templates
+(:func:`txgraph.checker.formulas.template`) applied to the parent's
+cumulative permissions, themselves computed in z3 from its parent edges.
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+
+from txgraph.checker.formulas import template
+from txgraph.checker.instances import Instance
+from txgraph.checker.ranks import SPACING, seed
+from txgraph.checker.region import Region
+from txgraph.checker.verdict import EdgeRef
+from txgraph.model.graph import BlockGraph
+from txgraph.model.names import MAX_NODE_NAME
+from txgraph.model.node import ParentKind
+
+__all__ = ["Encoder", "esc", "strlit", "name_formula"]
+
+_INTERN: dict[str, int] = {}
+
+def _intern(name: str) -> int:
+    return _INTERN.setdefault(name, len(_INTERN))
+
+
+def esc(name: str) -> str:
+    """An SMT symbol body: ``|`` and ``\\`` cannot appear inside ``|...|``; injective."""
+    return name.replace("%", "%25").replace("|", "%7C").replace("\\", "%5C")
+
+
+def strlit(s: str) -> str:
+    """An SMT-LIB 2.6 string literal (non-printable and non-ASCII as ``\\u{..}``)."""
+    out = []
+    for ch in s:
+        o = ord(ch)
+        if ch == '"':
+            out.append('""')
+        elif 0x20 <= o < 0x7F and ch != "\\":
+            out.append(ch)
+        else:
+            out.append(f"\\u{{{o:x}}}")
+    return '"' + "".join(out) + '"'
+
+
+def _in(c: str, lo: str, hi: str) -> str:
+    return f"(and (bvule (_ bv{ord(lo)} 21) {c}) (bvule {c} (_ bv{ord(hi)} 21)))"
+
+
+def name_formula(name: str) -> str:
+    """N2 over the name's code points (21-bit vectors): ``[A-Za-z][A-Za-z0-9_.-]*`` and at
+    most 31 characters, or ``#block`` followed by at least three digits.
+
+    z3's string theory decides the same regular expressions but costs ~0.4 ms per
+    check; code points keep N2 in the bit-vector fragment the rest of the check uses.
+    """
+    cs = [f"(_ bv{ord(ch)} 21)" for ch in name]
+    if not cs:
+        return "false"
+
+    def letter(c: str) -> str:
+        return f"(or {_in(c, 'A', 'Z')} {_in(c, 'a', 'z')})"
+
+    def word(c: str) -> str:
+        return (f"(or {letter(c)} {_in(c, '0', '9')} (= {c} (_ bv95 21)) (= {c} (_ bv46 21)) "
+                f"(= {c} (_ bv45 21)))")
+
+    wf = f"(and (<= {len(cs)} {MAX_NODE_NAME}) {letter(cs[0])} {' '.join(word(c) for c in cs[1:])})"
+    prefix = [f"(_ bv{ord(ch)} 21)" for ch in "#block"]
+    if len(cs) >= len(prefix) + 3:
+        auto = (f"(and {' '.join(f'(= {a} {b})' for a, b in zip(cs, prefix))} "
+                f"{' '.join(_in(c, '0', '9') for c in cs[len(prefix):])})")
+    else:
+        auto = "false"
+    return f"(or {wf} {auto})"
+
+
+def _hex(v: int) -> str:
+    return f"#x{v:x}"
+
+
+def _bit(var: str, i: int) -> str:
+    return f"(= ((_ extract {i} {i}) {var}) #b1)"
+
+
+class Encoder:
+    """Accumulates one check's text; ``declared`` is the session's persistent symbol set."""
+
+    def __init__(self, graph: BlockGraph, declared: set[str]) -> None:
+        self.graph = graph
+        self.declared = declared
+        self.decls: list[str] = []
+        self.body: list[str] = []
+        self.lits: list[str] = []
+        self._facts: set[str] = set()
+
+    # -- symbols and facts --------------------------------------------------------------
+    def _decl(self, name: str, sort: str) -> str:
+        sym = f"|{name}|"
+        if name not in self.declared:
+            self.declared.add(name)
+            self.decls.append(f"(declare-const {sym} {sort})")
+        return sym
+
+    def _fact(self, name: str, sort: str, value: str) -> str:
+        sym = self._decl(name, sort)
+        if name not in self._facts:
+            self._facts.add(name)
+            self.body.append(f"(assert (= {sym} {value}))")
+        return sym
+
+    def edge(self, ref: EdgeRef) -> tuple[str, str, str]:
+        e = self.graph.g.edges[ref[0], ref[2], ref[1]]["obj"]
+        k = esc(f"{ref[0]}/{ref[1]}>{ref[2]}")
+        return (self._fact("e.p:" + k, "(_ BitVec 4)", _hex(int(e.perm))),
+                self._fact("e.s:" + k, "(_ BitVec 4)", _hex(int(e.shared))),
+                self._fact("e.r:" + k, "(_ BitVec 5)", f"(_ bv{int(e.role)} 5)"))
+
+    def node_flag(self, node: str, flag: str, value: bool) -> str:
+        return self._fact(f"n.{flag}:{esc(node)}", "Bool", "true" if value else "false")
+
+    def track(self, key: str, formula: str) -> None:
+        name = esc(key)
+        sym = self._decl(name, "Bool")
+        self.body.append(f"(assert (=> {sym} {formula}))")
+        self.lits.append(name)
+
+    def _cum(self, ups: tuple[EdgeRef, ...]) -> tuple[str, str]:
+        """``bdrv_get_cumulative_perm`` in z3: OR of needs, AND of shares."""
+        ps, ss = [], []
+        for ref in ups:
+            p, s, _r = self.edge(ref)
+            ps.append(p)
+            ss.append(s)
+        return f"(bvor #x0 {' '.join(ps)})", f"(bvand #xf {' '.join(ss)})"
+
+    # -- rule instances -----------------------------------------------------------------
+    def instance(self, inst: Instance) -> None:
+        k, d = inst.kind, inst.data
+        f: str
+        if k == "g2card":
+            _p, _n, bit, kids = d
+            i = bit.bit_length() - 1
+            f = f"((_ at-most 1) {' '.join(_bit(self.edge(r)[2], i) for r, _role in kids)})"
+        elif k == "g2excl":
+            r = self.edge(d[0])[2]
+            if d[2] == "FILTERED":
+                f = f"(=> {_bit(r, 2)} (= (bvand {r} #b01011) #b00000))"
+            else:
+                f = f"(=> {_bit(r, 3)} (= (bvand {r} #b10111) #b00000))"
+        elif k == "g3one":
+            rs = [self.edge(r)[2] for r, _role in d[2]]
+            full = " ".join(f"(ite (= (bvand {r} #b10100) #b10100) 1 0)" for r in rs)
+            part = " ".join(f"(ite (distinct (bvand {r} #b10100) #b00000) 1 0)" for r in rs)
+            f = f"(and (= (+ 0 {full}) 1) (= (+ 0 {part}) 1))"
+        elif k in ("g3fcow", "g3nocow"):
+            f = f"(not {_bit(self.edge(d[0])[2], 3)})"
+        elif k == "g3nofilt":
+            f = f"(not {_bit(self.edge(d[0])[2], 2)})"
+        elif k == "g4":
+            a, b = (self._fact(f"e.n:{esc(f'{r[0]}/{r[1]}>{r[2]}')}", "Int", str(_intern(r[1])))
+                    for r in d[1:])
+            f = f"(distinct {a} {b})"
+        elif k == "g5req":
+            names = [self._fact(f"e.n:{esc(f'{r[0]}/{r[1]}>{r[2]}')}", "Int", str(_intern(r[1])))
+                     for r in d[3]]
+            want = _intern(d[2])
+            f = f"(or false {' '.join(f'(= {n} {want})' for n in names)})"
+        elif k == "g5quorum":
+            f = f"(>= {self._fact('n.kids:' + esc(d[0]), 'Int', str(d[2]))} 1)"
+        elif k == "n1":
+            f = f"(and true {' '.join(f'(distinct {strlit(d[0])} {strlit(b)})' for b in d[1])})"
+        elif k == "n2":
+            f = name_formula(d[0])
+        elif k == "fs1":
+            node = self.graph.nodes[d[0]]
+            f = f"(=> {self.node_flag(d[0], 'fs', node.force_share)} {self.node_flag(d[0], 'ro', node.read_only)})"
+        elif k == "p1node":
+            ref, ctx, role, ups, force_share = d
+            name, text = template(ctx, role)
+            if name not in self.declared:
+                self.declared.add(name)
+                self.decls.append(text)
+            perm, shared, _r = self.edge(ref)
+            cp, cs = self._cum(ups)
+            t = f"({name} {cp} {cs})"
+            fs = self.node_flag(ref[2], "fs", force_share)
+            f = (f"(and (= {perm} ((_ extract 7 4) {t})) "
+                 f"(= {shared} (ite {fs} #xf ((_ extract 3 0) {t}))))")
+        elif k == "p1root":
+            perm, shared, _r = self.edge(d[0])
+            f = f"(and (= {perm} {_hex(d[1])}) (= {shared} {_hex(d[2])}))"
+        elif k == "p3":
+            _c, a, b = d
+            f = f"(= (bvand {self.edge(b)[0]} (bvnot {self.edge(a)[1]})) #x0)"
+        elif k == "p4":
+            cp, _cs = self._cum(d[1])
+            w = self.node_flag(d[0], "w", self.graph.nodes[d[0]].writable)
+            f = f"(=> (distinct (bvand {cp} #x6) #x0) {w})"
+        elif k == "f1":
+            ref, now = d
+            cur = self._fact(f"f.now:{esc(ref[0] + '/' + ref[1])}", "Int",
+                             str(-1 if now is None else _intern(now)))
+            f = f"(= {cur} {_intern(ref[2])})"
+        elif k == "s1":
+            f = f"(not {self.node_flag(d[0], 'used', d[3])})"
+        elif k == "s2":
+            f = f"(= (bvand {self.edge(d[0])[0]} #x2) #x0)"
+        else:
+            raise AssertionError(f"no encoding for {k}")
+        self.track(inst.key, f)
+
+    # -- acyclicity ---------------------------------------------------------------------
+    def ranks(self, region: Region, fixed: dict[str, int]) -> list[str]:
+        """``rank(parent) > rank(child)`` on node edges with a symbolic end; returns the
+        symbolic nodes."""
+        g = self.graph.g
+        if region.whole:
+            fixed, symbolic = _whole_graph_ranks(self.graph)
+        else:
+            symbolic = sorted(region.nodes)
+        sym_set = set(symbolic)
+
+        def term(n: str) -> str:
+            return self._decl("r:" + esc(n), "Int") if n in sym_set else str(fixed[n])
+
+        seen: set[EdgeRef] = set()
+        for n in symbolic:
+            for p, c, key, data in list(g.out_edges(n, keys=True, data=True)) + \
+                    list(g.in_edges(n, keys=True, data=True)):
+                ref = (p, key, c)
+                if ref in seen or data["obj"].parent_kind is not ParentKind.NODE:
+                    continue
+                seen.add(ref)
+                self.track(f"G1:edge={p}/{key}>{c}", f"(> {term(p)} {term(c)})")
+        return symbolic
+
+
+def _whole_graph_ranks(graph: BlockGraph) -> tuple[dict[str, int], list[str]]:
+    """Constants for nodes on no cycle (from the condensation), symbols for the rest."""
+    sub = graph.g.subgraph(graph.nodes)
+    cond = nx.condensation(sub)
+    order = list(nx.topological_sort(cond))
+    fixed: dict[str, int] = {}
+    symbolic: list[str] = []
+    for i, comp in enumerate(order):
+        members = cond.nodes[comp]["members"]
+        if len(members) == 1 and not any(sub.has_edge(m, m) for m in members):
+            fixed[next(iter(members))] = (len(order) - i) * SPACING
+        else:
+            symbolic.extend(members)
+    if not symbolic:
+        seed(graph, fixed)
+    return fixed, sorted(symbolic)

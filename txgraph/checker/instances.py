@@ -1,0 +1,215 @@
+"""Rule instances: one per (rule, subject) the region asks about.
+
+Both engines share this enumeration, so they ask exactly the same questions
+with exactly the same subjects and literal names; they differ in how they
+decide each one (:mod:`structural` evaluates Python predicates, :mod:`smt`
+asks z3). G1 (acyclicity) is global and handled by each engine separately.
+
+An instance is skipped only when its constraint is vacuous by construction
+(fewer than two edges for a pairwise rule, no parents for P4, force-share off
+for FS1): such constraints can never be part of an unsat core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from txgraph.checker.region import Region, edge_label, in_edges, node_edges_only, out_edges
+from txgraph.checker.verdict import EdgeRef
+from txgraph.model.drivers import driver_spec
+from txgraph.model.graph import BlockGraph
+from txgraph.model.node import Backend, ParentKind
+from txgraph.model.perm import Perm, Role
+from txgraph.model.permissions import child_perm_context
+
+__all__ = ["Instance", "enumerate_instances", "named_backends", "chain_cuts", "ROLE_BITS"]
+
+ROLE_BITS: dict[str, Role] = {"FILTERED": Role.FILTERED, "COW": Role.COW, "PRIMARY": Role.PRIMARY}
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """``kind`` selects the predicate/encoding; ``key`` is the readable literal name."""
+
+    rule: str
+    kind: str
+    key: str
+    data: tuple[Any, ...]
+
+
+def named_backends(graph: BlockGraph) -> dict[str, str]:
+    """Named BlockBackends (name -> key), the namespace node names must avoid.
+
+    QEMU checks node names against ``blk_by_name`` only: device BlockBackends.
+    Exports and jobs have their own id namespaces and anonymous BBs, whose
+    description is "an unnamed block device".
+    """
+    return {b.name: b.key for b in graph.backends.values() if _is_named_bb(b)}
+
+
+def _is_named_bb(b: Backend) -> bool:
+    return b.kind is ParentKind.ROOT and bool(b.name) and b.description != "an unnamed block device"
+
+
+def chain_cuts(graph: BlockGraph, before: BlockGraph, nodes: set[str]) -> list[tuple[str, str, str]]:
+    """Nodes whose ``backing`` link existed before and is gone now, while their image
+    header still names a backing file: (node, old backing child, backing file)."""
+    cuts: list[tuple[str, str, str]] = []
+    for name in sorted(nodes):
+        if name not in before.nodes:
+            continue
+        old = before.child_edge(name, "backing")
+        node = graph.nodes[name]
+        if old is None or not node.backing_file or graph.child_edge(name, "backing") is not None:
+            continue
+        cuts.append((name, old[0], node.backing_file))
+    return cuts
+
+
+def enumerate_instances(region: Region, rules: frozenset[str],
+                        before: BlockGraph | None) -> Iterator[Instance]:
+    graph = region.graph
+    parents = sorted(region.nodes)
+    for p in parents:
+        kids = out_edges(graph, p)
+        spec = driver_spec(graph.nodes[p].driver)
+        if "G2-role-cardinality" in rules:
+            if len(kids) >= 2:
+                for bit_name, bit in ROLE_BITS.items():
+                    yield Instance("G2-role-cardinality", "g2card", f"G2:node={p}:at-most-one={bit_name}",
+                                   (p, bit_name, int(bit), tuple((r, int(e.role)) for r, e in kids)))
+            for ref, e in kids:
+                for excl in ("FILTERED", "COW"):
+                    yield Instance("G2-role-cardinality", "g2excl",
+                                   f"G2:edge={edge_label(ref)}:{excl}-exclusive",
+                                   (ref, int(e.role), excl))
+        if "G3-filter-shape" in rules and spec is not None:
+            drv = spec.name
+            if spec.is_filter:
+                yield Instance("G3-filter-shape", "g3one", f"G3:node={p}:one-filtered-child",
+                               (p, drv, tuple((r, int(e.role)) for r, e in kids)))
+            for ref, e in kids:
+                if spec.is_filter:
+                    yield Instance("G3-filter-shape", "g3fcow", f"G3:edge={edge_label(ref)}:filter-cow",
+                                   (ref, drv, int(e.role)))
+                else:
+                    if drv != "raw":
+                        yield Instance("G3-filter-shape", "g3nofilt",
+                                       f"G3:edge={edge_label(ref)}:not-filter",
+                                       (ref, drv, int(e.role)))
+                    if not spec.supports_backing:
+                        yield Instance("G3-filter-shape", "g3nocow",
+                                       f"G3:edge={edge_label(ref)}:no-backing-support",
+                                       (ref, drv, int(e.role)))
+        if "G5-required-children" in rules and spec is not None:
+            refs = tuple(r for r, _e in kids)
+            for cs in spec.children:
+                if cs.required:
+                    yield Instance("G5-required-children", "g5req", f"G5:node={p}:child={cs.name}",
+                                   (p, spec.name, cs.name, refs))
+            if spec.perm_family == "quorum":
+                yield Instance("G5-required-children", "g5quorum", f"G5:node={p}:children",
+                               (p, spec.name, len(kids)))
+    if "G4-edge-name-unique" in rules:
+        for owner in sorted(region.nodes | region.backends):
+            kids = out_edges(graph, owner)
+            for i, (a, _ea) in enumerate(kids):
+                for b, _eb in kids[i + 1:]:
+                    yield Instance("G4-edge-name-unique", "g4", f"G4:parent={owner}:a={a[1]}>{a[2]}:b={b[1]}>{b[2]}",
+                                   (owner, a, b))
+    yield from _name_instances(region, rules)
+    yield from _perm_instances(region, rules)
+    if before is not None:
+        yield from _before_instances(region, rules, before)
+
+
+def _name_instances(region: Region, rules: frozenset[str]) -> Iterator[Instance]:
+    graph = region.graph
+    if "N1-namespace" in rules:
+        bbs = named_backends(graph)
+        if bbs:
+            subjects = set(region.nodes)
+            for key in region.backends:
+                b = graph.backends[key]
+                if _is_named_bb(b) and b.name in graph.nodes:
+                    subjects.add(b.name)
+            names = tuple(sorted(bbs))
+            for n in sorted(subjects):
+                yield Instance("N1-namespace", "n1", f"N1:node={n}", (n, names))
+    for n in sorted(region.nodes):
+        if "N2-name-valid" in rules:
+            yield Instance("N2-name-valid", "n2", f"N2:node={n}", (n,))
+        if "FS1-force-share-ro" in rules and graph.nodes[n].force_share:
+            yield Instance("FS1-force-share-ro", "fs1", f"FS1:node={n}", (n,))
+
+
+def _perm_instances(region: Region, rules: frozenset[str]) -> Iterator[Instance]:
+    graph = region.graph
+    if "P1-edge-perm-formula" in rules:
+        for ref, e in region.edges_in_scope():
+            p, _name, c = ref
+            if e.parent_kind is ParentKind.NODE:
+                pnode = graph.nodes[p]
+                if driver_spec(pnode.driver) is None:
+                    continue  # unknown driver: its formula is not modelled
+                ctx = child_perm_context(pnode, pnode.writable)
+                ups = tuple(r for r, _e in in_edges(graph, p))
+                yield Instance("P1-edge-perm-formula", "p1node", f"P1:edge={edge_label(ref)}",
+                               (ref, ctx, int(e.role), ups, graph.nodes[c].force_share))
+            elif e.parent_kind is ParentKind.ROOT:
+                b = graph.backends[p]
+                yield Instance("P1-edge-perm-formula", "p1root", f"P1:edge={edge_label(ref)}",
+                               (ref, int(b.perm), int(b.shared)))
+    for c in sorted(region.below):
+        ups = in_edges(graph, c)
+        if "P3-perm-conflict" in rules and len(ups) >= 2:
+            for a, _ea in ups:
+                for b, _eb in ups:
+                    if a != b:
+                        yield Instance("P3-perm-conflict", "p3",
+                                       f"P3:node={c}:a={edge_label(a)}:b={edge_label(b)}", (c, a, b))
+        if "P4-read-only-writer" in rules and ups:
+            yield Instance("P4-read-only-writer", "p4", f"P4:node={c}", (c, tuple(r for r, _e in ups)))
+
+
+def _before_instances(region: Region, rules: frozenset[str], before: BlockGraph) -> Iterator[Instance]:
+    graph = region.graph
+    if "F1-frozen-link" in rules:
+        # Frozen links are few, but a removed parent leaves no trace in ``touched``,
+        # so every frozen edge of the old graph is compared.
+        for p, c, key, data in sorted(before.g.edges(keys=True, data=True), key=lambda t: t[:3]):
+            if data["obj"].frozen:
+                now = graph.child_edge(p, key) if p in graph.g else None
+                yield Instance("F1-frozen-link", "f1", f"F1:edge={p}/{key}",
+                               ((p, key, c), now[0] if now else None))
+    if not ({"S1-backing-chain-cut", "S2-orphaned-writer"} & rules):
+        return
+    for node, old, file in chain_cuts(graph, before, region.nodes):
+        if "S1-backing-chain-cut" in rules:
+            used = any(True for _ in graph.g.in_edges(node))
+            yield Instance("S1-backing-chain-cut", "s1", f"S1:node={node}", (node, old, file, used))
+        if "S2-orphaned-writer" in rules:
+            for top in _chain_tops(graph, node):
+                for ref, e in in_edges(graph, top):
+                    if e.parent_kind is ParentKind.ROOT:
+                        yield Instance("S2-orphaned-writer", "s2",  # noqa: E501
+                                       f"S2:user={ref[0]}:top={top}:node={node}",
+                                       (ref, top, node, old, int(e.perm)))
+
+
+def _chain_tops(graph: BlockGraph, node: str) -> list[str]:
+    """``node`` and every node above it through filter or COW links (bdrv_chain_contains)."""
+    seen = {node}
+    todo = [node]
+    while todo:
+        cur = todo.pop()
+        for ref, e in node_edges_only(in_edges(graph, cur)):
+            if e.role & (Role.FILTERED | Role.COW) and ref[0] not in seen:
+                seen.add(ref[0])
+                todo.append(ref[0])
+    return sorted(seen)
+
+
+WRITE_BITS = int(Perm.WRITE | Perm.WRITE_UNCHANGED)

@@ -1,0 +1,212 @@
+"""The z3 engine: the region's constraints as SMT-LIB, decided under assumptions.
+
+Encoding (reference/qmp-and-tooling.md §2.1):
+
+- the region's edges and nodes become constants (4-bit ``perm``/``shared``,
+  5-bit role, booleans for writable/read-only/force-share) pinned by facts;
+- every rule instance is an implication ``lit => constraint`` whose literal
+  carries a readable name (``P3:node=file0:a=top/file:b=dup/file``); the
+  check assumes all literals, so the unsat core names the broken rules;
+- acyclicity uses integer ranks: region nodes symbolic, every other node a
+  constant from :mod:`ranks` (delta encoding), on the edges touching the
+  region only;
+- one long-lived solver per thread: declarations persist, each check's
+  facts and implications live in one ``push``/``pop`` scope, and the text is
+  parsed in bulk, because z3's Python builders cost ~20 µs per term and an
+  incremental check costs far less than a fresh solver's first one.
+
+``unknown`` (budget exhausted) is a failure, never a pass.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import networkx as nx
+import z3
+
+from txgraph.checker.encode import Encoder, esc
+from txgraph.checker.explain import cycles_through, render
+from txgraph.checker.instances import Instance
+from txgraph.checker.ranks import SPACING, ranks_for, record
+from txgraph.checker.region import Region
+from txgraph.checker.rules import RULES
+from txgraph.checker.verdict import Violation
+
+__all__ = ["check_smt", "RLIMIT", "SEED"]
+
+#: deterministic budget per check (z3 resource units, not time)
+RLIMIT = 20_000_000
+SEED = 0
+#: start a fresh solver once this many symbols were declared
+MAX_DECLARED = 200_000
+
+
+class _Session:
+    """A solver with the symbols already declared in it."""
+
+    def __init__(self) -> None:
+        self.solver = z3.Solver()
+        self.solver.set("unsat_core", True)
+        self.solver.set("random_seed", SEED)
+        self.solver.set("rlimit", RLIMIT)
+        self.declared: set[str] = set()
+        self.bools: dict[str, z3.BoolRef] = {}
+        self.go = z3.Bool("go")
+        self.solver.from_string("(declare-const |go| Bool)")
+
+    def lit(self, name: str) -> z3.BoolRef:
+        b = self.bools.get(name)
+        if b is None:
+            b = self.bools[name] = z3.Bool(name)
+        return b
+
+
+_LOCAL = threading.local()
+
+
+def _session() -> _Session:
+    s: _Session | None = getattr(_LOCAL, "session", None)
+    if s is None or len(s.declared) > MAX_DECLARED:
+        s = _LOCAL.session = _Session()
+    return s
+
+
+def check_smt(region: Region, instances: list[Instance], rules: frozenset[str],
+              policy: str) -> list[Violation]:
+    session = _session()
+    out = _run(session, region, instances, rules, policy, force_ranks=False)
+    if out is None:
+        # A rank core without a real cycle: the constants left no room. Renumber, retry.
+        out = _run(session, region, instances, rules, policy, force_ranks=True)
+    # Still no cycle after renumbering can only mean the fixed part is itself
+    # cyclic, which the region check does not judge.
+    return out if out is not None else []
+
+
+def _run(session: _Session, region: Region, instances: list[Instance], rules: frozenset[str],
+         policy: str, force_ranks: bool) -> list[Violation] | None:
+    graph = region.graph
+    enc = Encoder(graph, session.declared)
+    by_lit: dict[str, Instance] = {}
+    for inst in instances:
+        enc.instance(inst)
+        by_lit[esc(inst.key)] = inst
+    symbolic: list[str] = []
+    fixed: dict[str, int] | None = None
+    if "G1-acyclic" in rules:
+        fixed = _fixed_ranks(region, force_ranks)
+        if fixed is not None:
+            symbolic = enc.ranks(region, fixed)
+    solver = session.solver
+    solver.push()
+    try:
+        # Declarations persist across pop in z3's parser; facts and rules do not.
+        solver.from_string("\n".join(enc.decls + enc.body)
+                           + f"\n(assert (=> |go| (and true {' '.join(f'|{k}|' for k in enc.lits)})))")
+        # Fast path: one assumption for the whole check. Only a failure pays for
+        # per-literal assumptions and core peeling.
+        first = solver.check(session.go)
+        if first == z3.sat:
+            failed: list[str] = []
+        elif first == z3.unknown:
+            return [_unknown(solver.reason_unknown(), policy)]
+        else:
+            failed, unknown = _cores(solver, [session.lit(k) for k in enc.lits])
+            if unknown is not None:
+                return [_unknown(unknown, policy)]
+    finally:
+        solver.pop()
+    rank_lits = [k for k in failed if k.startswith("G1:")]
+    if not rank_lits and symbolic and not region.whole:
+        _remember_ranks(region, fixed or {})
+    out: list[Violation] = []
+    if rank_lits:
+        cycles = cycles_through(graph, None if region.whole else region.nodes, policy)
+        if not cycles:
+            return None
+        out.extend(cycles)
+    for key in failed:
+        if not key.startswith("G1:"):
+            out.append(render(by_lit[key], graph, policy))
+    return out
+
+
+def _fixed_ranks(region: Region, force: bool) -> dict[str, int] | None:
+    """Constant ranks for the nodes adjacent to the region (delta encoding)."""
+    graph = region.graph
+    if region.whole:
+        return {}
+    needed: set[str] = set()
+    g = graph.g
+    for n in region.nodes:
+        needed.update(x for x in g.successors(n) if x not in region.nodes)
+        needed.update(x for x in g.predecessors(n) if x in graph.nodes and x not in region.nodes)
+    if not needed:
+        return {}
+    return ranks_for(graph, region.nodes, needed, force=force)
+
+
+def _remember_ranks(region: Region, fixed: dict[str, int]) -> None:
+    """Give the region's nodes ranks between their fixed neighbours, for later checks.
+
+    z3 proved such ranks exist; picking them in Python (children first, a
+    quarter of the remaining gap above the highest child) avoids fetching the
+    model, and the result is verified before it is kept.
+    """
+    graph = region.graph
+    g = graph.g
+    sub = g.subgraph(region.nodes)
+    try:
+        order = list(nx.topological_sort(sub))
+    except nx.NetworkXUnfeasible:
+        return
+    ranks: dict[str, int] = {}
+    for n in reversed(order):
+        lo = max((ranks.get(c, fixed.get(c, 0)) for c in g.successors(n) if c in graph.nodes),
+                 default=0)
+        hi = min((fixed[p] for p in g.predecessors(n) if p in fixed), default=lo + 2 * SPACING)
+        ranks[n] = lo + max(1, (hi - lo) // 4)
+    for n in order:
+        for c in g.successors(n):
+            if c in graph.nodes and not ranks[n] > ranks.get(c, fixed.get(c, -1)):
+                return
+        for p in g.predecessors(n):
+            if p in fixed and not fixed[p] > ranks[n]:
+                return
+    record(graph, ranks)
+
+
+def _cores(solver: z3.Solver, lits: list[z3.BoolRef]) -> tuple[list[str], str | None]:
+    """Every literal that belongs to some unsat core, found by peeling cores off.
+
+    Ground literals of a core are re-checked alone: z3 does not promise minimal
+    cores, and a literal is reported only if it is false on its own. Rank
+    literals are only false together, so they are kept as a group.
+    """
+    remaining = list(lits)
+    failed: list[str] = []
+    while True:
+        res = solver.check(remaining)
+        if res == z3.sat:
+            return sorted(set(failed)), None
+        if res == z3.unknown:
+            return failed, solver.reason_unknown()
+        core = {c.decl().name() for c in solver.unsat_core()}
+        if not core:
+            return failed, "the facts of the region are contradictory"
+        for c in sorted(core):
+            if c.startswith("G1:"):
+                failed.append(c)
+            else:
+                alone = solver.check(z3.Bool(c))
+                if alone == z3.unknown:
+                    return failed, solver.reason_unknown()
+                if alone == z3.unsat:
+                    failed.append(c)
+        remaining = [x for x in remaining if x.decl().name() not in core]
+
+
+def _unknown(reason: str, policy: str) -> Violation:
+    rule = RULES["Z1-solver-unknown"]
+    return Violation(rule.id, (), (), rule.template.format(reason=reason), policy)
