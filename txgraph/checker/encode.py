@@ -20,7 +20,7 @@ from txgraph.model.graph import BlockGraph
 from txgraph.model.names import MAX_NODE_NAME
 from txgraph.model.node import ParentKind
 
-__all__ = ["Encoder", "esc", "strlit", "name_formula"]
+__all__ = ["Encoder", "esc", "strlit", "name_formula", "NAME_PRELUDE"]
 
 _INTERN: dict[str, int] = {}
 
@@ -47,33 +47,32 @@ def strlit(s: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def _in(c: str, lo: str, hi: str) -> str:
-    return f"(and (bvule (_ bv{ord(lo)} 21) {c}) (bvule {c} (_ bv{ord(hi)} 21)))"
+#: session-wide helpers for N2, over 24-bit code points
+NAME_PRELUDE = (
+    "(define-fun nL ((c (_ BitVec 24))) Bool (or (and (bvule #x000041 c) (bvule c #x00005a)) "
+    "(and (bvule #x000061 c) (bvule c #x00007a))))\n"
+    "(define-fun nD ((c (_ BitVec 24))) Bool (and (bvule #x000030 c) (bvule c #x000039)))\n"
+    "(define-fun nW ((c (_ BitVec 24))) Bool (or (nL c) (nD c) (= c #x00005f) (= c #x00002e) "
+    "(= c #x00002d)))\n"
+)
 
 
 def name_formula(name: str) -> str:
-    """N2 over the name's code points (21-bit vectors): ``[A-Za-z][A-Za-z0-9_.-]*`` and at
-    most 31 characters, or ``#block`` followed by at least three digits.
+    """N2 over the name's code points: ``[A-Za-z][A-Za-z0-9_.-]*`` and at most 31
+    characters, or ``#block`` followed by at least three digits (needs
+    :data:`NAME_PRELUDE`).
 
     z3's string theory decides the same regular expressions but costs ~0.4 ms per
     check; code points keep N2 in the bit-vector fragment the rest of the check uses.
     """
-    cs = [f"(_ bv{ord(ch)} 21)" for ch in name]
+    cs = [f"#x{ord(ch):06x}" for ch in name]
     if not cs:
         return "false"
-
-    def letter(c: str) -> str:
-        return f"(or {_in(c, 'A', 'Z')} {_in(c, 'a', 'z')})"
-
-    def word(c: str) -> str:
-        return (f"(or {letter(c)} {_in(c, '0', '9')} (= {c} (_ bv95 21)) (= {c} (_ bv46 21)) "
-                f"(= {c} (_ bv45 21)))")
-
-    wf = f"(and (<= {len(cs)} {MAX_NODE_NAME}) {letter(cs[0])} {' '.join(word(c) for c in cs[1:])})"
-    prefix = [f"(_ bv{ord(ch)} 21)" for ch in "#block"]
+    wf = f"(and (<= {len(cs)} {MAX_NODE_NAME}) (nL {cs[0]}) {' '.join(f'(nW {c})' for c in cs[1:])})"
+    prefix = [f"#x{ord(ch):06x}" for ch in "#block"]
     if len(cs) >= len(prefix) + 3:
         auto = (f"(and {' '.join(f'(= {a} {b})' for a, b in zip(cs, prefix))} "
-                f"{' '.join(_in(c, '0', '9') for c in cs[len(prefix):])})")
+                f"{' '.join(f'(nD {c})' for c in cs[len(prefix):])})")
     else:
         auto = "false"
     return f"(or {wf} {auto})"
@@ -136,6 +135,8 @@ class Encoder:
             p, s, _r = self.edge(ref)
             ps.append(p)
             ss.append(s)
+        if not ps:
+            return "#x0", "#xf"
         return f"(bvor #x0 {' '.join(ps)})", f"(bvand #xf {' '.join(ss)})"
 
     # -- rule instances -----------------------------------------------------------------

@@ -25,7 +25,7 @@ import threading
 import networkx as nx
 import z3
 
-from txgraph.checker.encode import Encoder, esc
+from txgraph.checker.encode import NAME_PRELUDE, Encoder, esc
 from txgraph.checker.explain import cycles_through, render
 from txgraph.checker.instances import Instance
 from txgraph.checker.ranks import SPACING, ranks_for, record
@@ -53,7 +53,7 @@ class _Session:
         self.declared: set[str] = set()
         self.bools: dict[str, z3.BoolRef] = {}
         self.go = z3.Bool("go")
-        self.solver.from_string("(declare-const |go| Bool)")
+        self.solver.from_string("(declare-const |go| Bool)\n" + NAME_PRELUDE)
 
     def lit(self, name: str) -> z3.BoolRef:
         b = self.bools.get(name)
