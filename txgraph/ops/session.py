@@ -49,6 +49,8 @@ class Session:
         #: fault injection for tests: fail the k-th primitive of the next transaction
         self.fail_next_at: int | None = None
         self.last_verdict: Any = None
+        #: structured warnings of the last command (surprising reopen resets)
+        self.last_warnings: list[dict[str, Any]] = []
         #: primitive steps of the last transaction (fault-injection tests iterate over them)
         self.last_steps = 0
 

@@ -121,3 +121,15 @@ def _query_block(ctx: CommandContext, args: dict[str, Any]) -> Any:
 # Reconfiguration commands (reopen, snapshots, quorum changes, replace, filters,
 # transaction) register themselves in their own module.
 import txgraph.qmp.commands_reconfig  # noqa: E402,F401
+
+
+@command("blockdev-reopen")
+def _blockdev_reopen(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    from txgraph.ops.reopen import blockdev_reopen
+
+    warnings = blockdev_reopen(ctx.session, args["options"])
+    ctx.session.last_warnings = [w.to_json() for w in warnings]
+    for warning in warnings:
+        # An extension event: QMP clients ignore events they do not know.
+        ctx.emit_event("X_TXGRAPH_REOPEN_WARNING", warning.to_json())
+    return {}
