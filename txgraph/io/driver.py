@@ -111,5 +111,15 @@ class DriverNode(abc.ABC):
     def info(self) -> ImageInfo:
         return ImageInfo(format=self.driver_name, virtual_size=self.size())
 
+    def reopen(self, options: Mapping[str, Any], read_only: bool) -> None:
+        """Take new options and read-only mode (``bdrv_reopen_prepare`` + commit).
+
+        Must validate before changing anything and raise OpenError with QEMU's
+        text, so the caller can treat it as a prepare step; the Runtime undoes
+        a successful reopen by reopening with the old values.
+        """
+        self.options = dict(options)
+        self.read_only = read_only
+
     def close(self) -> None:
         """Release host resources (fds, mappings, locks). Idempotent."""

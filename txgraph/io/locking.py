@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from txgraph.errors import BlockError
 
-__all__ = ["LockState", "prepare_perm"]
+__all__ = ["LockState", "prepare_perm", "relock"]
 
 _PERM_BASE = 100
 _SHARED_BASE = 200
@@ -114,3 +114,10 @@ def prepare_perm(fd: int, state: LockState, perm: int, shared: int) -> Callable[
         state.perm, state.shared = old_perm, old_shared
 
     return undo
+
+
+def relock(fd: int, state: LockState) -> LockState:
+    """Take ``state``'s locks on a new fd (after a reopen replaced the descriptor)."""
+    fresh = LockState(perm=state.perm, shared=state.shared)
+    _apply(fd, fresh, state.perm, ~state.shared & _ALL, unlock=False)
+    return fresh

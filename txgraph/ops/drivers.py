@@ -42,8 +42,12 @@ def _consume(work: OptionSet, spec: DriverSpec) -> dict[str, Any]:
 def _runtime_open(opener: Opener, node: BlockNode, children: dict[str, str]) -> None:
     """Create the node's driver object and record what it reports about the image."""
     runtime = opener.runtime
+    options = dict(node.options)
+    if node.probed:
+        # The data plane enforces the probed-raw rule (raw_co_pwritev, CVE-2008-2004).
+        options["x-txgraph-probed"] = True
     try:
-        info = runtime.open_node(node.name, node.driver, node.options, children, node.read_only)
+        info = runtime.open_node(node.name, node.driver, options, children, node.read_only)
     except TxgraphError:
         raise
     except OSError as err:  # a driver that let an OS error escape: still QEMU-shaped text

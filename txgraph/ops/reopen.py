@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from txgraph.errors import BlockError
+from txgraph.errors import BlockError, TxgraphError
 from txgraph.model.drivers import RESETTABLE_COMMON_OPTIONS, driver_spec
 from txgraph.model.node import BlockNode, Edge, OpenFlag
 from txgraph.model.options import Provenance, Source, flatten, parse_bool, qdict_first, qdict_order
@@ -224,6 +224,7 @@ def _prepare(session: Session, tx: Transaction, queue: _Queue, entry: _Entry) ->
         if key not in work and key not in RESETTABLE_COMMON_OPTIONS and key not in spec.mutable_opts:
             raise BlockError(f"Option '{key}' cannot be reset to its default value")
     _driver_prepare(session, node, entry, work)
+    _runtime_reopen(session, tx, node, entry)
     if spec.supports_backing and entry.backing_missing and \
             (graph.backing_child(node.name) is not None or node.backing_file):
         raise BlockError(f"backing is missing for '{node.name}'")
@@ -303,6 +304,24 @@ def _driver_prepare(session: Session, node: BlockNode, entry: _Entry, work: dict
         info = session.runtime.info(node.name)
         if entry.flags & OpenFlag.RDWR and info.extra.get("read-only-export"):
             raise BlockError("Can't reopen read-only NBD mount as read/write")
+
+
+def _runtime_reopen(session: Session, tx: Transaction, node: BlockNode, entry: _Entry) -> None:
+    """Hand the new options to the live driver (it validates first); undone on abort."""
+    runtime = session.runtime
+    if not runtime.has_node(node.name):
+        return
+    live = runtime.node(node.name)
+    old_options, old_ro = dict(live.options), live.read_only
+    new_options = {k: v for k, v in entry.options.values.items()
+                   if "." not in k or k.startswith("cache.")}
+    if "x-txgraph-probed" in old_options:
+        new_options["x-txgraph-probed"] = old_options["x-txgraph-probed"]
+    try:
+        runtime.reopen_node(node.name, new_options, not entry.flags & OpenFlag.RDWR)
+    except TxgraphError as err:
+        raise BlockError(err.desc) from err
+    tx.undo(lambda: runtime.reopen_node(node.name, old_options, old_ro))
 
 
 def _parse_file_or_backing(session: Session, tx: Transaction, entry: _Entry, value: Any,
@@ -406,16 +425,11 @@ def _commit(session: Session, tx: Transaction, entry: _Entry) -> None:
     for d in (options, explicit, provenance):
         for key in child_names:
             d.pop(key, None)
-    was_read_only = node.read_only
     tx.set(node, "options", options)
     tx.set(node, "explicit", explicit)
     tx.set(node, "provenance", provenance)
     tx.set(node, "flags", entry.flags)
     tx.set(node, "detect_zeroes", entry.detect_zeroes)
-    runtime = session.runtime
-    if node.read_only != was_read_only and runtime.has_node(node.name):
-        runtime.set_read_only(node.name, node.read_only)
-        tx.undo(lambda: runtime.set_read_only(node.name, was_read_only))
 
 
 def _snapshot(node: BlockNode) -> dict[str, Any]:

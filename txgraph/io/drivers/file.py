@@ -104,6 +104,28 @@ class FileNode(DriverNode):
                 return self._open(False)
             raise OpenError(f"Could not open '{self.filename}': {os.strerror(e.errno or E.EIO)}") from None
 
+    def reopen(self, options: Mapping[str, Any], read_only: bool) -> None:
+        """``raw_reopen_prepare``: a changed read-only mode needs a new fd (and mapping).
+
+        The Runtime moves the image locks to the new fd (they belong to the
+        open file description); the old fd is closed here.
+        """
+        if read_only != self.read_only:
+            old_ro, old_fd = self.read_only, self.fd
+            self.read_only = read_only
+            try:
+                self.fd = self._open(bool(options.get("auto-read-only", False)))
+            except OpenError:
+                self.read_only = old_ro
+                raise
+            self._mm = None
+            self._len = os.fstat(self.fd).st_size
+            self._remap()
+            os.close(old_fd)
+        super().reopen(options, read_only)
+        self.no_flush = bool(options.get("cache.no-flush", False))
+        self.direct = bool(options.get("cache.direct", False))
+
     def _remap(self) -> None:
         """Map the whole current file; older mappings stay valid for their holders."""
         if self._len == 0:

@@ -36,22 +36,33 @@ class RawNode(DriverNode):
         if "file" not in self.children:
             raise OpenError('A block device must be specified for "file"')
         self.probed = bool(options.get("x-txgraph-probed", False))
-        self.offset = int(options.get("offset", 0))
-        self.has_size = "size" in options
+        self.offset, self.has_size, self._size = self._window(options)
+
+    def _window(self, options: Mapping[str, Any]) -> tuple[int, bool, int]:
+        """``raw_apply_options``: the (offset, has_size, size) window, validated."""
+        offset = int(options.get("offset", 0))
+        has_size = "size" in options
         real = self.children["file"].size()
-        if self.offset > real:
-            raise OpenError(f"Offset ({self.offset}) cannot be greater than size of the "
+        if offset > real:
+            raise OpenError(f"Offset ({offset}) cannot be greater than size of the "
                             f"containing file ({real})")
-        if self.has_size:
-            self._size = int(options["size"])
-            if real - self.offset < self._size:
-                raise OpenError(f"The sum of offset ({self.offset}) and size ({self._size}) has to "
+        if has_size:
+            size = int(options["size"])
+            if real - offset < size:
+                raise OpenError(f"The sum of offset ({offset}) and size ({size}) has to "
                                 f"be smaller or equal to the  actual size of the containing file "
                                 f"({real})")
-            if self._size % 512:
+            if size % 512:
                 raise OpenError("Specified size is not multiple of 512")
         else:
-            self._size = real - self.offset
+            size = real - offset
+        return offset, has_size, size
+
+    def reopen(self, options: Mapping[str, Any], read_only: bool) -> None:
+        """``raw_reopen_prepare``/``commit``: offset and size may change."""
+        window = self._window(options)
+        super().reopen(options, read_only)
+        self.offset, self.has_size, self._size = window
 
     @property
     def file(self) -> DriverNode:
