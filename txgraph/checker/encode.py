@@ -18,7 +18,6 @@ from txgraph.checker.region import Region
 from txgraph.checker.verdict import EdgeRef
 from txgraph.model.graph import BlockGraph
 from txgraph.model.names import MAX_NODE_NAME
-from txgraph.model.node import ParentKind
 
 __all__ = ["Encoder", "esc", "strlit", "name_formula", "NAME_PRELUDE"]
 
@@ -234,7 +233,7 @@ class Encoder:
             for p, c, key, data in list(g.out_edges(n, keys=True, data=True)) + \
                     list(g.in_edges(n, keys=True, data=True)):
                 ref = (p, key, c)
-                if ref in seen or data["obj"].parent_kind is not ParentKind.NODE:
+                if ref in seen or p not in self.graph.nodes:
                     continue
                 seen.add(ref)
                 self.track(f"G1:edge={p}/{key}>{c}", f"(> {term(p)} {term(c)})")

@@ -15,7 +15,6 @@ from txgraph.checker.rules import RULES
 from txgraph.checker.verdict import EdgeRef, Violation
 from txgraph.model.graph import BlockGraph
 from txgraph.model.names import MAX_NODE_NAME, id_wellformed
-from txgraph.model.node import ParentKind
 from txgraph.model.perm import Perm, Role, perm_names
 from txgraph.model.permissions import parent_description
 
@@ -154,7 +153,7 @@ def cycles_through(graph: BlockGraph, nodes: set[str] | None, policy: str) -> li
     rule = RULES["G1-acyclic"]
     for comp in comps:
         edges = tuple(sorted((p, key, c) for p, c, key, data in g.edges(comp, keys=True, data=True)
-                             if c in comp and data["obj"].parent_kind is ParentKind.NODE))
+                             if c in comp and p in graph.nodes))
         cyc = tuple(sorted(comp))
         sentence = rule.template.format(cycle=", ".join(f"'{n}'" for n in cyc),
                                         edges=", ".join(f"{p} -{k}-> {c}" for p, k, c in edges))

@@ -39,6 +39,11 @@ class Instance:
     data: tuple[Any, ...]
 
 
+def edge_key(ref: EdgeRef) -> str:
+    """``parent/name>child``: unique even when a broken graph repeats a child name."""
+    return f"{ref[0]}/{ref[1]}>{ref[2]}"
+
+
 def named_backends(graph: BlockGraph) -> dict[str, str]:
     """Named BlockBackends (name -> key), the namespace node names must avoid.
 
@@ -83,7 +88,7 @@ def enumerate_instances(region: Region, rules: frozenset[str],
             for ref, e in kids:
                 for excl in ("FILTERED", "COW"):
                     yield Instance("G2-role-cardinality", "g2excl",
-                                   f"G2:edge={edge_label(ref)}:{excl}-exclusive",
+                                   f"G2:edge={edge_key(ref)}:{excl}-exclusive",
                                    (ref, int(e.role), excl))
         if "G3-filter-shape" in rules and spec is not None:
             drv = spec.name
@@ -92,16 +97,16 @@ def enumerate_instances(region: Region, rules: frozenset[str],
                                (p, drv, tuple((r, int(e.role)) for r, e in kids)))
             for ref, e in kids:
                 if spec.is_filter:
-                    yield Instance("G3-filter-shape", "g3fcow", f"G3:edge={edge_label(ref)}:filter-cow",
+                    yield Instance("G3-filter-shape", "g3fcow", f"G3:edge={edge_key(ref)}:filter-cow",
                                    (ref, drv, int(e.role)))
                 else:
                     if drv != "raw":
                         yield Instance("G3-filter-shape", "g3nofilt",
-                                       f"G3:edge={edge_label(ref)}:not-filter",
+                                       f"G3:edge={edge_key(ref)}:not-filter",
                                        (ref, drv, int(e.role)))
                     if not spec.supports_backing:
                         yield Instance("G3-filter-shape", "g3nocow",
-                                       f"G3:edge={edge_label(ref)}:no-backing-support",
+                                       f"G3:edge={edge_key(ref)}:no-backing-support",
                                        (ref, drv, int(e.role)))
         if "G5-required-children" in rules and spec is not None:
             refs = tuple(r for r, _e in kids)
@@ -150,17 +155,17 @@ def _perm_instances(region: Region, rules: frozenset[str]) -> Iterator[Instance]
     if "P1-edge-perm-formula" in rules:
         for ref, e in region.edges_in_scope():
             p, _name, c = ref
-            if e.parent_kind is ParentKind.NODE:
+            if p in graph.nodes:  # membership, not parent_kind: a mislabeled edge must not crash
                 pnode = graph.nodes[p]
                 if driver_spec(pnode.driver) is None:
                     continue  # unknown driver: its formula is not modelled
                 ctx = child_perm_context(pnode, pnode.writable)
                 ups = tuple(r for r, _e in in_edges(graph, p))
-                yield Instance("P1-edge-perm-formula", "p1node", f"P1:edge={edge_label(ref)}",
+                yield Instance("P1-edge-perm-formula", "p1node", f"P1:edge={edge_key(ref)}",
                                (ref, ctx, int(e.role), ups, graph.nodes[c].force_share))
-            elif e.parent_kind is ParentKind.ROOT:
+            elif e.parent_kind is ParentKind.ROOT and p in graph.backends:
                 b = graph.backends[p]
-                yield Instance("P1-edge-perm-formula", "p1root", f"P1:edge={edge_label(ref)}",
+                yield Instance("P1-edge-perm-formula", "p1root", f"P1:edge={edge_key(ref)}",
                                (ref, int(b.perm), int(b.shared)))
     for c in sorted(region.below):
         ups = in_edges(graph, c)
@@ -182,7 +187,7 @@ def _before_instances(region: Region, rules: frozenset[str], before: BlockGraph)
         for p, c, key, data in sorted(before.g.edges(keys=True, data=True), key=lambda t: t[:3]):
             if data["obj"].frozen:
                 now = graph.child_edge(p, key) if p in graph.g else None
-                yield Instance("F1-frozen-link", "f1", f"F1:edge={p}/{key}",
+                yield Instance("F1-frozen-link", "f1", f"F1:edge={p}/{key}>{c}",
                                ((p, key, c), now[0] if now else None))
     if not ({"S1-backing-chain-cut", "S2-orphaned-writer"} & rules):
         return

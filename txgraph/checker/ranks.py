@@ -64,11 +64,18 @@ def ranks_for(graph: BlockGraph, region: set[str], needed: set[str],
         if graph.generation > state.pending_generation:
             state.ranks.update(state.pending)
         state.pending = {}
-    if force or any(n not in state.ranks for n in needed):
+    if force:
+        # After a false alarm: number the whole graph, region included, so the
+        # constants respect paths that run through the region. (If only the
+        # fixed part is cyclic, fall back to numbering without the region.)
+        fresh = renumber(graph, set()) or renumber(graph, region)
+    elif any(n not in state.ranks for n in needed):
         fresh = renumber(graph, region)
-        if fresh is None:
-            return None
-        state.ranks = fresh
+    else:
+        return state.ranks
+    if fresh is None:
+        return None
+    state.ranks = fresh
     return state.ranks
 
 

@@ -75,17 +75,17 @@ def _session() -> _Session:
 def check_smt(region: Region, instances: list[Instance], rules: frozenset[str],
               policy: str) -> list[Violation]:
     session = _session()
-    out = _run(session, region, instances, rules, policy, force_ranks=False)
-    if out is None:
+    out, false_alarm = _run(session, region, instances, rules, policy, force_ranks=False)
+    if false_alarm:
         # A rank core without a real cycle: the constants left no room. Renumber, retry.
-        out = _run(session, region, instances, rules, policy, force_ranks=True)
-    # Still no cycle after renumbering can only mean the fixed part is itself
-    # cyclic, which the region check does not judge.
-    return out if out is not None else []
+        # A second false alarm can only mean the fixed part itself is cyclic, which a
+        # region check does not judge; the other rules' findings stand.
+        out, _again = _run(session, region, instances, rules, policy, force_ranks=True)
+    return out
 
 
 def _run(session: _Session, region: Region, instances: list[Instance], rules: frozenset[str],
-         policy: str, force_ranks: bool) -> list[Violation] | None:
+         policy: str, force_ranks: bool) -> tuple[list[Violation], bool]:
     graph = region.graph
     enc = Encoder(graph, session.declared)
     by_lit: dict[str, Instance] = {}
@@ -110,26 +110,27 @@ def _run(session: _Session, region: Region, instances: list[Instance], rules: fr
         if first == z3.sat:
             failed: list[str] = []
         elif first == z3.unknown:
-            return [_unknown(solver.reason_unknown(), policy)]
+            return [_unknown(solver.reason_unknown(), policy)], False
         else:
             failed, unknown = _cores(solver, [session.lit(k) for k in enc.lits])
             if unknown is not None:
-                return [_unknown(unknown, policy)]
+                return [_unknown(unknown, policy)], False
     finally:
         solver.pop()
     rank_lits = [k for k in failed if k.startswith("G1:")]
     if not rank_lits and symbolic and not region.whole:
         _remember_ranks(region, fixed or {})
     out: list[Violation] = []
+    false_alarm = False
     if rank_lits:
+        # Fixed ranks are only sufficient: report a cycle only once networkx finds it.
         cycles = cycles_through(graph, None if region.whole else region.nodes, policy)
-        if not cycles:
-            return None
+        false_alarm = not cycles
         out.extend(cycles)
     for key in failed:
         if not key.startswith("G1:"):
             out.append(render(by_lit[key], graph, policy))
-    return out
+    return out, false_alarm
 
 
 def _fixed_ranks(region: Region, force: bool) -> dict[str, int] | None:
