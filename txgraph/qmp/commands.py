@@ -46,7 +46,7 @@ class CommandContext:
         if session is None:
             from txgraph.ops.session import Session
 
-            session = Session(check=False)  # TODO(lead): enable once txgraph.checker lands
+            session = Session()
         self.session = session
         self.emit_event: Callable[[str, dict[str, Any] | None], None] = lambda name, data=None: None
 
