@@ -18,15 +18,56 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
 
 from txgraph.errors import OpenError
-from txgraph.io.delta import CloseNode, DeltaOp, OpenNode, SetChild, SetReadOnly
 from txgraph.io.driver import DriverNode, ImageInfo
+from txgraph.io.locking import LockState, prepare_perm, relock
 from txgraph.io.registry import driver_class
 from txgraph.io.throttle_groups import ThrottleGroups, using_groups
 
-__all__ = ["Runtime", "EventListener"]
+__all__ = ["Runtime", "EventListener", "OpenNode", "SetChild", "SetReadOnly", "CloseNode",
+           "DeltaOp"]
+
+
+# -- the delta: what one atomic graph change consists of --------------------------------------
+@dataclass(frozen=True)
+class OpenNode:
+    """Create a node (its children may be live nodes or nodes opened earlier in the delta)."""
+
+    name: str
+    driver: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    children: Mapping[str, str] = field(default_factory=dict)
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class SetChild:
+    """Attach, re-target, or (``child=None``) detach the edge ``parent --edge-->``."""
+
+    parent: str
+    edge: str
+    child: str | None
+
+
+@dataclass(frozen=True)
+class SetReadOnly:
+    """Switch a node between read-only and read-write (the data-plane half of a reopen)."""
+
+    name: str
+    read_only: bool
+
+
+@dataclass(frozen=True)
+class CloseNode:
+    """Remove a node; it is closed once requests have resumed and can no longer reach it."""
+
+    name: str
+
+
+DeltaOp: TypeAlias = OpenNode | SetChild | SetReadOnly | CloseNode
 
 #: ``listener(event_name, data)``: how the QMP layer learns of data-plane events
 #: (``QUORUM_REPORT_BAD``, ``QUORUM_FAILURE``...).
@@ -38,6 +79,8 @@ class Runtime:
 
     def __init__(self, throttle_groups: ThrottleGroups | None = None) -> None:
         self._nodes: dict[str, DriverNode] = {}
+        # Image-lock state of file nodes (bytes held by their fds), by node name.
+        self._locks: dict[str, LockState] = {}
         # Readers (I/O requests) hold it shared; graph changes hold it exclusively.
         self._graph_lock = _RWLock(self._quiesce_begin, self._quiesce_end)
         self._generation = 0
@@ -71,6 +114,7 @@ class Runtime:
 
     def close_node(self, name: str) -> None:
         node = self._nodes.pop(name, None)
+        self._locks.pop(name, None)
         if node is not None:
             node.close()
 
@@ -98,6 +142,42 @@ class Runtime:
 
     def set_read_only(self, name: str, read_only: bool) -> None:
         self.apply([SetReadOnly(name, read_only)])
+
+    def reopen_node(self, name: str, options: Mapping[str, Any], read_only: bool) -> None:
+        """Hand new options and read-only mode to a live driver, with the data plane drained.
+
+        The driver validates before changing anything (``bdrv_reopen_prepare``);
+        when it replaced its file descriptor, the image locks move to the new one
+        (they belong to the open file description).
+        """
+        with self.drained():
+            node = self._nodes[name]
+            old_fd = getattr(node, "fd", -1)
+            node.reopen(options, read_only)
+            new_fd = getattr(node, "fd", -1)
+            state = self._locks.get(name)
+            if state is not None and new_fd >= 0 and new_fd != old_fd:
+                self._locks[name] = relock(new_fd, state)
+            self._generation += 1
+
+    def check_perm(self, name: str, perm: int, shared: int) -> Callable[[], None] | None:
+        """The driver's ``bdrv_check_perm`` (rule P6): file nodes take QEMU's image locks.
+
+        Returns the undo that restores the previous locks, or None if nothing changed.
+        """
+        node = self._nodes.get(name)
+        fd = getattr(node, "fd", -1)
+        if node is None or fd < 0 or node.options.get("locking", "auto") in ("off", False):
+            return None
+        state = self._locks.setdefault(name, LockState())
+        return prepare_perm(fd, state, perm, shared)
+
+    def state(self) -> tuple[object, ...]:
+        """Open nodes, their children and held image locks: equal states mean an identical data plane."""
+        return tuple(sorted(
+            (name, tuple(sorted((edge, child.node_name) for edge, child in node.children.items())),
+             node.read_only, repr(self._locks.get(name, LockState())))
+            for name, node in self._nodes.items()))
 
     def close_all(self) -> None:
         for name in list(self._nodes):
@@ -166,6 +246,7 @@ class Runtime:
             self._generation += 1
             gen = self._generation
         for node in removed:
+            self._locks.pop(node.node_name, None)
             node.close()
         return gen
 
