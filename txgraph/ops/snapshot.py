@@ -1,0 +1,257 @@
+"""External snapshots: blockdev-snapshot and blockdev-snapshot-sync.
+
+Reproduces blockdev.c ``external_snapshot_prepare`` / ``_commit`` / ``_abort``
+/ ``_clean`` and block.c ``bdrv_append`` (reference/qemu-graph.md §3.2,
+§3.3, §4.2): the checks in QEMU's order and words, then the overlay gets the
+old node as its ``backing`` and takes over every parent of the old node that
+can move (not job edges, not the overlay's own new edge), permissions are
+refreshed on the final graph, and — as QEMU's commit does — the old node is
+switched to read-only with errors ignored.
+
+The read-only switch is staged as the last step of the transaction (see
+:func:`txgraph.ops.txn.defer_to_end`), so when a later action of a QMP
+``transaction`` fails, the abort undoes it together with everything else;
+QEMU gets the same result by doing the switch only in its commit phase.
+
+What QEMU does not undo is not undone here either: the image file created by
+``blockdev-snapshot-sync`` stays on disk (§4.3).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+from txgraph.errors import BlockError
+from txgraph.model.drivers import driver_spec
+from txgraph.model.node import Edge, OpenFlag
+from txgraph.model.options import Provenance, Source
+from txgraph.model.perm import Perm, Role
+from txgraph.model.permissions import compute_refresh
+from txgraph.ops.blockdev import op_blocker
+from txgraph.ops.inherit import OptionSet
+from txgraph.ops.open import Opener, lookup_bs
+from txgraph.ops.perms import refresh_perms
+from txgraph.ops.replace import replace_node_noperm, unref_parent_first
+from txgraph.ops.session import Session
+from txgraph.ops.transaction import Transaction
+from txgraph.ops.txn import defer_to_end
+
+__all__ = ["stage_blockdev_snapshot", "stage_blockdev_snapshot_sync", "bdrv_append",
+           "set_read_only_ignoring_errors"]
+
+
+def stage_blockdev_snapshot(session: Session, tx: Transaction, args: dict[str, Any]) -> None:
+    """``blockdev-snapshot {node, overlay}``: the overlay is an existing node."""
+    old = _prepare_old(session, args["node"], args["node"])
+    overlay = lookup_bs(session, args["overlay"], args["overlay"])
+    _append_overlay(session, tx, old, overlay)
+
+
+def stage_blockdev_snapshot_sync(session: Session, tx: Transaction, args: dict[str, Any]) -> None:
+    """``blockdev-snapshot-sync``: create (or open, mode=existing) the overlay image, then append.
+
+    The new node is not monitor-owned: QEMU's ``external_snapshot_clean``
+    drops the opening reference, so an overlay nobody ended up using (the old
+    node had no parents) is closed again at once.
+    """
+    device, node_name = args.get("device"), args.get("node-name")
+    old = _prepare_old(session, device, node_name)
+    fmt = args.get("format", "qcow2")
+    snapshot_node_name = args.get("snapshot-node-name")
+    if node_name and not snapshot_node_name:
+        raise BlockError("New overlay node-name missing")
+    if snapshot_node_name and _name_in_use(session, snapshot_node_name):
+        raise BlockError("New overlay node-name already in use")
+    old_node = session.graph.nodes[old]
+    flags = old_node.flags & ~(OpenFlag.SNAPSHOT | OpenFlag.COPY_ON_READ) | OpenFlag.NO_BACKING
+    path = args["snapshot-file"]
+    if args.get("mode", "absolute-paths") != "existing":
+        _create_image(session, old, path, fmt)
+    options = OptionSet()
+    explicit = Provenance(Source.EXPLICIT, detail="blockdev-snapshot-sync")
+    if snapshot_node_name:
+        options.put("node-name", snapshot_node_name, explicit)
+    options.put("driver", fmt, explicit)
+    # bdrv_open() of the new image: flags inherited from the old node, no backing opened.
+    overlay = Opener(session, tx).open_inherit(path, None, options, flags & ~OpenFlag.PROTOCOL,
+                                               None, Role.NONE, None, True)
+    _append_overlay(session, tx, old, overlay)
+    if session.graph.refcount(overlay) == 0:
+        unref_parent_first(session, tx, overlay)
+
+
+def _name_in_use(session: Session, name: str) -> bool:
+    """``bdrv_lookup_bs(name, name, NULL)``: a device id or a node-name."""
+    if name in session.graph.nodes:
+        return True
+    return any(b.name == name and b.kind.value == "root" for b in session.graph.backends.values())
+
+
+def _prepare_old(session: Session, device: str | None, node_name: str | None) -> str:
+    """Lookup and the EXTERNAL_SNAPSHOT op blocker of the node being snapshotted."""
+    old = lookup_bs(session, device, node_name)
+    reason = op_blocker(session, old)
+    if reason is not None:
+        raise BlockError(f"Node '{old}' is busy: {reason}", rule="op-blocker", subjects=(old,))
+    return old
+
+
+#: auto node-names ``bdrv_img_create`` consumes per format (observed on QSD 7.2)
+_CREATE_OPENS = {"qcow2": 3}
+
+
+def _create_image(session: Session, old: str, path: str, fmt: str) -> None:
+    """``bdrv_img_create``: an image of the old node's size whose backing is the old node's file.
+
+    ``-u`` because QEMU passes BDRV_O_NO_BACKING: the backing is not opened
+    (it is in use, and locked, by this very process).
+    """
+    from txgraph.ops.filenames import refresh_filename
+
+    graph = session.graph
+    refresh_filename(graph, old)
+    node = graph.nodes[old]
+    size = session.runtime.info(old).virtual_size
+    argv = ["qemu-img", "create", "-q", "-u", "-f", fmt, "-b", node.filename, "-F", node.driver,
+            path, str(size)]
+    res = subprocess.run(argv, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise BlockError(_qemu_img_error(res.stderr, path))
+    # QEMU creates the image in-process and, for qcow2, opens it three times
+    # while doing so (the protocol node, then the format twice: to write the
+    # header, then to flush it); each open consumed an auto node-name.
+    for _ in range(_CREATE_OPENS.get(fmt, 0)):
+        session.namer.next()
+
+
+def _qemu_img_error(stderr: str, path: str) -> str:
+    """qemu-img prefixes the error QEMU would return with its name and the file name."""
+    text = stderr.strip().splitlines()[-1] if stderr.strip() else "Could not create image"
+    for prefix in ("qemu-img: ", f"{path}: "):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    return text
+
+
+def _append_overlay(session: Session, tx: Transaction, old: str, overlay: str) -> None:
+    """The overlay checks of ``external_snapshot_prepare``, then ``bdrv_append``."""
+    graph = session.graph
+    perm = Perm.NONE
+    for _parent, edge in graph.parents(overlay):
+        perm |= edge.perm
+    if perm & Perm.CONSISTENT_READ:
+        raise BlockError("The overlay is already in use")
+    spec = driver_spec(graph.nodes[overlay].driver)
+    if spec is not None and spec.is_filter:
+        raise BlockError("Filters cannot be used as overlays")
+    if graph.backing_child(overlay) is not None:
+        raise BlockError("The overlay already has a backing image")
+    if spec is None or not spec.supports_backing:
+        raise BlockError("The overlay does not support backing images")
+    bdrv_append(session, tx, overlay, old)
+    node = graph.nodes[old]
+    if not node.flags & OpenFlag.COPY_ON_READ:
+        defer_to_end(tx, lambda: set_read_only_ignoring_errors(session, tx, old))
+
+
+def bdrv_append(session: Session, tx: Transaction, new: str, top: str) -> None:
+    """``bdrv_append``: ``top`` becomes ``new``'s backing; ``top``'s parents move to ``new``.
+
+    The new backing edge is attached first (so it heads ``top``'s parent
+    list), then ``bdrv_replace_node_noperm`` with auto-skip leaves that very
+    edge alone (it lies in ``new``'s subtree), then one permission refresh of
+    ``new``'s subtree. ``bdrv_backing_attach`` also clears NO_BACKING.
+    """
+    graph = session.graph
+    node = graph.nodes[new]
+    spec = driver_spec(node.driver)
+    role = Role.FILTERED | Role.PRIMARY if spec is not None and spec.is_filter else Role.COW
+    if graph.has_descendant(top, new):
+        raise BlockError(f"Making '{top}' a backing child of '{new}' would create a cycle",
+                         rule="G1-acyclic", subjects=(new, top))
+    tx.attach(new, top, Edge(name="backing", role=role))
+    runtime = session.runtime
+    if runtime.has_node(new):
+        runtime.set_child(new, "backing", top)
+        tx.undo(lambda: runtime.set_child(new, "backing", None))
+    if node.flags & OpenFlag.NO_BACKING:
+        tx.set(node, "flags", node.flags & ~OpenFlag.NO_BACKING)
+    replace_node_noperm(session, tx, top, new, auto_skip=True)
+    refresh_perms(session, tx, [new])
+
+
+def _reopen_set(session: Session, name: str) -> list[str]:
+    """The nodes ``bdrv_reopen_set_read_only`` reopens: the node and, recursively,
+    the children it created implicitly whose read-only is not their own choice."""
+    graph = session.graph
+    out = [name]
+    for child, _edge in graph.children(name):
+        cnode = graph.nodes[child]
+        if cnode.inherits_from == name and "read-only" not in cnode.explicit and child not in out:
+            out.extend(c for c in _reopen_set(session, child) if c not in out)
+    return out
+
+
+def set_read_only_ignoring_errors(session: Session, tx: Transaction, name: str) -> None:
+    """``bdrv_reopen_set_read_only(bs, true, NULL)`` as ``external_snapshot_commit`` calls it.
+
+    The node and its implicitly created children become read-only and their
+    child edges drop write/resize. If the permission check refuses (a writer
+    still uses the node), nothing changes and no error is reported, as in
+    QEMU. The check runs before any staged change, so a refusal needs no
+    partial undo; only image-lock changes it made are rolled back here.
+    """
+    graph = session.graph
+    if name not in graph.nodes:
+        return
+    targets = [n for n in _reopen_set(session, name) if not graph.nodes[n].read_only]
+    if not targets:
+        return
+    target_set = set(targets)
+    lock_undos: list[Any] = []
+
+    def driver_check(node: Any, perm: Perm, shared: Perm) -> None:
+        undo = session.runtime.check_perm(node.name, int(perm), int(shared))
+        if undo is not None:
+            lock_undos.append(undo)
+
+    def writable_after(node: Any) -> bool:
+        return node.name not in target_set and node.writable
+
+    try:
+        changes = compute_refresh(graph, [name], writable_after=writable_after,
+                                  driver_check=driver_check)
+    except BlockError:
+        for undo in reversed(lock_undos):
+            undo()
+        return
+    for undo in lock_undos:
+        tx.undo(undo)
+    for target in targets:
+        node = graph.nodes[target]
+        tx.set(node, "flags", node.flags & ~OpenFlag.RDWR)
+        options = dict(node.options)
+        options["read-only"] = True
+        tx.set(node, "options", options)
+        prov = dict(node.provenance)
+        if target == name:
+            explicit = dict(node.explicit)
+            explicit["read-only"] = True
+            tx.set(node, "explicit", explicit)
+            prov["read-only"] = Provenance(Source.EXPLICIT, detail="made read-only by an "
+                                           "external snapshot (bdrv_reopen_set_read_only)")
+        else:
+            parent = node.inherits_from
+            edge = next((e.name for c, e in graph.children(parent) if c == target), None) \
+                if parent is not None else None
+            prov["read-only"] = Provenance(Source.INHERITED, parent=parent, edge=edge,
+                                           detail="after an external snapshot")
+        tx.set(node, "provenance", prov)
+        runtime = session.runtime
+        if runtime.has_node(target):
+            runtime.set_read_only(target, True)
+            tx.undo(lambda t=target: runtime.set_read_only(t, False))
+    for change in changes:
+        tx.set_edge_perm(change.parent, change.name, change.perm, change.shared)
+
