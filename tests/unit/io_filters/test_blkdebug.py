@@ -1,0 +1,77 @@
+"""blkdebug: rules, state machine, config file (QEMU's block/blkdebug.c)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from txgraph.errors import IOFailure, OpenError
+from txgraph.io.runtime import Runtime
+
+from .memnode import MemNode  # noqa: F401
+
+
+def _dbg(**opts: Any) -> Runtime:
+    rt = Runtime()
+    rt.open_node("img", "x-test-mem", {"size": 65536}, {}, False)
+    rt.open_node("dbg", "blkdebug", opts, {"image": "img"}, False)
+    return rt
+
+
+def _errno(fn: Any, *args: Any) -> int:
+    try:
+        fn(*args)
+    except IOFailure as e:
+        return e.errno
+    return 0
+
+
+def test_inject_error_once_on_one_sector() -> None:
+    rt = _dbg(**{"inject-error": [{"event": "read_aio", "errno": 28, "sector": 8, "once": True}]})
+    dbg = rt.node("dbg")
+    assert _errno(dbg.read, 0, 4096) == 0            # sector 8 is not inside [0, 8)
+    assert _errno(dbg.read, 4096, 512) == 28
+    assert _errno(dbg.read, 4096, 512) == 0          # once: the rule is gone
+
+
+def test_flattened_options_and_iotype() -> None:
+    rt = _dbg(**{"inject-error.0.event": "write_aio", "inject-error.0.iotype.0": "write-zeroes"})
+    dbg = rt.node("dbg")
+    assert _errno(dbg.write, 0, b"x") == 0
+    assert _errno(dbg.write_zeroes, 0, 512) == 5
+
+
+def test_state_machine_arms_a_rule_after_a_transition() -> None:
+    rt = _dbg(**{"inject-error": [{"event": "read_aio", "state": 2}],
+                 "set-state": [{"event": "flush_to_disk", "state": 1, "new_state": 2}]})
+    dbg = rt.node("dbg")
+    assert _errno(dbg.read, 0, 512) == 0
+    dbg.flush()                                      # state 1 -> 2
+    assert _errno(dbg.read, 0, 512) == 5
+    # The armed rule stays active (no new injection event) and covers flushes too.
+    assert _errno(dbg.flush) == 5
+
+
+def test_active_rules_persist_until_another_injection_event() -> None:
+    rt = _dbg(**{"inject-error": [{"event": "flush_to_disk", "errno": 1}]})
+    dbg = rt.node("dbg")
+    assert _errno(dbg.flush) == 1
+    # The rule was activated by flush_to_disk but matches every request type.
+    assert _errno(dbg.read, 0, 512) == 1
+
+
+def test_config_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "blkdebug.conf"
+    cfg.write_text('[inject-error]\nevent = "write_aio"\nerrno = "22"\nonce = "on"\n')
+    rt = _dbg(config=str(cfg))
+    assert _errno(rt.node("dbg").write, 0, b"a") == 22
+    assert _errno(rt.node("dbg").write, 0, b"a") == 0
+
+
+def test_open_errors(tmp_path: Path) -> None:
+    with pytest.raises(OpenError, match="Could not read blkdebug config file: No such file"):
+        _dbg(config=str(tmp_path / "missing"))
+    with pytest.raises(OpenError, match='Invalid event name "nope"'):
+        _dbg(**{"inject-error": [{"event": "nope"}]})
