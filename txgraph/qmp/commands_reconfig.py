@@ -134,17 +134,16 @@ def _check_replace_edges(value: dict[str, Any], path: _Path) -> dict[str, Any]:
 
 
 def _check_insert_filter(value: dict[str, Any], path: _Path) -> dict[str, Any]:
-    from txgraph.errors import BlockError
+    from txgraph.model.drivers import driver_spec
     from txgraph.ops.filters import filtered_child_name
 
     args = _check_members(INSERT_FILTER_SCHEMA, value, path)
     options = dict(args["filter"])
     driver = options.get("driver")
-    if isinstance(driver, str):
-        try:
-            options.setdefault(filtered_child_name(driver), args["node"])
-        except BlockError:
-            pass  # not a filter: the op says so after the options are known valid
+    if isinstance(driver, str) and driver_spec(driver) is not None:
+        # A known non-filter is refused before its options are judged;
+        # the filtered child defaults to the node the filter goes above.
+        options.setdefault(filtered_child_name(driver), args["node"])
     args["filter"] = _schema_visit("blockdev-add", options, (*path, "filter"))
     return args
 
