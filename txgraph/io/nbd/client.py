@@ -151,9 +151,13 @@ class NbdClient:
                  flags: int = 0) -> tuple[bytes, list[Extent]]:
         with self._lock:
             cookie = next(self._cookies)
-            send_parts(self.sock, [P.REQUEST.pack(P.REQUEST_MAGIC, flags, cmd, cookie, offset,
-                                                  length), data])
-            return self._receive(cookie, cmd, offset, length)
+            try:
+                send_parts(self.sock, [P.REQUEST.pack(P.REQUEST_MAGIC, flags, cmd, cookie,
+                                                      offset, length), data])
+                return self._receive(cookie, cmd, offset, length)
+            except Disconnected as e:
+                # The connection is unusable after a half-done exchange.
+                raise NbdError(f"connection lost: {e}", E.ESHUTDOWN) from None
 
     def _receive(self, cookie: int, cmd: int, offset: int, length: int
                  ) -> tuple[bytes, list[Extent]]:
@@ -170,7 +174,12 @@ class NbdClient:
         buf = bytearray(length) if cmd == P.CMD_READ else bytearray()
         extents: list[Extent] = []
         error: NbdError | None = None
+        first = True
         while True:
+            # Every chunk carries its own magic; the first one's was read above.
+            if not first and struct.unpack(">I", recv_exact(self.sock, 4))[0] != magic:
+                raise Disconnected("bad reply magic")
+            first = False
             rflags, rtype, rcookie, rlen = struct.unpack(">HHQI", recv_exact(self.sock, 16))
             if rcookie != cookie:
                 raise Disconnected("reply to an unknown request")

@@ -74,10 +74,12 @@ def transmission_flags(export: ExportView, structured: bool) -> int:
 
 class _Negotiator:
     def __init__(self, sock: socket.socket, lookup: Callable[[str], ExportView | None],
-                 listing: Callable[[], list[ExportView]]) -> None:
+                 listing: Callable[[], list[ExportView]],
+                 attach: Callable[[ExportView], bool]) -> None:
         self.sock = sock
         self.lookup = lookup
         self.listing = listing
+        self.attach = attach
         self.fixed = False
         self.no_zeroes = False
         self.structured = False
@@ -162,7 +164,7 @@ class _Negotiator:
 
     def export_name(self, data: bytes) -> Session | bool:
         exp = self.lookup(data.decode(errors="replace"))
-        if exp is None:
+        if exp is None or not self.attach(exp):
             return False
         flags = transmission_flags(exp, self.structured)
         send_parts(self.sock, [struct.pack(">QH", exp.size(), flags),
@@ -177,6 +179,11 @@ class _Negotiator:
         name, requests = parsed
         exp = self.lookup(name)
         if exp is None:
+            self.error(opt, P.REP_ERR_UNKNOWN, f"export '{name}' not present")
+            return None
+        # The client counts as a user of the export from before it learns it may
+        # start, so block-export-del mode=safe never misses it.
+        if opt == P.OPT_GO and not self.attach(exp):
             self.error(opt, P.REP_ERR_UNKNOWN, f"export '{name}' not present")
             return None
         if P.INFO_NAME in requests:
@@ -255,9 +262,14 @@ def _parse_meta_request(data: bytes) -> tuple[str, list[str]] | None:
 
 
 def negotiate(sock: socket.socket, lookup: Callable[[str], ExportView | None],
-              listing: Callable[[], list[ExportView]]) -> Session | None:
-    """Run the handshake; None means the connection must be closed."""
+              listing: Callable[[], list[ExportView]],
+              attach: Callable[[ExportView], bool]) -> Session | None:
+    """Run the handshake; None means the connection must be closed.
+
+    ``attach(export)`` registers the client with the export just before the
+    final reply; False means the export went away meanwhile.
+    """
     try:
-        return _Negotiator(sock, lookup, listing).run()
+        return _Negotiator(sock, lookup, listing, attach).run()
     except (Disconnected, struct.error):
         return None

@@ -226,18 +226,21 @@ class _Connection:
         except OSError:
             pass
 
+    def _attach(self, export: object) -> bool:
+        srv = self.server
+        with srv._lock:
+            if not isinstance(export, NbdExport) or srv._exports.get(export.name) is not export:
+                return False  # removed while we negotiated
+            self.export = export
+            export.clients.add(self)
+            return True
+
     def _run(self) -> None:
         try:
             srv = self.server
-            session = negotiate(self.sock, srv._lookup, srv.exports)
+            session = negotiate(self.sock, srv._lookup, srv.exports, self._attach)
             if session is None:
                 return
-            assert isinstance(session.export, NbdExport)
-            with srv._lock:
-                if srv._exports.get(session.export.name) is not session.export:
-                    return  # removed while we negotiated
-                self.export = session.export
-                self.export.clients.add(self)
             self.session = session
             self.size = session.export.size()
             while self._one_request():
