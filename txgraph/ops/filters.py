@@ -30,7 +30,9 @@ from txgraph.model.node import Edge, ParentKind
 from txgraph.ops.blockdev import stage_blockdev_add, stage_blockdev_del
 from txgraph.ops.open import lookup_bs
 from txgraph.ops.perms import refresh_perms
-from txgraph.ops.replace import EdgeRef, find_parent_edge, replace_node_noperm, unref_parent_first
+from txgraph.ops.replace import (
+    EdgeRef, find_parent_edge, guard_filenames, replace_node_noperm, unref_parent_first,
+)
 from txgraph.ops.session import Session
 from txgraph.ops.transaction import Transaction
 
@@ -93,7 +95,11 @@ def stage_insert_filter(session: Session, tx: Transaction, args: dict[str, Any])
     # Graph edits first (P8): take the edges off ``node`` so the filter's open
     # does not check a state that never exists at a transaction boundary.
     for parent, edge in edges:
+        # Registered before the detach, so it runs after the re-attach on abort:
+        # the edge object gets back its place in both lists.
+        tx.undo(lambda e=edge, s=(edge.seq, edge.parent_seq): _restore_seqs(e, s))
         tx.detach(parent, edge.name)
+    guard_filenames(session, tx, [node])
     name = stage_blockdev_add(session, tx, options)
     runtime = session.runtime
     for parent, edge in edges:
@@ -102,12 +108,16 @@ def stage_insert_filter(session: Session, tx: Transaction, args: dict[str, Any])
                              f"cycle", rule="G1-acyclic", subjects=(parent, name))
         seq = edge.seq
         tx.attach(parent, name, edge)
-        tx.set(edge, "seq", seq)  # the same BdrvChild: it keeps its place among its siblings
+        edge.seq = seq  # the same BdrvChild keeps its place among its siblings (undo above)
         if runtime.has_node(parent):
             runtime.set_child(parent, edge.name, name)
             tx.undo(lambda p=parent, n=edge.name: runtime.set_child(p, n, node))
     refresh_perms(session, tx, [node, name])
     return name
+
+
+def _restore_seqs(edge: Edge, seqs: tuple[int, int]) -> None:
+    edge.seq, edge.parent_seq = seqs
 
 
 def stage_remove_filter(session: Session, tx: Transaction, args: dict[str, Any]) -> list[EdgeRef]:

@@ -34,11 +34,32 @@ from txgraph.ops.perms import refresh_perms
 from txgraph.ops.session import Session
 from txgraph.ops.transaction import Transaction
 
-__all__ = ["unref_parent_first", "retarget_edge", "should_update_child", "replace_node_noperm", "find_parent_edge",
+__all__ = ["guard_filenames", "unref_parent_first", "retarget_edge", "should_update_child", "replace_node_noperm", "find_parent_edge",
            "stage_blockdev_replace", "stage_replace_edges", "EdgeRef"]
 
 #: (parent key in the graph, edge name)
 EdgeRef = tuple[str, str]
+
+
+def guard_filenames(session: Session, tx: Transaction, roots: Iterable[str]) -> None:
+    """Make the cached filenames of the roots' subtrees part of what an abort restores.
+
+    ``refresh_filename`` (run by every open, and before creating a snapshot
+    image) rewrites ``filename``/``exact_filename`` of a node *and of all its
+    children* in place. Inside a transaction that already changed the graph,
+    that rewrites existing nodes from a state that may be rolled back, so the
+    old strings are registered for restoration (QEMU recomputes them lazily;
+    txgraph's digest compares them).
+    """
+    graph = session.graph
+    saved = [(graph.nodes[n], graph.nodes[n].filename, graph.nodes[n].exact_filename)
+             for n in graph.subtree_topological(roots)]
+
+    def restore() -> None:
+        for node, filename, exact in saved:
+            node.filename, node.exact_filename = filename, exact
+
+    tx.undo(restore)
 
 
 def unref_parent_first(session: Session, tx: Transaction, name: str) -> None:

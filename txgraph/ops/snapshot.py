@@ -32,7 +32,7 @@ from txgraph.ops.blockdev import op_blocker
 from txgraph.ops.inherit import OptionSet
 from txgraph.ops.open import Opener, lookup_bs
 from txgraph.ops.perms import refresh_perms
-from txgraph.ops.replace import replace_node_noperm, unref_parent_first
+from txgraph.ops.replace import guard_filenames, replace_node_noperm, unref_parent_first
 from txgraph.ops.session import Session
 from txgraph.ops.transaction import Transaction
 from txgraph.ops.txn import defer_to_end
@@ -57,6 +57,7 @@ def stage_blockdev_snapshot_sync(session: Session, tx: Transaction, args: dict[s
     """
     device, node_name = args.get("device"), args.get("node-name")
     old = _prepare_old(session, device, node_name)
+    guard_filenames(session, tx, [old])
     fmt = args.get("format", "qcow2")
     snapshot_node_name = args.get("snapshot-node-name")
     if node_name and not snapshot_node_name:
