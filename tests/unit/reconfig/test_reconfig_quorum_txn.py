@@ -125,6 +125,10 @@ def test_mixed_transaction_failure_rolls_back_everything(qmp, chain: Path, fnode
         snap, a("x-txgraph-insert-filter", node="ovl", filter=thr),
         a("x-txgraph-remove-filter", node="thr"), a("x-txgraph-blockdev-del", node_name="ovl")]},
         "Block device ovl is in use")
+    # an edge moved onto a new filter gets back its place in both lists
+    qmp.fails("x-txgraph-transaction", {"actions": [
+        a("x-txgraph-insert-filter", node="top", filter=thr), a("abort")]},
+        "Transaction aborted using Abort action")
     assert {n: node.read_only for n, node in qmp.session.graph.nodes.items()} == ro_before
 
 

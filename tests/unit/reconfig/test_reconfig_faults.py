@@ -1,0 +1,172 @@
+"""Every reconfiguration operation is all-or-nothing, proven by fault injection.
+
+For each operation, a fault is injected before each of its primitive steps in
+turn (``session.fail_next_at = k``); after every such failure the graph digest
+and the data-plane state must equal those before the operation. This fails if
+any step forgets to record its inverse, an inverse restores the wrong thing,
+or a runtime change is not undone. The operations run through the same stage
+functions and deferred commit steps as their QMP commands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from txgraph.ops.blockdev import blockdev_add
+from txgraph.ops.filters import stage_insert_filter, stage_remove_filter
+from txgraph.ops.objects import object_add
+from txgraph.ops.quorum import stage_x_blockdev_change
+from txgraph.ops.replace import stage_blockdev_replace, stage_replace_edges
+from txgraph.ops.session import Session
+from txgraph.ops.transaction import InjectedFault, Transaction
+from txgraph.ops.txn import finish, run_transaction
+
+Stage = Callable[[Session, Transaction, dict[str, Any]], Any]
+
+
+def _one(stage: Stage, args: dict[str, Any]) -> Callable[[Session], None]:
+    """What the QMP command does: the stage function, then the deferred steps, in one transaction."""
+    def op(session: Session) -> None:
+        with session.transaction() as tx:
+            stage(session, tx, args)
+            finish(tx)
+
+    return op
+
+
+def _close(session: Session) -> None:
+    """Close parents before children: a rw qcow2 flushes into its file when closing.
+
+    (``Runtime.close_all`` closes in creation order, files first.)
+    """
+    for name in reversed(session.runtime.node_names()):
+        session.runtime.close_node(name)
+
+
+def _all_steps_atomic(setup: Callable[[Session], None], op: Callable[[Session], Any]) -> int:
+    probe = Session(name_seed=1)
+    setup(probe)
+    op(probe)
+    steps = probe.last_steps
+    _close(probe)
+    assert steps > 0
+    for k in range(1, steps + 1):
+        session = Session(name_seed=1)
+        setup(session)
+        digest, runtime = session.graph.digest(), session.runtime.state()
+        session.fail_next_at = k
+        with pytest.raises(InjectedFault):
+            op(session)
+        assert session.graph.digest() == digest, f"graph changed after a fault at step {k}"
+        assert session.runtime.state() == runtime, f"runtime changed after a fault at step {k}"
+        _close(session)
+    return steps
+
+
+def _top_r_ovl(chain: Path) -> Callable[[Session], None]:
+    def setup(s: Session) -> None:
+        object_add(s, {"qom-type": "throttle-group", "id": "tg"})
+        blockdev_add(s, {"driver": "qcow2", "node-name": "top",
+                         "file": {"driver": "file", "filename": str(chain / "top.qcow2")}})
+        blockdev_add(s, {"driver": "raw", "node-name": "r", "file": "top"})
+        blockdev_add(s, {"driver": "qcow2", "node-name": "ovl", "backing": None,
+                         "file": {"driver": "file", "filename": str(chain / "ovl.qcow2")}})
+    return setup
+
+
+def _snapshot(node: str, overlay: str) -> dict[str, Any]:
+    return {"type": "blockdev-snapshot", "data": {"node": node, "overlay": overlay}}
+
+
+def test_blockdev_snapshot_is_atomic(chain: Path) -> None:
+    steps = _all_steps_atomic(_top_r_ovl(chain), lambda s: run_transaction(s, [_snapshot("top", "ovl")]))
+    assert steps > 5  # attach, retarget, perms, ro flags, ro edges...
+
+
+def test_blockdev_snapshot_sync_is_atomic(chain: Path) -> None:
+    sync = {"type": "blockdev-snapshot-sync",
+            "data": {"node-name": "top", "snapshot-file": str(chain / "s.qcow2"),
+                     "snapshot-node-name": "s"}}
+    _all_steps_atomic(_top_r_ovl(chain), lambda s: run_transaction(s, [sync]))
+
+
+def test_two_snapshot_transaction_is_atomic(chain: Path) -> None:
+    def setup(s: Session) -> None:
+        _top_r_ovl(chain)(s)
+        blockdev_add(s, {"driver": "qcow2", "node-name": "ovl2", "backing": None,
+                         "file": {"driver": "file", "filename": str(chain / "ovl2.qcow2")}})
+
+    _all_steps_atomic(setup, lambda s: run_transaction(
+        s, [_snapshot("top", "ovl"), _snapshot("ovl", "ovl2")]))
+
+
+def _quorum(s: Session) -> None:
+    for i in range(4):
+        blockdev_add(s, {"driver": "null-co", "node-name": f"n{i}", "size": 1 << 20})
+    blockdev_add(s, {"driver": "quorum", "node-name": "q", "vote-threshold": 1,
+                     "children": ["n0", "n1"]})
+
+
+def test_quorum_add_is_atomic(stand_in_drivers: None) -> None:
+    _all_steps_atomic(_quorum, _one(stage_x_blockdev_change, {"parent": "q", "node": "n3"}))
+
+
+def test_quorum_del_is_atomic(stand_in_drivers: None) -> None:
+    _all_steps_atomic(_quorum, _one(stage_x_blockdev_change, {"parent": "q", "child": "children.1"}))
+
+
+def test_quorum_del_of_inline_child_is_atomic(stand_in_drivers: None, chain: Path) -> None:
+    def setup(s: Session) -> None:
+        blockdev_add(s, {"driver": "quorum", "node-name": "q", "vote-threshold": 1,
+                         "children": [{"driver": "null-co", "size": 1 << 20},
+                                      {"driver": "qcow2", "file": {
+                                          "driver": "file", "filename": str(chain / "ovl.qcow2")}}]})
+
+    _all_steps_atomic(setup, _one(stage_x_blockdev_change, {"parent": "q", "child": "children.1"}))
+
+
+def _raws(s: Session) -> None:
+    for name in ("n", "m"):
+        blockdev_add(s, {"driver": "null-co", "node-name": name})
+    blockdev_add(s, {"driver": "raw", "node-name": "r1", "file": "n"})
+    blockdev_add(s, {"driver": "raw", "node-name": "r2", "file": "n"})
+
+
+def test_blockdev_replace_is_atomic() -> None:
+    _all_steps_atomic(_raws, _one(stage_blockdev_replace, {
+        "parent-type": "driver", "node-name": "r1", "child": "file", "new-child": "m"}))
+
+
+def test_replace_edges_auto_is_atomic() -> None:
+    _all_steps_atomic(_raws, _one(stage_replace_edges,
+                                  {"child": "n", "parents-mode": "auto", "new-child": "m"}))
+
+
+def test_insert_filter_is_atomic(chain: Path) -> None:
+    _all_steps_atomic(_top_r_ovl(chain), _one(stage_insert_filter, {
+        "node": "top", "filter": {"driver": "throttle", "node-name": "thr", "throttle-group": "tg"}}))
+
+
+def test_remove_filter_is_atomic(chain: Path) -> None:
+    def setup(s: Session) -> None:
+        _top_r_ovl(chain)(s)
+        _one(stage_insert_filter, {"node": "top", "filter": {
+            "driver": "throttle", "node-name": "thr", "throttle-group": "tg"}})(s)
+
+    _all_steps_atomic(setup, _one(stage_remove_filter, {"node": "thr"}))
+
+
+def test_mixed_extension_transaction_is_atomic(chain: Path) -> None:
+    actions = [
+        _snapshot("top", "ovl"),
+        {"type": "x-txgraph-insert-filter", "data": {"node": "ovl", "filter": {
+            "driver": "throttle", "node-name": "thr", "throttle-group": "tg"}}},
+        {"type": "x-txgraph-blockdev-add", "data": {"driver": "null-co", "node-name": "spare"}},
+        {"type": "x-txgraph-replace", "data": {"child": "spare", "new-child": "top"}},
+        {"type": "x-txgraph-blockdev-del", "data": {"node-name": "spare"}},
+    ]
+    assert _all_steps_atomic(_top_r_ovl(chain), lambda s: run_transaction(s, actions)) >= 20
