@@ -1,0 +1,101 @@
+"""NBD export read throughput: txgraph's NBD server vs qemu-storage-daemon's.
+
+Not a timed test: run ``.venv/bin/python tests/bench/bench_nbd.py [WORKDIR]``.
+Both servers export the same raw image (``raw`` over ``file``) on a unix
+socket; the client is ``qemu-img convert -f raw -O raw nbd+unix://... out.raw``
+(QEMU's own NBD client, structured replies, 8 coroutines in flight). Warm page
+cache: one discarded warm-up per server, then rounds alternating txgraph and
+the peer; the medians of wall time give MB/s. Prints one JSON line
+``{name, txgraph, peer, unit, ratio, peer_desc}``; ratio = txgraph / peer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.support.qsd import QSD  # noqa: E402
+from txgraph.io.nbd.server import NbdServer  # noqa: E402
+from txgraph.io.runtime import Runtime  # noqa: E402
+
+MiB = 1 << 20
+IMAGE_SIZE = 512 * MiB
+ROUNDS = 5
+
+
+def _image(work: Path) -> Path:
+    """A fully allocated raw image with incompressible, non-zero content."""
+    img = work / "nbd-bench.raw"
+    if not img.exists() or img.stat().st_size != IMAGE_SIZE:
+        chunk = os.urandom(4 * MiB)
+        with open(img, "wb") as f:
+            for i in range(IMAGE_SIZE // len(chunk)):
+                # vary each chunk cheaply so no two are identical
+                f.write(i.to_bytes(8, "little") + chunk[8:])
+    return img
+
+
+def _convert(uri: str, out: Path) -> float:
+    """Wall time of one ``qemu-img convert`` of the whole export to a raw file."""
+    out.unlink(missing_ok=True)
+    start = time.perf_counter()
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw", uri, str(out)],
+                   check=True, capture_output=True)
+    elapsed = time.perf_counter() - start
+    out.unlink(missing_ok=True)
+    return elapsed
+
+
+def run_nbd_benchmark(workdir: str | Path) -> dict[str, Any]:
+    """Measure both servers in one run; return the JSON row."""
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    img = _image(work)
+    out = work / "nbd-bench-out.raw"
+    mine_sock = str(work / "txgraph-nbd.sock")
+    peer_sock = str(work / "qsd-nbd.sock")
+
+    rt = Runtime()
+    rt.open_node("f", "file", {"filename": str(img)}, {}, True)
+    rt.open_node("r", "raw", {}, {"file": "f"}, True)
+    server = NbdServer(rt)
+    server.start({"type": "unix", "path": mine_sock})
+    server.add_export("disk", "r", False)
+    try:
+        with QSD() as qsd:
+            qsd.cmd("blockdev-add", {"driver": "raw", "node-name": "r", "read-only": True,
+                                     "file": {"driver": "file", "filename": str(img)}})
+            qsd.cmd("nbd-server-start", {"addr": {"type": "unix", "data": {"path": peer_sock}}})
+            qsd.cmd("block-export-add", {"type": "nbd", "id": "e", "node-name": "r",
+                                         "name": "disk"})
+            mine_uri = f"nbd+unix:///disk?socket={mine_sock}"
+            peer_uri = f"nbd+unix:///disk?socket={peer_sock}"
+            _convert(mine_uri, out)          # warm-ups (page cache, code paths)
+            _convert(peer_uri, out)
+            mine, peer = [], []
+            for _ in range(ROUNDS):
+                mine.append(_convert(mine_uri, out))
+                peer.append(_convert(peer_uri, out))
+    finally:
+        server.stop()
+        rt.close_all()
+    mb = IMAGE_SIZE / 1e6
+    t_mine, t_peer = mb / statistics.median(mine), mb / statistics.median(peer)
+    return {"name": "nbd_export_read_qemu_img_convert", "txgraph": round(t_mine, 1),
+            "peer": round(t_peer, 1), "unit": "MB/s", "ratio": round(t_mine / t_peer, 3),
+            "peer_desc": "qemu-storage-daemon 7.2 NBD export, same image, same client"}
+
+
+if __name__ == "__main__":
+    where = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/txgraph-bench")
+    print(json.dumps(run_nbd_benchmark(where)))
