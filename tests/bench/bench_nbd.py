@@ -5,7 +5,8 @@ Both servers export the same raw image (``raw`` over ``file``) on a unix
 socket; the client is ``qemu-img convert -f raw -O raw nbd+unix://... out.raw``
 (QEMU's own NBD client, structured replies, 8 coroutines in flight). Warm page
 cache: one discarded warm-up per server, then rounds alternating txgraph and
-the peer; the medians of wall time give MB/s. Prints one JSON line
+the peer; the medians of wall time give MB/s. The output file goes to
+/dev/shm when available (same for both servers). Prints one JSON line
 ``{name, txgraph, peer, unit, ratio, peer_desc}``; ratio = txgraph / peer.
 """
 
@@ -61,7 +62,10 @@ def run_nbd_benchmark(workdir: str | Path) -> dict[str, Any]:
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     img = _image(work)
-    out = work / "nbd-bench-out.raw"
+    # The copy lands in tmpfs when there is one: disk writeback of the output would
+    # otherwise dominate and add noise to a measure of the servers' read path.
+    shm = Path("/dev/shm")
+    out = (shm if shm.is_dir() and os.access(shm, os.W_OK) else work) / f"nbd-bench-{os.getpid()}.raw"
     mine_sock = str(work / "txgraph-nbd.sock")
     peer_sock = str(work / "qsd-nbd.sock")
 
