@@ -200,8 +200,8 @@ def set_read_only_ignoring_errors(session: Session, tx: Transaction, name: str) 
     The node and its implicitly created children become read-only and their
     child edges drop write/resize. If the permission check refuses (a writer
     still uses the node), nothing changes and no error is reported, as in
-    QEMU. The check runs before any staged change, so a refusal needs no
-    partial undo; only image-lock changes it made are rolled back here.
+    QEMU. The check runs before any staged graph change, so a refusal only
+    has to roll back the data-plane switch and the image locks, done here.
     """
     graph = session.graph
     if name not in graph.nodes:
@@ -210,10 +210,19 @@ def set_read_only_ignoring_errors(session: Session, tx: Transaction, name: str) 
     if not targets:
         return
     target_set = set(targets)
+    runtime = session.runtime
+    # The data plane switches first: its reopen may move the image locks to a
+    # new file descriptor, and the lock changes below must be made (and, on
+    # abort, undone) on that descriptor before it is switched back.
+    runtime_undos: list[Any] = []
+    for target in targets:
+        if runtime.has_node(target):
+            runtime.set_read_only(target, True)
+            runtime_undos.append(lambda t=target: runtime.set_read_only(t, False))
     lock_undos: list[Any] = []
 
     def driver_check(node: Any, perm: Perm, shared: Perm) -> None:
-        undo = session.runtime.check_perm(node.name, int(perm), int(shared))
+        undo = runtime.check_perm(node.name, int(perm), int(shared))
         if undo is not None:
             lock_undos.append(undo)
 
@@ -224,10 +233,10 @@ def set_read_only_ignoring_errors(session: Session, tx: Transaction, name: str) 
         changes = compute_refresh(graph, [name], writable_after=writable_after,
                                   driver_check=driver_check)
     except BlockError:
-        for undo in reversed(lock_undos):
+        for undo in [*reversed(lock_undos), *reversed(runtime_undos)]:
             undo()
         return
-    for undo in lock_undos:
+    for undo in [*runtime_undos, *lock_undos]:
         tx.undo(undo)
     for target in targets:
         node = graph.nodes[target]
@@ -249,10 +258,6 @@ def set_read_only_ignoring_errors(session: Session, tx: Transaction, name: str) 
             prov["read-only"] = Provenance(Source.INHERITED, parent=parent, edge=edge,
                                            detail="after an external snapshot")
         tx.set(node, "provenance", prov)
-        runtime = session.runtime
-        if runtime.has_node(target):
-            runtime.set_read_only(target, True)
-            tx.undo(lambda t=target: runtime.set_read_only(t, False))
     for change in changes:
         tx.set_edge_perm(change.parent, change.name, change.perm, change.shared)
 
