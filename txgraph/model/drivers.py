@@ -73,7 +73,8 @@ class DriverSpec:
 
     @property
     def is_protocol(self) -> bool:
-        return self.kind == "protocol" or self.name == "blkdebug"
+        """Has a protocol open function; blkdebug and blkverify are filters *and* protocols."""
+        return self.kind == "protocol" or self.name in ("blkdebug", "blkverify")
 
     @property
     def is_format(self) -> bool:
@@ -164,6 +165,9 @@ DRIVER_SPECS: dict[str, DriverSpec] = {
                                           "opt-discard", "max-discard"}),
                    children=(ChildSpec("image", Role.FILTERED | Role.PRIMARY),),
                    perm_family="blkdebug"),
+        DriverSpec("blkverify", "filter", reopenable=False, options=frozenset({"x-raw", "x-image"}),
+                   children=(ChildSpec("raw", Role.FILTERED | Role.PRIMARY),
+                             ChildSpec("test", Role.DATA))),
         DriverSpec("quorum", "other", reopenable=False,
                    options=frozenset({"vote-threshold", "blkverify", "rewrite-corrupted",
                                       "read-pattern"}),

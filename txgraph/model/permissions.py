@@ -70,7 +70,8 @@ def child_perm_context(node: BlockNode, writable: bool) -> ChildPermContext:
         parent_no_io=bool(node.flags & OpenFlag.NO_IO),
         take_perms=_perm_option(node, "take-child-perms") if family == "blkdebug" else Perm.NONE,
         unshare_perms=_perm_option(node, "unshare-child-perms") if family == "blkdebug" else Perm.NONE,
-        rewrite_corrupted=node.options.get("rewrite-corrupted") in (True, "on"),
+        rewrite_corrupted=(node.options.get("rewrite-corrupted") in (True, "on")
+                           and node.options.get("read-pattern", "quorum") != "fifo"),
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from txgraph.errors import OpenError, TxgraphError
+from txgraph.errors import IOFailure, OpenError, TxgraphError
 from txgraph.model.drivers import DriverSpec
 from txgraph.model.node import BlockNode
 from txgraph.model.options import array_entries, parse_bool
@@ -48,6 +48,9 @@ def _runtime_open(opener: Opener, node: BlockNode, children: dict[str, str]) -> 
         options["x-txgraph-probed"] = True
     try:
         info = runtime.open_node(node.name, node.driver, options, children, node.read_only)
+    except IOFailure as err:
+        # The node opened but its size could not be determined (bdrv_open_driver).
+        raise OpenError(f"Could not refresh total sector count: {err.desc}") from err
     except TxgraphError:
         raise
     except OSError as err:  # a driver that let an OS error escape: still QEMU-shaped text
@@ -131,7 +134,49 @@ def _open_blkdebug(opener: Opener, node: BlockNode, spec: DriverSpec, work: Opti
     child = opener.open_child(image_filename, work, "image", node, Role.FILTERED | Role.PRIMARY,
                               False)
     assert child is not None
+    _check_blkdebug_limits(opts)
     _runtime_open(opener, node, {"image": child})
+
+
+def _check_blkdebug_limits(opts: dict[str, Any]) -> None:
+    """``blkdebug_open``'s alignment overrides: powers of two and multiples of each other."""
+    def size(key: str) -> int:
+        value = opts.get(key, 0)
+        return int(value) if isinstance(value, int) else 0
+
+    def pow2(v: int) -> bool:
+        return v > 0 and not v & (v - 1)
+
+    int_max = 2**31 - 1
+    align = size("align")
+    if align and (align >= int_max or not pow2(align)):
+        raise OpenError(f"Cannot meet constraints with align {align}")
+    base = max(align, 1)
+    max_transfer = size("max-transfer")
+    if max_transfer and (max_transfer >= int_max or max_transfer % base):
+        raise OpenError(f"Cannot meet constraints with max-transfer {max_transfer}")
+    opt_wz = size("opt-write-zero")
+    if opt_wz and (opt_wz >= int_max or opt_wz % base):
+        raise OpenError(f"Cannot meet constraints with opt-write-zero {opt_wz}")
+    max_wz = size("max-write-zero")
+    if max_wz and (max_wz >= int_max or max_wz % max(opt_wz, base)):
+        raise OpenError(f"Cannot meet constraints with max-write-zero {max_wz}")
+    opt_d = size("opt-discard")
+    if opt_d and (opt_d >= int_max or opt_d % base):
+        raise OpenError(f"Cannot meet constraints with opt-discard {opt_d}")
+    max_d = size("max-discard")
+    if max_d and (max_d >= int_max or max_d % max(opt_d, base)):
+        raise OpenError(f"Cannot meet constraints with max-discard {max_d}")
+
+
+def _open_blkverify(opener: Opener, node: BlockNode, spec: DriverSpec, work: OptionSet) -> None:
+    """``blkverify_open``: ``raw`` (the reference, filtered) first, then ``test``."""
+    opts = _consume(work, spec)
+    raw = opener.open_child(opts.get("x-raw"), work, "raw", node, Role.FILTERED | Role.PRIMARY,
+                            False)
+    test = opener.open_child(opts.get("x-image"), work, "test", node, Role.DATA, False)
+    assert raw is not None and test is not None
+    _runtime_open(opener, node, {"raw": raw, "test": test})
 
 
 def _open_qcow2(opener: Opener, node: BlockNode, spec: DriverSpec, work: OptionSet) -> None:
@@ -206,15 +251,15 @@ def _open_quorum(opener: Opener, node: BlockNode, spec: DriverSpec, work: Option
     pattern = opts.get("read-pattern", "quorum")
     if pattern not in ("quorum", "fifo"):
         raise OpenError("Please set read-pattern as fifo or quorum")
-    blkverify = bool(parse_bool(opts.get("blkverify", False)))
-    if pattern == "fifo" and blkverify:
-        raise OpenError("fifo pattern and blkverify are incompatible")
-    if blkverify and (count != 2 or threshold != 2):
-        raise OpenError("blkverify=on can only be set if there are exactly two files and "
-                        "vote-threshold is 2")
-    rewrite = bool(parse_bool(opts.get("rewrite-corrupted", False)))
-    if rewrite and blkverify:
-        raise OpenError("rewrite-corrupted=on cannot be used with blkverify=on")
+    if pattern == "quorum":
+        # blkverify and rewrite-corrupted only mean something when reads vote.
+        blkverify = bool(parse_bool(opts.get("blkverify", False)))
+        if blkverify and (count != 2 or threshold != 2):
+            raise OpenError("blkverify=on can only be set if there are exactly two files and "
+                            "vote-threshold is 2")
+        rewrite = bool(parse_bool(opts.get("rewrite-corrupted", False)))
+        if rewrite and blkverify:
+            raise OpenError("rewrite-corrupted=on cannot be used with blkverify=on")
     children: dict[str, str] = {}
     for index in range(count):
         key = f"children.{index}"
@@ -233,5 +278,6 @@ _OPENERS: dict[str, OpenFn] = {
     "preallocate": _open_filter,
     "compress": _open_filter,
     "blkdebug": _open_blkdebug,
+    "blkverify": _open_blkverify,
     "quorum": _open_quorum,
 }

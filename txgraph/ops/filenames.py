@@ -104,6 +104,14 @@ def refresh_filename(graph: BlockGraph, name: str) -> None:
                 set(opts) <= {"driver", "config", "x-image", "image"}:
             config = node.options.get("config", "")
             node.exact_filename = f"blkdebug:{config}:{graph.nodes[image[0]].exact_filename}"
+    elif node.driver == "blkverify":
+        raw, test = graph.child_edge(name, "raw"), graph.child_edge(name, "test")
+        node.exact_filename = ""
+        if raw and test and set(opts) <= {"driver", "raw", "test", "x-raw", "x-image"}:
+            raw_name = graph.nodes[raw[0]].exact_filename
+            test_name = graph.nodes[test[0]].exact_filename
+            if raw_name and test_name:
+                node.exact_filename = f"blkverify:{raw_name}:{test_name}"
     elif primary is not None:
         node.exact_filename = ""
         child = graph.nodes[primary]

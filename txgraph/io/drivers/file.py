@@ -85,13 +85,20 @@ class FileNode(DriverNode):
         self.direct = bool(options.get("cache.direct", False))
         self.fd = self._open(bool(options.get("auto-read-only", False)))
         st = os.fstat(self.fd)
-        if not stat.S_ISREG(st.st_mode):
+        try:
+            self._check_type(st)
+        except OpenError:
             os.close(self.fd)
-            raise OpenError(f"'file' driver requires '{self.filename}' to be a regular file")
+            raise
         self._len = st.st_size
         self._mm: mmap.mmap | None = None
         self._maplen = 0
         self._remap()
+
+    def _check_type(self, st: os.stat_result) -> None:
+        """file-posix's check that the ``file`` driver only opens regular files."""
+        if not stat.S_ISREG(st.st_mode):
+            raise OpenError(f"'file' driver requires '{self.filename}' to be a regular file")
 
     def _open(self, auto_read_only: bool) -> int:
         flags = os.O_CLOEXEC | (os.O_RDONLY if self.read_only else os.O_RDWR)

@@ -1,0 +1,104 @@
+"""Filters that pass data through unchanged, blkverify, and host_device.
+
+- ``preallocate`` (block/preallocate.c) and ``compress`` (block/filter-compress.c)
+  present exactly their ``file`` child's data. QEMU's preallocate grows the
+  file ahead of writes and compress asks the format below for compressed
+  clusters; both are space policies, not data changes. txgraph passes writes
+  through as plain writes: the guest sees identical data, the image does not
+  get preallocated or compressed clusters.
+- ``blkverify`` (block/blkverify.c) reads from both ``raw`` and ``test`` and
+  compares; QEMU aborts the process on a mismatch, txgraph fails the request
+  with EIO instead so the server keeps serving.
+- ``host_device`` is the file protocol restricted to block and character devices.
+"""
+
+from __future__ import annotations
+
+import errno as E
+import os
+import stat
+from collections.abc import Mapping
+from typing import Any
+
+from txgraph.errors import IOFailure, OpenError
+from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
+from txgraph.io.drivers.file import FileNode
+from txgraph.io.registry import register
+
+__all__ = ["PassthroughFilter", "BlkverifyNode", "HostDeviceNode"]
+
+#: formats whose drivers can write compressed clusters (block_driver_can_compress)
+_COMPRESSING_FORMATS = frozenset({"qcow2", "qcow", "vmdk"})
+
+
+@register("preallocate", "compress")
+class PassthroughFilter(DriverNode):
+    """A filter whose reads and writes go unchanged to ``file``."""
+
+    def __init__(self, node_name: str, options: Mapping[str, Any],
+                 children: Mapping[str, DriverNode], read_only: bool) -> None:
+        super().__init__(node_name, options, children, read_only)
+        self.driver_name = str(options.get("driver", "preallocate"))
+        if self.driver_name == "compress" and self.file.driver_name not in _COMPRESSING_FORMATS:
+            raise OpenError("Compression is not supported for underlying format: "
+                            f"{self.file.driver_name}")
+
+    @property
+    def file(self) -> DriverNode:
+        return self.children["file"]
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.file.read(offset, length)
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.file.write(offset, data)
+
+    def write_zeroes(self, offset: int, length: int, *, may_unmap: bool = False) -> None:
+        self.file.write_zeroes(offset, length, may_unmap=may_unmap)
+
+    def discard(self, offset: int, length: int) -> None:
+        self.file.discard(offset, length)
+
+    def size(self) -> int:
+        return self.file.size()
+
+    def block_status(self, offset: int, length: int) -> BlockStatus:
+        return self.file.block_status(offset, length)
+
+    def info(self) -> ImageInfo:
+        return ImageInfo(format=self.driver_name, virtual_size=self.size())
+
+
+@register("blkverify")
+class BlkverifyNode(DriverNode):
+    """Reads must agree between ``raw`` (the reference) and ``test``; writes go to both."""
+
+    driver_name = "blkverify"
+
+    def read(self, offset: int, length: int) -> bytes:
+        ref = self.children["raw"].read(offset, length)
+        if self.children["test"].read(offset, length) != ref:
+            raise IOFailure("Input/output error", E.EIO)
+        return ref
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.children["test"].write(offset, data)
+        self.children["raw"].write(offset, data)
+
+    def size(self) -> int:
+        return self.children["test"].size()
+
+    def info(self) -> ImageInfo:
+        return ImageInfo(format="blkverify", virtual_size=self.size())
+
+
+@register("host_device")
+class HostDeviceNode(FileNode):
+    """``host_device``: like ``file``, but the path must be a block or character device."""
+
+    driver_name = "host_device"
+
+    def _check_type(self, st: os.stat_result) -> None:
+        if not (stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode)):
+            raise OpenError(f"'host_device' driver requires '{self.filename}' to be either "
+                            "a character or block device")
