@@ -151,14 +151,17 @@ class Runtime:
         (they belong to the open file description).
         """
         with self.drained():
-            node = self._nodes[name]
-            old_fd = getattr(node, "fd", -1)
-            node.reopen(options, read_only)
-            new_fd = getattr(node, "fd", -1)
-            state = self._locks.get(name)
-            if state is not None and new_fd >= 0 and new_fd != old_fd:
-                self._locks[name] = relock(new_fd, state)
+            self._reopen(name, options, read_only)
             self._generation += 1
+
+    def _reopen(self, name: str, options: Mapping[str, Any], read_only: bool) -> None:
+        node = self._nodes[name]
+        old_fd = getattr(node, "fd", -1)
+        node.reopen(options, read_only)
+        new_fd = getattr(node, "fd", -1)
+        state = self._locks.get(name)
+        if state is not None and new_fd >= 0 and new_fd != old_fd:
+            self._locks[name] = relock(new_fd, state)
 
     def check_perm(self, name: str, perm: int, shared: int) -> Callable[[], None] | None:
         """The driver's ``bdrv_check_perm`` (rule P6): file nodes take QEMU's image locks.
@@ -180,8 +183,14 @@ class Runtime:
             for name, node in self._nodes.items()))
 
     def close_all(self) -> None:
-        for name in list(self._nodes):
-            self.close_node(name)
+        """Close every node, parents before children (formats flush into their files)."""
+        remaining = dict(self._nodes)
+        while remaining:
+            held = {id(c) for n in remaining.values() for c in n.children.values()}
+            tops = [name for name, node in remaining.items() if id(node) not in held] or list(remaining)
+            for name in tops:
+                self.close_node(name)
+                remaining.pop(name, None)
 
     # -- events --------------------------------------------------------------------------
     def emit(self, event: str, data: dict[str, Any]) -> None:
@@ -268,8 +277,8 @@ class Runtime:
     def _set_ro(self, op: SetReadOnly) -> Callable[[], None]:
         node = self._nodes[op.name]
         old = node.read_only
-        _reopen_ro(node, op.read_only)
-        return lambda: _reopen_ro(node, old)
+        self._reopen(op.name, node.options, op.read_only)
+        return lambda: self._reopen(op.name, node.options, old)
 
     # -- drain ---------------------------------------------------------------------------
     @contextmanager
@@ -315,14 +324,6 @@ class Runtime:
             hook = getattr(node, "drain_end", None)
             if hook is not None:
                 hook()
-
-
-def _reopen_ro(node: DriverNode, read_only: bool) -> None:
-    hook = getattr(node, "reopen_read_only", None)
-    if hook is not None:
-        hook(read_only)
-    else:
-        node.read_only = read_only
 
 
 class _RWLock:

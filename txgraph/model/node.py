@@ -103,13 +103,17 @@ class BlockNode:
         return bool(self.flags & OpenFlag.NO_FLUSH)
 
     def state(self) -> tuple[Any, ...]:
-        """Everything that defines the node, for hashing and equality in tests."""
+        """Everything that defines the node, for hashing and equality in tests.
+
+        ``filename``/``exact_filename`` are left out: they are a cache derived
+        from the graph (``bdrv_refresh_filename`` recomputes them before every
+        use), not state a transaction owns.
+        """
         return (self.name, self.driver, sorted(self.options.items(), key=lambda kv: kv[0]),
                 sorted(self.explicit.items(), key=lambda kv: kv[0]),
                 sorted((k, v.source.value, v.parent, v.edge) for k, v in self.provenance.items()),
                 int(self.flags), self.detect_zeroes, self.force_share, self.inherits_from,
-                self.monitor_owned, self.implicit, self.probed, self.filename,
-                self.exact_filename, self.backing_file, self.backing_format,
+                self.monitor_owned, self.implicit, self.probed, self.backing_file, self.backing_format,
                 self.auto_backing_file, self.next_child_index, self.seq, self.name_seq)
 
 

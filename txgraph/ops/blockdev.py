@@ -93,6 +93,9 @@ def unref_node(session: Session, tx: Transaction, name: str) -> None:
     graph = session.graph
     if graph.refcount(name) > 0:
         return
+    runtime = session.runtime
+    # Close parents before children: a writable format flushes into its file on close.
+    tx.on_commit(lambda: runtime.close_node(name))
     for child, edge in graph.children(name):
         tx.detach(name, edge.name)
         try:
@@ -101,5 +104,3 @@ def unref_node(session: Session, tx: Transaction, name: str) -> None:
             pass
         unref_node(session, tx, child)
     tx.remove_node(name)
-    runtime = session.runtime
-    tx.on_commit(lambda: runtime.close_node(name))

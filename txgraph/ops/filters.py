@@ -27,11 +27,11 @@ from typing import Any
 from txgraph.errors import BlockError
 from txgraph.model.drivers import driver_spec
 from txgraph.model.node import Edge, ParentKind
-from txgraph.ops.blockdev import stage_blockdev_add, stage_blockdev_del
+from txgraph.ops.blockdev import stage_blockdev_add, stage_blockdev_del, unref_node
 from txgraph.ops.open import lookup_bs
 from txgraph.ops.perms import refresh_perms
 from txgraph.ops.replace import (
-    EdgeRef, find_parent_edge, guard_filenames, replace_node_noperm, unref_parent_first,
+    EdgeRef, find_parent_edge, replace_node_noperm,
 )
 from txgraph.ops.session import Session
 from txgraph.ops.transaction import Transaction
@@ -99,7 +99,6 @@ def stage_insert_filter(session: Session, tx: Transaction, args: dict[str, Any])
         # the edge object gets back its place in both lists.
         tx.undo(lambda e=edge, s=(edge.seq, edge.parent_seq): _restore_seqs(e, s))
         tx.detach(parent, edge.name)
-    guard_filenames(session, tx, [node])
     name = stage_blockdev_add(session, tx, options)
     runtime = session.runtime
     for parent, edge in edges:
@@ -145,6 +144,6 @@ def stage_remove_filter(session: Session, tx: Transaction, args: dict[str, Any])
     if node.monitor_owned:
         stage_blockdev_del(session, tx, name)
     elif graph.refcount(name) == 0:
-        unref_parent_first(session, tx, name)
+        unref_node(session, tx, name)
     refresh_perms(session, tx, [child])
     return moved

@@ -26,9 +26,9 @@ from txgraph.model.node import Edge
 from txgraph.model.options import parse_bool
 from txgraph.model.perm import Role
 
+from txgraph.ops.blockdev import unref_node
 from txgraph.ops.open import lookup_bs
 from txgraph.ops.perms import refresh_perms
-from txgraph.ops.replace import unref_parent_first
 from txgraph.ops.session import Session
 from txgraph.ops.transaction import Transaction
 
@@ -111,4 +111,4 @@ def _quorum_del_child(session: Session, tx: Transaction, quorum: str, name: str)
         refresh_perms(session, tx, [child])
     except BlockError:
         pass
-    unref_parent_first(session, tx, child)
+    unref_node(session, tx, child)

@@ -34,56 +34,11 @@ from txgraph.ops.perms import refresh_perms
 from txgraph.ops.session import Session
 from txgraph.ops.transaction import Transaction
 
-__all__ = ["guard_filenames", "unref_parent_first", "retarget_edge", "should_update_child", "replace_node_noperm", "find_parent_edge",
+__all__ = ["retarget_edge", "should_update_child", "replace_node_noperm", "find_parent_edge",
            "stage_blockdev_replace", "stage_replace_edges", "EdgeRef"]
 
 #: (parent key in the graph, edge name)
 EdgeRef = tuple[str, str]
-
-
-def guard_filenames(session: Session, tx: Transaction, roots: Iterable[str]) -> None:
-    """Make the cached filenames of the roots' subtrees part of what an abort restores.
-
-    ``refresh_filename`` (run by every open, and before creating a snapshot
-    image) rewrites ``filename``/``exact_filename`` of a node *and of all its
-    children* in place. Inside a transaction that already changed the graph,
-    that rewrites existing nodes from a state that may be rolled back, so the
-    old strings are registered for restoration (QEMU recomputes them lazily;
-    txgraph's digest compares them).
-    """
-    graph = session.graph
-    saved = [(graph.nodes[n], graph.nodes[n].filename, graph.nodes[n].exact_filename)
-             for n in graph.subtree_topological(roots)]
-
-    def restore() -> None:
-        for node, filename, exact in saved:
-            node.filename, node.exact_filename = filename, exact
-
-    tx.undo(restore)
-
-
-def unref_parent_first(session: Session, tx: Transaction, name: str) -> None:
-    """``bdrv_unref`` of a node that may have lost its last reference.
-
-    Same as :func:`txgraph.ops.blockdev.unref_node`, except that the node's
-    driver object is scheduled to close *before* its children's: a format
-    node flushes into its ``file`` when it closes (``bdrv_close`` closes the
-    driver first, then drops the children). ``close_node`` of an already
-    closed node does nothing, so the second close unref_node schedules is
-    harmless.
-    """
-    if session.graph.refcount(name) > 0:
-        return
-    runtime = session.runtime
-
-    def close_tree(node: str) -> None:
-        tx.on_commit(lambda: runtime.close_node(node))
-        for child, _edge in session.graph.children(node):
-            if session.graph.refcount(child) == 1:
-                close_tree(child)
-
-    close_tree(name)
-    unref_node(session, tx, name)
 
 
 def retarget_edge(session: Session, tx: Transaction, parent: str, name: str,

@@ -28,11 +28,11 @@ from txgraph.model.node import Edge, OpenFlag
 from txgraph.model.options import Provenance, Source
 from txgraph.model.perm import Perm, Role
 from txgraph.model.permissions import compute_refresh
-from txgraph.ops.blockdev import op_blocker
+from txgraph.ops.blockdev import op_blocker, unref_node
 from txgraph.ops.inherit import OptionSet
 from txgraph.ops.open import Opener, lookup_bs
 from txgraph.ops.perms import refresh_perms
-from txgraph.ops.replace import guard_filenames, replace_node_noperm, unref_parent_first
+from txgraph.ops.replace import replace_node_noperm
 from txgraph.ops.session import Session
 from txgraph.ops.transaction import Transaction
 from txgraph.ops.txn import defer_to_end
@@ -57,7 +57,6 @@ def stage_blockdev_snapshot_sync(session: Session, tx: Transaction, args: dict[s
     """
     device, node_name = args.get("device"), args.get("node-name")
     old = _prepare_old(session, device, node_name)
-    guard_filenames(session, tx, [old])
     fmt = args.get("format", "qcow2")
     snapshot_node_name = args.get("snapshot-node-name")
     if node_name and not snapshot_node_name:
@@ -79,7 +78,7 @@ def stage_blockdev_snapshot_sync(session: Session, tx: Transaction, args: dict[s
                                                None, Role.NONE, None, True)
     _append_overlay(session, tx, old, overlay)
     if session.graph.refcount(overlay) == 0:
-        unref_parent_first(session, tx, overlay)
+        unref_node(session, tx, overlay)
 
 
 def _name_in_use(session: Session, name: str) -> bool:

@@ -97,11 +97,17 @@ class Transaction:
     def attach(self, parent: str, child: str, edge: Edge) -> Edge:
         """Create an edge; it goes to the head of both the parent's and child's lists."""
         self._step()
+        old_seqs = (edge.seq, edge.parent_seq)
         edge.seq = self.graph.next_seq()
         edge.parent_seq = edge.seq
         self.graph.attach(parent, child, edge)
         self.touched.update((parent, child))
-        self._undo.append(lambda: self.graph.detach(parent, edge.name))
+
+        def undo() -> None:
+            self.graph.detach(parent, edge.name)
+            edge.seq, edge.parent_seq = old_seqs
+
+        self._undo.append(undo)
         return edge
 
     def detach(self, parent: str, name: str) -> tuple[str, Edge]:
