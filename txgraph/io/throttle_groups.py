@@ -269,6 +269,10 @@ class ThrottleGroups:
             self._groups[group_id] = group
             return group
 
+    def validate(self, limits: Mapping[str, Any] | None) -> None:
+        """Refuse limits QEMU's ``throttle_group_set_limits`` would refuse (raises BlockError)."""
+        ThrottleLimits.from_qmp(limits)
+
     def remove(self, group_id: str) -> None:
         """``object-del``: refused while a throttle node still uses the group."""
         with self._lock:

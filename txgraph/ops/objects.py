@@ -16,46 +16,26 @@ from txgraph.ops.session import QomObject, Session
 
 __all__ = ["object_add", "object_del"]
 
-SUPPORTED_TYPES = ("throttle-group",)
-
 
 def object_add(session: Session, arguments: dict[str, Any]) -> None:
+    """``user_creatable_add_qapi``: properties are validated before the id is claimed."""
     qom_type = arguments["qom-type"]
     obj_id = arguments["id"]
     if not id_wellformed(obj_id):
-        raise BlockError(f"Parameter 'id' expects an identifier")
+        raise BlockError("Parameter 'id' expects an identifier")
+    props = {k: v for k, v in arguments.items() if k not in ("qom-type", "id")}
+    groups = session.runtime.throttle_groups
+    limits: dict[str, Any] = {}
+    if qom_type == "throttle-group":
+        limits = dict(props.get("limits", {}))
+        # The legacy x-<limit> properties set the same limits.
+        limits.update({k[2:]: v for k, v in props.items() if k.startswith("x-")})
+        groups.validate(limits)
     if obj_id in session.objects:
         raise BlockError(f"attempt to add duplicate property '{obj_id}' to object (type 'container')")
-    props = {k: v for k, v in arguments.items() if k not in ("qom-type", "id")}
     if qom_type == "throttle-group":
-        _validate_throttle_limits(props)
+        groups.add(obj_id, limits)
     session.objects[obj_id] = QomObject(obj_id, qom_type, props)
-    groups = getattr(session.runtime, "throttle_groups", None)
-    if groups is not None and qom_type == "throttle-group":
-        groups.add(obj_id, props.get("limits", {}))
-
-
-def _validate_throttle_limits(props: dict[str, Any]) -> None:
-    """``throttle_group_set_limits`` + ``throttle_is_valid``: QEMU's limit checks."""
-    limits = dict(props.get("limits", {}))
-    for key, value in props.items():
-        if key.startswith("x-"):
-            limits[key[2:]] = value
-    for key, value in limits.items():
-        if isinstance(value, int) and not 0 <= value <= 1_000_000_000_000_000:
-            raise BlockError("bps/iops/max values must be within [0, 1000000000000000]")
-    for kind in ("bps", "iops"):
-        total = limits.get(f"{kind}-total", 0)
-        if total and (limits.get(f"{kind}-read", 0) or limits.get(f"{kind}-write", 0)):
-            raise BlockError("bps/iops/max total values and read/write values cannot be used "
-                             "at the same time")
-    for key, value in limits.items():
-        if key.endswith("-max") and value:
-            base = limits.get(key[: -len("-max")], 0)
-            if not base:
-                raise BlockError("bps_max/iops_max require corresponding bps/iops values")
-            if value < base:
-                raise BlockError("bps_max/iops_max cannot be lower than bps/iops")
 
 
 def object_del(session: Session, obj_id: str) -> None:
@@ -67,6 +47,5 @@ def object_del(session: Session, obj_id: str) -> None:
             if node.driver == "throttle" and node.options.get("throttle-group") == obj_id:
                 raise BlockError(f"object '{obj_id}' is in use, can not be deleted")
     del session.objects[obj_id]
-    groups = getattr(session.runtime, "throttle_groups", None)
-    if groups is not None and obj.qom_type == "throttle-group":
-        groups.remove(obj_id)
+    if obj.qom_type == "throttle-group":
+        session.runtime.throttle_groups.remove(obj_id)
