@@ -79,6 +79,7 @@ class Runtime:
 
     def __init__(self, throttle_groups: ThrottleGroups | None = None) -> None:
         self._nodes: dict[str, DriverNode] = {}
+        self._nbd: Any = None
         # Image-lock state of file nodes (bytes held by their fds), by node name.
         self._locks: dict[str, LockState] = {}
         # Readers (I/O requests) hold it shared; graph changes hold it exclusively.
@@ -181,6 +182,14 @@ class Runtime:
             (name, tuple(sorted((edge, child.node_name) for edge, child in node.children.items())),
              node.read_only, repr(self._locks.get(name, LockState())))
             for name, node in self._nodes.items()))
+
+    def nbd_server(self) -> Any:
+        """The process-wide NBD server (created on first use, not listening until started)."""
+        if self._nbd is None:
+            from txgraph.io.nbd.server import NbdServer
+
+            self._nbd = NbdServer(self)
+        return self._nbd
 
     def close_all(self) -> None:
         """Close every node, parents before children (formats flush into their files)."""

@@ -9,7 +9,7 @@ checker before committing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +41,10 @@ class Session:
         self.runtime = runtime if runtime is not None else Runtime()
         self.namer = AutoNamer(name_seed)
         self.objects: dict[str, QomObject] = {}
+        #: block exports by id (block-export-add)
+        self.exports: dict[str, Any] = {}
+        #: where QMP events go (the Engine connects it to its listeners)
+        self.emit_event: Callable[[str, dict[str, Any] | None], None] = lambda name, data=None: None
         self.policy = policy
         #: run the invariant checker on every transaction before it commits
         self.check = check
@@ -88,4 +92,7 @@ class Session:
                                      explanation=verdict.to_json())
 
     def close(self) -> None:
+        server = self.runtime.nbd_server()
+        if server.running:
+            server.stop()
         self.runtime.close_all()

@@ -133,3 +133,45 @@ def _blockdev_reopen(ctx: CommandContext, args: dict[str, Any]) -> Any:
         # An extension event: QMP clients ignore events they do not know.
         ctx.emit_event("X_TXGRAPH_REOPEN_WARNING", warning.to_json())
     return {}
+
+
+# -- exports -------------------------------------------------------------------------------
+@command("nbd-server-start")
+def _nbd_server_start(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    from txgraph.ops.exports import nbd_server_start
+
+    nbd_server_start(ctx.session, args)
+    return {}
+
+
+@command("nbd-server-stop")
+def _nbd_server_stop(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    from txgraph.ops.exports import nbd_server_stop
+
+    nbd_server_stop(ctx.session)
+    return {}
+
+
+@command("block-export-add")
+def _block_export_add(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    from txgraph.ops.exports import stage_block_export_add
+
+    with ctx.session.transaction() as tx:
+        stage_block_export_add(ctx.session, tx, args)
+    return {}
+
+
+@command("block-export-del")
+def _block_export_del(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    from txgraph.ops.exports import stage_block_export_del
+
+    with ctx.session.transaction() as tx:
+        stage_block_export_del(ctx.session, tx, args)
+    return {}
+
+
+@command("query-block-exports")
+def _query_block_exports(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    from txgraph.ops.exports import query_block_exports
+
+    return query_block_exports(ctx.session)

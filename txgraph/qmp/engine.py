@@ -29,6 +29,7 @@ class Engine:
         self.context = context if context is not None else CommandContext()
         self._listeners: list[EventListener] = []
         self.context.emit_event = self.emit_event
+        self.context.session.emit_event = self.emit_event
 
     # -- events ------------------------------------------------------------------------
     def add_event_listener(self, listener: EventListener) -> None:

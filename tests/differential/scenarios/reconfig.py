@@ -225,3 +225,37 @@ def _quorum_in_data_plane() -> bool:
 
 SCENARIOS: list[Scenario] = [*SNAPSHOT, *TRANSACTIONS,
                              *(QUORUM if _quorum_in_data_plane() else [])]
+
+
+def _nbd_start() -> dict:
+    return {"execute": "nbd-server-start", "arguments": {"addr": {"type": "unix", "data": {"path": "{dir}/nbd.sock"}}}}
+
+
+def _exp(eid: str, node: str, **extra: object) -> dict:
+    return {"execute": "block-export-add",
+            "arguments": {"type": "nbd", "id": eid, "node-name": node, **extra}}
+
+
+SCENARIOS += [
+    Scenario(name="export_rules", theme="exports", doc="export ids, names, server state, deletion", steps=(
+        _exp("e0", "nothere"),
+        {"execute": "blockdev-add", "arguments": {"driver": "null-co", "node-name": "n"}},
+        _exp("e0", "n"),
+        _nbd_start(),
+        _nbd_start(),
+        _exp("1bad", "n"),
+        _exp("e0", "n"),
+        _exp("e0", "n"),
+        _exp("e1", "n"),
+        _exp("e1", "n", name="other", writable=True),
+        {"execute": "query-block-exports"},
+        {"execute": "x-debug-query-block-graph"},
+        {"execute": "block-export-del", "arguments": {"id": "nothere"}},
+        {"execute": "block-export-del", "arguments": {"id": "e0"}},
+        {"execute": "block-export-del", "arguments": {"id": "e1", "mode": "hard"}},
+        {"execute": "query-block-exports"},
+        {"execute": "blockdev-del", "arguments": {"node-name": "n"}},
+        {"execute": "nbd-server-stop"},
+        {"execute": "nbd-server-stop"},
+    )),
+]
