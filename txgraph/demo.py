@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from txgraph.model.node import ParentKind
+from txgraph.model.options import Source
 from txgraph.model.perm import perm_list
 from txgraph.ops.session import Session
 from txgraph.qmp.engine import Engine
@@ -86,10 +87,26 @@ def explain_node(session: Session, name: str) -> str:
     out = [f"{name} ({node.driver}):"]
     for key in _EXPLAINED:
         value = node.options.get(key)
-        prov = node.provenance.get(key)
-        reason = prov.describe() if prov else "not recorded"
-        out.append(f"  {key} = {value!r}: {reason}")
+        out.append(f"  {key} = {value!r}: {_trace(session, name, key)}")
     return "\n".join(out)
+
+
+def _trace(session: Session, name: str, key: str) -> str:
+    """Follow inherited values up to where they were decided."""
+    steps: list[str] = []
+    seen: set[str] = set()
+    cur: str | None = name
+    while cur is not None and cur not in seen and cur in session.graph.nodes:
+        seen.add(cur)
+        prov = session.graph.nodes[cur].provenance.get(key)
+        if prov is None:
+            steps.append("not recorded")
+            break
+        steps.append(prov.describe())
+        if prov.source is not Source.INHERITED:
+            break
+        cur = prov.parent
+    return " <- ".join(steps)
 
 
 def run_demo(workdir: Path | None = None, *, plain: bool = False) -> int:
@@ -129,7 +146,13 @@ def run_demo(workdir: Path | None = None, *, plain: bool = False) -> int:
             extra = err.get("__io.txgraph_explanation")
             if extra:
                 print(f"   rule: {extra.get('rule')}  subjects: {', '.join(extra.get('subjects', []))}")
-        assert session.graph.digest() == before, "a refused step changed the graph"
+                verdict = extra.get("explanation")
+                for violation in (verdict or {}).get("violations", []):
+                    print(f"   checker ({verdict.get('engine')}): [{violation['rule']}] "
+                          f"{violation['sentence']}")
+        if session.graph.digest() != before:
+            print("   BUG: a refused step changed the graph")
+            return 1
         print("   graph digest unchanged after the refused steps:", before[:16])
         return 0
     finally:

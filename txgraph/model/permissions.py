@@ -77,8 +77,13 @@ def child_perm_context(node: BlockNode, writable: bool) -> ChildPermContext:
 
 def compute_refresh(graph: BlockGraph, roots: Iterable[str], *,
                     writable_after: WritableAfter | None = None,
-                    driver_check: DriverCheck | None = None) -> list[EdgePermChange]:
+                    driver_check: DriverCheck | None = None,
+                    collect: list[BlockError] | None = None) -> list[EdgePermChange]:
     """Walk the roots' subtrees parents-first and return the edge permission changes.
+
+    With ``collect``, violations are appended there instead of raised and the
+    walk goes on, giving the permissions the graph *would* have (used to let
+    the checker explain a refusal); the driver veto is skipped then.
 
     :raises PermissionConflict: two parents of a node disagree (QEMU's P3 text).
     :raises BlockError: a writer on a read-only node (P4) or a driver veto.
@@ -95,7 +100,12 @@ def compute_refresh(graph: BlockGraph, roots: Iterable[str], *,
         node = graph.nodes[name]
         parents = graph.parents(name)
         values = [(p, e, *current(p, e)) for p, e in parents]
-        _check_conflicts(graph, name, values)
+        try:
+            _check_conflicts(graph, name, values)
+        except BlockError as err:
+            if collect is None:
+                raise
+            collect.append(err)
         perm = Perm.NONE
         shared = PERM_ALL
         for _p, _e, eperm, eshared in values:
@@ -104,10 +114,14 @@ def compute_refresh(graph: BlockGraph, roots: Iterable[str], *,
         writable = is_writable(node)
         if perm & (Perm.WRITE | Perm.WRITE_UNCHANGED) and not writable:
             if not node.writable:
-                raise BlockError("Block node is read-only", rule="P4-read-only", subjects=(name,))
-            raise BlockError(f"Read-only block node '{name}' cannot support read-write users",
-                             rule="P4-read-only", subjects=(name,))
-        if driver_check is not None:
+                err = BlockError("Block node is read-only", rule="P4-read-only", subjects=(name,))
+            else:
+                err = BlockError(f"Read-only block node '{name}' cannot support read-write users",
+                                 rule="P4-read-only", subjects=(name,))
+            if collect is None:
+                raise err
+            collect.append(err)
+        if driver_check is not None and collect is None:
             driver_check(node, perm, shared)
         ctx = child_perm_context(node, writable)
         for child, edge in graph.children(name):

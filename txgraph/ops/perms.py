@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from txgraph.errors import BlockError
 from txgraph.model.node import BlockNode
 from txgraph.model.perm import Perm
 from txgraph.model.permissions import compute_refresh
@@ -26,7 +27,31 @@ def refresh_perms(session: Any, tx: Transaction, roots: Iterable[str], *,
         if undo is not None:
             tx.undo(undo)
 
-    changes = compute_refresh(session.graph, roots, writable_after=writable_after,
-                              driver_check=driver_check)
+    roots = list(roots)
+    try:
+        changes = compute_refresh(session.graph, roots, writable_after=writable_after,
+                                  driver_check=driver_check)
+    except BlockError as err:
+        if err.rule in ("P3-perm-conflict", "P4-read-only") and err.explanation is None:
+            err.explanation = _checker_explanation(session, tx, roots, writable_after)
+        raise
     for change in changes:
         tx.set_edge_perm(change.parent, change.name, change.perm, change.shared)
+
+
+def _checker_explanation(session: Any, tx: Transaction, roots: list[str],
+                         writable_after: Callable[[BlockNode], bool] | None) -> Any:
+    """Stage the permissions the graph would get and let the invariant checker explain them.
+
+    The transaction is about to abort, which undoes these staged values too;
+    the verdict (rule, nodes, edges, sentence from the z3 unsat core) travels
+    beside QEMU's error text.
+    """
+    from txgraph.checker import check
+
+    collected: list[BlockError] = []
+    would_be = compute_refresh(session.graph, roots, writable_after=writable_after,
+                               collect=collected)
+    for change in would_be:
+        tx.set_edge_perm(change.parent, change.name, change.perm, change.shared)
+    return check(session.graph, tx.touched, policy=session.policy).to_dict()

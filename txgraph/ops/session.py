@@ -89,7 +89,7 @@ class Session:
         if not verdict.ok:
             first = verdict.violations[0]
             raise InvariantViolation(first.sentence, rule=first.rule, subjects=tuple(first.nodes),
-                                     explanation=verdict.to_json())
+                                     explanation=verdict.to_dict())
 
     def close(self) -> None:
         server = self.runtime.nbd_server()
