@@ -72,30 +72,52 @@ class BlockGraph:
     def attach(self, parent: str, child: str, edge: Edge) -> None:
         assert not self.g.has_edge(parent, child, edge.name) and self.child_edge(parent, edge.name) is None
         self.g.add_edge(parent, child, key=edge.name, obj=edge)
+        self.invalidate_filenames(parent)
 
     def detach(self, parent: str, name: str) -> tuple[str, Edge]:
         found = self.child_edge(parent, name)
         assert found is not None, (parent, name)
         child, edge = found
         self.g.remove_edge(parent, child, key=name)
+        self.invalidate_filenames(parent)
         return child, edge
 
+    def invalidate_filenames(self, name: str) -> None:
+        """Drop the cached open options of ``name`` and of every node above it.
+
+        A node's filename depends only on its own options and its subtree, so
+        a change there dirties exactly the node and its ancestors.
+        """
+        stack = [name]
+        while stack:
+            cur = stack.pop()
+            node = self.nodes.get(cur)
+            if node is None or node.full_open_cache is None:
+                continue
+            node.full_open_cache = None
+            stack.extend(self.g._pred[cur])
+
+    # The adjacency dicts are read directly: these three run on every permission
+    # refresh and every filename refresh, and networkx's edge views cost 10x more.
     def child_edge(self, parent: str, name: str) -> tuple[str, Edge] | None:
         """``bdrv_find_child``-style lookup: the child and edge named ``name`` of ``parent``."""
-        for _, child, key, data in self.g.out_edges(parent, keys=True, data=True):
-            if key == name:
+        for child, keys in self.g._succ[parent].items():
+            data = keys.get(name)
+            if data is not None:
                 return child, data["obj"]
         return None
 
     def children(self, parent: str) -> list[tuple[str, Edge]]:
         """``bs->children`` order: newest attached first."""
-        out = [(child, data["obj"]) for _, child, data in self.g.out_edges(parent, data=True)]
+        out = [(child, data["obj"]) for child, keys in self.g._succ[parent].items()
+               for data in keys.values()]
         out.sort(key=lambda ce: -ce[1].seq)
         return out
 
     def parents(self, child: str) -> list[tuple[str, Edge]]:
         """``bs->parents`` order: newest attached first."""
-        out = [(parent, data["obj"]) for parent, _, data in self.g.in_edges(child, data=True)]
+        out = [(parent, data["obj"]) for parent, keys in self.g._pred[child].items()
+               for data in keys.values()]
         out.sort(key=lambda pe: -pe[1].parent_seq)
         return out
 
@@ -123,6 +145,8 @@ class BlockGraph:
         """``bdrv_recurse_has_child``: ``target`` is ``root`` or reachable below it."""
         if root == target:
             return True
+        if not self.g._pred[target]:
+            return False  # nothing is above target, so it cannot be below root
         return target in nx.descendants(self.g, root)
 
     def subtree_topological(self, roots: Iterable[str]) -> list[str]:

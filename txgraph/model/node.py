@@ -84,6 +84,9 @@ class BlockNode:
     #: creation order (all_bdrv_states) and naming order (graph_bdrv_states)
     seq: int = 0
     name_seq: int = 0
+    #: cached full open options (``bs->full_open_options``); None when the node or
+    #: anything below it changed since the last filename refresh
+    full_open_cache: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def read_only(self) -> bool:

@@ -105,26 +105,32 @@ class ChildPermContext:
     rewrite_corrupted: bool = False
 
 
-def _filter_perms(perm: Perm, shared: Perm) -> tuple[Perm, Perm]:
+# Plain-int twins of the flags for the formulas' hot path.
+_R, _W, _U, _S = 0x1, 0x2, 0x4, 0x8
+_ALL = 0xF
+_DATA, _META, _FILT, _COW = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+
+
+def _filter_perms(perm: int, shared: int) -> tuple[int, int]:
     """``bdrv_filter_default_perms``: a filter passes its parents' needs through."""
     return perm, shared
 
 
-def _cow_perms(ctx: ChildPermContext, perm: Perm, shared: Perm) -> tuple[Perm, Perm]:
+def _cow_perms(ctx: ChildPermContext, perm: int, shared: int) -> tuple[int, int]:
     """``bdrv_default_perms_for_cow``: a backing child is only ever read.
 
     Writes to the backing are shared only if the parent's users share writes
     themselves, since the overlay then cannot rely on a stable backing either.
     """
-    nperm = perm & Perm.CONSISTENT_READ
-    nshared = Perm.CONSISTENT_READ | Perm.WRITE_UNCHANGED
-    if shared & Perm.WRITE or ctx.parent_inactive:
-        nshared |= Perm.WRITE | Perm.RESIZE
+    nperm = perm & _R
+    nshared = _R | _U
+    if shared & _W or ctx.parent_inactive:
+        nshared |= _W | _S
     return nperm, nshared
 
 
-def _storage_perms(ctx: ChildPermContext, role: Role, perm: Perm,
-                   shared: Perm) -> tuple[Perm, Perm]:
+def _storage_perms(ctx: ChildPermContext, role: int, perm: int,
+                   shared: int) -> tuple[int, int]:
     """``bdrv_default_perms_for_storage``: data and metadata children of formats.
 
     A writable format node always needs to write and resize the file that
@@ -132,37 +138,43 @@ def _storage_perms(ctx: ChildPermContext, role: Role, perm: Perm,
     a node that does I/O reads its metadata.
     """
     nperm, nshared = perm, shared
-    if role & Role.METADATA:
+    if role & _META:
         if ctx.parent_writable:
-            nperm |= Perm.WRITE | Perm.RESIZE
+            nperm |= _W | _S
         if not ctx.parent_no_io:
-            nperm |= Perm.CONSISTENT_READ
-        nshared &= ~(Perm.WRITE | Perm.RESIZE)
-    if role & Role.DATA:
-        nshared &= ~Perm.RESIZE
-        if nperm & Perm.WRITE_UNCHANGED:
-            nperm |= Perm.WRITE
-        if nperm & Perm.WRITE:
-            nperm |= Perm.RESIZE
+            nperm |= _R
+        nshared &= ~(_W | _S)
+    if role & _DATA:
+        nshared &= ~_S
+        if nperm & _U:
+            nperm |= _W
+        if nperm & _W:
+            nperm |= _S
     if ctx.parent_inactive:
-        nshared |= Perm.WRITE | Perm.RESIZE
+        nshared |= _W | _S
     return nperm, nshared
 
 
-def _default_perms(ctx: ChildPermContext, role: Role, perm: Perm,
-                   shared: Perm) -> tuple[Perm, Perm]:
+def _default_perms(ctx: ChildPermContext, role: int, perm: int,
+                   shared: int) -> tuple[int, int]:
     """``bdrv_default_perms``: dispatch on the child's role."""
-    if role & Role.FILTERED:
+    if role & _FILT:
         return _filter_perms(perm, shared)
-    if role & Role.COW:
+    if role & _COW:
         return _cow_perms(ctx, perm, shared)
-    if role & (Role.DATA | Role.METADATA):
+    if role & (_DATA | _META):
         return _storage_perms(ctx, role, perm, shared)
     # A child with no role at all takes nothing and shares everything.
-    return Perm.NONE, PERM_ALL
+    return 0, _ALL
 
 
 def child_perm(ctx: ChildPermContext, role: Role, perm: Perm, shared: Perm) -> tuple[Perm, Perm]:
+    """See :func:`_child_perm`; bit arithmetic runs on plain ints (IntFlag ops are slow)."""
+    nperm, nshared = _child_perm(ctx, int(role), int(perm), int(shared))
+    return Perm(nperm), Perm(nshared)
+
+
+def _child_perm(ctx: ChildPermContext, role: int, perm: int, shared: int) -> tuple[int, int]:
     """Compute (perm, shared) of one child edge from the parent's cumulative perms.
 
     ``ctx.family`` selects the driver's ``bdrv_child_perm`` implementation:
@@ -177,18 +189,18 @@ def child_perm(ctx: ChildPermContext, role: Role, perm: Perm, shared: Perm) -> t
     """
     family = ctx.family
     if family == "quorum":
-        nperm = perm | (Perm.WRITE if ctx.rewrite_corrupted else Perm.NONE)
-        nshared = (shared & (Perm.CONSISTENT_READ | Perm.WRITE_UNCHANGED))
+        nperm = perm | (_W if ctx.rewrite_corrupted else 0)
+        nshared = (shared & (_R | _U))
         return nperm, nshared
     if family == "copy-on-read":
         nperm, nshared = _default_perms(ctx, role, perm, shared)
-        if role & Role.FILTERED:
-            nperm |= Perm.WRITE_UNCHANGED
+        if role & _FILT:
+            nperm |= _U
         return nperm, nshared
     nperm, nshared = _default_perms(ctx, role, perm, shared)
-    if family == "raw" and role & Role.DATA and not role & Role.METADATA:
+    if family == "raw" and role & _DATA and not role & _META:
         # raw has no metadata of its own: write and resize only when asked for.
-        nperm = (nperm & ~(Perm.WRITE | Perm.RESIZE)) | (perm & (Perm.WRITE | Perm.RESIZE))
+        nperm = (nperm & ~(_W | _S)) | (perm & (_W | _S))
     if family == "blkdebug":
         nperm |= ctx.take_perms
         nshared &= ~ctx.unshare_perms

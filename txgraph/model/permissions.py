@@ -96,7 +96,15 @@ def compute_refresh(graph: BlockGraph, roots: Iterable[str], *,
     def current(parent: str, edge: Edge) -> tuple[Perm, Perm]:
         return overlay.get((parent, edge.name), (edge.perm, edge.shared))
 
+    # Only nodes whose incoming edges may have changed need a visit: a node
+    # whose parents' edges all kept their values keeps its cumulative
+    # permissions, so neither its checks nor its children's edges can change.
+    # (QEMU walks the whole subtree; the outcome is the same.)
+    roots = list(roots)
+    dirty = set(roots)
     for name in graph.subtree_topological(roots):
+        if name not in dirty:
+            continue
         node = graph.nodes[name]
         parents = graph.parents(name)
         values = [(p, e, *current(p, e)) for p, e in parents]
@@ -131,6 +139,7 @@ def compute_refresh(graph: BlockGraph, roots: Iterable[str], *,
             if (nperm, nshared) != current(name, edge):
                 overlay[(name, edge.name)] = (nperm, nshared)
                 changes.append(EdgePermChange(name, edge.name, nperm, nshared))
+                dirty.add(child)
     return changes
 
 

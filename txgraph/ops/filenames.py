@@ -57,8 +57,14 @@ def _strong_options(graph: BlockGraph, name: str) -> tuple[dict[str, Any], bool]
 
 
 def full_open_options(graph: BlockGraph, name: str) -> dict[str, Any]:
-    """The options dict that would reopen this node (children nested by edge name)."""
+    """The options dict that would reopen this node (children nested by edge name).
+
+    Cached on the node like QEMU's ``bs->full_open_options``; the graph drops
+    the cache of a node and its ancestors whenever something below changes.
+    """
     node = graph.nodes[name]
+    if node.full_open_cache is not None:
+        return node.full_open_cache
     opts, _found = _strong_options(graph, name)
     overridden = backing_overridden(graph, name)
     if node.driver == "quorum":
@@ -76,19 +82,27 @@ def full_open_options(graph: BlockGraph, name: str) -> dict[str, Any]:
             opts[edge.name] = full_open_options(graph, child)
         if overridden and graph.backing_child(name) is None:
             opts["backing"] = None
-    return unflatten(opts) if any("." in k for k in opts) else opts
+    result = unflatten(opts) if any("." in k for k in opts) else opts
+    node.full_open_cache = result
+    return result
 
 
 def refresh_filename(graph: BlockGraph, name: str) -> None:
-    """Recompute ``filename``/``exact_filename`` of a node and, first, of its children."""
+    """Recompute ``filename``/``exact_filename`` of a node and, first, of its children.
+
+    Nodes whose cached open options are still valid are up to date already
+    (their filenames were computed with them), so the walk stops there.
+    """
+    node = graph.nodes[name]
+    if node.full_open_cache is not None:
+        return
     for child, _edge in graph.children(name):
         refresh_filename(graph, child)
-    node = graph.nodes[name]
     spec = driver_spec(node.driver)
     if spec is None:
         return
-    opts = full_open_options(graph, name)
     _strong, generate_json = _strong_options(graph, name)
+    opts = full_open_options(graph, name)
     overridden = backing_overridden(graph, name)
     if node.flags & OpenFlag.NO_IO:
         overridden = False

@@ -141,7 +141,15 @@ class Transaction:
         setattr(obj, attr, value)
         if isinstance(obj, BlockNode):
             self.touched.add(obj.name)
-        self._undo.append(lambda: setattr(obj, attr, old))
+            if obj.name in self.graph.nodes:
+                self.graph.invalidate_filenames(obj.name)
+
+        def undo() -> None:
+            setattr(obj, attr, old)
+            if isinstance(obj, BlockNode) and obj.name in self.graph.nodes:
+                self.graph.invalidate_filenames(obj.name)
+
+        self._undo.append(undo)
 
     def set_edge_perm(self, parent: str, name: str, perm: Perm, shared: Perm) -> None:
         """``bdrv_child_set_perm``: recorded so abort restores the old values."""
