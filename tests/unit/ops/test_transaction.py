@@ -109,3 +109,47 @@ def test_commit_bumps_the_generation_and_abort_does_not(tmp_path: Path) -> None:
     with pytest.raises(BlockError):
         blockdev_add(session, {"driver": "null-co", "node-name": "n"})
     assert session.graph.generation == gen + 1
+
+
+def test_blockdev_reopen_with_child_changes_is_atomic(chain: Path, tmp_path: Path) -> None:
+    """A reopen that re-points backing, swaps read-only and reopens implicit children."""
+    from txgraph.ops.reopen import blockdev_reopen
+
+    other = _img(tmp_path / "other.qcow2")
+
+    def setup(s: Session) -> None:
+        blockdev_add(s, {"driver": "qcow2", "node-name": "top",
+                         "file": {"driver": "file", "node-name": "top-file", "filename": str(chain)}})
+        blockdev_add(s, {"driver": "qcow2", "node-name": "o", "backing": None,
+                         "file": {"driver": "file", "filename": str(other)}})
+
+    def op(s: Session) -> Any:
+        return blockdev_reopen(s, [
+            {"driver": "qcow2", "node-name": "top", "read-only": True, "backing": "o",
+             "cache": {"direct": True}, "file": {"driver": "file", "node-name": "top-file",
+                                                  "filename": str(chain)}},
+            {"driver": "qcow2", "node-name": "o", "read-only": True, "backing": None,
+             "file": {"driver": "file", "filename": str(other)}},
+        ])
+
+    assert _all_steps_atomic(setup, op) > 10
+
+
+def test_blockdev_reopen_file_swap_is_atomic(tmp_path: Path) -> None:
+    """The iotest-245 swap: two formats exchange their file children in one reopen."""
+    from txgraph.ops.reopen import blockdev_reopen
+
+    a, b = _img(tmp_path / "a.qcow2"), _img(tmp_path / "b.qcow2")
+
+    def setup(s: Session) -> None:
+        for name, path in (("a", a), ("b", b)):
+            blockdev_add(s, {"driver": "qcow2", "node-name": name, "backing": None,
+                             "file": {"driver": "file", "node-name": f"{name}f", "filename": str(path)}})
+
+    def op(s: Session) -> Any:
+        return blockdev_reopen(s, [
+            {"driver": "qcow2", "node-name": "a", "backing": None, "file": "bf"},
+            {"driver": "qcow2", "node-name": "b", "backing": None, "file": "af"},
+        ])
+
+    _all_steps_atomic(setup, op)
