@@ -83,6 +83,41 @@ def bench() -> None:
     """Benchmarks against the QEMU peers (ratios measured in the same run)."""
 
 
+def _checkout_benchmarks() -> Any:
+    """The benchmark scripts live in the checkout's tests/bench (they need the QEMU peers)."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "tests" / "bench").is_dir():
+        raise click.ClickException("txgraph bench io/nbd runs from a source checkout (tests/bench)")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    import tests.bench as benches
+
+    return benches
+
+
+@bench.command("io")
+@click.option("--workdir", type=click.Path(file_okay=False), default="/tmp/txgraph-bench-io",
+              show_default=True, help="Where the (large) benchmark images are made.")
+def bench_io(workdir: str) -> None:
+    """Data-plane reads vs qemu-img bench on the same images; one JSON line per measure."""
+    _checkout_benchmarks()
+    from tests.bench.bench_io import run_io_benchmarks
+
+    for row in run_io_benchmarks(workdir):
+        click.echo(json.dumps(row))
+
+
+@bench.command("nbd")
+@click.option("--workdir", type=click.Path(file_okay=False), default="/tmp/txgraph-bench-nbd",
+              show_default=True)
+def bench_nbd(workdir: str) -> None:
+    """NBD export throughput with qemu-img convert as the client vs qemu-storage-daemon."""
+    _checkout_benchmarks()
+    from tests.bench.bench_nbd import run_nbd_benchmark
+
+    click.echo(json.dumps(run_nbd_benchmark(workdir)))
+
+
 @bench.command("qmp")
 @click.option("--depth", default=100, show_default=True, help="Backing chain depth.")
 @click.option("--adds", default=1000, show_default=True, help="Separate blockdev-adds.")

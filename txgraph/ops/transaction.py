@@ -86,11 +86,13 @@ class Transaction:
         self._step()
         backend.seq = self.graph.next_seq()
         self.graph.add_backend(backend)
+        self.touched.add(backend.key)
         self._undo.append(lambda: self.graph.remove_backend(backend.key))
 
     def remove_backend(self, key: str) -> Backend:
         self._step()
         backend = self.graph.remove_backend(key)
+        self.touched.discard(key)
         self._undo.append(lambda: self.graph.add_backend(backend))
         return backend
 
@@ -143,6 +145,8 @@ class Transaction:
             self.touched.add(obj.name)
             if obj.name in self.graph.nodes:
                 self.graph.invalidate_filenames(obj.name)
+        elif isinstance(obj, Backend):
+            self.touched.add(obj.key)
 
         def undo() -> None:
             setattr(obj, attr, old)

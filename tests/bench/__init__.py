@@ -1,0 +1,1 @@
+"""Benchmarks against the QEMU peers (not timed tests)."""
