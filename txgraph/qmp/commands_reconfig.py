@@ -298,3 +298,5 @@ def _parent_name(ctx: CommandContext, key: str) -> str:
     """A graph key as users name it: node-name, or the backend's id."""
     backend = ctx.session.graph.backends.get(key)
     return backend.name if backend is not None else key
+
+import txgraph.qmp.commands_plan  # noqa: E402,F401  (plan extensions register themselves)

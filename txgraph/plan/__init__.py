@@ -1,0 +1,53 @@
+"""txgraph.plan: reconfiguration plans — verify them on a dry run, then apply them.
+
+Plan file format (JSON)
+-----------------------
+Either a list of steps, or an object ``{"steps": [...], "graph": STATE}``
+(``graph`` is optional and has the same shapes as ``txgraph plan --graph``).
+A step is
+
+* a QMP command object, exactly what a QMP client sends to qemu-storage-daemon::
+
+      {"execute": "blockdev-snapshot", "arguments": {"node": "disk", "overlay": "snap"}}
+
+* or an atomic group ``{"transaction": [ACTION, ...]}`` whose actions use the
+  ``transaction`` action shape (``{"type": ..., "data": {...}}``) with QEMU's
+  action types and txgraph's extension types (``x-txgraph-blockdev-add``,
+  ``x-txgraph-blockdev-reopen``, ``x-txgraph-insert-filter``...); it runs as
+  ``x-txgraph-transaction``: all actions or none.
+
+Every string may contain ``{dir}``, replaced by ``txgraph plan --dir DIR``.
+
+Starting state (``--graph STATE``)
+----------------------------------
+* a JSON list of QMP commands (same step shapes), run on the scratch engine
+  first (images are opened read-only, never written, never locked); or
+* a graph import ``{"block-graph": <x-debug-query-block-graph>,
+  "named-nodes": <query-named-block-nodes>, "block-exports": <optional>}``,
+  as captured from any QEMU 7.2 / qemu-storage-daemon / txgraph process
+  (``--graph-from-qmp SOCKET`` captures it live; from a txgraph server it also
+  records ``generation`` and ``digest``).
+
+Verified file (``txgraph plan --out FILE``, also the ``--json`` output)
+---------------------------------------------------------------------
+``{"format": "txgraph-plan-report/1", "ok": bool, "policy": ..., "source":
+{"kind", "generation"?, "digest"?}, "plan": [steps], "steps": [per-step
+result: index, label, step, extension, accepted, ok, reply, error, explanation,
+diff, verdict, warnings, not-simulated]}``. ``txgraph apply VERIFIED --qmp
+SOCKET`` sends ``x-txgraph-apply-plan`` with ``expect-generation`` and
+``expect-digest`` from ``source``: the server refuses it when the live graph
+changed since the plan was verified.
+"""
+
+from __future__ import annotations
+
+from txgraph.plan.diff import GraphDiff, diff, snapshot
+from txgraph.plan.dryrun import DryRunRuntime
+from txgraph.plan.format import Plan, PlanError, Step, load_plan, parse_plan
+from txgraph.plan.importer import GraphImport, import_into
+from txgraph.plan.render import render_text
+from txgraph.plan.verify import PlanReport, StateError, scratch_engine, verify_plan
+
+__all__ = ["Plan", "PlanError", "Step", "load_plan", "parse_plan", "GraphDiff", "diff",
+           "snapshot", "DryRunRuntime", "GraphImport", "import_into", "render_text",
+           "PlanReport", "StateError", "scratch_engine", "verify_plan"]

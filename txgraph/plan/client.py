@@ -1,0 +1,95 @@
+"""A minimal synchronous QMP client for ``txgraph plan --graph-from-qmp`` and ``apply``.
+
+Speaks the QMP wire protocol as qemu-storage-daemon and ``txgraph serve`` do
+(greeting, ``qmp_capabilities``, one JSON object per line, asynchronous events
+interleaved with replies, which are set aside).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+from txgraph.plan.importer import GraphImport
+
+__all__ = ["QMPClient", "QMPClientError", "capture_graph"]
+
+
+class QMPClientError(RuntimeError):
+    """The peer refused a command the capture needs, or the connection failed."""
+
+
+class QMPClient:
+    def __init__(self, path: str, timeout: float = 30.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(path)
+        except OSError as err:
+            self.sock.close()
+            raise QMPClientError(f"cannot connect to QMP socket {path}: {err.strerror}") from err
+        self._file = self.sock.makefile("rwb")
+        self.events: list[dict[str, Any]] = []
+        self.greeting = self._read()
+        reply = self.execute("qmp_capabilities")
+        if "error" in reply:
+            raise QMPClientError(f"qmp_capabilities: {reply['error'].get('desc')}")
+
+    def _read(self) -> dict[str, Any]:
+        line = self._file.readline()
+        if not line:
+            raise QMPClientError("the QMP server closed the connection")
+        return json.loads(line)
+
+    def execute(self, command: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
+        msg: dict[str, Any] = {"execute": command}
+        if arguments is not None:
+            msg["arguments"] = arguments
+        self._file.write(json.dumps(msg).encode() + b"\r\n")
+        self._file.flush()
+        while True:
+            reply = self._read()
+            if "event" in reply:
+                self.events.append(reply)
+                continue
+            return reply
+
+    def cmd(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        reply = self.execute(command, arguments)
+        if "error" in reply:
+            raise QMPClientError(f"{command}: {reply['error'].get('desc')}")
+        return reply["return"]
+
+    def close(self) -> None:
+        try:
+            self._file.close()
+        finally:
+            self.sock.close()
+
+    def __enter__(self) -> QMPClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def capture_graph(client: QMPClient) -> GraphImport:
+    """Both graph queries (plus exports, and a txgraph server's generation) in one go.
+
+    A txgraph server answers ``x-txgraph-query-generation`` before and after
+    the queries; if they differ, another client changed the graph meanwhile and
+    the capture is retried, so the recorded generation belongs to the captured graph.
+    """
+    for _attempt in range(5):
+        gen = client.execute("x-txgraph-query-generation")
+        bg = client.cmd("x-debug-query-block-graph")
+        nn = client.cmd("query-named-block-nodes", {"flat": True})
+        ex = client.execute("query-block-exports")
+        exports = ex.get("return", [])
+        if "error" in gen:  # QEMU / QSD: no generation to record
+            return GraphImport(bg, nn, exports)
+        again = client.cmd("x-txgraph-query-generation")
+        if again == gen["return"]:
+            return GraphImport(bg, nn, exports, int(again["generation"]), str(again["digest"]))
+    raise QMPClientError("the live graph kept changing while it was captured")

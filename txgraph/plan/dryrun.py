@@ -1,0 +1,199 @@
+"""A Runtime for dry runs: real headers, no writes, no locks, no sockets.
+
+Why this design. A plan is verified against a graph another process (QEMU,
+qemu-storage-daemon or ``txgraph serve``) has open, so the scratch session must
+never write to those images, never take their image locks (the live process
+holds them: a real lock would conflict with it, and a stray one would disturb
+it), and never bind the NBD address the live process may be listening on.
+At the same time, opening a *new* node must behave as in QEMU: a missing file
+is an error with QEMU's text, a qcow2 overlay's header decides its backing
+chain and size. So :class:`DryRunRuntime`:
+
+* builds new nodes with the real drivers, but always read-only (``O_RDONLY``,
+  no qcow2 writer, no dirty bit), remembering the mode QEMU would have used so
+  the graph and queries show it; every open is recorded in :attr:`opened`;
+* represents imported nodes (opened by the live process) by
+  :class:`ImportedNode`, whose ``info`` is what ``query-named-block-nodes``
+  reported and whose data is not readable (the dry run does not need it);
+* reopens by remembering options and mode, without touching descriptors;
+* simulates file-posix's image locks in memory (:class:`LockTable`): QEMU's
+  ``raw_check_lock_bytes`` rule (``Failed to get "write" lock``) between all
+  file nodes of the same host file, the imported ones included, whose
+  permissions come from the import. So the dry run predicts the lock conflicts
+  QEMU would hit in its own process, without touching a real lock;
+* replaces the NBD server by :class:`DryRunNbdServer`, which keeps the export
+  table but never listens.
+
+Not simulated: ``blockdev-snapshot-sync`` with a creating ``mode`` runs
+``qemu-img create`` inside the ops layer, outside the Runtime, so the plan
+verifier refuses to dry-run it rather than create a file (see
+:mod:`txgraph.plan.verify`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from txgraph.errors import BlockError, IOFailure
+from txgraph.io.driver import DriverNode, ImageInfo
+from txgraph.io.runtime import Runtime
+
+__all__ = ["DryRunRuntime", "ImportedNode", "DryRunNbdServer", "LockTable"]
+
+_LOCK_NAMES = ("consistent read", "write", "write unchanged", "resize")
+_ALL = 0xF
+
+
+class ImportedNode(DriverNode):
+    """A node the live process has open: known from its query answers only."""
+
+    def __init__(self, node_name: str, driver: str, image: Mapping[str, Any],
+                 read_only: bool, options: Mapping[str, Any]) -> None:
+        super().__init__(node_name, options, {}, read_only)
+        self.driver_name = driver
+        self._image = dict(image)
+
+    def read(self, offset: int, length: int) -> bytes:
+        raise IOFailure("Data of an imported node is not available in a dry run", 5)
+
+    def write(self, offset: int, data: bytes) -> None:
+        raise IOFailure("A dry run never writes", 30)
+
+    def size(self) -> int:
+        return int(self._image.get("virtual-size", 0))
+
+    def info(self) -> ImageInfo:
+        img = self._image
+        fs = img.get("format-specific")
+        return ImageInfo(format=str(img.get("format", self.driver_name)),
+                         virtual_size=self.size(), filename=str(img.get("filename", "")),
+                         actual_size=img.get("actual-size"),
+                         backing_file=img.get("backing-filename"),
+                         backing_format=img.get("backing-filename-format"),
+                         cluster_size=img.get("cluster-size"), dirty=bool(img.get("dirty-flag")),
+                         format_specific=fs if isinstance(fs, dict) else None)
+
+
+@dataclass
+class LockTable:
+    """file-posix's permission locks (bytes 100+i / 200+i), per host file, in memory."""
+
+    #: realpath -> node name -> (perm held, shared)
+    holders: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
+
+    def set(self, path: str, node: str, perm: int, shared: int) -> Callable[[], None]:
+        """``raw_check_lock_bytes`` against the other holders, then hold (perm, shared)."""
+        table = self.holders.setdefault(path, {})
+        old = table.get(node, (0, _ALL))
+        tightening = (old[0] | perm) != old[0] or (old[1] & shared) != old[1]
+        if tightening:
+            others = [v for k, v in table.items() if k != node]
+            for i in range(4):
+                bit = 1 << i
+                if perm & bit and any(not s & bit for _p, s in others):
+                    raise BlockError(f'Failed to get "{_LOCK_NAMES[i]}" lock', rule="P6-image-lock")
+            for i in range(4):
+                bit = 1 << i
+                if not shared & bit and any(p & bit for p, _s in others):
+                    raise BlockError(f'Failed to get shared "{_LOCK_NAMES[i]}" lock',
+                                     rule="P6-image-lock")
+        table[node] = (perm, shared)
+
+        def undo() -> None:
+            table[node] = old
+        return undo
+
+    def drop(self, node: str) -> None:
+        for table in self.holders.values():
+            table.pop(node, None)
+
+
+class DryRunNbdServer:
+    """The NBD server's control surface without a socket: exports are only recorded."""
+
+    def __init__(self) -> None:
+        self.address: Any = None
+        self._exports: dict[str, tuple[str, bool]] = {}
+
+    @property
+    def running(self) -> bool:
+        return self.address is not None
+
+    def start(self, addr: Mapping[str, Any]) -> None:
+        if self.running:
+            raise BlockError("NBD server already running")
+        self.address = dict(addr)
+
+    def stop(self) -> None:
+        if not self.running:
+            raise BlockError("NBD server not running")
+        self.address = None
+        self._exports.clear()
+
+    def add_export(self, name: str, node_name: str, writable: bool,
+                   description: str | None = None) -> None:
+        if not self.running:
+            raise BlockError("NBD server not running")
+        self._exports[name] = (node_name, writable)
+
+    def remove_export(self, name: str, mode: str = "safe") -> None:
+        self._exports.pop(name, None)
+
+    def exports(self) -> list[str]:
+        return list(self._exports)
+
+
+class DryRunRuntime(Runtime):
+    """A :class:`Runtime` that never writes, never locks and never listens (see module doc)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._nbd = DryRunNbdServer()
+        self.locks = LockTable()
+        #: (node name, driver, read_only as QEMU would open it) for every node opened
+        self.opened: list[tuple[str, str, bool]] = []
+
+    # -- nodes -----------------------------------------------------------------------------
+    def _construct(self, name: str, driver: str, options: Mapping[str, Any],
+                   children: Mapping[str, str], read_only: bool,
+                   pending: Mapping[str, DriverNode] | None = None) -> DriverNode:
+        # Opened read-only whatever QEMU would do: headers are read, nothing is written.
+        node = super()._construct(name, driver, options, children, True, pending)
+        node.read_only = read_only
+        self.opened.append((name, driver, read_only))
+        return node
+
+    def add_imported(self, node: ImportedNode) -> None:
+        self._nodes[node.node_name] = node
+
+    def close_node(self, name: str) -> None:
+        self.locks.drop(name)
+        super().close_node(name)
+
+    def _reopen(self, name: str, options: Mapping[str, Any], read_only: bool) -> None:
+        node = self._nodes[name]
+        node.options = dict(options)
+        node.read_only = read_only
+
+    # -- permissions -------------------------------------------------------------------------
+    def lock_path(self, name: str) -> str | None:
+        """The host file whose lock bytes a node uses (file/host_device with locking on)."""
+        node = self._nodes.get(name)
+        if node is None or node.driver_name not in ("file", "host_device"):
+            return None
+        if node.options.get("locking", "auto") in ("off", False):
+            return None
+        filename = node.options.get("filename")
+        return os.path.realpath(filename) if isinstance(filename, str) and filename else None
+
+    def check_perm(self, name: str, perm: int, shared: int) -> Callable[[], None] | None:
+        path = self.lock_path(name)
+        if path is None:
+            return None
+        return self.locks.set(path, name, perm, shared)
+
+    def nbd_server(self) -> Any:
+        return self._nbd

@@ -1,0 +1,157 @@
+"""Plan files: parsing, ``{dir}`` substitution, and steps as QMP messages.
+
+A plan is JSON, either a bare list of steps or ``{"steps": [...], "graph": ...}``.
+A step is a QMP command object (``{"execute": NAME, "arguments": {...}}``,
+exactly what a QMP client would send to qemu-storage-daemon) or a group
+``{"transaction": [ACTION, ...]}`` whose actions must apply atomically; a
+group is sent as txgraph's ``x-txgraph-transaction`` (QEMU's ``transaction``
+semantics, all-or-nothing as in blockdev.c ``qmp_transaction``, plus the
+txgraph extension action types).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PlanError", "Step", "Plan", "load_plan", "parse_plan", "substitute_dir",
+           "parse_steps", "check_verified", "load_json"]
+
+
+class PlanError(ValueError):
+    """A plan or state file that does not have the documented shape."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One unit of a plan: a QMP command, or an atomic group of transaction actions."""
+
+    execute: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    #: the actions of a ``{"transaction": [...]}`` group (None for a plain command)
+    actions: list[dict[str, Any]] | None = None
+
+    @property
+    def is_group(self) -> bool:
+        return self.actions is not None
+
+    def message(self) -> dict[str, Any]:
+        """The QMP message that runs this step (a group runs as ``x-txgraph-transaction``)."""
+        if self.actions is not None:
+            return {"execute": "x-txgraph-transaction", "arguments": {"actions": self.actions}}
+        msg: dict[str, Any] = {"execute": self.execute}
+        if self.arguments:
+            msg["arguments"] = self.arguments
+        return msg
+
+    def to_json(self) -> dict[str, Any]:
+        """The step as it is written in a plan file."""
+        if self.actions is not None:
+            return {"transaction": self.actions}
+        return self.message()
+
+    def label(self) -> str:
+        if self.actions is not None:
+            kinds = ", ".join(str(a.get("type")) for a in self.actions)
+            return f"transaction [{kinds}]"
+        target = next((self.arguments[k] for k in ("node-name", "node", "id", "overlay")
+                       if isinstance(self.arguments.get(k), str)), None)
+        if self.execute == "blockdev-reopen":
+            names = [o.get("node-name") for o in self.arguments.get("options", [])
+                     if isinstance(o, dict)]
+            target = ", ".join(str(n) for n in names)
+        return f"{self.execute} {target}" if target else self.execute
+
+
+@dataclass(frozen=True)
+class Plan:
+    steps: list[Step]
+    #: the optional embedded starting state (same shapes as ``--graph``)
+    graph: Any = None
+
+
+def parse_steps(raw: Any) -> list[Step]:
+    """Validate the step list; the error names the offending step index."""
+    if not isinstance(raw, list):
+        raise PlanError("the steps of a plan must be a JSON array")
+    steps: list[Step] = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise PlanError(f"step {i}: expected an object, got {type(item).__name__}")
+        if "transaction" in item:
+            actions = item["transaction"]
+            if set(item) != {"transaction"}:
+                raise PlanError(f"step {i}: a transaction group has only the 'transaction' member")
+            if not isinstance(actions, list) or not all(isinstance(a, dict) for a in actions):
+                raise PlanError(f"step {i}: 'transaction' must be an array of action objects")
+            steps.append(Step("x-txgraph-transaction", {"actions": actions}, list(actions)))
+            continue
+        name = item.get("execute")
+        if not isinstance(name, str):
+            raise PlanError(f"step {i}: missing 'execute' (or 'transaction')")
+        unexpected = set(item) - {"execute", "arguments", "id"}
+        if unexpected:
+            raise PlanError(f"step {i}: unexpected member(s) {sorted(unexpected)}")
+        args = item.get("arguments", {})
+        if not isinstance(args, dict):
+            raise PlanError(f"step {i}: 'arguments' must be an object")
+        steps.append(Step(name, args))
+    return steps
+
+
+def parse_plan(data: Any) -> Plan:
+    """A plan from parsed JSON: a list of steps, or ``{"steps": [...], "graph": ...}``."""
+    if isinstance(data, list):
+        return Plan(parse_steps(data))
+    if isinstance(data, dict):
+        unexpected = set(data) - {"steps", "graph", "description"}
+        if unexpected:
+            raise PlanError(f"unexpected plan member(s) {sorted(unexpected)}")
+        if "steps" not in data:
+            raise PlanError("a plan object needs a 'steps' member")
+        return Plan(parse_steps(data["steps"]), data.get("graph"))
+    raise PlanError("a plan is a JSON array of steps or an object with 'steps'")
+
+
+def substitute_dir(value: Any, directory: str | None) -> Any:
+    """Replace ``{dir}`` in every string of ``value`` (recursively) by ``directory``."""
+    if directory is None:
+        return value
+    if isinstance(value, str):
+        return value.replace("{dir}", directory)
+    if isinstance(value, list):
+        return [substitute_dir(v, directory) for v in value]
+    if isinstance(value, dict):
+        return {k: substitute_dir(v, directory) for k, v in value.items()}
+    return value
+
+
+def load_json(path: str | Path, directory: str | None = None) -> Any:
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise PlanError(f"{path}: not valid JSON: {err}") from err
+    return substitute_dir(data, directory)
+
+
+def load_plan(path: str | Path, directory: str | None = None) -> Plan:
+    return parse_plan(load_json(path, directory))
+
+
+def check_verified(report: Any) -> str | None:
+    """Why a verified-plan file cannot be applied (None if it can)."""
+    if not isinstance(report, dict) or report.get("format") != "txgraph-plan-report/1":
+        return "not a verified plan (run txgraph plan ... --out FILE first)"
+    if not report.get("ok"):
+        return "the plan did not verify cleanly; refusing to apply it"
+    source = report.get("source", {})
+    if not isinstance(source.get("generation"), int) or not isinstance(source.get("digest"), str):
+        return ("the plan was not verified against a live txgraph server's graph "
+                "(use txgraph plan --graph-from-qmp SOCKET --out FILE)")
+    try:
+        parse_steps(report.get("plan"))
+    except PlanError as err:
+        return f"the verified plan is malformed: {err}"
+    return None

@@ -1,0 +1,178 @@
+"""Verifying a plan: every step dry-run on a scratch Engine, as the live process would run it.
+
+The scratch session runs the ``qemu`` policy, so each step is answered as
+qemu-storage-daemon 7.2 would answer it (success, or ``GenericError`` with
+QEMU's ``desc`` and txgraph's explanation); the state after an accepted step
+is the state QEMU would be in, and the next step runs on it. Under the
+``safe`` policy the checker additionally judges every accepted step with the
+data-loss rules (S1/S2: a backing chain cut under a live image), given the
+graph before the step; a step the checker refuses makes the plan fail but is
+kept applied in the scratch graph, because QEMU would have applied it.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from txgraph.ops.session import Session
+from txgraph.plan.diff import diff, snapshot
+from txgraph.plan.dryrun import DryRunRuntime
+from txgraph.plan.format import Plan, Step, parse_steps
+from txgraph.plan.importer import GraphImport, import_into, parse_state_import
+from txgraph.qmp.commands import CommandContext
+from txgraph.qmp.engine import Engine
+
+__all__ = ["StateError", "StepResult", "PlanReport", "scratch_engine", "verify_plan",
+           "REPORT_FORMAT"]
+
+REPORT_FORMAT = "txgraph-plan-report/1"
+
+
+class StateError(ValueError):
+    """The starting state could not be built."""
+
+
+@dataclass
+class StepResult:
+    index: int
+    step: Step
+    accepted: bool
+    reply: dict[str, Any]
+    diff: dict[str, Any] | None = None
+    verdict: dict[str, Any] | None = None
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+    #: set when the step was not run at all (it would touch the host)
+    not_simulated: str | None = None
+
+    @property
+    def extension(self) -> bool:
+        """The step uses a txgraph extension QEMU itself does not have."""
+        name = self.step.message()["execute"]
+        return name.startswith("x-txgraph-") or name == "x-blockdev-replace"
+
+    @property
+    def ok(self) -> bool:
+        return self.accepted and (self.verdict is None or bool(self.verdict.get("ok")))
+
+    def to_dict(self) -> dict[str, Any]:
+        error = self.reply.get("error")
+        explanation = error.get("__io.txgraph_explanation") if error else None
+        return {"index": self.index, "label": self.step.label(), "step": self.step.to_json(),
+                "extension": self.extension, "accepted": self.accepted, "ok": self.ok,
+                "reply": self.reply.get("return") if self.accepted else None,
+                "error": {"class": error["class"], "desc": error["desc"]} if error else None,
+                "explanation": explanation, "diff": self.diff, "verdict": self.verdict,
+                "warnings": self.warnings, "not-simulated": self.not_simulated}
+
+
+@dataclass
+class PlanReport:
+    policy: str
+    source: dict[str, Any]
+    steps: list[StepResult]
+    plan: list[Step]
+
+    @property
+    def ok(self) -> bool:
+        return len(self.steps) == len(self.plan) and all(s.ok for s in self.steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": REPORT_FORMAT, "ok": self.ok, "policy": self.policy,
+                "source": self.source, "plan": [s.to_json() for s in self.plan],
+                "steps": [s.to_dict() for s in self.steps]}
+
+
+def scratch_engine(state: Any) -> tuple[Engine, dict[str, Any]]:
+    """An Engine on a DryRunRuntime holding the starting graph, and a description of it.
+
+    ``state`` is None (empty graph), a list of QMP commands (run first), or a
+    graph import (:class:`GraphImport` or its JSON shape).
+    """
+    session = Session(policy="qemu", runtime=DryRunRuntime())
+    engine = Engine(CommandContext(session))
+    if state is None:
+        return engine, {"kind": "empty"}
+    if isinstance(state, list):
+        for i, step in enumerate(parse_steps(state)):
+            reason = _host_side_effect(step)
+            if reason:
+                raise StateError(f"state command {i}: {reason}")
+            reply = engine.execute(step.message())
+            if "error" in reply:
+                raise StateError(f"state command {i} ({step.label()}): {reply['error']['desc']}")
+        return engine, {"kind": "commands", "commands": len(state)}
+    imp = state if isinstance(state, GraphImport) else parse_state_import(state)
+    import_into(session, imp)
+    source: dict[str, Any] = {"kind": "import", "nodes": len(session.graph.nodes)}
+    if imp.generation is not None:
+        source.update({"generation": imp.generation, "digest": imp.digest})
+    return engine, source
+
+
+def _host_side_effect(step: Step) -> str | None:
+    """Steps a dry run must not execute because they would change the host."""
+    actions = step.actions if step.actions is not None else (
+        step.arguments.get("actions", []) if step.execute in ("transaction", "x-txgraph-transaction")
+        else [{"type": step.execute, "data": step.arguments}])
+    for action in actions:
+        if not isinstance(action, dict):
+            continue
+        data = action.get("data", {})
+        if action.get("type") == "blockdev-snapshot-sync" and isinstance(data, dict) \
+                and data.get("mode", "absolute-paths") != "existing":
+            return ("blockdev-snapshot-sync would create the image "
+                    f"'{data.get('snapshot-file')}'; a dry run does not create files "
+                    "(use blockdev-add + blockdev-snapshot, or mode=existing)")
+        if action.get("type") in ("x-txgraph-apply-plan",):
+            return "x-txgraph-apply-plan cannot be a step of a plan"
+    return None
+
+
+def verify_plan(plan: Plan | list[Step], state: Any = None, *, policy: str = "safe",
+                engine: Engine | None = None, source: dict[str, Any] | None = None) -> PlanReport:
+    """Dry-run every step of ``plan`` on a scratch engine built from ``state``."""
+    steps = plan.steps if isinstance(plan, Plan) else plan
+    if engine is None:
+        if state is None and isinstance(plan, Plan):
+            state = plan.graph
+        engine, source = scratch_engine(state)
+    session = engine.context.session
+    results: list[StepResult] = []
+    try:
+        for index, step in enumerate(steps):
+            results.append(_run_step(engine, session, index, step, policy))
+    finally:
+        session.close()
+    return PlanReport(policy, source or {"kind": "engine"}, results, list(steps))
+
+
+def _run_step(engine: Engine, session: Session, index: int, step: Step,
+              policy: str) -> StepResult:
+    reason = _host_side_effect(step)
+    if reason is not None:
+        reply = {"error": {"class": "GenericError", "desc": f"not simulated: {reason}"}}
+        return StepResult(index, step, False, reply, not_simulated=reason)
+    graph = session.graph
+    before_graph = copy.deepcopy(graph) if policy != "qemu" else None
+    before = snapshot(graph)
+    session.last_warnings = []
+    session.last_verdict = None
+    reply = engine.execute(step.message())
+    accepted = "return" in reply
+    result = StepResult(index, step, accepted, reply, warnings=list(session.last_warnings))
+    if not accepted:
+        explanation = reply["error"].get("__io.txgraph_explanation") or {}
+        verdict = explanation.get("explanation")
+        result.verdict = verdict if isinstance(verdict, dict) and "violations" in verdict else None
+        return result
+    result.diff = diff(before, snapshot(graph)).to_dict()
+    if policy == "qemu":
+        verdict = session.last_verdict
+        result.verdict = verdict.to_dict() if verdict is not None else None
+    else:
+        from txgraph.checker import check
+
+        result.verdict = check(graph, None, policy=policy, before=before_graph).to_dict()
+    return result

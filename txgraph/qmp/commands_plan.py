@@ -1,0 +1,115 @@
+"""txgraph extensions for plans: ``x-txgraph-query-generation`` and ``x-txgraph-apply-plan``.
+
+Neither exists in QEMU (hence the ``x-`` names). ``x-txgraph-query-generation``
+returns ``{"generation": N, "digest": "..."}``: the number of committed graph
+transactions and the SHA-256 of the graph state. ``x-txgraph-apply-plan
+{"expect-generation": N, "expect-digest": "...", "steps": [...]}`` refuses
+with a GenericError when the live graph is not the one the plan was verified
+against, and otherwise runs the steps in order, each exactly as the same
+command sent alone would run (its own transaction; a ``{"transaction": [...]}``
+group atomically through ``x-txgraph-transaction``), stopping at the first
+failure. The failure's reply names the step, QEMU's text for it, and how many
+steps were applied before it (they stay applied, as they would had a client
+sent them one by one); ``__io.txgraph_plan`` carries the details.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from txgraph.errors import BlockError, QAPIError, TxgraphError
+from txgraph.qmp.commands import COMMANDS, CommandContext, command
+
+__all__ = ["run_message", "PlanStepFailed"]
+
+
+class PlanStepFailed(BlockError):
+    """A step of ``x-txgraph-apply-plan`` failed; earlier steps stay applied."""
+
+    def __init__(self, desc: str, detail: dict[str, Any]) -> None:
+        super().__init__(desc, rule="plan-step-failed")
+        self.detail = detail
+
+    def to_qmp(self) -> dict[str, Any]:
+        err = super().to_qmp()
+        err["__io.txgraph_plan"] = self.detail
+        return err
+
+
+def run_message(ctx: CommandContext, message: dict[str, Any]) -> dict[str, Any]:
+    """Run one QMP command message as the Engine would (``qmp_dispatch``), reply as a dict."""
+    from txgraph.qmp.qapi import check_message, validate_arguments
+
+    try:
+        name, arguments = check_message(message)
+        handler = COMMANDS.get(name)
+        if handler is None:
+            from txgraph.errors import QMPError
+
+            raise QMPError(f"The command {name} has not been found", "CommandNotFound")
+        if name == "x-txgraph-apply-plan":
+            raise BlockError("x-txgraph-apply-plan cannot be a step of a plan")
+        return {"return": handler(ctx, validate_arguments(name, arguments))}
+    except TxgraphError as err:
+        return {"error": err.to_qmp()}
+
+
+def _state(ctx: CommandContext) -> dict[str, Any]:
+    graph = ctx.session.graph
+    return {"generation": graph.generation, "digest": graph.digest()}
+
+
+@command("x-txgraph-query-generation")
+def _query_generation(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    if args:
+        raise QAPIError(f"Parameter '{next(iter(args))}' is unexpected")
+    return _state(ctx)
+
+
+def _check_args(args: dict[str, Any]) -> tuple[int, str, list[Any]]:
+    for key in args:
+        if key not in ("expect-generation", "expect-digest", "steps"):
+            raise QAPIError(f"Parameter '{key}' is unexpected")
+    for key in ("expect-generation", "expect-digest", "steps"):
+        if key not in args:
+            raise QAPIError(f"Parameter '{key}' is missing")
+    gen, digest, steps = args["expect-generation"], args["expect-digest"], args["steps"]
+    if not isinstance(gen, int) or isinstance(gen, bool):
+        raise QAPIError("Invalid parameter type for 'expect-generation', expected: integer")
+    if not isinstance(digest, str):
+        raise QAPIError("Invalid parameter type for 'expect-digest', expected: string")
+    if not isinstance(steps, list):
+        raise QAPIError("Invalid parameter type for 'steps', expected: array")
+    return gen, digest, steps
+
+
+@command("x-txgraph-apply-plan")
+def _apply_plan(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    from txgraph.plan.format import PlanError, parse_steps
+
+    gen, digest, raw_steps = _check_args(args)
+    try:
+        steps = parse_steps(raw_steps)
+    except PlanError as err:
+        raise QAPIError(f"Invalid plan: {err}") from None
+    live = _state(ctx)
+    if live["generation"] != gen or live["digest"] != digest:
+        raise BlockError(
+            f"Stale plan: it was verified against graph generation {gen} (digest "
+            f"{digest[:16]}), but the live graph is at generation {live['generation']} (digest "
+            f"{live['digest'][:16]}); verify the plan again", rule="plan-stale")
+    replies: list[Any] = []
+    warnings: list[dict[str, Any]] = []
+    for index, step in enumerate(steps):
+        ctx.session.last_warnings = []
+        reply = run_message(ctx, step.message())
+        if "error" in reply:
+            error = reply["error"]
+            raise PlanStepFailed(
+                f"Plan step {index + 1} of {len(steps)} ({step.label()}) failed: "
+                f"{error['desc']}; {index} step(s) were applied before it",
+                {"completed": index, "failed-step": index, "error": error, "replies": replies,
+                 **_state(ctx)})
+        replies.append(reply["return"])
+        warnings.extend(ctx.session.last_warnings)
+    return {"completed": len(steps), "replies": replies, "warnings": warnings, **_state(ctx)}
