@@ -176,11 +176,14 @@ class QMPServer:
         return {}
 
     async def _run_engine(self, message: dict[str, Any]) -> dict[str, Any]:
-        """Execute on the engine, one command at a time across all clients."""
+        """Execute on the engine, one command at a time across all clients.
+
+        Commands run on the event-loop thread, as QEMU runs them in its main
+        loop: a thread hop per command cost more than most commands take.
+        """
         async with self._lock:
-            loop = asyncio.get_running_loop()
             try:
-                return await loop.run_in_executor(None, self.engine.execute, message)
+                return self.engine.execute(message)
             except Exception as exc:    # a bug in a handler must not cost the connection
                 log.exception("QMP command failed unexpectedly")
                 reply = _error(f"internal error: {exc}")
