@@ -9,7 +9,6 @@ to record its inverse, or an inverse restored the wrong thing.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,8 @@ from txgraph.errors import BlockError
 from txgraph.ops.blockdev import blockdev_add, blockdev_del
 from txgraph.ops.objects import object_add
 from txgraph.ops.session import Session
-from txgraph.ops.transaction import InjectedFault
+
+from tests.support.atomicity import assert_all_steps_atomic
 
 
 def _img(path: Path, *extra: str) -> Path:
@@ -34,37 +34,12 @@ def chain(tmp_path: Path) -> Path:
     return _img(tmp_path / "top.qcow2", "-b", "mid.qcow2", "-F", "qcow2")
 
 
-def _fresh(setup: Callable[[Session], None]) -> Session:
-    session = Session(name_seed=1, check=False)
-    setup(session)
-    return session
-
-
-def _all_steps_atomic(setup: Callable[[Session], None], op: Callable[[Session], Any]) -> int:
-    """Fail ``op`` at each primitive step; assert nothing changed each time. Returns the step count."""
-    probe = _fresh(setup)
-    op(probe)
-    steps = probe.last_steps
-    probe.close()
-    assert steps > 0
-    for k in range(1, steps + 1):
-        session = _fresh(setup)
-        digest, runtime = session.graph.digest(), session.runtime.state()
-        session.fail_next_at = k
-        with pytest.raises(InjectedFault):
-            op(session)
-        assert session.graph.digest() == digest, f"graph changed after a fault at step {k}"
-        assert session.runtime.state() == runtime, f"runtime changed after a fault at step {k}"
-        session.close()
-    return steps
-
-
 def test_blockdev_add_of_a_header_chain_is_atomic(chain: Path) -> None:
     def op(s: Session) -> Any:
         return blockdev_add(s, {"driver": "qcow2", "node-name": "top",
                                 "file": {"driver": "file", "filename": str(chain)}})
 
-    assert _all_steps_atomic(lambda s: None, op) > 10
+    assert assert_all_steps_atomic(lambda s: None, op, check=False) > 10
 
 
 def test_blockdev_add_referencing_existing_nodes_is_atomic(chain: Path) -> None:
@@ -74,7 +49,7 @@ def test_blockdev_add_referencing_existing_nodes_is_atomic(chain: Path) -> None:
     def op(s: Session) -> Any:
         return blockdev_add(s, {"driver": "qcow2", "node-name": "q", "file": "f", "backing": None})
 
-    _all_steps_atomic(setup, op)
+    assert_all_steps_atomic(setup, op)
 
 
 def test_blockdev_del_cascade_is_atomic(chain: Path) -> None:
@@ -82,7 +57,7 @@ def test_blockdev_del_cascade_is_atomic(chain: Path) -> None:
         blockdev_add(s, {"driver": "qcow2", "node-name": "top",
                          "file": {"driver": "file", "filename": str(chain)}})
 
-    _all_steps_atomic(setup, lambda s: blockdev_del(s, "top"))
+    assert_all_steps_atomic(setup, lambda s: blockdev_del(s, "top"))
 
 
 def test_failed_add_leaves_nothing_but_advances_the_name_counter(tmp_path: Path) -> None:
@@ -132,7 +107,7 @@ def test_blockdev_reopen_with_child_changes_is_atomic(chain: Path, tmp_path: Pat
              "file": {"driver": "file", "filename": str(other)}},
         ])
 
-    assert _all_steps_atomic(setup, op) > 10
+    assert assert_all_steps_atomic(setup, op) > 10
 
 
 def test_blockdev_reopen_file_swap_is_atomic(tmp_path: Path) -> None:
@@ -152,4 +127,4 @@ def test_blockdev_reopen_file_swap_is_atomic(tmp_path: Path) -> None:
             {"driver": "qcow2", "node-name": "b", "backing": None, "file": "af"},
         ])
 
-    _all_steps_atomic(setup, op)
+    assert_all_steps_atomic(setup, op)

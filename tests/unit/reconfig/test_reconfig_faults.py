@@ -22,8 +22,10 @@ from txgraph.ops.objects import object_add
 from txgraph.ops.quorum import stage_x_blockdev_change
 from txgraph.ops.replace import stage_blockdev_replace, stage_replace_edges
 from txgraph.ops.session import Session
-from txgraph.ops.transaction import InjectedFault, Transaction
+from txgraph.ops.transaction import Transaction
 from txgraph.ops.txn import finish, run_transaction
+
+from tests.support.atomicity import assert_all_steps_atomic
 
 Stage = Callable[[Session, Transaction, dict[str, Any]], Any]
 
@@ -36,35 +38,6 @@ def _one(stage: Stage, args: dict[str, Any]) -> Callable[[Session], None]:
             finish(tx)
 
     return op
-
-
-def _close(session: Session) -> None:
-    """Close parents before children: a rw qcow2 flushes into its file when closing.
-
-    (``Runtime.close_all`` closes in creation order, files first.)
-    """
-    for name in reversed(session.runtime.node_names()):
-        session.runtime.close_node(name)
-
-
-def _all_steps_atomic(setup: Callable[[Session], None], op: Callable[[Session], Any]) -> int:
-    probe = Session(name_seed=1)
-    setup(probe)
-    op(probe)
-    steps = probe.last_steps
-    _close(probe)
-    assert steps > 0
-    for k in range(1, steps + 1):
-        session = Session(name_seed=1)
-        setup(session)
-        digest, runtime = session.graph.digest(), session.runtime.state()
-        session.fail_next_at = k
-        with pytest.raises(InjectedFault):
-            op(session)
-        assert session.graph.digest() == digest, f"graph changed after a fault at step {k}"
-        assert session.runtime.state() == runtime, f"runtime changed after a fault at step {k}"
-        _close(session)
-    return steps
 
 
 def _top_r_ovl(chain: Path) -> Callable[[Session], None]:
@@ -83,7 +56,7 @@ def _snapshot(node: str, overlay: str) -> dict[str, Any]:
 
 
 def test_blockdev_snapshot_is_atomic(chain: Path) -> None:
-    steps = _all_steps_atomic(_top_r_ovl(chain), lambda s: run_transaction(s, [_snapshot("top", "ovl")]))
+    steps = assert_all_steps_atomic(_top_r_ovl(chain), lambda s: run_transaction(s, [_snapshot("top", "ovl")]))
     assert steps > 5  # attach, retarget, perms, ro flags, ro edges...
 
 
@@ -91,7 +64,7 @@ def test_blockdev_snapshot_sync_is_atomic(chain: Path) -> None:
     sync = {"type": "blockdev-snapshot-sync",
             "data": {"node-name": "top", "snapshot-file": str(chain / "s.qcow2"),
                      "snapshot-node-name": "s"}}
-    _all_steps_atomic(_top_r_ovl(chain), lambda s: run_transaction(s, [sync]))
+    assert_all_steps_atomic(_top_r_ovl(chain), lambda s: run_transaction(s, [sync]))
 
 
 def test_two_snapshot_transaction_is_atomic(chain: Path) -> None:
@@ -100,7 +73,7 @@ def test_two_snapshot_transaction_is_atomic(chain: Path) -> None:
         blockdev_add(s, {"driver": "qcow2", "node-name": "ovl2", "backing": None,
                          "file": {"driver": "file", "filename": str(chain / "ovl2.qcow2")}})
 
-    _all_steps_atomic(setup, lambda s: run_transaction(
+    assert_all_steps_atomic(setup, lambda s: run_transaction(
         s, [_snapshot("top", "ovl"), _snapshot("ovl", "ovl2")]))
 
 
@@ -112,11 +85,11 @@ def _quorum(s: Session) -> None:
 
 
 def test_quorum_add_is_atomic(stand_in_drivers: None) -> None:
-    _all_steps_atomic(_quorum, _one(stage_x_blockdev_change, {"parent": "q", "node": "n3"}))
+    assert_all_steps_atomic(_quorum, _one(stage_x_blockdev_change, {"parent": "q", "node": "n3"}))
 
 
 def test_quorum_del_is_atomic(stand_in_drivers: None) -> None:
-    _all_steps_atomic(_quorum, _one(stage_x_blockdev_change, {"parent": "q", "child": "children.1"}))
+    assert_all_steps_atomic(_quorum, _one(stage_x_blockdev_change, {"parent": "q", "child": "children.1"}))
 
 
 def test_quorum_del_of_inline_child_is_atomic(stand_in_drivers: None, chain: Path) -> None:
@@ -126,7 +99,7 @@ def test_quorum_del_of_inline_child_is_atomic(stand_in_drivers: None, chain: Pat
                                       {"driver": "qcow2", "file": {
                                           "driver": "file", "filename": str(chain / "ovl.qcow2")}}]})
 
-    _all_steps_atomic(setup, _one(stage_x_blockdev_change, {"parent": "q", "child": "children.1"}))
+    assert_all_steps_atomic(setup, _one(stage_x_blockdev_change, {"parent": "q", "child": "children.1"}))
 
 
 def _raws(s: Session) -> None:
@@ -137,17 +110,17 @@ def _raws(s: Session) -> None:
 
 
 def test_blockdev_replace_is_atomic() -> None:
-    _all_steps_atomic(_raws, _one(stage_blockdev_replace, {
+    assert_all_steps_atomic(_raws, _one(stage_blockdev_replace, {
         "parent-type": "driver", "node-name": "r1", "child": "file", "new-child": "m"}))
 
 
 def test_replace_edges_auto_is_atomic() -> None:
-    _all_steps_atomic(_raws, _one(stage_replace_edges,
+    assert_all_steps_atomic(_raws, _one(stage_replace_edges,
                                   {"child": "n", "parents-mode": "auto", "new-child": "m"}))
 
 
 def test_insert_filter_is_atomic(chain: Path) -> None:
-    _all_steps_atomic(_top_r_ovl(chain), _one(stage_insert_filter, {
+    assert_all_steps_atomic(_top_r_ovl(chain), _one(stage_insert_filter, {
         "node": "top", "filter": {"driver": "throttle", "node-name": "thr", "throttle-group": "tg"}}))
 
 
@@ -157,7 +130,7 @@ def test_remove_filter_is_atomic(chain: Path) -> None:
         _one(stage_insert_filter, {"node": "top", "filter": {
             "driver": "throttle", "node-name": "thr", "throttle-group": "tg"}})(s)
 
-    _all_steps_atomic(setup, _one(stage_remove_filter, {"node": "thr"}))
+    assert_all_steps_atomic(setup, _one(stage_remove_filter, {"node": "thr"}))
 
 
 def test_mixed_extension_transaction_is_atomic(chain: Path) -> None:
@@ -169,4 +142,4 @@ def test_mixed_extension_transaction_is_atomic(chain: Path) -> None:
         {"type": "x-txgraph-replace", "data": {"child": "spare", "new-child": "top"}},
         {"type": "x-txgraph-blockdev-del", "data": {"node-name": "spare"}},
     ]
-    assert _all_steps_atomic(_top_r_ovl(chain), lambda s: run_transaction(s, actions)) >= 20
+    assert assert_all_steps_atomic(_top_r_ovl(chain), lambda s: run_transaction(s, actions)) >= 20
