@@ -154,7 +154,10 @@ def run_demo(workdir: Path | None = None, *, plain: bool = False) -> int:
             print("   BUG: a refused step changed the graph")
             return 1
         print("   graph digest unchanged after the refused steps:", before[:16])
-        return 0
+        print("\n== 6. A reconfiguration plan (examples/seed-section3.json), verified on a dry run")
+        from txgraph.plan import demo_section
+
+        return demo_section(str(wd))
     finally:
         engine.context.session.close()
         if cleanup:

@@ -87,9 +87,28 @@ def capture_graph(client: QMPClient) -> GraphImport:
         nn = client.cmd("query-named-block-nodes", {"flat": True})
         ex = client.execute("query-block-exports")
         exports = ex.get("return", [])
+        objects = _objects(client)
         if "error" in gen:  # QEMU / QSD: no generation to record
-            return GraphImport(bg, nn, exports)
+            return GraphImport(bg, nn, exports, objects=objects)
         again = client.cmd("x-txgraph-query-generation")
         if again == gen["return"]:
-            return GraphImport(bg, nn, exports, int(again["generation"]), str(again["digest"]))
+            return GraphImport(bg, nn, exports, generation=int(again["generation"]),
+                               digest=str(again["digest"]), objects=objects)
     raise QMPClientError("the live graph kept changing while it was captured")
+
+
+def _objects(client: QMPClient) -> list[dict[str, Any]]:
+    """Throttle groups as ``object-add`` arguments (QEMU: ``qom-list``/``qom-get``)."""
+    reply = client.execute("x-txgraph-query-objects")
+    if "return" in reply:
+        return list(reply["return"])
+    listing = client.execute("qom-list", {"path": "/objects"})
+    out: list[dict[str, Any]] = []
+    for entry in listing.get("return", []):
+        if entry.get("type") == "child<throttle-group>":
+            limits = client.cmd("qom-get", {"path": f"/objects/{entry['name']}",
+                                            "property": "limits"})
+            # QEMU reports every limit; the *-max-length ones only matter with a max.
+            limits = {k: v for k, v in limits.items() if v and not k.endswith("-max-length")}
+            out.append({"qom-type": "throttle-group", "id": entry["name"], "limits": limits})
+    return out

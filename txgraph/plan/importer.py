@@ -5,7 +5,9 @@ The input is what any QEMU 7.2 process (or ``txgraph serve``) answers to
 ``shared-perm``; block.c ``bdrv_get_xdbg_block_graph``) and
 ``query-named-block-nodes`` (``drv``, ``ro``, ``cache``, ``detect_zeroes``,
 ``file``, ``image``; block/qapi.c ``bdrv_block_device_info``), optionally
-``query-block-exports`` to name the anonymous export BlockBackends.
+``query-block-exports`` to name the anonymous export BlockBackends and the
+QOM objects (throttle groups: ``qom-list /objects`` + ``qom-get limits`` on
+QEMU, ``x-txgraph-query-objects`` on txgraph), re-created with ``object-add``.
 
 Images cannot in general be re-opened by replaying ``blockdev-add`` (the
 commands are not known, and the live process holds the image locks), so the
@@ -36,6 +38,7 @@ with ``offset``/``size`` is taken as unwindowed.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -43,7 +46,7 @@ from typing import Any
 
 from txgraph.model.drivers import driver_spec
 from txgraph.model.node import Backend, BlockNode, Edge, OpenFlag, ParentKind
-from txgraph.model.options import Provenance, Source
+from txgraph.model.options import Provenance, Source, flatten
 from txgraph.model.perm import Perm, Role, perm_from_names
 from txgraph.ops.session import Session
 from txgraph.plan.dryrun import DryRunRuntime, ImportedNode
@@ -65,6 +68,8 @@ class GraphImport:
     block_graph: dict[str, Any]
     named_nodes: list[dict[str, Any]]
     exports: list[dict[str, Any]] = field(default_factory=list)
+    #: QOM objects as ``object-add`` arguments (throttle groups the graph refers to)
+    objects: list[dict[str, Any]] = field(default_factory=list)
     #: generation and digest of a txgraph server at capture time (None for QEMU)
     generation: int | None = None
     digest: str | None = None
@@ -79,7 +84,8 @@ def parse_state_import(data: dict[str, Any]) -> GraphImport:
         raise ImportError_("'block-graph' must be an object and 'named-nodes' an array")
     gen = data.get("generation")
     return GraphImport(bg, nn, list(data.get("block-exports", [])),
-                       gen if isinstance(gen, int) else None, data.get("digest"))
+                       list(data.get("objects", [])), generation=gen if isinstance(gen, int) else None,
+                       digest=data.get("digest"))
 
 
 def infer_role(parent_driver: str | None, parent_kind: ParentKind, edge: str,
@@ -107,7 +113,29 @@ def _onoff(value: bool) -> str:
     return "on" if value else "off"
 
 
-def _build_node(info: dict[str, Any], name_seq: int, has_parent: bool) -> BlockNode:
+def _json_options(filename: str, children: Iterable[str]) -> tuple[dict[str, Any], bool]:
+    """The node's own options recovered from its ``json:`` filename, and ``backing: null``.
+
+    ``bdrv_refresh_filename`` writes a node's strong options (vote-threshold,
+    throttle-group, size...) into its json: filename, children nested under
+    their edge names; what is not under a child is the node's own.
+    """
+    if not filename.startswith("json:"):
+        return {}, False
+    try:
+        value = json.loads(filename[len("json:"):])
+    except ValueError:
+        return {}, False
+    if not isinstance(value, dict):
+        return {}, False
+    kids = set(children) | {"backing", "file"}
+    own = {k: v for k, v in flatten(value).items()
+           if k.split(".")[0] not in kids and not k.startswith("children.") and k != "driver"}
+    return own, "backing" in value and value["backing"] is None
+
+
+def _build_node(info: dict[str, Any], name_seq: int, has_parent: bool,
+                children: Iterable[str] = ()) -> BlockNode:
     name = str(info["node-name"])
     driver = str(info["drv"])
     spec = driver_spec(driver)
@@ -132,6 +160,9 @@ def _build_node(info: dict[str, Any], name_seq: int, has_parent: bool) -> BlockN
                          "cache.no-flush": _onoff(no_flush)})
         if detect != "off":
             explicit["detect-zeroes"] = detect
+    own, no_backing = _json_options(str(info.get("file", "")), children)
+    explicit.update(own)
+    flags |= OpenFlag.NO_BACKING if no_backing else OpenFlag.NONE
     options = {**explicit, "cache.direct": _onoff(direct), "cache.no-flush": _onoff(no_flush),
                "read-only": _onoff(ro), "auto-read-only": False}
     if detect != "off":
@@ -164,6 +195,10 @@ def import_into(session: Session, imp: GraphImport) -> None:
     if session.graph.nodes or session.graph.backends:
         raise ValueError("import_into needs an empty session")
     graph = session.graph
+    from txgraph.ops.objects import object_add
+
+    for obj in imp.objects:
+        object_add(session, dict(obj))
     infos = {str(n.get("node-name")): n for n in imp.named_nodes if isinstance(n, dict)}
     try:
         gnodes = list(reversed(imp.block_graph["nodes"]))
@@ -189,7 +224,7 @@ def import_into(session: Session, imp: GraphImport) -> None:
             info = infos.get(name)
             if info is None:
                 raise ImportError_(f"node '{name}' is in the block graph but not in named-nodes")
-            node = _build_node(info, seq, gid in child_ids)
+            node = _build_node(info, seq, gid in child_ids, children_of.get(gid, []))
             graph.add_node(node)
             driver_of[name] = node.driver
             key_of[gid] = name

@@ -1,6 +1,8 @@
-"""txgraph extensions for plans: ``x-txgraph-query-generation`` and ``x-txgraph-apply-plan``.
+"""txgraph extensions for plans: ``x-txgraph-query-generation``, ``-query-objects``, ``-apply-plan``.
 
-Neither exists in QEMU (hence the ``x-`` names). ``x-txgraph-query-generation``
+None exists in QEMU (hence the ``x-`` names); ``x-txgraph-query-objects``
+lists the user-created QOM objects as ``object-add`` arguments, so a plan
+verifier can rebuild throttle groups (QEMU answers the same via ``qom-list``). ``x-txgraph-query-generation``
 returns ``{"generation": N, "digest": "..."}``: the number of committed graph
 transactions and the SHA-256 of the graph state. ``x-txgraph-apply-plan
 {"expect-generation": N, "expect-digest": "...", "steps": [...]}`` refuses
@@ -57,6 +59,15 @@ def run_message(ctx: CommandContext, message: dict[str, Any]) -> dict[str, Any]:
 def _state(ctx: CommandContext) -> dict[str, Any]:
     graph = ctx.session.graph
     return {"generation": graph.generation, "digest": graph.digest()}
+
+
+@command("x-txgraph-query-objects")
+def _query_objects(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    """The user-created QOM objects as the ``object-add`` arguments that re-create them."""
+    if args:
+        raise QAPIError(f"Parameter '{next(iter(args))}' is unexpected")
+    return [{"qom-type": o.qom_type, "id": o.id, **o.props}
+            for o in ctx.session.objects.values()]
 
 
 @command("x-txgraph-query-generation")
