@@ -15,13 +15,14 @@ with :meth:`request_generation` (the drain tests use it to prove atomicity).
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from txgraph.errors import OpenError
+from txgraph.errors import BlockError, OpenError
 from txgraph.io.driver import DriverNode, ImageInfo
 from txgraph.io.locking import LockState, prepare_perm, relock
 from txgraph.io.registry import driver_class
@@ -182,6 +183,29 @@ class Runtime:
             (name, tuple(sorted((edge, child.node_name) for edge, child in node.children.items())),
              node.read_only, repr(self._locks.get(name, LockState())))
             for name, node in self._nodes.items()))
+
+    def create_image(self, path: str, fmt: str, size: int, *, backing: str | None = None,
+                     backing_format: str | None = None) -> None:
+        """``bdrv_img_create`` for ``blockdev-snapshot-sync``: a new image on disk.
+
+        Delegates to qemu-img with ``-u`` (QEMU passes BDRV_O_NO_BACKING: the
+        backing is in use, and locked, by this very process) and returns QEMU's
+        error text without qemu-img's prefixes. The file is not removed if a
+        later step fails, exactly as in QEMU.
+        """
+        argv = ["qemu-img", "create", "-q", "-u", "-f", fmt]
+        if backing:
+            argv += ["-b", backing]
+            if backing_format:
+                argv += ["-F", backing_format]
+        res = subprocess.run([*argv, path, str(size)], capture_output=True, text=True)
+        if res.returncode != 0:
+            lines = res.stderr.strip().splitlines()
+            text = lines[-1] if lines else "Could not create image"
+            for prefix in ("qemu-img: ", f"{path}: "):
+                if text.startswith(prefix):
+                    text = text[len(prefix):]
+            raise BlockError(text)
 
     def nbd_server(self) -> Any:
         """The process-wide NBD server (created on first use, not listening until started)."""

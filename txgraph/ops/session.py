@@ -9,6 +9,7 @@ checker before committing.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ class Session:
         self.last_warnings: list[dict[str, Any]] = []
         #: primitive steps of the last transaction (fault-injection tests iterate over them)
         self.last_steps = 0
+        self._before: BlockGraph | None = None
 
     def next_name_seq(self) -> int:
         self._name_seq += 1
@@ -66,6 +68,9 @@ class Session:
     def transaction(self) -> Iterator[Transaction]:
         """Stage changes; commit if the block works and the checker agrees, else undo all."""
         fail_at, self.fail_next_at = self.fail_next_at, None
+        # The safe policy's data-loss rules compare with the graph before the
+        # change; the copy is only paid for when those rules are on.
+        self._before = copy.deepcopy(self.graph) if self.policy == "safe" and self.check else None
         tx = Transaction(self.graph, fail_at=fail_at)
         saved_name_seq = self._name_seq
         try:
@@ -84,7 +89,7 @@ class Session:
             return
         from txgraph.checker import check
 
-        verdict = check(self.graph, tx.touched, policy=self.policy)
+        verdict = check(self.graph, tx.touched, policy=self.policy, before=self._before)
         self.last_verdict = verdict
         if not verdict.ok:
             first = verdict.violations[0]

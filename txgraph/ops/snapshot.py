@@ -19,7 +19,6 @@ What QEMU does not undo is not undone here either: the image file created by
 
 from __future__ import annotations
 
-import subprocess
 from typing import Any
 
 from txgraph.errors import BlockError
@@ -113,25 +112,12 @@ def _create_image(session: Session, old: str, path: str, fmt: str) -> None:
     refresh_filename(graph, old)
     node = graph.nodes[old]
     size = session.runtime.info(old).virtual_size
-    argv = ["qemu-img", "create", "-q", "-u", "-f", fmt, "-b", node.filename, "-F", node.driver,
-            path, str(size)]
-    res = subprocess.run(argv, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise BlockError(_qemu_img_error(res.stderr, path))
+    session.runtime.create_image(path, fmt, size, backing=node.filename, backing_format=node.driver)
     # QEMU creates the image in-process and, for qcow2, opens it three times
     # while doing so (the protocol node, then the format twice: to write the
     # header, then to flush it); each open consumed an auto node-name.
     for _ in range(_CREATE_OPENS.get(fmt, 0)):
         session.namer.next()
-
-
-def _qemu_img_error(stderr: str, path: str) -> str:
-    """qemu-img prefixes the error QEMU would return with its name and the file name."""
-    text = stderr.strip().splitlines()[-1] if stderr.strip() else "Could not create image"
-    for prefix in ("qemu-img: ", f"{path}: "):
-        if text.startswith(prefix):
-            text = text[len(prefix):]
-    return text
 
 
 def _append_overlay(session: Session, tx: Transaction, old: str, overlay: str) -> None:
