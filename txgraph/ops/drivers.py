@@ -188,7 +188,7 @@ def _open_qcow2(opener: Opener, node: BlockNode, spec: DriverSpec, work: OptionS
     _consume_qcow2_options(work, spec)
     _runtime_open(opener, node, {"file": child})
     info = opener.runtime.info(node.name)
-    _check_qcow2_cache_options(opts, info.cluster_size or 65536)
+    check_qcow2_cache_options(opts, info.cluster_size or 65536)
     data_child = opener.open_child(None, work, "data-file", node, Role.DATA, True) \
         if data_file_given else None
     if info.has_external_data_file:
@@ -207,7 +207,7 @@ def _open_qcow2(opener: Opener, node: BlockNode, spec: DriverSpec, work: OptionS
         raise OpenError("'data-file' can only be set for images with an external data file")
 
 
-def _check_qcow2_cache_options(opts: dict[str, Any], cluster_size: int) -> None:
+def check_qcow2_cache_options(opts: dict[str, Any], cluster_size: int) -> None:
     """``read_cache_sizes`` and ``qcow2_update_options_prepare``'s cache checks."""
     combined = opts.get("cache-size")
     l2 = opts.get("l2-cache-size")

@@ -18,19 +18,20 @@ was omitted, and similar) are reported as structured warnings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from txgraph.errors import BlockError, TxgraphError
 from txgraph.model.drivers import RESETTABLE_COMMON_OPTIONS, driver_spec
 from txgraph.model.node import BlockNode, Edge, OpenFlag
-from txgraph.model.options import Provenance, Source, flatten, parse_bool, qdict_first, qdict_order
+from txgraph.model.options import flatten, parse_bool, qdict_order
 from txgraph.model.perm import Role
 from txgraph.ops.blockdev import unref_node
 from txgraph.ops.filenames import refresh_filename
-from txgraph.ops.inherit import OptionSet, flags_from_options, inherit_options
+from txgraph.ops.inherit import OptionSet
 from txgraph.ops.open import lookup_bs
 from txgraph.ops.perms import refresh_perms
+from txgraph.ops.reopen_queue import ReopenEntry, ReopenQueue
 from txgraph.ops.session import Session
 from txgraph.ops.transaction import Transaction
 
@@ -56,93 +57,6 @@ class ReopenWarning:
                 "sentence": self.sentence}
 
 
-@dataclass
-class _Entry:
-    """One BlockReopenQueueEntry: the node's state after the reopen, until commit."""
-
-    name: str
-    options: OptionSet
-    explicit: dict[str, Any]
-    flags: OpenFlag
-    backing_missing: bool = False
-    detect_zeroes: str = "off"
-    given: set[str] = field(default_factory=set)
-    old_children: list[str] = field(default_factory=list)
-
-
-class _Queue:
-    def __init__(self, session: Session) -> None:
-        self.session = session
-        self.graph = session.graph
-        self.entries: list[_Entry] = []
-
-    def find(self, name: str) -> _Entry | None:
-        for entry in self.entries:
-            if entry.name == name:
-                return entry
-        return None
-
-    def queue(self, name: str, options: OptionSet | None, role: Role,
-              parent: tuple[str, bool, dict[str, Any], OpenFlag, str] | None,
-              keep_old: bool) -> None:
-        """``bdrv_reopen_queue_child``: compute the node's new options and recurse into children.
-
-        Precedence: given > retained explicit (duplicate entry or keep_old) >
-        inherited from the parent's new options > retained effective (keep_old).
-        """
-        node = self.graph.nodes[name]
-        opts = options if options is not None else OptionSet()
-        given = set(opts.values)
-        entry = self.find(name)
-        if entry is not None or keep_old:
-            old_explicit = entry.explicit if entry is not None else node.explicit
-            for key, value in old_explicit.items():
-                if key not in opts:
-                    opts.put(key, value, node.provenance.get(key, Provenance(Source.EXPLICIT)))
-        explicit = dict(opts.values)
-        if parent is not None:
-            pname, parent_is_format, parent_options, parent_flags, edge = parent
-            flags = inherit_options(role, parent_is_format, opts, parent_flags, parent_options,
-                                    pname, edge)
-        else:
-            flags = node.flags
-        if keep_old:
-            for key, value in node.options.items():
-                if key not in opts:
-                    opts.put(key, value, node.provenance.get(key, Provenance(Source.DEFAULT)))
-        flags = flags_from_options(flags, opts.values)
-        flags &= ~OpenFlag.PROTOCOL
-        if flags & OpenFlag.RDWR:
-            flags |= OpenFlag.ALLOW_RDWR
-        if entry is None:
-            entry = _Entry(name, opts, explicit, flags)
-            self.entries.append(entry)
-        else:
-            entry.options, entry.explicit, entry.flags = opts, explicit, flags
-        entry.given |= given
-        if not keep_old:
-            entry.backing_missing = "backing" not in opts and "backing.driver" not in opts
-        spec = driver_spec(node.driver)
-        is_format = spec.is_format if spec is not None else False
-        for child, edge in self.graph.children(name):
-            if self.graph.nodes[child].inherits_from != name:
-                continue
-            child_keep_old = keep_old
-            child_opts: OptionSet | None = None
-            if edge.name in opts:
-                ref = opts.values.get(edge.name)
-                if ref != child:
-                    continue
-                child_keep_old = True
-            else:
-                prefix = edge.name + "."
-                for key in [k for k in explicit if k.startswith(prefix)]:
-                    del explicit[key]
-                child_opts = opts.extract(prefix)
-            self.queue(child, child_opts, edge.role,
-                       (name, is_format, opts.values, flags, edge.name), child_keep_old)
-
-
 def blockdev_reopen(session: Session, options_list: list[dict[str, Any]]) -> list[ReopenWarning]:
     with session.transaction() as tx:
         return stage_blockdev_reopen(session, tx, options_list)
@@ -151,7 +65,7 @@ def blockdev_reopen(session: Session, options_list: list[dict[str, Any]]) -> lis
 def stage_blockdev_reopen(session: Session, tx: Transaction,
                           options_list: list[dict[str, Any]]) -> list[ReopenWarning]:
     """``qmp_blockdev_reopen`` inside an open transaction."""
-    queue = _Queue(session)
+    queue = ReopenQueue(session)
     for item in options_list:
         name = item.get("node-name")
         if not isinstance(name, str):
@@ -187,7 +101,7 @@ def stage_blockdev_reopen(session: Session, tx: Transaction,
     return _warnings(session, queue, before)
 
 
-def _prepare(session: Session, tx: Transaction, queue: _Queue, entry: _Entry) -> None:
+def _prepare(session: Session, tx: Transaction, queue: ReopenQueue, entry: ReopenEntry) -> None:
     """``bdrv_reopen_prepare`` for one queued node (checks in QEMU's order)."""
     graph = session.graph
     node = graph.nodes[entry.name]
@@ -265,7 +179,7 @@ def _qemu_opts_string(value: Any) -> str:
     return str(value)
 
 
-def _driver_prepare(session: Session, node: BlockNode, entry: _Entry, work: dict[str, Any]) -> None:
+def _driver_prepare(session: Session, node: BlockNode, entry: ReopenEntry, work: dict[str, Any]) -> None:
     """The driver's ``bdrv_reopen_prepare``: consume what it may change, validate it."""
     driver = node.driver
     if driver in ("file", "host_device"):
@@ -281,14 +195,14 @@ def _driver_prepare(session: Session, node: BlockNode, entry: _Entry, work: dict
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise BlockError(f"Parameter '{key}' expects a non-negative number below 2^64")
     elif driver == "qcow2":
-        from txgraph.ops.drivers import _check_qcow2_cache_options
+        from txgraph.ops.drivers import check_qcow2_cache_options
 
         spec = driver_spec(driver)
         assert spec is not None
         opts = {k: work.pop(k) for k in list(work) if k in spec.mutable_opts}
         cluster = session.runtime.info(node.name).cluster_size or 65536
         try:
-            _check_qcow2_cache_options(opts, cluster)
+            check_qcow2_cache_options(opts, cluster)
         except BlockError:
             raise
     elif driver == "throttle":
@@ -306,7 +220,7 @@ def _driver_prepare(session: Session, node: BlockNode, entry: _Entry, work: dict
             raise BlockError("Can't reopen read-only NBD mount as read/write")
 
 
-def _runtime_reopen(session: Session, tx: Transaction, node: BlockNode, entry: _Entry) -> None:
+def _runtime_reopen(session: Session, tx: Transaction, node: BlockNode, entry: ReopenEntry) -> None:
     """Hand the new options to the live driver (it validates first); undone on abort."""
     runtime = session.runtime
     if not runtime.has_node(node.name):
@@ -324,7 +238,7 @@ def _runtime_reopen(session: Session, tx: Transaction, node: BlockNode, entry: _
     tx.undo(lambda: runtime.reopen_node(node.name, old_options, old_ro))
 
 
-def _parse_file_or_backing(session: Session, tx: Transaction, entry: _Entry, value: Any,
+def _parse_file_or_backing(session: Session, tx: Transaction, entry: ReopenEntry, value: Any,
                            is_backing: bool) -> None:
     """``bdrv_reopen_parse_file_or_backing`` + ``bdrv_set_file_or_backing_noperm``."""
     graph = session.graph
@@ -414,7 +328,7 @@ def _unset_inherits_from(session: Session, tx: Transaction, root: str, child: st
         _unset_inherits_from(session, tx, root, grandchild, edge.name)
 
 
-def _commit(session: Session, tx: Transaction, entry: _Entry) -> None:
+def _commit(session: Session, tx: Transaction, entry: ReopenEntry) -> None:
     """``bdrv_reopen_commit``: the node takes its new options, flags and detect-zeroes."""
     graph = session.graph
     node = graph.nodes[entry.name]
@@ -438,7 +352,7 @@ def _snapshot(node: BlockNode) -> dict[str, Any]:
             "auto-read-only": bool(node.flags & OpenFlag.AUTO_RDONLY)}
 
 
-def _warnings(session: Session, queue: _Queue, before: dict[str, dict[str, Any]]) -> list[ReopenWarning]:
+def _warnings(session: Session, queue: ReopenQueue, before: dict[str, dict[str, Any]]) -> list[ReopenWarning]:
     """Values that changed although the request for that node did not name them."""
     out: list[ReopenWarning] = []
     for entry in queue.entries:

@@ -29,7 +29,6 @@ from typing import Any
 
 from txgraph.errors import BlockError
 from txgraph.model.node import Edge, ParentKind
-from txgraph.ops.blockdev import unref_node
 from txgraph.ops.perms import refresh_perms
 from txgraph.ops.session import Session
 from txgraph.ops.transaction import Transaction

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 from txgraph.ops.blockdev import blockdev_add
 from txgraph.ops.filters import stage_insert_filter, stage_remove_filter

@@ -31,7 +31,7 @@ import numpy as np
 
 from txgraph.errors import IOFailure, OpenError
 from txgraph.io.qcow2 import constants as C
-from txgraph.io.qcow2.l2map import COMPRESSED, MIXED, UNALLOC, ZERO
+from txgraph.io.qcow2.l2map import COMPRESSED, MIXED, ZERO
 from txgraph.io.qcow2.refcount import Refcounts
 
 if TYPE_CHECKING:
