@@ -51,5 +51,8 @@ proofs: venv
 bench: venv qemu
 	$(VENV)/bin/txgraph bench all
 
+lint: venv
+	$(VENV)/bin/ruff check --select F,E9 txgraph tests proofs
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
