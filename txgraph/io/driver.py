@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["BlockStatus", "ImageInfo", "DriverNode"]
+__all__ = ["BlockStatus", "ImageInfo", "DriverNode", "FilterNode"]
 
 
 @dataclass(frozen=True)
@@ -123,3 +123,43 @@ class DriverNode(abc.ABC):
 
     def close(self) -> None:
         """Release host resources (fds, mappings, locks). Idempotent."""
+
+
+class FilterNode(DriverNode):
+    """A filter driver: everything goes to the filtered ``file`` child unless overridden.
+
+    QEMU's filters forward what they do not handle to their filtered child
+    (``bdrv_co_block_status_from_file``, ``bdrv_filter_bs``); subclasses only
+    override the requests they act on.
+    """
+
+    filtered_child = "file"
+
+    @property
+    def filtered(self) -> DriverNode:
+        return self.children[self.filtered_child]
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.filtered.read(offset, length)
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.filtered.write(offset, data)
+
+    def write_zeroes(self, offset: int, length: int, *, may_unmap: bool = False) -> None:
+        self.filtered.write_zeroes(offset, length, may_unmap=may_unmap)
+
+    def discard(self, offset: int, length: int) -> None:
+        self.filtered.discard(offset, length)
+
+    def flush(self) -> None:
+        self.filtered.flush()
+
+    def size(self) -> int:
+        return self.filtered.size()
+
+    def block_status(self, offset: int, length: int) -> BlockStatus:
+        return self.filtered.block_status(offset, length)
+
+    def info(self) -> ImageInfo:
+        return ImageInfo(format=self.driver_name, virtual_size=self.size(),
+                         filename=self.filtered.info().filename)

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from txgraph.errors import OpenError
-from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
+from txgraph.io.driver import DriverNode, FilterNode
 from txgraph.io.registry import register
 
 __all__ = ["CopyOnReadNode", "allocated_above"]
@@ -62,7 +62,7 @@ def allocated_above(layers: list[DriverNode], bottom: str | None, offset: int,
 
 
 @register("copy-on-read")
-class CopyOnReadNode(DriverNode):
+class CopyOnReadNode(FilterNode):
     """Reads populate the top image; everything else passes through."""
 
     driver_name = "copy-on-read"
@@ -118,15 +118,3 @@ class CopyOnReadNode(DriverNode):
         with self._serial:
             self.children["file"].discard(offset, length)
 
-    def flush(self) -> None:
-        self.children["file"].flush()
-
-    def size(self) -> int:
-        return self.children["file"].size()
-
-    def block_status(self, offset: int, length: int) -> BlockStatus:
-        return self.children["file"].block_status(offset, length)
-
-    def info(self) -> ImageInfo:
-        fi = self.children["file"].info()
-        return ImageInfo(format="copy-on-read", virtual_size=self.size(), filename=fi.filename)

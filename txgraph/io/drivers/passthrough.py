@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from txgraph.errors import IOFailure, OpenError
-from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
+from txgraph.io.driver import DriverNode, FilterNode, ImageInfo
 from txgraph.io.drivers.file import FileNode
 from txgraph.io.registry import register
 
@@ -32,41 +32,16 @@ _COMPRESSING_FORMATS = frozenset({"qcow2", "qcow", "vmdk"})
 
 
 @register("preallocate", "compress")
-class PassthroughFilter(DriverNode):
-    """A filter whose reads and writes go unchanged to ``file``."""
+class PassthroughFilter(FilterNode):
+    """A filter whose requests all go unchanged to ``file``."""
 
     def __init__(self, node_name: str, options: Mapping[str, Any],
                  children: Mapping[str, DriverNode], read_only: bool) -> None:
         super().__init__(node_name, options, children, read_only)
         self.driver_name = str(options.get("driver", "preallocate"))
-        if self.driver_name == "compress" and self.file.driver_name not in _COMPRESSING_FORMATS:
+        if self.driver_name == "compress" and self.filtered.driver_name not in _COMPRESSING_FORMATS:
             raise OpenError("Compression is not supported for underlying format: "
-                            f"{self.file.driver_name}")
-
-    @property
-    def file(self) -> DriverNode:
-        return self.children["file"]
-
-    def read(self, offset: int, length: int) -> bytes:
-        return self.file.read(offset, length)
-
-    def write(self, offset: int, data: bytes) -> None:
-        self.file.write(offset, data)
-
-    def write_zeroes(self, offset: int, length: int, *, may_unmap: bool = False) -> None:
-        self.file.write_zeroes(offset, length, may_unmap=may_unmap)
-
-    def discard(self, offset: int, length: int) -> None:
-        self.file.discard(offset, length)
-
-    def size(self) -> int:
-        return self.file.size()
-
-    def block_status(self, offset: int, length: int) -> BlockStatus:
-        return self.file.block_status(offset, length)
-
-    def info(self) -> ImageInfo:
-        return ImageInfo(format=self.driver_name, virtual_size=self.size())
+                            f"{self.filtered.driver_name}")
 
 
 @register("blkverify")

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from txgraph.errors import OpenError
-from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
+from txgraph.io.driver import DriverNode, FilterNode
 from txgraph.io.registry import register
 from txgraph.io.throttle_groups import ThrottleGroup, current_groups
 
@@ -24,7 +24,7 @@ __all__ = ["ThrottleNode"]
 
 
 @register("throttle")
-class ThrottleNode(DriverNode):
+class ThrottleNode(FilterNode):
     """A filter whose requests wait in a throttle group before reaching ``file``."""
 
     driver_name = "throttle"
@@ -73,20 +73,6 @@ class ThrottleNode(DriverNode):
     def discard(self, offset: int, length: int) -> None:
         self.group.intercept(True, length, self._released)
         self.children["file"].discard(offset, length)
-
-    def flush(self) -> None:
-        self.children["file"].flush()
-
-    def size(self) -> int:
-        return self.children["file"].size()
-
-    def block_status(self, offset: int, length: int) -> BlockStatus:
-        # A filter reports its child's status (bdrv_co_block_status_from_file).
-        return self.children["file"].block_status(offset, length)
-
-    def info(self) -> ImageInfo:
-        fi = self.children["file"].info()
-        return ImageInfo(format="throttle", virtual_size=self.size(), filename=fi.filename)
 
     def reopen_throttle_group(self, name: str) -> None:
         """``throttle_reopen_commit``: move to another existing group."""
