@@ -150,6 +150,21 @@ def bench_qmp(depth: int, adds: int) -> None:
         click.echo(json.dumps(row))
 
 
+@bench.command("txn")
+@click.option("--nodes", "sizes", multiple=True, type=int, default=(100, 10_000), show_default=True,
+              help="Graph size before the steps (repeatable).")
+@click.option("--repeats", default=3, show_default=True, help="Fresh peers per size; best time wins.")
+def bench_txn(sizes: tuple[int, ...], repeats: int) -> None:
+    """A 20-step transaction on txgraph vs the same steps as 20 QMP commands on QSD."""
+    from txgraph.bench_txn import run_txn_benchmark
+
+    rows = run_txn_benchmark(nodes=sizes, repeats=repeats)
+    for row in rows:
+        click.echo(json.dumps(row))
+    if not all(row["graphs_match"] for row in rows):
+        raise click.ClickException("the final graphs differ: the timings are not comparable")
+
+
 @main.command("plan")
 @click.argument("plan_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--graph", "graph_file", type=click.Path(exists=True, dir_okay=False), default=None,

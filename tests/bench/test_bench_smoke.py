@@ -1,0 +1,54 @@
+"""Smoke test of the control-plane benchmarks: they run and produce well-formed rows.
+
+No timing is asserted (that is what ``txgraph bench`` reports); only that each benchmark
+runs end to end against a real qemu-storage-daemon 7.2 and, for the transaction benchmark,
+that both peers finished in the same graph, so the ratio compares the same work.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from txgraph.bench import run_qmp_benchmarks
+from txgraph.bench_txn import STEPS, run_txn_benchmark
+from txgraph.cli import main
+
+pytestmark = pytest.mark.qsd
+
+
+def _well_formed(row: dict[str, Any]) -> None:
+    assert isinstance(row["name"], str) and row["name"]
+    assert row["unit"] == "ms"
+    for key in ("txgraph", "peer", "ratio"):
+        assert isinstance(row[key], (int, float)) and row[key] > 0, (key, row)
+    json.dumps(row)  # one JSON line each
+
+
+def test_qmp_benchmarks_rows() -> None:
+    rows = run_qmp_benchmarks(depth=5, adds=20, repeats=1)
+    assert [r["name"] for r in rows] == ["blockdev-add-chain-5", "blockdev-add-x20"]
+    for row in rows:
+        _well_formed(row)
+
+
+def test_txn_benchmark_rows_and_final_graphs_match() -> None:
+    rows = run_txn_benchmark(nodes=(50,), repeats=1)
+    assert len(rows) == 1
+    row = rows[0]
+    _well_formed(row)
+    assert row["graphs_match"] is True, row.get("difference")
+    assert row["nodes"] == 50 and row["steps"] == STEPS == 20
+    # 4 chains gained an overlay, its file node and a throttle filter each
+    assert row["final_nodes"] == 50 + 3 * 4
+    assert row["final_edges"] == 5 * 4
+
+
+def test_bench_txn_command() -> None:
+    result = CliRunner().invoke(main, ["bench", "txn", "--nodes", "20", "--repeats", "1"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines() if line.strip()]
+    assert len(rows) == 1 and rows[0]["graphs_match"] and rows[0]["nodes"] == 20
