@@ -86,7 +86,6 @@ common_opts = st.fixed_dictionaries({}, optional={
     "discard": st.sampled_from(["unmap", "ignore"]),
 })
 #: drivers without bdrv_reopen_prepare among those generated here
-NOT_REOPENABLE = {"quorum"}
 #: which children a driver's reopen entry may name (others are QAPI errors, drawn rarely)
 CHILD_ROLES = {"qcow2": ("file", "backing"), "raw": ("file",), "throttle": ("file",)}
 
@@ -164,34 +163,6 @@ class ReconfigMachine(RuleBasedStateMachine):
     def _parentless(self) -> list[str]:
         have_parent = {e[1] for e in self.state[1].get("edges", [])}
         return [n for n in self._named() if n not in have_parent]
-
-    def _known_mismatch(self, old: str, overlay: str | None = None) -> bool:
-        """True when snapshotting ``old`` hits a known txgraph mismatch (see the xfail tests).
-
-        * ``external_snapshot_commit`` reopens the old node read-only with errors ignored;
-          a driver without ``bdrv_reopen_prepare`` (quorum) makes that reopen fail, so QSD
-          leaves the node read-write, txgraph makes it read-only;
-        * a parent of ``old`` keeps reporting ``old``'s size on txgraph after it moved to
-          an overlay of another size (blockdev-snapshot only: a created overlay has the
-          old node's size).
-        """
-        info = self.state[0].get(old) if isinstance(self.state[0], dict) else None
-        if isinstance(info, dict) and info.get("drv") in NOT_REOPENABLE:
-            return True
-        edges = self.state[1].get("edges", [])
-        parents = {e[0] for e in edges if e[1] == old}
-        if overlay is not None and any(e[0] in parents and e[1] == overlay for e in edges):
-            return True  # a parent would hold the overlay twice (test_quorum_same_child_twice)
-        return overlay is not None and bool(parents) and self._size(old) != self._size(overlay)
-
-    def _sync_file_in_use(self, image: str) -> bool:
-        """Known mismatch: snapshot-sync onto an image a node has open (locked).
-
-        QSD: ``Failed to get "write" lock``; txgraph answers qemu-img's hint line instead.
-        """
-        path = "{dir}/" + image
-        return any(isinstance(info, dict) and info.get("file") == path
-                   for info in self.state[0].values())
 
     def _size(self, node: str) -> Any:
         info = self.state[0].get(node) if isinstance(self.state[0], dict) else None
@@ -345,8 +316,6 @@ class ReconfigMachine(RuleBasedStateMachine):
         if fresh:
             self._step(cmd("blockdev-add", {"driver": "qcow2", "node-name": overlay,
                                             "backing": None, "file": _file(image)}))
-        if self._known_mismatch(node, overlay):
-            return multiple()
         ok = self._step(cmd("blockdev-snapshot", {"node": node, "overlay": overlay}))
         return multiple(overlay) if ok else multiple()
 
@@ -362,8 +331,6 @@ class ReconfigMachine(RuleBasedStateMachine):
             args["format"] = fmt
         if mode is not None:
             args["mode"] = mode
-        if self._known_mismatch(node) or self._sync_file_in_use(image):
-            return multiple()
         ok = self._step(cmd("blockdev-snapshot-sync", args))
         return multiple(snap) if ok else multiple()
 
@@ -379,13 +346,6 @@ class ReconfigMachine(RuleBasedStateMachine):
                                             "backing": None, "file": _file(image)}))
         out: list[dict[str, Any]] = []
         for kind, node, other, image in actions:
-            if self._known_mismatch(node, other if kind == "snapshot" else None) or \
-                    kind == "snapshot-sync" and self._sync_file_in_use(image):
-                continue
-            if kind == "snapshot-sync" and len(out) < len(actions) - 1 and \
-                    not any(e[1] == node for e in self.state[1].get("edges", [])):
-                # Known mismatch (test_txn_dropped_sync_overlay_blocks_until_the_end).
-                continue
             if kind == "snapshot":
                 out.append({"type": "blockdev-snapshot", "data": {"node": node, "overlay": other}})
             elif kind == "snapshot-sync":
@@ -408,8 +368,6 @@ class ReconfigMachine(RuleBasedStateMachine):
         args: dict[str, Any] = {"parent": chosen or other}
         if how in ("add", "both"):
             node = self._pick(self._parentless(), pick) or child
-            if node in self._children(args["parent"]).values():
-                return  # known mismatch: a child twice (test_quorum_same_child_twice)
             args["node"] = _ref(node)
         if how in ("del", "both"):
             args["child"] = f"children.{index}"
@@ -470,16 +428,10 @@ TestRandomReconfigSelfCheck.settings = settings(
     max_examples=min(5, TestRandomReconfigSelfCheck.settings.max_examples))
 
 
-@pytest.mark.xfail(strict=True, reason="txgraph/ops/snapshot.py set_read_only_ignoring_errors "
-                   "ignores DriverSpec.reopenable: a quorum snapshot base becomes read-only")
 def test_snapshot_of_quorum_leaves_it_read_write() -> None:
-    """Minimal reproducer of the mismatch the machine avoids (:data:`NOT_REOPENABLE`).
-
-    ``external_snapshot_commit`` calls ``bdrv_reopen_set_read_only(old, true, NULL)``;
+    """``external_snapshot_commit`` calls ``bdrv_reopen_set_read_only(old, true, NULL)``;
     quorum has no ``bdrv_reopen_prepare``, so that reopen fails (error ignored) and QSD
-    keeps ``q0`` read-write. When txgraph is fixed this test passes, and the strict xfail
-    turns that into a failure: then delete the xfail and empty :data:`NOT_REOPENABLE`.
-    """
+    keeps ``q0`` read-write (found by the state machine)."""
     from tests.differential.harness import Scenario, differential
 
     scenario = Scenario("quorum_snapshot_sync_read_only", steps=(
@@ -493,8 +445,6 @@ def test_snapshot_of_quorum_leaves_it_read_write() -> None:
     assert comparison, str(comparison)
 
 
-@pytest.mark.xfail(strict=True, reason="txgraph/ops/drivers.py _runtime_open registers the close "
-                   "undo only after Runtime.open_node's info() succeeded: a refused open leaks")
 def test_refused_quorum_leaves_no_driver_behind() -> None:
     """Minimal reproducer of the second mismatch the machine avoids (children of one size).
 
@@ -517,8 +467,6 @@ def test_refused_quorum_leaves_no_driver_behind() -> None:
     assert (session.graph.digest(), session.runtime.state()) == before
 
 
-@pytest.mark.xfail(strict=True, reason="txgraph/io/runtime.py Runtime.create_image reports "
-                   "qemu-img's last stderr line (the hint), not the error")
 def test_snapshot_sync_onto_locked_image_error_text() -> None:
     """Minimal reproducer: snapshot-sync onto an image the overlay of a previous one holds."""
     from tests.differential.harness import Scenario, differential
@@ -534,8 +482,6 @@ def test_snapshot_sync_onto_locked_image_error_text() -> None:
     assert comparison, str(comparison)
 
 
-@pytest.mark.xfail(strict=True, reason="after blockdev-snapshot a raw parent keeps the old "
-                   "node's virtual-size on txgraph; QEMU's raw reports its new file's size")
 def test_snapshot_parent_reports_overlay_size() -> None:
     """Minimal reproducer: raw ``n1`` over file ``n0`` (197120 bytes), snapshot onto a 1M overlay."""
     from tests.differential.harness import Scenario, differential
@@ -550,8 +496,6 @@ def test_snapshot_parent_reports_overlay_size() -> None:
     assert comparison, str(comparison)
 
 
-@pytest.mark.xfail(strict=True, reason="txgraph/ops/snapshot.py stage_blockdev_snapshot_sync "
-                   "drops an unused overlay inside the action, QEMU only in external_snapshot_clean")
 def test_txn_dropped_sync_overlay_blocks_until_the_end() -> None:
     """Minimal reproducer: the overlay of a parentless node still op-blocks it later in the txn.
 
@@ -570,8 +514,6 @@ def test_txn_dropped_sync_overlay_blocks_until_the_end() -> None:
     assert comparison, str(comparison)
 
 
-@pytest.mark.xfail(strict=True, reason="txgraph/ops/query.py _allocated_size counts a child "
-                   "once; bdrv_sum_allocated_file_size sums per child edge")
 def test_quorum_same_child_twice() -> None:
     """Minimal reproducer: ``actual-size`` of a quorum holding one qcow2 twice."""
     from tests.differential.harness import Scenario, differential
@@ -583,3 +525,20 @@ def test_quorum_same_child_twice() -> None:
                              "children": ["a", "a"]}),
     ), setup=(qcow2_img("a.qcow2"),)))
     assert comparison, str(comparison)
+
+
+def test_quorum_keeps_its_length_when_a_child_of_another_size_is_added() -> None:
+    """QEMU settles a quorum's length at open (total_sectors); a larger child added
+    later with x-blockdev-change does not make queries fail (found by the state machine)."""
+    from tests.differential.harness import Scenario, differential
+
+    scenario = Scenario("quorum_add_child_other_size", steps=(
+        cmd("blockdev-add", {"driver": "null-co", "node-name": "a", "size": 1048576}),
+        cmd("blockdev-add", {"driver": "quorum", "node-name": "q", "vote-threshold": 1,
+                             "children": ["a"]}),
+        cmd("blockdev-add", {"driver": "null-co", "node-name": "b", "size": 2097152}),
+        cmd("x-blockdev-change", {"parent": "q", "node": "b"}),
+        cmd("query-named-block-nodes", {"flat": False}),
+    ))
+    comparison = differential(scenario)
+    assert comparison.equal, str(comparison)

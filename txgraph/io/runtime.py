@@ -96,8 +96,13 @@ class Runtime:
                   children: Mapping[str, str], read_only: bool) -> ImageInfo:
         """Create the driver object of a new node; raise OpenError with QEMU's text."""
         node = self._construct(name, driver, options, children, read_only)
+        try:
+            info = node.info()
+        except BaseException:
+            node.close()  # opened, but its size could not be determined: not opened at all
+            raise
         self._nodes[name] = node
-        return node.info()
+        return info
 
     def _construct(self, name: str, driver: str, options: Mapping[str, Any],
                    children: Mapping[str, str], read_only: bool,
@@ -201,7 +206,9 @@ class Runtime:
         res = subprocess.run([*argv, path, str(size)], capture_output=True, text=True)
         if res.returncode != 0:
             lines = res.stderr.strip().splitlines()
-            text = lines[-1] if lines else "Could not create image"
+            # The first line is QEMU's error; lines after it are hints
+            # ("Is another process using the image...?").
+            text = lines[0] if lines else "Could not create image"
             for prefix in ("qemu-img: ", f"{path}: "):
                 if text.startswith(prefix):
                     text = text[len(prefix):]

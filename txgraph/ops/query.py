@@ -59,10 +59,9 @@ def _allocated_size(session: Session, name: str) -> int | None:
         child = filter_or_cow_child(graph, name) or graph.file_child(name)
         return _allocated_size(session, child) if child else None
     total = 0
-    seen: set[str] = set()
+    # Summed per child edge (bdrv_sum_allocated_file_size): a node used twice counts twice.
     for child, edge in graph.children(name):
-        if edge.role & (Role.DATA | Role.METADATA | Role.FILTERED) and child not in seen:
-            seen.add(child)
+        if edge.role & (Role.DATA | Role.METADATA | Role.FILTERED):
             size = _allocated_size(session, child)
             if size is None:
                 return None

@@ -76,8 +76,14 @@ def stage_blockdev_snapshot_sync(session: Session, tx: Transaction, args: dict[s
     overlay = Opener(session, tx).open_inherit(path, None, options, flags & ~OpenFlag.PROTOCOL,
                                                None, Role.NONE, None, True)
     _append_overlay(session, tx, old, overlay)
-    if session.graph.refcount(overlay) == 0:
-        unref_node(session, tx, overlay)
+
+    def drop_if_unused() -> None:
+        # QEMU drops its reference to the new overlay only when the transaction
+        # finishes; until then later actions still see it (and its backing link).
+        if overlay in session.graph.nodes and session.graph.refcount(overlay) == 0:
+            unref_node(session, tx, overlay)
+
+    defer_to_end(tx, drop_if_unused)
 
 
 def _name_in_use(session: Session, name: str) -> bool:
@@ -167,6 +173,13 @@ def bdrv_append(session: Session, tx: Transaction, new: str, top: str) -> None:
     refresh_perms(session, tx, [new])
 
 
+class _NoSpec:
+    reopenable = False
+
+
+_NO_SPEC = _NoSpec()
+
+
 def _reopen_set(session: Session, name: str) -> list[str]:
     """The nodes ``bdrv_reopen_set_read_only`` reopens: the node and, recursively,
     the children it created implicitly whose read-only is not their own choice."""
@@ -191,7 +204,12 @@ def set_read_only_ignoring_errors(session: Session, tx: Transaction, name: str) 
     graph = session.graph
     if name not in graph.nodes:
         return
-    targets = [n for n in _reopen_set(session, name) if not graph.nodes[n].read_only]
+    reopen_set = _reopen_set(session, name)
+    # bdrv_reopen_prepare fails for drivers without reopen support (quorum,
+    # copy-on-read...): the whole reopen fails, and the caller ignores it.
+    if any(not (driver_spec(graph.nodes[n].driver) or _NO_SPEC).reopenable for n in reopen_set):
+        return
+    targets = [n for n in reopen_set if not graph.nodes[n].read_only]
     if not targets:
         return
     target_set = set(targets)

@@ -71,6 +71,9 @@ class QuorumNode(DriverNode):
                             "and vote-threshold is 2")
         # QEMU 7.2 accepts rewrite-corrupted with read-pattern=fifo (fifo reads never
         # vote, so there is nothing to rewrite); so does txgraph.
+        #: the length settled at open (QEMU caches total_sectors; quorum has no
+        #: variable length, so children added later do not change it)
+        self._length = self._children_length()
 
     def _kids(self) -> list[tuple[str, DriverNode]]:
         """``children.N`` edges in index order (QEMU keeps them in an array)."""
@@ -163,6 +166,9 @@ class QuorumNode(DriverNode):
         self._to_all("flush", 0, 0, lambda c: c.flush())
 
     def size(self) -> int:
+        return self._length
+
+    def _children_length(self) -> int:
         """``quorum_co_getlength``: every child must agree, else EIO."""
         sizes = {child.size() for _, child in self._kids()}
         if len(sizes) != 1:

@@ -113,7 +113,9 @@ class RawNode(DriverNode):
         self.file.discard(self._adjust(offset, length, True), length)
 
     def size(self) -> int:
-        return (self._size + 511) // 512 * 512
+        """``raw_getlength``: the window, or whatever the file child holds now."""
+        size = self._size if self.has_size else max(0, self.file.size() - self.offset)
+        return (size + 511) // 512 * 512
 
     def block_status(self, offset: int, length: int) -> BlockStatus:
         st = self.file.block_status(offset + self.offset, length)
