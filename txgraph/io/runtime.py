@@ -79,7 +79,7 @@ class Runtime:
     """Driver objects by node name, plus the drain lock that makes swaps atomic."""
 
     def __init__(self, throttle_groups: ThrottleGroups | None = None) -> None:
-        self._nodes: dict[str, DriverNode] = {}
+        self._nodes = _NodeTable()
         self._nbd: Any = None
         # Image-lock state of file nodes (bytes held by their fds), by node name.
         self._locks: dict[str, LockState] = {}
@@ -353,17 +353,50 @@ class Runtime:
         return getattr(self._tls, "gen", None)
 
     def _quiesce_begin(self) -> None:
-        """``drained_begin`` of every node: let requests waiting inside drivers go."""
-        for node in list(self._nodes.values()):
-            hook = getattr(node, "drain_begin", None)
-            if hook is not None:
-                hook()
+        """``drained_begin`` of every node that has one: let requests waiting inside drivers go."""
+        for node in list(self._nodes.hooked):
+            node.drain_begin()  # type: ignore[attr-defined]
 
     def _quiesce_end(self) -> None:
-        for node in list(self._nodes.values()):
-            hook = getattr(node, "drain_end", None)
-            if hook is not None:
-                hook()
+        for node in list(self._nodes.hooked):
+            node.drain_end()  # type: ignore[attr-defined]
+
+
+class _NodeTable(dict[str, DriverNode]):
+    """Driver objects by name, tracking the few that have drain callbacks.
+
+    A drain visits only those (throttle filters park requests), so its cost
+    does not grow with the number of nodes in the graph.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hooked: set[DriverNode] = set()
+
+    def _track(self, node: DriverNode) -> None:
+        if hasattr(node, "drain_begin"):
+            self.hooked.add(node)
+
+    def __setitem__(self, name: str, node: DriverNode) -> None:
+        old = self.get(name)
+        if old is not None:
+            self.hooked.discard(old)
+        super().__setitem__(name, node)
+        self._track(node)
+
+    def update(self, other: Any = (), **kw: DriverNode) -> None:  # type: ignore[override]
+        for name, node in dict(other, **kw).items():
+            self[name] = node
+
+    def pop(self, name: str, *default: Any) -> Any:  # type: ignore[override]
+        node = super().pop(name, *default)
+        if node is not None:
+            self.hooked.discard(node)
+        return node
+
+    def __delitem__(self, name: str) -> None:
+        self.hooked.discard(self[name])
+        super().__delitem__(name)
 
 
 class _RWLock:
