@@ -10,49 +10,20 @@ by design and are normalised.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from tests.support.qmp_server import ServerThread
 from tests.support.qsd import QSD
-from txgraph.qmp.engine import Engine
-from txgraph.qmp.server import QMPServer
 
 pytestmark = pytest.mark.qsd
 
 SENTINEL = b'{"execute": "qmp_capabilities", "id": "__end__"}'
-
-
-class TxgraphServer:
-    """txgraph's QMPServer on an event loop in a background thread."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.loop = asyncio.new_event_loop()
-        self.server = QMPServer(Engine())
-        ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            self.loop.run_until_complete(self.server.start(path))
-            ready.set()
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        assert ready.wait(10)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 def start_qsd() -> QSD:
@@ -72,7 +43,7 @@ def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]
     qsd = start_qsd()
     qsd._file.close()
     qsd.sock.close()
-    txg = TxgraphServer(str(tmp_path_factory.mktemp("qmp") / "txgraph.sock"))
+    txg = ServerThread(str(tmp_path_factory.mktemp("qmp") / "txgraph.sock"))
     yield qsd.socket_path, txg.path
     txg.stop()
     qsd.close()

@@ -6,7 +6,6 @@ import asyncio
 import os
 import socket
 import stat
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,35 +13,7 @@ import pytest
 from qemu.qmp import ExecuteError, QMPClient
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from txgraph.qmp.engine import Engine
-from txgraph.qmp.server import QMPServer
-
-
-class ServerThread:
-    """A QMPServer on its own event loop in a background thread."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.engine = Engine()
-        self.loop = asyncio.new_event_loop()
-        self.server = QMPServer(self.engine)
-        ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            self.loop.run_until_complete(self.server.start(path))
-            ready.set()
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        assert ready.wait(10)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
+from tests.support.qmp_server import ServerThread
 
 
 @pytest.fixture
