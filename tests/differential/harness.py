@@ -752,3 +752,22 @@ if __name__ == "__main__":
     from tests.differential import harness as _harness
 
     sys.exit(_harness.main())
+
+
+def lockstep(peers: Sequence[Peer], dirs: Sequence[str], autos: list[dict[str, str]],
+             history: list[str], message: dict[str, Any]) -> tuple[list[StepRecord], list[str]]:
+    """Run one command on every peer (each in its own directory), record and compare.
+
+    The state machines' single step: ``history`` and each peer's auto-name map
+    in ``autos`` are updated; returns the records and the diff of the first
+    two peers (empty when they agree).
+    """
+    history.append(json.dumps(message))
+    records = []
+    for i, (peer, d) in enumerate(zip(peers, dirs)):
+        sent = _substitute(message, str(d), autos[i])
+        reply = peer.execute(sent)
+        nodes, graph, autos[i] = _snapshot(peer, str(d), False)
+        records.append(StepRecord(len(history) - 1, history[-1],
+                                  canon_reply(sent, reply, str(d)), nodes, graph))
+    return records, compare_records(records[0], records[1])

@@ -28,7 +28,6 @@ Runs under the active hypothesis profile (``ci`` in ``make test``); nothing here
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -40,8 +39,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, multiple, rule
 
 from tests.differential.harness import (
-    EnginePeer, Peer, QSDPeer, SetupAction, StepRecord, _run_setup, _snapshot, _substitute,
-    canon_reply, cmd, compare_records,
+    EnginePeer, Peer, QSDPeer, SetupAction, _run_setup, cmd, lockstep,
 )
 from tests.differential.scenarios._common import qcow2_img, raw_img
 
@@ -128,17 +126,10 @@ class ReconfigMachine(RuleBasedStateMachine):
 
     def _step(self, message: dict[str, Any]) -> bool:
         """Run ``message`` on both peers, compare; True when QSD accepted it."""
-        self.history.append(json.dumps(message))
         before_engine = self._engine_state()
         before_qsd = self.state
-        records = []
-        for i, (peer, d) in enumerate(zip(self.peers, self.dirs)):
-            sent = _substitute(message, str(d), self.autos[i])
-            reply = peer.execute(sent)
-            nodes, graph, self.autos[i] = _snapshot(peer, str(d), False)
-            records.append(StepRecord(len(self.history) - 1, self.history[-1],
-                                      canon_reply(sent, reply, str(d)), nodes, graph))
-        diff = compare_records(records[0], records[1])
+        records, diff = lockstep(self.peers, [str(d) for d in self.dirs], self.autos,
+                                 self.history, message)
         if diff:
             self._fail("QSD (left) and txgraph (right) differ after the last step:", diff)
         self.state = (records[0].nodes, records[0].graph)
