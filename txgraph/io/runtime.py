@@ -147,6 +147,11 @@ class Runtime:
         size = node.size()
         return node.read(0, min(length, size)) if size > 0 else b""
 
+    def check_readable(self, path: str) -> None:
+        """Open a host file once for reading (a driver's config file); raise OSError if not possible."""
+        with open(path, "rb"):
+            pass
+
     def set_read_only(self, name: str, read_only: bool) -> None:
         self.apply([SetReadOnly(name, read_only)])
 

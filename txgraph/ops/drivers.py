@@ -127,8 +127,9 @@ def _open_blkdebug(opener: Opener, node: BlockNode, spec: DriverSpec, work: Opti
     config = opts.get("config")
     if isinstance(config, str) and config:
         try:
-            with open(config, "rb"):
-                pass
+            # QEMU reads the config before opening the image child; the data plane
+            # does the file access.
+            opener.runtime.check_readable(config)
         except OSError as err:
             raise OpenError(f"Could not read blkdebug config file: {err.strerror}") from err
     child = opener.open_child(image_filename, work, "image", node, Role.FILTERED | Role.PRIMARY,
