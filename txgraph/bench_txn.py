@@ -185,7 +185,8 @@ def _checked(peer: QMPProcess, command: str, arguments: dict[str, Any]) -> None:
 
 
 def _canon_dir(graph: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    return json.loads(json.dumps(graph).replace(str(workdir), "{dir}"))
+    canon: dict[str, Any] = json.loads(json.dumps(graph).replace(str(workdir), "{dir}"))
+    return canon
 
 
 def run_txn_benchmark(nodes: Iterable[int] = (100, 10_000), repeats: int = 3) -> list[dict[str, Any]]:

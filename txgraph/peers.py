@@ -72,7 +72,8 @@ class QMPProcess:
         line = self._file.readline()
         if not line:
             raise RuntimeError(f"{self.label} closed the connection")
-        return json.loads(line)
+        message: dict[str, Any] = json.loads(line)
+        return message
 
     def send_raw(self, text: str | bytes) -> dict[str, Any]:
         """Send bytes verbatim and return the next non-event message."""

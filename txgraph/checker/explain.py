@@ -146,7 +146,8 @@ def cycles_through(graph: BlockGraph, nodes: set[str] | None, policy: str) -> li
             down = nx.descendants(g, n)  # never contains n itself
             if not any(p == n or p in down for p in g.predecessors(n)):
                 continue
-            comp = {n} | (down & nx.ancestors(g, n))
+            up: set[str] = nx.ancestors(g, n)
+            comp = {n} | (down & up)
             done |= comp
             comps.append(comp)
     out: list[Violation] = []

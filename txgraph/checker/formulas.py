@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 from functools import lru_cache
+from typing import Any, TypeAlias
 
 import z3
 
@@ -21,7 +22,8 @@ from txgraph.model.perm import ChildPermContext, Perm, Role
 
 __all__ = ["BV", "bv", "smt_child_perm", "template", "ALL"]
 
-BV = z3.BitVecRef
+#: a z3 bit-vector term (z3's Python API is untyped, so terms are ``Any`` to mypy)
+BV: TypeAlias = Any
 ALL = 0xF
 _SERIAL = itertools.count()
 _R, _W, _U, _S = (int(Perm.CONSISTENT_READ), int(Perm.WRITE), int(Perm.WRITE_UNCHANGED),

@@ -168,15 +168,17 @@ def _perm_instances(region: Region, rules: frozenset[str]) -> Iterator[Instance]
                 yield Instance("P1-edge-perm-formula", "p1root", f"P1:edge={edge_key(ref)}",
                                (ref, int(b.perm), int(b.shared)))
     for c in sorted(region.below):
-        ups = in_edges(graph, c)
-        if "P3-perm-conflict" in rules and len(ups) >= 2:
-            for a, _ea in ups:
-                for b, _eb in ups:
-                    if a != b:
+        parent_edges = in_edges(graph, c)
+        if "P3-perm-conflict" in rules and len(parent_edges) >= 2:
+            for ref_a, _ea in parent_edges:
+                for ref_b, _eb in parent_edges:
+                    if ref_a != ref_b:
                         yield Instance("P3-perm-conflict", "p3",
-                                       f"P3:node={c}:a={edge_label(a)}:b={edge_label(b)}", (c, a, b))
-        if "P4-read-only-writer" in rules and ups:
-            yield Instance("P4-read-only-writer", "p4", f"P4:node={c}", (c, tuple(r for r, _e in ups)))
+                                       f"P3:node={c}:a={edge_label(ref_a)}:b={edge_label(ref_b)}",
+                                       (c, ref_a, ref_b))
+        if "P4-read-only-writer" in rules and parent_edges:
+            yield Instance("P4-read-only-writer", "p4", f"P4:node={c}",
+                           (c, tuple(r for r, _e in parent_edges)))
 
 
 def _before_instances(region: Region, rules: frozenset[str], before: BlockGraph) -> Iterator[Instance]:

@@ -28,7 +28,11 @@ class BlockGraph:
     """The node/edge structure of one block layer instance."""
 
     def __init__(self) -> None:
-        self.g: nx.MultiDiGraph = nx.MultiDiGraph()
+        self.g: nx.MultiDiGraph[str] = nx.MultiDiGraph()
+        # networkx's raw adjacency dicts: the hot walks read them directly because the
+        # public views (``pred``/``succ``) cost an object per access.
+        self._pred: dict[str, dict[str, dict[str, dict[str, Any]]]] = self.g._pred  # type: ignore[attr-defined]
+        self._succ: dict[str, dict[str, dict[str, dict[str, Any]]]] = self.g._succ  # type: ignore[attr-defined]
         self.nodes: dict[str, BlockNode] = {}
         self.backends: dict[str, Backend] = {}
         #: committed generation; bumped by each committed transaction
@@ -95,13 +99,13 @@ class BlockGraph:
             if node is None or node.full_open_cache is None:
                 continue
             node.full_open_cache = None
-            stack.extend(self.g._pred[cur])
+            stack.extend(self._pred[cur])
 
     # The adjacency dicts are read directly: these three run on every permission
     # refresh and every filename refresh, and networkx's edge views cost 10x more.
     def child_edge(self, parent: str, name: str) -> tuple[str, Edge] | None:
         """``bdrv_find_child``-style lookup: the child and edge named ``name`` of ``parent``."""
-        for child, keys in self.g._succ[parent].items():
+        for child, keys in self._succ[parent].items():
             data = keys.get(name)
             if data is not None:
                 return child, data["obj"]
@@ -109,14 +113,14 @@ class BlockGraph:
 
     def children(self, parent: str) -> list[tuple[str, Edge]]:
         """``bs->children`` order: newest attached first."""
-        out = [(child, data["obj"]) for child, keys in self.g._succ[parent].items()
+        out = [(child, data["obj"]) for child, keys in self._succ[parent].items()
                for data in keys.values()]
         out.sort(key=lambda ce: -ce[1].seq)
         return out
 
     def parents(self, child: str) -> list[tuple[str, Edge]]:
         """``bs->parents`` order: newest attached first."""
-        out = [(parent, data["obj"]) for parent, keys in self.g._pred[child].items()
+        out = [(parent, data["obj"]) for parent, keys in self._pred[child].items()
                for data in keys.values()]
         out.sort(key=lambda pe: -pe[1].parent_seq)
         return out
@@ -126,7 +130,7 @@ class BlockGraph:
 
     def refcount(self, name: str) -> int:
         """``bs->refcnt`` as far as the graph defines it: one per parent edge, one for the monitor."""
-        return self.g.in_degree(name) + (1 if self.nodes[name].monitor_owned else 0)
+        return int(self.g.in_degree(name)) + (1 if self.nodes[name].monitor_owned else 0)
 
     def edges(self) -> Iterator[tuple[str, str, Edge]]:
         for parent, child, data in self.g.edges(data=True):
@@ -145,7 +149,7 @@ class BlockGraph:
         """``bdrv_recurse_has_child``: ``target`` is ``root`` or reachable below it."""
         if root == target:
             return True
-        if not self.g._pred[target]:
+        if not self._pred[target]:
             return False  # nothing is above target, so it cannot be below root
         return target in nx.descendants(self.g, root)
 

@@ -110,10 +110,10 @@ def compute_refresh(graph: BlockGraph, roots: Iterable[str], *,
         values = [(p, e, *current(p, e)) for p, e in parents]
         try:
             _check_conflicts(graph, name, values)
-        except BlockError as err:
+        except BlockError as conflict:
             if collect is None:
                 raise
-            collect.append(err)
+            collect.append(conflict)
         perm = Perm.NONE
         shared = PERM_ALL
         for _p, _e, eperm, eshared in values:

@@ -40,7 +40,8 @@ class QMPClient:
         line = self._file.readline()
         if not line:
             raise QMPClientError("the QMP server closed the connection")
-        return json.loads(line)
+        message: dict[str, Any] = json.loads(line)
+        return message
 
     def execute(self, command: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
         msg: dict[str, Any] = {"execute": command}

@@ -49,7 +49,7 @@ class StepResult:
     @property
     def extension(self) -> bool:
         """The step uses a txgraph extension QEMU itself does not have."""
-        name = self.step.message()["execute"]
+        name = str(self.step.message()["execute"])
         return name.startswith("x-txgraph-") or name == "x-blockdev-replace"
 
     @property
@@ -163,8 +163,8 @@ def _run_step(engine: Engine, session: Session, index: int, step: Step,
     accepted = "return" in reply
     result = StepResult(index, step, accepted, reply, warnings=list(session.last_warnings))
     if not accepted:
-        explanation = reply["error"].get("__io.txgraph_explanation") or {}
-        verdict = explanation.get("explanation")
+        explanation = reply["error"].get("__io.txgraph_explanation")
+        verdict = explanation.get("explanation") if isinstance(explanation, dict) else None
         result.verdict = verdict if isinstance(verdict, dict) and "violations" in verdict else None
         return result
     result.diff = diff(before, snapshot(graph)).to_dict()

@@ -239,17 +239,16 @@ class _Visitor:
         if kind in _UNSIGNED:
             if not is_int or not -(2**63) <= value < 2**64:
                 raise QAPIError(f"Parameter '{_render(path)}' expects uint64")
-            value %= 2**64
-            bits = _UNSIGNED[kind]
-            if value >= 2**bits:
+            unsigned = int(value) % 2**64
+            if unsigned >= 2 ** _UNSIGNED[kind]:
                 raise QAPIError(f"Parameter '{_bare(path)}' expects {kind}_t")
-            return value
+            return unsigned
         if not is_int or not -(2**63) <= value < 2**63:
             raise self.type_error(path, "integer")
         bits = _SIGNED.get(kind, 64)
         if not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
             raise QAPIError(f"Parameter '{_bare(path)}' expects {kind}_t")
-        return value
+        return int(value)
 
     def visit_alternate(self, t: dict[str, Any], value: Any, path: _Path) -> Any:
         """Pick the branch by the value's JSON type, as generated alternate visitors do."""
