@@ -87,15 +87,27 @@ def demo(workdir: str | None, plain: bool) -> None:
 @click.argument("script", type=click.File("r"))
 @click.argument("node")
 def why(script: Any, node: str) -> None:
-    """Run a JSON list of QMP commands, then explain NODE's resolved options."""
+    """Run a QMP script (a plan file's steps), then explain NODE's resolved options.
+
+    Exit status 1 when NODE does not exist after the script.
+    """
     from txgraph.demo import explain_node
+    from txgraph.plan.format import PlanError, parse_plan
     from txgraph.qmp.engine import Engine
 
+    try:
+        steps = parse_plan(json.load(script)).steps
+    except json.JSONDecodeError as err:
+        raise click.ClickException(f"{script.name}: not valid JSON: {err}") from None
+    except PlanError as err:
+        raise click.ClickException(f"{script.name}: {err}") from None
     engine = Engine()
-    for message in json.load(script):
-        reply = engine.execute(message)
+    for step in steps:
+        reply = engine.execute(step.message())
         if "error" in reply:
-            click.echo(f"{message.get('execute')}: {reply['error']['desc']}", err=True)
+            click.echo(f"{step.label()}: {reply['error']['desc']}", err=True)
+    if node not in engine.context.session.graph.nodes:
+        raise click.ClickException(f"no node named '{node}' after the script")
     click.echo(explain_node(engine.context.session, node))
 
 
@@ -178,15 +190,19 @@ def bench_txn(sizes: tuple[int, ...], repeats: int) -> None:
               help="safe adds txgraph's data-loss rules to QEMU's.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
-              help="Write the verified plan (the JSON report) here, for txgraph apply.")
+              help="Write the verified plan (the sealed JSON report) here, for txgraph apply.")
+@click.option("--key-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Seal the verified plan with HMAC-SHA256 under this key (default: SHA-256).")
 def plan_cmd(plan_file: str, graph_file: str | None, qmp_socket: str | None,
-             directory: str | None, policy: str, as_json: bool, out_file: str | None) -> None:
+             directory: str | None, policy: str, as_json: bool, out_file: str | None,
+             key_file: str | None) -> None:
     """Dry-run PLAN_FILE on a scratch copy of the graph and report every step.
 
     Exit status 0 if every step would be accepted and the checker agrees, 1 otherwise.
     """
     from txgraph.plan import PlanError, StateError, load_plan, render_text, verify_plan
     from txgraph.plan.format import load_json
+    from txgraph.plan.seal import read_key, seal_report
 
     if graph_file and qmp_socket:
         raise click.UsageError("--graph and --graph-from-qmp are exclusive")
@@ -200,7 +216,8 @@ def plan_cmd(plan_file: str, graph_file: str | None, qmp_socket: str | None,
 
             with QMPClient(qmp_socket) as client:
                 state = capture_graph(client)
-        report = verify_plan(plan, state, policy=policy).to_dict()
+        key = read_key(key_file) if key_file else None
+        report = seal_report(verify_plan(plan, state, policy=policy).to_dict(), key)
     except (PlanError, StateError, ValueError, OSError, RuntimeError) as err:
         raise click.ClickException(str(err)) from err
     text = json.dumps(report, indent=2)
@@ -214,16 +231,26 @@ def plan_cmd(plan_file: str, graph_file: str | None, qmp_socket: str | None,
 @click.argument("verified_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--qmp", "qmp_socket", required=True, type=click.Path(),
               help="QMP socket of the running txgraph serve.")
-def apply_cmd(verified_file: str, qmp_socket: str) -> None:
+@click.option("--key-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The key the plan was sealed with (txgraph plan --key-file).")
+def apply_cmd(verified_file: str, qmp_socket: str, key_file: str | None) -> None:
     """Apply a plan verified by ``txgraph plan --graph-from-qmp ... --out VERIFIED_FILE``.
 
-    The server refuses it as stale if its graph changed since the verification.
+    A plan edited after verification is refused (its seal no longer matches);
+    the server refuses it as stale if its graph changed since the verification.
     """
     from txgraph.plan.client import QMPClient, QMPClientError
     from txgraph.plan.format import check_verified
+    from txgraph.plan.seal import read_key
 
-    report = json.loads(Path(verified_file).read_text())
-    problem = check_verified(report)
+    try:
+        report = json.loads(Path(verified_file).read_text())
+        key = read_key(key_file) if key_file else None
+    except json.JSONDecodeError as err:
+        raise click.ClickException(f"{verified_file}: not valid JSON: {err}") from None
+    except (OSError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
+    problem = check_verified(report, key)
     if problem:
         raise click.ClickException(problem)
     source = report["source"]

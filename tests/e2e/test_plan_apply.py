@@ -117,3 +117,52 @@ def test_apply_plan_argument_errors(served: TxgraphDaemon) -> None:
         "steps": [{"execute": "x-txgraph-apply-plan", "arguments": {}}]})
     assert "cannot be a step of a plan" in nested["error"]["desc"]
     assert _graph_state(served) == live
+
+
+def _tamper_into_harmful_reopen(report: dict[str, Any]) -> dict[str, Any]:
+    """The issue's attack: the steps become a reopen cutting disk's backing; digest untouched."""
+    harmful = [{"execute": "blockdev-reopen",
+                "arguments": {"options": [{"driver": "qcow2", "node-name": "disk",
+                                           "file": "disk-file", "backing": None}]}}]
+    return {**report, "plan": harmful}
+
+
+def test_tampered_verified_plan_is_refused(served: TxgraphDaemon, images: Path,
+                                           tmp_path: Path) -> None:
+    sock = served.socket_path
+    verified = tmp_path / "verified.json"
+    res = _cli("plan", str(EXAMPLES / "seed-section3.json"), "--graph-from-qmp", sock,
+               "--dir", str(images), "--out", str(verified))
+    assert res.returncode == 0, res.stdout + res.stderr
+    before = _graph_state(served)
+    report = json.loads(verified.read_text())
+    for edited in (_tamper_into_harmful_reopen(report), {**report, "policy": "qemu"},
+                   {**report, "source": {**report["source"], "generation": 999}}):
+        verified.write_text(json.dumps(edited))
+        res = _cli("apply", str(verified), "--qmp", sock)
+        assert res.returncode == 1
+        assert res.stderr.strip() == ("Error: the verified plan was changed after it was verified "
+                                      "(its seal does not match its contents); refusing to apply "
+                                      "it: verify the plan again")
+        assert _graph_state(served) == before  # nothing was sent
+
+
+def test_keyed_seal_needs_the_key(served: TxgraphDaemon, images: Path, tmp_path: Path) -> None:
+    sock = served.socket_path
+    key, other = tmp_path / "key", tmp_path / "other-key"
+    key.write_text("s3cret\n")
+    other.write_text("guess\n")
+    verified = tmp_path / "verified.json"
+    res = _cli("plan", str(EXAMPLES / "seed-section3.json"), "--graph-from-qmp", sock,
+               "--dir", str(images), "--out", str(verified), "--key-file", str(key))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads(verified.read_text())["seal"]["algorithm"] == "hmac-sha256"
+    before = _graph_state(served)
+    res = _cli("apply", str(verified), "--qmp", sock)
+    assert res.returncode == 1 and "sealed with a key" in res.stderr
+    res = _cli("apply", str(verified), "--qmp", sock, "--key-file", str(other))
+    assert res.returncode == 1 and "seal does not match" in res.stderr
+    assert _graph_state(served) == before
+    res = _cli("apply", str(verified), "--qmp", sock, "--key-file", str(key))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "applied 4 step(s)" in res.stdout

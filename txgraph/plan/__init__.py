@@ -30,11 +30,13 @@ Starting state (``--graph STATE``)
 
 Verified file (``txgraph plan --out FILE``, also the ``--json`` output)
 ---------------------------------------------------------------------
-``{"format": "txgraph-plan-report/1", "ok": bool, "policy": ..., "source":
-{"kind", "generation"?, "digest"?}, "plan": [steps], "steps": [per-step
+``{"format": "txgraph-plan-report/1", "txgraph": VERSION, "ok": bool, "policy": ...,
+"source": {"kind", "generation"?, "digest"?}, "plan": [steps], "steps": [per-step
 result: index, label, step, extension, accepted, ok, reply, error, explanation,
-diff, verdict, warnings, not-simulated]}``. ``txgraph apply VERIFIED --qmp
-SOCKET`` sends ``x-txgraph-apply-plan`` with ``expect-generation`` and
+diff, verdict, warnings, not-simulated], "seal": {"algorithm", "digest"}}``. The
+seal (:mod:`txgraph.plan.seal`) is a digest over every other member, keyed with
+``--key-file``: ``txgraph apply`` refuses a file edited after verification or
+verified by another txgraph version. ``txgraph apply VERIFIED --qmp SOCKET`` sends ``x-txgraph-apply-plan`` with ``expect-generation`` and
 ``expect-digest`` from ``source``: the server refuses it when the live graph
 changed since the plan was verified.
 """

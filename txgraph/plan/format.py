@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from txgraph import __version__
+from txgraph.plan.seal import seal_problem
+
 __all__ = ["PlanError", "Step", "Plan", "load_plan", "parse_plan", "substitute_dir",
            "parse_steps", "check_verified", "load_json"]
 
@@ -140,10 +143,20 @@ def load_plan(path: str | Path, directory: str | None = None) -> Plan:
     return parse_plan(load_json(path, directory))
 
 
-def check_verified(report: Any) -> str | None:
-    """Why a verified-plan file cannot be applied (None if it can)."""
+def check_verified(report: Any, key: bytes | None = None) -> str | None:
+    """Why a verified-plan file cannot be applied (None if it can).
+
+    The seal comes first: a report whose steps, source, policy or predictions
+    were edited after verification is refused whatever else it says.
+    """
     if not isinstance(report, dict) or report.get("format") != "txgraph-plan-report/1":
         return "not a verified plan (run txgraph plan ... --out FILE first)"
+    problem = seal_problem(report, key)
+    if problem:
+        return problem
+    if report.get("txgraph") != __version__:
+        return (f"the plan was verified by txgraph {report.get('txgraph')}, this is txgraph "
+                f"{__version__}: verify the plan again")
     if not report.get("ok"):
         return "the plan did not verify cleanly; refusing to apply it"
     source = report.get("source", {})

@@ -16,6 +16,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from txgraph import __version__
 from txgraph.ops.session import Session
 from txgraph.plan.diff import diff, snapshot
 from txgraph.plan.dryrun import DryRunRuntime
@@ -79,7 +80,7 @@ class PlanReport:
         return len(self.steps) == len(self.plan) and all(s.ok for s in self.steps)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": REPORT_FORMAT, "ok": self.ok, "policy": self.policy,
+        return {"format": REPORT_FORMAT, "txgraph": __version__, "ok": self.ok, "policy": self.policy,
                 "source": self.source, "plan": [s.to_json() for s in self.plan],
                 "steps": [s.to_dict() for s in self.steps]}
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.unit.plan.plankit import EXAMPLES, make_images
+from txgraph.plan.seal import seal_problem
 
 STEP_KEYS = {"index", "label", "step", "extension", "accepted", "ok", "reply", "error",
              "explanation", "diff", "verdict", "warnings", "not-simulated"}
@@ -33,8 +34,9 @@ def test_json_schema_of_the_example(images: Path) -> None:
                 str(EXAMPLES / "seed-section3-state.json"), "--dir", str(images), "--json")
     assert res.returncode == 0, res.stderr + res.stdout
     report: dict[str, Any] = json.loads(res.stdout)
-    assert set(report) == {"format", "ok", "policy", "source", "plan", "steps"}
+    assert set(report) == {"format", "txgraph", "ok", "policy", "source", "plan", "steps", "seal"}
     assert report["format"] == "txgraph-plan-report/1" and report["ok"] is True
+    assert report["seal"]["algorithm"] == "sha256" and seal_problem(report) is None
     assert report["policy"] == "safe" and report["source"]["kind"] == "commands"
     assert len(report["plan"]) == len(report["steps"]) == 4
     for i, step in enumerate(report["steps"]):

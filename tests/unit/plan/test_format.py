@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from tests.unit.plan.plankit import EXAMPLES
+from txgraph import __version__
 from txgraph.plan.format import PlanError, check_verified, load_plan, parse_plan, substitute_dir
+from txgraph.plan.seal import seal_problem, seal_report
 
 
 def test_list_and_object_shapes_are_equivalent() -> None:
@@ -56,9 +58,36 @@ def test_example_plan_parses_with_dir(tmp_path: Path) -> None:
 
 
 def test_verified_file_needs_ok_and_a_txgraph_generation() -> None:
-    good = {"format": "txgraph-plan-report/1", "ok": True, "plan": [],
+    good = {"format": "txgraph-plan-report/1", "txgraph": __version__, "ok": True, "plan": [],
             "source": {"kind": "import", "generation": 3, "digest": "ab"}}
-    assert check_verified(good) is None
-    assert "did not verify" in str(check_verified({**good, "ok": False}))
-    assert "live txgraph server" in str(check_verified({**good, "source": {"kind": "commands"}}))
+    assert check_verified(seal_report(good)) is None
+    assert "did not verify" in str(check_verified(seal_report({**good, "ok": False})))
+    assert "live txgraph server" in str(check_verified(
+        seal_report({**good, "source": {"kind": "commands"}})))
     assert "not a verified plan" in str(check_verified([]))
+    assert "carries no seal" in str(check_verified(good))
+    assert "verified by txgraph 0.0.1" in str(check_verified(seal_report({**good, "txgraph": "0.0.1"})))
+
+
+def test_seal_binds_every_member() -> None:
+    report = {"format": "txgraph-plan-report/1", "txgraph": __version__, "ok": True,
+              "policy": "safe", "plan": [{"execute": "query-version"}],
+              "source": {"kind": "import", "generation": 3, "digest": "ab"},
+              "steps": [{"index": 0, "ok": True}]}
+    sealed = seal_report(report)
+    assert seal_problem(sealed) is None
+    for member, value in (("plan", []), ("policy", "qemu"), ("ok", False), ("txgraph", "9"),
+                          ("source", {"kind": "import", "generation": 4, "digest": "ab"}),
+                          ("steps", [{"index": 0, "ok": False}])):
+        assert "changed after it was verified" in str(seal_problem({**sealed, member: value})), member
+    # member order and whitespace are not contents
+    reordered = json.loads(json.dumps(dict(reversed(list(sealed.items())))))
+    assert seal_problem(reordered) is None
+    keyed = seal_report(report, b"k")
+    assert seal_problem(keyed, b"k") is None
+    assert "sealed with a key" in str(seal_problem(keyed))
+    assert "changed after it was verified" in str(seal_problem(keyed, b"other"))
+    # a keyless re-seal of an edited plan does not pass for a keyed one
+    forged = seal_report({**report, "plan": []})
+    forged["seal"]["algorithm"] = "hmac-sha256"
+    assert seal_problem(forged, b"k") is not None
