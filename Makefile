@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 HYPOTHESIS_PROFILE ?= ci
 
-.PHONY: demo test qemu venv unit differential interop property proofs bench lint clean
+.PHONY: demo test qemu render-tools docs-pictures venv unit differential interop property proofs bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,10 +27,24 @@ qemu:
 	fi
 	@qemu-storage-daemon --version | head -1
 
-demo: venv qemu
+# Debian's graphviz lays out the pictures (txgraph show, plan --html); chromium is the
+# real browser the HTML reports are tested in.
+render-tools:
+	@if ! command -v dot >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then \
+		echo "installing Debian's graphviz and chromium"; \
+		SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq graphviz chromium >/dev/null; \
+	fi
+
+# The pictures under docs/ (README): the seed's example graph and the section-3 plan report.
+docs-pictures: venv qemu render-tools
+	$(PY) tools/docs_pictures.py docs
+
+demo: venv qemu render-tools
 	$(VENV)/bin/txgraph demo
 
-test: venv qemu
+test: venv qemu render-tools
 	HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(PY) -m pytest -q -p no:cacheprovider tests proofs
 
 unit: venv

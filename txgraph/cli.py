@@ -193,16 +193,20 @@ def bench_txn(sizes: tuple[int, ...], repeats: int) -> None:
               help="Write the verified plan (the sealed JSON report) here, for txgraph apply.")
 @click.option("--key-file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Seal the verified plan with HMAC-SHA256 under this key (default: SHA-256).")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), default=None,
+              help="Also write an HTML report with a before/after picture of every step.")
 def plan_cmd(plan_file: str, graph_file: str | None, qmp_socket: str | None,
              directory: str | None, policy: str, as_json: bool, out_file: str | None,
-             key_file: str | None) -> None:
+             key_file: str | None, html_file: str | None) -> None:
     """Dry-run PLAN_FILE on a scratch copy of the graph and report every step.
 
     Exit status 0 if every step would be accepted and the checker agrees, 1 otherwise.
     """
     from txgraph.plan import PlanError, StateError, load_plan, render_text, verify_plan
     from txgraph.plan.format import load_json
+    from txgraph.errors import TxgraphError
     from txgraph.plan.seal import read_key, seal_report
+    from txgraph.render import StepRecorder, plan_page
 
     if graph_file and qmp_socket:
         raise click.UsageError("--graph and --graph-from-qmp are exclusive")
@@ -217,14 +221,74 @@ def plan_cmd(plan_file: str, graph_file: str | None, qmp_socket: str | None,
             with QMPClient(qmp_socket) as client:
                 state = capture_graph(client)
         key = read_key(key_file) if key_file else None
-        report = seal_report(verify_plan(plan, state, policy=policy).to_dict(), key)
-    except (PlanError, StateError, ValueError, OSError, RuntimeError) as err:
+        recorder = StepRecorder() if html_file else None
+        report = seal_report(verify_plan(plan, state, policy=policy, observer=recorder).to_dict(),
+                             key)
+        if html_file and recorder is not None:
+            Path(html_file).write_text(plan_page(report, recorder.steps,
+                                                 f"txgraph plan: {Path(plan_file).name}"))
+    except (PlanError, StateError, TxgraphError, ValueError, OSError, RuntimeError) as err:
         raise click.ClickException(str(err)) from err
     text = json.dumps(report, indent=2)
     if out_file:
         Path(out_file).write_text(text + "\n")
     click.echo(text if as_json else render_text(report))
     sys.exit(0 if report["ok"] else 1)
+
+
+@main.command("show")
+@click.argument("state_file", type=click.Path(exists=True, dir_okay=False), required=False)
+@click.option("--graph-from-qmp", "qmp_socket", type=click.Path(), default=None,
+              help="Draw the live graph of a running QEMU/QSD/txgraph QMP socket.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
+              help="Substitute {dir} in STATE_FILE.")
+@click.option("--format", "fmt", type=click.Choice(["dot", "svg", "html"]), default="svg",
+              show_default=True)
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
+              help="Write the picture here (default: standard output).")
+def show_cmd(state_file: str | None, qmp_socket: str | None, directory: str | None, fmt: str,
+             out_file: str | None) -> None:
+    """Draw a block graph: drivers, edges with perm/shared-perm, read-only, implicit nodes,
+    frozen links, exports and jobs.
+
+    STATE_FILE is a QMP script (a JSON list of commands, or a plan file's steps) run
+    on a dry-run engine, or a graph import as for ``txgraph plan --graph``.
+    """
+    from txgraph.errors import TxgraphError
+    from txgraph.plan import PlanError, StateError, scratch_engine
+    from txgraph.plan.format import load_json
+    from txgraph.render import graph_page, picture_of, to_dot
+    from txgraph.render.svg import dot_to_svg
+
+    if (state_file is None) == (qmp_socket is None):
+        raise click.UsageError("give either STATE_FILE or --graph-from-qmp SOCKET")
+    try:
+        if qmp_socket:
+            from txgraph.plan.client import QMPClient, capture_graph
+
+            with QMPClient(qmp_socket) as client:
+                state: Any = capture_graph(client)
+            title = f"block graph of {qmp_socket}"
+        else:
+            assert state_file is not None
+            state = load_json(state_file, directory)
+            if isinstance(state, dict) and "steps" in state:
+                state = state["steps"]
+            title = f"block graph after {Path(state_file).name}"
+        engine, _source = scratch_engine(state)
+        try:
+            picture = picture_of(engine.context.session.graph)
+        finally:
+            engine.context.session.close()
+        dot = to_dot(picture, title=title)
+        output = dot if fmt == "dot" else dot_to_svg(dot) if fmt == "svg" else \
+            graph_page(picture, title)
+    except (PlanError, StateError, TxgraphError, ValueError, OSError, RuntimeError) as err:
+        raise click.ClickException(str(err)) from err
+    if out_file:
+        Path(out_file).write_text(output)
+    else:
+        click.echo(output, nl=False)
 
 
 @main.command("apply")

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from txgraph import __version__
+from txgraph.model.graph import BlockGraph
 from txgraph.ops.session import Session
 from txgraph.plan.diff import diff, snapshot
 from txgraph.plan.dryrun import DryRunRuntime
@@ -25,7 +27,7 @@ from txgraph.plan.importer import GraphImport, import_into, parse_state_import
 from txgraph.qmp.commands import CommandContext
 from txgraph.qmp.engine import Engine
 
-__all__ = ["StateError", "StepResult", "PlanReport", "scratch_engine", "verify_plan",
+__all__ = ["StateError", "StepResult", "PlanReport", "scratch_engine", "verify_plan", "StepObserver",
            "REPORT_FORMAT"]
 
 REPORT_FORMAT = "txgraph-plan-report/1"
@@ -131,8 +133,14 @@ def _host_side_effect(step: Step) -> str | None:
     return None
 
 
+#: ``observer(index, phase, graph)`` sees the scratch graph before (``"before"``) and
+#: after (``"after"``) each simulated step, e.g. to draw it; it must not change it.
+StepObserver = Callable[[int, str, BlockGraph], None]
+
+
 def verify_plan(plan: Plan | list[Step], state: Any = None, *, policy: str = "safe",
-                engine: Engine | None = None, source: dict[str, Any] | None = None) -> PlanReport:
+                engine: Engine | None = None, source: dict[str, Any] | None = None,
+                observer: StepObserver | None = None) -> PlanReport:
     """Dry-run every step of ``plan`` on a scratch engine built from ``state``."""
     steps = plan.steps if isinstance(plan, Plan) else plan
     if engine is None:
@@ -143,7 +151,11 @@ def verify_plan(plan: Plan | list[Step], state: Any = None, *, policy: str = "sa
     results: list[StepResult] = []
     try:
         for index, step in enumerate(steps):
+            if observer is not None:
+                observer(index, "before", session.graph)
             results.append(_run_step(engine, session, index, step, policy))
+            if observer is not None:
+                observer(index, "after", session.graph)
     finally:
         session.close()
     return PlanReport(policy, source or {"kind": "engine"}, results, list(steps))
