@@ -14,7 +14,10 @@ the QMP layer can answer with QEMU's exact words while the structured fields
      │    ├── OpenError        opening a node or an image failed
      │    ├── PermissionConflict   P3: two parents disagree on what they share
      │    └── InvariantViolation   a checker rule failed (carries the Verdict)
-     └── IOFailure             a data-plane request failed (EIO, EPERM, ...)
+     ├── IOFailure             a data-plane request failed (EIO, EPERM, ...)
+     └── (outside QMP)         PlanError, StateError (plan and state files), QMPClientError
+                               (a peer's socket), RenderError (Graphviz): the CLI prints them
+                               as one line
 """
 
 from __future__ import annotations

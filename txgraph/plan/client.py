@@ -11,12 +11,13 @@ import json
 import socket
 from typing import Any
 
+from txgraph.errors import TxgraphError
 from txgraph.plan.importer import GraphImport
 
 __all__ = ["QMPClient", "QMPClientError", "capture_graph"]
 
 
-class QMPClientError(RuntimeError):
+class QMPClientError(TxgraphError, RuntimeError):
     """The peer refused a command the capture needs, or the connection failed."""
 
 

@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from txgraph import __version__
+from txgraph.errors import TxgraphError
 from txgraph.plan.seal import seal_problem
 
 __all__ = ["PlanError", "Step", "Plan", "load_plan", "parse_plan", "substitute_dir",
            "parse_steps", "check_verified", "load_json"]
 
 
-class PlanError(ValueError):
+class PlanError(TxgraphError, ValueError):
     """A plan or state file that does not have the documented shape."""
 
 

@@ -13,11 +13,12 @@ kept applied in the scratch graph, because QEMU would have applied it.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from txgraph import __version__
+from txgraph.errors import TxgraphError
 from txgraph.model.graph import BlockGraph
 from txgraph.ops.session import Session
 from txgraph.plan.diff import diff, snapshot
@@ -33,7 +34,7 @@ __all__ = ["StateError", "StepResult", "PlanReport", "scratch_engine", "verify_p
 REPORT_FORMAT = "txgraph-plan-report/1"
 
 
-class StateError(ValueError):
+class StateError(TxgraphError, ValueError):
     """The starting state could not be built."""
 
 
