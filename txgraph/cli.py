@@ -291,6 +291,60 @@ def show_cmd(state_file: str | None, qmp_socket: str | None, directory: str | No
         click.echo(output, nl=False)
 
 
+@main.command("fuzz")
+@click.option("--against", type=click.Choice(["qsd", "model"]), default="model", show_default=True,
+              help="qsd: compare every step with a fresh qemu-storage-daemon 7.2; model: check "
+                   "txgraph's own invariants after every step.")
+@click.option("--time", "seconds", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              help="The campaign's time budget in seconds.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same campaign.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Parallel workers, each with its own peers.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="fuzz-campaign",
+              show_default=True, help="The campaign directory (corpus, reproducers, report).")
+@click.option("--ops", default=None, metavar="LIST",
+              help="Comma-separated operation families: add,del,reopen,snapshot,quorum,objects,"
+                   "exports (and x: txgraph's extensions, model only).")
+def fuzz_cmd(against: str, seconds: float, seed: int, jobs: int, out_dir: str,
+             ops: str | None) -> None:
+    """Fuzz block-graph reconfiguration; exit 1 when something diverged or crashed."""
+    from txgraph.fuzz import CampaignConfig, campaign_dir, families_for, run_campaign
+    from txgraph.fuzz.progress import Progress
+
+    try:
+        families = families_for(against, [o.strip() for o in ops.split(",")] if ops else None)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
+    config = CampaignConfig(against, seconds, seed, campaign_dir(out_dir).resolve(), families)
+    with Progress(seconds) as progress:
+        report = run_campaign(config, jobs, progress.update)
+    click.echo(f"{report['steps']} steps, {report['sequences']} sequences, "
+               f"{report['behaviours']} behaviours, {report['steps_per_second']} steps/s; "
+               f"{len(report['divergences'])} divergence(s); report: {config.out / 'report.html'}")
+    for sig, d in report["divergences"].items():
+        click.echo(f"  {sig} {d['kind']} at {d['command']} (x{d['count']}, "
+                   f"{d.get('steps', '?')} steps): {d.get('repro', 'not shrunk')}")
+    sys.exit(1 if report["divergences"] or report.get("worker_failures") else 0)
+
+
+@main.command("replay")
+@click.argument("repro_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--against", type=click.Choice(["qsd", "txgraph", "both"]), default="both",
+              show_default=True)
+def replay_cmd(repro_file: str, against: str) -> None:
+    """Run a fuzz reproducer step by step; exit 1 if the peers differ (or a peer crashed)."""
+    from txgraph.fuzz.repro import load_reproducer
+    from txgraph.fuzz.replay import render_replay, replay
+    from txgraph.plan.format import PlanError
+
+    try:
+        result = replay(load_reproducer(repro_file), against)
+    except PlanError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(render_replay(result))
+    sys.exit(1 if result.divergence is not None else 0)
+
+
 @main.command("apply")
 @click.argument("verified_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--qmp", "qmp_socket", required=True, type=click.Path(),

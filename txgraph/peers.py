@@ -37,6 +37,8 @@ class QMPProcess:
     """
 
     label = "QMP server"
+    #: seconds a reply may take before the peer counts as hung (``TimeoutError``)
+    reply_timeout = 120.0
 
     def __init__(self, args: list[str], socket_path: str, tmpdir: str, workdir: str | None) -> None:
         self._tmp = tmpdir
@@ -63,6 +65,7 @@ class QMPProcess:
                     self.proc.kill()
                     raise
                 time.sleep(0.01)
+        self.sock.settimeout(self.reply_timeout)
         self._file = self.sock.makefile("rwb")
         self.greeting = self._read()
         reply = self.execute("qmp_capabilities")

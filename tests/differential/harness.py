@@ -40,21 +40,25 @@ Command line::
 
 from __future__ import annotations
 
-import copy
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
-import traceback
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
+
+from txgraph.oracle.canon import (  # noqa: F401  (re-exported for the scenario modules)
+    IMAGE_FIELDS, NODE_FIELDS, canon_graph, canon_nodes, canon_reply, canon_text,
+)
+from txgraph.oracle.canon import substitute as _substitute
+from txgraph.oracle.compare import StepRecord, compare_records, lockstep  # noqa: F401
+from txgraph.oracle.compare import snapshot as _snapshot
+from txgraph.oracle.peers import EnginePeer, Peer, PeerFactory, QSDPeer  # noqa: F401
 
 __all__ = [
     "Raw", "Step", "Shell", "WriteFile", "MkDir", "Chmod", "Call", "SetupAction", "Scenario",
@@ -175,265 +179,9 @@ def _run_setup(actions: Iterable[SetupAction], workdir: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# Peers
-# --------------------------------------------------------------------------------------
-
-
-class Peer(Protocol):
-    """One side of the comparison."""
-
-    label: str
-
-    def execute(self, message: dict[str, Any]) -> dict[str, Any]:
-        """Run one QMP message; return the full reply dict (never raise)."""
-
-    def send_raw(self, text: str) -> dict[str, Any] | None:
-        """Send raw wire text; ``None`` when this peer cannot (the step is then not compared)."""
-
-    def close(self) -> None:
-        """Release the peer (kill the process, drop the engine)."""
-
-
-def _start_qsd(workdir: str | None, attempts: int = 5) -> Any:
-    """Start a QSD, retrying the start-up race of tests.support.qsd.
-
-    ``QSD()`` connects as soon as the socket file exists, which can be a moment before the
-    daemon listens (``ConnectionRefusedError``); the half-started process is reaped here.
-    """
-    import time
-
-    from tests.support.qsd import QSD
-
-    for attempt in range(attempts):
-        q = QSD.__new__(QSD)
-        try:
-            q.__init__(workdir=workdir)  # type: ignore[misc]
-            return q
-        except ConnectionRefusedError:
-            proc = getattr(q, "proc", None)
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            if proc is not None and proc.stdout:
-                proc.stdout.close()
-            shutil.rmtree(getattr(q, "_tmp", ""), ignore_errors=True)
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.05)
-    raise AssertionError("unreachable")
-
-
-class QSDPeer:
-    """A fresh qemu-storage-daemon 7.2 process."""
-
-    label = "qsd"
-
-    def __init__(self, workdir: Path | None = None) -> None:
-        self._qsd = _start_qsd(str(workdir) if workdir else None)
-
-    def execute(self, message: dict[str, Any]) -> dict[str, Any]:
-        return self.send_raw(json.dumps(message)) or {}
-
-    def send_raw(self, text: str) -> dict[str, Any] | None:
-        try:
-            return self._qsd.send_raw(text)
-        except (RuntimeError, OSError) as exc:  # QSD died: a finding in itself, keep comparing
-            return {"error": {"class": "PeerDied", "desc": f"qemu-storage-daemon: {exc}"}}
-
-    def close(self) -> None:
-        try:
-            self._qsd.close()
-        except OSError:  # the daemon died: the socket is already broken, the process reaped
-            pass
-
-
-class EnginePeer:
-    """txgraph's in-process QMP engine. Exceptions become a ``PythonException`` error reply.
-
-    Every command runs with the process working directory set to the scenario directory,
-    as QSD is started there: QEMU resolves some relative names (for example a qcow2 header's
-    relative ``data-file`` name, and relative ``filename`` options) against its cwd.
-    """
-
-    label = "txgraph"
-
-    def __init__(self, workdir: Path | None = None) -> None:
-        self._workdir = str(workdir) if workdir else None
-        self._engine: Any = None
-        self._init_error: str | None = None
-        try:
-            from txgraph.qmp.engine import Engine
-
-            self._engine = Engine()
-        except Exception:  # the engine is under construction; report, do not crash the harness
-            self._init_error = traceback.format_exc(limit=3)
-
-    def execute(self, message: dict[str, Any]) -> dict[str, Any]:
-        if self._engine is None:
-            return {"error": {"class": "PythonException",
-                              "desc": f"Engine() failed: {self._init_error}"}}
-        saved = os.getcwd()
-        try:
-            if self._workdir:
-                os.chdir(self._workdir)
-            return self._engine.execute(copy.deepcopy(message))
-        except Exception as exc:
-            return {"error": {"class": "PythonException",
-                              "desc": f"{type(exc).__name__}: {exc}"}}
-        finally:
-            os.chdir(saved)
-
-    def send_raw(self, text: str) -> dict[str, Any] | None:
-        try:
-            msg = json.loads(text)
-        except ValueError:
-            return None
-        if not isinstance(msg, dict):
-            return None
-        return self.execute(msg)
-
-    def close(self) -> None:
-        close = getattr(self._engine, "close", None)
-        if callable(close):
-            try:
-                close()
-            except Exception:
-                pass
-        self._engine = None
-
-
-PeerFactory = Callable[[Path], Peer]
-
-# --------------------------------------------------------------------------------------
-# Canonicalisation
-# --------------------------------------------------------------------------------------
-
-_AUTO = re.compile(r"#block(\d+)(\d\d)")
-_PLACEHOLDER = re.compile(r"\{(#block\d+)\}")
-
-#: fields of a ``query-named-block-nodes`` entry compared per node (plus every bps*/iops*)
-NODE_FIELDS = ("drv", "ro", "cache", "detect_zeroes", "file", "backing_file",
-               "backing_file_depth", "encrypted", "write_threshold", "node-name")
-#: fields of the ``image`` member compared per node (``actual-size`` handled separately)
-IMAGE_FIELDS = ("virtual-size", "format", "filename", "cluster-size", "backing-filename",
-                "backing-filename-format", "full-backing-filename", "format-specific",
-                "dirty-flag", "encrypted")
-
-
-def canon_text(s: str, workdir: str | None) -> str:
-    """Replace the scenario directory by ``{dir}`` and strip auto-name random digits."""
-    if workdir:
-        s = s.replace(workdir, "{dir}")
-        real = os.path.realpath(workdir)
-        if real != workdir:
-            s = s.replace(real, "{dir}")
-    return _AUTO.sub(r"#block\1", s)
-
-
-def _canon_value(v: Any, workdir: str | None) -> Any:
-    if isinstance(v, str):
-        return canon_text(v, workdir)
-    if isinstance(v, list):
-        return [_canon_value(x, workdir) for x in v]
-    if isinstance(v, dict):
-        return {canon_text(k, workdir): _canon_value(x, workdir) for k, x in v.items()}
-    return v
-
-
-def _project_image(img: dict[str, Any], with_actual: bool, workdir: str | None) -> dict[str, Any]:
-    out = {k: _canon_value(img[k], workdir) for k in IMAGE_FIELDS if k in img}
-    if with_actual and "actual-size" in img:
-        out["actual-size"] = img["actual-size"]
-    if "backing-image" in img:
-        out["backing-image"] = _project_image(img["backing-image"], with_actual, workdir)
-    return out
-
-
-def _project_node(node: dict[str, Any], writes: bool, workdir: str | None) -> dict[str, Any]:
-    out = {k: _canon_value(node[k], workdir) for k in NODE_FIELDS if k in node}
-    for k in node:
-        if k.startswith(("bps", "iops")) or k == "group":
-            out[k] = node[k]
-    if "image" in node:
-        with_actual = (not writes) or bool(node.get("ro"))
-        out["image"] = _project_image(node["image"], with_actual, workdir)
-    return out
-
-
-def canon_nodes(nodes: list[dict[str, Any]], workdir: str | None,
-                writes: bool = False) -> dict[str, Any]:
-    """``query-named-block-nodes`` return value -> {canonical name: projection}."""
-    out: dict[str, Any] = {}
-    for n in nodes:
-        name = canon_text(str(n.get("node-name", "")), workdir)
-        key = name
-        i = 1
-        while key in out:  # should never happen; keep both so a difference shows
-            i += 1
-            key = f"{name}#dup{i}"
-        out[key] = _project_node(n, writes, workdir)
-    return out
-
-
-def canon_graph(graph: dict[str, Any], workdir: str | None) -> dict[str, list[Any]]:
-    """``x-debug-query-block-graph`` return value -> sorted lists of nodes and edges (no ids)."""
-    raw_nodes = graph.get("nodes", [])
-    raw_edges = graph.get("edges", [])
-    by_id: dict[Any, dict[str, Any]] = {n["id"]: n for n in raw_nodes}
-    names: dict[Any, str] = {}
-    for n in raw_nodes:
-        if n.get("name"):
-            names[n["id"]] = canon_text(n["name"], workdir)
-    # anonymous backends/jobs: describe them by what they point to
-    anon_count: Counter[str] = Counter()
-    for n in sorted(raw_nodes, key=lambda n: str(n.get("id"))):
-        if n["id"] in names:
-            continue
-        outs = sorted(f"{e['name']}->{canon_text(by_id.get(e['child'], {}).get('name') or '?', workdir)}"
-                      for e in raw_edges if e["parent"] == n["id"])
-        base = f"<{n.get('type')}:{','.join(outs)}>"
-        anon_count[base] += 1
-        names[n["id"]] = base if anon_count[base] == 1 else f"{base}#{anon_count[base]}"
-    nodes = sorted([names[n["id"]], n.get("type")] for n in raw_nodes)
-    edges = sorted([names.get(e["parent"], "?"), names.get(e["child"], "?"), e.get("name"),
-                    sorted(e.get("perm", [])), sorted(e.get("shared-perm", []))]
-                   for e in raw_edges)
-    return {"nodes": nodes, "edges": edges}
-
-
-def canon_reply(message: dict[str, Any] | Raw, reply: dict[str, Any] | None,
-                workdir: str | None, writes: bool = False) -> Any:
-    """A reply reduced to what must match: ``{"return": ...}`` or ``{"error": {class, desc}}``."""
-    if reply is None:
-        return None
-    if "error" in reply:
-        err = reply["error"]
-        return {"error": {"class": err.get("class"), "desc": canon_text(str(err.get("desc")), workdir)}}
-    if "return" not in reply:
-        return {"unexpected": _canon_value(reply, workdir)}
-    ret = reply["return"]
-    name = message.get("execute") if isinstance(message, dict) else None
-    if name == "query-named-block-nodes" and isinstance(ret, list):
-        return {"return": canon_nodes(ret, workdir, writes)}
-    if name == "x-debug-query-block-graph" and isinstance(ret, dict):
-        return {"return": canon_graph(ret, workdir)}
-    return {"return": _canon_value(ret, workdir)}
-
-
-# --------------------------------------------------------------------------------------
 # Running
 # --------------------------------------------------------------------------------------
 
-
-@dataclass
-class StepRecord:
-    """What one step produced on one peer (all canonical)."""
-
-    index: int
-    command: str
-    reply: Any
-    nodes: Any
-    graph: Any
 
 
 @dataclass
@@ -446,40 +194,12 @@ class Trace:
     setup_error: str | None = None
 
 
-def _substitute(v: Any, workdir: str, auto: dict[str, str]) -> Any:
-    if isinstance(v, str):
-        v = v.replace("{dir}", workdir)
-        return _PLACEHOLDER.sub(lambda m: auto.get(m.group(1), m.group(1) + "?unresolved"), v)
-    if isinstance(v, list):
-        return [_substitute(x, workdir, auto) for x in v]
-    if isinstance(v, dict):
-        return {k: _substitute(x, workdir, auto) for k, x in v.items()}
-    return v
-
 
 def _describe(step: Step) -> str:
     if isinstance(step, Raw):
         return f"RAW {step.text!r}"
     return json.dumps(step, sort_keys=False)
 
-
-def _snapshot(peer: Peer, workdir: str, writes: bool) -> tuple[Any, Any, dict[str, str]]:
-    """Query both state commands; also return canonical->real auto-name mapping."""
-    q = cmd("query-named-block-nodes", {"flat": True})
-    nodes_reply = peer.execute(q)
-    graph_msg = cmd("x-debug-query-block-graph")
-    graph_reply = peer.execute(graph_msg)
-    auto: dict[str, str] = {}
-    if isinstance(nodes_reply.get("return"), list):
-        for n in nodes_reply["return"]:
-            real = str(n.get("node-name", ""))
-            if real.startswith("#"):
-                auto[canon_text(real, None)] = real
-    nodes = canon_reply(q, nodes_reply, workdir, writes)
-    graph = canon_reply(graph_msg, graph_reply, workdir, writes)
-    nodes = nodes.get("return", nodes) if isinstance(nodes, dict) else nodes
-    graph = graph.get("return", graph) if isinstance(graph, dict) else graph
-    return nodes, graph, auto
 
 
 def run_steps(peer: Peer, steps: Sequence[Step], workdir: Path, *, writes: bool = False,
@@ -533,34 +253,6 @@ def run_scenario(scenario: Scenario, peer_factory: PeerFactory,
 # --------------------------------------------------------------------------------------
 
 
-def _diff_values(a: Any, b: Any, path: str, out: list[str], limit: int = 12) -> None:
-    if len(out) >= limit:
-        return
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b), key=str):
-            p = f"{path}.{k}" if path else str(k)
-            if k not in a:
-                out.append(f"{p}: only in right: {json.dumps(b[k])[:300]}")
-            elif k not in b:
-                out.append(f"{p}: only in left: {json.dumps(a[k])[:300]}")
-            else:
-                _diff_values(a[k], b[k], p, out, limit)
-    elif a != b:
-        out.append(f"{path}: {json.dumps(a)[:400]}  !=  {json.dumps(b)[:400]}")
-
-
-def _diff_graph(a: Any, b: Any, out: list[str]) -> None:
-    if not (isinstance(a, dict) and isinstance(b, dict) and "nodes" in a and "nodes" in b):
-        _diff_values(a, b, "graph", out)
-        return
-    for part in ("nodes", "edges"):
-        ca = Counter(json.dumps(x) for x in a[part])
-        cb = Counter(json.dumps(x) for x in b[part])
-        for x in sorted((ca - cb).elements()):
-            out.append(f"graph.{part}: only in left:  {x}")
-        for x in sorted((cb - ca).elements()):
-            out.append(f"graph.{part}: only in right: {x}")
-
 
 @dataclass
 class StepDiff:
@@ -602,52 +294,6 @@ class Comparison:
             lines.append(f"  ... and steps {[d.index for d in self.diffs[4:]]}")
         return "\n".join(lines)
 
-
-def _is_error(v: Any) -> bool:
-    return isinstance(v, dict) and set(v) == {"error"}
-
-
-def _diff_nodes(a: Any, b: Any, out: list[str]) -> None:
-    if _is_error(a) or _is_error(b):
-        out.append(f"nodes: {_short(a)}  !=  {_short(b)}")
-        return
-    only_a = sorted(set(a) - set(b))
-    only_b = sorted(set(b) - set(a))
-    if only_a:
-        out.append(f"nodes only in left:  {only_a}")
-    if only_b:
-        out.append(f"nodes only in right: {only_b}")
-    for k in sorted(set(a) & set(b)):
-        _diff_values(a[k], b[k], f"nodes[{k}]", out)
-
-
-def _short(v: Any) -> str:
-    if _is_error(v):
-        return f"error {v['error'].get('class')}: {v['error'].get('desc')}"
-    if isinstance(v, dict) and "nodes" in v and "edges" in v:
-        return f"graph of {len(v['nodes'])} nodes/{len(v['edges'])} edges"
-    if isinstance(v, dict):
-        return f"{len(v)} nodes {sorted(v)[:8]}"
-    return json.dumps(v)[:200]
-
-
-def compare_records(a: StepRecord, b: StepRecord) -> list[str]:
-    """Differences between the same step on two peers (empty list when equal)."""
-    out: list[str] = []
-    if a.reply is not None and b.reply is not None and a.reply != b.reply:
-        if _is_error(a.reply) != _is_error(b.reply):
-            out.append(f"reply: {_short(a.reply) if _is_error(a.reply) else json.dumps(a.reply)[:300]}"
-                       f"  !=  {_short(b.reply) if _is_error(b.reply) else json.dumps(b.reply)[:300]}")
-        else:
-            _diff_values(a.reply, b.reply, "reply", out)
-    if a.nodes != b.nodes:
-        _diff_nodes(a.nodes, b.nodes, out)
-    if a.graph != b.graph:
-        if _is_error(a.graph) or _is_error(b.graph):
-            out.append(f"graph: {_short(a.graph)}  !=  {_short(b.graph)}")
-        else:
-            _diff_graph(a.graph, b.graph, out)
-    return out
 
 
 def compare_traces(left: Trace, right: Trace) -> Comparison:
@@ -754,20 +400,3 @@ if __name__ == "__main__":
     sys.exit(_harness.main())
 
 
-def lockstep(peers: Sequence[Peer], dirs: Sequence[str], autos: list[dict[str, str]],
-             history: list[str], message: dict[str, Any]) -> tuple[list[StepRecord], list[str]]:
-    """Run one command on every peer (each in its own directory), record and compare.
-
-    The state machines' single step: ``history`` and each peer's auto-name map
-    in ``autos`` are updated; returns the records and the diff of the first
-    two peers (empty when they agree).
-    """
-    history.append(json.dumps(message))
-    records = []
-    for i, (peer, d) in enumerate(zip(peers, dirs)):
-        sent = _substitute(message, str(d), autos[i])
-        reply = peer.execute(sent)
-        nodes, graph, autos[i] = _snapshot(peer, str(d), False)
-        records.append(StepRecord(len(history) - 1, history[-1],
-                                  canon_reply(sent, reply, str(d)), nodes, graph))
-    return records, compare_records(records[0], records[1])

@@ -1,0 +1,70 @@
+"""txgraph.fuzz: a differential fuzzer for block-graph reconfiguration.
+
+``txgraph fuzz --against qsd|model`` runs a campaign (:func:`run_campaign`):
+workers generate command sequences that build real graphs
+(:mod:`~txgraph.fuzz.generate`), run each on fresh peers
+(:mod:`~txgraph.fuzz.run`), keep a corpus of sequences that reached new
+behaviour, shrink every new divergence (:mod:`~txgraph.fuzz.shrink`) and write
+reproducers (:mod:`~txgraph.fuzz.repro`) and a report
+(:mod:`~txgraph.fuzz.report`). ``txgraph replay`` runs a reproducer again.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from txgraph.fuzz.campaign import CampaignConfig, Worker, families_for
+from txgraph.fuzz.report import collect, write_report
+
+__all__ = ["CampaignConfig", "run_campaign", "families_for"]
+
+
+def _work(config: CampaignConfig, index: int) -> None:
+    Worker(config, index).run()
+
+
+def run_campaign(config: CampaignConfig, jobs: int = 1,
+                 progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run ``jobs`` workers (processes, each with its own peers) and write the report.
+
+    ``progress`` is called about twice a second with the report so far.
+    """
+    config.out.mkdir(parents=True, exist_ok=True)
+    for stale in config.out.glob("worker-*.json"):
+        stale.unlink()
+    meta = {"against": config.against, "seed": config.seed, "seconds": config.seconds,
+            "jobs": jobs, "families": config.families}
+    ctx = multiprocessing.get_context("spawn")  # no threads or sockets inherited by a fork
+    procs = [ctx.Process(target=_work, args=(config, i), name=f"txgraph-fuzz-{i}", daemon=True)
+             for i in range(jobs)]
+    for p in procs:
+        p.start()
+    # every worker stops by itself at its deadline; shrinking a last find may take a while
+    hard_deadline = time.monotonic() + config.seconds + 600
+    try:
+        while any(p.is_alive() for p in procs) and time.monotonic() < hard_deadline:
+            if progress is not None:
+                progress(collect(config.out, meta))
+            for p in procs:
+                p.join(0.5 / len(procs))
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join(5)
+    report = write_report(config.out, meta)
+    crashed = [p.name for p in procs if p.exitcode not in (0, None)]
+    if crashed:
+        report["worker_failures"] = crashed
+    return report
+
+
+def campaign_dir(path: str | None) -> Path:
+    """The campaign directory (created when missing)."""
+    out = Path(path) if path else Path("fuzz-campaign")
+    out.mkdir(parents=True, exist_ok=True)
+    return out

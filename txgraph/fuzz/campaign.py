@@ -1,0 +1,195 @@
+"""A fuzzing campaign: generate, run, keep what reached new behaviour, shrink what diverged.
+
+One :class:`Worker` runs sequences until its time budget ends. A sequence is
+either fresh (drawn by :class:`~txgraph.fuzz.generate.Generator`) or a
+*mutation* of a corpus entry: a prefix of it kept and a new continuation drawn,
+or one of its steps dropped. A sequence whose run shows a behaviour nobody has
+seen before (:func:`~txgraph.fuzz.run.behaviour`) joins the corpus. A
+divergence whose signature is new is shrunk (:func:`~txgraph.fuzz.shrink.shrink`)
+and written as reproducers; one already known is only counted.
+
+The campaign directory is the only thing workers share: ``corpus/`` (one JSON
+file per entry, written once and never changed, so readers need no lock),
+``repro-*`` files (named by signature; a worker that finds a reproducer
+already written skips the shrinking), and one ``worker-N.json`` statistics file
+per worker, rewritten only by its worker. That is also the interface a
+distributed campaign keeps (docs/fuzzing.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from txgraph.fuzz.generate import FAMILIES, QSD_FAMILIES, Generator, Resources
+from txgraph.fuzz.repro import write_reproducers
+from txgraph.fuzz.run import Divergence, RunResult, run_sequence
+from txgraph.fuzz.shrink import shrink
+
+__all__ = ["CampaignConfig", "Worker", "WorkerStats", "families_for"]
+
+_MAX_LEN = 25
+
+
+def families_for(against: str, ops: list[str] | None) -> list[str]:
+    """The operation families a campaign draws from (``--ops``), checked against the mode."""
+    allowed = list(FAMILIES) if against == "model" else QSD_FAMILIES
+    chosen = ops or allowed
+    unknown = [o for o in chosen if o not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown operation famil{'ies' if len(unknown) > 1 else 'y'} "
+                         f"{', '.join(unknown)} (known: {', '.join(FAMILIES)})")
+    if against == "qsd" and "x" in chosen:
+        raise ValueError("the 'x' family (txgraph extensions) cannot run against qsd")
+    return chosen
+
+
+@dataclass(frozen=True)
+class CampaignConfig:
+    against: str
+    seconds: float
+    seed: int
+    out: Path
+    families: list[str]
+
+
+@dataclass
+class WorkerStats:
+    """What one worker reports (``worker-N.json``); the campaign report adds them up."""
+
+    worker: int
+    steps: int = 0
+    sequences: int = 0
+    behaviours: set[str] = field(default_factory=set)
+    #: (seconds since start, behaviours seen) whenever the count grew
+    timeline: list[tuple[float, int]] = field(default_factory=list)
+    op_mix: dict[str, int] = field(default_factory=dict)
+    #: signature -> {kind, command, count, first_seconds, steps, repro}
+    divergences: dict[str, dict[str, Any]] = field(default_factory=dict)
+    elapsed: float = 0.0
+    done: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"worker": self.worker, "steps": self.steps, "sequences": self.sequences,
+                "behaviours": sorted(self.behaviours), "timeline": self.timeline,
+                "op_mix": self.op_mix, "divergences": self.divergences,
+                "elapsed": self.elapsed, "done": self.done}
+
+
+class Worker:
+    """One campaign worker; owned by one process or thread."""
+
+    def __init__(self, config: CampaignConfig, index: int) -> None:
+        self.config = config
+        self.index = index
+        # the same seed gives the same campaign: each worker's stream derives from it
+        self.rng = random.Random(config.seed * 1000 + index)
+        self.stats = WorkerStats(index)
+        self.corpus_dir = config.out / "corpus"
+        self.corpus_dir.mkdir(parents=True, exist_ok=True)
+        self._corpus: dict[str, list[dict[str, Any]]] = {}
+
+    # -- corpus ---------------------------------------------------------------------------
+    def _load_corpus(self) -> list[list[dict[str, Any]]]:
+        for path in sorted(self.corpus_dir.glob("*.json")):
+            if path.stem not in self._corpus:
+                try:
+                    self._corpus[path.stem] = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    continue  # being written by another worker: next time
+        return list(self._corpus.values())
+
+    def _keep(self, steps: list[dict[str, Any]]) -> None:
+        text = json.dumps(steps, sort_keys=True)
+        key = hashlib.sha1(text.encode()).hexdigest()[:16]
+        tmp = self.corpus_dir / f".{key}.{os.getpid()}.tmp"
+        tmp.write_text(text)
+        tmp.replace(self.corpus_dir / f"{key}.json")  # atomic: readers see all or nothing
+        self._corpus[key] = steps
+
+    # -- one sequence ---------------------------------------------------------------------
+    def _source(self) -> Any:
+        gen_rng = self.rng
+        corpus = self._load_corpus()
+        length = gen_rng.randint(1, _MAX_LEN)
+        prefix: list[dict[str, Any]] = []
+        if corpus and gen_rng.random() < 0.6:
+            base = gen_rng.choice(corpus)
+            if gen_rng.random() < 0.7 or len(base) < 2:
+                prefix = base[:gen_rng.randint(0, len(base))]
+            else:
+                drop = gen_rng.randrange(len(base))
+                prefix = base[:drop] + base[drop + 1:]
+            length = max(length, len(prefix) + 1)
+        families = self.config.families
+
+        def source(i: int, res: Resources) -> dict[str, Any] | None:
+            if i < len(prefix):
+                return prefix[i]
+            if i >= length:
+                return None
+            return Generator(gen_rng, families, res).next()
+
+        return source
+
+    def _record(self, result: RunResult) -> None:
+        st = self.stats
+        st.sequences += 1
+        st.steps += len(result.steps)
+        for step in result.steps:
+            name = str(step.get("execute"))
+            st.op_mix[name] = st.op_mix.get(name, 0) + 1
+        new = set(result.behaviours) - st.behaviours
+        if new:
+            st.behaviours |= new
+            st.timeline.append((round(time.monotonic() - self._start, 2), len(st.behaviours)))
+            self._keep(result.steps)
+
+    def _divergence(self, result: RunResult, d: Divergence) -> None:
+        known = self.stats.divergences.get(d.signature)
+        if known is not None:
+            known["count"] += 1
+            return
+        entry: dict[str, Any] = {"kind": d.kind, "command": d.command, "count": 1,
+                                 "first_seconds": round(time.monotonic() - self._start, 2),
+                                 "found_steps": len(result.steps), "lines": d.lines[:6]}
+        self.stats.divergences[d.signature] = entry
+        repro = self.config.out / f"repro-{d.signature}.json"
+        if repro.exists():  # another worker shrank it already
+            entry["repro"] = repro.name
+            return
+        steps, shrunk = shrink(result.steps, d.signature, self.config.against)
+        final = shrunk.divergence if shrunk.divergence is not None else d
+        entry["steps"] = len(steps)
+        entry["repro"] = write_reproducers(self.config.out, steps, final,
+                                           self.config.against).name
+
+    def _write_stats(self) -> None:
+        self.stats.elapsed = round(time.monotonic() - self._start, 2)
+        path = self.config.out / f"worker-{self.index}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.stats.to_json()))
+        tmp.replace(path)
+
+    def run(self) -> WorkerStats:
+        """Run sequences until the time budget ends; statistics are written as they change."""
+        self._start = time.monotonic()
+        deadline = self._start + self.config.seconds
+        last_write = 0.0
+        while time.monotonic() < deadline:
+            result = run_sequence(self._source(), self.config.against, max_steps=_MAX_LEN * 2)
+            self._record(result)
+            if result.divergence is not None:
+                self._divergence(result, result.divergence)
+            if time.monotonic() - last_write > 0.5:
+                self._write_stats()
+                last_write = time.monotonic()
+        self.stats.done = True
+        self._write_stats()
+        return self.stats

@@ -1,0 +1,336 @@
+"""Generation of QMP command sequences that build real graphs, in the style of syzkaller.
+
+Every step draws its *resources* — node names, images, throttle groups,
+exports — from what earlier steps produced (:class:`Resources`, updated from
+txgraph's graph after each step), so sequences get past step one and reach
+deep states: qcow2 chains on real images, filters above them, snapshots,
+quorums, exports. Stale names stay in the pool on purpose: commands on deleted
+nodes must fail alike on both sides. Option values come from the vocabulary of
+QSD 7.2's schema for each command (enums, booleans, references).
+
+Operation families (``--ops``) group the generators; ``qsd`` campaigns use only
+commands qemu-storage-daemon 7.2 has, ``model`` campaigns add txgraph's ``x-``
+extensions. Generation is a pure function of the random generator's state and
+the resources, so a campaign with the same seed generates the same sequences.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from txgraph.model.graph import BlockGraph
+
+__all__ = ["IMAGES", "FAMILIES", "QSD_FAMILIES", "Resources", "Generator", "image_commands"]
+
+#: the images every sequence starts with: ``(file, qemu-img create arguments)``;
+#: ``b1`` names ``b0`` as its backing file in its header
+IMAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("b0.qcow2", ("-f", "qcow2", "b0.qcow2", "1M")),
+    ("b1.qcow2", ("-f", "qcow2", "-b", "b0.qcow2", "-F", "qcow2", "b1.qcow2", "1M")),
+    ("i0.qcow2", ("-f", "qcow2", "i0.qcow2", "1M")),
+    ("i1.qcow2", ("-f", "qcow2", "i1.qcow2", "2M")),
+    ("o0.qcow2", ("-f", "qcow2", "o0.qcow2", "1M")),
+    ("o1.qcow2", ("-f", "qcow2", "o1.qcow2", "1M")),
+    ("r0.raw", ("-f", "raw", "r0.raw", "1M")),
+)
+_IMAGE_FILES = [name for name, _ in IMAGES]
+_NAMES = [f"n{i}" for i in range(8)]
+_GROUPS = ["g0", "g1"]
+_EXPORTS = ["e0", "e1"]
+_SYNC_FILES = ["s0.qcow2", "s1.qcow2", "nodir/s.qcow2"]
+_AUTO = re.compile(r"#block(\d+)(\d\d)")
+
+
+def image_commands() -> list[list[str]]:
+    """The ``qemu-img`` command lines that make :data:`IMAGES` in a working directory."""
+    return [["qemu-img", "create", "-q", *args] for _name, args in IMAGES]
+
+
+@dataclass
+class Resources:
+    """What a next step can refer to; refreshed from txgraph's graph after every step.
+
+    Owned by the one sequence being generated (no sharing between threads).
+    """
+
+    #: every node name ever used (live or stale)
+    names: list[str] = field(default_factory=list)
+    #: live nodes: name -> (driver, {child name: child node})
+    live: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
+    #: nodes without parents (what a quorum or an export may take)
+    parentless: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+    exports: list[str] = field(default_factory=list)
+    nbd_running: bool = False
+
+    def refresh(self, graph: BlockGraph) -> None:
+        """Take the live part from ``graph`` (user-named nodes only: auto names are random)."""
+        self.live = {}
+        for name, node in graph.nodes.items():
+            if name.startswith("#"):
+                continue
+            # auto-named children as placeholders: each peer resolves its own random suffix
+            kids = {edge.name: ("{" + _AUTO.sub(r"#block\1", child) + "}" if child.startswith("#")
+                                else child)
+                    for child, edge in graph.children(name)}
+            self.live[name] = (node.driver, kids)
+            if name not in self.names:
+                self.names.append(name)
+        self.parentless = sorted(n for n in self.live if not graph.parents(n))
+
+    def note(self, message: dict[str, Any], accepted: bool) -> None:
+        """Follow the resources the graph does not hold (QOM objects, the NBD server, exports)."""
+        if not accepted:
+            return
+        name, args = message.get("execute"), message.get("arguments", {})
+        if name == "object-add" and args["id"] not in self.groups:
+            self.groups.append(args["id"])
+        elif name == "object-del" and args["id"] in self.groups:
+            self.groups.remove(args["id"])
+        elif name == "nbd-server-start":
+            self.nbd_running = True
+        elif name == "nbd-server-stop":
+            self.nbd_running, self.exports = False, []
+        elif name == "block-export-add":
+            self.exports.append(args["id"])
+        elif name == "block-export-del" and args["id"] in self.exports:
+            self.exports.remove(args["id"])
+
+
+Action = Callable[["Generator"], dict[str, Any] | None]
+
+
+def _cmd(execute: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
+    msg: dict[str, Any] = {"execute": execute}
+    if arguments is not None:
+        msg["arguments"] = arguments
+    return msg
+
+
+def _file(image: str) -> dict[str, Any]:
+    return {"driver": "file", "filename": "{dir}/" + image}
+
+
+class Generator:
+    """Draws the next command of a sequence from ``rng`` and the current resources."""
+
+    def __init__(self, rng: random.Random, families: list[str], res: Resources) -> None:
+        self.rng = rng
+        self.res = res
+        self.actions: list[Action] = [a for fam in families for a in FAMILIES[fam]]
+
+    # -- drawing helpers -----------------------------------------------------------------
+    def pick(self, pool: list[str], fallback: str = "nosuch") -> str:
+        return self.rng.choice(pool) if pool else fallback
+
+    def node(self) -> str:
+        """A node name: usually live, sometimes stale or unknown."""
+        r = self.rng.random()
+        if r < 0.8 and self.res.live:
+            return self.pick(sorted(self.res.live))
+        if r < 0.95 and self.res.names:
+            return self.pick(self.res.names)
+        return self.rng.choice(["nosuch", "", "1bad"])
+
+    def new_name(self) -> str:
+        return self.rng.choice(_NAMES)
+
+    def common(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {}
+        if self.rng.random() < 0.3:
+            opts["read-only"] = self.rng.random() < 0.5
+        if self.rng.random() < 0.2:
+            opts["cache"] = {"direct": self.rng.random() < 0.5}
+        if self.rng.random() < 0.2:
+            opts["detect-zeroes"] = self.rng.choice(["off", "on", "unmap"])
+        if self.rng.random() < 0.2:
+            opts["discard"] = self.rng.choice(["unmap", "ignore"])
+        return opts
+
+    def child_ref(self) -> Any:
+        """A child given by reference, inline, or inline with a name."""
+        r = self.rng.random()
+        if r < 0.5 and self.res.live:
+            return self.node()
+        inline = _file(self.rng.choice(_IMAGE_FILES))
+        if r < 0.75:
+            inline["node-name"] = self.new_name() + "f"
+        return inline
+
+    def next(self) -> dict[str, Any]:
+        """The next command (retries until an action applies to the current resources)."""
+        for _ in range(20):
+            msg = self.rng.choice(self.actions)(self)
+            if msg is not None:
+                return msg
+        return _cmd("query-named-block-nodes", {"flat": True})
+
+
+# -- blockdev-add ---------------------------------------------------------------------------
+def add_null(g: Generator) -> dict[str, Any]:
+    args: dict[str, Any] = {"driver": g.rng.choice(["null-co", "null-aio"]),
+                            "node-name": g.new_name(), **g.common()}
+    if g.rng.random() < 0.3:
+        args["size"] = g.rng.choice([0, 512, 1 << 20, 1 << 30])
+    return _cmd("blockdev-add", args)
+
+
+def add_file(g: Generator) -> dict[str, Any]:
+    return _cmd("blockdev-add", {**_file(g.rng.choice([*_IMAGE_FILES, "missing.img"])),
+                                 "node-name": g.new_name(), **g.common()})
+
+
+def add_qcow2(g: Generator) -> dict[str, Any]:
+    args: dict[str, Any] = {"driver": "qcow2", "node-name": g.new_name(), **g.common(),
+                            "file": g.child_ref()}
+    r = g.rng.random()
+    if r < 0.3:
+        args["backing"] = None
+    elif r < 0.55:
+        args["backing"] = g.node()
+    return _cmd("blockdev-add", args)
+
+
+def add_raw(g: Generator) -> dict[str, Any]:
+    args: dict[str, Any] = {"driver": "raw", "node-name": g.new_name(), **g.common(),
+                            "file": g.child_ref()}
+    if g.rng.random() < 0.15:
+        args["offset"] = g.rng.choice([0, 512, 4096])
+    return _cmd("blockdev-add", args)
+
+
+def add_filter(g: Generator) -> dict[str, Any] | None:
+    if not g.res.live:
+        return None
+    driver = g.rng.choice(["throttle", "copy-on-read"])
+    args: dict[str, Any] = {"driver": driver, "node-name": g.new_name(), "file": g.node()}
+    if driver == "throttle":
+        args["throttle-group"] = g.pick(g.res.groups, "g0")
+    return _cmd("blockdev-add", args)
+
+
+def add_quorum(g: Generator) -> dict[str, Any] | None:
+    if len(g.res.parentless) < 2:
+        return None
+    k = min(len(g.res.parentless), g.rng.choice([2, 3]))
+    kids = g.rng.sample(g.res.parentless, k)
+    return _cmd("blockdev-add", {"driver": "quorum", "node-name": g.new_name(), "children": kids,
+                                 "vote-threshold": g.rng.choice([1, k])})
+
+
+def delete(g: Generator) -> dict[str, Any]:
+    return _cmd("blockdev-del", {"node-name": g.node()})
+
+
+# -- reopen ---------------------------------------------------------------------------------
+def reopen(g: Generator) -> dict[str, Any] | None:
+    if not g.res.live:
+        return None
+    name = g.pick(sorted(g.res.live))
+    driver, kids = g.res.live[name]
+    entry: dict[str, Any] = {"driver": driver, "node-name": name, **g.common()}
+    for child, target in sorted(kids.items()):
+        if child in ("file", "backing"):
+            entry[child] = target
+    if driver == "qcow2" and g.rng.random() < 0.4:
+        entry["backing"] = None if g.rng.random() < 0.3 else g.node()
+    if driver in ("raw", "qcow2", "throttle", "copy-on-read") and g.rng.random() < 0.3:
+        entry["file"] = g.node()
+    if driver == "throttle" and "file" in entry:
+        entry["throttle-group"] = g.pick(g.res.groups, "g0")
+    if driver in ("file",):
+        return None  # a file entry needs its filename; covered by add/del churn
+    return _cmd("blockdev-reopen", {"options": [entry]})
+
+
+# -- snapshots, quorum children, transactions -------------------------------------------------
+def snapshot(g: Generator) -> dict[str, Any] | None:
+    overlays = [n for n, (drv, kids) in g.res.live.items()
+                if drv == "qcow2" and "backing" not in kids]
+    if not overlays or not g.res.live:
+        return None
+    return _cmd("blockdev-snapshot", {"node": g.node(), "overlay": g.pick(sorted(overlays))})
+
+
+def snapshot_sync(g: Generator) -> dict[str, Any]:
+    data: dict[str, Any] = {"node-name": g.node(), "snapshot-file": "{dir}/" + g.rng.choice(_SYNC_FILES),
+                            "snapshot-node-name": g.new_name(), "format": "qcow2"}
+    if g.rng.random() < 0.2:
+        data["mode"] = g.rng.choice(["existing", "absolute-paths"])
+    return _cmd("blockdev-snapshot-sync", data)
+
+
+def quorum_change(g: Generator) -> dict[str, Any] | None:
+    quorums = [n for n, (drv, _k) in g.res.live.items() if drv == "quorum"]
+    if not quorums:
+        return None
+    q = g.pick(sorted(quorums))
+    if g.rng.random() < 0.5:
+        return _cmd("x-blockdev-change", {"parent": q, "node": g.pick(g.res.parentless)})
+    kids = sorted(g.res.live[q][1])
+    return _cmd("x-blockdev-change", {"parent": q, "child": g.pick(kids, "children.9")})
+
+
+def transaction(g: Generator) -> dict[str, Any]:
+    actions: list[dict[str, Any]] = []
+    for _ in range(g.rng.choice([1, 2])):
+        if g.rng.random() < 0.2:
+            actions.append({"type": "abort", "data": {}})
+        else:
+            actions.append({"type": "blockdev-snapshot-sync",
+                            "data": snapshot_sync(g)["arguments"]})
+    return _cmd("transaction", {"actions": actions})
+
+
+# -- objects and exports ----------------------------------------------------------------------
+def objects(g: Generator) -> dict[str, Any]:
+    if g.rng.random() < 0.6:
+        limits = {g.rng.choice(["iops-total", "bps-total", "iops-read"]): g.rng.choice([0, 100, 1000])}
+        return _cmd("object-add", {"qom-type": "throttle-group", "id": g.rng.choice(_GROUPS),
+                                   "limits": limits})
+    return _cmd("object-del", {"id": g.rng.choice(_GROUPS)})
+
+
+def exports(g: Generator) -> dict[str, Any]:
+    r = g.rng.random()
+    if not g.res.nbd_running or r < 0.1:
+        return _cmd("nbd-server-start",
+                    {"addr": {"type": "unix", "path": "{dir}/nbd.sock"}})
+    if r < 0.65:
+        return _cmd("block-export-add", {"type": "nbd", "id": g.rng.choice(_EXPORTS),
+                                         "node-name": g.node(),
+                                         "writable": g.rng.random() < 0.5})
+    if r < 0.95:
+        return _cmd("block-export-del", {"id": g.rng.choice(_EXPORTS)})
+    return _cmd("nbd-server-stop")
+
+
+# -- txgraph's extensions (model campaigns only) ----------------------------------------------
+def x_filters(g: Generator) -> dict[str, Any] | None:
+    if not g.res.live:
+        return None
+    if g.rng.random() < 0.6:
+        return _cmd("x-txgraph-insert-filter", {
+            "node": g.node(),
+            "filter": {"driver": "copy-on-read", "node-name": g.new_name() + "c"}})
+    filters = [n for n, (drv, _k) in g.res.live.items() if drv in ("copy-on-read", "throttle")]
+    return _cmd("x-txgraph-remove-filter", {"node": g.pick(sorted(filters))})
+
+
+FAMILIES: dict[str, list[Action]] = {
+    "add": [add_null, add_file, add_qcow2, add_qcow2, add_raw, add_filter, add_quorum],
+    "del": [delete],
+    "reopen": [reopen, reopen],
+    "snapshot": [snapshot, snapshot_sync, transaction],
+    "quorum": [quorum_change],
+    "objects": [objects],
+    "exports": [exports],
+    "x": [x_filters],
+}
+
+#: the families qemu-storage-daemon 7.2 can run
+QSD_FAMILIES = [f for f in FAMILIES if f != "x"]

@@ -1,0 +1,242 @@
+"""Running one sequence: on txgraph alone (``model``) or on txgraph and a fresh QSD (``qsd``).
+
+Each run gets fresh peers in fresh directories holding the same images
+(:data:`~txgraph.fuzz.generate.IMAGES`; one directory per peer, because image
+locks are real and would conflict across the two processes). After every step:
+
+* ``qsd``: the canonical reply and state of both peers must be equal
+  (:func:`txgraph.oracle.compare.lockstep`); a daemon that dies or hangs is a
+  ``crash`` with what it printed (QEMU's assertion text);
+* both modes, txgraph's own invariants: no Python exception or Python text in a
+  reply, a refused command leaves the graph digest and the data plane exactly
+  as before (all-or-nothing), and in ``model`` mode the whole graph satisfies
+  every rule with the z3 and the networkx engines agreeing.
+
+The first failure ends the run as its :class:`Divergence`; every step's
+*behaviour* — command, outcome, masked error text, rule id — is returned for
+coverage guidance.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from txgraph.checker import check
+from txgraph.fuzz.generate import Resources, image_commands
+from txgraph.oracle.canon import canon_text, substitute
+from txgraph.oracle.compare import lockstep
+from txgraph.oracle.peers import EnginePeer, Peer, QSDPeer
+
+__all__ = ["Divergence", "RunResult", "run_sequence", "behaviour", "StepSource"]
+
+#: ``source(index, resources)``: the next message, or None to end the sequence
+StepSource = Callable[[int, Resources], dict[str, Any] | None]
+
+#: fragments that only Python, never QEMU, puts into an error text
+_PYTHON_TEXT = re.compile(r"Traceback|object has no attribute|NoneType|KeyError|TypeError|"
+                          r"ValueError|IndexError|RecursionError|unexpected keyword|"
+                          r"takes \d+ positional|not subscriptable|embedded null")
+
+
+@dataclass
+class Divergence:
+    """The first step where txgraph and QSD (or txgraph and its invariants) disagreed."""
+
+    kind: str
+    step: int
+    command: str
+    lines: list[str]
+    signature: str
+
+
+@dataclass
+class RunResult:
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    behaviours: list[str] = field(default_factory=list)
+    divergence: Divergence | None = None
+    #: per step and peer, the canonical reply (``txgraph replay`` prints them)
+    replies: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _mask(text: str) -> str:
+    """An error text with names, paths and numbers masked: one behaviour per message shape."""
+    text = re.sub(r"'[^']*'", "'_'", text)
+    text = re.sub(r"\{dir\}[^\s,:'\"]*", "PATH", text)
+    return re.sub(r"\d+", "N", text)
+
+
+def _label(message: dict[str, Any]) -> str:
+    name = str(message.get("execute"))
+    args = message.get("arguments") or {}
+    if name == "blockdev-add":
+        return f"{name}:{args.get('driver')}"
+    if name == "transaction":
+        return f"{name}:{'+'.join(str(a.get('type')) for a in args.get('actions', []))}"
+    if name == "blockdev-reopen":
+        return f"{name}:{'+'.join(str(o.get('driver')) for o in args.get('options', []))}"
+    return name
+
+
+def behaviour(message: dict[str, Any], reply: dict[str, Any]) -> str:
+    """``command | outcome | masked error text | rule id``: the unit of coverage."""
+    if "error" not in reply:
+        return f"{_label(message)}|ok"
+    err = reply["error"]
+    rule = (err.get("__io.txgraph_explanation") or {}).get("rule", "")
+    return f"{_label(message)}|{err.get('class')}|{_mask(str(err.get('desc')))}|{rule}"
+
+
+def _signature(kind: str, message: dict[str, Any], lines: list[str]) -> str:
+    shape = "\n".join(_mask(line) for line in lines[:3])
+    return hashlib.sha1(f"{kind}\n{_label(message)}\n{shape}".encode()).hexdigest()[:10]
+
+
+_TEMPLATE: Path | None = None
+
+
+def _make_images(workdir: Path) -> None:
+    """Copy the images made once per process by qemu-img (a copy costs far less than a create)."""
+    global _TEMPLATE
+    if _TEMPLATE is None or not _TEMPLATE.is_dir():
+        template = Path(tempfile.mkdtemp(prefix="txgraph-fuzz-images-"))
+        for argv in image_commands():
+            subprocess.run(argv, cwd=template, check=True, capture_output=True, timeout=60)
+        atexit.register(shutil.rmtree, template, True)
+        _TEMPLATE = template
+    for image in _TEMPLATE.iterdir():
+        shutil.copyfile(image, workdir / image.name)
+
+
+class _Sides:
+    """The peers of one run and their directories; closes and removes everything."""
+
+    def __init__(self, against: str) -> None:
+        self.dirs: list[Path] = []
+        self.peers: list[Peer] = []
+        sides: dict[str, list[Callable[[Path], Peer]]] = {
+            "qsd": [QSDPeer, EnginePeer], "model": [EnginePeer], "qsd-only": [QSDPeer]}
+        factories = sides[against]
+        try:
+            for factory in factories:
+                d = Path(tempfile.mkdtemp(prefix="txgraph-fuzz-"))
+                self.dirs.append(d)
+                _make_images(d)
+                self.peers.append(factory(d))
+        except BaseException:
+            self.close()
+            raise
+        last = self.peers[-1]
+        self.engine: EnginePeer | None = last if isinstance(last, EnginePeer) else None
+        self.autos: list[dict[str, str]] = [{} for _ in self.peers]
+        self.history: list[str] = []
+
+    def session(self) -> Any:
+        if self.engine is None or self.engine._engine is None:
+            return None
+        return self.engine._engine.context.session
+
+    def close(self) -> None:
+        for peer in self.peers:
+            peer.close()
+        for d in self.dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _engine_state(sides: _Sides) -> tuple[str, Any] | None:
+    session = sides.session()
+    if session is None:
+        return None
+    return session.graph.digest(), session.runtime.state()
+
+
+def _invariants(sides: _Sides, reply: dict[str, Any], before: tuple[str, Any] | None,
+                full_check: bool) -> tuple[str, list[str]] | None:
+    err = reply.get("error")
+    if err is not None:
+        if err.get("class") == "PythonException":
+            return "exception", [str(err.get("desc"))]
+        if _PYTHON_TEXT.search(str(err.get("desc"))):
+            return "python-text", [f"reply text: {err.get('desc')}"]
+        after = _engine_state(sides)
+        if before is not None and after != before:
+            return "not-atomic", ["txgraph refused the command but its state changed",
+                                  f"reply: {err.get('desc')}"]
+    if full_check:
+        session = sides.session()
+        if session is not None and session.graph.nodes:
+            z3_verdict = check(session.graph, None, engine="z3")
+            nx_verdict = check(session.graph, None, engine="structural")
+            if z3_verdict.ok != nx_verdict.ok:
+                return "checker-engines", [f"z3 ok={z3_verdict.ok}, networkx ok={nx_verdict.ok}"]
+            if not z3_verdict.ok:
+                first = z3_verdict.violations[0]
+                return "invariant", [f"[{first.rule}] {first.sentence}"]
+    return None
+
+
+def run_sequence(source: StepSource, against: str, max_steps: int = 40) -> RunResult:
+    """Run the messages ``source`` yields on fresh peers until it stops or something diverges.
+
+    ``against`` is ``qsd`` (txgraph and QSD compared), ``model`` (txgraph and its
+    invariants) or ``qsd-only`` (QSD alone: only a crash or hang diverges).
+    """
+    result = RunResult()
+    res = Resources()
+    sides = _Sides(against)
+    try:
+        for index in range(max_steps):
+            session = sides.session()
+            if session is not None:
+                res.refresh(session.graph)
+            message = source(index, res)
+            if message is None:
+                break
+            result.steps.append(message)
+            before = _engine_state(sides)
+            if against == "qsd":
+                records, diff = lockstep(sides.peers, [str(d) for d in sides.dirs], sides.autos,
+                                         sides.history, message)
+                left, right = records[0].reply or {}, records[1].reply or {}
+                result.replies.append({"qsd": left, "txgraph": right})
+                reply = right
+                if "error" in left and left["error"].get("class") == "PeerDied":
+                    lines = [str(left["error"].get("desc"))]
+                    result.divergence = Divergence("crash", index, _label(message), lines,
+                                                   _signature("crash", message, lines))
+                    break
+                if diff:
+                    result.divergence = Divergence("mismatch", index, _label(message), diff,
+                                                   _signature("mismatch", message, diff))
+                    break
+            else:
+                session = sides.session()
+                autos = {canon_text(n, None): n for n in (session.graph.nodes if session else ())
+                         if n.startswith("#")}
+                reply = sides.peers[0].execute(substitute(message, str(sides.dirs[0]), autos))
+                result.replies.append({sides.peers[0].label: reply})
+                if reply.get("error", {}).get("class") == "PeerDied":
+                    lines = [str(reply["error"].get("desc"))]
+                    result.divergence = Divergence("crash", index, _label(message), lines,
+                                                   _signature("crash", message, lines))
+                    break
+            accepted = "error" not in reply
+            res.note(message, accepted)
+            result.behaviours.append(behaviour(message, reply))
+            broken = _invariants(sides, reply, before, full_check=against == "model")
+            if broken is not None:
+                kind, lines = broken
+                result.divergence = Divergence(kind, index, _label(message), lines,
+                                               _signature(kind, message, lines))
+                break
+    finally:
+        sides.close()
+    return result

@@ -1,0 +1,73 @@
+"""Shrinking a diverging sequence to a minimal reproducer.
+
+First the fewest steps (Zeller's delta debugging, ``ddmin``: drop ever smaller
+chunks while the same divergence — same signature — still happens), then the
+smallest arguments (optional members of each remaining step dropped one at a
+time). Every candidate is run on fresh peers, so the result is a sequence that
+reproduces on its own.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+from txgraph.fuzz.run import RunResult, run_sequence
+
+__all__ = ["shrink"]
+
+#: members a step keeps its meaning without (QEMU fills in its defaults)
+_OPTIONAL = ("read-only", "cache", "detect-zeroes", "discard", "size", "offset", "vote-threshold",
+             "mode", "writable", "snapshot-node-name", "limits", "throttle-group")
+
+
+def _fixed(steps: list[dict[str, Any]]) -> Callable[[int, Any], dict[str, Any] | None]:
+    return lambda i, _res: steps[i] if i < len(steps) else None
+
+
+def shrink(steps: list[dict[str, Any]], signature: str, against: str,
+           budget: int = 200) -> tuple[list[dict[str, Any]], RunResult]:
+    """The smallest sequence found (within ``budget`` runs) diverging with ``signature``."""
+    runs = 0
+    best = run_sequence(_fixed(steps), against)
+
+    def still(candidate: list[dict[str, Any]]) -> RunResult | None:
+        nonlocal runs
+        runs += 1
+        result = run_sequence(_fixed(candidate), against)
+        ok = result.divergence is not None and result.divergence.signature == signature
+        return result if ok else None
+
+    current = list(steps)
+    if best.divergence is not None:  # everything after the divergence is never reached
+        current = current[:best.divergence.step + 1]
+    n = 2
+    while len(current) >= 2 and runs < budget:
+        chunk = max(1, len(current) // n)
+        reduced = False
+        for start in range(0, len(current), chunk):
+            candidate = current[:start] + current[start + chunk:]
+            found = still(candidate) if candidate else None
+            if found is not None:
+                current, best = candidate, found
+                n = max(n - 1, 2)
+                reduced = True
+                break
+        if not reduced:
+            if chunk == 1:
+                break
+            n = min(n * 2, len(current))
+    for i in range(len(current)):
+        for key in _OPTIONAL:
+            if runs >= budget:
+                break
+            args = current[i].get("arguments")
+            if not isinstance(args, dict) or key not in args:
+                continue
+            candidate = copy.deepcopy(current)
+            del candidate[i]["arguments"][key]
+            found = still(candidate)
+            if found is not None:
+                current, best = candidate, found
+    return current, best

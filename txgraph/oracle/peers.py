@@ -1,0 +1,164 @@
+"""The two sides of a comparison: a real qemu-storage-daemon and txgraph's engine.
+
+Both answer one QMP message with the full reply dict and never raise: a daemon
+that died answers ``PeerDied`` with what it printed (QEMU's assertion text when
+it aborted), an engine that raised answers ``PythonException`` with the
+exception — each is a finding of its own for whoever compares.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from txgraph.peers import QSD
+
+__all__ = ["Peer", "QSDPeer", "EnginePeer", "PeerFactory"]
+
+
+class Peer(Protocol):
+    """One side of the comparison."""
+
+    label: str
+
+    def execute(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Run one QMP message; return the full reply dict (never raise)."""
+
+    def send_raw(self, text: str) -> dict[str, Any] | None:
+        """Send raw wire text; ``None`` when this peer cannot (the step is then not compared)."""
+
+    def close(self) -> None:
+        """Release the peer (kill the process, drop the engine)."""
+
+
+def _start_qsd(workdir: str | None, attempts: int = 5) -> QSD:
+    """Start a QSD, retrying the start-up race of :class:`txgraph.peers.QSD`.
+
+    ``QSD()`` connects as soon as the socket file exists, which can be a moment before the
+    daemon listens (``ConnectionRefusedError``); the half-started process is reaped here.
+    """
+    for attempt in range(attempts):
+        q = QSD.__new__(QSD)
+        try:
+            q.__init__(workdir=workdir)  # type: ignore[misc]
+            return q
+        except ConnectionRefusedError:
+            proc = getattr(q, "proc", None)
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if proc is not None and proc.stdout:
+                proc.stdout.close()
+            shutil.rmtree(getattr(q, "_tmp", ""), ignore_errors=True)
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
+    raise AssertionError("unreachable")
+
+
+class QSDPeer:
+    """A fresh qemu-storage-daemon 7.2 process (its working directory is the peer's)."""
+
+    label = "qsd"
+
+    def __init__(self, workdir: Path | None = None) -> None:
+        self._qsd = _start_qsd(str(workdir) if workdir else None)
+        #: what the daemon printed when it died (QEMU's assertion text), else None
+        self.death: str | None = None
+
+    def execute(self, message: dict[str, Any]) -> dict[str, Any]:
+        return self.send_raw(json.dumps(message)) or {}
+
+    def send_raw(self, text: str) -> dict[str, Any] | None:
+        if self.death is not None:
+            return {"error": {"class": "PeerDied", "desc": self.death}}
+        try:
+            return self._qsd.send_raw(text)
+        except (RuntimeError, OSError) as exc:  # QSD died or hung: a finding in itself
+            self.death = f"qemu-storage-daemon: {exc}{self._last_words()}"
+            return {"error": {"class": "PeerDied", "desc": self.death}}
+
+    def _last_words(self) -> str:
+        """The daemon's output after it ended (it is killed first if it hangs)."""
+        proc = self._qsd.proc
+        if proc.poll() is None:
+            proc.kill()
+        try:
+            proc.wait(5)
+        except OSError:
+            pass
+        out = proc.stdout.read().decode(errors="replace").strip() if proc.stdout else ""
+        return f": {out}" if out else f" (exit status {proc.returncode})"
+
+    def close(self) -> None:
+        try:
+            self._qsd.close()
+        except OSError:  # the daemon died: the socket is already broken, the process reaped
+            pass
+
+
+class EnginePeer:
+    """txgraph's in-process QMP engine. Exceptions become a ``PythonException`` error reply.
+
+    Every command runs with the process working directory set to the scenario directory,
+    as QSD is started there: QEMU resolves some relative names (for example a qcow2 header's
+    relative ``data-file`` name, and relative ``filename`` options) against its cwd.
+    """
+
+    label = "txgraph"
+
+    def __init__(self, workdir: Path | None = None) -> None:
+        self._workdir = str(workdir) if workdir else None
+        self._engine: Any = None
+        self._init_error: str | None = None
+        try:
+            from txgraph.qmp.engine import Engine
+
+            self._engine = Engine()
+        except Exception:  # the engine is under construction; report, do not crash the harness
+            self._init_error = traceback.format_exc(limit=3)
+
+    def execute(self, message: dict[str, Any]) -> dict[str, Any]:
+        if self._engine is None:
+            return {"error": {"class": "PythonException",
+                              "desc": f"Engine() failed: {self._init_error}"}}
+        saved = os.getcwd()
+        try:
+            if self._workdir:
+                os.chdir(self._workdir)
+            reply: dict[str, Any] = self._engine.execute(copy.deepcopy(message))
+            return reply
+        except Exception as exc:
+            return {"error": {"class": "PythonException",
+                              "desc": f"{type(exc).__name__}: {exc}"}}
+        finally:
+            os.chdir(saved)
+
+    def send_raw(self, text: str) -> dict[str, Any] | None:
+        try:
+            msg = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(msg, dict):
+            return None
+        return self.execute(msg)
+
+    def close(self) -> None:
+        close = getattr(self._engine, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception:
+                pass
+        self._engine = None
+
+
+
+PeerFactory = Callable[[Path], Peer]
