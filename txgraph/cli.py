@@ -116,25 +116,12 @@ def bench() -> None:
     """Benchmarks against the QEMU peers (ratios measured in the same run)."""
 
 
-def _checkout_benchmarks() -> Any:
-    """The benchmark scripts live in the checkout's tests/bench (they need the QEMU peers)."""
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "tests" / "bench").is_dir():
-        raise click.ClickException("txgraph bench io/nbd runs from a source checkout (tests/bench)")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    import tests.bench as benches
-
-    return benches
-
-
 @bench.command("io")
 @click.option("--workdir", type=click.Path(file_okay=False), default="/tmp/txgraph-bench-io",
               show_default=True, help="Where the (large) benchmark images are made.")
 def bench_io(workdir: str) -> None:
     """Data-plane reads vs qemu-img bench on the same images; one JSON line per measure."""
-    _checkout_benchmarks()
-    from tests.bench.bench_io import run_io_benchmarks
+    from txgraph.bench.io import run_io_benchmarks
 
     for row in run_io_benchmarks(workdir):
         click.echo(json.dumps(row))
@@ -145,8 +132,7 @@ def bench_io(workdir: str) -> None:
               show_default=True)
 def bench_nbd(workdir: str) -> None:
     """NBD export throughput with qemu-img convert as the client vs qemu-storage-daemon."""
-    _checkout_benchmarks()
-    from tests.bench.bench_nbd import run_nbd_benchmark
+    from txgraph.bench.nbd import run_nbd_benchmark
 
     click.echo(json.dumps(run_nbd_benchmark(workdir)))
 
@@ -156,7 +142,7 @@ def bench_nbd(workdir: str) -> None:
 @click.option("--adds", default=1000, show_default=True, help="Separate blockdev-adds.")
 def bench_qmp(depth: int, adds: int) -> None:
     """The same QMP scripts on txgraph and on qemu-storage-daemon; one JSON line each."""
-    from txgraph.bench import run_qmp_benchmarks
+    from txgraph.bench.qmp import run_qmp_benchmarks
 
     for row in run_qmp_benchmarks(depth=depth, adds=adds):
         click.echo(json.dumps(row))
@@ -168,13 +154,21 @@ def bench_qmp(depth: int, adds: int) -> None:
 @click.option("--repeats", default=3, show_default=True, help="Fresh peers per size; best time wins.")
 def bench_txn(sizes: tuple[int, ...], repeats: int) -> None:
     """A 20-step transaction on txgraph vs the same steps as 20 QMP commands on QSD."""
-    from txgraph.bench_txn import run_txn_benchmark
+    from txgraph.bench.txn import run_txn_benchmark
 
     rows = run_txn_benchmark(nodes=sizes, repeats=repeats)
     for row in rows:
         click.echo(json.dumps(row))
     if not all(row["graphs_match"] for row in rows):
         raise click.ClickException("the final graphs differ: the timings are not comparable")
+
+
+@bench.command("all")
+@click.pass_context
+def bench_all(ctx: click.Context) -> None:
+    """Every benchmark above with its defaults, one after the other."""
+    for command in (bench_qmp, bench_txn, bench_io, bench_nbd):
+        ctx.invoke(command)
 
 
 @main.command("plan")

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from txgraph.bench import run_qmp_benchmarks
-from txgraph.bench_txn import STEPS, run_txn_benchmark
+from txgraph.bench.qmp import run_qmp_benchmarks
+from txgraph.bench.txn import STEPS, run_txn_benchmark
 from txgraph.cli import main
 
 pytestmark = pytest.mark.qsd

@@ -4,7 +4,7 @@ The schema is the verbatim ``query-qmp-schema`` reply of qemu-storage-daemon 7.2
 (``data/qsd-7.2-schema.json``). Introspection hides two things QEMU prints in
 its errors: the real names of alternate types and the width of integer
 members; both were learnt from the daemon by experiment
-(``data/qsd-7.2-types.json``, see ``data/capture.py``).
+(``data/qsd-7.2-types.json``, see ``tools/capture_qapi_data.py``).
 
 :func:`check_message` reproduces ``qmp_dispatch``'s checks of the message
 itself; :func:`validate_arguments` reproduces the generated marshaller walking

@@ -1,6 +1,6 @@
 """NBD export read throughput: txgraph's NBD server vs qemu-storage-daemon's.
 
-Not a timed test: run ``.venv/bin/python tests/bench/bench_nbd.py [WORKDIR]``.
+Not a timed test: run ``txgraph bench nbd [--workdir DIR]``.
 Both servers export the same raw image (``raw`` over ``file``) on a unix
 socket; the client is ``qemu-img convert -f raw -O raw nbd+unix://... out.raw``
 (QEMU's own NBD client, structured replies, 8 coroutines in flight). Warm page
@@ -21,13 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tests.support.qsd import QSD  # noqa: E402
-from txgraph.io.nbd.server import NbdServer  # noqa: E402
-from txgraph.io.runtime import Runtime  # noqa: E402
+from txgraph.peers import QSD
+from txgraph.io.nbd.server import NbdServer
+from txgraph.io.runtime import Runtime
 
 MiB = 1 << 20
 IMAGE_SIZE = 512 * MiB

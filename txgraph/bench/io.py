@@ -1,6 +1,6 @@
 """I/O benchmarks: txgraph's data plane against ``qemu-img bench`` on the same images.
 
-Not a timed test: run ``.venv/bin/python tests/bench/bench_io.py [WORKDIR]``. Each
+Not a timed test: run ``txgraph bench io [--workdir DIR]``. Each
 measure prints one JSON line ``{name, txgraph, peer, unit, ratio, peer_desc}``;
 ``ratio`` is txgraph / peer (higher is better for txgraph), both measured in
 the same run, interleaved (warm-up, then rounds alternating txgraph and the
@@ -23,11 +23,7 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from txgraph.io.registry import driver_class  # noqa: E402
+from txgraph.io.registry import driver_class
 
 GiB, MiB = 1 << 30, 1 << 20
 ROUNDS = 3

@@ -1,7 +1,7 @@
 """Capture the QAPI interface data of a qemu-storage-daemon into JSON files.
 
-Run as ``python -m txgraph.qmp.data.capture`` with ``qemu-storage-daemon`` on
-``PATH``. It writes two files next to itself:
+Run as ``.venv/bin/python tools/capture_qapi_data.py`` with ``qemu-storage-daemon`` on
+``PATH``. It writes two files into ``txgraph/qmp/data/``:
 
 ``qsd-<major>.<minor>-schema.json``
     the verbatim ``return`` of ``query-qmp-schema`` (names and types only:
@@ -25,7 +25,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
+from txgraph.peers import QSD
+
+HERE = Path(__file__).resolve().parents[1] / "txgraph" / "qmp" / "data"
 # Commands whose success would end or disturb the probing daemon.
 SKIP_COMMANDS = {"quit", "qmp_capabilities"}
 
@@ -156,9 +158,6 @@ def _int_kind(qsd: Any, name: str, wrap: Wrap) -> str:
 
 
 def main() -> None:
-    sys.path.insert(0, str(HERE.parents[2]))
-    from tests.support.qsd import QSD
-
     with QSD() as qsd:
         ver = qsd.cmd("query-version")["qemu"]
         schema, types = capture(qsd)
