@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from txgraph.errors import OpenError
 from txgraph.io.qcow2 import constants as C
+from txgraph.io.qcow2.snapshots import Snapshot, read_snapshots
 
 __all__ = ["Qcow2Header", "Snapshot", "read_qcow2_header", "Reader"]
 
@@ -26,22 +27,6 @@ Reader = Callable[[int, int], bytes]
 _V2 = struct.Struct(">4sIQIIQIIQQIIQ")      # 72 bytes
 _V3 = struct.Struct(">QQQII")               # bytes 72..103
 _EXT = struct.Struct(">II")
-
-
-@dataclass
-class Snapshot:
-    """One internal snapshot table entry (``QCowSnapshotHeader`` + extra data)."""
-
-    id: str
-    name: str
-    l1_table_offset: int
-    l1_size: int
-    date_sec: int
-    date_nsec: int
-    vm_clock_nsec: int
-    vm_state_size: int
-    disk_size: int | None
-    icount: int | None
 
 
 @dataclass
@@ -298,7 +283,6 @@ def read_qcow2_header(read: Reader, size: int, *, read_only: bool = True) -> Qco
         if n > C.MAX_BACKING_FILE_NAME or n > cs - h.backing_file_offset:
             raise _fail("Backing file name too long")
         h.backing_file = read(h.backing_file_offset, n).decode("utf-8", "replace")
-    from txgraph.io.qcow2.snapshots import read_snapshots
     h.snapshots, h.snapshots_size = read_snapshots(h, read)
     return h
 

@@ -9,17 +9,35 @@ snapshot L1 tables are validated like the active one when they are used
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from txgraph.errors import OpenError
 from txgraph.io.qcow2 import constants as C
 
 if TYPE_CHECKING:
-    from txgraph.io.qcow2.header import Qcow2Header, Reader, Snapshot
+    # typing only: the header module calls read_snapshots while it parses
+    from txgraph.io.qcow2.header import Qcow2Header, Reader
 
-__all__ = ["read_snapshots", "snapshot_qmp", "validate_snapshot_l1"]
+__all__ = ["Snapshot", "read_snapshots", "snapshot_qmp", "validate_snapshot_l1"]
 
 _SN = struct.Struct(">QIHHIIQII")
+
+
+@dataclass
+class Snapshot:
+    """One internal snapshot table entry (``QCowSnapshotHeader`` + extra data)."""
+
+    id: str
+    name: str
+    l1_table_offset: int
+    l1_size: int
+    date_sec: int
+    date_nsec: int
+    vm_clock_nsec: int
+    vm_state_size: int
+    disk_size: int | None
+    icount: int | None
 
 
 def read_snapshots(h: Qcow2Header, read: Reader) -> tuple[list[Snapshot], int]:
@@ -27,8 +45,6 @@ def read_snapshots(h: Qcow2Header, read: Reader) -> tuple[list[Snapshot], int]:
 
     Returns the entries and the table's size in bytes.
     """
-    from txgraph.io.qcow2.header import Snapshot
-
     out: list[Snapshot] = []
     offset = h.snapshots_offset
     for i in range(h.nb_snapshots):
