@@ -13,6 +13,7 @@ from typing import Any
 
 from txgraph.errors import OpenError
 from txgraph.model.drivers import driver_spec
+from txgraph.model.nbd_uri import NbdAddressError, nbd_parse_filename
 from txgraph.model.node import OpenFlag
 from txgraph.model.options import Provenance, Source, extract_subdict, parse_bool
 from txgraph.model.perm import Role
@@ -177,6 +178,14 @@ def _parse_filename(options: OptionSet, driver: str, filename: str) -> None:
     prov = Provenance(Source.EXPLICIT, detail="legacy filename")
     if driver in ("file", "host_device") and filename.startswith(driver + ":"):
         options.put("filename", filename[len(driver) + 1:], prov)
+    elif driver == "nbd":
+        try:
+            parsed = nbd_parse_filename(filename, options.values)
+        except NbdAddressError as err:
+            raise OpenError(str(err)) from None
+        for key, value in parsed.items():
+            options.put(key, value, prov)
+        options.discard("filename")
     elif driver in ("null-co", "null-aio"):
         if filename != f"{driver}://":
             raise OpenError(f"The only allowed filename for this driver is '{driver}://'")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno as E
 import os
+import socket
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,16 +25,34 @@ from txgraph.io.nbd import protocol as P
 from txgraph.io.nbd.client import NbdClient, NbdError
 from txgraph.io.nbd.wire import Disconnected
 from txgraph.io.registry import register
+from txgraph.model.nbd_uri import NbdAddressError, exact_filename, server_address
 
 __all__ = ["NbdNode"]
 
 
 def _server_address(options: Mapping[str, Any]) -> dict[str, Any]:
-    kind = str(options.get("server.type", "inet"))
-    if kind == "unix":
-        return {"type": "unix", "path": str(options.get("server.path", ""))}
-    return {"type": "inet", "host": str(options.get("server.host", "localhost")),
-            "port": str(options.get("server.port", "10809"))}
+    """``nbd_process_options`` up to ``nbd_config``: legacy host/port/path, then ``server.*``."""
+    try:
+        return server_address(options)
+    except NbdAddressError as err:
+        raise OpenError(str(err)) from None
+
+
+def _resolve(addr: dict[str, Any]) -> dict[str, Any]:
+    """``inet_parse_connect_saddr``: getaddrinfo on the host and service strings, as QEMU."""
+    if addr["type"] != "inet":
+        # An empty path is a zero-filled sun_path for QEMU: the unnamed abstract socket.
+        return addr if addr["path"] else {"type": "unix", "path": "\0"}
+    try:
+        found = socket.getaddrinfo(addr["host"], addr["port"], type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise OpenError(f"address resolution failed for {addr['host']}:{addr['port']}: "
+                        f"{err.strerror}") from None
+    except UnicodeError:
+        raise OpenError(f"address resolution failed for {addr['host']}:{addr['port']}: "
+                        "Name or service not known") from None
+    host, port = found[0][4][0], found[0][4][1]
+    return {"type": "inet", "host": str(host), "port": str(port)}
 
 
 @register("nbd")
@@ -50,7 +69,7 @@ class NbdNode(DriverNode):
         where = (self.addr["path"] if self.addr["type"] == "unix"
                  else f"{self.addr['host']}:{self.addr['port']}")
         try:
-            self.client = NbdClient(self.addr, self.export)
+            self.client = NbdClient(_resolve(self.addr), self.export)
         except OSError as e:
             raise OpenError(f"Failed to connect to '{where}': "
                             f"{os.strerror(e.errno or E.ECONNREFUSED)}") from None
@@ -120,10 +139,7 @@ class NbdNode(DriverNode):
         return BlockStatus(offset, n, allocated=True, zero=bool(ext[0].flags & P.STATE_ZERO))
 
     def info(self) -> ImageInfo:
-        if self.addr["type"] == "unix":
-            name = f"nbd+unix:///{self.export}?socket={self.addr['path']}"
-        else:
-            name = f"nbd://{self.addr['host']}:{self.addr['port']}/{self.export}"
+        name = exact_filename(self.options)
         return ImageInfo(format="nbd", virtual_size=self.size(), filename=name,
                          extra={"read-only-export": self.client.read_only})
 
