@@ -69,6 +69,12 @@ def _align_up(n: int, a: int) -> int:
     return (n + a - 1) // a * a
 
 
+
+def _os_path(filename: str) -> bytes:
+    """The bytes QEMU hands to open(2): its JSON parser keeps U+0000 as modified UTF-8
+    (C0 80), so a NUL in a filename is part of the name, never an end or a Python error."""
+    return os.fsencode(filename).replace(b"\0", b"\xc0\x80")
+
 @register("file")
 class FileNode(DriverNode):
     """A regular host file, read through a shared mmap, written in place or appended."""
@@ -103,7 +109,7 @@ class FileNode(DriverNode):
     def _open(self, auto_read_only: bool) -> int:
         flags = os.O_CLOEXEC | (os.O_RDONLY if self.read_only else os.O_RDWR)
         try:
-            return os.open(self.filename, flags)
+            return os.open(_os_path(self.filename), flags)
         except OSError as e:
             if not self.read_only and auto_read_only and e.errno in (E.EACCES, E.EROFS, E.EPERM):
                 # auto-read-only: QEMU silently falls back to a read-only open.
