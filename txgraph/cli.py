@@ -35,14 +35,24 @@ def main() -> None:
               help="Run a blockdev-add with these JSON arguments before serving (repeatable).")
 @click.option("--object", "objects", multiple=True, metavar="JSON",
               help="Run an object-add with these JSON arguments before serving (repeatable).")
-def serve(qmp_path: str, policy: str, blockdevs: tuple[str, ...], objects: tuple[str, ...]) -> None:
+@click.option("--confine-dir", "confine_dirs", multiple=True, metavar="DIR",
+              type=click.Path(file_okay=False),
+              help="Backing/data-file names in image headers must stay inside DIR and use the "
+                   "file protocol (repeatable; on by default under --policy safe, where the "
+                   "image's own directory is allowed).")
+def serve(qmp_path: str, policy: str, blockdevs: tuple[str, ...], objects: tuple[str, ...],
+          confine_dirs: tuple[str, ...] = ()) -> None:
     """Serve QMP on a unix socket, like ``qemu-storage-daemon --monitor``."""
     from txgraph.ops.session import Session
     from txgraph.qmp.commands import CommandContext
     from txgraph.qmp.engine import Engine
     from txgraph.qmp.server import run_server
 
-    engine = Engine(CommandContext(Session(policy=policy)))
+    from txgraph.ops.confine import configure
+
+    session = Session(policy=policy)
+    configure(session, confine_dirs)
+    engine = Engine(CommandContext(session))
     _warm_up(engine)
     for command, items in (("object-add", objects), ("blockdev-add", blockdevs)):
         for text in items:
