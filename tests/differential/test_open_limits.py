@@ -35,6 +35,13 @@ def _adds(workdir: Path) -> list[dict[str, Any]]:
     out.append({"driver": "file", "node-name": "nul2", "filename": f"{workdir}/x\u0000y"})
     out.append({"driver": "raw", "node-name": "nul3",
                 "file": {"driver": "file", "filename": f"{workdir}/\u0000"}})
+    out.append({"driver": "blkdebug", "node-name": "nul4", "config": f"{workdir}/c\u0000f",
+                "image": {"driver": "null-co"}})
+    out.append({"driver": "nbd", "node-name": "nul5",
+                "server": {"type": "inet", "host": "127.0.0.1", "port": "1\u00002"}})
+    out.append({"driver": "nbd", "node-name": "nul6",
+                "server": {"type": "unix", "path": f"{workdir}/x\u0000y"}})
+    out.append({"driver": "host_device", "node-name": "nul7", "filename": "/dev/nu\u0000ll"})
     return out
 
 

@@ -36,6 +36,7 @@ from typing import Any
 
 from txgraph.errors import IOFailure, OpenError
 from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
+from txgraph.io.hostpath import host_path
 from txgraph.io.registry import register
 
 __all__ = ["FileNode", "punch_hole"]
@@ -70,10 +71,6 @@ def _align_up(n: int, a: int) -> int:
 
 
 
-def _os_path(filename: str) -> bytes:
-    """The bytes QEMU hands to open(2): its JSON parser keeps U+0000 as modified UTF-8
-    (C0 80), so a NUL in a filename is part of the name, never an end or a Python error."""
-    return os.fsencode(filename).replace(b"\0", b"\xc0\x80")
 
 @register("file")
 class FileNode(DriverNode):
@@ -109,7 +106,7 @@ class FileNode(DriverNode):
     def _open(self, auto_read_only: bool) -> int:
         flags = os.O_CLOEXEC | (os.O_RDONLY if self.read_only else os.O_RDWR)
         try:
-            return os.open(_os_path(self.filename), flags)
+            return os.open(host_path(self.filename), flags)
         except OSError as e:
             if not self.read_only and auto_read_only and e.errno in (E.EACCES, E.EROFS, E.EPERM):
                 # auto-read-only: QEMU silently falls back to a read-only open.

@@ -24,6 +24,7 @@ from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
 from txgraph.io.nbd import protocol as P
 from txgraph.io.nbd.client import NbdClient, NbdError
 from txgraph.io.nbd.wire import Disconnected
+from txgraph.io.hostpath import host_path
 from txgraph.io.registry import register
 from txgraph.model.nbd_uri import NbdAddressError, exact_filename, server_address
 
@@ -44,7 +45,8 @@ def _resolve(addr: dict[str, Any]) -> dict[str, Any]:
         # An empty path is a zero-filled sun_path for QEMU: the unnamed abstract socket.
         return addr if addr["path"] else {"type": "unix", "path": "\0"}
     try:
-        found = socket.getaddrinfo(addr["host"], addr["port"], type=socket.SOCK_STREAM)
+        found = socket.getaddrinfo(host_path(addr["host"]), host_path(addr["port"]),
+                                   type=socket.SOCK_STREAM)
     except socket.gaierror as err:
         raise OpenError(f"address resolution failed for {addr['host']}:{addr['port']}: "
                         f"{err.strerror}") from None
