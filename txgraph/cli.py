@@ -189,8 +189,12 @@ def bench_txn(sizes: tuple[int, ...], repeats: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
               help="Write the verified plan (the JSON report) here, for txgraph apply.")
+@click.option("--confine-dir", "confine_dirs", multiple=True, metavar="DIR",
+              type=click.Path(file_okay=False),
+              help="As for serve: image-header references must stay inside DIR (repeatable).")
 def plan_cmd(plan_file: str, graph_file: str | None, qmp_socket: str | None,
-             directory: str | None, policy: str, as_json: bool, out_file: str | None) -> None:
+             directory: str | None, policy: str, as_json: bool, out_file: str | None,
+             confine_dirs: tuple[str, ...] = ()) -> None:
     """Dry-run PLAN_FILE on a scratch copy of the graph and report every step.
 
     Exit status 0 if every step would be accepted and the checker agrees, 1 otherwise.
@@ -210,7 +214,7 @@ def plan_cmd(plan_file: str, graph_file: str | None, qmp_socket: str | None,
 
             with QMPClient(qmp_socket) as client:
                 state = capture_graph(client)
-        report = verify_plan(plan, state, policy=policy).to_dict()
+        report = verify_plan(plan, state, policy=policy, confine_dirs=confine_dirs).to_dict()
     except (PlanError, StateError, ValueError, OSError, RuntimeError) as err:
         raise click.ClickException(str(err)) from err
     text = json.dumps(report, indent=2)

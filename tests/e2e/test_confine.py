@@ -10,6 +10,7 @@ txgraph does what qemu-storage-daemon 7.2 does (compared live).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -163,3 +164,21 @@ def test_configure_adds_directories(images: dict[str, Any]) -> None:
                                                         "node-name": "top2"}})
     finally:
         session.close()
+
+
+def test_plan_verification_confines_under_safe(images: dict[str, Any]) -> None:
+    """``txgraph plan`` (safe by default) refuses the hostile step; ``--policy qemu`` accepts it."""
+    from txgraph.plan import verify_plan
+    from txgraph.plan.format import parse_steps
+
+    steps = parse_steps([_add("escape", images["inside"]), _add("ok", images["inside"])
+                         | {"arguments": {**_add("ok", images["inside"])["arguments"],
+                                          "node-name": "top2"}}])
+    safe = verify_plan(steps, None, policy="safe").to_dict()
+    qemu = verify_plan(steps, None, policy="qemu").to_dict()
+    assert not safe["ok"] and qemu["ok"], (safe, qemu)
+    text = json.dumps(safe)
+    assert "txgraph confinement" in text and "escape.qcow2" in text
+    widened = verify_plan(steps, None, policy="safe",
+                          confine_dirs=(str(images["inside"].parent),)).to_dict()
+    assert widened["ok"], widened

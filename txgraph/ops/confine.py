@@ -43,13 +43,22 @@ __all__ = ["configure", "active", "allowed_dirs", "check_header_reference", "HEA
 HEADER_CHILDREN = ("backing", "data-file")
 
 
-def configure(session: Any, dirs: Iterable[str]) -> None:
-    """Set the allowed directories (made absolute, symlinks resolved) on ``session``."""
+def configure(session: Any, dirs: Iterable[str], *, enabled: bool | None = None) -> None:
+    """Set the allowed directories (made absolute, symlinks resolved) on ``session``.
+
+    ``enabled`` overrides the policy-derived default (plan verification runs a
+    qemu-policy scratch session but confines under ``--policy safe``).
+    """
     session.confine_dirs = tuple(os.path.realpath(d) for d in dirs)
+    if enabled is not None:
+        session.confine_enabled = enabled
 
 
 def active(session: Any) -> bool:
     """Confinement is on under ``safe``, or when directories were configured."""
+    forced = getattr(session, "confine_enabled", None)
+    if isinstance(forced, bool):
+        return forced
     return session.policy == "safe" or bool(getattr(session, "confine_dirs", ()))
 
 

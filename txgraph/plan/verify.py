@@ -131,14 +131,22 @@ def _host_side_effect(step: Step) -> str | None:
 
 
 def verify_plan(plan: Plan | list[Step], state: Any = None, *, policy: str = "safe",
-                engine: Engine | None = None, source: dict[str, Any] | None = None) -> PlanReport:
-    """Dry-run every step of ``plan`` on a scratch engine built from ``state``."""
+                engine: Engine | None = None, source: dict[str, Any] | None = None,
+                confine_dirs: tuple[str, ...] = ()) -> PlanReport:
+    """Dry-run every step of ``plan`` on a scratch engine built from ``state``.
+
+    Under ``safe`` (or with ``confine_dirs``) the steps' image-header references
+    are confined as ``txgraph serve`` confines them (txgraph.ops.confine).
+    """
     steps = plan.steps if isinstance(plan, Plan) else plan
     if engine is None:
         if state is None and isinstance(plan, Plan):
             state = plan.graph
         engine, source = scratch_engine(state)
     session = engine.context.session
+    from txgraph.ops.confine import configure
+
+    configure(session, confine_dirs, enabled=policy == "safe" or bool(confine_dirs))
     results: list[StepResult] = []
     try:
         for index, step in enumerate(steps):
