@@ -5,7 +5,8 @@ Each case is a qcow2 whose header backing string is the filename under test
 both peers. A real ``qemu-nbd`` serves export ``x`` on a unix socket for the
 cases that connect; refused TCP ports (bound, never listened on) show the
 parsed host and port in QEMU's ``Failed to connect`` text. Compared: the error
-text, and for successes every node's (driver, filename, ro).
+text, and for successes every node's projection as the differential harness compares it
+(driver, read-only, cache, filename, image info).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.differential.harness import EnginePeer, QSDPeer
+from tests.differential.harness import EnginePeer, QSDPeer, canon_nodes
 from txgraph.peers import QSD
 
 pytestmark = pytest.mark.qsd
@@ -36,14 +37,31 @@ def nbd_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
     # A bound but not listening TCP socket: connects to it are refused, never accepted.
     closed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     closed.bind(("127.0.0.1", 0))
+    # qemu-nbd cannot report a port it chose: take a free one from the kernel for it.
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    probe.bind(("127.0.0.1", 0))
+    tport = str(probe.getsockname()[1])
+    probe.close()
+    tcp = subprocess.Popen(["qemu-nbd", "-b", "127.0.0.1", "-p", tport, "-f", "raw", "-x", "x",
+                            "--persistent", "-r", str(image)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(2000):
             if sock.exists() or proc.poll() is not None:
                 break
             subprocess.run(["sleep", "0.01"], check=True)
         assert sock.exists(), f"qemu-nbd did not start: {proc.stderr.read() if proc.stderr else ''!r}"
-        yield {"sock": str(sock), "port": str(closed.getsockname()[1]), "root": str(root)}
+        for _ in range(2000):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                if s.connect_ex(("127.0.0.1", int(tport))) == 0 or tcp.poll() is not None:
+                    break
+            subprocess.run(["sleep", "0.01"], check=True)
+        assert tcp.poll() is None, "qemu-nbd (tcp) did not start"
+        yield {"sock": str(sock), "port": str(closed.getsockname()[1]), "root": str(root),
+               "tport": tport}
     finally:
+        tcp.terminate()
+        tcp.wait(10)
         closed.close()
         proc.terminate()
         proc.wait(10)
@@ -70,6 +88,9 @@ CASES = [
     'json:{{"driver":"raw","file":{{"driver":"nbd"}}}}',
     'json:{{"driver":"raw","file":{{"driver":"nbd","path":"{sock}","export":"x"}}}}',
     'json:{{"driver":"raw","file":{{"driver":"nbd","host":"127.0.0.1","port":"{port}"}}}}',
+    "nbd://127.0.0.1:{tport}/x", "nbd+tcp://127.0.0.1:{tport}/x", "nbd:127.0.0.1:{tport}:exportname=x",
+    "nbd:localhost:{tport}:exportname=x", "nbd://127.0.0.1:{tport}/y", "nbd://[::1]:{port}/x",
+    'json:{{"driver":"raw","file":{{"driver":"nbd","host":"127.0.0.1","port":"{tport}","export":"x"}}}}',
 ]
 
 
@@ -86,8 +107,8 @@ def _run(peer: Any, workdir: Path, names: list[str]) -> list[Any]:
             out.append(reply["error"]["desc"])
             continue
         nodes = peer.execute({"execute": "query-named-block-nodes", "arguments": {"flat": True}})
-        out.append(sorted((n["drv"], n["file"].replace(str(workdir), "{dir}"), n["ro"])
-                          for n in nodes["return"]))
+        # The harness projection: driver, ro, cache, filenames, image info of every node.
+        out.append(canon_nodes(nodes["return"], str(workdir)))
         peer.execute({"execute": "blockdev-del", "arguments": {"node-name": f"t{i}"}})
     return out
 
@@ -106,7 +127,7 @@ def test_header_nbd_filenames_match_qsd(nbd_env: dict[str, str], tmp_path: Path)
     diffs = [(n, q, t) for n, q, t in zip(names, results["qsd"], results["txgraph"]) if q != t]
     assert not diffs, json.dumps(diffs, indent=1)
     # The cases really exercise both outcomes and the parser's error texts.
-    assert sum(isinstance(r, list) for r in results["qsd"]) >= 3
+    assert sum(isinstance(r, dict) for r in results["qsd"]) >= 7
     assert "Could not open backing file: No valid URL specified" in results["qsd"]
 
 

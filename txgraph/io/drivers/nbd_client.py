@@ -39,11 +39,14 @@ def _server_address(options: Mapping[str, Any]) -> dict[str, Any]:
         raise OpenError(str(err)) from None
 
 
-def _resolve(addr: dict[str, Any]) -> dict[str, Any]:
-    """``inet_parse_connect_saddr``: getaddrinfo on the host and service strings, as QEMU."""
+def _resolve(addr: dict[str, Any]) -> list[dict[str, Any]]:
+    """``inet_parse_connect_saddr``: getaddrinfo on the host and service strings, as QEMU.
+
+    Every address found is a candidate, tried in order (``inet_connect_saddr``).
+    """
     if addr["type"] != "inet":
         # An empty path is a zero-filled sun_path for QEMU: the unnamed abstract socket.
-        return addr if addr["path"] else {"type": "unix", "path": "\0"}
+        return [addr if addr["path"] else {"type": "unix", "path": "\0"}]
     try:
         found = socket.getaddrinfo(host_path(addr["host"]), host_path(addr["port"]),
                                    type=socket.SOCK_STREAM)
@@ -53,8 +56,19 @@ def _resolve(addr: dict[str, Any]) -> dict[str, Any]:
     except UnicodeError:
         raise OpenError(f"address resolution failed for {addr['host']}:{addr['port']}: "
                         "Name or service not known") from None
-    host, port = found[0][4][0], found[0][4][1]
-    return {"type": "inet", "host": str(host), "port": str(port)}
+    return [{"type": "inet", "host": str(ai[4][0]), "port": str(ai[4][1])} for ai in found]
+
+
+def _connect(candidates: list[dict[str, Any]], export: str) -> NbdClient:
+    """The first candidate address that accepts the connection (the last error otherwise)."""
+    error: OSError | None = None
+    for addr in candidates:
+        try:
+            return NbdClient(addr, export)
+        except OSError as e:
+            error = e
+    assert error is not None
+    raise error
 
 
 @register("nbd")
@@ -71,7 +85,7 @@ class NbdNode(DriverNode):
         where = (self.addr["path"] if self.addr["type"] == "unix"
                  else f"{self.addr['host']}:{self.addr['port']}")
         try:
-            self.client = NbdClient(_resolve(self.addr), self.export)
+            self.client = _connect(_resolve(self.addr), self.export)
         except OSError as e:
             raise OpenError(f"Failed to connect to '{where}': "
                             f"{os.strerror(e.errno or E.ECONNREFUSED)}") from None
