@@ -26,6 +26,15 @@ from txgraph.peers import QSD
 pytestmark = pytest.mark.qsd
 
 
+def _close(peer: Any) -> None:
+    """Close a peer; an EnginePeer's session too (the in-process engine has no close of its
+    own, and its open image files would otherwise stay open until garbage collection)."""
+    peer.close()
+    engine = getattr(peer, "_engine", None)
+    if engine is not None:
+        engine.context.session.close()
+
+
 @pytest.fixture(scope="module")
 def nbd_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     root = tmp_path_factory.mktemp("nbdfn")
@@ -123,7 +132,7 @@ def test_header_nbd_filenames_match_qsd(nbd_env: dict[str, str], tmp_path: Path)
         try:
             results[label] = _run(peer, workdir, names)
         finally:
-            peer.close()
+            _close(peer)
     diffs = [(n, q, t) for n, q, t in zip(names, results["qsd"], results["txgraph"]) if q != t]
     assert not diffs, json.dumps(diffs, indent=1)
     # The cases really exercise both outcomes and the parser's error texts.
@@ -147,5 +156,5 @@ def test_bare_socket_parameter_crashes_qsd_but_not_txgraph(tmp_path: Path) -> No
     try:
         reply = peer.execute({"execute": "blockdev-add", "arguments": args})
     finally:
-        peer.close()
+        _close(peer)
     assert reply["error"]["desc"] == "Could not open backing file: No valid URL specified"
