@@ -121,8 +121,10 @@ def _update_options_from_flags(options: OptionSet, flags: OpenFlag) -> None:
 def fill_options(options: OptionSet, filename: str | None, flags: OpenFlag) -> OpenFlag:
     """``bdrv_fill_options``: settle the protocol bit, the flag options and the filename.
 
-    txgraph opens legacy filenames only from image headers (after json: parsing),
-    so a filename here is a plain path for the ``file`` protocol.
+    txgraph opens legacy filenames only from image headers (after json: parsing):
+    a plain path for the ``file`` protocol, or a protocol-prefixed name such as
+    ``nbd+unix:///x?socket=PATH`` that the driver's filename parser turns into
+    options.
     """
     protocol = bool(flags & OpenFlag.PROTOCOL)
     drvname = options.values.get("driver")

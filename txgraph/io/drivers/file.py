@@ -70,8 +70,6 @@ def _align_up(n: int, a: int) -> int:
     return (n + a - 1) // a * a
 
 
-
-
 @register("file")
 class FileNode(DriverNode):
     """A regular host file, read through a shared mmap, written in place or appended."""
