@@ -35,14 +35,24 @@ def main() -> None:
               help="Run a blockdev-add with these JSON arguments before serving (repeatable).")
 @click.option("--object", "objects", multiple=True, metavar="JSON",
               help="Run an object-add with these JSON arguments before serving (repeatable).")
-def serve(qmp_path: str, policy: str, blockdevs: tuple[str, ...], objects: tuple[str, ...]) -> None:
+@click.option("--confine-dir", "confine_dirs", multiple=True, metavar="DIR",
+              type=click.Path(file_okay=False),
+              help="Backing/data-file names in image headers must stay inside DIR and use the "
+                   "file protocol (repeatable; on by default under --policy safe, where the "
+                   "image's own directory is allowed).")
+def serve(qmp_path: str, policy: str, blockdevs: tuple[str, ...], objects: tuple[str, ...],
+          confine_dirs: tuple[str, ...] = ()) -> None:
     """Serve QMP on a unix socket, like ``qemu-storage-daemon --monitor``."""
     from txgraph.ops.session import Session
     from txgraph.qmp.commands import CommandContext
     from txgraph.qmp.engine import Engine
     from txgraph.qmp.server import run_server
 
-    engine = Engine(CommandContext(Session(policy=policy)))
+    from txgraph.ops.confine import configure
+
+    session = Session(policy=policy)
+    configure(session, confine_dirs)
+    engine = Engine(CommandContext(session))
     _warm_up(engine)
     for command, items in (("object-add", objects), ("blockdev-add", blockdevs)):
         for text in items:
@@ -189,9 +199,13 @@ def bench_all(ctx: click.Context) -> None:
               help="Seal the verified plan with HMAC-SHA256 under this key (default: SHA-256).")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), default=None,
               help="Also write an HTML report with a before/after picture of every step.")
+@click.option("--confine-dir", "confine_dirs", multiple=True, metavar="DIR",
+              type=click.Path(file_okay=False),
+              help="As for serve: image-header references must stay inside DIR (repeatable).")
 def plan_cmd(plan_file: str, graph_file: str | None, qmp_socket: str | None,
              directory: str | None, policy: str, as_json: bool, out_file: str | None,
-             key_file: str | None, html_file: str | None) -> None:
+             key_file: str | None, html_file: str | None,
+             confine_dirs: tuple[str, ...] = ()) -> None:
     """Dry-run PLAN_FILE on a scratch copy of the graph and report every step.
 
     Exit status 0 if every step would be accepted and the checker agrees, 1 otherwise.
@@ -216,8 +230,8 @@ def plan_cmd(plan_file: str, graph_file: str | None, qmp_socket: str | None,
                 state = capture_graph(client)
         key = read_key(key_file) if key_file else None
         recorder = StepRecorder() if html_file else None
-        report = seal_report(verify_plan(plan, state, policy=policy, observer=recorder).to_dict(),
-                             key)
+        report = seal_report(verify_plan(plan, state, policy=policy, observer=recorder,
+                                         confine_dirs=confine_dirs).to_dict(), key)
         if html_file and recorder is not None:
             Path(html_file).write_text(plan_page(report, recorder.steps,
                                                  f"txgraph plan: {Path(plan_file).name}"))

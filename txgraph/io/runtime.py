@@ -149,7 +149,9 @@ class Runtime:
 
     def check_readable(self, path: str) -> None:
         """Open a host file once for reading (a driver's config file); raise OSError if not possible."""
-        with open(path, "rb"):
+        from txgraph.io.hostpath import host_path
+
+        with open(host_path(path), "rb"):
             pass
 
     def set_read_only(self, name: str, read_only: bool) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 from txgraph.errors import OpenError
 from txgraph.model.drivers import driver_spec
 from txgraph.model.graph import BlockGraph
+from txgraph.model.nbd_uri import exact_filename as nbd_exact_filename
 from txgraph.model.node import OpenFlag
 from txgraph.model.options import qdict_order, unflatten
 from txgraph.qobject.encoder import encode as to_qjson
@@ -111,6 +112,8 @@ def refresh_filename(graph: BlockGraph, name: str) -> None:
     if node.driver in ("null-co", "null-aio"):
         ignorable = {"filename", "driver", "latency-ns"}
         node.exact_filename = f"{node.driver}://" if set(opts) <= ignorable else ""
+    elif node.driver == "nbd":
+        node.exact_filename = nbd_exact_filename(node.options)
     elif node.driver == "blkdebug":
         image = graph.child_edge(name, "image")
         node.exact_filename = ""
@@ -128,11 +131,11 @@ def refresh_filename(graph: BlockGraph, name: str) -> None:
                 node.exact_filename = f"blkverify:{raw_name}:{test_name}"
     elif primary is not None:
         node.exact_filename = ""
-        child = graph.nodes[primary]
-        cspec = driver_spec(child.driver)
-        if child.exact_filename and cspec is not None and cspec.is_protocol \
+        pnode = graph.nodes[primary]
+        cspec = driver_spec(pnode.driver)
+        if pnode.exact_filename and cspec is not None and cspec.is_protocol \
                 and not spec.is_filter and not generate_json:
-            node.exact_filename = child.exact_filename
+            node.exact_filename = pnode.exact_filename
     if node.exact_filename:
         node.filename = node.exact_filename
     else:

@@ -13,6 +13,7 @@ from typing import Any
 
 from txgraph.errors import OpenError
 from txgraph.model.drivers import driver_spec
+from txgraph.model.nbd_uri import NbdAddressError, nbd_parse_filename
 from txgraph.model.node import OpenFlag
 from txgraph.model.options import Provenance, Source, extract_subdict, parse_bool
 from txgraph.model.perm import Role
@@ -120,8 +121,10 @@ def _update_options_from_flags(options: OptionSet, flags: OpenFlag) -> None:
 def fill_options(options: OptionSet, filename: str | None, flags: OpenFlag) -> OpenFlag:
     """``bdrv_fill_options``: settle the protocol bit, the flag options and the filename.
 
-    txgraph opens legacy filenames only from image headers (after json: parsing),
-    so a filename here is a plain path for the ``file`` protocol.
+    txgraph opens legacy filenames only from image headers (after json: parsing):
+    a plain path for the ``file`` protocol, or a protocol-prefixed name such as
+    ``nbd+unix:///x?socket=PATH`` that the driver's filename parser turns into
+    options.
     """
     protocol = bool(flags & OpenFlag.PROTOCOL)
     drvname = options.values.get("driver")
@@ -177,6 +180,14 @@ def _parse_filename(options: OptionSet, driver: str, filename: str) -> None:
     prov = Provenance(Source.EXPLICIT, detail="legacy filename")
     if driver in ("file", "host_device") and filename.startswith(driver + ":"):
         options.put("filename", filename[len(driver) + 1:], prov)
+    elif driver == "nbd":
+        try:
+            parsed = nbd_parse_filename(filename, options.values)
+        except NbdAddressError as err:
+            raise OpenError(str(err)) from None
+        for key, value in parsed.items():
+            options.put(key, value, prov)
+        options.discard("filename")
     elif driver in ("null-co", "null-aio"):
         if filename != f"{driver}://":
             raise OpenError(f"The only allowed filename for this driver is '{driver}://'")

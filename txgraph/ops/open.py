@@ -25,6 +25,8 @@ from txgraph.model.node import BlockNode, Edge, OpenFlag
 from txgraph.model.options import Provenance, Source, flatten, parse_bool, qdict_first
 from txgraph.model.perm import Role
 from txgraph.ops import drivers as driver_open
+from txgraph.ops.chain_guard import backing_chain
+from txgraph.ops.confine import guard_child_filename
 from txgraph.ops.filenames import full_backing_filename, refresh_filename
 from txgraph.ops.inherit import OptionSet, fill_options, flags_from_options, inherit_options
 from txgraph.ops.perms import refresh_perms
@@ -113,6 +115,8 @@ class Opener:
                                 "options or a new filename")
             return lookup_bs(self.session, reference, reference)
 
+        if filename is not None and parent is not None:
+            guard_child_filename(self.session, parent, child_key or "", filename)
         opts = options if options is not None else OptionSet()
         if parse_filename and filename is not None and filename.startswith("json:"):
             _merge_json_filename(opts, filename)
@@ -292,8 +296,9 @@ class Opener:
                         Provenance(Source.DEFAULT, detail="backing format from the image header"))
         role = Role.FILTERED | Role.PRIMARY if spec.is_filter else Role.COW
         try:
-            backing = self.open_inherit(backing_filename, reference, options, OpenFlag.NONE, node,
-                                        role, "backing", True)
+            with backing_chain(self, node, backing_filename if implicit_backing else None):
+                backing = self.open_inherit(backing_filename, reference, options, OpenFlag.NONE,
+                                            node, role, "backing", True)
         except TxgraphError as err:
             node.flags |= OpenFlag.NO_BACKING
             raise OpenError(f"Could not open backing file: {err.desc}") from err

@@ -20,6 +20,7 @@ from typing import Any
 from txgraph import __version__
 from txgraph.errors import TxgraphError
 from txgraph.model.graph import BlockGraph
+from txgraph.ops.confine import configure
 from txgraph.ops.session import Session
 from txgraph.plan.diff import diff, snapshot
 from txgraph.plan.dryrun import DryRunRuntime
@@ -141,14 +142,21 @@ StepObserver = Callable[[int, str, BlockGraph], None]
 
 def verify_plan(plan: Plan | list[Step], state: Any = None, *, policy: str = "safe",
                 engine: Engine | None = None, source: dict[str, Any] | None = None,
-                observer: StepObserver | None = None) -> PlanReport:
-    """Dry-run every step of ``plan`` on a scratch engine built from ``state``."""
+                observer: StepObserver | None = None,
+                confine_dirs: tuple[str, ...] = ()) -> PlanReport:
+    """Dry-run every step of ``plan`` on a scratch engine built from ``state``.
+
+    Under ``safe`` (or with ``confine_dirs``) the steps' image-header references
+    are confined as ``txgraph serve`` confines them (txgraph.ops.confine);
+    ``observer`` sees the graph around every step.
+    """
     steps = plan.steps if isinstance(plan, Plan) else plan
     if engine is None:
         if state is None and isinstance(plan, Plan):
             state = plan.graph
         engine, source = scratch_engine(state)
     session = engine.context.session
+    configure(session, confine_dirs, enabled=policy == "safe" or bool(confine_dirs))
     results: list[StepResult] = []
     try:
         for index, step in enumerate(steps):

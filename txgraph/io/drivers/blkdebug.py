@@ -33,6 +33,7 @@ from typing import Any
 
 from txgraph.errors import IOFailure, OpenError
 from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
+from txgraph.io.hostpath import host_path
 from txgraph.io.registry import register
 
 __all__ = ["BlkdebugNode", "Rule", "parse_config", "EVENTS", "IOTYPES"]
@@ -146,7 +147,7 @@ class BlkdebugNode(DriverNode):
         config = options.get("config")
         if config:
             try:
-                with open(str(config), encoding="utf-8") as f:
+                with open(host_path(str(config)), encoding="utf-8") as f:
                     rules += parse_config(f.read())
             except OSError as e:
                 raise OpenError(f"Could not read blkdebug config file: "

@@ -36,6 +36,7 @@ from typing import Any
 
 from txgraph.errors import IOFailure, OpenError
 from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
+from txgraph.io.hostpath import host_path
 from txgraph.io.registry import register
 
 __all__ = ["FileNode", "punch_hole"]
@@ -103,7 +104,7 @@ class FileNode(DriverNode):
     def _open(self, auto_read_only: bool) -> int:
         flags = os.O_CLOEXEC | (os.O_RDONLY if self.read_only else os.O_RDWR)
         try:
-            return os.open(self.filename, flags)
+            return os.open(host_path(self.filename), flags)
         except OSError as e:
             if not self.read_only and auto_read_only and e.errno in (E.EACCES, E.EROFS, E.EPERM):
                 # auto-read-only: QEMU silently falls back to a read-only open.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno as E
 import os
+import socket
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,17 +24,51 @@ from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
 from txgraph.io.nbd import protocol as P
 from txgraph.io.nbd.client import NbdClient, NbdError
 from txgraph.io.nbd.wire import Disconnected
+from txgraph.io.hostpath import host_path
 from txgraph.io.registry import register
+from txgraph.model.nbd_uri import NbdAddressError, exact_filename, server_address
 
 __all__ = ["NbdNode"]
 
 
 def _server_address(options: Mapping[str, Any]) -> dict[str, Any]:
-    kind = str(options.get("server.type", "inet"))
-    if kind == "unix":
-        return {"type": "unix", "path": str(options.get("server.path", ""))}
-    return {"type": "inet", "host": str(options.get("server.host", "localhost")),
-            "port": str(options.get("server.port", "10809"))}
+    """``nbd_process_options`` up to ``nbd_config``: legacy host/port/path, then ``server.*``."""
+    try:
+        return server_address(options)
+    except NbdAddressError as err:
+        raise OpenError(str(err)) from None
+
+
+def _resolve(addr: dict[str, Any]) -> list[dict[str, Any]]:
+    """``inet_parse_connect_saddr``: getaddrinfo on the host and service strings, as QEMU.
+
+    Every address found is a candidate, tried in order (``inet_connect_saddr``).
+    """
+    if addr["type"] != "inet":
+        # An empty path is a zero-filled sun_path for QEMU: the unnamed abstract socket.
+        return [addr if addr["path"] else {"type": "unix", "path": "\0"}]
+    try:
+        found = socket.getaddrinfo(host_path(addr["host"]), host_path(addr["port"]),
+                                   type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise OpenError(f"address resolution failed for {addr['host']}:{addr['port']}: "
+                        f"{err.strerror}") from None
+    except UnicodeError:
+        raise OpenError(f"address resolution failed for {addr['host']}:{addr['port']}: "
+                        "Name or service not known") from None
+    return [{"type": "inet", "host": str(ai[4][0]), "port": str(ai[4][1])} for ai in found]
+
+
+def _connect(candidates: list[dict[str, Any]], export: str) -> NbdClient:
+    """The first candidate address that accepts the connection (the last error otherwise)."""
+    error: OSError | None = None
+    for addr in candidates:
+        try:
+            return NbdClient(addr, export)
+        except OSError as e:
+            error = e
+    assert error is not None
+    raise error
 
 
 @register("nbd")
@@ -50,7 +85,7 @@ class NbdNode(DriverNode):
         where = (self.addr["path"] if self.addr["type"] == "unix"
                  else f"{self.addr['host']}:{self.addr['port']}")
         try:
-            self.client = NbdClient(self.addr, self.export)
+            self.client = _connect(_resolve(self.addr), self.export)
         except OSError as e:
             raise OpenError(f"Failed to connect to '{where}': "
                             f"{os.strerror(e.errno or E.ECONNREFUSED)}") from None
@@ -120,10 +155,7 @@ class NbdNode(DriverNode):
         return BlockStatus(offset, n, allocated=True, zero=bool(ext[0].flags & P.STATE_ZERO))
 
     def info(self) -> ImageInfo:
-        if self.addr["type"] == "unix":
-            name = f"nbd+unix:///{self.export}?socket={self.addr['path']}"
-        else:
-            name = f"nbd://{self.addr['host']}:{self.addr['port']}/{self.export}"
+        name = exact_filename(self.options)
         return ImageInfo(format="nbd", virtual_size=self.size(), filename=name,
                          extra={"read-only-export": self.client.read_only})
 

@@ -2,22 +2,29 @@
 
 Reproduces QEMU 7.2's block/null.c (``null_file_open``, ``null_co_preadv``,
 ``null_co_block_status``): default size 1 GiB, length rounded up to whole
-sectors, writes are dropped, reads return zeros (``read-zeroes=off`` leaves the
+sectors, a negative size refused with qemu_opt_get_size's text (QEMU 7.2 aborts
+there), a size above ``BDRV_MAX_LENGTH`` refused as ``File too large``
+(``bdrv_refresh_total_sectors``), writes are dropped, reads return zeros (``read-zeroes=off`` leaves the
 buffer undefined in QEMU; txgraph returns zeros anyway, which is a valid
 "undefined"), ``latency-ns`` delays every request.
 """
 
 from __future__ import annotations
 
+import errno as E
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
 
-from txgraph.errors import OpenError
+from txgraph.errors import IOFailure, OpenError
 from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
 from txgraph.io.registry import register
 
-__all__ = ["NullNode"]
+__all__ = ["NullNode", "BDRV_MAX_LENGTH"]
+
+#: ``BDRV_MAX_LENGTH``: INT64_MAX aligned down to ``BDRV_MAX_ALIGNMENT`` (1 GiB)
+BDRV_MAX_LENGTH = ((1 << 63) - 1) // (1 << 30) * (1 << 30)
 
 
 @register("null-co", "null-aio")
@@ -31,6 +38,12 @@ class NullNode(DriverNode):
         super().__init__(node_name, options, children, read_only)
         self.driver_name = str(options.get("driver", "null-co"))
         self._size = int(options.get("size", 1 << 30))
+        if self._size < 0:
+            # QEMU 7.2 aborts here (qemu_opt_get_size with &error_abort); the text is its message.
+            raise OpenError("Parameter 'size' expects a non-negative number below 2^64")
+        if self._size > BDRV_MAX_LENGTH:
+            # bdrv_refresh_total_sectors: longer than the block layer can address.
+            raise IOFailure(os.strerror(E.EFBIG), E.EFBIG)
         self.read_zeroes = bool(options.get("read-zeroes", False))
         self.latency_ns = int(options.get("latency-ns", 0))
         if self.latency_ns < 0:

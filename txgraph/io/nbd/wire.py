@@ -67,7 +67,9 @@ def connect(family: str, where: Any, timeout: float | None = None) -> socket.soc
     if family == "unix":
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     else:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # A numeric IPv6 host (an nbd://[::1]/x URI resolves to one) needs AF_INET6.
+        inet6 = ":" in str(where[0])
+        sock = socket.socket(socket.AF_INET6 if inet6 else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.settimeout(timeout)
     try:
