@@ -39,3 +39,21 @@ def test_reopen_rw_dropping_a_backing_that_is_also_the_file() -> None:
             "file": "n4f"}]}},
     ]
     assert _replay(steps) == []
+
+
+def test_qcow2_header_read_error_through_a_quorum_that_cannot_vote() -> None:
+    """Fuzz 38e1eee00d, the nightly run's open divergence: a qcow2 over a quorum whose two
+    children hold different bytes. QSD: ``Could not read qcow2 header: Input/output
+    error``; txgraph said ``Could not refresh total sector count`` (the read error escaped
+    the header parser as a bare I/O failure)."""
+    steps = [
+        {"execute": "blockdev-add", "arguments": {"driver": "raw", "node-name": "n1", "file": {
+            "driver": "file", "filename": "{dir}/b1.qcow2", "node-name": "n6f"}}},
+        {"execute": "blockdev-add", "arguments": {"driver": "file", "filename": "{dir}/i0.qcow2",
+                                                  "node-name": "n7"}},
+        {"execute": "blockdev-add", "arguments": {"driver": "quorum", "node-name": "n5",
+                                                  "children": ["n1", "n7"], "vote-threshold": 2}},
+        {"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "n2",
+                                                  "file": "n5", "backing": "n1"}},
+    ]
+    assert _replay(steps) == []

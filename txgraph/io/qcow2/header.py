@@ -15,7 +15,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from txgraph.errors import OpenError
+from txgraph.errors import IOFailure, OpenError
 from txgraph.io.qcow2 import constants as C
 from txgraph.io.qcow2.snapshots import Snapshot, read_snapshots
 
@@ -222,7 +222,10 @@ def read_qcow2_header(read: Reader, size: int, *, read_only: bool = True) -> Qco
     QEMU's text. ``read_only`` matters for the corrupt bit (writable opens of
     a corrupt image are refused).
     """
-    raw = read(0, 104)
+    try:
+        raw = read(0, 104)
+    except IOFailure as err:  # qcow2_do_open's first bdrv_pread (e.g. a quorum that cannot vote)
+        raise OpenError(f"Could not read qcow2 header: {err.desc}") from None
     fields = _V2.unpack(raw[:72])
     if fields[0] != C.MAGIC:
         raise _fail("Image is not in qcow2 format")
