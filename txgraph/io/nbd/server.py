@@ -63,6 +63,11 @@ MAX_REQUESTS = 16
 
 log = logging.getLogger(__name__)
 
+#: the text of an I/O error reply per command (``nbd_handle_request``); the errno goes alongside
+_IO_ERROR_TEXT = {P.CMD_READ: "reading from file failed", P.CMD_WRITE: "writing to file failed",
+                  P.CMD_WRITE_ZEROES: "writing to file failed", P.CMD_FLUSH: "flush failed",
+                  P.CMD_TRIM: "discard failed", P.CMD_BLOCK_STATUS: "can't get block status"}
+
 
 @dataclass(eq=False)
 class NbdExport:
@@ -381,7 +386,7 @@ class _Connection:
             try:
                 self._dispatch(exp, session, cmd, flags, cookie, offset, length, payload)
             except IOFailure as e:
-                self._error(cookie, e.errno, e.desc)
+                self._error(cookie, e.errno, _IO_ERROR_TEXT.get(cmd, e.desc))
             except Exception:  # a driver bug must not cost the client its connection
                 log.exception("NBD request %d failed", cmd)
                 self._error(cookie, E.EIO, "Input/output error")
