@@ -78,4 +78,4 @@ def export_over_qmp(peer: QMPProcess, image: Path, fmt: str, sock: str, **file_o
                                   "name": "disk", "writable": True})
 
 
-__all__ = ["BLOCK", "env_int", "make_block", "check_block", "serve_image", "export_over_qmp"]
+__all__ = ["BLOCK", "check_block", "env_int", "export_over_qmp", "make_block", "serve_image"]

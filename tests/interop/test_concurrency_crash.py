@@ -94,7 +94,8 @@ def test_kill9_with_4_writers(tmp_path: Path, lazy: bool) -> None:
         _one_round(img, r, rnd, acked)
         if lazy:   # left dirty: txgraph's writable open must repair it (as QEMU's does)
             open_chain(img, read_only=False).close()
-        res = subprocess.run(["qemu-img", "check", str(img)], capture_output=True, text=True)
+        res = subprocess.run(["qemu-img", "check", str(img)], capture_output=True, text=True,
+                             check=False)
         assert res.returncode in (0, 3), f"round {r}: corrupt image\n{res.stdout}{res.stderr}"
         subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(img), str(raw)],
                        check=True)

@@ -42,7 +42,7 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     if res.returncode != 0:
         pytest.fail(f"cannot mount a small tmpfs (needs root): {res.stderr.strip()}")
     try:
@@ -75,7 +75,7 @@ def _fill_until_full(peer: QMPProcess, img: Path, fmt: str, sock: str) -> list[A
         seen.append(("read back", c.read(0, 8192) == b"\x01" * 4096 + b"\x55" * 4096))
     io = subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 9 15M 1M",
                          f"nbd+unix:///disk?socket={sock}"], capture_output=True, text=True,
-                        timeout=60)
+                        check=False, timeout=60)
     seen.append(("qemu-io", io.returncode, io.stdout.strip()))
     seen.append(("still serving", peer.execute("query-block-exports")["return"][0]["id"]))
     return seen
@@ -104,7 +104,8 @@ def test_qcow2_on_a_full_disk_stays_consistent(small_fs: Path, tmp_path: Path) -
         _fill_until_full(peer, img, "qcow2", str(tmp_path / "t.sock"))
         peer.cmd("block-export-del", {"id": "e0"})
         peer.cmd("blockdev-del", {"node-name": "fmt"})
-    res = subprocess.run(["qemu-img", "check", str(img)], capture_output=True, text=True)
+    res = subprocess.run(["qemu-img", "check", str(img)], capture_output=True, text=True,
+                         check=False)
     assert res.returncode == 0, res.stdout + res.stderr
 
 
