@@ -25,16 +25,27 @@ Transmission reproduces the behaviour of QEMU's ``nbd_trip`` /
 Each request runs inside ``Runtime.request()``, so a graph swap committed by
 ``Runtime.apply`` falls between requests; network waits (payload, reply) stay
 outside that bracket so a slow or vanished client never holds up a drain.
+
+Several requests of one connection are in flight together, as in QEMU's
+export (``nbd_client_receive_next_request``, ``NBD_MAX_REQUESTS`` = 16): the
+connection's thread reads a request (with its payload) and hands it to one
+of up to 16 worker threads of that connection, then reads the next one as
+long as fewer than 16 are in flight. Replies go out in completion order, each
+one whole under the connection's send lock (``send_lock``). When the
+connection ends (NBD_CMD_DISC, a protocol error, the client vanishing) the
+requests already read are still completed before the socket is closed.
 """
 
 from __future__ import annotations
 
 import errno as E
+import logging
 import os
+import queue
 import socket
 import struct
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +58,15 @@ from txgraph.io.runtime import Runtime
 __all__ = ["NbdServer", "NbdExport"]
 
 _MAX_EXTENTS = 2048
+#: requests of one connection in flight at once (QEMU's NBD_MAX_REQUESTS)
+MAX_REQUESTS = 16
+
+log = logging.getLogger(__name__)
+
+#: the text of an I/O error reply per command (``nbd_handle_request``); the errno goes alongside
+_IO_ERROR_TEXT = {P.CMD_READ: "reading from file failed", P.CMD_WRITE: "writing to file failed",
+                  P.CMD_WRITE_ZEROES: "writing to file failed", P.CMD_FLUSH: "flush failed",
+                  P.CMD_TRIM: "discard failed", P.CMD_BLOCK_STATUS: "can't get block status"}
 
 
 @dataclass(eq=False)
@@ -203,8 +223,59 @@ class NbdServer:
                 conn.export.clients.discard(conn)
 
 
+class _Workers:
+    """Up to ``limit`` daemon threads running one connection's requests.
+
+    Owner: the connection's receiving thread, the only caller of ``submit``
+    and ``close``. ``_slots`` bounds the requests in flight: ``submit`` waits
+    for a free slot (never while holding a request bracket), a finished task
+    frees its slot. Threads are started on demand, so an idle connection
+    costs one thread.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._slots = threading.BoundedSemaphore(limit)
+        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._busy = 0
+        self._lock = threading.Lock()  # guards _busy and _threads
+        self._limit = limit
+
+    def submit(self, task: Callable[[], None]) -> None:
+        self._slots.acquire()
+        with self._lock:
+            self._busy += 1
+            if self._busy > len(self._threads) and len(self._threads) < self._limit:
+                t = threading.Thread(target=self._loop, name="nbd-request", daemon=True)
+                self._threads.append(t)
+                t.start()
+        self._queue.put(task)
+
+    def _loop(self) -> None:
+        while (task := self._queue.get()) is not None:
+            try:
+                task()
+            finally:
+                with self._lock:
+                    self._busy -= 1
+                self._slots.release()
+
+    def close(self, timeout: float) -> None:
+        """Let every submitted request finish, then stop the threads."""
+        with self._lock:
+            threads = list(self._threads)
+        for _ in threads:
+            self._queue.put(None)
+        for t in threads:
+            t.join(timeout)
+
+
 class _Connection:
-    """One client: negotiation, then a loop of requests answered in order."""
+    """One client: negotiation, then requests served concurrently (see the module docstring).
+
+    ``send_lock`` is owned by the connection: every reply is written whole
+    while holding it, so replies of concurrent requests never interleave.
+    """
 
     def __init__(self, server: NbdServer, sock: socket.socket) -> None:
         self.server = server
@@ -212,6 +283,8 @@ class _Connection:
         self.export: NbdExport | None = None
         self.session: Session | None = None
         self.size = 0
+        self.send_lock = threading.Lock()
+        self._workers = _Workers(MAX_REQUESTS)
         self._thread = threading.Thread(target=self._run, name="nbd-client", daemon=True)
 
     def start(self) -> None:
@@ -248,6 +321,7 @@ class _Connection:
         except (Disconnected, OSError):
             pass  # the client went away; nothing of the server's state depends on it
         finally:
+            self._workers.close(30)  # requests already read still complete
             self.server._forget(self)
             try:
                 self.sock.close()
@@ -255,8 +329,13 @@ class _Connection:
                 pass
 
     # -- replies -------------------------------------------------------------------------------
+    def _send(self, parts: list[bytes]) -> None:
+        """Send one whole reply; concurrent requests take turns (``send_lock``)."""
+        with self.send_lock:
+            send_parts(self.sock, parts)
+
     def _simple(self, cookie: int, err: int, data: bytes = b"") -> None:
-        send_parts(self.sock, [P.SIMPLE_REPLY.pack(P.SIMPLE_REPLY_MAGIC, err, cookie), data])
+        self._send([P.SIMPLE_REPLY.pack(P.SIMPLE_REPLY_MAGIC, err, cookie), data])
 
     def _error(self, cookie: int, errno_: int, msg: str) -> None:
         err = P.errno_to_nbd(errno_)
@@ -264,15 +343,15 @@ class _Connection:
         if self.session.structured:
             text = msg.encode()[:4096]
             payload = struct.pack(">IH", err, len(text)) + text
-            send_parts(self.sock, [P.STRUCTURED_HDR.pack(P.STRUCTURED_REPLY_MAGIC,
-                                                         P.REPLY_FLAG_DONE, P.REPLY_TYPE_ERROR,
-                                                         cookie, len(payload)), payload])
+            self._send([P.STRUCTURED_HDR.pack(P.STRUCTURED_REPLY_MAGIC,
+                                              P.REPLY_FLAG_DONE, P.REPLY_TYPE_ERROR,
+                                              cookie, len(payload)), payload])
         else:
             self._simple(cookie, err)
 
     # -- requests ------------------------------------------------------------------------------
     def _one_request(self) -> bool:
-        """Serve one request; False ends the connection."""
+        """Read one request and start serving it; False ends the connection."""
         magic, flags, cmd, cookie, offset, length = P.REQUEST.unpack(
             recv_exact(self.sock, P.REQUEST.size))
         if magic != P.REQUEST_MAGIC or cmd == P.CMD_DISC:
@@ -283,7 +362,7 @@ class _Connection:
         if cmd in (P.CMD_READ, P.CMD_WRITE) and length > P.MAX_BUFFER_SIZE:
             self._error(cookie, E.EINVAL, f"len ({length}) is larger than max len "
                                           f"({P.MAX_BUFFER_SIZE})")
-            return cmd != P.CMD_WRITE  # an unread payload would be parsed as requests
+            return bool(cmd != P.CMD_WRITE)  # an unread payload would be parsed as requests
         if cmd == P.CMD_WRITE:
             payload = recv_exact(self.sock, length)
         if cmd in (P.CMD_WRITE, P.CMD_TRIM, P.CMD_WRITE_ZEROES) and not exp.writable:
@@ -296,11 +375,23 @@ class _Connection:
         if flags & ~_valid_flags(cmd, session.structured):
             self._error(cookie, E.EINVAL, f"unsupported flags 0x{flags:x} for command {cmd}")
             return True
+        self._workers.submit(lambda: self._serve(exp, session, cmd, flags, cookie, offset,
+                                                 length, payload))
+        return True
+
+    def _serve(self, exp: NbdExport, session: Session, cmd: int, flags: int, cookie: int,
+               offset: int, length: int, payload: bytes) -> None:
+        """Run one request on a worker thread and reply (``nbd_handle_request``)."""
         try:
-            return self._dispatch(exp, session, cmd, flags, cookie, offset, length, payload)
-        except IOFailure as e:
-            self._error(cookie, e.errno, e.desc)
-            return True
+            try:
+                self._dispatch(exp, session, cmd, flags, cookie, offset, length, payload)
+            except IOFailure as e:
+                self._error(cookie, e.errno, _IO_ERROR_TEXT.get(cmd, e.desc))
+            except Exception:  # a driver bug must not cost the client its connection
+                log.exception("NBD request %d failed", cmd)
+                self._error(cookie, E.EIO, "Input/output error")
+        except (Disconnected, OSError):
+            self.kill()  # the reply cannot be delivered: end the connection
 
     def _dispatch(self, exp: NbdExport, session: Session, cmd: int, flags: int, cookie: int,
                   offset: int, length: int, payload: bytes) -> bool:
@@ -309,7 +400,7 @@ class _Connection:
             with rt.request():
                 data = rt.node(exp.node_name).read(offset, length)
             if session.structured:
-                send_parts(self.sock, [P.STRUCTURED_HDR.pack(
+                self._send([P.STRUCTURED_HDR.pack(
                     P.STRUCTURED_REPLY_MAGIC, P.REPLY_FLAG_DONE, P.REPLY_TYPE_OFFSET_DATA,
                     cookie, 8 + len(data)), struct.pack(">Q", offset), data])
             else:
@@ -367,9 +458,9 @@ class _Connection:
                     break
         ctx_id = next(iter(session.meta))
         body = struct.pack(">I", ctx_id) + b"".join(descs)
-        send_parts(self.sock, [P.STRUCTURED_HDR.pack(P.STRUCTURED_REPLY_MAGIC, P.REPLY_FLAG_DONE,
-                                                     P.REPLY_TYPE_BLOCK_STATUS, cookie,
-                                                     len(body)), body])
+        self._send([P.STRUCTURED_HDR.pack(P.STRUCTURED_REPLY_MAGIC, P.REPLY_FLAG_DONE,
+                                          P.REPLY_TYPE_BLOCK_STATUS, cookie,
+                                          len(body)), body])
         return True
 
 

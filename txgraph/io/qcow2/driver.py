@@ -9,12 +9,22 @@ the backing's end, subclusters, compressed clusters),
 The backing and data-file children are looked up in ``self.children`` on
 every request: the Runtime attaches them after construction and may swap them
 under drain.
+
+Locking: ``Qcow2Node.lock`` (a re-entrant lock, QEMU's ``s->lock`` CoMutex)
+is owned by the node and guards everything behind the mapping: the L2 map's
+compilation and updates, the refcounts, the writer's dirty sets, the header
+fields and the decompressed-cluster cache. Readers hold it only to look up
+where data lives (a compiled slot is read without it: its arrays are updated
+in place, data first, entry last); the copy of the data itself runs without
+it, so readers of allocated data proceed in parallel. The write discipline is
+in :mod:`.writer`.
 """
 
 from __future__ import annotations
 
 import errno as E
 import os
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -68,6 +78,8 @@ class Qcow2Node(DriverNode):
             raise OpenError(f"Could not read L1 table: {e.desc}") from None
         self.l1 = np.frombuffer(l1_bytes, dtype=">u8").astype(np.uint64)
         self.map = L2Map(h, self.l1, self._fread)
+        #: guards map, refcounts, writer state, header and cache (see the module docstring)
+        self.lock = threading.RLock()
         self.cache = ClusterCache()
         #: set when an inconsistency was found at runtime (QEMU's "corrupt" bit)
         self.corrupt = h.corrupt
@@ -100,6 +112,10 @@ class Qcow2Node(DriverNode):
 
     def signal_corruption(self, message: str) -> IOFailure:
         """QEMU's ``qcow2_signal_corruption``: mark the image corrupt, fail with EIO."""
+        with self.lock:
+            return self._signal_corruption(message)
+
+    def _signal_corruption(self, message: str) -> IOFailure:
         if not self.corrupt:
             self.corruption_events.append(message)
             self.corrupt = True
@@ -112,13 +128,21 @@ class Qcow2Node(DriverNode):
         vsize = self.size()
         if length > 0 and offset + length <= vsize and (offset >> self.cluster_bits) == (
                 (offset + length - 1) >> self.cluster_bits):
-            code = self.map.code(offset >> self.cluster_bits)
+            code = self._code(offset >> self.cluster_bits)
             if code >= 0:  # fast path: one data cluster, one copy
                 dc = self._data_child()
                 return dc.read(code + (offset & (self.cluster_size - 1)), length)
         buf = bytearray(length)
         self._readinto(offset, memoryview(buf), zeroed=True)
         return bytes(buf)
+
+    def _code(self, c: int) -> int:
+        """The host code of cluster ``c``; lock-free once its slot is compiled."""
+        codes = self.map.codes[c >> self.map.l2b] if c < self.map.nb_clusters else None
+        if codes is None:
+            with self.lock:
+                return self.map.code(c)
+        return int(codes[c & (self.map.n - 1)])
 
     def readinto(self, offset: int, out: memoryview) -> None:
         """Read into a caller buffer; one-cluster data reads skip the run machinery."""
@@ -151,7 +175,11 @@ class Qcow2Node(DriverNode):
         c1 = (offset + length - 1) >> cb
         pos = offset
         end = offset + length
-        for first, n, code in self.map.runs(c0, c1 - c0 + 1):
+        with self.lock:  # one consistent lookup; the copies run without the lock
+            runs = self.map.runs(c0, c1 - c0 + 1)
+            entries = {first: self.map.raw_entry(first) for first, _, code in runs
+                       if code in (COMPRESSED, MIXED)}
+        for first, n, code in runs:
             run_end = min(end, (first + n) << cb)
             a, b = pos - offset, run_end - offset
             if code >= 0:
@@ -162,16 +190,20 @@ class Qcow2Node(DriverNode):
             elif code == UNALLOC:
                 self._read_backing(pos, out[a:b], zeroed)
             elif code == COMPRESSED:
-                data = self._decompressed(first)
+                data = self._decompressed(entries[first][0])
                 io = pos & (cs - 1)
                 out[a:b] = data[io:io + (b - a)]
             elif code == MIXED:
-                self._read_subclusters(first, pos, out[a:b], zeroed)
+                self._read_subclusters(first, pos, out[a:b], zeroed, entries[first])
             else:
                 raise self._invalid(first)
             pos = run_end
 
     def _invalid(self, cluster: int) -> IOFailure:
+        with self.lock:
+            return self._invalid_locked(cluster)
+
+    def _invalid_locked(self, cluster: int) -> IOFailure:
         slot = cluster >> self.map.l2b
         msg = self.map.bad_slots.get(slot)
         if msg is None:
@@ -183,7 +215,7 @@ class Qcow2Node(DriverNode):
             else:
                 msg = (f"Cluster allocation offset {raw & C.L2E_OFFSET_MASK:#x} unaligned "
                        f"(L2 offset: {l2off:#x}, L2 index: {idx:#x})")
-        return self.signal_corruption(msg)
+        return self._signal_corruption(msg)
 
     def _read_backing(self, pos: int, out: memoryview, zeroed: bool) -> None:
         """Unallocated range: the backing image at the same offset, zeros past its end."""
@@ -197,10 +229,11 @@ class Qcow2Node(DriverNode):
         if inside < n and not zeroed:
             out[inside:] = bytes(n - inside)
 
-    def _decompressed(self, cluster: int) -> bytes:
-        raw, _ = self.map.raw_entry(cluster)
+    def _decompressed(self, raw: int) -> bytes:
+        """One compressed cluster, given the L2 entry looked up under the lock."""
         key = self.map.compressed_extent(raw)
-        data = self.cache.get(key)
+        with self.lock:
+            data = self.cache.get(key)
         if data is None:
             coff, csize = key
             try:
@@ -208,12 +241,14 @@ class Qcow2Node(DriverNode):
                                   self.cluster_size)
             except DecompressError:
                 raise _eio() from None
-            self.cache.put(key, data)
+            with self.lock:
+                self.cache.put(key, data)
         return data
 
-    def _read_subclusters(self, cluster: int, pos: int, out: memoryview, zeroed: bool) -> None:
+    def _read_subclusters(self, cluster: int, pos: int, out: memoryview, zeroed: bool,
+                          entry: tuple[int, int]) -> None:
         """Extended L2: each 1/32 of the cluster is data, zeros, or the backing."""
-        raw, bm = self.map.raw_entry(cluster)
+        raw, bm = entry
         host = raw & C.L2E_OFFSET_MASK
         scs = self.cluster_size // C.EXTL2_SUBCLUSTERS
         base = cluster << self.cluster_bits
@@ -233,7 +268,8 @@ class Qcow2Node(DriverNode):
 
     def translate(self, guest_offsets: np.ndarray) -> np.ndarray:
         """Batched guest -> host translation (host offset or a negative class code)."""
-        return self.map.translate(guest_offsets)
+        with self.lock:
+            return self.map.translate(guest_offsets)
 
     # -- writes (delegated) ---------------------------------------------------
     def _w(self) -> Any:
@@ -269,8 +305,9 @@ class Qcow2Node(DriverNode):
         """``qcow2_co_block_status`` for the first run of ``[offset, offset+length)``."""
         cb = self.cluster_bits
         length = min(length, self.size() - offset)
-        first, n, code = self.map.runs(offset >> cb, 1 + ((offset + length - 1) >> cb)
-                                       - (offset >> cb))[0]
+        with self.lock:
+            first, n, code = self.map.runs(offset >> cb, 1 + ((offset + length - 1) >> cb)
+                                           - (offset >> cb))[0]
         n_bytes = min(offset + length, (first + n) << cb) - offset
         if code >= 0:
             return BlockStatus(offset, n_bytes, True, False, code + (offset - (first << cb)))

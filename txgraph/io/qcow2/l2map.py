@@ -19,6 +19,12 @@ Slots are compiled on first touch. Small images (map <= 64 MiB) keep every
 slot as a view into one flat array so a batch of guest offsets translates with
 a single ``take``; larger ones keep per-slot arrays only for touched slots, so
 memory is O(touched L1 slots), never O(virtual size).
+
+Owner and lock: the :class:`~.driver.Qcow2Node`; compilation and every update
+run under the node's ``lock``. The one lock-free use is a reader indexing a
+slot's ``codes`` array that is already compiled: a slot is published in
+``codes`` only after its arrays are filled, and :meth:`L2Map.set_entry`
+changes the code last, after the data it points to was written.
 """
 
 from __future__ import annotations

@@ -14,7 +14,14 @@ Reproduces the on-disk effects of QEMU 7.2's block/qcow2-refcount.c
 * a new refcount block describes itself when it falls inside its own range;
 * a full refcount table is replaced by a larger, self-describing one written
   to fresh clusters and switched in the header with one 12-byte write between
-  two flushes; the old table is freed afterwards.
+  two flushes; the old table is freed afterwards;
+* every cluster handed out by :meth:`Refcounts.alloc` (data, L2 tables) or
+  taken for a new refcount block is first backed by disk space with the
+  ``reserve`` callback (the file driver's ``fallocate``), so a full disk fails
+  the allocation before any metadata refers to the cluster.
+
+Owner and lock: the :class:`~.writer.Qcow2Writer`; every call happens under
+the node's ``lock`` (QEMU's ``s->lock``); this class takes no lock itself.
 """
 
 from __future__ import annotations
@@ -32,14 +39,16 @@ __all__ = ["Refcounts"]
 
 ReadFn = Callable[[int, int], bytes]
 WriteFn = Callable[[int, bytes], None]
+ReserveFn = Callable[[int, int], None]
 
 
 class Refcounts:
     """The refcount table and the refcount blocks touched so far."""
 
     def __init__(self, h: Qcow2Header, read: ReadFn, write: WriteFn, sync: Callable[[], None],
-                 file_length: int) -> None:
+                 file_length: int, reserve: ReserveFn | None = None) -> None:
         self.h = h
+        self._reserve: ReserveFn = reserve or (lambda offset, length: None)
         self._read, self._write, self._sync = read, write, sync
         self.cs = h.cluster_size
         self.bits = h.refcount_bits
@@ -114,9 +123,17 @@ class Refcounts:
         start = self.next_free
         while any(self.get(c) for c in range(start, start + n)):
             start += 1
+        self._reserve(start * self.cs, n * self.cs)  # ENOSPC here changes nothing
         self.next_free = start + n
-        for c in range(start, start + n):
-            self.set(c, 1)
+        done: list[int] = []
+        try:
+            for c in range(start, start + n):
+                self.set(c, 1)
+                done.append(c)
+        except BaseException:
+            for c in done:  # a refcount block could not be reserved: hand them back
+                self.set(c, 0)
+            raise
         return start * self.cs
 
     def _new_block(self, bi: int) -> np.ndarray:
@@ -127,6 +144,7 @@ class Refcounts:
             if blk is not None:
                 return blk
         x = self._take()
+        self._reserve(x * self.cs, self.cs)  # on failure only a gap is left behind
         blk = np.zeros(self.epb, dtype=np.uint64)
         self.blocks[bi] = blk
         self.table[bi] = x * self.cs

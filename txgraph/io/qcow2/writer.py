@@ -19,6 +19,25 @@ image allows them (compat bit 0), the dirty bit is set and flushed before the
 first metadata change and cleared on a clean close, as QEMU's
 ``qcow2_mark_dirty``/``qcow2_mark_clean`` do; a dirty image opened writable is
 repaired first (:mod:`.rebuild`).
+
+Concurrency (QEMU's ``s->lock`` plus the in-flight allocation dependencies of
+``handle_dependencies``): every method runs its metadata work under the
+node's ``lock``. An allocating write holds it from the lookup through the
+allocation, the copy-on-write of the untouched part of the cluster, the data
+write and the L2 update, so no other request can look at, allocate or
+copy-on-write the same cluster halfway (QEMU lets data writes of *different*
+allocations overlap in time; txgraph serialises allocations per node, which
+is stricter and gives the same results). Overwrites of clusters the image
+owns (COPIED) look up under the lock and write the data without it, in
+parallel. ``flush`` writes the metadata under the lock, so the order "data,
+then refcounts, then L2, then L1, then frees" holds for every request that
+completed before it, whichever thread made it; the final ``fdatasync`` of
+the file runs after the lock is released.
+
+A fresh cluster is backed by disk space before anything points at it
+(:meth:`Refcounts.alloc` reserves it): on a full disk the allocating write
+fails with ENOSPC and is rolled back, like QEMU's ``qcow2_alloc_cluster_abort``,
+and later flushes still succeed.
 """
 
 from __future__ import annotations
@@ -52,8 +71,9 @@ class Qcow2Writer:
         self.map = node.map
         self.cs = self.h.cluster_size
         f = node.file
+        self.lock = node.lock
         self.refs = Refcounts(self.h, node._fread, self._fwrite, self._sync,
-                              getattr(f, "file_length", f.size)())
+                              getattr(f, "file_length", f.size)(), getattr(f, "reserve", None))
         self.dirty_slots: set[int] = set()
         self.dirty_l1: set[int] = set()
         self.pending_free: list[int] = []
@@ -127,15 +147,16 @@ class Qcow2Writer:
         while pos < end:
             c = pos >> cb
             nxt = min(end, (c + 1) << cb)
-            raw, bm = self.map.raw_entry(c)
-            code = self.map.code(c)
             chunk = mv[pos - offset:nxt - offset]
-            owned = code >= 0 and raw & C.OFLAG_COPIED and (
-                not self.h.extended_l2 or bm == _ALL_ALLOC)
-            if owned:
+            with self.lock:
+                raw, bm = self.map.raw_entry(c)
+                code = self.map.code(c)
+                owned = code >= 0 and raw & C.OFLAG_COPIED and (
+                    not self.h.extended_l2 or bm == _ALL_ALLOC)
+                if not owned:
+                    self._allocate_and_write(c, pos & (cs - 1), chunk, code, raw)
+            if owned:  # in-place overwrite: no metadata changes, no lock needed
                 self._data().write(code + (pos & (cs - 1)), chunk)  # type: ignore[attr-defined]
-            else:
-                self._allocate_and_write(c, pos & (cs - 1), chunk, code, raw)
             pos = nxt
 
     def _cluster_content(self, c: int) -> bytearray:
@@ -147,7 +168,11 @@ class Qcow2Writer:
         return buf
 
     def _allocate_and_write(self, c: int, io: int, chunk: memoryview, code: int, raw: int) -> None:
-        """``handle_alloc`` + COW: a fresh cluster gets old content plus the new bytes."""
+        """``handle_alloc`` + COW: a fresh cluster gets old content plus the new bytes.
+
+        Runs under ``lock``. A failed data write gives the fresh cluster back
+        (``qcow2_alloc_cluster_abort``); the mapping still shows the old data.
+        """
         if io == 0 and len(chunk) == self.cs:
             content: bytes | bytearray | memoryview = chunk
         else:
@@ -163,7 +188,12 @@ class Qcow2Writer:
             host = code  # an owned cluster with a partial subcluster bitmap: fill in place
         else:
             host = self.refs.alloc(1)
-        self._data().write(host, content)  # type: ignore[attr-defined]
+        try:
+            self._data().write(host, content)  # type: ignore[attr-defined]
+        except BaseException:
+            if host != code and not self.h.has_data_file:
+                self.refs.add(host // self.cs, -1)  # never referenced: free again
+            raise
         if host != code:
             self._release_entry(raw, code)
         self.map.set_entry(c, host | C.OFLAG_COPIED, _ALL_ALLOC if self.h.extended_l2 else 0)
@@ -191,7 +221,8 @@ class Qcow2Writer:
             nxt = min(end, (c + 1) << cb)
             whole = (pos & (cs - 1)) == 0 and (nxt - pos == cs or nxt == self.node.size())
             if whole and self.h.version >= 3:
-                self._zero_cluster(c, may_unmap)
+                with self.lock:
+                    self._zero_cluster(c, may_unmap)
             else:
                 self.write(pos, bytes(nxt - pos))
             pos = nxt
@@ -225,6 +256,10 @@ class Qcow2Writer:
         becomes a zero cluster in v3 (v2 has none and drops the mapping).
         """
         self._check_range(offset, length)
+        with self.lock:
+            self._discard(offset, length)
+
+    def _discard(self, offset: int, length: int) -> None:
         cs, size = self.cs, self.node.size()
         first = -(-offset // cs)
         end = offset + length
@@ -253,11 +288,16 @@ class Qcow2Writer:
 
     # -- flush -------------------------------------------------------------------------
     def flush(self) -> None:
-        """Metadata write-back in dependency order, then the children's flush."""
-        for _ in range(3):  # released clusters need one more round to reach the disk
-            wrote = self._flush_once()
-            if not wrote:
-                break
+        """Metadata write-back in dependency order, then the children's flush.
+
+        The metadata part runs under ``lock`` (``qcow2_co_flush_to_os``); the
+        final flush of the file does not need it (``bdrv_co_flush`` of the child).
+        """
+        with self.lock:
+            for _ in range(3):  # released clusters need one more round to reach the disk
+                wrote = self._flush_once()
+                if not wrote:
+                    break
         self.node.file.flush()
         dc = self.node.children.get("data-file")
         if dc is not None:
@@ -301,6 +341,7 @@ class Qcow2Writer:
 
     def close(self) -> None:
         self.flush()
-        if self.marked_dirty and not self.node.corrupt:
-            self._set_incompat(self.h.incompatible_features & ~C.INCOMPAT_DIRTY)
-            self.marked_dirty = False
+        with self.lock:
+            if self.marked_dirty and not self.node.corrupt:
+                self._set_incompat(self.h.incompatible_features & ~C.INCOMPAT_DIRTY)
+                self.marked_dirty = False
