@@ -69,7 +69,11 @@ class QMPProcess:
         self._file = self.sock.makefile("rwb")
         self.greeting = self._read()
         reply = self.execute("qmp_capabilities")
-        assert reply == {"return": {}}, reply
+        while "QMP" in reply:  # a repeated greeting (seen under load): the reply follows it
+            reply = self._read()
+        if reply != {"return": {}}:
+            self.close()
+            raise RuntimeError(f"{self.label} refused qmp_capabilities: {reply}")
 
     def _read(self) -> dict[str, Any]:
         line = self._file.readline()

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import random
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,12 +75,15 @@ class WorkerStats:
     divergences: dict[str, dict[str, Any]] = field(default_factory=dict)
     elapsed: float = 0.0
     done: bool = False
+    #: peers that failed to start (QSD not answering its greeting in time)
+    peer_failures: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"worker": self.worker, "steps": self.steps, "sequences": self.sequences,
                 "behaviours": sorted(self.behaviours), "timeline": self.timeline,
                 "op_mix": self.op_mix, "divergences": self.divergences,
-                "elapsed": self.elapsed, "done": self.done}
+                "elapsed": self.elapsed, "done": self.done,
+                "peer_failures": self.peer_failures[-20:]}
 
 
 class Worker:
@@ -183,7 +187,12 @@ class Worker:
         deadline = self._start + self.config.seconds
         last_write = 0.0
         while time.monotonic() < deadline:
-            result = run_sequence(self._source(), self.config.against, max_steps=_MAX_LEN * 2)
+            try:
+                result = run_sequence(self._source(), self.config.against, max_steps=_MAX_LEN * 2)
+            except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+                # a peer that would not start (a loaded machine): not a finding, try again
+                self.stats.peer_failures.append(str(err)[:300])
+                continue
             self._record(result)
             if result.divergence is not None:
                 self._divergence(result, result.divergence)

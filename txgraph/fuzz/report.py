@@ -36,13 +36,15 @@ def collect(out: Path, config: dict[str, Any]) -> dict[str, Any]:
                 if key in d:
                     merged.setdefault(key, d[key])
     steps = sum(w["steps"] for w in workers)
+    peer_failures = [f for w in workers for f in w.get("peer_failures", [])]
     elapsed = max((w["elapsed"] for w in workers), default=0.0)
     return {"format": "txgraph-fuzz-report/1", "config": config, "workers": len(workers),
             "steps": steps, "sequences": sum(w["sequences"] for w in workers),
             "behaviours": len(behaviours), "elapsed": elapsed,
             "steps_per_second": round(steps / elapsed, 1) if elapsed else 0.0,
             "op_mix": dict(sorted(op_mix.items(), key=lambda kv: -kv[1])),
-            "timeline": sorted(timeline), "divergences": divergences}
+            "timeline": sorted(timeline), "divergences": divergences,
+            "peer_failures": peer_failures}
 
 
 def _html(report: dict[str, Any]) -> str:

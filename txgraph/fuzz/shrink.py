@@ -10,6 +10,7 @@ reproduces on its own.
 from __future__ import annotations
 
 import copy
+import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -30,12 +31,18 @@ def shrink(steps: list[dict[str, Any]], signature: str, against: str,
            budget: int = 200) -> tuple[list[dict[str, Any]], RunResult]:
     """The smallest sequence found (within ``budget`` runs) diverging with ``signature``."""
     runs = 0
-    best = run_sequence(_fixed(steps), against)
+    try:
+        best = run_sequence(_fixed(steps), against)
+    except (OSError, RuntimeError, subprocess.SubprocessError):
+        best = RunResult(steps=list(steps))
 
     def still(candidate: list[dict[str, Any]]) -> RunResult | None:
         nonlocal runs
         runs += 1
-        result = run_sequence(_fixed(candidate), against)
+        try:
+            result = run_sequence(_fixed(candidate), against)
+        except (OSError, RuntimeError, subprocess.SubprocessError):
+            return None  # a peer that would not start says nothing about the candidate
         ok = result.divergence is not None and result.divergence.signature == signature
         return result if ok else None
 
