@@ -193,6 +193,12 @@ def test_requests_of_one_connection_are_in_flight_together(tmp_path: Path) -> No
         c = NbdClient({"type": "unix", "path": sock}, "disk", structured=False)
         try:
             (conn,) = list(srv._conns)
+            # one round trip first: the connection thread has finished the handshake and
+            # waits in its request loop (otherwise the drain below may stall the handshake)
+            c.sock.sendall(P.REQUEST.pack(P.REQUEST_MAGIC, 0, P.CMD_READ, 999, 0, 512))
+            magic, err, cookie = P.SIMPLE_REPLY.unpack(recv_exact(c.sock, P.SIMPLE_REPLY.size))
+            assert (magic, err, cookie) == (P.SIMPLE_REPLY_MAGIC, 0, 999)
+            recv_exact(c.sock, 512)
             with rt.drained():   # a drain holds every request back...
                 for cookie in range(1, 18):
                     c.sock.sendall(P.REQUEST.pack(P.REQUEST_MAGIC, 0, P.CMD_WRITE, cookie,
