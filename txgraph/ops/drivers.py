@@ -42,7 +42,9 @@ def _consume(work: OptionSet, spec: DriverSpec) -> dict[str, Any]:
 def _runtime_open(opener: Opener, node: BlockNode, children: dict[str, str]) -> None:
     """Create the node's driver object and record what it reports about the image."""
     runtime = opener.runtime
-    options = dict(node.options)
+    # The driver gets the resolved common settings typed (flags, detect-zeroes), not the
+    # strings blockdev-add stored in the options.
+    options = {**node.options, **node.runtime_options()}
     if node.probed:
         # The data plane enforces the probed-raw rule (raw_co_pwritev, CVE-2008-2004).
         options["x-txgraph-probed"] = True

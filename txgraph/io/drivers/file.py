@@ -37,6 +37,7 @@ from typing import Any
 from txgraph.errors import IOFailure, OpenError
 from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
 from txgraph.io.registry import register
+from txgraph.io.settings import opt_bool
 
 __all__ = ["FileNode", "punch_hole"]
 
@@ -81,9 +82,9 @@ class FileNode(DriverNode):
         self.filename = str(options.get("filename", ""))
         if not self.filename:
             raise OpenError("The 'file' block driver requires a file name")
-        self.no_flush = bool(options.get("cache.no-flush", False))
-        self.direct = bool(options.get("cache.direct", False))
-        self.fd = self._open(bool(options.get("auto-read-only", False)))
+        self.no_flush = self.settings.no_flush  # typed (NodeSettings), never bool("off")
+        self.direct = self.settings.direct
+        self.fd = self._open(opt_bool(options, "auto-read-only", False))
         st = os.fstat(self.fd)
         try:
             self._check_type(st)
@@ -121,7 +122,7 @@ class FileNode(DriverNode):
             old_ro, old_fd = self.read_only, self.fd
             self.read_only = read_only
             try:
-                self.fd = self._open(bool(options.get("auto-read-only", False)))
+                self.fd = self._open(opt_bool(options, "auto-read-only", False))
             except OpenError:
                 self.read_only = old_ro
                 raise
@@ -130,8 +131,8 @@ class FileNode(DriverNode):
             self._remap()
             os.close(old_fd)
         super().reopen(options, read_only)
-        self.no_flush = bool(options.get("cache.no-flush", False))
-        self.direct = bool(options.get("cache.direct", False))
+        self.no_flush = self.settings.no_flush
+        self.direct = self.settings.direct
 
     def _remap(self) -> None:
         """Map the whole current file; older mappings stay valid for their holders."""

@@ -16,6 +16,7 @@ from typing import Any
 from txgraph.errors import OpenError
 from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
 from txgraph.io.registry import register
+from txgraph.io.settings import opt_bool, opt_int
 
 __all__ = ["NullNode"]
 
@@ -30,9 +31,9 @@ class NullNode(DriverNode):
                  children: Mapping[str, DriverNode], read_only: bool) -> None:
         super().__init__(node_name, options, children, read_only)
         self.driver_name = str(options.get("driver", "null-co"))
-        self._size = int(options.get("size", 1 << 30))
-        self.read_zeroes = bool(options.get("read-zeroes", False))
-        self.latency_ns = int(options.get("latency-ns", 0))
+        self._size = opt_int(options, "size", 1 << 30)
+        self.read_zeroes = opt_bool(options, "read-zeroes", False)
+        self.latency_ns = opt_int(options, "latency-ns", 0, minimum=-(2**63))
         if self.latency_ns < 0:
             raise OpenError("latency-ns is invalid")
 
