@@ -33,49 +33,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from txgraph.errors import OpenError
+from txgraph.io.chain import allocated_above, chain
 from txgraph.io.driver import DriverNode, FilterNode, driver_write, driver_write_zeroes, is_zero
 from txgraph.io.registry import register
 from txgraph.io.settings import opt_str
 
 __all__ = ["CopyOnReadNode", "allocated_above", "copy_on_readv"]
-
-#: Drivers that pass I/O through their ``file`` child unchanged.
-_FILTERS = frozenset({"throttle", "copy-on-read", "blkdebug", "compress", "preallocate"})
-
-
-def _skip_filters(node: DriverNode | None) -> DriverNode | None:
-    while node is not None and node.driver_name in _FILTERS and "file" in node.children:
-        node = node.children["file"]
-    return node
-
-
-def _chain(top: DriverNode) -> list[DriverNode]:
-    """Top, its backing, its backing's backing... (filters skipped, ``bdrv_cow_bs``)."""
-    out: list[DriverNode] = []
-    node = _skip_filters(top)
-    while node is not None and node not in out:
-        out.append(node)
-        node = _skip_filters(node.children.get("backing"))
-    return out
-
-
-def allocated_above(layers: list[DriverNode], bottom: str | None, offset: int,
-                    length: int) -> tuple[bool, int]:
-    """``bdrv_is_allocated_above(layers[0], bottom, include_base=true)``.
-
-    Returns whether some layer down to ``bottom`` defines the first stretch,
-    and that stretch's length.
-    """
-    n = length
-    for layer in layers:
-        st = layer.block_status(offset, n)
-        n = max(1, min(n, st.length))
-        if st.allocated:
-            return True, n
-        if layer.node_name == bottom:
-            break
-    return False, n
-
 
 #: ``MAX_BOUNCE_BUFFER`` of block/io.c: the largest stretch copied at once
 _MAX_BOUNCE = 32768 * 512
@@ -146,7 +109,7 @@ class CopyOnReadNode(FilterNode):
             raise OpenError('A block device must be specified for "file"')
         self.bottom: str | None = opt_str(options, "bottom")
         if self.bottom is not None:
-            names = [n.node_name for n in _chain(self.children["file"])]
+            names = [n.node_name for n in chain(self.children["file"])]
             if self.bottom not in names:
                 raise OpenError(f"Bottom node '{self.bottom}' not found")
         self._serial = threading.Lock()
@@ -160,7 +123,7 @@ class CopyOnReadNode(FilterNode):
         with self._serial:
             if self.bottom is None:
                 return copy_on_readv(top, offset, length)
-            layers = _chain(top)
+            layers = chain(top)
             parts: list[bytes] = []
             pos, end = offset, offset + length
             while pos < end:
