@@ -140,6 +140,11 @@ def _add_top(d: str) -> Steps:
                                        "filename": f"{d}/top.qcow2"}})]
 
 
+def _raw_disk(d: str) -> None:
+    _sh("qemu-img", "create", "-q", "-f", "raw", f"{d}/disk.raw", "1M")
+    _sh("qemu-io", "-f", "raw", "-c", "write -P 1 0 1M", f"{d}/disk.raw")
+
+
 def _named_chain(d: str, *, bottom: str) -> Steps:
     """base <- mid <- top opened by name, and a COR filter over top with ``bottom``."""
     return [("blockdev-add", {"driver": "qcow2", "node-name": "base",
@@ -225,8 +230,7 @@ CASES: dict[str, Case] = {
         ["top.qcow2", "mid.qcow2"]),
     # raw offset/size window, moved by blockdev-reopen
     "raw_window_after_reopen": Case(
-        lambda d: (_sh("qemu-img", "create", "-q", "-f", "raw", f"{d}/disk.raw", "1M"),
-                   _sh("qemu-io", "-f", "raw", "-c", "write -P 1 0 1M", f"{d}/disk.raw")) and None,
+        _raw_disk,
         lambda d: [("blockdev-add", {"driver": "raw", "node-name": "w", "offset": 65536,
                                      "size": 131072,
                                      "file": {"driver": "file", "node-name": "wf",
