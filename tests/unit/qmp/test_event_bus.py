@@ -77,3 +77,41 @@ def test_engine_and_session_share_the_channel() -> None:
     engine.remove_event_listener(got.append)
     session.emit_event("LATE")
     assert len(got) == 3
+
+
+class _ManualTimers:
+    """A scheduler the test fires by hand: no wall-clock waits, no timed assertions."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[float, Callable[[], None]]] = []
+
+    def __call__(self, delay: float, callback: Callable[[], None]) -> None:
+        self.pending.append((delay, callback))
+
+    def fire(self) -> None:
+        batch, self.pending = self.pending, []
+        for _delay, callback in batch:
+            callback()
+
+
+def test_quorum_events_are_rate_limited_like_qemu() -> None:
+    """``monitor_qapi_event_queue_no_reenter``: first at once, then the newest per period."""
+    timers = _ManualTimers()
+    bus = EventBus(scheduler=timers)
+    got: list[tuple[str, Any]] = []
+    bus.subscribe(lambda ev: got.append((ev["event"], ev.get("data"))))
+    for n in range(3):
+        bus.emit("QUORUM_REPORT_BAD", {"node-name": "c2", "sector-num": n})
+    bus.emit("QUORUM_REPORT_BAD", {"node-name": "c1", "sector-num": 9})  # another key
+    bus.emit("BLOCK_EXPORT_DELETED", {"id": "e"})  # not limited
+    assert got == [("QUORUM_REPORT_BAD", {"node-name": "c2", "sector-num": 0}),
+                   ("QUORUM_REPORT_BAD", {"node-name": "c1", "sector-num": 9}),
+                   ("BLOCK_EXPORT_DELETED", {"id": "e"})]
+    assert [d for d, _cb in timers.pending] == [1.0, 1.0]
+    timers.fire()  # the c2 period ends: its newest held event goes out, a new period starts
+    assert got[3:] == [("QUORUM_REPORT_BAD", {"node-name": "c2", "sector-num": 2})]
+    timers.fire()  # nothing held: the periods end
+    timers.fire()
+    assert len(got) == 4 and not timers.pending
+    bus.emit("QUORUM_REPORT_BAD", {"node-name": "c2", "sector-num": 7})  # quiet again: at once
+    assert got[4:] == [("QUORUM_REPORT_BAD", {"node-name": "c2", "sector-num": 7})]
