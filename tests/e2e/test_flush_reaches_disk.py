@@ -23,7 +23,8 @@ import pytest
 
 from txgraph.peers import TxgraphDaemon
 
-def _sync_calls(tmp_path: Path, node_options: dict[str, Any], qemu_io: list[str]) -> int:
+def _sync_calls(tmp_path: Path, node_options: dict[str, Any], qemu_io: list[str],
+                reopen: dict[str, Any] | None = None) -> int:
     if shutil.which("strace") is None:  # a missing tool is a failure, not a skip
         pytest.fail("strace is not installed; run `make qemu`, which installs it")
     image = tmp_path / "disk.raw"
@@ -32,6 +33,9 @@ def _sync_calls(tmp_path: Path, node_options: dict[str, Any], qemu_io: list[str]
     with TxgraphDaemon(workdir=str(tmp_path)) as daemon:
         daemon.cmd("blockdev-add", {"driver": "file", "node-name": "disk",
                                     "filename": str(image), **node_options})
+        if reopen is not None:
+            daemon.cmd("blockdev-reopen", {"options": [{"driver": "file", "node-name": "disk",
+                                                        "filename": str(image), **reopen}]})
         sock = tmp_path / "nbd.sock"
         daemon.cmd("nbd-server-start", {"addr": {"type": "unix", "data": {"path": str(sock)}}})
         daemon.cmd("block-export-add", {"type": "nbd", "id": "e", "node-name": "disk",
@@ -76,3 +80,13 @@ def test_no_flush_keeps_the_flush_from_the_disk(tmp_path: Path) -> None:
 
 def test_no_flush_off_given_explicitly_flushes(tmp_path: Path) -> None:
     assert _sync_calls(tmp_path, {"cache": {"no-flush": False}}, ["write 0 4k", "flush"]) > 0
+
+
+def test_no_flush_set_by_reopen_is_honoured(tmp_path: Path) -> None:
+    assert _sync_calls(tmp_path, {}, ["write 0 4k", "flush"],
+                       reopen={"cache": {"no-flush": True}}) == 0
+
+
+def test_no_flush_cleared_by_reopen_flushes_again(tmp_path: Path) -> None:
+    assert _sync_calls(tmp_path, {"cache": {"no-flush": True}}, ["write 0 4k", "flush"],
+                       reopen={}) > 0
