@@ -53,6 +53,8 @@ class Case:
     later_io: Sequence[Sequence[str]] = ()
     writable: bool = True
     fmt: dict[str, str] = field(default_factory=dict)
+    #: the export name the second I/O batch uses (default: ``export``)
+    later_export: str | None = None
 
 
 def _canon(text: str, d: str) -> list[str]:
@@ -95,7 +97,7 @@ def _run(case: Case, peer: type[QMPProcess]) -> dict[str, Any]:
             for command, arguments in case.later_steps(d):
                 out["replies"].append((command, proc.execute(command, arguments)))
             for batch in case.later_io:
-                out["io"].append(_qemu_io(d, case.export, batch))
+                out["io"].append(_qemu_io(d, case.later_export or case.export, batch))
         finally:
             proc.close()
         out["maps"] = {img: _map(d, img, case.fmt.get(img, "qcow2")) for img in case.images}
@@ -253,6 +255,27 @@ CASES: dict[str, Case] = {
              "file": "wf"}]})],
         later_io=[["write -P 3 0 4k", "read -P 3 0 4k", "read -P 1 4k 4k"]],
         fmt={"disk.raw": "raw"}),
+    # read-only, then made writable by blockdev-reopen under a live read-only export,
+    # then a writable export is added
+    "read_only_to_writable_by_reopen": Case(
+        _qcow2_with_data, lambda d: _add_qcow2(d, **{"read-only": True}), "q",
+        [["write -P 1 0 4k", "read -P 5 0 4k"]], ["img.qcow2"], writable=False,
+        later_steps=lambda d: [
+            ("blockdev-reopen", {"options": [{"driver": "qcow2", "node-name": "q",
+                                              "file": "qf", "read-only": False}]}),
+            ("block-export-add", {"type": "nbd", "id": "w", "node-name": "q", "name": "w",
+                                  "writable": True})],
+        later_io=[["write -P 1 0 4k", "write -P 0 600k 64k", "read -P 1 0 4k"]],
+        later_export="w"),
+    # writable, then made read-only by blockdev-reopen once the writable export is gone
+    "writable_to_read_only_by_reopen": Case(
+        _qcow2_with_data, _add_qcow2, "q", [["write -P 1 0 4k"]], ["img.qcow2"],
+        later_steps=lambda d: [
+            ("block-export-del", {"id": "e", "mode": "hard"}),
+            ("blockdev-reopen", {"options": [{"driver": "qcow2", "node-name": "q",
+                                              "file": "qf", "read-only": True}]}),
+            ("block-export-add", {"type": "nbd", "id": "r", "node-name": "q", "name": "r"})],
+        later_io=[["write -P 2 0 4k", "read -P 1 0 4k"]], later_export="r"),
     # a read-only export refuses every kind of write with QEMU's text
     "read_only_export": Case(
         _qcow2_with_data, lambda d: _add_qcow2(d, **{"read-only": True}), "q",

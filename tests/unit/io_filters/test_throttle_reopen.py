@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.io_filters import memnode  # noqa: F401  (registers x-test-mem)
+from . import memnode  # noqa: F401  (registers x-test-mem)
 from txgraph.errors import OpenError
 from txgraph.io.runtime import Runtime
 
