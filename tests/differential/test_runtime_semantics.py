@@ -301,3 +301,46 @@ def test_scenarios_are_not_vacuous() -> None:
     off = _run(CASES["detect_zeroes_off"], TxgraphDaemon)["maps"]
     assert on != off
     assert os.path.exists(shutil.which("qemu-io") or "")
+
+
+def _nbd_child_add(peer: type[QMPProcess], auto_read_only: bool | None) -> dict[str, Any]:
+    """blockdev-add raw over an nbd child that reaches a read-only ``qemu-nbd -r`` export."""
+    d = tempfile.mkdtemp(prefix="semantics-")
+    server: subprocess.Popen[bytes] | None = None
+    try:
+        _sh("qemu-img", "create", "-q", "-f", "raw", f"{d}/ro.raw", "1M")
+        sock = f"{d}/qnbd.sock"
+        server = subprocess.Popen(["qemu-nbd", "--persistent", "-r", "-f", "raw", "-k", sock,
+                                   f"{d}/ro.raw"], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        ready = subprocess.run(["qemu-io", "-r", "-f", "raw", f"nbd+unix:///?socket={sock}",
+                                "-c", "read 0 512"], capture_output=True, timeout=60)
+        for _ in range(200):  # the socket appears when qemu-nbd listens; bounded retry
+            if ready.returncode == 0:
+                break
+            ready = subprocess.run(["qemu-io", "-r", "-f", "raw",
+                                    f"nbd+unix:///?socket={sock}", "-c", "read 0 512"],
+                                   capture_output=True, timeout=60)
+        assert ready.returncode == 0, ready.stderr
+        child: dict[str, Any] = {"driver": "nbd", "server": {"type": "unix", "path": sock}}
+        if auto_read_only is not None:
+            child["auto-read-only"] = auto_read_only
+        with peer(workdir=d) as proc:  # type: ignore[call-arg]
+            add = proc.execute("blockdev-add", {"driver": "raw", "node-name": "r",
+                                                "file": child})
+            nodes = proc.execute("query-named-block-nodes", {"flat": True}).get("return", [])
+            return {"add": add, "ro": sorted((n["drv"], n["ro"]) for n in nodes)}
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(30)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.parametrize("auto_read_only", [None, False, True])
+def test_auto_read_only_of_an_nbd_child_matches_qsd(auto_read_only: bool | None) -> None:
+    """The inherited ``auto-read-only`` default is the string "off": it must not mean on."""
+    qsd = _nbd_child_add(QSD, auto_read_only)
+    assert _nbd_child_add(TxgraphDaemon, auto_read_only) == qsd
+    if auto_read_only is not True:
+        assert "error" in qsd["add"]

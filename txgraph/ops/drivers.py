@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from txgraph.errors import IOFailure, OpenError, TxgraphError
 from txgraph.model.drivers import DriverSpec
-from txgraph.model.node import BlockNode
+from txgraph.model.node import BlockNode, OpenFlag
 from txgraph.model.options import array_entries, parse_bool
 from txgraph.model.perm import Role
 
@@ -58,6 +58,9 @@ def _runtime_open(opener: Opener, node: BlockNode, children: dict[str, str]) -> 
     except OSError as err:  # a driver that let an OS error escape: still QEMU-shaped text
         raise OpenError(f"Could not open '{node.filename}': {err.strerror}") from err
     opener.tx.undo(lambda: runtime.close_node(node.name))
+    if runtime.node(node.name).read_only and not node.read_only:
+        # auto-read-only: the driver fell back to a read-only open (bdrv_apply_auto_read_only)
+        node.flags &= ~OpenFlag.RDWR
     node.image = _image_dict(info)
     if info.backing_file:
         node.backing_file = info.backing_file

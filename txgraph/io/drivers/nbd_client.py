@@ -24,6 +24,7 @@ from txgraph.io.nbd import protocol as P
 from txgraph.io.nbd.client import NbdClient, NbdError
 from txgraph.io.nbd.wire import Disconnected
 from txgraph.io.registry import register
+from txgraph.io.settings import opt_bool
 
 __all__ = ["NbdNode"]
 
@@ -47,6 +48,8 @@ class NbdNode(DriverNode):
         super().__init__(node_name, options, children, read_only)
         self.addr = _server_address(options)
         self.export = str(options.get("export", ""))
+        # Typed before connecting: the inherited default is the string "off".
+        auto_read_only = opt_bool(options, "auto-read-only", False)
         where = (self.addr["path"] if self.addr["type"] == "unix"
                  else f"{self.addr['host']}:{self.addr['port']}")
         try:
@@ -61,7 +64,7 @@ class NbdNode(DriverNode):
             raise OpenError("Failed to read initial magic: Unexpected end-of-file "
                             "before all data were read") from None
         if self.client.read_only and not read_only:
-            if options.get("auto-read-only", False):
+            if auto_read_only:
                 self.read_only = True
             else:
                 self.client.close()
