@@ -158,3 +158,26 @@ def test_parent_zero_write_cannot_unmap_a_child_without_unmap(tmp_path: Path) ->
     out = json.loads(subprocess.run(["qemu-img", "map", "--output=json", str(img)],
                                     check=True, capture_output=True, text=True).stdout)
     assert "offset" in out[0]
+
+
+def test_blockdev_add_and_reopen_hand_typed_settings_to_the_drivers(tmp_path: Path) -> None:
+    """The defaults blockdev-add stores as "off" strings arrive as False (the no-flush bug)."""
+    from txgraph.qmp.engine import Engine
+
+    img = _qcow2(tmp_path)
+    engine = Engine()
+    add = engine.execute({"execute": "blockdev-add", "arguments": {
+        "driver": "qcow2", "node-name": "q",
+        "file": {"driver": "file", "node-name": "f", "filename": str(img)}}})
+    assert add == {"return": {}}
+    rt = engine.context.session.runtime
+    assert rt.node("q").settings == NodeSettings()
+    assert rt.node("f").settings == NodeSettings(discard=Discard.UNMAP)  # child role default
+    assert getattr(rt.node("f"), "no_flush") is False
+    reopen = engine.execute({"execute": "blockdev-reopen", "arguments": {"options": [
+        {"driver": "qcow2", "node-name": "q", "file": "f", "discard": "unmap",
+         "detect-zeroes": "unmap", "cache": {"no-flush": True}}]}})
+    assert reopen == {"return": {}}
+    assert rt.node("q").settings == NodeSettings(no_flush=True, discard=Discard.UNMAP,
+                                                 detect_zeroes=DetectZeroes.UNMAP)
+    engine.context.session.close()
