@@ -19,11 +19,12 @@ venv: $(STAMP)
 # Debian's qemu-utils (qemu-img, qemu-io, qemu-nbd) and qemu-system-common
 # (qemu-storage-daemon) are the peers and oracles of the test suite.
 qemu:
-	@if ! command -v qemu-storage-daemon >/dev/null 2>&1 || ! command -v qemu-img >/dev/null 2>&1; then \
-		echo "installing Debian's qemu-utils and qemu-system-common"; \
+	@if ! command -v qemu-storage-daemon >/dev/null 2>&1 || ! command -v qemu-img >/dev/null 2>&1 \
+			|| ! command -v strace >/dev/null 2>&1; then \
+		echo "installing Debian's qemu-utils, qemu-system-common and strace"; \
 		SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 		$$SUDO apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq qemu-utils qemu-system-common >/dev/null; \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq qemu-utils qemu-system-common strace >/dev/null; \
 	fi
 	@qemu-storage-daemon --version | head -1
 

@@ -29,7 +29,7 @@ SLOT = 96 * 1024  # not cluster aligned: partial clusters need COW
 def _child(img: Path, rnd_seed: int, round_no: int, wfd: int) -> None:
     rnd = random.Random(rnd_seed)
     node = open_chain(img, read_only=False)
-    node.options["discard"] = "unmap"
+    node.reopen({**node.options, "discard": "unmap"}, node.read_only)  # BDRV_O_UNMAP
     # Acknowledged writes live in the first half; the second half gets unacknowledged
     # writes and zeroes, so in-flight zeroing never legitimately hides an acked write.
     nslots = SIZE // 2 // SLOT

@@ -39,7 +39,7 @@ def test_random_workload_matches_model(ops: list[tuple[str, int, int, int]], clu
                  img, str(SIZE))
         model = bytearray(b"\x7e" * BASE_SIZE + bytes(SIZE - BASE_SIZE))
         node = open_chain(img, read_only=False)
-        node.options["discard"] = "unmap"
+        node.reopen({**node.options, "discard": "unmap"}, node.read_only)  # BDRV_O_UNMAP
         cs = cluster
         for kind, off, ln, pat in ops:
             ln = min(ln, SIZE - off)

@@ -128,7 +128,7 @@ def test_writes_pass_check_and_match_qemu_io(flavour: Flavour, tmp_path: Path) -
     size = 16 << 20
     ops = _workload(hash(flavour.__name__) & 0xFFFF, size)
     node = open_chain(img, read_only=False)
-    node.options["discard"] = "unmap"
+    node.reopen({**node.options, "discard": "unmap"}, node.read_only)  # BDRV_O_UNMAP
     for kind, off, ln, pat in ops:
         if kind == "write":
             node.write(off, bytes([pat]) * ln)

@@ -6,6 +6,8 @@ Mirrors QEMU's BlockDriver callbacks that matter for a live graph
 ``bdrv_co_block_status``). Drivers talk to their children only through the
 ``children`` mapping the Runtime maintains, so that an edge swap done by the
 Runtime under drain is seen by the very next request.
+
+The generic block-layer rules every call passes are in :mod:`txgraph.io.layer`.
 """
 
 from __future__ import annotations
@@ -13,9 +15,13 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-__all__ = ["BlockStatus", "ImageInfo", "DriverNode", "FilterNode"]
+from txgraph.io.layer import LAYERS, driver_write, driver_write_zeroes, is_zero
+from txgraph.io.settings import NodeSettings
+
+__all__ = ["BlockStatus", "ImageInfo", "DriverNode", "FilterNode", "driver_write",
+           "driver_write_zeroes", "is_zero"]
 
 
 @dataclass(frozen=True)
@@ -75,14 +81,36 @@ class DriverNode(abc.ABC):
 
     #: QEMU driver name (``file``, ``qcow2``, ``throttle``...)
     driver_name: str = ""
+    #: the driver has its own zero-write callback (``drv->bdrv_co_pwrite_zeroes``);
+    #: computed per class, detect-zeroes only converts writes for such drivers
+    has_write_zeroes: ClassVar[bool] = False
 
     def __init__(self, node_name: str, options: Mapping[str, Any],
                  children: Mapping[str, DriverNode], read_only: bool) -> None:
         self.node_name = node_name
+        #: the generic settings, parsed once (again at every reopen)
+        self.settings = NodeSettings.parse(options, read_only)
         self.options = dict(options)
         # The Runtime owns this dict and swaps entries under drain.
         self.children: dict[str, DriverNode] = dict(children)
-        self.read_only = read_only
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, layer in LAYERS.items():
+            fn = cls.__dict__.get(name)
+            if fn is not None and not getattr(fn, "_txgraph_layer", False):
+                setattr(cls, name, layer(fn))
+        cls.has_write_zeroes = any("write_zeroes" in k.__dict__ for k in cls.__mro__
+                                   if k is not DriverNode and issubclass(k, DriverNode))
+
+    @property
+    def read_only(self) -> bool:
+        return self.settings.read_only
+
+    @read_only.setter
+    def read_only(self, value: bool) -> None:
+        # auto-read-only may degrade a node while it opens.
+        self.settings = self.settings.with_read_only(value)
 
     # -- data path ----------------------------------------------------------
     @abc.abstractmethod
@@ -92,7 +120,8 @@ class DriverNode(abc.ABC):
     def write(self, offset: int, data: bytes) -> None: ...
 
     def write_zeroes(self, offset: int, length: int, *, may_unmap: bool = False) -> None:
-        self.write(offset, bytes(length))
+        # No zero-write callback: write a zero buffer (bdrv_co_do_pwrite_zeroes' bounce buffer).
+        driver_write(self, offset, bytes(length))
 
     def discard(self, offset: int, length: int) -> None:
         """Discard is advisory in QEMU; the default does nothing."""
@@ -116,10 +145,12 @@ class DriverNode(abc.ABC):
 
         Must validate before changing anything and raise OpenError with QEMU's
         text, so the caller can treat it as a prepare step; the Runtime undoes
-        a successful reopen by reopening with the old values.
+        a successful reopen by reopening with the old values. Subclasses
+        validate their own options first, then call this.
         """
+        settings = NodeSettings.parse(options, read_only)
         self.options = dict(options)
-        self.read_only = read_only
+        self.settings = settings
 
     def close(self) -> None:
         """Release host resources (fds, mappings, locks). Idempotent."""
@@ -163,3 +194,10 @@ class FilterNode(DriverNode):
     def info(self) -> ImageInfo:
         return ImageInfo(format=self.driver_name, virtual_size=self.size(),
                          filename=self.filtered.info().filename)
+
+
+
+# Subclasses (FilterNode above included) were wrapped as they were defined; DriverNode's
+# own defaults pass the layer too.
+for _name in ("write_zeroes", "discard", "flush"):
+    setattr(DriverNode, _name, LAYERS[_name](DriverNode.__dict__[_name]))

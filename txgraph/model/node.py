@@ -14,7 +14,8 @@ from typing import Any
 from txgraph.model.options import Provenance
 from txgraph.model.perm import PERM_ALL, Perm, Role
 
-__all__ = ["OpenFlag", "BlockNode", "Backend", "Edge", "ParentKind"]
+__all__ = ["OpenFlag", "DetectZeroes", "Discard", "BlockNode", "Backend", "Edge", "ParentKind",
+           "runtime_common_options"]
 
 
 class OpenFlag(enum.IntFlag):
@@ -37,6 +38,44 @@ class OpenFlag(enum.IntFlag):
     NO_IO = 0x10000
     AUTO_RDONLY = 0x20000
     IO_URING = 0x40000
+
+
+class DetectZeroes(enum.StrEnum):
+    """``BlockdevDetectZeroesOptions`` (qapi/block-core.json): the parsed ``detect-zeroes``."""
+
+    OFF = "off"
+    ON = "on"
+    UNMAP = "unmap"
+
+
+class Discard(enum.StrEnum):
+    """``BlockdevDiscardOptions``: what ``discard`` resolves to (``BDRV_O_UNMAP`` set or not).
+
+    QEMU also accepts ``off``/``on`` as aliases (``bdrv_parse_discard_flags``);
+    they resolve to these two values.
+    """
+
+    IGNORE = "ignore"
+    UNMAP = "unmap"
+
+
+def runtime_common_options(flags: OpenFlag, detect_zeroes: str) -> dict[str, object]:
+    """The generic per-node settings as resolved, typed values, under QEMU's option keys.
+
+    This is what the data plane needs from ``bdrv_open_common`` /
+    ``bdrv_reopen_commit``: the open flags (``BDRV_O_RDWR``, ``NOCACHE``,
+    ``NO_FLUSH``, ``UNMAP``) and ``bs->detect_zeroes``, as bools and enums
+    rather than the strings QEMU keeps in the options QDict (which stay
+    strings in :attr:`BlockNode.options`, because reopen compares them typed).
+    An unknown ``detect_zeroes`` value raises ValueError: it is a bug, not input.
+    """
+    return {
+        "read-only": not flags & OpenFlag.RDWR,
+        "cache.direct": bool(flags & OpenFlag.NOCACHE),
+        "cache.no-flush": bool(flags & OpenFlag.NO_FLUSH),
+        "discard": Discard.UNMAP if flags & OpenFlag.UNMAP else Discard.IGNORE,
+        "detect-zeroes": DetectZeroes(detect_zeroes),
+    }
 
 
 class ParentKind(enum.Enum):
@@ -104,6 +143,15 @@ class BlockNode:
     @property
     def cache_no_flush(self) -> bool:
         return bool(self.flags & OpenFlag.NO_FLUSH)
+
+    @property
+    def discard(self) -> Discard:
+        return Discard.UNMAP if self.flags & OpenFlag.UNMAP else Discard.IGNORE
+
+    def runtime_options(self) -> dict[str, object]:
+        """The node's generic settings, typed, for its data-plane driver (see
+        :func:`runtime_common_options`)."""
+        return runtime_common_options(self.flags, self.detect_zeroes)
 
     def state(self) -> tuple[Any, ...]:
         """Everything that defines the node, for hashing and equality in tests.

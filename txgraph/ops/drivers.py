@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from txgraph.errors import IOFailure, OpenError, TxgraphError
 from txgraph.model.drivers import DriverSpec
-from txgraph.model.node import BlockNode
+from txgraph.model.node import BlockNode, OpenFlag
 from txgraph.model.options import array_entries, parse_bool
 from txgraph.model.perm import Role
 
@@ -42,7 +42,9 @@ def _consume(work: OptionSet, spec: DriverSpec) -> dict[str, Any]:
 def _runtime_open(opener: Opener, node: BlockNode, children: dict[str, str]) -> None:
     """Create the node's driver object and record what it reports about the image."""
     runtime = opener.runtime
-    options = dict(node.options)
+    # The driver gets the resolved common settings typed (flags, detect-zeroes), not the
+    # strings blockdev-add stored in the options.
+    options = {**node.options, **node.runtime_options()}
     if node.probed:
         # The data plane enforces the probed-raw rule (raw_co_pwritev, CVE-2008-2004).
         options["x-txgraph-probed"] = True
@@ -56,6 +58,9 @@ def _runtime_open(opener: Opener, node: BlockNode, children: dict[str, str]) -> 
     except OSError as err:  # a driver that let an OS error escape: still QEMU-shaped text
         raise OpenError(f"Could not open '{node.filename}': {err.strerror}") from err
     opener.tx.undo(lambda: runtime.close_node(node.name))
+    if runtime.node(node.name).read_only and not node.read_only:
+        # auto-read-only: the driver fell back to a read-only open (bdrv_apply_auto_read_only)
+        node.flags &= ~OpenFlag.RDWR
     node.image = _image_dict(info)
     if info.backing_file:
         node.backing_file = info.backing_file

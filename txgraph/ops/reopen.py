@@ -23,7 +23,7 @@ from typing import Any
 
 from txgraph.errors import BlockError, TxgraphError
 from txgraph.model.drivers import RESETTABLE_COMMON_OPTIONS, driver_spec
-from txgraph.model.node import BlockNode, Edge, OpenFlag
+from txgraph.model.node import BlockNode, Edge, OpenFlag, runtime_common_options
 from txgraph.model.options import flatten, parse_bool, qdict_order
 from txgraph.model.perm import Role
 from txgraph.ops.blockdev import unref_node
@@ -229,6 +229,8 @@ def _runtime_reopen(session: Session, tx: Transaction, node: BlockNode, entry: R
     old_options, old_ro = dict(live.options), live.read_only
     new_options = {k: v for k, v in entry.options.values.items()
                    if "." not in k or k.startswith("cache.")}
+    # The settings bdrv_reopen_commit will install, typed (the driver parses them once).
+    new_options.update(runtime_common_options(entry.flags, entry.detect_zeroes))
     if "x-txgraph-probed" in old_options:
         new_options["x-txgraph-probed"] = old_options["x-txgraph-probed"]
     try:

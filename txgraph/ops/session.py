@@ -10,12 +10,13 @@ checker before committing.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from txgraph.errors import InvariantViolation
+from txgraph.events import EventBus
 from txgraph.io.runtime import Runtime
 from txgraph.model.graph import BlockGraph
 from txgraph.model.names import AutoNamer
@@ -44,8 +45,10 @@ class Session:
         self.objects: dict[str, QomObject] = {}
         #: block exports by id (block-export-add)
         self.exports: dict[str, Any] = {}
-        #: where QMP events go (the Engine connects it to its listeners)
-        self.emit_event: Callable[[str, dict[str, Any] | None], None] = lambda name, data=None: None
+        #: the one event channel (block layer, data plane, jobs); QMP servers subscribe
+        self.events = EventBus()
+        # Data-plane events (quorum's QUORUM_REPORT_BAD...) enter the same channel.
+        self.runtime.event_listeners.append(self.emit_event)
         self.policy = policy
         #: run the invariant checker on every transaction before it commits
         self.check = check
@@ -59,6 +62,10 @@ class Session:
         #: primitive steps of the last transaction (fault-injection tests iterate over them)
         self.last_steps = 0
         self._before: BlockGraph | None = None
+
+    def emit_event(self, name: str, data: dict[str, Any] | None = None) -> None:
+        """Send a QMP event to every client (``qapi_event_send_*``)."""
+        self.events.emit(name, data)
 
     def next_name_seq(self) -> int:
         self._name_seq += 1

@@ -10,44 +10,41 @@ member is echoed verbatim.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 from txgraph.errors import QMPError, TxgraphError
+from txgraph.events import Subscriber
 from txgraph.qmp.commands import COMMANDS, CommandContext
 
 __all__ = ["Engine", "EventListener"]
 
-EventListener = Callable[[dict[str, Any]], None]
+#: receives each complete QMP event message (see :class:`txgraph.events.EventBus`)
+EventListener = Subscriber
 
 
 class Engine:
-    """Dispatch QMP commands to txgraph operations on one live block graph."""
+    """Dispatch QMP commands to txgraph operations on one live block graph.
+
+    Events: the engine does not own a channel of its own; listeners subscribe
+    to the session's :class:`~txgraph.events.EventBus`, which carries the
+    block layer's, the data plane's and (later) the jobs' events alike.
+    """
 
     def __init__(self, context: CommandContext | None = None) -> None:
         self.context = context if context is not None else CommandContext()
-        self._listeners: list[EventListener] = []
+        self.events = self.context.session.events
         self.context.emit_event = self.emit_event
-        self.context.session.emit_event = self.emit_event
 
     # -- events ------------------------------------------------------------------------
     def add_event_listener(self, listener: EventListener) -> None:
-        self._listeners.append(listener)
+        self.events.subscribe(listener)
 
     def remove_event_listener(self, listener: EventListener) -> None:
-        self._listeners.remove(listener)
+        self.events.unsubscribe(listener)
 
     def emit_event(self, name: str, data: dict[str, Any] | None = None) -> None:
         """Deliver a QMP event (with QEMU's ``timestamp`` shape) to every listener."""
-        now = time.time()
-        event: dict[str, Any] = {"event": name,
-                                 "timestamp": {"seconds": int(now),
-                                               "microseconds": int((now % 1) * 1_000_000)}}
-        if data is not None:
-            event["data"] = data
-        for listener in list(self._listeners):
-            listener(event)
+        self.events.emit(name, data)
 
     # -- commands ----------------------------------------------------------------------
     def command_names(self) -> list[str]:

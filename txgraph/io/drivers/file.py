@@ -78,6 +78,7 @@ from txgraph.errors import IOFailure, OpenError
 from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
 from txgraph.io.hostpath import host_path
 from txgraph.io.registry import register
+from txgraph.io.settings import opt_bool
 
 __all__ = ["FileNode", "punch_hole"]
 
@@ -142,9 +143,9 @@ class FileNode(DriverNode):
         self.filename = str(options.get("filename", ""))
         if not self.filename:
             raise OpenError("The 'file' block driver requires a file name")
-        self.no_flush = bool(options.get("cache.no-flush", False))
-        self.direct = bool(options.get("cache.direct", False))
-        self.fd = self._open(bool(options.get("auto-read-only", False)))
+        self.no_flush = self.settings.no_flush  # typed (NodeSettings), never bool("off")
+        self.direct = self.settings.direct
+        self.fd = self._open(opt_bool(options, "auto-read-only", False))
         st = os.fstat(self.fd)
         try:
             self._check_type(st)
@@ -184,7 +185,7 @@ class FileNode(DriverNode):
             old_ro, old_fd = self.read_only, self.fd
             self.read_only = read_only
             try:
-                self.fd = self._open(bool(options.get("auto-read-only", False)))
+                self.fd = self._open(opt_bool(options, "auto-read-only", False))
             except OpenError:
                 self.read_only = old_ro
                 raise
@@ -195,8 +196,8 @@ class FileNode(DriverNode):
                 self._remap(self._len)
             os.close(old_fd)
         super().reopen(options, read_only)
-        self.no_flush = bool(options.get("cache.no-flush", False))
-        self.direct = bool(options.get("cache.direct", False))
+        self.no_flush = self.settings.no_flush
+        self.direct = self.settings.direct
 
     def _remap(self, length: int) -> None:
         """Map the first ``length`` bytes (caller holds ``_grow_lock``).

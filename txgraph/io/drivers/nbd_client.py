@@ -21,11 +21,12 @@ from typing import Any
 
 from txgraph.errors import IOFailure, OpenError
 from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
+from txgraph.io.hostpath import host_path
 from txgraph.io.nbd import protocol as P
 from txgraph.io.nbd.client import NbdClient, NbdError
 from txgraph.io.nbd.wire import Disconnected
-from txgraph.io.hostpath import host_path
 from txgraph.io.registry import register
+from txgraph.io.settings import opt_bool
 from txgraph.model.nbd_uri import NbdAddressError, exact_filename, server_address
 
 __all__ = ["NbdNode"]
@@ -82,6 +83,8 @@ class NbdNode(DriverNode):
         super().__init__(node_name, options, children, read_only)
         self.addr = _server_address(options)
         self.export = str(options.get("export", ""))
+        # Typed before connecting: the inherited default is the string "off".
+        auto_read_only = opt_bool(options, "auto-read-only", False)
         where = (self.addr["path"] if self.addr["type"] == "unix"
                  else f"{self.addr['host']}:{self.addr['port']}")
         try:
@@ -96,7 +99,7 @@ class NbdNode(DriverNode):
             raise OpenError("Failed to read initial magic: Unexpected end-of-file "
                             "before all data were read") from None
         if self.client.read_only and not read_only:
-            if options.get("auto-read-only", False):
+            if auto_read_only:
                 self.read_only = True
             else:
                 self.client.close()

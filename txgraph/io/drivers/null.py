@@ -20,6 +20,7 @@ from typing import Any
 from txgraph.errors import IOFailure, OpenError
 from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
 from txgraph.io.registry import register
+from txgraph.io.settings import opt_bool, opt_int
 
 __all__ = ["NullNode", "BDRV_MAX_LENGTH"]
 
@@ -37,15 +38,14 @@ class NullNode(DriverNode):
                  children: Mapping[str, DriverNode], read_only: bool) -> None:
         super().__init__(node_name, options, children, read_only)
         self.driver_name = str(options.get("driver", "null-co"))
-        self._size = int(options.get("size", 1 << 30))
-        if self._size < 0:
-            # QEMU 7.2 aborts here (qemu_opt_get_size with &error_abort); the text is its message.
-            raise OpenError("Parameter 'size' expects a non-negative number below 2^64")
+        # a negative size: QEMU 7.2 aborts (qemu_opt_get_size with &error_abort) after
+        # printing this text; opt_int refuses with the same words
+        self._size = opt_int(options, "size", 1 << 30)
         if self._size > BDRV_MAX_LENGTH:
             # bdrv_refresh_total_sectors: longer than the block layer can address.
             raise IOFailure(os.strerror(E.EFBIG), E.EFBIG)
-        self.read_zeroes = bool(options.get("read-zeroes", False))
-        self.latency_ns = int(options.get("latency-ns", 0))
+        self.read_zeroes = opt_bool(options, "read-zeroes", False)
+        self.latency_ns = opt_int(options, "latency-ns", 0, minimum=-(2**63))
         if self.latency_ns < 0:
             raise OpenError("latency-ns is invalid")
 

@@ -34,6 +34,7 @@ from typing import Any
 from txgraph.errors import IOFailure, OpenError
 from txgraph.io.driver import DriverNode, ImageInfo
 from txgraph.io.registry import register
+from txgraph.io.settings import opt_bool, opt_int, opt_str
 
 __all__ = ["QuorumNode"]
 
@@ -58,14 +59,18 @@ class QuorumNode(DriverNode):
         count = len(self._kids())
         if count < 1:
             raise OpenError("Number of provided children must be 1 or more")
-        self.threshold = int(options.get("vote-threshold", 0))
+        self.threshold = opt_int(options, "vote-threshold", 0, minimum=-(2**63))
         if self.threshold < 1:
             raise OpenError("Parameter 'vote-threshold' expects a value >= 1")
         if self.threshold > count:
             raise OpenError("threshold may not exceed children count")
-        self.fifo = str(options.get("read-pattern", "quorum")) == "fifo"
-        self.blkverify = bool(options.get("blkverify", False))
-        self.rewrite = bool(options.get("rewrite-corrupted", False))
+        pattern = opt_str(options, "read-pattern", "quorum")
+        if pattern not in ("quorum", "fifo"):
+            raise OpenError("Please set read-pattern as fifo or quorum")
+        self.fifo = pattern == "fifo"
+        # Typed: bool("off") would be True.
+        self.blkverify = opt_bool(options, "blkverify", False)
+        self.rewrite = opt_bool(options, "rewrite-corrupted", False)
         if self.blkverify and (count != 2 or self.threshold != 2):
             raise OpenError("blkverify=on can only be set if there are exactly two files "
                             "and vote-threshold is 2")

@@ -20,6 +20,7 @@ from txgraph.errors import IOFailure, OpenError
 from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
 from txgraph.io.probe import PROBE_SIZE, probe_format
 from txgraph.io.registry import register
+from txgraph.io.settings import opt_bool, opt_int
 
 __all__ = ["RawNode"]
 
@@ -35,19 +36,19 @@ class RawNode(DriverNode):
         super().__init__(node_name, options, children, read_only)
         if "file" not in self.children:
             raise OpenError('A block device must be specified for "file"')
-        self.probed = bool(options.get("x-txgraph-probed", False))
+        self.probed = opt_bool(options, "x-txgraph-probed", False)
         self.offset, self.has_size, self._size = self._window(options)
 
     def _window(self, options: Mapping[str, Any]) -> tuple[int, bool, int]:
         """``raw_apply_options``: the (offset, has_size, size) window, validated."""
-        offset = int(options.get("offset", 0))
+        offset = opt_int(options, "offset", 0)
         has_size = "size" in options
         real = self.children["file"].size()
         if offset > real:
             raise OpenError(f"Offset ({offset}) cannot be greater than size of the "
                             f"containing file ({real})")
         if has_size:
-            size = int(options["size"])
+            size = opt_int(options, "size", 0)
             if real - offset < size:
                 raise OpenError(f"The sum of offset ({offset}) and size ({size}) has to "
                                 f"be smaller or equal to the  actual size of the containing file "

@@ -18,6 +18,7 @@ from typing import Any
 from txgraph.errors import OpenError
 from txgraph.io.driver import DriverNode, FilterNode
 from txgraph.io.registry import register
+from txgraph.io.settings import opt_str
 from txgraph.io.throttle_groups import ThrottleGroup, current_groups
 
 __all__ = ["ThrottleNode"]
@@ -34,7 +35,7 @@ class ThrottleNode(FilterNode):
         super().__init__(node_name, options, children, read_only)
         if "file" not in self.children:
             raise OpenError('A block device must be specified for "file"')
-        name = str(options.get("throttle-group", ""))
+        name = opt_str(options, "throttle-group", "") or ""
         self._groups = current_groups()
         group = self._groups.get(name)
         if group is None:
@@ -74,11 +75,30 @@ class ThrottleNode(FilterNode):
         self.group.intercept(True, length, self._released)
         self.children["file"].discard(offset, length)
 
+    def reopen(self, options: Mapping[str, Any], read_only: bool) -> None:
+        """``throttle_reopen_prepare`` + ``_commit``: validate the group, then move to it.
+
+        Requests keep being limited by the (new) group after the reopen; the
+        limits live in the group object, so a reopen that names the same group
+        changes nothing about them.
+        """
+        name = opt_str(options, "throttle-group", self.group.id) or ""
+        group = self._groups.get(name)
+        if group is None:
+            raise OpenError(f"Throttle group '{name}' does not exist")
+        super().reopen(options, read_only)
+        self._move_to(group)
+
     def reopen_throttle_group(self, name: str) -> None:
         """``throttle_reopen_commit``: move to another existing group."""
         group = self._groups.get(name)
         if group is None:
             raise OpenError(f"Throttle group '{name}' does not exist")
+        self._move_to(group)
+
+    def _move_to(self, group: ThrottleGroup) -> None:
+        if group is self.group:
+            return
         self.group.members.discard(self.node_name)
         self.group = group
         group.members.add(self.node_name)

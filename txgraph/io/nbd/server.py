@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from txgraph.errors import BlockError, IOFailure
+from txgraph.io.chain import sparse_read
 from txgraph.io.nbd import protocol as P
 from txgraph.io.nbd.negotiate import Session, negotiate
 from txgraph.io.nbd.wire import Disconnected, parse_address, recv_exact, send_parts
@@ -398,7 +399,10 @@ class _Connection:
         rt = exp.runtime
         if cmd == P.CMD_READ:
             with rt.request():
-                data = rt.node(exp.node_name).read(offset, length)
+                node = rt.node(exp.node_name)
+                # Structured reads skip what reads as zeroes (nbd_co_send_sparse_read).
+                data = sparse_read(node, offset, length) if session.structured and not \
+                    flags & P.CMD_FLAG_DF else node.read(offset, length)
             if session.structured:
                 self._send([P.STRUCTURED_HDR.pack(
                     P.STRUCTURED_REPLY_MAGIC, P.REPLY_FLAG_DONE, P.REPLY_TYPE_OFFSET_DATA,

@@ -296,6 +296,28 @@ class Qcow2Node(DriverNode):
         else:
             super().flush()
 
+    def reopen(self, options: Mapping[str, Any], read_only: bool) -> None:
+        """``qcow2_reopen_prepare``/``_commit`` for a read-only change.
+
+        Becoming writable starts the write path (as a writable open would);
+        becoming read-only flushes the metadata and marks the image clean first
+        (``qcow2_reopen_prepare`` flushes before a node turns read-only).
+        """
+        if read_only == self.read_only:
+            super().reopen(options, read_only)
+            return
+        if not read_only:
+            from txgraph.io.qcow2.writer import Qcow2Writer
+
+            writer = Qcow2Writer(self)
+            super().reopen(options, read_only)
+            self.writer = writer
+            return
+        if self.writer is not None:
+            self.writer.close()
+        super().reopen(options, read_only)
+        self.writer = None
+
     # -- status and info --------------------------------------------------------
     def size(self) -> int:
         # QEMU keeps whole sectors: an unaligned header size is rounded down.

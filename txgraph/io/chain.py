@@ -1,0 +1,96 @@
+"""Backing-chain walks of the data plane: allocation and zero status *above* a base.
+
+Reproduces ``bdrv_co_common_block_status_above`` (block/io.c) as the callers
+in txgraph need it: a node, then through filters (``bdrv_filter_bs``) and
+backing children (``bdrv_cow_bs``) down the chain, the first layer that
+allocates a stretch decides it; a stretch no layer allocates reads as zeroes
+exactly when the last layer says so (no backing, or past the backing's end).
+
+* :func:`allocated_above` is ``bdrv_is_allocated_above(top, base, include_base)``
+  (copy-on-read's ``bottom`` rule);
+* :func:`reads_as_zero` is ``bdrv_block_status_above(bs, NULL)``'s ZERO bit, which
+  the NBD server consults before a structured read (``nbd_co_send_sparse_read``):
+  a stretch that reads as zeroes is answered as a hole without reading it, so
+  a copy-on-read filter, blkdebug or quorum below never sees that read.
+"""
+
+from __future__ import annotations
+
+from txgraph.io.driver import DriverNode
+
+__all__ = ["FILTER_DRIVERS", "skip_filters", "chain", "allocated_above", "reads_as_zero",
+           "sparse_read"]
+
+#: Drivers that pass I/O through their ``file`` child unchanged (``is_filter``).
+FILTER_DRIVERS = frozenset({"throttle", "copy-on-read", "blkdebug", "compress", "preallocate"})
+
+
+def skip_filters(node: DriverNode | None) -> DriverNode | None:
+    """``bdrv_skip_filters``."""
+    while node is not None and node.driver_name in FILTER_DRIVERS:
+        nxt = node.children.get("image" if node.driver_name == "blkdebug" else "file")
+        if nxt is None:
+            break
+        node = nxt
+    return node
+
+
+def chain(top: DriverNode) -> list[DriverNode]:
+    """Top, its backing, its backing's backing... (filters skipped, ``bdrv_cow_bs``)."""
+    out: list[DriverNode] = []
+    node = skip_filters(top)
+    while node is not None and node not in out:
+        out.append(node)
+        node = skip_filters(node.children.get("backing"))
+    return out
+
+
+def allocated_above(layers: list[DriverNode], bottom: str | None, offset: int,
+                    length: int) -> tuple[bool, int]:
+    """``bdrv_is_allocated_above(layers[0], bottom, include_base=true)``.
+
+    Returns whether some layer down to ``bottom`` defines the first stretch,
+    and that stretch's length.
+    """
+    n = length
+    for layer in layers:
+        st = layer.block_status(offset, n)
+        n = max(1, min(n, st.length))
+        if st.allocated:
+            return True, n
+        if layer.node_name == bottom:
+            break
+    return False, n
+
+
+def reads_as_zero(node: DriverNode, offset: int, length: int) -> tuple[bool, int]:
+    """``bdrv_block_status_above(node, NULL)``: does the first stretch read as zeroes?
+
+    Returns (zero, stretch length). Layers that report no status of their own
+    (``DriverNode.block_status``'s default) count as data.
+    """
+    n = length
+    zero = False
+    for layer in chain(node) or [node]:
+        st = layer.block_status(offset, n)
+        n = max(1, min(n, st.length))
+        zero = st.zero
+        if st.allocated:
+            break
+    return zero, n
+
+
+def sparse_read(node: DriverNode, offset: int, length: int) -> bytes:
+    """``nbd_co_send_sparse_read``'s reads: stretches that read as zeroes are not read.
+
+    The guest data is the same as ``node.read(offset, length)``; what differs is
+    which requests the graph below sees (one per data stretch, none for holes).
+    """
+    parts: list[bytes] = []
+    pos, end = offset, offset + length
+    while pos < end:
+        zero, n = reads_as_zero(node, pos, end - pos)
+        n = min(n, end - pos)
+        parts.append(bytes(n) if zero else node.read(pos, n))
+        pos += n
+    return b"".join(parts)

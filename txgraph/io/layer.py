@@ -1,0 +1,176 @@
+"""The generic block layer: what QEMU's block/io.c does on every node, whatever its driver.
+
+It runs once per request and node, around the driver callbacks (``write``, ``write_zeroes``, ``discard``,
+``flush`` as a driver defines them): a subclass's definitions are wrapped when
+the class is created (``__init_subclass__``), so every call of ``node.write``
+(by an export, by a parent node, by a format writing its metadata) passes the
+node's generic layer first, exactly as every ``bdrv_co_pwritev`` on a
+``BdrvChild`` does in QEMU. The rules, from the node's :class:`~txgraph.io.settings.NodeSettings`:
+
+* read-only nodes refuse writes, zero writes and discards with EPERM
+  (``bdrv_co_write_req_prepare``, ``bdrv_co_pdiscard``) and do nothing on a
+  flush (``bdrv_co_flush`` returns early, children included);
+* ``detect-zeroes=on|unmap``: a write whose buffer is all zeroes becomes a
+  zero write, allowed to unmap only with ``unmap`` (``bdrv_aligned_pwritev``);
+  only for drivers that have a zero-write callback (``drv->bdrv_co_pwrite_zeroes``);
+* a zero write coming from a *parent node* may unmap only if this node has
+  ``discard=unmap`` (``bdrv_co_pwrite_zeroes``); one from a BlockBackend (an
+  export) is passed as is, as QEMU 7.2's ``blk_co_pwrite_zeroes`` does;
+* discards are dropped unless ``discard=unmap`` (``bdrv_co_pdiscard``);
+* ``cache.no-flush`` is the protocol driver's business: only its flush to
+  disk is skipped (``bdrv_co_flush`` still flushes to the OS and the children,
+  which inherit the option).
+
+A driver that calls ``super().write(...)`` reaches its base class's callback
+directly (the layer runs once per node per request). Code that must bypass the
+layer, as QEMU's copy-on-read does with ``bdrv_driver_pwritev``, uses
+:func:`driver_write` / :func:`driver_write_zeroes`.
+
+Thread discipline: the layer keeps no shared state. Per thread it records how
+deep the current request is in the graph (a BlockBackend call is depth 0) and
+which nodes are converting a zero write (so a driver falling back to writing
+zero bytes is not converted again); both live in a ``threading.local``.
+"""
+
+from __future__ import annotations
+
+import errno as E
+import functools
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from txgraph.errors import IOFailure
+from txgraph.io.settings import DetectZeroes
+
+if TYPE_CHECKING:
+    from txgraph.io.driver import DriverNode
+
+__all__ = ["LAYERS", "driver_write", "driver_write_zeroes", "is_zero"]
+
+
+class _LayerState(threading.local):
+    """Per-thread request state of the generic layer (no state is shared between threads)."""
+
+    def __init__(self) -> None:
+        #: nesting depth of driver callbacks: 0 means the caller is a BlockBackend
+        self.depth = 0
+        #: ids of nodes whose zero-write conversion is running on this thread
+        self.converting: set[int] = set()
+
+
+_STATE = _LayerState()
+
+
+def _eperm() -> IOFailure:
+    return IOFailure("Operation not permitted", E.EPERM)
+
+
+def is_zero(data: bytes | bytearray | memoryview) -> bool:
+    """``buffer_is_zero``."""
+    buf = data if isinstance(data, (bytes, bytearray)) else bytes(data)
+    return buf.count(0) == len(buf)
+
+
+def _callback(node: DriverNode, name: str) -> Callable[..., None]:
+    """The driver's own callback behind the generic layer (``bdrv_driver_*``)."""
+    fn = getattr(type(node), name)
+    return getattr(fn, "__wrapped__", fn)  # type: ignore[no-any-return]
+
+
+def driver_write(node: DriverNode, offset: int, data: bytes | bytearray | memoryview) -> None:
+    """``bdrv_driver_pwritev``: the driver's write, without the generic layer."""
+    _call(_callback(node, "write"), node, offset, data)
+
+
+def driver_write_zeroes(node: DriverNode, offset: int, length: int, *,
+                        may_unmap: bool = False) -> None:
+    """``bdrv_co_do_pwrite_zeroes`` without the request checks (used by copy-on-read)."""
+    _call(_callback(node, "write_zeroes"), node, offset, length, may_unmap=may_unmap)
+
+
+def _call(fn: Callable[..., None], node: DriverNode, *args: Any, **kwargs: Any) -> None:
+    state = _STATE
+    state.depth += 1
+    try:
+        fn(node, *args, **kwargs)
+    finally:
+        state.depth -= 1
+
+
+def _layer_write(fn: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(fn)
+    def write(self: DriverNode, offset: int, data: bytes) -> None:
+        if type(self).write is not write:   # reached through super(): the layer already ran
+            return fn(self, offset, data)
+        s = self.settings
+        if s.read_only:
+            raise _eperm()
+        if (s.detect_zeroes is not DetectZeroes.OFF and self.has_write_zeroes
+                and id(self) not in _STATE.converting and is_zero(data)):
+            converting = _STATE.converting
+            converting.add(id(self))
+            try:
+                driver_write_zeroes(self, offset, len(data),
+                                    may_unmap=s.detect_zeroes is DetectZeroes.UNMAP)
+            finally:
+                converting.discard(id(self))
+            return None
+        return _call(fn, self, offset, data)
+
+    write._txgraph_layer = True  # type: ignore[attr-defined]
+    return write
+
+
+def _layer_write_zeroes(fn: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(fn)
+    def write_zeroes(self: DriverNode, offset: int, length: int, *,
+                     may_unmap: bool = False) -> None:
+        if type(self).write_zeroes is not write_zeroes:
+            return fn(self, offset, length, may_unmap=may_unmap)
+        s = self.settings
+        if s.read_only:
+            raise _eperm()
+        if may_unmap and _STATE.depth and not s.unmap:
+            may_unmap = False  # a parent's zero write: this node was opened without unmap
+        return _call(fn, self, offset, length, may_unmap=may_unmap)
+
+    write_zeroes._txgraph_layer = True  # type: ignore[attr-defined]
+    return write_zeroes
+
+
+def _layer_discard(fn: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(fn)
+    def discard(self: DriverNode, offset: int, length: int) -> None:
+        if type(self).discard is not discard:
+            return fn(self, offset, length)
+        s = self.settings
+        if s.read_only:
+            raise _eperm()
+        if not s.unmap:
+            return None  # BDRV_O_UNMAP is off: the request succeeds and does nothing
+        return _call(fn, self, offset, length)
+
+    discard._txgraph_layer = True  # type: ignore[attr-defined]
+    return discard
+
+
+def _layer_flush(fn: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(fn)
+    def flush(self: DriverNode) -> None:
+        if type(self).flush is not flush:
+            return fn(self)
+        if self.settings.read_only:
+            return None  # nothing can be dirty below a read-only node
+        return _call(fn, self)
+
+    flush._txgraph_layer = True  # type: ignore[attr-defined]
+    return flush
+
+
+LAYERS: dict[str, Callable[[Callable[..., None]], Callable[..., None]]] = {
+    "write": _layer_write, "write_zeroes": _layer_write_zeroes,
+    "discard": _layer_discard, "flush": _layer_flush,
+}
+
+
