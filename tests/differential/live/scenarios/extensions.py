@@ -48,7 +48,7 @@ SCENARIOS = [
         Split((add({"driver": "copy-on-read", "node-name": "cor", "file": "top"}),
                reopen({"driver": "raw", "node-name": "fmt", "file": "cor"})),
               (insert("top", {"driver": "copy-on-read", "node-name": "cor"}),), "insert COR"),
-        io("e0", "read -P 0x11 0 128k"), View("e0"),
+        io("e0", "read -P 0x11 0 128k"), View("e0"), io("e0", "flush"),
     ], setup=CHAIN, theme=T, doc="reads through the inserted COR filter copy up alike"),
     sc("ext_insert_filter_above_exported_node", [
         TG, add(HD0), export("e0", "hd0"),
