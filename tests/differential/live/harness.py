@@ -47,8 +47,9 @@ from tests.support.image_checks import workdir_report
 from txgraph.peers import QMPProcess, TxgraphDaemon
 
 __all__ = ["IO", "View", "Split", "LiveStep", "LiveScenario", "LivePeer", "LiveTrace",
-           "LiveComparison", "run_live", "compare_live", "live_differential", "qsd_peer",
-           "txgraph_peer", "SHUTDOWN_TIMEOUT"]
+           "LiveComparison", "LiveRecord", "Runner", "diff_record", "diff_images", "run_live",
+           "compare_live", "live_differential", "qsd_peer", "txgraph_peer", "start_nbd",
+           "SHUTDOWN_TIMEOUT"]
 
 SHUTDOWN_TIMEOUT = 20.0
 
@@ -171,7 +172,7 @@ def _describe(step: LiveStep) -> str:
     return json.dumps(step)
 
 
-class _Runner:
+class Runner:
     """Runs steps on one peer, tracking QEMU's auto node names for placeholders."""
 
     def __init__(self, peer: LivePeer) -> None:
@@ -216,6 +217,11 @@ class _Runner:
         return LiveRecord(index, desc, {"exports": self.exports()}, self.state(index, desc, reply))
 
 
+def start_nbd(peer: LivePeer) -> dict[str, Any]:
+    """The ``nbd-server-start`` step every live run begins with (socket in the run's dir)."""
+    return cmd("nbd-server-start", {"addr": {"type": "unix", "data": {"path": peer.nbd_socket}}})
+
+
 def run_live(scenario: LiveScenario, factory: PeerFactory) -> LiveTrace:
     """Set up a fresh directory, run the scenario on one peer, shut down, check the images."""
     workdir = Path(tempfile.mkdtemp(prefix=f"txl-{scenario.name[:16]}-"))
@@ -229,10 +235,8 @@ def run_live(scenario: LiveScenario, factory: PeerFactory) -> LiveTrace:
         peer = factory(workdir)
         trace.peer = peer.label
         try:
-            runner = _Runner(peer)
-            start = cmd("nbd-server-start",
-                        {"addr": {"type": "unix", "data": {"path": peer.nbd_socket}}})
-            for i, step in enumerate((start, *scenario.steps)):
+            runner = Runner(peer)
+            for i, step in enumerate((start_nbd(peer), *scenario.steps)):
                 trace.records.append(runner.run(i, step))
         finally:
             peer.shutdown()
@@ -268,6 +272,22 @@ class LiveComparison:
         return "\n".join(lines)
 
 
+def diff_record(a: LiveRecord, b: LiveRecord) -> list[str]:
+    """Differences of one step on two peers: QMP reply and state, then the step's data."""
+    out: list[str] = []
+    if a.state is not None and b.state is not None:
+        out += compare_records(a.state, b.state)
+    _diff_values(a.data, b.data, "", out)
+    return out
+
+
+def diff_images(left: dict[str, Any], right: dict[str, Any]) -> list[str]:
+    """Differences of two :func:`tests.support.image_checks.workdir_report` results."""
+    out: list[str] = []
+    _diff_values(left, right, "images", out, limit=20)
+    return out
+
+
 def compare_live(left: LiveTrace, right: LiveTrace) -> LiveComparison:
     """Step by step: QMP reply and state, guest I/O outcome, guest view; then every image."""
     comp = LiveComparison(left.scenario)
@@ -275,16 +295,12 @@ def compare_live(left: LiveTrace, right: LiveTrace) -> LiveComparison:
         comp.setup_error = left.setup_error or right.setup_error
         return comp
     for a, b in zip(left.records, right.records):
-        out: list[str] = []
-        if a.state is not None and b.state is not None:
-            out += compare_records(a.state, b.state)
-        _diff_values(a.data, b.data, "", out)
+        out = diff_record(a, b)
         if out:
             comp.diffs.append((a.index, a.command, out))
     if len(left.records) != len(right.records):
         comp.diffs.append((len(left.records), "<end>", ["step counts differ"]))
-    out = []
-    _diff_values(left.images, right.images, "images", out, limit=20)
+    out = diff_images(left.images, right.images)
     if out:
         comp.diffs.append((len(left.records), "<final image checks>", out))
     return comp

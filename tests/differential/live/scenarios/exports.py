@@ -23,6 +23,15 @@ QUORUM2 = [add(qraw(0)), add(qraw(1)), add(qraw(2)),
                 "children": ["c0", "c1"]}), export("e0", "qu")]
 
 SCENARIOS = [
+    sc("write_zeroes_aligned", [
+        add(hd("hd0", "base.qcow2")), export("e0", "hd0"),
+        io("e0", "write -z 1M 64k", "write -z -u 0 128k", "write -z 3M 64k",
+           "read -P 0 0 128k"), View("e0"), QUERY,
+    ], theme=T, doc="whole-cluster zero writes (with and without unmap) through the export"),
+    sc("write_zeroes_subcluster", [
+        add(hd("hd0", "base.qcow2")), export("e0", "hd0"),
+        io("e0", "write -z 1M 4k", "write -z -u 3M 4k", "read -P 0 1M 4k"), View("e0"),
+    ], theme=T, doc="a zero write inside an unallocated cluster makes a zero cluster"),
     sc("export_add_del_readd", [
         add(hd("hd0", "base.qcow2")), export("e0", "hd0"), io("e0", W),
         export_del("e0"), io("e0", R), View("e0"),

@@ -8,6 +8,8 @@ and final images must be the same afterwards.
 
 from __future__ import annotations
 
+from typing import Any
+
 from tests.differential.live.scenarios.common import (
     CHAIN, QUERY, R, W, Split, View, add, cmd, export, export_del, hd, io, overlay, reopen,
     sc, snap,
@@ -16,13 +18,13 @@ from tests.differential.live.scenarios.common import (
 T = "extensions"
 TG = cmd("object-add", {"qom-type": "throttle-group", "id": "tg0",
                         "limits": {"iops-total": 10000}})
-THR = {"driver": "throttle", "node-name": "thr", "throttle-group": "tg0"}
+THR: dict[str, Any] = {"driver": "throttle", "node-name": "thr", "throttle-group": "tg0"}
 HD0 = hd("hd0", "base.qcow2")
 FMT = [add(hd("top", "top.qcow2")), add({"driver": "raw", "node-name": "fmt", "file": "top"}),
        export("e0", "fmt")]
 
 
-def insert(node: str, filt: dict[str, object], **extra: object) -> dict[str, object]:
+def insert(node: str, filt: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return cmd("x-txgraph-insert-filter", {"node": node, "filter": filt, **extra})
 
 

@@ -27,7 +27,14 @@ _REPLACE_EXPORT = ("issue 7: x-blockdev-replace parent-type export looks the exp
                    "its backend without a name (txgraph/ops/exports.py:82): "
                    "\"Export 'vm0' not found\"")
 
+_ZERO_PARTIAL = ("not in issue 7's list: a write-zeroes smaller than a cluster on an "
+                 "unallocated qcow2 cluster is written as data "
+                 "(txgraph/io/qcow2/writer.py:195-196); QEMU's qcow2_co_pwrite_zeroes "
+                 "checks that the rest of the cluster reads as zero and makes it a zero "
+                 "cluster (no data allocated)")
+
 KNOWN: dict[str, str] = {
+    "write_zeroes_subcluster": _ZERO_PARTIAL,
     "snap_under_writable_export": _EXPORT,
     "snap_sync_under_writable_export": _EXPORT,
     "snap_under_readonly_export": _EXPORT,
