@@ -281,7 +281,7 @@ class FullLiveMachine(LiveMachine):
     SUBCLUSTER_ZEROES = True
 
 
-TestLiveMachine = _bounded(LiveMachine, 6)
+TestLiveMachine = _bounded(LiveMachine, 3)
 TestLiveMachineFull = pytest.mark.xfail(
     strict=True, reason=KNOWN["snap_sync_under_writable_export"] + "; and " +
     KNOWN["reopen_detect_zeroes_unmap"] + "; and " + KNOWN["write_zeroes_subcluster"])(
@@ -294,4 +294,4 @@ class LiveSelfCheck(FullLiveMachine):
     RIGHT = staticmethod(qsd_peer)
 
 
-TestLiveMachineSelfCheck = _bounded(LiveSelfCheck, 3)
+TestLiveMachineSelfCheck = _bounded(LiveSelfCheck, 2)
