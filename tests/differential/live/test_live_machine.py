@@ -235,7 +235,9 @@ class LiveMachine(RuleBasedStateMachine):
     @rule()
     def delete_second_export(self) -> None:
         if self.second_export:
-            self._step(cmd("block-export-del", {"id": "e1"}))
+            # hard: safe mode races with the disconnect of the last qemu-io (see
+            # scenarios.common.export_del)
+            self._step(cmd("block-export-del", {"id": "e1", "mode": "hard"}))
             self.second_export = False
 
     @precondition(lambda self: self.SNAPSHOTS)

@@ -82,7 +82,13 @@ def export(eid: str, node: str, name: str | None = None, writable: bool = True,
     return cmd("block-export-add", args)
 
 
-def export_del(eid: str, mode: str | None = None) -> dict[str, Any]:
+def export_del(eid: str, mode: str | None = "hard") -> dict[str, Any]:
+    """``block-export-del``, by default in ``hard`` mode.
+
+    ``safe`` mode right after a guest (qemu-io) disconnected races with txgraph's NBD
+    connection thread noticing the disconnect ("export 'e0' still in use" under load,
+    while QSD has already dropped the client); ``mode=None`` sends QEMU's default.
+    """
     return cmd("block-export-del", {"id": eid, **({"mode": mode} if mode else {})})
 
 

@@ -66,9 +66,13 @@ SCENARIOS = [
         export("e1", "hd0", name="e0"), export("e2", "nosuch"), export_del("nosuch"),
         io("nosuch", R), io("e0", W), View("e0"),
     ], theme=T, doc="refused export requests change nothing for the guest"),
+    sc("export_del_safe_mode_without_clients", [
+        add(hd("hd0", "base.qcow2")), export("e0", "hd0"), export("e1", "hd0"),
+        export_del("e1", None), export_del("e1", None), io("e0", W, R), View("e0"),
+    ], theme=T, doc="QEMU's default (safe) mode on an export no guest ever connected to"),
     sc("export_del_hard_mode", [
         add(hd("hd0", "base.qcow2")), export("e0", "hd0"), io("e0", W),
-        export_del("e0", "hard"), cmd("blockdev-del", {"node-name": "hd0"}), QUERY,
+        export_del("e0"), cmd("blockdev-del", {"node-name": "hd0"}), QUERY,
     ], theme=T),
     sc("blockdev_del_exported_node_refused", [
         add(hd("hd0", "base.qcow2")), export("e0", "hd0"),
