@@ -40,13 +40,13 @@ from typing import Any
 
 from tests.differential.harness import (
     SetupAction, StepRecord, _diff_values, _run_setup, _snapshot, _start_qsd, _substitute,
-    canon_reply, canon_text, cmd, compare_records,
+    canon_reply, cmd, compare_records,
 )
 from tests.support.guest_io import export_digest, run_qemu_io
 from tests.support.image_checks import workdir_report
 from txgraph.peers import QMPProcess, TxgraphDaemon
 
-__all__ = ["IO", "View", "Split", "LiveStep", "LiveScenario", "LivePeer", "LiveTrace",
+__all__ = ["IO", "io", "View", "Split", "LiveStep", "LiveScenario", "LivePeer", "LiveTrace",
            "LiveComparison", "LiveRecord", "Runner", "diff_record", "diff_images", "run_live",
            "compare_live", "live_differential", "qsd_peer", "txgraph_peer", "start_nbd",
            "SHUTDOWN_TIMEOUT"]
@@ -330,8 +330,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         rc |= 0 if comp else 1
     return rc
 
-
-__all__ += ["io", "canon_text"]
 
 if __name__ == "__main__":
     from tests.differential.live import harness as _h
