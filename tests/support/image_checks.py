@@ -1,0 +1,109 @@
+"""Offline checks of image files with ``qemu-img``, reduced to what must match across runs.
+
+Run after the daemon that used the images has shut down. For each image:
+
+* ``qemu-img info --output=json`` without the volatile fields (``actual-size``, which
+  depends on the host file system, and paths, replaced by ``{dir}``);
+* ``qemu-img map --output=json`` without host offsets (``offset``), adjacent extents
+  with equal attributes merged (QEMU merges only extents contiguous on the host too,
+  so the split depends on the allocation order, not on what is allocated);
+* ``qemu-img check --output=json`` (qcow2): errors, leaks, corruptions and allocated
+  clusters; fragmentation and the image end offset depend on the allocation order;
+* a checksum of the image's guest view (``qemu-img convert`` to raw, backing included).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["image_report", "workdir_report", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".qcow2", ".raw", ".img")
+_TIMEOUT = 60.0
+_CHECK_FIELDS = ("check-errors", "leaks", "corruptions", "allocated-clusters",
+                 "total-clusters", "leaks-fixed", "corruptions-fixed")
+
+
+def _canon(v: Any, workdir: str) -> Any:
+    if isinstance(v, str):
+        return v.replace(os.path.realpath(workdir), "{dir}").replace(workdir, "{dir}")
+    if isinstance(v, list):
+        return [_canon(x, workdir) for x in v]
+    if isinstance(v, dict):
+        return {k: _canon(x, workdir) for k, x in v.items()}
+    return v
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT)
+
+
+def _strip_info(info: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in info.items() if k not in ("actual-size",)}
+    if isinstance(out.get("backing-image"), dict):
+        out["backing-image"] = _strip_info(out["backing-image"])
+    return out
+
+
+def _merge_map(extents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``qemu-img map`` extents without ``offset``, equal neighbours merged."""
+    merged: list[dict[str, Any]] = []
+    for e in extents:
+        e = {k: v for k, v in e.items() if k != "offset"}
+        if merged:
+            last = merged[-1]
+            same = all(last.get(k) == e.get(k) for k in set(last) | set(e)
+                       if k not in ("start", "length"))
+            if same and last["start"] + last["length"] == e["start"]:
+                last["length"] += e["length"]
+                continue
+        merged.append(e)
+    return merged
+
+
+def _digest(path: Path, fmt: str) -> str:
+    with tempfile.TemporaryDirectory(prefix="tximg-") as tmp:
+        out = os.path.join(tmp, "img.raw")
+        res = _run(["qemu-img", "convert", "-f", fmt, "-O", "raw", str(path), out])
+        if res.returncode != 0:
+            return "error: " + res.stderr.strip()
+        h = hashlib.sha256()
+        with open(out, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+
+def image_report(path: Path, workdir: str) -> dict[str, Any]:
+    """Info, map, check and data digest of one image (see the module docstring)."""
+    res = _run(["qemu-img", "info", "--output=json", str(path)])
+    if res.returncode != 0:
+        return {"info-error": _canon(res.stderr.strip(), workdir)}
+    info = json.loads(res.stdout)
+    fmt = str(info.get("format"))
+    report: dict[str, Any] = {"info": _canon(_strip_info(info), workdir)}
+    res = _run(["qemu-img", "map", "--output=json", "-f", fmt, str(path)])
+    report["map"] = (_merge_map(json.loads(res.stdout)) if res.returncode == 0
+                     else "error: " + _canon(res.stderr.strip(), workdir))
+    if fmt == "qcow2":
+        res = _run(["qemu-img", "check", "--output=json", "-f", fmt, str(path)])
+        try:
+            check = json.loads(res.stdout)
+            report["check"] = {k: check[k] for k in _CHECK_FIELDS if k in check}
+        except ValueError:
+            report["check"] = "error: " + _canon(res.stderr.strip(), workdir)
+        report["check-rc"] = res.returncode
+    report["data"] = _digest(path, fmt)
+    return report
+
+
+def workdir_report(workdir: Path) -> dict[str, Any]:
+    """:func:`image_report` of every image file directly in ``workdir``, by file name."""
+    return {p.name: image_report(p, str(workdir))
+            for p in sorted(workdir.iterdir()) if p.suffix in IMAGE_SUFFIXES and p.is_file()}
