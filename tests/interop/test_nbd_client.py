@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,12 +23,26 @@ def _qemu_nbd(image: Path, sock: Path, *extra: str) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(["qemu-nbd", "-k", str(sock), "-f", "raw", "-x", "ex", "--persistent",
                              *extra, str(image)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while not sock.exists():
+    deadline = time.monotonic() + 30
+    # the socket file appears a moment before qemu-nbd listens: wait for a real connection
+    # (a probe client is harmless with --persistent)
+    while not _listening(sock):
         if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
             raise AssertionError(f"qemu-nbd did not start: {proc.stderr.read() if proc.stderr else ''}")
         time.sleep(0.01)
     return proc
+
+
+def _listening(sock: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(sock))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
 
 
 @pytest.fixture
