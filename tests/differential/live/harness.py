@@ -38,12 +38,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.differential.harness import (
-    SetupAction, StepRecord, _diff_values, _run_setup, _snapshot, _start_qsd, _substitute,
-    canon_reply, cmd, compare_records,
-)
+from tests.differential.harness import SetupAction, _run_setup, cmd
 from tests.support.guest_io import export_digest, run_qemu_io
 from tests.support.image_checks import workdir_report
+from txgraph.oracle.canon import canon_reply
+from txgraph.oracle.canon import substitute as _substitute
+from txgraph.oracle.compare import StepRecord, _diff_values, compare_records
+from txgraph.oracle.compare import snapshot as _snapshot
+from txgraph.oracle.peers import _start_qsd
 from txgraph.peers import QMPProcess, TxgraphDaemon
 
 __all__ = ["IO", "io", "View", "Split", "LiveStep", "LiveScenario", "LivePeer", "LiveTrace",
