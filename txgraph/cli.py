@@ -177,6 +177,16 @@ def bench_txn(sizes: tuple[int, ...], repeats: int) -> None:
         raise click.ClickException("the final graphs differ: the timings are not comparable")
 
 
+
+@main.command("drive", context_settings={"ignore_unknown_options": True})
+@click.option("--explain", is_flag=True, help="Also print which rule produced each resolved value.")
+@click.argument("qemu_args", nargs=-1, type=click.UNPROCESSED)
+def drive(explain: bool, qemu_args: tuple[str, ...]) -> None:
+    """Translate QEMU -drive/-hda/-cdrom/-snapshot options into blockdev-add (docs/drive-spec.md)."""
+    from txgraph.drive.command import run_drive_command
+
+    sys.exit(run_drive_command(list(qemu_args), explain))
+
 @main.command("plan")
 @click.argument("plan_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--graph", "graph_file", type=click.Path(exists=True, dir_okay=False), default=None,
