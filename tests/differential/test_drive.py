@@ -161,7 +161,12 @@ def _canon(value: Any, workdir: Path) -> Any:
 
 def _graph(nodes: list[dict[str, Any]], graph: dict[str, Any], roots: dict[str, str],
            workdir: Path) -> dict[str, Any]:
-    """Nodes and edges under each drive's root, named by their path from the drive id."""
+    """Nodes and edges under each drive's root, named by their path from the drive id.
+
+    Shared ``resize`` is left out of the edge permissions: the stand-in for QEMU's
+    BlockBackend on QSD (a read-only NBD export, see :func:`_run_peer`) does not share
+    resize where a device-less BlockBackend does, and raw passes its parent's sharing down.
+    """
     by_name = {n["node-name"]: n for n in nodes}
     gid = {n["id"]: n["name"] for n in graph["nodes"] if n["type"] == "block-driver"}
     out_nodes: dict[str, Any] = {}
@@ -177,7 +182,8 @@ def _graph(nodes: list[dict[str, Any]], graph: dict[str, Any], roots: dict[str, 
         for e in graph["edges"]:
             if gid.get(e["parent"]) == name and e["child"] in gid:
                 child_label = f"{label}/{e['name']}"
-                out_edges.append([label, child_label, sorted(e["perm"]), sorted(e["shared-perm"])])
+                shared = sorted(set(e["shared-perm"]) - {"resize"})
+                out_edges.append([label, child_label, sorted(e["perm"]), shared])
                 walk(gid[e["child"]], child_label)
 
     for drive, root in sorted(roots.items()):

@@ -85,7 +85,7 @@ def throttling(st: DriveState, ctx: DriveContext) -> None:
         if not length:
             raise st.fail("the burst length cannot be 0")
         if length > 1 and not mx:
-            raise st.fail("burst length cannot be set without burst rate")
+            raise st.fail("burst length set without burst rate")
         if mx and not avg:
             raise st.fail("bps_max/iops_max require corresponding bps/iops values")
         if mx and mx < avg:
@@ -205,7 +205,12 @@ def open_drive(st: DriveState, ctx: DriveContext) -> None:
                                                       Role.NONE, None, True)
             tx.set(session.graph.nodes[st.top], "monitor_owned", True)
     except TxgraphError as err:
-        raise st.fail(err.desc) from err
+        failure = st.fail(err.desc)
+        if err.desc.endswith("expects a non-negative number below 2^64"):
+            # parse_option_size (QemuOpts): -drive values are strings parsed as sizes
+            failure.hint = ("Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, "
+                            "tera-, peta-\nand exabytes, respectively.\n")
+        raise failure from err
     _check_native_aio(st, ctx, st.top)
     if "SNAPSHOT" in st.flags:
         _temp_snapshot(st, ctx)

@@ -192,6 +192,11 @@ def _flat_tree(ctx: DriveContext, name: str, aio: str | None = None) -> dict[str
         if key == "driver" or (prov is not None and prov.source in _SPELT_OUT):
             flat[key] = value
     flat.pop("node-name", None)
+    if node.flags & OpenFlag.NO_BACKING and graph.child_edge(name, "backing") is None:
+        flat["backing"] = None
+    for key in [k for k in flat if k == "discard" or k.endswith(".discard")]:
+        # bdrv_parse_discard_flags accepts on/off; the QAPI enum only unmap/ignore
+        flat[key] = {"on": "unmap", "off": "ignore"}.get(flat[key], flat[key])
     if aio is not None and node.driver in ("file", "host_device", "host_cdrom"):
         flat.setdefault("aio", aio)
     if "node-name" in node.explicit:
@@ -227,6 +232,9 @@ def _emit_drive(ctx: DriveContext, st: DriveState, used: set[str]) -> list[dict[
                     "backing": flat["node-name"],
                     "node-name": _fresh_name(st.id + "-snapshot", used)}
         top_unmap = top_flat.get("discard", "ignore") in ("on", "unmap")
+        if "discard" in top_flat:
+            top_flat["discard"] = {"on": "unmap", "off": "ignore"}.get(top_flat["discard"],
+                                                                      top_flat["discard"])
     st.backend["node-name"] = top_flat["node-name"]
     if detect != "off":
         top_flat["detect-zeroes"] = detect
