@@ -111,7 +111,8 @@ def throttling(st: DriveState, ctx: DriveContext) -> None:
                                      "(blk_io_limits_enable), not a throttle node")
 
 
-@rule("detect-zeroes-value", "extract_common_blockdev_options, qapi_enum_parse", "blockdev_init")
+@rule("detect-zeroes-value", "extract_common_blockdev_options, qapi_enum_parse (blockdev.c, "
+      "qapi/qapi-util.c)", "blockdev_init")
 def detect_zeroes_value(st: DriveState, ctx: DriveContext) -> None:
     """`detect-zeroes` is off, on or unmap (`invalid parameter value: <x>`); it is set on
     the top node only after the open, without the blockdev-add check against `discard`."""
