@@ -215,6 +215,13 @@ def _translated_backend(backend: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _mask(graph: Any, masked: tuple[tuple[str, str], ...]) -> Any:
+    if isinstance(graph, dict) and "nodes" in graph:
+        for label, key in masked:
+            graph["nodes"].get(label, {}).pop(key, None)
+    return graph
+
+
 def _run_peer(peer: Any, commands: list[dict[str, Any]], roots: dict[str, str],
               workdir: Path) -> Any:
     """Run the translation, then stand in for each BlockBackend with a read-only NBD export.
@@ -275,14 +282,21 @@ def run_case(case: Case, workdir: Path) -> list[str]:
         if ours_stderr != stderr:
             diffs.append(f"warnings differ:\n  qemu:    {stderr!r}\n  txgraph: {ours_stderr!r}")
         roots_q = {d["device"]: d["inserted"]["node-name"] for d in block if d.get("inserted")}
-        expected = _graph(nodes, graph, roots_q, workdir)
+        expected = _mask(_graph(nodes, graph, roots_q, workdir), case.masked)
         qb, tb = _qemu_backend(block), _translated_backend(translation.backend)
         if qb != tb:
             diffs.append(f"backend differs:\n  qemu:    {qb}\n  txgraph: {tb}")
         roots_t = {dev: b["node-name"] for dev, b in translation.backend.items()
                    if b["node-name"] is not None}
         for label, peer in (("qsd", QSDPeer(workdir)), ("txgraph", EnginePeer(workdir))):
-            got = _run_peer(peer, translation.qmp, roots_t, workdir)
+            raw = _run_peer(peer, translation.qmp, roots_t, workdir)
+            unmasked = _graph(nodes, graph, roots_q, workdir)
+            for node_label, key in case.masked:
+                if isinstance(raw, dict) and "nodes" in raw and \
+                        raw["nodes"].get(node_label, {}).get(key) == \
+                        unmasked["nodes"].get(node_label, {}).get(key):
+                    diffs.append(f"{label}: masked {node_label}.{key} no longer differs")
+            got = _mask(raw, case.masked)
             if got != expected:
                 diffs.append(f"{label} graph differs:\n  qemu: {expected}\n  {label}: {got}")
         return diffs
