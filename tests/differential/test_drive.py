@@ -251,6 +251,33 @@ def _run_peer(peer: Any, commands: list[dict[str, Any]], roots: dict[str, str],
         peer.close()
 
 
+def _start_qsd_peer(workdir: Path) -> QSDPeer:
+    """A fresh QSD. A start that loses the start-up race (ConnectionRefused, or the reply
+    to qmp_capabilities is not ``{"return": {}}``) is reaped and retried, up to three."""
+    from txgraph.peers import QSD
+
+    for attempt in range(3):
+        q = QSD.__new__(QSD)
+        try:
+            q.__init__(workdir=str(workdir))  # type: ignore[misc]
+        except (AssertionError, ConnectionRefusedError):
+            proc = getattr(q, "proc", None)
+            if proc is not None:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait(DEADLINE)
+                if proc.stdout:
+                    proc.stdout.close()
+            shutil.rmtree(getattr(q, "_tmp", ""), ignore_errors=True)
+            if attempt == 2:
+                raise
+            continue
+        peer = QSDPeer.__new__(QSDPeer)
+        peer._qsd = q
+        return peer
+    raise AssertionError("unreachable")
+
+
 def run_case(case: Case, workdir: Path) -> list[str]:
     """Run one case everywhere; return the differences (empty when all agree)."""
     diffs: list[str] = []
@@ -288,7 +315,7 @@ def run_case(case: Case, workdir: Path) -> list[str]:
             diffs.append(f"backend differs:\n  qemu:    {qb}\n  txgraph: {tb}")
         roots_t = {dev: b["node-name"] for dev, b in translation.backend.items()
                    if b["node-name"] is not None}
-        for label, peer in (("qsd", QSDPeer(workdir)), ("txgraph", EnginePeer(workdir))):
+        for label, peer in (("qsd", _start_qsd_peer(workdir)), ("txgraph", EnginePeer(workdir))):
             raw = _run_peer(peer, translation.qmp, roots_t, workdir)
             unmasked = _graph(nodes, graph, roots_q, workdir)
             for node_label, key in case.masked:

@@ -176,6 +176,11 @@ def open_drive(st: DriveState, ctx: DriveContext) -> None:
         if (key == "node-name" or key.endswith(".node-name")) and \
                 any(d.id == value for d in ctx.drives):
             raise st.fail(f"node-name={value} is conflicting with a device id")
+    for key, value in node_keys.items():
+        if (key == "backing" or key.endswith(".backing")) and value == "":
+            # bdrv_open_inherit: the empty string is the old spelling of null
+            ctx.warn(st.arg.location, 'Use of "backing": "" is deprecated; use "backing": null '
+                     "instead")
     opts = dict(node_keys)
     opts["read-only"] = "on" if st.read_only else "off"
     for key, value in (("cache.direct", "off"), ("cache.no-flush", "off"), ("auto-read-only", "on")):
