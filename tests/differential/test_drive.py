@@ -288,6 +288,8 @@ def run_case(case: Case, workdir: Path) -> list[str]:
             ours_err = None
         except DriveError as err:
             ours_err = "".join(w + "\n" for w in getattr(err, "warnings", [])) + err.render()
+        except Exception as bug:  # what `txgraph drive` reports as an internal error
+            ours_err = f"txgraph drive: internal error: {type(bug).__name__}: {bug}\n"
     qemu = QemuSystem(case.args, workdir)
     try:
         if qemu.running:

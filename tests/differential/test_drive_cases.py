@@ -210,6 +210,9 @@ CASES: tuple[Case, ...] = (
     d("ide-on-machine-none", "file=raw.img,format=raw,if=ide",
       divergence="the machine refuses drives it has no bus for (drive_check_orphaned on -M "
       "none); txgraph drive translates the drive itself, for any machine"),
+    d("qemu-aborts-on-child-size", "file=null-co://,format=raw,file.size=abc",
+      divergence="qemu-system-x86_64 7.2 aborts here (error_abort in parse_option_size); "
+      "txgraph exits with an internal-error line: its null-co open gets the untyped string"),
     # -drive lines management software writes
     d("libvirt-virtio-disk", "file=top.qcow2,format=qcow2,if=none,id=drive-virtio-disk0,"
       "cache=none,aio=native"),

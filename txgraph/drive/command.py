@@ -26,6 +26,9 @@ def run_drive_command(argv: list[str], explain: bool, out: TextIO = sys.stdout,
             err.write(warning + "\n")
         err.write(refusal.render())
         return 1
+    except Exception as bug:  # a translator bug is reported in one line, never as a traceback
+        err.write(f"txgraph drive: internal error: {type(bug).__name__}: {bug}\n")
+        return 2
     for warning in result.stderr_lines:
         err.write(warning + "\n")
     out.write(json.dumps(result.to_json(), indent=2) + "\n")

@@ -18,7 +18,15 @@ from typing import Any
 from txgraph.model.options import parse_bool
 from txgraph.qmp.qapi import schema_json
 
-__all__ = ["typed_blockdev_options", "nest"]
+__all__ = ["typed_blockdev_options", "nest", "SizeError"]
+
+
+class SizeError(ValueError):
+    """``parse_option_size``: a driver's integer option that is not a number (QemuOpts)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"Parameter '{key}' expects a non-negative number below 2^64")
+        self.key = key
 
 
 @cache
@@ -82,7 +90,10 @@ def _visit(tname: str, value: Any) -> Any:
             parsed = parse_bool(value)
             return value if parsed is None else parsed
         if jt == "int":
-            return _to_int(value)
+            number = _to_int(value)
+            if not isinstance(number, int) or number < 0:
+                raise SizeError(_current_key[-1] if _current_key else "?")
+            return number
         if jt == "number":
             try:
                 return float(value)
@@ -122,7 +133,18 @@ def _visit_object(ent: dict[str, Any], value: dict[str, Any]) -> dict[str, Any]:
             if variant["case"] == value.get(tag):
                 sub = _entities().get(variant["type"], {})
                 types.update({m["name"]: m["type"] for m in sub.get("members", [])})
-    return {k: _visit(types[k], v) if k in types else v for k, v in value.items()}
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        _current_key.append(k)
+        try:
+            out[k] = _visit(types[k], v) if k in types else v
+        finally:
+            _current_key.pop()
+    return out
+
+
+#: the member being converted, innermost last (for the error's parameter name)
+_current_key: list[str] = []
 
 
 def typed_blockdev_options(flat: dict[str, Any]) -> dict[str, Any]:

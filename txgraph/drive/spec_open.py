@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from txgraph.drive.qapi_types import typed_blockdev_options
+from txgraph.drive.qapi_types import SizeError, typed_blockdev_options
 from txgraph.drive.rules import DriveContext, DriveState, rule
 from txgraph.drive.spec import THROTTLE_KEYS, COMMON_KEYS, _absorb
 from txgraph.errors import TxgraphError
@@ -24,6 +24,9 @@ from txgraph.ops.inherit import OptionSet
 __all__ = ["THROTTLE_VALUE_MAX", "temp_dir"]
 
 THROTTLE_VALUE_MAX = 1_000_000_000_000_000
+#: the hint QemuOpts appends to a bad size (parse_option_size)
+_SIZE_HINT = ("Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
+              "and exabytes, respectively.\n")
 _ENTRY = Provenance(Source.ENTRY_DEFAULT, detail="blockdev_init")
 
 
@@ -197,7 +200,12 @@ def open_drive(st: DriveState, ctx: DriveContext) -> None:
         opts.setdefault("auto-read-only", "off")
         opts.setdefault("discard", "unmap")
         flags &= ~OpenFlag.COPY_ON_READ
-    typed = flatten(typed_blockdev_options(opts))
+    try:
+        typed = flatten(typed_blockdev_options(opts))
+    except SizeError as err:
+        failure = st.fail(str(err))
+        failure.hint = _SIZE_HINT
+        raise failure from err
     options = OptionSet.explicit(typed)
     for key in ("cache.direct", "cache.no-flush", "auto-read-only"):
         if key not in node_keys and key in options.values:
@@ -214,8 +222,7 @@ def open_drive(st: DriveState, ctx: DriveContext) -> None:
         failure = st.fail(err.desc)
         if err.desc.endswith("expects a non-negative number below 2^64"):
             # parse_option_size (QemuOpts): -drive values are strings parsed as sizes
-            failure.hint = ("Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, "
-                            "tera-, peta-\nand exabytes, respectively.\n")
+            failure.hint = _SIZE_HINT
         raise failure from err
     _check_native_aio(st, ctx, st.top)
     if "SNAPSHOT" in st.flags:
