@@ -44,7 +44,9 @@ class Translation:
         return {"qmp": self.qmp, "backend": self.backend, "warnings": self.warnings}
 
     def explain_text(self) -> str:
-        return "\n".join(f"{e.drive}: {e.key} = {json.dumps(e.value)}  <- {e.rule}"
+        return "\n".join(f"{e.key} = {json.dumps(e.value)}  <- {e.rule}"
+                         if e.key.startswith(e.drive) else
+                         f"{e.drive}: {e.key} = {json.dumps(e.value)}  <- rule {e.rule}"
                          for e in self.explained)
 
 
@@ -76,7 +78,9 @@ def translate(argv: list[str]) -> Translation:
             out.backend[st.id] = st.backend
             out.explained.extend(replace(e, drive=st.id) for e in st.explained)
             if st.top is not None:
-                out.explained.extend(_node_provenance(ctx, st, st.snapshot_base or st.top))
+                base = st.snapshot_base or st.top
+                out.explained.extend(_node_provenance(ctx, st, base,
+                                                      st.id + ("/backing" if st.snapshot_base else "")))
     except DriveError as err:
         err.warnings = list(ctx.warnings)  # type: ignore[attr-defined]
         for path in ctx.temp_files:
@@ -156,8 +160,12 @@ def _from_header(child: Any, parent: Any) -> bool:
     return True
 
 
-def _node_provenance(ctx: DriveContext, st: DriveState, name: str) -> list[Explained]:
-    """Every resolved option of every node of the drive, with where it came from (§3.2)."""
+def _node_provenance(ctx: DriveContext, st: DriveState, name: str,
+                     label: str) -> list[Explained]:
+    """Every resolved option of every node of the drive, with where it came from (§3.2).
+
+    Nodes are named by their place under the drive (``d0/file``, ``d0/backing/file``), as
+    the scratch session's automatic names mean nothing outside it."""
     graph = ctx.session.graph
     node = graph.nodes[name]
     out = []
@@ -165,13 +173,13 @@ def _node_provenance(ctx: DriveContext, st: DriveState, name: str) -> list[Expla
         prov = node.provenance.get(key)
         why = "open: " + (prov.source.value if prov else "explicit")
         if prov is not None and prov.parent:
-            why += f" from {prov.parent}"
+            why += " from " + (label.rsplit("/", 1)[0] if "/" in label else prov.parent)
         if prov is not None and prov.detail:
             why += f" ({prov.detail})"
-        out.append(Explained(st.id, f"{name}.{key}", value, why))
+        out.append(Explained(st.id, f"{label}: {key}", value, why))
     for child, edge in graph.children(name):
         if graph.nodes[child].inherits_from == name:
-            out.extend(_node_provenance(ctx, st, child))
+            out.extend(_node_provenance(ctx, st, child, f"{label}/{edge.name}"))
     return out
 
 

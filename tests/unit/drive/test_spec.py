@@ -240,4 +240,6 @@ def test_cli_refusal_and_success(capsys: pytest.CaptureFixture[str]) -> None:
     assert err == "qemu-system-x86_64: -drive cache=x: invalid cache option\n"
     assert run_drive_command(["-drive", "file=raw.img,format=raw"], True) == 0
     out = capsys.readouterr().out
-    assert '"qmp"' in out and "<- cache-mode" not in out and "<- format" in out
+    assert '"qmp"' in out and "<- rule cache-mode" not in out and "<- rule format" in out
+    assert 'none0/file: filename = "raw.img"  <- open: explicit (legacy filename)' in out
+    assert 'none0/file: read-only = false  <- open: inherited from none0' in out
