@@ -77,7 +77,7 @@ def _to_int(value: str) -> Any:
     return value
 
 
-def _visit(tname: str, value: Any) -> Any:
+def _visit(tname: str, value: Any, key: str = "?") -> Any:
     ent = _entities().get(tname)
     if ent is None:
         return value
@@ -92,7 +92,7 @@ def _visit(tname: str, value: Any) -> Any:
         if jt == "int":
             number = _to_int(value)
             if not isinstance(number, int) or number < 0:
-                raise SizeError(_current_key[-1] if _current_key else "?")
+                raise SizeError(key)
             return number
         if jt == "number":
             try:
@@ -105,20 +105,20 @@ def _visit(tname: str, value: Any) -> Any:
         if isinstance(value, dict):
             for m, e in zip(ent["members"], members):
                 if e.get("meta-type") == "object":
-                    return _visit(m["type"], value)
+                    return _visit(m["type"], value, key)
             return value
         # a string leaf: keep it when the alternate has a string branch (a node reference)
         for m, e in zip(ent["members"], members):
             if e.get("meta-type") in ("builtin", "enum") and e.get("json-type", "string") == "string":
                 return value
         for m in ent["members"]:
-            converted = _visit(m["type"], value)
+            converted = _visit(m["type"], value, key)
             if converted is not value:
                 return converted
         return value
     if meta == "array":
         if isinstance(value, dict) and all(k.isdigit() for k in value):
-            return [_visit(ent["element-type"], value[k]) for k in sorted(value, key=int)]
+            return [_visit(ent["element-type"], value[k], key) for k in sorted(value, key=int)]
         return value
     if meta == "object" and isinstance(value, dict):
         return _visit_object(ent, value)
@@ -133,18 +133,7 @@ def _visit_object(ent: dict[str, Any], value: dict[str, Any]) -> dict[str, Any]:
             if variant["case"] == value.get(tag):
                 sub = _entities().get(variant["type"], {})
                 types.update({m["name"]: m["type"] for m in sub.get("members", [])})
-    out: dict[str, Any] = {}
-    for k, v in value.items():
-        _current_key.append(k)
-        try:
-            out[k] = _visit(types[k], v) if k in types else v
-        finally:
-            _current_key.pop()
-    return out
-
-
-#: the member being converted, innermost last (for the error's parameter name)
-_current_key: list[str] = []
+    return {k: _visit(types[k], v, k) if k in types else v for k, v in value.items()}
 
 
 def typed_blockdev_options(flat: dict[str, Any]) -> dict[str, Any]:
