@@ -266,7 +266,8 @@ def _temp_snapshot(st: DriveState, ctx: DriveContext) -> None:
                                      "cache.no-flush": "on", **request},
         "reason": "snapshot=on: a temporary qcow2 overlay (cache=unsafe) above the image; "
                   "QEMU unlinks the file right after opening it (bdrv_temp_snapshot_options, "
-                  "bdrv_append_temp_snapshot)"}
+                  "bdrv_append_temp_snapshot); txgraph drive creates it so that the commands "
+                  "can open it: remove it once they have"}
 
 
 @rule("detect-zeroes-top", "blockdev_init (blockdev.c)", "backend")
