@@ -55,6 +55,11 @@ def translate(argv: list[str]) -> Translation:
 
     Raises :class:`DriveError` with QEMU's message; its ``warnings`` attribute
     holds what QEMU would have printed before the refusal.
+
+    One translation at a time per process: relative file names resolve against the
+    process's working directory (as QEMU's do), and the scratch engine's checker is not
+    safe to run from several threads at once (two threads translating crashed the
+    interpreter inside the solver). The CLI runs exactly one.
     """
     from txgraph.qmp.engine import Engine
 

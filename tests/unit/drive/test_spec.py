@@ -244,16 +244,3 @@ def test_cli_refusal_and_success(capsys: pytest.CaptureFixture[str]) -> None:
     assert 'none0/file: filename = "raw.img"  <- open: explicit (legacy filename)' in out
     assert 'none0/file: read-only = false  <- open: inherited from none0' in out
 
-
-def test_concurrent_translations_share_nothing() -> None:
-    """Each translate() owns its scratch engine and state; the rule registry is read-only
-    after import. Threads translating different lines at once get the serial answers."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    lines = ["file=raw.img,format=raw,readonly=on,cache=none,id=a",
-             "file=raw.img,format=raw,readonly=on,iops=10,id=b",
-             "driver=null-co,size=4096,node-name=n,id=c", "media=cdrom,id=d"]
-    serial = {line: ok(line).to_json() for line in lines}
-    with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda line: (line, ok(line).to_json()), lines * 10))
-    assert all(result == serial[line] for line, result in results)
