@@ -16,15 +16,17 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Debian's qemu-utils (qemu-img, qemu-io, qemu-nbd) and qemu-system-common
-# (qemu-storage-daemon) are the peers and oracles of the test suite.
+# Debian's qemu-utils (qemu-img, qemu-io, qemu-nbd), qemu-system-common
+# (qemu-storage-daemon) and qemu-system-x86 (qemu-system-x86_64, the oracle of
+# the -drive suite) are the peers and oracles of the test suite.
 qemu:
 	@if ! command -v qemu-storage-daemon >/dev/null 2>&1 || ! command -v qemu-img >/dev/null 2>&1 \
-			|| ! command -v strace >/dev/null 2>&1; then \
-		echo "installing Debian's qemu-utils, qemu-system-common and strace"; \
+			|| ! command -v qemu-system-x86_64 >/dev/null 2>&1 || ! command -v strace >/dev/null 2>&1; then \
+		echo "installing Debian's qemu-utils, qemu-system-common, qemu-system-x86 and strace"; \
 		SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 		$$SUDO apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq qemu-utils qemu-system-common strace >/dev/null; \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq qemu-utils qemu-system-common \
+			qemu-system-x86 strace >/dev/null; \
 	fi
 	@qemu-storage-daemon --version | head -1
 

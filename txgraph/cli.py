@@ -181,6 +181,16 @@ def bench_all(ctx: click.Context) -> None:
         ctx.invoke(command)
 
 
+@main.command("drive", context_settings={"ignore_unknown_options": True})
+@click.option("--explain", is_flag=True, help="Also print which rule produced each resolved value.")
+@click.argument("qemu_args", nargs=-1, type=click.UNPROCESSED)
+def drive(explain: bool, qemu_args: tuple[str, ...]) -> None:
+    """Translate QEMU -drive/-hda/-cdrom/-snapshot options into blockdev-add (docs/drive-spec.md)."""
+    from txgraph.drive.command import run_drive_command
+
+    sys.exit(run_drive_command(list(qemu_args), explain))
+
+
 @main.command("plan")
 @click.argument("plan_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--graph", "graph_file", type=click.Path(exists=True, dir_okay=False), default=None,
