@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from txgraph.ops.session import Session
-from txgraph.ops.transaction import InjectedFault
+from txgraph.ops.undo_log import InjectedFault
 
 __all__ = ["assert_all_steps_atomic"]
 

@@ -34,7 +34,7 @@ from txgraph.ops.replace import (
     EdgeRef, find_parent_edge, replace_node_noperm,
 )
 from txgraph.ops.session import Session
-from txgraph.ops.transaction import Transaction
+from txgraph.ops.undo_log import Transaction
 
 __all__ = ["stage_insert_filter", "stage_remove_filter", "filtered_child_name"]
 
@@ -100,7 +100,6 @@ def stage_insert_filter(session: Session, tx: Transaction, args: dict[str, Any])
         tx.undo(lambda e=edge, s=(edge.seq, edge.parent_seq): _restore_seqs(e, s))
         tx.detach(parent, edge.name)
     name = stage_blockdev_add(session, tx, options)
-    runtime = session.runtime
     for parent, edge in edges:
         if parent in graph.nodes and graph.has_descendant(name, parent):
             raise BlockError(f"Making '{name}' a {edge.name} child of '{parent}' would create a "
@@ -108,9 +107,6 @@ def stage_insert_filter(session: Session, tx: Transaction, args: dict[str, Any])
         seq = edge.seq
         tx.attach(parent, name, edge)
         edge.seq = seq  # the same BdrvChild keeps its place among its siblings (undo above)
-        if runtime.has_node(parent):
-            runtime.set_child(parent, edge.name, name)
-            tx.undo(lambda p=parent, n=edge.name: runtime.set_child(p, n, node))
     refresh_perms(session, tx, [node, name])
     return name
 

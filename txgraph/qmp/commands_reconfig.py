@@ -177,7 +177,7 @@ def validate_extension_action(kind: str, data: Any, path: _Path) -> dict[str, An
 
 def _check_transaction(args: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """``x-txgraph-transaction``: QEMU actions by QSD's schema, extension actions by ours."""
-    from txgraph.ops.txn import EXTENSION_ACTIONS
+    from txgraph.ops.qmp_transaction import EXTENSION_ACTIONS
     from txgraph.qmp.qapi import _schema, _Visitor
 
     schema = _schema()
@@ -212,7 +212,7 @@ def _check_transaction(args: dict[str, Any]) -> tuple[list[dict[str, Any]], dict
 # -- QEMU 7.2 commands --------------------------------------------------------------------
 @command("blockdev-snapshot")
 def _blockdev_snapshot(ctx: CommandContext, args: dict[str, Any]) -> Any:
-    from txgraph.ops.txn import run_transaction
+    from txgraph.ops.qmp_transaction import run_transaction
 
     # QEMU runs it as a one-action transaction (qmp_blockdev_snapshot).
     run_transaction(ctx.session, [{"type": "blockdev-snapshot", "data": args}])
@@ -221,7 +221,7 @@ def _blockdev_snapshot(ctx: CommandContext, args: dict[str, Any]) -> Any:
 
 @command("blockdev-snapshot-sync")
 def _blockdev_snapshot_sync(ctx: CommandContext, args: dict[str, Any]) -> Any:
-    from txgraph.ops.txn import run_transaction
+    from txgraph.ops.qmp_transaction import run_transaction
 
     run_transaction(ctx.session, [{"type": "blockdev-snapshot-sync", "data": args}])
     return {}
@@ -238,7 +238,7 @@ def _x_blockdev_change(ctx: CommandContext, args: dict[str, Any]) -> Any:
 
 @command("transaction")
 def _transaction(ctx: CommandContext, args: dict[str, Any]) -> Any:
-    from txgraph.ops.txn import run_transaction
+    from txgraph.ops.qmp_transaction import run_transaction
 
     run_transaction(ctx.session, args["actions"], args.get("properties"))
     return {}
@@ -287,7 +287,7 @@ def _x_remove_filter(ctx: CommandContext, args: dict[str, Any]) -> Any:
 
 @command("x-txgraph-transaction")
 def _x_transaction(ctx: CommandContext, args: dict[str, Any]) -> Any:
-    from txgraph.ops.txn import run_transaction
+    from txgraph.ops.qmp_transaction import run_transaction
 
     actions, props = _check_transaction(args)
     run_transaction(ctx.session, actions, props)

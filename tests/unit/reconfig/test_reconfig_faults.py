@@ -21,8 +21,8 @@ from txgraph.ops.objects import object_add
 from txgraph.ops.quorum import stage_x_blockdev_change
 from txgraph.ops.replace import stage_blockdev_replace, stage_replace_edges
 from txgraph.ops.session import Session
-from txgraph.ops.transaction import Transaction
-from txgraph.ops.txn import finish, run_transaction
+from txgraph.ops.undo_log import Transaction
+from txgraph.ops.qmp_transaction import finish, run_transaction
 
 from tests.support.atomicity import assert_all_steps_atomic
 
