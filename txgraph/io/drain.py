@@ -49,7 +49,7 @@ class NodeTable(dict[str, DriverNode]):
         for name, node in dict(other, **kw).items():
             self[name] = node
 
-    def pop(self, name: str, *default: Any) -> Any:  # type: ignore[override]
+    def pop(self, name: str, *default: Any) -> Any:
         node = super().pop(name, *default)
         if node is not None:
             self.hooked.discard(node)

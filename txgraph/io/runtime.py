@@ -307,9 +307,9 @@ class Runtime:
         with using_groups(self.throttle_groups):
             node = cls(op.name, op.options, kids, op.read_only)
         if op.probed:
-            node.probed = True  # type: ignore[attr-defined]
+            setattr(node, "probed", True)  # typed for raw; harmless elsewhere
         if hasattr(node, "event_sink"):
-            node.event_sink = self.emit  # type: ignore[attr-defined]
+            setattr(node, "event_sink", self.emit)
         return node
 
     def _release(self, node: DriverNode) -> None:
@@ -486,7 +486,11 @@ class Runtime:
             if op.key in self._backends:
                 raise BlockError(f"Block backend '{op.key}' already exists")
             self._backends[op.key] = RootBackend(op.key, self._nodes[op.root] if op.root else None)
-            return lambda: self._backends.pop(op.key, None) and None
+            key = op.key
+
+            def unopen() -> None:
+                self._backends.pop(key, None)
+            return unopen
         backend = self._backends.pop(op.key)
         return lambda: self._backends.__setitem__(op.key, backend)
 

@@ -44,6 +44,10 @@ class QomObject:
     props: dict[str, Any] = field(default_factory=dict)
 
 
+def _no_event(name: str, data: dict[str, Any] | None = None) -> None:
+    """Events go nowhere until an Engine connects the session."""
+
+
 class Session:
     """The live state commands operate on."""
 
@@ -59,7 +63,7 @@ class Session:
         #: block exports by id (block-export-add)
         self.exports: dict[str, Any] = {}
         #: where QMP events go (the Engine connects it to its listeners)
-        self.emit_event: Callable[[str, dict[str, Any] | None], None] = lambda name, data=None: None
+        self.emit_event: Callable[[str, dict[str, Any] | None], None] = _no_event
         self.policy = policy
         #: run the invariant checker on every transaction before it commits
         self.check = check

@@ -77,13 +77,17 @@ class Transaction:
         """Register irreversible work that must only happen if the transaction commits."""
         self._on_commit.append(fn)
 
+    @staticmethod
+    def _discard(_removed: object) -> None:
+        """Undo callbacks return nothing; the removed object is dropped."""
+
     # -- primitives ----------------------------------------------------------------------
     def add_node(self, node: BlockNode) -> None:
         self._step()
         node.seq = self.graph.next_seq()
         self.graph.add_node(node)
         self.touched.add(node.name)
-        self._undo.append(lambda: self.graph.remove_node(node.name))
+        self._undo.append(lambda: self._discard(self.graph.remove_node(node.name)))
 
     def remove_node(self, name: str) -> BlockNode:
         self._step()
@@ -97,7 +101,7 @@ class Transaction:
         backend.seq = self.graph.next_seq()
         self.graph.add_backend(backend)
         self.touched.add(backend.key)
-        self._undo.append(lambda: self.graph.remove_backend(backend.key))
+        self._undo.append(lambda: self._discard(self.graph.remove_backend(backend.key)))
 
     def remove_backend(self, key: str) -> Backend:
         self._step()
