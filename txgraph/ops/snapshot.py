@@ -225,10 +225,12 @@ def set_read_only_ignoring_errors(session: Session, tx: Transaction, name: str) 
         changes = compute_refresh(graph, [name], writable_after=writable_after,
                                   driver_check=driver_check)
         tx.rt.set_read_only([t for t in targets if tx.rt.knows(t)], True)
-    except BlockError:
+    except BaseException as err:
         for undo in reversed(lock_undos):
             undo()
-        return
+        if isinstance(err, BlockError):
+            return  # refused: ignored, as external_snapshot_commit ignores it
+        raise
     for undo in lock_undos:
         tx.undo(undo)
     for target in targets:
