@@ -13,7 +13,9 @@ After every such failure these must equal what they were before the operation:
 * the live driver objects themselves: the same objects, with the same
   options, mode and children (an abort touches no live driver object);
 * the number of drains (an abort never quiesces the data plane);
-* the open file descriptors of this process (``/proc/self/fd``);
+* the open file descriptors of this process on the test's image directories
+  (``/proc/self/fd``; descriptors elsewhere belong to other tests' garbage and
+  daemon threads, which may close theirs at any moment);
 * the image locks as the kernel sees them: for every image file, which of
   QEMU's lock bytes (100+i, 200+i) some open file description holds.
 
@@ -40,9 +42,17 @@ __all__ = ["assert_all_steps_atomic", "fingerprint", "open_fds", "image_locks"]
 _LOCK_BYTES = (100, 101, 102, 103, 200, 201, 202, 203)
 
 
-def open_fds() -> int:
-    """How many descriptors this process has open."""
-    return len(os.listdir("/proc/self/fd"))
+def open_fds(dirs: list[str]) -> list[str]:
+    """What this process's descriptors on files under ``dirs`` point to (sorted multiset)."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # the descriptor listdir itself used
+        if any(target.startswith(d + "/") for d in dirs):
+            out.append(target)
+    return sorted(out)
 
 
 def image_locks(paths: list[str]) -> dict[str, tuple[int, ...]]:
@@ -87,15 +97,15 @@ def fingerprint(session: Session, paths: list[str]) -> dict[str, Any]:
     """Everything an aborted operation must leave exactly as it was."""
     return {"graph": session.graph.digest(), "runtime": session.runtime.state(),
             "live objects": _live_objects(session), "drains": session.runtime.drain_count,
-            "fds": open_fds(), "image locks": image_locks(paths)}
+            "fds": open_fds(sorted({os.path.dirname(p) for p in paths})),
+            "image locks": image_locks(paths)}
 
 
 def _fail_and_compare(setup: Callable[[Session], None], op: Callable[[Session], Any], kind: str,
-                      k: int, check: bool) -> None:
+                      k: int, check: bool, paths: list[str]) -> None:
     session = Session(name_seed=1, check=check)
     try:
         setup(session)
-        paths = _image_paths(session)
         before = fingerprint(session, paths)
         if kind == "primitive":
             session.fail_next_at = k
@@ -115,12 +125,15 @@ def assert_all_steps_atomic(setup: Callable[[Session], None], op: Callable[[Sess
     """Run ``op`` once to count its steps, then fail it at each; returns the primitive count."""
     probe = Session(name_seed=1, check=check)
     setup(probe)
+    # every image the setup or the operation opens: their locks and descriptors are compared
+    paths = _image_paths(probe)
     op(probe)
+    paths = sorted({*paths, *_image_paths(probe)})
     steps, prepare_steps = probe.last_steps, probe.last_prepare_steps
     probe.close()
     assert steps > 0
     for k in range(1, steps + 1):
-        _fail_and_compare(setup, op, "primitive", k, check)
+        _fail_and_compare(setup, op, "primitive", k, check, paths)
     for k in range(1, prepare_steps + 1):
-        _fail_and_compare(setup, op, "prepare", k, check)
+        _fail_and_compare(setup, op, "prepare", k, check, paths)
     return steps

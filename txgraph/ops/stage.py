@@ -33,7 +33,14 @@ from typing import Any
 from txgraph.errors import BlockError, TxgraphError
 from txgraph.io.driver import ImageInfo
 from txgraph.io.runtime import (
-    CloseBackend, CloseNode, DeltaOp, OpenBackend, OpenNode, ReopenNode, Runtime, SetChild,
+    CloseBackend,
+    CloseNode,
+    DeltaOp,
+    OpenBackend,
+    OpenNode,
+    ReopenNode,
+    Runtime,
+    SetChild,
     SetReadOnly,
 )
 from txgraph.model.graph import BlockGraph

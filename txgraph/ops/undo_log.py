@@ -28,10 +28,10 @@ import enum
 from collections.abc import Callable
 from typing import Any
 
+from txgraph.io.runtime import Runtime
 from txgraph.model.graph import BlockGraph
 from txgraph.model.node import Backend, BlockNode, Edge
 from txgraph.model.perm import Perm
-from txgraph.io.runtime import Runtime
 from txgraph.ops.stage import InjectedFault, RuntimeStage
 
 __all__ = ["Transaction", "TxState", "InjectedFault"]
