@@ -31,7 +31,9 @@ from txgraph.ops.blockdev import stage_blockdev_add, stage_blockdev_del, unref_n
 from txgraph.ops.open import lookup_bs
 from txgraph.ops.perms import refresh_perms
 from txgraph.ops.replace import (
-    EdgeRef, find_parent_edge, replace_node_noperm,
+    EdgeRef,
+    find_parent_edge,
+    replace_node_noperm,
 )
 from txgraph.ops.session import Session
 from txgraph.ops.undo_log import Transaction

@@ -29,7 +29,12 @@ from txgraph.model.options import Provenance, Source, flatten, parse_bool, qdict
 from txgraph.model.perm import Role
 from txgraph.ops import drivers as driver_open
 from txgraph.ops.filenames import full_backing_filename, refresh_filename
-from txgraph.ops.inherit import OptionSet, fill_options, flags_from_options, inherit_options
+from txgraph.ops.inherit import (
+    OptionSet,
+    fill_options,
+    flags_from_options,
+    inherit_options,
+)
 from txgraph.ops.perms import refresh_perms
 from txgraph.ops.undo_log import Transaction
 from txgraph.qobject.decoder import parse_json_text

@@ -28,6 +28,7 @@ from txgraph.model.options import Provenance, Source
 from txgraph.model.perm import Perm, Role
 from txgraph.model.permissions import compute_refresh
 from txgraph.ops.blockdev import op_blocker, unref_node
+from txgraph.ops.deferred import defer_to_end
 from txgraph.ops.filenames import refresh_filename
 from txgraph.ops.inherit import OptionSet
 from txgraph.ops.open import Opener, lookup_bs
@@ -35,7 +36,6 @@ from txgraph.ops.perms import refresh_perms
 from txgraph.ops.replace import replace_node_noperm
 from txgraph.ops.session import Session
 from txgraph.ops.undo_log import Transaction
-from txgraph.ops.deferred import defer_to_end
 
 __all__ = ["stage_blockdev_snapshot", "stage_blockdev_snapshot_sync", "bdrv_append",
            "set_read_only_ignoring_errors"]

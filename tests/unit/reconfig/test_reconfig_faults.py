@@ -18,18 +18,21 @@ from typing import Any
 
 import pytest
 
+from tests.support.atomicity import assert_all_steps_atomic
 from txgraph.ops.blockdev import blockdev_add
-from txgraph.ops.exports import nbd_server_start, stage_block_export_add, stage_block_export_del
+from txgraph.ops.exports import (
+    nbd_server_start,
+    stage_block_export_add,
+    stage_block_export_del,
+)
 from txgraph.ops.filters import stage_insert_filter, stage_remove_filter
 from txgraph.ops.objects import object_add
+from txgraph.ops.qmp_transaction import finish, run_transaction
 from txgraph.ops.quorum import stage_x_blockdev_change
 from txgraph.ops.reopen import blockdev_reopen
 from txgraph.ops.replace import stage_blockdev_replace, stage_replace_edges
 from txgraph.ops.session import Session
 from txgraph.ops.undo_log import Transaction
-from txgraph.ops.qmp_transaction import finish, run_transaction
-
-from tests.support.atomicity import assert_all_steps_atomic
 
 Stage = Callable[[Session, Transaction, dict[str, Any]], Any]
 
