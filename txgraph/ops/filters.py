@@ -22,6 +22,7 @@ followed by the deletion of the filter node.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from txgraph.errors import BlockError
@@ -99,7 +100,7 @@ def stage_insert_filter(session: Session, tx: Transaction, args: dict[str, Any])
     for parent, edge in edges:
         # Registered before the detach, so it runs after the re-attach on abort:
         # the edge object gets back its place in both lists.
-        tx.undo(lambda e=edge, s=(edge.seq, edge.parent_seq): _restore_seqs(e, s))
+        tx.undo(_seq_restorer(edge))
         tx.detach(parent, edge.name)
     name = stage_blockdev_add(session, tx, options)
     for parent, edge in edges:
@@ -113,8 +114,13 @@ def stage_insert_filter(session: Session, tx: Transaction, args: dict[str, Any])
     return name
 
 
-def _restore_seqs(edge: Edge, seqs: tuple[int, int]) -> None:
-    edge.seq, edge.parent_seq = seqs
+def _seq_restorer(edge: Edge) -> Callable[[], None]:
+    """The undo that gives ``edge`` back its place in both edge lists."""
+    seqs = (edge.seq, edge.parent_seq)
+
+    def restore() -> None:
+        edge.seq, edge.parent_seq = seqs
+    return restore
 
 
 def stage_remove_filter(session: Session, tx: Transaction, args: dict[str, Any]) -> list[EdgeRef]:

@@ -57,7 +57,7 @@ def lookup_bs(session: Any, device: str | None, node_name: str | None) -> str:
                 kids = graph.children(backend.key)
                 if not kids:
                     raise BlockError(f"Device '{device}' has no medium")
-                return kids[0][0]
+                return str(kids[0][0])
     if node_name and node_name in graph.nodes:
         return node_name
     raise BlockError(f"Cannot find device='{device or ''}' nor node-name='{node_name or ''}'")
@@ -191,8 +191,8 @@ class Opener:
 
         for _child, edge in self.graph.children(node.name):
             for d in (node.explicit, node.options, node.provenance):
-                for key in [k for k in d if k == edge.name or k.startswith(edge.name + ".")]:
-                    del d[key]
+                for stale in [k for k in d if k == edge.name or k.startswith(edge.name + ".")]:
+                    del d[stale]
         if len(work):
             key = qdict_first(work.values)
             if node.flags & OpenFlag.PROTOCOL:
