@@ -10,6 +10,7 @@ closes its descriptor; a failing ``apply`` leaves prepared objects prepared
 from __future__ import annotations
 
 import errno
+import threading
 import os
 import subprocess
 from pathlib import Path
@@ -102,3 +103,44 @@ def test_backend_root_follows_the_delta_and_empties_with_enomedium() -> None:
     with rt.request(), pytest.raises(IOFailure) as err:
         rt.backend_root("bb")
     assert err.value.errno == errno.ENOMEDIUM
+
+
+def test_backend_retarget_stress_no_request_sees_a_mixed_graph() -> None:
+    """Readers resolve the backend root inside ``request()`` while the root flips 400 times.
+
+    Generation parity names the root (even: ``a``, odd: ``b``), so a request that
+    resolved the root of one generation and ran in another would be caught.
+    """
+    from tests.unit.io_filters.memnode import MemNode  # noqa: F401  (registers x-test-mem)
+
+    rt = Runtime()
+    rt.open_node("a", "x-test-mem", {"fill": 1, "size": 4096}, {}, False)
+    rt.open_node("b", "x-test-mem", {"fill": 2, "size": 4096}, {}, False)
+    # this apply makes generation g+1: pick the root that parity names
+    rt.apply([OpenBackend("bb"), SetChild("bb", "root", "b" if rt.generation % 2 == 0 else "a")])
+    assert rt.backend_root_name("bb") == ("a" if rt.generation % 2 == 0 else "b")
+    stop = threading.Event()
+    bad: list[str] = []
+    served = [0]
+
+    def reader() -> None:
+        while not stop.is_set():
+            with rt.request() as gen:
+                data = rt.backend_root("bb").read(0, 1)
+            if data != (b"\x01" if gen % 2 == 0 else b"\x02"):
+                bad.append(f"generation {gen} read {data!r}")
+            served[0] += 1
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(400):
+            nxt = "b" if rt.backend_root_name("bb") == "a" else "a"
+            rt.apply([SetChild("bb", "root", nxt)])
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert not any(t.is_alive() for t in threads)
+    assert bad == [] and served[0] > 0
