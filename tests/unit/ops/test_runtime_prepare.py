@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.io_filters.memnode import MemNode  # noqa: F401  (registers x-test-mem)
 from txgraph.errors import IOFailure, OpenError
 from txgraph.io.runtime import (
     CloseBackend, OpenBackend, OpenNode, ReopenNode, Runtime, SetChild,
@@ -111,8 +112,6 @@ def test_backend_retarget_stress_no_request_sees_a_mixed_graph() -> None:
     Generation parity names the root (even: ``a``, odd: ``b``), so a request that
     resolved the root of one generation and ran in another would be caught.
     """
-    from tests.unit.io_filters.memnode import MemNode  # noqa: F401  (registers x-test-mem)
-
     rt = Runtime()
     rt.open_node("a", "x-test-mem", {"fill": 1, "size": 4096}, {}, False)
     rt.open_node("b", "x-test-mem", {"fill": 2, "size": 4096}, {}, False)
