@@ -164,8 +164,8 @@ def test_replace_export_root_matches_the_7_2_recipe(tmp_path: Path) -> None:
                                                "new-child": "other"})
         else:
             _ok(peer, "block-export-del", id="vm0")
-            _ok(peer, "block-export-add", type="nbd", id="vm0", name="vm0", **{"node-name": "other"},
-                writable=True)
+            _ok(peer, "block-export-add", type="nbd", id="vm0", name="vm0",
+                **{"node-name": "other"}, writable=True)
         seen.append(_ok(peer, "query-block-exports"))
         seen.append(_qemu_io(sock, "vm0", "read -P 0x55 0 64k", "write -P 0x66 64k 64k",
                              "read -P 0x66 64k 64k"))
@@ -183,3 +183,30 @@ def test_replace_of_a_missing_export_answers_like_the_proposal() -> None:
         assert reply["error"]["desc"] == "Export 'nope' not found"
     finally:
         _close(peer)
+
+
+def test_reopen_filter_insertion_under_a_writable_export(tmp_path: Path) -> None:
+    """QEMU 7.2's recipe: blockdev-add a throttle over the file node, reopen the format onto it,
+    guest I/O through the export, then reopen back and delete the filter."""
+    def scenario(peer: Peer, work: Path) -> list[Any]:
+        _base(work)
+        _ok(peer, "object-add", **{"qom-type": "throttle-group", "id": "tg"})
+        _ok(peer, "blockdev-add", driver="qcow2", **{"node-name": "base"},
+            file={"driver": "file", "node-name": "base-file",
+                  "filename": str(work / "base.qcow2")})
+        sock = _start_export(peer, work, "base")
+        _ok(peer, "blockdev-add", driver="throttle", **{"node-name": "thr", "throttle-group": "tg"},
+            file="base-file")
+        _ok(peer, "blockdev-reopen", options=[{"driver": "qcow2", "node-name": "base",
+                                               "file": "thr", "backing": None}])
+        seen: list[Any] = [_ok(peer, "query-block-exports")]
+        seen.append(_qemu_io(sock, "vm0", "write -P 0x77 256k 64k", "read -P 0x77 256k 64k",
+                             "read -P 0x11 0 64k"))
+        _ok(peer, "blockdev-reopen", options=[{"driver": "qcow2", "node-name": "base",
+                                               "file": "base-file", "backing": None}])
+        _ok(peer, "blockdev-del", **{"node-name": "thr"})
+        seen.append(_qemu_io(sock, "vm0", "read -P 0x77 256k 64k"))
+        seen.append(sorted(n["node-name"] for n in _ok(peer, "query-named-block-nodes")))
+        return seen
+
+    _compare(tmp_path, ["base.qcow2"], scenario)
