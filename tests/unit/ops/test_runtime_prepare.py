@@ -17,11 +17,29 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.io_filters.memnode import MemNode  # noqa: F401  (registers x-test-mem)
 from txgraph.errors import IOFailure, OpenError
+from txgraph.io.driver import DriverNode
+from txgraph.io.registry import DRIVERS, register
 from txgraph.io.runtime import (
     CloseBackend, OpenBackend, OpenNode, ReopenNode, Runtime, SetChild,
 )
+
+
+if "x-test-fill" not in DRIVERS:
+    @register("x-test-fill")
+    class _Fill(DriverNode):
+        """Every byte reads as the ``fill`` option (tells nodes apart in the stress test)."""
+
+        driver_name = "x-test-fill"
+
+        def read(self, offset: int, length: int) -> bytes:
+            return bytes([int(self.options["fill"])]) * length
+
+        def write(self, offset: int, data: bytes) -> None:
+            raise IOFailure("read-only test node", errno.EROFS)
+
+        def size(self) -> int:
+            return 4096
 
 
 def _fds_on(path: Path) -> int:
@@ -113,8 +131,8 @@ def test_backend_retarget_stress_no_request_sees_a_mixed_graph() -> None:
     resolved the root of one generation and ran in another would be caught.
     """
     rt = Runtime()
-    rt.open_node("a", "x-test-mem", {"fill": 1, "size": 4096}, {}, False)
-    rt.open_node("b", "x-test-mem", {"fill": 2, "size": 4096}, {}, False)
+    rt.open_node("a", "x-test-fill", {"fill": 1}, {}, False)
+    rt.open_node("b", "x-test-fill", {"fill": 2}, {}, False)
     # this apply makes generation g+1: pick the root that parity names
     rt.apply([OpenBackend("bb"), SetChild("bb", "root", "b" if rt.generation % 2 == 0 else "a")])
     assert rt.backend_root_name("bb") == ("a" if rt.generation % 2 == 0 else "b")
