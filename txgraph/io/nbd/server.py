@@ -292,6 +292,8 @@ class _Connection:
                 pass
         except (Disconnected, OSError):
             pass  # the client went away; nothing of the server's state depends on it
+        except IOFailure:
+            pass  # the export lost its medium while the client negotiated (it was removed)
         finally:
             self.server._forget(self)
             try:
