@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Engine": "txgraph.qmp.engine",
     "Session": "txgraph.ops.session",
-    "Transaction": "txgraph.ops.transaction",
+    "Transaction": "txgraph.ops.undo_log",
     "BlockGraph": "txgraph.model.graph",
     "check": "txgraph.checker",
     "Verdict": "txgraph.checker",

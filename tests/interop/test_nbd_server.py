@@ -73,6 +73,7 @@ def test_block_status_reaches_qemu_img_map(tmp_path: Path) -> None:
         s.runtime.close_all()                   # reopen to see the new length
         s.runtime.open_node("disk-file", "file", {"filename": str(s.image)}, {}, False)
         s.runtime.open_node("disk-fmt", "raw", {}, {"file": "disk-file"}, False)
+        s.runtime.set_child(s.server.exports()[0].backend, "root", "disk-fmt")
         m = json.loads(run("qemu-img", "map", "--output=json", "-f", "raw", s.uri()).stdout)
         data = [(e["start"], e["length"]) for e in m if e["data"]]
         assert data == [(1 << 20, 1 << 20)]

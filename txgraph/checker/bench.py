@@ -4,7 +4,7 @@ Builds a graph of N nodes (qcow2-over-file pairs, every fourth pair chained
 as a backing file of the previous one, a writable export on some tops),
 then performs K transactions that each add 1-3 nodes (a qcow2 over a new
 file, optionally with a throttle filter on top) through
-:class:`txgraph.ops.transaction.Transaction`-like primitives, and times
+:class:`txgraph.ops.undo_log.Transaction`-like primitives, and times
 ``check(graph, touched)`` after each one. Prints the median and p95 in ms.
 """
 

@@ -1,20 +1,43 @@
-"""The Runtime: owner of the live data-plane driver objects.
+"""The Runtime: owner of the live data-plane driver objects and BlockBackends.
 
-The ops layer talks to the data plane only through this class. Opening a node
-creates its driver object (QEMU opens images while a node is being added, so
-open errors are real errors from real files); closing releases it. Edge
-changes on live nodes go through :meth:`set_child` or, for several changes that
-must become visible together, :meth:`apply`; both quiesce the data plane so
-that no request is in flight across an edge while it moves (QEMU's drained
-section plus graph write lock, reference/qemu-graph.md §6).
+The ops layer talks to the data plane only through this class, in two phases
+(QEMU's ``bdrv_reopen_prepare`` / ``_commit`` / ``_abort`` split, and the
+prepare/commit/abort of every graph transaction, reference/qemu-graph.md §4):
+
+*prepare* (while a transaction is staged, before the checker's verdict)
+    :meth:`prepare_open` creates the driver object of a new node — open
+    errors are real errors from real files and headers — but keeps it in a
+    table of *prepared* nodes no request can reach; :meth:`prepare_reopen`
+    lets a live driver validate new options without changing anything;
+    :meth:`check_perm` takes image locks (QEMU's ``bdrv_check_perm``, its
+    "Failed to get ... lock" is an open-time error). Every prepare returns or
+    has an undo: :meth:`discard_prepared`, or the lock undo.
+
+*commit* (after the verdict)
+    :meth:`apply` takes the whole typed delta of one transaction and makes
+    it visible under ONE drain: in-flight requests finish on the old graph,
+    requests arriving meanwhile wait and then see the new one.
+
+An abort never touches a live driver object: it only discards prepared ones
+(and restores the image locks it changed).
+
+BlockBackends (:class:`RootBackend`) are the parents that are not nodes:
+exports hold one and resolve every request through its ``root`` pointer,
+which the same delta retargets (QEMU's ``blk->root``), so an export follows
+snapshot, filter insertion and replace exactly as QEMU's does.
 
 Every committed change makes a new *generation*. A request bracketed by
 :meth:`request` runs entirely inside one generation, which it can read back
 with :meth:`request_generation` (the drain tests use it to prove atomicity).
+
+Lock discipline: the control path (the engine's command lock) is the only
+caller of prepare/apply; request threads only use :meth:`request`,
+:meth:`backend_root` and the driver objects, under the graph lock shared.
 """
 
 from __future__ import annotations
 
+import errno
 import subprocess
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,31 +45,39 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from txgraph.errors import BlockError, OpenError
+from txgraph.errors import BlockError, IOFailure, OpenError
+from txgraph.io.drain import NodeTable, RWLock
 from txgraph.io.driver import DriverNode, ImageInfo
+from txgraph.io.hostpath import host_path
 from txgraph.io.locking import LockState, prepare_perm, relock
 from txgraph.io.registry import driver_class
 from txgraph.io.throttle_groups import ThrottleGroups, using_groups
 
-__all__ = ["Runtime", "EventListener", "OpenNode", "SetChild", "SetReadOnly", "CloseNode",
-           "DeltaOp"]
+__all__ = ["Runtime", "RootBackend", "EventListener", "OpenNode", "SetChild", "SetReadOnly",
+           "ReopenNode", "CloseNode", "OpenBackend", "CloseBackend", "DeltaOp"]
 
 
 # -- the delta: what one atomic graph change consists of --------------------------------------
 @dataclass(frozen=True)
 class OpenNode:
-    """Create a node (its children may be live nodes or nodes opened earlier in the delta)."""
+    """Publish a node: the prepared one of that name, else created here (its children may be
+    live nodes or nodes opened earlier in the delta)."""
 
     name: str
     driver: str
     options: Mapping[str, Any] = field(default_factory=dict)
     children: Mapping[str, str] = field(default_factory=dict)
     read_only: bool = False
+    #: the format was probed, not given (raw's CVE-2008-2004 write rule applies)
+    probed: bool = False
 
 
 @dataclass(frozen=True)
 class SetChild:
-    """Attach, re-target, or (``child=None``) detach the edge ``parent --edge-->``."""
+    """Attach, re-target, or (``child=None``) detach the edge ``parent --edge-->``.
+
+    ``parent`` is a node name or a BlockBackend key (edge ``root``).
+    """
 
     parent: str
     edge: str
@@ -55,9 +86,18 @@ class SetChild:
 
 @dataclass(frozen=True)
 class SetReadOnly:
-    """Switch a node between read-only and read-write (the data-plane half of a reopen)."""
+    """Switch a node between read-only and read-write, keeping its options."""
 
     name: str
+    read_only: bool
+
+
+@dataclass(frozen=True)
+class ReopenNode:
+    """The commit half of ``bdrv_reopen``: new options and read-only mode (validated at prepare)."""
+
+    name: str
+    options: Mapping[str, Any]
     read_only: bool
 
 
@@ -68,133 +108,175 @@ class CloseNode:
     name: str
 
 
-DeltaOp: TypeAlias = OpenNode | SetChild | SetReadOnly | CloseNode
+@dataclass(frozen=True)
+class OpenBackend:
+    """Create a BlockBackend (``blk_new``); its root is set by a SetChild of edge ``root``."""
+
+    key: str
+    root: str | None = None
+
+
+@dataclass(frozen=True)
+class CloseBackend:
+    """Remove a BlockBackend (``blk_unref``); requests still holding it then fail ENOMEDIUM."""
+
+    key: str
+
+
+DeltaOp: TypeAlias = (OpenNode | SetChild | SetReadOnly | ReopenNode | CloseNode | OpenBackend
+                      | CloseBackend)
 
 #: ``listener(event_name, data)``: how the QMP layer learns of data-plane events
 #: (``QUORUM_REPORT_BAD``, ``QUORUM_FAILURE``...).
 EventListener = Callable[[str, dict[str, Any]], None]
 
 
+@dataclass(eq=False)
+class RootBackend:
+    """A BlockBackend: a parent that is not a node (export, device), QEMU's ``blk->root``.
+
+    ``root`` is replaced only by :meth:`Runtime.apply` under drain; requests
+    read it under the graph lock shared (:meth:`Runtime.backend_root`).
+    """
+
+    key: str
+    root: DriverNode | None = None
+
+
 class Runtime:
-    """Driver objects by node name, plus the drain lock that makes swaps atomic."""
+    """Driver objects by node name, BlockBackends, and the drain lock that makes swaps atomic."""
 
     def __init__(self, throttle_groups: ThrottleGroups | None = None) -> None:
-        self._nodes = _NodeTable()
-        self._nbd: Any = None
-        # Image-lock state of file nodes (bytes held by their fds), by node name.
-        self._locks: dict[str, LockState] = {}
+        self._nodes = NodeTable()
+        #: nodes created by prepare_open, not reachable by any request yet
+        self._prepared: dict[str, DriverNode] = {}
+        self._backends: dict[str, RootBackend] = {}
+        # Image-lock state of file nodes (bytes held by their fds), by driver object.
+        self._locks: dict[DriverNode, LockState] = {}
         # Readers (I/O requests) hold it shared; graph changes hold it exclusively.
-        self._graph_lock = _RWLock(self._quiesce_begin, self._quiesce_end)
+        self._graph_lock = RWLock(self._quiesce_begin, self._quiesce_end)
         self._generation = 0
+        #: outermost drained sections entered so far (tests prove one drain per commit)
+        self.drain_count = 0
         self._tls = threading.local()
         #: throttle-group objects (QEMU's ``object-add qom-type=throttle-group``)
         self.throttle_groups = throttle_groups if throttle_groups is not None else ThrottleGroups()
         self.event_listeners: list[EventListener] = []
 
-    # -- control path --------------------------------------------------------------------
-    def open_node(self, name: str, driver: str, options: Mapping[str, Any],
-                  children: Mapping[str, str], read_only: bool) -> ImageInfo:
-        """Create the driver object of a new node; raise OpenError with QEMU's text."""
-        node = self._construct(name, driver, options, children, read_only)
-        try:
-            info = node.info()
-        except BaseException:
-            node.close()  # opened, but its size could not be determined: not opened at all
-            raise
-        self._nodes[name] = node
-        return info
-
-    def _construct(self, name: str, driver: str, options: Mapping[str, Any],
-                   children: Mapping[str, str], read_only: bool,
-                   pending: Mapping[str, DriverNode] | None = None) -> DriverNode:
-        cls = driver_class(driver)
-        if cls is None:
-            raise OpenError(f"Driver '{driver}' is not supported by the txgraph data plane")
-        pool = {**self._nodes, **(pending or {})}
-        kids = {edge: pool[child] for edge, child in children.items()}
-        # Drivers that need runtime services (throttle groups) find them here.
-        with using_groups(self.throttle_groups):
-            node = cls(name, options, kids, read_only)
-        if hasattr(node, "event_sink"):
-            node.event_sink = self.emit  # type: ignore[attr-defined]
+    # -- lookups (prepared nodes first: they are what the staged model names) --------------
+    def _lookup(self, name: str) -> DriverNode:
+        node = self._prepared.get(name)
+        if node is None:
+            node = self._nodes[name]
         return node
 
-    def close_node(self, name: str) -> None:
-        node = self._nodes.pop(name, None)
-        self._locks.pop(name, None)
-        if node is not None:
-            node.close()
-
-    def set_child(self, parent: str, edge: str, child: str | None) -> None:
-        """Attach, re-target or (child=None) detach one edge, with the parent drained."""
-        self.apply([SetChild(parent, edge, child)])
-
     def has_node(self, name: str) -> bool:
+        """Is ``name`` a live node (reachable by requests)?"""
         return name in self._nodes
 
+    def is_prepared(self, name: str) -> bool:
+        return name in self._prepared
+
     def node(self, name: str) -> DriverNode:
+        """The live driver object ``name`` (tests and the data path)."""
         return self._nodes[name]
 
     def node_names(self) -> list[str]:
         return list(self._nodes)
 
+    def has_backend(self, key: str) -> bool:
+        return key in self._backends
+
+    def children_of(self, key: str) -> dict[str, str] | None:
+        """Edge name → child node name of a prepared/live node or a backend; None if unknown."""
+        backend = self._backends.get(key)
+        if backend is not None:
+            return {"root": backend.root.node_name} if backend.root is not None else {}
+        node = self._prepared.get(key) or self._nodes.get(key)
+        if node is None:
+            return None
+        return {edge: child.node_name for edge, child in node.children.items()}
+
     def info(self, name: str) -> ImageInfo:
-        return self._nodes[name].info()
+        """What a prepared or live node reports about its image (``bdrv_query_image_info``)."""
+        if name in self._prepared:
+            return self._prepared[name].info()
+        with self.request():
+            return self._nodes[name].info()
+
+    def read_only(self, name: str) -> bool:
+        """Whether a prepared or live driver object opened read-only (it may fall back)."""
+        node = self._prepared.get(name) or self._nodes[name]
+        return node.read_only
+
+    def size(self, name: str) -> int:
+        if name in self._prepared:
+            return self._prepared[name].size()
+        with self.request():
+            return self._nodes[name].size()
 
     def read_head(self, name: str, length: int = 512) -> bytes:
-        """The first bytes of a node (format probing, ``find_image_format``)."""
-        node = self._nodes[name]
-        size = node.size()
-        return node.read(0, min(length, size)) if size > 0 else b""
+        """The first bytes of a prepared or live node (format probing, ``find_image_format``)."""
+        if name in self._prepared:
+            node = self._prepared[name]
+            size = node.size()
+            return node.read(0, min(length, size)) if size > 0 else b""
+        with self.request():
+            node = self._nodes[name]
+            size = node.size()
+            return node.read(0, min(length, size)) if size > 0 else b""
 
-    def check_readable(self, path: str) -> None:
-        """Open a host file once for reading (a driver's config file); raise OSError if not possible."""
-        from txgraph.io.hostpath import host_path
+    # -- prepare ---------------------------------------------------------------------------
+    def prepare_open(self, op: OpenNode) -> ImageInfo:
+        """Create the driver object of a new node, unreachable until :meth:`apply` publishes it.
 
-        with open(host_path(path), "rb"):
-            pass
-
-    def set_read_only(self, name: str, read_only: bool) -> None:
-        self.apply([SetReadOnly(name, read_only)])
-
-    def reopen_node(self, name: str, options: Mapping[str, Any], read_only: bool) -> None:
-        """Hand new options and read-only mode to a live driver, with the data plane drained.
-
-        The driver validates before changing anything (``bdrv_reopen_prepare``);
-        when it replaced its file descriptor, the image locks move to the new one
-        (they belong to the open file description).
+        Raises OpenError with QEMU's text; the undo is :meth:`discard_prepared`.
         """
-        with self.drained():
-            self._reopen(name, options, read_only)
-            self._generation += 1
+        if op.name in self._prepared:
+            raise OpenError(f"Duplicate nodes with node-name='{op.name}'")
+        node = self._construct(op, self._prepared)
+        try:
+            info = node.info()
+        except BaseException:
+            self._release(node)  # opened, but its size could not be determined: not opened
+            raise
+        self._prepared[op.name] = node
+        return info
 
-    def _reopen(self, name: str, options: Mapping[str, Any], read_only: bool) -> None:
-        node = self._nodes[name]
-        old_fd = getattr(node, "fd", -1)
-        node.reopen(options, read_only)
-        new_fd = getattr(node, "fd", -1)
-        state = self._locks.get(name)
-        if state is not None and new_fd >= 0 and new_fd != old_fd:
-            self._locks[name] = relock(new_fd, state)
+    def discard_prepared(self, name: str) -> None:
+        """Abort of :meth:`prepare_open`: close the prepared object and drop its locks."""
+        node = self._prepared.pop(name, None)
+        if node is not None:
+            self._release(node)
+
+    def prepare_reopen(self, name: str, options: Mapping[str, Any], read_only: bool) -> None:
+        """``bdrv_reopen_prepare``: the driver validates; nothing changes until apply commits."""
+        node = self._lookup(name)
+        check = getattr(node, "reopen_prepare", None)
+        if check is not None:
+            check(options, read_only)
+
+    def prepare_read_only(self, name: str, read_only: bool) -> None:
+        """:meth:`prepare_reopen` keeping the node's current options (``SetReadOnly``)."""
+        node = self._lookup(name)
+        self.prepare_reopen(name, node.options, read_only)
 
     def check_perm(self, name: str, perm: int, shared: int) -> Callable[[], None] | None:
         """The driver's ``bdrv_check_perm`` (rule P6): file nodes take QEMU's image locks.
 
         Returns the undo that restores the previous locks, or None if nothing changed.
         """
-        node = self._nodes.get(name)
+        node = self._prepared.get(name) or self._nodes.get(name)
         fd = getattr(node, "fd", -1)
         if node is None or fd < 0 or node.options.get("locking", "auto") in ("off", False):
             return None
-        state = self._locks.setdefault(name, LockState())
+        state = self._locks.setdefault(node, LockState())
         return prepare_perm(fd, state, perm, shared)
 
-    def state(self) -> tuple[object, ...]:
-        """Open nodes, their children and held image locks: equal states mean an identical data plane."""
-        return tuple(sorted(
-            (name, tuple(sorted((edge, child.node_name) for edge, child in node.children.items())),
-             node.read_only, repr(self._locks.get(name, LockState())))
-            for name, node in self._nodes.items()))
+    def check_readable(self, path: str) -> None:
+        """Open a host file once for reading (a driver's config file); raise OSError if not possible."""
+        with open(host_path(path), "rb"):
+            pass
 
     def create_image(self, path: str, fmt: str, size: int, *, backing: str | None = None,
                      backing_format: str | None = None) -> None:
@@ -221,22 +303,113 @@ class Runtime:
                     text = text[len(prefix):]
             raise BlockError(text)
 
-    def nbd_server(self) -> Any:
-        """The process-wide NBD server (created on first use, not listening until started)."""
-        if self._nbd is None:
-            from txgraph.io.nbd.server import NbdServer
+    def _construct(self, op: OpenNode, pending: Mapping[str, DriverNode]) -> DriverNode:
+        cls = driver_class(op.driver)
+        if cls is None:
+            raise OpenError(f"Driver '{op.driver}' is not supported by the txgraph data plane")
+        kids = {edge: pending[child] if child in pending else self._nodes[child]
+                for edge, child in op.children.items()}
+        # Drivers that need runtime services (throttle groups) find them here.
+        with using_groups(self.throttle_groups):
+            node = cls(op.name, op.options, kids, op.read_only)
+        if op.probed:
+            setattr(node, "probed", True)  # typed for raw; harmless elsewhere
+        if hasattr(node, "event_sink"):
+            setattr(node, "event_sink", self.emit)
+        return node
 
-            self._nbd = NbdServer(self)
-        return self._nbd
+    def _release(self, node: DriverNode) -> None:
+        """Close a driver object that no request can reach any more."""
+        self._locks.pop(node, None)
+        node.close()
+
+    # -- immediate changes (setup of a standalone Runtime; the ops layer uses apply) -----------
+    def open_node(self, name: str, driver: str, options: Mapping[str, Any],
+                  children: Mapping[str, str], read_only: bool) -> ImageInfo:
+        """Create and publish a node at once: prepare, then a one-op apply."""
+        info = self.prepare_open(OpenNode(name, driver, options, children, read_only))
+        try:
+            self.apply([OpenNode(name, driver)])
+        except BaseException:
+            self.discard_prepared(name)
+            raise
+        return info
+
+    def close_node(self, name: str) -> None:
+        if name in self._nodes:
+            self.apply([CloseNode(name)])
+
+    def set_child(self, parent: str, edge: str, child: str | None) -> None:
+        """Attach, re-target or (child=None) detach one edge, with the parent drained."""
+        self.apply([SetChild(parent, edge, child)])
+
+    def set_read_only(self, name: str, read_only: bool) -> None:
+        self.apply([SetReadOnly(name, read_only)])
+
+    def reopen_node(self, name: str, options: Mapping[str, Any], read_only: bool) -> None:
+        """Validate, then hand new options and read-only mode to a live driver under drain."""
+        self.prepare_reopen(name, options, read_only)
+        self.apply([ReopenNode(name, options, read_only)])
+
+    def open_backend(self, key: str, root: str | None) -> None:
+        """A standalone BlockBackend (``blk_new`` + ``blk_insert_bs``).
+
+        Not a graph generation: no request can reach a backend nobody serves yet.
+        """
+        if key in self._backends:
+            raise BlockError(f"Block backend '{key}' already exists")
+        self._backends[key] = RootBackend(key, self._nodes[root] if root else None)
+
+    def close_backend(self, key: str) -> None:
+        """Remove a standalone backend once no request is in flight on it."""
+        if key in self._backends:
+            with self.drained():
+                self._backends.pop(key, None)
+
+    # -- the request interface -------------------------------------------------------------
+    def backend_root(self, key: str) -> DriverNode:
+        """The node a BlockBackend's requests go to now; call inside :meth:`request`.
+
+        An empty or removed backend answers ENOMEDIUM, as ``blk_co_preadv`` does.
+        """
+        backend = self._backends.get(key)
+        if backend is None or backend.root is None:
+            raise IOFailure("No medium found", errno.ENOMEDIUM)
+        return backend.root
+
+    def backend_root_name(self, key: str) -> str | None:
+        backend = self._backends.get(key)
+        return backend.root.node_name if backend is not None and backend.root else None
+
+    # -- state -----------------------------------------------------------------------------
+    def state(self) -> tuple[object, ...]:
+        """Open nodes (live and prepared), their children, locks and backends.
+
+        Equal states mean an identical data plane.
+        """
+        def entry(kind: str, name: str, node: DriverNode) -> tuple[object, ...]:
+            return (kind, name, tuple(sorted((e, c.node_name) for e, c in node.children.items())),
+                    node.read_only, repr(self._locks.get(node, LockState())))
+
+        nodes = [entry("live", n, d) for n, d in self._nodes.items()]
+        nodes += [entry("prepared", n, d) for n, d in self._prepared.items()]
+        backends = [("backend", k, b.root.node_name if b.root else None)
+                    for k, b in self._backends.items()]
+        return tuple(sorted(nodes)) + tuple(sorted(backends, key=repr))
 
     def close_all(self) -> None:
         """Close every node, parents before children (formats flush into their files)."""
+        for name in list(self._prepared):
+            self.discard_prepared(name)
+        for backend in self._backends.values():
+            backend.root = None  # the backends stay (their owners remove them), now empty
         remaining = dict(self._nodes)
         while remaining:
             held = {id(c) for n in remaining.values() for c in n.children.values()}
             tops = [name for name, node in remaining.items() if id(node) not in held] or list(remaining)
             for name in tops:
-                self.close_node(name)
+                node = self._nodes.pop(name)
+                self._release(node)
                 remaining.pop(name, None)
 
     # -- events --------------------------------------------------------------------------
@@ -245,7 +418,7 @@ class Runtime:
         for listener in list(self.event_listeners):
             listener(event, data)
 
-    # -- atomic multi-edge changes ---------------------------------------------------------
+    # -- commit ----------------------------------------------------------------------------
     @property
     def generation(self) -> int:
         """How many graph changes have been committed so far."""
@@ -255,64 +428,107 @@ class Runtime:
         """Commit ``delta`` atomically with respect to I/O; return the new generation.
 
         Reproduces the shape of QEMU's drained graph change (``bdrv_drained_begin``
-        on the affected nodes, graph write lock, edge edits, ``bdrv_drained_end``):
+        of the affected parents, graph write lock, edge edits, ``bdrv_drained_end``):
 
-        1. new nodes are opened first, outside the drained section, so a failing
-           open changes nothing and does not stall I/O;
-        2. the data plane is quiesced: new requests wait, throttled requests are
-           released (``throttle_co_drain_begin``), in-flight requests finish;
-        3. edge moves, read-only changes and removals are applied in order; if one
-           fails, the ones before it are undone and the new nodes are closed;
+        1. nodes not prepared beforehand are created first, outside the drained
+           section, so a failing open changes nothing and does not stall I/O;
+        2. the data plane is quiesced once: new requests wait, throttled requests
+           are released (``throttle_co_drain_begin``), in-flight requests finish;
+        3. the ops are applied in order (publish, edges, backends, reopens,
+           removals); if one fails, the ones before it are undone, the nodes
+           created in step 1 are closed and prepared nodes stay prepared;
         4. the generation is bumped and requests resume, seeing only the result;
         5. removed nodes are closed after the resume (nothing can reach them).
         """
-        opened: dict[str, DriverNode] = {}
+        created: dict[str, DriverNode] = {}
         try:
             for op in delta:
-                if isinstance(op, OpenNode):
-                    if op.name in self._nodes or op.name in opened:
+                if isinstance(op, OpenNode) and op.name not in self._prepared:
+                    if op.name in created:
                         raise OpenError(f"Duplicate nodes with node-name='{op.name}'")
-                    opened[op.name] = self._construct(op.name, op.driver, op.options,
-                                                      op.children, op.read_only, opened)
+                    created[op.name] = self._construct(op, {**self._prepared, **created})
         except BaseException:
-            for node in opened.values():
-                node.close()
+            for node in created.values():
+                self._release(node)
             raise
         removed: list[DriverNode] = []
         with self.drained():
             undo: list[Callable[[], None]] = []
             try:
-                self._nodes.update(opened)
                 for op in delta:
-                    if isinstance(op, SetChild):
-                        undo.append(self._set_edge(op))
-                    elif isinstance(op, SetReadOnly):
-                        undo.append(self._set_ro(op))
-                    elif isinstance(op, CloseNode):
-                        node = self._nodes.pop(op.name)
-                        removed.append(node)
-                        undo.append(lambda n=node: self._nodes.__setitem__(n.node_name, n))
+                    undo.append(self._apply_one(op, created, removed))
             except BaseException:
                 for fn in reversed(undo):
                     fn()
-                for name, node in opened.items():
-                    self._nodes.pop(name, None)
-                    node.close()
+                for node in created.values():
+                    self._release(node)
                 raise
             self._generation += 1
             gen = self._generation
         for node in removed:
-            self._locks.pop(node.node_name, None)
-            node.close()
+            self._release(node)
         return gen
 
+    def _apply_one(self, op: DeltaOp, created: dict[str, DriverNode],
+                   removed: list[DriverNode]) -> Callable[[], None]:
+        if isinstance(op, OpenNode):
+            return self._publish(op.name, created)
+        if isinstance(op, SetChild):
+            return self._set_edge(op)
+        if isinstance(op, ReopenNode):
+            return self._reopen_undoable(op.name, op.options, op.read_only)
+        if isinstance(op, SetReadOnly):
+            node = self._nodes[op.name]
+            return self._reopen_undoable(op.name, node.options, op.read_only)
+        if isinstance(op, CloseNode):
+            node = self._nodes.pop(op.name)
+            removed.append(node)
+
+            def unclose() -> None:
+                removed.remove(node)
+                self._nodes[op.name] = node
+            return unclose
+        if isinstance(op, OpenBackend):
+            if op.key in self._backends:
+                raise BlockError(f"Block backend '{op.key}' already exists")
+            self._backends[op.key] = RootBackend(op.key, self._nodes[op.root] if op.root else None)
+            key = op.key
+
+            def unopen() -> None:
+                self._backends.pop(key, None)
+            return unopen
+        backend = self._backends.pop(op.key)
+        return lambda: self._backends.__setitem__(op.key, backend)
+
+    def _publish(self, name: str, created: dict[str, DriverNode]) -> Callable[[], None]:
+        if name in self._nodes:
+            raise OpenError(f"Duplicate nodes with node-name='{name}'")
+        prepared = name in self._prepared
+        node = self._prepared.pop(name) if prepared else created[name]
+        self._nodes[name] = node
+
+        def unpublish() -> None:
+            self._nodes.pop(name, None)
+            if prepared:
+                self._prepared[name] = node
+        return unpublish
+
     def _set_edge(self, op: SetChild) -> Callable[[], None]:
+        backend = self._backends.get(op.parent)
+        new = self._nodes[op.child] if op.child is not None else None
+        if backend is not None:
+            old_root = backend.root
+            backend.root = new
+
+            def unroot() -> None:
+                backend.root = old_root
+            return unroot
         kids = self._nodes[op.parent].children
         old = kids.get(op.edge)
-        if op.child is None:
+        if new is None:
             kids.pop(op.edge, None)
         else:
-            kids[op.edge] = self._nodes[op.child]
+            kids[op.edge] = new
 
         def undo() -> None:
             if old is None:
@@ -321,19 +537,34 @@ class Runtime:
                 kids[op.edge] = old
         return undo
 
-    def _set_ro(self, op: SetReadOnly) -> Callable[[], None]:
-        node = self._nodes[op.name]
-        old = node.read_only
-        self._reopen(op.name, node.options, op.read_only)
-        return lambda: self._reopen(op.name, node.options, old)
+    def _reopen_undoable(self, name: str, options: Mapping[str, Any],
+                         read_only: bool) -> Callable[[], None]:
+        node = self._nodes[name]
+        old_options, old_ro = dict(node.options), node.read_only
+        self._reopen(name, options, read_only)
+        return lambda: self._reopen(name, old_options, old_ro)
+
+    def _reopen(self, name: str, options: Mapping[str, Any], read_only: bool) -> None:
+        """``bdrv_reopen_commit``; image locks follow a replaced descriptor (they belong to
+        the open file description)."""
+        node = self._nodes[name]
+        old_fd = getattr(node, "fd", -1)
+        node.reopen(options, read_only)
+        new_fd = getattr(node, "fd", -1)
+        state = self._locks.get(node)
+        if state is not None and new_fd >= 0 and new_fd != old_fd:
+            self._locks[node] = relock(new_fd, state)
 
     # -- drain ---------------------------------------------------------------------------
     @contextmanager
     def drained(self) -> Iterator[None]:
         """Wait for in-flight requests to finish and hold new ones back meanwhile.
 
-        Re-entrant for the thread that holds it, like nested drained sections.
+        Re-entrant for the thread that holds it, like nested drained sections;
+        only the outermost section counts in :attr:`drain_count`.
         """
+        if not self._graph_lock.held_by_me():
+            self.drain_count += 1
         with self._graph_lock.write():
             yield
 
@@ -367,112 +598,3 @@ class Runtime:
     def _quiesce_end(self) -> None:
         for node in list(self._nodes.hooked):
             node.drain_end()  # type: ignore[attr-defined]
-
-
-class _NodeTable(dict[str, DriverNode]):
-    """Driver objects by name, tracking the few that have drain callbacks.
-
-    A drain visits only those (throttle filters park requests), so its cost
-    does not grow with the number of nodes in the graph.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.hooked: set[DriverNode] = set()
-
-    def _track(self, node: DriverNode) -> None:
-        if hasattr(node, "drain_begin"):
-            self.hooked.add(node)
-
-    def __setitem__(self, name: str, node: DriverNode) -> None:
-        old = self.get(name)
-        if old is not None:
-            self.hooked.discard(old)
-        super().__setitem__(name, node)
-        self._track(node)
-
-    def update(self, other: Any = (), **kw: DriverNode) -> None:  # type: ignore[override]
-        for name, node in dict(other, **kw).items():
-            self[name] = node
-
-    def pop(self, name: str, *default: Any) -> Any:  # type: ignore[override]
-        node = super().pop(name, *default)
-        if node is not None:
-            self.hooked.discard(node)
-        return node
-
-    def __delitem__(self, name: str) -> None:
-        self.hooked.discard(self[name])
-        super().__delitem__(name)
-
-
-class _RWLock:
-    """A writer-preferring reader/writer lock (QEMU's graph lock shape).
-
-    The writer announces itself first (new readers then wait), runs the
-    ``on_quiesce`` hook so readers parked inside drivers can finish, and only
-    then waits for the readers to drain. The writing thread may re-enter.
-    """
-
-    def __init__(self, on_quiesce: Callable[[], None], on_resume: Callable[[], None]) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writer: int | None = None
-        self._depth = 0
-        self._waiting_writers = 0
-        self._on_quiesce = on_quiesce
-        self._on_resume = on_resume
-
-    def held_by_me(self) -> bool:
-        return self._writer == threading.get_ident()
-
-    @contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer is not None or self._waiting_writers:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
-
-    @contextmanager
-    def write(self) -> Iterator[None]:
-        me = threading.get_ident()
-        if self._writer == me:
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
-        with self._cond:
-            self._waiting_writers += 1
-            while self._writer is not None:
-                self._cond.wait()
-            self._writer = me
-            self._waiting_writers -= 1
-        try:
-            self._on_quiesce()
-            with self._cond:
-                while self._readers:
-                    self._cond.wait()
-        except BaseException:
-            self._release()
-            raise
-        try:
-            yield
-        finally:
-            try:
-                self._on_resume()
-            finally:
-                self._release()
-
-    def _release(self) -> None:
-        with self._cond:
-            self._writer = None
-            self._cond.notify_all()

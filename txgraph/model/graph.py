@@ -7,7 +7,7 @@ keyed by the child name, so (parent, name) is unique exactly as QEMU's
 ``bdrv_find_child`` requires.
 
 The graph itself is plain data with raw mutators; every change that must be
-undoable goes through :class:`txgraph.ops.transaction.Transaction`, which
+undoable goes through :class:`txgraph.ops.undo_log.Transaction`, which
 records inverses.
 """
 

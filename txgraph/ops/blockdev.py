@@ -18,7 +18,7 @@ from txgraph.ops.inherit import OptionSet
 from txgraph.ops.open import Opener
 from txgraph.ops.perms import refresh_perms
 from txgraph.ops.session import Session
-from txgraph.ops.transaction import Transaction
+from txgraph.ops.undo_log import Transaction
 
 __all__ = ["blockdev_add", "blockdev_del", "stage_blockdev_add", "stage_blockdev_del",
            "unref_node", "op_blocker"]
@@ -93,9 +93,8 @@ def unref_node(session: Session, tx: Transaction, name: str) -> None:
     graph = session.graph
     if graph.refcount(name) > 0:
         return
-    runtime = session.runtime
     # Close parents before children: a writable format flushes into its file on close.
-    tx.on_commit(lambda: runtime.close_node(name))
+    tx.rt.close(name)
     for child, edge in graph.children(name):
         tx.detach(name, edge.name)
         try:

@@ -1,9 +1,10 @@
 """Driver open steps: what each driver's ``bdrv_open`` does to the graph.
 
 Each function consumes the driver's options from the working set, opens and
-attaches the driver's children in QEMU's order, and creates the node's live
-driver object through the Runtime (so open errors come from real files and
-real headers). The order matters: it decides which error wins and which
+attaches the driver's children in QEMU's order, and prepares the node's
+driver object through the transaction's RuntimeStage (so open errors come from
+real files and real headers, while no request can reach the new node before
+the commit). The order matters: it decides which error wins and which
 auto-name counter value each node receives.
 """
 
@@ -17,9 +18,11 @@ from txgraph.model.drivers import DriverSpec
 from txgraph.model.node import BlockNode, OpenFlag
 from txgraph.model.options import array_entries, parse_bool
 from txgraph.model.perm import Role
+from txgraph.ops.inherit import OptionSet
+from txgraph.ops.perms import refresh_perms
 
 if TYPE_CHECKING:
-    from txgraph.ops.inherit import OptionSet
+    # open.py dispatches to this module; the Opener type is only needed for annotations.
     from txgraph.ops.open import Opener
 
 __all__ = ["open_driver"]
@@ -40,16 +43,16 @@ def _consume(work: OptionSet, spec: DriverSpec) -> dict[str, Any]:
 
 
 def _runtime_open(opener: Opener, node: BlockNode, children: dict[str, str]) -> None:
-    """Create the node's driver object and record what it reports about the image."""
-    runtime = opener.runtime
-    # The driver gets the resolved common settings typed (flags, detect-zeroes), not the
-    # strings blockdev-add stored in the options.
+    """Prepare the node's driver object and record what it reports about the image.
+
+    The driver gets the resolved common settings typed (flags, detect-zeroes), not
+    the strings blockdev-add stored in the options; ``probed`` is typed too: the
+    data plane enforces the probed-raw rule (raw_co_pwritev, CVE-2008-2004) from it.
+    """
     options = {**node.options, **node.runtime_options()}
-    if node.probed:
-        # The data plane enforces the probed-raw rule (raw_co_pwritev, CVE-2008-2004).
-        options["x-txgraph-probed"] = True
     try:
-        info = runtime.open_node(node.name, node.driver, options, children, node.read_only)
+        info = opener.rt.open(node.name, node.driver, options, children, node.read_only,
+                              probed=node.probed)
     except IOFailure as err:
         # The node opened but its size could not be determined (bdrv_open_driver).
         raise OpenError(f"Could not refresh total sector count: {err.desc}") from err
@@ -57,8 +60,7 @@ def _runtime_open(opener: Opener, node: BlockNode, children: dict[str, str]) -> 
         raise
     except OSError as err:  # a driver that let an OS error escape: still QEMU-shaped text
         raise OpenError(f"Could not open '{node.filename}': {err.strerror}") from err
-    opener.tx.undo(lambda: runtime.close_node(node.name))
-    if runtime.node(node.name).read_only and not node.read_only:
+    if opener.rt.read_only(node.name) and not node.read_only:
         # auto-read-only: the driver fell back to a read-only open (bdrv_apply_auto_read_only)
         node.flags &= ~OpenFlag.RDWR
     node.image = _image_dict(info)
@@ -134,7 +136,7 @@ def _open_blkdebug(opener: Opener, node: BlockNode, spec: DriverSpec, work: Opti
         try:
             # QEMU reads the config before opening the image child; the data plane
             # does the file access.
-            opener.runtime.check_readable(config)
+            opener.rt.check_readable(config)
         except OSError as err:
             raise OpenError(f"Could not read blkdebug config file: {err.strerror}") from err
     child = opener.open_child(image_filename, work, "image", node, Role.FILTERED | Role.PRIMARY,
@@ -193,7 +195,7 @@ def _open_qcow2(opener: Opener, node: BlockNode, spec: DriverSpec, work: OptionS
     opts = {k: work.values[k] for k in work.values if spec.accepts_option(k)}
     _consume_qcow2_options(work, spec)
     _runtime_open(opener, node, {"file": child})
-    info = opener.runtime.info(node.name)
+    info = opener.rt.info(node.name)
     check_qcow2_cache_options(opts, info.cluster_size or 65536)
     data_child = opener.open_child(None, work, "data-file", node, Role.DATA, True) \
         if data_file_given else None
@@ -206,8 +208,6 @@ def _open_qcow2(opener: Opener, node: BlockNode, spec: DriverSpec, work: OptionS
         file_edge = opener.graph.child_edge(node.name, "file")
         assert file_edge is not None
         opener.tx.set(file_edge[1], "role", Role.METADATA | Role.PRIMARY)
-        from txgraph.ops.perms import refresh_perms
-
         refresh_perms(opener.session, opener.tx, [node.name])
     elif data_child is not None:
         raise OpenError("'data-file' can only be set for images with an external data file")

@@ -4,8 +4,14 @@ Reproduces ``qmp_nbd_server_start``, ``blk_exp_add`` + ``nbd_export_create``
 and ``qmp_block_export_del`` (block/export/export.c, nbd/server.c): an export
 is an anonymous BlockBackend whose ``root`` edge takes consistent-read (and
 write when writable) and shares everything but resize, so the usual
-permission rules decide whether a node can be exported. The NBD data path is
-the Runtime's NBD server.
+permission rules decide whether a node can be exported.
+
+The model's backend ``bb:export:<id>`` has a data-plane twin, a Runtime
+BlockBackend of the same key, created and removed by the transaction's delta;
+the NBD server (owned by the Session, above the data plane) serves each
+export through it. Its ``root`` follows every graph change like any other
+edge, so ``query-block-exports`` (read from the model) and the guest's I/O
+always name the same node.
 """
 
 from __future__ import annotations
@@ -20,17 +26,19 @@ from txgraph.model.perm import PERM_ALL, Perm, Role
 from txgraph.ops.open import lookup_bs
 from txgraph.ops.perms import refresh_perms
 from txgraph.ops.session import Session
-from txgraph.ops.transaction import Transaction
+from txgraph.ops.undo_log import Transaction
 
 __all__ = ["Export", "nbd_server_start", "nbd_server_stop", "stage_block_export_add",
-           "stage_block_export_del", "query_block_exports", "export_backend_key"]
+           "stage_block_export_del", "query_block_exports", "export_backend_key", "export_node",
+           "find_export_backend"]
 
 
 @dataclass(frozen=True)
 class Export:
+    """A block export (QEMU's ``BlockExport``); the node it serves is its backend's root edge."""
+
     id: str
     type: str
-    node_name: str
     name: str
     writable: bool
 
@@ -39,8 +47,14 @@ def export_backend_key(export_id: str) -> str:
     return f"bb:export:{export_id}"
 
 
+def export_node(session: Session, export_id: str) -> str | None:
+    """The node an export serves now (``blk_bs(exp->blk)``), from the model."""
+    found = session.graph.child_edge(export_backend_key(export_id), "root")
+    return found[0] if found is not None else None
+
+
 def _nbd(session: Session) -> Any:
-    return session.runtime.nbd_server()
+    return session.nbd
 
 
 def nbd_server_start(session: Session, arguments: dict[str, Any]) -> None:
@@ -96,9 +110,11 @@ def stage_block_export_add(session: Session, tx: Transaction, args: dict[str, An
     assert edge is not None
     tx.set_edge_perm(key, "root", perm, PERM_ALL & ~Perm.RESIZE)
     refresh_perms(session, tx, [node_name])
-    server.add_export(name, node_name, writable, args.get("description"))
-    tx.undo(lambda: server.remove_export(name, "hard"))
-    export = Export(export_id, "nbd", node_name, name, writable)
+    tx.rt.open_backend(key)
+    # The server learns of the export once its backend exists (after the delta).
+    description = args.get("description")
+    tx.on_commit(lambda: server.add_export(name, None, writable, description, backend=key))
+    export = Export(export_id, "nbd", name, writable)
     session.exports[export_id] = export
     tx.undo(lambda: session.exports.pop(export_id, None))
 
@@ -111,16 +127,18 @@ def stage_block_export_del(session: Session, tx: Transaction, args: dict[str, An
         raise BlockError(f"Export '{export_id}' is not found")
     mode = args.get("mode", "safe")
     server = _nbd(session)
-    server.remove_export(export.name, mode)
-    tx.undo(lambda: server.add_export(export.name, export.node_name, export.writable))
+    server.check_remove(export.name, mode)
     _detach_export(session, tx, export)
-    session.emit_event("BLOCK_EXPORT_DELETED", {"id": export_id})
+    # Only once the transaction commits do its clients go (QEMU: blk_exp_request_shutdown).
+    tx.on_commit(lambda: server.remove_export(export.name, "hard"))
+    tx.on_commit(lambda: session.emit_event("BLOCK_EXPORT_DELETED", {"id": export_id}))
 
 
 def _detach_export(session: Session, tx: Transaction, export: Export) -> None:
     key = export_backend_key(export.id)
     child, _edge = tx.detach(key, "root")
     tx.remove_backend(key)
+    tx.rt.close_backend(key)
     del session.exports[export.id]
     tx.undo(lambda: session.exports.__setitem__(export.id, export))
     try:
@@ -131,5 +149,14 @@ def _detach_export(session: Session, tx: Transaction, export: Export) -> None:
 
 def query_block_exports(session: Session) -> list[dict[str, Any]]:
     """``qmp_query_block_exports``: QEMU prepends while walking, so the newest comes first."""
-    return [{"type": e.type, "id": e.id, "node-name": e.node_name, "shutting-down": False}
+    return [{"type": e.type, "id": e.id, "node-name": export_node(session, e.id),
+             "shutting-down": False}
             for e in reversed(list(session.exports.values()))]
+
+
+def find_export_backend(session: Session, export_id: str) -> str | None:
+    """``blk_by_export_id``: the graph key of an export's BlockBackend, if the export exists."""
+    if export_id not in session.exports:
+        return None
+    key = export_backend_key(export_id)
+    return key if key in session.graph.backends else None

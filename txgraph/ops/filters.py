@@ -22,6 +22,7 @@ followed by the deletion of the filter node.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from txgraph.errors import BlockError
@@ -31,10 +32,12 @@ from txgraph.ops.blockdev import stage_blockdev_add, stage_blockdev_del, unref_n
 from txgraph.ops.open import lookup_bs
 from txgraph.ops.perms import refresh_perms
 from txgraph.ops.replace import (
-    EdgeRef, find_parent_edge, replace_node_noperm,
+    EdgeRef,
+    find_parent_edge,
+    replace_node_noperm,
 )
 from txgraph.ops.session import Session
-from txgraph.ops.transaction import Transaction
+from txgraph.ops.undo_log import Transaction
 
 __all__ = ["stage_insert_filter", "stage_remove_filter", "filtered_child_name"]
 
@@ -97,10 +100,9 @@ def stage_insert_filter(session: Session, tx: Transaction, args: dict[str, Any])
     for parent, edge in edges:
         # Registered before the detach, so it runs after the re-attach on abort:
         # the edge object gets back its place in both lists.
-        tx.undo(lambda e=edge, s=(edge.seq, edge.parent_seq): _restore_seqs(e, s))
+        tx.undo(_seq_restorer(edge))
         tx.detach(parent, edge.name)
     name = stage_blockdev_add(session, tx, options)
-    runtime = session.runtime
     for parent, edge in edges:
         if parent in graph.nodes and graph.has_descendant(name, parent):
             raise BlockError(f"Making '{name}' a {edge.name} child of '{parent}' would create a "
@@ -108,15 +110,17 @@ def stage_insert_filter(session: Session, tx: Transaction, args: dict[str, Any])
         seq = edge.seq
         tx.attach(parent, name, edge)
         edge.seq = seq  # the same BdrvChild keeps its place among its siblings (undo above)
-        if runtime.has_node(parent):
-            runtime.set_child(parent, edge.name, name)
-            tx.undo(lambda p=parent, n=edge.name: runtime.set_child(p, n, node))
     refresh_perms(session, tx, [node, name])
     return name
 
 
-def _restore_seqs(edge: Edge, seqs: tuple[int, int]) -> None:
-    edge.seq, edge.parent_seq = seqs
+def _seq_restorer(edge: Edge) -> Callable[[], None]:
+    """The undo that gives ``edge`` back its place in both edge lists."""
+    seqs = (edge.seq, edge.parent_seq)
+
+    def restore() -> None:
+        edge.seq, edge.parent_seq = seqs
+    return restore
 
 
 def stage_remove_filter(session: Session, tx: Transaction, args: dict[str, Any]) -> list[EdgeRef]:

@@ -8,8 +8,10 @@ exactly where QEMU does), run the driver's open (which opens and attaches its
 other children, each attach refreshing permissions), open the backing from
 the options or the image header, strip child keys, and refuse leftovers.
 
-Every graph change goes through the transaction, so a failure anywhere in the
-tree leaves nothing behind (QEMU: "every node created during a failed open is
+Every graph change goes through the transaction and every driver object is
+only *prepared* (:mod:`txgraph.ops.stage`), so a failure anywhere in the tree
+leaves nothing behind and the data plane sees the tree only when the
+transaction commits (QEMU: "every node created during a failed open is
 released"), while the auto-name counter keeps advancing as QEMU's does.
 """
 
@@ -19,6 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from txgraph.errors import BlockError, OpenError, TxgraphError
+from txgraph.io.probe import probe_format
 from txgraph.model.drivers import DriverSpec, driver_spec
 from txgraph.model.names import MAX_NODE_NAME, id_wellformed
 from txgraph.model.node import BlockNode, Edge, OpenFlag
@@ -28,9 +31,14 @@ from txgraph.ops import drivers as driver_open
 from txgraph.ops.chain_guard import backing_chain
 from txgraph.ops.confine import guard_child_filename
 from txgraph.ops.filenames import full_backing_filename, refresh_filename
-from txgraph.ops.inherit import OptionSet, fill_options, flags_from_options, inherit_options
+from txgraph.ops.inherit import (
+    OptionSet,
+    fill_options,
+    flags_from_options,
+    inherit_options,
+)
 from txgraph.ops.perms import refresh_perms
-from txgraph.ops.transaction import Transaction
+from txgraph.ops.undo_log import Transaction
 from txgraph.qobject.decoder import parse_json_text
 
 __all__ = ["Opener", "lookup_bs"]
@@ -51,7 +59,7 @@ def lookup_bs(session: Any, device: str | None, node_name: str | None) -> str:
                 kids = graph.children(backend.key)
                 if not kids:
                     raise BlockError(f"Device '{device}' has no medium")
-                return kids[0][0]
+                return str(kids[0][0])
     if node_name and node_name in graph.nodes:
         return node_name
     raise BlockError(f"Cannot find device='{device or ''}' nor node-name='{node_name or ''}'")
@@ -63,8 +71,9 @@ class Opener:
     def __init__(self, session: Any, tx: Transaction) -> None:
         self.session = session
         self.graph = session.graph
-        self.runtime = session.runtime
         self.tx = tx
+        #: the data plane as this transaction sees it (prepare steps, reads)
+        self.rt = tx.rt
         # Children opened for a parent that has no name yet (pre-opened ``file``):
         # their inherits_from is filled in when the parent is named.
         self._pending_inherit: dict[int, list[BlockNode]] = {}
@@ -96,14 +105,14 @@ class Opener:
         return child
 
     def attach_child(self, parent: BlockNode, child: str, name: str, role: Role) -> None:
-        """``bdrv_attach_child``: cycle check, new edge, then refresh the parent's subtree."""
+        """``bdrv_attach_child``: cycle check, new edge, then refresh the parent's subtree.
+
+        The data plane gets the edge with the rest of the delta at commit.
+        """
         if self.graph.has_descendant(child, parent.name):
             raise BlockError(f"Making '{child}' a {name} child of '{parent.name}' would create a cycle")
         self.tx.attach(parent.name, child, Edge(name=name, role=role))
         refresh_perms(self.session, self.tx, [parent.name])
-        if self.runtime.has_node(parent.name):
-            self.runtime.set_child(parent.name, name, child)
-            self.tx.undo(lambda: self.runtime.set_child(parent.name, name, None))
 
     # -- bdrv_open_inherit ---------------------------------------------------------------
     def open_inherit(self, filename: str | None, reference: str | None,
@@ -186,8 +195,8 @@ class Opener:
 
         for _child, edge in self.graph.children(node.name):
             for d in (node.explicit, node.options, node.provenance):
-                for key in [k for k in d if k == edge.name or k.startswith(edge.name + ".")]:
-                    del d[key]
+                for stale in [k for k in d if k == edge.name or k.startswith(edge.name + ".")]:
+                    del d[stale]
         if len(work):
             key = qdict_first(work.values)
             if node.flags & OpenFlag.PROTOCOL:
@@ -199,12 +208,10 @@ class Opener:
     # -- pieces --------------------------------------------------------------------------
     def _probe(self, file_node: str) -> str:
         """``find_image_format``: score the first 512 bytes; raw wins when nothing matches."""
-        from txgraph.io.probe import probe_format
-
-        if self.runtime.has_node(file_node) and self.runtime.node(file_node).size() == 0:
-            return "raw"
         try:
-            head = self.runtime.read_head(file_node, 512)
+            if self.rt.size(file_node) == 0:
+                return "raw"
+            head = self.rt.read_head(file_node, 512)
         except TxgraphError as err:
             raise OpenError(f"Could not read image for determining its format: {err.desc}") from err
         return probe_format(head)

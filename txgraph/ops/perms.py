@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from txgraph.checker import check
 from txgraph.errors import BlockError
 from txgraph.model.node import BlockNode
 from txgraph.model.perm import Perm
 from txgraph.model.permissions import compute_refresh
-from txgraph.ops.transaction import Transaction
+from txgraph.ops.undo_log import Transaction
 
 __all__ = ["refresh_perms"]
 
@@ -23,9 +24,9 @@ def refresh_perms(session: Any, tx: Transaction, roots: Iterable[str], *,
                   writable_after: Callable[[BlockNode], bool] | None = None) -> None:
     """``bdrv_refresh_perms`` over the roots' subtrees; raises QEMU's P3/P4 errors."""
     def driver_check(node: BlockNode, perm: Perm, shared: Perm) -> None:
-        undo = session.runtime.check_perm(node.name, int(perm), int(shared))
-        if undo is not None:
-            tx.undo(undo)
+        # A prepare step: image locks are taken now (their errors are QEMU's
+        # open-time errors) and given back on abort.
+        tx.rt.check_perm(node.name, int(perm), int(shared))
 
     roots = list(roots)
     try:
@@ -47,8 +48,6 @@ def _checker_explanation(session: Any, tx: Transaction, roots: list[str],
     the verdict (rule, nodes, edges, sentence from the z3 unsat core) travels
     beside QEMU's error text.
     """
-    from txgraph.checker import check
-
     collected: list[BlockError] = []
     would_be = compute_refresh(session.graph, roots, writable_after=writable_after,
                                collect=collected)

@@ -25,12 +25,11 @@ from txgraph.errors import BlockError
 from txgraph.model.node import Edge
 from txgraph.model.options import parse_bool
 from txgraph.model.perm import Role
-
 from txgraph.ops.blockdev import unref_node
 from txgraph.ops.open import lookup_bs
 from txgraph.ops.perms import refresh_perms
 from txgraph.ops.session import Session
-from txgraph.ops.transaction import Transaction
+from txgraph.ops.undo_log import Transaction
 
 __all__ = ["stage_x_blockdev_change"]
 
@@ -86,10 +85,6 @@ def _quorum_add_child(session: Session, tx: Transaction, quorum: str, child: str
                          rule="G1-acyclic", subjects=(quorum, child))
     tx.attach(quorum, child, Edge(name=name, role=Role.DATA))
     refresh_perms(session, tx, [quorum])
-    runtime = session.runtime
-    if runtime.has_node(quorum):
-        runtime.set_child(quorum, name, child)
-        tx.undo(lambda: runtime.set_child(quorum, name, None))
 
 
 def _quorum_del_child(session: Session, tx: Transaction, quorum: str, name: str) -> None:
@@ -102,10 +97,6 @@ def _quorum_del_child(session: Session, tx: Transaction, quorum: str, name: str)
     if name == f"children.{qnode.next_child_index - 1}":
         tx.set(qnode, "next_child_index", qnode.next_child_index - 1)
     child, _edge = tx.detach(quorum, name)
-    runtime = session.runtime
-    if runtime.has_node(quorum):
-        runtime.set_child(quorum, name, None)
-        tx.undo(lambda: runtime.set_child(quorum, name, child))
     # Dropping a parent only loosens requirements: QEMU ignores refresh errors here.
     try:
         refresh_perms(session, tx, [child])

@@ -21,19 +21,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from txgraph.errors import BlockError, TxgraphError
+from txgraph.errors import BlockError
 from txgraph.model.drivers import RESETTABLE_COMMON_OPTIONS, driver_spec
 from txgraph.model.node import BlockNode, Edge, OpenFlag, runtime_common_options
 from txgraph.model.options import flatten, parse_bool, qdict_order
 from txgraph.model.perm import Role
 from txgraph.ops.blockdev import unref_node
+from txgraph.ops.drivers import check_qcow2_cache_options
 from txgraph.ops.filenames import refresh_filename
 from txgraph.ops.inherit import OptionSet
 from txgraph.ops.open import lookup_bs
 from txgraph.ops.perms import refresh_perms
 from txgraph.ops.reopen_queue import ReopenEntry, ReopenQueue
 from txgraph.ops.session import Session
-from txgraph.ops.transaction import Transaction
+from txgraph.ops.undo_log import Transaction
 
 __all__ = ["blockdev_reopen", "stage_blockdev_reopen", "ReopenWarning"]
 
@@ -137,8 +138,8 @@ def _prepare(session: Session, tx: Transaction, queue: ReopenQueue, entry: Reope
     for key in qdict_order(list(node.options)):
         if key not in work and key not in RESETTABLE_COMMON_OPTIONS and key not in spec.mutable_opts:
             raise BlockError(f"Option '{key}' cannot be reset to its default value")
-    _driver_prepare(session, node, entry, work)
-    _runtime_reopen(session, tx, node, entry)
+    _driver_prepare(tx, session, node, entry, work)
+    _runtime_reopen(tx, node, entry)
     if spec.supports_backing and entry.backing_missing and \
             (graph.backing_child(node.name) is not None or node.backing_file):
         raise BlockError(f"backing is missing for '{node.name}'")
@@ -179,7 +180,8 @@ def _qemu_opts_string(value: Any) -> str:
     return str(value)
 
 
-def _driver_prepare(session: Session, node: BlockNode, entry: ReopenEntry, work: dict[str, Any]) -> None:
+def _driver_prepare(tx: Transaction, session: Session, node: BlockNode, entry: ReopenEntry,
+                    work: dict[str, Any]) -> None:
     """The driver's ``bdrv_reopen_prepare``: consume what it may change, validate it."""
     driver = node.driver
     if driver in ("file", "host_device"):
@@ -195,16 +197,11 @@ def _driver_prepare(session: Session, node: BlockNode, entry: ReopenEntry, work:
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise BlockError(f"Parameter '{key}' expects a non-negative number below 2^64")
     elif driver == "qcow2":
-        from txgraph.ops.drivers import check_qcow2_cache_options
-
         spec = driver_spec(driver)
         assert spec is not None
         opts = {k: work.pop(k) for k in list(work) if k in spec.mutable_opts}
-        cluster = session.runtime.info(node.name).cluster_size or 65536
-        try:
-            check_qcow2_cache_options(opts, cluster)
-        except BlockError:
-            raise
+        cluster = tx.rt.info(node.name).cluster_size or 65536
+        check_qcow2_cache_options(opts, cluster)
     elif driver == "throttle":
         group = work.pop("throttle-group", None)
         if group is not None:
@@ -215,29 +212,21 @@ def _driver_prepare(session: Session, node: BlockNode, entry: ReopenEntry, work:
         for key in ("prealloc-align", "prealloc-size"):
             work.pop(key, None)
     elif driver == "nbd":
-        info = session.runtime.info(node.name)
+        info = tx.rt.info(node.name)
         if entry.flags & OpenFlag.RDWR and info.extra.get("read-only-export"):
             raise BlockError("Can't reopen read-only NBD mount as read/write")
 
 
-def _runtime_reopen(session: Session, tx: Transaction, node: BlockNode, entry: ReopenEntry) -> None:
-    """Hand the new options to the live driver (it validates first); undone on abort."""
-    runtime = session.runtime
-    if not runtime.has_node(node.name):
+def _runtime_reopen(tx: Transaction, node: BlockNode, entry: ReopenEntry) -> None:
+    """The driver's ``bdrv_reopen_prepare`` (it validates, nothing changes); the driver's
+    commit is part of the transaction's delta."""
+    if not tx.rt.knows(node.name):
         return
-    live = runtime.node(node.name)
-    old_options, old_ro = dict(live.options), live.read_only
     new_options = {k: v for k, v in entry.options.values.items()
                    if "." not in k or k.startswith("cache.")}
     # The settings bdrv_reopen_commit will install, typed (the driver parses them once).
     new_options.update(runtime_common_options(entry.flags, entry.detect_zeroes))
-    if "x-txgraph-probed" in old_options:
-        new_options["x-txgraph-probed"] = old_options["x-txgraph-probed"]
-    try:
-        runtime.reopen_node(node.name, new_options, not entry.flags & OpenFlag.RDWR)
-    except TxgraphError as err:
-        raise BlockError(err.desc) from err
-    tx.undo(lambda: runtime.reopen_node(node.name, old_options, old_ro))
+    tx.rt.reopen(node.name, new_options, not entry.flags & OpenFlag.RDWR)
 
 
 def _parse_file_or_backing(session: Session, tx: Transaction, entry: ReopenEntry, value: Any,
@@ -283,7 +272,6 @@ def _parse_file_or_backing(session: Session, tx: Transaction, entry: ReopenEntry
             raise BlockError("Cannot set file child to format node without file child")
         role = old_edge[1].role
     update_inherits = new_child is not None and _inherits_from_recursive(session, new_child, node.name)
-    runtime = session.runtime
     if old_edge is not None:
         assert old_child is not None
         _unset_inherits_from(session, tx, node.name, old_child, child_name)
@@ -293,9 +281,6 @@ def _parse_file_or_backing(session: Session, tx: Transaction, entry: ReopenEntry
         tx.attach(node.name, new_child, Edge(name=child_name, role=role))
         if update_inherits:
             tx.set(graph.nodes[new_child], "inherits_from", node.name)
-    if runtime.has_node(node.name):
-        runtime.set_child(node.name, child_name, new_child)
-        tx.undo(lambda: runtime.set_child(node.name, child_name, old_child))
 
 
 def _skip_implicit_filters(session: Session, name: str) -> str:

@@ -29,9 +29,10 @@ from typing import Any
 
 from txgraph.errors import BlockError
 from txgraph.model.node import Edge, ParentKind
+from txgraph.ops.exports import find_export_backend
 from txgraph.ops.perms import refresh_perms
 from txgraph.ops.session import Session
-from txgraph.ops.transaction import Transaction
+from txgraph.ops.undo_log import Transaction
 
 __all__ = ["retarget_edge", "should_update_child", "replace_node_noperm", "find_parent_edge",
            "stage_blockdev_replace", "stage_replace_edges", "EdgeRef"]
@@ -44,15 +45,11 @@ def retarget_edge(session: Session, tx: Transaction, parent: str, name: str,
                   new_child: str) -> str:
     """``bdrv_replace_child_tran``: the edge ``(parent, name)`` now points at ``new_child``.
 
-    The data plane of a live parent is told too, and told back on abort, so
-    the runtime never disagrees with the graph. Returns the old child.
+    Every parent follows: a node, or a BlockBackend (an export's ``root``);
+    the data plane gets the change with the transaction's delta at commit.
+    Returns the old child.
     """
-    old = tx.retarget(parent, name, new_child)
-    runtime = session.runtime
-    if runtime.has_node(parent):
-        runtime.set_child(parent, name, new_child)
-        tx.undo(lambda: runtime.set_child(parent, name, old))
-    return old
+    return tx.retarget(parent, name, new_child)
 
 
 def should_update_child(session: Session, parent: str, edge: Edge, to: str) -> bool:
@@ -112,11 +109,18 @@ def find_parent_edge(session: Session, parent: str, name: str) -> tuple[str, str
         if found is None:
             raise BlockError(f"Block driver node '{parent}' doesn't have child named '{name}'")
         return parent, found[0], found[1]
+    key = find_export_backend(session, parent)
+    if key is not None:
+        found = graph.child_edge(key, name)
+        if found is None:
+            raise BlockError(f"Export '{parent}' is empty, nothing to replace")
+        return key, found[0], found[1]
     for backend in graph.backends.values():
-        if backend.name == parent and backend.kind is ParentKind.ROOT:
+        # a named BlockBackend (a device of an imported graph)
+        if backend.name and backend.name == parent and backend.kind is ParentKind.ROOT:
             found = graph.child_edge(backend.key, name)
             if found is None:
-                raise BlockError(f"Export '{parent}' is empty, nothing to replace")
+                raise BlockError(f"Device '{parent}' is empty, nothing to replace")
             return backend.key, found[0], found[1]
     raise BlockError(f"Parent '{parent}' not found: neither a node-name nor an export id")
 
@@ -142,15 +146,15 @@ def stage_blockdev_replace(session: Session, tx: Transaction, args: dict[str, An
             raise BlockError(f"Block driver node with node-name '{node}' not found")
         key, old, edge = find_parent_edge(session, node, args["child"])
     elif ptype == "export":
+        # blk_by_export_id: exports are anonymous BlockBackends named by the export id.
         eid = args["export-id"]
-        backend = next((b for b in graph.backends.values()
-                        if b.name == eid and b.kind is ParentKind.ROOT), None)
-        if backend is None:
+        backend_key = find_export_backend(session, eid)
+        if backend_key is None:
             raise BlockError(f"Export '{eid}' not found")
-        found = graph.child_edge(backend.key, "root")
+        found = graph.child_edge(backend_key, "root")
         if found is None:
             raise BlockError(f"Export '{eid}' is empty, nothing to replace")
-        key, (old, edge) = backend.key, found
+        key, (old, edge) = backend_key, found
     else:
         raise BlockError(f"Parameter 'parent-type' does not accept value '{ptype}'")
     new = _new_child(session, args["new-child"])

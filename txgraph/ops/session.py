@@ -2,9 +2,18 @@
 
 This is what a qemu-storage-daemon process is to QEMU: the graph of nodes,
 the monitor-owned node list, the QOM objects (throttle groups), the auto-name
-counter, and the Runtime holding the live driver objects. Every command runs
-inside :meth:`Session.transaction`, which validates the staged graph with the
-checker before committing.
+counter, the Runtime holding the live driver objects, and the NBD server that
+serves the exports (it sits above the data plane and uses only the Runtime's
+request interface). Every command runs inside :meth:`Session.transaction`:
+
+1. the command stages model changes and prepare steps (:mod:`txgraph.ops.stage`);
+2. the checker validates the staged graph;
+3. the whole typed delta goes to ``Runtime.apply`` under one drain;
+4. the undo log commits (deferred work runs).
+
+Any failure before step 3 completes aborts: the model is restored and only
+prepared driver objects (and image locks) are undone; no live driver object
+was touched.
 """
 
 from __future__ import annotations
@@ -15,12 +24,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from txgraph.checker import check as run_checker
 from txgraph.errors import InvariantViolation
 from txgraph.events import EventBus
+from txgraph.io.nbd.server import NbdServer
 from txgraph.io.runtime import Runtime
 from txgraph.model.graph import BlockGraph
 from txgraph.model.names import AutoNamer
-from txgraph.ops.transaction import Transaction
+from txgraph.ops.undo_log import Transaction
 
 __all__ = ["Session", "QomObject"]
 
@@ -38,9 +49,12 @@ class Session:
     """The live state commands operate on."""
 
     def __init__(self, *, policy: str = "qemu", runtime: Runtime | None = None,
-                 name_seed: int | None = None, check: bool = True) -> None:
+                 name_seed: int | None = None, check: bool = True,
+                 nbd_server: Any = None) -> None:
         self.graph = BlockGraph()
         self.runtime = runtime if runtime is not None else Runtime()
+        #: the NBD server (nbd-server-start); ``NbdServer`` or a stand-in with its control surface
+        self.nbd: Any = nbd_server if nbd_server is not None else NbdServer(self.runtime)
         self.namer = AutoNamer(name_seed)
         self.objects: dict[str, QomObject] = {}
         #: block exports by id (block-export-add)
@@ -56,11 +70,15 @@ class Session:
         self._name_seq = 0
         #: fault injection for tests: fail the k-th primitive of the next transaction
         self.fail_next_at: int | None = None
+        #: fault injection for tests: fail the k-th prepare step of the next transaction
+        self.fail_next_prepare_at: int | None = None
         self.last_verdict: Any = None
         #: structured warnings of the last command (surprising reopen resets)
         self.last_warnings: list[dict[str, Any]] = []
         #: primitive steps of the last transaction (fault-injection tests iterate over them)
         self.last_steps = 0
+        #: prepare steps of the last transaction
+        self.last_prepare_steps = 0
         self._before: BlockGraph | None = None
 
     def emit_event(self, name: str, data: dict[str, Any] | None = None) -> None:
@@ -75,28 +93,32 @@ class Session:
     def transaction(self) -> Iterator[Transaction]:
         """Stage changes; commit if the block works and the checker agrees, else undo all."""
         fail_at, self.fail_next_at = self.fail_next_at, None
+        fail_prepare_at, self.fail_next_prepare_at = self.fail_next_prepare_at, None
         # The safe policy's data-loss rules compare with the graph before the
         # change; the copy is only paid for when those rules are on.
         self._before = copy.deepcopy(self.graph) if self.policy == "safe" and self.check else None
-        tx = Transaction(self.graph, fail_at=fail_at)
+        tx = Transaction(self.graph, fail_at=fail_at, runtime=self.runtime,
+                         fail_prepare_at=fail_prepare_at)
         saved_name_seq = self._name_seq
         try:
             yield tx
             self._validate(tx)
+            delta = tx.rt.delta(self.graph, tx.edge_parents)
+            if delta:
+                # One drain for the whole transaction (Runtime.apply rolls itself back).
+                self.runtime.apply(delta)
         except BaseException:
-            self.last_steps = tx.steps
+            self.last_steps, self.last_prepare_steps = tx.steps, tx.rt.steps
             tx.abort()
             self._name_seq = saved_name_seq
             raise
-        self.last_steps = tx.steps
+        self.last_steps, self.last_prepare_steps = tx.steps, tx.rt.steps
         tx.commit()
 
     def _validate(self, tx: Transaction) -> None:
         if not self.check or not tx.touched:
             return
-        from txgraph.checker import check
-
-        verdict = check(self.graph, tx.touched, policy=self.policy, before=self._before)
+        verdict = run_checker(self.graph, tx.touched, policy=self.policy, before=self._before)
         self.last_verdict = verdict
         if not verdict.ok:
             first = verdict.violations[0]
@@ -104,7 +126,6 @@ class Session:
                                      explanation=verdict.to_dict())
 
     def close(self) -> None:
-        server = self.runtime.nbd_server()
-        if server.running:
-            server.stop()
+        if self.nbd.running:
+            self.nbd.stop()
         self.runtime.close_all()

@@ -9,7 +9,7 @@ refreshed on the final graph, and — as QEMU's commit does — the old node is
 switched to read-only with errors ignored.
 
 The read-only switch is staged as the last step of the transaction (see
-:func:`txgraph.ops.txn.defer_to_end`), so when a later action of a QMP
+:func:`txgraph.ops.deferred.defer_to_end`), so when a later action of a QMP
 ``transaction`` fails, the abort undoes it together with everything else;
 QEMU gets the same result by doing the switch only in its commit phase.
 
@@ -28,13 +28,14 @@ from txgraph.model.options import Provenance, Source
 from txgraph.model.perm import Perm, Role
 from txgraph.model.permissions import compute_refresh
 from txgraph.ops.blockdev import op_blocker, unref_node
+from txgraph.ops.deferred import defer_to_end
+from txgraph.ops.filenames import refresh_filename
 from txgraph.ops.inherit import OptionSet
 from txgraph.ops.open import Opener, lookup_bs
 from txgraph.ops.perms import refresh_perms
 from txgraph.ops.replace import replace_node_noperm
 from txgraph.ops.session import Session
-from txgraph.ops.transaction import Transaction
-from txgraph.ops.txn import defer_to_end
+from txgraph.ops.undo_log import Transaction
 
 __all__ = ["stage_blockdev_snapshot", "stage_blockdev_snapshot_sync", "bdrv_append",
            "set_read_only_ignoring_errors"]
@@ -66,7 +67,7 @@ def stage_blockdev_snapshot_sync(session: Session, tx: Transaction, args: dict[s
     flags = old_node.flags & ~(OpenFlag.SNAPSHOT | OpenFlag.COPY_ON_READ) | OpenFlag.NO_BACKING
     path = args["snapshot-file"]
     if args.get("mode", "absolute-paths") != "existing":
-        _create_image(session, old, path, fmt)
+        _create_image(session, tx, old, path, fmt)
     options = OptionSet()
     explicit = Provenance(Source.EXPLICIT, detail="blockdev-snapshot-sync")
     if snapshot_node_name:
@@ -106,19 +107,17 @@ def _prepare_old(session: Session, device: str | None, node_name: str | None) ->
 _CREATE_OPENS = {"qcow2": 3}
 
 
-def _create_image(session: Session, old: str, path: str, fmt: str) -> None:
+def _create_image(session: Session, tx: Transaction, old: str, path: str, fmt: str) -> None:
     """``bdrv_img_create``: an image of the old node's size whose backing is the old node's file.
 
     ``-u`` because QEMU passes BDRV_O_NO_BACKING: the backing is not opened
     (it is in use, and locked, by this very process).
     """
-    from txgraph.ops.filenames import refresh_filename
-
     graph = session.graph
     refresh_filename(graph, old)
     node = graph.nodes[old]
-    size = session.runtime.info(old).virtual_size
-    session.runtime.create_image(path, fmt, size, backing=node.filename, backing_format=node.driver)
+    size = tx.rt.info(old).virtual_size
+    tx.rt.create_image(path, fmt, size, backing=node.filename, backing_format=node.driver)
     # QEMU creates the image in-process and, for qcow2, opens it three times
     # while doing so (the protocol node, then the format twice: to write the
     # header, then to flush it); each open consumed an auto node-name.
@@ -163,10 +162,6 @@ def bdrv_append(session: Session, tx: Transaction, new: str, top: str) -> None:
         raise BlockError(f"Making '{top}' a backing child of '{new}' would create a cycle",
                          rule="G1-acyclic", subjects=(new, top))
     tx.attach(new, top, Edge(name="backing", role=role))
-    runtime = session.runtime
-    if runtime.has_node(new):
-        runtime.set_child(new, "backing", top)
-        tx.undo(lambda: runtime.set_child(new, "backing", None))
     if node.flags & OpenFlag.NO_BACKING:
         tx.set(node, "flags", node.flags & ~OpenFlag.NO_BACKING)
     replace_node_noperm(session, tx, top, new, auto_skip=True)
@@ -199,7 +194,8 @@ def set_read_only_ignoring_errors(session: Session, tx: Transaction, name: str) 
     child edges drop write/resize. If the permission check refuses (a writer
     still uses the node), nothing changes and no error is reported, as in
     QEMU. The check runs before any staged graph change, so a refusal only
-    has to roll back the data-plane switch and the image locks, done here.
+    has to roll back the image locks it took, done here. The data-plane switch
+    is a reopen prepare (validated now) committed with the transaction's delta.
     """
     graph = session.graph
     if name not in graph.nodes:
@@ -213,19 +209,12 @@ def set_read_only_ignoring_errors(session: Session, tx: Transaction, name: str) 
     if not targets:
         return
     target_set = set(targets)
-    runtime = session.runtime
-    # The data plane switches first: its reopen may move the image locks to a
-    # new file descriptor, and the lock changes below must be made (and, on
-    # abort, undone) on that descriptor before it is switched back.
-    runtime_undos: list[Any] = []
-    for target in targets:
-        if runtime.has_node(target):
-            runtime.set_read_only(target, True)
-            runtime_undos.append(lambda t=target: runtime.set_read_only(t, False))
+    # The locks are changed on the current descriptors now; when the reopen
+    # commits with a new descriptor the Runtime moves them to it.
     lock_undos: list[Any] = []
 
     def driver_check(node: Any, perm: Perm, shared: Perm) -> None:
-        undo = runtime.check_perm(node.name, int(perm), int(shared))
+        undo = tx.rt.check_perm_undo(node.name, int(perm), int(shared))
         if undo is not None:
             lock_undos.append(undo)
 
@@ -235,11 +224,14 @@ def set_read_only_ignoring_errors(session: Session, tx: Transaction, name: str) 
     try:
         changes = compute_refresh(graph, [name], writable_after=writable_after,
                                   driver_check=driver_check)
-    except BlockError:
-        for undo in [*reversed(lock_undos), *reversed(runtime_undos)]:
+        tx.rt.set_read_only([t for t in targets if tx.rt.knows(t)], True)
+    except BaseException as err:
+        for undo in reversed(lock_undos):
             undo()
-        return
-    for undo in [*runtime_undos, *lock_undos]:
+        if isinstance(err, BlockError):
+            return  # refused: ignored, as external_snapshot_commit ignores it
+        raise
+    for undo in lock_undos:
         tx.undo(undo)
     for target in targets:
         node = graph.nodes[target]

@@ -21,8 +21,8 @@ chain and size. So :class:`DryRunRuntime`:
   file nodes of the same host file, the imported ones included, whose
   permissions come from the import. So the dry run predicts the lock conflicts
   QEMU would hit in its own process, without touching a real lock;
-* replaces the NBD server by :class:`DryRunNbdServer`, which keeps the export
-  table but never listens.
+* comes with :class:`DryRunNbdServer` (the Session's NBD server in a dry run),
+  which keeps the export table but never listens.
 
 Not simulated: ``blockdev-snapshot-sync`` with a creating ``mode`` runs
 ``qemu-img create`` inside the ops layer, outside the Runtime, so the plan
@@ -39,7 +39,7 @@ from typing import Any
 
 from txgraph.errors import BlockError, IOFailure
 from txgraph.io.driver import DriverNode, ImageInfo
-from txgraph.io.runtime import Runtime
+from txgraph.io.runtime import OpenNode, Runtime
 
 __all__ = ["DryRunRuntime", "ImportedNode", "DryRunNbdServer", "LockTable"]
 
@@ -114,7 +114,7 @@ class LockTable:
 class DryRunNbdServer:
     """The NBD server's control surface without a socket: exports are only recorded."""
 
-    def __init__(self) -> None:
+    def __init__(self, runtime: Runtime | None = None) -> None:
         self.address: Any = None
         self._exports: dict[str, tuple[str, bool]] = {}
 
@@ -133,11 +133,15 @@ class DryRunNbdServer:
         self.address = None
         self._exports.clear()
 
-    def add_export(self, name: str, node_name: str, writable: bool,
-                   description: str | None = None) -> None:
+    def add_export(self, name: str, node_name: str | None, writable: bool,
+                   description: str | None = None, *, backend: str | None = None) -> None:
         if not self.running:
             raise BlockError("NBD server not running")
-        self._exports[name] = (node_name, writable)
+        self._exports[name] = (backend or node_name or "", writable)
+
+    def check_remove(self, name: str, mode: str = "safe") -> None:
+        if name not in self._exports:
+            raise BlockError(f"Export '{name}' is not found")
 
     def remove_export(self, name: str, mode: str = "safe") -> None:
         self._exports.pop(name, None)
@@ -151,27 +155,33 @@ class DryRunRuntime(Runtime):
 
     def __init__(self) -> None:
         super().__init__()
-        self._nbd = DryRunNbdServer()
         self.locks = LockTable()
         #: (node name, driver, read_only as QEMU would open it) for every node opened
         self.opened: list[tuple[str, str, bool]] = []
 
     # -- nodes -----------------------------------------------------------------------------
-    def _construct(self, name: str, driver: str, options: Mapping[str, Any],
-                   children: Mapping[str, str], read_only: bool,
-                   pending: Mapping[str, DriverNode] | None = None) -> DriverNode:
+    def _construct(self, op: OpenNode, pending: Mapping[str, DriverNode]) -> DriverNode:
         # Opened read-only whatever QEMU would do: headers are read, nothing is written.
-        node = super()._construct(name, driver, options, children, True, pending)
-        node.read_only = read_only
-        self.opened.append((name, driver, read_only))
+        ro = OpenNode(op.name, op.driver, op.options, op.children, True, op.probed)
+        node = super()._construct(ro, pending)
+        node.read_only = op.read_only
+        self.opened.append((op.name, op.driver, op.read_only))
         return node
 
     def add_imported(self, node: ImportedNode) -> None:
+        """Publish a node the live process has open (its data stays there)."""
         self._nodes[node.node_name] = node
 
-    def close_node(self, name: str) -> None:
-        self.locks.drop(name)
-        super().close_node(name)
+    def _release(self, node: DriverNode) -> None:
+        self.locks.drop(node.node_name)
+        super()._release(node)
+
+    def prepare_reopen(self, name: str, options: Mapping[str, Any], read_only: bool) -> None:
+        # Descriptors are never reopened in a dry run, so a file has nothing to check.
+        node = self._prepared.get(name) or self._nodes.get(name)
+        if node is not None and node.driver_name in ("file", "host_device"):
+            return
+        super().prepare_reopen(name, options, read_only)
 
     def _reopen(self, name: str, options: Mapping[str, Any], read_only: bool) -> None:
         node = self._nodes[name]
@@ -181,7 +191,7 @@ class DryRunRuntime(Runtime):
     # -- permissions -------------------------------------------------------------------------
     def lock_path(self, name: str) -> str | None:
         """The host file whose lock bytes a node uses (file/host_device with locking on)."""
-        node = self._nodes.get(name)
+        node = self._prepared.get(name) or self._nodes.get(name)
         if node is None or node.driver_name not in ("file", "host_device"):
             return None
         if node.options.get("locking", "auto") in ("off", False):
@@ -194,6 +204,3 @@ class DryRunRuntime(Runtime):
         if path is None:
             return None
         return self.locks.set(path, name, perm, shared)
-
-    def nbd_server(self) -> Any:
-        return self._nbd

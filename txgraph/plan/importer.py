@@ -44,12 +44,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from txgraph.io.runtime import OpenBackend, SetChild
 from txgraph.model.drivers import driver_spec
 from txgraph.model.node import Backend, BlockNode, Edge, OpenFlag, ParentKind
 from txgraph.model.options import Provenance, Source, flatten
 from txgraph.model.perm import Perm, Role, perm_from_names
+from txgraph.ops.exports import Export, export_backend_key
+from txgraph.ops.objects import object_add
 from txgraph.ops.session import Session
-from txgraph.plan.dryrun import DryRunRuntime, ImportedNode
+from txgraph.plan.dryrun import DryRunNbdServer, DryRunRuntime, ImportedNode
 
 __all__ = ["ImportError_", "GraphImport", "parse_state_import", "import_into", "infer_role"]
 
@@ -187,16 +190,14 @@ def _build_node(info: dict[str, Any], name_seq: int, has_parent: bool,
 
 def import_into(session: Session, imp: GraphImport) -> None:
     """Rebuild the imported graph in an empty ``session`` whose runtime is a DryRunRuntime."""
-    from txgraph.ops.exports import Export, export_backend_key
-
     runtime = session.runtime
     if not isinstance(runtime, DryRunRuntime):
         raise TypeError("an imported graph needs a DryRunRuntime (its images belong to another process)")
     if session.graph.nodes or session.graph.backends:
         raise ValueError("import_into needs an empty session")
     graph = session.graph
-    from txgraph.ops.objects import object_add
-
+    if not isinstance(session.nbd, DryRunNbdServer):
+        session.nbd = DryRunNbdServer(runtime)  # never listen on the live process's address
     for obj in imp.objects:
         object_add(session, dict(obj))
     infos = {str(n.get("node-name")): n for n in imp.named_nodes if isinstance(n, dict)}
@@ -242,8 +243,7 @@ def import_into(session: Session, imp: GraphImport) -> None:
                 pending_exports.remove(export)
                 key = export_backend_key(str(export["id"]))
                 session.exports[str(export["id"])] = Export(
-                    str(export["id"]), str(export.get("type", "nbd")), root_name,
-                    str(export["id"]), False)
+                    str(export["id"]), str(export.get("type", "nbd")), str(export["id"]), False)
             else:
                 key = f"bb:{name}" if name else f"bb:import:{gid}"
             backend = Backend(key=key, kind=ParentKind.ROOT, name=name, seq=seq)
@@ -280,9 +280,10 @@ def import_into(session: Session, imp: GraphImport) -> None:
     counters = [int(m.group(1)) for n in graph.nodes if (m := _AUTO.match(n))]
     session.namer.counter = max(counters, default=-1) + 1
     if session.exports:
-        session.runtime.nbd_server().start({"type": "imported"})
+        session.nbd.start({"type": "imported"})
         for export in session.exports.values():
-            session.runtime.nbd_server().add_export(export.name, export.node_name, export.writable)
+            key = export_backend_key(export.id)
+            session.nbd.add_export(export.name, None, export.writable, backend=key)
 
 
 def _import_runtime(session: Session, runtime: DryRunRuntime, infos: dict[str, Any]) -> None:
@@ -292,9 +293,12 @@ def _import_runtime(session: Session, runtime: DryRunRuntime, infos: dict[str, A
         runtime.add_imported(ImportedNode(node.name, node.driver, node.image, node.read_only,
                                           node.options | {"filename": node.filename}
                                           if "filename" in node.explicit else node.options))
+    delta: list[OpenBackend | SetChild] = [
+        OpenBackend(export_backend_key(eid)) for eid in session.exports]
     for parent, child, edge in graph.edges():
-        if parent in graph.nodes:
-            runtime.node(parent).children[edge.name] = runtime.node(child)
+        if parent in graph.nodes or parent in {export_backend_key(e) for e in session.exports}:
+            delta.append(SetChild(parent, edge.name, child))
+    runtime.apply(delta)
     for node in graph.nodes.values():
         perm, shared = Perm.NONE, Perm(0xF)
         for _parent, edge in graph.parents(node.name):

@@ -23,7 +23,7 @@ from txgraph.model.graph import BlockGraph
 from txgraph.ops.confine import configure
 from txgraph.ops.session import Session
 from txgraph.plan.diff import diff, snapshot
-from txgraph.plan.dryrun import DryRunRuntime
+from txgraph.plan.dryrun import DryRunNbdServer, DryRunRuntime
 from txgraph.plan.format import Plan, Step, parse_steps
 from txgraph.plan.importer import GraphImport, import_into, parse_state_import
 from txgraph.qmp.commands import CommandContext
@@ -95,7 +95,8 @@ def scratch_engine(state: Any) -> tuple[Engine, dict[str, Any]]:
     ``state`` is None (empty graph), a list of QMP commands (run first), or a
     graph import (:class:`GraphImport` or its JSON shape).
     """
-    session = Session(policy="qemu", runtime=DryRunRuntime())
+    runtime = DryRunRuntime()
+    session = Session(policy="qemu", runtime=runtime, nbd_server=DryRunNbdServer(runtime))
     engine = Engine(CommandContext(session))
     if state is None:
         return engine, {"kind": "empty"}

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from txgraph.errors import BlockError, QAPIError, TxgraphError
-from txgraph.qmp.commands import COMMANDS, CommandContext, command
+from txgraph.errors import BlockError, QAPIError, QMPError, TxgraphError
+from txgraph.qmp.command_table import COMMANDS, CommandContext, command
+from txgraph.qmp.qapi import check_message, validate_arguments
 
 __all__ = ["run_message", "PlanStepFailed"]
 
@@ -40,14 +41,10 @@ class PlanStepFailed(BlockError):
 
 def run_message(ctx: CommandContext, message: dict[str, Any]) -> dict[str, Any]:
     """Run one QMP command message as the Engine would (``qmp_dispatch``), reply as a dict."""
-    from txgraph.qmp.qapi import check_message, validate_arguments
-
     try:
         name, arguments = check_message(message)
         handler = COMMANDS.get(name)
         if handler is None:
-            from txgraph.errors import QMPError
-
             raise QMPError(f"The command {name} has not been found", "CommandNotFound")
         if name == "x-txgraph-apply-plan":
             raise BlockError("x-txgraph-apply-plan cannot be a step of a plan")

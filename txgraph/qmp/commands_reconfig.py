@@ -23,7 +23,17 @@ from __future__ import annotations
 from typing import Any
 
 from txgraph.errors import QAPIError
-from txgraph.qmp.commands import CommandContext, command
+from txgraph.model.drivers import driver_spec
+from txgraph.ops.filters import (
+    filtered_child_name,
+    stage_insert_filter,
+    stage_remove_filter,
+)
+from txgraph.ops.qmp_transaction import EXTENSION_ACTIONS, run_transaction
+from txgraph.ops.quorum import stage_x_blockdev_change
+from txgraph.ops.replace import stage_blockdev_replace, stage_replace_edges
+from txgraph.qmp.command_table import CommandContext, command
+from txgraph.qmp.qapi import _schema, _Visitor
 
 __all__ = ["validate_extension_action", "REPLACE_SCHEMA", "REPLACE_EDGES_SCHEMA",
            "INSERT_FILTER_SCHEMA", "REMOVE_FILTER_SCHEMA"]
@@ -114,8 +124,6 @@ def _check_union(schema: dict[str, list[MemberSpec]], tag: str, value: dict[str,
 
 def _schema_visit(command_name: str, value: Any, path: _Path) -> dict[str, Any]:
     """Validate ``value`` as the arguments of a QSD command, errors naming ``path``."""
-    from txgraph.qmp.qapi import _schema, _Visitor
-
     schema = _schema()
     if not isinstance(value, dict):
         raise QAPIError(f"Invalid parameter type for '{_render(path)}', expected: object")
@@ -134,9 +142,6 @@ def _check_replace_edges(value: dict[str, Any], path: _Path) -> dict[str, Any]:
 
 
 def _check_insert_filter(value: dict[str, Any], path: _Path) -> dict[str, Any]:
-    from txgraph.model.drivers import driver_spec
-    from txgraph.ops.filters import filtered_child_name
-
     args = _check_members(INSERT_FILTER_SCHEMA, value, path)
     options = dict(args["filter"])
     driver = options.get("driver")
@@ -177,9 +182,6 @@ def validate_extension_action(kind: str, data: Any, path: _Path) -> dict[str, An
 
 def _check_transaction(args: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """``x-txgraph-transaction``: QEMU actions by QSD's schema, extension actions by ours."""
-    from txgraph.ops.txn import EXTENSION_ACTIONS
-    from txgraph.qmp.qapi import _schema, _Visitor
-
     schema = _schema()
     arg_type = schema.by_name[schema.commands["transaction"]["arg-type"]]
     action_type = schema.by_name[arg_type["members"][0]["type"]]["element-type"]
@@ -212,8 +214,6 @@ def _check_transaction(args: dict[str, Any]) -> tuple[list[dict[str, Any]], dict
 # -- QEMU 7.2 commands --------------------------------------------------------------------
 @command("blockdev-snapshot")
 def _blockdev_snapshot(ctx: CommandContext, args: dict[str, Any]) -> Any:
-    from txgraph.ops.txn import run_transaction
-
     # QEMU runs it as a one-action transaction (qmp_blockdev_snapshot).
     run_transaction(ctx.session, [{"type": "blockdev-snapshot", "data": args}])
     return {}
@@ -221,16 +221,12 @@ def _blockdev_snapshot(ctx: CommandContext, args: dict[str, Any]) -> Any:
 
 @command("blockdev-snapshot-sync")
 def _blockdev_snapshot_sync(ctx: CommandContext, args: dict[str, Any]) -> Any:
-    from txgraph.ops.txn import run_transaction
-
     run_transaction(ctx.session, [{"type": "blockdev-snapshot-sync", "data": args}])
     return {}
 
 
 @command("x-blockdev-change")
 def _x_blockdev_change(ctx: CommandContext, args: dict[str, Any]) -> Any:
-    from txgraph.ops.quorum import stage_x_blockdev_change
-
     with ctx.session.transaction() as tx:
         stage_x_blockdev_change(ctx.session, tx, args)
     return {}
@@ -238,8 +234,6 @@ def _x_blockdev_change(ctx: CommandContext, args: dict[str, Any]) -> Any:
 
 @command("transaction")
 def _transaction(ctx: CommandContext, args: dict[str, Any]) -> Any:
-    from txgraph.ops.txn import run_transaction
-
     run_transaction(ctx.session, args["actions"], args.get("properties"))
     return {}
 
@@ -247,8 +241,6 @@ def _transaction(ctx: CommandContext, args: dict[str, Any]) -> Any:
 # -- txgraph extensions -------------------------------------------------------------------
 @command("x-blockdev-replace")
 def _x_blockdev_replace(ctx: CommandContext, args: dict[str, Any]) -> Any:
-    from txgraph.ops.replace import stage_blockdev_replace
-
     typed = _check_union(REPLACE_SCHEMA, "parent-type", args, ())
     with ctx.session.transaction() as tx:
         stage_blockdev_replace(ctx.session, tx, typed)
@@ -257,8 +249,6 @@ def _x_blockdev_replace(ctx: CommandContext, args: dict[str, Any]) -> Any:
 
 @command("x-txgraph-replace-edges")
 def _x_replace_edges(ctx: CommandContext, args: dict[str, Any]) -> Any:
-    from txgraph.ops.replace import stage_replace_edges
-
     typed = _check_replace_edges(args, ())
     with ctx.session.transaction() as tx:
         moved = stage_replace_edges(ctx.session, tx, typed)
@@ -267,8 +257,6 @@ def _x_replace_edges(ctx: CommandContext, args: dict[str, Any]) -> Any:
 
 @command("x-txgraph-insert-filter")
 def _x_insert_filter(ctx: CommandContext, args: dict[str, Any]) -> Any:
-    from txgraph.ops.filters import stage_insert_filter
-
     typed = _check_insert_filter(args, ())
     with ctx.session.transaction() as tx:
         stage_insert_filter(ctx.session, tx, typed)
@@ -277,8 +265,6 @@ def _x_insert_filter(ctx: CommandContext, args: dict[str, Any]) -> Any:
 
 @command("x-txgraph-remove-filter")
 def _x_remove_filter(ctx: CommandContext, args: dict[str, Any]) -> Any:
-    from txgraph.ops.filters import stage_remove_filter
-
     typed = _check_members(REMOVE_FILTER_SCHEMA, args, ())
     with ctx.session.transaction() as tx:
         stage_remove_filter(ctx.session, tx, typed)
@@ -287,8 +273,6 @@ def _x_remove_filter(ctx: CommandContext, args: dict[str, Any]) -> Any:
 
 @command("x-txgraph-transaction")
 def _x_transaction(ctx: CommandContext, args: dict[str, Any]) -> Any:
-    from txgraph.ops.txn import run_transaction
-
     actions, props = _check_transaction(args)
     run_transaction(ctx.session, actions, props)
     return {}
@@ -298,5 +282,3 @@ def _parent_name(ctx: CommandContext, key: str) -> str:
     """A graph key as users name it: node-name, or the backend's id."""
     backend = ctx.session.graph.backends.get(key)
     return backend.name if backend is not None else key
-
-import txgraph.qmp.commands_plan  # noqa: E402,F401  (plan extensions register themselves)

@@ -23,10 +23,15 @@ import socket
 from typing import Any
 
 from txgraph.errors import QMPError, TxgraphError
+from txgraph.qmp.engine import Engine
+from txgraph.qmp.qapi import (
+    check_message,
+    order_event,
+    order_return,
+    validate_arguments,
+)
 from txgraph.qobject.decoder import JSONParseError, JSONStreamDecoder
 from txgraph.qobject.encoder import encode_message
-from txgraph.qmp.engine import Engine
-from txgraph.qmp.qapi import check_message, order_event, order_return, validate_arguments
 
 __all__ = ["QMPServer", "serve", "run_server"]
 

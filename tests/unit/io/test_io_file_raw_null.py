@@ -113,7 +113,8 @@ def test_probed_raw_refuses_qcow2_header_in_sector0_like_qemu_io(tmp_path: Path)
                           f"qemu-io -c 'write -s {tmp_path / 'hdr.bin'} 0 512' {img} 2>&1 || true")
     assert "Operation not permitted" in res
     f = open_node("file", {"filename": str(img)})
-    raw = open_node("raw", {"x-txgraph-probed": True}, {"file": f})
+    raw = open_node("raw", {}, {"file": f})
+    raw.probed = True  # type: ignore[attr-defined]  # what Runtime sets from OpenNode.probed
     with pytest.raises(IOFailure) as e:
         raw.write(0, header)
     assert e.value.errno == errno.EPERM

@@ -12,6 +12,7 @@ from typing import Any
 
 from tests.support.qsd import QSD
 from tests.unit.plan.plankit import EXAMPLES, make_images
+from txgraph.ops.exports import export_node
 from txgraph.model.node import ParentKind
 from txgraph.model.perm import Role, perm_list
 from txgraph.plan.dryrun import DryRunRuntime
@@ -70,7 +71,7 @@ def test_imported_graph_equals_what_qsd_reported(qsd: QSD, images: Path) -> None
     assert roles[("q", "children.0")][0] == Role.DATA
     assert roles[("r", "file")][0] == Role.FILTERED | Role.PRIMARY
     assert roles[("bb:export:vm0", "root")] == (Role.FILTERED | Role.PRIMARY, ParentKind.ROOT)
-    assert session.exports["vm0"].node_name == "disk"
+    assert export_node(session, "vm0") == "disk"
     session.close()
 
 

@@ -10,21 +10,29 @@ functions and deferred commit steps as their QMP commands.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-
-from txgraph.ops.blockdev import blockdev_add
-from txgraph.ops.filters import stage_insert_filter, stage_remove_filter
-from txgraph.ops.objects import object_add
-from txgraph.ops.quorum import stage_x_blockdev_change
-from txgraph.ops.replace import stage_blockdev_replace, stage_replace_edges
-from txgraph.ops.session import Session
-from txgraph.ops.transaction import Transaction
-from txgraph.ops.txn import finish, run_transaction
+import pytest
 
 from tests.support.atomicity import assert_all_steps_atomic
+from txgraph.ops.blockdev import blockdev_add
+from txgraph.ops.exports import (
+    nbd_server_start,
+    stage_block_export_add,
+    stage_block_export_del,
+)
+from txgraph.ops.filters import stage_insert_filter, stage_remove_filter
+from txgraph.ops.objects import object_add
+from txgraph.ops.qmp_transaction import finish, run_transaction
+from txgraph.ops.quorum import stage_x_blockdev_change
+from txgraph.ops.reopen import blockdev_reopen
+from txgraph.ops.replace import stage_blockdev_replace, stage_replace_edges
+from txgraph.ops.session import Session
+from txgraph.ops.undo_log import Transaction
 
 Stage = Callable[[Session, Transaction, dict[str, Any]], Any]
 
@@ -142,3 +150,72 @@ def test_mixed_extension_transaction_is_atomic(chain: Path) -> None:
         {"type": "x-txgraph-blockdev-del", "data": {"node-name": "spare"}},
     ]
     assert assert_all_steps_atomic(_top_r_ovl(chain), lambda s: run_transaction(s, actions)) >= 20
+
+
+# -- opens, reopens and exports: every prepare step (driver open, reopen validation,
+# -- image locks) and every primitive -------------------------------------------------------
+def test_blockdev_add_of_a_chain_is_atomic(chain: Path) -> None:
+    """qcow2 over file, its backing opened from the header: opens, probes and locks."""
+    assert_all_steps_atomic(lambda s: None, lambda s: blockdev_add(s, {
+        "driver": "qcow2", "node-name": "top",
+        "file": {"driver": "file", "filename": str(chain / "top.qcow2")}}))
+
+
+def test_blockdev_reopen_is_atomic(chain: Path) -> None:
+    def setup(s: Session) -> None:
+        _top_r_ovl(chain)(s)
+        blockdev_add(s, {"driver": "throttle", "node-name": "tf", "throttle-group": "tg",
+                         "file": s.graph.file_child("top")})
+
+    def op(s: Session) -> None:
+        file_node = s.graph.file_child("top")
+        backing = s.graph.backing_child("top")
+        assert file_node is not None and backing is not None
+        blockdev_reopen(s, [{"driver": "qcow2", "node-name": "top", "file": "tf",
+                             "backing": backing}])
+
+    assert_all_steps_atomic(setup, op)
+
+
+def _exported(chain: Path, sock_dir: Path) -> Callable[[Session], None]:
+    def setup(s: Session) -> None:
+        _top_r_ovl(chain)(s)
+        nbd_server_start(s, {"addr": {"type": "unix", "data": {"path": str(sock_dir / "s")}}})
+        _one(stage_block_export_add, {"type": "nbd", "id": "vm0", "node-name": "ovl",
+                                      "writable": True})(s)
+    return setup
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="txg-faults-"))  # unix socket paths are short
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_block_export_add_is_atomic(chain: Path, sock_dir: Path) -> None:
+    def setup(s: Session) -> None:
+        _top_r_ovl(chain)(s)
+        nbd_server_start(s, {"addr": {"type": "unix", "data": {"path": str(sock_dir / "s")}}})
+
+    assert_all_steps_atomic(setup, _one(stage_block_export_add, {
+        "type": "nbd", "id": "vm0", "node-name": "ovl", "writable": True}))
+
+
+def test_block_export_del_is_atomic(chain: Path, sock_dir: Path) -> None:
+    assert_all_steps_atomic(_exported(chain, sock_dir), _one(stage_block_export_del,
+                                                              {"id": "vm0"}))
+
+
+def test_snapshot_under_an_export_is_atomic(chain: Path, sock_dir: Path) -> None:
+    def setup(s: Session) -> None:
+        _exported(chain, sock_dir)(s)
+        blockdev_add(s, {"driver": "qcow2", "node-name": "ovl2", "backing": None,
+                         "file": {"driver": "file", "filename": str(chain / "ovl2.qcow2")}})
+
+    assert_all_steps_atomic(setup, lambda s: run_transaction(s, [_snapshot("ovl", "ovl2")]))
+
+
+def test_replace_of_an_export_root_is_atomic(chain: Path, sock_dir: Path) -> None:
+    assert_all_steps_atomic(_exported(chain, sock_dir), _one(stage_blockdev_replace, {
+        "parent-type": "export", "export-id": "vm0", "new-child": "top"}))

@@ -175,6 +175,19 @@ class FileNode(DriverNode):
                 return self._open(False)
             raise OpenError(f"Could not open '{self.filename}': {os.strerror(e.errno or E.EIO)}") from None
 
+    def reopen_prepare(self, options: Mapping[str, Any], read_only: bool) -> None:
+        """``raw_reopen_prepare``: a writable reopen must be able to open the file writable.
+
+        Changes nothing (the descriptor is replaced at commit, in :meth:`reopen`).
+        """
+        if read_only or not self.read_only or options.get("auto-read-only", False):
+            return
+        try:
+            os.close(os.open(self.filename, os.O_CLOEXEC | os.O_RDWR))
+        except OSError as e:
+            raise OpenError(f"Could not open '{self.filename}': "
+                            f"{os.strerror(e.errno or E.EIO)}") from None
+
     def reopen(self, options: Mapping[str, Any], read_only: bool) -> None:
         """``raw_reopen_prepare``: a changed read-only mode needs a new fd (and mapping).
 

@@ -4,7 +4,8 @@ Reproduces QEMU 7.2's block/raw-format.c: option checks of
 ``raw_apply_options`` (with QEMU's texts), ``raw_adjust_offset`` (an explicit
 ``size`` confines requests: reads outside fail with EINVAL, writes with
 ENOSPC), and the probed-raw safety rule of ``raw_co_pwritev`` (CVE-2008-2004):
-when the format was probed (option ``x-txgraph-probed``), a write touching the
+when the format was probed (``probed``, set by the Runtime from the typed
+``OpenNode.probed``), a write touching the
 first sector is widened to the whole sector (read-modify-write, as QEMU's
 512-byte request alignment does) and refused with EPERM if the resulting
 sector would probe as another format.
@@ -20,7 +21,7 @@ from txgraph.errors import IOFailure, OpenError
 from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
 from txgraph.io.probe import PROBE_SIZE, probe_format
 from txgraph.io.registry import register
-from txgraph.io.settings import opt_bool, opt_int
+from txgraph.io.settings import opt_int
 
 __all__ = ["RawNode"]
 
@@ -36,7 +37,7 @@ class RawNode(DriverNode):
         super().__init__(node_name, options, children, read_only)
         if "file" not in self.children:
             raise OpenError('A block device must be specified for "file"')
-        self.probed = opt_bool(options, "x-txgraph-probed", False)
+        self.probed = False  # the Runtime sets it from OpenNode.probed
         self.offset, self.has_size, self._size = self._window(options)
 
     def _window(self, options: Mapping[str, Any]) -> tuple[int, bool, int]:
@@ -58,6 +59,10 @@ class RawNode(DriverNode):
         else:
             size = real - offset
         return offset, has_size, size
+
+    def reopen_prepare(self, options: Mapping[str, Any], read_only: bool) -> None:
+        """``raw_reopen_prepare``: validate the new window, change nothing."""
+        self._window(options)
 
     def reopen(self, options: Mapping[str, Any], read_only: bool) -> None:
         """``raw_reopen_prepare``/``commit``: offset and size may change."""

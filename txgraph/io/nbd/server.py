@@ -5,7 +5,8 @@ type=nbd``, ``block-export-del``, ``nbd-server-stop``)::
 
     server = NbdServer(runtime)
     server.start({"type": "unix", "path": "/run/x.sock"})      # or inet 127.0.0.1:port
-    server.add_export("disk0", "node-name", writable=True)
+    server.add_export("disk0", "node-name", writable=True)     # a BlockBackend of its own
+    server.add_export("vm0", None, True, backend="bb:export:vm0")   # the model's backend
     server.remove_export("disk0", "safe")                      # or "hard"
     server.stop()
 
@@ -22,8 +23,13 @@ Transmission reproduces the behaviour of QEMU's ``nbd_trip`` /
   BLOCK_STATUS with a BLOCK_STATUS chunk, errors with an ERROR chunk; other
   successes use simple replies.
 
-Each request runs inside ``Runtime.request()``, so a graph swap committed by
-``Runtime.apply`` falls between requests; network waits (payload, reply) stay
+The server is owned above the data plane (by the Session) and reaches nodes
+only through the Runtime's request interface: every export is bound to a
+Runtime BlockBackend and each request resolves the backend's current root
+(``Runtime.backend_root``, QEMU's ``blk_bs(exp->blk)``), so an export follows
+every graph change (snapshot, filter insertion, replace) that retargets its
+root edge. Each request runs inside ``Runtime.request()``, so a graph swap
+committed by ``Runtime.apply`` falls between requests; network waits (payload, reply) stay
 outside that bracket so a slow or vanished client never holds up a drain.
 
 Several requests of one connection are in flight together, as in QEMU's
@@ -51,6 +57,7 @@ from typing import Any
 
 from txgraph.errors import BlockError, IOFailure
 from txgraph.io.chain import sparse_read
+from txgraph.io.driver import DriverNode
 from txgraph.io.nbd import protocol as P
 from txgraph.io.nbd.negotiate import Session, negotiate
 from txgraph.io.nbd.wire import Disconnected, parse_address, recv_exact, send_parts
@@ -72,18 +79,29 @@ _IO_ERROR_TEXT = {P.CMD_READ: "reading from file failed", P.CMD_WRITE: "writing 
 
 @dataclass(eq=False)
 class NbdExport:
-    """One named export of a node (QEMU's ``NBDExport``)."""
+    """One named export (QEMU's ``NBDExport``) over a Runtime BlockBackend."""
 
     name: str
-    node_name: str
+    backend: str
     writable: bool
     description: str | None
     runtime: Runtime
     clients: set[_Connection] = field(default_factory=set)
+    #: the backend was created for this export (standalone use) and goes with it
+    owns_backend: bool = False
+
+    @property
+    def node_name(self) -> str | None:
+        """The node the export serves now."""
+        return self.runtime.backend_root_name(self.backend)
+
+    def node(self) -> DriverNode:
+        """The current root; call inside ``Runtime.request()``."""
+        return self.runtime.backend_root(self.backend)
 
     def size(self) -> int:
         with self.runtime.request():
-            return self.runtime.node(self.node_name).size()
+            return self.node().size()
 
 
 class NbdServer:
@@ -157,7 +175,10 @@ class NbdServer:
         for conn in list(self._conns):
             conn.join(5)
         with self._lock:
+            owned = [e.backend for e in self._exports.values() if e.owns_backend]
             self._exports.clear()
+        for key in owned:
+            self.runtime.close_backend(key)
         if self._unix_path:
             try:
                 os.unlink(self._unix_path)
@@ -166,21 +187,43 @@ class NbdServer:
             self._unix_path = None
 
     # -- exports ---------------------------------------------------------------------------------
-    def add_export(self, name: str, node_name: str, writable: bool,
-                   description: str | None = None) -> NbdExport:
-        """``block-export-add type=nbd``; ``name`` is the export name clients ask for."""
+    def add_export(self, name: str, node_name: str | None, writable: bool,
+                   description: str | None = None, *, backend: str | None = None) -> NbdExport:
+        """``block-export-add type=nbd``; ``name`` is the export name clients ask for.
+
+        With ``backend`` the export serves that Runtime BlockBackend (the
+        Session's exports); otherwise a backend rooted at ``node_name`` is
+        created for it.
+        """
         if self._listener is None:
             raise BlockError("NBD server not running")
-        if not self.runtime.has_node(node_name):
+        if backend is None and (node_name is None or not self.runtime.has_node(node_name)):
             raise BlockError(f"Cannot find device='' nor node-name='{node_name}'")
+        if backend is not None and not self.runtime.has_backend(backend):
+            raise BlockError(f"Block backend '{backend}' not found")
         if len(name.encode()) > P.MAX_STRING_SIZE:
             raise BlockError(f"export name '{name}' too long")
         with self._lock:
             if name in self._exports:
                 raise BlockError(f"NBD server already has export named '{name}'")
-            exp = NbdExport(name, node_name, writable, description, self.runtime)
+        owns = backend is None
+        if owns:
+            backend = f"nbd-export:{name}"
+            self.runtime.open_backend(backend, node_name)
+        assert backend is not None
+        exp = NbdExport(name, backend, writable, description, self.runtime, owns_backend=owns)
+        with self._lock:
             self._exports[name] = exp
-            return exp
+        return exp
+
+    def check_remove(self, name: str, mode: str = "safe") -> None:
+        """The refusals of :meth:`remove_export`, without removing anything."""
+        with self._lock:
+            exp = self._exports.get(name)
+            if exp is None:
+                raise BlockError(f"Export '{name}' is not found")
+            if mode == "safe" and exp.clients:
+                raise BlockError(f"export '{name}' still in use")
 
     def remove_export(self, name: str, mode: str = "safe") -> None:
         """``block-export-del``: ``safe`` refuses while clients use it, ``hard`` drops them."""
@@ -194,6 +237,8 @@ class NbdServer:
             victims = list(exp.clients)
         for conn in victims:
             conn.kill()
+        if exp.owns_backend:
+            self.runtime.close_backend(exp.backend)
 
     def exports(self) -> list[NbdExport]:
         with self._lock:
@@ -321,6 +366,8 @@ class _Connection:
                 pass
         except (Disconnected, OSError):
             pass  # the client went away; nothing of the server's state depends on it
+        except IOFailure:
+            pass  # the export lost its medium while the client negotiated (it was removed)
         finally:
             self._workers.close(30)  # requests already read still complete
             self.server._forget(self)
@@ -399,7 +446,7 @@ class _Connection:
         rt = exp.runtime
         if cmd == P.CMD_READ:
             with rt.request():
-                node = rt.node(exp.node_name)
+                node = exp.node()
                 # Structured reads skip what reads as zeroes (nbd_co_send_sparse_read).
                 data = sparse_read(node, offset, length) if session.structured and not \
                     flags & P.CMD_FLAG_DF else node.read(offset, length)
@@ -412,25 +459,25 @@ class _Connection:
             return True
         if cmd == P.CMD_WRITE:
             with rt.request():
-                node = rt.node(exp.node_name)
+                node = exp.node()
                 node.write(offset, payload)
                 if flags & P.CMD_FLAG_FUA:
                     node.flush()
         elif cmd == P.CMD_WRITE_ZEROES:
             with rt.request():
-                node = rt.node(exp.node_name)
+                node = exp.node()
                 node.write_zeroes(offset, length, may_unmap=not flags & P.CMD_FLAG_NO_HOLE)
                 if flags & P.CMD_FLAG_FUA:
                     node.flush()
         elif cmd == P.CMD_TRIM:
             with rt.request():
-                node = rt.node(exp.node_name)
+                node = exp.node()
                 node.discard(offset, length)
                 if flags & P.CMD_FLAG_FUA:
                     node.flush()
         elif cmd == P.CMD_FLUSH:
             with rt.request():
-                rt.node(exp.node_name).flush()
+                exp.node().flush()
         elif cmd == P.CMD_CACHE:
             pass  # prefetching a page-cache-backed node buys nothing
         elif cmd == P.CMD_BLOCK_STATUS:
@@ -450,7 +497,7 @@ class _Connection:
         descs: list[bytes] = []
         rt = exp.runtime
         with rt.request():
-            node = rt.node(exp.node_name)
+            node = exp.node()
             pos, end = offset, offset + length
             while pos < end and len(descs) < _MAX_EXTENTS:
                 st = node.block_status(pos, end - pos)

@@ -2,7 +2,7 @@
 
 Reproduces blockdev.c ``qmp_transaction`` (reference/qemu-graph.md §4.2):
 the actions run in list order, each staging its changes at once in one shared
-:class:`~txgraph.ops.transaction.Transaction`; the first error aborts the
+:class:`~txgraph.ops.undo_log.Transaction`; the first error aborts the
 whole transaction, which undoes every action newest first (QEMU's
 ``tran_abort``), otherwise everything commits. Permissions are only required
 to hold at the transaction boundary, as in QEMU.
@@ -21,13 +21,19 @@ move three edges, delete the old node" one atomic step.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from typing import Any
 
 from txgraph.errors import BlockError
+from txgraph.ops.blockdev import stage_blockdev_add, stage_blockdev_del
+from txgraph.ops.deferred import defer_to_end, finish
+from txgraph.ops.filters import stage_insert_filter, stage_remove_filter
+from txgraph.ops.quorum import stage_x_blockdev_change
+from txgraph.ops.reopen import stage_blockdev_reopen
+from txgraph.ops.replace import stage_blockdev_replace, stage_replace_edges
 from txgraph.ops.session import Session
-from txgraph.ops.transaction import Transaction
+from txgraph.ops.snapshot import stage_blockdev_snapshot, stage_blockdev_snapshot_sync
+from txgraph.ops.undo_log import Transaction
 
 __all__ = ["defer_to_end", "finish", "stage_action", "stage_transaction", "run_transaction",
            "QEMU_ACTIONS", "EXTENSION_ACTIONS", "ABORT_TEXT"]
@@ -42,21 +48,25 @@ EXTENSION_ACTIONS = ("x-txgraph-blockdev-add", "x-txgraph-blockdev-del", "x-txgr
                      "x-txgraph-replace", "x-txgraph-insert-filter", "x-txgraph-remove-filter",
                      "x-blockdev-change")
 
-_DEFERRED: weakref.WeakKeyDictionary[Transaction, list[Callable[[], None]]] = \
-    weakref.WeakKeyDictionary()
+
+def _replace(session: Session, tx: Transaction, data: dict[str, Any]) -> None:
+    if "parent-type" in data:
+        stage_blockdev_replace(session, tx, data)
+    else:
+        stage_replace_edges(session, tx, data)
 
 
-def defer_to_end(tx: Transaction, fn: Callable[[], None]) -> None:
-    """Stage ``fn`` after every action of ``tx`` (QEMU: an action's commit callback)."""
-    _DEFERRED.setdefault(tx, []).append(fn)
-
-
-def finish(tx: Transaction) -> None:
-    """Stage the deferred steps, newest first (``tran_commit`` runs commits LIFO)."""
-    pending = _DEFERRED.pop(tx, [])
-    while pending:
-        pending.pop()()
-        pending.extend(_DEFERRED.pop(tx, []))
+_STAGES: dict[str, Callable[[Session, Transaction, dict[str, Any]], Any]] = {
+    "blockdev-snapshot": stage_blockdev_snapshot,
+    "blockdev-snapshot-sync": stage_blockdev_snapshot_sync,
+    "x-txgraph-blockdev-add": stage_blockdev_add,
+    "x-txgraph-blockdev-del": lambda s, tx, d: stage_blockdev_del(s, tx, d["node-name"]),
+    "x-txgraph-blockdev-reopen": lambda s, tx, d: stage_blockdev_reopen(s, tx, d["options"]),
+    "x-txgraph-replace": _replace,
+    "x-txgraph-insert-filter": stage_insert_filter,
+    "x-txgraph-remove-filter": stage_remove_filter,
+    "x-blockdev-change": stage_x_blockdev_change,
+}
 
 
 def stage_action(session: Session, tx: Transaction, kind: str, data: dict[str, Any]) -> None:
@@ -64,49 +74,10 @@ def stage_action(session: Session, tx: Transaction, kind: str, data: dict[str, A
     if kind == "abort":
         # abort_prepare: always fails, so the whole transaction is rolled back
         raise BlockError(ABORT_TEXT)
-    if kind == "blockdev-snapshot":
-        from txgraph.ops.snapshot import stage_blockdev_snapshot
-
-        stage_blockdev_snapshot(session, tx, data)
-    elif kind == "blockdev-snapshot-sync":
-        from txgraph.ops.snapshot import stage_blockdev_snapshot_sync
-
-        stage_blockdev_snapshot_sync(session, tx, data)
-    elif kind == "x-txgraph-blockdev-add":
-        from txgraph.ops.blockdev import stage_blockdev_add
-
-        stage_blockdev_add(session, tx, data)
-    elif kind == "x-txgraph-blockdev-del":
-        from txgraph.ops.blockdev import stage_blockdev_del
-
-        stage_blockdev_del(session, tx, data["node-name"])
-    elif kind == "x-txgraph-blockdev-reopen":
-        try:
-            from txgraph.ops.reopen import stage_blockdev_reopen
-        except ImportError as err:  # pragma: no cover - reopen is being written in parallel
-            raise BlockError("blockdev-reopen is not available in this build") from err
-        stage_blockdev_reopen(session, tx, data["options"])
-    elif kind == "x-txgraph-replace":
-        from txgraph.ops.replace import stage_blockdev_replace, stage_replace_edges
-
-        if "parent-type" in data:
-            stage_blockdev_replace(session, tx, data)
-        else:
-            stage_replace_edges(session, tx, data)
-    elif kind == "x-txgraph-insert-filter":
-        from txgraph.ops.filters import stage_insert_filter
-
-        stage_insert_filter(session, tx, data)
-    elif kind == "x-txgraph-remove-filter":
-        from txgraph.ops.filters import stage_remove_filter
-
-        stage_remove_filter(session, tx, data)
-    elif kind == "x-blockdev-change":
-        from txgraph.ops.quorum import stage_x_blockdev_change
-
-        stage_x_blockdev_change(session, tx, data)
-    else:
+    stage = _STAGES.get(kind)
+    if stage is None:
         raise BlockError(f"Action '{kind}' is not supported by txgraph")
+    stage(session, tx, data)
 
 
 def stage_transaction(session: Session, tx: Transaction, actions: list[dict[str, Any]],

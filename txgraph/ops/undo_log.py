@@ -1,11 +1,18 @@
-"""Transactions over the live BlockGraph: primitives that record their inverses.
+"""The undo log: a transaction's model primitives, each recording its inverse.
+
+(Not to be confused with the QMP ``transaction`` command, which lives in
+:mod:`txgraph.ops.qmp_transaction` and stages several actions into one of these.)
+
 
 Follows QEMU's util/transactions.c discipline ("do immediately, register the
 undo"; reference/qemu-graph.md §4.1): each primitive changes the staged graph
 at once and pushes its inverse; ``abort`` replays the inverses newest first,
 so the graph ends byte-identical to before (tests check the digest);
-``commit`` runs the deferred irreversible work (closing driver objects of
-removed nodes) and bumps the graph generation.
+``commit`` runs the deferred irreversible work and bumps the graph
+generation. What the data plane must do is kept beside the log in
+:attr:`Transaction.rt` (:class:`~txgraph.ops.stage.RuntimeStage`): prepare
+steps with their undos, and the typed delta the Session hands to
+``Runtime.apply`` after the checker's verdict.
 
 Staging happens in place on the live graph under the engine's command lock:
 nothing else reads the graph while a transaction is open, and the data plane
@@ -21,9 +28,11 @@ import enum
 from collections.abc import Callable
 from typing import Any
 
+from txgraph.io.runtime import Runtime
 from txgraph.model.graph import BlockGraph
 from txgraph.model.node import Backend, BlockNode, Edge
 from txgraph.model.perm import Perm
+from txgraph.ops.stage import InjectedFault, RuntimeStage
 
 __all__ = ["Transaction", "TxState", "InjectedFault"]
 
@@ -34,14 +43,11 @@ class TxState(enum.Enum):
     ABORTED = "aborted"
 
 
-class InjectedFault(Exception):
-    """Raised by a transaction whose ``fail_at`` counter ran out (fault-injection tests)."""
-
-
 class Transaction:
     """A set of staged graph changes that commit or abort as one."""
 
-    def __init__(self, graph: BlockGraph, *, fail_at: int | None = None) -> None:
+    def __init__(self, graph: BlockGraph, *, fail_at: int | None = None,
+                 runtime: Runtime | None = None, fail_prepare_at: int | None = None) -> None:
         self.graph = graph
         self.state = TxState.OPEN
         self._undo: list[Callable[[], None]] = []
@@ -51,6 +57,10 @@ class Transaction:
         self.touched: set[str] = set()
         self.steps = 0
         self._fail_at = fail_at
+        #: parents (node names, backend keys) whose child edges changed
+        self.edge_parents: dict[str, None] = {}
+        #: the data plane's side of this transaction
+        self.rt = RuntimeStage(runtime, self.undo, fail_prepare_at)
 
     # -- bookkeeping ---------------------------------------------------------------------
     def _step(self) -> None:
@@ -67,13 +77,17 @@ class Transaction:
         """Register irreversible work that must only happen if the transaction commits."""
         self._on_commit.append(fn)
 
+    @staticmethod
+    def _discard(_removed: object) -> None:
+        """Undo callbacks return nothing; the removed object is dropped."""
+
     # -- primitives ----------------------------------------------------------------------
     def add_node(self, node: BlockNode) -> None:
         self._step()
         node.seq = self.graph.next_seq()
         self.graph.add_node(node)
         self.touched.add(node.name)
-        self._undo.append(lambda: self.graph.remove_node(node.name))
+        self._undo.append(lambda: self._discard(self.graph.remove_node(node.name)))
 
     def remove_node(self, name: str) -> BlockNode:
         self._step()
@@ -87,7 +101,7 @@ class Transaction:
         backend.seq = self.graph.next_seq()
         self.graph.add_backend(backend)
         self.touched.add(backend.key)
-        self._undo.append(lambda: self.graph.remove_backend(backend.key))
+        self._undo.append(lambda: self._discard(self.graph.remove_backend(backend.key)))
 
     def remove_backend(self, key: str) -> Backend:
         self._step()
@@ -104,6 +118,7 @@ class Transaction:
         edge.parent_seq = edge.seq
         self.graph.attach(parent, child, edge)
         self.touched.update((parent, child))
+        self.edge_parents[parent] = None
 
         def undo() -> None:
             self.graph.detach(parent, edge.name)
@@ -116,6 +131,7 @@ class Transaction:
         self._step()
         child, edge = self.graph.detach(parent, name)
         self.touched.update((parent, child))
+        self.edge_parents[parent] = None
         self._undo.append(lambda: self.graph.attach(parent, child, edge))
         return child, edge
 
@@ -127,6 +143,7 @@ class Transaction:
         edge.parent_seq = self.graph.next_seq()
         self.graph.attach(parent, new_child, edge)
         self.touched.update((parent, old_child, new_child))
+        self.edge_parents[parent] = None
 
         def undo() -> None:
             self.graph.detach(parent, name)
