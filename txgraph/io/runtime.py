@@ -38,6 +38,7 @@ caller of prepare/apply; request threads only use :meth:`request`,
 from __future__ import annotations
 
 import errno
+import os
 import subprocess
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -203,6 +204,18 @@ class Runtime:
             return self._prepared[name].info()
         with self.request():
             return self._nodes[name].info()
+
+    def file_identity(self, name: str) -> tuple[int, int] | None:
+        """(st_dev, st_ino) of the file a prepared or live node holds open (None: not a file).
+
+        The open path compares them to find backing chains that loop through aliases.
+        """
+        node = self._prepared.get(name) or self._nodes.get(name)
+        fd = getattr(node, "fd", None)
+        if not isinstance(fd, int) or fd < 0:
+            return None
+        st = os.fstat(fd)
+        return st.st_dev, st.st_ino
 
     def read_only(self, name: str) -> bool:
         """Whether a prepared or live driver object opened read-only (it may fall back)."""

@@ -46,13 +46,10 @@ _PREFIX = "Could not open backing file: "
 def _identity(opener: Any, node: Any) -> tuple[int, int] | None:
     """(st_dev, st_ino) of the file holding ``node``'s header, if it is a local file."""
     found = opener.graph.child_edge(node.name, "file")
-    if not found or not opener.runtime.has_node(found[0]):
+    if not found or not opener.rt.knows(found[0]):
         return None
-    fd = getattr(opener.runtime.node(found[0]), "fd", None)
-    if not isinstance(fd, int):
-        return None
-    st = os.fstat(fd)
-    return st.st_dev, st.st_ino
+    identity: tuple[int, int] | None = opener.rt.file_identity(found[0])
+    return identity
 
 
 def _too_long(path: str) -> bool:

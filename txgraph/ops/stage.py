@@ -162,6 +162,10 @@ class RuntimeStage:
     def info(self, name: str) -> ImageInfo:
         return self.runtime.info(name)
 
+    def file_identity(self, name: str) -> tuple[int, int] | None:
+        """(device, inode) of the host file a prepared or live node holds open, if any."""
+        return self.runtime.file_identity(name)
+
     def read_only(self, name: str) -> bool:
         """Whether the prepared or live driver object is read-only (auto-read-only fallback)."""
         return self.runtime.read_only(name)

@@ -67,11 +67,11 @@ class QSDPeer:
     """A fresh qemu-storage-daemon 7.2 process (its working directory is the peer's)."""
 
     label = "qsd"
+    #: what the daemon printed when it died (QEMU's assertion text), else None
+    death: str | None = None
 
     def __init__(self, workdir: Path | None = None) -> None:
         self._qsd = _start_qsd(str(workdir) if workdir else None)
-        #: what the daemon printed when it died (QEMU's assertion text), else None
-        self.death: str | None = None
 
     def execute(self, message: dict[str, Any]) -> dict[str, Any]:
         return self.send_raw(json.dumps(message)) or {}
