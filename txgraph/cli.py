@@ -40,7 +40,7 @@ def serve(qmp_path: str, policy: str, blockdevs: tuple[str, ...], objects: tuple
     from txgraph.ops.session import Session
     from txgraph.qmp.commands import CommandContext
     from txgraph.qmp.engine import Engine
-    from txgraph.qmp.server import run_server
+    from txgraph.qmp.server import ServeError, run_server
 
     engine = Engine(CommandContext(Session(policy=policy)))
     _warm_up(engine)
@@ -49,7 +49,10 @@ def serve(qmp_path: str, policy: str, blockdevs: tuple[str, ...], objects: tuple
             reply = engine.execute({"execute": command, "arguments": json.loads(text)})
             if "error" in reply:
                 raise click.ClickException(f"{command}: {reply['error']['desc']}")
-    run_server(qmp_path, engine)
+    try:
+        run_server(qmp_path, engine)
+    except ServeError as err:   # one line and exit code 1, like QSD's bind errors
+        raise click.ClickException(str(err)) from None
 
 
 def _warm_up(engine: Any) -> None:

@@ -10,6 +10,7 @@ member is echoed verbatim.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +18,13 @@ from typing import Any
 from txgraph.errors import QMPError, TxgraphError
 from txgraph.qmp.commands import COMMANDS, CommandContext
 
-__all__ = ["Engine", "EventListener"]
+__all__ = ["Engine", "EventListener", "INTERNAL_ERROR"]
+
+log = logging.getLogger(__name__)
+
+#: The desc of the GenericError for a bug in txgraph: no Python text reaches a
+#: client (QEMU has no such reply); the traceback goes to the log instead.
+INTERNAL_ERROR = "Internal error in txgraph; see the server log"
 
 EventListener = Callable[[dict[str, Any]], None]
 
@@ -60,8 +67,9 @@ class Engine:
             reply = {"return": self._dispatch(message)}
         except TxgraphError as err:
             reply = {"error": err.to_qmp()}
-        except Exception as err:  # a bug must not take the server down; the graph was rolled back
-            reply = {"error": {"class": "GenericError", "desc": f"internal error: {err}"}}
+        except Exception:  # a bug must not take the server down; the graph was rolled back
+            log.exception("QMP command %r failed unexpectedly", message.get("execute"))
+            reply = {"error": {"class": "GenericError", "desc": INTERNAL_ERROR}}
         if "id" in message:
             reply["id"] = message["id"]
         return reply
