@@ -91,7 +91,7 @@ class Conn:
         self.serial += 1
         tag = b'"__end_%d__"' % self.serial
         self.sock.sendall(data + b"\xff" + b'{"execute": "qmp_capabilities", "id": ' + tag + b"}")
-        lines = []
+        lines: list[bytes] = []
         while True:
             line = self._line()
             if tag in line and line.startswith(b'{"id": ' + tag):
