@@ -7,8 +7,8 @@ and recovers at the same byte:
 * the lexer (``json-lexer.c``, :mod:`txgraph.qobject.lexer`);
 * the streamer (``json-streamer.c``, here): collects tokens until the braces
   and brackets balance (or either count goes negative), then parses them; an
-  error token, or passing a limit while a message is open, reports the error
-  and throws the collected tokens away (7.2 does not skip to the end of the
+  error token, or a token that would pass a limit (checked before the balance),
+  reports the error and throws the collected tokens away (7.2 does not skip to the end of the
   broken message: what follows is lexed as new messages);
 * the parser (``json-parser.c``, :mod:`txgraph.qobject.parser`).
 
@@ -70,17 +70,19 @@ class JSONStreamDecoder:
             self._brackets -= 1
         elif kind is Tok.ERROR:
             return self._emit(JSONParseError(f"JSON parse error, stray '{qemu_text(text)}'"))
+        # The limits are checked before the token joins the message, and before
+        # the balance check: the token that would close a message past a limit
+        # gets the limit's error (observed on QSD 7.2 with 2**21 + 1 tokens).
+        if self._size + len(text) + 1 > MAX_TOKEN_SIZE:
+            return self._emit(JSONParseError("JSON token size limit exceeded"))
+        if len(self._tokens) + 1 > MAX_TOKEN_COUNT:
+            return self._emit(JSONParseError("JSON token count limit exceeded"))
+        if self._braces + self._brackets > MAX_NESTING:
+            return self._emit(JSONParseError("JSON nesting depth limit exceeded"))
         self._tokens.append((kind, text))
         self._size += len(text)
         if self._braces < 0 or self._brackets < 0 or (self._braces == 0 and self._brackets == 0):
             return self._emit(parse_tokens(self._tokens))
-        # The limits apply to an open message only, checked in this order.
-        if self._size > MAX_TOKEN_SIZE:
-            return self._emit(JSONParseError("JSON token size limit exceeded"))
-        if len(self._tokens) > MAX_TOKEN_COUNT:
-            return self._emit(JSONParseError("JSON token count limit exceeded"))
-        if self._braces + self._brackets > MAX_NESTING:
-            return self._emit(JSONParseError("JSON nesting depth limit exceeded"))
         return None
 
     def _emit(self, result: Any) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import sys
 
+import pytest
+
+from txgraph.qobject import decoder
 from txgraph.qobject.decoder import (MAX_NESTING, JSONParseError, JSONStreamDecoder,
                                      parse_json_text)
 from txgraph.qobject.encoder import encode
@@ -65,3 +68,17 @@ def test_a_token_over_64_mib_is_cut_as_qemu_cuts_it() -> None:
     lexer.feed(b'"' + b"x" * MAX_TOKEN_SIZE + b'x"')
     assert out[0] == (Tok.PARTIAL, MAX_TOKEN_SIZE + 1)
     assert out[1:] == [(Tok.KEYWORD, 1)] or out[1][0] is Tok.ERROR
+
+
+def test_limits_are_checked_before_the_balance(monkeypatch: pytest.MonkeyPatch) -> None:
+    """QSD 7.2 answers 2**21 + 1 tokens closing a message with the limit's error, not
+    a parse (tests/differential/test_qmp_limits.py shows it at full size)."""
+    monkeypatch.setattr(decoder, "MAX_TOKEN_COUNT", 5)
+    assert JSONStreamDecoder().feed(b"[1,2]") == [[1, 2]]
+    assert JSONStreamDecoder().feed(b"[1,2,3]") == [
+        JSONParseError("JSON token count limit exceeded"), JSONParseError(
+            "JSON parse error, expecting value")]
+    monkeypatch.setattr(decoder, "MAX_TOKEN_SIZE", 8)
+    assert JSONStreamDecoder().feed(b'["abc"]') == [["abc"]]
+    assert JSONStreamDecoder().feed(b'["abcd"]')[0] == JSONParseError(
+        "JSON token size limit exceeded")
