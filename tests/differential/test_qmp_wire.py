@@ -201,6 +201,13 @@ CASES: dict[str, tuple[bool, list[bytes]]] = {
     **{f"nesting-objects-{d}": (True, [b'{"a":' * d + b"1" + b"}" * d]) for d in (1023, 1024, 1025)},
     **{f"nesting-mixed-{d}": (True, [b'{"a":[' * (d // 2) + b"1" + b"]}" * (d // 2)])
        for d in (1024, 1026)},
+    # arguments as deep as the streamer allows reach the QAPI visitor and the open path
+    **{f"deep-blockdev-options-{d}": (True, [
+        b'{"execute":"blockdev-add","arguments":' + b'{"driver":"raw","file":' * d
+        + b'{"driver":"null-co"}' + b"}" * d + b"}"]) for d in (300, 1000)},
+    "deep-blockdev-reference": (True, [
+        b'{"execute":"blockdev-add","arguments":{"driver":"raw","node-name":"r","file":'
+        + b'{"driver":"raw","file":' * 300 + b'"nope"' + b"}" * 301 + b"}"]),
     **{f"nesting-id-{d}": (True, [b'{"execute":"nope","id":' + b"[" * d + b"]" * d + b"}"])
        for d in (1022, 1023, 1024)},
 }

@@ -162,7 +162,11 @@ def _number(r: Rng) -> bytes:
 
 def _nesting(r: Rng) -> bytes:
     depth = r.choice([1, 2, 100, 512, 1000, 1022, 1023, 1024, 1025, 1026, 2000])
-    kind = r.choice(["arrays", "objects", "mixed", "id", "args", "unclosed"])
+    kind = r.choice(["arrays", "objects", "mixed", "id", "args", "options", "unclosed"])
+    if kind == "options":      # deep BlockdevOptions: the QAPI visitor and the open path
+        depth = min(depth, 600)
+        return (b'{"execute": "blockdev-add", "arguments": ' + b'{"driver": "raw", "file": ' * depth
+                + r.choice([b'{"driver": "null-co"}', b'"nope"', b"1"]) + b"}" * depth + b"}")
     if kind == "arrays":
         return b"[" * depth + b"]" * depth
     if kind == "objects":

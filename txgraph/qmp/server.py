@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from typing import Any
 
 from txgraph.errors import QMPError, TxgraphError
@@ -40,6 +41,9 @@ FEED_SLICE = 16 * 1024
 # enables every capability a server advertises.
 OFFERED_CAPABILITIES: tuple[str, ...] = ()
 
+
+#: Python frames allowed while answering (see QMPServer.start).
+RECURSION_LIMIT = 20_000
 
 #: The longest unix socket path: Linux's ``sun_path`` holds 108 bytes; QEMU
 #: takes all 108 (unterminated), Python's socket module keeps one for the NUL.
@@ -99,6 +103,9 @@ class QMPServer:
         :raise ServeError: the socket cannot be created (one-line message).
         """
         self._loop = asyncio.get_running_loop()
+        # QEMU's visitors follow a message as deep as the streamer lets it nest
+        # (1024 levels); txgraph's QAPI visitor takes about five frames a level.
+        sys.setrecursionlimit(max(sys.getrecursionlimit(), RECURSION_LIMIT))
         if len(os.fsencode(path)) > SUN_PATH_MAX:
             raise ServeError(f"UNIX socket path '{path}' is too long "
                              f"(path must be less than {SUN_PATH_MAX + 1} bytes)")
