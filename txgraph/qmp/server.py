@@ -8,9 +8,18 @@ negotiated. Input needs no delimiter and may arrive in any fragments
 (:class:`~txgraph.qobject.decoder.JSONStreamDecoder`).
 
 Several clients may be connected; commands from all of them run one at a time
-on the engine (a lock around a worker thread, so a long command does not stop
-other clients from connecting or receiving their greeting). A client that goes
-away, even in the middle of a message, affects nobody else.
+on the engine, in the event loop (QEMU runs them serially in its main loop).
+Each client's input is decoded in slices of :data:`FEED_SLICE` bytes with a
+turn of the loop between them, so one client's huge or slow message delays
+the others by at most one slice or one command, never by the whole message.
+A client that goes away, even in the middle of a message, affects nobody else.
+
+No Python text reaches a client: an unexpected exception while answering a
+message becomes a ``GenericError`` with :data:`~txgraph.qmp.engine.INTERNAL_ERROR`
+as its desc, and the traceback goes to the log (stderr under ``txgraph serve``).
+
+Shared state: ``_clients`` and ``_lock`` belong to the server and are only
+touched from its event-loop thread; ``_lock`` serialises engine calls.
 """
 
 from __future__ import annotations
