@@ -1,9 +1,10 @@
 """QEMU 7.2's streamer limits at full size, against qemu-storage-daemon (slow: opt-in).
 
-Token count (2**21) and token size (64 MiB) need megabytes on the wire, which
-QSD reads slowly (about 30 s per case); set ``TXGRAPH_QMP_LIMITS=1`` to run
-them. The order of the checks is also covered quickly, in-process, by
-tests/unit/qmp/test_qobject_limits.py; nesting (1024) by test_qmp_wire.py.
+The token count limit (2**21) needs megabytes on the wire, which QSD reads
+slowly (about 30 s per case); set ``TXGRAPH_QMP_LIMITS=1`` to run them. The
+64 MiB token size limit would take QSD a quarter of an hour per case, so it is
+checked in-process only (tests/unit/qmp/test_qobject_limits.py, which also
+covers the order of the checks); nesting (1024) is in test_qmp_wire.py.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ CASES = {
     "count-exceeded-by-a-comma": b"[" + b"1," * 1048576 + b"]",
     "count-exceeded-by-the-closing-bracket": b"[" + b"1," * 1048575 + b"1]",
     "count-just-inside": b"[" + b"1," * 1048574 + b"1]",
-    "size-of-one-string-token": b'{"execute": "nope", "id": "' + b"x" * (64 << 20) + b'"}',
-    "size-at-top-level": b'"' + b"y" * ((64 << 20) + 5) + b'"',
 }
 
 

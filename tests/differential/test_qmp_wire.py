@@ -54,8 +54,12 @@ def normalise(line: bytes) -> bytes:
 
 
 def exchange(path: str, chunks: list[bytes], negotiate: bool = True,
-             quiet: float = 0.5) -> tuple[bytes, list[bytes]]:
-    """Greeting and every reply line to ``chunks`` (+ the sentinel), on a fresh connection."""
+             quiet: float = 30.0) -> tuple[bytes, list[bytes]]:
+    """Greeting and every reply line to ``chunks`` (+ the sentinel), on a fresh connection.
+
+    Reading ends at the sentinel's reply; ``quiet`` (the longest wait for more
+    output) only matters for a case whose open message swallows the sentinel.
+    """
     deadline = time.monotonic() + 10
     while True:   # QSD accepts the next client only once it noticed the last one left
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -204,7 +208,7 @@ CASES: dict[str, tuple[bool, list[bytes]]] = {
     # arguments as deep as the streamer allows reach the QAPI visitor and the open path
     **{f"deep-blockdev-options-{d}": (True, [
         b'{"execute":"blockdev-add","arguments":' + b'{"driver":"raw","file":' * d
-        + b'{"driver":"null-co"}' + b"}" * d + b"}"]) for d in (300, 1000)},
+        + b'{"driver":"null-co"}' + b"}" * d + b"}"]) for d in (300, 600)},
     "deep-blockdev-reference": (True, [
         b'{"execute":"blockdev-add","arguments":{"driver":"raw","node-name":"r","file":'
         + b'{"driver":"raw","file":' * 300 + b'"nope"' + b"}" * 301 + b"}"]),
