@@ -46,20 +46,30 @@ def serve(qmp_path: str, policy: str, blockdevs: tuple[str, ...], objects: tuple
     from txgraph.ops.session import Session
     from txgraph.qmp.commands import CommandContext
     from txgraph.qmp.engine import Engine
-    from txgraph.qmp.server import run_server
-
     from txgraph.ops.confine import configure
+    from txgraph.qmp.server import ServeError, run_server
 
     session = Session(policy=policy)
     configure(session, confine_dirs)
     engine = Engine(CommandContext(session))
     _warm_up(engine)
-    for command, items in (("object-add", objects), ("blockdev-add", blockdevs)):
-        for text in items:
-            reply = engine.execute({"execute": command, "arguments": json.loads(text)})
-            if "error" in reply:
-                raise click.ClickException(f"{command}: {reply['error']['desc']}")
-    run_server(qmp_path, engine)
+    try:
+        for command, items in (("object-add", objects), ("blockdev-add", blockdevs)):
+            for text in items:
+                try:
+                    arguments = json.loads(text)
+                except json.JSONDecodeError as err:
+                    raise click.ClickException(f"{command}: not valid JSON: {err}") from None
+                reply = engine.execute({"execute": command, "arguments": arguments})
+                if "error" in reply:
+                    raise click.ClickException(f"{command}: {reply['error']['desc']}")
+        run_server(qmp_path, engine)
+    except ServeError as err:   # one line and exit code 1, like QSD's bind errors
+        raise click.ClickException(str(err)) from None
+    finally:
+        # QSD closes every node on exit: formats write back what they cached (qcow2's
+        # metadata after copy-on-read, refcounts), then the image locks go
+        session.close()
 
 
 def _warm_up(engine: Any) -> None:

@@ -54,8 +54,12 @@ def normalise(line: bytes) -> bytes:
 
 
 def exchange(path: str, chunks: list[bytes], negotiate: bool = True,
-             quiet: float = 0.5) -> tuple[bytes, list[bytes]]:
-    """Greeting and every reply line to ``chunks`` (+ the sentinel), on a fresh connection."""
+             quiet: float = 30.0) -> tuple[bytes, list[bytes]]:
+    """Greeting and every reply line to ``chunks`` (+ the sentinel), on a fresh connection.
+
+    Reading ends at the sentinel's reply; ``quiet`` (the longest wait for more
+    output) only matters for a case whose open message swallows the sentinel.
+    """
     deadline = time.monotonic() + 10
     while True:   # QSD accepts the next client only once it noticed the last one left
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -183,6 +187,33 @@ CASES: dict[str, tuple[bool, list[bytes]]] = {
     "recovery-skips-to-structural": (True, [b'@abc "q" nul {"execute": "nope"}']),
     "recovery-at-control-char": (True, [b'@abc\x01{"execute": "nope"}']),
     "recovery-at-0xfe": (True, [b"@x\xfe{}"]),
+    # recovery resynchronises on ':' and ',' too (json-lexer.c IN_RECOVERY)
+    "recovery-at-colon": (True, [b'@:{"execute": "nope"}']),
+    "recovery-at-comma": (True, [b'@,{"execute": "nope"}']),
+    "recovery-inside-object": (True, [b'{"execute": @ , "id": 1}', b'{"a": x: 1}']),
+    "recovery-tab-is-skipped": (True, [b'@\t:[]']),
+    # '0' takes no exponent: 0e5 is 0, e, 5 (json-lexer.c IN_ZERO)
+    "zero-exponent": (True, [b'{"execute":"nope","id":0e5}', b'{"execute":"nope","id":[0e]}']),
+    "exponent-forms": (True, [b'{"execute":"nope","id":[1E+]}', b'{"execute":"nope","id":[-0e-1]}',
+                              b'{"execute":"nope","id":[0.5e3, 0E1]}',
+                              b'{"execute":"nope","id":[1e+5, 2E-3, -1.5E+2]}']),
+    "huge-numbers": (True, [b'{"execute":"nope","id":' + b"9" * 5000 + b"}",
+                            b'{"execute":"nope","id":-' + b"9" * 400 + b"}",
+                            b'{"execute":"nope","id":1' + b"0" * 30 + b".5e-7}"]),
+    # nesting limit: MAX_NESTING 1024 open braces + brackets (json-streamer.c)
+    **{f"nesting-arrays-{d}": (True, [b"[" * d + b"]" * d]) for d in (1023, 1024, 1025)},
+    **{f"nesting-objects-{d}": (True, [b'{"a":' * d + b"1" + b"}" * d]) for d in (1023, 1024, 1025)},
+    **{f"nesting-mixed-{d}": (True, [b'{"a":[' * (d // 2) + b"1" + b"]}" * (d // 2)])
+       for d in (1024, 1026)},
+    # arguments as deep as the streamer allows reach the QAPI visitor and the open path
+    **{f"deep-blockdev-options-{d}": (True, [
+        b'{"execute":"blockdev-add","arguments":' + b'{"driver":"raw","file":' * d
+        + b'{"driver":"null-co"}' + b"}" * d + b"}"]) for d in (300, 600)},
+    "deep-blockdev-reference": (True, [
+        b'{"execute":"blockdev-add","arguments":{"driver":"raw","node-name":"r","file":'
+        + b'{"driver":"raw","file":' * 300 + b'"nope"' + b"}" * 301 + b"}"]),
+    **{f"nesting-id-{d}": (True, [b'{"execute":"nope","id":' + b"[" * d + b"]" * d + b"}"])
+       for d in (1022, 1023, 1024)},
 }
 
 

@@ -10,13 +10,20 @@ member is echoed verbatim.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from txgraph.errors import QMPError, TxgraphError
 from txgraph.events import Subscriber
 from txgraph.qmp.commands import COMMANDS, CommandContext
 
-__all__ = ["Engine", "EventListener"]
+__all__ = ["Engine", "EventListener", "INTERNAL_ERROR"]
+
+log = logging.getLogger(__name__)
+
+#: The desc of the GenericError for a bug in txgraph: no Python text reaches a
+#: client (QEMU has no such reply); the traceback goes to the log instead.
+INTERNAL_ERROR = "Internal error in txgraph; see the server log"
 
 #: receives each complete QMP event message (see :class:`txgraph.events.EventBus`)
 EventListener = Subscriber
@@ -57,8 +64,9 @@ class Engine:
             reply = {"return": self._dispatch(message)}
         except TxgraphError as err:
             reply = {"error": err.to_qmp()}
-        except Exception as err:  # a bug must not take the server down; the graph was rolled back
-            reply = {"error": {"class": "GenericError", "desc": f"internal error: {err}"}}
+        except Exception:  # a bug must not take the server down; the graph was rolled back
+            log.exception("QMP command %r failed unexpectedly", message.get("execute"))
+            reply = {"error": {"class": "GenericError", "desc": INTERNAL_ERROR}}
         if "id" in message:
             reply["id"] = message["id"]
         return reply

@@ -8,9 +8,18 @@ negotiated. Input needs no delimiter and may arrive in any fragments
 (:class:`~txgraph.qobject.decoder.JSONStreamDecoder`).
 
 Several clients may be connected; commands from all of them run one at a time
-on the engine (a lock around a worker thread, so a long command does not stop
-other clients from connecting or receiving their greeting). A client that goes
-away, even in the middle of a message, affects nobody else.
+on the engine, in the event loop (QEMU runs them serially in its main loop).
+Each client's input is decoded in slices of :data:`FEED_SLICE` bytes with a
+turn of the loop between them, so one client's huge or slow message delays
+the others by at most one slice or one command, never by the whole message.
+A client that goes away, even in the middle of a message, affects nobody else.
+
+No Python text reaches a client: an unexpected exception while answering a
+message becomes a ``GenericError`` with :data:`~txgraph.qmp.engine.INTERNAL_ERROR`
+as its desc, and the traceback goes to the log (stderr under ``txgraph serve``).
+
+Shared state: ``_clients`` and ``_lock`` belong to the server and are only
+touched from its event-loop thread; ``_lock`` serialises engine calls.
 """
 
 from __future__ import annotations
@@ -19,11 +28,13 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
+import sys
 from typing import Any
 
 from txgraph.errors import QMPError, TxgraphError
-from txgraph.qmp.engine import Engine
+from txgraph.qmp.engine import INTERNAL_ERROR, Engine
 from txgraph.qmp.qapi import (
     check_message,
     order_event,
@@ -33,14 +44,33 @@ from txgraph.qmp.qapi import (
 from txgraph.qobject.decoder import JSONParseError, JSONStreamDecoder
 from txgraph.qobject.encoder import encode_message
 
-__all__ = ["QMPServer", "serve", "run_server"]
+__all__ = ["QMPServer", "ServeError", "serve", "run_server"]
 
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 64 * 1024
+#: Bytes decoded per turn of the event loop for one client (see _serve_client).
+FEED_SLICE = 16 * 1024
 # txgraph offers no capability: ``exec-oob`` is not implemented, and QMPClient
 # enables every capability a server advertises.
 OFFERED_CAPABILITIES: tuple[str, ...] = ()
+
+
+#: Python frames allowed while answering (see QMPServer.start).
+RECURSION_LIMIT = 20_000
+
+#: The longest unix socket path: Linux's ``sun_path`` holds 108 bytes; QEMU
+#: takes all 108 (unterminated), Python's socket module keeps one for the NUL.
+SUN_PATH_MAX = 107
+
+
+class ServeError(Exception):
+    """The QMP socket cannot be created; the message is one line for the user."""
+
+
+def _strerror(err: OSError) -> str:
+    """The C library's text for ``err`` (QEMU's error_setg_errno), without Python's prefix."""
+    return os.strerror(err.errno) if err.errno else "Unknown error"
 
 
 def _error(desc: str, error_class: str = "GenericError") -> dict[str, Any]:
@@ -54,11 +84,16 @@ class _Client:
         self.writer = writer
         self.decoder = JSONStreamDecoder()
         self.negotiated = False
+        #: the task serving this connection (cancelled by QMPServer.close)
+        self.task: asyncio.Task[None] | None = None
 
     def send(self, message: dict[str, Any]) -> None:
+        self.write(encode_message(message))
+
+    def write(self, data: bytes) -> None:
         # One write per message keeps events from splitting a reply.
         if not self.writer.is_closing():
-            self.writer.write(encode_message(message))
+            self.writer.write(data)
 
 
 class QMPServer:
@@ -73,15 +108,37 @@ class QMPServer:
         self._path: str | None = None
 
     async def start(self, path: str) -> None:
-        """Listen on ``path`` (mode 0600; a stale socket file is replaced)."""
+        """Listen on ``path`` (mode 0600; a stale socket file is replaced).
+
+        Reproduces QEMU's ``unix_listen_saddr`` checks and error texts: a
+        path longer than ``sun_path`` (108 bytes) is refused before anything
+        is touched, a failing bind names the path and the errno text.
+
+        :raise ServeError: the socket cannot be created (one-line message).
+        """
         self._loop = asyncio.get_running_loop()
-        with contextlib.suppress(FileNotFoundError):
+        # QEMU's visitors follow a message as deep as the streamer lets it nest
+        # (1024 levels); txgraph's QAPI visitor takes about five frames a level.
+        sys.setrecursionlimit(max(sys.getrecursionlimit(), RECURSION_LIMIT))
+        if len(os.fsencode(path)) > SUN_PATH_MAX:
+            raise ServeError(f"UNIX socket path '{path}' is too long "
+                             f"(path must be less than {SUN_PATH_MAX + 1} bytes)")
+        try:
             os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            raise ServeError(f"Failed to unlink socket {path}: {_strerror(err)}") \
+                from None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(path)
             # Restrict before listen(): nobody can connect in between.
             os.chmod(path, 0o600)
+        except OSError as err:
+            sock.close()
+            raise ServeError(f"Failed to bind socket to {path}: {_strerror(err)}") \
+                from None
         except BaseException:
             sock.close()
             raise
@@ -99,8 +156,14 @@ class QMPServer:
             self.engine.remove_event_listener(self._on_event)
         if self._server is not None:
             self._server.close()
+        tasks = []
         for client in list(self._clients):
             client.writer.close()
+            if client.task is not None and client.task is not asyncio.current_task():
+                client.task.cancel()
+                tasks.append(client.task)
+        # Each connection task ends by itself once cancelled (see _serve_client).
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
         if self._path is not None:
@@ -126,6 +189,7 @@ class QMPServer:
     async def _serve_client(self, reader: asyncio.StreamReader,
                             writer: asyncio.StreamWriter) -> None:
         client = _Client(writer)
+        client.task = asyncio.current_task()
         self._clients.add(client)
         try:
             version = await self._run_engine({"execute": "query-version"})
@@ -135,16 +199,40 @@ class QMPServer:
                 data = await reader.read(READ_CHUNK)
                 if not data:
                     break
-                for message in client.decoder.feed(data):
-                    client.send(await self._reply(client, message))
+                for start in range(0, len(data), FEED_SLICE):
+                    for message in client.decoder.feed(data[start:start + FEED_SLICE]):
+                        client.write(await self._safe_reply(client, message))
+                    # Let the other clients' input and commands have a turn between
+                    # slices: one client's huge message costs them one slice's wait.
+                    await asyncio.sleep(0)
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # close(): end normally, so asyncio's stream callback has no exception to log
+            pass
+        except Exception:   # a bug in txgraph: log it, lose this connection only
+            log.exception("QMP connection failed unexpectedly")
         finally:
             self._clients.discard(client)
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
+
+    async def _safe_reply(self, client: _Client, message: Any) -> bytes:
+        """The encoded :meth:`_reply`; a bug becomes a GenericError without Python text.
+
+        Encoding happens here so that a value the encoder rejects is caught
+        too; the traceback goes to the log for developers.
+        """
+        try:
+            return encode_message(await self._reply(client, message))
+        except Exception:
+            log.exception("QMP message failed unexpectedly")
+            reply = _error(INTERNAL_ERROR)
+            if isinstance(message, dict) and "id" in message:
+                reply["id"] = message["id"]
+            return encode_message(reply)
 
     async def _reply(self, client: _Client, message: Any) -> dict[str, Any]:
         """The reply to one decoded message (monitor_qmp_dispatch + qmp_dispatch)."""
@@ -189,25 +277,41 @@ class QMPServer:
         async with self._lock:
             try:
                 return self.engine.execute(message)
-            except Exception as exc:    # a bug in a handler must not cost the connection
+            except Exception:    # a bug in a handler must not cost the connection
                 log.exception("QMP command failed unexpectedly")
-                reply = _error(f"internal error: {exc}")
+                reply = _error(INTERNAL_ERROR)
                 if "id" in message:
                     reply["id"] = message["id"]
                 return reply
 
 
-async def serve(path: str, engine: Engine) -> None:
-    """Serve QMP for ``engine`` on unix socket ``path`` until cancelled."""
+async def serve(path: str, engine: Engine, *, handle_signals: bool = False) -> None:
+    """Serve QMP for ``engine`` on unix socket ``path`` until cancelled.
+
+    With ``handle_signals`` (the main thread of ``txgraph serve``), SIGTERM and
+    SIGINT end the server the way they end qemu-storage-daemon: cleanly, the
+    socket file removed.
+    """
     server = QMPServer(engine)
     await server.start(path)
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    signals = (signal.SIGTERM, signal.SIGINT) if handle_signals and task is not None else ()
+    for sig in signals:
+        assert task is not None
+        loop.add_signal_handler(sig, task.cancel)
     try:
         await server.serve_forever()
     finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
         await server.close()
 
 
 def run_server(path: str, engine: Engine) -> None:
-    """Blocking form of :func:`serve` (``txgraph serve --qmp PATH``)."""
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(path, engine))
+    """Blocking form of :func:`serve` (``txgraph serve --qmp PATH``).
+
+    :raise ServeError: the socket cannot be created.
+    """
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
+        asyncio.run(serve(path, engine, handle_signals=True))

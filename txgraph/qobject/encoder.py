@@ -96,7 +96,7 @@ def _encode_str(text: str, out: list[str]) -> None:
     out.append('"')
 
 
-def _encode(value: Any, out: list[str]) -> None:
+def _encode_scalar(value: Any, out: list[str]) -> None:
     if value is None:
         out.append("null")
     elif value is True:
@@ -109,24 +109,37 @@ def _encode(value: Any, out: list[str]) -> None:
         out.append(f"{value:.17g}")
     elif isinstance(value, str):
         _encode_str(value, out)
-    elif isinstance(value, dict):
-        out.append("{")
-        for n, key in enumerate(qdict_order(value)):
-            if n:
-                out.append(", ")
-            _encode_str(key, out)
-            out.append(": ")
-            _encode(value[key], out)
-        out.append("}")
-    elif isinstance(value, (list, tuple)):
-        out.append("[")
-        for n, item in enumerate(value):
-            if n:
-                out.append(", ")
-            _encode(item, out)
-        out.append("]")
     else:
         raise TypeError(f"cannot encode {type(value).__name__} as QMP JSON")
+
+
+def _encode(value: Any, out: list[str]) -> None:
+    """``qobject_to_json`` without recursion: a message may nest 1024 levels deep."""
+    # Work items: a value to print, or a literal text (separators, closers).
+    todo: list[tuple[bool, Any]] = [(False, value)]
+    while todo:
+        literal, item = todo.pop()
+        if literal:
+            out.append(item)
+        elif isinstance(item, dict):
+            out.append("{")
+            todo.append((True, "}"))
+            keys = qdict_order(item)
+            for n in range(len(keys) - 1, -1, -1):
+                todo.append((False, item[keys[n]]))
+                todo.append((True, ": "))
+                todo.append((False, keys[n]))
+                if n:
+                    todo.append((True, ", "))
+        elif isinstance(item, (list, tuple)):
+            out.append("[")
+            todo.append((True, "]"))
+            for n in range(len(item) - 1, -1, -1):
+                todo.append((False, item[n]))
+                if n:
+                    todo.append((True, ", "))
+        else:
+            _encode_scalar(item, out)
 
 
 def encode(value: Any) -> str:
