@@ -19,8 +19,7 @@ and ``backing`` of one parent and no ``blockdev-reopen`` has an empty list.
 
 :class:`TestLiveMachine` draws only what txgraph does like QSD today; the full mix,
 snapshots and detect-zeroes included, is :class:`TestLiveMachineFull`, a strict
-xfail until issue 7's export retargeting and detect-zeroes land (and sub-cluster
-zero writes allocate no data). Both run under the
+xfail until sub-cluster zero writes allocate no data on qcow2 as on QSD. Both run under the
 active hypothesis profile with at most a handful of examples (each starts two
 daemons) and no shrinking, so a failure costs one example.
 """
@@ -285,8 +284,7 @@ class FullLiveMachine(LiveMachine):
 
 TestLiveMachine = _bounded(LiveMachine, 3)
 TestLiveMachineFull = pytest.mark.xfail(
-    strict=True, reason=KNOWN["snap_sync_under_writable_export"] + "; and " +
-    KNOWN["reopen_detect_zeroes_unmap"] + "; and " + KNOWN["write_zeroes_subcluster"])(
+    strict=True, reason=KNOWN["write_zeroes_subcluster"])(
     _bounded(FullLiveMachine, 4))
 
 

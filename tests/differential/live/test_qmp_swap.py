@@ -32,7 +32,7 @@ request, a torn block or a lost write); the in-process probe of test_drain_swap.
 remains the direct check.
 
 Rounds: ``TXGRAPH_QMP_SWAP_ROUNDS`` (default 40, a few seconds; the issue's run is
-1000). The snapshot test (a strict xfail today) takes a snapshot every round, up to
+1000). The snapshot test takes a snapshot every round, up to
 ``MAX_SNAPSHOTS``; ``TXGRAPH_QMP_SWAP_SNAP_EVERY=0`` turns its snapshots off.
 """
 
@@ -48,7 +48,6 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 from tests.differential.harness import canon_graph
 from tests.support.guest_io import nbd_uri
@@ -272,16 +271,6 @@ def test_filter_commands_under_nbd_io(tmp_path: Path) -> None:
     _stress(tmp_path, ROUNDS, 0, 30.0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "not in issue 7's list: concurrent guest writes that allocate clusters in a qcow2 "
-    "overlay are not serialised: txgraph/io/qcow2/writer.py has no lock around "
-    "allocation/COW/L2 update (QEMU: s->lock and handle_dependencies in "
-    "qcow2_co_pwritev_part), so an acknowledged write can be lost (a reader sees an "
-    "older sequence), and txgraph/io/drivers/file.py:190-193 (FileNode.write checks "
-    "_maplen, then writes _mm, unlocked against a concurrent remap) raises IndexError "
-    "'mmap slice assignment is wrong size'; the NBD connection thread dies on it "
-    "(txgraph/io/nbd/server.py:300 catches only IOFailure), sends no reply and leaves "
-    "the socket open, so the guest waits until its timeout"))
 def test_snapshot_commands_under_nbd_io(tmp_path: Path) -> None:
     """blockdev-snapshot-sync every round (onto fresh overlays) besides the filter swaps.
 
