@@ -30,10 +30,10 @@ from typing import Any
 
 import pytest
 
-from tests.differential.harness import _canon_value
 from tests.support.malformed_qmp import case
 from tests.support.qmp_server import ServerThread
 from tests.support.qsd import QSD
+from txgraph.oracle.canon import canon_value as _canon_value
 
 pytestmark = pytest.mark.qsd
 
