@@ -43,10 +43,10 @@ def main() -> None:
 def serve(qmp_path: str, policy: str, blockdevs: tuple[str, ...], objects: tuple[str, ...],
           confine_dirs: tuple[str, ...] = ()) -> None:
     """Serve QMP on a unix socket, like ``qemu-storage-daemon --monitor``."""
+    from txgraph.ops.confine import configure
     from txgraph.ops.session import Session
     from txgraph.qmp.commands import CommandContext
     from txgraph.qmp.engine import Engine
-    from txgraph.ops.confine import configure
     from txgraph.qmp.server import ServeError, run_server
 
     session = Session(policy=policy)
@@ -230,10 +230,11 @@ def plan_cmd(plan_file: str, graph_file: str | None, qmp_socket: str | None,
 
     Exit status 0 if every step would be accepted and the checker agrees, 1 otherwise.
     """
-    from txgraph.plan import PlanError, StateError, load_plan, render_text, verify_plan
-    from txgraph.plan.format import load_json
     from txgraph.errors import TxgraphError
+    from txgraph.plan.format import PlanError, load_json, load_plan
+    from txgraph.plan.render import render_text
     from txgraph.plan.seal import read_key, seal_report
+    from txgraph.plan.verify import StateError, verify_plan
     from txgraph.render import StepRecorder, plan_page
 
     if graph_file and qmp_socket:
@@ -283,8 +284,8 @@ def show_cmd(state_file: str | None, qmp_socket: str | None, directory: str | No
     on a dry-run engine, or a graph import as for ``txgraph plan --graph``.
     """
     from txgraph.errors import TxgraphError
-    from txgraph.plan import PlanError, StateError, scratch_engine
-    from txgraph.plan.format import load_json
+    from txgraph.plan.format import PlanError, load_json
+    from txgraph.plan.verify import StateError, scratch_engine
     from txgraph.render import graph_page, picture_of, to_dot
     from txgraph.render.svg import dot_to_svg
 
@@ -361,8 +362,8 @@ def fuzz_cmd(against: str, seconds: float, seed: int, jobs: int, out_dir: str,
               show_default=True)
 def replay_cmd(repro_file: str, against: str) -> None:
     """Run a fuzz reproducer step by step; exit 1 if the peers differ (or a peer crashed)."""
-    from txgraph.fuzz.repro import load_reproducer
     from txgraph.fuzz.replay import render_replay, replay
+    from txgraph.fuzz.repro import load_reproducer
     from txgraph.plan.format import PlanError
 
     try:

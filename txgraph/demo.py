@@ -155,7 +155,7 @@ def run_demo(workdir: Path | None = None, *, plain: bool = False) -> int:
             return 1
         print("   graph digest unchanged after the refused steps:", before[:16])
         print("\n== 6. A reconfiguration plan (examples/seed-section3.json), verified on a dry run")
-        from txgraph.plan import demo_section
+        from txgraph.plan.demo import demo_section
 
         return demo_section(str(wd))
     finally:

@@ -168,7 +168,7 @@ def test_configure_adds_directories(images: dict[str, Any]) -> None:
 
 def test_plan_verification_confines_under_safe(images: dict[str, Any]) -> None:
     """``txgraph plan`` (safe by default) refuses the hostile step; ``--policy qemu`` accepts it."""
-    from txgraph.plan import verify_plan
+    from txgraph.plan.verify import verify_plan
     from txgraph.plan.format import parse_steps
 
     steps = parse_steps([_add("escape", images["inside"]), _add("ok", images["inside"])

@@ -36,44 +36,14 @@ result: index, label, step, extension, accepted, ok, reply, error, explanation,
 diff, verdict, warnings, not-simulated], "seal": {"algorithm", "digest"}}``. The
 seal (:mod:`txgraph.plan.seal`) is a digest over every other member, keyed with
 ``--key-file``: ``txgraph apply`` refuses a file edited after verification or
-verified by another txgraph version. ``txgraph apply VERIFIED --qmp SOCKET`` sends ``x-txgraph-apply-plan`` with ``expect-generation`` and
+verified by another txgraph version. ``txgraph apply VERIFIED --qmp SOCKET`` sends
+``x-txgraph-apply-plan`` with ``expect-generation`` and
 ``expect-digest`` from ``source``: the server refuses it when the live graph
 changed since the plan was verified.
+
+Modules: ``format`` (plan files), ``verify`` (the dry run and its report),
+``seal`` (verified-plan seals), ``diff``, ``render`` (text report), ``importer``
+(graphs captured from a live QEMU), ``dryrun``, ``client``, ``demo``. The
+package imports none of them itself, so the QMP layer can use ``format``
+without pulling in the dry run (which needs the QMP engine).
 """
-
-from __future__ import annotations
-
-from txgraph.plan.diff import GraphDiff, diff, snapshot
-from txgraph.plan.dryrun import DryRunRuntime
-from txgraph.plan.format import Plan, PlanError, Step, load_plan, parse_plan
-from txgraph.plan.importer import GraphImport, import_into
-from txgraph.plan.render import render_text
-from txgraph.plan.verify import PlanReport, StateError, scratch_engine, verify_plan
-
-__all__ = ["Plan", "PlanError", "Step", "load_plan", "parse_plan", "GraphDiff", "diff",
-           "snapshot", "DryRunRuntime", "GraphImport", "import_into", "render_text",
-           "PlanReport", "StateError", "scratch_engine", "verify_plan"]
-
-
-def demo_section(workdir: str) -> int:
-    """``txgraph demo`` section 6: verify examples/seed-section3.json on the demo's images.
-
-    Creates the plan's overlay image, dry-runs the example plan on the state
-    built from the demo's ``disk0.qcow2``, prints the report; returns 0 if it
-    verifies. Nothing is written to the demo's images.
-    """
-    import subprocess
-    from pathlib import Path
-
-    from txgraph.plan.format import load_json
-
-    examples = Path(__file__).resolve().parents[2] / "examples"
-    overlay = Path(workdir) / "snap0.qcow2"
-    if not overlay.exists():
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "disk0.qcow2", "-F",
-                        "qcow2", str(overlay)], check=True, capture_output=True)
-    plan = load_plan(examples / "seed-section3.json", workdir)
-    state = load_json(examples / "seed-section3-state.json", workdir)
-    report = verify_plan(plan, state, policy="safe").to_dict()
-    print(render_text(report))
-    return 0 if report["ok"] else 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from txgraph.errors import BlockError, QAPIError, QMPError, TxgraphError
+from txgraph.plan.format import PlanError, parse_steps
 from txgraph.qmp.command_table import COMMANDS, CommandContext, command
 from txgraph.qmp.qapi import check_message, validate_arguments
 
@@ -93,8 +94,6 @@ def _check_args(args: dict[str, Any]) -> tuple[int, str, list[Any]]:
 
 @command("x-txgraph-apply-plan")
 def _apply_plan(ctx: CommandContext, args: dict[str, Any]) -> Any:
-    from txgraph.plan.format import PlanError, parse_steps
-
     gen, digest, raw_steps = _check_args(args)
     try:
         steps = parse_steps(raw_steps)
