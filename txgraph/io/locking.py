@@ -55,7 +55,7 @@ def _unlock(fd: int, offset: int) -> None:
 def _locked_by_other(fd: int, offset: int) -> bool:
     """``qemu_lock_fd_test`` for an exclusive lock: does any other description hold the byte?"""
     res = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _flock(fd, fcntl.F_WRLCK, offset))
-    kind = struct.unpack("hhqqi4x", res)[0]
+    kind: int = struct.unpack("hhqqi4x", res)[0]
     return kind != fcntl.F_UNLCK
 
 

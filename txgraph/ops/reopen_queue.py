@@ -91,20 +91,20 @@ class ReopenQueue:
             entry.backing_missing = "backing" not in opts and "backing.driver" not in opts
         spec = driver_spec(node.driver)
         is_format = spec.is_format if spec is not None else False
-        for child, edge in self.graph.children(name):
+        for child, child_edge in self.graph.children(name):
             if self.graph.nodes[child].inherits_from != name:
                 continue
             child_keep_old = keep_old
             child_opts: OptionSet | None = None
-            if edge.name in opts:
-                ref = opts.values.get(edge.name)
+            if child_edge.name in opts:
+                ref = opts.values.get(child_edge.name)
                 if ref != child:
                     continue
                 child_keep_old = True
             else:
-                prefix = edge.name + "."
+                prefix = child_edge.name + "."
                 for key in [k for k in explicit if k.startswith(prefix)]:
                     del explicit[key]
                 child_opts = opts.extract(prefix)
-            self.queue(child, child_opts, edge.role,
-                       (name, is_format, opts.values, flags, edge.name), child_keep_old)
+            self.queue(child, child_opts, child_edge.role,
+                       (name, is_format, opts.values, flags, child_edge.name), child_keep_old)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -74,7 +74,7 @@ def transmission_flags(export: ExportView, structured: bool) -> int:
 
 class _Negotiator:
     def __init__(self, sock: socket.socket, lookup: Callable[[str], ExportView | None],
-                 listing: Callable[[], list[ExportView]],
+                 listing: Callable[[], Sequence[ExportView]],
                  attach: Callable[[ExportView], bool]) -> None:
         self.sock = sock
         self.lookup = lookup
@@ -262,7 +262,7 @@ def _parse_meta_request(data: bytes) -> tuple[str, list[str]] | None:
 
 
 def negotiate(sock: socket.socket, lookup: Callable[[str], ExportView | None],
-              listing: Callable[[], list[ExportView]],
+              listing: Callable[[], Sequence[ExportView]],
               attach: Callable[[ExportView], bool]) -> Session | None:
     """Run the handshake; None means the connection must be closed.
 
