@@ -61,9 +61,9 @@ def compute_references(w: Qcow2Writer) -> np.ndarray:
             if not h.has_data_file:
                 std = ent[~comp] & np.uint64(C.L2E_OFFSET_MASK)
                 parts.append((std[std != 0] // np.uint64(cs)).astype(np.int64))
-            for e in ent[comp].tolist():
-                coff = e & ((1 << cmp_shift) - 1)
-                nsec = ((e >> cmp_shift) & cmp_mask) + 1
+            for ent_raw in ent[comp].tolist():
+                coff = ent_raw & ((1 << cmp_shift) - 1)
+                nsec = ((ent_raw >> cmp_shift) & cmp_mask) + 1
                 parts.append(_span(coff, nsec * 512 - (coff & 511), cs))
     allc = np.concatenate(parts)
     return np.bincount(allc) if len(allc) else np.zeros(1, dtype=np.int64)

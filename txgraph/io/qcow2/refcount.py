@@ -4,9 +4,20 @@ Reproduces the on-disk effects of QEMU 7.2's block/qcow2-refcount.c
 (``qcow2_get_refcount``, ``update_refcount``, ``alloc_refcount_block``,
 ``qcow2_alloc_clusters``, ``qcow2_refcount_area``) with a simpler policy:
 
-* allocation appends at the end of the image (never reuses clusters freed in
-  this session, so an entry still visible on disk can never be aliased before
-  the change that freed it is stable);
+* allocation takes the first cluster with refcount 0, scanning from the start
+  of the image at open as ``alloc_clusters_noref`` does from
+  ``free_cluster_index`` 0 (so a hostile refcount of 0 on a metadata cluster
+  leads to the same overlap-check refusal as in QEMU), but the scan position
+  only moves forward: clusters freed in this session are never reused, so an
+  entry still visible on disk can never be aliased before the change that
+  freed it is stable;
+* before a refcount block is written back, the metadata-overlap check runs
+  (``qcow2_cache_entry_flush`` with ``QCOW2_OL_REFCOUNT_BLOCK`` ignored), and
+  an unaligned refcount block offset is a corruption
+  (``qcow2_get_refcount``), reported through the node's
+  ``signal_corruption``;
+* a refcount that would drop below 0 is not changed (``update_refcount``
+  refuses with -EINVAL and ``qcow2_free_clusters`` only logs it);
 * refcount blocks are cached decoded (numpy uint64, any width 1..64 bits,
   sub-byte widths LSB-first) and written back by :meth:`Refcounts.write_back`,
   which the writer calls *before* the L2/L1 updates that need them (the
@@ -21,12 +32,18 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from txgraph.errors import IOFailure
 from txgraph.io.qcow2 import constants as C
 from txgraph.io.qcow2.header import Qcow2Header
+from txgraph.io.qcow2.overlap import OL_REFCOUNT_BLOCK
+from txgraph.io.qcow2.validate import refblock_message
+
+if TYPE_CHECKING:
+    from txgraph.io.qcow2.driver import Qcow2Node
 
 __all__ = ["Refcounts"]
 
@@ -50,8 +67,13 @@ class Refcounts:
         self.blocks: dict[int, np.ndarray] = {}
         self.dirty_blocks: set[int] = set()
         self.dirty_table: set[int] = set()
-        #: next cluster index to try when allocating (append-only policy)
-        self.next_free = -(-file_length // self.cs)
+        #: next cluster index to try when allocating (QEMU's free_cluster_index)
+        self.next_free = 0
+        self._node: Qcow2Node | None = None
+
+    def install(self, node: Qcow2Node) -> None:
+        """Route overlap checks and corruption reports through ``node``."""
+        self._node = node
 
     # -- block codec -----------------------------------------------------------
     def _decode(self, buf: bytes) -> np.ndarray:
@@ -67,7 +89,7 @@ class Refcounts:
         per = 8 // self.bits
         shifts = np.arange(0, 8, self.bits, dtype=np.uint64)
         v = vals.reshape(-1, per) << shifts
-        return v.sum(axis=1).astype(np.uint8).tobytes()
+        return bytes(v.sum(axis=1).astype(np.uint8).tobytes())
 
     def _block(self, bi: int) -> np.ndarray | None:
         blk = self.blocks.get(bi)
@@ -76,6 +98,9 @@ class Refcounts:
                 return None
             off = int(self.table[bi])
             if off % self.cs:
+                msg = refblock_message(off, bi)
+                if self._node is not None:
+                    raise self._node.signal_corruption(msg)
                 raise IOFailure("Input/output error", 5)
             blk = self._decode(self._read(off, self.cs))
             self.blocks[bi] = blk
@@ -101,19 +126,37 @@ class Refcounts:
         self.set(cluster, v)
         return v
 
+    def release(self, cluster: int) -> int:
+        """Drop one reference; a refcount already 0 stays 0 (QEMU logs and goes on)."""
+        v = self.get(cluster)
+        if v == 0:
+            return -1
+        self.set(cluster, v - 1)
+        return v - 1
+
+    def _first_free(self, c: int) -> int:
+        """The first cluster ``>= c`` with refcount 0, one refcount block at a time."""
+        while True:
+            bi = c // self.epb
+            blk = self._block(bi)
+            if blk is None:
+                return c
+            rest = np.flatnonzero(blk[c % self.epb:] == 0)
+            if len(rest):
+                return c + int(rest[0])
+            c = (bi + 1) * self.epb
+
     def _take(self) -> int:
-        """The next free cluster index at the end of the image."""
-        c = self.next_free
-        while self.get(c) != 0:
-            c += 1
+        """The next free cluster index (``alloc_clusters_noref`` for one cluster)."""
+        c = self._first_free(self.next_free)
         self.next_free = c + 1
         return c
 
     def alloc(self, n: int = 1) -> int:
         """Allocate ``n`` contiguous clusters (refcount 1); returns the host byte offset."""
-        start = self.next_free
+        start = self._first_free(self.next_free)
         while any(self.get(c) for c in range(start, start + n)):
-            start += 1
+            start = self._first_free(start + 1)
         self.next_free = start + n
         for c in range(start, start + n):
             self.set(c, 1)
@@ -138,10 +181,21 @@ class Refcounts:
             self.set(x, 1)
         return blk
 
+    def _last_used(self) -> int:
+        """The highest cluster with a non-zero refcount (-1 if none)."""
+        for bi in np.flatnonzero(self.table).tolist()[::-1]:
+            blk = self._block(bi)
+            if blk is not None:
+                nz = np.flatnonzero(blk)
+                if len(nz):
+                    return bi * self.epb + int(nz[-1])
+        return -1
+
     def _grow_table(self, need_index: int) -> None:
         """Replace the refcount table with a larger one (``qcow2_refcount_area``)."""
         old_off, old_clusters = self.h.refcount_table_offset, self.h.refcount_table_clusters
-        start = self.next_free
+        # The new area must be free as a whole: place it after the last used cluster.
+        start = max(self.next_free, self._last_used() + 1)
         entries = max(need_index + 1, len(self.table) * 2)
         while True:
             tc = -(-entries * 8 // self.cs)
@@ -184,6 +238,8 @@ class Refcounts:
         """Write dirty blocks, then (after a barrier if any block is new) table entries."""
         wrote = False
         for bi in sorted(self.dirty_blocks):
+            if self._node is not None:
+                self._node.overlap.check(int(self.table[bi]), self.cs, OL_REFCOUNT_BLOCK)
             self._write(int(self.table[bi]), self._encode(self.blocks[bi]))
             wrote = True
         self.dirty_blocks.clear()

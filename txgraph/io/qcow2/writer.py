@@ -31,8 +31,10 @@ import numpy as np
 
 from txgraph.errors import IOFailure, OpenError
 from txgraph.io.qcow2 import constants as C
-from txgraph.io.qcow2.l2map import COMPRESSED, MIXED, ZERO
+from txgraph.io.qcow2.l2map import COMPRESSED, INVALID, MIXED, ZERO
+from txgraph.io.qcow2.overlap import OL_ACTIVE_L1, OL_ACTIVE_L2
 from txgraph.io.qcow2.refcount import Refcounts
+from txgraph.io.qcow2.validate import owned_write_message, unaligned_free
 
 if TYPE_CHECKING:
     from txgraph.io.qcow2.driver import Qcow2Node
@@ -54,7 +56,8 @@ class Qcow2Writer:
         f = node.file
         self.refs = Refcounts(self.h, node._fread, self._fwrite, self._sync,
                               getattr(f, "file_length", f.size)())
-        self.dirty_slots: set[int] = set()
+        # The map must not evict slots with unwritten entries: they are its pinned set.
+        self.dirty_slots: set[int] = node.map.cache.pinned
         self.dirty_l1: set[int] = set()
         self.pending_free: list[int] = []
         self.marked_dirty = self.h.dirty
@@ -108,7 +111,7 @@ class Qcow2Writer:
         self.map.slot(i)  # compile from the old table (zeros if none)
         new = self.refs.alloc(1)
         old = l1e & C.L1E_OFFSET_MASK
-        self.map.l1[i] = new | C.OFLAG_COPIED
+        self.map.set_l1(i, new | C.OFLAG_COPIED)
         self.dirty_l1.add(i)
         self.dirty_slots.add(i)
         if old:
@@ -130,9 +133,14 @@ class Qcow2Writer:
             raw, bm = self.map.raw_entry(c)
             code = self.map.code(c)
             chunk = mv[pos - offset:nxt - offset]
+            if code == INVALID:
+                msg = owned_write_message(self.node, c)
+                if msg is not None:  # handle_copied refuses before anything is written
+                    raise self.node.signal_corruption(msg)
             owned = code >= 0 and raw & C.OFLAG_COPIED and (
                 not self.h.extended_l2 or bm == _ALL_ALLOC)
             if owned:
+                self.node.overlap.check_data(code + (pos & (cs - 1)), len(chunk))
                 self._data().write(code + (pos & (cs - 1)), chunk)  # type: ignore[attr-defined]
             else:
                 self._allocate_and_write(c, pos & (cs - 1), chunk, code, raw)
@@ -163,6 +171,7 @@ class Qcow2Writer:
             host = code  # an owned cluster with a partial subcluster bitmap: fill in place
         else:
             host = self.refs.alloc(1)
+        self.node.overlap.check_data(host, len(content))
         self._data().write(host, content)  # type: ignore[attr-defined]
         if host != code:
             self._release_entry(raw, code)
@@ -178,7 +187,8 @@ class Qcow2Writer:
             first, last = coff // self.cs, (coff + csize - 1) // self.cs
             self.pending_free.extend(k * self.cs for k in range(first, last + 1))
         elif not raw & C.OFLAG_COMPRESSED and raw & C.L2E_OFFSET_MASK:
-            self.pending_free.append(raw & C.L2E_OFFSET_MASK)
+            if not unaligned_free(self.node, raw):
+                self.pending_free.append(raw & C.L2E_OFFSET_MASK)
 
     def write_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
         """Whole clusters become zero clusters (v3); partial ones get written zeros."""
@@ -204,7 +214,7 @@ class Qcow2Writer:
         slot = c >> self.map.l2b
         self._writable_slot(slot)
         self._before_metadata_change()
-        keep = (not unmap and code >= 0 or code in (ZERO, MIXED)) and bool(raw & C.OFLAG_COPIED) \
+        keep = (not unmap and code >= 0 or code in (ZERO, MIXED, INVALID)) and bool(raw & C.OFLAG_COPIED) \
             and not raw & C.OFLAG_COMPRESSED and not self.h.has_data_file
         if keep and raw & C.L2E_OFFSET_MASK:
             entry = (raw & C.L2E_OFFSET_MASK) | C.OFLAG_COPIED
@@ -283,18 +293,22 @@ class Qcow2Writer:
             else:
                 table = raw.astype(">u8").tobytes()
             assert len(table) == n * ent
-            self._fwrite(int(self.map.l1[i]) & C.L1E_OFFSET_MASK, table)
+            l2off = int(self.map.l1[i]) & C.L1E_OFFSET_MASK
+            self.node.overlap.check(l2off, len(table), OL_ACTIVE_L2)
+            self._fwrite(l2off, table)
         self.dirty_slots.clear()
         self._sync()
         if self.dirty_l1:
             for sector in sorted({i // 64 for i in self.dirty_l1}):
                 chunk = self.map.l1[sector * 64:(sector + 1) * 64].astype(">u8").tobytes()
+                self.node.overlap.check(self.h.l1_table_offset + sector * 512, len(chunk),
+                                        OL_ACTIVE_L1)
                 self._fwrite(self.h.l1_table_offset + sector * 512, chunk)
             self.dirty_l1.clear()
             self._sync()
         for host in self.pending_free:
             c = host // self.cs
-            if self.refs.add(c, -1) == 0:
+            if self.refs.release(c) == 0:
                 self.node.file.discard(host, self.cs)
         self.pending_free.clear()
         return True
