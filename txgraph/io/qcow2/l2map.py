@@ -288,6 +288,25 @@ class L2Map:
                 break
         return c - c0, UNALLOC if code0 is None else code0
 
+    def alloc_run(self, c0: int, limit: int) -> int:
+        """``count_single_write_clusters(new_alloc=true)``: clusters from ``c0`` needing allocation.
+
+        Stops at the first cluster a write may reuse in place (a COPIED data or
+        preallocated zero cluster), at the end of the L2 table, or after ``limit``.
+        """
+        i, lo = c0 >> self.l2b, c0 & (self.n - 1)
+        hi = min(self.n, lo + max(1, limit))
+        if i >= self.nslots or self._unallocated(i):
+            return hi - lo
+        self.slot(i)
+        raw = self.raw[i]
+        assert raw is not None
+        seg = raw[lo:hi]
+        owned = ((seg & np.uint64(C.OFLAG_COPIED)) != 0) \
+            & ((seg & np.uint64(C.OFLAG_COMPRESSED)) == 0) \
+            & ((seg & np.uint64(C.L2E_OFFSET_MASK)) != 0)
+        return len(seg) if not bool(owned.any()) else max(1, int(np.argmax(owned)))
+
     def translate(self, guest: np.ndarray) -> np.ndarray:
         """Batch translation: host offset (>= 0) or a negative class code per guest offset."""
         g = np.asarray(guest, dtype=np.uint64)

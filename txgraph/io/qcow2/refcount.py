@@ -70,6 +70,7 @@ class Refcounts:
         #: next cluster index to try when allocating (QEMU's free_cluster_index)
         self.next_free = 0
         self._node: Qcow2Node | None = None
+        self._plan = 0
 
     def install(self, node: Qcow2Node) -> None:
         """Route overlap checks and corruption reports through ``node``."""
@@ -151,6 +152,25 @@ class Refcounts:
         c = self._first_free(self.next_free)
         self.next_free = c + 1
         return c
+
+    def plan(self, n: int) -> None:
+        """The next :meth:`alloc_data` starts a run of ``n`` contiguous clusters."""
+        self._plan = n
+
+    def alloc_data(self) -> int:
+        """One data cluster; the first of a planned run is placed where the whole run fits.
+
+        QEMU's ``handle_alloc`` allocates all clusters of a write that need
+        allocation in one ``qcow2_alloc_clusters`` call (first fit of the run);
+        later clusters of the run then follow contiguously.
+        """
+        n, self._plan = self._plan, 0
+        if n > 1:
+            start = self._first_free(self.next_free)
+            while any(self.get(c) for c in range(start, start + n)):
+                start = self._first_free(start + 1)
+            self.next_free = start
+        return self.alloc(1)
 
     def alloc(self, n: int = 1) -> int:
         """Allocate ``n`` contiguous clusters (refcount 1); returns the host byte offset."""

@@ -104,7 +104,9 @@ class Qcow2Writer:
     def _writable_slot(self, i: int) -> None:
         """Make L1 slot ``i`` point at an L2 table owned by this L1 (refcount 1)."""
         l1e = int(self.map.l1[i])
-        if l1e & C.OFLAG_COPIED and l1e & C.L1E_OFFSET_MASK:
+        # get_cluster_table trusts COPIED alone: COPIED with offset 0 is an L2 table at 0,
+        # which the overlap check then refuses to write (the header lives there).
+        if l1e & C.OFLAG_COPIED:
             self.map.slot(i)
             return
         self._before_metadata_change()
@@ -127,6 +129,7 @@ class Qcow2Writer:
         mv = memoryview(data).cast("B")
         cb, cs = self.h.cluster_bits, self.cs
         pos, end = offset, offset + len(mv)
+        planned_to = 0
         while pos < end:
             c = pos >> cb
             nxt = min(end, (c + 1) << cb)
@@ -143,6 +146,10 @@ class Qcow2Writer:
                 self.node.overlap.check_data(code + (pos & (cs - 1)), len(chunk))
                 self._data().write(code + (pos & (cs - 1)), chunk)  # type: ignore[attr-defined]
             else:
+                if c == offset >> cb or c & (self.map.n - 1) == 0 or planned_to <= c:
+                    # handle_alloc takes the whole run of clusters needing allocation at once
+                    planned_to = c + self.map.alloc_run(c, -(-end >> cb) - c)
+                    self.refs.plan(planned_to - c)
                 self._allocate_and_write(c, pos & (cs - 1), chunk, code, raw)
             pos = nxt
 
@@ -169,11 +176,14 @@ class Qcow2Writer:
             host = c << self.h.cluster_bits  # external data files map 1:1, no refcounts
         elif code >= 0 and raw & C.OFLAG_COPIED:
             host = code  # an owned cluster with a partial subcluster bitmap: fill in place
+        elif code == ZERO and raw & C.OFLAG_COPIED and raw & C.L2E_OFFSET_MASK \
+                and not self.h.extended_l2:
+            host = raw & C.L2E_OFFSET_MASK  # handle_copied: a preallocated zero cluster is reused
         else:
-            host = self.refs.alloc(1)
+            host = self.refs.alloc_data()
         self.node.overlap.check_data(host, len(content))
         self._data().write(host, content)  # type: ignore[attr-defined]
-        if host != code:
+        if not (raw & C.OFLAG_COPIED and host == raw & C.L2E_OFFSET_MASK):
             self._release_entry(raw, code)
         self.map.set_entry(c, host | C.OFLAG_COPIED, _ALL_ALLOC if self.h.extended_l2 else 0)
         self.dirty_slots.add(slot)
