@@ -104,6 +104,15 @@ class SlotCache:
         if i in self._order:
             self._order[i] = self._clock()
             self._order.move_to_end(i)
+            if len(self._order) > self.cap:  # slots unpinned by a flush are over the cap
+                self._trim(i)
+
+    def _trim(self, keep: int) -> None:
+        for k in list(self._order):
+            if len(self._order) <= self.cap:
+                break
+            if k != keep and k not in self.pinned:
+                self._evict(k)
 
     def add(self, i: int) -> None:
         """Record that slot ``i`` was just compiled; evict what the bounds require."""
@@ -118,11 +127,7 @@ class SlotCache:
                 self._evict(k)
             self._last_clean = now
         if len(self._order) > self.cap:
-            for k in list(self._order):
-                if len(self._order) <= self.cap:
-                    break
-                if k != i and k not in self.pinned:
-                    self._evict(k)
+            self._trim(i)
 
     def forget(self, i: int) -> None:
         self._order.pop(i, None)
