@@ -368,5 +368,8 @@ class Qcow2Node(DriverNode):
 
     def close(self) -> None:
         if self.writer is not None and not self.dead:
-            self.writer.close()
+            try:
+                self.writer.close()
+            except IOFailure:
+                pass  # qcow2_close reports cache flush failures on stderr and goes on
         self.writer = None
