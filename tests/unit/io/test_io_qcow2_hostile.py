@@ -136,6 +136,10 @@ RUNTIME_POKES: list[tuple[str, list[tuple[int, str, int]]]] = [
     ("refcount_header_zero", [(0x20000, ">H", 0)]),
     ("refcount_l1_zero", [(0x20000 + 6, ">H", 0)]),
     ("refcount_max", [(0x20000 + 10, ">H", 0xFFFF)]),
+    # Found by the differential run: the dirty-image repair counted a reference 1 TiB
+    # away and tried to allocate a 4 TiB count array.
+    ("dirty_l2_far_away", [(72, ">Q", 1), (0x40000, ">Q", (1 << 63) | (1 << 40))]),
+    ("dirty_reftable_far_away", [(72, ">Q", 1), (0x10000, ">Q", 1 << 50)]),
 ]
 
 
