@@ -96,7 +96,16 @@ def parse_overlap_check(options: Mapping[str, Any]) -> int:
 
 
 def _overlaps(a: int, an: int, b: int, bn: int) -> bool:
-    return an > 0 and bn > 0 and a < b + bn and b < a + an
+    """QEMU's ``ranges_overlap`` on uint64: a zero-length second range wraps its end.
+
+    That makes an empty structure at offset 0 overlap everything, which QEMU 7.2
+    shows for the bitmap directory when the bitmaps autoclear bit is set without
+    a bitmaps extension (every write is refused); txgraph keeps the same answer.
+    """
+    wrap = (1 << 64) - 1
+    last1 = (a + an - 1) & wrap
+    last2 = (b + bn - 1) & wrap
+    return not (last2 < a or last1 < b)
 
 
 class OverlapChecker:
@@ -117,16 +126,18 @@ class OverlapChecker:
             return OL_MAIN_HEADER
         start = offset - offset % cs
         size = -(-(offset - start + size) // cs) * cs
-        if chk & OL_ACTIVE_L1 and _overlaps(start, size, h.l1_table_offset, h.l1_size * 8):
+        if chk & OL_ACTIVE_L1 and h.l1_size and _overlaps(start, size, h.l1_table_offset,
+                                                          h.l1_size * 8):
             return OL_ACTIVE_L1
         if chk & OL_REFCOUNT_TABLE and _overlaps(start, size, h.refcount_table_offset,
                                                  h.refcount_table_clusters * cs):
             return OL_REFCOUNT_TABLE
-        if chk & OL_SNAPSHOT_TABLE and _overlaps(start, size, h.snapshots_offset,
-                                                 h.snapshots_size):
+        if chk & OL_SNAPSHOT_TABLE and h.snapshots_size and _overlaps(
+                start, size, h.snapshots_offset, h.snapshots_size):
             return OL_SNAPSHOT_TABLE
         if chk & OL_INACTIVE_L1 and any(
-                _overlaps(start, size, sn.l1_table_offset, sn.l1_size * 8) for sn in h.snapshots):
+                sn.l1_size and _overlaps(start, size, sn.l1_table_offset, sn.l1_size * 8)
+                for sn in h.snapshots):
             return OL_INACTIVE_L1
         if chk & OL_ACTIVE_L2 and self._hits(self.node.map.l1, C.L1E_OFFSET_MASK, start, size):
             return OL_ACTIVE_L2
@@ -136,10 +147,10 @@ class OverlapChecker:
             return OL_REFCOUNT_BLOCK
         if chk & OL_INACTIVE_L2 and self._inactive_l2(start, size):
             return OL_INACTIVE_L2
-        if chk & OL_BITMAP_DIRECTORY and h.autoclear_features & C.AUTOCLEAR_BITMAPS \
-                and h.bitmaps_ext is not None:
-            dir_size = int.from_bytes(h.bitmaps_ext[8:16], "big")
-            dir_off = int.from_bytes(h.bitmaps_ext[16:24], "big")
+        if chk & OL_BITMAP_DIRECTORY and h.autoclear_features & C.AUTOCLEAR_BITMAPS:
+            ext = h.bitmaps_ext or bytes(24)  # no extension: directory at 0, size 0
+            dir_size = int.from_bytes(ext[8:16], "big")
+            dir_off = int.from_bytes(ext[16:24], "big")
             if _overlaps(start, size, dir_off, dir_size):
                 return OL_BITMAP_DIRECTORY
         return 0

@@ -212,6 +212,10 @@ class Qcow2Writer:
             whole = (pos & (cs - 1)) == 0 and (nxt - pos == cs or nxt == self.node.size())
             if whole and self.h.version >= 3:
                 self._zero_cluster(c, may_unmap)
+            elif whole and self.node.children.get("backing") is None:
+                # qcow2_subcluster_zeroize: v2 has no zero flag, but without a backing
+                # file a discard (the entry dropped) reads as zeros just as well.
+                self.discard(pos, nxt - pos)
             else:
                 self.write(pos, bytes(nxt - pos))
             pos = nxt
