@@ -143,7 +143,7 @@ class Layout:
     def __init__(self, raw: bytes) -> None:
         (_, self.version, _, _, self.cb, _, _, self.l1_size, self.l1_off, self.rt_off,
          self.rt_clusters, _, _) = struct.unpack(">4sIQIIQIIQQIIQ", raw[:72])
-        self.cs = 1 << self.cb
+        self.cs: int = 1 << int(self.cb)
         mask = (1 << 56) - 512
         self.l1 = [(self.l1_off + 8 * i, e) for i, e in enumerate(
             struct.unpack(f">{self.l1_size}Q", raw[self.l1_off:self.l1_off + 8 * self.l1_size]))]
@@ -154,7 +154,7 @@ class Layout:
         self.l2e = [(t + 8 * j, struct.unpack(">Q", raw[t + 8 * j:t + 8 * j + 8])[0])
                     for t in self.l2 for j in range(self.cs // 8)]
         self.l2e_used = [(a, e) for a, e in self.l2e if e] or self.l2e[:4]
-        self.metadata = [0, self.l1_off, self.rt_off, *self.l2, *self.rb]
+        self.metadata: list[int] = [0, self.l1_off, self.rt_off, *self.l2, *self.rb]
         self.file_size = len(raw)
 
 
@@ -170,7 +170,7 @@ def mutate(raw: bytes, rng: random.Random) -> tuple[bytes, list[str]]:
         if roll < 0.5:
             return rng.choice(lay.metadata)
         if roll < 0.7:
-            return rng.randrange(0, lay.file_size // cs + 4) * cs
+            return int(rng.randrange(0, lay.file_size // cs + 4) * cs)
         if roll < 0.85:
             return rng.choice(lay.metadata) + rng.choice([512, 8, cs // 2 or 512])
         return rng.choice([1 << 40, (1 << 55) - cs, 0])

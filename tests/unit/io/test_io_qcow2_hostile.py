@@ -7,7 +7,7 @@ qemu-storage-daemon 7.2 and requires the same outcome and the same error text.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -161,7 +161,7 @@ def test_hostile_metadata_never_crashes(name: str, pokes: list[tuple[int, str, i
     except OpenError:
         return
     errors: list[int] = []
-    ops = [lambda: node.read(0, 65536), lambda: node.read(1 << 20, 4096),
+    ops: list[Callable[[], object]] = [lambda: node.read(0, 65536), lambda: node.read(1 << 20, 4096),
            lambda: node.block_status(0, node.size()),
            lambda: node.write(0, b"\5" * 4096), lambda: node.write(1 << 20, b"\6" * 65536),
            lambda: node.write_zeroes(2 << 20, 65536), node.flush,

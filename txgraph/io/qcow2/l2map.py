@@ -90,6 +90,7 @@ class L2Map:
         #: L2 tables read from the image so far (a diagnostic counter)
         self.l2_reads = 0
         self._nz: np.ndarray | None = None  # sorted indices of non-zero L1 offsets
+        self._l2offs: np.ndarray | None = None  # sorted active L2 table offsets
 
     # -- compilation ---------------------------------------------------------
     def l2_offset(self, slot: int) -> int:
@@ -112,8 +113,18 @@ class L2Map:
         """The writer points L1 slot ``i`` at another L2 table (``qcow2_write_l1_entry``'s memory side)."""
         was = int(self.l1[i]) & C.L1E_OFFSET_MASK
         self.l1[i] = value
+        self._l2offs = None
         if bool(was) != bool(value & C.L1E_OFFSET_MASK):
             self._nz = None
+
+    def l2_table_offsets(self) -> np.ndarray:
+        """Sorted offsets of the active L2 tables (for the overlap check)."""
+        offs = self._l2offs
+        if offs is None:
+            offs = self.l1 & np.uint64(C.L1E_OFFSET_MASK)
+            offs = np.sort(offs[offs != 0])
+            self._l2offs = offs
+        return offs
 
     def next_allocated_slot(self, i: int) -> int:
         """The first slot ``>= i`` whose L1 entry is non-zero (``nslots`` if none)."""

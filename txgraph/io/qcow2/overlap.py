@@ -139,7 +139,7 @@ class OverlapChecker:
                 sn.l1_size and _overlaps(start, size, sn.l1_table_offset, sn.l1_size * 8)
                 for sn in h.snapshots):
             return OL_INACTIVE_L1
-        if chk & OL_ACTIVE_L2 and self._hits(self.node.map.l1, C.L1E_OFFSET_MASK, start, size):
+        if chk & OL_ACTIVE_L2 and self._sorted_hit(self.node.map.l2_table_offsets(), start, size):
             return OL_ACTIVE_L2
         refs = getattr(self.node.writer, "refs", None)
         if chk & OL_REFCOUNT_BLOCK and refs is not None and self._hits(
@@ -162,6 +162,12 @@ class OverlapChecker:
         lo = np.uint64(max(0, start - cs + 1))
         hit = (offs != 0) & (offs >= lo) & (offs < np.uint64(start + size))
         return bool(hit.any())
+
+    def _sorted_hit(self, offs: np.ndarray, start: int, size: int) -> bool:
+        """Like :meth:`_hits` on a sorted array of non-zero offsets, in O(log n)."""
+        cs = self.node.header.cluster_size
+        k = int(np.searchsorted(offs, np.uint64(max(0, start - cs + 1))))
+        return k < len(offs) and int(offs[k]) < start + size
 
     def _inactive_l2(self, start: int, size: int) -> bool:
         """Snapshot L2 tables: QEMU reads each snapshot's L1 for this (``all`` only)."""
