@@ -299,3 +299,24 @@ def test_l1_at_refcount_table_refused_like_qemu_io(cs: int, tmp_path: Path) -> N
     assert corrupt_bit(b) is True
     _, res = run_qemu(tmp_path / "q.qcow2")
     assert res == []  # a corrupt image cannot be opened read-write any more
+
+
+def test_l1_copied_without_offset_crashes_qemu_io_not_txgraph(tmp_path: Path) -> None:
+    """Pinned QEMU 7.2 crash: an L1 entry of only COPIED makes a write abort qemu-io
+    (``qcow2_cache_do_get: Assertion `offset != 0' failed``: get_cluster_table trusts
+    COPIED and loads an L2 table at 0). txgraph takes the same path, and the overlap
+    check refuses the L2 write onto the header: EIO, image marked corrupt, no crash."""
+    p = make_templates(tmp_path)[0]
+    lay = Layout(p.read_bytes())
+    raw = bytearray(p.read_bytes())
+    struct.pack_into(">Q", raw, lay.l1_off, 1 << 63)
+    a, b = tmp_path / "q.qcow2", tmp_path / "t.qcow2"
+    a.write_bytes(bytes(raw))
+    b.write_bytes(bytes(raw))
+    with pytest.raises(QemuCrashed, match="offset != 0"):
+        run_qemu(a)
+    opened, res = run_txgraph(b)
+    assert opened is None
+    assert res[:4] == ["ok:" + "00" * 512] * 4  # reads see no L2 table: unallocated
+    assert res[4] == "Input/output error" and set(res[5:]) == {"No medium found"}
+    assert corrupt_bit(b) is True
