@@ -7,10 +7,11 @@ Reproduces the on-disk effects of QEMU 7.2's block/qcow2-refcount.c
 * allocation takes the first cluster with refcount 0, scanning from the start
   of the image at open as ``alloc_clusters_noref`` does from
   ``free_cluster_index`` 0 (so a hostile refcount of 0 on a metadata cluster
-  leads to the same overlap-check refusal as in QEMU), but the scan position
-  only moves forward: clusters freed in this session are never reused, so an
-  entry still visible on disk can never be aliased before the change that
-  freed it is stable;
+  leads to the same overlap-check refusal as in QEMU); a cluster whose
+  refcount drops to 0 moves the scan position back to it, as
+  ``update_refcount`` does — the writer releases clusters only after the
+  change that unreferenced them is on disk (after the flush), so the reuse
+  can never alias an entry a crash would bring back;
 * before a refcount block is written back, the metadata-overlap check runs
   (``qcow2_cache_entry_flush`` with ``QCOW2_OL_REFCOUNT_BLOCK`` ignored), and
   an unaligned refcount block offset is a corruption
@@ -133,6 +134,11 @@ class Refcounts:
         if v == 0:
             return -1
         self.set(cluster, v - 1)
+        if v == 1 and cluster < self.next_free:
+            # update_refcount lowers free_cluster_index: the cluster is reused next.
+            # The writer releases only after the change that unreferenced it is
+            # on disk, so the reuse cannot alias anything a crash would bring back.
+            self.next_free = cluster
         return v - 1
 
     def _first_free(self, c: int) -> int:
