@@ -13,6 +13,10 @@ clusters only) and ``qcow2_co_flush_to_os`` with QEMU's cache dependencies:
 5. only then are clusters no longer referenced released (refcount decrement),
    which reaches the disk with the next flush.
 
+Every write to the image file (guest data, L2 tables, L1 sectors, refcount
+blocks) first passes QEMU's metadata-overlap check (:mod:`.overlap`); entries
+are validated as QEMU validates them before use (:mod:`.validate`).
+
 A crash (or SIGKILL) at any point therefore leaves at worst leaked clusters,
 never a reference to a cluster whose refcount is 0. Lazy refcounts: if the
 image allows them (compat bit 0), the dirty bit is set and flushed before the
@@ -228,8 +232,9 @@ class Qcow2Writer:
         slot = c >> self.map.l2b
         self._writable_slot(slot)
         self._before_metadata_change()
-        keep = (not unmap and code >= 0 or code in (ZERO, MIXED, INVALID)) and bool(raw & C.OFLAG_COPIED) \
-            and not raw & C.OFLAG_COMPRESSED and not self.h.has_data_file
+        keep = (not unmap and code >= 0 or code in (ZERO, MIXED, INVALID)) \
+            and bool(raw & C.OFLAG_COPIED) and not raw & C.OFLAG_COMPRESSED \
+            and not self.h.has_data_file
         if keep and raw & C.L2E_OFFSET_MASK:
             entry = (raw & C.L2E_OFFSET_MASK) | C.OFLAG_COPIED
         else:
