@@ -133,6 +133,12 @@ class Refcounts:
         v = self.get(cluster)
         if v == 0:
             return -1
+        bi = cluster // self.epb
+        if v == 1 and int(self.table[bi]) == cluster * self.cs:
+            # update_refcount drops a refcount block that reaches 0 from its cache
+            # without writing it; when the block describes itself, the decrement
+            # goes with it, so the cluster stays allocated on disk and in memory.
+            return v
         self.set(cluster, v - 1)
         if v == 1 and cluster < self.next_free:
             # update_refcount lowers free_cluster_index: the cluster is reused next.
