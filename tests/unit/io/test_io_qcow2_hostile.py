@@ -7,13 +7,14 @@ qemu-storage-daemon 7.2 and requires the same outcome and the same error text.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from imgkit import poke, qemu_img, qemu_io, qsd_open_error, txgraph_open_error
+from imgkit import open_qcow2, poke, qemu_img, qemu_io, qsd_open_error, txgraph_open_error
 
 from tests.support.qsd import QSD
+from txgraph.errors import IOFailure, OpenError
 
 # (name, cluster_size, [(offset, struct format, value)], read_only)
 POKES: list[tuple[str, int, list[tuple[int, str, int | bytes]], bool]] = [
@@ -64,6 +65,20 @@ POKES: list[tuple[str, int, list[tuple[int, str, int | bytes]], bool]] = [
      [(112, ">I", 0x0537BE77), (116, ">I", 16), (120, ">16s", bytes(16)), (136, ">Q", 0)], False),
     ("data_file_raw_without_data_file", 65536, [(88, ">Q", 2)], False),
     ("ok_unaligned_size", 65536, [(24, ">Q", 67108864 - 1000)], False),
+    # Metadata placed on other metadata opens fine; the overlap checks act on writes.
+    ("ok_l1_at_header", 65536, [(40, ">Q", 0)], False),
+    ("ok_l1_at_refcount_table", 65536, [(40, ">Q", 0x10000)], False),
+    ("ok_refcount_table_at_l1", 65536, [(48, ">Q", 0x30000)], False),
+    ("ok_refcount_table_at_header", 65536, [(48, ">Q", 0)], False),
+    # Largest tables QEMU accepts: bounded allocations, zeros past EOF.
+    ("ok_l1_max", 65536, [(36, ">I", (32 << 20) // 8)], False),
+    ("ok_refcount_table_max", 65536, [(56, ">I", (8 << 20) // 65536)], False),
+    ("ok_l1_max_small_clusters", 512, [(36, ">I", (32 << 20) // 8)], False),
+    ("l1_one_too_many", 65536, [(36, ">I", (32 << 20) // 8 + 1)], False),
+    ("refcount_table_one_too_many", 65536, [(56, ">I", (8 << 20) // 65536 + 1)], False),
+    ("ok_dirty_bit_ro", 65536, [(72, ">Q", 1)], True),
+    ("ok_dirty_bit_rw", 65536, [(72, ">Q", 1)], False),
+    ("ok_autoclear_unknown_rw", 65536, [(88, ">Q", 1 << 40)], False),
 ]
 
 
@@ -98,3 +113,68 @@ def test_hostile_header_matches_qemu(name: str, cs: int, pokes: list[tuple[int, 
     assert ours == theirs
     if not name.startswith("ok_"):
         assert ours is not None
+
+
+# Runtime pokes on the 64 KiB template: L1 at 0x30000, refcount table at 0x10000,
+# refcount block at 0x20000, L2 at 0x40000 (data clusters 0x50000..0x70000).
+RUNTIME_POKES: list[tuple[str, list[tuple[int, str, int]]]] = [
+    ("l1_to_reftable", [(0x30000, ">Q", (1 << 63) | 0x10000)]),
+    ("l1_to_header_copied", [(0x30000, ">Q", 1 << 63)]),
+    ("l1_to_l1", [(0x30000, ">Q", 0x30000)]),
+    ("l1_unaligned", [(0x30000, ">Q", (1 << 63) | 0x40200)]),
+    ("l1_reserved_bits", [(0x30000, ">Q", (1 << 63) | (1 << 60) | 0x40000 | 1)]),
+    ("l1_past_eof", [(0x30000, ">Q", (1 << 63) | (1 << 50))]),
+    ("l2_to_reftable", [(0x40000, ">Q", (1 << 63) | 0x10000)]),
+    ("l2_to_header", [(0x40000, ">Q", 1 << 63)]),
+    ("l2_zero_unaligned", [(0x40000, ">Q", (1 << 63) | 0x50201)]),
+    ("l2_zero_reserved", [(0x40000, ">Q", (1 << 63) | (1 << 57) | 0x50001)]),
+    ("l2_compressed_garbage", [(0x40000, ">Q", (1 << 62) | 0x3FFFFFFFFFFFFFFF)]),
+    ("l2_past_eof", [(0x40000, ">Q", (1 << 63) | ((1 << 56) - 65536))]),
+    ("reftable_unaligned", [(0x10000, ">Q", 0x20200)]),
+    ("reftable_to_l2", [(0x10000, ">Q", 0x40000)]),
+    ("reftable_zero", [(0x10000, ">Q", 0)]),
+    ("refcount_header_zero", [(0x20000, ">H", 0)]),
+    ("refcount_l1_zero", [(0x20000 + 6, ">H", 0)]),
+    ("refcount_max", [(0x20000 + 10, ">H", 0xFFFF)]),
+    # Found by the differential run: the dirty-image repair counted a reference 1 TiB
+    # away and tried to allocate a 4 TiB count array.
+    ("dirty_l2_far_away", [(72, ">Q", 1), (0x40000, ">Q", (1 << 63) | (1 << 40))]),
+    ("dirty_reftable_far_away", [(72, ">Q", 1), (0x10000, ">Q", 1 << 50)]),
+]
+
+
+@pytest.mark.parametrize("name,pokes", RUNTIME_POKES, ids=[p[0] for p in RUNTIME_POKES])
+def test_hostile_metadata_never_crashes(name: str, pokes: list[tuple[int, str, int]],
+                                        templates: dict[int, Path], tmp_path: Path) -> None:
+    """Reads, writes, block status, flush and close on corrupt metadata: only I/O errors.
+
+    The differential against qemu-io lives in tests/interop/test_qcow2_hostile_rw.py;
+    here every operation must end in success or an IOFailure with an errno, and
+    a corruption seen on a writable node must leave the corrupt bit set.
+    """
+    img = tmp_path / f"{name}.qcow2"
+    shutil.copy(templates[65536], img)
+    for off, fmt, val in pokes:
+        poke(img, off, fmt, val)
+    try:
+        node = open_qcow2(img, read_only=False)
+    except OpenError:
+        return
+    errors: list[int] = []
+    ops: list[Callable[[], object]] = [lambda: node.read(0, 65536), lambda: node.read(1 << 20, 4096),
+           lambda: node.block_status(0, node.size()),
+           lambda: node.write(0, b"\5" * 4096), lambda: node.write(1 << 20, b"\6" * 65536),
+           lambda: node.write_zeroes(2 << 20, 65536), node.flush,
+           lambda: node.read(0, 4096)]
+    for op in ops:
+        try:
+            op()
+        except IOFailure as e:
+            assert isinstance(e.errno, int) and e.errno > 0
+            errors.append(e.errno)
+    dead = bool(node.dead)  # type: ignore[attr-defined]
+    node.close()
+    info = qemu_img("info", "-U", "--output=json", img)
+    assert ('"corrupt": true' in info) == dead
+    if dead:
+        assert 123 in errors  # after a fatal corruption every request gets ENOMEDIUM

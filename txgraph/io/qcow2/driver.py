@@ -18,6 +18,18 @@ where data lives (a compiled slot is read without it: its arrays are updated
 in place, data first, entry last); the copy of the data itself runs without
 it, so readers of allocated data proceed in parallel. The write discipline is
 in :mod:`.writer`.
+
+The lock also guards the map's slot cache (compiles, touches and evictions
+all happen in locked lookups: :mod:`.slotcache`), the state the overlap
+checker reads (:mod:`.overlap`), and the corruption state
+(``corruption_events``, ``signaled``, ``corrupt``, ``dead``):
+:meth:`Qcow2Node.signal_corruption` takes the lock (re-entrantly, as its
+callers mostly hold it already) and emits BLOCK_IMAGE_CORRUPTED while holding
+it (safe: see there). ``dead`` is only ever set to True; the unlocked check
+at the start of a request (``_alive``) may miss a corruption signalled at that
+moment; that request then completes as one already past QEMU's ``bs->drv``
+check does, and nothing it changes in memory reaches the disk (a dead node's
+flush and close write nothing).
 """
 
 from __future__ import annotations
@@ -36,7 +48,9 @@ from txgraph.io.qcow2 import constants as C
 from txgraph.io.qcow2.compress import ClusterCache, DecompressError, decompress
 from txgraph.io.qcow2.header import Qcow2Header, read_qcow2_header
 from txgraph.io.qcow2.l2map import COMPRESSED, INVALID, MIXED, UNALLOC, ZERO, L2Map
+from txgraph.io.qcow2.overlap import OverlapChecker, parse_overlap_check
 from txgraph.io.qcow2.snapshots import snapshot_qmp
+from txgraph.io.qcow2.validate import read_message
 
 __all__ = ["Qcow2Node", "child_readinto"]
 
@@ -77,19 +91,28 @@ class Qcow2Node(DriverNode):
         except IOFailure as e:
             raise OpenError(f"Could not read L1 table: {e.desc}") from None
         self.l1 = np.frombuffer(l1_bytes, dtype=">u8").astype(np.uint64)
-        self.map = L2Map(h, self.l1, self._fread)
-        #: guards map, refcounts, writer state, header and cache (see the module docstring)
+        self.map = L2Map(h, self.l1, self._fread, options)
+        #: guards map (and its slot cache), refcounts, writer state, header, cache and
+        #: the corruption state below (see the module docstring)
         self.lock = threading.RLock()
         self.cache = ClusterCache()
-        #: set when an inconsistency was found at runtime (QEMU's "corrupt" bit)
+        #: set when an inconsistency was found (on disk, or at runtime)
         self.corrupt = h.corrupt
-        #: messages of corruption events (the Runtime may turn them into QMP events)
+        #: messages of corruption events (also sent as BLOCK_IMAGE_CORRUPTED)
         self.corruption_events: list[str] = []
+        #: ``event_sink(name, data)``: set by the Runtime to emit QMP events
+        self.event_sink: Any = None
+        #: QEMU's ``signaled_corruption``: later events are suppressed
+        self.signaled = False
+        #: after a fatal corruption QEMU drops the driver (``bs->drv = NULL``)
+        self.dead = False
+        self.overlap = OverlapChecker(self, parse_overlap_check(options))
         self.writer: Any = None
         if not read_only:
             from txgraph.io.qcow2.writer import Qcow2Writer
 
             self.writer = Qcow2Writer(self)
+            self.writer.refs.install(self)
 
     # -- helpers ---------------------------------------------------------------
     @property
@@ -110,21 +133,64 @@ class Qcow2Node(DriverNode):
             return dc
         return self.file
 
-    def signal_corruption(self, message: str) -> IOFailure:
-        """QEMU's ``qcow2_signal_corruption``: mark the image corrupt, fail with EIO."""
-        with self.lock:
-            return self._signal_corruption(message)
+    def signal_corruption(self, message: str, *, offset: int = -1, size: int = -1,
+                          fatal: bool = True) -> IOFailure:
+        """QEMU's ``qcow2_signal_corruption``; returns the EIO to raise.
 
-    def _signal_corruption(self, message: str) -> IOFailure:
-        if not self.corrupt:
-            self.corruption_events.append(message)
+        Fatal only on a writable node: the corrupt bit is written, the event
+        says ``fatal: true`` and the node becomes unusable (every later request
+        fails with ENOMEDIUM, flush and close write nothing), as QEMU's
+        ``bs->drv = NULL``. Read-only nodes report once and keep serving.
+
+        Takes ``lock`` (re-entrant: most callers already hold it, e.g. an
+        overlap check during flush or allocation), since it reads and changes
+        the header, the writer's state and the corruption flags. The event is
+        emitted with the lock held, which cannot deadlock: the sink
+        (``Runtime.emit`` -> ``Session.emit_event`` -> ``EventBus.emit``) only
+        takes the bus lock, whose subscribers must not block and never call
+        into a node (the QMP server only queues the event on its loop), so
+        the order is always node lock -> bus lock, never the reverse. Holding
+        the lock also makes "first report wins" (``signaled``) exact when two
+        requests meet corruption at the same time.
+        """
+        with self.lock:
+            return self._signal_corruption(message, offset, size, fatal)
+
+    def _signal_corruption(self, message: str, offset: int, size: int,
+                           fatal: bool) -> IOFailure:
+        fatal = fatal and self.writer is not None
+        if self.signaled and (not fatal or self.header.corrupt):
+            return _eio()
+        self.corruption_events.append(message)
+        data: dict[str, Any] = {"device": "", "node-name": self.node_name, "msg": message}
+        if offset >= 0:
+            data["offset"] = offset
+        if size >= 0:
+            data["size"] = size
+        data["fatal"] = fatal
+        if self.event_sink is not None:
+            self.event_sink("BLOCK_IMAGE_CORRUPTED", data)
+        if fatal:
             self.corrupt = True
-            if self.writer is not None:
+            # qcow2_mark_corrupt: the in-memory bit is set even where v2 cannot store it
+            self.header.incompatible_features |= C.INCOMPAT_CORRUPT
+            try:
                 self.writer.mark_corrupt_on_disk()
+            except IOFailure:
+                pass  # qcow2_mark_corrupt's failure is ignored too
+            self.dead = True
+        elif self.writer is None:
+            self.corrupt = True  # read-only: reported, still readable
+        self.signaled = True
         return _eio()
+
+    def _alive(self) -> None:
+        if self.dead:
+            raise IOFailure("No medium found", E.ENOMEDIUM)
 
     # -- reads -----------------------------------------------------------------
     def read(self, offset: int, length: int) -> bytes:
+        self._alive()
         vsize = self.size()
         if length > 0 and offset + length <= vsize and (offset >> self.cluster_bits) == (
                 (offset + length - 1) >> self.cluster_bits):
@@ -146,6 +212,7 @@ class Qcow2Node(DriverNode):
 
     def readinto(self, offset: int, out: memoryview) -> None:
         """Read into a caller buffer; one-cluster data reads skip the run machinery."""
+        self._alive()
         n = len(out)
         cb = self.cluster_bits
         c = offset >> cb
@@ -200,22 +267,9 @@ class Qcow2Node(DriverNode):
             pos = run_end
 
     def _invalid(self, cluster: int) -> IOFailure:
+        """Report the INVALID entry of ``cluster`` (message looked up under ``lock``)."""
         with self.lock:
-            return self._invalid_locked(cluster)
-
-    def _invalid_locked(self, cluster: int) -> IOFailure:
-        slot = cluster >> self.map.l2b
-        msg = self.map.bad_slots.get(slot)
-        if msg is None:
-            raw, _ = self.map.raw_entry(cluster)
-            l2off = self.map.l2_offset(slot)
-            idx = cluster & (self.map.n - 1)
-            if raw & C.OFLAG_ZERO and self.header.version < 3 and not raw & C.OFLAG_COMPRESSED:
-                msg = f"Zero cluster entry found in pre-v3 image (L2 offset: {l2off:#x}, L2 index: {idx:#x})"
-            else:
-                msg = (f"Cluster allocation offset {raw & C.L2E_OFFSET_MASK:#x} unaligned "
-                       f"(L2 offset: {l2off:#x}, L2 index: {idx:#x})")
-        return self._signal_corruption(msg)
+            return self.signal_corruption(read_message(self, cluster))
 
     def _read_backing(self, pos: int, out: memoryview, zeroed: bool) -> None:
         """Unallocated range: the backing image at the same offset, zeros past its end."""
@@ -273,6 +327,7 @@ class Qcow2Node(DriverNode):
 
     # -- writes (delegated) ---------------------------------------------------
     def _w(self) -> Any:
+        self._alive()
         if self.writer is None:
             raise IOFailure("Operation not permitted", E.EPERM)
         if self.corrupt:
@@ -286,11 +341,14 @@ class Qcow2Node(DriverNode):
         self._w().write_zeroes(offset, length, may_unmap)
 
     def discard(self, offset: int, length: int) -> None:
+        self._alive()
         # BDRV_O_UNMAP: with the default discard=ignore, guest discards are dropped.
         if self.options.get("discard", "ignore") in ("unmap", "on"):
             self._w().discard(offset, length)
 
     def flush(self) -> None:
+        if self.dead:
+            return  # bdrv_co_flush on a node without driver succeeds, writing nothing
         if self.writer is not None:
             self.writer.flush()
         else:
@@ -310,10 +368,11 @@ class Qcow2Node(DriverNode):
             from txgraph.io.qcow2.writer import Qcow2Writer
 
             writer = Qcow2Writer(self)
+            writer.refs.install(self)  # overlap checks and corruption reports, as at open
             super().reopen(options, read_only)
             self.writer = writer
             return
-        if self.writer is not None:
+        if self.writer is not None and not self.dead:  # a dead node writes nothing
             self.writer.close()
         super().reopen(options, read_only)
         self.writer = None
@@ -324,12 +383,17 @@ class Qcow2Node(DriverNode):
         return self.header.size // 512 * 512
 
     def block_status(self, offset: int, length: int) -> BlockStatus:
-        """``qcow2_co_block_status`` for the first run of ``[offset, offset+length)``."""
+        """``qcow2_co_block_status`` for the first run of ``[offset, offset+length)``.
+
+        The run is as long as the NBD export would merge it (across L2 tables,
+        skipping unallocated L1 ranges in one step: :meth:`L2Map.first_run`).
+        """
+        self._alive()
         cb = self.cluster_bits
         length = min(length, self.size() - offset)
-        with self.lock:
-            first, n, code = self.map.runs(offset >> cb, 1 + ((offset + length - 1) >> cb)
-                                           - (offset >> cb))[0]
+        first = offset >> cb
+        with self.lock:  # the walk may compile slots and touch the slot cache
+            n, code = self.map.first_run(first, 1 + ((offset + length - 1) >> cb) - first)
         n_bytes = min(offset + length, (first + n) << cb) - offset
         if code >= 0:
             return BlockStatus(offset, n_bytes, True, False, code + (offset - (first << cb)))
@@ -337,8 +401,12 @@ class Qcow2Node(DriverNode):
             return BlockStatus(offset, n_bytes, True, True)
         if code == UNALLOC:
             backing = self.children.get("backing")
-            zero = backing is None or offset >= backing.size()
-            return BlockStatus(offset, n_bytes, False, zero)
+            if backing is None:
+                return BlockStatus(offset, n_bytes, False, True)
+            bsize = backing.size()
+            if offset < bsize:  # the zero answer changes where the backing ends
+                return BlockStatus(offset, min(n_bytes, bsize - offset), False, False)
+            return BlockStatus(offset, n_bytes, False, True)
         if code == INVALID:
             raise self._invalid(first)
         return BlockStatus(offset, n_bytes, True, False)
@@ -356,7 +424,7 @@ class Qcow2Node(DriverNode):
                 if h.data_file is not None:
                     data["data-file"] = h.data_file
                 data["data-file-raw"] = h.data_file_raw
-            data["corrupt"] = self.corrupt
+            data["corrupt"] = h.corrupt
             data["extended-l2"] = h.extended_l2
         return {"type": "qcow2", "data": data}
 
@@ -382,6 +450,9 @@ class Qcow2Node(DriverNode):
                          dirty=h.dirty, format_specific=self.format_specific(), extra=extra)
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        if self.writer is not None and not self.dead:
+            try:
+                self.writer.close()
+            except IOFailure:
+                pass  # qcow2_close reports cache flush failures on stderr and goes on
+        self.writer = None

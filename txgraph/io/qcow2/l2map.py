@@ -15,24 +15,48 @@ INVALID    the entry is corrupt (QEMU marks the image corrupt and fails with EIO
 MIXED      extended L2 cluster whose subclusters differ; see the bitmap
 =========  ==================================================================
 
-Slots are compiled on first touch. Small images (map <= 64 MiB) keep every
-slot as a view into one flat array so a batch of guest offsets translates with
-a single ``take``; larger ones keep per-slot arrays only for touched slots, so
-memory is O(touched L1 slots), never O(virtual size).
+Slots are compiled on first touch, and only slots whose L1 entry points at an
+L2 table are ever compiled: an L1 entry of 0 answers UNALLOC without reading or
+allocating anything. Small images (map <= 64 MiB) keep every slot's codes as a
+view into one flat array so a batch of guest offsets translates with a single
+``take``; larger ones keep per-slot arrays. Either way the number of compiled
+slots is bounded by a :class:`~txgraph.io.qcow2.slotcache.SlotCache` (QEMU's
+``l2-cache-size`` / ``cache-clean-interval`` semantics), so memory is bounded by
+the cache size, never O(virtual size) nor O(touched slots).
 
-Owner and lock: the :class:`~.driver.Qcow2Node`; compilation and every update
-run under the node's ``lock``. The one lock-free use is a reader indexing a
-slot's ``codes`` array that is already compiled: a slot is published in
-``codes`` only after its arrays are filled, and :meth:`L2Map.set_entry`
-changes the code last, after the data it points to was written.
+Entries are classified as QEMU's ``qcow2_get_host_offset`` judges them before
+use (see :mod:`.validate` for the corruption messages): unaligned data or
+preallocated-zero offsets, zero flags in v2, invalid subcluster bitmaps,
+compressed clusters or mismatching offsets with an external data file are
+INVALID.
+
+Owner and lock: the :class:`~.driver.Qcow2Node`; compilation, eviction, every
+lookup that may compile or touch the slot cache (:meth:`code`, :meth:`slot`,
+:meth:`runs`, :meth:`first_run`, :meth:`alloc_run`, :meth:`raw_entry`,
+:meth:`translate`), every update (:meth:`set_entry`, :meth:`set_l1`,
+:meth:`reset_slot`) and the derived L1 indexes (``_nz``, ``_l2offs``, read by
+the overlap check) run under the node's ``lock``. The one lock-free use is a
+reader indexing a slot's ``codes`` array that is already compiled: a slot is
+published in ``codes`` only after its arrays are filled, :meth:`set_entry`
+changes the code last, after the data it points to was written, and an
+eviction only unpublishes the slot (a reader that already holds the array
+reads a value that was valid when it looked; the next lookup recompiles under
+the lock). The writer pins the slots it changes (``cache.pinned`` is its
+``dirty_slots`` set) until the flush that writes them, so an entry not yet on
+disk is never evicted and lost.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from txgraph.io.qcow2 import constants as C
 from txgraph.io.qcow2.header import Qcow2Header
+from txgraph.io.qcow2.slotcache import SlotCache, cache_limits
+from txgraph.io.qcow2.validate import hx
 
 __all__ = ["L2Map", "ZERO", "UNALLOC", "COMPRESSED", "INVALID", "MIXED", "FLAT_LIMIT"]
 
@@ -45,7 +69,8 @@ _FULL32 = 0xFFFFFFFF
 class L2Map:
     """Lazily compiled view of the active L1/L2 tables of one image."""
 
-    def __init__(self, h: Qcow2Header, l1: np.ndarray, read_table: object) -> None:
+    def __init__(self, h: Qcow2Header, l1: np.ndarray, read_table: object,
+                 options: Mapping[str, Any] | None = None) -> None:
         self.h = h
         self.l1 = l1  # native uint64, owned by the driver (updated on L1 writes)
         self._read_table = read_table  # callable(offset, nbytes) -> bytes
@@ -69,6 +94,13 @@ class L2Map:
             self.flat = np.full(self.nslots * self.n, UNALLOC, dtype=np.int64)
         #: L1 slots whose L2 table offset is unaligned (message for the corruption report)
         self.bad_slots: dict[int, str] = {}
+        cap, interval = cache_limits(options or {}, h.cluster_size, h.cluster_size)
+        #: bounds the compiled slots (QEMU's L2 cache size and clean interval)
+        self.cache = SlotCache(cap, self._drop, interval)
+        #: L2 tables read from the image so far (a diagnostic counter)
+        self.l2_reads = 0
+        self._nz: np.ndarray | None = None  # sorted indices of non-zero L1 offsets
+        self._l2offs: np.ndarray | None = None  # sorted active L2 table offsets
 
     # -- compilation ---------------------------------------------------------
     def l2_offset(self, slot: int) -> int:
@@ -79,7 +111,43 @@ class L2Map:
         codes = self.codes[i]
         if codes is None:
             codes = self._compile(i)
+        else:
+            self.cache.touch(i)
         return codes
+
+    def _drop(self, i: int) -> None:
+        """Evicted by the cache: forget the decoded copy (flat codes stay valid)."""
+        self.codes[i] = self.raw[i] = self.bitmaps[i] = None
+
+    def set_l1(self, i: int, value: int) -> None:
+        """The writer points L1 slot ``i`` at another L2 table (``qcow2_write_l1_entry``'s memory side)."""
+        was = int(self.l1[i]) & C.L1E_OFFSET_MASK
+        self.l1[i] = value
+        self._l2offs = None
+        if bool(was) != bool(value & C.L1E_OFFSET_MASK):
+            self._nz = None
+
+    def l2_table_offsets(self) -> np.ndarray:
+        """Sorted offsets of the active L2 tables (for the overlap check)."""
+        offs = self._l2offs
+        if offs is None:
+            offs = self.l1 & np.uint64(C.L1E_OFFSET_MASK)
+            offs = np.sort(offs[offs != 0])
+            self._l2offs = offs
+        return offs
+
+    def next_allocated_slot(self, i: int) -> int:
+        """The first slot ``>= i`` whose L1 entry is non-zero (``nslots`` if none)."""
+        nz = self._nz
+        if nz is None:
+            nz = np.flatnonzero(self.l1[:self.nslots] & np.uint64(C.L1E_OFFSET_MASK))
+            self._nz = nz
+        k = int(np.searchsorted(nz, i))
+        return int(nz[k]) if k < len(nz) else self.nslots
+
+    def _unallocated(self, i: int) -> bool:
+        """Slot ``i`` reads as UNALLOC without compiling (L1 entry 0, nothing pending)."""
+        return self.codes[i] is None and self.l2_offset(i) == 0
 
     def _compile(self, i: int) -> np.ndarray:
         n = self.n
@@ -93,22 +161,28 @@ class L2Map:
         elif l2off % self.h.cluster_size:
             # QEMU: "L2 table offset ... unaligned" -> corrupt + EIO on access.
             codes[:] = INVALID
-            self.bad_slots[i] = (f"L2 table offset {l2off:#x} unaligned (L1 index: {i:#x})")
+            self.bad_slots[i] = f"L2 table offset {hx(l2off)} unaligned (L1 index: {hx(i)})"
             raw = np.zeros(n, dtype=np.uint64)
             bm = np.zeros(n, dtype=np.uint64) if self.ext else None
         else:
             buf = self._read_table(l2off, self.h.cluster_size)  # type: ignore[operator]
+            self.l2_reads += 1
             ent = np.frombuffer(buf, dtype=">u8").astype(np.uint64)
             if self.ext:
                 raw, bm = ent[0::2].copy(), ent[1::2].copy()
             else:
                 raw, bm = ent, None
-            codes[:] = self.classify(raw, bm)
+            codes[:] = self.classify(raw, bm, i * n)
         self.codes[i], self.raw[i], self.bitmaps[i] = codes, raw, bm
+        self.cache.add(i)
         return codes
 
-    def classify(self, raw: np.ndarray, bm: np.ndarray | None) -> np.ndarray:
-        """Vectorised ``qcow2_get_cluster_type`` / ``qcow2_get_subcluster_type``."""
+    def classify(self, raw: np.ndarray, bm: np.ndarray | None, base: int) -> np.ndarray:
+        """Vectorised ``qcow2_get_cluster_type`` / ``qcow2_get_subcluster_type``.
+
+        ``base`` is the guest cluster of ``raw[0]``. Entries QEMU's
+        ``qcow2_get_host_offset`` refuses before use become INVALID.
+        """
         raw = raw.astype(np.uint64, copy=False)
         off = (raw & np.uint64(C.L2E_OFFSET_MASK)).astype(np.int64)
         comp = (raw & np.uint64(C.OFLAG_COMPRESSED)) != 0
@@ -116,10 +190,15 @@ class L2Map:
         present = (off != 0) | (copied if self.data_file else False)
         out = np.where(present, off, UNALLOC).astype(np.int64)
         unaligned = present & ((off & (self.h.cluster_size - 1)) != 0)
+        if self.data_file:
+            # External data files map guest offset == host offset, nothing else.
+            guest = (np.arange(base, base + len(raw), dtype=np.int64) << self.cb)
+            unaligned = unaligned | (present & (off != guest))
         if bm is None:
             zero = (raw & np.uint64(C.OFLAG_ZERO)) != 0
             out[zero] = ZERO if self.v3 else INVALID  # zero flag in v2 is corruption
-            out[unaligned & ~zero] = INVALID
+            # A preallocated zero cluster is checked like a data cluster.
+            out[unaligned & ~comp] = INVALID
         else:
             alloc = (bm & np.uint64(_FULL32)).astype(np.int64)
             zbits = (bm >> np.uint64(32)).astype(np.int64)
@@ -134,7 +213,7 @@ class L2Map:
             bad_comp = comp & (bm != 0)
             out[bad_comp] = INVALID
             comp = comp & ~bad_comp
-        out[comp] = COMPRESSED
+        out[comp] = INVALID if self.data_file else COMPRESSED
         return out
 
     # -- lookups -------------------------------------------------------------
@@ -144,6 +223,8 @@ class L2Map:
             return UNALLOC
         codes = self.codes[i]
         if codes is None:
+            if self.l2_offset(i) == 0:
+                return UNALLOC
             codes = self._compile(i)
         return int(codes[cluster & (self.n - 1)])
 
@@ -165,6 +246,10 @@ class L2Map:
             if i >= self.nslots:
                 out.append((c, end - c, UNALLOC))
                 break
+            if self._unallocated(i):
+                out.append((c, hi - lo, UNALLOC))
+                c += hi - lo
+                continue
             seg = self.slot(i)[lo:hi]
             if len(seg) == 1:
                 out.append((c, 1, int(seg[0])))
@@ -180,22 +265,81 @@ class L2Map:
             c += hi - lo
         return out
 
+    def first_run(self, c0: int, count: int) -> tuple[int, int]:
+        """(clusters, code) of the run starting at cluster ``c0``, at most ``count`` long.
+
+        The block-status walk (``qcow2_co_block_status`` as the NBD export
+        merges it): runs continue across L2 tables; a range of L1 entries that
+        are 0 is skipped in one step without compiling anything, so a walk over
+        a whole image costs O(allocated extents + L2 tables present), not
+        O(virtual size). COMPRESSED/MIXED/INVALID runs are one cluster.
+        """
+        cs = 1 << self.cb
+        end = c0 + count
+        c = c0
+        code0: int | None = None
+        while c < end:
+            i = c >> self.l2b
+            if i >= self.nslots:
+                if code0 is None or code0 == UNALLOC:
+                    code0, c = UNALLOC, end
+                break
+            if self._unallocated(i):
+                if code0 is None:
+                    code0 = UNALLOC
+                if code0 != UNALLOC:
+                    break
+                c = min(end, self.next_allocated_slot(i + 1) << self.l2b)
+                continue
+            lo = c & (self.n - 1)
+            seg = self.slot(i)[lo:min(self.n, lo + (end - c))]
+            if code0 is None:
+                code0 = int(seg[0])
+                if code0 < UNALLOC:  # single-cluster classes
+                    c += 1
+                    break
+            if code0 >= 0:
+                want = code0 + (c - c0) * cs + cs * np.arange(len(seg), dtype=np.int64)
+                match = seg == want
+            else:
+                match = seg == code0
+            k = len(seg) if bool(match.all()) else int(np.argmin(match))
+            c += k
+            if k < len(seg):
+                break
+        return c - c0, UNALLOC if code0 is None else code0
+
+    def alloc_run(self, c0: int, limit: int) -> int:
+        """``count_single_write_clusters(new_alloc=true)``: clusters from ``c0`` needing allocation.
+
+        Stops at the first cluster a write may reuse in place (a COPIED data or
+        preallocated zero cluster), at the end of the L2 table, or after ``limit``.
+        """
+        i, lo = c0 >> self.l2b, c0 & (self.n - 1)
+        hi = min(self.n, lo + max(1, limit))
+        if i >= self.nslots or self._unallocated(i):
+            return hi - lo
+        self.slot(i)
+        raw = self.raw[i]
+        assert raw is not None
+        seg = raw[lo:hi]
+        owned = ((seg & np.uint64(C.OFLAG_COPIED)) != 0) \
+            & ((seg & np.uint64(C.OFLAG_COMPRESSED)) == 0) \
+            & ((seg & np.uint64(C.L2E_OFFSET_MASK)) != 0)
+        return len(seg) if not bool(owned.any()) else max(1, int(np.argmax(owned)))
+
     def translate(self, guest: np.ndarray) -> np.ndarray:
         """Batch translation: host offset (>= 0) or a negative class code per guest offset."""
         g = np.asarray(guest, dtype=np.uint64)
         clusters = (g >> np.uint64(self.cb)).astype(np.int64)
         inside = clusters < self.nb_clusters
         slots = clusters >> self.l2b
+        codes = np.full(len(g), UNALLOC, dtype=np.int64)
         for i in np.unique(slots[inside]).tolist():
-            if self.codes[i] is None:
-                self._compile(i)
-        if self.flat is not None:
-            codes = np.where(inside, self.flat[np.minimum(clusters, len(self.flat) - 1)], UNALLOC)
-        else:
-            codes = np.full(len(g), UNALLOC, dtype=np.int64)
-            for i in np.unique(slots[inside]).tolist():
-                m = inside & (slots == i)
-                codes[m] = self.codes[i][clusters[m] & (self.n - 1)]  # type: ignore[index]
+            if self._unallocated(i):
+                continue
+            m = inside & (slots == i)
+            codes[m] = self.slot(i)[clusters[m] & (self.n - 1)]
         within = (g & np.uint64((1 << self.cb) - 1)).astype(np.int64)
         return np.where(codes >= 0, codes + within, codes)
 
@@ -210,13 +354,13 @@ class L2Map:
         if b is not None:
             b[j] = bitmap
         code = self.classify(np.array([raw], dtype=np.uint64),
-                             None if b is None else np.array([bitmap], dtype=np.uint64))
+                             None if b is None else np.array([bitmap], dtype=np.uint64), cluster)
         self.codes[i][j] = int(code[0])  # type: ignore[index]
 
     def raw_entry(self, cluster: int) -> tuple[int, int]:
         """(L2 entry, subcluster bitmap) of ``cluster`` as stored."""
         i, j = cluster >> self.l2b, cluster & (self.n - 1)
-        if i >= self.nslots:
+        if i >= self.nslots or self._unallocated(i):
             return 0, 0
         self.slot(i)
         r, b = self.raw[i], self.bitmaps[i]
@@ -226,6 +370,7 @@ class L2Map:
     def reset_slot(self, i: int) -> None:
         """Forget slot ``i`` (its L1 entry changed); it recompiles on next use."""
         self.codes[i] = self.raw[i] = self.bitmaps[i] = None
+        self.cache.forget(i)
         self.bad_slots.pop(i, None)
 
     def compressed_extent(self, raw: int) -> tuple[int, int]:

@@ -61,11 +61,17 @@ def compute_references(w: Qcow2Writer) -> np.ndarray:
             if not h.has_data_file:
                 std = ent[~comp] & np.uint64(C.L2E_OFFSET_MASK)
                 parts.append((std[std != 0] // np.uint64(cs)).astype(np.int64))
-            for e in ent[comp].tolist():
-                coff = e & ((1 << cmp_shift) - 1)
-                nsec = ((e >> cmp_shift) & cmp_mask) + 1
+            for ent_raw in ent[comp].tolist():
+                coff = ent_raw & ((1 << cmp_shift) - 1)
+                nsec = ((ent_raw >> cmp_shift) & cmp_mask) + 1
                 parts.append(_span(coff, nsec * 512 - (coff & 511), cs))
     allc = np.concatenate(parts)
+    # qcow2_inc_refcounts_imrt: a reference a cluster or more past the end of the
+    # file is counted as a corruption and not as a reference, so the count array
+    # stays bounded by the file size (a hostile entry cannot make it huge).
+    f = node.file
+    limit = -(-int(getattr(f, "file_length", f.size)()) // cs)
+    allc = allc[(allc >= 0) & (allc < limit)]
     return np.bincount(allc) if len(allc) else np.zeros(1, dtype=np.int64)
 
 
@@ -77,6 +83,15 @@ def rebuild_refcounts(w: Qcow2Writer) -> None:
         raise OpenError("Could not repair dirty image: refcount overflow")
     refs.next_free = max(refs.next_free, len(ref))
     epb = refs.epb
+    f = w.node.file
+    flen = int(getattr(f, "file_length", f.size)())
+    for bi in np.flatnonzero(refs.table).tolist():
+        off = int(refs.table[bi])
+        if off % w.cs or off >= flen:
+            # rebuild_refcount_structure: such a block cannot be kept; a new one is allocated
+            refs.table[bi] = 0
+            refs.blocks.pop(bi, None)
+            refs.dirty_table.add(bi)
     present = [bi for bi in range(len(refs.table)) if int(refs.table[bi])]
     for bi in present:  # existing blocks first: no allocation happens here
         blk = refs._block(bi)

@@ -4,9 +4,21 @@ Reproduces the on-disk effects of QEMU 7.2's block/qcow2-refcount.c
 (``qcow2_get_refcount``, ``update_refcount``, ``alloc_refcount_block``,
 ``qcow2_alloc_clusters``, ``qcow2_refcount_area``) with a simpler policy:
 
-* allocation appends at the end of the image (never reuses clusters freed in
-  this session, so an entry still visible on disk can never be aliased before
-  the change that freed it is stable);
+* allocation takes the first cluster with refcount 0, scanning from the start
+  of the image at open as ``alloc_clusters_noref`` does from
+  ``free_cluster_index`` 0 (so a hostile refcount of 0 on a metadata cluster
+  leads to the same overlap-check refusal as in QEMU); a cluster whose
+  refcount drops to 0 moves the scan position back to it, as
+  ``update_refcount`` does — the writer releases clusters only after the
+  change that unreferenced them is on disk (after the flush), so the reuse
+  can never alias an entry a crash would bring back;
+* before a refcount block is written back, the metadata-overlap check runs
+  (``qcow2_cache_entry_flush`` with ``QCOW2_OL_REFCOUNT_BLOCK`` ignored), and
+  an unaligned refcount block offset is a corruption
+  (``qcow2_get_refcount``), reported through the node's
+  ``signal_corruption``;
+* a refcount that would drop below 0 is not changed (``update_refcount``
+  refuses with -EINVAL and ``qcow2_free_clusters`` only logs it);
 * refcount blocks are cached decoded (numpy uint64, any width 1..64 bits,
   sub-byte widths LSB-first) and written back by :meth:`Refcounts.write_back`,
   which the writer calls *before* the L2/L1 updates that need them (the
@@ -22,18 +34,30 @@ Reproduces the on-disk effects of QEMU 7.2's block/qcow2-refcount.c
 
 Owner and lock: the :class:`~.writer.Qcow2Writer`; every call happens under
 the node's ``lock`` (QEMU's ``s->lock``); this class takes no lock itself.
+That covers the allocation state added for QEMU's placement (``next_free``
+lowered by :meth:`Refcounts.release`, the run planned by :meth:`Refcounts.plan`
+for the next :meth:`Refcounts.alloc_data`: plan and allocation happen in one
+locked section of the writer). The overlap check and ``signal_corruption``
+called from here (write-back, unaligned refcount block) run under the same,
+re-entrant lock.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from txgraph.errors import IOFailure
 from txgraph.io.qcow2 import constants as C
 from txgraph.io.qcow2.header import Qcow2Header
+from txgraph.io.qcow2.overlap import OL_REFCOUNT_BLOCK
+from txgraph.io.qcow2.validate import refblock_message
+
+if TYPE_CHECKING:
+    from txgraph.io.qcow2.driver import Qcow2Node
 
 __all__ = ["Refcounts"]
 
@@ -59,8 +83,14 @@ class Refcounts:
         self.blocks: dict[int, np.ndarray] = {}
         self.dirty_blocks: set[int] = set()
         self.dirty_table: set[int] = set()
-        #: next cluster index to try when allocating (append-only policy)
-        self.next_free = -(-file_length // self.cs)
+        #: next cluster index to try when allocating (QEMU's free_cluster_index)
+        self.next_free = 0
+        self._node: Qcow2Node | None = None
+        self._plan = 0
+
+    def install(self, node: Qcow2Node) -> None:
+        """Route overlap checks and corruption reports through ``node``."""
+        self._node = node
 
     # -- block codec -----------------------------------------------------------
     def _decode(self, buf: bytes) -> np.ndarray:
@@ -76,7 +106,7 @@ class Refcounts:
         per = 8 // self.bits
         shifts = np.arange(0, 8, self.bits, dtype=np.uint64)
         v = vals.reshape(-1, per) << shifts
-        return v.sum(axis=1).astype(np.uint8).tobytes()
+        return bytes(v.sum(axis=1).astype(np.uint8).tobytes())
 
     def _block(self, bi: int) -> np.ndarray | None:
         blk = self.blocks.get(bi)
@@ -85,6 +115,9 @@ class Refcounts:
                 return None
             off = int(self.table[bi])
             if off % self.cs:
+                msg = refblock_message(off, bi)
+                if self._node is not None:
+                    raise self._node.signal_corruption(msg)
                 raise IOFailure("Input/output error", 5)
             blk = self._decode(self._read(off, self.cs))
             self.blocks[bi] = blk
@@ -110,19 +143,67 @@ class Refcounts:
         self.set(cluster, v)
         return v
 
+    def release(self, cluster: int) -> int:
+        """Drop one reference; a refcount already 0 stays 0 (QEMU logs and goes on)."""
+        v = self.get(cluster)
+        if v == 0:
+            return -1
+        bi = cluster // self.epb
+        if v == 1 and int(self.table[bi]) == cluster * self.cs:
+            # update_refcount drops a refcount block that reaches 0 from its cache
+            # without writing it; when the block describes itself, the decrement
+            # goes with it, so the cluster stays allocated on disk and in memory.
+            return v
+        self.set(cluster, v - 1)
+        if v == 1 and cluster < self.next_free:
+            # update_refcount lowers free_cluster_index: the cluster is reused next.
+            # The writer releases only after the change that unreferenced it is
+            # on disk, so the reuse cannot alias anything a crash would bring back.
+            self.next_free = cluster
+        return v - 1
+
+    def _first_free(self, c: int) -> int:
+        """The first cluster ``>= c`` with refcount 0, one refcount block at a time."""
+        while True:
+            bi = c // self.epb
+            blk = self._block(bi)
+            if blk is None:
+                return c
+            rest = np.flatnonzero(blk[c % self.epb:] == 0)
+            if len(rest):
+                return c + int(rest[0])
+            c = (bi + 1) * self.epb
+
     def _take(self) -> int:
-        """The next free cluster index at the end of the image."""
-        c = self.next_free
-        while self.get(c) != 0:
-            c += 1
+        """The next free cluster index (``alloc_clusters_noref`` for one cluster)."""
+        c = self._first_free(self.next_free)
         self.next_free = c + 1
         return c
 
+    def plan(self, n: int) -> None:
+        """The next :meth:`alloc_data` starts a run of ``n`` contiguous clusters."""
+        self._plan = n
+
+    def alloc_data(self) -> int:
+        """One data cluster; the first of a planned run is placed where the whole run fits.
+
+        QEMU's ``handle_alloc`` allocates all clusters of a write that need
+        allocation in one ``qcow2_alloc_clusters`` call (first fit of the run);
+        later clusters of the run then follow contiguously.
+        """
+        n, self._plan = self._plan, 0
+        if n > 1:
+            start = self._first_free(self.next_free)
+            while any(self.get(c) for c in range(start, start + n)):
+                start = self._first_free(start + 1)
+            self.next_free = start
+        return self.alloc(1)
+
     def alloc(self, n: int = 1) -> int:
         """Allocate ``n`` contiguous clusters (refcount 1); returns the host byte offset."""
-        start = self.next_free
+        start = self._first_free(self.next_free)
         while any(self.get(c) for c in range(start, start + n)):
-            start += 1
+            start = self._first_free(start + 1)
         self._reserve(start * self.cs, n * self.cs)  # ENOSPC here changes nothing
         self.next_free = start + n
         done: list[int] = []
@@ -133,6 +214,7 @@ class Refcounts:
         except BaseException:
             for c in done:  # a refcount block could not be reserved: hand them back
                 self.set(c, 0)
+            self.next_free = min(self.next_free, start)  # and reuse them next, as QEMU's rollback
             raise
         return start * self.cs
 
@@ -156,10 +238,21 @@ class Refcounts:
             self.set(x, 1)
         return blk
 
+    def _last_used(self) -> int:
+        """The highest cluster with a non-zero refcount (-1 if none)."""
+        for bi in np.flatnonzero(self.table).tolist()[::-1]:
+            blk = self._block(bi)
+            if blk is not None:
+                nz = np.flatnonzero(blk)
+                if len(nz):
+                    return bi * self.epb + int(nz[-1])
+        return -1
+
     def _grow_table(self, need_index: int) -> None:
         """Replace the refcount table with a larger one (``qcow2_refcount_area``)."""
         old_off, old_clusters = self.h.refcount_table_offset, self.h.refcount_table_clusters
-        start = self.next_free
+        # The new area must be free as a whole: place it after the last used cluster.
+        start = max(self.next_free, self._last_used() + 1)
         entries = max(need_index + 1, len(self.table) * 2)
         while True:
             tc = -(-entries * 8 // self.cs)
@@ -202,6 +295,8 @@ class Refcounts:
         """Write dirty blocks, then (after a barrier if any block is new) table entries."""
         wrote = False
         for bi in sorted(self.dirty_blocks):
+            if self._node is not None:
+                self._node.overlap.check(int(self.table[bi]), self.cs, OL_REFCOUNT_BLOCK)
             self._write(int(self.table[bi]), self._encode(self.blocks[bi]))
             wrote = True
         self.dirty_blocks.clear()

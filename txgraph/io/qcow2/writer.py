@@ -13,6 +13,10 @@ clusters only) and ``qcow2_co_flush_to_os`` with QEMU's cache dependencies:
 5. only then are clusters no longer referenced released (refcount decrement),
    which reaches the disk with the next flush.
 
+Every write to the image file (guest data, L2 tables, L1 sectors, refcount
+blocks) first passes QEMU's metadata-overlap check (:mod:`.overlap`); entries
+are validated as QEMU validates them before use (:mod:`.validate`).
+
 A crash (or SIGKILL) at any point therefore leaves at worst leaked clusters,
 never a reference to a cluster whose refcount is 0. Lazy refcounts: if the
 image allows them (compat bit 0), the dirty bit is set and flushed before the
@@ -34,6 +38,22 @@ then refcounts, then L2, then L1, then frees" holds for every request that
 completed before it, whichever thread made it; the final ``fdatasync`` of
 the file runs after the lock is released.
 
+The safety checks run in the same locked sections as the metadata they read:
+entry validation (``owned_write_message``) and the overlap check of guest
+data happen during the lookup (for an in-place overwrite too, before the lock
+is dropped), the overlap checks of L2 tables, L1 sectors and refcount blocks
+inside ``flush``, and ``signal_corruption`` (which writes the corrupt bit)
+re-enters the lock its caller holds. The run planned for ``handle_alloc``
+(:meth:`Refcounts.plan`) is consumed by the allocation in the same section.
+``dirty_slots`` is the map's ``cache.pinned`` set (mutated in place, under
+the lock), so a slot with unwritten entries is never evicted. Because freed
+clusters are reused (after the flush that unreferenced them), an in-place
+overwrite registers its host cluster in ``inplace`` before it drops the
+lock and unregisters it after the data write; a flush keeps such a cluster
+queued instead of releasing it, so a write still in flight can never land
+in a cluster that was meanwhile reallocated (as data or as metadata the
+overlap check has already passed).
+
 A fresh cluster is backed by disk space before anything points at it
 (:meth:`Refcounts.alloc` reserves it): on a full disk the allocating write
 fails with ENOSPC and is rolled back, like QEMU's ``qcow2_alloc_cluster_abort``,
@@ -50,8 +70,10 @@ import numpy as np
 
 from txgraph.errors import IOFailure, OpenError
 from txgraph.io.qcow2 import constants as C
-from txgraph.io.qcow2.l2map import COMPRESSED, MIXED, ZERO
+from txgraph.io.qcow2.l2map import COMPRESSED, INVALID, MIXED, ZERO
+from txgraph.io.qcow2.overlap import OL_ACTIVE_L1, OL_ACTIVE_L2
 from txgraph.io.qcow2.refcount import Refcounts
+from txgraph.io.qcow2.validate import owned_write_message, unaligned_free
 
 if TYPE_CHECKING:
     from txgraph.io.qcow2.driver import Qcow2Node
@@ -74,9 +96,13 @@ class Qcow2Writer:
         self.lock = node.lock
         self.refs = Refcounts(self.h, node._fread, self._fwrite, self._sync,
                               getattr(f, "file_length", f.size)(), getattr(f, "reserve", None))
-        self.dirty_slots: set[int] = set()
+        # The map must not evict slots with unwritten entries: they are its pinned set
+        # (the same set object, never rebound; guarded by ``lock`` like the map).
+        self.dirty_slots: set[int] = node.map.cache.pinned
         self.dirty_l1: set[int] = set()
         self.pending_free: list[int] = []
+        #: host clusters with an in-place data write in flight (written without the lock)
+        self.inplace: dict[int, int] = {}
         self.marked_dirty = self.h.dirty
         if self.h.bitmaps_ext is not None:
             # Persistent bitmaps are not maintained by txgraph; QEMU would update them.
@@ -121,14 +147,16 @@ class Qcow2Writer:
     def _writable_slot(self, i: int) -> None:
         """Make L1 slot ``i`` point at an L2 table owned by this L1 (refcount 1)."""
         l1e = int(self.map.l1[i])
-        if l1e & C.OFLAG_COPIED and l1e & C.L1E_OFFSET_MASK:
+        # get_cluster_table trusts COPIED alone: COPIED with offset 0 is an L2 table at 0,
+        # which the overlap check then refuses to write (the header lives there).
+        if l1e & C.OFLAG_COPIED:
             self.map.slot(i)
             return
         self._before_metadata_change()
         self.map.slot(i)  # compile from the old table (zeros if none)
         new = self.refs.alloc(1)
         old = l1e & C.L1E_OFFSET_MASK
-        self.map.l1[i] = new | C.OFLAG_COPIED
+        self.map.set_l1(i, new | C.OFLAG_COPIED)
         self.dirty_l1.add(i)
         self.dirty_slots.add(i)
         if old:
@@ -144,6 +172,7 @@ class Qcow2Writer:
         mv = memoryview(data).cast("B")
         cb, cs = self.h.cluster_bits, self.cs
         pos, end = offset, offset + len(mv)
+        planned_to = 0
         while pos < end:
             c = pos >> cb
             nxt = min(end, (c + 1) << cb)
@@ -151,12 +180,33 @@ class Qcow2Writer:
             with self.lock:
                 raw, bm = self.map.raw_entry(c)
                 code = self.map.code(c)
+                if code == INVALID:
+                    msg = owned_write_message(self.node, c)
+                    if msg is not None:  # handle_copied refuses before anything is written
+                        raise self.node.signal_corruption(msg)
                 owned = code >= 0 and raw & C.OFLAG_COPIED and (
                     not self.h.extended_l2 or bm == _ALL_ALLOC)
-                if not owned:
+                if owned:
+                    # The check reads L1, L2 offsets and the refcount table: under the lock.
+                    # The cluster stays registered until its data is written, so no flush
+                    # can free it (and no allocation reuse it) while the write is in flight.
+                    self.node.overlap.check_data(code + (pos & (cs - 1)), len(chunk))
+                    self.inplace[code // cs] = self.inplace.get(code // cs, 0) + 1
+                else:
+                    if c == offset >> cb or c & (self.map.n - 1) == 0 or planned_to <= c:
+                        # handle_alloc takes the whole run of clusters needing allocation
+                        # at once (planned and allocated in this one locked section)
+                        planned_to = c + self.map.alloc_run(c, -(-end >> cb) - c)
+                        self.refs.plan(planned_to - c)
                     self._allocate_and_write(c, pos & (cs - 1), chunk, code, raw)
             if owned:  # in-place overwrite: no metadata changes, no lock needed
-                self._data().write(code + (pos & (cs - 1)), chunk)  # type: ignore[attr-defined]
+                try:
+                    self._data().write(code + (pos & (cs - 1)), chunk)  # type: ignore[attr-defined]
+                finally:
+                    with self.lock:
+                        left = self.inplace.pop(code // cs) - 1
+                        if left:
+                            self.inplace[code // cs] = left
             pos = nxt
 
     def _cluster_content(self, c: int) -> bytearray:
@@ -182,19 +232,25 @@ class Qcow2Writer:
         slot = c >> self.map.l2b
         self._writable_slot(slot)
         self._before_metadata_change()
+        fresh = False
         if self.h.has_data_file:
             host = c << self.h.cluster_bits  # external data files map 1:1, no refcounts
         elif code >= 0 and raw & C.OFLAG_COPIED:
             host = code  # an owned cluster with a partial subcluster bitmap: fill in place
+        elif code == ZERO and raw & C.OFLAG_COPIED and raw & C.L2E_OFFSET_MASK \
+                and not self.h.extended_l2:
+            host = raw & C.L2E_OFFSET_MASK  # handle_copied: a preallocated zero cluster is reused
         else:
-            host = self.refs.alloc(1)
+            host = self.refs.alloc_data()
+            fresh = True
         try:
+            self.node.overlap.check_data(host, len(content))
             self._data().write(host, content)  # type: ignore[attr-defined]
         except BaseException:
-            if host != code and not self.h.has_data_file:
-                self.refs.add(host // self.cs, -1)  # never referenced: free again
+            if fresh:  # never referenced: free again (and reuse next, as QEMU's abort)
+                self.refs.release(host // self.cs)
             raise
-        if host != code:
+        if not (raw & C.OFLAG_COPIED and host == raw & C.L2E_OFFSET_MASK):
             self._release_entry(raw, code)
         self.map.set_entry(c, host | C.OFLAG_COPIED, _ALL_ALLOC if self.h.extended_l2 else 0)
         self.dirty_slots.add(slot)
@@ -208,7 +264,8 @@ class Qcow2Writer:
             first, last = coff // self.cs, (coff + csize - 1) // self.cs
             self.pending_free.extend(k * self.cs for k in range(first, last + 1))
         elif not raw & C.OFLAG_COMPRESSED and raw & C.L2E_OFFSET_MASK:
-            self.pending_free.append(raw & C.L2E_OFFSET_MASK)
+            if not unaligned_free(self.node, raw):
+                self.pending_free.append(raw & C.L2E_OFFSET_MASK)
 
     def write_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
         """Whole clusters become zero clusters (v3); partial ones get written zeros."""
@@ -223,6 +280,10 @@ class Qcow2Writer:
             if whole and self.h.version >= 3:
                 with self.lock:
                     self._zero_cluster(c, may_unmap)
+            elif whole and self.node.children.get("backing") is None:
+                # qcow2_subcluster_zeroize: v2 has no zero flag, but without a backing
+                # file a discard (the entry dropped) reads as zeros just as well.
+                self.discard(pos, nxt - pos)  # takes the lock itself
             else:
                 self.write(pos, bytes(nxt - pos))
             pos = nxt
@@ -235,8 +296,9 @@ class Qcow2Writer:
         slot = c >> self.map.l2b
         self._writable_slot(slot)
         self._before_metadata_change()
-        keep = (not unmap and code >= 0 or code in (ZERO, MIXED)) and bool(raw & C.OFLAG_COPIED) \
-            and not raw & C.OFLAG_COMPRESSED and not self.h.has_data_file
+        keep = (not unmap and code >= 0 or code in (ZERO, MIXED, INVALID)) \
+            and bool(raw & C.OFLAG_COPIED) and not raw & C.OFLAG_COMPRESSED \
+            and not self.h.has_data_file
         if keep and raw & C.L2E_OFFSET_MASK:
             entry = (raw & C.L2E_OFFSET_MASK) | C.OFLAG_COPIED
         else:
@@ -305,7 +367,7 @@ class Qcow2Writer:
 
     def _flush_once(self) -> bool:
         refs_written = self.refs.write_back()
-        if not (self.dirty_slots or self.dirty_l1 or self.pending_free):
+        if not (self.dirty_slots or self.dirty_l1 or self._releasable()):
             return refs_written
         dc = self.node.children.get("data-file")
         if dc is not None:
@@ -323,21 +385,33 @@ class Qcow2Writer:
             else:
                 table = raw.astype(">u8").tobytes()
             assert len(table) == n * ent
-            self._fwrite(int(self.map.l1[i]) & C.L1E_OFFSET_MASK, table)
+            l2off = int(self.map.l1[i]) & C.L1E_OFFSET_MASK
+            self.node.overlap.check(l2off, len(table), OL_ACTIVE_L2)
+            self._fwrite(l2off, table)
         self.dirty_slots.clear()
         self._sync()
         if self.dirty_l1:
             for sector in sorted({i // 64 for i in self.dirty_l1}):
                 chunk = self.map.l1[sector * 64:(sector + 1) * 64].astype(">u8").tobytes()
+                self.node.overlap.check(self.h.l1_table_offset + sector * 512, len(chunk),
+                                        OL_ACTIVE_L1)
                 self._fwrite(self.h.l1_table_offset + sector * 512, chunk)
             self.dirty_l1.clear()
             self._sync()
+        busy: list[int] = []
         for host in self.pending_free:
             c = host // self.cs
-            if self.refs.add(c, -1) == 0:
+            if c in self.inplace:
+                busy.append(host)  # an in-place write is still in flight: free it later
+                continue
+            if self.refs.release(c) == 0:
                 self.node.file.discard(host, self.cs)
-        self.pending_free.clear()
+        self.pending_free[:] = busy
         return True
+
+    def _releasable(self) -> bool:
+        """Is a queued release not held back by an in-flight in-place write?"""
+        return any(host // self.cs not in self.inplace for host in self.pending_free)
 
     def close(self) -> None:
         self.flush()
