@@ -47,7 +47,7 @@ docs-pictures: venv qemu render-tools
 demo: venv qemu render-tools
 	$(VENV)/bin/txgraph demo
 
-test: venv qemu render-tools
+test: venv qemu render-tools lint
 	HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(PY) -m pytest -q -p no:cacheprovider tests proofs
 
 unit: venv
@@ -68,8 +68,10 @@ proofs: venv
 bench: venv qemu
 	$(VENV)/bin/txgraph bench all
 
+# pyflakes' rules over everything, and the package fully typed (mypy --strict, pyproject.toml)
 lint: venv
-	$(VENV)/bin/ruff check --select F,E9 txgraph tests proofs
+	$(VENV)/bin/ruff check --select F,E9 txgraph tests proofs tools
+	$(VENV)/bin/mypy --strict txgraph
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
