@@ -12,7 +12,11 @@ import copy
 import pytest
 
 from tests.differential.live.harness import (
-    LiveScenario, compare_live, live_differential, qsd_peer, run_live,
+    LiveScenario,
+    compare_live,
+    live_differential,
+    qsd_peer,
+    run_live,
 )
 from tests.differential.live.scenarios import BY_NAME, SCENARIOS
 from tests.differential.live.scenarios.known import KNOWN

@@ -48,7 +48,6 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-
 from tests.differential.harness import canon_graph
 from tests.support.guest_io import nbd_uri
 from txgraph.io.nbd.client import NbdClient

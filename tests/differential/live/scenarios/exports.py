@@ -8,7 +8,19 @@ of blockdev-del for nodes under an export.
 from __future__ import annotations
 
 from tests.differential.live.scenarios.common import (
-    QUERY, R, RAWS, W, View, add, cmd, export, export_del, fnode, hd, io, sc,
+    QUERY,
+    RAWS,
+    R,
+    View,
+    W,
+    add,
+    cmd,
+    export,
+    export_del,
+    fnode,
+    hd,
+    io,
+    sc,
 )
 
 T = "exports"

@@ -11,8 +11,22 @@ from __future__ import annotations
 from typing import Any
 
 from tests.differential.live.scenarios.common import (
-    CHAIN, QUERY, R, W, Split, View, add, cmd, export, export_del, hd, io, overlay, reopen,
-    sc, snap,
+    CHAIN,
+    QUERY,
+    R,
+    Split,
+    View,
+    W,
+    add,
+    cmd,
+    export,
+    export_del,
+    hd,
+    io,
+    overlay,
+    reopen,
+    sc,
+    snap,
 )
 
 T = "extensions"

@@ -10,7 +10,21 @@ guest read, and a filter put in by re-pointing ``file`` sees every request.
 from __future__ import annotations
 
 from tests.differential.live.scenarios.common import (
-    CHAIN, CHAIN3, QUERY, R, RAWS, W, View, add, cmd, export, fnode, hd, io, reopen, sc,
+    CHAIN,
+    CHAIN3,
+    QUERY,
+    RAWS,
+    R,
+    View,
+    W,
+    add,
+    cmd,
+    export,
+    fnode,
+    hd,
+    io,
+    reopen,
+    sc,
 )
 
 T = "reopen"

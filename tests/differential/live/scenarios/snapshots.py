@@ -9,7 +9,20 @@ read-only; reads of unwritten areas come from the backing.
 from __future__ import annotations
 
 from tests.differential.live.scenarios.common import (
-    CHAIN, QUERY, R, W, View, add, cmd, export, hd, io, overlay, sc, snap, snap_sync,
+    CHAIN,
+    QUERY,
+    R,
+    View,
+    W,
+    add,
+    cmd,
+    export,
+    hd,
+    io,
+    overlay,
+    sc,
+    snap,
+    snap_sync,
 )
 
 T = "snapshot"
@@ -27,6 +40,17 @@ SCENARIOS = [
         snap_sync("hd0", "s1.qcow2", "s1"),
         io("e0", W, R, "read -P 0x02 3M 64k", "flush"), View("e0"),
     ], theme=T),
+    sc("snap_after_two_cluster_write", [
+        add(hd("hd0", "base.qcow2")), export("e0", "hd0"),
+        io("e0", "write -P 0x15 1600k 128k"),
+        overlay("ov"), snap("hd0", "ov"), View("e0"),
+    ], theme=T, doc="a two-cluster write, then a snapshot (found by the live machine)"),
+    sc("snap_sync_after_zero_writes", [
+        add(hd("hd0", "base.qcow2")), export("e0", "hd0"),
+        io("e0", "write -z 576k 64k", "write -z -u 704k 64k"),
+        snap_sync("hd0", "s1.qcow2", "s1"),
+        io("e0", R), View("e0"),
+    ], theme=T, doc="whole-cluster zero writes, then a snapshot-sync (found by the live machine)"),
     sc("snap_under_readonly_export", [
         add(hd("hd0", "base.qcow2")), export("e0", "hd0", writable=False),
         io("e0", "read -P 0x11 0 64k", ro=True),
