@@ -99,7 +99,7 @@ def image_report(path: Path, workdir: str) -> dict[str, Any]:
         except ValueError:
             report["check"] = "error: " + _canon(res.stderr.strip(), workdir)
         report["check-rc"] = res.returncode
-    report["data"] = _digest(path, fmt)
+    report["data"] = _canon(_digest(path, fmt), workdir)
     return report
 
 

@@ -70,7 +70,9 @@ def _project_node(node: dict[str, Any], writes: bool, workdir: str | None) -> di
         if k.startswith(("bps", "iops")) or k == "group":
             out[k] = node[k]
     if "image" in node:
-        with_actual = (not writes) or bool(node.get("ro"))
+        # after guest writes st_blocks depends on the host filesystem's allocation timing
+        # (seen: 4 KiB either way on ext4), even on a node that is read-only now
+        with_actual = not writes
         out["image"] = _project_image(node["image"], with_actual, workdir)
     return out
 

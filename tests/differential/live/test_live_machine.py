@@ -51,7 +51,6 @@ from tests.differential.live.harness import (
     txgraph_peer,
 )
 from tests.differential.live.scenarios.common import BASE, fnode, hd
-from tests.differential.live.scenarios.known import KNOWN
 from tests.support.image_checks import workdir_report
 
 pytestmark = pytest.mark.qsd
@@ -291,24 +290,18 @@ def _bounded(machine: type[RuleBasedStateMachine], examples: int) -> Any:
 class FullLiveMachine(LiveMachine):
     """Snapshots and detect-zeroes included; sub-cluster zero writes only in the self-check.
 
-    Two divergences are pinned as strict-xfail scenarios instead, because a machine
-    that draws them only on some examples cannot be a strict xfail without flaking:
-    zero writes smaller than a cluster (``write_zeroes_subcluster``) and zero writes
-    followed by a snapshot-sync (``snap_sync_after_zero_writes``). So this machine
-    draws no zero writes; the self-check below draws all of them.
+    Zero writes smaller than a cluster are left out: txgraph still writes them as
+    data, which the strict-xfail scenario ``write_zeroes_subcluster`` pins (a machine
+    that draws them only on some examples cannot be a strict xfail without flaking).
+    The self-check below draws them too.
     """
 
     SNAPSHOTS = True
     DETECT_ZEROES = ("off", "on", "unmap")
-    ZERO_WRITES = False
 
 
 TestLiveMachine = _bounded(LiveMachine, 3)
-# Not strict: the machine keeps finding image-size divergences after snapshots (two are
-# pinned as strict-xfail scenarios, snap_sync_after_zero_writes and
-# snap_after_two_cluster_write); which examples hit one depends on the draw.
-TestLiveMachineFull = pytest.mark.xfail(
-    strict=False, reason=KNOWN["snap_after_two_cluster_write"])(_bounded(FullLiveMachine, 4))
+TestLiveMachineFull = _bounded(FullLiveMachine, 4)
 
 
 class LiveSelfCheck(FullLiveMachine):
