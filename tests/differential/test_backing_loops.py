@@ -23,13 +23,6 @@ from tests.differential.harness import EnginePeer, QSDPeer
 pytestmark = pytest.mark.qsd
 
 
-def _close(peer: Any) -> None:
-    """Close a peer; an EnginePeer's session too (the in-process engine has no close of its
-    own, and its open image files would otherwise stay open until garbage collection)."""
-    peer.close()
-    engine = getattr(peer, "_engine", None)
-    if engine is not None:
-        engine.context.session.close()
 
 
 def _qcow2(path: Path, backing: str) -> None:
@@ -62,7 +55,7 @@ def test_dot_slash_loops_match_qsd(tmp_path: Path) -> None:
         try:
             replies[label] = [peer.execute(m) for m in _adds(d)]
         finally:
-            _close(peer)
+            peer.close()
     for i, (q, t) in enumerate(zip(replies["qsd"], replies["txgraph"])):
         assert q == t, f"step {i}: qsd {str(q)[-300:]!r} != txgraph {str(t)[-300:]!r}"
     first = replies["qsd"][0]["error"]["desc"]
@@ -84,7 +77,7 @@ def test_absolute_self_loop_is_refused_with_bounded_memory(tmp_path: Path) -> No
             "file": {"driver": "file", "filename": str(tmp_path / "g.qcow2")}}})
         nodes = peer.execute({"execute": "query-named-block-nodes", "arguments": {"flat": True}})
     finally:
-        _close(peer)
+        peer.close()
     g = tmp_path / "g.qcow2"
     assert reply["error"]["desc"] == (
         f"Could not open backing file: Could not open backing file: Backing file '{g}' of '{g}' "
@@ -121,7 +114,7 @@ def test_deep_chain_is_bounded_not_a_recursion_error(tmp_path: Path) -> None:
             "driver": "qcow2", "node-name": "deep", "read-only": True,
             "file": {"driver": "file", "filename": str(top)}}})
     finally:
-        _close(peer)
+        peer.close()
     assert deep["error"]["desc"] == ("Could not open backing file: " * (MAX_CHAIN_DEPTH + 1) +
                                      f"Backing chain is deeper than {MAX_CHAIN_DEPTH} images "
                                      "(txgraph limit)")

@@ -64,11 +64,6 @@ def _ok(peer: Peer, execute: str, **arguments: Any) -> Any:
     return reply["return"]
 
 
-def _close(peer: Peer) -> None:
-    engine = getattr(peer, "_engine", None)
-    if engine is not None:
-        engine.context.session.close()  # flush and close the images before they are mapped
-    peer.close()
 
 
 Scenario = Callable[[Peer, Path], list[Any]]
@@ -83,7 +78,7 @@ def _compare(tmp_path: Path, images: list[str], scenario: Scenario) -> None:
         try:
             observed = scenario(peer, work)
         finally:
-            _close(peer)
+            peer.close()
         maps = {name: _map(work / name) for name in images}
         text = json.dumps(observed).replace(str(work), "WORK")
         for d in _SOCKET_DIRS:
@@ -182,7 +177,7 @@ def test_replace_of_a_missing_export_answers_like_the_proposal() -> None:
             "parent-type": "export", "export-id": "nope", "new-child": "x"}})
         assert reply["error"]["desc"] == "Export 'nope' not found"
     finally:
-        _close(peer)
+        peer.close()
 
 
 def test_reopen_filter_insertion_under_a_writable_export(tmp_path: Path) -> None:

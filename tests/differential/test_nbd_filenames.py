@@ -26,13 +26,6 @@ from txgraph.peers import QSD
 pytestmark = pytest.mark.qsd
 
 
-def _close(peer: Any) -> None:
-    """Close a peer; an EnginePeer's session too (the in-process engine has no close of its
-    own, and its open image files would otherwise stay open until garbage collection)."""
-    peer.close()
-    engine = getattr(peer, "_engine", None)
-    if engine is not None:
-        engine.context.session.close()
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +125,7 @@ def test_header_nbd_filenames_match_qsd(nbd_env: dict[str, str], tmp_path: Path)
         try:
             results[label] = _run(peer, workdir, names)
         finally:
-            _close(peer)
+            peer.close()
     diffs = [(n, q, t) for n, q, t in zip(names, results["qsd"], results["txgraph"]) if q != t]
     assert not diffs, json.dumps(diffs, indent=1)
     # The cases really exercise both outcomes and the parser's error texts.
@@ -157,5 +150,5 @@ def test_bare_socket_parameter_crashes_qsd_but_not_txgraph(tmp_path: Path) -> No
     try:
         reply = peer.execute({"execute": "blockdev-add", "arguments": args})
     finally:
-        _close(peer)
+        peer.close()
     assert reply["error"]["desc"] == "Could not open backing file: No valid URL specified"

@@ -22,13 +22,6 @@ from txgraph.peers import QSD
 pytestmark = pytest.mark.qsd
 
 
-def _close(peer: Any) -> None:
-    """Close a peer; an EnginePeer's session too (the in-process engine has no close of its
-    own, and its open image files would otherwise stay open until garbage collection)."""
-    peer.close()
-    engine = getattr(peer, "_engine", None)
-    if engine is not None:
-        engine.context.session.close()
 
 MAX = (1 << 63) - (1 << 30)
 
@@ -79,7 +72,7 @@ def test_sizes_and_nul_filenames_match_qsd(tmp_path: Path) -> None:
         try:
             results[label] = _run(peer, workdir)
         finally:
-            _close(peer)
+            peer.close()
     names = [a["node-name"] for a in _adds(tmp_path)]
     diffs = [(n, q, t) for n, q, t in zip(names, results["qsd"], results["txgraph"]) if q != t]
     assert not diffs, diffs
@@ -103,4 +96,4 @@ def test_negative_null_size_aborts_qsd_but_not_txgraph(drv: str, tmp_path: Path)
         nodes = peer.execute({"execute": "query-named-block-nodes", "arguments": {"flat": True}})
         assert nodes["return"] == []
     finally:
-        _close(peer)
+        peer.close()
