@@ -15,7 +15,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from txgraph.model.options import parse_bool
+from txgraph.model.options import parse_bool, unflatten
 from txgraph.qmp.qapi import schema_json
 
 __all__ = ["typed_blockdev_options", "nest", "SizeError"]
@@ -44,19 +44,7 @@ def nest(flat: dict[str, Any]) -> dict[str, Any]:
     A key that is both a leaf and a prefix keeps the nested form (the dotted
     keys win, as in ``qdict_flatten`` collisions; reference §8.3).
     """
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        parts = key.split(".")
-        cur = out
-        for part in parts[:-1]:
-            nxt = cur.get(part)
-            if not isinstance(nxt, dict):
-                nxt = {}
-                cur[part] = nxt
-            cur = nxt
-        if not isinstance(cur.get(parts[-1]), dict):
-            cur[parts[-1]] = value
-    return out
+    return unflatten(flat, nested_wins=True)
 
 
 _SUFFIXES = {"b": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}

@@ -125,8 +125,12 @@ def flatten(value: Mapping[str, Any]) -> Options:
     return out
 
 
-def unflatten(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Inverse of :func:`flatten` for display (numeric keys stay dict keys)."""
+def unflatten(options: Mapping[str, Any], *, nested_wins: bool = False) -> dict[str, Any]:
+    """Inverse of :func:`flatten` for display (numeric keys stay dict keys).
+
+    With ``nested_wins``, a key that is both a leaf and a prefix keeps the nested
+    form, as the dotted keys win in ``qdict_crumple`` (reference §8.3).
+    """
     root: dict[str, Any] = {}
     for key, value in options.items():
         parts = key.split(".")
@@ -137,7 +141,8 @@ def unflatten(options: Mapping[str, Any]) -> dict[str, Any]:
                 nxt = {}
                 cur[part] = nxt
             cur = nxt
-        cur[parts[-1]] = value
+        if not (nested_wins and isinstance(cur.get(parts[-1]), dict)):
+            cur[parts[-1]] = value
     return root
 
 
