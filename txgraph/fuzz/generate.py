@@ -137,6 +137,9 @@ class Generator:
         return self.rng.choice(["nosuch", "", "1bad"])
 
     def new_name(self) -> str:
+        """A name for a new node: usually a fresh or reused valid one, rarely an invalid one."""
+        if self.rng.random() < 0.03:
+            return self.rng.choice(["1bad", "", "n#", "-x"])
         return self.rng.choice(_NAMES)
 
     def common(self) -> dict[str, Any]:
@@ -219,7 +222,7 @@ def add_quorum(g: Generator) -> dict[str, Any] | None:
     k = min(len(g.res.parentless), g.rng.choice([2, 3]))
     kids = g.rng.sample(g.res.parentless, k)
     return _cmd("blockdev-add", {"driver": "quorum", "node-name": g.new_name(), "children": kids,
-                                 "vote-threshold": g.rng.choice([1, k])})
+                                 "vote-threshold": g.rng.choice([1, k, k, k + 1, 0])})
 
 
 def delete(g: Generator) -> dict[str, Any]:
@@ -250,7 +253,9 @@ def reopen(g: Generator) -> dict[str, Any] | None:
 # -- snapshots, quorum children, transactions -------------------------------------------------
 def snapshot(g: Generator) -> dict[str, Any] | None:
     overlays = [n for n, (drv, kids) in g.res.live.items()
-                if drv == "qcow2" and "backing" not in kids]
+                if drv == "qcow2" and ("backing" not in kids or g.rng.random() < 0.2)]
+    if g.rng.random() < 0.1:
+        overlays += sorted(g.res.live)  # any node: the refusals are behaviour too
     if not overlays or not g.res.live:
         return None
     return _cmd("blockdev-snapshot", {"node": g.node(), "overlay": g.pick(sorted(overlays))})
