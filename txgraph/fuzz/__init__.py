@@ -12,6 +12,7 @@ reproducers (:mod:`~txgraph.fuzz.repro`) and a report
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,10 @@ from txgraph.fuzz.campaign import CampaignConfig, Worker, families_for
 from txgraph.fuzz.report import collect, write_report
 
 __all__ = ["CampaignConfig", "run_campaign", "families_for"]
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _work(config: CampaignConfig, index: int) -> None:
@@ -41,6 +46,8 @@ def run_campaign(config: CampaignConfig, jobs: int = 1,
     ctx = multiprocessing.get_context("spawn")  # no threads or sockets inherited by a fork
     procs = [ctx.Process(target=_work, args=(config, i), name=f"txgraph-fuzz-{i}", daemon=True)
              for i in range(jobs)]
+    # SIGTERM ends the campaign like Ctrl-C: the finally below stops the workers
+    previous = signal.signal(signal.SIGTERM, _terminate)
     for p in procs:
         p.start()
     # every worker stops by itself at its deadline; shrinking a last find may take a while
@@ -52,6 +59,7 @@ def run_campaign(config: CampaignConfig, jobs: int = 1,
             for p in procs:
                 p.join(0.5 / len(procs))
     finally:
+        signal.signal(signal.SIGTERM, previous)
         for p in procs:
             if p.is_alive():
                 p.terminate()

@@ -186,7 +186,10 @@ class Worker:
         self._start = time.monotonic()
         deadline = self._start + self.config.seconds
         last_write = 0.0
+        parent = os.getppid()
         while time.monotonic() < deadline:
+            if os.getppid() != parent:
+                break  # the campaign process is gone (killed): stop instead of running on
             try:
                 result = run_sequence(self._source(), self.config.against, max_steps=_MAX_LEN * 2)
             except (OSError, RuntimeError, subprocess.SubprocessError) as err:

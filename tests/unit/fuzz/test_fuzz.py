@@ -131,3 +131,33 @@ def test_cli_errors(tmp_path: Path) -> None:
     res = _cli("replay", str(bad))
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert res.stderr.strip() == f"Error: {bad}: not a txgraph fuzz reproducer (txgraph-fuzz-repro/1)"
+
+
+def test_sigterm_stops_the_campaign_and_its_workers(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "txgraph.cli", "fuzz", "--against", "model",
+                             "--time", "120", "--jobs", "2", "--out", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("worker-*.json")) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the workers have started once they report
+    assert list(tmp_path.glob("worker-*.json")), "no worker started"
+    children = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                               text=True).stdout.split()]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 128 + signal.SIGTERM
+    assert b"Traceback" not in proc.stderr.read()
+    for pid in children:  # every worker (and the resource tracker) is gone too
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            raise AssertionError(f"process {pid} outlived the campaign")
