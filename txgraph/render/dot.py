@@ -81,23 +81,20 @@ def to_dot(picture: Picture, *, highlight: Changes | None = None, side: str = "a
     removed nodes and edges are red, on the ``"after"`` side added ones are
     green and changed ones orange.
     """
-    def node_color(name: str) -> str:
+    def color(key: str, added: set[str], changed: set[str], removed: set[str]) -> str:
         if highlight is None:
             return _PLAIN
         if side == "before":
-            return REMOVED if name in highlight.nodes_removed else _PLAIN
-        if name in highlight.nodes_added:
-            return ADDED
-        return CHANGED if name in highlight.nodes_changed else _PLAIN
+            return REMOVED if key in removed else _PLAIN
+        return ADDED if key in added else CHANGED if key in changed else _PLAIN
+
+    def node_color(name: str) -> str:
+        h = highlight or Changes()
+        return color(name, h.nodes_added, h.nodes_changed, h.nodes_removed)
 
     def edge_color(key: str) -> str:
-        if highlight is None:
-            return _PLAIN
-        if side == "before":
-            return REMOVED if key in highlight.edges_removed else _PLAIN
-        if key in highlight.edges_added:
-            return ADDED
-        return CHANGED if key in highlight.edges_changed else _PLAIN
+        h = highlight or Changes()
+        return color(key, h.edges_added, h.edges_changed, h.edges_removed)
 
     lines = ["digraph block_graph {", "  rankdir=TB;",
              '  node [fontname="Helvetica" fontsize=11];',
