@@ -44,6 +44,8 @@ class QMPProcess:
         self._tmp = tmpdir
         self.socket_path = socket_path
         self.events: list[dict[str, Any]] = []
+        #: events before this index were searched (or returned) by :meth:`wait_event`
+        self._waited = 0
         self.proc = subprocess.Popen(args, cwd=workdir or self._tmp, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
@@ -92,6 +94,45 @@ class QMPProcess:
                 self.events.append(msg)
                 continue
             return msg
+
+    def wait_event(self, name: str, match: dict[str, Any] | None = None,
+                   timeout: float = 30.0) -> dict[str, Any]:
+        """The first event ``name`` whose data contains ``match`` that no earlier wait took.
+
+        Events already received are searched first; then the socket is read with a
+        deadline (``TimeoutError`` when it passes).
+        """
+        want = match or {}
+
+        def fits(msg: dict[str, Any]) -> bool:
+            data = msg.get("data", {})
+            return msg.get("event") == name and all(data.get(k) == v for k, v in want.items())
+
+        for i in range(self._waited, len(self.events)):
+            if fits(self.events[i]):
+                self._waited = i + 1
+                return self.events[i]
+        self._waited = len(self.events)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{self.label}: no {name} {want} within {timeout} s")
+                self.sock.settimeout(left)
+                try:
+                    msg = self._read()
+                except (TimeoutError, socket.timeout) as exc:
+                    raise TimeoutError(f"{self.label}: no {name} {want} within {timeout} s") \
+                        from exc
+                if "event" not in msg:
+                    raise RuntimeError(f"{self.label}: unexpected reply {msg} while waiting")
+                self.events.append(msg)
+                self._waited = len(self.events)
+                if fits(msg):
+                    return msg
+        finally:
+            self.sock.settimeout(self.reply_timeout)
 
     def execute(self, command: str, arguments: dict[str, Any] | None = None,
                 **extra: Any) -> dict[str, Any]:

@@ -206,6 +206,11 @@ class Encoder:
             cur = self._fact(f"f.now:{esc(ref[0] + '/' + ref[1])}", "Int",
                              str(-1 if now is None else _intern(now)))
             f = f"(= {cur} {_intern(ref[2])})"
+        elif k == "j1":
+            _job, parent, name, child, now = d
+            cur = self._fact(f"j.now:{esc(parent + '/' + name)}", "Int",
+                             str(-1 if now is None else _intern(now)))
+            f = f"(= {cur} {_intern(child)})"
         elif k == "s1":
             f = f"(not {self.node_flag(d[0], 'used', d[3])})"
         elif k == "s2":

@@ -105,6 +105,12 @@ def render(inst: Instance, graph: BlockGraph, policy: str) -> Violation:
         what = "link removed" if now is None else f"now points to '{now}'"
         return _v(inst, policy, (ref[0], ref[2]), (ref,), name=ref[1], parent=ref[0], old=ref[2],
                   what=what)
+    if k == "j1":
+        job, parent, name, child, now = d
+        what = "removed" if now is None else f"would point to '{now}'"
+        return _v(inst, policy, (parent, child), ((parent, name, child),),
+                  job=graph.backends[job].description, parent=parent, child=child, name=name,
+                  what=what)
     if k == "s1":
         node, old, file, _used = d
         return _v(inst, policy, (node, old), (), node=node, old=old, file=file)

@@ -90,9 +90,13 @@ def enumerate_instances(region: Region, rules: frozenset[str],
                     yield Instance("G2-role-cardinality", "g2excl",
                                    f"G2:edge={edge_key(ref)}:{excl}-exclusive",
                                    (ref, int(e.role), excl))
+        # A job's filter dropped from the chain (bdrv_drop_filter) has no child left
+        # while the job still holds it: only such a detached filter may be childless.
+        detached = (spec is not None and spec.is_filter and not kids
+                    and all(e.parent_kind is ParentKind.JOB for _q, e in graph.parents(p)))
         if "G3-filter-shape" in rules and spec is not None:
             drv = spec.name
-            if spec.is_filter:
+            if spec.is_filter and not detached:
                 yield Instance("G3-filter-shape", "g3one", f"G3:node={p}:one-filtered-child",
                                (p, drv, tuple((r, int(e.role)) for r, e in kids)))
             for ref, e in kids:
@@ -108,7 +112,7 @@ def enumerate_instances(region: Region, rules: frozenset[str],
                         yield Instance("G3-filter-shape", "g3nocow",
                                        f"G3:edge={edge_key(ref)}:no-backing-support",
                                        (ref, drv, int(e.role)))
-        if "G5-required-children" in rules and spec is not None:
+        if "G5-required-children" in rules and spec is not None and not detached:
             refs = tuple(r for r, _e in kids)
             for cs in spec.children:
                 if cs.required:
@@ -150,6 +154,12 @@ def _name_instances(region: Region, rules: frozenset[str]) -> Iterator[Instance]
             yield Instance("FS1-force-share-ro", "fs1", f"FS1:node={n}", (n,))
 
 
+def _held_by_jobs_only(graph: BlockGraph, name: str) -> bool:
+    """Only block jobs (no node, no BlockBackend) hold ``name`` now."""
+    parents = graph.parents(name)
+    return bool(parents) and all(e.parent_kind is ParentKind.JOB for _p, e in parents)
+
+
 def _perm_instances(region: Region, rules: frozenset[str]) -> Iterator[Instance]:
     graph = region.graph
     if "P1-edge-perm-formula" in rules:
@@ -159,6 +169,11 @@ def _perm_instances(region: Region, rules: frozenset[str]) -> Iterator[Instance]
                 pnode = graph.nodes[p]
                 if driver_spec(pnode.driver) is None:
                     continue  # unknown driver: its formula is not modelled
+                if _held_by_jobs_only(graph, p):
+                    # A layer a job dropped from the chain but still holds: QEMU refreshes
+                    # only the new chain (bdrv_set_backing_noperm), so its edges keep the
+                    # permissions they had until the job lets go of it.
+                    continue
                 ctx = child_perm_context(pnode, pnode.writable)
                 ups = tuple(r for r, _e in in_edges(graph, p))
                 yield Instance("P1-edge-perm-formula", "p1node", f"P1:edge={edge_key(ref)}",
@@ -187,10 +202,20 @@ def _before_instances(region: Region, rules: frozenset[str], before: BlockGraph)
         # Frozen links are few, but a removed parent leaves no trace in ``touched``,
         # so every frozen edge of the old graph is compared.
         for p, c, key, data in sorted(before.g.edges(keys=True, data=True), key=lambda t: t[:3]):
-            if data["obj"].frozen:
+            if data["obj"].frozen and (p, key) not in graph.thawed:
                 now = graph.child_edge(p, key) if p in graph.g else None
                 yield Instance("F1-frozen-link", "f1", f"F1:edge={p}/{key}>{c}",
                                ((p, key, c), now[0] if now else None))
+    if "J1-job-chain-cut" in rules:
+        # A job's protected links live on its backend; the job clears them itself before
+        # its own graph change at the end (stream's prepare), so only others' changes count.
+        for backend in sorted(graph.backends.values(), key=lambda b: b.key):
+            for parent, name, child in backend.protects:
+                if parent not in graph.nodes:
+                    continue
+                now = graph.child_edge(parent, name)
+                yield Instance("J1-job-chain-cut", "j1", f"J1:job={backend.key}:{parent}/{name}",
+                               (backend.key, parent, name, child, now[0] if now else None))
     if not ({"S1-backing-chain-cut", "S2-orphaned-writer"} & rules):
         return
     for node, old, file in chain_cuts(graph, before, region.nodes):

@@ -94,6 +94,12 @@ RULES: dict[str, Rule] = {rule.id: rule for rule in (
        "a writable root user must not sit above a chain that lost data", _SAFE,
        "{user} writes to '{top}' whose backing chain lost '{old}' below '{node}'.",
        "txgraph safety (reference/qemu-graph.md §7 #14)"),
+    _r("J1-job-chain-cut",
+       "a change must not move a link that a running block job still copies through", _SAFE,
+       "{job} still needs the link '{parent}' -> '{child}' ('{name}'; {what}): the job would "
+       "finish without the data of '{child}' and below, and the guest would read other data "
+       "(zeros where no layer is left) in every range only they held.",
+       "txgraph safety (reference/qemu-jobs.md §4: QEMU 7.2 has no op blocker for reopen)"),
     _r("Z1-solver-unknown", "the solver must decide every check within its budget", _BOTH,
        "The invariant check could not be decided ({reason}); refusing to commit.",
        "txgraph: z3 `unknown` is never treated as success"),

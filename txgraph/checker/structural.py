@@ -112,6 +112,11 @@ def _f1(inst: Instance, graph: BlockGraph) -> bool:
     return bool(now == ref[2])
 
 
+def _j1(inst: Instance, graph: BlockGraph) -> bool:
+    _job, _parent, _name, child, now = inst.data
+    return bool(now == child)
+
+
 def _s1(inst: Instance, graph: BlockGraph) -> bool:
     return not inst.data[3]
 
@@ -125,6 +130,7 @@ _PREDICATES: dict[str, Callable[[Instance, BlockGraph], bool]] = {
     "g3nofilt": _g3nofilt, "g3nocow": _g3fcow, "g4": _g4, "g5req": _g5req,
     "g5quorum": _g5quorum, "n1": _n1, "n2": _n2, "fs1": _fs1, "p1node": _p1, "p1root": _p1,
     "p3": _p3, "p4": _p4, "f1": _f1, "s1": _s1, "s2": _s2,
+    "j1": _j1,
 }
 
 

@@ -37,6 +37,9 @@ class BlockGraph:
         self.backends: dict[str, Backend] = {}
         #: committed generation; bumped by each committed transaction
         self.generation = 0
+        #: links ``(parent, child name)`` unfrozen by the open transaction
+        #: (``bdrv_unfreeze_backing_chain``): their holder let go, so they may change
+        self.thawed: set[tuple[str, str]] = set()
         self._seq = 0
 
     # -- sequence numbers ----------------------------------------------------------------

@@ -184,10 +184,15 @@ class Backend:
     perm: Perm = Perm.NONE
     shared: Perm = PERM_ALL
     seq: int = 0
+    #: a job's type (``stream``, ``commit``...), "" for BlockBackends
+    job_type: str = ""
+    #: links ``(parent, child name, child)`` whose change would lose data the job still
+    #: copies (the safe policy's J1 rule)
+    protects: tuple[tuple[str, str, str], ...] = ()
 
     def state(self) -> tuple[Any, ...]:
         return (self.key, self.kind.value, self.name, self.description, int(self.perm),
-                int(self.shared), self.seq)
+                int(self.shared), self.seq, self.job_type, self.protects)
 
 
 @dataclass
@@ -205,7 +210,15 @@ class Edge:
     #: position in the child's parents list; re-targeting moves the edge to the head
     #: of the new child's list while it keeps its place among the parent's children
     parent_seq: int = 0
+    #: the child name QEMU shows when it differs from the graph key ``name``: a job's
+    #: children share names ("intermediate node"), keys must be unique per parent
+    label: str = ""
+
+    @property
+    def qemu_name(self) -> str:
+        """``BdrvChild.name`` as QEMU prints it (queries, permission conflicts)."""
+        return self.label or self.name
 
     def state(self) -> tuple[Any, ...]:
         return (self.name, int(self.role), self.parent_kind.value, int(self.perm),
-                int(self.shared), self.frozen, self.seq, self.parent_seq)
+                int(self.shared), self.frozen, self.seq, self.parent_seq, self.label)

@@ -155,8 +155,8 @@ def _check_conflicts(graph: BlockGraph, child: str,
                 raise PermissionConflict(
                     f"Permission conflict on node '{child}': permissions '{perm_names(missing)}' "
                     f"are both required by {parent_description(graph, b_parent)} "
-                    f"(uses node '{child}' as '{b_edge.name}' child) and unshared by "
+                    f"(uses node '{child}' as '{b_edge.qemu_name}' child) and unshared by "
                     f"{parent_description(graph, a_parent)} (uses node '{child}' as "
-                    f"'{a_edge.name}' child).",
+                    f"'{a_edge.qemu_name}' child).",
                     rule="P3-perm-conflict", subjects=(child, b_parent, a_parent))
 

@@ -14,6 +14,7 @@ from txgraph.errors import BlockError, OpenError
 from txgraph.model.node import OpenFlag, ParentKind
 from txgraph.model.options import Provenance, Source, flatten
 from txgraph.model.perm import Role
+from txgraph.ops.freeze import unfreeze_backing_chain
 from txgraph.ops.inherit import OptionSet
 from txgraph.ops.open import Opener
 from txgraph.ops.perms import refresh_perms
@@ -46,14 +47,23 @@ def stage_blockdev_add(session: Session, tx: Transaction, arguments: dict[str, A
     return name
 
 
-def op_blocker(session: Session, name: str) -> str | None:
-    """The first reason ``name`` is op-blocked for deletion-like ops, if any.
+#: the op types a backing link does not block (``bdrv_backing_attach``)
+_BACKING_ALLOWS = frozenset({"commit-target", "stream", "backup-source", "backup-target"})
 
-    Backing links block their child (``bdrv_backing_attach``); QEMU keeps
-    blockers newest first, so the most recent overlay is named.
+
+def op_blocker(session: Session, name: str, op: str = "drive-del") -> str | None:
+    """The first reason ``name`` is op-blocked for ``op`` (``bdrv_op_is_blocked``), if any.
+
+    Backing links block their child for every op but four (``bdrv_backing_attach``);
+    a block job blocks every op on each node it holds (``block_job_add_bdrv``). QEMU
+    keeps blockers newest first, so the most recent one is named.
     """
-    for parent, edge in session.graph.parents(name):
-        if edge.parent_kind is ParentKind.NODE and edge.role & Role.COW:
+    graph = session.graph
+    for parent, edge in graph.parents(name):
+        if edge.parent_kind is ParentKind.JOB:
+            return f"block device is in use by block job: {graph.backends[parent].job_type}"
+        if (edge.parent_kind is ParentKind.NODE and edge.role & Role.COW
+                and op not in _BACKING_ALLOWS):
             return f"node is used as backing hd of '{parent}'"
     return None
 
@@ -95,6 +105,10 @@ def unref_node(session: Session, tx: Transaction, name: str) -> None:
         return
     # Close parents before children: a writable format flushes into its file on close.
     tx.rt.close(name)
+    node = graph.nodes[name]
+    bottom = node.options.get("bottom") if node.driver == "copy-on-read" else None
+    if isinstance(bottom, str):
+        unfreeze_backing_chain(session, tx, name, bottom)  # cor_close
     for child, edge in graph.children(name):
         tx.detach(name, edge.name)
         try:

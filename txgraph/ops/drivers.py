@@ -18,6 +18,7 @@ from txgraph.model.drivers import DriverSpec
 from txgraph.model.node import BlockNode, OpenFlag
 from txgraph.model.options import array_entries, parse_bool
 from txgraph.model.perm import Role
+from txgraph.ops.freeze import freeze_backing_chain
 from txgraph.ops.inherit import OptionSet
 from txgraph.ops.perms import refresh_perms
 
@@ -120,11 +121,14 @@ def _open_filter(opener: Opener, node: BlockNode, spec: DriverSpec, work: Option
         obj = opener.session.objects.get(group)
         if obj is None or obj.qom_type != "throttle-group":
             raise OpenError(f"Throttle group '{group}' does not exist")
-    if spec.name == "copy-on-read" and "bottom" in opts:
-        bottom = opts["bottom"]
+    bottom = opts.get("bottom") if spec.name == "copy-on-read" else None
+    if bottom is not None:
         if bottom not in opener.graph.nodes:
             raise OpenError(f"Bottom node '{bottom}' not found")
     _runtime_open(opener, node, {"file": child})
+    if bottom is not None:
+        # cor_open holds the chain it copies from still, down to the bottom.
+        freeze_backing_chain(opener.session, opener.tx, node.name, bottom)
 
 
 def _open_blkdebug(opener: Opener, node: BlockNode, spec: DriverSpec, work: OptionSet) -> None:

@@ -27,9 +27,12 @@ from typing import Any
 
 from txgraph.errors import BlockError
 from txgraph.model.drivers import driver_spec
-from txgraph.model.node import Edge, ParentKind
+from txgraph.model.node import Edge, OpenFlag, ParentKind
+from txgraph.model.options import flatten
+from txgraph.model.perm import Role
 from txgraph.ops.blockdev import stage_blockdev_add, stage_blockdev_del, unref_node
-from txgraph.ops.open import lookup_bs
+from txgraph.ops.inherit import OptionSet
+from txgraph.ops.open import Opener, lookup_bs
 from txgraph.ops.perms import refresh_perms
 from txgraph.ops.replace import (
     EdgeRef,
@@ -39,7 +42,8 @@ from txgraph.ops.replace import (
 from txgraph.ops.session import Session
 from txgraph.ops.undo_log import Transaction
 
-__all__ = ["stage_insert_filter", "stage_remove_filter", "filtered_child_name"]
+__all__ = ["stage_insert_filter", "stage_insert_node", "stage_remove_filter",
+           "filtered_child_name"]
 
 
 def filtered_child_name(driver: str) -> str:
@@ -110,6 +114,37 @@ def stage_insert_filter(session: Session, tx: Transaction, args: dict[str, Any])
         seq = edge.seq
         tx.attach(parent, name, edge)
         edge.seq = seq  # the same BdrvChild keeps its place among its siblings (undo above)
+    refresh_perms(session, tx, [node, name])
+    return name
+
+
+def stage_insert_node(session: Session, tx: Transaction, node: str, options: dict[str, Any],
+                      flags: OpenFlag) -> str:
+    """``bdrv_insert_node``: open a new (unnamed unless named) node over ``node`` and move
+    every parent of ``node`` but the jobs onto it; returns the new node's name.
+
+    Used by jobs for their filters (stream's copy-on-read). The new node is not
+    monitor-owned: it goes away once nothing references it.
+    """
+    edges = _edges_to_move(session, node, {})
+    for parent, edge in edges:
+        if edge.frozen:
+            raise BlockError(f"Cannot change '{edge.name}' link to '{node}'",
+                             rule="F1-frozen-link", subjects=(parent, node))
+    for parent, edge in edges:
+        tx.undo(_seq_restorer(edge))
+        tx.detach(parent, edge.name)
+    try:
+        name = Opener(session, tx).open_inherit(None, None, OptionSet.explicit(flatten(options)),
+                                                flags, None, Role.NONE, None, False)
+    except BlockError as err:
+        err.desc = f"Could not create node: {err.desc}"
+        err.args = (err.desc,)
+        raise
+    for parent, edge in edges:
+        seq = edge.seq
+        tx.attach(parent, name, edge)
+        edge.seq = seq
     refresh_perms(session, tx, [node, name])
     return name
 

@@ -12,20 +12,26 @@ from typing import Any
 
 from txgraph.model.drivers import driver_spec
 from txgraph.model.graph import BlockGraph
-from txgraph.model.node import ParentKind
+from txgraph.model.node import Edge, ParentKind
 from txgraph.model.perm import Role, perm_list
 from txgraph.ops.filenames import full_backing_filename, refresh_filename
 from txgraph.ops.session import Session
 
-__all__ = ["named_block_nodes", "block_graph", "filter_or_cow_child"]
+__all__ = ["named_block_nodes", "block_graph", "filter_or_cow_child", "filter_or_cow_edge"]
 
 
 def filter_or_cow_child(graph: BlockGraph, name: str) -> str | None:
     """``bdrv_filter_or_cow_bs``: a filter's filtered child, or a node's backing."""
+    found = filter_or_cow_edge(graph, name)
+    return found[0] if found is not None else None
+
+
+def filter_or_cow_edge(graph: BlockGraph, name: str) -> tuple[str, Edge] | None:
+    """``bdrv_filter_or_cow_child``: the child and its edge."""
     spec = driver_spec(graph.nodes[name].driver)
     for child, edge in graph.children(name):
         if edge.role & Role.COW or (edge.role & Role.FILTERED and spec is not None and spec.is_filter):
-            return child
+            return child, edge
     return None
 
 
@@ -158,7 +164,7 @@ def block_graph(session: Session) -> dict[str, Any]:
 
     def add_edges(parent: str) -> None:
         for child, edge in graph.children(parent):
-            edges.insert(0, {"parent": num(parent), "child": num(child), "name": edge.name,
+            edges.insert(0, {"parent": num(parent), "child": num(child), "name": edge.qemu_name,
                              "perm": perm_list(edge.perm), "shared-perm": perm_list(edge.shared)})
 
     backends = sorted(graph.backends.values(), key=lambda b: b.seq)

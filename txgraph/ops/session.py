@@ -19,7 +19,8 @@ was touched.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +81,13 @@ class Session:
         #: prepare steps of the last transaction
         self.last_prepare_steps = 0
         self._before: BlockGraph | None = None
+        #: the big lock (QEMU's BQL / main loop): held by every QMP command and by the
+        #: code that completes and finalises jobs, so their graph changes never interleave
+        self.lock = threading.RLock()
+        #: the block jobs (:class:`txgraph.jobs.manager.JobManager`), created on first use
+        self.jobs: Any = None
+        #: run first by :meth:`close` (jobs are cancelled before their nodes close)
+        self.close_hooks: list[Callable[[], None]] = []
 
     def emit_event(self, name: str, data: dict[str, Any] | None = None) -> None:
         """Send a QMP event to every client (``qapi_event_send_*``)."""
@@ -99,6 +107,7 @@ class Session:
         self._before = copy.deepcopy(self.graph) if self.policy == "safe" and self.check else None
         tx = Transaction(self.graph, fail_at=fail_at, runtime=self.runtime,
                          fail_prepare_at=fail_prepare_at)
+        self.graph.thawed = set()
         saved_name_seq = self._name_seq
         try:
             yield tx
@@ -114,6 +123,7 @@ class Session:
             raise
         self.last_steps, self.last_prepare_steps = tx.steps, tx.rt.steps
         tx.commit()
+        self.graph.thawed = set()
 
     def _validate(self, tx: Transaction) -> None:
         if not self.check or not tx.touched:
@@ -126,6 +136,9 @@ class Session:
                                      explanation=verdict.to_dict())
 
     def close(self) -> None:
+        hooks, self.close_hooks = self.close_hooks, []
+        for hook in hooks:
+            hook()
         if self.nbd.running:
             self.nbd.stop()
         self.runtime.close_all()

@@ -37,7 +37,7 @@ from txgraph.ops.replace import replace_node_noperm
 from txgraph.ops.session import Session
 from txgraph.ops.undo_log import Transaction
 
-__all__ = ["stage_blockdev_snapshot", "stage_blockdev_snapshot_sync", "bdrv_append",
+__all__ = ["stage_blockdev_snapshot", "stage_blockdev_snapshot_sync", "bdrv_append", "reopen_set_read_only",
            "set_read_only_ignoring_errors"]
 
 
@@ -180,8 +180,10 @@ def _reopen_set(session: Session, name: str) -> list[str]:
     the children it created implicitly whose read-only is not their own choice."""
     graph = session.graph
     out = [name]
-    for child, _edge in graph.children(name):
+    for child, edge in graph.children(name):
         cnode = graph.nodes[child]
+        if edge.role & Role.COW:
+            continue  # a backing child's read-only is forced on (bdrv_backing_options)
         if cnode.inherits_from == name and "read-only" not in cnode.explicit and child not in out:
             out.extend(c for c in _reopen_set(session, child) if c not in out)
     return out
@@ -197,15 +199,28 @@ def set_read_only_ignoring_errors(session: Session, tx: Transaction, name: str) 
     has to roll back the image locks it took, done here. The data-plane switch
     is a reopen prepare (validated now) committed with the transaction's delta.
     """
+    try:
+        reopen_set_read_only(session, tx, name, True,
+                             detail="made read-only by an external snapshot "
+                                    "(bdrv_reopen_set_read_only)")
+    except BlockError:
+        return  # refused: ignored, as external_snapshot_commit ignores it
+
+
+def reopen_set_read_only(session: Session, tx: Transaction, name: str, read_only: bool, *,
+                         detail: str) -> None:
+    """``bdrv_reopen_set_read_only(bs, read_only, errp)``: the node and the children it
+    created implicitly change read-only; a refusal raises and changes nothing."""
     graph = session.graph
     if name not in graph.nodes:
         return
     reopen_set = _reopen_set(session, name)
     # bdrv_reopen_prepare fails for drivers without reopen support (quorum,
-    # copy-on-read...): the whole reopen fails, and the caller ignores it.
+    # copy-on-read...): the whole reopen fails.
     if any(not (driver_spec(graph.nodes[n].driver) or _NO_SPEC).reopenable for n in reopen_set):
-        return
-    targets = [n for n in reopen_set if not graph.nodes[n].read_only]
+        raise BlockError(f"Block format '{graph.nodes[name].driver}' used by node '{name}' "
+                         "does not support reopening files")
+    targets = [n for n in reopen_set if graph.nodes[n].read_only != read_only]
     if not targets:
         return
     target_set = set(targets)
@@ -219,39 +234,39 @@ def set_read_only_ignoring_errors(session: Session, tx: Transaction, name: str) 
             lock_undos.append(undo)
 
     def writable_after(node: Any) -> bool:
-        return node.name not in target_set and node.writable
+        if node.name in target_set:
+            return not read_only and not node.flags & OpenFlag.INACTIVE
+        return bool(node.writable)
 
     try:
         changes = compute_refresh(graph, [name], writable_after=writable_after,
                                   driver_check=driver_check)
-        tx.rt.set_read_only([t for t in targets if tx.rt.knows(t)], True)
-    except BaseException as err:
+        tx.rt.set_read_only([t for t in targets if tx.rt.knows(t)], read_only)
+    except BaseException:
         for undo in reversed(lock_undos):
             undo()
-        if isinstance(err, BlockError):
-            return  # refused: ignored, as external_snapshot_commit ignores it
         raise
     for undo in lock_undos:
         tx.undo(undo)
     for target in targets:
         node = graph.nodes[target]
-        tx.set(node, "flags", node.flags & ~OpenFlag.RDWR)
+        tx.set(node, "flags", node.flags & ~OpenFlag.RDWR if read_only
+               else node.flags | OpenFlag.RDWR)
         options = dict(node.options)
-        options["read-only"] = True
+        options["read-only"] = read_only
         tx.set(node, "options", options)
         prov = dict(node.provenance)
         if target == name:
             explicit = dict(node.explicit)
-            explicit["read-only"] = True
+            explicit["read-only"] = read_only
             tx.set(node, "explicit", explicit)
-            prov["read-only"] = Provenance(Source.EXPLICIT, detail="made read-only by an "
-                                           "external snapshot (bdrv_reopen_set_read_only)")
+            prov["read-only"] = Provenance(Source.EXPLICIT, detail=detail)
         else:
             parent = node.inherits_from
             edge = next((e.name for c, e in graph.children(parent) if c == target), None) \
                 if parent is not None else None
             prov["read-only"] = Provenance(Source.INHERITED, parent=parent, edge=edge,
-                                           detail="after an external snapshot")
+                                           detail=detail)
         tx.set(node, "provenance", prov)
     for change in changes:
         tx.set_edge_perm(change.parent, change.name, change.perm, change.shared)

@@ -151,6 +151,30 @@ class RuntimeStage:
         self._step()
         self.runtime.create_image(path, fmt, size, backing=backing, backing_format=backing_format)
 
+    def change_backing_file(self, name: str, backing_file: str | None, backing_fmt: str | None,
+                            old_file: str | None, old_fmt: str | None) -> None:
+        """``bdrv_change_backing_file``: the image header names a new backing file now.
+
+        A prepare step that writes the header at once (a job's prepare needs the
+        result); an abort writes the old name back.
+        """
+        rt = self.runtime
+        self._step()
+        change = getattr(rt, "change_backing_file", None)
+        if change is None:
+            return
+        try:
+            change(name, backing_file, backing_fmt)
+        except TxgraphError as err:
+            raise BlockError(err.desc) from err
+
+        def undo() -> None:
+            try:
+                change(name, old_file, old_fmt)
+            except TxgraphError:
+                pass  # the image keeps the new name; the graph goes back regardless
+        self._undo(undo)
+
     # -- reads -------------------------------------------------------------------------------
     def knows(self, name: str) -> bool:
         """Does the data plane have a (prepared or live) driver object for ``name``?"""

@@ -12,6 +12,7 @@ import copy
 import json
 import os
 import shutil
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -36,6 +37,13 @@ class Peer(Protocol):
 
     def close(self) -> None:
         """Release the peer (kill the process, drop the engine)."""
+
+    def wait_event(self, name: str, match: dict[str, Any] | None = None,
+                   timeout: float = 30.0) -> dict[str, Any] | None:
+        """The next event ``name`` whose data contains ``match``; None when none came in time."""
+
+    def received_events(self) -> list[dict[str, Any]]:
+        """Every event received so far, in order."""
 
 
 def _start_qsd(workdir: str | None, attempts: int = 5) -> QSD:
@@ -97,6 +105,21 @@ class QSDPeer:
         out = proc.stdout.read().decode(errors="replace").strip() if proc.stdout else ""
         return f": {out}" if out else f" (exit status {proc.returncode})"
 
+    def wait_event(self, name: str, match: dict[str, Any] | None = None,
+                   timeout: float = 30.0) -> dict[str, Any] | None:
+        if self.death is not None:
+            return None
+        try:
+            return self._qsd.wait_event(name, match, timeout)
+        except TimeoutError:
+            return None
+        except (RuntimeError, OSError) as exc:
+            self.death = f"qemu-storage-daemon: {exc}{self._last_words()}"
+            return None
+
+    def received_events(self) -> list[dict[str, Any]]:
+        return list(self._qsd.events)
+
     def close(self) -> None:
         try:
             self._qsd.close()
@@ -118,12 +141,45 @@ class EnginePeer:
         self._workdir = str(workdir) if workdir else None
         self._engine: Any = None
         self._init_error: str | None = None
+        #: events delivered by the engine (from command and job threads), guarded by _cond
+        self._events: list[dict[str, Any]] = []
+        self._waited = 0
+        self._cond = threading.Condition()
         try:
             from txgraph.qmp.engine import Engine
 
             self._engine = Engine()
+            self._engine.add_event_listener(self._on_event)
         except Exception:  # the engine is under construction; report, do not crash the harness
             self._init_error = traceback.format_exc(limit=3)
+
+    def _on_event(self, message: dict[str, Any]) -> None:
+        with self._cond:
+            self._events.append(message)
+            self._cond.notify_all()
+
+    def wait_event(self, name: str, match: dict[str, Any] | None = None,
+                   timeout: float = 30.0) -> dict[str, Any] | None:
+        """As :meth:`txgraph.peers.QMPProcess.wait_event`, on the engine's event channel."""
+        want = match or {}
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for i in range(self._waited, len(self._events)):
+                    msg = self._events[i]
+                    data = msg.get("data", {})
+                    if msg.get("event") == name and all(data.get(k) == v for k, v in want.items()):
+                        self._waited = i + 1
+                        return msg
+                self._waited = len(self._events)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+
+    def received_events(self) -> list[dict[str, Any]]:
+        with self._cond:
+            return list(self._events)
 
     def execute(self, message: dict[str, Any]) -> dict[str, Any]:
         if self._engine is None:

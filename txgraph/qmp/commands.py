@@ -23,13 +23,13 @@ from txgraph.ops.exports import (
 from txgraph.ops.objects import object_add, object_del
 from txgraph.ops.query import block_graph, named_block_nodes, query_block
 from txgraph.ops.reopen import blockdev_reopen
-from txgraph.qmp import commands_plan, commands_reconfig
+from txgraph.qmp import commands_jobs, commands_plan, commands_reconfig
 from txgraph.qmp.command_table import COMMANDS, QEMU_VERSION, CommandContext, command
 
 __all__ = ["COMMANDS", "CommandContext", "command", "QEMU_VERSION"]
 
 #: the command modules that register into COMMANDS besides this one
-_REGISTERED_ELSEWHERE = (commands_reconfig, commands_plan)
+_REGISTERED_ELSEWHERE = (commands_reconfig, commands_plan, commands_jobs)
 
 
 @command("query-version")

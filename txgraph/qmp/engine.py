@@ -79,4 +79,7 @@ class Engine:
         if handler is None:
             raise QMPError(f"The command {name} has not been found", "CommandNotFound")
         typed = validate_arguments(name, arguments)
-        return handler(self.context, typed)
+        # One command at a time against the session, and never beside a job's
+        # completion (QEMU runs both in its main loop).
+        with self.context.session.lock:
+            return handler(self.context, typed)

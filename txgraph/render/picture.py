@@ -109,7 +109,7 @@ def picture_of(graph: BlockGraph) -> Picture:
     parents = {key: _parent_view(graph, key) for key in graph.backends}
     edges: dict[str, EdgeView] = {}
     for parent, child, edge in graph.edges():
-        view = EdgeView(parent, edge.name, child, tuple(perm_list(edge.perm)),
+        view = EdgeView(parent, edge.qemu_name, child, tuple(perm_list(edge.perm)),
                         tuple(perm_list(edge.shared)), edge.frozen)
         edges[view.key] = view
     return Picture(nodes, parents, edges)

@@ -143,6 +143,9 @@ class FileNode(DriverNode):
         self.filename = str(options.get("filename", ""))
         if not self.filename:
             raise OpenError("The 'file' block driver requires a file name")
+        # QEMU reopens by name relative to a working directory that never changes;
+        # txgraph's may (an embedding program, a job thread), so the name is fixed now.
+        self._path = os.path.abspath(host_path(self.filename))
         self.no_flush = self.settings.no_flush  # typed (NodeSettings), never bool("off")
         self.direct = self.settings.direct
         self.fd = self._open(opt_bool(options, "auto-read-only", False))
@@ -167,7 +170,7 @@ class FileNode(DriverNode):
     def _open(self, auto_read_only: bool) -> int:
         flags = os.O_CLOEXEC | (os.O_RDONLY if self.read_only else os.O_RDWR)
         try:
-            return os.open(host_path(self.filename), flags)
+            return os.open(self._path, flags)
         except OSError as e:
             if not self.read_only and auto_read_only and e.errno in (E.EACCES, E.EROFS, E.EPERM):
                 # auto-read-only: QEMU silently falls back to a read-only open.
@@ -183,7 +186,7 @@ class FileNode(DriverNode):
         if read_only or not self.read_only or options.get("auto-read-only", False):
             return
         try:
-            os.close(os.open(self.filename, os.O_CLOEXEC | os.O_RDWR))
+            os.close(os.open(self._path, os.O_CLOEXEC | os.O_RDWR))
         except OSError as e:
             raise OpenError(f"Could not open '{self.filename}': "
                             f"{os.strerror(e.errno or E.EIO)}") from None

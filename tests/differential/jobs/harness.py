@@ -1,0 +1,188 @@
+"""Differential harness for block jobs: the same job scenario on qemu-storage-daemon and txgraph.
+
+A job scenario is setup actions (the scenario harness's :class:`Shell` & co.) and
+steps, run in lockstep-free order on each peer in a directory of its own:
+
+* a QMP command dict — its canonical reply is recorded (``query-jobs`` and
+  ``query-block-jobs`` without the progress and ``busy`` members, which depend on
+  where the job thread happens to be);
+* :class:`Wait` — wait (with a deadline) for the next event of a name whose data
+  contains the given members; records whether it came. Timing is made
+  deterministic this way and with ``speed`` and pauses, never with sleeps;
+* :class:`Graph` / :class:`Nodes` — record ``x-debug-query-block-graph`` /
+  ``query-named-block-nodes`` in canonical form at that point.
+
+After the steps the peer is closed and the whole event sequence is recorded
+(timestamps dropped, auto node names canonical, ``offset`` of
+BLOCK_JOB_CANCELLED dropped because it says where the cancel caught the job,
+JOB_STATUS_CHANGE paused/running pairs collapsed — a drain pauses QEMU's jobs,
+txgraph's requests just wait), and so are the images named by the scenario:
+allocation map, backing string and format, and content (``qemu-img compare``
+between the two peers' copies).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.differential.harness import SetupAction, _run_setup
+from txgraph.oracle.canon import canon_graph, canon_nodes, canon_value
+from txgraph.oracle.peers import EnginePeer, Peer, PeerFactory, QSDPeer
+
+__all__ = ["Wait", "Graph", "Nodes", "JobScenario", "JobTrace", "run_job_scenario",
+           "compare_job_traces", "job_differential"]
+
+#: members of query-jobs / query-block-jobs entries that say where the job thread is
+_RACY = frozenset({"current-progress", "offset", "busy"})
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Wait for the next event ``event`` whose data contains ``match``."""
+
+    event: str
+    match: dict[str, Any] = field(default_factory=dict)
+    timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class Graph:
+    """Record the canonical ``x-debug-query-block-graph``."""
+
+
+@dataclass(frozen=True)
+class Nodes:
+    """Record the canonical ``query-named-block-nodes``."""
+
+
+JobStep = dict[str, Any] | Wait | Graph | Nodes
+
+
+@dataclass(frozen=True)
+class JobScenario:
+    name: str
+    steps: tuple[JobStep, ...]
+    setup: tuple[SetupAction, ...] = ()
+    #: image files (relative to the scenario directory) compared after the run
+    images: tuple[str, ...] = ()
+    doc: str = ""
+
+
+@dataclass
+class JobTrace:
+    peer: str
+    workdir: Path
+    records: list[tuple[str, Any]] = field(default_factory=list)
+    events: list[Any] = field(default_factory=list)
+    images: dict[str, Any] = field(default_factory=dict)
+
+
+def _canon_jobs(value: Any) -> Any:
+    if isinstance(value, list):
+        return [{k: v for k, v in entry.items() if k not in _RACY} for entry in value]
+    return value
+
+
+def _canon_events(events: list[dict[str, Any]], workdir: str) -> list[Any]:
+    out: list[Any] = []
+    for msg in events:
+        data = dict(msg.get("data") or {})
+        if msg["event"] == "BLOCK_JOB_CANCELLED":
+            data.pop("offset", None)
+        entry = (msg["event"], canon_value(data, workdir))
+        if (entry[0] == "JOB_STATUS_CHANGE" and data.get("status") == "running" and out
+                and out[-1][0] == "JOB_STATUS_CHANGE" and out[-1][1].get("status") == "paused"
+                and out[-1][1].get("id") == data.get("id")):
+            out.pop()
+            continue
+        out.append(entry)
+    return out
+
+
+def _image_facts(path: Path) -> Any:
+    info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", str(path)],
+                                     capture_output=True, text=True, check=True).stdout)
+    mapping = json.loads(subprocess.run(["qemu-img", "map", "-U", "--output=json", str(path)],
+                                        capture_output=True, text=True, check=True).stdout)
+    return {"backing": info.get("backing-filename"),
+            "backing-format": info.get("backing-filename-format"),
+            "map": [(m["start"], m["length"], m["depth"], m["data"], m["zero"]) for m in mapping]}
+
+
+def _record(peer: Peer, step: JobStep, workdir: str) -> tuple[str, Any]:
+    if isinstance(step, Wait):
+        got = peer.wait_event(step.event, step.match, step.timeout)
+        return f"wait {step.event} {step.match}", got is not None
+    if isinstance(step, Graph):
+        reply = peer.execute({"execute": "x-debug-query-block-graph"})
+        return "graph", canon_graph(reply["return"], workdir) if "return" in reply else reply
+    if isinstance(step, Nodes):
+        reply = peer.execute({"execute": "query-named-block-nodes", "arguments": {"flat": True}})
+        # Jobs write: actual-size of writable nodes is the filesystem's block accounting.
+        return "nodes", canon_nodes(reply["return"], workdir, True) if "return" in reply else reply
+    reply = peer.execute(step)
+    if step["execute"] in ("query-jobs", "query-block-jobs") and "return" in reply:
+        reply = {"return": _canon_jobs(reply["return"])}
+    reply.pop("id", None)
+    if "error" in reply:
+        reply = {"error": {"class": reply["error"].get("class"),
+                           "desc": reply["error"].get("desc")}}
+    return json.dumps(step)[:200], canon_value(reply, workdir)
+
+
+def run_job_scenario(scenario: JobScenario, factory: PeerFactory) -> JobTrace:
+    """Run the scenario on a fresh peer in a fresh directory (kept for the image checks)."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"txj-{scenario.name[:20]}-"))
+    _run_setup(scenario.setup, workdir)
+    peer = factory(workdir)
+    trace = JobTrace(getattr(peer, "label", "?"), workdir)
+    try:
+        for step in scenario.steps:
+            trace.records.append(_record(peer, step, str(workdir)))
+        events = peer.received_events()
+    finally:
+        peer.close()
+    trace.events = _canon_events(events, str(workdir))
+    for image in scenario.images:
+        trace.images[image] = canon_value(_image_facts(workdir / image), str(workdir))
+    return trace
+
+
+def compare_job_traces(left: JobTrace, right: JobTrace, images: Sequence[str]) -> list[str]:
+    """Human-readable differences; empty when the two runs agree."""
+    out: list[str] = []
+    for i, ((what, a), (_w, b)) in enumerate(zip(left.records, right.records)):
+        if a != b:
+            out.append(f"step {i} {what}:\n    {left.peer}: {a}\n    {right.peer}: {b}")
+    if left.events != right.events:
+        out.append(f"events:\n    {left.peer}: {left.events}\n    {right.peer}: {right.events}")
+    for image in images:
+        if left.images.get(image) != right.images.get(image):
+            out.append(f"image {image}:\n    {left.peer}: {left.images.get(image)}\n"
+                       f"    {right.peer}: {right.images.get(image)}")
+        res = subprocess.run(["qemu-img", "compare", "-U", str(left.workdir / image),
+                              str(right.workdir / image)], capture_output=True, text=True)
+        if res.returncode != 0:
+            out.append(f"image {image} content: {res.stdout.strip()} {res.stderr.strip()}")
+    return out
+
+
+def job_differential(scenario: JobScenario, left: PeerFactory = QSDPeer,
+                     right: PeerFactory = EnginePeer) -> list[str]:
+    """Run on both peers (QSD first), compare, clean up; the differences."""
+    a = run_job_scenario(scenario, left)
+    try:
+        b = run_job_scenario(scenario, right)
+        try:
+            return compare_job_traces(a, b, scenario.images)
+        finally:
+            shutil.rmtree(b.workdir, ignore_errors=True)
+    finally:
+        shutil.rmtree(a.workdir, ignore_errors=True)

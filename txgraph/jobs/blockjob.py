@@ -1,0 +1,132 @@
+"""A block job's place in the graph: its vertex, its node children and its BlockBackend.
+
+Reproduces blockjob.c's graph side: ``block_job_create`` adds the job as a
+parent of its main node (``"main node"``, perm 0, shared as the driver asks),
+``block_job_add_bdrv`` adds further job children (``"active node"``,
+``"intermediate node"`` ...) — each a ``child_job`` edge that stays at its
+node when the node is replaced, and each blocking every op on the node with
+``block device is in use by block job: <type>`` — and a job that does I/O
+opens an anonymous BlockBackend of its own (``blk_new_with_bs``). In
+permission conflicts the job is named ``<type> job '<id>'``.
+"""
+
+from __future__ import annotations
+
+from txgraph.jobs.job import Job
+from txgraph.model.node import Backend, Edge, ParentKind
+from txgraph.model.perm import Perm, Role
+from txgraph.ops.perms import refresh_perms
+from txgraph.ops.session import Session
+from txgraph.ops.undo_log import Transaction
+
+__all__ = ["GraphJob", "job_key", "job_blk_key", "add_job_vertex", "add_job_child", "add_job_blk",
+           "remove_job_graph", "default_job_id"]
+
+
+def job_key(job_id: str) -> str:
+    return f"job:{job_id}"
+
+
+def job_blk_key(job_id: str) -> str:
+    """The graph key of the job's own BlockBackend (anonymous: ``an unnamed block device``)."""
+    return f"bb:job:{job_id}"
+
+
+def default_job_id(session: Session, node: str) -> str:
+    """``block_job_create``: without ``job-id`` the ID is the node's BlockBackend name.
+
+    qemu-storage-daemon has no named BlockBackends (exports are anonymous), so
+    this is ``''`` there, which ``job_create`` then refuses as an invalid ID.
+    """
+    for parent, edge in session.graph.parents(node):
+        backend = session.graph.backends.get(parent)
+        if backend is not None and edge.parent_kind is ParentKind.ROOT and backend.name:
+            return backend.name
+    return ""
+
+
+def add_job_vertex(session: Session, tx: Transaction, job_id: str, job_type: str) -> None:
+    tx.add_backend(Backend(key=job_key(job_id), kind=ParentKind.JOB, name=job_id,
+                           description=f"{job_type} job '{job_id}'", job_type=job_type))
+
+
+def add_job_child(session: Session, tx: Transaction, job_id: str, label: str, node: str,
+                  perm: Perm, shared: Perm) -> None:
+    """``block_job_add_bdrv``: one more ``child_job`` edge, then the node's perms refresh."""
+    key = job_key(job_id)
+    count = sum(1 for _c, e in session.graph.children(key) if e.qemu_name == label)
+    name = label if count == 0 else f"{label}#{count}"
+    tx.attach(key, node, Edge(name=name, role=Role.NONE, parent_kind=ParentKind.JOB,
+                              perm=perm, shared=shared, label=label))
+    refresh_perms(session, tx, [node])
+
+
+def add_job_blk(session: Session, tx: Transaction, job_id: str, node: str, perm: Perm,
+                shared: Perm) -> str:
+    """``blk_new_with_bs``: the job's own BlockBackend on ``node``; returns its key."""
+    key = job_blk_key(job_id)
+    tx.add_backend(Backend(key=key, kind=ParentKind.ROOT, perm=perm, shared=shared))
+    tx.attach(key, node, Edge(name="root", role=Role.FILTERED | Role.PRIMARY,
+                              parent_kind=ParentKind.ROOT, perm=perm, shared=shared))
+    refresh_perms(session, tx, [node])
+    tx.rt.open_backend(key)
+    return key
+
+
+def remove_job_blk(session: Session, tx: Transaction, job_id: str) -> None:
+    """``blk_unref`` of the job's BlockBackend (if it still has one)."""
+    key = job_blk_key(job_id)
+    if key not in session.graph.backends:
+        return
+    found = session.graph.child_edge(key, "root")
+    if found is not None:
+        tx.detach(key, "root")
+    tx.remove_backend(key)
+    tx.rt.close_backend(key)
+    if found is not None:
+        refresh_perms(session, tx, [found[0]])
+
+
+def remove_job_graph(session: Session, tx: Transaction, job_id: str) -> list[str]:
+    """``block_job_remove_all_bdrv`` and the job's BlockBackend: the job lets go of the graph.
+
+    Returns the nodes it held (their perms were refreshed; callers unref the
+    ones nothing references any more).
+    """
+    remove_job_blk(session, tx, job_id)
+    key = job_key(job_id)
+    held: list[str] = []
+    if key in session.graph.backends:
+        for child, edge in session.graph.children(key):
+            tx.detach(key, edge.name)
+            held.append(child)
+        tx.remove_backend(key)
+        refresh_perms(session, tx, [c for c in held if c in session.graph.nodes])
+    return held
+
+
+class GraphJob(Job):
+    """A job that holds part of the graph: it lets go of it when it is dismissed."""
+
+    def protect(self, session: Session, tx: Transaction,
+                links: list[tuple[str, str, str]]) -> None:
+        """Record the links the job's data depends on (the safe policy's J1 rule)."""
+        tx.set(session.graph.backends[job_key(self.id)], "protects", tuple(links))
+
+    def unprotect(self, session: Session, tx: Transaction) -> None:
+        backend = session.graph.backends.get(job_key(self.id))
+        if backend is not None and backend.protects:
+            tx.set(backend, "protects", ())
+
+    def release_blk(self, session: Session, tx: Transaction) -> None:
+        remove_job_blk(session, tx, self.id)
+
+    def release(self, session: Session, tx: Transaction) -> None:
+        """``block_job_free`` → ``block_job_remove_all_bdrv``: the held nodes nothing else
+        references close."""
+        from txgraph.ops.blockdev import unref_node
+
+        graph = session.graph
+        for name in remove_job_graph(session, tx, self.id):
+            if name in graph.nodes and graph.refcount(name) == 0:
+                unref_node(session, tx, name)

@@ -1,0 +1,404 @@
+"""The session's jobs: creation, the verbs, completion and finalisation (job.c, job-qmp.c).
+
+:class:`JobManager` is QEMU's global job list plus the main-loop half of the
+job lifecycle (``job_exit`` → ``job_completed`` → ``job_do_finalize`` →
+``job_finalize_single`` → ``job_conclude``). Each driver hook that changes the
+graph runs in a session transaction of its own, so the checker and the
+data-plane delta see it like any QMP command.
+
+Lock discipline: see :mod:`txgraph.jobs.job` — ``bql`` (the session's big
+lock) before ``mutex``; every method here except :meth:`exit_from_thread`
+and :meth:`cancel_sync_all` is called with the bql held.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from txgraph.errors import BlockError, TxgraphError
+from txgraph.jobs.job import Job
+from txgraph.jobs.status import JobStatus, JobVerb, apply_verb
+from txgraph.model.names import id_wellformed
+
+if TYPE_CHECKING:
+    from txgraph.ops.session import Session
+    from txgraph.ops.undo_log import Transaction
+
+__all__ = ["JobManager", "DeviceNotActive", "manager_of"]
+
+S = JobStatus
+
+log = logging.getLogger(__name__)
+
+#: how long closing waits for one job thread to leave its I/O
+_JOIN_DEADLINE = 30.0
+#: how long a starting job may run before the command that started it returns
+_FIRST_YIELD_DEADLINE = 1.0
+
+
+class DeviceNotActive(BlockError):
+    """The ``block-job-*`` commands' error for an unknown job (``find_block_job_locked``)."""
+
+    error_class = "DeviceNotActive"
+
+
+def manager_of(session: Session) -> JobManager:
+    """The session's job manager, created on first use (the session closes it)."""
+    manager = session.jobs
+    if manager is None:
+        manager = JobManager(session)
+        session.jobs = manager
+        session.close_hooks.append(manager.cancel_sync_all)
+    assert isinstance(manager, JobManager)
+    return manager
+
+
+class JobManager:
+    """Every job of one session, newest first (QEMU inserts at the list head)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.bql = session.lock
+        self.mutex = threading.Condition(threading.RLock())
+        self.jobs: list[Job] = []
+        #: set while the session closes: sleeping and paused jobs stop waiting
+        self.closing = False
+        #: every job thread started and not yet joined (closing joins them)
+        self.threads: list[threading.Thread] = []
+
+    def emit(self, name: str, data: dict[str, Any]) -> None:
+        self.session.emit_event(name, data)
+
+    # -- lookup ---------------------------------------------------------------------------
+    def get(self, job_id: str) -> Job | None:
+        return next((j for j in self.jobs if j.id == job_id), None)
+
+    def find_job(self, job_id: str) -> Job:
+        """``find_job_locked`` of job-qmp.c."""
+        job = self.get(job_id)
+        if job is None:
+            raise BlockError("Job not found")
+        return job
+
+    def find_block_job(self, job_id: str) -> Job:
+        """``find_block_job_locked`` of blockdev.c: DeviceNotActive."""
+        job = self.get(job_id)
+        if job is None:
+            raise DeviceNotActive(f"Block job '{job_id}' not found")
+        return job
+
+    # -- creation -------------------------------------------------------------------------
+    def check_new_id(self, job_id: str | None) -> str:
+        """``job_create``'s ID rules (a block job's default ID was filled in by the caller)."""
+        if job_id is None:
+            raise BlockError("An explicit job ID is required")
+        if not id_wellformed(job_id):
+            raise BlockError(f"Invalid job ID '{job_id}'")
+        if self.get(job_id) is not None:
+            raise BlockError(f"Job ID '{job_id}' already in use")
+        return job_id
+
+    def create(self, tx: Transaction, job: Job, speed: int) -> None:
+        """``block_job_create`` inside the command's transaction.
+
+        The job is listed and ``created`` at once (QEMU emits that event before
+        the command's later checks); if the transaction aborts, the job fails
+        early (``job_early_fail``: ``null``) and is unlisted.
+        """
+        with self.mutex:
+            self.jobs.insert(0, job)
+            job.transition(S.CREATED)
+        tx.undo(lambda: self._early_fail(job))
+        with self.mutex:
+            job.set_speed(speed)
+
+    def _early_fail(self, job: Job) -> None:
+        with self.mutex:
+            job.transition(S.NULL)
+            if job in self.jobs:
+                self.jobs.remove(job)
+
+    def start(self, job: Job) -> None:
+        """``job_start``, then run the job until it first yields, as QEMU's coroutine runs
+        before the main loop reads the next command: a rate-limited job has copied its
+        first chunk, a paused one sits at its pause point, when the command returns.
+        The wait is bounded, since a job without a limit yields only at its end."""
+        with self.mutex:
+            self.threads = [t for t in self.threads if t.is_alive()]
+            job.yielded = False
+            self.threads.append(job.start())
+            self._until_yield(job)
+
+    def _until_yield(self, job: Job) -> None:
+        """Let the entered job run to its next yield (mutex held; bounded wait)."""
+        deadline = time.monotonic() + _FIRST_YIELD_DEADLINE
+        while not job.yielded:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self.mutex.wait(left)
+
+    # -- verbs ----------------------------------------------------------------------------
+    def user_pause(self, job: Job) -> None:
+        """``job_user_pause_locked``."""
+        with self.mutex:
+            apply_verb(job.id, job.status, JobVerb.PAUSE)
+            if job.user_paused:
+                raise BlockError("Job is already paused")
+            job.user_paused = True
+            job.pause_count += 1
+            # job_pause_locked enters the job, so a sleeping job parks at once.
+            if not job.paused and job.started and not job.run_done:
+                job.yielded = False
+                job.enter()
+                self._until_yield(job)
+
+    def user_resume(self, job: Job) -> None:
+        """``job_user_resume_locked``: the 'not paused' check comes before the verb table."""
+        with self.mutex:
+            if not job.user_paused:
+                raise BlockError("Can't resume a job that was not paused")
+            apply_verb(job.id, job.status, JobVerb.RESUME)
+            job.user_resume()
+            job.user_paused = False
+            job.pause_count -= 1
+            if job.pause_count == 0 and job.paused:
+                # The resumed coroutine runs before the main loop reads the next command.
+                job.yielded = False
+                job.enter()
+                self._until_yield(job)
+            else:
+                job.enter()
+
+    def user_cancel(self, job: Job, force: bool) -> None:
+        """``job_user_cancel_locked`` → ``job_cancel_locked``."""
+        with self.mutex:
+            apply_verb(job.id, job.status, JobVerb.CANCEL)
+        self.cancel(job, force)
+
+    def cancel(self, job: Job, force: bool) -> None:
+        """``job_cancel_locked``."""
+        with self.mutex:
+            if job.status is S.CONCLUDED:
+                self._dismiss(job)
+                return
+            self._cancel_async(job, force)
+            if not job.started:
+                self._completed(job)
+            elif job.deferred_to_main_loop:
+                if job.is_cancelled and not job.exited:
+                    self._txn_abort(job)
+            else:
+                job.enter()
+
+    def _cancel_async(self, job: Job, force: bool) -> None:
+        """``job_cancel_async_locked``: the driver may turn a soft cancel into a force one."""
+        force = job.cancel_hook(force)
+        if job.user_paused:
+            job.user_resume()
+            job.user_paused = False
+            job.pause_count -= 1
+        if not job.deferred_to_main_loop:
+            job.cancelled = True
+            job.force_cancel |= force
+        job.enter()
+
+    def complete(self, job: Job) -> None:
+        """``job_complete_locked``."""
+        with self.mutex:
+            apply_verb(job.id, job.status, JobVerb.COMPLETE)
+            if job.cancelled or not job.can_complete:
+                raise BlockError(f"The active block job '{job.id}' cannot be completed")
+        job.complete()
+
+    def finalize(self, job: Job) -> None:
+        """``job_finalize_locked``: finalises the job's whole transaction."""
+        with self.mutex:
+            apply_verb(job.id, job.status, JobVerb.FINALIZE)
+            self._do_finalize(job)
+
+    def dismiss(self, job: Job) -> None:
+        """``job_dismiss_locked``."""
+        with self.mutex:
+            apply_verb(job.id, job.status, JobVerb.DISMISS)
+            self._dismiss(job)
+
+    def set_speed(self, job: Job, speed: int) -> None:
+        with self.mutex:
+            job.set_speed(speed)
+
+    # -- completion (bql held) ------------------------------------------------------------
+    def exit_from_thread(self, job: Job) -> None:
+        """``job_exit``, scheduled by the job's thread once ``run`` returned.
+
+        Someone holding the bql may already have completed the job inline
+        (``finish_sync``); then there is nothing left to do.
+        """
+        with self.bql, self.mutex:
+            if not job.exited:
+                self._exit(job)
+
+    def _exit(self, job: Job) -> None:
+        job.exited = True
+        if not job.is_completed:
+            self._completed(job)
+
+    def _update_rc(self, job: Job) -> None:
+        """``job_update_rc_locked``: a force-cancelled job fails with ECANCELED."""
+        if not job.ret and job.is_cancelled:
+            job.ret = -errno.ECANCELED
+        if job.ret:
+            if job.err is None:
+                job.err = os.strerror(-job.ret)
+            job.transition(S.ABORTING)
+
+    def _completed(self, job: Job) -> None:
+        """``job_completed_locked``."""
+        self._update_rc(job)
+        if job.ret:
+            self._txn_abort(job)
+        else:
+            self._txn_success(job)
+
+    def _txn_success(self, job: Job) -> None:
+        """``job_completed_txn_success_locked``."""
+        job.transition(S.WAITING)
+        if any(not other.is_completed for other in job.txn.jobs):
+            return
+        for other in list(job.txn.jobs):
+            other.transition(S.PENDING)
+            if not other.auto_finalize:
+                self.emit("BLOCK_JOB_PENDING", {"type": other.job_type, "id": other.id})
+        if all(other.auto_finalize for other in job.txn.jobs):
+            self._do_finalize(job)
+
+    def _do_finalize(self, job: Job) -> None:
+        """``job_do_finalize_locked``: prepare every member, then finalise each one."""
+        failed = False
+        for other in list(job.txn.jobs):
+            if not self._hook(other, other.prepare):
+                failed = True
+                break
+        if failed:
+            self._txn_abort(job)
+            return
+        for other in list(job.txn.jobs):
+            self._finalize_single(other)
+
+    def _txn_abort(self, job: Job) -> None:
+        """``job_completed_txn_abort_locked``: force-cancel the rest, finalise everyone."""
+        txn = job.txn
+        if txn.aborting:
+            return
+        txn.aborting = True
+        for other in txn.jobs:
+            if other is not job:
+                self._cancel_async(other, True)
+        while txn.jobs:
+            other = txn.jobs[0]
+            if not other.is_completed:
+                self._finish_sync(other)
+            self._finalize_single(other)
+
+    def _finish_sync(self, job: Job) -> None:
+        """``job_finish_sync_locked``: wait for ``run`` to return, then complete inline."""
+        self._wait_run_done(job)
+        if not job.exited:
+            job.exited = True
+            if not job.is_completed:
+                self._update_rc(job)
+
+    def _wait_run_done(self, job: Job) -> None:
+        if job.started:
+            while not job.run_done:
+                job.enter()
+                self.mutex.wait(0.1)
+
+    def _finalize_single(self, job: Job) -> None:
+        """``job_finalize_single_locked``."""
+        self._update_rc(job)
+        self._hook(job, job.commit if not job.ret else job.abort)
+        self._hook(job, job.clean)
+        if job.started:
+            if job.is_cancelled:
+                self.emit("BLOCK_JOB_CANCELLED", job.event_data())
+            else:
+                data = job.event_data()
+                if job.ret and job.err is not None:
+                    data["error"] = job.err
+                self.emit("BLOCK_JOB_COMPLETED", data)
+        if job in job.txn.jobs:
+            job.txn.jobs.remove(job)
+        job.transition(S.CONCLUDED)
+        if job.auto_dismiss or not job.started:
+            self._dismiss(job)
+
+    def _dismiss(self, job: Job) -> None:
+        """``job_do_dismiss_locked``: the job goes (and lets go of the graph)."""
+        job.transition(S.NULL)
+        if job in self.jobs:
+            self.jobs.remove(job)
+        try:
+            with self.session.transaction() as tx:
+                job.release(self.session, tx)
+        except TxgraphError:
+            # Dropping references only loosens the graph; a refusal here is a bug
+            # that must not keep the job listed.
+            log.exception("releasing the graph of job %r failed", job.id)
+
+    def _hook(self, job: Job, hook: Callable[[Session, Transaction], None]) -> bool:
+        """Run one graph-changing driver hook in a transaction of its own.
+
+        A refused change is undone and fails the job the way QEMU's drivers
+        report it (``-EPERM``; the reason goes to the log as QEMU prints it).
+        """
+        try:
+            with self.session.transaction() as tx:
+                hook(self.session, tx)
+        except TxgraphError as exc:
+            # QEMU's drivers error_report() the reason and return -EPERM.
+            log.warning("block job %r: %s: %s", job.id, getattr(hook, "__name__", "hook"),
+                        exc.desc)
+            if not job.ret:
+                job.ret = -errno.EPERM
+            job.err = job.err or exc.desc
+            return False
+        return True
+
+    # -- shutdown -------------------------------------------------------------------------
+    def cancel_sync_all(self) -> None:
+        """``job_cancel_sync_all`` at quit: force-cancel every job and finish it.
+
+        The jobs are completed inline (their threads would need the bql this
+        holds); the threads are joined after it is released.
+        """
+        with self.bql:
+            with self.mutex:
+                for job in list(self.jobs):
+                    if job.status not in (S.CONCLUDED, S.NULL):
+                        self.cancel(job, True)
+                for job in list(self.jobs):
+                    self._wait_run_done(job)
+                    if job.run_done and not job.exited:
+                        self._exit(job)
+                self.closing = True
+                self.mutex.notify_all()
+        threads, self.threads = self.threads, []
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(_JOIN_DEADLINE)
+
+    # -- queries --------------------------------------------------------------------------
+    def query_jobs(self) -> list[dict[str, Any]]:
+        with self.mutex:
+            return [job.job_info() for job in self.jobs]
+
+    def query_block_jobs(self) -> list[dict[str, Any]]:
+        with self.mutex:
+            return [job.block_job_info() for job in self.jobs]

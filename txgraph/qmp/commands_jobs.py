@@ -1,0 +1,133 @@
+"""The QMP job commands: ``block-stream``, ``query-jobs``, the ``job-*`` and ``block-job-*`` verbs.
+
+``job-*`` (job-qmp.c) find the job by ID and answer ``Job not found`` as a
+GenericError; ``block-job-*`` (blockdev.c) answer ``Block job '<id>' not
+found`` with class DeviceNotActive, and ``block-job-cancel`` refuses a
+non-forced cancel of a paused job. ``job-cancel`` always forces.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from txgraph.errors import BlockError
+from txgraph.jobs.manager import manager_of
+from txgraph.jobs.stream import block_stream
+from txgraph.qmp.command_table import CommandContext, command
+
+__all__: list[str] = []
+
+
+@command("block-stream")
+def _block_stream(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    block_stream(ctx.session, args)
+    return {}
+
+
+@command("query-jobs")
+def _query_jobs(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    return manager_of(ctx.session).query_jobs()
+
+
+@command("query-block-jobs")
+def _query_block_jobs(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    return manager_of(ctx.session).query_block_jobs()
+
+
+# -- job-* ---------------------------------------------------------------------------------
+@command("job-pause")
+def _job_pause(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    manager = manager_of(ctx.session)
+    manager.user_pause(manager.find_job(args["id"]))
+    return {}
+
+
+@command("job-resume")
+def _job_resume(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    manager = manager_of(ctx.session)
+    manager.user_resume(manager.find_job(args["id"]))
+    return {}
+
+
+@command("job-cancel")
+def _job_cancel(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    manager = manager_of(ctx.session)
+    manager.user_cancel(manager.find_job(args["id"]), True)
+    return {}
+
+
+@command("job-complete")
+def _job_complete(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    manager = manager_of(ctx.session)
+    manager.complete(manager.find_job(args["id"]))
+    return {}
+
+
+@command("job-finalize")
+def _job_finalize(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    manager = manager_of(ctx.session)
+    manager.finalize(manager.find_job(args["id"]))
+    return {}
+
+
+@command("job-dismiss")
+def _job_dismiss(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    manager = manager_of(ctx.session)
+    manager.dismiss(manager.find_job(args["id"]))
+    return {}
+
+
+# -- block-job-* ---------------------------------------------------------------------------
+@command("block-job-set-speed")
+def _block_job_set_speed(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    manager = manager_of(ctx.session)
+    manager.set_speed(manager.find_block_job(args["device"]), args["speed"])
+    return {}
+
+
+@command("block-job-pause")
+def _block_job_pause(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    manager = manager_of(ctx.session)
+    manager.user_pause(manager.find_block_job(args["device"]))
+    return {}
+
+
+@command("block-job-resume")
+def _block_job_resume(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    manager = manager_of(ctx.session)
+    manager.user_resume(manager.find_block_job(args["device"]))
+    return {}
+
+
+@command("block-job-cancel")
+def _block_job_cancel(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    """``qmp_block_job_cancel``: a soft cancel of a user-paused job is refused."""
+    manager = manager_of(ctx.session)
+    device = args["device"]
+    job = manager.find_block_job(device)
+    force = bool(args.get("force", False))
+    if job.user_paused and not force:
+        raise BlockError(f"The block job for device '{device}' is currently paused")
+    manager.user_cancel(job, force)
+    return {}
+
+
+@command("block-job-complete")
+def _block_job_complete(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    manager = manager_of(ctx.session)
+    manager.complete(manager.find_block_job(args["device"]))
+    return {}
+
+
+@command("block-job-finalize")
+def _block_job_finalize(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    manager = manager_of(ctx.session)
+    manager.finalize(manager.find_block_job(args["id"]))
+    return {}
+
+
+@command("block-job-dismiss")
+def _block_job_dismiss(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    manager = manager_of(ctx.session)
+    manager.dismiss(manager.find_block_job(args["id"]))
+    return {}
