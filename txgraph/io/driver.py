@@ -13,10 +13,13 @@ The generic block-layer rules every call passes are in :mod:`txgraph.io.layer`.
 from __future__ import annotations
 
 import abc
+import errno
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from txgraph.errors import IOFailure
 from txgraph.io.layer import LAYERS, driver_write, driver_write_zeroes, is_zero
 from txgraph.io.settings import NodeSettings
 
@@ -154,6 +157,29 @@ class DriverNode(abc.ABC):
 
     def close(self) -> None:
         """Release host resources (fds, mappings, locks). Idempotent."""
+
+    def change_backing_file(self, backing_file: str | None, backing_fmt: str | None, *,
+                            require: bool = False) -> None:
+        """Rewrite the backing file string in the image (QEMU's ``bdrv_change_backing_file``).
+
+        The generic checks come first: a format without a file, or (with
+        ``require``, as ``qemu-img rebase`` asks) a file without a format, is
+        ``EINVAL``; then the driver's :meth:`driver_change_backing_file`. Raises
+        :class:`IOFailure` carrying QEMU's errno (callers add their own prefix,
+        e.g. "Could not update backing file link: ..."). Only the image header
+        changes; the ``backing`` edge is the caller's business. Thread safety
+        is the driver's (qcow2: under its node lock).
+        """
+        if backing_fmt is not None and backing_file is None:
+            raise IOFailure(os.strerror(errno.EINVAL), errno.EINVAL)
+        if require and backing_file is not None and backing_fmt is None:
+            raise IOFailure(os.strerror(errno.EINVAL), errno.EINVAL)
+        self.driver_change_backing_file(backing_file, backing_fmt)
+
+    def driver_change_backing_file(self, backing_file: str | None,
+                                   backing_fmt: str | None) -> None:
+        """``drv->bdrv_change_backing_file``; drivers without one (raw, filters...): ENOTSUP."""
+        raise IOFailure(os.strerror(errno.ENOTSUP), errno.ENOTSUP)
 
 
 class FilterNode(DriverNode):

@@ -364,6 +364,32 @@ class Runtime:
         self.prepare_reopen(name, options, read_only)
         self.apply([ReopenNode(name, options, read_only)])
 
+    def change_backing_file(self, node_name: str, backing_file: str | None,
+                            backing_fmt: str | None, *, require: bool = False) -> None:
+        """Rewrite a live node's backing file string (QEMU's ``bdrv_change_backing_file``).
+
+        Only the image header changes (qcow2: the whole header cluster is
+        rebuilt, :mod:`txgraph.io.qcow2.update_header`); the node's ``backing``
+        edge is untouched, that is a graph change of its own. Drivers without
+        the callback (raw, filters, file...) fail with ENOTSUP, a read-only
+        node with EPERM (callers reopen it read-write first, as QEMU's
+        ``change-backing-file`` and the block jobs' ``update_filename`` do);
+        every failure is an :class:`IOFailure` with QEMU's errno and nothing
+        changes.
+
+        Lock discipline: runs as one request (graph lock shared), so the node
+        cannot be closed or swapped out while its header is written, without
+        draining the guest I/O (QEMU does not drain here either); the driver
+        then takes its own node lock around the header rebuild and write.
+        Callers holding the graph lock exclusively (inside :meth:`drained`)
+        may call it too: :meth:`request` is re-entrant for them.
+        """
+        with self.request():
+            if node_name not in self._nodes:
+                raise BlockError(f"Cannot find device='' nor node-name='{node_name}'")
+            self._nodes[node_name].change_backing_file(backing_file, backing_fmt,
+                                                        require=require)
+
     def open_backend(self, key: str, root: str | None) -> None:
         """A standalone BlockBackend (``blk_new`` + ``blk_insert_bs``).
 

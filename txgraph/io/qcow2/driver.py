@@ -50,6 +50,7 @@ from txgraph.io.qcow2.header import Qcow2Header, read_qcow2_header
 from txgraph.io.qcow2.l2map import COMPRESSED, INVALID, MIXED, UNALLOC, ZERO, L2Map
 from txgraph.io.qcow2.overlap import OverlapChecker, parse_overlap_check
 from txgraph.io.qcow2.snapshots import snapshot_qmp
+from txgraph.io.qcow2.update_header import change_backing_file
 from txgraph.io.qcow2.validate import read_message
 
 __all__ = ["Qcow2Node", "child_readinto"]
@@ -448,6 +449,18 @@ class Qcow2Node(DriverNode):
                          backing_format=h.backing_format, data_file=h.data_file,
                          has_external_data_file=h.has_data_file, cluster_size=h.cluster_size,
                          dirty=h.dirty, format_specific=self.format_specific(), extra=extra)
+
+    # -- header changes -------------------------------------------------------
+    def change_backing_file(self, backing_file: str | None, backing_fmt: str | None, *,
+                            require: bool = False) -> None:
+        """``bdrv_change_backing_file``: a node whose driver was dropped is ENOMEDIUM first."""
+        self._alive()
+        super().change_backing_file(backing_file, backing_fmt, require=require)
+
+    def driver_change_backing_file(self, backing_file: str | None,
+                                   backing_fmt: str | None) -> None:
+        """``qcow2_change_backing_file``: rebuild the header cluster (:mod:`.update_header`)."""
+        change_backing_file(self, backing_file, backing_fmt)
 
     def close(self) -> None:
         if self.writer is not None and not self.dead:
