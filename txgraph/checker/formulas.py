@@ -78,6 +78,9 @@ def _default(ctx: ChildPermContext, role: Role, p: BV, s: BV) -> tuple[BV, BV]:
 
 def smt_child_perm(ctx: ChildPermContext, role: Role, p: BV, s: BV) -> tuple[BV, BV]:
     """(perm, shared) of an edge with role ``role`` under a parent with context ``ctx``."""
+    if ctx.family == "commit_top":
+        # bdrv_commit_top_child_perm: the job holds the chain, the filter takes nothing.
+        return bv(0), bv(ALL)
     if ctx.family == "quorum":
         # quorum_child_perm: never share write or resize, so children cannot diverge.
         nperm = p | bv(_W) if ctx.rewrite_corrupted else p

@@ -21,14 +21,16 @@ from txgraph.io.driver import DriverNode
 __all__ = ["FILTER_DRIVERS", "skip_filters", "chain", "allocated_above", "reads_as_zero",
            "sparse_read"]
 
-#: Drivers that pass I/O through their ``file`` child unchanged (``is_filter``).
-FILTER_DRIVERS = frozenset({"throttle", "copy-on-read", "blkdebug", "compress", "preallocate"})
+#: Drivers that pass I/O through one child unchanged (``is_filter``), and that child
+FILTER_DRIVERS = {"throttle": "file", "copy-on-read": "file", "blkdebug": "image",
+                  "compress": "file", "preallocate": "file", "commit_top": "backing",
+                  "mirror_top": "backing"}
 
 
 def skip_filters(node: DriverNode | None) -> DriverNode | None:
     """``bdrv_skip_filters``."""
     while node is not None and node.driver_name in FILTER_DRIVERS:
-        nxt = node.children.get("image" if node.driver_name == "blkdebug" else "file")
+        nxt = node.children.get(FILTER_DRIVERS[node.driver_name])
         if nxt is None:
             break
         node = nxt

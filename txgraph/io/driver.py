@@ -194,7 +194,11 @@ class FilterNode(DriverNode):
 
     @property
     def filtered(self) -> DriverNode:
-        return self.children[self.filtered_child]
+        """The filtered child; a filter a job dropped from the chain has none (ENOMEDIUM)."""
+        child = self.children.get(self.filtered_child)
+        if child is None:
+            raise IOFailure(os.strerror(errno.ENOMEDIUM), errno.ENOMEDIUM)
+        return child
 
     def read(self, offset: int, length: int) -> bytes:
         return self.filtered.read(offset, length)

@@ -8,13 +8,17 @@ plane only through these functions and their own BlockBackend.
 
 from __future__ import annotations
 
+from txgraph.errors import IOFailure
 from txgraph.io.chain import allocated_above, chain, skip_filters
 from txgraph.io.runtime import Runtime
 
-__all__ = ["STREAM_CHUNK", "stream_step", "node_length"]
+__all__ = ["STREAM_CHUNK", "COMMIT_BUFFER_SIZE", "stream_step", "commit_step", "node_length",
+           "backend_length"]
 
 #: ``STREAM_CHUNK`` of block/stream.c: the most one iteration copies
 STREAM_CHUNK = 512 * 1024
+#: ``COMMIT_BUFFER_SIZE`` of block/commit.c
+COMMIT_BUFFER_SIZE = 512 * 1024
 
 
 def node_length(rt: Runtime, name: str) -> int:
@@ -50,3 +54,37 @@ def stream_step(rt: Runtime, blk: str, target: str, base_overlay: str, offset: i
         if copy:
             rt.backend_root(blk).read(offset, n)
         return n, copy
+
+
+def backend_length(rt: Runtime, blk: str) -> int:
+    """``blk_getlength``."""
+    with rt.request():
+        return rt.backend_root(blk).size()
+
+
+def commit_step(rt: Runtime, top_blk: str, base_blk: str, base_overlay: str, offset: int,
+                length: int) -> tuple[int, bool]:
+    """One iteration of ``commit_run`` at ``offset``: ``(bytes handled, copied?)``.
+
+    What some layer from the commit's top down to ``base_overlay`` allocates is
+    read through the job's top BlockBackend and written, as plain data, through
+    its base BlockBackend. A failed read raises with ``is_read`` set on the
+    exception's ``job_read`` attribute (the on-error policy needs to know).
+    """
+    with rt.request():
+        top = rt.backend_root(top_blk)
+        want = min(COMMIT_BUFFER_SIZE, length - offset)
+        copy, n = allocated_above(chain(top), base_overlay, offset, want)
+        if not copy:
+            return n, False
+        try:
+            data = top.read(offset, n)
+        except IOFailure as exc:
+            exc.job_read = True  # type: ignore[attr-defined]
+            raise
+        try:
+            rt.backend_root(base_blk).write(offset, data)
+        except IOFailure as exc:
+            exc.job_read = False  # type: ignore[attr-defined]
+            raise
+        return n, True

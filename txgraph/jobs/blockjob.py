@@ -20,16 +20,18 @@ from txgraph.ops.session import Session
 from txgraph.ops.undo_log import Transaction
 
 __all__ = ["GraphJob", "job_key", "job_blk_key", "add_job_vertex", "add_job_child", "add_job_blk",
-           "remove_job_graph", "default_job_id"]
+           "remove_job_blk", "remove_job_children", "remove_job_graph", "unref_unused",
+           "default_job_id"]
 
 
 def job_key(job_id: str) -> str:
     return f"job:{job_id}"
 
 
-def job_blk_key(job_id: str) -> str:
-    """The graph key of the job's own BlockBackend (anonymous: ``an unnamed block device``)."""
-    return f"bb:job:{job_id}"
+def job_blk_key(job_id: str, role: str = "blk") -> str:
+    """The graph key of one of the job's own BlockBackends (anonymous: ``an unnamed block
+    device``); ``role`` tells them apart (commit has one on its top and one on its base)."""
+    return f"bb:job:{job_id}:{role}"
 
 
 def default_job_id(session: Session, node: str) -> str:
@@ -62,9 +64,9 @@ def add_job_child(session: Session, tx: Transaction, job_id: str, label: str, no
 
 
 def add_job_blk(session: Session, tx: Transaction, job_id: str, node: str, perm: Perm,
-                shared: Perm) -> str:
-    """``blk_new_with_bs``: the job's own BlockBackend on ``node``; returns its key."""
-    key = job_blk_key(job_id)
+                shared: Perm, role: str = "blk") -> str:
+    """``blk_new_with_bs``: one of the job's own BlockBackends on ``node``; returns its key."""
+    key = job_blk_key(job_id, role)
     tx.add_backend(Backend(key=key, kind=ParentKind.ROOT, perm=perm, shared=shared))
     tx.attach(key, node, Edge(name="root", role=Role.FILTERED | Role.PRIMARY,
                               parent_kind=ParentKind.ROOT, perm=perm, shared=shared))
@@ -73,36 +75,62 @@ def add_job_blk(session: Session, tx: Transaction, job_id: str, node: str, perm:
     return key
 
 
-def remove_job_blk(session: Session, tx: Transaction, job_id: str) -> None:
-    """``blk_unref`` of the job's BlockBackend (if it still has one)."""
-    key = job_blk_key(job_id)
+def remove_job_blk(session: Session, tx: Transaction, job_id: str,
+                   role: str = "blk") -> str | None:
+    """``blk_unref`` of one of the job's BlockBackends (if it still has it); returns the
+    node it was on."""
+    key = job_blk_key(job_id, role)
     if key not in session.graph.backends:
-        return
+        return None
     found = session.graph.child_edge(key, "root")
     if found is not None:
         tx.detach(key, "root")
     tx.remove_backend(key)
     tx.rt.close_backend(key)
-    if found is not None:
-        refresh_perms(session, tx, [found[0]])
+    if found is None:
+        return None
+    refresh_perms(session, tx, [found[0]])
+    return found[0]
 
 
-def remove_job_graph(session: Session, tx: Transaction, job_id: str) -> list[str]:
-    """``block_job_remove_all_bdrv`` and the job's BlockBackend: the job lets go of the graph.
-
-    Returns the nodes it held (their perms were refreshed; callers unref the
-    ones nothing references any more).
-    """
-    remove_job_blk(session, tx, job_id)
+def remove_job_children(session: Session, tx: Transaction, job_id: str) -> list[str]:
+    """``block_job_remove_all_bdrv``: the job's child edges go (the vertex stays until the
+    job is freed); returns the nodes they held."""
     key = job_key(job_id)
     held: list[str] = []
     if key in session.graph.backends:
         for child, edge in session.graph.children(key):
             tx.detach(key, edge.name)
             held.append(child)
-        tx.remove_backend(key)
         refresh_perms(session, tx, [c for c in held if c in session.graph.nodes])
     return held
+
+
+def remove_job_graph(session: Session, tx: Transaction, job_id: str) -> list[str]:
+    """The job lets go of the graph: its BlockBackends, its children and its vertex.
+
+    Returns the nodes it held (callers unref the ones nothing references any more).
+    """
+    prefix = job_blk_key(job_id, "")
+    held: list[str] = []
+    for key in [k for k in session.graph.backends if k.startswith(prefix)]:
+        node = remove_job_blk(session, tx, job_id, key[len(prefix):])
+        if node is not None:
+            held.append(node)
+    held += remove_job_children(session, tx, job_id)
+    if job_key(job_id) in session.graph.backends:
+        tx.remove_backend(job_key(job_id))
+    return held
+
+
+def unref_unused(session: Session, tx: Transaction, names: list[str]) -> None:
+    """``bdrv_unref`` of the nodes that lost their last reference."""
+    from txgraph.ops.blockdev import unref_node
+
+    graph = session.graph
+    for name in names:
+        if name in graph.nodes and graph.refcount(name) == 0:
+            unref_node(session, tx, name)
 
 
 class GraphJob(Job):
@@ -118,15 +146,11 @@ class GraphJob(Job):
         if backend is not None and backend.protects:
             tx.set(backend, "protects", ())
 
-    def release_blk(self, session: Session, tx: Transaction) -> None:
-        remove_job_blk(session, tx, self.id)
+    def release_blk(self, session: Session, tx: Transaction, role: str = "blk") -> None:
+        node = remove_job_blk(session, tx, self.id, role)
+        if node is not None:
+            unref_unused(session, tx, [node])
 
     def release(self, session: Session, tx: Transaction) -> None:
-        """``block_job_free`` → ``block_job_remove_all_bdrv``: the held nodes nothing else
-        references close."""
-        from txgraph.ops.blockdev import unref_node
-
-        graph = session.graph
-        for name in remove_job_graph(session, tx, self.id):
-            if name in graph.nodes and graph.refcount(name) == 0:
-                unref_node(session, tx, name)
+        """``block_job_free``: the held nodes nothing else references close."""
+        unref_unused(session, tx, remove_job_graph(session, tx, self.id))

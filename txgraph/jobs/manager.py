@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 _JOIN_DEADLINE = 30.0
 #: how long a starting job may run before the command that started it returns
 _FIRST_YIELD_DEADLINE = 1.0
+#: the error a job reports when a bug (not a block-layer refusal) failed one of its hooks
+_INTERNAL = "Internal error in txgraph; see the server log"
 
 
 class DeviceNotActive(BlockError):
@@ -361,13 +363,17 @@ class JobManager:
         try:
             with self.session.transaction() as tx:
                 hook(self.session, tx)
-        except TxgraphError as exc:
+        except Exception as exc:  # noqa: BLE001 - a failed hook fails the job, never the loop
             # QEMU's drivers error_report() the reason and return -EPERM.
-            log.warning("block job %r: %s: %s", job.id, getattr(hook, "__name__", "hook"),
-                        exc.desc)
+            desc = exc.desc if isinstance(exc, TxgraphError) else _INTERNAL
+            if isinstance(exc, TxgraphError):
+                log.warning("block job %r: %s: %s", job.id, getattr(hook, "__name__", "hook"),
+                            desc)
+            else:
+                log.exception("block job %r: %s failed", job.id, getattr(hook, "__name__", "hook"))
             if not job.ret:
                 job.ret = -errno.EPERM
-            job.err = job.err or exc.desc
+            job.err = job.err or desc
             return False
         return True
 

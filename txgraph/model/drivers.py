@@ -169,6 +169,10 @@ DRIVER_SPECS: dict[str, DriverSpec] = {
         DriverSpec("blkverify", "filter", reopenable=False, options=frozenset({"x-raw", "x-image"}),
                    children=(ChildSpec("raw", Role.FILTERED | Role.PRIMARY),
                              ChildSpec("test", Role.DATA))),
+        # Job filters: no options, created only by jobs (bdrv_new_open_driver), and never
+        # frozen so the job can always drop them again.
+        DriverSpec("commit_top", "filter", reopenable=False, filtered_child_is_backing=True,
+                   perm_family="commit_top"),
         DriverSpec("quorum", "other", reopenable=False,
                    options=frozenset({"vote-threshold", "blkverify", "rewrite-corrupted",
                                       "read-pattern"}),

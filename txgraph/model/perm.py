@@ -186,8 +186,11 @@ def _child_perm(ctx: ChildPermContext, role: int, perm: int, shared: int) -> tup
       children cannot diverge)
     - ``copy-on-read``: ``cor_child_perm`` (adds write-unchanged for populating reads)
     - ``blkdebug``: default plus the take/unshare child-perm options
+    - ``commit_top``: ``bdrv_commit_top_child_perm`` (nothing taken, everything shared)
     """
     family = ctx.family
+    if family == "commit_top":
+        return 0, _ALL  # bdrv_commit_top_child_perm
     if family == "quorum":
         nperm = perm | (_W if ctx.rewrite_corrupted else 0)
         nshared = (shared & (_R | _U))

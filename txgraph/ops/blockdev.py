@@ -110,6 +110,11 @@ def unref_node(session: Session, tx: Transaction, name: str) -> None:
     if isinstance(bottom, str):
         unfreeze_backing_chain(session, tx, name, bottom)  # cor_close
     for child, edge in graph.children(name):
+        if edge.frozen and (name, edge.name) not in graph.thawed:
+            # QEMU 7.2 asserts here (bdrv_replace_child_noperm: !child->frozen), e.g. when
+            # a reopen takes the overlay off a named commit filter; txgraph refuses.
+            raise BlockError(f"Cannot change frozen '{edge.name}' link from '{name}' to "
+                             f"'{child}'", rule="F1-frozen-link", subjects=(name, child))
         tx.detach(name, edge.name)
         try:
             refresh_perms(session, tx, [child])

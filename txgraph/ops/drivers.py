@@ -72,6 +72,11 @@ def _runtime_open(opener: Opener, node: BlockNode, children: dict[str, str]) -> 
         node.backing_format = info.backing_format
 
 
+def image_dict(info: Any) -> dict[str, Any]:
+    """The ``image`` member the model keeps from what the data plane reported at open."""
+    return _image_dict(info)
+
+
 def _image_dict(info: Any) -> dict[str, Any]:
     image: dict[str, Any] = {"virtual-size": info.virtual_size, "format": info.format}
     if info.actual_size is not None:

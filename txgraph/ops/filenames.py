@@ -66,6 +66,11 @@ def full_open_options(graph: BlockGraph, name: str) -> dict[str, Any]:
     node = graph.nodes[name]
     if node.full_open_cache is not None:
         return node.full_open_cache
+    only = graph.children(name)
+    if node.implicit and len(only) == 1:
+        # An implicit (job) filter is its child as far as filenames go.
+        node.full_open_cache = full_open_options(graph, only[0][0])
+        return node.full_open_cache
     opts, _found = _strong_options(graph, name)
     overridden = backing_overridden(graph, name)
     if node.driver == "quorum":
@@ -102,6 +107,13 @@ def refresh_filename(graph: BlockGraph, name: str) -> None:
     spec = driver_spec(node.driver)
     if spec is None:
         return
+    only = graph.children(name)
+    if node.implicit and len(only) == 1:
+        # bdrv_refresh_filename: an implicit node copies everything from its one child.
+        sole = graph.nodes[only[0][0]]
+        node.exact_filename, node.filename = sole.exact_filename, sole.filename
+        full_open_options(graph, name)
+        return
     _strong, generate_json = _strong_options(graph, name)
     opts = full_open_options(graph, name)
     overridden = backing_overridden(graph, name)
@@ -121,6 +133,10 @@ def refresh_filename(graph: BlockGraph, name: str) -> None:
                 set(opts) <= {"driver", "config", "x-image", "image"}:
             config = node.options.get("config", "")
             node.exact_filename = f"blkdebug:{config}:{graph.nodes[image[0]].exact_filename}"
+    elif node.driver in ("commit_top", "mirror_top"):
+        # bdrv_commit_top_refresh_filename / bdrv_mirror_top_refresh_filename
+        backing = graph.backing_child(name)
+        node.exact_filename = graph.nodes[backing].filename if backing else ""
     elif node.driver == "blkverify":
         raw, test = graph.child_edge(name, "raw"), graph.child_edge(name, "test")
         node.exact_filename = ""

@@ -27,7 +27,7 @@ from typing import Any
 
 from txgraph.errors import BlockError
 from txgraph.model.drivers import driver_spec
-from txgraph.model.node import Edge, OpenFlag, ParentKind
+from txgraph.model.node import BlockNode, Edge, OpenFlag, ParentKind
 from txgraph.model.options import flatten
 from txgraph.model.perm import Role
 from txgraph.ops.blockdev import stage_blockdev_add, stage_blockdev_del, unref_node
@@ -42,7 +42,8 @@ from txgraph.ops.replace import (
 from txgraph.ops.session import Session
 from txgraph.ops.undo_log import Transaction
 
-__all__ = ["stage_insert_filter", "stage_insert_node", "stage_remove_filter",
+__all__ = ["stage_insert_filter", "stage_insert_node", "stage_append_job_filter",
+           "stage_remove_filter",
            "filtered_child_name"]
 
 
@@ -147,6 +148,26 @@ def stage_insert_node(session: Session, tx: Transaction, node: str, options: dic
         edge.seq = seq
     refresh_perms(session, tx, [node, name])
     return name
+
+
+def stage_append_job_filter(session: Session, tx: Transaction, driver: str,
+                            node_name: str | None, below: str) -> str:
+    """``bdrv_new_open_driver`` + ``bdrv_append``: a job's own filter (``commit_top``,
+    ``mirror_top``) goes above ``below`` with ``below`` as its backing, and every
+    parent of ``below`` but the jobs moves onto it. Returns the filter's name."""
+    from txgraph.ops.drivers import image_dict
+    from txgraph.ops.filenames import refresh_filename
+    from txgraph.ops.snapshot import bdrv_append
+
+    node = BlockNode(name="", driver=driver, options={"driver": driver},
+                     explicit={"driver": driver})
+    Opener(session, tx).assign_node_name(node, node_name)
+    options = {**node.options, **node.runtime_options()}
+    info = tx.rt.open(node.name, driver, options, {"backing": below}, node.read_only)
+    node.image = image_dict(info)
+    bdrv_append(session, tx, node.name, below)
+    refresh_filename(session.graph, node.name)
+    return node.name
 
 
 def _seq_restorer(edge: Edge) -> Callable[[], None]:

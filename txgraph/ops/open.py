@@ -260,6 +260,10 @@ class Opener:
         self._assign_node_name(node, common.get("node-name"))
         driver_open.open_driver(self, node, spec, work)
 
+    def assign_node_name(self, node: BlockNode, requested: Any) -> None:
+        """Name ``node`` (auto-named if ``requested`` is None) and add it to the graph."""
+        self._assign_node_name(node, requested)
+
     def _assign_node_name(self, node: BlockNode, requested: Any) -> None:
         """``bdrv_assign_node_name``: validity, namespace clash, duplicate, length — in that order."""
         if requested is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from txgraph.errors import BlockError, IOFailure
 from txgraph.model.drivers import driver_spec
 from txgraph.model.graph import BlockGraph
 from txgraph.model.node import Edge, ParentKind
@@ -79,7 +80,12 @@ def _image_info(session: Session, name: str) -> dict[str, Any]:
     graph = session.graph
     node = graph.nodes[name]
     refresh_filename(graph, name)
-    info = session.runtime.info(name)
+    try:
+        info = session.runtime.info(name)
+    except IOFailure as err:
+        # bdrv_query_image_info: the size comes first and its failure fails the query
+        # (a job's dropped filter has no child to take a size from).
+        raise BlockError(f"Can't get image size '{node.exact_filename}': {err.desc}") from err
     image: dict[str, Any] = {"virtual-size": info.virtual_size, "filename": node.filename,
                              "format": node.driver}
     actual = _allocated_size(session, name)
@@ -125,7 +131,9 @@ def _device_info(session: Session, name: str, flat: bool) -> dict[str, Any]:
         "write_threshold": 0,
         "bps": 0, "bps_rd": 0, "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0,
     }
-    backing = graph.backing_child(name)
+    # bdrv_cow_bs: a filter's backing child (commit_top, mirror_top) is not a backing file
+    found = graph.child_edge(name, "backing")
+    backing = found[0] if found is not None and found[1].role & Role.COW else None
     if backing is not None:
         refresh_filename(graph, backing)
         info["backing_file"] = graph.nodes[backing].filename

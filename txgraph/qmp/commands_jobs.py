@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from txgraph.errors import BlockError
+from txgraph.jobs.commit import block_commit
 from txgraph.jobs.manager import manager_of
 from txgraph.jobs.stream import block_stream
 from txgraph.qmp.command_table import CommandContext, command
@@ -21,6 +22,12 @@ __all__: list[str] = []
 @command("block-stream")
 def _block_stream(ctx: CommandContext, args: dict[str, Any]) -> Any:
     block_stream(ctx.session, args)
+    return {}
+
+
+@command("block-commit")
+def _block_commit(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    block_commit(ctx.session, args)
     return {}
 
 
