@@ -77,8 +77,15 @@ def _fail(err: int) -> IOFailure:
 
 
 def c_string(value: str) -> bytes:
-    """A QMP/command-line string as QEMU's C code sees it: UTF-8, up to the first NUL."""
-    return value.encode("utf-8", "surrogatepass").split(b"\0", 1)[0]
+    """A QMP/command-line string as QEMU's C code sees it: UTF-8, up to the first NUL.
+
+    A name decoded from file-system bytes (``os.fsdecode``) gets its bytes back.
+    """
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that no byte decoding produced
+        raw = value.encode("utf-8", "surrogatepass")
+    return raw.split(b"\0", 1)[0]
 
 
 def _ext(magic: int, data: bytes) -> bytes:
@@ -121,7 +128,9 @@ def build_header_cluster(h: Qcow2Header, backing_file: bytes | None,
     if backing_format is not None:
         exts += _ext(C.EXT_BACKING_FORMAT, backing_format)
     if h.has_data_file and h.data_file is not None:
-        exts += _ext(C.EXT_DATA_FILE, c_string(h.data_file))
+        # QEMU keeps the name as a C string: the stored bytes up to the first NUL
+        raw = h.data_file_raw_name if h.data_file_raw_name is not None else h.data_file.encode()
+        exts += _ext(C.EXT_DATA_FILE, raw.split(b"\0", 1)[0])
     if h.crypto_ext is not None and struct.unpack(">Q", h.crypto_ext[:8])[0] != 0:
         exts += _ext(C.EXT_CRYPTO, h.crypto_ext)
     if h.version >= 3 and cs > 4096:
