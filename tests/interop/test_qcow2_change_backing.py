@@ -67,6 +67,12 @@ def _unknown_ext(path: Path) -> None:
     poke(path, 112, "", b"\x12\x34\x56\x78\x00\x00\x00\x05hello\x00\x00\x00")
 
 
+def _two_unknown_exts(path: Path) -> None:
+    """Two unknown extensions: QEMU writes them back in reverse order."""
+    poke(path, 112, "", b"\x12\x34\x56\x78\x00\x00\x00\x05hello\x00\x00\x00"
+         b"\x87\x65\x43\x21\x00\x00\x00\x03abc\x00\x00\x00\x00\x00")
+
+
 def _odd_header(path: Path) -> None:
     """header_length 120: bytes 112..119 are unknown fields, padding 105..111 not zero."""
     poke(path, 100, ">I", 120)
@@ -115,6 +121,7 @@ CASES = [
     # v3, 512-byte clusters: 112 header + 16 format ext + 8 end marker leave 376 bytes.
     Case("exact-fit-c512", "cluster_size=512", backing=_long_name(376)),
     Case("unknown-ext", "cluster_size=4096", mutate=_unknown_ext),
+    Case("two-unknown-exts", "cluster_size=4096", mutate=_two_unknown_exts),
     Case("odd-header", "cluster_size=4096", mutate=_odd_header),
     Case("short-header", "cluster_size=65536", mutate=_short_header),
     Case("stale-bitmaps", "cluster_size=65536", mutate=_stale_bitmaps),

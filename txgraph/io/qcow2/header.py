@@ -61,7 +61,7 @@ class Qcow2Header:
     feature_table: list[tuple[int, int, str]] = field(default_factory=list)
     bitmaps_ext: bytes | None = None
     crypto_ext: bytes | None = None
-    #: (type, data) of extensions txgraph does not interpret, in file order
+    #: (type, data) of extensions txgraph does not interpret, in file order at open
     unknown_extensions: list[tuple[int, bytes]] = field(default_factory=list)
     snapshots: list[Snapshot] = field(default_factory=list)
     #: bytes used by the snapshot table

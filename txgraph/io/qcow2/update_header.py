@@ -12,7 +12,8 @@ rebuilt from the in-memory state, not patched:
   is set), external data file name (only with the data-file bit), crypto
   header pointer (only with a crypto header), feature name table (v3 with
   clusters larger than 4 KiB only), bitmaps (only with bitmaps QEMU loaded),
-  the unknown extensions in file order, the end marker; every extension is
+  the unknown extensions in the reverse of the order they had at open, the
+  end marker; every extension is
   padded to 8 bytes;
 * the backing file name right after the end marker (its offset and size go
   into the header fields), zeros up to the end of the cluster.
@@ -138,7 +139,9 @@ def build_header_cluster(h: Qcow2Header, backing_file: bytes | None,
         exts += _ext(C.EXT_FEATURE_TABLE, _feature_table())
     if h.bitmaps_ext is not None:
         exts += _ext(C.EXT_BITMAPS, h.bitmaps_ext)
-    for magic, data in h.unknown_extensions:
+    # QEMU collects them head-first while reading, so it writes them back in reverse file order
+    # (the order read at open; a second rewrite in the same session writes the same order).
+    for magic, data in reversed(h.unknown_extensions):
         exts += _ext(magic, data)
     exts += _ext(C.EXT_END, b"")
     # QEMU checks each piece against the room left; the total decides the same way.
