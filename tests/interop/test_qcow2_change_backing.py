@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -54,6 +55,8 @@ class Case:
     #: a backing file the image already has (created with it)
     initial: tuple[str, str] | None = None
     data_file: bool = False
+    #: the external data file's name (as the file system sees it)
+    data_name: str = "data.raw"
     #: a header poke done after creation (path -> None)
     mutate: Callable[[Path], None] | None = None
     extra: dict[str, str] = field(default_factory=dict)
@@ -62,6 +65,12 @@ class Case:
 def _unknown_ext(path: Path) -> None:
     """A 4 KiB-cluster v3 image has no feature table: put an unknown extension at 112."""
     poke(path, 112, "", b"\x12\x34\x56\x78\x00\x00\x00\x05hello\x00\x00\x00")
+
+
+def _two_unknown_exts(path: Path) -> None:
+    """Two unknown extensions: QEMU writes them back in reverse order."""
+    poke(path, 112, "", b"\x12\x34\x56\x78\x00\x00\x00\x05hello\x00\x00\x00"
+         b"\x87\x65\x43\x21\x00\x00\x00\x03abc\x00\x00\x00\x00\x00")
 
 
 def _odd_header(path: Path) -> None:
@@ -95,6 +104,9 @@ CASES = [
     Case("v2-c512", "compat=0.10,cluster_size=512"),
     Case("extended-l2", "extended_l2=on"),
     Case("data-file", "data_file=data.raw", data_file=True),
+    # the name's bytes are kept as they are, even when they are not UTF-8
+    Case("data-file-not-utf8", "data_file=" + os.fsdecode(b"d\xff.raw"), data_file=True,
+         data_name=os.fsdecode(b"d\xff.raw")),
     Case("lazy-refcounts", "lazy_refcounts=on"),
     Case("zstd", "compression_type=zstd"),
     Case("refcount-bits-1", "refcount_bits=1"),
@@ -109,6 +121,7 @@ CASES = [
     # v3, 512-byte clusters: 112 header + 16 format ext + 8 end marker leave 376 bytes.
     Case("exact-fit-c512", "cluster_size=512", backing=_long_name(376)),
     Case("unknown-ext", "cluster_size=4096", mutate=_unknown_ext),
+    Case("two-unknown-exts", "cluster_size=4096", mutate=_two_unknown_exts),
     Case("odd-header", "cluster_size=4096", mutate=_odd_header),
     Case("short-header", "cluster_size=65536", mutate=_short_header),
     Case("stale-bitmaps", "cluster_size=65536", mutate=_stale_bitmaps),
@@ -145,11 +158,12 @@ def _backing_files(dirpath: Path) -> None:
         qemu_img("create", "-q", "-f", "qcow2", p, "1M")
 
 
-def _open(img: Path, data_file: bool, read_only: bool = False) -> tuple[DriverNode, list[DriverNode]]:
+def _open(img: Path, data_file: bool, read_only: bool = False,
+          data_name: str = "data.raw") -> tuple[DriverNode, list[DriverNode]]:
     f = open_node("file", {"filename": str(img)}, read_only=read_only)
     children = {"file": f}
     if data_file:
-        children["data-file"] = open_node("file", {"filename": str(img.parent / "data.raw")},
+        children["data-file"] = open_node("file", {"filename": str(img.parent / data_name)},
                                           read_only=read_only)
     return open_node("qcow2", {}, children, read_only=read_only), list(children.values())
 
@@ -207,7 +221,7 @@ def test_header_rewrite_matches_qemu(tmp_path: Path, case: Case) -> None:
     fmt = None if case.backing is None else case.fmt or "qcow2"
     res = _rebase(qdir / "img.qcow2", case.backing, fmt)
     assert res.returncode == 0, res.stderr
-    node, kids = _open(tdir / "img.qcow2", case.data_file)
+    node, kids = _open(tdir / "img.qcow2", case.data_file, data_name=case.data_name)
     try:
         before = _guest(node)
         node.change_backing_file(case.backing, fmt)
@@ -231,7 +245,8 @@ def test_header_rewrite_matches_qemu(tmp_path: Path, case: Case) -> None:
     if case.backing is not None:
         assert qinfo.get("backing-filename-format") == (case.fmt or "qcow2")
     # The image reopens in txgraph with the header it wrote, and the data is unchanged.
-    node, kids = _open(tdir / "img.qcow2", case.data_file, read_only=True)
+    node, kids = _open(tdir / "img.qcow2", case.data_file, read_only=True,
+                       data_name=case.data_name)
     try:
         assert node.info().backing_file == case.backing
         assert _guest(node) == before
@@ -348,6 +363,8 @@ def test_format_is_cut_like_qemus_buffer(tmp_path: Path) -> None:
     h2 = read_qcow2_header(lambda o, n: data[o:o + n].ljust(n, b"\0"), len(data))
     assert (h2.backing_file, h2.backing_format) == ("", "")
     assert c_string("a\0b") == b"a"
+    assert c_string(os.fsdecode(b"x\xff")) == b"x\xff"
+    assert c_string("\ud800") == b"\xed\xa0\x80"
 
 
 def test_bitmaps_extension_placement(tmp_path: Path) -> None:

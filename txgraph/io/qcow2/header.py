@@ -56,10 +56,12 @@ class Qcow2Header:
     backing_file: str | None = None
     backing_format: str | None = None
     data_file: str | None = None
+    #: the data file extension's bytes as stored (``data_file`` is their text for queries)
+    data_file_raw_name: bytes | None = None
     feature_table: list[tuple[int, int, str]] = field(default_factory=list)
     bitmaps_ext: bytes | None = None
     crypto_ext: bytes | None = None
-    #: (type, data) of extensions txgraph does not interpret, in file order
+    #: (type, data) of extensions txgraph does not interpret, in file order at open
     unknown_extensions: list[tuple[int, bytes]] = field(default_factory=list)
     snapshots: list[Snapshot] = field(default_factory=list)
     #: bytes used by the snapshot table
@@ -179,6 +181,7 @@ def _read_extensions(h: Qcow2Header, read: Reader, start: int, end: int,
             _check_bitmaps_ext(h, data)
         elif magic == C.EXT_DATA_FILE:
             h.data_file = data.decode("utf-8", "replace")
+            h.data_file_raw_name = data
         else:
             h.unknown_extensions.append((magic, data))
         offset += (length + 7) & ~7

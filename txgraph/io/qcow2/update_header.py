@@ -12,7 +12,8 @@ rebuilt from the in-memory state, not patched:
   is set), external data file name (only with the data-file bit), crypto
   header pointer (only with a crypto header), feature name table (v3 with
   clusters larger than 4 KiB only), bitmaps (only with bitmaps QEMU loaded),
-  the unknown extensions in file order, the end marker; every extension is
+  the unknown extensions in the reverse of the order they had at open, the
+  end marker; every extension is
   padded to 8 bytes;
 * the backing file name right after the end marker (its offset and size go
   into the header fields), zeros up to the end of the cluster.
@@ -77,8 +78,15 @@ def _fail(err: int) -> IOFailure:
 
 
 def c_string(value: str) -> bytes:
-    """A QMP/command-line string as QEMU's C code sees it: UTF-8, up to the first NUL."""
-    return value.encode("utf-8", "surrogatepass").split(b"\0", 1)[0]
+    """A QMP/command-line string as QEMU's C code sees it: UTF-8, up to the first NUL.
+
+    A name decoded from file-system bytes (``os.fsdecode``) gets its bytes back.
+    """
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that no byte decoding produced
+        raw = value.encode("utf-8", "surrogatepass")
+    return raw.split(b"\0", 1)[0]
 
 
 def _ext(magic: int, data: bytes) -> bytes:
@@ -121,7 +129,9 @@ def build_header_cluster(h: Qcow2Header, backing_file: bytes | None,
     if backing_format is not None:
         exts += _ext(C.EXT_BACKING_FORMAT, backing_format)
     if h.has_data_file and h.data_file is not None:
-        exts += _ext(C.EXT_DATA_FILE, c_string(h.data_file))
+        # QEMU keeps the name as a C string: the stored bytes up to the first NUL
+        raw = h.data_file_raw_name if h.data_file_raw_name is not None else h.data_file.encode()
+        exts += _ext(C.EXT_DATA_FILE, raw.split(b"\0", 1)[0])
     if h.crypto_ext is not None and struct.unpack(">Q", h.crypto_ext[:8])[0] != 0:
         exts += _ext(C.EXT_CRYPTO, h.crypto_ext)
     if h.version >= 3 and cs > 4096:
@@ -129,7 +139,9 @@ def build_header_cluster(h: Qcow2Header, backing_file: bytes | None,
         exts += _ext(C.EXT_FEATURE_TABLE, _feature_table())
     if h.bitmaps_ext is not None:
         exts += _ext(C.EXT_BITMAPS, h.bitmaps_ext)
-    for magic, data in h.unknown_extensions:
+    # QEMU collects them head-first while reading, so it writes them back in reverse file order
+    # (the order read at open; a second rewrite in the same session writes the same order).
+    for magic, data in reversed(h.unknown_extensions):
         exts += _ext(magic, data)
     exts += _ext(C.EXT_END, b"")
     # QEMU checks each piece against the room left; the total decides the same way.
