@@ -78,9 +78,12 @@ def _default(ctx: ChildPermContext, role: Role, p: BV, s: BV) -> tuple[BV, BV]:
 
 def smt_child_perm(ctx: ChildPermContext, role: Role, p: BV, s: BV) -> tuple[BV, BV]:
     """(perm, shared) of an edge with role ``role`` under a parent with context ``ctx``."""
-    if ctx.family == "commit_top":
+    if ctx.family in ("commit_top", "mirror_top-stop"):
         # bdrv_commit_top_child_perm: the job holds the chain, the filter takes nothing.
         return bv(0), bv(ALL)
+    if ctx.family == "mirror_top-commit":
+        nperm, nshared = _default(ctx, role, p, s)
+        return nperm & bv(ALL & ~_R), nshared | bv(_W)
     if ctx.family == "quorum":
         # quorum_child_perm: never share write or resize, so children cannot diverge.
         nperm = p | bv(_W) if ctx.rewrite_corrupted else p

@@ -8,12 +8,17 @@ plane only through these functions and their own BlockBackend.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from txgraph.errors import IOFailure
-from txgraph.io.chain import allocated_above, chain, skip_filters
+from txgraph.io.chain import allocated_above, chain, reads_as_zero, skip_filters
+from txgraph.io.drivers.job_filters import MirrorTopNode
+from txgraph.io.mirror import DirtyBitmap, MirrorSink
 from txgraph.io.runtime import Runtime
 
 __all__ = ["STREAM_CHUNK", "COMMIT_BUFFER_SIZE", "stream_step", "commit_step", "node_length",
-           "backend_length"]
+           "backend_length", "mirror_install", "mirror_set_active", "mirror_dirty_init",
+           "mirror_copy", "mirror_flush", "DirtyBitmap"]
 
 #: ``STREAM_CHUNK`` of block/stream.c: the most one iteration copies
 STREAM_CHUNK = 512 * 1024
@@ -88,3 +93,116 @@ def commit_step(rt: Runtime, top_blk: str, base_blk: str, base_overlay: str, off
             exc.job_read = False  # type: ignore[attr-defined]
             raise
         return n, True
+
+
+# -- mirror ---------------------------------------------------------------------------------
+def mirror_install(rt: Runtime, mirror_top: str, target_blk: str, granularity: int,
+                   length: int) -> DirtyBitmap:
+    """Give ``mirror_top`` its job's sink (under drain: no write is half tracked)."""
+    bitmap = DirtyBitmap(granularity, length)
+    with rt.drained():
+        node = rt.node(mirror_top)
+        assert isinstance(node, MirrorTopNode)
+        node.sink = MirrorSink(bitmap, lambda: rt.backend_root(target_blk))
+    return bitmap
+
+
+def mirror_set_active(rt: Runtime, mirror_top: str, bitmap: DirtyBitmap, active: bool,
+                      on_write: Callable[[int], None] | None = None) -> int:
+    """Switch mirror_top to (or from) writing guest data to the target synchronously
+    (``on_write`` counts each such write); returns the dirty bytes seen under the same
+    drain (0: source and target are in sync now)."""
+    with rt.drained():
+        node = rt.node(mirror_top) if rt.has_node(mirror_top) else None
+        if isinstance(node, MirrorTopNode) and node.sink is not None:
+            node.sink.active = active
+            node.sink.on_active_write = on_write if active else None
+        return bitmap.count()
+
+
+def mirror_dirty_init(rt: Runtime, mirror_top: str, target_blk: str, bitmap: DirtyBitmap,
+                      base_overlay: str | None, zero_target: bool,
+                      write_zeroes_ok: bool) -> None:
+    """``mirror_dirty_init``: for sync=full, zero the target if it can write zeroes with
+    unmap, else mark everything dirty; then mark what the source's chain allocates above
+    the base (``base_overlay`` None: nothing, sync=none)."""
+    length = bitmap.length
+    if zero_target and not write_zeroes_ok:
+        bitmap.mark(0, length)
+        return
+    with rt.request():
+        source = rt.node(mirror_top)
+        assert isinstance(source, MirrorTopNode)
+        if zero_target:
+            target = rt.backend_root(target_blk)
+            pos = 0
+            while pos < length:
+                n = min(1 << 30, length - pos)
+                target.write_zeroes(pos, n, may_unmap=True)
+                pos += n
+        if base_overlay is None:
+            return
+        layers = chain(source.filtered)
+        pos = 0
+        while pos < length:
+            copy, n = allocated_above(layers, base_overlay, pos, length - pos)
+            if copy:
+                bitmap.mark(pos, n)
+            pos += n
+
+
+def mirror_copy(rt: Runtime, mirror_top: str, target_blk: str, bitmap: DirtyBitmap,
+                max_bytes: int, write_zeroes_ok: bool) -> tuple[int, int]:
+    """One ``mirror_iteration``: copy the first dirty run; ``(bytes done, bytes counted
+    for the rate limit)`` — zero runs are written as zeroes, and not counted when the
+    target can write zeroes with unmap.
+
+    A failure marks the run dirty again and raises (``job_read`` on the exception says
+    which side failed).
+    """
+    run = bitmap.take(max_bytes)
+    if run is None:
+        return 0, 0
+    offset, n = run
+    counted = 0
+    try:
+        with rt.request():
+            source = rt.node(mirror_top)
+            assert isinstance(source, MirrorTopNode)
+            src = source.filtered
+            target = rt.backend_root(target_blk)
+            pos, end = offset, offset + n
+            # The run is split where the source's block status changes (mirror_iteration).
+            while pos < end:
+                zero, m = reads_as_zero(src, pos, end - pos)
+                m = max(1, min(m, end - pos))
+                if zero:
+                    _target_op(lambda: target.write_zeroes(pos, m, may_unmap=True))
+                    counted += 0 if write_zeroes_ok else m
+                else:
+                    try:
+                        data = src.read(pos, m)
+                    except IOFailure as exc:
+                        exc.job_read = True  # type: ignore[attr-defined]
+                        raise
+                    _target_op(lambda: target.write(pos, data))
+                    counted += m
+                pos += m
+            return n, counted
+    except IOFailure:
+        bitmap.mark(offset, n)
+        raise
+
+
+def _target_op(op: Callable[[], None]) -> None:
+    try:
+        op()
+    except IOFailure as exc:
+        exc.job_read = False  # type: ignore[attr-defined]
+        raise
+
+
+def mirror_flush(rt: Runtime, target_blk: str) -> None:
+    """``mirror_flush``: the target's data reaches its image."""
+    with rt.request():
+        rt.backend_root(target_blk).flush()

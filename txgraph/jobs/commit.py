@@ -18,8 +18,9 @@ through the base's. ``prepare`` drops everything between the overlay and the
 base (``bdrv_drop_intermediate``: the overlay's backing string names the base);
 ``abort`` takes the filter out again; ``clean`` makes the base read-only again.
 
-Active commit (the top is the device's node) is a mirror job in QEMU; it is
-not built yet and is refused with a sentence saying so.
+Active commit (the top is the device's node) is a mirror job of type
+``commit`` (:mod:`txgraph.jobs.mirror`): it becomes READY and needs
+``job-complete`` to pivot onto the base.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ class CommitJob(GraphJob):
         graph = session.graph
         if self.commit_top in graph.nodes:
             replace_node_noperm(session, tx, self.commit_top, self.top, auto_skip=True)
-            refresh_perms(session, tx, [self.top])
+            refresh_perms(session, tx, [self.top, self.commit_top])
             unref_unused(session, tx, [self.commit_top])
         unref_unused(session, tx, held)
 
@@ -221,8 +222,7 @@ def _check_arguments(session: Session, args: dict[str, Any]) -> tuple[str, str, 
     if skip_filters(graph, top_bs) == skip_filters(graph, bs):
         if args.get("backing-file") is not None:
             raise BlockError("'backing-file' specified, but 'top' is the active layer")
-        raise BlockError("Active commit (the top is the device's active layer) is not supported "
-                         "by txgraph yet")
+        return bs, top_bs, base_bs
     overlay = find_overlay(graph, bs, top_bs)
     if overlay is not None:
         _check_op(session, overlay)
@@ -236,9 +236,11 @@ def _check_op(session: Session, node: str) -> None:
 
 
 def stage_block_commit(session: Session, tx: Transaction, manager: JobManager,
-                       args: dict[str, Any]) -> CommitJob:
+                       args: dict[str, Any]) -> GraphJob:
     bs, top, base = _check_arguments(session, args)
     graph = session.graph
+    if skip_filters(graph, top) == skip_filters(graph, bs):
+        return _stage_active_commit(session, tx, manager, args, top, base)
     if skip_filters(graph, top) == skip_filters(graph, base):
         raise BlockError("Invalid files for merge: top and base are the same")
     base_size = session.runtime.size(base) if session.runtime.has_node(base) else 0
@@ -281,6 +283,28 @@ def stage_block_commit(session: Session, tx: Transaction, manager: JobManager,
     links = [(p, e.name, c) for p, c, e in chain_links(session, job.commit_top, base)]
     job.protect(session, tx, links)
     return job
+
+
+def _stage_active_commit(session: Session, tx: Transaction, manager: JobManager,
+                         args: dict[str, Any], top: str, base: str) -> GraphJob:
+    """``commit_active_start``: the base writable, then a mirror job of type commit into it.
+
+    Its job ID defaults to the device name of ``bs`` as block_job_create would (QEMU
+    emulates that here because the mirror runs on the top)."""
+    from txgraph.jobs.mirror import stage_mirror_start
+
+    job_id = args.get("job-id", default_job_id(session, top))
+    if session.graph.nodes[base].read_only:
+        reopen_set_read_only(session, tx, base, False,
+                             detail="made writable by block-commit (commit_active_start)")
+    return stage_mirror_start(
+        session, tx, manager, job_id=job_id, bs=top, target=base, replaces=None, sync="top",
+        speed=args.get("speed", 0), granularity=0, buf_size=0, zero_target=False,
+        on_source_error=args.get("on-error", "report"),
+        on_target_error=args.get("on-error", "report"),
+        filter_node_name=args.get("filter-node-name"), copy_mode="background",
+        auto_finalize=args.get("auto-finalize", True), auto_dismiss=args.get("auto-dismiss", True),
+        is_commit=True, base=base)
 
 
 def block_commit(session: Session, args: dict[str, Any]) -> None:

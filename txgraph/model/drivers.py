@@ -173,6 +173,8 @@ DRIVER_SPECS: dict[str, DriverSpec] = {
         # frozen so the job can always drop them again.
         DriverSpec("commit_top", "filter", reopenable=False, filtered_child_is_backing=True,
                    perm_family="commit_top"),
+        DriverSpec("mirror_top", "filter", reopenable=False, filtered_child_is_backing=True,
+                   perm_family="mirror_top"),
         DriverSpec("quorum", "other", reopenable=False,
                    options=frozenset({"vote-threshold", "blkverify", "rewrite-corrupted",
                                       "read-pattern"}),

@@ -189,8 +189,12 @@ def _child_perm(ctx: ChildPermContext, role: int, perm: int, shared: int) -> tup
     - ``commit_top``: ``bdrv_commit_top_child_perm`` (nothing taken, everything shared)
     """
     family = ctx.family
-    if family == "commit_top":
-        return 0, _ALL  # bdrv_commit_top_child_perm
+    if family in ("commit_top", "mirror_top-stop"):
+        return 0, _ALL  # bdrv_commit_top_child_perm; a stopped bdrv_mirror_top_child_perm
+    if family == "mirror_top-commit":
+        # bdrv_mirror_top_child_perm of an active commit: no consistent read, write shared
+        nperm, nshared = _default_perms(ctx, role, perm, shared)
+        return nperm & ~_R, nshared | _W
     if family == "quorum":
         nperm = perm | (_W if ctx.rewrite_corrupted else 0)
         nshared = (shared & (_R | _U))

@@ -60,9 +60,20 @@ def _perm_option(node: BlockNode, key: str) -> Perm:
     return perm_from_names(str(n) for n in names)
 
 
+#: internal options of a mirror_top node: the job gave up the source / the mirror is a commit
+MIRROR_STOP = "x-txgraph-mirror-stop"
+MIRROR_COMMIT = "x-txgraph-mirror-commit"
+
+
 def child_perm_context(node: BlockNode, writable: bool) -> ChildPermContext:
     spec = driver_spec(node.driver)
     family = spec.perm_family if spec else "default"
+    if family == "mirror_top":
+        # bdrv_mirror_top_child_perm reads the job's state: stopped, or an active commit.
+        if node.options.get(MIRROR_STOP):
+            family = "mirror_top-stop"
+        elif node.options.get(MIRROR_COMMIT):
+            family = "mirror_top-commit"
     return ChildPermContext(
         family=family,
         parent_writable=writable,

@@ -151,7 +151,8 @@ def stage_insert_node(session: Session, tx: Transaction, node: str, options: dic
 
 
 def stage_append_job_filter(session: Session, tx: Transaction, driver: str,
-                            node_name: str | None, below: str) -> str:
+                            node_name: str | None, below: str,
+                            flags: OpenFlag = OpenFlag.NONE) -> str:
     """``bdrv_new_open_driver`` + ``bdrv_append``: a job's own filter (``commit_top``,
     ``mirror_top``) goes above ``below`` with ``below`` as its backing, and every
     parent of ``below`` but the jobs moves onto it. Returns the filter's name."""
@@ -160,7 +161,7 @@ def stage_append_job_filter(session: Session, tx: Transaction, driver: str,
     from txgraph.ops.snapshot import bdrv_append
 
     node = BlockNode(name="", driver=driver, options={"driver": driver},
-                     explicit={"driver": driver})
+                     explicit={"driver": driver}, flags=flags)
     Opener(session, tx).assign_node_name(node, node_name)
     options = {**node.options, **node.runtime_options()}
     info = tx.rt.open(node.name, driver, options, {"backing": below}, node.read_only)

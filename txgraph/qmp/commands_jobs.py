@@ -13,6 +13,7 @@ from typing import Any
 from txgraph.errors import BlockError
 from txgraph.jobs.commit import block_commit
 from txgraph.jobs.manager import manager_of
+from txgraph.jobs.mirror import blockdev_mirror
 from txgraph.jobs.stream import block_stream
 from txgraph.qmp.command_table import CommandContext, command
 
@@ -28,6 +29,12 @@ def _block_stream(ctx: CommandContext, args: dict[str, Any]) -> Any:
 @command("block-commit")
 def _block_commit(ctx: CommandContext, args: dict[str, Any]) -> Any:
     block_commit(ctx.session, args)
+    return {}
+
+
+@command("blockdev-mirror")
+def _blockdev_mirror(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    blockdev_mirror(ctx.session, args)
     return {}
 
 
