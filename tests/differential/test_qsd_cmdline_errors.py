@@ -116,6 +116,9 @@ BAD: list[tuple[str, list[str]]] = [
     ("chardev-no-path", ["--chardev", "socket,id=c"]),
     ("chardev-duplicate", [*SOCK, "--chardev", "socket,path={dir}/m2.sock,server=on,"
                                                "wait=off,id=c"]),
+    ("chardev-bind-fails", ["--chardev", "socket,path={dir}/no/m.sock,server=on,wait=off,id=c"]),
+    ("chardev-path-is-a-directory", ["--chardev", "socket,path={dir},server=on,wait=off,id=c"]),
+    ("nbd-bind-fails", ["--nbd-server", "addr.type=unix,addr.path={dir}/no/n.sock"]),
     ("chardev-path-too-long", ["--chardev", f"socket,path={{dir}}/{'a' * 110},server=on,"
                                             "wait=off,id=c"]),
 ]

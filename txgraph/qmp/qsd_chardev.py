@@ -14,6 +14,8 @@ thread that processes the command line (no lock needed).
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass, field
 
 from txgraph.model.names import id_wellformed
@@ -100,6 +102,30 @@ def parse_chardev_opts(text: str, location: str,
     return ident, opts
 
 
+def _probe_listen(path: str, location: str) -> None:
+    """``unix_listen_saddr``'s unlink and bind, done where QSD does them (at ``--chardev``).
+
+    The socket is bound once to get QEMU's error at the option that caused it,
+    then released: the QMP server binds the path again when it starts serving.
+    """
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        raise CmdlineError(f"Failed to unlink socket {path}: {os.strerror(err.errno or 0)}",
+                           location) from None
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.bind(path)
+    except OSError as err:
+        raise CmdlineError(f"Failed to bind socket to {path}: {os.strerror(err.errno or 0)}",
+                           location) from None
+    finally:
+        probe.close()
+    os.unlink(path)
+
+
 def _on(value: str | None, default: bool) -> bool:
     return default if value is None else value in _BOOL_WORDS[::2]
 
@@ -142,6 +168,7 @@ class Chardevs:
         if _on(opts.get("wait"), True):
             raise Unsupported("wait=on (waiting for a first client) is not supported; "
                               "add wait=off", location)
+        _probe_listen(path, location)
         self.sockets[ident] = path
 
     def add_monitor(self, text: str, location: str) -> None:
