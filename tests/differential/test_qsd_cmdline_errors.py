@@ -52,6 +52,10 @@ BAD: list[tuple[str, list[str]]] = [
     ("size-suffix-is-not-int", ["--blockdev", "null-co,node-name=n,size=1M,bogus=1"]),
     ("unexpected-key", ["--blockdev", "null-co,node-name=n,size=0x10,bogus=1"]),
     ("fraction", ["--blockdev", "driver=null-co,node-name=n,latency-ns=1.5"]),
+    ("uint64-no-suffix", ["--blockdev", "null-co,node-name=n,latency-ns=1k,bogus=1"]),
+    ("uint64-negative-wraps", ["--blockdev", "null-co,node-name=n,latency-ns=-1,bogus=1"]),
+    ("uint64-overflow", ["--blockdev", "null-co,node-name=n,latency-ns=18446744073709551616"]),
+    ("int64-overflow", ["--blockdev", "null-co,node-name=n,size=9223372036854775808"]),
     ("bad-bool", ["--blockdev", "driver=null-co,node-name=n,read-only=maybe"]),
     ("object-for-scalar", ["--blockdev", "driver=null-co,node-name.a=x"]),
     ("scalar-for-object", ["--blockdev", "driver=null-co,node-name=n,cache=x"]),
@@ -91,6 +95,10 @@ BAD: list[tuple[str, list[str]]] = [
                                                  "max-connections=x"]),
     ("nbd-max-connections-range", ["--nbd-server", "addr.type=unix,addr.path={dir}/n.sock,"
                                                    "max-connections=-1"]),
+    ("nbd-tls-creds-missing", ["--nbd-server", "addr.type=unix,addr.path={dir}/n.sock,"
+                                               "tls-creds=nope"]),
+    ("nbd-tls-creds-wrong-type", ["--object", "iothread,id=io", "--nbd-server",
+                                  "addr.type=unix,addr.path={dir}/n.sock,tls-creds=io"]),
     ("nbd-server-twice", [*NBD, "--nbd-server", "addr.type=unix,addr.path={dir}/n2.sock"]),
     ("export-without-server", [*NULL, "--export", "type=nbd,id=e,node-name=n"]),
     ("export-missing-node", [*NBD, "--export", "type=nbd,id=e,node-name=nope"]),
