@@ -158,3 +158,31 @@ def _serve_until_term(argv: list[str], pidfile: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _second_monitor(path: Path) -> list[Any]:
+    """Negotiate on another monitor socket and list the nodes (a deadline on every read)."""
+    import socket as socketlib
+
+    with socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM) as sock:
+        sock.settimeout(60)
+        sock.connect(str(path))
+        stream = sock.makefile("rwb")
+        json.loads(stream.readline())                      # the greeting
+        replies = []
+        for command in ("qmp_capabilities", "query-named-block-nodes"):
+            stream.write(json.dumps({"execute": command}).encode())
+            stream.flush()
+            replies.append(json.loads(stream.readline()))
+        return [n["node-name"] for n in replies[1]["return"]]
+
+
+def test_two_monitors_share_one_block_layer(tmp_path: Path) -> None:
+    args = ["--chardev", "socket,id=mon1,path={dir}/second.sock,server=on,wait=off",
+            "--monitor", "mon1", "--blockdev", "null-co,node-name=n"]
+    with _both(args, tmp_path) as peers:
+        seen = {}
+        for kind, (proc, workdir) in peers.items():
+            proc.cmd("blockdev-add", {"driver": "null-co", "node-name": "added"})
+            seen[kind] = sorted(_second_monitor(workdir / "second.sock"))
+        assert seen["txgraph"] == seen["qsd"] == ["added", "n"]
