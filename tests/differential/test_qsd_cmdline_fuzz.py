@@ -10,6 +10,7 @@ Bounded by the hypothesis profile (``HYPOTHESIS_PROFILE=ci``: 40 examples).
 from __future__ import annotations
 
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,49 @@ def test_the_sentinel_fails_after_a_good_blockdev(tmp_path: Path) -> None:
     expected = ("qemu-storage-daemon: --blockdev driver=null-co: 'node-name' must be "
                 "specified for the root node\n")
     assert _qsd(argv) == expected == _txgraph(argv)
+
+
+OBJECT_KEYS = st.sampled_from(["qom-type", "id", "x-iops-total", "x-bps-read", "x-iops-total-max",
+                               "limits.iops-total", "limits.bps-total", "poll-max-ns", "bogus",
+                               "limits", "x-iops-size"])
+OBJECT_VALUES = st.sampled_from(["throttle-group", "iothread", "tg0", "t", "1bad", "10", "-1",
+                                 "0x10", "abc", "", "1.5", "100"])
+
+
+@st.composite
+def object_strings(draw: st.DrawFn) -> str:
+    items = draw(st.lists(st.tuples(OBJECT_KEYS, OBJECT_VALUES).map("=".join),
+                          min_size=0, max_size=5))
+    if draw(st.booleans()):
+        items.insert(0, draw(st.sampled_from(["throttle-group", "iothread", "bogus"])))
+    return ",".join(items)
+
+
+@given(object_strings())
+def test_generated_object_strings(text: str) -> None:
+    argv = ["--object", text, "--blockdev", "driver=null-co"]
+    assert _txgraph(argv) == _qsd(argv)
+
+
+EXPORT_KEYS = st.sampled_from(["type", "id", "node-name", "name", "writable", "description",
+                               "bitmaps.0", "writethrough", "iothread", "bogus", "device"])
+EXPORT_VALUES = st.sampled_from(["nbd", "fuse", "e", "n", "missing", "on", "off", "maybe", "",
+                                 "x,,y"])
+
+
+@st.composite
+def export_strings(draw: st.DrawFn) -> str:
+    items = draw(st.lists(st.tuples(EXPORT_KEYS, EXPORT_VALUES).map("=".join),
+                          min_size=0, max_size=5))
+    if draw(st.booleans()):
+        items.insert(0, "nbd")
+    return ",".join(items)
+
+
+@given(export_strings())
+def test_generated_export_strings(text: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        prefix = ["--blockdev", "null-co,node-name=n,read-only=on",
+                  "--nbd-server", f"addr.type=unix,addr.path={tmp}/nbd.sock"]
+        argv = [*prefix, "--export", text, "--blockdev", "driver=null-co"]
+        assert _txgraph(argv) == _qsd(argv)
