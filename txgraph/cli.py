@@ -26,47 +26,64 @@ def main() -> None:
     """A reconfiguration engine with a formal transaction model for QEMU block graphs."""
 
 
-@main.command()
-@click.option("--qmp", "qmp_path", required=True, type=click.Path(dir_okay=False),
-              help="Unix socket path to listen on (created with mode 0600).")
+@main.command(context_settings={"ignore_unknown_options": True,
+                                "help_option_names": ["-h", "--help"]})
+@click.option("--qmp", "qmp_path", default=None, type=click.Path(dir_okay=False),
+              help="Unix socket path to listen on (created with mode 0600); the same as "
+                   "--chardev socket,id=C,path=PATH,server=on,wait=off --monitor C.")
 @click.option("--policy", type=click.Choice(["qemu", "safe"]), default="qemu", show_default=True,
               help="qemu: accept exactly what QEMU 7.2 accepts; safe: also refuse data-losing steps.")
-@click.option("--blockdev", "blockdevs", multiple=True, metavar="JSON",
-              help="Run a blockdev-add with these JSON arguments before serving (repeatable).")
-@click.option("--object", "objects", multiple=True, metavar="JSON",
-              help="Run an object-add with these JSON arguments before serving (repeatable).")
 @click.option("--confine-dir", "confine_dirs", multiple=True, metavar="DIR",
               type=click.Path(file_okay=False),
               help="Backing/data-file names in image headers must stay inside DIR and use the "
                    "file protocol (repeatable; on by default under --policy safe, where the "
                    "image's own directory is allowed).")
-def serve(qmp_path: str, policy: str, blockdevs: tuple[str, ...], objects: tuple[str, ...],
-          confine_dirs: tuple[str, ...] = ()) -> None:
-    """Serve QMP on a unix socket, like ``qemu-storage-daemon --monitor``."""
+@click.argument("qsd_args", nargs=-1, type=click.UNPROCESSED, metavar="[QSD OPTIONS]...")
+def serve(qmp_path: str | None, policy: str, confine_dirs: tuple[str, ...] = (),
+          qsd_args: tuple[str, ...] = ()) -> None:
+    """Serve QMP on a unix socket, like ``qemu-storage-daemon --monitor``.
+
+    QSD OPTIONS are qemu-storage-daemon 7.2's, run in command-line order with
+    its messages: --blockdev, --object, --export (keyval or JSON),
+    --nbd-server, --chardev socket,path=P,server=on,wait=off,id=C with
+    --monitor C, --pidfile FILE, -V/--version.
+    """
     from txgraph.ops.confine import configure
     from txgraph.ops.session import Session
     from txgraph.qmp.commands import CommandContext
     from txgraph.qmp.engine import Engine
+    from txgraph.qmp.qsd_argv import CmdlineError
+    from txgraph.qmp.qsd_cmdline import remove_pidfile, run_command_line, write_pidfile
     from txgraph.qmp.server import ServeError, run_server
 
     session = Session(policy=policy)
     configure(session, confine_dirs)
     engine = Engine(CommandContext(session))
-    _warm_up(engine)
+    pidfile: str | None = None
     try:
-        for command, items in (("object-add", objects), ("blockdev-add", blockdevs)):
-            for text in items:
-                try:
-                    arguments = json.loads(text)
-                except json.JSONDecodeError as err:
-                    raise click.ClickException(f"{command}: not valid JSON: {err}") from None
-                reply = engine.execute({"execute": command, "arguments": arguments})
-                if "error" in reply:
-                    raise click.ClickException(f"{command}: {reply['error']['desc']}")
-        run_server(qmp_path, engine)
+        try:
+            run = run_command_line(list(qsd_args), engine)
+        except CmdlineError as err:
+            sys.stderr.write("".join(err.warnings) + err.render())
+            sys.exit(1)
+        sys.stderr.write("".join(run.warnings))
+        if run.answer == "version":
+            click.echo(f"txgraph serve version {__version__} "
+                       "(the qemu-storage-daemon 7.2 command line)")
+            return
+        _warm_up(engine)
+        if run.pidfile is not None:
+            try:
+                write_pidfile(run.pidfile)
+            except CmdlineError as err:
+                sys.stderr.write(err.render())
+                sys.exit(1)
+            pidfile = run.pidfile
+        run_server([*([qmp_path] if qmp_path else []), *run.monitors], engine)
     except ServeError as err:   # one line and exit code 1, like QSD's bind errors
         raise click.ClickException(str(err)) from None
     finally:
+        remove_pidfile(pidfile)
         # QSD closes every node on exit: formats write back what they cached (qcow2's
         # metadata after copy-on-read, refcounts), then the image locks go
         session.close()

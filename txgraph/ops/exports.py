@@ -58,8 +58,19 @@ def _nbd(session: Session) -> Any:
 
 
 def nbd_server_start(session: Session, arguments: dict[str, Any]) -> None:
-    """``nbd-server-start``: TLS is not available in txgraph and is refused clearly."""
-    if "tls-creds" in arguments or "tls-authz" in arguments:
+    """``nbd-server-start``: TLS is not available in txgraph and is refused clearly.
+
+    The credentials are looked up first, as ``nbd_get_tls_creds`` does, so a
+    wrong id gets QEMU's text; ``tls-authz`` without ``tls-creds`` is stored and
+    never used by QEMU, so it changes nothing here either.
+    """
+    if "tls-creds" in arguments:
+        creds = arguments["tls-creds"]
+        obj = session.objects.get(creds)
+        if obj is None:
+            raise BlockError(f"No TLS credentials with id '{creds}'")
+        if not obj.qom_type.startswith("tls-creds"):
+            raise BlockError(f"Object with id '{creds}' is not TLS credentials")
         raise BlockError("TLS is not supported by the txgraph NBD server")
     _nbd(session).start(arguments["addr"])
 

@@ -28,7 +28,10 @@ def object_add(session: Session, arguments: dict[str, Any]) -> None:
     limits: dict[str, Any] = {}
     if qom_type == "throttle-group":
         limits = dict(props.get("limits", {}))
-        # The legacy x-<limit> properties set the same limits.
+        # The legacy x-<limit> properties set the same limits; their setter
+        # (throttle_group_set) refuses a negative value before any range check.
+        if any(k.startswith("x-") and isinstance(v, int) and v < 0 for k, v in props.items()):
+            raise BlockError("Property values cannot be negative")
         limits.update({k[2:]: v for k, v in props.items() if k.startswith("x-")})
         groups.validate(limits)
     if obj_id in session.objects:

@@ -31,6 +31,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from txgraph.errors import QMPError, TxgraphError
@@ -285,15 +286,18 @@ class QMPServer:
                 return reply
 
 
-async def serve(path: str, engine: Engine, *, handle_signals: bool = False) -> None:
+async def serve(path: str | Sequence[str], engine: Engine, *,
+                handle_signals: bool = False) -> None:
     """Serve QMP for ``engine`` on unix socket ``path`` until cancelled.
 
-    With ``handle_signals`` (the main thread of ``txgraph serve``), SIGTERM and
-    SIGINT end the server the way they end qemu-storage-daemon: cleanly, the
-    socket file removed.
+    ``path`` may also be several paths (one monitor each, sharing the engine,
+    as QSD's repeated ``--monitor``) or none (QSD without a monitor: it runs
+    until a signal). With ``handle_signals`` (the main thread of ``txgraph
+    serve``), SIGTERM and SIGINT end the server the way they end
+    qemu-storage-daemon: cleanly, the socket files removed.
     """
-    server = QMPServer(engine)
-    await server.start(path)
+    paths = [path] if isinstance(path, str) else list(path)
+    servers: list[QMPServer] = []
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     signals = (signal.SIGTERM, signal.SIGINT) if handle_signals and task is not None else ()
@@ -301,14 +305,22 @@ async def serve(path: str, engine: Engine, *, handle_signals: bool = False) -> N
         assert task is not None
         loop.add_signal_handler(sig, task.cancel)
     try:
-        await server.serve_forever()
+        for one in paths:
+            server = QMPServer(engine)
+            servers.append(server)
+            await server.start(one)
+        if servers:
+            await asyncio.gather(*(server.serve_forever() for server in servers))
+        else:
+            await asyncio.Event().wait()
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
-        await server.close()
+        for server in servers:
+            await server.close()
 
 
-def run_server(path: str, engine: Engine) -> None:
+def run_server(path: str | Sequence[str], engine: Engine) -> None:
     """Blocking form of :func:`serve` (``txgraph serve --qmp PATH``).
 
     :raise ServeError: the socket cannot be created.
