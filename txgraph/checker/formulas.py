@@ -78,6 +78,14 @@ def _default(ctx: ChildPermContext, role: Role, p: BV, s: BV) -> tuple[BV, BV]:
 
 def smt_child_perm(ctx: ChildPermContext, role: Role, p: BV, s: BV) -> tuple[BV, BV]:
     """(perm, shared) of an edge with role ``role`` under a parent with context ``ctx``."""
+    if ctx.family == "copy-before-write":
+        if not role & Role.FILTERED:
+            return bv(_W), bv(ALL & ~_S)
+        nperm, nshared = _default(ctx, role, p, s)
+        if ctx.has_parents:
+            nperm = z3.If(_has(p, _W), nperm | bv(_R), nperm)
+            nshared = nshared & bv(ALL & ~(_W | _S))
+        return nperm, nshared
     if ctx.family in ("commit_top", "mirror_top-stop"):
         # bdrv_commit_top_child_perm: the job holds the chain, the filter takes nothing.
         return bv(0), bv(ALL)

@@ -92,7 +92,8 @@ def enumerate_instances(region: Region, rules: frozenset[str],
                                    (ref, int(e.role), excl))
         # A job's filter dropped from the chain (bdrv_drop_filter) has no child left
         # while the job still holds it: only such a detached filter may be childless.
-        detached = (spec is not None and spec.is_filter and not kids
+        detached = (spec is not None and spec.is_filter
+                    and not any(e.role & Role.FILTERED for _r, e in kids)
                     and all(e.parent_kind is ParentKind.JOB for _q, e in graph.parents(p)))
         if "G3-filter-shape" in rules and spec is not None:
             drv = spec.name
@@ -174,8 +175,8 @@ def _perm_instances(region: Region, rules: frozenset[str]) -> Iterator[Instance]
                     # only the new chain (bdrv_set_backing_noperm), so its edges keep the
                     # permissions they had until the job lets go of it.
                     continue
-                ctx = child_perm_context(pnode, pnode.writable)
                 ups = tuple(r for r, _e in in_edges(graph, p))
+                ctx = child_perm_context(pnode, pnode.writable, bool(ups))
                 yield Instance("P1-edge-perm-formula", "p1node", f"P1:edge={edge_key(ref)}",
                                (ref, ctx, int(e.role), ups, graph.nodes[c].force_share))
             elif e.parent_kind is ParentKind.ROOT and p in graph.backends:

@@ -12,13 +12,15 @@ from collections.abc import Callable
 
 from txgraph.errors import IOFailure
 from txgraph.io.chain import allocated_above, chain, reads_as_zero, skip_filters
+from txgraph.io.drivers.copy_before_write import CopyBeforeWriteNode
 from txgraph.io.drivers.job_filters import MirrorTopNode
 from txgraph.io.mirror import DirtyBitmap, MirrorSink
 from txgraph.io.runtime import Runtime
 
 __all__ = ["STREAM_CHUNK", "COMMIT_BUFFER_SIZE", "stream_step", "commit_step", "node_length",
            "backend_length", "mirror_install", "mirror_set_active", "mirror_dirty_init",
-           "mirror_copy", "mirror_flush", "DirtyBitmap"]
+           "mirror_copy", "mirror_flush", "DirtyBitmap", "backup_init", "backup_step",
+           "backup_remaining"]
 
 #: ``STREAM_CHUNK`` of block/stream.c: the most one iteration copies
 STREAM_CHUNK = 512 * 1024
@@ -206,3 +208,46 @@ def mirror_flush(rt: Runtime, target_blk: str) -> None:
     """``mirror_flush``: the target's data reaches its image."""
     with rt.request():
         rt.backend_root(target_blk).flush()
+
+
+# -- backup ---------------------------------------------------------------------------------
+def _cbw(rt: Runtime, name: str) -> CopyBeforeWriteNode:
+    node = rt.node(name)
+    assert isinstance(node, CopyBeforeWriteNode)
+    return node
+
+
+def backup_init(rt: Runtime, cbw: str, skip_unallocated: bool) -> int:
+    """``backup_init_bcs_bitmap``: with sync=top, what the source node itself does not
+    allocate is not to be copied; returns the bytes left to copy (the job's length)."""
+    with rt.request():
+        node = _cbw(rt, cbw)
+        if skip_unallocated:
+            src = node.filtered
+            pos, length = 0, src.size()
+            while pos < length:
+                st = src.block_status(pos, length - pos)
+                n = max(1, min(st.length, length - pos))
+                if not st.allocated:
+                    node.skip(pos, n)
+                pos += n
+        return node.to_copy.count()
+
+
+def backup_step(rt: Runtime, cbw: str, offset: int, length: int) -> int:
+    """Copy what is still to be copied in a range through the filter's block-copy state;
+    the bytes copied (a failure raises with ``job_read`` telling the side)."""
+    with rt.request():
+        node = _cbw(rt, cbw)
+        try:
+            return node.copy_range(offset, length)
+        except IOFailure as exc:
+            if not hasattr(exc, "job_read"):
+                exc.job_read = True  # type: ignore[attr-defined]
+            raise
+
+
+def backup_remaining(rt: Runtime, cbw: str) -> int:
+    """Bytes still to be copied (by the job or by copy-before-write)."""
+    with rt.request():
+        return _cbw(rt, cbw).to_copy.count()

@@ -50,6 +50,26 @@ class DirtyBitmap:
             tail = self.length - last * self.granularity if last in self._dirty else 0
         return (n - (1 if tail else 0)) * self.granularity + tail
 
+    def take_range(self, offset: int, length: int) -> list[tuple[int, int]]:
+        """The dirty runs overlapping ``[offset, offset+length)``, whole chunks, cleared."""
+        if length <= 0:
+            return []
+        g = self.granularity
+        first, last = offset // g, (offset + length - 1) // g
+        with self._lock:
+            hit = sorted(c for c in range(first, last + 1) if c in self._dirty)
+            for c in hit:
+                self._dirty.discard(c)
+        runs: list[tuple[int, int]] = []
+        for c in hit:
+            start = c * g
+            n = min(start + g, self.length) - start
+            if runs and runs[-1][0] + runs[-1][1] == start:
+                runs[-1] = (runs[-1][0], runs[-1][1] + n)
+            else:
+                runs.append((start, n))
+        return runs
+
     def take(self, max_bytes: int) -> tuple[int, int] | None:
         """The first dirty run (at most ``max_bytes``), cleared: ``(offset, length)``."""
         g = self.granularity

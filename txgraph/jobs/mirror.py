@@ -378,6 +378,10 @@ def stage_mirror_start(session: Session, tx: Transaction, manager: JobManager, *
             cur = filter_or_cow_child(graph, cur)
         freeze_backing_chain(session, tx, mt, target)
         job.protect(session, tx, [(p, e.name, c) for p, c, e in chain_links(session, mt, target)])
+    elif sync != "none":
+        # A plain mirror copies what the source's chain holds above its base: cutting that
+        # chain while it runs puts zeros on the target (QEMU has no op blocker for reopen).
+        job.protect(session, tx, [(p, e.name, c) for p, c, e in chain_links(session, bs, base)])
     return job
 
 

@@ -103,6 +103,8 @@ class ChildPermContext:
     unshare_perms: Perm = Perm.NONE
     #: quorum rewrite-corrupted
     rewrite_corrupted: bool = False
+    #: the parent itself has parents (copy-before-write asks ``QLIST_EMPTY(&bs->parents)``)
+    has_parents: bool = False
 
 
 # Plain-int twins of the flags for the formulas' hot path.
@@ -189,6 +191,17 @@ def _child_perm(ctx: ChildPermContext, role: int, perm: int, shared: int) -> tup
     - ``commit_top``: ``bdrv_commit_top_child_perm`` (nothing taken, everything shared)
     """
     family = ctx.family
+    if family == "copy-before-write":
+        # cbw_child_perm: the target is written and shared but for resize; the source
+        # is a filtered child that, under users, stops sharing write and resize.
+        if not role & _FILT:
+            return _W, _ALL & ~_S
+        nperm, nshared = _default_perms(ctx, role, perm, shared)
+        if ctx.has_parents:
+            if perm & _W:
+                nperm |= _R
+            nshared &= ~(_W | _S)
+        return nperm, nshared
     if family in ("commit_top", "mirror_top-stop"):
         return 0, _ALL  # bdrv_commit_top_child_perm; a stopped bdrv_mirror_top_child_perm
     if family == "mirror_top-commit":

@@ -65,7 +65,8 @@ MIRROR_STOP = "x-txgraph-mirror-stop"
 MIRROR_COMMIT = "x-txgraph-mirror-commit"
 
 
-def child_perm_context(node: BlockNode, writable: bool) -> ChildPermContext:
+def child_perm_context(node: BlockNode, writable: bool,
+                       has_parents: bool = False) -> ChildPermContext:
     spec = driver_spec(node.driver)
     family = spec.perm_family if spec else "default"
     if family == "mirror_top":
@@ -83,6 +84,7 @@ def child_perm_context(node: BlockNode, writable: bool) -> ChildPermContext:
         unshare_perms=_perm_option(node, "unshare-child-perms") if family == "blkdebug" else Perm.NONE,
         rewrite_corrupted=(node.options.get("rewrite-corrupted") in (True, "on")
                            and node.options.get("read-pattern", "quorum") != "fifo"),
+        has_parents=has_parents and family == "copy-before-write",
     )
 
 
@@ -142,7 +144,7 @@ def compute_refresh(graph: BlockGraph, roots: Iterable[str], *,
             collect.append(err)
         if driver_check is not None and collect is None:
             driver_check(node, perm, shared)
-        ctx = child_perm_context(node, writable)
+        ctx = child_perm_context(node, writable, bool(parents))
         for child, edge in graph.children(name):
             nperm, nshared = child_perm(ctx, edge.role, perm, shared)
             if graph.nodes[child].force_share:

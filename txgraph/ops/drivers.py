@@ -285,7 +285,19 @@ def _open_quorum(opener: Opener, node: BlockNode, spec: DriverSpec, work: Option
     _runtime_open(opener, node, children)
 
 
+def _open_cbw(opener: Opener, node: BlockNode, spec: DriverSpec, work: OptionSet) -> None:
+    """``cbw_open``: the filtered ``file``, then the ``target`` written before each guest write."""
+    child = opener.open_child(None, work, "file", node, Role.FILTERED | Role.PRIMARY, False)
+    target = opener.open_child(None, work, "target", node, Role.DATA, False)
+    assert child is not None and target is not None
+    opts = _consume(work, spec)
+    if "bitmap" in opts:
+        raise OpenError("Bitmaps for copy-before-write are not supported by txgraph")
+    _runtime_open(opener, node, {"file": child, "target": target})
+
+
 _OPENERS: dict[str, OpenFn] = {
+    "copy-before-write": _open_cbw,
     "raw": _open_raw,
     "qcow2": _open_qcow2,
     "throttle": _open_filter,

@@ -137,6 +137,10 @@ def refresh_filename(graph: BlockGraph, name: str) -> None:
         # bdrv_commit_top_refresh_filename / bdrv_mirror_top_refresh_filename
         backing = graph.backing_child(name)
         node.exact_filename = graph.nodes[backing].filename if backing else ""
+    elif node.driver == "copy-before-write":
+        # cbw_refresh_filename: the source's filename
+        file = graph.file_child(name)
+        node.exact_filename = graph.nodes[file].filename if file else ""
     elif node.driver == "blkverify":
         raw, test = graph.child_edge(name, "raw"), graph.child_edge(name, "test")
         node.exact_filename = ""

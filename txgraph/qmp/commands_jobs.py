@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from txgraph.errors import BlockError
+from txgraph.jobs.backup import blockdev_backup
 from txgraph.jobs.commit import block_commit
 from txgraph.jobs.manager import manager_of
 from txgraph.jobs.mirror import blockdev_mirror
@@ -35,6 +36,12 @@ def _block_commit(ctx: CommandContext, args: dict[str, Any]) -> Any:
 @command("blockdev-mirror")
 def _blockdev_mirror(ctx: CommandContext, args: dict[str, Any]) -> Any:
     blockdev_mirror(ctx.session, args)
+    return {}
+
+
+@command("blockdev-backup")
+def _blockdev_backup(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    blockdev_backup(ctx.session, args)
     return {}
 
 

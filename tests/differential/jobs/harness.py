@@ -82,6 +82,8 @@ class JobScenario:
     #: image files (relative to the scenario directory) compared after the run
     images: tuple[str, ...] = ()
     doc: str = ""
+    #: tools run on the images once the peer has closed them (their metadata is on disk)
+    after: tuple[Run, ...] = ()
 
 
 @dataclass
@@ -185,6 +187,8 @@ def run_job_scenario(scenario: JobScenario, factory: PeerFactory) -> JobTrace:
     finally:
         peer.close()
     trace.events = _canon_events(events, str(workdir))
+    for run in scenario.after:
+        trace.records.append(_record(peer, run, str(workdir)))
     for image in scenario.images:
         trace.images[image] = canon_value(_image_facts(workdir / image), str(workdir))
     return trace
