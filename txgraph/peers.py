@@ -44,8 +44,8 @@ class QMPProcess:
         self._tmp = tmpdir
         self.socket_path = socket_path
         self.events: list[dict[str, Any]] = []
-        #: events before this index were searched (or returned) by :meth:`wait_event`
-        self._waited = 0
+        #: indexes of the events :meth:`wait_event` already returned
+        self._taken: set[int] = set()
         self.proc = subprocess.Popen(args, cwd=workdir or self._tmp, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
@@ -97,22 +97,21 @@ class QMPProcess:
 
     def wait_event(self, name: str, match: dict[str, Any] | None = None,
                    timeout: float = 30.0) -> dict[str, Any]:
-        """The first event ``name`` whose data contains ``match`` that no earlier wait took.
-
-        Events already received are searched first; then the socket is read with a
-        deadline (``TimeoutError`` when it passes).
-        """
+        """The first received event ``name`` whose data contains ``match`` that no earlier
+        wait returned (in arrival order); the socket is read with a deadline until one
+        comes (``TimeoutError`` when it passes)."""
         want = match or {}
 
-        def fits(msg: dict[str, Any]) -> bool:
+        def fits(i: int) -> bool:
+            msg = self.events[i]
             data = msg.get("data", {})
-            return msg.get("event") == name and all(data.get(k) == v for k, v in want.items())
+            return (i not in self._taken and msg.get("event") == name
+                    and all(data.get(k) == v for k, v in want.items()))
 
-        for i in range(self._waited, len(self.events)):
-            if fits(self.events[i]):
-                self._waited = i + 1
+        for i in range(len(self.events)):
+            if fits(i):
+                self._taken.add(i)
                 return self.events[i]
-        self._waited = len(self.events)
         deadline = time.monotonic() + timeout
         try:
             while True:
@@ -128,8 +127,8 @@ class QMPProcess:
                 if "event" not in msg:
                     raise RuntimeError(f"{self.label}: unexpected reply {msg} while waiting")
                 self.events.append(msg)
-                self._waited = len(self.events)
-                if fits(msg):
+                if fits(len(self.events) - 1):
+                    self._taken.add(len(self.events) - 1)
                     return msg
         finally:
             self.sock.settimeout(self.reply_timeout)

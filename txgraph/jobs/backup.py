@@ -43,7 +43,7 @@ from txgraph.ops.session import Session
 if TYPE_CHECKING:
     from txgraph.ops.undo_log import Transaction
 
-__all__ = ["BackupJob", "blockdev_backup", "stage_blockdev_backup"]
+__all__ = ["BackupJob", "blockdev_backup", "stage_blockdev_backup", "TRANSACTION_ACTIONS"]
 
 #: how much of the disk one background iteration copies at most
 _STEP = 1 << 20
@@ -181,3 +181,30 @@ def blockdev_backup(session: Session, args: dict[str, Any]) -> None:
     with session.transaction() as tx:
         job = stage_blockdev_backup(session, tx, manager, args)
     manager.start(job)
+
+
+def stage_backup_action(session: Session, tx: Transaction, data: dict[str, Any],
+                        group: list[Any] | None) -> BackupJob:
+    """The ``blockdev-backup`` action of ``transaction``: prepare creates the job, commit
+    starts it (``blockdev_backup_commit``), abort cancels it before it ever ran
+    (``blockdev_backup_abort``: created, aborting, concluded, null — no BLOCK_JOB_*).
+
+    Under ``completion-mode: grouped`` every job of the transaction joins one JobTxn
+    (``group`` holds it).
+    """
+    manager = manager_of(session)
+    job = stage_blockdev_backup(session, tx, manager, data)
+    if group is not None:
+        if group:
+            txn = group[0]
+            txn.jobs.insert(0, job)  # job_txn_add_job: at the head, newest first
+            job.txn = txn
+        else:
+            group.append(job.txn)
+    tx.undo(lambda: manager.abort_unstarted(job))
+    manager.start_on_commit(tx, job)
+    return job
+
+
+#: the job actions of QMP ``transaction`` (7.2: backup is the only job family there)
+TRANSACTION_ACTIONS = {"blockdev-backup": stage_backup_action}

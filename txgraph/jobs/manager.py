@@ -73,6 +73,8 @@ class JobManager:
         self.closing = False
         #: every job thread started and not yet joined (closing joins them)
         self.threads: list[threading.Thread] = []
+        #: jobs a transaction created, started together when it commits (by id of the tx)
+        self._batches: dict[int, list[Job]] = {}
 
     def emit(self, name: str, data: dict[str, Any]) -> None:
         self.session.emit_event(name, data)
@@ -122,9 +124,25 @@ class JobManager:
 
     def _early_fail(self, job: Job) -> None:
         with self.mutex:
+            if job.status is not S.NULL:
+                job.transition(S.NULL)
+            if job in self.jobs:
+                self.jobs.remove(job)
+
+    def abort_unstarted(self, job: Job) -> None:
+        """A transaction that created a job aborts before starting it (``*_backup_abort``:
+        a forced ``job_cancel_sync``): aborting, concluded, null — and no BLOCK_JOB_*.
+        The graph changes are undone by the transaction itself."""
+        with self.mutex:
+            if job.started or job.status is not S.CREATED:
+                return
+            job.transition(S.ABORTING)
+            job.transition(S.CONCLUDED)
             job.transition(S.NULL)
             if job in self.jobs:
                 self.jobs.remove(job)
+            if job in job.txn.jobs:
+                job.txn.jobs.remove(job)
 
     def start(self, job: Job) -> None:
         """``job_start``, then run the job until it first yields, as QEMU's coroutine runs
@@ -136,6 +154,32 @@ class JobManager:
             job.yielded = False
             self.threads.append(job.start())
             self._until_yield(job)
+
+    def start_on_commit(self, tx: Transaction, job: Job) -> None:
+        """Start ``job`` when ``tx`` commits, together with the other jobs the same
+        transaction created (``transaction``'s commit callbacks start every job before
+        the main loop runs any of them); then each runs to its first yield."""
+        key = id(tx)
+        batch = self._batches.get(key)
+        if batch is None:
+            batch = self._batches[key] = []
+
+            def go() -> None:
+                jobs = self._batches.pop(key, [])
+                with self.mutex:
+                    self.threads = [t for t in self.threads if t.is_alive()]
+                    for j in jobs:
+                        j.yielded = False
+                        self.threads.append(j.start())
+                    for j in jobs:
+                        self._until_yield(j)
+
+            def forget() -> None:
+                self._batches.pop(key, None)
+
+            tx.on_commit(go)
+            tx.undo(forget)
+        batch.append(job)
 
     def _until_yield(self, job: Job) -> None:
         """Let the entered job run to its next yield (mutex held; bounded wait)."""

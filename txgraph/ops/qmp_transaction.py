@@ -21,7 +21,7 @@ move three edges, delete the old node" one atomic step.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from txgraph.errors import BlockError
@@ -69,6 +69,12 @@ _STAGES: dict[str, Callable[[Session, Transaction, dict[str, Any]], Any]] = {
 }
 
 
+#: a job action's stage: ``(session, tx, data, group)``; ``group`` is None for
+#: ``completion-mode: individual``, else a list shared by the transaction's job actions
+#: (the first one puts the shared JobTxn there)
+JobStage = Callable[[Session, Transaction, dict[str, Any], "list[Any] | None"], Any]
+
+
 def stage_action(session: Session, tx: Transaction, kind: str, data: dict[str, Any]) -> None:
     """Stage one action (arguments already validated by the QMP layer)."""
     if kind == "abort":
@@ -81,15 +87,22 @@ def stage_action(session: Session, tx: Transaction, kind: str, data: dict[str, A
 
 
 def stage_transaction(session: Session, tx: Transaction, actions: list[dict[str, Any]],
-                      properties: dict[str, Any] | None = None) -> None:
+                      properties: dict[str, Any] | None = None,
+                      job_stages: Mapping[str, JobStage] | None = None) -> None:
     """``qmp_transaction`` inside an open transaction: actions in order, then the commit steps.
 
-    ``completion-mode: grouped`` only concerns backup jobs; every action
-    txgraph has refuses it in its prepare, with QEMU's text.
+    Job actions (``blockdev-backup``) come from the jobs layer (``job_stages``);
+    only they accept ``completion-mode: grouped``, every other action refuses it in
+    its prepare with QEMU's text.
     """
     mode = (properties or {}).get("completion-mode", "individual")
+    jobs = job_stages or {}
+    group: list[Any] | None = [] if mode == "grouped" else None
     for action in actions:
         kind = action["type"]
+        if kind in jobs:
+            jobs[kind](session, tx, action.get("data", {}), group)
+            continue
         if mode != "individual" and kind != "abort":
             raise BlockError(f"Action '{kind}' does not support Transaction property "
                              f"completion-mode = {mode}")
@@ -98,7 +111,8 @@ def stage_transaction(session: Session, tx: Transaction, actions: list[dict[str,
 
 
 def run_transaction(session: Session, actions: list[dict[str, Any]],
-                    properties: dict[str, Any] | None = None) -> None:
+                    properties: dict[str, Any] | None = None,
+                    job_stages: Mapping[str, JobStage] | None = None) -> None:
     """Run ``actions`` as one transaction of ``session``."""
     with session.transaction() as tx:
-        stage_transaction(session, tx, actions, properties)
+        stage_transaction(session, tx, actions, properties, job_stages)

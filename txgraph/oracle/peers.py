@@ -143,7 +143,7 @@ class EnginePeer:
         self._init_error: str | None = None
         #: events delivered by the engine (from command and job threads), guarded by _cond
         self._events: list[dict[str, Any]] = []
-        self._waited = 0
+        self._taken: set[int] = set()
         self._cond = threading.Condition()
         try:
             from txgraph.qmp.engine import Engine
@@ -165,13 +165,12 @@ class EnginePeer:
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
-                for i in range(self._waited, len(self._events)):
-                    msg = self._events[i]
+                for i, msg in enumerate(self._events):
                     data = msg.get("data", {})
-                    if msg.get("event") == name and all(data.get(k) == v for k, v in want.items()):
-                        self._waited = i + 1
+                    if (i not in self._taken and msg.get("event") == name
+                            and all(data.get(k) == v for k, v in want.items())):
+                        self._taken.add(i)
                         return msg
-                self._waited = len(self._events)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None

@@ -29,6 +29,7 @@ from txgraph.ops.filters import (
     stage_insert_filter,
     stage_remove_filter,
 )
+from txgraph.jobs.backup import TRANSACTION_ACTIONS as JOB_ACTIONS
 from txgraph.ops.qmp_transaction import EXTENSION_ACTIONS, run_transaction
 from txgraph.ops.quorum import stage_x_blockdev_change
 from txgraph.ops.replace import stage_blockdev_replace, stage_replace_edges
@@ -234,7 +235,7 @@ def _x_blockdev_change(ctx: CommandContext, args: dict[str, Any]) -> Any:
 
 @command("transaction")
 def _transaction(ctx: CommandContext, args: dict[str, Any]) -> Any:
-    run_transaction(ctx.session, args["actions"], args.get("properties"))
+    run_transaction(ctx.session, args["actions"], args.get("properties"), JOB_ACTIONS)
     return {}
 
 
@@ -274,7 +275,7 @@ def _x_remove_filter(ctx: CommandContext, args: dict[str, Any]) -> Any:
 @command("x-txgraph-transaction")
 def _x_transaction(ctx: CommandContext, args: dict[str, Any]) -> Any:
     actions, props = _check_transaction(args)
-    run_transaction(ctx.session, actions, props)
+    run_transaction(ctx.session, actions, props, JOB_ACTIONS)
     return {}
 
 

@@ -37,10 +37,32 @@ def target_reads(*commands: str) -> Run:
 
 
 def scenario(name: str, *steps: Any, images: tuple[str, ...] = IMAGES,
-             doc: str = "", after: tuple[Run, ...] = ()) -> JobScenario:
+             doc: str = "", after: tuple[Run, ...] = (), per_job: bool = False) -> JobScenario:
     return JobScenario(name, (ADD_CHAIN, ADD_TGT, *steps), (*SETUP,
-                       qemu_img("create -q -f qcow2 -b top.qcow2 -F qcow2 {dir}/ovl.qcow2")),
-                       images, doc, after)
+                       qemu_img("create -q -f qcow2 -b top.qcow2 -F qcow2 {dir}/ovl.qcow2"),
+                       qemu_img("create -q -f qcow2 {dir}/tgt2.qcow2 4M"),
+                       qemu_img("create -q -f qcow2 {dir}/bad.qcow2 4M")),
+                       images, doc, after, per_job)
+
+
+ADD_TGT2 = _add("tgt2")
+#: a target whose data writes fail with EIO (blkdebug below the qcow2 format)
+ADD_BAD = cmd("blockdev-add", {
+    "driver": "qcow2", "node-name": "bad",
+    "file": {"driver": "blkdebug", "node-name": "bad-dbg",
+             "inject-error": [{"event": "write_aio", "errno": 5, "once": False}],
+             "image": {"driver": "file", "filename": "bad.qcow2", "node-name": "bad-f"}}})
+
+
+def _txn(*actions: dict[str, Any], **props: Any) -> dict[str, Any]:
+    args: dict[str, Any] = {"actions": list(actions)}
+    if props:
+        args["properties"] = props
+    return cmd("transaction", args)
+
+
+def _backup_action(**data: Any) -> dict[str, Any]:
+    return {"type": "blockdev-backup", "data": {"sync": "full", **data}}
 
 
 SCENARIOS = [
@@ -96,6 +118,41 @@ SCENARIOS = [
              cmd("blockdev-backup", {**BACKUP, "speed": -1}),
              cmd("blockdev-backup", {**BACKUP, "filter-node-name": "tgt"}),
              cmd("query-jobs"), Graph(), Nodes(), images=("top.qcow2",)),
+    scenario("txn-backup-then-abort",
+             _txn(_backup_action(device="top", target="tgt", **{"job-id": "b"}),
+                  {"type": "abort", "data": {}}),
+             cmd("query-jobs"), Graph(), images=("top.qcow2",),
+             doc="the job was created and never started: no BLOCK_JOB_* events"),
+    scenario("txn-two-backups-grouped",
+             ADD_TGT2,
+             _txn(_backup_action(device="top", target="tgt", speed=1, **{"job-id": "b"}),
+                  _backup_action(device="base", target="tgt2", **{"job-id": "c"}),
+                  **{"completion-mode": "grouped"}),
+             Wait("JOB_STATUS_CHANGE", {"id": "c", "status": "waiting"}), cmd("query-jobs"),
+             cmd("block-job-set-speed", {"device": "b", "speed": 0}),
+             *_done("b"), *_done("c"), Graph(), images=("top.qcow2", "tgt.qcow2", "tgt2.qcow2"),
+             doc="the early finisher waits for its group; then both finalise, newest first"),
+    scenario("txn-grouped-one-fails",
+             ADD_TGT2, ADD_BAD,
+             _txn(_backup_action(device="top", target="bad", **{"job-id": "b"}),
+                  _backup_action(device="base", target="tgt2", speed=1, **{"job-id": "c"}),
+                  **{"completion-mode": "grouped"}),
+             *_done("b"), *_done("c", "BLOCK_JOB_CANCELLED"), Graph(),
+             images=("top.qcow2",),
+             doc="one job's error cancels its whole group"),
+    scenario("txn-individual-one-fails",
+             ADD_TGT2, ADD_BAD,
+             _txn(_backup_action(device="top", target="bad", **{"job-id": "b"}),
+                  _backup_action(device="base", target="tgt2", **{"job-id": "c"})),
+             *_done("b"), *_done("c"), images=("top.qcow2", "tgt2.qcow2"), per_job=True),
+    scenario("backup-target-error-stop",
+             ADD_BAD,
+             cmd("blockdev-backup", {**BACKUP, "target": "bad", "on-target-error": "stop"}),
+             Wait("BLOCK_JOB_ERROR", {"device": "b"}),
+             Wait("JOB_STATUS_CHANGE", {"status": "paused"}), cmd("query-block-jobs"),
+             cmd("block-job-cancel", {"device": "b", "force": True}),
+             *_done("b", "BLOCK_JOB_CANCELLED"), images=("top.qcow2",),
+             doc="stop: the job pauses as if the user paused it, io-status failed"),
     scenario("backup-compress",
              cmd("blockdev-backup", {**BACKUP, "compress": True}), *_done("b"), Graph(),
              doc="accepted for a qcow2 target (txgraph writes the clusters uncompressed)"),

@@ -20,10 +20,10 @@ Guest reads are not serialised.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from txgraph.errors import OpenError
+from txgraph.errors import IOFailure, OpenError
 from txgraph.io.chain import reads_as_zero
 from txgraph.io.driver import DriverNode, FilterNode
 from txgraph.io.mirror import DirtyBitmap
@@ -60,9 +60,10 @@ class CopyBeforeWriteNode(FilterNode):
                 zero, m = reads_as_zero(src, pos, end - pos)
                 m = max(1, min(m, end - pos))
                 if zero:
-                    target.write_zeroes(pos, m, may_unmap=False)
+                    _on_target(lambda: target.write_zeroes(pos, m, may_unmap=False))
                 else:
-                    target.write(pos, src.read(pos, m))
+                    data = src.read(pos, m)
+                    _on_target(lambda: target.write(pos, data))
                 pos += m
             copied += n
         return copied
@@ -97,3 +98,12 @@ class CopyBeforeWriteNode(FilterNode):
         with self._lock:
             self._save(offset, length)
             self.filtered.discard(offset, length)
+
+
+def _on_target(op: Callable[[], None]) -> None:
+    """A failed target write is the job's *write* error (BLOCK_JOB_ERROR operation)."""
+    try:
+        op()
+    except IOFailure as exc:
+        exc.job_read = False  # type: ignore[attr-defined]
+        raise
