@@ -200,11 +200,24 @@ def bench_txn(sizes: tuple[int, ...], repeats: int) -> None:
         raise click.ClickException("the final graphs differ: the timings are not comparable")
 
 
+@bench.command("jobs")
+@click.option("--size-mib", default=1024, show_default=True, help="Image size (fully allocated).")
+@click.option("--rounds", default=3, show_default=True, help="Interleaved rounds per peer.")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+              help="Where the images are made (default: a fresh temporary directory).")
+def bench_jobs(size_mib: int, rounds: int, workdir: str | None) -> None:
+    """Mirror and stream throughput vs qemu-storage-daemon on the same images (speed 0)."""
+    from txgraph.bench.jobs import run_jobs_benchmark
+
+    for row in run_jobs_benchmark(size_mib=size_mib, rounds=rounds, workdir=workdir):
+        click.echo(json.dumps(row))
+
+
 @bench.command("all")
 @click.pass_context
 def bench_all(ctx: click.Context) -> None:
     """Every benchmark above with its defaults, one after the other."""
-    for command in (bench_qmp, bench_txn, bench_io, bench_nbd):
+    for command in (bench_qmp, bench_txn, bench_io, bench_nbd, bench_jobs):
         ctx.invoke(command)
 
 

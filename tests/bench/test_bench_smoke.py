@@ -52,3 +52,15 @@ def test_bench_txn_command() -> None:
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.output.splitlines() if line.strip()]
     assert len(rows) == 1 and rows[0]["graphs_match"] and rows[0]["nodes"] == 20
+
+
+def test_jobs_benchmark_rows() -> None:
+    """The job benchmark runs end to end on both peers at a small size (no timing asserted)."""
+    from txgraph.bench.jobs import run_jobs_benchmark
+
+    rows = run_jobs_benchmark(size_mib=16, rounds=1)
+    assert [r["name"] for r in rows] == ["mirror-16MiB", "stream-16MiB"]
+    for row in rows:
+        assert row["unit"] == "MB/s"
+        for key in ("txgraph", "peer", "ratio"):
+            assert isinstance(row[key], (int, float)) and row[key] > 0, (key, row)
