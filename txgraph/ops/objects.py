@@ -12,6 +12,7 @@ from typing import Any
 
 from txgraph.errors import BlockError
 from txgraph.model.names import id_wellformed
+from txgraph.ops.secrets import SECRET_TYPES, check_secret_properties, load_secret
 from txgraph.ops.session import QomObject, Session
 
 __all__ = ["object_add", "object_del"]
@@ -31,10 +32,15 @@ def object_add(session: Session, arguments: dict[str, Any]) -> None:
         # The legacy x-<limit> properties set the same limits.
         limits.update({k[2:]: v for k, v in props.items() if k.startswith("x-")})
         groups.validate(limits)
+    if qom_type in SECRET_TYPES:
+        check_secret_properties(props)
     if obj_id in session.objects:
         raise BlockError(f"attempt to add duplicate property '{obj_id}' to object (type 'container')")
     if qom_type == "throttle-group":
         groups.add(obj_id, limits)
+    if qom_type in SECRET_TYPES:
+        session.objects[obj_id] = load_secret(session, obj_id, props)
+        return
     session.objects[obj_id] = QomObject(obj_id, qom_type, props)
 
 

@@ -112,7 +112,7 @@ def _device_info(session: Session, name: str, flat: bool) -> dict[str, Any]:
         "file": node.filename,
         "ro": node.read_only,
         "drv": node.driver,
-        "encrypted": False,
+        "encrypted": bool(node.image.get("encrypted", False)),
         "cache": {"writeback": True, "direct": node.cache_direct, "no-flush": node.cache_no_flush},
         "node-name": node.name,
         "detect_zeroes": node.detect_zeroes,

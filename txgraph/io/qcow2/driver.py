@@ -46,6 +46,7 @@ from txgraph.errors import IOFailure
 from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
 from txgraph.io.qcow2 import constants as C
 from txgraph.io.qcow2.compress import ClusterCache, DecompressError, decompress
+from txgraph.io.qcow2.crypto import Qcow2Crypto
 from txgraph.io.qcow2.header import Qcow2Header, read_qcow2_header
 from txgraph.io.qcow2.l2map import COMPRESSED, INVALID, MIXED, UNALLOC, ZERO, L2Map
 from txgraph.io.qcow2.overlap import OverlapChecker, parse_overlap_check
@@ -82,8 +83,12 @@ class Qcow2Node(DriverNode):
             raise OpenError('A block device must be specified for "file"')
         f = self.children["file"]
         flen = getattr(f, "file_length", f.size)()
-        self.header: Qcow2Header = read_qcow2_header(self._fread, flen, read_only=read_only)
+        self.crypto = Qcow2Crypto(options, self._fread)
+        self.header: Qcow2Header = read_qcow2_header(self._fread, flen, read_only=read_only,
+                                                     crypto=self.crypto)
         h = self.header
+        #: the plaintext view of the data file when the payload is encrypted (LUKS)
+        self._crypt_view: Any = None
         self.cluster_size = h.cluster_size
         self.cluster_bits = h.cluster_bits
         try:
@@ -130,8 +135,20 @@ class Qcow2Node(DriverNode):
             dc = self.children.get("data-file")
             if dc is None:
                 raise _eio()
-            return dc
-        return self.file
+        else:
+            dc = self.file
+        if self.crypto.volume is not None:
+            return self._crypted(dc)
+        return dc
+
+    def _crypted(self, dc: DriverNode) -> DriverNode:
+        """The data child decrypted (crypt_physical_offset: sectors of the host offset)."""
+        view = self._crypt_view
+        if view is None or view.child is not dc:  # first use, or the child was swapped
+            from txgraph.io.crypto.view import EncryptedView
+
+            view = self._crypt_view = EncryptedView(dc, self.crypto.volume.cipher, 0)
+        return view  # type: ignore[no-any-return]
 
     def signal_corruption(self, message: str, *, offset: int = -1, size: int = -1,
                           fatal: bool = True) -> IOFailure:
@@ -426,12 +443,14 @@ class Qcow2Node(DriverNode):
                 data["data-file-raw"] = h.data_file_raw
             data["corrupt"] = h.corrupt
             data["extended-l2"] = h.extended_l2
+        if h.crypt_method:
+            data["encrypt"] = self.crypto.format_specific()
         return {"type": "qcow2", "data": data}
 
     def info(self) -> ImageInfo:
         h = self.header
         fi = self.file.info()
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"encrypted": True} if h.crypt_method else {}
         if h.snapshots:
             extra["snapshots"] = [snapshot_qmp(s) for s in h.snapshots]
         if h.backing_file is not None and fi.filename and not fi.filename.startswith("json:"):
