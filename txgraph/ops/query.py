@@ -32,7 +32,7 @@ def filter_or_cow_child(graph: BlockGraph, name: str) -> str | None:
 def _has_get_info(graph: BlockGraph, name: str) -> bool:
     """Whether ``bdrv_get_info`` succeeds (it decides if dirty-flag is reported)."""
     node = graph.nodes[name]
-    if node.driver in ("file", "host_device", "qcow2"):
+    if node.driver in ("file", "host_device", "qcow2", "luks"):
         return True
     if node.driver == "raw":
         child = graph.file_child(name)
@@ -89,8 +89,10 @@ def _image_info(session: Session, name: str) -> dict[str, Any]:
         if cinfo.cluster_size:
             image["cluster-size"] = cinfo.cluster_size
         image["dirty-flag"] = cinfo.dirty
-    if info.format_specific is not None and node.driver == "qcow2":
+    if info.format_specific is not None and node.driver in ("qcow2", "luks"):
         image["format-specific"] = info.format_specific
+    if info.extra.get("encrypted"):  # has_encrypted = bs->encrypted
+        image["encrypted"] = True
     if node.backing_file:
         image["backing-filename"] = node.backing_file
         try:

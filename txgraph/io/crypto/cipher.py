@@ -16,10 +16,12 @@ with :class:`UnsupportedCipher`.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import struct
 from collections.abc import Callable
+from typing import Any, cast
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import BlockCipherAlgorithm, Cipher, algorithms, modes
 
 from txgraph.errors import OpenError
 
@@ -57,18 +59,20 @@ def hash_digest_len(alg: str) -> int:
     return HASHES[alg]
 
 
-def _block_cipher(alg: str, key: bytes) -> algorithms.BlockCipherAlgorithm:
+def _block_cipher(alg: str, key: bytes) -> BlockCipherAlgorithm:
     family = _ALGS[alg][0]
     if family == "aes":
         return algorithms.AES(key)
-    try:
-        from cryptography.hazmat.decrepit.ciphers import algorithms as old
-    except ImportError:  # older cryptography releases keep them in the main module
-        old = algorithms  # type: ignore[assignment]
-    if family == "cast5":
-        return old.CAST5(key)  # type: ignore[no-any-return]
-    if family == "3des":
-        return old.TripleDES(key)  # type: ignore[no-any-return]
+    name = {"cast5": "CAST5", "3des": "TripleDES"}.get(family)
+    # Newer cryptography releases moved the old ciphers to the "decrepit" package.
+    for module in ("cryptography.hazmat.decrepit.ciphers.algorithms",
+                   "cryptography.hazmat.primitives.ciphers.algorithms"):
+        try:
+            cls = getattr(importlib.import_module(module), name or "", None)
+        except ImportError:
+            continue
+        if cls is not None:
+            return cast(BlockCipherAlgorithm, cls(key))
     raise UnsupportedCipher(f"Cipher algorithm '{alg}' is not available in txgraph "
                             "(the cryptography package has no implementation)")
 
@@ -95,12 +99,12 @@ class SectorCipher:
                 raise UnsupportedCipher(f"Cipher mode xts with '{alg}' is not available in "
                                         "txgraph")
             # Both XTS halves in one key: the AES primitive takes 32 or 64 bytes for XTS.
-            self._algo: Callable[[], algorithms.BlockCipherAlgorithm] = \
+            self._algo: Callable[[], BlockCipherAlgorithm] = \
                 lambda: algorithms.AES(key)
         else:
             _block_cipher(alg, key)  # refuses unavailable families at open, not at I/O
             self._algo = lambda: _block_cipher(alg, key)
-        self._essiv: Cipher[modes.ECB] | None = None
+        self._essiv: Any = None
         if ivgen == "essiv":
             # qcrypto_ivgen_essiv_init: the IV key is the hash of the volume key; the cipher
             # used is the caller's ivcipheralg (qcrypto_block_luks_essiv_cipher).
@@ -119,7 +123,7 @@ class SectorCipher:
             raw = enc.update(raw) + enc.finalize()
         return raw
 
-    def _mode(self, sector: int) -> modes.Mode:
+    def _mode(self, sector: int) -> Any:
         if self.mode == "ecb":
             return modes.ECB()
         iv = self._iv(sector)
@@ -135,7 +139,7 @@ class SectorCipher:
         out = bytearray(len(data))
         view = memoryview(data)
         for i in range(0, len(data), SECTOR_SIZE):
-            c = Cipher(self._algo(), self._mode(first_sector + i // SECTOR_SIZE))
+            c: Any = Cipher(self._algo(), self._mode(first_sector + i // SECTOR_SIZE))
             ctx = c.encryptor() if encrypt else c.decryptor()
             out[i:i + SECTOR_SIZE] = ctx.update(view[i:i + SECTOR_SIZE]) + ctx.finalize()
         return bytes(out)

@@ -147,7 +147,9 @@ class Qcow2Node(DriverNode):
         if view is None or view.child is not dc:  # first use, or the child was swapped
             from txgraph.io.crypto.view import EncryptedView
 
-            view = self._crypt_view = EncryptedView(dc, self.crypto.volume.cipher, 0)
+            volume = self.crypto.volume
+            assert volume is not None
+            view = self._crypt_view = EncryptedView(dc, volume.cipher, 0)
         return view  # type: ignore[no-any-return]
 
     def signal_corruption(self, message: str, *, offset: int = -1, size: int = -1,

@@ -1,0 +1,182 @@
+"""Secrets, LUKS and LUKS-encrypted qcow2 on qemu-storage-daemon 7.2 and on txgraph.
+
+Encrypted images carry random salts, a random UUID and timing-dependent
+iteration counts, all of which ``query-named-block-nodes`` reports; so every
+image is made once (``qemu-img create ... iter-time=10``, fast key slots) in a
+template directory and *copied* into each peer's directory, and both peers see
+the same bytes. Not registered in ``scenarios.SCENARIOS`` (run by
+tests/differential/test_crypto.py).
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tests.differential.harness import Call, Scenario, WriteFile
+from tests.support.crypto_images import PW, create
+from tests.differential.scenarios._common import (
+    add, cmd, delete, fnode, graph, obj_add, obj_del, qnodes, raw_img, sc, tg,
+)
+
+T = "crypto"
+K32 = "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE="   # base64 of 32 ASCII bytes
+IV = "MDEyMzQ1Njc4OTAxMjM0NQ=="                          # base64 of 16 bytes
+
+_TEMPLATES: dict[str, Path] = {}
+_RECIPES: dict[str, tuple[str, str]] = {
+    "a.luks": ("luks", ""),
+    "cbc.luks": ("luks", "cipher-alg=aes-128,cipher-mode=cbc,ivgen-alg=essiv,"
+                 "ivgen-hash-alg=sha256,hash-alg=sha1"),
+    "a.qcow2": ("qcow2", ""),
+}
+
+
+def _template(name: str) -> Path:
+    """The template image ``name`` (made once per process, removed at exit)."""
+    if not _TEMPLATES:
+        d = Path(tempfile.mkdtemp(prefix="txgraph-crypto-"))
+        atexit.register(shutil.rmtree, d, True)
+        _TEMPLATES["<dir>"] = d
+    if name not in _TEMPLATES:
+        fmt, opts = _RECIPES[name]
+        _TEMPLATES[name] = create(_TEMPLATES["<dir>"] / name, fmt, "4M", opts)
+    return _TEMPLATES[name]
+
+
+def _copy(workdir: Path, name: str, dest: str | None = None) -> None:
+    shutil.copyfile(_template(name), workdir / (dest or name))
+
+
+def img(name: str, dest: str | None = None) -> Call:
+    return Call(_copy, (name, dest))
+
+
+def secret(oid: str, **props: Any) -> dict[str, Any]:
+    return obj_add({"qom-type": "secret", "id": oid, **props})
+
+
+def luks(name: str, path: str, key: str | None = "good", **extra: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {"driver": "luks", "node-name": name, "file": fnode(path, f"{name}-f")}
+    if key is not None:
+        d["key-secret"] = key
+    d.update(extra)
+    return d
+
+
+def eqcow2(name: str, path: str, key: str | None = "good", fmt: str = "luks",
+           **extra: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {"driver": "qcow2", "node-name": name, "file": fnode(path, f"{name}-f")}
+    if key is not None:
+        d["encrypt"] = {"format": fmt, "key-secret": key}
+    d.update(extra)
+    return d
+
+
+SCENARIOS: list[Scenario] = [
+    sc("secret_errors", [
+        secret("s0"),
+        secret("s1", data="x", file="{dir}/pw.txt"),
+        secret("s2", file="{dir}/nope.txt"),
+        secret("s3", file="{dir}/sub"),
+        secret("s4", data="!!!", format="base64"),
+        secret("s5", data="x", format="hex"),
+        secret("s6", data="x", bogus=1),
+        secret("s7", data="x", loaded=True),
+        secret("bad id", data="x"),
+        secret("n64", file="{dir}/nul64.txt", format="base64"),
+        secret("s8", data="aGVsbG8=\n", format="base64"),
+        secret("s8", data="!!", format="base64"),
+        obj_del("s8"), obj_del("s8"),
+    ], setup=[WriteFile("pw.txt", b"hello"), WriteFile("nul64.txt", b"aGVs\0bG8="),
+              Call(lambda d: (d / "sub").mkdir())], theme=T),
+    sc("secret_keyid", [
+        secret("k32", data=K32, format="base64"),
+        secret("short", data="hello"),
+        tg("tg"),
+        secret("e1", data="hello", keyid="nokey"),
+        secret("e2", data="hello", keyid="short"),
+        secret("e3", data="hello", keyid="tg"),
+        secret("e4", data="hello", keyid="k32"),
+        secret("e5", data="hello", keyid="k32", iv="abc"),
+        secret("e6", data="hello", keyid="k32", iv="MDEyMzQ1Njc="),
+        secret("e7", data="hello", keyid="k32", iv=IV),
+        secret("e8", data="aGVsbG9oZWxsb2hlbGxvaA==", keyid="k32", iv=IV, format="base64"),
+        secret("e9", data="x", keyid="k32", iv="!!"),
+        secret("self", data="x", keyid="self"),
+        # a real encrypted password: AES-256-CBC of "abc123" + PKCS#7 padding
+        secret("enc", data="zeN0QlpMsmD3PeUAmMSPmg==", keyid="k32", iv=IV, format="base64"),
+    ], theme=T),
+    sc("luks_open_secrets", [
+        add(luks("l0", "a.luks", key=None)),
+        add(luks("l1", "a.luks", key="nosuch")),
+        secret("bad", data="wrong"), secret("good", data=PW), tg("tg"),
+        add(luks("l2", "a.luks", key="bad")),
+        add(luks("l3", "a.luks", key="tg")),
+        add(luks("l4", "plain.raw")),
+        add(luks("l5", "a.luks")),
+        qnodes(), graph(),
+        obj_del("good"),
+        cmd("blockdev-reopen", {"options": [{"driver": "luks", "node-name": "l5",
+                                             "file": "l5-f"}]}),
+        cmd("blockdev-reopen", {"options": [{"driver": "luks", "node-name": "l5",
+                                             "key-secret": "other", "file": "l5-f"}]}),
+        cmd("blockdev-reopen", {"options": [{"driver": "luks", "node-name": "l5",
+                                             "key-secret": "good", "file": "l5-f",
+                                             "read-only": True}]}),
+        qnodes(), graph(),
+        delete("l5"), delete("l5-f"),
+        add(luks("l6", "a.luks", key="good")),
+    ], setup=[img("a.luks"), raw_img("plain.raw", "4M")], theme=T),
+    sc("luks_cipher_variants", [
+        secret("good", data=PW),
+        add(luks("c", "cbc.luks", **{"read-only": True})),
+        qnodes(),
+    ], setup=[img("cbc.luks")], theme=T),
+    sc("luks_encrypted_secret", [
+        secret("k32", data=K32, format="base64"),
+        secret("good", data="zeN0QlpMsmD3PeUAmMSPmg==", keyid="k32", iv=IV, format="base64"),
+        add(luks("l", "a.luks")),
+        qnodes(),
+    ], setup=[img("a.luks")], theme=T),
+    sc("qcow2_luks_open_secrets", [
+        add(eqcow2("q0", "a.qcow2", key=None)),
+        secret("bad", data="wrong"), secret("good", data=PW),
+        add(eqcow2("q1", "a.qcow2", key="bad")),
+        add(eqcow2("q2", "a.qcow2", key="bad", fmt="aes")),
+        add(eqcow2("q3", "a.qcow2", key="nosuch")),
+        add(eqcow2("q4", "plain.raw", key="nosuch")),
+        add(eqcow2("q5", "plain.qcow2", key="good")),
+        add(luks("l6", "a.qcow2", key="good")),
+        add(eqcow2("q6", "a.luks", key="good")),
+        add({"driver": "qcow2", "node-name": "q7", "encrypt": {"key-secret": "good"},
+             "file": fnode("a.qcow2")}),
+        add(eqcow2("q8", "a.qcow2")),
+        qnodes(), graph(),
+        cmd("blockdev-reopen", {"options": [{"driver": "qcow2", "node-name": "q8",
+                                             "file": "q8-f"}]}),
+        cmd("blockdev-reopen", {"options": [{"driver": "qcow2", "node-name": "q8",
+                                             "encrypt": {"format": "luks", "key-secret": "good"},
+                                             "file": "q8-f", "read-only": True}]}),
+        qnodes(),
+        obj_del("good"),
+        delete("q8"),
+    ], setup=[img("a.qcow2"), img("a.luks"), raw_img("plain.raw", "4M"),
+              Call(lambda d: subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2",
+                                             str(d / "plain.qcow2"), "1M"], check=True))],
+       theme=T),
+    sc("luks_export_perms", [
+        secret("good", data=PW),
+        add(luks("l", "a.luks")),
+        cmd("nbd-server-start", {"addr": {"type": "unix", "data": {"path": "{dir}/nbd.sock"}}}),
+        cmd("block-export-add", {"type": "nbd", "id": "e", "node-name": "l", "writable": True}),
+        graph(),
+        cmd("block-export-del", {"id": "e"}),
+        cmd("nbd-server-stop"),
+        graph(),
+    ], setup=[img("a.luks")], theme=T),
+]
