@@ -3,17 +3,27 @@
 ``qemu-img create`` benchmarks PBKDF2 to pick iteration counts and, on a busy
 machine, sometimes gives up with ``Unable to get accurate CPU usage``
 (``qcrypto_pbkdf2_count_iters``); :func:`create` retries exactly that failure a
-bounded number of times. ``iter-time=10`` keeps the key slots fast to open.
+bounded number of times. ``iter-time=10`` keeps the key slots fast to open, but
+the benchmark itself costs qemu-img seconds per image, so :func:`template`
+makes each variant once per test process (copy it with :func:`copy_template`);
+the copies also share salts and UUIDs, which the differential tests need.
 """
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import subprocess
+import tempfile
+import threading
 from pathlib import Path
 
-__all__ = ["PW", "secret_object", "create", "image_opts", "qemu_io", "convert_raw"]
+__all__ = ["PW", "CBC_ESSIV", "secret_object", "create", "template", "copy_template", "image_opts",
+           "qemu_io", "convert_raw"]
 
 PW = "abc123"
+#: a non-default LUKS variant: AES-128-CBC with ESSIV IVs and SHA-1 key slots
+CBC_ESSIV = "cipher-alg=aes-128,cipher-mode=cbc,ivgen-alg=essiv,ivgen-hash-alg=sha256,hash-alg=sha1"
 TOOL_TIMEOUT = 120
 
 
@@ -59,3 +69,27 @@ def convert_raw(path: Path, fmt: str, out: Path, pw: str = PW) -> bytes:
     if res.returncode != 0:
         raise AssertionError(f"qemu-img convert failed: {res.stderr}")
     return out.read_bytes()
+
+
+_TEMPLATES: dict[tuple[str, str, str], Path] = {}
+#: guards _TEMPLATES (pytest-xdist is not used, but the cache must not race anyway)
+_LOCK = threading.Lock()
+_DIR: list[Path] = []
+
+
+def template(fmt: str, opts: str = "", size: str = "4M") -> Path:
+    """A pristine image of this variant, made once per process and removed at exit."""
+    with _LOCK:
+        if not _DIR:
+            d = Path(tempfile.mkdtemp(prefix="txgraph-crypto-"))
+            atexit.register(shutil.rmtree, d, True)
+            _DIR.append(d)
+        key = (fmt, opts, size)
+        if key not in _TEMPLATES:
+            _TEMPLATES[key] = create(_DIR[0] / f"t{len(_TEMPLATES)}.{fmt}", fmt, size, opts)
+        return _TEMPLATES[key]
+
+
+def copy_template(dest: Path, fmt: str, opts: str = "", size: str = "4M") -> Path:
+    shutil.copyfile(template(fmt, opts, size), dest)
+    return dest

@@ -10,15 +10,12 @@ tests/differential/test_crypto.py).
 
 from __future__ import annotations
 
-import atexit
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from tests.differential.harness import Call, Scenario, WriteFile
-from tests.support.crypto_images import PW, create
+from tests.support.crypto_images import CBC_ESSIV, PW, copy_template
 from tests.differential.scenarios._common import (
     add, cmd, delete, fnode, graph, obj_add, obj_del, qnodes, raw_img, sc, tg,
 )
@@ -27,29 +24,16 @@ T = "crypto"
 K32 = "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE="   # base64 of 32 ASCII bytes
 IV = "MDEyMzQ1Njc4OTAxMjM0NQ=="                          # base64 of 16 bytes
 
-_TEMPLATES: dict[str, Path] = {}
 _RECIPES: dict[str, tuple[str, str]] = {
     "a.luks": ("luks", ""),
-    "cbc.luks": ("luks", "cipher-alg=aes-128,cipher-mode=cbc,ivgen-alg=essiv,"
-                 "ivgen-hash-alg=sha256,hash-alg=sha1"),
+    "cbc.luks": ("luks", CBC_ESSIV),
     "a.qcow2": ("qcow2", ""),
 }
 
 
-def _template(name: str) -> Path:
-    """The template image ``name`` (made once per process, removed at exit)."""
-    if not _TEMPLATES:
-        d = Path(tempfile.mkdtemp(prefix="txgraph-crypto-"))
-        atexit.register(shutil.rmtree, d, True)
-        _TEMPLATES["<dir>"] = d
-    if name not in _TEMPLATES:
-        fmt, opts = _RECIPES[name]
-        _TEMPLATES[name] = create(_TEMPLATES["<dir>"] / name, fmt, "4M", opts)
-    return _TEMPLATES[name]
-
-
 def _copy(workdir: Path, name: str, dest: str | None = None) -> None:
-    shutil.copyfile(_template(name), workdir / (dest or name))
+    fmt, opts = _RECIPES[name]
+    copy_template(workdir / (dest or name), fmt, opts)
 
 
 def img(name: str, dest: str | None = None) -> Call:
