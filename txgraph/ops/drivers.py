@@ -20,6 +20,7 @@ from txgraph.model.options import array_entries, parse_bool
 from txgraph.model.perm import Role
 from txgraph.ops.crypto_open import crypto_openers, qcow2_crypto_options
 from txgraph.ops.inherit import OptionSet
+from txgraph.ops.pr_manager import pr_manager_lookup
 from txgraph.ops.perms import refresh_perms
 
 if TYPE_CHECKING:
@@ -91,6 +92,8 @@ def _open_protocol(opener: Opener, node: BlockNode, spec: DriverSpec, work: Opti
     """file, host_device, null-co, null-aio, nbd: no children, options only."""
     opts = _consume(work, spec)
     if spec.name in ("file", "host_device"):
+        if "pr-manager" in opts:  # raw_open_common looks it up before opening the file
+            pr_manager_lookup(opener.session, opts["pr-manager"])
         aio = opts.get("aio", "threads")
         if aio == "native" and not node.cache_direct:
             raise OpenError("aio=native was specified, but it requires cache.direct=on, "

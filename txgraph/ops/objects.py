@@ -12,6 +12,7 @@ from typing import Any
 
 from txgraph.errors import BlockError
 from txgraph.model.names import id_wellformed
+from txgraph.ops.pr_manager import PR_TYPES, PrManagerObject, pr_helper_connect
 from txgraph.ops.secrets import SECRET_TYPES, check_secret_properties, load_secret
 from txgraph.ops.session import QomObject, Session
 
@@ -41,6 +42,9 @@ def object_add(session: Session, arguments: dict[str, Any]) -> None:
     if qom_type in SECRET_TYPES:
         session.objects[obj_id] = load_secret(session, obj_id, props)
         return
+    if qom_type in PR_TYPES:
+        session.objects[obj_id] = pr_helper_connect(session, obj_id, props)
+        return
     session.objects[obj_id] = QomObject(obj_id, qom_type, props)
 
 
@@ -53,5 +57,7 @@ def object_del(session: Session, obj_id: str) -> None:
             if node.driver == "throttle" and node.options.get("throttle-group") == obj_id:
                 raise BlockError(f"object '{obj_id}' is in use, can not be deleted")
     del session.objects[obj_id]
+    if isinstance(obj, PrManagerObject):
+        obj.close()
     if obj.qom_type == "throttle-group":
         session.runtime.throttle_groups.remove(obj_id)
