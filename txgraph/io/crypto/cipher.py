@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.ciphers import BlockCipherAlgorithm, Cipher,
 
 from txgraph.errors import OpenError
 
-__all__ = ["SECTOR_SIZE", "SectorCipher", "UnsupportedCipher", "cipher_key_len",
+__all__ = ["SECTOR_SIZE", "SectorCipher", "UnsupportedCipher", "cipher_key_len", "essiv_alg",
            "aes256_cbc_decrypt", "hash_digest_len", "HASHES"]
 
 #: QCRYPTO_BLOCK_LUKS_SECTOR_SIZE / QCRYPTO_BLOCK_QCOW_SECTOR_SIZE
@@ -94,13 +94,22 @@ class SectorCipher:
         bs = _block_size(alg)
         #: ``qcrypto_cipher_get_iv_len``: ECB takes no IV, the other modes one block
         self.niv = 0 if mode == "ecb" else bs
+        _check_key_length(alg, mode, len(key))
+        self._xts_manual: tuple[Any, Any] | None = None
         if mode == "xts":
             if _ALGS[alg][0] != "aes":
                 raise UnsupportedCipher(f"Cipher mode xts with '{alg}' is not available in "
                                         "txgraph")
-            # Both XTS halves in one key: the AES primitive takes 32 or 64 bytes for XTS.
-            self._algo: Callable[[], BlockCipherAlgorithm] = \
-                lambda: algorithms.AES(key)
+            half = len(key) // 2
+            if len(key) in (32, 64) and key[:half] != key[half:]:
+                # Both XTS halves in one key: the AES primitive takes 32 or 64 bytes for XTS.
+                self._algo: Callable[[], BlockCipherAlgorithm] = \
+                    lambda: algorithms.AES(key)
+            else:
+                # AES-192-XTS, or equal halves: the library refuses both, QEMU's nettle does not.
+                self._xts_manual = (Cipher(algorithms.AES(key[:half]), modes.ECB()),
+                                    Cipher(algorithms.AES(key[half:]), modes.ECB()))
+                self._algo = lambda: algorithms.AES(key[:half])
         else:
             _block_cipher(alg, key)  # refuses unavailable families at open, not at I/O
             self._algo = lambda: _block_cipher(alg, key)
@@ -138,6 +147,12 @@ class SectorCipher:
             raise ValueError("sector cipher needs whole sectors")
         out = bytearray(len(data))
         view = memoryview(data)
+        if self._xts_manual is not None:
+            for i in range(0, len(data), SECTOR_SIZE):
+                out[i:i + SECTOR_SIZE] = _xts_sector(
+                    *self._xts_manual, self._iv(first_sector + i // SECTOR_SIZE),
+                    bytes(view[i:i + SECTOR_SIZE]), encrypt)
+            return bytes(out)
         for i in range(0, len(data), SECTOR_SIZE):
             c: Any = Cipher(self._algo(), self._mode(first_sector + i // SECTOR_SIZE))
             ctx = c.encryptor() if encrypt else c.decryptor()
@@ -158,10 +173,47 @@ def _essiv_alg(alg: str, digest_len: int) -> str:
     family = _ALGS[alg][0]
     if _ALGS[alg][1] == digest_len:
         return alg
+    names = {"aes": "AES", "serpent": "Serpent", "twofish": "Twofish"}
+    if family not in names:
+        raise OpenError(f"Cipher {alg} not supported with essiv")
     for name, (fam, klen) in _ALGS.items():
         if fam == family and klen == digest_len:
             return name
-    raise UnsupportedCipher(f"No cipher for ESSIV with key size {digest_len} available")
+    raise OpenError(f"No {names[family]} cipher with key size {digest_len} available")
+
+
+essiv_alg = _essiv_alg
+
+
+def _check_key_length(alg: str, mode: str, nkey: int) -> None:
+    """``qcrypto_cipher_validate_key_length`` with QEMU's texts."""
+    want = _ALGS[alg][1]
+    if mode == "xts":
+        if alg in ("des", "3des"):
+            raise OpenError("XTS mode not compatible with DES-RFB/3DES")
+        if nkey % 2:
+            raise OpenError("XTS cipher key length should be a multiple of 2")
+        if nkey // 2 != want:
+            raise OpenError(f"Cipher key length {nkey} should be {want * 2}")
+    elif nkey != want:
+        raise OpenError(f"Cipher key length {nkey} should be {want}")
+
+
+def _xts_sector(ecb1: Any, ecb2: Any, iv: bytes, data: bytes, encrypt: bool) -> bytes:
+    """IEEE 1619 XTS of one whole-block data unit with two AES-ECB keys (K1 data, K2 tweak)."""
+    enc2 = ecb2.encryptor()
+    tweak = int.from_bytes(enc2.update(iv) + enc2.finalize(), "little")
+    stream = bytearray()
+    for _ in range(len(data) // 16):
+        stream += tweak.to_bytes(16, "little")
+        tweak <<= 1
+        if tweak >> 128:  # multiply by alpha in GF(2^128)
+            tweak = (tweak & ((1 << 128) - 1)) ^ 0x87
+    mask = int.from_bytes(stream, "little")
+    pre = (int.from_bytes(data, "little") ^ mask).to_bytes(len(data), "little")
+    ctx = ecb1.encryptor() if encrypt else ecb1.decryptor()
+    mid = ctx.update(pre) + ctx.finalize()
+    return (int.from_bytes(mid, "little") ^ mask).to_bytes(len(data), "little")
 
 
 def aes256_cbc_decrypt(key: bytes, iv: bytes, data: bytes) -> bytes:

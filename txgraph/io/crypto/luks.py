@@ -3,8 +3,9 @@
 Reproduces crypto/block-luks.c's ``qcrypto_block_luks_open`` in its order:
 the key secret is required and looked up first, then the 592-byte header is
 read (``qcrypto_block_luks_load_header``) and checked
-(``qcrypto_block_luks_check_header``: magic, version, key slot sanity and
-overlaps, with QEMU's unsigned 32-bit arithmetic), the cipher spec strings
+(``qcrypto_block_luks_check_header``: magic, version, NUL-terminated names,
+payload and key slot placement, stripes and iteration counts, with QEMU's
+unsigned 32-bit arithmetic), the cipher spec strings
 are parsed (``qcrypto_block_luks_parse_header``), and every enabled key slot
 is tried (``qcrypto_block_luks_find_key`` / ``_load_key``: PBKDF2 of the
 password, the key material decrypted like payload sectors, AF-merge, and the
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from txgraph.errors import OpenError
-from txgraph.io.crypto.cipher import HASHES, SECTOR_SIZE, SectorCipher, UnsupportedCipher
+from txgraph.io.crypto.cipher import HASHES, SECTOR_SIZE, SectorCipher, UnsupportedCipher, essiv_alg
 from txgraph.io.crypto.secret import SecretRef
 
 __all__ = ["LuksVolume", "open_luks", "LUKS_MAGIC", "HEADER_SIZE", "af_merge"]
@@ -40,6 +41,8 @@ _NUM_SLOTS = 8
 #: QCRYPTO_BLOCK_LUKS_KEY_SLOT_OFFSET / sector size
 _HEADER_SECTORS = 4096 // SECTOR_SIZE
 _U32 = 0xFFFFFFFF
+#: QCRYPTO_BLOCK_LUKS_STRIPES: the only anti-forensic stripe count QEMU accepts
+_STRIPES = 4000
 #: txgraph's bounds for untrusted headers (QEMU has none)
 MAX_KEY_MATERIAL = 16 << 20
 MAX_ITERATIONS = 1 << 24
@@ -78,13 +81,14 @@ class LuksVolume:
 
 
 def _cstr(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode("latin-1")
+    # QEMU puts the C string's bytes in its JSON replies; invalid UTF-8 comes out as U+FFFD.
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
 def _lookup(name: str, allowed: tuple[str, ...], what: str) -> str:
     """``qcrypto_block_luks_name_lookup``: an exact QAPI enum name or QEMU's error."""
     if name not in allowed:
-        raise OpenError(f"{what} {name} not supported")
+        raise OpenError(f"{what} '{name}' not supported")
     return name
 
 
@@ -138,7 +142,8 @@ def open_luks(read: Reader, secret: SecretRef | None, prefix: str = "") -> LuksV
      mk_digest, mk_salt, mk_iters, uuid) = fields
     slots = [_Slot(*_SLOT.unpack_from(raw, _HEAD.size + i * _SLOT.size))
              for i in range(_NUM_SLOTS)]
-    _check_header(magic, version, key_bytes, payload_sector, slots)
+    _check_header(magic, version, (cipher_name, cipher_mode, hash_spec), key_bytes,
+                  payload_sector, mk_iters, slots)
     alg, mode, ivgen, ivhash, hash_alg = _parse_spec(_cstr(cipher_name), _cstr(cipher_mode),
                                                       _cstr(hash_spec), key_bytes)
     master = _find_key(read, password, slots, alg, mode, ivgen, ivhash, hash_alg, key_bytes,
@@ -163,19 +168,31 @@ def _slot_info(slot: _Slot) -> dict[str, Any]:
     return out
 
 
-def _check_header(magic: bytes, version: int, key_bytes: int, payload_sector: int,
+def _check_header(magic: bytes, version: int, names: tuple[bytes, bytes, bytes],
+                  key_bytes: int, payload_sector: int, mk_iters: int,
                   slots: list[_Slot]) -> None:
-    """``qcrypto_block_luks_check_header``."""
+    """``qcrypto_block_luks_check_header`` (QEMU 7.2's checks, in its order)."""
     if magic != LUKS_MAGIC:
         raise OpenError("Volume is not in LUKS format")
     if version != 1:
         raise OpenError(f"LUKS version {version} is not supported")
+    for raw, what in zip(names, ("cipher name", "cipher mode", "hash spec")):
+        if b"\0" not in raw:
+            raise OpenError(f"LUKS header {what} is not NUL terminated")
+    if payload_sector < _HEADER_SECTORS:
+        raise OpenError("LUKS payload is overlapping with the header")
+    if mk_iters == 0:
+        raise OpenError("LUKS key iteration count is zero")
     for i, s1 in enumerate(slots):
         start1, len1 = s1.key_offset, _split_sectors(key_bytes, s1.stripes)
-        if s1.stripes == 0:
-            raise OpenError(f"Keyslot {i} is corrupted (stripes == 0)")
+        if s1.stripes != _STRIPES:
+            raise OpenError(f"Keyslot {i} is corrupted (stripes {_i32(s1.stripes)} != {_STRIPES})")
         if s1.active not in (_SLOT_ENABLED, _SLOT_DISABLED):
             raise OpenError(f"Keyslot {i} state (active/disable) is corrupted")
+        if s1.active == _SLOT_ENABLED and s1.iterations == 0:
+            raise OpenError(f"Keyslot {i} iteration count is zero")
+        if start1 < _HEADER_SECTORS:
+            raise OpenError(f"Keyslot {i} is overlapping with the LUKS header")
         if (start1 + len1) & _U32 > payload_sector:
             raise OpenError(f"Keyslot {i} is overlapping with the encrypted payload")
         for j in range(i + 1, _NUM_SLOTS):
@@ -185,23 +202,31 @@ def _check_header(magic: bytes, version: int, key_bytes: int, payload_sector: in
                 raise OpenError(f"Keyslots {i} and {j} are overlapping in the header")
 
 
+def _i32(v: int) -> int:
+    """A uint32 printed with ``%d``."""
+    return v - (1 << 32) if v & 0x80000000 else v
+
+
 def _parse_spec(cipher_name: str, cipher_mode: str, hash_spec: str,
                 key_bytes: int) -> tuple[str, str, str, str | None, str]:
     """``qcrypto_block_luks_parse_header``: ``<mode>-<ivgen>[:<ivhash>]`` and the names."""
     mode_name, dash, ivgen_name = cipher_mode.partition("-")
     if not dash:
-        raise OpenError(f"Unexpected cipher mode string format {cipher_mode}")
+        raise OpenError(f"Unexpected cipher mode string format '{cipher_mode}'")
     ivgen_name, colon, ivhash_name = ivgen_name.partition(":")
     ivhash = _lookup(ivhash_name, tuple(HASHES), "Hash algorithm") if colon else None
     mode = _lookup(mode_name, _MODES, "Cipher mode")
     size = key_bytes // 2 if mode == "xts" else key_bytes
     alg = _CIPHER_NAMES.get(cipher_name, {}).get(size)
     if alg is None:
-        raise OpenError(f"Algorithm {cipher_name} with key size {size} bytes not supported")
+        raise OpenError(f"Algorithm '{cipher_name}' with key size {size} bytes not supported")
     hash_alg = _lookup(hash_spec, tuple(HASHES), "Hash algorithm")
     ivgen = _lookup(ivgen_name, _IVGENS, "IV generator")
-    if ivgen == "essiv" and not colon:
-        raise OpenError("Missing IV generator hash specification")
+    if ivgen == "essiv":
+        if not colon:
+            raise OpenError("Missing IV generator hash specification")
+        assert ivhash is not None
+        essiv_alg(alg, HASHES[ivhash])
     return alg, mode, ivgen, ivhash, hash_alg
 
 
