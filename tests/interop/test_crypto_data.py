@@ -18,7 +18,7 @@ import pytest
 from interop_kit import open_node
 
 from tests.support.crypto_images import (
-    CBC_ESSIV, PW, convert_raw, copy_template, image_opts, qemu_io, secret_object,
+    AES, CBC_ESSIV, PW, convert_raw, copy_template, image_opts, qemu_io, secret_object,
 )
 from txgraph.errors import OpenError
 from txgraph.io.crypto.secret import SECRET_OPTION, SecretRef
@@ -27,7 +27,7 @@ from txgraph.io.driver import DriverNode
 #: (format, qemu-img create options): the default suite runs the variants the differential
 #: tests make anyway (each qemu-img create costs seconds of PBKDF2 benchmarking);
 #: TXGRAPH_CRYPTO_VARIANTS=all adds the others
-VARIANTS = [("luks", ""), ("luks", CBC_ESSIV), ("qcow2", "")]
+VARIANTS = [("luks", ""), ("luks", CBC_ESSIV), ("qcow2", ""), ("qcow2", AES)]
 if os.environ.get("TXGRAPH_CRYPTO_VARIANTS") == "all":
     VARIANTS += [
         ("luks", "cipher-alg=aes-256,cipher-mode=cbc,ivgen-alg=plain,hash-alg=sha512"),
@@ -37,7 +37,7 @@ if os.environ.get("TXGRAPH_CRYPTO_VARIANTS") == "all":
         ("luks", "cipher-alg=aes-128,cipher-mode=xts,hash-alg=sha512"),
         ("qcow2", "cluster_size=4096"),
     ]
-IDS = [f"{f}-{o.split(',')[0] or 'default'}" for f, o in VARIANTS]
+IDS = [f"{f}-{o.split(',')[0].replace('encrypt.format=', '') or 'default'}" for f, o in VARIANTS]
 
 
 def _ref(pw: str = PW) -> SecretRef:
@@ -48,8 +48,6 @@ def _open(path: Path, fmt: str, read_only: bool = False, pw: str = PW) -> Driver
     f = open_node("file", {"filename": str(path)}, read_only=read_only)
     key = "key-secret" if fmt == "luks" else "encrypt.key-secret"
     opts: dict[str, object] = {key: "s0", SECRET_OPTION: _ref(pw)}
-    if fmt == "qcow2":
-        opts["encrypt.format"] = "luks"
     return open_node(fmt, opts, {"file": f}, read_only)
 
 

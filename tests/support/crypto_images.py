@@ -18,11 +18,13 @@ import tempfile
 import threading
 from pathlib import Path
 
-__all__ = ["PW", "CBC_ESSIV", "secret_object", "create", "template", "copy_template", "image_opts",
+__all__ = ["PW", "AES", "CBC_ESSIV", "secret_object", "create", "template", "copy_template", "image_opts",
            "qemu_io", "convert_raw"]
 
 PW = "abc123"
 #: a non-default LUKS variant: AES-128-CBC with ESSIV IVs and SHA-1 key slots
+#: legacy qcow2 AES encryption (qemu-img still creates it; QSD 7.2 still opens it)
+AES = "encrypt.format=aes"
 CBC_ESSIV = "cipher-alg=aes-128,cipher-mode=cbc,ivgen-alg=essiv,ivgen-hash-alg=sha256,hash-alg=sha1"
 TOOL_TIMEOUT = 120
 
@@ -33,8 +35,12 @@ def secret_object(pw: str = PW, sid: str = "s0") -> list[str]:
 
 def create(path: Path, fmt: str, size: str = "4M", opts: str = "", pw: str = PW) -> Path:
     """``qemu-img create -f luks|qcow2`` with the LUKS key secret ``s0``."""
-    base = "key-secret=s0,iter-time=10" if fmt == "luks" else \
-        "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10"
+    if fmt == "luks":
+        base = "key-secret=s0,iter-time=10"
+    elif "encrypt.format=aes" in opts:  # legacy AES: the password is the key, no KDF
+        base = "encrypt.key-secret=s0"
+    else:
+        base = "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10"
     argv = ["qemu-img", "create", "-q", *secret_object(pw), "-f", fmt, "-o",
             base + ("," + opts if opts else ""), str(path), size]
     for _attempt in range(8):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.differential.harness import Call, Scenario, WriteFile
-from tests.support.crypto_images import CBC_ESSIV, PW, copy_template
+from tests.support.crypto_images import AES, CBC_ESSIV, PW, copy_template
 from tests.differential.scenarios._common import (
     add, cmd, delete, fnode, graph, obj_add, obj_del, qnodes, raw_img, sc, tg,
 )
@@ -28,6 +28,7 @@ _RECIPES: dict[str, tuple[str, str]] = {
     "a.luks": ("luks", ""),
     "cbc.luks": ("luks", CBC_ESSIV),
     "a.qcow2": ("qcow2", ""),
+    "aes.qcow2": ("qcow2", AES),
 }
 
 
@@ -150,6 +151,21 @@ SCENARIOS: list[Scenario] = [
         obj_del("good"),
         delete("q8"),
     ], setup=[img("a.qcow2"), img("a.luks"), raw_img("plain.raw", "4M"),
+              Call(lambda d: subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2",
+                                             str(d / "plain.qcow2"), "1M"], check=True))],
+       theme=T),
+    sc("qcow2_aes_open", [
+        add(eqcow2("a0", "aes.qcow2", key=None)),
+        secret("any", data="not-the-password"), secret("good", data=PW),
+        add(eqcow2("a1", "aes.qcow2", key="nosuch", fmt="aes")),
+        add(eqcow2("a2", "aes.qcow2", key="good", fmt="luks")),
+        add(eqcow2("a3", "aes.qcow2", key="any", fmt="aes", **{"read-only": True})),
+        add(eqcow2("a4", "plain.qcow2", key="good", fmt="aes")),
+        qnodes(), graph(),
+        delete("a3"), delete("a3-f"),
+        add(eqcow2("a5", "aes.qcow2", key="good", fmt="aes")),
+        qnodes(),
+    ], setup=[img("aes.qcow2"),
               Call(lambda d: subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2",
                                              str(d / "plain.qcow2"), "1M"], check=True))],
        theme=T),

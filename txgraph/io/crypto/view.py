@@ -5,9 +5,10 @@ sectors, each encrypted with the IV of its sector number: LUKS numbers the
 sectors of the guest offset (``block_crypto_co_preadv`` /
 ``block_crypto_co_pwritev`` with the payload shifted by the header size),
 qcow2 with LUKS the sectors of the host offset in the data file
-(``qcow2_co_encrypt`` / ``qcow2_co_decrypt`` with ``crypt_physical_offset``).
-:class:`EncryptedView` is that translation: offset ``o`` of the view is byte
-``o + shift`` of the child and belongs to sector ``o // 512``.
+(``qcow2_co_encrypt`` / ``qcow2_co_decrypt`` with ``crypt_physical_offset``),
+legacy qcow2 AES those of the guest offset. :class:`EncryptedView` is that
+translation: offset ``o`` of the view is byte ``o + shift`` of the child and
+belongs to sector ``(o + bias) // 512``.
 
 Requests that do not cover whole sectors are widened to them; writes then
 read, decrypt, patch, encrypt and write back (QEMU's 512-byte
@@ -35,11 +36,14 @@ class EncryptedView(DriverNode):
     driver_name = "x-txgraph-encrypted-view"
 
     def __init__(self, child: DriverNode, cipher: SectorCipher, shift: int,
-                 options: Mapping[str, Any] | None = None) -> None:
+                 options: Mapping[str, Any] | None = None, *, bias: int = 0) -> None:
         # Never read-only itself: the child's own layer refuses writes it may not take.
         super().__init__(f"{child.node_name}.crypt", options or {}, {"file": child}, False)
         self.cipher = cipher
         self.shift = shift
+        #: added to a view offset to number its sector (legacy qcow2 AES numbers guest
+        #: sectors while the view is addressed by host offset; a multiple of 512)
+        self.bias = bias
         self.lock = threading.Lock()
 
     @property
@@ -56,7 +60,7 @@ class EncryptedView(DriverNode):
             return b""
         start, end = self._span(offset, length)
         raw = self.child.read(start + self.shift, end - start)
-        plain = self.cipher.decrypt(start // SECTOR_SIZE, raw)
+        plain = self.cipher.decrypt((start + self.bias) // SECTOR_SIZE, raw)
         return plain[offset - start:offset - start + length]
 
     def readinto(self, offset: int, out: memoryview) -> None:
@@ -74,7 +78,8 @@ class EncryptedView(DriverNode):
                 buf = bytearray(self.read(start, end - start))
                 buf[offset - start:offset - start + length] = data
                 plain = bytes(buf)
-            self.child.write(start + self.shift, self.cipher.encrypt(start // SECTOR_SIZE, plain))
+            self.child.write(start + self.shift,
+                             self.cipher.encrypt((start + self.bias) // SECTOR_SIZE, plain))
 
     def write_zeroes(self, offset: int, length: int, *, may_unmap: bool = False) -> None:
         # Encrypted zeros are not zeros on disk: always written as data.

@@ -11,9 +11,11 @@ payload sectors are numbered by their host offset, so encryption is a view
 of the data file (:class:`txgraph.io.crypto.view.EncryptedView` with no
 shift) that every data read and write of the driver goes through.
 
-Legacy AES (crypt method 1) is refused at open with the text of QEMU's system
-emulators (``bdrv_uses_whitelist``); qemu-storage-daemon 7.2 would still open
-it, see :func:`txgraph.io.qcow2.header.read_qcow2_header`.
+Legacy AES (crypt method 1) opens as in qemu-storage-daemon 7.2 (the system
+emulators refuse it, ``bdrv_uses_whitelist``; the daemon does not): the
+password is the key, nothing verifies it, and sectors are numbered by their
+*guest* offset (``crypt_physical_offset`` is false), so the driver hands the
+view each request's guest-minus-host delta.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from txgraph.errors import IOFailure, OpenError
+from txgraph.io.crypto.cipher import SectorCipher
 from txgraph.io.crypto.luks import LuksVolume, open_luks
 from txgraph.io.crypto.secret import SECRET_OPTION, SecretRef
 
@@ -41,6 +44,8 @@ class Qcow2Crypto:
         self.secret: SecretRef | None = ref if isinstance(ref, SecretRef) else None
         self._read = read
         self.volume: LuksVolume | None = None
+        #: the legacy AES cipher (crypt method 1)
+        self.aes: SectorCipher | None = None
 
     def check_options(self, crypt_method: int) -> None:
         """``qcow2_update_options_prepare``'s switch on the header's crypt method."""
@@ -69,6 +74,15 @@ class Qcow2Crypto:
                 raise OpenError(f"Could not read encryption header: {err.desc}") from None
 
         self.volume = open_luks(read, self.secret, "encrypt.")
+
+    def open_aes(self) -> None:
+        """``qcrypto_block_qcow_open`` / ``_init``: the password, zero-padded or cut to 16
+        bytes, is the AES-128-CBC key; IVs are plain64 of the guest sector."""
+        if self.secret is None:
+            raise OpenError("Parameter 'encrypt.key-secret' is required for cipher")
+        password = self.secret.resolve().encode("utf-8").split(b"\0", 1)[0]
+        key = (password[:16] + bytes(16))[:16]
+        self.aes = SectorCipher("aes-128", "cbc", "plain64", None, key)
 
     def format_specific(self) -> dict[str, Any]:
         """``qcow2_get_specific_info``'s ``encrypt`` member."""

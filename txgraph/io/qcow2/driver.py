@@ -130,7 +130,9 @@ class Qcow2Node(DriverNode):
             raise _eio()
         return self.file.read(offset, length)
 
-    def _data_child(self) -> DriverNode:
+    def _data_child(self, delta: int = 0) -> DriverNode:
+        """The node guest data is read from and written to; ``delta`` is the request's
+        guest offset minus its host offset (legacy AES numbers guest sectors)."""
         if self.header.has_data_file:
             dc = self.children.get("data-file")
             if dc is None:
@@ -139,6 +141,10 @@ class Qcow2Node(DriverNode):
             dc = self.file
         if self.crypto.volume is not None:
             return self._crypted(dc)
+        if self.crypto.aes is not None:
+            from txgraph.io.crypto.view import EncryptedView
+
+            return EncryptedView(dc, self.crypto.aes, 0, bias=delta)
         return dc
 
     def _crypted(self, dc: DriverNode) -> DriverNode:
@@ -215,7 +221,7 @@ class Qcow2Node(DriverNode):
                 (offset + length - 1) >> self.cluster_bits):
             code = self._code(offset >> self.cluster_bits)
             if code >= 0:  # fast path: one data cluster, one copy
-                dc = self._data_child()
+                dc = self._data_child((offset & -self.cluster_size) - code)
                 return dc.read(code + (offset & (self.cluster_size - 1)), length)
         buf = bytearray(length)
         self._readinto(offset, memoryview(buf), zeroed=True)
@@ -240,7 +246,8 @@ class Qcow2Node(DriverNode):
             if codes is not None:
                 code = int(codes[c & (self.map.n - 1)])
                 if code >= 0:
-                    child_readinto(self._data_child(), code + (offset & (self.cluster_size - 1)), out)
+                    child_readinto(self._data_child((offset & -self.cluster_size) - code),
+                                   code + (offset & (self.cluster_size - 1)), out)
                     return
         self._readinto(offset, out, zeroed=False)
 
@@ -269,7 +276,8 @@ class Qcow2Node(DriverNode):
             run_end = min(end, (first + n) << cb)
             a, b = pos - offset, run_end - offset
             if code >= 0:
-                child_readinto(self._data_child(), code + (pos - (first << cb)), out[a:b])
+                child_readinto(self._data_child((first << cb) - code),
+                               code + (pos - (first << cb)), out[a:b])
             elif code == ZERO:
                 if not zeroed:
                     out[a:b] = bytes(b - a)
@@ -334,7 +342,7 @@ class Qcow2Node(DriverNode):
                 if not zeroed:
                     out[a:b] = bytes(b - a)
             elif bm >> k & 1:
-                child_readinto(self._data_child(), host + (p - base), out[a:b])
+                child_readinto(self._data_child(base - host), host + (p - base), out[a:b])
             else:
                 self._read_backing(p, out[a:b], zeroed)
             p = q

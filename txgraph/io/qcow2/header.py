@@ -310,24 +310,20 @@ def _check_compression_type(h: Qcow2Header) -> None:
 
 
 def _check_crypt(h: Qcow2Header) -> None:
-    """The crypt method: unknown ones, and legacy AES, which txgraph refuses.
-
-    The AES refusal is the text of QEMU's system emulators (``bdrv_uses_whitelist``);
-    qemu-storage-daemon 7.2 still opens such images, txgraph has no AES data plane.
-    """
+    """The crypt method: unknown ones are refused (legacy AES opens, as in QSD 7.2)."""
     if h.crypt_method > 2:
         raise _fail(f"Unsupported encryption method {h.crypt_method}")
-    if h.crypt_method == 1:
-        raise _fail("Use of AES-CBC encrypted qcow2 images is no longer supported in system "
-                    "emulators")
 
 
 def _check_crypt_open(h: Qcow2Header, crypto: Qcow2Crypto | None) -> None:
     """After the extensions: LUKS needs its header, then the volume is opened."""
     if h.crypt_method == 2 and h.crypto_ext is None:
         raise _fail("Missing CRYPTO header for crypt method 2")
+    if h.crypt_method and crypto is None:
+        raise _fail("Parameter 'encrypt.key-secret' is required for cipher")
     if h.crypt_method == 2:
-        if crypto is None:
-            raise _fail("Parameter 'encrypt.key-secret' is required for cipher")
-        assert h.crypto_ext is not None
+        assert crypto is not None and h.crypto_ext is not None
         crypto.open(h.crypto_ext, h.cluster_size)
+    elif h.crypt_method == 1:
+        assert crypto is not None
+        crypto.open_aes()
