@@ -40,7 +40,7 @@ def object_add(session: Session, arguments: dict[str, Any]) -> None:
     if qom_type == "throttle-group":
         groups.add(obj_id, limits)
     if qom_type in SECRET_TYPES:
-        session.objects[obj_id] = load_secret(session, obj_id, props)
+        session.objects[obj_id] = load_secret(session, obj_id, props, qom_type)
         return
     if qom_type in PR_TYPES:
         session.objects[obj_id] = pr_helper_connect(session, obj_id, props)

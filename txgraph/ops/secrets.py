@@ -3,7 +3,8 @@
 ``object-add qom-type=secret`` reproduces ``qcrypto_secret_complete``: the
 value comes from ``data`` or ``file`` (``qcrypto_secret_load_data``: exactly
 one of them, the file read whole as ``g_file_get_contents`` does, with glib's
-error texts), is base64-decoded when ``format=base64`` (``qbase64_decode``:
+error texts) or, for ``secret_keyring``, from the kernel key ``serial``
+(``keyctl_read``, x86_64 Linux), is base64-decoded when ``format=base64`` (``qbase64_decode``:
 QEMU's character check, then glib's lenient decoder), and, with ``keyid``,
 decrypted with another secret as AES-256-CBC key and the base64 ``iv``
 (``qcrypto_secret_decrypt``, PKCS#7-style padding count checked as QEMU does).
@@ -33,7 +34,10 @@ from txgraph.ops.session import QomObject, Session
 __all__ = ["SecretObject", "SECRET_TYPES", "check_secret_properties", "load_secret",
            "lookup_secret", "lookup_utf8", "secret_ref", "glib_base64_decode"]
 
-SECRET_TYPES = frozenset({"secret"})
+SECRET_TYPES = frozenset({"secret", "secret_keyring"})
+#: x86_64 ``SYS_keyctl`` and ``KEYCTL_READ`` (linux/keyctl.h)
+_SYS_KEYCTL = 250
+_KEYCTL_READ = 11
 
 _B64_VALID = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\n")
 _B64_RANK = {c: i for i, c in enumerate(
@@ -106,10 +110,36 @@ def _read_file(path: str) -> bytes:
         os.close(fd)
 
 
-def load_secret(session: Session, obj_id: str, props: dict[str, Any]) -> SecretObject:
+def _read_keyring(serial: int) -> bytes:
+    """``qcrypto_secret_keyring_load_data``: the payload of a kernel key (``keyctl_read``)."""
+    if serial == 0:
+        raise BlockError("'serial' should not be equal to 0")
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    c_serial = ctypes.c_int32(serial)
+    for _attempt in range(4):  # the key may grow between the size probe and the read
+        size = libc.syscall(_SYS_KEYCTL, _KEYCTL_READ, c_serial, None, ctypes.c_size_t(0))
+        if size >= 0:
+            buf = ctypes.create_string_buffer(max(size, 1))
+            got = libc.syscall(_SYS_KEYCTL, _KEYCTL_READ, c_serial, buf, ctypes.c_size_t(size))
+            if got >= 0 and got <= size:
+                return buf.raw[:got]
+        if size < 0 or got < 0:
+            err = ctypes.get_errno()
+            raise BlockError(f"Unable to read serial key {serial & 0xFFFFFFFF:08x}: "
+                             f"{os.strerror(err)}")
+    raise BlockError(f"Unable to read serial key {serial & 0xFFFFFFFF:08x}: "
+                     f"{os.strerror(5)}")
+
+
+def load_secret(session: Session, obj_id: str, props: dict[str, Any],
+                qom_type: str = "secret") -> SecretObject:
     """``qcrypto_secret_complete``: load, then decrypt (keyid) or decode (base64)."""
     data, path = props.get("data"), props.get("file")
-    if path is not None:
+    if qom_type == "secret_keyring":
+        raw = _read_keyring(int(props.get("serial", 0)))
+    elif path is not None:
         if data is not None:
             raise BlockError("'file' and 'data' are mutually exclusive")
         raw = _read_file(path)
@@ -124,7 +154,7 @@ def load_secret(session: Session, obj_id: str, props: dict[str, Any]) -> SecretO
         raw = _decrypt(session, obj_id, keyid, props.get("iv"), raw, base64)
     elif base64:
         raw = glib_base64_decode(raw)
-    return SecretObject(obj_id, "secret", dict(props), rawdata=raw)
+    return SecretObject(obj_id, qom_type, dict(props), rawdata=raw)
 
 
 def _decrypt(session: Session, obj_id: str, keyid: str, iv_text: str | None, raw: bytes,

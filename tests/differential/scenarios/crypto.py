@@ -79,6 +79,14 @@ SCENARIOS: list[Scenario] = [
         obj_del("s8"), obj_del("s8"),
     ], setup=[WriteFile("pw.txt", b"hello"), WriteFile("nul64.txt", b"aGVs\0bG8="),
               Call(lambda d: (d / "sub").mkdir())], theme=T),
+    sc("secret_keyring", [
+        obj_add({"qom-type": "secret_keyring", "id": "k0"}),
+        obj_add({"qom-type": "secret_keyring", "id": "k1", "serial": 0}),
+        obj_add({"qom-type": "secret_keyring", "id": "k2", "serial": 1}),
+        obj_add({"qom-type": "secret_keyring", "id": "k3", "serial": 0x7FFFFFF0,
+                 "format": "base64"}),
+        obj_add({"qom-type": "secret_keyring", "id": "k4", "serial": -2000}),
+    ], theme=T),
     sc("secret_keyid", [
         secret("k32", data=K32, format="base64"),
         secret("short", data="hello"),
