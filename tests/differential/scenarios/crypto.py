@@ -10,6 +10,7 @@ tests/differential/test_crypto.py).
 
 from __future__ import annotations
 
+import struct
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,31 @@ def _copy(workdir: Path, name: str, dest: str | None = None) -> None:
 
 def img(name: str, dest: str | None = None) -> Call:
     return Call(_copy, (name, dest))
+
+
+def _patch_crypto_ext(workdir: Path, name: str, offset_delta: int, length: int | None) -> None:
+    """Change the CRYPTO header extension (offset, length) of a qcow2 v3 image in place."""
+    path = workdir / name
+    data = bytearray(path.read_bytes()[:65536])
+    pos = struct.unpack_from(">I", data, 100)[0]  # header_length
+    while pos + 8 <= len(data):
+        magic, size = struct.unpack_from(">II", data, pos)
+        if magic == 0 or size > len(data):
+            break
+        if magic == 0x0537BE77:
+            off, ln = struct.unpack_from(">QQ", data, pos + 8)
+            struct.pack_into(">QQ", data, pos + 8, off + offset_delta,
+                             ln if length is None else length)
+            with open(path, "r+b") as f:
+                f.seek(pos + 8)
+                f.write(bytes(data[pos + 8:pos + 24]))
+            return
+        pos += 8 + ((size + 7) & ~7)
+    raise AssertionError("no CRYPTO extension")
+
+
+def crypto_ext(name: str, offset_delta: int = 0, length: int | None = None) -> Call:
+    return Call(_patch_crypto_ext, (name, offset_delta, length))
 
 
 def secret(oid: str, **props: Any) -> dict[str, Any]:
@@ -176,6 +202,19 @@ SCENARIOS: list[Scenario] = [
     ], setup=[img("aes.qcow2"),
               Call(lambda d: subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2",
                                              str(d / "plain.qcow2"), "1M"], check=True))],
+       theme=T),
+    sc("qcow2_luks_hostile_crypto_ext", [
+        secret("good", data=PW),
+        add(eqcow2("h1", "unaligned.qcow2", **{"read-only": True})),
+        add(eqcow2("h2", "short.qcow2", **{"read-only": True})),
+        add(eqcow2("h3", "tiny.qcow2", **{"read-only": True})),
+        add(eqcow2("h4", "moved.qcow2", **{"read-only": True})),
+        add(eqcow2("h5", "past.qcow2", **{"read-only": True})),
+    ], setup=[img("a.qcow2", "unaligned.qcow2"), crypto_ext("unaligned.qcow2", 512),
+              img("a.qcow2", "short.qcow2"), crypto_ext("short.qcow2", 0, 4096),
+              img("a.qcow2", "tiny.qcow2"), crypto_ext("tiny.qcow2", 0, 100),
+              img("a.qcow2", "moved.qcow2"), crypto_ext("moved.qcow2", -65536),
+              img("a.qcow2", "past.qcow2"), crypto_ext("past.qcow2", 1 << 30)],
        theme=T),
     sc("luks_export_perms", [
         secret("good", data=PW),
