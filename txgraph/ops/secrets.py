@@ -197,9 +197,12 @@ def lookup_utf8(session: Session, secret_id: str) -> str:
     """``qcrypto_secret_lookup_as_utf8``."""
     data = lookup_secret(session, secret_id)
     try:
-        return data.decode("utf-8")
+        # g_utf8_validate with a length refuses embedded NULs too
+        if b"\0" not in data:
+            return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise OpenError(f"Data from secret {secret_id} is not valid UTF-8") from None
+        pass
+    raise OpenError(f"Data from secret {secret_id} is not valid UTF-8")
 
 
 def secret_ref(session: Session, secret_id: str | None) -> SecretRef | None:
