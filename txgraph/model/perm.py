@@ -203,7 +203,7 @@ def _child_perm(ctx: ChildPermContext, role: int, perm: int, shared: int) -> tup
     if family == "raw" and role & _DATA and not role & _META:
         # raw has no metadata of its own: write and resize only when asked for.
         nperm = (nperm & ~(_W | _S)) | (perm & (_W | _S))
-    if family == "crypto":
+    if family == "crypto" and role & (_DATA | _META):  # luks has storage children only
         nshared |= shared & (_W | _S)
         nperm = (nperm & ~(_W | _S)) | (perm & (_W | _S))
     if family == "blkdebug":
