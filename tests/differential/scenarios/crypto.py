@@ -237,6 +237,30 @@ SCENARIOS: list[Scenario] = [
               img("a.qcow2", "moved.qcow2"), crypto_ext("moved.qcow2", -65536),
               img("a.qcow2", "past.qcow2"), crypto_ext("past.qcow2", 1 << 30)],
        theme=T),
+    sc("luks_reopen_read_only", [
+        secret("good", data=PW),
+        add(luks("l", "a.luks", **{"read-only": True})),
+        add(eqcow2("q", "a.qcow2", **{"read-only": True})),
+        graph(),
+        cmd("blockdev-reopen", {"options": [
+            {"driver": "luks", "node-name": "l", "key-secret": "good", "file": "l-f",
+             "read-only": False},
+            {"driver": "qcow2", "node-name": "q", "file": "q-f", "read-only": False,
+             "encrypt": {"format": "luks", "key-secret": "good"}}]}),
+        qnodes(), graph(),
+        cmd("nbd-server-start", {"addr": {"type": "unix", "data": {"path": "{dir}/nbd.sock"}}}),
+        cmd("block-export-add", {"type": "nbd", "id": "e", "node-name": "l", "writable": True}),
+        graph(),
+        cmd("blockdev-reopen", {"options": [
+            {"driver": "luks", "node-name": "l", "key-secret": "good", "file": "l-f",
+             "read-only": True}]}),
+        cmd("block-export-del", {"id": "e"}),
+        cmd("nbd-server-stop"),
+        cmd("blockdev-reopen", {"options": [
+            {"driver": "luks", "node-name": "l", "key-secret": "good", "file": "l-f",
+             "read-only": True}]}),
+        graph(),
+    ], setup=[img("a.luks"), img("a.qcow2")], theme=T),
     sc("luks_export_perms", [
         secret("good", data=PW),
         add(luks("l", "a.luks")),
