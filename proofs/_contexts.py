@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from txgraph.model.drivers import DRIVER_SPECS
 from txgraph.model.perm import ChildPermContext, Perm, Role
 
-FAMILIES = ("default", "raw", "copy-on-read", "quorum", "blkdebug")
+FAMILIES = ("default", "raw", "copy-on-read", "quorum", "blkdebug", "crypto")
 
 #: every role a driver spec assigns, plus the ones the graph code assigns itself
 ROLES: tuple[Role, ...] = tuple(sorted(

@@ -101,6 +101,9 @@ def smt_child_perm(ctx: ChildPermContext, role: Role, p: BV, s: BV) -> tuple[BV,
         nperm = nperm | bv(_U)
     if ctx.family == "raw" and role & Role.DATA and not role & Role.METADATA:
         nperm = (nperm & bv(ALL & ~(_W | _S))) | (p & bv(_W | _S))
+    if ctx.family == "crypto" and role & (Role.DATA | Role.METADATA):  # block_crypto_child_perms
+        nshared = nshared | (s & bv(_W | _S))
+        nperm = (nperm & bv(ALL & ~(_W | _S))) | (p & bv(_W | _S))
     if ctx.family == "blkdebug":
         nperm = nperm | bv(int(ctx.take_perms))
         nshared = nshared & bv(ALL & ~int(ctx.unshare_perms))

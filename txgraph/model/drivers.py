@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from txgraph.model.drivers_crypto import crypto_specs
 from txgraph.model.perm import Role
 
 __all__ = ["DriverSpec", "ChildSpec", "DRIVER_SPECS", "driver_spec", "COMMON_OPTIONS",
@@ -188,6 +189,8 @@ DRIVER_SPECS: dict[str, DriverSpec] = {
                    perm_family="quorum"),
     )
 }
+
+DRIVER_SPECS.update({spec.name: spec for spec in crypto_specs(DriverSpec, ChildSpec)})
 
 
 def driver_spec(name: str) -> DriverSpec | None:

@@ -189,6 +189,8 @@ def _child_perm(ctx: ChildPermContext, role: int, perm: int, shared: int) -> tup
     - ``copy-on-read``: ``cor_child_perm`` (adds write-unchanged for populating reads)
     - ``blkdebug``: default plus the take/unshare child-perm options
     - ``commit_top``: ``bdrv_commit_top_child_perm`` (nothing taken, everything shared)
+    - ``crypto``: ``block_crypto_child_perms`` (luks: default rules, but write and
+      resize only taken when the parents need them, and shared when they share them)
     """
     family = ctx.family
     if family == "copy-before-write":
@@ -220,6 +222,9 @@ def _child_perm(ctx: ChildPermContext, role: int, perm: int, shared: int) -> tup
     nperm, nshared = _default_perms(ctx, role, perm, shared)
     if family == "raw" and role & _DATA and not role & _META:
         # raw has no metadata of its own: write and resize only when asked for.
+        nperm = (nperm & ~(_W | _S)) | (perm & (_W | _S))
+    if family == "crypto" and role & (_DATA | _META):  # luks has storage children only
+        nshared |= shared & (_W | _S)
         nperm = (nperm & ~(_W | _S)) | (perm & (_W | _S))
     if family == "blkdebug":
         nperm |= ctx.take_perms

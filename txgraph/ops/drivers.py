@@ -10,7 +10,7 @@ auto-name counter value each node receives.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from txgraph.errors import IOFailure, OpenError, TxgraphError
@@ -19,7 +19,9 @@ from txgraph.model.node import BlockNode, OpenFlag
 from txgraph.model.options import array_entries, parse_bool
 from txgraph.model.perm import Role
 from txgraph.ops.freeze import freeze_backing_chain
+from txgraph.ops.crypto_open import crypto_openers, qcow2_crypto_options
 from txgraph.ops.inherit import OptionSet
+from txgraph.ops.pr_manager import pr_manager_lookup
 from txgraph.ops.perms import refresh_perms
 
 if TYPE_CHECKING:
@@ -43,14 +45,16 @@ def _consume(work: OptionSet, spec: DriverSpec) -> dict[str, Any]:
     return taken
 
 
-def _runtime_open(opener: Opener, node: BlockNode, children: dict[str, str]) -> None:
+def _runtime_open(opener: Opener, node: BlockNode, children: dict[str, str],
+                  extra: Mapping[str, Any] | None = None) -> None:
     """Prepare the node's driver object and record what it reports about the image.
 
     The driver gets the resolved common settings typed (flags, detect-zeroes), not
     the strings blockdev-add stored in the options; ``probed`` is typed too: the
     data plane enforces the probed-raw rule (raw_co_pwritev, CVE-2008-2004) from it.
+    ``extra`` carries what only the driver sees (a secret reference), never the model.
     """
-    options = {**node.options, **node.runtime_options()}
+    options = {**node.options, **node.runtime_options(), **(extra or {})}
     try:
         info = opener.rt.open(node.name, node.driver, options, children, node.read_only,
                               probed=node.probed)
@@ -94,6 +98,8 @@ def _open_protocol(opener: Opener, node: BlockNode, spec: DriverSpec, work: Opti
     """file, host_device, null-co, null-aio, nbd: no children, options only."""
     opts = _consume(work, spec)
     if spec.name in ("file", "host_device"):
+        if "pr-manager" in opts:  # raw_open_common looks it up before opening the file
+            pr_manager_lookup(opener.session, opts["pr-manager"])
         aio = opts.get("aio", "threads")
         if aio == "native" and not node.cache_direct:
             raise OpenError("aio=native was specified, but it requires cache.direct=on, "
@@ -203,7 +209,7 @@ def _open_qcow2(opener: Opener, node: BlockNode, spec: DriverSpec, work: OptionS
     data_file_given = "data-file" in work or any(k.startswith("data-file.") for k in work.values)
     opts = {k: work.values[k] for k in work.values if spec.accepts_option(k)}
     _consume_qcow2_options(work, spec)
-    _runtime_open(opener, node, {"file": child})
+    _runtime_open(opener, node, {"file": child}, qcow2_crypto_options(opener, opts))
     info = opener.rt.info(node.name)
     check_qcow2_cache_options(opts, info.cluster_size or 65536)
     data_child = opener.open_child(None, work, "data-file", node, Role.DATA, True) \
@@ -308,3 +314,4 @@ _OPENERS: dict[str, OpenFn] = {
     "blkverify": _open_blkverify,
     "quorum": _open_quorum,
 }
+_OPENERS.update(crypto_openers(_runtime_open, _consume))

@@ -88,7 +88,10 @@ def full_open_options(graph: BlockGraph, name: str) -> dict[str, Any]:
             opts[edge.name] = full_open_options(graph, child)
         if overridden and graph.backing_child(name) is None:
             opts["backing"] = None
+    # qcow2's strong ``encrypt.key-secret`` stays a flat key, as in QEMU's json: names.
+    flat = {k: opts.pop(k) for k in [k for k in opts if k.startswith("encrypt.")]}
     result = unflatten(opts) if any("." in k for k in opts) else opts
+    result.update(flat)
     node.full_open_cache = result
     return result
 

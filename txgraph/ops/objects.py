@@ -12,6 +12,8 @@ from typing import Any
 
 from txgraph.errors import BlockError
 from txgraph.model.names import id_wellformed
+from txgraph.ops.pr_manager import PR_TYPES, PrManagerObject, pr_helper_connect
+from txgraph.ops.secrets import SECRET_TYPES, check_secret_properties, load_secret
 from txgraph.ops.session import QomObject, Session
 
 __all__ = ["object_add", "object_del"]
@@ -34,10 +36,18 @@ def object_add(session: Session, arguments: dict[str, Any]) -> None:
             raise BlockError("Property values cannot be negative")
         limits.update({k[2:]: v for k, v in props.items() if k.startswith("x-")})
         groups.validate(limits)
+    if qom_type in SECRET_TYPES:
+        check_secret_properties(props)
     if obj_id in session.objects:
         raise BlockError(f"attempt to add duplicate property '{obj_id}' to object (type 'container')")
     if qom_type == "throttle-group":
         groups.add(obj_id, limits)
+    if qom_type in SECRET_TYPES:
+        session.objects[obj_id] = load_secret(session, obj_id, props, qom_type)
+        return
+    if qom_type in PR_TYPES:
+        session.objects[obj_id] = pr_helper_connect(session, obj_id, props)
+        return
     session.objects[obj_id] = QomObject(obj_id, qom_type, props)
 
 
@@ -50,5 +60,7 @@ def object_del(session: Session, obj_id: str) -> None:
             if node.driver == "throttle" and node.options.get("throttle-group") == obj_id:
                 raise BlockError(f"object '{obj_id}' is in use, can not be deleted")
     del session.objects[obj_id]
+    if isinstance(obj, PrManagerObject):
+        obj.close()
     if obj.qom_type == "throttle-group":
         session.runtime.throttle_groups.remove(obj_id)

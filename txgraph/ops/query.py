@@ -39,7 +39,7 @@ def filter_or_cow_edge(graph: BlockGraph, name: str) -> tuple[str, Edge] | None:
 def _has_get_info(graph: BlockGraph, name: str) -> bool:
     """Whether ``bdrv_get_info`` succeeds (it decides if dirty-flag is reported)."""
     node = graph.nodes[name]
-    if node.driver in ("file", "host_device", "qcow2"):
+    if node.driver in ("file", "host_device", "qcow2", "luks"):
         return True
     if node.driver == "raw":
         child = graph.file_child(name)
@@ -101,8 +101,10 @@ def _image_info(session: Session, name: str) -> dict[str, Any]:
         if cinfo.cluster_size:
             image["cluster-size"] = cinfo.cluster_size
         image["dirty-flag"] = cinfo.dirty
-    if info.format_specific is not None and node.driver == "qcow2":
+    if info.format_specific is not None and node.driver in ("qcow2", "luks"):
         image["format-specific"] = info.format_specific
+    if info.extra.get("encrypted"):  # has_encrypted = bs->encrypted
+        image["encrypted"] = True
     if node.backing_file:
         image["backing-filename"] = node.backing_file
         try:
@@ -124,7 +126,7 @@ def _device_info(session: Session, name: str, flat: bool) -> dict[str, Any]:
         "file": node.filename,
         "ro": node.read_only,
         "drv": node.driver,
-        "encrypted": False,
+        "encrypted": bool(node.image.get("encrypted", False)),
         "cache": {"writeback": True, "direct": node.cache_direct, "no-flush": node.cache_no_flush},
         "node-name": node.name,
         "detect_zeroes": node.detect_zeroes,

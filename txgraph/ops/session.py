@@ -142,3 +142,7 @@ class Session:
         if self.nbd.running:
             self.nbd.stop()
         self.runtime.close_all()
+        for obj in self.objects.values():  # objects holding host resources (pr-manager sockets)
+            release = getattr(obj, "close", None)
+            if release is not None:
+                release()

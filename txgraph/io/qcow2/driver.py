@@ -46,6 +46,7 @@ from txgraph.errors import IOFailure
 from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
 from txgraph.io.qcow2 import constants as C
 from txgraph.io.qcow2.compress import ClusterCache, DecompressError, decompress
+from txgraph.io.qcow2.crypto import Qcow2Crypto
 from txgraph.io.qcow2.header import Qcow2Header, read_qcow2_header
 from txgraph.io.qcow2.l2map import COMPRESSED, INVALID, MIXED, UNALLOC, ZERO, L2Map
 from txgraph.io.qcow2.overlap import OverlapChecker, parse_overlap_check
@@ -83,8 +84,12 @@ class Qcow2Node(DriverNode):
             raise OpenError('A block device must be specified for "file"')
         f = self.children["file"]
         flen = getattr(f, "file_length", f.size)()
-        self.header: Qcow2Header = read_qcow2_header(self._fread, flen, read_only=read_only)
+        self.crypto = Qcow2Crypto(options, self._fread)
+        self.header: Qcow2Header = read_qcow2_header(self._fread, flen, read_only=read_only,
+                                                     crypto=self.crypto)
         h = self.header
+        #: the plaintext view of the data file when the payload is encrypted (LUKS)
+        self._crypt_view: Any = None
         self.cluster_size = h.cluster_size
         self.cluster_bits = h.cluster_bits
         try:
@@ -126,13 +131,33 @@ class Qcow2Node(DriverNode):
             raise _eio()
         return self.file.read(offset, length)
 
-    def _data_child(self) -> DriverNode:
+    def _data_child(self, delta: int = 0) -> DriverNode:
+        """The node guest data is read from and written to; ``delta`` is the request's
+        guest offset minus its host offset (legacy AES numbers guest sectors)."""
         if self.header.has_data_file:
             dc = self.children.get("data-file")
             if dc is None:
                 raise _eio()
-            return dc
-        return self.file
+        else:
+            dc = self.file
+        if self.crypto.volume is not None:
+            return self._crypted(dc)
+        if self.crypto.aes is not None:
+            from txgraph.io.crypto.view import EncryptedView
+
+            return EncryptedView(dc, self.crypto.aes, 0, bias=delta)
+        return dc
+
+    def _crypted(self, dc: DriverNode) -> DriverNode:
+        """The data child decrypted (crypt_physical_offset: sectors of the host offset)."""
+        view = self._crypt_view
+        if view is None or view.child is not dc:  # first use, or the child was swapped
+            from txgraph.io.crypto.view import EncryptedView
+
+            volume = self.crypto.volume
+            assert volume is not None
+            view = self._crypt_view = EncryptedView(dc, volume.cipher, 0)
+        return view  # type: ignore[no-any-return]
 
     def signal_corruption(self, message: str, *, offset: int = -1, size: int = -1,
                           fatal: bool = True) -> IOFailure:
@@ -197,7 +222,7 @@ class Qcow2Node(DriverNode):
                 (offset + length - 1) >> self.cluster_bits):
             code = self._code(offset >> self.cluster_bits)
             if code >= 0:  # fast path: one data cluster, one copy
-                dc = self._data_child()
+                dc = self._data_child((offset & -self.cluster_size) - code)
                 return dc.read(code + (offset & (self.cluster_size - 1)), length)
         buf = bytearray(length)
         self._readinto(offset, memoryview(buf), zeroed=True)
@@ -222,7 +247,8 @@ class Qcow2Node(DriverNode):
             if codes is not None:
                 code = int(codes[c & (self.map.n - 1)])
                 if code >= 0:
-                    child_readinto(self._data_child(), code + (offset & (self.cluster_size - 1)), out)
+                    child_readinto(self._data_child((offset & -self.cluster_size) - code),
+                                   code + (offset & (self.cluster_size - 1)), out)
                     return
         self._readinto(offset, out, zeroed=False)
 
@@ -251,7 +277,8 @@ class Qcow2Node(DriverNode):
             run_end = min(end, (first + n) << cb)
             a, b = pos - offset, run_end - offset
             if code >= 0:
-                child_readinto(self._data_child(), code + (pos - (first << cb)), out[a:b])
+                child_readinto(self._data_child((first << cb) - code),
+                               code + (pos - (first << cb)), out[a:b])
             elif code == ZERO:
                 if not zeroed:
                     out[a:b] = bytes(b - a)
@@ -316,7 +343,7 @@ class Qcow2Node(DriverNode):
                 if not zeroed:
                     out[a:b] = bytes(b - a)
             elif bm >> k & 1:
-                child_readinto(self._data_child(), host + (p - base), out[a:b])
+                child_readinto(self._data_child(base - host), host + (p - base), out[a:b])
             else:
                 self._read_backing(p, out[a:b], zeroed)
             p = q
@@ -427,12 +454,14 @@ class Qcow2Node(DriverNode):
                 data["data-file-raw"] = h.data_file_raw
             data["corrupt"] = h.corrupt
             data["extended-l2"] = h.extended_l2
+        if h.crypt_method:
+            data["encrypt"] = self.crypto.format_specific()
         return {"type": "qcow2", "data": data}
 
     def info(self) -> ImageInfo:
         h = self.header
         fi = self.file.info()
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"encrypted": True} if h.crypt_method else {}
         if h.snapshots:
             extra["snapshots"] = [snapshot_qmp(s) for s in h.snapshots]
         if h.backing_file is not None and fi.filename and not fi.filename.startswith("json:"):

@@ -14,10 +14,14 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from txgraph.errors import IOFailure, OpenError
 from txgraph.io.qcow2 import constants as C
 from txgraph.io.qcow2.snapshots import Snapshot, read_snapshots
+
+if TYPE_CHECKING:
+    from txgraph.io.qcow2.crypto import Qcow2Crypto
 
 __all__ = ["Qcow2Header", "Snapshot", "read_qcow2_header", "Reader"]
 
@@ -217,13 +221,15 @@ def _check_bitmaps_ext(h: Qcow2Header, data: bytes) -> None:
     h.bitmaps_ext = data
 
 
-def read_qcow2_header(read: Reader, size: int, *, read_only: bool = True) -> Qcow2Header:
+def read_qcow2_header(read: Reader, size: int, *, read_only: bool = True,
+                      crypto: Qcow2Crypto | None = None) -> Qcow2Header:
     """Parse and validate a qcow2 header like QEMU 7.2's ``qcow2_do_open``.
 
     ``read`` reads the image file (zero-filled past EOF, as QEMU's block
     layer does); ``size`` is the file size. Raises :class:`OpenError` with
     QEMU's text. ``read_only`` matters for the corrupt bit (writable opens of
-    a corrupt image are refused).
+    a corrupt image are refused). ``crypto`` checks the ``encrypt.*`` options
+    and opens the LUKS volume at QEMU's points of the open.
     """
     try:
         raw = read(0, 104)
@@ -280,8 +286,10 @@ def read_qcow2_header(read: Reader, size: int, *, read_only: bool = True) -> Qco
     if h.l1_size < l1_needed:
         raise _fail("L1 table is too small")
     _validate_table(h.l1_table_offset, h.l1_size, 8, C.MAX_L1_SIZE, cs, "Active L1 table")
+    if crypto is not None:  # qcow2_update_options, after the L1 table was read
+        crypto.check_options(h.crypt_method)
     _read_extensions(h, read, h.header_length, ext_end, only_features=False)
-    _check_crypt_open(h)
+    _check_crypt_open(h, crypto)
     if h.data_file_raw and not h.has_data_file:
         raise _fail("data-file-raw requires a data file")
     if h.backing_file_offset:
@@ -305,14 +313,20 @@ def _check_compression_type(h: Qcow2Header) -> None:
 
 
 def _check_crypt(h: Qcow2Header) -> None:
-    """Encrypted images: txgraph implements neither AES nor LUKS, so refuse them."""
+    """The crypt method: unknown ones are refused (legacy AES opens, as in QSD 7.2)."""
     if h.crypt_method > 2:
         raise _fail(f"Unsupported encryption method {h.crypt_method}")
 
 
-def _check_crypt_open(h: Qcow2Header) -> None:
-    """After the extensions: LUKS needs its header; no key secret can reach txgraph."""
+def _check_crypt_open(h: Qcow2Header, crypto: Qcow2Crypto | None) -> None:
+    """After the extensions: LUKS needs its header, then the volume is opened."""
     if h.crypt_method == 2 and h.crypto_ext is None:
         raise _fail("Missing CRYPTO header for crypt method 2")
-    if h.crypt_method in (1, 2):
+    if h.crypt_method and crypto is None:
         raise _fail("Parameter 'encrypt.key-secret' is required for cipher")
+    if h.crypt_method == 2:
+        assert crypto is not None and h.crypto_ext is not None
+        crypto.open(h.crypto_ext, h.cluster_size)
+    elif h.crypt_method == 1:
+        assert crypto is not None
+        crypto.open_aes()

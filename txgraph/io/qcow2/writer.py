@@ -140,8 +140,9 @@ class Qcow2Writer:
             self._set_incompat(self.h.incompatible_features | C.INCOMPAT_DIRTY)
             self.marked_dirty = True
 
-    def _data(self) -> object:
-        return self.node._data_child()
+    def _data(self, delta: int = 0) -> object:
+        """The data child; ``delta`` = guest minus host offset (see ``_data_child``)."""
+        return self.node._data_child(delta)
 
     # -- L2 table ownership -------------------------------------------------------
     def _writable_slot(self, i: int) -> None:
@@ -201,7 +202,8 @@ class Qcow2Writer:
                     self._allocate_and_write(c, pos & (cs - 1), chunk, code, raw)
             if owned:  # in-place overwrite: no metadata changes, no lock needed
                 try:
-                    self._data().write(code + (pos & (cs - 1)), chunk)  # type: ignore[attr-defined]
+                    self._data((pos & -cs) - code).write(  # type: ignore[attr-defined]
+                        code + (pos & (cs - 1)), chunk)
                 finally:
                     with self.lock:
                         left = self.inplace.pop(code // cs) - 1
@@ -245,7 +247,8 @@ class Qcow2Writer:
             fresh = True
         try:
             self.node.overlap.check_data(host, len(content))
-            self._data().write(host, content)  # type: ignore[attr-defined]
+            self._data((c << self.h.cluster_bits) - host).write(  # type: ignore[attr-defined]
+                host, content)
         except BaseException:
             if fresh:  # never referenced: free again (and reuse next, as QEMU's abort)
                 self.refs.release(host // self.cs)
