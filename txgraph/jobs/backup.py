@@ -109,6 +109,12 @@ class BackupJob(GraphJob):
         self._sync_progress(total)
         return 0
 
+    def simulate(self) -> int:
+        super().simulate()
+        while self.sync == "none" and not self.is_cancelled and not self.manager.closing:
+            self.sleep(SLICE_NS)
+        return 0
+
     def _sync_progress(self, total: int) -> None:
         """Progress is what is no longer to be copied, whoever copied it (job or filter)."""
         left = backup_remaining(self.manager.session.runtime, self.cbw)

@@ -115,6 +115,8 @@ class Job:
         self._wake = False
         #: the job yielded for the first time (a real sleep, a pause, or the end of run)
         self.yielded = False
+        #: the latest wait point a dry run's plan asked for (see :meth:`simulate`)
+        self.sim_wanted: str | None = None
 
     # -- facts ------------------------------------------------------------------------------
     @property
@@ -167,9 +169,32 @@ class Job:
         thread.start()
         return thread
 
+    @property
+    def simulated(self) -> bool:
+        """The session is a plan's dry run: the job copies nothing, only its states and its
+        graph changes happen (``txgraph plan`` shows a job's effect at each point)."""
+        return bool(getattr(self.manager.session.runtime, "dry_run", False))
+
+    def simulate(self) -> int:
+        """``run`` of a dry run. The job counts as still copying until a wait point of the
+        plan asks for more (so every step in between is checked against a running job);
+        then its work is done at once. A job that becomes READY then waits there for
+        job-complete or a cancel; one that never ends by itself (backup sync=none) waits
+        for its cancel."""
+        mutex = self.manager.mutex
+        with mutex:
+            while self.sim_wanted is None and not self.is_cancelled and not self.manager.closing:
+                self.busy = False
+                self._yield()
+                mutex.wait(0.5)
+            self.busy = True
+            self.progress_total = self.progress_current = max(self.progress_total, 1)
+        self.pause_point()
+        return 0
+
     def _main(self) -> None:
         try:
-            ret = self.run()
+            ret = self.simulate() if self.simulated else self.run()
         except IOFailure as exc:
             ret = -(exc.errno or errno.EIO)
             self.err = self.err or exc.desc

@@ -50,6 +50,24 @@ class DeviceNotActive(BlockError):
     error_class = "DeviceNotActive"
 
 
+#: events that mark a milestone of a job, and the wait points plans may name
+_MILESTONES = {"BLOCK_JOB_READY": "ready", "BLOCK_JOB_COMPLETED": "completed",
+               "BLOCK_JOB_CANCELLED": "cancelled", "BLOCK_JOB_ERROR": "error"}
+WAIT_POINTS = frozenset({"ready", "completed", "cancelled", "error", "running", "paused",
+                         "standby", "waiting", "pending", "aborting", "concluded", "null"})
+
+
+def _release_all(lock: Any) -> int:
+    """Let go of every level of an RLock this thread holds; how many there were."""
+    count = 0
+    while True:
+        try:
+            lock.release()
+        except RuntimeError:
+            return count
+        count += 1
+
+
 def manager_of(session: Session) -> JobManager:
     """The session's job manager, created on first use (the session closes it)."""
     manager = session.jobs
@@ -75,9 +93,50 @@ class JobManager:
         self.threads: list[threading.Thread] = []
         #: jobs a transaction created, started together when it commits (by id of the tx)
         self._batches: dict[int, list[Job]] = {}
+        #: what each job ID reached (statuses and events), for wait points; a new job with
+        #: the same ID starts afresh
+        self.milestones: dict[str, set[str]] = {}
 
     def emit(self, name: str, data: dict[str, Any]) -> None:
+        milestone = _MILESTONES.get(name)
+        if name == "JOB_STATUS_CHANGE":
+            milestone = str(data.get("status"))
+        job_id = data.get("id", data.get("device"))
+        if milestone is not None and isinstance(job_id, str):
+            with self.mutex:
+                self.milestones.setdefault(job_id, set()).add(milestone)
+                self.mutex.notify_all()
         self.session.emit_event(name, data)
+
+    def wait_for(self, job_id: str, milestone: str, timeout: float) -> None:
+        """Block until job ``job_id`` reached ``milestone`` (a status, or ``completed``,
+        ``cancelled``, ``error``); the caller's hold on the big lock is let go meanwhile so
+        the job can finish (a plan's wait point, ``x-txgraph-wait-job``)."""
+        if milestone not in WAIT_POINTS:
+            raise BlockError(f"Unknown wait point '{milestone}'; expected one of "
+                             f"{', '.join(sorted(WAIT_POINTS))}")
+        with self.mutex:
+            job = self.get(job_id)
+            if job is None and job_id not in self.milestones:
+                raise BlockError("Job not found")
+            if job is not None and milestone != "running":
+                job.sim_wanted = milestone  # a dry run's job may now go as far as that
+                job.enter()
+        deadline = time.monotonic() + timeout
+        released = _release_all(self.bql)
+        try:
+            with self.mutex:
+                while milestone not in self.milestones.get(job_id, set()):
+                    if "null" in self.milestones.get(job_id, set()):
+                        raise BlockError(f"Job '{job_id}' ended without reaching '{milestone}'")
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise BlockError(f"Timed out after {timeout:g} s waiting for job "
+                                         f"'{job_id}' to reach '{milestone}'")
+                    self.mutex.wait(min(left, 0.5))
+        finally:
+            for _ in range(released):
+                self.bql.acquire()
 
     # -- lookup ---------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
@@ -117,6 +176,7 @@ class JobManager:
         """
         with self.mutex:
             self.jobs.insert(0, job)
+            self.milestones[job.id] = set()
             job.transition(S.CREATED)
         tx.undo(lambda: self._early_fail(job))
         with self.mutex:

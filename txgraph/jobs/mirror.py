@@ -172,6 +172,21 @@ class MirrorJob(GraphJob):
             if self.is_cancelled:
                 return 0
 
+    def simulate(self) -> int:
+        """READY at the first wait point; the end only once complete (or a soft cancel) was
+        asked for *and* a later wait point wants it, so each step sees a fixed graph."""
+        super().simulate()
+        if self.is_cancelled:
+            return 0
+        self._ready()
+        while not ((self.cancelled or self.should_complete)
+                   and self.sim_wanted not in (None, "ready", "standby")):
+            self.sleep(SLICE_NS)
+            if self.is_cancelled or self.manager.closing:
+                return 0
+        self._soft_end()
+        return 0
+
     def _active_write(self, n: int) -> None:
         """A guest write copied synchronously counts as done work (write-blocking mode)."""
         with self.manager.mutex:

@@ -151,7 +151,16 @@ class DryRunNbdServer:
 
 
 class DryRunRuntime(Runtime):
-    """A :class:`Runtime` that never writes, never locks and never listens (see module doc)."""
+    """A :class:`Runtime` that never writes, never locks and never listens (see module doc).
+
+    Block jobs notice ``dry_run`` and simulate their data work (they move through their
+    states and make their graph changes, copying nothing)."""
+
+    dry_run = True
+
+    def change_backing_file(self, node_name: str, backing_file: str | None,
+                            backing_fmt: str | None, *, require: bool = False) -> None:
+        """A dry run never writes an image header."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -2,7 +2,9 @@
 
 A plan is JSON, either a bare list of steps or ``{"steps": [...], "graph": ...}``.
 A step is a QMP command object (``{"execute": NAME, "arguments": {...}}``,
-exactly what a QMP client would send to qemu-storage-daemon) or a group
+exactly what a QMP client would send to qemu-storage-daemon), a wait point
+``{"wait": POINT, "job": ID}`` (``ready``, ``completed``, ``pending``, ``null``...:
+the plan goes on once the job got there; sent as ``x-txgraph-wait-job``), or a group
 ``{"transaction": [ACTION, ...]}`` whose actions must apply atomically; a
 group is sent as txgraph's ``x-txgraph-transaction`` (QEMU's ``transaction``
 semantics, all-or-nothing as in blockdev.c ``qmp_transaction``, plus the
@@ -54,6 +56,11 @@ class Step:
         """The step as it is written in a plan file."""
         if self.actions is not None:
             return {"transaction": self.actions}
+        if self.execute == "x-txgraph-wait-job":
+            out: dict[str, Any] = {"wait": self.arguments["event"], "job": self.arguments["job"]}
+            if "timeout" in self.arguments:
+                out["timeout"] = self.arguments["timeout"]
+            return out
         return self.message()
 
     def label(self) -> str:
@@ -62,6 +69,8 @@ class Step:
             return f"transaction [{kinds}]"
         target = next((self.arguments[k] for k in ("node-name", "node", "id", "overlay")
                        if isinstance(self.arguments.get(k), str)), None)
+        if self.execute == "x-txgraph-wait-job":
+            return f"wait {self.arguments['event']} of job {self.arguments['job']}"
         if self.execute == "blockdev-reopen":
             names = [o.get("node-name") for o in self.arguments.get("options", [])
                      if isinstance(o, dict)]
@@ -84,6 +93,17 @@ def parse_steps(raw: Any) -> list[Step]:
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
             raise PlanError(f"step {i}: expected an object, got {type(item).__name__}")
+        if "wait" in item:
+            unexpected = set(item) - {"wait", "job", "timeout"}
+            if unexpected:
+                raise PlanError(f"step {i}: unexpected member(s) {sorted(unexpected)}")
+            if not isinstance(item.get("job"), str) or not isinstance(item["wait"], str):
+                raise PlanError(f"step {i}: a wait point is {{\"wait\": POINT, \"job\": ID}}")
+            wait_args: dict[str, Any] = {"job": item["job"], "event": item["wait"]}
+            if "timeout" in item:
+                wait_args["timeout"] = item["timeout"]
+            steps.append(Step("x-txgraph-wait-job", wait_args))
+            continue
         if "transaction" in item:
             actions = item["transaction"]
             if set(item) != {"transaction"}:
