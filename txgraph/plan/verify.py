@@ -12,7 +12,6 @@ kept applied in the scratch graph, because QEMU would have applied it.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,7 @@ from txgraph import __version__
 from txgraph.errors import TxgraphError
 from txgraph.model.graph import BlockGraph
 from txgraph.ops.confine import configure
+from txgraph.ops.journal import Journal
 from txgraph.ops.session import Session
 from txgraph.plan.diff import diff, snapshot
 from txgraph.plan.dryrun import DryRunNbdServer, DryRunRuntime
@@ -178,11 +178,17 @@ def _run_step(engine: Engine, session: Session, index: int, step: Step,
         reply = {"error": {"class": "GenericError", "desc": f"not simulated: {reason}"}}
         return StepResult(index, step, False, reply, not_simulated=reason)
     graph = session.graph
-    before_graph = copy.deepcopy(graph) if policy != "qemu" else None
+    # The step's before-values for S1/S2 and F1: a journal spanning every transaction
+    # the step runs (O(change)), instead of a copy of the scratch graph.
+    journal = Journal(graph) if policy != "qemu" else None
     before = snapshot(graph)
     session.last_warnings = []
     session.last_verdict = None
-    reply = engine.execute(step.message())
+    session.outer_journal = journal
+    try:
+        reply = engine.execute(step.message())
+    finally:
+        session.outer_journal = None
     accepted = "return" in reply
     result = StepResult(index, step, accepted, reply, warnings=list(session.last_warnings))
     if not accepted:
@@ -197,5 +203,5 @@ def _run_step(engine: Engine, session: Session, index: int, step: Step,
     else:
         from txgraph.checker import check
 
-        result.verdict = check(graph, None, policy=policy, before=before_graph).to_dict()
+        result.verdict = check(graph, None, policy=policy, before=journal).to_dict()
     return result
