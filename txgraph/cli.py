@@ -183,6 +183,21 @@ def bench_txn(sizes: tuple[int, ...], repeats: int) -> None:
         raise click.ClickException("the final graphs differ: the timings are not comparable")
 
 
+@bench.command("scale")
+@click.option("--nodes", "sizes", multiple=True, type=int, default=(100, 1_000, 10_000, 100_000),
+              show_default=True, help="Graph sizes (repeatable).")
+@click.option("--rounds", default=5, show_default=True, help="Interleaved rounds per measure.")
+def bench_scale(sizes: tuple[int, ...], rounds: int) -> None:
+    """One command under policy=safe and one plan step, at growing graph sizes."""
+    from txgraph.bench.scale import run_scale_benchmark
+
+    def progress(text: str) -> None:
+        click.echo(text, err=True)
+
+    for row in run_scale_benchmark(sizes, rounds, progress):
+        click.echo(json.dumps(row))
+
+
 @bench.command("all")
 @click.pass_context
 def bench_all(ctx: click.Context) -> None:

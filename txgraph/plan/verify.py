@@ -29,7 +29,7 @@ from txgraph.plan.importer import GraphImport, import_into, parse_state_import
 from txgraph.qmp.commands import CommandContext
 from txgraph.qmp.engine import Engine
 
-__all__ = ["StateError", "StepResult", "PlanReport", "scratch_engine", "verify_plan", "StepObserver",
+__all__ = ["StateError", "StepResult", "PlanReport", "scratch_engine", "verify_plan", "run_step", "StepObserver",
            "REPORT_FORMAT"]
 
 REPORT_FORMAT = "txgraph-plan-report/1"
@@ -163,7 +163,7 @@ def verify_plan(plan: Plan | list[Step], state: Any = None, *, policy: str = "sa
         for index, step in enumerate(steps):
             if observer is not None:
                 observer(index, "before", session.graph)
-            results.append(_run_step(engine, session, index, step, policy))
+            results.append(run_step(engine, session, index, step, policy))
             if observer is not None:
                 observer(index, "after", session.graph)
     finally:
@@ -171,7 +171,7 @@ def verify_plan(plan: Plan | list[Step], state: Any = None, *, policy: str = "sa
     return PlanReport(policy, source or {"kind": "engine"}, results, list(steps))
 
 
-def _run_step(engine: Engine, session: Session, index: int, step: Step,
+def run_step(engine: Engine, session: Session, index: int, step: Step,
               policy: str) -> StepResult:
     reason = _host_side_effect(step)
     if reason is not None:
