@@ -7,7 +7,8 @@ drop backing links, snapshots, filters, quorums, deletions), every transaction
 is checked with both: the old ``before`` (a copy taken when the transaction
 starts) and the journal, and the verdicts — hence what is refused — must be
 the same. The plan-verification path (a journal spanning a whole command,
-judged on the whole graph) is compared the same way.
+judged on the whole graph, and on the command's touched region when the graph
+before it was valid) is compared the same way.
 """
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ def test_safe_policy_refuses_exactly_what_the_copy_refused(seed: int) -> None:
         plan_compared = 0
         for message in _SETUP:
             assert "return" in engine.execute(substitute(message, str(workdir), {})), message
+        valid_before = check(session.graph, None, policy="safe", engine="structural").ok
+        assert valid_before
         for _ in range(15):
             res.refresh(session.graph)
             message = _cut(rng, res) if rng.random() < 0.3 else gen.next()
@@ -133,6 +136,13 @@ def test_safe_policy_refuses_exactly_what_the_copy_refused(seed: int) -> None:
                 new = check(session.graph, None, policy="safe", before=step, engine="structural")
                 assert _key(old) == _key(new), (message, old.to_dict(), new.to_dict())
                 plan_compared += 1
+                if valid_before:
+                    # verify_plan's regional judgement: only what the command touched
+                    for engine_name in ("structural", "z3"):
+                        regional = check(session.graph, step.touched, policy="safe", before=step,
+                                         engine=engine_name)
+                        assert _key(regional) == _key(old), (message, regional.to_dict(), old.to_dict())
+            valid_before = check(session.graph, None, policy="safe", engine="structural").ok
         assert not session.mismatches, session.mismatches
         assert session.compared + plan_compared > 0
     finally:

@@ -48,6 +48,8 @@ class Journal:
         self._slots: dict[tuple[str, str], _Slot] = {}
         #: id(edge) -> (edge, frozen before); the edge is held so its id stays unique
         self._frozen: dict[int, tuple[Edge, bool]] = {}
+        #: what the committed transactions touched (the checker's region for all of them)
+        self.touched: set[str] = set()
 
     # -- recording (call *before* the change) --------------------------------------------
     def note_vertex(self, key: str) -> None:
@@ -72,6 +74,12 @@ class Journal:
             self._frozen[id(edge)] = (edge, edge.frozen)
         if self.outer is not None:
             self.outer.note_frozen(edge)
+
+    def committed(self, touched: set[str]) -> None:
+        """A transaction recorded here committed, having touched ``touched``."""
+        self.touched.update(touched)
+        if self.outer is not None:
+            self.outer.committed(touched)
 
     # -- Before --------------------------------------------------------------------------
     def had_node(self, name: str) -> bool:

@@ -205,6 +205,7 @@ class Transaction:
         assert self.state is TxState.OPEN
         self.state = TxState.COMMITTED
         self.graph.generation += 1
+        self.journal.committed(self.touched)
         for fn in self._on_commit:
             fn()
         self._undo.clear()
