@@ -34,7 +34,7 @@ from typing import Any
 
 from txgraph.ops.session import Session
 from txgraph.plan.format import parse_steps
-from txgraph.plan.verify import run_step, scratch_engine
+from txgraph.plan.verify import run_step, scratch_engine, start_is_valid
 from txgraph.qmp.commands import CommandContext
 from txgraph.qmp.engine import Engine
 
@@ -130,9 +130,12 @@ def _plan_row(n: int, workdir: Path, rounds: int) -> dict[str, Any]:
             {"driver": "qcow2", "node-name": "top", "file": session.graph.file_child("top"),
              "backing": "base"}]}}
 
+        # as verify_plan does: the starting state is checked whole once, untimed
+        regional = start_is_valid(session, "safe")
+
         def under(policy: str) -> Callable[[], None]:
             def run() -> None:
-                result = run_step(engine, session, 0, cut, policy)
+                result = run_step(engine, session, 0, cut, policy, regional=regional)
                 if not result.accepted or result.ok == (policy == "safe"):
                     raise RuntimeError(f"unexpected plan verdict under {policy}: {result.to_dict()}")
             return run

@@ -29,7 +29,7 @@ from txgraph.plan.importer import GraphImport, import_into, parse_state_import
 from txgraph.qmp.commands import CommandContext
 from txgraph.qmp.engine import Engine
 
-__all__ = ["StateError", "StepResult", "PlanReport", "scratch_engine", "verify_plan", "run_step", "StepObserver",
+__all__ = ["StateError", "StepResult", "PlanReport", "scratch_engine", "verify_plan", "run_step", "start_is_valid", "StepObserver",
            "REPORT_FORMAT"]
 
 REPORT_FORMAT = "txgraph-plan-report/1"
@@ -164,7 +164,7 @@ def verify_plan(plan: Plan | list[Step], state: Any = None, *, policy: str = "sa
         # step passed the qemu rules on what it touched; S1/S2/F1 compare with the
         # step's own before), so one whole-graph check here lets every step be judged
         # on what it touched: O(change) per step. A broken start keeps whole checks.
-        regional = policy != "qemu" and _start_is_valid(session, policy)
+        regional = policy != "qemu" and start_is_valid(session, policy)
         for index, step in enumerate(steps):
             if observer is not None:
                 observer(index, "before", session.graph)
@@ -176,7 +176,8 @@ def verify_plan(plan: Plan | list[Step], state: Any = None, *, policy: str = "sa
     return PlanReport(policy, source or {"kind": "engine"}, results, list(steps))
 
 
-def _start_is_valid(session: Session, policy: str) -> bool:
+def start_is_valid(session: Session, policy: str) -> bool:
+    """The starting state passes a whole-graph check (then steps are judged regionally)."""
     from txgraph.checker import check
 
     return not session.graph.nodes or check(session.graph, None, policy=policy).ok
