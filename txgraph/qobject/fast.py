@@ -70,6 +70,9 @@ def _int(text: str) -> int | float:
     return integer_value(text.encode("ascii"))
 
 
+#: shared by every connection: a JSONDecoder holds no state between calls except the C
+#: scanner's key-interning memo, which only deduplicates key strings (the server runs
+#: all decoding on its event-loop thread anyway)
 _DECODER = json.JSONDecoder(object_pairs_hook=_pairs, parse_float=_float, parse_int=_int,
                             parse_constant=_constant)
 
