@@ -149,8 +149,7 @@ def bench_io(workdir: str) -> None:
     """Data-plane reads vs qemu-img bench on the same images; one JSON line per measure."""
     from txgraph.bench.io import run_io_benchmarks
 
-    for row in run_io_benchmarks(workdir):
-        click.echo(json.dumps(row))
+    run_io_benchmarks(workdir, lambda row: click.echo(json.dumps(row)))
 
 
 @bench.command("nbd")
