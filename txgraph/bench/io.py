@@ -128,14 +128,17 @@ def _line(name: str, ours: float, peer: float | None, unit: str, desc: str) -> d
             "unit": unit, "ratio": None if not peer else round(ours / peer, 2), "peer_desc": desc}
 
 
-def run_io_benchmarks(workdir: Path | str) -> list[dict[str, Any]]:
-    """Run every measure; returns one dict per measure (also printed as JSON lines)."""
+def run_io_benchmarks(workdir: Path | str,
+                      on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Run every measure; returns one dict per measure, each also passed to ``on_row`` as
+    soon as it is measured (the CLI prints it then: once, and while the run goes on)."""
     imgs = build_images(Path(workdir))
     results: list[dict[str, Any]] = []
 
     def emit(d: dict[str, Any]) -> None:
         results.append(d)
-        print(json.dumps(d), flush=True)
+        if on_row is not None:
+            on_row(d)
 
     mb = 2 * GiB / 1e6
     ours, peer = _interleave(lambda: seq_txgraph(imgs["full"], 2 * GiB),
@@ -186,4 +189,5 @@ def run_io_benchmarks(workdir: Path | str) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    run_io_benchmarks(sys.argv[1] if len(sys.argv) > 1 else "/tmp/txgraph-bench")
+    run_io_benchmarks(sys.argv[1] if len(sys.argv) > 1 else "/tmp/txgraph-bench",
+                      lambda row: print(json.dumps(row), flush=True))

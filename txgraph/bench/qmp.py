@@ -11,11 +11,15 @@ time, so > 1 means txgraph is faster):
 - ``blockdev-add-chain-<N>``: one blockdev-add whose qcow2 image has an
   N-deep backing chain in its headers, all auto-opened;
 - ``blockdev-add-x<N>``: N separate blockdev-adds of null-co nodes.
+
+Each measure runs ``repeats`` rounds, QSD then txgraph on fresh peers each
+round (interleaved), and reports the medians with their spread (min, max).
 """
 
 from __future__ import annotations
 
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -42,27 +46,36 @@ def make_chain(workdir: Path, depth: int) -> Path:
     return prev
 
 
-def _timed(peer_factory: Callable[[], QMPProcess], script: list[tuple[str, dict[str, Any]]],
-           repeats: int) -> float:
-    """Best wall time over ``repeats`` fresh peers for running ``script``; every step must succeed."""
-    best = float("inf")
+def _once(peer_factory: Callable[[], QMPProcess], script: list[tuple[str, dict[str, Any]]]) -> float:
+    """Wall time of ``script`` on a fresh peer (start-up untimed); every step must succeed."""
+    with peer_factory() as peer:
+        start = time.perf_counter()
+        for command, arguments in script:
+            reply = peer.execute(command, arguments)
+            if "error" in reply:
+                raise RuntimeError(f"{peer.label}: {command} failed: {reply['error']['desc']}")
+        return time.perf_counter() - start
+
+
+def _interleaved(script: list[tuple[str, dict[str, Any]]], repeats: int) -> tuple[list[float], list[float]]:
+    """Round by round, QSD then txgraph (A B A B ...), so load drifts hit both alike."""
+    ours: list[float] = []
+    peer: list[float] = []
     for _ in range(repeats):
-        with peer_factory() as peer:
-            start = time.perf_counter()
-            for command, arguments in script:
-                reply = peer.execute(command, arguments)
-                if "error" in reply:
-                    raise RuntimeError(f"{peer.label}: {command} failed: {reply['error']['desc']}")
-            best = min(best, time.perf_counter() - start)
-    return best
+        peer.append(_once(QSD, script))
+        ours.append(_once(TxgraphDaemon, script))
+    return ours, peer
 
 
-def _row(name: str, ours: float, peer: float) -> dict[str, Any]:
-    return {"name": name, "txgraph": round(ours * 1000, 2), "peer": round(peer * 1000, 2),
-            "unit": "ms", "ratio": round(peer / ours, 3), "peer_name": "qemu-storage-daemon 7.2"}
+def _row(name: str, ours: list[float], peer: list[float]) -> dict[str, Any]:
+    a, b = statistics.median(ours), statistics.median(peer)
+    return {"name": name, "txgraph": round(a * 1000, 2), "peer": round(b * 1000, 2),
+            "spread": {"txgraph": [round(min(ours) * 1000, 2), round(max(ours) * 1000, 2)],
+                       "peer": [round(min(peer) * 1000, 2), round(max(peer) * 1000, 2)]},
+            "unit": "ms", "ratio": round(b / a, 3), "peer_name": "qemu-storage-daemon 7.2"}
 
 
-def run_qmp_benchmarks(depth: int = 100, adds: int = 1000, repeats: int = 3) -> list[dict[str, Any]]:
+def run_qmp_benchmarks(depth: int = 100, adds: int = 1000, repeats: int = 5) -> list[dict[str, Any]]:
     workdir = Path(tempfile.mkdtemp(prefix="txgraph-bench-"))
     try:
         top = make_chain(workdir, depth)
@@ -71,8 +84,7 @@ def run_qmp_benchmarks(depth: int = 100, adds: int = 1000, repeats: int = 3) -> 
         many = [("blockdev-add", {"driver": "null-co", "node-name": f"n{i}"}) for i in range(adds)]
         rows = []
         for name, script in ((f"blockdev-add-chain-{depth}", chain), (f"blockdev-add-x{adds}", many)):
-            peer = _timed(QSD, script, repeats)
-            ours = _timed(TxgraphDaemon, script, repeats)
+            ours, peer = _interleaved(script, repeats)
             rows.append(_row(name, ours, peer))
         return rows
     finally:

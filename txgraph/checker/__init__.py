@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
+from txgraph.checker.before import Before, GraphBefore, as_before
 from txgraph.checker.instances import enumerate_instances
 from txgraph.checker.region import Region
 from txgraph.checker.rules import POLICIES, RULES, Rule, rules_for
@@ -19,25 +20,26 @@ from txgraph.checker.structural import check_structural
 from txgraph.checker.verdict import EdgeRef, Verdict, Violation
 from txgraph.model.graph import BlockGraph
 
-__all__ = ["check", "Verdict", "Violation", "EdgeRef", "Rule", "RULES", "POLICIES", "ENGINES"]
+__all__ = ["check", "Before", "GraphBefore", "Verdict", "Violation", "EdgeRef", "Rule", "RULES", "POLICIES", "ENGINES"]
 
 ENGINES: tuple[str, ...] = ("z3", "structural")
 
 
 def check(graph: BlockGraph, touched: Iterable[str] | None = None, *, policy: str = "qemu",
-          before: BlockGraph | None = None, engine: str = "z3") -> Verdict:
+          before: BlockGraph | Before | None = None, engine: str = "z3") -> Verdict:
     """Check the invariants of ``policy`` on ``graph``.
 
     ``touched`` names the nodes (and backend keys) a transaction changed
     (``Transaction.touched``); the rest of the graph is assumed valid and
     unchanged since the previous check. ``None`` checks the whole graph.
     ``before`` is the graph before the transaction: it enables F1 (frozen
-    links) and, under ``safe``, S1/S2 (backing chains that lost data).
+    links) and, under ``safe``, S1/S2 (backing chains that lost data); it is a
+    copy of that graph or a :class:`Before` view (the transaction's journal).
     """
     start = time.perf_counter()
     rules = rules_for(policy)
     region = Region.of(graph, touched)
-    instances = list(enumerate_instances(region, rules, before))
+    instances = list(enumerate_instances(region, rules, as_before(before)))
     if engine == "z3":
         from txgraph.checker.smt import check_smt
 

@@ -223,7 +223,6 @@ class Encoder:
     def ranks(self, region: Region, fixed: dict[str, int]) -> list[str]:
         """``rank(parent) > rank(child)`` on node edges with a symbolic end; returns the
         symbolic nodes."""
-        g = self.graph.g
         if region.whole:
             fixed, symbolic = _whole_graph_ranks(self.graph)
         else:
@@ -234,10 +233,14 @@ class Encoder:
             return self._decl("r:" + esc(n), "Int") if n in sym_set else str(fixed[n])
 
         seen: set[EdgeRef] = set()
+        # The adjacency dicts directly, in networkx's own edge-view order: a
+        # multigraph edge view's len() walks the whole adjacency (O(graph) per node).
+        succ, pred = self.graph._succ, self.graph._pred
         for n in symbolic:
-            for p, c, key, data in list(g.out_edges(n, keys=True, data=True)) + \
-                    list(g.in_edges(n, keys=True, data=True)):
-                ref = (p, key, c)
+            refs = [(n, key, c) for c, keys in succ[n].items() for key in keys]
+            refs += [(p, key, n) for p, keys in pred[n].items() for key in keys]
+            for ref in refs:
+                p, key, c = ref
                 if ref in seen or p not in self.graph.nodes:
                     continue
                 seen.add(ref)

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from txgraph.checker.before import Before
 from txgraph.checker.region import Region, edge_label, in_edges, node_edges_only, out_edges
 from txgraph.checker.verdict import EdgeRef
 from txgraph.model.drivers import driver_spec
@@ -58,23 +59,25 @@ def _is_named_bb(b: Backend) -> bool:
     return b.kind is ParentKind.ROOT and bool(b.name) and b.description != "an unnamed block device"
 
 
-def chain_cuts(graph: BlockGraph, before: BlockGraph, nodes: set[str]) -> list[tuple[str, str, str]]:
+def chain_cuts(graph: BlockGraph, before: Before, nodes: set[str]) -> list[tuple[str, str, str]]:
     """Nodes whose ``backing`` link existed before and is gone now, while their image
     header still names a backing file: (node, old backing child, backing file)."""
     cuts: list[tuple[str, str, str]] = []
     for name in sorted(nodes):
-        if name not in before.nodes:
+        if not before.had_node(name):
             continue
-        old = before.child_edge(name, "backing")
         node = graph.nodes[name]
-        if old is None or not node.backing_file or graph.child_edge(name, "backing") is not None:
+        if not node.backing_file or graph.child_edge(name, "backing") is not None:
             continue
-        cuts.append((name, old[0], node.backing_file))
+        old = before.child_before(name, "backing")
+        if old is None:
+            continue
+        cuts.append((name, old, node.backing_file))
     return cuts
 
 
 def enumerate_instances(region: Region, rules: frozenset[str],
-                        before: BlockGraph | None) -> Iterator[Instance]:
+                        before: Before | None) -> Iterator[Instance]:
     graph = region.graph
     parents = sorted(region.nodes)
     for p in parents:
@@ -94,7 +97,7 @@ def enumerate_instances(region: Region, rules: frozenset[str],
         # while the job still holds it: only such a detached filter may be childless.
         detached = (spec is not None and spec.is_filter
                     and not any(e.role & Role.FILTERED for _r, e in kids)
-                    and all(e.parent_kind is ParentKind.JOB for _q, e in graph.parents(p)))
+                    and _held_by_jobs_only(graph, p))
         if "G3-filter-shape" in rules and spec is not None:
             drv = spec.name
             if spec.is_filter and not detached:
@@ -197,16 +200,17 @@ def _perm_instances(region: Region, rules: frozenset[str]) -> Iterator[Instance]
                            (c, tuple(r for r, _e in parent_edges)))
 
 
-def _before_instances(region: Region, rules: frozenset[str], before: BlockGraph) -> Iterator[Instance]:
+def _before_instances(region: Region, rules: frozenset[str], before: Before) -> Iterator[Instance]:
     graph = region.graph
     if "F1-frozen-link" in rules:
-        # Frozen links are few, but a removed parent leaves no trace in ``touched``,
-        # so every frozen edge of the old graph is compared.
-        for p, c, key, data in sorted(before.g.edges(keys=True, data=True), key=lambda t: t[:3]):
-            if data["obj"].frozen and (p, key) not in graph.thawed:
-                now = graph.child_edge(p, key) if p in graph.g else None
-                yield Instance("F1-frozen-link", "f1", f"F1:edge={p}/{key}>{c}",
-                               ((p, key, c), now[0] if now else None))
+        # A removed parent leaves no trace in ``touched``, so the frozen links come
+        # from ``before`` (every one that may have changed), not from the region.
+        for p, key, c in before.frozen_links():
+            if (p, key) in graph.thawed:
+                continue  # its holder let go in this same transaction
+            now = graph.child_edge(p, key) if p in graph.g else None
+            yield Instance("F1-frozen-link", "f1", f"F1:edge={p}/{key}>{c}",
+                           ((p, key, c), now[0] if now else None))
     if "J1-job-chain-cut" in rules:
         # A job's protected links live on its backend; the job clears them itself before
         # its own graph change at the end (stream's prepare), so only others' changes count.

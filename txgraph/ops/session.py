@@ -18,7 +18,6 @@ was touched.
 
 from __future__ import annotations
 
-import copy
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,6 +31,7 @@ from txgraph.io.nbd.server import NbdServer
 from txgraph.io.runtime import Runtime
 from txgraph.model.graph import BlockGraph
 from txgraph.model.names import AutoNamer
+from txgraph.ops.journal import Journal
 from txgraph.ops.undo_log import Transaction
 
 __all__ = ["Session", "QomObject"]
@@ -80,7 +80,6 @@ class Session:
         self.last_steps = 0
         #: prepare steps of the last transaction
         self.last_prepare_steps = 0
-        self._before: BlockGraph | None = None
         #: the big lock (QEMU's BQL / main loop): held by every QMP command and by the
         #: code that completes and finalises jobs, so their graph changes never interleave
         self.lock = threading.RLock()
@@ -88,6 +87,8 @@ class Session:
         self.jobs: Any = None
         #: run first by :meth:`close` (jobs are cancelled before their nodes close)
         self.close_hooks: list[Callable[[], None]] = []
+        #: a journal that also records every transaction's first values (a plan step's)
+        self.outer_journal: Journal | None = None
 
     def emit_event(self, name: str, data: dict[str, Any] | None = None) -> None:
         """Send a QMP event to every client (``qapi_event_send_*``)."""
@@ -102,11 +103,8 @@ class Session:
         """Stage changes; commit if the block works and the checker agrees, else undo all."""
         fail_at, self.fail_next_at = self.fail_next_at, None
         fail_prepare_at, self.fail_next_prepare_at = self.fail_next_prepare_at, None
-        # The safe policy's data-loss rules compare with the graph before the
-        # change; the copy is only paid for when those rules are on.
-        self._before = copy.deepcopy(self.graph) if self.policy == "safe" and self.check else None
         tx = Transaction(self.graph, fail_at=fail_at, runtime=self.runtime,
-                         fail_prepare_at=fail_prepare_at)
+                         fail_prepare_at=fail_prepare_at, outer_journal=self.outer_journal)
         self.graph.thawed = set()
         saved_name_seq = self._name_seq
         try:
@@ -128,7 +126,10 @@ class Session:
     def _validate(self, tx: Transaction) -> None:
         if not self.check or not tx.touched:
             return
-        verdict = run_checker(self.graph, tx.touched, policy=self.policy, before=self._before)
+        # The safe policy's data-loss rules compare with the graph before the change;
+        # the transaction's journal answers that in O(change), without a copy.
+        before = tx.journal if self.policy == "safe" else None
+        verdict = run_checker(self.graph, tx.touched, policy=self.policy, before=before)
         self.last_verdict = verdict
         if not verdict.ok:
             first = verdict.violations[0]

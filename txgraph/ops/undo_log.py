@@ -32,6 +32,7 @@ from txgraph.io.runtime import Runtime
 from txgraph.model.graph import BlockGraph
 from txgraph.model.node import Backend, BlockNode, Edge
 from txgraph.model.perm import Perm
+from txgraph.ops.journal import Journal
 from txgraph.ops.stage import InjectedFault, RuntimeStage
 
 __all__ = ["Transaction", "TxState", "InjectedFault"]
@@ -47,8 +48,11 @@ class Transaction:
     """A set of staged graph changes that commit or abort as one."""
 
     def __init__(self, graph: BlockGraph, *, fail_at: int | None = None,
-                 runtime: Runtime | None = None, fail_prepare_at: int | None = None) -> None:
+                 runtime: Runtime | None = None, fail_prepare_at: int | None = None,
+                 outer_journal: Journal | None = None) -> None:
         self.graph = graph
+        #: first values of everything this transaction changes (the checker's ``before``)
+        self.journal = Journal(graph, outer_journal)
         self.state = TxState.OPEN
         self._undo: list[Callable[[], None]] = []
         self._on_commit: list[Callable[[], None]] = []
@@ -85,12 +89,14 @@ class Transaction:
     def add_node(self, node: BlockNode) -> None:
         self._step()
         node.seq = self.graph.next_seq()
+        self.journal.note_vertex(node.name)
         self.graph.add_node(node)
         self.touched.add(node.name)
         self._undo.append(lambda: self._discard(self.graph.remove_node(node.name)))
 
     def remove_node(self, name: str) -> BlockNode:
         self._step()
+        self.journal.note_vertex(name)
         node = self.graph.remove_node(name)
         self.touched.discard(name)
         self._undo.append(lambda: self.graph.add_node(node))
@@ -99,12 +105,14 @@ class Transaction:
     def add_backend(self, backend: Backend) -> None:
         self._step()
         backend.seq = self.graph.next_seq()
+        self.journal.note_vertex(backend.key)
         self.graph.add_backend(backend)
         self.touched.add(backend.key)
         self._undo.append(lambda: self._discard(self.graph.remove_backend(backend.key)))
 
     def remove_backend(self, key: str) -> Backend:
         self._step()
+        self.journal.note_vertex(key)
         backend = self.graph.remove_backend(key)
         self.touched.discard(key)
         self._undo.append(lambda: self.graph.add_backend(backend))
@@ -116,6 +124,7 @@ class Transaction:
         old_seqs = (edge.seq, edge.parent_seq)
         edge.seq = self.graph.next_seq()
         edge.parent_seq = edge.seq
+        self.journal.note_slot(parent, edge.name)
         self.graph.attach(parent, child, edge)
         self.touched.update((parent, child))
         self.edge_parents[parent] = None
@@ -129,6 +138,7 @@ class Transaction:
 
     def detach(self, parent: str, name: str) -> tuple[str, Edge]:
         self._step()
+        self.journal.note_slot(parent, name)
         child, edge = self.graph.detach(parent, name)
         self.touched.update((parent, child))
         self.edge_parents[parent] = None
@@ -138,6 +148,7 @@ class Transaction:
     def retarget(self, parent: str, name: str, new_child: str) -> str:
         """``bdrv_replace_child_noperm``: the same edge now points at ``new_child``."""
         self._step()
+        self.journal.note_slot(parent, name)
         old_child, edge = self.graph.detach(parent, name)
         old_parent_seq = edge.parent_seq
         edge.parent_seq = self.graph.next_seq()
@@ -157,6 +168,8 @@ class Transaction:
         """Set one attribute of a node, backend or edge, remembering the old value."""
         self._step()
         old = getattr(obj, attr)
+        if isinstance(obj, Edge) and attr == "frozen":
+            self.journal.note_frozen(obj)
         setattr(obj, attr, value)
         if isinstance(obj, BlockNode):
             self.touched.add(obj.name)
@@ -192,6 +205,7 @@ class Transaction:
         assert self.state is TxState.OPEN
         self.state = TxState.COMMITTED
         self.graph.generation += 1
+        self.journal.committed(self.touched)
         for fn in self._on_commit:
             fn()
         self._undo.clear()

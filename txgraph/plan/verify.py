@@ -12,7 +12,6 @@ kept applied in the scratch graph, because QEMU would have applied it.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,7 @@ from txgraph import __version__
 from txgraph.errors import TxgraphError
 from txgraph.model.graph import BlockGraph
 from txgraph.ops.confine import configure
+from txgraph.ops.journal import Journal
 from txgraph.ops.session import Session
 from txgraph.plan.diff import diff, snapshot
 from txgraph.plan.dryrun import DryRunNbdServer, DryRunRuntime
@@ -29,7 +29,7 @@ from txgraph.plan.importer import GraphImport, import_into, parse_state_import
 from txgraph.qmp.commands import CommandContext
 from txgraph.qmp.engine import Engine
 
-__all__ = ["StateError", "StepResult", "PlanReport", "scratch_engine", "verify_plan", "StepObserver",
+__all__ = ["StateError", "StepResult", "PlanReport", "scratch_engine", "verify_plan", "run_step", "start_is_valid", "StepObserver",
            "REPORT_FORMAT"]
 
 REPORT_FORMAT = "txgraph-plan-report/1"
@@ -160,10 +160,15 @@ def verify_plan(plan: Plan | list[Step], state: Any = None, *, policy: str = "sa
     configure(session, confine_dirs, enabled=policy == "safe" or bool(confine_dirs))
     results: list[StepResult] = []
     try:
+        # A valid starting state stays valid under every accepted step's region (each
+        # step passed the qemu rules on what it touched; S1/S2/F1 compare with the
+        # step's own before), so one whole-graph check here lets every step be judged
+        # on what it touched: O(change) per step. A broken start keeps whole checks.
+        regional = policy != "qemu" and start_is_valid(session, policy)
         for index, step in enumerate(steps):
             if observer is not None:
                 observer(index, "before", session.graph)
-            results.append(_run_step(engine, session, index, step, policy))
+            results.append(run_step(engine, session, index, step, policy, regional=regional))
             if observer is not None:
                 observer(index, "after", session.graph)
     finally:
@@ -171,18 +176,37 @@ def verify_plan(plan: Plan | list[Step], state: Any = None, *, policy: str = "sa
     return PlanReport(policy, source or {"kind": "engine"}, results, list(steps))
 
 
-def _run_step(engine: Engine, session: Session, index: int, step: Step,
-              policy: str) -> StepResult:
+def start_is_valid(session: Session, policy: str) -> bool:
+    """The starting state passes a whole-graph check (then steps are judged regionally)."""
+    from txgraph.checker import check
+
+    return not session.graph.nodes or check(session.graph, None, policy=policy).ok
+
+
+def run_step(engine: Engine, session: Session, index: int, step: Step,
+             policy: str, *, regional: bool = False) -> StepResult:
+    """Simulate one step; under ``safe`` judge it with the data-loss rules.
+
+    ``regional``: the graph before the step is known valid, so the verdict is
+    computed on the nodes the step's transactions touched (the same verdict as
+    a whole-graph check, see :func:`verify_plan`), else on the whole graph.
+    """
     reason = _host_side_effect(step)
     if reason is not None:
         reply = {"error": {"class": "GenericError", "desc": f"not simulated: {reason}"}}
         return StepResult(index, step, False, reply, not_simulated=reason)
     graph = session.graph
-    before_graph = copy.deepcopy(graph) if policy != "qemu" else None
+    # The step's before-values for S1/S2 and F1: a journal spanning every transaction
+    # the step runs (O(change)), instead of a copy of the scratch graph.
+    journal = Journal(graph) if policy != "qemu" else None
     before = snapshot(graph)
     session.last_warnings = []
     session.last_verdict = None
-    reply = engine.execute(step.message())
+    session.outer_journal = journal
+    try:
+        reply = engine.execute(step.message())
+    finally:
+        session.outer_journal = None
     accepted = "return" in reply
     result = StepResult(index, step, accepted, reply, warnings=list(session.last_warnings))
     if not accepted:
@@ -197,9 +221,13 @@ def _run_step(engine: Engine, session: Session, index: int, step: Step,
     else:
         from txgraph.checker import check
 
-        # At a wait point the graph changes are the jobs' own ends (a pivot, a dropped
-        # filter), each made by the job in a transaction of its own: the rules comparing
-        # with the graph before (frozen links, chain cuts) do not apply to them.
-        compare = None if step.execute == "x-txgraph-wait-job" else before_graph
-        result.verdict = check(graph, None, policy=policy, before=compare).to_dict()
+        assert journal is not None
+        if step.execute == "x-txgraph-wait-job":
+            # At a wait point the graph changes are the jobs' own ends (a pivot, a dropped
+            # filter), each made by the job in a transaction of its own: the rules comparing
+            # with the graph before (frozen links, chain cuts) do not apply to them.
+            result.verdict = check(graph, None, policy=policy).to_dict()
+        else:
+            touched = journal.touched if regional else None
+            result.verdict = check(graph, touched, policy=policy, before=journal).to_dict()
     return result

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from txgraph.qobject.fast import fast_messages
 from txgraph.qobject.lexer import MAX_TOKEN_SIZE, JSONLexer, Tok
 from txgraph.qobject.parser import JSONParseError, parse_tokens
 from txgraph.qobject.utf8 import mod_utf8_codepoint, qemu_text
@@ -39,7 +40,9 @@ class JSONStreamDecoder:
     used by one task at a time; it holds no lock because it is never shared.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, fast: bool = True) -> None:
+        #: hand plain well-formed objects to the C json module (:mod:`txgraph.qobject.fast`)
+        self.fast = fast
         self._lexer = JSONLexer(self._token)
         self._tokens: list[tuple[Tok, bytes]] = []
         self._braces = 0
@@ -54,6 +57,15 @@ class JSONStreamDecoder:
 
     def feed(self, data: bytes) -> list[Any]:
         """Consume ``data``; return the messages completed by it (values or JSONParseError)."""
+        if self.fast and not self._tokens and self._lexer.idle:
+            # Between messages, the leading plain objects take the fast path; the
+            # exact path continues from the first byte the fast path declines.
+            values, used = fast_messages(data)
+            if used:
+                if used == len(data):
+                    return values
+                self._out = values
+                data = data[used:]
         self._lexer.feed(data)
         out, self._out = self._out, []
         return out

@@ -103,6 +103,11 @@ class JSONLexer:
         self._state = _S.START
         self._token = bytearray()
 
+    @property
+    def idle(self) -> bool:
+        """Between tokens: no partial token and no error recovery under way."""
+        return self._state is _S.START and not self._token
+
     def feed(self, data: bytes) -> None:
         """``json_lexer_feed``: consume every byte of ``data``."""
         i, n = 0, len(data)

@@ -21,7 +21,7 @@ from typing import Any
 from txgraph.qobject.lexer import Tok
 from txgraph.qobject.utf8 import mod_utf8_codepoint, qemu_text, valid_codepoint
 
-__all__ = ["JSONParseError", "parse_tokens"]
+__all__ = ["JSONParseError", "parse_tokens", "integer_value"]
 
 INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1
 _Token = tuple[Tok, bytes]
@@ -148,6 +148,10 @@ def _integer(text: bytes) -> int | float:
         if INT64_MIN <= value <= UINT64_MAX:
             return value
     return float(text)
+
+
+#: the parser's integer conversion, shared with the fast path (:mod:`txgraph.qobject.fast`)
+integer_value = _integer
 
 
 def _hex4(token: bytes, i: int) -> int:
