@@ -179,6 +179,8 @@ class Opener:
             node.provenance["driver"] = Provenance(Source.DEFAULT, detail="probed from the content")
             work.put("driver", probed, node.provenance["driver"])
             spec = driver_spec(probed)
+            if spec is None:  # a format QEMU knows and txgraph does not serve (yet)
+                raise OpenError(f"Unknown driver '{probed}'")
         elif spec is None:
             raise OpenError("Must specify either driver or file")
         assert spec is not None
