@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from txgraph.errors import OpenError
 from txgraph.model.drivers import DriverSpec
 from txgraph.model.node import BlockNode
 from txgraph.model.perm import Role
@@ -50,11 +49,7 @@ def _open_vmdk(opener: Opener, node: BlockNode, spec: DriverSpec, work: OptionSe
     for index, extent in enumerate(desc.extents):
         key = f"extents.{index}"
         role = Role.DATA if extent.flat else Role.DATA | Role.METADATA
-        try:
-            ext = opener.open_child(extent.path, work, key, node, role, False)
-        except OpenError as err:
-            raise OpenError(f"Could not open '{extent.path}': {err.desc}") from err \
-                if False else err
+        ext = opener.open_child(extent.path, work, key, node, role, False)
         assert ext is not None
         children[key] = ext
     if desc.is_descriptor:

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from txgraph.io.formats import qcow, vdi
+from txgraph.io.formats import parallels, qcow, qed, vdi, vmdk, vpc
 
-__all__ = ["qcow", "vdi"]
+__all__ = ["parallels", "qcow", "qed", "vdi", "vmdk", "vpc"]
