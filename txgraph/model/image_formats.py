@@ -29,7 +29,7 @@ IMAGE_FORMAT_SPECS: dict[str, DriverSpec] = {
                    options=frozenset({"encrypt."}), children=_FILE),
         DriverSpec("qed", "format", supports_backing=True, children=_FILE),
         # parallels sets supports_backing (its unallocated clusters read through).
-        DriverSpec("parallels", "format", supports_backing=True, children=_FILE),
+        DriverSpec("parallels", "format", supports_backing=True, reopenable=False, children=_FILE),
         # vmdk's extents are children ``extents.N`` opened from the descriptor.
         DriverSpec("vmdk", "format", supports_backing=True, children=_FILE),
     )

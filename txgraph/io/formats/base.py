@@ -154,8 +154,9 @@ class ImageFormatNode(DriverNode):
         return int.from_bytes(table[off:off + width], order)  # type: ignore[arg-type]
 
     def file_length(self, child: str = "file") -> int:
+        """``bdrv_getlength`` of a child: whole sectors, so a partial last sector counts."""
         node = self.children[child]
-        return int(getattr(node, "file_length", node.size)())
+        return (int(getattr(node, "file_length", node.size)()) + 511) // 512 * 512
 
     # -- data path ---------------------------------------------------------------------
     def size(self) -> int:

@@ -75,7 +75,7 @@ class QedNode(ImageFormatNode):
         self.virtual_size = image_size
         if features & _F_BACKING_FILE:
             if bf_offset + bf_size > cs * header_size:
-                raise OpenError(f"Could not open '{self.filename}': Invalid argument")
+                raise OpenError("QED backing filename offset is invalid")
             if bf_size >= 1024:
                 raise OpenError("Failed to read backing filename")
             name = self.fread(bf_offset, bf_size)

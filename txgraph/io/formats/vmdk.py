@@ -164,7 +164,8 @@ class VmdkNode(ImageFormatNode):
         l1_entry_sectors = gtes * granularity
         if l1_entry_sectors == 0:
             raise OpenError("L1 entry size is invalid")
-        l1_size = (capacity + l1_entry_sectors - 1) // l1_entry_sectors
+        # QEMU keeps the L1 size in 32 bits: a huge capacity wraps (and then reads zeroes).
+        l1_size = ((capacity + l1_entry_sectors - 1) // l1_entry_sectors) & 0xFFFFFFFF
         backup = rgd_offset << 9 if flags & _FLAG_RGD else 0
         nb_sectors = (flen + 511) // 512
         if nb_sectors < grain_offset:
@@ -191,6 +192,8 @@ class VmdkNode(ImageFormatNode):
                 raise OpenError(f"Could not read l1 backup table from extent '{fname}': "
                                 f"{err.desc}") from None
         self._add_extent(ext)
+        if compressed:
+            self.create_type = "streamOptimized"
 
     def _table(self, offset: int, length: int, child: str) -> bytearray:
         stored = max(0, min(length, self.file_length(child) - offset))

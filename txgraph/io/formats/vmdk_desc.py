@@ -78,8 +78,7 @@ def parse_descriptor(desc: bytes, file_filename: str) -> Descriptor:
     if ct not in _DESC_TYPES:
         raise OpenError(f"Unsupported image type '{ct}'")
     out = Descriptor(True, ct)
-    lines = desc.split(b"\n")
-    for number, raw in enumerate(lines):
+    for raw in desc.split(b"\n"):
         m = _LINE.match(raw)
         if m is None:
             continue
@@ -87,9 +86,7 @@ def parse_descriptor(desc: bytes, file_filename: str) -> Descriptor:
         typ = typ_b.decode("latin-1")
         if access != b"RW":
             continue
-        # QEMU prints the line with its newline (up to the next line's start)
-        bad = OpenError("Invalid extent line: " + raw.decode("latin-1")
-                        + ("\n" if number < len(lines) - 1 else ""))
+        bad = OpenError("Invalid extent line: " + raw.decode("latin-1"))
         if typ == "FLAT":
             if off_s is None or int(off_s) < 0:
                 raise bad
