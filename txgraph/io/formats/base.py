@@ -216,6 +216,8 @@ class ImageFormatNode(DriverNode):
         n = min(run.length, length)
         if run.kind == DATA:
             host = run.host if run.child == "file" or self.data_child_is_file else None
+            if self.recurse(run):
+                return self._recurse(offset, n, run)
             return BlockStatus(offset, n, True, False, host)
         if run.kind == ZERO:
             return BlockStatus(offset, n, True, True)
@@ -231,6 +233,18 @@ class ImageFormatNode(DriverNode):
 
     #: block status reports host offsets of extents other than ``file`` too
     data_child_is_file: ClassVar[bool] = False
+
+    def recurse(self, run: Run) -> bool:
+        """Whether the driver's status of this data run carries BDRV_BLOCK_RECURSE."""
+        return False
+
+    def _recurse(self, offset: int, n: int, run: Run) -> BlockStatus:
+        """``bdrv_co_block_status``'s RECURSE step: the file's zero status refines a data run."""
+        child = self.children[run.child]
+        if run.host >= child.size():
+            return BlockStatus(offset, n, True, True, run.host, data=True)  # past EOF: zeroes
+        st = child.block_status(run.host, n)
+        return BlockStatus(offset, max(1, min(n, st.length)), True, st.zero, run.host, data=True)
 
     # -- control path ------------------------------------------------------------------
     def info(self) -> ImageInfo:

@@ -8,7 +8,8 @@ anything else must lie inside the file past the header), block status like
 ``bdrv_qed_co_block_status`` and the write path of ``qed_aio_write_data``:
 allocating writes set the need-check feature first, take whole clusters at the
 end of the file (the parts of the first and last cluster the guest did not
-write are copied from the backing, zeroes without one), a missing L2 table is
+write are copied from the backing, zeroes without one - also for a zero
+cluster, as QEMU 7.2 does), a missing L2 table is
 allocated after the data, then the L2 and L1 entries are written; zero writes
 of whole clusters set zero-cluster entries (``bdrv_qed_co_pwrite_zeroes``).
 QEMU clears the need-check feature from a timer once writes settle; txgraph
@@ -190,11 +191,11 @@ class QedNode(ImageFormatNode):
         l2, idx = self._l2(offset)
         self._set_need_check()
         start = offset - within
-        if run.kind == ZERO:
-            content = bytearray(cs)
-        else:
-            content = bytearray(self.backing_data(start, min(cs, self.virtual_size - start)))
-            content.extend(bytes(cs - len(content)))
+        # QEMU 7.2 fills the rest of the cluster from the backing even when the cluster was a
+        # zero cluster (qed_aio_write_cow does not look at it): the guest then reads backing
+        # data where it read zeroes. Reproduced, since QEMU is the reference.
+        content = bytearray(self.backing_data(start, min(cs, self.virtual_size - start)))
+        content.extend(bytes(cs - len(content)))
         content[within:within + n] = data[:n]
         host = self._alloc(1)
         self.file.write(host, bytes(content))

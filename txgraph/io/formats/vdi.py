@@ -112,6 +112,10 @@ class VdiNode(ImageFormatNode):
             return Run(ZERO, n)
         return Run(DATA, n, self.offset_data + entry * self.block_size + within)
 
+    def recurse(self, run: Run) -> bool:
+        # vdi_co_block_status answers DATA|OFFSET_VALID|RECURSE (static images have holes)
+        return True
+
     def write_run(self, offset: int, data: bytes) -> int:
         """``vdi_co_pwritev`` for the part of ``data`` inside one block."""
         index, within = divmod(offset, self.block_size)

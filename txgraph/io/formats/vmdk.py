@@ -249,6 +249,13 @@ class VmdkNode(ImageFormatNode):
             n = min(length, n + cbytes, ext_end - offset)
         return Run(DATA, n, first * 512 + within, ext.child)
 
+    def recurse(self, run: Run) -> bool:
+        """``vmdk_co_block_status`` adds RECURSE for flat extents (they may have holes)."""
+        return self._extent_of_child(run.child).flat
+
+    def _extent_of_child(self, child: str) -> _Extent:
+        return next(e for e in self.extents if e.child == child)
+
     def read(self, offset: int, length: int) -> bytes:
         self._check(offset, length)
         out = bytearray(length)

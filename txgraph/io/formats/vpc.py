@@ -6,8 +6,8 @@ or from ``current_size`` depending on the creator application, as
 ``vpc_ignore_current_size`` decides; the dynamic header and BAT checks in
 order and with their texts), ``vpc_co_preadv`` (a fixed image is its file;
 in a dynamic one an unallocated block reads as zeroes), ``vpc_co_block_status``
-(unallocated blocks are zero blocks; a fixed image answers with its file's
-status) and ``vpc_co_pwritev`` (a block is allocated at the free offset:
+(unallocated blocks are zero blocks; a fixed image's data is refined by its
+file's zero status) and ``vpc_co_pwritev`` (a block is allocated at the free offset:
 bitmap of 0xff bytes, the footer moved behind the block, then the BAT entry;
 a write into a block rewrites its bitmap when it is not the last one written).
 """
@@ -19,7 +19,6 @@ import struct
 from typing import Any
 
 from txgraph.errors import OpenError
-from txgraph.io.driver import BlockStatus
 from txgraph.io.formats.base import DATA, ZERO, ImageFormatNode, Run, be, could_not_open
 from txgraph.io.registry import register
 
@@ -130,12 +129,9 @@ class VpcNode(ImageFormatNode):
             return Run(ZERO, n)
         return Run(DATA, n, 512 * entry + self.bitmap_size + within)
 
-    def block_status(self, offset: int, length: int) -> BlockStatus:
-        if not self.dynamic:
-            # BDRV_BLOCK_RAW: the block layer asks the file at the same offset.
-            st = self.file.block_status(offset, min(length, self.virtual_size - offset))
-            return BlockStatus(offset, st.length, True, st.zero, offset)
-        return super().block_status(offset, length)
+    def recurse(self, run: Run) -> bool:
+        # A fixed image answers DATA|OFFSET_VALID|RECURSE: the file's holes read as DATA|ZERO.
+        return not self.dynamic
 
     def write_run(self, offset: int, data: bytes) -> int:
         if not self.dynamic:
