@@ -179,10 +179,5 @@ DRIVER_SPECS: dict[str, DriverSpec] = {
 }
 
 
-from txgraph.model.image_formats import IMAGE_FORMAT_SPECS  # noqa: E402  (needs the classes above)
-
-DRIVER_SPECS.update(IMAGE_FORMAT_SPECS)
-
-
 def driver_spec(name: str) -> DriverSpec | None:
     return DRIVER_SPECS.get(name)

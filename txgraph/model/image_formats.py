@@ -1,6 +1,6 @@
 """Driver specifications of the image formats beyond raw and qcow2 (vdi, vpc, qed, ...).
 
-Merged into :data:`txgraph.model.drivers.DRIVER_SPECS`. The QAPI schema of
+Merged into :data:`txgraph.model.drivers.DRIVER_SPECS` by :mod:`txgraph.model`. The QAPI schema of
 QSD 7.2 carries the option types (``BlockdevOptionsGenericFormat`` for vdi,
 vpc, vhdx, parallels, bochs, cloop and dmg; ``BlockdevOptionsGenericCOWFormat``
 for qed and vmdk; ``BlockdevOptionsQcow`` for qcow); this table carries what

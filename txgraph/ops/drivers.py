@@ -287,7 +287,3 @@ _OPENERS: dict[str, OpenFn] = {
     "blkverify": _open_blkverify,
     "quorum": _open_quorum,
 }
-
-from txgraph.ops.image_formats import IMAGE_FORMAT_OPENERS  # noqa: E402  (uses the helpers above)
-
-_OPENERS.update(IMAGE_FORMAT_OPENERS)

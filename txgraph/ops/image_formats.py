@@ -19,8 +19,9 @@ from txgraph.model.perm import Role
 from txgraph.ops.inherit import OptionSet
 from txgraph.ops.perms import refresh_perms
 
+from txgraph.ops.drivers import _OPENERS, OpenFn, _consume, _runtime_open
+
 if TYPE_CHECKING:
-    from txgraph.ops.drivers import OpenFn
     from txgraph.ops.open import Opener
 
 __all__ = ["IMAGE_FORMAT_OPENERS"]
@@ -28,8 +29,6 @@ __all__ = ["IMAGE_FORMAT_OPENERS"]
 
 def _open_image_format(opener: Opener, node: BlockNode, spec: DriverSpec, work: OptionSet) -> None:
     """vdi, vpc, qcow, qed, parallels: ``file`` first, then the header (data plane)."""
-    from txgraph.ops.drivers import _consume, _runtime_open
-
     child = opener.open_child(None, work, "file", node, Role.IMAGE, False)
     assert child is not None
     _consume(work, spec)
@@ -39,7 +38,6 @@ def _open_image_format(opener: Opener, node: BlockNode, spec: DriverSpec, work: 
 def _open_vmdk(opener: Opener, node: BlockNode, spec: DriverSpec, work: OptionSet) -> None:
     """``vmdk_open``: the descriptor's extents become children ``extents.N``."""
     from txgraph.io.formats.vmdk_desc import read_extent_list
-    from txgraph.ops.drivers import _runtime_open
 
     child = opener.open_child(None, work, "file", node, Role.IMAGE, False)
     assert child is not None
@@ -68,3 +66,7 @@ IMAGE_FORMAT_OPENERS: dict[str, OpenFn] = {
     "parallels": _open_image_format,
     "vmdk": _open_vmdk,
 }
+
+# One home per driver: the table of ops.drivers learns these openers here (this module is
+# imported by ops.open, so every opener sees them).
+_OPENERS.update(IMAGE_FORMAT_OPENERS)

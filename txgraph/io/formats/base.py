@@ -50,11 +50,11 @@ def eio(desc: str = "Input/output error") -> IOFailure:
     return IOFailure(desc, E.EIO)
 
 
-def le(fmt: str, buf: bytes, off: int = 0) -> tuple[Any, ...]:
+def le(fmt: str, buf: bytes | bytearray, off: int = 0) -> tuple[Any, ...]:
     return struct.unpack_from("<" + fmt, buf, off)
 
 
-def be(fmt: str, buf: bytes, off: int = 0) -> tuple[Any, ...]:
+def be(fmt: str, buf: bytes | bytearray, off: int = 0) -> tuple[Any, ...]:
     return struct.unpack_from(">" + fmt, buf, off)
 
 

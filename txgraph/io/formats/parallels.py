@@ -55,7 +55,7 @@ class ParallelsNode(ImageFormatNode):
         if tracks > _INT32_MAX // 513:
             raise OpenError("Invalid image: Too big cluster")
         self.tracks = tracks
-        self.cs = tracks * 512
+        self.cs: int = int(tracks) * 512
         if bat_entries > _INT32_MAX // 4:
             raise OpenError("Catalog too large")
         self.bat_entries = bat_entries

@@ -21,7 +21,10 @@ import struct
 import zlib
 
 from txgraph.errors import IOFailure, OpenError
-from txgraph.io.formats.base import DATA, UNALLOC, ImageFormatNode, Run, be, eio
+from txgraph.io.driver import BlockStatus
+from txgraph.io.formats.base import (
+    DATA, UNALLOC, ImageFormatNode, Run, be, could_not_open, eio,
+)
 from txgraph.io.registry import register
 
 __all__ = ["QcowNode"]
@@ -63,7 +66,7 @@ class QcowNode(ImageFormatNode):
         if enc is not None:
             raise OpenError(f"No encryption in image header, but options specified format '{enc}'")
         self.cluster_bits = cluster_bits
-        self.cluster_size = 1 << cluster_bits
+        self.cluster_size = self.csize = 1 << cluster_bits
         self.l2_bits = l2_bits
         self.l2_size = 1 << l2_bits
         self.offset_mask = (1 << (63 - cluster_bits)) - 1
@@ -98,7 +101,7 @@ class QcowNode(ImageFormatNode):
         return list(struct.unpack(f">{count}Q", raw))
 
     def map_run(self, offset: int, length: int) -> Run:
-        cs = self.cluster_size
+        cs = self.csize
         cluster = offset >> self.cluster_bits
         within = offset & (cs - 1)
         l1_index = cluster >> self.l2_bits
@@ -138,7 +141,7 @@ class QcowNode(ImageFormatNode):
                 if run.kind == DATA:
                     out[pos:pos + n] = self.fread(run.host, n)
                 elif run.kind == "compressed":
-                    within = (offset + pos) & (self.cluster_size - 1)
+                    within = (offset + pos) & (self.csize - 1)
                     out[pos:pos + n] = self._decompress(run.host)[within:within + n]
                 else:
                     self._read_backing(offset + pos, out, pos, n)
@@ -148,20 +151,18 @@ class QcowNode(ImageFormatNode):
     def _decompress(self, entry: int) -> bytes:
         """``decompress_cluster``: a raw deflate stream of at most the stored length."""
         offset = entry & self.offset_mask
-        csize = (entry >> (63 - self.cluster_bits)) & (self.cluster_size - 1)
+        csize = (entry >> (63 - self.cluster_bits)) & (self.csize - 1)
         data = self.fread(offset, csize)
         try:
             d = zlib.decompressobj(-12)
-            out = d.decompress(data, self.cluster_size)
+            out = d.decompress(data, self.csize)
         except zlib.error:
             raise eio() from None
-        if len(out) != self.cluster_size:
+        if len(out) != self.csize:
             raise eio()
         return out
 
-    def block_status(self, offset: int, length: int):  # type: ignore[no-untyped-def]
-        from txgraph.io.driver import BlockStatus
-
+    def block_status(self, offset: int, length: int) -> BlockStatus:
         with self.lock:
             run = self.map_run(offset, min(length, self.virtual_size - offset))
         if run.kind == "compressed":
@@ -175,7 +176,7 @@ class QcowNode(ImageFormatNode):
 
     def write_run(self, offset: int, data: bytes) -> int:
         """``qcow_co_pwritev`` for the part of ``data`` inside one cluster."""
-        cs = self.cluster_size
+        cs = self.csize
         cluster = offset >> self.cluster_bits
         within = offset & (cs - 1)
         n = min(len(data), cs - within)

@@ -59,7 +59,7 @@ class QedNode(ImageFormatNode):
             raise OpenError("QED cluster size is invalid")
         self.cluster_size = cs
         self.header_size = header_size
-        self.file_end = self.file_length() // cs * cs
+        self.file_end: int = self.file_length() // cs * cs
         if not _pow2(table_size) or table_size > 16:
             raise OpenError("QED table size is invalid")
         entries = cs * table_size // 8

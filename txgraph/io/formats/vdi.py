@@ -77,7 +77,7 @@ class VdiNode(ImageFormatNode):
             raise OpenError(f"unsupported VDI image (too many blocks {blocks}, max is {_BLOCKS_MAX})")
         self.virtual_size = disk_size
         self.cluster_size = block_size
-        self.block_size = block_size
+        self.block_size: int = int(block_size)
         self.offset_bmap = offset_bmap
         self.offset_data = offset_data
         self.blocks = blocks

@@ -107,12 +107,12 @@ class VmdkNode(ImageFormatNode):
                 else:
                     raise OpenError(f"txgraph: '{ext.type}' extents are not supported")
         self.virtual_size = self.total_sectors * 512
-        desc = self.fread(self.desc_offset, DESC_SIZE)
-        hint = parent_hint(desc)
+        text = self.fread(self.desc_offset, DESC_SIZE)
+        hint = parent_hint(text)
         if hint is not None:
             self.backing_file = hint
             self.backing_format = "vmdk"
-        cid, parent = read_cid(desc, False), read_cid(desc, True)
+        cid, parent = read_cid(text, False), read_cid(text, True)
         if cid is None or parent is None:
             raise OpenError(f"Could not open '{self.filename}': Invalid argument")
         self.cid, self.parent_cid = cid, parent

@@ -42,14 +42,14 @@ class VpcNode(ImageFormatNode):
     driver_name = "vpc"
 
     def open_image(self) -> None:
-        footer = bytearray(self.fread(0, 512))
+        footer: bytearray = bytearray(self.fread(0, 512))
         dynamic = True
-        if footer[:8] != b"conectix":
+        if bytes(footer[:8]) != b"conectix":
             length = self.file_length()
             if length < 512:
                 raise OpenError("File too small for a VHD header")
             footer = bytearray(self.fread(length - 512, 512))
-            if footer[:8] != b"conectix" or be("I", footer, 60)[0] != _FIXED:
+            if bytes(footer[:8]) != b"conectix" or be("I", footer, 60)[0] != _FIXED:
                 raise OpenError("invalid VPC image")
             dynamic = False
         (checksum,) = be("I", footer, 64)
@@ -62,7 +62,7 @@ class VpcNode(ImageFormatNode):
         (cyls,) = be("H", footer, 56)
         heads, secs = footer[58], footer[59]
         total = cyls * heads * secs
-        use_chs = footer[28:32] in (b"vpc ", b"qemu")
+        use_chs = bytes(footer[28:32]) in (b"vpc ", b"qemu")
         if not use_chs or total == _MAX_GEOMETRY:
             total = be("Q", footer, 48)[0] // 512
         if total > _MAX_SECTORS:
@@ -81,7 +81,8 @@ class VpcNode(ImageFormatNode):
         (block_size,) = be("I", dyn, 32)
         if block_size < 512 or block_size & (block_size - 1):
             raise OpenError(f"Invalid block size {block_size}")
-        self.block_size = self.cluster_size = block_size
+        self.block_size: int = int(block_size)
+        self.cluster_size = self.block_size
         self.bitmap_size = ((block_size // (8 * 512)) + 511) & ~511
         (entries,) = be("I", dyn, 28)
         if total * 512 // block_size > 0xFFFFFFFF:
