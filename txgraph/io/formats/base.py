@@ -85,6 +85,12 @@ class ImageFormatNode(DriverNode):
         self.backing_file: str | None = None
         self.backing_format: str | None = None
         self.open_image()
+        if self.virtual_size // 512 * 512 > BDRV_MAX_LENGTH:
+            # bdrv_open_driver -> bdrv_refresh_total_sectors. QEMU computes the limit on an
+            # int64_t sector count that may already have wrapped: then it opens the node and
+            # every later size query of it fails ("Can't get image size"); txgraph always
+            # refuses (tests/differential/test_format_mutations.py pins the divergence).
+            raise OpenError("Could not refresh total sector count: File too large")
 
     # -- what a driver module provides -----------------------------------------------
     def open_image(self) -> None:

@@ -26,6 +26,7 @@ __all__ = ["ParallelsNode"]
 _MAGIC = b"WithoutFreeSpace"
 _MAGIC2 = b"WithouFreSpacExt"
 _INUSE = 0x746F6E59
+_EXT_MAGIC = 0xAB234CEF23DCEA87
 _INT32_MAX = 2**31 - 1
 
 
@@ -66,6 +67,9 @@ class ParallelsNode(ImageFormatNode):
         if unclean and not self.read_only:
             raise OpenError("parallels: Image was not closed correctly; cannot be opened "
                             "read/write")
+        (ext_off,) = le("Q", h, 56)
+        if ext_off and self.read_only:
+            self._check_format_extension(ext_off)
         for i in range(len(self.bat) // 4):
             e = self.table_entry(self.bat, i, 4, "little")
             if e:
@@ -77,6 +81,22 @@ class ParallelsNode(ImageFormatNode):
             except IOFailure as err:
                 raise could_not_open(self.filename, err.errno) from None
             self.marked = True
+
+    def _check_format_extension(self, ext_off: int) -> None:
+        """``parallels_read_format_extension`` (read-only opens; read-write ones ignore it).
+
+        QEMU 7.2 asserts when the byte offset wraps to zero or below (the daemon aborts);
+        txgraph refuses such an image instead. A well-formed extension (bitmaps) is not
+        implemented.
+        """
+        at = (ext_off << 9) & 0xFFFFFFFFFFFFFFFF
+        if at == 0 or at >= 1 << 63:
+            raise OpenError("txgraph: invalid parallels Format Extension offset")
+        (magic,) = le("Q", self.fread(at, 8))
+        if magic != _EXT_MAGIC:
+            raise OpenError(f"Wrong parallels Format Extension magic: 0x{magic:x}, expected: "
+                            f"0x{_EXT_MAGIC:x}")
+        raise OpenError("txgraph: parallels Format Extensions are not supported")
 
     def _sector(self, index: int) -> int:
         if index >= self.bat_entries:

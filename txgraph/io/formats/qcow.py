@@ -62,6 +62,12 @@ class QcowNode(ImageFormatNode):
         if crypt:
             if crypt != 1:
                 raise OpenError("invalid encryption method in qcow header")
+            if enc is not None and enc != "aes":
+                raise OpenError(f"Header reported 'aes' encryption format but options specify "
+                                f"'{enc}'")
+            if "encrypt.key-secret" not in self.options:
+                # qcrypto_block_open's qcow (AES-CBC) option check
+                raise OpenError("Parameter 'encrypt.key-secret' is required for cipher")
             raise OpenError("Use of AES-CBC encrypted qcow images is not supported by txgraph")
         if enc is not None:
             raise OpenError(f"No encryption in image header, but options specified format '{enc}'")

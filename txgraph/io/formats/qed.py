@@ -96,10 +96,15 @@ class QedNode(ImageFormatNode):
         return not offset % cs and self.header_size * cs <= offset < self.file_end
 
     def _table_offset_ok(self, offset: int) -> bool:
-        """``qed_check_table_offset``: both ends of the table are valid cluster offsets."""
+        """``qed_check_table_offset``: first and last cluster of the table are valid offsets.
+
+        The last cluster is ``offset + (table_size - 1) * cluster_size`` and must lie past the
+        first (QEMU's overflow check), so a one-cluster table is always refused.
+        """
         cs = self.cluster_size or 1
-        end = offset + self.table_size * cs - 1
-        return end > offset and self._cluster_ok(offset) and self._cluster_ok(end - end % cs)
+        end = offset + (self.table_size - 1) * cs
+        return (end & 0xFFFFFFFFFFFFFFFF) > offset and self._cluster_ok(offset) \
+            and self._cluster_ok(end)
 
     def _repair(self) -> None:
         """``qed_check`` with fix: drop table entries that point outside the file."""

@@ -140,6 +140,11 @@ class VmdkNode(ImageFormatNode):
          gd_offset, grain_offset) = le("IIQQQQIQQQ", h)
         (compress_algo,) = le("H", h, 73)
         if capacity == 0 and desc_offset:
+            # vmdk_open_vmdk4: a zero-capacity sparse file is a descriptor holder.
+            at = (desc_offset << 9) & 0xFFFFFFFFFFFFFFFF
+            if at >= 1 << 63:
+                raise OpenError("Could not read from file: Input/output error")
+            parse_descriptor(self.fread(at, min(flen, DESC_MAX), child), self.filename)
             raise OpenError("txgraph: a descriptor embedded in a zero-capacity sparse file "
                             "is not supported")
         if gd_offset == _GD_AT_END:
@@ -161,7 +166,7 @@ class VmdkNode(ImageFormatNode):
             raise OpenError("VMDK version 3 must be read only")
         if gtes > 512:
             raise OpenError("L2 table size too big")
-        l1_entry_sectors = gtes * granularity
+        l1_entry_sectors = (gtes * granularity) & 0xFFFFFFFF  # QEMU keeps it in 32 bits
         if l1_entry_sectors == 0:
             raise OpenError("L1 entry size is invalid")
         # QEMU keeps the L1 size in 32 bits: a huge capacity wraps (and then reads zeroes).
@@ -169,7 +174,9 @@ class VmdkNode(ImageFormatNode):
         backup = rgd_offset << 9 if flags & _FLAG_RGD else 0
         nb_sectors = (flen + 511) // 512
         if nb_sectors < grain_offset:
-            raise OpenError(f"File truncated, expecting at least {grain_offset * 512} bytes")
+            need = (grain_offset * 512) & 0xFFFFFFFFFFFFFFFF  # printed as QEMU's int64_t
+            need = need - (1 << 64) if need >= 1 << 63 else need
+            raise OpenError(f"File truncated, expecting at least {need} bytes")
         if granularity > 0x200000:
             raise OpenError("Invalid granularity, image may be corrupt")
         if l1_size > 32 * 1024 * 1024:
@@ -196,6 +203,9 @@ class VmdkNode(ImageFormatNode):
             self.create_type = "streamOptimized"
 
     def _table(self, offset: int, length: int, child: str) -> bytearray:
+        if length == 0:
+            return bytearray()
+        offset &= 0xFFFFFFFFFFFFFFFF  # QEMU shifts sector numbers in 64 bits
         stored = max(0, min(length, self.file_length(child) - offset))
         if offset + length > (1 << 63) - (1 << 30):
             raise eio()

@@ -2,8 +2,7 @@
 
 Reproduces QEMU 7.2's block/vpc.c: ``vpc_open`` (footer at offset 0 or, for
 fixed images, at the end; checksum; the virtual size from the CHS geometry
-or from ``current_size`` depending on the creator application, as
-``vpc_ignore_current_size`` decides; the dynamic header and BAT checks in
+or from ``current_size`` for the creator applications 7.2 lists; the dynamic header and BAT checks in
 order and with their texts), ``vpc_co_preadv`` (a fixed image is its file;
 in a dynamic one an unallocated block reads as zeroes), ``vpc_co_block_status``
 (unallocated blocks are zero blocks; a fixed image's data is refined by its
@@ -62,7 +61,9 @@ class VpcNode(ImageFormatNode):
         (cyls,) = be("H", footer, 56)
         heads, secs = footer[58], footer[59]
         total = cyls * heads * secs
-        use_chs = bytes(footer[28:32]) in (b"vpc ", b"qemu")
+        # 7.2 lists the creators that use current_size (Hyper-V, qemu's qem2, disk2vhd,
+        # XenConverter, XenServer); every other creator's size comes from the geometry.
+        use_chs = bytes(footer[28:32]) not in (b"win ", b"qem2", b"d2v ", b"CTXS", b"tap\0")
         if not use_chs or total == _MAX_GEOMETRY:
             total = be("Q", footer, 48)[0] // 512
         if total > _MAX_SECTORS:
