@@ -187,3 +187,29 @@ def test_parallels_ext_off_wrap_aborts_qsd_not_txgraph(tmp_path: Path) -> None:
         assert "return" in eng.execute({"execute": "query-named-block-nodes"})
     finally:
         eng.close()
+
+
+def test_vmdk_descriptor_without_extents_aborts_qsd_query_not_txgraph(tmp_path: Path) -> None:
+    """A monolithicFlat descriptor with no extent line opens on QSD 7.2, and the next
+    query-named-block-nodes aborts it (``vmdk_get_info: Assertion `s->num_extents'``);
+    txgraph opens the same empty image and answers the query."""
+    desc = tmp_path / "d.vmdk"
+    desc.write_bytes(b'# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\n'
+                     b'createType="monolithicFlat"\n')
+    args = {"driver": "vmdk", "node-name": "v", "file": {"driver": "file", "filename": str(desc)}}
+    query = {"execute": "query-named-block-nodes", "arguments": {"flat": True}}
+    qsd = QSDPeer(tmp_path)
+    try:
+        assert "return" in qsd.execute({"execute": "blockdev-add", "arguments": args})
+        reply = qsd.execute(query)
+    finally:
+        qsd.close()
+    assert reply["error"]["class"] == "PeerDied"
+    assert "Assertion `s->num_extents' failed" in reply["error"]["desc"]
+    eng = EnginePeer(tmp_path)
+    try:
+        assert "return" in eng.execute({"execute": "blockdev-add", "arguments": args})
+        nodes = eng.execute(query)["return"]
+        assert next(n for n in nodes if n["node-name"] == "v")["image"]["virtual-size"] == 0
+    finally:
+        eng.close()
