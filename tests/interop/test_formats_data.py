@@ -1,4 +1,4 @@
-"""Data plane of the image formats (vdi, vpc, qcow, qed, parallels, vmdk) against QEMU 7.2.
+"""Data plane of the image formats (vdi, vpc, qcow, qed, parallels, vmdk, bochs) vs QEMU 7.2.
 
 Each image is made by the real ``qemu-img``/``qemu-io``. Reads: the node is
 exported read-only over NBD by qemu-storage-daemon and by txgraph; what a
@@ -73,6 +73,14 @@ def _convert(src: str, dst: str, fmt: str, opts: str = "") -> Maker:
     return make
 
 
+def _bochs(name: str) -> Maker:
+    def make(d: Path) -> None:
+        from tests.differential.scenarios.formats import bochs_image
+
+        (d / name).write_bytes(bochs_image())
+    return make
+
+
 _DATA = ("write -P 0x11 0 64k", "write -P 0x22 100k 300k", "write -P 0x33 1M 4k",
          "write -z 1536k 64k", "write -P 0x44 3M 512")
 
@@ -104,6 +112,7 @@ CASES: dict[str, tuple[str, str, list[Maker]]] = {
     "vmdk_stream": ("vmdk", "s.vmdk", [_img("vmdk", "a.vmdk", "4M"), _io("vmdk", "a.vmdk", *_DATA),
                                        _convert("a.vmdk", "s.vmdk", "vmdk",
                                                 "subformat=streamOptimized")]),
+    "bochs": ("bochs", "b.bochs", [_bochs("b.bochs")]),
     "vmdk_backing": ("vmdk", "top.vmdk", [
         _img("vmdk", "base.vmdk", "4M"), _io("vmdk", "base.vmdk", "write -P 0x55 0 4M"),
         _img("vmdk", "top.vmdk", "4M", backing="base.vmdk", bfmt="vmdk"),

@@ -32,6 +32,8 @@ IMAGE_FORMAT_SPECS: dict[str, DriverSpec] = {
         DriverSpec("parallels", "format", supports_backing=True, reopenable=False, children=_FILE),
         # vmdk's extents are children ``extents.N`` opened from the descriptor.
         DriverSpec("vmdk", "format", supports_backing=True, children=_FILE),
+        # read-only drivers: bdrv_apply_auto_read_only in their open, no reopen handler
+        DriverSpec("bochs", "format", reopenable=False, children=_FILE),
     )
 }
 

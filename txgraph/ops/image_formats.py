@@ -14,7 +14,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from txgraph.model.drivers import DriverSpec
-from txgraph.model.node import BlockNode
+from txgraph.errors import OpenError
+from txgraph.model.node import BlockNode, OpenFlag
 from txgraph.model.perm import Role
 from txgraph.ops.inherit import OptionSet
 from txgraph.ops.perms import refresh_perms
@@ -33,6 +34,20 @@ def _open_image_format(opener: Opener, node: BlockNode, spec: DriverSpec, work: 
     assert child is not None
     _consume(work, spec)
     _runtime_open(opener, node, {"file": child})
+
+
+def _open_read_only_format(opener: Opener, node: BlockNode, spec: DriverSpec,
+                           work: OptionSet) -> None:
+    """bochs: ``bdrv_apply_auto_read_only`` first, then ``file`` and the header.
+
+    A read-write request fails ("Image is read-only") unless auto-read-only lets the node
+    fall back to read-only; the pre-opened ``file`` keeps its own mode, as in QEMU.
+    """
+    if node.flags & OpenFlag.RDWR:
+        if not node.flags & OpenFlag.AUTO_RDONLY:
+            raise OpenError("Image is read-only")
+        node.flags &= ~OpenFlag.RDWR
+    _open_image_format(opener, node, spec, work)
 
 
 def _open_vmdk(opener: Opener, node: BlockNode, spec: DriverSpec, work: OptionSet) -> None:
@@ -65,6 +80,7 @@ IMAGE_FORMAT_OPENERS: dict[str, OpenFn] = {
     "qed": _open_image_format,
     "parallels": _open_image_format,
     "vmdk": _open_vmdk,
+    "bochs": _open_read_only_format,
 }
 
 # One home per driver: the table of ops.drivers learns these openers here (this module is

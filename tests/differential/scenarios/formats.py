@@ -277,6 +277,63 @@ VMDK_HOSTILE = [
                         b'createType="twoGbMaxExtentSparse"\nRW 2048 SPARSE "x.raw"\n')], theme=T),
 ]
 
+def bochs_image(version: int = 0x00020000, extent: int = 4096, disk: int = 1 << 20,
+                catalog: int | None = None, magic: bytes = b"Bochs Virtual HD Image",
+                subtype: bytes = b"Growing") -> bytes:
+    """A Bochs growing redolog (qemu-img cannot create one): extents 1 and 5 allocated,
+    extent 1 with only sectors 0 and 2 present in its bitmap."""
+    h = bytearray(512)
+    h[0:len(magic)] = magic
+    h[32:39] = b"Redolog"
+    h[48:48 + len(subtype)] = subtype
+    cat = disk // max(extent, 512) if catalog is None else catalog
+    struct.pack_into("<IIIII", h, 64, version, 512, cat, 1, extent)
+    struct.pack_into("<Q", h, 84 if version == 0x00010000 else 88, disk)
+    entries = [0xFFFFFFFF] * min(cat, 4096)
+    if len(entries) > 5:
+        entries[1], entries[5] = 0, 1
+    body = struct.pack(f"<{len(entries)}I", *entries)
+    blocks = 1 + max(extent, 512) // 512
+    data = bytearray(blocks * 512 * 2)
+    data[0] = 0b101
+    data[blocks * 512:blocks * 512 + 2] = b"\xff\x01"
+    for i in range(len(data) // 512):
+        if i % blocks:
+            data[i * 512:(i + 1) * 512] = bytes([0x40 + i % 64]) * 512
+    return bytes(h) + body + bytes(data)
+
+
+def _bochs(name: str, **kw: Any) -> Any:
+    return sc(f"fmt_bochs_{name}", [add({**fmt_node("bochs", "h.bochs", "h"), "read-only": True})],
+              setup=[WriteFile("h.bochs", bochs_image(**kw))], theme=T)
+
+
+BOCHS = [
+    sc("fmt_bochs_modes", [
+        add(fmt_node("bochs", "b.bochs", "rw")),
+        add({**fmt_node("bochs", "b.bochs", "auto"), "auto-read-only": True}),
+        add({"driver": "bochs", "node-name": "ro", "read-only": True,
+             "file": fnode("b.bochs", "rof")}),
+        reopen({"driver": "bochs", "node-name": "ro", "file": "rof", "read-only": True}),
+        delete("auto"),
+    ], setup=[WriteFile("b.bochs", bochs_image()), WriteFile("v1.bochs", bochs_image(0x00010000))],
+       theme=T),
+    sc("fmt_bochs_v1", [add({**fmt_node("bochs", "v1.bochs", "v1"), "read-only": True})],
+       setup=[WriteFile("v1.bochs", bochs_image(0x00010000))], theme=T),
+    _bochs("bad_magic", magic=b"Bochs Virtual HD Imagf"),
+    _bochs("bad_subtype", subtype=b"Undoable"),
+    _bochs("bad_version", version=0x00030000),
+    _bochs("catalog_large", catalog=0x100001),
+    _bochs("extent_small", extent=256),
+    _bochs("extent_not_pow2", extent=3000),
+    _bochs("extent_large", extent=1 << 24, disk=1 << 24),
+    _bochs("catalog_small", catalog=3),
+    sc("fmt_bochs_probed_backing", [add(fmt_node("qcow2", "top.qcow2", "t"))],
+       setup=[WriteFile("b.bochs", bochs_image()),
+              create("qcow2", "top.qcow2", "1M", backing="b.bochs", backing_fmt="raw"),
+              Call(strip_backing_format, ("top.qcow2",))], theme=T),
+]
+
 SCENARIOS = [
     sc("fmt_vdi_open", [
         add(fmt_node("vdi", "a.vdi", "v")),
@@ -419,4 +476,5 @@ SCENARIOS = [
     *VPC_HOSTILE,
     *PARALLELS_HOSTILE,
     *VMDK_HOSTILE,
+    *BOCHS,
 ]
