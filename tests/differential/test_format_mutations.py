@@ -47,6 +47,7 @@ FORMATS: dict[str, tuple[str, str, list[tuple[int, int]], list[int]]] = {
     "vmdk": ("vmdk", "", [(0, 80)], [4, 8, 12, 20, 28, 44, 48, 56, 64]),
     # hand-made (qemu-img cannot create bochs): see tests/differential/scenarios/formats.py
     "bochs": ("bochs", "", [(0, 96)], [64, 68, 72, 76, 80, 84, 88]),
+    "cloop": ("cloop", "", [(0, 216)], [128, 132, 136, 144, 152, 160, 168]),
 }
 _VALUES = [0, 1, 2, 3, 0x1FF, 0x200, 0x1000, 0xFFFF, 1 << 20, 1 << 31, 0xFFFFFFFF,
            1 << 40, 1 << 62, (1 << 64) - 1]
@@ -63,7 +64,7 @@ def _mutants(fmt: str, base: bytes, seed: int) -> list[bytes]:
                 off = rng.choice(fields)
                 width = rng.choice((4, 8))
                 value = rng.choice(_VALUES) & ((1 << (8 * width)) - 1)
-                order = ">" if fmt.startswith(("vpc", "qcow")) else "<"
+                order = ">" if fmt.startswith(("vpc", "qcow", "cloop")) else "<"
                 struct.pack_into(order + ("I" if width == 4 else "Q"), data, off, value)
             else:
                 lo, hi = rng.choice(ranges) if ranges else (len(data) - 512, len(data))
@@ -123,10 +124,10 @@ def _read_all(drv: str, path: Path) -> None:
 def test_header_mutations_match_qsd(fmt: str, tmp_path: Path) -> None:
     drv, opts, _r, _f = FORMATS[fmt]
     base = tmp_path / f"base.{drv}"
-    if drv == "bochs":
-        from tests.differential.scenarios.formats import bochs_image
+    if drv in ("bochs", "cloop"):
+        from tests.differential.scenarios.formats import bochs_image, cloop_image
 
-        base.write_bytes(bochs_image())
+        base.write_bytes(bochs_image() if drv == "bochs" else cloop_image(n_blocks=9))
     else:
         argv = ["qemu-img", "create", "-q", "-f", drv] + (["-o", opts] if opts else []) \
             + [str(base), "3M"]

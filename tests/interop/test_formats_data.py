@@ -81,6 +81,14 @@ def _bochs(name: str) -> Maker:
     return make
 
 
+def _cloop(name: str) -> Maker:
+    def make(d: Path) -> None:
+        from tests.differential.scenarios.formats import cloop_image
+
+        (d / name).write_bytes(cloop_image(n_blocks=9))
+    return make
+
+
 _DATA = ("write -P 0x11 0 64k", "write -P 0x22 100k 300k", "write -P 0x33 1M 4k",
          "write -z 1536k 64k", "write -P 0x44 3M 512")
 
@@ -113,6 +121,7 @@ CASES: dict[str, tuple[str, str, list[Maker]]] = {
                                        _convert("a.vmdk", "s.vmdk", "vmdk",
                                                 "subformat=streamOptimized")]),
     "bochs": ("bochs", "b.bochs", [_bochs("b.bochs")]),
+    "cloop": ("cloop", "c.cloop", [_cloop("c.cloop")]),
     "vmdk_backing": ("vmdk", "top.vmdk", [
         _img("vmdk", "base.vmdk", "4M"), _io("vmdk", "base.vmdk", "write -P 0x55 0 4M"),
         _img("vmdk", "top.vmdk", "4M", backing="base.vmdk", bfmt="vmdk"),

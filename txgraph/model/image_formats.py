@@ -34,6 +34,7 @@ IMAGE_FORMAT_SPECS: dict[str, DriverSpec] = {
         DriverSpec("vmdk", "format", supports_backing=True, children=_FILE),
         # read-only drivers: bdrv_apply_auto_read_only in their open, no reopen handler
         DriverSpec("bochs", "format", reopenable=False, children=_FILE),
+        DriverSpec("cloop", "format", reopenable=False, children=_FILE),
     )
 }
 

@@ -38,7 +38,7 @@ def _open_image_format(opener: Opener, node: BlockNode, spec: DriverSpec, work: 
 
 def _open_read_only_format(opener: Opener, node: BlockNode, spec: DriverSpec,
                            work: OptionSet) -> None:
-    """bochs: ``bdrv_apply_auto_read_only`` first, then ``file`` and the header.
+    """bochs, cloop: ``bdrv_apply_auto_read_only`` first, then ``file`` and the header.
 
     A read-write request fails ("Image is read-only") unless auto-read-only lets the node
     fall back to read-only; the pre-opened ``file`` keeps its own mode, as in QEMU.
@@ -81,6 +81,7 @@ IMAGE_FORMAT_OPENERS: dict[str, OpenFn] = {
     "parallels": _open_image_format,
     "vmdk": _open_vmdk,
     "bochs": _open_read_only_format,
+    "cloop": _open_read_only_format,
 }
 
 # One home per driver: the table of ops.drivers learns these openers here (this module is

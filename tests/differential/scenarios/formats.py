@@ -308,6 +308,57 @@ def _bochs(name: str, **kw: Any) -> Any:
               setup=[WriteFile("h.bochs", bochs_image(**kw))], theme=T)
 
 
+_CLOOP_MAGIC = (b"#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$0 && mount -r -t iso9660 "
+                b"/dev/cloop $1\n")
+
+
+def cloop_image(block_size: int = 4096, n_blocks: int = 5, offsets: list[int] | None = None,
+                corrupt: bool = False) -> bytes:
+    """A cloop image (qemu-img cannot create one): zlib blocks of patterns."""
+    import zlib
+
+    blocks = [zlib.compress(bytes([0x30 + i]) * min(block_size, 1 << 16))
+              for i in range(min(n_blocks, 64))]
+    if corrupt and blocks:
+        blocks[1] = b"\x78\x9c" + bytes(10)
+    table_at = 136
+    first = table_at + 8 * (n_blocks + 1)
+    offs = [first]
+    for b in blocks:
+        offs.append(offs[-1] + len(b))
+    if offsets is not None:
+        offs = offsets
+    head = _CLOOP_MAGIC.ljust(128, b"\0") + struct.pack(">II", block_size, n_blocks)
+    return head + b"".join(struct.pack(">Q", o) for o in offs) + b"".join(blocks)
+
+
+def _cloop(name: str, **kw: Any) -> Any:
+    return sc(f"fmt_cloop_{name}", [add({**fmt_node("cloop", "h.cloop", "h"), "read-only": True})],
+              setup=[WriteFile("h.cloop", cloop_image(**kw))], theme=T)
+
+
+CLOOP = [
+    sc("fmt_cloop_modes", [
+        add(fmt_node("cloop", "c.cloop", "rw")),
+        add({**fmt_node("cloop", "c.cloop", "auto"), "auto-read-only": True}),
+        add({"driver": "cloop", "node-name": "ro", "read-only": True,
+             "file": fnode("c.cloop", "rof")}),
+        reopen({"driver": "cloop", "node-name": "ro", "file": "rof", "read-only": True}),
+    ], setup=[WriteFile("c.cloop", cloop_image())], theme=T),
+    _cloop("block_unaligned", block_size=1000),
+    _cloop("block_zero", block_size=0),
+    _cloop("block_huge", block_size=128 << 20, n_blocks=0),
+    _cloop("n_blocks_huge", n_blocks=0x20000000, offsets=[]),
+    _cloop("too_many_offsets", n_blocks=0x4000000, offsets=[]),
+    _cloop("not_monotonic", offsets=[200, 300, 250, 400, 500, 600]),
+    _cloop("compressed_too_big", offsets=[200, 300, 300 + (129 << 20), 0, 0, 0]),
+    _cloop("offsets_past_eof", n_blocks=70000, offsets=[]),
+    sc("fmt_cloop_probed_backing", [add(fmt_node("qcow2", "top.qcow2", "t"))],
+       setup=[WriteFile("c.cloop", cloop_image()),
+              create("qcow2", "top.qcow2", "1M", backing="c.cloop", backing_fmt="raw"),
+              Call(strip_backing_format, ("top.qcow2",))], theme=T),
+]
+
 BOCHS = [
     sc("fmt_bochs_modes", [
         add(fmt_node("bochs", "b.bochs", "rw")),
@@ -477,4 +528,5 @@ SCENARIOS = [
     *PARALLELS_HOSTILE,
     *VMDK_HOSTILE,
     *BOCHS,
+    *CLOOP,
 ]
