@@ -77,10 +77,11 @@ def _mutants(fmt: str, base: bytes, seed: int) -> list[bytes]:
     return out
 
 
-def _reply(peer: Any, args: dict[str, Any]) -> Any:
+def _reply(peer: Any, args: dict[str, Any], work: Path) -> Any:
     r = peer.execute({"execute": "blockdev-add", "arguments": args})
     if "error" in r:
-        return ("error", r["error"]["desc"].replace(args["file"]["filename"], "FILE"))
+        desc = r["error"]["desc"].replace(args["file"]["filename"], "FILE")
+        return ("error", desc.replace(str(work), "WORK"))
     nodes = peer.execute({"execute": "query-named-block-nodes", "arguments": {"flat": True}})
     if "return" not in nodes:
         peer.execute({"execute": "blockdev-del", "arguments": {"node-name": "m"}})
@@ -150,7 +151,7 @@ def test_header_mutations_match_qsd(fmt: str, tmp_path: Path) -> None:
                     path = work / f"m{i}-{mode}.{drv}"
                     got.append((i, mode, _reply(peer, {
                         "driver": drv, "node-name": "m", "read-only": mode == "ro",
-                        "file": {"driver": "file", "filename": str(path)}})))
+                        "file": {"driver": "file", "filename": str(path)}}, work)))
         finally:
             peer.close()
         replies[factory.label] = got
