@@ -126,7 +126,7 @@ def test_header_mutations_match_qsd(fmt: str, tmp_path: Path) -> None:
     drv, opts, _r, _f = FORMATS[fmt]
     base = tmp_path / f"base.{drv}"
     if drv in ("bochs", "cloop"):
-        from tests.differential.scenarios.formats import bochs_image, cloop_image
+        from tests.differential.scenarios.format_kit import bochs_image, cloop_image
 
         base.write_bytes(bochs_image() if drv == "bochs" else cloop_image(n_blocks=9))
     else:

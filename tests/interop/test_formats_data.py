@@ -75,7 +75,7 @@ def _convert(src: str, dst: str, fmt: str, opts: str = "") -> Maker:
 
 def _bochs(name: str) -> Maker:
     def make(d: Path) -> None:
-        from tests.differential.scenarios.formats import bochs_image
+        from tests.differential.scenarios.format_kit import bochs_image
 
         (d / name).write_bytes(bochs_image())
     return make
@@ -83,7 +83,7 @@ def _bochs(name: str) -> Maker:
 
 def _cloop(name: str) -> Maker:
     def make(d: Path) -> None:
-        from tests.differential.scenarios.formats import cloop_image
+        from tests.differential.scenarios.format_kit import cloop_image
 
         (d / name).write_bytes(cloop_image(n_blocks=9))
     return make
