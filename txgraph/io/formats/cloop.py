@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import zlib
 
+import numpy as np
+
 from txgraph.errors import OpenError
 from txgraph.io.driver import BlockStatus
 from txgraph.io.formats.base import ImageFormatNode, Run, be, eio
@@ -44,16 +46,24 @@ class CloopNode(ImageFormatNode):
         if size > 512 << 20:
             raise OpenError("image requires too many offsets, try increasing block size")
         self.offsets = self.read_table(136, size)
-        prev = self.table_entry(self.offsets, 0, 8, "big")
-        for i in range(1, n_blocks + 1):
-            cur = self.table_entry(self.offsets, i, 8, "big")
-            if cur < prev:
-                raise OpenError(f"offsets not monotonically increasing at index {i}, image "
+        # Vectorised over the entries the file holds; those past its end read as 0, so the
+        # first of them is where a nonzero table stops increasing.
+        stored = np.frombuffer(bytes(self.offsets[:len(self.offsets) // 8 * 8]), dtype=">u8")
+        if stored.size < n_blocks + 1:
+            stored = np.concatenate([stored, np.zeros(1, dtype=">u8")])
+        vals = stored.astype(np.uint64)
+        if vals.size > 1:
+            down = np.nonzero(vals[1:] < vals[:-1])[0]
+            big = np.nonzero((vals[1:] - vals[:-1]) > 2 * _MAX_BLOCK)[0]
+            first_down = int(down[0]) + 1 if down.size else None
+            first_big = int(big[0]) + 1 if big.size else None
+            # QEMU walks the table in order: whichever problem comes first is reported
+            if first_down is not None and (first_big is None or first_down <= first_big):
+                raise OpenError(f"offsets not monotonically increasing at index {first_down}, "
+                                "image file is corrupt")
+            if first_big is not None:
+                raise OpenError(f"invalid compressed block size at index {first_big}, image "
                                 "file is corrupt")
-            if cur - prev > 2 * _MAX_BLOCK:
-                raise OpenError(f"invalid compressed block size at index {i}, image file is "
-                                "corrupt")
-            prev = cur
         self.block_size: int = int(block_size)
         self.n_blocks = n_blocks
         self.virtual_size = n_blocks * self.block_size

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
+
 from txgraph.errors import IOFailure, OpenError
 from txgraph.io.formats.base import DATA, UNALLOC, ImageFormatNode, Run, could_not_open, le
 from txgraph.io.registry import register
@@ -70,10 +72,10 @@ class ParallelsNode(ImageFormatNode):
         (ext_off,) = le("Q", h, 56)
         if ext_off and self.read_only:
             self._check_format_extension(ext_off)
-        for i in range(len(self.bat) // 4):
-            e = self.table_entry(self.bat, i, 4, "little")
-            if e:
-                self.data_end = max(self.data_end, e * self.multiplier + tracks)
+        # vectorised: a hostile catalog is as long as the file
+        entries = np.frombuffer(bytes(self.bat[:len(self.bat) // 4 * 4]), dtype="<u4")
+        if entries.size and int(entries.max()):
+            self.data_end = max(self.data_end, int(entries.max()) * self.multiplier + tracks)
         self.marked = False
         if not self.read_only:
             try:

@@ -17,6 +17,8 @@ import errno as E
 import struct
 from typing import Any
 
+import numpy as np
+
 from txgraph.errors import OpenError
 from txgraph.io.formats.base import DATA, ZERO, ImageFormatNode, Run, be, could_not_open
 from txgraph.io.registry import register
@@ -101,9 +103,11 @@ class VpcNode(ImageFormatNode):
             raise OpenError("Error reading pagetable") from None
         free = (self.bat_offset + entries * 4 + 511) & ~511
         stored = len(self.bat) // 4
-        for (entry,) in struct.iter_unpack(">I", bytes(self.bat[:stored * 4])):
-            if entry != 0xFFFFFFFF:
-                free = max(free, 512 * entry + self.bitmap_size + block_size)
+        # vectorised: a hostile BAT is as long as the file
+        bat = np.frombuffer(bytes(self.bat[:stored * 4]), dtype=">u4")
+        used = bat[bat != 0xFFFFFFFF]
+        if used.size:
+            free = max(free, 512 * int(used.max()) + self.bitmap_size + block_size)
         if stored < entries:  # entries past the end of the file read as 0
             free = max(free, self.bitmap_size + block_size)
         if free > self.file_length():
