@@ -24,9 +24,9 @@ IMAGE_FORMAT_SPECS: dict[str, DriverSpec] = {
     for spec in (
         DriverSpec("vdi", "format", children=_FILE),
         DriverSpec("vpc", "format", children=_FILE),
-        # qcow (v1) has no bdrv_reopen_prepare in 7.2; its encryption is the legacy aes one.
-        DriverSpec("qcow", "format", supports_backing=True, reopenable=False,
-                   options=frozenset({"encrypt."}), children=_FILE),
+        # qcow (v1): its encryption is the legacy aes one.
+        DriverSpec("qcow", "format", supports_backing=True, options=frozenset({"encrypt."}),
+                   children=_FILE),
         DriverSpec("qed", "format", supports_backing=True, children=_FILE),
         # parallels sets supports_backing (its unallocated clusters read through).
         DriverSpec("parallels", "format", supports_backing=True, reopenable=False, children=_FILE),

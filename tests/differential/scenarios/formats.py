@@ -22,6 +22,16 @@ from tests.differential.scenarios.formats_hostile import HOSTILE
 __all__ = ["SCENARIOS"]
 
 
+def _json_backing(workdir: Any, top: str, base: str) -> None:
+    """A qcow2 whose header names its backing as a json: filename without a driver (probed)."""
+    import subprocess
+
+    spec = '{"file": {"driver": "file", "filename": "%s"}}' % (workdir / base)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", "json:" + spec,
+                    "-F", "vdi", str(workdir / top), "2M"], check=True, capture_output=True)
+    strip_backing_format(workdir, top)
+
+
 def _bochs(name: str, **kw: Any) -> Any:
     return sc(f"fmt_bochs_{name}", [add({**fmt_node("bochs", "h.bochs", "h"), "read-only": True})],
               setup=[WriteFile("h.bochs", bochs_image(**kw))], theme=T)
@@ -216,6 +226,25 @@ SCENARIOS = [
                      ("b4.parallels", "parallels"), ("b5.vmdk", "vmdk"), ("b6.vmdk", "vmdk")], 1)],
         *[Call(strip_backing_format, (f"top{i}.qcow2",)) for i in range(1, 7)], Call(pin_cids),
     ], theme=T),
+    sc("fmt_explicit_backing_and_reopen", [
+        add({"driver": "qcow2", "node-name": "base", "file": fnode("base.qcow2")}),
+        add({"driver": "qed", "node-name": "q", "file": fnode("top.qed", "qf"), "backing": "base"}),
+        add({"driver": "qcow", "node-name": "c", "file": fnode("top.qcow", "cf"), "backing": None}),
+        reopen({"driver": "qcow", "node-name": "c", "file": "cf", "backing": "base"}),
+        reopen({"driver": "qed", "node-name": "q", "file": "qf", "backing": None}),
+        reopen({"driver": "qed", "node-name": "q", "file": "qf"}),
+        add({"driver": "vdi", "node-name": "v", "file": fnode("a.vdi", "vf"), "backing": "base"}),
+        add({"driver": "vmdk", "node-name": "k", "file": fnode("k.vmdk"),
+             "backing": {"driver": "vmdk", "file": fnode("kb.vmdk")}}),
+    ], setup=[qcow2_img("base.qcow2", "2M"),
+              create("qed", "top.qed", "2M", backing="base.qcow2", backing_fmt="qcow2"),
+              create("qcow", "top.qcow", "2M"), create("vdi", "a.vdi", "2M"),
+              create("vmdk", "kb.vmdk", "2M"), create("vmdk", "k.vmdk", "2M"), Call(pin_cids)],
+       theme=T),
+    sc("fmt_json_filename_backing", [
+        add(fmt_node("qcow2", "top.qcow2", "t")),
+    ], setup=[create("vdi", "b.vdi", "2M"),
+              Call(_json_backing, ("top.qcow2", "b.vdi"))], theme=T),
     *HOSTILE,
     *BOCHS,
     *CLOOP,
