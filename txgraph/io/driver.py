@@ -41,6 +41,9 @@ class BlockStatus:
     allocated: bool
     zero: bool
     host_offset: int | None = None
+    #: QEMU's BDRV_BLOCK_DATA where it is not simply ``not zero``: a data extent whose
+    #: file range reads as zeroes (BDRV_BLOCK_RECURSE: DATA|ZERO); None means ``not zero``
+    data: bool | None = None
 
 
 @dataclass

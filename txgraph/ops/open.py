@@ -28,6 +28,7 @@ from txgraph.model.node import BlockNode, Edge, OpenFlag
 from txgraph.model.options import Provenance, Source, flatten, parse_bool, qdict_first
 from txgraph.model.perm import Role
 from txgraph.ops import drivers as driver_open
+from txgraph.ops import image_formats as _image_formats  # noqa: F401  (registers their openers)
 from txgraph.ops.chain_guard import backing_chain
 from txgraph.ops.confine import guard_child_filename
 from txgraph.ops.filenames import full_backing_filename, refresh_filename
@@ -179,6 +180,8 @@ class Opener:
             node.provenance["driver"] = Provenance(Source.DEFAULT, detail="probed from the content")
             work.put("driver", probed, node.provenance["driver"])
             spec = driver_spec(probed)
+            if spec is None:  # a format QEMU knows and txgraph does not serve (yet)
+                raise OpenError(f"Unknown driver '{probed}'")
         elif spec is None:
             raise OpenError("Must specify either driver or file")
         assert spec is not None

@@ -13,6 +13,7 @@ from typing import Any
 from txgraph.errors import BlockError, IOFailure
 from txgraph.model.drivers import driver_spec
 from txgraph.model.graph import BlockGraph
+from txgraph.model.image_formats import HAS_GET_INFO, HAS_SPECIFIC_INFO
 from txgraph.model.node import Edge, ParentKind
 from txgraph.model.perm import Role, perm_list
 from txgraph.ops.filenames import full_backing_filename, refresh_filename
@@ -39,7 +40,7 @@ def filter_or_cow_edge(graph: BlockGraph, name: str) -> tuple[str, Edge] | None:
 def _has_get_info(graph: BlockGraph, name: str) -> bool:
     """Whether ``bdrv_get_info`` succeeds (it decides if dirty-flag is reported)."""
     node = graph.nodes[name]
-    if node.driver in ("file", "host_device", "qcow2", "luks"):
+    if node.driver in ("file", "host_device", "qcow2", "luks") or node.driver in HAS_GET_INFO:
         return True
     if node.driver == "raw":
         child = graph.file_child(name)
@@ -93,7 +94,8 @@ def _image_info(session: Session, name: str) -> dict[str, Any]:
         image["actual-size"] = actual
     if _has_get_info(graph, name):
         chain = name
-        while graph.nodes[chain].driver not in ("file", "host_device", "qcow2"):
+        while graph.nodes[chain].driver not in ("file", "host_device", "qcow2") \
+                and graph.nodes[chain].driver not in HAS_GET_INFO:
             nxt = filter_or_cow_child(graph, chain) or graph.file_child(chain)
             assert nxt is not None
             chain = nxt
@@ -101,7 +103,8 @@ def _image_info(session: Session, name: str) -> dict[str, Any]:
         if cinfo.cluster_size:
             image["cluster-size"] = cinfo.cluster_size
         image["dirty-flag"] = cinfo.dirty
-    if info.format_specific is not None and node.driver in ("qcow2", "luks"):
+    if info.format_specific is not None and (node.driver in ("qcow2", "luks")
+                                             or node.driver in HAS_SPECIFIC_INFO):
         image["format-specific"] = info.format_specific
     if info.extra.get("encrypted"):  # has_encrypted = bs->encrypted
         image["encrypted"] = True

@@ -176,5 +176,5 @@ def test_probe_format() -> None:
     assert probe_format(b"") == "raw"
     assert probe_format(b"QFI\xfb\0\0\0\x02" + bytes(504)) == "qcow2"
     assert probe_format(b"QFI\xfb\0\0\0\x03") == "qcow2"
-    assert probe_format(b"QFI\xfb\0\0\0\x01" + bytes(504)) == "raw"  # qcow v1 is not qcow2
+    assert probe_format(b"QFI\xfb\0\0\0\x01" + bytes(504)) == "qcow"  # v1 is qcow (qcow_probe)
     assert probe_format(b"QFI\xfa\0\0\0\x03") == "raw"

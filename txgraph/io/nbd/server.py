@@ -502,7 +502,8 @@ class _Connection:
             while pos < end and len(descs) < _MAX_EXTENTS:
                 st = node.block_status(pos, end - pos)
                 n = max(1, min(st.length, end - pos))
-                state = (P.STATE_HOLE | P.STATE_ZERO) if st.zero else 0
+                hole = st.zero if st.data is None else not st.data
+                state = (P.STATE_HOLE if hole else 0) | (P.STATE_ZERO if st.zero else 0)
                 descs.append(struct.pack(">II", n, state))
                 pos += n
                 if flags & P.CMD_FLAG_REQ_ONE:

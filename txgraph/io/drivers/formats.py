@@ -1,0 +1,7 @@
+"""Registers the image format drivers of :mod:`txgraph.io.formats` (vdi, vpc, qcow, qed...)."""
+
+from __future__ import annotations
+
+from txgraph.io.formats import bochs, cloop, parallels, qcow, qed, vdi, vmdk, vpc
+
+__all__ = ["bochs", "cloop", "parallels", "qcow", "qed", "vdi", "vmdk", "vpc"]
