@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,44 @@ from txgraph import __version__
 __all__ = ["main"]
 
 
-@click.group()
+#: set to 1 to see the Python traceback of an unexpected failure instead of one line
+TRACEBACK_ENV = "TXGRAPH_TRACEBACK"
+
+
+class _OneLineErrors(click.Group):
+    """Every failure is one ``Error: ...`` line and a non-zero exit, never a traceback.
+
+    The commands turn the errors they expect into :class:`click.ClickException`
+    (exit 1) or :class:`click.UsageError` (exit 2); this is the net under them:
+    an operating-system error names the file and the reason, anything else is a
+    bug and says so (``TXGRAPH_TRACEBACK=1`` shows the traceback).
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except OSError as err:
+            if os.environ.get(TRACEBACK_ENV) == "1":
+                raise
+            raise click.ClickException(_error_line(err)) from None
+        except Exception as err:
+            if os.environ.get(TRACEBACK_ENV) == "1":
+                raise
+            raise click.ClickException(
+                f"internal error in txgraph ({type(err).__name__}); "
+                f"run again with {TRACEBACK_ENV}=1 for the traceback") from None
+
+
+def _error_line(err: Exception) -> str:
+    """An error as one line: ``FILE: reason`` for an OS error (not Python's ``[Errno 2]``)."""
+    if isinstance(err, OSError) and err.strerror:
+        return f"{err.filename}: {err.strerror}" if err.filename else err.strerror
+    return str(err)
+
+
+@click.group(cls=_OneLineErrors)
 @click.version_option(__version__, prog_name="txgraph")
 def main() -> None:
     """A reconfiguration engine with a formal transaction model for QEMU block graphs."""
@@ -35,7 +73,7 @@ def main() -> None:
 @click.option("--policy", type=click.Choice(["qemu", "safe"]), default="qemu", show_default=True,
               help="qemu: accept exactly what QEMU 7.2 accepts; safe: also refuse data-losing steps.")
 @click.option("--confine-dir", "confine_dirs", multiple=True, metavar="DIR",
-              type=click.Path(file_okay=False),
+              type=click.Path(exists=True, file_okay=False),
               help="Backing/data-file names in image headers must stay inside DIR and use the "
                    "file protocol (repeatable; on by default under --policy safe, where the "
                    "image's own directory is allowed).")
@@ -270,7 +308,7 @@ def drive(explain: bool, qemu_args: tuple[str, ...]) -> None:
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), default=None,
               help="Also write an HTML report with a before/after picture of every step.")
 @click.option("--confine-dir", "confine_dirs", multiple=True, metavar="DIR",
-              type=click.Path(file_okay=False),
+              type=click.Path(exists=True, file_okay=False),
               help="As for serve: image-header references must stay inside DIR (repeatable).")
 def plan_cmd(plan_file: str, graph_file: str | None, qmp_socket: str | None,
              directory: str | None, policy: str, as_json: bool, out_file: str | None,
@@ -307,7 +345,7 @@ def plan_cmd(plan_file: str, graph_file: str | None, qmp_socket: str | None,
             Path(html_file).write_text(plan_page(report, recorder.steps,
                                                  f"txgraph plan: {Path(plan_file).name}"))
     except (PlanError, StateError, TxgraphError, ValueError, OSError, RuntimeError) as err:
-        raise click.ClickException(str(err)) from err
+        raise click.ClickException(_error_line(err)) from err
     text = json.dumps(report, indent=2)
     if out_file:
         Path(out_file).write_text(text + "\n")
@@ -363,7 +401,7 @@ def show_cmd(state_file: str | None, qmp_socket: str | None, directory: str | No
         output = dot if fmt == "dot" else dot_to_svg(dot) if fmt == "svg" else \
             graph_page(picture, title)
     except (PlanError, StateError, TxgraphError, ValueError, OSError, RuntimeError) as err:
-        raise click.ClickException(str(err)) from err
+        raise click.ClickException(_error_line(err)) from err
     if out_file:
         Path(out_file).write_text(output)
     else:
@@ -446,7 +484,7 @@ def apply_cmd(verified_file: str, qmp_socket: str, key_file: str | None) -> None
     except json.JSONDecodeError as err:
         raise click.ClickException(f"{verified_file}: not valid JSON: {err}") from None
     except (OSError, ValueError) as err:
-        raise click.ClickException(str(err)) from None
+        raise click.ClickException(_error_line(err)) from None
     problem = check_verified(report, key)
     if problem:
         raise click.ClickException(problem)

@@ -48,11 +48,21 @@ class QMPProcess:
         self._taken: set[int] = set()
         self.proc = subprocess.Popen(args, cwd=workdir or self._tmp, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            self._connect()
+        except BaseException:
+            # whatever went wrong (a timeout, a refusal, an interrupt), the process and its
+            # directory go with it: a half-started peer must never outlive the caller
+            self._abandon()
+            raise
+
+    def _connect(self) -> None:
         deadline = time.monotonic() + 20
         while not os.path.exists(self.socket_path):
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
                 self.proc.kill()
+                self.proc.wait(5)
+                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
                 raise RuntimeError(f"{self.label} did not start: {out}")
             time.sleep(0.01)
         # The socket file appears just before the server listens on it: retry briefly.
@@ -64,7 +74,6 @@ class QMPProcess:
             except ConnectionRefusedError:
                 self.sock.close()
                 if time.monotonic() > deadline:
-                    self.proc.kill()
                     raise
                 time.sleep(0.01)
         self.sock.settimeout(self.reply_timeout)
@@ -74,8 +83,25 @@ class QMPProcess:
         while "QMP" in reply:  # a repeated greeting (seen under load): the reply follows it
             reply = self._read()
         if reply != {"return": {}}:
-            self.close()
             raise RuntimeError(f"{self.label} refused qmp_capabilities: {reply}")
+
+    def _abandon(self) -> None:
+        """Kill a peer that failed to start and release its socket, pipe and directory."""
+        for closer in (getattr(self, "_file", None), getattr(self, "sock", None)):
+            if closer is not None:
+                try:
+                    closer.close()
+                except OSError:
+                    pass
+        if self.proc.poll() is None:
+            self.proc.kill()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass  # unkillable (D state): nothing more a caller could do
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        shutil.rmtree(self._tmp, ignore_errors=True)
 
     def _read(self) -> dict[str, Any]:
         line = self._file.readline()

@@ -181,6 +181,10 @@ CASES: tuple[Case, ...] = (
     d("empty-drive", "if=none"),
     d("cdrom-shorthand", "-cdrom cd.iso"),
     d("hda-shorthand", "-hda top.qcow2"),
+    # a bare argument is a disk image like -hda (it was refused as an invalid option)
+    Case("bare-image", ("top.qcow2",)),
+    Case("bare-image-missing", ("missing.img",)),
+    Case("bare-image-and-hda", ("top.qcow2", "-hda", "raw.img")),
     d("missing-file", "file=missing.img"),
     d("missing-file-qcow2", "file=missing.qcow2,format=qcow2"),
     d("if-bogus", "if=x"),

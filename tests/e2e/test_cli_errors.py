@@ -64,3 +64,67 @@ def test_apply_on_malformed_file(tmp_path: Path) -> None:
 def test_apply_on_a_plain_plan(tmp_path: Path) -> None:
     res = _cli("apply", str(EXAMPLES / "seed-section3.json"), "--qmp", str(tmp_path / "none.sock"))
     _one_line_error(res, "not a verified plan (run txgraph plan ... --out FILE first)")
+
+
+def _usage_error(res: subprocess.CompletedProcess[str], text: str) -> None:
+    """click's convention for a bad command line: usage, then the error, exit status 2."""
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1] == f"Error: {text}"
+
+
+def _not_a_dir(tmp_path: Path) -> Path:
+    """A path whose parent is a regular file: every attempt to create it fails (ENOTDIR)."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    return blocker / "sub"
+
+
+def test_a_confine_dir_that_does_not_exist_is_a_usage_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    _usage_error(_cli("serve", "--qmp", str(tmp_path / "s.sock"), "--confine-dir", str(missing)),
+                 f"Invalid value for '--confine-dir': Directory '{missing}' does not exist.")
+    plan = tmp_path / "p.json"
+    plan.write_text('{"steps": []}')
+    _usage_error(_cli("plan", str(plan), "--confine-dir", str(missing)),
+                 f"Invalid value for '--confine-dir': Directory '{missing}' does not exist.")
+
+
+def test_unwritable_outputs_name_the_file_in_one_line(tmp_path: Path) -> None:
+    bad = _not_a_dir(tmp_path)
+    plan = tmp_path / "p.json"
+    plan.write_text('{"steps": []}')
+    for args, target in ((("fuzz", "--time", "1", "--out", str(bad)), bad),
+                         (("plan", str(plan), "--html", str(bad / "r.html")), bad / "r.html"),
+                         (("plan", str(plan), "--out", str(bad / "v.json")), bad / "v.json"),
+                         (("show", str(plan), "--out", str(bad / "g.svg")), bad / "g.svg"),
+                         (("demo", "--workdir", str(bad)), bad)):
+        res = _cli(*args)
+        assert res.returncode == 1 and "Traceback" not in res.stderr, (args, res.stderr)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and "Errno" not in lines[0], \
+            (args, lines)
+        assert str(target) in lines[0] or str(bad) in lines[0], (args, lines)
+
+
+def test_an_unexpected_failure_is_one_line_and_the_traceback_is_opt_in() -> None:
+    """The net under every command: a bug prints one line, TXGRAPH_TRACEBACK=1 shows it."""
+    import click
+    from click.testing import CliRunner
+
+    from txgraph.cli import TRACEBACK_ENV, _OneLineErrors
+
+    @click.group(cls=_OneLineErrors)
+    def group() -> None:
+        """A stand-in for txgraph's group."""
+
+    @group.command()
+    def boom() -> None:
+        raise KeyError("a Python detail")
+
+    res = CliRunner().invoke(group, ["boom"], env={TRACEBACK_ENV: "0"})
+    assert res.exit_code == 1
+    assert res.output.strip() == (f"Error: internal error in txgraph (KeyError); run again "
+                                  f"with {TRACEBACK_ENV}=1 for the traceback")
+    res = CliRunner().invoke(group, ["boom"], env={TRACEBACK_ENV: "1"})
+    assert isinstance(res.exception, KeyError)

@@ -303,19 +303,28 @@ def test_swap_waits_for_a_throttled_request(tmp_path: Path, n: int) -> None:
     """A request parked in the throttle queue is released by the drain, not waited out."""
     rig = _Rig(tmp_path, Runtime())
     try:
-        rig.rt.throttle_groups.set_limits("tg", {"iops-total": 1})
+        # 1 byte/s: the second read would wait about 500 s, far beyond any deadline below
+        rig.rt.throttle_groups.set_limits("tg", {"bps-total": 1})
         rig.rt.apply([OpenNode("markx", "x-test-mark", {}, {"file": "pB"}),
                       OpenNode("thrx", "throttle", {"throttle-group": "tg"}, {"file": "markx"}),
                       SetChild("pA", "file", "thrx")])
         with NbdClient(rig.addr, "disk") as c:
-            c.read(0, 512)                        # fills the 1-op bucket
-            t = threading.Thread(target=c.read, args=(0, 512))
+            c.read(0, 512)                        # fills the bucket
+            t = threading.Thread(target=c.read, args=(0, 512), daemon=True)
             t.start()
-            time.sleep(0.1)                       # the second read is now throttled (~1 s)
-            start = time.monotonic()
-            rig.rt.apply([SetChild("pA", "file", "pB"), CloseNode("thrx"), CloseNode("markx")])
-            assert time.monotonic() - start < 0.5
-            t.join(5)
+            group = rig.rt.throttle_groups.get("tg")
+            assert group is not None
+            deadline = time.monotonic() + 60
+            while not group._queues[False]:        # the second read now waits in the group
+                assert time.monotonic() < deadline, "the second read never reached the throttle"
+                time.sleep(0.005)
+            swap = threading.Thread(target=rig.rt.apply, daemon=True, args=(
+                [SetChild("pA", "file", "pB"), CloseNode("thrx"), CloseNode("markx")],))
+            swap.start()
+            swap.join(60)
+            assert not swap.is_alive(), "the swap waited for the throttle schedule"
+            t.join(60)
+            assert not t.is_alive()
         assert rig.bottom.violations == []
     finally:
         rig.close()

@@ -36,7 +36,7 @@ def add_image(graph: BlockGraph, i: int, backing: str | None = None,
     rw = OpenFlag.RDWR
     touched = {f"f{i}", f"img{i}"}
     graph.add_node(BlockNode(f"f{i}", "file", flags=rw))
-    graph.add_node(BlockNode(f"img{i}", "qcow2", flags=rw if backing is None else rw))
+    graph.add_node(BlockNode(f"img{i}", "qcow2", flags=rw))
     graph.attach(f"img{i}", f"f{i}", Edge("file", Role.IMAGE, seq=graph.next_seq()))
     if backing is not None:
         graph.attach(f"img{i}", backing, Edge("backing", Role.COW, seq=graph.next_seq()))
@@ -54,8 +54,10 @@ def build(n_nodes: int) -> BlockGraph:
     graph = BlockGraph()
     i = 0
     while len(graph.nodes) < n_nodes:
-        backing = f"img{i - 1}" if i % 4 and i > 0 else None
-        add_image(graph, i, backing=None if backing is None else None)
+        # every fourth pair takes the previous image as its backing file; the backends
+        # (every tenth image) never land on a backing node, whose parent shares no WRITE
+        backing = f"img{i - 1}" if i % 4 == 0 and i > 0 else None
+        add_image(graph, i, backing=backing)
         if i % 10 == 0:
             key = f"bb:{i}"
             graph.add_backend(Backend(key, ParentKind.ROOT, perm=Perm.CONSISTENT_READ | Perm.WRITE,

@@ -96,7 +96,7 @@ def _visit(tname: str, value: Any, key: str = "?") -> Any:
                     return _visit(m["type"], value, key)
             return value
         # a string leaf: keep it when the alternate has a string branch (a node reference)
-        for m, e in zip(ent["members"], members):
+        for e in members:
             if e.get("meta-type") in ("builtin", "enum") and e.get("json-type", "string") == "string":
                 return value
         for m in ent["members"]:

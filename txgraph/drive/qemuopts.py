@@ -136,9 +136,17 @@ def parse_command_line(argv: list[str]) -> CommandLine:
             cl.snapshot = True
             i += 1
             continue
+        if not opt.startswith("-"):
+            # a bare argument is a disk image, -hda's twin: drive_add(IF_DEFAULT, 0, optarg,
+            # HD_OPTS) with the argument alone as the error location
+            drive = parse_opts("media=disk", opt, cl.warnings)
+            drive.set("index", "0")
+            drive.set("file", opt)
+            cl.drives.append(drive)
+            i += 1
+            continue
         if flag not in ("-drive", "-object", "-cdrom", *_HD_INDEX):
-            raise DriveError(f"{opt}: invalid option" if not opt.startswith("-")
-                             else f"{opt}: invalid option")
+            raise DriveError(f"{opt}: invalid option")
         if i + 1 >= len(argv):
             raise DriveError(f"{opt}: requires an argument")
         arg = argv[i + 1]

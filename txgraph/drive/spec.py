@@ -223,9 +223,7 @@ def error_actions(st: DriveState, ctx: DriveContext) -> None:
     (`werror is not supported by this bus type`); a bad value is `'<x>' invalid write error
     action` / `'<x>' invalid read error action`."""
     st.file = st.legacy.get("file")
-    for key, what, allowed, default in (("werror", "write", ("ignore", "stop", "report", "enospc"),
-                                         "enospc"),
-                                        ("rerror", "read", ("ignore", "stop", "report"), "report")):
+    for key in ("werror", "rerror"):
         value = st.legacy.get(key)
         if value is not None:
             if st.interface not in ("ide", "scsi", "virtio", "none"):

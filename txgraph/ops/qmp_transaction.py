@@ -22,6 +22,7 @@ move three edges, delete the old node" one atomic step.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from txgraph.errors import BlockError
@@ -36,17 +37,25 @@ from txgraph.ops.snapshot import stage_blockdev_snapshot, stage_blockdev_snapsho
 from txgraph.ops.undo_log import Transaction
 
 __all__ = ["defer_to_end", "finish", "stage_action", "stage_transaction", "run_transaction",
-           "QEMU_ACTIONS", "EXTENSION_ACTIONS", "ABORT_TEXT"]
+           "ActionKind", "ACTIONS", "QEMU_ACTIONS", "EXTENSION_ACTIONS", "ABORT_TEXT"]
 
 ABORT_TEXT = "Transaction aborted using Abort action"
 
-#: QEMU 7.2 action types txgraph implements (the rest of the schema's list are jobs/bitmaps)
-QEMU_ACTIONS = ("abort", "blockdev-snapshot", "blockdev-snapshot-sync")
+Stage = Callable[[Session, Transaction, dict[str, Any]], Any]
 
-#: txgraph's own action types, each the stage function of one command
-EXTENSION_ACTIONS = ("x-txgraph-blockdev-add", "x-txgraph-blockdev-del", "x-txgraph-blockdev-reopen",
-                     "x-txgraph-replace", "x-txgraph-insert-filter", "x-txgraph-remove-filter",
-                     "x-blockdev-change")
+
+@dataclass(frozen=True)
+class ActionKind:
+    """One transaction action type: how it stages, and what its ``data`` is.
+
+    ``data`` is None for QEMU's own types (QSD's schema describes them);
+    for txgraph's it names the command whose arguments ``data`` holds, or a
+    type of txgraph's schema (:mod:`txgraph.qmp.qapi_ext`). ``stage`` is None
+    for ``abort``, which always fails (``abort_prepare``).
+    """
+
+    stage: Stage | None
+    data: str | None = None
 
 
 def _replace(session: Session, tx: Transaction, data: dict[str, Any]) -> None:
@@ -56,17 +65,29 @@ def _replace(session: Session, tx: Transaction, data: dict[str, Any]) -> None:
         stage_replace_edges(session, tx, data)
 
 
-_STAGES: dict[str, Callable[[Session, Transaction, dict[str, Any]], Any]] = {
-    "blockdev-snapshot": stage_blockdev_snapshot,
-    "blockdev-snapshot-sync": stage_blockdev_snapshot_sync,
-    "x-txgraph-blockdev-add": stage_blockdev_add,
-    "x-txgraph-blockdev-del": lambda s, tx, d: stage_blockdev_del(s, tx, d["node-name"]),
-    "x-txgraph-blockdev-reopen": lambda s, tx, d: stage_blockdev_reopen(s, tx, d["options"]),
-    "x-txgraph-replace": _replace,
-    "x-txgraph-insert-filter": stage_insert_filter,
-    "x-txgraph-remove-filter": stage_remove_filter,
-    "x-blockdev-change": stage_x_blockdev_change,
+#: Every action type txgraph implements, the one list of them: QEMU 7.2's (the rest of
+#: its schema's kinds are jobs and bitmaps) first, then txgraph's, each the stage
+#: function of one command. The QMP schema of ``x-txgraph-transaction`` is built from it.
+ACTIONS: dict[str, ActionKind] = {
+    "abort": ActionKind(None),
+    "blockdev-snapshot": ActionKind(stage_blockdev_snapshot),
+    "blockdev-snapshot-sync": ActionKind(stage_blockdev_snapshot_sync),
+    "x-txgraph-blockdev-add": ActionKind(stage_blockdev_add, "blockdev-add"),
+    "x-txgraph-blockdev-del": ActionKind(
+        lambda s, tx, d: stage_blockdev_del(s, tx, d["node-name"]), "blockdev-del"),
+    "x-txgraph-blockdev-reopen": ActionKind(
+        lambda s, tx, d: stage_blockdev_reopen(s, tx, d["options"]), "blockdev-reopen"),
+    "x-txgraph-replace": ActionKind(_replace, "x-txgraph.ReplaceActionData"),
+    "x-txgraph-insert-filter": ActionKind(stage_insert_filter, "x-txgraph-insert-filter"),
+    "x-txgraph-remove-filter": ActionKind(stage_remove_filter, "x-txgraph-remove-filter"),
+    "x-blockdev-change": ActionKind(stage_x_blockdev_change, "x-blockdev-change"),
 }
+
+#: QEMU 7.2 action types txgraph implements
+QEMU_ACTIONS = tuple(k for k, a in ACTIONS.items() if a.data is None)
+
+#: txgraph's own action types (``x-txgraph-transaction`` only)
+EXTENSION_ACTIONS = tuple(k for k, a in ACTIONS.items() if a.data is not None)
 
 
 #: a job action's stage: ``(session, tx, data, group)``; ``group`` is None for
@@ -77,13 +98,13 @@ JobStage = Callable[[Session, Transaction, dict[str, Any], "list[Any] | None"], 
 
 def stage_action(session: Session, tx: Transaction, kind: str, data: dict[str, Any]) -> None:
     """Stage one action (arguments already validated by the QMP layer)."""
-    if kind == "abort":
+    action = ACTIONS.get(kind)
+    if action is None:
+        raise BlockError(f"Action '{kind}' is not supported by txgraph")
+    if action.stage is None:
         # abort_prepare: always fails, so the whole transaction is rolled back
         raise BlockError(ABORT_TEXT)
-    stage = _STAGES.get(kind)
-    if stage is None:
-        raise BlockError(f"Action '{kind}' is not supported by txgraph")
-    stage(session, tx, data)
+    action.stage(session, tx, data)
 
 
 def stage_transaction(session: Session, tx: Transaction, actions: list[dict[str, Any]],

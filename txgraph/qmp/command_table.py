@@ -48,8 +48,7 @@ class CommandContext:
         if session is None:
             session = Session()
         self.session = session
-        self.emit_event: Callable[[str, dict[str, Any] | None], None] = _no_event
 
-
-def _no_event(name: str, data: dict[str, Any] | None = None) -> None:
-    """Events go nowhere until an Engine connects the context."""
+    def emit_event(self, name: str, data: dict[str, Any] | None = None) -> None:
+        """A QMP event into the one channel, the session's :class:`~txgraph.events.EventBus`."""
+        self.session.emit_event(name, data)

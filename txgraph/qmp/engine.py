@@ -40,7 +40,6 @@ class Engine:
     def __init__(self, context: CommandContext | None = None) -> None:
         self.context = context if context is not None else CommandContext()
         self.events = self.context.session.events
-        self.context.emit_event = self.emit_event
 
     # -- events ------------------------------------------------------------------------
     def add_event_listener(self, listener: EventListener) -> None:

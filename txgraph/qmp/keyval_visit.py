@@ -24,7 +24,7 @@ import re
 from typing import Any
 
 from txgraph.errors import QAPIError
-from txgraph.qmp.qapi import _schema, _Visitor
+from txgraph.qmp.qapi import ArgumentVisitor, qsd_schema
 from txgraph.qobject.decoder import JSONStreamDecoder
 from txgraph.qobject.keyval import keyval_parse
 from txgraph.qobject.parser import JSONParseError
@@ -55,7 +55,7 @@ _FLOAT = re.compile(r"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
 
 
 def _synthetic() -> dict[str, dict[str, Any]]:
-    schema = _schema()
+    schema = qsd_schema()
     blockdev = schema.by_name[schema.commands["blockdev-add"]["arg-type"]]
     nbd = next(v["type"] for v in blockdev["variants"] if v["case"] == "nbd")
     socket_address = next(m["type"] for m in schema.by_name[nbd]["members"]
@@ -80,7 +80,7 @@ class _ExtendedSchema:
     """QSD's schema plus the two command-line-only types (read-only, shared)."""
 
     def __init__(self) -> None:
-        base = _schema()
+        base = qsd_schema()
         self.by_name = {**base.by_name, **_synthetic()}
         self.commands = base.commands
         self.alternate_names = base.alternate_names
@@ -127,7 +127,7 @@ def _strtod(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-class KeyvalVisitor(_Visitor):
+class KeyvalVisitor(ArgumentVisitor):
     """One walk of keyval strings against the schema (the keyval input visitor)."""
 
     def __init__(self) -> None:
@@ -221,10 +221,10 @@ def parse_str(text: str, implied_key: str | None) -> tuple[dict[str, Any], bool]
 def visit_str(type_name: str, text: str, implied_key: str | None) -> dict[str, Any]:
     """Parse ``text`` (JSON or keyval) and visit it as QAPI type ``type_name``."""
     value, keyval = parse_str(text, implied_key)
-    visitor = KeyvalVisitor() if keyval else _Visitor(_extended())  # type: ignore[arg-type]
+    visitor = KeyvalVisitor() if keyval else ArgumentVisitor(_extended())  # type: ignore[arg-type]
     return visitor.visit_object(type_name, value, ())
 
 
 def visit_command_arguments(command: str, text: str, implied_key: str | None) -> dict[str, Any]:
     """:func:`visit_str` for the (boxed) argument type of QMP ``command``."""
-    return visit_str(_schema().commands[command]["arg-type"], text, implied_key)
+    return visit_str(qsd_schema().commands[command]["arg-type"], text, implied_key)

@@ -10,7 +10,9 @@ members; both were learnt from the daemon by experiment
 itself; :func:`validate_arguments` reproduces the generated marshaller walking
 the arguments with QEMU's QObject input visitor (``qobject_input_visitor_new_qmp``):
 members in schema order (base members, then the variant's), the first error
-stops the walk, unvisited members are reported last. Where QEMU names the
+stops the walk, unvisited members are reported last. txgraph's extension
+commands are validated by the same walk, from their own schema entries
+(:mod:`txgraph.qmp.qapi_ext`), which ``query-qmp-schema`` does not show. Where QEMU names the
 failing value it uses one of two forms, and so does this module:
 
 * the full path (``options[0].file.filename``): "is missing", "is unexpected",
@@ -29,9 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from txgraph.errors import QAPIError, QMPError
+from txgraph.qmp import qapi_ext
 from txgraph.qobject.encoder import ghash_first, qdict_order
 
-__all__ = ["check_message", "validate_arguments", "schema_json", "has_command",
+__all__ = ["check_message", "validate_arguments", "schema_json", "has_command", "ArgumentVisitor",
+           "qsd_schema",
            "order_return", "order_event"]
 
 _DATA = Path(__file__).resolve().parent / "data"
@@ -51,6 +55,12 @@ class _Schema:
         self.entries: list[dict[str, Any]] = json.loads(_SCHEMA_FILE.read_text())
         self.by_name = {e["name"]: e for e in self.entries}
         self.commands = {e["name"]: e for e in self.entries if e["meta-type"] == "command"}
+        # txgraph's extension commands: validated alike, never shown by query-qmp-schema
+        extensions = qapi_ext.extension_entries(self.by_name)
+        clash = {e["name"] for e in extensions} & set(self.by_name)
+        assert not clash, f"extension schema entries shadow QSD's: {sorted(clash)}"
+        self.by_name.update((e["name"], e) for e in extensions)
+        self.ext_commands = {e["name"]: e for e in extensions if e["meta-type"] == "command"}
         facts = json.loads(_TYPES_FILE.read_text())
         self.alternate_names: dict[str, str] = facts["alternates"]
         self.int_kinds: dict[str, dict[str, str]] = facts["integers"]
@@ -146,13 +156,13 @@ def validate_arguments(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
 
     Absent optional members stay absent (no defaults are filled in). Unsigned
     integers come back as QEMU stores them (``-1`` for a uint64 is 2**64-1),
-    ``number`` members as float. A command the schema does not know (a txgraph
-    extension) gets its arguments back unchanged: its handler validates them.
+    ``number`` members as float. txgraph's extension commands are validated
+    from their own entries (:mod:`txgraph.qmp.qapi_ext`), by the same walk.
     """
     schema = _schema()
-    command = schema.commands.get(name)
+    command = schema.commands.get(name) or schema.ext_commands.get(name)
     if command is None:
-        return dict(arguments)
+        raise AssertionError(f"command {name} has no schema entry")
     return _Visitor(schema).visit_object(command["arg-type"], arguments, ())
 
 
@@ -196,7 +206,15 @@ class _Visitor:
     def type_error(self, path: _Path, expected: str) -> QAPIError:
         return QAPIError(f"Invalid parameter type for '{_render(path)}', expected: {expected}")
 
+    def arg_type(self, command: str) -> str:
+        """The argument type of a command (QSD's or an extension's)."""
+        entry = self.schema.commands.get(command) or self.schema.ext_commands[command]
+        return str(entry["arg-type"])
+
     def visit(self, tname: str, value: Any, path: _Path, int_kind: str = "int64") -> Any:
+        choose = qapi_ext.CHOOSERS.get(tname)
+        if choose is not None:
+            return self.visit(choose(value), value, path, int_kind)
         t = self.schema.by_name[tname]
         meta = t["meta-type"]
         if meta == "builtin":
@@ -283,7 +301,8 @@ class _Visitor:
         extra = ghash_first(inserted, unvisited)
         if extra is not None:
             raise QAPIError(f"Parameter '{_render((*path, extra))}' is unexpected")
-        return result
+        check = qapi_ext.CHECKS.get(tname)
+        return check(self, result, path) if check is not None else result
 
     def visit_members(self, owner: str, members: list[dict[str, Any]], value: dict[str, Any],
                       path: _Path, unvisited: set[str], result: dict[str, Any]) -> None:
@@ -298,3 +317,12 @@ class _Visitor:
             unvisited.discard(mname)
             result[mname] = self.visit(member["type"], value[mname], mpath,
                                        kinds.get(mname, "int64"))
+
+
+#: the schema walker, for validators of other input syntaxes (``--blockdev`` keyval)
+ArgumentVisitor = _Visitor
+
+
+def qsd_schema() -> _Schema:
+    """QSD 7.2's schema as the visitor reads it (loaded once)."""
+    return _schema()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -92,43 +93,87 @@ def test_iops_size_counts_large_requests_as_several_ops() -> None:
     assert g.compute_wait(False) == 0
 
 
-def _rt_with_throttle(limits: dict[str, int]) -> Runtime:
-    rt = Runtime()
+class _Clock:
+    """The throttle groups' clock, advanced by the test: no assertion depends on wall time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+DEADLINE = 60.0
+
+
+def _rt_with_throttle(limits: dict[str, int], clock: _Clock | None = None) -> Runtime:
+    rt = Runtime(ThrottleGroups(clock) if clock is not None else None)
     rt.throttle_groups.add("tg", limits)
     rt.open_node("m", "x-test-mem", {}, {}, False)
     rt.open_node("t", "throttle", {"throttle-group": "tg"}, {"file": "m"}, False)
     return rt
 
 
+def _waiting(rt: Runtime, is_write: bool = False) -> int:
+    """Requests queued in group tg (the group's own queue; polled, with a deadline)."""
+    group = rt.throttle_groups.get("tg")
+    assert group is not None
+    return len(group._queues[is_write])
+
+
+def _until(cond: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.005)
+
+
+def _in_thread(fn: Callable[[], object]) -> threading.Thread:
+    th = threading.Thread(target=fn, daemon=True)
+    th.start()
+    return th
+
+
 def test_iops_limit_paces_requests() -> None:
-    rt = _rt_with_throttle({"iops-total": 100})
+    clock = _Clock()
+    rt = _rt_with_throttle({"iops-total": 100}, clock)
     t = rt.node("t")
-    start = time.monotonic()
-    for _ in range(40):
+    # throttle_compute_wait: a request waits once the level exceeds the bucket (a tenth
+    # of a second at 100/s, 10 ops), so eleven go at once and the twelfth waits 0.01 s
+    for _ in range(11):
         t.read(0, 512)
-    # 40 ops at 100/s with a bucket of 10: at least 0.3 s; leave slack for slow machines.
-    assert time.monotonic() - start >= 0.28
+    th = _in_thread(lambda: t.read(0, 512))
+    _until(lambda: _waiting(rt) == 1, "the twelfth request waits in the group")
+    assert th.is_alive()
+    clock.now += 0.011  # just over one op leaks at 100/s
+    rt.throttle_groups.get("tg").kick()  # type: ignore[union-attr]
+    th.join(DEADLINE)
+    assert not th.is_alive() and _waiting(rt) == 0
 
 
 def test_group_is_shared_between_members() -> None:
-    rt = _rt_with_throttle({"bps-write": 100_000})
+    clock = _Clock()
+    rt = _rt_with_throttle({"bps-write": 100_000}, clock)
     rt.open_node("m2", "x-test-mem", {}, {}, False)
     rt.open_node("t2", "throttle", {"throttle-group": "tg"}, {"file": "m2"}, False)
-    start = time.monotonic()
-    for i in range(6):
-        rt.node("t" if i % 2 else "t2").write(0, bytes(10_000))
-    # 60 kB at 100 kB/s minus the 10 kB bucket: >= 0.4 s even though split over two nodes.
-    assert time.monotonic() - start >= 0.38
-    # reads are not limited by a write-only group
-    start = time.monotonic()
+    rt.node("t").write(0, bytes(20_000))  # 10 kB over the bucket: the next write waits 0.1 s
+    # the other member's write waits in the same group
+    th = _in_thread(lambda: rt.node("t2").write(0, bytes(10_000)))
+    _until(lambda: _waiting(rt, True) == 1, "t2's write waits behind t's")
+    # reads are not limited by a write-only group, even while a write waits
     for _ in range(50):
         rt.node("t").read(0, 10_000)
-    assert time.monotonic() - start < 0.2
+    assert th.is_alive()
+    clock.now += 0.11  # 11 kB leak at 100 kB/s: room for the waiting write
+    rt.throttle_groups.get("tg").kick()  # type: ignore[union-attr]
+    th.join(DEADLINE)
+    assert not th.is_alive() and _waiting(rt, True) == 0
 
 
 def test_drain_releases_throttled_requests() -> None:
     """``throttle_co_drain_begin``: a drain must not wait for the throttle schedule."""
-    rt = _rt_with_throttle({"iops-total": 2})
+    clock = _Clock()  # never advanced: without the release a waiting request waits forever
+    rt = _rt_with_throttle({"iops-total": 2}, clock)
     done = threading.Event()
 
     def worker() -> None:
@@ -137,15 +182,16 @@ def test_drain_releases_throttled_requests() -> None:
                 rt.node("t").read(0, 512)
         done.set()
 
-    th = threading.Thread(target=worker)
-    th.start()
-    time.sleep(0.05)
-    start = time.monotonic()
     rt.open_node("m2", "x-test-mem", {}, {}, False)
-    rt.apply([SetChild("t", "file", "m2")])
-    assert time.monotonic() - start < 0.25       # without the release: ~0.45 s
-    # After the drain, limits apply again: the worker is still being paced.
+    th = _in_thread(worker)
+    _until(lambda: _waiting(rt) == 1, "the worker's request waits in the group")
+    swap = _in_thread(lambda: rt.apply([SetChild("t", "file", "m2")]))
+    swap.join(DEADLINE)
+    assert not swap.is_alive(), "the drain waited for the throttle schedule"
+    # After the drain, limits apply again: the worker is being paced once more.
+    _until(lambda: _waiting(rt) == 1, "the worker's next request waits again")
     assert not done.is_set()
     rt.throttle_groups.set_limits("tg", {})
-    th.join(10)
+    th.join(DEADLINE)
+    assert done.is_set()
     assert done.is_set()

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from txgraph.events import EventBus, qmp_event
+from txgraph.qmp.command_table import CommandContext
 from txgraph.qmp.engine import Engine
 
 
@@ -115,3 +116,13 @@ def test_quorum_events_are_rate_limited_like_qemu() -> None:
     assert len(got) == 4 and not timers.pending
     bus.emit("QUORUM_REPORT_BAD", {"node-name": "c2", "sector-num": 7})  # quiet again: at once
     assert got[4:] == [("QUORUM_REPORT_BAD", {"node-name": "c2", "sector-num": 7})]
+
+
+def test_a_command_context_emits_into_the_session_bus_without_an_engine() -> None:
+    """No channel is patched in: the context's emit_event is the session's bus."""
+    ctx = CommandContext()
+    got: list[dict[str, object]] = []
+    ctx.session.events.subscribe(got.append)
+    ctx.emit_event("X_TXGRAPH_REOPEN_WARNING", {"node": "n"})
+    assert [e["event"] for e in got] == ["X_TXGRAPH_REOPEN_WARNING"]
+    assert "emit_event" not in vars(ctx)
