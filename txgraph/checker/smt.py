@@ -62,25 +62,31 @@ class _Session:
         return b
 
 
-_LOCAL = threading.local()
+#: z3's Python API works in one global context that is not thread-safe, and a solver
+#: freed by a thread that ends (a block job's) races with any other use of it. So there
+#: is one solver session for the process, and ``_LOCK`` is held for everything done
+#: with it: building it, every check, and replacing it.
+_LOCK = threading.Lock()
+_SHARED: list[_Session] = []
 
 
 def _session() -> _Session:
-    s: _Session | None = getattr(_LOCAL, "session", None)
-    if s is None or len(s.declared) > MAX_DECLARED:
-        s = _LOCAL.session = _Session()
-    return s
+    """The process's solver session (``_LOCK`` held by the caller)."""
+    if not _SHARED or len(_SHARED[0].declared) > MAX_DECLARED:
+        _SHARED[:] = [_Session()]
+    return _SHARED[0]
 
 
 def check_smt(region: Region, instances: list[Instance], rules: frozenset[str],
               policy: str) -> list[Violation]:
-    session = _session()
-    out, false_alarm = _run(session, region, instances, rules, policy, force_ranks=False)
-    if false_alarm:
-        # A rank core without a real cycle: the constants left no room. Renumber, retry.
-        # A second false alarm can only mean the fixed part itself is cyclic, which a
-        # region check does not judge; the other rules' findings stand.
-        out, _again = _run(session, region, instances, rules, policy, force_ranks=True)
+    with _LOCK:
+        session = _session()
+        out, false_alarm = _run(session, region, instances, rules, policy, force_ranks=False)
+        if false_alarm:
+            # A rank core without a real cycle: the constants left no room. Renumber, retry.
+            # A second false alarm can only mean the fixed part itself is cyclic, which a
+            # region check does not judge; the other rules' findings stand.
+            out, _again = _run(session, region, instances, rules, policy, force_ranks=True)
     return out
 
 
