@@ -226,11 +226,11 @@ def test_unknown_is_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
     from txgraph.checker import smt
 
     monkeypatch.setattr(smt, "RLIMIT", 1)
-    monkeypatch.setattr(smt._LOCAL, "session", None, raising=False)
+    monkeypatch.setattr(smt, "_SHARED", [])  # a fresh session, built with the tiny limit
     try:
         v = check(chain().g)
     finally:
-        smt._LOCAL.session = None
+        smt._SHARED.clear()
     assert not v.ok and v.violations[0].rule == "Z1-solver-unknown"
 
 
