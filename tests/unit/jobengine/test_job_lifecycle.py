@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.support.atomicity import assert_all_steps_atomic
 from tests.unit.jobengine.conftest import Client, chain_args, make_chain
 from txgraph.jobs.status import TRANSITIONS, JobStatus
@@ -140,3 +142,53 @@ def _rename(args: dict[str, Any], prefix: str) -> None:
             args[key] = prefix + value
         elif isinstance(value, dict):
             _rename(value, prefix)
+
+
+@pytest.mark.parametrize("fault_at", [1, 4, 9])
+@pytest.mark.parametrize("kind", ["mirror", "active-commit", "commit"])
+def test_a_failing_end_of_each_job_undoes_itself(tmp_path: Path, kind: str,
+                                                  fault_at: int) -> None:
+    """A fault inside the job's final graph change (the mirror's pivot, the commit's
+    drop of the intermediates) aborts that change; the job then takes its abort path,
+    reports the failure, and the graph is back as before the job (filter gone, no
+    pivot, nothing left of the job)."""
+    import subprocess
+
+    make_chain(tmp_path)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(tmp_path / "tgt.qcow2"), "4M"],
+                   check=True)
+    session = Session()
+    client = Client(session)
+    try:
+        assert client("blockdev-add", chain_args(tmp_path)) == {}
+        assert client("blockdev-add", {"driver": "qcow2", "node-name": "tgt", "file": {
+            "driver": "file", "filename": str(tmp_path / "tgt.qcow2")}}) == {}
+        before = _shape(session)
+        start = {"mirror": ("blockdev-mirror", {"device": "top", "job-id": "j", "target": "tgt",
+                                                "sync": "full"}),
+                 "active-commit": ("block-commit", {"device": "top", "job-id": "j"}),
+                 "commit": ("block-commit", {"device": "top", "job-id": "j",
+                                             "top-node": "mid"})}[kind]
+        if kind == "commit":
+            with session.lock:
+                assert client(*start) == {}
+                session.fail_next_at = fault_at
+        else:
+            assert client(*start) == {}
+            _wait(lambda: any(e["event"] == "BLOCK_JOB_READY" for e in client.events), "READY")
+            with session.lock:
+                assert client("job-complete", {"id": "j"}) == {}
+                session.fail_next_at = fault_at
+        _wait(lambda: _statuses(client, "j")[-1:] == ["null"], "the job to end")
+        completed = [e for e in client.events if e["event"] == "BLOCK_JOB_COMPLETED"]
+        assert len(completed) == 1 and "error" in completed[0]["data"], client.events
+        after = _shape(session)
+        if kind == "active-commit":
+            # commit_active_start made the base writable; QEMU 7.2 leaves it so on abort
+            assert [e for e in after if e[0] != "base"] == [e for e in before if e[0] != "base"]
+            assert session.graph.nodes["base"].writable
+        else:
+            assert after == before
+        assert client("query-jobs") == []
+    finally:
+        session.close()
