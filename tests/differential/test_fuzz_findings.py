@@ -57,3 +57,39 @@ def test_qcow2_header_read_error_through_a_quorum_that_cannot_vote() -> None:
                                                   "file": "n5", "backing": "n1"}},
     ]
     assert _replay(steps) == []
+
+
+@pytest.mark.parametrize("snapshot_file", ["s0.qcow2", "nodir/s.qcow2"])
+def test_snapshot_sync_with_an_empty_overlay_name(snapshot_file: str) -> None:
+    """Fuzz 2c1653db77/1135017a5d/b8b78a804f: ``"snapshot-node-name": ""`` is present (C's
+    NULL test), so QSD creates the image first (``Could not create ...`` when it cannot)
+    and then refuses the name (``Invalid node-name: ''``); txgraph said ``New overlay
+    node-name missing`` (Python's falsiness)."""
+    steps = [
+        {"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "n3", "file": {
+            "driver": "file", "filename": "{dir}/o0.qcow2"}}},
+        {"execute": "blockdev-snapshot-sync", "arguments": {
+            "node-name": "n3", "snapshot-file": "{dir}/" + snapshot_file,
+            "snapshot-node-name": "", "format": "qcow2"}},
+        {"execute": "transaction", "arguments": {"actions": [{
+            "type": "blockdev-snapshot-sync", "data": {
+                "node-name": "n3", "snapshot-file": "{dir}/s1.qcow2", "snapshot-node-name": "",
+                "format": "qcow2"}}]}},
+    ]
+    assert _replay(steps) == []
+
+
+def test_full_backing_filename_under_a_null_protocol_file() -> None:
+    """Fuzz 30acb6c478: a qcow2 whose ``file`` is re-pointed at a null-aio node resolves its
+    header's relative backing name against ``path_combine("null-aio://", "")``, which keeps
+    the whole protocol prefix: ``null-aio://b0.qcow2`` (txgraph said ``null-aio:/b0.qcow2``)."""
+    steps = [
+        {"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "n0", "file": {
+            "driver": "file", "filename": "{dir}/b1.qcow2", "node-name": "n0f"},
+            "backing": None}},
+        {"execute": "blockdev-add", "arguments": {"driver": "null-aio", "node-name": "n5"}},
+        {"execute": "blockdev-reopen", "arguments": {"options": [{
+            "driver": "qcow2", "node-name": "n0", "read-only": True, "backing": "n0f",
+            "file": "n5"}]}},
+    ]
+    assert _replay(steps) == []

@@ -59,9 +59,10 @@ def stage_blockdev_snapshot_sync(session: Session, tx: Transaction, args: dict[s
     old = _prepare_old(session, device, node_name)
     fmt = args.get("format", "qcow2")
     snapshot_node_name = args.get("snapshot-node-name")
-    if node_name and not snapshot_node_name:
+    # C's NULL tests: an empty name is present (and refused later by bdrv_open)
+    if node_name is not None and snapshot_node_name is None:
         raise BlockError("New overlay node-name missing")
-    if snapshot_node_name and _name_in_use(session, snapshot_node_name):
+    if snapshot_node_name is not None and _name_in_use(session, snapshot_node_name):
         raise BlockError("New overlay node-name already in use")
     old_node = session.graph.nodes[old]
     flags = old_node.flags & ~(OpenFlag.SNAPSHOT | OpenFlag.COPY_ON_READ) | OpenFlag.NO_BACKING
@@ -70,7 +71,7 @@ def stage_blockdev_snapshot_sync(session: Session, tx: Transaction, args: dict[s
         _create_image(session, tx, old, path, fmt)
     options = OptionSet()
     explicit = Provenance(Source.EXPLICIT, detail="blockdev-snapshot-sync")
-    if snapshot_node_name:
+    if snapshot_node_name is not None:
         options.put("node-name", snapshot_node_name, explicit)
     options.put("driver", fmt, explicit)
     # bdrv_open() of the new image: flags inherited from the old node, no backing opened.
