@@ -93,3 +93,54 @@ def test_full_backing_filename_under_a_null_protocol_file() -> None:
             "file": "n5"}]}},
     ]
     assert _replay(steps) == []
+
+
+def _add(args: dict[str, Any]) -> dict[str, Any]:
+    return {"execute": "blockdev-add", "arguments": args}
+
+
+@pytest.mark.parametrize("snapshot", ["blockdev-snapshot", "blockdev-snapshot-sync"])
+def test_snapshot_keeps_a_file_another_filter_writes_through(snapshot: str) -> None:
+    """Fuzz d3e01fb23f/912d0ac991/2c7519000b: after a snapshot QEMU makes the old node
+    read-only (``bdrv_reopen_set_read_only``, errors ignored). Its file child, read-only by
+    inheritance, still has a copy-on-read parent that needs ``write unchanged``, so the
+    reopen fails and QSD keeps the node writable. txgraph checked only the snapshotted node
+    and refused the whole snapshot (or failed inside its abort)."""
+    steps = [
+        _add({"driver": "raw", "node-name": "n2", "file": {
+            "driver": "file", "filename": "{dir}/i1.qcow2", "node-name": "n2f"}}),
+        _add({"driver": "copy-on-read", "node-name": "n6", "file": "n2f"}),
+    ]
+    if snapshot == "blockdev-snapshot":
+        steps += [_add({"driver": "qcow2", "node-name": "n4", "file": {
+                      "driver": "file", "filename": "{dir}/b0.qcow2"}}),
+                  {"execute": snapshot, "arguments": {"node": "n2", "overlay": "n4"}}]
+    else:
+        steps += [_add({"driver": "quorum", "node-name": "q", "children": ["n6", "n2"],
+                        "vote-threshold": 2}),
+                  {"execute": snapshot, "arguments": {
+                      "node-name": "n2", "snapshot-file": "{dir}/s0.qcow2",
+                      "snapshot-node-name": "n4", "format": "qcow2"}}]
+    assert _replay(steps) == []
+
+
+def test_throttle_keeps_the_length_it_opened_with() -> None:
+    """Fuzz c55cfabb83/1fe77662e5: throttle has no variable length, so QEMU reports the
+    length cached at open even after its file child is replaced — by a reopen or by
+    blockdev-snapshot's bdrv_append under a raw parent (raw has variable length and
+    follows). txgraph's throttle asked its child every time."""
+    steps = [
+        {"execute": "object-add", "arguments": {"qom-type": "throttle-group", "id": "g0"}},
+        _add({"driver": "file", "filename": "{dir}/o1.qcow2", "node-name": "n1"}),
+        _add({"driver": "throttle", "node-name": "n6", "file": "n1", "throttle-group": "g0"}),
+        _add({"driver": "file", "filename": "{dir}/r0.raw", "node-name": "n2"}),
+        {"execute": "blockdev-reopen", "arguments": {"options": [{
+            "driver": "throttle", "node-name": "n6", "file": "n2", "throttle-group": "g0"}]}},
+        _add({"driver": "raw", "node-name": "n5", "file": {
+            "driver": "file", "filename": "{dir}/o0.qcow2", "node-name": "n5f"}}),
+        _add({"driver": "throttle", "node-name": "n4", "file": "n5", "throttle-group": "g0"}),
+        _add({"driver": "qcow2", "node-name": "n3", "file": {
+            "driver": "file", "filename": "{dir}/i1.qcow2"}}),
+        {"execute": "blockdev-snapshot", "arguments": {"node": "n5f", "overlay": "n3"}},
+    ]
+    assert _replay(steps) == []

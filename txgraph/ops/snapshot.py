@@ -223,7 +223,11 @@ def set_read_only_ignoring_errors(session: Session, tx: Transaction, name: str) 
         return node.name not in target_set and node.writable
 
     try:
-        changes = compute_refresh(graph, [name], writable_after=writable_after,
+        # every node of the reopen set is checked (bdrv_list_refresh_perms over the
+        # queue): a child made read-only may have another writer (a copy-on-read
+        # filter) even where the edges from the snapshotted node keep their values
+        roots = [name, *(t for t in targets if t != name)]
+        changes = compute_refresh(graph, roots, writable_after=writable_after,
                                   driver_check=driver_check)
         tx.rt.set_read_only([t for t in targets if tx.rt.knows(t)], True)
     except BaseException as err:

@@ -44,6 +44,10 @@ class ThrottleNode(FilterNode):
         group.members.add(node_name)
         self._disabled = 0
         self._lock = threading.Lock()
+        #: the length settled at open: throttle has no variable length (QEMU caches
+        #: total_sectors), so a file child replaced later (reopen, blockdev-snapshot's
+        #: bdrv_append) does not change what the node reports
+        self._length = self.children["file"].size()
 
     # -- drain: QEMU's io_limits_disabled counter ------------------------------------------
     def drain_begin(self) -> None:
@@ -57,6 +61,9 @@ class ThrottleNode(FilterNode):
 
     def _released(self) -> bool:
         return self._disabled > 0
+
+    def size(self) -> int:
+        return self._length
 
     # -- data path -------------------------------------------------------------------------
     def read(self, offset: int, length: int) -> bytes:
