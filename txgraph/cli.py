@@ -353,7 +353,9 @@ def fuzz_cmd(against: str, seconds: float, seed: int, jobs: int, out_dir: str,
     for sig, d in report["divergences"].items():
         click.echo(f"  {sig} {d['kind']} at {d['command']} (x{d['count']}, "
                    f"{d.get('steps', '?')} steps): {d.get('repro', 'not shrunk')}")
-    sys.exit(1 if report["divergences"] or report.get("worker_failures") else 0)
+    # a known QEMU bug (txgraph.fuzz.known, pinned by its own test) is reported, not a failure
+    new = [s for s in report["divergences"] if s not in report["known_qemu_bugs"]]
+    sys.exit(1 if new or report.get("worker_failures") else 0)
 
 
 @main.command("replay")

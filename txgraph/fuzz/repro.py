@@ -62,7 +62,7 @@ from txgraph.fuzz.replay import replay
 HERE = Path(__file__).resolve().parent
 
 
-def test_repro_{signature}() -> None:
+def test_repro_{signature.replace("-", "_")}() -> None:
     repro = load_reproducer(HERE / "repro-{signature}.json")
     report = replay(repro, against="{"both" if against == "qsd" else "txgraph"}")
     assert report.divergence is None, "\\n".join(report.divergence.lines)

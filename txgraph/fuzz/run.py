@@ -32,6 +32,7 @@ from typing import Any
 
 from txgraph.checker import check
 from txgraph.fuzz.generate import Resources, image_commands
+from txgraph.fuzz.known import classify
 from txgraph.oracle.canon import canon_text, substitute
 from txgraph.oracle.compare import lockstep
 from txgraph.oracle.peers import EnginePeer, Peer, QSDPeer
@@ -56,6 +57,8 @@ class Divergence:
     command: str
     lines: list[str]
     signature: str
+    #: the id of the known QEMU bug this is (:mod:`txgraph.fuzz.known`), else None
+    known: str | None = None
 
 
 @dataclass
@@ -98,6 +101,16 @@ def behaviour(message: dict[str, Any], reply: dict[str, Any]) -> str:
 def _signature(kind: str, message: dict[str, Any], lines: list[str]) -> str:
     shape = "\n".join(_mask(line) for line in lines[:3])
     return hashlib.sha1(f"{kind}\n{_label(message)}\n{shape}".encode()).hexdigest()[:10]
+
+
+def _finding(kind: str, index: int, message: dict[str, Any], lines: list[str]) -> Divergence:
+    """The divergence for a failure at step ``index``; a known QEMU bug gets its own
+    kind (``qsd-crash`` or ``qsd-bug``) and the signature ``qemu-<id>``."""
+    bug = classify(kind, lines) if kind in ("crash", "mismatch") else None
+    if bug is not None:
+        return Divergence("qsd-crash" if kind == "crash" else "qsd-bug", index, _label(message),
+                          lines, f"qemu-{bug.id}", bug.id)
+    return Divergence(kind, index, _label(message), lines, _signature(kind, message, lines))
 
 
 _TEMPLATE: Path | None = None
@@ -210,12 +223,10 @@ def run_sequence(source: StepSource, against: str, max_steps: int = 40) -> RunRe
                 reply = right
                 if "error" in left and left["error"].get("class") == "PeerDied":
                     lines = [str(left["error"].get("desc"))]
-                    result.divergence = Divergence("crash", index, _label(message), lines,
-                                                   _signature("crash", message, lines))
+                    result.divergence = _finding("crash", index, message, lines)
                     break
                 if diff:
-                    result.divergence = Divergence("mismatch", index, _label(message), diff,
-                                                   _signature("mismatch", message, diff))
+                    result.divergence = _finding("mismatch", index, message, diff)
                     break
             else:
                 session = sides.session()
@@ -225,8 +236,7 @@ def run_sequence(source: StepSource, against: str, max_steps: int = 40) -> RunRe
                 result.replies.append({sides.peers[0].label: reply})
                 if reply.get("error", {}).get("class") == "PeerDied":
                     lines = [str(reply["error"].get("desc"))]
-                    result.divergence = Divergence("crash", index, _label(message), lines,
-                                                   _signature("crash", message, lines))
+                    result.divergence = _finding("crash", index, message, lines)
                     break
             accepted = "error" not in reply
             res.note(message, accepted)
@@ -234,8 +244,7 @@ def run_sequence(source: StepSource, against: str, max_steps: int = 40) -> RunRe
             broken = _invariants(sides, reply, before, full_check=against == "model")
             if broken is not None:
                 kind, lines = broken
-                result.divergence = Divergence(kind, index, _label(message), lines,
-                                               _signature(kind, message, lines))
+                result.divergence = _finding(kind, index, message, lines)
                 break
     finally:
         sides.close()
