@@ -66,13 +66,23 @@ class Resources:
     groups: list[str] = field(default_factory=list)
     exports: list[str] = field(default_factory=list)
     nbd_running: bool = False
+    #: export id -> the node it exports (a node in use by a BlockBackend)
+    exported: dict[str, str] = field(default_factory=dict)
+    #: live throttle node -> its throttle group (a group in use)
+    throttled: dict[str, str] = field(default_factory=dict)
+    #: live nodes whose detect-zeroes is not off (a reopen that leaves it out resets it)
+    detecting: list[str] = field(default_factory=list)
 
     def refresh(self, graph: BlockGraph) -> None:
         """Take the live part from ``graph`` (user-named nodes only: auto names are random)."""
-        self.live = {}
+        self.live, self.throttled, self.detecting = {}, {}, []
         for name, node in graph.nodes.items():
             if name.startswith("#"):
                 continue
+            if node.driver == "throttle":
+                self.throttled[name] = str(node.options.get("throttle-group"))
+            if node.detect_zeroes != "off":
+                self.detecting.append(name)
             # auto-named children as placeholders: each peer resolves its own random suffix
             kids = {edge.name: ("{" + _AUTO.sub(r"#block\1", child) + "}" if child.startswith("#")
                                 else child)
@@ -94,11 +104,13 @@ class Resources:
         elif name == "nbd-server-start":
             self.nbd_running = True
         elif name == "nbd-server-stop":
-            self.nbd_running, self.exports = False, []
+            self.nbd_running, self.exports, self.exported = False, [], {}
         elif name == "block-export-add":
             self.exports.append(args["id"])
+            self.exported[args["id"]] = args["node-name"]
         elif name == "block-export-del" and args["id"] in self.exports:
             self.exports.remove(args["id"])
+            self.exported.pop(args["id"], None)
 
 
 Action = Callable[["Generator"], dict[str, Any] | None]
@@ -121,7 +133,8 @@ class Generator:
     def __init__(self, rng: random.Random, families: list[str], res: Resources) -> None:
         self.rng = rng
         self.res = res
-        self.actions: list[Action] = [a for fam in families for a in FAMILIES[fam]]
+        self.families = [FAMILIES[f] for f in families]
+        self.weights = [FAMILY_WEIGHTS[f] for f in families]
 
     # -- drawing helpers -----------------------------------------------------------------
     def pick(self, pool: list[str], fallback: str = "nosuch") -> str:
@@ -167,7 +180,10 @@ class Generator:
     def next(self) -> dict[str, Any]:
         """The next command (retries until an action applies to the current resources)."""
         for _ in range(20):
-            msg = self.rng.choice(self.actions)(self)
+            # a family by weight, then one of its actions: a family with few actions
+            # (objects, exports, del) is drawn as often as its weight says
+            family = self.rng.choices(self.families, self.weights)[0]
+            msg = self.rng.choice(family)(self)
             if msg is not None:
                 return msg
         return _cmd("query-named-block-nodes", {"flat": True})
@@ -179,6 +195,9 @@ def add_null(g: Generator) -> dict[str, Any]:
                             "node-name": g.new_name(), **g.common()}
     if g.rng.random() < 0.3:
         args["size"] = g.rng.choice([0, 512, 1 << 20, 1 << 30])
+    # with read-zeroes=off QEMU's reads return whatever the buffer held (uninitialised
+    # memory): a copy-on-read from it writes data or zeroes at random, no oracle
+    args["read-zeroes"] = True
     return _cmd("blockdev-add", args)
 
 
@@ -226,14 +245,28 @@ def add_quorum(g: Generator) -> dict[str, Any] | None:
 
 
 def delete(g: Generator) -> dict[str, Any]:
-    return _cmd("blockdev-del", {"node-name": g.node()})
+    r = g.rng.random()
+    if r < 0.25 and g.res.exported:
+        name = g.pick(sorted(set(g.res.exported.values())))  # in use by an export
+    elif r < 0.4 and g.res.live:
+        # a node with parents: in use by another node
+        used = sorted({k for _d, kids in g.res.live.values() for k in kids.values()
+                       if k in g.res.live})
+        name = g.pick(used) if used else g.node()
+    else:
+        name = g.node()
+    return _cmd("blockdev-del", {"node-name": name})
 
 
 # -- reopen ---------------------------------------------------------------------------------
 def reopen(g: Generator) -> dict[str, Any] | None:
     if not g.res.live:
         return None
-    name = g.pick(sorted(g.res.live))
+    detecting = [n for n in g.res.detecting if g.res.live[n][0] != "file"]
+    if detecting and g.rng.random() < 0.3:
+        name = g.pick(detecting)  # the reset rule: options left out go back to defaults
+    else:
+        name = g.pick(sorted(g.res.live))
     driver, kids = g.res.live[name]
     entry: dict[str, Any] = {"driver": driver, "node-name": name, **g.common()}
     for child, target in sorted(kids.items()):
@@ -297,6 +330,8 @@ def objects(g: Generator) -> dict[str, Any]:
         limits = {g.rng.choice(["iops-total", "bps-total", "iops-read"]): g.rng.choice([0, 100, 1000])}
         return _cmd("object-add", {"qom-type": "throttle-group", "id": g.rng.choice(_GROUPS),
                                    "limits": limits})
+    if g.res.throttled and g.rng.random() < 0.5:
+        return _cmd("object-del", {"id": g.pick(sorted(set(g.res.throttled.values())))})
     return _cmd("object-del", {"id": g.rng.choice(_GROUPS)})
 
 
@@ -336,6 +371,10 @@ FAMILIES: dict[str, list[Action]] = {
     "exports": [exports],
     "x": [x_filters],
 }
+
+#: how often each family is drawn (relative): adds build the graphs the others work on
+FAMILY_WEIGHTS: dict[str, float] = {"add": 6, "del": 1.5, "reopen": 2.5, "snapshot": 2,
+                                    "quorum": 0.7, "objects": 1.3, "exports": 1.5, "x": 1}
 
 #: the families qemu-storage-daemon 7.2 can run
 QSD_FAMILIES = [f for f in FAMILIES if f != "x"]
