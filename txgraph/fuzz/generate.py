@@ -339,7 +339,7 @@ def exports(g: Generator) -> dict[str, Any]:
     r = g.rng.random()
     if not g.res.nbd_running or r < 0.1:
         return _cmd("nbd-server-start",
-                    {"addr": {"type": "unix", "path": "{dir}/nbd.sock"}})
+                    {"addr": {"type": "unix", "data": {"path": "{dir}/nbd.sock"}}})
     if r < 0.65:
         return _cmd("block-export-add", {"type": "nbd", "id": g.rng.choice(_EXPORTS),
                                          "node-name": g.node(),

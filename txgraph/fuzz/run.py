@@ -171,28 +171,51 @@ def _engine_state(sides: _Sides) -> tuple[str, Any] | None:
     return session.graph.digest(), session.runtime.state()
 
 
+#: digest of a graph -> what the full check found on it (None: every rule holds).
+#: The check is a pure function of the graph, and sequences that share a corpus
+#: prefix revisit the same graphs again and again, so a graph is checked once per
+#: worker process. Owned by that process's one campaign thread (no lock); cleared
+#: when it grows past _MEMO_LIMIT entries.
+_CHECKED: dict[str, tuple[str, list[str]] | None] = {}
+_MEMO_LIMIT = 50_000
+
+
+def _full_check(sides: _Sides, digest: str) -> tuple[str, list[str]] | None:
+    """The whole graph against every rule, with the z3 and the networkx engines agreeing."""
+    if digest in _CHECKED:
+        return _CHECKED[digest]
+    session = sides.session()
+    found: tuple[str, list[str]] | None = None
+    if session is not None and session.graph.nodes:
+        z3_verdict = check(session.graph, None, engine="z3")
+        nx_verdict = check(session.graph, None, engine="structural")
+        if z3_verdict.ok != nx_verdict.ok:
+            found = "checker-engines", [f"z3 ok={z3_verdict.ok}, networkx ok={nx_verdict.ok}"]
+        elif not z3_verdict.ok:
+            first = z3_verdict.violations[0]
+            found = "invariant", [f"[{first.rule}] {first.sentence}"]
+    if len(_CHECKED) >= _MEMO_LIMIT:
+        _CHECKED.clear()
+    _CHECKED[digest] = found
+    return found
+
+
 def _invariants(sides: _Sides, reply: dict[str, Any], before: tuple[str, Any] | None,
-                full_check: bool) -> tuple[str, list[str]] | None:
+                after: tuple[str, Any] | None, full_check: bool) -> tuple[str, list[str]] | None:
+    """txgraph's own invariants after a step; ``before``/``after``: its state around it."""
     err = reply.get("error")
     if err is not None:
         if err.get("class") == "PythonException":
             return "exception", [str(err.get("desc"))]
         if _PYTHON_TEXT.search(str(err.get("desc"))):
             return "python-text", [f"reply text: {err.get('desc')}"]
-        after = _engine_state(sides)
         if before is not None and after != before:
             return "not-atomic", ["txgraph refused the command but its state changed",
                                   f"reply: {err.get('desc')}"]
-    if full_check:
-        session = sides.session()
-        if session is not None and session.graph.nodes:
-            z3_verdict = check(session.graph, None, engine="z3")
-            nx_verdict = check(session.graph, None, engine="structural")
-            if z3_verdict.ok != nx_verdict.ok:
-                return "checker-engines", [f"z3 ok={z3_verdict.ok}, networkx ok={nx_verdict.ok}"]
-            if not z3_verdict.ok:
-                first = z3_verdict.violations[0]
-                return "invariant", [f"[{first.rule}] {first.sentence}"]
+        if full_check and after == before:
+            return None  # nothing changed: the graph is the one already checked
+    if full_check and after is not None:
+        return _full_check(sides, after[0])
     return None
 
 
@@ -205,6 +228,7 @@ def run_sequence(source: StepSource, against: str, max_steps: int = 40) -> RunRe
     result = RunResult()
     res = Resources()
     sides = _Sides(against)
+    state: tuple[str, Any] | None = None
     try:
         for index in range(max_steps):
             session = sides.session()
@@ -214,7 +238,8 @@ def run_sequence(source: StepSource, against: str, max_steps: int = 40) -> RunRe
             if message is None:
                 break
             result.steps.append(message)
-            before = _engine_state(sides)
+            # the state after the previous step is the state before this one
+            before = state if index else _engine_state(sides)
             if against == "qsd":
                 records, diff = lockstep(sides.peers, [str(d) for d in sides.dirs], sides.autos,
                                          sides.history, message)
@@ -241,7 +266,8 @@ def run_sequence(source: StepSource, against: str, max_steps: int = 40) -> RunRe
             accepted = "error" not in reply
             res.note(message, accepted)
             result.behaviours.append(behaviour(message, reply))
-            broken = _invariants(sides, reply, before, full_check=against == "model")
+            state = _engine_state(sides)
+            broken = _invariants(sides, reply, before, state, full_check=against == "model")
             if broken is not None:
                 kind, lines = broken
                 result.divergence = _finding(kind, index, message, lines)
