@@ -333,7 +333,7 @@ def show_cmd(state_file: str | None, qmp_socket: str | None, directory: str | No
               show_default=True, help="The campaign directory (corpus, reproducers, report).")
 @click.option("--ops", default=None, metavar="LIST",
               help="Comma-separated operation families: add,del,reopen,snapshot,quorum,objects,"
-                   "exports (and x: txgraph's extensions, model only).")
+                   "exports,guest (and x: txgraph's extensions, model only).")
 def fuzz_cmd(against: str, seconds: float, seed: int, jobs: int, out_dir: str,
              ops: str | None) -> None:
     """Fuzz block-graph reconfiguration; exit 1 when something diverged or crashed."""

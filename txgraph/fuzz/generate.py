@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from txgraph.fuzz.guest import GUEST_IO, draw_commands
 from txgraph.model.graph import BlockGraph
 
 __all__ = ["IMAGES", "FAMILIES", "QSD_FAMILIES", "Resources", "Generator", "image_commands"]
@@ -349,6 +350,15 @@ def exports(g: Generator) -> dict[str, Any]:
     return _cmd("nbd-server-stop")
 
 
+def guest_io(g: Generator) -> dict[str, Any] | None:
+    """Reads and writes through an export (:mod:`txgraph.fuzz.guest`)."""
+    if not g.res.nbd_running or not g.res.exported:
+        return None
+    # the NBD export name is the node name (block-export-add without "name")
+    return _cmd(GUEST_IO, {"export": g.pick(sorted(set(g.res.exported.values()))),
+                           "commands": draw_commands(g.rng)})
+
+
 # -- txgraph's extensions (model campaigns only) ----------------------------------------------
 def x_filters(g: Generator) -> dict[str, Any] | None:
     if not g.res.live:
@@ -369,12 +379,14 @@ FAMILIES: dict[str, list[Action]] = {
     "quorum": [quorum_change],
     "objects": [objects],
     "exports": [exports],
+    "guest": [guest_io],
     "x": [x_filters],
 }
 
 #: how often each family is drawn (relative): adds build the graphs the others work on
 FAMILY_WEIGHTS: dict[str, float] = {"add": 6, "del": 1.5, "reopen": 2.5, "snapshot": 2,
-                                    "quorum": 0.7, "objects": 1.3, "exports": 1.5, "x": 1}
+                                    "quorum": 0.7, "objects": 1.3, "exports": 1.5, "guest": 1.5,
+                                    "x": 1}
 
 #: the families qemu-storage-daemon 7.2 can run
 QSD_FAMILIES = [f for f in FAMILIES if f != "x"]
