@@ -166,3 +166,37 @@ def test_write_unchanged_on_an_unaligned_o_direct_file() -> None:
             "format": "qcow2"}},
     ]
     assert _replay(steps) == []
+
+
+def _io(export: str, *commands: str) -> dict[str, Any]:
+    return {"execute": "guest-io", "arguments": {"export": export, "commands": list(commands)}}
+
+
+def test_partial_zero_write_makes_a_zero_cluster_when_the_rest_reads_zero() -> None:
+    """Fuzz 6e81934a41/8ed8cad489 (the first guest-I/O finding): a 4 KiB write-zeroes into
+    an unallocated 64 KiB qcow2 cluster whose rest reads as zeros turns the whole cluster
+    into a zero cluster (qcow2_co_pwrite_zeroes' head/tail check): QSD allocates an L2
+    table only, txgraph wrote a data cluster. Where the backing has data in the rest of
+    the cluster, QEMU falls back to writing zeros (a data cluster) — both cases here, the
+    image sizes compared after every step."""
+    steps = [
+        {"execute": "nbd-server-start",
+         "arguments": {"addr": {"type": "unix", "data": {"path": "{dir}/nbd.sock"}}}},
+        _add({"driver": "qcow2", "node-name": "n2", "file": {
+            "driver": "file", "filename": "{dir}/b0.qcow2"}}),
+        {"execute": "block-export-add",
+         "arguments": {"type": "nbd", "id": "e0", "node-name": "n2", "writable": True}},
+        _io("n2", "write -z 65536 4k", "write -P 0x5a 200704 4k"),
+        {"execute": "block-export-del", "arguments": {"id": "e0", "mode": "hard"}},
+        {"execute": "blockdev-snapshot-sync", "arguments": {
+            "node-name": "n2", "snapshot-file": "{dir}/s0.qcow2", "snapshot-node-name": "n3",
+            "format": "qcow2"}},
+        {"execute": "block-export-add",
+         "arguments": {"type": "nbd", "id": "e1", "node-name": "n3", "writable": True}},
+        # the rest of this cluster holds 0x5a in the backing: a data cluster
+        _io("n3", "write -z 196608 4k", "read -P 0x5a 200704 4k", "read -P 0 196608 4k"),
+        # the rest of this one reads zeros through the backing: a zero cluster
+        _io("n3", "write -z 327680 4k", "read -P 0 327680 64k"),
+        {"execute": "query-named-block-nodes", "arguments": {"flat": True}},
+    ]
+    assert _replay(steps) == []
