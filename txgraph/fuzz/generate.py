@@ -229,7 +229,9 @@ def add_raw(g: Generator) -> dict[str, Any]:
 def add_filter(g: Generator) -> dict[str, Any] | None:
     if not g.res.live:
         return None
-    driver = g.rng.choice(["throttle", "copy-on-read"])
+    # with a throttle group around, mostly throttle: groups in use are what object-del tests
+    driver = "throttle" if g.res.groups and g.rng.random() < 0.7 else \
+        g.rng.choice(["throttle", "copy-on-read"])
     args: dict[str, Any] = {"driver": driver, "node-name": g.new_name(), "file": g.node()}
     if driver == "throttle":
         args["throttle-group"] = g.pick(g.res.groups, "g0")
@@ -242,7 +244,7 @@ def add_quorum(g: Generator) -> dict[str, Any] | None:
     k = min(len(g.res.parentless), g.rng.choice([2, 3]))
     kids = g.rng.sample(g.res.parentless, k)
     return _cmd("blockdev-add", {"driver": "quorum", "node-name": g.new_name(), "children": kids,
-                                 "vote-threshold": g.rng.choice([1, k, k, k + 1, 0])})
+                                 "vote-threshold": g.rng.choice([1, k, k, k + 1, k + 1, 0])})
 
 
 def delete(g: Generator) -> dict[str, Any]:
@@ -331,7 +333,7 @@ def objects(g: Generator) -> dict[str, Any]:
         limits = {g.rng.choice(["iops-total", "bps-total", "iops-read"]): g.rng.choice([0, 100, 1000])}
         return _cmd("object-add", {"qom-type": "throttle-group", "id": g.rng.choice(_GROUPS),
                                    "limits": limits})
-    if g.res.throttled and g.rng.random() < 0.5:
+    if g.res.throttled and g.rng.random() < 0.6:
         return _cmd("object-del", {"id": g.pick(sorted(set(g.res.throttled.values())))})
     return _cmd("object-del", {"id": g.rng.choice(_GROUPS)})
 
@@ -376,7 +378,7 @@ FAMILIES: dict[str, list[Action]] = {
     "del": [delete],
     "reopen": [reopen, reopen],
     "snapshot": [snapshot, snapshot_sync, transaction],
-    "quorum": [quorum_change],
+    "quorum": [quorum_change, add_quorum],
     "objects": [objects],
     "exports": [exports],
     "guest": [guest_io],
@@ -385,7 +387,7 @@ FAMILIES: dict[str, list[Action]] = {
 
 #: how often each family is drawn (relative): adds build the graphs the others work on
 FAMILY_WEIGHTS: dict[str, float] = {"add": 6, "del": 1.5, "reopen": 2.5, "snapshot": 2,
-                                    "quorum": 0.7, "objects": 1.3, "exports": 1.5, "guest": 1.5,
+                                    "quorum": 1, "objects": 1.5, "exports": 1.5, "guest": 1.5,
                                     "x": 1}
 
 #: the families qemu-storage-daemon 7.2 can run
