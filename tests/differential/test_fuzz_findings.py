@@ -200,3 +200,49 @@ def test_partial_zero_write_makes_a_zero_cluster_when_the_rest_reads_zero() -> N
         {"execute": "query-named-block-nodes", "arguments": {"flat": True}},
     ]
     assert _replay(steps) == []
+
+
+_NBD = {"execute": "nbd-server-start",
+        "arguments": {"addr": {"type": "unix", "data": {"path": "{dir}/nbd.sock"}}}}
+
+
+def test_an_export_backend_has_no_name_for_overlay_lookups() -> None:
+    """Fuzz ef04df739e/ecee6590da: with an export up, ``"snapshot-node-name": ""`` was
+    "already in use" in txgraph (the export's anonymous BlockBackend matched the empty
+    name); QEMU's blk_by_name sees only named backends, so it opens the image and refuses
+    the name (``Invalid node-name: ''``) or fails to open it (mode existing)."""
+    steps = [
+        _NBD,
+        _add({"driver": "file", "filename": "{dir}/b1.qcow2", "node-name": "n4"}),
+        {"execute": "block-export-add", "arguments": {"type": "nbd", "id": "e1",
+                                                      "node-name": "n4"}},
+        _add({"driver": "null-aio", "node-name": "n0", "read-zeroes": True}),
+        {"execute": "blockdev-snapshot-sync", "arguments": {
+            "node-name": "n0", "snapshot-file": "{dir}/s0.qcow2", "snapshot-node-name": "",
+            "format": "qcow2"}},
+        {"execute": "blockdev-snapshot-sync", "arguments": {
+            "node-name": "n0", "snapshot-file": "{dir}/s1.qcow2", "snapshot-node-name": "",
+            "format": "qcow2", "mode": "existing"}},
+    ]
+    assert _replay(steps) == []
+
+
+def test_export_del_drops_the_last_reference_of_an_implicit_node() -> None:
+    """Fuzz 7dfd044bd9: an export of a qcow2's inline file node keeps that node after the
+    qcow2 is deleted; deleting the export drops the last reference and QSD closes the
+    node (blk_unref -> bdrv_unref). txgraph kept it; a monitor-owned node stays."""
+    steps = [
+        _add({"driver": "qcow2", "node-name": "n5", "read-only": True, "backing": None,
+              "file": {"driver": "file", "filename": "{dir}/i1.qcow2", "node-name": "n7f"}}),
+        _add({"driver": "file", "filename": "{dir}/i0.qcow2", "node-name": "own"}),
+        _NBD,
+        {"execute": "block-export-add", "arguments": {"type": "nbd", "id": "e0",
+                                                      "node-name": "n7f"}},
+        {"execute": "block-export-add", "arguments": {"type": "nbd", "id": "e1",
+                                                      "node-name": "own"}},
+        {"execute": "blockdev-del", "arguments": {"node-name": "n5"}},
+        {"execute": "block-export-del", "arguments": {"id": "e0"}},
+        {"execute": "nbd-server-stop"},
+        {"execute": "query-named-block-nodes", "arguments": {"flat": True}},
+    ]
+    assert _replay(steps) == []

@@ -92,7 +92,9 @@ def _name_in_use(session: Session, name: str) -> bool:
     """``bdrv_lookup_bs(name, name, NULL)``: a device id or a node-name."""
     if name in session.graph.nodes:
         return True
-    return any(b.name == name and b.kind.value == "root" for b in session.graph.backends.values())
+    # blk_by_name: only named (monitor) BlockBackends; an export's anonymous one has no name
+    return any(b.name and b.name == name and b.kind.value == "root"
+               for b in session.graph.backends.values())
 
 
 def _prepare_old(session: Session, device: str | None, node_name: str | None) -> str:
