@@ -333,6 +333,10 @@ def objects(g: Generator) -> dict[str, Any]:
         limits = {g.rng.choice(["iops-total", "bps-total", "iops-read"]): g.rng.choice([0, 100, 1000])}
         return _cmd("object-add", {"qom-type": "throttle-group", "id": g.rng.choice(_GROUPS),
                                    "limits": limits})
+    if g.res.groups and not g.res.throttled and g.res.live and g.rng.random() < 0.5:
+        # put a group to use: what object-del of a group in use needs
+        return _cmd("blockdev-add", {"driver": "throttle", "node-name": g.new_name(),
+                                     "file": g.node(), "throttle-group": g.pick(g.res.groups)})
     if g.res.throttled and g.rng.random() < 0.6:
         return _cmd("object-del", {"id": g.pick(sorted(set(g.res.throttled.values())))})
     return _cmd("object-del", {"id": g.rng.choice(_GROUPS)})
