@@ -421,7 +421,7 @@ def show_cmd(state_file: str | None, qmp_socket: str | None, directory: str | No
               show_default=True, help="The campaign directory (corpus, reproducers, report).")
 @click.option("--ops", default=None, metavar="LIST",
               help="Comma-separated operation families: add,del,reopen,snapshot,quorum,objects,"
-                   "exports (and x: txgraph's extensions, model only).")
+                   "exports,guest (and x: txgraph's extensions, model only).")
 def fuzz_cmd(against: str, seconds: float, seed: int, jobs: int, out_dir: str,
              ops: str | None) -> None:
     """Fuzz block-graph reconfiguration; exit 1 when something diverged or crashed."""
@@ -441,7 +441,9 @@ def fuzz_cmd(against: str, seconds: float, seed: int, jobs: int, out_dir: str,
     for sig, d in report["divergences"].items():
         click.echo(f"  {sig} {d['kind']} at {d['command']} (x{d['count']}, "
                    f"{d.get('steps', '?')} steps): {d.get('repro', 'not shrunk')}")
-    sys.exit(1 if report["divergences"] or report.get("worker_failures") else 0)
+    # a known QEMU bug (txgraph.fuzz.known, pinned by its own test) is reported, not a failure
+    new = [s for s in report["divergences"] if s not in report["known_qemu_bugs"]]
+    sys.exit(1 if new or report.get("worker_failures") else 0)
 
 
 @main.command("replay")

@@ -160,7 +160,8 @@ class Worker:
         if known is not None:
             known["count"] += 1
             return
-        entry: dict[str, Any] = {"kind": d.kind, "command": d.command, "count": 1,
+        entry: dict[str, Any] = {"kind": d.kind, "known": d.known, "command": d.command,
+                                 "count": 1,
                                  "first_seconds": round(time.monotonic() - self._start, 2),
                                  "found_steps": len(result.steps), "lines": d.lines[:6]}
         self.stats.divergences[d.signature] = entry

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from txgraph.fuzz.guest import GUEST_IO, draw_commands
 from txgraph.model.graph import BlockGraph
 
 __all__ = ["IMAGES", "FAMILIES", "QSD_FAMILIES", "Resources", "Generator", "image_commands"]
@@ -66,13 +67,23 @@ class Resources:
     groups: list[str] = field(default_factory=list)
     exports: list[str] = field(default_factory=list)
     nbd_running: bool = False
+    #: export id -> the node it exports (a node in use by a BlockBackend)
+    exported: dict[str, str] = field(default_factory=dict)
+    #: live throttle node -> its throttle group (a group in use)
+    throttled: dict[str, str] = field(default_factory=dict)
+    #: live nodes whose detect-zeroes is not off (a reopen that leaves it out resets it)
+    detecting: list[str] = field(default_factory=list)
 
     def refresh(self, graph: BlockGraph) -> None:
         """Take the live part from ``graph`` (user-named nodes only: auto names are random)."""
-        self.live = {}
+        self.live, self.throttled, self.detecting = {}, {}, []
         for name, node in graph.nodes.items():
             if name.startswith("#"):
                 continue
+            if node.driver == "throttle":
+                self.throttled[name] = str(node.options.get("throttle-group"))
+            if node.detect_zeroes != "off":
+                self.detecting.append(name)
             # auto-named children as placeholders: each peer resolves its own random suffix
             kids = {edge.name: ("{" + _AUTO.sub(r"#block\1", child) + "}" if child.startswith("#")
                                 else child)
@@ -94,11 +105,13 @@ class Resources:
         elif name == "nbd-server-start":
             self.nbd_running = True
         elif name == "nbd-server-stop":
-            self.nbd_running, self.exports = False, []
+            self.nbd_running, self.exports, self.exported = False, [], {}
         elif name == "block-export-add":
             self.exports.append(args["id"])
+            self.exported[args["id"]] = args["node-name"]
         elif name == "block-export-del" and args["id"] in self.exports:
             self.exports.remove(args["id"])
+            self.exported.pop(args["id"], None)
 
 
 Action = Callable[["Generator"], dict[str, Any] | None]
@@ -121,7 +134,8 @@ class Generator:
     def __init__(self, rng: random.Random, families: list[str], res: Resources) -> None:
         self.rng = rng
         self.res = res
-        self.actions: list[Action] = [a for fam in families for a in FAMILIES[fam]]
+        self.families = [FAMILIES[f] for f in families]
+        self.weights = [FAMILY_WEIGHTS[f] for f in families]
 
     # -- drawing helpers -----------------------------------------------------------------
     def pick(self, pool: list[str], fallback: str = "nosuch") -> str:
@@ -167,7 +181,10 @@ class Generator:
     def next(self) -> dict[str, Any]:
         """The next command (retries until an action applies to the current resources)."""
         for _ in range(20):
-            msg = self.rng.choice(self.actions)(self)
+            # a family by weight, then one of its actions: a family with few actions
+            # (objects, exports, del) is drawn as often as its weight says
+            family = self.rng.choices(self.families, self.weights)[0]
+            msg = self.rng.choice(family)(self)
             if msg is not None:
                 return msg
         return _cmd("query-named-block-nodes", {"flat": True})
@@ -179,6 +196,9 @@ def add_null(g: Generator) -> dict[str, Any]:
                             "node-name": g.new_name(), **g.common()}
     if g.rng.random() < 0.3:
         args["size"] = g.rng.choice([0, 512, 1 << 20, 1 << 30])
+    # with read-zeroes=off QEMU's reads return whatever the buffer held (uninitialised
+    # memory): a copy-on-read from it writes data or zeroes at random, no oracle
+    args["read-zeroes"] = True
     return _cmd("blockdev-add", args)
 
 
@@ -209,7 +229,9 @@ def add_raw(g: Generator) -> dict[str, Any]:
 def add_filter(g: Generator) -> dict[str, Any] | None:
     if not g.res.live:
         return None
-    driver = g.rng.choice(["throttle", "copy-on-read"])
+    # with a throttle group around, mostly throttle: groups in use are what object-del tests
+    driver = "throttle" if g.res.groups and g.rng.random() < 0.7 else \
+        g.rng.choice(["throttle", "copy-on-read"])
     args: dict[str, Any] = {"driver": driver, "node-name": g.new_name(), "file": g.node()}
     if driver == "throttle":
         args["throttle-group"] = g.pick(g.res.groups, "g0")
@@ -222,18 +244,32 @@ def add_quorum(g: Generator) -> dict[str, Any] | None:
     k = min(len(g.res.parentless), g.rng.choice([2, 3]))
     kids = g.rng.sample(g.res.parentless, k)
     return _cmd("blockdev-add", {"driver": "quorum", "node-name": g.new_name(), "children": kids,
-                                 "vote-threshold": g.rng.choice([1, k, k, k + 1, 0])})
+                                 "vote-threshold": g.rng.choice([1, k, k, k + 1, k + 1, 0])})
 
 
 def delete(g: Generator) -> dict[str, Any]:
-    return _cmd("blockdev-del", {"node-name": g.node()})
+    r = g.rng.random()
+    if r < 0.25 and g.res.exported:
+        name = g.pick(sorted(set(g.res.exported.values())))  # in use by an export
+    elif r < 0.4 and g.res.live:
+        # a node with parents: in use by another node
+        used = sorted({k for _d, kids in g.res.live.values() for k in kids.values()
+                       if k in g.res.live})
+        name = g.pick(used) if used else g.node()
+    else:
+        name = g.node()
+    return _cmd("blockdev-del", {"node-name": name})
 
 
 # -- reopen ---------------------------------------------------------------------------------
 def reopen(g: Generator) -> dict[str, Any] | None:
     if not g.res.live:
         return None
-    name = g.pick(sorted(g.res.live))
+    detecting = [n for n in g.res.detecting if g.res.live[n][0] != "file"]
+    if detecting and g.rng.random() < 0.3:
+        name = g.pick(detecting)  # the reset rule: options left out go back to defaults
+    else:
+        name = g.pick(sorted(g.res.live))
     driver, kids = g.res.live[name]
     entry: dict[str, Any] = {"driver": driver, "node-name": name, **g.common()}
     for child, target in sorted(kids.items()):
@@ -297,6 +333,12 @@ def objects(g: Generator) -> dict[str, Any]:
         limits = {g.rng.choice(["iops-total", "bps-total", "iops-read"]): g.rng.choice([0, 100, 1000])}
         return _cmd("object-add", {"qom-type": "throttle-group", "id": g.rng.choice(_GROUPS),
                                    "limits": limits})
+    if g.res.groups and not g.res.throttled and g.res.live and g.rng.random() < 0.5:
+        # put a group to use: what object-del of a group in use needs
+        return _cmd("blockdev-add", {"driver": "throttle", "node-name": g.new_name(),
+                                     "file": g.node(), "throttle-group": g.pick(g.res.groups)})
+    if g.res.throttled and g.rng.random() < 0.6:
+        return _cmd("object-del", {"id": g.pick(sorted(set(g.res.throttled.values())))})
     return _cmd("object-del", {"id": g.rng.choice(_GROUPS)})
 
 
@@ -304,7 +346,7 @@ def exports(g: Generator) -> dict[str, Any]:
     r = g.rng.random()
     if not g.res.nbd_running or r < 0.1:
         return _cmd("nbd-server-start",
-                    {"addr": {"type": "unix", "path": "{dir}/nbd.sock"}})
+                    {"addr": {"type": "unix", "data": {"path": "{dir}/nbd.sock"}}})
     if r < 0.65:
         return _cmd("block-export-add", {"type": "nbd", "id": g.rng.choice(_EXPORTS),
                                          "node-name": g.node(),
@@ -312,6 +354,15 @@ def exports(g: Generator) -> dict[str, Any]:
     if r < 0.95:
         return _cmd("block-export-del", {"id": g.rng.choice(_EXPORTS)})
     return _cmd("nbd-server-stop")
+
+
+def guest_io(g: Generator) -> dict[str, Any] | None:
+    """Reads and writes through an export (:mod:`txgraph.fuzz.guest`)."""
+    if not g.res.nbd_running or not g.res.exported:
+        return None
+    # the NBD export name is the node name (block-export-add without "name")
+    return _cmd(GUEST_IO, {"export": g.pick(sorted(set(g.res.exported.values()))),
+                           "commands": draw_commands(g.rng)})
 
 
 # -- txgraph's extensions (model campaigns only) ----------------------------------------------
@@ -331,11 +382,17 @@ FAMILIES: dict[str, list[Action]] = {
     "del": [delete],
     "reopen": [reopen, reopen],
     "snapshot": [snapshot, snapshot_sync, transaction],
-    "quorum": [quorum_change],
+    "quorum": [quorum_change, add_quorum],
     "objects": [objects],
     "exports": [exports],
+    "guest": [guest_io],
     "x": [x_filters],
 }
+
+#: how often each family is drawn (relative): adds build the graphs the others work on
+FAMILY_WEIGHTS: dict[str, float] = {"add": 6, "del": 1.5, "reopen": 2.5, "snapshot": 2,
+                                    "quorum": 1, "objects": 1.5, "exports": 1.5, "guest": 1.5,
+                                    "x": 1}
 
 #: the families qemu-storage-daemon 7.2 can run
 QSD_FAMILIES = [f for f in FAMILIES if f != "x"]

@@ -44,6 +44,8 @@ def collect(out: Path, config: dict[str, Any]) -> dict[str, Any]:
             "steps_per_second": round(steps / elapsed, 1) if elapsed else 0.0,
             "op_mix": dict(sorted(op_mix.items(), key=lambda kv: -kv[1])),
             "timeline": sorted(timeline), "divergences": divergences,
+            # findings that are known QEMU bugs (txgraph.fuzz.known), pinned by their tests
+            "known_qemu_bugs": sorted(s for s, d in divergences.items() if d.get("known")),
             "peer_failures": peer_failures}
 
 
@@ -68,7 +70,7 @@ padding:.3em;vertical-align:top}}table{{border-collapse:collapse}}pre{{margin:0;
 <h1>txgraph fuzz: against {html.escape(str(cfg.get('against')))}, seed {cfg.get('seed')}</h1>
 <p>{report['steps']} steps in {report['sequences']} sequences by {report['workers']} worker(s) in
 {report['elapsed']} s ({report['steps_per_second']} steps/s); {report['behaviours']} behaviours;
-{len(report['divergences'])} divergence(s).</p>
+{len(report['divergences'])} divergence(s), {len(report['known_qemu_bugs'])} of them known QEMU bugs.</p>
 <h2>Divergences</h2>
 <table><tr><th>signature</th><th>kind</th><th>command</th><th>count</th><th>first (s)</th>
 <th>shrunk steps</th><th>reproducer</th><th>what differs</th></tr>{''.join(rows)}</table>

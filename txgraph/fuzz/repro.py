@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from txgraph.fuzz.generate import image_commands
+from txgraph.fuzz.guest import GUEST_IO, qemu_io_argv
 from txgraph.fuzz.run import Divergence
 from txgraph.plan.format import PlanError
 
@@ -43,6 +44,14 @@ def _shell(steps: list[dict[str, Any]], divergence: Divergence) -> str:
     lines.append("{")
     lines.append("  echo '{\"execute\": \"qmp_capabilities\"}'")
     for step in steps:
+        if step.get("execute") == GUEST_IO:
+            # the guest: qemu-io on the daemon's NBD socket, once it has run what came before
+            args = step.get("arguments") or {}
+            argv = qemu_io_argv("", str(args.get("export")),
+                                [str(c) for c in args.get("commands", [])])
+            cmd = " ".join(shlex.quote(a) for a in argv) + '"$dir"/nbd.sock'
+            lines.append(f"  sleep 0.5; {cmd} </dev/null >&2")
+            continue
         text = json.dumps(step).replace("{dir}", "__DIR__")
         lines.append(f"  echo {shlex.quote(text)} | sed \"s|__DIR__|$dir|g\"")
     lines.append("  sleep 1")
@@ -62,7 +71,7 @@ from txgraph.fuzz.replay import replay
 HERE = Path(__file__).resolve().parent
 
 
-def test_repro_{signature}() -> None:
+def test_repro_{signature.replace("-", "_")}() -> None:
     repro = load_reproducer(HERE / "repro-{signature}.json")
     report = replay(repro, against="{"both" if against == "qsd" else "txgraph"}")
     assert report.divergence is None, "\\n".join(report.divergence.lines)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import json
 import re
 import shutil
 import subprocess
@@ -32,6 +33,8 @@ from typing import Any
 
 from txgraph.checker import check
 from txgraph.fuzz.generate import Resources, image_commands
+from txgraph.fuzz.guest import GUEST_IO, guest_io_reply
+from txgraph.fuzz.known import classify
 from txgraph.oracle.canon import canon_text, substitute
 from txgraph.oracle.compare import lockstep
 from txgraph.oracle.peers import EnginePeer, Peer, QSDPeer
@@ -56,6 +59,8 @@ class Divergence:
     command: str
     lines: list[str]
     signature: str
+    #: the id of the known QEMU bug this is (:mod:`txgraph.fuzz.known`), else None
+    known: str | None = None
 
 
 @dataclass
@@ -81,6 +86,10 @@ def _label(message: dict[str, Any]) -> str:
         return f"{name}:{args.get('driver')}"
     if name == "transaction":
         return f"{name}:{'+'.join(str(a.get('type')) for a in args.get('actions', []))}"
+    if name == GUEST_IO:  # the qemu-io operations, zero writes apart
+        ops = [str(c).split()[0] + ("-z" if " -z " in str(c) else "")
+               for c in args.get("commands", [])]
+        return f"{name}:{'+'.join(ops)}"
     if name == "blockdev-reopen":
         return f"{name}:{'+'.join(str(o.get('driver')) for o in args.get('options', []))}"
     return name
@@ -88,6 +97,10 @@ def _label(message: dict[str, Any]) -> str:
 
 def behaviour(message: dict[str, Any], reply: dict[str, Any]) -> str:
     """``command | outcome | masked error text | rule id``: the unit of coverage."""
+    if message.get("execute") == GUEST_IO:
+        out = reply.get("return", {})
+        failed = [line for line in out.get("output", []) if "failed" in line or "rror" in line]
+        return f"{_label(message)}|rc={out.get('rc')}|{_mask(failed[0]) if failed else ''}|"
     if "error" not in reply:
         return f"{_label(message)}|ok"
     err = reply["error"]
@@ -98,6 +111,16 @@ def behaviour(message: dict[str, Any], reply: dict[str, Any]) -> str:
 def _signature(kind: str, message: dict[str, Any], lines: list[str]) -> str:
     shape = "\n".join(_mask(line) for line in lines[:3])
     return hashlib.sha1(f"{kind}\n{_label(message)}\n{shape}".encode()).hexdigest()[:10]
+
+
+def _finding(kind: str, index: int, message: dict[str, Any], lines: list[str]) -> Divergence:
+    """The divergence for a failure at step ``index``; a known QEMU bug gets its own
+    kind (``qsd-crash`` or ``qsd-bug``) and the signature ``qemu-<id>``."""
+    bug = classify(kind, lines) if kind in ("crash", "mismatch") else None
+    if bug is not None:
+        return Divergence("qsd-crash" if kind == "crash" else "qsd-bug", index, _label(message),
+                          lines, f"qemu-{bug.id}", bug.id)
+    return Divergence(kind, index, _label(message), lines, _signature(kind, message, lines))
 
 
 _TEMPLATE: Path | None = None
@@ -158,28 +181,51 @@ def _engine_state(sides: _Sides) -> tuple[str, Any] | None:
     return session.graph.digest(), session.runtime.state()
 
 
+#: digest of a graph -> what the full check found on it (None: every rule holds).
+#: The check is a pure function of the graph, and sequences that share a corpus
+#: prefix revisit the same graphs again and again, so a graph is checked once per
+#: worker process. Owned by that process's one campaign thread (no lock); cleared
+#: when it grows past _MEMO_LIMIT entries.
+_CHECKED: dict[str, tuple[str, list[str]] | None] = {}
+_MEMO_LIMIT = 50_000
+
+
+def _full_check(sides: _Sides, digest: str) -> tuple[str, list[str]] | None:
+    """The whole graph against every rule, with the z3 and the networkx engines agreeing."""
+    if digest in _CHECKED:
+        return _CHECKED[digest]
+    session = sides.session()
+    found: tuple[str, list[str]] | None = None
+    if session is not None and session.graph.nodes:
+        z3_verdict = check(session.graph, None, engine="z3")
+        nx_verdict = check(session.graph, None, engine="structural")
+        if z3_verdict.ok != nx_verdict.ok:
+            found = "checker-engines", [f"z3 ok={z3_verdict.ok}, networkx ok={nx_verdict.ok}"]
+        elif not z3_verdict.ok:
+            first = z3_verdict.violations[0]
+            found = "invariant", [f"[{first.rule}] {first.sentence}"]
+    if len(_CHECKED) >= _MEMO_LIMIT:
+        _CHECKED.clear()
+    _CHECKED[digest] = found
+    return found
+
+
 def _invariants(sides: _Sides, reply: dict[str, Any], before: tuple[str, Any] | None,
-                full_check: bool) -> tuple[str, list[str]] | None:
+                after: tuple[str, Any] | None, full_check: bool) -> tuple[str, list[str]] | None:
+    """txgraph's own invariants after a step; ``before``/``after``: its state around it."""
     err = reply.get("error")
     if err is not None:
         if err.get("class") == "PythonException":
             return "exception", [str(err.get("desc"))]
         if _PYTHON_TEXT.search(str(err.get("desc"))):
             return "python-text", [f"reply text: {err.get('desc')}"]
-        after = _engine_state(sides)
         if before is not None and after != before:
             return "not-atomic", ["txgraph refused the command but its state changed",
                                   f"reply: {err.get('desc')}"]
-    if full_check:
-        session = sides.session()
-        if session is not None and session.graph.nodes:
-            z3_verdict = check(session.graph, None, engine="z3")
-            nx_verdict = check(session.graph, None, engine="structural")
-            if z3_verdict.ok != nx_verdict.ok:
-                return "checker-engines", [f"z3 ok={z3_verdict.ok}, networkx ok={nx_verdict.ok}"]
-            if not z3_verdict.ok:
-                first = z3_verdict.violations[0]
-                return "invariant", [f"[{first.rule}] {first.sentence}"]
+        if full_check and after == before:
+            return None  # nothing changed: the graph is the one already checked
+    if full_check and after is not None:
+        return _full_check(sides, after[0])
     return None
 
 
@@ -192,6 +238,8 @@ def run_sequence(source: StepSource, against: str, max_steps: int = 40) -> RunRe
     result = RunResult()
     res = Resources()
     sides = _Sides(against)
+    state: tuple[str, Any] | None = None
+    wrote = False  # a guest I/O step ran (actual-size is no longer compared)
     try:
         for index in range(max_steps):
             session = sides.session()
@@ -201,8 +249,22 @@ def run_sequence(source: StepSource, against: str, max_steps: int = 40) -> RunRe
             if message is None:
                 break
             result.steps.append(message)
-            before = _engine_state(sides)
-            if against == "qsd":
+            # the state after the previous step is the state before this one
+            before = state if index else _engine_state(sides)
+            if message.get("execute") == GUEST_IO:
+                wrote = True
+                replies = {peer.label: guest_io_reply(str(d), message.get("arguments") or {})
+                           for peer, d in zip(sides.peers, sides.dirs)}
+                result.replies.append(replies)
+                reply = replies.get("txgraph", replies.get("qsd", {}))
+                if against == "qsd" and replies["qsd"] != replies["txgraph"]:
+                    qsd_out, txg_out = replies["qsd"]["return"], replies["txgraph"]["return"]
+                    lines = [f"guest-io.{k}: {json.dumps(qsd_out[k])[:400]}  !=  "
+                             f"{json.dumps(txg_out[k])[:400]}"
+                             for k in ("rc", "output") if qsd_out[k] != txg_out[k]]
+                    result.divergence = _finding("mismatch", index, message, lines)
+                    break
+            elif against == "qsd":
                 records, diff = lockstep(sides.peers, [str(d) for d in sides.dirs], sides.autos,
                                          sides.history, message)
                 left, right = records[0].reply or {}, records[1].reply or {}
@@ -210,12 +272,12 @@ def run_sequence(source: StepSource, against: str, max_steps: int = 40) -> RunRe
                 reply = right
                 if "error" in left and left["error"].get("class") == "PeerDied":
                     lines = [str(left["error"].get("desc"))]
-                    result.divergence = Divergence("crash", index, _label(message), lines,
-                                                   _signature("crash", message, lines))
+                    result.divergence = _finding("crash", index, message, lines)
                     break
+                if wrote:  # st_blocks after guest writes follows the host's allocation timing
+                    diff = [line for line in diff if ".actual-size:" not in line]
                 if diff:
-                    result.divergence = Divergence("mismatch", index, _label(message), diff,
-                                                   _signature("mismatch", message, diff))
+                    result.divergence = _finding("mismatch", index, message, diff)
                     break
             else:
                 session = sides.session()
@@ -225,17 +287,16 @@ def run_sequence(source: StepSource, against: str, max_steps: int = 40) -> RunRe
                 result.replies.append({sides.peers[0].label: reply})
                 if reply.get("error", {}).get("class") == "PeerDied":
                     lines = [str(reply["error"].get("desc"))]
-                    result.divergence = Divergence("crash", index, _label(message), lines,
-                                                   _signature("crash", message, lines))
+                    result.divergence = _finding("crash", index, message, lines)
                     break
             accepted = "error" not in reply
             res.note(message, accepted)
             result.behaviours.append(behaviour(message, reply))
-            broken = _invariants(sides, reply, before, full_check=against == "model")
+            state = _engine_state(sides)
+            broken = _invariants(sides, reply, before, state, full_check=against == "model")
             if broken is not None:
                 kind, lines = broken
-                result.divergence = Divergence(kind, index, _label(message), lines,
-                                               _signature(kind, message, lines))
+                result.divergence = _finding(kind, index, message, lines)
                 break
     finally:
         sides.close()

@@ -156,6 +156,12 @@ def _detach_export(session: Session, tx: Transaction, export: Export) -> None:
         refresh_perms(session, tx, [child])
     except BlockError:
         pass  # dropping a user only loosens requirements (bdrv_root_unref_child)
+    # blk_unref drops the backend's reference: a node nobody else holds (an implicitly
+    # opened child whose parent was deleted meanwhile) goes with it (bdrv_unref)
+    from txgraph.ops.blockdev import unref_node
+
+    if child in session.graph.nodes:
+        unref_node(session, tx, child)
 
 
 def query_block_exports(session: Session) -> list[dict[str, Any]]:

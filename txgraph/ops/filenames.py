@@ -9,7 +9,6 @@ what qemu-storage-daemon prints byte for byte.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from txgraph.errors import OpenError
@@ -184,9 +183,15 @@ def dirname(graph: BlockGraph, name: str) -> str:
         return dirname(graph, primary)
     node = graph.nodes[name]
     if node.exact_filename:
-        head = os.path.dirname(node.exact_filename)
-        return head + "/" if head else ""
+        return _directory_part(node.exact_filename)
     raise OpenError(f"Cannot generate a base directory for {node.driver} nodes")
+
+
+def _directory_part(base: str) -> str:
+    """``path_combine(base, "")``: ``base`` up to its last '/', never cutting into a
+    ``protocol:`` prefix (``null-co://`` stays ``null-co://``, ``nbd:h:1`` gives ``nbd:``)."""
+    start = base.index(":") + 1 if _has_protocol(base) else 0
+    return base[:max(start, base.rfind("/") + 1)]
 
 
 def _has_protocol(path: str) -> bool:

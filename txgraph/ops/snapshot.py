@@ -59,9 +59,10 @@ def stage_blockdev_snapshot_sync(session: Session, tx: Transaction, args: dict[s
     old = _prepare_old(session, device, node_name)
     fmt = args.get("format", "qcow2")
     snapshot_node_name = args.get("snapshot-node-name")
-    if node_name and not snapshot_node_name:
+    # C's NULL tests: an empty name is present (and refused later by bdrv_open)
+    if node_name is not None and snapshot_node_name is None:
         raise BlockError("New overlay node-name missing")
-    if snapshot_node_name and _name_in_use(session, snapshot_node_name):
+    if snapshot_node_name is not None and _name_in_use(session, snapshot_node_name):
         raise BlockError("New overlay node-name already in use")
     old_node = session.graph.nodes[old]
     flags = old_node.flags & ~(OpenFlag.SNAPSHOT | OpenFlag.COPY_ON_READ) | OpenFlag.NO_BACKING
@@ -70,7 +71,7 @@ def stage_blockdev_snapshot_sync(session: Session, tx: Transaction, args: dict[s
         _create_image(session, tx, old, path, fmt)
     options = OptionSet()
     explicit = Provenance(Source.EXPLICIT, detail="blockdev-snapshot-sync")
-    if snapshot_node_name:
+    if snapshot_node_name is not None:
         options.put("node-name", snapshot_node_name, explicit)
     options.put("driver", fmt, explicit)
     # bdrv_open() of the new image: flags inherited from the old node, no backing opened.
@@ -91,7 +92,9 @@ def _name_in_use(session: Session, name: str) -> bool:
     """``bdrv_lookup_bs(name, name, NULL)``: a device id or a node-name."""
     if name in session.graph.nodes:
         return True
-    return any(b.name == name and b.kind.value == "root" for b in session.graph.backends.values())
+    # blk_by_name: only named (monitor) BlockBackends; an export's anonymous one has no name
+    return any(b.name and b.name == name and b.kind.value == "root"
+               for b in session.graph.backends.values())
 
 
 def _prepare_old(session: Session, device: str | None, node_name: str | None) -> str:
@@ -239,7 +242,11 @@ def reopen_set_read_only(session: Session, tx: Transaction, name: str, read_only
         return bool(node.writable)
 
     try:
-        changes = compute_refresh(graph, [name], writable_after=writable_after,
+        # every node of the reopen set is checked (bdrv_list_refresh_perms over the
+        # queue): a child made read-only may have another writer (a copy-on-read
+        # filter) even where the edges from the snapshotted node keep their values
+        roots = [name, *(t for t in targets if t != name)]
+        changes = compute_refresh(graph, roots, writable_after=writable_after,
                                   driver_check=driver_check)
         tx.rt.set_read_only([t for t in targets if tx.rt.knows(t)], read_only)
     except BaseException:

@@ -44,6 +44,11 @@ class ThrottleNode(FilterNode):
         group.members.add(node_name)
         self._disabled = 0
         self._lock = threading.Lock()
+        #: the length settled at open: throttle has no variable length (QEMU caches
+        #: total_sectors), so a file child replaced later (reopen, blockdev-snapshot's
+        #: bdrv_append) does not change what the node reports; only a write past the
+        #: end grows it (bdrv_co_write_req_finish)
+        self._length = self.children["file"].size()
 
     # -- drain: QEMU's io_limits_disabled counter ------------------------------------------
     def drain_begin(self) -> None:
@@ -58,6 +63,16 @@ class ThrottleNode(FilterNode):
     def _released(self) -> bool:
         return self._disabled > 0
 
+    def size(self) -> int:
+        return self._length
+
+    def _wrote(self, offset: int, length: int) -> None:
+        """``bdrv_co_write_req_finish``: total_sectors grows to cover the write."""
+        end = -(-(offset + length) // 512) * 512
+        with self._lock:  # concurrent writers (export threads): the largest end wins
+            if end > self._length:
+                self._length = end
+
     # -- data path -------------------------------------------------------------------------
     def read(self, offset: int, length: int) -> bytes:
         self.group.intercept(False, length, self._released)
@@ -66,10 +81,12 @@ class ThrottleNode(FilterNode):
     def write(self, offset: int, data: bytes) -> None:
         self.group.intercept(True, len(data), self._released)
         self.children["file"].write(offset, data)
+        self._wrote(offset, len(data))
 
     def write_zeroes(self, offset: int, length: int, *, may_unmap: bool = False) -> None:
         self.group.intercept(True, length, self._released)
         self.children["file"].write_zeroes(offset, length, may_unmap=may_unmap)
+        self._wrote(offset, length)
 
     def discard(self, offset: int, length: int) -> None:
         self.group.intercept(True, length, self._released)

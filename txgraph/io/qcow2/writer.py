@@ -70,12 +70,13 @@ import numpy as np
 
 from txgraph.errors import IOFailure, OpenError
 from txgraph.io.qcow2 import constants as C
-from txgraph.io.qcow2.l2map import COMPRESSED, INVALID, MIXED, ZERO
+from txgraph.io.qcow2.l2map import COMPRESSED, INVALID, MIXED, UNALLOC, ZERO
 from txgraph.io.qcow2.overlap import OL_ACTIVE_L1, OL_ACTIVE_L2
 from txgraph.io.qcow2.refcount import Refcounts
 from txgraph.io.qcow2.validate import owned_write_message, unaligned_free
 
 if TYPE_CHECKING:
+    from txgraph.io.driver import DriverNode
     from txgraph.io.qcow2.driver import Qcow2Node
 
 __all__ = ["Qcow2Writer"]
@@ -280,6 +281,14 @@ class Qcow2Writer:
             c = pos >> cb
             nxt = min(end, (c + 1) << cb)
             whole = (pos & (cs - 1)) == 0 and (nxt - pos == cs or nxt == self.node.size())
+            if not whole and self.h.version >= 3 and not self.h.extended_l2:
+                with self.lock:
+                    # qcow2_co_pwrite_zeroes: a partial cluster whose rest already reads
+                    # as zeros, not allocated here, becomes a zero cluster as a whole
+                    if self._rest_reads_zero(c, pos, nxt):
+                        self._zero_cluster(c, may_unmap)
+                        pos = nxt
+                        continue
             if whole and self.h.version >= 3:
                 with self.lock:
                     self._zero_cluster(c, may_unmap)
@@ -290,6 +299,22 @@ class Qcow2Writer:
             else:
                 self.write(pos, bytes(nxt - pos))
             pos = nxt
+
+    def _rest_reads_zero(self, c: int, pos: int, nxt: int) -> bool:
+        """The head and tail check of ``qcow2_co_pwrite_zeroes`` (caller holds the lock):
+        cluster ``c`` is unallocated or a zero cluster, and the parts of it outside
+        ``[pos, nxt)`` read as zeros (``is_zero``: block status through the backing chain)."""
+        code = self.map.code(c)
+        if code == ZERO:
+            return True
+        if code != UNALLOC:
+            return False
+        backing = self.node.children.get("backing")
+        if backing is None:
+            return True
+        start, end = c << self.h.cluster_bits, min((c + 1) << self.h.cluster_bits,
+                                                   self.node.size())
+        return _chain_reads_zero(backing, start, pos) and _chain_reads_zero(backing, nxt, end)
 
     def _zero_cluster(self, c: int, unmap: bool) -> None:
         raw, _ = self.map.raw_entry(c)
@@ -422,3 +447,22 @@ class Qcow2Writer:
             if self.marked_dirty and not self.node.corrupt:
                 self._set_incompat(self.h.incompatible_features & ~C.INCOMPAT_DIRTY)
                 self.marked_dirty = False
+
+
+def _chain_reads_zero(node: DriverNode, offset: int, end: int) -> bool:
+    """``bdrv_co_is_zero_fast`` over ``[offset, end)`` of ``node`` and its backing chain:
+    every run reports zero, an unallocated run asks the next backing (past the end of a
+    backing the image reads zeros)."""
+    while offset < end:
+        if offset >= node.size():
+            return True
+        st = node.block_status(offset, end - offset)
+        if st.length <= 0:
+            return False
+        if not st.zero:
+            below = node.children.get("backing")
+            if st.allocated or below is None \
+                    or not _chain_reads_zero(below, offset, offset + st.length):
+                return False
+        offset += st.length
+    return True

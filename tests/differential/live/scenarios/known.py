@@ -9,12 +9,4 @@ from __future__ import annotations
 __all__ = ["KNOWN"]
 
 
-_ZERO_PARTIAL = ("not in issue 7's list: a write-zeroes smaller than a cluster on an "
-                 "unallocated qcow2 cluster is written as data "
-                 "(txgraph/io/qcow2/writer.py:195-196); QEMU's qcow2_co_pwrite_zeroes "
-                 "checks that the rest of the cluster reads as zero and makes it a zero "
-                 "cluster (no data allocated)")
-
-KNOWN: dict[str, str] = {
-    "write_zeroes_subcluster": _ZERO_PARTIAL,
-}
+KNOWN: dict[str, str] = {}
