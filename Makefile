@@ -71,10 +71,9 @@ bench: venv qemu
 LINT_PATHS := txgraph tests proofs tools
 
 # ruff's rule set and the formatter (both configured in pyproject.toml), and the package
-# fully typed (mypy --strict). RUFF_ENFORCE=no keeps the pre-format check (pyflakes' rules)
-# until the one formatting commit runs `make fmt` over the whole tree; that commit sets
-# the default to yes (docs/architecture.md, "Lint and format").
-RUFF_ENFORCE ?= no
+# fully typed (mypy --strict). RUFF_ENFORCE=no falls back to pyflakes' rules only
+# (docs/architecture.md, "Lint and format").
+RUFF_ENFORCE ?= yes
 lint: venv
 ifeq ($(RUFF_ENFORCE),yes)
 	$(VENV)/bin/ruff check $(LINT_PATHS)

@@ -17,26 +17,43 @@ from txgraph.model.perm import ChildPermContext, Perm, Role
 FAMILIES = ("default", "raw", "copy-on-read", "quorum", "blkdebug", "crypto")
 
 #: every role a driver spec assigns, plus the ones the graph code assigns itself
-ROLES: tuple[Role, ...] = tuple(sorted(
-    {c.role for s in DRIVER_SPECS.values() for c in s.children}
-    | {Role.COW, Role.NONE, Role.DATA | Role.PRIMARY, Role.METADATA | Role.PRIMARY, Role.DATA,
-       Role.METADATA, Role.IMAGE, Role.FILTERED | Role.PRIMARY}, key=int))
+ROLES: tuple[Role, ...] = tuple(
+    sorted(
+        {c.role for s in DRIVER_SPECS.values() for c in s.children}
+        | {
+            Role.COW,
+            Role.NONE,
+            Role.DATA | Role.PRIMARY,
+            Role.METADATA | Role.PRIMARY,
+            Role.DATA,
+            Role.METADATA,
+            Role.IMAGE,
+            Role.FILTERED | Role.PRIMARY,
+        },
+        key=int,
+    )
+)
 
 #: blkdebug options: none, every single bit, all bits. The options act bitwise and
 #: last (perm | take, shared & ~unshare), so these cover every bit position.
-_OPTS = (Perm.NONE, Perm.CONSISTENT_READ, Perm.WRITE, Perm.WRITE_UNCHANGED, Perm.RESIZE,
-         Perm(0xF))
+_OPTS = (Perm.NONE, Perm.CONSISTENT_READ, Perm.WRITE, Perm.WRITE_UNCHANGED, Perm.RESIZE, Perm(0xF))
 
 
 def contexts() -> Iterator[tuple[ChildPermContext, Role]]:
     for family in FAMILIES:
         for writable, inactive, no_io in itertools.product((False, True), repeat=3):
-            base = dict(family=family, parent_writable=writable, parent_inactive=inactive,
-                        parent_no_io=no_io)
+            base = {
+                "family": family,
+                "parent_writable": writable,
+                "parent_inactive": inactive,
+                "parent_no_io": no_io,
+            }
             if family == "blkdebug":
                 for take, unshare in itertools.product(_OPTS, _OPTS):
-                    yield ChildPermContext(**base, take_perms=take, unshare_perms=unshare), \
-                        Role.FILTERED | Role.PRIMARY  # type: ignore[arg-type]
+                    yield (
+                        ChildPermContext(**base, take_perms=take, unshare_perms=unshare),
+                        Role.FILTERED | Role.PRIMARY,
+                    )  # type: ignore[arg-type]
             elif family == "quorum":
                 for rc in (False, True):
                     yield ChildPermContext(**base, rewrite_corrupted=rc), Role.DATA  # type: ignore[arg-type]

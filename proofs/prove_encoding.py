@@ -25,8 +25,9 @@ def mismatches() -> list[str]:
         both = z3.Concat(nperm, nshared)
         for pv in range(16):
             for sv in range(16):
-                got = z3.simplify(z3.substitute(both, (p, z3.BitVecVal(pv, 4)),
-                                                (s, z3.BitVecVal(sv, 4)))).as_long()
+                got = z3.simplify(
+                    z3.substitute(both, (p, z3.BitVecVal(pv, 4)), (s, z3.BitVecVal(sv, 4)))
+                ).as_long()
                 wp, ws = child_perm(ctx, role, Perm(pv), Perm(sv))
                 if got != (int(wp) << 4 | int(ws)):
                     bad.append(f"{ctx} {role!r} p={pv:#x} s={sv:#x}: z3 {got:#04x}")

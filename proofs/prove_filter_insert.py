@@ -28,13 +28,20 @@ from txgraph.checker.formulas import bv, smt_child_perm
 from txgraph.model.perm import ChildPermContext, Role
 
 FP = Role.FILTERED | Role.PRIMARY
-PURE = [ChildPermContext(fam, parent_writable=w) for fam in ("default", "blkdebug")
-        for w in (False, True)]
+PURE = [
+    ChildPermContext(fam, parent_writable=w)
+    for fam in ("default", "blkdebug")
+    for w in (False, True)
+]
 
 
-def _cum(perms: list[z3.BitVecRef], shareds: list[z3.BitVecRef]) -> tuple[z3.BitVecRef, z3.BitVecRef]:
-    return (functools.reduce(lambda a, b: a | b, perms, bv(0)),
-            functools.reduce(lambda a, b: a & b, shareds, bv(0xF)))
+def _cum(
+    perms: list[z3.BitVecRef], shareds: list[z3.BitVecRef]
+) -> tuple[z3.BitVecRef, z3.BitVecRef]:
+    return (
+        functools.reduce(lambda a, b: a | b, perms, bv(0)),
+        functools.reduce(lambda a, b: a & b, shareds, bv(0xF)),
+    )
 
 
 def test_pure_filter_preserves_child_cumulative() -> None:

@@ -31,8 +31,10 @@ def monotonicity_counterexamples() -> list[str]:
     for ctx, role in contexts():
         a_perm, a_shared = smt_child_perm(ctx, role, p1, s1)
         b_perm, b_shared = smt_child_perm(ctx, role, p2, s2)
-        claim = z3.Implies(z3.And(subset(p1, p2), subset(s2, s1)),
-                           z3.And(subset(a_perm, b_perm), subset(b_shared, a_shared)))
+        claim = z3.Implies(
+            z3.And(subset(p1, p2), subset(s2, s1)),
+            z3.And(subset(a_perm, b_perm), subset(b_shared, a_shared)),
+        )
         m = valid(claim)
         if m is not None:
             bad.append(f"{ctx} {role!r}: {m}")
@@ -49,6 +51,7 @@ def test_loosening_one_edge_keeps_p3() -> None:
     def p3(xp: z3.BitVecRef, xs: z3.BitVecRef, yp: z3.BitVecRef, ys: z3.BitVecRef) -> z3.BoolRef:
         return z3.And(subset(yp, xs), subset(xp, ys))
 
-    claim = z3.Implies(z3.And(p3(ap, ash, bp, bsh), subset(bp2, bp), subset(bsh, bsh2)),
-                       p3(ap, ash, bp2, bsh2))
+    claim = z3.Implies(
+        z3.And(p3(ap, ash, bp, bsh), subset(bp2, bp), subset(bsh, bsh2)), p3(ap, ash, bp2, bsh2)
+    )
     assert valid(claim) is None

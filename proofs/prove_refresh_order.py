@@ -43,8 +43,10 @@ Edges = dict[tuple[str, str], tuple[z3.BitVecRef, z3.BitVecRef]]
 
 
 def _roots() -> Edges:
-    return {("bb0", "top"): (z3.BitVec("p0", 4), z3.BitVec("s0", 4)),
-            ("bb1", "side"): (z3.BitVec("p1", 4), z3.BitVec("s1", 4))}
+    return {
+        ("bb0", "top"): (z3.BitVec("p0", 4), z3.BitVec("s0", 4)),
+        ("bb1", "side"): (z3.BitVec("p1", 4), z3.BitVec("s1", 4)),
+    }
 
 
 def _initial() -> Edges:
@@ -57,8 +59,10 @@ def _initial() -> Edges:
 
 def _cum(edges: Edges, node: str) -> tuple[z3.BitVecRef, z3.BitVecRef]:
     ins = [val for (u, v), val in edges.items() if v == node]
-    return (functools.reduce(lambda a, b: a | b, (p for p, _ in ins), bv(0)),
-            functools.reduce(lambda a, b: a & b, (s for _, s in ins), bv(0xF)))
+    return (
+        functools.reduce(lambda a, b: a | b, (p for p, _ in ins), bv(0)),
+        functools.reduce(lambda a, b: a & b, (s for _, s in ins), bv(0xF)),
+    )
 
 
 def _pass(edges: Edges, order: list[str]) -> Edges:

@@ -43,8 +43,9 @@ class _Prober:
         t = self.by[tname]
         meta = t["meta-type"]
         if meta == "builtin":
-            return {"str": "x", "int": 0, "bool": False, "number": 0,
-                    "null": None, "any": {}}[t["name"]]
+            return {"str": "x", "int": 0, "bool": False, "number": 0, "null": None, "any": {}}[
+                t["name"]
+            ]
         if meta == "enum":
             return t["values"][0]
         if meta == "array":
@@ -77,7 +78,9 @@ class _Prober:
                 d[m["name"]] = self.minimal(m["type"], depth + 1)
         return d
 
-    def sites(self, tname: str, wrap: Wrap, key: tuple[str, str]) -> Iterator[tuple[str, Any, Wrap]]:
+    def sites(
+        self, tname: str, wrap: Wrap, key: tuple[str, str]
+    ) -> Iterator[tuple[str, Any, Wrap]]:
         """Yield (kind, key, wrap) for every integer member and alternate below ``tname``."""
         t = self.by[tname]
         meta = t["meta-type"]
@@ -100,7 +103,9 @@ class _Prober:
                     if owner != tname and owner in self.seen:
                         continue
 
-                    def w(v: Any, m: dict[str, Any] = m, base: dict[str, Any] = base) -> dict[str, Any]:
+                    def w(
+                        v: Any, m: dict[str, Any] = m, base: dict[str, Any] = base
+                    ) -> dict[str, Any]:
                         return wrap({**base, m["name"]: v})
 
                     if m["name"] == t.get("tag"):
@@ -163,8 +168,10 @@ def main() -> None:
     stem = f"qsd-{ver['major']}.{ver['minor']}"
     (HERE / f"{stem}-schema.json").write_text(json.dumps(schema, indent=None) + "\n")
     (HERE / f"{stem}-types.json").write_text(json.dumps(types, indent=1, sort_keys=True) + "\n")
-    print(f"{stem}: {len(schema)} schema entries, {len(types['alternates'])} alternates, "
-          f"{sum(map(len, types['integers'].values()))} integer members")
+    print(
+        f"{stem}: {len(schema)} schema entries, {len(types['alternates'])} alternates, "
+        f"{sum(map(len, types['integers'].values()))} integer members"
+    )
 
 
 if __name__ == "__main__":

@@ -21,8 +21,9 @@ IMAGES = Path("/tmp/txgraph-example")
 
 
 def _txgraph(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "txgraph.cli", *args], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "txgraph.cli", *args], check=True, stdout=subprocess.DEVNULL
+    )
 
 
 def main(out: Path) -> None:
@@ -31,18 +32,41 @@ def main(out: Path) -> None:
     IMAGES.mkdir(parents=True)
     make_images(IMAGES)
     state = str(EXAMPLES / "seed-section3-state.json")
-    _txgraph("show", state, "--dir", str(IMAGES), "--format", "svg",
-             "--out", str(out / "seed-graph.svg"))
+    _txgraph(
+        "show", state, "--dir", str(IMAGES), "--format", "svg", "--out", str(out / "seed-graph.svg")
+    )
     report = out / "section3-plan.html"
-    _txgraph("plan", str(EXAMPLES / "seed-section3.json"), "--graph", state, "--dir", str(IMAGES),
-             "--html", str(report))
+    _txgraph(
+        "plan",
+        str(EXAMPLES / "seed-section3.json"),
+        "--graph",
+        state,
+        "--dir",
+        str(IMAGES),
+        "--html",
+        str(report),
+    )
     with tempfile.TemporaryDirectory() as profile:
-        subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                        "--no-first-run", "--disable-background-networking",
-                        "--disable-component-update", "--disable-sync",
-                        f"--user-data-dir={profile}", "--window-size=1400,2200",
-                        f"--screenshot={out / 'section3-plan.png'}", report.as_uri()],
-                       check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                "chromium",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                "--window-size=1400,2200",
+                f"--screenshot={out / 'section3-plan.png'}",
+                report.as_uri(),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
     shutil.rmtree(IMAGES, ignore_errors=True)
 
 

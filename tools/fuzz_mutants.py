@@ -43,39 +43,81 @@ class Mutant:
 
 
 MUTANTS: tuple[Mutant, ...] = (
-    Mutant("error text", "txgraph/ops/blockdev.py", 'f"Node {node_name} is in use"',
-           'f"Node {node_name} is busy"', r'Node [^\s\']+ is (in use|busy)"'),
-    Mutant("snapshot rule", "txgraph/ops/snapshot.py",
-           "if graph.backing_child(overlay) is not None:", "if False:",
-           "already has a backing image"),
-    Mutant("quorum rule", "txgraph/ops/drivers.py", "if threshold > count:",
-           "if threshold > count + 1:", "threshold may not exceed"),
-    Mutant("name rule", "txgraph/model/names.py", "self.counter += 1", "self.counter += 2",
-           "#block"),
+    Mutant(
+        "error text",
+        "txgraph/ops/blockdev.py",
+        'f"Node {node_name} is in use"',
+        'f"Node {node_name} is busy"',
+        r'Node [^\s\']+ is (in use|busy)"',
+    ),
+    Mutant(
+        "snapshot rule",
+        "txgraph/ops/snapshot.py",
+        "if graph.backing_child(overlay) is not None:",
+        "if False:",
+        "already has a backing image",
+    ),
+    Mutant(
+        "quorum rule",
+        "txgraph/ops/drivers.py",
+        "if threshold > count:",
+        "if threshold > count + 1:",
+        "threshold may not exceed",
+    ),
+    Mutant(
+        "name rule", "txgraph/model/names.py", "self.counter += 1", "self.counter += 2", "#block"
+    ),
     # the reset rule: an option left out of a reopen goes back to its default
-    Mutant("reopen reset", "txgraph/ops/reopen.py",
-           'entry.detect_zeroes = "off" if detect is None else str(detect)',
-           'entry.detect_zeroes = node.detect_zeroes if detect is None else str(detect)',
-           "detect_zeroes"),
-    Mutant("perm formula", "txgraph/model/perm.py", "    nshared = _R | _U\n",
-           "    nshared = _R | _U | _S\n", "resize"),
-    Mutant("inheritance", "txgraph/ops/inherit.py", 'child.set_default("read-only", "on", forced)',
-           'child.set_default("read-only", "off", forced)', r"\.ro:|read-only"),
-    Mutant("object in use", "txgraph/ops/objects.py",
-           "raise BlockError(f\"object '{obj_id}' is in use, can not be deleted\")", "pass",
-           "in use, can not be deleted"),
-    Mutant("node-name text", "txgraph/ops/open.py",
-           "raise OpenError(f\"Invalid node-name: '{name}'\")",
-           "raise OpenError(f\"Invalid node name: '{name}'\")", "Invalid node"),
-    Mutant("del in use", "txgraph/ops/blockdev.py",
-           'raise BlockError(f"Block device {node_name} is in use")', "pass", "is in use"),
+    Mutant(
+        "reopen reset",
+        "txgraph/ops/reopen.py",
+        'entry.detect_zeroes = "off" if detect is None else str(detect)',
+        "entry.detect_zeroes = node.detect_zeroes if detect is None else str(detect)",
+        "detect_zeroes",
+    ),
+    Mutant(
+        "perm formula",
+        "txgraph/model/perm.py",
+        "    nshared = _R | _U\n",
+        "    nshared = _R | _U | _S\n",
+        "resize",
+    ),
+    Mutant(
+        "inheritance",
+        "txgraph/ops/inherit.py",
+        'child.set_default("read-only", "on", forced)',
+        'child.set_default("read-only", "off", forced)',
+        r"\.ro:|read-only",
+    ),
+    Mutant(
+        "object in use",
+        "txgraph/ops/objects.py",
+        "raise BlockError(f\"object '{obj_id}' is in use, can not be deleted\")",
+        "pass",
+        "in use, can not be deleted",
+    ),
+    Mutant(
+        "node-name text",
+        "txgraph/ops/open.py",
+        "raise OpenError(f\"Invalid node-name: '{name}'\")",
+        "raise OpenError(f\"Invalid node name: '{name}'\")",
+        "Invalid node",
+    ),
+    Mutant(
+        "del in use",
+        "txgraph/ops/blockdev.py",
+        'raise BlockError(f"Block device {node_name} is in use")',
+        "pass",
+        "is in use",
+    ),
 )
 
 
 def _scratch(root: Path, mutant: Mutant | None) -> Path:
     """A copy of the working tree's package with ``mutant`` applied."""
-    shutil.copytree(REPO / "txgraph", root / "txgraph",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        REPO / "txgraph", root / "txgraph", ignore=shutil.ignore_patterns("__pycache__")
+    )
     if mutant is not None:
         target = root / mutant.path
         text = target.read_text()
@@ -87,15 +129,39 @@ def _scratch(root: Path, mutant: Mutant | None) -> Path:
 
 def _campaign(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(root)}
-    probe = subprocess.run([sys.executable, "-c", "import txgraph; print(txgraph.__file__)"],
-                           env=env, cwd=root, capture_output=True, text=True, check=True)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import txgraph; print(txgraph.__file__)"],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     if not probe.stdout.startswith(str(root)):  # the scratch copy must be what runs
         raise SystemExit(f"scratch copy not imported: {probe.stdout}")
     out = root / "campaign"
-    subprocess.run([sys.executable, "-m", "txgraph.cli", "fuzz", "--against", args.against,
-                    "--time", str(args.seconds), "--seed", str(args.seed), "--jobs",
-                    str(args.jobs), "--out", str(out)],
-                   env=env, cwd=root, capture_output=True, timeout=args.seconds + 900)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "txgraph.cli",
+            "fuzz",
+            "--against",
+            args.against,
+            "--time",
+            str(args.seconds),
+            "--seed",
+            str(args.seed),
+            "--jobs",
+            str(args.jobs),
+            "--out",
+            str(out),
+        ],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        timeout=args.seconds + 900,
+    )
     report: dict[str, Any] = json.loads((out / "report.json").read_text())
     return report
 
@@ -111,14 +177,27 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             root = _scratch(Path(tmp) / f"m{i}", mutant)
             report = _campaign(root, args)
             marker = re.compile(mutant.marker)
-            own = {s: d for s, d in report["divergences"].items()
-                   if not d.get("known") and s not in baseline
-                   and any(marker.search(line) for line in d.get("lines", []))}
+            own = {
+                s: d
+                for s, d in report["divergences"].items()
+                if not d.get("known")
+                and s not in baseline
+                and any(marker.search(line) for line in d.get("lines", []))
+            }
             first = min((d["first_seconds"] for d in own.values()), default=None)
-            rows.append({"mutant": mutant.label, "file": mutant.path, "caught_after_s": first,
-                         "divergences": len(own), "steps": report["steps"],
-                         "first_lines": [d["lines"][:2] for d in sorted(
-                             own.values(), key=lambda d: d["first_seconds"])][:2]})
+            rows.append(
+                {
+                    "mutant": mutant.label,
+                    "file": mutant.path,
+                    "caught_after_s": first,
+                    "divergences": len(own),
+                    "steps": report["steps"],
+                    "first_lines": [
+                        d["lines"][:2]
+                        for d in sorted(own.values(), key=lambda d: d["first_seconds"])
+                    ][:2],
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
             shutil.rmtree(root, ignore_errors=True)
     return rows

@@ -23,8 +23,8 @@ from __future__ import annotations
 # still initialising (``from txgraph import __version__``).
 __version__ = "0.1.0"
 
-from txgraph.checker import Verdict, Violation, check  # noqa: E402
-from txgraph.errors import (  # noqa: E402
+from txgraph.checker import Verdict, Violation, check
+from txgraph.errors import (
     BlockError,
     InvariantViolation,
     IOFailure,
@@ -34,10 +34,10 @@ from txgraph.errors import (  # noqa: E402
     QMPError,
     TxgraphError,
 )
-from txgraph.model.graph import BlockGraph  # noqa: E402
-from txgraph.ops.session import Session  # noqa: E402
-from txgraph.ops.undo_log import Transaction  # noqa: E402
-from txgraph.qmp.engine import Engine  # noqa: E402
+from txgraph.model.graph import BlockGraph
+from txgraph.ops.session import Session
+from txgraph.ops.undo_log import Transaction
+from txgraph.qmp.engine import Engine
 
 __all__ = [
     "__version__",

@@ -49,7 +49,8 @@ class _OneLineErrors(click.Group):
                 raise
             raise click.ClickException(
                 f"internal error in txgraph ({type(err).__name__}); "
-                f"run again with {TRACEBACK_ENV}=1 for the traceback") from None
+                f"run again with {TRACEBACK_ENV}=1 for the traceback"
+            ) from None
 
 
 def _error_line(err: Exception) -> str:
@@ -65,21 +66,41 @@ def main() -> None:
     """A reconfiguration engine with a formal transaction model for QEMU block graphs."""
 
 
-@main.command(context_settings={"ignore_unknown_options": True,
-                                "help_option_names": ["-h", "--help"]})
-@click.option("--qmp", "qmp_path", default=None, type=click.Path(dir_okay=False),
-              help="Unix socket path to listen on (created with mode 0600); the same as "
-                   "--chardev socket,id=C,path=PATH,server=on,wait=off --monitor C.")
-@click.option("--policy", type=click.Choice(["qemu", "safe"]), default="qemu", show_default=True,
-              help="qemu: accept exactly what QEMU 7.2 accepts; safe: also refuse data-losing steps.")
-@click.option("--confine-dir", "confine_dirs", multiple=True, metavar="DIR",
-              type=click.Path(exists=True, file_okay=False),
-              help="Backing/data-file names in image headers must stay inside DIR and use the "
-                   "file protocol (repeatable; on by default under --policy safe, where the "
-                   "image's own directory is allowed).")
+@main.command(
+    context_settings={"ignore_unknown_options": True, "help_option_names": ["-h", "--help"]}
+)
+@click.option(
+    "--qmp",
+    "qmp_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Unix socket path to listen on (created with mode 0600); the same as "
+    "--chardev socket,id=C,path=PATH,server=on,wait=off --monitor C.",
+)
+@click.option(
+    "--policy",
+    type=click.Choice(["qemu", "safe"]),
+    default="qemu",
+    show_default=True,
+    help="qemu: accept exactly what QEMU 7.2 accepts; safe: also refuse data-losing steps.",
+)
+@click.option(
+    "--confine-dir",
+    "confine_dirs",
+    multiple=True,
+    metavar="DIR",
+    type=click.Path(exists=True, file_okay=False),
+    help="Backing/data-file names in image headers must stay inside DIR and use the "
+    "file protocol (repeatable; on by default under --policy safe, where the "
+    "image's own directory is allowed).",
+)
 @click.argument("qsd_args", nargs=-1, type=click.UNPROCESSED, metavar="[QSD OPTIONS]...")
-def serve(qmp_path: str | None, policy: str, confine_dirs: tuple[str, ...] = (),
-          qsd_args: tuple[str, ...] = ()) -> None:
+def serve(
+    qmp_path: str | None,
+    policy: str,
+    confine_dirs: tuple[str, ...] = (),
+    qsd_args: tuple[str, ...] = (),
+) -> None:
     """Serve QMP on a unix socket, like ``qemu-storage-daemon --monitor``.
 
     QSD OPTIONS are qemu-storage-daemon 7.2's, run in command-line order with
@@ -107,8 +128,9 @@ def serve(qmp_path: str | None, policy: str, confine_dirs: tuple[str, ...] = (),
             sys.exit(1)
         sys.stderr.write("".join(run.warnings))
         if run.answer == "version":
-            click.echo(f"txgraph serve version {__version__} "
-                       "(the qemu-storage-daemon 7.2 command line)")
+            click.echo(
+                f"txgraph serve version {__version__} (the qemu-storage-daemon 7.2 command line)"
+            )
             return
         _warm_up(engine)
         if run.pidfile is not None:
@@ -119,7 +141,7 @@ def serve(qmp_path: str | None, policy: str, confine_dirs: tuple[str, ...] = (),
                 sys.exit(1)
             pidfile = run.pidfile
         run_server([*([qmp_path] if qmp_path else []), *run.monitors], engine)
-    except ServeError as err:   # one line and exit code 1, like QSD's bind errors
+    except ServeError as err:  # one line and exit code 1, like QSD's bind errors
         raise click.ClickException(str(err)) from None
     finally:
         remove_pidfile(pidfile)
@@ -141,9 +163,11 @@ def _warm_up(engine: Any) -> None:
     # A throwaway engine exercises the whole add/query/delete path once (module
     # imports, the z3 solver's first check) without touching the live session.
     scratch = Engine()
-    for message in ({"execute": "blockdev-add", "arguments": {"driver": "null-co", "node-name": "w"}},
-                    {"execute": "query-named-block-nodes", "arguments": {"flat": True}},
-                    {"execute": "blockdev-del", "arguments": {"node-name": "w"}}):
+    for message in (
+        {"execute": "blockdev-add", "arguments": {"driver": "null-co", "node-name": "w"}},
+        {"execute": "query-named-block-nodes", "arguments": {"flat": True}},
+        {"execute": "blockdev-del", "arguments": {"node-name": "w"}},
+    ):
         scratch.execute(message)
     scratch.context.session.close()
     # Start-up objects (modules, the QAPI schema, the solver) live as long as the
@@ -154,8 +178,12 @@ def _warm_up(engine: Any) -> None:
 
 
 @main.command()
-@click.option("--workdir", type=click.Path(file_okay=False), default=None,
-              help="Where to create the example images (default: a temporary directory).")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where to create the example images (default: a temporary directory).",
+)
 @click.option("--plain", is_flag=True, help="No colours or box drawing.")
 def demo(workdir: str | None, plain: bool) -> None:
     """Build the example graph on real images and explain it."""
@@ -198,8 +226,13 @@ def bench() -> None:
 
 
 @bench.command("io")
-@click.option("--workdir", type=click.Path(file_okay=False), default="/tmp/txgraph-bench-io",
-              show_default=True, help="Where the (large) benchmark images are made.")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    default="/tmp/txgraph-bench-io",
+    show_default=True,
+    help="Where the (large) benchmark images are made.",
+)
 def bench_io(workdir: str) -> None:
     """Data-plane reads vs qemu-img bench on the same images; one JSON line per measure."""
     from txgraph.bench.io import run_io_benchmarks
@@ -208,8 +241,12 @@ def bench_io(workdir: str) -> None:
 
 
 @bench.command("nbd")
-@click.option("--workdir", type=click.Path(file_okay=False), default="/tmp/txgraph-bench-nbd",
-              show_default=True)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    default="/tmp/txgraph-bench-nbd",
+    show_default=True,
+)
 def bench_nbd(workdir: str) -> None:
     """NBD export throughput with qemu-img convert as the client vs qemu-storage-daemon."""
     from txgraph.bench.nbd import run_nbd_benchmark
@@ -229,9 +266,18 @@ def bench_qmp(depth: int, adds: int) -> None:
 
 
 @bench.command("txn")
-@click.option("--nodes", "sizes", multiple=True, type=int, default=(100, 10_000), show_default=True,
-              help="Graph size before the steps (repeatable).")
-@click.option("--repeats", default=3, show_default=True, help="Fresh peers per size; best time wins.")
+@click.option(
+    "--nodes",
+    "sizes",
+    multiple=True,
+    type=int,
+    default=(100, 10_000),
+    show_default=True,
+    help="Graph size before the steps (repeatable).",
+)
+@click.option(
+    "--repeats", default=3, show_default=True, help="Fresh peers per size; best time wins."
+)
 def bench_txn(sizes: tuple[int, ...], repeats: int) -> None:
     """A 20-step transaction on txgraph vs the same steps as 20 QMP commands on QSD."""
     from txgraph.bench.txn import run_txn_benchmark
@@ -246,8 +292,12 @@ def bench_txn(sizes: tuple[int, ...], repeats: int) -> None:
 @bench.command("jobs")
 @click.option("--size-mib", default=1024, show_default=True, help="Image size (fully allocated).")
 @click.option("--rounds", default=3, show_default=True, help="Interleaved rounds per peer.")
-@click.option("--workdir", type=click.Path(file_okay=False), default=None,
-              help="Where the images are made (default: a fresh temporary directory).")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where the images are made (default: a fresh temporary directory).",
+)
 def bench_jobs(size_mib: int, rounds: int, workdir: str | None) -> None:
     """Mirror and stream throughput vs qemu-storage-daemon on the same images (speed 0)."""
     from txgraph.bench.jobs import run_jobs_benchmark
@@ -257,8 +307,15 @@ def bench_jobs(size_mib: int, rounds: int, workdir: str | None) -> None:
 
 
 @bench.command("scale")
-@click.option("--nodes", "sizes", multiple=True, type=int, default=(100, 1_000, 10_000, 100_000),
-              show_default=True, help="Graph sizes (repeatable).")
+@click.option(
+    "--nodes",
+    "sizes",
+    multiple=True,
+    type=int,
+    default=(100, 1_000, 10_000, 100_000),
+    show_default=True,
+    help="Graph sizes (repeatable).",
+)
 @click.option("--rounds", default=5, show_default=True, help="Interleaved rounds per measure.")
 def bench_scale(sizes: tuple[int, ...], rounds: int) -> None:
     """One command under policy=safe and one plan step, at growing graph sizes."""
@@ -291,29 +348,76 @@ def drive(explain: bool, qemu_args: tuple[str, ...]) -> None:
 
 @main.command("plan")
 @click.argument("plan_file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--graph", "graph_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Starting state: a JSON list of QMP commands, or a graph import "
-                   '{"block-graph": ..., "named-nodes": ...}.')
-@click.option("--graph-from-qmp", "qmp_socket", type=click.Path(), default=None,
-              help="Capture the starting graph from a running QEMU/QSD/txgraph QMP socket.")
-@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
-              help="Substitute {dir} in the plan and state files.")
-@click.option("--policy", type=click.Choice(["qemu", "safe"]), default="safe", show_default=True,
-              help="safe adds txgraph's data-loss rules to QEMU's.")
+@click.option(
+    "--graph",
+    "graph_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Starting state: a JSON list of QMP commands, or a graph import "
+    '{"block-graph": ..., "named-nodes": ...}.',
+)
+@click.option(
+    "--graph-from-qmp",
+    "qmp_socket",
+    type=click.Path(),
+    default=None,
+    help="Capture the starting graph from a running QEMU/QSD/txgraph QMP socket.",
+)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Substitute {dir} in the plan and state files.",
+)
+@click.option(
+    "--policy",
+    type=click.Choice(["qemu", "safe"]),
+    default="safe",
+    show_default=True,
+    help="safe adds txgraph's data-loss rules to QEMU's.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
-              help="Write the verified plan (the sealed JSON report) here, for txgraph apply.")
-@click.option("--key-file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Seal the verified plan with HMAC-SHA256 under this key (default: SHA-256).")
-@click.option("--html", "html_file", type=click.Path(dir_okay=False), default=None,
-              help="Also write an HTML report with a before/after picture of every step.")
-@click.option("--confine-dir", "confine_dirs", multiple=True, metavar="DIR",
-              type=click.Path(exists=True, file_okay=False),
-              help="As for serve: image-header references must stay inside DIR (repeatable).")
-def plan_cmd(plan_file: str, graph_file: str | None, qmp_socket: str | None,
-             directory: str | None, policy: str, as_json: bool, out_file: str | None,
-             key_file: str | None, html_file: str | None,
-             confine_dirs: tuple[str, ...] = ()) -> None:
+@click.option(
+    "--out",
+    "out_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the verified plan (the sealed JSON report) here, for txgraph apply.",
+)
+@click.option(
+    "--key-file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Seal the verified plan with HMAC-SHA256 under this key (default: SHA-256).",
+)
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write an HTML report with a before/after picture of every step.",
+)
+@click.option(
+    "--confine-dir",
+    "confine_dirs",
+    multiple=True,
+    metavar="DIR",
+    type=click.Path(exists=True, file_okay=False),
+    help="As for serve: image-header references must stay inside DIR (repeatable).",
+)
+def plan_cmd(
+    plan_file: str,
+    graph_file: str | None,
+    qmp_socket: str | None,
+    directory: str | None,
+    policy: str,
+    as_json: bool,
+    out_file: str | None,
+    key_file: str | None,
+    html_file: str | None,
+    confine_dirs: tuple[str, ...] = (),
+) -> None:
     """Dry-run PLAN_FILE on a scratch copy of the graph and report every step.
 
     Exit status 0 if every step would be accepted and the checker agrees, 1 otherwise.
@@ -339,11 +443,16 @@ def plan_cmd(plan_file: str, graph_file: str | None, qmp_socket: str | None,
                 state = capture_graph(client)
         key = read_key(key_file) if key_file else None
         recorder = StepRecorder() if html_file else None
-        report = seal_report(verify_plan(plan, state, policy=policy, observer=recorder,
-                                         confine_dirs=confine_dirs).to_dict(), key)
+        report = seal_report(
+            verify_plan(
+                plan, state, policy=policy, observer=recorder, confine_dirs=confine_dirs
+            ).to_dict(),
+            key,
+        )
         if html_file and recorder is not None:
-            Path(html_file).write_text(plan_page(report, recorder.steps,
-                                                 f"txgraph plan: {Path(plan_file).name}"))
+            Path(html_file).write_text(
+                plan_page(report, recorder.steps, f"txgraph plan: {Path(plan_file).name}")
+            )
     except (PlanError, StateError, TxgraphError, ValueError, OSError, RuntimeError) as err:
         raise click.ClickException(_error_line(err)) from err
     text = json.dumps(report, indent=2)
@@ -355,16 +464,37 @@ def plan_cmd(plan_file: str, graph_file: str | None, qmp_socket: str | None,
 
 @main.command("show")
 @click.argument("state_file", type=click.Path(exists=True, dir_okay=False), required=False)
-@click.option("--graph-from-qmp", "qmp_socket", type=click.Path(), default=None,
-              help="Draw the live graph of a running QEMU/QSD/txgraph QMP socket.")
-@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
-              help="Substitute {dir} in STATE_FILE.")
-@click.option("--format", "fmt", type=click.Choice(["dot", "svg", "html"]), default="svg",
-              show_default=True)
-@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
-              help="Write the picture here (default: standard output).")
-def show_cmd(state_file: str | None, qmp_socket: str | None, directory: str | None, fmt: str,
-             out_file: str | None) -> None:
+@click.option(
+    "--graph-from-qmp",
+    "qmp_socket",
+    type=click.Path(),
+    default=None,
+    help="Draw the live graph of a running QEMU/QSD/txgraph QMP socket.",
+)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Substitute {dir} in STATE_FILE.",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["dot", "svg", "html"]), default="svg", show_default=True
+)
+@click.option(
+    "--out",
+    "out_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the picture here (default: standard output).",
+)
+def show_cmd(
+    state_file: str | None,
+    qmp_socket: str | None,
+    directory: str | None,
+    fmt: str,
+    out_file: str | None,
+) -> None:
     """Draw a block graph: drivers, edges with perm/shared-perm, read-only, implicit nodes,
     frozen links, exports and jobs.
 
@@ -398,8 +528,9 @@ def show_cmd(state_file: str | None, qmp_socket: str | None, directory: str | No
         finally:
             engine.context.session.close()
         dot = to_dot(picture, title=title)
-        output = dot if fmt == "dot" else dot_to_svg(dot) if fmt == "svg" else \
-            graph_page(picture, title)
+        output = (
+            dot if fmt == "dot" else dot_to_svg(dot) if fmt == "svg" else graph_page(picture, title)
+        )
     except (PlanError, StateError, TxgraphError, ValueError, OSError, RuntimeError) as err:
         raise click.ClickException(_error_line(err)) from err
     if out_file:
@@ -409,21 +540,48 @@ def show_cmd(state_file: str | None, qmp_socket: str | None, directory: str | No
 
 
 @main.command("fuzz")
-@click.option("--against", type=click.Choice(["qsd", "model"]), default="model", show_default=True,
-              help="qsd: compare every step with a fresh qemu-storage-daemon 7.2; model: check "
-                   "txgraph's own invariants after every step.")
-@click.option("--time", "seconds", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
-              help="The campaign's time budget in seconds.")
+@click.option(
+    "--against",
+    type=click.Choice(["qsd", "model"]),
+    default="model",
+    show_default=True,
+    help="qsd: compare every step with a fresh qemu-storage-daemon 7.2; model: check "
+    "txgraph's own invariants after every step.",
+)
+@click.option(
+    "--time",
+    "seconds",
+    type=click.FloatRange(min=0.1),
+    default=60.0,
+    show_default=True,
+    help="The campaign's time budget in seconds.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same campaign.")
-@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Parallel workers, each with its own peers.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="fuzz-campaign",
-              show_default=True, help="The campaign directory (corpus, reproducers, report).")
-@click.option("--ops", default=None, metavar="LIST",
-              help="Comma-separated operation families: add,del,reopen,snapshot,quorum,objects,"
-                   "exports,guest (and x: txgraph's extensions, model only).")
-def fuzz_cmd(against: str, seconds: float, seed: int, jobs: int, out_dir: str,
-             ops: str | None) -> None:
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Parallel workers, each with its own peers.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default="fuzz-campaign",
+    show_default=True,
+    help="The campaign directory (corpus, reproducers, report).",
+)
+@click.option(
+    "--ops",
+    default=None,
+    metavar="LIST",
+    help="Comma-separated operation families: add,del,reopen,snapshot,quorum,objects,"
+    "exports,guest (and x: txgraph's extensions, model only).",
+)
+def fuzz_cmd(
+    against: str, seconds: float, seed: int, jobs: int, out_dir: str, ops: str | None
+) -> None:
     """Fuzz block-graph reconfiguration; exit 1 when something diverged or crashed."""
     from txgraph.fuzz import CampaignConfig, campaign_dir, families_for, run_campaign
     from txgraph.fuzz.progress import Progress
@@ -435,12 +593,16 @@ def fuzz_cmd(against: str, seconds: float, seed: int, jobs: int, out_dir: str,
     config = CampaignConfig(against, seconds, seed, campaign_dir(out_dir).resolve(), families)
     with Progress(seconds) as progress:
         report = run_campaign(config, jobs, progress.update)
-    click.echo(f"{report['steps']} steps, {report['sequences']} sequences, "
-               f"{report['behaviours']} behaviours, {report['steps_per_second']} steps/s; "
-               f"{len(report['divergences'])} divergence(s); report: {config.out / 'report.html'}")
+    click.echo(
+        f"{report['steps']} steps, {report['sequences']} sequences, "
+        f"{report['behaviours']} behaviours, {report['steps_per_second']} steps/s; "
+        f"{len(report['divergences'])} divergence(s); report: {config.out / 'report.html'}"
+    )
     for sig, d in report["divergences"].items():
-        click.echo(f"  {sig} {d['kind']} at {d['command']} (x{d['count']}, "
-                   f"{d.get('steps', '?')} steps): {d.get('repro', 'not shrunk')}")
+        click.echo(
+            f"  {sig} {d['kind']} at {d['command']} (x{d['count']}, "
+            f"{d.get('steps', '?')} steps): {d.get('repro', 'not shrunk')}"
+        )
     # a known QEMU bug (txgraph.fuzz.known, pinned by its own test) is reported, not a failure
     new = [s for s in report["divergences"] if s not in report["known_qemu_bugs"]]
     sys.exit(1 if new or report.get("worker_failures") else 0)
@@ -448,8 +610,9 @@ def fuzz_cmd(against: str, seconds: float, seed: int, jobs: int, out_dir: str,
 
 @main.command("replay")
 @click.argument("repro_file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--against", type=click.Choice(["qsd", "txgraph", "both"]), default="both",
-              show_default=True)
+@click.option(
+    "--against", type=click.Choice(["qsd", "txgraph", "both"]), default="both", show_default=True
+)
 def replay_cmd(repro_file: str, against: str) -> None:
     """Run a fuzz reproducer step by step; exit 1 if the peers differ (or a peer crashed)."""
     from txgraph.fuzz.replay import render_replay, replay
@@ -466,10 +629,19 @@ def replay_cmd(repro_file: str, against: str) -> None:
 
 @main.command("apply")
 @click.argument("verified_file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--qmp", "qmp_socket", required=True, type=click.Path(),
-              help="QMP socket of the running txgraph serve.")
-@click.option("--key-file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="The key the plan was sealed with (txgraph plan --key-file).")
+@click.option(
+    "--qmp",
+    "qmp_socket",
+    required=True,
+    type=click.Path(),
+    help="QMP socket of the running txgraph serve.",
+)
+@click.option(
+    "--key-file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="The key the plan was sealed with (txgraph plan --key-file).",
+)
 def apply_cmd(verified_file: str, qmp_socket: str, key_file: str | None) -> None:
     """Apply a plan verified by ``txgraph plan --graph-from-qmp ... --out VERIFIED_FILE``.
 
@@ -493,9 +665,14 @@ def apply_cmd(verified_file: str, qmp_socket: str, key_file: str | None) -> None
     source = report["source"]
     try:
         with QMPClient(qmp_socket) as client:
-            reply = client.execute("x-txgraph-apply-plan", {
-                "expect-generation": source["generation"], "expect-digest": source["digest"],
-                "steps": report["plan"]})
+            reply = client.execute(
+                "x-txgraph-apply-plan",
+                {
+                    "expect-generation": source["generation"],
+                    "expect-digest": source["digest"],
+                    "steps": report["plan"],
+                },
+            )
     except QMPClientError as err:
         raise click.ClickException(str(err)) from err
     if "error" in reply:
@@ -505,8 +682,10 @@ def apply_cmd(verified_file: str, qmp_socket: str, key_file: str | None) -> None
             click.echo(f"completed steps: {detail.get('completed')}", err=True)
         sys.exit(1)
     result = reply["return"]
-    click.echo(f"applied {result['completed']} step(s); live graph now at generation "
-               f"{result['generation']} (digest {result['digest'][:16]})")
+    click.echo(
+        f"applied {result['completed']} step(s); live graph now at generation "
+        f"{result['generation']} (digest {result['digest'][:16]})"
+    )
     for warning in result.get("warnings", []):
         click.echo(f"warning: {warning.get('sentence', warning)}")
 

@@ -43,18 +43,42 @@ def _build_images(workdir: Path) -> list[Path]:
 
 def example_commands(tops: list[Path]) -> list[dict[str, Any]]:
     """The QMP script that assembles the example graph."""
-    children = [{"driver": "qcow2", "node-name": f"disk{i}",
-                 "file": {"driver": "file", "node-name": f"disk{i}-file", "filename": str(top)}}
-                for i, top in enumerate(tops)]
+    children = [
+        {
+            "driver": "qcow2",
+            "node-name": f"disk{i}",
+            "file": {"driver": "file", "node-name": f"disk{i}-file", "filename": str(top)},
+        }
+        for i, top in enumerate(tops)
+    ]
     return [
-        {"execute": "object-add", "arguments": {"qom-type": "throttle-group", "id": "tg0",
-                                                "limits": {"iops-total": 1000}}},
-        {"execute": "blockdev-add", "arguments": {
-            "driver": "quorum", "node-name": "vote", "vote-threshold": 2,
-            "cache": {"direct": False, "no-flush": False}, "children": children}},
-        {"execute": "blockdev-add", "arguments": {
-            "driver": "throttle", "node-name": "throttled", "throttle-group": "tg0",
-            "file": "vote"}},
+        {
+            "execute": "object-add",
+            "arguments": {
+                "qom-type": "throttle-group",
+                "id": "tg0",
+                "limits": {"iops-total": 1000},
+            },
+        },
+        {
+            "execute": "blockdev-add",
+            "arguments": {
+                "driver": "quorum",
+                "node-name": "vote",
+                "vote-threshold": 2,
+                "cache": {"direct": False, "no-flush": False},
+                "children": children,
+            },
+        },
+        {
+            "execute": "blockdev-add",
+            "arguments": {
+                "driver": "throttle",
+                "node-name": "throttled",
+                "throttle-group": "tg0",
+                "file": "vote",
+            },
+        },
     ]
 
 
@@ -72,8 +96,11 @@ def render_tree(session: Session) -> str:
             shared = ",".join(perm_list(edge.shared)) or "-"
             walk(child, prefix + "    ", f"--{edge.name} ({perm} / shared {shared})--> ")
 
-    roots = [n for n in graph.nodes
-             if not any(e.parent_kind is ParentKind.NODE for _p, e in graph.parents(n))]
+    roots = [
+        n
+        for n in graph.nodes
+        if not any(e.parent_kind is ParentKind.NODE for _p, e in graph.parents(n))
+    ]
     for root in sorted(roots):
         walk(root, "", "")
     return "\n".join(lines)
@@ -121,7 +148,9 @@ def run_demo(workdir: Path | None = None, *, plain: bool = False) -> int:
         for message in example_commands(tops):
             reply = engine.execute(message)
             status = "ok" if "return" in reply else f"error: {reply['error']['desc']}"
-            print(f"   {message['execute']} {message['arguments'].get('node-name', message['arguments'].get('id', ''))}: {status}")
+            print(
+                f"   {message['execute']} {message['arguments'].get('node-name', message['arguments'].get('id', ''))}: {status}"
+            )
             if "error" in reply:
                 return 1
         session = engine.context.session
@@ -133,8 +162,14 @@ def run_demo(workdir: Path | None = None, *, plain: bool = False) -> int:
         print("\n== 5. Steps QEMU refuses; txgraph explains them and changes nothing")
         before = session.graph.digest()
         refused = [
-            {"execute": "blockdev-add", "arguments": {
-                "driver": "qcow2", "node-name": "second-writer", "file": "disk0-file"}},
+            {
+                "execute": "blockdev-add",
+                "arguments": {
+                    "driver": "qcow2",
+                    "node-name": "second-writer",
+                    "file": "disk0-file",
+                },
+            },
             {"execute": "blockdev-del", "arguments": {"node-name": "disk0"}},
             {"execute": "object-del", "arguments": {"id": "tg0"}},
         ]
@@ -145,11 +180,15 @@ def run_demo(workdir: Path | None = None, *, plain: bool = False) -> int:
             print(f"   QEMU's answer: {err.get('desc', 'accepted (unexpected!)')}")
             extra = err.get("__io.txgraph_explanation")
             if extra:
-                print(f"   rule: {extra.get('rule')}  subjects: {', '.join(extra.get('subjects', []))}")
+                print(
+                    f"   rule: {extra.get('rule')}  subjects: {', '.join(extra.get('subjects', []))}"
+                )
                 verdict = extra.get("explanation")
                 for violation in (verdict or {}).get("violations", []):
-                    print(f"   checker ({verdict.get('engine')}): [{violation['rule']}] "
-                          f"{violation['sentence']}")
+                    print(
+                        f"   checker ({verdict.get('engine')}): [{violation['rule']}] "
+                        f"{violation['sentence']}"
+                    )
         if session.graph.digest() != before:
             print("   BUG: a refused step changed the graph")
             return 1

@@ -46,8 +46,14 @@ class TxgraphError(Exception):
 
     error_class: str = "GenericError"
 
-    def __init__(self, desc: str, *, rule: str | None = None,
-                 subjects: tuple[str, ...] = (), explanation: Any = None) -> None:
+    def __init__(
+        self,
+        desc: str,
+        *,
+        rule: str | None = None,
+        subjects: tuple[str, ...] = (),
+        explanation: Any = None,
+    ) -> None:
         super().__init__(desc)
         self.desc = desc
         self.rule = rule

@@ -50,12 +50,20 @@ Scheduler = Callable[[float, Callable[[], None]], None]
 
 #: ``monitor_qapi_event_conf``: events limited to one per period (seconds) per key
 RATE_LIMITED: dict[str, float] = {
-    "RTC_CHANGE": 1.0, "WATCHDOG": 1.0, "BALLOON_CHANGE": 1.0, "QUORUM_REPORT_BAD": 1.0,
-    "QUORUM_FAILURE": 1.0, "VSERPORT_CHANGE": 1.0, "MEMORY_DEVICE_SIZE_CHANGE": 1.0,
+    "RTC_CHANGE": 1.0,
+    "WATCHDOG": 1.0,
+    "BALLOON_CHANGE": 1.0,
+    "QUORUM_REPORT_BAD": 1.0,
+    "QUORUM_FAILURE": 1.0,
+    "VSERPORT_CHANGE": 1.0,
+    "MEMORY_DEVICE_SIZE_CHANGE": 1.0,
 }
 #: ``qapi_event_throttle_hash``/``_equal``: the data member that splits the key
-_KEY_MEMBER = {"VSERPORT_CHANGE": "id", "MEMORY_DEVICE_SIZE_CHANGE": "qom-path",
-               "QUORUM_REPORT_BAD": "node-name"}
+_KEY_MEMBER = {
+    "VSERPORT_CHANGE": "id",
+    "MEMORY_DEVICE_SIZE_CHANGE": "qom-path",
+    "QUORUM_REPORT_BAD": "node-name",
+}
 
 
 def _timer(delay: float, callback: Callable[[], None]) -> None:
@@ -67,8 +75,10 @@ def _timer(delay: float, callback: Callable[[], None]) -> None:
 def qmp_event(name: str, data: dict[str, Any] | None, now_ns: int) -> dict[str, Any]:
     """``qmp_event_build_dict``: the event message with QEMU's timestamp shape."""
     event: dict[str, Any] = {
-        "timestamp": {"seconds": now_ns // 1_000_000_000,
-                      "microseconds": now_ns // 1_000 % 1_000_000},
+        "timestamp": {
+            "seconds": now_ns // 1_000_000_000,
+            "microseconds": now_ns // 1_000 % 1_000_000,
+        },
         "event": name,
     }
     if data is not None:
@@ -79,8 +89,9 @@ def qmp_event(name: str, data: dict[str, Any] | None, now_ns: int) -> dict[str, 
 class EventBus:
     """An ordered broadcast of QMP events (see the module docstring for the locking)."""
 
-    def __init__(self, clock_ns: Callable[[], int] = time.time_ns,
-                 scheduler: Scheduler = _timer) -> None:
+    def __init__(
+        self, clock_ns: Callable[[], int] = time.time_ns, scheduler: Scheduler = _timer
+    ) -> None:
         self._lock = threading.RLock()
         self._subscribers: list[Subscriber] = []
         self._clock_ns = clock_ns

@@ -46,8 +46,13 @@ class QMPProcess:
         self.events: list[dict[str, Any]] = []
         #: indexes of the events :meth:`wait_event` already returned
         self._taken: set[int] = set()
-        self.proc = subprocess.Popen(args, cwd=workdir or self._tmp, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            args,
+            cwd=workdir or self._tmp,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         try:
             self._connect()
         except BaseException:
@@ -121,8 +126,9 @@ class QMPProcess:
                 continue
             return msg
 
-    def wait_event(self, name: str, match: dict[str, Any] | None = None,
-                   timeout: float = 30.0) -> dict[str, Any]:
+    def wait_event(
+        self, name: str, match: dict[str, Any] | None = None, timeout: float = 30.0
+    ) -> dict[str, Any]:
         """The first received event ``name`` whose data contains ``match`` that no earlier
         wait returned (in arrival order); the socket is read with a deadline until one
         comes (``TimeoutError`` when it passes)."""
@@ -131,8 +137,11 @@ class QMPProcess:
         def fits(i: int) -> bool:
             msg = self.events[i]
             data = msg.get("data", {})
-            return (i not in self._taken and msg.get("event") == name
-                    and all(data.get(k) == v for k, v in want.items()))
+            return (
+                i not in self._taken
+                and msg.get("event") == name
+                and all(data.get(k) == v for k, v in want.items())
+            )
 
         for i in range(len(self.events)):
             if fits(i):
@@ -147,9 +156,10 @@ class QMPProcess:
                 self.sock.settimeout(left)
                 try:
                     msg = self._read()
-                except (TimeoutError, socket.timeout) as exc:
-                    raise TimeoutError(f"{self.label}: no {name} {want} within {timeout} s") \
-                        from exc
+                except TimeoutError as exc:
+                    raise TimeoutError(
+                        f"{self.label}: no {name} {want} within {timeout} s"
+                    ) from exc
                 if "event" not in msg:
                     raise RuntimeError(f"{self.label}: unexpected reply {msg} while waiting")
                 self.events.append(msg)
@@ -159,8 +169,9 @@ class QMPProcess:
         finally:
             self.sock.settimeout(self.reply_timeout)
 
-    def execute(self, command: str, arguments: dict[str, Any] | None = None,
-                **extra: Any) -> dict[str, Any]:
+    def execute(
+        self, command: str, arguments: dict[str, Any] | None = None, **extra: Any
+    ) -> dict[str, Any]:
         msg: dict[str, Any] = {"execute": command, **extra}
         if arguments is not None:
             msg["arguments"] = arguments
@@ -204,8 +215,14 @@ class QSD(QMPProcess):
     def __init__(self, extra_args: list[str] | None = None, workdir: str | None = None) -> None:
         tmp = tempfile.mkdtemp(prefix="qsd-")
         path = os.path.join(tmp, "qmp.sock")
-        args = [QSD_BINARY, "--chardev", f"socket,id=qmp0,path={path},server=on,wait=off",
-                "--monitor", "chardev=qmp0", *(extra_args or [])]
+        args = [
+            QSD_BINARY,
+            "--chardev",
+            f"socket,id=qmp0,path={path},server=on,wait=off",
+            "--monitor",
+            "chardev=qmp0",
+            *(extra_args or []),
+        ]
         super().__init__(args, path, tmp, workdir)
 
     def __enter__(self) -> QSD:

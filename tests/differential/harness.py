@@ -53,18 +53,46 @@ from pathlib import Path
 from typing import Any
 
 from txgraph.oracle.canon import (  # noqa: F401  (re-exported for the scenario modules)
-    IMAGE_FIELDS, NODE_FIELDS, canon_graph, canon_nodes, canon_reply, canon_text,
+    IMAGE_FIELDS,
+    NODE_FIELDS,
+    canon_graph,
+    canon_nodes,
+    canon_reply,
+    canon_text,
 )
 from txgraph.oracle.canon import substitute as _substitute
 from txgraph.oracle.compare import StepRecord, compare_records, lockstep  # noqa: F401
 from txgraph.oracle.compare import snapshot as _snapshot
-from txgraph.oracle.peers import EnginePeer, Peer, PeerFactory, QSDPeer  # noqa: F401
+from txgraph.oracle.peers import EnginePeer, Peer, PeerFactory, QSDPeer
 
 __all__ = [
-    "Raw", "Step", "Shell", "WriteFile", "MkDir", "Chmod", "Call", "SetupAction", "Scenario",
-    "Peer", "QSDPeer", "EnginePeer", "StepRecord", "Trace", "Comparison",
-    "run_scenario", "run_steps", "compare_traces", "compare_records", "canon_text",
-    "canon_nodes", "canon_graph", "canon_reply", "qemu_img", "qemu_io", "cmd", "main",
+    "Raw",
+    "Step",
+    "Shell",
+    "WriteFile",
+    "MkDir",
+    "Chmod",
+    "Call",
+    "SetupAction",
+    "Scenario",
+    "Peer",
+    "QSDPeer",
+    "EnginePeer",
+    "StepRecord",
+    "Trace",
+    "Comparison",
+    "run_scenario",
+    "run_steps",
+    "compare_traces",
+    "compare_records",
+    "canon_text",
+    "canon_nodes",
+    "canon_graph",
+    "canon_reply",
+    "qemu_img",
+    "qemu_io",
+    "cmd",
+    "main",
 ]
 
 # --------------------------------------------------------------------------------------
@@ -165,7 +193,9 @@ def _run_setup(actions: Iterable[SetupAction], workdir: Path) -> None:
             argv = [a.replace("{dir}", d) for a in act.argv]
             res = subprocess.run(argv, capture_output=True, text=True, cwd=workdir)
             if res.returncode != 0:
-                raise RuntimeError(f"setup {' '.join(argv)} failed: {res.stderr.strip() or res.stdout}")
+                raise RuntimeError(
+                    f"setup {' '.join(argv)} failed: {res.stderr.strip() or res.stdout}"
+                )
         elif isinstance(act, WriteFile):
             (workdir / act.path).write_bytes(act.data)
         elif isinstance(act, MkDir):
@@ -183,7 +213,6 @@ def _run_setup(actions: Iterable[SetupAction], workdir: Path) -> None:
 # --------------------------------------------------------------------------------------
 
 
-
 @dataclass
 class Trace:
     """The run of a scenario on one peer."""
@@ -194,16 +223,21 @@ class Trace:
     setup_error: str | None = None
 
 
-
 def _describe(step: Step) -> str:
     if isinstance(step, Raw):
         return f"RAW {step.text!r}"
     return json.dumps(step, sort_keys=False)
 
 
-
-def run_steps(peer: Peer, steps: Sequence[Step], workdir: Path, *, writes: bool = False,
-              scenario: str = "", trace: Trace | None = None) -> Trace:
+def run_steps(
+    peer: Peer,
+    steps: Sequence[Step],
+    workdir: Path,
+    *,
+    writes: bool = False,
+    scenario: str = "",
+    trace: Trace | None = None,
+) -> Trace:
     """Run ``steps`` on an already set-up ``peer`` and record reply + state after each."""
     d = str(workdir)
     trace = trace if trace is not None else Trace(peer.label, scenario)
@@ -217,13 +251,15 @@ def run_steps(peer: Peer, steps: Sequence[Step], workdir: Path, *, writes: bool 
             sent = _substitute(step, d, auto)
             reply = peer.execute(sent)
         nodes, graph, auto = _snapshot(peer, d, writes)
-        trace.records.append(StepRecord(i, _describe(step), canon_reply(sent, reply, d, writes),
-                                        nodes, graph))
+        trace.records.append(
+            StepRecord(i, _describe(step), canon_reply(sent, reply, d, writes), nodes, graph)
+        )
     return trace
 
 
-def run_scenario(scenario: Scenario, peer_factory: PeerFactory,
-                 base_tmp: Path | None = None) -> Trace:
+def run_scenario(
+    scenario: Scenario, peer_factory: PeerFactory, base_tmp: Path | None = None
+) -> Trace:
     """Set up a fresh directory, start a peer in it, run every step, return the trace."""
     workdir = Path(tempfile.mkdtemp(prefix=f"txd-{scenario.name[:20]}-", dir=base_tmp))
     try:
@@ -233,8 +269,9 @@ def run_scenario(scenario: Scenario, peer_factory: PeerFactory,
             return Trace("?", scenario.name, setup_error=str(exc))
         peer = peer_factory(workdir)
         try:
-            return run_steps(peer, scenario.steps, workdir, writes=scenario.writes,
-                             scenario=scenario.name)
+            return run_steps(
+                peer, scenario.steps, workdir, writes=scenario.writes, scenario=scenario.name
+            )
         finally:
             peer.close()
     finally:
@@ -251,7 +288,6 @@ def run_scenario(scenario: Scenario, peer_factory: PeerFactory,
 # --------------------------------------------------------------------------------------
 # Comparing
 # --------------------------------------------------------------------------------------
-
 
 
 @dataclass
@@ -283,8 +319,10 @@ class Comparison:
             return f"[{self.scenario}] setup failed: {self.setup_error}"
         if not self.diffs:
             return f"[{self.scenario}] {self.left} == {self.right}"
-        lines = [f"[{self.scenario}] {self.left} (left) vs {self.right} (right): "
-                 f"{len(self.diffs)} step(s) differ, first at step {self.diffs[0].index}"]
+        lines = [
+            f"[{self.scenario}] {self.left} (left) vs {self.right} (right): "
+            f"{len(self.diffs)} step(s) differ, first at step {self.diffs[0].index}"
+        ]
         for d in self.diffs[:4]:
             lines.append(f"  step {d.index}: {d.command[:300]}")
             lines.extend(f"    {ln}" for ln in d.lines[:14])
@@ -293,7 +331,6 @@ class Comparison:
         if len(self.diffs) > 4:
             lines.append(f"  ... and steps {[d.index for d in self.diffs[4:]]}")
         return "\n".join(lines)
-
 
 
 def compare_traces(left: Trace, right: Trace) -> Comparison:
@@ -307,13 +344,19 @@ def compare_traces(left: Trace, right: Trace) -> Comparison:
         if lines:
             comp.diffs.append(StepDiff(a.index, a.command, lines))
     if len(left.records) != len(right.records):
-        comp.diffs.append(StepDiff(min(len(left.records), len(right.records)), "<end>",
-                                   [f"step counts differ: {len(left.records)} vs {len(right.records)}"]))
+        comp.diffs.append(
+            StepDiff(
+                min(len(left.records), len(right.records)),
+                "<end>",
+                [f"step counts differ: {len(left.records)} vs {len(right.records)}"],
+            )
+        )
     return comp
 
 
-def differential(scenario: Scenario, right: PeerFactory | None = None,
-                 left: PeerFactory | None = None) -> Comparison:
+def differential(
+    scenario: Scenario, right: PeerFactory | None = None, left: PeerFactory | None = None
+) -> Comparison:
     """Run ``scenario`` on ``left`` (default QSD) and ``right`` (default txgraph), compare."""
     lt = run_scenario(scenario, left or QSDPeer)
     rt = run_scenario(scenario, right or EnginePeer)
@@ -333,13 +376,17 @@ def _print_trace(t: Trace) -> None:
         print(f"    reply: {json.dumps(r.reply)}")
         if isinstance(r.graph, dict) and "edges" in r.graph:
             for e in r.graph["edges"]:
-                print(f"    edge {e[0]} --{e[2]}--> {e[1]}  perm={','.join(e[3]) or '-'} "
-                      f"shared={','.join(e[4]) or '-'}")
+                print(
+                    f"    edge {e[0]} --{e[2]}--> {e[1]}  perm={','.join(e[3]) or '-'} "
+                    f"shared={','.join(e[4]) or '-'}"
+                )
         if isinstance(r.nodes, dict):
             for name, n in r.nodes.items():
                 c = n.get("cache", {})
-                print(f"    node {name}: {n.get('drv')} ro={n.get('ro')} direct={c.get('direct')} "
-                      f"no-flush={c.get('no-flush')} dz={n.get('detect_zeroes')} file={n.get('file')}")
+                print(
+                    f"    node {name}: {n.get('drv')} ro={n.get('ro')} direct={c.get('direct')} "
+                    f"no-flush={c.get('no-flush')} dz={n.get('detect_zeroes')} file={n.get('file')}"
+                )
         else:
             print(f"    nodes: {r.nodes}")
 
@@ -398,5 +445,3 @@ if __name__ == "__main__":
     from tests.differential import harness as _harness
 
     sys.exit(_harness.main())
-
-

@@ -34,8 +34,9 @@ def user_key() -> Iterator[int]:
     Added to the user keyring, given user read permission, invalidated on exit.
     """
     libc = ctypes.CDLL(None, use_errno=True)
-    serial = libc.syscall(248, b"user", b"txgraph-crypto-test", PW.encode(), len(PW),
-                          ctypes.c_int(-4))  # add_key(..., KEY_SPEC_USER_KEYRING)
+    serial = libc.syscall(
+        248, b"user", b"txgraph-crypto-test", PW.encode(), len(PW), ctypes.c_int(-4)
+    )  # add_key(..., KEY_SPEC_USER_KEYRING)
     if serial < 0:
         pytest.fail(f"add_key failed: {os.strerror(ctypes.get_errno())}")
     try:
@@ -49,13 +50,20 @@ def user_key() -> Iterator[int]:
 def test_secret_keyring_opens_luks(user_key: int) -> None:
     from tests.differential.scenarios.crypto import img, luks
 
-    scenario = Scenario(name="secret_keyring_luks", steps=(
-        cmd("object-add", {"qom-type": "secret_keyring", "id": "good", "serial": user_key}),
-        cmd("object-add", {"qom-type": "secret_keyring", "id": "dup", "serial": user_key,
-                           "format": "base64"}),
-        cmd("blockdev-add", luks("l", "a.luks")),
-        cmd("query-named-block-nodes", {"flat": True}),
-    ), setup=(img("a.luks"),), theme="crypto")
+    scenario = Scenario(
+        name="secret_keyring_luks",
+        steps=(
+            cmd("object-add", {"qom-type": "secret_keyring", "id": "good", "serial": user_key}),
+            cmd(
+                "object-add",
+                {"qom-type": "secret_keyring", "id": "dup", "serial": user_key, "format": "base64"},
+            ),
+            cmd("blockdev-add", luks("l", "a.luks")),
+            cmd("query-named-block-nodes", {"flat": True}),
+        ),
+        setup=(img("a.luks"),),
+        theme="crypto",
+    )
     comp = differential(scenario, right=EnginePeer)
     if not comp.equal:
         pytest.fail(str(comp), pytrace=False)

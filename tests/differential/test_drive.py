@@ -27,9 +27,10 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -46,13 +47,17 @@ pytestmark = pytest.mark.qsd
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not os.access(QEMU_SYSTEM, os.X_OK):
-        pytest.fail("qemu-system-x86_64 is not installed; run `make qemu` (Debian's qemu-system-x86)")
+        pytest.fail(
+            "qemu-system-x86_64 is not installed; run `make qemu` (Debian's qemu-system-x86)"
+        )
     root = tmp_path_factory.mktemp("drive-images")
     for args in IMAGES:
         if args[0] == "strip-backing-format":
             _strip_backing_format(root / args[1])
             continue
-        subprocess.run(["qemu-img", *args], cwd=root, check=True, capture_output=True, timeout=DEADLINE)
+        subprocess.run(
+            ["qemu-img", *args], cwd=root, check=True, capture_output=True, timeout=DEADLINE
+        )
     return root
 
 
@@ -61,7 +66,7 @@ def _strip_backing_format(path: Path) -> None:
     data = bytearray(path.read_bytes())
     at = data.find(bytes.fromhex("e2792aca"), 72, 4096)
     assert at > 0, "no backing format extension"
-    data[at:at + 4] = bytes.fromhex("7478677a")
+    data[at : at + 4] = bytes.fromhex("7478677a")
     path.write_bytes(bytes(data))
 
 
@@ -82,10 +87,23 @@ class QemuSystem:
         self._tmp = tempfile.mkdtemp(prefix="qsys-")
         sock_path = os.path.join(self._tmp, "qmp.sock")
         self.proc = subprocess.Popen(
-            [QEMU_SYSTEM, "-M", "none", "-nodefaults", "-display", "none", "-S",
-             "-qmp", f"unix:{sock_path},server=on,wait=off", *args],
-            cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE)
+            [
+                QEMU_SYSTEM,
+                "-M",
+                "none",
+                "-nodefaults",
+                "-display",
+                "none",
+                "-S",
+                "-qmp",
+                f"unix:{sock_path},server=on,wait=off",
+                *args,
+            ],
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         self.sock: socket.socket | None = None
         self.file: Any = None
         try:
@@ -178,8 +196,9 @@ def _canon(value: Any, workdir: Path) -> Any:
     return value
 
 
-def _graph(nodes: list[dict[str, Any]], graph: dict[str, Any], roots: dict[str, str],
-           workdir: Path) -> dict[str, Any]:
+def _graph(
+    nodes: list[dict[str, Any]], graph: dict[str, Any], roots: dict[str, str], workdir: Path
+) -> dict[str, Any]:
     """Nodes and edges under each drive's root, named by their path from the drive id.
 
     Shared ``resize`` is left out of the edge permissions: the stand-in for QEMU's
@@ -193,11 +212,19 @@ def _graph(nodes: list[dict[str, Any]], graph: dict[str, Any], roots: dict[str, 
 
     def walk(name: str, label: str) -> None:
         n = by_name[name]
-        out_nodes[label] = _canon({
-            "drv": n["drv"], "ro": n["ro"], "direct": n["cache"]["direct"],
-            "no-flush": n["cache"]["no-flush"], "detect_zeroes": n["detect_zeroes"],
-            "file": n["file"], "backing_file": n.get("backing_file"),
-            "virtual-size": n["image"]["virtual-size"]}, workdir)
+        out_nodes[label] = _canon(
+            {
+                "drv": n["drv"],
+                "ro": n["ro"],
+                "direct": n["cache"]["direct"],
+                "no-flush": n["cache"]["no-flush"],
+                "detect_zeroes": n["detect_zeroes"],
+                "file": n["file"],
+                "backing_file": n.get("backing_file"),
+                "virtual-size": n["image"]["virtual-size"],
+            },
+            workdir,
+        )
         for e in graph["edges"]:
             if gid.get(e["parent"]) == name and e["child"] in gid:
                 child_label = f"{label}/{e['name']}"
@@ -217,8 +244,9 @@ def _qemu_backend(block: list[dict[str, Any]]) -> dict[str, Any]:
         entry: dict[str, Any] = {"empty": ins is None}
         if ins is not None:
             entry["write-cache"] = ins["cache"]["writeback"]
-            entry["throttle"] = {k: v for k, v in ins.items() if k.startswith(("bps", "iops"))
-                                 or k == "group"}
+            entry["throttle"] = {
+                k: v for k, v in ins.items() if k.startswith(("bps", "iops")) or k == "group"
+            }
         out[dev["device"]] = entry
     return out
 
@@ -241,8 +269,9 @@ def _mask(graph: Any, masked: tuple[tuple[str, str], ...]) -> Any:
     return graph
 
 
-def _run_peer(peer: Any, commands: list[dict[str, Any]], roots: dict[str, str],
-              workdir: Path) -> Any:
+def _run_peer(
+    peer: Any, commands: list[dict[str, Any]], roots: dict[str, str], workdir: Path
+) -> Any:
     """Run the translation, then stand in for each BlockBackend with a read-only NBD export.
 
     With -S and no device, QEMU's BlockBackend asks for consistent-read and shares
@@ -256,12 +285,25 @@ def _run_peer(peer: Any, commands: list[dict[str, Any]], roots: dict[str, str],
                 return {"error": f"{cmd['execute']}: {reply['error']['desc']}"}
         if roots:
             sock = tempfile.mktemp(prefix="drive-nbd-", suffix=".sock", dir=str(workdir))
-            reply = peer.execute({"execute": "nbd-server-start", "arguments": {
-                "addr": {"type": "unix", "data": {"path": sock}}}})
+            reply = peer.execute(
+                {
+                    "execute": "nbd-server-start",
+                    "arguments": {"addr": {"type": "unix", "data": {"path": sock}}},
+                }
+            )
             assert "error" not in reply, reply
             for i, root in enumerate(sorted(roots.values())):
-                reply = peer.execute({"execute": "block-export-add", "arguments": {
-                    "type": "nbd", "id": f"bb{i}", "node-name": root, "writable": False}})
+                reply = peer.execute(
+                    {
+                        "execute": "block-export-add",
+                        "arguments": {
+                            "type": "nbd",
+                            "id": f"bb{i}",
+                            "node-name": root,
+                            "writable": False,
+                        },
+                    }
+                )
                 assert "error" not in reply, reply
         nodes = peer.execute({"execute": "query-named-block-nodes"})["return"]
         graph = peer.execute({"execute": "x-debug-query-block-graph"})["return"]
@@ -334,15 +376,21 @@ def run_case(case: Case, workdir: Path) -> list[str]:
         qb, tb = _qemu_backend(block), _translated_backend(translation.backend)
         if qb != tb:
             diffs.append(f"backend differs:\n  qemu:    {qb}\n  txgraph: {tb}")
-        roots_t = {dev: b["node-name"] for dev, b in translation.backend.items()
-                   if b["node-name"] is not None}
+        roots_t = {
+            dev: b["node-name"]
+            for dev, b in translation.backend.items()
+            if b["node-name"] is not None
+        }
         for label, peer in (("qsd", _start_qsd_peer(workdir)), ("txgraph", EnginePeer(workdir))):
             raw = _run_peer(peer, translation.qmp, roots_t, workdir)
             unmasked = _graph(nodes, graph, roots_q, workdir)
             for node_label, key in case.masked:
-                if isinstance(raw, dict) and "nodes" in raw and \
-                        raw["nodes"].get(node_label, {}).get(key) == \
-                        unmasked["nodes"].get(node_label, {}).get(key):
+                if (
+                    isinstance(raw, dict)
+                    and "nodes" in raw
+                    and raw["nodes"].get(node_label, {}).get(key)
+                    == unmasked["nodes"].get(node_label, {}).get(key)
+                ):
                     diffs.append(f"{label}: masked {node_label}.{key} no longer differs")
             got = _mask(raw, case.masked)
             if got != expected:

@@ -22,9 +22,18 @@ IMAGES: tuple[tuple[str, ...], ...] = (
     ("create", "-f", "qcow2", "-b", "top.qcow2", "-F", "qcow2", "chain.qcow2"),
     ("create", "-f", "qcow2", "-u", "-b", "base.qcow2", "-F", "qcow2", "nofmt.qcow2", "1M"),
     ("strip-backing-format", "nofmt.qcow2"),
-    ("create", "-f", "qcow2", "-u", "-b",
-     'json:{"driver": "qcow2", "file": {"driver": "file", "filename": "base.qcow2"}}',
-     "-F", "qcow2", "jsonback.qcow2", "1M"),
+    (
+        "create",
+        "-f",
+        "qcow2",
+        "-u",
+        "-b",
+        'json:{"driver": "qcow2", "file": {"driver": "file", "filename": "base.qcow2"}}',
+        "-F",
+        "qcow2",
+        "jsonback.qcow2",
+        "1M",
+    ),
     ("create", "-f", "raw", "raw.img", "1M"),
     ("create", "-f", "raw", "empty.img", "0"),
     ("create", "-f", "raw", "cd.iso", "2M"),
@@ -47,8 +56,13 @@ class Case:
     masked_because: str = ""
 
 
-def d(name: str, *drives: str, divergence: str = "",
-      masked: tuple[tuple[str, str], ...] = (), masked_because: str = "") -> Case:
+def d(
+    name: str,
+    *drives: str,
+    divergence: str = "",
+    masked: tuple[tuple[str, str], ...] = (),
+    masked_because: str = "",
+) -> Case:
     args: list[str] = []
     for item in drives:
         if item.startswith("-"):
@@ -61,11 +75,15 @@ def d(name: str, *drives: str, divergence: str = "",
 
 _TOPJ = {"driver": "qcow2", "file": {"driver": "file", "filename": "top.qcow2"}}
 
-_SNAP = ("the temporary overlay is created by blockdev-snapshot-sync, whose header names "
-         "the image as backing; QEMU's overlay header has none, so QEMU's overlay filename is "
-         "a json: with the backing and txgraph's is the plain file name")
-_STRINGS = ("-drive values stay strings: QEMU's json: filename shows \"512\" where the "
-            "typed blockdev-add shows 512")
+_SNAP = (
+    "the temporary overlay is created by blockdev-snapshot-sync, whose header names "
+    "the image as backing; QEMU's overlay header has none, so QEMU's overlay filename is "
+    "a json: with the backing and txgraph's is the plain file name"
+)
+_STRINGS = (
+    '-drive values stay strings: QEMU\'s json: filename shows "512" where the '
+    "typed blockdev-add shows 512"
+)
 
 CASES: tuple[Case, ...] = (
     # probing and chains from headers
@@ -81,17 +99,28 @@ CASES: tuple[Case, ...] = (
     d("format-qcow2-on-raw", "file=raw.img,format=qcow2"),
     # json: filenames and backing strings
     d("json-qcow2", f"file={j(_TOPJ)}"),
-    d("json-dotted", f"file={j({'driver': 'raw', 'file.driver': 'file', 'file.filename': 'raw.img'})}"),
+    d(
+        "json-dotted",
+        f"file={j({'driver': 'raw', 'file.driver': 'file', 'file.filename': 'raw.img'})}",
+    ),
     d("json-header-backing", "file=jsonback.qcow2"),
-    d("json-raw-offset", f"file={j({'driver': 'raw', 'offset': 512, 'file': {'driver': 'file', 'filename': 'raw.img'}})}"),
+    d(
+        "json-raw-offset",
+        f"file={j({'driver': 'raw', 'offset': 512, 'file': {'driver': 'file', 'filename': 'raw.img'}})}",
+    ),
     d("json-not-object", "file=json:[1]"),
-    d("json-syntax-error", "file=json:{\"driver\""),
+    d("json-syntax-error", 'file=json:{"driver"'),
     d("json-backing-null", f"file={j({**_TOPJ, 'backing': None})}"),
-    d("json-explicit-backing", f"file={j({**_TOPJ, 'backing': {'driver': 'qcow2', 'file': {'driver': 'file', 'filename': 'base.qcow2'}}})}"),
+    d(
+        "json-explicit-backing",
+        f"file={j({**_TOPJ, 'backing': {'driver': 'qcow2', 'file': {'driver': 'file', 'filename': 'base.qcow2'}}})}",
+    ),
     d("json-under-explicit", f"file={j(_TOPJ)},cache.direct=on"),
     # cache modes and cache.* options
-    *(d(f"cache-{m}", f"file=top.qcow2,cache={m}") for m in
-      ("none", "off", "writeback", "unsafe", "directsync", "writethrough")),
+    *(
+        d(f"cache-{m}", f"file=top.qcow2,cache={m}")
+        for m in ("none", "off", "writeback", "unsafe", "directsync", "writethrough")
+    ),
     d("cache-direct", "file=top.qcow2,cache.direct=on"),
     d("cache-no-flush", "file=top.qcow2,cache.no-flush=on"),
     d("cache-writeback-off", "file=top.qcow2,cache.writeback=off"),
@@ -106,13 +135,39 @@ CASES: tuple[Case, ...] = (
     d("read-only-bad", "file=top.qcow2,read-only=maybe"),
     d("readonly-short-form", "file=top.qcow2,readonly"),
     # snapshot=on
-    d("snapshot-qcow2", "file=top.qcow2,snapshot=on", masked=(("none0", "file"),), masked_because=_SNAP),
-    d("snapshot-raw", "file=raw.img,format=raw,snapshot=on", masked=(("none0", "file"),), masked_because=_SNAP),
-    d("snapshot-switch", "-snapshot", "file=top.qcow2", masked=(("none0", "file"),), masked_because=_SNAP),
+    d(
+        "snapshot-qcow2",
+        "file=top.qcow2,snapshot=on",
+        masked=(("none0", "file"),),
+        masked_because=_SNAP,
+    ),
+    d(
+        "snapshot-raw",
+        "file=raw.img,format=raw,snapshot=on",
+        masked=(("none0", "file"),),
+        masked_because=_SNAP,
+    ),
+    d(
+        "snapshot-switch",
+        "-snapshot",
+        "file=top.qcow2",
+        masked=(("none0", "file"),),
+        masked_because=_SNAP,
+    ),
     d("snapshot-switch-off", "-snapshot", "file=top.qcow2,snapshot=off"),
-    d("snapshot-readonly", "file=top.qcow2,snapshot=on,readonly=on", masked=(("none0", "file"),), masked_because=_SNAP),
+    d(
+        "snapshot-readonly",
+        "file=top.qcow2,snapshot=on,readonly=on",
+        masked=(("none0", "file"),),
+        masked_because=_SNAP,
+    ),
     d("snapshot-bad", "file=top.qcow2,snapshot=maybe"),
-    d("snapshot-discard", "file=raw.img,format=raw,snapshot=on,discard=unmap", masked=(("none0", "file"),), masked_because=_SNAP),
+    d(
+        "snapshot-discard",
+        "file=raw.img,format=raw,snapshot=on,discard=unmap",
+        masked=(("none0", "file"),),
+        masked_because=_SNAP,
+    ),
     # copy-on-read
     d("copy-on-read", "file=top.qcow2,copy-on-read=on"),
     d("copy-on-read-readonly", "file=top.qcow2,copy-on-read=on,readonly=on"),
@@ -130,7 +185,10 @@ CASES: tuple[Case, ...] = (
     d("iops-alias-clash", "file=raw.img,format=raw,iops=10,throttling.iops-total=20"),
     d("bps-max-lower", "file=raw.img,format=raw,bps=10,bps_max=5"),
     d("burst-without-max", "file=raw.img,format=raw,bps=10,throttling.bps-total-max-length=5"),
-    d("burst-length", "file=raw.img,format=raw,bps=10,bps_max=20,throttling.bps-total-max-length=5"),
+    d(
+        "burst-length",
+        "file=raw.img,format=raw,bps=10,bps_max=20,throttling.bps-total-max-length=5",
+    ),
     # discard and detect-zeroes
     d("discard-unmap", "file=top.qcow2,discard=unmap"),
     d("discard-on", "file=top.qcow2,discard=on"),
@@ -140,7 +198,12 @@ CASES: tuple[Case, ...] = (
     d("detect-zeroes-unmap-discard", "file=top.qcow2,detect-zeroes=unmap,discard=unmap"),
     d("detect-zeroes-unmap-alone", "file=top.qcow2,detect-zeroes=unmap"),
     d("detect-zeroes-bogus", "file=top.qcow2,detect-zeroes=bogus"),
-    d("detect-zeroes-snapshot", "file=top.qcow2,detect-zeroes=on,snapshot=on", masked=(("none0", "file"),), masked_because=_SNAP),
+    d(
+        "detect-zeroes-snapshot",
+        "file=top.qcow2,detect-zeroes=on,snapshot=on",
+        masked=(("none0", "file"),),
+        masked_because=_SNAP,
+    ),
     # aio
     d("aio-threads", "file=raw.img,format=raw,aio=threads"),
     d("aio-native", "file=raw.img,format=raw,aio=native,cache=none"),
@@ -153,8 +216,12 @@ CASES: tuple[Case, ...] = (
     d("file-driver-no-file", "format=raw,file.driver=file,file.filename=raw.img"),
     d("file-and-filename", "file=raw.img,format=raw,file.filename=raw.img"),
     d("qcow2-lazy-refcounts", "file=top.qcow2,format=qcow2,lazy-refcounts=on"),
-    d("raw-offset-size", "file=raw.img,format=raw,offset=512,size=4096",
-      masked=(("none0", "file"),), masked_because=_STRINGS),
+    d(
+        "raw-offset-size",
+        "file=raw.img,format=raw,offset=512,size=4096",
+        masked=(("none0", "file"),),
+        masked_because=_STRINGS,
+    ),
     d("raw-size-bad", "file=raw.img,format=raw,size=abc"),
     d("unknown-option", "file=raw.img,format=raw,bogus=1"),
     d("unknown-file-option", "file=raw.img,format=raw,file.bogus=1"),
@@ -166,10 +233,12 @@ CASES: tuple[Case, ...] = (
     d("node-names-both", "file=top.qcow2,node-name=n0,file.node-name=n0f"),
     d("id-equals-node-name", "file=raw.img,format=raw,id=x,node-name=x"),
     d("node-name-default-id", "file=raw.img,format=raw,node-name=none0"),
-    d("node-name-duplicate", "file=raw.img,format=raw,node-name=n,id=a",
-      "file=top.qcow2,node-name=n,id=b"),
-    d("node-name-is-device", "file=raw.img,format=raw,id=d0",
-      "file=top.qcow2,node-name=d0,id=d1"),
+    d(
+        "node-name-duplicate",
+        "file=raw.img,format=raw,node-name=n,id=a",
+        "file=top.qcow2,node-name=n,id=b",
+    ),
+    d("node-name-is-device", "file=raw.img,format=raw,id=d0", "file=top.qcow2,node-name=d0,id=d1"),
     d("node-name-invalid", "file=raw.img,format=raw,node-name=#x"),
     d("id-invalid", "file=raw.img,format=raw,id=1x"),
     d("id-duplicate", "file=raw.img,format=raw,id=d0,readonly=on", "file=top.qcow2,id=d0"),
@@ -196,42 +265,86 @@ CASES: tuple[Case, ...] = (
     d("werror-floppy", "if=floppy,werror=stop"),
     d("bus-not-a-number", "bus=x"),
     d("format-and-driver", "file=top.qcow2,format=qcow2,driver=raw"),
-    d("stats-account", "file=raw.img,format=raw,stats-account-invalid=off,stats-account-failed=off"),
+    d(
+        "stats-account",
+        "file=raw.img,format=raw,stats-account-invalid=off,stats-account-failed=off",
+    ),
     d("backing-options", "file=top.qcow2,backing.node-name=b0,backing.cache.no-flush=on"),
     d("backing-none", "file=top.qcow2,backing="),
-    d("backing-reference", "file=base.qcow2,format=qcow2,node-name=b,readonly=on,id=a",
-      "file=top.qcow2,backing=b,id=c"),
-    d("null-co-size", "driver=null-co,size=4096,read-zeroes=on",
-      masked=(("none0", "file"),), masked_because=_STRINGS),
-    d("file-null-co", "format=raw,file.driver=null-co,file.size=8192",
-      masked=(("none0", "file"), ("none0/file", "file")), masked_because=_STRINGS),
-    d("json-node-names", f"file={j({**_TOPJ, 'node-name': 'jt', 'file': {'driver': 'file', 'filename': 'top.qcow2', 'node-name': 'jf'}})}"),
+    d(
+        "backing-reference",
+        "file=base.qcow2,format=qcow2,node-name=b,readonly=on,id=a",
+        "file=top.qcow2,backing=b,id=c",
+    ),
+    d(
+        "null-co-size",
+        "driver=null-co,size=4096,read-zeroes=on",
+        masked=(("none0", "file"),),
+        masked_because=_STRINGS,
+    ),
+    d(
+        "file-null-co",
+        "format=raw,file.driver=null-co,file.size=8192",
+        masked=(("none0", "file"), ("none0/file", "file")),
+        masked_because=_STRINGS,
+    ),
+    d(
+        "json-node-names",
+        f"file={j({**_TOPJ, 'node-name': 'jt', 'file': {'driver': 'file', 'filename': 'top.qcow2', 'node-name': 'jf'}})}",
+    ),
     d("auto-read-only-off", "file=raw.img,format=raw,auto-read-only=off"),
     d("force-share-rw", "file=raw.img,format=raw,force-share=on"),
     d("force-share-ro", "file=raw.img,format=raw,force-share=on,readonly=on"),
-    d("same-image-twice-ro", "file=raw.img,format=raw,readonly=on,id=a",
-      "file=raw.img,format=raw,readonly=on,id=b"),
-    d("ide-on-machine-none", "file=raw.img,format=raw,if=ide",
-      divergence="the machine refuses drives it has no bus for (drive_check_orphaned on -M "
-      "none); txgraph drive translates the drive itself, for any machine"),
-    d("qemu-aborts-on-child-size", "file=null-co://,format=raw,file.size=abc",
-      divergence="qemu-system-x86_64 7.2 aborts here (error_abort in parse_option_size); "
-      "txgraph exits with an internal-error line: its null-co open gets the untyped string"),
+    d(
+        "same-image-twice-ro",
+        "file=raw.img,format=raw,readonly=on,id=a",
+        "file=raw.img,format=raw,readonly=on,id=b",
+    ),
+    d(
+        "ide-on-machine-none",
+        "file=raw.img,format=raw,if=ide",
+        divergence="the machine refuses drives it has no bus for (drive_check_orphaned on -M "
+        "none); txgraph drive translates the drive itself, for any machine",
+    ),
+    d(
+        "qemu-aborts-on-child-size",
+        "file=null-co://,format=raw,file.size=abc",
+        divergence="qemu-system-x86_64 7.2 aborts here (error_abort in parse_option_size); "
+        "txgraph exits with an internal-error line: its null-co open gets the untyped string",
+    ),
     # -drive lines management software writes
-    d("libvirt-virtio-disk", "file=top.qcow2,format=qcow2,if=none,id=drive-virtio-disk0,"
-      "cache=none,aio=native"),
+    d(
+        "libvirt-virtio-disk",
+        "file=top.qcow2,format=qcow2,if=none,id=drive-virtio-disk0,cache=none,aio=native",
+    ),
     d("libvirt-cdrom-empty", "if=none,id=drive-ide0-1-0,readonly=on"),
     d("libvirt-cdrom", "file=cd.iso,format=raw,if=none,id=drive-ide0-1-0,readonly=on"),
-    d("libvirt-scsi", "file=top.qcow2,format=qcow2,if=none,id=drive-scsi0-0-0-0,cache=writeback,"
-      "discard=unmap,werror=stop,rerror=stop"),
-    d("nova-throttled", "file=top.qcow2,if=none,id=drive-virtio-disk0,format=qcow2,cache=none,"
-      "throttling.iops-total=1000,throttling.bps-total=10485760"),
-    d("proxmox-style", "file=raw.img,if=none,id=drive-scsi0,format=raw,cache=none,aio=io_uring,"
-      "detect-zeroes=on"),
-    d("libvirt-legacy-iotune", "file=top.qcow2,format=qcow2,if=none,id=drive-virtio-disk1,"
-      "bps_rd=1000,bps_wr=2000,iops_rd=10,iops_wr=20"),
-    d("object-throttle-group", "-object throttle-group,id=tg0,x-iops-total=100",
-      "driver=throttle,throttle-group=tg0,file.driver=raw,file.file.filename=raw.img,if=none,id=t0"),
-    d("ovirt-raw-readonly-shared", "file=raw.img,format=raw,if=none,id=drive-ua-1,readonly=on,"
-      "file.locking=off"),
+    d(
+        "libvirt-scsi",
+        "file=top.qcow2,format=qcow2,if=none,id=drive-scsi0-0-0-0,cache=writeback,"
+        "discard=unmap,werror=stop,rerror=stop",
+    ),
+    d(
+        "nova-throttled",
+        "file=top.qcow2,if=none,id=drive-virtio-disk0,format=qcow2,cache=none,"
+        "throttling.iops-total=1000,throttling.bps-total=10485760",
+    ),
+    d(
+        "proxmox-style",
+        "file=raw.img,if=none,id=drive-scsi0,format=raw,cache=none,aio=io_uring,detect-zeroes=on",
+    ),
+    d(
+        "libvirt-legacy-iotune",
+        "file=top.qcow2,format=qcow2,if=none,id=drive-virtio-disk1,"
+        "bps_rd=1000,bps_wr=2000,iops_rd=10,iops_wr=20",
+    ),
+    d(
+        "object-throttle-group",
+        "-object throttle-group,id=tg0,x-iops-total=100",
+        "driver=throttle,throttle-group=tg0,file.driver=raw,file.file.filename=raw.img,if=none,id=t0",
+    ),
+    d(
+        "ovirt-raw-readonly-shared",
+        "file=raw.img,format=raw,if=none,id=drive-ua-1,readonly=on,file.locking=off",
+    ),
 )

@@ -64,8 +64,6 @@ def _ok(peer: Peer, execute: str, **arguments: Any) -> Any:
     return reply["return"]
 
 
-
-
 Scenario = Callable[[Peer, Path], list[Any]]
 
 
@@ -99,18 +97,32 @@ def _start_export(peer: Peer, work: Path, node: str) -> Path:
     _SOCKET_DIRS.append(short)
     sock = short / "nbd.sock"
     _ok(peer, "nbd-server-start", addr={"type": "unix", "data": {"path": str(sock)}})
-    _ok(peer, "block-export-add", type="nbd", id="vm0", name="vm0", **{"node-name": node},
-        writable=True)
+    _ok(
+        peer,
+        "block-export-add",
+        type="nbd",
+        id="vm0",
+        name="vm0",
+        **{"node-name": node},
+        writable=True,
+    )
     return sock
 
 
 def _qcow2(peer: Peer, work: Path, name: str, **extra: Any) -> None:
-    _ok(peer, "blockdev-add", driver="qcow2", **{"node-name": name},
-        file={"driver": "file", "filename": str(work / f"{name}.qcow2")}, **extra)
+    _ok(
+        peer,
+        "blockdev-add",
+        driver="qcow2",
+        **{"node-name": name},
+        file={"driver": "file", "filename": str(work / f"{name}.qcow2")},
+        **extra,
+    )
 
 
 def test_snapshot_under_writable_export_moves_the_export(tmp_path: Path) -> None:
     """blockdev-snapshot of an exported node: writes go to the overlay, reads fall through."""
+
     def scenario(peer: Peer, work: Path) -> list[Any]:
         _base(work)
         _run("qemu-img", "create", "-q", "-f", "qcow2", str(work / "ovl.qcow2"), "1M")
@@ -120,9 +132,19 @@ def test_snapshot_under_writable_export_moves_the_export(tmp_path: Path) -> None
         _qcow2(peer, work, "ovl", backing=None)
         _ok(peer, "blockdev-snapshot", node="base", overlay="ovl")
         seen.append(_ok(peer, "query-block-exports"))
-        seen.append(_qemu_io(sock, "vm0", "write -P 0x22 64k 64k", "read -P 0x11 0 64k",
-                             "read -P 0x22 64k 64k", "read -P 0x33 128k 64k",
-                             "write -z 512k 64k", "read -P 0 512k 64k", "flush"))
+        seen.append(
+            _qemu_io(
+                sock,
+                "vm0",
+                "write -P 0x22 64k 64k",
+                "read -P 0x11 0 64k",
+                "read -P 0x22 64k 64k",
+                "read -P 0x33 128k 64k",
+                "write -z 512k 64k",
+                "read -P 0 512k 64k",
+                "flush",
+            )
+        )
         seen.append(_ok(peer, "query-named-block-nodes", flat=True)[0]["node-name"])
         return seen
 
@@ -134,11 +156,19 @@ def test_snapshot_sync_under_writable_export_moves_the_export(tmp_path: Path) ->
         _base(work)
         _qcow2(peer, work, "base")
         sock = _start_export(peer, work, "base")
-        _ok(peer, "blockdev-snapshot-sync", **{"node-name": "base", "snapshot-node-name": "sn"},
-            **{"snapshot-file": str(work / "sn.qcow2")}, format="qcow2")
+        _ok(
+            peer,
+            "blockdev-snapshot-sync",
+            **{"node-name": "base", "snapshot-node-name": "sn"},
+            **{"snapshot-file": str(work / "sn.qcow2")},
+            format="qcow2",
+        )
         seen: list[Any] = [_ok(peer, "query-block-exports")]
-        seen.append(_qemu_io(sock, "vm0", "write -P 0x44 0 64k", "read -P 0x44 0 64k",
-                             "read -P 0x11 64k 64k"))
+        seen.append(
+            _qemu_io(
+                sock, "vm0", "write -P 0x44 0 64k", "read -P 0x44 0 64k", "read -P 0x11 64k 64k"
+            )
+        )
         return seen
 
     _compare(tmp_path, ["base.qcow2", "sn.qcow2"], scenario)
@@ -146,6 +176,7 @@ def test_snapshot_sync_under_writable_export_moves_the_export(tmp_path: Path) ->
 
 def test_replace_export_root_matches_the_7_2_recipe(tmp_path: Path) -> None:
     """``x-blockdev-replace parent-type=export`` vs block-export-del + block-export-add on QSD."""
+
     def scenario(peer: Peer, work: Path) -> list[Any]:
         _base(work)
         _run("qemu-img", "create", "-q", "-f", "qcow2", str(work / "other.qcow2"), "1M")
@@ -155,15 +186,28 @@ def test_replace_export_root_matches_the_7_2_recipe(tmp_path: Path) -> None:
         sock = _start_export(peer, work, "base")
         seen: list[Any] = [_qemu_io(sock, "vm0", "read -P 0x11 0 64k")]
         if isinstance(peer, EnginePeer):
-            _ok(peer, "x-blockdev-replace", **{"parent-type": "export", "export-id": "vm0",
-                                               "new-child": "other"})
+            _ok(
+                peer,
+                "x-blockdev-replace",
+                **{"parent-type": "export", "export-id": "vm0", "new-child": "other"},
+            )
         else:
             _ok(peer, "block-export-del", id="vm0")
-            _ok(peer, "block-export-add", type="nbd", id="vm0", name="vm0",
-                **{"node-name": "other"}, writable=True)
+            _ok(
+                peer,
+                "block-export-add",
+                type="nbd",
+                id="vm0",
+                name="vm0",
+                **{"node-name": "other"},
+                writable=True,
+            )
         seen.append(_ok(peer, "query-block-exports"))
-        seen.append(_qemu_io(sock, "vm0", "read -P 0x55 0 64k", "write -P 0x66 64k 64k",
-                             "read -P 0x66 64k 64k"))
+        seen.append(
+            _qemu_io(
+                sock, "vm0", "read -P 0x55 0 64k", "write -P 0x66 64k 64k", "read -P 0x66 64k 64k"
+            )
+        )
         return seen
 
     _compare(tmp_path, ["base.qcow2", "other.qcow2"], scenario)
@@ -173,8 +217,12 @@ def test_replace_of_a_missing_export_answers_like_the_proposal() -> None:
     """blk_by_export_id: "Export '%s' not found" only when there is no such export."""
     peer = EnginePeer()
     try:
-        reply = peer.execute({"execute": "x-blockdev-replace", "arguments": {
-            "parent-type": "export", "export-id": "nope", "new-child": "x"}})
+        reply = peer.execute(
+            {
+                "execute": "x-blockdev-replace",
+                "arguments": {"parent-type": "export", "export-id": "nope", "new-child": "x"},
+            }
+        )
         assert reply["error"]["desc"] == "Export 'nope' not found"
     finally:
         peer.close()
@@ -183,22 +231,43 @@ def test_replace_of_a_missing_export_answers_like_the_proposal() -> None:
 def test_reopen_filter_insertion_under_a_writable_export(tmp_path: Path) -> None:
     """QEMU 7.2's recipe: blockdev-add a throttle over the file node, reopen the format onto it,
     guest I/O through the export, then reopen back and delete the filter."""
+
     def scenario(peer: Peer, work: Path) -> list[Any]:
         _base(work)
         _ok(peer, "object-add", **{"qom-type": "throttle-group", "id": "tg"})
-        _ok(peer, "blockdev-add", driver="qcow2", **{"node-name": "base"},
-            file={"driver": "file", "node-name": "base-file",
-                  "filename": str(work / "base.qcow2")})
+        _ok(
+            peer,
+            "blockdev-add",
+            driver="qcow2",
+            **{"node-name": "base"},
+            file={"driver": "file", "node-name": "base-file", "filename": str(work / "base.qcow2")},
+        )
         sock = _start_export(peer, work, "base")
-        _ok(peer, "blockdev-add", driver="throttle", **{"node-name": "thr", "throttle-group": "tg"},
-            file="base-file")
-        _ok(peer, "blockdev-reopen", options=[{"driver": "qcow2", "node-name": "base",
-                                               "file": "thr", "backing": None}])
+        _ok(
+            peer,
+            "blockdev-add",
+            driver="throttle",
+            **{"node-name": "thr", "throttle-group": "tg"},
+            file="base-file",
+        )
+        _ok(
+            peer,
+            "blockdev-reopen",
+            options=[{"driver": "qcow2", "node-name": "base", "file": "thr", "backing": None}],
+        )
         seen: list[Any] = [_ok(peer, "query-block-exports")]
-        seen.append(_qemu_io(sock, "vm0", "write -P 0x77 256k 64k", "read -P 0x77 256k 64k",
-                             "read -P 0x11 0 64k"))
-        _ok(peer, "blockdev-reopen", options=[{"driver": "qcow2", "node-name": "base",
-                                               "file": "base-file", "backing": None}])
+        seen.append(
+            _qemu_io(
+                sock, "vm0", "write -P 0x77 256k 64k", "read -P 0x77 256k 64k", "read -P 0x11 0 64k"
+            )
+        )
+        _ok(
+            peer,
+            "blockdev-reopen",
+            options=[
+                {"driver": "qcow2", "node-name": "base", "file": "base-file", "backing": None}
+            ],
+        )
         _ok(peer, "blockdev-del", **{"node-name": "thr"})
         seen.append(_qemu_io(sock, "vm0", "read -P 0x77 256k 64k"))
         seen.append(sorted(n["node-name"] for n in _ok(peer, "query-named-block-nodes")))

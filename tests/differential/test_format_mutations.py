@@ -49,8 +49,22 @@ FORMATS: dict[str, tuple[str, str, list[tuple[int, int]], list[int]]] = {
     "bochs": ("bochs", "", [(0, 96)], [64, 68, 72, 76, 80, 84, 88]),
     "cloop": ("cloop", "", [(0, 216)], [128, 132, 136, 144, 152, 160, 168]),
 }
-_VALUES = [0, 1, 2, 3, 0x1FF, 0x200, 0x1000, 0xFFFF, 1 << 20, 1 << 31, 0xFFFFFFFF,
-           1 << 40, 1 << 62, (1 << 64) - 1]
+_VALUES = [
+    0,
+    1,
+    2,
+    3,
+    0x1FF,
+    0x200,
+    0x1000,
+    0xFFFF,
+    1 << 20,
+    1 << 31,
+    0xFFFFFFFF,
+    1 << 40,
+    1 << 62,
+    (1 << 64) - 1,
+]
 
 
 def _mutants(fmt: str, base: bytes, seed: int) -> list[bytes]:
@@ -71,8 +85,8 @@ def _mutants(fmt: str, base: bytes, seed: int) -> list[bytes]:
                 data[rng.randrange(lo, hi)] = rng.randrange(256)
         if fmt.startswith("vpc") and rng.random() < 0.8:
             at = 0 if fmt == "vpc" else len(data) - 512
-            data[at + 64:at + 68] = bytes(4)
-            struct.pack_into(">I", data, at + 64, ~sum(data[at:at + 512]) & 0xFFFFFFFF)
+            data[at + 64 : at + 68] = bytes(4)
+            struct.pack_into(">I", data, at + 64, ~sum(data[at : at + 512]) & 0xFFFFFFFF)
         out.append(bytes(data))
     return out
 
@@ -95,8 +109,11 @@ def _known_divergence(qsd: Any, txg: Any) -> bool:
     """An image size past BDRV_MAX_LENGTH: QEMU's int64_t sector count may wrap, and QSD then
     opens a node whose every size query fails ("Can't get image size"); txgraph refuses the
     open with QEMU's EFBIG text. Pinned here with both texts, not hidden."""
-    return (qsd[0] == "query failed" and qsd[1].startswith("Can't get image size")
-            and txg == ("error", "Could not refresh total sector count: File too large"))
+    return (
+        qsd[0] == "query failed"
+        and qsd[1].startswith("Can't get image size")
+        and txg == ("error", "Could not refresh total sector count: File too large")
+    )
 
 
 def _read_all(drv: str, path: Path) -> None:
@@ -112,7 +129,7 @@ def _read_all(drv: str, path: Path) -> None:
     node = rt._nodes["m"]
     size = node.size()
     step = 1 << 20
-    for off in list(range(0, min(size, 16 << 20), step)) + [max(0, size - step)]:
+    for off in [*list(range(0, min(size, 16 << 20), step)), max(0, size - step)]:
         try:
             node.read(off, min(step, size - off))
             node.block_status(off, min(step, size - off)) if off < size else None
@@ -130,11 +147,17 @@ def test_header_mutations_match_qsd(fmt: str, tmp_path: Path) -> None:
 
         base.write_bytes(bochs_image() if drv == "bochs" else cloop_image(n_blocks=9))
     else:
-        argv = ["qemu-img", "create", "-q", "-f", drv] + (["-o", opts] if opts else []) \
+        argv = (
+            ["qemu-img", "create", "-q", "-f", drv]
+            + (["-o", opts] if opts else [])
             + [str(base), "3M"]
+        )
         subprocess.run(argv, check=True, capture_output=True)
-        subprocess.run(["qemu-io", "-f", drv, "-c", "write -P 0x5a 512k 600k", str(base)],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["qemu-io", "-f", drv, "-c", "write -P 0x5a 512k 600k", str(base)],
+            check=True,
+            capture_output=True,
+        )
     mutants = _mutants(fmt, base.read_bytes(), seed=zlib.crc32(fmt.encode()) + _SEED)
     replies: dict[str, list[Any]] = {}
     for factory in (QSDPeer, EnginePeer):
@@ -149,14 +172,30 @@ def test_header_mutations_match_qsd(fmt: str, tmp_path: Path) -> None:
             for i in range(len(mutants)):
                 for mode in ("ro", "rw"):
                     path = work / f"m{i}-{mode}.{drv}"
-                    got.append((i, mode, _reply(peer, {
-                        "driver": drv, "node-name": "m", "read-only": mode == "ro",
-                        "file": {"driver": "file", "filename": str(path)}}, work)))
+                    got.append(
+                        (
+                            i,
+                            mode,
+                            _reply(
+                                peer,
+                                {
+                                    "driver": drv,
+                                    "node-name": "m",
+                                    "read-only": mode == "ro",
+                                    "file": {"driver": "file", "filename": str(path)},
+                                },
+                                work,
+                            ),
+                        )
+                    )
         finally:
             peer.close()
         replies[factory.label] = got
-    diffs = [(q, t) for q, t in zip(replies["qsd"], replies["txgraph"]) if q != t
-             and not _known_divergence(q[2], t[2])]
+    diffs = [
+        (q, t)
+        for q, t in zip(replies["qsd"], replies["txgraph"])
+        if q != t and not _known_divergence(q[2], t[2])
+    ]
     assert not diffs, "\n".join(f"qsd {q}\ntxg {t}" for q, t in diffs)
     for i, data in enumerate(mutants):
         path = tmp_path / f"read{i}.{drv}"
@@ -177,8 +216,12 @@ def test_parallels_ext_off_wrap_aborts_qsd_not_txgraph(tmp_path: Path) -> None:
     bad = tmp_path / "q.parallels"
     struct.pack_into("<Q", data, 56, 1)  # sector 1: no extension magic there
     bad.write_bytes(bytes(data))
-    args = {"driver": "parallels", "node-name": "m", "read-only": True,
-            "file": {"driver": "file", "filename": str(img)}}
+    args = {
+        "driver": "parallels",
+        "node-name": "m",
+        "read-only": True,
+        "file": {"driver": "file", "filename": str(img)},
+    }
     qsd = QSDPeer(tmp_path)
     try:
         reply = qsd.execute({"execute": "blockdev-add", "arguments": args})
@@ -192,8 +235,9 @@ def test_parallels_ext_off_wrap_aborts_qsd_not_txgraph(tmp_path: Path) -> None:
         assert reply["error"]["desc"] == "txgraph: invalid parallels Format Extension offset"
         args["file"]["filename"] = str(bad)
         reply = eng.execute({"execute": "blockdev-add", "arguments": args})
-        assert reply["error"]["desc"] == ("Wrong parallels Format Extension magic: 0x0, "
-                                          "expected: 0xab234cef23dcea87")
+        assert reply["error"]["desc"] == (
+            "Wrong parallels Format Extension magic: 0x0, expected: 0xab234cef23dcea87"
+        )
         assert "return" in eng.execute({"execute": "query-named-block-nodes"})
     finally:
         eng.close()
@@ -204,8 +248,10 @@ def test_vmdk_descriptor_without_extents_aborts_qsd_query_not_txgraph(tmp_path: 
     query-named-block-nodes aborts it (``vmdk_get_info: Assertion `s->num_extents'``);
     txgraph opens the same empty image and answers the query."""
     desc = tmp_path / "d.vmdk"
-    desc.write_bytes(b'# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\n'
-                     b'createType="monolithicFlat"\n')
+    desc.write_bytes(
+        b"# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\n"
+        b'createType="monolithicFlat"\n'
+    )
     args = {"driver": "vmdk", "node-name": "v", "file": {"driver": "file", "filename": str(desc)}}
     query = {"execute": "query-named-block-nodes", "arguments": {"flat": True}}
     qsd = QSDPeer(tmp_path)

@@ -18,25 +18,47 @@ pytestmark = pytest.mark.qsd
 
 
 def _replay(steps: list[dict[str, Any]]) -> list[str]:
-    result = run_sequence(lambda i, _res: steps[i] if i < len(steps) else None, "qsd",
-                          max_steps=len(steps))
+    result = run_sequence(
+        lambda i, _res: steps[i] if i < len(steps) else None, "qsd", max_steps=len(steps)
+    )
     return [] if result.divergence is None else [result.divergence.kind, *result.divergence.lines]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open divergence (fuzz dc424472a0): after blockdev-snapshot makes a read-only qcow2's own "
-    "file node its backing, QSD refuses a reopen that makes the qcow2 read-write while it "
-    "drops the backing ('Block node is read-only'); txgraph accepts it. Not analysed yet: "
-    "probably the file node is still reopened in its backing role, read-only by inheritance"))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "open divergence (fuzz dc424472a0): after blockdev-snapshot makes a read-only qcow2's own "
+        "file node its backing, QSD refuses a reopen that makes the qcow2 read-write while it "
+        "drops the backing ('Block node is read-only'); txgraph accepts it. Not analysed yet: "
+        "probably the file node is still reopened in its backing role, read-only by inheritance"
+    ),
+)
 def test_reopen_rw_dropping_a_backing_that_is_also_the_file() -> None:
     steps = [
-        {"execute": "blockdev-add", "arguments": {
-            "driver": "qcow2", "node-name": "n6", "read-only": True,
-            "file": {"driver": "file", "filename": "{dir}/o1.qcow2", "node-name": "n4f"}}},
+        {
+            "execute": "blockdev-add",
+            "arguments": {
+                "driver": "qcow2",
+                "node-name": "n6",
+                "read-only": True,
+                "file": {"driver": "file", "filename": "{dir}/o1.qcow2", "node-name": "n4f"},
+            },
+        },
         {"execute": "blockdev-snapshot", "arguments": {"node": "n4f", "overlay": "n6"}},
-        {"execute": "blockdev-reopen", "arguments": {"options": [{
-            "driver": "qcow2", "node-name": "n6", "read-only": False, "backing": None,
-            "file": "n4f"}]}},
+        {
+            "execute": "blockdev-reopen",
+            "arguments": {
+                "options": [
+                    {
+                        "driver": "qcow2",
+                        "node-name": "n6",
+                        "read-only": False,
+                        "backing": None,
+                        "file": "n4f",
+                    }
+                ]
+            },
+        },
     ]
     assert _replay(steps) == []
 
@@ -47,14 +69,31 @@ def test_qcow2_header_read_error_through_a_quorum_that_cannot_vote() -> None:
     error``; txgraph said ``Could not refresh total sector count`` (the read error escaped
     the header parser as a bare I/O failure)."""
     steps = [
-        {"execute": "blockdev-add", "arguments": {"driver": "raw", "node-name": "n1", "file": {
-            "driver": "file", "filename": "{dir}/b1.qcow2", "node-name": "n6f"}}},
-        {"execute": "blockdev-add", "arguments": {"driver": "file", "filename": "{dir}/i0.qcow2",
-                                                  "node-name": "n7"}},
-        {"execute": "blockdev-add", "arguments": {"driver": "quorum", "node-name": "n5",
-                                                  "children": ["n1", "n7"], "vote-threshold": 2}},
-        {"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "n2",
-                                                  "file": "n5", "backing": "n1"}},
+        {
+            "execute": "blockdev-add",
+            "arguments": {
+                "driver": "raw",
+                "node-name": "n1",
+                "file": {"driver": "file", "filename": "{dir}/b1.qcow2", "node-name": "n6f"},
+            },
+        },
+        {
+            "execute": "blockdev-add",
+            "arguments": {"driver": "file", "filename": "{dir}/i0.qcow2", "node-name": "n7"},
+        },
+        {
+            "execute": "blockdev-add",
+            "arguments": {
+                "driver": "quorum",
+                "node-name": "n5",
+                "children": ["n1", "n7"],
+                "vote-threshold": 2,
+            },
+        },
+        {
+            "execute": "blockdev-add",
+            "arguments": {"driver": "qcow2", "node-name": "n2", "file": "n5", "backing": "n1"},
+        },
     ]
     assert _replay(steps) == []
 
@@ -66,15 +105,39 @@ def test_snapshot_sync_with_an_empty_overlay_name(snapshot_file: str) -> None:
     and then refuses the name (``Invalid node-name: ''``); txgraph said ``New overlay
     node-name missing`` (Python's falsiness)."""
     steps = [
-        {"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "n3", "file": {
-            "driver": "file", "filename": "{dir}/o0.qcow2"}}},
-        {"execute": "blockdev-snapshot-sync", "arguments": {
-            "node-name": "n3", "snapshot-file": "{dir}/" + snapshot_file,
-            "snapshot-node-name": "", "format": "qcow2"}},
-        {"execute": "transaction", "arguments": {"actions": [{
-            "type": "blockdev-snapshot-sync", "data": {
-                "node-name": "n3", "snapshot-file": "{dir}/s1.qcow2", "snapshot-node-name": "",
-                "format": "qcow2"}}]}},
+        {
+            "execute": "blockdev-add",
+            "arguments": {
+                "driver": "qcow2",
+                "node-name": "n3",
+                "file": {"driver": "file", "filename": "{dir}/o0.qcow2"},
+            },
+        },
+        {
+            "execute": "blockdev-snapshot-sync",
+            "arguments": {
+                "node-name": "n3",
+                "snapshot-file": "{dir}/" + snapshot_file,
+                "snapshot-node-name": "",
+                "format": "qcow2",
+            },
+        },
+        {
+            "execute": "transaction",
+            "arguments": {
+                "actions": [
+                    {
+                        "type": "blockdev-snapshot-sync",
+                        "data": {
+                            "node-name": "n3",
+                            "snapshot-file": "{dir}/s1.qcow2",
+                            "snapshot-node-name": "",
+                            "format": "qcow2",
+                        },
+                    }
+                ]
+            },
+        },
     ]
     assert _replay(steps) == []
 
@@ -84,13 +147,30 @@ def test_full_backing_filename_under_a_null_protocol_file() -> None:
     header's relative backing name against ``path_combine("null-aio://", "")``, which keeps
     the whole protocol prefix: ``null-aio://b0.qcow2`` (txgraph said ``null-aio:/b0.qcow2``)."""
     steps = [
-        {"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "n0", "file": {
-            "driver": "file", "filename": "{dir}/b1.qcow2", "node-name": "n0f"},
-            "backing": None}},
+        {
+            "execute": "blockdev-add",
+            "arguments": {
+                "driver": "qcow2",
+                "node-name": "n0",
+                "file": {"driver": "file", "filename": "{dir}/b1.qcow2", "node-name": "n0f"},
+                "backing": None,
+            },
+        },
         {"execute": "blockdev-add", "arguments": {"driver": "null-aio", "node-name": "n5"}},
-        {"execute": "blockdev-reopen", "arguments": {"options": [{
-            "driver": "qcow2", "node-name": "n0", "read-only": True, "backing": "n0f",
-            "file": "n5"}]}},
+        {
+            "execute": "blockdev-reopen",
+            "arguments": {
+                "options": [
+                    {
+                        "driver": "qcow2",
+                        "node-name": "n0",
+                        "read-only": True,
+                        "backing": "n0f",
+                        "file": "n5",
+                    }
+                ]
+            },
+        },
     ]
     assert _replay(steps) == []
 
@@ -107,20 +187,46 @@ def test_snapshot_keeps_a_file_another_filter_writes_through(snapshot: str) -> N
     reopen fails and QSD keeps the node writable. txgraph checked only the snapshotted node
     and refused the whole snapshot (or failed inside its abort)."""
     steps = [
-        _add({"driver": "raw", "node-name": "n2", "file": {
-            "driver": "file", "filename": "{dir}/i1.qcow2", "node-name": "n2f"}}),
+        _add(
+            {
+                "driver": "raw",
+                "node-name": "n2",
+                "file": {"driver": "file", "filename": "{dir}/i1.qcow2", "node-name": "n2f"},
+            }
+        ),
         _add({"driver": "copy-on-read", "node-name": "n6", "file": "n2f"}),
     ]
     if snapshot == "blockdev-snapshot":
-        steps += [_add({"driver": "qcow2", "node-name": "n4", "file": {
-                      "driver": "file", "filename": "{dir}/b0.qcow2"}}),
-                  {"execute": snapshot, "arguments": {"node": "n2", "overlay": "n4"}}]
+        steps += [
+            _add(
+                {
+                    "driver": "qcow2",
+                    "node-name": "n4",
+                    "file": {"driver": "file", "filename": "{dir}/b0.qcow2"},
+                }
+            ),
+            {"execute": snapshot, "arguments": {"node": "n2", "overlay": "n4"}},
+        ]
     else:
-        steps += [_add({"driver": "quorum", "node-name": "q", "children": ["n6", "n2"],
-                        "vote-threshold": 2}),
-                  {"execute": snapshot, "arguments": {
-                      "node-name": "n2", "snapshot-file": "{dir}/s0.qcow2",
-                      "snapshot-node-name": "n4", "format": "qcow2"}}]
+        steps += [
+            _add(
+                {
+                    "driver": "quorum",
+                    "node-name": "q",
+                    "children": ["n6", "n2"],
+                    "vote-threshold": 2,
+                }
+            ),
+            {
+                "execute": snapshot,
+                "arguments": {
+                    "node-name": "n2",
+                    "snapshot-file": "{dir}/s0.qcow2",
+                    "snapshot-node-name": "n4",
+                    "format": "qcow2",
+                },
+            },
+        ]
     assert _replay(steps) == []
 
 
@@ -134,36 +240,73 @@ def test_throttle_keeps_the_length_it_opened_with() -> None:
         _add({"driver": "file", "filename": "{dir}/o1.qcow2", "node-name": "n1"}),
         _add({"driver": "throttle", "node-name": "n6", "file": "n1", "throttle-group": "g0"}),
         _add({"driver": "file", "filename": "{dir}/r0.raw", "node-name": "n2"}),
-        {"execute": "blockdev-reopen", "arguments": {"options": [{
-            "driver": "throttle", "node-name": "n6", "file": "n2", "throttle-group": "g0"}]}},
-        _add({"driver": "raw", "node-name": "n5", "file": {
-            "driver": "file", "filename": "{dir}/o0.qcow2", "node-name": "n5f"}}),
+        {
+            "execute": "blockdev-reopen",
+            "arguments": {
+                "options": [
+                    {"driver": "throttle", "node-name": "n6", "file": "n2", "throttle-group": "g0"}
+                ]
+            },
+        },
+        _add(
+            {
+                "driver": "raw",
+                "node-name": "n5",
+                "file": {"driver": "file", "filename": "{dir}/o0.qcow2", "node-name": "n5f"},
+            }
+        ),
         _add({"driver": "throttle", "node-name": "n4", "file": "n5", "throttle-group": "g0"}),
-        _add({"driver": "qcow2", "node-name": "n3", "file": {
-            "driver": "file", "filename": "{dir}/i1.qcow2"}}),
+        _add(
+            {
+                "driver": "qcow2",
+                "node-name": "n3",
+                "file": {"driver": "file", "filename": "{dir}/i1.qcow2"},
+            }
+        ),
         {"execute": "blockdev-snapshot", "arguments": {"node": "n5f", "overlay": "n3"}},
     ]
     assert _replay(steps) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open divergence (fuzz 4295805097/995375f443): txgraph does not model block limits. "
-    "QEMU's bdrv_node_refresh_perm refuses WRITE/WRITE_UNCHANGED without RESIZE on a node "
-    "whose size is not a multiple of its request_alignment ('Cannot get 'write' permission "
-    "without 'resize': Image size is not a multiple of request alignment'); a file node "
-    "reopened with cache.direct=on gets the host's O_DIRECT alignment (probed by "
-    "raw_probe_alignment, 4096 here) when the reopen commits, so the next permission "
-    "refresh through a copy-on-read parent fails on QSD"))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "open divergence (fuzz 4295805097/995375f443): txgraph does not model block limits. "
+        "QEMU's bdrv_node_refresh_perm refuses WRITE/WRITE_UNCHANGED without RESIZE on a node "
+        "whose size is not a multiple of its request_alignment ('Cannot get 'write' permission "
+        "without 'resize': Image size is not a multiple of request alignment'); a file node "
+        "reopened with cache.direct=on gets the host's O_DIRECT alignment (probed by "
+        "raw_probe_alignment, 4096 here) when the reopen commits, so the next permission "
+        "refresh through a copy-on-read parent fails on QSD"
+    ),
+)
 def test_write_unchanged_on_an_unaligned_o_direct_file() -> None:
     steps = [
-        _add({"driver": "raw", "node-name": "n4", "file": {
-            "driver": "file", "filename": "{dir}/b1.qcow2", "node-name": "n3f"}}),
+        _add(
+            {
+                "driver": "raw",
+                "node-name": "n4",
+                "file": {"driver": "file", "filename": "{dir}/b1.qcow2", "node-name": "n3f"},
+            }
+        ),
         _add({"driver": "copy-on-read", "node-name": "n3", "file": "n4"}),
-        {"execute": "blockdev-reopen", "arguments": {"options": [{
-            "driver": "raw", "node-name": "n4", "cache": {"direct": True}, "file": "n3f"}]}},
-        {"execute": "blockdev-snapshot-sync", "arguments": {
-            "node-name": "n3", "snapshot-file": "{dir}/s0.qcow2", "snapshot-node-name": "n0",
-            "format": "qcow2"}},
+        {
+            "execute": "blockdev-reopen",
+            "arguments": {
+                "options": [
+                    {"driver": "raw", "node-name": "n4", "cache": {"direct": True}, "file": "n3f"}
+                ]
+            },
+        },
+        {
+            "execute": "blockdev-snapshot-sync",
+            "arguments": {
+                "node-name": "n3",
+                "snapshot-file": "{dir}/s0.qcow2",
+                "snapshot-node-name": "n0",
+                "format": "qcow2",
+            },
+        },
     ]
     assert _replay(steps) == []
 
@@ -180,19 +323,36 @@ def test_partial_zero_write_makes_a_zero_cluster_when_the_rest_reads_zero() -> N
     the cluster, QEMU falls back to writing zeros (a data cluster) — both cases here, the
     image sizes compared after every step."""
     steps = [
-        {"execute": "nbd-server-start",
-         "arguments": {"addr": {"type": "unix", "data": {"path": "{dir}/nbd.sock"}}}},
-        _add({"driver": "qcow2", "node-name": "n2", "file": {
-            "driver": "file", "filename": "{dir}/b0.qcow2"}}),
-        {"execute": "block-export-add",
-         "arguments": {"type": "nbd", "id": "e0", "node-name": "n2", "writable": True}},
+        {
+            "execute": "nbd-server-start",
+            "arguments": {"addr": {"type": "unix", "data": {"path": "{dir}/nbd.sock"}}},
+        },
+        _add(
+            {
+                "driver": "qcow2",
+                "node-name": "n2",
+                "file": {"driver": "file", "filename": "{dir}/b0.qcow2"},
+            }
+        ),
+        {
+            "execute": "block-export-add",
+            "arguments": {"type": "nbd", "id": "e0", "node-name": "n2", "writable": True},
+        },
         _io("n2", "write -z 65536 4k", "write -P 0x5a 200704 4k"),
         {"execute": "block-export-del", "arguments": {"id": "e0", "mode": "hard"}},
-        {"execute": "blockdev-snapshot-sync", "arguments": {
-            "node-name": "n2", "snapshot-file": "{dir}/s0.qcow2", "snapshot-node-name": "n3",
-            "format": "qcow2"}},
-        {"execute": "block-export-add",
-         "arguments": {"type": "nbd", "id": "e1", "node-name": "n3", "writable": True}},
+        {
+            "execute": "blockdev-snapshot-sync",
+            "arguments": {
+                "node-name": "n2",
+                "snapshot-file": "{dir}/s0.qcow2",
+                "snapshot-node-name": "n3",
+                "format": "qcow2",
+            },
+        },
+        {
+            "execute": "block-export-add",
+            "arguments": {"type": "nbd", "id": "e1", "node-name": "n3", "writable": True},
+        },
         # the rest of this cluster holds 0x5a in the backing: a data cluster
         _io("n3", "write -z 196608 4k", "read -P 0x5a 200704 4k", "read -P 0 196608 4k"),
         # the rest of this one reads zeros through the backing: a zero cluster
@@ -202,8 +362,10 @@ def test_partial_zero_write_makes_a_zero_cluster_when_the_rest_reads_zero() -> N
     assert _replay(steps) == []
 
 
-_NBD = {"execute": "nbd-server-start",
-        "arguments": {"addr": {"type": "unix", "data": {"path": "{dir}/nbd.sock"}}}}
+_NBD = {
+    "execute": "nbd-server-start",
+    "arguments": {"addr": {"type": "unix", "data": {"path": "{dir}/nbd.sock"}}},
+}
 
 
 def test_an_export_backend_has_no_name_for_overlay_lookups() -> None:
@@ -214,15 +376,30 @@ def test_an_export_backend_has_no_name_for_overlay_lookups() -> None:
     steps = [
         _NBD,
         _add({"driver": "file", "filename": "{dir}/b1.qcow2", "node-name": "n4"}),
-        {"execute": "block-export-add", "arguments": {"type": "nbd", "id": "e1",
-                                                      "node-name": "n4"}},
+        {
+            "execute": "block-export-add",
+            "arguments": {"type": "nbd", "id": "e1", "node-name": "n4"},
+        },
         _add({"driver": "null-aio", "node-name": "n0", "read-zeroes": True}),
-        {"execute": "blockdev-snapshot-sync", "arguments": {
-            "node-name": "n0", "snapshot-file": "{dir}/s0.qcow2", "snapshot-node-name": "",
-            "format": "qcow2"}},
-        {"execute": "blockdev-snapshot-sync", "arguments": {
-            "node-name": "n0", "snapshot-file": "{dir}/s1.qcow2", "snapshot-node-name": "",
-            "format": "qcow2", "mode": "existing"}},
+        {
+            "execute": "blockdev-snapshot-sync",
+            "arguments": {
+                "node-name": "n0",
+                "snapshot-file": "{dir}/s0.qcow2",
+                "snapshot-node-name": "",
+                "format": "qcow2",
+            },
+        },
+        {
+            "execute": "blockdev-snapshot-sync",
+            "arguments": {
+                "node-name": "n0",
+                "snapshot-file": "{dir}/s1.qcow2",
+                "snapshot-node-name": "",
+                "format": "qcow2",
+                "mode": "existing",
+            },
+        },
     ]
     assert _replay(steps) == []
 
@@ -232,14 +409,25 @@ def test_export_del_drops_the_last_reference_of_an_implicit_node() -> None:
     qcow2 is deleted; deleting the export drops the last reference and QSD closes the
     node (blk_unref -> bdrv_unref). txgraph kept it; a monitor-owned node stays."""
     steps = [
-        _add({"driver": "qcow2", "node-name": "n5", "read-only": True, "backing": None,
-              "file": {"driver": "file", "filename": "{dir}/i1.qcow2", "node-name": "n7f"}}),
+        _add(
+            {
+                "driver": "qcow2",
+                "node-name": "n5",
+                "read-only": True,
+                "backing": None,
+                "file": {"driver": "file", "filename": "{dir}/i1.qcow2", "node-name": "n7f"},
+            }
+        ),
         _add({"driver": "file", "filename": "{dir}/i0.qcow2", "node-name": "own"}),
         _NBD,
-        {"execute": "block-export-add", "arguments": {"type": "nbd", "id": "e0",
-                                                      "node-name": "n7f"}},
-        {"execute": "block-export-add", "arguments": {"type": "nbd", "id": "e1",
-                                                      "node-name": "own"}},
+        {
+            "execute": "block-export-add",
+            "arguments": {"type": "nbd", "id": "e0", "node-name": "n7f"},
+        },
+        {
+            "execute": "block-export-add",
+            "arguments": {"type": "nbd", "id": "e1", "node-name": "own"},
+        },
         {"execute": "blockdev-del", "arguments": {"node-name": "n5"}},
         {"execute": "block-export-del", "arguments": {"id": "e0"}},
         {"execute": "nbd-server-stop"},

@@ -46,8 +46,9 @@ def _put(buf: bytearray, off: int, fmt: str, value: int | bytes) -> None:
 def _str_field(off: int, choices: list[bytes]) -> Mutation:
     def m(buf: bytearray, rng: random.Random) -> str:
         v = rng.choice(choices)
-        buf[off:off + 32] = (v + bytes(32))[:32]
+        buf[off : off + 32] = (v + bytes(32))[:32]
         return f"str@{off}={v!r}"
+
     return m
 
 
@@ -56,6 +57,7 @@ def _u32(off: int, values: list[int]) -> Mutation:
         v = rng.choice(values)
         _put(buf, off, ">I", v)
         return f"u32@{off}={v}"
+
     return m
 
 
@@ -65,12 +67,15 @@ def _slot_field(field_off: int, values: list[int]) -> Mutation:
         v = rng.choice(values)
         _put(buf, _SLOT0 + slot * _SLOT + field_off, ">I", v)
         return f"slot{slot}+{field_off}={v}"
+
     return m
 
 
 def _random_bytes(buf: bytearray, rng: random.Random) -> str:
     # Leave the iteration counts alone (they cost QEMU unbounded CPU time).
-    protected = {164, 165, 166, 167} | {_SLOT0 + s * _SLOT + i for s in range(8) for i in range(4, 8)}
+    protected = {164, 165, 166, 167} | {
+        _SLOT0 + s * _SLOT + i for s in range(8) for i in range(4, 8)
+    }
     offs = []
     for _ in range(rng.randrange(1, 4)):
         off = rng.randrange(592)
@@ -90,15 +95,29 @@ def _salt(buf: bytearray, rng: random.Random) -> str:
 MUTATIONS: list[Mutation] = [
     lambda b, r: (b.__setitem__(slice(0, 6), b"LUKS\xba\xbf"), "magic")[1],
     lambda b, r: (_put(b, 6, ">H", r.choice([0, 2, 3, 0xFFFF])), "version")[1],
-    lambda b, r: (b.__setitem__(slice(8 + 32 * r.randrange(3), 40 + 32 * r.randrange(1)),
-                                b"x" * 32), "unterminated")[1],
+    lambda b, r: (
+        b.__setitem__(slice(8 + 32 * r.randrange(3), 40 + 32 * r.randrange(1)), b"x" * 32),
+        "unterminated",
+    )[1],
     _u32(164, [0, 1]),
     # (serpent and twofish are not drawn: the cryptography package has neither, so
     # txgraph refuses such volumes where QEMU would try the key slots)
     _str_field(8, [b"aes", b"cast5", b"des", b"AES", b"", b"aes-xts"]),
-    _str_field(40, [b"xts-plain64", b"cbc-plain", b"xts", b"cbc-essiv", b"cbc-essiv:sha256",
-                    b"gcm-plain64", b"xts-plain64:sha1", b"ecb-plain", b"xts-essiv:md4",
-                    b"xts-random"]),
+    _str_field(
+        40,
+        [
+            b"xts-plain64",
+            b"cbc-plain",
+            b"xts",
+            b"cbc-essiv",
+            b"cbc-essiv:sha256",
+            b"gcm-plain64",
+            b"xts-plain64:sha1",
+            b"ecb-plain",
+            b"xts-essiv:md4",
+            b"xts-random",
+        ],
+    ),
     _str_field(72, [b"sha1", b"sha512", b"md5", b"whirlpool", b"SHA256", b""]),
     _u32(104, [0, 1, 8, 4039, 4040, 4041, 0x7FFFFFFF, 0xFFFFFFFF, 1 << 20]),
     _u32(108, [0, 16, 24, 32, 48, 64, 33, 128, 0xFFFFFFFF]),
@@ -123,16 +142,31 @@ def _variants(source: bytes) -> list[tuple[str, bytes]]:
 
 
 def _open(peer: QSDPeer | EnginePeer, workdir: Path, name: str) -> dict[str, object]:
-    reply = peer.execute({"execute": "blockdev-add", "arguments": {
-        "driver": "luks", "node-name": "l", "key-secret": "good", "read-only": True,
-        "file": {"driver": "file", "node-name": "f", "filename": str(workdir / name),
-                 "read-only": True}}})
+    reply = peer.execute(
+        {
+            "execute": "blockdev-add",
+            "arguments": {
+                "driver": "luks",
+                "node-name": "l",
+                "key-secret": "good",
+                "read-only": True,
+                "file": {
+                    "driver": "file",
+                    "node-name": "f",
+                    "filename": str(workdir / name),
+                    "read-only": True,
+                },
+            },
+        }
+    )
     if "error" not in reply:
         size = peer.execute({"execute": "query-named-block-nodes", "arguments": {"flat": True}})
         peer.execute({"execute": "blockdev-del", "arguments": {"node-name": "l"}})
         peer.execute({"execute": "blockdev-del", "arguments": {"node-name": "f"}})
-        sizes = sorted((n["node-name"], n["image"]["virtual-size"])  # type: ignore[index]
-                       for n in size["return"])  # type: ignore[union-attr]
+        sizes = sorted(
+            (n["node-name"], n["image"]["virtual-size"])  # type: ignore[index]
+            for n in size["return"]
+        )  # type: ignore[union-attr]
         return {"return": sizes}
     return reply
 
@@ -146,8 +180,12 @@ def test_hostile_luks_headers(tmp_path: Path) -> None:
     qsd, eng = QSDPeer(qdir), EnginePeer(tdir)
     try:
         for peer in (qsd, eng):
-            peer.execute({"execute": "object-add", "arguments": {
-                "qom-type": "secret", "id": "good", "data": PW}})
+            peer.execute(
+                {
+                    "execute": "object-add",
+                    "arguments": {"qom-type": "secret", "id": "good", "data": PW},
+                }
+            )
         diffs = []
         refused = 0
         for i, (desc, header) in enumerate(variants):

@@ -40,14 +40,29 @@ pytestmark = pytest.mark.qsd
 N_CASES = int(os.environ.get("TXGRAPH_MALFORMED_CASES", "300"))
 SEED = int(os.environ.get("TXGRAPH_MALFORMED_SEED", "7"))
 DEADLINE = 60.0
-PYTHON_TEXTS = ("Traceback", "Error:", "object has no attribute", "NoneType", "KeyError",
-                "'str'", "'int'", "'dict'", "'list'", "TypeError", "ValueError",
-                "AttributeError", "IndexError", "RecursionError", "[Errno", "Internal error")
+PYTHON_TEXTS = (
+    "Traceback",
+    "Error:",
+    "object has no attribute",
+    "NoneType",
+    "KeyError",
+    "'str'",
+    "'int'",
+    "'dict'",
+    "'list'",
+    "TypeError",
+    "ValueError",
+    "AttributeError",
+    "IndexError",
+    "RecursionError",
+    "[Errno",
+    "Internal error",
+)
 
 #: Divergence classes left, and why (see the report of issue 8).
 KNOWN: dict[str, str] = {
     "unimplemented command": "txgraph implements a subset of QSD's commands; the others "
-                             "are CommandNotFound (outside the QMP input layer)",
+    "are CommandNotFound (outside the QMP input layer)",
 }
 
 
@@ -60,7 +75,7 @@ class Conn:
 
     def __init__(self, path: str) -> None:
         deadline = time.monotonic() + DEADLINE
-        while True:   # QSD takes the next client once it noticed the last one left
+        while True:  # QSD takes the next client once it noticed the last one left
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self.sock.settimeout(DEADLINE)
             self.sock.connect(path)
@@ -69,7 +84,7 @@ class Conn:
                 self.sock.settimeout(2)
                 self._line()
                 break
-            except (Dropped, socket.timeout):
+            except (TimeoutError, Dropped):
                 self.sock.close()
                 assert time.monotonic() < deadline, "no greeting"
         self.sock.settimeout(DEADLINE)
@@ -109,7 +124,7 @@ def canon(line: bytes) -> Any:
         if isinstance(msg, dict) and "event" in msg:
             return None
         return _canon_value(msg, None)
-    except RecursionError:      # an id nested ~1000 deep: compare the bytes
+    except RecursionError:  # an id nested ~1000 deep: compare the bytes
         return {"raw": line.decode("latin-1")}
     except ValueError:
         return {"unparsable": line.decode("latin-1")}
@@ -125,19 +140,26 @@ _NOT_FOUND = re.compile(r"The command (\S+) has not been found")
 
 
 def _classify_pair(a: Any, b: Any) -> str:
-    missing = _NOT_FOUND.fullmatch(str(b.get("error", {}).get("desc", ""))
-                                   if isinstance(b, dict) else "")
+    missing = _NOT_FOUND.fullmatch(
+        str(b.get("error", {}).get("desc", "")) if isinstance(b, dict) else ""
+    )
     if missing and not (isinstance(a, dict) and "CommandNotFound" in str(a)):
         return f"unimplemented command {missing.group(1)}"
-    if isinstance(a, dict) and isinstance(a.get("return"), list) and \
-            a["return"] and a["return"][0] == {"name": "transaction"}:
+    if (
+        isinstance(a, dict)
+        and isinstance(a.get("return"), list)
+        and a["return"]
+        and a["return"][0] == {"name": "transaction"}
+    ):
         return "unimplemented command (query-commands lists QSD's set)"
     da = a.get("error", {}).get("desc") if isinstance(a, dict) else None
     db = b.get("error", {}).get("desc") if isinstance(b, dict) else None
     if da is not None and db is not None:
         return f"desc: {_shape(da)} | {_shape(db)}"
-    return f"kind: {sorted(a) if isinstance(a, dict) else a} | " \
-           f"{sorted(b) if isinstance(b, dict) else b}"
+    return (
+        f"kind: {sorted(a) if isinstance(a, dict) else a} | "
+        f"{sorted(b) if isinstance(b, dict) else b}"
+    )
 
 
 def classify(qsd: list[Any], txg: list[Any]) -> set[str]:
@@ -155,7 +177,8 @@ class Outcome:
     python_text: list[tuple[int, bytes]] = field(default_factory=list)
     divergences: Counter[str] = field(default_factory=Counter)
     examples: dict[str, tuple[int, str, bytes, list[bytes], list[bytes]]] = field(
-        default_factory=dict)
+        default_factory=dict
+    )
 
 
 @pytest.fixture(scope="module")
@@ -192,8 +215,9 @@ def run(qsd: QSD, txg: ServerThread, n: int, seed: int) -> Outcome:
                 out.divergent += 1
                 for cls in classify(qc, tc):
                     out.divergences[cls] += 1
-                    out.examples.setdefault(cls, (i, category, data[:300], qsd_lines[:4],
-                                                  txg_lines[:4]))
+                    out.examples.setdefault(
+                        cls, (i, category, data[:300], qsd_lines[:4], txg_lines[:4])
+                    )
     finally:
         a.close()
         b.close()
@@ -201,12 +225,18 @@ def run(qsd: QSD, txg: ServerThread, n: int, seed: int) -> Outcome:
 
 
 def report(out: Outcome) -> str:
-    lines = [f"{out.cases} cases (seed {SEED}): {out.dropped} dropped, "
-             f"{len(out.python_text)} Python texts, {out.divergent} divergent cases"]
+    lines = [
+        f"{out.cases} cases (seed {SEED}): {out.dropped} dropped, "
+        f"{len(out.python_text)} Python texts, {out.divergent} divergent cases"
+    ]
     for cls, count in out.divergences.most_common():
         i, cat, data, q, t = out.examples[cls]
-        lines += [f"  {count:5d}  {cls}", f"         e.g. case {i} ({cat}): {data[:160]!r}",
-                  f"         QSD {[x[:160] for x in q[:2]]}", f"         TXG {[x[:160] for x in t[:2]]}"]
+        lines += [
+            f"  {count:5d}  {cls}",
+            f"         e.g. case {i} ({cat}): {data[:160]!r}",
+            f"         QSD {[x[:160] for x in q[:2]]}",
+            f"         TXG {[x[:160] for x in t[:2]]}",
+        ]
     for i, line in out.python_text[:10]:
         lines.append(f"  Python text in case {i}: {line[:200]!r}")
     return "\n".join(lines)

@@ -22,7 +22,6 @@ from txgraph.peers import QSD
 pytestmark = pytest.mark.qsd
 
 
-
 MAX = (1 << 63) - (1 << 30)
 
 
@@ -35,14 +34,35 @@ def _adds(workdir: Path) -> list[dict[str, Any]]:
     out.append({"driver": "null-co", "node-name": "rz", "size": MAX + 1, "read-zeroes": True})
     out.append({"driver": "file", "node-name": "nul1", "filename": f"{workdir}/a\u0000b"})
     out.append({"driver": "file", "node-name": "nul2", "filename": f"{workdir}/x\u0000y"})
-    out.append({"driver": "raw", "node-name": "nul3",
-                "file": {"driver": "file", "filename": f"{workdir}/\u0000"}})
-    out.append({"driver": "blkdebug", "node-name": "nul4", "config": f"{workdir}/c\u0000f",
-                "image": {"driver": "null-co"}})
-    out.append({"driver": "nbd", "node-name": "nul5",
-                "server": {"type": "inet", "host": "127.0.0.1", "port": "1\u00002"}})
-    out.append({"driver": "nbd", "node-name": "nul6",
-                "server": {"type": "unix", "path": f"{workdir}/x\u0000y"}})
+    out.append(
+        {
+            "driver": "raw",
+            "node-name": "nul3",
+            "file": {"driver": "file", "filename": f"{workdir}/\u0000"},
+        }
+    )
+    out.append(
+        {
+            "driver": "blkdebug",
+            "node-name": "nul4",
+            "config": f"{workdir}/c\u0000f",
+            "image": {"driver": "null-co"},
+        }
+    )
+    out.append(
+        {
+            "driver": "nbd",
+            "node-name": "nul5",
+            "server": {"type": "inet", "host": "127.0.0.1", "port": "1\u00002"},
+        }
+    )
+    out.append(
+        {
+            "driver": "nbd",
+            "node-name": "nul6",
+            "server": {"type": "unix", "path": f"{workdir}/x\u0000y"},
+        }
+    )
     out.append({"driver": "host_device", "node-name": "nul7", "filename": "/dev/nu\u0000ll"})
     return out
 
@@ -56,8 +76,12 @@ def _run(peer: Any, workdir: Path) -> list[Any]:
             continue
         nodes = peer.execute({"execute": "query-named-block-nodes", "arguments": {"flat": True}})
         mine = [n for n in nodes["return"] if n["node-name"] == args["node-name"]]
-        out.append([(n["drv"], n["image"]["virtual-size"], n["file"].replace(str(workdir), "{dir}"))
-                    for n in mine])
+        out.append(
+            [
+                (n["drv"], n["image"]["virtual-size"], n["file"].replace(str(workdir), "{dir}"))
+                for n in mine
+            ]
+        )
     return out
 
 

@@ -16,7 +16,18 @@ from pathlib import Path
 import pytest
 
 from tests.differential.harness import Call, EnginePeer, differential
-from tests.differential.scenarios._common import add, cmd, delete, fnode, obj_add, obj_del, qnodes, raw_img, sc, tg
+from tests.differential.scenarios._common import (
+    add,
+    cmd,
+    delete,
+    fnode,
+    obj_add,
+    obj_del,
+    qnodes,
+    raw_img,
+    sc,
+    tg,
+)
 
 pytestmark = pytest.mark.qsd
 
@@ -25,8 +36,9 @@ pytestmark = pytest.mark.qsd
 def helper(tmp_path: Path) -> Iterator[str]:
     """A running qemu-pr-helper on a Unix socket; killed on every exit path."""
     sock = tmp_path / "pr.sock"
-    proc = subprocess.Popen(["qemu-pr-helper", "-k", str(sock)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["qemu-pr-helper", "-k", str(sock)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 30
         while not sock.exists():
@@ -54,32 +66,57 @@ def _pr(oid: str, path: str | None) -> dict[str, object]:
 
 
 def test_pr_manager_helper(helper: str) -> None:
-    scenario = sc("pr_manager_helper", [
-        _pr("p0", None),
-        _pr("p1", "{dir}/nope.sock"),
-        _pr("p2", "{dir}/dead.sock"),
-        _pr("p3", "{dir}/a.raw"),
-        _pr("p4", helper),
-        _pr("p4", helper),
-        obj_add({"qom-type": "pr-manager-helper", "id": "p5", "path": helper, "bogus": 1}),
-        tg("tg"),
-        add(fnode("a.raw", "f0", pr_manager="nosuch")),
-        add(fnode("a.raw", "f1", pr_manager="tg")),
-        add({"driver": "host_device", "node-name": "h0", "filename": "{dir}/a.raw",
-             "pr-manager": "nosuch"}),
-        add({"driver": "host_device", "node-name": "h1", "filename": "{dir}/nofile",
-             "pr-manager": "tg"}),
-        add({"driver": "host_device", "node-name": "h2", "filename": "{dir}/a.raw",
-             "pr-manager": "p4"}),
-        add(fnode("nofile", "f2", pr_manager="nosuch")),
-        add(fnode("a.raw", "f3", pr_manager="p4")),
-        qnodes(),
-        cmd("blockdev-reopen", {"options": [{"driver": "file", "node-name": "f3",
-                                             "filename": "{dir}/a.raw"}]}),
-        obj_del("p4"),
-        delete("f3"),
-        obj_del("p4"),
-    ], setup=[raw_img("a.raw", "1M"), Call(_dead_socket)], theme="crypto")
+    scenario = sc(
+        "pr_manager_helper",
+        [
+            _pr("p0", None),
+            _pr("p1", "{dir}/nope.sock"),
+            _pr("p2", "{dir}/dead.sock"),
+            _pr("p3", "{dir}/a.raw"),
+            _pr("p4", helper),
+            _pr("p4", helper),
+            obj_add({"qom-type": "pr-manager-helper", "id": "p5", "path": helper, "bogus": 1}),
+            tg("tg"),
+            add(fnode("a.raw", "f0", pr_manager="nosuch")),
+            add(fnode("a.raw", "f1", pr_manager="tg")),
+            add(
+                {
+                    "driver": "host_device",
+                    "node-name": "h0",
+                    "filename": "{dir}/a.raw",
+                    "pr-manager": "nosuch",
+                }
+            ),
+            add(
+                {
+                    "driver": "host_device",
+                    "node-name": "h1",
+                    "filename": "{dir}/nofile",
+                    "pr-manager": "tg",
+                }
+            ),
+            add(
+                {
+                    "driver": "host_device",
+                    "node-name": "h2",
+                    "filename": "{dir}/a.raw",
+                    "pr-manager": "p4",
+                }
+            ),
+            add(fnode("nofile", "f2", pr_manager="nosuch")),
+            add(fnode("a.raw", "f3", pr_manager="p4")),
+            qnodes(),
+            cmd(
+                "blockdev-reopen",
+                {"options": [{"driver": "file", "node-name": "f3", "filename": "{dir}/a.raw"}]},
+            ),
+            obj_del("p4"),
+            delete("f3"),
+            obj_del("p4"),
+        ],
+        setup=[raw_img("a.raw", "1M"), Call(_dead_socket)],
+        theme="crypto",
+    )
     comp = differential(scenario, right=EnginePeer)
     if not comp.equal:
         pytest.fail(str(comp), pytrace=False)

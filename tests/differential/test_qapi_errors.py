@@ -23,8 +23,10 @@ from txgraph.qmp.qapi import validate_arguments
 
 pytestmark = pytest.mark.qsd
 
-QAPI_TEXT = re.compile(r"^(Parameter '[^']*' (is missing|is unexpected|does not accept value|expects)"
-                       r"|Invalid parameter type for ')")
+QAPI_TEXT = re.compile(
+    r"^(Parameter '[^']*' (is missing|is unexpected|does not accept value|expects)"
+    r"|Invalid parameter type for ')"
+)
 
 F = {"driver": "file", "filename": "/nonexistent"}
 
@@ -53,28 +55,46 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("blockdev-add", {"driver": "raw", "file": {**F, "aio": "x"}}),
     ("blockdev-add", {"driver": "raw", "file": F, "offset": "x"}),
     ("blockdev-add", {"driver": "qcow2", "file": "x", "backing": 3}),
-    ("blockdev-add", {"driver": "qcow2", "file": "x", "backing": {"driver": "raw", "file": {
-        "driver": "raw", "file": {**F, "locking": "sometimes"}}}}),
+    (
+        "blockdev-add",
+        {
+            "driver": "qcow2",
+            "file": "x",
+            "backing": {
+                "driver": "raw",
+                "file": {"driver": "raw", "file": {**F, "locking": "sometimes"}},
+            },
+        },
+    ),
     ("blockdev-add", {"driver": "qcow2", "file": "x", "overlap-check": 5}),
     ("blockdev-add", {"driver": "qcow2", "file": "x", "overlap-check": "nope"}),
     ("blockdev-add", {"driver": "qcow2", "file": "x", "overlap-check": {"template": "nope"}}),
-    ("blockdev-add", {"driver": "qcow2", "file": "x", "encrypt": {"format": "aes", "key-secret": 1}}),
+    (
+        "blockdev-add",
+        {"driver": "qcow2", "file": "x", "encrypt": {"format": "aes", "key-secret": 1}},
+    ),
     ("blockdev-add", {"driver": "blkdebug", "image": "x", "max-transfer": 2**32}),
     ("blockdev-add", {"driver": "blkdebug", "image": "x", "max-transfer": -(2**31) - 1}),
-    ("blockdev-add", {"driver": "blkdebug", "image": {"driver": "blkdebug", "image": "y",
-                                                      "opt-discard": 2**31}}),
+    (
+        "blockdev-add",
+        {"driver": "blkdebug", "image": {"driver": "blkdebug", "image": "y", "opt-discard": 2**31}},
+    ),
     ("blockdev-add", {"driver": "blkdebug", "image": "x", "inject-error": {}}),
     ("blockdev-add", {"driver": "blkdebug", "image": "x", "inject-error": [1]}),
     ("blockdev-add", {"driver": "blkdebug", "image": "x", "inject-error": [{}]}),
     ("blockdev-add", {"driver": "blkdebug", "image": "x", "inject-error": [{"event": "nope"}]}),
-    ("blockdev-add", {"driver": "blkdebug", "image": "x",
-                      "inject-error": [{"event": "read_aio", "errno": "x"}]}),
+    (
+        "blockdev-add",
+        {"driver": "blkdebug", "image": "x", "inject-error": [{"event": "read_aio", "errno": "x"}]},
+    ),
     ("blockdev-add", {"driver": "quorum", "vote-threshold": 1, "children": ["a", 1]}),
     ("blockdev-add", {"driver": "quorum", "vote-threshold": 1, "children": [{"driver": "raw"}]}),
     ("blockdev-add", {"driver": "throttle", "file": "x", "throttle-group": None}),
     ("blockdev-add", {"driver": "nbd", "server": {"type": "inet"}}),
-    ("blockdev-add", {"driver": "nbd", "server": {"type": "unix", "path": "/x"},
-                      "reconnect-delay": 2**32}),
+    (
+        "blockdev-add",
+        {"driver": "nbd", "server": {"type": "unix", "path": "/x"}, "reconnect-delay": 2**32},
+    ),
     ("blockdev-add", {"driver": "null-co", "x": 1, "y": 2, "z": 3}),
     # blockdev-reopen: a list of BlockdevOptions
     ("blockdev-reopen", {}),
@@ -82,18 +102,44 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("blockdev-reopen", {"options": [5]}),
     ("blockdev-reopen", {"options": [{}]}),
     ("blockdev-reopen", {"options": [{"driver": 1}]}),
-    ("blockdev-reopen", {"options": [{"driver": "null-co"}, {"driver": "raw", "file": {"driver": "x"}}]}),
+    (
+        "blockdev-reopen",
+        {"options": [{"driver": "null-co"}, {"driver": "raw", "file": {"driver": "x"}}]},
+    ),
     ("blockdev-reopen", {"options": [{"driver": "null-co", "x": 1}]}),
-    ("blockdev-reopen", {"options": [{"driver": "qcow2", "file": "f", "backing": None, "x": 1, "y": 2}]}),
+    (
+        "blockdev-reopen",
+        {"options": [{"driver": "qcow2", "file": "f", "backing": None, "x": 1, "y": 2}]},
+    ),
     ("blockdev-reopen", {"options": [{"driver": "raw", "file": {"driver": "raw"}}]}),
     ("blockdev-reopen", {"options": [{"driver": "raw", "file": {"driver": "raw", "file": 5}}]}),
     ("blockdev-reopen", {"options": [{"driver": "null-co", "latency-ns": "x"}]}),
     ("blockdev-reopen", {"options": [{"driver": "null-co", "cache": {"no-flush": True, "q": 1}}]}),
     ("blockdev-reopen", {"options": [{"driver": "blkdebug", "image": "x", "max-transfer": "x"}]}),
-    ("blockdev-reopen", {"options": [{"driver": "blkdebug", "image": "x",
-                                      "inject-error": [{"event": "read_aio", "once": 1}]}]}),
-    ("blockdev-reopen", {"options": [{"driver": "blkdebug", "image": "x",
-                                      "inject-error": [{"event": "read_aio", "iotype": "bad"}]}]}),
+    (
+        "blockdev-reopen",
+        {
+            "options": [
+                {
+                    "driver": "blkdebug",
+                    "image": "x",
+                    "inject-error": [{"event": "read_aio", "once": 1}],
+                }
+            ]
+        },
+    ),
+    (
+        "blockdev-reopen",
+        {
+            "options": [
+                {
+                    "driver": "blkdebug",
+                    "image": "x",
+                    "inject-error": [{"event": "read_aio", "iotype": "bad"}],
+                }
+            ]
+        },
+    ),
     ("blockdev-reopen", {"options": [{"driver": "quorum", "vote-threshold": 1, "children": {}}]}),
     # blockdev-del
     ("blockdev-del", {}),
@@ -130,17 +176,43 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("transaction", {"actions": [{"type": "nope"}]}),
     ("transaction", {"actions": [{"type": "blockdev-snapshot"}]}),
     ("transaction", {"actions": [{"type": "blockdev-snapshot", "data": {"node": "a"}}]}),
-    ("transaction", {"actions": [{"type": "blockdev-snapshot",
-                                  "data": {"node": "a", "overlay": "b", "z": 1}}]}),
+    (
+        "transaction",
+        {"actions": [{"type": "blockdev-snapshot", "data": {"node": "a", "overlay": "b", "z": 1}}]},
+    ),
     ("transaction", {"actions": [{"type": "blockdev-snapshot-sync", "data": 1}]}),
-    ("transaction", {"actions": [{"type": "blockdev-snapshot-sync",
-                                  "data": {"snapshot-file": "a", "mode": "bad"}}]}),
+    (
+        "transaction",
+        {
+            "actions": [
+                {"type": "blockdev-snapshot-sync", "data": {"snapshot-file": "a", "mode": "bad"}}
+            ]
+        },
+    ),
     ("transaction", {"actions": [{"type": "abort", "data": {}, "x": 2}]}),
     ("transaction", {"actions": [], "properties": {"completion-mode": "x"}}),
-    ("transaction", {"actions": [{"type": "block-dirty-bitmap-add",
-                                  "data": {"node": "a", "name": "b", "granularity": 2**32}}]}),
-    ("transaction", {"actions": [{"type": "block-dirty-bitmap-add",
-                                  "data": {"node": "a", "name": "b", "granularity": "x"}}]}),
+    (
+        "transaction",
+        {
+            "actions": [
+                {
+                    "type": "block-dirty-bitmap-add",
+                    "data": {"node": "a", "name": "b", "granularity": 2**32},
+                }
+            ]
+        },
+    ),
+    (
+        "transaction",
+        {
+            "actions": [
+                {
+                    "type": "block-dirty-bitmap-add",
+                    "data": {"node": "a", "name": "b", "granularity": "x"},
+                }
+            ]
+        },
+    ),
 ]
 
 
@@ -150,7 +222,7 @@ def daemon() -> Iterator[QSD]:
         try:
             qsd = QSD()
             break
-        except ConnectionRefusedError:    # its socket file appears a moment before it listens
+        except ConnectionRefusedError:  # its socket file appears a moment before it listens
             time.sleep(0.05 * attempt)
     else:
         raise RuntimeError("qemu-storage-daemon never accepted a connection")
@@ -162,16 +234,19 @@ def test_enough_cases() -> None:
     assert len(CASES) >= 40
 
 
-@pytest.mark.parametrize(("command", "arguments"), CASES,
-                         ids=[f"{c}-{i}" for i, (c, _) in enumerate(CASES)])
+@pytest.mark.parametrize(
+    ("command", "arguments"), CASES, ids=[f"{c}-{i}" for i, (c, _) in enumerate(CASES)]
+)
 def test_same_error(daemon: QSD, command: str, arguments: dict[str, Any]) -> None:
     reply = daemon.execute(command, arguments)
     assert "error" in reply, reply
     assert QAPI_TEXT.match(reply["error"]["desc"]), f"not a QAPI error: {reply}"
     with pytest.raises(QAPIError) as info:
         validate_arguments(command, arguments)
-    assert (info.value.error_class, info.value.desc) == (reply["error"]["class"],
-                                                         reply["error"]["desc"])
+    assert (info.value.error_class, info.value.desc) == (
+        reply["error"]["class"],
+        reply["error"]["desc"],
+    )
 
 
 PASSES_VALIDATION: list[tuple[str, dict[str, Any]]] = [
@@ -185,10 +260,14 @@ PASSES_VALIDATION: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-@pytest.mark.parametrize(("command", "arguments"), PASSES_VALIDATION,
-                         ids=[f"{c}-{i}" for i, (c, _) in enumerate(PASSES_VALIDATION)])
-def test_valid_arguments_reach_the_command(daemon: QSD, command: str,
-                                           arguments: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    ("command", "arguments"),
+    PASSES_VALIDATION,
+    ids=[f"{c}-{i}" for i, (c, _) in enumerate(PASSES_VALIDATION)],
+)
+def test_valid_arguments_reach_the_command(
+    daemon: QSD, command: str, arguments: dict[str, Any]
+) -> None:
     """QSD fails these only in the block layer; the validator must let them through."""
     reply = daemon.execute(command, arguments)
     assert "error" in reply and not QAPI_TEXT.match(reply["error"]["desc"]), reply

@@ -21,8 +21,9 @@ pytestmark = pytest.mark.qsd
 
 
 def _run(steps: list[dict[str, Any]], against: str) -> Any:
-    return run_sequence(lambda i, _res: steps[i] if i < len(steps) else None, against,
-                        max_steps=len(steps))
+    return run_sequence(
+        lambda i, _res: steps[i] if i < len(steps) else None, against, max_steps=len(steps)
+    )
 
 
 def _add(args: dict[str, Any]) -> dict[str, Any]:
@@ -30,9 +31,15 @@ def _add(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _sync(node: str, file: str, new: str) -> dict[str, Any]:
-    return {"type": "blockdev-snapshot-sync", "data": {
-        "node-name": node, "snapshot-file": "{dir}/" + file, "snapshot-node-name": new,
-        "format": "qcow2"}}
+    return {
+        "type": "blockdev-snapshot-sync",
+        "data": {
+            "node-name": node,
+            "snapshot-file": "{dir}/" + file,
+            "snapshot-node-name": new,
+            "format": "qcow2",
+        },
+    }
 
 
 def test_qsd_aborts_snapshotting_the_overlay_of_the_same_transaction() -> None:
@@ -40,18 +47,27 @@ def test_qsd_aborts_snapshotting_the_overlay_of_the_same_transaction() -> None:
     just created, into the same file. QEMU aborts (``block/io.c:525: bdrv_do_drained_end:
     Assertion `bs->quiesce_counter > 0' failed``) while it cleans up the refused action;
     txgraph refuses the second action as QEMU's bdrv_img_create does and rolls back."""
-    steps = [_add({"driver": "null-co", "node-name": "n3"}),
-             {"execute": "transaction", "arguments": {"actions": [
-                 _sync("n3", "s1.qcow2", "n4"), _sync("n4", "s1.qcow2", "n6")]}}]
+    steps = [
+        _add({"driver": "null-co", "node-name": "n3"}),
+        {
+            "execute": "transaction",
+            "arguments": {
+                "actions": [_sync("n3", "s1.qcow2", "n4"), _sync("n4", "s1.qcow2", "n6")]
+            },
+        },
+    ]
     qsd = _run(steps, "qsd-only")
     assert qsd.divergence is not None and qsd.divergence.kind == "qsd-crash"
-    assert "bdrv_do_drained_end: Assertion `bs->quiesce_counter > 0' failed" in \
-        "\n".join(qsd.divergence.lines)
+    assert "bdrv_do_drained_end: Assertion `bs->quiesce_counter > 0' failed" in "\n".join(
+        qsd.divergence.lines
+    )
     assert qsd.divergence.known == "do-drained-end"
     engine = _run(steps, "model")
     assert engine.divergence is None
-    assert engine.replies[1]["txgraph"]["error"]["desc"] == \
-        "Error: Trying to create an image with the same filename as the backing file"
+    assert (
+        engine.replies[1]["txgraph"]["error"]["desc"]
+        == "Error: Trying to create an image with the same filename as the backing file"
+    )
 
 
 def test_qsd_failed_reopen_leaves_a_stale_qcow2_data_file() -> None:
@@ -62,12 +78,24 @@ def test_qsd_failed_reopen_leaves_a_stale_qcow2_data_file() -> None:
     nothing in txgraph (QEMU's transaction rules), so its format-specific info has no
     ``data-file-raw``."""
     steps = [
-        _add({"driver": "raw", "node-name": "n4", "file": {
-            "driver": "file", "filename": "{dir}/b1.qcow2", "node-name": "n3f"}}),
-        _add({"driver": "qcow2", "node-name": "n5", "file": {
-            "driver": "file", "filename": "{dir}/i0.qcow2", "node-name": "n0f"}}),
-        {"execute": "blockdev-reopen", "arguments": {"options": [{
-            "driver": "raw", "node-name": "n5", "file": "n4"}]}},
+        _add(
+            {
+                "driver": "raw",
+                "node-name": "n4",
+                "file": {"driver": "file", "filename": "{dir}/b1.qcow2", "node-name": "n3f"},
+            }
+        ),
+        _add(
+            {
+                "driver": "qcow2",
+                "node-name": "n5",
+                "file": {"driver": "file", "filename": "{dir}/i0.qcow2", "node-name": "n0f"},
+            }
+        ),
+        {
+            "execute": "blockdev-reopen",
+            "arguments": {"options": [{"driver": "raw", "node-name": "n5", "file": "n4"}]},
+        },
         {"execute": "query-named-block-nodes", "arguments": {"flat": True}},
     ]
     both = _run(steps, "qsd")

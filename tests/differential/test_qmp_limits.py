@@ -18,8 +18,12 @@ from tests.differential.test_malformed_qmp import Conn
 from tests.support.qmp_server import ServerThread
 from tests.support.qsd import QSD
 
-pytestmark = [pytest.mark.qsd, pytest.mark.skipif(
-    os.environ.get("TXGRAPH_QMP_LIMITS") != "1", reason="long run: set TXGRAPH_QMP_LIMITS=1")]
+pytestmark = [
+    pytest.mark.qsd,
+    pytest.mark.skipif(
+        os.environ.get("TXGRAPH_QMP_LIMITS") != "1", reason="long run: set TXGRAPH_QMP_LIMITS=1"
+    ),
+]
 
 CASES = {
     "count-exceeded-by-a-comma": b"[" + b"1," * 1048576 + b"]",

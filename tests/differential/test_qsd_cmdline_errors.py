@@ -59,10 +59,18 @@ BAD: list[tuple[str, list[str]]] = [
     ("bad-bool", ["--blockdev", "driver=null-co,node-name=n,read-only=maybe"]),
     ("object-for-scalar", ["--blockdev", "driver=null-co,node-name.a=x"]),
     ("scalar-for-object", ["--blockdev", "driver=null-co,node-name=n,cache=x"]),
-    ("list-element-path", ["--blockdev", "driver=quorum,node-name=q,children.0.driver=null-co,"
-                                         "children.0.bogus=1,vote-threshold=1"]),
-    ("list-to-missing-node", ["--blockdev", "quorum,node-name=q,children.0=a,children.00=b,"
-                                            "vote-threshold=1"]),
+    (
+        "list-element-path",
+        [
+            "--blockdev",
+            "driver=quorum,node-name=q,children.0.driver=null-co,"
+            "children.0.bogus=1,vote-threshold=1",
+        ],
+    ),
+    (
+        "list-to-missing-node",
+        ["--blockdev", "quorum,node-name=q,children.0=a,children.00=b,vote-threshold=1"],
+    ),
     ("duplicate-node-name", [*NULL, *NULL]),
     ("bad-json", ["--blockdev", '{"driver":"null-co","node-name":"n"']),
     ("two-json-values", ["--blockdev", '{"driver":"null-co","node-name":"n"} x']),
@@ -81,8 +89,10 @@ BAD: list[tuple[str, list[str]]] = [
     ("pidfile-directory-missing", ["--pidfile", "{dir}/no/p", *NULL]),
     # --object
     ("object-bad-int", ["--object", "throttle-group,id=tg0,x-iops-total=abc"]),
-    ("object-duplicate-id", ["--object", "throttle-group,id=tg0,x-iops-total=10",
-                             "--object", "throttle-group,id=tg0"]),
+    (
+        "object-duplicate-id",
+        ["--object", "throttle-group,id=tg0,x-iops-total=10", "--object", "throttle-group,id=tg0"],
+    ),
     ("object-unknown-type", ["--object", "bogus,id=x"]),
     ("object-missing-id", ["--object", "iothread"]),
     ("object-bad-id", ["--object", "iothread,id=1bad"]),
@@ -91,19 +101,41 @@ BAD: list[tuple[str, list[str]]] = [
     # --nbd-server and --export
     ("nbd-missing-path", ["--nbd-server", "addr.type=unix"]),
     ("nbd-bad-type", ["--nbd-server", "addr.type=bogus"]),
-    ("nbd-max-connections-int", ["--nbd-server", "addr.type=unix,addr.path={dir}/n.sock,"
-                                                 "max-connections=x"]),
-    ("nbd-max-connections-range", ["--nbd-server", "addr.type=unix,addr.path={dir}/n.sock,"
-                                                   "max-connections=-1"]),
-    ("nbd-tls-creds-missing", ["--nbd-server", "addr.type=unix,addr.path={dir}/n.sock,"
-                                               "tls-creds=nope"]),
-    ("nbd-tls-creds-wrong-type", ["--object", "iothread,id=io", "--nbd-server",
-                                  "addr.type=unix,addr.path={dir}/n.sock,tls-creds=io"]),
+    (
+        "nbd-max-connections-int",
+        ["--nbd-server", "addr.type=unix,addr.path={dir}/n.sock,max-connections=x"],
+    ),
+    (
+        "nbd-max-connections-range",
+        ["--nbd-server", "addr.type=unix,addr.path={dir}/n.sock,max-connections=-1"],
+    ),
+    (
+        "nbd-tls-creds-missing",
+        ["--nbd-server", "addr.type=unix,addr.path={dir}/n.sock,tls-creds=nope"],
+    ),
+    (
+        "nbd-tls-creds-wrong-type",
+        [
+            "--object",
+            "iothread,id=io",
+            "--nbd-server",
+            "addr.type=unix,addr.path={dir}/n.sock,tls-creds=io",
+        ],
+    ),
     ("nbd-server-twice", [*NBD, "--nbd-server", "addr.type=unix,addr.path={dir}/n2.sock"]),
     ("export-without-server", [*NULL, "--export", "type=nbd,id=e,node-name=n"]),
     ("export-missing-node", [*NBD, "--export", "type=nbd,id=e,node-name=nope"]),
-    ("export-duplicate-id", [*NULL, *NBD, "--export", "type=nbd,id=e,node-name=n",
-                             "--export", "type=nbd,id=e,node-name=n,name=x"]),
+    (
+        "export-duplicate-id",
+        [
+            *NULL,
+            *NBD,
+            "--export",
+            "type=nbd,id=e,node-name=n",
+            "--export",
+            "type=nbd,id=e,node-name=n,name=x",
+        ],
+    ),
     ("export-missing-id", [*NULL, *NBD, "--export", "nbd,node-name=n"]),
     ("export-unexpected", [*NULL, *NBD, "--export", "nbd,id=e,node-name=n,bogus=1"]),
     ("export-unknown-type", ["--e", "x"]),
@@ -113,8 +145,10 @@ BAD: list[tuple[str, list[str]]] = [
     ("monitor-readline", [*SOCK, "--monitor", "chardev=c,mode=readline"]),
     ("monitor-unexpected", [*SOCK, "--monitor", "c,bogus=1"]),
     ("monitor-in-use", [*SOCK, "--monitor", "c", "--monitor", "c,pretty=on"]),
-    ("short-form-warnings", ["--chardev", "socket,path={dir}/m.sock,server,nowait,id=c",
-                             "--monitor", "c,pretty=maybe"]),
+    (
+        "short-form-warnings",
+        ["--chardev", "socket,path={dir}/m.sock,server,nowait,id=c", "--monitor", "c,pretty=maybe"],
+    ),
     ("chardev-no-id", ["--chardev", "socket,path={dir}/m.sock,server=on,wait=off"]),
     ("chardev-unknown-key", [*SOCK[:1], SOCK[1] + ",bogus=1"]),
     ("chardev-unknown-backend", ["--chardev", "bogus,id=c"]),
@@ -122,13 +156,17 @@ BAD: list[tuple[str, list[str]]] = [
     ("chardev-bad-id", ["--chardev", "socket,id=1x"]),
     ("chardev-bad-bool", ["--chardev", "socket,path={dir}/z.sock,server=maybe,id=c"]),
     ("chardev-no-path", ["--chardev", "socket,id=c"]),
-    ("chardev-duplicate", [*SOCK, "--chardev", "socket,path={dir}/m2.sock,server=on,"
-                                               "wait=off,id=c"]),
+    (
+        "chardev-duplicate",
+        [*SOCK, "--chardev", "socket,path={dir}/m2.sock,server=on,wait=off,id=c"],
+    ),
     ("chardev-bind-fails", ["--chardev", "socket,path={dir}/no/m.sock,server=on,wait=off,id=c"]),
     ("chardev-path-is-a-directory", ["--chardev", "socket,path={dir},server=on,wait=off,id=c"]),
     ("nbd-bind-fails", ["--nbd-server", "addr.type=unix,addr.path={dir}/no/n.sock"]),
-    ("chardev-path-too-long", ["--chardev", f"socket,path={{dir}}/{'a' * 110},server=on,"
-                                            "wait=off,id=c"]),
+    (
+        "chardev-path-too-long",
+        ["--chardev", f"socket,path={{dir}}/{'a' * 110},server=on,wait=off,id=c"],
+    ),
 ]
 
 
@@ -139,10 +177,15 @@ def _args(args: list[str], workdir: Path) -> list[str]:
 def _qsd(args: list[str], workdir: Path) -> tuple[int, str]:
     """The real daemon; a line it accepted would run forever, so the deadline kills it."""
     # argv[0] as a user types it: glibc's getopt messages print argv[0] verbatim
-    proc = subprocess.Popen(["qemu-storage-daemon", *_args(args, workdir)],
-                            executable=QSD_BINARY, cwd=workdir,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ["qemu-storage-daemon", *_args(args, workdir)],
+        executable=QSD_BINARY,
+        cwd=workdir,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         out, err = proc.communicate(timeout=30)
     except subprocess.TimeoutExpired:
@@ -178,13 +221,20 @@ def test_bad_command_line_same_message(case: str, args: list[str], tmp_path: Pat
     (tmp_path / "tx").mkdir()
     expected = _qsd(args, tmp_path / "qsd")
     got = _txgraph(args, tmp_path / "tx")
-    assert expected[0] == 1, expected    # a refusal on QSD: the table holds bad lines only
+    assert expected[0] == 1, expected  # a refusal on QSD: the table holds bad lines only
     assert got == expected
 
 
 def test_table_covers_every_option() -> None:
     used = {a.split("=")[0] for _, args in BAD for a in args if a.startswith("-")}
-    for option in ("--blockdev", "--object", "--export", "--nbd-server", "--chardev",
-                   "--monitor", "--pidfile"):
+    for option in (
+        "--blockdev",
+        "--object",
+        "--export",
+        "--nbd-server",
+        "--chardev",
+        "--monitor",
+        "--pidfile",
+    ):
         assert option in used
     assert len(BAD) >= 30

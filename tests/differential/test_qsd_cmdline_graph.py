@@ -35,33 +35,54 @@ NBD = "--nbd-server", "addr.type=unix,addr.path={dir}/nbd.sock"
 
 GOOD: dict[str, list[str]] = {
     "throttled-export": [
-        "--blockdev", "driver=null-co,node-name=n,size=1048576",
-        "--object", "throttle-group,id=tg0,x-iops-total=10",
-        "--blockdev", "throttle,node-name=t,throttle-group=tg0,file=n",
-        *NBD, "--export", "type=nbd,id=e,node-name=t,name=disk,writable=on"],
+        "--blockdev",
+        "driver=null-co,node-name=n,size=1048576",
+        "--object",
+        "throttle-group,id=tg0,x-iops-total=10",
+        "--blockdev",
+        "throttle,node-name=t,throttle-group=tg0,file=n",
+        *NBD,
+        "--export",
+        "type=nbd,id=e,node-name=t,name=disk,writable=on",
+    ],
     "json-and-escaped-comma": [
-        "--blockdev", '{"driver": "file", "node-name": "f", "filename": "{dir}/a,b.qcow2"}',
-        "--blockdev", "qcow2,node-name=q,file=f,read-only=on,cache.no-flush=on",
-        "--blockdev", "driver=file,node-name=g,filename={dir}/a,,b.qcow2,read-only=on",
-        "--object", '{"qom-type": "iothread", "id": "io0"}',
-        *NBD, "--export", "nbd,id=e,node-name=q,name=ro"],
+        "--blockdev",
+        '{"driver": "file", "node-name": "f", "filename": "{dir}/a,b.qcow2"}',
+        "--blockdev",
+        "qcow2,node-name=q,file=f,read-only=on,cache.no-flush=on",
+        "--blockdev",
+        "driver=file,node-name=g,filename={dir}/a,,b.qcow2,read-only=on",
+        "--object",
+        '{"qom-type": "iothread", "id": "io0"}',
+        *NBD,
+        "--export",
+        "nbd,id=e,node-name=q,name=ro",
+    ],
     "quorum-lists": [
-        "--blockdev", "null-co,node-name=n0,size=65536",
-        "--blockdev", "driver=quorum,node-name=q,vote-threshold=2,children.0=n0,"
-                      "children.1.driver=null-co,children.1.size=65536,"
-                      "children.2.driver=null-co,children.2.size=65536,read-only=on"],
+        "--blockdev",
+        "null-co,node-name=n0,size=65536",
+        "--blockdev",
+        "driver=quorum,node-name=q,vote-threshold=2,children.0=n0,"
+        "children.1.driver=null-co,children.1.size=65536,"
+        "children.2.driver=null-co,children.2.size=65536,read-only=on",
+    ],
 }
 
 
 def _spawn(kind: str, args: list[str], workdir: Path) -> QMPProcess:
     sock = str(workdir / "qmp.sock")
     line = [a.replace("{dir}", str(workdir)) for a in args]
-    monitor = ["--chardev", f"socket,id=mon0,path={sock},server=on,wait=off",
-               "--monitor", "chardev=mon0"]
+    monitor = [
+        "--chardev",
+        f"socket,id=mon0,path={sock},server=on,wait=off",
+        "--monitor",
+        "chardev=mon0",
+    ]
     prog = [QSD_BINARY] if kind == "qsd" else [sys.executable, "-m", "txgraph.cli", "serve"]
     # QMPProcess owns the tmpdir it is given (removed on close): hand it a scratch one
-    return QMPProcess([*prog, *monitor, *line], sock, tempfile.mkdtemp(prefix=f"{kind}-"),
-                      str(workdir))
+    return QMPProcess(
+        [*prog, *monitor, *line], sock, tempfile.mkdtemp(prefix=f"{kind}-"), str(workdir)
+    )
 
 
 @contextmanager
@@ -81,9 +102,11 @@ def _both(args: list[str], tmp_path: Path) -> Iterator[dict[str, tuple[QMPProces
 def _state(proc: QMPProcess, workdir: Path) -> dict[str, Any]:
     nodes = proc.cmd("query-named-block-nodes", {"flat": True})
     exports = sorted(proc.cmd("query-block-exports"), key=lambda e: e["id"])
-    return {"nodes": canon_nodes(nodes, str(workdir)),
-            "graph": canon_graph(proc.cmd("x-debug-query-block-graph"), str(workdir)),
-            "exports": exports}
+    return {
+        "nodes": canon_nodes(nodes, str(workdir)),
+        "graph": canon_graph(proc.cmd("x-debug-query-block-graph"), str(workdir)),
+        "exports": exports,
+    }
 
 
 @pytest.mark.parametrize("case", sorted(GOOD))
@@ -91,34 +114,45 @@ def test_same_command_line_same_graph(case: str, tmp_path: Path) -> None:
     with _both(GOOD[case], tmp_path) as peers:
         states = {kind: _state(proc, workdir) for kind, (proc, workdir) in peers.items()}
         assert states["txgraph"] == states["qsd"]
-        assert states["qsd"]["nodes"]    # the line built something to compare
+        assert states["qsd"]["nodes"]  # the line built something to compare
         if "--export" in GOOD[case]:
             infos = {}
             for kind, (_proc, workdir) in peers.items():
                 name = next(e["id"] for e in states[kind]["exports"])
                 export = "disk" if case == "throttled-export" else "ro"
                 assert name == "e"
-                info = json.loads(qemu_img("info", "--output=json",
-                                           f"nbd+unix:///{export}?socket={workdir}/nbd.sock"))
+                info = json.loads(
+                    qemu_img(
+                        "info", "--output=json", f"nbd+unix:///{export}?socket={workdir}/nbd.sock"
+                    )
+                )
                 infos[kind] = {k: info[k] for k in ("virtual-size", "format")}
             assert infos["txgraph"] == infos["qsd"]
 
 
 def _run_cli(args: list[str]) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run([sys.executable, "-m", "txgraph.cli", "serve", *args],
-                              capture_output=True, text=True, timeout=120,
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:   # subprocess.run has killed it already
+        return subprocess.run(
+            [sys.executable, "-m", "txgraph.cli", "serve", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:  # subprocess.run has killed it already
         pytest.fail(f"txgraph serve {args} did not exit")
 
 
-@pytest.mark.parametrize("args", [
-    ["--blockdev", "driver=null-co,node-name=n"],         # the issue's example: no monitor
-    ["--blockdev", "driver=null-co,node-name=n,size=1M"],
-    ["--blockdev", '{"driver":"null-co"'],
-    ["--monitor", "chardev=nope"],
-], ids=["runs-without-monitor", "size-suffix", "bad-json", "missing-chardev"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--blockdev", "driver=null-co,node-name=n"],  # the issue's example: no monitor
+        ["--blockdev", "driver=null-co,node-name=n,size=1M"],
+        ["--blockdev", '{"driver":"null-co"'],
+        ["--monitor", "chardev=nope"],
+    ],
+    ids=["runs-without-monitor", "size-suffix", "bad-json", "missing-chardev"],
+)
 def test_cli_exit_status_and_stderr(args: list[str], tmp_path: Path) -> None:
     if args == ["--blockdev", "driver=null-co,node-name=n"]:
         # a good line serves until SIGTERM, like QSD (here with a pidfile to find it by)
@@ -127,18 +161,25 @@ def test_cli_exit_status_and_stderr(args: list[str], tmp_path: Path) -> None:
             _serve_until_term([*prog, "--pidfile", str(pid), *args], pid)
         return
     cli = _run_cli(args)
-    qsd = subprocess.run(["qemu-storage-daemon", *args], executable=QSD_BINARY,
-                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    qsd = subprocess.run(
+        ["qemu-storage-daemon", *args],
+        executable=QSD_BINARY,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert (cli.returncode, cli.stderr, cli.stdout) == (qsd.returncode, qsd.stderr, qsd.stdout)
     assert cli.returncode == 1 and "Traceback" not in cli.stderr
 
 
 def _serve_until_term(argv: list[str], pidfile: Path) -> None:
     """Start, wait for the pidfile (QSD writes it once every option ran), SIGTERM, check."""
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
-        for _ in range(1200):      # deadline: 120 s
+        for _ in range(1200):  # deadline: 120 s
             if pidfile.exists() and pidfile.read_text().endswith("\n"):
                 break
             if proc.poll() is not None:
@@ -153,7 +194,7 @@ def _serve_until_term(argv: list[str], pidfile: Path) -> None:
         os.kill(proc.pid, signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
         assert (proc.returncode, out, err) == (0, "", "")
-        assert not pidfile.exists()      # removed at exit
+        assert not pidfile.exists()  # removed at exit
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -168,7 +209,7 @@ def _second_monitor(path: Path) -> list[Any]:
         sock.settimeout(60)
         sock.connect(str(path))
         stream = sock.makefile("rwb")
-        json.loads(stream.readline())                      # the greeting
+        json.loads(stream.readline())  # the greeting
         replies = []
         for command in ("qmp_capabilities", "query-named-block-nodes"):
             stream.write(json.dumps({"execute": command}).encode())
@@ -178,8 +219,14 @@ def _second_monitor(path: Path) -> list[Any]:
 
 
 def test_two_monitors_share_one_block_layer(tmp_path: Path) -> None:
-    args = ["--chardev", "socket,id=mon1,path={dir}/second.sock,server=on,wait=off",
-            "--monitor", "mon1", "--blockdev", "null-co,node-name=n"]
+    args = [
+        "--chardev",
+        "socket,id=mon1,path={dir}/second.sock,server=on,wait=off",
+        "--monitor",
+        "mon1",
+        "--blockdev",
+        "null-co,node-name=n",
+    ]
     with _both(args, tmp_path) as peers:
         seen = {}
         for kind, (proc, workdir) in peers.items():

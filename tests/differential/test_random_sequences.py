@@ -24,7 +24,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
 from tests.differential.harness import (
-    EnginePeer, Peer, QSDPeer, SetupAction, _run_setup, cmd, lockstep,
+    EnginePeer,
+    Peer,
+    QSDPeer,
+    SetupAction,
+    _run_setup,
+    cmd,
+    lockstep,
 )
 from tests.differential.scenarios._common import qcow2_img, raw_img
 
@@ -36,8 +42,10 @@ RAW_IMAGES = ["r0.raw", "r1.raw"]
 QCOW2_IMAGES = ["q0.qcow2", "q1.qcow2", "t.qcow2"]
 
 SETUP: list[SetupAction] = [
-    raw_img("r0.raw", "1M"), raw_img("r1.raw", "1M"),
-    qcow2_img("q0.qcow2", "1M"), qcow2_img("q1.qcow2", "1M"),
+    raw_img("r0.raw", "1M"),
+    raw_img("r1.raw", "1M"),
+    qcow2_img("q0.qcow2", "1M"),
+    qcow2_img("q1.qcow2", "1M"),
     qcow2_img("t.qcow2", "1M", backing="q0.qcow2"),
 ]
 
@@ -52,13 +60,18 @@ def _file(image: str, name: str | None) -> dict[str, Any]:
     return d
 
 
-common_opts = st.fixed_dictionaries({}, optional={
-    "read-only": st.booleans(),
-    "cache": st.fixed_dictionaries({}, optional={"direct": st.booleans(), "no-flush": st.booleans()}),
-    "force-share": st.booleans(),
-    "detect-zeroes": st.sampled_from(["off", "on", "unmap"]),
-    "discard": st.sampled_from(["ignore", "unmap"]),
-})
+common_opts = st.fixed_dictionaries(
+    {},
+    optional={
+        "read-only": st.booleans(),
+        "cache": st.fixed_dictionaries(
+            {}, optional={"direct": st.booleans(), "no-flush": st.booleans()}
+        ),
+        "force-share": st.booleans(),
+        "detect-zeroes": st.sampled_from(["off", "on", "unmap"]),
+        "discard": st.sampled_from(["ignore", "unmap"]),
+    },
+)
 
 child_name = st.one_of(st.none(), names)
 file_child = st.one_of(
@@ -96,17 +109,25 @@ class DifferentialMachine(RuleBasedStateMachine):
 
     # -- the one step ---------------------------------------------------------------------
     def _step(self, message: dict[str, Any]) -> None:
-        records, diff = lockstep(self.peers, [str(d) for d in self.dirs], self.autos,
-                                 self.history, message)
+        _records, diff = lockstep(
+            self.peers, [str(d) for d in self.dirs], self.autos, self.history, message
+        )
         if diff:
             hist = "\n".join(f"  {i}: {h}" for i, h in enumerate(self.history))
-            raise AssertionError("QSD (left) and txgraph (right) differ after the last step:\n"
-                                 + "\n".join(f"    {ln}" for ln in diff) + "\nsequence:\n" + hist)
+            raise AssertionError(
+                "QSD (left) and txgraph (right) differ after the last step:\n"
+                + "\n".join(f"    {ln}" for ln in diff)
+                + "\nsequence:\n"
+                + hist
+            )
 
     # -- rules ----------------------------------------------------------------------------
-    @rule(name=maybe_bad_names, drv=st.sampled_from(["null-co", "null-aio"]),
-          size=st.one_of(st.none(), st.sampled_from([0, 512, 1048576])),
-          opts=common_opts)
+    @rule(
+        name=maybe_bad_names,
+        drv=st.sampled_from(["null-co", "null-aio"]),
+        size=st.one_of(st.none(), st.sampled_from([0, 512, 1048576])),
+        opts=common_opts,
+    )
     def add_null(self, name: str, drv: str, size: int | None, opts: dict[str, Any]) -> None:
         args: dict[str, Any] = {"driver": drv, "node-name": name, **opts}
         if size is not None:
@@ -117,9 +138,16 @@ class DifferentialMachine(RuleBasedStateMachine):
     def add_file(self, name: str, image: str, opts: dict[str, Any]) -> None:
         self._step(cmd("blockdev-add", {**_file(image, name), **opts}))
 
-    @rule(name=names, file=file_child, opts=common_opts,
-          backing=st.sampled_from(["absent", "null", "ref"]), bref=names)
-    def add_qcow2(self, name: str, file: Any, opts: dict[str, Any], backing: str, bref: str) -> None:
+    @rule(
+        name=names,
+        file=file_child,
+        opts=common_opts,
+        backing=st.sampled_from(["absent", "null", "ref"]),
+        bref=names,
+    )
+    def add_qcow2(
+        self, name: str, file: Any, opts: dict[str, Any], backing: str, bref: str
+    ) -> None:
         args: dict[str, Any] = {"driver": "qcow2", "node-name": name, "file": file, **opts}
         if backing == "null":
             args["backing"] = None
@@ -127,8 +155,12 @@ class DifferentialMachine(RuleBasedStateMachine):
             args["backing"] = bref
         self._step(cmd("blockdev-add", args))
 
-    @rule(name=names, file=st.one_of(file_child, st.builds(lambda: {"driver": "null-co"})),
-          opts=common_opts, offset=st.one_of(st.none(), st.sampled_from([0, 512, 4096])))
+    @rule(
+        name=names,
+        file=st.one_of(file_child, st.builds(lambda: {"driver": "null-co"})),
+        opts=common_opts,
+        offset=st.one_of(st.none(), st.sampled_from([0, 512, 4096])),
+    )
     def add_raw(self, name: str, file: Any, opts: dict[str, Any], offset: int | None) -> None:
         args: dict[str, Any] = {"driver": "raw", "node-name": name, "file": file, **opts}
         if offset is not None:
@@ -137,18 +169,54 @@ class DifferentialMachine(RuleBasedStateMachine):
 
     @rule(name=names, group=st.sampled_from(GROUPS), child=names, opts=common_opts)
     def add_throttle(self, name: str, group: str, child: str, opts: dict[str, Any]) -> None:
-        self._step(cmd("blockdev-add", {"driver": "throttle", "node-name": name,
-                                        "throttle-group": group, "file": child, **opts}))
+        self._step(
+            cmd(
+                "blockdev-add",
+                {
+                    "driver": "throttle",
+                    "node-name": name,
+                    "throttle-group": group,
+                    "file": child,
+                    **opts,
+                },
+            )
+        )
 
-    @rule(name=names, children=st.lists(st.one_of(names, st.builds(
-              lambda: {"driver": "null-co", "size": 1048576})), min_size=1, max_size=3),
-          threshold=st.integers(1, 3))
+    @rule(
+        name=names,
+        children=st.lists(
+            st.one_of(names, st.builds(lambda: {"driver": "null-co", "size": 1048576})),
+            min_size=1,
+            max_size=3,
+        ),
+        threshold=st.integers(1, 3),
+    )
     def add_quorum(self, name: str, children: list[Any], threshold: int) -> None:
-        self._step(cmd("blockdev-add", {"driver": "quorum", "node-name": name,
-                                        "vote-threshold": threshold, "children": children}))
+        self._step(
+            cmd(
+                "blockdev-add",
+                {
+                    "driver": "quorum",
+                    "node-name": name,
+                    "vote-threshold": threshold,
+                    "children": children,
+                },
+            )
+        )
 
-    @rule(name=names, bad=st.sampled_from(["unknown-driver", "unknown-member", "wrong-type",
-                                           "missing-file", "not-qcow2", "no-name"]))
+    @rule(
+        name=names,
+        bad=st.sampled_from(
+            [
+                "unknown-driver",
+                "unknown-member",
+                "wrong-type",
+                "missing-file",
+                "not-qcow2",
+                "no-name",
+            ]
+        ),
+    )
     def add_invalid(self, name: str, bad: str) -> None:
         args: dict[str, Any] = {
             "unknown-driver": {"driver": "nosuch", "node-name": name},
@@ -166,10 +234,14 @@ class DifferentialMachine(RuleBasedStateMachine):
 
     @rule(gid=st.sampled_from(GROUPS), iops=st.sampled_from([0, 100, -1]))
     def object_add(self, gid: str, iops: int) -> None:
-        self._step(cmd("object-add", {"qom-type": "throttle-group", "id": gid,
-                                      "limits": {"iops-total": iops}}))
+        self._step(
+            cmd(
+                "object-add",
+                {"qom-type": "throttle-group", "id": gid, "limits": {"iops-total": iops}},
+            )
+        )
 
-    @rule(gid=st.sampled_from(GROUPS + ["nothere"]))
+    @rule(gid=st.sampled_from([*GROUPS, "nothere"]))
     def object_del(self, gid: str) -> None:
         self._step(cmd("object-del", {"id": gid}))
 
@@ -184,5 +256,6 @@ class SelfCheckMachine(DifferentialMachine):
 
 
 TestRandomSelfCheck = SelfCheckMachine.TestCase
-TestRandomSelfCheck.settings = settings(TestRandomSelfCheck.settings,
-                                        max_examples=min(5, TestRandomSelfCheck.settings.max_examples))
+TestRandomSelfCheck.settings = settings(
+    TestRandomSelfCheck.settings, max_examples=min(5, TestRandomSelfCheck.settings.max_examples)
+)

@@ -67,15 +67,22 @@ def _qemu_io(d: str, export: str, commands: Sequence[str]) -> list[str]:
     for c in commands:
         argv += ["-c", c]
     res = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    return _canon(res.stdout + res.stderr, d) + [f"rc={res.returncode}"]
+    return [*_canon(res.stdout + res.stderr, d), f"rc={res.returncode}"]
 
 
 def _map(d: str, image: str, fmt: str) -> list[dict[str, Any]]:
-    res = subprocess.run(["qemu-img", "map", "-f", fmt, "--output=json", f"{d}/{image}"],
-                         capture_output=True, text=True, timeout=60, check=True)
+    res = subprocess.run(
+        ["qemu-img", "map", "-f", fmt, "--output=json", f"{d}/{image}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     # Host offsets differ between peers; whether a range has one (is allocated) must not.
-    return [{**{k: v for k, v in e.items() if k != "offset"}, "host": "offset" in e}
-            for e in json.loads(res.stdout)]
+    return [
+        {**{k: v for k, v in e.items() if k != "offset"}, "host": "offset" in e}
+        for e in json.loads(res.stdout)
+    ]
 
 
 def _run(case: Case, peer: type[QMPProcess]) -> dict[str, Any]:
@@ -85,11 +92,14 @@ def _run(case: Case, peer: type[QMPProcess]) -> dict[str, Any]:
         case.setup(d)
         proc = peer(workdir=d)  # type: ignore[call-arg]
         try:
-            steps = [*case.steps(d),
-                     ("nbd-server-start", {"addr": {"type": "unix",
-                                                    "data": {"path": f"{d}/nbd.sock"}}}),
-                     ("block-export-add", {"type": "nbd", "id": "e", "node-name": case.export,
-                                           "writable": case.writable})]
+            steps = [
+                *case.steps(d),
+                ("nbd-server-start", {"addr": {"type": "unix", "data": {"path": f"{d}/nbd.sock"}}}),
+                (
+                    "block-export-add",
+                    {"type": "nbd", "id": "e", "node-name": case.export, "writable": case.writable},
+                ),
+            ]
             for command, arguments in steps:
                 out["replies"].append((command, proc.execute(command, arguments)))
             for batch in case.io:
@@ -113,34 +123,87 @@ def _qcow2_with_data(d: str) -> None:
 
 
 def _add_qcow2(d: str, **common: Any) -> Steps:
-    return [("blockdev-add", {"driver": "qcow2", "node-name": "q", **common,
-                              "file": {"driver": "file", "node-name": "qf",
-                                       "filename": f"{d}/img.qcow2"}})]
+    return [
+        (
+            "blockdev-add",
+            {
+                "driver": "qcow2",
+                "node-name": "q",
+                **common,
+                "file": {"driver": "file", "node-name": "qf", "filename": f"{d}/img.qcow2"},
+            },
+        )
+    ]
 
 
-_ZERO_IO = [["write -P 0 0 64k", "write -P 0 512k 64k", "write -P 0 100k 8k",
-             "read -P 0 0 64k", "read -P 5 64k 36k", "read -P 0 100k 8k"]]
+_ZERO_IO = [
+    [
+        "write -P 0 0 64k",
+        "write -P 0 512k 64k",
+        "write -P 0 100k 8k",
+        "read -P 0 0 64k",
+        "read -P 5 64k 36k",
+        "read -P 0 100k 8k",
+    ]
+]
 
 
 def _chain(d: str, *, mid: bool = False) -> None:
     """base.qcow2 (data at 0-64k and 192k-256k) [<- mid.qcow2 (data at 128k-192k)] <- top.qcow2."""
     _sh("qemu-img", "create", "-q", "-f", "qcow2", f"{d}/base.qcow2", "1M")
-    _sh("qemu-io", "-f", "qcow2", "-c", "write -P 7 0 64k", "-c", "write -P 9 192k 64k",
-        f"{d}/base.qcow2")
+    _sh(
+        "qemu-io",
+        "-f",
+        "qcow2",
+        "-c",
+        "write -P 7 0 64k",
+        "-c",
+        "write -P 9 192k 64k",
+        f"{d}/base.qcow2",
+    )
     below = "base.qcow2"
     if mid:
-        _sh("qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2",
-            f"{d}/mid.qcow2", "1M")
+        _sh(
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            f"{d}/mid.qcow2",
+            "1M",
+        )
         _sh("qemu-io", "-f", "qcow2", "-c", "write -P 3 128k 64k", f"{d}/mid.qcow2")
         below = "mid.qcow2"
-    _sh("qemu-img", "create", "-q", "-f", "qcow2", "-b", below, "-F", "qcow2",
-        f"{d}/top.qcow2", "1M")
+    _sh(
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        below,
+        "-F",
+        "qcow2",
+        f"{d}/top.qcow2",
+        "1M",
+    )
 
 
 def _add_top(d: str) -> Steps:
-    return [("blockdev-add", {"driver": "qcow2", "node-name": "top",
-                              "file": {"driver": "file", "node-name": "topf",
-                                       "filename": f"{d}/top.qcow2"}})]
+    return [
+        (
+            "blockdev-add",
+            {
+                "driver": "qcow2",
+                "node-name": "top",
+                "file": {"driver": "file", "node-name": "topf", "filename": f"{d}/top.qcow2"},
+            },
+        )
+    ]
 
 
 def _raw_disk(d: str) -> None:
@@ -150,14 +213,38 @@ def _raw_disk(d: str) -> None:
 
 def _named_chain(d: str, *, bottom: str) -> Steps:
     """base <- mid <- top opened by name, and a COR filter over top with ``bottom``."""
-    return [("blockdev-add", {"driver": "qcow2", "node-name": "base",
-                              "file": {"driver": "file", "filename": f"{d}/base.qcow2"}}),
-            ("blockdev-add", {"driver": "qcow2", "node-name": "mid", "backing": "base",
-                              "file": {"driver": "file", "filename": f"{d}/mid.qcow2"}}),
-            ("blockdev-add", {"driver": "qcow2", "node-name": "top", "backing": "mid",
-                              "file": {"driver": "file", "filename": f"{d}/top.qcow2"}}),
-            ("blockdev-add", {"driver": "copy-on-read", "node-name": "cor", "file": "top",
-                              "bottom": bottom})]
+    return [
+        (
+            "blockdev-add",
+            {
+                "driver": "qcow2",
+                "node-name": "base",
+                "file": {"driver": "file", "filename": f"{d}/base.qcow2"},
+            },
+        ),
+        (
+            "blockdev-add",
+            {
+                "driver": "qcow2",
+                "node-name": "mid",
+                "backing": "base",
+                "file": {"driver": "file", "filename": f"{d}/mid.qcow2"},
+            },
+        ),
+        (
+            "blockdev-add",
+            {
+                "driver": "qcow2",
+                "node-name": "top",
+                "backing": "mid",
+                "file": {"driver": "file", "filename": f"{d}/top.qcow2"},
+            },
+        ),
+        (
+            "blockdev-add",
+            {"driver": "copy-on-read", "node-name": "cor", "file": "top", "bottom": bottom},
+        ),
+    ]
 
 
 _COR_IO = [["read -P 7 0 32k", "read 100k 8k", "read -P 9 200k 4k", "read -P 0 600k 4k"]]
@@ -165,122 +252,274 @@ _COR_IO = [["read -P 7 0 32k", "read 100k 8k", "read -P 9 200k 4k", "read -P 0 6
 CASES: dict[str, Case] = {
     # detect-zeroes=unmap with discard=unmap: zero writes deallocate (zero, no data)
     "detect_zeroes_unmap": Case(
-        _qcow2_with_data, lambda d: _add_qcow2(d, discard="unmap", **{"detect-zeroes": "unmap"}),
-        "q", _ZERO_IO, ["img.qcow2"]),
+        _qcow2_with_data,
+        lambda d: _add_qcow2(d, discard="unmap", **{"detect-zeroes": "unmap"}),
+        "q",
+        _ZERO_IO,
+        ["img.qcow2"],
+    ),
     # detect-zeroes=on: zero clusters, no unmap
     "detect_zeroes_on": Case(
-        _qcow2_with_data, lambda d: _add_qcow2(d, **{"detect-zeroes": "on"}),
-        "q", _ZERO_IO, ["img.qcow2"]),
+        _qcow2_with_data,
+        lambda d: _add_qcow2(d, **{"detect-zeroes": "on"}),
+        "q",
+        _ZERO_IO,
+        ["img.qcow2"],
+    ),
     # default (off): zero buffers are written as data
     "detect_zeroes_off": Case(_qcow2_with_data, _add_qcow2, "q", _ZERO_IO, ["img.qcow2"]),
     # blockdev-reopen turns detect-zeroes on while the export is live
     "detect_zeroes_on_after_reopen": Case(
-        _qcow2_with_data, _add_qcow2, "q", [["write -P 0 0 64k"]], ["img.qcow2"],
-        later_steps=lambda d: [("blockdev-reopen", {"options": [
-            {"driver": "qcow2", "node-name": "q", "file": "qf", "detect-zeroes": "on"}]})],
-        later_io=[["write -P 0 64k 64k", "write -P 0 512k 64k", "read -P 0 0 128k"]]),
+        _qcow2_with_data,
+        _add_qcow2,
+        "q",
+        [["write -P 0 0 64k"]],
+        ["img.qcow2"],
+        later_steps=lambda d: [
+            (
+                "blockdev-reopen",
+                {
+                    "options": [
+                        {"driver": "qcow2", "node-name": "q", "file": "qf", "detect-zeroes": "on"}
+                    ]
+                },
+            )
+        ],
+        later_io=[["write -P 0 64k 64k", "write -P 0 512k 64k", "read -P 0 0 128k"]],
+    ),
     "detect_zeroes_unmap_after_reopen": Case(
-        _qcow2_with_data, _add_qcow2, "q", [["write -P 0 0 64k"]], ["img.qcow2"],
-        later_steps=lambda d: [("blockdev-reopen", {"options": [
-            {"driver": "qcow2", "node-name": "q", "file": "qf", "discard": "unmap",
-             "detect-zeroes": "unmap"}]})],
-        later_io=[["write -P 0 64k 64k", "write -P 0 512k 64k", "read -P 0 0 128k"]]),
+        _qcow2_with_data,
+        _add_qcow2,
+        "q",
+        [["write -P 0 0 64k"]],
+        ["img.qcow2"],
+        later_steps=lambda d: [
+            (
+                "blockdev-reopen",
+                {
+                    "options": [
+                        {
+                            "driver": "qcow2",
+                            "node-name": "q",
+                            "file": "qf",
+                            "discard": "unmap",
+                            "detect-zeroes": "unmap",
+                        }
+                    ]
+                },
+            )
+        ],
+        later_io=[["write -P 0 64k 64k", "write -P 0 512k 64k", "read -P 0 0 128k"]],
+    ),
     # NBD WRITE_ZEROES with and without NO_HOLE on a root node opened with discard=ignore
     # (QEMU 7.2's BlockBackend passes MAY_UNMAP on; only a parent's request is checked)
     "zero_writes_through_export": Case(
-        _qcow2_with_data, _add_qcow2, "q",
-        [["write -z -u 0 64k", "write -z 64k 64k", "write -z -u 512k 64k", "read -P 0 0 128k",
-          "read -P 5 128k 64k"]], ["img.qcow2"]),
+        _qcow2_with_data,
+        _add_qcow2,
+        "q",
+        [
+            [
+                "write -z -u 0 64k",
+                "write -z 64k 64k",
+                "write -z -u 512k 64k",
+                "read -P 0 0 128k",
+                "read -P 5 128k 64k",
+            ]
+        ],
+        ["img.qcow2"],
+    ),
     "zero_writes_through_raw_parent": Case(
         _qcow2_with_data,
-        lambda d: [*_add_qcow2(d), ("blockdev-add", {"driver": "raw", "node-name": "r",
-                                                     "file": "q"})],
-        "r", [["write -z -u 0 64k", "write -z 64k 64k", "read -P 0 0 128k"]], ["img.qcow2"]),
+        lambda d: [
+            *_add_qcow2(d),
+            ("blockdev-add", {"driver": "raw", "node-name": "r", "file": "q"}),
+        ],
+        "r",
+        [["write -z -u 0 64k", "write -z 64k 64k", "read -P 0 0 128k"]],
+        ["img.qcow2"],
+    ),
     # discard reaches the image only with discard=unmap
     "discard_unmap": Case(
-        _qcow2_with_data, lambda d: _add_qcow2(d, discard="unmap"), "q",
+        _qcow2_with_data,
+        lambda d: _add_qcow2(d, discard="unmap"),
+        "q",
         [["discard 0 64k", "discard 128k 128k", "read -P 0 0 64k", "read -P 5 64k 64k"]],
-        ["img.qcow2"]),
+        ["img.qcow2"],
+    ),
     "discard_ignore": Case(
-        _qcow2_with_data, _add_qcow2, "q",
-        [["discard 0 64k", "discard 128k 128k", "read -P 5 0 256k"]], ["img.qcow2"]),
+        _qcow2_with_data,
+        _add_qcow2,
+        "q",
+        [["discard 0 64k", "discard 128k 128k", "read -P 5 0 256k"]],
+        ["img.qcow2"],
+    ),
     "discard_unmap_after_reopen": Case(
-        _qcow2_with_data, _add_qcow2, "q", [["discard 0 64k", "read -P 5 0 64k"]], ["img.qcow2"],
-        later_steps=lambda d: [("blockdev-reopen", {"options": [
-            {"driver": "qcow2", "node-name": "q", "file": "qf", "discard": "unmap"}]})],
-        later_io=[["discard 0 64k", "read -P 0 0 64k"]]),
+        _qcow2_with_data,
+        _add_qcow2,
+        "q",
+        [["discard 0 64k", "read -P 5 0 64k"]],
+        ["img.qcow2"],
+        later_steps=lambda d: [
+            (
+                "blockdev-reopen",
+                {
+                    "options": [
+                        {"driver": "qcow2", "node-name": "q", "file": "qf", "discard": "unmap"}
+                    ]
+                },
+            )
+        ],
+        later_io=[["discard 0 64k", "read -P 0 0 64k"]],
+    ),
     # copy-on-read inserted by blockdev-add (the COR node is exported)
     "cor_added": Case(
-        _chain, lambda d: [*_add_top(d), ("blockdev-add", {"driver": "copy-on-read",
-                                                           "node-name": "cor", "file": "top"})],
-        "cor", _COR_IO, ["top.qcow2", "base.qcow2"]),
+        _chain,
+        lambda d: [
+            *_add_top(d),
+            ("blockdev-add", {"driver": "copy-on-read", "node-name": "cor", "file": "top"}),
+        ],
+        "cor",
+        _COR_IO,
+        ["top.qcow2", "base.qcow2"],
+    ),
     # copy-on-read inserted by blockdev-reopen under a raw node that is exported
     "cor_inserted_by_reopen": Case(
-        _chain, lambda d: [*_add_top(d),
-                           ("blockdev-add", {"driver": "raw", "node-name": "r", "file": "top"}),
-                           ("blockdev-add", {"driver": "copy-on-read", "node-name": "cor",
-                                             "file": "top"}),
-                           ("blockdev-reopen", {"options": [
-                               {"driver": "raw", "node-name": "r", "file": "cor"}]})],
-        "r", _COR_IO, ["top.qcow2", "base.qcow2"]),
+        _chain,
+        lambda d: [
+            *_add_top(d),
+            ("blockdev-add", {"driver": "raw", "node-name": "r", "file": "top"}),
+            ("blockdev-add", {"driver": "copy-on-read", "node-name": "cor", "file": "top"}),
+            ("blockdev-reopen", {"options": [{"driver": "raw", "node-name": "r", "file": "cor"}]}),
+        ],
+        "r",
+        _COR_IO,
+        ["top.qcow2", "base.qcow2"],
+    ),
     # the same insertion while the export is already live
     "cor_inserted_by_reopen_live": Case(
-        _chain, lambda d: [*_add_top(d),
-                           ("blockdev-add", {"driver": "raw", "node-name": "r", "file": "top"})],
-        "r", [["read -P 7 0 4k"]], ["top.qcow2"],
-        later_steps=lambda d: [("blockdev-add", {"driver": "copy-on-read", "node-name": "cor",
-                                                 "file": "top"}),
-                               ("blockdev-reopen", {"options": [
-                                   {"driver": "raw", "node-name": "r", "file": "cor"}]})],
-        later_io=_COR_IO),
+        _chain,
+        lambda d: [
+            *_add_top(d),
+            ("blockdev-add", {"driver": "raw", "node-name": "r", "file": "top"}),
+        ],
+        "r",
+        [["read -P 7 0 4k"]],
+        ["top.qcow2"],
+        later_steps=lambda d: [
+            ("blockdev-add", {"driver": "copy-on-read", "node-name": "cor", "file": "top"}),
+            ("blockdev-reopen", {"options": [{"driver": "raw", "node-name": "r", "file": "cor"}]}),
+        ],
+        later_io=_COR_IO,
+    ),
     # bottom: data that lives only below 'mid' is read, not copied
     "cor_bottom": Case(
-        lambda d: _chain(d, mid=True), lambda d: _named_chain(d, bottom="mid"),
-        "cor", [["read -P 7 0 64k", "read -P 3 128k 64k", "read -P 9 192k 64k",
-                 "read 300k 64k"]], ["top.qcow2", "mid.qcow2"]),
+        lambda d: _chain(d, mid=True),
+        lambda d: _named_chain(d, bottom="mid"),
+        "cor",
+        [["read -P 7 0 64k", "read -P 3 128k 64k", "read -P 9 192k 64k", "read 300k 64k"]],
+        ["top.qcow2", "mid.qcow2"],
+    ),
     "cor_bottom_is_base": Case(
-        lambda d: _chain(d, mid=True), lambda d: _named_chain(d, bottom="base"),
-        "cor", [["read -P 7 0 64k", "read -P 3 128k 64k", "read 300k 64k"]],
-        ["top.qcow2", "mid.qcow2"]),
+        lambda d: _chain(d, mid=True),
+        lambda d: _named_chain(d, bottom="base"),
+        "cor",
+        [["read -P 7 0 64k", "read -P 3 128k 64k", "read 300k 64k"]],
+        ["top.qcow2", "mid.qcow2"],
+    ),
     # raw offset/size window, moved by blockdev-reopen
     "raw_window_after_reopen": Case(
         _raw_disk,
-        lambda d: [("blockdev-add", {"driver": "raw", "node-name": "w", "offset": 65536,
-                                     "size": 131072,
-                                     "file": {"driver": "file", "node-name": "wf",
-                                              "filename": f"{d}/disk.raw"}})],
-        "w", [["write -P 2 0 4k", "read -P 1 4k 4k"]], ["disk.raw"],
-        later_steps=lambda d: [("blockdev-reopen", {"options": [
-            {"driver": "raw", "node-name": "w", "offset": 262144, "size": 131072,
-             "file": "wf"}]})],
+        lambda d: [
+            (
+                "blockdev-add",
+                {
+                    "driver": "raw",
+                    "node-name": "w",
+                    "offset": 65536,
+                    "size": 131072,
+                    "file": {"driver": "file", "node-name": "wf", "filename": f"{d}/disk.raw"},
+                },
+            )
+        ],
+        "w",
+        [["write -P 2 0 4k", "read -P 1 4k 4k"]],
+        ["disk.raw"],
+        later_steps=lambda d: [
+            (
+                "blockdev-reopen",
+                {
+                    "options": [
+                        {
+                            "driver": "raw",
+                            "node-name": "w",
+                            "offset": 262144,
+                            "size": 131072,
+                            "file": "wf",
+                        }
+                    ]
+                },
+            )
+        ],
         later_io=[["write -P 3 0 4k", "read -P 3 0 4k", "read -P 1 4k 4k"]],
-        fmt={"disk.raw": "raw"}),
+        fmt={"disk.raw": "raw"},
+    ),
     # read-only, then made writable by blockdev-reopen under a live read-only export,
     # then a writable export is added
     "read_only_to_writable_by_reopen": Case(
-        _qcow2_with_data, lambda d: _add_qcow2(d, **{"read-only": True}), "q",
-        [["write -P 1 0 4k", "read -P 5 0 4k"]], ["img.qcow2"], writable=False,
+        _qcow2_with_data,
+        lambda d: _add_qcow2(d, **{"read-only": True}),
+        "q",
+        [["write -P 1 0 4k", "read -P 5 0 4k"]],
+        ["img.qcow2"],
+        writable=False,
         later_steps=lambda d: [
-            ("blockdev-reopen", {"options": [{"driver": "qcow2", "node-name": "q",
-                                              "file": "qf", "read-only": False}]}),
-            ("block-export-add", {"type": "nbd", "id": "w", "node-name": "q", "name": "w",
-                                  "writable": True})],
+            (
+                "blockdev-reopen",
+                {
+                    "options": [
+                        {"driver": "qcow2", "node-name": "q", "file": "qf", "read-only": False}
+                    ]
+                },
+            ),
+            (
+                "block-export-add",
+                {"type": "nbd", "id": "w", "node-name": "q", "name": "w", "writable": True},
+            ),
+        ],
         later_io=[["write -P 1 0 4k", "write -P 0 600k 64k", "read -P 1 0 4k"]],
-        later_export="w"),
+        later_export="w",
+    ),
     # writable, then made read-only by blockdev-reopen once the writable export is gone
     "writable_to_read_only_by_reopen": Case(
-        _qcow2_with_data, _add_qcow2, "q", [["write -P 1 0 4k"]], ["img.qcow2"],
+        _qcow2_with_data,
+        _add_qcow2,
+        "q",
+        [["write -P 1 0 4k"]],
+        ["img.qcow2"],
         later_steps=lambda d: [
             ("block-export-del", {"id": "e", "mode": "hard"}),
-            ("blockdev-reopen", {"options": [{"driver": "qcow2", "node-name": "q",
-                                              "file": "qf", "read-only": True}]}),
-            ("block-export-add", {"type": "nbd", "id": "r", "node-name": "q", "name": "r"})],
-        later_io=[["write -P 2 0 4k", "read -P 1 0 4k"]], later_export="r"),
+            (
+                "blockdev-reopen",
+                {
+                    "options": [
+                        {"driver": "qcow2", "node-name": "q", "file": "qf", "read-only": True}
+                    ]
+                },
+            ),
+            ("block-export-add", {"type": "nbd", "id": "r", "node-name": "q", "name": "r"}),
+        ],
+        later_io=[["write -P 2 0 4k", "read -P 1 0 4k"]],
+        later_export="r",
+    ),
     # a read-only export refuses every kind of write with QEMU's text
     "read_only_export": Case(
-        _qcow2_with_data, lambda d: _add_qcow2(d, **{"read-only": True}), "q",
+        _qcow2_with_data,
+        lambda d: _add_qcow2(d, **{"read-only": True}),
+        "q",
         [["write -P 1 0 4k"], ["write -z 0 4k"], ["discard 0 64k"], ["read -P 5 0 4k"]],
-        ["img.qcow2"], writable=False),
+        ["img.qcow2"],
+        writable=False,
+    ),
 }
 
 
@@ -310,24 +549,30 @@ def _nbd_child_add(peer: type[QMPProcess], auto_read_only: bool | None) -> dict[
     try:
         _sh("qemu-img", "create", "-q", "-f", "raw", f"{d}/ro.raw", "1M")
         sock = f"{d}/qnbd.sock"
-        server = subprocess.Popen(["qemu-nbd", "--persistent", "-r", "-f", "raw", "-k", sock,
-                                   f"{d}/ro.raw"], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
-        ready = subprocess.run(["qemu-io", "-r", "-f", "raw", f"nbd+unix:///?socket={sock}",
-                                "-c", "read 0 512"], capture_output=True, timeout=60)
+        server = subprocess.Popen(
+            ["qemu-nbd", "--persistent", "-r", "-f", "raw", "-k", sock, f"{d}/ro.raw"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        ready = subprocess.run(
+            ["qemu-io", "-r", "-f", "raw", f"nbd+unix:///?socket={sock}", "-c", "read 0 512"],
+            capture_output=True,
+            timeout=60,
+        )
         for _ in range(200):  # the socket appears when qemu-nbd listens; bounded retry
             if ready.returncode == 0:
                 break
-            ready = subprocess.run(["qemu-io", "-r", "-f", "raw",
-                                    f"nbd+unix:///?socket={sock}", "-c", "read 0 512"],
-                                   capture_output=True, timeout=60)
+            ready = subprocess.run(
+                ["qemu-io", "-r", "-f", "raw", f"nbd+unix:///?socket={sock}", "-c", "read 0 512"],
+                capture_output=True,
+                timeout=60,
+            )
         assert ready.returncode == 0, ready.stderr
         child: dict[str, Any] = {"driver": "nbd", "server": {"type": "unix", "path": sock}}
         if auto_read_only is not None:
             child["auto-read-only"] = auto_read_only
         with peer(workdir=d) as proc:  # type: ignore[call-arg]
-            add = proc.execute("blockdev-add", {"driver": "raw", "node-name": "r",
-                                                "file": child})
+            add = proc.execute("blockdev-add", {"driver": "raw", "node-name": "r", "file": child})
             nodes = proc.execute("query-named-block-nodes", {"flat": True}).get("return", [])
             return {"add": add, "ro": sorted((n["drv"], n["ro"]) for n in nodes)}
     finally:

@@ -31,7 +31,7 @@ def _sample(n: int = 10) -> list[Scenario]:
         firsts.setdefault(s.theme, s)
     rest = [s for s in SCENARIOS if s not in firsts.values()]
     picked = list(firsts.values()) + random.Random(2024).sample(rest, max(0, n - len(firsts)))
-    return picked[:max(n, len(firsts))]
+    return picked[: max(n, len(firsts))]
 
 
 @pytest.mark.parametrize("scenario", _sample(), ids=[s.name for s in _sample()])
@@ -61,5 +61,13 @@ def test_harness_detects_difference() -> None:
 def test_scenario_catalogue() -> None:
     """The catalogue is big enough and every theme is represented."""
     assert len(SCENARIOS) >= 70
-    assert {s.theme for s in SCENARIOS} >= {"names", "drivers", "inherit", "backing", "perms",
-                                           "delete", "badinput", "queries"}
+    assert {s.theme for s in SCENARIOS} >= {
+        "names",
+        "drivers",
+        "inherit",
+        "backing",
+        "perms",
+        "delete",
+        "badinput",
+        "queries",
+    }

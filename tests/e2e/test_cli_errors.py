@@ -10,8 +10,9 @@ from tests.unit.plan.plankit import EXAMPLES
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "txgraph.cli", *args], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "txgraph.cli", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def _one_line_error(res: subprocess.CompletedProcess[str], text: str) -> None:
@@ -30,8 +31,10 @@ def test_why_on_malformed_json(tmp_path: Path) -> None:
 
 def test_why_takes_a_plan_file_and_refuses_unknown_nodes(tmp_path: Path) -> None:
     script = tmp_path / "s.json"
-    script.write_text('{"steps": [{"execute": "blockdev-add", '
-                      '"arguments": {"driver": "null-co", "node-name": "n0"}}]}')
+    script.write_text(
+        '{"steps": [{"execute": "blockdev-add", '
+        '"arguments": {"driver": "null-co", "node-name": "n0"}}]}'
+    )
     res = _cli("why", str(script), "n0")
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("n0 (null-co):")
@@ -48,8 +51,10 @@ def test_why_on_the_example_plan() -> None:
 
 def test_why_on_a_malformed_plan(tmp_path: Path) -> None:
     script = tmp_path / "s.json"
-    script.write_text('[42]')
-    _one_line_error(_cli("why", str(script), "n0"), f"{script}: step 0: expected an object, got int")
+    script.write_text("[42]")
+    _one_line_error(
+        _cli("why", str(script), "n0"), f"{script}: step 0: expected an object, got int"
+    )
 
 
 def test_apply_on_malformed_file(tmp_path: Path) -> None:
@@ -82,28 +87,36 @@ def _not_a_dir(tmp_path: Path) -> Path:
 
 def test_a_confine_dir_that_does_not_exist_is_a_usage_error(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
-    _usage_error(_cli("serve", "--qmp", str(tmp_path / "s.sock"), "--confine-dir", str(missing)),
-                 f"Invalid value for '--confine-dir': Directory '{missing}' does not exist.")
+    _usage_error(
+        _cli("serve", "--qmp", str(tmp_path / "s.sock"), "--confine-dir", str(missing)),
+        f"Invalid value for '--confine-dir': Directory '{missing}' does not exist.",
+    )
     plan = tmp_path / "p.json"
     plan.write_text('{"steps": []}')
-    _usage_error(_cli("plan", str(plan), "--confine-dir", str(missing)),
-                 f"Invalid value for '--confine-dir': Directory '{missing}' does not exist.")
+    _usage_error(
+        _cli("plan", str(plan), "--confine-dir", str(missing)),
+        f"Invalid value for '--confine-dir': Directory '{missing}' does not exist.",
+    )
 
 
 def test_unwritable_outputs_name_the_file_in_one_line(tmp_path: Path) -> None:
     bad = _not_a_dir(tmp_path)
     plan = tmp_path / "p.json"
     plan.write_text('{"steps": []}')
-    for args, target in ((("fuzz", "--time", "1", "--out", str(bad)), bad),
-                         (("plan", str(plan), "--html", str(bad / "r.html")), bad / "r.html"),
-                         (("plan", str(plan), "--out", str(bad / "v.json")), bad / "v.json"),
-                         (("show", str(plan), "--out", str(bad / "g.svg")), bad / "g.svg"),
-                         (("demo", "--workdir", str(bad)), bad)):
+    for args, target in (
+        (("fuzz", "--time", "1", "--out", str(bad)), bad),
+        (("plan", str(plan), "--html", str(bad / "r.html")), bad / "r.html"),
+        (("plan", str(plan), "--out", str(bad / "v.json")), bad / "v.json"),
+        (("show", str(plan), "--out", str(bad / "g.svg")), bad / "g.svg"),
+        (("demo", "--workdir", str(bad)), bad),
+    ):
         res = _cli(*args)
         assert res.returncode == 1 and "Traceback" not in res.stderr, (args, res.stderr)
         lines = res.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("Error: ") and "Errno" not in lines[0], \
-            (args, lines)
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and "Errno" not in lines[0], (
+            args,
+            lines,
+        )
         assert str(target) in lines[0] or str(bad) in lines[0], (args, lines)
 
 
@@ -124,7 +137,9 @@ def test_an_unexpected_failure_is_one_line_and_the_traceback_is_opt_in() -> None
 
     res = CliRunner().invoke(group, ["boom"], env={TRACEBACK_ENV: "0"})
     assert res.exit_code == 1
-    assert res.output.strip() == (f"Error: internal error in txgraph (KeyError); run again "
-                                  f"with {TRACEBACK_ENV}=1 for the traceback")
+    assert res.output.strip() == (
+        f"Error: internal error in txgraph (KeyError); run again "
+        f"with {TRACEBACK_ENV}=1 for the traceback"
+    )
     res = CliRunner().invoke(group, ["boom"], env={TRACEBACK_ENV: "1"})
     assert isinstance(res.exception, KeyError)

@@ -46,8 +46,11 @@ def images(tmp_path: Path) -> Iterator[dict[str, Any]]:
     sock = tmp_path / "n.sock"
     raw = outside / "exported.raw"
     raw.write_bytes(b"\x5a" * 65536)
-    proc = subprocess.Popen(["qemu-nbd", "-k", str(sock), "-f", "raw", "-x", "x", "--persistent",
-                             "-r", str(raw)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["qemu-nbd", "-k", str(sock), "-f", "raw", "-x", "x", "--persistent", "-r", str(raw)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(2000):
             if sock.exists() or proc.poll() is not None:
@@ -58,16 +61,36 @@ def images(tmp_path: Path) -> Iterator[dict[str, Any]]:
             "passwd": ("/etc/passwd", "raw"),
             "nbduri": (f"nbd+unix:///x?socket={sock}", "raw"),
             "nbdlegacy": (f"nbd:unix:{sock}:exportname=x", "raw"),
-            "json": (f'json:{{"driver":"raw","file":{{"driver":"nbd","path":"{sock}","export":"x"}}}}',
-                     "raw"),
+            "json": (
+                f'json:{{"driver":"raw","file":{{"driver":"nbd","path":"{sock}","export":"x"}}}}',
+                "raw",
+            ),
             "escape": ("../outside/b.qcow2", "qcow2"),
             "symlink": ("link.qcow2", "qcow2"),
         }
         for name, (backing, fmt) in hostile.items():
-            _qimg("-f", "qcow2", "-u", "-b", backing, "-F", fmt, str(inside / f"{name}.qcow2"), "1M")
-        _qimg("-f", "qcow2", "-o", f"data_file={outside / 'd.raw'},data_file_raw=on",
-              str(inside / "datafile.qcow2"), "1M")
-        _qimg("-f", "qcow2", "-u", "-b", "ok_base.qcow2", "-F", "qcow2", str(inside / "ok.qcow2"), "1M")
+            _qimg(
+                "-f", "qcow2", "-u", "-b", backing, "-F", fmt, str(inside / f"{name}.qcow2"), "1M"
+            )
+        _qimg(
+            "-f",
+            "qcow2",
+            "-o",
+            f"data_file={outside / 'd.raw'},data_file_raw=on",
+            str(inside / "datafile.qcow2"),
+            "1M",
+        )
+        _qimg(
+            "-f",
+            "qcow2",
+            "-u",
+            "-b",
+            "ok_base.qcow2",
+            "-F",
+            "qcow2",
+            str(inside / "ok.qcow2"),
+            "1M",
+        )
         yield {"inside": inside, "outside": outside, "hostile": hostile, "sock": sock}
     finally:
         proc.terminate()
@@ -75,9 +98,15 @@ def images(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _add(name: str, inside: Path) -> dict[str, Any]:
-    return {"execute": "blockdev-add", "arguments": {
-        "driver": "qcow2", "node-name": "top", "read-only": True,
-        "file": {"driver": "file", "filename": str(inside / f"{name}.qcow2")}}}
+    return {
+        "execute": "blockdev-add",
+        "arguments": {
+            "driver": "qcow2",
+            "node-name": "top",
+            "read-only": True,
+            "file": {"driver": "file", "filename": str(inside / f"{name}.qcow2")},
+        },
+    }
 
 
 def _nodes(peer: Any) -> list[Any]:
@@ -112,7 +141,8 @@ def test_safe_policy_accepts_a_chain_inside_the_image_directory(images: dict[str
     try:
         assert engine.execute(_add("ok", images["inside"])) == {"return": {}}
         assert [n[1] for n in _nodes(engine) if n[0] == "qcow2"] == sorted(
-            [str(images["inside"] / "ok.qcow2"), str(images["inside"] / "ok_base.qcow2")])
+            [str(images["inside"] / "ok.qcow2"), str(images["inside"] / "ok_base.qcow2")]
+        )
     finally:
         engine.context.session.close()
 
@@ -150,7 +180,8 @@ def test_serve_confine_dir_under_qemu_policy(images: dict[str, Any], tmp_path: P
             f"Could not open backing file: Image '{inside / 'escape.qcow2'}' refers to backing "
             f"'{resolved}', which is outside the allowed directories (txgraph confinement: "
             f"allowed directories {os.path.realpath(inside)}; use --confine-dir to allow more, "
-            "or --policy qemu)")
+            "or --policy qemu)"
+        )
 
 
 def test_configure_adds_directories(images: dict[str, Any]) -> None:
@@ -159,26 +190,34 @@ def test_configure_adds_directories(images: dict[str, Any]) -> None:
     engine = Engine(CommandContext(session))
     try:
         assert engine.execute(_add("escape", images["inside"])) == {"return": {}}
-        assert "error" in engine.execute({**_add("passwd", images["inside"]),
-                                          "arguments": {**_add("passwd", images["inside"])["arguments"],
-                                                        "node-name": "top2"}})
+        assert "error" in engine.execute(
+            {
+                **_add("passwd", images["inside"]),
+                "arguments": {**_add("passwd", images["inside"])["arguments"], "node-name": "top2"},
+            }
+        )
     finally:
         session.close()
 
 
 def test_plan_verification_confines_under_safe(images: dict[str, Any]) -> None:
     """``txgraph plan`` (safe by default) refuses the hostile step; ``--policy qemu`` accepts it."""
-    from txgraph.plan.verify import verify_plan
     from txgraph.plan.format import parse_steps
+    from txgraph.plan.verify import verify_plan
 
-    steps = parse_steps([_add("escape", images["inside"]), _add("ok", images["inside"])
-                         | {"arguments": {**_add("ok", images["inside"])["arguments"],
-                                          "node-name": "top2"}}])
+    steps = parse_steps(
+        [
+            _add("escape", images["inside"]),
+            _add("ok", images["inside"])
+            | {"arguments": {**_add("ok", images["inside"])["arguments"], "node-name": "top2"}},
+        ]
+    )
     safe = verify_plan(steps, None, policy="safe").to_dict()
     qemu = verify_plan(steps, None, policy="qemu").to_dict()
     assert not safe["ok"] and qemu["ok"], (safe, qemu)
     text = json.dumps(safe)
     assert "txgraph confinement" in text and "escape.qcow2" in text
-    widened = verify_plan(steps, None, policy="safe",
-                          confine_dirs=(str(images["inside"].parent),)).to_dict()
+    widened = verify_plan(
+        steps, None, policy="safe", confine_dirs=(str(images["inside"].parent),)
+    ).to_dict()
     assert widened["ok"], widened

@@ -20,12 +20,23 @@ def test_the_demo_runs_from_a_copy_of_the_package_without_the_checkout(tmp_path:
     site = tmp_path / "site"
     shutil.copytree(PACKAGE, site / "txgraph", ignore=shutil.ignore_patterns("__pycache__"))
     env = {**os.environ, "PYTHONPATH": str(site)}
-    where = subprocess.run([sys.executable, "-c", "import txgraph; print(txgraph.__file__)"],
-                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    where = subprocess.run(
+        [sys.executable, "-c", "import txgraph; print(txgraph.__file__)"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert where.stdout.strip() == str(site / "txgraph" / "__init__.py"), where.stderr
-    res = subprocess.run([sys.executable, "-m", "txgraph.cli", "demo", "--plain", "--workdir",
-                          str(tmp_path / "w")], capture_output=True, text=True, env=env,
-                         cwd=tmp_path, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "txgraph.cli", "demo", "--plain", "--workdir", str(tmp_path / "w")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "== 6. A reconfiguration plan" in res.stdout
     assert "result: every step would be accepted and the checker agrees" in res.stdout

@@ -26,16 +26,26 @@ def _images(d: Path) -> None:
     for name, pattern in (("a", 1), ("b", 1), ("c", 2)):
         img = d / f"{name}.raw"
         subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(img), "1M"], check=True)
-        subprocess.run(["qemu-io", "-f", "raw", "-c", f"write -P {pattern} 0 64k", str(img)],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["qemu-io", "-f", "raw", "-c", f"write -P {pattern} 0 64k", str(img)],
+            check=True,
+            capture_output=True,
+        )
 
 
 def _setup(peer: QMPProcess, d: Path) -> None:
-    children = [{"driver": "raw", "node-name": f"c{i}",
-                 "file": {"driver": "file", "filename": str(d / f"{n}.raw")}}
-                for i, n in enumerate("abc")]
-    peer.cmd("blockdev-add", {"driver": "quorum", "node-name": "q", "vote-threshold": 2,
-                              "children": children})
+    children = [
+        {
+            "driver": "raw",
+            "node-name": f"c{i}",
+            "file": {"driver": "file", "filename": str(d / f"{n}.raw")},
+        }
+        for i, n in enumerate("abc")
+    ]
+    peer.cmd(
+        "blockdev-add",
+        {"driver": "quorum", "node-name": "q", "vote-threshold": 2, "children": children},
+    )
     peer.cmd("nbd-server-start", {"addr": {"type": "unix", "data": {"path": str(d / "nbd.sock")}}})
     peer.cmd("block-export-add", {"type": "nbd", "id": "e", "node-name": "q"})
 
@@ -43,8 +53,20 @@ def _setup(peer: QMPProcess, d: Path) -> None:
 # block-export-del uses mode=hard: qemu-io has exited, but the server may not have seen
 # the disconnect yet, and safe mode would refuse the still-connected export.
 def _read(d: Path) -> None:
-    res = subprocess.run(["qemu-io", "-r", "-f", "raw", f"nbd+unix:///q?socket={d}/nbd.sock",
-                          "-c", "read -P 1 0 4k"], capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [
+            "qemu-io",
+            "-r",
+            "-f",
+            "raw",
+            f"nbd+unix:///q?socket={d}/nbd.sock",
+            "-c",
+            "read -P 1 0 4k",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0 and "read 4096/4096" in res.stdout, res.stdout + res.stderr
 
 
@@ -84,6 +106,7 @@ def test_quorum_report_bad_reaches_a_qemu_qmp_client(tmp_path: Path) -> None:
     assert [e["event"] for e in expected] == ["QUORUM_REPORT_BAD", "BLOCK_EXPORT_DELETED"]
 
     with TxgraphDaemon(workdir=str(tx_dir)) as daemon:
+
         async def client_side() -> list[dict[str, Any]]:
             client = QMPClient("events")
             await client.connect(daemon.socket_path)

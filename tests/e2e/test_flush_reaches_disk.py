@@ -23,26 +23,52 @@ import pytest
 
 from txgraph.peers import TxgraphDaemon
 
-def _sync_calls(tmp_path: Path, node_options: dict[str, Any], qemu_io: list[str],
-                reopen: dict[str, Any] | None = None) -> int:
+
+def _sync_calls(
+    tmp_path: Path,
+    node_options: dict[str, Any],
+    qemu_io: list[str],
+    reopen: dict[str, Any] | None = None,
+) -> int:
     if shutil.which("strace") is None:  # a missing tool is a failure, not a skip
         pytest.fail("strace is not installed; run `make qemu`, which installs it")
     image = tmp_path / "disk.raw"
     subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(image), "1M"], check=True)
     log = tmp_path / "strace.log"
     with TxgraphDaemon(workdir=str(tmp_path)) as daemon:
-        daemon.cmd("blockdev-add", {"driver": "file", "node-name": "disk",
-                                    "filename": str(image), **node_options})
+        daemon.cmd(
+            "blockdev-add",
+            {"driver": "file", "node-name": "disk", "filename": str(image), **node_options},
+        )
         if reopen is not None:
-            daemon.cmd("blockdev-reopen", {"options": [{"driver": "file", "node-name": "disk",
-                                                        "filename": str(image), **reopen}]})
+            daemon.cmd(
+                "blockdev-reopen",
+                {
+                    "options": [
+                        {"driver": "file", "node-name": "disk", "filename": str(image), **reopen}
+                    ]
+                },
+            )
         sock = tmp_path / "nbd.sock"
         daemon.cmd("nbd-server-start", {"addr": {"type": "unix", "data": {"path": str(sock)}}})
-        daemon.cmd("block-export-add", {"type": "nbd", "id": "e", "node-name": "disk",
-                                        "writable": True})
-        tracer = subprocess.Popen(["strace", "-f", "-y", "-e", "trace=fdatasync,fsync", "-o",
-                                   str(log), "-p", str(daemon.proc.pid)],
-                                  stderr=subprocess.PIPE, text=True)
+        daemon.cmd(
+            "block-export-add", {"type": "nbd", "id": "e", "node-name": "disk", "writable": True}
+        )
+        tracer = subprocess.Popen(
+            [
+                "strace",
+                "-f",
+                "-y",
+                "-e",
+                "trace=fdatasync,fsync",
+                "-o",
+                str(log),
+                "-p",
+                str(daemon.proc.pid),
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             assert tracer.stderr is not None
             deadline = time.monotonic() + 30
@@ -66,8 +92,11 @@ def _sync_calls(tmp_path: Path, node_options: dict[str, Any], qemu_io: list[str]
             if tracer.stderr is not None:
                 tracer.stderr.close()
     text = log.read_text()
-    return sum(1 for ln in text.splitlines()
-               if ("fdatasync(" in ln or "fsync(" in ln) and f"<{os.path.realpath(image)}>" in ln)
+    return sum(
+        1
+        for ln in text.splitlines()
+        if ("fdatasync(" in ln or "fsync(" in ln) and f"<{os.path.realpath(image)}>" in ln
+    )
 
 
 def test_guest_flush_reaches_fdatasync_with_default_options(tmp_path: Path) -> None:
@@ -83,10 +112,13 @@ def test_no_flush_off_given_explicitly_flushes(tmp_path: Path) -> None:
 
 
 def test_no_flush_set_by_reopen_is_honoured(tmp_path: Path) -> None:
-    assert _sync_calls(tmp_path, {}, ["write 0 4k", "flush"],
-                       reopen={"cache": {"no-flush": True}}) == 0
+    assert (
+        _sync_calls(tmp_path, {}, ["write 0 4k", "flush"], reopen={"cache": {"no-flush": True}})
+        == 0
+    )
 
 
 def test_no_flush_cleared_by_reopen_flushes_again(tmp_path: Path) -> None:
-    assert _sync_calls(tmp_path, {"cache": {"no-flush": True}}, ["write 0 4k", "flush"],
-                       reopen={}) > 0
+    assert (
+        _sync_calls(tmp_path, {"cache": {"no-flush": True}}, ["write 0 4k", "flush"], reopen={}) > 0
+    )

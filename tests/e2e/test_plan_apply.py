@@ -20,8 +20,9 @@ from txgraph.plan.format import load_json
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "txgraph.cli", *args], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "txgraph.cli", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture
@@ -40,8 +41,16 @@ def _graph_state(daemon: TxgraphDaemon) -> dict[str, Any]:
 def test_plan_then_apply_then_stale(served: TxgraphDaemon, images: Path, tmp_path: Path) -> None:
     sock = served.socket_path
     verified = tmp_path / "verified.json"
-    res = _cli("plan", str(EXAMPLES / "seed-section3.json"), "--graph-from-qmp", sock,
-               "--dir", str(images), "--out", str(verified))
+    res = _cli(
+        "plan",
+        str(EXAMPLES / "seed-section3.json"),
+        "--graph-from-qmp",
+        sock,
+        "--dir",
+        str(images),
+        "--out",
+        str(verified),
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     report = json.loads(verified.read_text())
     live = _graph_state(served)
@@ -72,11 +81,21 @@ def test_plan_then_apply_then_stale(served: TxgraphDaemon, images: Path, tmp_pat
 
 
 def test_apply_refused_after_another_client_changed_the_graph(
-        served: TxgraphDaemon, images: Path, tmp_path: Path) -> None:
+    served: TxgraphDaemon, images: Path, tmp_path: Path
+) -> None:
     sock = served.socket_path
     verified = tmp_path / "verified.json"
-    res = _cli("plan", str(EXAMPLES / "seed-section3.json"), "--graph-from-qmp", sock,
-               "--dir", str(images), "--out", str(verified), "--json")
+    res = _cli(
+        "plan",
+        str(EXAMPLES / "seed-section3.json"),
+        "--graph-from-qmp",
+        sock,
+        "--dir",
+        str(images),
+        "--out",
+        str(verified),
+        "--json",
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     served.cmd("blockdev-add", {"driver": "null-co", "node-name": "intruder"})
     before = _graph_state(served)
@@ -89,61 +108,105 @@ def test_apply_refused_after_another_client_changed_the_graph(
 
 def test_apply_plan_stops_at_the_first_failing_step(served: TxgraphDaemon) -> None:
     live = _graph_state(served)
-    reply = served.execute("x-txgraph-apply-plan", {
-        "expect-generation": live["generation"], "expect-digest": live["digest"],
-        "steps": [{"execute": "blockdev-add", "arguments": {"driver": "null-co", "node-name": "a"}},
-                  {"execute": "blockdev-del", "arguments": {"node-name": "disk"}},
-                  {"execute": "blockdev-add", "arguments": {"driver": "null-co",
-                                                            "node-name": "never"}}]})
+    reply = served.execute(
+        "x-txgraph-apply-plan",
+        {
+            "expect-generation": live["generation"],
+            "expect-digest": live["digest"],
+            "steps": [
+                {"execute": "blockdev-add", "arguments": {"driver": "null-co", "node-name": "a"}},
+                {"execute": "blockdev-del", "arguments": {"node-name": "disk"}},
+                {
+                    "execute": "blockdev-add",
+                    "arguments": {"driver": "null-co", "node-name": "never"},
+                },
+            ],
+        },
+    )
     err = reply["error"]
     assert err["class"] == "GenericError"
-    assert err["desc"] == ("Plan step 2 of 3 (blockdev-del disk) failed: Node disk is in use; "
-                           "1 step(s) were applied before it")
+    assert err["desc"] == (
+        "Plan step 2 of 3 (blockdev-del disk) failed: Node disk is in use; "
+        "1 step(s) were applied before it"
+    )
     assert err["__io.txgraph_plan"]["completed"] == 1
     names = {n["node-name"] for n in served.cmd("query-named-block-nodes")}
     assert "a" in names and "never" not in names
 
 
 def test_apply_plan_argument_errors(served: TxgraphDaemon) -> None:
-    assert served.execute("x-txgraph-apply-plan", {"steps": []})["error"]["desc"] == \
-        "Parameter 'expect-generation' is missing"
+    assert (
+        served.execute("x-txgraph-apply-plan", {"steps": []})["error"]["desc"]
+        == "Parameter 'expect-generation' is missing"
+    )
     live = _graph_state(served)
-    bad = served.execute("x-txgraph-apply-plan", {"expect-generation": live["generation"],
-                                                  "expect-digest": live["digest"],
-                                                  "steps": [{"nope": 1}]})
+    bad = served.execute(
+        "x-txgraph-apply-plan",
+        {
+            "expect-generation": live["generation"],
+            "expect-digest": live["digest"],
+            "steps": [{"nope": 1}],
+        },
+    )
     assert bad["error"]["desc"].startswith("Invalid plan: step 0")
-    nested = served.execute("x-txgraph-apply-plan", {
-        "expect-generation": live["generation"], "expect-digest": live["digest"],
-        "steps": [{"execute": "x-txgraph-apply-plan", "arguments": {}}]})
+    nested = served.execute(
+        "x-txgraph-apply-plan",
+        {
+            "expect-generation": live["generation"],
+            "expect-digest": live["digest"],
+            "steps": [{"execute": "x-txgraph-apply-plan", "arguments": {}}],
+        },
+    )
     assert "cannot be a step of a plan" in nested["error"]["desc"]
     assert _graph_state(served) == live
 
 
 def _tamper_into_harmful_reopen(report: dict[str, Any]) -> dict[str, Any]:
     """The issue's attack: the steps become a reopen cutting disk's backing; digest untouched."""
-    harmful = [{"execute": "blockdev-reopen",
-                "arguments": {"options": [{"driver": "qcow2", "node-name": "disk",
-                                           "file": "disk-file", "backing": None}]}}]
+    harmful = [
+        {
+            "execute": "blockdev-reopen",
+            "arguments": {
+                "options": [
+                    {"driver": "qcow2", "node-name": "disk", "file": "disk-file", "backing": None}
+                ]
+            },
+        }
+    ]
     return {**report, "plan": harmful}
 
 
-def test_tampered_verified_plan_is_refused(served: TxgraphDaemon, images: Path,
-                                           tmp_path: Path) -> None:
+def test_tampered_verified_plan_is_refused(
+    served: TxgraphDaemon, images: Path, tmp_path: Path
+) -> None:
     sock = served.socket_path
     verified = tmp_path / "verified.json"
-    res = _cli("plan", str(EXAMPLES / "seed-section3.json"), "--graph-from-qmp", sock,
-               "--dir", str(images), "--out", str(verified))
+    res = _cli(
+        "plan",
+        str(EXAMPLES / "seed-section3.json"),
+        "--graph-from-qmp",
+        sock,
+        "--dir",
+        str(images),
+        "--out",
+        str(verified),
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     before = _graph_state(served)
     report = json.loads(verified.read_text())
-    for edited in (_tamper_into_harmful_reopen(report), {**report, "policy": "qemu"},
-                   {**report, "source": {**report["source"], "generation": 999}}):
+    for edited in (
+        _tamper_into_harmful_reopen(report),
+        {**report, "policy": "qemu"},
+        {**report, "source": {**report["source"], "generation": 999}},
+    ):
         verified.write_text(json.dumps(edited))
         res = _cli("apply", str(verified), "--qmp", sock)
         assert res.returncode == 1
-        assert res.stderr.strip() == ("Error: the verified plan was changed after it was verified "
-                                      "(its seal does not match its contents); refusing to apply "
-                                      "it: verify the plan again")
+        assert res.stderr.strip() == (
+            "Error: the verified plan was changed after it was verified "
+            "(its seal does not match its contents); refusing to apply "
+            "it: verify the plan again"
+        )
         assert _graph_state(served) == before  # nothing was sent
 
 
@@ -153,8 +216,18 @@ def test_keyed_seal_needs_the_key(served: TxgraphDaemon, images: Path, tmp_path:
     key.write_text("s3cret\n")
     other.write_text("guess\n")
     verified = tmp_path / "verified.json"
-    res = _cli("plan", str(EXAMPLES / "seed-section3.json"), "--graph-from-qmp", sock,
-               "--dir", str(images), "--out", str(verified), "--key-file", str(key))
+    res = _cli(
+        "plan",
+        str(EXAMPLES / "seed-section3.json"),
+        "--graph-from-qmp",
+        sock,
+        "--dir",
+        str(images),
+        "--out",
+        str(verified),
+        "--key-file",
+        str(key),
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert json.loads(verified.read_text())["seal"]["algorithm"] == "hmac-sha256"
     before = _graph_state(served)

@@ -49,9 +49,9 @@ def server(tmp_path: Path) -> Iterator[ServerThread]:
 
 @pytest.mark.parametrize("payload", ["numbers", "string"])
 def test_huge_input_does_not_stall_other_clients(server: ServerThread, payload: str) -> None:
-    if payload == "numbers":   # token-heavy: the slow path of the lexer
+    if payload == "numbers":  # token-heavy: the slow path of the lexer
         value = b"[" + b"1," * 250_000 + b"1]"
-    else:                      # 16 MiB string: the bulk path
+    else:  # 16 MiB string: the bulk path
         value = b'"' + b"x" * (16 << 20) + b'"'
     big = b'{"execute": "query-version", "id": "big", "arguments": {"x": ' + value + b"}}"
     a, b = Client(server.path), Client(server.path)
@@ -63,7 +63,7 @@ def test_huge_input_does_not_stall_other_clients(server: ServerThread, payload: 
     def send_big() -> None:
         try:
             a.sock.sendall(big)
-        except BaseException as exc:   # reported by the main thread
+        except BaseException as exc:  # reported by the main thread
             failure.append(exc)
         finally:
             sent.set()
@@ -75,12 +75,14 @@ def test_huge_input_does_not_stall_other_clients(server: ServerThread, payload: 
         while not sent.is_set() and answered_during_send < 5:
             reply = b.command('{"execute": "query-version", "id": %d}' % answered_during_send)
             assert reply["id"] == answered_during_send and "return" in reply
-            answered_during_send += (not sent.is_set())
+            answered_during_send += not sent.is_set()
         sender.join(DEADLINE)
         assert not sender.is_alive() and not failure, failure
         reply = json.loads(a.file.readline())
-        assert reply == {"id": "big", "error": {"class": "GenericError",
-                                                "desc": "Parameter 'x' is unexpected"}}
+        assert reply == {
+            "id": "big",
+            "error": {"class": "GenericError", "desc": "Parameter 'x' is unexpected"},
+        }
         assert b.command('{"execute": "query-version", "id": "after"}')["id"] == "after"
     finally:
         a.close()

@@ -18,18 +18,32 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "txgraph.cli", *args], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "txgraph.cli", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def _chromium(*args: str) -> subprocess.CompletedProcess[str]:
     """Headless chromium with the flags this closed network needs, a fresh profile each time."""
     with tempfile.TemporaryDirectory() as profile:
         return subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-             "--no-first-run", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", f"--user-data-dir={profile}", *args],
-            capture_output=True, text=True, timeout=120)
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
 
 def _loaded_check(page: Path) -> str:
@@ -44,12 +58,27 @@ def _loaded_check(page: Path) -> str:
 def test_plan_html_report_loads_and_shows_every_step(images: Path, tmp_path: Path) -> None:
     make_images(images)
     page = tmp_path / "report.html"
-    res = _cli("plan", str(EXAMPLES / "seed-section3.json"), "--graph",
-               str(EXAMPLES / "seed-section3-state.json"), "--dir", str(images), "--html", str(page))
+    res = _cli(
+        "plan",
+        str(EXAMPLES / "seed-section3.json"),
+        "--graph",
+        str(EXAMPLES / "seed-section3-state.json"),
+        "--dir",
+        str(images),
+        "--html",
+        str(page),
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     text = page.read_text()
-    for n, label in enumerate(["blockdev-add snap", "blockdev-snapshot disk",
-                               "x-txgraph-insert-filter", "blockdev-reopen snap"], start=1):
+    for n, label in enumerate(
+        [
+            "blockdev-add snap",
+            "blockdev-snapshot disk",
+            "x-txgraph-insert-filter",
+            "blockdev-reopen snap",
+        ],
+        start=1,
+    ):
         assert f'id="step-{n}"' in text and label in text
     assert _loaded_check(page) == "ok: 4 steps, 8 pictures"
     shot = tmp_path / "report.png"
@@ -61,30 +90,41 @@ def test_plan_html_report_loads_and_shows_every_step(images: Path, tmp_path: Pat
 def test_a_broken_page_is_reported_by_its_load_check(tmp_path: Path) -> None:
     # the check must be able to fail: a report whose pictures are missing
     page = tmp_path / "broken.html"
-    page.write_text('<!DOCTYPE html><html><head><script>'
-                    + _script_of_a_real_page(tmp_path) + '</script></head>'
-                    '<body data-steps="2"><section class="step"><figure></figure></section>'
-                    "</body></html>")
+    page.write_text(
+        "<!DOCTYPE html><html><head><script>"
+        + _script_of_a_real_page(tmp_path)
+        + "</script></head>"
+        '<body data-steps="2"><section class="step"><figure></figure></section>'
+        "</body></html>"
+    )
     assert _loaded_check(page) == "incomplete: 1 of 2 steps, 1 pictures missing"
 
 
 def _script_of_a_real_page(tmp_path: Path) -> str:
     script = tmp_path / "s.json"
-    script.write_text('[{"execute": "blockdev-add", "arguments": '
-                      '{"driver": "null-co", "node-name": "n0"}}]')
+    script.write_text(
+        '[{"execute": "blockdev-add", "arguments": {"driver": "null-co", "node-name": "n0"}}]'
+    )
     page = tmp_path / "real.html"
     res = _cli("show", str(script), "--format", "html", "--out", str(page))
     assert res.returncode == 0, res.stderr
     text = page.read_text()
-    return text[text.index("<script>") + len("<script>"):text.index("</script>")]
+    return text[text.index("<script>") + len("<script>") : text.index("</script>")]
 
 
 def test_show_draws_a_live_qemu_storage_daemon(images: Path, tmp_path: Path) -> None:
     make_images(images)
     # a QEMU monitor serves one client at a time: txgraph show gets a second monitor
     second = str(tmp_path / "show.sock")
-    with QSD(["--chardev", f"socket,id=show,path={second},server=on,wait=off",
-              "--monitor", "chardev=show"], workdir=str(tmp_path)) as qsd:
+    with QSD(
+        [
+            "--chardev",
+            f"socket,id=show,path={second},server=on,wait=off",
+            "--monitor",
+            "chardev=show",
+        ],
+        workdir=str(tmp_path),
+    ) as qsd:
         for msg in load_json(EXAMPLES / "seed-section3-state.json", str(images)):
             assert "return" in qsd.execute(msg["execute"], msg.get("arguments")), msg
         res = _cli("show", "--graph-from-qmp", second, "--format", "dot")
@@ -93,8 +133,7 @@ def test_show_draws_a_live_qemu_storage_daemon(images: Path, tmp_path: Path) -> 
         assert '"bb:export:vm0" -> "disk"' in dot and "export vm0" in dot
         assert '"disk" -> "disk-file"' in dot and "qcow2 · rw" in dot
         page = tmp_path / "live.html"
-        res = _cli("show", "--graph-from-qmp", second, "--format", "html",
-                   "--out", str(page))
+        res = _cli("show", "--graph-from-qmp", second, "--format", "html", "--out", str(page))
         assert res.returncode == 0, res.stderr
     assert _loaded_check(page) == "ok: 0 steps, 1 pictures"
 

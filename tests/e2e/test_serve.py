@@ -33,8 +33,10 @@ def test_qemu_qmp_client_runs_the_graph_commands(daemon: TxgraphDaemon, tmp_path
     base = tmp_path / "base.qcow2"
     top = tmp_path / "top.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "16M"], check=True)
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base.name, "-F", "qcow2",
-                    str(top)], check=True)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", base.name, "-F", "qcow2", str(top)],
+        check=True,
+    )
 
     async def session() -> None:
         client = QMPClient("e2e")
@@ -43,12 +45,26 @@ def test_qemu_qmp_client_runs_the_graph_commands(daemon: TxgraphDaemon, tmp_path
             version = await client.execute("query-version")
             assert version["qemu"]["major"] == 7
             names = {c["name"] for c in await client.execute("query-commands")}
-            assert {"blockdev-add", "blockdev-del", "object-add", "object-del",
-                    "query-named-block-nodes", "x-debug-query-block-graph"} <= names
-            await client.execute("object-add", {"qom-type": "throttle-group", "id": "tg0",
-                                                "limits": {"iops-total": 100}})
-            await client.execute("blockdev-add", {"driver": "qcow2", "node-name": "top",
-                                                  "file": {"driver": "file", "filename": str(top)}})
+            assert {
+                "blockdev-add",
+                "blockdev-del",
+                "object-add",
+                "object-del",
+                "query-named-block-nodes",
+                "x-debug-query-block-graph",
+            } <= names
+            await client.execute(
+                "object-add",
+                {"qom-type": "throttle-group", "id": "tg0", "limits": {"iops-total": 100}},
+            )
+            await client.execute(
+                "blockdev-add",
+                {
+                    "driver": "qcow2",
+                    "node-name": "top",
+                    "file": {"driver": "file", "filename": str(top)},
+                },
+            )
             nodes = await client.execute("query-named-block-nodes", {"flat": True})
             by_drv = sorted((n["drv"], n["ro"]) for n in nodes)
             assert by_drv == [("file", False), ("file", True), ("qcow2", False), ("qcow2", True)]
@@ -67,17 +83,19 @@ def test_qemu_qmp_client_runs_the_graph_commands(daemon: TxgraphDaemon, tmp_path
 
 
 def test_bad_input_changes_nothing_and_the_server_keeps_serving(daemon: TxgraphDaemon) -> None:
-    assert daemon.execute("blockdev-add", {"driver": "null-co", "node-name": "keep"}) == {"return": {}}
+    assert daemon.execute("blockdev-add", {"driver": "null-co", "node-name": "keep"}) == {
+        "return": {}
+    }
     before = daemon.execute("x-debug-query-block-graph")
     bad: list[bytes] = [
-        b'{"execute": "blockdev-add", "arguments": {"driver": }}',   # malformed JSON
+        b'{"execute": "blockdev-add", "arguments": {"driver": }}',  # malformed JSON
         b'{"execute": "no-such-command"}',
         b'{"execute": "blockdev-add", "arguments": {"driver": "null-co", "node-name": "x", "bogus": 1}}',
         b'{"execute": "blockdev-add", "arguments": {"driver": "null-co", "node-name": 7}}',
         b'{"execute": "blockdev-add", "arguments": {"driver": "null-co", "node-name": "#block1"}}',
         b'{"execute": "blockdev-add", "arguments": {"driver": "null-co", "node-name": "keep"}}',
         b'{"execute": "blockdev-add", "arguments": {"driver": "file", "node-name": "f", "filename": "/nonexistent/x"}}',
-        b'[1, 2, 3]',
+        b"[1, 2, 3]",
     ]
     replies = [daemon.send_raw(chunk) for chunk in bad]
     assert all("error" in r for r in replies), replies

@@ -64,7 +64,8 @@ def test_missing_directory_is_one_line(tmp_path: Path) -> None:
     res = _run_bad(path)
     assert res.returncode == 1
     assert res.stderr.decode().splitlines() == [
-        f"Error: Failed to bind socket to {path}: No such file or directory"]
+        f"Error: Failed to bind socket to {path}: No such file or directory"
+    ]
 
 
 def test_over_long_path_is_one_line(tmp_path: Path) -> None:
@@ -72,7 +73,8 @@ def test_over_long_path_is_one_line(tmp_path: Path) -> None:
     res = _run_bad(path)
     assert res.returncode == 1
     assert res.stderr.decode().splitlines() == [
-        f"Error: UNIX socket path '{path}' is too long (path must be less than 108 bytes)"]
+        f"Error: UNIX socket path '{path}' is too long (path must be less than 108 bytes)"
+    ]
     assert not os.path.exists(path)
 
 

@@ -33,9 +33,10 @@ def env_int(name: str, default: int) -> int:
 
 
 def make_block(writer: int, rnd: int, index: int) -> bytes:
-    body = bytes(((writer * 131 + rnd * 17 + index * 7 + i) * 2654435761 >> 13) & 0xFF
-                 for i in range(64)) * ((BLOCK - _HDR.size) // 64 + 1)
-    body = body[:BLOCK - _HDR.size]
+    body = bytes(
+        ((writer * 131 + rnd * 17 + index * 7 + i) * 2654435761 >> 13) & 0xFF for i in range(64)
+    ) * ((BLOCK - _HDR.size) // 64 + 1)
+    body = body[: BLOCK - _HDR.size]
     return _HDR.pack(_MAGIC, writer, rnd, index, zlib.crc32(body)) + body
 
 
@@ -46,7 +47,7 @@ def check_block(data: bytes, writer: int, rnd: int, index: int) -> str | None:
     magic, w, r, i, crc = _HDR.unpack_from(data)
     if magic != _MAGIC:
         return "not a block (never written, or zeros)"
-    if zlib.crc32(data[_HDR.size:]) != crc:
+    if zlib.crc32(data[_HDR.size :]) != crc:
         return f"torn block (header says writer {w} round {r} index {i})"
     return f"block of writer {w} round {r} index {i} instead"
 
@@ -71,11 +72,19 @@ def serve_image(workdir: Path, image: Path, fmt: str) -> Iterator[tuple[Runtime,
 
 def export_over_qmp(peer: QMPProcess, image: Path, fmt: str, sock: str, **file_opts: Any) -> None:
     """The same QMP sequence on QSD and on ``txgraph serve``: image -> NBD export ``disk``."""
-    peer.cmd("blockdev-add", {"driver": fmt, "node-name": "fmt",
-                              "file": {"driver": "file", "filename": str(image), **file_opts}})
+    peer.cmd(
+        "blockdev-add",
+        {
+            "driver": fmt,
+            "node-name": "fmt",
+            "file": {"driver": "file", "filename": str(image), **file_opts},
+        },
+    )
     peer.cmd("nbd-server-start", {"addr": {"type": "unix", "data": {"path": sock}}})
-    peer.cmd("block-export-add", {"type": "nbd", "id": "e0", "node-name": "fmt",
-                                  "name": "disk", "writable": True})
+    peer.cmd(
+        "block-export-add",
+        {"type": "nbd", "id": "e0", "node-name": "fmt", "name": "disk", "writable": True},
+    )
 
 
 __all__ = ["BLOCK", "check_block", "env_int", "export_over_qmp", "make_block", "serve_image"]

@@ -29,8 +29,9 @@ class Served:
 
 
 @contextmanager
-def serve_raw(workdir: Path, data: bytes, *, writable: bool = True,
-              description: str | None = None) -> Iterator[Served]:
+def serve_raw(
+    workdir: Path, data: bytes, *, writable: bool = True, description: str | None = None
+) -> Iterator[Served]:
     """Export ``data`` (as a raw file over the file driver) as ``disk``."""
     image = workdir / "disk.raw"
     image.write_bytes(data)
@@ -53,7 +54,9 @@ def run(*args: str, check: bool = True, timeout: float = 60) -> subprocess.Compl
     """Run a QEMU tool; on failure show its stderr."""
     res = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
     if check and res.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({res.returncode}): {res.stderr}{res.stdout}")
+        raise AssertionError(
+            f"{' '.join(args)} failed ({res.returncode}): {res.stderr}{res.stdout}"
+        )
     return res
 
 

@@ -29,7 +29,7 @@ from txgraph.io.nbd.client import NbdClient
 from txgraph.peers import TxgraphDaemon
 
 WRITERS = 4
-PER_WRITER = 1024                     # blocks per writer and round at most
+PER_WRITER = 1024  # blocks per writer and round at most
 REGION = WRITERS * PER_WRITER * BLOCK  # 16 MiB per round
 VSIZE = 8 << 30
 
@@ -39,8 +39,9 @@ def _offset(r: int, w: int, idx: int) -> int:
     return r * REGION + (idx * WRITERS + w) * BLOCK
 
 
-def _one_round(img: Path, r: int, rnd: random.Random, acked: list[tuple[int, int, int, int]]
-               ) -> None:
+def _one_round(
+    img: Path, r: int, rnd: random.Random, acked: list[tuple[int, int, int, int]]
+) -> None:
     d = TxgraphDaemon(workdir=str(img.parent))
     sock = str(Path(d.socket_path).with_name("nbd.sock"))
     try:
@@ -58,13 +59,13 @@ def _one_round(img: Path, r: int, rnd: random.Random, acked: list[tuple[int, int
                     clients[w].flush()
                     mine[w].append((off, w, r, idx))
                     progress.release()
-            except Exception:  # noqa: BLE001 - the kill ends every writer
+            except Exception:
                 return
 
         threads = [threading.Thread(target=writer, args=(w,)) for w in range(WRITERS)]
         for t in threads:
             t.start()
-        for _ in range(8):                 # let some work be acknowledged first
+        for _ in range(8):  # let some work be acknowledged first
             assert progress.acquire(timeout=60), "writers made no progress"
         time.sleep(rnd.uniform(0.0, 0.2))
         assert any(t.is_alive() for t in threads), "the writers finished before the kill"
@@ -85,25 +86,41 @@ def _one_round(img: Path, r: int, rnd: random.Random, acked: list[tuple[int, int
 def test_kill9_with_4_writers(tmp_path: Path, lazy: bool) -> None:
     rounds = env_int("TXGRAPH_CRASH_ROUNDS", 3)
     img = tmp_path / "crash.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
-                    f"lazy_refcounts={'on' if lazy else 'off'}", str(img), str(VSIZE)], check=True)
+    subprocess.run(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            f"lazy_refcounts={'on' if lazy else 'off'}",
+            str(img),
+            str(VSIZE),
+        ],
+        check=True,
+    )
     rnd = random.Random(2026 + lazy)
     acked: list[tuple[int, int, int, int]] = []
     raw = tmp_path / "check.raw"
     for r in range(rounds):
         _one_round(img, r, rnd, acked)
-        if lazy:   # left dirty: txgraph's writable open must repair it (as QEMU's does)
+        if lazy:  # left dirty: txgraph's writable open must repair it (as QEMU's does)
             open_chain(img, read_only=False).close()
-        res = subprocess.run(["qemu-img", "check", str(img)], capture_output=True, text=True,
-                             check=False)
+        res = subprocess.run(
+            ["qemu-img", "check", str(img)], capture_output=True, text=True, check=False
+        )
         assert res.returncode in (0, 3), f"round {r}: corrupt image\n{res.stdout}{res.stderr}"
-        subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(img), str(raw)],
-                       check=True)
+        subprocess.run(
+            ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(img), str(raw)], check=True
+        )
         with open(raw, "rb") as f:
             for off, w, rr, idx in acked:
                 f.seek(off)
                 why = check_block(f.read(BLOCK), w, rr, idx)
                 assert why is None, f"round {r}: lost flushed block at {off}: {why}"
     assert len(acked) >= 8 * rounds
-    print(f"kill -9 rounds={rounds} writers={WRITERS} acknowledged flushed blocks={len(acked)}, "
-          "all read back, qemu-img check clean or leaks only")
+    print(
+        f"kill -9 rounds={rounds} writers={WRITERS} acknowledged flushed blocks={len(acked)}, "
+        "all read back, qemu-img check clean or leaks only"
+    )

@@ -32,7 +32,7 @@ from txgraph.io.nbd.wire import recv_exact
 
 WRITERS = 32
 CLUSTER = 64 * 1024
-PER_CLUSTER = CLUSTER // BLOCK          # 16 writers share every cluster
+PER_CLUSTER = CLUSTER // BLOCK  # 16 writers share every cluster
 CLUSTERS_PER_ROUND = 16
 VSIZE = 1 << 30
 
@@ -53,8 +53,9 @@ def _layout(r: int) -> dict[int, list[tuple[int, int]]]:
 
 def _check(img: Path) -> None:
     """``qemu-img check`` must find nothing at all: no corruption and no leak."""
-    res = subprocess.run(["qemu-img", "check", str(img)], capture_output=True, text=True,
-                         check=False)
+    res = subprocess.run(
+        ["qemu-img", "check", str(img)], capture_output=True, text=True, check=False
+    )
     assert res.returncode == 0, f"qemu-img check: rc {res.returncode}\n{res.stdout}{res.stderr}"
 
 
@@ -62,7 +63,7 @@ def test_32_allocating_writers(tmp_path: Path) -> None:
     rounds = env_int("TXGRAPH_STRESS_ROUNDS", 3)
     img = tmp_path / "stress.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(img), str(VSIZE)], check=True)
-    acked: list[tuple[int, int, int, int]] = []   # (offset, writer, round, index), flushed
+    acked: list[tuple[int, int, int, int]] = []  # (offset, writer, round, index), flushed
     errors: list[str] = []
     with serve_image(tmp_path, img, "qcow2") as (_rt, _srv, sock):
         addr = {"type": "unix", "path": sock}
@@ -73,9 +74,13 @@ def test_32_allocating_writers(tmp_path: Path) -> None:
                 start = threading.Barrier(WRITERS)
                 done: list[list[tuple[int, int, int, int]]] = [[] for _ in range(WRITERS)]
 
-                def writer(w: int, r: int = r, layout: dict[int, list[tuple[int, int]]] = layout,
-                           start: threading.Barrier = start,
-                           done: list[list[tuple[int, int, int, int]]] = done) -> None:
+                def writer(
+                    w: int,
+                    r: int = r,
+                    layout: dict[int, list[tuple[int, int]]] = layout,
+                    start: threading.Barrier = start,
+                    done: list[list[tuple[int, int, int, int]]] = done,
+                ) -> None:
                     try:
                         mine = list(layout[w])
                         random.Random(w * 1000 + r).shuffle(mine)
@@ -84,7 +89,7 @@ def test_32_allocating_writers(tmp_path: Path) -> None:
                             clients[w].write(off, make_block(w, r, idx))
                         clients[w].flush()
                         done[w] = [(off, w, r, idx) for off, idx in mine]
-                    except Exception as e:  # noqa: BLE001 - reported by the main thread
+                    except Exception as e:
                         errors.append(f"writer {w} round {r}: {e!r}")
 
                 threads = [threading.Thread(target=writer, args=(w,)) for w in range(WRITERS)]
@@ -117,8 +122,9 @@ def test_32_allocating_writers(tmp_path: Path) -> None:
     assert len(acked) == rounds * CLUSTERS_PER_ROUND * PER_CLUSTER
     _check(img)
     raw = tmp_path / "stress.raw"
-    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(img), str(raw)],
-                   check=True)
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(img), str(raw)], check=True
+    )
     with open(raw, "rb") as f:
         for off, w, r, idx in acked:
             f.seek(off)
@@ -130,8 +136,9 @@ def test_32_allocating_writers(tmp_path: Path) -> None:
 def test_64_mixed_clients_none_dropped(tmp_path: Path, fmt: str) -> None:
     nclients, region = 64, 256 * 1024
     img = tmp_path / f"mixed.{fmt}"
-    subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(img), str(nclients * region)],
-                   check=True)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", fmt, str(img), str(nclients * region)], check=True
+    )
     errors: list[str] = []
     with serve_image(tmp_path, img, fmt) as (_rt, _srv, sock):
         addr = {"type": "unix", "path": sock}
@@ -147,28 +154,29 @@ def test_64_mixed_clients_none_dropped(tmp_path: Path, fmt: str) -> None:
                     for step in range(40):
                         off = rnd.randrange(0, region - 3 * BLOCK)
                         n = rnd.randrange(1, 3 * BLOCK)
-                        op = rnd.choice(("write", "write", "read", "zero", "trim", "flush",
-                                         "status"))
+                        op = rnd.choice(
+                            ("write", "write", "read", "zero", "trim", "flush", "status")
+                        )
                         if op == "write":
                             data = bytes([(k + step) % 251 + 1]) * n
                             c.write(base + off, data)
-                            model[off:off + n] = data
+                            model[off : off + n] = data
                         elif op == "read":
                             got = c.read(base + off, n)
-                            if got != model[off:off + n]:
+                            if got != model[off : off + n]:
                                 errors.append(f"client {k} step {step}: read mismatch")
                         elif op == "zero":
                             c.write_zeroes(base + off, n)
-                            model[off:off + n] = bytes(n)
+                            model[off : off + n] = bytes(n)
                         elif op == "trim":
-                            c.trim(base + off, n)   # discard=ignore: data stays
+                            c.trim(base + off, n)  # discard=ignore: data stays
                         elif op == "flush":
                             c.flush()
                         else:
                             c.block_status(base + off, n)
                     if c.read(base, region) != model:
                         errors.append(f"client {k}: region differs at the end")
-            except Exception as e:  # noqa: BLE001 - reported by the main thread
+            except Exception as e:
                 errors.append(f"client {k}: {e!r}")
 
         threads = [threading.Thread(target=client, args=(k,)) for k in range(nclients)]
@@ -202,17 +210,20 @@ def test_requests_of_one_connection_are_in_flight_together(tmp_path: Path) -> No
             magic, err, cookie = P.SIMPLE_REPLY.unpack(recv_exact(c.sock, P.SIMPLE_REPLY.size))
             assert (magic, err, cookie) == (P.SIMPLE_REPLY_MAGIC, 0, 999)
             recv_exact(c.sock, 512)
-            with rt.drained():   # a drain holds every request back...
+            with rt.drained():  # a drain holds every request back...
                 for cookie in range(1, 18):
-                    c.sock.sendall(P.REQUEST.pack(P.REQUEST_MAGIC, 0, P.CMD_WRITE, cookie,
-                                                  cookie * CLUSTER + 512, BLOCK)
-                                   + make_block(0, 0, cookie))
+                    c.sock.sendall(
+                        P.REQUEST.pack(
+                            P.REQUEST_MAGIC, 0, P.CMD_WRITE, cookie, cookie * CLUSTER + 512, BLOCK
+                        )
+                        + make_block(0, 0, cookie)
+                    )
                 deadline = time.monotonic() + 30
                 while conn._workers._busy < 16 and time.monotonic() < deadline:
                     time.sleep(0.01)
                 # ...yet 16 of them were taken in at once (the 17th waits for a slot),
                 assert conn._workers._busy == 16
-                assert not _readable(c.sock)   # and none was answered during the drain.
+                assert not _readable(c.sock)  # and none was answered during the drain.
             replies = set()
             for _ in range(17):
                 magic, err, cookie = P.SIMPLE_REPLY.unpack(recv_exact(c.sock, P.SIMPLE_REPLY.size))
@@ -221,8 +232,11 @@ def test_requests_of_one_connection_are_in_flight_together(tmp_path: Path) -> No
             assert replies == set(range(1, 18))
             # Pipelined reads of what was written: every reply whole and matched by cookie.
             for cookie in range(1, 18):
-                c.sock.sendall(P.REQUEST.pack(P.REQUEST_MAGIC, 0, P.CMD_READ, 100 + cookie,
-                                              cookie * CLUSTER + 512, BLOCK))
+                c.sock.sendall(
+                    P.REQUEST.pack(
+                        P.REQUEST_MAGIC, 0, P.CMD_READ, 100 + cookie, cookie * CLUSTER + 512, BLOCK
+                    )
+                )
             for _ in range(17):
                 magic, err, cookie = P.SIMPLE_REPLY.unpack(recv_exact(c.sock, P.SIMPLE_REPLY.size))
                 assert (magic, err) == (P.SIMPLE_REPLY_MAGIC, 0)
@@ -231,13 +245,47 @@ def test_requests_of_one_connection_are_in_flight_together(tmp_path: Path) -> No
             c.close()
         # QEMU's own client keeps 16 requests in flight.
         uri = f"nbd+unix:///disk?socket={sock}"
-        res = subprocess.run(["qemu-img", "bench", "-w", "-d", "16", "-c", "2000", "-s", "4096",
-                              "-S", "12288", "--pattern=171", "-f", "raw", uri],
-                             capture_output=True, text=True, timeout=300, check=False)
+        res = subprocess.run(
+            [
+                "qemu-img",
+                "bench",
+                "-w",
+                "-d",
+                "16",
+                "-c",
+                "2000",
+                "-s",
+                "4096",
+                "-S",
+                "12288",
+                "--pattern=171",
+                "-f",
+                "raw",
+                uri,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         assert res.returncode == 0, res.stderr
-        res = subprocess.run(["qemu-io", "-f", "raw", "-c", "read -P 0xab 0 4096",
-                              "-c", f"read -P 0xab {1999 * 12288} 4096",
-                              "-c", "read -P 0 4096 8192", uri],
-                             capture_output=True, text=True, timeout=60, check=False)
+        res = subprocess.run(
+            [
+                "qemu-io",
+                "-f",
+                "raw",
+                "-c",
+                "read -P 0xab 0 4096",
+                "-c",
+                f"read -P 0xab {1999 * 12288} 4096",
+                "-c",
+                "read -P 0 4096 8192",
+                uri,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert res.returncode == 0 and "Pattern verification failed" not in res.stdout, res.stdout
     _check(img)

@@ -18,7 +18,14 @@ import pytest
 from interop_kit import open_node
 
 from tests.support.crypto_images import (
-    AES, CBC_ESSIV, PW, convert_raw, copy_template, image_opts, qemu_io, secret_object,
+    AES,
+    CBC_ESSIV,
+    PW,
+    convert_raw,
+    copy_template,
+    image_opts,
+    qemu_io,
+    secret_object,
 )
 from txgraph.errors import OpenError
 from txgraph.io.crypto.secret import SECRET_OPTION, SecretRef
@@ -52,8 +59,15 @@ def _open(path: Path, fmt: str, read_only: bool = False, pw: str = PW) -> Driver
 
 
 def _fill(path: Path, fmt: str) -> None:
-    qemu_io(path, fmt, "write -P 0x11 0 70000", "write -P 0x22 131072 4096",
-            "write -z 200000 70000", "write -P 0x33 1048575 3", "write -P 0x44 3145728 65536")
+    qemu_io(
+        path,
+        fmt,
+        "write -P 0x11 0 70000",
+        "write -P 0x22 131072 4096",
+        "write -z 200000 70000",
+        "write -P 0x33 1048575 3",
+        "write -P 0x44 3145728 65536",
+    )
 
 
 @pytest.mark.parametrize("fmt,opts", VARIANTS, ids=IDS)
@@ -69,7 +83,7 @@ def test_reads_match_qemu_img_convert(tmp_path: Path, fmt: str, opts: str) -> No
         for _ in range(20):
             off = rng.randrange(len(want))
             n = rng.randrange(1, min(200000, len(want) - off) + 1)
-            assert node.read(off, n) == want[off:off + n], (off, n)
+            assert node.read(off, n) == want[off : off + n], (off, n)
     finally:
         node.close()
 
@@ -87,9 +101,9 @@ def test_writes_read_back_by_qemu(tmp_path: Path, fmt: str, opts: str) -> None:
             n = rng.randrange(1, min(150000, len(expect) - off) + 1)
             data = bytes([(i * 37 + j) & 0xFF for j in range(256)]) * (n // 256 + 1)
             node.write(off, data[:n])
-            expect[off:off + n] = data[:n]
+            expect[off : off + n] = data[:n]
         node.write_zeroes(65536 * 5 + 100, 70000)
-        expect[65536 * 5 + 100:65536 * 5 + 100 + 70000] = bytes(70000)
+        expect[65536 * 5 + 100 : 65536 * 5 + 100 + 70000] = bytes(70000)
         assert node.read(0, len(expect)) == bytes(expect)
         node.flush()
     finally:
@@ -97,14 +111,27 @@ def test_writes_read_back_by_qemu(tmp_path: Path, fmt: str, opts: str) -> None:
     (tmp_path / "expect.raw").write_bytes(bytes(expect))
     got = convert_raw(img, fmt, tmp_path / "after.raw")
     assert got == bytes(expect)
-    res = subprocess.run(["qemu-img", "compare", *secret_object(), "--image-opts",
-                          image_opts(img, fmt),
-                          f"driver=raw,file.filename={tmp_path / 'expect.raw'}"],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            "qemu-img",
+            "compare",
+            *secret_object(),
+            "--image-opts",
+            image_opts(img, fmt),
+            f"driver=raw,file.filename={tmp_path / 'expect.raw'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     if fmt == "qcow2":
-        res = subprocess.run(["qemu-img", "check", *secret_object(), "--image-opts",
-                              image_opts(img, fmt)], capture_output=True, text=True, timeout=120)
+        res = subprocess.run(
+            ["qemu-img", "check", *secret_object(), "--image-opts", image_opts(img, fmt)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert res.returncode == 0, res.stdout + res.stderr
 
 
@@ -120,10 +147,15 @@ def test_encrypted_overlay_over_plain_backing(tmp_path: Path) -> None:
     """qcow2-luks over a raw backing: unallocated reads come from the backing in clear,
     partial writes copy the backing's rest of the cluster up and encrypt it."""
     base = tmp_path / "base.raw"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(base), "4M"], check=True,
-                   timeout=120)
-    subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x77 0 4M", str(base)], check=True,
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "raw", str(base), "4M"], check=True, timeout=120
+    )
+    subprocess.run(
+        ["qemu-io", "-f", "raw", "-c", "write -P 0x77 0 4M", str(base)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     ov = tmp_path / "ov.qcow2"
     # qemu-img create with a backing: made per test (the template cache has no backing)
     from tests.support.crypto_images import create
@@ -136,14 +168,18 @@ def test_encrypted_overlay_over_plain_backing(tmp_path: Path) -> None:
     try:
         want = bytearray(convert_raw(ov, "qcow2", tmp_path / "want.raw"))
         assert node.read(0, len(want)) == bytes(want)
-        node.write(200000, b"\x5a" * 3000)        # COW of the backing's cluster
+        node.write(200000, b"\x5a" * 3000)  # COW of the backing's cluster
         want[200000:203000] = b"\x5a" * 3000
-        node.write(65536 + 100, b"\x66" * 10)      # in place, inside an allocated cluster
+        node.write(65536 + 100, b"\x66" * 10)  # in place, inside an allocated cluster
         want[65636:65646] = b"\x66" * 10
         node.flush()
     finally:
         node.close()
     assert convert_raw(ov, "qcow2", tmp_path / "after.raw") == bytes(want)
-    res = subprocess.run(["qemu-img", "check", *secret_object(), "--image-opts",
-                          image_opts(ov, "qcow2")], capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        ["qemu-img", "check", *secret_object(), "--image-opts", image_opts(ov, "qcow2")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stdout + res.stderr

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from nbd_support import run
+
 from txgraph.io.driver import BlockStatus, DriverNode
 from txgraph.io.nbd.client import NbdClient
 from txgraph.io.nbd.server import NbdServer
@@ -37,9 +37,9 @@ from txgraph.io.registry import register
 from txgraph.io.runtime import CloseNode, OpenNode, Runtime, SetChild
 
 BLOCK = 4096
-BLOCKS = 224                      # checksummed area: blocks 0..223 (896 KiB)
-QIO_W = 224 * BLOCK               # qemu-io writes pattern 0x3c here (64 KiB)
-QIO_R = 240 * BLOCK               # and reads a fixed 0xa5 region here (64 KiB)
+BLOCKS = 224  # checksummed area: blocks 0..223 (896 KiB)
+QIO_W = 224 * BLOCK  # qemu-io writes pattern 0x3c here (64 KiB)
+QIO_R = 240 * BLOCK  # and reads a fixed 0xa5 region here (64 KiB)
 SIZE = 256 * BLOCK
 _tl = threading.local()
 
@@ -51,8 +51,13 @@ class _Probe(DriverNode):
     violations: list[str]
     sleep = 0.0
 
-    def __init__(self, node_name: str, options: Mapping[str, Any],
-                 children: Mapping[str, DriverNode], read_only: bool) -> None:
+    def __init__(
+        self,
+        node_name: str,
+        options: Mapping[str, Any],
+        children: Mapping[str, DriverNode],
+        read_only: bool,
+    ) -> None:
         super().__init__(node_name, options, children, read_only)
         self.violations = []
         self.counts = [0, 0]
@@ -70,8 +75,9 @@ class _Probe(DriverNode):
         self._around(lambda: self.children["file"].write(offset, data))
 
     def write_zeroes(self, offset: int, length: int, *, may_unmap: bool = False) -> None:
-        self._around(lambda: self.children["file"].write_zeroes(offset, length,
-                                                                may_unmap=may_unmap))
+        self._around(
+            lambda: self.children["file"].write_zeroes(offset, length, may_unmap=may_unmap)
+        )
 
     def flush(self) -> None:
         self._around(lambda: self.children["file"].flush())
@@ -89,7 +95,7 @@ class _Top(_Probe):
         _tl.via = False
         _tl.seen = True
         if self.sleep:
-            time.sleep(self.sleep)      # widen the window a broken swap would hit
+            time.sleep(self.sleep)  # widen the window a broken swap would hit
         return fn()
 
 
@@ -117,8 +123,10 @@ class _Bottom(_Probe):
             if now != entry:
                 self.violations.append(f"generation moved from {entry} to {now} mid-request")
             elif via != expect_filter:
-                self.violations.append(f"generation {entry}: filter={expect_filter} but "
-                                       f"request went {'through' if via else 'around'} it")
+                self.violations.append(
+                    f"generation {entry}: filter={expect_filter} but "
+                    f"request went {'through' if via else 'around'} it"
+                )
             self.counts[via] += 1
         _tl.seen = False
         return fn()
@@ -135,8 +143,8 @@ class _Rig:
         self.image = tmp / "data.raw"
         base = bytearray(SIZE)
         for b in range(BLOCKS):
-            base[b * BLOCK:(b + 1) * BLOCK] = _block(b, 0)
-        base[QIO_R:QIO_R + 65536] = b"\xa5" * 65536
+            base[b * BLOCK : (b + 1) * BLOCK] = _block(b, 0)
+        base[QIO_R : QIO_R + 65536] = b"\xa5" * 65536
         self.image.write_bytes(bytes(base))
         rt = self.rt = runtime
         rt.throttle_groups.add("tg", {"iops-total": 4000, "bps-total": 64 << 20})
@@ -169,13 +177,17 @@ class _Rig:
         starve them (the drain is writer-preferring) and test only one shape.
         """
         for k in range(cycles):
-            self.rt.apply([OpenNode(f"mark{k}", "x-test-mark", {}, {"file": "pB"}),
-                           OpenNode(f"thr{k}", "throttle", {"throttle-group": "tg"},
-                                    {"file": f"mark{k}"}),
-                           SetChild("pA", "file", f"thr{k}")])
+            self.rt.apply(
+                [
+                    OpenNode(f"mark{k}", "x-test-mark", {}, {"file": "pB"}),
+                    OpenNode(f"thr{k}", "throttle", {"throttle-group": "tg"}, {"file": f"mark{k}"}),
+                    SetChild("pA", "file", f"thr{k}"),
+                ]
+            )
             time.sleep(dwell)
-            self.rt.apply([SetChild("pA", "file", "pB"), CloseNode(f"thr{k}"),
-                           CloseNode(f"mark{k}")])
+            self.rt.apply(
+                [SetChild("pA", "file", "pB"), CloseNode(f"thr{k}"), CloseNode(f"mark{k}")]
+            )
             time.sleep(dwell)
 
     def writer(self, w: int, nw: int) -> None:
@@ -187,11 +199,11 @@ class _Rig:
                     b = rng.choice(mine)
                     seq = self.acked[b] + 1
                     c.write(b * BLOCK, _block(b, seq), fua=rng.random() < 0.1)
-                    self.acked[b] = seq           # acknowledged by the server
+                    self.acked[b] = seq  # acknowledged by the server
                     self.ops += 1
                     if rng.random() < 0.02:
                         c.flush()
-        except Exception as e:  # noqa: BLE001 - reported by the test
+        except Exception as e:
             self.errors.append(f"writer {w}: {e!r}")
 
     def reader(self, r: int) -> None:
@@ -208,15 +220,25 @@ class _Rig:
                     elif seq < floor:
                         self.errors.append(f"block {b}: read seq {seq} after seq {floor} was acked")
                     self.ops += 1
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             self.errors.append(f"reader {r}: {e!r}")
 
     def qemu_io_loop(self) -> None:
         uri = f"nbd+unix:///disk?socket={self.sock}"
         while not self.stop.is_set():
-            res = run("qemu-io", "-f", "raw", "-c", f"write -P 0x3c {QIO_W} 65536",
-                      "-c", f"read -P 0x3c {QIO_W} 65536", "-c", f"read -P 0xa5 {QIO_R} 65536",
-                      uri, check=False)
+            res = run(
+                "qemu-io",
+                "-f",
+                "raw",
+                "-c",
+                f"write -P 0x3c {QIO_W} 65536",
+                "-c",
+                f"read -P 0x3c {QIO_W} 65536",
+                "-c",
+                f"read -P 0xa5 {QIO_R} 65536",
+                uri,
+                check=False,
+            )
             if res.returncode or "Pattern verification failed" in res.stdout:
                 self.errors.append(f"qemu-io: {res.stdout}{res.stderr}")
                 return
@@ -228,8 +250,9 @@ class _Rig:
 
 
 @contextlib.contextmanager
-def _workload(rig: _Rig, writers: int = 3, readers: int = 3,
-              qemu_io: bool = True) -> Iterator[None]:
+def _workload(
+    rig: _Rig, writers: int = 3, readers: int = 3, qemu_io: bool = True
+) -> Iterator[None]:
     threads = [threading.Thread(target=rig.writer, args=(w, writers)) for w in range(writers)]
     threads += [threading.Thread(target=rig.reader, args=(r,)) for r in range(readers)]
     if qemu_io:
@@ -263,15 +286,25 @@ def test_throttle_insert_remove_1000_times_under_nbd_io(tmp_path: Path) -> None:
         # acknowledged version of every block (qemu-img compare as the independent reader).
         expected = bytearray(rig.image.read_bytes())
         for b in range(BLOCKS):
-            expected[b * BLOCK:(b + 1) * BLOCK] = _block(b, rig.acked[b])
-        expected[QIO_W:QIO_W + 65536] = b"\x3c" * 65536
+            expected[b * BLOCK : (b + 1) * BLOCK] = _block(b, rig.acked[b])
+        expected[QIO_W : QIO_W + 65536] = b"\x3c" * 65536
         ref = tmp_path / "expected.raw"
         ref.write_bytes(bytes(expected))
-        out = run("qemu-img", "compare", "-f", "raw", "-F", "raw", str(ref),
-                  f"nbd+unix:///disk?socket={rig.sock}").stdout
+        out = run(
+            "qemu-img",
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            str(ref),
+            f"nbd+unix:///disk?socket={rig.sock}",
+        ).stdout
         assert "Images are identical" in out
-        print(f"2000 swaps in {elapsed:.2f}s, {rig.ops} NBD requests, "
-              f"{through} through the filter, {around} around it")
+        print(
+            f"2000 swaps in {elapsed:.2f}s, {rig.ops} NBD requests, "
+            f"{through} through the filter, {around} around it"
+        )
     finally:
         rig.close()
     assert rig.image.read_bytes() == bytes(expected)
@@ -305,21 +338,28 @@ def test_swap_waits_for_a_throttled_request(tmp_path: Path, n: int) -> None:
     try:
         # 1 byte/s: the second read would wait about 500 s, far beyond any deadline below
         rig.rt.throttle_groups.set_limits("tg", {"bps-total": 1})
-        rig.rt.apply([OpenNode("markx", "x-test-mark", {}, {"file": "pB"}),
-                      OpenNode("thrx", "throttle", {"throttle-group": "tg"}, {"file": "markx"}),
-                      SetChild("pA", "file", "thrx")])
+        rig.rt.apply(
+            [
+                OpenNode("markx", "x-test-mark", {}, {"file": "pB"}),
+                OpenNode("thrx", "throttle", {"throttle-group": "tg"}, {"file": "markx"}),
+                SetChild("pA", "file", "thrx"),
+            ]
+        )
         with NbdClient(rig.addr, "disk") as c:
-            c.read(0, 512)                        # fills the bucket
+            c.read(0, 512)  # fills the bucket
             t = threading.Thread(target=c.read, args=(0, 512), daemon=True)
             t.start()
             group = rig.rt.throttle_groups.get("tg")
             assert group is not None
             deadline = time.monotonic() + 60
-            while not group._queues[False]:        # the second read now waits in the group
+            while not group._queues[False]:  # the second read now waits in the group
                 assert time.monotonic() < deadline, "the second read never reached the throttle"
                 time.sleep(0.005)
-            swap = threading.Thread(target=rig.rt.apply, daemon=True, args=(
-                [SetChild("pA", "file", "pB"), CloseNode("thrx"), CloseNode("markx")],))
+            swap = threading.Thread(
+                target=rig.rt.apply,
+                daemon=True,
+                args=([SetChild("pA", "file", "pB"), CloseNode("thrx"), CloseNode("markx")],),
+            )
             swap.start()
             swap.join(60)
             assert not swap.is_alive(), "the swap waited for the throttle schedule"

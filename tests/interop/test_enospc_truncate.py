@@ -41,8 +41,12 @@ MIB = 1 << 20
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
-                         capture_output=True, text=True, check=False)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if res.returncode != 0:
         pytest.fail(f"cannot mount a small tmpfs (needs root): {res.stderr.strip()}")
     try:
@@ -73,24 +77,29 @@ def _fill_until_full(peer: QMPProcess, img: Path, fmt: str, sock: str) -> list[A
         seen.append(("overwrite", _outcome(c, "write", 4096, b"\x55" * 4096)))
         seen.append(("flush", _outcome(c, "flush")))
         seen.append(("read back", c.read(0, 8192) == b"\x01" * 4096 + b"\x55" * 4096))
-    io = subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 9 15M 1M",
-                         f"nbd+unix:///disk?socket={sock}"], capture_output=True, text=True,
-                        check=False, timeout=60)
+    io = subprocess.run(
+        ["qemu-io", "-f", "raw", "-c", "write -P 9 15M 1M", f"nbd+unix:///disk?socket={sock}"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     seen.append(("qemu-io", io.returncode, io.stdout.strip()))
     seen.append(("still serving", peer.execute("query-block-exports")["return"][0]["id"]))
     return seen
 
 
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
-def test_enospc_is_an_error_and_the_server_keeps_serving(small_fs: Path, tmp_path: Path,
-                                                         fmt: str) -> None:
+def test_enospc_is_an_error_and_the_server_keeps_serving(
+    small_fs: Path, tmp_path: Path, fmt: str
+) -> None:
     results = {}
     for name, cls in (("qsd", QSD), ("txgraph", TxgraphDaemon)):
         img = small_fs / f"{name}.{fmt}"
         subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(img), "16M"], check=True)
         with cls() as peer:
             results[name] = _fill_until_full(peer, img, fmt, str(tmp_path / f"{name}.sock"))
-        img.unlink()   # room for the other server's image
+        img.unlink()  # room for the other server's image
     assert results["txgraph"] == results["qsd"]
     failing = [r for r in results["qsd"] if r[0] == "write" and r[2] != "ok"]
     assert failing and failing[0][2] == (28, "writing to file failed")
@@ -104,8 +113,9 @@ def test_qcow2_on_a_full_disk_stays_consistent(small_fs: Path, tmp_path: Path) -
         _fill_until_full(peer, img, "qcow2", str(tmp_path / "t.sock"))
         peer.cmd("block-export-del", {"id": "e0"})
         peer.cmd("blockdev-del", {"node-name": "fmt"})
-    res = subprocess.run(["qemu-img", "check", str(img)], capture_output=True, text=True,
-                         check=False)
+    res = subprocess.run(
+        ["qemu-img", "check", str(img)], capture_output=True, text=True, check=False
+    )
     assert res.returncode == 0, res.stdout + res.stderr
 
 
@@ -114,7 +124,7 @@ def _truncated_reads(peer: QMPProcess, img: Path, sock: str) -> list[Any]:
     seen: list[Any] = []
     with NbdClient({"type": "unix", "path": sock}, "disk") as c:
         assert c.read(0, 4 * MIB) == bytes(range(256)) * (4 * MIB // 256)  # mapped and warm
-        subprocess.run(["truncate", "-s", "1M", str(img)], check=True)      # another process
+        subprocess.run(["truncate", "-s", "1M", str(img)], check=True)  # another process
         data = c.read(0, 4 * MIB)
         seen.append(("head", data[:MIB] == bytes(range(256)) * (MIB // 256)))
         seen.append(("zeros past the new end", data[MIB:] == bytes(3 * MIB)))

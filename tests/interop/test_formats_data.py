@@ -45,8 +45,9 @@ def _ok(peer: Peer, execute: str, **arguments: Any) -> Any:
 Maker = Callable[[Path], None]
 
 
-def _img(fmt: str, name: str, size: str, opts: str = "", backing: str = "",
-         bfmt: str = "") -> Maker:
+def _img(
+    fmt: str, name: str, size: str, opts: str = "", backing: str = "", bfmt: str = ""
+) -> Maker:
     def make(d: Path) -> None:
         argv: list[str] = ["qemu-img", "create", "-q", "-f", fmt]
         if opts:
@@ -54,6 +55,7 @@ def _img(fmt: str, name: str, size: str, opts: str = "", backing: str = "",
         if backing:
             argv += ["-b", backing, "-F", bfmt]
         _run(*argv, d / name, size)
+
     return make
 
 
@@ -63,6 +65,7 @@ def _io(fmt: str, name: str, *cmds: str) -> Maker:
         for c in cmds:
             argv += ["-c", c]
         _run(*argv, d / name)
+
     return make
 
 
@@ -70,6 +73,7 @@ def _convert(src: str, dst: str, fmt: str, opts: str = "") -> Maker:
     def make(d: Path) -> None:
         argv = ["qemu-img", "convert", "-O", fmt] + (["-o", opts] if opts else [])
         _run(*argv, d / src, d / dst)
+
     return make
 
 
@@ -78,6 +82,7 @@ def _bochs(name: str) -> Maker:
         from tests.differential.scenarios.format_kit import bochs_image
 
         (d / name).write_bytes(bochs_image())
+
     return make
 
 
@@ -86,66 +91,149 @@ def _cloop(name: str) -> Maker:
         from tests.differential.scenarios.format_kit import cloop_image
 
         (d / name).write_bytes(cloop_image(n_blocks=9))
+
     return make
 
 
-_DATA = ("write -P 0x11 0 64k", "write -P 0x22 100k 300k", "write -P 0x33 1M 4k",
-         "write -z 1536k 64k", "write -P 0x44 3M 512")
+_DATA = (
+    "write -P 0x11 0 64k",
+    "write -P 0x22 100k 300k",
+    "write -P 0x33 1M 4k",
+    "write -z 1536k 64k",
+    "write -P 0x44 3M 512",
+)
 
 #: name -> (format, image, makers); images are 4 MiB unless said otherwise
 CASES: dict[str, tuple[str, str, list[Maker]]] = {
     "vdi": ("vdi", "a.vdi", [_img("vdi", "a.vdi", "4M"), _io("vdi", "a.vdi", *_DATA)]),
-    "vdi_static": ("vdi", "a.vdi", [_img("vdi", "a.vdi", "4M", "static=on"),
-                                    _io("vdi", "a.vdi", *_DATA)]),
+    "vdi_static": (
+        "vdi",
+        "a.vdi",
+        [_img("vdi", "a.vdi", "4M", "static=on"), _io("vdi", "a.vdi", *_DATA)],
+    ),
     "vpc": ("vpc", "a.vpc", [_img("vpc", "a.vpc", "4M"), _io("vpc", "a.vpc", *_DATA)]),
-    "vpc_fixed": ("vpc", "a.vpc", [_img("vpc", "a.vpc", "4M", "subformat=fixed"),
-                                   _io("vpc", "a.vpc", *_DATA)]),
+    "vpc_fixed": (
+        "vpc",
+        "a.vpc",
+        [_img("vpc", "a.vpc", "4M", "subformat=fixed"), _io("vpc", "a.vpc", *_DATA)],
+    ),
     "qcow": ("qcow", "a.qcow", [_img("qcow", "a.qcow", "4M"), _io("qcow", "a.qcow", *_DATA)]),
-    "qcow_backing": ("qcow", "top.qcow", [
-        _img("qcow2", "base.qcow2", "4M"), _io("qcow2", "base.qcow2", "write -P 0x55 0 4M"),
-        _img("qcow", "top.qcow", "4M", backing="base.qcow2", bfmt="qcow2"),
-        _io("qcow", "top.qcow", "write -P 0x66 64k 8k", "write -P 0x67 2M 512")]),
+    "qcow_backing": (
+        "qcow",
+        "top.qcow",
+        [
+            _img("qcow2", "base.qcow2", "4M"),
+            _io("qcow2", "base.qcow2", "write -P 0x55 0 4M"),
+            _img("qcow", "top.qcow", "4M", backing="base.qcow2", bfmt="qcow2"),
+            _io("qcow", "top.qcow", "write -P 0x66 64k 8k", "write -P 0x67 2M 512"),
+        ],
+    ),
     "qed": ("qed", "a.qed", [_img("qed", "a.qed", "4M"), _io("qed", "a.qed", *_DATA)]),
-    "qed_backing": ("qed", "top.qed", [
-        _img("vdi", "base.vdi", "3M"), _io("vdi", "base.vdi", "write -P 0x55 0 3M"),
-        _img("qed", "top.qed", "4M", "cluster_size=4096", backing="base.vdi", bfmt="vdi"),
-        _io("qed", "top.qed", "write -P 0x66 6k 8k", "write -z 1M 8k")]),
-    "parallels": ("parallels", "a.parallels", [_img("parallels", "a.parallels", "4M"),
-                                               _io("parallels", "a.parallels", *_DATA)]),
-    "vmdk_sparse": ("vmdk", "a.vmdk", [_img("vmdk", "a.vmdk", "4M"), _io("vmdk", "a.vmdk", *_DATA)]),
-    "vmdk_flat": ("vmdk", "a.vmdk", [_img("vmdk", "a.vmdk", "4M", "subformat=monolithicFlat"),
-                                     _io("vmdk", "a.vmdk", *_DATA)]),
-    "vmdk_split": ("vmdk", "a.vmdk", [_img("vmdk", "a.vmdk", "4M", "subformat=twoGbMaxExtentSparse"),
-                                      _io("vmdk", "a.vmdk", *_DATA)]),
-    "vmdk_stream": ("vmdk", "s.vmdk", [_img("vmdk", "a.vmdk", "4M"), _io("vmdk", "a.vmdk", *_DATA),
-                                       _convert("a.vmdk", "s.vmdk", "vmdk",
-                                                "subformat=streamOptimized")]),
+    "qed_backing": (
+        "qed",
+        "top.qed",
+        [
+            _img("vdi", "base.vdi", "3M"),
+            _io("vdi", "base.vdi", "write -P 0x55 0 3M"),
+            _img("qed", "top.qed", "4M", "cluster_size=4096", backing="base.vdi", bfmt="vdi"),
+            _io("qed", "top.qed", "write -P 0x66 6k 8k", "write -z 1M 8k"),
+        ],
+    ),
+    "parallels": (
+        "parallels",
+        "a.parallels",
+        [_img("parallels", "a.parallels", "4M"), _io("parallels", "a.parallels", *_DATA)],
+    ),
+    "vmdk_sparse": (
+        "vmdk",
+        "a.vmdk",
+        [_img("vmdk", "a.vmdk", "4M"), _io("vmdk", "a.vmdk", *_DATA)],
+    ),
+    "vmdk_flat": (
+        "vmdk",
+        "a.vmdk",
+        [_img("vmdk", "a.vmdk", "4M", "subformat=monolithicFlat"), _io("vmdk", "a.vmdk", *_DATA)],
+    ),
+    "vmdk_split": (
+        "vmdk",
+        "a.vmdk",
+        [
+            _img("vmdk", "a.vmdk", "4M", "subformat=twoGbMaxExtentSparse"),
+            _io("vmdk", "a.vmdk", *_DATA),
+        ],
+    ),
+    "vmdk_stream": (
+        "vmdk",
+        "s.vmdk",
+        [
+            _img("vmdk", "a.vmdk", "4M"),
+            _io("vmdk", "a.vmdk", *_DATA),
+            _convert("a.vmdk", "s.vmdk", "vmdk", "subformat=streamOptimized"),
+        ],
+    ),
     "bochs": ("bochs", "b.bochs", [_bochs("b.bochs")]),
     "cloop": ("cloop", "c.cloop", [_cloop("c.cloop")]),
-    "vmdk_backing": ("vmdk", "top.vmdk", [
-        _img("vmdk", "base.vmdk", "4M"), _io("vmdk", "base.vmdk", "write -P 0x55 0 4M"),
-        _img("vmdk", "top.vmdk", "4M", backing="base.vmdk", bfmt="vmdk"),
-        _io("vmdk", "top.vmdk", "write -P 0x66 64k 8k")]),
+    "vmdk_backing": (
+        "vmdk",
+        "top.vmdk",
+        [
+            _img("vmdk", "base.vmdk", "4M"),
+            _io("vmdk", "base.vmdk", "write -P 0x55 0 4M"),
+            _img("vmdk", "top.vmdk", "4M", backing="base.vmdk", bfmt="vmdk"),
+            _io("vmdk", "top.vmdk", "write -P 0x66 64k 8k"),
+        ],
+    ),
 }
 
 #: formats whose images ``qemu-img check`` can check
 _CHECKABLE = {"vdi", "qed", "parallels", "vmdk"}
 #: the write workload (through NBD; qemu-io as the guest)
-_WRITES = ("write -P 0x71 0 4k", "write -P 0x72 70k 9k", "write -P 0x73 1000k 200k",
-           "write -z 2M 128k", "write -P 0x74 2047k 2k", "write -P 0x75 4190208 4096", "flush")
+_WRITES = (
+    "write -P 0x71 0 4k",
+    "write -P 0x72 70k 9k",
+    "write -P 0x73 1000k 200k",
+    "write -z 2M 128k",
+    "write -P 0x74 2047k 2k",
+    "write -P 0x75 4190208 4096",
+    "flush",
+)
 #: formats QEMU 7.2 writes and txgraph implements writes for
-WRITE_CASES = ["vdi", "vdi_static", "vpc", "vpc_fixed", "qcow", "qcow_backing", "qed",
-               "qed_backing", "parallels", "vmdk_sparse", "vmdk_flat", "vmdk_split",
-               "vmdk_backing"]
+WRITE_CASES = [
+    "vdi",
+    "vdi_static",
+    "vpc",
+    "vpc_fixed",
+    "qcow",
+    "qcow_backing",
+    "qed",
+    "qed_backing",
+    "parallels",
+    "vmdk_sparse",
+    "vmdk_flat",
+    "vmdk_split",
+    "vmdk_backing",
+]
 
 
 def _export(peer: Peer, fmt: str, image: Path, writable: bool, sockdir: Path) -> str:
-    _ok(peer, "blockdev-add", driver=fmt, **{"node-name": "img", "read-only": not writable},
-        file={"driver": "file", "filename": str(image)})
+    _ok(
+        peer,
+        "blockdev-add",
+        driver=fmt,
+        **{"node-name": "img", "read-only": not writable},
+        file={"driver": "file", "filename": str(image)},
+    )
     sock = sockdir / f"{peer.label}.sock"
     _ok(peer, "nbd-server-start", addr={"type": "unix", "data": {"path": str(sock)}})
-    _ok(peer, "block-export-add", type="nbd", id="e", name="e", **{"node-name": "img"},
-        writable=writable)
+    _ok(
+        peer,
+        "block-export-add",
+        type="nbd",
+        id="e",
+        name="e",
+        **{"node-name": "img"},
+        writable=writable,
+    )
     return f"nbd+unix:///e?socket={sock}"
 
 

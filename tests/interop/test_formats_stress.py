@@ -20,9 +20,15 @@ import pytest
 from txgraph.errors import TxgraphError
 from txgraph.io.runtime import Runtime
 
-_FORMATS = [("vdi", ""), ("vpc", ""), ("qcow", ""), ("qed", "cluster_size=4096"),
-            ("parallels", "cluster_size=64k"), ("vmdk", ""),
-            ("vmdk", "subformat=twoGbMaxExtentSparse")]
+_FORMATS = [
+    ("vdi", ""),
+    ("vpc", ""),
+    ("qcow", ""),
+    ("qed", "cluster_size=4096"),
+    ("parallels", "cluster_size=64k"),
+    ("vmdk", ""),
+    ("vmdk", "subformat=twoGbMaxExtentSparse"),
+]
 _SIZE = 8 << 20
 
 
@@ -44,12 +50,12 @@ def _writes(seed: int) -> list[list[tuple[int, bytes]]]:
 def test_concurrent_writes_equal_sequential_result(fmt: str, opts: str, tmp_path: Path) -> None:
     img = tmp_path / f"a.{fmt}"
     argv = ["qemu-img", "create", "-q", "-f", fmt] + (["-o", opts] if opts else [])
-    subprocess.run(argv + [str(img), str(_SIZE)], check=True, capture_output=True)
+    subprocess.run([*argv, str(img), str(_SIZE)], check=True, capture_output=True)
     plan = _writes(7)
     ref = bytearray(_SIZE)
     for ops in plan:
         for off, data in ops:
-            ref[off:off + len(data)] = data
+            ref[off : off + len(data)] = data
     rt = Runtime()
     rt.open_node("f", "file", {"filename": str(img)}, {}, False)
     children = {"file": "f"}
@@ -66,7 +72,7 @@ def test_concurrent_writes_equal_sequential_result(fmt: str, opts: str, tmp_path
         try:
             for off, data in ops:
                 node.write(off, data)
-        except BaseException as e:  # noqa: BLE001 - reported below
+        except BaseException as e:
             errors.append(e)
 
     def reader() -> None:
@@ -95,10 +101,14 @@ def test_concurrent_writes_equal_sequential_result(fmt: str, opts: str, tmp_path
         rt.close_node(name)  # releases the image locks before qemu-img looks
     raw = tmp_path / "ref.raw"
     raw.write_bytes(bytes(ref))
-    res = subprocess.run(["qemu-img", "compare", "-f", fmt, "-F", "raw", str(img), str(raw)],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        ["qemu-img", "compare", "-f", fmt, "-F", "raw", str(img), str(raw)],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     if fmt in ("vdi", "qed", "parallels", "vmdk"):
-        res = subprocess.run(["qemu-img", "check", "-f", fmt, str(img)], capture_output=True,
-                             text=True)
+        res = subprocess.run(
+            ["qemu-img", "check", "-f", fmt, str(img)], capture_output=True, text=True
+        )
         assert res.returncode == 0, res.stdout + res.stderr

@@ -50,8 +50,16 @@ def _child(img: Path, rnd_seed: int, round_no: int, wfd: int) -> None:
 @pytest.mark.parametrize("lazy", [False, True], ids=["eager", "lazy_refcounts"])
 def test_sigkill_never_corrupts(lazy: bool, tmp_path: Path) -> None:
     img = tmp_path / "crash.qcow2"
-    qemu_img("create", "-q", "-f", "qcow2", "-o", f"lazy_refcounts={'on' if lazy else 'off'}",
-             img, str(SIZE))
+    qemu_img(
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        f"lazy_refcounts={'on' if lazy else 'off'}",
+        img,
+        str(SIZE),
+    )
     rnd = random.Random(99)
     leaks = 0
     for r in range(ROUNDS // 2):
@@ -77,7 +85,7 @@ def test_sigkill_never_corrupts(lazy: bool, tmp_path: Path) -> None:
         node = open_chain(img, read_only=not lazy)  # writable: repairs a dirty image
         usable = len(acked) // 16 * 16
         for i in range(0, usable, 16):
-            off, pat = struct.unpack(">QQ", acked[i:i + 16])
+            off, pat = struct.unpack(">QQ", acked[i : i + 16])
             assert node.read(off, 40000) == bytes([pat]) * 40000, f"round {r}: lost {off}"
         node.close()
         if lazy:

@@ -18,25 +18,47 @@ from interop_kit import open_chain, qemu_img, qemu_io
 SIZE = 1 << 20
 BASE_SIZE = 600 * 1024  # shorter than the overlay: the tail reads as zeros
 
-op = st.tuples(st.sampled_from(["write", "zero", "zero_unmap", "discard", "read"]),
-               st.integers(0, SIZE - 1), st.integers(1, 70000), st.integers(1, 255))
+op = st.tuples(
+    st.sampled_from(["write", "zero", "zero_unmap", "discard", "read"]),
+    st.integers(0, SIZE - 1),
+    st.integers(1, 70000),
+    st.integers(1, 255),
+)
 
 
-@given(ops=st.lists(op, min_size=1, max_size=25), cluster=st.sampled_from([512, 4096, 65536]),
-       extl2=st.booleans())
-def test_random_workload_matches_model(ops: list[tuple[str, int, int, int]], cluster: int,
-                                       extl2: bool) -> None:
+@given(
+    ops=st.lists(op, min_size=1, max_size=25),
+    cluster=st.sampled_from([512, 4096, 65536]),
+    extl2=st.booleans(),
+)
+def test_random_workload_matches_model(
+    ops: list[tuple[str, int, int, int]], cluster: int, extl2: bool
+) -> None:
     if extl2 and cluster < 16384:
         extl2 = False
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         base = d / "base.qcow2"
-        qemu_img("create", "-q", "-f", "qcow2", "-o", f"cluster_size={cluster}", base, str(BASE_SIZE))
+        qemu_img(
+            "create", "-q", "-f", "qcow2", "-o", f"cluster_size={cluster}", base, str(BASE_SIZE)
+        )
         qemu_io(base, f"write -q -P 0x7e 0 {BASE_SIZE}")
         img = d / "top.qcow2"
         opts = f"cluster_size={cluster}" + (",extended_l2=on" if extl2 else "")
-        qemu_img("create", "-q", "-f", "qcow2", "-o", opts, "-b", "base.qcow2", "-F", "qcow2",
-                 img, str(SIZE))
+        qemu_img(
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            opts,
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            img,
+            str(SIZE),
+        )
         model = bytearray(b"\x7e" * BASE_SIZE + bytes(SIZE - BASE_SIZE))
         node = open_chain(img, read_only=False)
         node.reopen({**node.options, "discard": "unmap"}, node.read_only)  # BDRV_O_UNMAP
@@ -45,10 +67,10 @@ def test_random_workload_matches_model(ops: list[tuple[str, int, int, int]], clu
             ln = min(ln, SIZE - off)
             if kind == "write":
                 node.write(off, bytes([pat]) * ln)
-                model[off:off + ln] = bytes([pat]) * ln
+                model[off : off + ln] = bytes([pat]) * ln
             elif kind.startswith("zero"):
                 node.write_zeroes(off, ln, may_unmap=kind == "zero_unmap")
-                model[off:off + ln] = bytes(ln)
+                model[off : off + ln] = bytes(ln)
             elif kind == "discard":
                 node.discard(off, ln)
                 # Whole clusters inside the range read as zeros afterwards (v3).
@@ -58,7 +80,7 @@ def test_random_workload_matches_model(ops: list[tuple[str, int, int, int]], clu
                 if b > a:
                     model[a:b] = bytes(b - a)
             else:
-                assert node.read(off, ln) == model[off:off + ln]
+                assert node.read(off, ln) == model[off : off + ln]
         assert node.read(0, SIZE) == model
         node.close()
         res = subprocess.run(["qemu-img", "check", str(img)], capture_output=True, text=True)

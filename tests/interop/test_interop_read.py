@@ -25,8 +25,9 @@ from txgraph.io.qcow2.l2map import UNALLOC, ZERO
 Recipe = Callable[[Path], Path]
 
 
-def _create(d: Path, name: str, size: str, *opts: str, backing: Path | None = None,
-            bfmt: str = "qcow2") -> Path:
+def _create(
+    d: Path, name: str, size: str, *opts: str, backing: Path | None = None, bfmt: str = "qcow2"
+) -> Path:
     p = d / name
     args: list[Any] = ["create", "-q", "-f", "qcow2"]
     if opts:
@@ -38,10 +39,16 @@ def _create(d: Path, name: str, size: str, *opts: str, backing: Path | None = No
 
 
 def _mixed_writes(p: Path, cs: int) -> None:
-    qemu_io(p, f"write -q -P 0x11 0 {3 * cs}", f"write -q -P 0x22 {cs // 2} 1000",
-            f"write -q -z {5 * cs} {2 * cs}", f"write -q -P 0x33 {9 * cs + 100} {cs}",
-            f"write -q -P 0x44 {2 * cs} {cs}", f"write -q -z {cs} {cs}",
-            f"discard -q {2 * cs} {cs}")
+    qemu_io(
+        p,
+        f"write -q -P 0x11 0 {3 * cs}",
+        f"write -q -P 0x22 {cs // 2} 1000",
+        f"write -q -z {5 * cs} {2 * cs}",
+        f"write -q -P 0x33 {9 * cs + 100} {cs}",
+        f"write -q -P 0x44 {2 * cs} {cs}",
+        f"write -q -z {cs} {cs}",
+        f"discard -q {2 * cs} {cs}",
+    )
 
 
 def r_v2(d: Path) -> Path:
@@ -52,9 +59,16 @@ def r_v2(d: Path) -> Path:
 
 def r_clusters(cs: int, rb: int) -> Recipe:
     def recipe(d: Path) -> Path:
-        p = _create(d, f"c{cs}_{rb}.qcow2", str(max(16 << 20, 16 * cs)), f"cluster_size={cs}", f"refcount_bits={rb}")
+        p = _create(
+            d,
+            f"c{cs}_{rb}.qcow2",
+            str(max(16 << 20, 16 * cs)),
+            f"cluster_size={cs}",
+            f"refcount_bits={rb}",
+        )
         _mixed_writes(p, cs)
         return p
+
     recipe.__name__ = f"cs{cs}_rb{rb}"
     return recipe
 
@@ -72,6 +86,7 @@ def r_compressed(ctype: str) -> Recipe:
         qemu_img("convert", "-c", "-O", "qcow2", "-o", f"compression_type={ctype}", src, p)
         qemu_io(p, "write -q -P 0x99 65536 4096")  # a normal cluster among compressed ones
         return p
+
     recipe.__name__ = f"compressed_{ctype}"
     return recipe
 
@@ -80,8 +95,15 @@ def r_extl2(d: Path) -> Path:
     base = _create(d, "eb.qcow2", "4M")
     qemu_io(base, "write -q -P 0xbb 0 4M")
     p = _create(d, "ext.qcow2", "4M", "extended_l2=on", "cluster_size=65536", backing=base)
-    qemu_io(p, "write -q -P 0x01 4096 2048", "write -q -z 16384 8192", "write -q -P 0x02 131072 65536",
-            "write -q -z 262144 65536", "write -q -P 0x03 393216 100", "discard -q 131072 2048")
+    qemu_io(
+        p,
+        "write -q -P 0x01 4096 2048",
+        "write -q -z 16384 8192",
+        "write -q -P 0x02 131072 65536",
+        "write -q -z 262144 65536",
+        "write -q -P 0x03 393216 100",
+        "discard -q 131072 2048",
+    )
     return p
 
 
@@ -89,7 +111,9 @@ def r_chain(d: Path) -> Path:
     base = _create(d, "base.qcow2", "1M")  # backing shorter than the overlays
     qemu_io(base, "write -q -P 0xa1 0 1M")
     mid = _create(d, "mid.qcow2", "3M", backing=base)
-    qemu_io(mid, "write -q -P 0xa2 65536 65536", "write -q -z 196608 65536", "write -q -P 0xa3 2M 8192")
+    qemu_io(
+        mid, "write -q -P 0xa2 65536 65536", "write -q -z 196608 65536", "write -q -P 0xa3 2M 8192"
+    )
     top = _create(d, "top.qcow2", "4M", backing=mid)
     qemu_io(top, "write -q -P 0xa4 0 4096", "write -q -P 0xa5 3M 65536")
     return top
@@ -126,10 +150,22 @@ def r_unaligned(d: Path) -> Path:
     return p
 
 
-RECIPES: list[Recipe] = [r_v2, r_clusters(512, 16), r_clusters(4096, 1), r_clusters(65536, 64),
-                         r_clusters(2 << 20, 16), r_clusters(65536, 8), r_compressed("zlib"),
-                         r_compressed("zstd"), r_extl2, r_chain, r_raw_backing, r_snapshots,
-                         r_data_file, r_unaligned]
+RECIPES: list[Recipe] = [
+    r_v2,
+    r_clusters(512, 16),
+    r_clusters(4096, 1),
+    r_clusters(65536, 64),
+    r_clusters(2 << 20, 16),
+    r_clusters(65536, 8),
+    r_compressed("zlib"),
+    r_compressed("zstd"),
+    r_extl2,
+    r_chain,
+    r_raw_backing,
+    r_snapshots,
+    r_data_file,
+    r_unaligned,
+]
 
 
 @pytest.fixture(scope="module")
@@ -149,17 +185,24 @@ def test_reads_match_qemu_img_convert(recipe: Recipe, tmp_path: Path) -> None:
     for _ in range(200):
         off = rnd.randrange(len(ref))
         n = rnd.randrange(1, 300000)
-        assert node.read(off, n) == (ref[off:off + n] + bytes(n))[:n]
+        assert node.read(off, n) == (ref[off : off + n] + bytes(n))[:n]
         buf = bytearray(n)
         node.readinto(off, memoryview(buf))  # type: ignore[attr-defined]
-        assert buf == (ref[off:off + n] + bytes(n))[:n]
+        assert buf == (ref[off : off + n] + bytes(n))[:n]
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.__name__ for r in RECIPES])
 def test_info_matches_qsd(recipe: Recipe, tmp_path: Path, peer: QSD) -> None:
     img = recipe(tmp_path)
-    reply = peer.execute("blockdev-add", {"driver": "qcow2", "node-name": "i", "read-only": True,
-                                          "file": {"driver": "file", "filename": str(img)}})
+    reply = peer.execute(
+        "blockdev-add",
+        {
+            "driver": "qcow2",
+            "node-name": "i",
+            "read-only": True,
+            "file": {"driver": "file", "filename": str(img)},
+        },
+    )
     assert "return" in reply, reply
     nodes = peer.execute("query-named-block-nodes", {"flat": True})["return"]
     theirs = next(n["image"] for n in nodes if n["node-name"] == "i")
@@ -191,7 +234,7 @@ def test_block_status_and_translate(tmp_path: Path) -> None:
     assert host[0] == st_host(node, 0) and host[1] == st_host(node, 70000)
     assert host[2] == ZERO and host[3] == UNALLOC
     ref = img.read_bytes()
-    assert ref[host[1]:host[1] + 4] == b"\1" * 4
+    assert ref[host[1] : host[1] + 4] == b"\1" * 4
 
 
 def st_host(node: Any, off: int) -> int:
@@ -203,11 +246,14 @@ def test_unaligned_l2_entry_fails_with_eio_like_qemu_io(tmp_path: Path) -> None:
     qemu_io(img, "write -q -P 1 0 192k")
     shutil.copy(img, tmp_path / "orig.qcow2")
     l1 = int.from_bytes(img.read_bytes()[40:48], "big")
-    l2 = int.from_bytes(img.read_bytes()[l1:l1 + 8], "big") & ((1 << 56) - 512)
-    entry = int.from_bytes(img.read_bytes()[l2:l2 + 8], "big")
+    l2 = int.from_bytes(img.read_bytes()[l1 : l1 + 8], "big") & ((1 << 56) - 512)
+    entry = int.from_bytes(img.read_bytes()[l2 : l2 + 8], "big")
     poke(img, l2, ">Q", entry + 512)
-    res = subprocess.run(["qemu-io", "-r", "-f", "qcow2", "-c", "read 0 512", str(img)],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        ["qemu-io", "-r", "-f", "qcow2", "-c", "read 0 512", str(img)],
+        capture_output=True,
+        text=True,
+    )
     assert "Input/output error" in res.stdout + res.stderr
     node = open_chain(img)
     with pytest.raises(IOFailure) as e:

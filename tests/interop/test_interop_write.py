@@ -90,8 +90,18 @@ def f_data_file(d: Path) -> Path:
     return _mk(d, "img.qcow2", 16 << 20, f"data_file={d / 'img.data'}")
 
 
-FLAVOURS: list[Flavour] = [f_default, f_small_clusters_rb64, f_refcount_bits_1, f_v2, f_backing,
-                           f_extl2, f_snapshot, f_compressed, f_lazy, f_data_file]
+FLAVOURS: list[Flavour] = [
+    f_default,
+    f_small_clusters_rb64,
+    f_refcount_bits_1,
+    f_v2,
+    f_backing,
+    f_extl2,
+    f_snapshot,
+    f_compressed,
+    f_lazy,
+    f_data_file,
+]
 
 
 def _workload(seed: int, size: int, n: int = 50) -> list[tuple[str, int, int, int]]:
@@ -108,8 +118,11 @@ def _workload(seed: int, size: int, n: int = 50) -> list[tuple[str, int, int, in
 
 def _qemu_cmd(op: tuple[str, int, int, int]) -> str:
     kind, off, ln, pat = op
-    return {"write": f"write -q -P {pat} {off} {ln}", "zero": f"write -q -z {off} {ln}",
-            "discard": f"discard -q {off} {ln}"}[kind]
+    return {
+        "write": f"write -q -P {pat} {off} {ln}",
+        "zero": f"write -q -z {off} {ln}",
+        "discard": f"discard -q {off} {ln}",
+    }[kind]
 
 
 def _check(img: Path) -> subprocess.CompletedProcess[str]:
@@ -143,7 +156,9 @@ def test_writes_pass_check_and_match_qemu_io(flavour: Flavour, tmp_path: Path) -
     res = _check(img)
     assert res.returncode == 0, res.stdout + res.stderr
     qemu_io(peer, *[_qemu_cmd(op) for op in ops])
-    cmp = subprocess.run(["qemu-img", "compare", str(img), str(peer)], capture_output=True, text=True)
+    cmp = subprocess.run(
+        ["qemu-img", "compare", str(img), str(peer)], capture_output=True, text=True
+    )
     assert cmp.returncode == 0, cmp.stdout + cmp.stderr
     # ... and they are what QEMU reads back.
     assert mid == open_chain(img).read(0, size)

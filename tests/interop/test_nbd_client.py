@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from nbd_support import pattern_data, run
+
 from tests.support.qsd import QSD
 from txgraph.errors import IOFailure, OpenError
 from txgraph.io.runtime import Runtime
@@ -20,16 +20,20 @@ SIZE = 2 << 20
 
 
 def _qemu_nbd(image: Path, sock: Path, *extra: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(["qemu-nbd", "-k", str(sock), "-f", "raw", "-x", "ex", "--persistent",
-                             *extra, str(image)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        ["qemu-nbd", "-k", str(sock), "-f", "raw", "-x", "ex", "--persistent", *extra, str(image)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 30
     # the socket file appears a moment before qemu-nbd listens: wait for a real connection
     # (a probe client is harmless with --persistent)
     while not _listening(sock):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise AssertionError(f"qemu-nbd did not start: {proc.stderr.read() if proc.stderr else ''}")
+            raise AssertionError(
+                f"qemu-nbd did not start: {proc.stderr.read() if proc.stderr else ''}"
+            )
         time.sleep(0.01)
     return proc
 
@@ -77,8 +81,16 @@ def test_read_write_through_qemu_nbd(qemu_nbd: tuple[Path, Path]) -> None:
     data = image.read_bytes()
     assert data[4096:12288] == b"\x42" * 8192 and data[65536:131072] == bytes(65536)
     # qemu-io, a second client of the same qemu-nbd, agrees.
-    run("qemu-io", "-f", "raw", "-c", "read -P 0x42 4096 8192", "-c", "read -P 0 64k 64k",
-        f"nbd+unix:///ex?socket={sock}")
+    run(
+        "qemu-io",
+        "-f",
+        "raw",
+        "-c",
+        "read -P 0x42 4096 8192",
+        "-c",
+        "read -P 0 64k 64k",
+        f"nbd+unix:///ex?socket={sock}",
+    )
 
 
 def test_open_errors_use_qemu_texts(qemu_nbd: tuple[Path, Path], tmp_path: Path) -> None:
@@ -90,8 +102,13 @@ def test_open_errors_use_qemu_texts(qemu_nbd: tuple[Path, Path], tmp_path: Path)
     with pytest.raises(OpenError, match=f"Failed to connect to '{missing}': No such file"):
         rt.open_node("n", "nbd", _opts(missing), {}, True)
     with pytest.raises(OpenError, match="Failed to connect to '127.0.0.1:1': Connection refused"):
-        rt.open_node("n", "nbd", {"server.type": "inet", "server.host": "127.0.0.1",
-                                  "server.port": "1", "export": "ex"}, {}, True)
+        rt.open_node(
+            "n",
+            "nbd",
+            {"server.type": "inet", "server.host": "127.0.0.1", "server.port": "1", "export": "ex"},
+            {},
+            True,
+        )
 
 
 def test_read_only_export(tmp_path: Path) -> None:
@@ -135,8 +152,9 @@ def test_block_status_from_qemu_storage_daemon(tmp_path: Path) -> None:
         rt.close_all()
 
 
-def test_txgraph_export_of_an_nbd_node_chains_two_servers(qemu_nbd: tuple[Path, Path],
-                                                          tmp_path: Path) -> None:
+def test_txgraph_export_of_an_nbd_node_chains_two_servers(
+    qemu_nbd: tuple[Path, Path], tmp_path: Path
+) -> None:
     """qemu-nbd -> txgraph nbd driver -> txgraph NBD server -> qemu-img compare."""
     from txgraph.io.nbd.server import NbdServer
 
@@ -148,8 +166,16 @@ def test_txgraph_export_of_an_nbd_node_chains_two_servers(qemu_nbd: tuple[Path, 
     server.start({"type": "unix", "path": mine})
     try:
         server.add_export("relay", "n", False)
-        out = run("qemu-img", "compare", "-f", "raw", "-F", "raw", str(image),
-                  f"nbd+unix:///relay?socket={mine}").stdout
+        out = run(
+            "qemu-img",
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            str(image),
+            f"nbd+unix:///relay?socket={mine}",
+        ).stdout
         assert "Images are identical" in out
     finally:
         server.stop()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
-
 from nbd_support import serve_raw
+
 from txgraph.io.nbd import protocol as P
 from txgraph.io.nbd.client import NbdClient, NbdError
 
@@ -29,8 +29,11 @@ _op = st.one_of(
 @given(st.lists(_op, max_size=25), st.booleans())
 def test_nbd_requests_match_a_model(ops: list[tuple[str, int, int, int]], structured: bool) -> None:
     model = bytearray(bytes(range(256)) * (SIZE // 256))
-    with tempfile.TemporaryDirectory() as tmp, serve_raw(Path(tmp), bytes(model)) as s, \
-            NbdClient(s.addr, "disk", structured=structured) as c:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        serve_raw(Path(tmp), bytes(model)) as s,
+        NbdClient(s.addr, "disk", structured=structured) as c,
+    ):
         for kind, off, length, arg in ops:
             in_range = off + length <= SIZE
             try:
@@ -41,7 +44,7 @@ def test_nbd_requests_match_a_model(ops: list[tuple[str, int, int, int]], struct
                 elif kind == "trim":
                     c.trim(off, length)
                 elif kind == "read":
-                    assert c.read(off, length) == bytes(model[off:off + length])
+                    assert c.read(off, length) == bytes(model[off : off + length])
                 else:
                     c.flush()
             except NbdError as e:
@@ -49,11 +52,11 @@ def test_nbd_requests_match_a_model(ops: list[tuple[str, int, int, int]], struct
                 continue
             assert in_range or kind == "flush", (kind, off, length)
             if kind == "write":
-                model[off:off + length] = bytes([arg]) * length
+                model[off : off + length] = bytes([arg]) * length
             elif kind == "zero":
-                model[off:off + length] = bytes(length)
+                model[off : off + length] = bytes(length)
             # trim: NBD leaves trimmed contents unspecified; re-sync the model from the file.
             elif kind == "trim":
-                model[off:off + length] = s.image.read_bytes()[off:off + length]
+                model[off : off + length] = s.image.read_bytes()[off : off + length]
         assert c.read(0, SIZE) == bytes(model)
         assert c.flags & P.FLAG_SEND_TRIM

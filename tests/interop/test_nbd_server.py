@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from nbd_support import Served, pattern_data, run, serve_raw
+
 from txgraph.errors import BlockError
 from txgraph.io.nbd import protocol as P
 from txgraph.io.nbd.client import NbdClient, NbdError
@@ -40,11 +40,21 @@ def test_qemu_nbd_list(served: Served) -> None:
 
 
 def test_qemu_io_write_then_read_pattern(served: Served) -> None:
-    out = run("qemu-io", "-f", "raw", "-c", "write -P 0x5a 65536 131072",
-              "-c", "read -P 0x5a 65536 131072", "-c", "read -P 0 0 0", served.uri()).stdout
+    out = run(
+        "qemu-io",
+        "-f",
+        "raw",
+        "-c",
+        "write -P 0x5a 65536 131072",
+        "-c",
+        "read -P 0x5a 65536 131072",
+        "-c",
+        "read -P 0 0 0",
+        served.uri(),
+    ).stdout
     assert "wrote 131072/131072" in out and "read 131072/131072" in out
     raw = served.image.read_bytes()
-    assert raw[65536:65536 + 131072] == b"\x5a" * 131072
+    assert raw[65536 : 65536 + 131072] == b"\x5a" * 131072
     assert raw[:65536] == pattern_data(SIZE)[:65536]
 
 
@@ -57,8 +67,10 @@ def test_qemu_img_convert_and_compare(served: Served, tmp_path: Path) -> None:
     out = tmp_path / "copy.raw"
     run("qemu-img", "convert", "-f", "raw", "-O", "raw", served.uri(), str(out))
     assert out.read_bytes() == pattern_data(SIZE)
-    assert "Images are identical" in run("qemu-img", "compare", "-f", "raw", "-F", "raw",
-                                         str(out), served.uri()).stdout
+    assert (
+        "Images are identical"
+        in run("qemu-img", "compare", "-f", "raw", "-F", "raw", str(out), served.uri()).stdout
+    )
     run("qemu-io", "-f", "raw", "-c", "write -P 1 1M 512", served.uri())
     res = run("qemu-img", "compare", "-f", "raw", "-F", "raw", str(out), served.uri(), check=False)
     assert res.returncode == 1 and "Content mismatch at offset 1048576" in res.stdout
@@ -66,11 +78,11 @@ def test_qemu_img_convert_and_compare(served: Served, tmp_path: Path) -> None:
 
 def test_block_status_reaches_qemu_img_map(tmp_path: Path) -> None:
     with serve_raw(tmp_path, b"") as s:
-        with open(s.image, "r+b") as f:          # sparse: data only in the second MiB
+        with open(s.image, "r+b") as f:  # sparse: data only in the second MiB
             f.truncate(SIZE)
             f.seek(1 << 20)
             f.write(b"\x01" * (1 << 20))
-        s.runtime.close_all()                   # reopen to see the new length
+        s.runtime.close_all()  # reopen to see the new length
         s.runtime.open_node("disk-file", "file", {"filename": str(s.image)}, {}, False)
         s.runtime.open_node("disk-fmt", "raw", {}, {"file": "disk-file"}, False)
         s.runtime.set_child(s.server.exports()[0].backend, "root", "disk-fmt")
@@ -87,8 +99,9 @@ def test_tcp_on_localhost(tmp_path: Path) -> None:
     try:
         server.add_export("zero", "n", False)
         host, port = server.address
-        out = run("qemu-io", "-r", "-f", "raw", "-c", "read -P 0 0 1M",
-                  f"nbd://{host}:{port}/zero").stdout
+        out = run(
+            "qemu-io", "-r", "-f", "raw", "-c", "read -P 0 0 1M", f"nbd://{host}:{port}/zero"
+        ).stdout
         assert "read 1048576/1048576" in out
     finally:
         server.stop()
@@ -103,7 +116,7 @@ def test_read_only_export_refuses_writes(tmp_path: Path) -> None:
             for cmd in (P.CMD_WRITE, P.CMD_TRIM, P.CMD_WRITE_ZEROES):
                 with pytest.raises(NbdError) as exc:
                     c.raw_request(cmd, 0, 512, b"x" * 512 if cmd == P.CMD_WRITE else b"")
-                assert exc.value.errno == 1          # EPERM
+                assert exc.value.errno == 1  # EPERM
             assert c.read(0, 512) == pattern_data(512)
         assert s.image.read_bytes() == pattern_data(SIZE)
 
@@ -111,16 +124,21 @@ def test_read_only_export_refuses_writes(tmp_path: Path) -> None:
 @pytest.mark.parametrize("structured", [False, True])
 def test_out_of_range_requests_are_einval_and_harmless(served: Served, structured: bool) -> None:
     with NbdClient(served.addr, "disk", structured=structured) as c:
-        cases = [(P.CMD_READ, SIZE - 512, 1024, b""), (P.CMD_READ, SIZE + 512, 0, b""),
-                 (P.CMD_WRITE, SIZE, 512, b"y" * 512), (P.CMD_TRIM, SIZE - 1, 2, b""),
-                 (P.CMD_WRITE_ZEROES, 1 << 62, 512, b""),
-                 (P.CMD_READ, 0, P.MAX_BUFFER_SIZE + 1, b""), (99, 0, 512, b"")]
+        cases = [
+            (P.CMD_READ, SIZE - 512, 1024, b""),
+            (P.CMD_READ, SIZE + 512, 0, b""),
+            (P.CMD_WRITE, SIZE, 512, b"y" * 512),
+            (P.CMD_TRIM, SIZE - 1, 2, b""),
+            (P.CMD_WRITE_ZEROES, 1 << 62, 512, b""),
+            (P.CMD_READ, 0, P.MAX_BUFFER_SIZE + 1, b""),
+            (99, 0, 512, b""),
+        ]
         for cmd, off, length, data in cases:
             with pytest.raises(NbdError) as exc:
                 c.raw_request(cmd, off, length, data)
             assert exc.value.errno == 22, (cmd, off, length)
         with pytest.raises(NbdError):
-            c.raw_request(P.CMD_READ, 0, 512, flags=1 << 9)   # unknown flag
+            c.raw_request(P.CMD_READ, 0, 512, flags=1 << 9)  # unknown flag
         assert c.read(SIZE - 512, 512) == pattern_data(SIZE)[-512:]
     assert served.image.read_bytes() == pattern_data(SIZE)
 
@@ -131,7 +149,7 @@ def test_oversized_write_closes_the_connection_only(served: Served) -> None:
     magic, err, cookie = P.SIMPLE_REPLY.unpack(c.sock.recv(16, socket.MSG_WAITALL))
     assert (magic, err, cookie) == (P.SIMPLE_REPLY_MAGIC, 22, 7)
     c.sock.settimeout(5)
-    assert c.sock.recv(1) == b""                # server hung up: the payload is unparseable
+    assert c.sock.recv(1) == b""  # server hung up: the payload is unparseable
     c.sock.close()
     with NbdClient(served.addr, "disk") as again:
         assert again.read(0, 16) == pattern_data(16)
@@ -148,11 +166,11 @@ def _raw_handshake(sock_path: str) -> socket.socket:
 
 def test_malformed_handshakes_are_dropped(served: Served) -> None:
     s = _raw_handshake(served.sock)
-    s.sendall(struct.pack(">I", 0x80))          # unknown client flag
+    s.sendall(struct.pack(">I", 0x80))  # unknown client flag
     assert s.recv(1) == b""
     s.close()
     s = _raw_handshake(served.sock)
-    s.sendall(struct.pack(">I", 3) + P.OPT_HDR.pack(0x1234, P.OPT_LIST, 0))   # bad magic
+    s.sendall(struct.pack(">I", 3) + P.OPT_HDR.pack(0x1234, P.OPT_LIST, 0))  # bad magic
     assert s.recv(1) == b""
     s.close()
     s = _raw_handshake(served.sock)
@@ -164,7 +182,7 @@ def test_malformed_handshakes_are_dropped(served: Served) -> None:
     assert P.OPT_REPLY_HDR.unpack(s.recv(20, socket.MSG_WAITALL))[2] == P.REP_ERR_INVALID
     s.close()
     s = _raw_handshake(served.sock)
-    s.sendall(b"\0\0")                           # half a flags word, then vanish
+    s.sendall(b"\0\0")  # half a flags word, then vanish
     s.close()
     # The server is unaffected.
     assert "read 512/512" in run("qemu-io", "-f", "raw", "-c", "read 0 512", served.uri()).stdout
@@ -177,8 +195,9 @@ def test_unknown_export(served: Served) -> None:
 
 def test_client_vanishing_mid_request_changes_nothing(served: Served) -> None:
     c = NbdClient(served.addr, "disk")
-    c.sock.sendall(P.REQUEST.pack(P.REQUEST_MAGIC, 0, P.CMD_WRITE, 1, 0, 1 << 20)
-                   + b"\xee" * (1 << 19))       # half the payload
+    c.sock.sendall(
+        P.REQUEST.pack(P.REQUEST_MAGIC, 0, P.CMD_WRITE, 1, 0, 1 << 20) + b"\xee" * (1 << 19)
+    )  # half the payload
     c.sock.close()
     # And one that leaves while a large read reply is being sent.
     d = NbdClient(served.addr, "disk")
@@ -186,8 +205,12 @@ def test_client_vanishing_mid_request_changes_nothing(served: Served) -> None:
     d.sock.close()
     time.sleep(0.2)
     assert served.image.read_bytes() == pattern_data(SIZE)
-    assert "Images are identical" in run("qemu-img", "compare", "-f", "raw", "-F", "raw",
-                                         str(served.image), served.uri()).stdout
+    assert (
+        "Images are identical"
+        in run(
+            "qemu-img", "compare", "-f", "raw", "-F", "raw", str(served.image), served.uri()
+        ).stdout
+    )
 
 
 def test_export_removal_modes(served: Served) -> None:

@@ -69,8 +69,13 @@ def _unknown_ext(path: Path) -> None:
 
 def _two_unknown_exts(path: Path) -> None:
     """Two unknown extensions: QEMU writes them back in reverse order."""
-    poke(path, 112, "", b"\x12\x34\x56\x78\x00\x00\x00\x05hello\x00\x00\x00"
-         b"\x87\x65\x43\x21\x00\x00\x00\x03abc\x00\x00\x00\x00\x00")
+    poke(
+        path,
+        112,
+        "",
+        b"\x12\x34\x56\x78\x00\x00\x00\x05hello\x00\x00\x00"
+        b"\x87\x65\x43\x21\x00\x00\x00\x03abc\x00\x00\x00\x00\x00",
+    )
 
 
 def _odd_header(path: Path) -> None:
@@ -105,15 +110,18 @@ CASES = [
     Case("extended-l2", "extended_l2=on"),
     Case("data-file", "data_file=data.raw", data_file=True),
     # the name's bytes are kept as they are, even when they are not UTF-8
-    Case("data-file-not-utf8", "data_file=" + os.fsdecode(b"d\xff.raw"), data_file=True,
-         data_name=os.fsdecode(b"d\xff.raw")),
+    Case(
+        "data-file-not-utf8",
+        "data_file=" + os.fsdecode(b"d\xff.raw"),
+        data_file=True,
+        data_name=os.fsdecode(b"d\xff.raw"),
+    ),
     Case("lazy-refcounts", "lazy_refcounts=on"),
     Case("zstd", "compression_type=zstd"),
     Case("refcount-bits-1", "refcount_bits=1"),
     Case("no-format", "cluster_size=65536", fmt=None),
     Case("raw-format", "cluster_size=65536", backing="base.raw", fmt="raw"),
-    Case("replace", "cluster_size=65536", backing="other.qcow2",
-         initial=("base.qcow2", "qcow2")),
+    Case("replace", "cluster_size=65536", backing="other.qcow2", initial=("base.qcow2", "qcow2")),
     Case("remove", "cluster_size=65536", backing=None, fmt=None, initial=("base.qcow2", "qcow2")),
     Case("remove-v2", "compat=0.10", backing=None, fmt=None, initial=("base.qcow2", "qcow2")),
     Case("long-name-1023", "cluster_size=65536", backing=_long_name(1023)),
@@ -138,8 +146,9 @@ def _make(dirpath: Path, case: Case) -> Path:
     if case.initial is not None:
         argv += ["-b", case.initial[0], "-F", case.initial[1], "-u"]
     # cwd: a relative data_file= is created relative to it (and recorded as given)
-    res = subprocess.run([*argv, "img.qcow2", "1M"], cwd=dirpath, capture_output=True,
-                         text=True, timeout=60)
+    res = subprocess.run(
+        [*argv, "img.qcow2", "1M"], cwd=dirpath, capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0, res.stderr
     if case.mutate is not None:
         case.mutate(img)
@@ -158,13 +167,15 @@ def _backing_files(dirpath: Path) -> None:
         qemu_img("create", "-q", "-f", "qcow2", p, "1M")
 
 
-def _open(img: Path, data_file: bool, read_only: bool = False,
-          data_name: str = "data.raw") -> tuple[DriverNode, list[DriverNode]]:
+def _open(
+    img: Path, data_file: bool, read_only: bool = False, data_name: str = "data.raw"
+) -> tuple[DriverNode, list[DriverNode]]:
     f = open_node("file", {"filename": str(img)}, read_only=read_only)
     children = {"file": f}
     if data_file:
-        children["data-file"] = open_node("file", {"filename": str(img.parent / data_name)},
-                                          read_only=read_only)
+        children["data-file"] = open_node(
+            "file", {"filename": str(img.parent / data_name)}, read_only=read_only
+        )
     return open_node("qcow2", {}, children, read_only=read_only), list(children.values())
 
 
@@ -177,8 +188,9 @@ def _close(node: DriverNode, children: list[DriverNode]) -> None:
 def _qemu(img: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     """A QEMU tool run from the image's directory: QEMU 7.2 opens a relative data-file name
     from the header relative to the working directory, not to the image."""
-    return subprocess.run([*argv, img.name], cwd=img.parent, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        [*argv, img.name], cwd=img.parent, capture_output=True, text=True, timeout=60
+    )
 
 
 def _rebase(img: Path, backing: str | None, fmt: str | None) -> subprocess.CompletedProcess[str]:
@@ -231,7 +243,7 @@ def test_header_rewrite_matches_qemu(tmp_path: Path, case: Case) -> None:
     finally:
         _close(node, kids)
     want, got = (qdir / "img.qcow2").read_bytes(), (tdir / "img.qcow2").read_bytes()
-    cs = read_qcow2_header(lambda o, n: want[o:o + n].ljust(n, b"\0"), len(want)).cluster_size
+    cs = read_qcow2_header(lambda o, n: want[o : o + n].ljust(n, b"\0"), len(want)).cluster_size
     assert got[:cs] == want[:cs]
     assert got == want
     report = _check(tdir / "img.qcow2")
@@ -245,8 +257,7 @@ def test_header_rewrite_matches_qemu(tmp_path: Path, case: Case) -> None:
     if case.backing is not None:
         assert qinfo.get("backing-filename-format") == (case.fmt or "qcow2")
     # The image reopens in txgraph with the header it wrote, and the data is unchanged.
-    node, kids = _open(tdir / "img.qcow2", case.data_file, read_only=True,
-                       data_name=case.data_name)
+    node, kids = _open(tdir / "img.qcow2", case.data_file, read_only=True, data_name=case.data_name)
     try:
         assert node.info().backing_file == case.backing
         assert _guest(node) == before
@@ -260,21 +271,58 @@ def _attempt_qemu(img: Path, backing: str, fmt: str | None) -> str:
     return res.stderr
 
 
-@pytest.mark.parametrize(("opts", "name", "fmt", "err", "qemu_text"), [
-    ("cluster_size=512", _long_name(377), "qcow2", errno.ENOSPC, "No space left in the file header"),
-    ("cluster_size=512", _long_name(392), "raw", errno.ENOSPC, "No space left in the file header"),
-    ("compat=0.10,cluster_size=512", _long_name(441), "qcow2", errno.ENOSPC,
-     "No space left in the file header"),
-    ("cluster_size=65536", _long_name(1024), "qcow2", errno.EINVAL, "Invalid argument"),
-    ("data_file=data.raw,data_file_raw=on", "base.qcow2", "qcow2", errno.EINVAL,
-     "Invalid argument"),
-], ids=["c512-fmt-too-long", "c512-raw-too-long", "v2-c512-too-long", "1024-bytes",
-        "data-file-raw"])
-def test_refusals_match_qemu_and_change_nothing(tmp_path: Path, opts: str, name: str,
-                                                fmt: str, err: int, qemu_text: str) -> None:
+@pytest.mark.parametrize(
+    ("opts", "name", "fmt", "err", "qemu_text"),
+    [
+        (
+            "cluster_size=512",
+            _long_name(377),
+            "qcow2",
+            errno.ENOSPC,
+            "No space left in the file header",
+        ),
+        (
+            "cluster_size=512",
+            _long_name(392),
+            "raw",
+            errno.ENOSPC,
+            "No space left in the file header",
+        ),
+        (
+            "compat=0.10,cluster_size=512",
+            _long_name(441),
+            "qcow2",
+            errno.ENOSPC,
+            "No space left in the file header",
+        ),
+        ("cluster_size=65536", _long_name(1024), "qcow2", errno.EINVAL, "Invalid argument"),
+        (
+            "data_file=data.raw,data_file_raw=on",
+            "base.qcow2",
+            "qcow2",
+            errno.EINVAL,
+            "Invalid argument",
+        ),
+    ],
+    ids=[
+        "c512-fmt-too-long",
+        "c512-raw-too-long",
+        "v2-c512-too-long",
+        "1024-bytes",
+        "data-file-raw",
+    ],
+)
+def test_refusals_match_qemu_and_change_nothing(
+    tmp_path: Path, opts: str, name: str, fmt: str, err: int, qemu_text: str
+) -> None:
     img = tmp_path / "img.qcow2"
-    res = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", opts, "img.qcow2", "1M"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-o", opts, "img.qcow2", "1M"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stderr
     _io(img, "write -P 0x11 0 4k")
     orig = img.read_bytes()
@@ -286,8 +334,9 @@ def test_refusals_match_qemu_and_change_nothing(tmp_path: Path, opts: str, name:
         with pytest.raises(IOFailure) as exc:
             node.change_backing_file(name, fmt)
         assert exc.value.errno == err
-        assert str(exc.value) == qemu_text.replace("No space left in the file header",
-                                                   "No space left on device")
+        assert str(exc.value) == qemu_text.replace(
+            "No space left in the file header", "No space left on device"
+        )
         assert node.header.pack() == header_before  # type: ignore[attr-defined]
         assert node.info().backing_file is None and node.info().backing_format is None
     finally:
@@ -324,8 +373,9 @@ def test_generic_checks_and_drivers_without_support(tmp_path: Path) -> None:
         assert exc.value.errno == errno.ENOMEDIUM
     finally:
         _close(node, kids)
-    h = read_qcow2_header(lambda o, n: img.read_bytes()[o:o + n].ljust(n, b"\0"),
-                          img.stat().st_size)
+    h = read_qcow2_header(
+        lambda o, n: img.read_bytes()[o : o + n].ljust(n, b"\0"), img.stat().st_size
+    )
     assert h.backing_file == "missing.qcow2" and h.backing_format is None
     assert h.corrupt
 
@@ -360,7 +410,7 @@ def test_format_is_cut_like_qemus_buffer(tmp_path: Path) -> None:
     finally:
         _close(node, kids)
     data = img.read_bytes()
-    h2 = read_qcow2_header(lambda o, n: data[o:o + n].ljust(n, b"\0"), len(data))
+    h2 = read_qcow2_header(lambda o, n: data[o : o + n].ljust(n, b"\0"), len(data))
     assert (h2.backing_file, h2.backing_format) == ("", "")
     assert c_string("a\0b") == b"a"
     assert c_string(os.fsdecode(b"x\xff")) == b"x\xff"
@@ -379,14 +429,14 @@ def test_bitmaps_extension_placement(tmp_path: Path) -> None:
     new = img.read_bytes()
 
     def reader(buf: bytes) -> Callable[[int, int], bytes]:
-        return lambda o, n: buf[o:o + n].ljust(n, b"\0")
+        return lambda o, n: buf[o : o + n].ljust(n, b"\0")
 
     before = read_qcow2_header(reader(orig), len(orig))
     after = read_qcow2_header(reader(new), len(new))
     assert before.bitmaps_ext is not None and after.bitmaps_ext is not None
     before.bitmaps_ext = after.bitmaps_ext
     cluster, hdr = build_header_cluster(before, b"base.qcow2", b"qcow2")
-    assert cluster == new[:before.cluster_size]
+    assert cluster == new[: before.cluster_size]
     assert hdr.backing_file == "base.qcow2" and hdr.bitmaps_ext == after.bitmaps_ext
 
 

@@ -24,22 +24,31 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def _img(path: Path, opts: str = "cluster_size=4096", size: str = "8M") -> Path:
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", opts, str(path), size],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-o", opts, str(path), size],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     return path
 
 
 def _info(path: Path) -> dict[str, object]:
-    res = subprocess.run(["qemu-img", "info", "--output=json", str(path)], capture_output=True,
-                         text=True, timeout=60)
+    res = subprocess.run(
+        ["qemu-img", "info", "--output=json", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0, res.stderr
     out: dict[str, object] = json.loads(res.stdout)
     return out
 
 
 def _check(path: Path) -> dict[str, object]:
-    res = subprocess.run(["qemu-img", "check", "--output=json", str(path)], capture_output=True,
-                         text=True, timeout=60)
+    res = subprocess.run(
+        ["qemu-img", "check", "--output=json", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode in (0, 3), res.stderr
     out = json.loads(res.stdout)
     return {k: out.get(k, 0) for k in ("check-errors", "leaks", "corruptions")}
@@ -87,12 +96,16 @@ def test_runtime_entry_point_per_driver(tmp_path: Path) -> None:
     assert info["backing-filename-format"] == "raw"
 
 
-@pytest.mark.parametrize(("opts", "chunk"), [
-    ("cluster_size=4096,lazy_refcounts=on", 6000),
-    # 512-byte clusters, ~10 MB written: the refcount table (one cluster covers 8 MiB) grows
-    # and moves while the header is being rewritten
-    ("cluster_size=512", 80_000),
-    ("compat=0.10,cluster_size=65536", 6000)])
+@pytest.mark.parametrize(
+    ("opts", "chunk"),
+    [
+        ("cluster_size=4096,lazy_refcounts=on", 6000),
+        # 512-byte clusters, ~10 MB written: the refcount table (one cluster covers 8 MiB) grows
+        # and moves while the header is being rewritten
+        ("cluster_size=512", 80_000),
+        ("compat=0.10,cluster_size=65536", 6000),
+    ],
+)
 def test_header_rewrites_race_guest_writes(tmp_path: Path, opts: str, chunk: int) -> None:
     img = _img(tmp_path / "img.qcow2", opts, "32M")
     rt = Runtime()
@@ -144,8 +157,12 @@ def test_header_rewrites_race_guest_writes(tmp_path: Path, opts: str, chunk: int
     finally:
         rt.close_all()
     last = "qcow2" if (len(names) - 1) % 2 else "raw"
-    subprocess.run(["qemu-img", "create", "-q", "-f", last, str(tmp_path / names[-1]), "32M"],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", last, str(tmp_path / names[-1]), "32M"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     assert _check(img) == {"check-errors": 0, "leaks": 0, "corruptions": 0}
     info = _info(img)
     assert info["backing-filename"] == names[-1]

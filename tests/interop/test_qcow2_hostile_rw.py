@@ -34,11 +34,17 @@ SIZE = 2 << 20
 
 # (kind, offset, length[, pattern]); reads are dumped and compared byte for byte.
 OPS: list[tuple[str, int, int, int]] = [
-    ("read", 0, 512, 0), ("read", 65536 + 100, 512, 0), ("read", 256 << 10, 512, 0),
+    ("read", 0, 512, 0),
+    ("read", 65536 + 100, 512, 0),
+    ("read", 256 << 10, 512, 0),
     ("read", 1 << 20, 512, 0),
-    ("write", 0, 4096, 0x55), ("write", 512 << 10, 8192, 0x66),
-    ("zero", 256 << 10, 65536, 0), ("write", 1 << 20, 512, 0x77),
-    ("read", 0, 512, 0), ("read", 512 << 10, 512, 0), ("read", 1 << 20, 512, 0),
+    ("write", 0, 4096, 0x55),
+    ("write", 512 << 10, 8192, 0x66),
+    ("zero", 256 << 10, 65536, 0),
+    ("write", 1 << 20, 512, 0x77),
+    ("read", 0, 512, 0),
+    ("read", 512 << 10, 512, 0),
+    ("read", 1 << 20, 512, 0),
     ("read", 128 << 10, 512, 0),
 ]
 
@@ -77,13 +83,15 @@ def run_qemu(img: Path) -> tuple[str | None, list[str]]:
     args = ["qemu-io", "-f", "qcow2"]
     for op in OPS:
         args += ["-c", _qemu_io_cmd(*op)]
-    r = subprocess.run(args + [str(img)], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([*args, str(img)], capture_output=True, text=True, timeout=60)
     if r.returncode < 0 or "Assertion" in r.stderr:
-        raise QemuCrashed(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else str(r.returncode))
+        raise QemuCrashed(
+            r.stderr.strip().splitlines()[-1] if r.stderr.strip() else str(r.returncode)
+        )
     prefix = f"qemu-io: can't open device {img}: "
     for line in r.stderr.splitlines():
         if line.startswith(prefix):
-            return line[len(prefix):], []
+            return line[len(prefix) :], []
     return None, _parse_qemu_io(r.stdout)
 
 
@@ -116,8 +124,9 @@ def run_txgraph(img: Path) -> tuple[str | None, list[str]]:
 
 
 def corrupt_bit(img: Path) -> bool | None:
-    r = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(img)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["qemu-img", "info", "-U", "--output=json", str(img)], capture_output=True, text=True
+    )
     if r.returncode:
         return None
     return bool(json.loads(r.stdout)["format-specific"]["data"].get("corrupt"))
@@ -141,18 +150,40 @@ class Layout:
     """Where the metadata of a template lives (read with plain struct unpacking)."""
 
     def __init__(self, raw: bytes) -> None:
-        (_, self.version, _, _, self.cb, _, _, self.l1_size, self.l1_off, self.rt_off,
-         self.rt_clusters, _, _) = struct.unpack(">4sIQIIQIIQQIIQ", raw[:72])
+        (
+            _,
+            self.version,
+            _,
+            _,
+            self.cb,
+            _,
+            _,
+            self.l1_size,
+            self.l1_off,
+            self.rt_off,
+            self.rt_clusters,
+            _,
+            _,
+        ) = struct.unpack(">4sIQIIQIIQQIIQ", raw[:72])
         self.cs: int = 1 << int(self.cb)
         mask = (1 << 56) - 512
-        self.l1 = [(self.l1_off + 8 * i, e) for i, e in enumerate(
-            struct.unpack(f">{self.l1_size}Q", raw[self.l1_off:self.l1_off + 8 * self.l1_size]))]
+        self.l1 = [
+            (self.l1_off + 8 * i, e)
+            for i, e in enumerate(
+                struct.unpack(
+                    f">{self.l1_size}Q", raw[self.l1_off : self.l1_off + 8 * self.l1_size]
+                )
+            )
+        ]
         self.l2 = [e & mask for _, e in self.l1 if e & mask]
         nrt = self.rt_clusters * self.cs // 8
-        self.rt = list(struct.unpack(f">{nrt}Q", raw[self.rt_off:self.rt_off + 8 * nrt]))
+        self.rt = list(struct.unpack(f">{nrt}Q", raw[self.rt_off : self.rt_off + 8 * nrt]))
         self.rb = [e & ~511 for e in self.rt if e]
-        self.l2e = [(t + 8 * j, struct.unpack(">Q", raw[t + 8 * j:t + 8 * j + 8])[0])
-                    for t in self.l2 for j in range(self.cs // 8)]
+        self.l2e = [
+            (t + 8 * j, struct.unpack(">Q", raw[t + 8 * j : t + 8 * j + 8])[0])
+            for t in self.l2
+            for j in range(self.cs // 8)
+        ]
         self.l2e_used = [(a, e) for a, e in self.l2e if e] or self.l2e[:4]
         self.metadata: list[int] = [0, self.l1_off, self.rt_off, *self.l2, *self.rb]
         self.file_size = len(raw)
@@ -183,8 +214,9 @@ def mutate(raw: bytes, rng: random.Random) -> tuple[bytes, list[str]]:
         kind = rng.choice(["l1", "l2", "l2", "l2flags", "rt", "rb", "hdr"])
         if kind == "l1" and lay.l1:
             off, e = rng.choice(lay.l1[:2])
-            v = rng.choice([target() | copied, target(), e | rng.choice([1, 1 << 60, 0x100]),
-                            e & ~copied, 0])
+            v = rng.choice(
+                [target() | copied, target(), e | rng.choice([1, 1 << 60, 0x100]), e & ~copied, 0]
+            )
             put(off, v, "l1")
         elif kind == "l2":
             off, e = rng.choice(lay.l2e_used)
@@ -198,16 +230,28 @@ def mutate(raw: bytes, rng: random.Random) -> tuple[bytes, list[str]]:
             put(lay.rt_off + 8 * i, rng.choice([target(), 0, rng.choice(lay.metadata) | 1]), "rt")
         elif kind == "rb" and lay.rb:
             blk = lay.rb[0]
-            cl = rng.choice([m // cs for m in lay.metadata] + [rng.randrange(0, lay.file_size // cs)])
+            cl = rng.choice(
+                [m // cs for m in lay.metadata] + [rng.randrange(0, lay.file_size // cs)]
+            )
             if 2 * cl + 2 <= cs:
                 val = rng.choice([0, 0, 2, 0xFFFF])
                 struct.pack_into(">H", buf, blk + 2 * cl, val)
                 notes.append(f"refcount[{cl}]={val}")
         else:
-            field = rng.choice([(40, "l1_off"), (48, "rt_off"), (72, "incompat"), (88, "autoclear"),
-                                (56, "rt_clusters"), (36, "l1_size")])
+            field = rng.choice(
+                [
+                    (40, "l1_off"),
+                    (48, "rt_off"),
+                    (72, "incompat"),
+                    (88, "autoclear"),
+                    (56, "rt_clusters"),
+                    (36, "l1_size"),
+                ]
+            )
             if field[1] in ("l1_off", "rt_off"):
-                put(field[0], rng.choice(lay.metadata) if rng.random() < 0.8 else target(), field[1])
+                put(
+                    field[0], rng.choice(lay.metadata) if rng.random() < 0.8 else target(), field[1]
+                )
             elif field[1] == "incompat" and lay.version == 3:
                 put(72, rng.choice([1, 2, 1 | 2]), "incompat")
             elif field[1] == "autoclear" and lay.version == 3:
@@ -274,8 +318,10 @@ def test_hostile_read_write_matches_qemu_io(tmp_path: Path) -> None:
             failures[k] = f"sample {k} (template {t}, {' '.join(notes)}): " + "; ".join(diffs)
         if corrupt_bit(a):
             refused += 1
-    print(f"{SAMPLES} samples (seed {SEED}): {refused} ended corrupt in QEMU, {crashed} crashed "
-          f"qemu-io, {len(failures)} diverged")
+    print(
+        f"{SAMPLES} samples (seed {SEED}): {refused} ended corrupt in QEMU, {crashed} crashed "
+        f"qemu-io, {len(failures)} diverged"
+    )
     for text in failures.values():
         print(text)
     default_run = SAMPLES == 100 and SEED == 8

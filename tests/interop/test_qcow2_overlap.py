@@ -67,19 +67,41 @@ def daemons() -> Iterator[tuple[QSD, TxgraphDaemon]]:
 
 
 def _session(d: QMPProcess, img: Path, name: str, opts: dict[str, Any]) -> str:
-    reply = d.execute("blockdev-add", {"driver": "qcow2", "node-name": name,
-                                       "file": {"driver": "file", "filename": str(img)}, **opts})
+    reply = d.execute(
+        "blockdev-add",
+        {
+            "driver": "qcow2",
+            "node-name": name,
+            "file": {"driver": "file", "filename": str(img)},
+            **opts,
+        },
+    )
     assert "error" not in reply, reply
     sock = img.parent / f"{name}.sock"
-    assert "error" not in d.execute("nbd-server-start",
-                                    {"addr": {"type": "unix", "data": {"path": str(sock)}}})
-    assert "error" not in d.execute("block-export-add", {"type": "nbd", "id": name,
-                                                         "node-name": name, "writable": True})
+    assert "error" not in d.execute(
+        "nbd-server-start", {"addr": {"type": "unix", "data": {"path": str(sock)}}}
+    )
+    assert "error" not in d.execute(
+        "block-export-add", {"type": "nbd", "id": name, "node-name": name, "writable": True}
+    )
     try:
-        res = subprocess.run(["qemu-io", "-f", "raw", "-c", "write -q -P 2 0 4k",
-                              "-c", "read -q -P 2 0 4k", "-c", "read -q 64k 4k",
-                              f"nbd+unix:///{name}?socket={sock}"],
-                             capture_output=True, text=True, timeout=60)
+        res = subprocess.run(
+            [
+                "qemu-io",
+                "-f",
+                "raw",
+                "-c",
+                "write -q -P 2 0 4k",
+                "-c",
+                "read -q -P 2 0 4k",
+                "-c",
+                "read -q 64k 4k",
+                f"nbd+unix:///{name}?socket={sock}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     finally:
         d.execute("block-export-del", {"id": name})
         d.execute("nbd-server-stop")
@@ -88,9 +110,13 @@ def _session(d: QMPProcess, img: Path, name: str, opts: dict[str, Any]) -> str:
 
 
 @pytest.mark.parametrize("opts,refused", OPTION_FORMS, ids=[json.dumps(o) for o, _ in OPTION_FORMS])
-def test_overlap_check_matches_qsd_over_nbd(opts: dict[str, Any], refused: bool, base: Path,
-                                            tmp_path: Path,
-                                            daemons: tuple[QSD, TxgraphDaemon]) -> None:
+def test_overlap_check_matches_qsd_over_nbd(
+    opts: dict[str, Any],
+    refused: bool,
+    base: Path,
+    tmp_path: Path,
+    daemons: tuple[QSD, TxgraphDaemon],
+) -> None:
     results = []
     for k, d in enumerate(daemons):
         img = _hostile(base, tmp_path / f"h{k}.qcow2")
@@ -139,7 +165,7 @@ def test_read_only_corruption_is_not_fatal(base: Path, tmp_path: Path) -> None:
     img = tmp_path / "ro.qcow2"
     shutil.copy(base, img)
     raw = img.read_bytes()
-    l2 = int.from_bytes(raw[int.from_bytes(raw[40:48], "big"):][:8], "big") & ((1 << 56) - 512)
+    l2 = int.from_bytes(raw[int.from_bytes(raw[40:48], "big") :][:8], "big") & ((1 << 56) - 512)
     poke(img, l2, ">Q", (1 << 63) | 0x50201)  # preallocated zero cluster, unaligned
     events: list[dict[str, Any]] = []
     node = open_qcow2(img, read_only=True)
@@ -148,9 +174,14 @@ def test_read_only_corruption_is_not_fatal(base: Path, tmp_path: Path) -> None:
         with pytest.raises(IOFailure):
             node.read(0, 512)
     assert node.read(65536, 512) == b"\1" * 512
-    assert events == [{"device": "", "node-name": node.node_name, "fatal": False,
-                       "msg": "Cluster allocation offset 0x50200 unaligned "
-                              "(L2 offset: 0x40000, L2 index: 0)"}]
+    assert events == [
+        {
+            "device": "",
+            "node-name": node.node_name,
+            "fatal": False,
+            "msg": "Cluster allocation offset 0x50200 unaligned (L2 offset: 0x40000, L2 index: 0)",
+        }
+    ]
     node.close()
     assert not _corrupt_bit(img)
 
@@ -158,15 +189,23 @@ def test_read_only_corruption_is_not_fatal(base: Path, tmp_path: Path) -> None:
 def test_overlap_option_parsing() -> None:
     assert parse_overlap_check({}) == TEMPLATES["cached"]
     assert parse_overlap_check({"overlap-check": "all"}) == TEMPLATES["all"]
-    assert parse_overlap_check({"overlap-check.template": "none",
-                                "overlap-check.main-header": "on"}) == 1
-    assert parse_overlap_check({"overlap-check": {"template": "constant",
-                                                  "main-header": False}}) == TEMPLATES["constant"] - 1
+    assert (
+        parse_overlap_check({"overlap-check.template": "none", "overlap-check.main-header": "on"})
+        == 1
+    )
+    assert (
+        parse_overlap_check({"overlap-check": {"template": "constant", "main-header": False}})
+        == TEMPLATES["constant"] - 1
+    )
     with pytest.raises(OpenError) as e:
         parse_overlap_check({"overlap-check": "all", "overlap-check.template": "none"})
-    assert e.value.desc == ("Conflicting values for qcow2 options 'overlap-check' ('all') and "
-                            "'overlap-check.template' ('none')")
+    assert e.value.desc == (
+        "Conflicting values for qcow2 options 'overlap-check' ('all') and "
+        "'overlap-check.template' ('none')"
+    )
     with pytest.raises(OpenError) as e:
         parse_overlap_check({"overlap-check": "some"})
-    assert e.value.desc == ("Unsupported value 'some' for qcow2 option 'overlap-check'. "
-                            "Allowed are any of the following: none, constant, cached, all")
+    assert e.value.desc == (
+        "Unsupported value 'some' for qcow2 option 'overlap-check'. "
+        "Allowed are any of the following: none, constant, cached, all"
+    )

@@ -20,8 +20,8 @@ from pathlib import Path
 from txgraph.io.runtime import Runtime
 
 CLUSTER = 64 << 10
-HOT = 8                     # clusters the writers and the discarder fight over
-FRESH_BASE = 64 * CLUSTER   # where the allocator writes, one new cluster at a time
+HOT = 8  # clusters the writers and the discarder fight over
+FRESH_BASE = 64 * CLUSTER  # where the allocator writes, one new cluster at a time
 FRESH = 48
 ROUNDS = int(os.environ.get("TXGRAPH_REUSE_ROUNDS", "150"))
 
@@ -51,7 +51,7 @@ def test_reused_clusters_never_receive_stale_overwrites(tmp_path: Path) -> None:
                 with rt.request():
                     q.write(c * CLUSTER, _block(c, seq))
                 seq += 1
-        except Exception as e:  # noqa: BLE001 - reported by the main thread
+        except Exception as e:
             errors.append(f"writer {k}: {e!r}")
 
     def discard() -> None:
@@ -61,7 +61,7 @@ def test_reused_clusters_never_receive_stale_overwrites(tmp_path: Path) -> None:
                     with rt.request():
                         q.discard(c * CLUSTER, CLUSTER)
                         q.flush()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             errors.append(f"discard: {e!r}")
 
     threads = [threading.Thread(target=overwrite, args=(k,)) for k in range(3)]
@@ -92,8 +92,9 @@ def test_reused_clusters_never_receive_stale_overwrites(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     # and QEMU reads from the image file what txgraph's node read
     raw = tmp_path / "race.raw"
-    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(img), str(raw)],
-                   check=True)
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(img), str(raw)], check=True
+    )
     with open(raw, "rb") as f:
         for c, data in written.items():
             f.seek(FRESH_BASE + c * CLUSTER)
@@ -128,16 +129,16 @@ def test_a_freed_cluster_waits_for_its_in_flight_overwrite(tmp_path: Path) -> No
     writer.start()
     assert entered.wait(30), "the overwrite did not reach the file"
     q.discard(0, CLUSTER)
-    q.flush()                       # would free the held cluster without the in-flight guard
+    q.flush()  # would free the held cluster without the in-flight guard
     fresh = _block(2, 0)
-    q.write(FRESH_BASE, fresh)      # ...and this allocation would reuse it
+    q.write(FRESH_BASE, fresh)  # ...and this allocation would reuse it
     q.flush()
     assert q.block_status(FRESH_BASE, CLUSTER).host_offset != host
     release.set()
     writer.join(30)
     assert not writer.is_alive()
     f.write = real_write  # type: ignore[method-assign]
-    q.flush()                       # now the held cluster is freed
+    q.flush()  # now the held cluster is freed
     assert q.read(FRESH_BASE, CLUSTER) == fresh
     rt.close_all()
     res = subprocess.run(["qemu-img", "check", str(img)], capture_output=True, text=True)

@@ -27,9 +27,16 @@ class Case:
     files: list[str] = field(default_factory=list)
 
 
-def _attach(g: BlockGraph, parent: str, child: str, name: str, role: Role,
-            kind: ParentKind = ParentKind.NODE, perm: Perm = Perm.NONE,
-            shared: Perm = PERM_ALL) -> None:
+def _attach(
+    g: BlockGraph,
+    parent: str,
+    child: str,
+    name: str,
+    role: Role,
+    kind: ParentKind = ParentKind.NODE,
+    perm: Perm = Perm.NONE,
+    shared: Perm = PERM_ALL,
+) -> None:
     e = Edge(name, role, kind, perm, shared, seq=g.next_seq())
     e.parent_seq = e.seq
     g.g.add_edge(parent, child, key=name, obj=e)  # below attach(): broken graphs allowed
@@ -116,8 +123,7 @@ def _break(draw: st.DrawFn, case: Case, what: str) -> None:
 @st.composite
 def broken_graphs(draw: st.DrawFn) -> Case:
     case = draw(valid_graphs())
-    kinds = ["cycle", "second-cow", "conflict", "ro-writer", "perm-flip", "force-share",
-             "bad-name"]
+    kinds = ["cycle", "second-cow", "conflict", "ro-writer", "perm-flip", "force-share", "bad-name"]
     for what in draw(st.lists(st.sampled_from(kinds), min_size=1, max_size=3)):
         _break(draw, case, what)
     return case

@@ -64,56 +64,103 @@ class JobsMachine(RuleBasedStateMachine):
             make_chain(d)
             assert self.client("blockdev-add", _prefixed(chain_args(d), f"{chain}-")) == {}
             target = d / "tgt.qcow2"
-            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(target), "4M"],
-                           check=True)
-            assert self.client("blockdev-add", {
-                "driver": "qcow2", "node-name": f"{chain}-tgt",
-                "file": {"driver": "file", "filename": str(target)}}) == {}
+            subprocess.run(
+                ["qemu-img", "create", "-q", "-f", "qcow2", str(target), "4M"], check=True
+            )
+            assert (
+                self.client(
+                    "blockdev-add",
+                    {
+                        "driver": "qcow2",
+                        "node-name": f"{chain}-tgt",
+                        "file": {"driver": "file", "filename": str(target)},
+                    },
+                )
+                == {}
+            )
         self.replies: list[Any] = []
 
     def _do(self, execute: str, arguments: dict[str, Any] | None = None) -> Any:
         reply = self.client(execute, arguments)
         self.replies.append(reply)
-        assert not (isinstance(reply, dict) and "error" in reply
-                    and reply["error"].get("desc") == INTERNAL_ERROR), (execute, arguments)
+        assert not (
+            isinstance(reply, dict)
+            and "error" in reply
+            and reply["error"].get("desc") == INTERNAL_ERROR
+        ), (execute, arguments)
         return reply
 
     # -- starting jobs -----------------------------------------------------------------------
-    @rule(job=st.sampled_from(JOB_IDS), chain=st.sampled_from(CHAINS),
-          top=st.sampled_from(["top", "mid"]), base=st.sampled_from([None, "base", "mid"]),
-          speed=st.sampled_from([0, 1, 65536]))
+    @rule(
+        job=st.sampled_from(JOB_IDS),
+        chain=st.sampled_from(CHAINS),
+        top=st.sampled_from(["top", "mid"]),
+        base=st.sampled_from([None, "base", "mid"]),
+        speed=st.sampled_from([0, 1, 65536]),
+    )
     def stream(self, job: str, chain: str, top: str, base: str | None, speed: int) -> None:
         args: dict[str, Any] = {"device": f"{chain}-{top}", "job-id": job, "speed": speed}
         if base is not None:
             args["base-node"] = f"{chain}-{base}"
         self._do("block-stream", args)
 
-    @rule(job=st.sampled_from(JOB_IDS), chain=st.sampled_from(CHAINS),
-          top=st.sampled_from([None, "mid", "top"]), speed=st.sampled_from([0, 1]))
+    @rule(
+        job=st.sampled_from(JOB_IDS),
+        chain=st.sampled_from(CHAINS),
+        top=st.sampled_from([None, "mid", "top"]),
+        speed=st.sampled_from([0, 1]),
+    )
     def commit(self, job: str, chain: str, top: str | None, speed: int) -> None:
         args: dict[str, Any] = {"device": f"{chain}-top", "job-id": job, "speed": speed}
         if top is not None:
             args["top-node"] = f"{chain}-{top}"
         self._do("block-commit", args)
 
-    @rule(job=st.sampled_from(JOB_IDS), chain=st.sampled_from(CHAINS),
-          sync=st.sampled_from(["full", "top", "none"]),
-          mode=st.sampled_from(["background", "write-blocking"]), speed=st.sampled_from([0, 1]))
+    @rule(
+        job=st.sampled_from(JOB_IDS),
+        chain=st.sampled_from(CHAINS),
+        sync=st.sampled_from(["full", "top", "none"]),
+        mode=st.sampled_from(["background", "write-blocking"]),
+        speed=st.sampled_from([0, 1]),
+    )
     def mirror(self, job: str, chain: str, sync: str, mode: str, speed: int) -> None:
-        self._do("blockdev-mirror", {"device": f"{chain}-top", "job-id": job,
-                                     "target": f"{chain}-tgt", "sync": sync, "copy-mode": mode,
-                                     "speed": speed})
+        self._do(
+            "blockdev-mirror",
+            {
+                "device": f"{chain}-top",
+                "job-id": job,
+                "target": f"{chain}-tgt",
+                "sync": sync,
+                "copy-mode": mode,
+                "speed": speed,
+            },
+        )
 
-    @rule(job=st.sampled_from(JOB_IDS), chain=st.sampled_from(CHAINS),
-          sync=st.sampled_from(["full", "top", "none"]), speed=st.sampled_from([0, 1]))
+    @rule(
+        job=st.sampled_from(JOB_IDS),
+        chain=st.sampled_from(CHAINS),
+        sync=st.sampled_from(["full", "top", "none"]),
+        speed=st.sampled_from([0, 1]),
+    )
     def backup(self, job: str, chain: str, sync: str, speed: int) -> None:
-        self._do("blockdev-backup", {"device": f"{chain}-top", "job-id": job,
-                                     "target": f"{chain}-tgt", "sync": sync, "speed": speed})
+        self._do(
+            "blockdev-backup",
+            {
+                "device": f"{chain}-top",
+                "job-id": job,
+                "target": f"{chain}-tgt",
+                "sync": sync,
+                "speed": speed,
+            },
+        )
 
     # -- verbs -------------------------------------------------------------------------------
-    @rule(job=st.sampled_from(JOB_IDS),
-          verb=st.sampled_from(["job-pause", "job-resume", "job-cancel", "job-complete",
-                                "job-finalize", "job-dismiss"]))
+    @rule(
+        job=st.sampled_from(JOB_IDS),
+        verb=st.sampled_from(
+            ["job-pause", "job-resume", "job-cancel", "job-complete", "job-finalize", "job-dismiss"]
+        ),
+    )
     def job_verb(self, job: str, verb: str) -> None:
         self._do(verb, {"id": job})
 
@@ -128,9 +175,20 @@ class JobsMachine(RuleBasedStateMachine):
     # -- the graph under the jobs ------------------------------------------------------------
     @rule(chain=st.sampled_from(CHAINS), node=st.sampled_from(["top", "mid"]))
     def cut_backing(self, chain: str, node: str) -> None:
-        self._do("blockdev-reopen", {"options": [{
-            "driver": "qcow2", "node-name": f"{chain}-{node}", "file": f"{chain}-{node}-f",
-            "backing": None, "read-only": node != "top"}]})
+        self._do(
+            "blockdev-reopen",
+            {
+                "options": [
+                    {
+                        "driver": "qcow2",
+                        "node-name": f"{chain}-{node}",
+                        "file": f"{chain}-{node}-f",
+                        "backing": None,
+                        "read-only": node != "top",
+                    }
+                ]
+            },
+        )
 
     @rule(chain=st.sampled_from(CHAINS), node=st.sampled_from(["top", "mid", "base", "tgt"]))
     def delete(self, chain: str, node: str) -> None:
@@ -167,10 +225,10 @@ class JobsMachine(RuleBasedStateMachine):
         with self.session.lock:
             manager = self.session.jobs
             listed = {j.id for j in manager.jobs} if manager is not None else set()
-            vertices = {b.name for b in self.session.graph.backends.values()
-                        if b.kind.value == "job"}
+            vertices = {
+                b.name for b in self.session.graph.backends.values() if b.kind.value == "job"
+            }
         assert vertices <= listed, (vertices, listed)
-
 
     def teardown(self) -> None:
         try:
@@ -178,8 +236,9 @@ class JobsMachine(RuleBasedStateMachine):
                 self.client("job-cancel", {"id": job})
             deadline = time.monotonic() + 30
             while self.session.jobs is not None and any(
-                    j.status not in (JobStatus.CONCLUDED, JobStatus.NULL)
-                    for j in self.session.jobs.jobs):
+                j.status not in (JobStatus.CONCLUDED, JobStatus.NULL)
+                for j in self.session.jobs.jobs
+            ):
                 assert time.monotonic() < deadline, "a cancelled job did not end"
                 time.sleep(0.02)
         finally:
@@ -190,5 +249,7 @@ class JobsMachine(RuleBasedStateMachine):
 TestJobsMachine = JobsMachine.TestCase
 # Each example builds two chains of real images and runs real job threads: a quarter of
 # the profile's examples (10 under ci, 250 nightly) keeps the default suite at seconds.
-TestJobsMachine.settings = settings(max_examples=max(5, settings.default.max_examples // 4),
-                                    stateful_step_count=settings.default.stateful_step_count)
+TestJobsMachine.settings = settings(
+    max_examples=max(5, settings.default.max_examples // 4),
+    stateful_step_count=settings.default.stateful_step_count,
+)

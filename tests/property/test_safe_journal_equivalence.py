@@ -30,10 +30,10 @@ from hypothesis import strategies as st
 from txgraph.checker import Verdict, check
 from txgraph.fuzz.generate import QSD_FAMILIES, Generator, Resources, image_commands
 from txgraph.model.graph import BlockGraph
-from txgraph.oracle.canon import canon_text, substitute
 from txgraph.ops.journal import Journal
 from txgraph.ops.session import Session
 from txgraph.ops.undo_log import Transaction
+from txgraph.oracle.canon import canon_text, substitute
 from txgraph.qmp.commands import CommandContext
 from txgraph.qmp.engine import Engine
 
@@ -83,8 +83,14 @@ def _images(workdir: Path) -> None:
 
 #: a chain with a user on top, so that dropping a backing link is a data loss S1/S2 see
 _SETUP: list[dict[str, Any]] = [
-    {"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "n0", "file": {
-        "driver": "file", "filename": "{dir}/b1.qcow2", "node-name": "n0f"}}},
+    {
+        "execute": "blockdev-add",
+        "arguments": {
+            "driver": "qcow2",
+            "node-name": "n0",
+            "file": {"driver": "file", "filename": "{dir}/b1.qcow2", "node-name": "n0f"},
+        },
+    },
     {"execute": "blockdev-add", "arguments": {"driver": "raw", "node-name": "n1", "file": "n0"}},
 ]
 
@@ -96,7 +102,12 @@ def _cut(rng: random.Random, res: Resources) -> dict[str, Any] | None:
         return None
     name = rng.choice(qcow2)
     target = None if rng.random() < 0.7 else rng.choice(sorted(res.live))
-    entry = {"driver": "qcow2", "node-name": name, "file": res.live[name][1]["file"], "backing": target}
+    entry = {
+        "driver": "qcow2",
+        "node-name": name,
+        "file": res.live[name][1]["file"],
+        "backing": target,
+    }
     return {"execute": "blockdev-reopen", "arguments": {"options": [entry]}}
 
 
@@ -132,16 +143,27 @@ def test_safe_policy_refuses_exactly_what_the_copy_refused(seed: int) -> None:
             res.note(message, "error" not in reply)
             # the plan-verification path: one journal across the command, whole graph
             if session.graph.nodes:
-                old = check(session.graph, None, policy="safe", before=snapshot, engine="structural")
+                old = check(
+                    session.graph, None, policy="safe", before=snapshot, engine="structural"
+                )
                 new = check(session.graph, None, policy="safe", before=step, engine="structural")
                 assert _key(old) == _key(new), (message, old.to_dict(), new.to_dict())
                 plan_compared += 1
                 if valid_before:
                     # verify_plan's regional judgement: only what the command touched
                     for engine_name in ("structural", "z3"):
-                        regional = check(session.graph, step.touched, policy="safe", before=step,
-                                         engine=engine_name)
-                        assert _key(regional) == _key(old), (message, regional.to_dict(), old.to_dict())
+                        regional = check(
+                            session.graph,
+                            step.touched,
+                            policy="safe",
+                            before=step,
+                            engine=engine_name,
+                        )
+                        assert _key(regional) == _key(old), (
+                            message,
+                            regional.to_dict(),
+                            old.to_dict(),
+                        )
             valid_before = check(session.graph, None, policy="safe", engine="structural").ok
         assert not session.mismatches, session.mismatches
         assert session.compared + plan_compared > 0

@@ -77,8 +77,11 @@ def image_locks(paths: list[str]) -> dict[str, tuple[int, ...]]:
 
 
 def _image_paths(session: Session) -> list[str]:
-    paths = {str(n.options["filename"]) for n in session.graph.nodes.values()
-             if n.driver == "file" and isinstance(n.options.get("filename"), str)}
+    paths = {
+        str(n.options["filename"])
+        for n in session.graph.nodes.values()
+        if n.driver == "file" and isinstance(n.options.get("filename"), str)
+    }
     return sorted(paths)
 
 
@@ -87,22 +90,39 @@ def _live_objects(session: Session) -> list[tuple[Any, ...]]:
     out = []
     for name in sorted(rt.node_names()):
         node = rt.node(name)
-        out.append((name, id(node), node.read_only, repr(sorted(node.options.items())),
-                    tuple(sorted((e, id(c)) for e, c in node.children.items())),
-                    getattr(node, "fd", None)))
+        out.append(
+            (
+                name,
+                id(node),
+                node.read_only,
+                repr(sorted(node.options.items())),
+                tuple(sorted((e, id(c)) for e, c in node.children.items())),
+                getattr(node, "fd", None),
+            )
+        )
     return out
 
 
 def fingerprint(session: Session, paths: list[str]) -> dict[str, Any]:
     """Everything an aborted operation must leave exactly as it was."""
-    return {"graph": session.graph.digest(), "runtime": session.runtime.state(),
-            "live objects": _live_objects(session), "drains": session.runtime.drain_count,
-            "fds": open_fds(sorted({os.path.dirname(p) for p in paths})),
-            "image locks": image_locks(paths)}
+    return {
+        "graph": session.graph.digest(),
+        "runtime": session.runtime.state(),
+        "live objects": _live_objects(session),
+        "drains": session.runtime.drain_count,
+        "fds": open_fds(sorted({os.path.dirname(p) for p in paths})),
+        "image locks": image_locks(paths),
+    }
 
 
-def _fail_and_compare(setup: Callable[[Session], None], op: Callable[[Session], Any], kind: str,
-                      k: int, check: bool, paths: list[str]) -> None:
+def _fail_and_compare(
+    setup: Callable[[Session], None],
+    op: Callable[[Session], Any],
+    kind: str,
+    k: int,
+    check: bool,
+    paths: list[str],
+) -> None:
     session = Session(name_seed=1, check=check)
     try:
         setup(session)
@@ -120,8 +140,9 @@ def _fail_and_compare(setup: Callable[[Session], None], op: Callable[[Session], 
         session.close()
 
 
-def assert_all_steps_atomic(setup: Callable[[Session], None], op: Callable[[Session], Any],
-                            *, check: bool = True) -> int:
+def assert_all_steps_atomic(
+    setup: Callable[[Session], None], op: Callable[[Session], Any], *, check: bool = True
+) -> int:
     """Run ``op`` once to count its steps, then fail it at each; returns the primitive count."""
     probe = Session(name_seed=1, check=check)
     setup(probe)

@@ -18,8 +18,18 @@ import tempfile
 import threading
 from pathlib import Path
 
-__all__ = ["PW", "AES", "CBC_ESSIV", "secret_object", "create", "template", "copy_template", "image_opts",
-           "qemu_io", "convert_raw"]
+__all__ = [
+    "PW",
+    "AES",
+    "CBC_ESSIV",
+    "secret_object",
+    "create",
+    "template",
+    "copy_template",
+    "image_opts",
+    "qemu_io",
+    "convert_raw",
+]
 
 PW = "abc123"
 #: a non-default LUKS variant: AES-128-CBC with ESSIV IVs and SHA-1 key slots
@@ -41,8 +51,18 @@ def create(path: Path, fmt: str, size: str = "4M", opts: str = "", pw: str = PW)
         base = "encrypt.key-secret=s0"
     else:
         base = "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10"
-    argv = ["qemu-img", "create", "-q", *secret_object(pw), "-f", fmt, "-o",
-            base + ("," + opts if opts else ""), str(path), size]
+    argv = [
+        "qemu-img",
+        "create",
+        "-q",
+        *secret_object(pw),
+        "-f",
+        fmt,
+        "-o",
+        base + ("," + opts if opts else ""),
+        str(path),
+        size,
+    ]
     for _attempt in range(8):
         res = subprocess.run(argv, capture_output=True, text=True, timeout=TOOL_TIMEOUT)
         if res.returncode == 0:
@@ -69,8 +89,16 @@ def qemu_io(path: Path, fmt: str, *cmds: str, pw: str = PW) -> str:
 
 def convert_raw(path: Path, fmt: str, out: Path, pw: str = PW) -> bytes:
     """``qemu-img convert -O raw`` of the decrypted guest view."""
-    argv = ["qemu-img", "convert", *secret_object(pw), "--image-opts", image_opts(path, fmt),
-            "-O", "raw", str(out)]
+    argv = [
+        "qemu-img",
+        "convert",
+        *secret_object(pw),
+        "--image-opts",
+        image_opts(path, fmt),
+        "-O",
+        "raw",
+        str(out),
+    ]
     res = subprocess.run(argv, capture_output=True, text=True, timeout=TOOL_TIMEOUT)
     if res.returncode != 0:
         raise AssertionError(f"qemu-img convert failed: {res.stderr}")

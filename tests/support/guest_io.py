@@ -19,8 +19,14 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 
-__all__ = ["GuestResult", "nbd_uri", "run_qemu_io", "normalise_qemu_io", "export_digest",
-           "TOOL_TIMEOUT"]
+__all__ = [
+    "GuestResult",
+    "nbd_uri",
+    "run_qemu_io",
+    "normalise_qemu_io",
+    "export_digest",
+    "TOOL_TIMEOUT",
+]
 
 #: every tool run has a deadline; a hung NBD server shows as a failure, not a hang
 TOOL_TIMEOUT = 60.0
@@ -60,8 +66,13 @@ class GuestResult:
         return self.rc == 0 and not any("failed" in ln for ln in self.lines)
 
 
-def run_qemu_io(socket_path: str, export: str, commands: list[str],
-                workdir: str | None = None, read_only: bool = False) -> GuestResult:
+def run_qemu_io(
+    socket_path: str,
+    export: str,
+    commands: list[str],
+    workdir: str | None = None,
+    read_only: bool = False,
+) -> GuestResult:
     """Run ``qemu-io -f raw URI -c CMD...`` as the NBD client (``-r`` for a read-only open)."""
     argv = ["qemu-io", "-f", "raw", *(["-r"] if read_only else [])]
     for c in commands:
@@ -71,8 +82,7 @@ def run_qemu_io(socket_path: str, export: str, commands: list[str],
         res = subprocess.run(argv, capture_output=True, text=True, timeout=TOOL_TIMEOUT)
     except subprocess.TimeoutExpired:
         return GuestResult(-1, ("qemu-io timed out",))
-    return GuestResult(res.returncode,
-                       tuple(normalise_qemu_io(res.stdout + res.stderr, workdir)))
+    return GuestResult(res.returncode, tuple(normalise_qemu_io(res.stdout + res.stderr, workdir)))
 
 
 def export_digest(socket_path: str, export: str, workdir: str | None = None) -> str:
@@ -83,9 +93,21 @@ def export_digest(socket_path: str, export: str, workdir: str | None = None) -> 
     with tempfile.TemporaryDirectory(prefix="txview-") as tmp:
         out = os.path.join(tmp, "view.raw")
         try:
-            res = subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw",
-                                  nbd_uri(socket_path, export), out],
-                                 capture_output=True, text=True, timeout=TOOL_TIMEOUT)
+            res = subprocess.run(
+                [
+                    "qemu-img",
+                    "convert",
+                    "-f",
+                    "raw",
+                    "-O",
+                    "raw",
+                    nbd_uri(socket_path, export),
+                    out,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=TOOL_TIMEOUT,
+            )
         except subprocess.TimeoutExpired:
             return "error: qemu-img convert timed out"
         if res.returncode != 0:

@@ -26,8 +26,15 @@ __all__ = ["image_report", "workdir_report", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".qcow2", ".raw", ".img")
 _TIMEOUT = 60.0
-_CHECK_FIELDS = ("check-errors", "leaks", "corruptions", "allocated-clusters",
-                 "total-clusters", "leaks-fixed", "corruptions-fixed")
+_CHECK_FIELDS = (
+    "check-errors",
+    "leaks",
+    "corruptions",
+    "allocated-clusters",
+    "total-clusters",
+    "leaks-fixed",
+    "corruptions-fixed",
+)
 
 
 def _canon(v: Any, workdir: str) -> Any:
@@ -58,8 +65,9 @@ def _merge_map(extents: list[dict[str, Any]]) -> list[dict[str, Any]]:
         e = {k: v for k, v in e.items() if k != "offset"}
         if merged:
             last = merged[-1]
-            same = all(last.get(k) == e.get(k) for k in set(last) | set(e)
-                       if k not in ("start", "length"))
+            same = all(
+                last.get(k) == e.get(k) for k in set(last) | set(e) if k not in ("start", "length")
+            )
             if same and last["start"] + last["length"] == e["start"]:
                 last["length"] += e["length"]
                 continue
@@ -89,8 +97,11 @@ def image_report(path: Path, workdir: str) -> dict[str, Any]:
     fmt = str(info.get("format"))
     report: dict[str, Any] = {"info": _canon(_strip_info(info), workdir)}
     res = _run(["qemu-img", "map", "--output=json", "-f", fmt, str(path)])
-    report["map"] = (_merge_map(json.loads(res.stdout)) if res.returncode == 0
-                     else "error: " + _canon(res.stderr.strip(), workdir))
+    report["map"] = (
+        _merge_map(json.loads(res.stdout))
+        if res.returncode == 0
+        else "error: " + _canon(res.stderr.strip(), workdir)
+    )
     if fmt == "qcow2":
         res = _run(["qemu-img", "check", "--output=json", "-f", fmt, str(path)])
         try:
@@ -105,5 +116,8 @@ def image_report(path: Path, workdir: str) -> dict[str, Any]:
 
 def workdir_report(workdir: Path) -> dict[str, Any]:
     """:func:`image_report` of every image file directly in ``workdir``, by file name."""
-    return {p.name: image_report(p, str(workdir))
-            for p in sorted(workdir.iterdir()) if p.suffix in IMAGE_SUFFIXES and p.is_file()}
+    return {
+        p.name: image_report(p, str(workdir))
+        for p in sorted(workdir.iterdir())
+        if p.suffix in IMAGE_SUFFIXES and p.is_file()
+    }

@@ -30,23 +30,48 @@ ROUNDS = 3
 
 
 def _sh(*args: str | Path, stdin: str | None = None) -> str:
-    return subprocess.run([str(a) for a in args], input=stdin, capture_output=True, text=True,
-                          check=True).stdout
+    return subprocess.run(
+        [str(a) for a in args], input=stdin, capture_output=True, text=True, check=True
+    ).stdout
 
 
 def build_images(work: Path) -> dict[str, Path]:
     """full.qcow2 (2 GiB, allocated), 3-layer chain top/mid/full, zlib comp.qcow2 (1 GiB)."""
     work.mkdir(parents=True, exist_ok=True)
-    full, mid, top, comp = (work / n for n in ("full.qcow2", "mid.qcow2", "top.qcow2", "comp.qcow2"))
+    full, mid, top, comp = (
+        work / n for n in ("full.qcow2", "mid.qcow2", "top.qcow2", "comp.qcow2")
+    )
     if not full.exists():
         _sh("qemu-img", "create", "-q", "-f", "qcow2", full, "2G")
-        _sh("qemu-io", "-f", "qcow2", "-c", "write -q -P 0x5a 0 1G", "-c", "write -q -P 0x5a 1G 1G", full)
+        _sh(
+            "qemu-io",
+            "-f",
+            "qcow2",
+            "-c",
+            "write -q -P 0x5a 0 1G",
+            "-c",
+            "write -q -P 0x5a 1G 1G",
+            full,
+        )
     for name, below, seed, pat in ((mid, full, 1, "0xa5"), (top, mid, 2, "0x3c")):
         if not name.exists():
-            _sh("qemu-img", "create", "-q", "-f", "qcow2", "-b", below.name, "-F", "qcow2", name, "2G")
+            _sh(
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                below.name,
+                "-F",
+                "qcow2",
+                name,
+                "2G",
+            )
             rnd = random.Random(seed)
-            cmds = "".join(f"write -q -P {pat} {c * 65536} 65536\n"
-                           for c in rnd.sample(range(32768), 8192))
+            cmds = "".join(
+                f"write -q -P {pat} {c * 65536} 65536\n" for c in rnd.sample(range(32768), 8192)
+            )
             _sh("qemu-io", "-f", "qcow2", name, stdin=cmds + "quit\n")
     if not comp.exists():
         src = work / "comp_src.qcow2"
@@ -98,7 +123,7 @@ def plain_mmap_copy(path: Path, total: int) -> float:
         view = memoryview(buf)
         t = time.perf_counter()
         for off in range(0, total, 1 << 20):
-            view[:] = src[off:off + (1 << 20)]  # one copy per request, nothing else
+            view[:] = src[off : off + (1 << 20)]  # one copy per request, nothing else
         elapsed = time.perf_counter() - t
         src.release()
         return elapsed
@@ -124,12 +149,19 @@ def _interleave(ours: Callable[[], float], peer: Callable[[], float]) -> tuple[f
 
 
 def _line(name: str, ours: float, peer: float | None, unit: str, desc: str) -> dict[str, Any]:
-    return {"name": name, "txgraph": round(ours, 1), "peer": None if peer is None else round(peer, 1),
-            "unit": unit, "ratio": None if not peer else round(ours / peer, 2), "peer_desc": desc}
+    return {
+        "name": name,
+        "txgraph": round(ours, 1),
+        "peer": None if peer is None else round(peer, 1),
+        "unit": unit,
+        "ratio": None if not peer else round(ours / peer, 2),
+        "peer_desc": desc,
+    }
 
 
-def run_io_benchmarks(workdir: Path | str,
-                      on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+def run_io_benchmarks(
+    workdir: Path | str, on_row: Callable[[dict[str, Any]], None] | None = None
+) -> list[dict[str, Any]]:
     """Run every measure; returns one dict per measure, each also passed to ``on_row`` as
     soon as it is measured (the CLI prints it then: once, and while the run goes on)."""
     imgs = build_images(Path(workdir))
@@ -141,28 +173,50 @@ def run_io_benchmarks(workdir: Path | str,
             on_row(d)
 
     mb = 2 * GiB / 1e6
-    ours, peer = _interleave(lambda: seq_txgraph(imgs["full"], 2 * GiB),
-                             lambda: qemu_bench(imgs["full"], "-c", "2048", "-s", "1M", "-d", "1"))
+    ours, peer = _interleave(
+        lambda: seq_txgraph(imgs["full"], 2 * GiB),
+        lambda: qemu_bench(imgs["full"], "-c", "2048", "-s", "1M", "-d", "1"),
+    )
     emit(_line("seq_1MiB_full_2GiB", mb / ours, mb / peer, "MB/s", "qemu-img bench -d1 io_uring"))
     raw = Path(workdir) / "full.raw"
     if not raw.exists():
         _sh("qemu-img", "convert", "-O", "raw", imgs["full"], raw)
-    ours, peer = _interleave(lambda: seq_txgraph(imgs["full"], 2 * GiB),
-                             lambda: plain_mmap_copy(raw, 2 * GiB))
-    emit(_line("seq_1MiB_full_vs_plain_mmap", mb / ours, mb / peer, "MB/s",
-               "plain mmap copy of the same bytes as a raw file (goal >= 0.85)"))
+    ours, peer = _interleave(
+        lambda: seq_txgraph(imgs["full"], 2 * GiB), lambda: plain_mmap_copy(raw, 2 * GiB)
+    )
+    emit(
+        _line(
+            "seq_1MiB_full_vs_plain_mmap",
+            mb / ours,
+            mb / peer,
+            "MB/s",
+            "plain mmap copy of the same bytes as a raw file (goal >= 0.85)",
+        )
+    )
     n = 200_000
-    ours, peer = _interleave(lambda: rand_txgraph(imgs["full"], n),
-                             lambda: qemu_bench(imgs["full"], "-c", str(n), "-s", "4k",
-                                                "-S", "268636160", "-d", "1"))
-    emit(_line("rand_4KiB_d1_full", n / ours, n / peer, "IOPS",
-               "qemu-img bench -d1 io_uring, 4099-cluster stride"))
-    ours, peer = _interleave(lambda: seq_txgraph(imgs["top"], 2 * GiB),
-                             lambda: qemu_bench(imgs["top"], "-c", "2048", "-s", "1M", "-d", "1"))
+    ours, peer = _interleave(
+        lambda: rand_txgraph(imgs["full"], n),
+        lambda: qemu_bench(imgs["full"], "-c", str(n), "-s", "4k", "-S", "268636160", "-d", "1"),
+    )
+    emit(
+        _line(
+            "rand_4KiB_d1_full",
+            n / ours,
+            n / peer,
+            "IOPS",
+            "qemu-img bench -d1 io_uring, 4099-cluster stride",
+        )
+    )
+    ours, peer = _interleave(
+        lambda: seq_txgraph(imgs["top"], 2 * GiB),
+        lambda: qemu_bench(imgs["top"], "-c", "2048", "-s", "1M", "-d", "1"),
+    )
     emit(_line("seq_1MiB_chain3", mb / ours, mb / peer, "MB/s", "qemu-img bench -d1 io_uring"))
     mb1 = GiB / 1e6
-    ours, peer = _interleave(lambda: seq_txgraph(imgs["comp"], GiB),
-                             lambda: qemu_bench(imgs["comp"], "-c", "1024", "-s", "1M", "-d", "1"))
+    ours, peer = _interleave(
+        lambda: seq_txgraph(imgs["comp"], GiB),
+        lambda: qemu_bench(imgs["comp"], "-c", "1024", "-s", "1M", "-d", "1"),
+    )
     emit(_line("seq_1MiB_zlib_1GiB", mb1 / ours, mb1 / peer, "MB/s", "qemu-img bench -d1 io_uring"))
     node = open_image(imgs["full"])
     offs = np.random.default_rng(42).integers(0, node.size(), 10**6, dtype=np.uint64)
@@ -183,11 +237,20 @@ def run_io_benchmarks(workdir: Path | str,
         return (time.perf_counter() - t) * 10
 
     ours, peer = _interleave(batch, one_by_one)
-    emit(_line("translate_1M_batch", 1e6 / ours, 1e6 / peer, "lookups/s",
-               "txgraph scalar per-request lookup (no QEMU equivalent)"))
+    emit(
+        _line(
+            "translate_1M_batch",
+            1e6 / ours,
+            1e6 / peer,
+            "lookups/s",
+            "txgraph scalar per-request lookup (no QEMU equivalent)",
+        )
+    )
     return results
 
 
 if __name__ == "__main__":
-    run_io_benchmarks(sys.argv[1] if len(sys.argv) > 1 else "/tmp/txgraph-bench",
-                      lambda row: print(json.dumps(row), flush=True))
+    run_io_benchmarks(
+        sys.argv[1] if len(sys.argv) > 1 else "/tmp/txgraph-bench",
+        lambda row: print(json.dumps(row), flush=True),
+    )

@@ -38,21 +38,54 @@ def _make(work: Path, size: int, job: str) -> None:
     with open(data, "wb") as f:
         for i in range(size // len(chunk)):
             f.write(i.to_bytes(8, "little") + chunk[8:])
-    subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(data),
-                    str(work / "src.qcow2")], check=True)
+    subprocess.run(
+        [
+            "qemu-img",
+            "convert",
+            "-q",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            str(data),
+            str(work / "src.qcow2"),
+        ],
+        check=True,
+    )
     data.unlink()
     if job == "mirror":
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(work / "tgt.qcow2"),
-                        str(size)], check=True)
+        subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", str(work / "tgt.qcow2"), str(size)],
+            check=True,
+        )
     else:
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "src.qcow2", "-F",
-                        "qcow2", str(work / "ovl.qcow2")], check=True)
+        subprocess.run(
+            [
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                "src.qcow2",
+                "-F",
+                "qcow2",
+                str(work / "ovl.qcow2"),
+            ],
+            check=True,
+        )
 
 
 def _qcow2(name: str, file: str, **extra: Any) -> dict[str, Any]:
-    return {"execute": "blockdev-add", "arguments": {
-        "driver": "qcow2", "node-name": name,
-        "file": {"driver": "file", "filename": file}, **extra}}
+    return {
+        "execute": "blockdev-add",
+        "arguments": {
+            "driver": "qcow2",
+            "node-name": name,
+            "file": {"driver": "file", "filename": file},
+            **extra,
+        },
+    }
 
 
 def _one(factory: type[Peer], work: Path, job: str, timeout: float) -> float:
@@ -60,8 +93,10 @@ def _one(factory: type[Peer], work: Path, job: str, timeout: float) -> float:
     try:
         if job == "mirror":
             setup = [_qcow2("src", "src.qcow2"), _qcow2("tgt", "tgt.qcow2")]
-            start = {"execute": "blockdev-mirror", "arguments": {
-                "job-id": "j", "device": "src", "target": "tgt", "sync": "full"}}
+            start = {
+                "execute": "blockdev-mirror",
+                "arguments": {"job-id": "j", "device": "src", "target": "tgt", "sync": "full"},
+            }
             event = "BLOCK_JOB_READY"
         else:
             setup = [_qcow2("ovl", "ovl.qcow2")]
@@ -86,8 +121,9 @@ def _one(factory: type[Peer], work: Path, job: str, timeout: float) -> float:
         peer.close()
 
 
-def run_jobs_benchmark(size_mib: int = 1024, rounds: int = 3,
-                       workdir: str | None = None) -> list[dict[str, Any]]:
+def run_jobs_benchmark(
+    size_mib: int = 1024, rounds: int = 3, workdir: str | None = None
+) -> list[dict[str, Any]]:
     """Measure mirror and stream on both peers in one run (interleaved); the JSON rows."""
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="txgraph-bench-jobs-"))
     base.mkdir(parents=True, exist_ok=True)
@@ -103,9 +139,16 @@ def run_jobs_benchmark(size_mib: int = 1024, rounds: int = 3,
                     times[label].append(_one(factory, base, job, timeout))
             tx = size / statistics.median(times["txgraph"]) / 1e6
             peer = size / statistics.median(times["qsd"]) / 1e6
-            rows.append({"name": f"{job}-{size_mib}MiB", "txgraph": round(tx, 1),
-                         "peer": round(peer, 1), "unit": "MB/s", "ratio": round(tx / peer, 2),
-                         "peer_desc": "qemu-storage-daemon 7.2, same images, speed 0"})
+            rows.append(
+                {
+                    "name": f"{job}-{size_mib}MiB",
+                    "txgraph": round(tx, 1),
+                    "peer": round(peer, 1),
+                    "unit": "MB/s",
+                    "ratio": round(tx / peer, 2),
+                    "peer_desc": "qemu-storage-daemon 7.2, same images, speed 0",
+                }
+            )
     finally:
         if workdir is None:
             shutil.rmtree(base, ignore_errors=True)

@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from txgraph.peers import QSD
 from txgraph.io.nbd.server import NbdServer
 from txgraph.io.runtime import Runtime
+from txgraph.peers import QSD
 
 MiB = 1 << 20
 IMAGE_SIZE = 512 * MiB
@@ -46,8 +46,11 @@ def _convert(uri: str, out: Path) -> float:
     """Wall time of one ``qemu-img convert`` of the whole export to a raw file."""
     out.unlink(missing_ok=True)
     start = time.perf_counter()
-    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw", uri, str(out)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "raw", "-O", "raw", uri, str(out)],
+        check=True,
+        capture_output=True,
+    )
     elapsed = time.perf_counter() - start
     out.unlink(missing_ok=True)
     return elapsed
@@ -61,7 +64,9 @@ def run_nbd_benchmark(workdir: str | Path) -> dict[str, Any]:
     # The copy lands in tmpfs when there is one: disk writeback of the output would
     # otherwise dominate and add noise to a measure of the servers' read path.
     shm = Path("/dev/shm")
-    out = (shm if shm.is_dir() and os.access(shm, os.W_OK) else work) / f"nbd-bench-{os.getpid()}.raw"
+    out = (
+        shm if shm.is_dir() and os.access(shm, os.W_OK) else work
+    ) / f"nbd-bench-{os.getpid()}.raw"
     mine_sock = str(work / "txgraph-nbd.sock")
     peer_sock = str(work / "qsd-nbd.sock")
 
@@ -73,14 +78,22 @@ def run_nbd_benchmark(workdir: str | Path) -> dict[str, Any]:
     server.add_export("disk", "r", False)
     try:
         with QSD() as qsd:
-            qsd.cmd("blockdev-add", {"driver": "raw", "node-name": "r", "read-only": True,
-                                     "file": {"driver": "file", "filename": str(img)}})
+            qsd.cmd(
+                "blockdev-add",
+                {
+                    "driver": "raw",
+                    "node-name": "r",
+                    "read-only": True,
+                    "file": {"driver": "file", "filename": str(img)},
+                },
+            )
             qsd.cmd("nbd-server-start", {"addr": {"type": "unix", "data": {"path": peer_sock}}})
-            qsd.cmd("block-export-add", {"type": "nbd", "id": "e", "node-name": "r",
-                                         "name": "disk"})
+            qsd.cmd(
+                "block-export-add", {"type": "nbd", "id": "e", "node-name": "r", "name": "disk"}
+            )
             mine_uri = f"nbd+unix:///disk?socket={mine_sock}"
             peer_uri = f"nbd+unix:///disk?socket={peer_sock}"
-            _convert(mine_uri, out)          # warm-ups (page cache, code paths)
+            _convert(mine_uri, out)  # warm-ups (page cache, code paths)
             _convert(peer_uri, out)
             mine, peer = [], []
             for _ in range(ROUNDS):
@@ -91,9 +104,14 @@ def run_nbd_benchmark(workdir: str | Path) -> dict[str, Any]:
         rt.close_all()
     mb = IMAGE_SIZE / 1e6
     t_mine, t_peer = mb / statistics.median(mine), mb / statistics.median(peer)
-    return {"name": "nbd_export_read_qemu_img_convert", "txgraph": round(t_mine, 1),
-            "peer": round(t_peer, 1), "unit": "MB/s", "ratio": round(t_mine / t_peer, 3),
-            "peer_desc": "qemu-storage-daemon 7.2 NBD export, same image, same client"}
+    return {
+        "name": "nbd_export_read_qemu_img_convert",
+        "txgraph": round(t_mine, 1),
+        "peer": round(t_peer, 1),
+        "unit": "MB/s",
+        "ratio": round(t_mine / t_peer, 3),
+        "peer_desc": "qemu-storage-daemon 7.2 NBD export, same image, same client",
+    }
 
 
 if __name__ == "__main__":

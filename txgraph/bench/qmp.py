@@ -46,7 +46,9 @@ def make_chain(workdir: Path, depth: int) -> Path:
     return prev
 
 
-def _once(peer_factory: Callable[[], QMPProcess], script: list[tuple[str, dict[str, Any]]]) -> float:
+def _once(
+    peer_factory: Callable[[], QMPProcess], script: list[tuple[str, dict[str, Any]]]
+) -> float:
     """Wall time of ``script`` on a fresh peer (start-up untimed); every step must succeed."""
     with peer_factory() as peer:
         start = time.perf_counter()
@@ -57,7 +59,9 @@ def _once(peer_factory: Callable[[], QMPProcess], script: list[tuple[str, dict[s
         return time.perf_counter() - start
 
 
-def _interleaved(script: list[tuple[str, dict[str, Any]]], repeats: int) -> tuple[list[float], list[float]]:
+def _interleaved(
+    script: list[tuple[str, dict[str, Any]]], repeats: int
+) -> tuple[list[float], list[float]]:
     """Round by round, QSD then txgraph (A B A B ...), so load drifts hit both alike."""
     ours: list[float] = []
     peer: list[float] = []
@@ -69,21 +73,42 @@ def _interleaved(script: list[tuple[str, dict[str, Any]]], repeats: int) -> tupl
 
 def _row(name: str, ours: list[float], peer: list[float]) -> dict[str, Any]:
     a, b = statistics.median(ours), statistics.median(peer)
-    return {"name": name, "txgraph": round(a * 1000, 2), "peer": round(b * 1000, 2),
-            "spread": {"txgraph": [round(min(ours) * 1000, 2), round(max(ours) * 1000, 2)],
-                       "peer": [round(min(peer) * 1000, 2), round(max(peer) * 1000, 2)]},
-            "unit": "ms", "ratio": round(b / a, 3), "peer_name": "qemu-storage-daemon 7.2"}
+    return {
+        "name": name,
+        "txgraph": round(a * 1000, 2),
+        "peer": round(b * 1000, 2),
+        "spread": {
+            "txgraph": [round(min(ours) * 1000, 2), round(max(ours) * 1000, 2)],
+            "peer": [round(min(peer) * 1000, 2), round(max(peer) * 1000, 2)],
+        },
+        "unit": "ms",
+        "ratio": round(b / a, 3),
+        "peer_name": "qemu-storage-daemon 7.2",
+    }
 
 
-def run_qmp_benchmarks(depth: int = 100, adds: int = 1000, repeats: int = 5) -> list[dict[str, Any]]:
+def run_qmp_benchmarks(
+    depth: int = 100, adds: int = 1000, repeats: int = 5
+) -> list[dict[str, Any]]:
     workdir = Path(tempfile.mkdtemp(prefix="txgraph-bench-"))
     try:
         top = make_chain(workdir, depth)
-        chain = [("blockdev-add", {"driver": "qcow2", "node-name": "top",
-                                   "file": {"driver": "file", "filename": str(top)}})]
+        chain = [
+            (
+                "blockdev-add",
+                {
+                    "driver": "qcow2",
+                    "node-name": "top",
+                    "file": {"driver": "file", "filename": str(top)},
+                },
+            )
+        ]
         many = [("blockdev-add", {"driver": "null-co", "node-name": f"n{i}"}) for i in range(adds)]
         rows = []
-        for name, script in ((f"blockdev-add-chain-{depth}", chain), (f"blockdev-add-x{adds}", many)):
+        for name, script in (
+            (f"blockdev-add-chain-{depth}", chain),
+            (f"blockdev-add-x{adds}", many),
+        ):
             ours, peer = _interleaved(script, repeats)
             rows.append(_row(name, ours, peer))
         return rows

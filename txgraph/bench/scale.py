@@ -49,13 +49,29 @@ def _add(name: str) -> dict[str, Any]:
 
 def _build(engine: Engine, workdir: Path, nodes: int) -> None:
     """The chain (top backed by base, raw user above) and null-co nodes up to ``nodes``."""
-    setup = [{"execute": "blockdev-add", "arguments": {
-        "driver": "qcow2", "node-name": "base",
-        "file": {"driver": "file", "filename": str(workdir / "base.qcow2")}}},
-        {"execute": "blockdev-add", "arguments": {
-            "driver": "qcow2", "node-name": "top", "backing": "base",
-            "file": {"driver": "file", "filename": str(workdir / "top.qcow2")}}},
-        {"execute": "blockdev-add", "arguments": {"driver": "raw", "node-name": "dev", "file": "top"}}]
+    setup = [
+        {
+            "execute": "blockdev-add",
+            "arguments": {
+                "driver": "qcow2",
+                "node-name": "base",
+                "file": {"driver": "file", "filename": str(workdir / "base.qcow2")},
+            },
+        },
+        {
+            "execute": "blockdev-add",
+            "arguments": {
+                "driver": "qcow2",
+                "node-name": "top",
+                "backing": "base",
+                "file": {"driver": "file", "filename": str(workdir / "top.qcow2")},
+            },
+        },
+        {
+            "execute": "blockdev-add",
+            "arguments": {"driver": "raw", "node-name": "dev", "file": "top"},
+        },
+    ]
     for message in setup + [_add(f"n{i}") for i in range(max(0, nodes - 5))]:
         reply = engine.execute(message)
         if "error" in reply:
@@ -64,12 +80,18 @@ def _build(engine: Engine, workdir: Path, nodes: int) -> None:
 
 def _images(workdir: Path) -> None:
     for args in (["base.qcow2", "16M"], ["-b", "base.qcow2", "-F", "qcow2", "top.qcow2", "16M"]):
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", *args], cwd=workdir, check=True,
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", *args],
+            cwd=workdir,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
 
 
-def _interleaved(ours: Callable[[], None], peer: Callable[[], None], rounds: int
-                 ) -> tuple[list[float], list[float]]:
+def _interleaved(
+    ours: Callable[[], None], peer: Callable[[], None], rounds: int
+) -> tuple[list[float], list[float]]:
     a: list[float] = []
     b: list[float] = []
     for _ in range(rounds):
@@ -89,12 +111,24 @@ def _peak_kib(fn: Callable[[], None]) -> float:
         tracemalloc.stop()
 
 
-def _row(name: str, n: int, a: list[float], b: list[float], peak: float, peer: str) -> dict[str, Any]:
+def _row(
+    name: str, n: int, a: list[float], b: list[float], peak: float, peer: str
+) -> dict[str, Any]:
     ours, theirs = statistics.median(a), statistics.median(b)
-    return {"name": f"{name}-{n}-nodes", "nodes": n, "txgraph": round(ours, 3), "peer": round(theirs, 3),
-            "spread": {"txgraph": [round(min(a), 3), round(max(a), 3)],
-                       "peer": [round(min(b), 3), round(max(b), 3)]},
-            "peak_kib": peak, "unit": "ms", "ratio": round(theirs / ours, 3), "peer_name": peer}
+    return {
+        "name": f"{name}-{n}-nodes",
+        "nodes": n,
+        "txgraph": round(ours, 3),
+        "peer": round(theirs, 3),
+        "spread": {
+            "txgraph": [round(min(a), 3), round(max(a), 3)],
+            "peer": [round(min(b), 3), round(max(b), 3)],
+        },
+        "peak_kib": peak,
+        "unit": "ms",
+        "ratio": round(theirs / ours, 3),
+        "peer_name": peer,
+    }
 
 
 def _safe_add_row(session: Session, engine: Engine, n: int, rounds: int) -> dict[str, Any]:
@@ -106,6 +140,7 @@ def _safe_add_row(session: Session, engine: Engine, n: int, rounds: int) -> dict
             reply = engine.execute(_add(f"x{next(counter)}"))
             if "error" in reply:
                 raise RuntimeError(reply["error"]["desc"])
+
         return run
 
     under("safe")()  # warm-up (first-use imports, solver declarations)
@@ -123,12 +158,36 @@ def _plan_row(n: int, workdir: Path, rounds: int) -> dict[str, Any]:
     session = engine.context.session
     try:
         _build(engine, workdir, n)
-        cut = parse_steps([{"execute": "blockdev-reopen", "arguments": {"options": [
-            {"driver": "qcow2", "node-name": "top", "file": session.graph.file_child("top"),
-             "backing": None}]}}])[0]
-        restore = {"execute": "blockdev-reopen", "arguments": {"options": [
-            {"driver": "qcow2", "node-name": "top", "file": session.graph.file_child("top"),
-             "backing": "base"}]}}
+        cut = parse_steps(
+            [
+                {
+                    "execute": "blockdev-reopen",
+                    "arguments": {
+                        "options": [
+                            {
+                                "driver": "qcow2",
+                                "node-name": "top",
+                                "file": session.graph.file_child("top"),
+                                "backing": None,
+                            }
+                        ]
+                    },
+                }
+            ]
+        )[0]
+        restore = {
+            "execute": "blockdev-reopen",
+            "arguments": {
+                "options": [
+                    {
+                        "driver": "qcow2",
+                        "node-name": "top",
+                        "file": session.graph.file_child("top"),
+                        "backing": "base",
+                    }
+                ]
+            },
+        }
 
         # as verify_plan does: the starting state is checked whole once, untimed
         regional = start_is_valid(session, "safe")
@@ -137,7 +196,10 @@ def _plan_row(n: int, workdir: Path, rounds: int) -> dict[str, Any]:
             def run() -> None:
                 result = run_step(engine, session, 0, cut, policy, regional=regional)
                 if not result.accepted or result.ok == (policy == "safe"):
-                    raise RuntimeError(f"unexpected plan verdict under {policy}: {result.to_dict()}")
+                    raise RuntimeError(
+                        f"unexpected plan verdict under {policy}: {result.to_dict()}"
+                    )
+
             return run
 
         a: list[float] = []
@@ -156,8 +218,9 @@ def _plan_row(n: int, workdir: Path, rounds: int) -> dict[str, Any]:
         session.close()
 
 
-def run_scale_benchmark(sizes: Iterable[int] = SIZES, rounds: int = 5,
-                        progress: Callable[[str], None] | None = None) -> Iterable[dict[str, Any]]:
+def run_scale_benchmark(
+    sizes: Iterable[int] = SIZES, rounds: int = 5, progress: Callable[[str], None] | None = None
+) -> Iterable[dict[str, Any]]:
     """Yield the rows size by size (a 100k-node build takes a while; rows come as they are done)."""
     workdir = Path(tempfile.mkdtemp(prefix="txgraph-bench-scale-"))
     try:

@@ -44,8 +44,15 @@ from typing import Any
 
 from txgraph.peers import QSD, QMPProcess, TxgraphDaemon
 
-__all__ = ["CHAINS", "STEPS", "run_txn_benchmark", "setup_commands", "txgraph_actions",
-           "qsd_commands", "canonical_graph"]
+__all__ = [
+    "CHAINS",
+    "STEPS",
+    "run_txn_benchmark",
+    "setup_commands",
+    "txgraph_actions",
+    "qsd_commands",
+    "canonical_graph",
+]
 
 #: device chains the steps operate on; 5 steps each
 CHAINS = 4
@@ -61,8 +68,11 @@ def _make_images(workdir: Path) -> None:
     """The chain and overlay images (small qcow2, no backing in their headers)."""
     for j in range(CHAINS):
         for stem in (f"top{j}", f"ovl{j}"):
-            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(workdir / f"{stem}.qcow2"),
-                            "16M"], check=True, capture_output=True)
+            subprocess.run(
+                ["qemu-img", "create", "-q", "-f", "qcow2", str(workdir / f"{stem}.qcow2"), "16M"],
+                check=True,
+                capture_output=True,
+            )
 
 
 def setup_commands(workdir: Path, nodes: int) -> list[Command]:
@@ -71,21 +81,43 @@ def setup_commands(workdir: Path, nodes: int) -> list[Command]:
     fillers = nodes - per_chain * CHAINS
     if fillers < 0:
         raise ValueError(f"a graph needs at least {per_chain * CHAINS} nodes")
-    out: list[Command] = [("object-add", {"qom-type": "throttle-group", "id": "tg",
-                                          "limits": {"iops-total": 1000000}})]
+    out: list[Command] = [
+        (
+            "object-add",
+            {"qom-type": "throttle-group", "id": "tg", "limits": {"iops-total": 1000000}},
+        )
+    ]
     for j in range(CHAINS):
-        out.append(("blockdev-add", {"driver": "qcow2", "node-name": f"top{j}",
-                                     "file": {"driver": "file", "node-name": f"tf{j}",
-                                              "filename": str(workdir / f"top{j}.qcow2")}}))
+        out.append(
+            (
+                "blockdev-add",
+                {
+                    "driver": "qcow2",
+                    "node-name": f"top{j}",
+                    "file": {
+                        "driver": "file",
+                        "node-name": f"tf{j}",
+                        "filename": str(workdir / f"top{j}.qcow2"),
+                    },
+                },
+            )
+        )
         out.append(("blockdev-add", {"driver": "raw", "node-name": f"dev{j}", "file": f"top{j}"}))
     out += [("blockdev-add", {"driver": "null-co", "node-name": f"n{i}"}) for i in range(fillers)]
     return out
 
 
 def _overlay(workdir: Path, j: int) -> dict[str, Any]:
-    return {"driver": "qcow2", "node-name": f"ovl{j}", "backing": None,
-            "file": {"driver": "file", "node-name": f"of{j}",
-                     "filename": str(workdir / f"ovl{j}.qcow2")}}
+    return {
+        "driver": "qcow2",
+        "node-name": f"ovl{j}",
+        "backing": None,
+        "file": {
+            "driver": "file",
+            "node-name": f"of{j}",
+            "filename": str(workdir / f"ovl{j}.qcow2"),
+        },
+    }
 
 
 def _throttle(j: int) -> dict[str, Any]:
@@ -97,8 +129,13 @@ def _dev_reopen(j: int) -> dict[str, Any]:
 
 
 def _ovl_reopen(j: int) -> dict[str, Any]:
-    return {"driver": "qcow2", "node-name": f"ovl{j}", "file": f"of{j}", "backing": f"top{j}",
-            "detect-zeroes": "on"}
+    return {
+        "driver": "qcow2",
+        "node-name": f"ovl{j}",
+        "file": f"of{j}",
+        "backing": f"top{j}",
+        "detect-zeroes": "on",
+    }
 
 
 def txgraph_actions(workdir: Path) -> list[dict[str, Any]]:
@@ -108,7 +145,10 @@ def txgraph_actions(workdir: Path) -> list[dict[str, Any]]:
         out += [
             {"type": "x-txgraph-blockdev-add", "data": _overlay(workdir, j)},
             {"type": "blockdev-snapshot", "data": {"node": f"top{j}", "overlay": f"ovl{j}"}},
-            {"type": "x-txgraph-insert-filter", "data": {"node": f"ovl{j}", "filter": _throttle(j)}},
+            {
+                "type": "x-txgraph-insert-filter",
+                "data": {"node": f"ovl{j}", "filter": _throttle(j)},
+            },
             {"type": "x-txgraph-blockdev-reopen", "data": {"options": [_dev_reopen(j)]}},
             {"type": "x-txgraph-blockdev-reopen", "data": {"options": [_ovl_reopen(j)]}},
         ]
@@ -137,14 +177,16 @@ def run_batched(peer: QMPProcess, commands: Iterable[Command], batch: int = BATC
     """
     pending = list(commands)
     for start in range(0, len(pending), batch):
-        chunk = pending[start:start + batch]
+        chunk = pending[start : start + batch]
         data = "".join(json.dumps({"execute": c, "arguments": a}) + "\n" for c, a in chunk)
         peer._file.write(data.encode())  # the same client, pipelined
         peer._file.flush()
         for command, _args in chunk:
             reply = _next_reply(peer)
             if "error" in reply:
-                raise RuntimeError(f"{peer.label}: setup {command} failed: {reply['error']['desc']}")
+                raise RuntimeError(
+                    f"{peer.label}: setup {command} failed: {reply['error']['desc']}"
+                )
 
 
 def _next_reply(peer: QMPProcess) -> dict[str, Any]:
@@ -161,15 +203,29 @@ def canonical_graph(peer: QMPProcess) -> dict[str, Any]:
     graph = peer.cmd("x-debug-query-block-graph")
     names = {n["id"]: n["name"] for n in graph["nodes"]}
     nodes = sorted((n["name"], n["type"]) for n in graph["nodes"])
-    edges = sorted((names[e["parent"]], names[e["child"]], e["name"], tuple(sorted(e["perm"])),
-                    tuple(sorted(e["shared-perm"]))) for e in graph["edges"])
-    options = sorted((n["node-name"], n["drv"], n["ro"], n["detect_zeroes"])
-                     for n in peer.cmd("query-named-block-nodes", {"flat": True}))
+    edges = sorted(
+        (
+            names[e["parent"]],
+            names[e["child"]],
+            e["name"],
+            tuple(sorted(e["perm"])),
+            tuple(sorted(e["shared-perm"])),
+        )
+        for e in graph["edges"]
+    )
+    options = sorted(
+        (n["node-name"], n["drv"], n["ro"], n["detect_zeroes"])
+        for n in peer.cmd("query-named-block-nodes", {"flat": True})
+    )
     return {"nodes": nodes, "edges": edges, "options": options}
 
 
-def _one_run(factory: Callable[..., QMPProcess], workdir: Path, nodes: int,
-             timed: Callable[[QMPProcess], None]) -> tuple[float, dict[str, Any]]:
+def _one_run(
+    factory: Callable[..., QMPProcess],
+    workdir: Path,
+    nodes: int,
+    timed: Callable[[QMPProcess], None],
+) -> tuple[float, dict[str, Any]]:
     with factory(workdir=str(workdir)) as peer:
         run_batched(peer, setup_commands(workdir, nodes))
         start = time.perf_counter()
@@ -189,7 +245,9 @@ def _canon_dir(graph: dict[str, Any], workdir: Path) -> dict[str, Any]:
     return canon
 
 
-def run_txn_benchmark(nodes: Iterable[int] = (100, 10_000), repeats: int = 3) -> list[dict[str, Any]]:
+def run_txn_benchmark(
+    nodes: Iterable[int] = (100, 10_000), repeats: int = 3
+) -> list[dict[str, Any]]:
     """One row per graph size: best-of-``repeats`` commit latency on both peers."""
     rows: list[dict[str, Any]] = []
     base = Path(tempfile.mkdtemp(prefix="txgraph-bench-txn-"))
@@ -219,12 +277,21 @@ def run_txn_benchmark(nodes: Iterable[int] = (100, 10_000), repeats: int = 3) ->
                 final["txgraph"] = _canon_dir(graph, tx_dir)
             match = final["qsd"] == final["txgraph"]
             ours, peer = best["txgraph"], best["qsd"]
-            rows.append({"name": f"txn-{STEPS}-steps-{n}-nodes", "nodes": n, "steps": STEPS,
-                         "txgraph": round(ours * 1000, 2), "peer": round(peer * 1000, 2),
-                         "unit": "ms", "ratio": round(peer / ours, 3),
-                         "graphs_match": match, "final_nodes": len(final["qsd"]["nodes"]),
-                         "final_edges": len(final["qsd"]["edges"]),
-                         "peer_name": "qemu-storage-daemon 7.2"})
+            rows.append(
+                {
+                    "name": f"txn-{STEPS}-steps-{n}-nodes",
+                    "nodes": n,
+                    "steps": STEPS,
+                    "txgraph": round(ours * 1000, 2),
+                    "peer": round(peer * 1000, 2),
+                    "unit": "ms",
+                    "ratio": round(peer / ours, 3),
+                    "graphs_match": match,
+                    "final_nodes": len(final["qsd"]["nodes"]),
+                    "final_edges": len(final["qsd"]["edges"]),
+                    "peer_name": "qemu-storage-daemon 7.2",
+                }
+            )
             if not match:
                 rows[-1]["difference"] = _difference(final["qsd"], final["txgraph"])
         return rows
@@ -240,4 +307,4 @@ def _difference(left: dict[str, Any], right: dict[str, Any], limit: int = 6) -> 
         b = {json.dumps(x) for x in right[part]}
         out += [f"{part} only on QSD: {x}" for x in sorted(a - b)[:limit]]
         out += [f"{part} only on txgraph: {x}" for x in sorted(b - a)[:limit]]
-    return out[:limit * 2]
+    return out[: limit * 2]

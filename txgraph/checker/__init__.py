@@ -20,13 +20,30 @@ from txgraph.checker.structural import check_structural
 from txgraph.checker.verdict import EdgeRef, Verdict, Violation
 from txgraph.model.graph import BlockGraph
 
-__all__ = ["check", "Before", "GraphBefore", "Verdict", "Violation", "EdgeRef", "Rule", "RULES", "POLICIES", "ENGINES"]
+__all__ = [
+    "check",
+    "Before",
+    "GraphBefore",
+    "Verdict",
+    "Violation",
+    "EdgeRef",
+    "Rule",
+    "RULES",
+    "POLICIES",
+    "ENGINES",
+]
 
 ENGINES: tuple[str, ...] = ("z3", "structural")
 
 
-def check(graph: BlockGraph, touched: Iterable[str] | None = None, *, policy: str = "qemu",
-          before: BlockGraph | Before | None = None, engine: str = "z3") -> Verdict:
+def check(
+    graph: BlockGraph,
+    touched: Iterable[str] | None = None,
+    *,
+    policy: str = "qemu",
+    before: BlockGraph | Before | None = None,
+    engine: str = "z3",
+) -> Verdict:
     """Check the invariants of ``policy`` on ``graph``.
 
     ``touched`` names the nodes (and backend keys) a transaction changed

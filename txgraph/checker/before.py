@@ -61,8 +61,14 @@ class GraphBefore:
         return found[0] if found else None
 
     def frozen_links(self) -> list[EdgeRef]:
-        return sorted(((p, key, c) for p, c, key, data in self.graph.g.edges(keys=True, data=True)
-                       if data["obj"].frozen), key=lambda r: (r[0], r[2], r[1]))
+        return sorted(
+            (
+                (p, key, c)
+                for p, c, key, data in self.graph.g.edges(keys=True, data=True)
+                if data["obj"].frozen
+            ),
+            key=lambda r: (r[0], r[2], r[1]),
+        )
 
 
 def as_before(before: BlockGraph | Before | None) -> Before | None:

@@ -30,8 +30,9 @@ def _refresh(graph: BlockGraph, roots: list[str]) -> None:
         found[1].perm, found[1].shared = ch.perm, ch.shared
 
 
-def add_image(graph: BlockGraph, i: int, backing: str | None = None,
-              throttle: bool = False) -> set[str]:
+def add_image(
+    graph: BlockGraph, i: int, backing: str | None = None, throttle: bool = False
+) -> set[str]:
     """blockdev-add of ``img{i}`` (qcow2 over ``f{i}``), optionally under a throttle filter."""
     rw = OpenFlag.RDWR
     touched = {f"f{i}", f"img{i}"}
@@ -43,8 +44,9 @@ def add_image(graph: BlockGraph, i: int, backing: str | None = None,
         touched.add(backing)
     if throttle:
         graph.add_node(BlockNode(f"thr{i}", "throttle", flags=rw))
-        graph.attach(f"thr{i}", f"img{i}", Edge("file", Role.FILTERED | Role.PRIMARY,
-                                                 seq=graph.next_seq()))
+        graph.attach(
+            f"thr{i}", f"img{i}", Edge("file", Role.FILTERED | Role.PRIMARY, seq=graph.next_seq())
+        )
         touched.add(f"thr{i}")
     _refresh(graph, sorted(touched))
     return touched
@@ -60,12 +62,26 @@ def build(n_nodes: int) -> BlockGraph:
         add_image(graph, i, backing=backing)
         if i % 10 == 0:
             key = f"bb:{i}"
-            graph.add_backend(Backend(key, ParentKind.ROOT, perm=Perm.CONSISTENT_READ | Perm.WRITE,
-                                      shared=Perm.CONSISTENT_READ | Perm.WRITE_UNCHANGED))
-            graph.attach(key, f"img{i}", Edge("root", Role.FILTERED | Role.PRIMARY, ParentKind.ROOT,
-                                              perm=Perm.CONSISTENT_READ | Perm.WRITE,
-                                              shared=Perm.CONSISTENT_READ | Perm.WRITE_UNCHANGED,
-                                              seq=graph.next_seq()))
+            graph.add_backend(
+                Backend(
+                    key,
+                    ParentKind.ROOT,
+                    perm=Perm.CONSISTENT_READ | Perm.WRITE,
+                    shared=Perm.CONSISTENT_READ | Perm.WRITE_UNCHANGED,
+                )
+            )
+            graph.attach(
+                key,
+                f"img{i}",
+                Edge(
+                    "root",
+                    Role.FILTERED | Role.PRIMARY,
+                    ParentKind.ROOT,
+                    perm=Perm.CONSISTENT_READ | Perm.WRITE,
+                    shared=Perm.CONSISTENT_READ | Perm.WRITE_UNCHANGED,
+                    seq=graph.next_seq(),
+                ),
+            )
             _refresh(graph, [f"img{i}"])
         i += 1
     graph.generation += 1
@@ -96,9 +112,11 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     times = measure(args.nodes, args.adds, args.engine)
     ms = sorted(t * 1e3 for t in times)
-    print(f"engine={args.engine} nodes={args.nodes} adds={args.adds} "
-          f"median={statistics.median(ms):.3f}ms p95={ms[int(len(ms) * 0.95)]:.3f}ms "
-          f"max={ms[-1]:.3f}ms")
+    print(
+        f"engine={args.engine} nodes={args.nodes} adds={args.adds} "
+        f"median={statistics.median(ms):.3f}ms p95={ms[int(len(ms) * 0.95)]:.3f}ms "
+        f"max={ms[-1]:.3f}ms"
+    )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ __all__ = ["Encoder", "esc", "strlit", "name_formula", "NAME_PRELUDE"]
 
 _INTERN: dict[str, int] = {}
 
+
 def _intern(name: str) -> int:
     return _INTERN.setdefault(name, len(_INTERN))
 
@@ -67,11 +68,15 @@ def name_formula(name: str) -> str:
     cs = [f"#x{ord(ch):06x}" for ch in name]
     if not cs:
         return "false"
-    wf = f"(and (<= {len(cs)} {MAX_NODE_NAME}) (nL {cs[0]}) {' '.join(f'(nW {c})' for c in cs[1:])})"
+    wf = (
+        f"(and (<= {len(cs)} {MAX_NODE_NAME}) (nL {cs[0]}) {' '.join(f'(nW {c})' for c in cs[1:])})"
+    )
     prefix = [f"#x{ord(ch):06x}" for ch in "#block"]
     if len(cs) >= len(prefix) + 3:
-        auto = (f"(and {' '.join(f'(= {a} {b})' for a, b in zip(cs, prefix))} "
-                f"{' '.join(f'(nD {c})' for c in cs[len(prefix):])})")
+        auto = (
+            f"(and {' '.join(f'(= {a} {b})' for a, b in zip(cs, prefix))} "
+            f"{' '.join(f'(nD {c})' for c in cs[len(prefix) :])})"
+        )
     else:
         auto = "false"
     return f"(or {wf} {auto})"
@@ -114,9 +119,11 @@ class Encoder:
     def edge(self, ref: EdgeRef) -> tuple[str, str, str]:
         e = self.graph.g.edges[ref[0], ref[2], ref[1]]["obj"]
         k = esc(f"{ref[0]}/{ref[1]}>{ref[2]}")
-        return (self._fact("e.p:" + k, "(_ BitVec 4)", _hex(int(e.perm))),
-                self._fact("e.s:" + k, "(_ BitVec 4)", _hex(int(e.shared))),
-                self._fact("e.r:" + k, "(_ BitVec 5)", f"(_ bv{int(e.role)} 5)"))
+        return (
+            self._fact("e.p:" + k, "(_ BitVec 4)", _hex(int(e.perm))),
+            self._fact("e.s:" + k, "(_ BitVec 4)", _hex(int(e.shared))),
+            self._fact("e.r:" + k, "(_ BitVec 5)", f"(_ bv{int(e.role)} 5)"),
+        )
 
     def node_flag(self, node: str, flag: str, value: bool) -> str:
         return self._fact(f"n.{flag}:{esc(node)}", "Bool", "true" if value else "false")
@@ -162,12 +169,16 @@ class Encoder:
         elif k == "g3nofilt":
             f = f"(not {_bit(self.edge(d[0])[2], 2)})"
         elif k == "g4":
-            a, b = (self._fact(f"e.n:{esc(f'{r[0]}/{r[1]}>{r[2]}')}", "Int", str(_intern(r[1])))
-                    for r in d[1:])
+            a, b = (
+                self._fact(f"e.n:{esc(f'{r[0]}/{r[1]}>{r[2]}')}", "Int", str(_intern(r[1])))
+                for r in d[1:]
+            )
             f = f"(distinct {a} {b})"
         elif k == "g5req":
-            names = [self._fact(f"e.n:{esc(f'{r[0]}/{r[1]}>{r[2]}')}", "Int", str(_intern(r[1])))
-                     for r in d[3]]
+            names = [
+                self._fact(f"e.n:{esc(f'{r[0]}/{r[1]}>{r[2]}')}", "Int", str(_intern(r[1])))
+                for r in d[3]
+            ]
             want = _intern(d[2])
             f = f"(or false {' '.join(f'(= {n} {want})' for n in names)})"
         elif k == "g5quorum":
@@ -189,8 +200,10 @@ class Encoder:
             cp, cs = self._cum(ups)
             t = f"({name} {cp} {cs})"
             fs = self.node_flag(ref[2], "fs", force_share)
-            f = (f"(and (= {perm} ((_ extract 7 4) {t})) "
-                 f"(= {shared} (ite {fs} #xf ((_ extract 3 0) {t}))))")
+            f = (
+                f"(and (= {perm} ((_ extract 7 4) {t})) "
+                f"(= {shared} (ite {fs} #xf ((_ extract 3 0) {t}))))"
+            )
         elif k == "p1root":
             perm, shared, _r = self.edge(d[0])
             f = f"(and (= {perm} {_hex(d[1])}) (= {shared} {_hex(d[2])}))"
@@ -203,13 +216,17 @@ class Encoder:
             f = f"(=> (distinct (bvand {cp} #x6) #x0) {w})"
         elif k == "f1":
             ref, now = d
-            cur = self._fact(f"f.now:{esc(ref[0] + '/' + ref[1])}", "Int",
-                             str(-1 if now is None else _intern(now)))
+            cur = self._fact(
+                f"f.now:{esc(ref[0] + '/' + ref[1])}",
+                "Int",
+                str(-1 if now is None else _intern(now)),
+            )
             f = f"(= {cur} {_intern(ref[2])})"
         elif k == "j1":
             _job, parent, name, child, now = d
-            cur = self._fact(f"j.now:{esc(parent + '/' + name)}", "Int",
-                             str(-1 if now is None else _intern(now)))
+            cur = self._fact(
+                f"j.now:{esc(parent + '/' + name)}", "Int", str(-1 if now is None else _intern(now))
+            )
             f = f"(= {cur} {_intern(child)})"
         elif k == "s1":
             f = f"(not {self.node_flag(d[0], 'used', d[3])})"

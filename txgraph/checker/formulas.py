@@ -26,8 +26,12 @@ __all__ = ["BV", "bv", "smt_child_perm", "template", "ALL"]
 BV: TypeAlias = Any
 ALL = 0xF
 _SERIAL = itertools.count()
-_R, _W, _U, _S = (int(Perm.CONSISTENT_READ), int(Perm.WRITE), int(Perm.WRITE_UNCHANGED),
-                  int(Perm.RESIZE))
+_R, _W, _U, _S = (
+    int(Perm.CONSISTENT_READ),
+    int(Perm.WRITE),
+    int(Perm.WRITE_UNCHANGED),
+    int(Perm.RESIZE),
+)
 
 
 def bv(value: int) -> BV:

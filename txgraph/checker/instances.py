@@ -76,8 +76,9 @@ def chain_cuts(graph: BlockGraph, before: Before, nodes: set[str]) -> list[tuple
     return cuts
 
 
-def enumerate_instances(region: Region, rules: frozenset[str],
-                        before: Before | None) -> Iterator[Instance]:
+def enumerate_instances(
+    region: Region, rules: frozenset[str], before: Before | None
+) -> Iterator[Instance]:
     graph = region.graph
     parents = sorted(region.nodes)
     for p in parents:
@@ -86,52 +87,88 @@ def enumerate_instances(region: Region, rules: frozenset[str],
         if "G2-role-cardinality" in rules:
             if len(kids) >= 2:
                 for bit_name, bit in ROLE_BITS.items():
-                    yield Instance("G2-role-cardinality", "g2card", f"G2:node={p}:at-most-one={bit_name}",
-                                   (p, bit_name, int(bit), tuple((r, int(e.role)) for r, e in kids)))
+                    yield Instance(
+                        "G2-role-cardinality",
+                        "g2card",
+                        f"G2:node={p}:at-most-one={bit_name}",
+                        (p, bit_name, int(bit), tuple((r, int(e.role)) for r, e in kids)),
+                    )
             for ref, e in kids:
                 for excl in ("FILTERED", "COW"):
-                    yield Instance("G2-role-cardinality", "g2excl",
-                                   f"G2:edge={edge_key(ref)}:{excl}-exclusive",
-                                   (ref, int(e.role), excl))
+                    yield Instance(
+                        "G2-role-cardinality",
+                        "g2excl",
+                        f"G2:edge={edge_key(ref)}:{excl}-exclusive",
+                        (ref, int(e.role), excl),
+                    )
         # A job's filter dropped from the chain (bdrv_drop_filter) has no child left
         # while the job still holds it: only such a detached filter may be childless.
-        detached = (spec is not None and spec.is_filter
-                    and not any(e.role & Role.FILTERED for _r, e in kids)
-                    and _held_by_jobs_only(graph, p))
+        detached = (
+            spec is not None
+            and spec.is_filter
+            and not any(e.role & Role.FILTERED for _r, e in kids)
+            and _held_by_jobs_only(graph, p)
+        )
         if "G3-filter-shape" in rules and spec is not None:
             drv = spec.name
             if spec.is_filter and not detached:
-                yield Instance("G3-filter-shape", "g3one", f"G3:node={p}:one-filtered-child",
-                               (p, drv, tuple((r, int(e.role)) for r, e in kids)))
+                yield Instance(
+                    "G3-filter-shape",
+                    "g3one",
+                    f"G3:node={p}:one-filtered-child",
+                    (p, drv, tuple((r, int(e.role)) for r, e in kids)),
+                )
             for ref, e in kids:
                 if spec.is_filter:
-                    yield Instance("G3-filter-shape", "g3fcow", f"G3:edge={edge_key(ref)}:filter-cow",
-                                   (ref, drv, int(e.role)))
+                    yield Instance(
+                        "G3-filter-shape",
+                        "g3fcow",
+                        f"G3:edge={edge_key(ref)}:filter-cow",
+                        (ref, drv, int(e.role)),
+                    )
                 else:
                     if drv != "raw":
-                        yield Instance("G3-filter-shape", "g3nofilt",
-                                       f"G3:edge={edge_key(ref)}:not-filter",
-                                       (ref, drv, int(e.role)))
+                        yield Instance(
+                            "G3-filter-shape",
+                            "g3nofilt",
+                            f"G3:edge={edge_key(ref)}:not-filter",
+                            (ref, drv, int(e.role)),
+                        )
                     if not spec.supports_backing:
-                        yield Instance("G3-filter-shape", "g3nocow",
-                                       f"G3:edge={edge_key(ref)}:no-backing-support",
-                                       (ref, drv, int(e.role)))
+                        yield Instance(
+                            "G3-filter-shape",
+                            "g3nocow",
+                            f"G3:edge={edge_key(ref)}:no-backing-support",
+                            (ref, drv, int(e.role)),
+                        )
         if "G5-required-children" in rules and spec is not None and not detached:
             refs = tuple(r for r, _e in kids)
             for cs in spec.children:
                 if cs.required:
-                    yield Instance("G5-required-children", "g5req", f"G5:node={p}:child={cs.name}",
-                                   (p, spec.name, cs.name, refs))
+                    yield Instance(
+                        "G5-required-children",
+                        "g5req",
+                        f"G5:node={p}:child={cs.name}",
+                        (p, spec.name, cs.name, refs),
+                    )
             if spec.perm_family == "quorum":
-                yield Instance("G5-required-children", "g5quorum", f"G5:node={p}:children",
-                               (p, spec.name, len(kids)))
+                yield Instance(
+                    "G5-required-children",
+                    "g5quorum",
+                    f"G5:node={p}:children",
+                    (p, spec.name, len(kids)),
+                )
     if "G4-edge-name-unique" in rules:
         for owner in sorted(region.nodes | region.backends):
             kids = out_edges(graph, owner)
             for i, (a, _ea) in enumerate(kids):
-                for b, _eb in kids[i + 1:]:
-                    yield Instance("G4-edge-name-unique", "g4", f"G4:parent={owner}:a={a[1]}>{a[2]}:b={b[1]}>{b[2]}",
-                                   (owner, a, b))
+                for b, _eb in kids[i + 1 :]:
+                    yield Instance(
+                        "G4-edge-name-unique",
+                        "g4",
+                        f"G4:parent={owner}:a={a[1]}>{a[2]}:b={b[1]}>{b[2]}",
+                        (owner, a, b),
+                    )
     yield from _name_instances(region, rules)
     yield from _perm_instances(region, rules)
     if before is not None:
@@ -180,24 +217,36 @@ def _perm_instances(region: Region, rules: frozenset[str]) -> Iterator[Instance]
                     continue
                 ups = tuple(r for r, _e in in_edges(graph, p))
                 ctx = child_perm_context(pnode, pnode.writable, bool(ups))
-                yield Instance("P1-edge-perm-formula", "p1node", f"P1:edge={edge_key(ref)}",
-                               (ref, ctx, int(e.role), ups, graph.nodes[c].force_share))
+                yield Instance(
+                    "P1-edge-perm-formula",
+                    "p1node",
+                    f"P1:edge={edge_key(ref)}",
+                    (ref, ctx, int(e.role), ups, graph.nodes[c].force_share),
+                )
             elif e.parent_kind is ParentKind.ROOT and p in graph.backends:
                 b = graph.backends[p]
-                yield Instance("P1-edge-perm-formula", "p1root", f"P1:edge={edge_key(ref)}",
-                               (ref, int(b.perm), int(b.shared)))
+                yield Instance(
+                    "P1-edge-perm-formula",
+                    "p1root",
+                    f"P1:edge={edge_key(ref)}",
+                    (ref, int(b.perm), int(b.shared)),
+                )
     for c in sorted(region.below):
         parent_edges = in_edges(graph, c)
         if "P3-perm-conflict" in rules and len(parent_edges) >= 2:
             for ref_a, _ea in parent_edges:
                 for ref_b, _eb in parent_edges:
                     if ref_a != ref_b:
-                        yield Instance("P3-perm-conflict", "p3",
-                                       f"P3:node={c}:a={edge_label(ref_a)}:b={edge_label(ref_b)}",
-                                       (c, ref_a, ref_b))
+                        yield Instance(
+                            "P3-perm-conflict",
+                            "p3",
+                            f"P3:node={c}:a={edge_label(ref_a)}:b={edge_label(ref_b)}",
+                            (c, ref_a, ref_b),
+                        )
         if "P4-read-only-writer" in rules and parent_edges:
-            yield Instance("P4-read-only-writer", "p4", f"P4:node={c}",
-                           (c, tuple(r for r, _e in parent_edges)))
+            yield Instance(
+                "P4-read-only-writer", "p4", f"P4:node={c}", (c, tuple(r for r, _e in parent_edges))
+            )
 
 
 def _before_instances(region: Region, rules: frozenset[str], before: Before) -> Iterator[Instance]:
@@ -209,8 +258,12 @@ def _before_instances(region: Region, rules: frozenset[str], before: Before) -> 
             if (p, key) in graph.thawed:
                 continue  # its holder let go in this same transaction
             now = graph.child_edge(p, key) if p in graph.g else None
-            yield Instance("F1-frozen-link", "f1", f"F1:edge={p}/{key}>{c}",
-                           ((p, key, c), now[0] if now else None))
+            yield Instance(
+                "F1-frozen-link",
+                "f1",
+                f"F1:edge={p}/{key}>{c}",
+                ((p, key, c), now[0] if now else None),
+            )
     if "J1-job-chain-cut" in rules:
         # A job's protected links live on its backend; the job clears them itself before
         # its own graph change at the end (stream's prepare), so only others' changes count.
@@ -219,8 +272,12 @@ def _before_instances(region: Region, rules: frozenset[str], before: Before) -> 
                 if parent not in graph.nodes:
                     continue
                 now = graph.child_edge(parent, name)
-                yield Instance("J1-job-chain-cut", "j1", f"J1:job={backend.key}:{parent}/{name}",
-                               (backend.key, parent, name, child, now[0] if now else None))
+                yield Instance(
+                    "J1-job-chain-cut",
+                    "j1",
+                    f"J1:job={backend.key}:{parent}/{name}",
+                    (backend.key, parent, name, child, now[0] if now else None),
+                )
     if not ({"S1-backing-chain-cut", "S2-orphaned-writer"} & rules):
         return
     for node, old, file in chain_cuts(graph, before, region.nodes):
@@ -231,9 +288,12 @@ def _before_instances(region: Region, rules: frozenset[str], before: Before) -> 
             for top in _chain_tops(graph, node):
                 for ref, e in in_edges(graph, top):
                     if e.parent_kind is ParentKind.ROOT:
-                        yield Instance("S2-orphaned-writer", "s2",  # noqa: E501
-                                       f"S2:user={ref[0]}:top={top}:node={node}",
-                                       (ref, top, node, old, int(e.perm)))
+                        yield Instance(
+                            "S2-orphaned-writer",
+                            "s2",
+                            f"S2:user={ref[0]}:top={top}:node={node}",
+                            (ref, top, node, old, int(e.perm)),
+                        )
 
 
 def _chain_tops(graph: BlockGraph, node: str) -> list[str]:

@@ -53,8 +53,9 @@ def renumber(graph: BlockGraph, skip: set[str]) -> dict[str, int] | None:
     return {n: (total - i) * SPACING for i, n in enumerate(order)}
 
 
-def ranks_for(graph: BlockGraph, region: set[str], needed: set[str],
-              force: bool = False) -> dict[str, int] | None:
+def ranks_for(
+    graph: BlockGraph, region: set[str], needed: set[str], force: bool = False
+) -> dict[str, int] | None:
     """Constant ranks for ``needed`` (nodes outside ``region``), or None if the fixed part is cyclic."""
     state = _STATES.get(graph)
     if state is None:

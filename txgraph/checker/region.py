@@ -29,16 +29,20 @@ def edge_label(ref: EdgeRef) -> str:
 
 def in_edges(graph: BlockGraph, child: str) -> list[tuple[EdgeRef, Edge]]:
     """Parent edges of ``child`` in a canonical (sorted) order."""
-    out = [((p, key, child), data["obj"]) for p, _c, key, data
-           in graph.g.in_edges(child, keys=True, data=True)]
+    out = [
+        ((p, key, child), data["obj"])
+        for p, _c, key, data in graph.g.in_edges(child, keys=True, data=True)
+    ]
     out.sort(key=lambda re: re[0])
     return out
 
 
 def out_edges(graph: BlockGraph, parent: str) -> list[tuple[EdgeRef, Edge]]:
     """Child edges of ``parent`` in a canonical (sorted) order."""
-    out = [((parent, key, c), data["obj"]) for _p, c, key, data
-           in graph.g.out_edges(parent, keys=True, data=True)]
+    out = [
+        ((parent, key, c), data["obj"])
+        for _p, c, key, data in graph.g.out_edges(parent, keys=True, data=True)
+    ]
     out.sort(key=lambda re: re[0])
     return out
 

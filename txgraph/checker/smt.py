@@ -77,8 +77,9 @@ def _session() -> _Session:
     return _SHARED[0]
 
 
-def check_smt(region: Region, instances: list[Instance], rules: frozenset[str],
-              policy: str) -> list[Violation]:
+def check_smt(
+    region: Region, instances: list[Instance], rules: frozenset[str], policy: str
+) -> list[Violation]:
     with _LOCK:
         session = _session()
         out, false_alarm = _run(session, region, instances, rules, policy, force_ranks=False)
@@ -90,8 +91,14 @@ def check_smt(region: Region, instances: list[Instance], rules: frozenset[str],
     return out
 
 
-def _run(session: _Session, region: Region, instances: list[Instance], rules: frozenset[str],
-         policy: str, force_ranks: bool) -> tuple[list[Violation], bool]:
+def _run(
+    session: _Session,
+    region: Region,
+    instances: list[Instance],
+    rules: frozenset[str],
+    policy: str,
+    force_ranks: bool,
+) -> tuple[list[Violation], bool]:
     graph = region.graph
     enc = Encoder(graph, session.declared)
     by_lit: dict[str, Instance] = {}
@@ -108,8 +115,10 @@ def _run(session: _Session, region: Region, instances: list[Instance], rules: fr
     solver.push()
     try:
         # Declarations persist across pop in z3's parser; facts and rules do not.
-        solver.from_string("\n".join(enc.decls + enc.body)
-                           + f"\n(assert (=> |go| (and true {' '.join(f'|{k}|' for k in enc.lits)})))")
+        solver.from_string(
+            "\n".join(enc.decls + enc.body)
+            + f"\n(assert (=> |go| (and true {' '.join(f'|{k}|' for k in enc.lits)})))"
+        )
         # Fast path: one assumption for the whole check. Only a failure pays for
         # per-literal assumptions and core peeling.
         first = solver.check(session.go)
@@ -176,8 +185,9 @@ def _remember_ranks(region: Region, fixed: dict[str, int]) -> None:
             return
     ranks: dict[str, int] = {}
     for n in reversed(order):
-        lo = max((ranks.get(c, fixed.get(c, 0)) for c in g.successors(n) if c in graph.nodes),
-                 default=0)
+        lo = max(
+            (ranks.get(c, fixed.get(c, 0)) for c in g.successors(n) if c in graph.nodes), default=0
+        )
         hi = min((fixed[p] for p in g.predecessors(n) if p in fixed), default=lo + 2 * SPACING)
         ranks[n] = lo + max(1, (hi - lo) // 4)
     for n in order:

@@ -126,10 +126,25 @@ def _s2(inst: Instance, graph: BlockGraph) -> bool:
 
 
 _PREDICATES: dict[str, Callable[[Instance, BlockGraph], bool]] = {
-    "g2card": _g2card, "g2excl": _g2excl, "g3one": _g3one, "g3fcow": _g3fcow,
-    "g3nofilt": _g3nofilt, "g3nocow": _g3fcow, "g4": _g4, "g5req": _g5req,
-    "g5quorum": _g5quorum, "n1": _n1, "n2": _n2, "fs1": _fs1, "p1node": _p1, "p1root": _p1,
-    "p3": _p3, "p4": _p4, "f1": _f1, "s1": _s1, "s2": _s2,
+    "g2card": _g2card,
+    "g2excl": _g2excl,
+    "g3one": _g3one,
+    "g3fcow": _g3fcow,
+    "g3nofilt": _g3nofilt,
+    "g3nocow": _g3fcow,
+    "g4": _g4,
+    "g5req": _g5req,
+    "g5quorum": _g5quorum,
+    "n1": _n1,
+    "n2": _n2,
+    "fs1": _fs1,
+    "p1node": _p1,
+    "p1root": _p1,
+    "p3": _p3,
+    "p4": _p4,
+    "f1": _f1,
+    "s1": _s1,
+    "s2": _s2,
     "j1": _j1,
 }
 
@@ -138,8 +153,9 @@ def holds(inst: Instance, graph: BlockGraph) -> bool:
     return _PREDICATES[inst.kind](inst, graph)
 
 
-def check_structural(region: Region, instances: list[Instance], rules: frozenset[str],
-                     policy: str) -> list[Violation]:
+def check_structural(
+    region: Region, instances: list[Instance], rules: frozenset[str], policy: str
+) -> list[Violation]:
     graph = region.graph
     out: list[Violation] = []
     if "G1-acyclic" in rules:

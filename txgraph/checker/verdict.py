@@ -27,9 +27,13 @@ class Violation:
         return (self.rule, self.nodes, self.edges)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rule": self.rule, "nodes": list(self.nodes),
-                "edges": [list(e) for e in self.edges], "sentence": self.sentence,
-                "policy": self.policy}
+        return {
+            "rule": self.rule,
+            "nodes": list(self.nodes),
+            "edges": [list(e) for e in self.edges],
+            "sentence": self.sentence,
+            "policy": self.policy,
+        }
 
 
 @dataclass(frozen=True)
@@ -48,8 +52,12 @@ class Verdict:
         return self.violations[0].sentence if self.violations else ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "engine": self.engine, "elapsed_s": self.elapsed_s,
-                "violations": [v.to_dict() for v in self.violations]}
+        return {
+            "ok": self.ok,
+            "engine": self.engine,
+            "elapsed_s": self.elapsed_s,
+            "violations": [v.to_dict() for v in self.violations],
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

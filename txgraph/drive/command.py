@@ -16,8 +16,9 @@ from txgraph.drive.translate import DriveError, translate
 __all__ = ["run_drive_command"]
 
 
-def run_drive_command(argv: list[str], explain: bool, out: TextIO = sys.stdout,
-                      err: TextIO = sys.stderr) -> int:
+def run_drive_command(
+    argv: list[str], explain: bool, out: TextIO = sys.stdout, err: TextIO = sys.stderr
+) -> int:
     """Translate ``argv``; write the JSON (and, with ``explain``, the rules) and return the status."""
     try:
         result = translate(argv)

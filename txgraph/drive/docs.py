@@ -14,10 +14,12 @@ from txgraph.drive.rules import RULES
 
 __all__ = ["render_spec"]
 
-_STAGES = (("drive_new", "1. `drive_new`: the legacy options"),
-           ("blockdev_init", "2. `blockdev_init`: what belongs to the drive"),
-           ("bdrv_open", "3. The open: nodes"),
-           ("backend", "4. After the open: the top node and the BlockBackend"))
+_STAGES = (
+    ("drive_new", "1. `drive_new`: the legacy options"),
+    ("blockdev_init", "2. `blockdev_init`: what belongs to the drive"),
+    ("bdrv_open", "3. The open: nodes"),
+    ("backend", "4. After the open: the top node and the BlockBackend"),
+)
 
 
 def _table(rows: Mapping[str, tuple[bool, ...]]) -> list[str]:
@@ -52,7 +54,7 @@ def render_spec() -> str:
             doc = " ".join(r.doc.split())
             lines += [f"### `{r.name}`", "", f"*Reproduces:* {r.qemu}", "", doc, ""]
             if r.name == "cache-mode":
-                lines += _table(spec.CACHE_MODES) + [""]
+                lines += [*_table(spec.CACHE_MODES), ""]
             if r.name == "legacy-renames":
                 lines += ["| legacy | QMP name |", "|---|---|"]
                 lines += [f"| `{a}` | `{b}` |" for a, b in spec.RENAMES] + [""]

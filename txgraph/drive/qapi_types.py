@@ -97,7 +97,10 @@ def _visit(tname: str, value: Any, key: str = "?") -> Any:
             return value
         # a string leaf: keep it when the alternate has a string branch (a node reference)
         for e in members:
-            if e.get("meta-type") in ("builtin", "enum") and e.get("json-type", "string") == "string":
+            if (
+                e.get("meta-type") in ("builtin", "enum")
+                and e.get("json-type", "string") == "string"
+            ):
                 return value
         for m in ent["members"]:
             converted = _visit(m["type"], value, key)

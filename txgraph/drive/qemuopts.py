@@ -78,7 +78,7 @@ def _opt_value(text: str, pos: int) -> tuple[str, int]:
     out = []
     while pos < len(text):
         if text[pos] == ",":
-            if text[pos + 1:pos + 2] == ",":
+            if text[pos + 1 : pos + 2] == ",":
                 out.append(",")
                 pos += 2
                 continue
@@ -107,8 +107,10 @@ def parse_opts(text: str, location: str, warnings: list[str]) -> DriveArg:
                 name, value, prefix = name[2:], "off", "no"
             else:
                 value = "on"
-            warnings.append(f"{PROG}: {location}: warning: short-form boolean option "
-                            f"'{prefix}{name}' deprecated\nPlease use {name}={value} instead")
+            warnings.append(
+                f"{PROG}: {location}: warning: short-form boolean option "
+                f"'{prefix}{name}' deprecated\nPlease use {name}={value} instead"
+            )
         if pos < len(text):
             pos += 1  # the separating comma
         if name == "id":
@@ -116,9 +118,11 @@ def parse_opts(text: str, location: str, warnings: list[str]) -> DriveArg:
             continue
         drive.pairs.append((name, value))
     if drive.id is not None and not id_wellformed(drive.id):
-        raise DriveError("Parameter 'id' expects an identifier", location,
-                         "Identifiers consist of letters, digits, '-', '.', '_', starting "
-                         "with a letter.\n")
+        raise DriveError(
+            "Parameter 'id' expects an identifier",
+            location,
+            "Identifiers consist of letters, digits, '-', '.', '_', starting with a letter.\n",
+        )
     return drive
 
 

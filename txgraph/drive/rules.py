@@ -112,10 +112,12 @@ RULES: list[Rule] = []
 
 def rule(name: str, qemu: str, stage: str) -> Callable[[RuleFn], Rule]:
     """Register a rule; the registration order is the order QEMU applies them."""
+
     def wrap(fn: RuleFn) -> Rule:
         if any(r.name == name for r in RULES):
             raise ValueError(f"duplicate rule {name}")
         r = Rule(name, qemu, stage, fn)
         RULES.append(r)
         return r
+
     return wrap

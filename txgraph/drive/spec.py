@@ -11,43 +11,92 @@ from __future__ import annotations
 from txgraph.drive.rules import RULES, DriveContext, DriveState, rule
 from txgraph.model.options import parse_bool
 
-__all__ = ["RULES", "CACHE_MODES", "RENAMES", "LEGACY_KEYS", "COMMON_KEYS", "THROTTLE_KEYS",
-           "INTERFACES"]
+__all__ = [
+    "RULES",
+    "CACHE_MODES",
+    "RENAMES",
+    "LEGACY_KEYS",
+    "COMMON_KEYS",
+    "THROTTLE_KEYS",
+    "INTERFACES",
+]
 
 #: drive_new's opt_renames: legacy name -> QMP name
-RENAMES = (("iops", "throttling.iops-total"), ("iops_rd", "throttling.iops-read"),
-           ("iops_wr", "throttling.iops-write"), ("bps", "throttling.bps-total"),
-           ("bps_rd", "throttling.bps-read"), ("bps_wr", "throttling.bps-write"),
-           ("iops_max", "throttling.iops-total-max"), ("iops_rd_max", "throttling.iops-read-max"),
-           ("iops_wr_max", "throttling.iops-write-max"), ("bps_max", "throttling.bps-total-max"),
-           ("bps_rd_max", "throttling.bps-read-max"), ("bps_wr_max", "throttling.bps-write-max"),
-           ("iops_size", "throttling.iops-size"), ("group", "throttling.group"),
-           ("readonly", "read-only"))
+RENAMES = (
+    ("iops", "throttling.iops-total"),
+    ("iops_rd", "throttling.iops-read"),
+    ("iops_wr", "throttling.iops-write"),
+    ("bps", "throttling.bps-total"),
+    ("bps_rd", "throttling.bps-read"),
+    ("bps_wr", "throttling.bps-write"),
+    ("iops_max", "throttling.iops-total-max"),
+    ("iops_rd_max", "throttling.iops-read-max"),
+    ("iops_wr_max", "throttling.iops-write-max"),
+    ("bps_max", "throttling.bps-total-max"),
+    ("bps_rd_max", "throttling.bps-read-max"),
+    ("bps_wr_max", "throttling.bps-write-max"),
+    ("iops_size", "throttling.iops-size"),
+    ("group", "throttling.group"),
+    ("readonly", "read-only"),
+)
 
 #: bdrv_parse_cache_mode: mode -> (cache.writeback, cache.direct, cache.no-flush)
-CACHE_MODES = {"none": (True, True, False), "off": (True, True, False),
-               "writeback": (True, False, False), "unsafe": (True, False, True),
-               "directsync": (False, True, False), "writethrough": (False, False, False)}
+CACHE_MODES = {
+    "none": (True, True, False),
+    "off": (True, True, False),
+    "writeback": (True, False, False),
+    "unsafe": (True, False, True),
+    "directsync": (False, True, False),
+    "writethrough": (False, False, False),
+}
 
 #: qemu_legacy_drive_opts: key -> QemuOpts type
-LEGACY_KEYS = {"bus": "number", "unit": "number", "index": "number", "media": "string",
-               "if": "string", "file": "string", "werror": "string", "rerror": "string",
-               "read-only": "bool", "copy-on-read": "bool"}
+LEGACY_KEYS = {
+    "bus": "number",
+    "unit": "number",
+    "index": "number",
+    "media": "string",
+    "if": "string",
+    "file": "string",
+    "werror": "string",
+    "rerror": "string",
+    "read-only": "bool",
+    "copy-on-read": "bool",
+}
 
 _BUCKETS = ("bps-total", "bps-read", "bps-write", "iops-total", "iops-read", "iops-write")
 THROTTLE_KEYS = tuple(f"throttling.{b}{s}" for b in _BUCKETS for s in ("", "-max", "-max-length"))
 
 #: qemu_common_drive_opts: key -> QemuOpts type
-COMMON_KEYS = {"snapshot": "bool", "aio": "string", "format": "string", "rerror": "string",
-               "werror": "string", "read-only": "bool", "copy-on-read": "bool",
-               "detect-zeroes": "string", "stats-account-invalid": "bool",
-               "stats-account-failed": "bool", "cache.writeback": "bool",
-               "throttling.group": "string", "throttling.iops-size": "number",
-               **{k: "number" for k in THROTTLE_KEYS}}
+COMMON_KEYS = {
+    "snapshot": "bool",
+    "aio": "string",
+    "format": "string",
+    "rerror": "string",
+    "werror": "string",
+    "read-only": "bool",
+    "copy-on-read": "bool",
+    "detect-zeroes": "string",
+    "stats-account-invalid": "bool",
+    "stats-account-failed": "bool",
+    "cache.writeback": "bool",
+    "throttling.group": "string",
+    "throttling.iops-size": "number",
+    **dict.fromkeys(THROTTLE_KEYS, "number"),
+}
 
 #: if_name[] and if_max_devs[] (blockdev.c): 0 means no per-bus limit
-INTERFACES = {"none": 0, "ide": 2, "scsi": 7, "floppy": 0, "pflash": 0, "mtd": 0, "sd": 0,
-              "virtio": 0, "xen": 0}
+INTERFACES = {
+    "none": 0,
+    "ide": 2,
+    "scsi": 7,
+    "floppy": 0,
+    "pflash": 0,
+    "mtd": 0,
+    "sd": 0,
+    "virtio": 0,
+    "xen": 0,
+}
 
 
 def _typed(st: DriveState, key: str, value: str, kind: str) -> None:
@@ -162,8 +211,9 @@ def interface(st: DriveState, ctx: DriveContext) -> None:
     st.backend["if"] = {"value": st.interface, "reason": "the device's bus type (drive_new)"}
 
 
-@rule("address", "drive_new, drive_index_to_bus_id, drive_index_to_unit_id (blockdev.c)",
-      "drive_new")
+@rule(
+    "address", "drive_new, drive_index_to_bus_id, drive_index_to_unit_id (blockdev.c)", "drive_new"
+)
 def address(st: DriveState, ctx: DriveContext) -> None:
     """`index` or `bus`+`unit` place the drive; `index` maps to bus = index / max_devs,
     unit = index % max_devs (ide: 2 per bus, scsi: 7); a missing unit takes the first free
@@ -190,8 +240,11 @@ def address(st: DriveState, ctx: DriveContext) -> None:
     if (st.interface, bus, unit) in taken:
         raise st.fail(f"drive with bus={bus}, unit={unit} (index={index}) exists")
     st.bus, st.unit, st.index = bus, unit, index
-    st.backend["address"] = {"bus": bus, "unit": unit,
-                             "reason": "where the device sits on its bus (drive_new)"}
+    st.backend["address"] = {
+        "bus": bus,
+        "unit": unit,
+        "reason": "where the device sits on its bus (drive_new)",
+    }
 
 
 @rule("default-id", "drive_new (blockdev.c)", "drive_new")
@@ -212,8 +265,11 @@ def default_id(st: DriveState, ctx: DriveContext) -> None:
         st.id = f"{st.interface}{media_str}{st.unit}"
     st.note("id", st.id, "default-id")
     if st.interface == "virtio":
-        st.backend["device"] = {"driver": "virtio-blk", "drive": st.id,
-                                "reason": "if=virtio queues -device virtio-blk (drive_new)"}
+        st.backend["device"] = {
+            "driver": "virtio-blk",
+            "drive": st.id,
+            "reason": "if=virtio queues -device virtio-blk (drive_new)",
+        }
 
 
 @rule("error-actions", "drive_new, parse_block_error_action (blockdev.c)", "drive_new")
@@ -229,11 +285,14 @@ def error_actions(st: DriveState, ctx: DriveContext) -> None:
             if st.interface not in ("ide", "scsi", "virtio", "none"):
                 raise st.fail(f"{key} is not supported by this bus type")
             st.opts[key] = value
-    for key, what, allowed, default in (("werror", "write", ("ignore", "stop", "report", "enospc"),
-                                         "enospc"),
-                                        ("rerror", "read", ("ignore", "stop", "report"), "report")):
+    for key, what, allowed, default in (
+        ("werror", "write", ("ignore", "stop", "report", "enospc"), "enospc"),
+        ("rerror", "read", ("ignore", "stop", "report"), "report"),
+    ):
         value = st.opts.get(key)
         if value is not None and value not in allowed:
             raise st.fail(f"'{value}' invalid {what} error action")
-        st.backend[key] = {"value": value or default,
-                           "reason": "the BlockBackend's error policy (blockdev_init)"}
+        st.backend[key] = {
+            "value": value or default,
+            "reason": "the BlockBackend's error policy (blockdev_init)",
+        }

@@ -14,7 +14,7 @@ import tempfile
 
 from txgraph.drive.qapi_types import SizeError, typed_blockdev_options
 from txgraph.drive.rules import DriveContext, DriveState, rule
-from txgraph.drive.spec import THROTTLE_KEYS, COMMON_KEYS, _absorb
+from txgraph.drive.spec import COMMON_KEYS, THROTTLE_KEYS, _absorb
 from txgraph.errors import TxgraphError
 from txgraph.model.node import OpenFlag
 from txgraph.model.options import Provenance, Source, flatten, parse_bool
@@ -25,8 +25,10 @@ __all__ = ["THROTTLE_VALUE_MAX", "temp_dir"]
 
 THROTTLE_VALUE_MAX = 1_000_000_000_000_000
 #: the hint QemuOpts appends to a bad size (parse_option_size)
-_SIZE_HINT = ("Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
-              "and exabytes, respectively.\n")
+_SIZE_HINT = (
+    "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
+    "and exabytes, respectively.\n"
+)
 _ENTRY = Provenance(Source.ENTRY_DEFAULT, detail="blockdev_init")
 
 
@@ -40,8 +42,11 @@ def common_options(st: DriveState, ctx: DriveContext) -> None:
         st.backend.setdefault("stats-intervals", []).append(st.opts.pop(key))
 
 
-@rule("aio-and-copy-on-read", "extract_common_blockdev_options, bdrv_parse_aio (blockdev.c, "
-      "block.c)", "blockdev_init")
+@rule(
+    "aio-and-copy-on-read",
+    "extract_common_blockdev_options, bdrv_parse_aio (blockdev.c, block.c)",
+    "blockdev_init",
+)
 def aio_and_copy_on_read(st: DriveState, ctx: DriveContext) -> None:
     """`copy-on-read=on` becomes the top node's COPY_ON_READ open flag (no filter node in
     7.2); `aio=native`/`io_uring` become NATIVE_AIO/IO_URING flags inherited by every
@@ -49,8 +54,10 @@ def aio_and_copy_on_read(st: DriveState, ctx: DriveContext) -> None:
     if parse_bool(st.common.get("copy-on-read", "off")):
         st.flags.add("COPY_ON_READ")
         st.backend["copy-on-read"] = {
-            "value": True, "reason": "BDRV_O_COPY_ON_READ on the top node; blockdev-add has no "
-            "such flag (the equivalent there is a copy-on-read filter node)"}
+            "value": True,
+            "reason": "BDRV_O_COPY_ON_READ on the top node; blockdev-add has no "
+            "such flag (the equivalent there is a copy-on-read filter node)",
+        }
     aio = st.common.get("aio")
     if aio is not None:
         if aio not in ("native", "threads", "io_uring"):
@@ -60,27 +67,39 @@ def aio_and_copy_on_read(st: DriveState, ctx: DriveContext) -> None:
         st.note("aio", aio, "aio-and-copy-on-read")
 
 
-@rule("throttling", "extract_common_blockdev_options, throttle_is_valid (blockdev.c, "
-      "util/throttle.c)", "blockdev_init")
+@rule(
+    "throttling",
+    "extract_common_blockdev_options, throttle_is_valid (blockdev.c, util/throttle.c)",
+    "blockdev_init",
+)
 def throttling(st: DriveState, ctx: DriveContext) -> None:
     """`throttling.*` is checked as one configuration: totals and read/write values exclude
     each other, `iops-size` needs an iops value, `*-max` needs its average and may not be
     lower, burst lengths must be >= 1 and need a max; values at most 1e15."""
-    num = {k: int(st.common[k], 0) for k in (*THROTTLE_KEYS, "throttling.iops-size")
-           if k in st.common}
+    num = {
+        k: int(st.common[k], 0) for k in (*THROTTLE_KEYS, "throttling.iops-size") if k in st.common
+    }
     bucket = {}
     for kind in ("bps", "iops"):
         for d in ("total", "read", "write"):
             b = f"throttling.{kind}-{d}"
-            bucket[(kind, d)] = (num.get(b, 0), num.get(b + "-max", 0), num.get(b + "-max-length", 1))
+            bucket[(kind, d)] = (
+                num.get(b, 0),
+                num.get(b + "-max", 0),
+                num.get(b + "-max-length", 1),
+            )
     for kind in ("bps", "iops"):
         for field in (0, 1):
-            if bucket[(kind, "total")][field] and (bucket[(kind, "read")][field]
-                                                   or bucket[(kind, "write")][field]):
-                raise st.fail("bps/iops/max total values and read/write values cannot be used "
-                              "at the same time")
-    if num.get("throttling.iops-size", 0) and not any(bucket[("iops", d)][0]
-                                                     for d in ("total", "read", "write")):
+            if bucket[(kind, "total")][field] and (
+                bucket[(kind, "read")][field] or bucket[(kind, "write")][field]
+            ):
+                raise st.fail(
+                    "bps/iops/max total values and read/write values cannot be used "
+                    "at the same time"
+                )
+    if num.get("throttling.iops-size", 0) and not any(
+        bucket[("iops", d)][0] for d in ("total", "read", "write")
+    ):
         raise st.fail("iops size requires an iops value to be set")
     for avg, mx, length in bucket.values():
         if avg > THROTTLE_VALUE_MAX or mx > THROTTLE_VALUE_MAX:
@@ -97,9 +116,14 @@ def throttling(st: DriveState, ctx: DriveContext) -> None:
     # qmp_query_block's shape: the averages always; a *_max (and its length) only when
     # set, iops_size only when non-zero, the group whenever throttling is on
     q: dict[str, object] = {}
-    for short, (kind, d) in (("bps", ("bps", "total")), ("bps_rd", ("bps", "read")),
-                             ("bps_wr", ("bps", "write")), ("iops", ("iops", "total")),
-                             ("iops_rd", ("iops", "read")), ("iops_wr", ("iops", "write"))):
+    for short, (kind, d) in (
+        ("bps", ("bps", "total")),
+        ("bps_rd", ("bps", "read")),
+        ("bps_wr", ("bps", "write")),
+        ("iops", ("iops", "total")),
+        ("iops_rd", ("iops", "read")),
+        ("iops_wr", ("iops", "write")),
+    ):
         avg, mx, length = bucket[(kind, d)]
         q[short] = avg
         if enabled and mx:
@@ -110,12 +134,17 @@ def throttling(st: DriveState, ctx: DriveContext) -> None:
     if enabled:
         q["group"] = st.common.get("throttling.group") or st.id
     st.backend["throttle"] = q
-    st.backend["throttle-reason"] = ("legacy throttling stays on the BlockBackend in 7.2 "
-                                     "(blk_io_limits_enable), not a throttle node")
+    st.backend["throttle-reason"] = (
+        "legacy throttling stays on the BlockBackend in 7.2 "
+        "(blk_io_limits_enable), not a throttle node"
+    )
 
 
-@rule("detect-zeroes-value", "extract_common_blockdev_options, qapi_enum_parse (blockdev.c, "
-      "qapi/qapi-util.c)", "blockdev_init")
+@rule(
+    "detect-zeroes-value",
+    "extract_common_blockdev_options, qapi_enum_parse (blockdev.c, qapi/qapi-util.c)",
+    "blockdev_init",
+)
 def detect_zeroes_value(st: DriveState, ctx: DriveContext) -> None:
     """`detect-zeroes` is off, on or unmap (`invalid parameter value: <x>`); it is set on
     the top node only after the open, without the blockdev-add check against `discard`."""
@@ -157,8 +186,11 @@ def temp_dir() -> str:
     return "/var/tmp" if tmp == "/tmp" else tmp
 
 
-@rule("open", "blockdev_init, blk_new_open, bdrv_open_inherit, bdrv_fill_options (block.c)",
-      "bdrv_open")
+@rule(
+    "open",
+    "blockdev_init, blk_new_open, bdrv_open_inherit, bdrv_fill_options (block.c)",
+    "bdrv_open",
+)
 def open_drive(st: DriveState, ctx: DriveContext) -> None:
     """No `file` and no node option: an empty drive (no node; its flags and detect-zeroes
     wait for a medium). Otherwise the defaults `cache.direct=off`, `cache.no-flush=off`,
@@ -170,23 +202,31 @@ def open_drive(st: DriveState, ctx: DriveContext) -> None:
     node_keys = {k: v for k, v in st.opts.items() if k not in ("read-only", "copy-on-read")}
     if not st.file and not node_keys:
         st.backend["node-name"] = None
-        st.backend["empty"] = {"read-only": st.read_only, "detect-zeroes":
-                               st.common.get("detect-zeroes", "off"),
-                               "reason": "no medium: the BlockBackend keeps the open flags for "
-                               "a later change (blockdev_init root state)"}
+        st.backend["empty"] = {
+            "read-only": st.read_only,
+            "detect-zeroes": st.common.get("detect-zeroes", "off"),
+            "reason": "no medium: the BlockBackend keeps the open flags for "
+            "a later change (blockdev_init root state)",
+        }
         return
     for key, value in node_keys.items():
-        if (key == "node-name" or key.endswith(".node-name")) and \
-                any(d.id == value for d in ctx.drives):
+        if (key == "node-name" or key.endswith(".node-name")) and any(
+            d.id == value for d in ctx.drives
+        ):
             raise st.fail(f"node-name={value} is conflicting with a device id")
     for key, value in node_keys.items():
         if (key == "backing" or key.endswith(".backing")) and value == "":
             # bdrv_open_inherit: the empty string is the old spelling of null
-            ctx.warn(st.arg.location, 'Use of "backing": "" is deprecated; use "backing": null '
-                     "instead")
+            ctx.warn(
+                st.arg.location, 'Use of "backing": "" is deprecated; use "backing": null instead'
+            )
     opts = dict(node_keys)
     opts["read-only"] = "on" if st.read_only else "off"
-    for key, value in (("cache.direct", "off"), ("cache.no-flush", "off"), ("auto-read-only", "on")):
+    for key, value in (
+        ("cache.direct", "off"),
+        ("cache.no-flush", "off"),
+        ("auto-read-only", "on"),
+    ):
         opts.setdefault(key, value)
     flags = OpenFlag.NONE
     for flag in st.flags - {"SNAPSHOT"}:
@@ -215,8 +255,9 @@ def open_drive(st: DriveState, ctx: DriveContext) -> None:
     session = ctx.session
     try:
         with session.transaction() as tx:
-            st.top = Opener(session, tx).open_inherit(st.file or None, None, options, flags, None,
-                                                      Role.NONE, None, True)
+            st.top = Opener(session, tx).open_inherit(
+                st.file or None, None, options, flags, None, Role.NONE, None, True
+            )
             tx.set(session.graph.nodes[st.top], "monitor_owned", True)
     except TxgraphError as err:
         failure = st.fail(err.desc)
@@ -241,8 +282,9 @@ def _check_native_aio(st: DriveState, ctx: DriveContext, name: str) -> None:
         if st.top is not None:
             ctx.engine.execute({"execute": "blockdev-del", "arguments": {"node-name": st.top}})
         st.top = None
-        raise st.fail("aio=native was specified, but it requires cache.direct=on, which was "
-                      "not specified.")
+        raise st.fail(
+            "aio=native was specified, but it requires cache.direct=on, which was not specified."
+        )
     for child, _edge in graph.children(name):
         if graph.nodes[child].inherits_from == name:
             _check_native_aio(st, ctx, child)
@@ -254,20 +296,30 @@ def _temp_snapshot(st: DriveState, ctx: DriveContext) -> None:
     os.close(fd)
     ctx.temp_files.append(path)
     assert st.top is not None
-    reply = ctx.engine.execute({"execute": "blockdev-snapshot-sync", "arguments": {
-        "node-name": st.top, "snapshot-file": path, "format": "qcow2", "mode": "absolute-paths",
-        "snapshot-node-name": f"txg-temp-snapshot-{len(ctx.temp_files)}"}})
+    reply = ctx.engine.execute(
+        {
+            "execute": "blockdev-snapshot-sync",
+            "arguments": {
+                "node-name": st.top,
+                "snapshot-file": path,
+                "format": "qcow2",
+                "mode": "absolute-paths",
+                "snapshot-node-name": f"txg-temp-snapshot-{len(ctx.temp_files)}",
+            },
+        }
+    )
     if "error" in reply:
         raise st.fail(f"Could not create temporary overlay '{path}': {reply['error']['desc']}")
     st.snapshot_base = st.top
     request = st.backend.pop("snapshot-request")
     st.backend["snapshot"] = {
-        "overlay": path, "options": {"driver": "qcow2", "cache.direct": "off",
-                                     "cache.no-flush": "on", **request},
+        "overlay": path,
+        "options": {"driver": "qcow2", "cache.direct": "off", "cache.no-flush": "on", **request},
         "reason": "snapshot=on: a temporary qcow2 overlay (cache=unsafe) above the image; "
-                  "QEMU unlinks the file right after opening it (bdrv_temp_snapshot_options, "
-                  "bdrv_append_temp_snapshot); txgraph drive creates it so that the commands "
-                  "can open it: remove it once they have"}
+        "QEMU unlinks the file right after opening it (bdrv_temp_snapshot_options, "
+        "bdrv_append_temp_snapshot); txgraph drive creates it so that the commands "
+        "can open it: remove it once they have",
+    }
 
 
 @rule("detect-zeroes-top", "blockdev_init (blockdev.c)", "backend")
@@ -295,10 +347,13 @@ def probed_raw(st: DriveState, ctx: DriveContext) -> None:
             f"WARNING: Image format was not specified for '{fname}' and probing guessed raw.\n"
             "         Automatically detecting the format is dangerous for raw images, write "
             "operations on block 0 will be restricted.\n"
-            "         Specify the 'raw' format explicitly to remove the restrictions.")
+            "         Specify the 'raw' format explicitly to remove the restrictions."
+        )
         st.backend["probed-raw"] = {
-            "value": True, "reason": "the format was probed: QEMU restricts writes to block 0 "
-            "(raw_co_pwritev); a blockdev-add with driver=raw has no such restriction"}
+            "value": True,
+            "reason": "the format was probed: QEMU restricts writes to block 0 "
+            "(raw_co_pwritev); a blockdev-add with driver=raw has no such restriction",
+        }
 
 
 @rule("monitor-add-blk", "monitor_add_blk (block/block-backend.c)", "backend")

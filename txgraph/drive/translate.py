@@ -44,10 +44,12 @@ class Translation:
         return {"qmp": self.qmp, "backend": self.backend, "warnings": self.warnings}
 
     def explain_text(self) -> str:
-        return "\n".join(f"{e.key} = {json.dumps(e.value)}  <- {e.rule}"
-                         if e.key.startswith(e.drive) else
-                         f"{e.drive}: {e.key} = {json.dumps(e.value)}  <- rule {e.rule}"
-                         for e in self.explained)
+        return "\n".join(
+            f"{e.key} = {json.dumps(e.value)}  <- {e.rule}"
+            if e.key.startswith(e.drive)
+            else f"{e.drive}: {e.key} = {json.dumps(e.value)}  <- rule {e.rule}"
+            for e in self.explained
+        )
 
 
 def translate(argv: list[str]) -> Translation:
@@ -84,8 +86,11 @@ def translate(argv: list[str]) -> Translation:
             out.explained.extend(replace(e, drive=st.id) for e in st.explained)
             if st.top is not None:
                 base = st.snapshot_base or st.top
-                out.explained.extend(_node_provenance(ctx, st, base,
-                                                      st.id + ("/backing" if st.snapshot_base else "")))
+                out.explained.extend(
+                    _node_provenance(
+                        ctx, st, base, st.id + ("/backing" if st.snapshot_base else "")
+                    )
+                )
     except DriveError as err:
         err.warnings = list(ctx.warnings)  # type: ignore[attr-defined]
         for path in ctx.temp_files:
@@ -165,8 +170,7 @@ def _from_header(child: Any, parent: Any) -> bool:
     return True
 
 
-def _node_provenance(ctx: DriveContext, st: DriveState, name: str,
-                     label: str) -> list[Explained]:
+def _node_provenance(ctx: DriveContext, st: DriveState, name: str, label: str) -> list[Explained]:
     """Every resolved option of every node of the drive, with where it came from (§3.2).
 
     Nodes are named by their place under the drive (``d0/file``, ``d0/backing/file``), as
@@ -232,8 +236,9 @@ def _emit_drive(ctx: DriveContext, st: DriveState, used: set[str]) -> list[dict[
     graph = ctx.session.graph
     flat = _flat_tree(ctx, st.top, _aio(st))
     if "node-name" not in flat:
-        flat["node-name"] = _fresh_name(f"{st.id}-img" if st.snapshot_base else st.id + "-node",
-                                        used)
+        flat["node-name"] = _fresh_name(
+            f"{st.id}-img" if st.snapshot_base else st.id + "-node", used
+        )
     cmds: list[dict[str, Any]] = []
     top_flat = flat
     detect = st.backend.get("detect-zeroes", "off")
@@ -241,13 +246,18 @@ def _emit_drive(ctx: DriveContext, st: DriveState, used: set[str]) -> list[dict[
     if st.snapshot_base:
         cmds.append({"execute": "blockdev-add", "arguments": typed_blockdev_options(flat)})
         snap = st.backend["snapshot"]
-        top_flat = {**snap["options"], "file.driver": "file", "file.filename": snap["overlay"],
-                    "backing": flat["node-name"],
-                    "node-name": _fresh_name(st.id + "-snapshot", used)}
+        top_flat = {
+            **snap["options"],
+            "file.driver": "file",
+            "file.filename": snap["overlay"],
+            "backing": flat["node-name"],
+            "node-name": _fresh_name(st.id + "-snapshot", used),
+        }
         top_unmap = top_flat.get("discard", "ignore") in ("on", "unmap")
         if "discard" in top_flat:
-            top_flat["discard"] = {"on": "unmap", "off": "ignore"}.get(top_flat["discard"],
-                                                                      top_flat["discard"])
+            top_flat["discard"] = {"on": "unmap", "off": "ignore"}.get(
+                top_flat["discard"], top_flat["discard"]
+            )
     st.backend["node-name"] = top_flat["node-name"]
     if detect != "off":
         top_flat["detect-zeroes"] = detect
@@ -255,6 +265,7 @@ def _emit_drive(ctx: DriveContext, st: DriveState, used: set[str]) -> list[dict[
             top_flat["discard"] = "unmap"
             st.backend["translation-note"] = (
                 "-drive sets detect-zeroes=unmap after the open without checking discard; "
-                "blockdev-add refuses it without discard=unmap, so discard=unmap is added")
+                "blockdev-add refuses it without discard=unmap, so discard=unmap is added"
+            )
     cmds.append({"execute": "blockdev-add", "arguments": typed_blockdev_options(top_flat)})
     return cmds

@@ -32,8 +32,9 @@ def _work(config: CampaignConfig, index: int) -> None:
     Worker(config, index).run()
 
 
-def run_campaign(config: CampaignConfig, jobs: int = 1,
-                 progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def run_campaign(
+    config: CampaignConfig, jobs: int = 1, progress: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
     """Run ``jobs`` workers (processes, each with its own peers) and write the report.
 
     ``progress`` is called about twice a second with the report so far.
@@ -41,11 +42,18 @@ def run_campaign(config: CampaignConfig, jobs: int = 1,
     config.out.mkdir(parents=True, exist_ok=True)
     for stale in config.out.glob("worker-*.json"):
         stale.unlink()
-    meta = {"against": config.against, "seed": config.seed, "seconds": config.seconds,
-            "jobs": jobs, "families": config.families}
+    meta = {
+        "against": config.against,
+        "seed": config.seed,
+        "seconds": config.seconds,
+        "jobs": jobs,
+        "families": config.families,
+    }
     ctx = multiprocessing.get_context("spawn")  # no threads or sockets inherited by a fork
-    procs = [ctx.Process(target=_work, args=(config, i), name=f"txgraph-fuzz-{i}", daemon=True)
-             for i in range(jobs)]
+    procs = [
+        ctx.Process(target=_work, args=(config, i), name=f"txgraph-fuzz-{i}", daemon=True)
+        for i in range(jobs)
+    ]
     # SIGTERM ends the campaign like Ctrl-C: the finally below stops the workers
     previous = signal.signal(signal.SIGTERM, _terminate)
     for p in procs:

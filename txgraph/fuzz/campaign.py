@@ -44,8 +44,10 @@ def families_for(against: str, ops: list[str] | None) -> list[str]:
     chosen = ops or allowed
     unknown = [o for o in chosen if o not in FAMILIES]
     if unknown:
-        raise ValueError(f"unknown operation famil{'ies' if len(unknown) > 1 else 'y'} "
-                         f"{', '.join(unknown)} (known: {', '.join(FAMILIES)})")
+        raise ValueError(
+            f"unknown operation famil{'ies' if len(unknown) > 1 else 'y'} "
+            f"{', '.join(unknown)} (known: {', '.join(FAMILIES)})"
+        )
     if against == "qsd" and "x" in chosen:
         raise ValueError("the 'x' family (txgraph extensions) cannot run against qsd")
     return chosen
@@ -79,11 +81,18 @@ class WorkerStats:
     peer_failures: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"worker": self.worker, "steps": self.steps, "sequences": self.sequences,
-                "behaviours": sorted(self.behaviours), "timeline": self.timeline,
-                "op_mix": self.op_mix, "divergences": self.divergences,
-                "elapsed": self.elapsed, "done": self.done,
-                "peer_failures": self.peer_failures[-20:]}
+        return {
+            "worker": self.worker,
+            "steps": self.steps,
+            "sequences": self.sequences,
+            "behaviours": sorted(self.behaviours),
+            "timeline": self.timeline,
+            "op_mix": self.op_mix,
+            "divergences": self.divergences,
+            "elapsed": self.elapsed,
+            "done": self.done,
+            "peer_failures": self.peer_failures[-20:],
+        }
 
 
 class Worker:
@@ -126,10 +135,10 @@ class Worker:
         if corpus and gen_rng.random() < 0.6:
             base = gen_rng.choice(corpus)
             if gen_rng.random() < 0.7 or len(base) < 2:
-                prefix = base[:gen_rng.randint(0, len(base))]
+                prefix = base[: gen_rng.randint(0, len(base))]
             else:
                 drop = gen_rng.randrange(len(base))
-                prefix = base[:drop] + base[drop + 1:]
+                prefix = base[:drop] + base[drop + 1 :]
             length = max(length, len(prefix) + 1)
         families = self.config.families
 
@@ -160,10 +169,15 @@ class Worker:
         if known is not None:
             known["count"] += 1
             return
-        entry: dict[str, Any] = {"kind": d.kind, "known": d.known, "command": d.command,
-                                 "count": 1,
-                                 "first_seconds": round(time.monotonic() - self._start, 2),
-                                 "found_steps": len(result.steps), "lines": d.lines[:6]}
+        entry: dict[str, Any] = {
+            "kind": d.kind,
+            "known": d.known,
+            "command": d.command,
+            "count": 1,
+            "first_seconds": round(time.monotonic() - self._start, 2),
+            "found_steps": len(result.steps),
+            "lines": d.lines[:6],
+        }
         self.stats.divergences[d.signature] = entry
         repro = self.config.out / f"repro-{d.signature}.json"
         if repro.exists():  # another worker shrank it already
@@ -172,8 +186,7 @@ class Worker:
         steps, shrunk = shrink(result.steps, d.signature, self.config.against)
         final = shrunk.divergence if shrunk.divergence is not None else d
         entry["steps"] = len(steps)
-        entry["repro"] = write_reproducers(self.config.out, steps, final,
-                                           self.config.against).name
+        entry["repro"] = write_reproducers(self.config.out, steps, final, self.config.against).name
 
     def _write_stats(self) -> None:
         self.stats.elapsed = round(time.monotonic() - self._start, 2)

@@ -85,9 +85,12 @@ class Resources:
             if node.detect_zeroes != "off":
                 self.detecting.append(name)
             # auto-named children as placeholders: each peer resolves its own random suffix
-            kids = {edge.name: ("{" + _AUTO.sub(r"#block\1", child) + "}" if child.startswith("#")
-                                else child)
-                    for child, edge in graph.children(name)}
+            kids = {
+                edge.name: (
+                    "{" + _AUTO.sub(r"#block\1", child) + "}" if child.startswith("#") else child
+                )
+                for child, edge in graph.children(name)
+            }
             self.live[name] = (node.driver, kids)
             if name not in self.names:
                 self.names.append(name)
@@ -192,8 +195,11 @@ class Generator:
 
 # -- blockdev-add ---------------------------------------------------------------------------
 def add_null(g: Generator) -> dict[str, Any]:
-    args: dict[str, Any] = {"driver": g.rng.choice(["null-co", "null-aio"]),
-                            "node-name": g.new_name(), **g.common()}
+    args: dict[str, Any] = {
+        "driver": g.rng.choice(["null-co", "null-aio"]),
+        "node-name": g.new_name(),
+        **g.common(),
+    }
     if g.rng.random() < 0.3:
         args["size"] = g.rng.choice([0, 512, 1 << 20, 1 << 30])
     # with read-zeroes=off QEMU's reads return whatever the buffer held (uninitialised
@@ -203,13 +209,23 @@ def add_null(g: Generator) -> dict[str, Any]:
 
 
 def add_file(g: Generator) -> dict[str, Any]:
-    return _cmd("blockdev-add", {**_file(g.rng.choice([*_IMAGE_FILES, "missing.img"])),
-                                 "node-name": g.new_name(), **g.common()})
+    return _cmd(
+        "blockdev-add",
+        {
+            **_file(g.rng.choice([*_IMAGE_FILES, "missing.img"])),
+            "node-name": g.new_name(),
+            **g.common(),
+        },
+    )
 
 
 def add_qcow2(g: Generator) -> dict[str, Any]:
-    args: dict[str, Any] = {"driver": "qcow2", "node-name": g.new_name(), **g.common(),
-                            "file": g.child_ref()}
+    args: dict[str, Any] = {
+        "driver": "qcow2",
+        "node-name": g.new_name(),
+        **g.common(),
+        "file": g.child_ref(),
+    }
     r = g.rng.random()
     if r < 0.3:
         args["backing"] = None
@@ -219,8 +235,12 @@ def add_qcow2(g: Generator) -> dict[str, Any]:
 
 
 def add_raw(g: Generator) -> dict[str, Any]:
-    args: dict[str, Any] = {"driver": "raw", "node-name": g.new_name(), **g.common(),
-                            "file": g.child_ref()}
+    args: dict[str, Any] = {
+        "driver": "raw",
+        "node-name": g.new_name(),
+        **g.common(),
+        "file": g.child_ref(),
+    }
     if g.rng.random() < 0.15:
         args["offset"] = g.rng.choice([0, 512, 4096])
     return _cmd("blockdev-add", args)
@@ -230,8 +250,11 @@ def add_filter(g: Generator) -> dict[str, Any] | None:
     if not g.res.live:
         return None
     # with a throttle group around, mostly throttle: groups in use are what object-del tests
-    driver = "throttle" if g.res.groups and g.rng.random() < 0.7 else \
-        g.rng.choice(["throttle", "copy-on-read"])
+    driver = (
+        "throttle"
+        if g.res.groups and g.rng.random() < 0.7
+        else g.rng.choice(["throttle", "copy-on-read"])
+    )
     args: dict[str, Any] = {"driver": driver, "node-name": g.new_name(), "file": g.node()}
     if driver == "throttle":
         args["throttle-group"] = g.pick(g.res.groups, "g0")
@@ -243,8 +266,15 @@ def add_quorum(g: Generator) -> dict[str, Any] | None:
         return None
     k = min(len(g.res.parentless), g.rng.choice([2, 3]))
     kids = g.rng.sample(g.res.parentless, k)
-    return _cmd("blockdev-add", {"driver": "quorum", "node-name": g.new_name(), "children": kids,
-                                 "vote-threshold": g.rng.choice([1, k, k, k + 1, k + 1, 0])})
+    return _cmd(
+        "blockdev-add",
+        {
+            "driver": "quorum",
+            "node-name": g.new_name(),
+            "children": kids,
+            "vote-threshold": g.rng.choice([1, k, k, k + 1, k + 1, 0]),
+        },
+    )
 
 
 def delete(g: Generator) -> dict[str, Any]:
@@ -253,8 +283,9 @@ def delete(g: Generator) -> dict[str, Any]:
         name = g.pick(sorted(set(g.res.exported.values())))  # in use by an export
     elif r < 0.4 and g.res.live:
         # a node with parents: in use by another node
-        used = sorted({k for _d, kids in g.res.live.values() for k in kids.values()
-                       if k in g.res.live})
+        used = sorted(
+            {k for _d, kids in g.res.live.values() for k in kids.values() if k in g.res.live}
+        )
         name = g.pick(used) if used else g.node()
     else:
         name = g.node()
@@ -288,8 +319,11 @@ def reopen(g: Generator) -> dict[str, Any] | None:
 
 # -- snapshots, quorum children, transactions -------------------------------------------------
 def snapshot(g: Generator) -> dict[str, Any] | None:
-    overlays = [n for n, (drv, kids) in g.res.live.items()
-                if drv == "qcow2" and ("backing" not in kids or g.rng.random() < 0.2)]
+    overlays = [
+        n
+        for n, (drv, kids) in g.res.live.items()
+        if drv == "qcow2" and ("backing" not in kids or g.rng.random() < 0.2)
+    ]
     if g.rng.random() < 0.1:
         overlays += sorted(g.res.live)  # any node: the refusals are behaviour too
     if not overlays or not g.res.live:
@@ -298,8 +332,12 @@ def snapshot(g: Generator) -> dict[str, Any] | None:
 
 
 def snapshot_sync(g: Generator) -> dict[str, Any]:
-    data: dict[str, Any] = {"node-name": g.node(), "snapshot-file": "{dir}/" + g.rng.choice(_SYNC_FILES),
-                            "snapshot-node-name": g.new_name(), "format": "qcow2"}
+    data: dict[str, Any] = {
+        "node-name": g.node(),
+        "snapshot-file": "{dir}/" + g.rng.choice(_SYNC_FILES),
+        "snapshot-node-name": g.new_name(),
+        "format": "qcow2",
+    }
     if g.rng.random() < 0.2:
         data["mode"] = g.rng.choice(["existing", "absolute-paths"])
     return _cmd("blockdev-snapshot-sync", data)
@@ -322,21 +360,33 @@ def transaction(g: Generator) -> dict[str, Any]:
         if g.rng.random() < 0.2:
             actions.append({"type": "abort", "data": {}})
         else:
-            actions.append({"type": "blockdev-snapshot-sync",
-                            "data": snapshot_sync(g)["arguments"]})
+            actions.append(
+                {"type": "blockdev-snapshot-sync", "data": snapshot_sync(g)["arguments"]}
+            )
     return _cmd("transaction", {"actions": actions})
 
 
 # -- objects and exports ----------------------------------------------------------------------
 def objects(g: Generator) -> dict[str, Any]:
     if g.rng.random() < 0.6:
-        limits = {g.rng.choice(["iops-total", "bps-total", "iops-read"]): g.rng.choice([0, 100, 1000])}
-        return _cmd("object-add", {"qom-type": "throttle-group", "id": g.rng.choice(_GROUPS),
-                                   "limits": limits})
+        limits = {
+            g.rng.choice(["iops-total", "bps-total", "iops-read"]): g.rng.choice([0, 100, 1000])
+        }
+        return _cmd(
+            "object-add",
+            {"qom-type": "throttle-group", "id": g.rng.choice(_GROUPS), "limits": limits},
+        )
     if g.res.groups and not g.res.throttled and g.res.live and g.rng.random() < 0.5:
         # put a group to use: what object-del of a group in use needs
-        return _cmd("blockdev-add", {"driver": "throttle", "node-name": g.new_name(),
-                                     "file": g.node(), "throttle-group": g.pick(g.res.groups)})
+        return _cmd(
+            "blockdev-add",
+            {
+                "driver": "throttle",
+                "node-name": g.new_name(),
+                "file": g.node(),
+                "throttle-group": g.pick(g.res.groups),
+            },
+        )
     if g.res.throttled and g.rng.random() < 0.6:
         return _cmd("object-del", {"id": g.pick(sorted(set(g.res.throttled.values())))})
     return _cmd("object-del", {"id": g.rng.choice(_GROUPS)})
@@ -345,12 +395,19 @@ def objects(g: Generator) -> dict[str, Any]:
 def exports(g: Generator) -> dict[str, Any]:
     r = g.rng.random()
     if not g.res.nbd_running or r < 0.1:
-        return _cmd("nbd-server-start",
-                    {"addr": {"type": "unix", "data": {"path": "{dir}/nbd.sock"}}})
+        return _cmd(
+            "nbd-server-start", {"addr": {"type": "unix", "data": {"path": "{dir}/nbd.sock"}}}
+        )
     if r < 0.65:
-        return _cmd("block-export-add", {"type": "nbd", "id": g.rng.choice(_EXPORTS),
-                                         "node-name": g.node(),
-                                         "writable": g.rng.random() < 0.5})
+        return _cmd(
+            "block-export-add",
+            {
+                "type": "nbd",
+                "id": g.rng.choice(_EXPORTS),
+                "node-name": g.node(),
+                "writable": g.rng.random() < 0.5,
+            },
+        )
     if r < 0.95:
         return _cmd("block-export-del", {"id": g.rng.choice(_EXPORTS)})
     return _cmd("nbd-server-stop")
@@ -361,8 +418,10 @@ def guest_io(g: Generator) -> dict[str, Any] | None:
     if not g.res.nbd_running or not g.res.exported:
         return None
     # the NBD export name is the node name (block-export-add without "name")
-    return _cmd(GUEST_IO, {"export": g.pick(sorted(set(g.res.exported.values()))),
-                           "commands": draw_commands(g.rng)})
+    return _cmd(
+        GUEST_IO,
+        {"export": g.pick(sorted(set(g.res.exported.values()))), "commands": draw_commands(g.rng)},
+    )
 
 
 # -- txgraph's extensions (model campaigns only) ----------------------------------------------
@@ -370,9 +429,13 @@ def x_filters(g: Generator) -> dict[str, Any] | None:
     if not g.res.live:
         return None
     if g.rng.random() < 0.6:
-        return _cmd("x-txgraph-insert-filter", {
-            "node": g.node(),
-            "filter": {"driver": "copy-on-read", "node-name": g.new_name() + "c"}})
+        return _cmd(
+            "x-txgraph-insert-filter",
+            {
+                "node": g.node(),
+                "filter": {"driver": "copy-on-read", "node-name": g.new_name() + "c"},
+            },
+        )
     filters = [n for n, (drv, _k) in g.res.live.items() if drv in ("copy-on-read", "throttle")]
     return _cmd("x-txgraph-remove-filter", {"node": g.pick(sorted(filters))})
 
@@ -390,9 +453,17 @@ FAMILIES: dict[str, list[Action]] = {
 }
 
 #: how often each family is drawn (relative): adds build the graphs the others work on
-FAMILY_WEIGHTS: dict[str, float] = {"add": 6, "del": 1.5, "reopen": 2.5, "snapshot": 2,
-                                    "quorum": 1, "objects": 1.5, "exports": 1.5, "guest": 1.5,
-                                    "x": 1}
+FAMILY_WEIGHTS: dict[str, float] = {
+    "add": 6,
+    "del": 1.5,
+    "reopen": 2.5,
+    "snapshot": 2,
+    "quorum": 1,
+    "objects": 1.5,
+    "exports": 1.5,
+    "guest": 1.5,
+    "x": 1,
+}
 
 #: the families qemu-storage-daemon 7.2 can run
 QSD_FAMILIES = [f for f in FAMILIES if f != "x"]

@@ -63,8 +63,11 @@ def qemu_io_argv(socket_path: str, export: str, commands: list[str]) -> list[str
 
 def guest_io_reply(workdir: str, arguments: dict[str, Any]) -> dict[str, Any]:
     """Run one guest I/O step against the NBD server in ``workdir``; a reply-shaped result."""
-    argv = qemu_io_argv(os.path.join(workdir, "nbd.sock"), str(arguments.get("export")),
-                        [str(c) for c in arguments.get("commands", [])])
+    argv = qemu_io_argv(
+        os.path.join(workdir, "nbd.sock"),
+        str(arguments.get("export")),
+        [str(c) for c in arguments.get("commands", [])],
+    )
     try:
         res = subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT)
     except subprocess.TimeoutExpired:

@@ -34,25 +34,37 @@ class KnownBug:
 
 
 KNOWN_BUGS: tuple[KnownBug, ...] = (
-    KnownBug("drained-end-no-poll", "crash",
-             re.compile(r"bdrv_parent_drained_end_single_no_poll: Assertion "
-                        r"`c->parent_quiesce_counter > 0' failed"),
-             "tests/differential/test_random_reconfig.py::"
-             "test_qsd_crash_same_child_as_file_and_backing",
-             "one node as file and backing of a qcow2, then a parent's file re-pointed at it"),
-    KnownBug("do-drained-end", "crash",
-             re.compile(r"bdrv_do_drained_end: Assertion `bs->quiesce_counter > 0' failed"),
-             "tests/differential/test_qemu_bugs.py::"
-             "test_qsd_aborts_snapshotting_the_overlay_of_the_same_transaction",
-             "a transaction whose second blockdev-snapshot-sync snapshots the overlay the "
-             "first one created, into the same file"),
-    KnownBug("data-file-after-failed-reopen", "mismatch",
-             re.compile(r"nodes\[[^\]]+\]\.image\.format-specific\.data\.data-file-raw: "
-                        r"only in left: false"),
-             "tests/differential/test_qemu_bugs.py::"
-             "test_qsd_failed_reopen_leaves_a_stale_qcow2_data_file",
-             "a refused blockdev-reopen that also named another file leaves a qcow2 whose "
-             "data file is no longer its file child"),
+    KnownBug(
+        "drained-end-no-poll",
+        "crash",
+        re.compile(
+            r"bdrv_parent_drained_end_single_no_poll: Assertion "
+            r"`c->parent_quiesce_counter > 0' failed"
+        ),
+        "tests/differential/test_random_reconfig.py::test_qsd_crash_same_child_as_file_and_backing",
+        "one node as file and backing of a qcow2, then a parent's file re-pointed at it",
+    ),
+    KnownBug(
+        "do-drained-end",
+        "crash",
+        re.compile(r"bdrv_do_drained_end: Assertion `bs->quiesce_counter > 0' failed"),
+        "tests/differential/test_qemu_bugs.py::"
+        "test_qsd_aborts_snapshotting_the_overlay_of_the_same_transaction",
+        "a transaction whose second blockdev-snapshot-sync snapshots the overlay the "
+        "first one created, into the same file",
+    ),
+    KnownBug(
+        "data-file-after-failed-reopen",
+        "mismatch",
+        re.compile(
+            r"nodes\[[^\]]+\]\.image\.format-specific\.data\.data-file-raw: "
+            r"only in left: false"
+        ),
+        "tests/differential/test_qemu_bugs.py::"
+        "test_qsd_failed_reopen_leaves_a_stale_qcow2_data_file",
+        "a refused blockdev-reopen that also named another file leaves a qcow2 whose "
+        "data file is no longer its file child",
+    ),
 )
 
 

@@ -20,18 +20,21 @@ class Progress:
         self._end = time.monotonic() + seconds
         self._live: Live | None = None
         if sys.stderr.isatty():
-            self._live = Live(self._table({}), console=Console(stderr=True), transient=True,
-                              refresh_per_second=2)
+            self._live = Live(
+                self._table({}), console=Console(stderr=True), transient=True, refresh_per_second=2
+            )
 
     def _table(self, report: dict[str, Any]) -> Table:
         table = Table(title="txgraph fuzz", show_header=False)
         left = max(0.0, self._end - time.monotonic())
-        for key, value in (("steps/s", report.get("steps_per_second", 0)),
-                           ("steps", report.get("steps", 0)),
-                           ("sequences", report.get("sequences", 0)),
-                           ("behaviours", report.get("behaviours", 0)),
-                           ("divergences", len(report.get("divergences", {}))),
-                           ("time left", f"{left:.0f} s")):
+        for key, value in (
+            ("steps/s", report.get("steps_per_second", 0)),
+            ("steps", report.get("steps", 0)),
+            ("sequences", report.get("sequences", 0)),
+            ("behaviours", report.get("behaviours", 0)),
+            ("divergences", len(report.get("divergences", {}))),
+            ("time left", f"{left:.0f} s"),
+        ):
             table.add_row(key, str(value))
         return table
 

@@ -15,8 +15,9 @@ _MODES = {"both": "qsd", "txgraph": "model", "qsd": "qsd-only"}
 def replay(repro: dict[str, Any], against: str = "both") -> RunResult:
     """Run the reproducer's steps on fresh peers (``both``: QSD and txgraph, compared)."""
     steps = repro["steps"]
-    return run_sequence(lambda i, _res: steps[i] if i < len(steps) else None, _MODES[against],
-                        max_steps=len(steps))
+    return run_sequence(
+        lambda i, _res: steps[i] if i < len(steps) else None, _MODES[against], max_steps=len(steps)
+    )
 
 
 def _outcome(reply: dict[str, Any]) -> str:

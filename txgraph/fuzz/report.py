@@ -38,15 +38,22 @@ def collect(out: Path, config: dict[str, Any]) -> dict[str, Any]:
     steps = sum(w["steps"] for w in workers)
     peer_failures = [f for w in workers for f in w.get("peer_failures", [])]
     elapsed = max((w["elapsed"] for w in workers), default=0.0)
-    return {"format": "txgraph-fuzz-report/1", "config": config, "workers": len(workers),
-            "steps": steps, "sequences": sum(w["sequences"] for w in workers),
-            "behaviours": len(behaviours), "elapsed": elapsed,
-            "steps_per_second": round(steps / elapsed, 1) if elapsed else 0.0,
-            "op_mix": dict(sorted(op_mix.items(), key=lambda kv: -kv[1])),
-            "timeline": sorted(timeline), "divergences": divergences,
-            # findings that are known QEMU bugs (txgraph.fuzz.known), pinned by their tests
-            "known_qemu_bugs": sorted(s for s, d in divergences.items() if d.get("known")),
-            "peer_failures": peer_failures}
+    return {
+        "format": "txgraph-fuzz-report/1",
+        "config": config,
+        "workers": len(workers),
+        "steps": steps,
+        "sequences": sum(w["sequences"] for w in workers),
+        "behaviours": len(behaviours),
+        "elapsed": elapsed,
+        "steps_per_second": round(steps / elapsed, 1) if elapsed else 0.0,
+        "op_mix": dict(sorted(op_mix.items(), key=lambda kv: -kv[1])),
+        "timeline": sorted(timeline),
+        "divergences": divergences,
+        # findings that are known QEMU bugs (txgraph.fuzz.known), pinned by their tests
+        "known_qemu_bugs": sorted(s for s, d in divergences.items() if d.get("known")),
+        "peer_failures": peer_failures,
+    }
 
 
 def _html(report: dict[str, Any]) -> str:
@@ -54,12 +61,15 @@ def _html(report: dict[str, Any]) -> str:
     for sig, d in sorted(report["divergences"].items(), key=lambda kv: kv[1]["first_seconds"]):
         repro = d.get("repro")
         link = f'<a href="{html.escape(repro)}">{html.escape(repro)}</a>' if repro else "-"
-        rows.append(f"<tr><td>{sig}</td><td>{html.escape(d['kind'])}</td>"
-                    f"<td>{html.escape(d['command'])}</td><td>{d['count']}</td>"
-                    f"<td>{d['first_seconds']}</td><td>{d.get('steps', '-')}</td><td>{link}</td>"
-                    f"<td><pre>{html.escape(chr(10).join(d.get('lines', [])))}</pre></td></tr>")
-    ops = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>"
-                  for k, v in report["op_mix"].items())
+        rows.append(
+            f"<tr><td>{sig}</td><td>{html.escape(d['kind'])}</td>"
+            f"<td>{html.escape(d['command'])}</td><td>{d['count']}</td>"
+            f"<td>{d['first_seconds']}</td><td>{d.get('steps', '-')}</td><td>{link}</td>"
+            f"<td><pre>{html.escape(chr(10).join(d.get('lines', [])))}</pre></td></tr>"
+        )
+    ops = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in report["op_mix"].items()
+    )
     points = " ".join(f"{t},{n}" for t, n, _w in report["timeline"])
     cfg = report["config"]
     return f"""<!DOCTYPE html>
@@ -67,13 +77,13 @@ def _html(report: dict[str, Any]) -> str:
 <style>body{{font-family:Helvetica,Arial,sans-serif;margin:2em}}td,th{{border:1px solid #ccc;
 padding:.3em;vertical-align:top}}table{{border-collapse:collapse}}pre{{margin:0;font-size:.8em}}</style>
 </head><body>
-<h1>txgraph fuzz: against {html.escape(str(cfg.get('against')))}, seed {cfg.get('seed')}</h1>
-<p>{report['steps']} steps in {report['sequences']} sequences by {report['workers']} worker(s) in
-{report['elapsed']} s ({report['steps_per_second']} steps/s); {report['behaviours']} behaviours;
-{len(report['divergences'])} divergence(s), {len(report['known_qemu_bugs'])} of them known QEMU bugs.</p>
+<h1>txgraph fuzz: against {html.escape(str(cfg.get("against")))}, seed {cfg.get("seed")}</h1>
+<p>{report["steps"]} steps in {report["sequences"]} sequences by {report["workers"]} worker(s) in
+{report["elapsed"]} s ({report["steps_per_second"]} steps/s); {report["behaviours"]} behaviours;
+{len(report["divergences"])} divergence(s), {len(report["known_qemu_bugs"])} of them known QEMU bugs.</p>
 <h2>Divergences</h2>
 <table><tr><th>signature</th><th>kind</th><th>command</th><th>count</th><th>first (s)</th>
-<th>shrunk steps</th><th>reproducer</th><th>what differs</th></tr>{''.join(rows)}</table>
+<th>shrunk steps</th><th>reproducer</th><th>what differs</th></tr>{"".join(rows)}</table>
 <h2>Behaviours over time</h2><p>(seconds, behaviours seen by a worker)</p><pre>{points}</pre>
 <h2>Operation mix</h2><table><tr><th>command</th><th>steps</th></tr>{ops}</table>
 </body></html>

@@ -30,30 +30,44 @@ REPRO_FORMAT = "txgraph-fuzz-repro/1"
 
 
 def _json(steps: list[dict[str, Any]], divergence: Divergence, against: str) -> dict[str, Any]:
-    return {"format": REPRO_FORMAT, "signature": divergence.signature, "kind": divergence.kind,
-            "against": against, "step": divergence.step, "command": divergence.command,
-            "divergence": divergence.lines, "images": image_commands(), "steps": steps}
+    return {
+        "format": REPRO_FORMAT,
+        "signature": divergence.signature,
+        "kind": divergence.kind,
+        "against": against,
+        "step": divergence.step,
+        "command": divergence.command,
+        "divergence": divergence.lines,
+        "images": image_commands(),
+        "steps": steps,
+    }
 
 
 def _shell(steps: list[dict[str, Any]], divergence: Divergence) -> str:
-    lines = ["#!/bin/sh", f"# txgraph fuzz reproducer {divergence.signature} ({divergence.kind}, "
-             f"step {divergence.step}: {divergence.command})",
-             "# Runs the sequence on qemu-storage-daemon alone; its QMP replies go to stdout.",
-             "set -e", 'dir=$(mktemp -d)', 'cd "$dir"']
+    lines = [
+        "#!/bin/sh",
+        f"# txgraph fuzz reproducer {divergence.signature} ({divergence.kind}, "
+        f"step {divergence.step}: {divergence.command})",
+        "# Runs the sequence on qemu-storage-daemon alone; its QMP replies go to stdout.",
+        "set -e",
+        "dir=$(mktemp -d)",
+        'cd "$dir"',
+    ]
     lines += [" ".join(shlex.quote(a) for a in argv) for argv in image_commands()]
     lines.append("{")
-    lines.append("  echo '{\"execute\": \"qmp_capabilities\"}'")
+    lines.append('  echo \'{"execute": "qmp_capabilities"}\'')
     for step in steps:
         if step.get("execute") == GUEST_IO:
             # the guest: qemu-io on the daemon's NBD socket, once it has run what came before
             args = step.get("arguments") or {}
-            argv = qemu_io_argv("", str(args.get("export")),
-                                [str(c) for c in args.get("commands", [])])
+            argv = qemu_io_argv(
+                "", str(args.get("export")), [str(c) for c in args.get("commands", [])]
+            )
             cmd = " ".join(shlex.quote(a) for a in argv) + '"$dir"/nbd.sock'
             lines.append(f"  sleep 0.5; {cmd} </dev/null >&2")
             continue
         text = json.dumps(step).replace("{dir}", "__DIR__")
-        lines.append(f"  echo {shlex.quote(text)} | sed \"s|__DIR__|$dir|g\"")
+        lines.append(f'  echo {shlex.quote(text)} | sed "s|__DIR__|$dir|g"')
     lines.append("  sleep 1")
     lines.append("} | qemu-storage-daemon --chardev stdio,id=m0 --monitor chardev=m0")
     lines.append('echo "exit status of qemu-storage-daemon: $?"')
@@ -78,8 +92,9 @@ def test_repro_{signature.replace("-", "_")}() -> None:
 '''
 
 
-def write_reproducers(directory: Path, steps: list[dict[str, Any]], divergence: Divergence,
-                      against: str) -> Path:
+def write_reproducers(
+    directory: Path, steps: list[dict[str, Any]], divergence: Divergence, against: str
+) -> Path:
     """Write the three files for ``divergence``; return the JSON reproducer's path."""
     sig = divergence.signature
     path = directory / f"repro-{sig}.json"
@@ -97,7 +112,10 @@ def load_reproducer(path: str | Path) -> dict[str, Any]:
         data = json.loads(Path(path).read_text())
     except json.JSONDecodeError as err:
         raise PlanError(f"{path}: not valid JSON: {err}") from None
-    if not isinstance(data, dict) or data.get("format") != REPRO_FORMAT \
-            or not isinstance(data.get("steps"), list):
+    if (
+        not isinstance(data, dict)
+        or data.get("format") != REPRO_FORMAT
+        or not isinstance(data.get("steps"), list)
+    ):
         raise PlanError(f"{path}: not a txgraph fuzz reproducer ({REPRO_FORMAT})")
     return data

@@ -45,9 +45,11 @@ __all__ = ["Divergence", "RunResult", "run_sequence", "behaviour", "StepSource"]
 StepSource = Callable[[int, Resources], dict[str, Any] | None]
 
 #: fragments that only Python, never QEMU, puts into an error text
-_PYTHON_TEXT = re.compile(r"Traceback|object has no attribute|NoneType|KeyError|TypeError|"
-                          r"ValueError|IndexError|RecursionError|unexpected keyword|"
-                          r"takes \d+ positional|not subscriptable|embedded null")
+_PYTHON_TEXT = re.compile(
+    r"Traceback|object has no attribute|NoneType|KeyError|TypeError|"
+    r"ValueError|IndexError|RecursionError|unexpected keyword|"
+    r"takes \d+ positional|not subscriptable|embedded null"
+)
 
 
 @dataclass
@@ -87,8 +89,9 @@ def _label(message: dict[str, Any]) -> str:
     if name == "transaction":
         return f"{name}:{'+'.join(str(a.get('type')) for a in args.get('actions', []))}"
     if name == GUEST_IO:  # the qemu-io operations, zero writes apart
-        ops = [str(c).split()[0] + ("-z" if " -z " in str(c) else "")
-               for c in args.get("commands", [])]
+        ops = [
+            str(c).split()[0] + ("-z" if " -z " in str(c) else "") for c in args.get("commands", [])
+        ]
         return f"{name}:{'+'.join(ops)}"
     if name == "blockdev-reopen":
         return f"{name}:{'+'.join(str(o.get('driver')) for o in args.get('options', []))}"
@@ -118,8 +121,14 @@ def _finding(kind: str, index: int, message: dict[str, Any], lines: list[str]) -
     kind (``qsd-crash`` or ``qsd-bug``) and the signature ``qemu-<id>``."""
     bug = classify(kind, lines) if kind in ("crash", "mismatch") else None
     if bug is not None:
-        return Divergence("qsd-crash" if kind == "crash" else "qsd-bug", index, _label(message),
-                          lines, f"qemu-{bug.id}", bug.id)
+        return Divergence(
+            "qsd-crash" if kind == "crash" else "qsd-bug",
+            index,
+            _label(message),
+            lines,
+            f"qemu-{bug.id}",
+            bug.id,
+        )
     return Divergence(kind, index, _label(message), lines, _signature(kind, message, lines))
 
 
@@ -146,7 +155,10 @@ class _Sides:
         self.dirs: list[Path] = []
         self.peers: list[Peer] = []
         sides: dict[str, list[Callable[[Path], Peer]]] = {
-            "qsd": [QSDPeer, EnginePeer], "model": [EnginePeer], "qsd-only": [QSDPeer]}
+            "qsd": [QSDPeer, EnginePeer],
+            "model": [EnginePeer],
+            "qsd-only": [QSDPeer],
+        }
         factories = sides[against]
         try:
             for factory in factories:
@@ -210,8 +222,13 @@ def _full_check(sides: _Sides, digest: str) -> tuple[str, list[str]] | None:
     return found
 
 
-def _invariants(sides: _Sides, reply: dict[str, Any], before: tuple[str, Any] | None,
-                after: tuple[str, Any] | None, full_check: bool) -> tuple[str, list[str]] | None:
+def _invariants(
+    sides: _Sides,
+    reply: dict[str, Any],
+    before: tuple[str, Any] | None,
+    after: tuple[str, Any] | None,
+    full_check: bool,
+) -> tuple[str, list[str]] | None:
     """txgraph's own invariants after a step; ``before``/``after``: its state around it."""
     err = reply.get("error")
     if err is not None:
@@ -220,8 +237,10 @@ def _invariants(sides: _Sides, reply: dict[str, Any], before: tuple[str, Any] | 
         if _PYTHON_TEXT.search(str(err.get("desc"))):
             return "python-text", [f"reply text: {err.get('desc')}"]
         if before is not None and after != before:
-            return "not-atomic", ["txgraph refused the command but its state changed",
-                                  f"reply: {err.get('desc')}"]
+            return "not-atomic", [
+                "txgraph refused the command but its state changed",
+                f"reply: {err.get('desc')}",
+            ]
         if full_check and after == before:
             return None  # nothing changed: the graph is the one already checked
     if full_check and after is not None:
@@ -253,20 +272,26 @@ def run_sequence(source: StepSource, against: str, max_steps: int = 40) -> RunRe
             before = state if index else _engine_state(sides)
             if message.get("execute") == GUEST_IO:
                 wrote = True
-                replies = {peer.label: guest_io_reply(str(d), message.get("arguments") or {})
-                           for peer, d in zip(sides.peers, sides.dirs)}
+                replies = {
+                    peer.label: guest_io_reply(str(d), message.get("arguments") or {})
+                    for peer, d in zip(sides.peers, sides.dirs)
+                }
                 result.replies.append(replies)
                 reply = replies.get("txgraph", replies.get("qsd", {}))
                 if against == "qsd" and replies["qsd"] != replies["txgraph"]:
                     qsd_out, txg_out = replies["qsd"]["return"], replies["txgraph"]["return"]
-                    lines = [f"guest-io.{k}: {json.dumps(qsd_out[k])[:400]}  !=  "
-                             f"{json.dumps(txg_out[k])[:400]}"
-                             for k in ("rc", "output") if qsd_out[k] != txg_out[k]]
+                    lines = [
+                        f"guest-io.{k}: {json.dumps(qsd_out[k])[:400]}  !=  "
+                        f"{json.dumps(txg_out[k])[:400]}"
+                        for k in ("rc", "output")
+                        if qsd_out[k] != txg_out[k]
+                    ]
                     result.divergence = _finding("mismatch", index, message, lines)
                     break
             elif against == "qsd":
-                records, diff = lockstep(sides.peers, [str(d) for d in sides.dirs], sides.autos,
-                                         sides.history, message)
+                records, diff = lockstep(
+                    sides.peers, [str(d) for d in sides.dirs], sides.autos, sides.history, message
+                )
                 left, right = records[0].reply or {}, records[1].reply or {}
                 result.replies.append({"qsd": left, "txgraph": right})
                 reply = right
@@ -281,8 +306,11 @@ def run_sequence(source: StepSource, against: str, max_steps: int = 40) -> RunRe
                     break
             else:
                 session = sides.session()
-                autos = {canon_text(n, None): n for n in (session.graph.nodes if session else ())
-                         if n.startswith("#")}
+                autos = {
+                    canon_text(n, None): n
+                    for n in (session.graph.nodes if session else ())
+                    if n.startswith("#")
+                }
                 reply = sides.peers[0].execute(substitute(message, str(sides.dirs[0]), autos))
                 result.replies.append({sides.peers[0].label: reply})
                 if reply.get("error", {}).get("class") == "PeerDied":

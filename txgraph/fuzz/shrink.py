@@ -19,16 +19,29 @@ from txgraph.fuzz.run import RunResult, run_sequence
 __all__ = ["shrink"]
 
 #: members a step keeps its meaning without (QEMU fills in its defaults)
-_OPTIONAL = ("read-only", "cache", "detect-zeroes", "discard", "size", "offset", "vote-threshold",
-             "mode", "writable", "snapshot-node-name", "limits", "throttle-group")
+_OPTIONAL = (
+    "read-only",
+    "cache",
+    "detect-zeroes",
+    "discard",
+    "size",
+    "offset",
+    "vote-threshold",
+    "mode",
+    "writable",
+    "snapshot-node-name",
+    "limits",
+    "throttle-group",
+)
 
 
 def _fixed(steps: list[dict[str, Any]]) -> Callable[[int, Any], dict[str, Any] | None]:
     return lambda i, _res: steps[i] if i < len(steps) else None
 
 
-def shrink(steps: list[dict[str, Any]], signature: str, against: str,
-           budget: int = 200) -> tuple[list[dict[str, Any]], RunResult]:
+def shrink(
+    steps: list[dict[str, Any]], signature: str, against: str, budget: int = 200
+) -> tuple[list[dict[str, Any]], RunResult]:
     """The smallest sequence found (within ``budget`` runs) diverging with ``signature``."""
     runs = 0
     try:
@@ -48,13 +61,13 @@ def shrink(steps: list[dict[str, Any]], signature: str, against: str,
 
     current = list(steps)
     if best.divergence is not None:  # everything after the divergence is never reached
-        current = current[:best.divergence.step + 1]
+        current = current[: best.divergence.step + 1]
     n = 2
     while len(current) >= 2 and runs < budget:
         chunk = max(1, len(current) // n)
         reduced = False
         for start in range(0, len(current), chunk):
-            candidate = current[:start] + current[start + chunk:]
+            candidate = current[:start] + current[start + chunk :]
             found = still(candidate) if candidate else None
             if found is not None:
                 current, best = candidate, found

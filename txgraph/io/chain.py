@@ -18,13 +18,25 @@ from __future__ import annotations
 
 from txgraph.io.driver import DriverNode
 
-__all__ = ["FILTER_DRIVERS", "skip_filters", "chain", "allocated_above", "reads_as_zero",
-           "sparse_read"]
+__all__ = [
+    "FILTER_DRIVERS",
+    "skip_filters",
+    "chain",
+    "allocated_above",
+    "reads_as_zero",
+    "sparse_read",
+]
 
 #: Drivers that pass I/O through one child unchanged (``is_filter``), and that child
-FILTER_DRIVERS = {"throttle": "file", "copy-on-read": "file", "blkdebug": "image",
-                  "compress": "file", "preallocate": "file", "commit_top": "backing",
-                  "mirror_top": "backing"}
+FILTER_DRIVERS = {
+    "throttle": "file",
+    "copy-on-read": "file",
+    "blkdebug": "image",
+    "compress": "file",
+    "preallocate": "file",
+    "commit_top": "backing",
+    "mirror_top": "backing",
+}
 
 
 def skip_filters(node: DriverNode | None) -> DriverNode | None:
@@ -47,8 +59,9 @@ def chain(top: DriverNode) -> list[DriverNode]:
     return out
 
 
-def allocated_above(layers: list[DriverNode], bottom: str | None, offset: int,
-                    length: int) -> tuple[bool, int]:
+def allocated_above(
+    layers: list[DriverNode], bottom: str | None, offset: int, length: int
+) -> tuple[bool, int]:
     """``bdrv_is_allocated_above(layers[0], bottom, include_base=true)``.
 
     Returns whether some layer down to ``bottom`` defines the first stretch,

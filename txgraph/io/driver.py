@@ -23,8 +23,15 @@ from txgraph.errors import IOFailure
 from txgraph.io.layer import LAYERS, driver_write, driver_write_zeroes, is_zero
 from txgraph.io.settings import NodeSettings
 
-__all__ = ["BlockStatus", "ImageInfo", "DriverNode", "FilterNode", "driver_write",
-           "driver_write_zeroes", "is_zero"]
+__all__ = [
+    "BlockStatus",
+    "ImageInfo",
+    "DriverNode",
+    "FilterNode",
+    "driver_write",
+    "driver_write_zeroes",
+    "is_zero",
+]
 
 
 @dataclass(frozen=True)
@@ -91,8 +98,13 @@ class DriverNode(abc.ABC):
     #: computed per class, detect-zeroes only converts writes for such drivers
     has_write_zeroes: ClassVar[bool] = False
 
-    def __init__(self, node_name: str, options: Mapping[str, Any],
-                 children: Mapping[str, DriverNode], read_only: bool) -> None:
+    def __init__(
+        self,
+        node_name: str,
+        options: Mapping[str, Any],
+        children: Mapping[str, DriverNode],
+        read_only: bool,
+    ) -> None:
         self.node_name = node_name
         #: the generic settings, parsed once (again at every reopen)
         self.settings = NodeSettings.parse(options, read_only)
@@ -106,8 +118,11 @@ class DriverNode(abc.ABC):
             fn = cls.__dict__.get(name)
             if fn is not None and not getattr(fn, "_txgraph_layer", False):
                 setattr(cls, name, layer(fn))
-        cls.has_write_zeroes = any("write_zeroes" in k.__dict__ for k in cls.__mro__
-                                   if k is not DriverNode and issubclass(k, DriverNode))
+        cls.has_write_zeroes = any(
+            "write_zeroes" in k.__dict__
+            for k in cls.__mro__
+            if k is not DriverNode and issubclass(k, DriverNode)
+        )
 
     @property
     def read_only(self) -> bool:
@@ -161,8 +176,9 @@ class DriverNode(abc.ABC):
     def close(self) -> None:
         """Release host resources (fds, mappings, locks). Idempotent."""
 
-    def change_backing_file(self, backing_file: str | None, backing_fmt: str | None, *,
-                            require: bool = False) -> None:
+    def change_backing_file(
+        self, backing_file: str | None, backing_fmt: str | None, *, require: bool = False
+    ) -> None:
         """Rewrite the backing file string in the image (QEMU's ``bdrv_change_backing_file``).
 
         The generic checks come first: a format without a file, or (with
@@ -179,8 +195,7 @@ class DriverNode(abc.ABC):
             raise IOFailure(os.strerror(errno.EINVAL), errno.EINVAL)
         self.driver_change_backing_file(backing_file, backing_fmt)
 
-    def driver_change_backing_file(self, backing_file: str | None,
-                                   backing_fmt: str | None) -> None:
+    def driver_change_backing_file(self, backing_file: str | None, backing_fmt: str | None) -> None:
         """``drv->bdrv_change_backing_file``; drivers without one (raw, filters...): ENOTSUP."""
         raise IOFailure(os.strerror(errno.ENOTSUP), errno.ENOTSUP)
 
@@ -225,9 +240,11 @@ class FilterNode(DriverNode):
         return self.filtered.block_status(offset, length)
 
     def info(self) -> ImageInfo:
-        return ImageInfo(format=self.driver_name, virtual_size=self.size(),
-                         filename=self.filtered.info().filename)
-
+        return ImageInfo(
+            format=self.driver_name,
+            virtual_size=self.size(),
+            filename=self.filtered.info().filename,
+        )
 
 
 # Subclasses (FilterNode above included) were wrapped as they were defined; DriverNode's

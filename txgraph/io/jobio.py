@@ -9,6 +9,7 @@ plane only through these functions and their own BlockBackend.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from txgraph.errors import IOFailure
 from txgraph.io.chain import allocated_above, chain, reads_as_zero, skip_filters
@@ -17,10 +18,23 @@ from txgraph.io.drivers.job_filters import MirrorTopNode
 from txgraph.io.mirror import DirtyBitmap, MirrorSink
 from txgraph.io.runtime import Runtime
 
-__all__ = ["STREAM_CHUNK", "COMMIT_BUFFER_SIZE", "stream_step", "commit_step", "node_length",
-           "backend_length", "mirror_install", "mirror_set_active", "mirror_dirty_init",
-           "mirror_copy", "mirror_flush", "DirtyBitmap", "backup_init", "backup_step",
-           "backup_remaining"]
+__all__ = [
+    "STREAM_CHUNK",
+    "COMMIT_BUFFER_SIZE",
+    "stream_step",
+    "commit_step",
+    "node_length",
+    "backend_length",
+    "mirror_install",
+    "mirror_set_active",
+    "mirror_dirty_init",
+    "mirror_copy",
+    "mirror_flush",
+    "DirtyBitmap",
+    "backup_init",
+    "backup_step",
+    "backup_remaining",
+]
 
 #: ``STREAM_CHUNK`` of block/stream.c: the most one iteration copies
 STREAM_CHUNK = 512 * 1024
@@ -34,8 +48,9 @@ def node_length(rt: Runtime, name: str) -> int:
         return rt.node(name).size()
 
 
-def stream_step(rt: Runtime, blk: str, target: str, base_overlay: str, offset: int,
-                length: int) -> tuple[int, bool]:
+def stream_step(
+    rt: Runtime, blk: str, target: str, base_overlay: str, offset: int, length: int
+) -> tuple[int, bool]:
     """One iteration of ``stream_run`` at ``offset``: ``(bytes handled, copied?)``.
 
     A stretch the top allocates is skipped; otherwise it is copied when some
@@ -69,8 +84,9 @@ def backend_length(rt: Runtime, blk: str) -> int:
         return rt.backend_root(blk).size()
 
 
-def commit_step(rt: Runtime, top_blk: str, base_blk: str, base_overlay: str, offset: int,
-                length: int) -> tuple[int, bool]:
+def commit_step(
+    rt: Runtime, top_blk: str, base_blk: str, base_overlay: str, offset: int, length: int
+) -> tuple[int, bool]:
     """One iteration of ``commit_run`` at ``offset``: ``(bytes handled, copied?)``.
 
     What some layer from the commit's top down to ``base_overlay`` allocates is
@@ -98,8 +114,9 @@ def commit_step(rt: Runtime, top_blk: str, base_blk: str, base_overlay: str, off
 
 
 # -- mirror ---------------------------------------------------------------------------------
-def mirror_install(rt: Runtime, mirror_top: str, target_blk: str, granularity: int,
-                   length: int) -> DirtyBitmap:
+def mirror_install(
+    rt: Runtime, mirror_top: str, target_blk: str, granularity: int, length: int
+) -> DirtyBitmap:
     """Give ``mirror_top`` its job's sink (under drain: no write is half tracked)."""
     bitmap = DirtyBitmap(granularity, length)
     with rt.drained():
@@ -109,8 +126,13 @@ def mirror_install(rt: Runtime, mirror_top: str, target_blk: str, granularity: i
     return bitmap
 
 
-def mirror_set_active(rt: Runtime, mirror_top: str, bitmap: DirtyBitmap, active: bool,
-                      on_write: Callable[[int], None] | None = None) -> int:
+def mirror_set_active(
+    rt: Runtime,
+    mirror_top: str,
+    bitmap: DirtyBitmap,
+    active: bool,
+    on_write: Callable[[int], None] | None = None,
+) -> int:
     """Switch mirror_top to (or from) writing guest data to the target synchronously
     (``on_write`` counts each such write); returns the dirty bytes seen under the same
     drain (0: source and target are in sync now)."""
@@ -122,9 +144,15 @@ def mirror_set_active(rt: Runtime, mirror_top: str, bitmap: DirtyBitmap, active:
         return bitmap.count()
 
 
-def mirror_dirty_init(rt: Runtime, mirror_top: str, target_blk: str, bitmap: DirtyBitmap,
-                      base_overlay: str | None, zero_target: bool,
-                      write_zeroes_ok: bool) -> None:
+def mirror_dirty_init(
+    rt: Runtime,
+    mirror_top: str,
+    target_blk: str,
+    bitmap: DirtyBitmap,
+    base_overlay: str | None,
+    zero_target: bool,
+    write_zeroes_ok: bool,
+) -> None:
     """``mirror_dirty_init``: for sync=full, zero the target if it can write zeroes with
     unmap, else mark everything dirty; then mark what the source's chain allocates above
     the base (``base_overlay`` None: nothing, sync=none)."""
@@ -153,8 +181,14 @@ def mirror_dirty_init(rt: Runtime, mirror_top: str, target_blk: str, bitmap: Dir
             pos += n
 
 
-def mirror_copy(rt: Runtime, mirror_top: str, target_blk: str, bitmap: DirtyBitmap,
-                max_bytes: int, write_zeroes_ok: bool) -> tuple[int, int]:
+def mirror_copy(
+    rt: Runtime,
+    mirror_top: str,
+    target_blk: str,
+    bitmap: DirtyBitmap,
+    max_bytes: int,
+    write_zeroes_ok: bool,
+) -> tuple[int, int]:
     """One ``mirror_iteration``: copy the first dirty run; ``(bytes done, bytes counted
     for the rate limit)`` — zero runs are written as zeroes, and not counted when the
     target can write zeroes with unmap.
@@ -179,7 +213,7 @@ def mirror_copy(rt: Runtime, mirror_top: str, target_blk: str, bitmap: DirtyBitm
                 zero, m = reads_as_zero(src, pos, end - pos)
                 m = max(1, min(m, end - pos))
                 if zero:
-                    _target_op(lambda: target.write_zeroes(pos, m, may_unmap=True))
+                    _target_op(target.write_zeroes, pos, m, may_unmap=True)
                     counted += 0 if write_zeroes_ok else m
                 else:
                     try:
@@ -187,7 +221,7 @@ def mirror_copy(rt: Runtime, mirror_top: str, target_blk: str, bitmap: DirtyBitm
                     except IOFailure as exc:
                         exc.job_read = True  # type: ignore[attr-defined]
                         raise
-                    _target_op(lambda: target.write(pos, data))
+                    _target_op(target.write, pos, data)
                     counted += m
                 pos += m
             return n, counted
@@ -196,9 +230,10 @@ def mirror_copy(rt: Runtime, mirror_top: str, target_blk: str, bitmap: DirtyBitm
         raise
 
 
-def _target_op(op: Callable[[], None]) -> None:
+def _target_op(op: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    """Run a target write; its failure is the job's *write* error."""
     try:
-        op()
+        op(*args, **kwargs)
     except IOFailure as exc:
         exc.job_read = False  # type: ignore[attr-defined]
         raise

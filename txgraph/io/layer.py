@@ -83,8 +83,9 @@ def driver_write(node: DriverNode, offset: int, data: bytes | bytearray | memory
     _call(_callback(node, "write"), node, offset, data)
 
 
-def driver_write_zeroes(node: DriverNode, offset: int, length: int, *,
-                        may_unmap: bool = False) -> None:
+def driver_write_zeroes(
+    node: DriverNode, offset: int, length: int, *, may_unmap: bool = False
+) -> None:
     """``bdrv_co_do_pwrite_zeroes`` without the request checks (used by copy-on-read)."""
     _call(_callback(node, "write_zeroes"), node, offset, length, may_unmap=may_unmap)
 
@@ -101,18 +102,23 @@ def _call(fn: Callable[..., None], node: DriverNode, *args: Any, **kwargs: Any) 
 def _layer_write(fn: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(fn)
     def write(self: DriverNode, offset: int, data: bytes) -> None:
-        if type(self).write is not write:   # reached through super(): the layer already ran
+        if type(self).write is not write:  # reached through super(): the layer already ran
             return fn(self, offset, data)
         s = self.settings
         if s.read_only:
             raise _eperm()
-        if (s.detect_zeroes is not DetectZeroes.OFF and self.has_write_zeroes
-                and id(self) not in _STATE.converting and is_zero(data)):
+        if (
+            s.detect_zeroes is not DetectZeroes.OFF
+            and self.has_write_zeroes
+            and id(self) not in _STATE.converting
+            and is_zero(data)
+        ):
             converting = _STATE.converting
             converting.add(id(self))
             try:
-                driver_write_zeroes(self, offset, len(data),
-                                    may_unmap=s.detect_zeroes is DetectZeroes.UNMAP)
+                driver_write_zeroes(
+                    self, offset, len(data), may_unmap=s.detect_zeroes is DetectZeroes.UNMAP
+                )
             finally:
                 converting.discard(id(self))
             return None
@@ -124,8 +130,9 @@ def _layer_write(fn: Callable[..., None]) -> Callable[..., None]:
 
 def _layer_write_zeroes(fn: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(fn)
-    def write_zeroes(self: DriverNode, offset: int, length: int, *,
-                     may_unmap: bool = False) -> None:
+    def write_zeroes(
+        self: DriverNode, offset: int, length: int, *, may_unmap: bool = False
+    ) -> None:
         if type(self).write_zeroes is not write_zeroes:
             return fn(self, offset, length, may_unmap=may_unmap)
         s = self.settings
@@ -169,8 +176,8 @@ def _layer_flush(fn: Callable[..., None]) -> Callable[..., None]:
 
 
 LAYERS: dict[str, Callable[[Callable[..., None]], Callable[..., None]]] = {
-    "write": _layer_write, "write_zeroes": _layer_write_zeroes,
-    "discard": _layer_discard, "flush": _layer_flush,
+    "write": _layer_write,
+    "write_zeroes": _layer_write_zeroes,
+    "discard": _layer_discard,
+    "flush": _layer_flush,
 }
-
-

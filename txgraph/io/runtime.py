@@ -54,8 +54,19 @@ from txgraph.io.locking import LockState, prepare_perm, relock
 from txgraph.io.registry import driver_class
 from txgraph.io.throttle_groups import ThrottleGroups, using_groups
 
-__all__ = ["Runtime", "RootBackend", "EventListener", "OpenNode", "SetChild", "SetReadOnly",
-           "ReopenNode", "CloseNode", "OpenBackend", "CloseBackend", "DeltaOp"]
+__all__ = [
+    "Runtime",
+    "RootBackend",
+    "EventListener",
+    "OpenNode",
+    "SetChild",
+    "SetReadOnly",
+    "ReopenNode",
+    "CloseNode",
+    "OpenBackend",
+    "CloseBackend",
+    "DeltaOp",
+]
 
 
 # -- the delta: what one atomic graph change consists of --------------------------------------
@@ -124,8 +135,9 @@ class CloseBackend:
     key: str
 
 
-DeltaOp: TypeAlias = (OpenNode | SetChild | SetReadOnly | ReopenNode | CloseNode | OpenBackend
-                      | CloseBackend)
+DeltaOp: TypeAlias = (
+    OpenNode | SetChild | SetReadOnly | ReopenNode | CloseNode | OpenBackend | CloseBackend
+)
 
 #: ``listener(event_name, data)``: how the QMP layer learns of data-plane events
 #: (``QUORUM_REPORT_BAD``, ``QUORUM_FAILURE``...).
@@ -291,8 +303,15 @@ class Runtime:
         with open(host_path(path), "rb"):
             pass
 
-    def create_image(self, path: str, fmt: str, size: int, *, backing: str | None = None,
-                     backing_format: str | None = None) -> None:
+    def create_image(
+        self,
+        path: str,
+        fmt: str,
+        size: int,
+        *,
+        backing: str | None = None,
+        backing_format: str | None = None,
+    ) -> None:
         """``bdrv_img_create`` for ``blockdev-snapshot-sync``: a new image on disk.
 
         Delegates to qemu-img with ``-u`` (QEMU passes BDRV_O_NO_BACKING: the
@@ -313,15 +332,17 @@ class Runtime:
             text = lines[0] if lines else "Could not create image"
             for prefix in ("qemu-img: ", f"{path}: "):
                 if text.startswith(prefix):
-                    text = text[len(prefix):]
+                    text = text[len(prefix) :]
             raise BlockError(text)
 
     def _construct(self, op: OpenNode, pending: Mapping[str, DriverNode]) -> DriverNode:
         cls = driver_class(op.driver)
         if cls is None:
             raise OpenError(f"Driver '{op.driver}' is not supported by the txgraph data plane")
-        kids = {edge: pending[child] if child in pending else self._nodes[child]
-                for edge, child in op.children.items()}
+        kids = {
+            edge: pending[child] if child in pending else self._nodes[child]
+            for edge, child in op.children.items()
+        }
         # Drivers that need runtime services (throttle groups) find them here.
         with using_groups(self.throttle_groups):
             node = cls(op.name, op.options, kids, op.read_only)
@@ -337,8 +358,14 @@ class Runtime:
         node.close()
 
     # -- immediate changes (setup of a standalone Runtime; the ops layer uses apply) -----------
-    def open_node(self, name: str, driver: str, options: Mapping[str, Any],
-                  children: Mapping[str, str], read_only: bool) -> ImageInfo:
+    def open_node(
+        self,
+        name: str,
+        driver: str,
+        options: Mapping[str, Any],
+        children: Mapping[str, str],
+        read_only: bool,
+    ) -> ImageInfo:
         """Create and publish a node at once: prepare, then a one-op apply."""
         info = self.prepare_open(OpenNode(name, driver, options, children, read_only))
         try:
@@ -364,8 +391,14 @@ class Runtime:
         self.prepare_reopen(name, options, read_only)
         self.apply([ReopenNode(name, options, read_only)])
 
-    def change_backing_file(self, node_name: str, backing_file: str | None,
-                            backing_fmt: str | None, *, require: bool = False) -> None:
+    def change_backing_file(
+        self,
+        node_name: str,
+        backing_file: str | None,
+        backing_fmt: str | None,
+        *,
+        require: bool = False,
+    ) -> None:
         """Rewrite a live node's backing file string (QEMU's ``bdrv_change_backing_file``).
 
         Only the image header changes (qcow2: the whole header cluster is
@@ -387,8 +420,7 @@ class Runtime:
         with self.request():
             if node_name not in self._nodes:
                 raise BlockError(f"Cannot find device='' nor node-name='{node_name}'")
-            self._nodes[node_name].change_backing_file(backing_file, backing_fmt,
-                                                        require=require)
+            self._nodes[node_name].change_backing_file(backing_file, backing_fmt, require=require)
 
     def open_backend(self, key: str, root: str | None) -> None:
         """A standalone BlockBackend (``blk_new`` + ``blk_insert_bs``).
@@ -426,14 +458,21 @@ class Runtime:
 
         Equal states mean an identical data plane.
         """
+
         def entry(kind: str, name: str, node: DriverNode) -> tuple[object, ...]:
-            return (kind, name, tuple(sorted((e, c.node_name) for e, c in node.children.items())),
-                    node.read_only, repr(self._locks.get(node, LockState())))
+            return (
+                kind,
+                name,
+                tuple(sorted((e, c.node_name) for e, c in node.children.items())),
+                node.read_only,
+                repr(self._locks.get(node, LockState())),
+            )
 
         nodes = [entry("live", n, d) for n, d in self._nodes.items()]
         nodes += [entry("prepared", n, d) for n, d in self._prepared.items()]
-        backends = [("backend", k, b.root.node_name if b.root else None)
-                    for k, b in self._backends.items()]
+        backends = [
+            ("backend", k, b.root.node_name if b.root else None) for k, b in self._backends.items()
+        ]
         return tuple(sorted(nodes)) + tuple(sorted(backends, key=repr))
 
     def close_all(self) -> None:
@@ -445,7 +484,9 @@ class Runtime:
         remaining = dict(self._nodes)
         while remaining:
             held = {id(c) for n in remaining.values() for c in n.children.values()}
-            tops = [name for name, node in remaining.items() if id(node) not in held] or list(remaining)
+            tops = [name for name, node in remaining.items() if id(node) not in held] or list(
+                remaining
+            )
             for name in tops:
                 node = self._nodes.pop(name)
                 self._release(node)
@@ -508,8 +549,9 @@ class Runtime:
             self._release(node)
         return gen
 
-    def _apply_one(self, op: DeltaOp, created: dict[str, DriverNode],
-                   removed: list[DriverNode]) -> Callable[[], None]:
+    def _apply_one(
+        self, op: DeltaOp, created: dict[str, DriverNode], removed: list[DriverNode]
+    ) -> Callable[[], None]:
         if isinstance(op, OpenNode):
             return self._publish(op.name, created)
         if isinstance(op, SetChild):
@@ -526,6 +568,7 @@ class Runtime:
             def unclose() -> None:
                 removed.remove(node)
                 self._nodes[op.name] = node
+
             return unclose
         if isinstance(op, OpenBackend):
             if op.key in self._backends:
@@ -535,6 +578,7 @@ class Runtime:
 
             def unopen() -> None:
                 self._backends.pop(key, None)
+
             return unopen
         backend = self._backends.pop(op.key)
         return lambda: self._backends.__setitem__(op.key, backend)
@@ -550,6 +594,7 @@ class Runtime:
             self._nodes.pop(name, None)
             if prepared:
                 self._prepared[name] = node
+
         return unpublish
 
     def _set_edge(self, op: SetChild) -> Callable[[], None]:
@@ -561,6 +606,7 @@ class Runtime:
 
             def unroot() -> None:
                 backend.root = old_root
+
             return unroot
         kids = self._nodes[op.parent].children
         old = kids.get(op.edge)
@@ -574,10 +620,12 @@ class Runtime:
                 kids.pop(op.edge, None)
             else:
                 kids[op.edge] = old
+
         return undo
 
-    def _reopen_undoable(self, name: str, options: Mapping[str, Any],
-                         read_only: bool) -> Callable[[], None]:
+    def _reopen_undoable(
+        self, name: str, options: Mapping[str, Any], read_only: bool
+    ) -> Callable[[], None]:
         node = self._nodes[name]
         old_options, old_ro = dict(node.options), node.read_only
         self._reopen(name, options, read_only)

@@ -28,14 +28,17 @@ from txgraph.errors import OpenError
 from txgraph.model.node import DetectZeroes, Discard
 from txgraph.model.options import parse_bool
 
-__all__ = ["NodeSettings", "DetectZeroes", "Discard", "opt_bool", "opt_int", "opt_str",
-           "opt_enum"]
+__all__ = ["NodeSettings", "DetectZeroes", "Discard", "opt_bool", "opt_int", "opt_str", "opt_enum"]
 
 E = TypeVar("E", bound=StrEnum)
 
 #: ``bdrv_parse_discard_flags``: the accepted spellings and what they mean
-_DISCARD = {"ignore": Discard.IGNORE, "off": Discard.IGNORE,
-            "unmap": Discard.UNMAP, "on": Discard.UNMAP}
+_DISCARD = {
+    "ignore": Discard.IGNORE,
+    "off": Discard.IGNORE,
+    "unmap": Discard.UNMAP,
+    "on": Discard.UNMAP,
+}
 
 
 @dataclass(frozen=True)
@@ -79,12 +82,17 @@ class NodeSettings:
             raise OpenError("Invalid discard option")
         detect = opt_enum(options, "detect-zeroes", DetectZeroes, DetectZeroes.OFF)
         if detect is DetectZeroes.UNMAP and resolved is not Discard.UNMAP:
-            raise OpenError("setting detect-zeroes to unmap is not allowed without setting "
-                            "discard operation to unmap")
-        return cls(read_only=bool(read_only),
-                   direct=opt_bool(options, "cache.direct", False),
-                   no_flush=opt_bool(options, "cache.no-flush", False),
-                   detect_zeroes=detect, discard=resolved)
+            raise OpenError(
+                "setting detect-zeroes to unmap is not allowed without setting "
+                "discard operation to unmap"
+            )
+        return cls(
+            read_only=bool(read_only),
+            direct=opt_bool(options, "cache.direct", False),
+            no_flush=opt_bool(options, "cache.no-flush", False),
+            detect_zeroes=detect,
+            discard=resolved,
+        )
 
     def with_read_only(self, read_only: bool) -> NodeSettings:
         return dataclasses.replace(self, read_only=bool(read_only))

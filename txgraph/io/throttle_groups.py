@@ -36,8 +36,15 @@ from typing import Any
 
 from txgraph.errors import BlockError
 
-__all__ = ["ThrottleLimits", "LeakyBucket", "ThrottleGroup", "ThrottleGroups", "using_groups",
-           "current_groups", "THROTTLE_VALUE_MAX"]
+__all__ = [
+    "ThrottleLimits",
+    "LeakyBucket",
+    "ThrottleGroup",
+    "ThrottleGroups",
+    "using_groups",
+    "current_groups",
+    "THROTTLE_VALUE_MAX",
+]
 
 #: Upper bound of every rate and burst (QEMU's ``THROTTLE_VALUE_MAX``).
 THROTTLE_VALUE_MAX = 1_000_000_000_000_000
@@ -90,8 +97,11 @@ class ThrottleLimits:
     def bucket(self, kind: str, direction: str) -> tuple[int, int, int]:
         """``(avg, max, burst_length)`` of one bucket."""
         base = f"{kind}_{direction}"
-        return (getattr(self, base), getattr(self, f"{base}_max"),
-                getattr(self, f"{base}_max_length"))
+        return (
+            getattr(self, base),
+            getattr(self, f"{base}_max"),
+            getattr(self, f"{base}_max_length"),
+        )
 
     def validate(self) -> None:
         """Refuse what QEMU's ``throttle_is_valid`` refuses, with its texts."""
@@ -99,15 +109,19 @@ class ThrottleLimits:
             total = any(self.bucket(kind, "total")[:2])
             rw = any(self.bucket(kind, "read")[:2]) or any(self.bucket(kind, "write")[:2])
             if total and rw:
-                raise BlockError("bps/iops/max total values and read/write values cannot be "
-                                 "used at the same time")
+                raise BlockError(
+                    "bps/iops/max total values and read/write values cannot be "
+                    "used at the same time"
+                )
         if self.iops_size and not any(self.bucket("iops", d)[0] for d in _DIRS):
             raise BlockError("iops size requires an iops value to be set")
         for kind in _KINDS:
             for d in _DIRS:
                 avg, mx, length = self.bucket(kind, d)
                 if not (0 <= avg <= THROTTLE_VALUE_MAX and 0 <= mx <= THROTTLE_VALUE_MAX):
-                    raise BlockError(f"bps/iops/max values must be within [0, {THROTTLE_VALUE_MAX}]")
+                    raise BlockError(
+                        f"bps/iops/max values must be within [0, {THROTTLE_VALUE_MAX}]"
+                    )
                 if length == 0:
                     raise BlockError("the burst length cannot be 0")
                 if length > 1 and not mx:
@@ -166,8 +180,9 @@ class LeakyBucket:
 class ThrottleGroup:
     """Limits plus the shared bucket state and wait queues of one throttle-group object."""
 
-    def __init__(self, group_id: str, limits: ThrottleLimits,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, group_id: str, limits: ThrottleLimits, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.id = group_id
         self.members: set[str] = set()
         self._clock = clock
@@ -179,7 +194,9 @@ class ThrottleGroup:
         """Install new limits (``qom-set limits``); levels restart from empty like QEMU's."""
         with self._cond:
             self.limits = limits
-            self._buckets = {(k, d): LeakyBucket(*limits.bucket(k, d)) for k in _KINDS for d in _DIRS}
+            self._buckets = {
+                (k, d): LeakyBucket(*limits.bucket(k, d)) for k in _KINDS for d in _DIRS
+            }
             self._last_leak = self._clock()
             self._cond.notify_all()
 
@@ -257,14 +274,16 @@ class ThrottleGroups:
         self._clock = clock
         self._lock = threading.Lock()
 
-    def add(self, group_id: str, limits: Mapping[str, Any] | ThrottleLimits | None = None
-            ) -> ThrottleGroup:
+    def add(
+        self, group_id: str, limits: Mapping[str, Any] | ThrottleLimits | None = None
+    ) -> ThrottleGroup:
         """``object-add qom-type=throttle-group id=... limits={...}``."""
         lim = limits if isinstance(limits, ThrottleLimits) else ThrottleLimits.from_qmp(limits)
         with self._lock:
             if group_id in self._groups:
-                raise BlockError(f"attempt to add duplicate property '{group_id}' to object "
-                                 f"(type 'container')")
+                raise BlockError(
+                    f"attempt to add duplicate property '{group_id}' to object (type 'container')"
+                )
             group = ThrottleGroup(group_id, lim, self._clock)
             self._groups[group_id] = group
             return group

@@ -57,8 +57,18 @@ class BackupJob(GraphJob):
 
     job_type = "backup"
 
-    def __init__(self, manager: JobManager, job_id: str, *, source: str, target: str,
-                 sync: str, length: int, on_target_error: str, **kw: Any) -> None:
+    def __init__(
+        self,
+        manager: JobManager,
+        job_id: str,
+        *,
+        source: str,
+        target: str,
+        sync: str,
+        length: int,
+        on_target_error: str,
+        **kw: Any,
+    ) -> None:
         super().__init__(manager, job_id, **kw)
         self.source = source
         self.target = target
@@ -134,8 +144,9 @@ class BackupJob(GraphJob):
         unref_unused(session, tx, held)
 
 
-def stage_blockdev_backup(session: Session, tx: Transaction, manager: JobManager,
-                          args: dict[str, Any]) -> BackupJob:
+def stage_blockdev_backup(
+    session: Session, tx: Transaction, manager: JobManager, args: dict[str, Any]
+) -> BackupJob:
     """``blockdev_backup_prepare`` → ``do_backup_common`` → ``backup_job_create``."""
     bs = lookup_bs(session, args["device"], args["device"])
     target = lookup_bs(session, args["target"], args["target"])
@@ -153,8 +164,9 @@ def stage_blockdev_backup(session: Session, tx: Transaction, manager: JobManager
     for node, op in ((bs, "backup-source"), (target, "backup-target")):
         reason = op_blocker(session, node, op)
         if reason is not None:
-            raise BlockError(f"Node '{node}' is busy: {reason}", rule="op-blocker",
-                             subjects=(node,))
+            raise BlockError(
+                f"Node '{node}' is busy: {reason}", rule="op-blocker", subjects=(node,)
+            )
     perf = args.get("x-perf", {})
     if "max-workers" in perf and not 1 <= perf["max-workers"] <= 2**31 - 1:
         raise BlockError("max-workers must be between 1 and 2147483647")
@@ -168,11 +180,18 @@ def stage_blockdev_backup(session: Session, tx: Transaction, manager: JobManager
         options["node-name"] = args["filter-node-name"]
     cbw = stage_insert_node(session, tx, bs, options, OpenFlag.RDWR)
     job_id = manager.check_new_id(args.get("job-id", default_job_id(session, bs)))
-    job = BackupJob(manager, job_id, source=bs, target=target, sync=sync, length=length,
-                    on_target_error=args.get("on-target-error", "report"),
-                    auto_finalize=args.get("auto-finalize", True),
-                    auto_dismiss=args.get("auto-dismiss", True),
-                    on_error=args.get("on-source-error", "report"))
+    job = BackupJob(
+        manager,
+        job_id,
+        source=bs,
+        target=target,
+        sync=sync,
+        length=length,
+        on_target_error=args.get("on-target-error", "report"),
+        auto_finalize=args.get("auto-finalize", True),
+        auto_dismiss=args.get("auto-dismiss", True),
+        on_error=args.get("on-source-error", "report"),
+    )
     job.cbw = cbw
     add_job_vertex(session, tx, job_id, job.job_type)
     manager.create(tx, job, args.get("speed", 0))
@@ -189,8 +208,9 @@ def blockdev_backup(session: Session, args: dict[str, Any]) -> None:
     manager.start(job)
 
 
-def stage_backup_action(session: Session, tx: Transaction, data: dict[str, Any],
-                        group: list[Any] | None) -> BackupJob:
+def stage_backup_action(
+    session: Session, tx: Transaction, data: dict[str, Any], group: list[Any] | None
+) -> BackupJob:
     """The ``blockdev-backup`` action of ``transaction``: prepare creates the job, commit
     starts it (``blockdev_backup_commit``), abort cancels it before it ever ran
     (``blockdev_backup_abort``: created, aborting, concluded, null — no BLOCK_JOB_*).

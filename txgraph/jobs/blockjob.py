@@ -19,9 +19,19 @@ from txgraph.ops.perms import refresh_perms
 from txgraph.ops.session import Session
 from txgraph.ops.undo_log import Transaction
 
-__all__ = ["GraphJob", "job_key", "job_blk_key", "add_job_vertex", "add_job_child", "add_job_blk",
-           "remove_job_blk", "remove_job_children", "remove_job_graph", "unref_unused",
-           "default_job_id"]
+__all__ = [
+    "GraphJob",
+    "job_key",
+    "job_blk_key",
+    "add_job_vertex",
+    "add_job_child",
+    "add_job_blk",
+    "remove_job_blk",
+    "remove_job_children",
+    "remove_job_graph",
+    "unref_unused",
+    "default_job_id",
+]
 
 
 def job_key(job_id: str) -> str:
@@ -48,35 +58,68 @@ def default_job_id(session: Session, node: str) -> str:
 
 
 def add_job_vertex(session: Session, tx: Transaction, job_id: str, job_type: str) -> None:
-    tx.add_backend(Backend(key=job_key(job_id), kind=ParentKind.JOB, name=job_id,
-                           description=f"{job_type} job '{job_id}'", job_type=job_type))
+    tx.add_backend(
+        Backend(
+            key=job_key(job_id),
+            kind=ParentKind.JOB,
+            name=job_id,
+            description=f"{job_type} job '{job_id}'",
+            job_type=job_type,
+        )
+    )
 
 
-def add_job_child(session: Session, tx: Transaction, job_id: str, label: str, node: str,
-                  perm: Perm, shared: Perm) -> None:
+def add_job_child(
+    session: Session, tx: Transaction, job_id: str, label: str, node: str, perm: Perm, shared: Perm
+) -> None:
     """``block_job_add_bdrv``: one more ``child_job`` edge, then the node's perms refresh."""
     key = job_key(job_id)
     count = sum(1 for _c, e in session.graph.children(key) if e.qemu_name == label)
     name = label if count == 0 else f"{label}#{count}"
-    tx.attach(key, node, Edge(name=name, role=Role.NONE, parent_kind=ParentKind.JOB,
-                              perm=perm, shared=shared, label=label))
+    tx.attach(
+        key,
+        node,
+        Edge(
+            name=name,
+            role=Role.NONE,
+            parent_kind=ParentKind.JOB,
+            perm=perm,
+            shared=shared,
+            label=label,
+        ),
+    )
     refresh_perms(session, tx, [node])
 
 
-def add_job_blk(session: Session, tx: Transaction, job_id: str, node: str, perm: Perm,
-                shared: Perm, role: str = "blk") -> str:
+def add_job_blk(
+    session: Session,
+    tx: Transaction,
+    job_id: str,
+    node: str,
+    perm: Perm,
+    shared: Perm,
+    role: str = "blk",
+) -> str:
     """``blk_new_with_bs``: one of the job's own BlockBackends on ``node``; returns its key."""
     key = job_blk_key(job_id, role)
     tx.add_backend(Backend(key=key, kind=ParentKind.ROOT, perm=perm, shared=shared))
-    tx.attach(key, node, Edge(name="root", role=Role.FILTERED | Role.PRIMARY,
-                              parent_kind=ParentKind.ROOT, perm=perm, shared=shared))
+    tx.attach(
+        key,
+        node,
+        Edge(
+            name="root",
+            role=Role.FILTERED | Role.PRIMARY,
+            parent_kind=ParentKind.ROOT,
+            perm=perm,
+            shared=shared,
+        ),
+    )
     refresh_perms(session, tx, [node])
     tx.rt.open_backend(key)
     return key
 
 
-def remove_job_blk(session: Session, tx: Transaction, job_id: str,
-                   role: str = "blk") -> str | None:
+def remove_job_blk(session: Session, tx: Transaction, job_id: str, role: str = "blk") -> str | None:
     """``blk_unref`` of one of the job's BlockBackends (if it still has it); returns the
     node it was on."""
     key = job_blk_key(job_id, role)
@@ -114,7 +157,7 @@ def remove_job_graph(session: Session, tx: Transaction, job_id: str) -> list[str
     prefix = job_blk_key(job_id, "")
     held: list[str] = []
     for key in [k for k in session.graph.backends if k.startswith(prefix)]:
-        node = remove_job_blk(session, tx, job_id, key[len(prefix):])
+        node = remove_job_blk(session, tx, job_id, key[len(prefix) :])
         if node is not None:
             held.append(node)
     held += remove_job_children(session, tx, job_id)
@@ -136,8 +179,7 @@ def unref_unused(session: Session, tx: Transaction, names: list[str]) -> None:
 class GraphJob(Job):
     """A job that holds part of the graph: it lets go of it when it is dismissed."""
 
-    def protect(self, session: Session, tx: Transaction,
-                links: list[tuple[str, str, str]]) -> None:
+    def protect(self, session: Session, tx: Transaction, links: list[tuple[str, str, str]]) -> None:
         """Record the links the job's data depends on (the safe policy's J1 rule)."""
         tx.set(session.graph.backends[job_key(self.id)], "protects", tuple(links))
 

@@ -12,8 +12,16 @@ from txgraph.model.graph import BlockGraph
 from txgraph.model.perm import Role
 from txgraph.ops.query import filter_or_cow_child
 
-__all__ = ["cow_bs", "filter_bs", "skip_filters", "is_filter", "chain_contains", "find_overlay",
-           "find_backing_image", "backing_chain_next"]
+__all__ = [
+    "cow_bs",
+    "filter_bs",
+    "skip_filters",
+    "is_filter",
+    "chain_contains",
+    "find_overlay",
+    "find_backing_image",
+    "backing_chain_next",
+]
 
 
 def is_filter(graph: BlockGraph, name: str) -> bool:

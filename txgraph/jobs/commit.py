@@ -70,9 +70,18 @@ class CommitJob(GraphJob):
 
     job_type = "commit"
 
-    def __init__(self, manager: JobManager, job_id: str, *, top: str, base: str,
-                 base_overlay: str, backing_file: str | None, base_read_only: bool,
-                 **kw: Any) -> None:
+    def __init__(
+        self,
+        manager: JobManager,
+        job_id: str,
+        *,
+        top: str,
+        base: str,
+        base_overlay: str,
+        backing_file: str | None,
+        base_read_only: bool,
+        **kw: Any,
+    ) -> None:
         super().__init__(manager, job_id, **kw)
         self.top = top
         self.base = base
@@ -96,8 +105,9 @@ class CommitJob(GraphJob):
             if self.is_cancelled:
                 break
             try:
-                n, copied = commit_step(rt, self.top_blk, self.base_blk, self.base_overlay,
-                                        offset, length)
+                n, copied = commit_step(
+                    rt, self.top_blk, self.base_blk, self.base_overlay, offset, length
+                )
             except IOFailure as exc:
                 ret = self.io_error(exc, True)
                 action = self.error_action(bool(getattr(exc, "job_read", True)), -ret)
@@ -148,8 +158,9 @@ class CommitJob(GraphJob):
         self.release_blk(session, tx, "top")
 
 
-def drop_intermediate(session: Session, tx: Transaction, top: str, base: str,
-                      backing_file: str | None) -> None:
+def drop_intermediate(
+    session: Session, tx: Transaction, top: str, base: str, backing_file: str | None
+) -> None:
     """``bdrv_drop_intermediate(top, base, backing_file_str)``: every parent of ``top``
     now points at ``base``; each COW parent's header names the base."""
     graph = session.graph
@@ -235,8 +246,9 @@ def _check_op(session: Session, node: str) -> None:
         raise BlockError(f"Node '{node}' is busy: {reason}", rule="op-blocker", subjects=(node,))
 
 
-def stage_block_commit(session: Session, tx: Transaction, manager: JobManager,
-                       args: dict[str, Any]) -> GraphJob:
+def stage_block_commit(
+    session: Session, tx: Transaction, manager: JobManager, args: dict[str, Any]
+) -> GraphJob:
     bs, top, base = _check_arguments(session, args)
     graph = session.graph
     if skip_filters(graph, top) == skip_filters(graph, bs):
@@ -245,23 +257,31 @@ def stage_block_commit(session: Session, tx: Transaction, manager: JobManager,
         raise BlockError("Invalid files for merge: top and base are the same")
     base_size = session.runtime.size(base) if session.runtime.has_node(base) else 0
     top_size = session.runtime.size(top) if session.runtime.has_node(top) else 0
-    base_perms = Perm.CONSISTENT_READ | Perm.WRITE | (Perm.RESIZE if base_size < top_size
-                                                      else Perm.NONE)
+    base_perms = (
+        Perm.CONSISTENT_READ | Perm.WRITE | (Perm.RESIZE if base_size < top_size else Perm.NONE)
+    )
     job_id = manager.check_new_id(args.get("job-id", default_job_id(session, bs)))
     overlay = find_overlay(graph, top, base)
     assert overlay is not None
-    job = CommitJob(manager, job_id, top=top, base=base, base_overlay=overlay,
-                    backing_file=args.get("backing-file"),
-                    base_read_only=graph.nodes[base].read_only,
-                    auto_finalize=args.get("auto-finalize", True),
-                    auto_dismiss=args.get("auto-dismiss", True),
-                    on_error=args.get("on-error", "report"))
+    job = CommitJob(
+        manager,
+        job_id,
+        top=top,
+        base=base,
+        base_overlay=overlay,
+        backing_file=args.get("backing-file"),
+        base_read_only=graph.nodes[base].read_only,
+        auto_finalize=args.get("auto-finalize", True),
+        auto_dismiss=args.get("auto-dismiss", True),
+        on_error=args.get("on-error", "report"),
+    )
     add_job_vertex(session, tx, job_id, job.job_type)
     manager.create(tx, job, args.get("speed", 0))
     add_job_child(session, tx, job_id, "main node", bs, Perm.NONE, PERM_ALL)
     if job.base_read_only:
-        reopen_set_read_only(session, tx, base, False,
-                             detail="made writable by block-commit (commit_start)")
+        reopen_set_read_only(
+            session, tx, base, False, detail="made writable by block-commit (commit_start)"
+        )
     filter_name = args.get("filter-node-name")
     job.commit_top = stage_append_job_filter(session, tx, "commit_top", filter_name, top)
     if filter_name is None:
@@ -274,10 +294,17 @@ def stage_block_commit(session: Session, tx: Transaction, manager: JobManager,
             shared |= Perm.CONSISTENT_READ  # only filters on the base from here on
         add_job_child(session, tx, job_id, "intermediate node", cur, Perm.NONE, shared)
         cur = filter_or_cow_child(graph, cur)
-    job._set_frozen(session, tx, True)  # noqa: SLF001 - the job's own state, staged here
+    job._set_frozen(session, tx, True)
     add_job_child(session, tx, job_id, "base", base, Perm.NONE, PERM_ALL)
-    job.base_blk = add_job_blk(session, tx, job_id, base, base_perms,
-                               Perm.CONSISTENT_READ | Perm.WRITE_UNCHANGED, role="base")
+    job.base_blk = add_job_blk(
+        session,
+        tx,
+        job_id,
+        base,
+        base_perms,
+        Perm.CONSISTENT_READ | Perm.WRITE_UNCHANGED,
+        role="base",
+    )
     job.top_blk = add_job_blk(session, tx, job_id, top, Perm.NONE, PERM_ALL, role="top")
     # The outcome rests on the chain from the overlay of the top down into the base.
     links = [(p, e.name, c) for p, c, e in chain_links(session, job.commit_top, base)]
@@ -285,8 +312,14 @@ def stage_block_commit(session: Session, tx: Transaction, manager: JobManager,
     return job
 
 
-def _stage_active_commit(session: Session, tx: Transaction, manager: JobManager,
-                         args: dict[str, Any], top: str, base: str) -> GraphJob:
+def _stage_active_commit(
+    session: Session,
+    tx: Transaction,
+    manager: JobManager,
+    args: dict[str, Any],
+    top: str,
+    base: str,
+) -> GraphJob:
     """``commit_active_start``: the base writable, then a mirror job of type commit into it.
 
     Its job ID defaults to the device name of ``bs`` as block_job_create would (QEMU
@@ -295,16 +328,31 @@ def _stage_active_commit(session: Session, tx: Transaction, manager: JobManager,
 
     job_id = args.get("job-id", default_job_id(session, top))
     if session.graph.nodes[base].read_only:
-        reopen_set_read_only(session, tx, base, False,
-                             detail="made writable by block-commit (commit_active_start)")
+        reopen_set_read_only(
+            session, tx, base, False, detail="made writable by block-commit (commit_active_start)"
+        )
     return stage_mirror_start(
-        session, tx, manager, job_id=job_id, bs=top, target=base, replaces=None, sync="top",
-        speed=args.get("speed", 0), granularity=0, buf_size=0, zero_target=False,
+        session,
+        tx,
+        manager,
+        job_id=job_id,
+        bs=top,
+        target=base,
+        replaces=None,
+        sync="top",
+        speed=args.get("speed", 0),
+        granularity=0,
+        buf_size=0,
+        zero_target=False,
         on_source_error=args.get("on-error", "report"),
         on_target_error=args.get("on-error", "report"),
-        filter_node_name=args.get("filter-node-name"), copy_mode="background",
-        auto_finalize=args.get("auto-finalize", True), auto_dismiss=args.get("auto-dismiss", True),
-        is_commit=True, base=base)
+        filter_node_name=args.get("filter-node-name"),
+        copy_mode="background",
+        auto_finalize=args.get("auto-finalize", True),
+        auto_dismiss=args.get("auto-dismiss", True),
+        is_commit=True,
+        base=base,
+    )
 
 
 def block_commit(session: Session, args: dict[str, Any]) -> None:
@@ -313,4 +361,3 @@ def block_commit(session: Session, args: dict[str, Any]) -> None:
     with session.transaction() as tx:
         job = stage_block_commit(session, tx, manager, args)
     manager.start(job)
-

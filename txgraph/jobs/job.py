@@ -83,9 +83,16 @@ class Job:
     #: the driver has ``.complete`` (mirror, active commit)
     can_complete: ClassVar[bool] = False
 
-    def __init__(self, manager: JobManager, job_id: str, *, speed: int = 0,
-                 auto_finalize: bool = True, auto_dismiss: bool = True,
-                 on_error: str = "report") -> None:
+    def __init__(
+        self,
+        manager: JobManager,
+        job_id: str,
+        *,
+        speed: int = 0,
+        auto_finalize: bool = True,
+        auto_dismiss: bool = True,
+        on_error: str = "report",
+    ) -> None:
         self.manager = manager
         self.id = job_id
         self.on_error = on_error
@@ -268,9 +275,10 @@ class Job:
         else:
             action = ErrorAction.REPORT
         with self.manager.mutex:
-            self.manager.emit("BLOCK_JOB_ERROR", {"device": self.id,
-                                                  "operation": "read" if is_read else "write",
-                                                  "action": action})
+            self.manager.emit(
+                "BLOCK_JOB_ERROR",
+                {"device": self.id, "operation": "read" if is_read else "write", "action": action},
+            )
             if action == ErrorAction.STOP:
                 # Paused as if by the user; only a resume (which resets iostatus) goes on.
                 if not self.user_paused:
@@ -321,9 +329,13 @@ class Job:
     # -- queries --------------------------------------------------------------------------
     def job_info(self) -> dict[str, Any]:
         """``JobInfo`` of query-jobs."""
-        info: dict[str, Any] = {"id": self.id, "type": self.job_type, "status": str(self.status),
-                                "current-progress": self.progress_current,
-                                "total-progress": self.progress_total}
+        info: dict[str, Any] = {
+            "id": self.id,
+            "type": self.job_type,
+            "status": str(self.status),
+            "current-progress": self.progress_current,
+            "total-progress": self.progress_total,
+        }
         if self.status is S.CONCLUDED and self.err is not None and self.ret:
             info["error"] = self.err
         return info
@@ -331,10 +343,17 @@ class Job:
     def block_job_info(self) -> dict[str, Any]:
         """``BlockJobInfo`` of query-block-jobs (``block_job_query_locked``)."""
         info: dict[str, Any] = {
-            "type": self.job_type, "device": self.id, "len": self.progress_total,
-            "offset": self.progress_current, "busy": self.busy, "paused": self.pause_count > 0,
-            "speed": self.speed, "io-status": self.iostatus, "ready": self.is_ready,
-            "status": str(self.status), "auto-finalize": self.auto_finalize,
+            "type": self.job_type,
+            "device": self.id,
+            "len": self.progress_total,
+            "offset": self.progress_current,
+            "busy": self.busy,
+            "paused": self.pause_count > 0,
+            "speed": self.speed,
+            "io-status": self.iostatus,
+            "ready": self.is_ready,
+            "status": str(self.status),
+            "auto-finalize": self.auto_finalize,
             "auto-dismiss": self.auto_dismiss,
         }
         if self.status is S.CONCLUDED and self.err is not None and self.ret:
@@ -343,5 +362,10 @@ class Job:
 
     def event_data(self) -> dict[str, Any]:
         """The members of BLOCK_JOB_COMPLETED / CANCELLED / READY."""
-        return {"type": self.job_type, "device": self.id, "len": self.progress_total,
-                "offset": self.progress_current, "speed": self.speed}
+        return {
+            "type": self.job_type,
+            "device": self.id,
+            "len": self.progress_total,
+            "offset": self.progress_current,
+            "speed": self.speed,
+        }

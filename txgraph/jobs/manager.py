@@ -51,10 +51,28 @@ class DeviceNotActive(BlockError):
 
 
 #: events that mark a milestone of a job, and the wait points plans may name
-_MILESTONES = {"BLOCK_JOB_READY": "ready", "BLOCK_JOB_COMPLETED": "completed",
-               "BLOCK_JOB_CANCELLED": "cancelled", "BLOCK_JOB_ERROR": "error"}
-WAIT_POINTS = frozenset({"ready", "completed", "cancelled", "error", "running", "paused",
-                         "standby", "waiting", "pending", "aborting", "concluded", "null"})
+_MILESTONES = {
+    "BLOCK_JOB_READY": "ready",
+    "BLOCK_JOB_COMPLETED": "completed",
+    "BLOCK_JOB_CANCELLED": "cancelled",
+    "BLOCK_JOB_ERROR": "error",
+}
+WAIT_POINTS = frozenset(
+    {
+        "ready",
+        "completed",
+        "cancelled",
+        "error",
+        "running",
+        "paused",
+        "standby",
+        "waiting",
+        "pending",
+        "aborting",
+        "concluded",
+        "null",
+    }
+)
 
 
 def _release_all(lock: Any) -> int:
@@ -113,8 +131,10 @@ class JobManager:
         ``cancelled``, ``error``); the caller's hold on the big lock is let go meanwhile so
         the job can finish (a plan's wait point, ``x-txgraph-wait-job``)."""
         if milestone not in WAIT_POINTS:
-            raise BlockError(f"Unknown wait point '{milestone}'; expected one of "
-                             f"{', '.join(sorted(WAIT_POINTS))}")
+            raise BlockError(
+                f"Unknown wait point '{milestone}'; expected one of "
+                f"{', '.join(sorted(WAIT_POINTS))}"
+            )
         with self.mutex:
             job = self.get(job_id)
             if job is None and job_id not in self.milestones:
@@ -131,8 +151,10 @@ class JobManager:
                         raise BlockError(f"Job '{job_id}' ended without reaching '{milestone}'")
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        raise BlockError(f"Timed out after {timeout:g} s waiting for job "
-                                         f"'{job_id}' to reach '{milestone}'")
+                        raise BlockError(
+                            f"Timed out after {timeout:g} s waiting for job "
+                            f"'{job_id}' to reach '{milestone}'"
+                        )
                     self.mutex.wait(min(left, 0.5))
         finally:
             for _ in range(released):
@@ -467,12 +489,11 @@ class JobManager:
         try:
             with self.session.transaction() as tx:
                 hook(self.session, tx)
-        except Exception as exc:  # noqa: BLE001 - a failed hook fails the job, never the loop
+        except Exception as exc:
             # QEMU's drivers error_report() the reason and return -EPERM.
             desc = exc.desc if isinstance(exc, TxgraphError) else _INTERNAL
             if isinstance(exc, TxgraphError):
-                log.warning("block job %r: %s: %s", job.id, getattr(hook, "__name__", "hook"),
-                            desc)
+                log.warning("block job %r: %s: %s", job.id, getattr(hook, "__name__", "hook"), desc)
             else:
                 log.exception("block job %r: %s failed", job.id, getattr(hook, "__name__", "hook"))
             if not job.ret:
@@ -488,17 +509,16 @@ class JobManager:
         The jobs are completed inline (their threads would need the bql this
         holds); the threads are joined after it is released.
         """
-        with self.bql:
-            with self.mutex:
-                for job in list(self.jobs):
-                    if job.status not in (S.CONCLUDED, S.NULL):
-                        self.cancel(job, True)
-                for job in list(self.jobs):
-                    self._wait_run_done(job)
-                    if job.run_done and not job.exited:
-                        self._exit(job)
-                self.closing = True
-                self.mutex.notify_all()
+        with self.bql, self.mutex:
+            for job in list(self.jobs):
+                if job.status not in (S.CONCLUDED, S.NULL):
+                    self.cancel(job, True)
+            for job in list(self.jobs):
+                self._wait_run_done(job)
+                if job.run_done and not job.exited:
+                    self._exit(job)
+            self.closing = True
+            self.mutex.notify_all()
         threads, self.threads = self.threads, []
         for thread in threads:
             if thread is not threading.current_thread():

@@ -49,7 +49,13 @@ from txgraph.jobs.blockjob import (
     remove_job_children,
     unref_unused,
 )
-from txgraph.jobs.chain import backing_chain_next, chain_contains, cow_bs, find_overlay, skip_filters
+from txgraph.jobs.chain import (
+    backing_chain_next,
+    chain_contains,
+    cow_bs,
+    find_overlay,
+    skip_filters,
+)
 from txgraph.jobs.job import ErrorAction
 from txgraph.jobs.manager import JobManager, manager_of
 from txgraph.jobs.ratelimit import SLICE_NS
@@ -82,10 +88,24 @@ class MirrorJob(GraphJob):
     job_type = "mirror"
     can_complete = True
 
-    def __init__(self, manager: JobManager, job_id: str, *, source: str, target: str,
-                 sync: str, granularity: int, buf_size: int, copy_mode: str,
-                 replaces: str | None, base_overlay: str | None, zero_target: bool,
-                 is_commit: bool, on_target_error: str, **kw: Any) -> None:
+    def __init__(
+        self,
+        manager: JobManager,
+        job_id: str,
+        *,
+        source: str,
+        target: str,
+        sync: str,
+        granularity: int,
+        buf_size: int,
+        copy_mode: str,
+        replaces: str | None,
+        base_overlay: str | None,
+        zero_target: bool,
+        is_commit: bool,
+        on_target_error: str,
+        **kw: Any,
+    ) -> None:
         super().__init__(manager, job_id, **kw)
         self.source = source
         self.target = target
@@ -126,9 +146,15 @@ class MirrorJob(GraphJob):
         self.bitmap = bitmap
         if self.copy_mode == "write-blocking":
             mirror_set_active(rt, self.mirror_top, bitmap, True, self._active_write)
-        mirror_dirty_init(rt, self.mirror_top, self.target_blk, bitmap,
-                          None if self.sync == "none" else (self.base_overlay or ""),
-                          self.zero_target, self.write_zeroes_ok)
+        mirror_dirty_init(
+            rt,
+            self.mirror_top,
+            self.target_blk,
+            bitmap,
+            None if self.sync == "none" else (self.base_overlay or ""),
+            self.zero_target,
+            self.write_zeroes_ok,
+        )
         while True:
             self.pause_point()
             delay = 0
@@ -137,8 +163,14 @@ class MirrorJob(GraphJob):
                 self.progress_total = self.progress_current + cnt
             if cnt:
                 try:
-                    n, counted = mirror_copy(rt, self.mirror_top, self.target_blk, bitmap,
-                                             self.buf_size, self.write_zeroes_ok)
+                    n, counted = mirror_copy(
+                        rt,
+                        self.mirror_top,
+                        self.target_blk,
+                        bitmap,
+                        self.buf_size,
+                        self.write_zeroes_ok,
+                    )
                 except IOFailure as exc:
                     is_read = bool(getattr(exc, "job_read", True))
                     ret = self.io_error(exc, is_read)
@@ -179,8 +211,10 @@ class MirrorJob(GraphJob):
         if self.is_cancelled:
             return 0
         self._ready()
-        while not ((self.cancelled or self.should_complete)
-                   and self.sim_wanted not in (None, "ready", "standby")):
+        while not (
+            (self.cancelled or self.should_complete)
+            and self.sim_wanted not in (None, "ready", "standby")
+        ):
             self.sleep(SLICE_NS)
             if self.is_cancelled or self.manager.closing:
                 return 0
@@ -292,8 +326,9 @@ def root_bs(session: Session, device: str) -> str:
 
 def _default_granularity(session: Session, target: str) -> int:
     """``bdrv_get_default_bitmap_granularity``: the target's cluster size in [4k, 64k]."""
-    cluster = session.graph.nodes[skip_filters(session.graph, target) or target] \
-        .image.get("cluster-size", 0)
+    cluster = session.graph.nodes[skip_filters(session.graph, target) or target].image.get(
+        "cluster-size", 0
+    )
     return min(max(4096, int(cluster or 0)), 65536) if cluster else 65536
 
 
@@ -317,20 +352,38 @@ def _check_replaces(session: Session, bs: str, replaces: str) -> None:
     if reason is not None:
         raise BlockError(f"Node '{replaces}' is busy: {reason}")
     if not _can_replace(session, bs, replaces):
-        raise BlockError(f"Cannot replace '{replaces}' by a node mirrored from '{bs}', because "
-                         "it cannot be guaranteed that doing so would not lead to an abrupt "
-                         "change of visible data")
+        raise BlockError(
+            f"Cannot replace '{replaces}' by a node mirrored from '{bs}', because "
+            "it cannot be guaranteed that doing so would not lead to an abrupt "
+            "change of visible data"
+        )
     if session.runtime.size(bs) != session.runtime.size(replaces):
         raise BlockError("cannot replace image with a mirror image of different size")
 
 
-def stage_mirror_start(session: Session, tx: Transaction, manager: JobManager, *,
-                       job_id: str | None, bs: str, target: str, replaces: str | None,
-                       sync: str, speed: int, granularity: int, buf_size: int,
-                       zero_target: bool, on_source_error: str, on_target_error: str,
-                       filter_node_name: str | None, copy_mode: str, auto_finalize: bool,
-                       auto_dismiss: bool, is_commit: bool,
-                       base: str | None) -> MirrorJob:
+def stage_mirror_start(
+    session: Session,
+    tx: Transaction,
+    manager: JobManager,
+    *,
+    job_id: str | None,
+    bs: str,
+    target: str,
+    replaces: str | None,
+    sync: str,
+    speed: int,
+    granularity: int,
+    buf_size: int,
+    zero_target: bool,
+    on_source_error: str,
+    on_target_error: str,
+    filter_node_name: str | None,
+    copy_mode: str,
+    auto_finalize: bool,
+    auto_dismiss: bool,
+    is_commit: bool,
+    base: str | None,
+) -> MirrorJob:
     """``mirror_start_job``."""
     graph = session.graph
     if granularity == 0:
@@ -342,8 +395,7 @@ def stage_mirror_start(session: Session, tx: Transaction, manager: JobManager, *
     if skip_filters(graph, bs) == skip_filters(graph, target):
         raise BlockError("Can't mirror node into itself")
     target_is_backing = chain_contains(graph, bs, target)
-    mt = stage_append_job_filter(session, tx, "mirror_top", filter_node_name, bs,
-                                 OpenFlag.RDWR)
+    mt = stage_append_job_filter(session, tx, "mirror_top", filter_node_name, bs, OpenFlag.RDWR)
     if filter_node_name is None:
         tx.set(graph.nodes[mt], "implicit", True)
     if target_is_backing:
@@ -353,20 +405,38 @@ def stage_mirror_start(session: Session, tx: Transaction, manager: JobManager, *
         refresh_perms(session, tx, [mt])
     job_id = manager.check_new_id(job_id if job_id is not None else default_job_id(session, bs))
     cls = ActiveCommitJob if is_commit else MirrorJob
-    job = cls(manager, job_id, source=bs, target=target, sync=sync,
-                    granularity=granularity, buf_size=-(-buf_size // granularity) * granularity,
-                    copy_mode=copy_mode, replaces=replaces,
-                    base_overlay=find_overlay(graph, bs, base) if sync != "none" else None,
-                    zero_target=zero_target, is_commit=is_commit,
-                    on_target_error=on_target_error, auto_finalize=auto_finalize,
-                    auto_dismiss=auto_dismiss, on_error=on_source_error)
+    job = cls(
+        manager,
+        job_id,
+        source=bs,
+        target=target,
+        sync=sync,
+        granularity=granularity,
+        buf_size=-(-buf_size // granularity) * granularity,
+        copy_mode=copy_mode,
+        replaces=replaces,
+        base_overlay=find_overlay(graph, bs, base) if sync != "none" else None,
+        zero_target=zero_target,
+        is_commit=is_commit,
+        on_target_error=on_target_error,
+        auto_finalize=auto_finalize,
+        auto_dismiss=auto_dismiss,
+        on_error=on_source_error,
+    )
     job.mirror_top = mt
     tnode = graph.nodes[skip_filters(graph, target) or target]
     job.write_zeroes_ok = bool(tnode.flags & OpenFlag.UNMAP) and tnode.driver in ("qcow2", "raw")
     add_job_vertex(session, tx, job_id, job.job_type)
     manager.create(tx, job, speed)
-    add_job_child(session, tx, job_id, "main node", mt, Perm.CONSISTENT_READ,
-                  Perm.CONSISTENT_READ | Perm.WRITE_UNCHANGED | Perm.WRITE)
+    add_job_child(
+        session,
+        tx,
+        job_id,
+        "main node",
+        mt,
+        Perm.CONSISTENT_READ,
+        Perm.CONSISTENT_READ | Perm.WRITE_UNCHANGED | Perm.WRITE,
+    )
     target_perms = Perm.WRITE
     target_shared = Perm.WRITE_UNCHANGED
     if target_is_backing:
@@ -374,12 +444,19 @@ def stage_mirror_start(session: Session, tx: Transaction, manager: JobManager, *
             target_perms |= Perm.RESIZE
         target_shared |= Perm.CONSISTENT_READ | Perm.WRITE
     elif chain_contains(graph, bs, skip_filters(graph, target) or target):
-        raise BlockError("Cannot mirror to a filter on top of a node in the source's backing "
-                         "chain")
-    job.target_blk = add_job_blk(session, tx, job_id, target, target_perms, target_shared,
-                                 role="target")
-    add_job_child(session, tx, job_id, "source", bs, Perm.NONE,
-                  Perm.WRITE_UNCHANGED | Perm.WRITE | Perm.CONSISTENT_READ)
+        raise BlockError("Cannot mirror to a filter on top of a node in the source's backing chain")
+    job.target_blk = add_job_blk(
+        session, tx, job_id, target, target_perms, target_shared, role="target"
+    )
+    add_job_child(
+        session,
+        tx,
+        job_id,
+        "source",
+        bs,
+        Perm.NONE,
+        Perm.WRITE_UNCHANGED | Perm.WRITE | Perm.CONSISTENT_READ,
+    )
     add_job_child(session, tx, job_id, "target", target, Perm.NONE, PERM_ALL)
     if target_is_backing:
         overlay = find_overlay(graph, bs, target)
@@ -407,8 +484,9 @@ def _check_granularity(granularity: int) -> None:
         raise BlockError("Parameter 'granularity' expects a power of 2")
 
 
-def stage_blockdev_mirror(session: Session, tx: Transaction, manager: JobManager,
-                          args: dict[str, Any]) -> MirrorJob:
+def stage_blockdev_mirror(
+    session: Session, tx: Transaction, manager: JobManager, args: dict[str, Any]
+) -> MirrorJob:
     """``qmp_blockdev_mirror`` → ``blockdev_mirror_common`` → ``mirror_start``."""
     graph = session.graph
     bs = root_bs(session, args["device"])
@@ -419,8 +497,9 @@ def stage_blockdev_mirror(session: Session, tx: Transaction, manager: JobManager
     for node, op in ((bs, "mirror-source"), (target, "mirror-target")):
         reason = op_blocker(session, node, op)
         if reason is not None:
-            raise BlockError(f"Node '{node}' is busy: {reason}", rule="op-blocker",
-                             subjects=(node,))
+            raise BlockError(
+                f"Node '{node}' is busy: {reason}", rule="op-blocker", subjects=(node,)
+            )
     if backing_chain_next(graph, bs) is None and sync == "top":
         sync = "full"
     replaces = args.get("replaces")
@@ -434,15 +513,27 @@ def stage_blockdev_mirror(session: Session, tx: Transaction, manager: JobManager
         raise BlockError(f"Sync mode '{sync}' not supported")
     base = backing_chain_next(graph, bs) if sync == "top" else None
     return stage_mirror_start(
-        session, tx, manager, job_id=args.get("job-id"), bs=bs, target=target,
-        replaces=replaces, sync=sync, speed=args.get("speed", 0), granularity=granularity,
-        buf_size=int(args.get("buf-size", 0)), zero_target=sync == "full",
+        session,
+        tx,
+        manager,
+        job_id=args.get("job-id"),
+        bs=bs,
+        target=target,
+        replaces=replaces,
+        sync=sync,
+        speed=args.get("speed", 0),
+        granularity=granularity,
+        buf_size=int(args.get("buf-size", 0)),
+        zero_target=sync == "full",
         on_source_error=args.get("on-source-error", "report"),
         on_target_error=args.get("on-target-error", "report"),
         filter_node_name=args.get("filter-node-name"),
         copy_mode=args.get("copy-mode", "background"),
-        auto_finalize=args.get("auto-finalize", True), auto_dismiss=args.get("auto-dismiss", True),
-        is_commit=False, base=base)
+        auto_finalize=args.get("auto-finalize", True),
+        auto_dismiss=args.get("auto-dismiss", True),
+        is_commit=False,
+        base=base,
+    )
 
 
 def _skip_implicit_filters(session: Session, name: str) -> str:

@@ -82,5 +82,4 @@ def check_transition(old: JobStatus, new: JobStatus) -> None:
 def apply_verb(job_id: str, status: JobStatus, verb: JobVerb) -> None:
     """``job_apply_verb_locked``: refuse a verb the job's state does not accept."""
     if status not in VERBS[verb]:
-        raise BlockError(f"Job '{job_id}' in state '{status}' cannot accept command verb "
-                         f"'{verb}'")
+        raise BlockError(f"Job '{job_id}' in state '{status}' cannot accept command verb '{verb}'")

@@ -65,9 +65,18 @@ class StreamJob(GraphJob):
 
     job_type = "stream"
 
-    def __init__(self, manager: JobManager, job_id: str, *, target: str, base_overlay: str,
-                 above_base: str, backing_file: str | None, bs_read_only: bool,
-                 **kw: Any) -> None:
+    def __init__(
+        self,
+        manager: JobManager,
+        job_id: str,
+        *,
+        target: str,
+        base_overlay: str,
+        above_base: str,
+        backing_file: str | None,
+        bs_read_only: bool,
+        **kw: Any,
+    ) -> None:
         super().__init__(manager, job_id, **kw)
         self.target = target
         self.base_overlay = base_overlay
@@ -91,8 +100,9 @@ class StreamJob(GraphJob):
             if self.is_cancelled:
                 break
             try:
-                n, copied = stream_step(rt, self.blk, self.target, self.base_overlay, offset,
-                                        length)
+                n, copied = stream_step(
+                    rt, self.blk, self.target, self.base_overlay, offset, length
+                )
             except IOFailure as exc:
                 ret = self.io_error(exc, True)
                 action = self.error_action(True, -ret)
@@ -133,8 +143,9 @@ class StreamJob(GraphJob):
         graph = session.graph
         unfiltered = skip_filters(graph, self.target)
         assert unfiltered is not None
-        base = (filter_or_cow_child(graph, self.above_base)
-                if self.above_base in graph.nodes else None)
+        base = (
+            filter_or_cow_child(graph, self.above_base) if self.above_base in graph.nodes else None
+        )
         unfiltered_base = skip_filters(graph, base)
         if cow_bs(graph, unfiltered) is None:
             return
@@ -160,13 +171,15 @@ class StreamJob(GraphJob):
         return self.target == self.base_overlay
 
 
-def change_backing_file(session: Session, tx: Transaction, name: str, backing_file: str | None,
-                        backing_fmt: str | None) -> None:
+def change_backing_file(
+    session: Session, tx: Transaction, name: str, backing_file: str | None, backing_fmt: str | None
+) -> None:
     """``bdrv_change_backing_file``: the header, then the node's idea of it
     (``backing_file``, ``backing_format``, ``auto_backing_file``)."""
     node = session.graph.nodes[name]
-    tx.rt.change_backing_file(name, backing_file, backing_fmt, node.backing_file or None,
-                              node.backing_format or None)
+    tx.rt.change_backing_file(
+        name, backing_file, backing_fmt, node.backing_file or None, node.backing_format or None
+    )
     tx.set(node, "backing_file", backing_file or "")
     tx.set(node, "backing_format", backing_fmt or "")
     tx.set(node, "auto_backing_file", backing_file or "")
@@ -230,16 +243,14 @@ def _check_arguments(session: Session, args: dict[str, Any]) -> tuple[str, str |
     while cur is not None and cur != base_bs:
         reason = op_blocker(session, cur, "stream")
         if reason is not None:
-            raise BlockError(f"Node '{cur}' is busy: {reason}", rule="op-blocker",
-                             subjects=(cur,))
+            raise BlockError(f"Node '{cur}' is busy: {reason}", rule="op-blocker", subjects=(cur,))
         cur = filter_or_cow_child(graph, cur)
     if base_bs is None and args.get("backing-file") is not None:
         raise BlockError("backing file specified, but streaming the entire chain")
     return bs, base_bs, bottom_bs
 
 
-def _above_base(session: Session, bs: str, base: str | None,
-                bottom: str | None) -> tuple[str, str]:
+def _above_base(session: Session, bs: str, base: str | None, bottom: str | None) -> tuple[str, str]:
     """``stream_start``: the overlay of the base and the node directly above the base."""
     graph = session.graph
     if bottom is not None:
@@ -256,8 +267,9 @@ def _above_base(session: Session, bs: str, base: str | None,
     return overlay, above
 
 
-def stage_block_stream(session: Session, tx: Transaction, manager: JobManager,
-                       args: dict[str, Any]) -> StreamJob:
+def stage_block_stream(
+    session: Session, tx: Transaction, manager: JobManager, args: dict[str, Any]
+) -> StreamJob:
     bs, base, bottom = _check_arguments(session, args)
     overlay, above = _above_base(session, bs, base, bottom)
     graph = session.graph
@@ -265,8 +277,9 @@ def stage_block_stream(session: Session, tx: Transaction, manager: JobManager,
     if bs_read_only:
         # The top is written by the job: reopened read-write, the chain held meanwhile.
         freeze_backing_chain(session, tx, bs, above)
-        reopen_set_read_only(session, tx, bs, False,
-                             detail="made writable by block-stream (stream_start)")
+        reopen_set_read_only(
+            session, tx, bs, False, detail="made writable by block-stream (stream_start)"
+        )
         unfreeze_backing_chain(session, tx, bs, above)
     options: dict[str, Any] = {"driver": "copy-on-read", "file": bs, "bottom": overlay}
     if args.get("filter-node-name") is not None:
@@ -275,11 +288,18 @@ def stage_block_stream(session: Session, tx: Transaction, manager: JobManager,
     if "node-name" not in options:
         tx.set(graph.nodes[cor], "implicit", True)
     job_id = manager.check_new_id(args.get("job-id", default_job_id(session, bs)))
-    job = StreamJob(manager, job_id, target=bs, base_overlay=overlay, above_base=above,
-                    backing_file=args.get("backing-file"), bs_read_only=bs_read_only,
-                    auto_finalize=args.get("auto-finalize", True),
-                    auto_dismiss=args.get("auto-dismiss", True),
-                    on_error=args.get("on-error", "report"))
+    job = StreamJob(
+        manager,
+        job_id,
+        target=bs,
+        base_overlay=overlay,
+        above_base=above,
+        backing_file=args.get("backing-file"),
+        bs_read_only=bs_read_only,
+        auto_finalize=args.get("auto-finalize", True),
+        auto_dismiss=args.get("auto-dismiss", True),
+        on_error=args.get("on-error", "report"),
+    )
     add_job_vertex(session, tx, job_id, job.job_type)
     # What the job's outcome rests on: every link from the top down into the base.
     job.protect(session, tx, [(p, e.name, c) for p, c, e in chain_links(session, bs, base)])
@@ -302,4 +322,3 @@ def block_stream(session: Session, args: dict[str, Any]) -> None:
     with session.transaction() as tx:
         job = stage_block_stream(session, tx, manager, args)
     manager.start(job)
-

@@ -8,8 +8,8 @@ per-edge formulas and the refresh that enforces them; node-name rules.
 from __future__ import annotations
 
 from txgraph.model.drivers import DRIVER_SPECS, ChildSpec, DriverSpec, driver_spec
-from txgraph.model.image_formats import IMAGE_FORMAT_SPECS
 from txgraph.model.graph import BlockGraph
+from txgraph.model.image_formats import IMAGE_FORMAT_SPECS
 from txgraph.model.names import MAX_NODE_NAME, AutoNamer, id_wellformed
 from txgraph.model.node import Backend, BlockNode, Edge, OpenFlag, ParentKind
 from txgraph.model.options import Provenance, Source, flatten, unflatten

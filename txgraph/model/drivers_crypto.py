@@ -25,7 +25,12 @@ __all__ = ["crypto_specs"]
 def crypto_specs(spec_cls: Any, child_cls: Any) -> list[Any]:
     """The DriverSpec objects of the encrypted formats, built with the given classes."""
     return [
-        spec_cls("luks", "format", options=frozenset({"key-secret"}),
-                 strong_opts=frozenset({"key-secret"}),
-                 children=(child_cls("file", Role.IMAGE),), perm_family="crypto"),
+        spec_cls(
+            "luks",
+            "format",
+            options=frozenset({"key-secret"}),
+            strong_opts=frozenset({"key-secret"}),
+            children=(child_cls("file", Role.IMAGE),),
+            perm_family="crypto",
+        ),
     ]

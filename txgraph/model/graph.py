@@ -77,7 +77,10 @@ class BlockGraph:
 
     # -- edges ---------------------------------------------------------------------------
     def attach(self, parent: str, child: str, edge: Edge) -> None:
-        assert not self.g.has_edge(parent, child, edge.name) and self.child_edge(parent, edge.name) is None
+        assert (
+            not self.g.has_edge(parent, child, edge.name)
+            and self.child_edge(parent, edge.name) is None
+        )
         self.g.add_edge(parent, child, key=edge.name, obj=edge)
         self.invalidate_filenames(parent)
 
@@ -116,15 +119,21 @@ class BlockGraph:
 
     def children(self, parent: str) -> list[tuple[str, Edge]]:
         """``bs->children`` order: newest attached first."""
-        out = [(child, data["obj"]) for child, keys in self._succ[parent].items()
-               for data in keys.values()]
+        out = [
+            (child, data["obj"])
+            for child, keys in self._succ[parent].items()
+            for data in keys.values()
+        ]
         out.sort(key=lambda ce: -ce[1].seq)
         return out
 
     def parents(self, child: str) -> list[tuple[str, Edge]]:
         """``bs->parents`` order: newest attached first."""
-        out = [(parent, data["obj"]) for parent, keys in self._pred[child].items()
-               for data in keys.values()]
+        out = [
+            (parent, data["obj"])
+            for parent, keys in self._pred[child].items()
+            for data in keys.values()
+        ]
         out.sort(key=lambda pe: -pe[1].parent_seq)
         return out
 
@@ -167,7 +176,9 @@ class BlockGraph:
         def visit(name: str) -> None:
             # Iterative post-order DFS over children (newest first, as QEMU walks
             # bs->children), then reversed: every node precedes its descendants.
-            stack: list[tuple[str, Iterator[tuple[str, Edge]]]] = [(name, iter(self.children(name)))]
+            stack: list[tuple[str, Iterator[tuple[str, Edge]]]] = [
+                (name, iter(self.children(name)))
+            ]
             found.add(name)
             while stack:
                 cur, it = stack[-1]

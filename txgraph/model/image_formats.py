@@ -25,8 +25,9 @@ IMAGE_FORMAT_SPECS: dict[str, DriverSpec] = {
         DriverSpec("vdi", "format", children=_FILE),
         DriverSpec("vpc", "format", children=_FILE),
         # qcow (v1): its encryption is the legacy aes one.
-        DriverSpec("qcow", "format", supports_backing=True, options=frozenset({"encrypt."}),
-                   children=_FILE),
+        DriverSpec(
+            "qcow", "format", supports_backing=True, options=frozenset({"encrypt."}), children=_FILE
+        ),
         DriverSpec("qed", "format", supports_backing=True, children=_FILE),
         # parallels sets supports_backing (its unallocated clusters read through).
         DriverSpec("parallels", "format", supports_backing=True, reopenable=False, children=_FILE),

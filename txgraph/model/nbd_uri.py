@@ -24,9 +24,18 @@ from typing import Any
 
 from txgraph.model.uri import Uri, parse_uri, query_params
 
-__all__ = ["NbdAddressError", "Uri", "parse_uri", "query_params", "inet_parse",
-           "nbd_parse_filename", "legacy_socket_options", "server_address", "exact_filename",
-           "NBD_DEFAULT_PORT"]
+__all__ = [
+    "NbdAddressError",
+    "Uri",
+    "parse_uri",
+    "query_params",
+    "inet_parse",
+    "nbd_parse_filename",
+    "legacy_socket_options",
+    "server_address",
+    "exact_filename",
+    "NBD_DEFAULT_PORT",
+]
 
 NBD_DEFAULT_PORT = 10809
 _EN_OPTSTR = ":exportname="
@@ -49,7 +58,7 @@ def _scan(text: str, stop: str, width: int) -> tuple[str, int]:
 def _parse_flag(name: str, optstr: str) -> None:
     """``inet_parse_flag``: ``,name``, ``,name=on`` or ``,name=off``."""
     comma = optstr.find(",")
-    if comma >= 0 and optstr[comma + 1:comma + 2] == ",":
+    if comma >= 0 and optstr[comma + 1 : comma + 2] == ",":
         raise NbdAddressError(f"error parsing '{name}' flag '{optstr}'")
     value = optstr[:comma] if comma >= 0 else optstr
     if value not in ("", "=on", "=off"):
@@ -65,7 +74,7 @@ def inet_parse(text: str) -> tuple[str, str]:
         host, pos = "", 1 + n
     elif text.startswith("["):
         host, n = _scan(text[1:], "]", 64)
-        rest = text[1 + n:]
+        rest = text[1 + n :]
         if not host or not rest.startswith("]:"):
             raise NbdAddressError(f"error parsing IPv6 address '{text}'")
         port, m = _scan(rest[2:], ",", 32)
@@ -74,25 +83,25 @@ def inet_parse(text: str) -> tuple[str, str]:
         pos = 1 + n + 2 + m
     else:
         host, n = _scan(text, ":", 64)
-        if not host or text[n:n + 1] != ":":
+        if not host or text[n : n + 1] != ":":
             raise NbdAddressError(f"error parsing address '{text}'")
-        port, m = _scan(text[n + 1:], ",", 32)
+        port, m = _scan(text[n + 1 :], ",", 32)
         if not port:
             raise NbdAddressError(f"error parsing address '{text}'")
         pos = n + 1 + m
     optstr = text[pos:]
     to = optstr.find(",to=")
     if to >= 0:
-        digits = optstr[to + 4:]
+        digits = optstr[to + 4 :]
         k = 1 if digits[:1] in ("-", "+") else 0
         while k < len(digits) and digits[k].isdigit():
             k += 1
-        if not digits[:k].lstrip("+-") or digits[k:k + 1] not in ("", ","):
+        if not digits[:k].lstrip("+-") or digits[k : k + 1] not in ("", ","):
             raise NbdAddressError("error parsing to= argument")
     for flag in ("ipv4", "ipv6", "keep-alive", "mptcp"):
         at = optstr.find("," + flag)
         if at >= 0:
-            _parse_flag(flag, optstr[at + 1 + len(flag):])
+            _parse_flag(flag, optstr[at + 1 + len(flag) :])
     return host, port
 
 
@@ -126,8 +135,13 @@ def _parse_nbd_uri(filename: str) -> dict[str, str]:
         host = uri.server
         if host.startswith("["):
             host = host[1:-1]
-        out.update({"server.type": "inet", "server.host": host,
-                    "server.port": str(uri.port or NBD_DEFAULT_PORT)})
+        out.update(
+            {
+                "server.type": "inet",
+                "server.host": host,
+                "server.port": str(uri.port or NBD_DEFAULT_PORT),
+            }
+        )
     return out
 
 
@@ -145,7 +159,7 @@ def nbd_parse_filename(filename: str, options: Mapping[str, Any]) -> dict[str, s
     file = filename
     at = file.find(_EN_OPTSTR)
     if at >= 0:
-        export = file[at + len(_EN_OPTSTR):]
+        export = file[at + len(_EN_OPTSTR) :]
         if not export:
             return out
         file = file[:at]
@@ -177,8 +191,11 @@ def legacy_socket_options(options: Mapping[str, Any]) -> dict[str, str]:
             raise NbdAddressError("port may not be used without host")
         return {"server.type": "unix", "server.path": str(path)}
     if host is not None:
-        return {"server.type": "inet", "server.host": str(host),
-                "server.port": str(port if port is not None else NBD_DEFAULT_PORT)}
+        return {
+            "server.type": "inet",
+            "server.host": str(host),
+            "server.port": str(port if port is not None else NBD_DEFAULT_PORT),
+        }
     return {}
 
 
@@ -186,7 +203,7 @@ def server_address(options: Mapping[str, Any]) -> dict[str, str]:
     """``nbd_config``: the flat SocketAddress from ``server.*`` (after the legacy options)."""
     merged = dict(options)
     merged.update(legacy_socket_options(options))
-    addr = {k[len("server."):]: v for k, v in merged.items() if k.startswith("server.")}
+    addr = {k[len("server.") :]: v for k, v in merged.items() if k.startswith("server.")}
     if not addr:
         raise NbdAddressError("NBD server address missing")
     kind = addr.get("type")
@@ -212,8 +229,11 @@ def exact_filename(options: Mapping[str, Any]) -> str:
         return ""
     export = options.get("export")
     if addr["type"] == "unix":
-        text = (f"nbd+unix:///{export}?socket={addr['path']}" if export is not None
-                else f"nbd+unix://?socket={addr['path']}")
+        text = (
+            f"nbd+unix:///{export}?socket={addr['path']}"
+            if export is not None
+            else f"nbd+unix://?socket={addr['path']}"
+        )
     else:
         if any(f"server.{k}" in options for k in ("ipv4", "ipv6", "to")):
             return ""

@@ -14,8 +14,16 @@ from typing import Any
 from txgraph.model.options import Provenance
 from txgraph.model.perm import PERM_ALL, Perm, Role
 
-__all__ = ["OpenFlag", "DetectZeroes", "Discard", "BlockNode", "Backend", "Edge", "ParentKind",
-           "runtime_common_options"]
+__all__ = [
+    "OpenFlag",
+    "DetectZeroes",
+    "Discard",
+    "BlockNode",
+    "Backend",
+    "Edge",
+    "ParentKind",
+    "runtime_common_options",
+]
 
 
 class OpenFlag(enum.IntFlag):
@@ -160,12 +168,26 @@ class BlockNode:
         from the graph (``bdrv_refresh_filename`` recomputes them before every
         use), not state a transaction owns.
         """
-        return (self.name, self.driver, sorted(self.options.items(), key=lambda kv: kv[0]),
-                sorted(self.explicit.items(), key=lambda kv: kv[0]),
-                sorted((k, v.source.value, v.parent, v.edge) for k, v in self.provenance.items()),
-                int(self.flags), self.detect_zeroes, self.force_share, self.inherits_from,
-                self.monitor_owned, self.implicit, self.probed, self.backing_file, self.backing_format,
-                self.auto_backing_file, self.next_child_index, self.seq, self.name_seq)
+        return (
+            self.name,
+            self.driver,
+            sorted(self.options.items(), key=lambda kv: kv[0]),
+            sorted(self.explicit.items(), key=lambda kv: kv[0]),
+            sorted((k, v.source.value, v.parent, v.edge) for k, v in self.provenance.items()),
+            int(self.flags),
+            self.detect_zeroes,
+            self.force_share,
+            self.inherits_from,
+            self.monitor_owned,
+            self.implicit,
+            self.probed,
+            self.backing_file,
+            self.backing_format,
+            self.auto_backing_file,
+            self.next_child_index,
+            self.seq,
+            self.name_seq,
+        )
 
 
 @dataclass
@@ -191,8 +213,17 @@ class Backend:
     protects: tuple[tuple[str, str, str], ...] = ()
 
     def state(self) -> tuple[Any, ...]:
-        return (self.key, self.kind.value, self.name, self.description, int(self.perm),
-                int(self.shared), self.seq, self.job_type, self.protects)
+        return (
+            self.key,
+            self.kind.value,
+            self.name,
+            self.description,
+            int(self.perm),
+            int(self.shared),
+            self.seq,
+            self.job_type,
+            self.protects,
+        )
 
 
 @dataclass
@@ -220,5 +251,14 @@ class Edge:
         return self.label or self.name
 
     def state(self) -> tuple[Any, ...]:
-        return (self.name, int(self.role), self.parent_kind.value, int(self.perm),
-                int(self.shared), self.frozen, self.seq, self.parent_seq, self.label)
+        return (
+            self.name,
+            int(self.role),
+            self.parent_kind.value,
+            int(self.perm),
+            int(self.shared),
+            self.frozen,
+            self.seq,
+            self.parent_seq,
+            self.label,
+        )

@@ -72,7 +72,8 @@ class Provenance:
             return f"inherited from '{self.parent}' through its '{self.edge}' child"
         if self.source is Source.ROLE:
             return f"forced by the '{self.edge}' role under '{self.parent}'" + (
-                f" ({self.detail})" if self.detail else "")
+                f" ({self.detail})" if self.detail else ""
+            )
         if self.source is Source.JSON:
             return "from a json: filename" + (f" ({self.detail})" if self.detail else "")
         if self.source is Source.ENTRY_DEFAULT:
@@ -150,7 +151,7 @@ def extract_subdict(options: Options, prefix: str) -> Options:
     """``qdict_extract_subqdict``: move every ``prefix*`` key out, prefix stripped."""
     sub: Options = {}
     for key in [k for k in options if k.startswith(prefix)]:
-        sub[key[len(prefix):]] = options.pop(key)
+        sub[key[len(prefix) :]] = options.pop(key)
     return sub
 
 
@@ -167,11 +168,11 @@ def array_entries(options: Mapping[str, Any], prefix: str) -> int:
     for key in options:
         if not key.startswith(prefix):
             continue
-        match = _INDEX.match(key[len(prefix):])
+        match = _INDEX.match(key[len(prefix) :])
         if match is None:
             return -1
         index = int(match.group(1))
-        kind = "dict" if key[len(prefix) + len(match.group(1)):].startswith(".") else "value"
+        kind = "dict" if key[len(prefix) + len(match.group(1)) :].startswith(".") else "value"
         seen.setdefault(index, set()).add(kind)
     for kinds in seen.values():
         if len(kinds) > 1:

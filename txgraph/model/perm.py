@@ -131,8 +131,7 @@ def _cow_perms(ctx: ChildPermContext, perm: int, shared: int) -> tuple[int, int]
     return nperm, nshared
 
 
-def _storage_perms(ctx: ChildPermContext, role: int, perm: int,
-                   shared: int) -> tuple[int, int]:
+def _storage_perms(ctx: ChildPermContext, role: int, perm: int, shared: int) -> tuple[int, int]:
     """``bdrv_default_perms_for_storage``: data and metadata children of formats.
 
     A writable format node always needs to write and resize the file that
@@ -157,8 +156,7 @@ def _storage_perms(ctx: ChildPermContext, role: int, perm: int,
     return nperm, nshared
 
 
-def _default_perms(ctx: ChildPermContext, role: int, perm: int,
-                   shared: int) -> tuple[int, int]:
+def _default_perms(ctx: ChildPermContext, role: int, perm: int, shared: int) -> tuple[int, int]:
     """``bdrv_default_perms``: dispatch on the child's role."""
     if role & _FILT:
         return _filter_perms(perm, shared)
@@ -212,7 +210,7 @@ def _child_perm(ctx: ChildPermContext, role: int, perm: int, shared: int) -> tup
         return nperm & ~_R, nshared | _W
     if family == "quorum":
         nperm = perm | (_W if ctx.rewrite_corrupted else 0)
-        nshared = (shared & (_R | _U))
+        nshared = shared & (_R | _U)
         return nperm, nshared
     if family == "copy-on-read":
         nperm, nshared = _default_perms(ctx, role, perm, shared)

@@ -19,10 +19,22 @@ from txgraph.errors import BlockError, PermissionConflict
 from txgraph.model.drivers import driver_spec
 from txgraph.model.graph import BlockGraph
 from txgraph.model.node import BlockNode, Edge, OpenFlag
-from txgraph.model.perm import PERM_ALL, ChildPermContext, Perm, child_perm, perm_from_names, perm_names
+from txgraph.model.perm import (
+    PERM_ALL,
+    ChildPermContext,
+    Perm,
+    child_perm,
+    perm_from_names,
+    perm_names,
+)
 
-__all__ = ["EdgePermChange", "compute_refresh", "cumulative_perms", "child_perm_context",
-           "parent_description"]
+__all__ = [
+    "EdgePermChange",
+    "compute_refresh",
+    "cumulative_perms",
+    "child_perm_context",
+    "parent_description",
+]
 
 
 @dataclass(frozen=True)
@@ -65,8 +77,9 @@ MIRROR_STOP = "x-txgraph-mirror-stop"
 MIRROR_COMMIT = "x-txgraph-mirror-commit"
 
 
-def child_perm_context(node: BlockNode, writable: bool,
-                       has_parents: bool = False) -> ChildPermContext:
+def child_perm_context(
+    node: BlockNode, writable: bool, has_parents: bool = False
+) -> ChildPermContext:
     spec = driver_spec(node.driver)
     family = spec.perm_family if spec else "default"
     if family == "mirror_top":
@@ -81,17 +94,25 @@ def child_perm_context(node: BlockNode, writable: bool,
         parent_inactive=bool(node.flags & OpenFlag.INACTIVE),
         parent_no_io=bool(node.flags & OpenFlag.NO_IO),
         take_perms=_perm_option(node, "take-child-perms") if family == "blkdebug" else Perm.NONE,
-        unshare_perms=_perm_option(node, "unshare-child-perms") if family == "blkdebug" else Perm.NONE,
-        rewrite_corrupted=(node.options.get("rewrite-corrupted") in (True, "on")
-                           and node.options.get("read-pattern", "quorum") != "fifo"),
+        unshare_perms=_perm_option(node, "unshare-child-perms")
+        if family == "blkdebug"
+        else Perm.NONE,
+        rewrite_corrupted=(
+            node.options.get("rewrite-corrupted") in (True, "on")
+            and node.options.get("read-pattern", "quorum") != "fifo"
+        ),
         has_parents=has_parents and family == "copy-before-write",
     )
 
 
-def compute_refresh(graph: BlockGraph, roots: Iterable[str], *,
-                    writable_after: WritableAfter | None = None,
-                    driver_check: DriverCheck | None = None,
-                    collect: list[BlockError] | None = None) -> list[EdgePermChange]:
+def compute_refresh(
+    graph: BlockGraph,
+    roots: Iterable[str],
+    *,
+    writable_after: WritableAfter | None = None,
+    driver_check: DriverCheck | None = None,
+    collect: list[BlockError] | None = None,
+) -> list[EdgePermChange]:
     """Walk the roots' subtrees parents-first and return the edge permission changes.
 
     With ``collect``, violations are appended there instead of raised and the
@@ -137,8 +158,11 @@ def compute_refresh(graph: BlockGraph, roots: Iterable[str], *,
             if not node.writable:
                 err = BlockError("Block node is read-only", rule="P4-read-only", subjects=(name,))
             else:
-                err = BlockError(f"Read-only block node '{name}' cannot support read-write users",
-                                 rule="P4-read-only", subjects=(name,))
+                err = BlockError(
+                    f"Read-only block node '{name}' cannot support read-write users",
+                    rule="P4-read-only",
+                    subjects=(name,),
+                )
             if collect is None:
                 raise err
             collect.append(err)
@@ -156,8 +180,9 @@ def compute_refresh(graph: BlockGraph, roots: Iterable[str], *,
     return changes
 
 
-def _check_conflicts(graph: BlockGraph, child: str,
-                     values: list[tuple[str, Edge, Perm, Perm]]) -> None:
+def _check_conflicts(
+    graph: BlockGraph, child: str, values: list[tuple[str, Edge, Perm, Perm]]
+) -> None:
     """``bdrv_parent_perms_conflict``: every parent b's needs must be shared by every other a."""
     for a_parent, a_edge, _a_perm, a_shared in values:
         for b_parent, b_edge, b_perm, _b_shared in values:
@@ -171,5 +196,6 @@ def _check_conflicts(graph: BlockGraph, child: str,
                     f"(uses node '{child}' as '{b_edge.qemu_name}' child) and unshared by "
                     f"{parent_description(graph, a_parent)} (uses node '{child}' as "
                     f"'{a_edge.qemu_name}' child).",
-                    rule="P3-perm-conflict", subjects=(child, b_parent, a_parent))
-
+                    rule="P3-perm-conflict",
+                    subjects=(child, b_parent, a_parent),
+                )

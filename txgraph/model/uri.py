@@ -52,7 +52,7 @@ def unescape(text: str) -> str:
     i, n = 0, len(text)
     while i < n:
         if n - i > 2 and text[i] == "%" and text[i + 1] in _HEX and text[i + 2] in _HEX:
-            out.append(chr(int(text[i + 1:i + 3], 16)))
+            out.append(chr(int(text[i + 1 : i + 3], 16)))
             i += 3
         else:
             out.append(text[i])
@@ -233,6 +233,6 @@ def query_params(query: str | None) -> list[tuple[str, str | None]]:
             elif eq + 1 == end:
                 out.append((unescape(section[:eq]), ""))
             elif eq > 0:
-                out.append((unescape(section[:eq]), unescape(section[eq + 1:])))
-        q = q[end + 1:] if end < len(q) else ""
+                out.append((unescape(section[:eq]), unescape(section[eq + 1 :])))
+        q = q[end + 1 :] if end < len(q) else ""
     return out

@@ -21,8 +21,14 @@ from txgraph.ops.perms import refresh_perms
 from txgraph.ops.session import Session
 from txgraph.ops.undo_log import Transaction
 
-__all__ = ["blockdev_add", "blockdev_del", "stage_blockdev_add", "stage_blockdev_del",
-           "unref_node", "op_blocker"]
+__all__ = [
+    "blockdev_add",
+    "blockdev_del",
+    "stage_blockdev_add",
+    "stage_blockdev_del",
+    "unref_node",
+    "op_blocker",
+]
 
 _ADD_DEFAULT = Provenance(Source.ENTRY_DEFAULT, detail="blockdev-add")
 
@@ -41,8 +47,9 @@ def stage_blockdev_add(session: Session, tx: Transaction, arguments: dict[str, A
     # bds_tree_init's defaults: strings, and inherited by children like explicit values.
     for key in ("cache.direct", "cache.no-flush", "read-only"):
         options.set_default(key, "off", _ADD_DEFAULT)
-    name = Opener(session, tx).open_inherit(None, None, options, OpenFlag.NONE, None,
-                                            Role.NONE, None, False)
+    name = Opener(session, tx).open_inherit(
+        None, None, options, OpenFlag.NONE, None, Role.NONE, None, False
+    )
     tx.set(session.graph.nodes[name], "monitor_owned", True)
     return name
 
@@ -62,8 +69,11 @@ def op_blocker(session: Session, name: str, op: str = "drive-del") -> str | None
     for parent, edge in graph.parents(name):
         if edge.parent_kind is ParentKind.JOB:
             return f"block device is in use by block job: {graph.backends[parent].job_type}"
-        if (edge.parent_kind is ParentKind.NODE and edge.role & Role.COW
-                and op not in _BACKING_ALLOWS):
+        if (
+            edge.parent_kind is ParentKind.NODE
+            and edge.role & Role.COW
+            and op not in _BACKING_ALLOWS
+        ):
             return f"node is used as backing hd of '{parent}'"
     return None
 
@@ -83,8 +93,9 @@ def stage_blockdev_del(session: Session, tx: Transaction, node_name: str) -> Non
         raise BlockError(f"Node {node_name} is in use")
     reason = op_blocker(session, node_name)
     if reason is not None:
-        raise BlockError(f"Node '{node_name}' is busy: {reason}", rule="op-blocker",
-                         subjects=(node_name,))
+        raise BlockError(
+            f"Node '{node_name}' is busy: {reason}", rule="op-blocker", subjects=(node_name,)
+        )
     if not node.monitor_owned:
         raise BlockError(f"Node {node_name} is not owned by the monitor")
     if graph.refcount(node_name) > 1:
@@ -113,8 +124,11 @@ def unref_node(session: Session, tx: Transaction, name: str) -> None:
         if edge.frozen and (name, edge.name) not in graph.thawed:
             # QEMU 7.2 asserts here (bdrv_replace_child_noperm: !child->frozen), e.g. when
             # a reopen takes the overlay off a named commit filter; txgraph refuses.
-            raise BlockError(f"Cannot change frozen '{edge.name}' link from '{name}' to "
-                             f"'{child}'", rule="F1-frozen-link", subjects=(name, child))
+            raise BlockError(
+                f"Cannot change frozen '{edge.name}' link from '{name}' to '{child}'",
+                rule="F1-frozen-link",
+                subjects=(name, child),
+            )
         tx.detach(name, edge.name)
         try:
             refresh_perms(session, tx, [child])

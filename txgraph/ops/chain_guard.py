@@ -98,8 +98,9 @@ def backing_chain(opener: Any, node: Any, backing_filename: str | None) -> Itera
     ``backing_filename`` is the header-derived name about to be opened (None
     when the backing comes from options or a reference).
     """
-    stack: list[tuple[tuple[int, int] | None, str | None]] = \
-        opener.__dict__.setdefault("_txgraph_backing_chain", [])
+    stack: list[tuple[tuple[int, int] | None, str | None]] = opener.__dict__.setdefault(
+        "_txgraph_backing_chain", []
+    )
     ident = _identity(opener, node) if backing_filename is not None else None
     if ident is not None:
         for m, (other, _name) in enumerate(stack):
@@ -108,14 +109,15 @@ def backing_chain(opener: Any, node: Any, backing_filename: str | None) -> Itera
                 image = opener.graph.nodes[opener.graph.child_edge(node.name, "file")[0]].filename
                 assert backing_filename is not None
                 if any(name is None for name in names):
-                    raise OpenError(f"Backing file '{backing_filename}' of '{image}' leads back "
-                                    "into its own backing chain")
+                    raise OpenError(
+                        f"Backing file '{backing_filename}' of '{image}' leads back "
+                        "into its own backing chain"
+                    )
                 # Levels k+1 … : the header names of the cycle, starting after this node's.
                 cycle = [n for n in names[1:] + names[:1] if n is not None]
                 raise _loop_error(image, backing_filename, cycle)
     if len(stack) >= MAX_CHAIN_DEPTH:
-        raise OpenError(f"Backing chain is deeper than {MAX_CHAIN_DEPTH} images "
-                        "(txgraph limit)")
+        raise OpenError(f"Backing chain is deeper than {MAX_CHAIN_DEPTH} images (txgraph limit)")
     stack.append((ident, node.backing_file if backing_filename is not None else None))
     try:
         yield

@@ -93,9 +93,11 @@ def check_header_reference(session: Any, image: str, kind: str, reference: str) 
     dirs = allowed_dirs(session, image)
 
     def refuse(why: str) -> None:
-        raise OpenError(f"Image '{image}' refers to {kind} '{reference}', which {why} "
-                        f"(txgraph confinement: allowed directories {', '.join(dirs)}; "
-                        f"use --confine-dir to allow more, or --policy qemu)")
+        raise OpenError(
+            f"Image '{image}' refers to {kind} '{reference}', which {why} "
+            f"(txgraph confinement: allowed directories {', '.join(dirs)}; "
+            f"use --confine-dir to allow more, or --policy qemu)"
+        )
 
     if reference.startswith("json:"):
         refuse("is a json: description")
@@ -104,7 +106,7 @@ def check_header_reference(session: Any, image: str, kind: str, reference: str) 
     if proto is not None:
         if proto != "file":
             refuse(f"uses the '{proto}' protocol")
-        path = reference[len("file:"):]
+        path = reference[len("file:") :]
     real = os.path.realpath(path)
     if not any(_inside(real, d) for d in dirs):
         refuse("is outside the allowed directories")

@@ -21,8 +21,9 @@ from txgraph.ops.undo_log import Transaction
 
 __all__ = ["defer_to_end", "finish"]
 
-_DEFERRED: weakref.WeakKeyDictionary[Transaction, list[Callable[[], None]]] = \
+_DEFERRED: weakref.WeakKeyDictionary[Transaction, list[Callable[[], None]]] = (
     weakref.WeakKeyDictionary()
+)
 
 
 def defer_to_end(tx: Transaction, fn: Callable[[], None]) -> None:

@@ -18,11 +18,11 @@ from txgraph.model.drivers import DriverSpec
 from txgraph.model.node import BlockNode, OpenFlag
 from txgraph.model.options import array_entries, parse_bool
 from txgraph.model.perm import Role
-from txgraph.ops.freeze import freeze_backing_chain
 from txgraph.ops.crypto_open import crypto_openers, qcow2_crypto_options
+from txgraph.ops.freeze import freeze_backing_chain
 from txgraph.ops.inherit import OptionSet
-from txgraph.ops.pr_manager import pr_manager_lookup
 from txgraph.ops.perms import refresh_perms
+from txgraph.ops.pr_manager import pr_manager_lookup
 
 if TYPE_CHECKING:
     # open.py dispatches to this module; the Opener type is only needed for annotations.
@@ -45,8 +45,12 @@ def _consume(work: OptionSet, spec: DriverSpec) -> dict[str, Any]:
     return taken
 
 
-def _runtime_open(opener: Opener, node: BlockNode, children: dict[str, str],
-                  extra: Mapping[str, Any] | None = None) -> None:
+def _runtime_open(
+    opener: Opener,
+    node: BlockNode,
+    children: dict[str, str],
+    extra: Mapping[str, Any] | None = None,
+) -> None:
     """Prepare the node's driver object and record what it reports about the image.
 
     The driver gets the resolved common settings typed (flags, detect-zeroes), not
@@ -56,8 +60,9 @@ def _runtime_open(opener: Opener, node: BlockNode, children: dict[str, str],
     """
     options = {**node.options, **node.runtime_options(), **(extra or {})}
     try:
-        info = opener.rt.open(node.name, node.driver, options, children, node.read_only,
-                              probed=node.probed)
+        info = opener.rt.open(
+            node.name, node.driver, options, children, node.read_only, probed=node.probed
+        )
     except IOFailure as err:
         # The node opened but its size could not be determined (bdrv_open_driver).
         raise OpenError(f"Could not refresh total sector count: {err.desc}") from err
@@ -102,8 +107,10 @@ def _open_protocol(opener: Opener, node: BlockNode, spec: DriverSpec, work: Opti
             pr_manager_lookup(opener.session, opts["pr-manager"])
         aio = opts.get("aio", "threads")
         if aio == "native" and not node.cache_direct:
-            raise OpenError("aio=native was specified, but it requires cache.direct=on, "
-                            "which was not specified.")
+            raise OpenError(
+                "aio=native was specified, but it requires cache.direct=on, "
+                "which was not specified."
+            )
     _runtime_open(opener, node, {})
 
 
@@ -154,8 +161,9 @@ def _open_blkdebug(opener: Opener, node: BlockNode, spec: DriverSpec, work: Opti
             opener.rt.check_readable(config)
         except OSError as err:
             raise OpenError(f"Could not read blkdebug config file: {err.strerror}") from err
-    child = opener.open_child(image_filename, work, "image", node, Role.FILTERED | Role.PRIMARY,
-                              False)
+    child = opener.open_child(
+        image_filename, work, "image", node, Role.FILTERED | Role.PRIMARY, False
+    )
     assert child is not None
     _check_blkdebug_limits(opts)
     _runtime_open(opener, node, {"image": child})
@@ -163,6 +171,7 @@ def _open_blkdebug(opener: Opener, node: BlockNode, spec: DriverSpec, work: Opti
 
 def _check_blkdebug_limits(opts: dict[str, Any]) -> None:
     """``blkdebug_open``'s alignment overrides: powers of two and multiples of each other."""
+
     def size(key: str) -> int:
         value = opts.get(key, 0)
         return int(value) if isinstance(value, int) else 0
@@ -195,8 +204,9 @@ def _check_blkdebug_limits(opts: dict[str, Any]) -> None:
 def _open_blkverify(opener: Opener, node: BlockNode, spec: DriverSpec, work: OptionSet) -> None:
     """``blkverify_open``: ``raw`` (the reference, filtered) first, then ``test``."""
     opts = _consume(work, spec)
-    raw = opener.open_child(opts.get("x-raw"), work, "raw", node, Role.FILTERED | Role.PRIMARY,
-                            False)
+    raw = opener.open_child(
+        opts.get("x-raw"), work, "raw", node, Role.FILTERED | Role.PRIMARY, False
+    )
     test = opener.open_child(opts.get("x-image"), work, "test", node, Role.DATA, False)
     assert raw is not None and test is not None
     _runtime_open(opener, node, {"raw": raw, "test": test})
@@ -212,11 +222,16 @@ def _open_qcow2(opener: Opener, node: BlockNode, spec: DriverSpec, work: OptionS
     _runtime_open(opener, node, {"file": child}, qcow2_crypto_options(opener, opts))
     info = opener.rt.info(node.name)
     check_qcow2_cache_options(opts, info.cluster_size or 65536)
-    data_child = opener.open_child(None, work, "data-file", node, Role.DATA, True) \
-        if data_file_given else None
+    data_child = (
+        opener.open_child(None, work, "data-file", node, Role.DATA, True)
+        if data_file_given
+        else None
+    )
     if info.has_external_data_file:
         if data_child is None and info.data_file:
-            data_child = opener.open_child(info.data_file, work, "data-file", node, Role.DATA, False)
+            data_child = opener.open_child(
+                info.data_file, work, "data-file", node, Role.DATA, False
+            )
         if data_child is None:
             raise OpenError("'data-file' is required for this image")
         # The metadata file holds no guest data once a data file exists.
@@ -235,24 +250,30 @@ def check_qcow2_cache_options(opts: dict[str, Any], cluster_size: int) -> None:
     refcount = opts.get("refcount-cache-size")
     if combined is not None:
         if l2 is not None and refcount is not None:
-            raise OpenError("l2-cache-size, refcount-cache-size, and cache-size may not be set "
-                            "at the same time")
+            raise OpenError(
+                "l2-cache-size, refcount-cache-size, and cache-size may not be set at the same time"
+            )
         if l2 is not None and l2 > combined:
             raise OpenError("l2-cache-size may not exceed cache-size")
         if refcount is not None and refcount > combined:
             raise OpenError("refcount-cache-size may not exceed cache-size")
     entry = opts.get("l2-cache-entry-size")
     if entry is not None and (entry < 512 or entry > cluster_size or entry & (entry - 1)):
-        raise OpenError("L2 cache entry size must be a power of two between 512 and the "
-                        f"cluster size ({cluster_size})")
+        raise OpenError(
+            "L2 cache entry size must be a power of two between 512 and the "
+            f"cluster size ({cluster_size})"
+        )
     interval = opts.get("cache-clean-interval")
     if interval is not None and interval > 0xFFFFFFFF:
         raise OpenError("Cache clean interval too big")
 
 
 def _consume_qcow2_options(work: OptionSet, spec: DriverSpec) -> None:
-    for key in [k for k in work.values if spec.accepts_option(k)
-                and k != "data-file" and not k.startswith("data-file.")]:
+    for key in [
+        k
+        for k in work.values
+        if spec.accepts_option(k) and k != "data-file" and not k.startswith("data-file.")
+    ]:
         work.discard(key)
 
 
@@ -276,8 +297,10 @@ def _open_quorum(opener: Opener, node: BlockNode, spec: DriverSpec, work: Option
         # blkverify and rewrite-corrupted only mean something when reads vote.
         blkverify = bool(parse_bool(opts.get("blkverify", False)))
         if blkverify and (count != 2 or threshold != 2):
-            raise OpenError("blkverify=on can only be set if there are exactly two files and "
-                            "vote-threshold is 2")
+            raise OpenError(
+                "blkverify=on can only be set if there are exactly two files and "
+                "vote-threshold is 2"
+            )
         rewrite = bool(parse_bool(opts.get("rewrite-corrupted", False)))
         if rewrite and blkverify:
             raise OpenError("rewrite-corrupted=on cannot be used with blkverify=on")

@@ -28,9 +28,17 @@ from txgraph.ops.perms import refresh_perms
 from txgraph.ops.session import Session
 from txgraph.ops.undo_log import Transaction
 
-__all__ = ["Export", "nbd_server_start", "nbd_server_stop", "stage_block_export_add",
-           "stage_block_export_del", "query_block_exports", "export_backend_key", "export_node",
-           "find_export_backend"]
+__all__ = [
+    "Export",
+    "nbd_server_start",
+    "nbd_server_stop",
+    "stage_block_export_add",
+    "stage_block_export_del",
+    "query_block_exports",
+    "export_backend_key",
+    "export_node",
+    "find_export_backend",
+]
 
 
 @dataclass(frozen=True)
@@ -103,8 +111,17 @@ def stage_block_export_add(session: Session, tx: Transaction, args: dict[str, An
     perm = Perm.CONSISTENT_READ | (Perm.WRITE if writable else Perm.NONE)
     key = export_backend_key(export_id)
     tx.add_backend(Backend(key=key, kind=ParentKind.ROOT, perm=perm, shared=PERM_ALL))
-    tx.attach(key, node_name, Edge(name="root", role=Role.FILTERED | Role.PRIMARY,
-                                   parent_kind=ParentKind.ROOT, perm=perm, shared=PERM_ALL))
+    tx.attach(
+        key,
+        node_name,
+        Edge(
+            name="root",
+            role=Role.FILTERED | Role.PRIMARY,
+            parent_kind=ParentKind.ROOT,
+            perm=perm,
+            shared=PERM_ALL,
+        ),
+    )
     refresh_perms(session, tx, [node_name])
     server = _nbd(session)
     if not server.running:
@@ -166,9 +183,15 @@ def _detach_export(session: Session, tx: Transaction, export: Export) -> None:
 
 def query_block_exports(session: Session) -> list[dict[str, Any]]:
     """``qmp_query_block_exports``: QEMU prepends while walking, so the newest comes first."""
-    return [{"type": e.type, "id": e.id, "node-name": export_node(session, e.id),
-             "shutting-down": False}
-            for e in reversed(list(session.exports.values()))]
+    return [
+        {
+            "type": e.type,
+            "id": e.id,
+            "node-name": export_node(session, e.id),
+            "shutting-down": False,
+        }
+        for e in reversed(list(session.exports.values()))
+    ]
 
 
 def find_export_backend(session: Session, export_id: str) -> str | None:

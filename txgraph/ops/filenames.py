@@ -19,8 +19,13 @@ from txgraph.model.node import OpenFlag
 from txgraph.model.options import qdict_order, unflatten
 from txgraph.qobject.encoder import encode as to_qjson
 
-__all__ = ["refresh_filename", "full_open_options", "full_backing_filename", "dirname",
-           "backing_overridden"]
+__all__ = [
+    "refresh_filename",
+    "full_open_options",
+    "full_backing_filename",
+    "dirname",
+    "backing_overridden",
+]
 
 _PATH_MAX = 4096
 
@@ -73,8 +78,10 @@ def full_open_options(graph: BlockGraph, name: str) -> dict[str, Any]:
     opts, _found = _strong_options(graph, name)
     overridden = backing_overridden(graph, name)
     if node.driver == "quorum":
-        kids = sorted(((e.name, c) for c, e in graph.children(name) if e.name.startswith("children.")),
-                      key=lambda ec: int(ec[0].split(".")[1]))
+        kids = sorted(
+            ((e.name, c) for c, e in graph.children(name) if e.name.startswith("children.")),
+            key=lambda ec: int(ec[0].split(".")[1]),
+        )
         opts["children"] = [full_open_options(graph, c) for _n, c in kids]
     elif node.driver == "blkdebug":
         found = graph.child_edge(name, "image")
@@ -131,8 +138,11 @@ def refresh_filename(graph: BlockGraph, name: str) -> None:
     elif node.driver == "blkdebug":
         image = graph.child_edge(name, "image")
         node.exact_filename = ""
-        if image and graph.nodes[image[0]].exact_filename and \
-                set(opts) <= {"driver", "config", "x-image", "image"}:
+        if (
+            image
+            and graph.nodes[image[0]].exact_filename
+            and set(opts) <= {"driver", "config", "x-image", "image"}
+        ):
             config = node.options.get("config", "")
             node.exact_filename = f"blkdebug:{config}:{graph.nodes[image[0]].exact_filename}"
     elif node.driver in ("commit_top", "mirror_top"):
@@ -155,15 +165,20 @@ def refresh_filename(graph: BlockGraph, name: str) -> None:
         node.exact_filename = ""
         pnode = graph.nodes[primary]
         cspec = driver_spec(pnode.driver)
-        if pnode.exact_filename and cspec is not None and cspec.is_protocol \
-                and not spec.is_filter and not generate_json:
+        if (
+            pnode.exact_filename
+            and cspec is not None
+            and cspec.is_protocol
+            and not spec.is_filter
+            and not generate_json
+        ):
             node.exact_filename = pnode.exact_filename
     if node.exact_filename:
         node.filename = node.exact_filename
     else:
         text = "json:" + to_qjson(opts)
         if len(text) >= _PATH_MAX:
-            text = text[:_PATH_MAX - 4] + "..."
+            text = text[: _PATH_MAX - 4] + "..."
         node.filename = text
 
 
@@ -191,7 +206,7 @@ def _directory_part(base: str) -> str:
     """``path_combine(base, "")``: ``base`` up to its last '/', never cutting into a
     ``protocol:`` prefix (``null-co://`` stays ``null-co://``, ``nbd:h:1`` gives ``nbd:``)."""
     start = base.index(":") + 1 if _has_protocol(base) else 0
-    return base[:max(start, base.rfind("/") + 1)]
+    return base[: max(start, base.rfind("/") + 1)]
 
 
 def _has_protocol(path: str) -> bool:

@@ -42,9 +42,13 @@ from txgraph.ops.replace import (
 from txgraph.ops.session import Session
 from txgraph.ops.undo_log import Transaction
 
-__all__ = ["stage_insert_filter", "stage_insert_node", "stage_append_job_filter",
-           "stage_remove_filter",
-           "filtered_child_name"]
+__all__ = [
+    "stage_insert_filter",
+    "stage_insert_node",
+    "stage_append_job_filter",
+    "stage_remove_filter",
+    "filtered_child_name",
+]
 
 
 def filtered_child_name(driver: str) -> str:
@@ -68,8 +72,9 @@ def _edges_to_move(session: Session, node: str, args: dict[str, Any]) -> list[tu
     for item in args["edges"]:
         key, child, edge = find_parent_edge(session, item["parent"], item["child-name"])
         if child != node:
-            raise BlockError(f"Edge '{edge.name}' of '{item['parent']}' points to '{child}', "
-                             f"not to '{node}'")
+            raise BlockError(
+                f"Edge '{edge.name}' of '{item['parent']}' points to '{child}', not to '{node}'"
+            )
         if any(e is edge for _p, e in out):
             raise BlockError(f"Edge '{edge.name}' of '{item['parent']}' is listed twice")
         out.append((key, edge))
@@ -98,8 +103,11 @@ def stage_insert_filter(session: Session, tx: Transaction, args: dict[str, Any])
     edges = _edges_to_move(session, node, args)
     for parent, edge in edges:
         if edge.frozen:
-            raise BlockError(f"Cannot change '{edge.name}' link to '{node}'",
-                             rule="F1-frozen-link", subjects=(parent, node))
+            raise BlockError(
+                f"Cannot change '{edge.name}' link to '{node}'",
+                rule="F1-frozen-link",
+                subjects=(parent, node),
+            )
     # Graph edits first (P8): take the edges off ``node`` so the filter's open
     # does not check a state that never exists at a transaction boundary.
     for parent, edge in edges:
@@ -110,8 +118,11 @@ def stage_insert_filter(session: Session, tx: Transaction, args: dict[str, Any])
     name = stage_blockdev_add(session, tx, options)
     for parent, edge in edges:
         if parent in graph.nodes and graph.has_descendant(name, parent):
-            raise BlockError(f"Making '{name}' a {edge.name} child of '{parent}' would create a "
-                             f"cycle", rule="G1-acyclic", subjects=(parent, name))
+            raise BlockError(
+                f"Making '{name}' a {edge.name} child of '{parent}' would create a cycle",
+                rule="G1-acyclic",
+                subjects=(parent, name),
+            )
         seq = edge.seq
         tx.attach(parent, name, edge)
         edge.seq = seq  # the same BdrvChild keeps its place among its siblings (undo above)
@@ -119,8 +130,9 @@ def stage_insert_filter(session: Session, tx: Transaction, args: dict[str, Any])
     return name
 
 
-def stage_insert_node(session: Session, tx: Transaction, node: str, options: dict[str, Any],
-                      flags: OpenFlag) -> str:
+def stage_insert_node(
+    session: Session, tx: Transaction, node: str, options: dict[str, Any], flags: OpenFlag
+) -> str:
     """``bdrv_insert_node``: open a new (unnamed unless named) node over ``node`` and move
     every parent of ``node`` but the jobs onto it; returns the new node's name.
 
@@ -130,14 +142,18 @@ def stage_insert_node(session: Session, tx: Transaction, node: str, options: dic
     edges = _edges_to_move(session, node, {})
     for parent, edge in edges:
         if edge.frozen:
-            raise BlockError(f"Cannot change '{edge.name}' link to '{node}'",
-                             rule="F1-frozen-link", subjects=(parent, node))
+            raise BlockError(
+                f"Cannot change '{edge.name}' link to '{node}'",
+                rule="F1-frozen-link",
+                subjects=(parent, node),
+            )
     for parent, edge in edges:
         tx.undo(_seq_restorer(edge))
         tx.detach(parent, edge.name)
     try:
-        name = Opener(session, tx).open_inherit(None, None, OptionSet.explicit(flatten(options)),
-                                                flags, None, Role.NONE, None, False)
+        name = Opener(session, tx).open_inherit(
+            None, None, OptionSet.explicit(flatten(options)), flags, None, Role.NONE, None, False
+        )
     except BlockError as err:
         err.desc = f"Could not create node: {err.desc}"
         err.args = (err.desc,)
@@ -150,9 +166,14 @@ def stage_insert_node(session: Session, tx: Transaction, node: str, options: dic
     return name
 
 
-def stage_append_job_filter(session: Session, tx: Transaction, driver: str,
-                            node_name: str | None, below: str,
-                            flags: OpenFlag = OpenFlag.NONE) -> str:
+def stage_append_job_filter(
+    session: Session,
+    tx: Transaction,
+    driver: str,
+    node_name: str | None,
+    below: str,
+    flags: OpenFlag = OpenFlag.NONE,
+) -> str:
     """``bdrv_new_open_driver`` + ``bdrv_append``: a job's own filter (``commit_top``,
     ``mirror_top``) goes above ``below`` with ``below`` as its backing, and every
     parent of ``below`` but the jobs moves onto it. Returns the filter's name."""
@@ -160,8 +181,9 @@ def stage_append_job_filter(session: Session, tx: Transaction, driver: str,
     from txgraph.ops.filenames import refresh_filename
     from txgraph.ops.snapshot import bdrv_append
 
-    node = BlockNode(name="", driver=driver, options={"driver": driver},
-                     explicit={"driver": driver}, flags=flags)
+    node = BlockNode(
+        name="", driver=driver, options={"driver": driver}, explicit={"driver": driver}, flags=flags
+    )
     Opener(session, tx).assign_node_name(node, node_name)
     options = {**node.options, **node.runtime_options()}
     info = tx.rt.open(node.name, driver, options, {"backing": below}, node.read_only)
@@ -177,6 +199,7 @@ def _seq_restorer(edge: Edge) -> Callable[[], None]:
 
     def restore() -> None:
         edge.seq, edge.parent_seq = seqs
+
     return restore
 
 

@@ -18,8 +18,12 @@ from txgraph.ops.query import filter_or_cow_edge
 from txgraph.ops.session import Session
 from txgraph.ops.undo_log import Transaction
 
-__all__ = ["chain_links", "freeze_backing_chain", "unfreeze_backing_chain",
-           "check_chain_not_frozen"]
+__all__ = [
+    "chain_links",
+    "freeze_backing_chain",
+    "unfreeze_backing_chain",
+    "check_chain_not_frozen",
+]
 
 
 def chain_links(session: Session, top: str, base: str | None) -> Iterator[tuple[str, str, Edge]]:
@@ -39,8 +43,11 @@ def check_chain_not_frozen(session: Session, top: str, base: str | None) -> None
     """``bdrv_is_backing_chain_frozen``: no link of the chain may be frozen already."""
     for parent, child, edge in chain_links(session, top, base):
         if edge.frozen:
-            raise BlockError(f"Cannot change '{edge.name}' link from '{parent}' to '{child}'",
-                             rule="F1-frozen-link", subjects=(parent, child))
+            raise BlockError(
+                f"Cannot change '{edge.name}' link from '{parent}' to '{child}'",
+                rule="F1-frozen-link",
+                subjects=(parent, child),
+            )
 
 
 def freeze_backing_chain(session: Session, tx: Transaction, top: str, base: str | None) -> None:
@@ -51,8 +58,11 @@ def freeze_backing_chain(session: Session, tx: Transaction, top: str, base: str 
     graph = session.graph
     for _parent, child, edge in links:
         if graph.nodes[child].driver in ("commit_top", "mirror_top"):
-            raise BlockError(f"Cannot freeze '{edge.name}' link to '{child}'",
-                             rule="F1-frozen-link", subjects=(child,))
+            raise BlockError(
+                f"Cannot freeze '{edge.name}' link to '{child}'",
+                rule="F1-frozen-link",
+                subjects=(child,),
+            )
     for _parent, _child, edge in links:
         tx.set(edge, "frozen", True)
 
@@ -72,4 +82,5 @@ def unfreeze_backing_chain(session: Session, tx: Transaction, top: str, base: st
 def _discarder(thawed: set[tuple[str, str]], key: tuple[str, str]) -> Callable[[], None]:
     def undo() -> None:
         thawed.discard(key)
+
     return undo

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from txgraph.model.drivers import DriverSpec
 from txgraph.errors import OpenError
+from txgraph.model.drivers import DriverSpec
 from txgraph.model.node import BlockNode, OpenFlag
 from txgraph.model.perm import Role
+from txgraph.ops.drivers import _OPENERS, OpenFn, _consume, _runtime_open
 from txgraph.ops.inherit import OptionSet
 from txgraph.ops.perms import refresh_perms
-
-from txgraph.ops.drivers import _OPENERS, OpenFn, _consume, _runtime_open
 
 if TYPE_CHECKING:
     from txgraph.ops.open import Opener
@@ -36,8 +35,9 @@ def _open_image_format(opener: Opener, node: BlockNode, spec: DriverSpec, work: 
     _runtime_open(opener, node, {"file": child})
 
 
-def _open_read_only_format(opener: Opener, node: BlockNode, spec: DriverSpec,
-                           work: OptionSet) -> None:
+def _open_read_only_format(
+    opener: Opener, node: BlockNode, spec: DriverSpec, work: OptionSet
+) -> None:
     """bochs, cloop: ``bdrv_apply_auto_read_only`` first, then ``file`` and the header.
 
     A read-write request fails ("Image is read-only") unless auto-read-only lets the node
@@ -56,8 +56,9 @@ def _open_vmdk(opener: Opener, node: BlockNode, spec: DriverSpec, work: OptionSe
 
     child = opener.open_child(None, work, "file", node, Role.IMAGE, False)
     assert child is not None
-    desc = read_extent_list(opener.rt.read_head, opener.rt.size, child,
-                            opener.graph.nodes[child].filename)
+    desc = read_extent_list(
+        opener.rt.read_head, opener.rt.size, child, opener.graph.nodes[child].filename
+    )
     children = {"file": child}
     for index, extent in enumerate(desc.extents):
         key = f"extents.{index}"

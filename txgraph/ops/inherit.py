@@ -32,7 +32,7 @@ class OptionSet:
 
     @classmethod
     def explicit(cls, values: dict[str, Any]) -> OptionSet:
-        return cls(dict(values), {k: _EXPLICIT for k in values})
+        return cls(dict(values), dict.fromkeys(values, _EXPLICIT))
 
     def put(self, key: str, value: Any, prov: Provenance) -> None:
         self.values[key] = value
@@ -66,9 +66,15 @@ class OptionSet:
         return len(self.values)
 
 
-def inherit_options(role: Role, parent_is_format: bool, child: OptionSet,
-                    parent_flags: OpenFlag, parent_options: dict[str, Any],
-                    parent_name: str, edge: str) -> OpenFlag:
+def inherit_options(
+    role: Role,
+    parent_is_format: bool,
+    child: OptionSet,
+    parent_flags: OpenFlag,
+    parent_options: dict[str, Any],
+    parent_name: str,
+    edge: str,
+) -> OpenFlag:
     """``bdrv_inherited_options``: fill a child's missing options from its parent.
 
     Returns the child's starting flags. Only *missing* keys are filled, so
@@ -94,13 +100,17 @@ def inherit_options(role: Role, parent_is_format: bool, child: OptionSet,
     if role & Role.COW:
         forced = Provenance(Source.ROLE, parent_name, edge, "backing files open read-only")
         child.set_default("read-only", "on", forced)
-        child.set_default("auto-read-only", "off",
-                          Provenance(Source.ROLE, parent_name, edge, "never auto-read-only"))
+        child.set_default(
+            "auto-read-only",
+            "off",
+            Provenance(Source.ROLE, parent_name, edge, "never auto-read-only"),
+        )
     else:
         copy_default("read-only")
         copy_default("auto-read-only")
-    child.set_default("discard", "unmap",
-                      Provenance(Source.ROLE, parent_name, edge, "lower layers pass discards"))
+    child.set_default(
+        "discard", "unmap", Provenance(Source.ROLE, parent_name, edge, "lower layers pass discards")
+    )
     flags &= ~(OpenFlag.SNAPSHOT | OpenFlag.NO_BACKING | OpenFlag.COPY_ON_READ)
     if role & Role.METADATA:
         flags &= ~OpenFlag.NO_IO
@@ -153,9 +163,17 @@ def fill_options(options: OptionSet, filename: str | None, flags: OpenFlag) -> O
     return flags
 
 
-_PROTOCOLS = {"file": "file", "host_device": "host_device", "nbd": "nbd", "nbd+tcp": "nbd",
-              "nbd+unix": "nbd", "null-co": "null-co", "null-aio": "null-aio",
-              "blkdebug": "blkdebug", "blkverify": "blkverify"}
+_PROTOCOLS = {
+    "file": "file",
+    "host_device": "host_device",
+    "nbd": "nbd",
+    "nbd+tcp": "nbd",
+    "nbd+unix": "nbd",
+    "null-co": "null-co",
+    "null-aio": "null-aio",
+    "blkdebug": "blkdebug",
+    "blkverify": "blkverify",
+}
 
 
 def _find_protocol(filename: str, allow_prefix: bool) -> str:
@@ -179,7 +197,7 @@ def _parse_filename(options: OptionSet, driver: str, filename: str) -> None:
     """The drivers' ``bdrv_parse_filename`` for the prefixes txgraph understands."""
     prov = Provenance(Source.EXPLICIT, detail="legacy filename")
     if driver in ("file", "host_device") and filename.startswith(driver + ":"):
-        options.put("filename", filename[len(driver) + 1:], prov)
+        options.put("filename", filename[len(driver) + 1 :], prov)
     elif driver == "nbd":
         try:
             parsed = nbd_parse_filename(filename, options.values)
@@ -196,6 +214,7 @@ def _parse_filename(options: OptionSet, driver: str, filename: str) -> None:
 
 def flags_from_options(flags: OpenFlag, options: dict[str, Any]) -> OpenFlag:
     """``update_flags_from_options``: cache, read-only and auto-read-only options set the flags."""
+
     def opt(key: str) -> bool:
         return bool(parse_bool(options.get(key)))
 

@@ -39,7 +39,9 @@ def object_add(session: Session, arguments: dict[str, Any]) -> None:
     if qom_type in SECRET_TYPES:
         check_secret_properties(props)
     if obj_id in session.objects:
-        raise BlockError(f"attempt to add duplicate property '{obj_id}' to object (type 'container')")
+        raise BlockError(
+            f"attempt to add duplicate property '{obj_id}' to object (type 'container')"
+        )
     if qom_type == "throttle-group":
         groups.add(obj_id, limits)
     if qom_type in SECRET_TYPES:

@@ -47,8 +47,17 @@ __all__ = ["Opener", "lookup_bs"]
 #: stands for a parent that gets its node name only after its ``file`` was pre-opened
 _UNNAMED = "\0unnamed-parent"
 
-_COMMON_CONSUMED = ("node-name", "driver", "cache.direct", "cache.no-flush", "read-only",
-                    "auto-read-only", "detect-zeroes", "discard", "force-share")
+_COMMON_CONSUMED = (
+    "node-name",
+    "driver",
+    "cache.direct",
+    "cache.no-flush",
+    "read-only",
+    "auto-read-only",
+    "detect-zeroes",
+    "discard",
+    "force-share",
+)
 
 
 def lookup_bs(session: Any, device: str | None, node_name: str | None) -> str:
@@ -80,9 +89,16 @@ class Opener:
         self._pending_inherit: dict[int, list[BlockNode]] = {}
 
     # -- entry points --------------------------------------------------------------------
-    def open_child_bs(self, filename: str | None, options: OptionSet, key: str,
-                      parent: BlockNode, role: Role, allow_none: bool,
-                      parse_filename: bool = False) -> str | None:
+    def open_child_bs(
+        self,
+        filename: str | None,
+        options: OptionSet,
+        key: str,
+        parent: BlockNode,
+        role: Role,
+        allow_none: bool,
+        parse_filename: bool = False,
+    ) -> str | None:
         """``bdrv_open_child_bs``: open (or look up) the child under ``key`` of ``options``."""
         image = options.extract(key + ".")
         ref = options.values.get(key)
@@ -92,13 +108,21 @@ class Opener:
                 raise OpenError(f'A block device must be specified for "{key}"')
             options.discard(key)
             return None
-        name = self.open_inherit(filename, reference, image, OpenFlag.NONE, parent, role, key,
-                                 parse_filename)
+        name = self.open_inherit(
+            filename, reference, image, OpenFlag.NONE, parent, role, key, parse_filename
+        )
         options.discard(key)
         return name
 
-    def open_child(self, filename: str | None, options: OptionSet, key: str, parent: BlockNode,
-                   role: Role, allow_none: bool) -> str | None:
+    def open_child(
+        self,
+        filename: str | None,
+        options: OptionSet,
+        key: str,
+        parent: BlockNode,
+        role: Role,
+        allow_none: bool,
+    ) -> str | None:
         """``bdrv_open_child``: open the child and attach it to ``parent`` under ``key``."""
         child = self.open_child_bs(filename, options, key, parent, role, allow_none)
         if child is not None:
@@ -111,18 +135,30 @@ class Opener:
         The data plane gets the edge with the rest of the delta at commit.
         """
         if self.graph.has_descendant(child, parent.name):
-            raise BlockError(f"Making '{child}' a {name} child of '{parent.name}' would create a cycle")
+            raise BlockError(
+                f"Making '{child}' a {name} child of '{parent.name}' would create a cycle"
+            )
         self.tx.attach(parent.name, child, Edge(name=name, role=role))
         refresh_perms(self.session, self.tx, [parent.name])
 
     # -- bdrv_open_inherit ---------------------------------------------------------------
-    def open_inherit(self, filename: str | None, reference: str | None,
-                     options: OptionSet | None, flags: OpenFlag, parent: BlockNode | None,
-                     role: Role, child_key: str | None, parse_filename: bool) -> str:
+    def open_inherit(
+        self,
+        filename: str | None,
+        reference: str | None,
+        options: OptionSet | None,
+        flags: OpenFlag,
+        parent: BlockNode | None,
+        role: Role,
+        child_key: str | None,
+        parse_filename: bool,
+    ) -> str:
         if reference is not None:
             if filename is not None or (options is not None and len(options)):
-                raise OpenError("Cannot reference an existing block device with additional "
-                                "options or a new filename")
+                raise OpenError(
+                    "Cannot reference an existing block device with additional "
+                    "options or a new filename"
+                )
             return lookup_bs(self.session, reference, reference)
 
         if filename is not None and parent is not None:
@@ -142,8 +178,15 @@ class Opener:
                 node.inherits_from = parent.name
             else:
                 self._pending_inherit.setdefault(id(parent), []).append(node)
-            flags = inherit_options(role, parent_is_format, opts, parent.flags, parent.options,
-                                    parent.name or _UNNAMED, child_key or "")
+            flags = inherit_options(
+                role,
+                parent_is_format,
+                opts,
+                parent.flags,
+                parent.options,
+                parent.name or _UNNAMED,
+                child_key or "",
+            )
         flags = fill_options(opts, filename, flags)
 
         ro = opts.values.get("read-only")
@@ -190,8 +233,10 @@ class Opener:
         self._open_common(node, spec, file_node, work)
         for child in self._pending_inherit.pop(id(node), []):
             child.inherits_from = node.name
-            child.provenance = {k: replace(v, parent=node.name) if v.parent == _UNNAMED else v
-                                for k, v in child.provenance.items()}
+            child.provenance = {
+                k: replace(v, parent=node.name) if v.parent == _UNNAMED else v
+                for k, v in child.provenance.items()
+            }
 
         if not node.flags & OpenFlag.NO_BACKING:
             self._open_backing_file(node, spec, work)
@@ -219,8 +264,9 @@ class Opener:
             raise OpenError(f"Could not read image for determining its format: {err.desc}") from err
         return probe_format(head)
 
-    def _open_common(self, node: BlockNode, spec: DriverSpec, file_node: str | None,
-                     work: OptionSet) -> None:
+    def _open_common(
+        self, node: BlockNode, spec: DriverSpec, file_node: str | None, work: OptionSet
+    ) -> None:
         """``bdrv_open_common``: absorb the common options, name the node, open the driver."""
         common = {k: work.values[k] for k in _COMMON_CONSUMED if k in work}
         for key in _COMMON_CONSUMED:
@@ -256,8 +302,10 @@ class Opener:
             raise OpenError(f"Parameter 'detect-zeroes' does not accept value '{detect}'")
         else:
             if detect == "unmap" and not node.flags & OpenFlag.UNMAP:
-                raise OpenError("setting detect-zeroes to unmap is not allowed without "
-                                "setting discard operation to unmap")
+                raise OpenError(
+                    "setting detect-zeroes to unmap is not allowed without "
+                    "setting discard operation to unmap"
+                )
             node.detect_zeroes = detect
         node.filename = node.exact_filename = filename
         self._assign_node_name(node, common.get("node-name"))
@@ -285,7 +333,9 @@ class Opener:
         node.name_seq = self.session.next_name_seq()
         self.tx.add_node(node)
 
-    def _open_backing_file(self, node: BlockNode, spec: DriverSpec, parent_options: OptionSet) -> None:
+    def _open_backing_file(
+        self, node: BlockNode, spec: DriverSpec, parent_options: OptionSet
+    ) -> None:
         """``bdrv_open_backing_file``: the backing from options, a reference, or the header."""
         if self.graph.child_edge(node.name, "backing") is not None:
             return
@@ -306,13 +356,17 @@ class Opener:
         if not spec.supports_backing:
             raise OpenError("Driver doesn't support backing files")
         if reference is None and node.backing_format and "driver" not in options:
-            options.put("driver", node.backing_format,
-                        Provenance(Source.DEFAULT, detail="backing format from the image header"))
+            options.put(
+                "driver",
+                node.backing_format,
+                Provenance(Source.DEFAULT, detail="backing format from the image header"),
+            )
         role = Role.FILTERED | Role.PRIMARY if spec.is_filter else Role.COW
         try:
             with backing_chain(self, node, backing_filename if implicit_backing else None):
-                backing = self.open_inherit(backing_filename, reference, options, OpenFlag.NONE,
-                                            node, role, "backing", True)
+                backing = self.open_inherit(
+                    backing_filename, reference, options, OpenFlag.NONE, node, role, "backing", True
+                )
         except TxgraphError as err:
             node.flags |= OpenFlag.NO_BACKING
             raise OpenError(f"Could not open backing file: {err.desc}") from err
@@ -330,7 +384,7 @@ def set_backing(opener: Opener, node: BlockNode, backing: str, role: Role) -> No
 
 def _merge_json_filename(opts: OptionSet, filename: str) -> None:
     """``parse_json_protocol``: a json: filename's options, merged under the explicit ones."""
-    text = filename[len("json:"):]
+    text = filename[len("json:") :]
     try:
         value = parse_json_text(text)
     except ValueError as err:

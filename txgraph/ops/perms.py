@@ -20,9 +20,15 @@ from txgraph.ops.undo_log import Transaction
 __all__ = ["refresh_perms"]
 
 
-def refresh_perms(session: Any, tx: Transaction, roots: Iterable[str], *,
-                  writable_after: Callable[[BlockNode], bool] | None = None) -> None:
+def refresh_perms(
+    session: Any,
+    tx: Transaction,
+    roots: Iterable[str],
+    *,
+    writable_after: Callable[[BlockNode], bool] | None = None,
+) -> None:
     """``bdrv_refresh_perms`` over the roots' subtrees; raises QEMU's P3/P4 errors."""
+
     def driver_check(node: BlockNode, perm: Perm, shared: Perm) -> None:
         # A prepare step: image locks are taken now (their errors are QEMU's
         # open-time errors) and given back on abort.
@@ -30,8 +36,9 @@ def refresh_perms(session: Any, tx: Transaction, roots: Iterable[str], *,
 
     roots = list(roots)
     try:
-        changes = compute_refresh(session.graph, roots, writable_after=writable_after,
-                                  driver_check=driver_check)
+        changes = compute_refresh(
+            session.graph, roots, writable_after=writable_after, driver_check=driver_check
+        )
     except BlockError as err:
         if err.rule in ("P3-perm-conflict", "P4-read-only") and err.explanation is None:
             err.explanation = _checker_explanation(session, tx, roots, writable_after)
@@ -40,8 +47,12 @@ def refresh_perms(session: Any, tx: Transaction, roots: Iterable[str], *,
         tx.set_edge_perm(change.parent, change.name, change.perm, change.shared)
 
 
-def _checker_explanation(session: Any, tx: Transaction, roots: list[str],
-                         writable_after: Callable[[BlockNode], bool] | None) -> Any:
+def _checker_explanation(
+    session: Any,
+    tx: Transaction,
+    roots: list[str],
+    writable_after: Callable[[BlockNode], bool] | None,
+) -> Any:
     """Stage the permissions the graph would get and let the invariant checker explain them.
 
     The transaction is about to abort, which undoes these staged values too;
@@ -49,8 +60,9 @@ def _checker_explanation(session: Any, tx: Transaction, roots: list[str],
     beside QEMU's error text.
     """
     collected: list[BlockError] = []
-    would_be = compute_refresh(session.graph, roots, writable_after=writable_after,
-                               collect=collected)
+    would_be = compute_refresh(
+        session.graph, roots, writable_after=writable_after, collect=collected
+    )
     for change in would_be:
         tx.set_edge_perm(change.parent, change.name, change.perm, change.shared)
     return check(session.graph, tx.touched, policy=session.policy).to_dict()

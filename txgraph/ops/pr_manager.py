@@ -64,8 +64,9 @@ def _recv_exact(sock: socket.socket, n: int, deadline: float) -> bytes:
         try:
             chunk = sock.recv(n - len(buf))
         except OSError as err:
-            raise BlockError(f"Unable to read from socket: {os.strerror(err.errno or E.EIO)}") \
-                from None
+            raise BlockError(
+                f"Unable to read from socket: {os.strerror(err.errno or E.EIO)}"
+            ) from None
         if not chunk:
             raise BlockError("Unexpected end-of-file before all data were read")
         buf += chunk
@@ -86,8 +87,9 @@ def pr_helper_connect(session: Session, obj_id: str, props: dict[str, Any]) -> P
         try:
             sock.connect(raw)
         except OSError as err:
-            raise BlockError(f"Failed to connect to '{path}': "
-                             f"{os.strerror(err.errno or E.ECONNREFUSED)}") from None
+            raise BlockError(
+                f"Failed to connect to '{path}': {os.strerror(err.errno or E.ECONNREFUSED)}"
+            ) from None
         sock.setblocking(False)
         _recv_exact(sock, 4, time.monotonic() + HANDSHAKE_TIMEOUT)
         try:
@@ -95,8 +97,9 @@ def pr_helper_connect(session: Session, obj_id: str, props: dict[str, Any]) -> P
             sock.settimeout(HANDSHAKE_TIMEOUT)
             sock.sendall(b"\0\0\0\0")
         except OSError as err:
-            raise BlockError(f"Unable to write to socket: {os.strerror(err.errno or E.EIO)}") \
-                from None
+            raise BlockError(
+                f"Unable to write to socket: {os.strerror(err.errno or E.EIO)}"
+            ) from None
     except BaseException:
         sock.close()
         raise

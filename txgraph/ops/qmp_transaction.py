@@ -36,8 +36,18 @@ from txgraph.ops.session import Session
 from txgraph.ops.snapshot import stage_blockdev_snapshot, stage_blockdev_snapshot_sync
 from txgraph.ops.undo_log import Transaction
 
-__all__ = ["defer_to_end", "finish", "stage_action", "stage_transaction", "run_transaction",
-           "ActionKind", "ACTIONS", "QEMU_ACTIONS", "EXTENSION_ACTIONS", "ABORT_TEXT"]
+__all__ = [
+    "defer_to_end",
+    "finish",
+    "stage_action",
+    "stage_transaction",
+    "run_transaction",
+    "ActionKind",
+    "ACTIONS",
+    "QEMU_ACTIONS",
+    "EXTENSION_ACTIONS",
+    "ABORT_TEXT",
+]
 
 ABORT_TEXT = "Transaction aborted using Abort action"
 
@@ -74,9 +84,11 @@ ACTIONS: dict[str, ActionKind] = {
     "blockdev-snapshot-sync": ActionKind(stage_blockdev_snapshot_sync),
     "x-txgraph-blockdev-add": ActionKind(stage_blockdev_add, "blockdev-add"),
     "x-txgraph-blockdev-del": ActionKind(
-        lambda s, tx, d: stage_blockdev_del(s, tx, d["node-name"]), "blockdev-del"),
+        lambda s, tx, d: stage_blockdev_del(s, tx, d["node-name"]), "blockdev-del"
+    ),
     "x-txgraph-blockdev-reopen": ActionKind(
-        lambda s, tx, d: stage_blockdev_reopen(s, tx, d["options"]), "blockdev-reopen"),
+        lambda s, tx, d: stage_blockdev_reopen(s, tx, d["options"]), "blockdev-reopen"
+    ),
     "x-txgraph-replace": ActionKind(_replace, "x-txgraph.ReplaceActionData"),
     "x-txgraph-insert-filter": ActionKind(stage_insert_filter, "x-txgraph-insert-filter"),
     "x-txgraph-remove-filter": ActionKind(stage_remove_filter, "x-txgraph-remove-filter"),
@@ -107,9 +119,13 @@ def stage_action(session: Session, tx: Transaction, kind: str, data: dict[str, A
     action.stage(session, tx, data)
 
 
-def stage_transaction(session: Session, tx: Transaction, actions: list[dict[str, Any]],
-                      properties: dict[str, Any] | None = None,
-                      job_stages: Mapping[str, JobStage] | None = None) -> None:
+def stage_transaction(
+    session: Session,
+    tx: Transaction,
+    actions: list[dict[str, Any]],
+    properties: dict[str, Any] | None = None,
+    job_stages: Mapping[str, JobStage] | None = None,
+) -> None:
     """``qmp_transaction`` inside an open transaction: actions in order, then the commit steps.
 
     Job actions (``blockdev-backup``) come from the jobs layer (``job_stages``);
@@ -125,15 +141,19 @@ def stage_transaction(session: Session, tx: Transaction, actions: list[dict[str,
             jobs[kind](session, tx, action.get("data", {}), group)
             continue
         if mode != "individual" and kind != "abort":
-            raise BlockError(f"Action '{kind}' does not support Transaction property "
-                             f"completion-mode = {mode}")
+            raise BlockError(
+                f"Action '{kind}' does not support Transaction property completion-mode = {mode}"
+            )
         stage_action(session, tx, kind, action.get("data", {}))
     finish(tx)
 
 
-def run_transaction(session: Session, actions: list[dict[str, Any]],
-                    properties: dict[str, Any] | None = None,
-                    job_stages: Mapping[str, JobStage] | None = None) -> None:
+def run_transaction(
+    session: Session,
+    actions: list[dict[str, Any]],
+    properties: dict[str, Any] | None = None,
+    job_stages: Mapping[str, JobStage] | None = None,
+) -> None:
     """Run ``actions`` as one transaction of ``session``."""
     with session.transaction() as tx:
         stage_transaction(session, tx, actions, properties, job_stages)

@@ -32,7 +32,9 @@ def filter_or_cow_edge(graph: BlockGraph, name: str) -> tuple[str, Edge] | None:
     """``bdrv_filter_or_cow_child``: the child and its edge."""
     spec = driver_spec(graph.nodes[name].driver)
     for child, edge in graph.children(name):
-        if edge.role & Role.COW or (edge.role & Role.FILTERED and spec is not None and spec.is_filter):
+        if edge.role & Role.COW or (
+            edge.role & Role.FILTERED and spec is not None and spec.is_filter
+        ):
             return child, edge
     return None
 
@@ -87,15 +89,20 @@ def _image_info(session: Session, name: str) -> dict[str, Any]:
         # bdrv_query_image_info: the size comes first and its failure fails the query
         # (a job's dropped filter has no child to take a size from).
         raise BlockError(f"Can't get image size '{node.exact_filename}': {err.desc}") from err
-    image: dict[str, Any] = {"virtual-size": info.virtual_size, "filename": node.filename,
-                             "format": node.driver}
+    image: dict[str, Any] = {
+        "virtual-size": info.virtual_size,
+        "filename": node.filename,
+        "format": node.driver,
+    }
     actual = _allocated_size(session, name)
     if actual is not None and actual >= 0:
         image["actual-size"] = actual
     if _has_get_info(graph, name):
         chain = name
-        while graph.nodes[chain].driver not in ("file", "host_device", "qcow2") \
-                and graph.nodes[chain].driver not in HAS_GET_INFO:
+        while (
+            graph.nodes[chain].driver not in ("file", "host_device", "qcow2")
+            and graph.nodes[chain].driver not in HAS_GET_INFO
+        ):
             nxt = filter_or_cow_child(graph, chain) or graph.file_child(chain)
             assert nxt is not None
             chain = nxt
@@ -103,8 +110,9 @@ def _image_info(session: Session, name: str) -> dict[str, Any]:
         if cinfo.cluster_size:
             image["cluster-size"] = cinfo.cluster_size
         image["dirty-flag"] = cinfo.dirty
-    if info.format_specific is not None and (node.driver in ("qcow2", "luks")
-                                             or node.driver in HAS_SPECIFIC_INFO):
+    if info.format_specific is not None and (
+        node.driver in ("qcow2", "luks") or node.driver in HAS_SPECIFIC_INFO
+    ):
         image["format-specific"] = info.format_specific
     if info.extra.get("encrypted"):  # has_encrypted = bs->encrypted
         image["encrypted"] = True
@@ -134,7 +142,12 @@ def _device_info(session: Session, name: str, flat: bool) -> dict[str, Any]:
         "node-name": node.name,
         "detect_zeroes": node.detect_zeroes,
         "write_threshold": 0,
-        "bps": 0, "bps_rd": 0, "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0,
+        "bps": 0,
+        "bps_rd": 0,
+        "bps_wr": 0,
+        "iops": 0,
+        "iops_rd": 0,
+        "iops_wr": 0,
     }
     # bdrv_cow_bs: a filter's backing child (commit_top, mirror_top) is not a backing file
     found = graph.child_edge(name, "backing")
@@ -177,8 +190,16 @@ def block_graph(session: Session) -> dict[str, Any]:
 
     def add_edges(parent: str) -> None:
         for child, edge in graph.children(parent):
-            edges.insert(0, {"parent": num(parent), "child": num(child), "name": edge.qemu_name,
-                             "perm": perm_list(edge.perm), "shared-perm": perm_list(edge.shared)})
+            edges.insert(
+                0,
+                {
+                    "parent": num(parent),
+                    "child": num(child),
+                    "name": edge.qemu_name,
+                    "perm": perm_list(edge.perm),
+                    "shared-perm": perm_list(edge.shared),
+                },
+            )
 
     backends = sorted(graph.backends.values(), key=lambda b: b.seq)
     for kind, node_type in ((ParentKind.ROOT, "block-backend"), (ParentKind.JOB, "block-job")):
@@ -199,8 +220,12 @@ def query_block(session: Session) -> list[dict[str, Any]]:
         if backend.kind is not ParentKind.ROOT or not backend.name:
             continue
         kids = session.graph.children(backend.key)
-        entry: dict[str, Any] = {"device": backend.name, "locked": False, "removable": False,
-                                 "type": "unknown"}
+        entry: dict[str, Any] = {
+            "device": backend.name,
+            "locked": False,
+            "removable": False,
+            "type": "unknown",
+        }
         if kids:
             entry["inserted"] = _device_info(session, kids[0][0], False)
         out.append(entry)

@@ -81,8 +81,11 @@ def _quorum_add_child(session: Session, tx: Transaction, quorum: str, child: str
     # the transaction's undo of this set is that give-back.
     tx.set(qnode, "next_child_index", index + 1)
     if session.graph.has_descendant(child, quorum):
-        raise BlockError(f"Making '{child}' a {name} child of '{quorum}' would create a cycle",
-                         rule="G1-acyclic", subjects=(quorum, child))
+        raise BlockError(
+            f"Making '{child}' a {name} child of '{quorum}' would create a cycle",
+            rule="G1-acyclic",
+            subjects=(quorum, child),
+        )
     tx.attach(quorum, child, Edge(name=name, role=Role.DATA))
     refresh_perms(session, tx, [quorum])
 
@@ -92,8 +95,9 @@ def _quorum_del_child(session: Session, tx: Transaction, quorum: str, name: str)
     qnode = session.graph.nodes[quorum]
     threshold = int(qnode.options.get("vote-threshold", 1))
     if _children_count(session, quorum) <= threshold:
-        raise BlockError(f"The number of children cannot be lower than the vote threshold "
-                         f"{threshold}")
+        raise BlockError(
+            f"The number of children cannot be lower than the vote threshold {threshold}"
+        )
     if name == f"children.{qnode.next_child_index - 1}":
         tx.set(qnode, "next_child_index", qnode.next_child_index - 1)
     child, _edge = tx.detach(quorum, name)

@@ -39,8 +39,14 @@ from txgraph.ops.undo_log import Transaction
 __all__ = ["blockdev_reopen", "stage_blockdev_reopen", "ReopenWarning"]
 
 #: options ``bdrv_reopen_prepare`` consumes itself (the rest must be unchanged)
-_CONSUMED_COMMON = ("cache.direct", "cache.no-flush", "read-only", "auto-read-only", "discard",
-                    "detect-zeroes")
+_CONSUMED_COMMON = (
+    "cache.direct",
+    "cache.no-flush",
+    "read-only",
+    "auto-read-only",
+    "discard",
+    "detect-zeroes",
+)
 
 
 @dataclass(frozen=True)
@@ -54,8 +60,13 @@ class ReopenWarning:
     sentence: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"node": self.node, "option": self.option, "old": self.old, "new": self.new,
-                "sentence": self.sentence}
+        return {
+            "node": self.node,
+            "option": self.option,
+            "old": self.old,
+            "new": self.new,
+            "sentence": self.sentence,
+        }
 
 
 def blockdev_reopen(session: Session, options_list: list[dict[str, Any]]) -> list[ReopenWarning]:
@@ -63,8 +74,9 @@ def blockdev_reopen(session: Session, options_list: list[dict[str, Any]]) -> lis
         return stage_blockdev_reopen(session, tx, options_list)
 
 
-def stage_blockdev_reopen(session: Session, tx: Transaction,
-                          options_list: list[dict[str, Any]]) -> list[ReopenWarning]:
+def stage_blockdev_reopen(
+    session: Session, tx: Transaction, options_list: list[dict[str, Any]]
+) -> list[ReopenWarning]:
     """``qmp_blockdev_reopen`` inside an open transaction."""
     queue = ReopenQueue(session)
     for item in options_list:
@@ -88,8 +100,12 @@ def stage_blockdev_reopen(session: Session, tx: Transaction,
         flags = flags_after.get(node.name, node.flags)
         return bool(flags & OpenFlag.RDWR) and not flags & OpenFlag.INACTIVE
 
-    refresh_perms(session, tx, [n for n in refresh_list if n in session.graph.nodes],
-                  writable_after=writable_after)
+    refresh_perms(
+        session,
+        tx,
+        [n for n in refresh_list if n in session.graph.nodes],
+        writable_after=writable_after,
+    )
     for entry in reversed(queue.entries):
         _commit(session, tx, entry)
     for entry in queue.entries:
@@ -124,8 +140,10 @@ def _prepare(session: Session, tx: Transaction, queue: ReopenQueue, entry: Reope
     detect = work.pop("detect-zeroes", None)
     entry.detect_zeroes = "off" if detect is None else str(detect)
     if entry.detect_zeroes == "unmap" and not entry.flags & OpenFlag.UNMAP:
-        raise BlockError("setting detect-zeroes to unmap is not allowed without setting "
-                         "discard operation to unmap")
+        raise BlockError(
+            "setting detect-zeroes to unmap is not allowed without setting "
+            "discard operation to unmap"
+        )
     # node-name, driver and force-share go back through QemuOpts: as strings.
     for key in ("node-name", "driver", "force-share"):
         if key in work:
@@ -133,15 +151,24 @@ def _prepare(session: Session, tx: Transaction, queue: ReopenQueue, entry: Reope
     if node.flags & OpenFlag.COPY_ON_READ and not entry.flags & OpenFlag.RDWR:
         raise BlockError(f"Can't set node '{node.name}' to r/o with copy-on-read enabled")
     if spec is None or not spec.reopenable:
-        raise BlockError(f"Block format '{node.driver}' used by node '{node.name}' does not "
-                         "support reopening files")
+        raise BlockError(
+            f"Block format '{node.driver}' used by node '{node.name}' does not "
+            "support reopening files"
+        )
     for key in qdict_order(list(node.options)):
-        if key not in work and key not in RESETTABLE_COMMON_OPTIONS and key not in spec.mutable_opts:
+        if (
+            key not in work
+            and key not in RESETTABLE_COMMON_OPTIONS
+            and key not in spec.mutable_opts
+        ):
             raise BlockError(f"Option '{key}' cannot be reset to its default value")
     _driver_prepare(tx, session, node, entry, work)
     _runtime_reopen(tx, node, entry)
-    if spec.supports_backing and entry.backing_missing and \
-            (graph.backing_child(node.name) is not None or node.backing_file):
+    if (
+        spec.supports_backing
+        and entry.backing_missing
+        and (graph.backing_child(node.name) is not None or node.backing_file)
+    ):
         raise BlockError(f"backing is missing for '{node.name}'")
     for is_backing in (True, False):
         key = "backing" if is_backing else "file"
@@ -180,8 +207,9 @@ def _qemu_opts_string(value: Any) -> str:
     return str(value)
 
 
-def _driver_prepare(tx: Transaction, session: Session, node: BlockNode, entry: ReopenEntry,
-                    work: dict[str, Any]) -> None:
+def _driver_prepare(
+    tx: Transaction, session: Session, node: BlockNode, entry: ReopenEntry, work: dict[str, Any]
+) -> None:
     """The driver's ``bdrv_reopen_prepare``: consume what it may change, validate it."""
     driver = node.driver
     if driver in ("file", "host_device"):
@@ -222,15 +250,17 @@ def _runtime_reopen(tx: Transaction, node: BlockNode, entry: ReopenEntry) -> Non
     commit is part of the transaction's delta."""
     if not tx.rt.knows(node.name):
         return
-    new_options = {k: v for k, v in entry.options.values.items()
-                   if "." not in k or k.startswith("cache.")}
+    new_options = {
+        k: v for k, v in entry.options.values.items() if "." not in k or k.startswith("cache.")
+    }
     # The settings bdrv_reopen_commit will install, typed (the driver parses them once).
     new_options.update(runtime_common_options(entry.flags, entry.detect_zeroes))
     tx.rt.reopen(node.name, new_options, not entry.flags & OpenFlag.RDWR)
 
 
-def _parse_file_or_backing(session: Session, tx: Transaction, entry: ReopenEntry, value: Any,
-                           is_backing: bool) -> None:
+def _parse_file_or_backing(
+    session: Session, tx: Transaction, entry: ReopenEntry, value: Any, is_backing: bool
+) -> None:
     """``bdrv_reopen_parse_file_or_backing`` + ``bdrv_set_file_or_backing_noperm``."""
     graph = session.graph
     node = graph.nodes[entry.name]
@@ -245,8 +275,9 @@ def _parse_file_or_backing(session: Session, tx: Transaction, entry: ReopenEntry
     else:
         new_child = lookup_bs(session, None, str(value))
         if graph.has_descendant(new_child, node.name):
-            raise BlockError(f"Making '{value}' a {child_name} child of '{node.name}' would "
-                             "create a cycle")
+            raise BlockError(
+                f"Making '{value}' a {child_name} child of '{node.name}' would create a cycle"
+            )
     if old_child == new_child:
         return
     if old_child is not None:
@@ -255,14 +286,18 @@ def _parse_file_or_backing(session: Session, tx: Transaction, entry: ReopenEntry
         if graph.nodes[old_child].implicit:
             raise BlockError(f"Cannot replace implicit {child_name} child of {node.name}")
     if spec.is_filter and old_child is None:
-        raise BlockError(f"'{node.name}' is a {node.driver} filter node that does not support "
-                         f"a {child_name} child")
+        raise BlockError(
+            f"'{node.name}' is a {node.driver} filter node that does not support "
+            f"a {child_name} child"
+        )
     if old_edge is not None and old_edge[1].frozen:
-        raise BlockError(f"Cannot change frozen '{child_name}' link from '{node.name}' to "
-                         f"'{old_child}'")
+        raise BlockError(
+            f"Cannot change frozen '{child_name}' link from '{node.name}' to '{old_child}'"
+        )
     if is_backing and not spec.is_filter and not spec.supports_backing:
-        raise BlockError(f"Driver '{node.driver}' of node '{node.name}' does not support "
-                         "backing files")
+        raise BlockError(
+            f"Driver '{node.driver}' of node '{node.name}' does not support backing files"
+        )
     if spec.is_filter:
         role = Role.FILTERED | Role.PRIMARY
     elif is_backing:
@@ -271,7 +306,9 @@ def _parse_file_or_backing(session: Session, tx: Transaction, entry: ReopenEntry
         if old_edge is None:
             raise BlockError("Cannot set file child to format node without file child")
         role = old_edge[1].role
-    update_inherits = new_child is not None and _inherits_from_recursive(session, new_child, node.name)
+    update_inherits = new_child is not None and _inherits_from_recursive(
+        session, new_child, node.name
+    )
     if old_edge is not None:
         assert old_child is not None
         _unset_inherits_from(session, tx, node.name, old_child, child_name)
@@ -302,8 +339,9 @@ def _inherits_from_recursive(session: Session, child: str, parent: str) -> bool:
     return cur == parent
 
 
-def _unset_inherits_from(session: Session, tx: Transaction, root: str, child: str,
-                         edge_name: str) -> None:
+def _unset_inherits_from(
+    session: Session, tx: Transaction, root: str, child: str, edge_name: str
+) -> None:
     """``bdrv_unset_inherits_from``: forget an implicit child once root stops referencing it."""
     graph = session.graph
     node = graph.nodes[child]
@@ -334,12 +372,18 @@ def _commit(session: Session, tx: Transaction, entry: ReopenEntry) -> None:
 
 
 def _snapshot(node: BlockNode) -> dict[str, Any]:
-    return {"read-only": node.read_only, "cache.direct": node.cache_direct,
-            "cache.no-flush": node.cache_no_flush, "detect-zeroes": node.detect_zeroes,
-            "auto-read-only": bool(node.flags & OpenFlag.AUTO_RDONLY)}
+    return {
+        "read-only": node.read_only,
+        "cache.direct": node.cache_direct,
+        "cache.no-flush": node.cache_no_flush,
+        "detect-zeroes": node.detect_zeroes,
+        "auto-read-only": bool(node.flags & OpenFlag.AUTO_RDONLY),
+    }
 
 
-def _warnings(session: Session, queue: ReopenQueue, before: dict[str, dict[str, Any]]) -> list[ReopenWarning]:
+def _warnings(
+    session: Session, queue: ReopenQueue, before: dict[str, dict[str, Any]]
+) -> list[ReopenWarning]:
     """Values that changed although the request for that node did not name them."""
     out: list[ReopenWarning] = []
     for entry in queue.entries:
@@ -354,8 +398,9 @@ def _warnings(session: Session, queue: ReopenQueue, before: dict[str, dict[str, 
             why = node.provenance.get(key)
             reason = why.describe() if why else "reset to its default"
             if key == "read-only" and old and not new:
-                sentence = (f"'{entry.name}' became writable because 'read-only' was omitted "
-                            f"({reason})")
+                sentence = (
+                    f"'{entry.name}' became writable because 'read-only' was omitted ({reason})"
+                )
             else:
                 sentence = f"'{entry.name}': {key} changed from {old!r} to {new!r} ({reason})"
             out.append(ReopenWarning(entry.name, key, old, new, sentence))

@@ -49,9 +49,14 @@ class ReopenQueue:
                 return entry
         return None
 
-    def queue(self, name: str, options: OptionSet | None, role: Role,
-              parent: tuple[str, bool, dict[str, Any], OpenFlag, str] | None,
-              keep_old: bool) -> None:
+    def queue(
+        self,
+        name: str,
+        options: OptionSet | None,
+        role: Role,
+        parent: tuple[str, bool, dict[str, Any], OpenFlag, str] | None,
+        keep_old: bool,
+    ) -> None:
         """``bdrv_reopen_queue_child``: compute the node's new options and recurse into children.
 
         Precedence: given > retained explicit (duplicate entry or keep_old) >
@@ -69,8 +74,9 @@ class ReopenQueue:
         explicit = dict(opts.values)
         if parent is not None:
             pname, parent_is_format, parent_options, parent_flags, edge = parent
-            flags = inherit_options(role, parent_is_format, opts, parent_flags, parent_options,
-                                    pname, edge)
+            flags = inherit_options(
+                role, parent_is_format, opts, parent_flags, parent_options, pname, edge
+            )
         else:
             flags = node.flags
         if keep_old:
@@ -106,5 +112,10 @@ class ReopenQueue:
                 for key in [k for k in explicit if k.startswith(prefix)]:
                     del explicit[key]
                 child_opts = opts.extract(prefix)
-            self.queue(child, child_opts, child_edge.role,
-                       (name, is_format, opts.values, flags, child_edge.name), child_keep_old)
+            self.queue(
+                child,
+                child_opts,
+                child_edge.role,
+                (name, is_format, opts.values, flags, child_edge.name),
+                child_keep_old,
+            )

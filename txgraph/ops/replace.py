@@ -34,15 +34,21 @@ from txgraph.ops.perms import refresh_perms
 from txgraph.ops.session import Session
 from txgraph.ops.undo_log import Transaction
 
-__all__ = ["retarget_edge", "should_update_child", "replace_node_noperm", "find_parent_edge",
-           "stage_blockdev_replace", "stage_replace_edges", "EdgeRef"]
+__all__ = [
+    "retarget_edge",
+    "should_update_child",
+    "replace_node_noperm",
+    "find_parent_edge",
+    "stage_blockdev_replace",
+    "stage_replace_edges",
+    "EdgeRef",
+]
 
 #: (parent key in the graph, edge name)
 EdgeRef = tuple[str, str]
 
 
-def retarget_edge(session: Session, tx: Transaction, parent: str, name: str,
-                  new_child: str) -> str:
+def retarget_edge(session: Session, tx: Transaction, parent: str, name: str, new_child: str) -> str:
     """``bdrv_replace_child_tran``: the edge ``(parent, name)`` now points at ``new_child``.
 
     Every parent follows: a node, or a BlockBackend (an export's ``root``);
@@ -66,8 +72,9 @@ def should_update_child(session: Session, parent: str, edge: Edge, to: str) -> b
     return not session.graph.has_descendant(to, parent)
 
 
-def replace_node_noperm(session: Session, tx: Transaction, from_: str, to: str, *,
-                        auto_skip: bool = True) -> list[EdgeRef]:
+def replace_node_noperm(
+    session: Session, tx: Transaction, from_: str, to: str, *, auto_skip: bool = True
+) -> list[EdgeRef]:
     """``bdrv_replace_node_noperm``: move the parent edges of ``from_`` to ``to``.
 
     Parents are visited in QEMU's list order (newest first). Returns the
@@ -78,11 +85,17 @@ def replace_node_noperm(session: Session, tx: Transaction, from_: str, to: str, 
         if not should_update_child(session, parent, edge, to):
             if auto_skip:
                 continue
-            raise BlockError(f"Should not change '{edge.name}' link to '{from_}'",
-                             rule="G1-acyclic", subjects=(parent, from_, to))
+            raise BlockError(
+                f"Should not change '{edge.name}' link to '{from_}'",
+                rule="G1-acyclic",
+                subjects=(parent, from_, to),
+            )
         if edge.frozen:
-            raise BlockError(f"Cannot change '{edge.name}' link to '{from_}'",
-                             rule="F1-frozen-link", subjects=(parent, from_))
+            raise BlockError(
+                f"Cannot change '{edge.name}' link to '{from_}'",
+                rule="F1-frozen-link",
+                subjects=(parent, from_),
+            )
         retarget_edge(session, tx, parent, edge.name, to)
         moved.append((parent, edge.name))
     return moved
@@ -91,11 +104,17 @@ def replace_node_noperm(session: Session, tx: Transaction, from_: str, to: str, 
 def _check_edge_move(session: Session, parent: str, edge: Edge, old: str, new: str) -> None:
     """The checks one explicit edge move needs: not frozen, no loop (§3.5)."""
     if edge.frozen:
-        raise BlockError(f"Cannot change frozen '{edge.name}' link from '{parent}' to '{old}'",
-                         rule="F1-frozen-link", subjects=(parent, old))
+        raise BlockError(
+            f"Cannot change frozen '{edge.name}' link from '{parent}' to '{old}'",
+            rule="F1-frozen-link",
+            subjects=(parent, old),
+        )
     if parent in session.graph.nodes and session.graph.has_descendant(new, parent):
-        raise BlockError(f"Making '{new}' a {edge.name} child of '{parent}' would create a cycle",
-                         rule="G1-acyclic", subjects=(parent, new))
+        raise BlockError(
+            f"Making '{new}' a {edge.name} child of '{parent}' would create a cycle",
+            rule="G1-acyclic",
+            subjects=(parent, new),
+        )
 
 
 def find_parent_edge(session: Session, parent: str, name: str) -> tuple[str, str, Edge]:
@@ -183,7 +202,9 @@ def stage_replace_edges(session: Session, tx: Transaction, args: dict[str, Any])
         for item in args["edges"]:
             key, old, edge = find_parent_edge(session, item["parent"], item["child-name"])
             if (key, edge.name) in seen:
-                raise BlockError(f"Edge '{item['child-name']}' of '{item['parent']}' is listed twice")
+                raise BlockError(
+                    f"Edge '{item['child-name']}' of '{item['parent']}' is listed twice"
+                )
             seen.add((key, edge.name))
             if old == new:
                 continue
@@ -200,8 +221,9 @@ def stage_replace_edges(session: Session, tx: Transaction, args: dict[str, Any])
         return []
     mode = args.get("parents-mode", "auto")
     if mode == "exactly-one":
-        movable = [(p, e) for p, e in session.graph.parents(child)
-                   if e.parent_kind is not ParentKind.JOB]
+        movable = [
+            (p, e) for p, e in session.graph.parents(child) if e.parent_kind is not ParentKind.JOB
+        ]
         if len(movable) != 1:
             raise BlockError(f"Node '{child}' has {len(movable)} parents, expected exactly one")
     moved = replace_node_noperm(session, tx, child, new, auto_skip=(mode == "auto"))

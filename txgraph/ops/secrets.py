@@ -31,8 +31,16 @@ from txgraph.io.crypto.secret import SecretRef
 from txgraph.io.hostpath import host_path
 from txgraph.ops.session import QomObject, Session
 
-__all__ = ["SecretObject", "SECRET_TYPES", "check_secret_properties", "load_secret",
-           "lookup_secret", "lookup_utf8", "secret_ref", "glib_base64_decode"]
+__all__ = [
+    "SecretObject",
+    "SECRET_TYPES",
+    "check_secret_properties",
+    "load_secret",
+    "lookup_secret",
+    "lookup_utf8",
+    "secret_ref",
+    "glib_base64_decode",
+]
 
 SECRET_TYPES = frozenset({"secret", "secret_keyring"})
 #: x86_64 ``SYS_keyctl`` and ``KEYCTL_READ`` (linux/keyctl.h)
@@ -40,8 +48,9 @@ _SYS_KEYCTL = 250
 _KEYCTL_READ = 11
 
 _B64_VALID = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\n")
-_B64_RANK = {c: i for i, c in enumerate(
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
+_B64_RANK = {
+    c: i for i, c in enumerate(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+}
 _B64_RANK[ord("=")] = 0
 
 
@@ -93,16 +102,20 @@ def _read_file(path: str) -> bytes:
     try:
         fd = os.open(host_path(path), os.O_RDONLY | os.O_CLOEXEC)
     except OSError as err:
-        raise BlockError(f"Unable to read {path}: Failed to open file \u201c{path}\u201d: "
-                         f"{os.strerror(err.errno or 5)}") from None
+        raise BlockError(
+            f"Unable to read {path}: Failed to open file \u201c{path}\u201d: "
+            f"{os.strerror(err.errno or 5)}"
+        ) from None
     try:
         chunks: list[bytes] = []
         while True:
             try:
                 chunk = os.read(fd, 1 << 16)
             except OSError as err:
-                raise BlockError(f"Unable to read {path}: Error reading file \u201c{path}\u201d: "
-                                 f"{os.strerror(err.errno or 5)}") from None
+                raise BlockError(
+                    f"Unable to read {path}: Error reading file \u201c{path}\u201d: "
+                    f"{os.strerror(err.errno or 5)}"
+                ) from None
             if not chunk:
                 return b"".join(chunks)
             chunks.append(chunk)
@@ -127,14 +140,15 @@ def _read_keyring(serial: int) -> bytes:
                 return buf.raw[:got]
         if size < 0 or got < 0:
             err = ctypes.get_errno()
-            raise BlockError(f"Unable to read serial key {serial & 0xFFFFFFFF:08x}: "
-                             f"{os.strerror(err)}")
-    raise BlockError(f"Unable to read serial key {serial & 0xFFFFFFFF:08x}: "
-                     f"{os.strerror(5)}")
+            raise BlockError(
+                f"Unable to read serial key {serial & 0xFFFFFFFF:08x}: {os.strerror(err)}"
+            )
+    raise BlockError(f"Unable to read serial key {serial & 0xFFFFFFFF:08x}: {os.strerror(5)}")
 
 
-def load_secret(session: Session, obj_id: str, props: dict[str, Any],
-                qom_type: str = "secret") -> SecretObject:
+def load_secret(
+    session: Session, obj_id: str, props: dict[str, Any], qom_type: str = "secret"
+) -> SecretObject:
     """``qcrypto_secret_complete``: load, then decrypt (keyid) or decode (base64)."""
     data, path = props.get("data"), props.get("file")
     if qom_type == "secret_keyring":
@@ -157,8 +171,9 @@ def load_secret(session: Session, obj_id: str, props: dict[str, Any],
     return SecretObject(obj_id, qom_type, dict(props), rawdata=raw)
 
 
-def _decrypt(session: Session, obj_id: str, keyid: str, iv_text: str | None, raw: bytes,
-             base64: bool) -> bytes:
+def _decrypt(
+    session: Session, obj_id: str, keyid: str, iv_text: str | None, raw: bytes, base64: bool
+) -> bytes:
     """``qcrypto_secret_decrypt``: AES-256-CBC with the key secret and the base64 IV."""
     if keyid == obj_id:
         # The object is already in /objects while it completes, still without data.
@@ -180,7 +195,7 @@ def _decrypt(session: Session, obj_id: str, keyid: str, iv_text: str | None, raw
     pad = plain[-1]
     if pad > 16 or pad > len(plain):
         raise BlockError(f"Incorrect number of padding bytes ({pad}) found on decrypted data")
-    return plain[:len(plain) - pad]
+    return plain[: len(plain) - pad]
 
 
 def lookup_secret(session: Session, secret_id: str) -> bytes:

@@ -49,9 +49,15 @@ class QomObject:
 class Session:
     """The live state commands operate on."""
 
-    def __init__(self, *, policy: str = "qemu", runtime: Runtime | None = None,
-                 name_seed: int | None = None, check: bool = True,
-                 nbd_server: Any = None) -> None:
+    def __init__(
+        self,
+        *,
+        policy: str = "qemu",
+        runtime: Runtime | None = None,
+        name_seed: int | None = None,
+        check: bool = True,
+        nbd_server: Any = None,
+    ) -> None:
         self.graph = BlockGraph()
         self.runtime = runtime if runtime is not None else Runtime()
         #: the NBD server (nbd-server-start); ``NbdServer`` or a stand-in with its control surface
@@ -103,8 +109,13 @@ class Session:
         """Stage changes; commit if the block works and the checker agrees, else undo all."""
         fail_at, self.fail_next_at = self.fail_next_at, None
         fail_prepare_at, self.fail_next_prepare_at = self.fail_next_prepare_at, None
-        tx = Transaction(self.graph, fail_at=fail_at, runtime=self.runtime,
-                         fail_prepare_at=fail_prepare_at, outer_journal=self.outer_journal)
+        tx = Transaction(
+            self.graph,
+            fail_at=fail_at,
+            runtime=self.runtime,
+            fail_prepare_at=fail_prepare_at,
+            outer_journal=self.outer_journal,
+        )
         self.graph.thawed = set()
         saved_name_seq = self._name_seq
         try:
@@ -133,8 +144,12 @@ class Session:
         self.last_verdict = verdict
         if not verdict.ok:
             first = verdict.violations[0]
-            raise InvariantViolation(first.sentence, rule=first.rule, subjects=tuple(first.nodes),
-                                     explanation=verdict.to_dict())
+            raise InvariantViolation(
+                first.sentence,
+                rule=first.rule,
+                subjects=tuple(first.nodes),
+                explanation=verdict.to_dict(),
+            )
 
     def close(self) -> None:
         hooks, self.close_hooks = self.close_hooks, []

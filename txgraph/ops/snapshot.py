@@ -37,8 +37,13 @@ from txgraph.ops.replace import replace_node_noperm
 from txgraph.ops.session import Session
 from txgraph.ops.undo_log import Transaction
 
-__all__ = ["stage_blockdev_snapshot", "stage_blockdev_snapshot_sync", "bdrv_append", "reopen_set_read_only",
-           "set_read_only_ignoring_errors"]
+__all__ = [
+    "stage_blockdev_snapshot",
+    "stage_blockdev_snapshot_sync",
+    "bdrv_append",
+    "reopen_set_read_only",
+    "set_read_only_ignoring_errors",
+]
 
 
 def stage_blockdev_snapshot(session: Session, tx: Transaction, args: dict[str, Any]) -> None:
@@ -75,8 +80,9 @@ def stage_blockdev_snapshot_sync(session: Session, tx: Transaction, args: dict[s
         options.put("node-name", snapshot_node_name, explicit)
     options.put("driver", fmt, explicit)
     # bdrv_open() of the new image: flags inherited from the old node, no backing opened.
-    overlay = Opener(session, tx).open_inherit(path, None, options, flags & ~OpenFlag.PROTOCOL,
-                                               None, Role.NONE, None, True)
+    overlay = Opener(session, tx).open_inherit(
+        path, None, options, flags & ~OpenFlag.PROTOCOL, None, Role.NONE, None, True
+    )
     _append_overlay(session, tx, old, overlay)
 
     def drop_if_unused() -> None:
@@ -93,8 +99,10 @@ def _name_in_use(session: Session, name: str) -> bool:
     if name in session.graph.nodes:
         return True
     # blk_by_name: only named (monitor) BlockBackends; an export's anonymous one has no name
-    return any(b.name and b.name == name and b.kind.value == "root"
-               for b in session.graph.backends.values())
+    return any(
+        b.name and b.name == name and b.kind.value == "root"
+        for b in session.graph.backends.values()
+    )
 
 
 def _prepare_old(session: Session, device: str | None, node_name: str | None) -> str:
@@ -162,8 +170,11 @@ def bdrv_append(session: Session, tx: Transaction, new: str, top: str) -> None:
     spec = driver_spec(node.driver)
     role = Role.FILTERED | Role.PRIMARY if spec is not None and spec.is_filter else Role.COW
     if graph.has_descendant(top, new):
-        raise BlockError(f"Making '{top}' a backing child of '{new}' would create a cycle",
-                         rule="G1-acyclic", subjects=(new, top))
+        raise BlockError(
+            f"Making '{top}' a backing child of '{new}' would create a cycle",
+            rule="G1-acyclic",
+            subjects=(new, top),
+        )
     tx.attach(new, top, Edge(name="backing", role=role))
     if node.flags & OpenFlag.NO_BACKING:
         tx.set(node, "flags", node.flags & ~OpenFlag.NO_BACKING)
@@ -203,15 +214,20 @@ def set_read_only_ignoring_errors(session: Session, tx: Transaction, name: str) 
     is a reopen prepare (validated now) committed with the transaction's delta.
     """
     try:
-        reopen_set_read_only(session, tx, name, True,
-                             detail="made read-only by an external snapshot "
-                                    "(bdrv_reopen_set_read_only)")
+        reopen_set_read_only(
+            session,
+            tx,
+            name,
+            True,
+            detail="made read-only by an external snapshot (bdrv_reopen_set_read_only)",
+        )
     except BlockError:
         return  # refused: ignored, as external_snapshot_commit ignores it
 
 
-def reopen_set_read_only(session: Session, tx: Transaction, name: str, read_only: bool, *,
-                         detail: str) -> None:
+def reopen_set_read_only(
+    session: Session, tx: Transaction, name: str, read_only: bool, *, detail: str
+) -> None:
     """``bdrv_reopen_set_read_only(bs, read_only, errp)``: the node and the children it
     created implicitly change read-only; a refusal raises and changes nothing."""
     graph = session.graph
@@ -221,8 +237,10 @@ def reopen_set_read_only(session: Session, tx: Transaction, name: str, read_only
     # bdrv_reopen_prepare fails for drivers without reopen support (quorum,
     # copy-on-read...): the whole reopen fails.
     if any(not (driver_spec(graph.nodes[n].driver) or _NO_SPEC).reopenable for n in reopen_set):
-        raise BlockError(f"Block format '{graph.nodes[name].driver}' used by node '{name}' "
-                         "does not support reopening files")
+        raise BlockError(
+            f"Block format '{graph.nodes[name].driver}' used by node '{name}' "
+            "does not support reopening files"
+        )
     targets = [n for n in reopen_set if graph.nodes[n].read_only != read_only]
     if not targets:
         return
@@ -246,8 +264,9 @@ def reopen_set_read_only(session: Session, tx: Transaction, name: str, read_only
         # queue): a child made read-only may have another writer (a copy-on-read
         # filter) even where the edges from the snapshotted node keep their values
         roots = [name, *(t for t in targets if t != name)]
-        changes = compute_refresh(graph, roots, writable_after=writable_after,
-                                  driver_check=driver_check)
+        changes = compute_refresh(
+            graph, roots, writable_after=writable_after, driver_check=driver_check
+        )
         tx.rt.set_read_only([t for t in targets if tx.rt.knows(t)], read_only)
     except BaseException:
         for undo in reversed(lock_undos):
@@ -257,8 +276,9 @@ def reopen_set_read_only(session: Session, tx: Transaction, name: str, read_only
         tx.undo(undo)
     for target in targets:
         node = graph.nodes[target]
-        tx.set(node, "flags", node.flags & ~OpenFlag.RDWR if read_only
-               else node.flags | OpenFlag.RDWR)
+        tx.set(
+            node, "flags", node.flags & ~OpenFlag.RDWR if read_only else node.flags | OpenFlag.RDWR
+        )
         options = dict(node.options)
         options["read-only"] = read_only
         tx.set(node, "options", options)
@@ -270,11 +290,14 @@ def reopen_set_read_only(session: Session, tx: Transaction, name: str, read_only
             prov["read-only"] = Provenance(Source.EXPLICIT, detail=detail)
         else:
             parent = node.inherits_from
-            edge = next((e.name for c, e in graph.children(parent) if c == target), None) \
-                if parent is not None else None
-            prov["read-only"] = Provenance(Source.INHERITED, parent=parent, edge=edge,
-                                           detail=detail)
+            edge = (
+                next((e.name for c, e in graph.children(parent) if c == target), None)
+                if parent is not None
+                else None
+            )
+            prov["read-only"] = Provenance(
+                Source.INHERITED, parent=parent, edge=edge, detail=detail
+            )
         tx.set(node, "provenance", prov)
     for change in changes:
         tx.set_edge_perm(change.parent, change.name, change.perm, change.shared)
-

@@ -58,8 +58,12 @@ Undo = Callable[[], None]
 class RuntimeStage:
     """Prepare steps and delta of one transaction over ``runtime``."""
 
-    def __init__(self, runtime: Runtime | None, register_undo: Callable[[Undo], None],
-                 fail_at: int | None = None) -> None:
+    def __init__(
+        self,
+        runtime: Runtime | None,
+        register_undo: Callable[[Undo], None],
+        fail_at: int | None = None,
+    ) -> None:
         self._runtime = runtime
         self._undo = register_undo
         self._fail_at = fail_at
@@ -85,8 +89,16 @@ class RuntimeStage:
         self._undo(lambda: self._recorded.remove(op))
 
     # -- prepare steps -----------------------------------------------------------------------
-    def open(self, name: str, driver: str, options: Mapping[str, Any], children: Mapping[str, str],
-             read_only: bool, *, probed: bool = False) -> ImageInfo:
+    def open(
+        self,
+        name: str,
+        driver: str,
+        options: Mapping[str, Any],
+        children: Mapping[str, str],
+        read_only: bool,
+        *,
+        probed: bool = False,
+    ) -> ImageInfo:
         """``bdrv_open_driver``: the node's driver object, prepared (not yet reachable)."""
         rt = self.runtime
         self._step()
@@ -98,6 +110,7 @@ class RuntimeStage:
             rt.discard_prepared(name)
             if op in self._opened:
                 self._opened.remove(op)
+
         self._undo(discard)
         return info
 
@@ -145,14 +158,27 @@ class RuntimeStage:
         self._step()
         self.runtime.check_readable(path)
 
-    def create_image(self, path: str, fmt: str, size: int, *, backing: str | None = None,
-                     backing_format: str | None = None) -> None:
+    def create_image(
+        self,
+        path: str,
+        fmt: str,
+        size: int,
+        *,
+        backing: str | None = None,
+        backing_format: str | None = None,
+    ) -> None:
         """``bdrv_img_create``: not undone, as in QEMU (reference/qemu-graph.md §4.3)."""
         self._step()
         self.runtime.create_image(path, fmt, size, backing=backing, backing_format=backing_format)
 
-    def change_backing_file(self, name: str, backing_file: str | None, backing_fmt: str | None,
-                            old_file: str | None, old_fmt: str | None) -> None:
+    def change_backing_file(
+        self,
+        name: str,
+        backing_file: str | None,
+        backing_fmt: str | None,
+        old_file: str | None,
+        old_fmt: str | None,
+    ) -> None:
         """``bdrv_change_backing_file``: the image header names a new backing file now.
 
         A prepare step that writes the header at once (a job's prepare needs the
@@ -173,6 +199,7 @@ class RuntimeStage:
                 change(name, old_file, old_fmt)
             except TxgraphError:
                 pass  # the image keeps the new name; the graph goes back regardless
+
         self._undo(undo)
 
     # -- reads -------------------------------------------------------------------------------
@@ -180,8 +207,9 @@ class RuntimeStage:
         """Does the data plane have a (prepared or live) driver object for ``name``?"""
         if self._runtime is None:
             return False
-        return self._runtime.is_prepared(name) or (self._runtime.has_node(name)
-                                                   and name not in self._closed)
+        return self._runtime.is_prepared(name) or (
+            self._runtime.has_node(name) and name not in self._closed
+        )
 
     def info(self, name: str) -> ImageInfo:
         return self.runtime.info(name)
@@ -242,8 +270,7 @@ class RuntimeStage:
         renewed = closed & {op.name for op in opens}
         new_backends = {op.key for op in backends_new}
         gone_backends = {op.key for op in backends_gone}
-        parents = list(dict.fromkeys([*edge_parents, *(op.name for op in opens),
-                                      *new_backends]))
+        parents = list(dict.fromkeys([*edge_parents, *(op.name for op in opens), *new_backends]))
         edges: list[DeltaOp] = []
         for parent in parents:
             if parent in gone_backends:
@@ -264,4 +291,3 @@ class RuntimeStage:
                 if want != current.get(name) or want in renewed:
                     edges.append(SetChild(parent, name, want))
         return [*closes, *opens, *backends_new, *edges, *reopens, *backends_gone]
-

@@ -47,9 +47,15 @@ class TxState(enum.Enum):
 class Transaction:
     """A set of staged graph changes that commit or abort as one."""
 
-    def __init__(self, graph: BlockGraph, *, fail_at: int | None = None,
-                 runtime: Runtime | None = None, fail_prepare_at: int | None = None,
-                 outer_journal: Journal | None = None) -> None:
+    def __init__(
+        self,
+        graph: BlockGraph,
+        *,
+        fail_at: int | None = None,
+        runtime: Runtime | None = None,
+        fail_prepare_at: int | None = None,
+        outer_journal: Journal | None = None,
+    ) -> None:
         self.graph = graph
         #: first values of everything this transaction changes (the checker's ``before``)
         self.journal = Journal(graph, outer_journal)

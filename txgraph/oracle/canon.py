@@ -21,18 +21,45 @@ import re
 from collections import Counter
 from typing import Any
 
-__all__ = ["NODE_FIELDS", "IMAGE_FIELDS", "canon_text", "canon_value", "canon_nodes",
-           "canon_graph", "canon_reply", "substitute"]
+__all__ = [
+    "NODE_FIELDS",
+    "IMAGE_FIELDS",
+    "canon_text",
+    "canon_value",
+    "canon_nodes",
+    "canon_graph",
+    "canon_reply",
+    "substitute",
+]
 
 _AUTO = re.compile(r"#block(\d+)(\d\d)")
 
 #: fields of a ``query-named-block-nodes`` entry compared per node (plus every bps*/iops*)
-NODE_FIELDS = ("drv", "ro", "cache", "detect_zeroes", "file", "backing_file",
-               "backing_file_depth", "encrypted", "write_threshold", "node-name")
+NODE_FIELDS = (
+    "drv",
+    "ro",
+    "cache",
+    "detect_zeroes",
+    "file",
+    "backing_file",
+    "backing_file_depth",
+    "encrypted",
+    "write_threshold",
+    "node-name",
+)
 #: fields of the ``image`` member compared per node (``actual-size`` handled separately)
-IMAGE_FIELDS = ("virtual-size", "format", "filename", "cluster-size", "backing-filename",
-                "backing-filename-format", "full-backing-filename", "format-specific",
-                "dirty-flag", "encrypted")
+IMAGE_FIELDS = (
+    "virtual-size",
+    "format",
+    "filename",
+    "cluster-size",
+    "backing-filename",
+    "backing-filename-format",
+    "full-backing-filename",
+    "format-specific",
+    "dirty-flag",
+    "encrypted",
+)
 
 
 def canon_text(s: str, workdir: str | None) -> str:
@@ -77,8 +104,9 @@ def _project_node(node: dict[str, Any], writes: bool, workdir: str | None) -> di
     return out
 
 
-def canon_nodes(nodes: list[dict[str, Any]], workdir: str | None,
-                writes: bool = False) -> dict[str, Any]:
+def canon_nodes(
+    nodes: list[dict[str, Any]], workdir: str | None, writes: bool = False
+) -> dict[str, Any]:
     """``query-named-block-nodes`` return value -> {canonical name: projection}."""
     out: dict[str, Any] = {}
     for n in nodes:
@@ -106,26 +134,39 @@ def canon_graph(graph: dict[str, Any], workdir: str | None) -> dict[str, list[An
     for n in sorted(raw_nodes, key=lambda n: str(n.get("id"))):
         if n["id"] in names:
             continue
-        outs = sorted(f"{e['name']}->{canon_text(by_id.get(e['child'], {}).get('name') or '?', workdir)}"
-                      for e in raw_edges if e["parent"] == n["id"])
+        outs = sorted(
+            f"{e['name']}->{canon_text(by_id.get(e['child'], {}).get('name') or '?', workdir)}"
+            for e in raw_edges
+            if e["parent"] == n["id"]
+        )
         base = f"<{n.get('type')}:{','.join(outs)}>"
         anon_count[base] += 1
         names[n["id"]] = base if anon_count[base] == 1 else f"{base}#{anon_count[base]}"
     nodes = sorted([names[n["id"]], n.get("type")] for n in raw_nodes)
-    edges = sorted([names.get(e["parent"], "?"), names.get(e["child"], "?"), e.get("name"),
-                    sorted(e.get("perm", [])), sorted(e.get("shared-perm", []))]
-                   for e in raw_edges)
+    edges = sorted(
+        [
+            names.get(e["parent"], "?"),
+            names.get(e["child"], "?"),
+            e.get("name"),
+            sorted(e.get("perm", [])),
+            sorted(e.get("shared-perm", [])),
+        ]
+        for e in raw_edges
+    )
     return {"nodes": nodes, "edges": edges}
 
 
-def canon_reply(message: Any, reply: dict[str, Any] | None,
-                workdir: str | None, writes: bool = False) -> Any:
+def canon_reply(
+    message: Any, reply: dict[str, Any] | None, workdir: str | None, writes: bool = False
+) -> Any:
     """A reply reduced to what must match: ``{"return": ...}`` or ``{"error": {class, desc}}``."""
     if reply is None:
         return None
     if "error" in reply:
         err = reply["error"]
-        return {"error": {"class": err.get("class"), "desc": canon_text(str(err.get("desc")), workdir)}}
+        return {
+            "error": {"class": err.get("class"), "desc": canon_text(str(err.get("desc")), workdir)}
+        }
     if "return" not in reply:
         return {"unexpected": canon_value(reply, workdir)}
     ret = reply["return"]
@@ -135,7 +176,6 @@ def canon_reply(message: Any, reply: dict[str, Any] | None,
     if name == "x-debug-query-block-graph" and isinstance(ret, dict):
         return {"return": canon_graph(ret, workdir)}
     return {"return": canon_value(ret, workdir)}
-
 
 
 _PLACEHOLDER = re.compile(r"\{(#block\d+)\}")
@@ -151,4 +191,3 @@ def substitute(v: Any, workdir: str, auto: dict[str, str]) -> Any:
     if isinstance(v, dict):
         return {k: substitute(x, workdir, auto) for k, x in v.items()}
     return v
-

@@ -41,7 +41,6 @@ class StepRecord:
     graph: Any
 
 
-
 def snapshot(peer: Peer, workdir: str, writes: bool) -> tuple[Any, Any, dict[str, str]]:
     """Query both state commands; also return canonical->real auto-name mapping."""
     q = command("query-named-block-nodes", {"flat": True})
@@ -59,7 +58,6 @@ def snapshot(peer: Peer, workdir: str, writes: bool) -> tuple[Any, Any, dict[str
     nodes = nodes.get("return", nodes) if isinstance(nodes, dict) else nodes
     graph = graph.get("return", graph) if isinstance(graph, dict) else graph
     return nodes, graph, auto
-
 
 
 def _diff_values(a: Any, b: Any, path: str, out: list[str], limit: int = 12) -> None:
@@ -89,7 +87,6 @@ def _diff_graph(a: Any, b: Any, out: list[str]) -> None:
             out.append(f"graph.{part}: only in left:  {x}")
         for x in sorted((cb - ca).elements()):
             out.append(f"graph.{part}: only in right: {x}")
-
 
 
 def _is_error(v: Any) -> bool:
@@ -125,8 +122,10 @@ def compare_records(a: StepRecord, b: StepRecord) -> list[str]:
     out: list[str] = []
     if a.reply is not None and b.reply is not None and a.reply != b.reply:
         if _is_error(a.reply) != _is_error(b.reply):
-            out.append(f"reply: {_short(a.reply) if _is_error(a.reply) else json.dumps(a.reply)[:300]}"
-                       f"  !=  {_short(b.reply) if _is_error(b.reply) else json.dumps(b.reply)[:300]}")
+            out.append(
+                f"reply: {_short(a.reply) if _is_error(a.reply) else json.dumps(a.reply)[:300]}"
+                f"  !=  {_short(b.reply) if _is_error(b.reply) else json.dumps(b.reply)[:300]}"
+            )
         else:
             _diff_values(a.reply, b.reply, "reply", out)
     if a.nodes != b.nodes:
@@ -139,9 +138,13 @@ def compare_records(a: StepRecord, b: StepRecord) -> list[str]:
     return out
 
 
-
-def lockstep(peers: Sequence[Peer], dirs: Sequence[str], autos: list[dict[str, str]],
-             history: list[str], message: dict[str, Any]) -> tuple[list[StepRecord], list[str]]:
+def lockstep(
+    peers: Sequence[Peer],
+    dirs: Sequence[str],
+    autos: list[dict[str, str]],
+    history: list[str],
+    message: dict[str, Any],
+) -> tuple[list[StepRecord], list[str]]:
     """Run one command on every peer (each in its own directory), record and compare.
 
     The state machines' single step: ``history`` and each peer's auto-name map
@@ -154,6 +157,9 @@ def lockstep(peers: Sequence[Peer], dirs: Sequence[str], autos: list[dict[str, s
         sent = substitute(message, str(d), autos[i])
         reply = peer.execute(sent)
         nodes, graph, autos[i] = snapshot(peer, str(d), False)
-        records.append(StepRecord(len(history) - 1, history[-1],
-                                  canon_reply(sent, reply, str(d)), nodes, graph))
+        records.append(
+            StepRecord(
+                len(history) - 1, history[-1], canon_reply(sent, reply, str(d)), nodes, graph
+            )
+        )
     return records, compare_records(records[0], records[1])

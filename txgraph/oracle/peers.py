@@ -38,8 +38,9 @@ class Peer(Protocol):
     def close(self) -> None:
         """Release the peer (kill the process, drop the engine)."""
 
-    def wait_event(self, name: str, match: dict[str, Any] | None = None,
-                   timeout: float = 30.0) -> dict[str, Any] | None:
+    def wait_event(
+        self, name: str, match: dict[str, Any] | None = None, timeout: float = 30.0
+    ) -> dict[str, Any] | None:
         """The next event ``name`` whose data contains ``match``; None when none came in time."""
 
     def received_events(self) -> list[dict[str, Any]]:
@@ -105,8 +106,9 @@ class QSDPeer:
         out = proc.stdout.read().decode(errors="replace").strip() if proc.stdout else ""
         return f": {out}" if out else f" (exit status {proc.returncode})"
 
-    def wait_event(self, name: str, match: dict[str, Any] | None = None,
-                   timeout: float = 30.0) -> dict[str, Any] | None:
+    def wait_event(
+        self, name: str, match: dict[str, Any] | None = None, timeout: float = 30.0
+    ) -> dict[str, Any] | None:
         if self.death is not None:
             return None
         try:
@@ -158,8 +160,9 @@ class EnginePeer:
             self._events.append(message)
             self._cond.notify_all()
 
-    def wait_event(self, name: str, match: dict[str, Any] | None = None,
-                   timeout: float = 30.0) -> dict[str, Any] | None:
+    def wait_event(
+        self, name: str, match: dict[str, Any] | None = None, timeout: float = 30.0
+    ) -> dict[str, Any] | None:
         """As :meth:`txgraph.peers.QMPProcess.wait_event`, on the engine's event channel."""
         want = match or {}
         deadline = time.monotonic() + timeout
@@ -167,8 +170,11 @@ class EnginePeer:
             while True:
                 for i, msg in enumerate(self._events):
                     data = msg.get("data", {})
-                    if (i not in self._taken and msg.get("event") == name
-                            and all(data.get(k) == v for k, v in want.items())):
+                    if (
+                        i not in self._taken
+                        and msg.get("event") == name
+                        and all(data.get(k) == v for k, v in want.items())
+                    ):
                         self._taken.add(i)
                         return msg
                 left = deadline - time.monotonic()
@@ -182,8 +188,12 @@ class EnginePeer:
 
     def execute(self, message: dict[str, Any]) -> dict[str, Any]:
         if self._engine is None:
-            return {"error": {"class": "PythonException",
-                              "desc": f"Engine() failed: {self._init_error}"}}
+            return {
+                "error": {
+                    "class": "PythonException",
+                    "desc": f"Engine() failed: {self._init_error}",
+                }
+            }
         saved = os.getcwd()
         try:
             if self._workdir:
@@ -191,8 +201,7 @@ class EnginePeer:
             reply: dict[str, Any] = self._engine.execute(copy.deepcopy(message))
             return reply
         except Exception as exc:
-            return {"error": {"class": "PythonException",
-                              "desc": f"{type(exc).__name__}: {exc}"}}
+            return {"error": {"class": "PythonException", "desc": f"{type(exc).__name__}: {exc}"}}
         finally:
             os.chdir(saved)
 
@@ -214,7 +223,6 @@ class EnginePeer:
         engine, self._engine = self._engine, None
         if engine is not None:
             engine.context.session.close()
-
 
 
 PeerFactory = Callable[[Path], Peer]

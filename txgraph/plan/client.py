@@ -94,8 +94,14 @@ def capture_graph(client: QMPClient) -> GraphImport:
             return GraphImport(bg, nn, exports, objects=objects)
         again = client.cmd("x-txgraph-query-generation")
         if again == gen["return"]:
-            return GraphImport(bg, nn, exports, generation=int(again["generation"]),
-                               digest=str(again["digest"]), objects=objects)
+            return GraphImport(
+                bg,
+                nn,
+                exports,
+                generation=int(again["generation"]),
+                digest=str(again["digest"]),
+                objects=objects,
+            )
     raise QMPClientError("the live graph kept changing while it was captured")
 
 
@@ -108,8 +114,9 @@ def _objects(client: QMPClient) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for entry in listing.get("return", []):
         if entry.get("type") == "child<throttle-group>":
-            limits = client.cmd("qom-get", {"path": f"/objects/{entry['name']}",
-                                            "property": "limits"})
+            limits = client.cmd(
+                "qom-get", {"path": f"/objects/{entry['name']}", "property": "limits"}
+            )
             # QEMU reports every limit; the *-max-length ones only matter with a max.
             limits = {k: v for k, v in limits.items() if v and not k.endswith("-max-length")}
             out.append({"qom-type": "throttle-group", "id": entry["name"], "limits": limits})

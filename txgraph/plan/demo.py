@@ -24,11 +24,27 @@ def demo_section(workdir: str) -> int:
     """
     overlay = Path(workdir) / "snap0.qcow2"
     if not overlay.exists():
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "disk0.qcow2", "-F",
-                        "qcow2", str(overlay)], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                "disk0.qcow2",
+                "-F",
+                "qcow2",
+                str(overlay),
+            ],
+            check=True,
+            capture_output=True,
+        )
     examples = files("txgraph.plan") / "examples"
-    with as_file(examples / "seed-section3.json") as plan_file, \
-            as_file(examples / "seed-section3-state.json") as state_file:
+    with (
+        as_file(examples / "seed-section3.json") as plan_file,
+        as_file(examples / "seed-section3-state.json") as state_file,
+    ):
         plan = load_plan(plan_file, workdir)
         state = load_json(state_file, workdir)
     report = verify_plan(plan, state, policy="safe").to_dict()

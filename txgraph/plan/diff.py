@@ -41,9 +41,14 @@ class GraphDiff:
         return not any(self.to_dict().values())
 
     def to_dict(self) -> dict[str, list[dict[str, Any]]]:
-        return {"nodes-added": self.nodes_added, "nodes-removed": self.nodes_removed,
-                "nodes-changed": self.nodes_changed, "edges-added": self.edges_added,
-                "edges-removed": self.edges_removed, "edges-changed": self.edges_changed}
+        return {
+            "nodes-added": self.nodes_added,
+            "nodes-removed": self.nodes_removed,
+            "nodes-changed": self.nodes_changed,
+            "edges-added": self.edges_added,
+            "edges-removed": self.edges_removed,
+            "edges-changed": self.edges_changed,
+        }
 
 
 def _parent_label(graph: BlockGraph, key: str) -> str:
@@ -51,7 +56,7 @@ def _parent_label(graph: BlockGraph, key: str) -> str:
     if backend is None:
         return key
     if key.startswith("bb:export:"):
-        return f"export:{key[len('bb:export:'):]}"
+        return f"export:{key[len('bb:export:') :]}"
     if backend.kind.value == "job":
         return f"job:{backend.name}"
     return f"device:{backend.name}" if backend.name else key
@@ -63,19 +68,38 @@ def snapshot(graph: BlockGraph) -> GraphSnapshot:
     nodes: dict[str, dict[str, Any]] = {}
     for name, node in graph.nodes.items():
         refresh_filename(graph, name)
-        options = {k: v for k, v in node.options.items()
-                   if k not in ("read-only", "cache.direct", "cache.no-flush", "detect-zeroes",
-                                "node-name", "driver")}
-        nodes[name] = {"node-name": name, "drv": node.driver, "ro": node.read_only,
-                       "cache": {"direct": node.cache_direct, "no-flush": node.cache_no_flush},
-                       "detect_zeroes": node.detect_zeroes, "file": node.filename,
-                       "options": options}
+        options = {
+            k: v
+            for k, v in node.options.items()
+            if k
+            not in (
+                "read-only",
+                "cache.direct",
+                "cache.no-flush",
+                "detect-zeroes",
+                "node-name",
+                "driver",
+            )
+        }
+        nodes[name] = {
+            "node-name": name,
+            "drv": node.driver,
+            "ro": node.read_only,
+            "cache": {"direct": node.cache_direct, "no-flush": node.cache_no_flush},
+            "detect_zeroes": node.detect_zeroes,
+            "file": node.filename,
+            "options": options,
+        }
     edges: dict[str, dict[str, Any]] = {}
     for parent, child, edge in graph.edges():
         label = _parent_label(graph, parent)
-        edges[f"{label}/{edge.name}"] = {"parent": label, "name": edge.name, "child": child,
-                                         "perm": perm_list(edge.perm),
-                                         "shared-perm": perm_list(edge.shared)}
+        edges[f"{label}/{edge.name}"] = {
+            "parent": label,
+            "name": edge.name,
+            "child": child,
+            "perm": perm_list(edge.perm),
+            "shared-perm": perm_list(edge.shared),
+        }
     return GraphSnapshot(nodes, edges)
 
 

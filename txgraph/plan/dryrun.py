@@ -50,8 +50,14 @@ _ALL = 0xF
 class ImportedNode(DriverNode):
     """A node the live process has open: known from its query answers only."""
 
-    def __init__(self, node_name: str, driver: str, image: Mapping[str, Any],
-                 read_only: bool, options: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        node_name: str,
+        driver: str,
+        image: Mapping[str, Any],
+        read_only: bool,
+        options: Mapping[str, Any],
+    ) -> None:
         super().__init__(node_name, options, {}, read_only)
         self.driver_name = driver
         self._image = dict(image)
@@ -68,13 +74,17 @@ class ImportedNode(DriverNode):
     def info(self) -> ImageInfo:
         img = self._image
         fs = img.get("format-specific")
-        return ImageInfo(format=str(img.get("format", self.driver_name)),
-                         virtual_size=self.size(), filename=str(img.get("filename", "")),
-                         actual_size=img.get("actual-size"),
-                         backing_file=img.get("backing-filename"),
-                         backing_format=img.get("backing-filename-format"),
-                         cluster_size=img.get("cluster-size"), dirty=bool(img.get("dirty-flag")),
-                         format_specific=fs if isinstance(fs, dict) else None)
+        return ImageInfo(
+            format=str(img.get("format", self.driver_name)),
+            virtual_size=self.size(),
+            filename=str(img.get("filename", "")),
+            actual_size=img.get("actual-size"),
+            backing_file=img.get("backing-filename"),
+            backing_format=img.get("backing-filename-format"),
+            cluster_size=img.get("cluster-size"),
+            dirty=bool(img.get("dirty-flag")),
+            format_specific=fs if isinstance(fs, dict) else None,
+        )
 
 
 @dataclass
@@ -98,12 +108,14 @@ class LockTable:
             for i in range(4):
                 bit = 1 << i
                 if not shared & bit and any(p & bit for p, _s in others):
-                    raise BlockError(f'Failed to get shared "{_LOCK_NAMES[i]}" lock',
-                                     rule="P6-image-lock")
+                    raise BlockError(
+                        f'Failed to get shared "{_LOCK_NAMES[i]}" lock', rule="P6-image-lock"
+                    )
         table[node] = (perm, shared)
 
         def undo() -> None:
             table[node] = old
+
         return undo
 
     def drop(self, node: str) -> None:
@@ -133,8 +145,15 @@ class DryRunNbdServer:
         self.address = None
         self._exports.clear()
 
-    def add_export(self, name: str, node_name: str | None, writable: bool,
-                   description: str | None = None, *, backend: str | None = None) -> None:
+    def add_export(
+        self,
+        name: str,
+        node_name: str | None,
+        writable: bool,
+        description: str | None = None,
+        *,
+        backend: str | None = None,
+    ) -> None:
         if not self.running:
             raise BlockError("NBD server not running")
         self._exports[name] = (backend or node_name or "", writable)
@@ -158,8 +177,14 @@ class DryRunRuntime(Runtime):
 
     dry_run = True
 
-    def change_backing_file(self, node_name: str, backing_file: str | None,
-                            backing_fmt: str | None, *, require: bool = False) -> None:
+    def change_backing_file(
+        self,
+        node_name: str,
+        backing_file: str | None,
+        backing_fmt: str | None,
+        *,
+        require: bool = False,
+    ) -> None:
         """A dry run never writes an image header."""
 
     def __init__(self) -> None:

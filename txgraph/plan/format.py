@@ -22,8 +22,17 @@ from txgraph import __version__
 from txgraph.errors import TxgraphError
 from txgraph.plan.seal import seal_problem
 
-__all__ = ["PlanError", "Step", "Plan", "load_plan", "parse_plan", "substitute_dir",
-           "parse_steps", "check_verified", "load_json"]
+__all__ = [
+    "PlanError",
+    "Step",
+    "Plan",
+    "load_plan",
+    "parse_plan",
+    "substitute_dir",
+    "parse_steps",
+    "check_verified",
+    "load_json",
+]
 
 
 class PlanError(TxgraphError, ValueError):
@@ -67,13 +76,20 @@ class Step:
         if self.actions is not None:
             kinds = ", ".join(str(a.get("type")) for a in self.actions)
             return f"transaction [{kinds}]"
-        target = next((self.arguments[k] for k in ("node-name", "node", "id", "overlay")
-                       if isinstance(self.arguments.get(k), str)), None)
+        target = next(
+            (
+                self.arguments[k]
+                for k in ("node-name", "node", "id", "overlay")
+                if isinstance(self.arguments.get(k), str)
+            ),
+            None,
+        )
         if self.execute == "x-txgraph-wait-job":
             return f"wait {self.arguments['event']} of job {self.arguments['job']}"
         if self.execute == "blockdev-reopen":
-            names = [o.get("node-name") for o in self.arguments.get("options", [])
-                     if isinstance(o, dict)]
+            names = [
+                o.get("node-name") for o in self.arguments.get("options", []) if isinstance(o, dict)
+            ]
             target = ", ".join(str(n) for n in names)
         return f"{self.execute} {target}" if target else self.execute
 
@@ -98,7 +114,7 @@ def parse_steps(raw: Any) -> list[Step]:
             if unexpected:
                 raise PlanError(f"step {i}: unexpected member(s) {sorted(unexpected)}")
             if not isinstance(item.get("job"), str) or not isinstance(item["wait"], str):
-                raise PlanError(f"step {i}: a wait point is {{\"wait\": POINT, \"job\": ID}}")
+                raise PlanError(f'step {i}: a wait point is {{"wait": POINT, "job": ID}}')
             wait_args: dict[str, Any] = {"job": item["job"], "event": item["wait"]}
             if "timeout" in item:
                 wait_args["timeout"] = item["timeout"]
@@ -176,14 +192,18 @@ def check_verified(report: Any, key: bytes | None = None) -> str | None:
     if problem:
         return problem
     if report.get("txgraph") != __version__:
-        return (f"the plan was verified by txgraph {report.get('txgraph')}, this is txgraph "
-                f"{__version__}: verify the plan again")
+        return (
+            f"the plan was verified by txgraph {report.get('txgraph')}, this is txgraph "
+            f"{__version__}: verify the plan again"
+        )
     if not report.get("ok"):
         return "the plan did not verify cleanly; refusing to apply it"
     source = report.get("source", {})
     if not isinstance(source.get("generation"), int) or not isinstance(source.get("digest"), str):
-        return ("the plan was not verified against a live txgraph server's graph "
-                "(use txgraph plan --graph-from-qmp SOCKET --out FILE)")
+        return (
+            "the plan was not verified against a live txgraph server's graph "
+            "(use txgraph plan --graph-from-qmp SOCKET --out FILE)"
+        )
     try:
         parse_steps(report.get("plan"))
     except PlanError as err:

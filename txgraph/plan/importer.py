@@ -86,13 +86,19 @@ def parse_state_import(data: dict[str, Any]) -> GraphImport:
     if not isinstance(bg, dict) or not isinstance(nn, list):
         raise ImportError_("'block-graph' must be an object and 'named-nodes' an array")
     gen = data.get("generation")
-    return GraphImport(bg, nn, list(data.get("block-exports", [])),
-                       list(data.get("objects", [])), generation=gen if isinstance(gen, int) else None,
-                       digest=data.get("digest"))
+    return GraphImport(
+        bg,
+        nn,
+        list(data.get("block-exports", [])),
+        list(data.get("objects", [])),
+        generation=gen if isinstance(gen, int) else None,
+        digest=data.get("digest"),
+    )
 
 
-def infer_role(parent_driver: str | None, parent_kind: ParentKind, edge: str,
-               sibling_edges: Iterable[str]) -> Role:
+def infer_role(
+    parent_driver: str | None, parent_kind: ParentKind, edge: str, sibling_edges: Iterable[str]
+) -> Role:
     """The BdrvChildRole QEMU gives ``edge`` of a parent with ``parent_driver`` (§1.3)."""
     if parent_kind is ParentKind.JOB:
         return Role.NONE
@@ -126,19 +132,23 @@ def _json_options(filename: str, children: Iterable[str]) -> tuple[dict[str, Any
     if not filename.startswith("json:"):
         return {}, False
     try:
-        value = json.loads(filename[len("json:"):])
+        value = json.loads(filename[len("json:") :])
     except ValueError:
         return {}, False
     if not isinstance(value, dict):
         return {}, False
     kids = set(children) | {"backing", "file"}
-    own = {k: v for k, v in flatten(value).items()
-           if k.split(".")[0] not in kids and not k.startswith("children.") and k != "driver"}
+    own = {
+        k: v
+        for k, v in flatten(value).items()
+        if k.split(".")[0] not in kids and not k.startswith("children.") and k != "driver"
+    }
     return own, "backing" in value and value["backing"] is None
 
 
-def _build_node(info: dict[str, Any], name_seq: int, has_parent: bool,
-                children: Iterable[str] = ()) -> BlockNode:
+def _build_node(
+    info: dict[str, Any], name_seq: int, has_parent: bool, children: Iterable[str] = ()
+) -> BlockNode:
     name = str(info["node-name"])
     driver = str(info["drv"])
     spec = driver_spec(driver)
@@ -159,15 +169,25 @@ def _build_node(info: dict[str, Any], name_seq: int, has_parent: bool,
         explicit["filename"] = str(info.get("file", ""))
     if not has_parent:
         # Top-level nodes: what the user must have said for these values to hold.
-        explicit.update({"read-only": _onoff(ro), "cache.direct": _onoff(direct),
-                         "cache.no-flush": _onoff(no_flush)})
+        explicit.update(
+            {
+                "read-only": _onoff(ro),
+                "cache.direct": _onoff(direct),
+                "cache.no-flush": _onoff(no_flush),
+            }
+        )
         if detect != "off":
             explicit["detect-zeroes"] = detect
     own, no_backing = _json_options(str(info.get("file", "")), children)
     explicit.update(own)
     flags |= OpenFlag.NO_BACKING if no_backing else OpenFlag.NONE
-    options = {**explicit, "cache.direct": _onoff(direct), "cache.no-flush": _onoff(no_flush),
-               "read-only": _onoff(ro), "auto-read-only": False}
+    options = {
+        **explicit,
+        "cache.direct": _onoff(direct),
+        "cache.no-flush": _onoff(no_flush),
+        "read-only": _onoff(ro),
+        "auto-read-only": False,
+    }
     if detect != "off":
         options["detect-zeroes"] = detect
     image = dict(info.get("image", {}))
@@ -175,16 +195,29 @@ def _build_node(info: dict[str, Any], name_seq: int, has_parent: bool,
     # bs->auto_backing_file: the backing's filename when the header chose it
     # (then the node's own filename is plain), else whatever the header says.
     plain = not str(info.get("file", "")).startswith("json:")
-    auto_backing = str(info.get("backing_file", "")) if plain and "backing_file" in info \
+    auto_backing = (
+        str(info.get("backing_file", ""))
+        if plain and "backing_file" in info
         else str(image.get("backing-filename", ""))
-    node = BlockNode(name=name, driver=driver, options=options, explicit=explicit,
-                     provenance={k: _IMPORTED for k in options}, flags=flags,
-                     detect_zeroes=detect, monitor_owned=not auto, image=image,
-                     filename=str(info.get("file", "")), exact_filename=str(info.get("file", "")),
-                     backing_file=str(image.get("backing-filename", "")),
-                     backing_format=str(image.get("backing-filename-format", "")),
-                     auto_backing_file=auto_backing,
-                     name_seq=name_seq, seq=name_seq)
+    )
+    node = BlockNode(
+        name=name,
+        driver=driver,
+        options=options,
+        explicit=explicit,
+        provenance=dict.fromkeys(options, _IMPORTED),
+        flags=flags,
+        detect_zeroes=detect,
+        monitor_owned=not auto,
+        image=image,
+        filename=str(info.get("file", "")),
+        exact_filename=str(info.get("file", "")),
+        backing_file=str(image.get("backing-filename", "")),
+        backing_format=str(image.get("backing-filename-format", "")),
+        auto_backing_file=auto_backing,
+        name_seq=name_seq,
+        seq=name_seq,
+    )
     return node
 
 
@@ -192,7 +225,9 @@ def import_into(session: Session, imp: GraphImport) -> None:
     """Rebuild the imported graph in an empty ``session`` whose runtime is a DryRunRuntime."""
     runtime = session.runtime
     if not isinstance(runtime, DryRunRuntime):
-        raise TypeError("an imported graph needs a DryRunRuntime (its images belong to another process)")
+        raise TypeError(
+            "an imported graph needs a DryRunRuntime (its images belong to another process)"
+        )
     if session.graph.nodes or session.graph.backends:
         raise ValueError("import_into needs an empty session")
     graph = session.graph
@@ -205,15 +240,20 @@ def import_into(session: Session, imp: GraphImport) -> None:
         gnodes = list(reversed(imp.block_graph["nodes"]))
         gedges = list(reversed(imp.block_graph["edges"]))
     except (KeyError, TypeError) as err:
-        raise ImportError_(f"'block-graph' is not x-debug-query-block-graph output: {err}") from None
+        raise ImportError_(
+            f"'block-graph' is not x-debug-query-block-graph output: {err}"
+        ) from None
     key_of: dict[int, str] = {}
     types: dict[int, str] = {}
     driver_of: dict[str, str] = {}
     children_of: dict[int, list[str]] = {}
     for e in gedges:
         children_of.setdefault(int(e["parent"]), []).append(str(e["name"]))
-    child_ids = {int(e["child"]) for e in gedges
-                 if next((n["type"] for n in gnodes if n["id"] == e["parent"]), "") == "block-driver"}
+    child_ids = {
+        int(e["child"])
+        for e in gedges
+        if next((n["type"] for n in gnodes if n["id"] == e["parent"]), "") == "block-driver"
+    }
     # Exports name the anonymous BlockBackends whose root edge reaches their node.
     pending_exports = list(reversed(imp.exports))
     seq = 0
@@ -232,8 +272,13 @@ def import_into(session: Session, imp: GraphImport) -> None:
             spec = driver_spec(node.driver)
             if spec is not None and spec.name == "quorum":
                 node.next_child_index = 1 + max(
-                    (int(n.split(".")[1]) for n in children_of.get(gid, []) if n.startswith("children.")),
-                    default=-1)
+                    (
+                        int(n.split(".")[1])
+                        for n in children_of.get(gid, [])
+                        if n.startswith("children.")
+                    ),
+                    default=-1,
+                )
             continue
         if kind == "block-backend":
             root_child = next((int(e["child"]) for e in gedges if int(e["parent"]) == gid), None)
@@ -243,13 +288,19 @@ def import_into(session: Session, imp: GraphImport) -> None:
                 pending_exports.remove(export)
                 key = export_backend_key(str(export["id"]))
                 session.exports[str(export["id"])] = Export(
-                    str(export["id"]), str(export.get("type", "nbd")), str(export["id"]), False)
+                    str(export["id"]), str(export.get("type", "nbd")), str(export["id"]), False
+                )
             else:
                 key = f"bb:{name}" if name else f"bb:import:{gid}"
             backend = Backend(key=key, kind=ParentKind.ROOT, name=name, seq=seq)
         elif kind == "block-job":
-            backend = Backend(key=f"job:{name}", kind=ParentKind.JOB, name=name,
-                              description=f"block job '{name}'", seq=seq)
+            backend = Backend(
+                key=f"job:{name}",
+                kind=ParentKind.JOB,
+                name=name,
+                description=f"block job '{name}'",
+                seq=seq,
+            )
         else:
             raise ImportError_(f"unknown graph node type '{kind}'")
         graph.add_backend(backend)
@@ -259,12 +310,22 @@ def import_into(session: Session, imp: GraphImport) -> None:
     for i, e in enumerate(gedges):
         pid, cid = int(e["parent"]), int(e["child"])
         parent, child = key_of[pid], key_of[cid]
-        pkind = {"block-driver": ParentKind.NODE, "block-backend": ParentKind.ROOT,
-                 "block-job": ParentKind.JOB}[types[pid]]
+        pkind = {
+            "block-driver": ParentKind.NODE,
+            "block-backend": ParentKind.ROOT,
+            "block-job": ParentKind.JOB,
+        }[types[pid]]
         perm, shared = perm_from_names(e["perm"]), perm_from_names(e["shared-perm"])
         role = infer_role(driver_of.get(parent), pkind, str(e["name"]), children_of.get(pid, []))
-        edge = Edge(name=str(e["name"]), role=role, parent_kind=pkind, perm=perm, shared=shared,
-                    seq=top - i, parent_seq=top - i)
+        edge = Edge(
+            name=str(e["name"]),
+            role=role,
+            parent_kind=pkind,
+            perm=perm,
+            shared=shared,
+            seq=top - i,
+            parent_seq=top - i,
+        )
         graph.g.add_edge(parent, child, key=edge.name, obj=edge)
         if pkind is not ParentKind.NODE:
             backend = graph.backends[parent]
@@ -290,11 +351,20 @@ def _import_runtime(session: Session, runtime: DryRunRuntime, infos: dict[str, A
     """One ImportedNode per node, children wired, and the file nodes' locks as held live."""
     graph = session.graph
     for node in graph.nodes.values():
-        runtime.add_imported(ImportedNode(node.name, node.driver, node.image, node.read_only,
-                                          node.options | {"filename": node.filename}
-                                          if "filename" in node.explicit else node.options))
+        runtime.add_imported(
+            ImportedNode(
+                node.name,
+                node.driver,
+                node.image,
+                node.read_only,
+                node.options | {"filename": node.filename}
+                if "filename" in node.explicit
+                else node.options,
+            )
+        )
     delta: list[OpenBackend | SetChild] = [
-        OpenBackend(export_backend_key(eid)) for eid in session.exports]
+        OpenBackend(export_backend_key(eid)) for eid in session.exports
+    ]
     for parent, child, edge in graph.edges():
         if parent in graph.nodes or parent in {export_backend_key(e) for e in session.exports}:
             delta.append(SetChild(parent, edge.name, child))

@@ -12,8 +12,10 @@ def _perm(names: list[str]) -> str:
 
 
 def _edge(e: dict[str, Any]) -> str:
-    return (f"{e['parent']} --{e['name']}--> {e['child']} "
-            f"(perm {_perm(e['perm'])} / shared {_perm(e['shared-perm'])})")
+    return (
+        f"{e['parent']} --{e['name']}--> {e['child']} "
+        f"(perm {_perm(e['perm'])} / shared {_perm(e['shared-perm'])})"
+    )
 
 
 def _value(v: Any) -> str:
@@ -28,14 +30,18 @@ def _diff_lines(d: dict[str, Any]) -> list[str]:
     for n in d["nodes-removed"]:
         out.append(f"  - node {n['node-name']} [{n['drv']}]")
     for c in d["nodes-changed"]:
-        changes = "; ".join(f"{k}: {_value(a)} -> {_value(b)}" for k, (a, b) in c["changes"].items())
+        changes = "; ".join(
+            f"{k}: {_value(a)} -> {_value(b)}" for k, (a, b) in c["changes"].items()
+        )
         out.append(f"  ~ node {c['node']}: {changes}")
     for e in d["edges-added"]:
         out.append(f"  + edge {_edge(e)}")
     for e in d["edges-removed"]:
         out.append(f"  - edge {_edge(e)}")
     for c in d["edges-changed"]:
-        changes = "; ".join(f"{k}: {_value(a)} -> {_value(b)}" for k, (a, b) in c["changes"].items())
+        changes = "; ".join(
+            f"{k}: {_value(a)} -> {_value(b)}" for k, (a, b) in c["changes"].items()
+        )
         out.append(f"  ~ edge {c['parent']}/{c['name']}: {changes}")
     return out or ["  (graph unchanged)"]
 
@@ -57,15 +63,23 @@ def render_text(report: dict[str, Any]) -> str:
 def source_line(report: dict[str, Any]) -> str:
     """The report's first line: how many steps, the policy, and the starting graph."""
     src = report["source"]
-    return (f"plan: {len(report['plan'])} step(s), policy {report['policy']}, "
-            f"starting graph: {src.get('kind')}"
-            + (f" (generation {src['generation']}, digest {str(src['digest'])[:16]})"
-               if src.get("generation") is not None else ""))
+    return (
+        f"plan: {len(report['plan'])} step(s), policy {report['policy']}, "
+        f"starting graph: {src.get('kind')}"
+        + (
+            f" (generation {src['generation']}, digest {str(src['digest'])[:16]})"
+            if src.get("generation") is not None
+            else ""
+        )
+    )
 
 
 def result_sentence(report: dict[str, Any]) -> str:
-    return ("every step would be accepted and the checker agrees" if report["ok"]
-            else "the plan would NOT apply cleanly")
+    return (
+        "every step would be accepted and the checker agrees"
+        if report["ok"]
+        else "the plan would NOT apply cleanly"
+    )
 
 
 def step_lines(s: dict[str, Any], policy: str) -> list[str]:
@@ -75,8 +89,10 @@ def step_lines(s: dict[str, Any], policy: str) -> list[str]:
         lines.append("  (txgraph extension: QEMU 7.2 itself does not have this command)")
     if s["accepted"]:
         who = "txgraph" if s["extension"] else "QEMU 7.2"
-        lines.append(f"  {who} would accept it; reply: "
-                     f"{s['reply'] if s['reply'] not in (None, {}) else '{}'}")
+        lines.append(
+            f"  {who} would accept it; reply: "
+            f"{s['reply'] if s['reply'] not in (None, {}) else '{}'}"
+        )
     elif s["not-simulated"]:
         lines.append(f"  not simulated: {s['not-simulated']}")
     else:
@@ -91,8 +107,9 @@ def step_lines(s: dict[str, Any], policy: str) -> list[str]:
     verdict = s.get("verdict")
     if verdict is not None:
         state = "agrees" if verdict["ok"] else "refuses"
-        lines.append(f" checker ({policy if s['accepted'] else 'qemu'} policy, "
-                     f"{verdict['engine']}): {state}")
+        lines.append(
+            f" checker ({policy if s['accepted'] else 'qemu'} policy, {verdict['engine']}): {state}"
+        )
         for v in verdict["violations"]:
             lines.append(f"  [{v['rule']}] {v['sentence']}")
     for w in s["warnings"]:

@@ -62,8 +62,10 @@ def seal_problem(report: dict[str, Any], key: bytes | None = None) -> str | None
         return f"the verified plan's seal uses an unknown algorithm {algorithm!r}"
     expected = _digest(report, key if algorithm == _KEYED else None)
     if not hmac.compare_digest(expected, seal["digest"]):
-        return ("the verified plan was changed after it was verified (its seal does not match "
-                "its contents); refusing to apply it: verify the plan again")
+        return (
+            "the verified plan was changed after it was verified (its seal does not match "
+            "its contents); refusing to apply it: verify the plan again"
+        )
     return None
 
 

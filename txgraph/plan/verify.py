@@ -29,8 +29,17 @@ from txgraph.plan.importer import GraphImport, import_into, parse_state_import
 from txgraph.qmp.commands import CommandContext
 from txgraph.qmp.engine import Engine
 
-__all__ = ["StateError", "StepResult", "PlanReport", "scratch_engine", "verify_plan", "run_step", "start_is_valid", "StepObserver",
-           "REPORT_FORMAT"]
+__all__ = [
+    "StateError",
+    "StepResult",
+    "PlanReport",
+    "scratch_engine",
+    "verify_plan",
+    "run_step",
+    "start_is_valid",
+    "StepObserver",
+    "REPORT_FORMAT",
+]
 
 REPORT_FORMAT = "txgraph-plan-report/1"
 
@@ -64,12 +73,21 @@ class StepResult:
     def to_dict(self) -> dict[str, Any]:
         error = self.reply.get("error")
         explanation = error.get("__io.txgraph_explanation") if error else None
-        return {"index": self.index, "label": self.step.label(), "step": self.step.to_json(),
-                "extension": self.extension, "accepted": self.accepted, "ok": self.ok,
-                "reply": self.reply.get("return") if self.accepted else None,
-                "error": {"class": error["class"], "desc": error["desc"]} if error else None,
-                "explanation": explanation, "diff": self.diff, "verdict": self.verdict,
-                "warnings": self.warnings, "not-simulated": self.not_simulated}
+        return {
+            "index": self.index,
+            "label": self.step.label(),
+            "step": self.step.to_json(),
+            "extension": self.extension,
+            "accepted": self.accepted,
+            "ok": self.ok,
+            "reply": self.reply.get("return") if self.accepted else None,
+            "error": {"class": error["class"], "desc": error["desc"]} if error else None,
+            "explanation": explanation,
+            "diff": self.diff,
+            "verdict": self.verdict,
+            "warnings": self.warnings,
+            "not-simulated": self.not_simulated,
+        }
 
 
 @dataclass
@@ -84,9 +102,15 @@ class PlanReport:
         return len(self.steps) == len(self.plan) and all(s.ok for s in self.steps)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": REPORT_FORMAT, "txgraph": __version__, "ok": self.ok, "policy": self.policy,
-                "source": self.source, "plan": [s.to_json() for s in self.plan],
-                "steps": [s.to_dict() for s in self.steps]}
+        return {
+            "format": REPORT_FORMAT,
+            "txgraph": __version__,
+            "ok": self.ok,
+            "policy": self.policy,
+            "source": self.source,
+            "plan": [s.to_json() for s in self.plan],
+            "steps": [s.to_dict() for s in self.steps],
+        }
 
 
 def scratch_engine(state: Any) -> tuple[Engine, dict[str, Any]]:
@@ -119,18 +143,29 @@ def scratch_engine(state: Any) -> tuple[Engine, dict[str, Any]]:
 
 def _host_side_effect(step: Step) -> str | None:
     """Steps a dry run must not execute because they would change the host."""
-    actions = step.actions if step.actions is not None else (
-        step.arguments.get("actions", []) if step.execute in ("transaction", "x-txgraph-transaction")
-        else [{"type": step.execute, "data": step.arguments}])
+    actions = (
+        step.actions
+        if step.actions is not None
+        else (
+            step.arguments.get("actions", [])
+            if step.execute in ("transaction", "x-txgraph-transaction")
+            else [{"type": step.execute, "data": step.arguments}]
+        )
+    )
     for action in actions:
         if not isinstance(action, dict):
             continue
         data = action.get("data", {})
-        if action.get("type") == "blockdev-snapshot-sync" and isinstance(data, dict) \
-                and data.get("mode", "absolute-paths") != "existing":
-            return ("blockdev-snapshot-sync would create the image "
-                    f"'{data.get('snapshot-file')}'; a dry run does not create files "
-                    "(use blockdev-add + blockdev-snapshot, or mode=existing)")
+        if (
+            action.get("type") == "blockdev-snapshot-sync"
+            and isinstance(data, dict)
+            and data.get("mode", "absolute-paths") != "existing"
+        ):
+            return (
+                "blockdev-snapshot-sync would create the image "
+                f"'{data.get('snapshot-file')}'; a dry run does not create files "
+                "(use blockdev-add + blockdev-snapshot, or mode=existing)"
+            )
         if action.get("type") in ("x-txgraph-apply-plan",):
             return "x-txgraph-apply-plan cannot be a step of a plan"
     return None
@@ -141,10 +176,16 @@ def _host_side_effect(step: Step) -> str | None:
 StepObserver = Callable[[int, str, BlockGraph], None]
 
 
-def verify_plan(plan: Plan | list[Step], state: Any = None, *, policy: str = "safe",
-                engine: Engine | None = None, source: dict[str, Any] | None = None,
-                observer: StepObserver | None = None,
-                confine_dirs: tuple[str, ...] = ()) -> PlanReport:
+def verify_plan(
+    plan: Plan | list[Step],
+    state: Any = None,
+    *,
+    policy: str = "safe",
+    engine: Engine | None = None,
+    source: dict[str, Any] | None = None,
+    observer: StepObserver | None = None,
+    confine_dirs: tuple[str, ...] = (),
+) -> PlanReport:
     """Dry-run every step of ``plan`` on a scratch engine built from ``state``.
 
     Under ``safe`` (or with ``confine_dirs``) the steps' image-header references
@@ -183,8 +224,9 @@ def start_is_valid(session: Session, policy: str) -> bool:
     return not session.graph.nodes or check(session.graph, None, policy=policy).ok
 
 
-def run_step(engine: Engine, session: Session, index: int, step: Step,
-             policy: str, *, regional: bool = False) -> StepResult:
+def run_step(
+    engine: Engine, session: Session, index: int, step: Step, policy: str, *, regional: bool = False
+) -> StepResult:
     """Simulate one step; under ``safe`` judge it with the data-loss rules.
 
     ``regional``: the graph before the step is known valid, so the verdict is

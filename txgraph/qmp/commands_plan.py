@@ -62,8 +62,7 @@ def _state(ctx: CommandContext) -> dict[str, Any]:
 @command("x-txgraph-query-objects")
 def _query_objects(ctx: CommandContext, args: dict[str, Any]) -> Any:
     """The user-created QOM objects as the ``object-add`` arguments that re-create them."""
-    return [{"qom-type": o.qom_type, "id": o.id, **o.props}
-            for o in ctx.session.objects.values()]
+    return [{"qom-type": o.qom_type, "id": o.id, **o.props} for o in ctx.session.objects.values()]
 
 
 @command("x-txgraph-query-generation")
@@ -83,7 +82,9 @@ def _apply_plan(ctx: CommandContext, args: dict[str, Any]) -> Any:
         raise BlockError(
             f"Stale plan: it was verified against graph generation {gen} (digest "
             f"{digest[:16]}), but the live graph is at generation {live['generation']} (digest "
-            f"{live['digest'][:16]}); verify the plan again", rule="plan-stale")
+            f"{live['digest'][:16]}); verify the plan again",
+            rule="plan-stale",
+        )
     replies: list[Any] = []
     warnings: list[dict[str, Any]] = []
     for index, step in enumerate(steps):
@@ -94,8 +95,14 @@ def _apply_plan(ctx: CommandContext, args: dict[str, Any]) -> Any:
             raise PlanStepFailed(
                 f"Plan step {index + 1} of {len(steps)} ({step.label()}) failed: "
                 f"{error['desc']}; {index} step(s) were applied before it",
-                {"completed": index, "failed-step": index, "error": error, "replies": replies,
-                 **_state(ctx)})
+                {
+                    "completed": index,
+                    "failed-step": index,
+                    "error": error,
+                    "replies": replies,
+                    **_state(ctx),
+                },
+            )
         replies.append(reply["return"])
         warnings.extend(ctx.session.last_warnings)
     return {"completed": len(steps), "replies": replies, "warnings": warnings, **_state(ctx)}

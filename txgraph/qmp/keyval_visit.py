@@ -49,30 +49,47 @@ _MONITOR_MODE = "x-qsd-MonitorMode"
 _TRUE = ("on", "yes", "true", "y")
 _FALSE = ("off", "no", "false", "n")
 _C_SPACE = " \t\n\v\f\r"
-_FLOAT = re.compile(r"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
-                    r"|0[xX](?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)(?:[pP][+-]?\d+)?"
-                    r"|inf(?:inity)?|nan)", re.IGNORECASE)
+_FLOAT = re.compile(
+    r"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+    r"|0[xX](?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)(?:[pP][+-]?\d+)?"
+    r"|inf(?:inity)?|nan)",
+    re.IGNORECASE,
+)
 
 
 def _synthetic() -> dict[str, dict[str, Any]]:
     schema = qsd_schema()
     blockdev = schema.by_name[schema.commands["blockdev-add"]["arg-type"]]
     nbd = next(v["type"] for v in blockdev["variants"] if v["case"] == "nbd")
-    socket_address = next(m["type"] for m in schema.by_name[nbd]["members"]
-                          if m["name"] == "server")
+    socket_address = next(
+        m["type"] for m in schema.by_name[nbd]["members"] if m["name"] == "server"
+    )
     return {
-        NBD_SERVER_OPTIONS: {"name": NBD_SERVER_OPTIONS, "meta-type": "object", "members": [
-            {"name": "addr", "type": socket_address},
-            {"name": "tls-creds", "default": None, "type": "str"},
-            {"name": "tls-authz", "default": None, "type": "str"},
-            {"name": "max-connections", "default": None, "type": "int"}]},
-        MONITOR_OPTIONS: {"name": MONITOR_OPTIONS, "meta-type": "object", "members": [
-            {"name": "id", "default": None, "type": "str"},
-            {"name": "mode", "default": None, "type": _MONITOR_MODE},
-            {"name": "pretty", "default": None, "type": "bool"},
-            {"name": "chardev", "type": "str"}]},
-        _MONITOR_MODE: {"name": _MONITOR_MODE, "meta-type": "enum",
-                        "values": ["readline", "control"]},
+        NBD_SERVER_OPTIONS: {
+            "name": NBD_SERVER_OPTIONS,
+            "meta-type": "object",
+            "members": [
+                {"name": "addr", "type": socket_address},
+                {"name": "tls-creds", "default": None, "type": "str"},
+                {"name": "tls-authz", "default": None, "type": "str"},
+                {"name": "max-connections", "default": None, "type": "int"},
+            ],
+        },
+        MONITOR_OPTIONS: {
+            "name": MONITOR_OPTIONS,
+            "meta-type": "object",
+            "members": [
+                {"name": "id", "default": None, "type": "str"},
+                {"name": "mode", "default": None, "type": _MONITOR_MODE},
+                {"name": "pretty", "default": None, "type": "bool"},
+                {"name": "chardev", "type": "str"},
+            ],
+        },
+        _MONITOR_MODE: {
+            "name": _MONITOR_MODE,
+            "meta-type": "enum",
+            "values": ["readline", "control"],
+        },
     }
 
 
@@ -131,7 +148,7 @@ class KeyvalVisitor(ArgumentVisitor):
     """One walk of keyval strings against the schema (the keyval input visitor)."""
 
     def __init__(self) -> None:
-        super().__init__(_extended())   # type: ignore[arg-type]
+        super().__init__(_extended())  # type: ignore[arg-type]
 
     def type_error(self, path: _Path, expected: str) -> QAPIError:
         return QAPIError(f"Invalid parameter type for '{_render(path)}', expected: {expected}")
@@ -157,11 +174,12 @@ class KeyvalVisitor(ArgumentVisitor):
         if json_type == "int":
             unsigned = int_kind.startswith("uint") or int_kind == "size"
             number = _strtoint(text)
-            if number is None or not (-(2**64) < number < 2**64 if unsigned
-                                      else -(2**63) <= number < 2**63):
+            if number is None or not (
+                -(2**64) < number < 2**64 if unsigned else -(2**63) <= number < 2**63
+            ):
                 raise QAPIError(f"Parameter '{_render(path)}' expects integer")
             if unsigned:
-                number %= 2**64      # strtoull wraps a negative value
+                number %= 2**64  # strtoull wraps a negative value
             return self.visit_int(number, path, int_kind)
         if json_type == "boolean":
             if text in _TRUE:
@@ -214,7 +232,7 @@ def parse_str(text: str, implied_key: str | None) -> tuple[dict[str, Any], bool]
     if len(results) > 1:
         raise QAPIError("Expecting at most one JSON value")
     value = results[0]
-    assert isinstance(value, dict)    # it starts with "{" (QEMU asserts the same)
+    assert isinstance(value, dict)  # it starts with "{" (QEMU asserts the same)
     return value, False
 
 

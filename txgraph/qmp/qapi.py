@@ -34,9 +34,16 @@ from txgraph.errors import QAPIError, QMPError
 from txgraph.qmp import qapi_ext
 from txgraph.qobject.encoder import ghash_first, qdict_order
 
-__all__ = ["check_message", "validate_arguments", "schema_json", "has_command", "ArgumentVisitor",
-           "qsd_schema",
-           "order_return", "order_event"]
+__all__ = [
+    "check_message",
+    "validate_arguments",
+    "schema_json",
+    "has_command",
+    "ArgumentVisitor",
+    "qsd_schema",
+    "order_return",
+    "order_event",
+]
 
 _DATA = Path(__file__).resolve().parent / "data"
 _SCHEMA_FILE = _DATA / "qsd-7.2-schema.json"
@@ -120,7 +127,9 @@ def _reorder(tname: str, value: Any) -> Any:
     tag = t.get("tag")
     for variant in t.get("variants", []):
         if tag is not None and variant["case"] == value.get(tag):
-            members += [(m["name"], m["type"]) for m in _schema().by_name[variant["type"]]["members"]]
+            members += [
+                (m["name"], m["type"]) for m in _schema().by_name[variant["type"]]["members"]
+            ]
     result = {name: _reorder(mtype, value[name]) for name, mtype in members if name in value}
     result.update((k, v) for k, v in value.items() if k not in result)
     return result
@@ -228,8 +237,10 @@ class _Visitor:
         if meta == "array":
             if not isinstance(value, list):
                 raise self.type_error(path, "array")
-            return [self.visit(t["element-type"], item, (*path, i), int_kind)
-                    for i, item in enumerate(value)]
+            return [
+                self.visit(t["element-type"], item, (*path, i), int_kind)
+                for i, item in enumerate(value)
+            ]
         if meta == "alternate":
             return self.visit_alternate(t, value, path)
         if meta == "object":
@@ -274,11 +285,15 @@ class _Visitor:
         for member in t["members"]:
             branch = self.schema.by_name[member["type"]]
             meta = branch["meta-type"]
-            if meta == "object" and kind == "object" or meta == "enum" and kind == "string" \
-                    or meta == "array" and kind == "array":
+            if (
+                (meta == "object" and kind == "object")
+                or (meta == "enum" and kind == "string")
+                or (meta == "array" and kind == "array")
+            ):
                 return self.visit(member["type"], value, path)
-            if meta == "builtin" and (branch["json-type"] == kind or branch["json-type"] == "int"
-                                      and kind == "number"):
+            if meta == "builtin" and (
+                branch["json-type"] == kind or (branch["json-type"] == "int" and kind == "number")
+            ):
                 return self.visit(member["type"], value, path)
         alt = self.schema.alternate_names.get(t["name"], t["name"])
         raise QAPIError(f"Invalid parameter type for '{_bare(path)}', expected: {alt}")
@@ -295,8 +310,9 @@ class _Visitor:
             for variant in t.get("variants", []):
                 if variant["case"] == result[tag]:
                     vtype = variant["type"]
-                    self.visit_members(vtype, self.schema.by_name[vtype]["members"],
-                                       value, path, unvisited, result)
+                    self.visit_members(
+                        vtype, self.schema.by_name[vtype]["members"], value, path, unvisited, result
+                    )
                     break
         extra = ghash_first(inserted, unvisited)
         if extra is not None:
@@ -304,8 +320,15 @@ class _Visitor:
         check = qapi_ext.CHECKS.get(tname)
         return check(self, result, path) if check is not None else result
 
-    def visit_members(self, owner: str, members: list[dict[str, Any]], value: dict[str, Any],
-                      path: _Path, unvisited: set[str], result: dict[str, Any]) -> None:
+    def visit_members(
+        self,
+        owner: str,
+        members: list[dict[str, Any]],
+        value: dict[str, Any],
+        path: _Path,
+        unvisited: set[str],
+        result: dict[str, Any],
+    ) -> None:
         kinds = self.schema.int_kinds.get(owner, {})
         for member in members:
             mname = member["name"]
@@ -315,8 +338,9 @@ class _Visitor:
                     continue
                 raise QAPIError(f"Parameter '{_render(mpath)}' is missing")
             unvisited.discard(mname)
-            result[mname] = self.visit(member["type"], value[mname], mpath,
-                                       kinds.get(mname, "int64"))
+            result[mname] = self.visit(
+                member["type"], value[mname], mpath, kinds.get(mname, "int64")
+            )
 
 
 #: the schema walker, for validators of other input syntaxes (``--blockdev`` keyval)

@@ -59,8 +59,12 @@ def _object(name: str, *members: Entry, **extra: Any) -> Entry:
 
 
 def _enum(name: str, *values: str) -> Entry:
-    return {"name": name, "meta-type": "enum", "values": list(values),
-            "members": [{"name": v} for v in values]}
+    return {
+        "name": name,
+        "meta-type": "enum",
+        "values": list(values),
+        "members": [{"name": v} for v in values],
+    }
 
 
 def _array(element: str) -> Entry:
@@ -68,8 +72,10 @@ def _array(element: str) -> Entry:
 
 
 def _command(name: str, *members: Entry) -> list[Entry]:
-    return [{"name": name, "meta-type": "command", "arg-type": f"{name}.args", "ret-type": "any"},
-            _object(f"{name}.args", *members)]
+    return [
+        {"name": name, "meta-type": "command", "arg-type": f"{name}.args", "ret-type": "any"},
+        _object(f"{name}.args", *members),
+    ]
 
 
 def extension_entries(qsd: Mapping[str, Entry]) -> list[Entry]:
@@ -88,26 +94,51 @@ def extension_entries(qsd: Mapping[str, Entry]) -> list[Entry]:
         _object("x-blockdev-replace.export", _member("export-id", "str")),
         _array("any"),
         # the upstream v9 blockdev-replace proposal: a union on parent-type
-        {"name": "x-blockdev-replace", "meta-type": "command",
-         "arg-type": "x-blockdev-replace.args", "ret-type": "any"},
-        _object("x-blockdev-replace.args", _member("parent-type", "x-txgraph.ReplaceParentType"),
-                _member("new-child", "str"), tag="parent-type",
-                variants=[{"case": "driver", "type": "x-blockdev-replace.driver"},
-                          {"case": "export", "type": "x-blockdev-replace.export"}]),
-        *_command("x-txgraph-replace-edges", _member("child", "str", True),
-                  _member("parents-mode", "x-txgraph.ParentsMode", True),
-                  _member("edges", f"[{edge}]", True), _member("new-child", "str")),
-        *_command("x-txgraph-insert-filter", _member("node", "str"),
-                  _member("filter", "any"),  # blockdev-add options, visited by the check
-                  _member("edges", f"[{edge}]", True)),
+        {
+            "name": "x-blockdev-replace",
+            "meta-type": "command",
+            "arg-type": "x-blockdev-replace.args",
+            "ret-type": "any",
+        },
+        _object(
+            "x-blockdev-replace.args",
+            _member("parent-type", "x-txgraph.ReplaceParentType"),
+            _member("new-child", "str"),
+            tag="parent-type",
+            variants=[
+                {"case": "driver", "type": "x-blockdev-replace.driver"},
+                {"case": "export", "type": "x-blockdev-replace.export"},
+            ],
+        ),
+        *_command(
+            "x-txgraph-replace-edges",
+            _member("child", "str", True),
+            _member("parents-mode", "x-txgraph.ParentsMode", True),
+            _member("edges", f"[{edge}]", True),
+            _member("new-child", "str"),
+        ),
+        *_command(
+            "x-txgraph-insert-filter",
+            _member("node", "str"),
+            _member("filter", "any"),  # blockdev-add options, visited by the check
+            _member("edges", f"[{edge}]", True),
+        ),
         *_command("x-txgraph-remove-filter", _member("node", "str")),
         *_command("x-txgraph-query-objects"),
         *_command("x-txgraph-query-generation"),
-        *_command("x-txgraph-apply-plan", _member("expect-generation", "int"),
-                  _member("expect-digest", "str"), _member("steps", "[any]")),
+        *_command(
+            "x-txgraph-apply-plan",
+            _member("expect-generation", "int"),
+            _member("expect-digest", "str"),
+            _member("steps", "[any]"),
+        ),
         # a plan's wait point (txgraph.jobs.manager.JobManager.wait_for)
-        *_command("x-txgraph-wait-job", _member("job", "str"), _member("event", "str"),
-                  _member("timeout", "number", optional=True)),
+        *_command(
+            "x-txgraph-wait-job",
+            _member("job", "str"),
+            _member("event", "str"),
+            _member("timeout", "number", optional=True),
+        ),
     ]
     # x-txgraph-transaction: QEMU's TransactionAction union plus one variant per extension kind
     qsd_args = qsd[str(qsd["transaction"]["arg-type"])]
@@ -119,16 +150,26 @@ def extension_entries(qsd: Mapping[str, Entry]) -> list[Entry]:
         data = ACTIONS[kind].data
         assert data is not None
         wrapper = f"x-txgraph.{kind}.wrapper"
-        entries.append(_object(wrapper, _member("data", data if data == REPLACE_ACTION_DATA
-                                                else args_of(data))))
+        entries.append(
+            _object(
+                wrapper, _member("data", data if data == REPLACE_ACTION_DATA else args_of(data))
+            )
+        )
         variants.append({"case": kind, "type": wrapper})
     entries += [
         _enum("x-txgraph.TransactionActionKind", *qsd_kinds, *EXTENSION_ACTIONS),
-        _object("x-txgraph.TransactionAction",
-                _member("type", "x-txgraph.TransactionActionKind"), tag="type", variants=variants),
+        _object(
+            "x-txgraph.TransactionAction",
+            _member("type", "x-txgraph.TransactionActionKind"),
+            tag="type",
+            variants=variants,
+        ),
         _array("x-txgraph.TransactionAction"),
-        *_command("x-txgraph-transaction", _member("actions", "[x-txgraph.TransactionAction]"),
-                  _member("properties", props_member["type"], True)),
+        *_command(
+            "x-txgraph-transaction",
+            _member("actions", "[x-txgraph.TransactionAction]"),
+            _member("properties", props_member["type"], True),
+        ),
     ]
     return entries
 
@@ -155,8 +196,10 @@ def _check_insert_filter(walker: Walker, args: dict[str, Any], path: Path) -> di
         driver = options.get("driver")
         if isinstance(driver, str) and driver_spec(driver) is not None:
             options.setdefault(filtered_child_name(driver), args["node"])
-    return {**args, "filter": walker.visit(walker.arg_type("blockdev-add"), options,
-                                           (*path, "filter"))}
+    return {
+        **args,
+        "filter": walker.visit(walker.arg_type("blockdev-add"), options, (*path, "filter")),
+    }
 
 
 def _choose_replace(value: Any) -> str:

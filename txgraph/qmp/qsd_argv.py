@@ -34,8 +34,16 @@ PROG = "qemu-storage-daemon"
 
 #: QSD 7.2's long options: name -> takes an argument
 LONG_OPTIONS: dict[str, bool] = {
-    "blockdev": True, "chardev": True, "daemonize": False, "export": True, "help": False,
-    "monitor": True, "nbd-server": True, "object": True, "pidfile": True, "trace": True,
+    "blockdev": True,
+    "chardev": True,
+    "daemonize": False,
+    "export": True,
+    "help": False,
+    "monitor": True,
+    "nbd-server": True,
+    "object": True,
+    "pidfile": True,
+    "trace": True,
     "version": False,
 }
 _SHORT = {"h": ("help", False), "T": ("trace", True), "V": ("version", False)}
@@ -88,10 +96,11 @@ class QsdArgv:
 def _long(word: str, argv: list[str], i: int) -> tuple[QsdOption, int]:
     body = word[2:]
     name, eq, inline = body.partition("=")
-    matches = [n for n in LONG_OPTIONS if n == name] or \
-        [n for n in LONG_OPTIONS if n.startswith(name)]
+    matches = [n for n in LONG_OPTIONS if n == name] or [
+        n for n in LONG_OPTIONS if n.startswith(name)
+    ]
     if len(matches) != 1:
-        if matches:    # cannot happen with QSD's names (no two share a prefix)
+        if matches:  # cannot happen with QSD's names (no two share a prefix)
             listed = " ".join(f"'--{n}'" for n in matches)
             raise CmdlineError(f"option '{word}' is ambiguous; possibilities: {listed}")
         raise CmdlineError(f"unrecognized option '{word}'")
@@ -120,7 +129,7 @@ def _short(word: str, argv: list[str], i: int) -> tuple[list[QsdOption], int]:
             pos += 1
             continue
         if pos + 1 < len(word):
-            out.append(QsdOption(name, word[pos + 1:], word))
+            out.append(QsdOption(name, word[pos + 1 :], word))
             return out, i + 1
         if i + 1 >= len(argv):
             raise CmdlineError(f"option requires an argument -- '{letter}'")
@@ -141,7 +150,7 @@ def scan_argv(argv: list[str]) -> QsdArgv:
     while i < len(argv):
         word = argv[i]
         if word == "--":
-            break      # QSD ignores whatever follows (observed on 7.2)
+            break  # QSD ignores whatever follows (observed on 7.2)
         if word.startswith("--"):
             option, i = _long(word, argv, i)
             found = [option]
@@ -153,7 +162,7 @@ def scan_argv(argv: list[str]) -> QsdArgv:
             continue
         for option in found:
             if option.name in ("help", "version"):
-                result.answer = option.name    # answered at once, like QSD's exit(0)
+                result.answer = option.name  # answered at once, like QSD's exit(0)
                 return result
             if option.name == "pidfile":
                 result.pidfile = option.arg

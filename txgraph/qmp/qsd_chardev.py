@@ -25,24 +25,96 @@ from txgraph.qmp.qsd_argv import PROG, CmdlineError, Unsupported
 __all__ = ["Chardevs", "parse_chardev_opts"]
 
 #: the keys ``qemu_chardev_opts`` knows (chardev/char.c, 7.2); others: "Invalid parameter"
-CHARDEV_KEYS = frozenset({
-    "backend", "path", "host", "port", "fd", "localaddr", "localport", "to", "ipv4", "ipv6",
-    "wait", "server", "delay", "nodelay", "reconnect", "telnet", "tn3270", "websocket",
-    "tls-creds", "tls-authz", "width", "height", "cols", "rows", "mux", "signal", "name",
-    "debug", "size", "chardev", "append", "logfile", "logappend", "abstract", "tight",
-})
-_BOOL_KEYS = frozenset({"wait", "server", "delay", "nodelay", "telnet", "tn3270", "websocket",
-                        "ipv4", "ipv6", "mux", "signal", "append", "logappend", "abstract",
-                        "tight"})
+CHARDEV_KEYS = frozenset(
+    {
+        "backend",
+        "path",
+        "host",
+        "port",
+        "fd",
+        "localaddr",
+        "localport",
+        "to",
+        "ipv4",
+        "ipv6",
+        "wait",
+        "server",
+        "delay",
+        "nodelay",
+        "reconnect",
+        "telnet",
+        "tn3270",
+        "websocket",
+        "tls-creds",
+        "tls-authz",
+        "width",
+        "height",
+        "cols",
+        "rows",
+        "mux",
+        "signal",
+        "name",
+        "debug",
+        "size",
+        "chardev",
+        "append",
+        "logfile",
+        "logappend",
+        "abstract",
+        "tight",
+    }
+)
+_BOOL_KEYS = frozenset(
+    {
+        "wait",
+        "server",
+        "delay",
+        "nodelay",
+        "telnet",
+        "tn3270",
+        "websocket",
+        "ipv4",
+        "ipv6",
+        "mux",
+        "signal",
+        "append",
+        "logappend",
+        "abstract",
+        "tight",
+    }
+)
 #: chardev backends QEMU 7.2 builds into QSD; txgraph implements ``socket`` only
-BACKENDS = frozenset({"socket", "file", "pipe", "null", "pty", "stdio", "ringbuf", "memory",
-                      "mux", "serial", "tty", "parallel", "parport", "udp", "qemu-vdagent",
-                      "dbus", "spicevmc", "spiceport", "testdev", "msmouse", "wctablet",
-                      "braille", "console", "vc"})
+BACKENDS = frozenset(
+    {
+        "socket",
+        "file",
+        "pipe",
+        "null",
+        "pty",
+        "stdio",
+        "ringbuf",
+        "memory",
+        "mux",
+        "serial",
+        "tty",
+        "parallel",
+        "parport",
+        "udp",
+        "qemu-vdagent",
+        "dbus",
+        "spicevmc",
+        "spiceport",
+        "testdev",
+        "msmouse",
+        "wctablet",
+        "braille",
+        "console",
+        "vc",
+    }
+)
 _BOOL_WORDS = ("on", "off", "yes", "no", "true", "false", "y", "n")
 SUN_PATH_MAX = 107
-_ID_HINT = ("Identifiers consist of letters, digits, '-', '.', '_', starting with a "
-            "letter.\n")
+_ID_HINT = "Identifiers consist of letters, digits, '-', '.', '_', starting with a letter.\n"
 
 
 def _value(text: str, pos: int) -> tuple[str, int]:
@@ -50,7 +122,7 @@ def _value(text: str, pos: int) -> tuple[str, int]:
     out: list[str] = []
     while pos < len(text):
         if text[pos] == ",":
-            if text[pos + 1:pos + 2] != ",":
+            if text[pos + 1 : pos + 2] != ",":
                 break
             pos += 1
         out.append(text[pos])
@@ -58,8 +130,9 @@ def _value(text: str, pos: int) -> tuple[str, int]:
     return "".join(out), pos
 
 
-def parse_chardev_opts(text: str, location: str,
-                       warnings: list[str]) -> tuple[str | None, dict[str, str]]:
+def parse_chardev_opts(
+    text: str, location: str, warnings: list[str]
+) -> tuple[str | None, dict[str, str]]:
     """``opts_do_parse`` with ``permit_abbrev``: (id, the other options; last value wins)."""
     opts: dict[str, str] = {}
     pairs: list[tuple[str, str]] = []
@@ -80,8 +153,10 @@ def parse_chardev_opts(text: str, location: str,
             word = text[pos:end]
             pos = end
             name, value = (word[2:], "off") if word.startswith("no") else (word, "on")
-            warnings.append(f"{PROG}: {location}: warning: short-form boolean option "
-                            f"'{word}' deprecated\nPlease use {name}={value} instead\n")
+            warnings.append(
+                f"{PROG}: {location}: warning: short-form boolean option "
+                f"'{word}' deprecated\nPlease use {name}={value} instead\n"
+            )
         first = False
         pos += 1 if pos < len(text) else 0
         pairs.append((name, value))
@@ -113,14 +188,16 @@ def _probe_listen(path: str, location: str) -> None:
     except FileNotFoundError:
         pass
     except OSError as err:
-        raise CmdlineError(f"Failed to unlink socket {path}: {os.strerror(err.errno or 0)}",
-                           location) from None
+        raise CmdlineError(
+            f"Failed to unlink socket {path}: {os.strerror(err.errno or 0)}", location
+        ) from None
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.bind(path)
     except OSError as err:
-        raise CmdlineError(f"Failed to bind socket to {path}: {os.strerror(err.errno or 0)}",
-                           location) from None
+        raise CmdlineError(
+            f"Failed to bind socket to {path}: {os.strerror(err.errno or 0)}", location
+        ) from None
     finally:
         probe.close()
     os.unlink(path)
@@ -134,9 +211,9 @@ def _on(value: str | None, default: bool) -> bool:
 class Chardevs:
     """The chardevs and monitors of one command line, in the order given."""
 
-    sockets: dict[str, str] = field(default_factory=dict)   # id -> socket path
+    sockets: dict[str, str] = field(default_factory=dict)  # id -> socket path
     in_use: set[str] = field(default_factory=set)
-    monitors: list[str] = field(default_factory=list)        # socket paths to serve QMP on
+    monitors: list[str] = field(default_factory=list)  # socket paths to serve QMP on
     warnings: list[str] = field(default_factory=list)
 
     def add_chardev(self, text: str, location: str) -> None:
@@ -150,8 +227,11 @@ class Chardevs:
         if backend not in BACKENDS:
             raise CmdlineError(f"'{backend}' is not a valid char driver name", location)
         if backend != "socket":
-            raise Unsupported(f"chardev backend '{backend}' is not supported "
-                              "(only socket,path=...,server=on,wait=off)", location)
+            raise Unsupported(
+                f"chardev backend '{backend}' is not supported "
+                "(only socket,path=...,server=on,wait=off)",
+                location,
+            )
         path = opts.get("path")
         if path is None:
             if "host" in opts or "port" in opts:
@@ -160,14 +240,18 @@ class Chardevs:
         if ident in self.sockets:
             raise CmdlineError("duplicate yank instance", location)
         if len(path.encode()) > SUN_PATH_MAX:
-            raise CmdlineError(f"UNIX socket path '{path}' is too long", location,
-                               f"Path must be less than {SUN_PATH_MAX + 1} bytes\n")
+            raise CmdlineError(
+                f"UNIX socket path '{path}' is too long",
+                location,
+                f"Path must be less than {SUN_PATH_MAX + 1} bytes\n",
+            )
         extra = sorted(set(opts) - {"backend", "path", "server", "wait"})
         if extra or not _on(opts.get("server"), False):
             raise Unsupported("only socket,path=...,server=on,wait=off is supported", location)
         if _on(opts.get("wait"), True):
-            raise Unsupported("wait=on (waiting for a first client) is not supported; "
-                              "add wait=off", location)
+            raise Unsupported(
+                "wait=on (waiting for a first client) is not supported; add wait=off", location
+            )
         _probe_listen(path, location)
         self.sockets[ident] = path
 

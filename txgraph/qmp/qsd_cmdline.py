@@ -36,24 +36,27 @@ from txgraph.qobject.keyval import KeyvalHelp
 __all__ = ["QsdRun", "remove_pidfile", "run_command_line", "write_pidfile"]
 
 #: option -> (QMP command, implied key)
-_QMP_OPTIONS = {"blockdev": ("blockdev-add", "driver"),
-                "export": ("block-export-add", "type"),
-                "object": ("object-add", "qom-type")}
+_QMP_OPTIONS = {
+    "blockdev": ("blockdev-add", "driver"),
+    "export": ("block-export-add", "type"),
+    "object": ("object-add", "qom-type"),
+}
 
 
 @dataclass
 class QsdRun:
     """What a command line left to do once its options ran."""
 
-    monitors: list[str] = field(default_factory=list)   # socket paths for QMP
+    monitors: list[str] = field(default_factory=list)  # socket paths for QMP
     pidfile: str | None = None
-    answer: str | None = None                           # "help" / "version": print, exit 0
-    warnings: list[str] = field(default_factory=list)   # already-rendered stderr lines
+    answer: str | None = None  # "help" / "version": print, exit 0
+    warnings: list[str] = field(default_factory=list)  # already-rendered stderr lines
 
 
 #: hint lines QEMU appends on the command line (error_append_hint) but never sends over QMP
-_HINTS = {"Parameter 'id' expects an identifier":
-          "Identifiers consist of letters, digits, '-', '.', '_', starting with a letter.\n"}
+_HINTS = {
+    "Parameter 'id' expects an identifier": "Identifiers consist of letters, digits, '-', '.', '_', starting with a letter.\n"
+}
 
 
 def _execute(engine: Any, command: str, arguments: dict[str, Any], location: str) -> None:
@@ -68,8 +71,9 @@ def _nbd_server(engine: Any, text: str, location: str) -> None:
     options = visit_str(NBD_SERVER_OPTIONS, text, None)
     addr = dict(options.pop("addr"))
     kind = addr.pop("type")
-    _execute(engine, "nbd-server-start", {"addr": {"type": kind, "data": addr}, **options},
-             location)
+    _execute(
+        engine, "nbd-server-start", {"addr": {"type": kind, "data": addr}, **options}, location
+    )
 
 
 def _run_one(engine: Any, chardevs: Chardevs, option: QsdOption) -> None:
@@ -78,7 +82,7 @@ def _run_one(engine: Any, chardevs: Chardevs, option: QsdOption) -> None:
         try:
             arguments = visit_command_arguments(command, option.arg, implied)
         except KeyvalHelp:
-            if option.name == "object":   # QSD lists types/properties there; txgraph does not
+            if option.name == "object":  # QSD lists types/properties there; txgraph does not
                 raise Unsupported("--object help is not supported", option.location) from None
             raise
         _execute(engine, command, arguments, option.location)
@@ -92,7 +96,7 @@ def _run_one(engine: Any, chardevs: Chardevs, option: QsdOption) -> None:
         raise Unsupported("--daemonize is not supported (run it in the background instead)")
     elif option.name == "trace":
         raise Unsupported("tracing is not supported", option.location)
-    else:   # scan_argv only yields the names above
+    else:  # scan_argv only yields the names above
         raise AssertionError(option.name)
 
 
@@ -130,8 +134,9 @@ def write_pidfile(path: str) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     except OSError as err:
-        raise CmdlineError(f"cannot create PID file: Could not create '{path}': "
-                           f"{os.strerror(err.errno or 0)}") from None
+        raise CmdlineError(
+            f"cannot create PID file: Could not create '{path}': {os.strerror(err.errno or 0)}"
+        ) from None
     try:
         os.write(fd, f"{os.getpid()}\n".encode())
     finally:

@@ -122,15 +122,16 @@ class QMPServer:
         # (1024 levels); txgraph's QAPI visitor takes about five frames a level.
         sys.setrecursionlimit(max(sys.getrecursionlimit(), RECURSION_LIMIT))
         if len(os.fsencode(path)) > SUN_PATH_MAX:
-            raise ServeError(f"UNIX socket path '{path}' is too long "
-                             f"(path must be less than {SUN_PATH_MAX + 1} bytes)")
+            raise ServeError(
+                f"UNIX socket path '{path}' is too long "
+                f"(path must be less than {SUN_PATH_MAX + 1} bytes)"
+            )
         try:
             os.unlink(path)
         except FileNotFoundError:
             pass
         except OSError as err:
-            raise ServeError(f"Failed to unlink socket {path}: {_strerror(err)}") \
-                from None
+            raise ServeError(f"Failed to unlink socket {path}: {_strerror(err)}") from None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(path)
@@ -138,8 +139,7 @@ class QMPServer:
             os.chmod(path, 0o600)
         except OSError as err:
             sock.close()
-            raise ServeError(f"Failed to bind socket to {path}: {_strerror(err)}") \
-                from None
+            raise ServeError(f"Failed to bind socket to {path}: {_strerror(err)}") from None
         except BaseException:
             sock.close()
             raise
@@ -187,21 +187,28 @@ class QMPServer:
                 client.send(event)
 
     # -- connections -------------------------------------------------------------------
-    async def _serve_client(self, reader: asyncio.StreamReader,
-                            writer: asyncio.StreamWriter) -> None:
+    async def _serve_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         client = _Client(writer)
         client.task = asyncio.current_task()
         self._clients.add(client)
         try:
             version = await self._run_engine({"execute": "query-version"})
-            client.send({"QMP": {"version": order_return("query-version", version.get("return", {})),
-                                 "capabilities": list(OFFERED_CAPABILITIES)}})
+            client.send(
+                {
+                    "QMP": {
+                        "version": order_return("query-version", version.get("return", {})),
+                        "capabilities": list(OFFERED_CAPABILITIES),
+                    }
+                }
+            )
             while True:
                 data = await reader.read(READ_CHUNK)
                 if not data:
                     break
                 for start in range(0, len(data), FEED_SLICE):
-                    for message in client.decoder.feed(data[start:start + FEED_SLICE]):
+                    for message in client.decoder.feed(data[start : start + FEED_SLICE]):
                         client.write(await self._safe_reply(client, message))
                     # Let the other clients' input and commands have a turn between
                     # slices: one client's huge message costs them one slice's wait.
@@ -212,7 +219,7 @@ class QMPServer:
         except asyncio.CancelledError:
             # close(): end normally, so asyncio's stream callback has no exception to log
             pass
-        except Exception:   # a bug in txgraph: log it, lose this connection only
+        except Exception:  # a bug in txgraph: log it, lose this connection only
             log.exception("QMP connection failed unexpectedly")
         finally:
             self._clients.discard(client)
@@ -244,8 +251,9 @@ class QMPServer:
             if name == "qmp_capabilities":
                 reply = {"return": self._capabilities(client, arguments)}
             elif not client.negotiated:
-                raise QMPError("Expecting capabilities negotiation with 'qmp_capabilities'",
-                               "CommandNotFound")
+                raise QMPError(
+                    "Expecting capabilities negotiation with 'qmp_capabilities'", "CommandNotFound"
+                )
             else:
                 reply = await self._run_engine(message)
                 if "return" in reply:
@@ -261,8 +269,9 @@ class QMPServer:
         """``qmp_capabilities``: the only command before negotiation, refused after it."""
         typed = validate_arguments("qmp_capabilities", arguments)
         if client.negotiated:
-            raise QMPError("Capabilities negotiation is already complete, command ignored",
-                           "CommandNotFound")
+            raise QMPError(
+                "Capabilities negotiation is already complete, command ignored", "CommandNotFound"
+            )
         for cap in typed.get("enable", []):
             if cap not in OFFERED_CAPABILITIES:
                 raise QMPError(f"Capability '{cap}' not available")
@@ -278,7 +287,7 @@ class QMPServer:
         async with self._lock:
             try:
                 return self.engine.execute(message)
-            except Exception:    # a bug in a handler must not cost the connection
+            except Exception:  # a bug in a handler must not cost the connection
                 log.exception("QMP command failed unexpectedly")
                 reply = _error(INTERNAL_ERROR)
                 if "id" in message:
@@ -286,8 +295,7 @@ class QMPServer:
                 return reply
 
 
-async def serve(path: str | Sequence[str], engine: Engine, *,
-                handle_signals: bool = False) -> None:
+async def serve(path: str | Sequence[str], engine: Engine, *, handle_signals: bool = False) -> None:
     """Serve QMP for ``engine`` on unix socket ``path`` until cancelled.
 
     ``path`` may also be several paths (one monitor each, sharing the engine,

@@ -25,8 +25,16 @@ from txgraph.qobject.lexer import MAX_TOKEN_SIZE, JSONLexer, Tok
 from txgraph.qobject.parser import JSONParseError, parse_tokens
 from txgraph.qobject.utf8 import mod_utf8_codepoint, qemu_text
 
-__all__ = ["JSONParseError", "JSONStreamDecoder", "MAX_NESTING", "MAX_TOKEN_COUNT",
-           "MAX_TOKEN_SIZE", "mod_utf8_codepoint", "parse_json_text", "qemu_text"]
+__all__ = [
+    "JSONParseError",
+    "JSONStreamDecoder",
+    "MAX_NESTING",
+    "MAX_TOKEN_COUNT",
+    "MAX_TOKEN_SIZE",
+    "mod_utf8_codepoint",
+    "parse_json_text",
+    "qemu_text",
+]
 
 # json-streamer.c's limits (MAX_TOKEN_SIZE is shared with the lexer).
 MAX_TOKEN_COUNT = 2 << 20

@@ -25,8 +25,15 @@ __all__ = ["encode", "encode_message", "qdict_order", "ghash_first"]
 
 QDICT_BUCKET_MAX = 512
 
-_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n",
-            "\r": "\\r", "\t": "\\t"}
+_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+}
 
 
 def _tdb_hash(key: str) -> int:
@@ -48,9 +55,9 @@ def qdict_order(keys: Iterable[str]) -> list[str]:
 def _g_str_hash(key: str) -> int:
     h = 5381
     for b in key.encode("utf-8", "surrogatepass"):
-        signed = b - 256 if b >= 0x80 else b   # glib hashes through `signed char`
+        signed = b - 256 if b >= 0x80 else b  # glib hashes through `signed char`
         h = (h * 33 + signed) & 0xFFFFFFFF
-    return h if h >= 2 else 2                  # 0 and 1 mark unused/tombstone slots
+    return h if h >= 2 else 2  # 0 and 1 mark unused/tombstone slots
 
 
 def ghash_first(inserted: list[str], remaining: set[str]) -> str | None:
@@ -85,7 +92,7 @@ def _encode_str(text: str, out: list[str]) -> None:
             continue
         cp = ord(ch)
         if 0xD800 <= cp <= 0xDFFF:
-            cp = 0xFFFD                       # a lone surrogate is not valid UTF-8 for QEMU
+            cp = 0xFFFD  # a lone surrogate is not valid UTF-8 for QEMU
         if cp > 0xFFFF:
             cp -= 0x10000
             out.append(f"\\u{0xD800 | (cp >> 10):04X}\\u{0xDC00 | (cp & 0x3FF):04X}")

@@ -73,8 +73,9 @@ def _int(text: str) -> int | float:
 #: shared by every connection: a JSONDecoder holds no state between calls except the C
 #: scanner's key-interning memo, which only deduplicates key strings (the server runs
 #: all decoding on its event-loop thread anyway)
-_DECODER = json.JSONDecoder(object_pairs_hook=_pairs, parse_float=_float, parse_int=_int,
-                            parse_constant=_constant)
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_pairs, parse_float=_float, parse_int=_int, parse_constant=_constant
+)
 
 
 def fast_messages(data: bytes) -> tuple[list[Any], int]:
@@ -83,8 +84,12 @@ def fast_messages(data: bytes) -> tuple[list[Any], int]:
     Call only when the exact path is idle (between messages). Whitespace after
     the last object is consumed too, as QEMU's lexer consumes it without a token.
     """
-    if len(data) > MAX_FAST_BYTES or not data.isascii() or b"\\" in data \
-            or data.count(b"{") + data.count(b"[") > MAX_FAST_OPEN:
+    if (
+        len(data) > MAX_FAST_BYTES
+        or not data.isascii()
+        or b"\\" in data
+        or data.count(b"{") + data.count(b"[") > MAX_FAST_OPEN
+    ):
         return [], 0
     text = data.decode("ascii")
     out: list[Any] = []

@@ -104,7 +104,7 @@ def _put(cur: dict[str, Any], key: str, value: str | None, shown: str) -> Any:
         if value is None:
             return old
     new: Any = {} if value is None else value
-    cur[key] = new    # a replaced key keeps its place, as qdict_put_obj's does
+    cur[key] = new  # a replaced key keeps its place, as qdict_put_obj's does
     return new
 
 
@@ -116,19 +116,20 @@ def _skip_comma(params: str, pos: int) -> int:
     return pos + 1 if pos < len(params) and params[pos] == "," else pos
 
 
-def _parse_one(root: dict[str, Any], params: str, pos: int, implied_key: str | None,
-               seen_help: list[bool]) -> int:
+def _parse_one(
+    root: dict[str, Any], params: str, pos: int, implied_key: str | None, seen_help: list[bool]
+) -> int:
     """``keyval_parse_one``: one ``key=value`` at ``pos``; return where the next one starts."""
     length = 0
     while pos + length < len(params) and params[pos + length] not in "=,":
         length += 1
     bare = length > 0 and (pos + length >= len(params) or params[pos + length] != "=")
-    if bare and _is_help(params[pos:pos + length]):
+    if bare and _is_help(params[pos : pos + length]):
         seen_help.append(True)
         return _skip_comma(params, pos + length)
     if implied_key and bare:
         # the bare value ends at the first ',' or '=' (no ',,' escape in it)
-        _put(root, implied_key, params[pos:pos + length], implied_key)
+        _put(root, implied_key, params[pos : pos + length], implied_key)
         return _skip_comma(params, pos + length)
     key, start, key_end = params, pos, pos + length
     cur = root
@@ -144,10 +145,10 @@ def _parse_one(root: dict[str, Any], params: str, pos: int, implied_key: str | N
             raise QAPIError(f"Invalid parameter '{key[start:key_end]}'")
         if flen > FRAGMENT_MAX:
             fragment = " fragment" if s != start or s + flen != key_end else ""
-            raise QAPIError(f"Parameter{fragment} '{key[s:s + flen]}' is too long")
+            raise QAPIError(f"Parameter{fragment} '{key[s : s + flen]}' is too long")
         if s != start:
-            cur = _put(cur, in_cur, None, key[start:s - 1])
-        in_cur = key[s:s + flen]
+            cur = _put(cur, in_cur, None, key[start : s - 1])
+        in_cur = key[s : s + flen]
         s += flen
         if s >= key_end or key[s] != ".":
             break
@@ -215,7 +216,7 @@ def keyval_parse(params: str, implied_key: str | None = None) -> dict[str, Any]:
     while pos < len(params):
         pos = _parse_one(root, params, pos, implied_key, seen_help)
         implied_key = None
-    if seen_help:   # after every syntax error, before the list checks (keyval_parse)
+    if seen_help:  # after every syntax error, before the list checks (keyval_parse)
         raise KeyvalHelp()
-    _listify(root, [])    # the root is an object, never a list (its first key is a name)
+    _listify(root, [])  # the root is an object, never a list (its first key is a name)
     return root

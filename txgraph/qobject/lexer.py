@@ -71,16 +71,32 @@ class _S(Enum):
 
 Emit = Callable[[Tok, bytes], None]
 
-_STRUCTURAL = {ord("{"): Tok.LCURLY, ord("}"): Tok.RCURLY, ord("["): Tok.LSQUARE,
-               ord("]"): Tok.RSQUARE, ord(":"): Tok.COLON, ord(","): Tok.COMMA}
+_STRUCTURAL = {
+    ord("{"): Tok.LCURLY,
+    ord("}"): Tok.RCURLY,
+    ord("["): Tok.LSQUARE,
+    ord("]"): Tok.RSQUARE,
+    ord(":"): Tok.COLON,
+    ord(","): Tok.COMMA,
+}
 _DIGIT = frozenset(b"0123456789")
 _E = frozenset(b"eE")
-_START_NEXT = {ord('"'): _S.DQ, ord("'"): _S.SQ, ord("0"): _S.ZERO, ord("-"): _S.SIGN,
-               **{d: _S.DIGITS for d in b"123456789"},
-               **{c: _S.KEYWORD for c in range(ord("a"), ord("z") + 1)}}
+_START_NEXT = {
+    ord('"'): _S.DQ,
+    ord("'"): _S.SQ,
+    ord("0"): _S.ZERO,
+    ord("-"): _S.SIGN,
+    **dict.fromkeys(b"123456789", _S.DIGITS),
+    **dict.fromkeys(range(ord("a"), ord("z") + 1), _S.KEYWORD),
+}
 # States that end with look-ahead, and the token they end as.
-_TERMINAL = {_S.ZERO: Tok.INTEGER, _S.DIGITS: Tok.INTEGER, _S.MANTISSA_DIGITS: Tok.FLOAT,
-             _S.EXP_DIGITS: Tok.FLOAT, _S.KEYWORD: Tok.KEYWORD}
+_TERMINAL = {
+    _S.ZERO: Tok.INTEGER,
+    _S.DIGITS: Tok.INTEGER,
+    _S.MANTISSA_DIGITS: Tok.FLOAT,
+    _S.EXP_DIGITS: Tok.FLOAT,
+    _S.KEYWORD: Tok.KEYWORD,
+}
 # Bulk runs: the bytes each state keeps consuming without a transition.
 _RUN = {
     _S.START: re.compile(rb"[ \t\r\n]+"),
@@ -155,7 +171,7 @@ class JSONLexer:
                     self._state = nxt
             return True
         if s is _S.RECOVERY:
-            if c < 0x20 and c != 0x09 or c >= 0xFE or c in _STRUCTURAL:
+            if (c < 0x20 and c != 0x09) or c >= 0xFE or c in _STRUCTURAL:
                 self._state = _S.START
                 return False
             return True
@@ -163,14 +179,14 @@ class JSONLexer:
         if nxt is None:
             # A digit after a leading zero is JSON_ERROR in QEMU's table, not look-ahead.
             end = None if s is _S.ZERO and c in _DIGIT else _TERMINAL.get(s)
-            if end is not None:         # look-ahead: the token ends before c
+            if end is not None:  # look-ahead: the token ends before c
                 self._finish(end)
                 return False
-            self._token.append(c)       # JSON_ERROR consumes the byte
+            self._token.append(c)  # JSON_ERROR consumes the byte
             self._error()
             return True
         self._token.append(c)
-        if nxt is _S.START:             # a closing quote
+        if nxt is _S.START:  # a closing quote
             self._finish(Tok.STRING)
         else:
             self._state = nxt

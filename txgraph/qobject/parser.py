@@ -25,8 +25,17 @@ __all__ = ["JSONParseError", "parse_tokens", "integer_value"]
 
 INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1
 _Token = tuple[Tok, bytes]
-_SIMPLE_ESCAPES = {0x22: '"', 0x27: "'", 0x5C: "\\", 0x2F: "/", 0x62: "\b",
-                   0x66: "\f", 0x6E: "\n", 0x72: "\r", 0x74: "\t"}
+_SIMPLE_ESCAPES = {
+    0x22: '"',
+    0x27: "'",
+    0x5C: "\\",
+    0x2F: "/",
+    0x62: "\b",
+    0x66: "\f",
+    0x6E: "\n",
+    0x72: "\r",
+    0x74: "\t",
+}
 _KEYWORDS: dict[bytes, Any] = {b"true": True, b"false": False, b"null": None}
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 
@@ -84,7 +93,7 @@ def _parse(tokens: list[_Token]) -> Any:
                 raise _Fail("premature EOI")
             if tokens[pos][0] is not close:
                 stack.append(_Frame({} if kind is Tok.LCURLY else [], kind is Tok.LCURLY))
-                continue                # parse the first key / element
+                continue  # parse the first key / element
             pos += 1
             value = {} if kind is Tok.LCURLY else []
         elif kind is Tok.STRING:
@@ -118,7 +127,7 @@ def _parse(tokens: list[_Token]) -> Any:
                 if sep is not Tok.COMMA:
                     raise _Fail("expected separator in list")
                 break
-            if frame.key is None:       # parse_pair: the key just parsed
+            if frame.key is None:  # parse_pair: the key just parsed
                 if not isinstance(value, str):
                     raise _Fail("key is not a string in object")
                 if pop() is not Tok.COLON:
@@ -156,7 +165,7 @@ integer_value = _integer
 
 def _hex4(token: bytes, i: int) -> int:
     """cvt4hex: four hex digits at ``token[i]``, or -1 (also when the token ends)."""
-    digits = token[i:i + 4]
+    digits = token[i : i + 4]
     if len(digits) != 4 or not all(d in _HEX for d in digits):
         return -1
     return int(digits, 16)
@@ -167,7 +176,7 @@ def _string(token: bytes) -> str:
     quote = token[0]
     body = token[1:-1]
     if 0x5C not in body and body.isascii():
-        return body.decode("ascii")     # nothing to decode: the common case
+        return body.decode("ascii")  # nothing to decode: the common case
     out: list[str] = []
     i = 1
     while token[i] != quote:
@@ -183,7 +192,7 @@ def _string(token: bytes) -> str:
                 raise _Fail("invalid escape sequence in string")
             cp = _hex4(token, i)
             i += 4
-            if 0xD800 <= cp <= 0xDBFF and token[i:i + 2] == b"\\u":
+            if 0xD800 <= cp <= 0xDBFF and token[i : i + 2] == b"\\u":
                 low = _hex4(token, i + 2)
                 if 0xDC00 <= low <= 0xDFFF:
                     cp = 0x10000 + ((cp & 0x3FF) << 10) + (low & 0x3FF)
@@ -191,7 +200,7 @@ def _string(token: bytes) -> str:
                 else:
                     cp = -1
             if not valid_codepoint(cp):
-                shown = token[beg:min(i, len(token))]
+                shown = token[beg : min(i, len(token))]
                 raise _Fail(f"{qemu_text(shown)} is not a valid Unicode character")
             out.append(chr(cp))
         else:

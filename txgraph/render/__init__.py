@@ -11,14 +11,25 @@ from __future__ import annotations
 from txgraph.render.dot import to_dot
 from txgraph.render.html import graph_page, plan_page
 from txgraph.render.picture import (
-           Changes,
-           Picture,
-           StepPictures,
-           StepRecorder,
-           changes,
-           picture_of,
+    Changes,
+    Picture,
+    StepPictures,
+    StepRecorder,
+    changes,
+    picture_of,
 )
 from txgraph.render.svg import RenderError, dot_to_svg
 
-__all__ = ["Picture", "Changes", "StepPictures", "StepRecorder", "picture_of", "changes", "to_dot",
-           "dot_to_svg", "graph_page", "plan_page", "RenderError"]
+__all__ = [
+    "Picture",
+    "Changes",
+    "StepPictures",
+    "StepRecorder",
+    "picture_of",
+    "changes",
+    "to_dot",
+    "dot_to_svg",
+    "graph_page",
+    "plan_page",
+    "RenderError",
+]

@@ -35,7 +35,7 @@ def _perms(names: Iterable[str]) -> str:
 
 
 def _short(path: str, limit: int = 48) -> str:
-    return path if len(path) <= limit else "…" + path[-(limit - 1):]
+    return path if len(path) <= limit else "…" + path[-(limit - 1) :]
 
 
 def _node_line(node: NodeView, color: str) -> str:
@@ -44,43 +44,56 @@ def _node_line(node: NodeView, color: str) -> str:
         flags.append("implicit")
     if node.job_implicit:
         flags.append("job filter")
-    rows = [f"<B>{html.escape(node.name)}</B>",
-            f"{html.escape(node.driver)} · {' · '.join(flags)}"]
+    rows = [f"<B>{html.escape(node.name)}</B>", f"{html.escape(node.driver)} · {' · '.join(flags)}"]
     if node.filename:
         rows.append(f'<FONT POINT-SIZE="9">{html.escape(_short(node.filename))}</FONT>')
     label = "<" + "<BR/>".join(rows) + ">"
     style = "rounded,dashed" if node.implicit_open or node.job_implicit else "rounded"
-    return (f"  {_id(node.name)} [shape=box style=\"{style}\" color=\"{color}\" "
-            f"fontcolor=\"{color}\" label={label}];")
+    return (
+        f'  {_id(node.name)} [shape=box style="{style}" color="{color}" '
+        f'fontcolor="{color}" label={label}];'
+    )
 
 
 def _parent_line(parent: ParentView, color: str) -> str:
-    return (f"  {_id(parent.key)} [shape={_SHAPES.get(parent.kind, 'box')} color=\"{color}\" "
-            f"fontcolor=\"{color}\" label=<<B>{html.escape(parent.label)}</B>>];")
+    return (
+        f'  {_id(parent.key)} [shape={_SHAPES.get(parent.kind, "box")} color="{color}" '
+        f'fontcolor="{color}" label=<<B>{html.escape(parent.label)}</B>>];'
+    )
 
 
 def _edge_line(edge: EdgeView, color: str) -> str:
-    rows = [f"<B>{html.escape(edge.name)}</B>",
-            f"perm {html.escape(_perms(edge.perm))}",
-            f"shared {html.escape(_perms(edge.shared))}"]
+    rows = [
+        f"<B>{html.escape(edge.name)}</B>",
+        f"perm {html.escape(_perms(edge.perm))}",
+        f"shared {html.escape(_perms(edge.shared))}",
+    ]
     style = "solid"
     if edge.frozen:
         rows.append("frozen")
         style = "bold"
         color = _FROZEN if color == _PLAIN else color
     label = '<<FONT POINT-SIZE="9">' + "<BR/>".join(rows) + "</FONT>>"
-    return (f"  {_id(edge.parent)} -> {_id(edge.child)} [label={label} color=\"{color}\" "
-            f"fontcolor=\"{color}\" style={style}];")
+    return (
+        f'  {_id(edge.parent)} -> {_id(edge.child)} [label={label} color="{color}" '
+        f'fontcolor="{color}" style={style}];'
+    )
 
 
-def to_dot(picture: Picture, *, highlight: Changes | None = None, side: str = "after",
-           title: str | None = None) -> str:
+def to_dot(
+    picture: Picture,
+    *,
+    highlight: Changes | None = None,
+    side: str = "after",
+    title: str | None = None,
+) -> str:
     """DOT for ``picture``; with ``highlight``, colour what the change touched.
 
     ``side`` says which state ``picture`` is: on the ``"before"`` side the
     removed nodes and edges are red, on the ``"after"`` side added ones are
     green and changed ones orange.
     """
+
     def color(key: str, added: set[str], changed: set[str], removed: set[str]) -> str:
         if highlight is None:
             return _PLAIN
@@ -96,9 +109,12 @@ def to_dot(picture: Picture, *, highlight: Changes | None = None, side: str = "a
         h = highlight or Changes()
         return color(key, h.edges_added, h.edges_changed, h.edges_removed)
 
-    lines = ["digraph block_graph {", "  rankdir=TB;",
-             '  node [fontname="Helvetica" fontsize=11];',
-             '  edge [fontname="Helvetica" fontsize=9];']
+    lines = [
+        "digraph block_graph {",
+        "  rankdir=TB;",
+        '  node [fontname="Helvetica" fontsize=11];',
+        '  edge [fontname="Helvetica" fontsize=9];',
+    ]
     if title:
         lines.append(f"  label={_id(title)}; labelloc=t;")
     for key in sorted(picture.parents):

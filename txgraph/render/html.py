@@ -58,61 +58,83 @@ window.addEventListener("load", function () {
 def _svg(picture: Picture, **kw: Any) -> str:
     svg = dot_to_svg(to_dot(picture, **kw))
     # drop the XML prolog and DOCTYPE: the SVG is inlined into HTML
-    return svg[svg.index("<svg"):]
+    return svg[svg.index("<svg") :]
 
 
 def _legend() -> str:
-    return ('<p class="legend">'
-            f'<span style="color:{ADDED}">■ added</span>'
-            f'<span style="color:{CHANGED}">■ changed</span>'
-            f'<span style="color:{REMOVED}">■ removed</span>'
-            "<span>dashed: opened for its parent (inline or from an image header), not by a "
-            "blockdev-add of its own · bold blue edge: frozen by a job</span></p>")
+    return (
+        '<p class="legend">'
+        f'<span style="color:{ADDED}">■ added</span>'
+        f'<span style="color:{CHANGED}">■ changed</span>'
+        f'<span style="color:{REMOVED}">■ removed</span>'
+        "<span>dashed: opened for its parent (inline or from an image header), not by a "
+        "blockdev-add of its own · bold blue edge: frozen by a job</span></p>"
+    )
 
 
 def _page(title: str, body: list[str], steps: int) -> str:
-    return "\n".join([
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{html.escape(title)}</title>", f"<style>{_STYLE}</style>",
-        f"<script>{_CHECK_SCRIPT}</script>", "</head>",
-        f'<body data-steps="{steps}">', *body, "</body></html>", ""])
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>{html.escape(title)}</title>",
+            f"<style>{_STYLE}</style>",
+            f"<script>{_CHECK_SCRIPT}</script>",
+            "</head>",
+            f'<body data-steps="{steps}">',
+            *body,
+            "</body></html>",
+            "",
+        ]
+    )
 
 
 def graph_page(picture: Picture, title: str) -> str:
     """One graph state as a page."""
-    body = [f"<h1>{html.escape(title)}</h1>", _legend(),
-            f'<figure>{_svg(picture)}<figcaption>{len(picture.nodes)} nodes, '
-            f"{len(picture.edges)} edges</figcaption></figure>"]
+    body = [
+        f"<h1>{html.escape(title)}</h1>",
+        _legend(),
+        f"<figure>{_svg(picture)}<figcaption>{len(picture.nodes)} nodes, "
+        f"{len(picture.edges)} edges</figcaption></figure>",
+    ]
     return _page(title, body, 0)
 
 
 def plan_page(report: dict[str, Any], pictures: dict[int, StepPictures], title: str) -> str:
     """The plan report (``PlanReport.to_dict()``) with before/after pictures per step."""
     verdict_class = "ok" if report["ok"] else "fail"
-    body = [f"<h1>{html.escape(title)}</h1>",
-            f"<p>{html.escape(source_line(report))}</p>",
-            f'<p class="{verdict_class}"><b>result: {html.escape(result_sentence(report))}</b></p>',
-            _legend()]
+    body = [
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>{html.escape(source_line(report))}</p>",
+        f'<p class="{verdict_class}"><b>result: {html.escape(result_sentence(report))}</b></p>',
+        _legend(),
+    ]
     for step in report["steps"]:
         index = step["index"]
         mark, cls = ("OK", "ok") if step["ok"] else ("FAIL", "fail")
         body.append(f'<section class="step" id="step-{index + 1}">')
-        body.append(f'<h2><span class="{cls}">[{mark}]</span> step {index + 1}: '
-                    f"{html.escape(step['label'])}</h2>")
+        body.append(
+            f'<h2><span class="{cls}">[{mark}]</span> step {index + 1}: '
+            f"{html.escape(step['label'])}</h2>"
+        )
         body.append("<pre>" + html.escape(json.dumps(step["step"], indent=2)) + "</pre>")
         body.append("<pre>" + html.escape("\n".join(step_lines(step, report["policy"]))) + "</pre>")
         shot = pictures.get(index)
         if shot is not None:
             delta = changes(shot.before, shot.after)
             body.append('<div class="pictures">')
-            body.append(f"<figure>{_svg(shot.before, highlight=delta, side='before')}"
-                        "<figcaption>before</figcaption></figure>")
+            body.append(
+                f"<figure>{_svg(shot.before, highlight=delta, side='before')}"
+                "<figcaption>before</figcaption></figure>"
+            )
             if step["accepted"]:
-                body.append(f"<figure>{_svg(shot.after, highlight=delta, side='after')}"
-                            "<figcaption>after</figcaption></figure>")
+                body.append(
+                    f"<figure>{_svg(shot.after, highlight=delta, side='after')}"
+                    "<figcaption>after</figcaption></figure>"
+                )
             body.append("</div>")
         body.append("</section>")
     missing = len(report["plan"]) - len(report["steps"])
     if missing > 0:
-        body.append(f"<p class=\"fail\">{missing} step(s) not reached</p>")
+        body.append(f'<p class="fail">{missing} step(s) not reached</p>')
     return _page(title, body, len(report["steps"]))

@@ -22,8 +22,17 @@ from txgraph.model.node import ParentKind
 from txgraph.model.perm import perm_list
 from txgraph.ops.filenames import refresh_filename
 
-__all__ = ["NodeView", "ParentView", "EdgeView", "Picture", "Changes", "StepPictures",
-           "StepRecorder", "picture_of", "changes"]
+__all__ = [
+    "NodeView",
+    "ParentView",
+    "EdgeView",
+    "Picture",
+    "Changes",
+    "StepPictures",
+    "StepRecorder",
+    "picture_of",
+    "changes",
+]
 
 
 @dataclass(frozen=True)
@@ -85,17 +94,25 @@ class Changes:
 
     @property
     def empty(self) -> bool:
-        return not (self.nodes_added or self.nodes_removed or self.nodes_changed
-                    or self.edges_added or self.edges_removed or self.edges_changed)
+        return not (
+            self.nodes_added
+            or self.nodes_removed
+            or self.nodes_changed
+            or self.edges_added
+            or self.edges_removed
+            or self.edges_changed
+        )
 
 
 def _parent_view(graph: BlockGraph, key: str) -> ParentView:
     backend = graph.backends[key]
     if key.startswith("bb:export:"):
-        return ParentView(key, "export", f"export {key[len('bb:export:'):]}")
+        return ParentView(key, "export", f"export {key[len('bb:export:') :]}")
     if backend.kind is ParentKind.JOB:
         return ParentView(key, "job", f"job {backend.name}")
-    return ParentView(key, "device", f"device {backend.name}" if backend.name else backend.description)
+    return ParentView(
+        key, "device", f"device {backend.name}" if backend.name else backend.description
+    )
 
 
 def picture_of(graph: BlockGraph) -> Picture:
@@ -103,14 +120,25 @@ def picture_of(graph: BlockGraph) -> Picture:
     nodes: dict[str, NodeView] = {}
     for name, node in graph.nodes.items():
         refresh_filename(graph, name)
-        nodes[name] = NodeView(name, node.driver, node.read_only, node.filename,
-                               implicit_open=node.inherits_from is not None and not node.monitor_owned,
-                               job_implicit=node.implicit)
+        nodes[name] = NodeView(
+            name,
+            node.driver,
+            node.read_only,
+            node.filename,
+            implicit_open=node.inherits_from is not None and not node.monitor_owned,
+            job_implicit=node.implicit,
+        )
     parents = {key: _parent_view(graph, key) for key in graph.backends}
     edges: dict[str, EdgeView] = {}
     for parent, child, edge in graph.edges():
-        view = EdgeView(parent, edge.qemu_name, child, tuple(perm_list(edge.perm)),
-                        tuple(perm_list(edge.shared)), edge.frozen)
+        view = EdgeView(
+            parent,
+            edge.qemu_name,
+            child,
+            tuple(perm_list(edge.perm)),
+            tuple(perm_list(edge.shared)),
+            edge.frozen,
+        )
         edges[view.key] = view
     return Picture(nodes, parents, edges)
 
@@ -120,12 +148,14 @@ def changes(before: Picture, after: Picture) -> Changes:
     out = Changes()
     out.nodes_added = set(after.nodes) - set(before.nodes)
     out.nodes_removed = set(before.nodes) - set(after.nodes)
-    out.nodes_changed = {n for n in set(before.nodes) & set(after.nodes)
-                         if before.nodes[n] != after.nodes[n]}
+    out.nodes_changed = {
+        n for n in set(before.nodes) & set(after.nodes) if before.nodes[n] != after.nodes[n]
+    }
     out.edges_added = set(after.edges) - set(before.edges)
     out.edges_removed = set(before.edges) - set(after.edges)
-    out.edges_changed = {e for e in set(before.edges) & set(after.edges)
-                         if before.edges[e] != after.edges[e]}
+    out.edges_changed = {
+        e for e in set(before.edges) & set(after.edges) if before.edges[e] != after.edges[e]
+    }
     return out
 
 

@@ -22,8 +22,9 @@ def dot_to_svg(dot: str) -> str:
     try:
         svg: str = graphviz.pipe_string("dot", "svg", dot, encoding="utf-8", quiet=True)
     except graphviz.ExecutableNotFound:
-        raise RenderError("Graphviz's 'dot' program is not installed "
-                          "(Debian: apt-get install graphviz)") from None
+        raise RenderError(
+            "Graphviz's 'dot' program is not installed (Debian: apt-get install graphviz)"
+        ) from None
     except graphviz.CalledProcessError as err:
         detail = (err.stderr or b"").decode(errors="replace").strip().splitlines()
         raise RenderError(f"Graphviz refused the picture: {detail[0] if detail else err}") from None

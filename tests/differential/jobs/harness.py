@@ -37,8 +37,18 @@ from tests.support.guest_io import normalise_qemu_io
 from txgraph.oracle.canon import canon_graph, canon_nodes, canon_value
 from txgraph.oracle.peers import EnginePeer, Peer, PeerFactory, QSDPeer
 
-__all__ = ["Wait", "Run", "Graph", "Nodes", "substitute_dir", "JobScenario", "JobTrace", "run_job_scenario",
-           "compare_job_traces", "job_differential"]
+__all__ = [
+    "Wait",
+    "Run",
+    "Graph",
+    "Nodes",
+    "substitute_dir",
+    "JobScenario",
+    "JobTrace",
+    "run_job_scenario",
+    "compare_job_traces",
+    "job_differential",
+]
 
 #: members of query-jobs / query-block-jobs entries that say where the job thread is
 _RACY = frozenset({"current-progress", "offset", "busy"})
@@ -108,13 +118,13 @@ def _job_of(entry: tuple[str, Any]) -> Any:
     return data.get("id", data.get("device"))
 
 
-def _canon_events(events: list[dict[str, Any]], workdir: str,
-                  per_job: bool = False) -> list[Any]:
+def _canon_events(events: list[dict[str, Any]], workdir: str, per_job: bool = False) -> list[Any]:
     out: list[Any] = []
     for msg in events:
         data = dict(msg.get("data") or {})
-        if msg["event"] == "BLOCK_JOB_CANCELLED" or (msg["event"] == "BLOCK_JOB_COMPLETED"
-                                                     and "error" in data):
+        if msg["event"] == "BLOCK_JOB_CANCELLED" or (
+            msg["event"] == "BLOCK_JOB_COMPLETED" and "error" in data
+        ):
             data.pop("offset", None)  # where the cancel or the error caught the job
         out.append((msg["event"], canon_value(data, workdir)))
     # A paused followed, among the same job's events, directly by running is a drain's
@@ -124,9 +134,13 @@ def _canon_events(events: list[dict[str, Any]], workdir: str,
     for i, entry in enumerate(out):
         job = _job_of(entry)
         prev = last.get(job)
-        if (prev is not None and entry[0] == "JOB_STATUS_CHANGE"
-                and entry[1].get("status") == "running" and out[prev][0] == "JOB_STATUS_CHANGE"
-                and out[prev][1].get("status") == "paused"):
+        if (
+            prev is not None
+            and entry[0] == "JOB_STATUS_CHANGE"
+            and entry[1].get("status") == "running"
+            and out[prev][0] == "JOB_STATUS_CHANGE"
+            and out[prev][1].get("status") == "paused"
+        ):
             drop.update((prev, i))
             last.pop(job)
             continue
@@ -139,10 +153,22 @@ def _canon_events(events: list[dict[str, Any]], workdir: str,
 
 
 def _image_facts(path: Path) -> Any:
-    info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", str(path)],
-                                     capture_output=True, text=True, check=True).stdout)
-    mapping = json.loads(subprocess.run(["qemu-img", "map", "-U", "--output=json", str(path)],
-                                        capture_output=True, text=True, check=True).stdout)
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "-U", "--output=json", str(path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    mapping = json.loads(
+        subprocess.run(
+            ["qemu-img", "map", "-U", "--output=json", str(path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     # Adjacent stretches that agree on depth, data and zero are one: qemu-img map splits
     # them where host offsets are not contiguous, which depends on the order in which
     # concurrent copies allocated clusters (QSD runs up to 16 at once), not on the data.
@@ -153,9 +179,11 @@ def _image_facts(path: Path) -> Any:
             merged[-1][1] += m["length"]
         else:
             merged.append([m["start"], m["length"], *key])
-    return {"backing": info.get("backing-filename"),
-            "backing-format": info.get("backing-filename-format"),
-            "map": [tuple(m) for m in merged]}
+    return {
+        "backing": info.get("backing-filename"),
+        "backing-format": info.get("backing-filename-format"),
+        "map": [tuple(m) for m in merged],
+    }
 
 
 def _record(peer: Peer, step: JobStep, workdir: str) -> tuple[str, Any]:
@@ -179,8 +207,9 @@ def _record(peer: Peer, step: JobStep, workdir: str) -> tuple[str, Any]:
         reply = {"return": _canon_jobs(reply["return"])}
     reply.pop("id", None)
     if "error" in reply:
-        reply = {"error": {"class": reply["error"].get("class"),
-                           "desc": reply["error"].get("desc")}}
+        reply = {
+            "error": {"class": reply["error"].get("class"), "desc": reply["error"].get("desc")}
+        }
     return json.dumps(step)[:200], canon_value(reply, workdir)
 
 
@@ -225,17 +254,23 @@ def compare_job_traces(left: JobTrace, right: JobTrace, images: Sequence[str]) -
         out.append(f"events:\n    {left.peer}: {left.events}\n    {right.peer}: {right.events}")
     for image in images:
         if left.images.get(image) != right.images.get(image):
-            out.append(f"image {image}:\n    {left.peer}: {left.images.get(image)}\n"
-                       f"    {right.peer}: {right.images.get(image)}")
-        res = subprocess.run(["qemu-img", "compare", "-U", str(left.workdir / image),
-                              str(right.workdir / image)], capture_output=True, text=True)
+            out.append(
+                f"image {image}:\n    {left.peer}: {left.images.get(image)}\n"
+                f"    {right.peer}: {right.images.get(image)}"
+            )
+        res = subprocess.run(
+            ["qemu-img", "compare", "-U", str(left.workdir / image), str(right.workdir / image)],
+            capture_output=True,
+            text=True,
+        )
         if res.returncode != 0:
             out.append(f"image {image} content: {res.stdout.strip()} {res.stderr.strip()}")
     return out
 
 
-def job_differential(scenario: JobScenario, left: PeerFactory = QSDPeer,
-                     right: PeerFactory = EnginePeer) -> list[str]:
+def job_differential(
+    scenario: JobScenario, left: PeerFactory = QSDPeer, right: PeerFactory = EnginePeer
+) -> list[str]:
     """Run on both peers (QSD first), compare, clean up; the differences."""
     a = run_job_scenario(scenario, left)
     try:

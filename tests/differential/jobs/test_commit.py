@@ -39,64 +39,119 @@ def scenario(name: str, *steps: Any, doc: str = "") -> JobScenario:
 COMMIT = {"device": "top", "job-id": "c", "top-node": "mid", "base-node": "base"}
 
 SCENARIOS = [
-    scenario("commit-mid-into-base", cmd("block-commit", COMMIT), *_done("c"), Graph(), Nodes(),
-             doc="mid's data lands in base; top then backs onto base"),
-    scenario("commit-by-filenames",
-             cmd("block-commit", {"device": "top", "job-id": "c", "top": "mid.qcow2",
-                                  "base": "base.qcow2", "backing-file": "base.qcow2"}),
-             *_done("c"), Nodes()),
-    scenario("commit-default-base",
-             cmd("block-commit", {"device": "top", "job-id": "c", "top-node": "mid"}),
-             *_done("c"), Nodes()),
-    scenario("commit-graph-while-running",
-             cmd("block-commit", {**COMMIT, "speed": 1, "filter-node-name": "ct"}),
-             cmd("job-pause", {"id": "c"}), Wait("JOB_STATUS_CHANGE", {"status": "paused"}),
-             Graph(), Nodes(), cmd("query-block-jobs"),
-             # (reopen of top onto base here aborts QSD 7.2: test_qsd_crash_named_commit_top)
-             cmd("blockdev-del", {"node-name": "base"}),
-             cmd("blockdev-del", {"node-name": "mid"}),
-             cmd("blockdev-del", {"node-name": "ct"}),
-             cmd("block-stream", {"device": "top", "job-id": "s"}),
-             cmd("block-commit", {**COMMIT, "job-id": "d"}),
-             cmd("block-commit", {"device": "mid", "job-id": "d"}),
-             cmd("job-cancel", {"id": "c"}), *_done("c", "BLOCK_JOB_CANCELLED"), Graph(),
-             Nodes(), doc="what the job's graph refuses, and a cancel that puts it all back"),
-    scenario("commit-implicit-filter-rules",
-             cmd("block-commit", {**COMMIT, "speed": 1}),
-             cmd("job-pause", {"id": "c"}), Wait("JOB_STATUS_CHANGE", {"status": "paused"}),
-             Graph(),
-             cmd("blockdev-reopen", {"options": [{"driver": "qcow2", "node-name": "top",
-                                                  "file": "top-f", "backing": "base"}]}),
-             cmd("blockdev-reopen", {"options": [{"driver": "qcow2", "node-name": "top",
-                                                  "file": "top-f", "backing": "mid"}]}),
-             cmd("job-resume", {"id": "c"}),
-             cmd("block-job-set-speed", {"device": "c", "speed": 0}), *_done("c"), Nodes()),
-    scenario("commit-auto-finalize-off",
-             cmd("block-commit", {**COMMIT, "auto-finalize": False}),
-             Wait("BLOCK_JOB_PENDING", {"id": "c"}), Graph(), cmd("query-jobs"),
-             cmd("job-finalize", {"id": "c"}), *_done("c"), Nodes()),
-    scenario("commit-argument-errors",
-             cmd("block-commit", {"device": "nope"}),
-             cmd("block-commit", {"device": "mid"}),
-             cmd("block-commit", {"device": "top", "top": "a", "top-node": "mid"}),
-             cmd("block-commit", {"device": "top", "top-node": "nope"}),
-             cmd("block-commit", {"device": "top", "top-node": "top-f"}),
-             cmd("block-commit", {"device": "top", "top": "nope.qcow2"}),
-             cmd("block-commit", {"device": "top", "top-node": "mid", "base": "a",
-                                  "base-node": "base"}),
-             cmd("block-commit", {"device": "top", "top-node": "mid", "base-node": "top"}),
-             cmd("block-commit", {"device": "top", "top-node": "mid", "base": "nope"}),
-             cmd("block-commit", {"device": "top", "top-node": "base"}),
-             cmd("block-commit", {"device": "top", "top-node": "mid", "base-node": "mid"}),
-             cmd("block-commit", {"device": "top", "top-node": "mid"}),
-             cmd("block-commit", {"device": "top", "job-id": "1c", "top-node": "mid"}),
-             cmd("block-commit", {"device": "top", "job-id": "c", "top-node": "mid",
-                                  "speed": -1}),
-             cmd("block-commit", {"device": "top", "job-id": "c", "top-node": "mid",
-                                  "filter-node-name": "mid"}),
-             cmd("block-commit", {"device": "top", "job-id": "c", "backing-file": "x"}),
-             cmd("query-jobs"), Graph(), Nodes(),
-             doc="QEMU's checks in QEMU's order; a refused commit leaves nothing behind"),
+    scenario(
+        "commit-mid-into-base",
+        cmd("block-commit", COMMIT),
+        *_done("c"),
+        Graph(),
+        Nodes(),
+        doc="mid's data lands in base; top then backs onto base",
+    ),
+    scenario(
+        "commit-by-filenames",
+        cmd(
+            "block-commit",
+            {
+                "device": "top",
+                "job-id": "c",
+                "top": "mid.qcow2",
+                "base": "base.qcow2",
+                "backing-file": "base.qcow2",
+            },
+        ),
+        *_done("c"),
+        Nodes(),
+    ),
+    scenario(
+        "commit-default-base",
+        cmd("block-commit", {"device": "top", "job-id": "c", "top-node": "mid"}),
+        *_done("c"),
+        Nodes(),
+    ),
+    scenario(
+        "commit-graph-while-running",
+        cmd("block-commit", {**COMMIT, "speed": 1, "filter-node-name": "ct"}),
+        cmd("job-pause", {"id": "c"}),
+        Wait("JOB_STATUS_CHANGE", {"status": "paused"}),
+        Graph(),
+        Nodes(),
+        cmd("query-block-jobs"),
+        # (reopen of top onto base here aborts QSD 7.2: test_qsd_crash_named_commit_top)
+        cmd("blockdev-del", {"node-name": "base"}),
+        cmd("blockdev-del", {"node-name": "mid"}),
+        cmd("blockdev-del", {"node-name": "ct"}),
+        cmd("block-stream", {"device": "top", "job-id": "s"}),
+        cmd("block-commit", {**COMMIT, "job-id": "d"}),
+        cmd("block-commit", {"device": "mid", "job-id": "d"}),
+        cmd("job-cancel", {"id": "c"}),
+        *_done("c", "BLOCK_JOB_CANCELLED"),
+        Graph(),
+        Nodes(),
+        doc="what the job's graph refuses, and a cancel that puts it all back",
+    ),
+    scenario(
+        "commit-implicit-filter-rules",
+        cmd("block-commit", {**COMMIT, "speed": 1}),
+        cmd("job-pause", {"id": "c"}),
+        Wait("JOB_STATUS_CHANGE", {"status": "paused"}),
+        Graph(),
+        cmd(
+            "blockdev-reopen",
+            {
+                "options": [
+                    {"driver": "qcow2", "node-name": "top", "file": "top-f", "backing": "base"}
+                ]
+            },
+        ),
+        cmd(
+            "blockdev-reopen",
+            {
+                "options": [
+                    {"driver": "qcow2", "node-name": "top", "file": "top-f", "backing": "mid"}
+                ]
+            },
+        ),
+        cmd("job-resume", {"id": "c"}),
+        cmd("block-job-set-speed", {"device": "c", "speed": 0}),
+        *_done("c"),
+        Nodes(),
+    ),
+    scenario(
+        "commit-auto-finalize-off",
+        cmd("block-commit", {**COMMIT, "auto-finalize": False}),
+        Wait("BLOCK_JOB_PENDING", {"id": "c"}),
+        Graph(),
+        cmd("query-jobs"),
+        cmd("job-finalize", {"id": "c"}),
+        *_done("c"),
+        Nodes(),
+    ),
+    scenario(
+        "commit-argument-errors",
+        cmd("block-commit", {"device": "nope"}),
+        cmd("block-commit", {"device": "mid"}),
+        cmd("block-commit", {"device": "top", "top": "a", "top-node": "mid"}),
+        cmd("block-commit", {"device": "top", "top-node": "nope"}),
+        cmd("block-commit", {"device": "top", "top-node": "top-f"}),
+        cmd("block-commit", {"device": "top", "top": "nope.qcow2"}),
+        cmd("block-commit", {"device": "top", "top-node": "mid", "base": "a", "base-node": "base"}),
+        cmd("block-commit", {"device": "top", "top-node": "mid", "base-node": "top"}),
+        cmd("block-commit", {"device": "top", "top-node": "mid", "base": "nope"}),
+        cmd("block-commit", {"device": "top", "top-node": "base"}),
+        cmd("block-commit", {"device": "top", "top-node": "mid", "base-node": "mid"}),
+        cmd("block-commit", {"device": "top", "top-node": "mid"}),
+        cmd("block-commit", {"device": "top", "job-id": "1c", "top-node": "mid"}),
+        cmd("block-commit", {"device": "top", "job-id": "c", "top-node": "mid", "speed": -1}),
+        cmd(
+            "block-commit",
+            {"device": "top", "job-id": "c", "top-node": "mid", "filter-node-name": "mid"},
+        ),
+        cmd("block-commit", {"device": "top", "job-id": "c", "backing-file": "x"}),
+        cmd("query-jobs"),
+        Graph(),
+        Nodes(),
+        doc="QEMU's checks in QEMU's order; a refused commit leaves nothing behind",
+    ),
 ]
 
 
@@ -111,14 +166,20 @@ def test_qsd_crash_named_commit_top() -> None:
     QSD 7.2 (block.c:2838 bdrv_replace_child_noperm: Assertion '!child->frozen'; the
     filter, dropped by the reopen, still holds its frozen link). txgraph refuses the reopen
     (the filter's link is frozen) and the commit goes on to a normal end."""
-    reopen = cmd("blockdev-reopen", {"options": [{"driver": "qcow2", "node-name": "top",
-                                                  "file": "top-f", "backing": "base"}]})
-    sc = scenario("commit-named-filter-reopen",
-                  cmd("block-commit", {**COMMIT, "speed": 1, "filter-node-name": "ct"}),
-                  cmd("job-pause", {"id": "c"}), Wait("JOB_STATUS_CHANGE", {"status": "paused"}),
-                  reopen)
-    from tests.differential.jobs.harness import EnginePeer, QSDPeer, run_job_scenario
+    reopen = cmd(
+        "blockdev-reopen",
+        {"options": [{"driver": "qcow2", "node-name": "top", "file": "top-f", "backing": "base"}]},
+    )
+    sc = scenario(
+        "commit-named-filter-reopen",
+        cmd("block-commit", {**COMMIT, "speed": 1, "filter-node-name": "ct"}),
+        cmd("job-pause", {"id": "c"}),
+        Wait("JOB_STATUS_CHANGE", {"status": "paused"}),
+        reopen,
+    )
     import shutil
+
+    from tests.differential.jobs.harness import EnginePeer, QSDPeer, run_job_scenario
 
     qsd = run_job_scenario(sc, QSDPeer)
     tx = run_job_scenario(sc, EnginePeer)
@@ -127,9 +188,12 @@ def test_qsd_crash_named_commit_top() -> None:
         if qsd_reply.get("error", {}).get("class") != "PeerDied":
             pytest.fail(f"QSD 7.2 no longer aborts here: {qsd_reply}")
         assert "bdrv_replace_child_noperm" in qsd_reply["error"]["desc"]
-        assert tx_reply == {"error": {"class": "GenericError",
-                                      "desc": "Cannot change frozen 'backing' link from 'ct' "
-                                              "to 'mid'"}}
+        assert tx_reply == {
+            "error": {
+                "class": "GenericError",
+                "desc": "Cannot change frozen 'backing' link from 'ct' to 'mid'",
+            }
+        }
     finally:
         shutil.rmtree(qsd.workdir, ignore_errors=True)
         shutil.rmtree(tx.workdir, ignore_errors=True)

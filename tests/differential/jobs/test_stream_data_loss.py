@@ -21,30 +21,54 @@ import pytest
 from tests.differential.harness import _run_setup, cmd
 from tests.differential.jobs.harness import JobScenario, Nodes, Wait, job_differential
 from tests.differential.jobs.test_stream import ADD_CHAIN, CHAIN_SETUP, IMAGES
-from txgraph.oracle.peers import QSDPeer
 from txgraph.ops.session import Session
+from txgraph.oracle.peers import QSDPeer
 from txgraph.qmp.command_table import CommandContext
 from txgraph.qmp.engine import Engine
 
 pytestmark = pytest.mark.qsd
 
-CUT_MID = cmd("blockdev-reopen", {"options": [{"driver": "qcow2", "node-name": "mid",
-                                               "file": "mid-f", "backing": None,
-                                               "read-only": True}]})
+CUT_MID = cmd(
+    "blockdev-reopen",
+    {
+        "options": [
+            {
+                "driver": "qcow2",
+                "node-name": "mid",
+                "file": "mid-f",
+                "backing": None,
+                "read-only": True,
+            }
+        ]
+    },
+)
 START = cmd("block-stream", {"device": "top", "job-id": "j", "speed": 1, "base-node": "base"})
 
-DATA_LOSS = JobScenario("stream-base-chain-cut", (
-    ADD_CHAIN, START,
-    cmd("job-pause", {"id": "j"}), Wait("JOB_STATUS_CHANGE", {"status": "paused"}),
-    CUT_MID,
-    cmd("block-job-set-speed", {"device": "j", "speed": 0}), cmd("job-resume", {"id": "j"}),
-    Wait("BLOCK_JOB_COMPLETED", {"device": "j"}), Wait("JOB_STATUS_CHANGE", {"status": "null"}),
-    Nodes()), CHAIN_SETUP, IMAGES)
+DATA_LOSS = JobScenario(
+    "stream-base-chain-cut",
+    (
+        ADD_CHAIN,
+        START,
+        cmd("job-pause", {"id": "j"}),
+        Wait("JOB_STATUS_CHANGE", {"status": "paused"}),
+        CUT_MID,
+        cmd("block-job-set-speed", {"device": "j", "speed": 0}),
+        cmd("job-resume", {"id": "j"}),
+        Wait("BLOCK_JOB_COMPLETED", {"device": "j"}),
+        Wait("JOB_STATUS_CHANGE", {"status": "null"}),
+        Nodes(),
+    ),
+    CHAIN_SETUP,
+    IMAGES,
+)
 
 
 def _reads(path: Path, pattern: int, offset: int, length: int) -> bool:
-    res = subprocess.run(["qemu-io", "-r", "-U", "-c", f"read -P {pattern} {offset} {length}",
-                          str(path)], capture_output=True, text=True)
+    res = subprocess.run(
+        ["qemu-io", "-r", "-U", "-c", f"read -P {pattern} {offset} {length}", str(path)],
+        capture_output=True,
+        text=True,
+    )
     return res.returncode == 0 and "Pattern verification failed" not in res.stdout
 
 
@@ -65,8 +89,8 @@ def test_qsd_really_loses_base_data(tmp_path: Path) -> None:
                 assert "error" not in reply, reply
     finally:
         peer.close()
-    assert _reads(tmp_path / "top.qcow2", 0, 0, 1 << 20)       # base's 0xaa is gone
-    assert _reads(tmp_path / "top.qcow2", 0xcc, 1 << 20, 1 << 20)  # mid's data was streamed
+    assert _reads(tmp_path / "top.qcow2", 0, 0, 1 << 20)  # base's 0xaa is gone
+    assert _reads(tmp_path / "top.qcow2", 0xCC, 1 << 20, 1 << 20)  # mid's data was streamed
 
 
 def _client(tmp_path: Path, policy: str) -> tuple[Engine, list[dict[str, Any]]]:
@@ -77,8 +101,9 @@ def _client(tmp_path: Path, policy: str) -> tuple[Engine, list[dict[str, Any]]]:
     return engine, events
 
 
-def test_safe_policy_refuses_the_cut_and_keeps_the_data(tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_safe_policy_refuses_the_cut_and_keeps_the_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     engine, events = _client(tmp_path, "safe")
     try:
@@ -88,7 +113,8 @@ def test_safe_policy_refuses_the_cut_and_keeps_the_data(tmp_path: Path,
         reply = engine.execute(CUT_MID)
         assert reply["error"]["class"] == "GenericError"
         assert reply["error"]["desc"].startswith(
-            "stream job 'j' still needs the link 'mid' -> 'base' ('backing'; removed)")
+            "stream job 'j' still needs the link 'mid' -> 'base' ('backing'; removed)"
+        )
         explanation = reply["error"]["__io.txgraph_explanation"]
         assert explanation["rule"] == "J1-job-chain-cut"
         assert engine.execute(cmd("x-debug-query-block-graph")) == graph  # nothing changed
@@ -100,8 +126,8 @@ def test_safe_policy_refuses_the_cut_and_keeps_the_data(tmp_path: Path,
             time.sleep(0.01)
     finally:
         engine.context.session.close()
-    assert _reads(tmp_path / "top.qcow2", 0xaa, 0, 1 << 20)  # base's data still reachable
-    assert _reads(tmp_path / "top.qcow2", 0xcc, 1 << 20, 1 << 20)
+    assert _reads(tmp_path / "top.qcow2", 0xAA, 0, 1 << 20)  # base's data still reachable
+    assert _reads(tmp_path / "top.qcow2", 0xCC, 1 << 20, 1 << 20)
 
 
 def test_qsd_crash_detached_cor(tmp_path: Path) -> None:
@@ -111,8 +137,10 @@ def test_qsd_crash_detached_cor(tmp_path: Path) -> None:
     and answers it again once the job is dismissed. Kept out of every other
     scenario's path."""
     _run_setup(CHAIN_SETUP, tmp_path)
-    steps = (ADD_CHAIN, cmd("block-stream", {"device": "top", "job-id": "j",
-                                             "auto-dismiss": False}))
+    steps = (
+        ADD_CHAIN,
+        cmd("block-stream", {"device": "top", "job-id": "j", "auto-dismiss": False}),
+    )
     qsd = QSDPeer(tmp_path)
     try:
         for step in steps:
@@ -122,8 +150,10 @@ def test_qsd_crash_detached_cor(tmp_path: Path) -> None:
     finally:
         qsd.close()
     if "return" in reply:
-        pytest.fail("QSD 7.2 answered query-named-block-nodes with a detached filter: the "
-                    "pinned crash is gone (a newer QEMU?)")
+        pytest.fail(
+            "QSD 7.2 answered query-named-block-nodes with a detached filter: the "
+            "pinned crash is gone (a newer QEMU?)"
+        )
     assert reply["error"]["class"] == "PeerDied"
 
     other = tmp_path / "tx"
@@ -136,8 +166,10 @@ def test_qsd_crash_detached_cor(tmp_path: Path) -> None:
             for step in steps:
                 assert "return" in engine.execute(step)
             deadline = time.monotonic() + 60
-            while not any(e["event"] == "JOB_STATUS_CHANGE" and e["data"]["status"] == "concluded"
-                          for e in events):
+            while not any(
+                e["event"] == "JOB_STATUS_CHANGE" and e["data"]["status"] == "concluded"
+                for e in events
+            ):
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
             reply = engine.execute(cmd("query-named-block-nodes"))

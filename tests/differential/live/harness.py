@@ -48,10 +48,28 @@ from txgraph.oracle.compare import snapshot as _snapshot
 from txgraph.oracle.peers import _start_qsd
 from txgraph.peers import QMPProcess, TxgraphDaemon
 
-__all__ = ["IO", "io", "View", "Split", "LiveStep", "LiveScenario", "LivePeer", "LiveTrace",
-           "LiveComparison", "LiveRecord", "Runner", "diff_record", "diff_images", "run_live",
-           "compare_live", "live_differential", "qsd_peer", "txgraph_peer", "start_nbd",
-           "SHUTDOWN_TIMEOUT"]
+__all__ = [
+    "IO",
+    "io",
+    "View",
+    "Split",
+    "LiveStep",
+    "LiveScenario",
+    "LivePeer",
+    "LiveTrace",
+    "LiveComparison",
+    "LiveRecord",
+    "Runner",
+    "diff_record",
+    "diff_images",
+    "run_live",
+    "compare_live",
+    "live_differential",
+    "qsd_peer",
+    "txgraph_peer",
+    "start_nbd",
+    "SHUTDOWN_TIMEOUT",
+]
 
 SHUTDOWN_TIMEOUT = 20.0
 
@@ -200,12 +218,14 @@ class Runner:
     def run(self, index: int, step: LiveStep) -> LiveRecord:
         desc = _describe(step)
         if isinstance(step, IO):
-            res = run_qemu_io(self.peer.nbd_socket, step.export, list(step.commands), self.d,
-                              step.ro)
+            res = run_qemu_io(
+                self.peer.nbd_socket, step.export, list(step.commands), self.d, step.ro
+            )
             return LiveRecord(index, desc, {"rc": res.rc, "out": list(res.lines)})
         if isinstance(step, View):
-            return LiveRecord(index, desc,
-                              {"view": export_digest(self.peer.nbd_socket, step.export, self.d)})
+            return LiveRecord(
+                index, desc, {"view": export_digest(self.peer.nbd_socket, step.export, self.d)}
+            )
         if isinstance(step, Split):
             mine = step.qsd if self.peer.label == "qsd" else step.txgraph
             errors = []
@@ -213,8 +233,12 @@ class Runner:
                 reply = self.qmp(sub)
                 if isinstance(reply, dict) and "error" in reply:
                     errors.append(f"{sub.get('execute')}: {reply['error'].get('desc')}")
-            return LiveRecord(index, desc, {"errors": errors, "exports": self.exports()},
-                              self.state(index, desc, None))
+            return LiveRecord(
+                index,
+                desc,
+                {"errors": errors, "exports": self.exports()},
+                self.state(index, desc, None),
+            )
         reply = self.qmp(step)
         return LiveRecord(index, desc, {"exports": self.exports()}, self.state(index, desc, reply))
 
@@ -266,8 +290,10 @@ class LiveComparison:
             return f"[{self.scenario}] setup failed: {self.setup_error}"
         if not self.diffs:
             return f"[{self.scenario}] equal"
-        lines = [f"[{self.scenario}] qsd (left) vs txgraph (right): {len(self.diffs)} "
-                 f"step(s) differ, first at step {self.diffs[0][0]}"]
+        lines = [
+            f"[{self.scenario}] qsd (left) vs txgraph (right): {len(self.diffs)} "
+            f"step(s) differ, first at step {self.diffs[0][0]}"
+        ]
         for index, command, diff in self.diffs[:5]:
             lines.append(f"  step {index}: {command[:300]}")
             lines.extend(f"    {ln}" for ln in diff[:12])
@@ -308,8 +334,9 @@ def compare_live(left: LiveTrace, right: LiveTrace) -> LiveComparison:
     return comp
 
 
-def live_differential(scenario: LiveScenario, left: PeerFactory = qsd_peer,
-                      right: PeerFactory = txgraph_peer) -> LiveComparison:
+def live_differential(
+    scenario: LiveScenario, left: PeerFactory = qsd_peer, right: PeerFactory = txgraph_peer
+) -> LiveComparison:
     return compare_live(run_live(scenario, left), run_live(scenario, right))
 
 

@@ -24,34 +24,72 @@ def _images(workdir: object) -> None:
     from pathlib import Path
 
     d = Path(str(workdir))
-    for name, fmt, opts in (("a.luks", "luks", ""), ("a.qcow2", "qcow2", ""),
-                            ("aes.qcow2", "qcow2", AES)):
+    for name, fmt, opts in (
+        ("a.luks", "luks", ""),
+        ("a.qcow2", "qcow2", ""),
+        ("aes.qcow2", "qcow2", AES),
+    ):
         copy_template(d / name, fmt, opts)
         qemu_io(d / name, fmt, "write -P 0x11 0 70000", "write -P 0x22 1M 4096")
 
 
 SECRET = cmd("object-add", {"qom-type": "secret", "id": "good", "data": PW})
-GUEST = ("write -P 0x5a 1000 100000", "write -z 300000 5000", "write -P 0x66 4193792 512",
-         "read -P 0x11 0 1000", "read -P 0x5a 1000 100000", "read -P 0 300000 5000",
-         "read -P 0x22 1M 4096", "read -P 0x66 4193792 512")
+GUEST = (
+    "write -P 0x5a 1000 100000",
+    "write -z 300000 5000",
+    "write -P 0x66 4193792 512",
+    "read -P 0x11 0 1000",
+    "read -P 0x5a 1000 100000",
+    "read -P 0 300000 5000",
+    "read -P 0x22 1M 4096",
+    "read -P 0x66 4193792 512",
+)
 
-SCENARIO = sc("crypto_guest_data", [
-    SECRET,
-    add({"driver": "luks", "node-name": "l", "key-secret": "good", "file": fnode("a.luks")}),
-    add({"driver": "qcow2", "node-name": "q", "encrypt": {"format": "luks", "key-secret": "good"},
-         "file": fnode("a.qcow2")}),
-    add({"driver": "qcow2", "node-name": "a", "encrypt": {"format": "aes", "key-secret": "good"},
-         "file": fnode("aes.qcow2")}),
-    export("el", "l"), export("eq", "q"), export("ea", "a"),
-    View("el"), View("eq"), View("ea"),
-    io("el", *GUEST), io("eq", *GUEST), io("ea", *GUEST),
-    View("el"), View("eq"), View("ea"),
-    cmd("object-del", {"id": "good"}),
-    io("el", "read -P 0x5a 1000 100000", ro=True),
-    export_del("el"), export_del("eq"), export_del("ea"),
-    cmd("blockdev-del", {"node-name": "l"}), cmd("blockdev-del", {"node-name": "q"}),
-    cmd("blockdev-del", {"node-name": "a"}),
-], setup=(Call(_images),), theme="crypto")
+SCENARIO = sc(
+    "crypto_guest_data",
+    [
+        SECRET,
+        add({"driver": "luks", "node-name": "l", "key-secret": "good", "file": fnode("a.luks")}),
+        add(
+            {
+                "driver": "qcow2",
+                "node-name": "q",
+                "encrypt": {"format": "luks", "key-secret": "good"},
+                "file": fnode("a.qcow2"),
+            }
+        ),
+        add(
+            {
+                "driver": "qcow2",
+                "node-name": "a",
+                "encrypt": {"format": "aes", "key-secret": "good"},
+                "file": fnode("aes.qcow2"),
+            }
+        ),
+        export("el", "l"),
+        export("eq", "q"),
+        export("ea", "a"),
+        View("el"),
+        View("eq"),
+        View("ea"),
+        io("el", *GUEST),
+        io("eq", *GUEST),
+        io("ea", *GUEST),
+        View("el"),
+        View("eq"),
+        View("ea"),
+        cmd("object-del", {"id": "good"}),
+        io("el", "read -P 0x5a 1000 100000", ro=True),
+        export_del("el"),
+        export_del("eq"),
+        export_del("ea"),
+        cmd("blockdev-del", {"node-name": "l"}),
+        cmd("blockdev-del", {"node-name": "q"}),
+        cmd("blockdev-del", {"node-name": "a"}),
+    ],
+    setup=(Call(_images),),
+    theme="crypto",
+)
 
 
 def test_crypto_guest_data() -> None:

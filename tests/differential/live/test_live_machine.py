@@ -56,7 +56,7 @@ from tests.support.image_checks import workdir_report
 pytestmark = pytest.mark.qsd
 
 BLOCK = 64 * 1024
-BLOCKS = 48                      # the 4 MiB disk in 64 KiB blocks (last 16 untouched)
+BLOCKS = 48  # the 4 MiB disk in 64 KiB blocks (last 16 untouched)
 sizes = st.sampled_from(["4k", "64k", "128k"])
 
 
@@ -102,8 +102,9 @@ class LiveMachine(RuleBasedStateMachine):
 
     def _fail(self, why: str, lines: list[str]) -> None:
         hist = "\n".join(f"  {i}: {h}" for i, h in enumerate(self.history))
-        raise AssertionError(why + "\n" + "\n".join(f"    {ln}" for ln in lines[:20])
-                             + "\nsequence:\n" + hist)
+        raise AssertionError(
+            why + "\n" + "\n".join(f"    {ln}" for ln in lines[:20]) + "\nsequence:\n" + hist
+        )
 
     def _ok(self, step: dict[str, Any]) -> bool:
         rec = self._step(step)
@@ -145,11 +146,19 @@ class LiveMachine(RuleBasedStateMachine):
         recs = [r.run(index, start_nbd(p)) for r, p in zip(self.runners, self.peers)]
         self.history.append("nbd-server-start")
         assert not diff_record(recs[0], recs[1])
-        self._step(cmd("object-add", {"qom-type": "throttle-group", "id": "tg",
-                                      "limits": {"iops-total": 100000}}))
+        self._step(
+            cmd(
+                "object-add",
+                {"qom-type": "throttle-group", "id": "tg", "limits": {"iops-total": 100000}},
+            )
+        )
         self._step(cmd("blockdev-add", hd("hd0", "base.qcow2")))
-        self._step(cmd("block-export-add", {"type": "nbd", "id": "e0", "node-name": "hd0",
-                                            "name": "e0", "writable": True}))
+        self._step(
+            cmd(
+                "block-export-add",
+                {"type": "nbd", "id": "e0", "node-name": "hd0", "name": "e0", "writable": True},
+            )
+        )
 
     def teardown(self) -> None:
         try:
@@ -205,8 +214,17 @@ class LiveMachine(RuleBasedStateMachine):
         if child is None or len(self.filters) >= 2:
             return
         name = f"thr{len(self.history)}"
-        if self._ok(cmd("blockdev-add", {"driver": "throttle", "node-name": name,
-                                         "throttle-group": "tg", "file": _ref(child)})):
+        if self._ok(
+            cmd(
+                "blockdev-add",
+                {
+                    "driver": "throttle",
+                    "node-name": name,
+                    "throttle-group": "tg",
+                    "file": _ref(child),
+                },
+            )
+        ):
             if self._ok(self._reopen_top(file=name)):
                 self.filters.append(name)
             else:
@@ -231,16 +249,25 @@ class LiveMachine(RuleBasedStateMachine):
         if dz == "unmap":
             opts["discard"] = "unmap"
         if read_only:
-            opts["read-only"] = True       # refused: e0 holds the write permission
+            opts["read-only"] = True  # refused: e0 holds the write permission
         self._step(self._reopen_top(**opts))
 
     @rule(writable=st.booleans())
     def add_second_export(self, writable: bool) -> None:
         if self.second_export:
             return
-        self.second_export = self._ok(cmd("block-export-add", {
-            "type": "nbd", "id": "e1", "node-name": _ref(self._top()), "name": "e1",
-            "writable": writable}))
+        self.second_export = self._ok(
+            cmd(
+                "block-export-add",
+                {
+                    "type": "nbd",
+                    "id": "e1",
+                    "node-name": _ref(self._top()),
+                    "name": "e1",
+                    "writable": writable,
+                },
+            )
+        )
         if self.second_export:
             self._step(IO("e1", ("read 0 64k",), ro=True))
 
@@ -258,9 +285,17 @@ class LiveMachine(RuleBasedStateMachine):
         if self.snaps >= 3:
             return
         self.snaps += 1
-        self._step(cmd("blockdev-snapshot-sync", {
-            "node-name": _ref(self._top()), "snapshot-file": f"{{dir}}/s{self.snaps}.qcow2",
-            "snapshot-node-name": f"s{self.snaps}", "format": "qcow2"}))
+        self._step(
+            cmd(
+                "blockdev-snapshot-sync",
+                {
+                    "node-name": _ref(self._top()),
+                    "snapshot-file": f"{{dir}}/s{self.snaps}.qcow2",
+                    "snapshot-node-name": f"s{self.snaps}",
+                    "format": "qcow2",
+                },
+            )
+        )
 
     @precondition(lambda self: self.SNAPSHOTS)
     @rule()
@@ -270,8 +305,12 @@ class LiveMachine(RuleBasedStateMachine):
         self.snaps += 1
         name = f"o{self.snaps}"
         image = "ov.qcow2" if self.snaps == 1 else "ov2.qcow2" if self.snaps == 2 else "solo.qcow2"
-        if self._ok(cmd("blockdev-add", {"driver": "qcow2", "node-name": name, "backing": None,
-                                         "file": fnode(image)})):
+        if self._ok(
+            cmd(
+                "blockdev-add",
+                {"driver": "qcow2", "node-name": name, "backing": None, "file": fnode(image)},
+            )
+        ):
             self._step(cmd("blockdev-snapshot", {"node": _ref(self._top()), "overlay": name}))
 
 
@@ -282,8 +321,9 @@ _PHASES = [Phase.explicit, Phase.reuse, Phase.generate]
 
 def _bounded(machine: type[RuleBasedStateMachine], examples: int) -> Any:
     case = machine.TestCase
-    case.settings = settings(case.settings, phases=_PHASES,
-                             max_examples=min(examples, case.settings.max_examples))
+    case.settings = settings(
+        case.settings, phases=_PHASES, max_examples=min(examples, case.settings.max_examples)
+    )
     return case
 
 

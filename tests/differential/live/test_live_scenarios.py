@@ -37,8 +37,12 @@ def test_live_scenario(scenario: LiveScenario) -> None:
         pytest.fail(str(comp), pytrace=False)
 
 
-SELF = ["snap_under_writable_export", "reopen_cor_insert", "quorum_add_child_under_export",
-        "ext_insert_filter_vs_reopen"]
+SELF = [
+    "snap_under_writable_export",
+    "reopen_cor_insert",
+    "quorum_add_child_under_export",
+    "ext_insert_filter_vs_reopen",
+]
 
 
 @pytest.mark.parametrize("name", SELF)

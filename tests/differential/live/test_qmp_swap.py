@@ -54,8 +54,8 @@ from txgraph.io.nbd.client import NbdClient
 from txgraph.peers import TxgraphDaemon
 
 BLOCK = 4096
-BLOCKS = 224                      # checksummed area: blocks 0..223
-QIO_W = 224 * BLOCK               # qemu-io writes 0x3c here (64 KiB) and reads it back
+BLOCKS = 224  # checksummed area: blocks 0..223
+QIO_W = 224 * BLOCK  # qemu-io writes 0x3c here (64 KiB) and reads it back
 SIZE = 256 * BLOCK
 ROUNDS = int(os.environ.get("TXGRAPH_QMP_SWAP_ROUNDS", "40"))
 SNAP_EVERY = int(os.environ.get("TXGRAPH_QMP_SWAP_SNAP_EVERY", "1"))
@@ -86,10 +86,18 @@ class _Rig:
         self.client_timeout = client_timeout
         base = bytearray(SIZE)
         for b in range(BLOCKS):
-            base[b * BLOCK:(b + 1) * BLOCK] = _block(b, 0)
+            base[b * BLOCK : (b + 1) * BLOCK] = _block(b, 0)
         (tmp / "seed.raw").write_bytes(bytes(base))
-        res = _run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(tmp / "seed.raw"),
-                   str(tmp / "hd0.qcow2"))
+        res = _run(
+            "qemu-img",
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            str(tmp / "seed.raw"),
+            str(tmp / "hd0.qcow2"),
+        )
         assert res.returncode == 0, res.stderr
         self.daemon = TxgraphDaemon(workdir=str(tmp))
         self.sock = str(tmp / "nbd.sock")
@@ -100,14 +108,30 @@ class _Rig:
         self.top = "hd0"
         self.snapshots = 0
         self.commands = 0
-        for c, a in (("nbd-server-start", {"addr": {"type": "unix", "data": {"path": self.sock}}}),
-                     ("object-add", {"qom-type": "throttle-group", "id": "tg",
-                                     "limits": {"iops-total": 100000, "bps-total": 1 << 30}}),
-                     ("blockdev-add", {"driver": "qcow2", "node-name": "hd0", "file": {
-                         "driver": "file", "filename": str(tmp / "hd0.qcow2")}}),
-                     ("blockdev-add", {"driver": "raw", "node-name": "fmt", "file": "hd0"}),
-                     ("block-export-add", {"type": "nbd", "id": "e0", "node-name": "fmt",
-                                           "name": "e0", "writable": True})):
+        for c, a in (
+            ("nbd-server-start", {"addr": {"type": "unix", "data": {"path": self.sock}}}),
+            (
+                "object-add",
+                {
+                    "qom-type": "throttle-group",
+                    "id": "tg",
+                    "limits": {"iops-total": 100000, "bps-total": 1 << 30},
+                },
+            ),
+            (
+                "blockdev-add",
+                {
+                    "driver": "qcow2",
+                    "node-name": "hd0",
+                    "file": {"driver": "file", "filename": str(tmp / "hd0.qcow2")},
+                },
+            ),
+            ("blockdev-add", {"driver": "raw", "node-name": "fmt", "file": "hd0"}),
+            (
+                "block-export-add",
+                {"type": "nbd", "id": "e0", "node-name": "fmt", "name": "e0", "writable": True},
+            ),
+        ):
             self.qmp(c, a)
 
     # -- QMP -----------------------------------------------------------------------------
@@ -128,18 +152,28 @@ class _Rig:
     def round(self, k: int) -> None:
         gen0, graph0 = self.generation(), self.graph()
         thr = f"thr{k}"
-        if k % 2 == 0:   # QEMU's way: add the filter, re-point the parent, and back
-            self.qmp("blockdev-add", {"driver": "throttle", "node-name": thr,
-                                      "throttle-group": "tg", "file": self.top})
-            self.qmp("blockdev-reopen", {"options": [{"driver": "raw", "node-name": "fmt",
-                                                      "file": thr}]})
+        if k % 2 == 0:  # QEMU's way: add the filter, re-point the parent, and back
+            self.qmp(
+                "blockdev-add",
+                {"driver": "throttle", "node-name": thr, "throttle-group": "tg", "file": self.top},
+            )
+            self.qmp(
+                "blockdev-reopen", {"options": [{"driver": "raw", "node-name": "fmt", "file": thr}]}
+            )
             gen1 = self.generation()
-            self.qmp("blockdev-reopen", {"options": [{"driver": "raw", "node-name": "fmt",
-                                                      "file": self.top}]})
+            self.qmp(
+                "blockdev-reopen",
+                {"options": [{"driver": "raw", "node-name": "fmt", "file": self.top}]},
+            )
             self.qmp("blockdev-del", {"node-name": thr})
-        else:            # txgraph's extension commands
-            self.qmp("x-txgraph-insert-filter", {"node": self.top, "filter": {
-                "driver": "throttle", "node-name": thr, "throttle-group": "tg"}})
+        else:  # txgraph's extension commands
+            self.qmp(
+                "x-txgraph-insert-filter",
+                {
+                    "node": self.top,
+                    "filter": {"driver": "throttle", "node-name": thr, "throttle-group": "tg"},
+                },
+            )
             gen1 = self.generation()
             self.qmp("x-txgraph-remove-filter", {"node": thr})
         gen2 = self.generation()
@@ -151,9 +185,15 @@ class _Rig:
         if every and k % every == every - 1 and self.snapshots < MAX_SNAPSHOTS:
             self.snapshots += 1
             name = f"ov{self.snapshots}"
-            self.qmp("blockdev-snapshot-sync", {"node-name": self.top, "format": "qcow2",
-                                                "snapshot-file": str(self.tmp / f"{name}.qcow2"),
-                                                "snapshot-node-name": name})
+            self.qmp(
+                "blockdev-snapshot-sync",
+                {
+                    "node-name": self.top,
+                    "format": "qcow2",
+                    "snapshot-file": str(self.tmp / f"{name}.qcow2"),
+                    "snapshot-node-name": name,
+                },
+            )
             self.top = name
 
     # -- guests ---------------------------------------------------------------------------
@@ -166,23 +206,24 @@ class _Rig:
         mine = list(range(w, BLOCKS, nw))
         try:
             with NbdClient(self.addr, "e0", timeout=self.client_timeout) as c:
-                c.sock.settimeout(self.client_timeout)   # connect() clears its own timeout
+                c.sock.settimeout(self.client_timeout)  # connect() clears its own timeout
                 while not self.stop.is_set():
                     b = rng.choice(mine)
                     seq = self.acked[b] + 1
                     c.write(b * BLOCK, _block(b, seq), fua=rng.random() < 0.1)
-                    self.acked[b] = seq           # acknowledged by the server
+                    self.acked[b] = seq  # acknowledged by the server
                     self.ops += 1
                     if rng.random() < 0.05:
                         c.flush()
-        except Exception as e:  # noqa: BLE001 - reported by the test
+        except Exception as e:
             self.errors.append(f"writer {w}: {e!r}")
 
     def reader(self, r: int) -> None:
         rng = random.Random(100 + r)
         try:
-            with NbdClient(self.addr, "e0", structured=bool(r % 2),
-                           timeout=self.client_timeout) as c:
+            with NbdClient(
+                self.addr, "e0", structured=bool(r % 2), timeout=self.client_timeout
+            ) as c:
                 c.sock.settimeout(self.client_timeout)
                 while not self.stop.is_set():
                     b = rng.randrange(BLOCKS)
@@ -194,13 +235,21 @@ class _Rig:
                     elif seq < floor:
                         self.errors.append(f"block {b}: read seq {seq} after {floor} was acked")
                     self.ops += 1
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             self.errors.append(f"reader {r}: {e!r}")
 
     def qemu_io_loop(self) -> None:
         while not self.stop.is_set():
-            res = _run("qemu-io", "-f", "raw", "-c", f"write -P 0x3c {QIO_W} 65536",
-                       "-c", f"read -P 0x3c {QIO_W} 65536", nbd_uri(self.sock, "e0"))
+            res = _run(
+                "qemu-io",
+                "-f",
+                "raw",
+                "-c",
+                f"write -P 0x3c {QIO_W} 65536",
+                "-c",
+                f"read -P 0x3c {QIO_W} 65536",
+                nbd_uri(self.sock, "e0"),
+            )
             if res.returncode or "failed" in res.stdout:
                 self.errors.append(f"qemu-io: {res.stdout}{res.stderr}")
                 return
@@ -208,8 +257,8 @@ class _Rig:
     def expected(self) -> Path:
         data = bytearray(SIZE)
         for b in range(BLOCKS):
-            data[b * BLOCK:(b + 1) * BLOCK] = _block(b, self.acked[b])
-        data[QIO_W:QIO_W + 65536] = b"\x3c" * 65536
+            data[b * BLOCK : (b + 1) * BLOCK] = _block(b, self.acked[b])
+        data[QIO_W : QIO_W + 65536] = b"\x3c" * 65536
         path = self.tmp / "expected.raw"
         path.write_bytes(bytes(data))
         return path
@@ -236,11 +285,14 @@ def _stress(tmp_path: Path, rounds: int, snap_every: int, client_timeout: float)
         assert rig.errors == [], rig.errors[:10]
         assert rig.ops > 0
         expected = rig.expected()
-        cmp = _run("qemu-img", "compare", "-f", "raw", "-F", "raw", str(expected),
-                   nbd_uri(rig.sock, "e0"))
+        cmp = _run(
+            "qemu-img", "compare", "-f", "raw", "-F", "raw", str(expected), nbd_uri(rig.sock, "e0")
+        )
         assert "Images are identical" in cmp.stdout, cmp.stdout + cmp.stderr
-        print(f"{rounds} rounds ({rig.commands} QMP commands, {rig.snapshots} snapshots) in "
-              f"{elapsed:.1f}s under {rig.ops} NBD requests")
+        print(
+            f"{rounds} rounds ({rig.commands} QMP commands, {rig.snapshots} snapshots) in "
+            f"{elapsed:.1f}s under {rig.ops} NBD requests"
+        )
     finally:
         rig.stop.set()
         for t in threads:
@@ -262,7 +314,6 @@ def _stress(tmp_path: Path, rounds: int, snap_every: int, client_timeout: float)
     for image in sorted(tmp_path.glob("*.qcow2")):
         check = _run("qemu-img", "check", str(image))
         assert check.returncode == 0, f"{image.name}: {check.stdout}{check.stderr}"
-
 
 
 def test_filter_commands_under_nbd_io(tmp_path: Path) -> None:

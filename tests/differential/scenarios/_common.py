@@ -7,13 +7,45 @@ from pathlib import Path
 from typing import Any
 
 from tests.differential.harness import (
-    Call, Chmod, MkDir, Raw, Scenario, SetupAction, Shell, Step, WriteFile, cmd, qemu_img, qemu_io,
+    Call,
+    Chmod,
+    MkDir,
+    Raw,
+    Scenario,
+    SetupAction,
+    Shell,
+    Step,
+    WriteFile,
+    cmd,
+    qemu_img,
+    qemu_io,
 )
 
 __all__ = [
-    "Call", "Chmod", "MkDir", "Raw", "Scenario", "Shell", "WriteFile", "cmd", "qemu_img",
-    "qemu_io", "add", "delete", "obj_add", "obj_del", "tg", "qnodes", "graph", "null",
-    "fnode", "qcow2_img", "raw_img", "sc", "strip_backing_format", "qcow2_header",
+    "Call",
+    "Chmod",
+    "MkDir",
+    "Raw",
+    "Scenario",
+    "Shell",
+    "WriteFile",
+    "cmd",
+    "qemu_img",
+    "qemu_io",
+    "add",
+    "delete",
+    "obj_add",
+    "obj_del",
+    "tg",
+    "qnodes",
+    "graph",
+    "null",
+    "fnode",
+    "qcow2_img",
+    "raw_img",
+    "sc",
+    "strip_backing_format",
+    "qcow2_header",
 ]
 
 
@@ -67,8 +99,14 @@ def fnode(path: str, name: str | None = None, **extra: Any) -> dict[str, Any]:
     return d
 
 
-def qcow2_img(path: str, size: str = "1M", backing: str | None = None, fmt: str | None = "qcow2",
-              opts: str = "", unsafe: bool = False) -> Shell:
+def qcow2_img(
+    path: str,
+    size: str = "1M",
+    backing: str | None = None,
+    fmt: str | None = "qcow2",
+    opts: str = "",
+    unsafe: bool = False,
+) -> Shell:
     """``qemu-img create -f qcow2`` (``backing`` is written into the header as given)."""
     a = ["create", "-f", "qcow2"]
     if opts:
@@ -87,10 +125,17 @@ def raw_img(path: str, size: str = "1M") -> Shell:
     return Shell(("qemu-img", "create", "-f", "raw", "{dir}/" + path, size))
 
 
-def sc(name: str, steps: list[Step], setup: list[SetupAction] | None = None, doc: str = "",
-       theme: str = "", writes: bool = False) -> Scenario:
-    return Scenario(name=name, steps=tuple(steps), setup=tuple(setup or ()), doc=doc,
-                    theme=theme, writes=writes)
+def sc(
+    name: str,
+    steps: list[Step],
+    setup: list[SetupAction] | None = None,
+    doc: str = "",
+    theme: str = "",
+    writes: bool = False,
+) -> Scenario:
+    return Scenario(
+        name=name, steps=tuple(steps), setup=tuple(setup or ()), doc=doc, theme=theme, writes=writes
+    )
 
 
 # ---- byte-level image manipulation (for setups qemu-img refuses to make) -------------
@@ -120,17 +165,45 @@ def strip_backing_format(workdir: Path, path: str) -> None:
     raise RuntimeError(f"{path}: no backing format extension")
 
 
-def qcow2_header(version: int = 3, cluster_bits: int = 16, size: int = 1 << 20,
-                 l1_size: int = 1, l1_offset: int = 0x30000, rt_offset: int = 0x10000,
-                 rt_clusters: int = 1, backing_offset: int = 0, backing_size: int = 0,
-                 header_length: int = 104, incompatible: int = 0, refcount_order: int = 4,
-                 nb_snapshots: int = 0, snapshots_offset: int = 0, crypt: int = 0,
-                 magic: bytes = b"QFI\xfb", total: int = 4 * 65536) -> bytes:
+def qcow2_header(
+    version: int = 3,
+    cluster_bits: int = 16,
+    size: int = 1 << 20,
+    l1_size: int = 1,
+    l1_offset: int = 0x30000,
+    rt_offset: int = 0x10000,
+    rt_clusters: int = 1,
+    backing_offset: int = 0,
+    backing_size: int = 0,
+    header_length: int = 104,
+    incompatible: int = 0,
+    refcount_order: int = 4,
+    nb_snapshots: int = 0,
+    snapshots_offset: int = 0,
+    crypt: int = 0,
+    magic: bytes = b"QFI\xfb",
+    total: int = 4 * 65536,
+) -> bytes:
     """A hand-made qcow2 header padded with zeros to ``total`` bytes (hostile-input tests)."""
     h = bytearray(total)
-    struct.pack_into(">4sIQIIQIIQQIIQ", h, 0, magic, version, backing_offset, backing_size,
-                     cluster_bits, size, crypt, l1_size, l1_offset, rt_offset, rt_clusters,
-                     nb_snapshots, snapshots_offset)
+    struct.pack_into(
+        ">4sIQIIQIIQQIIQ",
+        h,
+        0,
+        magic,
+        version,
+        backing_offset,
+        backing_size,
+        cluster_bits,
+        size,
+        crypt,
+        l1_size,
+        l1_offset,
+        rt_offset,
+        rt_clusters,
+        nb_snapshots,
+        snapshots_offset,
+    )
     if version >= 3:
         struct.pack_into(">QQQII", h, 72, incompatible, 0, 0, refcount_order, header_length)
     return bytes(h)

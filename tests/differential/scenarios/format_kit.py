@@ -15,8 +15,21 @@ from typing import Any
 
 from tests.differential.scenarios._common import Call, add, cmd, fnode, qemu_img, sc
 
-__all__ = ["T", "patch", "convert_compressed", "pin_cids", "rename", "truncate", "fmt_node",
-           "create", "reopen", "hostile", "bochs_image", "cloop_image", "vpc_fix_checksum"]
+__all__ = [
+    "T",
+    "patch",
+    "convert_compressed",
+    "pin_cids",
+    "rename",
+    "truncate",
+    "fmt_node",
+    "create",
+    "reopen",
+    "hostile",
+    "bochs_image",
+    "cloop_image",
+    "vpc_fix_checksum",
+]
 
 T = "formats"
 
@@ -28,7 +41,7 @@ def patch(workdir: Path, path: str, offset: int, fmt: str, *values: Any) -> None
     blob = struct.pack(fmt, *values)
     if len(data) < offset + len(blob):
         data.extend(bytes(offset + len(blob) - len(data)))
-    data[offset:offset + len(blob)] = blob
+    data[offset : offset + len(blob)] = blob
     p.write_bytes(bytes(data))
 
 
@@ -38,10 +51,16 @@ def convert_compressed(workdir: Path, src: str, dst: str, fmt: str) -> None:
     status is not trusted, the result is checked with ``qemu-img compare`` instead."""
     import subprocess
 
-    subprocess.run(["qemu-img", "convert", "-c", "-O", fmt, str(workdir / src), str(workdir / dst)],
-                   capture_output=True, check=False)
-    subprocess.run(["qemu-img", "compare", "-q", str(workdir / src), str(workdir / dst)],
-                   capture_output=True, check=True)
+    subprocess.run(
+        ["qemu-img", "convert", "-c", "-O", fmt, str(workdir / src), str(workdir / dst)],
+        capture_output=True,
+        check=False,
+    )
+    subprocess.run(
+        ["qemu-img", "compare", "-q", str(workdir / src), str(workdir / dst)],
+        capture_output=True,
+        check=True,
+    )
 
 
 def pin_cids(workdir: Path) -> None:
@@ -57,13 +76,17 @@ def pin_cids(workdir: Path) -> None:
     mapping = {old: b"%08x" % (0x1000ABC + i) for i, old in enumerate(found)}
     for f in files:
         data = f.read_bytes()
-        new = re.sub(rb"CID=([0-9a-f]+)", lambda m: b"CID=" + mapping.get(m.group(1), m.group(1)),
-                     data)
+        new = re.sub(
+            rb"CID=([0-9a-f]+)", lambda m: b"CID=" + mapping.get(m.group(1), m.group(1)), data
+        )
         delta = len(new) - len(data)
         if delta and data[:4] == b"KDMV":
             end = new.index(b"\0", 0x200)
-            new = new[:end] + new[end + delta:] if delta > 0 else \
-                new[:end] + bytes(-delta) + new[end:]
+            new = (
+                new[:end] + new[end + delta :]
+                if delta > 0
+                else new[:end] + bytes(-delta) + new[end:]
+            )
         f.write_bytes(new)
 
 
@@ -82,8 +105,9 @@ def fmt_node(drv: str, path: str, name: str, **extra: Any) -> dict[str, Any]:
     return d
 
 
-def create(fmt: str, path: str, size: str = "4M", opts: str = "", backing: str = "",
-           backing_fmt: str = "") -> Any:
+def create(
+    fmt: str, path: str, size: str = "4M", opts: str = "", backing: str = "", backing_fmt: str = ""
+) -> Any:
     a = f"create -q -f {fmt}"
     if opts:
         a += f" -o {opts}"
@@ -98,8 +122,13 @@ def reopen(*options: dict[str, Any]) -> dict[str, Any]:
     return cmd("blockdev-reopen", {"options": list(options)})
 
 
-def hostile(name: str, fmt: str, base: Any, patches: list[tuple[int, str, tuple[Any, ...]]],
-            path: str | None = None) -> Any:
+def hostile(
+    name: str,
+    fmt: str,
+    base: Any,
+    patches: list[tuple[int, str, tuple[Any, ...]]],
+    path: str | None = None,
+) -> Any:
     """One scenario per patched header: the open must fail (or not) exactly as QEMU's."""
     path = path or f"h.{fmt}"
     setup = [base] + [Call(patch, (path, off, f, *vals)) for off, f, vals in patches]
@@ -108,27 +137,30 @@ def hostile(name: str, fmt: str, base: Any, patches: list[tuple[int, str, tuple[
     return sc(f"fmt_{name}", [add(fmt_node(fmt, path, "h"))], setup=setup, theme=T)
 
 
-
 def vpc_fix_checksum(workdir: Path, path: str, at: int = 0) -> None:
     """Recompute the footer checksum at ``at`` (``-512`` for the end) after a patch."""
     p = workdir / path
     data = bytearray(p.read_bytes())
     off = at if at >= 0 else len(data) + at
-    data[off + 64:off + 68] = bytes(4)
-    data[off + 64:off + 68] = struct.pack(">I", ~sum(data[off:off + 512]) & 0xFFFFFFFF)
+    data[off + 64 : off + 68] = bytes(4)
+    data[off + 64 : off + 68] = struct.pack(">I", ~sum(data[off : off + 512]) & 0xFFFFFFFF)
     p.write_bytes(bytes(data))
 
 
-
-def bochs_image(version: int = 0x00020000, extent: int = 4096, disk: int = 1 << 20,
-                catalog: int | None = None, magic: bytes = b"Bochs Virtual HD Image",
-                subtype: bytes = b"Growing") -> bytes:
+def bochs_image(
+    version: int = 0x00020000,
+    extent: int = 4096,
+    disk: int = 1 << 20,
+    catalog: int | None = None,
+    magic: bytes = b"Bochs Virtual HD Image",
+    subtype: bytes = b"Growing",
+) -> bytes:
     """A Bochs growing redolog (qemu-img cannot create one): extents 1 and 5 allocated,
     extent 1 with only sectors 0 and 2 present in its bitmap."""
     h = bytearray(512)
-    h[0:len(magic)] = magic
+    h[0 : len(magic)] = magic
     h[32:39] = b"Redolog"
-    h[48:48 + len(subtype)] = subtype
+    h[48 : 48 + len(subtype)] = subtype
     cat = disk // max(extent, 512) if catalog is None else catalog
     struct.pack_into("<IIIII", h, 64, version, 512, cat, 1, extent)
     struct.pack_into("<Q", h, 84 if version == 0x00010000 else 88, disk)
@@ -139,25 +171,31 @@ def bochs_image(version: int = 0x00020000, extent: int = 4096, disk: int = 1 << 
     blocks = 1 + max(extent, 512) // 512
     data = bytearray(blocks * 512 * 2)
     data[0] = 0b101
-    data[blocks * 512:blocks * 512 + 2] = b"\xff\x01"
+    data[blocks * 512 : blocks * 512 + 2] = b"\xff\x01"
     for i in range(len(data) // 512):
         if i % blocks:
-            data[i * 512:(i + 1) * 512] = bytes([0x40 + i % 64]) * 512
+            data[i * 512 : (i + 1) * 512] = bytes([0x40 + i % 64]) * 512
     return bytes(h) + body + bytes(data)
 
 
+_CLOOP_MAGIC = (
+    b"#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$0 && mount -r -t iso9660 /dev/cloop $1\n"
+)
 
-_CLOOP_MAGIC = (b"#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$0 && mount -r -t iso9660 "
-                b"/dev/cloop $1\n")
 
-
-def cloop_image(block_size: int = 4096, n_blocks: int = 5, offsets: list[int] | None = None,
-                corrupt: bool = False) -> bytes:
+def cloop_image(
+    block_size: int = 4096,
+    n_blocks: int = 5,
+    offsets: list[int] | None = None,
+    corrupt: bool = False,
+) -> bytes:
     """A cloop image (qemu-img cannot create one): zlib blocks of patterns."""
     import zlib
 
-    blocks = [zlib.compress(bytes([0x30 + i]) * min(block_size, 1 << 16))
-              for i in range(min(n_blocks, 64))]
+    blocks = [
+        zlib.compress(bytes([0x30 + i]) * min(block_size, 1 << 16))
+        for i in range(min(n_blocks, 64))
+    ]
     if corrupt and blocks:
         blocks[1] = b"\x78\x9c" + bytes(10)
     table_at = 136

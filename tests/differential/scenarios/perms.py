@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from tests.differential.scenarios._common import (
-    add, cmd, delete, fnode, null, qcow2_img, raw_img, sc, tg,
+    add,
+    cmd,
+    delete,
+    fnode,
+    null,
+    qcow2_img,
+    raw_img,
+    sc,
+    tg,
 )
 
 T = "perms"
@@ -14,91 +22,178 @@ def _nbd(dirsock: str = "{dir}/nbd.sock") -> dict:
 
 
 def _export(eid: str, node: str, writable: bool) -> dict:
-    return cmd("block-export-add", {"type": "nbd", "id": eid, "node-name": node, "writable": writable})
+    return cmd(
+        "block-export-add", {"type": "nbd", "id": eid, "node-name": node, "writable": writable}
+    )
 
 
 SCENARIOS = [
-    sc("perm_two_qcow2_one_file", [
-        add(fnode("a.qcow2", "f")),
-        add({"driver": "qcow2", "node-name": "q1", "file": "f"}),
-        add({"driver": "qcow2", "node-name": "q2", "file": "f"}),
-        add({"driver": "qcow2", "node-name": "q3", "read-only": True, "file": "f"}),
-        add({"driver": "qcow2", "node-name": "q4", "read-only": True, "force-share": True, "file": "f"}),
-        add({"driver": "raw", "node-name": "r", "file": "f"}),
-    ], setup=[qcow2_img("a.qcow2")], theme=T,
-        doc="a second format node on a file used by a rw qcow2 conflicts (force-share on the parent does not help)"),
-    sc("perm_two_ro_qcow2_one_file", [
-        add(fnode("a.qcow2", "f")),
-        add({"driver": "qcow2", "node-name": "q1", "read-only": True, "file": "f"}),
-        add({"driver": "qcow2", "node-name": "q2", "read-only": True, "file": "f"}),
-        add({"driver": "qcow2", "node-name": "q3", "file": "f"}),
-        delete("q1"), delete("q2"),
-        add({"driver": "qcow2", "node-name": "q3", "file": "f"}),
-    ], setup=[qcow2_img("a.qcow2")], theme=T),
-    sc("perm_force_share_on_child", [
-        add(fnode("a.qcow2", "f", read_only=True, force_share=True)),
-        add({"driver": "qcow2", "node-name": "q1", "read-only": True, "file": "f"}),
-        add({"driver": "qcow2", "node-name": "q2", "read-only": True, "file": "f"}),
-        add({"driver": "qcow2", "node-name": "q3", "file": "f"}),
-    ], setup=[qcow2_img("a.qcow2")], theme=T),
-    sc("perm_rw_qcow2_on_ro_file", [
-        add(fnode("a.qcow2", "f", read_only=True)),
-        add({"driver": "qcow2", "node-name": "q", "file": "f"}),
-        add({"driver": "raw", "node-name": "r", "file": "f"}),
-        add({"driver": "qcow2", "node-name": "q2", "read-only": True, "file": "f"}),
-    ], setup=[qcow2_img("a.qcow2")], theme=T,
-        doc="RO/RW mismatch is only refused when a user needs the permission"),
-    sc("perm_rw_qcow2_referenced_as_backing", [
-        add({"driver": "qcow2", "node-name": "b", "file": fnode("b.qcow2", "bf")}),
-        add({"driver": "qcow2", "node-name": "t", "backing": "b", "file": fnode("t.qcow2", "tf")}),
-        add({"driver": "qcow2", "node-name": "b2", "read-only": True, "file": "bf"}),
-    ], setup=[qcow2_img("b.qcow2"), qcow2_img("t.qcow2")], theme=T),
-    sc("perm_image_lock_same_file", [
-        add({"driver": "qcow2", "node-name": "q1", "file": fnode("a.qcow2")}),
-        add({"driver": "qcow2", "node-name": "q2", "file": fnode("a.qcow2")}),
-        add({"driver": "qcow2", "node-name": "q3", "read-only": True, "file": fnode("a.qcow2")}),
-        add({"driver": "qcow2", "node-name": "q4", "read-only": True, "force-share": True,
-             "file": fnode("a.qcow2")}),
-        add({"driver": "qcow2", "node-name": "q5", "file": fnode("a.qcow2", locking="off")}),
-        add({"driver": "raw", "node-name": "r", "file": fnode("a.qcow2")}),
-    ], setup=[qcow2_img("a.qcow2")], theme=T, doc="two file nodes on one image conflict via OFD locks"),
-    sc("perm_lock_backing_held", [
-        add({"driver": "qcow2", "node-name": "t", "file": fnode("t.qcow2")}),
-        add({"driver": "qcow2", "node-name": "b", "file": fnode("b.qcow2")}),
-        add({"driver": "qcow2", "node-name": "b2", "read-only": True, "file": fnode("b.qcow2")}),
-    ], setup=[qcow2_img("b.qcow2"), qcow2_img("t.qcow2", backing="b.qcow2")], theme=T,
-        doc='a second rw qcow2 on a file held by a header backing: Failed to get "write" lock'),
-    sc("perm_quorum_children_shared", [
-        add(null("a")), add(null("b")),
-        add({"driver": "quorum", "node-name": "q", "vote-threshold": 1, "children": ["a", "b"]}),
-        add({"driver": "raw", "node-name": "r", "file": "a"}),
-        add({"driver": "qcow2", "node-name": "x", "file": "b"}),
-    ], theme=T),
-    sc("perm_throttle_chain", [
-        tg("g"),
-        add({"driver": "qcow2", "node-name": "q", "file": fnode("a.qcow2")}),
-        add({"driver": "throttle", "node-name": "t1", "throttle-group": "g", "file": "q"}),
-        add({"driver": "throttle", "node-name": "t2", "throttle-group": "g", "file": "t1"}),
-        add({"driver": "copy-on-read", "node-name": "c", "file": "q"}),
-    ], setup=[qcow2_img("a.qcow2")], theme=T),
-    sc("perm_export_writers", [
-        _nbd(),
-        add({"driver": "qcow2", "node-name": "q", "file": fnode("a.qcow2", "qf")}),
-        _export("e1", "q", True),
-        add({"driver": "raw", "node-name": "ro", "read-only": True, "file": fnode("b.raw")}),
-        _export("e2", "ro", True),
-        _export("e3", "ro", False),
-        add({"driver": "raw", "node-name": "r2", "file": "qf"}),
-        delete("q"),
-        cmd("block-export-del", {"id": "e1"}),
-    ], setup=[qcow2_img("a.qcow2"), raw_img("b.raw")], theme=T,
-        doc="writable export needs a rw node; a node with an export is in use"),
-    sc("perm_export_under_filter_conflict", [
-        _nbd(),
-        add({"driver": "raw", "node-name": "r", "file": fnode("a.qcow2", "f")}),
-        _export("e1", "r", True),
-        add({"driver": "qcow2", "node-name": "q", "file": "f"}),
-        add({"driver": "blkdebug", "node-name": "d", "image": "f"}),
-        add({"driver": "quorum", "node-name": "qq", "vote-threshold": 1, "children": ["f"]}),
-    ], setup=[qcow2_img("a.qcow2")], theme=T),
+    sc(
+        "perm_two_qcow2_one_file",
+        [
+            add(fnode("a.qcow2", "f")),
+            add({"driver": "qcow2", "node-name": "q1", "file": "f"}),
+            add({"driver": "qcow2", "node-name": "q2", "file": "f"}),
+            add({"driver": "qcow2", "node-name": "q3", "read-only": True, "file": "f"}),
+            add(
+                {
+                    "driver": "qcow2",
+                    "node-name": "q4",
+                    "read-only": True,
+                    "force-share": True,
+                    "file": "f",
+                }
+            ),
+            add({"driver": "raw", "node-name": "r", "file": "f"}),
+        ],
+        setup=[qcow2_img("a.qcow2")],
+        theme=T,
+        doc="a second format node on a file used by a rw qcow2 conflicts (force-share on the parent does not help)",
+    ),
+    sc(
+        "perm_two_ro_qcow2_one_file",
+        [
+            add(fnode("a.qcow2", "f")),
+            add({"driver": "qcow2", "node-name": "q1", "read-only": True, "file": "f"}),
+            add({"driver": "qcow2", "node-name": "q2", "read-only": True, "file": "f"}),
+            add({"driver": "qcow2", "node-name": "q3", "file": "f"}),
+            delete("q1"),
+            delete("q2"),
+            add({"driver": "qcow2", "node-name": "q3", "file": "f"}),
+        ],
+        setup=[qcow2_img("a.qcow2")],
+        theme=T,
+    ),
+    sc(
+        "perm_force_share_on_child",
+        [
+            add(fnode("a.qcow2", "f", read_only=True, force_share=True)),
+            add({"driver": "qcow2", "node-name": "q1", "read-only": True, "file": "f"}),
+            add({"driver": "qcow2", "node-name": "q2", "read-only": True, "file": "f"}),
+            add({"driver": "qcow2", "node-name": "q3", "file": "f"}),
+        ],
+        setup=[qcow2_img("a.qcow2")],
+        theme=T,
+    ),
+    sc(
+        "perm_rw_qcow2_on_ro_file",
+        [
+            add(fnode("a.qcow2", "f", read_only=True)),
+            add({"driver": "qcow2", "node-name": "q", "file": "f"}),
+            add({"driver": "raw", "node-name": "r", "file": "f"}),
+            add({"driver": "qcow2", "node-name": "q2", "read-only": True, "file": "f"}),
+        ],
+        setup=[qcow2_img("a.qcow2")],
+        theme=T,
+        doc="RO/RW mismatch is only refused when a user needs the permission",
+    ),
+    sc(
+        "perm_rw_qcow2_referenced_as_backing",
+        [
+            add({"driver": "qcow2", "node-name": "b", "file": fnode("b.qcow2", "bf")}),
+            add(
+                {
+                    "driver": "qcow2",
+                    "node-name": "t",
+                    "backing": "b",
+                    "file": fnode("t.qcow2", "tf"),
+                }
+            ),
+            add({"driver": "qcow2", "node-name": "b2", "read-only": True, "file": "bf"}),
+        ],
+        setup=[qcow2_img("b.qcow2"), qcow2_img("t.qcow2")],
+        theme=T,
+    ),
+    sc(
+        "perm_image_lock_same_file",
+        [
+            add({"driver": "qcow2", "node-name": "q1", "file": fnode("a.qcow2")}),
+            add({"driver": "qcow2", "node-name": "q2", "file": fnode("a.qcow2")}),
+            add(
+                {"driver": "qcow2", "node-name": "q3", "read-only": True, "file": fnode("a.qcow2")}
+            ),
+            add(
+                {
+                    "driver": "qcow2",
+                    "node-name": "q4",
+                    "read-only": True,
+                    "force-share": True,
+                    "file": fnode("a.qcow2"),
+                }
+            ),
+            add({"driver": "qcow2", "node-name": "q5", "file": fnode("a.qcow2", locking="off")}),
+            add({"driver": "raw", "node-name": "r", "file": fnode("a.qcow2")}),
+        ],
+        setup=[qcow2_img("a.qcow2")],
+        theme=T,
+        doc="two file nodes on one image conflict via OFD locks",
+    ),
+    sc(
+        "perm_lock_backing_held",
+        [
+            add({"driver": "qcow2", "node-name": "t", "file": fnode("t.qcow2")}),
+            add({"driver": "qcow2", "node-name": "b", "file": fnode("b.qcow2")}),
+            add(
+                {"driver": "qcow2", "node-name": "b2", "read-only": True, "file": fnode("b.qcow2")}
+            ),
+        ],
+        setup=[qcow2_img("b.qcow2"), qcow2_img("t.qcow2", backing="b.qcow2")],
+        theme=T,
+        doc='a second rw qcow2 on a file held by a header backing: Failed to get "write" lock',
+    ),
+    sc(
+        "perm_quorum_children_shared",
+        [
+            add(null("a")),
+            add(null("b")),
+            add(
+                {"driver": "quorum", "node-name": "q", "vote-threshold": 1, "children": ["a", "b"]}
+            ),
+            add({"driver": "raw", "node-name": "r", "file": "a"}),
+            add({"driver": "qcow2", "node-name": "x", "file": "b"}),
+        ],
+        theme=T,
+    ),
+    sc(
+        "perm_throttle_chain",
+        [
+            tg("g"),
+            add({"driver": "qcow2", "node-name": "q", "file": fnode("a.qcow2")}),
+            add({"driver": "throttle", "node-name": "t1", "throttle-group": "g", "file": "q"}),
+            add({"driver": "throttle", "node-name": "t2", "throttle-group": "g", "file": "t1"}),
+            add({"driver": "copy-on-read", "node-name": "c", "file": "q"}),
+        ],
+        setup=[qcow2_img("a.qcow2")],
+        theme=T,
+    ),
+    sc(
+        "perm_export_writers",
+        [
+            _nbd(),
+            add({"driver": "qcow2", "node-name": "q", "file": fnode("a.qcow2", "qf")}),
+            _export("e1", "q", True),
+            add({"driver": "raw", "node-name": "ro", "read-only": True, "file": fnode("b.raw")}),
+            _export("e2", "ro", True),
+            _export("e3", "ro", False),
+            add({"driver": "raw", "node-name": "r2", "file": "qf"}),
+            delete("q"),
+            cmd("block-export-del", {"id": "e1"}),
+        ],
+        setup=[qcow2_img("a.qcow2"), raw_img("b.raw")],
+        theme=T,
+        doc="writable export needs a rw node; a node with an export is in use",
+    ),
+    sc(
+        "perm_export_under_filter_conflict",
+        [
+            _nbd(),
+            add({"driver": "raw", "node-name": "r", "file": fnode("a.qcow2", "f")}),
+            _export("e1", "r", True),
+            add({"driver": "qcow2", "node-name": "q", "file": "f"}),
+            add({"driver": "blkdebug", "node-name": "d", "image": "f"}),
+            add({"driver": "quorum", "node-name": "qq", "vote-threshold": 1, "children": ["f"]}),
+        ],
+        setup=[qcow2_img("a.qcow2")],
+        theme=T,
+    ),
 ]

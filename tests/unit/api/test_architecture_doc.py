@@ -28,16 +28,21 @@ def test_every_path_the_doc_names_exists() -> None:
 
 def test_every_package_is_named() -> None:
     named = _named_paths()
-    packages = sorted(str(p.parent.relative_to(ROOT)) for p in (ROOT / "txgraph").glob("*/__init__.py"))
+    packages = sorted(
+        str(p.parent.relative_to(ROOT)) for p in (ROOT / "txgraph").glob("*/__init__.py")
+    )
     assert [p for p in packages if p not in named] == []
 
 
 def test_the_layer_table_is_the_one_the_import_test_checks() -> None:
     text = DOC.read_text()
     table = dict(re.findall(r"^\| `(txgraph/\w+)` \| (.*) \|$", text, re.M))
-    as_doc = {layer.replace(".", "/"): sorted(
-        a.replace(".", "/") + (".py" if a == "txgraph.errors" else "") for a in allowed)
-        for layer, allowed in ALLOWED.items()}
+    as_doc = {
+        layer.replace(".", "/"): sorted(
+            a.replace(".", "/") + (".py" if a == "txgraph.errors" else "") for a in allowed
+        )
+        for layer, allowed in ALLOWED.items()
+    }
     assert set(table) == set(as_doc)
     for layer, allowed in as_doc.items():
         assert sorted(re.findall(r"`(txgraph/[\w./]+)`", table[layer])) == allowed, layer

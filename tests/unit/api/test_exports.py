@@ -78,11 +78,14 @@ def test_static_top_level_bindings_are_exactly_all() -> None:
 def test_a_fresh_interpreter_sees_exactly_all() -> None:
     """Run apart from the suite, whose own imports would add submodule attributes."""
     # ``annotations`` is the binding ``from __future__ import annotations`` leaves behind
-    code = ("import __future__, json, types, txgraph; print(json.dumps(sorted("
-            "n for n, v in vars(txgraph).items() if not n.startswith('_')"
-            " and not isinstance(v, (types.ModuleType, __future__._Feature)))))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=120).stdout
+    code = (
+        "import __future__, json, types, txgraph; print(json.dumps(sorted("
+        "n for n, v in vars(txgraph).items() if not n.startswith('_')"
+        " and not isinstance(v, (types.ModuleType, __future__._Feature)))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
     assert set(json.loads(out)) | {"__version__"} == set(txgraph.__all__)
 
 
@@ -95,9 +98,17 @@ def test_mypy_sees_every_export_with_its_real_type(tmp_path: Path) -> None:
     lines += ["txgraph.not_a_public_name"]
     snippet.write_text("\n".join(lines) + "\n")
     # the repository's cache: `make lint` has just filled it, so this costs about a second
-    out, err, _rc = mypy_api.run(["--config-file", str(ROOT / "pyproject.toml"),
-                                  "--cache-dir", str(ROOT / ".mypy_cache"),
-                                  "--no-error-summary", "--show-error-codes", str(snippet)])
+    out, err, _rc = mypy_api.run(
+        [
+            "--config-file",
+            str(ROOT / "pyproject.toml"),
+            "--cache-dir",
+            str(ROOT / ".mypy_cache"),
+            "--no-error-summary",
+            "--show-error-codes",
+            str(snippet),
+        ]
+    )
     assert err == ""
     revealed = re.findall(r':(\d+): note: Revealed type is "(.*)"', out)
     assert len(revealed) == 2 * len(txgraph.__all__), out
@@ -109,8 +120,8 @@ def test_mypy_sees_every_export_with_its_real_type(tmp_path: Path) -> None:
             obj = getattr(txgraph, name)
             real = f"{obj.__module__}.{obj.__name__}"
             assert shown.endswith(f"-> {real}") or (
-                isinstance(obj, types.FunctionType) and "-> txgraph." in shown), \
-                f"mypy sees {name} as {shown}"
+                isinstance(obj, types.FunctionType) and "-> txgraph." in shown
+            ), f"mypy sees {name} as {shown}"
     errors = [line for line in out.splitlines() if ": error:" in line]
     # the one deliberate mistake is the only error: the names above all type-check
     assert len(errors) == 1 and "not_a_public_name" in errors[0], out
@@ -118,8 +129,9 @@ def test_mypy_sees_every_export_with_its_real_type(tmp_path: Path) -> None:
 
 def test_engine_round_trip_through_the_top_level_api() -> None:
     engine = txgraph.Engine()
-    assert engine.execute({"execute": "blockdev-add",
-                           "arguments": {"driver": "null-co", "node-name": "n"}}) == {"return": {}}
+    assert engine.execute(
+        {"execute": "blockdev-add", "arguments": {"driver": "null-co", "node-name": "n"}}
+    ) == {"return": {}}
     assert isinstance(engine.context.session, txgraph.Session)
     verdict = txgraph.check(engine.context.session.graph)
     assert isinstance(verdict, txgraph.Verdict)

@@ -74,8 +74,9 @@ def _modules() -> dict[str, list[tuple[str, bool]]]:
 
 
 def _layer(module: str) -> str | None:
-    return next((layer for layer in ALLOWED if module == layer or module.startswith(layer + ".")),
-                None)
+    return next(
+        (layer for layer in ALLOWED if module == layer or module.startswith(layer + ".")), None
+    )
 
 
 def test_layers_import_only_what_design_allows() -> None:
@@ -92,16 +93,23 @@ def test_layers_import_only_what_design_allows() -> None:
                 continue
             if target == "txgraph":
                 continue
-            ok = target == layer or target.startswith(layer + ".") or any(
-                target == a or target.startswith(a + ".") for a in ALLOWED[layer])
+            ok = (
+                target == layer
+                or target.startswith(layer + ".")
+                or any(target == a or target.startswith(a + ".") for a in ALLOWED[layer])
+            )
             if not ok:
                 bad.append(f"{module} imports {target}")
     assert bad == []
 
 
 def test_no_package_code_imports_the_test_tree() -> None:
-    bad = [f"{m} imports {t}" for m, imports in _modules().items() for t, _ in imports
-           if t == "tests" or t.startswith("tests.")]
+    bad = [
+        f"{m} imports {t}"
+        for m, imports in _modules().items()
+        for t, _ in imports
+        if t == "tests" or t.startswith("tests.")
+    ]
     assert bad == []
 
 

@@ -18,20 +18,34 @@ class GB:
         self.g = BlockGraph()
 
     def node(self, name: str, driver: str, rw: bool = True, **kw: object) -> str:
-        self.g.add_node(BlockNode(name, driver, flags=OpenFlag.RDWR if rw else OpenFlag.NONE,
-                                  **kw))  # type: ignore[arg-type]
+        self.g.add_node(BlockNode(name, driver, flags=OpenFlag.RDWR if rw else OpenFlag.NONE, **kw))  # type: ignore[arg-type]
         return name
 
-    def edge(self, parent: str, child: str, name: str, role: Role,
-             kind: ParentKind = ParentKind.NODE, perm: Perm = Perm.NONE,
-             shared: Perm = R | W | U | S, frozen: bool = False) -> Edge:
+    def edge(
+        self,
+        parent: str,
+        child: str,
+        name: str,
+        role: Role,
+        kind: ParentKind = ParentKind.NODE,
+        perm: Perm = Perm.NONE,
+        shared: Perm = R | W | U | S,
+        frozen: bool = False,
+    ) -> Edge:
         e = Edge(name, role, kind, perm, shared, frozen=frozen, seq=self.g.next_seq())
         e.parent_seq = e.seq
         self.g.attach(parent, child, e)
         return e
 
-    def backend(self, key: str, child: str, perm: Perm, shared: Perm, name: str = "",
-                description: str = "an unnamed block device") -> None:
+    def backend(
+        self,
+        key: str,
+        child: str,
+        perm: Perm,
+        shared: Perm,
+        name: str = "",
+        description: str = "an unnamed block device",
+    ) -> None:
         self.g.add_backend(Backend(key, ParentKind.ROOT, name, description, perm, shared))
         self.edge(key, child, "root", FP, ParentKind.ROOT, perm, shared)
 
@@ -42,8 +56,9 @@ class GB:
             found[1].perm, found[1].shared = ch.perm, ch.shared
         return self.g
 
-    def image(self, name: str, rw: bool = True, backing: str | None = None,
-              driver: str = "qcow2") -> str:
+    def image(
+        self, name: str, rw: bool = True, backing: str | None = None, driver: str = "qcow2"
+    ) -> str:
         self.node(f"{name}-file", "file", rw=rw)
         self.node(name, driver, rw=rw, backing_file=f"{backing}.qcow2" if backing else "")
         self.edge(name, f"{name}-file", "file", Role.IMAGE if driver == "qcow2" else FP)

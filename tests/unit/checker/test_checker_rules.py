@@ -24,10 +24,22 @@ def only(v: Verdict, rule: str) -> list:
 
 
 def test_catalogue_has_every_rule_with_policies() -> None:
-    for rid in ("G1-acyclic", "G2-role-cardinality", "G3-filter-shape", "G4-edge-name-unique",
-                "G5-required-children", "N1-namespace", "N2-name-valid", "P1-edge-perm-formula",
-                "P3-perm-conflict", "P4-read-only-writer", "FS1-force-share-ro", "F1-frozen-link",
-                "S1-backing-chain-cut", "S2-orphaned-writer"):
+    for rid in (
+        "G1-acyclic",
+        "G2-role-cardinality",
+        "G3-filter-shape",
+        "G4-edge-name-unique",
+        "G5-required-children",
+        "N1-namespace",
+        "N2-name-valid",
+        "P1-edge-perm-formula",
+        "P3-perm-conflict",
+        "P4-read-only-writer",
+        "FS1-force-share-ro",
+        "F1-frozen-link",
+        "S1-backing-chain-cut",
+        "S2-orphaned-writer",
+    ):
         assert rid in RULES and RULES[rid].title and RULES[rid].template
     assert RULES["S1-backing-chain-cut"].policies == {"safe"}
     assert RULES["P3-perm-conflict"].policies == {"qemu", "safe"}
@@ -78,19 +90,22 @@ def test_g3_filter_shapes(engine: str) -> None:
     b.node("f", "file")
     b.node("g", "file")
     b.node("thr", "throttle")
-    b.edge("thr", "f", "file", Role.DATA)       # not FILTERED|PRIMARY
-    b.edge("f", "g", "backing", Role.COW)         # protocol without backing support
+    b.edge("thr", "f", "file", Role.DATA)  # not FILTERED|PRIMARY
+    b.edge("f", "g", "backing", Role.COW)  # protocol without backing support
     b.node("q", "qcow2")
     b.node("h", "file")
-    b.edge("q", "h", "file", FP)                  # qcow2 with a FILTERED child
+    b.edge("q", "h", "file", FP)  # qcow2 with a FILTERED child
     b.refresh()
     v = check(b.g, engine=engine)
     got = {(x.nodes, x.sentence.split(" (")[0]) for x in only(v, "G3-filter-shape")}
     assert (("thr",), "Node 'thr'") in got
-    assert any(n == ("f", "g") and "does not support backing" in s
-               for n, s in ((x.nodes, x.sentence) for x in v.violations))
-    assert any(x.nodes == ("h", "q") and "cannot have a FILTERED child" in x.sentence
-               for x in v.violations)
+    assert any(
+        n == ("f", "g") and "does not support backing" in s
+        for n, s in ((x.nodes, x.sentence) for x in v.violations)
+    )
+    assert any(
+        x.nodes == ("h", "q") and "cannot have a FILTERED child" in x.sentence for x in v.violations
+    )
 
 
 def test_g4_duplicate_child_name(engine: str) -> None:
@@ -125,9 +140,18 @@ def test_n1_device_name_collides_with_node(engine: str) -> None:
     assert check(c.g, engine=engine).ok
 
 
-@pytest.mark.parametrize("name,ok", [("good.name-1_x", True), ("#block123", True),
-                                     ("1bad", False), ("a" * 32, False), ("a b", False),
-                                     ("#block1", False), ("n|o", False)])
+@pytest.mark.parametrize(
+    "name,ok",
+    [
+        ("good.name-1_x", True),
+        ("#block123", True),
+        ("1bad", False),
+        ("a" * 32, False),
+        ("a b", False),
+        ("#block1", False),
+        ("n|o", False),
+    ],
+)
 def test_n2_names(engine: str, name: str, ok: bool) -> None:
     b = GB()
     b.node(name, "null-co")
@@ -166,9 +190,11 @@ def test_p3_second_format_node_on_used_file(engine: str) -> None:
     v = check(b.g, ["dup", "top-file"], engine=engine)
     got = only(v, "P3-perm-conflict")
     assert len(got) == 2
-    assert ("Permission conflict on node 'top-file': permissions 'write, resize' are both "
-            "required by node 'dup' (uses node 'top-file' as 'file' child) and unshared by node "
-            "'top' (uses node 'top-file' as 'file' child).") in {x.sentence for x in got}
+    assert (
+        "Permission conflict on node 'top-file': permissions 'write, resize' are both "
+        "required by node 'dup' (uses node 'top-file' as 'file' child) and unshared by node "
+        "'top' (uses node 'top-file' as 'file' child)."
+    ) in {x.sentence for x in got}
     assert all(x.edges == (("dup", "file", "top-file"), ("top", "file", "top-file")) for x in got)
 
 

@@ -60,7 +60,7 @@ def test_concurrent_unaligned_writes_keep_every_byte(tmp_path: Path) -> None:
     for t in range(THREADS):
         for r in range(ROUNDS):
             for off in owned(t)[r::ROUNDS]:
-                want[off:off + 3] = bytes([(t * 31 + r) & 0xFF]) * 3
+                want[off : off + 3] = bytes([(t * 31 + r) & 0xFF]) * 3
     assert view.read(0, SIZE) == bytes(want)
     file.flush()
     file.close()

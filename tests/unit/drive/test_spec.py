@@ -49,8 +49,12 @@ def top(t: Translation, index: int = -1) -> dict[str, Any]:
 def t_snapshot_switch() -> None:
     t = translate(["-snapshot", "-drive", "file=raw.img,format=raw"])
     assert "snapshot" in t.backend["none0"]
-    assert translate(["-snapshot", "-drive", "file=raw.img,format=raw,snapshot=off"]).qmp[0][
-        "arguments"]["read-only"] is False
+    assert (
+        translate(["-snapshot", "-drive", "file=raw.img,format=raw,snapshot=off"]).qmp[0][
+            "arguments"
+        ]["read-only"]
+        is False
+    )
     for path in t.temp_files:
         os.unlink(path)
 
@@ -58,16 +62,20 @@ def t_snapshot_switch() -> None:
 def t_legacy_renames() -> None:
     assert ok("file=raw.img,format=raw,iops=5").backend["none0"]["throttle"]["iops"] == 5
     assert top(ok("file=raw.img,format=raw,readonly=on"))["read-only"] is True
-    assert refused("file=raw.img,iops=1,throttling.iops-total=2") == \
-        "'throttling.iops-total' and its alias 'iops' can't be used at the same time"
+    assert (
+        refused("file=raw.img,iops=1,throttling.iops-total=2")
+        == "'throttling.iops-total' and its alias 'iops' can't be used at the same time"
+    )
 
 
 def t_cache_mode() -> None:
     t = ok("file=raw.img,format=raw,cache=none")
     assert top(t)["cache"] == {"direct": True, "no-flush": False}
     assert ok("file=raw.img,format=raw,cache=directsync").backend["none0"]["write-cache"] is False
-    assert top(ok("file=raw.img,format=raw,cache=unsafe,cache.no-flush=off"))["cache"] == \
-        {"direct": False, "no-flush": False}
+    assert top(ok("file=raw.img,format=raw,cache=unsafe,cache.no-flush=off"))["cache"] == {
+        "direct": False,
+        "no-flush": False,
+    }
     assert refused("file=raw.img,cache=fast") == "invalid cache option"
 
 
@@ -84,8 +92,10 @@ def t_media() -> None:
 
 def t_read_only_copy_on_read() -> None:
     t = ok("file=raw.img,format=raw,readonly=on,copy-on-read=on")
-    assert t.warnings == ["-drive file=raw.img,format=raw,readonly=on,copy-on-read=on: warning: "
-                          "disabling copy-on-read on read-only drive"]
+    assert t.warnings == [
+        "-drive file=raw.img,format=raw,readonly=on,copy-on-read=on: warning: "
+        "disabling copy-on-read on read-only drive"
+    ]
     assert "copy-on-read" not in t.backend["none0"]
 
 
@@ -103,8 +113,11 @@ def t_address() -> None:
 
 
 def t_default_id() -> None:
-    assert list(ok("media=cdrom,if=scsi", "if=none", "-cdrom raw.img").backend) == \
-        ["scsi0-cd0", "none0", "none2"]
+    assert list(ok("media=cdrom,if=scsi", "if=none", "-cdrom raw.img").backend) == [
+        "scsi0-cd0",
+        "none0",
+        "none2",
+    ]
     assert list(ok("if=none,id=mine").backend) == ["mine"]
 
 
@@ -132,7 +145,9 @@ def t_throttling() -> None:
     q = ok("file=raw.img,format=raw,bps=10,bps_max=20,group=g").backend["none0"]["throttle"]
     assert (q["bps"], q["bps_max"], q["bps_max_length"], q["group"]) == (10, 20, 1, "g")
     assert "group" not in ok("file=raw.img,format=raw").backend["none0"]["throttle"]
-    assert refused("file=raw.img,bps=5,bps_max=1") == "bps_max/iops_max cannot be lower than bps/iops"
+    assert (
+        refused("file=raw.img,bps=5,bps_max=1") == "bps_max/iops_max cannot be lower than bps/iops"
+    )
     assert refused("file=raw.img,iops_size=1") == "iops size requires an iops value to be set"
 
 
@@ -142,7 +157,9 @@ def t_detect_zeroes_value() -> None:
 
 def t_format() -> None:
     assert top(ok("file=raw.img,format=raw"))["driver"] == "raw"
-    assert refused("file=raw.img,format=raw,driver=raw") == "Cannot specify both 'driver' and 'format'"
+    assert (
+        refused("file=raw.img,format=raw,driver=raw") == "Cannot specify both 'driver' and 'format'"
+    )
 
 
 def t_snapshot_flag() -> None:
@@ -158,17 +175,26 @@ def t_snapshot_flag() -> None:
 
 
 def t_write_cache() -> None:
-    assert ok("file=raw.img,format=raw,cache.writeback=off").backend["none0"]["write-cache"] is False
+    assert (
+        ok("file=raw.img,format=raw,cache.writeback=off").backend["none0"]["write-cache"] is False
+    )
 
 
 def t_open() -> None:
     t = ok("file=raw.img,format=raw")
-    assert top(t) == {"cache": {"direct": False, "no-flush": False}, "driver": "raw",
-                      "read-only": False, "auto-read-only": True,
-                      "file": {"filename": "raw.img", "driver": "file"}, "node-name": "none0-node"}
+    assert top(t) == {
+        "cache": {"direct": False, "no-flush": False},
+        "driver": "raw",
+        "read-only": False,
+        "auto-read-only": True,
+        "file": {"filename": "raw.img", "driver": "file"},
+        "node-name": "none0-node",
+    }
     assert refused("file=nope.img") == "Could not open 'nope.img': No such file or directory"
-    assert refused("file=raw.img,format=raw,nosuch=1") == \
-        "Block format 'raw' does not support the option 'nosuch'"
+    assert (
+        refused("file=raw.img,format=raw,nosuch=1")
+        == "Block format 'raw' does not support the option 'nosuch'"
+    )
     assert top(ok("driver=null-co,node-name=n"))["node-name"] == "n"
 
 
@@ -186,15 +212,19 @@ def t_probed_raw() -> None:
 
 
 def t_monitor_add_blk() -> None:
-    assert refused("file=raw.img,format=raw,id=a,node-name=a") == \
-        "Device name 'a' conflicts with an existing node name"
+    assert (
+        refused("file=raw.img,format=raw,id=a,node-name=a")
+        == "Device name 'a' conflicts with an existing node name"
+    )
     with pytest.raises(DriveError, match="node-name=a is conflicting with a device id"):
         ok("file=raw.img,format=raw,id=a,readonly=on", "driver=null-co,node-name=a")
 
 
 RULE_TESTS: dict[str, Callable[[], None]] = {
     name.removeprefix("t_").replace("_", "-"): fn
-    for name, fn in list(globals().items()) if name.startswith("t_") and callable(fn)}
+    for name, fn in list(globals().items())
+    if name.startswith("t_") and callable(fn)
+}
 
 
 @pytest.mark.parametrize("name", [r.name for r in RULES])
@@ -215,14 +245,17 @@ def test_qemuopts_parsing() -> None:
         parse_command_line(["-drive", "id=1a"])
     assert info.value.render().endswith(
         "Parameter 'id' expects an identifier\nIdentifiers consist of letters, digits, "
-        "'-', '.', '_', starting with a letter.\n")
+        "'-', '.', '_', starting with a letter.\n"
+    )
     with pytest.raises(DriveError, match="Duplicate ID 'x' for drive"):
         parse_command_line(["-drive", "id=x", "-drive", "id=x"])
 
 
 def test_docs_are_generated_from_the_rules() -> None:
     committed = (ROOT / "docs" / "drive-spec.md").read_text()
-    assert committed == render_spec(), "regenerate: python -m txgraph.drive.docs > docs/drive-spec.md"
+    assert committed == render_spec(), (
+        "regenerate: python -m txgraph.drive.docs > docs/drive-spec.md"
+    )
     for r in RULES:
         assert f"### `{r.name}`" in committed and r.qemu in committed
 
@@ -242,5 +275,4 @@ def test_cli_refusal_and_success(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert '"qmp"' in out and "<- rule cache-mode" not in out and "<- rule format" in out
     assert 'none0/file: filename = "raw.img"  <- open: explicit (legacy filename)' in out
-    assert 'none0/file: read-only = false  <- open: inherited from none0' in out
-
+    assert "none0/file: read-only = false  <- open: inherited from none0" in out

@@ -38,8 +38,14 @@ def _reopen(entry: dict[str, Any]) -> dict[str, Any]:
 
 CRASH = [
     _add({"driver": "null-co", "node-name": "n0"}),
-    _add({"driver": "qcow2", "node-name": "top", "read-only": False,
-          "file": {"driver": "file", "node-name": "tf", "filename": "{dir}/b1.qcow2"}}),
+    _add(
+        {
+            "driver": "qcow2",
+            "node-name": "top",
+            "read-only": False,
+            "file": {"driver": "file", "node-name": "tf", "filename": "{dir}/b1.qcow2"},
+        }
+    ),
     _add({"driver": "null-co", "node-name": "n1", "size": 512}),
     _add({"driver": "raw", "node-name": "dev", "file": "top"}),
     {"execute": "blockdev-del", "arguments": {"node-name": "n1"}},
@@ -64,8 +70,12 @@ def test_crash_found_shrunk_and_reproduced(tmp_path: Path) -> None:
     steps, shrunk = shrink(found.steps, d.signature, "qsd")
     assert shrunk.divergence is not None and shrunk.divergence.signature == d.signature
     # the noise is gone; what is left are the four steps of the bug
-    assert [s["execute"] for s in steps] == ["blockdev-add", "blockdev-add", "blockdev-reopen",
-                                             "blockdev-reopen"]
+    assert [s["execute"] for s in steps] == [
+        "blockdev-add",
+        "blockdev-add",
+        "blockdev-reopen",
+        "blockdev-reopen",
+    ]
     assert "read-only" not in steps[0]["arguments"]  # smallest arguments too
     path = write_reproducers(tmp_path, steps, shrunk.divergence, "qsd")
     repro = load_reproducer(path)
@@ -77,13 +87,26 @@ def test_crash_found_shrunk_and_reproduced(tmp_path: Path) -> None:
     assert replay(repro, "txgraph").divergence is None
     # the shell script reproduces it with qemu-storage-daemon alone
     sig = d.signature
-    res = subprocess.run(["sh", str(tmp_path / f"repro-{sig}.sh")], capture_output=True,
-                         text=True, timeout=120)
+    res = subprocess.run(
+        ["sh", str(tmp_path / f"repro-{sig}.sh")], capture_output=True, text=True, timeout=120
+    )
     assert ASSERTION in res.stdout + res.stderr
     # the regression test it wrote fails while the bug is there
-    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          str(tmp_path / f"test_repro_{sig}.py")], capture_output=True, text=True,
-                         timeout=300, cwd=Path(__file__).resolve().parents[3])
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(tmp_path / f"test_repro_{sig}.py"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[3],
+    )
     assert res.returncode == 1 and ASSERTION in res.stdout
 
 
@@ -119,8 +142,9 @@ def test_same_seed_same_sequences(tmp_path: Path) -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "txgraph.cli", *args], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "txgraph.cli", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_errors(tmp_path: Path) -> None:
@@ -132,7 +156,9 @@ def test_cli_errors(tmp_path: Path) -> None:
     bad.write_text("{}")
     res = _cli("replay", str(bad))
     assert res.returncode == 1 and "Traceback" not in res.stderr
-    assert res.stderr.strip() == f"Error: {bad}: not a txgraph fuzz reproducer (txgraph-fuzz-repro/1)"
+    assert (
+        res.stderr.strip() == f"Error: {bad}: not a txgraph fuzz reproducer (txgraph-fuzz-repro/1)"
+    )
 
 
 def test_sigterm_stops_the_campaign_and_its_workers(tmp_path: Path) -> None:
@@ -140,15 +166,34 @@ def test_sigterm_stops_the_campaign_and_its_workers(tmp_path: Path) -> None:
     import signal
     import time
 
-    proc = subprocess.Popen([sys.executable, "-m", "txgraph.cli", "fuzz", "--against", "model",
-                             "--time", "120", "--jobs", "2", "--out", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "txgraph.cli",
+            "fuzz",
+            "--against",
+            "model",
+            "--time",
+            "120",
+            "--jobs",
+            "2",
+            "--out",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob("worker-*.json")) and time.monotonic() < deadline:
         time.sleep(0.1)  # the workers have started once they report
     assert list(tmp_path.glob("worker-*.json")), "no worker started"
-    children = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
-                                               text=True).stdout.split()]
+    children = [
+        int(p)
+        for p in subprocess.run(
+            ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
+        ).stdout.split()
+    ]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 128 + signal.SIGTERM
     assert b"Traceback" not in proc.stderr.read()
@@ -174,12 +219,21 @@ def test_guest_io_steps_compare_contents_through_exports() -> None:
         return {"execute": GUEST_IO, "arguments": {"export": "top", "commands": list(commands)}}
 
     steps = [
-        _add({"driver": "qcow2", "node-name": "top",
-              "file": {"driver": "file", "filename": "{dir}/b1.qcow2"}}),
-        {"execute": "nbd-server-start",
-         "arguments": {"addr": {"type": "unix", "data": {"path": "{dir}/nbd.sock"}}}},
-        {"execute": "block-export-add",
-         "arguments": {"type": "nbd", "id": "e0", "node-name": "top", "writable": True}},
+        _add(
+            {
+                "driver": "qcow2",
+                "node-name": "top",
+                "file": {"driver": "file", "filename": "{dir}/b1.qcow2"},
+            }
+        ),
+        {
+            "execute": "nbd-server-start",
+            "arguments": {"addr": {"type": "unix", "data": {"path": "{dir}/nbd.sock"}}},
+        },
+        {
+            "execute": "block-export-add",
+            "arguments": {"type": "nbd", "id": "e0", "node-name": "top", "writable": True},
+        },
         io("write -P 0x5a 4096 64k", "write -z 8192 4k"),
         io("read -P 0x5a 4096 4k", "read -P 0 8192 4k", "read -P 0xa5 65536 4k"),
         {"execute": "query-named-block-nodes", "arguments": {"flat": True}},
@@ -188,7 +242,9 @@ def test_guest_io_steps_compare_contents_through_exports() -> None:
     assert result.divergence is None, result.divergence
     for peer in ("qsd", "txgraph"):
         out = result.replies[4][peer]["return"]
-        assert out["output"][:2] == ["read 4096/4096 bytes at offset 4096",
-                                     "read 4096/4096 bytes at offset 8192"]
+        assert out["output"][:2] == [
+            "read 4096/4096 bytes at offset 4096",
+            "read 4096/4096 bytes at offset 8192",
+        ]
         assert "Pattern verification failed at offset 65536, 4096 bytes" in out["output"]
     assert "guest-io:write+write-z|rc=0||" in result.behaviours

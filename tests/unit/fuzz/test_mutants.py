@@ -15,9 +15,14 @@ from pathlib import Path
 import pytest
 
 pytestmark = [
-    pytest.mark.qsd, pytest.mark.slow, pytest.mark.timeout(11 * 1000),
-    pytest.mark.skipif(os.environ.get("TXGRAPH_FUZZ_MUTANTS") != "1",
-                       reason="long run (a campaign per mutant): set TXGRAPH_FUZZ_MUTANTS=1")]
+    pytest.mark.qsd,
+    pytest.mark.slow,
+    pytest.mark.timeout(11 * 1000),
+    pytest.mark.skipif(
+        os.environ.get("TXGRAPH_FUZZ_MUTANTS") != "1",
+        reason="long run (a campaign per mutant): set TXGRAPH_FUZZ_MUTANTS=1",
+    ),
+]
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -25,9 +30,21 @@ ROOT = Path(__file__).resolve().parents[3]
 def test_every_mutant_is_caught(tmp_path: Path) -> None:
     seconds = os.environ.get("TXGRAPH_FUZZ_MUTANT_SECONDS", "60")
     rows_file = tmp_path / "rows.json"
-    res = subprocess.run([sys.executable, str(ROOT / "tools" / "fuzz_mutants.py"), "--seconds",
-                          seconds, "--jobs", "2", "--json", str(rows_file)],
-                         capture_output=True, text=True, timeout=12 * (float(seconds) + 900))
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tools" / "fuzz_mutants.py"),
+            "--seconds",
+            seconds,
+            "--jobs",
+            "2",
+            "--json",
+            str(rows_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=12 * (float(seconds) + 900),
+    )
     assert res.returncode == 0, res.stderr
     rows = json.loads(rows_file.read_text())
     assert len(rows) == 10

@@ -51,8 +51,12 @@ def poke(path: Path, offset: int, fmt: str, value: int | bytes) -> None:
 _OPENED: list[DriverNode] = []
 
 
-def open_node(driver: str, options: Mapping[str, Any], children: Mapping[str, DriverNode] | None = None,
-              read_only: bool = False) -> DriverNode:
+def open_node(
+    driver: str,
+    options: Mapping[str, Any],
+    children: Mapping[str, DriverNode] | None = None,
+    read_only: bool = False,
+) -> DriverNode:
     cls = driver_class(driver)
     assert cls is not None, driver
     node = cls(f"n{next(_names)}", dict(options), dict(children or {}), read_only)
@@ -87,9 +91,15 @@ def txgraph_open_error(path: Path, read_only: bool) -> str | None:
 
 def qsd_open_error(qsd: Any, path: Path, read_only: bool) -> str | None:
     name = f"q{next(_names)}"
-    reply = qsd.execute("blockdev-add", {
-        "driver": "qcow2", "node-name": name, "read-only": read_only,
-        "file": {"driver": "file", "filename": str(path)}})
+    reply = qsd.execute(
+        "blockdev-add",
+        {
+            "driver": "qcow2",
+            "node-name": name,
+            "read-only": read_only,
+            "file": {"driver": "file", "filename": str(path)},
+        },
+    )
     if "error" in reply:
         return str(reply["error"]["desc"])
     qsd.execute("blockdev-del", {"node-name": name})
@@ -107,11 +117,18 @@ def open_chain(path: Path, read_only: bool = True, depth: int = 0) -> DriverNode
     node = open_node("qcow2", {}, {"file": f}, read_only)
     info = node.info()
     if info.has_external_data_file and info.data_file:
-        dpath = Path(info.data_file) if os.path.isabs(info.data_file) else path.parent / info.data_file
-        node.children["data-file"] = open_node("file", {"filename": str(dpath)}, read_only=read_only)
+        dpath = (
+            Path(info.data_file) if os.path.isabs(info.data_file) else path.parent / info.data_file
+        )
+        node.children["data-file"] = open_node(
+            "file", {"filename": str(dpath)}, read_only=read_only
+        )
     if info.backing_file:
-        bpath = (Path(info.backing_file) if os.path.isabs(info.backing_file)
-                 else path.parent / info.backing_file)
+        bpath = (
+            Path(info.backing_file)
+            if os.path.isabs(info.backing_file)
+            else path.parent / info.backing_file
+        )
         if info.backing_format == "raw":
             bf = open_node("file", {"filename": str(bpath)}, read_only=True)
             node.children["backing"] = open_node("raw", {}, {"file": bf}, True)

@@ -36,8 +36,9 @@ def _open(img: Path, **common: Any) -> DriverNode:
 
 
 def _map(img: Path) -> list[tuple[int, int, bool, bool]]:
-    out = subprocess.run(["qemu-img", "map", "--output=json", str(img)], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["qemu-img", "map", "--output=json", str(img)], check=True, capture_output=True, text=True
+    ).stdout
     return [(e["start"], e["length"], e["zero"], e["data"]) for e in json.loads(out)]
 
 
@@ -54,14 +55,20 @@ def test_strings_and_bools_parse_to_the_same_settings() -> None:
     assert typed.no_flush is False and typed.direct is True
 
 
-@pytest.mark.parametrize("options, text", [
-    ({"cache.no-flush": "maybe"}, "Parameter 'cache.no-flush' expects 'on' or 'off'"),
-    ({"cache.direct": 1}, "Parameter 'cache.direct' expects 'on' or 'off'"),
-    ({"discard": "sometimes"}, "Invalid discard option"),
-    ({"detect-zeroes": "always"}, "Parameter 'detect-zeroes' does not accept value 'always'"),
-    ({"detect-zeroes": "unmap"}, "setting detect-zeroes to unmap is not allowed without "
-                                 "setting discard operation to unmap"),
-])
+@pytest.mark.parametrize(
+    "options, text",
+    [
+        ({"cache.no-flush": "maybe"}, "Parameter 'cache.no-flush' expects 'on' or 'off'"),
+        ({"cache.direct": 1}, "Parameter 'cache.direct' expects 'on' or 'off'"),
+        ({"discard": "sometimes"}, "Invalid discard option"),
+        ({"detect-zeroes": "always"}, "Parameter 'detect-zeroes' does not accept value 'always'"),
+        (
+            {"detect-zeroes": "unmap"},
+            "setting detect-zeroes to unmap is not allowed without "
+            "setting discard operation to unmap",
+        ),
+    ],
+)
 def test_garbage_is_refused_with_qemus_text(options: dict[str, Any], text: str) -> None:
     with pytest.raises(OpenError) as err:
         NodeSettings.parse(options, False)
@@ -71,8 +78,13 @@ def test_garbage_is_refused_with_qemus_text(options: dict[str, Any], text: str) 
 def test_model_hands_typed_values() -> None:
     flags = OpenFlag.RDWR | OpenFlag.NO_FLUSH | OpenFlag.UNMAP
     opts = runtime_common_options(flags, "unmap")
-    assert opts == {"read-only": False, "cache.direct": False, "cache.no-flush": True,
-                    "discard": Discard.UNMAP, "detect-zeroes": DetectZeroes.UNMAP}
+    assert opts == {
+        "read-only": False,
+        "cache.direct": False,
+        "cache.no-flush": True,
+        "discard": Discard.UNMAP,
+        "detect-zeroes": DetectZeroes.UNMAP,
+    }
     assert all(type(opts[k]) is bool for k in ("read-only", "cache.direct", "cache.no-flush"))
     assert NodeSettings.parse(opts, False).no_flush is True
 
@@ -131,9 +143,11 @@ def test_read_only_refuses_every_write_and_flush_is_a_noop(tmp_path: Path) -> No
     img = _qcow2(tmp_path)
     node = _open(img)
     node.reopen({}, True)
-    ops: list[Callable[[], None]] = [lambda: node.write(0, b"x"),
-                                     lambda: node.write_zeroes(0, 512),
-                                     lambda: node.discard(0, 512)]
+    ops: list[Callable[[], None]] = [
+        lambda: node.write(0, b"x"),
+        lambda: node.write_zeroes(0, 512),
+        lambda: node.discard(0, 512),
+    ]
     for op in ops:
         with pytest.raises(IOFailure) as err:
             op()
@@ -155,8 +169,14 @@ def test_parent_zero_write_cannot_unmap_a_child_without_unmap(tmp_path: Path) ->
     entry = _map(img)[0]
     assert entry[:3] == (0, 65536, True)
     # QEMU keeps the preallocated cluster when it may not unmap: the host offset survives.
-    out = json.loads(subprocess.run(["qemu-img", "map", "--output=json", str(img)],
-                                    check=True, capture_output=True, text=True).stdout)
+    out = json.loads(
+        subprocess.run(
+            ["qemu-img", "map", "--output=json", str(img)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
     assert "offset" in out[0]
 
 
@@ -166,18 +186,40 @@ def test_blockdev_add_and_reopen_hand_typed_settings_to_the_drivers(tmp_path: Pa
 
     img = _qcow2(tmp_path)
     engine = Engine()
-    add = engine.execute({"execute": "blockdev-add", "arguments": {
-        "driver": "qcow2", "node-name": "q",
-        "file": {"driver": "file", "node-name": "f", "filename": str(img)}}})
+    add = engine.execute(
+        {
+            "execute": "blockdev-add",
+            "arguments": {
+                "driver": "qcow2",
+                "node-name": "q",
+                "file": {"driver": "file", "node-name": "f", "filename": str(img)},
+            },
+        }
+    )
     assert add == {"return": {}}
     rt = engine.context.session.runtime
     assert rt.node("q").settings == NodeSettings()
     assert rt.node("f").settings == NodeSettings(discard=Discard.UNMAP)  # child role default
-    assert getattr(rt.node("f"), "no_flush") is False
-    reopen = engine.execute({"execute": "blockdev-reopen", "arguments": {"options": [
-        {"driver": "qcow2", "node-name": "q", "file": "f", "discard": "unmap",
-         "detect-zeroes": "unmap", "cache": {"no-flush": True}}]}})
+    assert rt.node("f").no_flush is False
+    reopen = engine.execute(
+        {
+            "execute": "blockdev-reopen",
+            "arguments": {
+                "options": [
+                    {
+                        "driver": "qcow2",
+                        "node-name": "q",
+                        "file": "f",
+                        "discard": "unmap",
+                        "detect-zeroes": "unmap",
+                        "cache": {"no-flush": True},
+                    }
+                ]
+            },
+        }
+    )
     assert reopen == {"return": {}}
-    assert rt.node("q").settings == NodeSettings(no_flush=True, discard=Discard.UNMAP,
-                                                 detect_zeroes=DetectZeroes.UNMAP)
+    assert rt.node("q").settings == NodeSettings(
+        no_flush=True, discard=Discard.UNMAP, detect_zeroes=DetectZeroes.UNMAP
+    )
     engine.context.session.close()

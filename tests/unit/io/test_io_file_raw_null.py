@@ -48,11 +48,24 @@ def _ours(driver: str, opts: dict[str, Any], read_only: bool = False) -> dict[st
     return {"virtual-size": info.virtual_size, "actual-size": info.actual_size}
 
 
-@pytest.mark.parametrize("name,read_only", [("missing", False), ("missing", True), ("dir", False),
-                                            ("dir", True), ("devnull", False), ("odd", False)])
+@pytest.mark.parametrize(
+    "name,read_only",
+    [
+        ("missing", False),
+        ("missing", True),
+        ("dir", False),
+        ("dir", True),
+        ("devnull", False),
+        ("odd", False),
+    ],
+)
 def test_file_open_matches_qemu(name: str, read_only: bool, tmp_path: Path, peer: QSD) -> None:
-    paths = {"missing": tmp_path / "nope", "dir": tmp_path, "devnull": Path("/dev/null"),
-             "odd": tmp_path / "odd"}
+    paths = {
+        "missing": tmp_path / "nope",
+        "dir": tmp_path,
+        "devnull": Path("/dev/null"),
+        "odd": tmp_path / "odd",
+    }
     (tmp_path / "odd").write_bytes(b"\1" * 1000)
     opts = {"driver": "file", "filename": str(paths[name]), "read-only": read_only}
     theirs = _qsd_add(peer, opts)
@@ -65,8 +78,13 @@ def test_file_open_matches_qemu(name: str, read_only: bool, tmp_path: Path, peer
 
 
 RAW_CASES: list[dict[str, Any]] = [
-    {"offset": 2000000}, {"offset": 1000, "size": 2000000}, {"size": 1000},
-    {"size": 2000000}, {"offset": 100}, {"offset": 1048576}, {"offset": 512, "size": 1048064},
+    {"offset": 2000000},
+    {"offset": 1000, "size": 2000000},
+    {"size": 1000},
+    {"size": 2000000},
+    {"offset": 100},
+    {"offset": 1048576},
+    {"offset": 512, "size": 1048064},
     {"offset": 1, "size": 2000001},
 ]
 
@@ -109,8 +127,12 @@ def test_probed_raw_refuses_qcow2_header_in_sector0_like_qemu_io(tmp_path: Path)
     img = tmp_path / "p.img"
     qemu_img("create", "-q", "-f", "raw", img, "1M")
     # The peer: qemu-io without -f probes raw and refuses the same write.
-    res = run("sh", "-c", f"qemu-io -c 'write -P 0 0 512' {img} 2>&1; "
-                          f"qemu-io -c 'write -s {tmp_path / 'hdr.bin'} 0 512' {img} 2>&1 || true")
+    res = run(
+        "sh",
+        "-c",
+        f"qemu-io -c 'write -P 0 0 512' {img} 2>&1; "
+        f"qemu-io -c 'write -s {tmp_path / 'hdr.bin'} 0 512' {img} 2>&1 || true",
+    )
     assert "Operation not permitted" in res
     f = open_node("file", {"filename": str(img)})
     raw = open_node("raw", {}, {"file": f})
@@ -154,15 +176,23 @@ def test_file_growth_zeroes_discard_flush(tmp_path: Path) -> None:
     ro.close()
 
 
-@pytest.mark.parametrize("opts", [{"driver": "null-co"}, {"driver": "null-aio", "size": 1000,
-                                                         "read-zeroes": True},
-                                  {"driver": "null-co", "size": 0},
-                                  {"driver": "null-co", "latency-ns": -5}])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {"driver": "null-co"},
+        {"driver": "null-aio", "size": 1000, "read-zeroes": True},
+        {"driver": "null-co", "size": 0},
+        {"driver": "null-co", "latency-ns": -5},
+    ],
+)
 def test_null_matches_qemu(opts: dict[str, Any], peer: QSD) -> None:
     theirs = _qsd_add(peer, opts)
     ours = _ours(opts["driver"], opts)
-    assert ours == theirs if "error" in theirs else ours == {
-        "virtual-size": theirs["virtual-size"], "actual-size": theirs["actual-size"]}
+    assert (
+        ours == theirs
+        if "error" in theirs
+        else ours == {"virtual-size": theirs["virtual-size"], "actual-size": theirs["actual-size"]}
+    )
 
 
 def test_null_data_path() -> None:

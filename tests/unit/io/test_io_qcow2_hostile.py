@@ -54,15 +54,36 @@ POKES: list[tuple[str, int, list[tuple[int, str, int | bytes]], bool]] = [
     ("extension_too_large", 65536, [(112, ">I", 0x12345678), (116, ">I", 0xFFFFFF00)], False),
     ("backing_name_too_long", 65536, [(8, ">Q", 0x1000), (16, ">I", 1024)], False),
     ("backing_name_past_cluster", 512, [(8, ">Q", 0x1F0), (16, ">I", 32)], False),
-    ("backing_format_too_long", 65536,
-     [(112, ">I", 0xE2792ACA), (116, ">I", 16), (120, ">16s", b"q" * 16), (136, ">Q", 0)], False),
-    ("bitmaps_ext_bad_length", 65536,
-     [(88, ">Q", 1), (112, ">I", 0x23852875), (116, ">I", 8), (120, ">Q", 0), (128, ">Q", 0)], False),
-    ("bitmaps_ext_zero", 65536,
-     [(88, ">Q", 1), (112, ">I", 0x23852875), (116, ">I", 24), (120, ">24s", bytes(24)),
-      (144, ">Q", 0)], False),
-    ("crypto_ext_without_luks", 65536,
-     [(112, ">I", 0x0537BE77), (116, ">I", 16), (120, ">16s", bytes(16)), (136, ">Q", 0)], False),
+    (
+        "backing_format_too_long",
+        65536,
+        [(112, ">I", 0xE2792ACA), (116, ">I", 16), (120, ">16s", b"q" * 16), (136, ">Q", 0)],
+        False,
+    ),
+    (
+        "bitmaps_ext_bad_length",
+        65536,
+        [(88, ">Q", 1), (112, ">I", 0x23852875), (116, ">I", 8), (120, ">Q", 0), (128, ">Q", 0)],
+        False,
+    ),
+    (
+        "bitmaps_ext_zero",
+        65536,
+        [
+            (88, ">Q", 1),
+            (112, ">I", 0x23852875),
+            (116, ">I", 24),
+            (120, ">24s", bytes(24)),
+            (144, ">Q", 0),
+        ],
+        False,
+    ),
+    (
+        "crypto_ext_without_luks",
+        65536,
+        [(112, ">I", 0x0537BE77), (116, ">I", 16), (120, ">16s", bytes(16)), (136, ">Q", 0)],
+        False,
+    ),
     ("data_file_raw_without_data_file", 65536, [(88, ">Q", 2)], False),
     ("ok_unaligned_size", 65536, [(24, ">Q", 67108864 - 1000)], False),
     # Metadata placed on other metadata opens fine; the overlap checks act on writes.
@@ -101,9 +122,15 @@ def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
 
 
 @pytest.mark.parametrize("name,cs,pokes,ro", POKES, ids=[p[0] for p in POKES])
-def test_hostile_header_matches_qemu(name: str, cs: int, pokes: list[tuple[int, str, int | bytes]],
-                                     ro: bool, templates: dict[int, Path], peer: QSD,
-                                     tmp_path: Path) -> None:
+def test_hostile_header_matches_qemu(
+    name: str,
+    cs: int,
+    pokes: list[tuple[int, str, int | bytes]],
+    ro: bool,
+    templates: dict[int, Path],
+    peer: QSD,
+    tmp_path: Path,
+) -> None:
     img = tmp_path / f"{name}.qcow2"
     shutil.copy(templates[cs], img)
     for off, fmt, val in pokes:
@@ -144,8 +171,9 @@ RUNTIME_POKES: list[tuple[str, list[tuple[int, str, int]]]] = [
 
 
 @pytest.mark.parametrize("name,pokes", RUNTIME_POKES, ids=[p[0] for p in RUNTIME_POKES])
-def test_hostile_metadata_never_crashes(name: str, pokes: list[tuple[int, str, int]],
-                                        templates: dict[int, Path], tmp_path: Path) -> None:
+def test_hostile_metadata_never_crashes(
+    name: str, pokes: list[tuple[int, str, int]], templates: dict[int, Path], tmp_path: Path
+) -> None:
     """Reads, writes, block status, flush and close on corrupt metadata: only I/O errors.
 
     The differential against qemu-io lives in tests/interop/test_qcow2_hostile_rw.py;
@@ -161,11 +189,16 @@ def test_hostile_metadata_never_crashes(name: str, pokes: list[tuple[int, str, i
     except OpenError:
         return
     errors: list[int] = []
-    ops: list[Callable[[], object]] = [lambda: node.read(0, 65536), lambda: node.read(1 << 20, 4096),
-           lambda: node.block_status(0, node.size()),
-           lambda: node.write(0, b"\5" * 4096), lambda: node.write(1 << 20, b"\6" * 65536),
-           lambda: node.write_zeroes(2 << 20, 65536), node.flush,
-           lambda: node.read(0, 4096)]
+    ops: list[Callable[[], object]] = [
+        lambda: node.read(0, 65536),
+        lambda: node.read(1 << 20, 4096),
+        lambda: node.block_status(0, node.size()),
+        lambda: node.write(0, b"\5" * 4096),
+        lambda: node.write(1 << 20, b"\6" * 65536),
+        lambda: node.write_zeroes(2 << 20, 65536),
+        node.flush,
+        lambda: node.read(0, 4096),
+    ]
     for op in ops:
         try:
             op()

@@ -27,13 +27,21 @@ def _walk(node: Any) -> tuple[list[dict[str, Any]], int]:
     while pos < size:
         st = node.block_status(pos, size - pos)
         calls += 1
-        ext = {"start": pos, "length": st.length, "present": st.allocated, "zero": st.zero,
-               "data": st.allocated and not st.zero}
+        ext = {
+            "start": pos,
+            "length": st.length,
+            "present": st.allocated,
+            "zero": st.zero,
+            "data": st.allocated and not st.zero,
+        }
         if st.host_offset is not None and ext["data"]:
             ext["offset"] = st.host_offset
         prev = out[-1] if out else None
-        if prev is not None and all(prev[k] == ext[k] for k in ("present", "zero", "data")) and (
-                "offset" not in ext or prev.get("offset", -1) + prev["length"] == ext["offset"]):
+        if (
+            prev is not None
+            and all(prev[k] == ext[k] for k in ("present", "zero", "data"))
+            and ("offset" not in ext or prev.get("offset", -1) + prev["length"] == ext["offset"])
+        ):
             prev["length"] += st.length  # qemu-img map merges alike neighbours the same way
         else:
             out.append(ext)
@@ -44,8 +52,13 @@ def _walk(node: Any) -> tuple[list[dict[str, Any]], int]:
 def test_sparse_64g_block_status_reads_only_present_l2_tables(tmp_path: Path) -> None:
     img = tmp_path / "big.qcow2"
     qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=512", img, "64G")
-    qemu_io(img, "write -q -P 1 0 4k", "write -q -P 2 10G 64k", "write -q -z 20G 1M",
-            "write -q -P 3 63G 512")
+    qemu_io(
+        img,
+        "write -q -P 1 0 4k",
+        "write -q -P 2 10G 64k",
+        "write -q -z 20G 1M",
+        "write -q -P 3 63G 512",
+    )
     node = open_qcow2(img, read_only=True)
     try:
         extents, calls = _walk(node)
@@ -70,7 +83,7 @@ def test_l2_cache_size_bounds_compiled_slots(tmp_path: Path) -> None:
     try:
         m = node.map  # type: ignore[attr-defined]
         assert m.cache.cap == 4
-        for k in range(2):
+        for _k in range(2):
             assert node.read(0, 1 << 20) == b"\x09" * (1 << 20)
             assert len(m.cache) <= 4
         assert m.cache.evictions >= 28 and m.l2_reads >= 60

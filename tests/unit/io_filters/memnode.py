@@ -19,16 +19,22 @@ class MemNode(DriverNode):
 
     driver_name = "x-test-mem"
 
-    def __init__(self, node_name: str, options: Mapping[str, Any],
-                 children: Mapping[str, DriverNode], read_only: bool) -> None:
+    def __init__(
+        self,
+        node_name: str,
+        options: Mapping[str, Any],
+        children: Mapping[str, DriverNode],
+        read_only: bool,
+    ) -> None:
         super().__init__(node_name, options, children, read_only)
         self.buf = bytearray(int(options.get("size", 1 << 20)))
         fill = options.get("fill")
         if fill is not None:
             self.buf[:] = bytes([int(fill)]) * len(self.buf)
         # Without a backing file every grain is "allocated", like a raw image.
-        self.alloc = [("backing" not in self.children) or bool(options.get("full", False))
-                      ] * (len(self.buf) // GRAIN)
+        self.alloc = [("backing" not in self.children) or bool(options.get("full", False))] * (
+            len(self.buf) // GRAIN
+        )
         self.fail: set[str] = set()
         self.writes = 0
 
@@ -39,13 +45,14 @@ class MemNode(DriverNode):
     def read(self, offset: int, length: int) -> bytes:
         self._maybe_fail("read")
         if "backing" not in self.children:
-            return bytes(self.buf[offset:offset + length])
+            return bytes(self.buf[offset : offset + length])
         out = bytearray()
         for pos in range(offset, offset + length, GRAIN):
             g = pos // GRAIN
             n = min(GRAIN - pos % GRAIN, offset + length - pos)
-            out += (self.buf[pos:pos + n] if self.alloc[g]
-                    else self.children["backing"].read(pos, n))
+            out += (
+                self.buf[pos : pos + n] if self.alloc[g] else self.children["backing"].read(pos, n)
+            )
         return bytes(out)
 
     def write(self, offset: int, data: bytes) -> None:
@@ -53,7 +60,7 @@ class MemNode(DriverNode):
         if self.read_only:
             raise IOFailure("Operation not permitted", E.EPERM)
         self.writes += 1
-        self.buf[offset:offset + len(data)] = data
+        self.buf[offset : offset + len(data)] = data
         for g in range(offset // GRAIN, (offset + len(data) + GRAIN - 1) // GRAIN):
             self.alloc[g] = True
 

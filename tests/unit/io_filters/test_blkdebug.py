@@ -31,9 +31,9 @@ def _errno(fn: Any, *args: Any) -> int:
 def test_inject_error_once_on_one_sector() -> None:
     rt = _dbg(**{"inject-error": [{"event": "read_aio", "errno": 28, "sector": 8, "once": True}]})
     dbg = rt.node("dbg")
-    assert _errno(dbg.read, 0, 4096) == 0            # sector 8 is not inside [0, 8)
+    assert _errno(dbg.read, 0, 4096) == 0  # sector 8 is not inside [0, 8)
     assert _errno(dbg.read, 4096, 512) == 28
-    assert _errno(dbg.read, 4096, 512) == 0          # once: the rule is gone
+    assert _errno(dbg.read, 4096, 512) == 0  # once: the rule is gone
 
 
 def test_flattened_options_and_iotype() -> None:
@@ -44,11 +44,15 @@ def test_flattened_options_and_iotype() -> None:
 
 
 def test_state_machine_arms_a_rule_after_a_transition() -> None:
-    rt = _dbg(**{"inject-error": [{"event": "read_aio", "state": 2}],
-                 "set-state": [{"event": "flush_to_disk", "state": 1, "new_state": 2}]})
+    rt = _dbg(
+        **{
+            "inject-error": [{"event": "read_aio", "state": 2}],
+            "set-state": [{"event": "flush_to_disk", "state": 1, "new_state": 2}],
+        }
+    )
     dbg = rt.node("dbg")
     assert _errno(dbg.read, 0, 512) == 0
-    dbg.flush()                                      # state 1 -> 2
+    dbg.flush()  # state 1 -> 2
     assert _errno(dbg.read, 0, 512) == 5
     # The armed rule stays active (no new injection event) and covers flushes too.
     assert _errno(dbg.flush) == 5

@@ -33,7 +33,7 @@ def test_reads_copy_into_the_top() -> None:
     top = _top(rt)
     assert top.alloc[4:12] == [True] * 8 and not top.alloc[3] and not top.alloc[12]
     writes = top.writes
-    rt.node("cor").read(2048, 4096)                  # already in the top: no more copies
+    rt.node("cor").read(2048, 4096)  # already in the top: no more copies
     assert top.writes == writes
 
 
@@ -43,7 +43,7 @@ def test_bottom_stops_copying_below_it() -> None:
     data = rt.node("cor").read(0, 8192)
     assert data == bytes([12]) * 4096 + bytes([11]) * 4096
     top = _top(rt)
-    assert all(top.alloc[:8]) and not any(top.alloc[8:16])   # base data stayed in base
+    assert all(top.alloc[:8]) and not any(top.alloc[8:16])  # base data stayed in base
 
 
 def test_unknown_bottom() -> None:

@@ -25,8 +25,13 @@ def _rt() -> Runtime:
 def test_apply_moves_edges_and_bumps_generation() -> None:
     rt = _rt()
     g0 = rt.generation
-    g1 = rt.apply([OpenNode("f", "throttle", {"throttle-group": "tg"}, {"file": "b"}),
-                   SetChild("top", "file", "f"), SetReadOnly("a", True)])
+    g1 = rt.apply(
+        [
+            OpenNode("f", "throttle", {"throttle-group": "tg"}, {"file": "b"}),
+            SetChild("top", "file", "f"),
+            SetReadOnly("a", True),
+        ]
+    )
     assert g1 == g0 + 1 and rt.node("top").read(0, 1) == b"\x02"
     assert rt.node("a").read_only
 
@@ -35,9 +40,13 @@ def test_failed_open_changes_nothing() -> None:
     rt = _rt()
     before, gen = rt.state(), rt.generation
     with pytest.raises(OpenError, match="Throttle group 'nope' does not exist"):
-        rt.apply([OpenNode("f", "throttle", {"throttle-group": "tg"}, {"file": "b"}),
-                  OpenNode("g", "throttle", {"throttle-group": "nope"}, {"file": "b"}),
-                  SetChild("top", "file", "f")])
+        rt.apply(
+            [
+                OpenNode("f", "throttle", {"throttle-group": "tg"}, {"file": "b"}),
+                OpenNode("g", "throttle", {"throttle-group": "nope"}, {"file": "b"}),
+                SetChild("top", "file", "f"),
+            ]
+        )
     assert rt.state() == before and rt.generation == gen
     assert rt.throttle_groups.get("tg").members == {"top"}  # type: ignore[union-attr]
 
@@ -46,9 +55,14 @@ def test_failed_edit_is_rolled_back() -> None:
     rt = _rt()
     before = rt.state()
     with pytest.raises(KeyError):
-        rt.apply([OpenNode("f", "throttle", {"throttle-group": "tg"}, {"file": "b"}),
-                  SetChild("top", "file", "f"), SetReadOnly("a", True),
-                  SetChild("top", "file", "missing")])
+        rt.apply(
+            [
+                OpenNode("f", "throttle", {"throttle-group": "tg"}, {"file": "b"}),
+                SetChild("top", "file", "f"),
+                SetReadOnly("a", True),
+                SetChild("top", "file", "missing"),
+            ]
+        )
     assert rt.state() == before and rt.node("top").read(0, 1) == b"\x01"
 
 
@@ -62,13 +76,15 @@ def test_requests_wait_for_the_swap_and_see_the_new_graph() -> None:
     rt = _rt()
     seen: list[tuple[int, bytes]] = []
     with rt.drained():
+
         def reader() -> None:
             with rt.request() as gen:
                 seen.append((gen, rt.node("top").read(0, 1)))
+
         th = threading.Thread(target=reader)
         th.start()
         time.sleep(0.05)
-        assert not seen                          # held back by the drained section
+        assert not seen  # held back by the drained section
         rt.apply([SetChild("top", "file", "b")])  # nested: the drain is re-entrant
     th.join(5)
     assert seen == [(rt.generation, b"\x02")]

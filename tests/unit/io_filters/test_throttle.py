@@ -15,19 +15,28 @@ from txgraph.io.throttle_groups import LeakyBucket, ThrottleGroup, ThrottleGroup
 from .memnode import MemNode  # noqa: F401  (registers x-test-mem)
 
 
-@pytest.mark.parametrize("limits, text", [
-    ({"iops-total": -1}, "bps/iops/max values must be within [0, 1000000000000000]"),
-    ({"iops-total": 10, "iops-read": 5},
-     "bps/iops/max total values and read/write values cannot be used at the same time"),
-    ({"iops-total-max": 10}, "bps_max/iops_max require corresponding bps/iops values"),
-    ({"iops-total": 10, "iops-total-max": 5}, "bps_max/iops_max cannot be lower than bps/iops"),
-    ({"iops-total": 10, "iops-total-max-length": 5}, "burst length set without burst rate"),
-    ({"iops-total": 10, "iops-total-max": 20, "iops-total-max-length": 0},
-     "the burst length cannot be 0"),
-    ({"iops-size": 4096}, "iops size requires an iops value to be set"),
-    ({"iops-total": 10, "iops-total-max": 10**14, "iops-total-max-length": 100},
-     "burst length too high for this burst rate"),
-])
+@pytest.mark.parametrize(
+    "limits, text",
+    [
+        ({"iops-total": -1}, "bps/iops/max values must be within [0, 1000000000000000]"),
+        (
+            {"iops-total": 10, "iops-read": 5},
+            "bps/iops/max total values and read/write values cannot be used at the same time",
+        ),
+        ({"iops-total-max": 10}, "bps_max/iops_max require corresponding bps/iops values"),
+        ({"iops-total": 10, "iops-total-max": 5}, "bps_max/iops_max cannot be lower than bps/iops"),
+        ({"iops-total": 10, "iops-total-max-length": 5}, "burst length set without burst rate"),
+        (
+            {"iops-total": 10, "iops-total-max": 20, "iops-total-max-length": 0},
+            "the burst length cannot be 0",
+        ),
+        ({"iops-size": 4096}, "iops size requires an iops value to be set"),
+        (
+            {"iops-total": 10, "iops-total-max": 10**14, "iops-total-max-length": 100},
+            "burst length too high for this burst rate",
+        ),
+    ],
+)
 def test_limits_are_refused_with_qemu_texts(limits: dict[str, int], text: str) -> None:
     # Texts observed from qemu-storage-daemon 7.2 object-add.
     with pytest.raises(BlockError) as exc:
@@ -36,8 +45,9 @@ def test_limits_are_refused_with_qemu_texts(limits: dict[str, int], text: str) -
 
 
 def test_limits_round_trip_like_qom_get() -> None:
-    lim = ThrottleLimits.from_qmp({"iops-total": 10, "iops-total-max": 20,
-                                   "iops-total-max-length": 10**9})
+    lim = ThrottleLimits.from_qmp(
+        {"iops-total": 10, "iops-total-max": 20, "iops-total-max-length": 10**9}
+    )
     out = lim.to_qmp()
     assert out["iops-total"] == 10 and out["iops-total-max-length"] == 10**9
     assert out["bps-read-max-length"] == 1 and len(out) == 19
@@ -63,7 +73,7 @@ def test_registry_add_remove_in_use() -> None:
 
 def test_bucket_without_burst_holds_a_tenth_of_a_second() -> None:
     b = LeakyBucket(100, 0, 1)
-    b.add(10)                       # exactly avg/10: still no wait
+    b.add(10)  # exactly avg/10: still no wait
     assert b.wait() == 0
     b.add(5)
     assert b.wait() == pytest.approx(5 / 100)
@@ -75,7 +85,7 @@ def test_bucket_with_burst_enforces_max_rate_too() -> None:
     # avg 10/s, bursts of 100/s for 2 s: bucket holds 200, burst level holds 10.
     b = LeakyBucket(10, 100, 2)
     b.add(15)
-    assert b.wait() == pytest.approx((15 - 10) / 100)    # burst level over max/10
+    assert b.wait() == pytest.approx((15 - 10) / 100)  # burst level over max/10
     b.leak(0.05)
     assert b.wait() == 0
     b.add(300)
@@ -84,8 +94,9 @@ def test_bucket_with_burst_enforces_max_rate_too() -> None:
 
 def test_iops_size_counts_large_requests_as_several_ops() -> None:
     now = [0.0]
-    g = ThrottleGroup("g", ThrottleLimits.from_qmp({"iops-total": 10, "iops-size": 4096}),
-                      clock=lambda: now[0])
+    g = ThrottleGroup(
+        "g", ThrottleLimits.from_qmp({"iops-total": 10, "iops-size": 4096}), clock=lambda: now[0]
+    )
     g.account(False, 4096 * 8)
     # 8 ops against a bucket of 1: wait until 7 leaked at 10/s.
     assert g.compute_wait(False) == pytest.approx(0.7)

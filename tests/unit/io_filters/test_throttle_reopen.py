@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from . import memnode  # noqa: F401  (registers x-test-mem)
 from txgraph.errors import OpenError
 from txgraph.io.runtime import Runtime
+
+from . import memnode  # noqa: F401  (registers x-test-mem)
 
 
 def _rt() -> Runtime:
@@ -28,7 +29,7 @@ def test_reopen_moves_the_node_to_the_new_group_and_its_limits() -> None:
     assert slow is not None
     rt.reopen_node("t", {"throttle-group": "slow"}, False)
     node = rt.node("t")
-    assert getattr(node, "group") is slow and "t" in slow.members
+    assert node.group is slow and "t" in slow.members
     assert "t" not in rt.throttle_groups.get("other").members  # type: ignore[union-attr]
     assert slow.compute_wait(True) == 0
     node.write(0, b"x")  # at 1 iops the next write would now have to wait
@@ -39,13 +40,13 @@ def test_reopen_keeping_the_group_keeps_the_limits() -> None:
     rt = _rt()
     other = rt.throttle_groups.get("other")
     rt.reopen_node("t", {"throttle-group": "other"}, True)
-    assert getattr(rt.node("t"), "group") is other and rt.node("t").read_only
+    assert rt.node("t").group is other and rt.node("t").read_only
 
 
 def test_reopen_to_a_missing_group_changes_nothing() -> None:
     rt = _rt()
-    before = getattr(rt.node("t"), "group")
+    before = rt.node("t").group
     with pytest.raises(OpenError) as err:
         rt.reopen_node("t", {"throttle-group": "nope"}, False)
     assert err.value.desc == "Throttle group 'nope' does not exist"
-    assert getattr(rt.node("t"), "group") is before
+    assert rt.node("t").group is before

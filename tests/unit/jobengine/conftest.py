@@ -17,22 +17,52 @@ from txgraph.qmp.engine import Engine
 def make_chain(d: Path) -> None:
     def run(*argv: str) -> None:
         subprocess.run(argv, check=True, capture_output=True)
+
     run("qemu-img", "create", "-q", "-f", "qcow2", str(d / "base.qcow2"), "4M")
     run("qemu-io", "-c", "write -P 0xaa 0 1M", "-c", "write -P 0xbb 2M 512k", str(d / "base.qcow2"))
-    run("qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2",
-        str(d / "mid.qcow2"))
+    run(
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+        str(d / "mid.qcow2"),
+    )
     run("qemu-io", "-c", "write -P 0xcc 1M 1M", str(d / "mid.qcow2"))
-    run("qemu-img", "create", "-q", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2",
-        str(d / "top.qcow2"))
+    run(
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "mid.qcow2",
+        "-F",
+        "qcow2",
+        str(d / "top.qcow2"),
+    )
     run("qemu-io", "-c", "write -P 0xdd 3M 64k", str(d / "top.qcow2"))
 
 
 def chain_args(d: Path) -> dict[str, Any]:
     def f(name: str) -> dict[str, Any]:
         return {"driver": "file", "filename": str(d / f"{name}.qcow2"), "node-name": f"{name}-f"}
-    return {"driver": "qcow2", "node-name": "top", "file": f("top"),
-            "backing": {"driver": "qcow2", "node-name": "mid", "file": f("mid"),
-                        "backing": {"driver": "qcow2", "node-name": "base", "file": f("base")}}}
+
+    return {
+        "driver": "qcow2",
+        "node-name": "top",
+        "file": f("top"),
+        "backing": {
+            "driver": "qcow2",
+            "node-name": "mid",
+            "file": f("mid"),
+            "backing": {"driver": "qcow2", "node-name": "base", "file": f("base")},
+        },
+    }
 
 
 class Client:

@@ -7,6 +7,7 @@ and of its completion, and many clients driving many jobs at once.
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
@@ -35,6 +36,7 @@ def _wait(cond: Any, what: str, timeout: float = 30.0) -> None:
 def test_stream_start_is_all_or_nothing_at_every_step(chain: Path) -> None:
     """A fault at any primitive or prepare step of block-stream leaves graph, data plane,
     descriptors, locks and the job list as they were (no job, no filter)."""
+
     def setup(session: Session) -> None:
         blockdev_add(session, chain_args(chain))
 
@@ -56,13 +58,25 @@ def test_a_failing_completion_undoes_itself_and_fails_the_job(chain: Path) -> No
         with session.lock:  # the job cannot complete before the fault is armed
             assert client("block-stream", {"device": "top", "job-id": "j"}) == {}
             session.fail_next_at = 3
-        _wait(lambda: any(e["event"] == "JOB_STATUS_CHANGE" and e["data"]["status"] == "null"
-                          for e in client.events), "the job to end")
+        _wait(
+            lambda: any(
+                e["event"] == "JOB_STATUS_CHANGE" and e["data"]["status"] == "null"
+                for e in client.events
+            ),
+            "the job to end",
+        )
         completed = [e for e in client.events if e["event"] == "BLOCK_JOB_COMPLETED"]
         assert len(completed) == 1 and "error" in completed[0]["data"]
         statuses = [e["data"]["status"] for e in client.events if e["event"] == "JOB_STATUS_CHANGE"]
-        assert statuses == ["created", "running", "waiting", "pending", "aborting", "concluded",
-                            "null"]
+        assert statuses == [
+            "created",
+            "running",
+            "waiting",
+            "pending",
+            "aborting",
+            "concluded",
+            "null",
+        ]
         assert _shape(session) == graph_before
         assert client("query-jobs") == []
     finally:
@@ -72,8 +86,16 @@ def test_a_failing_completion_undoes_itself_and_fails_the_job(chain: Path) -> No
 def _shape(session: Session) -> Any:
     g = block_graph(session)
     names = {n["id"]: n["name"] for n in g["nodes"]}
-    return sorted((names[e["parent"]], e["name"], names[e["child"]], tuple(e["perm"]),
-                   tuple(e["shared-perm"])) for e in g["edges"])
+    return sorted(
+        (
+            names[e["parent"]],
+            e["name"],
+            names[e["child"]],
+            tuple(e["perm"]),
+            tuple(e["shared-perm"]),
+        )
+        for e in g["edges"]
+    )
 
 
 def test_many_clients_many_jobs(tmp_path: Path) -> None:
@@ -98,9 +120,17 @@ def test_many_clients_many_jobs(tmp_path: Path) -> None:
             rnd = random.Random(seed)
             for _ in range(60):
                 job = rnd.choice(jobs)
-                verb = rnd.choice(["job-pause", "job-resume", "block-job-set-speed",
-                                   "query-jobs", "query-block-jobs", "block-job-pause",
-                                   "block-job-resume"])
+                verb = rnd.choice(
+                    [
+                        "job-pause",
+                        "job-resume",
+                        "block-job-set-speed",
+                        "query-jobs",
+                        "query-block-jobs",
+                        "block-job-pause",
+                        "block-job-resume",
+                    ]
+                )
                 if verb == "block-job-set-speed":
                     replies.append(client(verb, {"device": job, "speed": rnd.choice([1, 2, 0])}))
                 elif verb.startswith("query"):
@@ -119,20 +149,26 @@ def test_many_clients_many_jobs(tmp_path: Path) -> None:
         for job in jobs:
             client("job-cancel", {"id": job})
         _wait(lambda: all(_statuses(client, j)[-1:] == ["null"] for j in jobs), "every job to end")
-        assert not [r for r in replies if isinstance(r, dict) and "error" in r
-                    and r["error"]["desc"] == INTERNAL_ERROR]
+        assert not [
+            r
+            for r in replies
+            if isinstance(r, dict) and "error" in r and r["error"]["desc"] == INTERNAL_ERROR
+        ]
         for job in jobs:
             seq = [JobStatus(s) for s in _statuses(client, job)]
             assert seq[0] is JobStatus.CREATED
-            for old, new in zip(seq, seq[1:]):
+            for old, new in itertools.pairwise(seq):
                 assert new in TRANSITIONS[old] and new != old, (job, seq)
     finally:
         session.close()
 
 
 def _statuses(client: Client, job: str) -> list[str]:
-    return [e["data"]["status"] for e in list(client.events)
-            if e["event"] == "JOB_STATUS_CHANGE" and e["data"]["id"] == job]
+    return [
+        e["data"]["status"]
+        for e in list(client.events)
+        if e["event"] == "JOB_STATUS_CHANGE" and e["data"]["id"] == job
+    ]
 
 
 def _rename(args: dict[str, Any], prefix: str) -> None:
@@ -146,8 +182,7 @@ def _rename(args: dict[str, Any], prefix: str) -> None:
 
 @pytest.mark.parametrize("fault_at", [1, 4, 9])
 @pytest.mark.parametrize("kind", ["mirror", "active-commit", "commit"])
-def test_a_failing_end_of_each_job_undoes_itself(tmp_path: Path, kind: str,
-                                                  fault_at: int) -> None:
+def test_a_failing_end_of_each_job_undoes_itself(tmp_path: Path, kind: str, fault_at: int) -> None:
     """A fault inside the job's final graph change (the mirror's pivot, the commit's
     drop of the intermediates) aborts that change; the job then takes its abort path,
     reports the failure, and the graph is back as before the job (filter gone, no
@@ -155,20 +190,33 @@ def test_a_failing_end_of_each_job_undoes_itself(tmp_path: Path, kind: str,
     import subprocess
 
     make_chain(tmp_path)
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(tmp_path / "tgt.qcow2"), "4M"],
-                   check=True)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", str(tmp_path / "tgt.qcow2"), "4M"], check=True
+    )
     session = Session()
     client = Client(session)
     try:
         assert client("blockdev-add", chain_args(tmp_path)) == {}
-        assert client("blockdev-add", {"driver": "qcow2", "node-name": "tgt", "file": {
-            "driver": "file", "filename": str(tmp_path / "tgt.qcow2")}}) == {}
+        assert (
+            client(
+                "blockdev-add",
+                {
+                    "driver": "qcow2",
+                    "node-name": "tgt",
+                    "file": {"driver": "file", "filename": str(tmp_path / "tgt.qcow2")},
+                },
+            )
+            == {}
+        )
         before = _shape(session)
-        start = {"mirror": ("blockdev-mirror", {"device": "top", "job-id": "j", "target": "tgt",
-                                                "sync": "full"}),
-                 "active-commit": ("block-commit", {"device": "top", "job-id": "j"}),
-                 "commit": ("block-commit", {"device": "top", "job-id": "j",
-                                             "top-node": "mid"})}[kind]
+        start = {
+            "mirror": (
+                "blockdev-mirror",
+                {"device": "top", "job-id": "j", "target": "tgt", "sync": "full"},
+            ),
+            "active-commit": ("block-commit", {"device": "top", "job-id": "j"}),
+            "commit": ("block-commit", {"device": "top", "job-id": "j", "top-node": "mid"}),
+        }[kind]
         if kind == "commit":
             with session.lock:
                 assert client(*start) == {}

@@ -37,8 +37,9 @@ VERB_TABLE = {
 
 
 def test_transitions_are_qemus_table() -> None:
-    assert {str(k): {str(v) for v in vs} for k, vs in TRANSITIONS.items()} == \
-        {k: set(v.split()) for k, v in STT.items()}
+    assert {str(k): {str(v) for v in vs} for k, vs in TRANSITIONS.items()} == {
+        k: set(v.split()) for k, v in STT.items()
+    }
 
 
 @pytest.mark.parametrize("old", list(S))
@@ -52,8 +53,9 @@ def test_check_transition_refuses_what_the_table_lacks(old: JobStatus, new: JobS
 
 
 def test_verbs_are_qemus_table() -> None:
-    assert {str(k): {str(v) for v in vs} for k, vs in VERBS.items()} == \
-        {k: set(v.split()) for k, v in VERB_TABLE.items()}
+    assert {str(k): {str(v) for v in vs} for k, vs in VERBS.items()} == {
+        k: set(v.split()) for k, v in VERB_TABLE.items()
+    }
 
 
 def test_verb_error_text() -> None:

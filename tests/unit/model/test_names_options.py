@@ -20,8 +20,13 @@ def test_auto_names_count_and_carry_two_random_digits() -> None:
 
 
 def test_flatten_nests_dicts_and_lists_but_keeps_empty_ones() -> None:
-    value = {"driver": "quorum", "children": [{"driver": "null-co"}, "n1"], "cache": {},
-             "file.filename": "dotted", "file": {"filename": "nested"}}
+    value = {
+        "driver": "quorum",
+        "children": [{"driver": "null-co"}, "n1"],
+        "cache": {},
+        "file.filename": "dotted",
+        "file": {"filename": "nested"},
+    }
     flat = flatten(value)
     assert flat["children.0.driver"] == "null-co"
     assert flat["children.1"] == "n1"

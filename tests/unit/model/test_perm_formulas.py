@@ -10,33 +10,50 @@ from __future__ import annotations
 
 import pytest
 
-from txgraph.model.perm import (PERM_ALL, ChildPermContext, Perm, Role, child_perm, perm_list,
-                                perm_names)
+from txgraph.model.perm import (
+    PERM_ALL,
+    ChildPermContext,
+    Perm,
+    Role,
+    child_perm,
+    perm_list,
+    perm_names,
+)
 
 R, W, U, S = Perm.CONSISTENT_READ, Perm.WRITE, Perm.WRITE_UNCHANGED, Perm.RESIZE
 NONE = Perm.NONE
 
 
-@pytest.mark.parametrize(("family", "writable", "role", "parent", "expected"), [
-    # rw qcow2 with no users: its metadata child is written and resized, never shared for W/S
-    ("default", True, Role.IMAGE, (NONE, PERM_ALL), (R | W | S, R | U)),
-    # ro qcow2 with any users
-    ("default", False, Role.IMAGE, (NONE, PERM_ALL), (R, R | U)),
-    # backing edge, parent unused / users share write
-    ("default", True, Role.COW, (NONE, PERM_ALL), (NONE, PERM_ALL)),
-    ("default", True, Role.COW, (R | W, R | W | U), (R, PERM_ALL)),
-    # backing edge when the parent's users do not share write
-    ("default", True, Role.COW, (R, R | U), (R, R | U)),
-    # filter passes through (throttle under a writable export)
-    ("default", True, Role.FILTERED | Role.PRIMARY, (R | W, R | W | U), (R | W, R | W | U)),
-    # quorum children never share write or resize
-    ("quorum", True, Role.DATA, (NONE, PERM_ALL), (NONE, R | U)),
-    ("quorum", True, Role.DATA, (R | W, R | W | U), (R | W, R | U)),
-    # copy-on-read adds write-unchanged for populating reads
-    ("copy-on-read", True, Role.FILTERED | Role.PRIMARY, (R | W, R | W | U), (R | W | U, R | W | U)),
-])
-def test_formula_matches_observed_edge(family: str, writable: bool, role: Role,
-                                       parent: tuple[Perm, Perm], expected: tuple[Perm, Perm]) -> None:
+@pytest.mark.parametrize(
+    ("family", "writable", "role", "parent", "expected"),
+    [
+        # rw qcow2 with no users: its metadata child is written and resized, never shared for W/S
+        ("default", True, Role.IMAGE, (NONE, PERM_ALL), (R | W | S, R | U)),
+        # ro qcow2 with any users
+        ("default", False, Role.IMAGE, (NONE, PERM_ALL), (R, R | U)),
+        # backing edge, parent unused / users share write
+        ("default", True, Role.COW, (NONE, PERM_ALL), (NONE, PERM_ALL)),
+        ("default", True, Role.COW, (R | W, R | W | U), (R, PERM_ALL)),
+        # backing edge when the parent's users do not share write
+        ("default", True, Role.COW, (R, R | U), (R, R | U)),
+        # filter passes through (throttle under a writable export)
+        ("default", True, Role.FILTERED | Role.PRIMARY, (R | W, R | W | U), (R | W, R | W | U)),
+        # quorum children never share write or resize
+        ("quorum", True, Role.DATA, (NONE, PERM_ALL), (NONE, R | U)),
+        ("quorum", True, Role.DATA, (R | W, R | W | U), (R | W, R | U)),
+        # copy-on-read adds write-unchanged for populating reads
+        (
+            "copy-on-read",
+            True,
+            Role.FILTERED | Role.PRIMARY,
+            (R | W, R | W | U),
+            (R | W | U, R | W | U),
+        ),
+    ],
+)
+def test_formula_matches_observed_edge(
+    family: str, writable: bool, role: Role, parent: tuple[Perm, Perm], expected: tuple[Perm, Perm]
+) -> None:
     ctx = ChildPermContext(family=family, parent_writable=writable)
     assert child_perm(ctx, role, *parent) == expected
 

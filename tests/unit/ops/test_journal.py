@@ -25,8 +25,14 @@ from txgraph.ops.undo_log import Transaction
 R, W = Perm.CONSISTENT_READ, Perm.WRITE
 
 
-def _edge(g: BlockGraph, name: str, role: Role, kind: ParentKind = ParentKind.NODE,
-          perm: Perm = Perm.NONE, frozen: bool = False) -> Edge:
+def _edge(
+    g: BlockGraph,
+    name: str,
+    role: Role,
+    kind: ParentKind = ParentKind.NODE,
+    perm: Perm = Perm.NONE,
+    frozen: bool = False,
+) -> Edge:
     e = Edge(name, role, kind, perm, PERM_ALL, seq=g.next_seq())
     e.parent_seq = e.seq
     e.frozen = frozen
@@ -53,13 +59,22 @@ def graphs(draw: st.DrawFn) -> BlockGraph:
         if draw(st.booleans()):
             key = f"bb:{j}"
             g.add_backend(Backend(key, ParentKind.ROOT, perm=R | W, shared=PERM_ALL))
-            g.attach(key, top, _edge(g, "root", Role.FILTERED | Role.PRIMARY, ParentKind.ROOT, R | W))
+            g.attach(
+                key, top, _edge(g, "root", Role.FILTERED | Role.PRIMARY, ParentKind.ROOT, R | W)
+            )
     return g
 
 
-_OPS = st.lists(st.tuples(st.sampled_from(["detach", "retarget", "attach", "freeze", "remove",
-                                           "readd", "add", "cut", "cut"]),
-                          st.integers(0, 1000), st.integers(0, 1000)), max_size=8)
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(
+            ["detach", "retarget", "attach", "freeze", "remove", "readd", "add", "cut", "cut"]
+        ),
+        st.integers(0, 1000),
+        st.integers(0, 1000),
+    ),
+    max_size=8,
+)
 
 
 def _run(tx: Transaction, ops: list[tuple[str, int, int]]) -> None:
@@ -113,8 +128,9 @@ def _verdicts(graph: BlockGraph, touched: set[str] | None, before: object) -> li
 
 
 @given(graphs(), _OPS, _OPS)
-def test_journal_answers_like_a_copy_of_the_graph(graph: BlockGraph, first: list[tuple[str, int, int]],
-                                                   second: list[tuple[str, int, int]]) -> None:
+def test_journal_answers_like_a_copy_of_the_graph(
+    graph: BlockGraph, first: list[tuple[str, int, int]], second: list[tuple[str, int, int]]
+) -> None:
     snapshot = copy.deepcopy(graph)
     full = GraphBefore(snapshot)
     # An outer journal spans two transactions (a plan step); the first one aborts.
@@ -126,7 +142,9 @@ def test_journal_answers_like_a_copy_of_the_graph(graph: BlockGraph, first: list
     tx = Transaction(graph, outer_journal=outer)
     _run(tx, second)
     names = set(snapshot.nodes) | set(graph.nodes) | {"new0", "new1", "new2"}
-    slots = {(p, e.name) for p, _c, e in snapshot.edges()} | {(p, e.name) for p, _c, e in graph.edges()}
+    slots = {(p, e.name) for p, _c, e in snapshot.edges()} | {
+        (p, e.name) for p, _c, e in graph.edges()
+    }
     for journal in (tx.journal, outer):
         for name in names:
             assert journal.had_node(name) == full.had_node(name), name
@@ -137,7 +155,9 @@ def test_journal_answers_like_a_copy_of_the_graph(graph: BlockGraph, first: list
         for p, name, c in set(full.frozen_links()) - set(journal.frozen_links()):
             now = graph.child_edge(p, name) if p in graph.g else None
             assert now is not None and now[0] == c
-        assert journal.frozen_links() == sorted(journal.frozen_links(), key=lambda r: (r[0], r[2], r[1]))
+        assert journal.frozen_links() == sorted(
+            journal.frozen_links(), key=lambda r: (r[0], r[2], r[1])
+        )
         # What the safe policy refuses is the same with either before.
         assert _verdicts(graph, tx.touched, journal) == _verdicts(graph, tx.touched, snapshot)
         assert _verdicts(graph, None, journal) == _verdicts(graph, None, snapshot)

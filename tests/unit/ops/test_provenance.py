@@ -11,13 +11,38 @@ from txgraph.ops.session import Session
 
 
 def test_backing_read_only_is_forced_by_role_and_cache_is_inherited(tmp_path: Path) -> None:
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(tmp_path / "b.qcow2"), "8M"], check=True)
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2",
-                    str(tmp_path / "t.qcow2")], check=True)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", str(tmp_path / "b.qcow2"), "8M"], check=True
+    )
+    subprocess.run(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "b.qcow2",
+            "-F",
+            "qcow2",
+            str(tmp_path / "t.qcow2"),
+        ],
+        check=True,
+    )
     session = Session(check=False)
-    blockdev_add(session, {"driver": "qcow2", "node-name": "top", "cache": {"direct": True},
-                           "file": {"driver": "file", "node-name": "top-file",
-                                    "filename": str(tmp_path / "t.qcow2")}})
+    blockdev_add(
+        session,
+        {
+            "driver": "qcow2",
+            "node-name": "top",
+            "cache": {"direct": True},
+            "file": {
+                "driver": "file",
+                "node-name": "top-file",
+                "filename": str(tmp_path / "t.qcow2"),
+            },
+        },
+    )
     graph = session.graph
     backing = graph.backing_child("top")
     assert backing is not None
@@ -38,7 +63,15 @@ def test_referenced_children_inherit_nothing() -> None:
     session = Session(check=False)
     blockdev_add(session, {"driver": "null-co", "node-name": "n"})
     before = dict(session.graph.nodes["n"].provenance)
-    blockdev_add(session, {"driver": "raw", "node-name": "r", "read-only": True,
-                           "cache": {"direct": True}, "file": "n"})
+    blockdev_add(
+        session,
+        {
+            "driver": "raw",
+            "node-name": "r",
+            "read-only": True,
+            "cache": {"direct": True},
+            "file": "n",
+        },
+    )
     assert session.graph.nodes["n"].provenance == before
     assert not session.graph.nodes["n"].read_only

@@ -10,9 +10,9 @@ closes its descriptor; a failing ``apply`` leaves prepared objects prepared
 from __future__ import annotations
 
 import errno
-import threading
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -21,11 +21,16 @@ from txgraph.errors import IOFailure, OpenError
 from txgraph.io.driver import DriverNode
 from txgraph.io.registry import DRIVERS, register
 from txgraph.io.runtime import (
-    CloseBackend, OpenBackend, OpenNode, ReopenNode, Runtime, SetChild,
+    CloseBackend,
+    OpenBackend,
+    OpenNode,
+    ReopenNode,
+    Runtime,
+    SetChild,
 )
 
-
 if "x-test-fill" not in DRIVERS:
+
     @register("x-test-fill")
     class _Fill(DriverNode):
         """Every byte reads as the ``fill`` option (tells nodes apart in the stress test)."""
@@ -62,9 +67,9 @@ def img(tmp_path: Path) -> Path:
 def test_prepared_node_is_real_but_unreachable_until_apply(img: Path) -> None:
     rt = Runtime()
     info = rt.prepare_open(OpenNode("f", "file", {"filename": str(img)}))
-    assert info.virtual_size > 0 and _fds_on(img) >= 1   # its fd (and the mapping's dup)
+    assert info.virtual_size > 0 and _fds_on(img) >= 1  # its fd (and the mapping's dup)
     rt.prepare_open(OpenNode("q", "qcow2", {}, {"file": "f"}))
-    assert rt.info("q").format == "qcow2"          # header read through the prepared file
+    assert rt.info("q").format == "qcow2"  # header read through the prepared file
     assert not rt.has_node("f") and not rt.has_node("q") and rt.node_names() == []
     gen = rt.generation
     rt.apply([OpenNode("f", "file"), OpenNode("q", "qcow2")])
@@ -88,8 +93,9 @@ def test_failed_apply_keeps_prepared_objects_prepared_and_live_ones_unchanged(im
     rt.prepare_open(OpenNode("f", "file", {"filename": str(img)}))
     before, drains = rt.state(), rt.drain_count
     with pytest.raises(KeyError):
-        rt.apply([OpenNode("f", "file"), SetChild("r", "file", "f"),
-                  SetChild("r", "file", "missing")])
+        rt.apply(
+            [OpenNode("f", "file"), SetChild("r", "file", "f"), SetChild("r", "file", "missing")]
+        )
     assert rt.state() == before and rt.is_prepared("f") and rt.drain_count == drains + 1
     assert rt.node("r").children["file"].node_name == "n"
     rt.discard_prepared("f")
@@ -104,7 +110,7 @@ def test_reopen_prepare_validates_without_changing_the_driver(tmp_path: Path) ->
         rt.prepare_reopen("r", {"offset": 2 << 20}, False)
     assert rt.node("r").size() == 1 << 20
     rt.prepare_reopen("r", {"offset": 512 << 10}, False)
-    assert rt.node("r").size() == 1 << 20          # validated only
+    assert rt.node("r").size() == 1 << 20  # validated only
     rt.apply([ReopenNode("r", {"offset": 512 << 10}, False)])
     assert rt.node("r").size() == 512 << 10
 

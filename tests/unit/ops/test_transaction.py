@@ -14,12 +14,11 @@ from typing import Any
 
 import pytest
 
+from tests.support.atomicity import assert_all_steps_atomic
 from txgraph.errors import BlockError
 from txgraph.ops.blockdev import blockdev_add, blockdev_del
 from txgraph.ops.objects import object_add
 from txgraph.ops.session import Session
-
-from tests.support.atomicity import assert_all_steps_atomic
 
 
 def _img(path: Path, *extra: str) -> Path:
@@ -36,8 +35,14 @@ def chain(tmp_path: Path) -> Path:
 
 def test_blockdev_add_of_a_header_chain_is_atomic(chain: Path) -> None:
     def op(s: Session) -> Any:
-        return blockdev_add(s, {"driver": "qcow2", "node-name": "top",
-                                "file": {"driver": "file", "filename": str(chain)}})
+        return blockdev_add(
+            s,
+            {
+                "driver": "qcow2",
+                "node-name": "top",
+                "file": {"driver": "file", "filename": str(chain)},
+            },
+        )
 
     assert assert_all_steps_atomic(lambda s: None, op, check=False) > 10
 
@@ -54,8 +59,14 @@ def test_blockdev_add_referencing_existing_nodes_is_atomic(chain: Path) -> None:
 
 def test_blockdev_del_cascade_is_atomic(chain: Path) -> None:
     def setup(s: Session) -> None:
-        blockdev_add(s, {"driver": "qcow2", "node-name": "top",
-                         "file": {"driver": "file", "filename": str(chain)}})
+        blockdev_add(
+            s,
+            {
+                "driver": "qcow2",
+                "node-name": "top",
+                "file": {"driver": "file", "filename": str(chain)},
+            },
+        )
 
     assert_all_steps_atomic(setup, lambda s: blockdev_del(s, "top"))
 
@@ -65,10 +76,27 @@ def test_failed_add_leaves_nothing_but_advances_the_name_counter(tmp_path: Path)
     digest = session.graph.digest()
     with pytest.raises(BlockError, match="Could not open backing file"):
         img = tmp_path / "orphan.qcow2"
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "gone.qcow2", "-F", "qcow2",
-                        "-u", str(img), "8M"], check=True)
-        blockdev_add(session, {"driver": "qcow2", "node-name": "o",
-                               "file": {"driver": "file", "filename": str(img)}})
+        subprocess.run(
+            [
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                "gone.qcow2",
+                "-F",
+                "qcow2",
+                "-u",
+                str(img),
+                "8M",
+            ],
+            check=True,
+        )
+        blockdev_add(
+            session,
+            {"driver": "qcow2", "node-name": "o", "file": {"driver": "file", "filename": str(img)}},
+        )
     assert session.graph.digest() == digest
     assert session.runtime.state() == ()
     # QEMU consumed #block0 (o's file) and #block1 (the backing's file) before failing.
@@ -93,19 +121,45 @@ def test_blockdev_reopen_with_child_changes_is_atomic(chain: Path, tmp_path: Pat
     other = _img(tmp_path / "other.qcow2")
 
     def setup(s: Session) -> None:
-        blockdev_add(s, {"driver": "qcow2", "node-name": "top",
-                         "file": {"driver": "file", "node-name": "top-file", "filename": str(chain)}})
-        blockdev_add(s, {"driver": "qcow2", "node-name": "o", "backing": None,
-                         "file": {"driver": "file", "filename": str(other)}})
+        blockdev_add(
+            s,
+            {
+                "driver": "qcow2",
+                "node-name": "top",
+                "file": {"driver": "file", "node-name": "top-file", "filename": str(chain)},
+            },
+        )
+        blockdev_add(
+            s,
+            {
+                "driver": "qcow2",
+                "node-name": "o",
+                "backing": None,
+                "file": {"driver": "file", "filename": str(other)},
+            },
+        )
 
     def op(s: Session) -> Any:
-        return blockdev_reopen(s, [
-            {"driver": "qcow2", "node-name": "top", "read-only": True, "backing": "o",
-             "cache": {"direct": True}, "file": {"driver": "file", "node-name": "top-file",
-                                                  "filename": str(chain)}},
-            {"driver": "qcow2", "node-name": "o", "read-only": True, "backing": None,
-             "file": {"driver": "file", "filename": str(other)}},
-        ])
+        return blockdev_reopen(
+            s,
+            [
+                {
+                    "driver": "qcow2",
+                    "node-name": "top",
+                    "read-only": True,
+                    "backing": "o",
+                    "cache": {"direct": True},
+                    "file": {"driver": "file", "node-name": "top-file", "filename": str(chain)},
+                },
+                {
+                    "driver": "qcow2",
+                    "node-name": "o",
+                    "read-only": True,
+                    "backing": None,
+                    "file": {"driver": "file", "filename": str(other)},
+                },
+            ],
+        )
 
     assert assert_all_steps_atomic(setup, op) > 10
 
@@ -118,13 +172,23 @@ def test_blockdev_reopen_file_swap_is_atomic(tmp_path: Path) -> None:
 
     def setup(s: Session) -> None:
         for name, path in (("a", a), ("b", b)):
-            blockdev_add(s, {"driver": "qcow2", "node-name": name, "backing": None,
-                             "file": {"driver": "file", "node-name": f"{name}f", "filename": str(path)}})
+            blockdev_add(
+                s,
+                {
+                    "driver": "qcow2",
+                    "node-name": name,
+                    "backing": None,
+                    "file": {"driver": "file", "node-name": f"{name}f", "filename": str(path)},
+                },
+            )
 
     def op(s: Session) -> Any:
-        return blockdev_reopen(s, [
-            {"driver": "qcow2", "node-name": "a", "backing": None, "file": "bf"},
-            {"driver": "qcow2", "node-name": "b", "backing": None, "file": "af"},
-        ])
+        return blockdev_reopen(
+            s,
+            [
+                {"driver": "qcow2", "node-name": "a", "backing": None, "file": "bf"},
+                {"driver": "qcow2", "node-name": "b", "backing": None, "file": "af"},
+            ],
+        )
 
     assert_all_steps_atomic(setup, op)

@@ -13,6 +13,7 @@ EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 def make_images(d: Path) -> Path:
     """The images the example state and plan use (the demo creates the same ones)."""
+
     def img(*args: str) -> None:
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", *args], check=True)
 

@@ -12,14 +12,14 @@ from typing import Any
 
 from tests.support.qsd import QSD
 from tests.unit.plan.plankit import EXAMPLES, make_images
-from txgraph.ops.exports import export_node
 from txgraph.model.node import ParentKind
 from txgraph.model.perm import Role, perm_list
+from txgraph.ops.exports import export_node
+from txgraph.ops.session import Session
 from txgraph.plan.dryrun import DryRunRuntime
 from txgraph.plan.format import load_json
 from txgraph.plan.importer import GraphImport, import_into
 from txgraph.plan.verify import scratch_engine
-from txgraph.ops.session import Session
 
 
 def _build_on_qsd(qsd: QSD, images: Path) -> GraphImport:
@@ -29,14 +29,26 @@ def _build_on_qsd(qsd: QSD, images: Path) -> GraphImport:
     # a second, read-only chain and a quorum to cover more roles
     qsd.cmd("blockdev-add", {"driver": "null-co", "node-name": "n0"})
     qsd.cmd("blockdev-add", {"driver": "null-co", "node-name": "n1"})
-    qsd.cmd("blockdev-add", {"driver": "quorum", "node-name": "q", "vote-threshold": 1,
-                             "children": ["n0", "n1"]})
-    qsd.cmd("blockdev-add", {"driver": "raw", "node-name": "r", "file": "q",
-                             "cache": {"direct": False, "no-flush": True},
-                             "detect-zeroes": "on", "read-only": True})
-    return GraphImport(qsd.cmd("x-debug-query-block-graph"),
-                       qsd.cmd("query-named-block-nodes", {"flat": True}),
-                       qsd.cmd("query-block-exports"))
+    qsd.cmd(
+        "blockdev-add",
+        {"driver": "quorum", "node-name": "q", "vote-threshold": 1, "children": ["n0", "n1"]},
+    )
+    qsd.cmd(
+        "blockdev-add",
+        {
+            "driver": "raw",
+            "node-name": "r",
+            "file": "q",
+            "cache": {"direct": False, "no-flush": True},
+            "detect-zeroes": "on",
+            "read-only": True,
+        },
+    )
+    return GraphImport(
+        qsd.cmd("x-debug-query-block-graph"),
+        qsd.cmd("query-named-block-nodes", {"flat": True}),
+        qsd.cmd("query-block-exports"),
+    )
 
 
 def test_imported_graph_equals_what_qsd_reported(qsd: QSD, images: Path) -> None:
@@ -59,11 +71,26 @@ def test_imported_graph_equals_what_qsd_reported(qsd: QSD, images: Path) -> None
         n = ids[gid]
         return n["name"] if n["type"] == "block-driver" else f"<{n['type']}>"
 
-    reported_edges = sorted((label(e["parent"]), e["name"], label(e["child"]), tuple(e["perm"]),
-                             tuple(e["shared-perm"])) for e in imp.block_graph["edges"])
+    reported_edges = sorted(
+        (
+            label(e["parent"]),
+            e["name"],
+            label(e["child"]),
+            tuple(e["perm"]),
+            tuple(e["shared-perm"]),
+        )
+        for e in imp.block_graph["edges"]
+    )
     imported_edges = sorted(
-        (p if p in graph.nodes else "<block-backend>", e.name, c, tuple(perm_list(e.perm)),
-         tuple(perm_list(e.shared))) for p, c, e in graph.edges())
+        (
+            p if p in graph.nodes else "<block-backend>",
+            e.name,
+            c,
+            tuple(perm_list(e.perm)),
+            tuple(perm_list(e.shared)),
+        )
+        for p, c, e in graph.edges()
+    )
     assert imported_edges == reported_edges
     roles = {(p, e.name): (e.role, e.parent_kind) for p, _c, e in graph.edges()}
     assert roles[("disk", "file")][0] == Role.IMAGE
@@ -100,23 +127,49 @@ def test_plan_graph_from_qmp_of_a_real_qsd(images: Path, tmp_path: Path) -> None
 
     make_images(images)
     sock = tmp_path / "qmp.sock"
-    proc = subprocess.Popen([
-        QSD_BINARY, "--object", "throttle-group,id=tg0,x-iops-total=1000",
-        "--blockdev", f"driver=file,node-name=disk-file,filename={images}/disk0.qcow2",
-        "--blockdev", "driver=qcow2,node-name=disk,file=disk-file",
-        "--nbd-server", f"addr.type=unix,addr.path={tmp_path}/nbd.sock",
-        "--export", "type=nbd,id=vm0,node-name=disk,writable=on",
-        "--chardev", f"socket,id=m,path={sock},server=on,wait=off", "--monitor", "chardev=m"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            QSD_BINARY,
+            "--object",
+            "throttle-group,id=tg0,x-iops-total=1000",
+            "--blockdev",
+            f"driver=file,node-name=disk-file,filename={images}/disk0.qcow2",
+            "--blockdev",
+            "driver=qcow2,node-name=disk,file=disk-file",
+            "--nbd-server",
+            f"addr.type=unix,addr.path={tmp_path}/nbd.sock",
+            "--export",
+            "type=nbd,id=vm0,node-name=disk,writable=on",
+            "--chardev",
+            f"socket,id=m,path={sock},server=on,wait=off",
+            "--monitor",
+            "chardev=m",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 20
         while not os.path.exists(sock) and time.monotonic() < deadline:
             time.sleep(0.02)
         time.sleep(0.1)
-        res = subprocess.run([sys.executable, "-m", "txgraph.cli", "plan",
-                              str(EXAMPLES / "seed-section3.json"), "--dir", str(images),
-                              "--graph-from-qmp", str(sock), "--json"],
-                             capture_output=True, text=True, timeout=120)
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "txgraph.cli",
+                "plan",
+                str(EXAMPLES / "seed-section3.json"),
+                "--dir",
+                str(images),
+                "--graph-from-qmp",
+                str(sock),
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         report = json.loads(res.stdout)
         assert res.returncode == 0, res.stdout + res.stderr
         assert report["source"]["kind"] == "import" and "generation" not in report["source"]

@@ -17,18 +17,19 @@ from txgraph.plan.verify import verify_plan
 
 
 def _plan(d: Path, *steps: dict[str, Any]) -> Any:
-    return parse_plan({"steps": [{"execute": "blockdev-add", "arguments": chain_args(d)},
-                                 *steps]})
+    return parse_plan({"steps": [{"execute": "blockdev-add", "arguments": chain_args(d)}, *steps]})
 
 
 def test_active_commit_with_wait_points(tmp_path: Path) -> None:
     make_chain(tmp_path)
     sizes = {p.name: p.read_bytes() for p in tmp_path.glob("*.qcow2")}
-    plan = _plan(tmp_path,
-                 {"execute": "block-commit", "arguments": {"device": "top", "job-id": "c"}},
-                 {"wait": "ready", "job": "c"},
-                 {"execute": "job-complete", "arguments": {"id": "c"}},
-                 {"wait": "null", "job": "c"})
+    plan = _plan(
+        tmp_path,
+        {"execute": "block-commit", "arguments": {"device": "top", "job-id": "c"}},
+        {"wait": "ready", "job": "c"},
+        {"execute": "job-complete", "arguments": {"id": "c"}},
+        {"wait": "null", "job": "c"},
+    )
     report = verify_plan(plan)
     assert report.ok, [r.reply for r in report.steps if not r.accepted]
     wait_end = report.steps[4]
@@ -41,9 +42,11 @@ def test_active_commit_with_wait_points(tmp_path: Path) -> None:
 
 def test_wait_for_a_point_the_job_never_reaches(tmp_path: Path) -> None:
     make_chain(tmp_path)
-    plan = _plan(tmp_path,
-                 {"execute": "block-stream", "arguments": {"device": "top", "job-id": "s"}},
-                 {"wait": "ready", "job": "s", "timeout": 5})
+    plan = _plan(
+        tmp_path,
+        {"execute": "block-stream", "arguments": {"device": "top", "job-id": "s"}},
+        {"wait": "ready", "job": "s", "timeout": 5},
+    )
     report = verify_plan(plan)
     assert not report.ok
     assert report.steps[2].reply["error"]["desc"] == "Job 's' ended without reaching 'ready'"
@@ -51,12 +54,27 @@ def test_wait_for_a_point_the_job_never_reaches(tmp_path: Path) -> None:
 
 def test_safe_plan_refuses_cutting_the_chain_a_stream_copies(tmp_path: Path) -> None:
     make_chain(tmp_path)
-    plan = _plan(tmp_path,
-                 {"execute": "block-stream", "arguments": {"device": "top", "job-id": "s",
-                                                           "base-node": "base", "speed": 1}},
-                 {"execute": "blockdev-reopen", "arguments": {"options": [
-                     {"driver": "qcow2", "node-name": "mid", "file": "mid-f", "backing": None,
-                      "read-only": True}]}})
+    plan = _plan(
+        tmp_path,
+        {
+            "execute": "block-stream",
+            "arguments": {"device": "top", "job-id": "s", "base-node": "base", "speed": 1},
+        },
+        {
+            "execute": "blockdev-reopen",
+            "arguments": {
+                "options": [
+                    {
+                        "driver": "qcow2",
+                        "node-name": "mid",
+                        "file": "mid-f",
+                        "backing": None,
+                        "read-only": True,
+                    }
+                ]
+            },
+        },
+    )
     report = verify_plan(plan, policy="safe")
     step = report.steps[2]
     assert not step.accepted or not (step.verdict or {}).get("ok", True)

@@ -18,14 +18,18 @@ from txgraph.qmp.engine import Engine
 
 def test_event_shape_is_qemus() -> None:
     ev = qmp_event("X", {"a": 1}, 1_700_000_123_456_789_000)
-    assert ev == {"timestamp": {"seconds": 1_700_000_123, "microseconds": 456_789},
-                  "event": "X", "data": {"a": 1}}
+    assert ev == {
+        "timestamp": {"seconds": 1_700_000_123, "microseconds": 456_789},
+        "event": "X",
+        "data": {"a": 1},
+    }
     assert "data" not in qmp_event("Y", None, 0)
 
 
 def test_concurrent_emitters_one_total_order() -> None:
     bus = EventBus()
     seen: list[list[tuple[str, int]]] = [[], [], []]
+
     def recorder(log: list[tuple[str, int]]) -> Callable[[dict[str, Any]], None]:
         return lambda ev: log.append((ev["event"], ev["data"]["n"]))
 
@@ -54,7 +58,7 @@ def test_concurrent_emitters_one_total_order() -> None:
     for t in range(threads):  # each emitter's events stay in its own order
         assert [n for e, n in seen[0] if e == f"E{t}"] == list(range(per))
     # a late subscriber sees a suffix of the same order
-    assert seen[0][len(seen[0]) - len(late):] == late
+    assert seen[0][len(seen[0]) - len(late) :] == late
 
 
 def test_timestamps_never_go_backwards() -> None:
@@ -70,11 +74,13 @@ def test_engine_and_session_share_the_channel() -> None:
     engine.add_event_listener(got.append)
     session = engine.context.session
     session.emit_event("BLOCK_EXPORT_DELETED", {"id": "e"})
-    session.runtime.emit("QUORUM_FAILURE", {"reference": "q", "sector-num": 0,
-                                            "sectors-count": 1})
+    session.runtime.emit("QUORUM_FAILURE", {"reference": "q", "sector-num": 0, "sectors-count": 1})
     engine.context.emit_event("X_TXGRAPH_REOPEN_WARNING", {"node": "n"})
-    assert [e["event"] for e in got] == ["BLOCK_EXPORT_DELETED", "QUORUM_FAILURE",
-                                         "X_TXGRAPH_REOPEN_WARNING"]
+    assert [e["event"] for e in got] == [
+        "BLOCK_EXPORT_DELETED",
+        "QUORUM_FAILURE",
+        "X_TXGRAPH_REOPEN_WARNING",
+    ]
     engine.remove_event_listener(got.append)
     session.emit_event("LATE")
     assert len(got) == 3
@@ -105,9 +111,11 @@ def test_quorum_events_are_rate_limited_like_qemu() -> None:
         bus.emit("QUORUM_REPORT_BAD", {"node-name": "c2", "sector-num": n})
     bus.emit("QUORUM_REPORT_BAD", {"node-name": "c1", "sector-num": 9})  # another key
     bus.emit("BLOCK_EXPORT_DELETED", {"id": "e"})  # not limited
-    assert got == [("QUORUM_REPORT_BAD", {"node-name": "c2", "sector-num": 0}),
-                   ("QUORUM_REPORT_BAD", {"node-name": "c1", "sector-num": 9}),
-                   ("BLOCK_EXPORT_DELETED", {"id": "e"})]
+    assert got == [
+        ("QUORUM_REPORT_BAD", {"node-name": "c2", "sector-num": 0}),
+        ("QUORUM_REPORT_BAD", {"node-name": "c1", "sector-num": 9}),
+        ("BLOCK_EXPORT_DELETED", {"id": "e"}),
+    ]
     assert [d for d, _cb in timers.pending] == [1.0, 1.0]
     timers.fire()  # the c2 period ends: its newest held event goes out, a new period starts
     assert got[3:] == [("QUORUM_REPORT_BAD", {"node-name": "c2", "sector-num": 2})]

@@ -19,8 +19,7 @@ from txgraph.qmp.qsd_argv import CmdlineError, scan_argv
 from txgraph.qmp.qsd_chardev import parse_chardev_opts
 from txgraph.qobject.keyval import KeyvalHelp, keyval_parse, parse_qapi_name
 
-NAMES = st.from_regex(r"[a-z][a-z0-9_-]{0,8}", fullmatch=True).filter(
-    lambda n: n not in ("help",))
+NAMES = st.from_regex(r"[a-z][a-z0-9_-]{0,8}", fullmatch=True).filter(lambda n: n not in ("help",))
 VALUES = st.text(alphabet=st.sampled_from("ab=,.x-1 /"), max_size=8)
 
 
@@ -29,9 +28,11 @@ def _trees(depth: int = 2) -> st.SearchStrategy[Any]:
     if depth == 0:
         return leaf
     sub = _trees(depth - 1)
-    return st.one_of(leaf,
-                     st.dictionaries(NAMES, sub, min_size=1, max_size=3),
-                     st.lists(sub, min_size=1, max_size=3))
+    return st.one_of(
+        leaf,
+        st.dictionaries(NAMES, sub, min_size=1, max_size=3),
+        st.lists(sub, min_size=1, max_size=3),
+    )
 
 
 def _render(value: Any, prefix: str = "") -> list[str]:
@@ -59,8 +60,9 @@ def test_the_last_value_of_a_leaf_wins(key: str, values: list[str]) -> None:
     assert keyval_parse(text) == {key: values[-1]}
 
 
-@given(st.text(alphabet=st.sampled_from("ab0=,.?_-"), max_size=16),
-       st.sampled_from([None, "driver"]))
+@given(
+    st.text(alphabet=st.sampled_from("ab0=,.?_-"), max_size=16), st.sampled_from([None, "driver"])
+)
 def test_any_text_parses_or_gets_a_qemu_message(text: str, implied: str | None) -> None:
     try:
         result = keyval_parse(text, implied)
@@ -74,8 +76,7 @@ def test_any_text_parses_or_gets_a_qemu_message(text: str, implied: str | None) 
 def test_implied_key_takes_the_first_bare_value(driver: str) -> None:
     if driver in ("help",):
         return
-    assert keyval_parse(f"{driver},node-name=n", "driver") == {"driver": driver,
-                                                                "node-name": "n"}
+    assert keyval_parse(f"{driver},node-name=n", "driver") == {"driver": driver, "node-name": "n"}
     # only the first element may be bare
     with pytest.raises(QAPIError, match="Expected '=' after parameter"):
         keyval_parse(f"node-name=n,{driver}", "driver")
@@ -121,20 +122,31 @@ def test_qapi_names_and_downstream_prefixes() -> None:
 
 def test_keyval_visitor_types_each_leaf() -> None:
     typed = visit_command_arguments(
-        "blockdev-add", "quorum,node-name=q,vote-threshold=0x2,read-only=yes,"
-        "children.0.driver=null-co,children.0.size=010,children.1=other", "driver")
-    assert typed == {"driver": "quorum", "node-name": "q", "read-only": True,
-                     "children": [{"driver": "null-co", "size": 8}, "other"],
-                     "vote-threshold": 2}
+        "blockdev-add",
+        "quorum,node-name=q,vote-threshold=0x2,read-only=yes,"
+        "children.0.driver=null-co,children.0.size=010,children.1=other",
+        "driver",
+    )
+    assert typed == {
+        "driver": "quorum",
+        "node-name": "q",
+        "read-only": True,
+        "children": [{"driver": "null-co", "size": 8}, "other"],
+        "vote-threshold": 2,
+    }
     # the JSON form is typed already and visited as QMP visits it
-    assert visit_command_arguments("blockdev-add", '{"driver": "null-co", "size": 5}',
-                                   "driver") == {"driver": "null-co", "size": 5}
+    assert visit_command_arguments(
+        "blockdev-add", '{"driver": "null-co", "size": 5}', "driver"
+    ) == {"driver": "null-co", "size": 5}
 
 
 def test_scan_abbreviations_and_forms() -> None:
     scanned = scan_argv(["--b", "x", "--object=y", "--pidfile", "p", "--mon", "m"])
     assert [(o.name, o.arg, o.location) for o in scanned.options] == [
-        ("blockdev", "x", "--b x"), ("object", "y", "--object=y"), ("monitor", "m", "--mon m")]
+        ("blockdev", "x", "--b x"),
+        ("object", "y", "--object=y"),
+        ("monitor", "m", "--mon m"),
+    ]
     assert scanned.pidfile == "p"
     # the scan stops at -V/--help (QSD answers at once) and reports what came before
     assert scan_argv(["foo", "-V", "--bogus"]).answer == "version"

@@ -26,15 +26,40 @@ _PLAIN = [
     b'{"execute": "x", "arguments": {"big": 18446744073709551615, "bigger": 18446744073709551616}}',
     b'{"execute": "x", "arguments": {"neg": -9223372036854775808, "less": -9223372036854775809}}',
     b'{"a": {}, "b": [], "c": [[{}]]}',
-    b'{}',
+    b"{}",
 ]
 _TRICKY = [
-    b'{"a": 0e5}', b'{"a": -0E+1}', b'{"a": NaN}', b'{"a": Infinity}', b'{"a": -Infinity}',
-    b'{"a": 1, "a": 2}', b"{'execute': 'x'}", b'{"a": "\\u00e9\\n"}', b'{"a": "\xc3\xa9"}',
-    b'{"a": "\xc0\x80"}', b'{"a": "\\ud800"}', b'{"a": 01}', b'{"a": 1.}', b'{"a": .5}',
-    b'{"a": tru}', b'{"a": truex}', b'{"a" 1}', b'{"a": [1,]}', b'{,}', b'}', b']', b'[1, 2]',
-    b'123', b'"str"', b'{"a": "tab\there"}', b'{"a": "\x7f"}', b'\x00', b'\xff',
-    b'{"a": ' + b"[" * 300 + b"]" * 300 + b"}", b"[" * 1100, b'{"k": 1' + b"0" * 30 + b"}",
+    b'{"a": 0e5}',
+    b'{"a": -0E+1}',
+    b'{"a": NaN}',
+    b'{"a": Infinity}',
+    b'{"a": -Infinity}',
+    b'{"a": 1, "a": 2}',
+    b"{'execute': 'x'}",
+    b'{"a": "\\u00e9\\n"}',
+    b'{"a": "\xc3\xa9"}',
+    b'{"a": "\xc0\x80"}',
+    b'{"a": "\\ud800"}',
+    b'{"a": 01}',
+    b'{"a": 1.}',
+    b'{"a": .5}',
+    b'{"a": tru}',
+    b'{"a": truex}',
+    b'{"a" 1}',
+    b'{"a": [1,]}',
+    b"{,}",
+    b"}",
+    b"]",
+    b"[1, 2]",
+    b"123",
+    b'"str"',
+    b'{"a": "tab\there"}',
+    b'{"a": "\x7f"}',
+    b"\x00",
+    b"\xff",
+    b'{"a": ' + b"[" * 300 + b"]" * 300 + b"}",
+    b"[" * 1100,
+    b'{"k": 1' + b"0" * 30 + b"}",
 ]
 _WS = [b"", b" ", b"\n", b"\r\n", b"\t", b"  \n"]
 
@@ -87,8 +112,15 @@ def test_fast_path_takes_plain_commands_and_declines_the_rest() -> None:
     line = _PLAIN[0] + b"\n"
     values, used = fast_messages(line * 3)
     assert used == len(line) * 3 and values == [json.loads(_PLAIN[0])] * 3
-    for tricky in (b'{"a": 0e5}', b'{"a": NaN}', b'{"a": 1, "a": 2}', b"{'a': 1}", b'{"a": "\\n"}',
-                   b'{"a": "\xc3\xa9"}', b'{"a": 1'):
+    for tricky in (
+        b'{"a": 0e5}',
+        b'{"a": NaN}',
+        b'{"a": 1, "a": 2}',
+        b"{'a': 1}",
+        b'{"a": "\\n"}',
+        b'{"a": "\xc3\xa9"}',
+        b'{"a": 1',
+    ):
         assert fast_messages(tricky) == ([], 0), tricky
     # a plain command, then one the fast path declines: it stops in front of it
     values, used = fast_messages(line + b'{"a": NaN}')

@@ -79,7 +79,7 @@ def test_clients_are_independent(server: ServerThread) -> None:
     quitter.sendall(b'{"execute": "qmp_capabilities"}{"execute": "query-ver')
     other = raw_client(server.path)
     read_line(other)
-    quitter.close()                                  # gone in the middle of a message
+    quitter.close()  # gone in the middle of a message
     other.sendall(b'{"execute": "qmp_capabilities"}')
     assert read_line(other) == b'{"return": {}}\r\n'
     other.sendall(b'{"execute": "query-commands", "id": "x"}')

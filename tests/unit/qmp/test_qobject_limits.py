@@ -7,8 +7,7 @@ import sys
 import pytest
 
 from txgraph.qobject import decoder
-from txgraph.qobject.decoder import (MAX_NESTING, JSONParseError, JSONStreamDecoder,
-                                     parse_json_text)
+from txgraph.qobject.decoder import MAX_NESTING, JSONParseError, JSONStreamDecoder, parse_json_text
 from txgraph.qobject.encoder import encode
 from txgraph.qobject.lexer import MAX_TOKEN_SIZE, JSONLexer, Tok
 
@@ -22,8 +21,7 @@ def tokens(data: bytes) -> list[tuple[Tok, bytes]]:
 
 def test_zero_takes_no_exponent() -> None:
     assert tokens(b"0e5 ") == [(Tok.INTEGER, b"0"), (Tok.KEYWORD, b"e"), (Tok.INTEGER, b"5")]
-    assert tokens(b"-0e-1 ") == [(Tok.INTEGER, b"-0"), (Tok.KEYWORD, b"e"),
-                                 (Tok.INTEGER, b"-1")]
+    assert tokens(b"-0e-1 ") == [(Tok.INTEGER, b"-0"), (Tok.KEYWORD, b"e"), (Tok.INTEGER, b"-1")]
     # 'E' is no token start: an error, and recovery skips the '1' after it
     assert tokens(b"0E1 ") == [(Tok.INTEGER, b"0"), (Tok.ERROR, b"E")]
     assert tokens(b"0.5e3 1e+2 ") == [(Tok.FLOAT, b"0.5e3"), (Tok.FLOAT, b"1e+2")]
@@ -39,7 +37,7 @@ def test_recovery_resyncs_on_every_structural_character() -> None:
 
 def test_nesting_limit_is_1024_and_deep_values_do_not_recurse() -> None:
     old_limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(300)      # far below the depth: any recursion would fail
+    sys.setrecursionlimit(300)  # far below the depth: any recursion would fail
     try:
         _nesting_checks()
     finally:
@@ -88,9 +86,11 @@ def test_limits_are_checked_before_the_balance(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(decoder, "MAX_TOKEN_COUNT", 5)
     assert JSONStreamDecoder().feed(b"[1,2]") == [[1, 2]]
     assert JSONStreamDecoder().feed(b"[1,2,3]") == [
-        JSONParseError("JSON token count limit exceeded"), JSONParseError(
-            "JSON parse error, expecting value")]
+        JSONParseError("JSON token count limit exceeded"),
+        JSONParseError("JSON parse error, expecting value"),
+    ]
     monkeypatch.setattr(decoder, "MAX_TOKEN_SIZE", 8)
     assert JSONStreamDecoder().feed(b'["abc"]') == [["abc"]]
     assert JSONStreamDecoder().feed(b'["abcd"]')[0] == JSONParseError(
-        "JSON token size limit exceeded")
+        "JSON token size limit exceeded"
+    )

@@ -26,18 +26,33 @@ import pytest
 from txgraph.ops.objects import object_add
 
 
-def _graph_edges(graph: dict[str, Any]) -> set[tuple[str, str, str, tuple[str, ...], tuple[str, ...]]]:
+def _graph_edges(
+    graph: dict[str, Any],
+) -> set[tuple[str, str, str, tuple[str, ...], tuple[str, ...]]]:
     names = {n["id"]: n["name"] for n in graph["nodes"]}
-    return {(names[e["parent"]], e["name"], names[e["child"]], tuple(sorted(e["perm"])),
-             tuple(sorted(e["shared-perm"]))) for e in graph["edges"]}
+    return {
+        (
+            names[e["parent"]],
+            e["name"],
+            names[e["child"]],
+            tuple(sorted(e["perm"])),
+            tuple(sorted(e["shared-perm"])),
+        )
+        for e in graph["edges"]
+    }
 
 
 DBG = {"driver": "blkdebug", "node-name": "dbg", "take-child-perms": ["write"]}
 
 
 @pytest.mark.qsd
-def test_insert_succeeds_where_qemus_two_steps_conflict(qmp, qsd, chain: Path, fnode,  # type: ignore[no-untyped-def]
-                                                        stand_in_drivers) -> None:
+def test_insert_succeeds_where_qemus_two_steps_conflict(
+    qmp,
+    qsd,
+    chain: Path,
+    fnode,  # type: ignore[no-untyped-def]
+    stand_in_drivers,
+) -> None:
     # Two processes: each gets its own image (image locks would conflict otherwise).
     top = {"driver": "qcow2", "node-name": "top", "file": "tf"}
     for args in (fnode(chain / "ovl2.qcow2", "tf"), top):
@@ -46,32 +61,40 @@ def test_insert_succeeds_where_qemus_two_steps_conflict(qmp, qsd, chain: Path, f
         qmp.ok("blockdev-add", args)
     # QEMU's first step already fails: the parentless filter conflicts with top.
     step1 = qsd.execute("blockdev-add", {**DBG, "image": "tf"})
-    expected = ("Permission conflict on node 'tf': permissions 'write' are both required by "
-                "node 'dbg' (uses node 'tf' as 'image' child) and unshared by node 'top' "
-                "(uses node 'tf' as 'file' child).")
+    expected = (
+        "Permission conflict on node 'tf': permissions 'write' are both required by "
+        "node 'dbg' (uses node 'tf' as 'image' child) and unshared by node 'top' "
+        "(uses node 'tf' as 'file' child)."
+    )
     assert step1["error"]["desc"] == expected
     qmp.fails("blockdev-add", {**DBG, "image": "tf"}, expected)
 
     # txgraph: one transaction, checked once on the final graph.
     qmp.ok("x-txgraph-insert-filter", {"node": "tf", "filter": DBG})
     mine = _graph_edges(qmp.ok("x-debug-query-block-graph"))
-    assert {(p, n, c) for p, n, c, _perm, _sh in mine} == {("top", "file", "dbg"),
-                                                           ("dbg", "image", "tf")}
+    assert {(p, n, c) for p, n, c, _perm, _sh in mine} == {
+        ("top", "file", "dbg"),
+        ("dbg", "image", "tf"),
+    }
     assert qmp.session.runtime.node("top").children["file"].node_name == "dbg"
 
     # The same final graph, built bottom-up on QSD, has the same edge permissions.
     assert qsd.execute("blockdev-del", {"node-name": "top"}) == {"return": {}}
     assert qsd.execute("blockdev-add", {**DBG, "image": "tf"}) == {"return": {}}
-    assert qsd.execute("blockdev-add", {"driver": "qcow2", "node-name": "top", "file": "dbg"}) \
-        == {"return": {}}
+    assert qsd.execute("blockdev-add", {"driver": "qcow2", "node-name": "top", "file": "dbg"}) == {
+        "return": {}
+    }
     theirs = _graph_edges(qsd.execute("x-debug-query-block-graph")["return"])
     assert mine == theirs
 
 
 def _throttled(qmp, chain: Path, fnode) -> None:  # type: ignore[no-untyped-def]
-    object_add(qmp.session, {"qom-type": "throttle-group", "id": "tg", "limits": {"iops-total": 1000}})
-    qmp.ok("blockdev-add", {"driver": "qcow2", "node-name": "top",
-                            "file": fnode(chain / "top.qcow2")})
+    object_add(
+        qmp.session, {"qom-type": "throttle-group", "id": "tg", "limits": {"iops-total": 1000}}
+    )
+    qmp.ok(
+        "blockdev-add", {"driver": "qcow2", "node-name": "top", "file": fnode(chain / "top.qcow2")}
+    )
     qmp.ok("blockdev-add", {"driver": "raw", "node-name": "r1", "file": "top"})
     qmp.ok("blockdev-add", {"driver": "raw", "node-name": "r2", "file": "top", "read-only": True})
 
@@ -106,29 +129,51 @@ def test_insert_above_all_parents_then_remove(qmp, chain: Path, fnode) -> None: 
 
 def test_insert_for_chosen_edges_only(qmp, chain: Path, fnode) -> None:  # type: ignore[no-untyped-def]
     _throttled(qmp, chain, fnode)
-    qmp.ok("x-txgraph-insert-filter", {"node": "top", "filter": THR,
-                                       "edges": [{"parent": "r2", "child-name": "file"}]})
+    qmp.ok(
+        "x-txgraph-insert-filter",
+        {"node": "top", "filter": THR, "edges": [{"parent": "r2", "child-name": "file"}]},
+    )
     assert {("r1", "file", "top"), ("r2", "file", "thr"), ("thr", "file", "top")} <= qmp.edges()
 
 
 def test_insert_and_remove_errors(qmp, chain: Path, fnode) -> None:  # type: ignore[no-untyped-def]
     _throttled(qmp, chain, fnode)
-    qmp.fails("x-txgraph-insert-filter", {"node": "top", "filter": {"driver": "raw", "node-name": "x"}},
-              "Driver 'raw' is not a filter")
-    qmp.fails("x-txgraph-insert-filter", {"node": "top", "filter": {**THR, "file": "r1"}},
-              "The filter's 'file' child must be 'top'")
-    qmp.fails("x-txgraph-insert-filter", {"node": "nosuch", "filter": THR},
-              "Cannot find device='' nor node-name='nosuch'")
-    qmp.fails("x-txgraph-insert-filter", {"node": "top", "filter": {**THR, "throttle-group": "zz"}},
-              "Throttle group 'zz' does not exist")
-    qmp.fails("x-txgraph-insert-filter", {"node": "top", "filter": {**THR, "node-name": "r1"}},
-              "Duplicate nodes with node-name='r1'")
+    qmp.fails(
+        "x-txgraph-insert-filter",
+        {"node": "top", "filter": {"driver": "raw", "node-name": "x"}},
+        "Driver 'raw' is not a filter",
+    )
+    qmp.fails(
+        "x-txgraph-insert-filter",
+        {"node": "top", "filter": {**THR, "file": "r1"}},
+        "The filter's 'file' child must be 'top'",
+    )
+    qmp.fails(
+        "x-txgraph-insert-filter",
+        {"node": "nosuch", "filter": THR},
+        "Cannot find device='' nor node-name='nosuch'",
+    )
+    qmp.fails(
+        "x-txgraph-insert-filter",
+        {"node": "top", "filter": {**THR, "throttle-group": "zz"}},
+        "Throttle group 'zz' does not exist",
+    )
+    qmp.fails(
+        "x-txgraph-insert-filter",
+        {"node": "top", "filter": {**THR, "node-name": "r1"}},
+        "Duplicate nodes with node-name='r1'",
+    )
     tf = qmp.session.graph.file_child("top")
-    qmp.fails("x-txgraph-insert-filter",
-              {"node": "top", "filter": THR, "edges": [{"parent": "top", "child-name": "file"}]},
-              f"Edge 'file' of 'top' points to '{tf}', not to 'top'")
+    qmp.fails(
+        "x-txgraph-insert-filter",
+        {"node": "top", "filter": THR, "edges": [{"parent": "top", "child-name": "file"}]},
+        f"Edge 'file' of 'top' points to '{tf}', not to 'top'",
+    )
     qmp.fails("x-txgraph-insert-filter", {"node": "top"}, "Parameter 'filter' is missing")
-    qmp.fails("x-txgraph-insert-filter", {"node": "top", "filter": {"node-name": "t"}},
-              "Parameter 'filter.driver' is missing")
+    qmp.fails(
+        "x-txgraph-insert-filter",
+        {"node": "top", "filter": {"node-name": "t"}},
+        "Parameter 'filter.driver' is missing",
+    )
     qmp.fails("x-txgraph-remove-filter", {"node": "top"}, "Node 'top' is not a filter")
     qmp.fails("x-txgraph-remove-filter", {"node": "zz"}, "Failed to find node with node-name='zz'")

@@ -22,9 +22,16 @@ def _add(args: dict[str, object]) -> dict[str, object]:
 
 
 def test_picture_shows_nodes_edges_perms_and_how_nodes_came_to_be() -> None:
-    engine = _engine(_add({"driver": "raw", "node-name": "top",
-                           "file": {"driver": "null-co", "node-name": "inline0"}}),
-                     _add({"driver": "null-co", "node-name": "ro0", "read-only": True}))
+    engine = _engine(
+        _add(
+            {
+                "driver": "raw",
+                "node-name": "top",
+                "file": {"driver": "null-co", "node-name": "inline0"},
+            }
+        ),
+        _add({"driver": "null-co", "node-name": "ro0", "read-only": True}),
+    )
     pic = picture_of(engine.context.session.graph)
     assert set(pic.nodes) == {"top", "inline0", "ro0"}
     assert pic.nodes["inline0"].implicit_open and not pic.nodes["top"].implicit_open
@@ -42,8 +49,10 @@ def test_picture_shows_nodes_edges_perms_and_how_nodes_came_to_be() -> None:
 def test_frozen_links_and_hostile_filenames_are_drawn_safely(tmp_path: Path) -> None:
     image = tmp_path / 'a<b>&"c.img'
     image.write_bytes(bytes(1 << 20))
-    engine = _engine(_add({"driver": "file", "node-name": "n0", "filename": str(image)}),
-                     _add({"driver": "raw", "node-name": "r0", "file": "n0"}))
+    engine = _engine(
+        _add({"driver": "file", "node-name": "n0", "filename": str(image)}),
+        _add({"driver": "raw", "node-name": "r0", "file": "n0"}),
+    )
     graph = engine.context.session.graph
     found = graph.child_edge("r0", "file")
     assert found is not None
@@ -63,10 +72,20 @@ def test_step_changes_are_coloured_on_the_right_side() -> None:
     session = engine.context.session
     recorder = StepRecorder()
     recorder(0, "before", session.graph)
-    reply = engine.execute({"execute": "x-txgraph-transaction", "arguments": {"actions": [
-        {"type": "x-txgraph-blockdev-add",
-         "data": {"driver": "null-co", "node-name": "new"}},
-        {"type": "x-txgraph-blockdev-del", "data": {"node-name": "disk"}}]}})
+    reply = engine.execute(
+        {
+            "execute": "x-txgraph-transaction",
+            "arguments": {
+                "actions": [
+                    {
+                        "type": "x-txgraph-blockdev-add",
+                        "data": {"driver": "null-co", "node-name": "new"},
+                    },
+                    {"type": "x-txgraph-blockdev-del", "data": {"node-name": "disk"}},
+                ]
+            },
+        }
+    )
     assert "return" in reply, reply
     recorder(0, "after", session.graph)
     shot = recorder.steps[0]
@@ -83,8 +102,12 @@ def test_a_changed_node_is_orange() -> None:
     engine = _engine(_add({"driver": "null-co", "node-name": "n0"}))
     session = engine.context.session
     before = picture_of(session.graph)
-    reply = engine.execute({"execute": "blockdev-reopen", "arguments": {"options": [
-        {"driver": "null-co", "node-name": "n0", "read-only": True}]}})
+    reply = engine.execute(
+        {
+            "execute": "blockdev-reopen",
+            "arguments": {"options": [{"driver": "null-co", "node-name": "n0", "read-only": True}]},
+        }
+    )
     assert "return" in reply, reply
     after = picture_of(session.graph)
     delta = changes(before, after)

@@ -25,25 +25,46 @@ from cryptography.hazmat.primitives.ciphers import BlockCipherAlgorithm, Cipher,
 
 from txgraph.errors import OpenError
 
-__all__ = ["SECTOR_SIZE", "SectorCipher", "UnsupportedCipher", "cipher_key_len", "essiv_alg",
-           "aes256_cbc_decrypt", "hash_digest_len", "HASHES"]
+__all__ = [
+    "SECTOR_SIZE",
+    "SectorCipher",
+    "UnsupportedCipher",
+    "cipher_key_len",
+    "essiv_alg",
+    "aes256_cbc_decrypt",
+    "hash_digest_len",
+    "HASHES",
+]
 
 #: QCRYPTO_BLOCK_LUKS_SECTOR_SIZE / QCRYPTO_BLOCK_QCOW_SECTOR_SIZE
 SECTOR_SIZE = 512
 
 #: QCryptoCipherAlgorithm -> (family, key bytes)
 _ALGS: dict[str, tuple[str, int]] = {
-    "aes-128": ("aes", 16), "aes-192": ("aes", 24), "aes-256": ("aes", 32),
-    "cast5-128": ("cast5", 16), "des": ("des", 8), "3des": ("3des", 24),
-    "serpent-128": ("serpent", 16), "serpent-192": ("serpent", 24),
+    "aes-128": ("aes", 16),
+    "aes-192": ("aes", 24),
+    "aes-256": ("aes", 32),
+    "cast5-128": ("cast5", 16),
+    "des": ("des", 8),
+    "3des": ("3des", 24),
+    "serpent-128": ("serpent", 16),
+    "serpent-192": ("serpent", 24),
     "serpent-256": ("serpent", 32),
-    "twofish-128": ("twofish", 16), "twofish-192": ("twofish", 24),
+    "twofish-128": ("twofish", 16),
+    "twofish-192": ("twofish", 24),
     "twofish-256": ("twofish", 32),
 }
 
 #: QCryptoHashAlgorithm -> digest length (``qcrypto_hash_digest_len``)
-HASHES: dict[str, int] = {"md5": 16, "sha1": 20, "sha224": 28, "sha256": 32, "sha384": 48,
-                          "sha512": 64, "ripemd160": 20}
+HASHES: dict[str, int] = {
+    "md5": 16,
+    "sha1": 20,
+    "sha224": 28,
+    "sha256": 32,
+    "sha384": 48,
+    "sha512": 64,
+    "ripemd160": 20,
+}
 
 
 class UnsupportedCipher(OpenError):
@@ -65,16 +86,20 @@ def _block_cipher(alg: str, key: bytes) -> BlockCipherAlgorithm:
         return algorithms.AES(key)
     name = {"cast5": "CAST5", "3des": "TripleDES"}.get(family)
     # Newer cryptography releases moved the old ciphers to the "decrepit" package.
-    for module in ("cryptography.hazmat.decrepit.ciphers.algorithms",
-                   "cryptography.hazmat.primitives.ciphers.algorithms"):
+    for module in (
+        "cryptography.hazmat.decrepit.ciphers.algorithms",
+        "cryptography.hazmat.primitives.ciphers.algorithms",
+    ):
         try:
             cls = getattr(importlib.import_module(module), name or "", None)
         except ImportError:
             continue
         if cls is not None:
             return cast(BlockCipherAlgorithm, cls(key))
-    raise UnsupportedCipher(f"Cipher algorithm '{alg}' is not available in txgraph "
-                            "(the cryptography package has no implementation)")
+    raise UnsupportedCipher(
+        f"Cipher algorithm '{alg}' is not available in txgraph "
+        "(the cryptography package has no implementation)"
+    )
 
 
 def _block_size(alg: str) -> int:
@@ -98,17 +123,17 @@ class SectorCipher:
         self._xts_manual: tuple[Any, Any] | None = None
         if mode == "xts":
             if _ALGS[alg][0] != "aes":
-                raise UnsupportedCipher(f"Cipher mode xts with '{alg}' is not available in "
-                                        "txgraph")
+                raise UnsupportedCipher(f"Cipher mode xts with '{alg}' is not available in txgraph")
             half = len(key) // 2
             if len(key) in (32, 64) and key[:half] != key[half:]:
                 # Both XTS halves in one key: the AES primitive takes 32 or 64 bytes for XTS.
-                self._algo: Callable[[], BlockCipherAlgorithm] = \
-                    lambda: algorithms.AES(key)
+                self._algo: Callable[[], BlockCipherAlgorithm] = lambda: algorithms.AES(key)
             else:
                 # AES-192-XTS, or equal halves: the library refuses both, QEMU's nettle does not.
-                self._xts_manual = (Cipher(algorithms.AES(key[:half]), modes.ECB()),
-                                    Cipher(algorithms.AES(key[half:]), modes.ECB()))
+                self._xts_manual = (
+                    Cipher(algorithms.AES(key[:half]), modes.ECB()),
+                    Cipher(algorithms.AES(key[half:]), modes.ECB()),
+                )
                 self._algo = lambda: algorithms.AES(key[:half])
         else:
             _block_cipher(alg, key)  # refuses unavailable families at open, not at I/O
@@ -126,7 +151,7 @@ class SectorCipher:
             raw = struct.pack("<I", sector & 0xFFFFFFFF)
         else:
             raw = struct.pack("<Q", sector & 0xFFFFFFFFFFFFFFFF)
-        raw = (raw + bytes(self.niv))[:self.niv]
+        raw = (raw + bytes(self.niv))[: self.niv]
         if self._essiv is not None:
             enc = self._essiv.encryptor()
             raw = enc.update(raw) + enc.finalize()
@@ -149,14 +174,17 @@ class SectorCipher:
         view = memoryview(data)
         if self._xts_manual is not None:
             for i in range(0, len(data), SECTOR_SIZE):
-                out[i:i + SECTOR_SIZE] = _xts_sector(
-                    *self._xts_manual, self._iv(first_sector + i // SECTOR_SIZE),
-                    bytes(view[i:i + SECTOR_SIZE]), encrypt)
+                out[i : i + SECTOR_SIZE] = _xts_sector(
+                    *self._xts_manual,
+                    self._iv(first_sector + i // SECTOR_SIZE),
+                    bytes(view[i : i + SECTOR_SIZE]),
+                    encrypt,
+                )
             return bytes(out)
         for i in range(0, len(data), SECTOR_SIZE):
             c: Any = Cipher(self._algo(), self._mode(first_sector + i // SECTOR_SIZE))
             ctx = c.encryptor() if encrypt else c.decryptor()
-            out[i:i + SECTOR_SIZE] = ctx.update(view[i:i + SECTOR_SIZE]) + ctx.finalize()
+            out[i : i + SECTOR_SIZE] = ctx.update(view[i : i + SECTOR_SIZE]) + ctx.finalize()
         return bytes(out)
 
     def decrypt(self, first_sector: int, data: bytes) -> bytes:

@@ -33,8 +33,8 @@ __all__ = ["LuksVolume", "open_luks", "LUKS_MAGIC", "HEADER_SIZE", "af_merge"]
 
 LUKS_MAGIC = b"LUKS\xba\xbe"
 HEADER_SIZE = 592
-_HEAD = struct.Struct(">6sH32s32s32sII20s32sI40s")   # 208 bytes
-_SLOT = struct.Struct(">II32sII")                      # 48 bytes
+_HEAD = struct.Struct(">6sH32s32s32sII20s32sI40s")  # 208 bytes
+_SLOT = struct.Struct(">II32sII")  # 48 bytes
 _SLOT_ENABLED = 0x00AC71F3
 _SLOT_DISABLED = 0x0000DEAD
 _NUM_SLOTS = 8
@@ -102,8 +102,8 @@ def af_merge(hash_alg: str, key_len: int, stripes: int, material: bytes) -> byte
     """``qcrypto_afsplit_decode``: XOR-and-diffuse the stripes back into one key."""
     block = bytes(key_len)
     for i in range(stripes - 1):
-        block = _diffuse(hash_alg, _xor(block, material[i * key_len:(i + 1) * key_len]))
-    return _xor(block, material[(stripes - 1) * key_len:stripes * key_len])
+        block = _diffuse(hash_alg, _xor(block, material[i * key_len : (i + 1) * key_len]))
+    return _xor(block, material[(stripes - 1) * key_len : stripes * key_len])
 
 
 def _xor(a: bytes, b: bytes) -> bytes:
@@ -115,20 +115,20 @@ def _diffuse(hash_alg: str, block: bytes) -> bytes:
     dlen = HASHES[hash_alg]
     out = bytearray()
     for i in range(-(-len(block) // dlen)):
-        piece = block[i * dlen:(i + 1) * dlen]
-        out += hashlib.new(hash_alg, struct.pack(">I", i) + piece).digest()[:len(piece)]
+        piece = block[i * dlen : (i + 1) * dlen]
+        out += hashlib.new(hash_alg, struct.pack(">I", i) + piece).digest()[: len(piece)]
     return bytes(out)
 
 
 def _pbkdf2(hash_alg: str, secret: bytes, salt: bytes, iterations: int, length: int) -> bytes:
     if iterations > MAX_ITERATIONS:
-        raise OpenError(f"LUKS PBKDF2 iteration count {iterations} exceeds txgraph's limit "
-                        f"of {MAX_ITERATIONS}")
+        raise OpenError(
+            f"LUKS PBKDF2 iteration count {iterations} exceeds txgraph's limit of {MAX_ITERATIONS}"
+        )
     try:
         return hashlib.pbkdf2_hmac(hash_alg, secret, salt, max(iterations, 1), length)
     except ValueError:  # ripemd160 absent from this OpenSSL build
-        raise UnsupportedCipher(f"Hash algorithm {hash_alg} is not available in txgraph") \
-            from None
+        raise UnsupportedCipher(f"Hash algorithm {hash_alg} is not available in txgraph") from None
 
 
 def open_luks(read: Reader, secret: SecretRef | None, prefix: str = "") -> LuksVolume:
@@ -137,26 +137,62 @@ def open_luks(read: Reader, secret: SecretRef | None, prefix: str = "") -> LuksV
         raise OpenError(f"Parameter '{prefix}key-secret' is required for cipher")
     password = secret.resolve().encode("utf-8").split(b"\0", 1)[0]
     raw = read(0, HEADER_SIZE)
-    fields = _HEAD.unpack(raw[:_HEAD.size])
-    (magic, version, cipher_name, cipher_mode, hash_spec, payload_sector, key_bytes,
-     mk_digest, mk_salt, mk_iters, uuid) = fields
-    slots = [_Slot(*_SLOT.unpack_from(raw, _HEAD.size + i * _SLOT.size))
-             for i in range(_NUM_SLOTS)]
-    _check_header(magic, version, (cipher_name, cipher_mode, hash_spec), key_bytes,
-                  payload_sector, mk_iters, slots)
-    alg, mode, ivgen, ivhash, hash_alg = _parse_spec(_cstr(cipher_name), _cstr(cipher_mode),
-                                                      _cstr(hash_spec), key_bytes)
-    master = _find_key(read, password, slots, alg, mode, ivgen, ivhash, hash_alg, key_bytes,
-                       mk_digest, mk_salt, mk_iters)
+    fields = _HEAD.unpack(raw[: _HEAD.size])
+    (
+        magic,
+        version,
+        cipher_name,
+        cipher_mode,
+        hash_spec,
+        payload_sector,
+        key_bytes,
+        mk_digest,
+        mk_salt,
+        mk_iters,
+        uuid,
+    ) = fields
+    slots = [_Slot(*_SLOT.unpack_from(raw, _HEAD.size + i * _SLOT.size)) for i in range(_NUM_SLOTS)]
+    _check_header(
+        magic,
+        version,
+        (cipher_name, cipher_mode, hash_spec),
+        key_bytes,
+        payload_sector,
+        mk_iters,
+        slots,
+    )
+    alg, mode, ivgen, ivhash, hash_alg = _parse_spec(
+        _cstr(cipher_name), _cstr(cipher_mode), _cstr(hash_spec), key_bytes
+    )
+    master = _find_key(
+        read,
+        password,
+        slots,
+        alg,
+        mode,
+        ivgen,
+        ivhash,
+        hash_alg,
+        key_bytes,
+        mk_digest,
+        mk_salt,
+        mk_iters,
+    )
     info: dict[str, Any] = {
-        "cipher-alg": alg, "cipher-mode": mode, "ivgen-alg": ivgen, "hash-alg": hash_alg,
-        "payload-offset": payload_sector * SECTOR_SIZE, "master-key-iters": mk_iters,
-        "uuid": _cstr(uuid), "slots": [_slot_info(s) for s in slots],
+        "cipher-alg": alg,
+        "cipher-mode": mode,
+        "ivgen-alg": ivgen,
+        "hash-alg": hash_alg,
+        "payload-offset": payload_sector * SECTOR_SIZE,
+        "master-key-iters": mk_iters,
+        "uuid": _cstr(uuid),
+        "slots": [_slot_info(s) for s in slots],
     }
     if ivgen == "essiv":
         info["ivgen-hash-alg"] = ivhash
-    return LuksVolume(SectorCipher(alg, mode, ivgen, ivhash, master),
-                      payload_sector * SECTOR_SIZE, info)
+    return LuksVolume(
+        SectorCipher(alg, mode, ivgen, ivhash, master), payload_sector * SECTOR_SIZE, info
+    )
 
 
 def _slot_info(slot: _Slot) -> dict[str, Any]:
@@ -168,9 +204,15 @@ def _slot_info(slot: _Slot) -> dict[str, Any]:
     return out
 
 
-def _check_header(magic: bytes, version: int, names: tuple[bytes, bytes, bytes],
-                  key_bytes: int, payload_sector: int, mk_iters: int,
-                  slots: list[_Slot]) -> None:
+def _check_header(
+    magic: bytes,
+    version: int,
+    names: tuple[bytes, bytes, bytes],
+    key_bytes: int,
+    payload_sector: int,
+    mk_iters: int,
+    slots: list[_Slot],
+) -> None:
     """``qcrypto_block_luks_check_header`` (QEMU 7.2's checks, in its order)."""
     if magic != LUKS_MAGIC:
         raise OpenError("Volume is not in LUKS format")
@@ -207,8 +249,9 @@ def _i32(v: int) -> int:
     return v - (1 << 32) if v & 0x80000000 else v
 
 
-def _parse_spec(cipher_name: str, cipher_mode: str, hash_spec: str,
-                key_bytes: int) -> tuple[str, str, str, str | None, str]:
+def _parse_spec(
+    cipher_name: str, cipher_mode: str, hash_spec: str, key_bytes: int
+) -> tuple[str, str, str, str | None, str]:
     """``qcrypto_block_luks_parse_header``: ``<mode>-<ivgen>[:<ivhash>]`` and the names."""
     mode_name, dash, ivgen_name = cipher_mode.partition("-")
     if not dash:
@@ -230,9 +273,20 @@ def _parse_spec(cipher_name: str, cipher_mode: str, hash_spec: str,
     return alg, mode, ivgen, ivhash, hash_alg
 
 
-def _find_key(read: Reader, password: bytes, slots: list[_Slot], alg: str, mode: str,
-              ivgen: str, ivhash: str | None, hash_alg: str, key_bytes: int,
-              mk_digest: bytes, mk_salt: bytes, mk_iters: int) -> bytes:
+def _find_key(
+    read: Reader,
+    password: bytes,
+    slots: list[_Slot],
+    alg: str,
+    mode: str,
+    ivgen: str,
+    ivhash: str | None,
+    hash_alg: str,
+    key_bytes: int,
+    mk_digest: bytes,
+    mk_salt: bytes,
+    mk_iters: int,
+) -> bytes:
     """``qcrypto_block_luks_find_key``: the first enabled slot the password opens."""
     for slot in slots:
         if slot.active != _SLOT_ENABLED:

@@ -35,8 +35,15 @@ class EncryptedView(DriverNode):
 
     driver_name = "x-txgraph-encrypted-view"
 
-    def __init__(self, child: DriverNode, cipher: SectorCipher, shift: int,
-                 options: Mapping[str, Any] | None = None, *, bias: int = 0) -> None:
+    def __init__(
+        self,
+        child: DriverNode,
+        cipher: SectorCipher,
+        shift: int,
+        options: Mapping[str, Any] | None = None,
+        *,
+        bias: int = 0,
+    ) -> None:
         # Never read-only itself: the child's own layer refuses writes it may not take.
         super().__init__(f"{child.node_name}.crypt", options or {}, {"file": child}, False)
         self.cipher = cipher
@@ -61,7 +68,7 @@ class EncryptedView(DriverNode):
         start, end = self._span(offset, length)
         raw = self.child.read(start + self.shift, end - start)
         plain = self.cipher.decrypt((start + self.bias) // SECTOR_SIZE, raw)
-        return plain[offset - start:offset - start + length]
+        return plain[offset - start : offset - start + length]
 
     def readinto(self, offset: int, out: memoryview) -> None:
         out[:] = self.read(offset, len(out))
@@ -76,10 +83,11 @@ class EncryptedView(DriverNode):
                 plain = bytes(data)
             else:
                 buf = bytearray(self.read(start, end - start))
-                buf[offset - start:offset - start + length] = data
+                buf[offset - start : offset - start + length] = data
                 plain = bytes(buf)
-            self.child.write(start + self.shift,
-                             self.cipher.encrypt((start + self.bias) // SECTOR_SIZE, plain))
+            self.child.write(
+                start + self.shift, self.cipher.encrypt((start + self.bias) // SECTOR_SIZE, plain)
+            )
 
     def write_zeroes(self, offset: int, length: int, *, may_unmap: bool = False) -> None:
         # Encrypted zeros are not zeros on disk: always written as data.

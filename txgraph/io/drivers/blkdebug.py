@@ -38,16 +38,58 @@ from txgraph.io.registry import register
 
 __all__ = ["BlkdebugNode", "Rule", "parse_config", "EVENTS", "IOTYPES"]
 
-EVENTS = frozenset("""l1_update l1_grow_alloc_table l1_grow_write_table l1_grow_activate_table
-l2_load l2_update l2_update_compressed l2_alloc_cow_read l2_alloc_write read_aio
-read_backing_aio read_compressed write_aio write_compressed vmstate_load vmstate_save cow_read
-cow_write reftable_load reftable_grow reftable_update refblock_load refblock_update
-refblock_update_part refblock_alloc refblock_alloc_hookup refblock_alloc_write
-refblock_alloc_write_blocks refblock_alloc_write_table refblock_alloc_switch_table cluster_alloc
-cluster_alloc_bytes cluster_free flush_to_os flush_to_disk pwritev_rmw_head
-pwritev_rmw_after_head pwritev_rmw_tail pwritev_rmw_after_tail pwritev pwritev_zero pwritev_done
-empty_image_prepare l1_shrink_write_table l1_shrink_free_l2_clusters cor_write
-cluster_alloc_space none""".split())
+EVENTS = frozenset(
+    [
+        "l1_update",
+        "l1_grow_alloc_table",
+        "l1_grow_write_table",
+        "l1_grow_activate_table",
+        "l2_load",
+        "l2_update",
+        "l2_update_compressed",
+        "l2_alloc_cow_read",
+        "l2_alloc_write",
+        "read_aio",
+        "read_backing_aio",
+        "read_compressed",
+        "write_aio",
+        "write_compressed",
+        "vmstate_load",
+        "vmstate_save",
+        "cow_read",
+        "cow_write",
+        "reftable_load",
+        "reftable_grow",
+        "reftable_update",
+        "refblock_load",
+        "refblock_update",
+        "refblock_update_part",
+        "refblock_alloc",
+        "refblock_alloc_hookup",
+        "refblock_alloc_write",
+        "refblock_alloc_write_blocks",
+        "refblock_alloc_write_table",
+        "refblock_alloc_switch_table",
+        "cluster_alloc",
+        "cluster_alloc_bytes",
+        "cluster_free",
+        "flush_to_os",
+        "flush_to_disk",
+        "pwritev_rmw_head",
+        "pwritev_rmw_after_head",
+        "pwritev_rmw_tail",
+        "pwritev_rmw_after_tail",
+        "pwritev",
+        "pwritev_zero",
+        "pwritev_done",
+        "empty_image_prepare",
+        "l1_shrink_write_table",
+        "l1_shrink_free_l2_clusters",
+        "cor_write",
+        "cluster_alloc_space",
+        "none",
+    ]
+)
 IOTYPES = ("read", "write", "write-zeroes", "discard", "flush", "block-status")
 #: Without ``iotype`` a rule covers every request type except block-status.
 _DEFAULT_IOTYPES = frozenset(IOTYPES[:5])
@@ -85,9 +127,15 @@ def _make_rule(kind: str, o: Mapping[str, Any]) -> Rule:
         iot = [iot]
     iotypes = _DEFAULT_IOTYPES if iot is None else frozenset(str(t) for t in iot)
     sector = int(o.get("sector", -1))
-    return Rule(event, state, errno=int(o.get("errno", E.EIO)),
-                offset=sector * 512 if sector >= 0 else -1, once=_truthy(o.get("once", False)),
-                immediately=_truthy(o.get("immediately", False)), iotypes=iotypes)
+    return Rule(
+        event,
+        state,
+        errno=int(o.get("errno", E.EIO)),
+        offset=sector * 512 if sector >= 0 else -1,
+        once=_truthy(o.get("once", False)),
+        immediately=_truthy(o.get("immediately", False)),
+        iotypes=iotypes,
+    )
 
 
 def parse_config(text: str) -> list[Rule]:
@@ -125,7 +173,7 @@ def _list_option(options: Mapping[str, Any], key: str) -> list[Mapping[str, Any]
     prefix = key + "."
     for k, v in options.items():
         if k.startswith(prefix):
-            idx, _, member = k[len(prefix):].partition(".")
+            idx, _, member = k[len(prefix) :].partition(".")
             if idx.isdigit():
                 if member.startswith("iotype."):
                     items.setdefault(int(idx), {}).setdefault("iotype", []).append(v)
@@ -140,8 +188,13 @@ class BlkdebugNode(DriverNode):
 
     driver_name = "blkdebug"
 
-    def __init__(self, node_name: str, options: Mapping[str, Any],
-                 children: Mapping[str, DriverNode], read_only: bool) -> None:
+    def __init__(
+        self,
+        node_name: str,
+        options: Mapping[str, Any],
+        children: Mapping[str, DriverNode],
+        read_only: bool,
+    ) -> None:
         super().__init__(node_name, options, children, read_only)
         rules: list[Rule] = []
         config = options.get("config")
@@ -150,8 +203,9 @@ class BlkdebugNode(DriverNode):
                 with open(host_path(str(config)), encoding="utf-8") as f:
                     rules += parse_config(f.read())
             except OSError as e:
-                raise OpenError(f"Could not read blkdebug config file: "
-                                f"{os.strerror(e.errno or E.EIO)}") from None
+                raise OpenError(
+                    f"Could not read blkdebug config file: {os.strerror(e.errno or E.EIO)}"
+                ) from None
         rules += [_make_rule("inject-error", o) for o in _list_option(options, "inject-error")]
         rules += [_make_rule("set-state", o) for o in _list_option(options, "set-state")]
         if "image" not in self.children:

@@ -38,8 +38,13 @@ _DEFAULT_CLUSTER = 64 * 1024
 class CopyBeforeWriteNode(FilterNode):
     driver_name = "copy-before-write"
 
-    def __init__(self, node_name: str, options: Mapping[str, Any],
-                 children: Mapping[str, DriverNode], read_only: bool) -> None:
+    def __init__(
+        self,
+        node_name: str,
+        options: Mapping[str, Any],
+        children: Mapping[str, DriverNode],
+        read_only: bool,
+    ) -> None:
         super().__init__(node_name, options, children, read_only)
         if "target" not in self.children:
             raise OpenError('A block device must be specified for "target"')
@@ -60,10 +65,10 @@ class CopyBeforeWriteNode(FilterNode):
                 zero, m = reads_as_zero(src, pos, end - pos)
                 m = max(1, min(m, end - pos))
                 if zero:
-                    _on_target(lambda: target.write_zeroes(pos, m, may_unmap=False))
+                    _on_target(target.write_zeroes, pos, m, may_unmap=False)
                 else:
                     data = src.read(pos, m)
-                    _on_target(lambda: target.write(pos, data))
+                    _on_target(target.write, pos, data)
                 pos += m
             copied += n
         return copied
@@ -100,10 +105,10 @@ class CopyBeforeWriteNode(FilterNode):
             self.filtered.discard(offset, length)
 
 
-def _on_target(op: Callable[[], None]) -> None:
+def _on_target(op: Callable[..., None], *args: Any, **kwargs: Any) -> None:
     """A failed target write is the job's *write* error (BLOCK_JOB_ERROR operation)."""
     try:
-        op()
+        op(*args, **kwargs)
     except IOFailure as exc:
         exc.job_read = False  # type: ignore[attr-defined]
         raise

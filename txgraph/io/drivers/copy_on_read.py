@@ -53,8 +53,11 @@ def _cluster_size(node: DriverNode) -> int:
             return size
         if isinstance(cur, FilterNode):
             cur = cur.filtered
-        elif cur.driver_name == "raw" and not getattr(cur, "offset", 0) \
-                and not getattr(cur, "has_size", False):
+        elif (
+            cur.driver_name == "raw"
+            and not getattr(cur, "offset", 0)
+            and not getattr(cur, "has_size", False)
+        ):
             cur = cur.children.get("file")
         else:
             break
@@ -89,9 +92,9 @@ def copy_on_readv(top: DriverNode, offset: int, length: int) -> bytes:
             else:
                 driver_write(top, pos, data)
             if hi > lo:
-                out[lo - offset:hi - offset] = data[lo - pos:hi - pos]
+                out[lo - offset : hi - offset] = data[lo - pos : hi - pos]
         elif hi > lo:
-            out[lo - offset:hi - offset] = top.read(lo, hi - lo)
+            out[lo - offset : hi - offset] = top.read(lo, hi - lo)
         pos += n
     return bytes(out)
 
@@ -102,8 +105,13 @@ class CopyOnReadNode(FilterNode):
 
     driver_name = "copy-on-read"
 
-    def __init__(self, node_name: str, options: Mapping[str, Any],
-                 children: Mapping[str, DriverNode], read_only: bool) -> None:
+    def __init__(
+        self,
+        node_name: str,
+        options: Mapping[str, Any],
+        children: Mapping[str, DriverNode],
+        read_only: bool,
+    ) -> None:
         super().__init__(node_name, options, children, read_only)
         if "file" not in self.children:
             raise OpenError('A block device must be specified for "file"')
@@ -150,4 +158,3 @@ class CopyOnReadNode(FilterNode):
     def discard(self, offset: int, length: int) -> None:
         with self._serial:
             self.children["file"].discard(offset, length)
-

@@ -137,8 +137,13 @@ class FileNode(DriverNode):
 
     driver_name = "file"
 
-    def __init__(self, node_name: str, options: Mapping[str, Any],
-                 children: Mapping[str, DriverNode], read_only: bool) -> None:
+    def __init__(
+        self,
+        node_name: str,
+        options: Mapping[str, Any],
+        children: Mapping[str, DriverNode],
+        read_only: bool,
+    ) -> None:
         super().__init__(node_name, options, children, read_only)
         self.filename = str(options.get("filename", ""))
         if not self.filename:
@@ -176,7 +181,9 @@ class FileNode(DriverNode):
                 # auto-read-only: QEMU silently falls back to a read-only open.
                 self.read_only = True
                 return self._open(False)
-            raise OpenError(f"Could not open '{self.filename}': {os.strerror(e.errno or E.EIO)}") from None
+            raise OpenError(
+                f"Could not open '{self.filename}': {os.strerror(e.errno or E.EIO)}"
+            ) from None
 
     def reopen_prepare(self, options: Mapping[str, Any], read_only: bool) -> None:
         """``raw_reopen_prepare``: a writable reopen must be able to open the file writable.
@@ -188,8 +195,9 @@ class FileNode(DriverNode):
         try:
             os.close(os.open(self._path, os.O_CLOEXEC | os.O_RDWR))
         except OSError as e:
-            raise OpenError(f"Could not open '{self.filename}': "
-                            f"{os.strerror(e.errno or E.EIO)}") from None
+            raise OpenError(
+                f"Could not open '{self.filename}': {os.strerror(e.errno or E.EIO)}"
+            ) from None
 
     def reopen(self, options: Mapping[str, Any], read_only: bool) -> None:
         """``raw_reopen_prepare``: a changed read-only mode needs a new fd (and mapping).
@@ -241,7 +249,7 @@ class FileNode(DriverNode):
         """The mapping, if ``[offset, offset+n)`` can be copied from it without faulting."""
         m = self._map
         if m is None or offset + n > m[1]:
-            if m is None and self._shm or self.fd < 0:
+            if (m is None and self._shm) or self.fd < 0:
                 return None
             live = self._live_length()
             maplen = 0 if m is None else m[1]
@@ -265,7 +273,7 @@ class FileNode(DriverNode):
         n = len(out)
         mm = self._mapped(offset, n)
         if mm is not None:
-            out[:] = memoryview(mm)[offset:offset + n]
+            out[:] = memoryview(mm)[offset : offset + n]
             return
         got = 0
         while got < n:
@@ -283,7 +291,7 @@ class FileNode(DriverNode):
     def read(self, offset: int, length: int) -> bytes:
         mm = self._mapped(offset, length)
         if mm is not None:
-            return mm[offset:offset + length]
+            return mm[offset : offset + length]
         buf = bytearray(length)
         self.readinto(offset, memoryview(buf))
         return bytes(buf)
@@ -299,7 +307,7 @@ class FileNode(DriverNode):
         if offset + n <= self._len:
             mm = self._mapped(offset, n)
             if mm is not None and self._allocated(offset, n):
-                mm[offset:offset + n] = memoryview(data).cast("B")
+                mm[offset : offset + n] = memoryview(data).cast("B")
                 return
             self._pwrite(offset, data)
             return
@@ -347,7 +355,9 @@ class FileNode(DriverNode):
             self._grow(end)
             return
         inside = min(end, self._len) - offset
-        mode = (_FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE) if may_unmap else _FALLOC_FL_ZERO_RANGE
+        mode = (
+            (_FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE) if may_unmap else _FALLOC_FL_ZERO_RANGE
+        )
         if not _falloc(self.fd, mode, offset, inside):
             self.write(offset, bytes(inside))
         if end > self._len:
@@ -411,15 +421,20 @@ class FileNode(DriverNode):
             hole = os.lseek(self.fd, offset, os.SEEK_HOLE)
         except OSError:  # truncated by another process meanwhile: reads as zeros
             return BlockStatus(offset, length, allocated=True, zero=True)
-        return BlockStatus(offset, min(length, hole - offset), allocated=True, zero=False,
-                           host_offset=offset)
+        return BlockStatus(
+            offset, min(length, hole - offset), allocated=True, zero=False, host_offset=offset
+        )
 
     def actual_size(self) -> int:
         return os.fstat(self.fd).st_blocks * 512
 
     def info(self) -> ImageInfo:
-        return ImageInfo(format="file", virtual_size=self.size(), filename=self.filename,
-                         actual_size=self.actual_size())
+        return ImageInfo(
+            format="file",
+            virtual_size=self.size(),
+            filename=self.filename,
+            actual_size=self.actual_size(),
+        )
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -28,8 +28,13 @@ class JobTopFilter(FilterNode):
 
     filtered_child = "backing"
 
-    def __init__(self, node_name: str, options: Mapping[str, Any],
-                 children: Mapping[str, DriverNode], read_only: bool) -> None:
+    def __init__(
+        self,
+        node_name: str,
+        options: Mapping[str, Any],
+        children: Mapping[str, DriverNode],
+        read_only: bool,
+    ) -> None:
         super().__init__(node_name, options, children, read_only)
         self.driver_name = str(options.get("driver", "commit_top"))
 
@@ -38,8 +43,13 @@ class JobTopFilter(FilterNode):
 class MirrorTopNode(JobTopFilter):
     """``bdrv_mirror_top``: writes reach the source, then the job's sink."""
 
-    def __init__(self, node_name: str, options: Mapping[str, Any],
-                 children: Mapping[str, DriverNode], read_only: bool) -> None:
+    def __init__(
+        self,
+        node_name: str,
+        options: Mapping[str, Any],
+        children: Mapping[str, DriverNode],
+        read_only: bool,
+    ) -> None:
         super().__init__(node_name, options, children, read_only)
         self.driver_name = "mirror_top"
         #: set by the job before it starts, cleared when it ends (see txgraph.io.mirror)

@@ -37,8 +37,13 @@ class LuksNode(DriverNode):
 
     driver_name = "luks"
 
-    def __init__(self, node_name: str, options: Mapping[str, Any],
-                 children: Mapping[str, DriverNode], read_only: bool) -> None:
+    def __init__(
+        self,
+        node_name: str,
+        options: Mapping[str, Any],
+        children: Mapping[str, DriverNode],
+        read_only: bool,
+    ) -> None:
         super().__init__(node_name, options, children, read_only)
         if "file" not in self.children:
             raise OpenError('A block device must be specified for "file"')
@@ -76,8 +81,11 @@ class LuksNode(DriverNode):
 
     def info(self) -> ImageInfo:
         file = self.children["file"]
-        return ImageInfo(format="luks", virtual_size=self.size(),
-                         filename=file.info().filename,
-                         actual_size=file.info().actual_size,
-                         format_specific={"type": "luks", "data": dict(self.volume.info)},
-                         extra={"encrypted": True})
+        return ImageInfo(
+            format="luks",
+            virtual_size=self.size(),
+            filename=file.info().filename,
+            actual_size=file.info().actual_size,
+            format_specific={"type": "luks", "data": dict(self.volume.info)},
+            extra={"encrypted": True},
+        )

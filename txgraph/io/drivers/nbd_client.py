@@ -49,14 +49,18 @@ def _resolve(addr: dict[str, Any]) -> list[dict[str, Any]]:
         # An empty path is a zero-filled sun_path for QEMU: the unnamed abstract socket.
         return [addr if addr["path"] else {"type": "unix", "path": "\0"}]
     try:
-        found = socket.getaddrinfo(host_path(addr["host"]), host_path(addr["port"]),
-                                   type=socket.SOCK_STREAM)
+        found = socket.getaddrinfo(
+            host_path(addr["host"]), host_path(addr["port"]), type=socket.SOCK_STREAM
+        )
     except socket.gaierror as err:
-        raise OpenError(f"address resolution failed for {addr['host']}:{addr['port']}: "
-                        f"{err.strerror}") from None
+        raise OpenError(
+            f"address resolution failed for {addr['host']}:{addr['port']}: {err.strerror}"
+        ) from None
     except UnicodeError:
-        raise OpenError(f"address resolution failed for {addr['host']}:{addr['port']}: "
-                        "Name or service not known") from None
+        raise OpenError(
+            f"address resolution failed for {addr['host']}:{addr['port']}: "
+            "Name or service not known"
+        ) from None
     return [{"type": "inet", "host": str(ai[4][0]), "port": str(ai[4][1])} for ai in found]
 
 
@@ -78,26 +82,39 @@ class NbdNode(DriverNode):
 
     driver_name = "nbd"
 
-    def __init__(self, node_name: str, options: Mapping[str, Any],
-                 children: Mapping[str, DriverNode], read_only: bool) -> None:
+    def __init__(
+        self,
+        node_name: str,
+        options: Mapping[str, Any],
+        children: Mapping[str, DriverNode],
+        read_only: bool,
+    ) -> None:
         super().__init__(node_name, options, children, read_only)
         self.addr = _server_address(options)
         self.export = str(options.get("export", ""))
         # Typed before connecting: the inherited default is the string "off".
         auto_read_only = opt_bool(options, "auto-read-only", False)
-        where = (self.addr["path"] if self.addr["type"] == "unix"
-                 else f"{self.addr['host']}:{self.addr['port']}")
+        where = (
+            self.addr["path"]
+            if self.addr["type"] == "unix"
+            else f"{self.addr['host']}:{self.addr['port']}"
+        )
         try:
             self.client = _connect(_resolve(self.addr), self.export)
         except OSError as e:
-            raise OpenError(f"Failed to connect to '{where}': "
-                            f"{os.strerror(e.errno or E.ECONNREFUSED)}") from None
+            raise OpenError(
+                f"Failed to connect to '{where}': {os.strerror(e.errno or E.ECONNREFUSED)}"
+            ) from None
         except NbdError as e:
-            raise OpenError("Requested export not available" if e.errno == E.ENOENT
-                            else f"Could not open image: {e}") from None
+            raise OpenError(
+                "Requested export not available"
+                if e.errno == E.ENOENT
+                else f"Could not open image: {e}"
+            ) from None
         except Disconnected:
-            raise OpenError("Failed to read initial magic: Unexpected end-of-file "
-                            "before all data were read") from None
+            raise OpenError(
+                "Failed to read initial magic: Unexpected end-of-file before all data were read"
+            ) from None
         if self.client.read_only and not read_only:
             if auto_read_only:
                 self.read_only = True
@@ -127,7 +144,7 @@ class NbdNode(DriverNode):
             raise IOFailure("Operation not permitted", E.EPERM)
         view = memoryview(data)
         for o, n in self._chunks(offset, len(data)):
-            self._call(self.client.write, o, bytes(view[o - offset:o - offset + n]))
+            self._call(self.client.write, o, bytes(view[o - offset : o - offset + n]))
 
     def write_zeroes(self, offset: int, length: int, *, may_unmap: bool = False) -> None:
         if self.read_only:
@@ -159,8 +176,12 @@ class NbdNode(DriverNode):
 
     def info(self) -> ImageInfo:
         name = exact_filename(self.options)
-        return ImageInfo(format="nbd", virtual_size=self.size(), filename=name,
-                         extra={"read-only-export": self.client.read_only})
+        return ImageInfo(
+            format="nbd",
+            virtual_size=self.size(),
+            filename=name,
+            extra={"read-only-export": self.client.read_only},
+        )
 
     def close(self) -> None:
         client = getattr(self, "client", None)

@@ -34,8 +34,13 @@ class NullNode(DriverNode):
 
     driver_name = "null-co"
 
-    def __init__(self, node_name: str, options: Mapping[str, Any],
-                 children: Mapping[str, DriverNode], read_only: bool) -> None:
+    def __init__(
+        self,
+        node_name: str,
+        options: Mapping[str, Any],
+        children: Mapping[str, DriverNode],
+        read_only: bool,
+    ) -> None:
         super().__init__(node_name, options, children, read_only)
         self.driver_name = str(options.get("driver", "null-co"))
         # a negative size: QEMU 7.2 aborts (qemu_opt_get_size with &error_abort) after
@@ -71,9 +76,14 @@ class NullNode(DriverNode):
         return (self._size + 511) // 512 * 512
 
     def block_status(self, offset: int, length: int) -> BlockStatus:
-        return BlockStatus(offset, length, allocated=True, zero=self.read_zeroes,
-                           host_offset=offset)
+        return BlockStatus(
+            offset, length, allocated=True, zero=self.read_zeroes, host_offset=offset
+        )
 
     def info(self) -> ImageInfo:
-        return ImageInfo(format=self.driver_name, virtual_size=self.size(),
-                         filename=f"{self.driver_name}://", actual_size=0)
+        return ImageInfo(
+            format=self.driver_name,
+            virtual_size=self.size(),
+            filename=f"{self.driver_name}://",
+            actual_size=0,
+        )

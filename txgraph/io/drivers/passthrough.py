@@ -35,13 +35,19 @@ _COMPRESSING_FORMATS = frozenset({"qcow2", "qcow", "vmdk"})
 class PassthroughFilter(FilterNode):
     """A filter whose requests all go unchanged to ``file``."""
 
-    def __init__(self, node_name: str, options: Mapping[str, Any],
-                 children: Mapping[str, DriverNode], read_only: bool) -> None:
+    def __init__(
+        self,
+        node_name: str,
+        options: Mapping[str, Any],
+        children: Mapping[str, DriverNode],
+        read_only: bool,
+    ) -> None:
         super().__init__(node_name, options, children, read_only)
         self.driver_name = str(options.get("driver", "preallocate"))
         if self.driver_name == "compress" and self.filtered.driver_name not in _COMPRESSING_FORMATS:
-            raise OpenError("Compression is not supported for underlying format: "
-                            f"{self.filtered.driver_name}")
+            raise OpenError(
+                f"Compression is not supported for underlying format: {self.filtered.driver_name}"
+            )
 
 
 @register("blkverify")
@@ -75,5 +81,7 @@ class HostDeviceNode(FileNode):
 
     def _check_type(self, st: os.stat_result) -> None:
         if not (stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode)):
-            raise OpenError(f"'host_device' driver requires '{self.filename}' to be either "
-                            "a character or block device")
+            raise OpenError(
+                f"'host_device' driver requires '{self.filename}' to be either "
+                "a character or block device"
+            )

@@ -51,8 +51,13 @@ class QuorumNode(DriverNode):
 
     driver_name = "quorum"
 
-    def __init__(self, node_name: str, options: Mapping[str, Any],
-                 children: Mapping[str, DriverNode], read_only: bool) -> None:
+    def __init__(
+        self,
+        node_name: str,
+        options: Mapping[str, Any],
+        children: Mapping[str, DriverNode],
+        read_only: bool,
+    ) -> None:
         super().__init__(node_name, options, children, read_only)
         #: ``event_sink(name, data)``: set by the Runtime to emit QMP events.
         self.event_sink: Callable[[str, dict[str, Any]], None] | None = None
@@ -72,8 +77,10 @@ class QuorumNode(DriverNode):
         self.blkverify = opt_bool(options, "blkverify", False)
         self.rewrite = opt_bool(options, "rewrite-corrupted", False)
         if self.blkverify and (count != 2 or self.threshold != 2):
-            raise OpenError("blkverify=on can only be set if there are exactly two files "
-                            "and vote-threshold is 2")
+            raise OpenError(
+                "blkverify=on can only be set if there are exactly two files "
+                "and vote-threshold is 2"
+            )
         # QEMU 7.2 accepts rewrite-corrupted with read-pattern=fifo (fifo reads never
         # vote, so there is nothing to rewrite); so does txgraph.
         #: the length settled at open (QEMU caches total_sectors; quorum has no
@@ -82,18 +89,25 @@ class QuorumNode(DriverNode):
 
     def _kids(self) -> list[tuple[str, DriverNode]]:
         """``children.N`` edges in index order (QEMU keeps them in an array)."""
-        kids = [(k, v) for k, v in self.children.items()
-                if k.startswith("children.") and k[9:].isdigit()]
+        kids = [
+            (k, v)
+            for k, v in self.children.items()
+            if k.startswith("children.") and k[9:].isdigit()
+        ]
         return sorted(kids, key=lambda kv: int(kv[0][9:]))
 
     def _emit(self, event: str, data: dict[str, Any]) -> None:
         if self.event_sink is not None:
             self.event_sink(event, data)
 
-    def _report_bad(self, kind: str, child: DriverNode, offset: int, length: int,
-                    err: int | None) -> None:
-        data: dict[str, Any] = {"type": kind, "node-name": child.node_name,
-                                **_sectors(offset, length)}
+    def _report_bad(
+        self, kind: str, child: DriverNode, offset: int, length: int, err: int | None
+    ) -> None:
+        data: dict[str, Any] = {
+            "type": kind,
+            "node-name": child.node_name,
+            **_sectors(offset, length),
+        }
         if err is not None:
             data["error"] = os.strerror(err)
         self._emit("QUORUM_REPORT_BAD", data)
@@ -145,7 +159,9 @@ class QuorumNode(DriverNode):
         raise IOFailure(os.strerror(last), last)
 
     # -- writes --------------------------------------------------------------------------
-    def _to_all(self, kind: str, offset: int, length: int, op: Callable[[DriverNode], None]) -> None:
+    def _to_all(
+        self, kind: str, offset: int, length: int, op: Callable[[DriverNode], None]
+    ) -> None:
         errors: list[int] = []
         kids = self._kids()
         for _, child in kids:
@@ -161,8 +177,9 @@ class QuorumNode(DriverNode):
         self._to_all("write", offset, len(data), lambda c: c.write(offset, data))
 
     def write_zeroes(self, offset: int, length: int, *, may_unmap: bool = False) -> None:
-        self._to_all("write", offset, length,
-                     lambda c: c.write_zeroes(offset, length, may_unmap=may_unmap))
+        self._to_all(
+            "write", offset, length, lambda c: c.write_zeroes(offset, length, may_unmap=may_unmap)
+        )
 
     def discard(self, offset: int, length: int) -> None:
         self._to_all("write", offset, length, lambda c: c.discard(offset, length))

@@ -32,8 +32,13 @@ class RawNode(DriverNode):
 
     driver_name = "raw"
 
-    def __init__(self, node_name: str, options: Mapping[str, Any],
-                 children: Mapping[str, DriverNode], read_only: bool) -> None:
+    def __init__(
+        self,
+        node_name: str,
+        options: Mapping[str, Any],
+        children: Mapping[str, DriverNode],
+        read_only: bool,
+    ) -> None:
         super().__init__(node_name, options, children, read_only)
         if "file" not in self.children:
             raise OpenError('A block device must be specified for "file"')
@@ -46,14 +51,17 @@ class RawNode(DriverNode):
         has_size = "size" in options
         real = self.children["file"].size()
         if offset > real:
-            raise OpenError(f"Offset ({offset}) cannot be greater than size of the "
-                            f"containing file ({real})")
+            raise OpenError(
+                f"Offset ({offset}) cannot be greater than size of the containing file ({real})"
+            )
         if has_size:
             size = opt_int(options, "size", 0)
             if real - offset < size:
-                raise OpenError(f"The sum of offset ({offset}) and size ({size}) has to "
-                                f"be smaller or equal to the  actual size of the containing file "
-                                f"({real})")
+                raise OpenError(
+                    f"The sum of offset ({offset}) and size ({size}) has to "
+                    f"be smaller or equal to the  actual size of the containing file "
+                    f"({real})"
+                )
             if size % 512:
                 raise OpenError("Specified size is not multiple of 512")
         else:
@@ -130,5 +138,6 @@ class RawNode(DriverNode):
 
     def info(self) -> ImageInfo:
         fi = self.file.info()
-        return ImageInfo(format="raw", virtual_size=self.size(), filename=fi.filename,
-                         actual_size=fi.actual_size)
+        return ImageInfo(
+            format="raw", virtual_size=self.size(), filename=fi.filename, actual_size=fi.actual_size
+        )

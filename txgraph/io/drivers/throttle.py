@@ -30,8 +30,13 @@ class ThrottleNode(FilterNode):
 
     driver_name = "throttle"
 
-    def __init__(self, node_name: str, options: Mapping[str, Any],
-                 children: Mapping[str, DriverNode], read_only: bool) -> None:
+    def __init__(
+        self,
+        node_name: str,
+        options: Mapping[str, Any],
+        children: Mapping[str, DriverNode],
+        read_only: bool,
+    ) -> None:
         super().__init__(node_name, options, children, read_only)
         if "file" not in self.children:
             raise OpenError('A block device must be specified for "file"')

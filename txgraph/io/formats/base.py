@@ -27,8 +27,7 @@ from typing import Any, ClassVar
 from txgraph.errors import IOFailure, OpenError
 from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
 
-__all__ = ["ImageFormatNode", "Run", "DATA", "ZERO", "UNALLOC", "eio", "le", "be",
-           "could_not_open"]
+__all__ = ["ImageFormatNode", "Run", "DATA", "ZERO", "UNALLOC", "eio", "le", "be", "could_not_open"]
 
 DATA, ZERO, UNALLOC = "data", "zero", "unalloc"
 
@@ -73,8 +72,13 @@ class ImageFormatNode(DriverNode):
     #: whether ``bdrv_get_info`` reports a cluster size (``cluster-size`` in queries)
     reports_cluster_size: ClassVar[bool] = True
 
-    def __init__(self, node_name: str, options: Mapping[str, Any],
-                 children: Mapping[str, DriverNode], read_only: bool) -> None:
+    def __init__(
+        self,
+        node_name: str,
+        options: Mapping[str, Any],
+        children: Mapping[str, DriverNode],
+        read_only: bool,
+    ) -> None:
         super().__init__(node_name, options, children, read_only)
         if "file" not in self.children:
             raise OpenError('A block device must be specified for "file"')
@@ -144,20 +148,19 @@ class ImageFormatNode(DriverNode):
             raise could_not_open(self.filename, err.errno) from None
 
     @staticmethod
-    def set_table_entry(table: bytearray, index: int, value: int, width: int,
-                        order: str) -> None:
+    def set_table_entry(table: bytearray, index: int, value: int, width: int, order: str) -> None:
         """Store entry ``index`` of a table held by :meth:`read_table` (growing it)."""
         off = index * width
         if off + width > len(table):
             table.extend(bytes(off + width - len(table)))
-        table[off:off + width] = value.to_bytes(width, order)  # type: ignore[arg-type]
+        table[off : off + width] = value.to_bytes(width, order)  # type: ignore[arg-type]
 
     @staticmethod
     def table_entry(table: bytearray, index: int, width: int, order: str) -> int:
         off = index * width
         if off + width > len(table):
             return 0
-        return int.from_bytes(table[off:off + width], order)  # type: ignore[arg-type]
+        return int.from_bytes(table[off : off + width], order)  # type: ignore[arg-type]
 
     def file_length(self, child: str = "file") -> int:
         """``bdrv_getlength`` of a child: whole sectors, so a partial last sector counts."""
@@ -183,7 +186,7 @@ class ImageFormatNode(DriverNode):
                 if n <= 0:
                     raise eio()
                 if run.kind == DATA:
-                    out[pos:pos + n] = self.fread(run.host, n, run.child)
+                    out[pos : pos + n] = self.fread(run.host, n, run.child)
                 elif run.kind == UNALLOC:
                     self._read_backing(offset + pos, out, pos, n)
                 pos += n
@@ -196,7 +199,7 @@ class ImageFormatNode(DriverNode):
             return
         inside = max(0, min(n, backing.size() - guest))
         if inside:
-            out[pos:pos + inside] = backing.read(guest, inside)
+            out[pos : pos + inside] = backing.read(guest, inside)
 
     def write(self, offset: int, data: bytes) -> None:
         self._check(offset, len(data))
@@ -259,11 +262,16 @@ class ImageFormatNode(DriverNode):
         for key, child in self.children.items():
             if key.startswith("extents.") and actual is not None:
                 actual += child.info().actual_size or 0
-        return ImageInfo(format=self.driver_name, virtual_size=self.size(), filename=fi.filename,
-                         actual_size=actual, backing_file=self.backing_file,
-                         backing_format=self.backing_format,
-                         cluster_size=self.cluster_size if self.reports_cluster_size else None,
-                         format_specific=self.format_specific())
+        return ImageInfo(
+            format=self.driver_name,
+            virtual_size=self.size(),
+            filename=fi.filename,
+            actual_size=actual,
+            backing_file=self.backing_file,
+            backing_format=self.backing_format,
+            cluster_size=self.cluster_size if self.reports_cluster_size else None,
+            format_specific=self.format_specific(),
+        )
 
     def reopen(self, options: Mapping[str, Any], read_only: bool) -> None:
         super().reopen(options, read_only)

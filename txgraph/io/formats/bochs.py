@@ -26,7 +26,7 @@ _UNALLOCATED = 0xFFFFFFFF
 
 
 def _cstr(buf: bytes, off: int, size: int) -> bytes:
-    return buf[off:off + size].split(b"\0", 1)[0]
+    return buf[off : off + size].split(b"\0", 1)[0]
 
 
 @register("bochs")
@@ -39,8 +39,12 @@ class BochsNode(ImageFormatNode):
     def open_image(self) -> None:
         h = self.fread(0, 512)
         (version, header, catalog, bitmap, extent) = le("IIIII", h, 64)
-        if _cstr(h, 0, 32) != b"Bochs Virtual HD Image" or _cstr(h, 32, 16) != b"Redolog" \
-                or _cstr(h, 48, 16) != b"Growing" or version not in (_V1, _V2):
+        if (
+            _cstr(h, 0, 32) != b"Bochs Virtual HD Image"
+            or _cstr(h, 32, 16) != b"Redolog"
+            or _cstr(h, 48, 16) != b"Growing"
+            or version not in (_V1, _V2)
+        ):
             raise OpenError("Image not in Bochs format")
         (disk,) = le("Q", h, 84 if version == _V1 else 88)
         sectors = disk // 512
@@ -68,8 +72,11 @@ class BochsNode(ImageFormatNode):
         offset = sector * 512
         index = offset // self.extent_size
         within = (offset % self.extent_size) // 512
-        entry = self.table_entry(self.catalog, index, 4, "little") \
-            if index < self.catalog_size else _UNALLOCATED
+        entry = (
+            self.table_entry(self.catalog, index, 4, "little")
+            if index < self.catalog_size
+            else _UNALLOCATED
+        )
         if entry == _UNALLOCATED:
             return 0
         bitmap = self.data_offset + 512 * entry * (self.extent_blocks + self.bitmap_blocks)

@@ -48,7 +48,7 @@ class CloopNode(ImageFormatNode):
         self.offsets = self.read_table(136, size)
         # Vectorised over the entries the file holds; those past its end read as 0, so the
         # first of them is where a nonzero table stops increasing.
-        stored = np.frombuffer(bytes(self.offsets[:len(self.offsets) // 8 * 8]), dtype=">u8")
+        stored = np.frombuffer(bytes(self.offsets[: len(self.offsets) // 8 * 8]), dtype=">u8")
         if stored.size < n_blocks + 1:
             stored = np.concatenate([stored, np.zeros(1, dtype=">u8")])
         vals = stored.astype(np.uint64)
@@ -59,11 +59,14 @@ class CloopNode(ImageFormatNode):
             first_big = int(big[0]) + 1 if big.size else None
             # QEMU walks the table in order: whichever problem comes first is reported
             if first_down is not None and (first_big is None or first_down <= first_big):
-                raise OpenError(f"offsets not monotonically increasing at index {first_down}, "
-                                "image file is corrupt")
+                raise OpenError(
+                    f"offsets not monotonically increasing at index {first_down}, "
+                    "image file is corrupt"
+                )
             if first_big is not None:
-                raise OpenError(f"invalid compressed block size at index {first_big}, image "
-                                "file is corrupt")
+                raise OpenError(
+                    f"invalid compressed block size at index {first_big}, image file is corrupt"
+                )
         self.block_size: int = int(block_size)
         self.n_blocks = n_blocks
         self.virtual_size = n_blocks * self.block_size
@@ -98,7 +101,7 @@ class CloopNode(ImageFormatNode):
             while pos < offset + length:
                 index, within = divmod(pos, self.block_size)
                 n = min(offset + length - pos, self.block_size - within)
-                out += self._block(index)[within:within + n]
+                out += self._block(index)[within : within + n]
                 pos += n
         return bytes(out)
 

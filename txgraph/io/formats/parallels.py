@@ -42,8 +42,9 @@ class ParallelsNode(ImageFormatNode):
 
     def open_image(self) -> None:
         h = self.fread(0, 64)
-        (version, _heads, _cyls, tracks, bat_entries, nb_sectors, inuse, data_off) = \
-            le("IIIIIQII", h, 16)
+        (version, _heads, _cyls, tracks, bat_entries, nb_sectors, inuse, data_off) = le(
+            "IIIIIQII", h, 16
+        )
         if version != 2:
             raise OpenError("Image not in Parallels format")
         if h[:16] == _MAGIC:
@@ -67,13 +68,14 @@ class ParallelsNode(ImageFormatNode):
         self.bat = self.read_table(64, bat_entries * 4)
         unclean = inuse == _INUSE
         if unclean and not self.read_only:
-            raise OpenError("parallels: Image was not closed correctly; cannot be opened "
-                            "read/write")
+            raise OpenError(
+                "parallels: Image was not closed correctly; cannot be opened read/write"
+            )
         (ext_off,) = le("Q", h, 56)
         if ext_off and self.read_only:
             self._check_format_extension(ext_off)
         # vectorised: a hostile catalog is as long as the file
-        entries = np.frombuffer(bytes(self.bat[:len(self.bat) // 4 * 4]), dtype="<u4")
+        entries = np.frombuffer(bytes(self.bat[: len(self.bat) // 4 * 4]), dtype="<u4")
         if entries.size and int(entries.max()):
             self.data_end = max(self.data_end, int(entries.max()) * self.multiplier + tracks)
         self.marked = False
@@ -96,8 +98,9 @@ class ParallelsNode(ImageFormatNode):
             raise OpenError("txgraph: invalid parallels Format Extension offset")
         (magic,) = le("Q", self.fread(at, 8))
         if magic != _EXT_MAGIC:
-            raise OpenError(f"Wrong parallels Format Extension magic: 0x{magic:x}, expected: "
-                            f"0x{_EXT_MAGIC:x}")
+            raise OpenError(
+                f"Wrong parallels Format Extension magic: 0x{magic:x}, expected: 0x{_EXT_MAGIC:x}"
+            )
         raise OpenError("txgraph: parallels Format Extensions are not supported")
 
     def _sector(self, index: int) -> int:
@@ -125,7 +128,7 @@ class ParallelsNode(ImageFormatNode):
             start = offset - within
             content = bytearray(self.backing_data(start, min(self.cs, self.virtual_size - start)))
             content.extend(bytes(self.cs - len(content)))
-            content[within:within + n] = data[:n]
+            content[within : within + n] = data[:n]
             sector = self.data_end
             self.file.write(sector * 512, bytes(content))
             self.data_end += self.tracks

@@ -55,21 +55,24 @@ def _vmdk(buf: bytes, name: str) -> int:
         return 100
     p, end = 0, len(buf)
     while p < end:
-        if buf[p:p + 1] == b"#":
+        if buf[p : p + 1] == b"#":
             nl = buf.find(b"\n", p)
             p = end if nl < 0 else nl + 1
             continue
-        if buf[p:p + 1] == b" ":
-            while p < end and buf[p:p + 1] == b" ":
+        if buf[p : p + 1] == b" ":
+            while p < end and buf[p : p + 1] == b" ":
                 p += 1
-            if p < end and buf[p:p + 1] == b"\r":
+            if p < end and buf[p : p + 1] == b"\r":
                 p += 1
-            if p == end or buf[p:p + 1] != b"\n":
+            if p == end or buf[p : p + 1] != b"\n":
                 return 0
             p += 1
             continue
         for v in (b"1", b"2", b"3"):
-            if buf[p:p + 10] == b"version=" + v + b"\n" or buf[p:p + 11] == b"version=" + v + b"\r\n":
+            if (
+                buf[p : p + 10] == b"version=" + v + b"\n"
+                or buf[p : p + 11] == b"version=" + v + b"\r\n"
+            ):
                 return 100
         return 0
     return 0
@@ -88,16 +91,21 @@ def _bochs(buf: bytes, name: str) -> int:
         return 0
 
     def cstr(off: int, size: int) -> bytes:
-        return buf[off:off + size].split(b"\0", 1)[0]
+        return buf[off : off + size].split(b"\0", 1)[0]
 
-    if cstr(0, 32) == b"Bochs Virtual HD Image" and cstr(32, 16) == b"Redolog" \
-            and cstr(48, 16) == b"Growing" and _u32le(buf, 64) in (0x00020000, 0x00010000):
+    if (
+        cstr(0, 32) == b"Bochs Virtual HD Image"
+        and cstr(32, 16) == b"Redolog"
+        and cstr(48, 16) == b"Growing"
+        and _u32le(buf, 64) in (0x00020000, 0x00010000)
+    ):
         return 100
     return 0
 
 
-_CLOOP_MAGIC = (b"#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$0 && mount -r -t iso9660 "
-                b"/dev/cloop $1\n")
+_CLOOP_MAGIC = (
+    b"#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$0 && mount -r -t iso9660 /dev/cloop $1\n"
+)
 
 
 def _cloop(buf: bytes, name: str) -> int:
@@ -110,9 +118,17 @@ def _dmg(buf: bytes, name: str) -> int:
 
 #: in QEMU's driver registration order (it decides ties)
 _PROBES: tuple[tuple[str, Callable[[bytes, str], int]], ...] = (
-    ("bochs", _bochs), ("cloop", _cloop), ("dmg", _dmg), ("parallels", _parallels),
-    ("qcow", _qcow), ("qcow2", _qcow2), ("qed", _qed), ("vdi", _vdi), ("vhdx", _vhdx),
-    ("vmdk", _vmdk), ("vpc", _vpc),
+    ("bochs", _bochs),
+    ("cloop", _cloop),
+    ("dmg", _dmg),
+    ("parallels", _parallels),
+    ("qcow", _qcow),
+    ("qcow2", _qcow2),
+    ("qed", _qed),
+    ("vdi", _vdi),
+    ("vhdx", _vhdx),
+    ("vmdk", _vmdk),
+    ("vpc", _vpc),
 )
 
 

@@ -23,7 +23,13 @@ import zlib
 from txgraph.errors import IOFailure, OpenError
 from txgraph.io.driver import BlockStatus
 from txgraph.io.formats.base import (
-    DATA, UNALLOC, ImageFormatNode, Run, be, could_not_open, eio,
+    DATA,
+    UNALLOC,
+    ImageFormatNode,
+    Run,
+    be,
+    could_not_open,
+    eio,
 )
 from txgraph.io.registry import register
 
@@ -63,8 +69,9 @@ class QcowNode(ImageFormatNode):
             if crypt != 1:
                 raise OpenError("invalid encryption method in qcow header")
             if enc is not None and enc != "aes":
-                raise OpenError(f"Header reported 'aes' encryption format but options specify "
-                                f"'{enc}'")
+                raise OpenError(
+                    f"Header reported 'aes' encryption format but options specify '{enc}'"
+                )
             if "encrypt.key-secret" not in self.options:
                 # qcrypto_block_open's qcow (AES-CBC) option check
                 raise OpenError("Parameter 'encrypt.key-secret' is required for cipher")
@@ -99,7 +106,7 @@ class QcowNode(ImageFormatNode):
         off = index * 8
         if index >= self.l1_size or off + 8 > len(self.l1):
             return 0
-        return int.from_bytes(self.l1[off:off + 8], "big")
+        return int.from_bytes(self.l1[off : off + 8], "big")
 
     # -- mapping ------------------------------------------------------------------------
     def _l2_entries(self, l2_offset: int, index: int, count: int) -> list[int]:
@@ -145,10 +152,10 @@ class QcowNode(ImageFormatNode):
                 run = self.map_run(offset + pos, length - pos)
                 n = min(run.length, length - pos)
                 if run.kind == DATA:
-                    out[pos:pos + n] = self.fread(run.host, n)
+                    out[pos : pos + n] = self.fread(run.host, n)
                 elif run.kind == "compressed":
                     within = (offset + pos) & (self.csize - 1)
-                    out[pos:pos + n] = self._decompress(run.host)[within:within + n]
+                    out[pos : pos + n] = self._decompress(run.host)[within : within + n]
                 else:
                     self._read_backing(offset + pos, out, pos, n)
                 pos += n
@@ -206,7 +213,7 @@ class QcowNode(ImageFormatNode):
         if host + cs > 2**63 - 1:
             raise IOFailure("Argument list too long", E.E2BIG)
         if content is not None:
-            content[within:within + n] = data[:n]
+            content[within : within + n] = data[:n]
             self.file.write(host, bytes(content))
         else:
             self.file.write(host + within, bytes(data[:n]))

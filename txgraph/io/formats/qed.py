@@ -49,8 +49,19 @@ class QedNode(ImageFormatNode):
 
     def open_image(self) -> None:
         h = self.fread(0, 64)
-        (magic, cs, table_size, header_size, features, _compat, autoclear, l1_offset,
-         image_size, bf_offset, bf_size) = le("IIIIQQQQQII", h)
+        (
+            magic,
+            cs,
+            table_size,
+            header_size,
+            features,
+            _compat,
+            autoclear,
+            l1_offset,
+            image_size,
+            bf_offset,
+            bf_size,
+        ) = le("IIIIQQQQQII", h)
         if magic != _MAGIC:
             raise OpenError("Image not in QED format")
         if features & ~_FEATURE_MASK:
@@ -103,8 +114,11 @@ class QedNode(ImageFormatNode):
         """
         cs = self.cluster_size or 1
         end = offset + (self.table_size - 1) * cs
-        return (end & 0xFFFFFFFFFFFFFFFF) > offset and self._cluster_ok(offset) \
+        return (
+            (end & 0xFFFFFFFFFFFFFFFF) > offset
+            and self._cluster_ok(offset)
             and self._cluster_ok(end)
+        )
 
     def _repair(self) -> None:
         """``qed_check`` with fix: drop table entries that point outside the file."""
@@ -201,7 +215,7 @@ class QedNode(ImageFormatNode):
         # data where it read zeroes. Reproduced, since QEMU is the reference.
         content = bytearray(self.backing_data(start, min(cs, self.virtual_size - start)))
         content.extend(bytes(cs - len(content)))
-        content[within:within + n] = data[:n]
+        content[within : within + n] = data[:n]
         host = self._alloc(1)
         self.file.write(host, bytes(content))
         self._update_l2(offset, host, l2, idx)

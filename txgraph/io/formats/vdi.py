@@ -50,14 +50,16 @@ class VdiNode(ImageFormatNode):
         block_size, _extra, blocks, allocated = le("IIII", h, 376)
         uuid_link, uuid_parent = h[424:440], h[440:456]
         if disk_size > _DISK_MAX:
-            raise OpenError(f"Unsupported VDI image size (size is 0x{disk_size:x}, max supported "
-                            f"is 0x{_DISK_MAX:x})")
+            raise OpenError(
+                f"Unsupported VDI image size (size is 0x{disk_size:x}, max supported "
+                f"is 0x{_DISK_MAX:x})"
+            )
         # VBoxManage convertfromraw makes odd sizes: QEMU rounds up to a sector.
         disk_size = (disk_size + _SECTOR - 1) & ~(_SECTOR - 1)
         if sig != SIGNATURE:
             raise OpenError(f"Image not in VDI format (bad signature {sig:08x})")
         if version != _VERSION_1_1:
-            raise OpenError(f"unsupported VDI image (version {version >> 16}.{version & 0xffff})")
+            raise OpenError(f"unsupported VDI image (version {version >> 16}.{version & 0xFFFF})")
         if offset_bmap % _SECTOR:
             raise OpenError(f"unsupported VDI image (unaligned block map offset 0x{offset_bmap:x})")
         if offset_data % _SECTOR:
@@ -67,14 +69,18 @@ class VdiNode(ImageFormatNode):
         if block_size != _BLOCK:
             raise OpenError(f"unsupported VDI image (block size {block_size} is not {_BLOCK})")
         if disk_size > blocks * block_size:
-            raise OpenError(f"unsupported VDI image (disk size {disk_size}, image bitmap has room "
-                            f"for {blocks * block_size})")
+            raise OpenError(
+                f"unsupported VDI image (disk size {disk_size}, image bitmap has room "
+                f"for {blocks * block_size})"
+            )
         if any(uuid_link):
             raise OpenError("unsupported VDI image (non-NULL link UUID)")
         if any(uuid_parent):
             raise OpenError("unsupported VDI image (non-NULL parent UUID)")
         if blocks > _BLOCKS_MAX:
-            raise OpenError(f"unsupported VDI image (too many blocks {blocks}, max is {_BLOCKS_MAX})")
+            raise OpenError(
+                f"unsupported VDI image (too many blocks {blocks}, max is {_BLOCKS_MAX})"
+            )
         self.virtual_size = disk_size
         self.cluster_size = block_size
         self.block_size: int = int(block_size)
@@ -91,13 +97,13 @@ class VdiNode(ImageFormatNode):
         off = index * 4
         if off + 4 > len(self.bmap):
             return 0
-        return int.from_bytes(self.bmap[off:off + 4], "little")
+        return int.from_bytes(self.bmap[off : off + 4], "little")
 
     def _set_entry(self, index: int, value: int) -> None:
         off = index * 4
         if off + 4 > len(self.bmap):
             self.bmap.extend(bytes(off + 4 - len(self.bmap)))
-        self.bmap[off:off + 4] = value.to_bytes(4, "little")
+        self.bmap[off : off + 4] = value.to_bytes(4, "little")
 
     def map_run(self, offset: int, length: int) -> Run:
         index, within = divmod(offset, self.block_size)
@@ -128,7 +134,7 @@ class VdiNode(ImageFormatNode):
             raise IOFailure("No space left on device", E.ENOSPC)
         new = self.blocks_allocated
         block = bytearray(self.block_size)
-        block[within:within + n] = data[:n]
+        block[within : within + n] = data[:n]
         self.file.write(self.offset_data + new * self.block_size, bytes(block))
         self._set_entry(index, new)
         self.blocks_allocated = new + 1

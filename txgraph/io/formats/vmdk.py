@@ -30,7 +30,11 @@ from txgraph.errors import IOFailure, OpenError
 from txgraph.io.driver import BlockStatus
 from txgraph.io.formats.base import DATA, UNALLOC, ZERO, ImageFormatNode, Run, eio, le
 from txgraph.io.formats.vmdk_desc import (
-    DESC_MAX, DESC_SIZE, parent_hint, parse_descriptor, read_cid,
+    DESC_MAX,
+    DESC_SIZE,
+    parent_hint,
+    parse_descriptor,
+    read_cid,
 )
 from txgraph.io.registry import register
 
@@ -96,9 +100,17 @@ class VmdkNode(ImageFormatNode):
                 if key not in self.children:
                     raise OpenError(f"Could not open '{ext.path}': No such file or directory")
                 if ext.flat:
-                    self._add_extent(_Extent(key, True, ext.sectors, self.total_sectors,
-                                             ext.type, ext.flat_offset << 9,
-                                             cluster_sectors=ext.sectors))
+                    self._add_extent(
+                        _Extent(
+                            key,
+                            True,
+                            ext.sectors,
+                            self.total_sectors,
+                            ext.type,
+                            ext.flat_offset << 9,
+                            cluster_sectors=ext.sectors,
+                        )
+                    )
                 elif ext.type in ("SPARSE", "VMFSSPARSE"):
                     n = self.file_length(key)
                     if n < 4:
@@ -118,11 +130,15 @@ class VmdkNode(ImageFormatNode):
         self.cid, self.parent_cid = cid, parent
         first = self.extents[0] if self.extents else None
         same = first is not None and all(
-            e.flat == first.flat and e.compressed == first.compressed
-            and e.cluster_sectors == first.cluster_sectors for e in self.extents)
+            e.flat == first.flat
+            and e.compressed == first.compressed
+            and e.cluster_sectors == first.cluster_sectors
+            for e in self.extents
+        )
         self.get_info_ok = same
-        self.cluster_size = first.cluster_sectors * 512 if same and first and not first.flat \
-            else None
+        self.cluster_size = (
+            first.cluster_sectors * 512 if same and first and not first.flat else None
+        )
 
     def _add_extent(self, ext: _Extent) -> None:
         self.extents.append(ext)
@@ -136,8 +152,18 @@ class VmdkNode(ImageFormatNode):
             raise OpenError("Image not in VMDK format")
         h = self.fread(4, 76, child)
         flen = self.file_length(child)
-        (version, flags, capacity, granularity, desc_offset, _desc_size, gtes, rgd_offset,
-         gd_offset, grain_offset) = le("IIQQQQIQQQ", h)
+        (
+            version,
+            flags,
+            capacity,
+            granularity,
+            desc_offset,
+            _desc_size,
+            gtes,
+            rgd_offset,
+            gd_offset,
+            grain_offset,
+        ) = le("IIQQQQIQQQ", h)
         (compress_algo,) = le("H", h, 73)
         if capacity == 0 and desc_offset:
             # vmdk_open_vmdk4: a zero-capacity sparse file is a descriptor holder.
@@ -145,19 +171,39 @@ class VmdkNode(ImageFormatNode):
             if at >= 1 << 63:
                 raise OpenError("Could not read from file: Input/output error")
             parse_descriptor(self.fread(at, min(flen, DESC_MAX), child), self.filename)
-            raise OpenError("txgraph: a descriptor embedded in a zero-capacity sparse file "
-                            "is not supported")
+            raise OpenError(
+                "txgraph: a descriptor embedded in a zero-capacity sparse file is not supported"
+            )
         if gd_offset == _GD_AT_END:
-            foot = self.fread(flen // 512 * 512 - 1536 if flen % 512 == 0
-                              else (flen + 511) // 512 * 512 - 1536, 1536, child)
+            foot = self.fread(
+                flen // 512 * 512 - 1536 if flen % 512 == 0 else (flen + 511) // 512 * 512 - 1536,
+                1536,
+                child,
+            )
             (f_size, f_type) = le("II", foot, 8)
             eos_val, eos_size, eos_type = le("QII", foot, 1024)
-            if foot[512:516] != b"KDMV" or f_size != 0 or f_type != _MARKER_FOOTER or eos_val \
-                    or eos_size or eos_type != _MARKER_END_OF_STREAM:
+            if (
+                foot[512:516] != b"KDMV"
+                or f_size != 0
+                or f_type != _MARKER_FOOTER
+                or eos_val
+                or eos_size
+                or eos_type != _MARKER_END_OF_STREAM
+            ):
                 raise OpenError("Invalid footer")
-            h = foot[516:516 + 76]
-            (version, flags, capacity, granularity, desc_offset, _desc_size, gtes, rgd_offset,
-             gd_offset, grain_offset) = le("IIQQQQIQQQ", h)
+            h = foot[516 : 516 + 76]
+            (
+                version,
+                flags,
+                capacity,
+                granularity,
+                desc_offset,
+                _desc_size,
+                gtes,
+                rgd_offset,
+                gd_offset,
+                grain_offset,
+            ) = le("IIQQQQIQQQ", h)
             (compress_algo,) = le("H", h, 73)
         compressed = compress_algo == 1
         if version > 3:
@@ -181,12 +227,21 @@ class VmdkNode(ImageFormatNode):
             raise OpenError("Invalid granularity, image may be corrupt")
         if l1_size > 32 * 1024 * 1024:
             raise OpenError("L1 size too big")
-        ext = _Extent(child, False, capacity, self.total_sectors, typ,
-                      cluster_sectors=granularity, l1_size=l1_size,
-                      l1_entry_sectors=l1_entry_sectors, l2_size=gtes, compressed=compressed,
-                      has_marker=bool(flags & _FLAG_MARKER),
-                      zero_grain=bool(flags & _FLAG_ZERO_GRAIN),
-                      next_sector=(nb_sectors + granularity - 1) // granularity * granularity)
+        ext = _Extent(
+            child,
+            False,
+            capacity,
+            self.total_sectors,
+            typ,
+            cluster_sectors=granularity,
+            l1_size=l1_size,
+            l1_entry_sectors=l1_entry_sectors,
+            l2_size=gtes,
+            compressed=compressed,
+            has_marker=bool(flags & _FLAG_MARKER),
+            zero_grain=bool(flags & _FLAG_ZERO_GRAIN),
+            next_sector=(nb_sectors + granularity - 1) // granularity * granularity,
+        )
         fname = self.children[child].info().filename
         try:
             ext.l1 = self._table(gd_offset << 9, l1_size * 4, child)
@@ -196,8 +251,9 @@ class VmdkNode(ImageFormatNode):
             try:
                 ext.l1_backup = self._table(backup, l1_size * 4, child)
             except IOFailure as err:
-                raise OpenError(f"Could not read l1 backup table from extent '{fname}': "
-                                f"{err.desc}") from None
+                raise OpenError(
+                    f"Could not read l1 backup table from extent '{fname}': {err.desc}"
+                ) from None
         self._add_extent(ext)
         if compressed:
             self.create_type = "streamOptimized"
@@ -233,8 +289,12 @@ class VmdkNode(ImageFormatNode):
         ext = self._extent(sector)
         ext_end = ext.end * 512
         if ext.flat:
-            return Run(DATA, min(length, ext_end - offset),
-                       ext.flat_offset + offset - ext.start * 512, ext.child)
+            return Run(
+                DATA,
+                min(length, ext_end - offset),
+                ext.flat_offset + offset - ext.start * 512,
+                ext.child,
+            )
         cbytes = ext.cluster_sectors * 512
         within = (offset - ext.start * 512) % cbytes
         n = min(length, cbytes - within, ext_end - offset)
@@ -275,12 +335,12 @@ class VmdkNode(ImageFormatNode):
                 run = self.map_run(offset + pos, length - pos)
                 n = min(run.length, length - pos)
                 if run.kind == DATA:
-                    out[pos:pos + n] = self.fread(run.host, n, run.child)
+                    out[pos : pos + n] = self.fread(run.host, n, run.child)
                 elif run.kind == "compressed":
                     ext = self._extent((offset + pos) >> 9)
                     cbytes = ext.cluster_sectors * 512
                     within = (offset + pos - ext.start * 512) % cbytes
-                    out[pos:pos + n] = self._grain(ext, run.host)[within:within + n]
+                    out[pos : pos + n] = self._grain(ext, run.host)[within : within + n]
                 elif run.kind == UNALLOC:
                     self._read_backing(offset + pos, out, pos, n)
                 pos += n
@@ -320,8 +380,9 @@ class VmdkNode(ImageFormatNode):
         ext_end = ext.end * 512
         if ext.flat:
             n = min(len(data), ext_end - offset)
-            self.children[ext.child].write(ext.flat_offset + offset - ext.start * 512,
-                                           bytes(data[:n]))
+            self.children[ext.child].write(
+                ext.flat_offset + offset - ext.start * 512, bytes(data[:n])
+            )
             return n
         if ext.compressed:
             raise IOFailure("Operation not supported", E.ENOTSUP)
@@ -342,7 +403,7 @@ class VmdkNode(ImageFormatNode):
             content.extend(bytes(cbytes - len(content)))
         else:
             content = bytearray(cbytes)
-        content[within:within + n] = data[:n]
+        content[within : within + n] = data[:n]
         grain = ext.next_sector
         ext.next_sector += ext.cluster_sectors
         child.write(grain * 512, bytes(content))
@@ -358,12 +419,22 @@ class VmdkNode(ImageFormatNode):
     def format_specific(self) -> dict[str, Any] | None:
         extents = []
         for ext in self.extents:
-            info: dict[str, Any] = {"filename": self.children[ext.child].info().filename,
-                                    "format": ext.type, "virtual-size": ext.sectors * 512}
+            info: dict[str, Any] = {
+                "filename": self.children[ext.child].info().filename,
+                "format": ext.type,
+                "virtual-size": ext.sectors * 512,
+            }
             if not ext.flat:
                 info["cluster-size"] = ext.cluster_sectors * 512
             if ext.compressed:
                 info["compressed"] = True
             extents.append(info)
-        return {"type": "vmdk", "data": {"cid": self.cid, "parent-cid": self.parent_cid,
-                                         "create-type": self.create_type, "extents": extents}}
+        return {
+            "type": "vmdk",
+            "data": {
+                "cid": self.cid,
+                "parent-cid": self.parent_cid,
+                "create-type": self.create_type,
+                "extents": extents,
+            },
+        }

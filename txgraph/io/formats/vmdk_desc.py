@@ -18,18 +18,35 @@ from dataclasses import dataclass, field
 
 from txgraph.errors import OpenError
 
-__all__ = ["Extent", "Descriptor", "parse_description", "parse_descriptor", "read_extent_list",
-           "read_cid", "parent_hint", "DESC_MAX", "DESC_SIZE"]
+__all__ = [
+    "Extent",
+    "Descriptor",
+    "parse_description",
+    "parse_descriptor",
+    "read_extent_list",
+    "read_cid",
+    "parent_hint",
+    "DESC_MAX",
+    "DESC_SIZE",
+]
 
 #: ``vmdk_read_desc`` reads at most this much
 DESC_MAX = (1 << 20) - 1
 #: ``DESC_SIZE``: what vmdk_read_cid and vmdk_parent_open look at
 DESC_SIZE = 20 * 512
 
-_DESC_TYPES = ("monolithicFlat", "vmfs", "vmfsSparse", "seSparse", "twoGbMaxExtentSparse",
-               "twoGbMaxExtentFlat")
+_DESC_TYPES = (
+    "monolithicFlat",
+    "vmfs",
+    "vmfsSparse",
+    "seSparse",
+    "twoGbMaxExtentSparse",
+    "twoGbMaxExtentFlat",
+)
 _EXTENT_TYPES = ("FLAT", "SPARSE", "VMFS", "VMFSSPARSE", "SESPARSE")
-_LINE = re.compile(rb'\s*(\S{1,10})\s+([+-]?\d+)\s+(\S{1,10})\s+"([^\n\r"]{1,511})"(?:\s+([+-]?\d+))?')
+_LINE = re.compile(
+    rb'\s*(\S{1,10})\s+([+-]?\d+)\s+(\S{1,10})\s+"([^\n\r"]{1,511})"(?:\s+([+-]?\d+))?'
+)
 
 
 @dataclass(frozen=True)
@@ -105,16 +122,19 @@ def parse_descriptor(desc: bytes, file_filename: str) -> Descriptor:
         fname = fname_b.decode("utf-8", "replace")
         if not os.path.isabs(fname):
             if file_filename.startswith("json:") or not file_filename:
-                raise OpenError("Cannot use relative paths with VMDK descriptor file "
-                                f"'{file_filename}': Cannot generate a base directory for "
-                                "this node")
+                raise OpenError(
+                    "Cannot use relative paths with VMDK descriptor file "
+                    f"'{file_filename}': Cannot generate a base directory for "
+                    "this node"
+                )
             fname = os.path.join(os.path.dirname(file_filename), fname)
         out.extents.append(Extent(fname, typ, sectors, flat_offset))
     return out
 
 
-def read_extent_list(read_head: Callable[[str, int], bytes], size: Callable[[str], int],
-                     node: str, filename: str) -> Descriptor:
+def read_extent_list(
+    read_head: Callable[[str, int], bytes], size: Callable[[str], int], node: str, filename: str
+) -> Descriptor:
     """``vmdk_open``'s first step on ``file``: a binary sparse header, or a descriptor."""
     length = size(node)
     if length < 4:
@@ -132,7 +152,7 @@ def read_cid(desc: bytes, parent: bool) -> int | None:
     pos = desc.find(name)
     if pos < 0:
         return 0
-    m = re.match(rb"\s*(?:0[xX])?([0-9a-fA-F]+)", desc[pos + len(name) + 1:])
+    m = re.match(rb"\s*(?:0[xX])?([0-9a-fA-F]+)", desc[pos + len(name) + 1 :])
     if m is None:
         return None
     return int(m.group(1), 16) & 0xFFFFFFFF

@@ -104,15 +104,17 @@ class VpcNode(ImageFormatNode):
         free = (self.bat_offset + entries * 4 + 511) & ~511
         stored = len(self.bat) // 4
         # vectorised: a hostile BAT is as long as the file
-        bat = np.frombuffer(bytes(self.bat[:stored * 4]), dtype=">u4")
+        bat = np.frombuffer(bytes(self.bat[: stored * 4]), dtype=">u4")
         used = bat[bat != 0xFFFFFFFF]
         if used.size:
             free = max(free, 512 * int(used.max()) + self.bitmap_size + block_size)
         if stored < entries:  # entries past the end of the file read as 0
             free = max(free, self.bitmap_size + block_size)
         if free > self.file_length():
-            raise OpenError("block-vpc: free_data_block_offset points after the end of file. "
-                            "The image has been truncated.")
+            raise OpenError(
+                "block-vpc: free_data_block_offset points after the end of file. "
+                "The image has been truncated."
+            )
         self.free_offset = free
         self.last_bitmap = -1
 

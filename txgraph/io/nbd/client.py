@@ -42,8 +42,15 @@ class Extent:
 class NbdClient:
     """One connection to one export."""
 
-    def __init__(self, addr: Mapping[str, Any], export: str = "", *, structured: bool = True,
-                 meta: bool = True, timeout: float | None = 30.0) -> None:
+    def __init__(
+        self,
+        addr: Mapping[str, Any],
+        export: str = "",
+        *,
+        structured: bool = True,
+        meta: bool = True,
+        timeout: float | None = 30.0,
+    ) -> None:
         self._family, self._where = parse_address(addr)
         self.export = export
         self.sock: socket.socket = connect(self._family, self._where, timeout)
@@ -77,7 +84,8 @@ class NbdClient:
 
     def _read_opt_reply(self, opt: int) -> tuple[int, bytes]:
         magic, ropt, rtype, length = P.OPT_REPLY_HDR.unpack(
-            recv_exact(self.sock, P.OPT_REPLY_HDR.size))
+            recv_exact(self.sock, P.OPT_REPLY_HDR.size)
+        )
         if magic != P.REPLY_MAGIC_OPT or ropt != opt:
             raise NbdError("Unexpected option reply")
         return rtype, recv_exact(self.sock, length)
@@ -91,16 +99,19 @@ class NbdClient:
         name = self.export.encode()
         if self.structured and meta:
             ctx = P.META_BASE_ALLOCATION.encode()
-            self._send_opt(P.OPT_SET_META_CONTEXT, struct.pack(">I", len(name)) + name
-                           + struct.pack(">II", 1, len(ctx)) + ctx)
+            self._send_opt(
+                P.OPT_SET_META_CONTEXT,
+                struct.pack(">I", len(name)) + name + struct.pack(">II", 1, len(ctx)) + ctx,
+            )
             while True:
                 rtype, data = self._read_opt_reply(P.OPT_SET_META_CONTEXT)
                 if rtype == P.REP_META_CONTEXT:
                     self.meta_id = struct.unpack_from(">I", data)[0]
                     continue
                 break
-        self._send_opt(P.OPT_GO, struct.pack(">I", len(name)) + name
-                       + struct.pack(">HH", 1, P.INFO_BLOCK_SIZE))
+        self._send_opt(
+            P.OPT_GO, struct.pack(">I", len(name)) + name + struct.pack(">HH", 1, P.INFO_BLOCK_SIZE)
+        )
         while True:
             rtype, data = self._read_opt_reply(P.OPT_GO)
             if rtype == P.REP_INFO:
@@ -114,8 +125,10 @@ class NbdClient:
                 return
             if rtype == P.REP_ERR_UNSUP:
                 break  # an old server: fall back to EXPORT_NAME
-            raise NbdError(data.decode(errors="replace") or f"option error 0x{rtype:x}",
-                           E.ENOENT if rtype == P.REP_ERR_UNKNOWN else E.EINVAL)
+            raise NbdError(
+                data.decode(errors="replace") or f"option error 0x{rtype:x}",
+                E.ENOENT if rtype == P.REP_ERR_UNKNOWN else E.EINVAL,
+            )
         self._send_opt(P.OPT_EXPORT_NAME, name)
         self.size, self.flags = struct.unpack(">QH", recv_exact(self.sock, 10))
         if not self._no_zeroes:
@@ -136,7 +149,7 @@ class NbdClient:
                 if rtype != P.REP_SERVER:
                     break
                 (nlen,) = struct.unpack_from(">I", data)
-                out.append((data[4:4 + nlen].decode(), data[4 + nlen:].decode()))
+                out.append((data[4 : 4 + nlen].decode(), data[4 + nlen :].decode()))
             self._send_opt(P.OPT_ABORT)
             return out
         finally:
@@ -147,20 +160,24 @@ class NbdClient:
     def read_only(self) -> bool:
         return bool(self.flags & P.FLAG_READ_ONLY)
 
-    def _request(self, cmd: int, offset: int, length: int, data: bytes = b"",
-                 flags: int = 0) -> tuple[bytes, list[Extent]]:
+    def _request(
+        self, cmd: int, offset: int, length: int, data: bytes = b"", flags: int = 0
+    ) -> tuple[bytes, list[Extent]]:
         with self._lock:
             cookie = next(self._cookies)
             try:
-                send_parts(self.sock, [P.REQUEST.pack(P.REQUEST_MAGIC, flags, cmd, cookie,
-                                                      offset, length), data])
+                send_parts(
+                    self.sock,
+                    [P.REQUEST.pack(P.REQUEST_MAGIC, flags, cmd, cookie, offset, length), data],
+                )
                 return self._receive(cookie, cmd, offset, length)
             except Disconnected as e:
                 # The connection is unusable after a half-done exchange.
                 raise NbdError(f"connection lost: {e}", E.ESHUTDOWN) from None
 
-    def _receive(self, cookie: int, cmd: int, offset: int, length: int
-                 ) -> tuple[bytes, list[Extent]]:
+    def _receive(
+        self, cookie: int, cmd: int, offset: int, length: int
+    ) -> tuple[bytes, list[Extent]]:
         (magic,) = struct.unpack(">I", recv_exact(self.sock, 4))
         if magic == P.SIMPLE_REPLY_MAGIC:
             err, rcookie = struct.unpack(">IQ", recv_exact(self.sock, 12))
@@ -186,17 +203,19 @@ class NbdClient:
             body = recv_exact(self.sock, rlen)
             if rtype == P.REPLY_TYPE_OFFSET_DATA:
                 (off,) = struct.unpack_from(">Q", body)
-                buf[off - offset:off - offset + rlen - 8] = body[8:]
+                buf[off - offset : off - offset + rlen - 8] = body[8:]
             elif rtype == P.REPLY_TYPE_OFFSET_HOLE:
                 off, hlen = struct.unpack_from(">QI", body)
-                buf[off - offset:off - offset + hlen] = bytes(hlen)
+                buf[off - offset : off - offset + hlen] = bytes(hlen)
             elif rtype == P.REPLY_TYPE_BLOCK_STATUS:
                 for i in range(4, rlen, 8):
                     extents.append(Extent(*struct.unpack_from(">II", body, i)))
             elif rtype & (1 << 15):
                 err, mlen = struct.unpack_from(">IH", body)
-                error = NbdError(body[6:6 + mlen].decode(errors="replace") or f"error {err}",
-                                 P.nbd_to_errno(err))
+                error = NbdError(
+                    body[6 : 6 + mlen].decode(errors="replace") or f"error {err}",
+                    P.nbd_to_errno(err),
+                )
             if rflags & P.REPLY_FLAG_DONE:
                 break
         if error is not None:
@@ -210,8 +229,9 @@ class NbdClient:
         self._request(P.CMD_WRITE, offset, len(data), data, P.CMD_FLAG_FUA if fua else 0)
 
     def write_zeroes(self, offset: int, length: int, *, may_unmap: bool = False) -> None:
-        self._request(P.CMD_WRITE_ZEROES, offset, length,
-                      flags=0 if may_unmap else P.CMD_FLAG_NO_HOLE)
+        self._request(
+            P.CMD_WRITE_ZEROES, offset, length, flags=0 if may_unmap else P.CMD_FLAG_NO_HOLE
+        )
 
     def trim(self, offset: int, length: int) -> None:
         self._request(P.CMD_TRIM, offset, length)
@@ -220,19 +240,23 @@ class NbdClient:
         self._request(P.CMD_FLUSH, 0, 0)
 
     def block_status(self, offset: int, length: int, *, one: bool = False) -> list[Extent]:
-        return self._request(P.CMD_BLOCK_STATUS, offset, length,
-                             flags=P.CMD_FLAG_REQ_ONE if one else 0)[1]
+        return self._request(
+            P.CMD_BLOCK_STATUS, offset, length, flags=P.CMD_FLAG_REQ_ONE if one else 0
+        )[1]
 
-    def raw_request(self, cmd: int, offset: int, length: int, data: bytes = b"",
-                    flags: int = 0) -> tuple[bytes, list[Extent]]:
+    def raw_request(
+        self, cmd: int, offset: int, length: int, data: bytes = b"", flags: int = 0
+    ) -> tuple[bytes, list[Extent]]:
         """Send any request (tests use it for out-of-range and malformed commands)."""
         return self._request(cmd, offset, length, data, flags)
 
     def close(self) -> None:
         try:
             with self._lock:
-                send_parts(self.sock, [P.REQUEST.pack(P.REQUEST_MAGIC, 0, P.CMD_DISC,
-                                                      next(self._cookies), 0, 0)])
+                send_parts(
+                    self.sock,
+                    [P.REQUEST.pack(P.REQUEST_MAGIC, 0, P.CMD_DISC, next(self._cookies), 0, 0)],
+                )
         except Disconnected:
             pass
         finally:

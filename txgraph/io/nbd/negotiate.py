@@ -61,8 +61,13 @@ def transmission_flags(export: ExportView, structured: bool) -> int:
     Every connection sees the same node objects, so caches are coherent across
     connections and MULTI_CONN holds for writable exports too.
     """
-    flags = (P.FLAG_HAS_FLAGS | P.FLAG_SEND_FLUSH | P.FLAG_SEND_FUA | P.FLAG_SEND_CACHE
-             | P.FLAG_CAN_MULTI_CONN)
+    flags = (
+        P.FLAG_HAS_FLAGS
+        | P.FLAG_SEND_FLUSH
+        | P.FLAG_SEND_FUA
+        | P.FLAG_SEND_CACHE
+        | P.FLAG_CAN_MULTI_CONN
+    )
     if export.writable:
         flags |= P.FLAG_SEND_TRIM | P.FLAG_SEND_WRITE_ZEROES | P.FLAG_SEND_FAST_ZERO
     else:
@@ -73,9 +78,13 @@ def transmission_flags(export: ExportView, structured: bool) -> int:
 
 
 class _Negotiator:
-    def __init__(self, sock: socket.socket, lookup: Callable[[str], ExportView | None],
-                 listing: Callable[[], Sequence[ExportView]],
-                 attach: Callable[[ExportView], bool]) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        lookup: Callable[[str], ExportView | None],
+        listing: Callable[[], Sequence[ExportView]],
+        attach: Callable[[ExportView], bool],
+    ) -> None:
         self.sock = sock
         self.lookup = lookup
         self.listing = listing
@@ -87,8 +96,9 @@ class _Negotiator:
 
     # -- replies ---------------------------------------------------------------------------
     def reply(self, opt: int, rep: int, payload: bytes = b"") -> None:
-        send_parts(self.sock, [P.OPT_REPLY_HDR.pack(P.REPLY_MAGIC_OPT, opt, rep, len(payload)),
-                               payload])
+        send_parts(
+            self.sock, [P.OPT_REPLY_HDR.pack(P.REPLY_MAGIC_OPT, opt, rep, len(payload)), payload]
+        )
 
     def error(self, opt: int, rep: int, msg: str) -> None:
         # QEMU puts a human-readable message in error replies; clients print it.
@@ -96,8 +106,10 @@ class _Negotiator:
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> Session | None:
-        send_parts(self.sock, [struct.pack(">QQH", P.NBDMAGIC, P.IHAVEOPT,
-                                           P.FLAG_FIXED_NEWSTYLE | P.FLAG_NO_ZEROES)])
+        send_parts(
+            self.sock,
+            [struct.pack(">QQH", P.NBDMAGIC, P.IHAVEOPT, P.FLAG_FIXED_NEWSTYLE | P.FLAG_NO_ZEROES)],
+        )
         (cflags,) = struct.unpack(">I", recv_exact(self.sock, 4))
         if cflags & ~(P.FLAG_C_FIXED_NEWSTYLE | P.FLAG_C_NO_ZEROES):
             return None  # unknown client flags: QEMU drops the client
@@ -138,8 +150,11 @@ class _Negotiator:
                 return None
             for exp in self.listing():
                 name = exp.name.encode()
-                self.reply(opt, P.REP_SERVER, struct.pack(">I", len(name)) + name
-                           + (exp.description or "").encode())
+                self.reply(
+                    opt,
+                    P.REP_SERVER,
+                    struct.pack(">I", len(name)) + name + (exp.description or "").encode(),
+                )
             self.reply(opt, P.REP_ACK)
             return None
         if opt in (P.OPT_INFO, P.OPT_GO):
@@ -167,8 +182,10 @@ class _Negotiator:
         if exp is None or not self.attach(exp):
             return False
         flags = transmission_flags(exp, self.structured)
-        send_parts(self.sock, [struct.pack(">QH", exp.size(), flags),
-                               b"" if self.no_zeroes else bytes(124)])
+        send_parts(
+            self.sock,
+            [struct.pack(">QH", exp.size(), flags), b"" if self.no_zeroes else bytes(124)],
+        )
         return Session(exp, self.structured, dict(self.meta))
 
     def info(self, opt: int, data: bytes) -> Session | None:
@@ -189,13 +206,20 @@ class _Negotiator:
         if P.INFO_NAME in requests:
             self.reply(opt, P.REP_INFO, struct.pack(">H", P.INFO_NAME) + exp.name.encode())
         if P.INFO_DESCRIPTION in requests and exp.description:
-            self.reply(opt, P.REP_INFO, struct.pack(">H", P.INFO_DESCRIPTION)
-                       + exp.description.encode())
+            self.reply(
+                opt, P.REP_INFO, struct.pack(">H", P.INFO_DESCRIPTION) + exp.description.encode()
+            )
         # Byte-granular access, 4 KiB preferred, QEMU's 32 MiB ceiling.
-        self.reply(opt, P.REP_INFO, struct.pack(">HIII", P.INFO_BLOCK_SIZE, 1, 4096,
-                                                P.MAX_BUFFER_SIZE))
-        self.reply(opt, P.REP_INFO, struct.pack(">HQH", P.INFO_EXPORT, exp.size(),
-                                                transmission_flags(exp, self.structured)))
+        self.reply(
+            opt, P.REP_INFO, struct.pack(">HIII", P.INFO_BLOCK_SIZE, 1, 4096, P.MAX_BUFFER_SIZE)
+        )
+        self.reply(
+            opt,
+            P.REP_INFO,
+            struct.pack(
+                ">HQH", P.INFO_EXPORT, exp.size(), transmission_flags(exp, self.structured)
+            ),
+        )
         self.reply(opt, P.REP_ACK)
         if opt == P.OPT_GO:
             return Session(exp, self.structured, dict(self.meta))
@@ -203,8 +227,11 @@ class _Negotiator:
 
     def meta_context(self, opt: int, data: bytes) -> None:
         if not self.structured:
-            self.error(opt, P.REP_ERR_INVALID,
-                       "request option meta context when structured reply is not negotiated")
+            self.error(
+                opt,
+                P.REP_ERR_INVALID,
+                "request option meta context when structured reply is not negotiated",
+            )
             return
         parsed = _parse_meta_request(data)
         if parsed is None:
@@ -231,7 +258,7 @@ def _parse_info_request(data: bytes) -> tuple[str, set[int]] | None:
     (nlen,) = struct.unpack_from(">I", data)
     if nlen > P.MAX_STRING_SIZE or len(data) < 4 + nlen + 2:
         return None
-    name = data[4:4 + nlen].decode(errors="replace")
+    name = data[4 : 4 + nlen].decode(errors="replace")
     (count,) = struct.unpack_from(">H", data, 4 + nlen)
     if len(data) != 4 + nlen + 2 + 2 * count:
         return None
@@ -254,16 +281,19 @@ def _parse_meta_request(data: bytes) -> tuple[str, list[str]] | None:
             pos += 4
             if qlen > P.MAX_STRING_SIZE or pos + qlen > len(data):
                 return None
-            queries.append(data[pos:pos + qlen].decode(errors="replace"))
+            queries.append(data[pos : pos + qlen].decode(errors="replace"))
             pos += qlen
     except struct.error:
         return None
     return (name, queries) if pos == len(data) else None
 
 
-def negotiate(sock: socket.socket, lookup: Callable[[str], ExportView | None],
-              listing: Callable[[], Sequence[ExportView]],
-              attach: Callable[[ExportView], bool]) -> Session | None:
+def negotiate(
+    sock: socket.socket,
+    lookup: Callable[[str], ExportView | None],
+    listing: Callable[[], Sequence[ExportView]],
+    attach: Callable[[ExportView], bool],
+) -> Session | None:
     """Run the handshake; None means the connection must be closed.
 
     ``attach(export)`` registers the client with the export just before the

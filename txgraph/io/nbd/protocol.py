@@ -12,19 +12,30 @@ import struct
 from typing import Final
 
 __all__ = [
-    "NBDMAGIC", "IHAVEOPT", "REPLY_MAGIC_OPT", "REQUEST_MAGIC", "SIMPLE_REPLY_MAGIC",
-    "STRUCTURED_REPLY_MAGIC", "MAX_BUFFER_SIZE", "REQUEST", "SIMPLE_REPLY", "STRUCTURED_HDR",
-    "OPT_HDR", "OPT_REPLY_HDR", "errno_to_nbd", "nbd_to_errno",
+    "NBDMAGIC",
+    "IHAVEOPT",
+    "REPLY_MAGIC_OPT",
+    "REQUEST_MAGIC",
+    "SIMPLE_REPLY_MAGIC",
+    "STRUCTURED_REPLY_MAGIC",
+    "MAX_BUFFER_SIZE",
+    "REQUEST",
+    "SIMPLE_REPLY",
+    "STRUCTURED_HDR",
+    "OPT_HDR",
+    "OPT_REPLY_HDR",
+    "errno_to_nbd",
+    "nbd_to_errno",
 ]
 
 # -- handshake ---------------------------------------------------------------------------
-NBDMAGIC: Final = 0x4E42444D41474943          # "NBDMAGIC"
-IHAVEOPT: Final = 0x49484156454F5054          # "IHAVEOPT"
+NBDMAGIC: Final = 0x4E42444D41474943  # "NBDMAGIC"
+IHAVEOPT: Final = 0x49484156454F5054  # "IHAVEOPT"
 REPLY_MAGIC_OPT: Final = 0x0003E889045565A9
 
-FLAG_FIXED_NEWSTYLE: Final = 1 << 0           # server handshake flags
+FLAG_FIXED_NEWSTYLE: Final = 1 << 0  # server handshake flags
 FLAG_NO_ZEROES: Final = 1 << 1
-FLAG_C_FIXED_NEWSTYLE: Final = 1 << 0         # client flags
+FLAG_C_FIXED_NEWSTYLE: Final = 1 << 0  # client flags
 FLAG_C_NO_ZEROES: Final = 1 << 1
 
 OPT_EXPORT_NAME: Final = 1
@@ -99,7 +110,7 @@ REPLY_TYPE_BLOCK_STATUS: Final = 5
 REPLY_TYPE_ERROR: Final = (1 << 15) | 1
 REPLY_TYPE_ERROR_OFFSET: Final = (1 << 15) | 2
 
-STATE_HOLE: Final = 1 << 0                    # base:allocation flags
+STATE_HOLE: Final = 1 << 0  # base:allocation flags
 STATE_ZERO: Final = 1 << 1
 META_BASE_ALLOCATION: Final = "base:allocation"
 
@@ -109,16 +120,22 @@ MAX_BUFFER_SIZE: Final = 32 * 1024 * 1024
 MAX_STRING_SIZE: Final = 4096
 
 # -- structures ------------------------------------------------------------------------------
-REQUEST: Final = struct.Struct(">IHHQQI")           # magic, flags, type, cookie, offset, length
-SIMPLE_REPLY: Final = struct.Struct(">IIQ")         # magic, error, cookie
-STRUCTURED_HDR: Final = struct.Struct(">IHHQI")     # magic, flags, type, cookie, length
-OPT_HDR: Final = struct.Struct(">QII")              # IHAVEOPT, option, length
-OPT_REPLY_HDR: Final = struct.Struct(">QIII")       # magic, option, reply type, length
+REQUEST: Final = struct.Struct(">IHHQQI")  # magic, flags, type, cookie, offset, length
+SIMPLE_REPLY: Final = struct.Struct(">IIQ")  # magic, error, cookie
+STRUCTURED_HDR: Final = struct.Struct(">IHHQI")  # magic, flags, type, cookie, length
+OPT_HDR: Final = struct.Struct(">QII")  # IHAVEOPT, option, length
+OPT_REPLY_HDR: Final = struct.Struct(">QIII")  # magic, option, reply type, length
 
 # -- error numbers: the protocol has its own (Linux-valued) small set ----------------------
 _NBD_ERRNOS: Final = {
-    E.EPERM: 1, E.EIO: 5, E.ENOMEM: 12, E.EINVAL: 22, E.ENOSPC: 28,
-    E.EOVERFLOW: 75, E.ENOTSUP: 95, E.ESHUTDOWN: 108,
+    E.EPERM: 1,
+    E.EIO: 5,
+    E.ENOMEM: 12,
+    E.EINVAL: 22,
+    E.ENOSPC: 28,
+    E.EOVERFLOW: 75,
+    E.ENOTSUP: 95,
+    E.ESHUTDOWN: 108,
 }
 _FROM_NBD: Final = {v: k for k, v in _NBD_ERRNOS.items()}
 

@@ -72,9 +72,14 @@ MAX_REQUESTS = 16
 log = logging.getLogger(__name__)
 
 #: the text of an I/O error reply per command (``nbd_handle_request``); the errno goes alongside
-_IO_ERROR_TEXT = {P.CMD_READ: "reading from file failed", P.CMD_WRITE: "writing to file failed",
-                  P.CMD_WRITE_ZEROES: "writing to file failed", P.CMD_FLUSH: "flush failed",
-                  P.CMD_TRIM: "discard failed", P.CMD_BLOCK_STATUS: "can't get block status"}
+_IO_ERROR_TEXT = {
+    P.CMD_READ: "reading from file failed",
+    P.CMD_WRITE: "writing to file failed",
+    P.CMD_WRITE_ZEROES: "writing to file failed",
+    P.CMD_FLUSH: "flush failed",
+    P.CMD_TRIM: "discard failed",
+    P.CMD_BLOCK_STATUS: "can't get block status",
+}
 
 
 @dataclass(eq=False)
@@ -154,8 +159,9 @@ class NbdServer:
             self._unix_path = None
         sock.listen(64)
         self._listener = sock
-        self._accept_thread = threading.Thread(target=self._accept_loop, args=(sock,),
-                                               name="nbd-accept", daemon=True)
+        self._accept_thread = threading.Thread(
+            target=self._accept_loop, args=(sock,), name="nbd-accept", daemon=True
+        )
         self._accept_thread.start()
 
     def stop(self) -> None:
@@ -187,8 +193,15 @@ class NbdServer:
             self._unix_path = None
 
     # -- exports ---------------------------------------------------------------------------------
-    def add_export(self, name: str, node_name: str | None, writable: bool,
-                   description: str | None = None, *, backend: str | None = None) -> NbdExport:
+    def add_export(
+        self,
+        name: str,
+        node_name: str | None,
+        writable: bool,
+        description: str | None = None,
+        *,
+        backend: str | None = None,
+    ) -> NbdExport:
         """``block-export-add type=nbd``; ``name`` is the export name clients ask for.
 
         With ``backend`` the export serves that Runtime BlockBackend (the
@@ -391,9 +404,18 @@ class _Connection:
         if self.session.structured:
             text = msg.encode()[:4096]
             payload = struct.pack(">IH", err, len(text)) + text
-            self._send([P.STRUCTURED_HDR.pack(P.STRUCTURED_REPLY_MAGIC,
-                                              P.REPLY_FLAG_DONE, P.REPLY_TYPE_ERROR,
-                                              cookie, len(payload)), payload])
+            self._send(
+                [
+                    P.STRUCTURED_HDR.pack(
+                        P.STRUCTURED_REPLY_MAGIC,
+                        P.REPLY_FLAG_DONE,
+                        P.REPLY_TYPE_ERROR,
+                        cookie,
+                        len(payload),
+                    ),
+                    payload,
+                ]
+            )
         else:
             self._simple(cookie, err)
 
@@ -401,15 +423,17 @@ class _Connection:
     def _one_request(self) -> bool:
         """Read one request and start serving it; False ends the connection."""
         magic, flags, cmd, cookie, offset, length = P.REQUEST.unpack(
-            recv_exact(self.sock, P.REQUEST.size))
+            recv_exact(self.sock, P.REQUEST.size)
+        )
         if magic != P.REQUEST_MAGIC or cmd == P.CMD_DISC:
             return False
         exp, session = self.export, self.session
         assert exp is not None and session is not None
         payload = b""
         if cmd in (P.CMD_READ, P.CMD_WRITE) and length > P.MAX_BUFFER_SIZE:
-            self._error(cookie, E.EINVAL, f"len ({length}) is larger than max len "
-                                          f"({P.MAX_BUFFER_SIZE})")
+            self._error(
+                cookie, E.EINVAL, f"len ({length}) is larger than max len ({P.MAX_BUFFER_SIZE})"
+            )
             return bool(cmd != P.CMD_WRITE)  # an unread payload would be parsed as requests
         if cmd == P.CMD_WRITE:
             payload = recv_exact(self.sock, length)
@@ -417,18 +441,31 @@ class _Connection:
             self._error(cookie, E.EPERM, "Export is read-only")
             return True
         if cmd != P.CMD_FLUSH and (offset > self.size or length > self.size - offset):
-            self._error(cookie, E.EINVAL, f"operation past EOF; From: {offset}, Len: {length}, "
-                                          f"Size: {self.size}")
+            self._error(
+                cookie,
+                E.EINVAL,
+                f"operation past EOF; From: {offset}, Len: {length}, Size: {self.size}",
+            )
             return True
         if flags & ~_valid_flags(cmd, session.structured):
             self._error(cookie, E.EINVAL, f"unsupported flags 0x{flags:x} for command {cmd}")
             return True
-        self._workers.submit(lambda: self._serve(exp, session, cmd, flags, cookie, offset,
-                                                 length, payload))
+        self._workers.submit(
+            lambda: self._serve(exp, session, cmd, flags, cookie, offset, length, payload)
+        )
         return True
 
-    def _serve(self, exp: NbdExport, session: Session, cmd: int, flags: int, cookie: int,
-               offset: int, length: int, payload: bytes) -> None:
+    def _serve(
+        self,
+        exp: NbdExport,
+        session: Session,
+        cmd: int,
+        flags: int,
+        cookie: int,
+        offset: int,
+        length: int,
+        payload: bytes,
+    ) -> None:
         """Run one request on a worker thread and reply (``nbd_handle_request``)."""
         try:
             try:
@@ -441,19 +478,41 @@ class _Connection:
         except (Disconnected, OSError):
             self.kill()  # the reply cannot be delivered: end the connection
 
-    def _dispatch(self, exp: NbdExport, session: Session, cmd: int, flags: int, cookie: int,
-                  offset: int, length: int, payload: bytes) -> bool:
+    def _dispatch(
+        self,
+        exp: NbdExport,
+        session: Session,
+        cmd: int,
+        flags: int,
+        cookie: int,
+        offset: int,
+        length: int,
+        payload: bytes,
+    ) -> bool:
         rt = exp.runtime
         if cmd == P.CMD_READ:
             with rt.request():
                 node = exp.node()
                 # Structured reads skip what reads as zeroes (nbd_co_send_sparse_read).
-                data = sparse_read(node, offset, length) if session.structured and not \
-                    flags & P.CMD_FLAG_DF else node.read(offset, length)
+                data = (
+                    sparse_read(node, offset, length)
+                    if session.structured and not flags & P.CMD_FLAG_DF
+                    else node.read(offset, length)
+                )
             if session.structured:
-                self._send([P.STRUCTURED_HDR.pack(
-                    P.STRUCTURED_REPLY_MAGIC, P.REPLY_FLAG_DONE, P.REPLY_TYPE_OFFSET_DATA,
-                    cookie, 8 + len(data)), struct.pack(">Q", offset), data])
+                self._send(
+                    [
+                        P.STRUCTURED_HDR.pack(
+                            P.STRUCTURED_REPLY_MAGIC,
+                            P.REPLY_FLAG_DONE,
+                            P.REPLY_TYPE_OFFSET_DATA,
+                            cookie,
+                            8 + len(data),
+                        ),
+                        struct.pack(">Q", offset),
+                        data,
+                    ]
+                )
             else:
                 self._simple(cookie, 0, data)
             return True
@@ -488,8 +547,9 @@ class _Connection:
         self._simple(cookie, 0)
         return True
 
-    def _block_status(self, exp: NbdExport, session: Session, flags: int, cookie: int,
-                      offset: int, length: int) -> bool:
+    def _block_status(
+        self, exp: NbdExport, session: Session, flags: int, cookie: int, offset: int, length: int
+    ) -> bool:
         """``nbd_co_send_block_status`` for ``base:allocation``."""
         if not session.meta or not length:
             self._error(cookie, E.EINVAL, "CMD_BLOCK_STATUS not negotiated")
@@ -510,9 +570,18 @@ class _Connection:
                     break
         ctx_id = next(iter(session.meta))
         body = struct.pack(">I", ctx_id) + b"".join(descs)
-        self._send([P.STRUCTURED_HDR.pack(P.STRUCTURED_REPLY_MAGIC, P.REPLY_FLAG_DONE,
-                                          P.REPLY_TYPE_BLOCK_STATUS, cookie,
-                                          len(body)), body])
+        self._send(
+            [
+                P.STRUCTURED_HDR.pack(
+                    P.STRUCTURED_REPLY_MAGIC,
+                    P.REPLY_FLAG_DONE,
+                    P.REPLY_TYPE_BLOCK_STATUS,
+                    cookie,
+                    len(body),
+                ),
+                body,
+            ]
+        )
         return True
 
 

@@ -49,8 +49,11 @@ def _load_zstd() -> ctypes.CDLL | None:
         return None
     lib.ZSTD_createDCtx.restype = ctypes.c_void_p
     lib.ZSTD_freeDCtx.argtypes = [ctypes.c_void_p]
-    lib.ZSTD_decompressStream.argtypes = [ctypes.c_void_p, ctypes.POINTER(_OutBuf),
-                                          ctypes.POINTER(_InBuf)]
+    lib.ZSTD_decompressStream.argtypes = [
+        ctypes.c_void_p,
+        ctypes.POINTER(_OutBuf),
+        ctypes.POINTER(_InBuf),
+    ]
     lib.ZSTD_decompressStream.restype = ctypes.c_size_t
     lib.ZSTD_isError.argtypes = [ctypes.c_size_t]
     lib.ZSTD_isError.restype = ctypes.c_uint

@@ -50,19 +50,24 @@ class Qcow2Crypto:
     def check_options(self, crypt_method: int) -> None:
         """``qcow2_update_options_prepare``'s switch on the header's crypt method."""
         if crypt_method == 0 and self.format is not None:
-            raise OpenError("No encryption in image header, but options specified format "
-                            f"'{self.format}'")
+            raise OpenError(
+                f"No encryption in image header, but options specified format '{self.format}'"
+            )
         expected = _FORMATS.get(crypt_method)
         if expected is not None and self.format is not None and self.format != expected:
-            raise OpenError(f"Header reported '{expected}' encryption format but options "
-                            f"specify '{self.format}'")
+            raise OpenError(
+                f"Header reported '{expected}' encryption format but options "
+                f"specify '{self.format}'"
+            )
 
     def open(self, ext: bytes, cluster_size: int) -> None:
         """The CRYPTO extension's open: bounded header reads, then ``qcrypto_block_open``."""
         offset, length = struct.unpack(">QQ", ext)
         if offset % cluster_size:
-            raise OpenError(f"Encryption header offset '{offset}' is not a multiple of "
-                            f"cluster size '{cluster_size}'")
+            raise OpenError(
+                f"Encryption header offset '{offset}' is not a multiple of "
+                f"cluster size '{cluster_size}'"
+            )
 
         def read(pos: int, n: int) -> bytes:
             # qcow2_crypto_hdr_read_func

@@ -75,8 +75,13 @@ class Qcow2Node(DriverNode):
 
     driver_name = "qcow2"
 
-    def __init__(self, node_name: str, options: Mapping[str, Any],
-                 children: Mapping[str, DriverNode], read_only: bool) -> None:
+    def __init__(
+        self,
+        node_name: str,
+        options: Mapping[str, Any],
+        children: Mapping[str, DriverNode],
+        read_only: bool,
+    ) -> None:
         super().__init__(node_name, options, children, read_only)
         from txgraph.errors import OpenError
 
@@ -85,8 +90,9 @@ class Qcow2Node(DriverNode):
         f = self.children["file"]
         flen = getattr(f, "file_length", f.size)()
         self.crypto = Qcow2Crypto(options, self._fread)
-        self.header: Qcow2Header = read_qcow2_header(self._fread, flen, read_only=read_only,
-                                                     crypto=self.crypto)
+        self.header: Qcow2Header = read_qcow2_header(
+            self._fread, flen, read_only=read_only, crypto=self.crypto
+        )
         h = self.header
         #: the plaintext view of the data file when the payload is encrypted (LUKS)
         self._crypt_view: Any = None
@@ -159,8 +165,9 @@ class Qcow2Node(DriverNode):
             view = self._crypt_view = EncryptedView(dc, volume.cipher, 0)
         return view  # type: ignore[no-any-return]
 
-    def signal_corruption(self, message: str, *, offset: int = -1, size: int = -1,
-                          fatal: bool = True) -> IOFailure:
+    def signal_corruption(
+        self, message: str, *, offset: int = -1, size: int = -1, fatal: bool = True
+    ) -> IOFailure:
         """QEMU's ``qcow2_signal_corruption``; returns the EIO to raise.
 
         Fatal only on a writable node: the corrupt bit is written, the event
@@ -182,8 +189,7 @@ class Qcow2Node(DriverNode):
         with self.lock:
             return self._signal_corruption(message, offset, size, fatal)
 
-    def _signal_corruption(self, message: str, offset: int, size: int,
-                           fatal: bool) -> IOFailure:
+    def _signal_corruption(self, message: str, offset: int, size: int, fatal: bool) -> IOFailure:
         fatal = fatal and self.writer is not None
         if self.signaled and (not fatal or self.header.corrupt):
             return _eio()
@@ -218,8 +224,11 @@ class Qcow2Node(DriverNode):
     def read(self, offset: int, length: int) -> bytes:
         self._alive()
         vsize = self.size()
-        if length > 0 and offset + length <= vsize and (offset >> self.cluster_bits) == (
-                (offset + length - 1) >> self.cluster_bits):
+        if (
+            length > 0
+            and offset + length <= vsize
+            and (offset >> self.cluster_bits) == ((offset + length - 1) >> self.cluster_bits)
+        ):
             code = self._code(offset >> self.cluster_bits)
             if code >= 0:  # fast path: one data cluster, one copy
                 dc = self._data_child((offset & -self.cluster_size) - code)
@@ -247,8 +256,11 @@ class Qcow2Node(DriverNode):
             if codes is not None:
                 code = int(codes[c & (self.map.n - 1)])
                 if code >= 0:
-                    child_readinto(self._data_child((offset & -self.cluster_size) - code),
-                                   code + (offset & (self.cluster_size - 1)), out)
+                    child_readinto(
+                        self._data_child((offset & -self.cluster_size) - code),
+                        code + (offset & (self.cluster_size - 1)),
+                        out,
+                    )
                     return
         self._readinto(offset, out, zeroed=False)
 
@@ -271,14 +283,18 @@ class Qcow2Node(DriverNode):
         end = offset + length
         with self.lock:  # one consistent lookup; the copies run without the lock
             runs = self.map.runs(c0, c1 - c0 + 1)
-            entries = {first: self.map.raw_entry(first) for first, _, code in runs
-                       if code in (COMPRESSED, MIXED)}
+            entries = {
+                first: self.map.raw_entry(first)
+                for first, _, code in runs
+                if code in (COMPRESSED, MIXED)
+            }
         for first, n, code in runs:
             run_end = min(end, (first + n) << cb)
             a, b = pos - offset, run_end - offset
             if code >= 0:
-                child_readinto(self._data_child((first << cb) - code),
-                               code + (pos - (first << cb)), out[a:b])
+                child_readinto(
+                    self._data_child((first << cb) - code), code + (pos - (first << cb)), out[a:b]
+                )
             elif code == ZERO:
                 if not zeroed:
                     out[a:b] = bytes(b - a)
@@ -287,7 +303,7 @@ class Qcow2Node(DriverNode):
             elif code == COMPRESSED:
                 data = self._decompressed(entries[first][0])
                 io = pos & (cs - 1)
-                out[a:b] = data[io:io + (b - a)]
+                out[a:b] = data[io : io + (b - a)]
             elif code == MIXED:
                 self._read_subclusters(first, pos, out[a:b], zeroed, entries[first])
             else:
@@ -319,16 +335,18 @@ class Qcow2Node(DriverNode):
         if data is None:
             coff, csize = key
             try:
-                data = decompress(self.header.compression_type, self._fread(coff, csize),
-                                  self.cluster_size)
+                data = decompress(
+                    self.header.compression_type, self._fread(coff, csize), self.cluster_size
+                )
             except DecompressError:
                 raise _eio() from None
             with self.lock:
                 self.cache.put(key, data)
         return data
 
-    def _read_subclusters(self, cluster: int, pos: int, out: memoryview, zeroed: bool,
-                          entry: tuple[int, int]) -> None:
+    def _read_subclusters(
+        self, cluster: int, pos: int, out: memoryview, zeroed: bool, entry: tuple[int, int]
+    ) -> None:
         """Extended L2: each 1/32 of the cluster is data, zeros, or the backing."""
         raw, bm = entry
         host = raw & C.L2E_OFFSET_MASK
@@ -442,12 +460,18 @@ class Qcow2Node(DriverNode):
     def format_specific(self) -> dict[str, Any]:
         h = self.header
         if h.version < 3:
-            data: dict[str, Any] = {"compat": "0.10", "compression-type": "zlib",
-                                    "refcount-bits": h.refcount_bits}
+            data: dict[str, Any] = {
+                "compat": "0.10",
+                "compression-type": "zlib",
+                "refcount-bits": h.refcount_bits,
+            }
         else:
-            data = {"compat": "1.1",
-                    "compression-type": "zstd" if h.compression_type else "zlib",
-                    "lazy-refcounts": h.lazy_refcounts, "refcount-bits": h.refcount_bits}
+            data = {
+                "compat": "1.1",
+                "compression-type": "zstd" if h.compression_type else "zlib",
+                "lazy-refcounts": h.lazy_refcounts,
+                "refcount-bits": h.refcount_bits,
+            }
             if h.has_data_file:
                 if h.data_file is not None:
                     data["data-file"] = h.data_file
@@ -466,28 +490,39 @@ class Qcow2Node(DriverNode):
             extra["snapshots"] = [snapshot_qmp(s) for s in h.snapshots]
         if h.backing_file is not None and fi.filename and not fi.filename.startswith("json:"):
             extra["full-backing-filename"] = (
-                h.backing_file if os.path.isabs(h.backing_file) or ":" in h.backing_file
-                else os.path.join(os.path.dirname(fi.filename), h.backing_file))
+                h.backing_file
+                if os.path.isabs(h.backing_file) or ":" in h.backing_file
+                else os.path.join(os.path.dirname(fi.filename), h.backing_file)
+            )
         actual = fi.actual_size
         dc = self.children.get("data-file")
         if dc is not None and actual is not None:
             # Like bdrv_sum_allocated_file_size: every storage child counts, backing does not.
             actual += dc.info().actual_size or 0
-        return ImageInfo(format="qcow2", virtual_size=self.size(), filename=fi.filename,
-                         actual_size=actual, backing_file=h.backing_file,
-                         backing_format=h.backing_format, data_file=h.data_file,
-                         has_external_data_file=h.has_data_file, cluster_size=h.cluster_size,
-                         dirty=h.dirty, format_specific=self.format_specific(), extra=extra)
+        return ImageInfo(
+            format="qcow2",
+            virtual_size=self.size(),
+            filename=fi.filename,
+            actual_size=actual,
+            backing_file=h.backing_file,
+            backing_format=h.backing_format,
+            data_file=h.data_file,
+            has_external_data_file=h.has_data_file,
+            cluster_size=h.cluster_size,
+            dirty=h.dirty,
+            format_specific=self.format_specific(),
+            extra=extra,
+        )
 
     # -- header changes -------------------------------------------------------
-    def change_backing_file(self, backing_file: str | None, backing_fmt: str | None, *,
-                            require: bool = False) -> None:
+    def change_backing_file(
+        self, backing_file: str | None, backing_fmt: str | None, *, require: bool = False
+    ) -> None:
         """``bdrv_change_backing_file``: a node whose driver was dropped is ENOMEDIUM first."""
         self._alive()
         super().change_backing_file(backing_file, backing_fmt, require=require)
 
-    def driver_change_backing_file(self, backing_file: str | None,
-                                   backing_fmt: str | None) -> None:
+    def driver_change_backing_file(self, backing_file: str | None, backing_fmt: str | None) -> None:
         """``qcow2_change_backing_file``: rebuild the header cluster (:mod:`.update_header`)."""
         change_backing_file(self, backing_file, backing_fmt)
 

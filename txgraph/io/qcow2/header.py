@@ -28,8 +28,8 @@ __all__ = ["Qcow2Header", "Snapshot", "read_qcow2_header", "Reader"]
 #: ``read(offset, length)`` returns exactly ``length`` bytes (zeros past EOF).
 Reader = Callable[[int, int], bytes]
 
-_V2 = struct.Struct(">4sIQIIQIIQQIIQ")      # 72 bytes
-_V3 = struct.Struct(">QQQII")               # bytes 72..103
+_V2 = struct.Struct(">4sIQIIQIIQQIIQ")  # 72 bytes
+_V3 = struct.Struct(">QQQII")  # bytes 72..103
 _EXT = struct.Struct(">II")
 
 
@@ -118,14 +118,30 @@ class Qcow2Header:
 
     def pack(self) -> bytes:
         """The header fields as stored on disk (v2: 72 bytes; v3: ``header_length``)."""
-        raw = _V2.pack(C.MAGIC, self.version, self.backing_file_offset, self.backing_file_size,
-                       self.cluster_bits, self.size, self.crypt_method, self.l1_size,
-                       self.l1_table_offset, self.refcount_table_offset,
-                       self.refcount_table_clusters, self.nb_snapshots, self.snapshots_offset)
+        raw = _V2.pack(
+            C.MAGIC,
+            self.version,
+            self.backing_file_offset,
+            self.backing_file_size,
+            self.cluster_bits,
+            self.size,
+            self.crypt_method,
+            self.l1_size,
+            self.l1_table_offset,
+            self.refcount_table_offset,
+            self.refcount_table_clusters,
+            self.nb_snapshots,
+            self.snapshots_offset,
+        )
         if self.version < 3:
             return raw
-        raw += _V3.pack(self.incompatible_features, self.compatible_features,
-                        self.autoclear_features, self.refcount_order, self.header_length)
+        raw += _V3.pack(
+            self.incompatible_features,
+            self.compatible_features,
+            self.autoclear_features,
+            self.refcount_order,
+            self.header_length,
+        )
         return raw + self.unknown_header_fields
 
 
@@ -133,8 +149,9 @@ def _fail(desc: str) -> OpenError:
     return OpenError(desc)
 
 
-def _validate_table(offset: int, entries: int, entry_len: int, max_bytes: int,
-                    cluster_size: int, name: str) -> None:
+def _validate_table(
+    offset: int, entries: int, entry_len: int, max_bytes: int, cluster_size: int, name: str
+) -> None:
     """QEMU's ``qcow2_validate_table``: bounded size, no overflow, cluster-aligned."""
     if entries > max_bytes // entry_len:
         raise _fail(f"{name} too large")
@@ -154,8 +171,9 @@ def _unsupported_features(h: Qcow2Header, mask: int) -> str:
     return ", ".join(parts)
 
 
-def _read_extensions(h: Qcow2Header, read: Reader, start: int, end: int,
-                     only_features: bool) -> None:
+def _read_extensions(
+    h: Qcow2Header, read: Reader, start: int, end: int, only_features: bool
+) -> None:
     """QEMU's ``qcow2_read_extensions`` over ``[start, end)`` of cluster 0."""
     offset = start
     while offset < end:
@@ -171,7 +189,9 @@ def _read_extensions(h: Qcow2Header, read: Reader, start: int, end: int,
                 _parse_feature_table(h, data)
         elif magic == C.EXT_BACKING_FORMAT:
             if length >= C.MAX_BACKING_FORMAT:
-                raise _fail(f"ERROR: ext_backing_format: len={length} too large (>={C.MAX_BACKING_FORMAT})")
+                raise _fail(
+                    f"ERROR: ext_backing_format: len={length} too large (>={C.MAX_BACKING_FORMAT})"
+                )
             h.backing_format = data.decode("utf-8", "replace")
         elif magic == C.EXT_FEATURE_TABLE:
             _parse_feature_table(h, data)
@@ -195,7 +215,7 @@ def _parse_feature_table(h: Qcow2Header, data: bytes) -> None:
     h.feature_table = []
     for i in range(len(data) // 48):
         ftype, bit = data[i * 48], data[i * 48 + 1]
-        name = data[i * 48 + 2:i * 48 + 48].split(b"\0", 1)[0].decode("utf-8", "replace")
+        name = data[i * 48 + 2 : i * 48 + 48].split(b"\0", 1)[0].decode("utf-8", "replace")
         h.feature_table.append((ftype, bit, name))
 
 
@@ -210,19 +230,24 @@ def _check_bitmaps_ext(h: Qcow2Header, data: bytes) -> None:
     if reserved != 0:
         raise _fail("bitmaps_ext: Reserved field is not zero")
     if nb > 65535:
-        raise _fail(f"bitmaps_ext: Image has {nb} bitmaps, exceeding the QEMU supported maximum of 65535")
+        raise _fail(
+            f"bitmaps_ext: Image has {nb} bitmaps, exceeding the QEMU supported maximum of 65535"
+        )
     if nb == 0:
         raise _fail("found bitmaps extension with zero bitmaps")
     if dir_off % h.cluster_size:
         raise _fail("bitmaps_ext: invalid bitmap directory offset")
     if dir_size > (64 << 20):
-        raise _fail(f"bitmaps_ext: bitmap directory size ({dir_size}) exceeds the maximum "
-                    f"supported size ({64 << 20})")
+        raise _fail(
+            f"bitmaps_ext: bitmap directory size ({dir_size}) exceeds the maximum "
+            f"supported size ({64 << 20})"
+        )
     h.bitmaps_ext = data
 
 
-def read_qcow2_header(read: Reader, size: int, *, read_only: bool = True,
-                      crypto: Qcow2Crypto | None = None) -> Qcow2Header:
+def read_qcow2_header(
+    read: Reader, size: int, *, read_only: bool = True, crypto: Qcow2Crypto | None = None
+) -> Qcow2Header:
     """Parse and validate a qcow2 header like QEMU 7.2's ``qcow2_do_open``.
 
     ``read`` reads the image file (zero-filled past EOF, as QEMU's block
@@ -245,8 +270,13 @@ def read_qcow2_header(read: Reader, size: int, *, read_only: bool = True,
         raise _fail(f"Unsupported cluster size: 2^{h.cluster_bits}")
     cs = h.cluster_size
     if h.version == 3:
-        (h.incompatible_features, h.compatible_features, h.autoclear_features,
-         h.refcount_order, h.header_length) = _V3.unpack(raw[72:104])
+        (
+            h.incompatible_features,
+            h.compatible_features,
+            h.autoclear_features,
+            h.refcount_order,
+            h.header_length,
+        ) = _V3.unpack(raw[72:104])
         if h.header_length < 104:
             raise _fail("qcow2 header too short")
     if h.header_length > cs:
@@ -262,8 +292,10 @@ def read_qcow2_header(read: Reader, size: int, *, read_only: bool = True,
         # Only the feature names are needed for the message; errors in other
         # extensions must not mask this one.
         _read_extensions(h, read, h.header_length, ext_end, only_features=True)
-        raise _fail("Unsupported qcow2 feature(s): "
-                    + _unsupported_features(h, h.incompatible_features & ~C.INCOMPAT_MASK))
+        raise _fail(
+            "Unsupported qcow2 feature(s): "
+            + _unsupported_features(h, h.incompatible_features & ~C.INCOMPAT_MASK)
+        )
     if h.corrupt and not read_only:
         raise _fail("qcow2: Image is corrupt; cannot be opened read/write")
     if h.extended_l2 and cs // C.EXTL2_SUBCLUSTERS < 512:
@@ -273,10 +305,22 @@ def read_qcow2_header(read: Reader, size: int, *, read_only: bool = True,
     _check_crypt(h)
     if h.refcount_table_clusters == 0:
         raise _fail("Image does not contain a reference count table")
-    _validate_table(h.refcount_table_offset, h.refcount_table_clusters, cs,
-                    C.MAX_REFTABLE_SIZE, cs, "Reference count table")
-    _validate_table(h.snapshots_offset, h.nb_snapshots, C.SNAPSHOT_HEADER_SIZE,
-                    C.MAX_SNAPSHOTS * C.SNAPSHOT_HEADER_SIZE, cs, "Snapshot table")
+    _validate_table(
+        h.refcount_table_offset,
+        h.refcount_table_clusters,
+        cs,
+        C.MAX_REFTABLE_SIZE,
+        cs,
+        "Reference count table",
+    )
+    _validate_table(
+        h.snapshots_offset,
+        h.nb_snapshots,
+        C.SNAPSHOT_HEADER_SIZE,
+        C.MAX_SNAPSHOTS * C.SNAPSHOT_HEADER_SIZE,
+        cs,
+        "Snapshot table",
+    )
     if h.l1_size > C.MAX_L1_SIZE // 8:
         raise _fail("Active L1 table too large")
     shift = h.cluster_bits + h.l2_bits

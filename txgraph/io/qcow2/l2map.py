@@ -69,8 +69,13 @@ _FULL32 = 0xFFFFFFFF
 class L2Map:
     """Lazily compiled view of the active L1/L2 tables of one image."""
 
-    def __init__(self, h: Qcow2Header, l1: np.ndarray, read_table: object,
-                 options: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        h: Qcow2Header,
+        l1: np.ndarray,
+        read_table: object,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
         self.h = h
         self.l1 = l1  # native uint64, owned by the driver (updated on L1 writes)
         self._read_table = read_table  # callable(offset, nbytes) -> bytes
@@ -140,7 +145,7 @@ class L2Map:
         """The first slot ``>= i`` whose L1 entry is non-zero (``nslots`` if none)."""
         nz = self._nz
         if nz is None:
-            nz = np.flatnonzero(self.l1[:self.nslots] & np.uint64(C.L1E_OFFSET_MASK))
+            nz = np.flatnonzero(self.l1[: self.nslots] & np.uint64(C.L1E_OFFSET_MASK))
             self._nz = nz
         k = int(np.searchsorted(nz, i))
         return int(nz[k]) if k < len(nz) else self.nslots
@@ -151,8 +156,9 @@ class L2Map:
 
     def _compile(self, i: int) -> np.ndarray:
         n = self.n
-        codes = (self.flat[i * n:(i + 1) * n] if self.flat is not None
-                 else np.empty(n, dtype=np.int64))
+        codes = (
+            self.flat[i * n : (i + 1) * n] if self.flat is not None else np.empty(n, dtype=np.int64)
+        )
         l2off = self.l2_offset(i)
         if l2off == 0:
             codes[:] = UNALLOC
@@ -192,7 +198,7 @@ class L2Map:
         unaligned = present & ((off & (self.h.cluster_size - 1)) != 0)
         if self.data_file:
             # External data files map guest offset == host offset, nothing else.
-            guest = (np.arange(base, base + len(raw), dtype=np.int64) << self.cb)
+            guest = np.arange(base, base + len(raw), dtype=np.int64) << self.cb
             unaligned = unaligned | (present & (off != guest))
         if bm is None:
             zero = (raw & np.uint64(C.OFLAG_ZERO)) != 0
@@ -292,7 +298,7 @@ class L2Map:
                 c = min(end, self.next_allocated_slot(i + 1) << self.l2b)
                 continue
             lo = c & (self.n - 1)
-            seg = self.slot(i)[lo:min(self.n, lo + (end - c))]
+            seg = self.slot(i)[lo : min(self.n, lo + (end - c))]
             if code0 is None:
                 code0 = int(seg[0])
                 if code0 < UNALLOC:  # single-cluster classes
@@ -323,9 +329,11 @@ class L2Map:
         raw = self.raw[i]
         assert raw is not None
         seg = raw[lo:hi]
-        owned = ((seg & np.uint64(C.OFLAG_COPIED)) != 0) \
-            & ((seg & np.uint64(C.OFLAG_COMPRESSED)) == 0) \
+        owned = (
+            ((seg & np.uint64(C.OFLAG_COPIED)) != 0)
+            & ((seg & np.uint64(C.OFLAG_COMPRESSED)) == 0)
             & ((seg & np.uint64(C.L2E_OFFSET_MASK)) != 0)
+        )
         return len(seg) if not bool(owned.any()) else max(1, int(np.argmax(owned)))
 
     def translate(self, guest: np.ndarray) -> np.ndarray:
@@ -353,8 +361,11 @@ class L2Map:
         b = self.bitmaps[i]
         if b is not None:
             b[j] = bitmap
-        code = self.classify(np.array([raw], dtype=np.uint64),
-                             None if b is None else np.array([bitmap], dtype=np.uint64), cluster)
+        code = self.classify(
+            np.array([raw], dtype=np.uint64),
+            None if b is None else np.array([bitmap], dtype=np.uint64),
+            cluster,
+        )
         self.codes[i][j] = int(code[0])  # type: ignore[index]
 
     def raw_entry(self, cluster: int) -> tuple[int, int]:

@@ -41,9 +41,20 @@ from txgraph.model.options import parse_bool
 if TYPE_CHECKING:
     from txgraph.io.qcow2.driver import Qcow2Node
 
-__all__ = ["OL_MAIN_HEADER", "OL_ACTIVE_L1", "OL_ACTIVE_L2", "OL_REFCOUNT_TABLE",
-           "OL_REFCOUNT_BLOCK", "OL_SNAPSHOT_TABLE", "OL_INACTIVE_L1", "OL_INACTIVE_L2",
-           "OL_BITMAP_DIRECTORY", "TEMPLATES", "parse_overlap_check", "OverlapChecker"]
+__all__ = [
+    "OL_MAIN_HEADER",
+    "OL_ACTIVE_L1",
+    "OL_ACTIVE_L2",
+    "OL_REFCOUNT_TABLE",
+    "OL_REFCOUNT_BLOCK",
+    "OL_SNAPSHOT_TABLE",
+    "OL_INACTIVE_L1",
+    "OL_INACTIVE_L2",
+    "OL_BITMAP_DIRECTORY",
+    "TEMPLATES",
+    "parse_overlap_check",
+    "OverlapChecker",
+]
 
 # Bit numbers as QEMU's QCow2MetadataOverlap; option names as its
 # overlap_bool_option_names, event names as its metadata_ol_names.
@@ -58,15 +69,28 @@ _STRUCTS = (
     ("inactive-l2", "inactive L2 table"),
     ("bitmap-directory", "bitmap directory"),
 )
-(OL_MAIN_HEADER, OL_ACTIVE_L1, OL_ACTIVE_L2, OL_REFCOUNT_TABLE, OL_REFCOUNT_BLOCK,
- OL_SNAPSHOT_TABLE, OL_INACTIVE_L1, OL_INACTIVE_L2, OL_BITMAP_DIRECTORY) = (
-    1 << i for i in range(len(_STRUCTS)))
+(
+    OL_MAIN_HEADER,
+    OL_ACTIVE_L1,
+    OL_ACTIVE_L2,
+    OL_REFCOUNT_TABLE,
+    OL_REFCOUNT_BLOCK,
+    OL_SNAPSHOT_TABLE,
+    OL_INACTIVE_L1,
+    OL_INACTIVE_L2,
+    OL_BITMAP_DIRECTORY,
+) = (1 << i for i in range(len(_STRUCTS)))
 
-_CONSTANT = (OL_MAIN_HEADER | OL_ACTIVE_L1 | OL_REFCOUNT_TABLE | OL_SNAPSHOT_TABLE
-             | OL_BITMAP_DIRECTORY)
+_CONSTANT = (
+    OL_MAIN_HEADER | OL_ACTIVE_L1 | OL_REFCOUNT_TABLE | OL_SNAPSHOT_TABLE | OL_BITMAP_DIRECTORY
+)
 _CACHED = _CONSTANT | OL_ACTIVE_L2 | OL_REFCOUNT_BLOCK | OL_INACTIVE_L1
-TEMPLATES: dict[str, int] = {"none": 0, "constant": _CONSTANT, "cached": _CACHED,
-                             "all": _CACHED | OL_INACTIVE_L2}
+TEMPLATES: dict[str, int] = {
+    "none": 0,
+    "constant": _CONSTANT,
+    "cached": _CACHED,
+    "all": _CACHED | OL_INACTIVE_L2,
+}
 
 
 def parse_overlap_check(options: Mapping[str, Any]) -> int:
@@ -85,12 +109,16 @@ def parse_overlap_check(options: Mapping[str, Any]) -> int:
     opt = flat.get("overlap-check")
     tmpl = flat.get("overlap-check.template")
     if opt is not None and tmpl is not None and opt != tmpl:
-        raise OpenError(f"Conflicting values for qcow2 options 'overlap-check' ('{opt}') and "
-                        f"'overlap-check.template' ('{tmpl}')")
+        raise OpenError(
+            f"Conflicting values for qcow2 options 'overlap-check' ('{opt}') and "
+            f"'overlap-check.template' ('{tmpl}')"
+        )
     name = opt if opt is not None else (tmpl if tmpl is not None else "cached")
     if name not in TEMPLATES:
-        raise OpenError(f"Unsupported value '{name}' for qcow2 option 'overlap-check'. "
-                        "Allowed are any of the following: none, constant, cached, all")
+        raise OpenError(
+            f"Unsupported value '{name}' for qcow2 option 'overlap-check'. "
+            "Allowed are any of the following: none, constant, cached, all"
+        )
     mask = TEMPLATES[str(name)]
     for bit, (key, _) in enumerate(_STRUCTS):
         value = flat.get(f"overlap-check.{key}")
@@ -134,24 +162,35 @@ class OverlapChecker:
             return OL_MAIN_HEADER
         start = offset - offset % cs
         size = -(-(offset - start + size) // cs) * cs
-        if chk & OL_ACTIVE_L1 and h.l1_size and _overlaps(start, size, h.l1_table_offset,
-                                                          h.l1_size * 8):
+        if (
+            chk & OL_ACTIVE_L1
+            and h.l1_size
+            and _overlaps(start, size, h.l1_table_offset, h.l1_size * 8)
+        ):
             return OL_ACTIVE_L1
-        if chk & OL_REFCOUNT_TABLE and _overlaps(start, size, h.refcount_table_offset,
-                                                 h.refcount_table_clusters * cs):
+        if chk & OL_REFCOUNT_TABLE and _overlaps(
+            start, size, h.refcount_table_offset, h.refcount_table_clusters * cs
+        ):
             return OL_REFCOUNT_TABLE
-        if chk & OL_SNAPSHOT_TABLE and h.snapshots_size and _overlaps(
-                start, size, h.snapshots_offset, h.snapshots_size):
+        if (
+            chk & OL_SNAPSHOT_TABLE
+            and h.snapshots_size
+            and _overlaps(start, size, h.snapshots_offset, h.snapshots_size)
+        ):
             return OL_SNAPSHOT_TABLE
         if chk & OL_INACTIVE_L1 and any(
-                sn.l1_size and _overlaps(start, size, sn.l1_table_offset, sn.l1_size * 8)
-                for sn in h.snapshots):
+            sn.l1_size and _overlaps(start, size, sn.l1_table_offset, sn.l1_size * 8)
+            for sn in h.snapshots
+        ):
             return OL_INACTIVE_L1
         if chk & OL_ACTIVE_L2 and self._sorted_hit(self.node.map.l2_table_offsets(), start, size):
             return OL_ACTIVE_L2
         refs = getattr(self.node.writer, "refs", None)
-        if chk & OL_REFCOUNT_BLOCK and refs is not None and self._hits(
-                refs.table, C.REFT_OFFSET_MASK, start, size):
+        if (
+            chk & OL_REFCOUNT_BLOCK
+            and refs is not None
+            and self._hits(refs.table, C.REFT_OFFSET_MASK, start, size)
+        ):
             return OL_REFCOUNT_BLOCK
         if chk & OL_INACTIVE_L2 and self._inactive_l2(start, size):
             return OL_INACTIVE_L2
@@ -200,7 +239,9 @@ class OverlapChecker:
             name = _STRUCTS[bit.bit_length() - 1][1]
             raise self.node.signal_corruption(
                 f"Preventing invalid write on metadata (overlaps with {name})",
-                offset=offset, size=size)
+                offset=offset,
+                size=size,
+            )
 
     def check_data(self, offset: int, size: int) -> None:
         """Guest data (and COW) writes; nothing to check when they go to a data file."""

@@ -97,8 +97,8 @@ def rebuild_refcounts(w: Qcow2Writer) -> None:
         blk = refs._block(bi)
         assert blk is not None
         want = np.zeros(epb, dtype=np.uint64)
-        seg = ref[bi * epb:(bi + 1) * epb]
-        want[:len(seg)] = seg
+        seg = ref[bi * epb : (bi + 1) * epb]
+        want[: len(seg)] = seg
         if not np.array_equal(blk, want):
             blk[:] = want
             refs.dirty_blocks.add(bi)

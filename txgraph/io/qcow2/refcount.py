@@ -69,8 +69,15 @@ ReserveFn = Callable[[int, int], None]
 class Refcounts:
     """The refcount table and the refcount blocks touched so far."""
 
-    def __init__(self, h: Qcow2Header, read: ReadFn, write: WriteFn, sync: Callable[[], None],
-                 file_length: int, reserve: ReserveFn | None = None) -> None:
+    def __init__(
+        self,
+        h: Qcow2Header,
+        read: ReadFn,
+        write: WriteFn,
+        sync: Callable[[], None],
+        file_length: int,
+        reserve: ReserveFn | None = None,
+    ) -> None:
         self.h = h
         self._reserve: ReserveFn = reserve or (lambda offset, length: None)
         self._read, self._write, self._sync = read, write, sync
@@ -79,7 +86,9 @@ class Refcounts:
         self.max = (1 << self.bits) - 1
         self.epb = self.cs * 8 // self.bits
         raw = read(h.refcount_table_offset, h.refcount_table_clusters * self.cs)
-        self.table = np.frombuffer(raw, dtype=">u8").astype(np.uint64) & np.uint64(C.REFT_OFFSET_MASK)
+        self.table = np.frombuffer(raw, dtype=">u8").astype(np.uint64) & np.uint64(
+            C.REFT_OFFSET_MASK
+        )
         self.blocks: dict[int, np.ndarray] = {}
         self.dirty_blocks: set[int] = set()
         self.dirty_table: set[int] = set()
@@ -169,7 +178,7 @@ class Refcounts:
             blk = self._block(bi)
             if blk is None:
                 return c
-            rest = np.flatnonzero(blk[c % self.epb:] == 0)
+            rest = np.flatnonzero(blk[c % self.epb :] == 0)
             if len(rest):
                 return c + int(rest[0])
             c = (bi + 1) * self.epb
@@ -270,7 +279,7 @@ class Refcounts:
             if -(-entries * 8 // self.cs) * self.cs > C.MAX_REFTABLE_SIZE:
                 raise IOFailure("File too large", 27)
         table = np.zeros(tc * self.cs // 8, dtype=np.uint64)
-        table[:len(self.table)] = self.table
+        table[: len(self.table)] = self.table
         self.table = table
         for k, bi in enumerate(missing):
             self.table[bi] = (start + tc + k) * self.cs
@@ -304,7 +313,7 @@ class Refcounts:
             self._sync()  # blocks must be stable before the table points at them
             per = self.cs // 8
             for tcl in sorted({i // per for i in self.dirty_table}):
-                chunk = self.table[tcl * per:(tcl + 1) * per].astype(">u8").tobytes()
+                chunk = self.table[tcl * per : (tcl + 1) * per].astype(">u8").tobytes()
                 self._write(self.h.refcount_table_offset + tcl * self.cs, chunk)
             self.dirty_table.clear()
             wrote = True

@@ -61,8 +61,9 @@ def _size(value: Any) -> int | None:
     return None
 
 
-def cache_limits(options: Mapping[str, Any], cluster_size: int,
-                 table_bytes: int) -> tuple[int, float]:
+def cache_limits(
+    options: Mapping[str, Any], cluster_size: int, table_bytes: int
+) -> tuple[int, float]:
     """(slot cap, clean interval) from the qcow2 options, as ``read_cache_sizes`` sizes them.
 
     ``table_bytes`` is what one compiled slot stands for on disk (one L2 table).
@@ -84,8 +85,13 @@ def cache_limits(options: Mapping[str, Any], cluster_size: int,
 class SlotCache:
     """Which compiled slots are held, in recency order, and which are pinned."""
 
-    def __init__(self, cap: int, drop: Callable[[int], None], interval: float = 0.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        cap: int,
+        drop: Callable[[int], None],
+        interval: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.cap = max(MIN_SLOTS, cap)
         self.interval = interval
         self._drop = drop
@@ -125,8 +131,11 @@ class SlotCache:
         self._order[i] = now
         self._order.move_to_end(i)
         if self.interval > 0 and now - self._last_clean >= self.interval:
-            stale = [k for k, used in self._order.items()
-                     if used < self._last_clean and k not in self.pinned and k != i]
+            stale = [
+                k
+                for k, used in self._order.items()
+                if used < self._last_clean and k not in self.pinned and k != i
+            ]
             for k in stale:
                 self._evict(k)
             self._last_clean = now

@@ -49,8 +49,9 @@ def read_snapshots(h: Qcow2Header, read: Reader) -> tuple[list[Snapshot], int]:
     offset = h.snapshots_offset
     for i in range(h.nb_snapshots):
         offset = (offset + 7) & ~7
-        (l1_off, l1_size, id_len, name_len, date_sec, date_nsec, vm_clock,
-         vm_state, extra_len) = _SN.unpack(read(offset, _SN.size))
+        (l1_off, l1_size, id_len, name_len, date_sec, date_nsec, vm_clock, vm_state, extra_len) = (
+            _SN.unpack(read(offset, _SN.size))
+        )
         offset += _SN.size
         if extra_len > C.MAX_SNAPSHOT_EXTRA_DATA:
             raise OpenError(f"Too much extra metadata in snapshot table entry {i}")
@@ -71,8 +72,20 @@ def read_snapshots(h: Qcow2Header, read: Reader) -> tuple[list[Snapshot], int]:
         offset += name_len
         if offset - h.snapshots_offset > C.MAX_SNAPSHOTS_TABLE_SIZE:
             raise OpenError("Snapshot table is too big")
-        out.append(Snapshot(sid, name, l1_off, l1_size, date_sec, date_nsec, vm_clock,
-                            vm_state, disk_size, icount))
+        out.append(
+            Snapshot(
+                sid,
+                name,
+                l1_off,
+                l1_size,
+                date_sec,
+                date_nsec,
+                vm_clock,
+                vm_state,
+                disk_size,
+                icount,
+            )
+        )
     return out, offset - h.snapshots_offset
 
 
@@ -87,8 +100,11 @@ def validate_snapshot_l1(h: Qcow2Header, sn: Snapshot) -> None:
 def snapshot_qmp(sn: Snapshot) -> dict[str, Any]:
     """One ``SnapshotInfo`` as QEMU's ``query-named-block-nodes`` shows it."""
     d: dict[str, Any] = {
-        "id": sn.id, "name": sn.name, "vm-state-size": sn.vm_state_size,
-        "date-sec": sn.date_sec, "date-nsec": sn.date_nsec,
+        "id": sn.id,
+        "name": sn.name,
+        "vm-state-size": sn.vm_state_size,
+        "date-sec": sn.date_sec,
+        "date-nsec": sn.date_nsec,
         "vm-clock-sec": sn.vm_clock_nsec // 1_000_000_000,
         "vm-clock-nsec": sn.vm_clock_nsec % 1_000_000_000,
     }

@@ -105,11 +105,12 @@ def _feature_table() -> bytes:
 def _extra_header_fields(h: Qcow2Header) -> bytes:
     """The header bytes past QEMU's 112-byte struct (kept verbatim; ``unknown_header_fields``)."""
     # h.unknown_header_fields holds bytes 104..header_length; QEMU's own struct ends at 112.
-    return h.unknown_header_fields[_V3_HEADER - 104:]
+    return h.unknown_header_fields[_V3_HEADER - 104 :]
 
 
-def build_header_cluster(h: Qcow2Header, backing_file: bytes | None,
-                         backing_format: bytes | None) -> tuple[bytes, Qcow2Header]:
+def build_header_cluster(
+    h: Qcow2Header, backing_file: bytes | None, backing_format: bytes | None
+) -> tuple[bytes, Qcow2Header]:
     """``qcow2_update_header``: the new first cluster and the header it describes.
 
     ``h`` is the node's current in-memory header (not changed here); the name
@@ -156,8 +157,9 @@ def build_header_cluster(h: Qcow2Header, backing_file: bytes | None,
         header_length=fixed if h.version >= 3 else h.header_length,
         unknown_header_fields=fields if h.version >= 3 else h.unknown_header_fields,
         backing_file=None if backing_file is None else backing_file.decode("utf-8", "replace"),
-        backing_format=None if backing_format is None else backing_format.decode("utf-8",
-                                                                                  "replace"),
+        backing_format=None
+        if backing_format is None
+        else backing_format.decode("utf-8", "replace"),
         feature_table=list(FEATURE_TABLE) if h.version >= 3 and cs > 4096 else h.feature_table,
     )
     head = new.pack()
@@ -166,8 +168,7 @@ def build_header_cluster(h: Qcow2Header, backing_file: bytes | None,
     return cluster + bytes(cs - len(cluster)), new
 
 
-def change_backing_file(node: Qcow2Node, backing_file: str | None,
-                        backing_fmt: str | None) -> None:
+def change_backing_file(node: Qcow2Node, backing_file: str | None, backing_fmt: str | None) -> None:
     """``qcow2_change_backing_file`` + ``qcow2_update_header`` on a live node.
 
     Refusals, in QEMU's order: a backing file over a raw external data file
@@ -178,7 +179,7 @@ def change_backing_file(node: Qcow2Node, backing_file: str | None,
     backing_format, full-backing-filename) describes the new cluster.
     """
     name = None if backing_file is None else c_string(backing_file)
-    fmt = None if backing_fmt is None else c_string(backing_fmt)[:C.MAX_BACKING_FORMAT - 1]
+    fmt = None if backing_fmt is None else c_string(backing_fmt)[: C.MAX_BACKING_FORMAT - 1]
     with node.lock:
         h = node.header
         if name is not None and h.has_data_file and h.data_file_raw:
@@ -191,6 +192,14 @@ def change_backing_file(node: Qcow2Node, backing_file: str | None,
         node.file.write(0, cluster)
         # The header object is shared with the map, the writer and the refcounts: update it
         # in place so that every holder sees the new fields.
-        for f in ("size", "backing_file_offset", "backing_file_size", "header_length",
-                  "unknown_header_fields", "backing_file", "backing_format", "feature_table"):
+        for f in (
+            "size",
+            "backing_file_offset",
+            "backing_file_size",
+            "header_length",
+            "unknown_header_fields",
+            "backing_file",
+            "backing_format",
+            "feature_table",
+        ):
             setattr(h, f, getattr(new, f))

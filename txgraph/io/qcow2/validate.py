@@ -46,7 +46,7 @@ def read_message(node: Qcow2Node, cluster: int) -> str:
     bad = m.bad_slots.get(slot)
     if bad is not None:
         return bad
-    raw, bm = m.raw_entry(cluster)
+    raw, _bm = m.raw_entry(cluster)
     l2off = m.l2_offset(slot)
     idx = cluster & (m.n - 1)
     where = f"(L2 offset: {hx(l2off)}, L2 index: {hx(idx)})"
@@ -61,8 +61,10 @@ def read_message(node: Qcow2Node, cluster: int) -> str:
         return f"Cluster allocation offset {hx(host)} unaligned {where}"
     guest = cluster << h.cluster_bits
     if not compressed and h.has_data_file and (host or raw & C.OFLAG_COPIED) and host != guest:
-        return (f"External data file host cluster offset {hx(host)} does not match guest "
-                f"cluster offset: {hx(guest)}, L2 index: {hx(idx)})")
+        return (
+            f"External data file host cluster offset {hx(host)} does not match guest "
+            f"cluster offset: {hx(guest)}, L2 index: {hx(idx)})"
+        )
     return f"Invalid cluster entry found  {where}"
 
 
@@ -75,8 +77,10 @@ def owned_write_message(node: Qcow2Node, cluster: int) -> str | None:
     if not host % node.header.cluster_size:
         return None
     kind = "Preallocated zero" if (raw & C.OFLAG_ZERO and not node.header.extended_l2) else "Data"
-    return (f"{kind} cluster offset {hx(host)} unaligned "
-            f"(guest offset: {hx(cluster << node.header.cluster_bits)})")
+    return (
+        f"{kind} cluster offset {hx(host)} unaligned "
+        f"(guest offset: {hx(cluster << node.header.cluster_bits)})"
+    )
 
 
 def unaligned_free(node: Qcow2Node, raw: int) -> bool:

@@ -95,8 +95,14 @@ class Qcow2Writer:
         self.cs = self.h.cluster_size
         f = node.file
         self.lock = node.lock
-        self.refs = Refcounts(self.h, node._fread, self._fwrite, self._sync,
-                              getattr(f, "file_length", f.size)(), getattr(f, "reserve", None))
+        self.refs = Refcounts(
+            self.h,
+            node._fread,
+            self._fwrite,
+            self._sync,
+            getattr(f, "file_length", f.size)(),
+            getattr(f, "reserve", None),
+        )
         # The map must not evict slots with unwritten entries: they are its pinned set
         # (the same set object, never rebound; guarded by ``lock`` like the map).
         self.dirty_slots: set[int] = node.map.cache.pinned
@@ -107,8 +113,9 @@ class Qcow2Writer:
         self.marked_dirty = self.h.dirty
         if self.h.bitmaps_ext is not None:
             # Persistent bitmaps are not maintained by txgraph; QEMU would update them.
-            raise OpenError("Cannot open qcow2 images with persistent bitmaps read-write "
-                            "in txgraph")
+            raise OpenError(
+                "Cannot open qcow2 images with persistent bitmaps read-write in txgraph"
+            )
         if self.h.version >= 3 and self.h.autoclear_features & ~C.AUTOCLEAR_MASK:
             # A writer must clear autoclear bits it does not understand.
             self.h.autoclear_features &= C.AUTOCLEAR_MASK
@@ -178,7 +185,7 @@ class Qcow2Writer:
         while pos < end:
             c = pos >> cb
             nxt = min(end, (c + 1) << cb)
-            chunk = mv[pos - offset:nxt - offset]
+            chunk = mv[pos - offset : nxt - offset]
             with self.lock:
                 raw, bm = self.map.raw_entry(c)
                 code = self.map.code(c)
@@ -186,8 +193,11 @@ class Qcow2Writer:
                     msg = owned_write_message(self.node, c)
                     if msg is not None:  # handle_copied refuses before anything is written
                         raise self.node.signal_corruption(msg)
-                owned = code >= 0 and raw & C.OFLAG_COPIED and (
-                    not self.h.extended_l2 or bm == _ALL_ALLOC)
+                owned = (
+                    code >= 0
+                    and raw & C.OFLAG_COPIED
+                    and (not self.h.extended_l2 or bm == _ALL_ALLOC)
+                )
                 if owned:
                     # The check reads L1, L2 offsets and the refcount table: under the lock.
                     # The cluster stays registered until its data is written, so no flush
@@ -204,7 +214,8 @@ class Qcow2Writer:
             if owned:  # in-place overwrite: no metadata changes, no lock needed
                 try:
                     self._data((pos & -cs) - code).write(  # type: ignore[attr-defined]
-                        code + (pos & (cs - 1)), chunk)
+                        code + (pos & (cs - 1)), chunk
+                    )
                 finally:
                     with self.lock:
                         left = self.inplace.pop(code // cs) - 1
@@ -230,7 +241,7 @@ class Qcow2Writer:
             content: bytes | bytearray | memoryview = chunk
         else:
             buf = self._cluster_content(c)
-            buf[io:io + len(chunk)] = chunk
+            buf[io : io + len(chunk)] = chunk
             content = buf
         slot = c >> self.map.l2b
         self._writable_slot(slot)
@@ -240,8 +251,12 @@ class Qcow2Writer:
             host = c << self.h.cluster_bits  # external data files map 1:1, no refcounts
         elif code >= 0 and raw & C.OFLAG_COPIED:
             host = code  # an owned cluster with a partial subcluster bitmap: fill in place
-        elif code == ZERO and raw & C.OFLAG_COPIED and raw & C.L2E_OFFSET_MASK \
-                and not self.h.extended_l2:
+        elif (
+            code == ZERO
+            and raw & C.OFLAG_COPIED
+            and raw & C.L2E_OFFSET_MASK
+            and not self.h.extended_l2
+        ):
             host = raw & C.L2E_OFFSET_MASK  # handle_copied: a preallocated zero cluster is reused
         else:
             host = self.refs.alloc_data()
@@ -249,7 +264,8 @@ class Qcow2Writer:
         try:
             self.node.overlap.check_data(host, len(content))
             self._data((c << self.h.cluster_bits) - host).write(  # type: ignore[attr-defined]
-                host, content)
+                host, content
+            )
         except BaseException:
             if fresh:  # never referenced: free again (and reuse next, as QEMU's abort)
                 self.refs.release(host // self.cs)
@@ -312,8 +328,7 @@ class Qcow2Writer:
         backing = self.node.children.get("backing")
         if backing is None:
             return True
-        start, end = c << self.h.cluster_bits, min((c + 1) << self.h.cluster_bits,
-                                                   self.node.size())
+        start, end = c << self.h.cluster_bits, min((c + 1) << self.h.cluster_bits, self.node.size())
         return _chain_reads_zero(backing, start, pos) and _chain_reads_zero(backing, nxt, end)
 
     def _zero_cluster(self, c: int, unmap: bool) -> None:
@@ -324,9 +339,12 @@ class Qcow2Writer:
         slot = c >> self.map.l2b
         self._writable_slot(slot)
         self._before_metadata_change()
-        keep = (not unmap and code >= 0 or code in (ZERO, MIXED, INVALID)) \
-            and bool(raw & C.OFLAG_COPIED) and not raw & C.OFLAG_COMPRESSED \
+        keep = (
+            ((not unmap and code >= 0) or code in (ZERO, MIXED, INVALID))
+            and bool(raw & C.OFLAG_COPIED)
+            and not raw & C.OFLAG_COMPRESSED
             and not self.h.has_data_file
+        )
         if keep and raw & C.L2E_OFFSET_MASK:
             entry = (raw & C.L2E_OFFSET_MASK) | C.OFLAG_COPIED
         else:
@@ -358,8 +376,11 @@ class Qcow2Writer:
         for c in range(first, last):
             raw, bm = self.map.raw_entry(c)
             code = self.map.code(c)
-            allocated = code >= 0 or code == COMPRESSED or code == MIXED or (
-                code == ZERO and bool(raw & C.L2E_OFFSET_MASK))
+            allocated = (
+                code >= 0
+                or code in (COMPRESSED, MIXED)
+                or (code == ZERO and bool(raw & C.L2E_OFFSET_MASK))
+            )
             if backing or allocated:
                 if self.h.extended_l2:
                     new, new_bm = 0, _ALL_ZERO
@@ -420,9 +441,10 @@ class Qcow2Writer:
         self._sync()
         if self.dirty_l1:
             for sector in sorted({i // 64 for i in self.dirty_l1}):
-                chunk = self.map.l1[sector * 64:(sector + 1) * 64].astype(">u8").tobytes()
-                self.node.overlap.check(self.h.l1_table_offset + sector * 512, len(chunk),
-                                        OL_ACTIVE_L1)
+                chunk = self.map.l1[sector * 64 : (sector + 1) * 64].astype(">u8").tobytes()
+                self.node.overlap.check(
+                    self.h.l1_table_offset + sector * 512, len(chunk), OL_ACTIVE_L1
+                )
                 self._fwrite(self.h.l1_table_offset + sector * 512, chunk)
             self.dirty_l1.clear()
             self._sync()
@@ -461,8 +483,11 @@ def _chain_reads_zero(node: DriverNode, offset: int, end: int) -> bool:
             return False
         if not st.zero:
             below = node.children.get("backing")
-            if st.allocated or below is None \
-                    or not _chain_reads_zero(below, offset, offset + st.length):
+            if (
+                st.allocated
+                or below is None
+                or not _chain_reads_zero(below, offset, offset + st.length)
+            ):
                 return False
         offset += st.length
     return True

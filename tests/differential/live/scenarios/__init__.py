@@ -8,7 +8,10 @@ from tests.differential.live.scenarios import exports, extensions, reopen, snaps
 __all__ = ["SCENARIOS", "BY_NAME"]
 
 SCENARIOS: list[LiveScenario] = [
-    *snapshots.SCENARIOS, *reopen.SCENARIOS, *exports.SCENARIOS, *extensions.SCENARIOS,
+    *snapshots.SCENARIOS,
+    *reopen.SCENARIOS,
+    *exports.SCENARIOS,
+    *extensions.SCENARIOS,
 ]
 BY_NAME: dict[str, LiveScenario] = {s.name: s for s in SCENARIOS}
 assert len(BY_NAME) == len(SCENARIOS), "duplicate scenario names"
