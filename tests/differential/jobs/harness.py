@@ -127,7 +127,8 @@ def _canon_events(events: list[dict[str, Any]], workdir: str, per_job: bool = Fa
         ):
             data.pop("offset", None)  # where the cancel or the error caught the job
         out.append((msg["event"], canon_value(data, workdir)))
-    # A paused followed, among the same job's events, directly by running is a drain's
+    # A paused (standby) followed, among the same job's events, directly by running (ready)
+    # is a drain's
     # pause (QEMU pauses jobs in every drained section; txgraph's requests just wait).
     drop: set[int] = set()
     last: dict[Any, int] = {}
@@ -137,9 +138,9 @@ def _canon_events(events: list[dict[str, Any]], workdir: str, per_job: bool = Fa
         if (
             prev is not None
             and entry[0] == "JOB_STATUS_CHANGE"
-            and entry[1].get("status") == "running"
             and out[prev][0] == "JOB_STATUS_CHANGE"
-            and out[prev][1].get("status") == "paused"
+            and (out[prev][1].get("status"), entry[1].get("status"))
+            in (("paused", "running"), ("standby", "ready"))
         ):
             drop.update((prev, i))
             last.pop(job)
