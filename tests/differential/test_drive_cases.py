@@ -310,7 +310,8 @@ CASES: tuple[Case, ...] = (
         "qemu-aborts-on-child-size",
         "file=null-co://,format=raw,file.size=abc",
         divergence="qemu-system-x86_64 7.2 aborts here (error_abort in parse_option_size); "
-        "txgraph exits with an internal-error line: its null-co open gets the untyped string",
+        "txgraph refuses the line with qemu_opt_get_size's message instead (pinned: the "
+        "oracle cannot answer it)",
     ),
     # -drive lines management software writes
     d(
