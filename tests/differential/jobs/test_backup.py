@@ -77,6 +77,23 @@ ADD_BAD = cmd(
 )
 
 
+def _add_flaky(errno: int) -> dict[str, Any]:
+    """A target whose first data write fails with ``errno``, the later ones succeed."""
+    return cmd(
+        "blockdev-add",
+        {
+            "driver": "qcow2",
+            "node-name": "bad",
+            "file": {
+                "driver": "blkdebug",
+                "node-name": "bad-dbg",
+                "inject-error": [{"event": "write_aio", "errno": errno, "once": True}],
+                "image": {"driver": "file", "filename": "bad.qcow2", "node-name": "bad-f"},
+            },
+        },
+    )
+
+
 def _txn(*actions: dict[str, Any], **props: Any) -> dict[str, Any]:
     args: dict[str, Any] = {"actions": list(actions)}
     if props:
@@ -253,6 +270,27 @@ SCENARIOS = [
         *_done("b", "BLOCK_JOB_CANCELLED"),
         images=("top.qcow2",),
         doc="stop: the job pauses as if the user paused it, io-status failed",
+    ),
+    scenario(
+        "backup-target-error-ignore",
+        _add_flaky(5),
+        cmd("blockdev-backup", {**BACKUP, "target": "bad", "on-target-error": "ignore"}),
+        Wait("BLOCK_JOB_ERROR", {"device": "b", "action": "ignore"}),
+        *_done("b"),
+        images=("top.qcow2",),
+        doc="ignore: the error is reported and the copy retried; the job then completes",
+    ),
+    scenario(
+        "backup-target-enospc-stop-resume",
+        _add_flaky(28),
+        cmd("blockdev-backup", {**BACKUP, "target": "bad", "on-target-error": "enospc"}),
+        Wait("BLOCK_JOB_ERROR", {"device": "b", "action": "stop"}),
+        Wait("JOB_STATUS_CHANGE", {"status": "paused"}),
+        cmd("query-block-jobs"),
+        cmd("job-resume", {"id": "b"}),
+        *_done("b"),
+        images=("top.qcow2",),
+        doc="enospc: ENOSPC stops the job (io-status nospace); a resume goes on",
     ),
     scenario(
         "backup-compress",
