@@ -297,7 +297,14 @@ class Qcow2Writer:
             c = pos >> cb
             nxt = min(end, (c + 1) << cb)
             whole = (pos & (cs - 1)) == 0 and (nxt - pos == cs or nxt == self.node.size())
-            if not whole and self.h.version >= 3 and not self.h.extended_l2:
+            # (not for encrypted images: QSD 7.2 writes those heads and tails as data,
+            # tests/differential/live/test_crypto_live.py)
+            if (
+                not whole
+                and self.h.version >= 3
+                and not self.h.extended_l2
+                and not self.h.crypt_method
+            ):
                 with self.lock:
                     # qcow2_co_pwrite_zeroes: a partial cluster whose rest already reads
                     # as zeros, not allocated here, becomes a zero cluster as a whole
