@@ -102,12 +102,7 @@ class BackupJob(GraphJob):
             except IOFailure as exc:
                 is_read = bool(getattr(exc, "job_read", True))
                 ret = self.io_error(exc, is_read)
-                policy = self.on_error if is_read else self.on_target_error
-                saved, self.on_error = self.on_error, policy
-                try:
-                    action = self.error_action(is_read, -ret)
-                finally:
-                    self.on_error = saved
+                action = self.error_action(is_read, -ret, None if is_read else self.on_target_error)
                 if action == ErrorAction.REPORT:
                     return ret
                 delay = 0

@@ -263,9 +263,10 @@ class Job:
         with self.manager.mutex:
             self.progress_current += done
 
-    def error_action(self, is_read: bool, error: int) -> str:
-        """``block_job_error_action``: the on-error policy's answer, and BLOCK_JOB_ERROR."""
-        policy = self.on_error
+    def error_action(self, is_read: bool, error: int, policy: str | None = None) -> str:
+        """``block_job_error_action``: the on-error policy's answer (the job's ``on_error``
+        unless the caller names another, e.g. on-target-error), and BLOCK_JOB_ERROR."""
+        policy = policy or self.on_error
         if policy == "enospc":
             action = ErrorAction.STOP if error == errno.ENOSPC else ErrorAction.REPORT
         elif policy == "stop":

@@ -229,13 +229,7 @@ class MirrorJob(GraphJob):
 
     def _error_action(self, is_read: bool, error: int) -> str:
         """Source errors follow on-source-error, target errors on-target-error."""
-        policy = self.on_error
-        if not is_read:
-            self.on_error = self.on_target_error
-        try:
-            return self.error_action(is_read, error)
-        finally:
-            self.on_error = policy
+        return self.error_action(is_read, error, None if is_read else self.on_target_error)
 
     def _ready(self) -> None:
         """``job_transition_to_ready``: the state first, then BLOCK_JOB_READY."""

@@ -8,12 +8,14 @@ non-forced cancel of a paused job. ``job-cancel`` always forces.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from txgraph.errors import BlockError, QAPIError
 from txgraph.jobs.backup import blockdev_backup
 from txgraph.jobs.commit import block_commit
-from txgraph.jobs.manager import manager_of
+from txgraph.jobs.job import Job
+from txgraph.jobs.manager import JobManager, manager_of
 from txgraph.jobs.mirror import blockdev_mirror
 from txgraph.jobs.stream import block_stream
 from txgraph.qmp.command_table import CommandContext, command
@@ -66,68 +68,36 @@ def _query_block_jobs(ctx: CommandContext, args: dict[str, Any]) -> Any:
     return manager_of(ctx.session).query_block_jobs()
 
 
-# -- job-* ---------------------------------------------------------------------------------
-@command("job-pause")
-def _job_pause(ctx: CommandContext, args: dict[str, Any]) -> Any:
-    manager = manager_of(ctx.session)
-    manager.user_pause(manager.find_job(args["id"]))
-    return {}
+# -- job-* and block-job-* ---------------------------------------------------------------
+def _verb(name: str, key: str, block: bool, act: Callable[[JobManager, Job], None]) -> None:
+    """Register ``name``: find the job by ``args[key]`` (``job-*``: GenericError ``Job not
+    found``; ``block-job-*``: DeviceNotActive), then apply the verb."""
+
+    def handler(ctx: CommandContext, args: dict[str, Any]) -> Any:
+        manager = manager_of(ctx.session)
+        find = manager.find_block_job if block else manager.find_job
+        act(manager, find(args[key]))
+        return {}
+
+    handler.__name__ = handler.__qualname__ = "_" + name.replace("-", "_")
+    command(name)(handler)
 
 
-@command("job-resume")
-def _job_resume(ctx: CommandContext, args: dict[str, Any]) -> Any:
-    manager = manager_of(ctx.session)
-    manager.user_resume(manager.find_job(args["id"]))
-    return {}
+for _prefix, _key, _block in (("job", "id", False), ("block-job", "device", True)):
+    _verb(f"{_prefix}-pause", _key, _block, JobManager.user_pause)
+    _verb(f"{_prefix}-resume", _key, _block, JobManager.user_resume)
+    _verb(f"{_prefix}-complete", _key, _block, JobManager.complete)
+    # block-job-finalize and block-job-dismiss take "id" too (blockdev.c)
+    _verb(f"{_prefix}-finalize", "id", _block, JobManager.finalize)
+    _verb(f"{_prefix}-dismiss", "id", _block, JobManager.dismiss)
+# job-cancel always forces (job-qmp.c); block-job-cancel below takes ``force``
+_verb("job-cancel", "id", False, lambda m, j: m.user_cancel(j, True))
 
 
-@command("job-cancel")
-def _job_cancel(ctx: CommandContext, args: dict[str, Any]) -> Any:
-    manager = manager_of(ctx.session)
-    manager.user_cancel(manager.find_job(args["id"]), True)
-    return {}
-
-
-@command("job-complete")
-def _job_complete(ctx: CommandContext, args: dict[str, Any]) -> Any:
-    manager = manager_of(ctx.session)
-    manager.complete(manager.find_job(args["id"]))
-    return {}
-
-
-@command("job-finalize")
-def _job_finalize(ctx: CommandContext, args: dict[str, Any]) -> Any:
-    manager = manager_of(ctx.session)
-    manager.finalize(manager.find_job(args["id"]))
-    return {}
-
-
-@command("job-dismiss")
-def _job_dismiss(ctx: CommandContext, args: dict[str, Any]) -> Any:
-    manager = manager_of(ctx.session)
-    manager.dismiss(manager.find_job(args["id"]))
-    return {}
-
-
-# -- block-job-* ---------------------------------------------------------------------------
 @command("block-job-set-speed")
 def _block_job_set_speed(ctx: CommandContext, args: dict[str, Any]) -> Any:
     manager = manager_of(ctx.session)
     manager.set_speed(manager.find_block_job(args["device"]), args["speed"])
-    return {}
-
-
-@command("block-job-pause")
-def _block_job_pause(ctx: CommandContext, args: dict[str, Any]) -> Any:
-    manager = manager_of(ctx.session)
-    manager.user_pause(manager.find_block_job(args["device"]))
-    return {}
-
-
-@command("block-job-resume")
-def _block_job_resume(ctx: CommandContext, args: dict[str, Any]) -> Any:
-    manager = manager_of(ctx.session)
-    manager.user_resume(manager.find_block_job(args["device"]))
     return {}
 
 
@@ -141,25 +111,4 @@ def _block_job_cancel(ctx: CommandContext, args: dict[str, Any]) -> Any:
     if job.user_paused and not force:
         raise BlockError(f"The block job for device '{device}' is currently paused")
     manager.user_cancel(job, force)
-    return {}
-
-
-@command("block-job-complete")
-def _block_job_complete(ctx: CommandContext, args: dict[str, Any]) -> Any:
-    manager = manager_of(ctx.session)
-    manager.complete(manager.find_block_job(args["device"]))
-    return {}
-
-
-@command("block-job-finalize")
-def _block_job_finalize(ctx: CommandContext, args: dict[str, Any]) -> Any:
-    manager = manager_of(ctx.session)
-    manager.finalize(manager.find_block_job(args["id"]))
-    return {}
-
-
-@command("block-job-dismiss")
-def _block_job_dismiss(ctx: CommandContext, args: dict[str, Any]) -> Any:
-    manager = manager_of(ctx.session)
-    manager.dismiss(manager.find_block_job(args["id"]))
     return {}
