@@ -101,7 +101,7 @@ class BackupJob(GraphJob):
                 copied = backup_step(rt, self.cbw, offset, n)
             except IOFailure as exc:
                 is_read = bool(getattr(exc, "job_read", True))
-                ret = self.io_error(exc, is_read)
+                ret = self.io_error(exc)
                 action = self.error_action(is_read, -ret, None if is_read else self.on_target_error)
                 if action == ErrorAction.REPORT:
                     return ret

@@ -109,7 +109,7 @@ class CommitJob(GraphJob):
                     rt, self.top_blk, self.base_blk, self.base_overlay, offset, length
                 )
             except IOFailure as exc:
-                ret = self.io_error(exc, True)
+                ret = self.io_error(exc)
                 action = self.error_action(bool(getattr(exc, "job_read", True)), -ret)
                 if action == ErrorAction.REPORT:
                     return ret

@@ -288,7 +288,7 @@ class Job:
                 self.iostatus = "nospace" if error == errno.ENOSPC else "failed"
         return action
 
-    def io_error(self, exc: IOFailure, is_read: bool) -> int:
+    def io_error(self, exc: IOFailure) -> int:
         """Record a failed request of ``run``: its errno, and QEMU's message for it."""
         code = exc.errno or errno.EIO
         if self.err is None:

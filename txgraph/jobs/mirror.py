@@ -173,7 +173,7 @@ class MirrorJob(GraphJob):
                     )
                 except IOFailure as exc:
                     is_read = bool(getattr(exc, "job_read", True))
-                    ret = self.io_error(exc, is_read)
+                    ret = self.io_error(exc)
                     action = self._error_action(is_read, -ret)
                     if action == ErrorAction.REPORT:
                         return ret

@@ -104,7 +104,7 @@ class StreamJob(GraphJob):
                     rt, self.blk, self.target, self.base_overlay, offset, length
                 )
             except IOFailure as exc:
-                ret = self.io_error(exc, True)
+                ret = self.io_error(exc)
                 action = self.error_action(True, -ret)
                 if action == ErrorAction.STOP:
                     delay = 0
