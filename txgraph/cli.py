@@ -290,8 +290,20 @@ def bench_txn(sizes: tuple[int, ...], repeats: int) -> None:
 
 
 @bench.command("jobs")
-@click.option("--size-mib", default=1024, show_default=True, help="Image size (fully allocated).")
-@click.option("--rounds", default=3, show_default=True, help="Interleaved rounds per peer.")
+@click.option(
+    "--size-mib",
+    default=1024,
+    type=click.IntRange(min=1),
+    show_default=True,
+    help="Image size (fully allocated).",
+)
+@click.option(
+    "--rounds",
+    default=3,
+    type=click.IntRange(min=1),
+    show_default=True,
+    help="Interleaved rounds per peer.",
+)
 @click.option(
     "--workdir",
     type=click.Path(file_okay=False),

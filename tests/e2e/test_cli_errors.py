@@ -143,3 +143,15 @@ def test_an_unexpected_failure_is_one_line_and_the_traceback_is_opt_in() -> None
     )
     res = CliRunner().invoke(group, ["boom"], env={TRACEBACK_ENV: "1"})
     assert isinstance(res.exception, KeyError)
+
+
+def test_bench_jobs_refuses_an_empty_image_as_a_usage_error() -> None:
+    """A zero size or zero rounds is a usage mistake (exit 2, one line), not a crash."""
+    from click.testing import CliRunner
+
+    from txgraph.cli import main
+
+    for args in (["--size-mib", "0"], ["--rounds", "0"]):
+        result = CliRunner().invoke(main, ["bench", "jobs", *args])
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output and "internal error" not in result.output
