@@ -151,6 +151,15 @@ class DriverNode(abc.ABC):
         for child in self.children.values():
             child.flush()
 
+    def debug_event(self, event: str) -> None:
+        """``bdrv_debug_event``: a parent announces what its next request is for.
+
+        QEMU's format drivers raise these on their ``file`` child
+        (``BLKDBG_EVENT(bs->file, ...)``) right before a data request; only
+        blkdebug reacts, every other driver ignores them, and they never travel
+        further down the graph.
+        """
+
     @abc.abstractmethod
     def size(self) -> int: ...
 

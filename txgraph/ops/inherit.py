@@ -206,10 +206,41 @@ def _parse_filename(options: OptionSet, driver: str, filename: str) -> None:
         for key, value in parsed.items():
             options.put(key, value, prov)
         options.discard("filename")
+    elif driver in ("blkdebug", "blkverify"):
+        _parse_debug_filename(options, driver, filename, prov)
     elif driver in ("null-co", "null-aio"):
         if filename != f"{driver}://":
             raise OpenError(f"The only allowed filename for this driver is '{driver}://'")
         options.discard("filename")
+
+
+def _parse_debug_filename(options: OptionSet, driver: str, filename: str, prov: Provenance) -> None:
+    """``blkdebug_parse_filename`` / ``blkverify_parse_filename``.
+
+    Without the ``driver:`` prefix the whole string names the image child
+    (``x-image``), so a format's filename travels through the filter to the
+    child below, which then clashes with a ``filename`` of its own. With the
+    prefix, blkdebug takes ``[config]:image``, blkverify ``raw:image``.
+    """
+    options.discard("filename")
+    prefix = driver + ":"
+    if not filename.startswith(prefix):
+        options.put("x-image", filename, prov)
+        return
+    rest = filename[len(prefix) :]
+    head, colon, image = rest.partition(":")
+    if not colon:
+        raise OpenError(
+            "blkdebug requires both config file and image path"
+            if driver == "blkdebug"
+            else "blkverify requires raw copy and original image path"
+        )
+    if driver == "blkdebug":
+        if head:
+            options.put("config", head, prov)
+    else:
+        options.put("x-raw", head, prov)
+    options.put("x-image", image, prov)
 
 
 def flags_from_options(flags: OpenFlag, options: dict[str, Any]) -> OpenFlag:

@@ -10,6 +10,7 @@ from tests.differential.scenarios._common import (
     obj_del,
     qcow2_img,
     qemu_img,
+    qnodes,
     raw_img,
     sc,
     tg,
@@ -388,6 +389,31 @@ SCENARIOS = [
             ),
             add({"driver": "blkdebug", "node-name": "d7"}),
         ],
+        theme=T,
+    ),
+    sc(
+        "drv_blkdebug_blkverify_backing_filenames",
+        [
+            add({"driver": "qcow2", "node-name": "t1", "file": fnode("t1.qcow2")}),
+            add({"driver": "qcow2", "node-name": "t2", "file": fnode("t2.qcow2")}),
+            add({"driver": "qcow2", "node-name": "t3", "file": fnode("t3.qcow2")}),
+            add({"driver": "qcow2", "node-name": "t4", "file": fnode("t4.qcow2")}),
+            add({"driver": "qcow2", "node-name": "t5", "file": fnode("t5.qcow2")}),
+            qnodes(),
+        ],
+        setup=[
+            qcow2_img("b.qcow2"),
+            qcow2_img("t1.qcow2", backing="blkdebug::{dir}/b.qcow2", unsafe=True),
+            qcow2_img("t2.qcow2", backing="blkdebug:", unsafe=True),
+            qcow2_img("t3.qcow2", backing="blkverify:{dir}/b.qcow2", unsafe=True),
+            qcow2_img("t4.qcow2", backing="blkdebug:{dir}/no.cfg:{dir}/b.qcow2", unsafe=True),
+            raw_img("r.raw"),
+            # (raw and test must read alike: QEMU's blkverify exits the process on a mismatch)
+            qcow2_img(
+                "t5.qcow2", backing="blkverify:{dir}/r.raw:{dir}/r.raw", fmt="raw", unsafe=True
+            ),
+        ],
+        doc="blkdebug_parse_filename / blkverify_parse_filename on header backing strings",
         theme=T,
     ),
     sc(

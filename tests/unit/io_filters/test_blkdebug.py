@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,11 @@ from .memnode import MemNode  # noqa: F401
 
 
 def _dbg(**opts: Any) -> Runtime:
+    """``fmt`` (raw) over ``dbg`` (blkdebug) over ``img``: raw raises the data events."""
     rt = Runtime()
     rt.open_node("img", "x-test-mem", {"size": 65536}, {}, False)
     rt.open_node("dbg", "blkdebug", opts, {"image": "img"}, False)
+    rt.open_node("fmt", "raw", {}, {"file": "dbg"}, False)
     return rt
 
 
@@ -30,7 +33,7 @@ def _errno(fn: Any, *args: Any) -> int:
 
 def test_inject_error_once_on_one_sector() -> None:
     rt = _dbg(**{"inject-error": [{"event": "read_aio", "errno": 28, "sector": 8, "once": True}]})
-    dbg = rt.node("dbg")
+    dbg = rt.node("fmt")
     assert _errno(dbg.read, 0, 4096) == 0  # sector 8 is not inside [0, 8)
     assert _errno(dbg.read, 4096, 512) == 28
     assert _errno(dbg.read, 4096, 512) == 0  # once: the rule is gone
@@ -38,8 +41,8 @@ def test_inject_error_once_on_one_sector() -> None:
 
 def test_flattened_options_and_iotype() -> None:
     rt = _dbg(**{"inject-error.0.event": "write_aio", "inject-error.0.iotype.0": "write-zeroes"})
-    dbg = rt.node("dbg")
-    assert _errno(dbg.write, 0, b"x") == 0
+    dbg = rt.node("fmt")
+    assert _errno(dbg.write, 0, b"x") == 0  # arms the rule, which only covers zero writes
     assert _errno(dbg.write_zeroes, 0, 512) == 5
 
 
@@ -50,10 +53,10 @@ def test_state_machine_arms_a_rule_after_a_transition() -> None:
             "set-state": [{"event": "flush_to_disk", "state": 1, "new_state": 2}],
         }
     )
-    dbg = rt.node("dbg")
-    assert _errno(dbg.read, 0, 512) == 0
+    fmt, dbg = rt.node("fmt"), rt.node("dbg")
+    assert _errno(fmt.read, 0, 512) == 0
     dbg.flush()  # state 1 -> 2
-    assert _errno(dbg.read, 0, 512) == 5
+    assert _errno(fmt.read, 0, 512) == 5
     # The armed rule stays active (no new injection event) and covers flushes too.
     assert _errno(dbg.flush) == 5
 
@@ -64,14 +67,15 @@ def test_active_rules_persist_until_another_injection_event() -> None:
     assert _errno(dbg.flush) == 1
     # The rule was activated by flush_to_disk but matches every request type.
     assert _errno(dbg.read, 0, 512) == 1
+    assert _errno(rt.node("fmt").read, 0, 512) == 1
 
 
 def test_config_file(tmp_path: Path) -> None:
     cfg = tmp_path / "blkdebug.conf"
     cfg.write_text('[inject-error]\nevent = "write_aio"\nerrno = "22"\nonce = "on"\n')
     rt = _dbg(config=str(cfg))
-    assert _errno(rt.node("dbg").write, 0, b"a") == 22
-    assert _errno(rt.node("dbg").write, 0, b"a") == 0
+    assert _errno(rt.node("fmt").write, 0, b"a") == 22
+    assert _errno(rt.node("fmt").write, 0, b"a") == 0
 
 
 def test_open_errors(tmp_path: Path) -> None:
@@ -79,3 +83,49 @@ def test_open_errors(tmp_path: Path) -> None:
         _dbg(config=str(tmp_path / "missing"))
     with pytest.raises(OpenError, match='Invalid event name "nope"'):
         _dbg(**{"inject-error": [{"event": "nope"}]})
+
+
+def test_requests_sent_to_blkdebug_itself_raise_no_event() -> None:
+    """Only a parent's BLKDBG_EVENT arms rules; an export on blkdebug never does."""
+    rt = _dbg(**{"inject-error": [{"event": "read_aio"}, {"event": "write_aio"}]})
+    dbg = rt.node("dbg")
+    assert _errno(dbg.read, 0, 512) == 0
+    assert _errno(dbg.write, 0, b"x") == 0
+    assert _errno(rt.node("fmt").read, 0, 512) == 5
+    assert _errno(dbg.read, 0, 512) == 5  # armed now: every request is checked
+
+
+def test_qcow2_metadata_reads_do_not_arm_read_aio(tmp_path: Path) -> None:
+    """qcow2's header and L1/L2 reads at open raise no read_aio; its data reads do.
+
+    A backing read raises read_backing_aio instead (qcow2_co_preadv_task).
+    """
+    img = tmp_path / "t.qcow2"
+    base = tmp_path / "b.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "1M"], check=True)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2", str(img)],
+        check=True,
+    )
+    subprocess.run(
+        ["qemu-io", "-c", "write -P 7 0 64k", "-f", "qcow2", str(img)],
+        check=True,
+        capture_output=True,
+    )
+    rt = Runtime()
+    rt.open_node("bf", "file", {"filename": str(base)}, {}, True)
+    rt.open_node("b", "qcow2", {}, {"file": "bf"}, True)
+    rt.open_node("f", "file", {"filename": str(img)}, {}, True)
+    rt.open_node(
+        "dbg",
+        "blkdebug",
+        {"inject-error": [{"event": "read_aio", "once": True}]},
+        {"image": "f"},
+        True,
+    )
+    rt.open_node("top", "qcow2", {}, {"file": "dbg", "backing": "b"}, True)
+    top = rt.node("top")
+    assert top.read(65536, 4096) == bytes(4096)  # backing data: no read_aio
+    assert _errno(top.read, 0, 4096) == 5  # data cluster: read_aio arms, the read fails
+    assert top.read(0, 4096) == b"\x07" * 4096  # once: the rule is gone
+    rt.close_all()

@@ -13,10 +13,15 @@ Reproduces QEMU 7.2's block/blkdebug.c:
 * each request checks the active rules (``rule_check``): the first one whose
   ``sector`` is -1 or inside the request and whose ``iotype`` covers the
   request fails it with ``-errno``; a ``once`` rule is then deleted;
-* requests signal ``read_aio`` / ``write_aio`` / ``flush_to_disk`` before the
-  check — in QEMU the format driver above a blkdebug node raises those events
-  on it (``BLKDBG_EVENT(bs->file, ...)``), so this is what a raw or qcow2
-  parent would produce; parents may raise other events via :meth:`debug_event`.
+* events come from the parent: a format driver above the blkdebug node calls
+  :meth:`debug_event` on its ``file`` child before a data request
+  (``BLKDBG_EVENT(bs->file, ...)``: raw and qcow2 raise ``read_aio`` /
+  ``write_aio``, qcow2 also ``read_backing_aio`` and ``read_compressed``), so
+  a format's own metadata reads at open time arm nothing, and requests sent
+  to the blkdebug node directly (an export on it) raise no event at all; rules
+  already armed still check every request. ``flush_to_disk`` is raised by the
+  node's own flush (QEMU raises it on the flushed node's primary child,
+  which is this node when a format above it flushes).
 
 ``immediately`` only changes whether QEMU yields once before failing; a
 blocking data plane has nothing to yield to, so it is accepted and ignored.
@@ -257,17 +262,14 @@ class BlkdebugNode(DriverNode):
 
     # -- data path -----------------------------------------------------------------------
     def read(self, offset: int, length: int) -> bytes:
-        self.debug_event("read_aio")
         self._check(offset, length, "read")
         return self.image.read(offset, length)
 
     def write(self, offset: int, data: bytes) -> None:
-        self.debug_event("write_aio")
         self._check(offset, len(data), "write")
         self.image.write(offset, data)
 
     def write_zeroes(self, offset: int, length: int, *, may_unmap: bool = False) -> None:
-        self.debug_event("write_aio")
         self._check(offset, length, "write-zeroes")
         self.image.write_zeroes(offset, length, may_unmap=may_unmap)
 

@@ -90,11 +90,14 @@ class RawNode(DriverNode):
         return offset + self.offset
 
     def read(self, offset: int, length: int) -> bytes:
-        return self.file.read(self._adjust(offset, length, False), length)
+        host = self._adjust(offset, length, False)
+        self.file.debug_event("read_aio")  # raw_co_preadv
+        return self.file.read(host, length)
 
     def readinto(self, offset: int, out: memoryview) -> None:
         f = self.file
         host = self._adjust(offset, len(out), False)
+        f.debug_event("read_aio")
         ri = getattr(f, "readinto", None)
         if ri is not None:
             ri(host, out)
@@ -107,9 +110,10 @@ class RawNode(DriverNode):
             return offset, data
         end = offset + len(data)
         if offset > 0 or end < PROBE_SIZE:
-            head = self.read(0, offset) if offset else b""
+            # the widening reads are the block layer's own: no read_aio event
+            head = self.file.read(self._adjust(0, offset, False), offset) if offset else b""
             tail_len = max(0, PROBE_SIZE - end)
-            tail = self.read(end, tail_len) if tail_len else b""
+            tail = self.file.read(self._adjust(end, tail_len, False), tail_len) if tail_len else b""
             data, offset = head + bytes(data) + tail, 0
         if probe_format(bytes(data[:PROBE_SIZE])) != "raw":
             raise IOFailure("Operation not permitted", E.EPERM)
@@ -117,7 +121,9 @@ class RawNode(DriverNode):
 
     def write(self, offset: int, data: bytes) -> None:
         offset, data = self._check_probed_write(offset, data)
-        self.file.write(self._adjust(offset, len(data), True), data)
+        host = self._adjust(offset, len(data), True)
+        self.file.debug_event("write_aio")  # raw_co_pwritev
+        self.file.write(host, data)
 
     def write_zeroes(self, offset: int, length: int, *, may_unmap: bool = False) -> None:
         # Zeros always probe as raw, so the probed rule never refuses them.

@@ -232,6 +232,7 @@ class Qcow2Node(DriverNode):
             code = self._code(offset >> self.cluster_bits)
             if code >= 0:  # fast path: one data cluster, one copy
                 dc = self._data_child((offset & -self.cluster_size) - code)
+                self.file.debug_event("read_aio")
                 return dc.read(code + (offset & (self.cluster_size - 1)), length)
         buf = bytearray(length)
         self._readinto(offset, memoryview(buf), zeroed=True)
@@ -256,6 +257,7 @@ class Qcow2Node(DriverNode):
             if codes is not None:
                 code = int(codes[c & (self.map.n - 1)])
                 if code >= 0:
+                    self.file.debug_event("read_aio")
                     child_readinto(
                         self._data_child((offset & -self.cluster_size) - code),
                         code + (offset & (self.cluster_size - 1)),
@@ -292,6 +294,7 @@ class Qcow2Node(DriverNode):
             run_end = min(end, (first + n) << cb)
             a, b = pos - offset, run_end - offset
             if code >= 0:
+                self.file.debug_event("read_aio")
                 child_readinto(
                     self._data_child((first << cb) - code), code + (pos - (first << cb)), out[a:b]
                 )
@@ -301,6 +304,7 @@ class Qcow2Node(DriverNode):
             elif code == UNALLOC:
                 self._read_backing(pos, out[a:b], zeroed)
             elif code == COMPRESSED:
+                self.file.debug_event("read_compressed")
                 data = self._decompressed(entries[first][0])
                 io = pos & (cs - 1)
                 out[a:b] = data[io : io + (b - a)]
@@ -321,6 +325,7 @@ class Qcow2Node(DriverNode):
         n = len(out)
         inside = 0
         if backing is not None:
+            self.file.debug_event("read_backing_aio")
             inside = max(0, min(n, backing.size() - pos))
             if inside:
                 child_readinto(backing, pos, out[:inside])
@@ -361,6 +366,7 @@ class Qcow2Node(DriverNode):
                 if not zeroed:
                     out[a:b] = bytes(b - a)
             elif bm >> k & 1:
+                self.file.debug_event("read_aio")
                 child_readinto(self._data_child(base - host), host + (p - base), out[a:b])
             else:
                 self._read_backing(p, out[a:b], zeroed)

@@ -213,6 +213,7 @@ class Qcow2Writer:
                     self._allocate_and_write(c, pos & (cs - 1), chunk, code, raw)
             if owned:  # in-place overwrite: no metadata changes, no lock needed
                 try:
+                    self.node.file.debug_event("write_aio")  # qcow2_co_pwritev_task
                     self._data((pos & -cs) - code).write(  # type: ignore[attr-defined]
                         code + (pos & (cs - 1)), chunk
                     )
@@ -263,6 +264,7 @@ class Qcow2Writer:
             fresh = True
         try:
             self.node.overlap.check_data(host, len(content))
+            self.node.file.debug_event("write_aio")  # qcow2_co_pwritev_task
             self._data((c << self.h.cluster_bits) - host).write(  # type: ignore[attr-defined]
                 host, content
             )
