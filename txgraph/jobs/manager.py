@@ -451,8 +451,8 @@ class JobManager:
     def _finalize_single(self, job: Job) -> None:
         """``job_finalize_single_locked``."""
         self._update_rc(job)
-        self._hook(job, job.commit if not job.ret else job.abort)
-        self._hook(job, job.clean)
+        self._infallible_hook(job, job.commit if not job.ret else job.abort)
+        self._infallible_hook(job, job.clean)
         if job.started:
             if job.is_cancelled:
                 self.emit("BLOCK_JOB_CANCELLED", job.event_data())
@@ -472,13 +472,9 @@ class JobManager:
         job.transition(S.NULL)
         if job in self.jobs:
             self.jobs.remove(job)
-        try:
-            with self.session.transaction() as tx:
-                job.release(self.session, tx)
-        except TxgraphError:
-            # Dropping references only loosens the graph; a refusal here is a bug
-            # that must not keep the job listed.
-            log.exception("releasing the graph of job %r failed", job.id)
+        # Dropping references only loosens the graph; it must not keep the job's
+        # vertex or BlockBackends behind.
+        self._infallible_hook(job, job.release)
 
     def _hook(self, job: Job, hook: Callable[[Session, Transaction], None]) -> bool:
         """Run one graph-changing driver hook in a transaction of its own.
@@ -501,6 +497,32 @@ class JobManager:
             job.err = job.err or desc
             return False
         return True
+
+    #: attempts of a hook that cannot fail in QEMU before txgraph gives up on it
+    INFALLIBLE_ATTEMPTS = 3
+
+    def _infallible_hook(self, job: Job, hook: Callable[[Session, Transaction], None]) -> None:
+        """Run a ``commit`` / ``abort`` / ``clean`` hook (or the final release) to the end.
+
+        QEMU's ``.commit``, ``.abort`` and ``.clean`` return nothing: they cannot
+        fail (what could, runs with ``&error_abort``), so a cancelled job always
+        takes its filter out. txgraph's hook is a transaction whose primitives
+        can fail transiently (an injected fault, a failed allocation); the
+        transaction then undoes itself and leaves the graph as before, so
+        running it again from the same state is sound. After
+        :attr:`INFALLIBLE_ATTEMPTS` failures -- where QEMU would abort the
+        process -- the failure is logged and the job still ends.
+        """
+        name = getattr(hook, "__name__", "hook")
+        for attempt in range(1, self.INFALLIBLE_ATTEMPTS + 1):
+            try:
+                with self.session.transaction() as tx:
+                    hook(self.session, tx)
+                return
+            except Exception as exc:
+                desc = exc.desc if isinstance(exc, TxgraphError) else repr(exc)
+                log.warning("block job %r: %s failed (attempt %d): %s", job.id, name, attempt, desc)
+        log.error("block job %r: %s kept failing; its graph changes are left undone", job.id, name)
 
     # -- shutdown -------------------------------------------------------------------------
     def cancel_sync_all(self) -> None:

@@ -79,6 +79,12 @@ class Session:
         self.fail_next_at: int | None = None
         #: fault injection for tests: fail the k-th prepare step of the next transaction
         self.fail_next_prepare_at: int | None = None
+        #: fault injection for tests: transactions to let pass before the armed fault
+        #: applies (to reach the n-th transaction of a multi-step path, e.g. a job's end)
+        self.fail_skip_transactions = 0
+        #: fault injection for tests: the last armed fault was never reached (its
+        #: transaction had fewer steps), so iterating tests know when to stop
+        self.last_fault_missed = False
         self.last_verdict: Any = None
         #: structured warnings of the last command (surprising reopen resets)
         self.last_warnings: list[dict[str, Any]] = []
@@ -107,8 +113,13 @@ class Session:
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         """Stage changes; commit if the block works and the checker agrees, else undo all."""
-        fail_at, self.fail_next_at = self.fail_next_at, None
-        fail_prepare_at, self.fail_next_prepare_at = self.fail_next_prepare_at, None
+        fail_at: int | None = None
+        fail_prepare_at: int | None = None
+        if self.fail_skip_transactions and (self.fail_next_at or self.fail_next_prepare_at):
+            self.fail_skip_transactions -= 1
+        else:
+            fail_at, self.fail_next_at = self.fail_next_at, None
+            fail_prepare_at, self.fail_next_prepare_at = self.fail_next_prepare_at, None
         tx = Transaction(
             self.graph,
             fail_at=fail_at,
@@ -127,10 +138,14 @@ class Session:
                 self.runtime.apply(delta)
         except BaseException:
             self.last_steps, self.last_prepare_steps = tx.steps, tx.rt.steps
+            if fail_at is not None or fail_prepare_at is not None:
+                self.last_fault_missed = False
             tx.abort()
             self._name_seq = saved_name_seq
             raise
         self.last_steps, self.last_prepare_steps = tx.steps, tx.rt.steps
+        if fail_at is not None or fail_prepare_at is not None:
+            self.last_fault_missed = True
         tx.commit()
         self.graph.thawed = set()
 
