@@ -133,23 +133,18 @@ def stage_insert_filter(session: Session, tx: Transaction, args: dict[str, Any])
 def stage_insert_node(
     session: Session, tx: Transaction, node: str, options: dict[str, Any], flags: OpenFlag
 ) -> str:
-    """``bdrv_insert_node``: open a new (unnamed unless named) node over ``node`` and move
-    every parent of ``node`` but the jobs onto it; returns the new node's name.
+    """``bdrv_insert_node``: open a new (unnamed unless named) node over ``node``, then
+    ``bdrv_replace_node`` onto it; returns the new node's name.
 
-    Used by jobs for their filters (stream's copy-on-read). The new node is not
-    monitor-owned: it goes away once nothing references it.
+    Used by jobs for their filters (stream's copy-on-read, backup's
+    copy-before-write). The node opens while ``node``'s parents still use it,
+    so a permission conflict of the open is "Could not create node: ...";
+    then every parent edge moves that ``should_update_child`` allows (not the
+    jobs', not one that would close a loop through the new node's children --
+    that parent stays on ``node``, and a conflict with it is reported without
+    the prefix, as QEMU's replace step does). The new node is not monitor-owned:
+    it goes away once nothing references it.
     """
-    edges = _edges_to_move(session, node, {})
-    for parent, edge in edges:
-        if edge.frozen:
-            raise BlockError(
-                f"Cannot change '{edge.name}' link to '{node}'",
-                rule="F1-frozen-link",
-                subjects=(parent, node),
-            )
-    for parent, edge in edges:
-        tx.undo(_seq_restorer(edge))
-        tx.detach(parent, edge.name)
     try:
         name = Opener(session, tx).open_inherit(
             None, None, OptionSet.explicit(flatten(options)), flags, None, Role.NONE, None, False
@@ -158,10 +153,7 @@ def stage_insert_node(
         err.desc = f"Could not create node: {err.desc}"
         err.args = (err.desc,)
         raise
-    for parent, edge in edges:
-        seq = edge.seq
-        tx.attach(parent, name, edge)
-        edge.seq = seq
+    replace_node_noperm(session, tx, node, name, auto_skip=True)
     refresh_perms(session, tx, [node, name])
     return name
 

@@ -293,6 +293,17 @@ SCENARIOS = [
         doc="enospc: ENOSPC stops the job (io-status nospace); a resume goes on",
     ),
     scenario(
+        "backup-onto-a-parent-of-the-source",
+        cmd("blockdev-add", {"driver": "raw", "node-name": "dev", "file": "top"}),
+        cmd("blockdev-add", {"driver": "raw", "node-name": "up", "file": "dev"}),
+        cmd("blockdev-backup", {**BACKUP, "device": "dev", "target": "up"}),
+        Graph(),
+        images=("top.qcow2",),
+        doc="found by the jobs reconfiguration machine: bdrv_replace_node leaves 'up' on "
+        "'dev' (moving it would close a loop through the filter's target), so the "
+        "filter's write unshare conflicts with it -- a permission conflict, no prefix",
+    ),
+    scenario(
         "backup-compress",
         cmd("blockdev-backup", {**BACKUP, "compress": True}),
         *_done("b"),
