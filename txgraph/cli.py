@@ -359,7 +359,22 @@ def drive(explain: bool, qemu_args: tuple[str, ...]) -> None:
 
 
 @main.command("plan")
-@click.argument("plan_file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("plan_file", type=click.Path(exists=True, dir_okay=False), required=False)
+@click.option(
+    "--from",
+    "from_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Synthesize a plan instead: the starting state (a JSON list of QMP commands).",
+)
+@click.option(
+    "--to",
+    "to_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="With --from: the target state (a JSON list of QMP commands).",
+)
+@click.option("--max-steps", default=5, show_default=True, help="With --from/--to: the bound.")
 @click.option(
     "--graph",
     "graph_file",
@@ -419,7 +434,10 @@ def drive(explain: bool, qemu_args: tuple[str, ...]) -> None:
     help="As for serve: image-header references must stay inside DIR (repeatable).",
 )
 def plan_cmd(
-    plan_file: str,
+    plan_file: str | None,
+    from_file: str | None,
+    to_file: str | None,
+    max_steps: int,
     graph_file: str | None,
     qmp_socket: str | None,
     directory: str | None,
@@ -443,6 +461,9 @@ def plan_cmd(
 
     if graph_file and qmp_socket:
         raise click.UsageError("--graph and --graph-from-qmp are exclusive")
+    if from_file or to_file or plan_file is None:
+        _synth(plan_file, from_file, to_file, directory, policy, max_steps, as_json)
+        return
     try:
         plan = load_plan(plan_file, directory)
         state: Any = plan.graph
@@ -472,6 +493,30 @@ def plan_cmd(
         Path(out_file).write_text(text + "\n")
     click.echo(text if as_json else render_text(report))
     sys.exit(0 if report["ok"] else 1)
+
+
+def _synth(
+    plan_file: str | None,
+    from_file: str | None,
+    to_file: str | None,
+    directory: str | None,
+    policy: str,
+    max_steps: int,
+    as_json: bool,
+) -> None:
+    """``plan --from STATE --to TARGET``: txgraph.symbolic.synth; exit 1 if impossible."""
+    from txgraph.errors import TxgraphError
+    from txgraph.plan.format import PlanError
+    from txgraph.symbolic.commands import render_synth, synth_report
+
+    if plan_file is not None or not (from_file and to_file):
+        raise click.UsageError("give PLAN_FILE, or --from STATE and --to TARGET")
+    try:
+        report = synth_report(from_file, to_file, directory, policy, max_steps)
+    except (PlanError, TxgraphError, ValueError, OSError, RuntimeError) as err:
+        raise click.ClickException(_error_line(err)) from err
+    click.echo(json.dumps(report, indent=2) if as_json else render_synth(report))
+    sys.exit(0 if report["found"] else 1)
 
 
 @main.command("show")
