@@ -519,6 +519,47 @@ def _synth(
     sys.exit(0 if report["found"] else 1)
 
 
+@main.command("verify")
+@click.argument("plan_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--symbolic", is_flag=True, required=True, help="Search over the plan's variables.")
+@click.option("--max-nodes", default=8, show_default=True, help="Bound on the starting graph.")
+@click.option("--policy", type=click.Choice(["qemu", "safe"]), default="safe", show_default=True)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where the candidates' images go (and {dir} in the plan); default: a temporary one.",
+)
+@click.option("--qsd", "confirm", is_flag=True, help="Replay a counterexample on QSD 7.2.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify_cmd(
+    plan_file: str,
+    symbolic: bool,
+    max_nodes: int,
+    policy: str,
+    directory: str | None,
+    confirm: bool,
+    as_json: bool,
+) -> None:
+    """Search for a starting graph within PLAN_FILE's constraints on which a step fails.
+
+    Exit status 0 if there is none up to --max-nodes, 1 with a counterexample.
+    """
+    from txgraph.errors import TxgraphError
+    from txgraph.plan.format import PlanError
+    from txgraph.symbolic.commands import render_symbolic, verify_symbolic
+
+    if not symbolic:
+        raise click.UsageError("only --symbolic verification is implemented")
+    try:
+        report = verify_symbolic(plan_file, max_nodes, policy, directory, confirm)
+    except (PlanError, TxgraphError, ValueError, OSError, RuntimeError) as err:
+        raise click.ClickException(_error_line(err)) from err
+    click.echo(json.dumps(report, indent=2) if as_json else render_symbolic(report))
+    sys.exit(0 if report["counterexample"] is None else 1)
+
+
 @main.command("show")
 @click.argument("state_file", type=click.Path(exists=True, dir_okay=False), required=False)
 @click.option(

@@ -49,3 +49,21 @@ def test_bad_state_is_one_line(tmp_path: Path) -> None:
     res = _cli("plan", "--from", str(a), "--to", str(a))
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines() == ["Error: --from must be a JSON list of QMP commands"]
+
+
+_SYMBOLIC = Path(__file__).resolve().parents[2] / "examples" / "symbolic"
+
+
+def test_verify_symbolic_none_and_counterexample() -> None:
+    res = _cli("verify", str(_SYMBOLIC / "throttle-insert.json"), "--symbolic", "--max-nodes", "5")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("none up to 5 nodes: 8 starting graphs checked in ")
+    res = _cli("verify", str(_SYMBOLIC / "cbw-insert.json"), "--symbolic", "--json")
+    assert res.returncode == 1, res.stderr
+    cex = json.loads(res.stdout)["counterexample"]
+    assert cex["rules"] == ["P3-perm-conflict"] and cex["failing-step"] == 2
+
+
+def test_verify_needs_symbolic(tmp_path: Path) -> None:
+    res = _cli("verify", str(_SYMBOLIC / "cbw-insert.json"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
