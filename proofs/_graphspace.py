@@ -85,6 +85,8 @@ def build(
         for cname, target in kids.items():
             if target is not None:
                 g.attach(f"n{i}", target, _edge(g, cname, roles[cname]))
+                if cname == "backing":  # the image header names the backing it was opened with
+                    g.nodes[f"n{i}"].backing_file = f"{target}.qcow2"
     if root is not None:
         node, which = root
         perm, shared = ROOTS[which]
