@@ -359,7 +359,22 @@ def drive(explain: bool, qemu_args: tuple[str, ...]) -> None:
 
 
 @main.command("plan")
-@click.argument("plan_file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("plan_file", type=click.Path(exists=True, dir_okay=False), required=False)
+@click.option(
+    "--from",
+    "from_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Synthesize a plan instead: the starting state (a JSON list of QMP commands).",
+)
+@click.option(
+    "--to",
+    "to_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="With --from: the target state (a JSON list of QMP commands).",
+)
+@click.option("--max-steps", default=5, show_default=True, help="With --from/--to: the bound.")
 @click.option(
     "--graph",
     "graph_file",
@@ -419,7 +434,10 @@ def drive(explain: bool, qemu_args: tuple[str, ...]) -> None:
     help="As for serve: image-header references must stay inside DIR (repeatable).",
 )
 def plan_cmd(
-    plan_file: str,
+    plan_file: str | None,
+    from_file: str | None,
+    to_file: str | None,
+    max_steps: int,
     graph_file: str | None,
     qmp_socket: str | None,
     directory: str | None,
@@ -443,6 +461,9 @@ def plan_cmd(
 
     if graph_file and qmp_socket:
         raise click.UsageError("--graph and --graph-from-qmp are exclusive")
+    if from_file or to_file or plan_file is None:
+        _synth(plan_file, from_file, to_file, directory, policy, max_steps, as_json)
+        return
     try:
         plan = load_plan(plan_file, directory)
         state: Any = plan.graph
@@ -472,6 +493,71 @@ def plan_cmd(
         Path(out_file).write_text(text + "\n")
     click.echo(text if as_json else render_text(report))
     sys.exit(0 if report["ok"] else 1)
+
+
+def _synth(
+    plan_file: str | None,
+    from_file: str | None,
+    to_file: str | None,
+    directory: str | None,
+    policy: str,
+    max_steps: int,
+    as_json: bool,
+) -> None:
+    """``plan --from STATE --to TARGET``: txgraph.symbolic.synth; exit 1 if impossible."""
+    from txgraph.errors import TxgraphError
+    from txgraph.plan.format import PlanError
+    from txgraph.symbolic.commands import render_synth, synth_report
+
+    if plan_file is not None or not (from_file and to_file):
+        raise click.UsageError("give PLAN_FILE, or --from STATE and --to TARGET")
+    try:
+        report = synth_report(from_file, to_file, directory, policy, max_steps)
+    except (PlanError, TxgraphError, ValueError, OSError, RuntimeError) as err:
+        raise click.ClickException(_error_line(err)) from err
+    click.echo(json.dumps(report, indent=2) if as_json else render_synth(report))
+    sys.exit(0 if report["found"] else 1)
+
+
+@main.command("verify")
+@click.argument("plan_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--symbolic", is_flag=True, required=True, help="Search over the plan's variables.")
+@click.option("--max-nodes", default=8, show_default=True, help="Bound on the starting graph.")
+@click.option("--policy", type=click.Choice(["qemu", "safe"]), default="safe", show_default=True)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where the candidates' images go (and {dir} in the plan); default: a temporary one.",
+)
+@click.option("--qsd", "confirm", is_flag=True, help="Replay a counterexample on QSD 7.2.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify_cmd(
+    plan_file: str,
+    symbolic: bool,
+    max_nodes: int,
+    policy: str,
+    directory: str | None,
+    confirm: bool,
+    as_json: bool,
+) -> None:
+    """Search for a starting graph within PLAN_FILE's constraints on which a step fails.
+
+    Exit status 0 if there is none up to --max-nodes, 1 with a counterexample.
+    """
+    from txgraph.errors import TxgraphError
+    from txgraph.plan.format import PlanError
+    from txgraph.symbolic.commands import render_symbolic, verify_symbolic
+
+    if not symbolic:
+        raise click.UsageError("only --symbolic verification is implemented")
+    try:
+        report = verify_symbolic(plan_file, max_nodes, policy, directory, confirm)
+    except (PlanError, TxgraphError, ValueError, OSError, RuntimeError) as err:
+        raise click.ClickException(_error_line(err)) from err
+    click.echo(json.dumps(report, indent=2) if as_json else render_symbolic(report))
+    sys.exit(0 if report["counterexample"] is None else 1)
 
 
 @main.command("show")

@@ -1,0 +1,190 @@
+"""Plan synthesis (txgraph.symbolic.synth), each found sequence run on qemu-storage-daemon 7.2.
+
+For every scenario: the search finds the shortest sequence of QEMU 7.2 commands from the
+start graph to the target (dry runs on the real engine), the sequence is then run on a
+fresh QSD after the start commands, every reply must be a success, and the graph QSD
+reports (:func:`~txgraph.symbolic.graphstate.graph_state`: nodes, edges with perm and
+shared-perm, exports) must equal the one QSD reports when it builds the target directly,
+and the one txgraph predicted. The impossible case — a throttle filter between an NBD
+export and its node — is reported with the constraint that blocks it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.qsd import qemu_img
+from txgraph.oracle.peers import QSDPeer
+from txgraph.symbolic.graphstate import graph_state
+from txgraph.symbolic.synth import synthesize
+
+pytestmark = pytest.mark.qsd
+
+Cmds = list[dict[str, Any]]
+
+
+def _add(driver: str, name: str, **kw: Any) -> dict[str, Any]:
+    return {"execute": "blockdev-add", "arguments": {"driver": driver, "node-name": name, **kw}}
+
+
+def _img(d: Path, name: str) -> dict[str, Any]:
+    return {"driver": "file", "node-name": f"{name}-file", "filename": str(d / f"{name}.qcow2")}
+
+
+def _export(sock: str, node: str = "disk") -> Cmds:
+    return [
+        {
+            "execute": "nbd-server-start",
+            "arguments": {"addr": {"type": "unix", "data": {"path": sock}}},
+        },
+        {
+            "execute": "block-export-add",
+            "arguments": {"type": "nbd", "id": "vm0", "node-name": node, "writable": True},
+        },
+    ]
+
+
+_TG = {
+    "execute": "object-add",
+    "arguments": {"qom-type": "throttle-group", "id": "tg0", "limits": {"iops-total": 1000}},
+}
+
+
+def snapshot(d: Path, sock: str) -> tuple[Cmds, Cmds]:
+    """A live snapshot of the exported disk: the export moves to the overlay, and the old
+    top ends read-only (QEMU 7.2 reopens the new backing read-only)."""
+    start = [_add("qcow2", "disk", file=_img(d, "disk")), *_export(sock)]
+    target = [
+        _add("qcow2", "disk", file=_img(d, "disk"), **{"read-only": True}),
+        _add("qcow2", "snap", file=_img(d, "snap"), backing="disk"),
+        *_export(sock, "snap"),
+    ]
+    return start, target
+
+
+def throttle_below(d: Path, sock: str) -> tuple[Cmds, Cmds]:
+    """A throttle filter between an exported qcow2 node and its file."""
+    start = [_TG, _add("qcow2", "disk", file=_img(d, "disk")), *_export(sock)]
+    target = [
+        _TG,
+        _add("file", "disk-file", filename=str(d / "disk.qcow2")),
+        _add("throttle", "thr", **{"throttle-group": "tg0", "file": "disk-file"}),
+        _add("qcow2", "disk", file="thr"),
+        *_export(sock),
+    ]
+    return start, target
+
+
+def throttle_removed(d: Path, sock: str) -> tuple[Cmds, Cmds]:
+    """The reverse: the filter goes, which needs the reopen before the delete."""
+    target, start = throttle_below(d, sock)
+    return start, target
+
+
+def swap_backing(d: Path, sock: str) -> tuple[Cmds, Cmds]:
+    """An overlay's backing node is replaced by another one, the old one deleted."""
+    start = [
+        _add("qcow2", "base1", file=_img(d, "base1")),
+        _add("qcow2", "top", file=_img(d, "top"), backing="base1"),
+    ]
+    target = [
+        _add("qcow2", "base2", file=_img(d, "base2")),
+        _add("qcow2", "top", file=_img(d, "top"), backing="base2"),
+    ]
+    return start, target
+
+
+def throttle_two_parents(d: Path, sock: str) -> tuple[Cmds, Cmds]:
+    """A throttle above a backing node two overlays share: each overlay is reopened."""
+    common = [_TG, _add("qcow2", "base", file=_img(d, "base"), **{"read-only": True})]
+    start = [
+        *common,
+        _add("qcow2", "top1", file=_img(d, "top1"), backing="base"),
+        _add("qcow2", "top2", file=_img(d, "top2"), backing="base"),
+    ]
+    target = [
+        *common,
+        _add("throttle", "thr", **{"throttle-group": "tg0", "file": "base"}),
+        _add("qcow2", "top1", file=_img(d, "top1"), backing="thr"),
+        _add("qcow2", "top2", file=_img(d, "top2"), backing="thr"),
+    ]
+    return start, target
+
+
+def throttle_above_export(d: Path, sock: str) -> tuple[Cmds, Cmds]:
+    """Impossible in QEMU 7.2: a filter between the export and its node."""
+    start = [_TG, _add("qcow2", "disk", file=_img(d, "disk")), *_export(sock)]
+    target = [
+        _TG,
+        _add("qcow2", "disk", file=_img(d, "disk")),
+        _add("throttle", "thr", **{"throttle-group": "tg0", "file": "disk"}),
+        *_export(sock, "thr"),
+    ]
+    return start, target
+
+
+Scenario = Callable[[Path, str], tuple[Cmds, Cmds]]
+FOUND: list[tuple[Scenario, int]] = [
+    (snapshot, 2),
+    (throttle_below, 2),
+    (throttle_removed, 2),
+    (swap_backing, 3),
+    (throttle_two_parents, 3),
+]
+
+_IMAGES = ("disk", "snap", "base", "base1", "base2", "top", "top1", "top2")
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    for name in _IMAGES:
+        qemu_img("create", "-q", "-f", "qcow2", tmp_path / f"{name}.qcow2", "1M")
+    return tmp_path
+
+
+@pytest.fixture
+def sockdir() -> Any:
+    d = Path(tempfile.mkdtemp(prefix="txg-synth-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _on_qsd(workdir: Path, commands: Cmds) -> Any:
+    peer = QSDPeer(workdir)
+    try:
+        for cmd in commands:
+            reply = peer.execute(cmd)
+            assert "return" in reply, (cmd, reply)
+        return graph_state(peer.execute)
+    finally:
+        peer.close()
+
+
+@pytest.mark.parametrize(("scenario", "length"), FOUND, ids=[s.__name__ for s, _n in FOUND])
+def test_found_sequence_reaches_the_target_on_qsd(
+    scenario: Scenario, length: int, images: Path, sockdir: Path
+) -> None:
+    start, target = scenario(images, str(sockdir / "a.sock"))
+    result = synthesize(start, target, max_steps=4)
+    assert result.found, result.blocked
+    assert len(result.steps) == length, result.steps
+    got = _on_qsd(images, start + result.steps)
+    _start_t, target_t = scenario(images, str(sockdir / "b.sock"))
+    want = _on_qsd(images, target_t)
+    assert got == want
+
+
+def test_filter_above_an_export_is_impossible(images: Path, sockdir: Path) -> None:
+    start, target = throttle_above_export(images, str(sockdir / "a.sock"))
+    result = synthesize(start, target, max_steps=4)
+    assert not result.found
+    assert any(
+        "export vm0 must use node 'thr' instead of 'disk'" in b and "no command" in b
+        for b in result.blocked
+    ), result.blocked

@@ -1,0 +1,103 @@
+"""The CLI side of txgraph.symbolic: ``txgraph plan --from STATE --to TARGET``.
+
+Kept here so that :mod:`txgraph.cli` only parses options and calls one function.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+__all__ = ["synth_report", "render_synth"]
+
+
+def synth_report(
+    from_file: str, to_file: str, directory: str | None, policy: str, max_steps: int
+) -> dict[str, Any]:
+    """Load both state files (lists of QMP commands, ``{dir}`` substituted) and search."""
+    from txgraph.plan.format import load_json
+    from txgraph.symbolic.synth import synthesize
+
+    start, target = load_json(from_file, directory), load_json(to_file, directory)
+    for label, value in (("--from", start), ("--to", target)):
+        if not isinstance(value, list):
+            raise ValueError(f"{label} must be a JSON list of QMP commands")
+    return synthesize(start, target, max_steps=max_steps, policy=policy).to_dict()
+
+
+def render_synth(report: dict[str, Any]) -> str:
+    if report["found"]:
+        lines = [f"found: {len(report['steps'])} step(s), {report['states-explored']} states"]
+        lines += [f"  {i + 1}. {json.dumps(s)}" for i, s in enumerate(report["steps"])]
+        return "\n".join(lines)
+    bound = (
+        "no sequence of any length over the candidate QEMU 7.2 commands"
+        if report["exhausted"]
+        else f"no sequence of at most {report['max-steps']} steps"
+    )
+    lines = [f"impossible: {bound} ({report['states-explored']} states)"]
+    lines += [f"  blocked: {b}" for b in report["blocked-by"]]
+    return "\n".join(lines)
+
+
+def verify_symbolic(
+    plan_file: str, max_nodes: int, policy: str, workdir: str | None, confirm: bool
+) -> dict[str, Any]:
+    """``txgraph verify PLAN --symbolic``: search, and with ``confirm`` replay the
+    counterexample on a fresh qemu-storage-daemon 7.2 (closed before returning).
+
+    Images go to ``workdir``; without one, to a temporary directory removed at the end.
+    """
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    if workdir is None:
+        tmp = tempfile.mkdtemp(prefix="txgraph-symbolic-")
+        try:
+            return verify_symbolic(plan_file, max_nodes, policy, tmp, confirm)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    from txgraph.plan.format import load_json
+    from txgraph.symbolic.params import confirm_on_qsd, load_param_plan, search
+
+    wd = Path(workdir)
+    plan = load_param_plan(load_json(plan_file, str(wd)))
+    result = search(plan, wd, max_nodes=max_nodes, policy=policy)
+    report = result.to_dict()
+    if confirm and result.counterexample is not None:
+        from txgraph.oracle.peers import QSDPeer
+
+        peer = QSDPeer(wd)
+        try:
+            ok, said = confirm_on_qsd(plan, result.counterexample, peer.execute)
+        finally:
+            peer.close()
+        report["qsd"] = {"prediction-equals-observation": ok, "observed": said}
+    return report
+
+
+def render_symbolic(report: dict[str, Any]) -> str:
+    cex = report["counterexample"]
+    if cex is None:
+        return (
+            f"none up to {report['max-nodes']} nodes: {report['candidates']} starting graphs "
+            f"checked in {report['seconds']} s"
+        )
+    lines = [
+        f"counterexample (candidate {report['candidates']}, {report['seconds']} s): "
+        f"{json.dumps(cex['assignment'])}",
+        "images:",
+        *(f"  qemu-img {' '.join(a)}" for a in cex["qemu-img"]),
+        "build:",
+        *(f"  {json.dumps(c)}" for c in cex["build"]),
+        f"failing step {cex['failing-step']}: {json.dumps(cex['command'])}",
+        f"  {'QEMU refuses: ' + cex['error'] if cex['error'] else 'accepted but unsafe'}",
+        f"  rules: {', '.join(cex['rules']) or '-'}",
+    ]
+    if "qsd" in report:
+        q = report["qsd"]
+        verdict = "confirmed" if q["prediction-equals-observation"] else "NOT confirmed"
+        lines.append(f"qemu-storage-daemon 7.2: {verdict}: {q['observed']}")
+    return "\n".join(lines)

@@ -1,0 +1,360 @@
+"""Parameterised plans: is there a starting graph within the constraints on which a step fails?
+
+A parameterised plan names node variables with constraints instead of a starting graph::
+
+    {"variables": {
+       "X": {"driver": "qcow2", "backing-depth": [1, 3], "writers": [0, 1]},
+       "Y": {"driver": "throttle", "file": "X", "export": ["writable"]}},
+     "steps": [... QMP commands naming the variables' nodes ...]}
+
+- ``driver``: ``qcow2`` (a chain of ``backing-depth`` qcow2 layers, X on top, each over
+  a file node), ``throttle`` (over the variable named by ``file``), ``file``;
+- ``export``: the choices for an NBD export of the node (``none``, ``writable``,
+  ``read-only``); ``writers``: how many *other* writable NBD exports use the node
+  directly (a second writer); ``backing-depth``/``writers``: ``[lo, hi]``.
+
+:func:`search` looks for a counterexample: an assignment whose graph QEMU builds, on
+which some step is refused (QEMU's error, under the ``qemu`` policy) or accepted but
+breaks a rule of the ``safe`` policy. What z3 does, honestly: it holds the parameter
+space (every variable's ranges, the node bound ``--max-nodes``) as integer constraints
+in a private context and hands out assignments smallest graph first (``Optimize``
+minimising the node count, each model blocked once tried); the real engine then
+builds the candidate on a scratch dry-run Engine and runs the plan
+(:func:`txgraph.plan.verify.run_step`). So every counterexample is a real run, the
+first one found is a smallest one, and "none up to N nodes" means every assignment
+within the bound was run. :func:`confirm_on_qsd` replays a counterexample on
+qemu-storage-daemon 7.2 (the caller owns the QSD).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import z3
+
+from txgraph.plan.format import parse_steps
+from txgraph.plan.verify import StateError, run_step, scratch_engine
+
+__all__ = ["ParamPlan", "Counterexample", "SearchResult", "load_param_plan", "search"]
+
+Command = dict[str, Any]
+_EXPORTS = ("none", "writable", "read-only")
+
+
+class ParamPlanError(ValueError):
+    """The parameterised plan file is malformed."""
+
+
+@dataclass
+class Var:
+    name: str
+    driver: str
+    depth: tuple[int, int] = (1, 1)
+    writers: tuple[int, int] = (0, 0)
+    exports: tuple[str, ...] = ("none",)
+    file: str | None = None
+
+
+@dataclass
+class ParamPlan:
+    description: str
+    variables: dict[str, Var]
+    steps: list[Command]
+    #: qemu-img argument lists the plan's own steps need (an overlay's image), run once
+    images: list[list[str]] = field(default_factory=list)
+
+
+def _range(v: Any, what: str) -> tuple[int, int]:
+    if isinstance(v, int):
+        return v, v
+    if isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) for x in v) and v[0] <= v[1]:
+        return v[0], v[1]
+    raise ParamPlanError(f"{what} must be an integer or [lo, hi]")
+
+
+def load_param_plan(raw: Any) -> ParamPlan:
+    if not isinstance(raw, dict) or not isinstance(raw.get("variables"), dict):
+        raise ParamPlanError("a parameterised plan needs a 'variables' object")
+    out: dict[str, Var] = {}
+    for name, spec in raw["variables"].items():
+        if not isinstance(spec, dict) or spec.get("driver") not in ("qcow2", "throttle", "file"):
+            raise ParamPlanError(f"variable {name}: driver must be qcow2, throttle or file")
+        exports = spec.get("export", ["none"])
+        exports = [exports] if isinstance(exports, str) else exports
+        if not isinstance(exports, list) or not exports or any(e not in _EXPORTS for e in exports):
+            raise ParamPlanError(f"variable {name}: export must be among {list(_EXPORTS)}")
+        var = Var(
+            name,
+            spec["driver"],
+            _range(spec.get("backing-depth", 1), f"{name}.backing-depth"),
+            _range(spec.get("writers", 0), f"{name}.writers"),
+            tuple(exports),
+            spec.get("file"),
+        )
+        if var.driver == "throttle" and var.file is None:
+            raise ParamPlanError(f"variable {name}: a throttle filter needs 'file'")
+        out[name] = var
+    for var in out.values():
+        if var.file is not None and var.file not in out:
+            raise ParamPlanError(f"variable {var.name}: 'file' names no variable")
+    steps = raw.get("steps")
+    if not isinstance(steps, list):
+        raise ParamPlanError("a parameterised plan needs a 'steps' list")
+    parse_steps(steps)  # the plan format's own validation
+    images = raw.get("images", [])
+    if not isinstance(images, list) or not all(
+        isinstance(a, list) and all(isinstance(x, str) for x in a) for a in images
+    ):
+        raise ParamPlanError("'images' must be a list of qemu-img argument lists")
+    return ParamPlan(str(raw.get("description", "")), out, steps, images)
+
+
+Assignment = dict[str, dict[str, Any]]
+
+
+def _nodes(var: Var, depth: Any) -> Any:
+    return 2 * depth if var.driver == "qcow2" else 1
+
+
+def _space(plan: ParamPlan, max_nodes: int, ctx: z3.Context) -> tuple[z3.Optimize, dict[str, Any]]:
+    opt = z3.Optimize(ctx=ctx)
+    v: dict[str, Any] = {}
+    size = []
+    for var in plan.variables.values():
+        d, w, x = (z3.Int(f"{var.name}.{k}", ctx) for k in ("depth", "writers", "export"))
+        v[var.name] = (d, w, x)
+        opt.add(d >= var.depth[0], d <= var.depth[1], w >= var.writers[0], w <= var.writers[1])
+        opt.add(x >= 0, x < len(var.exports))
+        size.append(_nodes(var, d))
+    total = z3.Sum(size) if size else z3.IntVal(0, ctx)
+    opt.add(total <= max_nodes)
+    opt.minimize(total)
+    opt.minimize(z3.Sum([z3.Sum(list(t)) for t in v.values()]))
+    return opt, v
+
+
+def assignments(plan: ParamPlan, max_nodes: int) -> Any:
+    """Every assignment within the bound, smallest graph first (z3)."""
+    ctx = z3.Context()
+    opt, v = _space(plan, max_nodes, ctx)
+    while opt.check() == z3.sat:
+        m = opt.model()
+        got = {
+            name: {
+                "depth": m.eval(d).as_long(),
+                "writers": m.eval(w).as_long(),
+                "export": plan.variables[name].exports[m.eval(x).as_long()],
+            }
+            for name, (d, w, x) in v.items()
+        }
+        yield got
+        opt.add(
+            z3.Or([z3.Or(d != m.eval(d), w != m.eval(w), x != m.eval(x)) for d, w, x in v.values()])
+        )
+
+
+def build(
+    plan: ParamPlan, a: Assignment, workdir: Path, sock: str
+) -> tuple[list[Command], list[list[str]]]:
+    """QMP commands that build the assignment's graph, and the qemu-img runs for its images."""
+    cmds: list[Command] = []
+    images: list[list[str]] = []
+    if any(v.driver == "throttle" for v in plan.variables.values()):
+        cmds.append(
+            {
+                "execute": "object-add",
+                "arguments": {"qom-type": "throttle-group", "id": "tg0", "limits": {}},
+            }
+        )
+    done: set[str] = set()
+
+    def add(var: Var) -> None:
+        if var.name in done:
+            return
+        if var.file is not None:
+            add(plan.variables[var.file])
+        depth = a[var.name]["depth"]
+        if var.driver == "file":
+            images.append(["create", "-q", "-f", "raw", str(workdir / f"{var.name}.img"), "1M"])
+            cmds.append(
+                _add(
+                    {
+                        "driver": "file",
+                        "node-name": var.name,
+                        "filename": str(workdir / f"{var.name}.img"),
+                    }
+                )
+            )
+        elif var.driver == "throttle":
+            cmds.append(
+                _add(
+                    {
+                        "driver": "throttle",
+                        "node-name": var.name,
+                        "throttle-group": "tg0",
+                        "file": var.file,
+                    }
+                )
+            )
+        else:
+            layers = [var.name] + [f"{var.name}-b{i}" for i in range(1, depth)]
+            for i in reversed(range(depth)):
+                img = workdir / f"{layers[i]}.qcow2"
+                below = layers[i + 1] if i + 1 < depth else None
+                create = ["create", "-q", "-f", "qcow2"]
+                if below is not None:
+                    create += ["-b", str(workdir / f"{below}.qcow2"), "-F", "qcow2"]
+                images.append([*create, str(img), "1M"])
+                cmds.append(
+                    _add(
+                        {
+                            "driver": "qcow2",
+                            "node-name": layers[i],
+                            "file": {
+                                "driver": "file",
+                                "node-name": f"{layers[i]}-file",
+                                "filename": str(img),
+                            },
+                            "backing": below,
+                        }
+                    )
+                )
+        done.add(var.name)
+
+    for var in plan.variables.values():
+        add(var)
+    exports: list[Command] = []
+    for var in plan.variables.values():
+        ex = a[var.name]["export"]
+        if ex != "none":
+            exports.append(_export(f"{var.name}-exp", var.name, ex == "writable"))
+        for k in range(a[var.name]["writers"]):
+            exports.append(_export(f"{var.name}-w{k}", var.name, True))
+    if exports:
+        cmds.append(
+            {
+                "execute": "nbd-server-start",
+                "arguments": {"addr": {"type": "unix", "data": {"path": sock}}},
+            }
+        )
+        cmds += exports
+    return cmds, images
+
+
+def _add(args: dict[str, Any]) -> Command:
+    return {"execute": "blockdev-add", "arguments": args}
+
+
+def _export(xid: str, node: str, writable: bool) -> Command:
+    return {
+        "execute": "block-export-add",
+        "arguments": {"type": "nbd", "id": xid, "node-name": node, "writable": writable},
+    }
+
+
+@dataclass
+class Counterexample:
+    assignment: Assignment
+    build: list[Command]
+    images: list[list[str]]
+    step: int
+    command: Command
+    #: QEMU's answer when the step is refused, else None (accepted but unsafe)
+    error: str | None
+    rules: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "assignment": self.assignment,
+            "qemu-img": self.images,
+            "build": self.build,
+            "failing-step": self.step,
+            "command": self.command,
+            "error": self.error,
+            "rules": self.rules,
+        }
+
+
+@dataclass
+class SearchResult:
+    max_nodes: int
+    candidates: int
+    invalid_starts: int
+    seconds: float
+    counterexample: Counterexample | None = None
+    passed: list[Assignment] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "max-nodes": self.max_nodes,
+            "candidates": self.candidates,
+            "invalid-starts": self.invalid_starts,
+            "seconds": round(self.seconds, 3),
+            "counterexample": self.counterexample.to_dict() if self.counterexample else None,
+        }
+
+
+def _run(
+    plan: ParamPlan, cmds: list[Command], policy: str
+) -> tuple[int, Command, str | None, list[str]] | None:
+    engine, _ = scratch_engine(cmds)
+    session = engine.context.session
+    for i, step in enumerate(parse_steps(plan.steps)):
+        res = run_step(engine, session, i, step, policy)
+        if not res.ok:
+            rules = sorted({v["rule"] for v in (res.verdict or {}).get("violations", [])})
+            err = res.reply.get("error", {}).get("desc") if not res.accepted else None
+            return i, step.message(), err, rules
+    return None
+
+
+def search(
+    plan: ParamPlan, workdir: Path, *, max_nodes: int = 8, policy: str = "safe", sock: str = ""
+) -> SearchResult:
+    """The first (smallest) counterexample within ``max_nodes`` block nodes, or none."""
+    start = time.monotonic()
+    sock = sock or str(workdir / "nbd.sock")
+    for argv in plan.images:
+        subprocess.run(["qemu-img", *argv], check=True, capture_output=True, timeout=60)
+    n = bad_starts = 0
+    for a in assignments(plan, max_nodes):
+        n += 1
+        cmds, images = build(plan, a, workdir, sock)
+        for argv in images:
+            subprocess.run(["qemu-img", *argv], check=True, capture_output=True, timeout=60)
+        try:
+            found = _run(plan, cmds, policy)
+        except StateError:
+            bad_starts += 1  # QEMU would not build this graph: not a starting state
+            continue
+        if found is not None:
+            i, cmd, err, rules = found
+            cex = Counterexample(a, cmds, images, i, cmd, err, rules)
+            return SearchResult(max_nodes, n, bad_starts, time.monotonic() - start, cex)
+    return SearchResult(max_nodes, n, bad_starts, time.monotonic() - start)
+
+
+def confirm_on_qsd(plan: ParamPlan, cex: Counterexample, execute: Any) -> tuple[bool, str]:
+    """Replay ``cex`` through ``execute`` (a QSD peer's): the build and the steps before the
+    failing one must succeed, the failing one must fail with the predicted text (or, for an
+    unsafe step, succeed as predicted). Returns (prediction = observation, what QSD said)."""
+    for cmd in cex.build:
+        reply = execute(cmd)
+        if "return" not in reply:
+            return False, f"build: {json.dumps(cmd)}: {reply}"
+    for i, step in enumerate(plan.steps[: cex.step + 1]):
+        reply = execute(step)
+        if i < cex.step:
+            if "return" not in reply:
+                return False, f"step {i}: {reply}"
+            continue
+        if cex.error is None:
+            return "return" in reply, json.dumps(reply)
+        desc = reply.get("error", {}).get("desc", "")
+        return desc == cex.error, str(desc or reply)
+    return False, "no failing step"
