@@ -106,6 +106,10 @@ class ReconfigMachine(RuleBasedStateMachine):
 
     #: the peer compared against QSD (the self-check machine uses a second QSD)
     RIGHT: Any = EnginePeer
+    #: the images each peer's directory starts with
+    SETUP_ACTIONS: list[SetupAction] = SETUP
+    #: whether steps may write to images (then allocation-dependent sizes are not compared)
+    WRITES = False
 
     nodes = Bundle("nodes")
 
@@ -143,7 +147,7 @@ class ReconfigMachine(RuleBasedStateMachine):
         before_engine = self._engine_state()
         before_qsd = self.state
         records, diff = lockstep(
-            self.peers, [str(d) for d in self.dirs], self.autos, self.history, message
+            self.peers, [str(d) for d in self.dirs], self.autos, self.history, message, self.WRITES
         )
         if diff:
             self._fail("QSD (left) and txgraph (right) differ after the last step:", diff)
@@ -188,7 +192,7 @@ class ReconfigMachine(RuleBasedStateMachine):
     def start(self) -> Any:
         for factory in (QSDPeer, self.RIGHT):
             d = Path(tempfile.mkdtemp(prefix="txd-reconf-"))
-            _run_setup(SETUP, d)
+            _run_setup(self.SETUP_ACTIONS, d)
             self.dirs.append(d)
             self.peers.append(factory(d))
         # a qcow2 whose header names a backing (auto-opened), and a raw parent standing

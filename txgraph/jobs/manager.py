@@ -320,7 +320,8 @@ class JobManager:
             if not job.started:
                 self._completed(job)
             elif job.deferred_to_main_loop:
-                if job.is_cancelled and not job.exited:
+                # a soft cancel of a job that is done was ignored: check again
+                if job.is_cancelled:
                     self._txn_abort(job)
             else:
                 job.enter()
@@ -332,7 +333,9 @@ class JobManager:
             job.user_resume()
             job.user_paused = False
             job.pause_count -= 1
-        if not job.deferred_to_main_loop:
+        # A soft cancel of a job that is already done is ignored (a mirror that
+        # finished must not count as cancelled); a force cancel always counts.
+        if force or not job.deferred_to_main_loop:
             job.cancelled = True
             job.force_cancel |= force
         job.enter()

@@ -144,19 +144,21 @@ def lockstep(
     autos: list[dict[str, str]],
     history: list[str],
     message: dict[str, Any],
+    writes: bool = False,
 ) -> tuple[list[StepRecord], list[str]]:
     """Run one command on every peer (each in its own directory), record and compare.
 
     The state machines' single step: ``history`` and each peer's auto-name map
     in ``autos`` are updated; returns the records and the diff of the first
-    two peers (empty when they agree).
+    two peers (empty when they agree). ``writes``: something may have written to
+    the images (a job, a guest), so their allocation-dependent sizes are not compared.
     """
     history.append(json.dumps(message))
     records = []
     for i, (peer, d) in enumerate(zip(peers, dirs)):
         sent = substitute(message, str(d), autos[i])
         reply = peer.execute(sent)
-        nodes, graph, autos[i] = snapshot(peer, str(d), False)
+        nodes, graph, autos[i] = snapshot(peer, str(d), writes)
         records.append(
             StepRecord(
                 len(history) - 1, history[-1], canon_reply(sent, reply, str(d)), nodes, graph

@@ -304,6 +304,17 @@ SCENARIOS = [
         "filter's write unshare conflicts with it -- a permission conflict, no prefix",
     ),
     scenario(
+        "backup-cancel-while-pending",
+        cmd("blockdev-backup", {**BACKUP, "auto-finalize": False}),
+        Wait("JOB_STATUS_CHANGE", {"id": "b", "status": "pending"}),
+        cmd("query-jobs"),
+        cmd("job-cancel", {"id": "b"}),
+        cmd("query-jobs"),
+        Graph(),
+        doc="found by the jobs reconfiguration machine: a force cancel of a job that is "
+        "done still counts (job_cancel_async_locked) and aborts its transaction",
+    ),
+    scenario(
         "backup-compress",
         cmd("blockdev-backup", {**BACKUP, "compress": True}),
         *_done("b"),
