@@ -473,7 +473,7 @@ class JobManager:
         if job in self.jobs:
             self.jobs.remove(job)
         try:
-            with self.session.transaction() as tx:
+            with self.session.transaction(by_job=True) as tx:
                 job.release(self.session, tx)
         except TxgraphError:
             # Dropping references only loosens the graph; a refusal here is a bug
@@ -487,7 +487,7 @@ class JobManager:
         report it (``-EPERM``; the reason goes to the log as QEMU prints it).
         """
         try:
-            with self.session.transaction() as tx:
+            with self.session.transaction(by_job=True) as tx:
                 hook(self.session, tx)
         except Exception as exc:
             # QEMU's drivers error_report() the reason and return -EPERM.

@@ -87,6 +87,10 @@ class Journal:
         # vertex named like a node was that node.
         return self._had.get(name, name in self.graph.nodes)
 
+    def had_vertex(self, key: str) -> bool:
+        """Node or backend ``key`` existed before (the guest-view rule asks about roots)."""
+        return self._had.get(key, key in self.graph.g)
+
     def child_before(self, parent: str, name: str) -> str | None:
         slot = (parent, name)
         if slot in self._slots:
