@@ -151,3 +151,17 @@ SNAPSHOT_AND_THROTTLE: list[dict[str, Any]] = [
         },
     },
 ]
+
+
+#: what each layer wrote (None: zeroes)
+PATTERN: dict[str | None, int] = {"base": BASE, "mid": MID, "top": TOP, None: 0}
+
+
+def reads(socket_path: str, export: str, expect: list[tuple[int, int, int]]) -> list[str]:
+    """qemu-io reads of the export, each checked against a pattern; the failures (empty: all held)."""
+    from tests.support.guest_io import run_qemu_io
+
+    cmds = [f"read -P {pat} {off} {n}" for off, n, pat in expect]
+    res = run_qemu_io(socket_path, export, cmds, read_only=True)
+    assert res.rc == 0 or res.lines, res
+    return [ln for ln in res.lines if "failed" in ln or "error" in ln.lower()]
