@@ -164,3 +164,43 @@ def test_block_status_of_real_images_is_what_qemu_io_wrote(chain_engine: Engine)
         assert got == [Change(4 * MiB, 4 * MiB, "mid", "base")]
     finally:
         chain_engine.context.session.close()
+
+
+def test_only_roots_above_the_change_are_judged(tmp_path: Path) -> None:
+    from txgraph.ops.guest_view import affected_roots, root_label
+
+    engine = Engine(CommandContext(Session(policy="qemu")))
+    sock = str(tmp_path / "nbd.sock")
+    msgs: list[dict[str, object]] = [
+        {"execute": "blockdev-add", "arguments": {"driver": "null-co", "node-name": "a"}},
+        {"execute": "blockdev-add", "arguments": {"driver": "null-co", "node-name": "b"}},
+        {
+            "execute": "blockdev-add",
+            "arguments": {
+                "driver": "throttle",
+                "node-name": "t",
+                "throttle-group": "g",
+                "file": "a",
+            },
+        },
+        {
+            "execute": "nbd-server-start",
+            "arguments": {"addr": {"type": "unix", "data": {"path": sock}}},
+        },
+        {"execute": "block-export-add", "arguments": {"type": "nbd", "id": "ea", "node-name": "t"}},
+        {"execute": "block-export-add", "arguments": {"type": "nbd", "id": "eb", "node-name": "b"}},
+    ]
+    session = engine.context.session
+    try:
+        assert engine.execute(
+            {"execute": "object-add", "arguments": {"qom-type": "throttle-group", "id": "g"}}
+        ) == {"return": {}}
+        for msg in msgs:
+            assert engine.execute(msg) == {"return": {}}, msg
+        graph = session.graph
+        assert affected_roots(graph, {"a"}) == ["bb:export:ea"]
+        assert affected_roots(graph, {"b"}) == ["bb:export:eb"]
+        assert affected_roots(graph, set()) == []
+        assert root_label(graph, "bb:export:ea") == "export 'ea'"
+    finally:
+        session.close()

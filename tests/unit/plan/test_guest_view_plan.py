@@ -151,3 +151,13 @@ def test_jobs_keep_the_view_commit_of_mid_into_base(images: Path) -> None:
 def test_intent_values_are_checked(bad: Any) -> None:
     with pytest.raises(PlanError, match="'intent' must be one of"):
         parse_plan({"steps": [{**DEL_MID, "intent": bad}]})
+
+
+def test_the_example_is_the_kits_plan_and_is_refused(images: Path) -> None:
+    from tests.unit.plan.plankit import EXAMPLES
+
+    example = json.loads((EXAMPLES / "skip-mid.json").read_text())
+    assert example["graph"] == state() and example["steps"] == NEWCOMER
+    make_chain(images)
+    rc, report = _run(EXAMPLES / "skip-mid.json", images)
+    assert rc == 1 and report["steps"][0]["verdict"]["violations"][0]["rule"] == "V1-guest-view"
