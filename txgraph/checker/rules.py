@@ -157,7 +157,7 @@ RULES: dict[str, Rule] = {
         _r(
             "V1-guest-view",
             "a change must not alter what a guest reads through an export or device, unless the "
-            "plan declares it (\"intent\": \"changes-guest-data\")",
+            'plan declares it ("intent": "changes-guest-data")',
             _SAFE,
             "Guest reads through {who} (on '{top}') of {detail}.",
             "txgraph safety over block status (bdrv_co_common_block_status_above); decided with "

@@ -66,7 +66,7 @@ class ImportedNode(DriverNode):
         self.driver_name = driver
         self._image = dict(image)
         #: a read-only driver object over the same image, for block status (False: none)
-        self._shadow: DriverNode | None | bool = None
+        self._shadow: DriverNode | bool | None = None
 
     def shadow(self) -> DriverNode | None:
         """A read-only, unlocked driver object over this node's image (None: cannot be had).
