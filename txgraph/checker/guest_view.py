@@ -149,45 +149,110 @@ def _merge(runs: list[Run]) -> list[Run]:
 
 
 def _subtract(runs: list[Run], holes: list[Run]) -> list[Run]:
-    """``runs`` minus ``holes`` (both sorted, merged)."""
+    """``runs`` minus ``holes`` (both sorted, merged): one sweep."""
     out: list[Run] = []
+    j = 0
     for off, n in runs:
         pos, end = off, off + n
-        for hoff, hn in holes:
-            if hoff + hn <= pos or hoff >= end:
-                continue
+        while j < len(holes) and holes[j][0] + holes[j][1] <= pos:
+            j += 1
+        k = j
+        while k < len(holes) and holes[k][0] < end:
+            hoff, hn = holes[k]
             if hoff > pos:
                 out.append((pos, hoff - pos))
             pos = max(pos, hoff + hn)
+            k += 1
         if pos < end:
             out.append((pos, end - pos))
     return out
 
 
+#: candidate ranges closer than this are asked about in one block-status walk
+WINDOW_GAP = 4 << 20
+
+
+def _windows(runs: list[Run]) -> list[Run]:
+    """``runs`` grouped into query windows: one walk per cluster, not one per run."""
+    out: list[Run] = []
+    for off, n in runs:
+        if out and off - (out[-1][0] + out[-1][1]) <= WINDOW_GAP:
+            out[-1] = (out[-1][0], off + n - out[-1][0])
+        else:
+            out.append((off, n))
+    return out
+
+
+def _intersect(a: list[Run], b: list[Run]) -> list[Run]:
+    """Both sorted and merged."""
+    out: list[Run] = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        lo = max(a[i][0], b[j][0])
+        hi = min(a[i][0] + a[i][1], b[j][0] + b[j][1])
+        if hi > lo:
+            out.append((lo, hi - lo))
+        if a[i][0] + a[i][1] <= b[j][0] + b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
+class _Known:
+    """An :class:`Allocation` that remembers the layers already mapped in full.
+
+    The differing layers are mapped over the whole disk to find the candidate
+    ranges; serving those same ranges then intersects that map instead of
+    walking the layer's block status a second time.
+    """
+
+    def __init__(self, alloc: Allocation) -> None:
+        self.alloc = alloc
+        self.full: dict[str, list[Run]] = {}
+
+    def size(self, layer: str) -> int:
+        return self.alloc.size(layer)
+
+    def map_all(self, layer: str, size: int) -> list[Run]:
+        runs = _merge(self.alloc.allocated(layer, 0, min(size, self.alloc.size(layer))))
+        if size >= self.alloc.size(layer):
+            self.full[layer] = runs
+        return runs
+
+    def allocated(self, layer: str, offset: int, length: int) -> list[Run]:
+        known = self.full.get(layer)
+        if known is not None:
+            return _intersect(known, [(offset, length)])
+        return self.alloc.allocated(layer, offset, length)
+
+
+def _held(alloc: Allocation, layer: str, within: list[Run]) -> list[Run]:
+    """The parts of ``within`` (sorted, merged) that ``layer`` allocates itself."""
+    if isinstance(alloc, _Known) and layer in alloc.full:
+        return _intersect(alloc.full[layer], within)
+    found = [r for off, n in _windows(within) for r in alloc.allocated(layer, off, n)]
+    return _intersect(_merge(found), within)
+
+
 def _serve(
-    layers: Sequence[str], alloc: Allocation, offset: int, length: int
+    layers: Sequence[str], alloc: Allocation, ranges: list[Run]
 ) -> list[tuple[int, int, str | None]]:
-    """Which layer serves each part of ``[offset, offset + length)`` (None: zeroes)."""
-    if not layers:
-        return [(offset, length, None)]
-    layer, rest = layers[0], layers[1:]
-    end = offset + length
-    inside = min(end, max(offset, alloc.size(layer)))
-    own = alloc.allocated(layer, offset, inside - offset) if inside > offset else []
+    """Which layer serves each part of ``ranges`` (sorted, merged; None: zeroes)."""
     out: list[tuple[int, int, str | None]] = []
-    pos = offset
-    for aoff, an in _merge(own):
-        aoff, aend = max(aoff, pos), min(aoff + an, inside)
-        if aend <= aoff:
-            continue
-        if aoff > pos:
-            out.extend(_serve(rest, alloc, pos, aoff - pos))
-        out.append((aoff, aend - aoff, layer))
-        pos = aend
-    if pos < inside:
-        out.extend(_serve(rest, alloc, pos, inside - pos))
-    if inside < end:  # past this layer's end the guest reads zeroes (bdrv_co_preadv_part)
-        out.append((max(pos, inside), end - max(pos, inside), None))
+    remaining = ranges
+    for layer in layers:
+        if not remaining:
+            break
+        # past this layer's end the guest reads zeroes (bdrv_co_preadv_part), whatever is below
+        past = _intersect(remaining, [(alloc.size(layer), 1 << 63)])
+        out.extend((off, n, None) for off, n in past)
+        remaining = _subtract(remaining, past)
+        held = _held(alloc, layer, remaining)
+        out.extend((off, n, layer) for off, n in held)
+        remaining = _subtract(remaining, held)
+    out.extend((off, n, None) for off, n in remaining)
+    out.sort(key=lambda r: r[0])
     return out
 
 
@@ -204,24 +269,17 @@ def view_changes(before: Sequence[str], after: Sequence[str], alloc: Allocation)
     if not differing or not before or not after:
         return []
     size = min(alloc.size(before[0]), alloc.size(after[0]))
-    candidates = _merge(
-        [
-            run
-            for layer in differing
-            for run in alloc.allocated(layer, 0, min(size, alloc.size(layer)))
-        ]
-    )
+    alloc = _Known(alloc)
+    candidates = _merge([run for layer in differing for run in alloc.map_all(layer, size)])
     for layer in before[:k]:  # the common top serves its own ranges on both sides
         if not candidates:
             break
-        held = _merge([r for off, n in candidates for r in alloc.allocated(layer, off, n)])
-        candidates = _subtract(candidates, held)
-    changes: list[Change] = []
-    for off, n in candidates:
-        old = _serve(b_rest, alloc, off, n)
-        new = _serve(a_rest, alloc, off, n)
-        changes.extend(_differences(old, new))
-    return _coalesce(changes)
+        candidates = _subtract(candidates, _held(alloc, layer, candidates))
+    if not candidates:
+        return []
+    old = _serve(b_rest, alloc, candidates)
+    new = _serve(a_rest, alloc, candidates)
+    return _coalesce(_differences(old, new))
 
 
 def _differences(
@@ -294,7 +352,8 @@ def violation(
         for c in changes[:_SHOWN]
     ]
     more = len(changes) - _SHOWN
-    detail = "; ".join(parts) + (f"; and {more} more range(s)" if more > 0 else "")
+    total = human_size(sum(c.length for c in changes))
+    detail = "; ".join(parts) + (f"; and {more} more range(s), {total} in all" if more > 0 else "")
     sentence = RULES[RULE].template.format(who=who, top=top, detail=detail)
     return Violation(
         RULE,

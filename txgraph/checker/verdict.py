@@ -8,6 +8,9 @@ from typing import Any
 
 __all__ = ["EdgeRef", "Violation", "Verdict"]
 
+#: V1-guest-view ranges listed in a verdict's JSON (all are counted)
+MAX_RANGES = 256
+
 #: an edge as (parent, child name, child)
 EdgeRef = tuple[str, str, str]
 
@@ -39,10 +42,15 @@ class Violation:
             "policy": self.policy,
         }
         if self.root:
+            # A fragmented layer can change thousands of ranges: the reply lists the first
+            # MAX_RANGES and counts them all.
             out["root"] = self.root
             out["ranges"] = [
-                {"offset": o, "length": n, "before": b, "after": a} for o, n, b, a in self.ranges
+                {"offset": o, "length": n, "before": b, "after": a}
+                for o, n, b, a in self.ranges[:MAX_RANGES]
             ]
+            out["ranges-total"] = len(self.ranges)
+            out["bytes-changed"] = sum(r[1] for r in self.ranges)
         return out
 
 
