@@ -97,10 +97,12 @@ class Session:
         #: a journal that also records every transaction's first values (a plan step's)
         self.outer_journal: Journal | None = None
         #: the current command declared that it changes guest data (a plan step's
-        #: ``"intent": "changes-guest-data"``): V1-guest-view does not refuse it
+        #: ``"intent": "changes-guest-data"``): V1-guest-view does not refuse it. Set and
+        #: cleared around one command by the thread holding ``lock`` (x-txgraph-apply-plan)
         self.declared_guest_change = False
-        #: when set, every transaction's V1-guest-view findings are appended here
-        #: (plan dry runs record them under the ``qemu`` policy instead of refusing)
+        #: when set, every transaction's V1-guest-view findings are appended here (plan dry
+        #: runs record them under the ``qemu`` policy instead of refusing); owned by the
+        #: verifier around one step, under ``lock`` like the graph
         self.guest_view_sink: list[Violation] | None = None
 
     def emit_event(self, name: str, data: dict[str, Any] | None = None) -> None:
