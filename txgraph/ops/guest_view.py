@@ -4,10 +4,13 @@
 data after a change; this module feeds it one transaction's worth of facts,
 in O(change):
 
-- the *affected roots* are the export and device BlockBackends above a node
-  or backend the transaction touched (every changed link has a touched
-  parent, so a root whose served chain changed is found by walking up from
-  ``touched`` in the staged graph); job-internal BlockBackends are not guests;
+- the *affected roots* are the export and device BlockBackends at or above
+  the parent of a link the transaction changed (:func:`change_starts`): a
+  served chain differs only below such a parent, which is still in the staged
+  graph on the chain's new path (or is the root itself). A node that merely
+  gained a parent (a shared base under a new overlay) changes no chain above
+  it, so its other users are not visited. Job-internal BlockBackends are not
+  guests;
 - the chain *before* is walked through the transaction's journal (the
   before-value of every link slot it changed) with the drivers of the live
   objects, the chain *after* through the staged graph;
@@ -37,7 +40,7 @@ from txgraph.ops.journal import Journal
 if TYPE_CHECKING:
     from txgraph.ops.session import Session
 
-__all__ = ["affected_roots", "guest_view_violations", "root_label", "INTENT"]
+__all__ = ["affected_roots", "change_starts", "guest_view_violations", "root_label", "INTENT"]
 
 #: the plan/step member value that declares a change of the guest's data
 INTENT = "changes-guest-data"
@@ -61,8 +64,13 @@ def root_label(graph: BlockGraph, key: str) -> str:
     return f"'{key}'"
 
 
+def change_starts(journal: Journal) -> set[str]:
+    """Where chains can have changed: the parents of the link slots the journal recorded."""
+    return journal.changed_parents()
+
+
 def affected_roots(graph: BlockGraph, touched: set[str]) -> list[str]:
-    """Export and device roots at or above a touched key, in the staged graph (sorted)."""
+    """Export and device roots at or above a key of ``touched``, in the staged graph (sorted)."""
     seen: set[str] = set()
     todo = [k for k in touched if k in graph.g]
     roots: set[str] = set()
@@ -77,7 +85,7 @@ def affected_roots(graph: BlockGraph, touched: set[str]) -> list[str]:
     return sorted(roots)
 
 
-def guest_view_violations(session: Session, touched: set[str], journal: Journal) -> list[Violation]:
+def guest_view_violations(session: Session, journal: Journal) -> list[Violation]:
     """V1 for one validated transaction: one violation per root whose guest reads change."""
     graph = session.graph
     runtime = session.runtime
@@ -100,7 +108,7 @@ def guest_view_violations(session: Session, touched: set[str], journal: Journal)
         return found[0] if found else None
 
     out: list[Violation] = []
-    for key in affected_roots(graph, touched):
+    for key in affected_roots(graph, change_starts(journal)):
         if not journal.had_vertex(key):
             continue  # a new root had no guest view before
         old_top = journal.child_before(key, "root")

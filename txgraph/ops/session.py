@@ -173,7 +173,7 @@ class Session:
             return
         from txgraph.ops.guest_view import guest_view_violations
 
-        found = guest_view_violations(self, tx.touched, tx.journal)
+        found = guest_view_violations(self, tx.journal)
         if self.guest_view_sink is not None:
             self.guest_view_sink.extend(found)
         if enforce and found:

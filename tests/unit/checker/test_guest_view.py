@@ -7,6 +7,7 @@ and qemu-io, so both halves are tied to what QEMU writes.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -202,5 +203,81 @@ def test_only_roots_above_the_change_are_judged(tmp_path: Path) -> None:
         assert affected_roots(graph, {"b"}) == ["bb:export:eb"]
         assert affected_roots(graph, set()) == []
         assert root_label(graph, "bb:export:ea") == "export 'ea'"
+    finally:
+        session.close()
+
+
+def test_a_new_user_of_a_shared_base_visits_no_other_root(tmp_path: Path) -> None:
+    """O(change): opening a third overlay on a base two exports read changes no chain."""
+    from txgraph.ops.guest_view import affected_roots, change_starts
+    from txgraph.ops.journal import Journal
+
+    base = tmp_path / "base.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "16M"], check=True)
+    for name in ("o1", "o2", "o3"):
+        subprocess.run(
+            [
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                "base.qcow2",
+                "-F",
+                "qcow2",
+                str(tmp_path / f"{name}.qcow2"),
+            ],
+            check=True,
+        )
+    engine = Engine(CommandContext(Session(policy="safe")))
+    session = engine.context.session
+
+    def overlay(name: str) -> dict[str, object]:
+        return {
+            "execute": "blockdev-add",
+            "arguments": {
+                "driver": "qcow2",
+                "node-name": name,
+                "backing": "base",
+                "file": {"driver": "file", "filename": str(tmp_path / f"{name}.qcow2")},
+            },
+        }
+
+    try:
+        msgs: list[dict[str, object]] = [
+            {
+                "execute": "blockdev-add",
+                "arguments": {
+                    "driver": "qcow2",
+                    "node-name": "base",
+                    "read-only": True,
+                    "file": {"driver": "file", "filename": str(base)},
+                },
+            },
+            overlay("o1"),
+            overlay("o2"),
+            {
+                "execute": "nbd-server-start",
+                "arguments": {"addr": {"type": "unix", "data": {"path": str(tmp_path / "s")}}},
+            },
+            {
+                "execute": "block-export-add",
+                "arguments": {"type": "nbd", "id": "e1", "node-name": "o1"},
+            },
+            {
+                "execute": "block-export-add",
+                "arguments": {"type": "nbd", "id": "e2", "node-name": "o2"},
+            },
+        ]
+        for msg in msgs:
+            assert engine.execute(msg) == {"return": {}}, msg
+        journal = Journal(session.graph)
+        session.outer_journal = journal
+        assert engine.execute(overlay("o3")) == {"return": {}}
+        session.outer_journal = None
+        assert "base" in journal.touched  # it gained a parent...
+        assert "base" not in change_starts(journal)  # ...but none of its links changed
+        assert affected_roots(session.graph, change_starts(journal)) == []
     finally:
         session.close()
