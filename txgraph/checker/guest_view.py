@@ -268,7 +268,8 @@ def view_changes(before: Sequence[str], after: Sequence[str], alloc: Allocation)
     differing = b_rest[: len(b_rest) - s] + a_rest[: len(a_rest) - s]
     if not differing or not before or not after:
         return []
-    size = min(alloc.size(before[0]), alloc.size(after[0]))
+    # Past the end of a layer both chains share above the change, both read zeroes.
+    size = min(alloc.size(layer) for layer in [before[0], after[0], *before[:k]])
     alloc = _Known(alloc)
     candidates = _merge([run for layer in differing for run in alloc.map_all(layer, size)])
     for layer in before[:k]:  # the common top serves its own ranges on both sides

@@ -100,6 +100,13 @@ def test_a_shorter_backing_reads_zeroes_past_its_end() -> None:
     assert got == [Change(0, 2 * MiB, "a", "b"), Change(2 * MiB, 6 * MiB, "a", None)]
 
 
+def test_past_a_shared_layers_end_both_sides_read_zeroes() -> None:
+    """top (8 MiB) over a 2 MiB mid: a new backing under mid only shows within 2 MiB."""
+    alloc = Table({"top": 8 * MiB, "mid": 2 * MiB, "big": 8 * MiB}, {"big": [(0, 8 * MiB)]})
+    got = view_changes(["top", "mid"], ["top", "mid", "big"], alloc)
+    assert got == [Change(0, 2 * MiB, None, "big")]
+
+
 def test_served_layers_skip_filters_and_follow_backing() -> None:
     drivers = {"t": "throttle", "top": "qcow2", "c": "copy-on-read", "mid": "qcow2", "base": "raw"}
     links = {
