@@ -71,7 +71,13 @@ class Allocation(Protocol):
         ...
 
     def allocated(self, layer: str, offset: int, length: int) -> list[Run]:
-        """The runs of ``[offset, offset + length)`` the layer itself defines, sorted."""
+        """The runs of ``[offset, offset + length)`` the layer itself defines, sorted.
+
+        A layer whose allocation is unknown answers "all of it"."""
+        ...
+
+    def known(self, layer: str) -> bool:
+        """Whether the layer's allocation is known (else it counts as all data)."""
         ...
 
 
@@ -220,6 +226,9 @@ class _Known:
             self.full[layer] = runs
         return runs
 
+    def known(self, layer: str) -> bool:
+        return self.alloc.known(layer)
+
     def allocated(self, layer: str, offset: int, length: int) -> list[Run]:
         known = self.full.get(layer)
         if known is not None:
@@ -275,6 +284,8 @@ def view_changes(before: Sequence[str], after: Sequence[str], alloc: Allocation)
     for layer in before[:k]:  # the common top serves its own ranges on both sides
         if not candidates:
             break
+        if not alloc.known(layer):
+            continue  # "all data" would hide the change below it: assume it hides nothing
         candidates = _subtract(candidates, _held(alloc, layer, candidates))
     if not candidates:
         return []

@@ -11,9 +11,11 @@ Owner and lock discipline: built and used by the thread holding the session's
 command lock while a transaction validates, before ``Runtime.apply``: the live
 driver objects are then still the graph *before* the change and prepared ones
 the nodes the change opens. Each query runs as one request of the Runtime
-(shared graph lock), like any guest read. A node without a driver object
-(never opened in this process) is unknown and counts as fully allocated, the
-safe side for a rule that refuses data loss.
+(shared graph lock), like any guest read. A node without a driver object, or
+one that cannot tell (``allocation_unknown``: a plan's imported node whose image
+could not be opened), is *unknown*: it counts as all data where it is a layer
+that changes, and as hiding nothing where it stays above the change, so an
+unknown layer can only make the rule report more, never less.
 """
 
 from __future__ import annotations
@@ -122,6 +124,10 @@ class RuntimeAllocation:
             with self.runtime.request():
                 self._sizes[layer] = node.size() if node is not None else _UNKNOWN_SIZE
         return self._sizes[layer]
+
+    def known(self, layer: str) -> bool:
+        node = self._node(layer)
+        return node is not None and not getattr(node, "allocation_unknown", False)
 
     def allocated(self, layer: str, offset: int, length: int) -> list[tuple[int, int]]:
         node = self._node(layer)

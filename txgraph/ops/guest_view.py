@@ -139,3 +139,6 @@ class _Both:
 
     def allocated(self, layer: str, offset: int, length: int) -> list[tuple[int, int]]:
         return self._side(layer).allocated(layer, offset, length)
+
+    def known(self, layer: str) -> bool:
+        return self._side(layer).known(layer)

@@ -97,6 +97,11 @@ class ImportedNode(DriverNode):
             return None
         return cls(self.node_name, {}, {"file": inner}, True)
 
+    @property
+    def allocation_unknown(self) -> bool:
+        """No shadow could be had: block status says "all data" without knowing it."""
+        return self.shadow() is None
+
     def block_status(self, offset: int, length: int) -> BlockStatus:
         shadow = self.shadow()
         if shadow is None:  # unknown allocation: all data (DriverNode's default)

@@ -34,9 +34,13 @@ class Table:
     def __init__(self, sizes: dict[str, int], runs: dict[str, list[tuple[int, int]]]) -> None:
         self.sizes, self.runs = sizes, runs
         self.queried: list[str] = []
+        self.unknown: set[str] = set()
 
     def size(self, layer: str) -> int:
         return self.sizes[layer]
+
+    def known(self, layer: str) -> bool:
+        return layer not in self.unknown
 
     def allocated(self, layer: str, offset: int, length: int) -> list[tuple[int, int]]:
         self.queried.append(layer)
@@ -105,6 +109,14 @@ def test_past_a_shared_layers_end_both_sides_read_zeroes() -> None:
     alloc = Table({"top": 8 * MiB, "mid": 2 * MiB, "big": 8 * MiB}, {"big": [(0, 8 * MiB)]})
     got = view_changes(["top", "mid"], ["top", "mid", "big"], alloc)
     assert got == [Change(0, 2 * MiB, None, "big")]
+
+
+def test_an_unknown_top_layer_never_hides_a_change_below() -> None:
+    alloc = newcomer([(4 * MiB, 4 * MiB)])
+    alloc.runs["top"] = [(0, 16 * MiB)]  # what an unknown layer answers: all data
+    alloc.unknown.add("top")
+    got = view_changes(["top", "mid", "base"], ["top", "base"], alloc)
+    assert got == [Change(4 * MiB, 4 * MiB, "mid", "base")]
 
 
 def test_served_layers_skip_filters_and_follow_backing() -> None:
