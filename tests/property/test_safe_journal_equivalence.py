@@ -52,9 +52,9 @@ class ComparingSession(Session):
         self._copy: BlockGraph | None = None
 
     @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
+    def transaction(self, *, by_job: bool = False) -> Iterator[Transaction]:
         self._copy = copy.deepcopy(self.graph)
-        with super().transaction() as tx:
+        with super().transaction(by_job=by_job) as tx:
             yield tx
 
     def _validate(self, tx: Transaction) -> None:

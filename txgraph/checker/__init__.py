@@ -5,6 +5,11 @@ transaction touched (or the whole graph) and returns a :class:`Verdict`.
 Engines: ``z3`` (the SMT encoding of :mod:`txgraph.checker.smt`, delta
 encoding over the region) and ``structural`` (plain Python, exact); they
 agree on every verdict, rule ids, subjects and sentences included.
+
+``V1-guest-view`` is in the catalogue but not in ``check``: it needs the
+images' allocation, which the checker core never reads. Its analysis is
+:mod:`txgraph.checker.guest_view`; :mod:`txgraph.ops.guest_view` runs it at
+each transaction's commit with the data plane's block status.
 """
 
 from __future__ import annotations

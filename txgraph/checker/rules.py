@@ -155,6 +155,15 @@ RULES: dict[str, Rule] = {
             "txgraph safety (reference/qemu-jobs.md §4: QEMU 7.2 has no op blocker for reopen)",
         ),
         _r(
+            "V1-guest-view",
+            "a change must not alter what a guest reads through an export or device, unless the "
+            'plan declares it ("intent": "changes-guest-data")',
+            _SAFE,
+            "Guest reads through {who} (on '{top}') of {detail}.",
+            "txgraph safety over block status (bdrv_co_common_block_status_above); decided with "
+            "the data plane's allocation by txgraph.ops.guest_view, not by the engines",
+        ),
+        _r(
             "Z1-solver-unknown",
             "the solver must decide every check within its budget",
             _BOTH,

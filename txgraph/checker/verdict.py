@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["EdgeRef", "Violation", "Verdict"]
+
+#: V1-guest-view ranges listed in a verdict's JSON (all are counted)
+MAX_RANGES = 256
 
 #: an edge as (parent, child name, child)
 EdgeRef = tuple[str, str, str]
@@ -21,19 +24,34 @@ class Violation:
     edges: tuple[EdgeRef, ...]
     sentence: str
     policy: str = "qemu"
+    #: V1-guest-view only: (offset, length, layer before, layer after; None = zeroes)
+    ranges: tuple[tuple[int, int, str | None, str | None], ...] = field(default=(), compare=False)
+    #: V1-guest-view only: the export or device whose guest reads changed
+    root: str = field(default="", compare=False)
 
     def key(self) -> tuple[str, tuple[str, ...], tuple[EdgeRef, ...]]:
         """Identity used to compare engines: rule and subjects."""
         return (self.rule, self.nodes, self.edges)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "rule": self.rule,
             "nodes": list(self.nodes),
             "edges": [list(e) for e in self.edges],
             "sentence": self.sentence,
             "policy": self.policy,
         }
+        if self.root:
+            # A fragmented layer can change thousands of ranges: the reply lists the first
+            # MAX_RANGES and counts them all.
+            out["root"] = self.root
+            out["ranges"] = [
+                {"offset": o, "length": n, "before": b, "after": a}
+                for o, n, b, a in self.ranges[:MAX_RANGES]
+            ]
+            out["ranges-total"] = len(self.ranges)
+            out["bytes-changed"] = sum(r[1] for r in self.ranges)
+        return out
 
 
 @dataclass(frozen=True)

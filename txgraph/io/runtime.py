@@ -194,6 +194,12 @@ class Runtime:
         """The live driver object ``name`` (tests and the data path)."""
         return self._nodes[name]
 
+    def driver_object(self, name: str, *, staged: bool) -> DriverNode | None:
+        """The driver object ``name``: prepared first when ``staged`` (what the staged
+        model names), else the live one (the graph before the change); None if neither."""
+        node = self._prepared.get(name) if staged else None
+        return node if node is not None else self._nodes.get(name)
+
     def node_names(self) -> list[str]:
         return list(self._nodes)
 

@@ -486,7 +486,7 @@ class JobManager:
         report it (``-EPERM``; the reason goes to the log as QEMU prints it).
         """
         try:
-            with self.session.transaction() as tx:
+            with self.session.transaction(by_job=True) as tx:
                 hook(self.session, tx)
         except Exception as exc:
             # QEMU's drivers error_report() the reason and return -EPERM.
@@ -519,7 +519,7 @@ class JobManager:
         name = getattr(hook, "__name__", "hook")
         for attempt in range(1, self.INFALLIBLE_ATTEMPTS + 1):
             try:
-                with self.session.transaction() as tx:
+                with self.session.transaction(by_job=True) as tx:
                     hook(self.session, tx)
                 return
             except Exception as exc:

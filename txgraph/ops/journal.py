@@ -87,6 +87,14 @@ class Journal:
         # vertex named like a node was that node.
         return self._had.get(name, name in self.graph.nodes)
 
+    def changed_parents(self) -> set[str]:
+        """Parents (nodes or backends) of the link slots recorded here."""
+        return {parent for parent, _name in self._slots}
+
+    def had_vertex(self, key: str) -> bool:
+        """Node or backend ``key`` existed before (the guest-view rule asks about roots)."""
+        return self._had.get(key, key in self.graph.g)
+
     def child_before(self, parent: str, name: str) -> str | None:
         slot = (parent, name)
         if slot in self._slots:

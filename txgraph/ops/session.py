@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from txgraph.checker import Verdict, Violation
 from txgraph.checker import check as run_checker
 from txgraph.errors import InvariantViolation
 from txgraph.events import EventBus
@@ -101,6 +102,14 @@ class Session:
         self.close_hooks: list[Callable[[], None]] = []
         #: a journal that also records every transaction's first values (a plan step's)
         self.outer_journal: Journal | None = None
+        #: the current command declared that it changes guest data (a plan step's
+        #: ``"intent": "changes-guest-data"``): V1-guest-view does not refuse it. Set and
+        #: cleared around one command by the thread holding ``lock`` (x-txgraph-apply-plan)
+        self.declared_guest_change = False
+        #: when set, every transaction's V1-guest-view findings are appended here (plan dry
+        #: runs record them under the ``qemu`` policy instead of refusing); owned by the
+        #: verifier around one step, under ``lock`` like the graph
+        self.guest_view_sink: list[Violation] | None = None
 
     def emit_event(self, name: str, data: dict[str, Any] | None = None) -> None:
         """Send a QMP event to every client (``qapi_event_send_*``)."""
@@ -111,8 +120,12 @@ class Session:
         return self._name_seq
 
     @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
-        """Stage changes; commit if the block works and the checker agrees, else undo all."""
+    def transaction(self, *, by_job: bool = False) -> Iterator[Transaction]:
+        """Stage changes; commit if the block works and the checker agrees, else undo all.
+
+        ``by_job``: a block job's own graph change (its prepare/commit/abort or its
+        release), which keeps the guest view by construction (V1 does not judge it).
+        """
         fail_at: int | None = None
         fail_prepare_at: int | None = None
         if self.fail_skip_transactions and (self.fail_next_at or self.fail_next_prepare_at):
@@ -132,6 +145,8 @@ class Session:
         try:
             yield tx
             self._validate(tx)
+            if not by_job:
+                self._guest_view(tx)
             delta = tx.rt.delta(self.graph, tx.edge_parents)
             if delta:
                 # One drain for the whole transaction (Runtime.apply rolls itself back).
@@ -163,6 +178,26 @@ class Session:
                 first.sentence,
                 rule=first.rule,
                 subjects=tuple(first.nodes),
+                explanation=verdict.to_dict(),
+            )
+
+    def _guest_view(self, tx: Transaction) -> None:
+        """V1-guest-view under ``safe`` (before ``Runtime.apply``: live objects are the old graph)."""
+        enforce = self.check and self.policy == "safe" and not self.declared_guest_change
+        if not tx.touched or (not enforce and self.guest_view_sink is None):
+            return
+        from txgraph.ops.guest_view import guest_view_violations
+
+        found = guest_view_violations(self, tx.journal)
+        if self.guest_view_sink is not None:
+            self.guest_view_sink.extend(found)
+        if enforce and found:
+            verdict = Verdict(False, tuple(found), "guest-view", 0.0)
+            self.last_verdict = verdict
+            raise InvariantViolation(
+                found[0].sentence,
+                rule=found[0].rule,
+                subjects=tuple(found[0].nodes),
                 explanation=verdict.to_dict(),
             )
 

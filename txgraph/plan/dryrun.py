@@ -15,6 +15,9 @@ chain and size. So :class:`DryRunRuntime`:
 * represents imported nodes (opened by the live process) by
   :class:`ImportedNode`, whose ``info`` is what ``query-named-block-nodes``
   reported and whose data is not readable (the dry run does not need it);
+  only its allocation is (``block_status``, for the guest-view rule): from a
+  read-only, unlocked driver object over the same image file, made on first
+  use;
 * reopens by remembering options and mode, without touching descriptors;
 * simulates file-posix's image locks in memory (:class:`LockTable`): QEMU's
   ``raw_check_lock_bytes`` rule (``Failed to get "write" lock``) between all
@@ -37,8 +40,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from txgraph.errors import BlockError, IOFailure
-from txgraph.io.driver import DriverNode, ImageInfo
+from txgraph.errors import BlockError, IOFailure, TxgraphError
+from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
+from txgraph.io.registry import driver_class
 from txgraph.io.runtime import OpenNode, Runtime
 
 __all__ = ["DryRunRuntime", "ImportedNode", "DryRunNbdServer", "LockTable"]
@@ -61,6 +65,54 @@ class ImportedNode(DriverNode):
         super().__init__(node_name, options, {}, read_only)
         self.driver_name = driver
         self._image = dict(image)
+        #: a read-only driver object over the same image, for block status (False: none)
+        self._shadow: DriverNode | bool | None = None
+
+    def shadow(self) -> DriverNode | None:
+        """A read-only, unlocked driver object over this node's image (None: cannot be had).
+
+        Only ``file`` nodes and the formats above them are shadowed; the live
+        process keeps its locks (the shadow takes none) and nothing is written.
+        """
+        if self._shadow is None:
+            self._shadow = False
+            try:
+                self._shadow = self._open_shadow() or False
+            except (TxgraphError, OSError):
+                self._shadow = False
+        return self._shadow if isinstance(self._shadow, DriverNode) else None
+
+    def _open_shadow(self) -> DriverNode | None:
+        cls = driver_class(self.driver_name)
+        if cls is None:
+            return None
+        if self.driver_name in ("file", "host_device"):
+            filename = self.options.get("filename")
+            if not isinstance(filename, str) or not filename:
+                return None
+            return cls(self.node_name, {"filename": filename, "locking": "off"}, {}, True)
+        file = self.children.get("file")
+        inner = file.shadow() if isinstance(file, ImportedNode) else None
+        if inner is None:
+            return None
+        return cls(self.node_name, {}, {"file": inner}, True)
+
+    @property
+    def allocation_unknown(self) -> bool:
+        """No shadow could be had: block status says "all data" without knowing it."""
+        return self.shadow() is None
+
+    def block_status(self, offset: int, length: int) -> BlockStatus:
+        shadow = self.shadow()
+        if shadow is None:  # unknown allocation: all data (DriverNode's default)
+            return super().block_status(offset, length)
+        return shadow.block_status(offset, length)
+
+    def close(self) -> None:
+        shadow = self._shadow
+        self._shadow = False
+        if isinstance(shadow, DriverNode):
+            shadow.close()  # its file child is the file node's own shadow, closed there
 
     def read(self, offset: int, length: int) -> bytes:
         raise IOFailure("Data of an imported node is not available in a dry run", 5)

@@ -9,6 +9,13 @@ the plan goes on once the job got there; sent as ``x-txgraph-wait-job``), or a g
 group is sent as txgraph's ``x-txgraph-transaction`` (QEMU's ``transaction``
 semantics, all-or-nothing as in blockdev.c ``qmp_transaction``, plus the
 txgraph extension action types).
+
+A command or a group may carry ``"intent": "changes-guest-data"``: the step
+is meant to change what a guest reads (a backing cut, a layer skipped), so the
+``safe`` policy's guest-view rule (V1-guest-view) reports the change instead
+of refusing it. The same member on the plan object applies to every step.
+The intent is part of the step (``to_json``: sealed with it), never of the
+QMP message QEMU receives.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ __all__ = [
     "parse_steps",
     "check_verified",
     "load_json",
+    "INTENTS",
 ]
 
 
@@ -47,6 +55,8 @@ class Step:
     arguments: dict[str, Any] = field(default_factory=dict)
     #: the actions of a ``{"transaction": [...]}`` group (None for a plain command)
     actions: list[dict[str, Any]] | None = None
+    #: ``"changes-guest-data"`` when the step declares that it changes the guest's data
+    intent: str | None = None
 
     @property
     def is_group(self) -> bool:
@@ -64,13 +74,15 @@ class Step:
     def to_json(self) -> dict[str, Any]:
         """The step as it is written in a plan file."""
         if self.actions is not None:
-            return {"transaction": self.actions}
+            group: dict[str, Any] = {"transaction": self.actions}
+            return {**group, "intent": self.intent} if self.intent else group
         if self.execute == "x-txgraph-wait-job":
             out: dict[str, Any] = {"wait": self.arguments["event"], "job": self.arguments["job"]}
             if "timeout" in self.arguments:
                 out["timeout"] = self.arguments["timeout"]
             return out
-        return self.message()
+        msg = self.message()
+        return {**msg, "intent": self.intent} if self.intent else msg
 
     def label(self) -> str:
         if self.actions is not None:
@@ -101,8 +113,24 @@ class Plan:
     graph: Any = None
 
 
-def parse_steps(raw: Any) -> list[Step]:
-    """Validate the step list; the error names the offending step index."""
+#: the values a step's (or plan's) ``intent`` member may take
+INTENTS = ("changes-guest-data",)
+
+
+def _intent(where: str, item: dict[str, Any]) -> str | None:
+    value = item.get("intent")
+    if value is None and "intent" not in item:
+        return None
+    if value not in INTENTS:
+        raise PlanError(f"{where}: 'intent' must be one of {list(INTENTS)}, got {value!r}")
+    return str(value)
+
+
+def parse_steps(raw: Any, intent: str | None = None) -> list[Step]:
+    """Validate the step list; the error names the offending step index.
+
+    ``intent`` (the plan's own) applies to every command and group step.
+    """
     if not isinstance(raw, list):
         raise PlanError("the steps of a plan must be a JSON array")
     steps: list[Step] = []
@@ -122,22 +150,32 @@ def parse_steps(raw: Any) -> list[Step]:
             continue
         if "transaction" in item:
             actions = item["transaction"]
-            if set(item) != {"transaction"}:
-                raise PlanError(f"step {i}: a transaction group has only the 'transaction' member")
+            if set(item) - {"intent"} != {"transaction"}:
+                raise PlanError(
+                    f"step {i}: a transaction group has only the 'transaction' member "
+                    "(and an optional 'intent')"
+                )
             if not isinstance(actions, list) or not all(isinstance(a, dict) for a in actions):
                 raise PlanError(f"step {i}: 'transaction' must be an array of action objects")
-            steps.append(Step("x-txgraph-transaction", {"actions": actions}, list(actions)))
+            steps.append(
+                Step(
+                    "x-txgraph-transaction",
+                    {"actions": actions},
+                    list(actions),
+                    _intent(f"step {i}", item) or intent,
+                )
+            )
             continue
         name = item.get("execute")
         if not isinstance(name, str):
             raise PlanError(f"step {i}: missing 'execute' (or 'transaction')")
-        unexpected = set(item) - {"execute", "arguments", "id"}
+        unexpected = set(item) - {"execute", "arguments", "id", "intent"}
         if unexpected:
             raise PlanError(f"step {i}: unexpected member(s) {sorted(unexpected)}")
         args = item.get("arguments", {})
         if not isinstance(args, dict):
             raise PlanError(f"step {i}: 'arguments' must be an object")
-        steps.append(Step(name, args))
+        steps.append(Step(name, args, intent=_intent(f"step {i}", item) or intent))
     return steps
 
 
@@ -146,12 +184,12 @@ def parse_plan(data: Any) -> Plan:
     if isinstance(data, list):
         return Plan(parse_steps(data))
     if isinstance(data, dict):
-        unexpected = set(data) - {"steps", "graph", "description"}
+        unexpected = set(data) - {"steps", "graph", "description", "intent"}
         if unexpected:
             raise PlanError(f"unexpected plan member(s) {sorted(unexpected)}")
         if "steps" not in data:
             raise PlanError("a plan object needs a 'steps' member")
-        return Plan(parse_steps(data["steps"]), data.get("graph"))
+        return Plan(parse_steps(data["steps"], _intent("the plan", data)), data.get("graph"))
     raise PlanError("a plan is a JSON array of steps or an object with 'steps'")
 
 

@@ -112,6 +112,8 @@ def step_lines(s: dict[str, Any], policy: str) -> list[str]:
         )
         for v in verdict["violations"]:
             lines.append(f"  [{v['rule']}] {v['sentence']}")
+        for v in verdict.get("declared", []):  # "intent": "changes-guest-data"
+            lines.append(f"  declared [{v['rule']}] {v['sentence']}")
     for w in s["warnings"]:
         lines.append(f" warning: {w.get('sentence', w)}")
     return lines

@@ -8,6 +8,12 @@ is the state QEMU would be in, and the next step runs on it. Under the
 data-loss rules (S1/S2: a backing chain cut under a live image), given the
 graph before the step; a step the checker refuses makes the plan fail but is
 kept applied in the scratch graph, because QEMU would have applied it.
+
+The guest-view rule (V1-guest-view, :mod:`txgraph.ops.guest_view`) is judged
+per transaction of the step, before the scratch runtime applies it, with the
+allocation of the images the plan's graph opened (read-only, from disk). A
+step declaring ``"intent": "changes-guest-data"`` keeps its findings in the
+verdict's ``declared`` list without failing.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from txgraph import __version__
+from txgraph.checker.verdict import Violation
 from txgraph.errors import TxgraphError
 from txgraph.model.graph import BlockGraph
 from txgraph.ops.confine import configure
@@ -245,10 +252,13 @@ def run_step(
     session.last_warnings = []
     session.last_verdict = None
     session.outer_journal = journal
+    guest: list[Violation] = []
+    session.guest_view_sink = guest if policy != "qemu" else None
     try:
         reply = engine.execute(step.message())
     finally:
         session.outer_journal = None
+        session.guest_view_sink = None
     accepted = "return" in reply
     result = StepResult(index, step, accepted, reply, warnings=list(session.last_warnings))
     if not accepted:
@@ -272,4 +282,19 @@ def run_step(
         else:
             touched = journal.touched if regional else None
             result.verdict = check(graph, touched, policy=policy, before=journal).to_dict()
+        _add_guest_view(result.verdict, guest, declared=step.intent is not None)
     return result
+
+
+def _add_guest_view(verdict: dict[str, Any], found: list[Violation], *, declared: bool) -> None:
+    """Merge the step's V1-guest-view findings into its verdict (declared ones do not fail)."""
+    if not found:
+        return
+    entries = [v.to_dict() for v in sorted(set(found))]
+    if declared:
+        verdict["declared"] = entries
+        return
+    verdict["violations"] = sorted(
+        [*verdict["violations"], *entries], key=lambda v: (v["rule"], v["nodes"], v["sentence"])
+    )
+    verdict["ok"] = False

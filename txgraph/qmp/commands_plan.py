@@ -89,7 +89,12 @@ def _apply_plan(ctx: CommandContext, args: dict[str, Any]) -> Any:
     warnings: list[dict[str, Any]] = []
     for index, step in enumerate(steps):
         ctx.session.last_warnings = []
-        reply = run_message(ctx, step.message())
+        # A step verified with "intent": "changes-guest-data" may change the guest's data.
+        ctx.session.declared_guest_change = step.intent is not None
+        try:
+            reply = run_message(ctx, step.message())
+        finally:
+            ctx.session.declared_guest_change = False
         if "error" in reply:
             error = reply["error"]
             raise PlanStepFailed(

@@ -156,5 +156,5 @@ class JobReconfigMachine(ReconfigMachine):
 TestJobReconfig = JobReconfigMachine.TestCase
 TestJobReconfig.settings = settings(
     TestJobReconfig.settings,
-    max_examples=min(15, TestJobReconfig.settings.max_examples or 15),
+    max_examples=min(8, TestJobReconfig.settings.max_examples or 8),
 )
