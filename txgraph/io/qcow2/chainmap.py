@@ -49,14 +49,15 @@ from __future__ import annotations
 import threading
 from bisect import bisect_right
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from txgraph.io.buffers import child_readinto
 from txgraph.io.qcow2.l2map import UNALLOC, ZERO, L2Map
 
-if TYPE_CHECKING:
-    from txgraph.io.qcow2.driver import Qcow2Node
+#: a :class:`~txgraph.io.qcow2.driver.Qcow2Node` (not imported: the driver imports this)
+Qcow2Node = Any
 
 __all__ = ["ChainMap", "MAX_SLOTS"]
 
@@ -89,12 +90,10 @@ class _Slot:
 
 def _layers(top: Qcow2Node) -> list[Qcow2Node] | None:
     """The qcow2 layers from ``top`` down, or None when the chain cannot be merged."""
-    from txgraph.io.qcow2.driver import Qcow2Node
-
     out: list[Qcow2Node] = []
     node: Any = top
     cb, l2b = top.cluster_bits, top.map.l2b
-    while isinstance(node, Qcow2Node) and len(out) < MAX_DEPTH:
+    while _is_qcow2(node) and len(out) < MAX_DEPTH:
         if (
             node.writer is not None
             or node.dead
@@ -107,9 +106,14 @@ def _layers(top: Qcow2Node) -> list[Qcow2Node] | None:
             return None
         out.append(node)
         node = node.children.get("backing")
-    if isinstance(node, Qcow2Node):
+    if _is_qcow2(node):
         return None  # deeper than MAX_DEPTH
     return out
+
+
+def _is_qcow2(node: Any) -> bool:
+    """A qcow2 node: every one has its ChainMap (subclasses of it included)."""
+    return isinstance(getattr(node, "chain_map", None), ChainMap)
 
 
 def _stamp(layers: list[Qcow2Node]) -> tuple[Any, ...]:
@@ -262,8 +266,6 @@ class ChainMap:
     def _copy(
         chain: list[Qcow2Node], offset: int, out: memoryview, plan: list[tuple[int, int, int, int]]
     ) -> None:
-        from txgraph.io.qcow2.driver import child_readinto
-
         for pos, run_end, layer, host in plan:
             a, b = pos - offset, run_end - offset
             if layer >= 0:

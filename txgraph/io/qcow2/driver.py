@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from txgraph.errors import IOFailure
+from txgraph.io.buffers import child_readinto
 from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
 from txgraph.io.qcow2 import constants as C
 from txgraph.io.qcow2.chainmap import ChainMap
@@ -56,15 +57,6 @@ from txgraph.io.qcow2.update_header import change_backing_file
 from txgraph.io.qcow2.validate import read_message
 
 __all__ = ["Qcow2Node", "child_readinto"]
-
-
-def child_readinto(child: DriverNode, offset: int, out: memoryview) -> None:
-    """Read through a child's ``readinto`` fast path when it has one."""
-    ri = getattr(child, "readinto", None)
-    if ri is not None:
-        ri(offset, out)
-    else:
-        out[:] = child.read(offset, len(out))
 
 
 def _eio(desc: str = "Input/output error") -> IOFailure:
