@@ -301,7 +301,7 @@ def bench_qmp(depth: int, adds: int) -> None:
     help="Graph size before the steps (repeatable).",
 )
 @click.option(
-    "--repeats", default=3, show_default=True, help="Fresh peers per size; best time wins."
+    "--repeats", default=3, show_default=True, help="Interleaved rounds per size; the median wins."
 )
 def bench_txn(sizes: tuple[int, ...], repeats: int) -> None:
     """A 20-step transaction on txgraph vs the same steps as 20 QMP commands on QSD."""
