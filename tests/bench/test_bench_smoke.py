@@ -50,7 +50,7 @@ def test_txn_benchmark_rows_and_final_graphs_match() -> None:
 def test_bench_txn_command() -> None:
     result = CliRunner().invoke(main, ["bench", "txn", "--nodes", "20", "--repeats", "1"])
     assert result.exit_code == 0, result.output
-    rows = [json.loads(line) for line in result.output.splitlines() if line.strip()]
+    rows = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
     assert len(rows) == 1 and rows[0]["graphs_match"] and rows[0]["nodes"] == 20
 
 

@@ -1,11 +1,14 @@
 """I/O benchmarks: txgraph's data plane against ``qemu-img bench`` on the same images.
 
 Not a timed test: run ``txgraph bench io [--workdir DIR]``. Each
-measure prints one JSON line ``{name, txgraph, peer, unit, ratio, peer_desc}``;
-``ratio`` is txgraph / peer (higher is better for txgraph), both measured in
-the same run, interleaved (warm-up, then rounds alternating txgraph and the
-peer; medians). Images follow the project reference (§B.1), built once in
-WORKDIR and reused.
+measure prints one JSON line ``{name, txgraph, peer, unit, ratio, spread,
+peer_desc}``; ``ratio`` is txgraph / peer (higher is better for txgraph), both
+measured in the same run, interleaved (warm-up, then rounds alternating
+txgraph and the peer: A B A B...); ``txgraph`` and ``peer`` are medians and
+``spread`` the min-max of each side. Progress goes to stderr. Images follow
+the project reference (§B.1), built in WORKDIR and removed at the end (kept
+with ``keep=True``, for repeated runs). Buffers are page-aligned on both sides
+(qemu-img bench allocates with ``qemu_blockalign``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -23,10 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from txgraph.io.buffers import aligned_buffer
 from txgraph.io.registry import driver_class
 
 GiB, MiB = 1 << 30, 1 << 20
-ROUNDS = 3
+ROUNDS = 5
 
 
 def _sh(*args: str | Path, stdin: str | None = None) -> str:
@@ -106,7 +111,7 @@ def qemu_bench(img: Path, *args: str) -> float:
 
 def seq_txgraph(img: Path, total: int) -> float:
     node = open_image(img)
-    buf = memoryview(bytearray(MiB))
+    buf = aligned_buffer(MiB)
     t = time.perf_counter()
     for off in range(0, total, MiB):
         node.readinto(off, buf)
@@ -119,8 +124,7 @@ def plain_mmap_copy(path: Path, total: int) -> float:
 
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mm:
         src = memoryview(mm)
-        buf = bytearray(1 << 20)
-        view = memoryview(buf)
+        view = aligned_buffer(1 << 20)
         t = time.perf_counter()
         for off in range(0, total, 1 << 20):
             view[:] = src[off : off + (1 << 20)]  # one copy per request, nothing else
@@ -132,39 +136,79 @@ def plain_mmap_copy(path: Path, total: int) -> float:
 def rand_txgraph(img: Path, count: int) -> float:
     node = open_image(img)
     offs = (np.random.default_rng(3).integers(0, node.size() // 4096, count) * 4096).tolist()
-    buf = memoryview(bytearray(4096))
+    buf = aligned_buffer(4096)
     t = time.perf_counter()
     for off in offs:
         node.readinto(off, buf)
     return time.perf_counter() - t
 
 
-def _interleave(ours: Callable[[], float], peer: Callable[[], float]) -> tuple[float, float]:
+def _progress(msg: str) -> None:
+    print(f"bench io: {msg}", file=sys.stderr, flush=True)
+
+
+def _interleave(
+    ours: Callable[[], float], peer: Callable[[], float], name: str = ""
+) -> tuple[list[float], list[float]]:
+    """Seconds per round of each side: one warm-up each, then A B A B..."""
     ours(), peer()  # warm-up
     a, b = [], []
-    for _ in range(ROUNDS):
+    for r in range(ROUNDS):
         a.append(ours())
         b.append(peer())
-    return statistics.median(a), statistics.median(b)
+        _progress(f"{name} round {r + 1}/{ROUNDS}")
+    return a, b
 
 
-def _line(name: str, ours: float, peer: float | None, unit: str, desc: str) -> dict[str, Any]:
+def _line(
+    name: str,
+    work: float,
+    times: tuple[list[float], list[float]],
+    unit: str,
+    desc: str,
+) -> dict[str, Any]:
+    """The row of a throughput measure: ``work`` units per round, rates from seconds."""
+    a = [work / t for t in times[0]]
+    b = [work / t for t in times[1]]
+    ours, peer = statistics.median(a), statistics.median(b)
     return {
         "name": name,
         "txgraph": round(ours, 1),
-        "peer": None if peer is None else round(peer, 1),
+        "peer": round(peer, 1),
         "unit": unit,
-        "ratio": None if not peer else round(ours / peer, 2),
+        "ratio": round(ours / peer, 2),
+        "spread": {
+            "txgraph": [round(min(a), 1), round(max(a), 1)],
+            "peer": [round(min(b), 1), round(max(b), 1)],
+        },
         "peer_desc": desc,
     }
 
 
 def run_io_benchmarks(
-    workdir: Path | str, on_row: Callable[[dict[str, Any]], None] | None = None
+    workdir: Path | str,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+    *,
+    keep: bool = False,
 ) -> list[dict[str, Any]]:
     """Run every measure; returns one dict per measure, each also passed to ``on_row`` as
-    soon as it is measured (the CLI prints it then: once, and while the run goes on)."""
-    imgs = build_images(Path(workdir))
+    soon as it is measured (the CLI prints it then: once, and while the run goes on).
+    The images are removed at the end unless ``keep``."""
+    work = Path(workdir)
+    made = not work.exists()
+    _progress(f"building images in {work}")
+    try:
+        return _run(work, on_row)
+    finally:
+        if not keep:
+            for name in ("full.qcow2", "mid.qcow2", "top.qcow2", "comp.qcow2", "full.raw"):
+                (work / name).unlink(missing_ok=True)
+            if made:
+                shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(work: Path, on_row: Callable[[dict[str, Any]], None] | None) -> list[dict[str, Any]]:
+    imgs = build_images(work)
     results: list[dict[str, Any]] = []
 
     def emit(d: dict[str, Any]) -> None:
@@ -173,51 +217,52 @@ def run_io_benchmarks(
             on_row(d)
 
     mb = 2 * GiB / 1e6
-    ours, peer = _interleave(
+    name = "seq_1MiB_full_2GiB"
+    times = _interleave(
         lambda: seq_txgraph(imgs["full"], 2 * GiB),
         lambda: qemu_bench(imgs["full"], "-c", "2048", "-s", "1M", "-d", "1"),
+        name,
     )
-    emit(_line("seq_1MiB_full_2GiB", mb / ours, mb / peer, "MB/s", "qemu-img bench -d1 io_uring"))
-    raw = Path(workdir) / "full.raw"
+    emit(_line(name, mb, times, "MB/s", "qemu-img bench -d1 io_uring"))
+    raw = work / "full.raw"
     if not raw.exists():
         _sh("qemu-img", "convert", "-O", "raw", imgs["full"], raw)
-    ours, peer = _interleave(
-        lambda: seq_txgraph(imgs["full"], 2 * GiB), lambda: plain_mmap_copy(raw, 2 * GiB)
+    name = "seq_1MiB_full_vs_plain_mmap"
+    times = _interleave(
+        lambda: seq_txgraph(imgs["full"], 2 * GiB), lambda: plain_mmap_copy(raw, 2 * GiB), name
     )
     emit(
         _line(
-            "seq_1MiB_full_vs_plain_mmap",
-            mb / ours,
-            mb / peer,
+            name,
+            mb,
+            times,
             "MB/s",
-            "plain mmap copy of the same bytes as a raw file (goal >= 0.85)",
+            "plain mmap copy of the same bytes as a raw file (goal >= 0.9)",
         )
     )
     n = 200_000
-    ours, peer = _interleave(
+    name = "rand_4KiB_d1_full"
+    times = _interleave(
         lambda: rand_txgraph(imgs["full"], n),
         lambda: qemu_bench(imgs["full"], "-c", str(n), "-s", "4k", "-S", "268636160", "-d", "1"),
+        name,
     )
-    emit(
-        _line(
-            "rand_4KiB_d1_full",
-            n / ours,
-            n / peer,
-            "IOPS",
-            "qemu-img bench -d1 io_uring, 4099-cluster stride",
-        )
-    )
-    ours, peer = _interleave(
+    emit(_line(name, n, times, "IOPS", "qemu-img bench -d1 io_uring, 4099-cluster stride"))
+    name = "seq_1MiB_chain3"
+    times = _interleave(
         lambda: seq_txgraph(imgs["top"], 2 * GiB),
         lambda: qemu_bench(imgs["top"], "-c", "2048", "-s", "1M", "-d", "1"),
+        name,
     )
-    emit(_line("seq_1MiB_chain3", mb / ours, mb / peer, "MB/s", "qemu-img bench -d1 io_uring"))
+    emit(_line(name, mb, times, "MB/s", "qemu-img bench -d1 io_uring"))
     mb1 = GiB / 1e6
-    ours, peer = _interleave(
+    name = "seq_1MiB_zlib_1GiB"
+    times = _interleave(
         lambda: seq_txgraph(imgs["comp"], GiB),
         lambda: qemu_bench(imgs["comp"], "-c", "1024", "-s", "1M", "-d", "1"),
+        name,
     )
-    emit(_line("seq_1MiB_zlib_1GiB", mb1 / ours, mb1 / peer, "MB/s", "qemu-img bench -d1 io_uring"))
+    emit(_line(name, mb1, times, "MB/s", "qemu-img bench -d1 io_uring"))
     node = open_image(imgs["full"])
     offs = np.random.default_rng(42).integers(0, node.size(), 10**6, dtype=np.uint64)
     node.translate(offs[:10])
@@ -236,12 +281,13 @@ def run_io_benchmarks(
             code(g >> cb)
         return (time.perf_counter() - t) * 10
 
-    ours, peer = _interleave(batch, one_by_one)
+    name = "translate_1M_batch"
+    times = _interleave(batch, one_by_one, name)
     emit(
         _line(
-            "translate_1M_batch",
-            1e6 / ours,
-            1e6 / peer,
+            name,
+            1e6,
+            times,
             "lookups/s",
             "txgraph scalar per-request lookup (no QEMU equivalent)",
         )
@@ -253,4 +299,5 @@ if __name__ == "__main__":
     run_io_benchmarks(
         sys.argv[1] if len(sys.argv) > 1 else "/tmp/txgraph-bench",
         lambda row: print(json.dumps(row), flush=True),
+        keep=True,
     )

@@ -5,15 +5,18 @@ Both servers export the same raw image (``raw`` over ``file``) on a unix
 socket; the client is ``qemu-img convert -f raw -O raw nbd+unix://... out.raw``
 (QEMU's own NBD client, structured replies, 8 coroutines in flight). Warm page
 cache: one discarded warm-up per server, then rounds alternating txgraph and
-the peer; the medians of wall time give MB/s. The output file goes to
-/dev/shm when available (same for both servers). Prints one JSON line
-``{name, txgraph, peer, unit, ratio, peer_desc}``; ratio = txgraph / peer.
+the peer; the medians of wall time give MB/s, ``spread`` the min-max of each
+side. The output file goes to /dev/shm when available (same for both
+servers). Prints one JSON line ``{name, txgraph, peer, unit, ratio, spread,
+peer_desc}``; ratio = txgraph / peer. Progress goes to stderr; the image is
+removed at the end unless ``keep``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -56,10 +59,25 @@ def _convert(uri: str, out: Path) -> float:
     return elapsed
 
 
-def run_nbd_benchmark(workdir: str | Path) -> dict[str, Any]:
+def _progress(msg: str) -> None:
+    print(f"bench nbd: {msg}", file=sys.stderr, flush=True)
+
+
+def run_nbd_benchmark(workdir: str | Path, *, keep: bool = False) -> dict[str, Any]:
     """Measure both servers in one run; return the JSON row."""
     work = Path(workdir)
+    made = not work.exists()
     work.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run(work)
+    finally:
+        if not keep:
+            (work / "nbd-bench.raw").unlink(missing_ok=True)
+            if made:
+                shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(work: Path) -> dict[str, Any]:
     img = _image(work)
     # The copy lands in tmpfs when there is one: disk writeback of the output would
     # otherwise dominate and add noise to a measure of the servers' read path.
@@ -96,9 +114,10 @@ def run_nbd_benchmark(workdir: str | Path) -> dict[str, Any]:
             _convert(mine_uri, out)  # warm-ups (page cache, code paths)
             _convert(peer_uri, out)
             mine, peer = [], []
-            for _ in range(ROUNDS):
+            for r in range(ROUNDS):
                 mine.append(_convert(mine_uri, out))
                 peer.append(_convert(peer_uri, out))
+                _progress(f"round {r + 1}/{ROUNDS}")
     finally:
         server.stop()
         rt.close_all()
@@ -110,10 +129,14 @@ def run_nbd_benchmark(workdir: str | Path) -> dict[str, Any]:
         "peer": round(t_peer, 1),
         "unit": "MB/s",
         "ratio": round(t_mine / t_peer, 3),
+        "spread": {
+            "txgraph": [round(mb / max(mine), 1), round(mb / min(mine), 1)],
+            "peer": [round(mb / max(peer), 1), round(mb / min(peer), 1)],
+        },
         "peer_desc": "qemu-storage-daemon 7.2 NBD export, same image, same client",
     }
 
 
 if __name__ == "__main__":
     where = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/txgraph-bench")
-    print(json.dumps(run_nbd_benchmark(where)))
+    print(json.dumps(run_nbd_benchmark(where, keep=True)))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -65,9 +66,10 @@ def _interleaved(
     """Round by round, QSD then txgraph (A B A B ...), so load drifts hit both alike."""
     ours: list[float] = []
     peer: list[float] = []
-    for _ in range(repeats):
+    for r in range(repeats):
         peer.append(_once(QSD, script))
         ours.append(_once(TxgraphDaemon, script))
+        print(f"bench qmp: round {r + 1}/{repeats}", file=sys.stderr, flush=True)
     return ours, peer
 
 

@@ -26,16 +26,19 @@ a unix socket (:mod:`txgraph.peers`); txgraph runs with its invariant checker
 on. After the timed part both graphs are read back (``x-debug-query-block-graph``
 and ``query-named-block-nodes``) and must be equal — nodes, edges with their
 permissions, and each node's driver, read-only flag and detect-zeroes — so the
-two timings are for the same work. One JSON row per N: ``name``, ``txgraph``
-and ``peer`` (ms), ``unit``, ``ratio`` = peer / txgraph (> 1: txgraph faster),
-``graphs_match``.
+two timings are for the same work. Rounds alternate QSD and txgraph (A B A
+B...). One JSON row per N: ``name``, ``txgraph`` and ``peer`` (median ms),
+``spread`` (min-max of each side), ``unit``, ``ratio`` = peer / txgraph (> 1:
+txgraph faster), ``graphs_match``. Progress goes to stderr.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -248,7 +251,7 @@ def _canon_dir(graph: dict[str, Any], workdir: Path) -> dict[str, Any]:
 def run_txn_benchmark(
     nodes: Iterable[int] = (100, 10_000), repeats: int = 3
 ) -> list[dict[str, Any]]:
-    """One row per graph size: best-of-``repeats`` commit latency on both peers."""
+    """One row per graph size: median commit latency of ``repeats`` interleaved rounds."""
     rows: list[dict[str, Any]] = []
     base = Path(tempfile.mkdtemp(prefix="txgraph-bench-txn-"))
     try:
@@ -257,9 +260,9 @@ def run_txn_benchmark(
             d.mkdir()
             _make_images(d)
         for n in nodes:
-            best = {"qsd": float("inf"), "txgraph": float("inf")}
+            times: dict[str, list[float]] = {"qsd": [], "txgraph": []}
             final: dict[str, Any] = {}
-            for _ in range(repeats):
+            for r in range(repeats):
                 qsd_dir, tx_dir = dirs["qsd"], dirs["txgraph"]
 
                 def qsd_steps(peer: QMPProcess, d: Path = qsd_dir) -> None:
@@ -270,13 +273,14 @@ def run_txn_benchmark(
                     _checked(peer, "x-txgraph-transaction", {"actions": txgraph_actions(d)})
 
                 elapsed, graph = _one_run(QSD, qsd_dir, n, qsd_steps)
-                best["qsd"] = min(best["qsd"], elapsed)
+                times["qsd"].append(elapsed)
                 final["qsd"] = _canon_dir(graph, qsd_dir)
                 elapsed, graph = _one_run(TxgraphDaemon, tx_dir, n, txgraph_steps)
-                best["txgraph"] = min(best["txgraph"], elapsed)
+                times["txgraph"].append(elapsed)
                 final["txgraph"] = _canon_dir(graph, tx_dir)
+                print(f"bench txn: {n} nodes, round {r + 1}/{repeats}", file=sys.stderr, flush=True)
             match = final["qsd"] == final["txgraph"]
-            ours, peer = best["txgraph"], best["qsd"]
+            ours, peer = statistics.median(times["txgraph"]), statistics.median(times["qsd"])
             rows.append(
                 {
                     "name": f"txn-{STEPS}-steps-{n}-nodes",
@@ -284,6 +288,10 @@ def run_txn_benchmark(
                     "steps": STEPS,
                     "txgraph": round(ours * 1000, 2),
                     "peer": round(peer * 1000, 2),
+                    "spread": {
+                        side: [round(min(times[key]) * 1000, 2), round(max(times[key]) * 1000, 2)]
+                        for side, key in (("txgraph", "txgraph"), ("peer", "qsd"))
+                    },
                     "unit": "ms",
                     "ratio": round(peer / ours, 3),
                     "graphs_match": match,

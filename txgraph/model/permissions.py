@@ -136,9 +136,9 @@ def compute_refresh(
     # (QEMU walks the whole subtree; the outcome is the same.)
     roots = list(roots)
     dirty = set(roots)
-    for name in graph.subtree_topological(roots):
-        if name not in dirty:
-            continue
+
+    def visit(name: str) -> list[str]:
+        """Recompute ``name`` from its parents' current edges; returns the children made dirty."""
         node = graph.nodes[name]
         parents = graph.parents(name)
         values = [(p, e, *current(p, e)) for p, e in parents]
@@ -169,6 +169,7 @@ def compute_refresh(
         if driver_check is not None and collect is None:
             driver_check(node, perm, shared)
         ctx = child_perm_context(node, writable, bool(parents))
+        made: list[str] = []
         for child, edge in graph.children(name):
             nperm, nshared = child_perm(ctx, edge.role, perm, shared)
             if graph.nodes[child].force_share:
@@ -177,7 +178,44 @@ def compute_refresh(
                 overlay[(name, edge.name)] = (nperm, nshared)
                 changes.append(EdgePermChange(name, edge.name, nperm, nshared))
                 dirty.add(child)
+                made.append(child)
+        return made
+
+    if collect is None and len(roots) == 1 and roots[0] in graph.nodes:
+        # Fast path (a chain being opened attaches one child at a time): follow the
+        # dirty nodes from the root alone, without ordering the whole subtree, as
+        # long as every node visited has one block-node parent at most (then any
+        # parent-first order is the topological one). Anything else, or any error
+        # (whose choice may depend on the order), redoes the walk below exactly.
+        try:
+            if _single_parent_walk(graph, roots[0], visit):
+                return changes
+        except BlockError:
+            pass
+        overlay.clear()
+        changes.clear()
+        dirty = set(roots)
+    for name in graph.subtree_topological(roots):
+        if name in dirty:
+            visit(name)
     return changes
+
+
+def _single_parent_walk(graph: BlockGraph, root: str, visit: Callable[[str], list[str]]) -> bool:
+    """Visit the dirty nodes from ``root`` parent-first; False as soon as a node has two
+    block-node parents or is reached twice (then the caller walks the sorted subtree)."""
+    pending = [root]
+    seen = {root}
+    while pending:
+        name = pending.pop()
+        if sum(1 for p in graph._pred[name] for _k in graph._pred[name][p] if p in graph.nodes) > 1:
+            return False
+        for child in reversed(visit(name)):
+            if child in seen:
+                return False
+            seen.add(child)
+            pending.append(child)
+    return True
 
 
 def _check_conflicts(

@@ -28,6 +28,8 @@ outer journal may outlive aborted transactions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from txgraph.checker.verdict import EdgeRef
 from txgraph.model.graph import BlockGraph
 from txgraph.model.node import Edge
@@ -50,10 +52,23 @@ class Journal:
         self._frozen: dict[int, tuple[Edge, bool]] = {}
         #: what the committed transactions touched (the checker's region for all of them)
         self.touched: set[str] = set()
+        #: called with a vertex key before anything of it changes (a plan step's diff
+        #: takes its before-image there, :class:`txgraph.plan.diff.PreImage`)
+        self.watch: Callable[[str], None] | None = None
 
     # -- recording (call *before* the change) --------------------------------------------
+    def note_change(self, key: str) -> None:
+        """Something of vertex ``key`` (a node's attributes, a parent's child edges) is about
+        to change; only watchers care (the other notes call this too)."""
+        if self.watch is not None:
+            self.watch(key)
+        if self.outer is not None:
+            self.outer.note_change(key)
+
     def note_vertex(self, key: str) -> None:
         """Node or backend ``key`` is about to be added or removed."""
+        if self.watch is not None:
+            self.watch(key)
         if key not in self._had:
             self._had[key] = key in self.graph.g
         if self.outer is not None:
@@ -61,6 +76,8 @@ class Journal:
 
     def note_slot(self, parent: str, name: str) -> None:
         """The link ``parent``/``name`` is about to be attached, detached or moved."""
+        if self.watch is not None:
+            self.watch(parent)
         slot = (parent, name)
         if slot not in self._slots:
             found = self.graph.child_edge(parent, name) if parent in self.graph.g else None

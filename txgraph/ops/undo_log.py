@@ -176,6 +176,10 @@ class Transaction:
         old = getattr(obj, attr)
         if isinstance(obj, Edge) and attr == "frozen":
             self.journal.note_frozen(obj)
+        elif isinstance(obj, BlockNode):
+            self.journal.note_change(obj.name)
+        elif isinstance(obj, Backend):
+            self.journal.note_change(obj.key)
         setattr(obj, attr, value)
         if isinstance(obj, BlockNode):
             self.touched.add(obj.name)
@@ -197,6 +201,7 @@ class Transaction:
         assert found is not None
         child, edge = found
         self._step()
+        self.journal.note_change(parent)
         old = (edge.perm, edge.shared)
         edge.perm, edge.shared = perm, shared
         self.touched.update((parent, child) if parent in self.graph.nodes else (child,))

@@ -15,7 +15,7 @@ from typing import Any
 from txgraph.model.graph import BlockGraph
 from txgraph.model.perm import perm_list
 
-__all__ = ["GraphSnapshot", "GraphDiff", "snapshot", "diff"]
+__all__ = ["GraphSnapshot", "GraphDiff", "PreImage", "snapshot", "diff"]
 
 
 @dataclass(frozen=True)
@@ -62,34 +62,51 @@ def _parent_label(graph: BlockGraph, key: str) -> str:
     return f"device:{backend.name}" if backend.name else key
 
 
-def snapshot(graph: BlockGraph) -> GraphSnapshot:
+_HIDDEN_OPTIONS = (
+    "read-only",
+    "cache.direct",
+    "cache.no-flush",
+    "detect-zeroes",
+    "node-name",
+    "driver",
+)
+
+
+def _node_entry(graph: BlockGraph, name: str) -> dict[str, Any]:
     from txgraph.ops.filenames import refresh_filename
 
-    nodes: dict[str, dict[str, Any]] = {}
-    for name, node in graph.nodes.items():
-        refresh_filename(graph, name)
-        options = {
-            k: v
-            for k, v in node.options.items()
-            if k
-            not in (
-                "read-only",
-                "cache.direct",
-                "cache.no-flush",
-                "detect-zeroes",
-                "node-name",
-                "driver",
-            )
+    node = graph.nodes[name]
+    refresh_filename(graph, name)
+    return {
+        "node-name": name,
+        "drv": node.driver,
+        "ro": node.read_only,
+        "cache": {"direct": node.cache_direct, "no-flush": node.cache_no_flush},
+        "detect_zeroes": node.detect_zeroes,
+        "file": node.filename,
+        "options": {k: v for k, v in node.options.items() if k not in _HIDDEN_OPTIONS},
+    }
+
+
+def _edge_entries(graph: BlockGraph, parent: str) -> dict[str, dict[str, Any]]:
+    """The snapshot entries of ``parent``'s child edges (a node or a backend)."""
+    if parent not in graph.g:
+        return {}
+    label = _parent_label(graph, parent)
+    return {
+        f"{label}/{edge.name}": {
+            "parent": label,
+            "name": edge.name,
+            "child": child,
+            "perm": perm_list(edge.perm),
+            "shared-perm": perm_list(edge.shared),
         }
-        nodes[name] = {
-            "node-name": name,
-            "drv": node.driver,
-            "ro": node.read_only,
-            "cache": {"direct": node.cache_direct, "no-flush": node.cache_no_flush},
-            "detect_zeroes": node.detect_zeroes,
-            "file": node.filename,
-            "options": options,
-        }
+        for child, edge in graph.children(parent)
+    }
+
+
+def snapshot(graph: BlockGraph) -> GraphSnapshot:
+    nodes = {name: _node_entry(graph, name) for name in graph.nodes}
     edges: dict[str, dict[str, Any]] = {}
     for parent, child, edge in graph.edges():
         label = _parent_label(graph, parent)
@@ -101,6 +118,55 @@ def snapshot(graph: BlockGraph) -> GraphSnapshot:
             "shared-perm": perm_list(edge.shared),
         }
     return GraphSnapshot(nodes, edges)
+
+
+class PreImage:
+    """The part of a snapshot a step may change, taken just before it changes: O(change).
+
+    Installed as a :class:`~txgraph.ops.journal.Journal` watcher for one plan
+    step. Before the first change of a vertex it records that vertex's node
+    entry and its child edges, and the node entries of its ancestors (a node's
+    ``file`` name depends on its subtree). :meth:`diff` then compares those
+    entries with the same entries after the step; everything else is
+    unchanged, since every change goes through a Transaction (whose notes call
+    the watcher). The result equals ``diff(snapshot(before), snapshot(after))``
+    (checked against it by the plan tests with ``TXGRAPH_VERIFY_DIFF=1``).
+
+    Owner: the thread running the plan step (the engine's command lock).
+    """
+
+    def __init__(self, graph: BlockGraph) -> None:
+        self.graph = graph
+        self.nodes: dict[str, dict[str, Any] | None] = {}
+        self.parents: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def __call__(self, key: str) -> None:
+        graph = self.graph
+        if key not in self.parents:
+            self.parents[key] = _edge_entries(graph, key)
+        stack = [key]
+        while stack:
+            cur = stack.pop()
+            if cur in self.nodes:
+                continue
+            if cur in graph.nodes:
+                self.nodes[cur] = _node_entry(graph, cur)
+                stack.extend(graph._pred[cur])
+            elif cur == key and cur not in graph.backends:
+                self.nodes[cur] = None  # not there yet (an add)
+
+    def diff(self) -> GraphDiff:
+        graph = self.graph
+        before_nodes = {k: v for k, v in self.nodes.items() if v is not None}
+        after_nodes = {k: _node_entry(graph, k) for k in self.nodes if k in graph.nodes}
+        before_edges: dict[str, dict[str, Any]] = {}
+        after_edges: dict[str, dict[str, Any]] = {}
+        for parent, entries in self.parents.items():
+            before_edges.update(entries)
+            after_edges.update(_edge_entries(graph, parent))
+        return diff(
+            GraphSnapshot(before_nodes, before_edges), GraphSnapshot(after_nodes, after_edges)
+        )
 
 
 def _changes(old: dict[str, Any], new: dict[str, Any], skip: tuple[str, ...]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ when a message has several, so :func:`qdict_order` is shared with the QAPI layer
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -36,8 +37,13 @@ _ESCAPES = {
 }
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def _tdb_hash(key: str) -> int:
-    """The hash QEMU's QDict uses to pick a bucket (from Samba's tdb)."""
+    """The hash QEMU's QDict uses to pick a bucket (from Samba's tdb).
+
+    Memoised: every message and reply orders its keys, nearly always the same
+    few hundred member names, and the byte loop costs tens of microseconds.
+    """
     raw = key.encode("utf-8", "surrogatepass")
     value = (0x238F13AF * len(raw)) & 0xFFFFFFFF
     for i, c in enumerate(raw):

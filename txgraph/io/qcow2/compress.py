@@ -6,16 +6,45 @@ success only when exactly one cluster of output was produced) and
 The zstd path calls the system ``libzstd`` (QEMU links the same library) via
 ctypes, so no extra Python dependency is needed. Output is never larger than
 one cluster, whatever the input claims (CVE-2015-5162 class: bounded work).
+
+Window: QEMU inflates with window bits -12 in one ``inflate(Z_FINISH)`` call
+into the cluster buffer, and zlib then accepts back-references anywhere in the
+output produced so far (the 4 KiB window only limits what is kept *between*
+calls), so a stream with a 20 KiB distance decodes in QEMU 7.2. Python's zlib
+is the same library and decodes it alike (tests/unit/io/test_io_qcow2_inflate.py
+pins this against qemu-img). The faster inflaters checked refuse such a stream
+(zlib-ng: "invalid distance too far back"; ISA-L: "Invalid deflate symbol"), so
+they would fail reads QEMU serves; they are not used.
+
+Parallel inflate: QEMU's ``qcow2_co_preadv_part`` runs up to
+``QCOW2_MAX_WORKERS`` (8) cluster tasks of one request at once, each
+decompressing in the thread pool (``qcow2_co_decompress``).
+:func:`decompress_many` does the same for the compressed clusters of one
+request: zlib and libzstd release the GIL while they work.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
+import threading
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
-__all__ = ["decompress", "DecompressError", "ClusterCache", "zstd_available"]
+__all__ = [
+    "decompress",
+    "decompress_many",
+    "DecompressError",
+    "ClusterCache",
+    "zstd_available",
+    "MAX_WORKERS",
+]
+
+#: QEMU's QCOW2_MAX_WORKERS: cluster tasks of one request at once
+MAX_WORKERS = 8
 
 
 class DecompressError(Exception):
@@ -93,6 +122,44 @@ def _zstd(data: bytes, cluster_size: int) -> bytes:
 def decompress(compression_type: int, data: bytes, cluster_size: int) -> bytes:
     """One cluster of plain data from a compressed stream (0 = zlib, 1 = zstd)."""
     return _zstd(data, cluster_size) if compression_type == 1 else _zlib(data, cluster_size)
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _executor() -> ThreadPoolExecutor:
+    """The process's inflate pool (made on first use; its lock only guards the making)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            workers = max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+            _pool = ThreadPoolExecutor(workers, thread_name_prefix="txgraph-inflate")
+        return _pool
+
+
+def decompress_many(
+    compression_type: int,
+    extents: list[tuple[int, int]],
+    fetch: Callable[[int, int], bytes],
+    cluster_size: int,
+) -> list[bytes | None]:
+    """Inflate several clusters at once: ``fetch(offset, length)`` reads each stream.
+
+    An entry is None when its read or its stream failed: the caller's ordinary
+    one-cluster path then meets (and reports) the same failure, so errors are
+    exactly those of :func:`decompress`.
+    """
+
+    def one(extent: tuple[int, int]) -> bytes | None:
+        try:
+            return decompress(compression_type, fetch(*extent), cluster_size)
+        except Exception:  # re-raised by the caller's sequential path, with its mapping
+            return None
+
+    if len(extents) < 2 or (os.cpu_count() or 1) < 2:
+        return [None] * len(extents)
+    return list(_executor().map(one, extents))
 
 
 class ClusterCache:

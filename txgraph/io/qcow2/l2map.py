@@ -64,6 +64,8 @@ ZERO, UNALLOC, COMPRESSED, INVALID, MIXED = -1, -2, -3, -4, -5
 #: maps up to this many bytes of host codes are kept flat
 FLAT_LIMIT = 64 << 20
 _FULL32 = 0xFFFFFFFF
+#: batches up to this many offsets reuse the map's scratch array (8 bytes each)
+_SCRATCH_MAX = 1 << 21
 
 
 class L2Map:
@@ -95,8 +97,21 @@ class L2Map:
         self.raw: list[np.ndarray | None] = [None] * self.nslots
         self.bitmaps: list[np.ndarray | None] = [None] * self.nslots
         self.flat: np.ndarray | None = None
+        #: per slot: its part of ``flat`` holds the slot's current codes (a compiled slot,
+        #: or one whose L1 entry is 0 and was never compiled: all UNALLOC)
+        self.flat_ok: np.ndarray | None = None
         if self.nslots * self.n * 8 <= FLAT_LIMIT:
             self.flat = np.full(self.nslots * self.n, UNALLOC, dtype=np.int64)
+            self.flat_ok = (l1[: self.nslots] & np.uint64(C.L1E_OFFSET_MASK)) == 0
+            if len(self.flat_ok) < self.nslots:  # an L1 table shorter than the image
+                self.flat_ok = np.concatenate(
+                    [self.flat_ok, np.ones(self.nslots - len(self.flat_ok), dtype=bool)]
+                )
+        #: bumped by every change of the mapping (an entry, an L1 entry, a slot reset), so
+        #: a derived view (:mod:`.chainmap`) can tell that it is stale without the lock
+        self.gen = 0
+        #: translate()'s reused intermediate (under the node lock, like every lookup)
+        self._scratch: np.ndarray | None = None
         #: L1 slots whose L2 table offset is unaligned (message for the corruption report)
         self.bad_slots: dict[int, str] = {}
         cap, interval = cache_limits(options or {}, h.cluster_size, h.cluster_size)
@@ -128,6 +143,9 @@ class L2Map:
         """The writer points L1 slot ``i`` at another L2 table (``qcow2_write_l1_entry``'s memory side)."""
         was = int(self.l1[i]) & C.L1E_OFFSET_MASK
         self.l1[i] = value
+        self.gen += 1
+        if self.flat_ok is not None and self.codes[i] is None and i < self.nslots:
+            self.flat_ok[i] = False  # flat may hold this slot's codes from before
         self._l2offs = None
         if bool(was) != bool(value & C.L1E_OFFSET_MASK):
             self._nz = None
@@ -180,6 +198,8 @@ class L2Map:
                 raw, bm = ent, None
             codes[:] = self.classify(raw, bm, i * n)
         self.codes[i], self.raw[i], self.bitmaps[i] = codes, raw, bm
+        if self.flat_ok is not None:
+            self.flat_ok[i] = True
         self.cache.add(i)
         return codes
 
@@ -337,19 +357,64 @@ class L2Map:
         return len(seg) if not bool(owned.any()) else max(1, int(np.argmax(owned)))
 
     def translate(self, guest: np.ndarray) -> np.ndarray:
-        """Batch translation: host offset (>= 0) or a negative class code per guest offset."""
-        g = np.asarray(guest, dtype=np.uint64)
-        clusters = (g >> np.uint64(self.cb)).astype(np.int64)
-        inside = clusters < self.nb_clusters
+        """Batch translation: host offset (>= 0) or a negative class code per guest offset.
+
+        Signed 64-bit arithmetic throughout (numpy's unsigned shifts are far slower);
+        offsets of 2^63 and more are outside every image and answer UNALLOC. With a
+        flat map the batch is one gather: only slots not yet compiled are looked at
+        one by one (no sort of the whole batch).
+        """
+        g = np.asarray(guest)
+        if g.dtype == np.uint64:
+            g = g.view(np.int64)  # free; values >= 2^63 turn negative: outside
+        elif g.dtype != np.int64:
+            g = g.astype(np.int64)
+        flat, ok = self.flat, self.flat_ok
+        n = len(g)
+        if flat is not None and ok is not None and 0 < n <= _SCRATCH_MAX:
+            # Intermediates go to a scratch array reused across calls (under the node
+            # lock): a fresh 8 MB array costs more in page faults than the whole lookup.
+            scratch = self._scratch
+            if scratch is None or len(scratch) < n:
+                scratch = self._scratch = np.empty(n, dtype=np.int64)
+            clusters = np.right_shift(g, self.cb, out=scratch[:n])
+            if int(g.min()) >= 0 and int(clusters.max()) < self.nb_clusters:
+                if not bool(ok.all()):
+                    self._compile_stale(clusters, None)
+                codes: np.ndarray = flat.take(clusters)
+                within = np.bitwise_and(g, (1 << self.cb) - 1, out=scratch[:n])
+                np.add(codes, within, out=codes, where=codes >= 0)
+                return codes
+        clusters = g >> self.cb
+        inside = (clusters >= 0) & (clusters < self.nb_clusters)
+        if flat is not None and ok is not None:
+            idx = np.where(inside, clusters, 0)
+            if not bool(ok.all()):
+                self._compile_stale(idx, inside)
+            codes = flat[idx]
+            codes[~inside] = UNALLOC
+        else:
+            slots = clusters >> self.l2b
+            codes = np.full(len(g), UNALLOC, dtype=np.int64)
+            for i in np.unique(slots[inside]).tolist():
+                if self._unallocated(i):
+                    continue
+                m = inside & (slots == i)
+                codes[m] = self.slot(i)[clusters[m] & (self.n - 1)]
+        within = g & ((1 << self.cb) - 1)
+        np.add(codes, within, out=codes, where=codes >= 0)
+        return codes
+
+    def _compile_stale(self, clusters: np.ndarray, inside: np.ndarray | None) -> None:
+        """Compile the slots of ``clusters`` whose flat codes are not current."""
+        assert self.flat_ok is not None
         slots = clusters >> self.l2b
-        codes = np.full(len(g), UNALLOC, dtype=np.int64)
-        for i in np.unique(slots[inside]).tolist():
-            if self._unallocated(i):
-                continue
-            m = inside & (slots == i)
-            codes[m] = self.slot(i)[clusters[m] & (self.n - 1)]
-        within = (g & np.uint64((1 << self.cb) - 1)).astype(np.int64)
-        return np.where(codes >= 0, codes + within, codes)
+        stale = ~self.flat_ok[slots]
+        if inside is not None:
+            stale &= inside
+        if stale.any():
+            for i in np.unique(slots[stale]).tolist():
+                self.slot(i)
 
     # -- updates (the allocator keeps the map in step with the L2 tables) ----
     def set_entry(self, cluster: int, raw: int, bitmap: int = 0) -> None:
@@ -358,6 +423,7 @@ class L2Map:
         r = self.raw[i]
         assert r is not None
         r[j] = raw
+        self.gen += 1
         b = self.bitmaps[i]
         if b is not None:
             b[j] = bitmap
@@ -381,6 +447,9 @@ class L2Map:
     def reset_slot(self, i: int) -> None:
         """Forget slot ``i`` (its L1 entry changed); it recompiles on next use."""
         self.codes[i] = self.raw[i] = self.bitmaps[i] = None
+        self.gen += 1
+        if self.flat_ok is not None and i < self.nslots:
+            self.flat_ok[i] = False
         self.cache.forget(i)
         self.bad_slots.pop(i, None)
 
