@@ -129,3 +129,37 @@ def test_qcow2_metadata_reads_do_not_arm_read_aio(tmp_path: Path) -> None:
     assert _errno(top.read, 0, 4096) == 5  # data cluster: read_aio arms, the read fails
     assert top.read(0, 4096) == b"\x07" * 4096  # once: the rule is gone
     rt.close_all()
+
+
+def test_a_data_read_deep_in_a_read_only_chain_raises_read_aio(tmp_path: Path) -> None:
+    """The merged read map of a read-only chain must not skip a layer's BLKDBG_EVENT:
+    mid's data read through top still arms (and fails on) the blkdebug under mid."""
+    mid, top = tmp_path / "mid.qcow2", tmp_path / "top.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(mid), "1M"], check=True)
+    subprocess.run(
+        ["qemu-io", "-c", "write -P 9 0 128k", "-f", "qcow2", str(mid)],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(mid), "-F", "qcow2", str(top)],
+        check=True,
+    )
+    rt = Runtime()
+    rt.open_node("mf", "file", {"filename": str(mid)}, {}, True)
+    rt.open_node(
+        "dbg",
+        "blkdebug",
+        {"inject-error": [{"event": "read_aio", "once": True}]},
+        {"image": "mf"},
+        True,
+    )
+    rt.open_node("mid", "qcow2", {}, {"file": "dbg"}, True)
+    rt.open_node("tf", "file", {"filename": str(top)}, {}, True)
+    rt.open_node("top", "qcow2", {}, {"file": "tf", "backing": "mid"}, True)
+    top_node = rt.node("top")
+    for _ in range(3):  # a warm map too
+        assert top_node.read(512 * 1024, 65536) == bytes(65536)
+    assert _errno(top_node.read, 0, 65536) == 5
+    assert top_node.read(0, 65536) == b"\x09" * 65536
+    rt.close_all()

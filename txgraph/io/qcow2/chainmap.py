@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from txgraph.io.buffers import child_readinto
+from txgraph.io.driver import DriverNode
 from txgraph.io.qcow2.l2map import UNALLOC, ZERO, L2Map
 
 #: a :class:`~txgraph.io.qcow2.driver.Qcow2Node` (not imported: the driver imports this)
@@ -102,6 +103,7 @@ def _layers(top: Qcow2Node) -> list[Qcow2Node] | None:
             or node.crypto.aes is not None
             or node.cluster_bits != cb
             or node.map.l2b != l2b
+            or not _ignores_debug_events(node.children.get("file"))
         ):
             return None
         out.append(node)
@@ -109,6 +111,12 @@ def _layers(top: Qcow2Node) -> list[Qcow2Node] | None:
     if _is_qcow2(node):
         return None  # deeper than MAX_DEPTH
     return out
+
+
+def _ignores_debug_events(child: Any) -> bool:
+    """Whether a layer's ``file`` child ignores BLKDBG events; blkdebug does not (every
+    data read of its layer must raise ``read_aio`` on it), so its chain is not merged."""
+    return child is None or type(child).debug_event is DriverNode.debug_event
 
 
 def _is_qcow2(node: Any) -> bool:
