@@ -24,6 +24,7 @@ IMAGE_FORMAT_SPECS: dict[str, DriverSpec] = {
     for spec in (
         DriverSpec("vdi", "format", children=_FILE),
         DriverSpec("vpc", "format", children=_FILE),
+        DriverSpec("vhdx", "format", children=_FILE),
         # qcow (v1): its encryption is the legacy aes one.
         DriverSpec(
             "qcow", "format", supports_backing=True, options=frozenset({"encrypt."}), children=_FILE

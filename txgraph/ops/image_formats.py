@@ -77,6 +77,7 @@ def _open_vmdk(opener: Opener, node: BlockNode, spec: DriverSpec, work: OptionSe
 IMAGE_FORMAT_OPENERS: dict[str, OpenFn] = {
     "vdi": _open_image_format,
     "vpc": _open_image_format,
+    "vhdx": _open_image_format,
     "qcow": _open_image_format,
     "qed": _open_image_format,
     "parallels": _open_image_format,

@@ -36,6 +36,7 @@ from tests.differential.scenarios.format_kit import (
     reopen,
 )
 from tests.differential.scenarios.formats_hostile import HOSTILE
+from tests.differential.scenarios.formats_vhdx import VHDX
 
 __all__ = ["SCENARIOS"]
 
@@ -534,4 +535,5 @@ SCENARIOS = [
     *HOSTILE,
     *BOCHS,
     *CLOOP,
+    *VHDX,
 ]
