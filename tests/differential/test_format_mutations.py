@@ -83,6 +83,25 @@ FORMATS: dict[str, tuple[str, str, list[tuple[int, int]], list[int]]] = {
         ],
     ),
 }
+
+
+def _dmg_layout() -> tuple[bytes, list[tuple[int, int]], list[int]]:
+    """The hand-made dmg (no bzip2 chunk): its trailer and mish block, to mutate."""
+    from tests.differential.scenarios.formats_dmg import dmg_image
+
+    img = dmg_image(bzip=False)
+    koly = len(img) - 512
+    rsrc = int.from_bytes(img[koly + 0x28 : koly + 0x30], "big")
+    mish = rsrc + 256 + 4
+    fields = [koly + f for f in (0x18, 0x28, 0x30, 0xD8, 0xE0, 0x1EC)]
+    fields += [rsrc, rsrc + 8, rsrc + 256, mish + 8, mish + 0x18]
+    fields += [mish + 204 + 40 * k + f for k in range(6) for f in (0, 8, 0x10, 0x18, 0x20)]
+    return img, [(koly, koly + 512), (rsrc, mish + 204 + 240)], fields
+
+
+_DMG_BASE, _DMG_RANGES, _DMG_FIELDS = _dmg_layout()
+FORMATS["dmg"] = ("dmg", "", _DMG_RANGES, _DMG_FIELDS)
+
 _VALUES = [
     0,
     1,
@@ -112,7 +131,7 @@ def _mutants(fmt: str, base: bytes, seed: int) -> list[bytes]:
                 off = rng.choice(fields)
                 width = rng.choice((4, 8))
                 value = rng.choice(_VALUES) & ((1 << (8 * width)) - 1)
-                order = ">" if fmt.startswith(("vpc", "qcow", "cloop")) else "<"
+                order = ">" if fmt.startswith(("vpc", "qcow", "cloop", "dmg")) else "<"
                 struct.pack_into(order + ("I" if width == 4 else "Q"), data, off, value)
             else:
                 lo, hi = rng.choice(ranges) if ranges else (len(data) - 512, len(data))
@@ -198,7 +217,9 @@ def _read_all(drv: str, path: Path) -> None:
 def test_header_mutations_match_qsd(fmt: str, tmp_path: Path) -> None:
     drv, opts, _r, _f = FORMATS[fmt]
     base = tmp_path / f"base.{drv}"
-    if drv in ("bochs", "cloop"):
+    if drv == "dmg":
+        base.write_bytes(_DMG_BASE)
+    elif drv in ("bochs", "cloop"):
         from tests.differential.scenarios.format_kit import bochs_image, cloop_image
 
         base.write_bytes(bochs_image() if drv == "bochs" else cloop_image(n_blocks=9))

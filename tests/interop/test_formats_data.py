@@ -86,6 +86,15 @@ def _bochs(name: str) -> Maker:
     return make
 
 
+def _dmg(name: str, xml: bool) -> Maker:
+    def make(d: Path) -> None:
+        from tests.differential.scenarios.formats_dmg import dmg_image
+
+        (d / name).write_bytes(dmg_image(xml=xml, bzip=False))
+
+    return make
+
+
 def _cloop(name: str) -> Maker:
     def make(d: Path) -> None:
         from tests.differential.scenarios.format_kit import cloop_image
@@ -187,6 +196,8 @@ CASES: dict[str, tuple[str, str, list[Maker]]] = {
     ),
     "bochs": ("bochs", "b.bochs", [_bochs("b.bochs")]),
     "cloop": ("cloop", "c.cloop", [_cloop("c.cloop")]),
+    "dmg": ("dmg", "d.dmg", [_dmg("d.dmg", False)]),
+    "dmg_xml": ("dmg", "d.dmg", [_dmg("d.dmg", True)]),
     "vmdk_backing": (
         "vmdk",
         "top.vmdk",

@@ -37,6 +37,7 @@ IMAGE_FORMAT_SPECS: dict[str, DriverSpec] = {
         # read-only drivers: bdrv_apply_auto_read_only in their open, no reopen handler
         DriverSpec("bochs", "format", reopenable=False, children=_FILE),
         DriverSpec("cloop", "format", reopenable=False, children=_FILE),
+        DriverSpec("dmg", "format", reopenable=False, children=_FILE),
     )
 }
 

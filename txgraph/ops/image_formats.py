@@ -84,6 +84,7 @@ IMAGE_FORMAT_OPENERS: dict[str, OpenFn] = {
     "vmdk": _open_vmdk,
     "bochs": _open_read_only_format,
     "cloop": _open_read_only_format,
+    "dmg": _open_read_only_format,
 }
 
 # One home per driver: the table of ops.drivers learns these openers here (this module is

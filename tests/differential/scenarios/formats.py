@@ -35,6 +35,7 @@ from tests.differential.scenarios.format_kit import (
     rename,
     reopen,
 )
+from tests.differential.scenarios.formats_dmg import DMG
 from tests.differential.scenarios.formats_hostile import HOSTILE
 from tests.differential.scenarios.formats_vhdx import VHDX
 
@@ -536,4 +537,5 @@ SCENARIOS = [
     *BOCHS,
     *CLOOP,
     *VHDX,
+    *DMG,
 ]
