@@ -27,7 +27,12 @@ IMAGE_FORMAT_SPECS: dict[str, DriverSpec] = {
         DriverSpec("vhdx", "format", children=_FILE),
         # qcow (v1): its encryption is the legacy aes one.
         DriverSpec(
-            "qcow", "format", supports_backing=True, options=frozenset({"encrypt."}), children=_FILE
+            "qcow",
+            "format",
+            supports_backing=True,
+            options=frozenset({"encrypt."}),
+            strong_opts=frozenset({"encrypt.key-secret"}),  # qcow_strong_runtime_opts
+            children=_FILE,
         ),
         DriverSpec("qed", "format", supports_backing=True, children=_FILE),
         # parallels sets supports_backing (its unallocated clusters read through).
