@@ -268,10 +268,15 @@ class QcowNode(ImageFormatNode):
             self.set_table_entry(self.l1, l1_index, l2_offset, 8, "big")
             self.file.write(self.l1_offset + l1_index * 8, struct.pack(">Q", l2_offset))
         (entry,) = self._l2_entries(l2_offset, l2_index, 1)
-        if self.crypto is not None:
-            data = self._encrypt_part(offset, bytes(data[:n]))
+        # encrypted: whole sectors, so the host write starts ``head`` bytes earlier
+        head = offset % 512 if self.crypto is not None else 0
+        payload = (
+            self._encrypt_part(offset, bytes(data[:n]))
+            if self.crypto is not None
+            else bytes(data[:n])
+        )
         if entry and not entry & _COMPRESSED:
-            self.file.write(entry + within - offset % 512, data)
+            self.file.write(entry + within - head, payload)
             return n
         if entry & _COMPRESSED and n < cs:
             content = bytearray(self._decompress(entry))
@@ -282,13 +287,11 @@ class QcowNode(ImageFormatNode):
             raise IOFailure("Argument list too long", E.E2BIG)
         if content is not None:
             # QEMU writes the decompressed cluster as it is, then the (encrypted) data
-            head = offset % 512 if self.crypto is not None else 0
-            content[within - head : within - head + len(data)] = data
+            content[within - head : within - head + len(payload)] = payload
             self.file.write(host, bytes(content))
-        elif self.crypto is not None:
-            self._zero_fill_new(host, offset - within, within - offset % 512, len(data))
-            self.file.write(host + within - offset % 512, data)
         else:
-            self.file.write(host + within, bytes(data[:n]))
+            if self.crypto is not None:
+                self._zero_fill_new(host, offset - within, within - head, len(payload))
+            self.file.write(host + within - head, payload)
         self.file.write(l2_offset + l2_index * 8, struct.pack(">Q", host))
         return n
