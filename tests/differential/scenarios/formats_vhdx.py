@@ -135,6 +135,17 @@ VHDX_HOSTILE = [
     _hostile("logical_sector_4k", [(ITEMS + 32, "<I", (4096,))]),
     _hostile("virtual_size_huge", [(ITEMS + 8, "<Q", (1 << 40,))]),
     _hostile("virtual_size_odd", [(ITEMS + 8, "<Q", (3 * _MIB + 1000,))]),
+    _hostile("metadata_offset_past_max", [(RT + 64, "<Q", (0xB1 << 56 | MD,))]),
+    _hostile("bat_length_2g", [(RT + 40, "<I", (0x80000000,))]),
+    _hostile(
+        "log_offset_past_max",
+        [
+            (H1 + 72, "<Q", (0xFFF << 52,)),
+            (H2 + 72, "<Q", (0xFFF << 52,)),
+            (H1 + 48, "16s", (_GUID_OTHER,)),
+            (H2 + 48, "16s", (_GUID_OTHER,)),
+        ],
+    ),
     _hostile("bat_past_eof", [(BAT, "<Q", (6 | 100 * _MIB,))]),
     _hostile("bat_in_metadata", [(BAT, "<Q", (6 | MD,))]),
     _hostile("bat_in_header", [(BAT, "<Q", (6 | 0,))]),

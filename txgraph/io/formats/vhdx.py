@@ -59,6 +59,8 @@ _READS_ZERO = frozenset({_NOT_PRESENT, _UNDEFINED, _ZERO, _UNMAPPED, _UNMAPPED_V
 _OFF_MASK = 0xFFFFFFFFFFF00000
 _INT64_MAX = (1 << 63) - 1
 _U64 = (1 << 64) - 1
+#: BDRV_REQUEST_MAX_BYTES: the longest single request the block layer accepts
+_REQUEST_MAX = 0x7FFFFE00
 
 
 def _pow2(v: int) -> bool:
@@ -86,8 +88,11 @@ class VhdxNode(ImageFormatNode):
         self._register(cur.log_offset, cur.log_length)
         self.log = vhdx_log.LogState()
         self.log_replayed = vhdx_log.parse_log(self)
-        self._region_tables()
-        self._metadata()
+        try:
+            self._region_tables()
+            self._metadata()
+        except IOFailure as err:  # a metadata read past BDRV_MAX_LENGTH: QEMU's -EIO
+            raise self._einval(err.errno) from None
         self.virtual_size = (self.vds >> self.lss_bits) * 512
         data_blocks = -(-self.vds // self.block_size) & 0xFFFFFFFF
         self.bat_entries = (data_blocks + (((data_blocks - 1) & 0xFFFFFFFF) >> self.chunk_bits)) & (
@@ -95,6 +100,8 @@ class VhdxNode(ImageFormatNode):
         )
         if self.bat_entries > self.bat_len // 8:
             raise self._einval()
+        if self.bat_len > _REQUEST_MAX:  # bdrv_check_request32 refuses the one BAT read
+            raise self._einval(E.EIO)
         self.bat = self.read_table(self.bat_offset, self.bat_len)
         self._check_bat()
         self.cluster_size = self.block_size

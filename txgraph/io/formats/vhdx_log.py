@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from txgraph.errors import IOFailure, OpenError
+from txgraph.io.formats.base import BDRV_MAX_LENGTH
 
 if TYPE_CHECKING:
     from txgraph.io.formats.vhdx import VhdxNode
@@ -258,7 +259,11 @@ def _search(node: VhdxNode, log: LogState) -> list[_Entry]:
     while True:
         tail = cur.read
         if cur.offset + cur.read >= end:
-            break  # zeroes to the end of the log: nothing valid, the walk would just wrap
+            # zeroes to the end of the log: nothing valid, the walk would just wrap - unless
+            # its last header read lies past BDRV_MAX_LENGTH, which fails (-EIO)
+            if cur.offset + cur.length - SECTOR + 64 > BDRV_MAX_LENGTH:
+                raise IOFailure("Input/output error", 5)
+            break
         first = _validate_entry(node, cur, 0)
         seq_chain: list[_Entry] = []
         if first is not None:
@@ -321,6 +326,8 @@ def parse_log(node: VhdxNode) -> bool:
         entries = _search(node, log)
     except _LogInvalid:
         raise einval from None
+    except IOFailure as err:  # a log sector past BDRV_MAX_LENGTH
+        raise OpenError(f"Could not open '{node.filename}': {os.strerror(err.errno)}") from None
     if not entries:
         return False
     if node.read_only:
