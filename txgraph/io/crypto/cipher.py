@@ -157,11 +157,16 @@ class SectorCipher:
         """serpent/twofish: nettle ECB under the modes QEMU's generic code builds on it."""
         if self.mode == "xts":
             half = len(key) // 2
-            self._xts_manual = (_nettle_ecb(self.alg, key[:half]), _nettle_ecb(self.alg, key[half:]))
+            self._xts_manual = (
+                _nettle_ecb(self.alg, key[:half]),
+                _nettle_ecb(self.alg, key[half:]),
+            )
         elif self.mode in ("ecb", "cbc"):
             self._nettle = _nettle_ecb(self.alg, key)
         else:
-            raise UnsupportedCipher(f"Cipher mode {self.mode} with '{self.alg}' is not available in txgraph")
+            raise UnsupportedCipher(
+                f"Cipher mode {self.mode} with '{self.alg}' is not available in txgraph"
+            )
 
     def _iv(self, sector: int) -> bytes:
         """``qcrypto_ivgen_calculate`` for ``sector``, ``niv`` bytes long."""
@@ -194,7 +199,9 @@ class SectorCipher:
             for i in range(0, len(data), SECTOR_SIZE):
                 sector = bytes(view[i : i + SECTOR_SIZE])
                 iv = self._iv(first_sector + i // SECTOR_SIZE) if self.mode == "cbc" else b""
-                out[i : i + SECTOR_SIZE] = _nettle_sector(self._nettle, self.mode, iv, sector, encrypt)
+                out[i : i + SECTOR_SIZE] = _nettle_sector(
+                    self._nettle, self.mode, iv, sector, encrypt
+                )
             return bytes(out)
         if self._xts_manual is not None:
             for i in range(0, len(data), SECTOR_SIZE):
