@@ -34,6 +34,8 @@ pytestmark = pytest.mark.qsd
 _COUNT = int(os.environ.get("TXGRAPH_FORMAT_MUTATIONS", "12"))
 #: added to every format's seed (long runs draw other mutants)
 _SEED = int(os.environ.get("TXGRAPH_FORMAT_SEED", "0"))
+#: mutants per daemon process (see test_header_mutations_match_qsd)
+_PER_PEER = 100
 
 #: format -> (qemu-img create options, header ranges worth mutating, field offsets)
 FORMATS: dict[str, tuple[str, str, list[tuple[int, int]], list[int]]] = {
@@ -48,7 +50,60 @@ FORMATS: dict[str, tuple[str, str, list[tuple[int, int]], list[int]]] = {
     # hand-made (qemu-img cannot create bochs): see tests/differential/scenarios/formats.py
     "bochs": ("bochs", "", [(0, 96)], [64, 68, 72, 76, 80, 84, 88]),
     "cloop": ("cloop", "", [(0, 216)], [128, 132, 136, 144, 152, 160, 168]),
+    # header 2 (the current one), region table 1, BAT, metadata table and items; the CRCs of
+    # headers and region tables are recomputed for most mutants (see _fix_vhdx)
+    "vhdx": (
+        "vhdx",
+        "block_size=1M",
+        [
+            (0x20000, 0x20050),
+            (0x30000, 0x30050),
+            (0x200000, 0x200020),
+            (0x300000, 0x3000C0),
+            (0x310000, 0x310028),
+        ],
+        [
+            0x20008,
+            0x20040,
+            0x20044,
+            0x20048,
+            0x30008,
+            0x30020,
+            0x30028,
+            0x3002C,
+            0x30040,
+            0x30048,
+            0x200000,
+            0x200008,
+            0x30000A,
+            0x300030,
+            0x310000,
+            0x310004,
+            0x310008,
+            0x310018,
+            0x310020,
+        ],
+    ),
 }
+
+
+def _dmg_layout() -> tuple[bytes, list[tuple[int, int]], list[int]]:
+    """The hand-made dmg (no bzip2 chunk): its trailer and mish block, to mutate."""
+    from tests.differential.scenarios.formats_dmg import dmg_image
+
+    img = dmg_image(bzip=False)
+    koly = len(img) - 512
+    rsrc = int.from_bytes(img[koly + 0x28 : koly + 0x30], "big")
+    mish = rsrc + 256 + 4
+    fields = [koly + f for f in (0x18, 0x28, 0x30, 0xD8, 0xE0, 0x1EC)]
+    fields += [rsrc, rsrc + 8, rsrc + 256, mish + 8, mish + 0x18]
+    fields += [mish + 204 + 40 * k + f for k in range(6) for f in (0, 8, 0x10, 0x18, 0x20)]
+    return img, [(koly, koly + 512), (rsrc, mish + 204 + 240)], fields
+
+
+_DMG_BASE, _DMG_RANGES, _DMG_FIELDS = _dmg_layout()
+FORMATS["dmg"] = ("dmg", "", _DMG_RANGES, _DMG_FIELDS)
+
 _VALUES = [
     0,
     1,
@@ -78,7 +133,7 @@ def _mutants(fmt: str, base: bytes, seed: int) -> list[bytes]:
                 off = rng.choice(fields)
                 width = rng.choice((4, 8))
                 value = rng.choice(_VALUES) & ((1 << (8 * width)) - 1)
-                order = ">" if fmt.startswith(("vpc", "qcow", "cloop")) else "<"
+                order = ">" if fmt.startswith(("vpc", "qcow", "cloop", "dmg")) else "<"
                 struct.pack_into(order + ("I" if width == 4 else "Q"), data, off, value)
             else:
                 lo, hi = rng.choice(ranges) if ranges else (len(data) - 512, len(data))
@@ -87,8 +142,30 @@ def _mutants(fmt: str, base: bytes, seed: int) -> list[bytes]:
             at = 0 if fmt == "vpc" else len(data) - 512
             data[at + 64 : at + 68] = bytes(4)
             struct.pack_into(">I", data, at + 64, ~sum(data[at : at + 512]) & 0xFFFFFFFF)
+        if fmt == "vhdx" and rng.random() < 0.8:
+            _fix_vhdx(data)
         out.append(bytes(data))
     return out
+
+
+def _fix_vhdx(data: bytearray) -> None:
+    """The CRC-32C of both headers and both region tables, recomputed after a mutation."""
+    from txgraph.io.formats.vhdx_log import with_checksum
+
+    for off, size in ((0x10000, 4096), (0x20000, 4096), (0x30000, 65536), (0x40000, 65536)):
+        data[off : off + size] = with_checksum(bytes(data[off : off + size]))
+
+
+def _write_sparse(path: Path, data: bytes) -> None:
+    """Write ``data`` leaving its all-zero 64 KiB chunks as holes (vhdx images are 8 MiB)."""
+    chunk = 1 << 16
+    with open(path, "wb") as f:
+        for off in range(0, len(data), chunk):
+            piece = data[off : off + chunk]
+            if piece.count(0) != len(piece):
+                f.seek(off)
+                f.write(piece)
+        f.truncate(len(data))
 
 
 def _reply(peer: Any, args: dict[str, Any], work: Path) -> Any:
@@ -142,7 +219,9 @@ def _read_all(drv: str, path: Path) -> None:
 def test_header_mutations_match_qsd(fmt: str, tmp_path: Path) -> None:
     drv, opts, _r, _f = FORMATS[fmt]
     base = tmp_path / f"base.{drv}"
-    if drv in ("bochs", "cloop"):
+    if drv == "dmg":
+        base.write_bytes(_DMG_BASE)
+    elif drv in ("bochs", "cloop"):
         from tests.differential.scenarios.format_kit import bochs_image, cloop_image
 
         base.write_bytes(bochs_image() if drv == "bochs" else cloop_image(n_blocks=9))
@@ -165,31 +244,26 @@ def test_header_mutations_match_qsd(fmt: str, tmp_path: Path) -> None:
         work.mkdir()
         for i, data in enumerate(mutants):
             for mode in ("ro", "rw"):
-                (work / f"m{i}-{mode}.{drv}").write_bytes(data)
-        peer = factory(work)
+                _write_sparse(work / f"m{i}-{mode}.{drv}", data)
         got: list[Any] = []
-        try:
-            for i in range(len(mutants)):
-                for mode in ("ro", "rw"):
-                    path = work / f"m{i}-{mode}.{drv}"
-                    got.append(
-                        (
-                            i,
-                            mode,
-                            _reply(
-                                peer,
-                                {
-                                    "driver": drv,
-                                    "node-name": "m",
-                                    "read-only": mode == "ro",
-                                    "file": {"driver": "file", "filename": str(path)},
-                                },
-                                work,
-                            ),
-                        )
-                    )
-        finally:
-            peer.close()
+        # A fresh peer every _PER_PEER mutants: QSD writes driver warnings to its stdout pipe,
+        # which the peer only reads at exit (dmg prints two module lines per open), so one
+        # daemon for a long run would block on a full pipe.
+        for first in range(0, len(mutants), _PER_PEER):
+            peer = factory(work)
+            try:
+                for i in range(first, min(first + _PER_PEER, len(mutants))):
+                    for mode in ("ro", "rw"):
+                        path = work / f"m{i}-{mode}.{drv}"
+                        args = {
+                            "driver": drv,
+                            "node-name": "m",
+                            "read-only": mode == "ro",
+                            "file": {"driver": "file", "filename": str(path)},
+                        }
+                        got.append((i, mode, _reply(peer, args, work)))
+            finally:
+                peer.close()
         replies[factory.label] = got
     diffs = [
         (q, t)
@@ -199,7 +273,7 @@ def test_header_mutations_match_qsd(fmt: str, tmp_path: Path) -> None:
     assert not diffs, "\n".join(f"qsd {q}\ntxg {t}" for q, t in diffs)
     for i, data in enumerate(mutants):
         path = tmp_path / f"read{i}.{drv}"
-        path.write_bytes(data)
+        _write_sparse(path, data)
         _read_all(drv, path)
     shutil.rmtree(tmp_path / "qsd", ignore_errors=True)
 

@@ -100,9 +100,8 @@ MUTATIONS: list[Mutation] = [
         "unterminated",
     )[1],
     _u32(164, [0, 1]),
-    # (serpent and twofish are not drawn: the cryptography package has neither, so
-    # txgraph refuses such volumes where QEMU would try the key slots)
-    _str_field(8, [b"aes", b"cast5", b"des", b"AES", b"", b"aes-xts"]),
+    # (serpent and twofish come from libnettle, as in QEMU)
+    _str_field(8, [b"aes", b"cast5", b"des", b"AES", b"", b"aes-xts", b"serpent", b"twofish"]),
     _str_field(
         40,
         [

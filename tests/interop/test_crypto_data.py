@@ -35,6 +35,11 @@ from txgraph.io.driver import DriverNode
 #: tests make anyway (each qemu-img create costs seconds of PBKDF2 benchmarking);
 #: TXGRAPH_CRYPTO_VARIANTS=all adds the others
 VARIANTS = [("luks", ""), ("luks", CBC_ESSIV), ("qcow2", ""), ("qcow2", AES)]
+#: serpent and twofish (through libnettle): XTS as qemu-img makes it, and CBC with ESSIV
+VARIANTS += [
+    ("luks", "cipher-alg=serpent-256"),
+    ("luks", "cipher-alg=twofish-128,cipher-mode=cbc,ivgen-alg=essiv,ivgen-hash-alg=sha256"),
+]
 if os.environ.get("TXGRAPH_CRYPTO_VARIANTS") == "all":
     VARIANTS += [
         ("luks", "cipher-alg=aes-256,cipher-mode=cbc,ivgen-alg=plain,hash-alg=sha512"),

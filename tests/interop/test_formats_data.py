@@ -1,4 +1,4 @@
-"""Data plane of the image formats (vdi, vpc, qcow, qed, parallels, vmdk, bochs) vs QEMU 7.2.
+"""Data plane of the image formats (vdi, vpc, qcow, qed, parallels, vmdk, vhdx, bochs...) vs QEMU 7.2.
 
 Each image is made by the real ``qemu-img``/``qemu-io``. Reads: the node is
 exported read-only over NBD by qemu-storage-daemon and by txgraph; what a
@@ -82,6 +82,15 @@ def _bochs(name: str) -> Maker:
         from tests.differential.scenarios.format_kit import bochs_image
 
         (d / name).write_bytes(bochs_image())
+
+    return make
+
+
+def _dmg(name: str, xml: bool) -> Maker:
+    def make(d: Path) -> None:
+        from tests.differential.scenarios.formats_dmg import dmg_image
+
+        (d / name).write_bytes(dmg_image(xml=xml, bzip=False))
 
     return make
 
@@ -171,8 +180,24 @@ CASES: dict[str, tuple[str, str, list[Maker]]] = {
             _convert("a.vmdk", "s.vmdk", "vmdk", "subformat=streamOptimized"),
         ],
     ),
+    "vhdx": ("vhdx", "a.vhdx", [_img("vhdx", "a.vhdx", "4M"), _io("vhdx", "a.vhdx", *_DATA)]),
+    "vhdx_fixed": (
+        "vhdx",
+        "a.vhdx",
+        [_img("vhdx", "a.vhdx", "4M", "subformat=fixed"), _io("vhdx", "a.vhdx", *_DATA)],
+    ),
+    "vhdx_1m_blocks": (
+        "vhdx",
+        "a.vhdx",
+        [
+            _img("vhdx", "a.vhdx", "4M", "block_size=1M,block_state_zero=off"),
+            _io("vhdx", "a.vhdx", *_DATA),
+        ],
+    ),
     "bochs": ("bochs", "b.bochs", [_bochs("b.bochs")]),
     "cloop": ("cloop", "c.cloop", [_cloop("c.cloop")]),
+    "dmg": ("dmg", "d.dmg", [_dmg("d.dmg", False)]),
+    "dmg_xml": ("dmg", "d.dmg", [_dmg("d.dmg", True)]),
     "vmdk_backing": (
         "vmdk",
         "top.vmdk",
@@ -186,7 +211,7 @@ CASES: dict[str, tuple[str, str, list[Maker]]] = {
 }
 
 #: formats whose images ``qemu-img check`` can check
-_CHECKABLE = {"vdi", "qed", "parallels", "vmdk"}
+_CHECKABLE = {"vdi", "qed", "parallels", "vmdk", "vhdx"}
 #: the write workload (through NBD; qemu-io as the guest)
 _WRITES = (
     "write -P 0x71 0 4k",
@@ -212,6 +237,9 @@ WRITE_CASES = [
     "vmdk_flat",
     "vmdk_split",
     "vmdk_backing",
+    "vhdx",
+    "vhdx_fixed",
+    "vhdx_1m_blocks",
 ]
 
 

@@ -28,6 +28,7 @@ _FORMATS = [
     ("parallels", "cluster_size=64k"),
     ("vmdk", ""),
     ("vmdk", "subformat=twoGbMaxExtentSparse"),
+    ("vhdx", "block_size=1M"),
 ]
 _SIZE = 8 << 20
 

@@ -24,9 +24,15 @@ IMAGE_FORMAT_SPECS: dict[str, DriverSpec] = {
     for spec in (
         DriverSpec("vdi", "format", children=_FILE),
         DriverSpec("vpc", "format", children=_FILE),
+        DriverSpec("vhdx", "format", children=_FILE),
         # qcow (v1): its encryption is the legacy aes one.
         DriverSpec(
-            "qcow", "format", supports_backing=True, options=frozenset({"encrypt."}), children=_FILE
+            "qcow",
+            "format",
+            supports_backing=True,
+            options=frozenset({"encrypt."}),
+            strong_opts=frozenset({"encrypt.key-secret"}),  # qcow_strong_runtime_opts
+            children=_FILE,
         ),
         DriverSpec("qed", "format", supports_backing=True, children=_FILE),
         # parallels sets supports_backing (its unallocated clusters read through).
@@ -36,6 +42,7 @@ IMAGE_FORMAT_SPECS: dict[str, DriverSpec] = {
         # read-only drivers: bdrv_apply_auto_read_only in their open, no reopen handler
         DriverSpec("bochs", "format", reopenable=False, children=_FILE),
         DriverSpec("cloop", "format", reopenable=False, children=_FILE),
+        DriverSpec("dmg", "format", reopenable=False, children=_FILE),
     )
 }
 

@@ -17,6 +17,7 @@ from txgraph.errors import OpenError
 from txgraph.model.drivers import DriverSpec
 from txgraph.model.node import BlockNode, OpenFlag
 from txgraph.model.perm import Role
+from txgraph.ops.crypto_open import qcow2_crypto_options
 from txgraph.ops.drivers import _OPENERS, OpenFn, _consume, _runtime_open
 from txgraph.ops.inherit import OptionSet
 from txgraph.ops.perms import refresh_perms
@@ -31,8 +32,10 @@ def _open_image_format(opener: Opener, node: BlockNode, spec: DriverSpec, work: 
     """vdi, vpc, qcow, qed, parallels: ``file`` first, then the header (data plane)."""
     child = opener.open_child(None, work, "file", node, Role.IMAGE, False)
     assert child is not None
-    _consume(work, spec)
-    _runtime_open(opener, node, {"file": child})
+    opts = _consume(work, spec)
+    # qcow's legacy AES takes its key from encrypt.key-secret (looked up by the driver)
+    extra = qcow2_crypto_options(opener, opts) if spec.name == "qcow" else None
+    _runtime_open(opener, node, {"file": child}, extra)
 
 
 def _open_read_only_format(
@@ -77,12 +80,14 @@ def _open_vmdk(opener: Opener, node: BlockNode, spec: DriverSpec, work: OptionSe
 IMAGE_FORMAT_OPENERS: dict[str, OpenFn] = {
     "vdi": _open_image_format,
     "vpc": _open_image_format,
+    "vhdx": _open_image_format,
     "qcow": _open_image_format,
     "qed": _open_image_format,
     "parallels": _open_image_format,
     "vmdk": _open_vmdk,
     "bochs": _open_read_only_format,
     "cloop": _open_read_only_format,
+    "dmg": _open_read_only_format,
 }
 
 # One home per driver: the table of ops.drivers learns these openers here (this module is

@@ -262,7 +262,8 @@ class Opener:
             head = self.rt.read_head(file_node, 512)
         except TxgraphError as err:
             raise OpenError(f"Could not read image for determining its format: {err.desc}") from err
-        return probe_format(head)
+        # bdrv_probe_all sees the file's name too (dmg_probe scores a ".dmg" suffix)
+        return probe_format(head, self.graph.nodes[file_node].filename)
 
     def _open_common(
         self, node: BlockNode, spec: DriverSpec, file_node: str | None, work: OptionSet

@@ -109,6 +109,9 @@ def pr_helper_connect(session: Session, obj_id: str, props: dict[str, Any]) -> P
 
 def pr_manager_lookup(session: Session, obj_id: str) -> None:
     """``pr_manager_lookup``: the id must name a persistent reservation manager."""
+    from txgraph.ops.qom import objects_table
+
+    objects_table(session)  # the lookup goes through object_get_objects_root
     obj = session.objects.get(obj_id)
     if obj is None:
         raise OpenError(f"No persistent reservation manager with id '{obj_id}'")

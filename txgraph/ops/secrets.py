@@ -200,6 +200,9 @@ def _decrypt(
 
 def lookup_secret(session: Session, secret_id: str) -> bytes:
     """``qcrypto_secret_lookup``."""
+    from txgraph.ops.qom import objects_table
+
+    objects_table(session)  # the lookup goes through object_get_objects_root
     obj = session.objects.get(secret_id)
     if obj is None:
         raise OpenError(f"No secret with id '{secret_id}'")

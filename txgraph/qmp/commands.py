@@ -68,6 +68,20 @@ def _object_del(ctx: CommandContext, args: dict[str, Any]) -> Any:
     return {}
 
 
+@command("qom-list")
+def _qom_list(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    from txgraph.ops.qom import qom_list
+
+    return qom_list(ctx.session, args["path"])
+
+
+@command("qom-get")
+def _qom_get(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    from txgraph.ops.qom import qom_get
+
+    return qom_get(ctx.session, args["path"], args["property"])
+
+
 @command("query-named-block-nodes")
 def _query_named_block_nodes(ctx: CommandContext, args: dict[str, Any]) -> Any:
     return named_block_nodes(ctx.session, bool(args.get("flat", False)))

@@ -12,6 +12,7 @@ from tests.differential.scenarios import (
     inherit,
     names,
     perms,
+    qom,
     queries,
     reconfig,
     reopen,
@@ -31,6 +32,7 @@ SCENARIOS: list[Scenario] = [
     *reopen.SCENARIOS,
     *reconfig.SCENARIOS,
     *formats.SCENARIOS,
+    *qom.SCENARIOS,
 ]
 BY_NAME: dict[str, Scenario] = {s.name: s for s in SCENARIOS}
 assert len(BY_NAME) == len(SCENARIOS), "duplicate scenario names"

@@ -17,6 +17,7 @@ from tests.differential.scenarios._common import (
     cmd,
     delete,
     fnode,
+    obj_add,
     qcow2_img,
     qemu_img,
     qemu_io,
@@ -35,7 +36,9 @@ from tests.differential.scenarios.format_kit import (
     rename,
     reopen,
 )
+from tests.differential.scenarios.formats_dmg import DMG
 from tests.differential.scenarios.formats_hostile import HOSTILE
+from tests.differential.scenarios.formats_vhdx import VHDX
 
 __all__ = ["SCENARIOS"]
 
@@ -270,6 +273,45 @@ SCENARIOS = [
             add({**fmt_node("qcow", "a.qcow", "q"), "encrypt": {"format": "aes"}}),
         ],
         setup=[create("qcow", "a.qcow", "1M")],
+        theme=T,
+    ),
+    sc(
+        "fmt_qcow_aes_open",
+        [
+            obj_add({"qom-type": "secret", "id": "s0", "data": "hunter2"}),
+            add(fmt_node("qcow", "e.qcow", "nokey")),
+            add(
+                {
+                    **fmt_node("qcow", "e.qcow", "q"),
+                    "encrypt": {"format": "aes", "key-secret": "s0"},
+                }
+            ),
+            delete("q"),
+            add(
+                {
+                    **fmt_node("qcow", "e.qcow", "r", read_only=True),
+                    "encrypt": {"key-secret": "s0", "format": "aes"},
+                }
+            ),
+            add(
+                {
+                    **fmt_node("qcow", "e.qcow", "x"),
+                    "encrypt": {"format": "luks", "key-secret": "s0"},
+                }
+            ),
+            add(
+                {
+                    **fmt_node("qcow", "e.qcow", "y"),
+                    "encrypt": {"format": "aes", "key-secret": "nosuch"},
+                }
+            ),
+        ],
+        setup=[
+            qemu_img(
+                "create -q -f qcow --object secret,id=s0,data=hunter2 "
+                "-o encrypt.format=aes,encrypt.key-secret=s0 {dir}/e.qcow 1M"
+            )
+        ],
         theme=T,
     ),
     sc(
@@ -534,4 +576,6 @@ SCENARIOS = [
     *HOSTILE,
     *BOCHS,
     *CLOOP,
+    *VHDX,
+    *DMG,
 ]

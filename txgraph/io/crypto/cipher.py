@@ -8,9 +8,10 @@ key that is the hash of the volume key), and is en/decrypted on its own. The
 cipher modes are QEMU's ``QCryptoCipherMode`` (ecb, cbc, xts, ctr); XTS keys
 hold both halves (``qcrypto_cipher_new`` with twice the key length).
 
-The primitives come from ``cryptography``; serpent and twofish, which QEMU's
-nettle/gcrypt backends also offer, are not available there and are refused
-with :class:`UnsupportedCipher`.
+The primitives come from ``cryptography``; serpent and twofish, which it
+lacks, come from GNU Nettle (:mod:`txgraph.io.crypto.nettle`, the library
+QEMU's nettle backend uses), in ECB, CBC and XTS mode; CTR with them is
+refused with :class:`UnsupportedCipher`.
 """
 
 from __future__ import annotations
@@ -121,7 +122,10 @@ class SectorCipher:
         self.niv = 0 if mode == "ecb" else bs
         _check_key_length(alg, mode, len(key))
         self._xts_manual: tuple[Any, Any] | None = None
-        if mode == "xts":
+        self._nettle: Any = None
+        if _ALGS[alg][0] in _NETTLE:
+            self._init_nettle(key)
+        elif mode == "xts":
             if _ALGS[alg][0] != "aes":
                 raise UnsupportedCipher(f"Cipher mode xts with '{alg}' is not available in txgraph")
             half = len(key) // 2
@@ -143,7 +147,26 @@ class SectorCipher:
             # qcrypto_ivgen_essiv_init: the IV key is the hash of the volume key; the cipher
             # used is the caller's ivcipheralg (qcrypto_block_luks_essiv_cipher).
             digest = hashlib.new(ivhash or "sha256", key).digest()
-            self._essiv = Cipher(_block_cipher(_essiv_alg(alg, len(digest)), digest), modes.ECB())
+            ivalg = _essiv_alg(alg, len(digest))
+            if _ALGS[ivalg][0] in _NETTLE:
+                self._essiv = _nettle_ecb(ivalg, digest)
+            else:
+                self._essiv = Cipher(_block_cipher(ivalg, digest), modes.ECB())
+
+    def _init_nettle(self, key: bytes) -> None:
+        """serpent/twofish: nettle ECB under the modes QEMU's generic code builds on it."""
+        if self.mode == "xts":
+            half = len(key) // 2
+            self._xts_manual = (
+                _nettle_ecb(self.alg, key[:half]),
+                _nettle_ecb(self.alg, key[half:]),
+            )
+        elif self.mode in ("ecb", "cbc"):
+            self._nettle = _nettle_ecb(self.alg, key)
+        else:
+            raise UnsupportedCipher(
+                f"Cipher mode {self.mode} with '{self.alg}' is not available in txgraph"
+            )
 
     def _iv(self, sector: int) -> bytes:
         """``qcrypto_ivgen_calculate`` for ``sector``, ``niv`` bytes long."""
@@ -172,6 +195,14 @@ class SectorCipher:
             raise ValueError("sector cipher needs whole sectors")
         out = bytearray(len(data))
         view = memoryview(data)
+        if self._nettle is not None:
+            for i in range(0, len(data), SECTOR_SIZE):
+                sector = bytes(view[i : i + SECTOR_SIZE])
+                iv = self._iv(first_sector + i // SECTOR_SIZE) if self.mode == "cbc" else b""
+                out[i : i + SECTOR_SIZE] = _nettle_sector(
+                    self._nettle, self.mode, iv, sector, encrypt
+                )
+            return bytes(out)
         if self._xts_manual is not None:
             for i in range(0, len(data), SECTOR_SIZE):
                 out[i : i + SECTOR_SIZE] = _xts_sector(
@@ -242,6 +273,38 @@ def _xts_sector(ecb1: Any, ecb2: Any, iv: bytes, data: bytes, encrypt: bool) -> 
     ctx = ecb1.encryptor() if encrypt else ecb1.decryptor()
     mid = ctx.update(pre) + ctx.finalize()
     return (int.from_bytes(mid, "little") ^ mask).to_bytes(len(data), "little")
+
+
+_NETTLE = frozenset({"serpent", "twofish"})
+
+
+def _nettle_ecb(alg: str, key: bytes) -> Any:
+    from txgraph.io.crypto.nettle import NettleECB
+
+    try:
+        return NettleECB(_ALGS[alg][0], key)
+    except OSError:
+        raise UnsupportedCipher(
+            f"Cipher algorithm '{alg}' is not available in txgraph (libnettle not found)"
+        ) from None
+
+
+def _nettle_sector(ecb: Any, mode: str, iv: bytes, data: bytes, encrypt: bool) -> bytes:
+    """One sector in ECB or CBC (``qcrypto_nettle_cipher_*``: CBC chains 16-byte blocks)."""
+    if mode == "ecb":
+        return bytes(ecb.run(data, encrypt))
+    out = bytearray()
+    prev = iv
+    for i in range(0, len(data), 16):
+        block = data[i : i + 16]
+        if encrypt:
+            prev = ecb.run(bytes(a ^ b for a, b in zip(block, prev, strict=True)), True)
+            out += prev
+        else:
+            plain = ecb.run(block, False)
+            out += bytes(a ^ b for a, b in zip(plain, prev, strict=True))
+            prev = block
+    return bytes(out)
 
 
 def aes256_cbc_decrypt(key: bytes, iv: bytes, data: bytes) -> bytes:

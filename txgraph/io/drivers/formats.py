@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from txgraph.io.formats import bochs, cloop, parallels, qcow, qed, vdi, vmdk, vpc
+from txgraph.io.formats import bochs, cloop, dmg, parallels, qcow, qed, vdi, vhdx, vmdk, vpc
 
-__all__ = ["bochs", "cloop", "parallels", "qcow", "qed", "vdi", "vmdk", "vpc"]
+__all__ = ["bochs", "cloop", "dmg", "parallels", "qcow", "qed", "vdi", "vhdx", "vmdk", "vpc"]

@@ -10,8 +10,12 @@ cluster likewise, and - as in QEMU - the rest of a partly written new
 cluster is not copied from the backing (qemu-img gives images with a backing
 512-byte clusters, so guest writes always cover whole clusters). A partial
 write into a compressed cluster decompresses it into a new cluster first.
-Encrypted (AES) images are refused (txgraph does not implement the legacy
-cipher; see the crypto helper's scope).
+Encrypted (AES, crypt method 1) images open as in qemu-storage-daemon 7.2
+(``qcrypto_block_qcow_open``: the password zero-padded or cut to 16 bytes is
+the AES-128-CBC key, IVs plain64 of the *guest* sector); data is decrypted
+after the read and encrypted before the write, a new cluster's sectors the
+write does not cover get encrypted zeroes (``get_cluster_offset``), and
+block status reports such data without a host offset.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import errno as E
 import struct
 import zlib
+from typing import Any
 
 from txgraph.errors import IOFailure, OpenError
 from txgraph.io.driver import BlockStatus
@@ -75,8 +80,8 @@ class QcowNode(ImageFormatNode):
             if "encrypt.key-secret" not in self.options:
                 # qcrypto_block_open's qcow (AES-CBC) option check
                 raise OpenError("Parameter 'encrypt.key-secret' is required for cipher")
-            raise OpenError("Use of AES-CBC encrypted qcow images is not supported by txgraph")
-        if enc is not None:
+            self._open_aes()
+        elif enc is not None:
             raise OpenError(f"No encryption in image header, but options specified format '{enc}'")
         self.cluster_bits = cluster_bits
         self.cluster_size = self.csize = 1 << cluster_bits
@@ -101,6 +106,36 @@ class QcowNode(ImageFormatNode):
             except IOFailure as err:
                 raise could_not_open(self.filename, err.errno) from None
             self.backing_file = name.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+    crypto: Any = None
+
+    def _open_aes(self) -> None:
+        """``qcrypto_block_qcow_open``: the secret is the key; nothing can verify it."""
+        from txgraph.io.crypto.cipher import SectorCipher
+        from txgraph.io.crypto.secret import SECRET_OPTION, SecretRef
+
+        ref = self.options.get(SECRET_OPTION)
+        if not isinstance(ref, SecretRef):
+            raise OpenError("Parameter 'encrypt.key-secret' is required for cipher")
+        password = ref.resolve().encode("utf-8").split(b"\0", 1)[0]
+        self.crypto = SectorCipher(
+            "aes-128", "cbc", "plain64", None, (password[:16] + bytes(16))[:16]
+        )
+
+    def _crypt(self, guest: int, data: bytes, encrypt: bool) -> bytes:
+        """``qcrypto_block_{en,de}crypt`` of whole sectors numbered by the guest offset."""
+        assert guest % 512 == 0 and len(data) % 512 == 0
+        sector = guest // 512
+        out: bytes = (
+            self.crypto.encrypt(sector, data) if encrypt else self.crypto.decrypt(sector, data)
+        )
+        return out
+
+    def info(self) -> Any:
+        info = super().info()
+        if self.crypto is not None:
+            info.extra["encrypted"] = True
+        return info
 
     def _l1(self, index: int) -> int:
         off = index * 8
@@ -151,7 +186,14 @@ class QcowNode(ImageFormatNode):
             while pos < length:
                 run = self.map_run(offset + pos, length - pos)
                 n = min(run.length, length - pos)
-                if run.kind == DATA:
+                if run.kind == DATA and self.crypto is not None:
+                    # whole sectors (the run's cluster continues to its sector boundary)
+                    guest = offset + pos
+                    head = guest % 512
+                    span = (head + n + 511) // 512 * 512
+                    plain = self._crypt(guest - head, self.fread(run.host - head, span), False)
+                    out[pos : pos + n] = plain[head : head + n]
+                elif run.kind == DATA:
                     out[pos : pos + n] = self.fread(run.host, n)
                 elif run.kind == "compressed":
                     within = (offset + pos) & (self.csize - 1)
@@ -178,7 +220,8 @@ class QcowNode(ImageFormatNode):
     def block_status(self, offset: int, length: int) -> BlockStatus:
         with self.lock:
             run = self.map_run(offset, min(length, self.virtual_size - offset))
-        if run.kind == "compressed":
+        if run.kind == "compressed" or (run.kind == DATA and self.crypto is not None):
+            # qcow_co_block_status: compressed or encrypted data has no usable host offset
             return BlockStatus(offset, min(run.length, length), True, False)
         return super().block_status(offset, length)
 
@@ -186,6 +229,29 @@ class QcowNode(ImageFormatNode):
     def _alloc(self, size_align: int) -> int:
         end = self.file_length()
         return (end + size_align - 1) // size_align * size_align
+
+    def _encrypt_part(self, offset: int, data: bytes) -> bytes:
+        """Encrypt ``data`` at guest ``offset``, widened to whole sectors with what the guest
+        reads there now (the block layer's read-modify-write for sub-sector writes)."""
+        head = offset % 512
+        span = (head + len(data) + 511) // 512 * 512
+        if head or span != len(data):
+            plain = bytearray(
+                self.read(offset - head, min(span, self.virtual_size - offset + head))
+            )
+            plain.extend(bytes(span - len(plain)))
+            plain[head : head + len(data)] = data
+        else:
+            plain = bytearray(data)
+        return self._crypt(offset - head, bytes(plain), True)
+
+    def _zero_fill_new(self, host: int, guest_cluster: int, start: int, length: int) -> None:
+        """``get_cluster_offset``: a new encrypted cluster's other sectors hold encrypted
+        zeroes, so they read back as zeroes."""
+        cs = self.csize
+        for i in range(0, cs, 512):
+            if i < start or i >= start + length:
+                self.file.write(host + i, self._crypt(guest_cluster + i, bytes(512), True))
 
     def write_run(self, offset: int, data: bytes) -> int:
         """``qcow_co_pwritev`` for the part of ``data`` inside one cluster."""
@@ -202,8 +268,15 @@ class QcowNode(ImageFormatNode):
             self.set_table_entry(self.l1, l1_index, l2_offset, 8, "big")
             self.file.write(self.l1_offset + l1_index * 8, struct.pack(">Q", l2_offset))
         (entry,) = self._l2_entries(l2_offset, l2_index, 1)
+        # encrypted: whole sectors, so the host write starts ``head`` bytes earlier
+        head = offset % 512 if self.crypto is not None else 0
+        payload = (
+            self._encrypt_part(offset, bytes(data[:n]))
+            if self.crypto is not None
+            else bytes(data[:n])
+        )
         if entry and not entry & _COMPRESSED:
-            self.file.write(entry + within, bytes(data[:n]))
+            self.file.write(entry + within - head, payload)
             return n
         if entry & _COMPRESSED and n < cs:
             content = bytearray(self._decompress(entry))
@@ -213,9 +286,12 @@ class QcowNode(ImageFormatNode):
         if host + cs > 2**63 - 1:
             raise IOFailure("Argument list too long", E.E2BIG)
         if content is not None:
-            content[within : within + n] = data[:n]
+            # QEMU writes the decompressed cluster as it is, then the (encrypted) data
+            content[within - head : within - head + len(payload)] = payload
             self.file.write(host, bytes(content))
         else:
-            self.file.write(host + within, bytes(data[:n]))
+            if self.crypto is not None:
+                self._zero_fill_new(host, offset - within, within - head, len(payload))
+            self.file.write(host + within - head, payload)
         self.file.write(l2_offset + l2_index * 8, struct.pack(">Q", host))
         return n
