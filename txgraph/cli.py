@@ -646,7 +646,7 @@ def replay_cmd(repro_file: str, against: str) -> None:
     "qmp_socket",
     required=True,
     type=click.Path(),
-    help="QMP socket of the running txgraph serve.",
+    help="QMP socket of the running txgraph serve, qemu-storage-daemon or QEMU.",
 )
 @click.option(
     "--key-file",
@@ -659,6 +659,8 @@ def apply_cmd(verified_file: str, qmp_socket: str, key_file: str | None) -> None
 
     A plan edited after verification is refused (its seal no longer matches);
     the server refuses it as stale if its graph changed since the verification.
+    Against QEMU / qemu-storage-daemon the steps are sent one by one as QEMU 7.2
+    commands and the first reply or graph that differs from the prediction stops it.
     """
     from txgraph.plan.client import QMPClient, QMPClientError
     from txgraph.plan.format import check_verified
@@ -675,6 +677,9 @@ def apply_cmd(verified_file: str, qmp_socket: str, key_file: str | None) -> None
     if problem:
         raise click.ClickException(problem)
     source = report["source"]
+    if "generation" not in source:
+        _apply_to_qemu(report, qmp_socket)
+        return
     try:
         with QMPClient(qmp_socket) as client:
             reply = client.execute(
@@ -700,6 +705,36 @@ def apply_cmd(verified_file: str, qmp_socket: str, key_file: str | None) -> None
     )
     for warning in result.get("warnings", []):
         click.echo(f"warning: {warning.get('sentence', warning)}")
+
+
+def _apply_to_qemu(report: dict[str, Any], qmp_socket: str) -> None:
+    """``txgraph apply`` against QEMU 7.2: :func:`txgraph.plan.live.apply_to_qemu`."""
+    from txgraph.plan.client import QMPClient, QMPClientError
+    from txgraph.plan.live import ApplyError, apply_to_qemu
+
+    try:
+        with QMPClient(qmp_socket) as client:
+            outcome = apply_to_qemu(report, client)
+    except ApplyError as err:
+        click.echo(f"refused: {err}", err=True)
+        sys.exit(1)
+    except QMPClientError as err:
+        raise click.ClickException(str(err)) from err
+    for note in outcome.notes:
+        click.echo(f"note: {note}", err=True)
+    for problem in outcome.problems:
+        click.echo(f"differs: {problem}", err=True)
+    if not outcome.ok:
+        click.echo(
+            f"stopped after {outcome.sent} of {outcome.total} QEMU command(s): "
+            "the live graph differs from the prediction",
+            err=True,
+        )
+        sys.exit(1)
+    click.echo(
+        f"applied {len(report['plan'])} step(s) as {outcome.total} QEMU command(s); "
+        "every reply and graph as predicted"
+    )
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ with ``offset``/``size`` is taken as unwindowed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable
@@ -52,9 +53,18 @@ from txgraph.model.perm import Perm, Role, perm_from_names
 from txgraph.ops.exports import Export, export_backend_key
 from txgraph.ops.objects import object_add
 from txgraph.ops.session import Session
+from txgraph.oracle.canon import canon_graph, canon_nodes, canon_value
 from txgraph.plan.dryrun import DryRunNbdServer, DryRunRuntime, ImportedNode
 
-__all__ = ["ImportError_", "GraphImport", "parse_state_import", "import_into", "infer_role"]
+__all__ = [
+    "ImportError_",
+    "GraphImport",
+    "parse_state_import",
+    "state_of_import",
+    "import_digest",
+    "import_into",
+    "infer_role",
+]
 
 _AUTO = re.compile(r"#block(\d+)\d\d\Z")
 _IMPORTED = Provenance(Source.EXPLICIT, detail="imported from the live graph")
@@ -76,6 +86,11 @@ class GraphImport:
     #: generation and digest of a txgraph server at capture time (None for QEMU)
     generation: int | None = None
     digest: str | None = None
+    #: node-name -> monitor-owned, as probed on the live process (:func:`txgraph.plan.
+    #: client.probe_ownership`); a node not listed falls back to the name rule
+    owned: dict[str, bool] = field(default_factory=dict)
+    #: running block jobs (``query-block-jobs``): their frozen links are rebuilt
+    jobs: list[dict[str, Any]] = field(default_factory=list)
 
 
 def parse_state_import(data: dict[str, Any]) -> GraphImport:
@@ -93,7 +108,38 @@ def parse_state_import(data: dict[str, Any]) -> GraphImport:
         list(data.get("objects", [])),
         generation=gen if isinstance(gen, int) else None,
         digest=data.get("digest"),
+        owned={str(k): bool(v) for k, v in dict(data.get("monitor-owned", {})).items()},
+        jobs=list(data.get("block-jobs", [])),
     )
+
+
+def state_of_import(imp: GraphImport) -> dict[str, Any]:
+    """The JSON shape of a capture (what ``parse_state_import`` reads back)."""
+    out: dict[str, Any] = {
+        "block-graph": imp.block_graph,
+        "named-nodes": imp.named_nodes,
+        "block-exports": imp.exports,
+        "objects": imp.objects,
+        "monitor-owned": imp.owned,
+        "block-jobs": imp.jobs,
+    }
+    if imp.generation is not None:
+        out.update({"generation": imp.generation, "digest": imp.digest})
+    return out
+
+
+def import_digest(imp: GraphImport) -> str:
+    """SHA-256 over what a dry run depends on in a capture (graph, options, exports,
+    objects, ownership; not the images' allocation), to tell whether a live graph
+    is still the one a plan was verified against."""
+    body = {
+        "graph": canon_graph(imp.block_graph, None),
+        "nodes": canon_nodes(imp.named_nodes, None, writes=True),
+        "exports": canon_value(sorted(imp.exports, key=lambda e: str(e.get("id"))), None),
+        "objects": imp.objects,
+        "owned": imp.owned,
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def infer_role(
@@ -147,7 +193,11 @@ def _json_options(filename: str, children: Iterable[str]) -> tuple[dict[str, Any
 
 
 def _build_node(
-    info: dict[str, Any], name_seq: int, has_parent: bool, children: Iterable[str] = ()
+    info: dict[str, Any],
+    name_seq: int,
+    has_parent: bool,
+    children: Iterable[str] = (),
+    owned: bool | None = None,
 ) -> BlockNode:
     name = str(info["node-name"])
     driver = str(info["drv"])
@@ -157,6 +207,10 @@ def _build_node(
     direct, no_flush = bool(cache.get("direct", False)), bool(cache.get("no-flush", False))
     detect = str(info.get("detect_zeroes", "off"))
     auto = _AUTO.match(name) is not None
+    # Probed ownership decides (a user-named child given inline in its parent's
+    # blockdev-add is not monitor-owned and inherits); without a probe, the name rule.
+    monitor = owned if owned is not None else not auto
+    top_level = monitor if owned is not None else not has_parent
     flags = OpenFlag.ALLOW_RDWR | (OpenFlag.NONE if ro else OpenFlag.RDWR)
     flags |= OpenFlag.NOCACHE if direct else OpenFlag.NONE
     flags |= OpenFlag.NO_FLUSH if no_flush else OpenFlag.NONE
@@ -167,7 +221,7 @@ def _build_node(
     if spec is not None and spec.is_protocol and spec.needs_filename:
         flags |= OpenFlag.PROTOCOL
         explicit["filename"] = str(info.get("file", ""))
-    if not has_parent:
+    if top_level:
         # Top-level nodes: what the user must have said for these values to hold.
         explicit.update(
             {
@@ -208,7 +262,7 @@ def _build_node(
         provenance=dict.fromkeys(options, _IMPORTED),
         flags=flags,
         detect_zeroes=detect,
-        monitor_owned=not auto,
+        monitor_owned=monitor,
         image=image,
         filename=str(info.get("file", "")),
         exact_filename=str(info.get("file", "")),
@@ -265,7 +319,9 @@ def import_into(session: Session, imp: GraphImport) -> None:
             info = infos.get(name)
             if info is None:
                 raise ImportError_(f"node '{name}' is in the block graph but not in named-nodes")
-            node = _build_node(info, seq, gid in child_ids, children_of.get(gid, []))
+            node = _build_node(
+                info, seq, gid in child_ids, children_of.get(gid, []), imp.owned.get(name)
+            )
             graph.add_node(node)
             driver_of[name] = node.driver
             key_of[gid] = name
@@ -333,7 +389,8 @@ def import_into(session: Session, imp: GraphImport) -> None:
     graph._seq = top
     _import_runtime(session, runtime, infos)
     for node in graph.nodes.values():
-        if node.name.startswith("#"):
+        if node.name.startswith("#") or imp.owned.get(node.name) is False:
+            # bdrv_open_inherit: opened for its first (oldest) node parent
             parents = graph.node_parents(node.name)
             node.inherits_from = parents[-1][0] if parents else None
             if node.inherits_from is not None:
