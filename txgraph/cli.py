@@ -707,6 +707,57 @@ def apply_cmd(verified_file: str, qmp_socket: str, key_file: str | None) -> None
         click.echo(f"warning: {warning.get('sentence', warning)}")
 
 
+@main.command("proxy")
+@click.option(
+    "--listen",
+    "listen",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Unix socket the proxy's QMP clients connect to (created with mode 0600).",
+)
+@click.option(
+    "--upstream",
+    "upstream_path",
+    required=True,
+    type=click.Path(),
+    help="QMP socket of the real QEMU / qemu-storage-daemon.",
+)
+@click.option(
+    "--policy",
+    type=click.Choice(["qemu", "safe"]),
+    default="safe",
+    show_default=True,
+    help="safe keeps from QEMU what txgraph's checker refuses; qemu forwards everything.",
+)
+def proxy_cmd(listen: str, upstream_path: str, policy: str) -> None:
+    """A verifying QMP proxy: each command is dry-run on a mirror of QEMU's graph first.
+
+    Refused commands (under safe) get a GenericError and never reach QEMU; after
+    every forwarded command the mirror is re-synchronised and a difference from
+    the prediction is announced as the event X_TXGRAPH_DRIFT.
+    """
+    from txgraph.proxy.engine import ProxyEngine
+    from txgraph.proxy.upstream import Upstream, UpstreamError
+    from txgraph.qmp.server import ServeError, run_server
+
+    try:
+        upstream = Upstream(upstream_path)
+    except UpstreamError as err:
+        raise click.ClickException(str(err)) from None
+    try:
+        engine = ProxyEngine(upstream, policy)
+    except Exception:
+        upstream.close()
+        raise
+    try:
+        run_server(listen, engine)
+    except ServeError as err:
+        raise click.ClickException(str(err)) from None
+    finally:
+        engine.close()
+        upstream.close()
+
+
 def _apply_to_qemu(report: dict[str, Any], qmp_socket: str) -> None:
     """``txgraph apply`` against QEMU 7.2: :func:`txgraph.plan.live.apply_to_qemu`."""
     from txgraph.plan.client import QMPClient, QMPClientError

@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import json
 import socket
-from typing import Any
+from typing import Any, Protocol
 
 from txgraph.errors import TxgraphError
 from txgraph.plan.importer import GraphImport
 
-__all__ = ["QMPClient", "QMPClientError", "capture_graph"]
+__all__ = ["QMPClient", "QMPClientError", "QMPLike", "capture_graph", "probe_ownership"]
+
+
+class QMPLike(Protocol):
+    """What the capture needs of a connection: this module's client, a QSD peer, the proxy's."""
+
+    def execute(self, command: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]: ...
+
+    def cmd(self, command: str, arguments: dict[str, Any] | None = None) -> Any: ...
 
 
 class QMPClientError(TxgraphError, RuntimeError):
@@ -76,7 +84,7 @@ class QMPClient:
         self.close()
 
 
-def capture_graph(client: QMPClient) -> GraphImport:
+def capture_graph(client: QMPLike) -> GraphImport:
     """Both graph queries (plus exports, and a txgraph server's generation) in one go.
 
     A txgraph server answers ``x-txgraph-query-generation`` before and after
@@ -113,7 +121,7 @@ _NOT_OWNED = " is not owned by the monitor"
 _IN_USE = "Block device "
 
 
-def probe_ownership(client: Any, block_graph: dict[str, Any]) -> dict[str, bool]:
+def probe_ownership(client: QMPLike, block_graph: dict[str, Any]) -> dict[str, bool]:
     """Which user-named nodes with a driver parent are monitor-owned, asked of QEMU itself.
 
     No query reveals ``bs->monitor_list``; ``qmp_blockdev_del`` does, without
@@ -146,7 +154,7 @@ def probe_ownership(client: Any, block_graph: dict[str, Any]) -> dict[str, bool]
     return out
 
 
-def _objects(client: QMPClient) -> list[dict[str, Any]]:
+def _objects(client: QMPLike) -> list[dict[str, Any]]:
     """Throttle groups as ``object-add`` arguments (QEMU: ``qom-list``/``qom-get``)."""
     reply = client.execute("x-txgraph-query-objects")
     if "return" in reply:
