@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -43,7 +44,8 @@ def proxied(images: Path, tmp_path: Path) -> Iterator[tuple[QSD, str]]:
         )  # fmt: skip
         try:
             deadline = time.monotonic() + 60
-            while not os.path.exists(listen):
+            # the socket file appears at bind(), a moment before listen(): wait for a connect
+            while not _accepts(listen):
                 assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
                 assert time.monotonic() < deadline, "the proxy did not start"
                 time.sleep(0.02)
@@ -57,6 +59,17 @@ def proxied(images: Path, tmp_path: Path) -> Iterator[tuple[QSD, str]]:
                 proc.wait()
             if proc.stdout:
                 proc.stdout.close()
+
+
+def _accepts(path: str) -> bool:
+    if not os.path.exists(path):
+        return False
+    with socket.socket(socket.AF_UNIX) as sock:
+        try:
+            sock.connect(path)
+        except ConnectionRefusedError:
+            return False
+    return True
 
 
 async def _client(path: str) -> QMPClient:
@@ -138,7 +151,6 @@ def test_drift_behind_the_proxy_is_an_event(proxied: tuple[QSD, str]) -> None:
 
 def test_negotiation_rules_as_qemu(proxied: tuple[QSD, str]) -> None:
     import json
-    import socket
 
     _qsd, path = proxied
     with socket.socket(socket.AF_UNIX) as sock:

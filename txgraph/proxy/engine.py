@@ -42,7 +42,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from txgraph.events import qmp_event
 from txgraph.oracle.canon import canon_reply
 from txgraph.oracle.compare import StepRecord, compare_records
 from txgraph.plan.client import capture_graph
@@ -106,7 +105,18 @@ class ProxyEngine(Engine):
             self._listeners.remove(listener)
 
     def emit_event(self, name: str, data: dict[str, Any] | None = None) -> None:
-        self._relay(qmp_event(name, data, time.time_ns()))
+        """An event of the proxy's own, in QEMU's shape (``qmp_event_build_dict``)."""
+        now = time.time_ns()
+        event: dict[str, Any] = {
+            "timestamp": {
+                "seconds": now // 1_000_000_000,
+                "microseconds": now // 1_000 % 1_000_000,
+            },
+            "event": name,
+        }
+        if data is not None:
+            event["data"] = data
+        self._relay(event)
 
     def _relay(self, event: dict[str, Any]) -> None:
         with self._listeners_lock:

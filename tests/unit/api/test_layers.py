@@ -31,7 +31,6 @@ ALLOWED = {
         "txgraph.plan",
         "txgraph.qmp",
         "txgraph.oracle",
-        "txgraph.events",
         "txgraph.errors",
     },
 }
