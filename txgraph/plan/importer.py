@@ -29,11 +29,15 @@ graph is rebuilt directly:
 
 What the queries do not reveal is inferred and documented here: an auto-named
 node (``#block...``) was created inline for its first node parent (it inherits
-from it and is not monitor-owned); a user-named node is treated as
-monitor-owned (a name given inline in a parent's blockdev-add is not, so
-``blockdev-del`` of such a node is accepted by the dry run where QEMU would
-refuse it); frozen backing links of running jobs are not visible; a raw node
-with ``offset``/``size`` is taken as unwindowed.
+from it and is not monitor-owned). Monitor ownership of a user-named node with
+a driver parent is asked of QEMU (``owned``, :func:`txgraph.plan.client.
+probe_ownership`): a name given inline in a parent's blockdev-add is not
+monitor-owned and inherits from that parent (its ``read-only``/``cache``
+follow the parent's, as in ``bdrv_reopen_queue_child``); without a probe a
+user-named node is taken as monitor-owned. Not rebuilt: frozen backing links of
+running jobs (``jobs`` is captured, not yet used), named BlockBackends'
+devices (``query-block``); a raw node with ``offset``/``size`` is taken as
+unwindowed.
 """
 
 from __future__ import annotations
