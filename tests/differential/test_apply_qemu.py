@@ -257,3 +257,22 @@ def test_no_qemu_form_is_said_before_anything_is_sent(images: Path) -> None:
         with pytest.raises(ApplyError, match=r"step 2 .*no QEMU 7.2 form"):
             apply_to_qemu(report, qsd)
         assert "n0" not in {n["node-name"] for n in qsd.cmd("query-named-block-nodes")}
+
+
+def test_imported_inheritance_shows_in_the_diffs(images: Path) -> None:
+    """The issue's symptoms: on a QSD capture, the snapshot step's diff shows ``disk-file``
+    going read-only and the cache.direct reopen reaches ``snap-file`` (both inline-named
+    children, not monitor-owned, found so by the ownership probe)."""
+    with QSD(workdir=str(images)) as qsd:
+        _seed_state(qsd, images)
+        imp = capture_graph(qsd)
+        assert imp.owned == {"disk-file": False}
+        plan = load_plan(EXAMPLES / "seed-section3.json", str(images))
+        report = verify_plan(plan, imp).to_dict()
+    changed = {
+        (i, c["node"]): c["changes"]
+        for i, s in enumerate(report["steps"])
+        for c in s["diff"]["nodes-changed"]
+    }
+    assert changed[(1, "disk-file")]["ro"] == [False, True]
+    assert changed[(3, "snap-file")]["cache.direct"] == [False, True]
