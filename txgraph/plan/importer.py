@@ -34,9 +34,13 @@ a driver parent is asked of QEMU (``owned``, :func:`txgraph.plan.client.
 probe_ownership`): a name given inline in a parent's blockdev-add is not
 monitor-owned and inherits from that parent (its ``read-only``/``cache``
 follow the parent's, as in ``bdrv_reopen_queue_child``); without a probe a
-user-named node is taken as monitor-owned. Not rebuilt: frozen backing links of
-running jobs (``jobs`` is captured, not yet used), named BlockBackends'
-devices (``query-block``); a raw node with ``offset``/``size`` is taken as
+user-named node is taken as monitor-owned. Frozen links of running jobs are
+rebuilt from the job vertex's edges (:func:`_freeze_job_chains`), a job
+filter without a name of its own is implicit (it carries its child's
+filename), and a job's type comes from ``query-block-jobs``. Not rebuilt: a
+plain mirror's protected chain (its base is not shown), a user's
+copy-on-read ``bottom`` freeze, named BlockBackends' devices beyond their
+root edge (``query-block``); a raw node with ``offset``/``size`` is taken as
 unwindowed.
 """
 
@@ -354,12 +358,15 @@ def import_into(session: Session, imp: GraphImport) -> None:
                 key = f"bb:{name}" if name else f"bb:import:{gid}"
             backend = Backend(key=key, kind=ParentKind.ROOT, name=name, seq=seq)
         elif kind == "block-job":
+            # query-block-jobs names the type (the op blockers' and errors' wording)
+            jtype = next((str(j.get("type")) for j in imp.jobs if j.get("device") == name), "")
             backend = Backend(
                 key=f"job:{name}",
                 kind=ParentKind.JOB,
                 name=name,
-                description=f"block job '{name}'",
+                description=f"{jtype} job '{name}'" if jtype else f"block job '{name}'",
                 seq=seq,
+                job_type=jtype,
             )
         else:
             raise ImportError_(f"unknown graph node type '{kind}'")
@@ -399,6 +406,7 @@ def import_into(session: Session, imp: GraphImport) -> None:
             node.inherits_from = parents[-1][0] if parents else None
             if node.inherits_from is not None:
                 node.monitor_owned = False
+    _freeze_job_chains(session)
     counters = [int(m.group(1)) for n in graph.nodes if (m := _AUTO.match(n))]
     session.namer.counter = max(counters, default=-1) + 1
     if session.exports:
@@ -406,6 +414,61 @@ def import_into(session: Session, imp: GraphImport) -> None:
         for export in session.exports.values():
             key = export_backend_key(export.id)
             session.nbd.add_export(export.name, None, export.writable, backend=key)
+
+
+#: the filters block jobs insert (stream: copy-on-read; commit: commit_top; mirror and
+#: active commit: mirror_top); a job's frozen chain starts at one of them
+_JOB_FILTERS = ("copy-on-read", "commit_top", "mirror_top")
+
+
+def _freeze_job_chains(session: Session) -> None:
+    """The frozen links of running jobs, which no query shows (``bdrv_freeze_backing_chain``).
+
+    Every job freezes the chain it works on from its filter down, and holds an
+    edge (``block_job_add_bdrv``) to each node of it: stream from its
+    copy-on-read filter through the active and intermediate nodes, commit from
+    commit_top through the intermediate nodes into ``base``, active commit from
+    mirror_top down to ``base``. A plain mirror holds none of its source's
+    chain, so nothing is frozen for it. So: from each job filter that the job
+    holds or that sits on a node it holds, walk ``bdrv_filter_or_cow_child``
+    and freeze each link whose child the job holds, up to the first it does not.
+    """
+    from txgraph.ops.query import filter_or_cow_edge
+
+    graph = session.graph
+    for key, backend in graph.backends.items():
+        if backend.kind is not ParentKind.JOB:
+            continue
+        held = {child for child, _edge in graph.children(key)}
+        for name, node in graph.nodes.items():
+            if node.driver not in _JOB_FILTERS:
+                continue
+            below = filter_or_cow_edge(graph, name)
+            if name not in held and (below is None or below[0] not in held):
+                continue
+            _mark_implicit(session, name)
+            links: list[tuple[str, str, str]] = []
+            cur: str | None = name
+            while cur is not None:
+                found = filter_or_cow_edge(graph, cur)
+                if found is None or found[0] not in held:
+                    break
+                found[1].frozen = True
+                links.append((cur, found[1].name, found[0]))
+                cur = found[0]
+            # what the safe policy's J1 rule keeps the job's data from losing
+            backend.protects = (*backend.protects, *links)
+
+
+def _mark_implicit(session: Session, name: str) -> None:
+    """A job filter opened without a filter-node-name is implicit (``bs->implicit``):
+    QEMU shows it by giving it its child's filename (``bdrv_refresh_filename``)."""
+    graph = session.graph
+    node = graph.nodes[name]
+    children = graph.children(name)
+    if len(children) == 1 and _AUTO.match(name):
+        child = graph.nodes[children[0][0]]
+        node.implicit = node.filename == child.filename
 
 
 def _import_runtime(session: Session, runtime: DryRunRuntime, infos: dict[str, Any]) -> None:
