@@ -737,8 +737,9 @@ def proxy_cmd(listen: str, upstream_path: str, policy: str) -> None:
     the prediction is announced as the event X_TXGRAPH_DRIFT.
     """
     from txgraph.proxy.engine import ProxyEngine
+    from txgraph.proxy.server import run_proxy
     from txgraph.proxy.upstream import Upstream, UpstreamError
-    from txgraph.qmp.server import ServeError, run_server
+    from txgraph.qmp.server import ServeError
 
     try:
         upstream = Upstream(upstream_path)
@@ -750,7 +751,7 @@ def proxy_cmd(listen: str, upstream_path: str, policy: str) -> None:
         upstream.close()
         raise
     try:
-        run_server(listen, engine)
+        run_proxy(listen, engine)
     except ServeError as err:
         raise click.ClickException(str(err)) from None
     finally:

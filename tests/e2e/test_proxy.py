@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,36 @@ from txgraph.plan.format import load_json
 pytestmark = pytest.mark.qsd
 
 
+#: the backing cut under the exported disk: QEMU accepts it, the guest then reads zeros
+_CUT = {"driver": "qcow2", "node-name": "disk", "file": "disk-file", "backing": None}
+
+
+@contextmanager
+def _proxy(listen: str, upstream: str, policy: str) -> Iterator[None]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "txgraph.cli", "proxy", "--listen", listen,
+         "--upstream", upstream, "--policy", policy],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        # the socket file appears at bind(), a moment before listen(): wait for a connect
+        while not _accepts(listen):
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "the proxy did not start"
+            time.sleep(0.02)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+
+
 @pytest.fixture
 def proxied(images: Path, tmp_path: Path) -> Iterator[tuple[QSD, str]]:
     make_images(images)
@@ -37,28 +68,8 @@ def proxied(images: Path, tmp_path: Path) -> Iterator[tuple[QSD, str]]:
     with QSD(extra, workdir=str(images)) as qsd:
         for msg in load_json(EXAMPLES / "seed-section3-state.json", str(images)):
             assert "return" in qsd.execute(msg["execute"], msg.get("arguments")), msg
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "txgraph.cli", "proxy", "--listen", listen,
-             "--upstream", upstream, "--policy", "safe"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        try:
-            deadline = time.monotonic() + 60
-            # the socket file appears at bind(), a moment before listen(): wait for a connect
-            while not _accepts(listen):
-                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-                assert time.monotonic() < deadline, "the proxy did not start"
-                time.sleep(0.02)
+        with _proxy(listen, upstream, "safe"):
             yield qsd, listen
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stdout:
-                proc.stdout.close()
 
 
 def _accepts(path: str) -> bool:
@@ -98,11 +109,7 @@ def test_unsafe_refused_safe_forwarded(proxied: tuple[QSD, str], images: Path) -
             before = _graph(qsd)
             # the backing cut under the exported disk: QEMU accepts it, the guest loses data
             with pytest.raises(ExecuteError) as refused:
-                await qmp.execute(
-                    "blockdev-reopen",
-                    {"options": [{"driver": "qcow2", "node-name": "disk", "file": "disk-file",
-                                  "backing": None}]},
-                )  # fmt: skip
+                await qmp.execute("blockdev-reopen", {"options": [_CUT]})
             assert refused.value.error_class == "GenericError"
             assert str(refused.value).startswith("txgraph refused blockdev-reopen (S")
             assert _graph(qsd) == before  # never reached QSD
@@ -139,38 +146,88 @@ def test_drift_behind_the_proxy_is_an_event(proxied: tuple[QSD, str]) -> None:
             event = await asyncio.wait_for(qmp.events.get(), 30)
             assert event["event"] == "X_TXGRAPH_DRIFT"
             assert event["data"]["command"] == "blockdev-add"
+            assert event["data"]["when"] == "before"
             assert any("intruder" in d for d in event["data"]["differences"])
-            # re-synchronised: the mirror agrees again
+            # re-synchronised before the command was judged: it went as predicted
             check = await qmp.execute("x-txgraph-proxy-check")
             assert check["agrees"] is True
+            assert qmp.events.empty()
         finally:
             await qmp.disconnect()
 
     asyncio.run(script())
 
 
-def test_negotiation_rules_as_qemu(proxied: tuple[QSD, str]) -> None:
+def _raw_session(path: str, lines: list[bytes]) -> list[Any]:
+    """The greeting and one answer per line, read from a fresh raw connection."""
     import json
 
-    _qsd, path = proxied
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(30)
         sock.connect(path)
         f = sock.makefile("rwb")
-        assert "QMP" in json.loads(f.readline())
-        f.write(b'{"execute": "query-version", "id": 1}\n')
-        f.flush()
-        assert json.loads(f.readline()) == {
-            "id": 1,
-            "error": {
-                "class": "CommandNotFound",
-                "desc": "Expecting capabilities negotiation with 'qmp_capabilities'",
-            },
-        }
-        f.write(b'{"execute": "qmp_capabilities"}{"execute": "query-block", "id": "x"}\n')
-        f.flush()
-        assert json.loads(f.readline()) == {"return": {}}
-        assert json.loads(f.readline()) == {"return": [], "id": "x"}
+        out = [json.loads(f.readline())]
+        for line in lines:
+            f.write(line + b"\n")
+            f.flush()
+            out.append(json.loads(f.readline()))
+        return out
+
+
+#: negotiation, ids and the oob rules, exactly as QSD answers them
+_WIRE = [
+    b'{"execute": "query-version", "id": 1}',
+    b'{"execute": "qmp_capabilities", "arguments": {"enable": ["oob"]}}',
+    b'{"execute": "qmp_capabilities"}',
+    b'{"exec-oob": "query-version", "id": "o"}',
+    b'{"execute": "query-block", "id": {"a": [1]}}',
+    b'{"execute": "query-version", "id": 2, "control": {}}',
+    b'{"execute": "no-such-command", "id": 3}',
+]
+_WIRE_NO_OOB = [b'{"execute": "qmp_capabilities"}', b'{"exec-oob": "query-version", "id": 4}']
+
+
+def test_wire_rules_as_qsd(proxied: tuple[QSD, str], tmp_path: Path) -> None:
+    _qsd, path = proxied
+    sock = str(tmp_path / "plain.sock")
+    extra = ["--chardev", f"socket,id=p,path={sock},server=on,wait=off", "--monitor", "p"]
+    with QSD(extra) as plain:
+        assert plain.cmd("query-version")  # up and listening on its second monitor too
+        for lines in (_WIRE, _WIRE_NO_OOB):
+            assert _raw_session(path, lines) == _raw_session(sock, lines)
+    greeting = _raw_session(path, [])[0]
+    assert greeting["QMP"]["capabilities"] == ["oob"]
+
+
+def test_policy_qemu_forwards_what_safe_refuses(images: Path, tmp_path: Path) -> None:
+    make_images(images)
+    upstream = str(tmp_path / "up.sock")
+    listen = str(tmp_path / "proxy.sock")
+    extra = ["--chardev", f"socket,id=up,path={upstream},server=on,wait=off", "--monitor", "up"]
+    with QSD(extra, workdir=str(images)) as qsd, _proxy(listen, upstream, "qemu"):
+        for msg in load_json(EXAMPLES / "seed-section3-state.json", str(images)):
+            assert "return" in qsd.execute(msg["execute"], msg.get("arguments")), msg
+
+        async def script() -> None:
+            qmp = await _client(listen)
+            try:
+                # the state was built behind the proxy (it started on an empty QSD)
+                check = await qmp.execute("x-txgraph-proxy-check")
+                assert check["agrees"] is False
+                assert (
+                    "nodes only in right: ['#block0', '#block1', 'disk', 'disk-file']"
+                    in check["differences"]
+                )
+                await qmp.execute("blockdev-reopen", {"options": [_CUT]})
+                check = await qmp.execute("x-txgraph-proxy-check")
+                assert check == {"agrees": True, "differences": [], "policy": "qemu"}
+                assert qmp.events.empty()  # the prediction held
+            finally:
+                await qmp.disconnect()
+
+        asyncio.run(script())
+        disk = next(n for n in qsd.cmd("query-named-block-nodes") if n["node-name"] == "disk")
+        assert "backing_file" not in disk or disk.get("backing_file_depth") == 0
 
 
 def test_stress_several_clients(proxied: tuple[QSD, str]) -> None:
@@ -189,7 +246,7 @@ def test_stress_several_clients(proxied: tuple[QSD, str]) -> None:
                 await qmp.execute("blockdev-del", {"node-name": name})
             drifts = []
             while not qmp.events.empty():
-                drifts.append(str(qmp.events.get_nowait()))
+                drifts.append(str(await qmp.events.get()))
             return drifts
         finally:
             await qmp.disconnect()

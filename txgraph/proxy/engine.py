@@ -20,12 +20,17 @@ events. For one command:
 4. the mirror is re-captured from the upstream and the upstream's reply and
    state compared with the prediction (:func:`txgraph.oracle.compare.
    compare_records`); a difference is broadcast as ``X_TXGRAPH_DRIFT``
-   ``{"command", "differences"}``. Block-job commands are not compared (their
-   graph changes as the job runs), only re-synchronised.
+   ``{"command", "when": "after", "differences"}``. Block-job commands are not
+   compared (their graph changes as the job runs), only re-synchronised.
+
+Before step 2 the mirror is compared with the upstream's state: another
+monitor may have changed QEMU's graph, and the verdict must be on the graph as
+it is. A difference re-synchronises the mirror first and is announced as
+``X_TXGRAPH_DRIFT`` with ``"when": "before"``.
 
 ``x-txgraph-proxy-check`` is answered by the proxy itself (QEMU has no such
 command): ``{"agrees", "differences", "policy"}``, the mirror against the
-upstream's state now.
+upstream's state now (re-synchronised when they differ).
 
 Locking: ``_pipeline`` serialises whole commands across every client and
 guards ``_mirror`` (owned by the engine, replaced on every re-sync); the
@@ -134,7 +139,7 @@ class ProxyEngine(Engine):
                 if "id" in message:
                     reply["id"] = message["id"]
                 return reply
-            if passes_through(name):
+            if passes_through(name) or "exec-oob" in message:
                 with self.upstream.lock:
                     return self.upstream.send(message)
             return self._checked(name, message)
@@ -147,9 +152,40 @@ class ProxyEngine(Engine):
         engine, _source = scratch_engine(capture_graph(Locked(self.upstream)))
         return engine
 
-    def _checked(self, name: str, message: dict[str, Any]) -> dict[str, Any]:
+    def _observed(self) -> tuple[Any, Any]:
+        """The upstream's state, canonical (the caller holds the upstream lock)."""
+        locked = Locked(self.upstream)
+        return live_state(lambda m: locked.execute(m["execute"], m.get("arguments")))
+
+    def _behind(self) -> list[str]:
+        """How the upstream differs from the mirror now; re-synchronise if it does.
+
+        Another monitor (libvirt, a second QMP client of QEMU) may have changed the
+        graph since the last command: the verdict must be on QEMU's graph as it is.
+        The caller holds the upstream lock.
+        """
         mirror = self._mirror
         assert mirror is not None  # set in __init__ and by every re-sync
+        differences = compare_records(
+            StepRecord(0, "", None, *live_state(mirror.execute)),
+            StepRecord(0, "", None, *self._observed()),
+        )
+        if differences:
+            self._mirror = self._resync()
+        return differences
+
+    def _drift(self, name: str, when: str, differences: list[str]) -> None:
+        if differences:
+            log.warning("drift %s %s: %s", when, name, differences)
+            self.emit_event(
+                DRIFT_EVENT, {"command": name, "when": when, "differences": differences}
+            )
+
+    def _checked(self, name: str, message: dict[str, Any]) -> dict[str, Any]:
+        with self.upstream.lock:
+            self._drift(name, "before", self._behind())
+        mirror = self._mirror
+        assert mirror is not None
         session = mirror.context.session
         arguments = message.get("arguments", {})
         step = Step(name, dict(arguments) if isinstance(arguments, dict) else {})
@@ -164,35 +200,24 @@ class ProxyEngine(Engine):
             predicted_state = live_state(mirror.execute)
             reply = self.upstream.send(message)
             self._mirror = self._resync()
+            differences = []
             if not _is_job_command(message):
-                observed_state = live_state(
-                    lambda m: Locked(self.upstream).execute(m["execute"], m.get("arguments"))
-                )
                 differences = compare_records(
                     StepRecord(
                         0, name, canon_reply(message, predicted.reply, None), *predicted_state
                     ),
-                    StepRecord(0, name, canon_reply(message, reply, None), *observed_state),
+                    StepRecord(0, name, canon_reply(message, reply, None), *self._observed()),
                 )
-            else:
-                differences = []
-        if differences:
-            log.warning("drift after %s: %s", name, differences)
-            self.emit_event(DRIFT_EVENT, {"command": name, "differences": differences})
+        self._drift(name, "after", differences)
         return reply
 
     def _check(self) -> dict[str, Any]:
-        """``x-txgraph-proxy-check``: the mirror's state against the upstream's, now."""
-        mirror = self._mirror
-        assert mirror is not None
+        """``x-txgraph-proxy-check``: does the mirror agree with the upstream now?
+
+        When it does not, the mirror is re-synchronised as well (the answer
+        describes the state before that)."""
         with self.upstream.lock:
-            observed = live_state(
-                lambda m: Locked(self.upstream).execute(m["execute"], m.get("arguments"))
-            )
-        differences = compare_records(
-            StepRecord(0, CHECK_COMMAND, None, *live_state(mirror.execute)),
-            StepRecord(0, CHECK_COMMAND, None, *observed),
-        )
+            differences = self._behind()
         return {"agrees": not differences, "differences": differences, "policy": self.policy}
 
     def _refusal(self, predicted: Any) -> dict[str, Any] | None:

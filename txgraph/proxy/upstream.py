@@ -59,7 +59,9 @@ class Upstream:
         self.closed = False
         self._reader = threading.Thread(target=self._read_loop, name="qmp-upstream", daemon=True)
         self._reader.start()
-        reply = self.execute("qmp_capabilities")
+        # oob enabled when offered, so a client's exec-oob can be passed on (ProxyServer)
+        offered = self.greeting["QMP"].get("capabilities", [])
+        reply = self.execute("qmp_capabilities", {"enable": ["oob"]} if "oob" in offered else None)
         if "return" not in reply:
             self.close()
             raise UpstreamError(f"the upstream refused qmp_capabilities: {reply}")
