@@ -156,6 +156,29 @@ PLANS: dict[str, list[dict[str, Any]]] = {
         ),
         _x("blockdev-del", **{"node-name": "other"}),
     ],
+    "filter-under-inheriting-format": [_D2, _throttle("d2-file")],
+    "filter-under-raw-window": [
+        _x(
+            "blockdev-add",
+            driver="file",
+            **{"node-name": "of", "read-only": True},
+            filename="{dir}/other.qcow2",
+        ),
+        _x(
+            "blockdev-add",
+            driver="raw",
+            **{"node-name": "r0", "read-only": True},
+            offset=512,
+            size=65536,
+            file="of",
+        ),
+        _x(
+            "x-txgraph-insert-filter",
+            node="of",
+            edges=[{"parent": "r0", "child-name": "file"}],
+            filter={"driver": "throttle", "node-name": "t0", "throttle-group": "tg0"},
+        ),
+    ],
     "quorum": [
         _NULL,
         _x("blockdev-add", driver="null-co", **{"node-name": "n1"}, size=1048576),
@@ -276,3 +299,19 @@ def test_imported_inheritance_shows_in_the_diffs(images: Path) -> None:
     }
     assert changed[(1, "disk-file")]["ro"] == [False, True]
     assert changed[(3, "snap-file")]["cache.direct"] == [False, True]
+
+
+def test_imported_raw_window_keeps_its_window(images: Path) -> None:
+    """A raw window built before the capture: its offset and size come back from its json:
+    filename, so the compiled reopen of it (a filter under it) keeps them, as QSD shows."""
+    with QSD(workdir=str(images)) as qsd:
+        _seed_state(qsd, images)
+        raw = substitute_dir(PLANS["filter-under-raw-window"], str(images))
+        for msg in raw[:2]:
+            qsd.cmd(msg["execute"], msg["arguments"])
+        report = seal_report(verify_plan(parse_plan(raw[2:]), capture_graph(qsd)).to_dict())
+        assert report["ok"]
+        outcome = apply_to_qemu(report, qsd)
+        assert outcome.problems == [] and outcome.ok
+        r0 = next(n for n in qsd.cmd("query-named-block-nodes") if n["node-name"] == "r0")
+        assert '"offset": 512' in r0["file"] and '"size": 65536' in r0["file"]

@@ -40,8 +40,8 @@ filter without a name of its own is implicit (it carries its child's
 filename), and a job's type comes from ``query-block-jobs``. Not rebuilt: a
 plain mirror's protected chain (its base is not shown), a user's
 copy-on-read ``bottom`` freeze, named BlockBackends' devices beyond their
-root edge (``query-block``); a raw node with ``offset``/``size`` is taken as
-unwindowed.
+root edge (``query-block``). A raw node's ``offset``/``size`` window comes back
+from its json: filename (its file edge is then DATA, as ``raw_open`` makes it).
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ from typing import Any
 
 from txgraph.io.runtime import OpenBackend, SetChild
 from txgraph.model.drivers import driver_spec
+from txgraph.model.graph import BlockGraph
 from txgraph.model.node import Backend, BlockNode, Edge, OpenFlag, ParentKind
 from txgraph.model.options import Provenance, Source, flatten
 from txgraph.model.perm import Perm, Role, perm_from_names
@@ -170,6 +171,12 @@ def infer_role(
                 return Role.METADATA | Role.PRIMARY
             return child.role
     return Role.IMAGE if edge == "file" else Role.DATA
+
+
+def _windowed(graph: BlockGraph, name: str) -> bool:
+    """A raw node with an ``offset``/``size`` window (read back from its json: filename)."""
+    explicit = graph.nodes[name].explicit
+    return "size" in explicit or bool(explicit.get("offset", 0))
 
 
 def _onoff(value: bool) -> str:
@@ -384,6 +391,8 @@ def import_into(session: Session, imp: GraphImport) -> None:
         }[types[pid]]
         perm, shared = perm_from_names(e["perm"]), perm_from_names(e["shared-perm"])
         role = infer_role(driver_of.get(parent), pkind, str(e["name"]), children_of.get(pid, []))
+        if driver_of.get(parent) == "raw" and e["name"] == "file" and _windowed(graph, parent):
+            role = Role.DATA | Role.PRIMARY  # raw_open: a window is data, not a filter
         edge = Edge(
             name=str(e["name"]),
             role=role,
