@@ -84,3 +84,32 @@ def test_tampered_plan_refused_by_qsd_apply(
     assert res.returncode == 1
     assert "changed after it was verified" in res.stderr
     assert qsd.cmd("x-debug-query-block-graph") == before
+
+
+def test_apply_stops_at_the_first_difference(
+    live: tuple[QSD, str], images: Path, tmp_path: Path
+) -> None:
+    """Another process locks the overlay after verification: QSD refuses what the dry run
+    accepted; apply says where and what, one line per difference, and exits 1."""
+    qsd, sock = live
+    verified = tmp_path / "verified.json"
+    _plan(sock, images, verified)
+    with QSD(workdir=str(images)) as other:
+        other.cmd(
+            "blockdev-add",
+            {"driver": "file", "node-name": "f", "filename": str(images / "snap0.qcow2")},
+        )
+        other.cmd(
+            "blockdev-add", {"driver": "qcow2", "node-name": "q", "file": "f", "backing": None}
+        )
+        res = _cli("apply", str(verified), "--qmp", sock)
+    assert res.returncode == 1
+    lines = [line for line in res.stderr.splitlines() if not line.startswith("note: ")]
+    assert lines[0].startswith(
+        "differs: step 1 (blockdev-add snap), command 1 of 1 (blockdev-add): predicted reply: "
+    )
+    assert 'observed error GenericError: Failed to get "write" lock' in lines[0]
+    assert lines[-1] == (
+        "stopped after 1 of 6 QEMU command(s): the live graph differs from the prediction"
+    )
+    assert "snap" not in {n["node-name"] for n in qsd.cmd("query-named-block-nodes")}
