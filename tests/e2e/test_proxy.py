@@ -262,3 +262,26 @@ def test_stress_several_clients(proxied: tuple[QSD, str]) -> None:
 
     asyncio.run(script())
     assert _graph(qsd) == before
+
+
+def test_qemu_events_pass_through(proxied: tuple[QSD, str]) -> None:
+    """QSD's own events reach the proxy's clients unchanged (block-export-del's
+    BLOCK_EXPORT_DELETED), and the mirror follows the export's removal."""
+    qsd, path = proxied
+
+    async def script() -> None:
+        qmp = await _client(path)
+        try:
+            await qmp.execute("blockdev-add", {"driver": "null-co", "node-name": "n0"})
+            await qmp.execute("block-export-add", {"type": "nbd", "id": "e1", "node-name": "n0"})
+            await qmp.execute("block-export-del", {"id": "e1"})
+            event = await asyncio.wait_for(qmp.events.get(), 30)
+            assert event["event"] == "BLOCK_EXPORT_DELETED"
+            assert event["data"] == {"id": "e1"}
+            assert (await qmp.execute("x-txgraph-proxy-check"))["agrees"] is True
+            assert qmp.events.empty()  # no drift
+        finally:
+            await qmp.disconnect()
+
+    asyncio.run(script())
+    assert [e["id"] for e in qsd.cmd("query-block-exports")] == ["vm0"]
