@@ -47,7 +47,8 @@ checked against the dry run's prediction.
 
 Modules: ``format`` (plan files), ``verify`` (the dry run and its report),
 ``seal`` (verified-plan seals), ``diff``, ``render`` (text report), ``importer``
-(graphs captured from a live QEMU), ``compile`` and ``live`` (apply to QEMU),
+(graphs captured from a live QEMU; ``inferred``: what the queries do not show),
+``compile`` and ``live`` (apply to QEMU),
 ``dryrun``, ``client``, ``demo``. The
 package imports none of them itself, so the QMP layer can use ``format``
 without pulling in the dry run (which needs the QMP engine).

@@ -35,7 +35,7 @@ probe_ownership`): a name given inline in a parent's blockdev-add is not
 monitor-owned and inherits from that parent (its ``read-only``/``cache``
 follow the parent's, as in ``bdrv_reopen_queue_child``); without a probe a
 user-named node is taken as monitor-owned. Frozen links of running jobs are
-rebuilt from the job vertex's edges (:func:`_freeze_job_chains`), a job
+rebuilt from the job vertex's edges (:func:`txgraph.plan.inferred.freeze_job_chains`), a job
 filter without a name of its own is implicit (it carries its child's
 filename), and a job's type comes from ``query-block-jobs``. Not rebuilt: a
 plain mirror's protected chain (its base is not shown), a user's
@@ -48,14 +48,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from txgraph.io.runtime import OpenBackend, SetChild
 from txgraph.model.drivers import driver_spec
-from txgraph.model.graph import BlockGraph
 from txgraph.model.node import Backend, BlockNode, Edge, OpenFlag, ParentKind
 from txgraph.model.options import Provenance, Source, flatten
 from txgraph.model.perm import Perm, Role, perm_from_names
@@ -64,6 +62,7 @@ from txgraph.ops.objects import object_add
 from txgraph.ops.session import Session
 from txgraph.oracle.canon import canon_graph, canon_nodes, canon_value
 from txgraph.plan.dryrun import DryRunNbdServer, DryRunRuntime, ImportedNode
+from txgraph.plan.inferred import AUTO_NAME, freeze_job_chains, infer_role, windowed
 
 __all__ = [
     "ImportError_",
@@ -75,7 +74,7 @@ __all__ = [
     "infer_role",
 ]
 
-_AUTO = re.compile(r"#block(\d+)\d\d\Z")
+_AUTO = AUTO_NAME
 _IMPORTED = Provenance(Source.EXPLICIT, detail="imported from the live graph")
 
 
@@ -149,34 +148,6 @@ def import_digest(imp: GraphImport) -> str:
         "owned": imp.owned,
     }
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def infer_role(
-    parent_driver: str | None, parent_kind: ParentKind, edge: str, sibling_edges: Iterable[str]
-) -> Role:
-    """The BdrvChildRole QEMU gives ``edge`` of a parent with ``parent_driver`` (§1.3)."""
-    if parent_kind is ParentKind.JOB:
-        return Role.NONE
-    if parent_kind is ParentKind.ROOT:
-        return Role.FILTERED | Role.PRIMARY
-    spec = driver_spec(parent_driver or "")
-    if edge == "backing":
-        return Role.FILTERED | Role.PRIMARY if spec is not None and spec.is_filter else Role.COW
-    if edge.startswith("children."):
-        return Role.DATA
-    if spec is not None:
-        child = spec.child(edge)
-        if child is not None:
-            if spec.name == "qcow2" and edge == "file" and "data-file" in sibling_edges:
-                return Role.METADATA | Role.PRIMARY
-            return child.role
-    return Role.IMAGE if edge == "file" else Role.DATA
-
-
-def _windowed(graph: BlockGraph, name: str) -> bool:
-    """A raw node with an ``offset``/``size`` window (read back from its json: filename)."""
-    explicit = graph.nodes[name].explicit
-    return "size" in explicit or bool(explicit.get("offset", 0))
 
 
 def _onoff(value: bool) -> str:
@@ -391,7 +362,7 @@ def import_into(session: Session, imp: GraphImport) -> None:
         }[types[pid]]
         perm, shared = perm_from_names(e["perm"]), perm_from_names(e["shared-perm"])
         role = infer_role(driver_of.get(parent), pkind, str(e["name"]), children_of.get(pid, []))
-        if driver_of.get(parent) == "raw" and e["name"] == "file" and _windowed(graph, parent):
+        if driver_of.get(parent) == "raw" and e["name"] == "file" and windowed(graph, parent):
             role = Role.DATA | Role.PRIMARY  # raw_open: a window is data, not a filter
         edge = Edge(
             name=str(e["name"]),
@@ -415,7 +386,7 @@ def import_into(session: Session, imp: GraphImport) -> None:
             node.inherits_from = parents[-1][0] if parents else None
             if node.inherits_from is not None:
                 node.monitor_owned = False
-    _freeze_job_chains(session)
+    freeze_job_chains(session)
     counters = [int(m.group(1)) for n in graph.nodes if (m := _AUTO.match(n))]
     session.namer.counter = max(counters, default=-1) + 1
     if session.exports:
@@ -423,61 +394,6 @@ def import_into(session: Session, imp: GraphImport) -> None:
         for export in session.exports.values():
             key = export_backend_key(export.id)
             session.nbd.add_export(export.name, None, export.writable, backend=key)
-
-
-#: the filters block jobs insert (stream: copy-on-read; commit: commit_top; mirror and
-#: active commit: mirror_top); a job's frozen chain starts at one of them
-_JOB_FILTERS = ("copy-on-read", "commit_top", "mirror_top")
-
-
-def _freeze_job_chains(session: Session) -> None:
-    """The frozen links of running jobs, which no query shows (``bdrv_freeze_backing_chain``).
-
-    Every job freezes the chain it works on from its filter down, and holds an
-    edge (``block_job_add_bdrv``) to each node of it: stream from its
-    copy-on-read filter through the active and intermediate nodes, commit from
-    commit_top through the intermediate nodes into ``base``, active commit from
-    mirror_top down to ``base``. A plain mirror holds none of its source's
-    chain, so nothing is frozen for it. So: from each job filter that the job
-    holds or that sits on a node it holds, walk ``bdrv_filter_or_cow_child``
-    and freeze each link whose child the job holds, up to the first it does not.
-    """
-    from txgraph.ops.query import filter_or_cow_edge
-
-    graph = session.graph
-    for key, backend in graph.backends.items():
-        if backend.kind is not ParentKind.JOB:
-            continue
-        held = {child for child, _edge in graph.children(key)}
-        for name, node in graph.nodes.items():
-            if node.driver not in _JOB_FILTERS:
-                continue
-            below = filter_or_cow_edge(graph, name)
-            if name not in held and (below is None or below[0] not in held):
-                continue
-            _mark_implicit(session, name)
-            links: list[tuple[str, str, str]] = []
-            cur: str | None = name
-            while cur is not None:
-                found = filter_or_cow_edge(graph, cur)
-                if found is None or found[0] not in held:
-                    break
-                found[1].frozen = True
-                links.append((cur, found[1].name, found[0]))
-                cur = found[0]
-            # what the safe policy's J1 rule keeps the job's data from losing
-            backend.protects = (*backend.protects, *links)
-
-
-def _mark_implicit(session: Session, name: str) -> None:
-    """A job filter opened without a filter-node-name is implicit (``bs->implicit``):
-    QEMU shows it by giving it its child's filename (``bdrv_refresh_filename``)."""
-    graph = session.graph
-    node = graph.nodes[name]
-    children = graph.children(name)
-    if len(children) == 1 and _AUTO.match(name):
-        child = graph.nodes[children[0][0]]
-        node.implicit = node.filename == child.filename
 
 
 def _import_runtime(session: Session, runtime: DryRunRuntime, infos: dict[str, Any]) -> None:
