@@ -285,3 +285,28 @@ def test_qemu_events_pass_through(proxied: tuple[QSD, str]) -> None:
 
     asyncio.run(script())
     assert [e["id"] for e in qsd.cmd("query-block-exports")] == ["vm0"]
+
+
+def test_upstream_gone_is_a_qmp_error(proxied: tuple[QSD, str]) -> None:
+    """QEMU dies under the proxy: its clients get GenericErrors, never a Python text,
+    and the proxy still answers (and stops cleanly at the end of the fixture)."""
+    qsd, path = proxied
+
+    async def script() -> None:
+        qmp = await _client(path)
+        try:
+            qsd.proc.kill()
+            qsd.proc.wait(20)
+            for command, arguments in (
+                ("query-version", None),
+                ("blockdev-add", {"driver": "null-co", "node-name": "n0"}),
+                ("x-txgraph-proxy-check", None),
+            ):
+                with pytest.raises(ExecuteError) as gone:
+                    await qmp.execute(command, arguments)
+                assert gone.value.error_class == "GenericError"
+                assert "The upstream QEMU went away" in str(gone.value), str(gone.value)
+        finally:
+            await qmp.disconnect()
+
+    asyncio.run(script())

@@ -47,10 +47,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from txgraph.errors import TxgraphError
 from txgraph.oracle.canon import canon_reply
 from txgraph.oracle.compare import StepRecord, compare_records
 from txgraph.plan.client import capture_graph
 from txgraph.plan.format import Step
+from txgraph.plan.importer import ImportError_
 from txgraph.plan.live import live_state
 from txgraph.plan.verify import run_step, scratch_engine
 from txgraph.proxy.upstream import Locked, Upstream
@@ -134,22 +136,31 @@ class ProxyEngine(Engine):
         """The pipeline of the module docstring for one command message."""
         name = str(message.get("execute", message.get("exec-oob", "")))
         with self._pipeline:
-            if name == CHECK_COMMAND:
-                reply: dict[str, Any] = {"return": self._check()}
-                if "id" in message:
-                    reply["id"] = message["id"]
-                return reply
-            if passes_through(name) or "exec-oob" in message:
-                with self.upstream.lock:
-                    return self.upstream.send(message)
-            return self._checked(name, message)
+            try:
+                if name == CHECK_COMMAND:
+                    reply: dict[str, Any] = {"return": self._check()}
+                elif passes_through(name) or "exec-oob" in message:
+                    with self.upstream.lock:
+                        reply = self.upstream.send(message)
+                else:
+                    reply = self._checked(name, message)
+            except (TxgraphError, ImportError_) as err:
+                # the upstream went away or answered a capture query oddly: say so, keep
+                # serving (the mirror stays as it was; the next command compares again)
+                desc = err.desc if isinstance(err, TxgraphError) else str(err)
+                reply = {"error": {"class": "GenericError", "desc": f"txgraph proxy: {desc}"}}
+        if "id" in message and "id" not in reply:
+            # QEMU echoes ids itself; the proxy's own answers (and "went away") must too
+            reply["id"] = message["id"]
+        return reply
 
     def _resync(self) -> Engine:
         """A new mirror from the upstream's graph (the caller holds the upstream lock)."""
+        # The new mirror first: a failed capture leaves the old one in place.
+        engine, _source = scratch_engine(capture_graph(Locked(self.upstream)))
         if self._mirror is not None:
             self._mirror.context.session.close()
         self._mirror = None
-        engine, _source = scratch_engine(capture_graph(Locked(self.upstream)))
         return engine
 
     def _observed(self) -> tuple[Any, Any]:
