@@ -231,7 +231,9 @@ def test_policy_qemu_forwards_what_safe_refuses(images: Path, tmp_path: Path) ->
 
 
 def test_stress_several_clients(proxied: tuple[QSD, str]) -> None:
-    """Four clients at once, each adding, querying and deleting its own nodes."""
+    """Four clients at once, each adding, querying and deleting its own nodes, with a
+    refused command each in between: every reply as expected, no drift, QSD's graph as
+    it was, and the mirror agreeing with it at the end."""
     qsd, path = proxied
     before = _graph(qsd)
 
@@ -244,6 +246,9 @@ def test_stress_several_clients(proxied: tuple[QSD, str]) -> None:
                 nodes = await qmp.execute("query-named-block-nodes")
                 assert name in {n["node-name"] for n in nodes}
                 await qmp.execute("blockdev-del", {"node-name": name})
+                if round_ == index:  # refusals interleave with the others' commands
+                    with pytest.raises(ExecuteError, match="txgraph refused blockdev-reopen"):
+                        await qmp.execute("blockdev-reopen", {"options": [_CUT]})
             drifts = []
             while not qmp.events.empty():
                 drifts.append(str(await qmp.events.get()))
