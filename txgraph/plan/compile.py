@@ -10,8 +10,9 @@ every extension step compiles to:
   children by name, and its resolved ``read-only``/``cache``/``detect-zeroes``);
 * ``block-export-del`` + ``block-export-add`` of an export whose root must move
   (7.2 cannot re-target an export's BlockBackend; connected NBD clients are
-  disconnected and the NBD export name becomes QEMU's default, the node name:
-  :func:`compile_step` says so in its notes);
+  disconnected, and only the id and writability are known to carry over: the
+  NBD export name and the other options, which no query shows, become QEMU's
+  defaults; :func:`compile_step` says so in its notes);
 * ``blockdev-add`` / ``blockdev-del`` for the filter itself;
 * QEMU's own ``transaction`` for a group of QEMU action types only.
 
@@ -158,8 +159,9 @@ def _orders(
 def _notes(session: Session, moves: list[_Move]) -> list[str]:
     return [
         f"export '{m.parent.removeprefix('bb:export:')}' is re-created on '{m.new_child}' "
-        "(QEMU 7.2 cannot move an export: NBD clients are disconnected, the export name "
-        "becomes the node name)"
+        "(QEMU 7.2 cannot move an export: its NBD clients are disconnected; it keeps its id "
+        "and writability, its other options, the NBD export name among them, become "
+        "QEMU's defaults)"
         for m in moves
         if m.parent not in session.graph.nodes
     ]
