@@ -315,3 +315,28 @@ def test_upstream_gone_is_a_qmp_error(proxied: tuple[QSD, str]) -> None:
             await qmp.disconnect()
 
     asyncio.run(script())
+
+
+def test_commands_txgraph_does_not_model(proxied: tuple[QSD, str], images: Path) -> None:
+    """block_resize changes an image txgraph cannot dry-run: refused under safe. A dirty
+    bitmap leaves the graph alone: forwarded, QSD's answer passed on, no drift."""
+    qsd, path = proxied
+
+    async def script() -> None:
+        qmp = await _client(path)
+        try:
+            with pytest.raises(ExecuteError, match="txgraph refused block_resize: txgraph does"):
+                await qmp.execute("block_resize", {"node-name": "disk", "size": 128 << 20})
+            await qmp.execute("block-dirty-bitmap-add", {"node": "disk", "name": "b0"})
+            with pytest.raises(ExecuteError) as dup:
+                await qmp.execute("block-dirty-bitmap-add", {"node": "disk", "name": "b0"})
+            assert str(dup.value) == "Bitmap already exists: b0"
+            assert (await qmp.execute("x-txgraph-proxy-check"))["agrees"] is True
+            assert qmp.events.empty()
+        finally:
+            await qmp.disconnect()
+
+    asyncio.run(script())
+    disk = next(n for n in qsd.cmd("query-named-block-nodes") if n["node-name"] == "disk")
+    assert disk["image"]["virtual-size"] == 64 << 20  # not resized
+    assert [b["name"] for b in disk["dirty-bitmaps"]] == ["b0"]
