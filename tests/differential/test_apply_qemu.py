@@ -21,7 +21,7 @@ from tests.support.qsd import QSD, qemu_img
 from tests.unit.plan.plankit import EXAMPLES, make_images
 from txgraph.plan.client import capture_graph
 from txgraph.plan.format import load_json, load_plan, parse_plan, substitute_dir
-from txgraph.plan.live import ApplyError, apply_to_qemu
+from txgraph.plan.live import ApplyError, apply_to_qemu, prepare
 from txgraph.plan.seal import seal_report
 from txgraph.plan.verify import verify_plan
 
@@ -315,3 +315,67 @@ def test_imported_raw_window_keeps_its_window(images: Path) -> None:
         assert outcome.problems == [] and outcome.ok
         r0 = next(n for n in qsd.cmd("query-named-block-nodes") if n["node-name"] == "r0")
         assert '"offset": 512' in r0["file"] and '"size": 65536' in r0["file"]
+
+
+def _greedy(node: str, perm: str) -> dict[str, Any]:
+    """A filter that takes ``perm`` on its child even without parents (blkdebug's
+    take-child-perms): QEMU 7.2 checks it beside the node's parents when it is added."""
+    return _x(
+        "x-txgraph-insert-filter",
+        node=node,
+        filter={"driver": "blkdebug", "node-name": "g0", "take-child-perms": [perm]},
+    )
+
+
+def test_an_order_without_conflict_is_chosen(images: Path) -> None:
+    """Under the export (which does not share resize), adding the greedy filter first
+    conflicts; taking the export down first, adding the filter, then putting the export
+    back on it does not: that order is sent, and QSD does exactly what was predicted."""
+    with QSD(workdir=str(images)) as qsd:
+        _seed_state(qsd, images)
+        report = seal_report(
+            verify_plan(parse_plan([_greedy("disk", "resize")]), capture_graph(qsd)).to_dict()
+        )
+        assert report["ok"]
+        conflict = qsd.execute(
+            "blockdev-add",
+            {
+                "driver": "blkdebug",
+                "node-name": "probe",
+                "image": "disk",
+                "take-child-perms": ["resize"],
+            },
+        )
+        assert conflict["error"]["desc"].startswith("Permission conflict on node 'disk'")
+        chosen = prepare(capture_graph(qsd), parse_plan([_greedy("disk", "resize")]).steps)
+        assert [p.message["execute"] for p in chosen.commands] == [
+            "block-export-del",
+            "blockdev-add",
+            "block-export-add",
+        ]
+        outcome = apply_to_qemu(report, qsd)
+        assert outcome.problems == [] and outcome.ok
+        graph = qsd.cmd("x-debug-query-block-graph")
+        names = {n["id"]: n["name"] for n in graph["nodes"]}
+        edges = {(names[e["parent"]], e["name"]): names[e["child"]] for e in graph["edges"]}
+        assert edges[("", "root")] == "g0" and edges[("g0", "image")] == "disk"
+
+
+def test_no_conflict_free_order_is_said_before_anything_is_sent(images: Path) -> None:
+    """Under a format node that does not share write with it, no order of QEMU 7.2
+    commands avoids the conflict (the filter must exist before the reopen can point at it),
+    although txgraph's one-transaction insertion is fine: apply says so, sends nothing."""
+    with QSD(workdir=str(images)) as qsd:
+        _seed_state(qsd, images)
+        report = seal_report(
+            verify_plan(parse_plan([_greedy("disk-file", "write")]), capture_graph(qsd)).to_dict()
+        )
+        assert report["ok"]
+        before = qsd.cmd("x-debug-query-block-graph")
+        with pytest.raises(ApplyError) as refused:
+            apply_to_qemu(report, qsd)
+        assert str(refused.value).startswith(
+            "step 1 (x-txgraph-insert-filter disk-file): no order of its QEMU 7.2 commands "
+            "is accepted throughout (1 tried; first: blockdev-add: "
+        )
+        assert qsd.cmd("x-debug-query-block-graph") == before

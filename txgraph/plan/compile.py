@@ -149,10 +149,21 @@ def _orders(
     before: list[dict[str, Any]],
     after: list[dict[str, Any]],
 ) -> list[list[dict[str, Any]]]:
+    """Candidate orders: ``before`` (the filter's blockdev-add), the moves in each order,
+    ``after``; then the same with every export taken down before ``before`` and put back
+    at the end, for a filter whose open alone would conflict with an export's
+    permissions (QEMU 7.2 checks the filter as a second parent beside it)."""
     out: list[list[dict[str, Any]]] = []
     for perm in itertools.islice(itertools.permutations(moves), MAX_ORDERS):
         body = [c for m in perm for c in _move_commands(session, m)]
         out.append([*before, *body, *after])
+    exports = [m for m in moves if m.parent not in session.graph.nodes]
+    if before and exports:
+        nodes = [m for m in moves if m.parent in session.graph.nodes]
+        downs = [_move_commands(session, m) for m in exports]
+        for perm in itertools.islice(itertools.permutations(nodes), MAX_ORDERS):
+            body = [c for m in perm for c in _move_commands(session, m)]
+            out.append([*(d[0] for d in downs), *before, *body, *(d[1] for d in downs), *after])
     return out
 
 
