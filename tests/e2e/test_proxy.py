@@ -340,3 +340,17 @@ def test_commands_txgraph_does_not_model(proxied: tuple[QSD, str], images: Path)
     disk = next(n for n in qsd.cmd("query-named-block-nodes") if n["node-name"] == "disk")
     assert disk["image"]["virtual-size"] == 64 << 20  # not resized
     assert [b["name"] for b in disk["dirty-bitmaps"]] == ["b0"]
+
+
+def test_no_upstream_is_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "none.sock"
+    res = subprocess.run(
+        [sys.executable, "-m", "txgraph.cli", "proxy", "--listen", str(tmp_path / "p.sock"),
+         "--upstream", str(missing)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 1
+    assert res.stderr == (
+        f"Error: cannot connect to the upstream QMP socket {missing}: No such file or directory\n"
+    )
+    assert not (tmp_path / "p.sock").exists()

@@ -44,8 +44,11 @@ class Upstream:
             self.greeting: dict[str, Any] = json.loads(self._rfile.readline() or b"{}")
         except (OSError, ValueError) as err:
             self.sock.close()
+            reason = (
+                err.strerror if isinstance(err, OSError) and err.strerror else "no QMP greeting"
+            )
             raise UpstreamError(
-                f"cannot connect to the upstream QMP socket {path}: {err}"
+                f"cannot connect to the upstream QMP socket {path}: {reason}"
             ) from None
         if "QMP" not in self.greeting:
             self.sock.close()
