@@ -757,7 +757,7 @@ def replay_cmd(repro_file: str, against: str) -> None:
     "qmp_socket",
     required=True,
     type=click.Path(),
-    help="QMP socket of the running txgraph serve.",
+    help="QMP socket of the running txgraph serve, qemu-storage-daemon or QEMU.",
 )
 @click.option(
     "--key-file",
@@ -770,6 +770,8 @@ def apply_cmd(verified_file: str, qmp_socket: str, key_file: str | None) -> None
 
     A plan edited after verification is refused (its seal no longer matches);
     the server refuses it as stale if its graph changed since the verification.
+    Against QEMU / qemu-storage-daemon the steps are sent one by one as QEMU 7.2
+    commands and the first reply or graph that differs from the prediction stops it.
     """
     from txgraph.plan.client import QMPClient, QMPClientError
     from txgraph.plan.format import check_verified
@@ -786,6 +788,9 @@ def apply_cmd(verified_file: str, qmp_socket: str, key_file: str | None) -> None
     if problem:
         raise click.ClickException(problem)
     source = report["source"]
+    if "generation" not in source:
+        _apply_to_qemu(report, qmp_socket)
+        return
     try:
         with QMPClient(qmp_socket) as client:
             reply = client.execute(
@@ -811,6 +816,88 @@ def apply_cmd(verified_file: str, qmp_socket: str, key_file: str | None) -> None
     )
     for warning in result.get("warnings", []):
         click.echo(f"warning: {warning.get('sentence', warning)}")
+
+
+@main.command("proxy")
+@click.option(
+    "--listen",
+    "listen",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Unix socket the proxy's QMP clients connect to (created with mode 0600).",
+)
+@click.option(
+    "--upstream",
+    "upstream_path",
+    required=True,
+    type=click.Path(),
+    help="QMP socket of the real QEMU / qemu-storage-daemon.",
+)
+@click.option(
+    "--policy",
+    type=click.Choice(["qemu", "safe"]),
+    default="safe",
+    show_default=True,
+    help="safe keeps from QEMU what txgraph's checker refuses; qemu forwards everything.",
+)
+def proxy_cmd(listen: str, upstream_path: str, policy: str) -> None:
+    """A verifying QMP proxy: each command is dry-run on a mirror of QEMU's graph first.
+
+    Refused commands (under safe) get a GenericError and never reach QEMU; after
+    every forwarded command the mirror is re-synchronised and a difference from
+    the prediction is announced as the event X_TXGRAPH_DRIFT.
+    """
+    from txgraph.proxy.engine import ProxyEngine
+    from txgraph.proxy.server import run_proxy
+    from txgraph.proxy.upstream import Upstream, UpstreamError
+    from txgraph.qmp.server import ServeError
+
+    try:
+        upstream = Upstream(upstream_path)
+    except UpstreamError as err:
+        raise click.ClickException(str(err)) from None
+    try:
+        engine = ProxyEngine(upstream, policy)
+    except Exception:
+        upstream.close()
+        raise
+    try:
+        run_proxy(listen, engine)
+    except ServeError as err:
+        raise click.ClickException(str(err)) from None
+    finally:
+        engine.close()
+        upstream.close()
+
+
+def _apply_to_qemu(report: dict[str, Any], qmp_socket: str) -> None:
+    """``txgraph apply`` against QEMU 7.2: :func:`txgraph.plan.live.apply_to_qemu`."""
+    from txgraph.plan.client import QMPClient, QMPClientError
+    from txgraph.plan.live import ApplyError, apply_to_qemu
+
+    try:
+        with QMPClient(qmp_socket) as client:
+            outcome = apply_to_qemu(report, client)
+    except ApplyError as err:
+        click.echo(f"refused: {err}", err=True)
+        sys.exit(1)
+    except QMPClientError as err:
+        raise click.ClickException(str(err)) from err
+    for note in outcome.notes:
+        click.echo(f"note: {note}", err=True)
+    for problem in outcome.problems:
+        click.echo(f"differs: {problem}", err=True)
+    if not outcome.ok:
+        click.echo(
+            f"stopped after {outcome.sent} of {outcome.total} QEMU command(s): "
+            "the live graph differs from the prediction",
+            err=True,
+        )
+        sys.exit(1)
+    click.echo(
+        f"applied {len(report['plan'])} step(s) as {outcome.total} QEMU command(s); "
+        "every reply and graph as predicted"
+    )
 
 
 if __name__ == "__main__":

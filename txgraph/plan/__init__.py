@@ -39,11 +39,17 @@ seal (:mod:`txgraph.plan.seal`) is a digest over every other member, keyed with
 verified by another txgraph version. ``txgraph apply VERIFIED --qmp SOCKET`` sends
 ``x-txgraph-apply-plan`` with ``expect-generation`` and
 ``expect-digest`` from ``source``: the server refuses it when the live graph
-changed since the plan was verified.
+changed since the plan was verified. Verified against QEMU / qemu-storage-daemon,
+``source`` holds ``graph-digest`` instead, and ``apply`` runs :mod:`live`: the
+live graph is re-imported and compared with it, extension steps are compiled
+into QEMU 7.2 commands (:mod:`compile`) and every command's reply and graph are
+checked against the dry run's prediction.
 
 Modules: ``format`` (plan files), ``verify`` (the dry run and its report),
 ``seal`` (verified-plan seals), ``diff``, ``render`` (text report), ``importer``
-(graphs captured from a live QEMU), ``dryrun``, ``client``, ``demo``. The
+(graphs captured from a live QEMU; ``inferred``: what the queries do not show),
+``compile`` and ``live`` (apply to QEMU),
+``dryrun``, ``client``, ``demo``. The
 package imports none of them itself, so the QMP layer can use ``format``
 without pulling in the dry run (which needs the QMP engine).
 """

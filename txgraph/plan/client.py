@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import json
 import socket
-from typing import Any
+from typing import Any, Protocol
 
 from txgraph.errors import TxgraphError
 from txgraph.plan.importer import GraphImport
 
-__all__ = ["QMPClient", "QMPClientError", "capture_graph"]
+__all__ = ["QMPClient", "QMPClientError", "QMPLike", "capture_graph", "probe_ownership"]
+
+
+class QMPLike(Protocol):
+    """What the capture needs of a connection: this module's client, a QSD peer, the proxy's."""
+
+    def execute(self, command: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]: ...
+
+    def cmd(self, command: str, arguments: dict[str, Any] | None = None) -> Any: ...
 
 
 class QMPClientError(TxgraphError, RuntimeError):
@@ -76,7 +84,7 @@ class QMPClient:
         self.close()
 
 
-def capture_graph(client: QMPClient) -> GraphImport:
+def capture_graph(client: QMPLike) -> GraphImport:
     """Both graph queries (plus exports, and a txgraph server's generation) in one go.
 
     A txgraph server answers ``x-txgraph-query-generation`` before and after
@@ -91,7 +99,11 @@ def capture_graph(client: QMPClient) -> GraphImport:
         exports = ex.get("return", [])
         objects = _objects(client)
         if "error" in gen:  # QEMU / QSD: no generation to record
-            return GraphImport(bg, nn, exports, objects=objects)
+            jobs = client.execute("query-block-jobs").get("return", [])
+            owned = probe_ownership(client, bg)
+            if client.cmd("x-debug-query-block-graph") != bg:
+                continue  # another client changed the graph meanwhile
+            return GraphImport(bg, nn, exports, objects=objects, owned=owned, jobs=jobs)
         again = client.cmd("x-txgraph-query-generation")
         if again == gen["return"]:
             return GraphImport(
@@ -105,7 +117,44 @@ def capture_graph(client: QMPClient) -> GraphImport:
     raise QMPClientError("the live graph kept changing while it was captured")
 
 
-def _objects(client: QMPClient) -> list[dict[str, Any]]:
+_NOT_OWNED = " is not owned by the monitor"
+_IN_USE = "Block device "
+
+
+def probe_ownership(client: QMPLike, block_graph: dict[str, Any]) -> dict[str, bool]:
+    """Which user-named nodes with a driver parent are monitor-owned, asked of QEMU itself.
+
+    No query reveals ``bs->monitor_list``; ``qmp_blockdev_del`` does, without
+    changing anything, for a node that has a parent but no BlockBackend: a node
+    given inline in its parent's blockdev-add answers ``Node X is not owned by the
+    monitor``, a node of its own blockdev-add ``Block device X is in use`` (its
+    parent holds a second reference). A node without a driver parent is never
+    probed (blockdev-del would delete it); nor is one under a BlockBackend (QEMU
+    answers ``Node X is in use`` first, which tells nothing). The caller re-reads
+    the graph afterwards: had a parent gone meanwhile, the capture is retried.
+    """
+    nodes = {n["id"]: n for n in block_graph.get("nodes", [])}
+    parents: dict[Any, set[str]] = {}
+    for e in block_graph.get("edges", []):
+        parents.setdefault(e["child"], set()).add(str(nodes.get(e["parent"], {}).get("type")))
+    out: dict[str, bool] = {}
+    for gid, n in nodes.items():
+        name = str(n.get("name", ""))
+        kinds = parents.get(gid, set())
+        if n.get("type") != "block-driver" or name.startswith("#") or not name:
+            continue
+        if "block-driver" not in kinds or "block-backend" in kinds:
+            continue
+        reply = client.execute("blockdev-del", {"node-name": name})
+        desc = str(reply.get("error", {}).get("desc", ""))
+        if desc.endswith(_NOT_OWNED):
+            out[name] = False
+        elif desc.startswith(_IN_USE):
+            out[name] = True
+    return out
+
+
+def _objects(client: QMPLike) -> list[dict[str, Any]]:
     """Throttle groups as ``object-add`` arguments (QEMU: ``qom-list``/``qom-get``)."""
     reply = client.execute("x-txgraph-query-objects")
     if "return" in reply:

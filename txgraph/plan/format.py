@@ -237,9 +237,13 @@ def check_verified(report: Any, key: bytes | None = None) -> str | None:
     if not report.get("ok"):
         return "the plan did not verify cleanly; refusing to apply it"
     source = report.get("source", {})
-    if not isinstance(source.get("generation"), int) or not isinstance(source.get("digest"), str):
+    from_txgraph = isinstance(source.get("generation"), int) and isinstance(
+        source.get("digest"), str
+    )
+    # a QEMU / qemu-storage-daemon capture is identified by its graph digest instead
+    if not from_txgraph and not isinstance(source.get("graph-digest"), str):
         return (
-            "the plan was not verified against a live txgraph server's graph "
+            "the plan was not verified against a live graph "
             "(use txgraph plan --graph-from-qmp SOCKET --out FILE)"
         )
     try:

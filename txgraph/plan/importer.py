@@ -29,17 +29,25 @@ graph is rebuilt directly:
 
 What the queries do not reveal is inferred and documented here: an auto-named
 node (``#block...``) was created inline for its first node parent (it inherits
-from it and is not monitor-owned); a user-named node is treated as
-monitor-owned (a name given inline in a parent's blockdev-add is not, so
-``blockdev-del`` of such a node is accepted by the dry run where QEMU would
-refuse it); frozen backing links of running jobs are not visible; a raw node
-with ``offset``/``size`` is taken as unwindowed.
+from it and is not monitor-owned). Monitor ownership of a user-named node with
+a driver parent is asked of QEMU (``owned``, :func:`txgraph.plan.client.
+probe_ownership`): a name given inline in a parent's blockdev-add is not
+monitor-owned and inherits from that parent (its ``read-only``/``cache``
+follow the parent's, as in ``bdrv_reopen_queue_child``); without a probe a
+user-named node is taken as monitor-owned. Frozen links of running jobs are
+rebuilt from the job vertex's edges (:func:`txgraph.plan.inferred.freeze_job_chains`), a job
+filter without a name of its own is implicit (it carries its child's
+filename), and a job's type comes from ``query-block-jobs``. Not rebuilt: a
+plain mirror's protected chain (its base is not shown), a user's
+copy-on-read ``bottom`` freeze, named BlockBackends' devices beyond their
+root edge (``query-block``). A raw node's ``offset``/``size`` window comes back
+from its json: filename (its file edge is then DATA, as ``raw_open`` makes it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,11 +60,21 @@ from txgraph.model.perm import Perm, Role, perm_from_names
 from txgraph.ops.exports import Export, export_backend_key
 from txgraph.ops.objects import object_add
 from txgraph.ops.session import Session
+from txgraph.oracle.canon import canon_graph, canon_nodes, canon_value
 from txgraph.plan.dryrun import DryRunNbdServer, DryRunRuntime, ImportedNode
+from txgraph.plan.inferred import AUTO_NAME, freeze_job_chains, infer_role, windowed
 
-__all__ = ["ImportError_", "GraphImport", "parse_state_import", "import_into", "infer_role"]
+__all__ = [
+    "ImportError_",
+    "GraphImport",
+    "parse_state_import",
+    "state_of_import",
+    "import_digest",
+    "import_into",
+    "infer_role",
+]
 
-_AUTO = re.compile(r"#block(\d+)\d\d\Z")
+_AUTO = AUTO_NAME
 _IMPORTED = Provenance(Source.EXPLICIT, detail="imported from the live graph")
 
 
@@ -76,6 +94,11 @@ class GraphImport:
     #: generation and digest of a txgraph server at capture time (None for QEMU)
     generation: int | None = None
     digest: str | None = None
+    #: node-name -> monitor-owned, as probed on the live process (:func:`txgraph.plan.
+    #: client.probe_ownership`); a node not listed falls back to the name rule
+    owned: dict[str, bool] = field(default_factory=dict)
+    #: running block jobs (``query-block-jobs``): their frozen links are rebuilt
+    jobs: list[dict[str, Any]] = field(default_factory=list)
 
 
 def parse_state_import(data: dict[str, Any]) -> GraphImport:
@@ -93,29 +116,38 @@ def parse_state_import(data: dict[str, Any]) -> GraphImport:
         list(data.get("objects", [])),
         generation=gen if isinstance(gen, int) else None,
         digest=data.get("digest"),
+        owned={str(k): bool(v) for k, v in dict(data.get("monitor-owned", {})).items()},
+        jobs=list(data.get("block-jobs", [])),
     )
 
 
-def infer_role(
-    parent_driver: str | None, parent_kind: ParentKind, edge: str, sibling_edges: Iterable[str]
-) -> Role:
-    """The BdrvChildRole QEMU gives ``edge`` of a parent with ``parent_driver`` (§1.3)."""
-    if parent_kind is ParentKind.JOB:
-        return Role.NONE
-    if parent_kind is ParentKind.ROOT:
-        return Role.FILTERED | Role.PRIMARY
-    spec = driver_spec(parent_driver or "")
-    if edge == "backing":
-        return Role.FILTERED | Role.PRIMARY if spec is not None and spec.is_filter else Role.COW
-    if edge.startswith("children."):
-        return Role.DATA
-    if spec is not None:
-        child = spec.child(edge)
-        if child is not None:
-            if spec.name == "qcow2" and edge == "file" and "data-file" in sibling_edges:
-                return Role.METADATA | Role.PRIMARY
-            return child.role
-    return Role.IMAGE if edge == "file" else Role.DATA
+def state_of_import(imp: GraphImport) -> dict[str, Any]:
+    """The JSON shape of a capture (what ``parse_state_import`` reads back)."""
+    out: dict[str, Any] = {
+        "block-graph": imp.block_graph,
+        "named-nodes": imp.named_nodes,
+        "block-exports": imp.exports,
+        "objects": imp.objects,
+        "monitor-owned": imp.owned,
+        "block-jobs": imp.jobs,
+    }
+    if imp.generation is not None:
+        out.update({"generation": imp.generation, "digest": imp.digest})
+    return out
+
+
+def import_digest(imp: GraphImport) -> str:
+    """SHA-256 over what a dry run depends on in a capture (graph, options, exports,
+    objects, ownership; not the images' allocation), to tell whether a live graph
+    is still the one a plan was verified against."""
+    body = {
+        "graph": canon_graph(imp.block_graph, None),
+        "nodes": canon_nodes(imp.named_nodes, None, writes=True),
+        "exports": canon_value(sorted(imp.exports, key=lambda e: str(e.get("id"))), None),
+        "objects": imp.objects,
+        "owned": imp.owned,
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _onoff(value: bool) -> str:
@@ -147,7 +179,11 @@ def _json_options(filename: str, children: Iterable[str]) -> tuple[dict[str, Any
 
 
 def _build_node(
-    info: dict[str, Any], name_seq: int, has_parent: bool, children: Iterable[str] = ()
+    info: dict[str, Any],
+    name_seq: int,
+    has_parent: bool,
+    children: Iterable[str] = (),
+    owned: bool | None = None,
 ) -> BlockNode:
     name = str(info["node-name"])
     driver = str(info["drv"])
@@ -157,6 +193,10 @@ def _build_node(
     direct, no_flush = bool(cache.get("direct", False)), bool(cache.get("no-flush", False))
     detect = str(info.get("detect_zeroes", "off"))
     auto = _AUTO.match(name) is not None
+    # Probed ownership decides (a user-named child given inline in its parent's
+    # blockdev-add is not monitor-owned and inherits); without a probe, the name rule.
+    monitor = owned if owned is not None else not auto
+    top_level = monitor if owned is not None else not has_parent
     flags = OpenFlag.ALLOW_RDWR | (OpenFlag.NONE if ro else OpenFlag.RDWR)
     flags |= OpenFlag.NOCACHE if direct else OpenFlag.NONE
     flags |= OpenFlag.NO_FLUSH if no_flush else OpenFlag.NONE
@@ -167,7 +207,7 @@ def _build_node(
     if spec is not None and spec.is_protocol and spec.needs_filename:
         flags |= OpenFlag.PROTOCOL
         explicit["filename"] = str(info.get("file", ""))
-    if not has_parent:
+    if top_level:
         # Top-level nodes: what the user must have said for these values to hold.
         explicit.update(
             {
@@ -208,7 +248,7 @@ def _build_node(
         provenance=dict.fromkeys(options, _IMPORTED),
         flags=flags,
         detect_zeroes=detect,
-        monitor_owned=not auto,
+        monitor_owned=monitor,
         image=image,
         filename=str(info.get("file", "")),
         exact_filename=str(info.get("file", "")),
@@ -265,7 +305,9 @@ def import_into(session: Session, imp: GraphImport) -> None:
             info = infos.get(name)
             if info is None:
                 raise ImportError_(f"node '{name}' is in the block graph but not in named-nodes")
-            node = _build_node(info, seq, gid in child_ids, children_of.get(gid, []))
+            node = _build_node(
+                info, seq, gid in child_ids, children_of.get(gid, []), imp.owned.get(name)
+            )
             graph.add_node(node)
             driver_of[name] = node.driver
             key_of[gid] = name
@@ -294,12 +336,15 @@ def import_into(session: Session, imp: GraphImport) -> None:
                 key = f"bb:{name}" if name else f"bb:import:{gid}"
             backend = Backend(key=key, kind=ParentKind.ROOT, name=name, seq=seq)
         elif kind == "block-job":
+            # query-block-jobs names the type (the op blockers' and errors' wording)
+            jtype = next((str(j.get("type")) for j in imp.jobs if j.get("device") == name), "")
             backend = Backend(
                 key=f"job:{name}",
                 kind=ParentKind.JOB,
                 name=name,
-                description=f"block job '{name}'",
+                description=f"{jtype} job '{name}'" if jtype else f"block job '{name}'",
                 seq=seq,
+                job_type=jtype,
             )
         else:
             raise ImportError_(f"unknown graph node type '{kind}'")
@@ -317,6 +362,8 @@ def import_into(session: Session, imp: GraphImport) -> None:
         }[types[pid]]
         perm, shared = perm_from_names(e["perm"]), perm_from_names(e["shared-perm"])
         role = infer_role(driver_of.get(parent), pkind, str(e["name"]), children_of.get(pid, []))
+        if driver_of.get(parent) == "raw" and e["name"] == "file" and windowed(graph, parent):
+            role = Role.DATA | Role.PRIMARY  # raw_open: a window is data, not a filter
         edge = Edge(
             name=str(e["name"]),
             role=role,
@@ -333,11 +380,13 @@ def import_into(session: Session, imp: GraphImport) -> None:
     graph._seq = top
     _import_runtime(session, runtime, infos)
     for node in graph.nodes.values():
-        if node.name.startswith("#"):
+        if node.name.startswith("#") or imp.owned.get(node.name) is False:
+            # bdrv_open_inherit: opened for its first (oldest) node parent
             parents = graph.node_parents(node.name)
             node.inherits_from = parents[-1][0] if parents else None
             if node.inherits_from is not None:
                 node.monitor_owned = False
+    freeze_job_chains(session)
     counters = [int(m.group(1)) for n in graph.nodes if (m := _AUTO.match(n))]
     session.namer.counter = max(counters, default=-1) + 1
     if session.exports:

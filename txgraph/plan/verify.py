@@ -33,7 +33,7 @@ from txgraph.ops.session import Session
 from txgraph.plan.diff import PreImage, diff, snapshot
 from txgraph.plan.dryrun import DryRunNbdServer, DryRunRuntime
 from txgraph.plan.format import Plan, Step, parse_steps
-from txgraph.plan.importer import GraphImport, import_into, parse_state_import
+from txgraph.plan.importer import GraphImport, import_digest, import_into, parse_state_import
 from txgraph.qmp.commands import CommandContext
 from txgraph.qmp.engine import Engine
 
@@ -149,6 +149,8 @@ def scratch_engine(state: Any) -> tuple[Engine, dict[str, Any]]:
     source: dict[str, Any] = {"kind": "import", "nodes": len(session.graph.nodes)}
     if imp.generation is not None:
         source.update({"generation": imp.generation, "digest": imp.digest})
+    else:  # QEMU: txgraph apply compares the live graph with this before sending anything
+        source["graph-digest"] = import_digest(imp)
     return engine, source
 
 

@@ -102,6 +102,8 @@ class QMPServer:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        #: what the greeting offers and qmp_capabilities may enable (a subclass may offer more)
+        self.capabilities: tuple[str, ...] = OFFERED_CAPABILITIES
         self._lock = asyncio.Lock()
         self._clients: set[_Client] = set()
         self._server: asyncio.AbstractServer | None = None
@@ -199,7 +201,7 @@ class QMPServer:
                 {
                     "QMP": {
                         "version": order_return("query-version", version.get("return", {})),
-                        "capabilities": list(OFFERED_CAPABILITIES),
+                        "capabilities": list(self.capabilities),
                     }
                 }
             )
@@ -273,7 +275,7 @@ class QMPServer:
                 "Capabilities negotiation is already complete, command ignored", "CommandNotFound"
             )
         for cap in typed.get("enable", []):
-            if cap not in OFFERED_CAPABILITIES:
+            if cap not in self.capabilities:
                 raise QMPError(f"Capability '{cap}' not available")
         client.negotiated = True
         return {}

@@ -36,12 +36,21 @@ ALLOWED = {
         "txgraph.oracle",
         "txgraph.errors",
     },
+    # the verifying proxy sits above the plan layer: it reaches the block layer only
+    # through engines (the mirror's dry run, the upstream QEMU), never ops or io directly
+    "txgraph.proxy": {
+        "txgraph.plan",
+        "txgraph.qmp",
+        "txgraph.oracle",
+        "txgraph.errors",
+    },
 }
 
 #: third-party modules a layer must not reach (no I/O below ops)
 FORBIDDEN_EXTERNAL = {
     "txgraph.model": {"subprocess", "socket", "mmap", "z3"},
     "txgraph.checker": {"subprocess", "socket", "mmap"},
+    "txgraph.proxy": {"subprocess", "mmap"},
 }
 
 
