@@ -200,7 +200,7 @@ def blockdev_backup(session: Session, args: dict[str, Any]) -> None:
     manager = manager_of(session)
     with session.transaction() as tx:
         job = stage_blockdev_backup(session, tx, manager, args)
-    manager.start(job)
+    manager.start(job, drained=True)  # blockdev_backup_prepare drained the source
 
 
 def stage_backup_action(

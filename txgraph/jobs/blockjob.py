@@ -16,7 +16,7 @@ from txgraph.jobs.job import Job
 from txgraph.model.node import Backend, Edge, ParentKind
 from txgraph.model.perm import Perm, Role
 from txgraph.ops.perms import refresh_perms
-from txgraph.ops.session import Session
+from txgraph.ops.session import JOB_BLK_PREFIX, Session
 from txgraph.ops.undo_log import Transaction
 
 __all__ = [
@@ -41,7 +41,7 @@ def job_key(job_id: str) -> str:
 def job_blk_key(job_id: str, role: str = "blk") -> str:
     """The graph key of one of the job's own BlockBackends (anonymous: ``an unnamed block
     device``); ``role`` tells them apart (commit has one on its top and one on its base)."""
-    return f"bb:job:{job_id}:{role}"
+    return f"{JOB_BLK_PREFIX}{job_id}:{role}"
 
 
 def default_job_id(session: Session, node: str) -> str:

@@ -221,11 +221,11 @@ class Job:
         self.manager.exit_from_thread(self)
 
     def sleep(self, delay_ns: int) -> None:
-        """``job_sleep_ns``: sleep unless cancelled (an ``enter`` ends it early), then a
-        pause point."""
+        """``job_sleep_ns``: sleep unless cancelled or asked to pause (an ``enter`` ends
+        it early), then a pause point."""
         mutex = self.manager.mutex
         with mutex:
-            if not self.is_cancelled and delay_ns > 0:
+            if not self.is_cancelled and delay_ns > 0 and self.pause_count <= 0:
                 deadline = time.monotonic() + delay_ns / 1e9
                 self._wake = False
                 self.busy = False

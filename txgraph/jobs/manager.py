@@ -226,16 +226,25 @@ class JobManager:
             if job in job.txn.jobs:
                 job.txn.jobs.remove(job)
 
-    def start(self, job: Job) -> None:
+    def start(self, job: Job, *, drained: bool = False) -> None:
         """``job_start``, then run the job until it first yields, as QEMU's coroutine runs
         before the main loop reads the next command: a rate-limited job has copied its
         first chunk, a paused one sits at its pause point, when the command returns.
-        The wait is bounded, since a job without a limit yields only at its end."""
+        The wait is bounded, since a job without a limit yields only at its end.
+
+        ``drained``: the job starts inside its command's drained section (QEMU's
+        ``transaction`` actions drain their node from prepare to clean), so it
+        first pauses for that drain and runs again when it ends.
+        """
         with self.mutex:
             self.threads = [t for t in self.threads if t.is_alive()]
+            if drained:
+                job.pause_count += 1  # its child_job joined a drained node
             job.yielded = False
             self.threads.append(job.start())
             self._until_yield(job)
+        if drained:
+            self.drained_end([job])
 
     def start_on_commit(self, tx: Transaction, job: Job) -> None:
         """Start ``job`` when ``tx`` commits, together with the other jobs the same
@@ -251,10 +260,19 @@ class JobManager:
                 with self.mutex:
                     self.threads = [t for t in self.threads if t.is_alive()]
                     for j in jobs:
+                        # The action's drained section is still open: the job was created
+                        # on a drained node, so it starts with the drain's pause
+                        # (bdrv_parent_drained_begin_single of its new child_job), and
+                        # job_start enters it at once: it runs to that pause before the
+                        # next action's job starts.
+                        j.pause_count += 1
                         j.yielded = False
                         self.threads.append(j.start())
-                    for j in jobs:
                         self._until_yield(j)
+                # ... and the actions' clean callbacks, last first, end those drains
+                # (JOB_STATUS_CHANGE running of each, in that order)
+                for j in reversed(jobs):
+                    self.drained_end([j])
 
             def forget() -> None:
                 self._batches.pop(key, None)
@@ -363,6 +381,59 @@ class JobManager:
     def set_speed(self, job: Job, speed: int) -> None:
         with self.mutex:
             job.set_speed(speed)
+
+    # -- drained sections ----------------------------------------------------------------
+    #: how long a drain waits for a job to reach its pause point before going on without it
+    DRAIN_PAUSE_DEADLINE = 10.0
+
+    def drained_begin(self, job_ids: set[str]) -> list[Job]:
+        """``child_job_drained_begin`` + ``child_job_drained_poll`` for the jobs above a drain.
+
+        Each running job gets one more pause (``job_pause_locked``) and is kicked
+        out of a sleep; the drain then waits until it sits at its pause point
+        (JOB_STATUS_CHANGE ``paused``, or ``standby`` when ready) -- a job's
+        in-flight chunk finishes first, since the data plane is not drained yet.
+        A job that already paused (by the user, or on an error) just counts
+        one more pause. Called by the session with the bql held, before
+        ``Runtime.apply``; returns the jobs to hand to :meth:`drained_end`.
+        """
+        paused: list[Job] = []
+        with self.mutex:
+            for job in self.jobs:
+                if job.id not in job_ids or not job.started or job.run_done or job.simulated:
+                    continue
+                job.pause_count += 1
+                paused.append(job)
+                if not job.paused:
+                    job.enter()
+            deadline = time.monotonic() + self.DRAIN_PAUSE_DEADLINE
+            for job in paused:
+                while not (job.paused or job.run_done or job.is_cancelled or self.closing):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        log.warning("block job %r did not pause for a drain in time", job.id)
+                        break
+                    self.mutex.wait(min(left, 0.05))
+        return paused
+
+    def drained_end(self, jobs: list[Job]) -> None:
+        """``child_job_drained_end`` → ``job_resume_locked``: the drain's pause goes; a job
+        with no pause left runs again before the command returns (JOB_STATUS_CHANGE
+        ``running`` / ``ready``), and a rate-limited one copies its next chunk at once."""
+        with self.mutex:
+            resumed = []
+            for job in jobs:
+                job.pause_count -= 1
+                if job.pause_count <= 0 and job.paused:
+                    job.enter()
+                    resumed.append(job)
+            deadline = time.monotonic() + self.DRAIN_PAUSE_DEADLINE
+            for job in resumed:
+                while job.paused and not (job.run_done or self.closing):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self.mutex.wait(min(left, 0.05))
 
     # -- completion (bql held) ------------------------------------------------------------
     def exit_from_thread(self, job: Job) -> None:

@@ -29,13 +29,17 @@ from txgraph.checker import check as run_checker
 from txgraph.errors import InvariantViolation
 from txgraph.events import EventBus
 from txgraph.io.nbd.server import NbdServer
-from txgraph.io.runtime import Runtime
+from txgraph.io.runtime import CloseNode, OpenNode, ReopenNode, Runtime, SetChild, SetReadOnly
 from txgraph.model.graph import BlockGraph
 from txgraph.model.names import AutoNamer
+from txgraph.model.node import ParentKind
 from txgraph.ops.journal import Journal
 from txgraph.ops.undo_log import Transaction
 
-__all__ = ["Session", "QomObject"]
+__all__ = ["Session", "QomObject", "JOB_BLK_PREFIX"]
+
+#: graph keys of a block job's own BlockBackends start so (``bb:job:<id>:<role>``)
+JOB_BLK_PREFIX = "bb:job:"
 
 
 @dataclass
@@ -149,8 +153,18 @@ class Session:
                 self._guest_view(tx)
             delta = tx.rt.delta(self.graph, tx.edge_parents)
             if delta:
-                # One drain for the whole transaction (Runtime.apply rolls itself back).
-                self.runtime.apply(delta)
+                # One drain for the whole transaction (Runtime.apply rolls itself back);
+                # the jobs above the drained nodes pause for it first.
+                drained = (
+                    self.jobs.drained_begin(self._jobs_above(tx, delta))
+                    if self.jobs is not None and self.jobs.jobs
+                    else []
+                )
+                try:
+                    self.runtime.apply(delta)
+                finally:
+                    if drained:
+                        self.jobs.drained_end(drained)
         except BaseException:
             self.last_steps, self.last_prepare_steps = tx.steps, tx.rt.steps
             if fail_at is not None or fail_prepare_at is not None:
@@ -163,6 +177,56 @@ class Session:
             self.last_fault_missed = True
         tx.commit()
         self.graph.thawed = set()
+
+    def _drained_nodes(self, tx: Transaction, delta: list[Any]) -> set[str]:
+        """The nodes the data-plane change drains, as QEMU's graph changes do: both ends
+        of every re-pointed edge (and its parent), the children a node gains or loses by
+        opening or closing, every reopened node, and each subtree the command drains
+        whole (``tx.drained_subtrees``). Permission-only changes drain nothing."""
+        graph, rt = self.graph, self.runtime
+        out: set[str] = set()
+        for op in delta:
+            if isinstance(op, SetChild):
+                out.add(op.parent)
+                if op.child is not None:
+                    out.add(op.child)
+                old = (rt.children_of(op.parent) or {}).get(op.edge)
+                if old is not None:
+                    out.add(old)
+            elif isinstance(op, (ReopenNode, SetReadOnly)):
+                out.add(op.name)
+            elif isinstance(op, OpenNode):
+                out.update(op.children.values())
+            elif isinstance(op, CloseNode):
+                out.update((rt.children_of(op.name) or {}).values())
+        for root in tx.drained_subtrees:
+            if root in graph.nodes:
+                out.update(graph.subtree_topological([root]))
+        return {n for n in out if n in graph.nodes}
+
+    def _jobs_above(self, tx: Transaction, delta: list[Any]) -> set[str]:
+        """The block jobs a drain of the transaction's nodes reaches.
+
+        A drain travels up through every parent (``bdrv_parent_drained_begin``):
+        a job is reached when one of its nodes is a drained node or above one,
+        whether it holds the node as a job child or through its own BlockBackend.
+        """
+        graph = self.graph
+        ids: set[str] = set()
+        stack = list(self._drained_nodes(tx, delta))
+        seen = set(stack)
+        while stack:
+            for parent, edge in graph.parents(stack.pop()):
+                backend = graph.backends.get(parent)
+                if backend is not None:
+                    if edge.parent_kind is ParentKind.JOB:
+                        ids.add(backend.name)
+                    elif parent.startswith(JOB_BLK_PREFIX):
+                        ids.add(parent[len(JOB_BLK_PREFIX) :].rsplit(":", 1)[0])
+                elif parent not in seen:
+                    seen.add(parent)
+                    stack.append(parent)
+        return ids
 
     def _validate(self, tx: Transaction) -> None:
         if not self.check or not tx.touched:

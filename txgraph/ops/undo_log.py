@@ -65,6 +65,9 @@ class Transaction:
         self._start_seq = graph._seq
         #: nodes whose vertices or edges changed: the checker's region
         self.touched: set[str] = set()
+        #: nodes whose whole subtree the command drains (``bdrv_subtree_drained_begin``
+        #: of blockdev-reopen): the jobs above any node of it pause at commit
+        self.drained_subtrees: set[str] = set()
         self.steps = 0
         self._fail_at = fail_at
         #: parents (node names, backend keys) whose child edges changed

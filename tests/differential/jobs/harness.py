@@ -14,9 +14,11 @@ steps, run in lockstep-free order on each peer in a directory of its own:
 
 After the steps the peer is closed and the whole event sequence is recorded
 (timestamps dropped, auto node names canonical, ``offset`` of
-BLOCK_JOB_CANCELLED dropped because it says where the cancel caught the job,
-JOB_STATUS_CHANGE paused/running pairs collapsed — a drain pauses QEMU's jobs,
-txgraph's requests just wait), and so are the images named by the scenario:
+BLOCK_JOB_CANCELLED dropped because it says where the cancel caught the job;
+the paused/running pairs a drain causes are compared like every other event:
+txgraph pauses the jobs above a drained node as QEMU does -- except between
+independent jobs, whose ends fall where their threads happen to be), and so are the
+images named by the scenario:
 allocation map, backing string and format, and content (``qemu-img compare``
 between the two peers' copies).
 """
@@ -127,9 +129,17 @@ def _canon_events(events: list[dict[str, Any]], workdir: str, per_job: bool = Fa
         ):
             data.pop("offset", None)  # where the cancel or the error caught the job
         out.append((msg["event"], canon_value(data, workdir)))
-    # A paused (standby) followed, among the same job's events, directly by running (ready)
-    # is a drain's
-    # pause (QEMU pauses jobs in every drained section; txgraph's requests just wait).
+    if per_job:
+        # Independent jobs finish in whatever order their threads do: compare each alone,
+        # without the pauses one job's end causes in another that happens to still run.
+        out = _without_drain_pairs(out)
+        out.sort(key=lambda e: str(_job_of(e)))
+    return out
+
+
+def _without_drain_pairs(out: list[Any]) -> list[Any]:
+    """Drop each JOB_STATUS_CHANGE paused (standby) directly followed, among the same
+    job's events, by running (ready): the pause of one drained section."""
     drop: set[int] = set()
     last: dict[Any, int] = {}
     for i, entry in enumerate(out):
@@ -146,11 +156,7 @@ def _canon_events(events: list[dict[str, Any]], workdir: str, per_job: bool = Fa
             last.pop(job)
             continue
         last[job] = i
-    kept = [e for i, e in enumerate(out) if i not in drop]
-    if per_job:
-        # Independent jobs finish in whatever order their threads do: compare each alone.
-        kept.sort(key=lambda e: str(_job_of(e)))
-    return kept
+    return [e for i, e in enumerate(out) if i not in drop]
 
 
 def _image_facts(path: Path) -> Any:

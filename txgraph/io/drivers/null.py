@@ -76,8 +76,10 @@ class NullNode(DriverNode):
         return (self._size + 511) // 512 * 512
 
     def block_status(self, offset: int, length: int) -> BlockStatus:
+        # null_co_block_status: OFFSET_VALID, plus ZERO with read-zeroes; without it the
+        # range is neither data nor zero, so not allocated (qemu-img map: present false)
         return BlockStatus(
-            offset, length, allocated=True, zero=self.read_zeroes, host_offset=offset
+            offset, length, allocated=self.read_zeroes, zero=self.read_zeroes, host_offset=offset
         )
 
     def info(self) -> ImageInfo:
