@@ -73,6 +73,10 @@ class Resources:
     throttled: dict[str, str] = field(default_factory=dict)
     #: live nodes whose detect-zeroes is not off (a reopen that leaves it out resets it)
     detecting: list[str] = field(default_factory=list)
+    #: the rest of a resource's life cycle an earlier step began (syzkaller's resource
+    #: style: a throttle group made, then referenced by a throttle node, then deleted);
+    #: each is drawn in turn, with the resources as they are when its turn comes
+    pending: list[Action] = field(default_factory=list)
 
     def refresh(self, graph: BlockGraph) -> None:
         """Take the live part from ``graph`` (user-named nodes only: auto names are random)."""
@@ -182,7 +186,14 @@ class Generator:
         return inline
 
     def next(self) -> dict[str, Any]:
-        """The next command (retries until an action applies to the current resources)."""
+        """The next command (retries until an action applies to the current resources).
+
+        A life cycle an earlier step began goes on first, most of the time (other steps
+        may come between its stages)."""
+        while self.res.pending and self.rng.random() < 0.8:
+            msg = self.res.pending.pop(0)(self)
+            if msg is not None:
+                return msg
         for _ in range(20):
             # a family by weight, then one of its actions: a family with few actions
             # (objects, exports, del) is drawn as often as its weight says
@@ -367,26 +378,47 @@ def transaction(g: Generator) -> dict[str, Any]:
 
 
 # -- objects and exports ----------------------------------------------------------------------
-def objects(g: Generator) -> dict[str, Any]:
-    if g.rng.random() < 0.6:
-        limits = {
-            g.rng.choice(["iops-total", "bps-total", "iops-read"]): g.rng.choice([0, 100, 1000])
-        }
-        return _cmd(
-            "object-add",
-            {"qom-type": "throttle-group", "id": g.rng.choice(_GROUPS), "limits": limits},
-        )
-    if g.res.groups and not g.res.throttled and g.res.live and g.rng.random() < 0.5:
-        # put a group to use: what object-del of a group in use needs
+def _use_group(group: str) -> Action:
+    """A throttle node on ``group`` (over a fresh null node, so nothing else decides whether
+    it opens), then the group's deletion while the node uses it."""
+
+    def use(g: Generator) -> dict[str, Any] | None:
+        if group not in g.res.groups:
+            return None  # the group did not come to be: the life cycle ends
+        g.res.pending.insert(0, _del_group(group))
+        base: Any = g.node() if g.res.live and g.rng.random() < 0.3 else {"driver": "null-co"}
         return _cmd(
             "blockdev-add",
             {
                 "driver": "throttle",
                 "node-name": g.new_name(),
-                "file": g.node(),
-                "throttle-group": g.pick(g.res.groups),
+                "file": base,
+                "throttle-group": group,
             },
         )
+
+    return use
+
+
+def _del_group(group: str) -> Action:
+    def delete_group(g: Generator) -> dict[str, Any] | None:
+        if group not in g.res.groups:
+            return None
+        return _cmd("object-del", {"id": group})
+
+    return delete_group
+
+
+def objects(g: Generator) -> dict[str, Any]:
+    if g.rng.random() < 0.6:
+        group = g.rng.choice(_GROUPS)
+        limits = {
+            g.rng.choice(["iops-total", "bps-total", "iops-read"]): g.rng.choice([0, 100, 1000])
+        }
+        if group not in g.res.groups and g.rng.random() < 0.6:
+            # a life cycle: made, used by a throttle node, deleted while in use
+            g.res.pending.append(_use_group(group))
+        return _cmd("object-add", {"qom-type": "throttle-group", "id": group, "limits": limits})
     if g.res.throttled and g.rng.random() < 0.6:
         return _cmd("object-del", {"id": g.pick(sorted(set(g.res.throttled.values())))})
     return _cmd("object-del", {"id": g.rng.choice(_GROUPS)})
