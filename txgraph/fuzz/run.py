@@ -35,6 +35,7 @@ from txgraph.checker import check
 from txgraph.fuzz.generate import Resources, image_commands
 from txgraph.fuzz.guest import GUEST_IO, guest_io_reply
 from txgraph.fuzz.known import classify
+from txgraph.fuzz.replies import reply_problem
 from txgraph.oracle.canon import canon_text, substitute
 from txgraph.oracle.compare import lockstep
 from txgraph.oracle.peers import EnginePeer, Peer, QSDPeer
@@ -200,11 +201,14 @@ def _engine_state(sides: _Sides) -> tuple[str, Any] | None:
 #: when it grows past _MEMO_LIMIT entries.
 _CHECKED: dict[str, tuple[str, list[str]] | None] = {}
 _MEMO_LIMIT = 50_000
+#: tests set this: a memo hit is checked again from scratch, and a different verdict is
+#: the ``memo`` divergence (the proof that the digest covers all the check reads)
+VERIFY_MEMO = False
 
 
 def _full_check(sides: _Sides, digest: str) -> tuple[str, list[str]] | None:
     """The whole graph against every rule, with the z3 and the networkx engines agreeing."""
-    if digest in _CHECKED:
+    if digest in _CHECKED and not VERIFY_MEMO:
         return _CHECKED[digest]
     session = sides.session()
     found: tuple[str, list[str]] | None = None
@@ -216,6 +220,8 @@ def _full_check(sides: _Sides, digest: str) -> tuple[str, list[str]] | None:
         elif not z3_verdict.ok:
             first = z3_verdict.violations[0]
             found = "invariant", [f"[{first.rule}] {first.sentence}"]
+    if digest in _CHECKED and _CHECKED[digest] != found:
+        return "memo", [f"graph {digest[:12]}: memo {_CHECKED[digest]}, checked now {found}"]
     if len(_CHECKED) >= _MEMO_LIMIT:
         _CHECKED.clear()
     _CHECKED[digest] = found
@@ -224,18 +230,27 @@ def _full_check(sides: _Sides, digest: str) -> tuple[str, list[str]] | None:
 
 def _invariants(
     sides: _Sides,
+    message: dict[str, Any],
     reply: dict[str, Any],
     before: tuple[str, Any] | None,
     after: tuple[str, Any] | None,
     full_check: bool,
 ) -> tuple[str, list[str]] | None:
-    """txgraph's own invariants after a step; ``before``/``after``: its state around it."""
+    """txgraph's own invariants after a step; ``before``/``after``: its state around it.
+
+    ``full_check`` (model mode) adds the reply's QAPI validity and the whole-graph check.
+    """
     err = reply.get("error")
     if err is not None:
         if err.get("class") == "PythonException":
             return "exception", [str(err.get("desc"))]
         if _PYTHON_TEXT.search(str(err.get("desc"))):
             return "python-text", [f"reply text: {err.get('desc')}"]
+    if full_check and message.get("execute") != GUEST_IO:
+        problem = reply_problem(str(message.get("execute")), reply)
+        if problem is not None:
+            return "qapi-reply", [problem]
+    if err is not None:
         if before is not None and after != before:
             return "not-atomic", [
                 "txgraph refused the command but its state changed",
@@ -321,7 +336,9 @@ def run_sequence(source: StepSource, against: str, max_steps: int = 40) -> RunRe
             res.note(message, accepted)
             result.behaviours.append(behaviour(message, reply))
             state = _engine_state(sides)
-            broken = _invariants(sides, reply, before, state, full_check=against == "model")
+            broken = _invariants(
+                sides, message, reply, before, state, full_check=against == "model"
+            )
             if broken is not None:
                 kind, lines = broken
                 result.divergence = _finding(kind, index, message, lines)
