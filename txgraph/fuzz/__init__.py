@@ -29,6 +29,9 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 def _work(config: CampaignConfig, index: int) -> None:
+    # a terminated worker unwinds (SystemExit), so every run's finally closes its peers:
+    # without this the default action kills it with its qemu-storage-daemon left running
+    signal.signal(signal.SIGTERM, _terminate)
     Worker(config, index).run()
 
 

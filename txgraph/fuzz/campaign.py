@@ -36,6 +36,9 @@ from txgraph.fuzz.shrink import shrink
 __all__ = ["CampaignConfig", "Worker", "WorkerStats", "families_for"]
 
 _MAX_LEN = 25
+#: how long a worker may shrink its finds once the search ended (the campaign process
+#: waits up to 600 s past the budget)
+SHRINK_SECONDS = 420.0
 
 
 def families_for(against: str, ops: list[str] | None) -> list[str]:
@@ -107,6 +110,8 @@ class Worker:
         self.corpus_dir = config.out / "corpus"
         self.corpus_dir.mkdir(parents=True, exist_ok=True)
         self._corpus: dict[str, list[dict[str, Any]]] = {}
+        #: new divergences found, shrunk after the search (:meth:`_shrink_all`)
+        self._to_shrink: list[tuple[list[dict[str, Any]], Divergence]] = []
 
     # -- corpus ---------------------------------------------------------------------------
     def _load_corpus(self) -> list[list[dict[str, Any]]]:
@@ -180,13 +185,30 @@ class Worker:
         }
         self.stats.divergences[d.signature] = entry
         repro = self.config.out / f"repro-{d.signature}.json"
-        if repro.exists():  # another worker shrank it already
+        if repro.exists():  # another worker found it first (and shrinks it)
             entry["repro"] = repro.name
             return
-        steps, shrunk = shrink(result.steps, d.signature, self.config.against)
-        final = shrunk.divergence if shrunk.divergence is not None else d
-        entry["steps"] = len(steps)
-        entry["repro"] = write_reproducers(self.config.out, steps, final, self.config.against).name
+        # the whole sequence now (a campaign stopped early keeps a reproducer), shrunk
+        # once the time budget is spent: shrinking costs runs the search needs more
+        entry["repro"] = write_reproducers(
+            self.config.out, result.steps, d, self.config.against
+        ).name
+        self._to_shrink.append((result.steps, d))
+
+    def _shrink_all(self, deadline: float) -> None:
+        """Shrink what this worker found, first found first, until ``deadline``."""
+        for steps, d in self._to_shrink:
+            if time.monotonic() >= deadline:
+                break
+            small, shrunk = shrink(steps, d.signature, self.config.against, deadline=deadline)
+            final = shrunk.divergence if shrunk.divergence is not None else d
+            entry = self.stats.divergences[d.signature]
+            entry["steps"] = len(small)
+            entry["repro"] = write_reproducers(
+                self.config.out, small, final, self.config.against
+            ).name
+            self._write_stats()
+        self._to_shrink = []
 
     def _write_stats(self) -> None:
         self.stats.elapsed = round(time.monotonic() - self._start, 2)
@@ -216,6 +238,8 @@ class Worker:
             if time.monotonic() - last_write > 0.5:
                 self._write_stats()
                 last_write = time.monotonic()
+        if os.getppid() == parent:
+            self._shrink_all(time.monotonic() + SHRINK_SECONDS)
         self.stats.done = True
         self._write_stats()
         return self.stats

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from txgraph.fuzz.guest import GUEST_IO, draw_commands
+from txgraph.fuzz.jobs import JOB_ACTIONS
 from txgraph.model.graph import BlockGraph
 
 __all__ = ["IMAGES", "FAMILIES", "QSD_FAMILIES", "Resources", "Generator", "image_commands"]
@@ -46,9 +47,21 @@ _SYNC_FILES = ["s0.qcow2", "s1.qcow2", "nodir/s.qcow2"]
 _AUTO = re.compile(r"#block(\d+)(\d\d)")
 
 
+#: data written into the images after they are made: ``(file, qemu-io command)``; jobs
+#: have something to copy (a job at speed 1 then sleeps after its first chunk, as QEMU's
+#: rate limit only counts bytes copied), guests something to read
+IMAGE_DATA: tuple[tuple[str, str], ...] = (
+    ("b0.qcow2", "write -P 0x11 0 512k"),
+    ("b1.qcow2", "write -P 0x22 256k 128k"),
+    ("i0.qcow2", "write -P 0x33 0 256k"),
+)
+
+
 def image_commands() -> list[list[str]]:
-    """The ``qemu-img`` command lines that make :data:`IMAGES` in a working directory."""
-    return [["qemu-img", "create", "-q", *args] for _name, args in IMAGES]
+    """The ``qemu-img`` and ``qemu-io`` command lines that make :data:`IMAGES` (with
+    :data:`IMAGE_DATA`) in a working directory."""
+    made = [["qemu-img", "create", "-q", *args] for _name, args in IMAGES]
+    return made + [["qemu-io", "-f", "qcow2", "-c", c, f] for f, c in IMAGE_DATA]
 
 
 @dataclass
@@ -77,6 +90,8 @@ class Resources:
     #: style: a throttle group made, then referenced by a throttle node, then deleted);
     #: each is drawn in turn, with the resources as they are when its turn comes
     pending: list[Action] = field(default_factory=list)
+    #: the ids of the jobs that exist (taken from txgraph's job manager after every step)
+    jobs: list[str] = field(default_factory=list)
 
     def refresh(self, graph: BlockGraph) -> None:
         """Take the live part from ``graph`` (user-named nodes only: auto names are random)."""
@@ -143,6 +158,8 @@ class Generator:
         self.res = res
         self.families = [FAMILIES[f] for f in families]
         self.weights = [FAMILY_WEIGHTS[f] for f in families]
+        #: txgraph's extensions may be drawn (a model campaign)
+        self.extensions = "x" in families
 
     # -- drawing helpers -----------------------------------------------------------------
     def pick(self, pool: list[str], fallback: str = "nosuch") -> str:
@@ -481,6 +498,7 @@ FAMILIES: dict[str, list[Action]] = {
     "objects": [objects],
     "exports": [exports],
     "guest": [guest_io],
+    "jobs": JOB_ACTIONS,
     "x": [x_filters],
 }
 
@@ -494,6 +512,7 @@ FAMILY_WEIGHTS: dict[str, float] = {
     "objects": 1.5,
     "exports": 1.5,
     "guest": 1.5,
+    "jobs": 1.5,
     "x": 1,
 }
 

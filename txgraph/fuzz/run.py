@@ -34,10 +34,13 @@ from typing import Any
 from txgraph.checker import check
 from txgraph.fuzz.generate import Resources, image_commands
 from txgraph.fuzz.guest import GUEST_IO, guest_io_reply
+from txgraph.fuzz.jobs import JOB_COMMANDS, WAIT_EVENT
 from txgraph.fuzz.known import classify
 from txgraph.fuzz.replies import reply_problem
+from txgraph.fuzz.waits import run_wait
+from txgraph.jobs.manager import manager_of
 from txgraph.oracle.canon import canon_text, substitute
-from txgraph.oracle.compare import lockstep
+from txgraph.oracle.compare import StepRecord, compare_records, lockstep, snapshot
 from txgraph.oracle.peers import EnginePeer, Peer, QSDPeer
 
 __all__ = ["Divergence", "RunResult", "run_sequence", "behaviour", "StepSource"]
@@ -94,6 +97,9 @@ def _label(message: dict[str, Any]) -> str:
             str(c).split()[0] + ("-z" if " -z " in str(c) else "") for c in args.get("commands", [])
         ]
         return f"{name}:{'+'.join(ops)}"
+    if name == WAIT_EVENT:
+        inner = args.get("command") or {}
+        return f"{name}:{inner.get('execute', '')}:{args.get('status')}"
     if name == "blockdev-reopen":
         return f"{name}:{'+'.join(str(o.get('driver')) for o in args.get('options', []))}"
     return name
@@ -101,6 +107,12 @@ def _label(message: dict[str, Any]) -> str:
 
 def behaviour(message: dict[str, Any], reply: dict[str, Any]) -> str:
     """``command | outcome | masked error text | rule id``: the unit of coverage."""
+    if message.get("execute") == WAIT_EVENT:
+        out = reply.get("return", {})
+        inner = behaviour(
+            (message.get("arguments") or {}).get("command") or {}, out.get("reply") or {}
+        )
+        return f"{_label(message)}|{inner}|reached={out.get('reached')}"
     if message.get("execute") == GUEST_IO:
         out = reply.get("return", {})
         failed = [line for line in out.get("output", []) if "failed" in line or "rror" in line]
@@ -187,11 +199,63 @@ class _Sides:
             shutil.rmtree(d, ignore_errors=True)
 
 
+#: job statuses in which a job thread changes nothing (it waits for a command)
+_QUIET = frozenset({"paused", "ready", "pending", "concluded", "null"})
+#: members of query-jobs / query-block-jobs entries that say where the job thread is
+#: (as the job differential harness drops them)
+_RACY = frozenset({"current-progress", "offset", "busy"})
+
+
+def _job_ids(session: Any) -> list[str]:
+    if session is None or session.jobs is None:
+        return []
+    return [str(j["id"]) for j in manager_of(session).query_jobs()]
+
+
 def _engine_state(sides: _Sides) -> tuple[str, Any] | None:
+    """txgraph's digest and runtime state, or None while a job is in motion.
+
+    The model invariants are checked at quiescent points only: with no job, or every
+    job paused, READY, pending or concluded (after a wait step, for instance), so that
+    they never race a job thread that is changing the graph.
+    """
     session = sides.session()
     if session is None:
         return None
-    return session.graph.digest(), session.runtime.state()
+    with session.lock:
+        if session.jobs is not None and any(
+            j["status"] not in _QUIET for j in manager_of(session).query_jobs()
+        ):
+            return None
+        return session.graph.digest(), session.runtime.state()
+
+
+def _calm_jobs(record: StepRecord) -> None:
+    """Drop the racy members of a job query's canonical reply."""
+    ret = record.reply.get("return") if isinstance(record.reply, dict) else None
+    if isinstance(ret, list):
+        record.reply = {
+            "return": [
+                {k: v for k, v in e.items() if k not in _RACY} if isinstance(e, dict) else e
+                for e in ret
+            ]
+        }
+
+
+def _wait_lockstep(
+    sides: _Sides, message: dict[str, Any], wrote: bool
+) -> tuple[list[StepRecord], list[dict[str, Any]], list[str]]:
+    """A wait step on every peer (:func:`txgraph.fuzz.waits.run_wait`), recorded and compared
+    as :func:`txgraph.oracle.compare.lockstep` does a command."""
+    sides.history.append(json.dumps(message))
+    records, raw = [], []
+    for i, (peer, d) in enumerate(zip(sides.peers, sides.dirs)):
+        inner, reply = run_wait(peer, message.get("arguments") or {}, str(d), sides.autos[i])
+        raw.append(inner or {})
+        nodes, graph, sides.autos[i] = snapshot(peer, str(d), wrote)
+        records.append(StepRecord(len(sides.history) - 1, sides.history[-1], reply, nodes, graph))
+    diff = compare_records(records[0], records[1]) if len(records) > 1 else []
+    return records, raw, diff
 
 
 #: digest of a graph -> what the full check found on it (None: every rule holds).
@@ -246,7 +310,7 @@ def _invariants(
             return "exception", [str(err.get("desc"))]
         if _PYTHON_TEXT.search(str(err.get("desc"))):
             return "python-text", [f"reply text: {err.get('desc')}"]
-    if full_check and message.get("execute") != GUEST_IO:
+    if full_check and message.get("execute") not in (GUEST_IO, WAIT_EVENT):
         problem = reply_problem(str(message.get("execute")), reply)
         if problem is not None:
             return "qapi-reply", [problem]
@@ -278,14 +342,18 @@ def run_sequence(source: StepSource, against: str, max_steps: int = 40) -> RunRe
         for index in range(max_steps):
             session = sides.session()
             if session is not None:
-                res.refresh(session.graph)
+                with session.lock:
+                    res.refresh(session.graph)
+                    res.jobs = _job_ids(session)
             message = source(index, res)
             if message is None:
                 break
             result.steps.append(message)
             # the state after the previous step is the state before this one
             before = state if index else _engine_state(sides)
-            if message.get("execute") == GUEST_IO:
+            name = message.get("execute")
+            inner = message
+            if name == GUEST_IO:
                 wrote = True
                 replies = {
                     peer.label: guest_io_reply(str(d), message.get("arguments") or {})
@@ -303,10 +371,35 @@ def run_sequence(source: StepSource, against: str, max_steps: int = 40) -> RunRe
                     ]
                     result.divergence = _finding("mismatch", index, message, lines)
                     break
+            elif name == WAIT_EVENT:
+                inner = (message.get("arguments") or {}).get("command") or message
+                if inner.get("execute") in JOB_COMMANDS:
+                    wrote = True  # jobs write: actual-size follows the host's timing
+                records, raw, diff = _wait_lockstep(sides, message, wrote)
+                result.replies.append({p.label: r.reply for p, r in zip(sides.peers, records)})
+                first = raw[0].get("error", {})
+                if first.get("class") == "PeerDied" or getattr(sides.peers[0], "death", None):
+                    lines = [str(first.get("desc") or getattr(sides.peers[0], "death", ""))]
+                    result.divergence = _finding("crash", index, message, lines)
+                    break
+                if wrote:
+                    diff = [line for line in diff if ".actual-size:" not in line]
+                if diff:
+                    result.divergence = _finding("mismatch", index, message, diff)
+                    break
+                reply = step_reply = records[-1].reply  # what the behaviour records
+                if against != "qsd" and inner is not message:  # the command's own reply
+                    reply = raw[-1]
             elif against == "qsd":
+                if name in JOB_COMMANDS:
+                    wrote = True
                 records, diff = lockstep(
                     sides.peers, [str(d) for d in sides.dirs], sides.autos, sides.history, message
                 )
+                if name in ("query-jobs", "query-block-jobs"):
+                    for record in records:
+                        _calm_jobs(record)
+                    diff = compare_records(records[0], records[1])
                 left, right = records[0].reply or {}, records[1].reply or {}
                 result.replies.append({"qsd": left, "txgraph": right})
                 reply = right
@@ -332,12 +425,19 @@ def run_sequence(source: StepSource, against: str, max_steps: int = 40) -> RunRe
                     lines = [str(reply["error"].get("desc"))]
                     result.divergence = _finding("crash", index, message, lines)
                     break
+            if name != WAIT_EVENT:
+                step_reply = reply
             accepted = "error" not in reply
             res.note(message, accepted)
-            result.behaviours.append(behaviour(message, reply))
+            result.behaviours.append(behaviour(message, step_reply))
             state = _engine_state(sides)
             broken = _invariants(
-                sides, message, reply, before, state, full_check=against == "model"
+                sides,
+                inner,
+                reply,
+                before if state is not None else None,
+                state,
+                full_check=against == "model",
             )
             if broken is not None:
                 kind, lines = broken

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import subprocess
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -40,10 +41,19 @@ def _fixed(steps: list[dict[str, Any]]) -> Callable[[int, Any], dict[str, Any] |
 
 
 def shrink(
-    steps: list[dict[str, Any]], signature: str, against: str, budget: int = 200
+    steps: list[dict[str, Any]],
+    signature: str,
+    against: str,
+    budget: int = 200,
+    deadline: float | None = None,
 ) -> tuple[list[dict[str, Any]], RunResult]:
-    """The smallest sequence found (within ``budget`` runs) diverging with ``signature``."""
+    """The smallest sequence found (within ``budget`` runs, and before ``deadline`` on the
+    monotonic clock) diverging with ``signature``."""
     runs = 0
+
+    def over() -> bool:
+        return runs >= budget or (deadline is not None and time.monotonic() >= deadline)
+
     try:
         best = run_sequence(_fixed(steps), against)
     except (OSError, RuntimeError, subprocess.SubprocessError):
@@ -63,10 +73,12 @@ def shrink(
     if best.divergence is not None:  # everything after the divergence is never reached
         current = current[: best.divergence.step + 1]
     n = 2
-    while len(current) >= 2 and runs < budget:
+    while len(current) >= 2 and not over():
         chunk = max(1, len(current) // n)
         reduced = False
         for start in range(0, len(current), chunk):
+            if over():
+                break
             candidate = current[:start] + current[start + chunk :]
             found = still(candidate) if candidate else None
             if found is not None:
@@ -80,7 +92,7 @@ def shrink(
             n = min(n * 2, len(current))
     for i in range(len(current)):
         for key in _OPTIONAL:
-            if runs >= budget:
+            if over():
                 break
             args = current[i].get("arguments")
             if not isinstance(args, dict) or key not in args:
