@@ -5,8 +5,9 @@ either fresh (drawn by :class:`~txgraph.fuzz.generate.Generator`) or a
 *mutation* of a corpus entry: a prefix of it kept and a new continuation drawn,
 or one of its steps dropped. A sequence whose run shows a behaviour nobody has
 seen before (:func:`~txgraph.fuzz.run.behaviour`) joins the corpus. A
-divergence whose signature is new is shrunk (:func:`~txgraph.fuzz.shrink.shrink`)
-and written as reproducers; one already known is only counted.
+divergence whose signature is new is written as reproducers at once and shrunk
+(:func:`~txgraph.fuzz.shrink.shrink`) once the time budget is spent, so that
+shrinking does not take the search's time; one already known is only counted.
 
 The campaign directory is the only thing workers share: ``corpus/`` (one JSON
 file per entry, written once and never changed, so readers need no lock),
@@ -36,9 +37,6 @@ from txgraph.fuzz.shrink import shrink
 __all__ = ["CampaignConfig", "Worker", "WorkerStats", "families_for"]
 
 _MAX_LEN = 25
-#: how long a worker may shrink its finds once the search ended (the campaign process
-#: waits up to 600 s past the budget)
-SHRINK_SECONDS = 420.0
 
 
 def families_for(against: str, ops: list[str] | None) -> list[str]:
@@ -63,6 +61,8 @@ class CampaignConfig:
     seed: int
     out: Path
     families: list[str]
+    #: how long each worker shrinks its finds after the search (0: not at all)
+    shrink_seconds: float = 420.0
 
 
 @dataclass
@@ -79,6 +79,8 @@ class WorkerStats:
     #: signature -> {kind, command, count, first_seconds, steps, repro}
     divergences: dict[str, dict[str, Any]] = field(default_factory=dict)
     elapsed: float = 0.0
+    #: seconds spent searching (shrinking comes after); 0 while the search goes on
+    searched: float = 0.0
     done: bool = False
     #: peers that failed to start (QSD not answering its greeting in time)
     peer_failures: list[str] = field(default_factory=list)
@@ -93,6 +95,7 @@ class WorkerStats:
             "op_mix": self.op_mix,
             "divergences": self.divergences,
             "elapsed": self.elapsed,
+            "searched": self.searched,
             "done": self.done,
             "peer_failures": self.peer_failures[-20:],
         }
@@ -238,8 +241,10 @@ class Worker:
             if time.monotonic() - last_write > 0.5:
                 self._write_stats()
                 last_write = time.monotonic()
-        if os.getppid() == parent:
-            self._shrink_all(time.monotonic() + SHRINK_SECONDS)
+        self.stats.searched = round(time.monotonic() - self._start, 2)
+        if os.getppid() == parent and self.config.shrink_seconds > 0:
+            # the campaign process waits up to 600 s past the budget
+            self._shrink_all(time.monotonic() + min(self.config.shrink_seconds, 540.0))
         self.stats.done = True
         self._write_stats()
         return self.stats
