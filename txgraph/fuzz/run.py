@@ -403,8 +403,10 @@ def run_sequence(source: StepSource, against: str, max_steps: int = 40) -> RunRe
                 left, right = records[0].reply or {}, records[1].reply or {}
                 result.replies.append({"qsd": left, "txgraph": right})
                 reply = right
-                if "error" in left and left["error"].get("class") == "PeerDied":
-                    lines = [str(left["error"].get("desc"))]
+                death = getattr(sides.peers[0], "death", None)
+                if ("error" in left and left["error"].get("class") == "PeerDied") or death:
+                    # it died on the command, or right after its reply (the state queries)
+                    lines = [str(left.get("error", {}).get("desc") or death)]
                     result.divergence = _finding("crash", index, message, lines)
                     break
                 if wrote:  # st_blocks after guest writes follows the host's allocation timing
