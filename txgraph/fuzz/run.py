@@ -146,6 +146,9 @@ def _finding(kind: str, index: int, message: dict[str, Any], lines: list[str]) -
 
 
 _TEMPLATE: Path | None = None
+#: seconds without a reply after which qemu-storage-daemon counts as hung (commands take
+#: milliseconds; the margin is for a loaded machine)
+HANG_SECONDS = 30.0
 
 
 def _make_images(workdir: Path) -> None:
@@ -178,7 +181,12 @@ class _Sides:
                 d = Path(tempfile.mkdtemp(prefix="txgraph-fuzz-"))
                 self.dirs.append(d)
                 _make_images(d)
-                self.peers.append(factory(d))
+                peer = factory(d)
+                if isinstance(peer, QSDPeer):
+                    # a daemon that has not answered in this long hangs (a QEMU deadlock):
+                    # a finding, found sooner than QMPProcess's general deadline
+                    peer._qsd.reply_timeout = HANG_SECONDS
+                self.peers.append(peer)
         except BaseException:
             self.close()
             raise
