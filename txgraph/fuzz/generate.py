@@ -335,14 +335,33 @@ def reopen(g: Generator) -> dict[str, Any] | None:
         if child in ("file", "backing"):
             entry[child] = target
     if driver == "qcow2" and g.rng.random() < 0.4:
-        entry["backing"] = None if g.rng.random() < 0.3 else g.node()
+        entry["backing"] = None if g.rng.random() < 0.3 else _target(g, name)
     if driver in ("raw", "qcow2", "throttle", "copy-on-read") and g.rng.random() < 0.3:
-        entry["file"] = g.node()
+        entry["file"] = _target(g, name)
     if driver == "throttle" and "file" in entry:
         entry["throttle-group"] = g.pick(g.res.groups, "g0")
     if driver in ("file",):
         return None  # a file entry needs its filename; covered by add/del churn
     return _cmd("blockdev-reopen", {"options": [entry]})
+
+
+def _below(res: Resources, name: str) -> list[str]:
+    """The live user-named nodes below ``name`` (its children, theirs, and so on)."""
+    seen: list[str] = []
+    todo = [name]
+    while todo:
+        for kid in res.live.get(todo.pop(), ("", {}))[1].values():
+            if kid in res.live and kid not in seen and kid != name:
+                seen.append(kid)
+                todo.append(kid)
+    return sorted(seen)
+
+
+def _target(g: Generator, name: str) -> str:
+    """What a reopen re-points a child of ``name`` at: half of the time a node already
+    below it (a chain shortened, as commit and stream leave it), else any node."""
+    below = _below(g.res, name)
+    return g.pick(below) if below and g.rng.random() < 0.5 else g.node()
 
 
 # -- snapshots, quorum children, transactions -------------------------------------------------
