@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -140,7 +141,7 @@ def _campaign(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     if not probe.stdout.startswith(str(root)):  # the scratch copy must be what runs
         raise SystemExit(f"scratch copy not imported: {probe.stdout}")
     out = root / "campaign"
-    subprocess.run(
+    proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -161,9 +162,15 @@ def _campaign(root: Path, args: argparse.Namespace) -> dict[str, Any]:
         ],
         env=env,
         cwd=root,
-        capture_output=True,
-        timeout=args.seconds + 900,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
+    try:
+        proc.wait(args.seconds + 900)
+    finally:
+        if proc.poll() is None:  # this tool was stopped: so is the campaign (and its peers)
+            proc.terminate()
+            proc.wait(60)
     report: dict[str, Any] = json.loads((out / "report.json").read_text())
     return report
 
@@ -217,7 +224,12 @@ def _run_seed(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def _stop(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _stop)  # unwind, so the running campaign is stopped too
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--jobs", type=int, default=2)

@@ -81,6 +81,8 @@ class WorkerStats:
     elapsed: float = 0.0
     #: seconds spent searching (shrinking comes after); 0 while the search goes on
     searched: float = 0.0
+    #: CPU seconds of the worker process during the search
+    cpu_seconds: float = 0.0
     done: bool = False
     #: peers that failed to start (QSD not answering its greeting in time)
     peer_failures: list[str] = field(default_factory=list)
@@ -96,6 +98,7 @@ class WorkerStats:
             "divergences": self.divergences,
             "elapsed": self.elapsed,
             "searched": self.searched,
+            "cpu_seconds": self.cpu_seconds,
             "done": self.done,
             "peer_failures": self.peer_failures[-20:],
         }
@@ -223,6 +226,7 @@ class Worker:
     def run(self) -> WorkerStats:
         """Run sequences until the time budget ends; statistics are written as they change."""
         self._start = time.monotonic()
+        self._cpu = time.process_time()
         deadline = self._start + self.config.seconds
         last_write = 0.0
         parent = os.getppid()
@@ -242,6 +246,9 @@ class Worker:
                 self._write_stats()
                 last_write = time.monotonic()
         self.stats.searched = round(time.monotonic() - self._start, 2)
+        # the CPU this worker had: on a shared machine, steps per CPU second say what
+        # the code does, steps per second what the machine let it do
+        self.stats.cpu_seconds = round(time.process_time() - self._cpu, 2)
         if os.getppid() == parent and self.config.shrink_seconds > 0:
             # the campaign process waits up to 600 s past the budget
             self._shrink_all(time.monotonic() + min(self.config.shrink_seconds, 540.0))

@@ -294,15 +294,22 @@ def add_quorum(g: Generator) -> dict[str, Any] | None:
         return None
     k = min(len(g.res.parentless), g.rng.choice([2, 3]))
     kids = g.rng.sample(g.res.parentless, k)
-    return _cmd(
-        "blockdev-add",
-        {
-            "driver": "quorum",
-            "node-name": g.new_name(),
-            "children": kids,
-            "vote-threshold": g.rng.choice([1, k, k, k + 1, k + 1, 0]),
-        },
-    )
+    if g.rng.random() < 0.2:
+        kids[g.rng.randrange(k)] = g.node()  # a child in use, stale or unknown
+    args: dict[str, Any] = {
+        "driver": "quorum",
+        "node-name": g.new_name(),
+        "children": kids,
+        "vote-threshold": g.rng.choice([1, k, k, k + 1, k + 1, 0]),
+    }
+    # the other members of BlockdevOptionsQuorum, from the schema's vocabulary
+    if g.rng.random() < 0.2:
+        args["read-pattern"] = g.rng.choice(["quorum", "fifo"])
+    if g.rng.random() < 0.1:
+        args["blkverify"] = g.rng.random() < 0.5
+    if g.rng.random() < 0.1:
+        args["rewrite-corrupted"] = g.rng.random() < 0.5
+    return _cmd("blockdev-add", args)
 
 
 def delete(g: Generator) -> dict[str, Any]:

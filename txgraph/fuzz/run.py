@@ -424,11 +424,12 @@ def run_sequence(source: StepSource, against: str, max_steps: int = 40) -> RunRe
                     break
             else:
                 session = sides.session()
-                autos = {
-                    canon_text(n, None): n
-                    for n in (session.graph.nodes if session else ())
-                    if n.startswith("#")
-                }
+                autos: dict[str, str] = {}
+                if session is not None:
+                    with session.lock:  # job threads change the graph under this lock
+                        autos = {
+                            canon_text(n, None): n for n in session.graph.nodes if n.startswith("#")
+                        }
                 reply = sides.peers[0].execute(substitute(message, str(sides.dirs[0]), autos))
                 result.replies.append({sides.peers[0].label: reply})
                 if reply.get("error", {}).get("class") == "PeerDied":

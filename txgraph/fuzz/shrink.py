@@ -33,6 +33,12 @@ _OPTIONAL = (
     "snapshot-node-name",
     "limits",
     "throttle-group",
+    "read-pattern",
+    "blkverify",
+    "rewrite-corrupted",
+    "speed",
+    "auto-finalize",
+    "auto-dismiss",
 )
 
 
