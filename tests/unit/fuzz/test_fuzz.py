@@ -195,6 +195,7 @@ def test_sigterm_stops_the_campaign_and_its_workers(tmp_path: Path, against: str
     while not list(tmp_path.glob("worker-*.json")) and time.monotonic() < deadline:
         time.sleep(0.1)  # the workers have started once they report
     assert list(tmp_path.glob("worker-*.json")), "no worker started"
+
     def kids(pid: int) -> list[int]:
         out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
         return [int(p) for p in out.split()]
