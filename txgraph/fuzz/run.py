@@ -125,6 +125,22 @@ def behaviour(message: dict[str, Any], reply: dict[str, Any]) -> str:
 
 
 def _signature(kind: str, message: dict[str, Any], lines: list[str]) -> str:
+    if kind == "crash":
+        # a crash is its last words (QEMU's assertion, or the signal); what the daemon
+        # printed before them (qemu-img's "Formatting ...") and the step it died on
+        # differ from one instance to the next
+        text = "\n".join(lines)
+        abort = re.search(r"[^\s:]+:\d+: \w+: Assertion .*? failed\.", text)
+        signal = re.search(r"\(exit status -?\d+\)\s*$", text)
+        words = [w for w in text.splitlines() if w.strip()]
+        shape = (
+            abort.group(0)
+            if abort
+            else signal.group(0)
+            if signal
+            else _mask(words[-1] if words else "")
+        )
+        return hashlib.sha1(f"{kind}\n{shape}".encode()).hexdigest()[:10]
     shape = "\n".join(_mask(line) for line in lines[:3])
     return hashlib.sha1(f"{kind}\n{_label(message)}\n{shape}".encode()).hexdigest()[:10]
 
