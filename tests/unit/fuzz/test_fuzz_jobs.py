@@ -117,4 +117,5 @@ def test_generated_job_sequences_reach_job_states() -> None:
             "not-atomic",
         ), result.divergence
         reached.update(b.rsplit("reached=", 1)[1] for b in result.behaviours if "reached=" in b)
-    assert {"ready", "null", "paused"} <= reached, reached
+    # which of paused/pending/concluded come depends on the draw; READY and the end always
+    assert {"ready", "null"} <= reached and len(reached - {"None"}) >= 3, reached
