@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -140,7 +141,7 @@ def _campaign(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     if not probe.stdout.startswith(str(root)):  # the scratch copy must be what runs
         raise SystemExit(f"scratch copy not imported: {probe.stdout}")
     out = root / "campaign"
-    subprocess.run(
+    proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -156,22 +157,41 @@ def _campaign(root: Path, args: argparse.Namespace) -> dict[str, Any]:
             str(args.jobs),
             "--out",
             str(out),
+            "--shrink-seconds",
+            "0",  # the time to catch is what counts; reproducers stay whole
         ],
         env=env,
         cwd=root,
-        capture_output=True,
-        timeout=args.seconds + 900,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
+    try:
+        proc.wait(args.seconds + 900)
+    finally:
+        if proc.poll() is None:  # this tool was stopped: so is the campaign (and its peers)
+            proc.terminate()
+            proc.wait(60)
     report: dict[str, Any] = json.loads((out / "report.json").read_text())
     return report
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    for seed in args.seeds:
+        args.seed = seed
+        rows += _run_seed(args)
+    return rows
+
+
+def _run_seed(args: argparse.Namespace) -> list[dict[str, Any]]:
     chosen = [m for m in MUTANTS if not args.only or m.label in args.only]
     with tempfile.TemporaryDirectory(prefix="txgraph-mutants-") as tmp:
         base = _campaign(_scratch(Path(tmp) / "baseline", None), args)
         baseline = set(base["divergences"])
-        print(json.dumps({"baseline": sorted(baseline), "steps": base["steps"]}), flush=True)
+        print(
+            json.dumps({"seed": args.seed, "baseline": sorted(baseline), "steps": base["steps"]}),
+            flush=True,
+        )
         rows = []
         for i, mutant in enumerate(chosen):
             root = _scratch(Path(tmp) / f"m{i}", mutant)
@@ -188,6 +208,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             rows.append(
                 {
                     "mutant": mutant.label,
+                    "seed": args.seed,
                     "file": mutant.path,
                     "caught_after_s": first,
                     "divergences": len(own),
@@ -203,22 +224,39 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def _stop(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _stop)  # unwind, so the running campaign is stopped too
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[1], help="1,2,3"
+    )
     parser.add_argument("--against", default="qsd", choices=["qsd", "model"])
     parser.add_argument("--only", type=lambda s: set(s.split(",")), default=None)
     parser.add_argument("--json", type=Path, default=None, help="write the rows here")
     args = parser.parse_args()
     rows = run(args)
     caught = [r for r in rows if r["caught_after_s"] is not None]
-    print("\n| mutant | file | caught after (s) |\n|---|---|---|")
-    for r in rows:
-        after = "not caught" if r["caught_after_s"] is None else r["caught_after_s"]
-        print(f"| {r['mutant']} | {r['file']} | {after} |")
-    print(f"\ncaught {len(caught)}/{len(rows)} within {args.seconds} s with {args.jobs} job(s)")
+    seeds = args.seeds
+    print("\n| mutant | file | " + " | ".join(f"seed {s} (s)" for s in seeds) + " |")
+    print("|---|---|" + "---|" * len(seeds))
+    for m in [m for m in MUTANTS if not args.only or m.label in args.only]:
+        times = []
+        for seed in seeds:
+            row = next(r for r in rows if r["mutant"] == m.label and r["seed"] == seed)
+            times.append(
+                "not caught" if row["caught_after_s"] is None else str(row["caught_after_s"])
+            )
+        print(f"| {m.label} | {m.path} | " + " | ".join(times) + " |")
+    print(
+        f"\ncaught {len(caught)}/{len(rows)} (mutant, seed) pairs within {args.seconds} s "
+        f"with {args.jobs} job(s)"
+    )
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 

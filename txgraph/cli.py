@@ -700,10 +700,23 @@ def show_cmd(
     default=None,
     metavar="LIST",
     help="Comma-separated operation families: add,del,reopen,snapshot,quorum,objects,"
-    "exports,guest (and x: txgraph's extensions, model only).",
+    "exports,guest,jobs (and x: txgraph's extensions, model only).",
+)
+@click.option(
+    "--shrink-seconds",
+    type=click.FloatRange(min=0),
+    default=420.0,
+    show_default=True,
+    help="How long each worker may shrink its finds once the time budget is spent.",
 )
 def fuzz_cmd(
-    against: str, seconds: float, seed: int, jobs: int, out_dir: str, ops: str | None
+    against: str,
+    seconds: float,
+    seed: int,
+    jobs: int,
+    out_dir: str,
+    ops: str | None,
+    shrink_seconds: float,
 ) -> None:
     """Fuzz block-graph reconfiguration; exit 1 when something diverged or crashed."""
     from txgraph.fuzz import CampaignConfig, campaign_dir, families_for, run_campaign
@@ -713,7 +726,9 @@ def fuzz_cmd(
         families = families_for(against, [o.strip() for o in ops.split(",")] if ops else None)
     except ValueError as err:
         raise click.UsageError(str(err)) from None
-    config = CampaignConfig(against, seconds, seed, campaign_dir(out_dir).resolve(), families)
+    config = CampaignConfig(
+        against, seconds, seed, campaign_dir(out_dir).resolve(), families, shrink_seconds
+    )
     with Progress(seconds) as progress:
         report = run_campaign(config, jobs, progress.update)
     click.echo(

@@ -29,6 +29,9 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 def _work(config: CampaignConfig, index: int) -> None:
+    # a terminated worker unwinds (SystemExit), so every run's finally closes its peers:
+    # without this the default action kills it with its qemu-storage-daemon left running
+    signal.signal(signal.SIGTERM, _terminate)
     Worker(config, index).run()
 
 
@@ -72,7 +75,8 @@ def run_campaign(
             if p.is_alive():
                 p.terminate()
             p.join(5)
-    report = write_report(config.out, meta)
+        # also when stopped (SIGTERM, Ctrl-C): what the workers found so far is reported
+        report = write_report(config.out, meta)
     crashed = [p.name for p in procs if p.exitcode not in (0, None)]
     if crashed:
         report["worker_failures"] = crashed

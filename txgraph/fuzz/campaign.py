@@ -5,8 +5,9 @@ either fresh (drawn by :class:`~txgraph.fuzz.generate.Generator`) or a
 *mutation* of a corpus entry: a prefix of it kept and a new continuation drawn,
 or one of its steps dropped. A sequence whose run shows a behaviour nobody has
 seen before (:func:`~txgraph.fuzz.run.behaviour`) joins the corpus. A
-divergence whose signature is new is shrunk (:func:`~txgraph.fuzz.shrink.shrink`)
-and written as reproducers; one already known is only counted.
+divergence whose signature is new is written as reproducers at once and shrunk
+(:func:`~txgraph.fuzz.shrink.shrink`) once the time budget is spent, so that
+shrinking does not take the search's time; one already known is only counted.
 
 The campaign directory is the only thing workers share: ``corpus/`` (one JSON
 file per entry, written once and never changed, so readers need no lock),
@@ -60,6 +61,8 @@ class CampaignConfig:
     seed: int
     out: Path
     families: list[str]
+    #: how long each worker shrinks its finds after the search (0: not at all)
+    shrink_seconds: float = 420.0
 
 
 @dataclass
@@ -76,6 +79,10 @@ class WorkerStats:
     #: signature -> {kind, command, count, first_seconds, steps, repro}
     divergences: dict[str, dict[str, Any]] = field(default_factory=dict)
     elapsed: float = 0.0
+    #: seconds spent searching (shrinking comes after); 0 while the search goes on
+    searched: float = 0.0
+    #: CPU seconds of the worker process during the search
+    cpu_seconds: float = 0.0
     done: bool = False
     #: peers that failed to start (QSD not answering its greeting in time)
     peer_failures: list[str] = field(default_factory=list)
@@ -90,6 +97,8 @@ class WorkerStats:
             "op_mix": self.op_mix,
             "divergences": self.divergences,
             "elapsed": self.elapsed,
+            "searched": self.searched,
+            "cpu_seconds": self.cpu_seconds,
             "done": self.done,
             "peer_failures": self.peer_failures[-20:],
         }
@@ -107,6 +116,8 @@ class Worker:
         self.corpus_dir = config.out / "corpus"
         self.corpus_dir.mkdir(parents=True, exist_ok=True)
         self._corpus: dict[str, list[dict[str, Any]]] = {}
+        #: new divergences found, shrunk after the search (:meth:`_shrink_all`)
+        self._to_shrink: list[tuple[list[dict[str, Any]], Divergence]] = []
 
     # -- corpus ---------------------------------------------------------------------------
     def _load_corpus(self) -> list[list[dict[str, Any]]]:
@@ -180,13 +191,30 @@ class Worker:
         }
         self.stats.divergences[d.signature] = entry
         repro = self.config.out / f"repro-{d.signature}.json"
-        if repro.exists():  # another worker shrank it already
+        if repro.exists():  # another worker found it first (and shrinks it)
             entry["repro"] = repro.name
             return
-        steps, shrunk = shrink(result.steps, d.signature, self.config.against)
-        final = shrunk.divergence if shrunk.divergence is not None else d
-        entry["steps"] = len(steps)
-        entry["repro"] = write_reproducers(self.config.out, steps, final, self.config.against).name
+        # the whole sequence now (a campaign stopped early keeps a reproducer), shrunk
+        # once the time budget is spent: shrinking costs runs the search needs more
+        entry["repro"] = write_reproducers(
+            self.config.out, result.steps, d, self.config.against
+        ).name
+        self._to_shrink.append((result.steps, d))
+
+    def _shrink_all(self, deadline: float) -> None:
+        """Shrink what this worker found, first found first, until ``deadline``."""
+        for steps, d in self._to_shrink:
+            if time.monotonic() >= deadline:
+                break
+            small, shrunk = shrink(steps, d.signature, self.config.against, deadline=deadline)
+            final = shrunk.divergence if shrunk.divergence is not None else d
+            entry = self.stats.divergences[d.signature]
+            entry["steps"] = len(small)
+            entry["repro"] = write_reproducers(
+                self.config.out, small, final, self.config.against
+            ).name
+            self._write_stats()
+        self._to_shrink = []
 
     def _write_stats(self) -> None:
         self.stats.elapsed = round(time.monotonic() - self._start, 2)
@@ -198,6 +226,7 @@ class Worker:
     def run(self) -> WorkerStats:
         """Run sequences until the time budget ends; statistics are written as they change."""
         self._start = time.monotonic()
+        self._cpu = time.process_time()
         deadline = self._start + self.config.seconds
         last_write = 0.0
         parent = os.getppid()
@@ -216,6 +245,13 @@ class Worker:
             if time.monotonic() - last_write > 0.5:
                 self._write_stats()
                 last_write = time.monotonic()
+        self.stats.searched = round(time.monotonic() - self._start, 2)
+        # the CPU this worker had: on a shared machine, steps per CPU second say what
+        # the code does, steps per second what the machine let it do
+        self.stats.cpu_seconds = round(time.process_time() - self._cpu, 2)
+        if os.getppid() == parent and self.config.shrink_seconds > 0:
+            # the campaign process waits up to 600 s past the budget
+            self._shrink_all(time.monotonic() + min(self.config.shrink_seconds, 540.0))
         self.stats.done = True
         self._write_stats()
         return self.stats

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from txgraph.fuzz.guest import GUEST_IO, draw_commands
+from txgraph.fuzz.jobs import JOB_ACTIONS
 from txgraph.model.graph import BlockGraph
 
 __all__ = ["IMAGES", "FAMILIES", "QSD_FAMILIES", "Resources", "Generator", "image_commands"]
@@ -46,9 +47,21 @@ _SYNC_FILES = ["s0.qcow2", "s1.qcow2", "nodir/s.qcow2"]
 _AUTO = re.compile(r"#block(\d+)(\d\d)")
 
 
+#: data written into the images after they are made: ``(file, qemu-io command)``; jobs
+#: have something to copy (a job at speed 1 then sleeps after its first chunk, as QEMU's
+#: rate limit only counts bytes copied), guests something to read
+IMAGE_DATA: tuple[tuple[str, str], ...] = (
+    ("b0.qcow2", "write -P 0x11 0 512k"),
+    ("b1.qcow2", "write -P 0x22 256k 128k"),
+    ("i0.qcow2", "write -P 0x33 0 256k"),
+)
+
+
 def image_commands() -> list[list[str]]:
-    """The ``qemu-img`` command lines that make :data:`IMAGES` in a working directory."""
-    return [["qemu-img", "create", "-q", *args] for _name, args in IMAGES]
+    """The ``qemu-img`` and ``qemu-io`` command lines that make :data:`IMAGES` (with
+    :data:`IMAGE_DATA`) in a working directory."""
+    made = [["qemu-img", "create", "-q", *args] for _name, args in IMAGES]
+    return made + [["qemu-io", "-f", "qcow2", "-c", c, f] for f, c in IMAGE_DATA]
 
 
 @dataclass
@@ -73,6 +86,12 @@ class Resources:
     throttled: dict[str, str] = field(default_factory=dict)
     #: live nodes whose detect-zeroes is not off (a reopen that leaves it out resets it)
     detecting: list[str] = field(default_factory=list)
+    #: the rest of a resource's life cycle an earlier step began (syzkaller's resource
+    #: style: a throttle group made, then referenced by a throttle node, then deleted);
+    #: each is drawn in turn, with the resources as they are when its turn comes
+    pending: list[Action] = field(default_factory=list)
+    #: the ids of the jobs that exist (taken from txgraph's job manager after every step)
+    jobs: list[str] = field(default_factory=list)
 
     def refresh(self, graph: BlockGraph) -> None:
         """Take the live part from ``graph`` (user-named nodes only: auto names are random)."""
@@ -139,6 +158,8 @@ class Generator:
         self.res = res
         self.families = [FAMILIES[f] for f in families]
         self.weights = [FAMILY_WEIGHTS[f] for f in families]
+        #: txgraph's extensions may be drawn (a model campaign)
+        self.extensions = "x" in families
 
     # -- drawing helpers -----------------------------------------------------------------
     def pick(self, pool: list[str], fallback: str = "nosuch") -> str:
@@ -182,7 +203,14 @@ class Generator:
         return inline
 
     def next(self) -> dict[str, Any]:
-        """The next command (retries until an action applies to the current resources)."""
+        """The next command (retries until an action applies to the current resources).
+
+        A life cycle an earlier step began goes on first, most of the time (other steps
+        may come between its stages)."""
+        while self.res.pending and self.rng.random() < 0.8:
+            msg = self.res.pending.pop(0)(self)
+            if msg is not None:
+                return msg
         for _ in range(20):
             # a family by weight, then one of its actions: a family with few actions
             # (objects, exports, del) is drawn as often as its weight says
@@ -266,15 +294,22 @@ def add_quorum(g: Generator) -> dict[str, Any] | None:
         return None
     k = min(len(g.res.parentless), g.rng.choice([2, 3]))
     kids = g.rng.sample(g.res.parentless, k)
-    return _cmd(
-        "blockdev-add",
-        {
-            "driver": "quorum",
-            "node-name": g.new_name(),
-            "children": kids,
-            "vote-threshold": g.rng.choice([1, k, k, k + 1, k + 1, 0]),
-        },
-    )
+    if g.rng.random() < 0.2:
+        kids[g.rng.randrange(k)] = g.node()  # a child in use, stale or unknown
+    args: dict[str, Any] = {
+        "driver": "quorum",
+        "node-name": g.new_name(),
+        "children": kids,
+        "vote-threshold": g.rng.choice([1, k, k, k + 1, k + 1, 0]),
+    }
+    # the other members of BlockdevOptionsQuorum, from the schema's vocabulary
+    if g.rng.random() < 0.2:
+        args["read-pattern"] = g.rng.choice(["quorum", "fifo"])
+    if g.rng.random() < 0.1:
+        args["blkverify"] = g.rng.random() < 0.5
+    if g.rng.random() < 0.1:
+        args["rewrite-corrupted"] = g.rng.random() < 0.5
+    return _cmd("blockdev-add", args)
 
 
 def delete(g: Generator) -> dict[str, Any]:
@@ -307,14 +342,33 @@ def reopen(g: Generator) -> dict[str, Any] | None:
         if child in ("file", "backing"):
             entry[child] = target
     if driver == "qcow2" and g.rng.random() < 0.4:
-        entry["backing"] = None if g.rng.random() < 0.3 else g.node()
+        entry["backing"] = None if g.rng.random() < 0.3 else _target(g, name)
     if driver in ("raw", "qcow2", "throttle", "copy-on-read") and g.rng.random() < 0.3:
-        entry["file"] = g.node()
+        entry["file"] = _target(g, name)
     if driver == "throttle" and "file" in entry:
         entry["throttle-group"] = g.pick(g.res.groups, "g0")
     if driver in ("file",):
         return None  # a file entry needs its filename; covered by add/del churn
     return _cmd("blockdev-reopen", {"options": [entry]})
+
+
+def _below(res: Resources, name: str) -> list[str]:
+    """The live user-named nodes below ``name`` (its children, theirs, and so on)."""
+    seen: list[str] = []
+    todo = [name]
+    while todo:
+        for kid in res.live.get(todo.pop(), ("", {}))[1].values():
+            if kid in res.live and kid not in seen and kid != name:
+                seen.append(kid)
+                todo.append(kid)
+    return sorted(seen)
+
+
+def _target(g: Generator, name: str) -> str:
+    """What a reopen re-points a child of ``name`` at: half of the time a node already
+    below it (a chain shortened, as commit and stream leave it), else any node."""
+    below = _below(g.res, name)
+    return g.pick(below) if below and g.rng.random() < 0.5 else g.node()
 
 
 # -- snapshots, quorum children, transactions -------------------------------------------------
@@ -367,26 +421,47 @@ def transaction(g: Generator) -> dict[str, Any]:
 
 
 # -- objects and exports ----------------------------------------------------------------------
-def objects(g: Generator) -> dict[str, Any]:
-    if g.rng.random() < 0.6:
-        limits = {
-            g.rng.choice(["iops-total", "bps-total", "iops-read"]): g.rng.choice([0, 100, 1000])
-        }
-        return _cmd(
-            "object-add",
-            {"qom-type": "throttle-group", "id": g.rng.choice(_GROUPS), "limits": limits},
-        )
-    if g.res.groups and not g.res.throttled and g.res.live and g.rng.random() < 0.5:
-        # put a group to use: what object-del of a group in use needs
+def _use_group(group: str) -> Action:
+    """A throttle node on ``group`` (over a fresh null node, so nothing else decides whether
+    it opens), then the group's deletion while the node uses it."""
+
+    def use(g: Generator) -> dict[str, Any] | None:
+        if group not in g.res.groups:
+            return None  # the group did not come to be: the life cycle ends
+        g.res.pending.insert(0, _del_group(group))
+        base: Any = g.node() if g.res.live and g.rng.random() < 0.3 else {"driver": "null-co"}
         return _cmd(
             "blockdev-add",
             {
                 "driver": "throttle",
                 "node-name": g.new_name(),
-                "file": g.node(),
-                "throttle-group": g.pick(g.res.groups),
+                "file": base,
+                "throttle-group": group,
             },
         )
+
+    return use
+
+
+def _del_group(group: str) -> Action:
+    def delete_group(g: Generator) -> dict[str, Any] | None:
+        if group not in g.res.groups:
+            return None
+        return _cmd("object-del", {"id": group})
+
+    return delete_group
+
+
+def objects(g: Generator) -> dict[str, Any]:
+    if g.rng.random() < 0.6:
+        group = g.rng.choice(_GROUPS)
+        limits = {
+            g.rng.choice(["iops-total", "bps-total", "iops-read"]): g.rng.choice([0, 100, 1000])
+        }
+        if group not in g.res.groups and g.rng.random() < 0.6:
+            # a life cycle: made, used by a throttle node, deleted while in use
+            g.res.pending.append(_use_group(group))
+        return _cmd("object-add", {"qom-type": "throttle-group", "id": group, "limits": limits})
     if g.res.throttled and g.rng.random() < 0.6:
         return _cmd("object-del", {"id": g.pick(sorted(set(g.res.throttled.values())))})
     return _cmd("object-del", {"id": g.rng.choice(_GROUPS)})
@@ -449,6 +524,7 @@ FAMILIES: dict[str, list[Action]] = {
     "objects": [objects],
     "exports": [exports],
     "guest": [guest_io],
+    "jobs": JOB_ACTIONS,
     "x": [x_filters],
 }
 
@@ -462,6 +538,7 @@ FAMILY_WEIGHTS: dict[str, float] = {
     "objects": 1.5,
     "exports": 1.5,
     "guest": 1.5,
+    "jobs": 1.5,
     "x": 1,
 }
 

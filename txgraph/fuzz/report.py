@@ -10,6 +10,10 @@ from typing import Any
 __all__ = ["collect", "write_report"]
 
 
+def _cpu(workers: list[dict[str, Any]]) -> float:
+    return float(sum(w.get("cpu_seconds", 0.0) for w in workers))
+
+
 def collect(out: Path, config: dict[str, Any]) -> dict[str, Any]:
     """Add up ``worker-N.json`` files into one report (divergences merged by signature)."""
     workers = []
@@ -38,6 +42,8 @@ def collect(out: Path, config: dict[str, Any]) -> dict[str, Any]:
     steps = sum(w["steps"] for w in workers)
     peer_failures = [f for w in workers for f in w.get("peer_failures", [])]
     elapsed = max((w["elapsed"] for w in workers), default=0.0)
+    # throughput of the search: the shrinking after it is not steps of the campaign
+    searched = max((w.get("searched") or w["elapsed"] for w in workers), default=0.0)
     return {
         "format": "txgraph-fuzz-report/1",
         "config": config,
@@ -46,7 +52,10 @@ def collect(out: Path, config: dict[str, Any]) -> dict[str, Any]:
         "sequences": sum(w["sequences"] for w in workers),
         "behaviours": len(behaviours),
         "elapsed": elapsed,
-        "steps_per_second": round(steps / elapsed, 1) if elapsed else 0.0,
+        "searched": searched,
+        "steps_per_second": round(steps / searched, 1) if searched else 0.0,
+        # steps per CPU second of the workers: what the code does on a shared machine
+        "steps_per_cpu_second": round(steps / cpu, 1) if (cpu := _cpu(workers)) else 0.0,
         "op_mix": dict(sorted(op_mix.items(), key=lambda kv: -kv[1])),
         "timeline": sorted(timeline),
         "divergences": divergences,

@@ -21,6 +21,7 @@ from typing import Any
 
 from txgraph.fuzz.generate import image_commands
 from txgraph.fuzz.guest import GUEST_IO, qemu_io_argv
+from txgraph.fuzz.jobs import WAIT_EVENT
 from txgraph.fuzz.run import Divergence
 from txgraph.plan.format import PlanError
 
@@ -65,6 +66,16 @@ def _shell(steps: list[dict[str, Any]], divergence: Divergence) -> str:
             )
             cmd = " ".join(shlex.quote(a) for a in argv) + '"$dir"/nbd.sock'
             lines.append(f"  sleep 0.5; {cmd} </dev/null >&2")
+            continue
+        if step.get("execute") == WAIT_EVENT:
+            # a wait step: its command, then time for the job to get there (a pipe cannot
+            # wait for an event; the QSD output shows the JOB_STATUS_CHANGE events)
+            args = step.get("arguments") or {}
+            lines.append(f"  # wait until job {args.get('job')} reaches {args.get('status')}")
+            if isinstance(args.get("command"), dict):
+                text = json.dumps(args["command"]).replace("{dir}", "__DIR__")
+                lines.append(f'  echo {shlex.quote(text)} | sed "s|__DIR__|$dir|g"')
+            lines.append("  sleep 1")
             continue
         text = json.dumps(step).replace("{dir}", "__DIR__")
         lines.append(f'  echo {shlex.quote(text)} | sed "s|__DIR__|$dir|g"')

@@ -34,9 +34,13 @@ from typing import Any
 from txgraph.checker import check
 from txgraph.fuzz.generate import Resources, image_commands
 from txgraph.fuzz.guest import GUEST_IO, guest_io_reply
+from txgraph.fuzz.jobs import JOB_COMMANDS, WAIT_EVENT
 from txgraph.fuzz.known import classify
+from txgraph.fuzz.replies import reply_problem
+from txgraph.fuzz.waits import run_wait
+from txgraph.jobs.manager import manager_of
 from txgraph.oracle.canon import canon_text, substitute
-from txgraph.oracle.compare import lockstep
+from txgraph.oracle.compare import StepRecord, compare_records, lockstep, snapshot
 from txgraph.oracle.peers import EnginePeer, Peer, QSDPeer
 
 __all__ = ["Divergence", "RunResult", "run_sequence", "behaviour", "StepSource"]
@@ -93,6 +97,9 @@ def _label(message: dict[str, Any]) -> str:
             str(c).split()[0] + ("-z" if " -z " in str(c) else "") for c in args.get("commands", [])
         ]
         return f"{name}:{'+'.join(ops)}"
+    if name == WAIT_EVENT:
+        inner = args.get("command") or {}
+        return f"{name}:{inner.get('execute', '')}:{args.get('status')}"
     if name == "blockdev-reopen":
         return f"{name}:{'+'.join(str(o.get('driver')) for o in args.get('options', []))}"
     return name
@@ -100,6 +107,12 @@ def _label(message: dict[str, Any]) -> str:
 
 def behaviour(message: dict[str, Any], reply: dict[str, Any]) -> str:
     """``command | outcome | masked error text | rule id``: the unit of coverage."""
+    if message.get("execute") == WAIT_EVENT:
+        out = reply.get("return", {})
+        inner = behaviour(
+            (message.get("arguments") or {}).get("command") or {}, out.get("reply") or {}
+        )
+        return f"{_label(message)}|{inner}|reached={out.get('reached')}"
     if message.get("execute") == GUEST_IO:
         out = reply.get("return", {})
         failed = [line for line in out.get("output", []) if "failed" in line or "rror" in line]
@@ -112,6 +125,22 @@ def behaviour(message: dict[str, Any], reply: dict[str, Any]) -> str:
 
 
 def _signature(kind: str, message: dict[str, Any], lines: list[str]) -> str:
+    if kind == "crash":
+        # a crash is its last words (QEMU's assertion, or the signal); what the daemon
+        # printed before them (qemu-img's "Formatting ...") and the step it died on
+        # differ from one instance to the next
+        text = "\n".join(lines)
+        abort = re.search(r"[^\s:]+:\d+: \w+: Assertion .*? failed\.", text)
+        signal = re.search(r"\(exit status -?\d+\)\s*$", text)
+        words = [w for w in text.splitlines() if w.strip()]
+        shape = (
+            abort.group(0)
+            if abort
+            else signal.group(0)
+            if signal
+            else _mask(words[-1] if words else "")
+        )
+        return hashlib.sha1(f"{kind}\n{shape}".encode()).hexdigest()[:10]
     shape = "\n".join(_mask(line) for line in lines[:3])
     return hashlib.sha1(f"{kind}\n{_label(message)}\n{shape}".encode()).hexdigest()[:10]
 
@@ -133,6 +162,9 @@ def _finding(kind: str, index: int, message: dict[str, Any], lines: list[str]) -
 
 
 _TEMPLATE: Path | None = None
+#: seconds without a reply after which qemu-storage-daemon counts as hung (commands take
+#: milliseconds; the margin is for a loaded machine)
+HANG_SECONDS = 30.0
 
 
 def _make_images(workdir: Path) -> None:
@@ -165,7 +197,12 @@ class _Sides:
                 d = Path(tempfile.mkdtemp(prefix="txgraph-fuzz-"))
                 self.dirs.append(d)
                 _make_images(d)
-                self.peers.append(factory(d))
+                peer = factory(d)
+                if isinstance(peer, QSDPeer):
+                    # a daemon that has not answered in this long hangs (a QEMU deadlock):
+                    # a finding, found sooner than QMPProcess's general deadline
+                    peer._qsd.reply_timeout = HANG_SECONDS
+                self.peers.append(peer)
         except BaseException:
             self.close()
             raise
@@ -186,11 +223,82 @@ class _Sides:
             shutil.rmtree(d, ignore_errors=True)
 
 
+#: job statuses in which a job thread changes nothing (it waits for a command)
+_QUIET = frozenset({"paused", "ready", "pending", "concluded", "null"})
+#: members of query-jobs / query-block-jobs entries that say where the job thread is
+#: (as the job differential harness drops them)
+_RACY = frozenset({"current-progress", "offset", "busy"})
+
+
+def _job_ids(session: Any) -> list[str]:
+    if session is None or session.jobs is None:
+        return []
+    return [str(j["id"]) for j in manager_of(session).query_jobs()]
+
+
 def _engine_state(sides: _Sides) -> tuple[str, Any] | None:
+    """txgraph's digest and runtime state, or None while a job is in motion.
+
+    The model invariants are checked at quiescent points only: with no job, or every
+    job paused, READY, pending or concluded (after a wait step, for instance), so that
+    they never race a job thread that is changing the graph.
+    """
     session = sides.session()
     if session is None:
         return None
-    return session.graph.digest(), session.runtime.state()
+    with session.lock:
+        if session.jobs is not None and any(
+            j["status"] not in _QUIET for j in manager_of(session).query_jobs()
+        ):
+            return None
+        return session.graph.digest(), session.runtime.state()
+
+
+def _moving(sides: _Sides) -> bool:
+    """A job is in motion (txgraph's view): not paused, READY, pending or concluded."""
+    session = sides.session()
+    if session is None or session.jobs is None:
+        return False
+    return any(j["status"] not in _QUIET for j in manager_of(session).query_jobs())
+
+
+def _settled(diff: list[str], wrote: bool, moving: bool) -> list[str]:
+    """The difference lines that do not follow the host's timing: after guest or job writes
+    ``actual-size`` (st_blocks); while a job moves, image sizes too (a file node's size is
+    its file's, which grows as the job copies a chunk)."""
+    if wrote:
+        diff = [line for line in diff if ".actual-size:" not in line]
+    if moving:
+        diff = [line for line in diff if ".virtual-size:" not in line]
+    return diff
+
+
+def _calm_jobs(record: StepRecord) -> None:
+    """Drop the racy members of a job query's canonical reply."""
+    ret = record.reply.get("return") if isinstance(record.reply, dict) else None
+    if isinstance(ret, list):
+        record.reply = {
+            "return": [
+                {k: v for k, v in e.items() if k not in _RACY} if isinstance(e, dict) else e
+                for e in ret
+            ]
+        }
+
+
+def _wait_lockstep(
+    sides: _Sides, message: dict[str, Any], wrote: bool
+) -> tuple[list[StepRecord], list[dict[str, Any]], list[str]]:
+    """A wait step on every peer (:func:`txgraph.fuzz.waits.run_wait`), recorded and compared
+    as :func:`txgraph.oracle.compare.lockstep` does a command."""
+    sides.history.append(json.dumps(message))
+    records, raw = [], []
+    for i, (peer, d) in enumerate(zip(sides.peers, sides.dirs)):
+        inner, reply = run_wait(peer, message.get("arguments") or {}, str(d), sides.autos[i])
+        raw.append(inner or {})
+        nodes, graph, sides.autos[i] = snapshot(peer, str(d), wrote)
+        records.append(StepRecord(len(sides.history) - 1, sides.history[-1], reply, nodes, graph))
+    diff = compare_records(records[0], records[1]) if len(records) > 1 else []
+    return records, raw, diff
 
 
 #: digest of a graph -> what the full check found on it (None: every rule holds).
@@ -200,11 +308,14 @@ def _engine_state(sides: _Sides) -> tuple[str, Any] | None:
 #: when it grows past _MEMO_LIMIT entries.
 _CHECKED: dict[str, tuple[str, list[str]] | None] = {}
 _MEMO_LIMIT = 50_000
+#: tests set this: a memo hit is checked again from scratch, and a different verdict is
+#: the ``memo`` divergence (the proof that the digest covers all the check reads)
+VERIFY_MEMO = False
 
 
 def _full_check(sides: _Sides, digest: str) -> tuple[str, list[str]] | None:
     """The whole graph against every rule, with the z3 and the networkx engines agreeing."""
-    if digest in _CHECKED:
+    if digest in _CHECKED and not VERIFY_MEMO:
         return _CHECKED[digest]
     session = sides.session()
     found: tuple[str, list[str]] | None = None
@@ -216,6 +327,8 @@ def _full_check(sides: _Sides, digest: str) -> tuple[str, list[str]] | None:
         elif not z3_verdict.ok:
             first = z3_verdict.violations[0]
             found = "invariant", [f"[{first.rule}] {first.sentence}"]
+    if digest in _CHECKED and _CHECKED[digest] != found:
+        return "memo", [f"graph {digest[:12]}: memo {_CHECKED[digest]}, checked now {found}"]
     if len(_CHECKED) >= _MEMO_LIMIT:
         _CHECKED.clear()
     _CHECKED[digest] = found
@@ -224,18 +337,27 @@ def _full_check(sides: _Sides, digest: str) -> tuple[str, list[str]] | None:
 
 def _invariants(
     sides: _Sides,
+    message: dict[str, Any],
     reply: dict[str, Any],
     before: tuple[str, Any] | None,
     after: tuple[str, Any] | None,
     full_check: bool,
 ) -> tuple[str, list[str]] | None:
-    """txgraph's own invariants after a step; ``before``/``after``: its state around it."""
+    """txgraph's own invariants after a step; ``before``/``after``: its state around it.
+
+    ``full_check`` (model mode) adds the reply's QAPI validity and the whole-graph check.
+    """
     err = reply.get("error")
     if err is not None:
         if err.get("class") == "PythonException":
             return "exception", [str(err.get("desc"))]
         if _PYTHON_TEXT.search(str(err.get("desc"))):
             return "python-text", [f"reply text: {err.get('desc')}"]
+    if full_check and message.get("execute") not in (GUEST_IO, WAIT_EVENT):
+        problem = reply_problem(str(message.get("execute")), reply)
+        if problem is not None:
+            return "qapi-reply", [problem]
+    if err is not None:
         if before is not None and after != before:
             return "not-atomic", [
                 "txgraph refused the command but its state changed",
@@ -263,14 +385,18 @@ def run_sequence(source: StepSource, against: str, max_steps: int = 40) -> RunRe
         for index in range(max_steps):
             session = sides.session()
             if session is not None:
-                res.refresh(session.graph)
+                with session.lock:
+                    res.refresh(session.graph)
+                    res.jobs = _job_ids(session)
             message = source(index, res)
             if message is None:
                 break
             result.steps.append(message)
             # the state after the previous step is the state before this one
             before = state if index else _engine_state(sides)
-            if message.get("execute") == GUEST_IO:
+            name = message.get("execute")
+            inner = message
+            if name == GUEST_IO:
                 wrote = True
                 replies = {
                     peer.label: guest_io_reply(str(d), message.get("arguments") or {})
@@ -288,40 +414,75 @@ def run_sequence(source: StepSource, against: str, max_steps: int = 40) -> RunRe
                     ]
                     result.divergence = _finding("mismatch", index, message, lines)
                     break
+            elif name == WAIT_EVENT:
+                inner = (message.get("arguments") or {}).get("command") or message
+                if inner.get("execute") in JOB_COMMANDS:
+                    wrote = True  # jobs write: actual-size follows the host's timing
+                records, raw, diff = _wait_lockstep(sides, message, wrote)
+                result.replies.append({p.label: r.reply for p, r in zip(sides.peers, records)})
+                first = raw[0].get("error", {})
+                if first.get("class") == "PeerDied" or getattr(sides.peers[0], "death", None):
+                    lines = [str(first.get("desc") or getattr(sides.peers[0], "death", ""))]
+                    result.divergence = _finding("crash", index, message, lines)
+                    break
+                diff = _settled(diff, wrote, _moving(sides))
+                if diff:
+                    result.divergence = _finding("mismatch", index, message, diff)
+                    break
+                reply = step_reply = records[-1].reply  # what the behaviour records
+                if against != "qsd" and inner is not message:  # the command's own reply
+                    reply = raw[-1]
             elif against == "qsd":
+                if name in JOB_COMMANDS:
+                    wrote = True
                 records, diff = lockstep(
                     sides.peers, [str(d) for d in sides.dirs], sides.autos, sides.history, message
                 )
+                if name in ("query-jobs", "query-block-jobs"):
+                    for record in records:
+                        _calm_jobs(record)
+                    diff = compare_records(records[0], records[1])
                 left, right = records[0].reply or {}, records[1].reply or {}
                 result.replies.append({"qsd": left, "txgraph": right})
                 reply = right
-                if "error" in left and left["error"].get("class") == "PeerDied":
-                    lines = [str(left["error"].get("desc"))]
+                death = getattr(sides.peers[0], "death", None)
+                if ("error" in left and left["error"].get("class") == "PeerDied") or death:
+                    # it died on the command, or right after its reply (the state queries)
+                    lines = [str(left.get("error", {}).get("desc") or death)]
                     result.divergence = _finding("crash", index, message, lines)
                     break
-                if wrote:  # st_blocks after guest writes follows the host's allocation timing
-                    diff = [line for line in diff if ".actual-size:" not in line]
+                diff = _settled(diff, wrote, _moving(sides))
                 if diff:
                     result.divergence = _finding("mismatch", index, message, diff)
                     break
             else:
                 session = sides.session()
-                autos = {
-                    canon_text(n, None): n
-                    for n in (session.graph.nodes if session else ())
-                    if n.startswith("#")
-                }
+                autos: dict[str, str] = {}
+                if session is not None:
+                    with session.lock:  # job threads change the graph under this lock
+                        autos = {
+                            canon_text(n, None): n for n in session.graph.nodes if n.startswith("#")
+                        }
                 reply = sides.peers[0].execute(substitute(message, str(sides.dirs[0]), autos))
                 result.replies.append({sides.peers[0].label: reply})
                 if reply.get("error", {}).get("class") == "PeerDied":
                     lines = [str(reply["error"].get("desc"))]
                     result.divergence = _finding("crash", index, message, lines)
                     break
+            if name != WAIT_EVENT:
+                step_reply = reply
             accepted = "error" not in reply
             res.note(message, accepted)
-            result.behaviours.append(behaviour(message, reply))
+            result.behaviours.append(behaviour(message, step_reply))
             state = _engine_state(sides)
-            broken = _invariants(sides, reply, before, state, full_check=against == "model")
+            broken = _invariants(
+                sides,
+                inner,
+                reply,
+                before if state is not None else None,
+                state,
+                full_check=against == "model",
+            )
             if broken is not None:
                 kind, lines = broken
                 result.divergence = _finding(kind, index, message, lines)

@@ -104,7 +104,12 @@ class QSDPeer:
         except OSError:
             pass
         out = proc.stdout.read().decode(errors="replace").strip() if proc.stdout else ""
-        return f": {out}" if out else f" (exit status {proc.returncode})"
+        # the exit status always: a SIGSEGV prints nothing after what came before it
+        return (
+            f": {out} (exit status {proc.returncode})"
+            if out
+            else f" (exit status {proc.returncode})"
+        )
 
     def wait_event(
         self, name: str, match: dict[str, Any] | None = None, timeout: float = 30.0
