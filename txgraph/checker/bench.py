@@ -17,8 +17,8 @@ import time
 from txgraph.checker import check
 from txgraph.model.graph import BlockGraph
 from txgraph.model.node import Backend, BlockNode, Edge, OpenFlag, ParentKind
-from txgraph.model.perm import Perm, Role
-from txgraph.model.permissions import compute_refresh
+from txgraph.model.perm_bits import Perm, Role
+from txgraph.model.perm_refresh import compute_refresh
 
 __all__ = ["build", "add_image", "main"]
 

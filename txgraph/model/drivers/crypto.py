@@ -1,4 +1,4 @@
-"""Driver specifications of the encrypted formats (merged into ``DRIVER_SPECS``).
+"""Driver specifications of the encrypted formats.
 
 ``luks`` (block/crypto.c ``bdrv_crypto_luks``): a format with one ``file``
 child of role IMAGE whose permissions follow ``block_crypto_child_perms``
@@ -8,29 +8,23 @@ shared when they share them), the ``key-secret`` option (strong: it appears in
 handler with no mutable options, so a reopen must repeat ``key-secret``
 unchanged (``bdrv_reopen_prepare``'s generic rules). qcow2's ``encrypt.*``
 options are part of the qcow2 spec itself.
-
-The classes are passed in by :mod:`txgraph.model.drivers` (this module cannot
-import it back: one-way imports).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from txgraph.model.drivers.spec import ChildSpec, DriverSpec
+from txgraph.model.perm_bits import Role
 
-from txgraph.model.perm import Role
+__all__ = ["SPECS"]
 
-__all__ = ["crypto_specs"]
-
-
-def crypto_specs(spec_cls: Any, child_cls: Any) -> list[Any]:
-    """The DriverSpec objects of the encrypted formats, built with the given classes."""
-    return [
-        spec_cls(
-            "luks",
-            "format",
-            options=frozenset({"key-secret"}),
-            strong_opts=frozenset({"key-secret"}),
-            children=(child_cls("file", Role.IMAGE),),
-            perm_family="crypto",
-        ),
-    ]
+#: this family's specs, merged into :data:`txgraph.model.drivers.DRIVER_SPECS`
+SPECS: tuple[DriverSpec, ...] = (
+    DriverSpec(
+        "luks",
+        "format",
+        options=frozenset({"key-secret"}),
+        strong_opts=frozenset({"key-secret"}),
+        children=(ChildSpec("file", Role.IMAGE),),
+        perm_family="crypto",
+    ),
+)

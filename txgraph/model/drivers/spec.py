@@ -1,11 +1,14 @@
 """Driver specifications: what each QEMU block driver is, as the graph sees it.
 
-One :class:`DriverSpec` per driver txgraph models, with the facts the graph
+The :class:`DriverSpec` record (one per driver txgraph models) with the facts the graph
 rules depend on (reference/qemu-options.md §1, §6.7; qemu-graph.md §1.3):
 class (protocol, format, filter or neither), backing support, which children
 it has and with which roles, which driver options it consumes, which options a
 reopen may change or reset, and which permission formula its edges follow.
-The QAPI schema carries the option *types*; this table carries the semantics.
+The QAPI schema carries the option *types*; a spec carries the semantics. The
+specs themselves live one module per driver family beside this one
+(:mod:`txgraph.model.drivers`); a spec is the one source of a driver's option
+list, its defaults and the options a reopen may change or omit.
 """
 
 from __future__ import annotations
@@ -14,14 +17,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from txgraph.model.drivers_crypto import crypto_specs
-from txgraph.model.perm import Role
+from txgraph.model.perm_bits import Role
 
 __all__ = [
     "DriverSpec",
     "ChildSpec",
-    "DRIVER_SPECS",
-    "driver_spec",
     "COMMON_OPTIONS",
     "RESETTABLE_COMMON_OPTIONS",
 ]
@@ -87,7 +87,7 @@ class DriverSpec:
     strong_opts: frozenset[str] = frozenset()
     #: children opened by the driver itself (``file`` of formats and filters included)
     children: tuple[ChildSpec, ...] = ()
-    #: the edges' permission formula family (see txgraph.model.perm.child_perm)
+    #: the edges' permission formula family (see txgraph.model.child_perms.child_perm)
     perm_family: str = "default"
     #: the filtered child is ``backing`` rather than ``file`` (mirror_top, commit_top)
     filtered_child_is_backing: bool = False
@@ -118,231 +118,3 @@ class DriverSpec:
             if spec.name == name:
                 return spec
         return None
-
-
-_QCOW2_MUTABLE = frozenset(
-    {
-        "lazy-refcounts",
-        "pass-discard-request",
-        "pass-discard-snapshot",
-        "pass-discard-other",
-        "overlap-check",
-        "overlap-check.template",
-        "overlap-check.main-header",
-        "overlap-check.active-l1",
-        "overlap-check.active-l2",
-        "overlap-check.refcount-table",
-        "overlap-check.refcount-block",
-        "overlap-check.snapshot-table",
-        "overlap-check.inactive-l1",
-        "overlap-check.inactive-l2",
-        "overlap-check.bitmap-directory",
-        "cache-size",
-        "l2-cache-size",
-        "l2-cache-entry-size",
-        "refcount-cache-size",
-        "cache-clean-interval",
-    }
-)
-
-_FILE_OPTIONS = frozenset(
-    {
-        "filename",
-        "aio",
-        "aio-max-batch",
-        "locking",
-        "pr-manager",
-        "drop-cache",
-        "x-check-cache-dropped",
-    }
-)
-
-_FILTER_FILE = (ChildSpec("file", Role.FILTERED | Role.PRIMARY),)
-
-DRIVER_SPECS: dict[str, DriverSpec] = {
-    spec.name: spec
-    for spec in (
-        DriverSpec(
-            "file",
-            "protocol",
-            needs_filename=True,
-            options=_FILE_OPTIONS,
-            mutable_opts=frozenset({"x-check-cache-dropped"}),
-            changeable_opts=frozenset({"drop-cache", "x-check-cache-dropped"}),
-            defaults={"aio": "threads", "locking": "auto", "drop-cache": True},
-        ),
-        DriverSpec(
-            "host_device",
-            "protocol",
-            needs_filename=True,
-            options=_FILE_OPTIONS,
-            mutable_opts=frozenset({"x-check-cache-dropped"}),
-            changeable_opts=frozenset({"drop-cache", "x-check-cache-dropped"}),
-        ),
-        DriverSpec(
-            "null-co",
-            "protocol",
-            options=frozenset({"filename", "size", "latency-ns", "read-zeroes"}),
-            strong_opts=frozenset({"size", "read-zeroes"}),
-            defaults={"size": 1 << 30, "latency-ns": 0, "read-zeroes": False},
-        ),
-        DriverSpec(
-            "null-aio",
-            "protocol",
-            options=frozenset({"filename", "size", "latency-ns", "read-zeroes"}),
-            strong_opts=frozenset({"size", "read-zeroes"}),
-            defaults={"size": 1 << 30, "latency-ns": 0, "read-zeroes": False},
-        ),
-        DriverSpec(
-            "nbd",
-            "protocol",
-            options=frozenset(
-                {
-                    "server.",
-                    "export",
-                    "tls-creds",
-                    "tls-hostname",
-                    "x-dirty-bitmap",
-                    "reconnect-delay",
-                    "open-timeout",
-                    "host",
-                    "port",
-                    "path",
-                }
-            ),
-            strong_opts=frozenset({"server.", "export", "tls-creds", "tls-hostname"}),
-        ),
-        DriverSpec(
-            "raw",
-            "format",
-            options=frozenset({"offset", "size"}),
-            mutable_opts=frozenset({"offset", "size"}),
-            changeable_opts=frozenset({"offset", "size"}),
-            strong_opts=frozenset({"offset", "size"}),
-            children=(ChildSpec("file", Role.FILTERED | Role.PRIMARY),),
-            perm_family="raw",
-        ),
-        DriverSpec(
-            "qcow2",
-            "format",
-            supports_backing=True,
-            options=_QCOW2_MUTABLE | frozenset({"encrypt.", "data-file", "data-file."}),
-            mutable_opts=_QCOW2_MUTABLE,
-            changeable_opts=_QCOW2_MUTABLE,
-            strong_opts=frozenset({"encrypt.key-secret"}),
-            children=(
-                ChildSpec("file", Role.IMAGE),
-                ChildSpec("data-file", Role.DATA, required=False),
-            ),
-        ),
-        DriverSpec(
-            "throttle",
-            "filter",
-            options=frozenset({"throttle-group"}),
-            changeable_opts=frozenset({"throttle-group"}),
-            strong_opts=frozenset({"throttle-group"}),
-            children=_FILTER_FILE,
-        ),
-        DriverSpec(
-            "copy-on-read",
-            "filter",
-            reopenable=False,
-            options=frozenset({"bottom"}),
-            children=_FILTER_FILE,
-            perm_family="copy-on-read",
-        ),
-        DriverSpec(
-            "copy-before-write",
-            "filter",
-            reopenable=False,
-            options=frozenset({"bitmap."}),
-            children=(
-                ChildSpec("file", Role.FILTERED | Role.PRIMARY),
-                ChildSpec("target", Role.DATA),
-            ),
-            perm_family="copy-before-write",
-        ),
-        DriverSpec(
-            "preallocate",
-            "filter",
-            options=frozenset({"prealloc-align", "prealloc-size"}),
-            changeable_opts=frozenset({"prealloc-align", "prealloc-size"}),
-            children=_FILTER_FILE,
-        ),
-        DriverSpec("compress", "filter", reopenable=False, children=_FILTER_FILE),
-        DriverSpec(
-            "blkdebug",
-            "filter",
-            options=frozenset(
-                {
-                    "config",
-                    "align",
-                    "max-transfer",
-                    "opt-write-zero",
-                    "max-write-zero",
-                    "opt-discard",
-                    "max-discard",
-                    "inject-error.",
-                    "set-state.",
-                    "take-child-perms.",
-                    "unshare-child-perms.",
-                    "x-image",
-                }
-            ),
-            strong_opts=frozenset(
-                {
-                    "config",
-                    "inject-error.",
-                    "set-state.",
-                    "align",
-                    "max-transfer",
-                    "opt-write-zero",
-                    "max-write-zero",
-                    "opt-discard",
-                    "max-discard",
-                }
-            ),
-            children=(ChildSpec("image", Role.FILTERED | Role.PRIMARY),),
-            perm_family="blkdebug",
-        ),
-        DriverSpec(
-            "blkverify",
-            "filter",
-            reopenable=False,
-            options=frozenset({"x-raw", "x-image"}),
-            children=(ChildSpec("raw", Role.FILTERED | Role.PRIMARY), ChildSpec("test", Role.DATA)),
-        ),
-        # Job filters: no options, created only by jobs (bdrv_new_open_driver), and never
-        # frozen so the job can always drop them again.
-        DriverSpec(
-            "commit_top",
-            "filter",
-            reopenable=False,
-            filtered_child_is_backing=True,
-            perm_family="commit_top",
-        ),
-        DriverSpec(
-            "mirror_top",
-            "filter",
-            reopenable=False,
-            filtered_child_is_backing=True,
-            perm_family="mirror_top",
-        ),
-        DriverSpec(
-            "quorum",
-            "other",
-            reopenable=False,
-            options=frozenset({"vote-threshold", "blkverify", "rewrite-corrupted", "read-pattern"}),
-            strong_opts=frozenset(
-                {"vote-threshold", "blkverify", "rewrite-corrupted", "read-pattern"}
-            ),
-            perm_family="quorum",
-        ),
-    )
-}
-
-DRIVER_SPECS.update({spec.name: spec for spec in crypto_specs(DriverSpec, ChildSpec)})
-
-
-def driver_spec(name: str) -> DriverSpec | None:
-    return DRIVER_SPECS.get(name)
