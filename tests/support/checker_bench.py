@@ -1,4 +1,4 @@
-"""Per-transaction checker cost: ``python -m txgraph.checker.bench [--nodes N] [--adds K]``.
+"""Per-transaction checker cost: ``python -m tests.support.checker_bench [--nodes N] [--adds K]``.
 
 Builds a graph of N nodes (qcow2-over-file pairs, every fourth pair chained
 as a backing file of the previous one, a writable export on some tops),
