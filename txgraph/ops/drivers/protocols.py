@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from txgraph.errors import BlockError, OpenError
-from txgraph.model.drivers import DriverSpec
+from txgraph.model.drivers import DriverSpec, driver_spec
 from txgraph.model.node import BlockNode, OpenFlag
 from txgraph.ops.drivers.common import OpenFn, ReopenFn, consume, qemu_opts_string, runtime_open
 from txgraph.ops.pr_manager import pr_manager_lookup
@@ -52,9 +52,11 @@ def _reopen_file(
     changed: dict[str, Any],
     work: dict[str, Any],
 ) -> None:
-    """``raw_reopen_prepare``: the cache-drop options change; the rest goes back through
-    QemuOpts, so it returns as strings for the "cannot change" comparison."""
-    for key in ("filename", "aio", "locking", "pr-manager", "aio-max-batch"):
+    """``raw_reopen_prepare``: the cache-drop options change; the driver's other options go
+    back through QemuOpts, so they return as strings for the "cannot change" comparison."""
+    spec = driver_spec(node.driver)
+    assert spec is not None
+    for key in spec.options - spec.changeable_opts:
         if key in work:
             work[key] = qemu_opts_string(work[key])
 
