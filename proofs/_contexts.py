@@ -11,8 +11,9 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 
+from txgraph.model.child_perms import ChildPermContext
 from txgraph.model.drivers import DRIVER_SPECS
-from txgraph.model.perm import ChildPermContext, Perm, Role
+from txgraph.model.perm_bits import Perm, Role
 
 FAMILIES = ("default", "raw", "copy-on-read", "quorum", "blkdebug", "crypto")
 

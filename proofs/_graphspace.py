@@ -5,7 +5,7 @@ Graphs: up to ``MAX_NODES`` block nodes named ``n0..``, each a ``file`` (protoco
 ``throttle`` filter (``file`` child FILTERED|PRIMARY), read-write or read-only, plus at most
 one root BlockBackend ``bb`` (a reader that shares everything, or a writer that shares
 R|U) on one node. Edge permissions come from the model's refresh
-(:func:`txgraph.model.permissions.compute_refresh`). Only graphs the real checker accepts
+(:func:`txgraph.model.perm_refresh.compute_refresh`). Only graphs the real checker accepts
 as a whole (``policy=qemu``, structural engine) are kept: the proofs assume a valid
 pre-state. Children are numbered above their parents (``n0`` is the top) to cut
 symmetric copies; acyclicity is checked anyway.
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from txgraph.checker import check
 from txgraph.model.graph import BlockGraph
 from txgraph.model.node import Backend, BlockNode, Edge, OpenFlag, ParentKind
-from txgraph.model.perm import PERM_ALL, Perm, Role
-from txgraph.model.permissions import compute_refresh
+from txgraph.model.perm_bits import PERM_ALL, Perm, Role
+from txgraph.model.perm_refresh import compute_refresh
 from txgraph.ops.undo_log import Transaction
 
 MAX_NODES = 3

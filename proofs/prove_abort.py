@@ -4,7 +4,7 @@ reads the pre-state while the transaction is open.
 For every graph of :mod:`proofs._graphspace` (up to 3 block nodes and one
 BlockBackend) and every transaction of up to two primitives of the space, each
 followed by the permission refresh the engine runs (``compute_refresh``, recorded
-through ``Transaction.set_edge_perm`` as :func:`txgraph.ops.perms.refresh_perms`
+through ``Transaction.set_edge_perm`` as :func:`txgraph.ops.perm_apply.refresh_perms`
 does), on the real :class:`txgraph.ops.undo_log.Transaction`:
 
 1. while the transaction is open, its :class:`~txgraph.ops.journal.Journal` answers
@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from proofs._graphspace import Delta, clone, deltas, graphs
 from txgraph.checker.before import GraphBefore
 from txgraph.model.graph import BlockGraph
-from txgraph.model.permissions import compute_refresh
+from txgraph.model.perm_refresh import compute_refresh
 from txgraph.ops.stage import InjectedFault
 from txgraph.ops.undo_log import Transaction
 

@@ -3,7 +3,7 @@ transactions on disjoint regions commute.
 
 A transaction here is one primitive of :mod:`proofs._graphspace` followed by the
 engine's permission refresh (``compute_refresh`` recorded through
-``set_edge_perm``, as :func:`txgraph.ops.perms.refresh_perms` does), checked by the
+``set_edge_perm``, as :func:`txgraph.ops.perm_apply.refresh_perms` does), checked by the
 real checker on its ``touched`` region (z3 engine, ``qemu`` policy) and committed if
 the verdict is ok, aborted otherwise — the session's commit path. Its *region* is
 what that check reads: ``Region.of(post, touched)``'s nodes, backends and the nodes
@@ -32,7 +32,7 @@ from proofs._graphspace import Delta, clone, deltas, graphs
 from txgraph.checker import check
 from txgraph.checker.region import Region
 from txgraph.model.graph import BlockGraph
-from txgraph.model.permissions import compute_refresh
+from txgraph.model.perm_refresh import compute_refresh
 from txgraph.ops.undo_log import Transaction
 
 #: the checker engine deciding verdicts; both agree on every verdict (tests/unit/checker),

@@ -16,8 +16,9 @@ import z3
 
 from proofs._contexts import contexts
 from proofs._z3util import subset, valid
-from txgraph.checker.formulas import bv, smt_child_perm
-from txgraph.model.perm import ChildPermContext, Perm, Role
+from txgraph.checker.perm_smt import bv, smt_child_perm
+from txgraph.model.child_perms import ChildPermContext
+from txgraph.model.perm_bits import Perm, Role
 
 _R = bv(int(Perm.CONSISTENT_READ))
 

@@ -1,8 +1,8 @@
 """Theorem: the checker's z3 twin of the child-permission formulas equals the model.
 
 For every parent context and role of :mod:`proofs._contexts` and every parent
-cumulative (perm, shared) in 16 x 16, ``txgraph.checker.formulas.smt_child_perm``
-evaluates to exactly ``txgraph.model.perm.child_perm``. The input space is
+cumulative (perm, shared) in 16 x 16, ``txgraph.checker.perm_smt.smt_child_perm``
+evaluates to exactly ``txgraph.model.child_perms.child_perm``. The input space is
 finite, so exhaustive evaluation is the proof; the other proofs reason about
 the twin symbolically and, through this theorem, about the model
 (block.c ``bdrv_default_perms`` & co., reference/qemu-graph.md §2.3).
@@ -13,8 +13,9 @@ from __future__ import annotations
 import z3
 
 from proofs._contexts import contexts
-from txgraph.checker.formulas import smt_child_perm
-from txgraph.model.perm import Perm, child_perm
+from txgraph.checker.perm_smt import smt_child_perm
+from txgraph.model.child_perms import child_perm
+from txgraph.model.perm_bits import Perm
 
 
 def mismatches() -> list[str]:

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from proofs._graphspace import Delta, clone, deltas, graphs
 from txgraph.checker import check
 from txgraph.model.graph import BlockGraph
-from txgraph.model.permissions import compute_refresh
+from txgraph.model.perm_refresh import compute_refresh
 from txgraph.ops.undo_log import Transaction
 
 #: primitives that take structure away or change flags only

@@ -22,7 +22,7 @@ import z3
 
 from proofs._contexts import contexts
 from proofs._z3util import subset, valid
-from txgraph.checker.formulas import smt_child_perm
+from txgraph.checker.perm_smt import smt_child_perm
 
 
 def monotonicity_counterexamples() -> list[str]:

@@ -3,7 +3,7 @@
 For every graph of :mod:`proofs._graphspace` (up to 3 block nodes and one
 BlockBackend, whose request (perm, shared) is left symbolic: all 256 values at once),
 with each edge's equation ``edge = formula(parent context, role, cum(parent))``
-(:func:`txgraph.checker.formulas.smt_child_perm` on the model's own
+(:func:`txgraph.checker.perm_smt.smt_child_perm` on the model's own
 ``child_perm_context``; force-share on the child makes shared ALL, as
 ``bdrv_child_perm``'s caller does):
 
@@ -13,7 +13,7 @@ with each edge's equation ``edge = formula(parent context, role, cum(parent))``
 2. starting from *arbitrary* edge values, ``n`` passes over the nodes in *any* of the
    ``n!`` orders (``n`` = number of nodes; ``bdrv_refresh_perms`` order or not) reach
    that solution — chaotic iteration converges within the graph's depth;
-3. the model's refresh (:func:`txgraph.model.permissions.compute_refresh`, which
+3. the model's refresh (:func:`txgraph.model.perm_refresh.compute_refresh`, which
    visits parents first once) computes that solution for the graph's concrete request.
 
 prove_refresh_order shows one topological pass suffices on a fixed graph; this is the
@@ -31,12 +31,12 @@ from typing import Any
 import z3
 
 from proofs._graphspace import FP, graphs
-from txgraph.checker.formulas import bv, smt_child_perm
+from txgraph.checker.perm_smt import bv, smt_child_perm
 from txgraph.checker.smt import _LOCK
 from txgraph.model.graph import BlockGraph
 from txgraph.model.node import BlockNode, Edge, OpenFlag, ParentKind
-from txgraph.model.perm import PERM_ALL, Perm
-from txgraph.model.permissions import child_perm_context, compute_refresh
+from txgraph.model.perm_bits import PERM_ALL, Perm
+from txgraph.model.perm_refresh import child_perm_context, compute_refresh
 
 Ref = tuple[str, str, str]
 Vals = dict[Ref, tuple[Any, Any]]

@@ -24,8 +24,9 @@ import functools
 import z3
 
 from proofs._z3util import valid
-from txgraph.checker.formulas import bv, smt_child_perm
-from txgraph.model.perm import ChildPermContext, Role
+from txgraph.checker.perm_smt import bv, smt_child_perm
+from txgraph.model.child_perms import ChildPermContext
+from txgraph.model.perm_bits import Role
 
 FP = Role.FILTERED | Role.PRIMARY
 # node -> (context, [(child, role)])

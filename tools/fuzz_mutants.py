@@ -60,7 +60,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "quorum rule",
-        "txgraph/ops/drivers.py",
+        "txgraph/ops/drivers/quorum.py",
         "if threshold > count:",
         "if threshold > count + 1:",
         "threshold may not exceed",
@@ -78,7 +78,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "perm formula",
-        "txgraph/model/perm.py",
+        "txgraph/model/child_perms.py",
         "    nshared = _R | _U\n",
         "    nshared = _R | _U | _S\n",
         "resize",

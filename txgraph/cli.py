@@ -135,14 +135,20 @@ def serve(
             )
             return
         _warm_up(engine)
-        if run.pidfile is not None:
-            try:
+
+        def ready() -> None:
+            # QSD writes its PID file once everything runs, signal handling included: a
+            # SIGTERM sent as soon as the file appears must end the daemon cleanly
+            nonlocal pidfile
+            if run.pidfile is not None:
                 write_pidfile(run.pidfile)
-            except CmdlineError as err:
-                sys.stderr.write(err.render())
-                sys.exit(1)
-            pidfile = run.pidfile
-        run_server([*([qmp_path] if qmp_path else []), *run.monitors], engine)
+                pidfile = run.pidfile
+
+        try:
+            run_server([*([qmp_path] if qmp_path else []), *run.monitors], engine, ready)
+        except CmdlineError as err:  # the PID file could not be created
+            sys.stderr.write(err.render())
+            sys.exit(1)
     except ServeError as err:  # one line and exit code 1, like QSD's bind errors
         raise click.ClickException(str(err)) from None
     finally:

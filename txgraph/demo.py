@@ -17,7 +17,7 @@ from typing import Any
 
 from txgraph.model.node import ParentKind
 from txgraph.model.options import Source
-from txgraph.model.perm import perm_list
+from txgraph.model.perm_bits import perm_list
 from txgraph.ops.session import Session
 from txgraph.qmp.engine import Engine
 

@@ -1,7 +1,9 @@
 """The real QEMU tools as peers: qemu-storage-daemon over QMP, and qemu-img.
 
-Used by the differential tests (QSD is the oracle) and by ``txgraph bench``
-(QSD is the peer a ratio is measured against). Deliberately tiny and
+Used by ``txgraph bench`` (QSD is the peer a ratio is measured against), by
+the fuzzer's QSD peer (:mod:`txgraph.oracle.peers`, ``txgraph fuzz --against
+qsd``) and by the differential tests (QSD is the oracle), so it ships in the
+package; the test-only helpers on top of it are in ``tests/support/qsd.py``. Deliberately tiny and
 synchronous: it speaks the wire protocol by hand (one JSON object per line
 from QSD, CRLF-terminated) so comparisons never depend on txgraph's own QMP
 code to talk to the oracle.
@@ -17,16 +19,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-__all__ = ["QMPProcess", "QSD", "TxgraphDaemon", "QSD_BINARY", "qsd_available", "qemu_img"]
+__all__ = ["QMPProcess", "QSD", "TxgraphDaemon", "QSD_BINARY"]
 
 QSD_BINARY = shutil.which("qemu-storage-daemon") or "/usr/bin/qemu-storage-daemon"
-
-
-def qsd_available() -> bool:
-    return os.access(QSD_BINARY, os.X_OK)
 
 
 class QMPProcess:
@@ -242,11 +239,3 @@ class TxgraphDaemon(QMPProcess):
 
     def __enter__(self) -> TxgraphDaemon:
         return self
-
-
-def qemu_img(*args: str | Path) -> str:
-    """Run qemu-img and return its stdout; raise with its stderr on failure."""
-    res = subprocess.run(["qemu-img", *map(str, args)], capture_output=True, text=True)
-    if res.returncode != 0:
-        raise RuntimeError(f"qemu-img {' '.join(map(str, args))}: {res.stderr.strip()}")
-    return res.stdout

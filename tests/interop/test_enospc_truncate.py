@@ -29,8 +29,9 @@ from typing import Any
 import pytest
 from concurrency_kit import export_over_qmp
 
+from tests.support.qsd import qsd_available
 from txgraph.io.nbd.client import NbdClient, NbdError
-from txgraph.peers import QSD, QMPProcess, TxgraphDaemon, qsd_available
+from txgraph.peers import QSD, QMPProcess, TxgraphDaemon
 
 pytestmark = pytest.mark.skipif(not qsd_available(), reason="needs qemu-storage-daemon")
 

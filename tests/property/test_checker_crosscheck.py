@@ -12,8 +12,8 @@ from txgraph.checker import Verdict, check
 from txgraph.errors import BlockError
 from txgraph.model.graph import BlockGraph
 from txgraph.model.node import Backend, BlockNode, Edge, OpenFlag, ParentKind
-from txgraph.model.perm import PERM_ALL, Perm, Role
-from txgraph.model.permissions import compute_refresh
+from txgraph.model.perm_bits import PERM_ALL, Perm, Role
+from txgraph.model.perm_refresh import compute_refresh
 
 R, W, U, S = Perm.CONSISTENT_READ, Perm.WRITE, Perm.WRITE_UNCHANGED, Perm.RESIZE
 FP = Role.FILTERED | Role.PRIMARY

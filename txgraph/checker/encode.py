@@ -3,7 +3,7 @@
 Every constraint restates a rule over the region's constants; the facts pin
 the constants to the graph, so a rule literal in an unsat core is a rule the
 graph breaks. The child-permission formulas are symbolic templates
-(:func:`txgraph.checker.formulas.template`) applied to the parent's
+(:func:`txgraph.checker.perm_smt.template`) applied to the parent's
 cumulative permissions, themselves computed in z3 from its parent edges.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import networkx as nx
 
-from txgraph.checker.formulas import template
 from txgraph.checker.instances import Instance
+from txgraph.checker.perm_smt import template
 from txgraph.checker.ranks import SPACING, seed
 from txgraph.checker.region import Region
 from txgraph.checker.verdict import EdgeRef

@@ -15,8 +15,8 @@ from txgraph.checker.rules import RULES
 from txgraph.checker.verdict import EdgeRef, Violation
 from txgraph.model.graph import BlockGraph
 from txgraph.model.names import MAX_NODE_NAME, id_wellformed
-from txgraph.model.perm import Perm, Role, perm_names
-from txgraph.model.permissions import parent_description
+from txgraph.model.perm_bits import Perm, Role, perm_names
+from txgraph.model.perm_refresh import parent_description
 
 __all__ = ["render", "cycles_through", "letters"]
 
@@ -202,7 +202,8 @@ def render(inst: Instance, graph: BlockGraph, policy: str) -> Violation:
 
 def expected_p1(inst: Instance, graph: BlockGraph) -> tuple[int, int]:
     """What P1 demands of the instance's edge (shared with the structural engine)."""
-    from txgraph.model.perm import PERM_ALL, child_perm
+    from txgraph.model.child_perms import child_perm
+    from txgraph.model.perm_bits import PERM_ALL
 
     if inst.kind == "p1root":
         return inst.data[1], inst.data[2]

@@ -44,7 +44,7 @@ from typing import Protocol
 from txgraph.checker.rules import RULES
 from txgraph.checker.verdict import Violation
 from txgraph.model.drivers import driver_spec
-from txgraph.model.perm import Role
+from txgraph.model.perm_bits import Role
 
 __all__ = [
     "RULE",

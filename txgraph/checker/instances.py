@@ -22,8 +22,8 @@ from txgraph.checker.verdict import EdgeRef
 from txgraph.model.drivers import driver_spec
 from txgraph.model.graph import BlockGraph
 from txgraph.model.node import Backend, ParentKind
-from txgraph.model.perm import Perm, Role
-from txgraph.model.permissions import child_perm_context
+from txgraph.model.perm_bits import Perm, Role
+from txgraph.model.perm_refresh import child_perm_context
 
 __all__ = ["Instance", "enumerate_instances", "named_backends", "chain_cuts", "ROLE_BITS"]
 

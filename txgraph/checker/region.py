@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from txgraph.checker.verdict import EdgeRef
 from txgraph.model.graph import BlockGraph
 from txgraph.model.node import Edge, ParentKind
-from txgraph.model.perm import PERM_ALL, Perm
+from txgraph.model.perm_bits import PERM_ALL, Perm
 
 __all__ = ["Region", "edge_label", "in_edges", "out_edges", "cumulative", "node_edges_only"]
 

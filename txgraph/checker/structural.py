@@ -16,7 +16,7 @@ from txgraph.checker.region import Region, cumulative
 from txgraph.checker.verdict import EdgeRef, Violation
 from txgraph.model.graph import BlockGraph
 from txgraph.model.names import MAX_NODE_NAME, id_wellformed
-from txgraph.model.perm import Perm, Role
+from txgraph.model.perm_bits import Perm, Role
 
 __all__ = ["holds", "check_structural", "AUTO_NAME"]
 

@@ -18,7 +18,7 @@ from txgraph.drive.spec import COMMON_KEYS, THROTTLE_KEYS, _absorb
 from txgraph.errors import TxgraphError
 from txgraph.model.node import OpenFlag
 from txgraph.model.options import Provenance, Source, flatten, parse_bool
-from txgraph.model.perm import Role
+from txgraph.model.perm_bits import Role
 from txgraph.ops.inherit import OptionSet
 
 __all__ = ["THROTTLE_VALUE_MAX", "temp_dir"]

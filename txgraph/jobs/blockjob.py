@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from txgraph.jobs.job import Job
 from txgraph.model.node import Backend, Edge, ParentKind
-from txgraph.model.perm import Perm, Role
-from txgraph.ops.perms import refresh_perms
+from txgraph.model.perm_bits import Perm, Role
+from txgraph.ops.perm_apply import refresh_perms
 from txgraph.ops.session import JOB_BLK_PREFIX, Session
 from txgraph.ops.undo_log import Transaction
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from txgraph.model.drivers import driver_spec
 from txgraph.model.graph import BlockGraph
-from txgraph.model.perm import Role
+from txgraph.model.perm_bits import Role
 from txgraph.ops.query import filter_or_cow_child
 
 __all__ = [

@@ -61,13 +61,13 @@ from txgraph.jobs.manager import JobManager, manager_of
 from txgraph.jobs.ratelimit import SLICE_NS
 from txgraph.jobs.status import JobStatus
 from txgraph.model.node import OpenFlag, ParentKind
-from txgraph.model.perm import PERM_ALL, Perm
-from txgraph.model.permissions import MIRROR_COMMIT, MIRROR_STOP
+from txgraph.model.perm_bits import PERM_ALL, Perm
+from txgraph.model.perm_refresh import MIRROR_COMMIT, MIRROR_STOP
 from txgraph.ops.blockdev import op_blocker
 from txgraph.ops.filters import stage_append_job_filter
 from txgraph.ops.freeze import chain_links, freeze_backing_chain, unfreeze_backing_chain
 from txgraph.ops.open import lookup_bs
-from txgraph.ops.perms import refresh_perms
+from txgraph.ops.perm_apply import refresh_perms
 from txgraph.ops.query import filter_or_cow_child
 from txgraph.ops.replace import replace_node_noperm
 from txgraph.ops.session import Session

@@ -41,12 +41,12 @@ from txgraph.jobs.chain import (
 from txgraph.jobs.job import ErrorAction
 from txgraph.jobs.manager import JobManager, manager_of
 from txgraph.model.node import OpenFlag
-from txgraph.model.perm import PERM_ALL, Perm
+from txgraph.model.perm_bits import PERM_ALL, Perm
 from txgraph.ops.blockdev import op_blocker
 from txgraph.ops.filters import stage_insert_node
 from txgraph.ops.freeze import chain_links, freeze_backing_chain, unfreeze_backing_chain
 from txgraph.ops.open import lookup_bs
-from txgraph.ops.perms import refresh_perms
+from txgraph.ops.perm_apply import refresh_perms
 from txgraph.ops.query import filter_or_cow_child
 from txgraph.ops.replace import replace_node_noperm
 from txgraph.ops.session import Session

@@ -7,17 +7,14 @@ per-edge formulas and the refresh that enforces them; node-name rules.
 
 from __future__ import annotations
 
+from txgraph.model.child_perms import child_perm
 from txgraph.model.drivers import DRIVER_SPECS, ChildSpec, DriverSpec, driver_spec
 from txgraph.model.graph import BlockGraph
-from txgraph.model.image_formats import IMAGE_FORMAT_SPECS
 from txgraph.model.names import MAX_NODE_NAME, AutoNamer, id_wellformed
 from txgraph.model.node import Backend, BlockNode, Edge, OpenFlag, ParentKind
 from txgraph.model.options import Provenance, Source, flatten, unflatten
-from txgraph.model.perm import PERM_ALL, Perm, Role, child_perm, perm_names
-from txgraph.model.permissions import EdgePermChange, compute_refresh
-
-# The image formats' specs live in their own module (one home per driver family).
-DRIVER_SPECS.update(IMAGE_FORMAT_SPECS)
+from txgraph.model.perm_bits import PERM_ALL, Perm, Role, perm_names
+from txgraph.model.perm_refresh import EdgePermChange, compute_refresh
 
 __all__ = [
     "BlockGraph",

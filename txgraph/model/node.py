@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from txgraph.model.options import Provenance
-from txgraph.model.perm import PERM_ALL, Perm, Role
+from txgraph.model.perm_bits import PERM_ALL, Perm, Role
 
 __all__ = [
     "OpenFlag",

@@ -13,11 +13,11 @@ from typing import Any
 from txgraph.errors import BlockError, OpenError
 from txgraph.model.node import OpenFlag, ParentKind
 from txgraph.model.options import Provenance, Source, flatten
-from txgraph.model.perm import Role
+from txgraph.model.perm_bits import Role
 from txgraph.ops.freeze import unfreeze_backing_chain
 from txgraph.ops.inherit import OptionSet
 from txgraph.ops.open import Opener
-from txgraph.ops.perms import refresh_perms
+from txgraph.ops.perm_apply import refresh_perms
 from txgraph.ops.session import Session
 from txgraph.ops.undo_log import Transaction
 

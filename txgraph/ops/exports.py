@@ -22,9 +22,9 @@ from typing import Any
 from txgraph.errors import BlockError
 from txgraph.model.names import id_wellformed
 from txgraph.model.node import Backend, Edge, ParentKind
-from txgraph.model.perm import PERM_ALL, Perm, Role
+from txgraph.model.perm_bits import PERM_ALL, Perm, Role
 from txgraph.ops.open import lookup_bs
-from txgraph.ops.perms import refresh_perms
+from txgraph.ops.perm_apply import refresh_perms
 from txgraph.ops.session import Session
 from txgraph.ops.undo_log import Transaction
 

@@ -186,7 +186,7 @@ def refresh_filename(graph: BlockGraph, name: str) -> None:
 
 
 def _primary_child(graph: BlockGraph, name: str) -> str | None:
-    from txgraph.model.perm import Role
+    from txgraph.model.perm_bits import Role
 
     for child, edge in graph.children(name):
         if edge.role & Role.PRIMARY:

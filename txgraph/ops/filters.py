@@ -29,11 +29,11 @@ from txgraph.errors import BlockError
 from txgraph.model.drivers import driver_spec
 from txgraph.model.node import BlockNode, Edge, OpenFlag, ParentKind
 from txgraph.model.options import flatten
-from txgraph.model.perm import Role
+from txgraph.model.perm_bits import Role
 from txgraph.ops.blockdev import stage_blockdev_add, stage_blockdev_del, unref_node
 from txgraph.ops.inherit import OptionSet
 from txgraph.ops.open import Opener, lookup_bs
-from txgraph.ops.perms import refresh_perms
+from txgraph.ops.perm_apply import refresh_perms
 from txgraph.ops.replace import (
     EdgeRef,
     find_parent_edge,

@@ -16,7 +16,7 @@ from txgraph.model.drivers import driver_spec
 from txgraph.model.nbd_uri import NbdAddressError, nbd_parse_filename
 from txgraph.model.node import OpenFlag
 from txgraph.model.options import Provenance, Source, extract_subdict, parse_bool
-from txgraph.model.perm import Role
+from txgraph.model.perm_bits import Role
 
 __all__ = ["OptionSet", "inherit_options", "fill_options", "flags_from_options"]
 

@@ -26,9 +26,8 @@ from txgraph.model.drivers import DriverSpec, driver_spec
 from txgraph.model.names import MAX_NODE_NAME, id_wellformed
 from txgraph.model.node import BlockNode, Edge, OpenFlag
 from txgraph.model.options import Provenance, Source, flatten, parse_bool, qdict_first
-from txgraph.model.perm import Role
+from txgraph.model.perm_bits import Role
 from txgraph.ops import drivers as driver_open
-from txgraph.ops import image_formats as _image_formats  # noqa: F401  (registers their openers)
 from txgraph.ops.chain_guard import backing_chain
 from txgraph.ops.confine import guard_child_filename
 from txgraph.ops.filenames import full_backing_filename, refresh_filename
@@ -38,7 +37,7 @@ from txgraph.ops.inherit import (
     flags_from_options,
     inherit_options,
 )
-from txgraph.ops.perms import refresh_perms
+from txgraph.ops.perm_apply import refresh_perms
 from txgraph.ops.undo_log import Transaction
 from txgraph.qobject.decoder import parse_json_text
 

@@ -12,10 +12,10 @@ from typing import Any
 
 from txgraph.errors import BlockError, IOFailure
 from txgraph.model.drivers import driver_spec
+from txgraph.model.drivers.image_formats import HAS_GET_INFO, HAS_SPECIFIC_INFO
 from txgraph.model.graph import BlockGraph
-from txgraph.model.image_formats import HAS_GET_INFO, HAS_SPECIFIC_INFO
 from txgraph.model.node import Edge, ParentKind
-from txgraph.model.perm import Role, perm_list
+from txgraph.model.perm_bits import Role, perm_list
 from txgraph.ops.filenames import full_backing_filename, refresh_filename
 from txgraph.ops.session import Session
 

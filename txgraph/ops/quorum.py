@@ -24,10 +24,10 @@ from typing import Any
 from txgraph.errors import BlockError
 from txgraph.model.node import Edge
 from txgraph.model.options import parse_bool
-from txgraph.model.perm import Role
+from txgraph.model.perm_bits import Role
 from txgraph.ops.blockdev import unref_node
 from txgraph.ops.open import lookup_bs
-from txgraph.ops.perms import refresh_perms
+from txgraph.ops.perm_apply import refresh_perms
 from txgraph.ops.session import Session
 from txgraph.ops.undo_log import Transaction
 

@@ -25,13 +25,14 @@ from txgraph.errors import BlockError
 from txgraph.model.drivers import RESETTABLE_COMMON_OPTIONS, driver_spec
 from txgraph.model.node import BlockNode, Edge, OpenFlag, runtime_common_options
 from txgraph.model.options import flatten, parse_bool, qdict_order
-from txgraph.model.perm import Role
+from txgraph.model.perm_bits import Role
 from txgraph.ops.blockdev import unref_node
-from txgraph.ops.drivers import check_qcow2_cache_options
+from txgraph.ops.drivers import reopen_prepare
+from txgraph.ops.drivers.common import qemu_opts_string
 from txgraph.ops.filenames import refresh_filename
 from txgraph.ops.inherit import OptionSet
 from txgraph.ops.open import lookup_bs
-from txgraph.ops.perms import refresh_perms
+from txgraph.ops.perm_apply import refresh_perms
 from txgraph.ops.reopen_queue import ReopenEntry, ReopenQueue
 from txgraph.ops.session import Session
 from txgraph.ops.undo_log import Transaction
@@ -148,7 +149,7 @@ def _prepare(session: Session, tx: Transaction, queue: ReopenQueue, entry: Reope
     # node-name, driver and force-share go back through QemuOpts: as strings.
     for key in ("node-name", "driver", "force-share"):
         if key in work:
-            work[key] = _qemu_opts_string(work[key])
+            work[key] = qemu_opts_string(work[key])
     if node.flags & OpenFlag.COPY_ON_READ and not entry.flags & OpenFlag.RDWR:
         raise BlockError(f"Can't set node '{node.name}' to r/o with copy-on-read enabled")
     if spec is None or not spec.reopenable:
@@ -163,7 +164,7 @@ def _prepare(session: Session, tx: Transaction, queue: ReopenQueue, entry: Reope
             and key not in spec.mutable_opts
         ):
             raise BlockError(f"Option '{key}' cannot be reset to its default value")
-    _driver_prepare(tx, session, node, entry, work)
+    reopen_prepare(tx, session, node, entry, work)
     _runtime_reopen(tx, node, entry)
     if (
         spec.supports_backing
@@ -199,51 +200,6 @@ def _typed_equal(new: Any, old: Any) -> bool:
     if isinstance(new, (int, float)) and isinstance(old, (int, float)):
         return new == old
     return type(new) is type(old) and new == old
-
-
-def _qemu_opts_string(value: Any) -> str:
-    """How a value reads back from QemuOpts (``qemu_opts_to_qdict``)."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return str(value)
-
-
-def _driver_prepare(
-    tx: Transaction, session: Session, node: BlockNode, entry: ReopenEntry, work: dict[str, Any]
-) -> None:
-    """The driver's ``bdrv_reopen_prepare``: consume what it may change, validate it."""
-    driver = node.driver
-    if driver in ("file", "host_device"):
-        for key in ("drop-cache", "x-check-cache-dropped"):
-            work.pop(key, None)
-        # The rest goes back through QemuOpts, so it returns as strings.
-        for key in ("filename", "aio", "locking", "pr-manager", "aio-max-batch"):
-            if key in work:
-                work[key] = _qemu_opts_string(work[key])
-    elif driver == "raw":
-        for key in ("offset", "size"):
-            value = work.pop(key, None)
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise BlockError(f"Parameter '{key}' expects a non-negative number below 2^64")
-    elif driver == "qcow2":
-        spec = driver_spec(driver)
-        assert spec is not None
-        opts = {k: work.pop(k) for k in list(work) if k in spec.mutable_opts}
-        cluster = tx.rt.info(node.name).cluster_size or 65536
-        check_qcow2_cache_options(opts, cluster)
-    elif driver == "throttle":
-        group = work.pop("throttle-group", None)
-        if group is not None:
-            obj = session.objects.get(group)
-            if obj is None or obj.qom_type != "throttle-group":
-                raise BlockError(f"Throttle group '{group}' does not exist")
-    elif driver == "preallocate":
-        for key in ("prealloc-align", "prealloc-size"):
-            work.pop(key, None)
-    elif driver == "nbd":
-        info = tx.rt.info(node.name)
-        if entry.flags & OpenFlag.RDWR and info.extra.get("read-only-export"):
-            raise BlockError("Can't reopen read-only NBD mount as read/write")
 
 
 def _runtime_reopen(tx: Transaction, node: BlockNode, entry: ReopenEntry) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 from txgraph.model.drivers import driver_spec
 from txgraph.model.node import OpenFlag
 from txgraph.model.options import Provenance, Source
-from txgraph.model.perm import Role
+from txgraph.model.perm_bits import Role
 from txgraph.ops.inherit import OptionSet, flags_from_options, inherit_options
 from txgraph.ops.session import Session
 

@@ -30,7 +30,7 @@ from typing import Any
 from txgraph.errors import BlockError
 from txgraph.model.node import Edge, ParentKind
 from txgraph.ops.exports import find_export_backend
-from txgraph.ops.perms import refresh_perms
+from txgraph.ops.perm_apply import refresh_perms
 from txgraph.ops.session import Session
 from txgraph.ops.undo_log import Transaction
 

@@ -25,14 +25,14 @@ from txgraph.errors import BlockError
 from txgraph.model.drivers import driver_spec
 from txgraph.model.node import Edge, OpenFlag
 from txgraph.model.options import Provenance, Source
-from txgraph.model.perm import Perm, Role
-from txgraph.model.permissions import compute_refresh
+from txgraph.model.perm_bits import Perm, Role
+from txgraph.model.perm_refresh import compute_refresh
 from txgraph.ops.blockdev import op_blocker, unref_node
 from txgraph.ops.deferred import defer_to_end
 from txgraph.ops.filenames import refresh_filename
 from txgraph.ops.inherit import OptionSet
 from txgraph.ops.open import Opener, lookup_bs
-from txgraph.ops.perms import refresh_perms
+from txgraph.ops.perm_apply import refresh_perms
 from txgraph.ops.replace import replace_node_noperm
 from txgraph.ops.session import Session
 from txgraph.ops.undo_log import Transaction

@@ -31,7 +31,7 @@ from typing import Any
 from txgraph.io.runtime import Runtime
 from txgraph.model.graph import BlockGraph
 from txgraph.model.node import Backend, BlockNode, Edge
-from txgraph.model.perm import Perm
+from txgraph.model.perm_bits import Perm
 from txgraph.ops.journal import Journal
 from txgraph.ops.stage import InjectedFault, RuntimeStage
 

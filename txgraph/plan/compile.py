@@ -35,7 +35,7 @@ from txgraph.drive.qapi_types import typed_blockdev_options
 from txgraph.errors import TxgraphError
 from txgraph.model.drivers import driver_spec
 from txgraph.model.node import ParentKind
-from txgraph.model.perm import Perm
+from txgraph.model.perm_bits import Perm
 from txgraph.ops.exports import export_backend_key
 from txgraph.ops.filters import filtered_child_name
 from txgraph.ops.session import Session

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from txgraph.model.graph import BlockGraph
-from txgraph.model.perm import perm_list
+from txgraph.model.perm_bits import perm_list
 
 __all__ = ["GraphSnapshot", "GraphDiff", "PreImage", "snapshot", "diff"]
 

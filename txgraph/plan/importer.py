@@ -56,7 +56,7 @@ from txgraph.io.runtime import OpenBackend, SetChild
 from txgraph.model.drivers import driver_spec
 from txgraph.model.node import Backend, BlockNode, Edge, OpenFlag, ParentKind
 from txgraph.model.options import Provenance, Source, flatten
-from txgraph.model.perm import Perm, Role, perm_from_names
+from txgraph.model.perm_bits import Perm, Role, perm_from_names
 from txgraph.ops.exports import Export, export_backend_key
 from txgraph.ops.objects import object_add
 from txgraph.ops.session import Session

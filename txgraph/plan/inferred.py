@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from txgraph.model.drivers import driver_spec
 from txgraph.model.graph import BlockGraph
 from txgraph.model.node import ParentKind
-from txgraph.model.perm import Role
+from txgraph.model.perm_bits import Role
 from txgraph.ops.query import filter_or_cow_edge
 from txgraph.ops.session import Session
 

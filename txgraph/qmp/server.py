@@ -31,7 +31,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from txgraph.errors import QMPError, TxgraphError
@@ -297,14 +297,23 @@ class QMPServer:
                 return reply
 
 
-async def serve(path: str | Sequence[str], engine: Engine, *, handle_signals: bool = False) -> None:
+async def serve(
+    path: str | Sequence[str],
+    engine: Engine,
+    *,
+    handle_signals: bool = False,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
     """Serve QMP for ``engine`` on unix socket ``path`` until cancelled.
 
     ``path`` may also be several paths (one monitor each, sharing the engine,
     as QSD's repeated ``--monitor``) or none (QSD without a monitor: it runs
     until a signal). With ``handle_signals`` (the main thread of ``txgraph
     serve``), SIGTERM and SIGINT end the server the way they end
-    qemu-storage-daemon: cleanly, the socket files removed.
+    qemu-storage-daemon: cleanly, the socket files removed. ``on_ready`` runs
+    once the handlers are installed and every monitor listens (QSD writes its
+    ``--pidfile`` only then, so a SIGTERM sent as soon as the file appears
+    always finds the handler; an exception from it stops the server).
     """
     paths = [path] if isinstance(path, str) else list(path)
     servers: list[QMPServer] = []
@@ -319,6 +328,8 @@ async def serve(path: str | Sequence[str], engine: Engine, *, handle_signals: bo
             server = QMPServer(engine)
             servers.append(server)
             await server.start(one)
+        if on_ready is not None:
+            on_ready()
         if servers:
             await asyncio.gather(*(server.serve_forever() for server in servers))
         else:
@@ -330,10 +341,12 @@ async def serve(path: str | Sequence[str], engine: Engine, *, handle_signals: bo
             await server.close()
 
 
-def run_server(path: str | Sequence[str], engine: Engine) -> None:
+def run_server(
+    path: str | Sequence[str], engine: Engine, on_ready: Callable[[], None] | None = None
+) -> None:
     """Blocking form of :func:`serve` (``txgraph serve --qmp PATH``).
 
     :raise ServeError: the socket cannot be created.
     """
     with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
-        asyncio.run(serve(path, engine, handle_signals=True))
+        asyncio.run(serve(path, engine, handle_signals=True, on_ready=on_ready))

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from txgraph.model.graph import BlockGraph
 from txgraph.model.node import ParentKind
-from txgraph.model.perm import perm_list
+from txgraph.model.perm_bits import perm_list
 from txgraph.ops.filenames import refresh_filename
 
 __all__ = [

@@ -9,7 +9,7 @@ a formula can be asserted, or denied. Constants carry a prefix, so a pre-state a
 post-state of one transaction live in one problem. The rule texts are the checker's
 own, not a copy: a change to a rule changes what the proofs prove.
 
-z3 discipline: :func:`txgraph.checker.formulas.template` builds its terms in z3's
+z3 discipline: :func:`txgraph.checker.perm_smt.template` builds its terms in z3's
 global context, so encoding runs under the checker session's lock; the problems
 themselves are parsed into a private :class:`z3.Context` that only the caller's
 thread uses (:func:`parse`).

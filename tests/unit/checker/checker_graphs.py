@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from txgraph.model.graph import BlockGraph
 from txgraph.model.node import Backend, BlockNode, Edge, OpenFlag, ParentKind
-from txgraph.model.perm import Perm, Role
-from txgraph.model.permissions import compute_refresh
+from txgraph.model.perm_bits import Perm, Role
+from txgraph.model.perm_refresh import compute_refresh
 
 R, W, U, S = Perm.CONSISTENT_READ, Perm.WRITE, Perm.WRITE_UNCHANGED, Perm.RESIZE
 FP = Role.FILTERED | Role.PRIMARY

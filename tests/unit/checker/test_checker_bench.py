@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.checker_bench import build, measure
 from txgraph.checker import check
-from txgraph.checker.bench import build, measure
 
 
 def test_build_chains_every_fourth_image_onto_the_previous_one() -> None:

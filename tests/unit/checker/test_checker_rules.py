@@ -11,7 +11,7 @@ from checker_graphs import FP, GB, R, S, U, W, chain
 from txgraph.checker import RULES, Verdict, check
 from txgraph.model.graph import BlockGraph
 from txgraph.model.node import Edge, ParentKind
-from txgraph.model.perm import Perm, Role
+from txgraph.model.perm_bits import Perm, Role
 
 
 @pytest.fixture(params=["z3", "structural"])

@@ -10,15 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from txgraph.model.perm import (
-    PERM_ALL,
-    ChildPermContext,
-    Perm,
-    Role,
-    child_perm,
-    perm_list,
-    perm_names,
-)
+from txgraph.model.child_perms import ChildPermContext, child_perm
+from txgraph.model.perm_bits import PERM_ALL, Perm, Role, perm_list, perm_names
 
 R, W, U, S = Perm.CONSISTENT_READ, Perm.WRITE, Perm.WRITE_UNCHANGED, Perm.RESIZE
 NONE = Perm.NONE

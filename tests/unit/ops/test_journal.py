@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from txgraph.checker import GraphBefore, check
 from txgraph.model.graph import BlockGraph
 from txgraph.model.node import Backend, BlockNode, Edge, OpenFlag, ParentKind
-from txgraph.model.perm import PERM_ALL, Perm, Role
+from txgraph.model.perm_bits import PERM_ALL, Perm, Role
 from txgraph.ops.journal import Journal
 from txgraph.ops.undo_log import Transaction
 

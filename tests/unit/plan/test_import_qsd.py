@@ -13,7 +13,7 @@ from typing import Any
 from tests.support.qsd import QSD
 from tests.unit.plan.plankit import EXAMPLES, make_images
 from txgraph.model.node import ParentKind
-from txgraph.model.perm import Role, perm_list
+from txgraph.model.perm_bits import Role, perm_list
 from txgraph.ops.exports import export_node
 from txgraph.ops.session import Session
 from txgraph.plan.dryrun import DryRunRuntime

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from txgraph.model.perm import Perm
+from txgraph.model.perm_bits import Perm
 
 R, W, U, S = Perm.CONSISTENT_READ, Perm.WRITE, Perm.WRITE_UNCHANGED, Perm.RESIZE
 

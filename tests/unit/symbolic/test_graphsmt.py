@@ -13,7 +13,7 @@ from txgraph.checker.instances import enumerate_instances
 from txgraph.checker.region import Region
 from txgraph.checker.rules import rules_for
 from txgraph.checker.structural import holds
-from txgraph.model.perm import Perm
+from txgraph.model.perm_bits import Perm
 from txgraph.symbolic.graphsmt import SymbolicEncoder, edge_symbols, text
 
 RULES = rules_for("qemu") - {"G1-acyclic"}

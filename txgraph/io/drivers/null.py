@@ -21,11 +21,17 @@ from txgraph.errors import IOFailure, OpenError
 from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
 from txgraph.io.registry import register
 from txgraph.io.settings import opt_bool, opt_int
+from txgraph.model.drivers import driver_spec
 
 __all__ = ["NullNode", "BDRV_MAX_LENGTH"]
 
 #: ``BDRV_MAX_LENGTH``: INT64_MAX aligned down to ``BDRV_MAX_ALIGNMENT`` (1 GiB)
 BDRV_MAX_LENGTH = ((1 << 63) - 1) // (1 << 30) * (1 << 30)
+
+#: ``null_co_runtime_opts``' defaults, from the driver's spec (one source for all layers)
+_spec = driver_spec("null-co")
+assert _spec is not None
+_DEFAULTS = _spec.defaults
 
 
 @register("null-co", "null-aio")
@@ -45,12 +51,12 @@ class NullNode(DriverNode):
         self.driver_name = str(options.get("driver", "null-co"))
         # a negative size: QEMU 7.2 aborts (qemu_opt_get_size with &error_abort) after
         # printing this text; opt_int refuses with the same words
-        self._size = opt_int(options, "size", 1 << 30)
+        self._size = opt_int(options, "size", _DEFAULTS["size"])
         if self._size > BDRV_MAX_LENGTH:
             # bdrv_refresh_total_sectors: longer than the block layer can address.
             raise IOFailure(os.strerror(E.EFBIG), E.EFBIG)
-        self.read_zeroes = opt_bool(options, "read-zeroes", False)
-        self.latency_ns = opt_int(options, "latency-ns", 0, minimum=-(2**63))
+        self.read_zeroes = opt_bool(options, "read-zeroes", _DEFAULTS["read-zeroes"])
+        self.latency_ns = opt_int(options, "latency-ns", _DEFAULTS["latency-ns"], minimum=-(2**63))
         if self.latency_ns < 0:
             raise OpenError("latency-ns is invalid")
 

@@ -7,7 +7,7 @@ extent size limits with their texts) and ``bochs_co_preadv`` through
 bit is clear in the extent's bitmap, reads as zeroes. The driver has no
 block status of its own, so every range is data to the block layer. The
 read-only rule (``bdrv_apply_auto_read_only``) is applied by the opener
-before the node exists (:mod:`txgraph.ops.image_formats`).
+before the node exists (:mod:`txgraph.ops.drivers.image_formats`).
 """
 
 from __future__ import annotations

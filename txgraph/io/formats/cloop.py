@@ -5,7 +5,7 @@ count limits, the offsets table and its monotonicity and block-size checks,
 in order and with their texts) and ``cloop_co_preadv``: block ``i`` is the
 zlib stream between ``offsets[i]`` and ``offsets[i + 1]`` and must inflate to
 exactly one block (else EIO). No block status of its own: everything is data.
-The read-only rule is applied by the opener (:mod:`txgraph.ops.image_formats`).
+The read-only rule is applied by the opener (:mod:`txgraph.ops.drivers.image_formats`).
 """
 
 from __future__ import annotations

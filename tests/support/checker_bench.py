@@ -1,4 +1,4 @@
-"""Per-transaction checker cost: ``python -m txgraph.checker.bench [--nodes N] [--adds K]``.
+"""Per-transaction checker cost: ``python -m tests.support.checker_bench [--nodes N] [--adds K]``.
 
 Builds a graph of N nodes (qcow2-over-file pairs, every fourth pair chained
 as a backing file of the previous one, a writable export on some tops),
@@ -17,8 +17,8 @@ import time
 from txgraph.checker import check
 from txgraph.model.graph import BlockGraph
 from txgraph.model.node import Backend, BlockNode, Edge, OpenFlag, ParentKind
-from txgraph.model.perm import Perm, Role
-from txgraph.model.permissions import compute_refresh
+from txgraph.model.perm_bits import Perm, Role
+from txgraph.model.perm_refresh import compute_refresh
 
 __all__ = ["build", "add_image", "main"]
 

@@ -16,26 +16,26 @@ from typing import TYPE_CHECKING
 from txgraph.errors import OpenError
 from txgraph.model.drivers import DriverSpec
 from txgraph.model.node import BlockNode, OpenFlag
-from txgraph.model.perm import Role
-from txgraph.ops.crypto_open import qcow2_crypto_options
-from txgraph.ops.drivers import _OPENERS, OpenFn, _consume, _runtime_open
+from txgraph.model.perm_bits import Role
+from txgraph.ops.drivers.common import OpenFn, ReopenFn, consume, runtime_open
+from txgraph.ops.drivers.crypto import qcow2_crypto_options
 from txgraph.ops.inherit import OptionSet
-from txgraph.ops.perms import refresh_perms
+from txgraph.ops.perm_apply import refresh_perms
 
 if TYPE_CHECKING:
     from txgraph.ops.open import Opener
 
-__all__ = ["IMAGE_FORMAT_OPENERS"]
+__all__ = ["OPENERS", "REOPENERS", "IMAGE_FORMAT_OPENERS"]
 
 
 def _open_image_format(opener: Opener, node: BlockNode, spec: DriverSpec, work: OptionSet) -> None:
     """vdi, vpc, qcow, qed, parallels: ``file`` first, then the header (data plane)."""
     child = opener.open_child(None, work, "file", node, Role.IMAGE, False)
     assert child is not None
-    opts = _consume(work, spec)
+    opts = consume(work, spec)
     # qcow's legacy AES takes its key from encrypt.key-secret (looked up by the driver)
     extra = qcow2_crypto_options(opener, opts) if spec.name == "qcow" else None
-    _runtime_open(opener, node, {"file": child}, extra)
+    runtime_open(opener, node, {"file": child}, extra)
 
 
 def _open_read_only_format(
@@ -74,7 +74,7 @@ def _open_vmdk(opener: Opener, node: BlockNode, spec: DriverSpec, work: OptionSe
         assert edge is not None
         opener.tx.set(edge[1], "role", Role.METADATA | Role.PRIMARY)
         refresh_perms(opener.session, opener.tx, [node.name])
-    _runtime_open(opener, node, children)
+    runtime_open(opener, node, children)
 
 
 IMAGE_FORMAT_OPENERS: dict[str, OpenFn] = {
@@ -90,6 +90,7 @@ IMAGE_FORMAT_OPENERS: dict[str, OpenFn] = {
     "dmg": _open_read_only_format,
 }
 
-# One home per driver: the table of ops.drivers learns these openers here (this module is
-# imported by ops.open, so every opener sees them).
-_OPENERS.update(IMAGE_FORMAT_OPENERS)
+#: this family's ``bdrv_open`` steps, merged into :data:`txgraph.ops.drivers.OPENERS`
+OPENERS: dict[str, OpenFn] = IMAGE_FORMAT_OPENERS
+#: none of these formats changes an option on reopen (QEMU 7.2's handlers accept none)
+REOPENERS: dict[str, ReopenFn] = {}

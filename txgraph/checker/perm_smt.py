@@ -1,6 +1,6 @@
 """The child-permission formulas as z3 bit-vector terms.
 
-A symbolic twin of :func:`txgraph.model.perm.child_perm`: the parent's
+A symbolic twin of :func:`txgraph.model.child_perms.child_perm`: the parent's
 context (driver family, writable/inactive/no-io flags, blkdebug options) and
 the edge role are concrete, the parent's cumulative ``perm``/``shared`` are
 4-bit vectors. ``proofs/prove_encoding.py`` proves the twin equal to the
@@ -18,7 +18,8 @@ from typing import Any, TypeAlias
 
 import z3
 
-from txgraph.model.perm import ChildPermContext, Perm, Role
+from txgraph.model.child_perms import ChildPermContext
+from txgraph.model.perm_bits import Perm, Role
 
 __all__ = ["BV", "bv", "smt_child_perm", "template", "ALL"]
 

@@ -16,17 +16,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from txgraph.errors import BlockError, PermissionConflict
+from txgraph.model.child_perms import ChildPermContext, child_perm
 from txgraph.model.drivers import driver_spec
 from txgraph.model.graph import BlockGraph
 from txgraph.model.node import BlockNode, Edge, OpenFlag
-from txgraph.model.perm import (
-    PERM_ALL,
-    ChildPermContext,
-    Perm,
-    child_perm,
-    perm_from_names,
-    perm_names,
-)
+from txgraph.model.perm_bits import PERM_ALL, Perm, perm_from_names, perm_names
 
 __all__ = [
     "EdgePermChange",

@@ -1,6 +1,6 @@
 """Driver specifications of the image formats beyond raw and qcow2 (vdi, vpc, qed, ...).
 
-Merged into :data:`txgraph.model.drivers.DRIVER_SPECS` by :mod:`txgraph.model`. The QAPI schema of
+Merged into :data:`txgraph.model.drivers.DRIVER_SPECS` (as ``SPECS``). The QAPI schema of
 QSD 7.2 carries the option types (``BlockdevOptionsGenericFormat`` for vdi,
 vpc, vhdx, parallels, bochs, cloop and dmg; ``BlockdevOptionsGenericCOWFormat``
 for qed and vmdk; ``BlockdevOptionsQcow`` for qcow); this table carries what
@@ -12,10 +12,10 @@ or ``bdrv_get_specific_info`` (``format-specific``).
 
 from __future__ import annotations
 
-from txgraph.model.drivers import ChildSpec, DriverSpec
-from txgraph.model.perm import Role
+from txgraph.model.drivers.spec import ChildSpec, DriverSpec
+from txgraph.model.perm_bits import Role
 
-__all__ = ["IMAGE_FORMAT_SPECS", "HAS_GET_INFO", "HAS_SPECIFIC_INFO", "READ_ONLY_FORMATS"]
+__all__ = ["SPECS", "IMAGE_FORMAT_SPECS", "HAS_GET_INFO", "HAS_SPECIFIC_INFO", "READ_ONLY_FORMATS"]
 
 _FILE = (ChildSpec("file", Role.IMAGE),)
 
@@ -45,6 +45,9 @@ IMAGE_FORMAT_SPECS: dict[str, DriverSpec] = {
         DriverSpec("dmg", "format", reopenable=False, children=_FILE),
     )
 }
+
+#: this family's specs, merged into :data:`txgraph.model.drivers.DRIVER_SPECS`
+SPECS: tuple[DriverSpec, ...] = tuple(IMAGE_FORMAT_SPECS.values())
 
 #: drivers whose ``bdrv_get_info`` succeeds (``cluster-size``, ``dirty-flag`` in queries)
 HAS_GET_INFO: frozenset[str] = frozenset({"vdi", "vpc", "qcow", "qed", "vmdk", "vhdx"})

@@ -1,6 +1,6 @@
 """Applying a permission refresh inside a transaction.
 
-``compute_refresh`` (txgraph.model.permissions) decides; this module records
+``compute_refresh`` (txgraph.model.perm_refresh) decides; this module records
 each edge change in the transaction (QEMU's ``bdrv_child_set_perm`` registers
 an undo for the same reason) so an abort restores every perm and shared-perm.
 """
@@ -13,8 +13,8 @@ from typing import Any
 from txgraph.checker import check
 from txgraph.errors import BlockError
 from txgraph.model.node import BlockNode
-from txgraph.model.perm import Perm
-from txgraph.model.permissions import compute_refresh
+from txgraph.model.perm_bits import Perm
+from txgraph.model.perm_refresh import compute_refresh
 from txgraph.ops.undo_log import Transaction
 
 __all__ = ["refresh_perms"]

@@ -1,0 +1,120 @@
+"""Driver specifications: what each QEMU block driver is, as the graph sees it.
+
+The :class:`DriverSpec` record (one per driver txgraph models) with the facts the graph
+rules depend on (reference/qemu-options.md §1, §6.7; qemu-graph.md §1.3):
+class (protocol, format, filter or neither), backing support, which children
+it has and with which roles, which driver options it consumes, which options a
+reopen may change or reset, and which permission formula its edges follow.
+The QAPI schema carries the option *types*; a spec carries the semantics. The
+specs themselves live one module per driver family beside this one
+(:mod:`txgraph.model.drivers`); a spec is the one source of a driver's option
+list, its defaults and the options a reopen may change or omit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from txgraph.model.perm_bits import Role
+
+__all__ = [
+    "DriverSpec",
+    "ChildSpec",
+    "COMMON_OPTIONS",
+    "RESETTABLE_COMMON_OPTIONS",
+]
+
+#: ``bdrv_runtime_opts``: options every node accepts (flattened keys).
+COMMON_OPTIONS: frozenset[str] = frozenset(
+    {
+        "node-name",
+        "driver",
+        "cache.direct",
+        "cache.no-flush",
+        "read-only",
+        "auto-read-only",
+        "detect-zeroes",
+        "discard",
+        "force-share",
+    }
+)
+
+#: ``bdrv_reset_options_allowed``'s common list: may be omitted on reopen.
+#: ``force-share`` is deliberately absent (reference/qemu-options.md §6.4 step 4).
+RESETTABLE_COMMON_OPTIONS: frozenset[str] = frozenset(
+    {
+        "node-name",
+        "discard",
+        "cache.direct",
+        "cache.no-flush",
+        "read-only",
+        "auto-read-only",
+        "detect-zeroes",
+    }
+)
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """A child a driver opens: its option key, role and whether it is mandatory."""
+
+    name: str
+    role: Role
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class DriverSpec:
+    """The graph-relevant facts of one block driver."""
+
+    name: str
+    #: ``protocol`` (has bdrv_file_open), ``format``, ``filter`` or ``other`` (quorum)
+    kind: str
+    supports_backing: bool = False
+    #: bdrv_needs_filename: opening without a filename is an error
+    needs_filename: bool = False
+    #: has a bdrv_reopen_prepare handler
+    reopenable: bool = True
+    #: options the driver consumes (flattened; a trailing '.' is a prefix)
+    options: frozenset[str] = frozenset()
+    #: options a reopen may omit (they reset to their default)
+    mutable_opts: frozenset[str] = frozenset()
+    #: options a reopen may change (beyond the common ones)
+    changeable_opts: frozenset[str] = frozenset()
+    #: options that appear in json: filenames (bdrv_refresh_filename's strong options)
+    strong_opts: frozenset[str] = frozenset()
+    #: children opened by the driver itself (``file`` of formats and filters included)
+    children: tuple[ChildSpec, ...] = ()
+    #: the edges' permission formula family (see txgraph.model.child_perms.child_perm)
+    perm_family: str = "default"
+    #: the filtered child is ``backing`` rather than ``file`` (mirror_top, commit_top)
+    filtered_child_is_backing: bool = False
+    #: driver-specific default values reported by queries
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_protocol(self) -> bool:
+        """Has a protocol open function; blkdebug and blkverify are filters *and* protocols."""
+        return self.kind == "protocol" or self.name in ("blkdebug", "blkverify")
+
+    @property
+    def is_format(self) -> bool:
+        return self.kind == "format"
+
+    @property
+    def is_filter(self) -> bool:
+        return self.kind == "filter"
+
+    def accepts_option(self, key: str) -> bool:
+        """True if ``key`` (flattened) is a driver-specific option this driver consumes."""
+        if key in self.options:
+            return True
+        return any(opt.endswith(".") and key.startswith(opt) for opt in self.options)
+
+    def child(self, name: str) -> ChildSpec | None:
+        for spec in self.children:
+            if spec.name == name:
+                return spec
+        return None
