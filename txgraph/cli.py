@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -763,6 +764,9 @@ def replay_cmd(repro_file: str, against: str) -> None:
     from txgraph.fuzz.repro import load_reproducer
     from txgraph.plan.format import PlanError
 
+    # A SIGTERM (a timeout, a CI runner) unwinds like Ctrl-C, so the replay's peers are
+    # closed: the default action would leave its qemu-storage-daemon running.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     try:
         result = replay(load_reproducer(repro_file), against)
     except PlanError as err:
