@@ -25,6 +25,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.support.backing_cuts import backing_cut
 from txgraph.checker.verdict import Violation
 from txgraph.fuzz.generate import QSD_FAMILIES, Generator, Resources, image_commands
 from txgraph.io.allocation import _walk
@@ -157,22 +158,6 @@ def _changes(old: list[Piece], new: list[Piece]) -> list[tuple[int, int, str | N
     return out
 
 
-def _cut(rng: random.Random, res: Resources) -> dict[str, Any] | None:
-    """A reopen that drops or moves the backing link of a live qcow2 node."""
-    qcow2 = sorted(n for n, (drv, kids) in res.live.items() if drv == "qcow2" and "file" in kids)
-    if not qcow2:
-        return None
-    name = rng.choice(qcow2)
-    target = None if rng.random() < 0.5 else rng.choice(sorted(res.live))
-    entry = {
-        "driver": "qcow2",
-        "node-name": name,
-        "file": res.live[name][1]["file"],
-        "backing": target,
-    }
-    return {"execute": "blockdev-reopen", "arguments": {"options": [entry]}}
-
-
 @given(st.integers(0, 2**32 - 1))
 def test_guest_view_equals_the_whole_disk_reference(seed: int) -> None:
     rng = random.Random(seed)
@@ -188,7 +173,7 @@ def test_guest_view_equals_the_whole_disk_reference(seed: int) -> None:
             assert "return" in engine.execute(substitute(message, str(workdir), {})), message
         for _ in range(14):
             res.refresh(session.graph)
-            message = _cut(rng, res) if rng.random() < 0.4 else gen.next()
+            message = backing_cut(rng, res, 0.5) if rng.random() < 0.4 else gen.next()
             if message is None:
                 continue
             autos = {canon_text(n, None): n for n in session.graph.nodes if n.startswith("#")}

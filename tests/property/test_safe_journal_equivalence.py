@@ -27,6 +27,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.support.backing_cuts import backing_cut
 from txgraph.checker import Verdict, check
 from txgraph.fuzz.generate import QSD_FAMILIES, Generator, Resources, image_commands
 from txgraph.model.graph import BlockGraph
@@ -95,22 +96,6 @@ _SETUP: list[dict[str, Any]] = [
 ]
 
 
-def _cut(rng: random.Random, res: Resources) -> dict[str, Any] | None:
-    """A reopen that drops (or moves) the backing link of a live qcow2 node."""
-    qcow2 = sorted(n for n, (drv, kids) in res.live.items() if drv == "qcow2" and "file" in kids)
-    if not qcow2:
-        return None
-    name = rng.choice(qcow2)
-    target = None if rng.random() < 0.7 else rng.choice(sorted(res.live))
-    entry = {
-        "driver": "qcow2",
-        "node-name": name,
-        "file": res.live[name][1]["file"],
-        "backing": target,
-    }
-    return {"execute": "blockdev-reopen", "arguments": {"options": [entry]}}
-
-
 @given(st.integers(0, 2**32 - 1))
 def test_safe_policy_refuses_exactly_what_the_copy_refused(seed: int) -> None:
     rng = random.Random(seed)
@@ -128,7 +113,7 @@ def test_safe_policy_refuses_exactly_what_the_copy_refused(seed: int) -> None:
         assert valid_before
         for _ in range(15):
             res.refresh(session.graph)
-            message = _cut(rng, res) if rng.random() < 0.3 else gen.next()
+            message = backing_cut(rng, res, 0.7) if rng.random() < 0.3 else gen.next()
             if message is None:
                 continue
             autos = {canon_text(n, None): n for n in session.graph.nodes if n.startswith("#")}

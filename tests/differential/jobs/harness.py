@@ -40,6 +40,7 @@ from txgraph.oracle.canon import canon_graph, canon_nodes, canon_value
 from txgraph.oracle.peers import EnginePeer, Peer, PeerFactory, QSDPeer
 
 __all__ = [
+    "canon_jobs",
     "Wait",
     "Run",
     "Graph",
@@ -109,7 +110,7 @@ class JobTrace:
     images: dict[str, Any] = field(default_factory=dict)
 
 
-def _canon_jobs(value: Any) -> Any:
+def canon_jobs(value: Any) -> Any:
     if isinstance(value, list):
         return [{k: v for k, v in entry.items() if k not in _RACY} for entry in value]
     return value
@@ -211,7 +212,7 @@ def _record(peer: Peer, step: JobStep, workdir: str) -> tuple[str, Any]:
         return "nodes", canon_nodes(reply["return"], workdir, True) if "return" in reply else reply
     reply = peer.execute(substitute_dir(step, workdir))
     if step["execute"] in ("query-jobs", "query-block-jobs") and "return" in reply:
-        reply = {"return": _canon_jobs(reply["return"])}
+        reply = {"return": canon_jobs(reply["return"])}
     reply.pop("id", None)
     if "error" in reply:
         reply = {

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import rule
 
 from tests.differential.harness import SetupAction, cmd, qemu_io
-from tests.differential.jobs.harness import _canon_jobs
+from tests.differential.jobs.harness import canon_jobs
 from tests.differential.test_random_reconfig import SETUP, ReconfigMachine, _ref
 from txgraph.oracle.canon import canon_reply, substitute
 
@@ -72,7 +72,7 @@ class JobReconfigMachine(ReconfigMachine):
                 if time.monotonic() > deadline:
                     self._fail(f"job {job} did not settle on {peer}: still {status}", [])
                 time.sleep(0.01)
-        jobs = [_canon_jobs(self._jobs(i)) for i in range(len(self.peers))]
+        jobs = [canon_jobs(self._jobs(i)) for i in range(len(self.peers))]
         if jobs[0] != jobs[1]:
             self._fail(
                 "query-jobs differs at a settle point:", [f"qsd: {jobs[0]}", f"txgraph: {jobs[1]}"]
