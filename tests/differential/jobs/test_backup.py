@@ -315,6 +315,20 @@ SCENARIOS = [
         "done still counts (job_cancel_async_locked) and aborts its transaction",
     ),
     scenario(
+        "backup-sync-top-of-an-unallocated-null-co",
+        cmd("blockdev-add", {"driver": "null-co", "node-name": "nul", "size": 4194304}),
+        cmd(
+            "blockdev-backup",
+            {**BACKUP, "device": "nul", "sync": "top", "auto-finalize": False},
+        ),
+        Wait("JOB_STATUS_CHANGE", {"id": "b", "status": "pending"}),
+        cmd("query-jobs"),
+        cmd("job-finalize", {"id": "b"}),
+        *_done("b"),
+        doc="found by the jobs reconfiguration machine: null-co without read-zeroes "
+        "allocates nothing (null_co_block_status), so sync=top has nothing to copy",
+    ),
+    scenario(
         "backup-compress",
         cmd("blockdev-backup", {**BACKUP, "compress": True}),
         *_done("b"),
