@@ -168,7 +168,9 @@ def test_guest_view_equals_the_whole_disk_reference(seed: int) -> None:
         _fill(workdir)
         engine = Engine(CommandContext(session))
         res = Resources()
-        gen = Generator(rng, list(QSD_FAMILIES), res)
+        # no job actions: a job's copy changes which layer serves a range (not its data)
+        # from its own thread, between the steps this reference compares
+        gen = Generator(rng, [f for f in QSD_FAMILIES if f != "jobs"], res)
         for message in _SETUP:
             assert "return" in engine.execute(substitute(message, str(workdir), {})), message
         for _ in range(14):

@@ -105,7 +105,8 @@ def test_safe_policy_refuses_exactly_what_the_copy_refused(seed: int) -> None:
         _images(workdir)
         engine = Engine(CommandContext(session))
         res = Resources()
-        gen = Generator(rng, list(QSD_FAMILIES), res)
+        # no job actions: their graph changes run on job threads, outside the step compared
+        gen = Generator(rng, [f for f in QSD_FAMILIES if f != "jobs"], res)
         plan_compared = 0
         for message in _SETUP:
             assert "return" in engine.execute(substitute(message, str(workdir), {})), message
