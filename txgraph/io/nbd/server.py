@@ -472,8 +472,12 @@ class _Connection:
                 self._dispatch(exp, session, cmd, flags, cookie, offset, length, payload)
             except IOFailure as e:
                 self._error(cookie, e.errno, _IO_ERROR_TEXT.get(cmd, e.desc))
-            except Exception:  # a driver bug must not cost the client its connection
-                log.exception("NBD request %d failed", cmd)
+            except Disconnected:
+                raise  # the client hung up while its reply was being sent; not a driver fault
+            except Exception as e:  # a driver bug must not cost the client its connection
+                # One line for the operator; the traceback only for whoever debugs txgraph.
+                log.error("NBD request %d failed: internal error (%s)", cmd, type(e).__name__)
+                log.debug("NBD request %d failed", cmd, exc_info=True)
                 self._error(cookie, E.EIO, "Input/output error")
         except (Disconnected, OSError):
             self.kill()  # the reply cannot be delivered: end the connection
