@@ -58,14 +58,20 @@ class QMPProcess:
             self._abandon()
             raise
 
+    #: seconds a process may take to create its socket and listen (a loaded machine that
+    #: runs several suites at once has been seen to need more than 20 s)
+    start_timeout = 60.0
+
     def _connect(self) -> None:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + self.start_timeout
         while not os.path.exists(self.socket_path):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.proc.kill()
                 self.proc.wait(5)
                 out = self.proc.stdout.read().decode() if self.proc.stdout else ""
-                raise RuntimeError(f"{self.label} did not start: {out}")
+                raise RuntimeError(
+                    f"{self.label} did not start within {self.start_timeout:.0f} s: {out}"
+                )
             time.sleep(0.01)
         # The socket file appears just before the server listens on it: retry briefly.
         while True:
