@@ -133,8 +133,11 @@ class QemuSystem:
                     greeting = b""
                 if greeting:
                     self.sock, self.file = s, f
-                    self.execute("qmp_capabilities")
-                    return
+                    try:
+                        self.execute("qmp_capabilities")
+                        return
+                    except EOFError:  # the greeting went out just before the refusal
+                        self.sock = self.file = None
                 f.close()
                 s.close()
                 break
@@ -149,7 +152,10 @@ class QemuSystem:
         self.file.write(json.dumps({"execute": command}).encode())
         self.file.flush()
         while True:
-            msg = json.loads(self.file.readline())
+            line = self.file.readline()
+            if not line:
+                raise EOFError(f"qemu-system-x86_64 closed its monitor during {command}")
+            msg = json.loads(line)
             if "event" not in msg:
                 return msg.get("return", msg)
 
