@@ -24,16 +24,13 @@ def _replay(steps: list[dict[str, Any]]) -> list[str]:
     return [] if result.divergence is None else [result.divergence.kind, *result.divergence.lines]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "open divergence (fuzz dc424472a0): after blockdev-snapshot makes a read-only qcow2's own "
-        "file node its backing, QSD refuses a reopen that makes the qcow2 read-write while it "
-        "drops the backing ('Block node is read-only'); txgraph accepts it. Not analysed yet: "
-        "probably the file node is still reopened in its backing role, read-only by inheritance"
-    ),
-)
 def test_reopen_rw_dropping_a_backing_that_is_also_the_file() -> None:
+    """Fuzz dc424472a0: blockdev-snapshot makes a read-only qcow2's own file node its
+    backing. ``external_snapshot_commit`` then reopens the old top read-only, and although
+    it already was, ``read-only=on`` is one of its explicit options from then on. A reopen
+    of the qcow2 read-write that keeps ``file`` keeps the file node's old explicit options
+    above what the parent passes down, so the file stays read-only and QSD refuses ('Block
+    node is read-only'); txgraph accepted it while it dropped only changed modes."""
     steps = [
         {
             "execute": "blockdev-add",

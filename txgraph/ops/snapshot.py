@@ -243,6 +243,10 @@ def reopen_set_read_only(
         )
     targets = [n for n in reopen_set if graph.nodes[n].read_only != read_only]
     if not targets:
+        # Nothing changes mode, but QEMU reopens anyway and the option it passed is now
+        # one of the node's own: a later reopen that keeps old options keeps it too
+        # (bdrv_reopen_queue_child ranks it above what a parent would pass down).
+        _record_explicit_read_only(tx, graph.nodes[name], read_only, detail)
         return
     target_set = set(targets)
     # The locks are changed on the current descriptors now; when the reopen
@@ -282,22 +286,28 @@ def reopen_set_read_only(
         options = dict(node.options)
         options["read-only"] = read_only
         tx.set(node, "options", options)
-        prov = dict(node.provenance)
         if target == name:
-            explicit = dict(node.explicit)
-            explicit["read-only"] = read_only
-            tx.set(node, "explicit", explicit)
-            prov["read-only"] = Provenance(Source.EXPLICIT, detail=detail)
-        else:
-            parent = node.inherits_from
-            edge = (
-                next((e.name for c, e in graph.children(parent) if c == target), None)
-                if parent is not None
-                else None
-            )
-            prov["read-only"] = Provenance(
-                Source.INHERITED, parent=parent, edge=edge, detail=detail
-            )
+            _record_explicit_read_only(tx, node, read_only, detail)
+            continue
+        parent = node.inherits_from
+        edge = (
+            next((e.name for c, e in graph.children(parent) if c == target), None)
+            if parent is not None
+            else None
+        )
+        prov = dict(node.provenance)
+        prov["read-only"] = Provenance(Source.INHERITED, parent=parent, edge=edge, detail=detail)
         tx.set(node, "provenance", prov)
     for change in changes:
         tx.set_edge_perm(change.parent, change.name, change.perm, change.shared)
+
+
+def _record_explicit_read_only(tx: Transaction, node: Any, read_only: bool, detail: str) -> None:
+    """``read-only`` becomes one of the node's explicit options, as
+    ``bdrv_reopen_set_read_only`` leaves it (its one option is passed explicitly)."""
+    explicit = dict(node.explicit)
+    explicit["read-only"] = read_only
+    tx.set(node, "explicit", explicit)
+    prov = dict(node.provenance)
+    prov["read-only"] = Provenance(Source.EXPLICIT, detail=detail)
+    tx.set(node, "provenance", prov)
