@@ -265,19 +265,13 @@ def test_throttle_keeps_the_length_it_opened_with() -> None:
     assert _replay(steps) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "open divergence (fuzz 4295805097/995375f443): txgraph does not model block limits. "
-        "QEMU's bdrv_node_refresh_perm refuses WRITE/WRITE_UNCHANGED without RESIZE on a node "
-        "whose size is not a multiple of its request_alignment ('Cannot get 'write' permission "
-        "without 'resize': Image size is not a multiple of request alignment'); a file node "
-        "reopened with cache.direct=on gets the host's O_DIRECT alignment (probed by "
-        "raw_probe_alignment, 4096 here) when the reopen commits, so the next permission "
-        "refresh through a copy-on-read parent fails on QSD"
-    ),
-)
 def test_write_unchanged_on_an_unaligned_o_direct_file() -> None:
+    """Fuzz 4295805097/995375f443, rule P5 (bdrv_node_refresh_perm): WRITE_UNCHANGED
+    without RESIZE on a node whose length is not a multiple of its request alignment is
+    refused. The copy-on-read filter asks WRITE_UNCHANGED of its child from the start; the
+    reopen to cache.direct=on commits a 4096-byte alignment (probed through the old,
+    buffered descriptor) and the snapshot's refresh of the subtree re-checks the file node
+    although its edge keeps its value. txgraph had no block limits and accepted it."""
     steps = [
         _add(
             {

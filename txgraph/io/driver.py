@@ -94,6 +94,9 @@ class DriverNode(abc.ABC):
 
     #: QEMU driver name (``file``, ``qcow2``, ``throttle``...)
     driver_name: str = ""
+    #: ``bs->bl.request_alignment`` as permissions see it (:mod:`txgraph.io.limits`):
+    #: one byte unless the driver's :meth:`refresh_limits` says otherwise
+    request_alignment: int = 1
     #: the driver has its own zero-write callback (``drv->bdrv_co_pwrite_zeroes``);
     #: computed per class, detect-zeroes only converts writes for such drivers
     has_write_zeroes: ClassVar[bool] = False
@@ -127,6 +130,10 @@ class DriverNode(abc.ABC):
     @property
     def read_only(self) -> bool:
         return self.settings.read_only
+
+    def refresh_limits(self, options: Mapping[str, Any]) -> None:
+        """``bdrv_refresh_limits`` as ``bdrv_reopen_commit`` calls it, with the options
+        being committed; ``self.options`` still holds the previous ones."""
 
     @read_only.setter
     def read_only(self, value: bool) -> None:

@@ -50,6 +50,7 @@ from txgraph.errors import BlockError, IOFailure, OpenError
 from txgraph.io.drain import NodeTable, RWLock
 from txgraph.io.driver import DriverNode, ImageInfo
 from txgraph.io.hostpath import host_path
+from txgraph.io.limits import check_write_alignment
 from txgraph.io.locking import LockState, prepare_perm, relock
 from txgraph.io.registry import driver_class
 from txgraph.io.throttle_groups import ThrottleGroups, using_groups
@@ -175,6 +176,10 @@ class Runtime:
         #: throttle-group objects (QEMU's ``object-add qom-type=throttle-group``)
         self.throttle_groups = throttle_groups if throttle_groups is not None else ThrottleGroups()
         self.event_listeners: list[EventListener] = []
+        #: live nodes whose request alignment is above one byte (rule P5 may refuse a
+        #: writer on them even where their edges keep their values); updated wherever
+        #: ``_nodes`` changes, under the same exclusive graph lock
+        self._aligned: set[str] = set()
 
     # -- lookups (prepared nodes first: they are what the staged model names) --------------
     def _lookup(self, name: str) -> DriverNode:
@@ -182,6 +187,16 @@ class Runtime:
         if node is None:
             node = self._nodes[name]
         return node
+
+    def aligned_nodes(self) -> frozenset[str]:
+        """Live nodes with a request alignment above one byte (see :mod:`txgraph.io.limits`)."""
+        return frozenset(self._aligned)
+
+    def _track_alignment(self, name: str, node: DriverNode | None) -> None:
+        if node is not None and node.request_alignment > 1:
+            self._aligned.add(name)
+        else:
+            self._aligned.discard(name)
 
     def has_node(self, name: str) -> bool:
         """Is ``name`` a live node (reachable by requests)?"""
@@ -293,13 +308,17 @@ class Runtime:
         self.prepare_reopen(name, node.options, read_only)
 
     def check_perm(self, name: str, perm: int, shared: int) -> Callable[[], None] | None:
-        """The driver's ``bdrv_check_perm`` (rule P6): file nodes take QEMU's image locks.
+        """Rule P5 (:mod:`txgraph.io.limits`), then the driver's ``bdrv_check_perm``
+        (rule P6): file nodes take QEMU's image locks.
 
         Returns the undo that restores the previous locks, or None if nothing changed.
         """
         node = self._prepared.get(name) or self._nodes.get(name)
+        if node is None:
+            return None
+        check_write_alignment(node, perm)  # P5 comes before the driver's own check
         fd = getattr(node, "fd", -1)
-        if node is None or fd < 0 or node.options.get("locking", "auto") in ("off", False):
+        if fd < 0 or node.options.get("locking", "auto") in ("off", False):
             return None
         state = self._locks.setdefault(node, LockState())
         return prepare_perm(fd, state, perm, shared)
@@ -495,6 +514,7 @@ class Runtime:
             )
             for name in tops:
                 node = self._nodes.pop(name)
+                self._track_alignment(name, None)
                 self._release(node)
                 remaining.pop(name, None)
 
@@ -570,10 +590,12 @@ class Runtime:
         if isinstance(op, CloseNode):
             node = self._nodes.pop(op.name)
             removed.append(node)
+            self._track_alignment(op.name, None)
 
             def unclose() -> None:
                 removed.remove(node)
                 self._nodes[op.name] = node
+                self._track_alignment(op.name, node)
 
             return unclose
         if isinstance(op, OpenBackend):
@@ -595,9 +617,11 @@ class Runtime:
         prepared = name in self._prepared
         node = self._prepared.pop(name) if prepared else created[name]
         self._nodes[name] = node
+        self._track_alignment(name, node)
 
         def unpublish() -> None:
             self._nodes.pop(name, None)
+            self._track_alignment(name, None)
             if prepared:
                 self._prepared[name] = node
 
@@ -633,9 +657,15 @@ class Runtime:
         self, name: str, options: Mapping[str, Any], read_only: bool
     ) -> Callable[[], None]:
         node = self._nodes[name]
-        old_options, old_ro = dict(node.options), node.read_only
+        old_options, old_ro, old_align = dict(node.options), node.read_only, node.request_alignment
         self._reopen(name, options, read_only)
-        return lambda: self._reopen(name, old_options, old_ro)
+
+        def unreopen() -> None:
+            self._reopen(name, old_options, old_ro)
+            node.request_alignment = old_align  # an abort leaves the limits as they were
+            self._track_alignment(name, node)
+
+        return unreopen
 
     def _reopen(self, name: str, options: Mapping[str, Any], read_only: bool) -> None:
         """``bdrv_reopen_commit``; image locks follow a replaced descriptor (they belong to
@@ -643,6 +673,7 @@ class Runtime:
         node = self._nodes[name]
         old_fd = getattr(node, "fd", -1)
         node.reopen(options, read_only)
+        self._track_alignment(name, node)
         new_fd = getattr(node, "fd", -1)
         state = self._locks.get(node)
         if state is not None and new_fd >= 0 and new_fd != old_fd:

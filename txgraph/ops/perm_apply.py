@@ -35,9 +35,13 @@ def refresh_perms(
         tx.rt.check_perm(node.name, int(perm), int(shared))
 
     roots = list(roots)
+    # A node whose alignment rose at a reopen commit is re-checked by the next refresh
+    # that covers it (QEMU re-runs every node's checks over the whole subtree), even
+    # where its own edges keep their values.
+    walked = roots + _aligned_below(session.graph, tx.rt.aligned_nodes(), roots)
     try:
         changes = compute_refresh(
-            session.graph, roots, writable_after=writable_after, driver_check=driver_check
+            session.graph, walked, writable_after=writable_after, driver_check=driver_check
         )
     except BlockError as err:
         if err.rule in ("P3-perm-conflict", "P4-read-only") and err.explanation is None:
@@ -45,6 +49,26 @@ def refresh_perms(
         raise
     for change in changes:
         tx.set_edge_perm(change.parent, change.name, change.perm, change.shared)
+
+
+def _aligned_below(graph: Any, aligned: frozenset[str], roots: list[str]) -> list[str]:
+    """The nodes of ``aligned`` in the roots' subtrees (none in the common case)."""
+    if not aligned:
+        return []
+    tops = set(roots)
+    found: list[str] = []
+    for name in sorted(aligned - tops):
+        if name not in graph.nodes:
+            continue
+        seen, todo = {name}, [name]
+        while todo:
+            up = [p for n in todo for p, _e in graph.parents(n) if p in graph.nodes]
+            if tops.intersection(up):
+                found.append(name)
+                break
+            todo = [p for p in up if p not in seen]
+            seen.update(todo)
+    return found
 
 
 def _checker_explanation(

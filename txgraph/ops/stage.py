@@ -124,6 +124,10 @@ class RuntimeStage:
             raise BlockError(err.desc) from err
         self._record(ReopenNode(name, dict(options), read_only))
 
+    def aligned_nodes(self) -> frozenset[str]:
+        """Live nodes whose request alignment is above one byte (rule P5)."""
+        return self.runtime.aligned_nodes()
+
     def check_perm(self, name: str, perm: int, shared: int) -> None:
         """``bdrv_check_perm`` of the driver: image locks, undone on abort."""
         undo = self.check_perm_undo(name, perm, shared)

@@ -42,6 +42,7 @@ from typing import Any
 
 from txgraph.errors import BlockError, IOFailure, TxgraphError
 from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
+from txgraph.io.limits import check_write_alignment
 from txgraph.io.registry import driver_class
 from txgraph.io.runtime import OpenNode, Runtime
 
@@ -271,8 +272,10 @@ class DryRunRuntime(Runtime):
 
     def _reopen(self, name: str, options: Mapping[str, Any], read_only: bool) -> None:
         node = self._nodes[name]
+        node.refresh_limits(options)  # a file node's alignment follows its new cache mode
         node.options = dict(options)
         node.read_only = read_only
+        self._track_alignment(name, node)
 
     # -- permissions -------------------------------------------------------------------------
     def lock_path(self, name: str) -> str | None:
@@ -286,6 +289,9 @@ class DryRunRuntime(Runtime):
         return os.path.realpath(filename) if isinstance(filename, str) and filename else None
 
     def check_perm(self, name: str, perm: int, shared: int) -> Callable[[], None] | None:
+        node = self._prepared.get(name) or self._nodes.get(name)
+        if node is not None:
+            check_write_alignment(node, perm)  # rule P5, from the real file's alignment
         path = self.lock_path(name)
         if path is None:
             return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tests.differential.scenarios._common import (
+    Shell,
     add,
     cmd,
     delete,
@@ -195,5 +196,94 @@ SCENARIOS = [
         ],
         setup=[qcow2_img("a.qcow2")],
         theme=T,
+    ),
+    sc(
+        "perm_direct_io_alignment_at_open",
+        [
+            _nbd(),
+            # a hole at offset 0: the 1-byte O_DIRECT probe read succeeds, so the node
+            # gets the safe alignment (4096) and its 197120 bytes are not a multiple
+            add(
+                {
+                    "driver": "raw",
+                    "node-name": "h",
+                    "file": fnode("hole.raw", "hf", cache={"direct": True}),
+                }
+            ),
+            _export("e1", "h", True),
+            _export("e2", "h", False),
+            # data at offset 0: 1 byte is refused, 512 is the alignment; 197120 is a multiple
+            add(
+                {
+                    "driver": "raw",
+                    "node-name": "d",
+                    "file": fnode("data.raw", "df", cache={"direct": True}),
+                }
+            ),
+            _export("e3", "d", True),
+            # a multiple of 4096 is fine with the safe alignment too
+            add(
+                {
+                    "driver": "raw",
+                    "node-name": "k",
+                    "file": fnode("page.raw", "kf", cache={"direct": True}),
+                }
+            ),
+            _export("e4", "k", True),
+        ],
+        setup=[
+            # truncate, not qemu-img create: QEMU allocates a new image's first block
+            # (allocate_first_block) precisely so that this probe finds the disk's alignment
+            Shell(("truncate", "-s", "197120", "{dir}/hole.raw")),
+            raw_img("data.raw", "197120"),
+            Shell(("qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 4k", "{dir}/data.raw")),
+            raw_img("page.raw", "196608"),
+        ],
+        theme=T,
+        doc="rule P5: a writer without resize on a cache.direct=on file whose length is not a "
+        "multiple of its probed request alignment is refused",
+    ),
+    sc(
+        "perm_direct_io_alignment_after_reopen",
+        [
+            _nbd(),
+            add({"driver": "raw", "node-name": "d", "file": fnode("data.raw", "df")}),
+            _export("e1", "d", True),
+            cmd("block-export-del", {"id": "e1"}),
+            # the reopen itself is checked with the old alignment and succeeds...
+            cmd(
+                "blockdev-reopen",
+                {
+                    "options": [
+                        {"driver": "raw", "node-name": "d", "cache": {"direct": True}, "file": "df"}
+                    ]
+                },
+            ),
+            # ...but it probed through the old buffered descriptor: the safe value, 4096
+            _export("e2", "d", True),
+            _export("e3", "d", False),
+            cmd(
+                "blockdev-reopen",
+                {
+                    "options": [
+                        {
+                            "driver": "raw",
+                            "node-name": "d",
+                            "cache": {"direct": False},
+                            "file": "df",
+                        }
+                    ]
+                },
+            ),
+            cmd("block-export-del", {"id": "e3"}),
+            _export("e4", "d", True),
+        ],
+        setup=[
+            raw_img("data.raw", "197120"),
+            Shell(("qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 4k", "{dir}/data.raw")),
+        ],
+        theme=T,
+        doc="rule P5 after a reopen that switches cache.direct on: QEMU 7.2 probes the new "
+        "alignment through the previous descriptor",
     ),
 ]

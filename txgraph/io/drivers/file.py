@@ -77,6 +77,7 @@ from typing import Any
 from txgraph.errors import IOFailure, OpenError
 from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
 from txgraph.io.hostpath import host_path
+from txgraph.io.limits import file_request_alignment
 from txgraph.io.registry import register
 from txgraph.io.settings import opt_bool
 
@@ -166,6 +167,22 @@ class FileNode(DriverNode):
         self._shm = _on_shmem(self.fd)
         with self._grow_lock:
             self._remap(self._len)
+        self.request_alignment = file_request_alignment(
+            self._path,
+            direct=self.direct,
+            probe_direct=True,
+            block_device=stat.S_ISBLK(st.st_mode),
+        )
+
+    def refresh_limits(self, options: Mapping[str, Any]) -> None:
+        """``raw_refresh_limits``: the reopen probes through the previous descriptor
+        (O_DIRECT only if the node already was ``cache.direct=on``)."""
+        self.request_alignment = file_request_alignment(
+            self._path,
+            direct=opt_bool(options, "cache.direct", False),
+            probe_direct=opt_bool(self.options, "cache.direct", False),
+            block_device=stat.S_ISBLK(os.fstat(self.fd).st_mode),
+        )
 
     def _check_type(self, st: os.stat_result) -> None:
         """file-posix's check that the ``file`` driver only opens regular files."""
@@ -219,6 +236,7 @@ class FileNode(DriverNode):
             with self._grow_lock:
                 self._remap(self._len)
             os.close(old_fd)
+        self.refresh_limits(options)
         super().reopen(options, read_only)
         self.no_flush = self.settings.no_flush
         self.direct = self.settings.direct
