@@ -131,14 +131,14 @@ class DriverNode(abc.ABC):
     def read_only(self) -> bool:
         return self.settings.read_only
 
-    def refresh_limits(self, options: Mapping[str, Any]) -> None:
-        """``bdrv_refresh_limits`` as ``bdrv_reopen_commit`` calls it, with the options
-        being committed; ``self.options`` still holds the previous ones."""
-
     @read_only.setter
     def read_only(self, value: bool) -> None:
         # auto-read-only may degrade a node while it opens.
         self.settings = self.settings.with_read_only(value)
+
+    def refresh_limits(self, options: Mapping[str, Any]) -> None:
+        """``bdrv_refresh_limits`` as ``bdrv_reopen_commit`` calls it, with the options
+        being committed; ``self.options`` still holds the previous ones."""
 
     # -- data path ----------------------------------------------------------
     @abc.abstractmethod

@@ -54,7 +54,7 @@ P5_TEXT = (
 )
 
 
-def probe_request_alignment(path: str, *, block_device: bool = False) -> int:
+def probe_request_alignment(path: str | bytes, *, block_device: bool = False) -> int:
     """``raw_probe_alignment`` for a node opened with O_DIRECT: the request alignment.
 
     Returns 1 when the file cannot be opened with O_DIRECT at all (QEMU would
@@ -95,7 +95,7 @@ def probe_request_alignment(path: str, *, block_device: bool = False) -> int:
 
 
 def file_request_alignment(
-    path: str, *, direct: bool, probe_direct: bool, block_device: bool = False
+    path: str | bytes, *, direct: bool, probe_direct: bool, block_device: bool = False
 ) -> int:
     """A file-posix node's alignment after an open or a reopen commit.
 
