@@ -99,6 +99,13 @@ def child_perm_context(
     )
 
 
+def _formula_reads_parents(node: BlockNode) -> bool:
+    """Does the node's child-permission formula depend on its parent set itself (not only
+    on the cumulative permissions)? Only copy-before-write's does."""
+    spec = driver_spec(node.driver)
+    return spec is not None and spec.perm_family == "copy-before-write"
+
+
 def compute_refresh(
     graph: BlockGraph,
     roots: Iterable[str],
@@ -171,6 +178,11 @@ def compute_refresh(
             if (nperm, nshared) != current(name, edge):
                 overlay[(name, edge.name)] = (nperm, nshared)
                 changes.append(EdgePermChange(name, edge.name, nperm, nshared))
+                dirty.add(child)
+                made.append(child)
+            elif child not in dirty and _formula_reads_parents(graph.nodes[child]):
+                # cbw_child_perm asks whether the node has parents at all: a first parent
+                # that passes nothing down still changes the node's own child edges
                 dirty.add(child)
                 made.append(child)
         return made

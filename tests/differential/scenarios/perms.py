@@ -286,4 +286,30 @@ SCENARIOS = [
         doc="rule P5 after a reopen that switches cache.direct on: QEMU 7.2 probes the new "
         "alignment through the previous descriptor",
     ),
+    sc(
+        "perm_filter_above_copy_before_write",
+        [
+            add({"driver": "qcow2", "node-name": "disk", "file": fnode("a.qcow2", "f")}),
+            add({"driver": "null-co", "node-name": "tgt", "size": 1048576}),
+            add(
+                {
+                    "driver": "copy-before-write",
+                    "node-name": "cbw0",
+                    "file": "disk",
+                    "target": "tgt",
+                }
+            ),
+            tg("tg0"),
+            # the throttle has no parents, so it passes nothing down; still the filter below
+            # now has a parent and unshares write on its file (cbw_child_perm)
+            add(
+                {"driver": "throttle", "node-name": "thr", "throttle-group": "tg0", "file": "cbw0"}
+            ),
+            delete("thr"),
+        ],
+        setup=[qcow2_img("a.qcow2")],
+        theme=T,
+        doc="copy-before-write's child edges depend on whether it has parents at all "
+        "(found by plan synthesis)",
+    ),
 ]
