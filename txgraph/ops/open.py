@@ -214,6 +214,12 @@ class Opener:
             file_node = self.open_child_bs(filename, work, "file", node, Role.IMAGE, True, True)
             if file_node is not None:
                 work.put("file", file_node, Provenance(Source.EXPLICIT))
+                # bdrv_open_inherit probes through a BlockBackend (perm 0, shares all) that
+                # blk_insert_bs attaches to the file node: a permission refresh of its subtree
+                # that changes nothing but re-runs every node's checks, so a node whose
+                # alignment rose since (rule P5) refuses here, before any conflict the
+                # format's own edge would cause.
+                refresh_perms(self.session, self.tx, [file_node])
 
         node.probed = spec is None
         if spec is None and file_node is not None:

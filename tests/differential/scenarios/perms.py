@@ -312,4 +312,43 @@ SCENARIOS = [
         doc="copy-before-write's child edges depend on whether it has parents at all "
         "(found by plan synthesis)",
     ),
+    sc(
+        "perm_direct_io_alignment_before_a_conflict",
+        [
+            _nbd(),
+            add({"driver": "raw", "node-name": "n0", "file": fnode("a.qcow2", "f")}),
+            _export("e0", "f", True),
+            cmd(
+                "blockdev-reopen",
+                {
+                    "options": [
+                        {"driver": "raw", "node-name": "n0", "cache": {"direct": True}, "file": "f"}
+                    ]
+                },
+            ),
+            # bdrv_open_inherit's probing BlockBackend on n0 re-checks f, which now has a
+            # 4096-byte alignment and a writer without resize: P5, before the P3 conflict
+            # the qcow2's own edge would cause
+            add({"driver": "qcow2", "node-name": "q", "file": "n0", "backing": None}),
+            add({"driver": "raw", "node-name": "n1", "file": fnode("b.qcow2", "g")}),
+            _export("e1", "g", True),
+            cmd(
+                "blockdev-reopen",
+                {
+                    "options": [
+                        {"driver": "raw", "node-name": "n1", "cache": {"direct": True}, "file": "g"}
+                    ]
+                },
+            ),
+            # with a length that is a multiple of 4096 the conflict is what is left
+            add({"driver": "qcow2", "node-name": "q2", "file": "n1", "backing": None}),
+        ],
+        setup=[
+            qcow2_img("a.qcow2"),
+            qcow2_img("b.qcow2"),
+            Shell(("truncate", "-s", "200704", "{dir}/b.qcow2")),
+        ],
+        theme=T,
+        doc="rule P5 is checked by the probe's refresh of the file's subtree (fuzz fa971d53d5)",
+    ),
 ]
