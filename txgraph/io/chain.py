@@ -17,6 +17,8 @@ exactly when the last layer says so (no backing, or past the backing's end).
 from __future__ import annotations
 
 from txgraph.io.driver import DriverNode
+from txgraph.model.drivers import DRIVER_SPECS
+from txgraph.model.perm_bits import Role
 
 __all__ = [
     "FILTER_DRIVERS",
@@ -27,16 +29,26 @@ __all__ = [
     "sparse_read",
 ]
 
+
+def _filter_children() -> dict[str, str]:
+    """``is_filter`` drivers and the child ``bdrv_filter_child`` returns: ``backing`` for the
+    job filters, else the child whose role is FILTERED (from the driver specs)."""
+    out: dict[str, str] = {}
+    for spec in DRIVER_SPECS.values():
+        if not spec.is_filter:
+            continue
+        if spec.filtered_child_is_backing:
+            out[spec.name] = "backing"
+            continue
+        for child in spec.children:
+            if child.role & Role.FILTERED:
+                out[spec.name] = child.name
+                break
+    return out
+
+
 #: Drivers that pass I/O through one child unchanged (``is_filter``), and that child
-FILTER_DRIVERS = {
-    "throttle": "file",
-    "copy-on-read": "file",
-    "blkdebug": "image",
-    "compress": "file",
-    "preallocate": "file",
-    "commit_top": "backing",
-    "mirror_top": "backing",
-}
+FILTER_DRIVERS: dict[str, str] = _filter_children()
 
 
 def skip_filters(node: DriverNode | None) -> DriverNode | None:

@@ -13,15 +13,21 @@ list, its defaults and the options a reopen may change or omit.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from txgraph.model.perm_bits import Role
+
+if TYPE_CHECKING:
+    from txgraph.model.graph import BlockGraph
 
 __all__ = [
     "DriverSpec",
     "ChildSpec",
+    "ParseFilename",
+    "RefreshFilename",
+    "GatherChildOptions",
     "COMMON_OPTIONS",
     "RESETTABLE_COMMON_OPTIONS",
 ]
@@ -54,6 +60,18 @@ RESETTABLE_COMMON_OPTIONS: frozenset[str] = frozenset(
         "detect-zeroes",
     }
 )
+
+
+#: the driver's ``bdrv_parse_filename``: ``(filename, options so far)`` -> the options the
+#: legacy filename gives (raises :class:`~txgraph.errors.OpenError` with QEMU's text)
+ParseFilename = Callable[[str, Mapping[str, Any]], dict[str, Any]]
+#: the driver's ``bdrv_refresh_filename``: ``(graph, node, full open options)`` -> the
+#: node's ``exact_filename`` ("" when only a json: description names it); the children's
+#: filenames are up to date when it runs
+RefreshFilename = Callable[["BlockGraph", str, Mapping[str, Any]], str]
+#: the driver's ``bdrv_gather_child_options``: ``(graph, node, full_open_options)`` -> the
+#: children part of the node's full open options (``full_open_options(child)`` gives one)
+GatherChildOptions = Callable[["BlockGraph", str, Callable[[str], dict[str, Any]]], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -93,6 +111,16 @@ class DriverSpec:
     filtered_child_is_backing: bool = False
     #: driver-specific default values reported by queries
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    #: ``protocol_name``: the ``proto:`` prefixes of legacy filenames that pick this driver
+    #: (``bdrv_find_protocol``; nbd registers three)
+    protocol_names: tuple[str, ...] = ()
+    #: ``bdrv_parse_filename``, None when the driver has none (the filename stays as given)
+    parse_filename: ParseFilename | None = None
+    #: ``bdrv_refresh_filename``, None for the generic rule (a format takes its primary
+    #: child's name; a protocol keeps the filename it was opened with)
+    refresh_filename: RefreshFilename | None = None
+    #: ``bdrv_gather_child_options``, None for the generic rule (each child by edge name)
+    gather_child_options: GatherChildOptions | None = None
 
     @property
     def is_protocol(self) -> bool:
