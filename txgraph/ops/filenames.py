@@ -27,8 +27,6 @@ __all__ = [
 ]
 
 _PATH_MAX = 4096
-#: strong options QEMU keeps flattened in json: filenames
-_FLAT_PREFIXES = ("encrypt.", "inject-error.", "set-state.")
 
 
 def backing_overridden(graph: BlockGraph, name: str) -> bool:
@@ -88,9 +86,10 @@ def full_open_options(graph: BlockGraph, name: str) -> dict[str, Any]:
             opts[edge.name] = full_open_options(graph, child)
         if overridden and graph.backing_child(name) is None:
             opts["backing"] = None
-    # qcow2's strong ``encrypt.key-secret`` and blkdebug's rule lists stay flat keys
-    # (``inject-error.0.event``), as in QEMU's json: names.
-    flat = {k: opts.pop(k) for k in [k for k in opts if k.startswith(_FLAT_PREFIXES)]}
+    # the spec's flat options (qcow2's ``encrypt.key-secret``, blkdebug's rule lists such as
+    # ``inject-error.0.event``) stay flat keys, as in QEMU's json: names
+    prefixes = tuple(spec.flat_opts) if spec is not None else ()
+    flat = {k: opts.pop(k) for k in [k for k in opts if prefixes and k.startswith(prefixes)]}
     result = unflatten(opts) if any("." in k for k in opts) else opts
     result.update(flat)
     node.full_open_cache = result

@@ -160,6 +160,7 @@ SPECS: tuple[DriverSpec, ...] = (
                 "max-discard",
             }
         ),
+        flat_opts=frozenset({"inject-error.", "set-state."}),
         children=(ChildSpec("image", Role.FILTERED | Role.PRIMARY),),
         perm_family="blkdebug",
         protocol_names=("blkdebug",),

@@ -103,6 +103,9 @@ class DriverSpec:
     changeable_opts: frozenset[str] = frozenset()
     #: options that appear in json: filenames (bdrv_refresh_filename's strong options)
     strong_opts: frozenset[str] = frozenset()
+    #: prefixes of strong options QEMU's json: names keep as flat keys (``encrypt.key-secret``,
+    #: ``inject-error.0.event``) instead of nesting them
+    flat_opts: frozenset[str] = frozenset()
     #: children opened by the driver itself (``file`` of formats and filters included)
     children: tuple[ChildSpec, ...] = ()
     #: the edges' permission formula family (see txgraph.model.child_perms.child_perm)
