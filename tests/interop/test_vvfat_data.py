@@ -190,39 +190,42 @@ def _after_open(kind: str, d: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["unchanged", "vanished", "shrunk", "grown"])
 def test_nbd_export_matches_qsd(kind: str, tmp_path: Path) -> None:
-    """The same tree exported by QSD and by txgraph reads the same, before and after a
-    change under the open node: a host file that vanished reads as zeroes (QEMU opens
-    a file at its first read), one that shrank keeps stale tails, one that grew shows
-    the new bytes inside its clusters."""
+    """One tree exported by QSD and by txgraph (each its own vvfat node on the same
+    directory, so the host times agree) reads the same, before and after a change under
+    the open nodes: a host file that vanished reads as zeroes (QEMU opens a file at its
+    first read), one that shrank keeps stale tails, one that grew shows the new bytes
+    inside its clusters."""
+    tree(tmp_path, "t", TREES["nested"])
     sockdir = Path(tempfile.mkdtemp(prefix="txvv-"))
-    digests = {}
+    peers: dict[str, Peer] = {}
+    uris: dict[str, str] = {}
     try:
         for factory in (QSDPeer, EnginePeer):
             work = tmp_path / factory.label
             work.mkdir()
-            tree(work, "t", TREES["nested"])
             peer: Peer = factory(work)
-            try:
-                _ok(
-                    peer,
-                    "blockdev-add",
-                    driver="vvfat",
-                    dir=str(work / "t"),
-                    floppy=True,
-                    **{"node-name": "v", "read-only": True},
-                )
-                sock = sockdir / f"{factory.label}.sock"
-                _ok(peer, "nbd-server-start", addr={"type": "unix", "data": {"path": str(sock)}})
-                _ok(peer, "block-export-add", type="nbd", id="e", name="e", **{"node-name": "v"})
-                uri = f"nbd+unix:///e?socket={sock}"
-                # two reads before the change: the second starts with the cluster buffer the
-                # first left behind (so a first file's tail may differ between them)
-                first, second = _export_digest(uri), _export_digest(uri)
-                _after_open(kind, work / "t")
-                digests[factory.label] = (first, second, _export_digest(uri))
-            finally:
-                peer.close()
+            peers[factory.label] = peer
+            _ok(
+                peer,
+                "blockdev-add",
+                driver="vvfat",
+                dir=str(tmp_path / "t"),
+                floppy=True,
+                **{"node-name": "v", "read-only": True},
+            )
+            sock = sockdir / f"{factory.label}.sock"
+            _ok(peer, "nbd-server-start", addr={"type": "unix", "data": {"path": str(sock)}})
+            _ok(peer, "block-export-add", type="nbd", id="e", name="e", **{"node-name": "v"})
+            uris[factory.label] = f"nbd+unix:///e?socket={sock}"
+        # two reads before the change: the second starts with the cluster buffer the first
+        # left behind (so a first file's tail may differ between them)
+        digests = {label: [_export_digest(uri), _export_digest(uri)] for label, uri in uris.items()}
+        _after_open(kind, tmp_path / "t")
+        for label, uri in uris.items():
+            digests[label].append(_export_digest(uri))
     finally:
+        for peer in peers.values():
+            peer.close()
         for s in sockdir.iterdir():
             s.unlink()
         sockdir.rmdir()
