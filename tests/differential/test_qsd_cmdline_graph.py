@@ -233,3 +233,22 @@ def test_two_monitors_share_one_block_layer(tmp_path: Path) -> None:
             proc.cmd("blockdev-add", {"driver": "null-co", "node-name": "added"})
             seen[kind] = sorted(_second_monitor(workdir / "second.sock"))
         assert seen["txgraph"] == seen["qsd"] == ["added", "n"]
+
+
+def test_chardevs_in_qom(tmp_path: Path) -> None:
+    """``/chardevs`` lists the command line's chardevs: the monitor's (connected, since this
+    client talks through it) and a second socket nobody connected to."""
+    extra = ["--chardev", "socket,id=spare,path={dir}/spare.sock,server=on,wait=off"]
+    with _both(extra, tmp_path) as peers:
+        seen = {}
+        for kind, (proc, workdir) in peers.items():
+            seen[kind] = [
+                proc.cmd("qom-list", {"path": "/chardevs"}),
+                proc.cmd("qom-list", {"path": "spare"}),
+                proc.cmd("qom-get", {"path": "/chardevs/mon0", "property": "connected"}),
+                proc.cmd("qom-get", {"path": "/chardevs/spare", "property": "connected"}),
+                proc.cmd("qom-get", {"path": "/chardevs/spare", "property": "addr"}),
+            ]
+            seen[kind][-1]["path"] = seen[kind][-1]["path"].replace(str(workdir), "{dir}")
+        assert seen["txgraph"] == seen["qsd"]
+        assert {c["name"] for c in seen["qsd"][0][1:]} == {"mon0", "spare"}

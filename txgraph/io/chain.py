@@ -16,7 +16,10 @@ exactly when the last layer says so (no backing, or past the backing's end).
 
 from __future__ import annotations
 
+from txgraph.errors import IOFailure
 from txgraph.io.driver import DriverNode
+from txgraph.model.drivers import DRIVER_SPECS
+from txgraph.model.perm_bits import Role
 
 __all__ = [
     "FILTER_DRIVERS",
@@ -25,18 +28,29 @@ __all__ = [
     "allocated_above",
     "reads_as_zero",
     "sparse_read",
+    "HoleCheckFailure",
 ]
 
+
+def _filter_children() -> dict[str, str]:
+    """``is_filter`` drivers and the child ``bdrv_filter_child`` returns: ``backing`` for the
+    job filters, else the child whose role is FILTERED (from the driver specs)."""
+    out: dict[str, str] = {}
+    for spec in DRIVER_SPECS.values():
+        if not spec.is_filter:
+            continue
+        if spec.filtered_child_is_backing:
+            out[spec.name] = "backing"
+            continue
+        for child in spec.children:
+            if child.role & Role.FILTERED:
+                out[spec.name] = child.name
+                break
+    return out
+
+
 #: Drivers that pass I/O through one child unchanged (``is_filter``), and that child
-FILTER_DRIVERS = {
-    "throttle": "file",
-    "copy-on-read": "file",
-    "blkdebug": "image",
-    "compress": "file",
-    "preallocate": "file",
-    "commit_top": "backing",
-    "mirror_top": "backing",
-}
+FILTER_DRIVERS: dict[str, str] = _filter_children()
 
 
 def skip_filters(node: DriverNode | None) -> DriverNode | None:
@@ -95,16 +109,27 @@ def reads_as_zero(node: DriverNode, offset: int, length: int) -> tuple[bool, int
     return zero, n
 
 
+class HoleCheckFailure(IOFailure):
+    """The block status a sparse read asks first failed (``nbd_co_send_sparse_read``'s
+    "unable to check for holes"), as opposed to the read of a data stretch."""
+
+
 def sparse_read(node: DriverNode, offset: int, length: int) -> bytes:
     """``nbd_co_send_sparse_read``'s reads: stretches that read as zeroes are not read.
 
     The guest data is the same as ``node.read(offset, length)``; what differs is
     which requests the graph below sees (one per data stretch, none for holes).
+    A failed block status raises :class:`HoleCheckFailure` (QEMU answers it with an
+    error reply), a failed read the plain :class:`~txgraph.errors.IOFailure` (QEMU 7.2
+    drops the connection).
     """
     parts: list[bytes] = []
     pos, end = offset, offset + length
     while pos < end:
-        zero, n = reads_as_zero(node, pos, end - pos)
+        try:
+            zero, n = reads_as_zero(node, pos, end - pos)
+        except IOFailure as err:
+            raise HoleCheckFailure(f"unable to check for holes: {err.desc}", err.errno) from err
         n = min(n, end - pos)
         parts.append(bytes(n) if zero else node.read(pos, n))
         pos += n

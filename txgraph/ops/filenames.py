@@ -14,7 +14,6 @@ from typing import Any
 from txgraph.errors import OpenError
 from txgraph.model.drivers import driver_spec
 from txgraph.model.graph import BlockGraph
-from txgraph.model.nbd_uri import exact_filename as nbd_exact_filename
 from txgraph.model.node import OpenFlag
 from txgraph.model.options import qdict_order, unflatten
 from txgraph.qobject.encoder import encode as to_qjson
@@ -28,8 +27,6 @@ __all__ = [
 ]
 
 _PATH_MAX = 4096
-#: strong options QEMU keeps flattened in json: filenames
-_FLAT_PREFIXES = ("encrypt.", "inject-error.", "set-state.")
 
 
 def backing_overridden(graph: BlockGraph, name: str) -> bool:
@@ -79,16 +76,9 @@ def full_open_options(graph: BlockGraph, name: str) -> dict[str, Any]:
         return node.full_open_cache
     opts, _found = _strong_options(graph, name)
     overridden = backing_overridden(graph, name)
-    if node.driver == "quorum":
-        kids = sorted(
-            ((e.name, c) for c, e in graph.children(name) if e.name.startswith("children.")),
-            key=lambda ec: int(ec[0].split(".")[1]),
-        )
-        opts["children"] = [full_open_options(graph, c) for _n, c in kids]
-    elif node.driver == "blkdebug":
-        found = graph.child_edge(name, "image")
-        if found:
-            opts["image"] = full_open_options(graph, found[0])
+    spec = driver_spec(node.driver)
+    if spec is not None and spec.gather_child_options is not None:
+        opts.update(spec.gather_child_options(graph, name, lambda c: full_open_options(graph, c)))
     else:
         for child, edge in graph.children(name):
             if edge.name == "backing" and not overridden:
@@ -96,9 +86,10 @@ def full_open_options(graph: BlockGraph, name: str) -> dict[str, Any]:
             opts[edge.name] = full_open_options(graph, child)
         if overridden and graph.backing_child(name) is None:
             opts["backing"] = None
-    # qcow2's strong ``encrypt.key-secret`` and blkdebug's rule lists stay flat keys
-    # (``inject-error.0.event``), as in QEMU's json: names.
-    flat = {k: opts.pop(k) for k in [k for k in opts if k.startswith(_FLAT_PREFIXES)]}
+    # the spec's flat options (qcow2's ``encrypt.key-secret``, blkdebug's rule lists such as
+    # ``inject-error.0.event``) stay flat keys, as in QEMU's json: names
+    prefixes = tuple(spec.flat_opts) if spec is not None else ()
+    flat = {k: opts.pop(k) for k in [k for k in opts if prefixes and k.startswith(prefixes)]}
     result = unflatten(opts) if any("." in k for k in opts) else opts
     result.update(flat)
     node.full_open_cache = result
@@ -133,37 +124,9 @@ def refresh_filename(graph: BlockGraph, name: str) -> None:
         overridden = False
     generate_json = generate_json or overridden
     primary = _primary_child(graph, name)
-    if node.driver in ("null-co", "null-aio"):
-        ignorable = {"filename", "driver", "latency-ns"}
-        node.exact_filename = f"{node.driver}://" if set(opts) <= ignorable else ""
-    elif node.driver == "nbd":
-        node.exact_filename = nbd_exact_filename(node.options)
-    elif node.driver == "blkdebug":
-        image = graph.child_edge(name, "image")
-        node.exact_filename = ""
-        if (
-            image
-            and graph.nodes[image[0]].exact_filename
-            and set(opts) <= {"driver", "config", "x-image", "image"}
-        ):
-            config = node.options.get("config", "")
-            node.exact_filename = f"blkdebug:{config}:{graph.nodes[image[0]].exact_filename}"
-    elif node.driver in ("commit_top", "mirror_top"):
-        # bdrv_commit_top_refresh_filename / bdrv_mirror_top_refresh_filename
-        backing = graph.backing_child(name)
-        node.exact_filename = graph.nodes[backing].filename if backing else ""
-    elif node.driver == "copy-before-write":
-        # cbw_refresh_filename: the source's filename
-        file = graph.file_child(name)
-        node.exact_filename = graph.nodes[file].filename if file else ""
-    elif node.driver == "blkverify":
-        raw, test = graph.child_edge(name, "raw"), graph.child_edge(name, "test")
-        node.exact_filename = ""
-        if raw and test and set(opts) <= {"driver", "raw", "test", "x-raw", "x-image"}:
-            raw_name = graph.nodes[raw[0]].exact_filename
-            test_name = graph.nodes[test[0]].exact_filename
-            if raw_name and test_name:
-                node.exact_filename = f"blkverify:{raw_name}:{test_name}"
+    if spec.refresh_filename is not None:
+        # the driver's own bdrv_refresh_filename
+        node.exact_filename = spec.refresh_filename(graph, name, opts)
     elif primary is not None:
         node.exact_filename = ""
         pnode = graph.nodes[primary]

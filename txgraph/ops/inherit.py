@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from txgraph.errors import OpenError
-from txgraph.model.drivers import driver_spec
-from txgraph.model.nbd_uri import NbdAddressError, nbd_parse_filename
+from txgraph.model.drivers import DRIVER_SPECS, driver_spec
 from txgraph.model.node import OpenFlag
 from txgraph.model.options import Provenance, Source, extract_subdict, parse_bool
 from txgraph.model.perm_bits import Role
@@ -163,17 +162,12 @@ def fill_options(options: OptionSet, filename: str | None, flags: OpenFlag) -> O
     return flags
 
 
-_PROTOCOLS = {
-    "file": "file",
-    "host_device": "host_device",
-    "nbd": "nbd",
-    "nbd+tcp": "nbd",
-    "nbd+unix": "nbd",
-    "null-co": "null-co",
-    "null-aio": "null-aio",
-    "blkdebug": "blkdebug",
-    "blkverify": "blkverify",
-}
+def _protocols() -> dict[str, str]:
+    """``proto:`` prefix -> driver, from the specs' ``protocol_names``."""
+    return {prefix: spec.name for spec in DRIVER_SPECS.values() for prefix in spec.protocol_names}
+
+
+_PROTOCOLS = _protocols()
 
 
 def _find_protocol(filename: str, allow_prefix: bool) -> str:
@@ -194,53 +188,17 @@ def _find_protocol(filename: str, allow_prefix: bool) -> str:
 
 
 def _parse_filename(options: OptionSet, driver: str, filename: str) -> None:
-    """The drivers' ``bdrv_parse_filename`` for the prefixes txgraph understands."""
-    prov = Provenance(Source.EXPLICIT, detail="legacy filename")
-    if driver in ("file", "host_device") and filename.startswith(driver + ":"):
-        options.put("filename", filename[len(driver) + 1 :], prov)
-    elif driver == "nbd":
-        try:
-            parsed = nbd_parse_filename(filename, options.values)
-        except NbdAddressError as err:
-            raise OpenError(str(err)) from None
-        for key, value in parsed.items():
-            options.put(key, value, prov)
-        options.discard("filename")
-    elif driver in ("blkdebug", "blkverify"):
-        _parse_debug_filename(options, driver, filename, prov)
-    elif driver in ("null-co", "null-aio"):
-        if filename != f"{driver}://":
-            raise OpenError(f"The only allowed filename for this driver is '{driver}://'")
-        options.discard("filename")
-
-
-def _parse_debug_filename(options: OptionSet, driver: str, filename: str, prov: Provenance) -> None:
-    """``blkdebug_parse_filename`` / ``blkverify_parse_filename``.
-
-    Without the ``driver:`` prefix the whole string names the image child
-    (``x-image``), so a format's filename travels through the filter to the
-    child below, which then clashes with a ``filename`` of its own. With the
-    prefix, blkdebug takes ``[config]:image``, blkverify ``raw:image``.
-    """
-    options.discard("filename")
-    prefix = driver + ":"
-    if not filename.startswith(prefix):
-        options.put("x-image", filename, prov)
+    """``bdrv_fill_options``' call of the driver's ``bdrv_parse_filename`` (the spec's),
+    after which the ``filename`` option goes unless the driver needs it."""
+    spec = driver_spec(driver)
+    if spec is None or spec.parse_filename is None:
         return
-    rest = filename[len(prefix) :]
-    head, colon, image = rest.partition(":")
-    if not colon:
-        raise OpenError(
-            "blkdebug requires both config file and image path"
-            if driver == "blkdebug"
-            else "blkverify requires raw copy and original image path"
-        )
-    if driver == "blkdebug":
-        if head:
-            options.put("config", head, prov)
-    else:
-        options.put("x-raw", head, prov)
-    options.put("x-image", image, prov)
+    prov = Provenance(Source.EXPLICIT, detail="legacy filename")
+    parsed = spec.parse_filename(filename, options.values)
+    if not spec.needs_filename:
+        options.discard("filename")
+    for key, value in parsed.items():
+        options.put(key, value, prov)
 
 
 def flags_from_options(flags: OpenFlag, options: dict[str, Any]) -> OpenFlag:

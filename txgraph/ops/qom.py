@@ -195,38 +195,68 @@ _CLASS_PROPS["throttle-group"] = [
 _IOTHREAD_DEFAULTS = {"thread-pool-max": 64, "poll-max-ns": 32768}
 
 
+#: ``qom-list`` of a ``chardev-socket`` as QSD 7.2 answers it (after ``type``)
+_CHARDEV_SOCKET_PROPS = [("connected", "bool"), ("addr", "SocketAddress")]
+
+
+def _chardev_order(session: Session) -> list[str]:
+    """``/chardevs``' children in ``qmp_qom_list``'s order (GLib hash order, reversed)."""
+    table = GHashOrder()
+    for cid in session.chardevs:
+        table.insert(cid)
+    return list(reversed(table.order()))
+
+
+def _chardev_get(session: Session, cid: str, prop: str) -> Any:
+    """``qom-get`` on a socket chardev of the command line (``char_socket_class_init``'s
+    properties): ``connected`` is true for a monitor's chardev, the one this client uses."""
+    chardev = session.chardevs[cid]
+    if prop == "type":
+        return "chardev-socket"
+    if prop == "connected":
+        return chardev.monitor
+    if prop == "addr":
+        return {"path": chardev.path, "type": "unix"}
+    raise BlockError(f"Property 'chardev-socket.{prop}' not found")
+
+
 def _not_found(path: str) -> BlockError:
     err = BlockError(f"Device '{path}' not found")
     err.error_class = "DeviceNotFound"
     return err
 
 
+def _tree(session: Session) -> list[tuple[list[str], str, Any]]:
+    """Every path of the QOM tree below ``/`` with its kind and object, as QSD 7.2 has it:
+    ``/objects`` (once created) and its objects, ``/chardevs`` and the command line's chardevs."""
+    out: list[tuple[list[str], str, Any]] = []
+    if _objects_exist(session):
+        out.append((["objects"], "objects", None))
+        out += [(["objects", oid], "object", obj) for oid, obj in session.objects.items()]
+    out.append((["chardevs"], "chardevs", None))
+    out += [(["chardevs", cid], "chardev", cid) for cid in session.chardevs]
+    return out
+
+
 def _resolve(session: Session, path: str) -> tuple[str, Any]:
-    """``object_resolve_path``: ("root"|"objects"|"object", the object) for ``path``."""
+    """``object_resolve_path``: (kind, the object) for ``path``; a path without a leading
+    '/' is partial (``object_resolve_partial_path``: it must end exactly one path)."""
     parts = [p for p in path.split("/") if p]
-    if not _objects_exist(session):
-        if path.startswith("/") and not parts:
-            return "root", None
-        raise _not_found(path) if parts else BlockError(f"Path '{path}' is ambiguous")
     if path.startswith("/"):
         if not parts:
             return "root", None
-        if parts[0] == "objects":
-            if len(parts) == 1:
-                return "objects", None
-            if len(parts) == 2 and parts[1] in session.objects:
-                return "object", session.objects[parts[1]]
+        for comps, kind, obj in _tree(session):
+            if comps == parts:
+                return kind, obj
         raise _not_found(path)
-    # a partial path matches where its components end a path of the tree
     if not parts:
         raise BlockError(f"Path '{path}' is ambiguous")
-    if parts == ["objects"]:
-        return "objects", None
-    if parts[0] == "objects" and len(parts) == 2 and parts[1] in session.objects:
-        return "object", session.objects[parts[1]]
-    if len(parts) == 1 and parts[0] in session.objects:
-        return "object", session.objects[parts[0]]
-    raise _not_found(path)
+    found = [(k, o) for comps, k, o in _tree(session) if comps[-len(parts) :] == parts]
+    if len(found) > 1:
+        raise BlockError(f"Path '{path}' is ambiguous")
+    if not found:
+        raise _not_found(path)
+    return found[0]
 
 
 def qom_list(session: Session, path: str) -> list[dict[str, str]]:
@@ -245,16 +275,26 @@ def qom_list(session: Session, path: str) -> list[dict[str, str]]:
             for oid in reversed(order)
             if oid in session.objects
         ]
+    if kind == "chardevs":
+        return out + [
+            {"name": cid, "type": "child<chardev-socket>"} for cid in _chardev_order(session)
+        ]
+    if kind == "chardev":
+        return out + [{"name": n, "type": t} for n, t in _CHARDEV_SOCKET_PROPS]
     return out + [{"name": n, "type": t} for n, t in _CLASS_PROPS.get(obj.qom_type, [])]
 
 
 def qom_get(session: Session, path: str, prop: str) -> Any:
     """``qmp_qom_get`` for the properties txgraph models."""
     kind, obj = _resolve(session, path)
+    if kind == "chardev":
+        return _chardev_get(session, obj, prop)
     if prop == "type":
         return "container" if kind != "object" else obj.qom_type
     if kind == "objects" and prop in session.objects:
         return f"/objects/{prop}"
+    if kind == "chardevs" and prop in session.chardevs:
+        return f"/chardevs/{prop}"
     if (
         kind == "root"
         and prop in ("objects", "chardevs")

@@ -51,6 +51,15 @@ class QomObject:
     props: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Chardev:
+    """A ``--chardev socket,path=P,server=on`` of the command line (``/chardevs/<id>`` in QOM)."""
+
+    path: str
+    #: a ``--monitor`` serves QMP on it
+    monitor: bool = False
+
+
 class Session:
     """The live state commands operate on."""
 
@@ -69,6 +78,9 @@ class Session:
         self.nbd: Any = nbd_server if nbd_server is not None else NbdServer(self.runtime)
         self.namer = AutoNamer(name_seed)
         self.objects: dict[str, QomObject] = {}
+        #: the command line's chardevs by id, in the order given; written only while the
+        #: command line runs (before any QMP client is served), read-only afterwards
+        self.chardevs: dict[str, Chardev] = {}
         #: block exports by id (block-export-add)
         self.exports: dict[str, Any] = {}
         #: the one event channel (block layer, data plane, jobs); QMP servers subscribe

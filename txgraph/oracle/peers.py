@@ -153,10 +153,14 @@ class EnginePeer:
         self._taken: set[int] = set()
         self._cond = threading.Condition()
         try:
+            from txgraph.ops.session import Chardev
             from txgraph.qmp.engine import Engine
 
             self._engine = Engine()
             self._engine.add_event_listener(self._on_event)
+            # the daemon it is compared with serves its monitor on ``--chardev socket,id=qmp0``
+            # (txgraph.peers.QSD): the same chardev in QOM, at no socket of its own
+            self._engine.context.session.chardevs["qmp0"] = Chardev("", monitor=True)
         except Exception:  # the engine is under construction; report, do not crash the harness
             self._init_error = traceback.format_exc(limit=3)
 

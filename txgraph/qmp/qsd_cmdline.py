@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from txgraph.errors import TxgraphError
+from txgraph.ops.session import Chardev
 from txgraph.qmp.keyval_visit import (
     NBD_SERVER_OPTIONS,
     visit_command_arguments,
@@ -123,7 +124,15 @@ def run_command_line(argv: list[str], engine: Any) -> QsdRun:
             failure.warnings = list(run.warnings)
             raise failure from None
     run.monitors = list(chardevs.monitors)
+    _publish_chardevs(engine, chardevs)
     return run
+
+
+def _publish_chardevs(engine: Any, chardevs: Chardevs) -> None:
+    """The chardevs appear in QOM under ``/chardevs`` (``qemu_chardev_new`` adds each there)."""
+    session = engine.context.session
+    for ident, path in chardevs.sockets.items():
+        session.chardevs[ident] = Chardev(path, monitor=ident in chardevs.in_use)
 
 
 def write_pidfile(path: str) -> None:

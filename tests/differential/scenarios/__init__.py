@@ -16,6 +16,7 @@ from tests.differential.scenarios import (
     queries,
     reconfig,
     reopen,
+    vvfat,
 )
 
 __all__ = ["SCENARIOS", "BY_NAME"]
@@ -33,6 +34,7 @@ SCENARIOS: list[Scenario] = [
     *reconfig.SCENARIOS,
     *formats.SCENARIOS,
     *qom.SCENARIOS,
+    *vvfat.SCENARIOS,
 ]
 BY_NAME: dict[str, Scenario] = {s.name: s for s in SCENARIOS}
 assert len(BY_NAME) == len(SCENARIOS), "duplicate scenario names"

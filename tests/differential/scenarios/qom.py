@@ -116,3 +116,33 @@ SCENARIOS = [
         theme=T,
     ),
 ]
+
+#: ``/chardevs``: the monitor's chardev of the daemon's command line (``--chardev
+#: socket,id=qmp0 --monitor chardev=qmp0``), reached by absolute and partial paths
+SCENARIOS += [
+    sc(
+        "qom_list_chardevs",
+        [
+            _ls("/"),
+            _ls("/chardevs"),
+            _ls("chardevs"),
+            _ls("/chardevs/qmp0"),
+            _ls("qmp0"),
+            _ls("/chardevs/qmp1"),
+            _get("/chardevs", "type"),
+            _get("/chardevs", "qmp0"),
+            _get("/chardevs/qmp0", "type"),
+            _get("/chardevs/qmp0", "connected"),
+            _get("qmp0", "nope"),
+            _get("/", "chardevs"),
+            _secret("qmp0"),
+            _ls("/objects"),
+            _ls("qmp0"),
+            _ls("/chardevs/qmp0"),
+            _ls("/objects/qmp0"),
+            _secret("chardevs"),
+            _ls("chardevs"),
+        ],
+        theme=T,
+    ),
+]

@@ -71,6 +71,11 @@ class ImageFormatNode(DriverNode):
     supports_backing: ClassVar[bool] = False
     #: whether ``bdrv_get_info`` reports a cluster size (``cluster-size`` in queries)
     reports_cluster_size: ClassVar[bool] = True
+    #: the blkdebug event the driver raises on the data's child before a guest data read
+    #: (``BLKDBG_EVENT(bs->file, BLKDBG_READ_AIO)``), None for drivers that raise none
+    data_read_event: ClassVar[str | None] = None
+    #: the driver raises ``read_backing_aio`` on ``file`` before a guest read of the backing
+    backing_read_event: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -186,8 +191,12 @@ class ImageFormatNode(DriverNode):
                 if n <= 0:
                     raise eio()
                 if run.kind == DATA:
+                    if self.data_read_event:
+                        self.children[run.child].debug_event(self.data_read_event)
                     out[pos : pos + n] = self.fread(run.host, n, run.child)
                 elif run.kind == UNALLOC:
+                    if self.backing_read_event and "backing" in self.children:
+                        self.file.debug_event("read_backing_aio")
                     self._read_backing(offset + pos, out, pos, n)
                 pos += n
         return bytes(out)

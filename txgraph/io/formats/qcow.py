@@ -36,6 +36,7 @@ from txgraph.io.formats.base import (
     could_not_open,
     eio,
 )
+from txgraph.io.formats.table_cache import CountingCache
 from txgraph.io.registry import register
 
 __all__ = ["QcowNode"]
@@ -54,6 +55,9 @@ class QcowNode(ImageFormatNode):
 
     def open_image(self) -> None:
         """``qcow_open``: header checks in QEMU's order, L1 table, backing name."""
+        #: QEMU's 16-table L2 cache and one-cluster decompression cache (under ``lock``)
+        self._l2_cache = CountingCache(16)
+        self._cluster_cache: tuple[int, bytes] | None = None
         h = self.fread(0, 48)
         magic, version, backing_offset, backing_size, _mtime, size = be("IIQIIQ", h)
         cluster_bits, l2_bits = h[32], h[33]
@@ -144,9 +148,23 @@ class QcowNode(ImageFormatNode):
         return int.from_bytes(self.l1[off : off + 8], "big")
 
     # -- mapping ------------------------------------------------------------------------
+    def _l2_table(self, l2_offset: int, new: bool = False) -> bytearray:
+        """``get_cluster_offset``'s L2 lookup: a cached table, else ``l2_load`` on the file
+        and the whole table read (a new table is written as zeroes instead)."""
+        table = None if new else self._l2_cache.find(l2_offset)
+        if table is not None:
+            return table
+        self.file.debug_event("l2_load")
+        if new:
+            table = bytearray(self.l2_size * 8)
+            self.file.write(l2_offset, bytes(table))
+        else:
+            table = bytearray(self.fread(l2_offset, self.l2_size * 8))
+        return self._l2_cache.insert(l2_offset, table)
+
     def _l2_entries(self, l2_offset: int, index: int, count: int) -> list[int]:
-        raw = self.fread(l2_offset + index * 8, count * 8)
-        return list(struct.unpack(f">{count}Q", raw))
+        table = self._l2_table(l2_offset)
+        return list(struct.unpack_from(f">{count}Q", table, index * 8))
 
     def map_run(self, offset: int, length: int) -> Run:
         cs = self.csize
@@ -186,6 +204,8 @@ class QcowNode(ImageFormatNode):
             while pos < length:
                 run = self.map_run(offset + pos, length - pos)
                 n = min(run.length, length - pos)
+                if run.kind == DATA:
+                    self.file.debug_event("read_aio")  # qcow_co_preadv
                 if run.kind == DATA and self.crypto is not None:
                     # whole sectors (the run's cluster continues to its sector boundary)
                     guest = offset + pos
@@ -199,14 +219,21 @@ class QcowNode(ImageFormatNode):
                     within = (offset + pos) & (self.csize - 1)
                     out[pos : pos + n] = self._decompress(run.host)[within : within + n]
                 else:
+                    if "backing" in self.children:
+                        # qcow_co_preadv raises it on the file, as qcow2 does
+                        self.file.debug_event("read_backing_aio")
                     self._read_backing(offset + pos, out, pos, n)
                 pos += n
         return bytes(out)
 
     def _decompress(self, entry: int) -> bytes:
-        """``decompress_cluster``: a raw deflate stream of at most the stored length."""
+        """``decompress_cluster``: a raw deflate stream of at most the stored length; the
+        last cluster decompressed is kept (``cluster_cache_offset``) and not read again."""
         offset = entry & self.offset_mask
+        if self._cluster_cache is not None and self._cluster_cache[0] == offset:
+            return self._cluster_cache[1]
         csize = (entry >> (63 - self.cluster_bits)) & (self.csize - 1)
+        self.file.debug_event("read_compressed")
         data = self.fread(offset, csize)
         try:
             d = zlib.decompressobj(-12)
@@ -215,6 +242,7 @@ class QcowNode(ImageFormatNode):
             raise eio() from None
         if len(out) != self.csize:
             raise eio()
+        self._cluster_cache = (offset, out)
         return out
 
     def block_status(self, offset: int, length: int) -> BlockStatus:
@@ -251,6 +279,7 @@ class QcowNode(ImageFormatNode):
         cs = self.csize
         for i in range(0, cs, 512):
             if i < start or i >= start + length:
+                self.file.debug_event("write_aio")
                 self.file.write(host + i, self._crypt(guest_cluster + i, bytes(512), True))
 
     def write_run(self, offset: int, data: bytes) -> int:
@@ -263,11 +292,15 @@ class QcowNode(ImageFormatNode):
         l2_index = cluster & (self.l2_size - 1)
         l2_offset = self._l1(l1_index)
         if not l2_offset:
+            # get_cluster_offset's events in its order (l1_update, then l2_load for the new
+            # table); the writes in the safe order: the zeroed table before the L1 entry
             l2_offset = self._alloc(cs)
-            self.file.write(l2_offset, bytes(self.l2_size * 8))
+            self.file.debug_event("l1_update")
+            self._l2_table(l2_offset, new=True)
             self.set_table_entry(self.l1, l1_index, l2_offset, 8, "big")
             self.file.write(self.l1_offset + l1_index * 8, struct.pack(">Q", l2_offset))
-        (entry,) = self._l2_entries(l2_offset, l2_index, 1)
+        table = self._l2_table(l2_offset)
+        entry = int.from_bytes(table[l2_index * 8 : l2_index * 8 + 8], "big")
         # encrypted: whole sectors, so the host write starts ``head`` bytes earlier
         head = offset % 512 if self.crypto is not None else 0
         payload = (
@@ -276,8 +309,10 @@ class QcowNode(ImageFormatNode):
             else bytes(data[:n])
         )
         if entry and not entry & _COMPRESSED:
+            self.file.debug_event("write_aio")
             self.file.write(entry + within - head, payload)
             return n
+        self.file.debug_event("cluster_alloc")
         if entry & _COMPRESSED and n < cs:
             content = bytearray(self._decompress(entry))
         else:
@@ -288,10 +323,17 @@ class QcowNode(ImageFormatNode):
         if content is not None:
             # QEMU writes the decompressed cluster as it is, then the (encrypted) data
             content[within - head : within - head + len(payload)] = payload
+            self.file.debug_event("write_aio")
             self.file.write(host, bytes(content))
-        else:
-            if self.crypto is not None:
-                self._zero_fill_new(host, offset - within, within - head, len(payload))
+        elif self.crypto is not None:
+            self._zero_fill_new(host, offset - within, within - head, len(payload))
+        # QEMU updates the L2 entry (l2_update) before the data write (write_aio); the
+        # events keep that order, the writes put the data first so that a failed write
+        # leaves no entry pointing at a cluster the file does not hold
+        self.file.debug_event("l2_update")
+        if content is None:
+            self.file.debug_event("write_aio")
             self.file.write(host + within - head, payload)
         self.file.write(l2_offset + l2_index * 8, struct.pack(">Q", host))
+        table[l2_index * 8 : l2_index * 8 + 8] = struct.pack(">Q", host)
         return n

@@ -24,6 +24,7 @@ from typing import Any
 
 from txgraph.errors import IOFailure, OpenError
 from txgraph.io.formats.base import DATA, UNALLOC, ZERO, ImageFormatNode, Run, le
+from txgraph.io.formats.table_cache import LruCache
 from txgraph.io.registry import register
 
 __all__ = ["QedNode"]
@@ -46,8 +47,12 @@ class QedNode(ImageFormatNode):
 
     driver_name = "qed"
     supports_backing = True
+    data_read_event = "read_aio"  # qed_aio_read_data
+    backing_read_event = True  # qed_read_backing_file
 
     def open_image(self) -> None:
+        #: QEMU's L2 table cache (qed-l2-cache.c, under ``lock``)
+        self._l2_cache = LruCache(50)
         h = self.fread(0, 64)
         (
             magic,
@@ -141,6 +146,14 @@ class QedNode(ImageFormatNode):
             raise IOFailure("Invalid argument", E.EINVAL)
         return l2, l2_index
 
+    def _l2_table(self, l2: int) -> bytearray:
+        """``qed_read_l2_table``: a cached table, else ``l2_load`` and the table read."""
+        table = self._l2_cache.find(l2)
+        if table is None:
+            self.file.debug_event("l2_load")
+            table = self._l2_cache.insert(l2, bytearray(self.fread(l2, self.entries * 8)))
+        return table
+
     def map_run(self, offset: int, length: int) -> Run:
         cs = self.cluster_size or 1
         within = offset % cs
@@ -149,8 +162,7 @@ class QedNode(ImageFormatNode):
             span = (self.entries - l2_index) * cs - within
             return Run(UNALLOC, min(length, span))
         count = min(self.entries - l2_index, 1 + (within + length - 1) // cs)
-        raw = self.fread(l2 + l2_index * 8, count * 8)
-        ents = struct.unpack(f"<{count}Q", raw)
+        ents = struct.unpack_from(f"<{count}Q", self._l2_table(l2), l2_index * 8)
         first = ents[0]
         kind = UNALLOC if first == 0 else ZERO if first == _ZERO_CLUSTER else DATA
         if kind == DATA and not self._cluster_ok(first):
@@ -186,17 +198,24 @@ class QedNode(ImageFormatNode):
         return l2, idx, l2 == 0
 
     def _update_l2(self, offset: int, value: int, l2: int, idx: int) -> None:
+        """``qed_aio_write_l2_update`` (``l2_update``), then for a new table
+        ``qed_aio_write_l1_update`` (``l1_update``); the cache is written through."""
         if not l2:
             l2 = self._alloc(self.table_size)
             table = bytearray(self.entries * 8)
             struct.pack_into("<Q", table, idx * 8, value)
+            self.file.debug_event("l2_update")
             self.file.write(l2, bytes(table))
+            self._l2_cache.insert(l2, table)
             cs = self.cluster_size or 1
             l1_index = offset // cs // self.entries
             self.set_table_entry(self.l1, l1_index, l2, 8, "little")
+            self.file.debug_event("l1_update")
             self.file.write(self.l1_offset + l1_index * 8, struct.pack("<Q", l2))
         else:
+            self.file.debug_event("l2_update")
             self.file.write(l2 + idx * 8, struct.pack("<Q", value))
+            struct.pack_into("<Q", self._l2_table(l2), idx * 8, value)
 
     def write_run(self, offset: int, data: bytes) -> int:
         """``qed_aio_write_data`` for the part of ``data`` inside one cluster."""
@@ -205,11 +224,21 @@ class QedNode(ImageFormatNode):
         n = min(len(data), cs - within)
         run = self.map_run(offset, n)
         if run.kind == DATA:
+            self.file.debug_event("write_aio")  # qed_aio_write_main
             self.file.write(run.host, bytes(data[:n]))
             return n
         l2, idx = self._l2(offset)
         self._set_need_check()
         start = offset - within
+        # qed_aio_write_cow: each untouched part comes from the backing (read_backing_aio)
+        # and is written (cow_write) before the data (write_aio)
+        end = min(start + cs, self.virtual_size)
+        for part in (within, end - (offset + n)):
+            if part > 0:
+                if "backing" in self.children:
+                    self.file.debug_event("read_backing_aio")
+                self.file.debug_event("cow_write")
+        self.file.debug_event("write_aio")
         # QEMU 7.2 fills the rest of the cluster from the backing even when the cluster was a
         # zero cluster (qed_aio_write_cow does not look at it): the guest then reads backing
         # data where it read zeroes. Reproduced, since QEMU is the reference.
@@ -234,6 +263,7 @@ class QedNode(ImageFormatNode):
                 if run.kind == ZERO:
                     continue
                 if run.kind == DATA:
+                    self.file.debug_event("write_aio")
                     self.file.write(run.host, bytes(cs))
                     continue
                 l2, idx = self._l2(pos)

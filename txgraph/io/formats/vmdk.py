@@ -29,6 +29,7 @@ from typing import Any
 from txgraph.errors import IOFailure, OpenError
 from txgraph.io.driver import BlockStatus
 from txgraph.io.formats.base import DATA, UNALLOC, ZERO, ImageFormatNode, Run, eio, le
+from txgraph.io.formats.table_cache import CountingCache
 from txgraph.io.formats.vmdk_desc import (
     DESC_MAX,
     DESC_SIZE,
@@ -81,6 +82,8 @@ class VmdkNode(ImageFormatNode):
     data_child_is_file = True
 
     def open_image(self) -> None:
+        #: each sparse extent's grain-table cache (QEMU's per-extent l2_cache), under ``lock``
+        self._l2_caches: dict[str, CountingCache] = {}
         flen = self.file_length()
         if flen < 4:
             raise OpenError("File is too small, not a valid image")
@@ -268,6 +271,16 @@ class VmdkNode(ImageFormatNode):
         return bytearray(self.fread(offset, stored, child) if stored else b"")
 
     # -- mapping ------------------------------------------------------------------------
+    def _l2_table(self, ext: _Extent, l2: int) -> bytearray:
+        """``get_cluster_offset``'s grain-table lookup in the extent's 16-table cache; a
+        miss raises ``l2_load`` on the extent's file and reads the whole table."""
+        cache = self._l2_caches.setdefault(ext.child, CountingCache(16))
+        table = cache.find(l2)
+        if table is None:
+            self.children[ext.child].debug_event("l2_load")
+            table = cache.insert(l2, bytearray(self.fread(l2 * 512, ext.l2_size * 4, ext.child)))
+        return table
+
     def _extent(self, sector: int) -> _Extent:
         for ext in self.extents:
             if ext.start <= sector < ext.end:
@@ -302,7 +315,7 @@ class VmdkNode(ImageFormatNode):
         if not l2:
             return Run(UNALLOC, n)
         count = min(ext.l2_size - idx, 1 + (within + length - 1) // cbytes)
-        ents = struct.unpack(f"<{count}I", self.fread(l2 * 512 + idx * 4, count * 4, ext.child))
+        ents = struct.unpack_from(f"<{count}I", self._l2_table(ext, l2), idx * 4)
         first = ents[0]
         if first == 0 or (ext.zero_grain and first == _GTE_ZEROED):
             kind = UNALLOC if first == 0 else ZERO
@@ -335,6 +348,7 @@ class VmdkNode(ImageFormatNode):
                 run = self.map_run(offset + pos, length - pos)
                 n = min(run.length, length - pos)
                 if run.kind == DATA:
+                    self.children[run.child].debug_event("read_aio")  # vmdk_read_extent
                     out[pos : pos + n] = self.fread(run.host, n, run.child)
                 elif run.kind == "compressed":
                     ext = self._extent((offset + pos) >> 9)
@@ -342,6 +356,8 @@ class VmdkNode(ImageFormatNode):
                     within = (offset + pos - ext.start * 512) % cbytes
                     out[pos : pos + n] = self._grain(ext, run.host)[within : within + n]
                 elif run.kind == UNALLOC:
+                    if "backing" in self.children:
+                        self.file.debug_event("read_backing_aio")  # vmdk_co_preadv
                     self._read_backing(offset + pos, out, pos, n)
                 pos += n
         return bytes(out)
@@ -349,6 +365,7 @@ class VmdkNode(ImageFormatNode):
     def _grain(self, ext: _Extent, host: int) -> bytes:
         """``vmdk_read_extent`` of a compressed grain (a marker first when the image has them)."""
         cbytes = ext.cluster_sectors * 512
+        self.children[ext.child].debug_event("read_compressed")
         if ext.has_marker:
             (size,) = le("I", self.fread(host + 8, 4, ext.child))
             if size > 2 * cbytes:
@@ -380,6 +397,7 @@ class VmdkNode(ImageFormatNode):
         ext_end = ext.end * 512
         if ext.flat:
             n = min(len(data), ext_end - offset)
+            self.children[ext.child].debug_event("write_aio")  # vmdk_write_extent
             self.children[ext.child].write(
                 ext.flat_offset + offset - ext.start * 512, bytes(data[:n])
             )
@@ -389,9 +407,14 @@ class VmdkNode(ImageFormatNode):
         cbytes = ext.cluster_sectors * 512
         within = (offset - ext.start * 512) % cbytes
         n = min(len(data), cbytes - within, ext_end - offset)
-        run = self.map_run(offset, n)
+        try:
+            run = self.map_run(offset, n)
+        except IOFailure:
+            # get_cluster_offset fails with VMDK_ERROR: vmdk_pwritev answers -EINVAL
+            raise IOFailure("Invalid argument", E.EINVAL) from None
         child = self.children[ext.child]
         if run.kind == DATA:
+            child.debug_event("write_aio")  # vmdk_write_extent
             child.write(run.host, bytes(data[:n]))
             return n
         l2, idx, l1_index = self._locate(ext, sector)
@@ -403,12 +426,26 @@ class VmdkNode(ImageFormatNode):
             content.extend(bytes(cbytes - len(content)))
         else:
             content = bytearray(cbytes)
-        content[within : within + n] = data[:n]
         grain = ext.next_sector
         ext.next_sector += ext.cluster_sectors
-        child.write(grain * 512, bytes(content))
+        # get_whole_cluster: the grain's untouched head and tail come from the backing
+        # (cow_read, with one) and are written (cow_write) before the guest data; a failure
+        # there is VMDK_ERROR, which vmdk_pwritev answers with -EINVAL
+        for lo, hi in ((0, within), (within + n, cbytes)):
+            if hi > lo:
+                if run.kind == UNALLOC and "backing" in self.children:
+                    child.debug_event("cow_read")
+                child.debug_event("cow_write")
+                try:
+                    child.write(grain * 512 + lo, bytes(content[lo:hi]))
+                except IOFailure:
+                    raise IOFailure("Invalid argument", E.EINVAL) from None
+        child.debug_event("write_aio")
+        child.write(grain * 512 + within, bytes(data[:n]))
         entry = struct.pack("<I", grain)
+        child.debug_event("l2_update")  # vmdk_L2update, written through the cache
         child.write(l2 * 512 + idx * 4, entry)
+        struct.pack_into("<I", self._l2_table(ext, l2), idx * 4, grain)
         if ext.l1_backup is not None:
             backup = self.table_entry(ext.l1_backup, l1_index, 4, "little")
             if backup:

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from txgraph.errors import BlockError, IOFailure
-from txgraph.io.chain import sparse_read
+from txgraph.io.chain import HoleCheckFailure, sparse_read
 from txgraph.io.driver import DriverNode
 from txgraph.io.nbd import protocol as P
 from txgraph.io.nbd.negotiate import Session, negotiate
@@ -497,12 +497,22 @@ class _Connection:
         if cmd == P.CMD_READ:
             with rt.request():
                 node = exp.node()
-                # Structured reads skip what reads as zeroes (nbd_co_send_sparse_read).
-                data = (
-                    sparse_read(node, offset, length)
-                    if session.structured and not flags & P.CMD_FLAG_DF
-                    else node.read(offset, length)
-                )
+                if session.structured and not flags & P.CMD_FLAG_DF:
+                    # Structured reads skip what reads as zeroes (nbd_co_send_sparse_read).
+                    # A failed block status is answered with an error reply; a failed read
+                    # is fatal to the connection in QEMU 7.2: it is closed without a reply
+                    # (the client sees EIO and, without reconnect-delay, fails every later
+                    # request).
+                    try:
+                        data = sparse_read(node, offset, length)
+                    except HoleCheckFailure as err:
+                        self._error(cookie, err.errno, err.desc)
+                        return True
+                    except IOFailure:
+                        self.kill()
+                        return True
+                else:
+                    data = node.read(offset, length)
             if session.structured:
                 self._send(
                     [

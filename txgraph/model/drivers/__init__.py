@@ -14,7 +14,16 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from txgraph.model.drivers import crypto, filters, image_formats, protocols, qcow2, quorum, raw
+from txgraph.model.drivers import (
+    crypto,
+    filters,
+    image_formats,
+    protocols,
+    qcow2,
+    quorum,
+    raw,
+    vvfat,
+)
 from txgraph.model.drivers.spec import (
     COMMON_OPTIONS,
     RESETTABLE_COMMON_OPTIONS,
@@ -42,6 +51,7 @@ FAMILIES: dict[str, ModuleType] = {
     "image_formats": image_formats,
     "filters": filters,
     "quorum": quorum,
+    "vvfat": vvfat,
 }
 
 

@@ -32,6 +32,7 @@ IMAGE_FORMAT_SPECS: dict[str, DriverSpec] = {
             supports_backing=True,
             options=frozenset({"encrypt."}),
             strong_opts=frozenset({"encrypt.key-secret"}),  # qcow_strong_runtime_opts
+            flat_opts=frozenset({"encrypt."}),
             children=_FILE,
         ),
         DriverSpec("qed", "format", supports_backing=True, children=_FILE),

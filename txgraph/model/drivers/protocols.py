@@ -8,9 +8,59 @@ no children.
 
 from __future__ import annotations
 
-from txgraph.model.drivers.spec import DriverSpec
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from txgraph.errors import OpenError
+from txgraph.model.drivers.spec import DriverSpec, ParseFilename, RefreshFilename
+from txgraph.model.nbd_uri import NbdAddressError, nbd_parse_filename
+from txgraph.model.nbd_uri import exact_filename as nbd_exact_filename
+
+if TYPE_CHECKING:
+    from txgraph.model.graph import BlockGraph
 
 __all__ = ["SPECS"]
+
+
+def _strip_prefix(driver: str) -> ParseFilename:
+    """``raw_parse_filename``/``hdev_parse_filename``: drop an optional ``driver:`` prefix."""
+
+    def parse(filename: str, options: Mapping[str, Any]) -> dict[str, Any]:
+        prefix = driver + ":"
+        return {"filename": filename[len(prefix) :] if filename.startswith(prefix) else filename}
+
+    return parse
+
+
+def _parse_nbd(filename: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``nbd_parse_filename`` (:func:`txgraph.model.nbd_uri.nbd_parse_filename`)."""
+    try:
+        return dict(nbd_parse_filename(filename, options))
+    except NbdAddressError as err:
+        raise OpenError(str(err)) from None
+
+
+def _refresh_nbd(graph: BlockGraph, name: str, opts: Mapping[str, Any]) -> str:
+    """``nbd_refresh_filename``: the URI or legacy name of the server and export."""
+    return nbd_exact_filename(graph.nodes[name].options)
+
+
+def _null(driver: str) -> tuple[ParseFilename, RefreshFilename]:
+    """``null_file_parse_filename`` and ``null_refresh_filename`` of ``driver``."""
+
+    def parse(filename: str, options: Mapping[str, Any]) -> dict[str, Any]:
+        if filename != f"{driver}://":
+            raise OpenError(f"The only allowed filename for this driver is '{driver}://'")
+        return {}
+
+    def refresh(graph: BlockGraph, name: str, opts: Mapping[str, Any]) -> str:
+        # only the options that do not change what the node is leave a plain name
+        return f"{driver}://" if set(opts) <= {"filename", "driver", "latency-ns"} else ""
+
+    return parse, refresh
+
+
+_NULL_CO, _NULL_AIO = _null("null-co"), _null("null-aio")
 
 _FILE_OPTIONS = frozenset(
     {
@@ -37,6 +87,8 @@ SPECS: tuple[DriverSpec, ...] = (
         mutable_opts=frozenset({"x-check-cache-dropped"}),
         changeable_opts=frozenset({"drop-cache", "x-check-cache-dropped"}),
         defaults=_FILE_DEFAULTS,
+        protocol_names=("file",),
+        parse_filename=_strip_prefix("file"),
     ),
     DriverSpec(
         "host_device",
@@ -46,6 +98,8 @@ SPECS: tuple[DriverSpec, ...] = (
         mutable_opts=frozenset({"x-check-cache-dropped"}),
         changeable_opts=frozenset({"drop-cache", "x-check-cache-dropped"}),
         defaults=_FILE_DEFAULTS,
+        protocol_names=("host_device",),
+        parse_filename=_strip_prefix("host_device"),
     ),
     DriverSpec(
         "null-co",
@@ -53,6 +107,9 @@ SPECS: tuple[DriverSpec, ...] = (
         options=frozenset({"filename", "size", "latency-ns", "read-zeroes"}),
         strong_opts=frozenset({"size", "read-zeroes"}),
         defaults={"size": 1 << 30, "latency-ns": 0, "read-zeroes": False},
+        protocol_names=("null-co",),
+        parse_filename=_NULL_CO[0],
+        refresh_filename=_NULL_CO[1],
     ),
     DriverSpec(
         "null-aio",
@@ -60,6 +117,9 @@ SPECS: tuple[DriverSpec, ...] = (
         options=frozenset({"filename", "size", "latency-ns", "read-zeroes"}),
         strong_opts=frozenset({"size", "read-zeroes"}),
         defaults={"size": 1 << 30, "latency-ns": 0, "read-zeroes": False},
+        protocol_names=("null-aio",),
+        parse_filename=_NULL_AIO[0],
+        refresh_filename=_NULL_AIO[1],
     ),
     DriverSpec(
         "nbd",
@@ -79,5 +139,8 @@ SPECS: tuple[DriverSpec, ...] = (
             }
         ),
         strong_opts=frozenset({"server.", "export", "tls-creds", "tls-hostname"}),
+        protocol_names=("nbd", "nbd+tcp", "nbd+unix"),
+        parse_filename=_parse_nbd,
+        refresh_filename=_refresh_nbd,
     ),
 )

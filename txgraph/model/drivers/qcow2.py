@@ -48,6 +48,7 @@ SPECS: tuple[DriverSpec, ...] = (
         mutable_opts=_QCOW2_MUTABLE,
         changeable_opts=_QCOW2_MUTABLE,
         strong_opts=frozenset({"encrypt.key-secret"}),
+        flat_opts=frozenset({"encrypt."}),
         children=(
             ChildSpec("file", Role.IMAGE),
             ChildSpec("data-file", Role.DATA, required=False),

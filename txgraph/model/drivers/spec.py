@@ -13,15 +13,21 @@ list, its defaults and the options a reopen may change or omit.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from txgraph.model.perm_bits import Role
+
+if TYPE_CHECKING:
+    from txgraph.model.graph import BlockGraph
 
 __all__ = [
     "DriverSpec",
     "ChildSpec",
+    "ParseFilename",
+    "RefreshFilename",
+    "GatherChildOptions",
     "COMMON_OPTIONS",
     "RESETTABLE_COMMON_OPTIONS",
 ]
@@ -56,6 +62,18 @@ RESETTABLE_COMMON_OPTIONS: frozenset[str] = frozenset(
 )
 
 
+#: the driver's ``bdrv_parse_filename``: ``(filename, options so far)`` -> the options the
+#: legacy filename gives (raises :class:`~txgraph.errors.OpenError` with QEMU's text)
+ParseFilename = Callable[[str, Mapping[str, Any]], dict[str, Any]]
+#: the driver's ``bdrv_refresh_filename``: ``(graph, node, full open options)`` -> the
+#: node's ``exact_filename`` ("" when only a json: description names it); the children's
+#: filenames are up to date when it runs
+RefreshFilename = Callable[["BlockGraph", str, Mapping[str, Any]], str]
+#: the driver's ``bdrv_gather_child_options``: ``(graph, node, full_open_options)`` -> the
+#: children part of the node's full open options (``full_open_options(child)`` gives one)
+GatherChildOptions = Callable[["BlockGraph", str, Callable[[str], dict[str, Any]]], dict[str, Any]]
+
+
 @dataclass(frozen=True)
 class ChildSpec:
     """A child a driver opens: its option key, role and whether it is mandatory."""
@@ -85,6 +103,9 @@ class DriverSpec:
     changeable_opts: frozenset[str] = frozenset()
     #: options that appear in json: filenames (bdrv_refresh_filename's strong options)
     strong_opts: frozenset[str] = frozenset()
+    #: prefixes of strong options QEMU's json: names keep as flat keys (``encrypt.key-secret``,
+    #: ``inject-error.0.event``) instead of nesting them
+    flat_opts: frozenset[str] = frozenset()
     #: children opened by the driver itself (``file`` of formats and filters included)
     children: tuple[ChildSpec, ...] = ()
     #: the edges' permission formula family (see txgraph.model.child_perms.child_perm)
@@ -93,6 +114,16 @@ class DriverSpec:
     filtered_child_is_backing: bool = False
     #: driver-specific default values reported by queries
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    #: ``protocol_name``: the ``proto:`` prefixes of legacy filenames that pick this driver
+    #: (``bdrv_find_protocol``; nbd registers three)
+    protocol_names: tuple[str, ...] = ()
+    #: ``bdrv_parse_filename``, None when the driver has none (the filename stays as given)
+    parse_filename: ParseFilename | None = None
+    #: ``bdrv_refresh_filename``, None for the generic rule (a format takes its primary
+    #: child's name; a protocol keeps the filename it was opened with)
+    refresh_filename: RefreshFilename | None = None
+    #: ``bdrv_gather_child_options``, None for the generic rule (each child by edge name)
+    gather_child_options: GatherChildOptions | None = None
 
     @property
     def is_protocol(self) -> bool:

@@ -25,7 +25,16 @@ from typing import TYPE_CHECKING, Any
 from txgraph.errors import OpenError
 from txgraph.model.drivers import DriverSpec, driver_spec
 from txgraph.model.node import BlockNode
-from txgraph.ops.drivers import crypto, filters, image_formats, protocols, qcow2, quorum, raw
+from txgraph.ops.drivers import (
+    crypto,
+    filters,
+    image_formats,
+    protocols,
+    qcow2,
+    quorum,
+    raw,
+    vvfat,
+)
 from txgraph.ops.drivers.common import OpenFn, ReopenFn, image_dict
 
 if TYPE_CHECKING:
@@ -55,6 +64,7 @@ FAMILIES: dict[str, ModuleType] = {
     "image_formats": image_formats,
     "filters": filters,
     "quorum": quorum,
+    "vvfat": vvfat,
 }
 
 
