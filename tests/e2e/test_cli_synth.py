@@ -57,11 +57,13 @@ _SYMBOLIC = Path(__file__).resolve().parents[2] / "examples" / "symbolic"
 def test_verify_symbolic_none_and_counterexample() -> None:
     res = _cli("verify", str(_SYMBOLIC / "throttle-insert.json"), "--symbolic", "--max-nodes", "5")
     assert res.returncode == 0, res.stderr
-    assert res.stdout.startswith("none up to 5 nodes: 8 starting graphs checked in ")
+    assert res.stdout.startswith("none up to 5 nodes (z3 over 3 states, "), res.stdout
     res = _cli("verify", str(_SYMBOLIC / "cbw-insert.json"), "--symbolic", "--json")
     assert res.returncode == 1, res.stderr
-    cex = json.loads(res.stdout)["counterexample"]
+    report = json.loads(res.stdout)
+    cex = report["counterexample"]
     assert cex["rules"] == ["P3-perm-conflict"] and cex["failing-step"] == 2
+    assert report["method"] == "z3" and report["engine-agrees"] is True
 
 
 def test_verify_needs_symbolic(tmp_path: Path) -> None:

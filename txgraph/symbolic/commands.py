@@ -60,12 +60,19 @@ def verify_symbolic(
             shutil.rmtree(tmp, ignore_errors=True)
 
     from txgraph.plan.format import load_json
-    from txgraph.symbolic.params import confirm_on_qsd, load_param_plan, search
+    from txgraph.symbolic.params import confirm_on_qsd, load_param_plan
+    from txgraph.symbolic.search import search
 
     wd = Path(workdir)
     plan = load_param_plan(load_json(plan_file, str(wd)))
     result = search(plan, wd, max_nodes=max_nodes, policy=policy)
     report = result.to_dict()
+    if result.counterexample is None and result.prediction is not None:
+        # the encoding is wrong on this graph: say so instead of "none"
+        raise RuntimeError(
+            f"z3 predicts a failure ({json.dumps(result.prediction)}) that the engine does "
+            "not confirm"
+        )
     if confirm and result.counterexample is not None:
         from txgraph.oracle.peers import QSDPeer
 
@@ -80,14 +87,32 @@ def verify_symbolic(
 
 def render_symbolic(report: dict[str, Any]) -> str:
     cex = report["counterexample"]
+    how = (
+        f"z3 over {report['encoding'].get('states')} states, "
+        f"{report['encoding'].get('instances')} rule instances"
+        if report.get("method") == "z3"
+        else f"enumeration: {report['candidates']} starting graphs run"
+        + (
+            f" ({report['encoding']['not-encoded']})"
+            if "not-encoded" in report.get("encoding", {})
+            else ""
+        )
+    )
+    if cex is None and report.get("prediction") is None:
+        return f"none up to {report['max-nodes']} nodes ({how}) in {report['seconds']} s"
     if cex is None:
         return (
-            f"none up to {report['max-nodes']} nodes: {report['candidates']} starting graphs "
-            f"checked in {report['seconds']} s"
+            f"z3 predicts {json.dumps(report['prediction'])} but the engine does not confirm it "
+            f"({report['seconds']} s)"
         )
+    agrees = report.get("engine-agrees")
     lines = [
-        f"counterexample (candidate {report['candidates']}, {report['seconds']} s): "
-        f"{json.dumps(cex['assignment'])}",
+        f"counterexample ({how}, {report['seconds']} s): {json.dumps(cex['assignment'])}",
+        *(
+            [f"engine run agrees with z3's prediction: {'yes' if agrees else 'NO'}"]
+            if report.get("method") == "z3"
+            else []
+        ),
         "images:",
         *(f"  qemu-img {' '.join(a)}" for a in cex["qemu-img"]),
         "build:",
