@@ -7,6 +7,12 @@ reports (:func:`~txgraph.symbolic.graphstate.graph_state`: nodes, edges with per
 shared-perm, exports) must equal the one QSD reports when it builds the target directly,
 and the one txgraph predicted. The impossible case — a throttle filter between an NBD
 export and its node — is reported with the constraint that blocks it.
+
+With ``--transaction`` (txgraph.symbolic.txsynth) the answer is one atomic
+``x-txgraph-transaction``, which QSD does not have: the engine runs it from the start
+state, and the graph it ends in (nodes, edges with perm and shared-perm, exports) must
+equal the one QSD reports when it builds the target directly — for every scenario,
+including the one QEMU 7.2 commands cannot reach.
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ import pytest
 
 from tests.support.qsd import qemu_img
 from txgraph.oracle.peers import QSDPeer
+from txgraph.plan.verify import scratch_engine
 from txgraph.symbolic.graphstate import graph_state
 from txgraph.symbolic.synth import synthesize
+from txgraph.symbolic.txsynth import synthesize_transaction
 
 pytestmark = pytest.mark.qsd
 
@@ -188,3 +196,46 @@ def test_filter_above_an_export_is_impossible(images: Path, sockdir: Path) -> No
         "export vm0 must use node 'thr' instead of 'disk'" in b and "no command" in b
         for b in result.blocked
     ), result.blocked
+
+
+TRANSACTIONS: list[tuple[Scenario, list[str]]] = [
+    (snapshot, ["blockdev-add", "blockdev-add", "replace", "blockdev-reopen"]),
+    (throttle_below, ["blockdev-add", "blockdev-reopen"]),
+    (throttle_removed, ["blockdev-reopen", "blockdev-del"]),
+    (swap_backing, ["blockdev-add", "blockdev-add", "blockdev-reopen", "blockdev-del"]),
+    (throttle_two_parents, ["blockdev-add", "blockdev-reopen", "blockdev-reopen"]),
+    (throttle_above_export, ["blockdev-add", "replace"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("scenario", "actions"), TRANSACTIONS, ids=[s.__name__ for s, _a in TRANSACTIONS]
+)
+def test_one_transaction_reaches_the_target_qsd_builds(
+    scenario: Scenario, actions: list[str], images: Path, sockdir: Path
+) -> None:
+    start, target = scenario(images, str(sockdir / "a.sock"))
+    result = synthesize_transaction(start, target, max_actions=6)
+    assert result.found, result.blocked
+    [tx] = result.steps
+    assert tx["execute"] == "x-txgraph-transaction"
+    got = [a["type"].removeprefix("x-txgraph-") for a in tx["arguments"]["actions"]]
+    assert got == actions
+    engine, _ = scratch_engine(start + result.steps)
+    _start_t, target_t = scenario(images, str(sockdir / "b.sock"))
+    assert graph_state(engine.execute) == _on_qsd(images, target_t)
+
+
+def test_a_transaction_that_cannot_reach_the_target_says_what_refused_it(
+    images: Path, sockdir: Path
+) -> None:
+    """The exported node's driver cannot change: reopen refuses it, and a delete of the
+    node the export uses is refused, so no transaction of the candidates reaches it."""
+    start = [_add("qcow2", "disk", file=_img(images, "disk")), *_export(str(sockdir / "a.sock"))]
+    target = [
+        _add("raw", "disk", file=_img(images, "disk")),
+        *_export(str(sockdir / "a.sock")),
+    ]
+    result = synthesize_transaction(start, target, max_actions=6)
+    assert not result.found and result.exhausted
+    assert any("blockdev-reopen" in b and "driver" in b for b in result.blocked), result.blocked

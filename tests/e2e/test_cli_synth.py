@@ -43,6 +43,20 @@ def test_impossible(tmp_path: Path) -> None:
     assert "export vm0 must use node 'thr' instead of 'disk'" in res.stdout
 
 
+def test_transaction_reaches_what_commands_cannot(tmp_path: Path) -> None:
+    a, b = _files(tmp_path, throttle_above_export)
+    res = _cli("plan", "--from", a, "--to", b, "--transaction", "--json")
+    assert res.returncode == 0, res.stderr
+    [tx] = json.loads(res.stdout)["steps"]
+    assert tx["execute"] == "x-txgraph-transaction"
+    assert [x["type"] for x in tx["arguments"]["actions"]] == [
+        "x-txgraph-blockdev-add",
+        "x-txgraph-replace",
+    ]
+    res = _cli("plan", "--from", a, "--to", b, "--transaction")
+    assert res.returncode == 0 and res.stdout.startswith("found: one transaction"), res.stdout
+
+
 def test_bad_state_is_one_line(tmp_path: Path) -> None:
     a = tmp_path / "from.json"
     a.write_text('{"not": "a list"}')

@@ -12,20 +12,38 @@ __all__ = ["synth_report", "render_synth"]
 
 
 def synth_report(
-    from_file: str, to_file: str, directory: str | None, policy: str, max_steps: int
+    from_file: str,
+    to_file: str,
+    directory: str | None,
+    policy: str,
+    max_steps: int,
+    transaction: bool = False,
 ) -> dict[str, Any]:
-    """Load both state files (lists of QMP commands, ``{dir}`` substituted) and search."""
+    """Load both state files (lists of QMP commands, ``{dir}`` substituted) and search;
+    ``transaction``: one atomic ``x-txgraph-transaction`` (:mod:`txgraph.symbolic.txsynth`)."""
     from txgraph.plan.format import load_json
     from txgraph.symbolic.synth import synthesize
+    from txgraph.symbolic.txsynth import synthesize_transaction
 
     start, target = load_json(from_file, directory), load_json(to_file, directory)
     for label, value in (("--from", start), ("--to", target)):
         if not isinstance(value, list):
             raise ValueError(f"{label} must be a JSON list of QMP commands")
+    if transaction:
+        found = synthesize_transaction(start, target, max_actions=max_steps, policy=policy)
+        return {**found.to_dict(), "transaction": True}
     return synthesize(start, target, max_steps=max_steps, policy=policy).to_dict()
 
 
 def render_synth(report: dict[str, Any]) -> str:
+    if report["found"] and report.get("transaction"):
+        lines = [f"found: one transaction, {report['states-explored']} candidate(s) run"]
+        lines += [f"  {i + 1}. {json.dumps(s)}" for i, s in enumerate(report["steps"])]
+        return "\n".join(lines)
+    if report.get("transaction"):
+        lines = [f"impossible: no transaction of at most {report['max-steps']} actions"]
+        lines += [f"  refused: {b}" for b in report["blocked-by"]]
+        return "\n".join(lines)
     if report["found"]:
         lines = [f"found: {len(report['steps'])} step(s), {report['states-explored']} states"]
         lines += [f"  {i + 1}. {json.dumps(s)}" for i, s in enumerate(report["steps"])]

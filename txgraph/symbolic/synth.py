@@ -43,7 +43,7 @@ from txgraph.symbolic.graphstate import (
     node_definitions,
 )
 
-__all__ = ["SynthResult", "synthesize"]
+__all__ = ["SynthResult", "synthesize", "target_definition"]
 
 Command = dict[str, Any]
 
@@ -141,10 +141,7 @@ class _Search:
                 yield {"execute": "blockdev-del", "arguments": {"node-name": name}}
         for name in sorted(set(nodes) & set(self.defs)):
             if kids.get(name, {}) != tkids.get(name, {}) or nodes[name] != tnodes.get(name):
-                opts = dict(self.defs[name])
-                spec = driver_spec(str(opts.get("driver")))
-                if spec is not None and spec.supports_backing:
-                    opts.setdefault("backing", tkids.get(name, {}).get("backing"))
+                opts = target_definition(self.defs, name, tkids)
                 if all(r in nodes for r in _refs(opts)):
                     yield {"execute": "blockdev-reopen", "arguments": {"options": [opts]}}
         for overlay, tk in tkids.items():
@@ -227,6 +224,18 @@ class _Search:
         engine = self.replay([])
         assert engine is not None
         return list(graph_state(engine.execute)[2])
+
+
+def target_definition(
+    defs: dict[str, dict[str, Any]], name: str, tkids: dict[str, dict[str, str]]
+) -> dict[str, Any]:
+    """The target's flat definition of ``name`` for ``blockdev-reopen``: with ``backing``
+    stated (QEMU 7.2 refuses a reopen that leaves it out on a node with a backing)."""
+    opts = dict(defs[name])
+    spec = driver_spec(str(opts.get("driver")))
+    if spec is not None and spec.supports_backing:
+        opts.setdefault("backing", tkids.get(name, {}).get("backing"))
+    return opts
 
 
 def _refs(d: dict[str, Any]) -> list[str]:
