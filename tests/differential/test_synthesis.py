@@ -8,6 +8,10 @@ shared-perm, exports) must equal the one QSD reports when it builds the target d
 and the one txgraph predicted. The impossible case — a throttle filter between an NBD
 export and its node — is reported with the constraint that blocks it.
 
+z3's bounded model check (txgraph.symbolic.bmc) answers first where its encoding
+reaches: its sequences must be as short as the BFS's and reach the target on QSD, and
+its impossibility core must name the export.
+
 With ``--transaction`` (txgraph.symbolic.txsynth) the answer is one atomic
 ``x-txgraph-transaction``, which QSD does not have: the engine runs it from the start
 state, and the graph it ends in (nodes, edges with perm and shared-perm, exports) must
@@ -28,8 +32,9 @@ import pytest
 from tests.support.qsd import qemu_img
 from txgraph.oracle.peers import QSDPeer
 from txgraph.plan.verify import scratch_engine
+from txgraph.symbolic.bmc import NotEncodable, bmc_synthesize
 from txgraph.symbolic.graphstate import graph_state
-from txgraph.symbolic.synth import synthesize
+from txgraph.symbolic.synth import reaches, synthesize
 from txgraph.symbolic.txsynth import synthesize_transaction
 
 pytestmark = pytest.mark.qsd
@@ -239,3 +244,41 @@ def test_a_transaction_that_cannot_reach_the_target_says_what_refused_it(
     result = synthesize_transaction(start, target, max_actions=6)
     assert not result.found and result.exhausted
     assert any("blockdev-reopen" in b and "driver" in b for b in result.blocked), result.blocked
+
+
+BMC: list[tuple[Scenario, int]] = [(s, n) for s, n in FOUND if s is not snapshot]
+
+
+@pytest.mark.parametrize(("scenario", "length"), BMC, ids=[s.__name__ for s, _n in BMC])
+def test_z3_bmc_finds_the_bfs_length_and_qsd_reaches_the_target(
+    scenario: Scenario, length: int, images: Path, sockdir: Path
+) -> None:
+    """z3's bounded model check (txgraph.symbolic.bmc) finds a sequence as short as the
+    BFS's, the engine accepts it step by step, and QSD ends in the target graph."""
+    start, target = scenario(images, str(sockdir / "a.sock"))
+    z = bmc_synthesize(start, target, max_steps=4)
+    assert z.found and len(z.steps) == length == z.bound, (z.steps, z.blocked)
+    assert len(synthesize(start, target, max_steps=4).steps) == length
+    assert reaches(start, z.steps, target, "safe")
+    got = _on_qsd(images, start + z.steps)
+    _start_t, target_t = scenario(images, str(sockdir / "b.sock"))
+    assert got == _on_qsd(images, target_t)
+
+
+def test_z3_bmc_names_the_export_as_what_blocks_a_filter_above_it(
+    images: Path, sockdir: Path
+) -> None:
+    start, target = throttle_above_export(images, str(sockdir / "a.sock"))
+    z = bmc_synthesize(start, target, max_steps=4)
+    assert not z.found
+    assert any(
+        b.startswith("export 'vm0' must") and "no command that moves a block export" in b
+        for b in z.blocked
+    ), z.blocked
+
+
+def test_z3_bmc_leaves_a_snapshot_to_the_bfs(images: Path, sockdir: Path) -> None:
+    """A snapshot reopens its base read-only: flags that change are not encoded."""
+    start, target = snapshot(images, str(sockdir / "a.sock"))
+    with pytest.raises(NotEncodable, match="node 'disk' changes its flags"):
+        bmc_synthesize(start, target, max_steps=4)

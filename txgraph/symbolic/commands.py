@@ -22,7 +22,6 @@ def synth_report(
     """Load both state files (lists of QMP commands, ``{dir}`` substituted) and search;
     ``transaction``: one atomic ``x-txgraph-transaction`` (:mod:`txgraph.symbolic.txsynth`)."""
     from txgraph.plan.format import load_json
-    from txgraph.symbolic.synth import synthesize
     from txgraph.symbolic.txsynth import synthesize_transaction
 
     start, target = load_json(from_file, directory), load_json(to_file, directory)
@@ -32,7 +31,48 @@ def synth_report(
     if transaction:
         found = synthesize_transaction(start, target, max_actions=max_steps, policy=policy)
         return {**found.to_dict(), "transaction": True}
-    return synthesize(start, target, max_steps=max_steps, policy=policy).to_dict()
+    return synth_commands(start, target, max_steps, policy)
+
+
+def synth_commands(
+    start: list[Any], target: list[Any], max_steps: int, policy: str
+) -> dict[str, Any]:
+    """z3's bounded model check first (:mod:`txgraph.symbolic.bmc`), its sequence confirmed
+    on the engine; the BFS (:mod:`txgraph.symbolic.synth`) where z3's encoding does not
+    reach (a snapshot), where the engine does not confirm z3's sequence, or where z3 finds
+    none (its candidate forms are the BFS's minus some, so "none" needs both)."""
+    from txgraph.symbolic.bmc import NotEncodable, bmc_synthesize
+    from txgraph.symbolic.synth import reaches, synthesize
+
+    try:
+        z = bmc_synthesize(start, target, max_steps=max_steps)
+    except NotEncodable as exc:
+        return {
+            **synthesize(start, target, max_steps=max_steps, policy=policy).to_dict(),
+            "method": "bfs",
+            "z3": f"not encoded: {exc}",
+        }
+    if z.found and reaches(start, z.steps, target, policy):
+        return {
+            "found": True,
+            "steps": z.steps,
+            "states-explored": z.candidates,
+            "max-steps": max_steps,
+            "blocked-by": [],
+            "exhausted": False,
+            "method": "z3",
+        }
+    bfs = synthesize(start, target, max_steps=max_steps, policy=policy).to_dict()
+    if z.found:
+        return {**bfs, "method": "bfs", "z3": "its sequence is not confirmed by the engine"}
+    if bfs["found"]:
+        return {**bfs, "method": "bfs", "z3": "no sequence in its encoding"}
+    return {
+        **bfs,
+        "method": "z3+bfs",
+        "blocked-by": [*z.blocked, *bfs["blocked-by"]],
+        "z3-bound": z.bound,
+    }
 
 
 def render_synth(report: dict[str, Any]) -> str:
@@ -44,8 +84,17 @@ def render_synth(report: dict[str, Any]) -> str:
         lines = [f"impossible: no transaction of at most {report['max-steps']} actions"]
         lines += [f"  refused: {b}" for b in report["blocked-by"]]
         return "\n".join(lines)
+    if report["found"] and report.get("method") == "z3":
+        lines = [
+            f"found by z3 (bounded model check over {report['states-explored']} candidate "
+            f"commands, confirmed on the engine): {len(report['steps'])} step(s)"
+        ]
+        lines += [f"  {i + 1}. {json.dumps(s)}" for i, s in enumerate(report["steps"])]
+        return "\n".join(lines)
     if report["found"]:
         lines = [f"found: {len(report['steps'])} step(s), {report['states-explored']} states"]
+        if "z3" in report:
+            lines[0] += f" (breadth first; z3: {report['z3']})"
         lines += [f"  {i + 1}. {json.dumps(s)}" for i, s in enumerate(report["steps"])]
         return "\n".join(lines)
     bound = (

@@ -43,7 +43,7 @@ from txgraph.symbolic.graphstate import (
     node_definitions,
 )
 
-__all__ = ["SynthResult", "synthesize", "target_definition"]
+__all__ = ["SynthResult", "synthesize", "target_definition", "reaches"]
 
 Command = dict[str, Any]
 
@@ -252,6 +252,14 @@ def _label(cmd: Command) -> str:
         return f"blockdev-reopen '{args['options'][0].get('node-name')}'"
     subject = args.get("node-name") or args.get("overlay") or args.get("id")
     return f"{cmd['execute']} '{subject}'"
+
+
+def reaches(start: list[Command], steps: list[Command], target: list[Command], policy: str) -> bool:
+    """``steps`` run from ``start`` on a scratch engine are accepted under ``policy`` one by
+    one and end in the target's state: how a sequence z3 found is confirmed."""
+    search = _Search(start, target, policy)
+    engine = search.replay(steps)
+    return engine is not None and graph_state(engine.execute) == search.target
 
 
 def synthesize(
