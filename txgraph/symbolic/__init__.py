@@ -10,8 +10,12 @@
   into QMP commands and confirmed on the engine (and on QSD by the caller);
 - :mod:`params`: the parameterised plan format, the decoding into QMP commands, and the
   enumerating cross-check of the z3 search;
-- :mod:`synth`: plan synthesis — the shortest sequence of QEMU 7.2 commands from one
-  graph to another, with the engine as the transition function.
+- :mod:`bmc`: plan synthesis by bounded model checking in z3 (``txgraph plan --from
+  --to``), its sequences confirmed on the engine;
+- :mod:`synth`: plan synthesis breadth first, the engine as the transition function —
+  the cross-check and fallback of :mod:`bmc`;
+- :mod:`txsynth`: plan synthesis as one atomic ``x-txgraph-transaction``
+  (``--transaction``).
 """
 
 from __future__ import annotations
