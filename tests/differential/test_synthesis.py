@@ -282,3 +282,25 @@ def test_z3_bmc_leaves_a_snapshot_to_the_bfs(images: Path, sockdir: Path) -> Non
     start, target = snapshot(images, str(sockdir / "a.sock"))
     with pytest.raises(NotEncodable, match="node 'disk' changes its flags"):
         bmc_synthesize(start, target, max_steps=4)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine bug found by synthesis: QSD 7.2 accepts a throttle on top of a "
+    "copy-before-write node, the engine refuses it with P1 ('Edge cbw0/file has permissions "
+    "-/RWUS but its parent requires -/RU'); cbw_child_perm unshares write once the node has "
+    "parents, and apparently the refresh does not revisit the edge when the first one comes",
+)
+def test_a_filter_on_top_of_copy_before_write_is_accepted_as_on_qsd(
+    images: Path, sockdir: Path
+) -> None:
+    cmds = [
+        _TG,
+        _add("qcow2", "disk", file=_img(images, "disk")),
+        _add("null-co", "tgt", size=1048576),
+        _add("copy-before-write", "cbw0", file="disk", target="tgt"),
+        _add("throttle", "thr", **{"throttle-group": "tg0", "file": "cbw0"}),
+    ]
+    want = _on_qsd(images, cmds)  # QSD accepts every command
+    engine, _ = scratch_engine(cmds)  # StateError: the engine refuses the last one
+    assert graph_state(engine.execute) == want

@@ -46,6 +46,7 @@ from txgraph.model.graph import BlockGraph
 from txgraph.plan.verify import scratch_engine
 from txgraph.symbolic.graphsmt import SymbolicEncoder, edge_symbols, parse
 from txgraph.symbolic.graphstate import export_definitions, node_definitions
+from txgraph.symbolic.smtplan import RLIMIT
 from txgraph.symbolic.synth import _refs, target_definition
 
 __all__ = ["NotEncodable", "BmcResult", "bmc_synthesize"]
@@ -259,6 +260,7 @@ def _solve(
     ctx = z3.Context()
     s = z3.Solver(ctx=ctx)
     s.set("random_seed", 0)
+    s.set("rlimit", RLIMIT)  # unknown is an error, never "impossible"
     tt = z3.BoolVal(True, ctx)
     ev = [{r: z3.Bool(f"t{t}:e:{r}", ctx) for r in refs} for t in range(k + 1)]
     vv = [{v: z3.Bool(f"t{t}:v:{v}", ctx) for v in verts} for t in range(k + 1)]

@@ -65,6 +65,9 @@ from txgraph.symbolic.params import Assignment, ParamPlan, build, skeleton_assig
 __all__ = ["Encoding", "SkeletonError", "encode", "solve", "Prediction"]
 
 _EXPORT_BB = "bb:export:"
+#: z3's budget per solve (resource units, deterministic; the 40-node section-3 space needs
+#: well under 1% of it): ``unknown`` is an error, never "none"
+RLIMIT = 2_000_000_000
 
 
 class SkeletonError(ValueError):
@@ -304,6 +307,7 @@ def solve(enc: Encoding, *, exclude: list[Assignment] | None = None) -> Predicti
     ctx = enc.ctx
     opt = z3.Optimize(ctx=ctx)
     opt.set("random_seed", 0)
+    opt.set("rlimit", RLIMIT)
     opt.add(*enc.base)
     opt.add(_holds(enc.checks[0], ctx))
     fails = []
