@@ -221,7 +221,7 @@ def bmc_synthesize(
 ) -> BmcResult:
     """The shortest command sequence z3 finds within ``max_steps``, or the blocking core."""
     start, target = _graph(start_cmds), _graph(target_cmds)
-    for n in set(start.nodes) & set(target.nodes):
+    for n in sorted(set(start.nodes) & set(target.nodes)):
         if _flags(start, n) != _flags(target, n):
             raise NotEncodable(f"node '{n}' changes its flags (a snapshot or read-only reopen)")
     u = _union(start, target)
@@ -278,7 +278,8 @@ def _solve(
         for i, c in enumerate(cands):
             p = pick[t][i]
             s.add(z3.Implies(p, z3.Not(_any([pick[x][i] for x in range(t)], ctx))))
-            pre = [vv[t][n] for n in c.needs if n in vv[t]] + [z3.Not(vv[t][n]) for n in c.adds]
+            pre = [vv[t][n] for n in sorted(c.needs) if n in vv[t]]
+            pre += [z3.Not(vv[t][n]) for n in sorted(c.adds)]
             pre += [z3.Not(ev[t][r]) for r in refs if r[2] in c.unused and r[0] not in c.removes]
             s.add(z3.Implies(z3.And(p, track(f"precondition of {c.label}")), z3.And(tt, *pre)))
         for r in refs:
