@@ -408,6 +408,11 @@ def drive(explain: bool, qemu_args: tuple[str, ...]) -> None:
 )
 @click.option("--max-steps", default=5, show_default=True, help="With --from/--to: the bound.")
 @click.option(
+    "--transaction",
+    is_flag=True,
+    help="With --from/--to: one atomic x-txgraph-transaction instead of QEMU 7.2 commands.",
+)
+@click.option(
     "--graph",
     "graph_file",
     type=click.Path(exists=True, dir_okay=False),
@@ -470,6 +475,7 @@ def plan_cmd(
     from_file: str | None,
     to_file: str | None,
     max_steps: int,
+    transaction: bool,
     graph_file: str | None,
     qmp_socket: str | None,
     directory: str | None,
@@ -494,7 +500,7 @@ def plan_cmd(
     if graph_file and qmp_socket:
         raise click.UsageError("--graph and --graph-from-qmp are exclusive")
     if from_file or to_file or plan_file is None:
-        _synth(plan_file, from_file, to_file, directory, policy, max_steps, as_json)
+        _synth(plan_file, from_file, to_file, directory, policy, max_steps, as_json, transaction)
         return
     try:
         plan = load_plan(plan_file, directory)
@@ -535,6 +541,7 @@ def _synth(
     policy: str,
     max_steps: int,
     as_json: bool,
+    transaction: bool = False,
 ) -> None:
     """``plan --from STATE --to TARGET``: txgraph.symbolic.synth; exit 1 if impossible."""
     from txgraph.errors import TxgraphError
@@ -544,7 +551,7 @@ def _synth(
     if plan_file is not None or not (from_file and to_file):
         raise click.UsageError("give PLAN_FILE, or --from STATE and --to TARGET")
     try:
-        report = synth_report(from_file, to_file, directory, policy, max_steps)
+        report = synth_report(from_file, to_file, directory, policy, max_steps, transaction)
     except (PlanError, TxgraphError, ValueError, OSError, RuntimeError) as err:
         raise click.ClickException(_error_line(err)) from err
     click.echo(json.dumps(report, indent=2) if as_json else render_synth(report))

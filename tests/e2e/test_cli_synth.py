@@ -43,6 +43,20 @@ def test_impossible(tmp_path: Path) -> None:
     assert "export vm0 must use node 'thr' instead of 'disk'" in res.stdout
 
 
+def test_transaction_reaches_what_commands_cannot(tmp_path: Path) -> None:
+    a, b = _files(tmp_path, throttle_above_export)
+    res = _cli("plan", "--from", a, "--to", b, "--transaction", "--json")
+    assert res.returncode == 0, res.stderr
+    [tx] = json.loads(res.stdout)["steps"]
+    assert tx["execute"] == "x-txgraph-transaction"
+    assert [x["type"] for x in tx["arguments"]["actions"]] == [
+        "x-txgraph-blockdev-add",
+        "x-txgraph-replace",
+    ]
+    res = _cli("plan", "--from", a, "--to", b, "--transaction")
+    assert res.returncode == 0 and res.stdout.startswith("found: one transaction"), res.stdout
+
+
 def test_bad_state_is_one_line(tmp_path: Path) -> None:
     a = tmp_path / "from.json"
     a.write_text('{"not": "a list"}')
@@ -57,11 +71,13 @@ _SYMBOLIC = Path(__file__).resolve().parents[2] / "examples" / "symbolic"
 def test_verify_symbolic_none_and_counterexample() -> None:
     res = _cli("verify", str(_SYMBOLIC / "throttle-insert.json"), "--symbolic", "--max-nodes", "5")
     assert res.returncode == 0, res.stderr
-    assert res.stdout.startswith("none up to 5 nodes: 8 starting graphs checked in ")
+    assert res.stdout.startswith("none up to 5 nodes (z3 over 3 states, "), res.stdout
     res = _cli("verify", str(_SYMBOLIC / "cbw-insert.json"), "--symbolic", "--json")
     assert res.returncode == 1, res.stderr
-    cex = json.loads(res.stdout)["counterexample"]
+    report = json.loads(res.stdout)
+    cex = report["counterexample"]
     assert cex["rules"] == ["P3-perm-conflict"] and cex["failing-step"] == 2
+    assert report["method"] == "z3" and report["engine-agrees"] is True
 
 
 def test_verify_needs_symbolic(tmp_path: Path) -> None:

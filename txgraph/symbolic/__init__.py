@@ -3,10 +3,19 @@
 - :mod:`graphsmt`: the checker's own rule encoding (:class:`txgraph.checker.encode.Encoder`)
   with edge permissions left symbolic, in a private z3 context — the bounded model
   proofs (proofs/) and the symbolic plan search use it;
-- :mod:`synth`: plan synthesis — the shortest sequence of QEMU 7.2 commands from one
-  graph to another, with the engine as the transition function;
-- :mod:`params`: parameterised plans — search for a starting graph within stated
-  constraints on which a plan step fails.
+- :mod:`smtplan`: a parameterised plan as one z3 problem — the unknown starting graph
+  (presence literals over the plan's parameters), the steps as transitions, the
+  checker's permission formulas and rules on every state;
+- :mod:`search`: ``txgraph verify --symbolic`` — z3's smallest counterexample, decoded
+  into QMP commands and confirmed on the engine (and on QSD by the caller);
+- :mod:`params`: the parameterised plan format, the decoding into QMP commands, and the
+  enumerating cross-check of the z3 search;
+- :mod:`bmc`: plan synthesis by bounded model checking in z3 (``txgraph plan --from
+  --to``), its sequences confirmed on the engine;
+- :mod:`synth`: plan synthesis breadth first, the engine as the transition function —
+  the cross-check and fallback of :mod:`bmc`;
+- :mod:`txsynth`: plan synthesis as one atomic ``x-txgraph-transaction``
+  (``--transaction``).
 """
 
 from __future__ import annotations

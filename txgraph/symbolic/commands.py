@@ -12,22 +12,89 @@ __all__ = ["synth_report", "render_synth"]
 
 
 def synth_report(
-    from_file: str, to_file: str, directory: str | None, policy: str, max_steps: int
+    from_file: str,
+    to_file: str,
+    directory: str | None,
+    policy: str,
+    max_steps: int,
+    transaction: bool = False,
 ) -> dict[str, Any]:
-    """Load both state files (lists of QMP commands, ``{dir}`` substituted) and search."""
+    """Load both state files (lists of QMP commands, ``{dir}`` substituted) and search;
+    ``transaction``: one atomic ``x-txgraph-transaction`` (:mod:`txgraph.symbolic.txsynth`)."""
     from txgraph.plan.format import load_json
-    from txgraph.symbolic.synth import synthesize
+    from txgraph.symbolic.txsynth import synthesize_transaction
 
     start, target = load_json(from_file, directory), load_json(to_file, directory)
     for label, value in (("--from", start), ("--to", target)):
         if not isinstance(value, list):
             raise ValueError(f"{label} must be a JSON list of QMP commands")
-    return synthesize(start, target, max_steps=max_steps, policy=policy).to_dict()
+    if transaction:
+        found = synthesize_transaction(start, target, max_actions=max_steps, policy=policy)
+        return {**found.to_dict(), "transaction": True}
+    return synth_commands(start, target, max_steps, policy)
+
+
+def synth_commands(
+    start: list[Any], target: list[Any], max_steps: int, policy: str
+) -> dict[str, Any]:
+    """z3's bounded model check first (:mod:`txgraph.symbolic.bmc`), its sequence confirmed
+    on the engine; the BFS (:mod:`txgraph.symbolic.synth`) where z3's encoding does not
+    reach (a snapshot), where the engine does not confirm z3's sequence, or where z3 finds
+    none (its candidate forms are the BFS's minus some, so "none" needs both)."""
+    from txgraph.symbolic.bmc import NotEncodable, bmc_synthesize
+    from txgraph.symbolic.synth import reaches, synthesize
+
+    try:
+        z = bmc_synthesize(start, target, max_steps=max_steps)
+    except NotEncodable as exc:
+        return {
+            **synthesize(start, target, max_steps=max_steps, policy=policy).to_dict(),
+            "method": "bfs",
+            "z3": f"not encoded: {exc}",
+        }
+    if z.found and reaches(start, z.steps, target, policy):
+        return {
+            "found": True,
+            "steps": z.steps,
+            "states-explored": z.candidates,
+            "max-steps": max_steps,
+            "blocked-by": [],
+            "exhausted": False,
+            "method": "z3",
+        }
+    bfs = synthesize(start, target, max_steps=max_steps, policy=policy).to_dict()
+    if z.found:
+        return {**bfs, "method": "bfs", "z3": "its sequence is not confirmed by the engine"}
+    if bfs["found"]:
+        return {**bfs, "method": "bfs", "z3": "no sequence in its encoding"}
+    return {
+        **bfs,
+        "method": "z3+bfs",
+        "blocked-by": [*z.blocked, *bfs["blocked-by"]],
+        "z3-bound": z.bound,
+    }
 
 
 def render_synth(report: dict[str, Any]) -> str:
+    if report["found"] and report.get("transaction"):
+        lines = [f"found: one transaction, {report['states-explored']} candidate(s) run"]
+        lines += [f"  {i + 1}. {json.dumps(s)}" for i, s in enumerate(report["steps"])]
+        return "\n".join(lines)
+    if report.get("transaction"):
+        lines = [f"impossible: no transaction of at most {report['max-steps']} actions"]
+        lines += [f"  refused: {b}" for b in report["blocked-by"]]
+        return "\n".join(lines)
+    if report["found"] and report.get("method") == "z3":
+        lines = [
+            f"found by z3 (bounded model check over {report['states-explored']} candidate "
+            f"commands, confirmed on the engine): {len(report['steps'])} step(s)"
+        ]
+        lines += [f"  {i + 1}. {json.dumps(s)}" for i, s in enumerate(report["steps"])]
+        return "\n".join(lines)
     if report["found"]:
         lines = [f"found: {len(report['steps'])} step(s), {report['states-explored']} states"]
+        if "z3" in report:
+            lines[0] += f" (breadth first; z3: {report['z3']})"
         lines += [f"  {i + 1}. {json.dumps(s)}" for i, s in enumerate(report["steps"])]
         return "\n".join(lines)
     bound = (
@@ -60,12 +127,19 @@ def verify_symbolic(
             shutil.rmtree(tmp, ignore_errors=True)
 
     from txgraph.plan.format import load_json
-    from txgraph.symbolic.params import confirm_on_qsd, load_param_plan, search
+    from txgraph.symbolic.params import confirm_on_qsd, load_param_plan
+    from txgraph.symbolic.search import search
 
     wd = Path(workdir)
     plan = load_param_plan(load_json(plan_file, str(wd)))
     result = search(plan, wd, max_nodes=max_nodes, policy=policy)
     report = result.to_dict()
+    if result.counterexample is None and result.prediction is not None:
+        # the encoding is wrong on this graph: say so instead of "none"
+        raise RuntimeError(
+            f"z3 predicts a failure ({json.dumps(result.prediction)}) that the engine does "
+            "not confirm"
+        )
     if confirm and result.counterexample is not None:
         from txgraph.oracle.peers import QSDPeer
 
@@ -80,14 +154,32 @@ def verify_symbolic(
 
 def render_symbolic(report: dict[str, Any]) -> str:
     cex = report["counterexample"]
+    how = (
+        f"z3 over {report['encoding'].get('states')} states, "
+        f"{report['encoding'].get('instances')} rule instances"
+        if report.get("method") == "z3"
+        else f"enumeration: {report['candidates']} starting graphs run"
+        + (
+            f" ({report['encoding']['not-encoded']})"
+            if "not-encoded" in report.get("encoding", {})
+            else ""
+        )
+    )
+    if cex is None and report.get("prediction") is None:
+        return f"none up to {report['max-nodes']} nodes ({how}) in {report['seconds']} s"
     if cex is None:
         return (
-            f"none up to {report['max-nodes']} nodes: {report['candidates']} starting graphs "
-            f"checked in {report['seconds']} s"
+            f"z3 predicts {json.dumps(report['prediction'])} but the engine does not confirm it "
+            f"({report['seconds']} s)"
         )
+    agrees = report.get("engine-agrees")
     lines = [
-        f"counterexample (candidate {report['candidates']}, {report['seconds']} s): "
-        f"{json.dumps(cex['assignment'])}",
+        f"counterexample ({how}, {report['seconds']} s): {json.dumps(cex['assignment'])}",
+        *(
+            [f"engine run agrees with z3's prediction: {'yes' if agrees else 'NO'}"]
+            if report.get("method") == "z3"
+            else []
+        ),
         "images:",
         *(f"  qemu-img {' '.join(a)}" for a in cex["qemu-img"]),
         "build:",

@@ -13,17 +13,15 @@ A parameterised plan names node variables with constraints instead of a starting
   ``read-only``); ``writers``: how many *other* writable NBD exports use the node
   directly (a second writer); ``backing-depth``/``writers``: ``[lo, hi]``.
 
-:func:`search` looks for a counterexample: an assignment whose graph QEMU builds, on
-which some step is refused (QEMU's error, under the ``qemu`` policy) or accepted but
-breaks a rule of the ``safe`` policy. What z3 does, honestly: it holds the parameter
-space (every variable's ranges, the node bound ``--max-nodes``) as integer constraints
-in a private context and hands out assignments smallest graph first (``Optimize``
-minimising the node count, each model blocked once tried); the real engine then
-builds the candidate on a scratch dry-run Engine and runs the plan
-(:func:`txgraph.plan.verify.run_step`). So every counterexample is a real run, the
-first one found is a smallest one, and "none up to N nodes" means every assignment
-within the bound was run. :func:`confirm_on_qsd` replays a counterexample on
-qemu-storage-daemon 7.2 (the caller owns the QSD).
+A counterexample is an assignment whose graph QEMU builds, on which some step is
+refused (QEMU's error, under the ``qemu`` policy) or accepted but breaks a rule of the
+``safe`` policy. The search itself is z3's (:mod:`txgraph.symbolic.search` over the
+encoding of :mod:`txgraph.symbolic.smtplan`). This module holds the plan format, the
+decoding of an assignment into QMP commands (:func:`build`), the engine run of one
+assignment (:func:`run_plan`), QSD confirmation (:func:`confirm_on_qsd`), and the
+cross-check :func:`enumerate_search`: every assignment within the bound, smallest first
+(z3 ``Optimize`` over the parameter ranges only), built and run on the real engine —
+the tests require that both searches agree on every plan of examples/symbolic/.
 """
 
 from __future__ import annotations
@@ -31,6 +29,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,16 @@ import z3
 from txgraph.plan.format import parse_steps
 from txgraph.plan.verify import StateError, run_step, scratch_engine
 
-__all__ = ["ParamPlan", "Counterexample", "SearchResult", "load_param_plan", "search"]
+__all__ = [
+    "ParamPlan",
+    "Counterexample",
+    "SearchResult",
+    "load_param_plan",
+    "enumerate_search",
+    "failing_assignments",
+    "run_plan",
+    "build",
+]
 
 Command = dict[str, Any]
 _EXPORTS = ("none", "writable", "read-only")
@@ -158,10 +166,32 @@ def assignments(plan: ParamPlan, max_nodes: int) -> Any:
         )
 
 
+def skeleton_assignment(plan: ParamPlan) -> Assignment:
+    """The maximal point of the space: deepest chains, most writers, an export wherever
+    one may be (:func:`build` with ``placeholder`` makes every export read-only)."""
+    return {
+        name: {
+            "depth": var.depth[1],
+            "writers": var.writers[1],
+            "export": "none" if var.exports == ("none",) else "read-only",
+        }
+        for name, var in plan.variables.items()
+    }
+
+
+def _needs_server(plan: ParamPlan) -> bool:
+    """The plan exports something without starting the NBD server itself."""
+    names = [s.get("execute") for s in plan.steps]
+    return "block-export-add" in names and "nbd-server-start" not in names
+
+
 def build(
-    plan: ParamPlan, a: Assignment, workdir: Path, sock: str
+    plan: ParamPlan, a: Assignment, workdir: Path, sock: str, *, placeholder: bool = False
 ) -> tuple[list[Command], list[list[str]]]:
-    """QMP commands that build the assignment's graph, and the qemu-img runs for its images."""
+    """QMP commands that build the assignment's graph, and the qemu-img runs for its images.
+
+    ``placeholder``: every export read-only (the skeleton of :mod:`txgraph.symbolic.smtplan`,
+    whose permissions z3 computes per choice)."""
     cmds: list[Command] = []
     images: list[list[str]] = []
     if any(v.driver == "throttle" for v in plan.variables.values()):
@@ -232,10 +262,12 @@ def build(
     for var in plan.variables.values():
         ex = a[var.name]["export"]
         if ex != "none":
-            exports.append(_export(f"{var.name}-exp", var.name, ex == "writable"))
+            exports.append(
+                _export(f"{var.name}-exp", var.name, ex == "writable" and not placeholder)
+            )
         for k in range(a[var.name]["writers"]):
-            exports.append(_export(f"{var.name}-w{k}", var.name, True))
-    if exports:
+            exports.append(_export(f"{var.name}-w{k}", var.name, not placeholder))
+    if exports or _needs_server(plan):
         cmds.append(
             {
                 "execute": "nbd-server-start",
@@ -253,7 +285,14 @@ def _add(args: dict[str, Any]) -> Command:
 def _export(xid: str, node: str, writable: bool) -> Command:
     return {
         "execute": "block-export-add",
-        "arguments": {"type": "nbd", "id": xid, "node-name": node, "writable": writable},
+        # the export name defaults to the node name: two exports of one node need their own
+        "arguments": {
+            "type": "nbd",
+            "id": xid,
+            "name": xid,
+            "node-name": node,
+            "writable": writable,
+        },
     }
 
 
@@ -288,20 +327,41 @@ class SearchResult:
     seconds: float
     counterexample: Counterexample | None = None
     passed: list[Assignment] = field(default_factory=list)
+    #: ``z3`` (:mod:`txgraph.symbolic.search`) or ``enumeration`` (:func:`enumerate_search`)
+    method: str = "enumeration"
+    #: z3 path: what z3 predicted (assignment, step, rules), None for unsat
+    prediction: dict[str, Any] | None = None
+    #: z3 path: the engine's run of the predicted graph agrees with the prediction
+    agrees: bool | None = None
+    #: z3 path: the size of the encoding (states, rule instances, edges) and why not, if not
+    encoding: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
+            "method": self.method,
             "max-nodes": self.max_nodes,
             "candidates": self.candidates,
             "invalid-starts": self.invalid_starts,
             "seconds": round(self.seconds, 3),
             "counterexample": self.counterexample.to_dict() if self.counterexample else None,
         }
+        if self.method == "z3":
+            out.update(
+                {
+                    "prediction": self.prediction,
+                    "engine-agrees": self.agrees,
+                    "encoding": self.encoding,
+                }
+            )
+        return out
 
 
-def _run(
+def run_plan(
     plan: ParamPlan, cmds: list[Command], policy: str
 ) -> tuple[int, Command, str | None, list[str]] | None:
+    """The plan on a scratch engine built by ``cmds``: (step, command, QEMU's error or
+    None, rules) of the first step that fails, or None. Raises StateError if the engine
+    does not build the start."""
     engine, _ = scratch_engine(cmds)
     session = engine.context.session
     for i, step in enumerate(parse_steps(plan.steps)):
@@ -309,27 +369,50 @@ def _run(
         if not res.ok:
             rules = sorted({v["rule"] for v in (res.verdict or {}).get("violations", [])})
             err = res.reply.get("error", {}).get("desc") if not res.accepted else None
+            said = res.reply.get("error", {}).get("__io.txgraph_explanation", {})
+            if not rules and isinstance(said, dict) and isinstance(said.get("rule"), str):
+                rules = [said["rule"]]  # QEMU's own check refused it (e.g. P4-read-only)
             return i, step.message(), err, rules
     return None
 
 
-def search(
+def rule_numbers(rules: list[str]) -> list[str]:
+    """``P4-read-only-writer`` -> ``P4``: the checker's rule and QEMU's check of the same
+    rule (``P4-read-only``, named by the engine's refusal) compare equal."""
+    return sorted({r.split("-", 1)[0] for r in rules})
+
+
+def make_images(runs: list[list[str]]) -> None:
+    for argv in runs:
+        subprocess.run(["qemu-img", *argv], check=True, capture_output=True, timeout=60)
+
+
+def _outcomes(
+    plan: ParamPlan, workdir: Path, max_nodes: int, policy: str, sock: str
+) -> Iterator[tuple[Assignment, list[Command], list[list[str]], Any]]:
+    """Every assignment within the bound, built and run: (assignment, build, images,
+    :func:`run_plan`'s answer, or ``StateError`` for a start QEMU would not build)."""
+    sock = sock or str(workdir / "nbd.sock")
+    make_images(plan.images)
+    for a in assignments(plan, max_nodes):
+        cmds, images = build(plan, a, workdir, sock)
+        make_images(images)
+        try:
+            yield a, cmds, images, run_plan(plan, cmds, policy)
+        except StateError as exc:
+            yield a, cmds, images, exc
+
+
+def enumerate_search(
     plan: ParamPlan, workdir: Path, *, max_nodes: int = 8, policy: str = "safe", sock: str = ""
 ) -> SearchResult:
-    """The first (smallest) counterexample within ``max_nodes`` block nodes, or none."""
+    """The cross-check of the z3 search (:mod:`txgraph.symbolic.search`): build and run
+    every assignment on the engine, smallest first; the first counterexample, or none."""
     start = time.monotonic()
-    sock = sock or str(workdir / "nbd.sock")
-    for argv in plan.images:
-        subprocess.run(["qemu-img", *argv], check=True, capture_output=True, timeout=60)
     n = bad_starts = 0
-    for a in assignments(plan, max_nodes):
+    for a, cmds, images, found in _outcomes(plan, workdir, max_nodes, policy, sock):
         n += 1
-        cmds, images = build(plan, a, workdir, sock)
-        for argv in images:
-            subprocess.run(["qemu-img", *argv], check=True, capture_output=True, timeout=60)
-        try:
-            found = _run(plan, cmds, policy)
-        except StateError:
+        if isinstance(found, StateError):
             bad_starts += 1  # QEMU would not build this graph: not a starting state
             continue
         if found is not None:
@@ -337,6 +420,17 @@ def search(
             cex = Counterexample(a, cmds, images, i, cmd, err, rules)
             return SearchResult(max_nodes, n, bad_starts, time.monotonic() - start, cex)
     return SearchResult(max_nodes, n, bad_starts, time.monotonic() - start)
+
+
+def failing_assignments(
+    plan: ParamPlan, workdir: Path, *, max_nodes: int = 8, policy: str = "safe", sock: str = ""
+) -> list[tuple[Assignment, int, list[str]]]:
+    """Every assignment on which the engine fails a step: (assignment, step, rules)."""
+    out = []
+    for a, _cmds, _images, found in _outcomes(plan, workdir, max_nodes, policy, sock):
+        if found is not None and not isinstance(found, StateError):
+            out.append((a, found[0], found[3]))
+    return out
 
 
 def confirm_on_qsd(plan: ParamPlan, cex: Counterexample, execute: Any) -> tuple[bool, str]:

@@ -43,7 +43,7 @@ from txgraph.symbolic.graphstate import (
     node_definitions,
 )
 
-__all__ = ["SynthResult", "synthesize"]
+__all__ = ["SynthResult", "synthesize", "target_definition", "reaches"]
 
 Command = dict[str, Any]
 
@@ -141,10 +141,7 @@ class _Search:
                 yield {"execute": "blockdev-del", "arguments": {"node-name": name}}
         for name in sorted(set(nodes) & set(self.defs)):
             if kids.get(name, {}) != tkids.get(name, {}) or nodes[name] != tnodes.get(name):
-                opts = dict(self.defs[name])
-                spec = driver_spec(str(opts.get("driver")))
-                if spec is not None and spec.supports_backing:
-                    opts.setdefault("backing", tkids.get(name, {}).get("backing"))
+                opts = target_definition(self.defs, name, tkids)
                 if all(r in nodes for r in _refs(opts)):
                     yield {"execute": "blockdev-reopen", "arguments": {"options": [opts]}}
         for overlay, tk in tkids.items():
@@ -229,6 +226,18 @@ class _Search:
         return list(graph_state(engine.execute)[2])
 
 
+def target_definition(
+    defs: dict[str, dict[str, Any]], name: str, tkids: dict[str, dict[str, str]]
+) -> dict[str, Any]:
+    """The target's flat definition of ``name`` for ``blockdev-reopen``: with ``backing``
+    stated (QEMU 7.2 refuses a reopen that leaves it out on a node with a backing)."""
+    opts = dict(defs[name])
+    spec = driver_spec(str(opts.get("driver")))
+    if spec is not None and spec.supports_backing:
+        opts.setdefault("backing", tkids.get(name, {}).get("backing"))
+    return opts
+
+
 def _refs(d: dict[str, Any]) -> list[str]:
     """The nodes a flat definition names as children."""
     return [v for k, v in d.items() if k in _CHILD_KEYS and isinstance(v, str)]
@@ -243,6 +252,14 @@ def _label(cmd: Command) -> str:
         return f"blockdev-reopen '{args['options'][0].get('node-name')}'"
     subject = args.get("node-name") or args.get("overlay") or args.get("id")
     return f"{cmd['execute']} '{subject}'"
+
+
+def reaches(start: list[Command], steps: list[Command], target: list[Command], policy: str) -> bool:
+    """``steps`` run from ``start`` on a scratch engine are accepted under ``policy`` one by
+    one and end in the target's state: how a sequence z3 found is confirmed."""
+    search = _Search(start, target, policy)
+    engine = search.replay(steps)
+    return engine is not None and graph_state(engine.execute) == search.target
 
 
 def synthesize(
