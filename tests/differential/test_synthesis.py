@@ -284,16 +284,11 @@ def test_z3_bmc_leaves_a_snapshot_to_the_bfs(images: Path, sockdir: Path) -> Non
         bmc_synthesize(start, target, max_steps=4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug found by synthesis: QSD 7.2 accepts a throttle on top of a "
-    "copy-before-write node, the engine refuses it with P1 ('Edge cbw0/file has permissions "
-    "-/RWUS but its parent requires -/RU'); cbw_child_perm unshares write once the node has "
-    "parents, and apparently the refresh does not revisit the edge when the first one comes",
-)
 def test_a_filter_on_top_of_copy_before_write_is_accepted_as_on_qsd(
     images: Path, sockdir: Path
 ) -> None:
+    """Found by synthesis: a throttle on top of copy-before-write, which the engine refused
+    with P1 until the permission refresh revisited a cbw node gaining its first parent."""
     cmds = [
         _TG,
         _add("qcow2", "disk", file=_img(images, "disk")),
@@ -302,5 +297,5 @@ def test_a_filter_on_top_of_copy_before_write_is_accepted_as_on_qsd(
         _add("throttle", "thr", **{"throttle-group": "tg0", "file": "cbw0"}),
     ]
     want = _on_qsd(images, cmds)  # QSD accepts every command
-    engine, _ = scratch_engine(cmds)  # StateError: the engine refuses the last one
+    engine, _ = scratch_engine(cmds)
     assert graph_state(engine.execute) == want
