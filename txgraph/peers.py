@@ -18,12 +18,28 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 
 __all__ = ["QMPProcess", "QSD", "TxgraphDaemon", "QSD_BINARY"]
 
 QSD_BINARY = shutil.which("qemu-storage-daemon") or "/usr/bin/qemu-storage-daemon"
+
+
+def _dies_with_us(args: list[str]) -> list[str]:
+    """Run the peer under ``setpriv --pdeathsig KILL`` when this is the main thread.
+
+    Every exit path closes a peer (``close``, the failed-start cleanup), but a process
+    killed outright (SIGKILL, or a worker whose parent gave up waiting) runs none of
+    them; the kernel's parent-death signal then takes the peer too, so no
+    qemu-storage-daemon outlives its owner. The signal follows the *thread* that
+    forked, so only the main thread (which lives as long as the process) uses it.
+    """
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or threading.current_thread() is not threading.main_thread():
+        return args
+    return [setpriv, "--pdeathsig", "KILL", "--", *args]
 
 
 class QMPProcess:
@@ -44,7 +60,7 @@ class QMPProcess:
         #: indexes of the events :meth:`wait_event` already returned
         self._taken: set[int] = set()
         self.proc = subprocess.Popen(
-            args,
+            _dies_with_us(args),
             cwd=workdir or self._tmp,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
