@@ -105,7 +105,12 @@ def test_generated_job_sequences_reach_job_states() -> None:
     """The generator's job life cycles get their jobs to the states they wait for."""
     rng = random.Random(3)
     reached: set[str] = set()
-    for _ in range(30):
+    # The draws depend on the job states seen so far, which depend on timing: on a loaded
+    # machine the same seed takes other paths. Draw until every state the assertion asks
+    # for was reached, within a bound (30 sequences suffice on a quiet machine).
+    for _ in range(120):
+        if {"ready", "null"} <= reached and len(reached - {"None"}) >= 3:
+            break
 
         def source(i: int, res: Resources) -> dict[str, Any] | None:
             return None if i >= 16 else Generator(rng, ["add", "jobs"], res).next()
