@@ -426,3 +426,38 @@ def test_export_del_drops_the_last_reference_of_an_implicit_node() -> None:
         {"execute": "query-named-block-nodes", "arguments": {"flat": True}},
     ]
     assert _replay(steps) == []
+
+
+def test_qcow2_allocates_on_its_new_file_after_a_snapshot_onto_it() -> None:
+    """Fuzz cc160f5472: once a snapshot is appended onto a writable qcow2's file node,
+    the qcow2's next cluster allocation must reserve space on its new file child. The
+    writer had bound the old file's ``reserve`` at creation, and the old file had been
+    made read-only by the snapshot: the guest's write failed with EPERM where QSD wrote."""
+    steps = [
+        _add(
+            {
+                "driver": "qcow2",
+                "node-name": "n5",
+                "file": {"driver": "file", "filename": "{dir}/o1.qcow2", "node-name": "n1f"},
+            }
+        ),
+        {
+            "execute": "nbd-server-start",
+            "arguments": {"addr": {"type": "unix", "data": {"path": "{dir}/nbd.sock"}}},
+        },
+        {
+            "execute": "block-export-add",
+            "arguments": {"type": "nbd", "id": "e1", "node-name": "n5", "writable": True},
+        },
+        _add(
+            {
+                "driver": "qcow2",
+                "node-name": "x",
+                "backing": None,
+                "file": {"driver": "file", "filename": "{dir}/o0.qcow2"},
+            }
+        ),
+        {"execute": "blockdev-snapshot", "arguments": {"node": "n1f", "overlay": "x"}},
+        _io("n5", "write -P 0xa5 0 4k", "read -P 0xa5 0 4k"),
+    ]
+    assert _replay(steps) == []

@@ -101,7 +101,7 @@ class Qcow2Writer:
             self._fwrite,
             self._sync,
             getattr(f, "file_length", f.size)(),
-            getattr(f, "reserve", None),
+            self._reserve,
         )
         # The map must not evict slots with unwritten entries: they are its pinned set
         # (the same set object, never rebound; guarded by ``lock`` like the map).
@@ -130,6 +130,14 @@ class Qcow2Writer:
     # -- low level --------------------------------------------------------------
     def _fwrite(self, offset: int, data: bytes) -> None:
         self.node.file.write(offset, data)
+
+    def _reserve(self, offset: int, length: int) -> None:
+        """Reserve space on the *current* file child (its ``fallocate``, if it has one):
+        the child may have been replaced since the writer was made, as when a snapshot
+        is appended onto this node's file (qcow2 reaches ``bs->file`` anew every time)."""
+        reserve = getattr(self.node.file, "reserve", None)
+        if reserve is not None:
+            reserve(offset, length)
 
     def _sync(self) -> None:
         self.node.file.flush()
