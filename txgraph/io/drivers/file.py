@@ -153,6 +153,11 @@ def _writes(fn: Callable[..., None]) -> Callable[..., None]:
     return counted
 
 
+#: reads of at least this many bytes use ``preadv`` rather than the mapping: for 1 MiB
+#: sequential reads of a fresh mapping preadv measured 22 GB/s against 20 GB/s (the
+#: mapping's page faults), as fast as qemu-img bench's io_uring reads
+PREADV_MIN = 256 << 10
+
 #: write generations (``next`` on a count is atomic under the GIL)
 _GENERATIONS = itertools.count(1)
 
@@ -298,9 +303,14 @@ class FileNode(DriverNode):
         return self._len
 
     def readinto(self, offset: int, out: memoryview) -> None:
-        """Fill ``out`` from ``offset``; bytes past EOF read as zeros (like file-posix)."""
+        """Fill ``out`` from ``offset``; bytes past EOF read as zeros (like file-posix).
+
+        Large reads take ``preadv`` (the kernel's copy out of the page cache, no
+        page faults on a fresh mapping); small ones copy from the mapping (no
+        syscall once its pages are mapped).
+        """
         n = len(out)
-        mm = self._mapped(offset, n)
+        mm = self._mapped(offset, n) if n < PREADV_MIN else None
         if mm is not None:
             out[:] = memoryview(mm)[offset : offset + n]
             return
