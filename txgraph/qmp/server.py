@@ -38,6 +38,7 @@ from typing import Any
 
 from txgraph.errors import QMPError, TxgraphError
 from txgraph.qmp.engine import INTERNAL_ERROR, Engine
+from txgraph.qmp.idle_gc import COLLECTOR
 from txgraph.qmp.qapi import (
     check_message,
     order_event,
@@ -314,13 +315,20 @@ class QMPServer:
         try:
             for message in client.decoder.feed(bytes(chunk)):
                 client.write(self._safe_reply(client, message))
+                COLLECTOR.answered()
         except Exception:  # a bug in txgraph: log it, lose this connection only
             log.exception("QMP connection failed unexpectedly")
             self._drop(client)
             return
-        if client.pending and self._loop is not None:
-            self._loop.call_soon(self._feed, client)
+        if self._loop is not None:
+            # More input of this client, or an idle moment for the collector (idle_gc.py)
+            self._loop.call_soon(self._feed if client.pending else self._idle, client)
         self._watch(client)
+
+    def _idle(self, _client: _Client) -> None:
+        """Runs after the ready callbacks; collects only if no client has input pending."""
+        if not any(c.pending for c in self._clients):
+            COLLECTOR.idle()
 
     def _writable(self, client: _Client) -> None:
         try:
