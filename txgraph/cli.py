@@ -376,7 +376,7 @@ def bench_scale(sizes: tuple[int, ...], rounds: int) -> None:
 @click.pass_context
 def bench_all(ctx: click.Context) -> None:
     """Every benchmark above with its defaults, one after the other."""
-    for command in (bench_qmp, bench_txn, bench_io, bench_nbd, bench_jobs):
+    for command in (bench_qmp, bench_txn, bench_scale, bench_io, bench_nbd, bench_jobs):
         ctx.invoke(command)
 
 

@@ -43,10 +43,10 @@ class ProxyServer(QMPServer):
             self._oob.add(client)
         return reply
 
-    async def _reply(self, client: Any, message: Any) -> dict[str, Any]:
+    def _reply(self, client: Any, message: Any) -> dict[str, Any]:
         if isinstance(message, dict) and "exec-oob" in message and client in self._oob:
-            return await self._run_engine(message)
-        return await super()._reply(client, message)
+            return self._run_engine(message)
+        return super()._reply(client, message)
 
 
 async def _serve(path: str, engine: ProxyEngine) -> None:

@@ -18,8 +18,10 @@ No Python text reaches a client: an unexpected exception while answering a
 message becomes a ``GenericError`` with :data:`~txgraph.qmp.engine.INTERNAL_ERROR`
 as its desc, and the traceback goes to the log (stderr under ``txgraph serve``).
 
-Shared state: ``_clients`` and ``_lock`` belong to the server and are only
-touched from its event-loop thread; ``_lock`` serialises engine calls.
+Shared state: ``_clients`` and every :class:`_Client` belong to the server and
+are only touched from its event-loop thread (events from other threads are
+handed over with ``call_soon_threadsafe``); commands run as loop callbacks,
+one at a time, each under the session lock the engine takes.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import Any
 
 from txgraph.errors import QMPError, TxgraphError
 from txgraph.qmp.engine import INTERNAL_ERROR, Engine
+from txgraph.qmp.idle_gc import COLLECTOR
 from txgraph.qmp.qapi import (
     check_message,
     order_event,
@@ -50,6 +53,10 @@ __all__ = ["QMPServer", "ServeError", "serve", "run_server"]
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 64 * 1024
+#: Output a client leaves unread before the server stops reading its input
+#: (asyncio's default write high-water mark, which the stream server drained to).
+OUTPUT_HIGH_WATER = 64 * 1024
+LISTEN_BACKLOG = 128
 #: Bytes decoded per turn of the event loop for one client (see _serve_client).
 FEED_SLICE = 16 * 1024
 # txgraph offers no capability: ``exec-oob`` is not implemented, and QMPClient
@@ -79,36 +86,64 @@ def _error(desc: str, error_class: str = "GenericError") -> dict[str, Any]:
 
 
 class _Client:
-    """One connection: its parser, negotiation state and output stream."""
+    """One connection: its socket, parser, negotiation state and output buffer.
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self.writer = writer
+    Owned by the server's event-loop thread; nothing else touches it.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
         self.decoder = JSONStreamDecoder()
         self.negotiated = False
-        #: the task serving this connection (cancelled by QMPServer.close)
-        self.task: asyncio.Task[None] | None = None
+        self.closed = False
+        #: input read but not yet decoded (decoded FEED_SLICE bytes per turn)
+        self.pending = memoryview(b"")
+        #: output the socket did not take yet (written when it is writable again)
+        self.out = bytearray()
+        #: the loop watches the socket for input (off while input is pending or output piles up)
+        self.reading = False
 
     def send(self, message: dict[str, Any]) -> None:
         self.write(encode_message(message))
 
     def write(self, data: bytes) -> None:
-        # One write per message keeps events from splitting a reply.
-        if not self.writer.is_closing():
-            self.writer.write(data)
+        """Queue one whole message: nothing is written between its bytes (see _flush)."""
+        if self.closed:
+            return
+        if self.out:
+            self.out += data
+            return
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # the client went away; its input end notices and closes
+            self.closed = True
+            return
+        if sent < len(data):
+            self.out += data[sent:]
 
 
 class QMPServer:
-    """Serve ``engine`` over QMP on a unix socket."""
+    """Serve ``engine`` over QMP on a unix socket.
+
+    The connections are non-blocking sockets watched by the running event
+    loop (``add_reader``/``add_writer``), without asyncio's stream objects: a
+    command costs one wake-up, one ``recv`` and one ``send``. Everything below
+    runs as loop callbacks on the loop's thread, so commands of all clients run
+    one at a time (the engine takes the session lock for each as well).
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         #: what the greeting offers and qmp_capabilities may enable (a subclass may offer more)
         self.capabilities: tuple[str, ...] = OFFERED_CAPABILITIES
-        self._lock = asyncio.Lock()
         self._clients: set[_Client] = set()
-        self._server: asyncio.AbstractServer | None = None
+        self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._path: str | None = None
+        self._done: asyncio.Future[None] | None = None
 
     async def start(self, path: str) -> None:
         """Listen on ``path`` (mode 0600; a stale socket file is replaced).
@@ -139,6 +174,8 @@ class QMPServer:
             sock.bind(path)
             # Restrict before listen(): nobody can connect in between.
             os.chmod(path, 0o600)
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
         except OSError as err:
             sock.close()
             raise ServeError(f"Failed to bind socket to {path}: {_strerror(err)}") from None
@@ -146,32 +183,32 @@ class QMPServer:
             sock.close()
             raise
         self._path = path
-        self._server = await asyncio.start_unix_server(self._serve_client, sock=sock)
+        self._sock = sock
+        self._done = self._loop.create_future()
+        self._loop.add_reader(sock.fileno(), self._accept)
         self.engine.add_event_listener(self._on_event)
 
     async def serve_forever(self) -> None:
-        assert self._server is not None
-        await self._server.serve_forever()
+        """Serve until :meth:`close` (or until the awaiting task is cancelled)."""
+        assert self._done is not None
+        await asyncio.shield(self._done)
 
     async def close(self) -> None:
         """Stop listening, disconnect every client, remove the socket file."""
         with contextlib.suppress(ValueError):
             self.engine.remove_event_listener(self._on_event)
-        if self._server is not None:
-            self._server.close()
-        tasks = []
+        if self._sock is not None and self._loop is not None:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
         for client in list(self._clients):
-            client.writer.close()
-            if client.task is not None and client.task is not asyncio.current_task():
-                client.task.cancel()
-                tasks.append(client.task)
-        # Each connection task ends by itself once cancelled (see _serve_client).
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
+            self._drop(client)
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
         if self._path is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._path)
+            self._path = None
 
     # -- events ------------------------------------------------------------------------
     def _on_event(self, event: dict[str, Any]) -> None:
@@ -181,62 +218,139 @@ class QMPServer:
             return
         if "data" in event:
             event = {**event, "data": order_event(event["event"], event["data"])}
+        # Delivered at the next turn of the loop: after the reply being written,
+        # never inside a message.
         loop.call_soon_threadsafe(self._broadcast, event)
 
     def _broadcast(self, event: dict[str, Any]) -> None:
+        data: bytes | None = None
         for client in list(self._clients):
             if client.negotiated:
-                client.send(event)
+                data = data if data is not None else encode_message(event)
+                client.write(data)
+                self._watch(client)
 
     # -- connections -------------------------------------------------------------------
-    async def _serve_client(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        client = _Client(writer)
-        client.task = asyncio.current_task()
-        self._clients.add(client)
-        try:
-            version = await self._run_engine({"execute": "query-version"})
-            client.send(
-                {
-                    "QMP": {
-                        "version": order_return("query-version", version.get("return", {})),
-                        "capabilities": list(self.capabilities),
+    def _accept(self) -> None:
+        """The listening socket is readable: take every waiting connection."""
+        while self._sock is not None:
+            try:
+                conn, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # e.g. EMFILE: the connection waits in the backlog
+                log.exception("QMP accept failed")
+                return
+            conn.setblocking(False)
+            client = _Client(conn)
+            self._clients.add(client)
+            try:
+                version = self._run_engine({"execute": "query-version"})
+                client.send(
+                    {
+                        "QMP": {
+                            "version": order_return("query-version", version.get("return", {})),
+                            "capabilities": list(self.capabilities),
+                        }
                     }
-                }
-            )
-            while True:
-                data = await reader.read(READ_CHUNK)
-                if not data:
-                    break
-                for start in range(0, len(data), FEED_SLICE):
-                    for message in client.decoder.feed(data[start : start + FEED_SLICE]):
-                        client.write(await self._safe_reply(client, message))
-                    # Let the other clients' input and commands have a turn between
-                    # slices: one client's huge message costs them one slice's wait.
-                    await asyncio.sleep(0)
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        except asyncio.CancelledError:
-            # close(): end normally, so asyncio's stream callback has no exception to log
-            pass
+                )
+            except Exception:
+                log.exception("QMP greeting failed unexpectedly")
+                self._drop(client)
+                continue
+            self._watch(client)
+
+    def _watch(self, client: _Client) -> None:
+        """Read when nothing is pending and the output has room; write while output waits."""
+        loop = self._loop
+        if client.closed or loop is None:
+            if client in self._clients:
+                self._drop(client)
+            return
+        want_read = not client.pending and len(client.out) < OUTPUT_HIGH_WATER
+        if want_read != client.reading:
+            if want_read:
+                loop.add_reader(client.fd, self._readable, client)
+            else:
+                loop.remove_reader(client.fd)
+            client.reading = want_read
+        if client.out:
+            loop.add_writer(client.fd, self._writable, client)
+
+    def _drop(self, client: _Client) -> None:
+        """Forget a connection: its watches, its socket (the others go on)."""
+        self._clients.discard(client)
+        client.closed = True
+        loop = self._loop
+        if loop is not None and not loop.is_closed() and client.fd >= 0:
+            loop.remove_reader(client.fd)
+            loop.remove_writer(client.fd)
+        client.reading = False
+        client.fd = -1
+        client.sock.close()
+
+    def _readable(self, client: _Client) -> None:
+        try:
+            data = client.sock.recv(READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # reset by the peer
+            data = b""
+        if not data:
+            self._drop(client)
+            return
+        client.pending = memoryview(data)
+        self._feed(client)
+
+    def _feed(self, client: _Client) -> None:
+        """Decode one slice of the pending input and answer what it completes.
+
+        One slice per turn of the loop: another client's input and commands
+        get a turn in between, so one client's huge message costs them one
+        slice's wait, never the whole message.
+        """
+        if client.closed:
+            return
+        chunk, client.pending = client.pending[:FEED_SLICE], client.pending[FEED_SLICE:]
+        try:
+            for message in client.decoder.feed(bytes(chunk)):
+                client.write(self._safe_reply(client, message))
+                COLLECTOR.answered()
         except Exception:  # a bug in txgraph: log it, lose this connection only
             log.exception("QMP connection failed unexpectedly")
-        finally:
-            self._clients.discard(client)
-            writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.wait_closed()
+            self._drop(client)
+            return
+        if self._loop is not None:
+            # More input of this client, or an idle moment for the collector (idle_gc.py)
+            self._loop.call_soon(self._feed if client.pending else self._idle, client)
+        self._watch(client)
 
-    async def _safe_reply(self, client: _Client, message: Any) -> bytes:
+    def _idle(self, _client: _Client) -> None:
+        """Runs after the ready callbacks; collects only if no client has input pending."""
+        if not any(c.pending for c in self._clients):
+            COLLECTOR.idle()
+
+    def _writable(self, client: _Client) -> None:
+        try:
+            sent = client.sock.send(client.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(client)
+            return
+        del client.out[:sent]
+        if not client.out and self._loop is not None:
+            self._loop.remove_writer(client.fd)
+        self._watch(client)
+
+    def _safe_reply(self, client: _Client, message: Any) -> bytes:
         """The encoded :meth:`_reply`; a bug becomes a GenericError without Python text.
 
         Encoding happens here so that a value the encoder rejects is caught
         too; the traceback goes to the log for developers.
         """
         try:
-            return encode_message(await self._reply(client, message))
+            return encode_message(self._reply(client, message))
         except Exception:
             log.exception("QMP message failed unexpectedly")
             reply = _error(INTERNAL_ERROR)
@@ -244,7 +358,7 @@ class QMPServer:
                 reply["id"] = message["id"]
             return encode_message(reply)
 
-    async def _reply(self, client: _Client, message: Any) -> dict[str, Any]:
+    def _reply(self, client: _Client, message: Any) -> dict[str, Any]:
         """The reply to one decoded message (monitor_qmp_dispatch + qmp_dispatch)."""
         if isinstance(message, JSONParseError):
             return _error(message.desc)
@@ -257,7 +371,7 @@ class QMPServer:
                     "Expecting capabilities negotiation with 'qmp_capabilities'", "CommandNotFound"
                 )
             else:
-                reply = await self._run_engine(message)
+                reply = self._run_engine(message)
                 if "return" in reply:
                     reply["return"] = order_return(name, reply["return"])
                 return reply
@@ -280,21 +394,21 @@ class QMPServer:
         client.negotiated = True
         return {}
 
-    async def _run_engine(self, message: dict[str, Any]) -> dict[str, Any]:
-        """Execute on the engine, one command at a time across all clients.
+    def _run_engine(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Execute on the engine; one command at a time across all clients.
 
         Commands run on the event-loop thread, as QEMU runs them in its main
-        loop: a thread hop per command cost more than most commands take.
+        loop (a thread hop per command cost more than most commands take); the
+        loop runs one callback at a time, so no two commands ever overlap.
         """
-        async with self._lock:
-            try:
-                return self.engine.execute(message)
-            except Exception:  # a bug in a handler must not cost the connection
-                log.exception("QMP command failed unexpectedly")
-                reply = _error(INTERNAL_ERROR)
-                if "id" in message:
-                    reply["id"] = message["id"]
-                return reply
+        try:
+            return self.engine.execute(message)
+        except Exception:  # a bug in a handler must not cost the connection
+            log.exception("QMP command failed unexpectedly")
+            reply = _error(INTERNAL_ERROR)
+            if "id" in message:
+                reply["id"] = message["id"]
+            return reply
 
 
 async def serve(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,3 +98,44 @@ def test_events_only_after_negotiation(server: ServerThread) -> None:
     server.engine.emit_event("LATE")
     assert b'"event": "LATE"' in read_line(sock)
     sock.close()
+
+
+def test_unread_replies_pause_input_and_lose_nothing(server: ServerThread) -> None:
+    """A client that sends far more than it reads: the server buffers its replies,
+    stops reading that client's input past the high-water mark and resumes when
+    the client reads; every reply arrives whole and in order, events between them."""
+    slow = raw_client(server.path)
+    slow.settimeout(60)
+    other = raw_client(server.path)
+    other.settimeout(60)
+    read_line(slow)
+    read_line(other)
+    slow.sendall(b'{"execute": "qmp_capabilities"}')
+    assert read_line(slow) == b'{"return": {}}\r\n'
+    count = 3000  # query-commands replies: several MiB, far above any socket buffer
+    sender = threading.Thread(
+        target=slow.sendall,
+        args=(b"".join(b'{"execute": "query-commands", "id": %d}' % i for i in range(count)),),
+    )
+    sender.start()
+    # Meanwhile the other client is served, and an event reaches the slow one in between.
+    other.sendall(b'{"execute": "qmp_capabilities"}')
+    assert read_line(other) == b'{"return": {}}\r\n'
+    server.engine.emit_event("BETWEEN")
+    stream = slow.makefile("rb")
+    seen = 0
+    events = 0
+    while seen < count:
+        line = stream.readline()
+        assert line.endswith(b"\r\n")
+        message = json.loads(line)
+        if "event" in message:
+            events += 1
+            continue
+        assert message["id"] == seen and "return" in message
+        seen += 1
+    sender.join(60)
+    assert not sender.is_alive() and events == 1
+    stream.close()
+    slow.close()
+    other.close()

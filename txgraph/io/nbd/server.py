@@ -56,10 +56,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from txgraph.errors import BlockError, IOFailure
-from txgraph.io.chain import HoleCheckFailure, sparse_read
+from txgraph.io.buffers import child_readinto
+from txgraph.io.chain import HoleCheckFailure
 from txgraph.io.driver import DriverNode
 from txgraph.io.nbd import protocol as P
 from txgraph.io.nbd.negotiate import Session, negotiate
+from txgraph.io.nbd.reads import read_buffer, sparse_readinto
 from txgraph.io.nbd.wire import Disconnected, parse_address, recv_exact, send_parts
 from txgraph.io.runtime import Runtime
 
@@ -390,12 +392,12 @@ class _Connection:
                 pass
 
     # -- replies -------------------------------------------------------------------------------
-    def _send(self, parts: list[bytes]) -> None:
+    def _send(self, parts: list[bytes | memoryview]) -> None:
         """Send one whole reply; concurrent requests take turns (``send_lock``)."""
         with self.send_lock:
             send_parts(self.sock, parts)
 
-    def _simple(self, cookie: int, err: int, data: bytes = b"") -> None:
+    def _simple(self, cookie: int, err: int, data: bytes | memoryview = b"") -> None:
         self._send([P.SIMPLE_REPLY.pack(P.SIMPLE_REPLY_MAGIC, err, cookie), data])
 
     def _error(self, cookie: int, errno_: int, msg: str) -> None:
@@ -495,6 +497,7 @@ class _Connection:
     ) -> bool:
         rt = exp.runtime
         if cmd == P.CMD_READ:
+            data = read_buffer(length)  # this thread's until the reply is sent (reads.py)
             with rt.request():
                 node = exp.node()
                 if session.structured and not flags & P.CMD_FLAG_DF:
@@ -504,7 +507,7 @@ class _Connection:
                     # (the client sees EIO and, without reconnect-delay, fails every later
                     # request).
                     try:
-                        data = sparse_read(node, offset, length)
+                        sparse_readinto(node, offset, data)
                     except HoleCheckFailure as err:
                         self._error(cookie, err.errno, err.desc)
                         return True
@@ -512,7 +515,7 @@ class _Connection:
                         self.kill()
                         return True
                 else:
-                    data = node.read(offset, length)
+                    child_readinto(node, offset, data)
             if session.structured:
                 self._send(
                     [
