@@ -76,6 +76,8 @@ class RunResult:
     divergence: Divergence | None = None
     #: per step and peer, the canonical reply (``txgraph replay`` prints them)
     replies: list[dict[str, Any]] = field(default_factory=list)
+    #: the most user-named nodes live at once (how deep a state the sequence built)
+    live: int = 0
 
 
 def _mask(text: str) -> str:
@@ -388,6 +390,7 @@ def run_sequence(source: StepSource, against: str, max_steps: int = 40) -> RunRe
                 with session.lock:
                     res.refresh(session.graph)
                     res.jobs = _job_ids(session)
+                result.live = max(result.live, len(res.live))
             message = source(index, res)
             if message is None:
                 break
