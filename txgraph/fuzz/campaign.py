@@ -54,6 +54,11 @@ def families_for(against: str, ops: list[str] | None) -> list[str]:
     return chosen
 
 
+def _waits_after(steps: list[dict[str, Any]], index: int) -> bool:
+    """The step after ``index`` is an ``x-txgraph-wait-job`` (the wait for its effect)."""
+    return index + 1 < len(steps) and steps[index + 1].get("execute") == "x-txgraph-wait-job"
+
+
 @dataclass(frozen=True)
 class CampaignConfig:
     against: str
@@ -167,7 +172,10 @@ class Worker:
                 prefix = base[: gen_rng.randint(low, len(base))]
             else:
                 drop = gen_rng.randrange(len(base))
-                prefix = base[:drop] + base[drop + 1 :]
+                # a command and the x-txgraph-wait-job for what it causes go together:
+                # the wait alone would wait for something nothing causes
+                after = drop + 2 if _waits_after(base, drop) else drop + 1
+                prefix = base[:drop] + base[after:]
             length = max(length, len(prefix) + 1)
         families = self.config.families
 

@@ -32,11 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from txgraph.checker import check
+from txgraph.fuzz.deadline import StepHang, TimedEnginePeer
 from txgraph.fuzz.generate import Resources, image_commands
 from txgraph.fuzz.guest import GUEST_IO, guest_io_reply
 from txgraph.fuzz.jobs import JOB_COMMANDS, WAIT_EVENT
 from txgraph.fuzz.known import classify
 from txgraph.fuzz.replies import reply_problem
+from txgraph.fuzz.stall import SHORT, stalled, wait_cannot_end
 from txgraph.fuzz.waits import run_wait
 from txgraph.jobs.manager import manager_of
 from txgraph.oracle.canon import canon_text, substitute
@@ -189,8 +191,8 @@ class _Sides:
         self.dirs: list[Path] = []
         self.peers: list[Peer] = []
         sides: dict[str, list[Callable[[Path], Peer]]] = {
-            "qsd": [QSDPeer, EnginePeer],
-            "model": [EnginePeer],
+            "qsd": [QSDPeer, TimedEnginePeer],
+            "model": [TimedEnginePeer],
             "qsd-only": [QSDPeer],
         }
         factories = sides[against]
@@ -294,8 +296,15 @@ def _wait_lockstep(
     as :func:`txgraph.oracle.compare.lockstep` does a command."""
     sides.history.append(json.dumps(message))
     records, raw = [], []
+    args = message.get("arguments") or {}
+    # txgraph alone: a job that cannot move before a command ends the wait early (a
+    # differential run waits on both sides alike, so that QSD is never judged by txgraph)
+    alone = len(sides.peers) == 1 and sides.engine is not None
+    until: Callable[[], bool] | None = (
+        (lambda: stalled(sides.session(), args.get("job"))) if alone else None
+    )
     for i, (peer, d) in enumerate(zip(sides.peers, sides.dirs)):
-        inner, reply = run_wait(peer, message.get("arguments") or {}, str(d), sides.autos[i])
+        inner, reply = run_wait(peer, args, str(d), sides.autos[i], until)
         raw.append(inner or {})
         nodes, graph, sides.autos[i] = snapshot(peer, str(d), wrote)
         records.append(StepRecord(len(sides.history) - 1, sides.history[-1], reply, nodes, graph))
@@ -407,6 +416,11 @@ def run_sequence(source: StepSource, against: str, max_steps: int = 40) -> RunRe
                 }
                 result.replies.append(replies)
                 reply = replies.get("txgraph", replies.get("qsd", {}))
+                if _timed_out(replies.get("txgraph")) and not _timed_out(replies.get("qsd")):
+                    # qemu-io got no answer from txgraph's NBD server (QSD's did answer)
+                    lines = ["txgraph's NBD server did not answer qemu-io in time (a hang)"]
+                    result.divergence = _finding("hang", index, message, lines)
+                    break
                 if against == "qsd" and replies["qsd"] != replies["txgraph"]:
                     qsd_out, txg_out = replies["qsd"]["return"], replies["txgraph"]["return"]
                     lines = [
@@ -466,7 +480,14 @@ def run_sequence(source: StepSource, against: str, max_steps: int = 40) -> RunRe
                         autos = {
                             canon_text(n, None): n for n in session.graph.nodes if n.startswith("#")
                         }
-                reply = sides.peers[0].execute(substitute(message, str(sides.dirs[0]), autos))
+                sent = substitute(message, str(sides.dirs[0]), autos)
+                if name == "x-txgraph-wait-job" and wait_cannot_end(
+                    session, sent.get("arguments") or {}
+                ):
+                    # the job cannot get there before a command: the engine runs the wait
+                    # and answers its timeout error at once instead of in 10 s
+                    sent = {**sent, "arguments": {**sent["arguments"], "timeout": SHORT}}
+                reply = sides.peers[0].execute(sent)
                 result.replies.append({sides.peers[0].label: reply})
                 if reply.get("error", {}).get("class") == "PeerDied":
                     lines = [str(reply["error"].get("desc"))]
@@ -490,6 +511,17 @@ def run_sequence(source: StepSource, against: str, max_steps: int = 40) -> RunRe
                 kind, lines = broken
                 result.divergence = _finding(kind, index, message, lines)
                 break
+    except StepHang as hang:
+        # the engine did not answer (a deadlock, a wait without end): the step is the
+        # finding; where the engine was stuck is its signature
+        lines = [f"txgraph did not answer within {hang.seconds:g} s (a hang)"]
+        lines += [f"stuck in {where}" for where in hang.where]
+        result.divergence = _finding("hang", len(result.steps) - 1, result.steps[-1], lines)
     finally:
         sides.close()
     return result
+
+
+def _timed_out(reply: dict[str, Any] | None) -> bool:
+    """A guest I/O step's reply says qemu-io timed out (:func:`guest_io_reply`)."""
+    return reply is not None and reply.get("return", {}).get("rc") == -1
