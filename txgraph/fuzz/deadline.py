@@ -16,13 +16,15 @@ stops answering is a ``crash`` with its last words.
 
 Signals are delivered to the main thread only, so the deadline is armed when the
 runner runs in the main thread (a campaign worker process, the CLI, pytest); a
-runner in another thread goes without it.
+runner in another thread goes without it. An alarm already set (pytest-timeout's)
+is restored after each step, less the step's time.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -74,13 +76,24 @@ def deadline(seconds: float) -> Iterator[None]:
             raise StepHang(seconds, _where(frame))
 
     previous: Any = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    # someone else's alarm (pytest-timeout's, for one) is put back afterwards, less the
+    # time the block took; one due sooner than this deadline stays as it is
+    before, interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+    if before and before <= seconds:
+        signal.signal(signal.SIGALRM, previous)
+        signal.setitimer(signal.ITIMER_REAL, before, interval)
+        yield
+        return
+    start = time.monotonic()
     try:
         yield
     finally:
         armed[0] = False
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if before:
+            left = max(before - (time.monotonic() - start), 0.001)
+            signal.setitimer(signal.ITIMER_REAL, left, interval)
 
 
 class TimedEnginePeer(EnginePeer):

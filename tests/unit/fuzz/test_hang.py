@@ -50,6 +50,24 @@ def test_deadline_interrupts_a_blocked_wait_and_then_stays_quiet() -> None:
     time.sleep(0.3)
 
 
+def test_an_alarm_set_before_survives_the_deadlines() -> None:
+    """pytest-timeout's own SIGALRM (or anyone's) is put back after a step."""
+    import signal
+
+    fired: list[int] = []
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: fired.append(signum))
+    signal.setitimer(signal.ITIMER_REAL, 20.0)
+    try:
+        with deadline(5.0):
+            pass
+        left, _interval = signal.getitimer(signal.ITIMER_REAL)
+        assert 15.0 < left <= 20.0  # re-armed with what was left of it
+        assert signal.getsignal(signal.SIGALRM) is not None and not fired
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def test_a_step_past_its_deadline_is_a_hang_with_a_reproducer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
