@@ -19,16 +19,10 @@ coverage guidance.
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import json
-import os
-import queue
 import re
-import shutil
-import subprocess
 import tempfile
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,13 +30,14 @@ from typing import Any
 
 from txgraph.checker import check
 from txgraph.fuzz.deadline import StepHang, TimedEnginePeer
-from txgraph.fuzz.generate import Resources, image_commands
+from txgraph.fuzz.generate import Resources
 from txgraph.fuzz.guest import GUEST_IO, guest_io_reply
 from txgraph.fuzz.jobs import JOB_COMMANDS, WAIT_EVENT
 from txgraph.fuzz.known import classify
 from txgraph.fuzz.replies import reply_problem
 from txgraph.fuzz.stall import SHORT, stalled, wait_cannot_end
 from txgraph.fuzz.waits import run_wait
+from txgraph.fuzz.workdir import REAPER, make_images
 from txgraph.jobs.manager import manager_of
 from txgraph.oracle.canon import canon_text, substitute
 from txgraph.oracle.compare import StepRecord, compare_records, lockstep, snapshot
@@ -168,55 +163,9 @@ def _finding(kind: str, index: int, message: dict[str, Any], lines: list[str]) -
     return Divergence(kind, index, _label(message), lines, _signature(kind, message, lines))
 
 
-_TEMPLATE: Path | None = None
 #: seconds without a reply after which qemu-storage-daemon counts as hung (commands take
 #: milliseconds; the margin is for a loaded machine)
 HANG_SECONDS = 30.0
-
-
-#: the template images as (name, size, [(offset, data)...]): only their data extents,
-#: read once per process
-_EXTENTS: list[tuple[str, int, list[tuple[int, bytes]]]] = []
-
-
-def _extents(path: Path) -> tuple[int, list[tuple[int, bytes]]]:
-    """``path``'s size and its data extents (``SEEK_DATA``/``SEEK_HOLE``): its holes stay
-    holes in every copy (a 1 MiB raw image is 1 MiB of hole)."""
-    out = []
-    with path.open("rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        pos = 0
-        while pos < size:
-            try:
-                start = os.lseek(f.fileno(), pos, os.SEEK_DATA)
-            except OSError:  # ENXIO: only a hole is left
-                break
-            end = os.lseek(f.fileno(), start, os.SEEK_HOLE)
-            f.seek(start)
-            out.append((start, f.read(end - start)))
-            pos = end
-    return size, out
-
-
-def _make_images(workdir: Path) -> None:
-    """Write the images made once per process by qemu-img (a copy of their data extents
-    costs far less than a create, and than a copy that fills their holes)."""
-    global _TEMPLATE
-    if _TEMPLATE is None or not _TEMPLATE.is_dir():
-        template = Path(tempfile.mkdtemp(prefix="txgraph-fuzz-images-"))
-        for argv in image_commands():
-            subprocess.run(argv, cwd=template, check=True, capture_output=True, timeout=60)
-        atexit.register(shutil.rmtree, template, True)
-        _TEMPLATE = template
-        _EXTENTS[:] = [(p.name, *_extents(p)) for p in sorted(template.iterdir())]
-    for name, size, extents in _EXTENTS:
-        fd = os.open(workdir / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            for offset, data in extents:
-                os.pwrite(fd, data, offset)
-            os.ftruncate(fd, size)
-        finally:
-            os.close(fd)
 
 
 class _Sides:
@@ -235,7 +184,7 @@ class _Sides:
             for factory in factories:
                 d = Path(tempfile.mkdtemp(prefix="txgraph-fuzz-"))
                 self.dirs.append(d)
-                _make_images(d)
+                make_images(d)
                 peer = factory(d)
                 if isinstance(peer, QSDPeer):
                     # a daemon that has not answered in this long hangs (a QEMU deadlock):
@@ -258,41 +207,7 @@ class _Sides:
     def close(self) -> None:
         for peer in self.peers:
             peer.close()
-        _REAPER.remove(self.dirs)
-
-
-class _Reaper:
-    """Removes run directories in a background thread: unlinking a run's images costs
-    milliseconds of disk time the next run need not wait for. Owns its queue (a
-    ``queue.Queue``, thread-safe); the process waits for it at exit, so nothing stays."""
-
-    def __init__(self) -> None:
-        self._queue: queue.Queue[Path | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()  # guards _thread (started once, on first use)
-
-    def remove(self, dirs: list[Path]) -> None:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="fuzz-reaper", daemon=True)
-                self._thread.start()
-                atexit.register(self.drain)
-        for d in dirs:
-            self._queue.put(d)
-
-    def _run(self) -> None:
-        while (d := self._queue.get()) is not None:
-            shutil.rmtree(d, ignore_errors=True)
-            self._queue.task_done()
-        self._queue.task_done()
-
-    def drain(self) -> None:
-        """Wait until every directory handed over is removed."""
-        if self._thread is not None and self._thread.is_alive():
-            self._queue.join()
-
-
-_REAPER = _Reaper()
+        REAPER.remove(self.dirs)
 
 
 #: job statuses in which a job thread changes nothing (it waits for a command)
