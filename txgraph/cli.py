@@ -723,6 +723,13 @@ def show_cmd(
     show_default=True,
     help="How long each worker may shrink its finds once the time budget is spent.",
 )
+@click.option(
+    "--stop-on",
+    default=None,
+    metavar="SIG|crash",
+    help="End the search at the first finding of this signature (e.g. "
+    "qemu-drained-end-no-poll), or with 'crash' at the first crash or hang; then shrink.",
+)
 def fuzz_cmd(
     against: str,
     seconds: float,
@@ -731,6 +738,7 @@ def fuzz_cmd(
     out_dir: str,
     ops: str | None,
     shrink_seconds: float,
+    stop_on: str | None,
 ) -> None:
     """Fuzz block-graph reconfiguration; exit 1 when something diverged or crashed."""
     from txgraph.fuzz import CampaignConfig, campaign_dir, families_for, run_campaign
@@ -741,7 +749,13 @@ def fuzz_cmd(
     except ValueError as err:
         raise click.UsageError(str(err)) from None
     config = CampaignConfig(
-        against, seconds, seed, campaign_dir(out_dir).resolve(), families, shrink_seconds
+        against,
+        seconds,
+        seed,
+        campaign_dir(out_dir).resolve(),
+        families,
+        shrink_seconds,
+        stop_on,
     )
     with Progress(seconds) as progress:
         report = run_campaign(config, jobs, progress.update)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from txgraph.fuzz.campaign import CampaignConfig, Worker, families_for
+from txgraph.fuzz.campaign import STOP_FILE, CampaignConfig, Worker, families_for
 from txgraph.fuzz.report import collect, write_report
 
 __all__ = ["CampaignConfig", "run_campaign", "families_for"]
@@ -43,14 +43,15 @@ def run_campaign(
     ``progress`` is called about twice a second with the report so far.
     """
     config.out.mkdir(parents=True, exist_ok=True)
-    for stale in config.out.glob("worker-*.json"):
-        stale.unlink()
+    for stale in [*config.out.glob("worker-*.json"), config.out / STOP_FILE]:
+        stale.unlink(missing_ok=True)
     meta = {
         "against": config.against,
         "seed": config.seed,
         "seconds": config.seconds,
         "jobs": jobs,
         "families": config.families,
+        "stop_on": config.stop_on,
     }
     ctx = multiprocessing.get_context("spawn")  # no threads or sockets inherited by a fork
     procs = [

@@ -34,7 +34,7 @@ from txgraph.fuzz.repro import write_reproducers
 from txgraph.fuzz.run import Divergence, RunResult, run_sequence
 from txgraph.fuzz.shrink import shrink
 
-__all__ = ["CampaignConfig", "Worker", "WorkerStats", "families_for"]
+__all__ = ["CampaignConfig", "CRASH_KINDS", "Worker", "WorkerStats", "families_for"]
 
 _MAX_LEN = 25
 
@@ -54,6 +54,11 @@ def families_for(against: str, ops: list[str] | None) -> list[str]:
     return chosen
 
 
+def _waits_after(steps: list[dict[str, Any]], index: int) -> bool:
+    """The step after ``index`` is an ``x-txgraph-wait-job`` (the wait for its effect)."""
+    return index + 1 < len(steps) and steps[index + 1].get("execute") == "x-txgraph-wait-job"
+
+
 @dataclass(frozen=True)
 class CampaignConfig:
     against: str
@@ -63,6 +68,16 @@ class CampaignConfig:
     families: list[str]
     #: how long each worker shrinks its finds after the search (0: not at all)
     shrink_seconds: float = 420.0
+    #: end the search at the first finding of this signature, or with ``crash`` at the
+    #: first crash or hang of either side (``--stop-on``): the time to find it is
+    #: measured without spending the rest of the budget
+    stop_on: str | None = None
+
+
+#: the kinds of findings ``stop_on_crash`` stops at: a peer died or stopped answering
+CRASH_KINDS = frozenset({"crash", "qsd-crash", "hang"})
+#: the file a worker creates in the campaign directory to make every worker stop
+STOP_FILE = "stop"
 
 
 @dataclass
@@ -115,27 +130,31 @@ class Worker:
         self.stats = WorkerStats(index)
         self.corpus_dir = config.out / "corpus"
         self.corpus_dir.mkdir(parents=True, exist_ok=True)
-        self._corpus: dict[str, list[dict[str, Any]]] = {}
+        #: key -> (steps, the most nodes live at once along them)
+        self._corpus: dict[str, tuple[list[dict[str, Any]], int]] = {}
         #: new divergences found, shrunk after the search (:meth:`_shrink_all`)
         self._to_shrink: list[tuple[list[dict[str, Any]], Divergence]] = []
 
     # -- corpus ---------------------------------------------------------------------------
-    def _load_corpus(self) -> list[list[dict[str, Any]]]:
+    def _load_corpus(self) -> list[tuple[list[dict[str, Any]], int]]:
         for path in sorted(self.corpus_dir.glob("*.json")):
             if path.stem not in self._corpus:
                 try:
-                    self._corpus[path.stem] = json.loads(path.read_text())
+                    entry = json.loads(path.read_text())
                 except (OSError, ValueError):
                     continue  # being written by another worker: next time
+                if isinstance(entry, list):  # a corpus from before the live count
+                    entry = {"steps": entry, "live": 0}
+                self._corpus[path.stem] = (entry["steps"], int(entry.get("live", 0)))
         return list(self._corpus.values())
 
-    def _keep(self, steps: list[dict[str, Any]]) -> None:
+    def _keep(self, steps: list[dict[str, Any]], live: int) -> None:
         text = json.dumps(steps, sort_keys=True)
         key = hashlib.sha1(text.encode()).hexdigest()[:16]
         tmp = self.corpus_dir / f".{key}.{os.getpid()}.tmp"
-        tmp.write_text(text)
+        tmp.write_text(json.dumps({"steps": steps, "live": live}, sort_keys=True))
         tmp.replace(self.corpus_dir / f"{key}.json")  # atomic: readers see all or nothing
-        self._corpus[key] = steps
+        self._corpus[key] = (steps, live)
 
     # -- one sequence ---------------------------------------------------------------------
     def _source(self) -> Any:
@@ -144,12 +163,19 @@ class Worker:
         length = gen_rng.randint(1, _MAX_LEN)
         prefix: list[dict[str, Any]] = []
         if corpus and gen_rng.random() < 0.6:
-            base = gen_rng.choice(corpus)
+            # entries that built more nodes are drawn more often: deep states are where
+            # the next step has the most to combine (a node shared, a child re-pointed)
+            base = gen_rng.choices(corpus, [(1 + live) ** 2 for _s, live in corpus])[0][0]
             if gen_rng.random() < 0.7 or len(base) < 2:
-                prefix = base[: gen_rng.randint(0, len(base))]
+                # mostly a long prefix, which keeps the state the entry built
+                low = len(base) // 2 if gen_rng.random() < 0.7 else 0
+                prefix = base[: gen_rng.randint(low, len(base))]
             else:
                 drop = gen_rng.randrange(len(base))
-                prefix = base[:drop] + base[drop + 1 :]
+                # a command and the x-txgraph-wait-job for what it causes go together:
+                # the wait alone would wait for something nothing causes
+                after = drop + 2 if _waits_after(base, drop) else drop + 1
+                prefix = base[:drop] + base[after:]
             length = max(length, len(prefix) + 1)
         families = self.config.families
 
@@ -173,7 +199,7 @@ class Worker:
         if new:
             st.behaviours |= new
             st.timeline.append((round(time.monotonic() - self._start, 2), len(st.behaviours)))
-            self._keep(result.steps)
+            self._keep(result.steps, result.live)
 
     def _divergence(self, result: RunResult, d: Divergence) -> None:
         known = self.stats.divergences.get(d.signature)
@@ -190,6 +216,9 @@ class Worker:
             "lines": d.lines[:6],
         }
         self.stats.divergences[d.signature] = entry
+        stop = self.config.stop_on
+        if stop == d.signature or (stop == "crash" and d.kind in CRASH_KINDS):
+            (self.config.out / STOP_FILE).write_text(f"{d.signature}\n")
         repro = self.config.out / f"repro-{d.signature}.json"
         if repro.exists():  # another worker found it first (and shrinks it)
             entry["repro"] = repro.name
@@ -203,9 +232,14 @@ class Worker:
 
     def _shrink_all(self, deadline: float) -> None:
         """Shrink what this worker found, first found first, until ``deadline``."""
+        stop = self.config.stop_on
         for steps, d in self._to_shrink:
             if time.monotonic() >= deadline:
                 break
+            if stop is not None and not (
+                stop == d.signature or (stop == "crash" and d.kind in CRASH_KINDS)
+            ):
+                continue  # a campaign that looks for one finding shrinks only that one
             small, shrunk = shrink(steps, d.signature, self.config.against, deadline=deadline)
             final = shrunk.divergence if shrunk.divergence is not None else d
             entry = self.stats.divergences[d.signature]
@@ -233,6 +267,8 @@ class Worker:
         while time.monotonic() < deadline:
             if os.getppid() != parent:
                 break  # the campaign process is gone (killed): stop instead of running on
+            if self.config.stop_on and (self.config.out / STOP_FILE).exists():
+                break  # a worker found what the campaign looks for: the search is over
             try:
                 result = run_sequence(self._source(), self.config.against, max_steps=_MAX_LEN * 2)
             except (OSError, RuntimeError, subprocess.SubprocessError) as err:

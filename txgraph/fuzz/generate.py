@@ -193,12 +193,13 @@ class Generator:
         return opts
 
     def child_ref(self) -> Any:
-        """A child given by reference, inline, or inline with a name."""
+        """A child given by reference (mostly, with nodes around: sharing an existing node
+        is what builds graphs instead of trees), inline, or inline with a name."""
         r = self.rng.random()
-        if r < 0.5 and self.res.live:
+        if r < 0.6 and self.res.live:
             return self.node()
         inline = _file(self.rng.choice(_IMAGE_FILES))
-        if r < 0.75:
+        if r < 0.85:
             inline["node-name"] = self.new_name() + "f"
         return inline
 
@@ -328,12 +329,20 @@ def delete(g: Generator) -> dict[str, Any]:
 
 
 # -- reopen ---------------------------------------------------------------------------------
+#: drivers whose ``file`` child a reopen may re-point
+_REPOINTABLE = ("raw", "qcow2", "throttle", "copy-on-read")
+
+
 def reopen(g: Generator) -> dict[str, Any] | None:
     if not g.res.live:
         return None
     detecting = [n for n in g.res.detecting if g.res.live[n][0] != "file"]
-    if detecting and g.rng.random() < 0.3:
+    parents = sorted(n for n, (drv, _k) in g.res.live.items() if drv in _REPOINTABLE)
+    r = g.rng.random()
+    if detecting and r < 0.25:
         name = g.pick(detecting)  # the reset rule: options left out go back to defaults
+    elif parents and r < 0.75:
+        name = g.pick(parents)  # a node whose children a reopen can change
     else:
         name = g.pick(sorted(g.res.live))
     driver, kids = g.res.live[name]
@@ -341,9 +350,9 @@ def reopen(g: Generator) -> dict[str, Any] | None:
     for child, target in sorted(kids.items()):
         if child in ("file", "backing"):
             entry[child] = target
-    if driver == "qcow2" and g.rng.random() < 0.4:
-        entry["backing"] = None if g.rng.random() < 0.3 else _target(g, name)
-    if driver in ("raw", "qcow2", "throttle", "copy-on-read") and g.rng.random() < 0.3:
+    if driver == "qcow2" and g.rng.random() < 0.45:
+        entry["backing"] = None if g.rng.random() < 0.25 else _target(g, name)
+    if driver in _REPOINTABLE and g.rng.random() < 0.45:
         entry["file"] = _target(g, name)
     if driver == "throttle" and "file" in entry:
         entry["throttle-group"] = g.pick(g.res.groups, "g0")
@@ -365,10 +374,20 @@ def _below(res: Resources, name: str) -> list[str]:
 
 
 def _target(g: Generator, name: str) -> str:
-    """What a reopen re-points a child of ``name`` at: half of the time a node already
-    below it (a chain shortened, as commit and stream leave it), else any node."""
+    """What a reopen re-points a child of ``name`` at: a node already below it (a chain
+    shortened, as commit and stream leave it), a node that already has a parent (a
+    shared child: one node under two edges), or any node."""
     below = _below(g.res, name)
-    return g.pick(below) if below and g.rng.random() < 0.5 else g.node()
+    r = g.rng.random()
+    if below and r < 0.4:
+        return g.pick(below)
+    shared = sorted(
+        {k for n, (_d, kids) in g.res.live.items() if n != name for k in kids.values()}
+        & set(g.res.live)
+    )
+    if shared and r < 0.7:
+        return g.pick(shared)
+    return g.node()
 
 
 # -- snapshots, quorum children, transactions -------------------------------------------------
@@ -455,9 +474,11 @@ def _del_group(group: str) -> Action:
 def objects(g: Generator) -> dict[str, Any]:
     if g.rng.random() < 0.6:
         group = g.rng.choice(_GROUPS)
-        limits = {
-            g.rng.choice(["iops-total", "bps-total", "iops-read"]): g.rng.choice([0, 100, 1000])
-        }
+        # limits a guest's few kilobytes get through in well under a second: a throttle at
+        # 100 bytes/s would hold one 64k write for ten minutes, on both sides alike
+        key = g.rng.choice(["iops-total", "bps-total", "iops-read"])
+        value = g.rng.choice([0, 1 << 22, 1 << 24] if key == "bps-total" else [0, 100, 1000])
+        limits = {key: value}
         if group not in g.res.groups and g.rng.random() < 0.6:
             # a life cycle: made, used by a throttle node, deleted while in use
             g.res.pending.append(_use_group(group))
@@ -532,7 +553,7 @@ FAMILIES: dict[str, list[Action]] = {
 FAMILY_WEIGHTS: dict[str, float] = {
     "add": 6,
     "del": 1.5,
-    "reopen": 2.5,
+    "reopen": 3.5,
     "snapshot": 2,
     "quorum": 1,
     "objects": 1.5,

@@ -25,8 +25,9 @@ __all__ = ["GUEST_IO", "guest_io_reply", "qemu_io_argv", "draw_commands"]
 #: the pseudo-command of a guest I/O step
 GUEST_IO = "guest-io"
 
-#: every qemu-io run has a deadline: a hung NBD server answers as a failure, not a hang
-_TIMEOUT = 60.0
+#: every qemu-io run has a deadline (a few kilobytes take milliseconds; the rest is for a
+#: loaded machine): a txgraph NBD server that does not answer is a ``hang`` finding
+_TIMEOUT = 30.0
 _TIMING = re.compile(r"^\s*[\d.]+ (bytes|[KMGTPE]iB), \d+ ops; .*sec \(.*\)\s*$")
 
 _OFFSETS = (0, 512, 4096, 65536, 1048576 - 4096, 1048576)

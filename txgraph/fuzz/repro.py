@@ -80,8 +80,13 @@ def _shell(steps: list[dict[str, Any]], divergence: Divergence) -> str:
         text = json.dumps(step).replace("{dir}", "__DIR__")
         lines.append(f'  echo {shlex.quote(text)} | sed "s|__DIR__|$dir|g"')
     lines.append("  sleep 1")
-    lines.append("} | qemu-storage-daemon --chardev stdio,id=m0 --monitor chardev=m0")
-    lines.append('echo "exit status of qemu-storage-daemon: $?"')
+    # a daemon that did not crash ends here (it does not end at the end of its input)
+    lines.append('  echo \'{"execute": "quit"}\'')
+    lines.append(
+        "} | qemu-storage-daemon --chardev stdio,id=m0 --monitor chardev=m0"
+        " && status=0 || status=$?"
+    )
+    lines.append('echo "exit status of qemu-storage-daemon: $status"')
     return "\n".join(lines) + "\n"
 
 

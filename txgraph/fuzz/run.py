@@ -19,12 +19,9 @@ coverage guidance.
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import json
 import re
-import shutil
-import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,12 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from txgraph.checker import check
-from txgraph.fuzz.generate import Resources, image_commands
+from txgraph.fuzz.deadline import StepHang, TimedEnginePeer
+from txgraph.fuzz.generate import Resources
 from txgraph.fuzz.guest import GUEST_IO, guest_io_reply
 from txgraph.fuzz.jobs import JOB_COMMANDS, WAIT_EVENT
 from txgraph.fuzz.known import classify
 from txgraph.fuzz.replies import reply_problem
+from txgraph.fuzz.stall import SHORT, stalled, wait_cannot_end
 from txgraph.fuzz.waits import run_wait
+from txgraph.fuzz.workdir import REAPER, make_images
 from txgraph.jobs.manager import manager_of
 from txgraph.oracle.canon import canon_text, substitute
 from txgraph.oracle.compare import StepRecord, compare_records, lockstep, snapshot
@@ -76,6 +76,8 @@ class RunResult:
     divergence: Divergence | None = None
     #: per step and peer, the canonical reply (``txgraph replay`` prints them)
     replies: list[dict[str, Any]] = field(default_factory=list)
+    #: the most user-named nodes live at once (how deep a state the sequence built)
+    live: int = 0
 
 
 def _mask(text: str) -> str:
@@ -161,23 +163,9 @@ def _finding(kind: str, index: int, message: dict[str, Any], lines: list[str]) -
     return Divergence(kind, index, _label(message), lines, _signature(kind, message, lines))
 
 
-_TEMPLATE: Path | None = None
 #: seconds without a reply after which qemu-storage-daemon counts as hung (commands take
 #: milliseconds; the margin is for a loaded machine)
 HANG_SECONDS = 30.0
-
-
-def _make_images(workdir: Path) -> None:
-    """Copy the images made once per process by qemu-img (a copy costs far less than a create)."""
-    global _TEMPLATE
-    if _TEMPLATE is None or not _TEMPLATE.is_dir():
-        template = Path(tempfile.mkdtemp(prefix="txgraph-fuzz-images-"))
-        for argv in image_commands():
-            subprocess.run(argv, cwd=template, check=True, capture_output=True, timeout=60)
-        atexit.register(shutil.rmtree, template, True)
-        _TEMPLATE = template
-    for image in _TEMPLATE.iterdir():
-        shutil.copyfile(image, workdir / image.name)
 
 
 class _Sides:
@@ -187,8 +175,8 @@ class _Sides:
         self.dirs: list[Path] = []
         self.peers: list[Peer] = []
         sides: dict[str, list[Callable[[Path], Peer]]] = {
-            "qsd": [QSDPeer, EnginePeer],
-            "model": [EnginePeer],
+            "qsd": [QSDPeer, TimedEnginePeer],
+            "model": [TimedEnginePeer],
             "qsd-only": [QSDPeer],
         }
         factories = sides[against]
@@ -196,7 +184,7 @@ class _Sides:
             for factory in factories:
                 d = Path(tempfile.mkdtemp(prefix="txgraph-fuzz-"))
                 self.dirs.append(d)
-                _make_images(d)
+                make_images(d)
                 peer = factory(d)
                 if isinstance(peer, QSDPeer):
                     # a daemon that has not answered in this long hangs (a QEMU deadlock):
@@ -219,8 +207,7 @@ class _Sides:
     def close(self) -> None:
         for peer in self.peers:
             peer.close()
-        for d in self.dirs:
-            shutil.rmtree(d, ignore_errors=True)
+        REAPER.remove(self.dirs)
 
 
 #: job statuses in which a job thread changes nothing (it waits for a command)
@@ -292,8 +279,15 @@ def _wait_lockstep(
     as :func:`txgraph.oracle.compare.lockstep` does a command."""
     sides.history.append(json.dumps(message))
     records, raw = [], []
+    args = message.get("arguments") or {}
+    # txgraph alone: a job that cannot move before a command ends the wait early (a
+    # differential run waits on both sides alike, so that QSD is never judged by txgraph)
+    alone = len(sides.peers) == 1 and sides.engine is not None
+    until: Callable[[], bool] | None = (
+        (lambda: stalled(sides.session(), args.get("job"))) if alone else None
+    )
     for i, (peer, d) in enumerate(zip(sides.peers, sides.dirs)):
-        inner, reply = run_wait(peer, message.get("arguments") or {}, str(d), sides.autos[i])
+        inner, reply = run_wait(peer, args, str(d), sides.autos[i], until)
         raw.append(inner or {})
         nodes, graph, sides.autos[i] = snapshot(peer, str(d), wrote)
         records.append(StepRecord(len(sides.history) - 1, sides.history[-1], reply, nodes, graph))
@@ -388,6 +382,7 @@ def run_sequence(source: StepSource, against: str, max_steps: int = 40) -> RunRe
                 with session.lock:
                     res.refresh(session.graph)
                     res.jobs = _job_ids(session)
+                result.live = max(result.live, len(res.live))
             message = source(index, res)
             if message is None:
                 break
@@ -404,6 +399,11 @@ def run_sequence(source: StepSource, against: str, max_steps: int = 40) -> RunRe
                 }
                 result.replies.append(replies)
                 reply = replies.get("txgraph", replies.get("qsd", {}))
+                if _timed_out(replies.get("txgraph")) and not _timed_out(replies.get("qsd")):
+                    # qemu-io got no answer from txgraph's NBD server (QSD's did answer)
+                    lines = ["txgraph's NBD server did not answer qemu-io in time (a hang)"]
+                    result.divergence = _finding("hang", index, message, lines)
+                    break
                 if against == "qsd" and replies["qsd"] != replies["txgraph"]:
                     qsd_out, txg_out = replies["qsd"]["return"], replies["txgraph"]["return"]
                     lines = [
@@ -463,7 +463,14 @@ def run_sequence(source: StepSource, against: str, max_steps: int = 40) -> RunRe
                         autos = {
                             canon_text(n, None): n for n in session.graph.nodes if n.startswith("#")
                         }
-                reply = sides.peers[0].execute(substitute(message, str(sides.dirs[0]), autos))
+                sent = substitute(message, str(sides.dirs[0]), autos)
+                if name == "x-txgraph-wait-job" and wait_cannot_end(
+                    session, sent.get("arguments") or {}
+                ):
+                    # the job cannot get there before a command: the engine runs the wait
+                    # and answers its timeout error at once instead of in 10 s
+                    sent = {**sent, "arguments": {**sent["arguments"], "timeout": SHORT}}
+                reply = sides.peers[0].execute(sent)
                 result.replies.append({sides.peers[0].label: reply})
                 if reply.get("error", {}).get("class") == "PeerDied":
                     lines = [str(reply["error"].get("desc"))]
@@ -487,6 +494,17 @@ def run_sequence(source: StepSource, against: str, max_steps: int = 40) -> RunRe
                 kind, lines = broken
                 result.divergence = _finding(kind, index, message, lines)
                 break
+    except StepHang as hang:
+        # the engine did not answer (a deadlock, a wait without end): the step is the
+        # finding; where the engine was stuck is its signature
+        lines = [f"txgraph did not answer within {hang.seconds:g} s (a hang)"]
+        lines += [f"stuck in {where}" for where in hang.where]
+        result.divergence = _finding("hang", len(result.steps) - 1, result.steps[-1], lines)
     finally:
         sides.close()
     return result
+
+
+def _timed_out(reply: dict[str, Any] | None) -> bool:
+    """A guest I/O step's reply says qemu-io timed out (:func:`guest_io_reply`)."""
+    return reply is not None and reply.get("return", {}).get("rc") == -1

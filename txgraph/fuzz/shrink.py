@@ -2,8 +2,10 @@
 
 First the fewest steps (Zeller's delta debugging, ``ddmin``: drop ever smaller
 chunks while the same divergence — same signature — still happens), then the
-smallest arguments (a node added replaced by a plain ``null-co`` node of the same
-name, optional members of each remaining step dropped one at a time); again while
+smallest arguments (a node added replaced by just the named child it defined
+inline, a filter by a ``raw`` node, a node by a plain ``null-co`` node of the same
+name, one member of a list less, optional members dropped one at a time; a node
+added only to be another's child folded into that node's ``blockdev-add``); again while
 a round made the sequence smaller (a simpler node can make what built it droppable). Every candidate is run on fresh peers, so the result is a sequence that
 reproduces on its own.
 """
@@ -84,6 +86,7 @@ def shrink(
         before = len(current), json.dumps(current, sort_keys=True)
         current, best = _fewest(current, best, still, over)
         current, best = _smallest(current, best, still, over)
+        current, best = _folded(current, best, still, over)
         if (len(current), json.dumps(current, sort_keys=True)) == before:
             break  # a simpler node may have made steps droppable: another round if so
     return current, best
@@ -120,32 +123,157 @@ def _fewest(
 def _smallest(
     current: list[dict[str, Any]], best: RunResult, still: Still, over: Callable[[], bool]
 ) -> tuple[list[dict[str, Any]], RunResult]:
-    """Smaller arguments: a node added becomes a plain ``null-co`` node of the same name
-    (what it was built of may then go in the next round), optional members go."""
+    """Smaller arguments, step by step: each kind of variant (:data:`_VARIANTS`) is tried
+    until none of its candidates still diverges; what a simpler step no longer needs may
+    then go in the next round of :func:`_fewest`."""
     for i in range(len(current)):
-        step = current[i]
-        args = step.get("arguments")
-        if (
-            not over()
-            and step.get("execute") == "blockdev-add"
-            and isinstance(args, dict)
-            and args.get("driver") != "null-co"
-            and isinstance(args.get("node-name"), str)
-        ):
-            candidate = copy.deepcopy(current)
-            candidate[i]["arguments"] = {"driver": "null-co", "node-name": args["node-name"]}
-            found = still(candidate)
-            if found is not None:
-                current, best = candidate, found
-        for key in _OPTIONAL:
-            if over():
-                break
-            args = current[i].get("arguments")
-            if not isinstance(args, dict) or key not in args:
-                continue
-            candidate = copy.deepcopy(current)
+        for variants in _VARIANTS:
+            progress = True
+            while progress and not over():
+                progress = False
+                for candidate in variants(current, i):
+                    if over():
+                        break
+                    found = still(candidate)
+                    if found is not None:
+                        current, best, progress = candidate, found, True
+                        break
+    return current, best
+
+
+Steps = list[dict[str, Any]]
+
+
+def _add_args(steps: Steps, i: int) -> dict[str, Any] | None:
+    step = steps[i]
+    args = step.get("arguments")
+    if step.get("execute") != "blockdev-add" or not isinstance(args, dict):
+        return None
+    return args
+
+
+def _lifted(steps: Steps, i: int) -> list[Steps]:
+    """The node replaced by just a named child it defined inline (only the child mattered)."""
+    args = _add_args(steps, i)
+    out = []
+    for key in ("file", "backing"):
+        child = (args or {}).get(key)
+        if isinstance(child, dict) and isinstance(child.get("node-name"), str):
+            candidate = copy.deepcopy(steps)
+            candidate[i] = {"execute": "blockdev-add", "arguments": copy.deepcopy(child)}
+            out.append(candidate)
+    return out
+
+
+def _plainer(steps: Steps, i: int) -> list[Steps]:
+    """A filter node (throttle, copy-on-read) as a ``raw`` node over the same child, in its
+    ``blockdev-add`` and in every later reopen of it (its throttle group may then go)."""
+    args = _add_args(steps, i)
+    if not args or args.get("driver") not in ("throttle", "copy-on-read") or "file" not in args:
+        return []
+    name = args.get("node-name")
+    candidate = copy.deepcopy(steps)
+    entries = [candidate[i]["arguments"]]
+    for later in candidate[i + 1 :]:
+        if later.get("execute") == "blockdev-reopen":
+            opts = (later.get("arguments") or {}).get("options") or []
+            entries += [o for o in opts if isinstance(o, dict) and o.get("node-name") == name]
+    for entry in entries:
+        entry["driver"] = "raw"
+        entry.pop("throttle-group", None)
+    return [candidate]
+
+
+def _null(steps: Steps, i: int) -> list[Steps]:
+    """A node added becomes a plain ``null-co`` node of the same name."""
+    args = _add_args(steps, i)
+    if not args or args.get("driver") == "null-co" or not isinstance(args.get("node-name"), str):
+        return []
+    candidate = copy.deepcopy(steps)
+    candidate[i]["arguments"] = {"driver": "null-co", "node-name": args["node-name"]}
+    return [candidate]
+
+
+def _fewer_members(steps: Steps, i: int) -> list[Steps]:
+    """One member less of a list argument (a quorum's children, a transaction's actions);
+    a vote threshold above the children left comes down with them."""
+    args = steps[i].get("arguments")
+    out = []
+    for key in ("children", "actions"):
+        members = (args or {}).get(key) if isinstance(args, dict) else None
+        if not isinstance(members, list) or len(members) < 2:
+            continue
+        for j in range(len(members)):
+            candidate = copy.deepcopy(steps)
+            cargs = candidate[i]["arguments"]
+            del cargs[key][j]
+            threshold = cargs.get("vote-threshold")
+            if key == "children" and isinstance(threshold, int) and threshold > len(cargs[key]):
+                cargs["vote-threshold"] = len(cargs[key])
+            out.append(candidate)
+    return out
+
+
+def _fewer_options(steps: Steps, i: int) -> list[Steps]:
+    """An optional member dropped (QEMU fills in its default), of the arguments or of a
+    reopen's entries."""
+    args = steps[i].get("arguments")
+    out = []
+    for key in _OPTIONAL:
+        if isinstance(args, dict) and key in args:
+            candidate = copy.deepcopy(steps)
             del candidate[i]["arguments"][key]
-            found = still(candidate)
-            if found is not None:
-                current, best = candidate, found
+            out.append(candidate)
+    entries = args.get("options") if isinstance(args, dict) else None
+    if steps[i].get("execute") == "blockdev-reopen" and isinstance(entries, list):
+        for n, entry in enumerate(entries):
+            for key in _OPTIONAL:
+                if isinstance(entry, dict) and key in entry:
+                    candidate = copy.deepcopy(steps)
+                    del candidate[i]["arguments"]["options"][n][key]
+                    out.append(candidate)
+    return out
+
+
+_VARIANTS: tuple[Callable[[Steps, int], list[Steps]], ...] = (
+    _lifted,
+    _plainer,
+    _null,
+    _fewer_members,
+    _fewer_options,
+)
+
+
+def _folded(
+    current: list[dict[str, Any]], best: RunResult, still: Still, over: Callable[[], bool]
+) -> tuple[list[dict[str, Any]], RunResult]:
+    """One step less by folding: a node added only to be some node's ``file`` or
+    ``backing`` child, defined inline in that node's ``blockdev-add`` instead."""
+    changed = True
+    while changed and not over():
+        changed = False
+        for i in range(len(current)):
+            args = _add_args(current, i)
+            for key in ("file", "backing"):
+                ref = (args or {}).get(key)
+                j = next(
+                    (
+                        j
+                        for j in range(i)
+                        if isinstance(ref, str)
+                        and (_add_args(current, j) or {}).get("node-name") == ref
+                    ),
+                    None,
+                )
+                if j is None or over():
+                    continue
+                candidate = copy.deepcopy(current)
+                candidate[i]["arguments"][key] = copy.deepcopy(current[j]["arguments"])
+                del candidate[j]
+                found = still(candidate)
+                if found is not None:
+                    current, best, changed = candidate, found, True
+                    break
+            if changed:
+                break
     return current, best

@@ -19,6 +19,7 @@ compared as after any step.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from txgraph.oracle.canon import canon_reply, substitute
@@ -28,9 +29,17 @@ __all__ = ["run_wait"]
 
 
 def run_wait(
-    peer: Peer, args: dict[str, Any], workdir: str, auto: dict[str, str]
+    peer: Peer,
+    args: dict[str, Any],
+    workdir: str,
+    auto: dict[str, str],
+    stalled: Callable[[], bool] | None = None,
 ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    """Run one wait step on ``peer``: (the command's raw reply or None, the step's reply)."""
+    """Run one wait step on ``peer``: (the command's raw reply or None, the step's reply).
+
+    ``stalled`` (model campaigns, :func:`txgraph.fuzz.stall.stalled`) says the job
+    cannot change state before a command: once it does and every event it sent was
+    taken, the wait ends as it would at its deadline."""
     seen = {id(e) for e in peer.received_events()}
     command = args.get("command")
     reply: dict[str, Any] | None = None
@@ -49,7 +58,14 @@ def run_wait(
         left = deadline - time.monotonic()
         if left <= 0:
             break
-        event = peer.wait_event("JOB_STATUS_CHANGE", {"id": job}, left)
+        event = peer.wait_event("JOB_STATUS_CHANGE", {"id": job}, 0.0)
+        if event is None and stalled is not None and stalled():
+            # no state change can come: only what was sent before the job stalled
+            event = peer.wait_event("JOB_STATUS_CHANGE", {"id": job}, 0.0)
+            if event is None:
+                break
+        if event is None:
+            event = peer.wait_event("JOB_STATUS_CHANGE", {"id": job}, left)
         if event is None:
             break  # the deadline passed, or the daemon died (the caller sees that)
         if id(event) in seen:
