@@ -448,7 +448,11 @@ def _use_group(group: str) -> Action:
         if group not in g.res.groups:
             return None  # the group did not come to be: the life cycle ends
         g.res.pending.insert(0, _del_group(group))
-        base: Any = g.node() if g.res.live and g.rng.random() < 0.3 else {"driver": "null-co"}
+        base: Any = (
+            g.node()
+            if g.res.live and g.rng.random() < 0.3
+            else {"driver": "null-co", "read-zeroes": True}  # no uninitialised reads
+        )
         return _cmd(
             "blockdev-add",
             {

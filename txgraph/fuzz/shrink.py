@@ -185,12 +185,17 @@ def _plainer(steps: Steps, i: int) -> list[Steps]:
 
 
 def _null(steps: Steps, i: int) -> list[Steps]:
-    """A node added becomes a plain ``null-co`` node of the same name."""
+    """A node added becomes a plain ``null-co`` node of the same name (reading zeroes:
+    without ``read-zeroes`` QEMU's reads return uninitialised memory, no oracle)."""
     args = _add_args(steps, i)
     if not args or args.get("driver") == "null-co" or not isinstance(args.get("node-name"), str):
         return []
     candidate = copy.deepcopy(steps)
-    candidate[i]["arguments"] = {"driver": "null-co", "node-name": args["node-name"]}
+    candidate[i]["arguments"] = {
+        "driver": "null-co",
+        "node-name": args["node-name"],
+        "read-zeroes": True,
+    }
     return [candidate]
 
 
