@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -61,7 +62,9 @@ def run_hook(session: Session, job: Job, hook: Hook) -> bool:
             log.exception("block job %r: %s failed", job.id, getattr(hook, "__name__", "hook"))
         if not job.ret:
             job.ret = -errno.EPERM
-        job.err = job.err or desc
+        # job_prepare_locked → job_update_rc_locked: the job's error is strerror(-ret)
+        # unless the driver set one; the reason itself only went to the log.
+        job.err = job.err or (os.strerror(-job.ret) if isinstance(exc, TxgraphError) else desc)
         return False
     return True
 

@@ -243,6 +243,8 @@ class JobManager:
             job.yielded = False
             self.threads.append(job.start())
             self._until_yield(job)
+            if not drained:
+                self._exit_if_done(job)
         if drained:
             self.drained_end([job])
 
@@ -285,6 +287,21 @@ class JobManager:
         """Let the entered job run to its next yield (mutex held; bounded wait)."""
         drain.until_yield(self, job)
 
+    def _exit_if_done(self, job: Job) -> None:
+        """A job whose ``run`` returned without reaching a sleep (nothing to copy: a
+        stream or commit of length 0, a stream without backing) is completed before the
+        command that let it run returns (bql and mutex held).
+
+        In QEMU a non-coroutine QMP command runs in a bottom half and its reply is
+        sent after the BHs it scheduled: ``job_exit``, scheduled when the coroutine
+        returned without waiting for any I/O, finalises the job first (QSD sends
+        ``concluded`` before the ``return`` of such a ``block-stream``). A job that
+        reached ``job_sleep_ns`` (even for 0 ns) or waited for I/O yielded, and the
+        reply goes out first.
+        """
+        if job.run_done and not job.slept and not job.exited:
+            self._exit(job)
+
     # -- verbs ----------------------------------------------------------------------------
     def user_pause(self, job: Job) -> None:
         """``job_user_pause_locked``."""
@@ -311,9 +328,10 @@ class JobManager:
             job.pause_count -= 1
             if job.pause_count == 0 and job.paused:
                 # The resumed coroutine runs before the main loop reads the next command.
-                job.yielded = False
+                job.yielded = job.slept = False
                 job.enter()
                 self._until_yield(job)
+                self._exit_if_done(job)
             else:
                 job.enter()
 
