@@ -14,7 +14,9 @@ before the fix it pins:
 * ``replaces`` names a node reached from the source *down* through filters
   (``bdrv_recurse_can_replace``), and the check is made again at completion
   (``mirror_exit_common``): a refusal then fails the job with ``Operation not
-  permitted`` and leaves the graph without a pivot.
+  permitted`` and leaves the graph without a pivot;
+* ``block-commit`` is an active commit (a mirror into the base) when someone writes the
+  top, not only when the top is the device's node (``qmp_block_commit``).
 """
 
 from __future__ import annotations
@@ -168,6 +170,29 @@ SCENARIOS = [
         "'Operation not permitted' and nothing pivots",
     ),
 ]
+
+
+SCENARIOS.append(
+    scenario(
+        "commit-of-a-written-filter-is-an-active-commit",
+        cmd(
+            "blockdev-add",
+            {"driver": "file", "filename": "{dir}/other.qcow2", "node-name": "raw"},
+        ),
+        cmd("blockdev-add", {"driver": "copy-on-read", "node-name": "cor", "file": "raw"}),
+        # cor is both file (written) and backing of the qcow2 on top
+        cmd("blockdev-add", {"driver": "qcow2", "node-name": "q", "file": "cor", "backing": "cor"}),
+        cmd("block-commit", {"device": "q", "job-id": "c", "top-node": "cor"}),
+        cmd(
+            "block-commit",
+            {"device": "q", "job-id": "c", "top-node": "cor", "backing-file": "x.qcow2"},
+        ),
+        Graph(),
+        doc="fuzz 3cb501196d: a top with a writer makes qmp_block_commit start an active "
+        "commit, whose mirror refuses a source and target that are one node below filters",
+        images=(),
+    )
+)
 
 
 @pytest.mark.parametrize("job_scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
