@@ -87,11 +87,18 @@ def drained_end(manager: JobManager, jobs: list[Job]) -> None:
         for job in jobs:
             job.pause_count -= 1
             if job.pause_count <= 0 and job.paused:
+                if job.speed:
+                    job.yielded = False
                 job.enter()
                 resumed.append(job)
         deadline = time.monotonic() + DRAIN_PAUSE_DEADLINE
         for job in resumed:
-            while job.paused and not (job.run_done or manager.closing):
+            # A rate-limited job runs on to its next sleep (one chunk at most) or its
+            # end, as QEMU's resumed coroutine does before the command goes on; a job
+            # without a limit only has to be running again.
+            while (job.paused or (job.speed and not job.yielded)) and not (
+                job.run_done or manager.closing
+            ):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break

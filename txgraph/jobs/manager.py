@@ -415,6 +415,16 @@ class JobManager:
             if not job.exited:
                 self._exit(job)
 
+    def run_pending_exits(self) -> None:
+        """The main loop runs the ``job_exit`` bottom halves that are due before it
+        dispatches the next QMP command: every job whose ``run`` has returned is
+        completed now (bql held), instead of whenever its thread wins the bql, so the
+        command sees the job as QEMU's would (pending, concluded or gone)."""
+        with self.mutex:
+            for job in list(self.jobs):
+                if job.run_done and not job.exited:
+                    self._exit(job)
+
     def _exit(self, job: Job) -> None:
         job.exited = True
         if not job.is_completed:

@@ -16,7 +16,11 @@ before the fix it pins:
   (``mirror_exit_common``): a refusal then fails the job with ``Operation not
   permitted`` and leaves the graph without a pivot;
 * ``block-commit`` is an active commit (a mirror into the base) when someone writes the
-  top, not only when the top is the device's node (``qmp_block_commit``).
+  top, not only when the top is the device's node (``qmp_block_commit``);
+* ``blockdev-reopen`` drains its subtrees before any check, so even a refused reopen
+  wakes a rate-limited stream (QEMU 7.2 does not resume the sleep), and a stream ends
+  at its backing's end (``stream_run``: "finish early if end of backing file has been
+  reached"); the job's end is then handled before the next command runs.
 """
 
 from __future__ import annotations
@@ -191,6 +195,47 @@ SCENARIOS.append(
         doc="fuzz 3cb501196d: a top with a writer makes qmp_block_commit start an active "
         "commit, whose mirror refuses a source and target that are one node below filters",
         images=(),
+    )
+)
+
+
+SHORT_BACKING = (
+    qemu_img("create -q -f raw {dir}/small.raw 64k"),
+    qemu_io("-f raw -c 'write -P 0x33 0 64k' {dir}/small.raw"),
+    qemu_img("create -q -f qcow2 {dir}/long.qcow2 1M"),
+)
+ADD_LONG = cmd(
+    "blockdev-add",
+    {
+        "driver": "qcow2",
+        "node-name": "long",
+        "file": {"driver": "file", "filename": "long.qcow2", "node-name": "long-f"},
+        "backing": {"driver": "file", "filename": "small.raw", "node-name": "small"},
+    },
+)
+SCENARIOS.append(
+    JobScenario(
+        "stream-of-a-short-backing-ends-after-a-drain",
+        (
+            ADD_LONG,
+            cmd("block-stream", {"device": "long", "job-id": "j", "speed": 1}),
+            # the first chunk (the backing's 64k) is copied; the job sleeps for ~2 hours
+            cmd("query-jobs"),
+            # a reopen drains long's subtree before its checks: the job wakes up, and
+            # past the backing's end there is nothing left (stream_run finishes early)
+            cmd(
+                "blockdev-reopen",
+                {"options": [{"driver": "raw", "node-name": "long", "file": "long-f"}]},
+            ),
+            cmd("query-jobs"),
+            Graph(),
+            Nodes(),
+        ),
+        (*SETUP, *SHORT_BACKING),
+        ("long.qcow2", "small.raw"),
+        "fuzz 407d502b58/6ecd3bb29e/821e37af36/4ff93e8624: a refused blockdev-reopen had "
+        "drained nothing on txgraph, and the stream went on copying zeroes past its "
+        "backing's end, so it kept sleeping where QSD's ended",
     )
 )
 
