@@ -69,7 +69,12 @@ def stream_step(
             return n, False
         below = chain(top)[1:]
         copy = False
-        if below:
+        if below and offset >= below[0].size():
+            # the backing (the first layer asked) ends here: stream_run's "finish early
+            # if end of backing file has been reached" -- nothing more to copy
+            n = length - offset
+        elif below:
+            n = min(n, below[0].size() - offset)
             copy, n = allocated_above(below, base_overlay, offset, n)
         elif n == 0:
             n = length - offset

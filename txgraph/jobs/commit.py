@@ -45,6 +45,7 @@ from txgraph.jobs.manager import JobManager, manager_of
 from txgraph.jobs.stream import change_backing_file
 from txgraph.model.node import ParentKind
 from txgraph.model.perm_bits import PERM_ALL, Perm, Role
+from txgraph.model.perm_refresh import cumulative_perms
 from txgraph.ops.blockdev import op_blocker
 from txgraph.ops.filters import stage_append_job_filter
 from txgraph.ops.freeze import chain_links, freeze_backing_chain, unfreeze_backing_chain
@@ -230,14 +231,25 @@ def _check_arguments(session: Session, args: dict[str, Any]) -> tuple[str, str, 
         cur = filter_or_cow_child(graph, cur)
     if top_bs == base_bs:
         raise BlockError("cannot commit an image into itself")
-    if skip_filters(graph, top_bs) == skip_filters(graph, bs):
+    if is_active_commit(session, bs, top_bs):
         if args.get("backing-file") is not None:
-            raise BlockError("'backing-file' specified, but 'top' is the active layer")
+            if skip_filters(graph, top_bs) == skip_filters(graph, bs):
+                raise BlockError("'backing-file' specified, but 'top' is the active layer")
+            raise BlockError("'backing-file' specified, but 'top' has a writer on it")
         return bs, top_bs, base_bs
     overlay = find_overlay(graph, bs, top_bs)
     if overlay is not None:
         _check_op(session, overlay)
     return bs, top_bs, base_bs
+
+
+def is_active_commit(session: Session, bs: str, top: str) -> bool:
+    """``qmp_block_commit``: an active commit (a mirror into the base) is needed when
+    ``top`` is the device's node, filters skipped, or when someone holds write
+    permission on it (``bdrv_get_cumulative_perm``)."""
+    graph = session.graph
+    perm, _shared = cumulative_perms(edge for _p, edge in graph.parents(top))
+    return bool(perm & Perm.WRITE) or skip_filters(graph, top) == skip_filters(graph, bs)
 
 
 def _check_op(session: Session, node: str) -> None:
@@ -251,8 +263,8 @@ def stage_block_commit(
 ) -> GraphJob:
     bs, top, base = _check_arguments(session, args)
     graph = session.graph
-    if skip_filters(graph, top) == skip_filters(graph, bs):
-        return _stage_active_commit(session, tx, manager, args, top, base)
+    if is_active_commit(session, bs, top):
+        return _stage_active_commit(session, tx, manager, args, bs, top, base)
     if skip_filters(graph, top) == skip_filters(graph, base):
         raise BlockError("Invalid files for merge: top and base are the same")
     base_size = session.runtime.size(base) if session.runtime.has_node(base) else 0
@@ -317,6 +329,7 @@ def _stage_active_commit(
     tx: Transaction,
     manager: JobManager,
     args: dict[str, Any],
+    bs: str,
     top: str,
     base: str,
 ) -> GraphJob:
@@ -326,7 +339,7 @@ def _stage_active_commit(
     emulates that here because the mirror runs on the top)."""
     from txgraph.jobs.mirror import stage_mirror_start
 
-    job_id = args.get("job-id", default_job_id(session, top))
+    job_id = args.get("job-id", default_job_id(session, bs))
     if session.graph.nodes[base].read_only:
         reopen_set_read_only(
             session, tx, base, False, detail="made writable by block-commit (commit_active_start)"

@@ -122,6 +122,8 @@ class Job:
         self._wake = False
         #: the job yielded for the first time (a real sleep, a pause, or the end of run)
         self.yielded = False
+        #: ``run`` reached a sleep, which yields in QEMU even for 0 ns (``job_sleep_ns``)
+        self.slept = False
         #: the latest wait point a dry run's plan asked for (see :meth:`simulate`)
         self.sim_wanted: str | None = None
 
@@ -225,6 +227,8 @@ class Job:
         it early), then a pause point."""
         mutex = self.manager.mutex
         with mutex:
+            if not self.is_cancelled:
+                self.slept = True
             if not self.is_cancelled and delay_ns > 0 and self.pause_count <= 0:
                 deadline = time.monotonic() + delay_ns / 1e9
                 self._wake = False

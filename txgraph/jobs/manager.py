@@ -6,6 +6,9 @@ job lifecycle (``job_exit`` → ``job_completed`` → ``job_do_finalize`` →
 graph runs in a session transaction of its own, so the checker and the
 data-plane delta see it like any QMP command.
 
+Drained sections live in :mod:`txgraph.jobs.drain`, the running of driver
+hooks in :mod:`txgraph.jobs.hooks`.
+
 Lock discipline: see :mod:`txgraph.jobs.job` — ``bql`` (the session's big
 lock) before ``mutex``; every method here except :meth:`exit_from_thread`
 and :meth:`cancel_sync_all` is called with the bql held.
@@ -21,7 +24,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from txgraph.errors import BlockError, TxgraphError
+from txgraph.errors import BlockError
+from txgraph.jobs import drain, hooks
 from txgraph.jobs.job import Job
 from txgraph.jobs.status import JobStatus, JobVerb, apply_verb
 from txgraph.model.names import id_wellformed
@@ -38,10 +42,6 @@ log = logging.getLogger(__name__)
 
 #: how long closing waits for one job thread to leave its I/O
 _JOIN_DEADLINE = 30.0
-#: how long a starting job may run before the command that started it returns
-_FIRST_YIELD_DEADLINE = 1.0
-#: the error a job reports when a bug (not a block-layer refusal) failed one of its hooks
-_INTERNAL = "Internal error in txgraph; see the server log"
 
 
 class DeviceNotActive(BlockError):
@@ -243,6 +243,8 @@ class JobManager:
             job.yielded = False
             self.threads.append(job.start())
             self._until_yield(job)
+            if not drained:
+                self._exit_if_done(job)
         if drained:
             self.drained_end([job])
 
@@ -283,12 +285,22 @@ class JobManager:
 
     def _until_yield(self, job: Job) -> None:
         """Let the entered job run to its next yield (mutex held; bounded wait)."""
-        deadline = time.monotonic() + _FIRST_YIELD_DEADLINE
-        while not job.yielded:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            self.mutex.wait(left)
+        drain.until_yield(self, job)
+
+    def _exit_if_done(self, job: Job) -> None:
+        """A job whose ``run`` returned without reaching a sleep (nothing to copy: a
+        stream or commit of length 0, a stream without backing) is completed before the
+        command that let it run returns (bql and mutex held).
+
+        In QEMU a non-coroutine QMP command runs in a bottom half and its reply is
+        sent after the BHs it scheduled: ``job_exit``, scheduled when the coroutine
+        returned without waiting for any I/O, finalises the job first (QSD sends
+        ``concluded`` before the ``return`` of such a ``block-stream``). A job that
+        reached ``job_sleep_ns`` (even for 0 ns) or waited for I/O yielded, and the
+        reply goes out first.
+        """
+        if job.run_done and not job.slept and not job.exited:
+            self._exit(job)
 
     # -- verbs ----------------------------------------------------------------------------
     def user_pause(self, job: Job) -> None:
@@ -316,9 +328,10 @@ class JobManager:
             job.pause_count -= 1
             if job.pause_count == 0 and job.paused:
                 # The resumed coroutine runs before the main loop reads the next command.
-                job.yielded = False
+                job.yielded = job.slept = False
                 job.enter()
                 self._until_yield(job)
+                self._exit_if_done(job)
             else:
                 job.enter()
 
@@ -382,58 +395,14 @@ class JobManager:
         with self.mutex:
             job.set_speed(speed)
 
-    # -- drained sections ----------------------------------------------------------------
-    #: how long a drain waits for a job to reach its pause point before going on without it
-    DRAIN_PAUSE_DEADLINE = 10.0
-
+    # -- drained sections (txgraph.jobs.drain) ----------------------------------------
     def drained_begin(self, job_ids: set[str]) -> list[Job]:
-        """``child_job_drained_begin`` + ``child_job_drained_poll`` for the jobs above a drain.
-
-        Each running job gets one more pause (``job_pause_locked``) and is kicked
-        out of a sleep; the drain then waits until it sits at its pause point
-        (JOB_STATUS_CHANGE ``paused``, or ``standby`` when ready) -- a job's
-        in-flight chunk finishes first, since the data plane is not drained yet.
-        A job that already paused (by the user, or on an error) just counts
-        one more pause. Called by the session with the bql held, before
-        ``Runtime.apply``; returns the jobs to hand to :meth:`drained_end`.
-        """
-        paused: list[Job] = []
-        with self.mutex:
-            for job in self.jobs:
-                if job.id not in job_ids or not job.started or job.run_done or job.simulated:
-                    continue
-                job.pause_count += 1
-                paused.append(job)
-                if not job.paused:
-                    job.enter()
-            deadline = time.monotonic() + self.DRAIN_PAUSE_DEADLINE
-            for job in paused:
-                while not (job.paused or job.run_done or job.is_cancelled or self.closing):
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        log.warning("block job %r did not pause for a drain in time", job.id)
-                        break
-                    self.mutex.wait(min(left, 0.05))
-        return paused
+        """Pause the jobs above a drain; see :func:`txgraph.jobs.drain.drained_begin`."""
+        return drain.drained_begin(self, job_ids)
 
     def drained_end(self, jobs: list[Job]) -> None:
-        """``child_job_drained_end`` → ``job_resume_locked``: the drain's pause goes; a job
-        with no pause left runs again before the command returns (JOB_STATUS_CHANGE
-        ``running`` / ``ready``), and a rate-limited one copies its next chunk at once."""
-        with self.mutex:
-            resumed = []
-            for job in jobs:
-                job.pause_count -= 1
-                if job.pause_count <= 0 and job.paused:
-                    job.enter()
-                    resumed.append(job)
-            deadline = time.monotonic() + self.DRAIN_PAUSE_DEADLINE
-            for job in resumed:
-                while job.paused and not (job.run_done or self.closing):
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self.mutex.wait(min(left, 0.05))
+        """Resume them; see :func:`txgraph.jobs.drain.drained_end`."""
+        drain.drained_end(self, jobs)
 
     # -- completion (bql held) ------------------------------------------------------------
     def exit_from_thread(self, job: Job) -> None:
@@ -445,6 +414,16 @@ class JobManager:
         with self.bql, self.mutex:
             if not job.exited:
                 self._exit(job)
+
+    def run_pending_exits(self) -> None:
+        """The main loop runs the ``job_exit`` bottom halves that are due before it
+        dispatches the next QMP command: every job whose ``run`` has returned is
+        completed now (bql held), instead of whenever its thread wins the bql, so the
+        command sees the job as QEMU's would (pending, concluded or gone)."""
+        with self.mutex:
+            for job in list(self.jobs):
+                if job.run_done and not job.exited:
+                    self._exit(job)
 
     def _exit(self, job: Job) -> None:
         job.exited = True
@@ -551,52 +530,16 @@ class JobManager:
         self._infallible_hook(job, job.release)
 
     def _hook(self, job: Job, hook: Callable[[Session, Transaction], None]) -> bool:
-        """Run one graph-changing driver hook in a transaction of its own.
-
-        A refused change is undone and fails the job the way QEMU's drivers
-        report it (``-EPERM``; the reason goes to the log as QEMU prints it).
-        """
-        try:
-            with self.session.transaction(by_job=True) as tx:
-                hook(self.session, tx)
-        except Exception as exc:
-            # QEMU's drivers error_report() the reason and return -EPERM.
-            desc = exc.desc if isinstance(exc, TxgraphError) else _INTERNAL
-            if isinstance(exc, TxgraphError):
-                log.warning("block job %r: %s: %s", job.id, getattr(hook, "__name__", "hook"), desc)
-            else:
-                log.exception("block job %r: %s failed", job.id, getattr(hook, "__name__", "hook"))
-            if not job.ret:
-                job.ret = -errno.EPERM
-            job.err = job.err or desc
-            return False
-        return True
+        """A fallible hook (``.prepare``); see :func:`txgraph.jobs.hooks.run_hook`."""
+        return hooks.run_hook(self.session, job, hook)
 
     #: attempts of a hook that cannot fail in QEMU before txgraph gives up on it
-    INFALLIBLE_ATTEMPTS = 3
+    INFALLIBLE_ATTEMPTS = hooks.INFALLIBLE_ATTEMPTS
 
     def _infallible_hook(self, job: Job, hook: Callable[[Session, Transaction], None]) -> None:
-        """Run a ``commit`` / ``abort`` / ``clean`` hook (or the final release) to the end.
-
-        QEMU's ``.commit``, ``.abort`` and ``.clean`` return nothing: they cannot
-        fail (what could, runs with ``&error_abort``), so a cancelled job always
-        takes its filter out. txgraph's hook is a transaction whose primitives
-        can fail transiently (an injected fault, a failed allocation); the
-        transaction then undoes itself and leaves the graph as before, so
-        running it again from the same state is sound. After
-        :attr:`INFALLIBLE_ATTEMPTS` failures -- where QEMU would abort the
-        process -- the failure is logged and the job still ends.
-        """
-        name = getattr(hook, "__name__", "hook")
-        for attempt in range(1, self.INFALLIBLE_ATTEMPTS + 1):
-            try:
-                with self.session.transaction(by_job=True) as tx:
-                    hook(self.session, tx)
-                return
-            except Exception as exc:
-                desc = exc.desc if isinstance(exc, TxgraphError) else repr(exc)
-                log.warning("block job %r: %s failed (attempt %d): %s", job.id, name, attempt, desc)
-        log.error("block job %r: %s kept failing; its graph changes are left undone", job.id, name)
+        """``commit`` / ``abort`` / ``clean`` / release; see
+        :func:`txgraph.jobs.hooks.run_infallible_hook`."""
+        hooks.run_infallible_hook(self.session, job, hook, self.INFALLIBLE_ATTEMPTS)
 
     # -- shutdown -------------------------------------------------------------------------
     def cancel_sync_all(self) -> None:

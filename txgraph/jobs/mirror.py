@@ -53,6 +53,7 @@ from txgraph.jobs.chain import (
     backing_chain_next,
     chain_contains,
     cow_bs,
+    filter_bs,
     find_overlay,
     skip_filters,
 )
@@ -272,9 +273,11 @@ class MirrorJob(GraphJob):
         """``mirror_exit_common``, in QEMU's order (target BlockBackend, stop, pivot, filter)."""
         if self.prepared:
             return
+        graph = session.graph
+        if self.should_complete and not abort:
+            self._recheck_replaces(session)
         self.prepared = True
         tx.undo(lambda: setattr(self, "prepared", False))
-        graph = session.graph
         self.unprotect(session, tx)
         mt = self.mirror_top
         if mt not in graph.nodes:
@@ -303,6 +306,23 @@ class MirrorJob(GraphJob):
         refresh_perms(session, tx, [below, mt])
         unref_unused(session, tx, [mt, src, *held])
 
+    def _recheck_replaces(self, session: Session) -> None:
+        """``mirror_exit_common`` checks ``bdrv_recurse_can_replace`` again before the
+        pivot (the graph may have changed since the job started, e.g. a reopen moved a
+        filter's file): a refusal fails the job's ``.prepare`` with -EPERM, so the job
+        ends through ``.abort`` (no pivot) and reports ``Operation not permitted``."""
+        graph = session.graph
+        mt = self.mirror_top
+        if self.replaces is None or mt not in graph.nodes or self.replaces not in graph.nodes:
+            return
+        src = graph.backing_child(mt)
+        if src is not None and not _can_replace(session, src, self.replaces):
+            raise BlockError(
+                f"Can no longer replace '{self.replaces}' by '{self.target}', because it "
+                "can no longer be guaranteed that doing so would not lead to an abrupt "
+                "change of visible data"
+            )
+
 
 class ActiveCommitJob(MirrorJob):
     """``commit_active_job_driver``: a mirror into the base whose job type is ``commit``."""
@@ -327,13 +347,18 @@ def _default_granularity(session: Session, target: str) -> int:
 
 
 def _can_replace(session: Session, bs: str, to_replace: str) -> bool:
-    """``bdrv_recurse_can_replace``: ``to_replace`` is ``bs`` or a filter chain above it."""
+    """``bdrv_recurse_can_replace``: ``to_replace`` is ``bs`` or is reached from it going
+    down through filters (``bdrv_filter_bs``), so replacing it by a copy of ``bs``
+    changes no visible data. (Quorum's own ``bdrv_recurse_can_replace`` is not modelled:
+    a quorum is not a filter, so a node below it cannot be replaced.)"""
     graph = session.graph
-    cur: str | None = to_replace
-    while cur is not None:
-        if cur == bs:
+    cur: str | None = bs
+    seen: set[str] = set()
+    while cur is not None and cur not in seen:
+        if cur == to_replace:
             return True
-        cur = filter_or_cow_child(graph, cur) if cow_bs(graph, cur) is None else None
+        seen.add(cur)
+        cur = filter_bs(graph, cur)
     return False
 
 
@@ -494,6 +519,9 @@ def stage_blockdev_mirror(
             raise BlockError(
                 f"Node '{node}' is busy: {reason}", rule="op-blocker", subjects=(node,)
             )
+    # qmp_blockdev_mirror decides zero_target on the sync mode the user gave, before
+    # blockdev_mirror_common turns a top mirror of a node without backing into full
+    zero_target = sync == "full"
     if backing_chain_next(graph, bs) is None and sync == "top":
         sync = "full"
     replaces = args.get("replaces")
@@ -518,7 +546,7 @@ def stage_blockdev_mirror(
         speed=args.get("speed", 0),
         granularity=granularity,
         buf_size=int(args.get("buf-size", 0)),
-        zero_target=sync == "full",
+        zero_target=zero_target,
         on_source_error=args.get("on-source-error", "report"),
         on_target_error=args.get("on-target-error", "report"),
         filter_node_name=args.get("filter-node-name"),

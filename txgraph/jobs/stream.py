@@ -168,7 +168,9 @@ class StreamJob(GraphJob):
 
     @property
     def nothing_to_stream(self) -> bool:
-        return self.target == self.base_overlay
+        """``stream_run``'s early return: the top, filters skipped, is the base's overlay
+        (no backing to pull from), so the job ends before it sets its progress (0/0)."""
+        return skip_filters(self.manager.session.graph, self.target) == self.base_overlay
 
 
 def change_backing_file(

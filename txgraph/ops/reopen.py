@@ -86,8 +86,8 @@ def stage_blockdev_reopen(
             raise BlockError("node-name not specified")
         if name not in session.graph.nodes:
             raise BlockError(f"Failed to find node with node-name='{name}'")
-        queue.queue(name, OptionSet.explicit(flatten(item)), Role.NONE, None, keep_old=False)
         tx.drained_subtrees.add(name)  # qmp_blockdev_reopen: bdrv_subtree_drained_begin
+        queue.queue(name, OptionSet.explicit(flatten(item)), Role.NONE, None, keep_old=False)
     before = {e.name: _snapshot(session.graph.nodes[e.name]) for e in queue.entries}
     for entry in queue.entries:
         _prepare(session, tx, queue, entry)

@@ -177,12 +177,16 @@ class Session:
                 finally:
                     if drained:
                         self.jobs.drained_end(drained)
+            else:
+                self._drain_cycle(self._subtree_jobs(tx))
         except BaseException:
             self.last_steps, self.last_prepare_steps = tx.steps, tx.rt.steps
             if fail_at is not None or fail_prepare_at is not None:
                 self.last_fault_missed = False
+            reached = self._subtree_jobs(tx)
             tx.abort()
             self._name_seq = saved_name_seq
+            self._drain_cycle(reached)
             raise
         self.last_steps, self.last_prepare_steps = tx.steps, tx.rt.steps
         if fail_at is not None or fail_prepare_at is not None:
@@ -215,6 +219,20 @@ class Session:
             if root in graph.nodes:
                 out.update(graph.subtree_topological([root]))
         return {n for n in out if n in graph.nodes}
+
+    def _subtree_jobs(self, tx: Transaction) -> set[str]:
+        """The jobs above the subtrees a command drained before its checks
+        (``qmp_blockdev_reopen``'s ``bdrv_subtree_drained_begin``)."""
+        if not tx.drained_subtrees or self.jobs is None or not self.jobs.jobs:
+            return set()
+        return self._jobs_above(tx, [])
+
+    def _drain_cycle(self, job_ids: set[str]) -> None:
+        """A drained section that changed nothing: the jobs above it still pause and
+        resume (QEMU 7.2 drains before it checks, so a refused or no-op reopen wakes a
+        rate-limited job from its sleep, and it copies its next chunk at once)."""
+        if job_ids and self.jobs is not None:
+            self.jobs.drained_end(self.jobs.drained_begin(job_ids))
 
     def _jobs_above(self, tx: Transaction, delta: list[Any]) -> set[str]:
         """The block jobs a drain of the transaction's nodes reaches.

@@ -81,4 +81,7 @@ class Engine:
         # One command at a time against the session, and never beside a job's
         # completion (QEMU runs both in its main loop).
         with self.context.session.lock:
+            jobs = self.context.session.jobs
+            if jobs is not None:
+                jobs.run_pending_exits()  # job_exit BHs that are due run first
             return handler(self.context, typed)

@@ -187,11 +187,22 @@ def _image_facts(path: Path) -> Any:
             merged[-1][1] += m["length"]
         else:
             merged.append([m["start"], m["length"], *key])
-    return {
+    facts: dict[str, Any] = {
         "backing": info.get("backing-filename"),
         "backing-format": info.get("backing-filename-format"),
         "map": [tuple(m) for m in merged],
     }
+    if info.get("format") == "qcow2":
+        # qemu-img map does not say how a cluster is stored; check counts compressed ones
+        # (backup with compress: true writes compressed clusters to a qcow2 target)
+        check = subprocess.run(
+            ["qemu-img", "check", "-U", "--output=json", str(path)],
+            capture_output=True,
+            text=True,
+        )
+        if check.stdout.strip():
+            facts["compressed-clusters"] = json.loads(check.stdout).get("compressed-clusters", 0)
+    return facts
 
 
 def _record(peer: Peer, step: JobStep, workdir: str) -> tuple[str, Any]:

@@ -333,12 +333,27 @@ SCENARIOS = [
         cmd("blockdev-backup", {**BACKUP, "compress": True}),
         *_done("b"),
         Graph(),
-        doc="accepted for a qcow2 target (txgraph writes the clusters uncompressed)",
+        doc="accepted for a qcow2 target; QSD writes compressed clusters, txgraph (for "
+        "now) uncompressed ones: same guest data, other allocation (strict xfail below)",
     ),
 ]
 
 
-@pytest.mark.parametrize("job_scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
+#: QSD writes compressed clusters; txgraph's qcow2 driver cannot write them yet
+_COMPRESS_XFAIL = pytest.mark.xfail(
+    strict=True,
+    reason="backup compress: txgraph writes the clusters uncompressed (same guest data); "
+    "QSD's target holds compressed clusters (qemu-img check: compressed-clusters)",
+)
+_PARAMS = [
+    pytest.param(s, marks=_COMPRESS_XFAIL, id=s.name)
+    if s.name == "backup-compress"
+    else pytest.param(s, id=s.name)
+    for s in SCENARIOS
+]
+
+
+@pytest.mark.parametrize("job_scenario", _PARAMS)
 def test_backup_against_qsd(job_scenario: JobScenario) -> None:
     diffs = job_differential(job_scenario)
     assert not diffs, "\n".join(diffs)
