@@ -234,11 +234,22 @@ def _engine_state(sides: _Sides) -> tuple[str, Any] | None:
     if session is None:
         return None
     with session.lock:
-        if session.jobs is not None and any(
-            j["status"] not in _QUIET for j in manager_of(session).query_jobs()
-        ):
-            return None
+        if session.jobs is not None:
+            manager = manager_of(session)
+            # The job_exit bottom halves already due run now, as the engine runs them
+            # before its next command: their graph changes belong to no command.
+            manager.run_pending_exits()
+            if any(_in_motion(job) for job in manager.jobs):
+                return None
         return session.graph.digest(), session.runtime.state()
+
+
+def _in_motion(job: Any) -> bool:
+    """A job that may still change the graph by itself: not in a resting status, or
+    READY but told to complete or cancel (its run is on its way out)."""
+    if str(job.status) not in _QUIET:
+        return True
+    return not job.exited and (job.cancelled or bool(getattr(job, "should_complete", False)))
 
 
 def _moving(sides: _Sides) -> bool:

@@ -124,3 +124,45 @@ def test_generated_job_sequences_reach_job_states() -> None:
         reached.update(b.rsplit("reached=", 1)[1] for b in result.behaviours if "reached=" in b)
     # which of paused/pending/concluded come depends on the draw; READY and the end always
     assert {"ready", "null"} <= reached and len(reached - {"None"}) >= 3, reached
+
+
+def test_a_job_exit_due_before_a_refused_command_is_not_the_commands_doing() -> None:
+    """Fuzz 63bab6ebe4 (model mode): after job-complete of a READY mirror the job's exit
+    (the pivot) is due; the engine runs it before the next command, a refused reopen. The
+    state captured after job-complete predated the pivot, so the refusal looked like a
+    state change (not-atomic). The capture now runs the due exits first and skips jobs
+    still on their way out."""
+    steps = [
+        _cmd(
+            "blockdev-add",
+            {
+                "driver": "qcow2",
+                "node-name": "n5",
+                "file": {"driver": "file", "filename": "{dir}/b1.qcow2", "node-name": "n5f"},
+            },
+        ),
+        _cmd(
+            "blockdev-add",
+            {
+                "driver": "qcow2",
+                "node-name": "t0",
+                "file": {"driver": "file", "filename": "{dir}/o0.qcow2"},
+            },
+        ),
+        wait_step(
+            _cmd(
+                "blockdev-mirror",
+                {"device": "n5", "job-id": "j0", "target": "t0", "sync": "top"},
+            ),
+            "j0",
+            "ready",
+        ),
+        _cmd("job-complete", {"id": "j0"}),
+        _cmd(
+            "blockdev-reopen",
+            {"options": [{"driver": "qcow2", "node-name": "t0", "file": "n5f"}]},
+        ),
+    ]
+    result = run_sequence(_fixed(steps), "model", max_steps=len(steps))
+    assert result.divergence is None, result.divergence
+    assert "error" in result.replies[-1]["txgraph"]  # the reopen is refused, as on QSD
