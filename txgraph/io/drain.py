@@ -74,17 +74,27 @@ class RWLock:
         self._writer: int | None = None
         self._depth = 0
         self._waiting_writers = 0
+        self._parked_readers = 0
         self._on_quiesce = on_quiesce
         self._on_resume = on_resume
 
     def held_by_me(self) -> bool:
         return self._writer == threading.get_ident()
 
+    def parked_readers(self) -> int:
+        """How many readers wait for a writer to finish (requests held back by a drain)."""
+        with self._cond:
+            return self._parked_readers
+
     @contextmanager
     def read(self) -> Iterator[None]:
         with self._cond:
-            while self._writer is not None or self._waiting_writers:
-                self._cond.wait()
+            self._parked_readers += 1
+            try:
+                while self._writer is not None or self._waiting_writers:
+                    self._cond.wait()
+            finally:
+                self._parked_readers -= 1
             self._readers += 1
         try:
             yield

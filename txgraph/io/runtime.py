@@ -710,6 +710,10 @@ class Runtime:
             finally:
                 self._tls.gen = prev
 
+    def parked_requests(self) -> int:
+        """How many requests a drained section holds back right now."""
+        return self._graph_lock.parked_readers()
+
     def request_generation(self) -> int | None:
         """The generation of the request the calling thread is serving, if any."""
         return getattr(self._tls, "gen", None)

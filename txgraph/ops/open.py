@@ -22,7 +22,7 @@ from typing import Any
 
 from txgraph.errors import BlockError, OpenError, TxgraphError
 from txgraph.io.probe import probe_format
-from txgraph.model.drivers import DriverSpec, driver_spec
+from txgraph.model.drivers import COMMON_OPTIONS, DriverSpec, driver_spec
 from txgraph.model.names import MAX_NODE_NAME, id_wellformed
 from txgraph.model.node import BlockNode, Edge, OpenFlag
 from txgraph.model.options import Provenance, Source, flatten, parse_bool, qdict_first
@@ -45,18 +45,6 @@ __all__ = ["Opener", "lookup_bs"]
 
 #: stands for a parent that gets its node name only after its ``file`` was pre-opened
 _UNNAMED = "\0unnamed-parent"
-
-_COMMON_CONSUMED = (
-    "node-name",
-    "driver",
-    "cache.direct",
-    "cache.no-flush",
-    "read-only",
-    "auto-read-only",
-    "detect-zeroes",
-    "discard",
-    "force-share",
-)
 
 
 def lookup_bs(session: Any, device: str | None, node_name: str | None) -> str:
@@ -274,8 +262,8 @@ class Opener:
         self, node: BlockNode, spec: DriverSpec, file_node: str | None, work: OptionSet
     ) -> None:
         """``bdrv_open_common``: absorb the common options, name the node, open the driver."""
-        common = {k: work.values[k] for k in _COMMON_CONSUMED if k in work}
-        for key in _COMMON_CONSUMED:
+        common = {k: work.values[k] for k in COMMON_OPTIONS if k in work}
+        for key in COMMON_OPTIONS:
             work.discard(key)
         for key in ("cache.direct", "cache.no-flush", "read-only", "auto-read-only", "force-share"):
             if key in common and parse_bool(common[key]) is None:

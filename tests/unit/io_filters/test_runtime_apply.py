@@ -83,8 +83,10 @@ def test_requests_wait_for_the_swap_and_see_the_new_graph() -> None:
 
         th = threading.Thread(target=reader)
         th.start()
-        time.sleep(0.05)
-        assert not seen  # held back by the drained section
+        deadline = time.monotonic() + 10
+        while rt.parked_requests() < 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert rt.parked_requests() == 1 and not seen  # held back by the drained section
         rt.apply([SetChild("top", "file", "b")])  # nested: the drain is re-entrant
     th.join(5)
     assert seen == [(rt.generation, b"\x02")]

@@ -60,8 +60,6 @@ def _null(driver: str) -> tuple[ParseFilename, RefreshFilename]:
     return parse, refresh
 
 
-_NULL_CO, _NULL_AIO = _null("null-co"), _null("null-aio")
-
 _FILE_OPTIONS = frozenset(
     {
         "filename",
@@ -77,50 +75,43 @@ _FILE_OPTIONS = frozenset(
 #: ``raw_open_common``'s defaults (file-posix: aio=threads, locking=auto, drop-cache=on)
 _FILE_DEFAULTS = {"aio": "threads", "locking": "auto", "drop-cache": True}
 
+
+def _posix_file(driver: str) -> DriverSpec:
+    """file-posix's two drivers (``bdrv_file`` and ``bdrv_host_device``) share one option list."""
+    return DriverSpec(
+        driver,
+        "protocol",
+        needs_filename=True,
+        options=_FILE_OPTIONS,
+        mutable_opts=frozenset({"x-check-cache-dropped"}),
+        changeable_opts=frozenset({"drop-cache", "x-check-cache-dropped"}),
+        defaults=_FILE_DEFAULTS,
+        protocol_names=(driver,),
+        parse_filename=_strip_prefix(driver),
+    )
+
+
+def _null_driver(driver: str) -> DriverSpec:
+    """block/null.c's two drivers differ only in how they complete a request."""
+    parse, refresh = _null(driver)
+    return DriverSpec(
+        driver,
+        "protocol",
+        options=frozenset({"filename", "size", "latency-ns", "read-zeroes"}),
+        strong_opts=frozenset({"size", "read-zeroes"}),
+        defaults={"size": 1 << 30, "latency-ns": 0, "read-zeroes": False},
+        protocol_names=(driver,),
+        parse_filename=parse,
+        refresh_filename=refresh,
+    )
+
+
 #: this family's specs, merged into :data:`txgraph.model.drivers.DRIVER_SPECS`
 SPECS: tuple[DriverSpec, ...] = (
-    DriverSpec(
-        "file",
-        "protocol",
-        needs_filename=True,
-        options=_FILE_OPTIONS,
-        mutable_opts=frozenset({"x-check-cache-dropped"}),
-        changeable_opts=frozenset({"drop-cache", "x-check-cache-dropped"}),
-        defaults=_FILE_DEFAULTS,
-        protocol_names=("file",),
-        parse_filename=_strip_prefix("file"),
-    ),
-    DriverSpec(
-        "host_device",
-        "protocol",
-        needs_filename=True,
-        options=_FILE_OPTIONS,
-        mutable_opts=frozenset({"x-check-cache-dropped"}),
-        changeable_opts=frozenset({"drop-cache", "x-check-cache-dropped"}),
-        defaults=_FILE_DEFAULTS,
-        protocol_names=("host_device",),
-        parse_filename=_strip_prefix("host_device"),
-    ),
-    DriverSpec(
-        "null-co",
-        "protocol",
-        options=frozenset({"filename", "size", "latency-ns", "read-zeroes"}),
-        strong_opts=frozenset({"size", "read-zeroes"}),
-        defaults={"size": 1 << 30, "latency-ns": 0, "read-zeroes": False},
-        protocol_names=("null-co",),
-        parse_filename=_NULL_CO[0],
-        refresh_filename=_NULL_CO[1],
-    ),
-    DriverSpec(
-        "null-aio",
-        "protocol",
-        options=frozenset({"filename", "size", "latency-ns", "read-zeroes"}),
-        strong_opts=frozenset({"size", "read-zeroes"}),
-        defaults={"size": 1 << 30, "latency-ns": 0, "read-zeroes": False},
-        protocol_names=("null-aio",),
-        parse_filename=_NULL_AIO[0],
-        refresh_filename=_NULL_AIO[1],
-    ),
+    _posix_file("file"),
+    _posix_file("host_device"),
+    _null_driver("null-co"),
+    _null_driver("null-aio"),
     DriverSpec(
         "nbd",
         "protocol",
