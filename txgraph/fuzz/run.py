@@ -260,6 +260,17 @@ def _moving(sides: _Sides) -> bool:
     return any(j["status"] not in _QUIET for j in manager_of(session).query_jobs())
 
 
+def _copies_on_read(sides: _Sides) -> bool:
+    """A copy-on-read filter is in txgraph's graph: any read through it (a format probing
+    its header on open) may write clusters into the image below, so ``actual-size`` follows
+    the host from then on as after a guest write."""
+    session = sides.session()
+    if session is None:
+        return False
+    with session.lock:
+        return any(node.driver == "copy-on-read" for node in session.graph.nodes.values())
+
+
 def _settled(diff: list[str], wrote: bool, moving: bool) -> list[str]:
     """The difference lines that do not follow the host's timing: after guest or job writes
     ``actual-size`` (st_blocks); while a job moves, image sizes too (a file node's size is
@@ -462,6 +473,7 @@ def run_sequence(source: StepSource, against: str, max_steps: int = 40) -> RunRe
                     lines = [str(left.get("error", {}).get("desc") or death)]
                     result.divergence = _finding("crash", index, message, lines)
                     break
+                wrote = wrote or _copies_on_read(sides)
                 diff = _settled(diff, wrote, _moving(sides))
                 if diff:
                     result.divergence = _finding("mismatch", index, message, diff)
