@@ -116,13 +116,14 @@ def serve(
     from txgraph.qmp.commands import CommandContext
     from txgraph.qmp.engine import Engine
     from txgraph.qmp.qsd_argv import CmdlineError
-    from txgraph.qmp.qsd_cmdline import remove_pidfile, run_command_line, write_pidfile
+    from txgraph.qmp.qsd_cmdline import QsdRun, remove_pidfile, run_command_line, write_pidfile
     from txgraph.qmp.server import ServeError, run_server
 
     session = Session(policy=policy)
     configure(session, confine_dirs)
     engine = Engine(CommandContext(session))
     pidfile: str | None = None
+    run: QsdRun | None = None
     try:
         try:
             run = run_command_line(list(qsd_args), engine)
@@ -137,16 +138,19 @@ def serve(
             return
         _warm_up(engine)
 
+        wanted_pidfile = run.pidfile
+
         def ready() -> None:
             # QSD writes its PID file once everything runs, signal handling included: a
             # SIGTERM sent as soon as the file appears must end the daemon cleanly
             nonlocal pidfile
-            if run.pidfile is not None:
-                write_pidfile(run.pidfile)
-                pidfile = run.pidfile
+            if wanted_pidfile is not None:
+                write_pidfile(wanted_pidfile)
+                pidfile = wanted_pidfile
 
         try:
-            run_server([*([qmp_path] if qmp_path else []), *run.monitors], engine, ready)
+            paths = [*([qmp_path] if qmp_path else []), *run.monitors]
+            run_server(paths, engine, ready, run.listening)
         except CmdlineError as err:  # the PID file could not be created
             sys.stderr.write(err.render())
             sys.exit(1)
@@ -154,6 +158,8 @@ def serve(
         raise click.ClickException(str(err)) from None
     finally:
         remove_pidfile(pidfile)
+        if run is not None:
+            run.close()  # the chardevs no monitor served stop listening
         # QSD closes every node on exit: formats write back what they cached (qcow2's
         # metadata after copy-on-read, refcounts), then the image locks go
         session.close()

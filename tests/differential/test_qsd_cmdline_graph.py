@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -252,3 +254,28 @@ def test_chardevs_in_qom(tmp_path: Path) -> None:
             seen[kind][-1]["path"] = seen[kind][-1]["path"].replace(str(workdir), "{dir}")
         assert seen["txgraph"] == seen["qsd"]
         assert {c["name"] for c in seen["qsd"][0][1:]} == {"mon0", "spare"}
+
+
+def test_chardev_sockets_listen_from_the_option_on_and_go_at_exit(tmp_path: Path) -> None:
+    """A ``--chardev socket,server=on`` listens from its option on and until the daemon
+    ends, monitor or not: its file never disappears in between (txgraph once bound a
+    chardev's path to check it, then unlinked it until the server bound it again, so a
+    client that saw the file could find it gone), a chardev no monitor serves still takes
+    connections, both files have QSD's mode, and both are removed at exit."""
+    extra = ["--chardev", "socket,id=spare,path={dir}/spare.sock,server=on,wait=off"]
+    seen: dict[str, list[object]] = {}
+    with _both(extra, tmp_path) as peers:
+        for kind, (_proc, workdir) in peers.items():
+            row: list[object] = []
+            for name in ("qmp.sock", "spare.sock"):
+                path = workdir / name
+                row.append(stat.S_IMODE(path.stat().st_mode) if path.is_socket() else None)
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                    client.settimeout(30)
+                    client.connect(str(path))  # listening: a refusal or ENOENT fails here
+            seen[kind] = row
+    for kind in peers:
+        workdir = tmp_path / kind
+        seen[kind].append(sorted(p.name for p in workdir.glob("*.sock")))
+    assert seen["txgraph"] == seen["qsd"]
+    assert all(isinstance(mode, int) for mode in seen["qsd"][:2]) and seen["qsd"][2] == []

@@ -9,11 +9,14 @@ a QSD monitor needs: ``socket,path=P,server=on,wait=off``. ``--monitor`` is
 keyval (``MonitorOptions``, implied key ``chardev``) and then ``monitor_init``.
 
 Owner: one :class:`Chardevs` per ``txgraph serve`` run, used only by the
-thread that processes the command line (no lock needed).
+thread that processes the command line (no lock needed). Its listening sockets
+pass to the QMP server (a monitor's) or stay with the run until it ends
+(:meth:`Chardevs.close`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from dataclasses import dataclass, field
@@ -177,11 +180,17 @@ def parse_chardev_opts(
     return ident, opts
 
 
-def _probe_listen(path: str, location: str) -> None:
-    """``unix_listen_saddr``'s unlink and bind, done where QSD does them (at ``--chardev``).
+#: pending connections a listening chardev queues before the QMP server accepts them
+LISTEN_BACKLOG = 128
 
-    The socket is bound once to get QEMU's error at the option that caused it,
-    then released: the QMP server binds the path again when it starts serving.
+
+def _listen(path: str, location: str) -> socket.socket:
+    """``unix_listen_saddr`` at ``--chardev``: unlink a stale file, bind, listen.
+
+    QSD listens as soon as the chardev exists, before the later options run; a
+    client that sees the socket file can connect from then on (its greeting
+    comes once the monitor serves). The socket is never unbound in between: a
+    supervisor that waits for the file to appear must find it listening.
     """
     try:
         os.unlink(path)
@@ -191,16 +200,16 @@ def _probe_listen(path: str, location: str) -> None:
         raise CmdlineError(
             f"Failed to unlink socket {path}: {os.strerror(err.errno or 0)}", location
         ) from None
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        probe.bind(path)
+        sock.bind(path)
+        sock.listen(LISTEN_BACKLOG)
     except OSError as err:
+        sock.close()
         raise CmdlineError(
             f"Failed to bind socket to {path}: {os.strerror(err.errno or 0)}", location
         ) from None
-    finally:
-        probe.close()
-    os.unlink(path)
+    return sock
 
 
 def _on(value: str | None, default: bool) -> bool:
@@ -215,6 +224,17 @@ class Chardevs:
     in_use: set[str] = field(default_factory=set)
     monitors: list[str] = field(default_factory=list)  # socket paths to serve QMP on
     warnings: list[str] = field(default_factory=list)
+    #: socket path -> its listening socket, until the QMP server takes a monitor's
+    listening: dict[str, socket.socket] = field(default_factory=dict)
+
+    def close(self) -> None:
+        """Stop listening on what nobody took and remove those socket files (QEMU's
+        listener cleanup when a chardev goes, and on a command line it refused)."""
+        for path, sock in self.listening.items():
+            sock.close()
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        self.listening.clear()
 
     def add_chardev(self, text: str, location: str) -> None:
         """``--chardev``: ``qemu_chr_new_from_opts`` for a listening unix socket."""
@@ -252,7 +272,7 @@ class Chardevs:
             raise Unsupported(
                 "wait=on (waiting for a first client) is not supported; add wait=off", location
             )
-        _probe_listen(path, location)
+        self.listening[path] = _listen(path, location)
         self.sockets[ident] = path
 
     def add_monitor(self, text: str, location: str) -> None:

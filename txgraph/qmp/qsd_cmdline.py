@@ -20,6 +20,7 @@ the first refusal ends the run with QSD's message and exit status 1.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,9 +50,22 @@ class QsdRun:
     """What a command line left to do once its options ran."""
 
     monitors: list[str] = field(default_factory=list)  # socket paths for QMP
+    #: the chardevs, listening: the QMP server takes the monitors' sockets
+    #: (:attr:`listening`), the rest stay open until :meth:`close`
+    chardevs: Chardevs | None = None
     pidfile: str | None = None
     answer: str | None = None  # "help" / "version": print, exit 0
     warnings: list[str] = field(default_factory=list)  # already-rendered stderr lines
+
+    @property
+    def listening(self) -> dict[str, socket.socket]:
+        """Socket path -> listening socket of every chardev not yet taken by a server."""
+        return {} if self.chardevs is None else self.chardevs.listening
+
+    def close(self) -> None:
+        """At exit: stop listening on the chardevs no monitor took, remove their files."""
+        if self.chardevs is not None:
+            self.chardevs.close()
 
 
 #: hint lines QEMU appends on the command line (error_append_hint) but never sends over QMP
@@ -117,13 +131,19 @@ def run_command_line(argv: list[str], engine: Any) -> QsdRun:
         try:
             _run_one(engine, chardevs, option)
         except CmdlineError as err:
+            chardevs.close()
             err.warnings = list(run.warnings)
             raise
         except TxgraphError as err:
+            chardevs.close()
             failure = CmdlineError(err.desc, option.location)
             failure.warnings = list(run.warnings)
             raise failure from None
+        except BaseException:
+            chardevs.close()
+            raise
     run.monitors = list(chardevs.monitors)
+    run.chardevs = chardevs
     _publish_chardevs(engine, chardevs)
     return run
 

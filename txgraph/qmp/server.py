@@ -145,8 +145,9 @@ class QMPServer:
         self._path: str | None = None
         self._done: asyncio.Future[None] | None = None
 
-    async def start(self, path: str) -> None:
-        """Listen on ``path`` (mode 0600; a stale socket file is replaced).
+    async def start(self, path: str, listening: socket.socket | None = None) -> None:
+        """Listen on ``path`` (mode 0600; a stale socket file is replaced), or serve
+        ``listening``, the socket a QSD ``--chardev`` already listens on at ``path``.
 
         Reproduces QEMU's ``unix_listen_saddr`` checks and error texts: a
         path longer than ``sun_path`` (108 bytes) is refused before anything
@@ -163,6 +164,22 @@ class QMPServer:
                 f"UNIX socket path '{path}' is too long "
                 f"(path must be less than {SUN_PATH_MAX + 1} bytes)"
             )
+        if listening is not None:
+            # a QSD --chardev already listens on the path (its connections wait in the
+            # backlog until now): serve that socket rather than bind the path again
+            sock = listening
+            sock.setblocking(False)
+        else:
+            sock = self._bind(path)
+        self._path = path
+        self._sock = sock
+        self._done = self._loop.create_future()
+        self._loop.add_reader(sock.fileno(), self._accept)
+        self.engine.add_event_listener(self._on_event)
+
+    @staticmethod
+    def _bind(path: str) -> socket.socket:
+        """``unix_listen_saddr``: unlink a stale file, bind, restrict to the owner, listen."""
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -182,11 +199,7 @@ class QMPServer:
         except BaseException:
             sock.close()
             raise
-        self._path = path
-        self._sock = sock
-        self._done = self._loop.create_future()
-        self._loop.add_reader(sock.fileno(), self._accept)
-        self.engine.add_event_listener(self._on_event)
+        return sock
 
     async def serve_forever(self) -> None:
         """Serve until :meth:`close` (or until the awaiting task is cancelled)."""
@@ -417,8 +430,12 @@ async def serve(
     *,
     handle_signals: bool = False,
     on_ready: Callable[[], None] | None = None,
+    listening: dict[str, socket.socket] | None = None,
 ) -> None:
     """Serve QMP for ``engine`` on unix socket ``path`` until cancelled.
+
+    ``listening`` maps paths that already listen (QSD's ``--chardev``) to their
+    sockets; a server on such a path takes its socket out of the map.
 
     ``path`` may also be several paths (one monitor each, sharing the engine,
     as QSD's repeated ``--monitor``) or none (QSD without a monitor: it runs
@@ -441,7 +458,7 @@ async def serve(
         for one in paths:
             server = QMPServer(engine)
             servers.append(server)
-            await server.start(one)
+            await server.start(one, (listening or {}).pop(one, None))
         if on_ready is not None:
             on_ready()
         if servers:
@@ -456,11 +473,16 @@ async def serve(
 
 
 def run_server(
-    path: str | Sequence[str], engine: Engine, on_ready: Callable[[], None] | None = None
+    path: str | Sequence[str],
+    engine: Engine,
+    on_ready: Callable[[], None] | None = None,
+    listening: dict[str, socket.socket] | None = None,
 ) -> None:
     """Blocking form of :func:`serve` (``txgraph serve --qmp PATH``).
 
     :raise ServeError: the socket cannot be created.
     """
     with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
-        asyncio.run(serve(path, engine, handle_signals=True, on_ready=on_ready))
+        asyncio.run(
+            serve(path, engine, handle_signals=True, on_ready=on_ready, listening=listening)
+        )
