@@ -22,8 +22,8 @@ transaction within the bound, not only the primitive kinds:
    one size, 2 units, any subset allocated): ``view_changes`` finds no change ⇒ the
    guest reads the same data at every offset. Default bound: 3 names, 16 chains, 256
    chain pairs, up to 64 allocations each; ``TXGRAPH_PROOF_FULL=1``: 4 names, 65
-   chains, 4,225 pairs, up to 256 allocations each. With layers of *different* sizes
-   it does not hold: see :func:`test_pending_v1_misses_a_shorter_layer_between`.
+   chains, 4,225 pairs, up to 256 allocations each; and again with layers of 1 and 2
+   units (:func:`test_v1_decides_the_view_with_layers_of_different_sizes`).
 2. :func:`served_lemma` — on every graph of :mod:`proofs._graphspace`, the checker's
    ``served_layers`` is the spec's chain without its filters.
 3. :func:`affected_lemma` — for every one-primitive transaction of the graph space
@@ -257,16 +257,13 @@ def test_v1_decides_the_view_of_every_chain_pair() -> None:
     assert bad == [] and cases >= 9_000, bad[:3]
 
 
-def test_pending_v1_misses_a_shorter_layer_between() -> None:
-    """The bound's one gap, pinned: with layers of different sizes, a chain that gains a
-    layer shorter than the data below it (``a`` -> ``b, c, a``, ``b`` and ``c`` empty,
-    ``c`` of 1 unit) makes the guest read zeroes past ``c``'s end where it read ``a``'s
-    data, and ``view_changes`` finds no change (its candidates are only the ranges the
-    differing layers allocate, not what lies past their end). This test fails once V1 closes it,
-    and turns into part of the theorem (``chain_lemma((1, 2))``)."""
-    _cases, bad = chain_lemma((1, 2))
-    assert any(b.startswith("('a',) -> ('b', 'c', 'a')") for b in bad), bad[:3]
-    assert all("(1, frozenset(" in b for b in bad), bad[:3]  # always a shorter layer
+def test_v1_decides_the_view_with_layers_of_different_sizes() -> None:
+    """Layers of 1 and 2 units: a chain that gains a layer shorter than the data below it
+    (``a`` -> ``b, c, a``, ``b`` and ``c`` empty, ``c`` of 1 unit) makes the guest read
+    zeroes past ``c``'s end where it read ``a``'s data. V1 once missed it (its candidates
+    were only the ranges the differing layers allocate, not what lies past their end)."""
+    cases, bad = chain_lemma((1, 2))
+    assert bad == [] and cases >= 9_000, bad[:3]
 
 
 def test_served_chain_is_the_spec_chain() -> None:

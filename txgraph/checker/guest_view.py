@@ -13,9 +13,10 @@ afterwards. :func:`view_changes` decides that in O(change):
 - layers common to the top of both chains serve the same ranges in both, so
   what they allocate is left out;
 - below them, a common bottom suffix serves the same ranges in both as long
-  as nothing above it allocates them, so only the ranges allocated by the
-  layers that differ (the ones the change removed from or added to the
-  chain) are candidates, and only those are queried further.
+  as nothing above it allocates or cuts them, so only the ranges allocated by
+  the layers that differ (the ones the change removed from or added to the
+  chain), and the ranges past the end of a differing layer shorter than the
+  disk, are candidates, and only those are queried further.
 
 So a filter insertion (filters are not layers), a snapshot (the new overlay
 allocates nothing), and a chain that loses an *empty* layer keep the view,
@@ -279,8 +280,12 @@ def view_changes(before: Sequence[str], after: Sequence[str], alloc: Allocation)
         return []
     # Past the end of a layer both chains share above the change, both read zeroes.
     size = min(alloc.size(layer) for layer in [before[0], after[0], *before[:k]])
+    # A differing layer shorter than that hides whatever lies below past its end (the
+    # guest reads zeroes there, bdrv_co_preadv_part): those ranges are candidates too.
+    short = [(n, size - n) for n in {alloc.size(layer) for layer in differing} if n < size]
     alloc = _Known(alloc)
-    candidates = _merge([run for layer in differing for run in alloc.map_all(layer, size)])
+    allocated = [run for layer in differing for run in alloc.map_all(layer, size)]
+    candidates = _merge(allocated + short)
     for layer in before[:k]:  # the common top serves its own ranges on both sides
         if not candidates:
             break
