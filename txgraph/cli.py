@@ -239,13 +239,13 @@ def why(script: Any, node: str) -> None:
     Exit status 1 when NODE does not exist after the script.
     """
     from txgraph.demo import explain_node
-    from txgraph.plan.format import PlanError, parse_plan
+    from txgraph.plan.format import PlanError, json_text_error, parse_plan
     from txgraph.qmp.engine import Engine
 
     try:
         steps = parse_plan(json.load(script)).steps
-    except json.JSONDecodeError as err:
-        raise click.ClickException(f"{script.name}: not valid JSON: {err}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise click.ClickException(json_text_error(script.name, err)) from None
     except PlanError as err:
         raise click.ClickException(f"{script.name}: {err}") from None
     engine = Engine()
@@ -645,7 +645,7 @@ def show_cmd(
     on a dry-run engine, or a graph import as for ``txgraph plan --graph``.
     """
     from txgraph.errors import TxgraphError
-    from txgraph.plan.format import PlanError, load_json
+    from txgraph.plan.format import PlanError, load_json, parse_plan
     from txgraph.plan.verify import StateError, scratch_engine
     from txgraph.render import graph_page, picture_of, to_dot
     from txgraph.render.svg import dot_to_svg
@@ -663,6 +663,7 @@ def show_cmd(
             assert state_file is not None
             state = load_json(state_file, directory)
             if isinstance(state, dict) and "steps" in state:
+                parse_plan(state)  # a plan file: its shape is checked as ``plan`` checks it
                 state = state["steps"]
             title = f"block graph after {Path(state_file).name}"
         engine, _source = scratch_engine(state)

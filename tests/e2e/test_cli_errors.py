@@ -155,3 +155,31 @@ def test_bench_jobs_refuses_an_empty_image_as_a_usage_error() -> None:
         result = CliRunner().invoke(main, ["bench", "jobs", *args])
         assert result.exit_code == 2, result.output
         assert "Traceback" not in result.output and "internal error" not in result.output
+
+
+def test_files_that_are_not_utf8_text(tmp_path: Path) -> None:
+    """A binary file handed where JSON is expected: one line naming the byte, for every
+    command that reads one (Python's decode error once came out as 'internal error')."""
+    blob = tmp_path / "blob.json"
+    blob.write_bytes(b"[\xff]")
+    text = f"{blob}: not valid JSON: byte 0xff at 1 is not UTF-8"
+    for args in (
+        ("why", str(blob), "n0"),
+        ("plan", str(blob)),
+        ("replay", str(blob)),
+        ("show", str(blob)),
+        ("verify", str(blob), "--symbolic"),
+    ):
+        _one_line_error(_cli(*args), text)
+
+
+def test_show_on_a_wrong_shape(tmp_path: Path) -> None:
+    """``show`` checks a plan's shape as ``plan`` does, and a graph import's as an object."""
+    plan = tmp_path / "p.json"
+    plan.write_text('{"steps": 5}')
+    _one_line_error(_cli("show", str(plan)), "the steps of a plan must be a JSON array")
+    number = tmp_path / "n.json"
+    number.write_text("5")
+    res = _cli("show", str(number))
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "internal error" not in res.stderr and len(res.stderr.strip().splitlines()) == 1

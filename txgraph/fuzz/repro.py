@@ -23,7 +23,7 @@ from txgraph.fuzz.generate import image_commands
 from txgraph.fuzz.guest import GUEST_IO, qemu_io_argv
 from txgraph.fuzz.jobs import WAIT_EVENT
 from txgraph.fuzz.run import Divergence
-from txgraph.plan.format import PlanError
+from txgraph.plan.format import PlanError, json_text_error
 
 __all__ = ["REPRO_FORMAT", "write_reproducers", "load_reproducer"]
 
@@ -126,8 +126,8 @@ def load_reproducer(path: str | Path) -> dict[str, Any]:
     """A reproducer file, checked for its format."""
     try:
         data = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as err:
-        raise PlanError(f"{path}: not valid JSON: {err}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PlanError(json_text_error(path, err)) from None
     if (
         not isinstance(data, dict)
         or data.get("format") != REPRO_FORMAT

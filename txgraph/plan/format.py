@@ -39,6 +39,7 @@ __all__ = [
     "parse_steps",
     "check_verified",
     "load_json",
+    "json_text_error",
     "INTENTS",
 ]
 
@@ -206,11 +207,18 @@ def substitute_dir(value: Any, directory: str | None) -> Any:
     return value
 
 
+def json_text_error(path: str | Path, err: ValueError) -> str:
+    """One line for a file that is not JSON: bad syntax, or bytes that are not UTF-8."""
+    if isinstance(err, UnicodeDecodeError):
+        return f"{path}: not valid JSON: byte 0x{err.object[err.start]:02x} at {err.start} is not UTF-8"
+    return f"{path}: not valid JSON: {err}"
+
+
 def load_json(path: str | Path, directory: str | None = None) -> Any:
     try:
         data = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as err:
-        raise PlanError(f"{path}: not valid JSON: {err}") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PlanError(json_text_error(path, err)) from None
     return substitute_dir(data, directory)
 
 

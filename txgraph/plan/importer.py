@@ -102,6 +102,8 @@ class GraphImport:
 
 
 def parse_state_import(data: dict[str, Any]) -> GraphImport:
+    if not isinstance(data, dict):
+        raise ImportError_("a graph import must be a JSON object")
     try:
         bg, nn = data["block-graph"], data["named-nodes"]
     except KeyError as err:
