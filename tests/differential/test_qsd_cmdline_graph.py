@@ -20,6 +20,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -279,3 +280,33 @@ def test_chardev_sockets_listen_from_the_option_on_and_go_at_exit(tmp_path: Path
         seen[kind].append(sorted(p.name for p in workdir.glob("*.sock")))
     assert seen["txgraph"] == seen["qsd"]
     assert all(isinstance(mode, int) for mode in seen["qsd"][:2]) and seen["qsd"][2] == []
+
+
+def _connected_becomes(proc: QMPProcess, want: bool) -> bool:
+    """Poll ``/chardevs/spare``'s ``connected`` until it is ``want`` (deadline 30 s)."""
+    deadline = time.monotonic() + 30
+    while True:
+        got = proc.cmd("qom-get", {"path": "/chardevs/spare", "property": "connected"})
+        if got == want or time.monotonic() > deadline:
+            return bool(got)
+        time.sleep(0.01)
+
+
+def test_a_chardev_without_monitor_takes_clients_and_sees_them_go(tmp_path: Path) -> None:
+    """A chardev no monitor serves accepts a client (``connected`` turns true, and what the
+    client sends is not read by anyone), sees it hang up (false again), and then takes the
+    next client, as QSD's socket chardev does."""
+    extra = ["--chardev", "socket,id=spare,path={dir}/spare.sock,server=on,wait=off"]
+    seen: dict[str, list[bool]] = {}
+    with _both(extra, tmp_path) as peers:
+        for kind, (proc, workdir) in peers.items():
+            path = str(workdir / "spare.sock")
+            row = [_connected_becomes(proc, False)]
+            for _client in range(2):
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                    client.connect(path)
+                    client.sendall(b"no frontend reads this\n")
+                    row.append(_connected_becomes(proc, True))
+                row.append(_connected_becomes(proc, False))
+            seen[kind] = row
+    assert seen["txgraph"] == seen["qsd"] == [False, True, False, True, False]

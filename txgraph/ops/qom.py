@@ -209,12 +209,13 @@ def _chardev_order(session: Session) -> list[str]:
 
 def _chardev_get(session: Session, cid: str, prop: str) -> Any:
     """``qom-get`` on a socket chardev of the command line (``char_socket_class_init``'s
-    properties): ``connected`` is true for a monitor's chardev, the one this client uses."""
+    properties): ``connected`` is true for a monitor's chardev, the one this client uses,
+    and for another while a client is attached to it."""
     chardev = session.chardevs[cid]
     if prop == "type":
         return "chardev-socket"
     if prop == "connected":
-        return chardev.monitor
+        return chardev.monitor or chardev.connected
     if prop == "addr":
         return {"path": chardev.path, "type": "unix"}
     raise BlockError(f"Property 'chardev-socket.{prop}' not found")

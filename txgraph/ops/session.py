@@ -51,13 +51,16 @@ class QomObject:
     props: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Chardev:
     """A ``--chardev socket,path=P,server=on`` of the command line (``/chardevs/<id>`` in QOM)."""
 
     path: str
     #: a ``--monitor`` serves QMP on it
     monitor: bool = False
+    #: a client is attached to a chardev no monitor serves (written only by its
+    #: :class:`txgraph.qmp.chardev_port.ChardevPort` on the event loop)
+    connected: bool = False
 
 
 class Session:

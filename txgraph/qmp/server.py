@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from txgraph.errors import QMPError, TxgraphError
+from txgraph.qmp.chardev_port import ChardevPort
 from txgraph.qmp.engine import INTERNAL_ERROR, Engine
 from txgraph.qmp.idle_gc import COLLECTOR
 from txgraph.qmp.qapi import (
@@ -454,11 +455,16 @@ async def serve(
     for sig in signals:
         assert task is not None
         loop.add_signal_handler(sig, task.cancel)
+    ports: list[ChardevPort] = []
     try:
         for one in paths:
             server = QMPServer(engine)
             servers.append(server)
             await server.start(one, (listening or {}).pop(one, None))
+        chardevs = engine.context.session.chardevs.values()
+        for path, sock in (listening or {}).items():
+            # the chardevs no monitor serves still take clients, one at a time
+            ports += [ChardevPort(loop, sock, c) for c in chardevs if c.path == path][:1]
         if on_ready is not None:
             on_ready()
         if servers:
@@ -468,6 +474,8 @@ async def serve(
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
+        for port in ports:
+            port.close()
         for server in servers:
             await server.close()
 
