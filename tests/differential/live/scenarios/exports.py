@@ -7,6 +7,7 @@ of blockdev-del for nodes under an export.
 
 from __future__ import annotations
 
+from tests.differential.harness import qemu_img
 from tests.differential.live.scenarios.common import (
     QUERY,
     RAWS,
@@ -20,6 +21,7 @@ from tests.differential.live.scenarios.common import (
     fnode,
     hd,
     io,
+    qcow2,
     sc,
 )
 
@@ -244,5 +246,24 @@ SCENARIOS = [
         setup=RAWS,
         theme=T,
         doc="2 of 3 agree: reads return the majority's data",
+    ),
+    sc(
+        "qcow2_inside_qcow2_grows_its_container",
+        [
+            add(hd("inner", "inner.qcow2")),
+            add({"driver": "qcow2", "node-name": "outer", "file": "inner"}),
+            export("e0", "outer"),
+            io("e0", "write -P 0x5a 0 1M", "read -P 0x5a 0 1M"),
+            View("e0"),
+            QUERY,
+        ],
+        setup=(
+            qcow2("outer.qcow2", "4M"),
+            qemu_img("convert -f raw -O qcow2 {dir}/outer.qcow2 {dir}/inner.qcow2"),
+        ),
+        theme=T,
+        doc="a qcow2 image stored as the guest data of another: the outer one's cluster "
+        "allocations write past the inner one's virtual size, which grows in memory "
+        "(bdrv_co_write_req_finish; qcow2 grows its L1 table for the new clusters)",
     ),
 ]
