@@ -76,12 +76,20 @@ def _direct(dbg: dict[str, Any], image: str, no_flush: bool) -> dict[str, Any]:
     return node
 
 
+def _nested(dbg: dict[str, Any], image: str, no_flush: bool) -> dict[str, Any]:
+    """raw over a rule-less blkdebug over the blkdebug with the rules: the inner node
+    gets the outer one's events, and the outer flush flushes it twice."""
+    inner = {"driver": "blkdebug", **dbg, "image": {"driver": "file", "filename": image}}
+    return {"driver": "raw", "file": {"driver": "blkdebug", "image": inner}}
+
+
 GRAPHS: dict[str, tuple[Any, str, bool]] = {
     "raw": (_over("raw"), "raw", False),
     "raw-no-flush": (_over("raw"), "raw", True),
     "qcow2": (_over("qcow2"), "qcow2", False),
     "copy-on-read": (_over("copy-on-read"), "raw", False),
     "direct": (_direct, "raw", False),
+    "nested": (_nested, "raw", False),
 }
 
 #: guests: name -> requests (``("w", offset, byte, fua)``, ``("r", offset)``, ``("f",)``;
