@@ -275,8 +275,9 @@ def _layer_flush(fn: Callable[..., None]) -> Callable[..., None]:
         if type(self).flush is not flush:
             return fn(self)
         flushing = _STATE.flushing
-        if flushing and flushing[-1].primary is self:
-            flushing[-1].reach_disk()  # the parent's flush goes down to its primary child
+        for step in flushing:
+            if step.primary is self:  # a parent's flush goes down to its primary child
+                step.reach_disk()
         s = self.settings
         if s.read_only:
             return None  # nothing can be dirty below a read-only node
