@@ -292,6 +292,14 @@ class BlkdebugNode(DriverNode):
             self.image.flush()
         self.image.flush()
 
+    def truncate(self, length: int) -> None:
+        """``blkdebug_co_truncate``: passed to ``image`` unchecked (ENOTSUP where it cannot
+        resize, as ``bdrv_co_truncate`` of a driver without the callback)."""
+        truncate = getattr(self.image, "truncate", None)
+        if truncate is None:
+            raise IOFailure(os.strerror(E.ENOTSUP), E.ENOTSUP)
+        truncate(length)
+
     def size(self) -> int:
         return self.image.size()
 
