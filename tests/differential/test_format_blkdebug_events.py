@@ -47,9 +47,8 @@ EVENTS = [
     "cluster_alloc",
 ]
 # Not here: flush_to_os/flush_to_disk, which QEMU's generic bdrv_co_flush raises on the
-# flushed node's primary child (qemu-io's writethrough writes are FUA, emulated by a
-# flush per write); txgraph's generic layer does not raise them (blkdebug raises
-# flush_to_disk on its own flush only), so guest writes under such a rule differ.
+# flushed node's primary child whatever the format; they have their own differential
+# test, tests/differential/test_blkdebug_flush_events.py.
 
 #: what the guest does, in one qemu-io run (each command's result line is compared)
 GUEST = [

@@ -100,6 +100,12 @@ class DriverNode(abc.ABC):
     #: the driver has its own zero-write callback (``drv->bdrv_co_pwrite_zeroes``);
     #: computed per class, detect-zeroes only converts writes for such drivers
     has_write_zeroes: ClassVar[bool] = False
+    #: the child ``bdrv_primary_child`` finds (filters: their filtered child instead)
+    primary_child_name: ClassVar[str | None] = "file"
+    #: ``write_gen`` / ``flushed_gen`` of ``bdrv_co_flush``, kept by the generic layer
+    #: (txgraph.io.layer: plain number stores, no lock needed)
+    layer_write_gen: int = 0
+    layer_flushed_gen: int = 0
 
     def __init__(
         self,

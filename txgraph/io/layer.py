@@ -19,7 +19,15 @@ node's generic layer first, exactly as every ``bdrv_co_pwritev`` on a
 * discards are dropped unless ``discard=unmap`` (``bdrv_co_pdiscard``);
 * ``cache.no-flush`` is the protocol driver's business: only its flush to
   disk is skipped (``bdrv_co_flush`` still flushes to the OS and the children,
-  which inherit the option).
+  which inherit the option);
+* a flush raises blkdebug's generic events on the node's primary child
+  (``bdrv_co_flush``'s ``BLKDBG_EVENT(primary_child, ...)``): ``flush_to_os``
+  before the driver's flush, ``flush_to_disk`` after the driver's flush-to-OS
+  step (its metadata writes) and before the flush goes down to the primary
+  child - and only when the node was written since its last successful flush
+  (``write_gen`` / ``flushed_gen``) and has no ``cache.no-flush``. A driver
+  whose own flush-to-disk step does something (blkdebug's rule check) asks
+  :func:`flush_reaches_disk`.
 
 A driver that calls ``super().write(...)`` reaches its base class's callback
 directly (the layer runs once per node per request). Code that must bypass the
@@ -27,15 +35,22 @@ layer, as QEMU's copy-on-read does with ``bdrv_driver_pwritev``, uses
 :func:`driver_write` / :func:`driver_write_zeroes`.
 
 Thread discipline: the layer keeps no shared state. Per thread it records how
-deep the current request is in the graph (a BlockBackend call is depth 0) and
+deep the current request is in the graph (a BlockBackend call is depth 0),
 which nodes are converting a zero write (so a driver falling back to writing
-zero bytes is not converted again); both live in a ``threading.local``.
+zero bytes is not converted again) and the flushes under way (their pending
+``flush_to_disk`` event); these live in a ``threading.local``. Each node's
+write and flush generations (``DriverNode.layer_write_gen`` /
+``layer_flushed_gen``) are plain attribute stores of numbers taken from one
+shared counter (``next`` on an ``itertools.count`` is atomic under the GIL), so
+concurrent requests need no lock: a flush records only the generation it read
+before it started, so it can never claim a write that ended after that.
 """
 
 from __future__ import annotations
 
 import errno as E
 import functools
+import itertools
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -46,7 +61,18 @@ from txgraph.io.settings import DetectZeroes
 if TYPE_CHECKING:
     from txgraph.io.driver import DriverNode
 
-__all__ = ["LAYERS", "driver_write", "driver_write_zeroes", "is_zero"]
+__all__ = [
+    "LAYERS",
+    "driver_write",
+    "driver_write_zeroes",
+    "flush_reaches_disk",
+    "fua",
+    "is_zero",
+    "primary_child",
+]
+
+#: fresh write generations for every node (``bdrv_co_write_req_finish``'s ``write_gen++``)
+_GENERATIONS = itertools.count(1)
 
 
 class _LayerState(threading.local):
@@ -57,6 +83,31 @@ class _LayerState(threading.local):
         self.depth = 0
         #: ids of nodes whose zero-write conversion is running on this thread
         self.converting: set[int] = set()
+        #: the flushes under way on this thread, innermost last
+        self.flushing: list[_FlushStep] = []
+        #: ids of nodes whose write generation is held back until their FUA flush ran
+        self.held: set[int] = set()
+
+
+class _FlushStep:
+    """One node's ``bdrv_co_flush`` in progress: its ``flush_to_disk`` event, raised once."""
+
+    __slots__ = ("node", "primary", "to_disk", "raised")
+
+    def __init__(self, node: DriverNode, primary: DriverNode | None, to_disk: bool) -> None:
+        self.node = node
+        self.primary = primary
+        self.to_disk = to_disk
+        self.raised = False
+
+    def reach_disk(self) -> bool:
+        """The flush-to-OS step is over: raise ``flush_to_disk`` (once) if the flush
+        goes to the disk; whether it does."""
+        if self.to_disk and not self.raised:
+            self.raised = True
+            if self.primary is not None:
+                self.primary.debug_event("flush_to_disk")
+        return self.to_disk
 
 
 _STATE = _LayerState()
@@ -90,6 +141,52 @@ def driver_write_zeroes(
     _call(_callback(node, "write_zeroes"), node, offset, length, may_unmap=may_unmap)
 
 
+def primary_child(node: DriverNode) -> DriverNode | None:
+    """``bdrv_primary_child``: a filter's filtered child, else the child its driver names
+    as primary (``file`` for the formats, ``image`` for blkdebug), if attached."""
+    name = getattr(node, "filtered_child", None) or node.primary_child_name
+    return node.children.get(name) if name else None
+
+
+def flush_reaches_disk(node: DriverNode) -> bool:
+    """Inside ``node``'s flush callback: whether ``bdrv_co_flush`` calls the driver's
+    flush-to-disk step this time (written since the last flush, no ``cache.no-flush``);
+    raises the pending ``flush_to_disk`` event first, as QEMU does right before it."""
+    for step in reversed(_STATE.flushing):
+        if step.node is node:
+            return step.reach_disk()
+    return False
+
+
+def _bump(node: DriverNode) -> None:
+    """``bdrv_co_write_req_finish``: the node was written (whatever the outcome)."""
+    if id(node) not in _STATE.held:
+        node.layer_write_gen = next(_GENERATIONS)
+
+
+def fua(node: DriverNode, request: Callable[[], None]) -> None:
+    """A BlockBackend's write or zero write with ``BDRV_REQ_FUA`` on ``node``.
+
+    No driver of txgraph writes FUA through to the disk, so the node emulates it
+    (``bdrv_driver_pwritev`` / ``bdrv_co_do_pwrite_zeroes``): a flush of the node
+    after the successful write, inside the same request - before the request's
+    ``write_gen`` bump, so that flush does not see the write it follows as
+    unflushed (the next one does).
+    """
+    held = _STATE.held
+    if id(node) in held:  # nested (cannot happen from a BlockBackend): plain order
+        request()
+        node.flush()
+        return
+    held.add(id(node))
+    try:
+        request()
+        node.flush()
+    finally:
+        held.discard(id(node))
+        _bump(node)
+
+
 def _call(fn: Callable[..., None], node: DriverNode, *args: Any, **kwargs: Any) -> None:
     state = _STATE
     state.depth += 1
@@ -121,8 +218,12 @@ def _layer_write(fn: Callable[..., None]) -> Callable[..., None]:
                 )
             finally:
                 converting.discard(id(self))
+                _bump(self)
             return None
-        return _call(fn, self, offset, data)
+        try:
+            return _call(fn, self, offset, data)
+        finally:
+            _bump(self)
 
     write._txgraph_layer = True  # type: ignore[attr-defined]
     return write
@@ -140,7 +241,10 @@ def _layer_write_zeroes(fn: Callable[..., None]) -> Callable[..., None]:
             raise _eperm()
         if may_unmap and _STATE.depth and not s.unmap:
             may_unmap = False  # a parent's zero write: this node was opened without unmap
-        return _call(fn, self, offset, length, may_unmap=may_unmap)
+        try:
+            return _call(fn, self, offset, length, may_unmap=may_unmap)
+        finally:
+            _bump(self)
 
     write_zeroes._txgraph_layer = True  # type: ignore[attr-defined]
     return write_zeroes
@@ -156,7 +260,10 @@ def _layer_discard(fn: Callable[..., None]) -> Callable[..., None]:
             raise _eperm()
         if not s.unmap:
             return None  # BDRV_O_UNMAP is off: the request succeeds and does nothing
-        return _call(fn, self, offset, length)
+        try:
+            return _call(fn, self, offset, length)
+        finally:
+            _bump(self)
 
     discard._txgraph_layer = True  # type: ignore[attr-defined]
     return discard
@@ -167,9 +274,26 @@ def _layer_flush(fn: Callable[..., None]) -> Callable[..., None]:
     def flush(self: DriverNode) -> None:
         if type(self).flush is not flush:
             return fn(self)
-        if self.settings.read_only:
+        flushing = _STATE.flushing
+        for step in flushing:
+            if step.primary is self:  # a parent's flush goes down to its primary child
+                step.reach_disk()
+        s = self.settings
+        if s.read_only:
             return None  # nothing can be dirty below a read-only node
-        return _call(fn, self)
+        current = self.layer_write_gen
+        primary = primary_child(self)
+        if primary is not None:
+            primary.debug_event("flush_to_os")
+        step = _FlushStep(self, primary, not s.no_flush and current != self.layer_flushed_gen)
+        flushing.append(step)
+        try:
+            _call(fn, self)
+            step.reach_disk()  # a driver that flushes no child: the event still comes
+        finally:
+            flushing.pop()
+        self.layer_flushed_gen = current
+        return None
 
     flush._txgraph_layer = True  # type: ignore[attr-defined]
     return flush

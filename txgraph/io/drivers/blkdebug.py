@@ -19,9 +19,15 @@ Reproduces QEMU 7.2's block/blkdebug.c:
   ``write_aio``, qcow2 also ``read_backing_aio`` and ``read_compressed``), so
   a format's own metadata reads at open time arm nothing, and requests sent
   to the blkdebug node directly (an export on it) raise no event at all; rules
-  already armed still check every request. ``flush_to_disk`` is raised by the
-  node's own flush (QEMU raises it on the flushed node's primary child,
-  which is this node when a format above it flushes).
+  already armed still check every request. ``flush_to_os`` and
+  ``flush_to_disk`` come from the generic flush of the parent
+  (``bdrv_co_flush`` raises them on the flushed node's primary child, this
+  node under a format or filter; :mod:`txgraph.io.layer`);
+* a flush is checked against the rules only when it goes to the disk
+  (``blkdebug_co_flush`` is the driver's ``bdrv_co_flush_to_disk``: skipped
+  when nothing was written to this node since its last successful flush, or
+  with ``cache.no-flush``); the flush goes on to ``image`` then, and once more
+  as the generic flush of the children.
 
 ``immediately`` only changes whether QEMU yields once before failing; a
 blocking data plane has nothing to yield to, so it is accepted and ignored.
@@ -39,6 +45,7 @@ from typing import Any
 from txgraph.errors import IOFailure, OpenError
 from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
 from txgraph.io.hostpath import host_path
+from txgraph.io.layer import flush_reaches_disk
 from txgraph.io.registry import register
 
 __all__ = ["BlkdebugNode", "Rule", "parse_config", "EVENTS", "IOTYPES"]
@@ -192,6 +199,7 @@ class BlkdebugNode(DriverNode):
     """A pass-through filter over ``image`` that fails requests as its rules say."""
 
     driver_name = "blkdebug"
+    primary_child_name = "image"
 
     def __init__(
         self,
@@ -278,9 +286,19 @@ class BlkdebugNode(DriverNode):
         self.image.discard(offset, length)
 
     def flush(self) -> None:
-        self.debug_event("flush_to_disk")
-        self._check(0, 0, "flush")
+        """``bdrv_co_flush`` of this node: ``blkdebug_co_flush``, then the children."""
+        if flush_reaches_disk(self):
+            self._check(0, 0, "flush")
+            self.image.flush()
         self.image.flush()
+
+    def truncate(self, length: int) -> None:
+        """``blkdebug_co_truncate``: passed to ``image`` unchecked (ENOTSUP where it cannot
+        resize, as ``bdrv_co_truncate`` of a driver without the callback)."""
+        truncate = getattr(self.image, "truncate", None)
+        if truncate is None:
+            raise IOFailure(os.strerror(E.ENOTSUP), E.ENOTSUP)
+        truncate(length)
 
     def size(self) -> int:
         return self.image.size()

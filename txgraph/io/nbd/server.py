@@ -59,6 +59,7 @@ from txgraph.errors import BlockError, IOFailure
 from txgraph.io.buffers import child_readinto
 from txgraph.io.chain import HoleCheckFailure
 from txgraph.io.driver import DriverNode
+from txgraph.io.layer import fua
 from txgraph.io.nbd import protocol as P
 from txgraph.io.nbd.negotiate import Session, negotiate
 from txgraph.io.nbd.reads import read_buffer, sparse_readinto
@@ -536,15 +537,18 @@ class _Connection:
         if cmd == P.CMD_WRITE:
             with rt.request():
                 node = exp.node()
-                node.write(offset, payload)
                 if flags & P.CMD_FLAG_FUA:
-                    node.flush()
+                    fua(node, lambda: node.write(offset, payload))
+                else:
+                    node.write(offset, payload)
         elif cmd == P.CMD_WRITE_ZEROES:
             with rt.request():
                 node = exp.node()
-                node.write_zeroes(offset, length, may_unmap=not flags & P.CMD_FLAG_NO_HOLE)
+                unmap = not flags & P.CMD_FLAG_NO_HOLE
                 if flags & P.CMD_FLAG_FUA:
-                    node.flush()
+                    fua(node, lambda: node.write_zeroes(offset, length, may_unmap=unmap))
+                else:
+                    node.write_zeroes(offset, length, may_unmap=unmap)
         elif cmd == P.CMD_TRIM:
             with rt.request():
                 node = exp.node()

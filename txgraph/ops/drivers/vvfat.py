@@ -7,7 +7,8 @@ unless ``auto-read-only`` allows the fallback); with ``rw`` on a read-only node
 QEMU refuses, and on a writable one it creates a temporary qcow image as the
 ``write-target`` child and writes guest changes back into the host
 directory - txgraph does not implement that write-back and refuses it with a
-message of its own. Only then is the directory scanned (the data-plane node,
+message of its own (QEMU's graph and write-back are pinned against the real
+daemon in tests/interop/test_vvfat_rw_qsd.py). Only then is the directory scanned (the data-plane node,
 whose errors are QEMU's "Could not read directory ..." and "Directory does
 not fit ..."). No ``bdrv_reopen_prepare``: every reopen is refused generically.
 """
