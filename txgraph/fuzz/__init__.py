@@ -12,7 +12,9 @@ reproducers (:mod:`~txgraph.fuzz.repro`) and a report
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,11 +30,38 @@ def _terminate(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
+def _worker_terminate(signum: int, frame: Any) -> None:
+    """A worker's first SIGTERM unwinds it (SystemExit); a second one, while it still
+    unwinds, ends it at once (its peers die with it, by their parent-death signal)."""
+    signal.signal(signal.SIGTERM, lambda _n, _f: os._exit(128 + signum))
+    raise SystemExit(128 + signum)
+
+
 def _work(config: CampaignConfig, index: int) -> None:
-    # a terminated worker unwinds (SystemExit), so every run's finally closes its peers:
-    # without this the default action kills it with its qemu-storage-daemon left running
-    signal.signal(signal.SIGTERM, _terminate)
-    Worker(config, index).run()
+    """A worker process: run the campaign's share, then leave without interpreter teardown.
+
+    A terminated worker unwinds (SystemExit) so that every run's ``finally`` closes its
+    peers; without that the default action kills it with its qemu-storage-daemon left
+    running. The exit raised at an arbitrary point may leave a half-changed structure
+    that a later ``finally`` trips over (a KeyError in the runtime): once terminated,
+    whatever the unwinding raises is part of stopping, not a crash to print. The worker
+    reports through its files, so it ends with ``os._exit``: the interpreter's teardown
+    (z3's finalizers among it) has nothing to add and would print its own noise.
+    """
+    signal.signal(signal.SIGTERM, _worker_terminate)
+    code = 0
+    try:
+        Worker(config, index).run()
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    except BaseException:
+        if signal.getsignal(signal.SIGTERM) is _worker_terminate:
+            raise  # not terminated: a real crash, printed by multiprocessing
+        code = 128 + signal.SIGTERM
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
 
 
 def run_campaign(
