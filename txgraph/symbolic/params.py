@@ -11,7 +11,12 @@ A parameterised plan names node variables with constraints instead of a starting
   a file node), ``throttle`` (over the variable named by ``file``), ``file``;
 - ``export``: the choices for an NBD export of the node (``none``, ``writable``,
   ``read-only``); ``writers``: how many *other* writable NBD exports use the node
-  directly (a second writer); ``backing-depth``/``writers``: ``[lo, hi]``.
+  directly (a second writer); ``backing-depth``/``writers``: ``[lo, hi]``;
+- ``data`` (``qcow2`` and ``file``): which layers hold data a guest reads — ``none``
+  (the default: fresh, empty images), ``all``, or ``any`` (each layer's choice is a
+  parameter). A layer with data holds one 64 KiB cluster of its own byte pattern at
+  an offset of its own (:func:`data_slots`), so no layer's data hides another's and
+  a guest's view changes exactly when the set of data layers it reads through does.
 
 A counterexample is an assignment whose graph QEMU builds, on which some step is
 refused (QEMU's error, under the ``qemu`` policy) or accepted but breaks a rule of the
@@ -52,6 +57,10 @@ __all__ = [
 
 Command = dict[str, Any]
 _EXPORTS = ("none", "writable", "read-only")
+_DATA = ("none", "all", "any")
+#: the data cluster of a layer: one per slot (:func:`data_slots`), within the 1 MiB images
+DATA_CLUSTER = 64 << 10
+_MAX_SLOTS = 16
 
 
 class ParamPlanError(ValueError):
@@ -66,6 +75,16 @@ class Var:
     writers: tuple[int, int] = (0, 0)
     exports: tuple[str, ...] = ("none",)
     file: str | None = None
+    #: ``none``, ``all`` or ``any``: which of the variable's layers hold data
+    data: str = "none"
+
+    def layers(self, depth: int) -> list[str]:
+        """The variable's data layers, top first, for a chain of ``depth``."""
+        if self.driver == "file":
+            return [self.name]
+        if self.driver == "qcow2":
+            return [self.name] + [f"{self.name}-b{i}" for i in range(1, depth)]
+        return []
 
 
 @dataclass
@@ -103,7 +122,12 @@ def load_param_plan(raw: Any) -> ParamPlan:
             _range(spec.get("writers", 0), f"{name}.writers"),
             tuple(exports),
             spec.get("file"),
+            spec.get("data", "none"),
         )
+        if var.data not in _DATA or (var.data != "none" and var.driver == "throttle"):
+            raise ParamPlanError(
+                f"variable {name}: data must be among {list(_DATA)} (a filter holds none)"
+            )
         if var.driver == "throttle" and var.file is None:
             raise ParamPlanError(f"variable {name}: a throttle filter needs 'file'")
         out[name] = var
@@ -119,7 +143,21 @@ def load_param_plan(raw: Any) -> ParamPlan:
         isinstance(a, list) and all(isinstance(x, str) for x in a) for a in images
     ):
         raise ParamPlanError("'images' must be a list of qemu-img argument lists")
-    return ParamPlan(str(raw.get("description", "")), out, steps, images)
+    plan = ParamPlan(str(raw.get("description", "")), out, steps, images)
+    if len(data_slots(plan)) > _MAX_SLOTS:
+        raise ParamPlanError(f"at most {_MAX_SLOTS} layers may hold data")
+    return plan
+
+
+def data_slots(plan: ParamPlan) -> dict[str, int]:
+    """Layer name -> its data slot (cluster ``slot`` of the image), for every layer of
+    the space that may hold data: the patterns and offsets of :func:`build`."""
+    out: dict[str, int] = {}
+    for var in plan.variables.values():
+        if var.data != "none":
+            for layer in var.layers(var.depth[1]):
+                out[layer] = len(out)
+    return out
 
 
 Assignment = dict[str, dict[str, Any]]
@@ -129,47 +167,93 @@ def _nodes(var: Var, depth: Any) -> Any:
     return 2 * depth if var.driver == "qcow2" else 1
 
 
-def _space(plan: ParamPlan, max_nodes: int, ctx: z3.Context) -> tuple[z3.Optimize, dict[str, Any]]:
+def data_vars(var: Var, ctx: z3.Context) -> list[Any]:
+    """The z3 booleans "layer ``j`` holds data" of a variable with ``data: any``."""
+    if var.data != "any":
+        return []
+    return [z3.Bool(f"{var.name}.data.{j}", ctx) for j in range(len(var.layers(var.depth[1])))]
+
+
+def data_of(var: Var, m: Any, depth: int, bits: list[Any]) -> list[bool]:
+    """The model's data choice of a variable's present layers."""
+    if var.data == "all":
+        return [True] * len(var.layers(depth))
+    return [z3.is_true(m.eval(b, model_completion=True)) for b in bits[: len(var.layers(depth))]]
+
+
+def decode(plan: ParamPlan, m: Any, v: dict[str, Any], bits: dict[str, list[Any]]) -> Assignment:
+    out: Assignment = {}
+    for name, (d, w, x) in v.items():
+        var = plan.variables[name]
+        depth = m.eval(d).as_long()
+        out[name] = {
+            "depth": depth,
+            "writers": m.eval(w).as_long(),
+            "export": var.exports[m.eval(x).as_long()],
+        }
+        if var.data != "none":
+            out[name]["data"] = data_of(var, m, depth, bits[name])
+    return out
+
+
+def block(plan: ParamPlan, a: Assignment, v: dict[str, Any], bits: dict[str, list[Any]]) -> Any:
+    """The z3 clause that excludes assignment ``a``."""
+    diff = []
+    for n, (d, w, x) in v.items():
+        var = plan.variables[n]
+        diff += [d != a[n]["depth"], w != a[n]["writers"], x != var.exports.index(a[n]["export"])]
+        if var.data == "any":
+            diff += [b != val for b, val in zip(bits[n], a[n]["data"])]
+    return z3.Or(diff)
+
+
+def data_cost(bits: dict[str, list[Any]], ctx: z3.Context) -> Any:
+    """How many layers hold data (minimised after the node count and the parameters)."""
+    terms = [z3.If(b, 1, 0) for bs in bits.values() for b in bs]
+    return z3.Sum(terms) if terms else z3.IntVal(0, ctx)
+
+
+def unused_data_zero(var: Var, d: Any, bits: list[Any]) -> list[Any]:
+    """Layers below the chain's depth hold no data (one model per graph)."""
+    return [z3.Implies(d <= j, z3.Not(b)) for j, b in enumerate(bits)]
+
+
+def _space(
+    plan: ParamPlan, max_nodes: int, ctx: z3.Context
+) -> tuple[z3.Optimize, dict[str, Any], dict[str, list[Any]]]:
     opt = z3.Optimize(ctx=ctx)
     v: dict[str, Any] = {}
+    bits: dict[str, list[Any]] = {}
     size = []
     for var in plan.variables.values():
         d, w, x = (z3.Int(f"{var.name}.{k}", ctx) for k in ("depth", "writers", "export"))
         v[var.name] = (d, w, x)
+        bits[var.name] = data_vars(var, ctx)
         opt.add(d >= var.depth[0], d <= var.depth[1], w >= var.writers[0], w <= var.writers[1])
-        opt.add(x >= 0, x < len(var.exports))
+        opt.add(x >= 0, x < len(var.exports), *unused_data_zero(var, d, bits[var.name]))
         size.append(_nodes(var, d))
     total = z3.Sum(size) if size else z3.IntVal(0, ctx)
     opt.add(total <= max_nodes)
     opt.minimize(total)
     opt.minimize(z3.Sum([z3.Sum(list(t)) for t in v.values()]))
-    return opt, v
+    opt.minimize(data_cost(bits, ctx))
+    return opt, v, bits
 
 
 def assignments(plan: ParamPlan, max_nodes: int) -> Any:
     """Every assignment within the bound, smallest graph first (z3)."""
     ctx = z3.Context()
-    opt, v = _space(plan, max_nodes, ctx)
+    opt, v, bits = _space(plan, max_nodes, ctx)
     while opt.check() == z3.sat:
-        m = opt.model()
-        got = {
-            name: {
-                "depth": m.eval(d).as_long(),
-                "writers": m.eval(w).as_long(),
-                "export": plan.variables[name].exports[m.eval(x).as_long()],
-            }
-            for name, (d, w, x) in v.items()
-        }
+        got = decode(plan, opt.model(), v, bits)
         yield got
-        opt.add(
-            z3.Or([z3.Or(d != m.eval(d), w != m.eval(w), x != m.eval(x)) for d, w, x in v.values()])
-        )
+        opt.add(block(plan, got, v, bits))
 
 
 def skeleton_assignment(plan: ParamPlan) -> Assignment:
     """The maximal point of the space: deepest chains, most writers, an export wherever
     one may be (:func:`build` with ``placeholder`` makes every export read-only)."""
-    return {
+    out: Assignment = {
         name: {
             "depth": var.depth[1],
             "writers": var.writers[1],
@@ -177,6 +261,10 @@ def skeleton_assignment(plan: ParamPlan) -> Assignment:
         }
         for name, var in plan.variables.items()
     }
+    for name, var in plan.variables.items():
+        if var.data != "none":
+            out[name]["data"] = [True] * len(var.layers(var.depth[1]))
+    return out
 
 
 def _needs_server(plan: ParamPlan) -> bool:
@@ -202,6 +290,13 @@ def build(
             }
         )
     done: set[str] = set()
+    slots = data_slots(plan)
+
+    def fill(var: Var, layer: str, j: int, img: Path, fmt: str) -> None:
+        if var.data != "none" and a[var.name]["data"][j]:
+            k = slots[layer]
+            write = f"write -q -P {0x10 + k} {k * DATA_CLUSTER} {DATA_CLUSTER}"
+            images.append(["qemu-io", "-f", fmt, "-c", write, str(img)])
 
     def add(var: Var) -> None:
         if var.name in done:
@@ -211,6 +306,7 @@ def build(
         depth = a[var.name]["depth"]
         if var.driver == "file":
             images.append(["create", "-q", "-f", "raw", str(workdir / f"{var.name}.img"), "1M"])
+            fill(var, var.name, 0, workdir / f"{var.name}.img", "raw")
             cmds.append(
                 _add(
                     {
@@ -240,6 +336,7 @@ def build(
                 if below is not None:
                     create += ["-b", str(workdir / f"{below}.qcow2"), "-F", "qcow2"]
                 images.append([*create, str(img), "1M"])
+                fill(var, layers[i], i, img, "qcow2")
                 cmds.append(
                     _add(
                         {
@@ -382,9 +479,15 @@ def rule_numbers(rules: list[str]) -> list[str]:
     return sorted({r.split("-", 1)[0] for r in rules})
 
 
+def tool_argv(run: list[str]) -> list[str]:
+    """An image run as a command line: qemu-img's arguments, or a whole ``qemu-io`` line
+    (the data a layer holds)."""
+    return run if run[:1] == ["qemu-io"] else ["qemu-img", *run]
+
+
 def make_images(runs: list[list[str]]) -> None:
     for argv in runs:
-        subprocess.run(["qemu-img", *argv], check=True, capture_output=True, timeout=60)
+        subprocess.run(tool_argv(argv), check=True, capture_output=True, timeout=60)
 
 
 def _outcomes(
