@@ -39,7 +39,7 @@ def synth_commands(
 ) -> dict[str, Any]:
     """z3's bounded model check first (:mod:`txgraph.symbolic.bmc`), its sequence confirmed
     on the engine; the BFS (:mod:`txgraph.symbolic.synth`) where z3's encoding does not
-    reach (a snapshot), where the engine does not confirm z3's sequence, or where z3 finds
+    reach (a node changing its driver), where the engine does not confirm z3's sequence, or where z3 finds
     none (its candidate forms are the BFS's minus some, so "none" needs both)."""
     from txgraph.symbolic.bmc import NotEncodable, bmc_synthesize
     from txgraph.symbolic.synth import reaches, synthesize
