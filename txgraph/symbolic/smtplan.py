@@ -66,18 +66,8 @@ from txgraph.plan.format import parse_steps
 from txgraph.plan.verify import run_step, scratch_engine
 from txgraph.symbolic.graphsmt import SymbolicEncoder, edge_symbols, parse
 from txgraph.symbolic.guestsmt import measured_data, view_checks
-from txgraph.symbolic.params import (
-    Assignment,
-    ParamPlan,
-    block,
-    build,
-    data_cost,
-    data_vars,
-    decode,
-    make_images,
-    skeleton_assignment,
-    unused_data_zero,
-)
+from txgraph.symbolic.params import Assignment, ParamPlan, build, make_images, skeleton_assignment
+from txgraph.symbolic.space import block, data_cost, data_vars, decode, unused_data_zero
 
 __all__ = ["Encoding", "SkeletonError", "encode", "solve", "Prediction"]
 
