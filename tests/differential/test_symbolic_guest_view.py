@@ -86,6 +86,20 @@ def test_an_empty_node_in_place_of_a_chain_with_data_is_found_and_observed(
     assert seen["exports"]["Y-exp"]["observed"] == [[0, 65536]]
 
 
+def test_a_node_with_data_of_its_own_breaks_the_view_on_every_graph(workdir: Path) -> None:
+    """The plan's own image holds data (measured on the scratch runtime, not a parameter):
+    the smallest graph, with no data anywhere in X, already breaks V1, and on QSD the guest
+    reads ov's cluster at 512 KiB afterwards."""
+    plan = _plan("data-overlay-insert", workdir)
+    result = search(plan, workdir, max_nodes=8)
+    cex = result.counterexample
+    assert result.agrees and cex is not None and cex.step == 1
+    assert cex.assignment["X"] == {"depth": 1, "writers": 0, "export": "none", "data": [False]}
+    seen = _observe(plan, workdir)
+    assert seen["ok"], seen
+    assert seen["exports"]["Y-exp"]["observed"] == [[512 << 10, 64 << 10]]
+
+
 def test_on_chains_without_data_the_same_plans_keep_the_view(workdir: Path) -> None:
     """With ``data: none`` no layer holds data: no graph of the space breaks V1."""
     for name in ("skip-layer", "empty-overlay-swap"):
