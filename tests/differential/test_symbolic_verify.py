@@ -7,7 +7,7 @@ the plan is run on them on the engine (prediction = the engine's failing step an
 rules), and then replayed on a fresh qemu-storage-daemon 7.2: the build and the earlier
 steps must succeed there and the failing step must fail with the text txgraph predicted
 (or, for an unsafe step, be accepted as predicted). The enumeration
-(txgraph.symbolic.params.enumerate_search, every assignment run on the engine) is the
+(txgraph.symbolic.space.enumerate_search, every assignment run on the engine) is the
 cross-check: both must name the same failing assignments on every example plan.
 """
 
@@ -26,14 +26,12 @@ from txgraph.plan.format import load_json
 from txgraph.symbolic.params import (
     ParamPlan,
     ParamPlanError,
-    assignments,
     confirm_on_qsd,
-    enumerate_search,
-    failing_assignments,
     load_param_plan,
     rule_numbers,
 )
 from txgraph.symbolic.search import all_predictions, search
+from txgraph.symbolic.space import assignments, enumerate_search, failing_assignments
 
 pytestmark = pytest.mark.qsd
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "symbolic"

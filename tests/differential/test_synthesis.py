@@ -142,6 +142,57 @@ def throttle_above_export(d: Path, sock: str) -> tuple[Cmds, Cmds]:
     return start, target
 
 
+def _exported(d: Path, sock: str, *, ro: bool, writable: bool) -> Cmds:
+    return [
+        _add("qcow2", "disk", file=_img(d, "disk"), **{"read-only": ro}),
+        {
+            "execute": "nbd-server-start",
+            "arguments": {"addr": {"type": "unix", "data": {"path": sock}}},
+        },
+        {
+            "execute": "block-export-add",
+            "arguments": {"type": "nbd", "id": "vm0", "node-name": "disk", "writable": writable},
+        },
+    ]
+
+
+def read_only_flip(d: Path, sock: str) -> tuple[Cmds, Cmds]:
+    """A node exported read-only is reopened read-only (its file inherits the flag)."""
+    return _exported(d, sock, ro=False, writable=False), _exported(d, sock, ro=True, writable=False)
+
+
+def read_write_flip(d: Path, sock: str) -> tuple[Cmds, Cmds]:
+    """The reverse: a read-only node (and its file) reopened read-write."""
+    return _exported(d, sock, ro=True, writable=False), _exported(d, sock, ro=False, writable=False)
+
+
+def snapshot_of_a_filtered_disk(d: Path, sock: str) -> tuple[Cmds, Cmds]:
+    """A snapshot above a throttle's child: the throttle moves to the overlay, the old
+    top ends read-only."""
+    start = [
+        _TG,
+        _add("qcow2", "disk", file=_img(d, "disk")),
+        _add("throttle", "thr", **{"throttle-group": "tg0", "file": "disk"}),
+        *_export(sock, "thr"),
+    ]
+    target = [
+        _TG,
+        _add("qcow2", "disk", file=_img(d, "disk"), **{"read-only": True}),
+        _add("qcow2", "snap", file=_img(d, "snap"), backing="disk"),
+        _add("throttle", "thr", **{"throttle-group": "tg0", "file": "snap"}),
+        *_export(sock, "thr"),
+    ]
+    return start, target
+
+
+def read_only_under_a_writable_export(d: Path, sock: str) -> tuple[Cmds, Cmds]:
+    """Impossible: the node must end read-only, but the writable export that writes it is
+    kept (QEMU 7.2 cannot make an export read-only; deleting it ends the guest's
+    connection), and a read-only node cannot have a writer (P4)."""
+    start = _exported(d, sock, ro=False, writable=True)
+    return start, _exported(d, sock, ro=True, writable=False)
+
+
 Scenario = Callable[[Path, str], tuple[Cmds, Cmds]]
 FOUND: list[tuple[Scenario, int]] = [
     (snapshot, 2),
@@ -149,6 +200,9 @@ FOUND: list[tuple[Scenario, int]] = [
     (throttle_removed, 2),
     (swap_backing, 3),
     (throttle_two_parents, 3),
+    (read_only_flip, 1),
+    (read_write_flip, 1),
+    (snapshot_of_a_filtered_disk, 2),
 ]
 
 _IMAGES = ("disk", "snap", "base", "base1", "base2", "top", "top1", "top2")
@@ -246,7 +300,7 @@ def test_a_transaction_that_cannot_reach_the_target_says_what_refused_it(
     assert any("blockdev-reopen" in b and "driver" in b for b in result.blocked), result.blocked
 
 
-BMC: list[tuple[Scenario, int]] = [(s, n) for s, n in FOUND if s is not snapshot]
+BMC: list[tuple[Scenario, int]] = FOUND
 
 
 @pytest.mark.parametrize(("scenario", "length"), BMC, ids=[s.__name__ for s, _n in BMC])
@@ -277,10 +331,54 @@ def test_z3_bmc_names_the_export_as_what_blocks_a_filter_above_it(
     ), z.blocked
 
 
-def test_z3_bmc_leaves_a_snapshot_to_the_bfs(images: Path, sockdir: Path) -> None:
-    """A snapshot reopens its base read-only: flags that change are not encoded."""
-    start, target = snapshot(images, str(sockdir / "a.sock"))
-    with pytest.raises(NotEncodable, match="node 'disk' changes its flags"):
+def test_z3_bmc_models_snapshots_and_flag_changes(images: Path, sockdir: Path) -> None:
+    """The snapshot and the flag flips are z3's own answers: a blockdev-snapshot moving the
+    export, a blockdev-reopen changing read-only."""
+    for scenario, verb in (
+        (snapshot, "blockdev-snapshot"),
+        (snapshot_of_a_filtered_disk, "blockdev-snapshot"),
+        (read_only_flip, "blockdev-reopen"),
+        (read_write_flip, "blockdev-reopen"),
+    ):
+        start, target = scenario(images, str(sockdir / "a.sock"))
+        z = bmc_synthesize(start, target, max_steps=4)
+        assert z.found and z.steps[-1]["execute"] == verb, (scenario.__name__, z.steps)
+
+
+def test_a_read_only_flip_under_a_kept_writer_is_impossible(images: Path, sockdir: Path) -> None:
+    """z3's core names the permission rules and the flag; the BFS, which tries the reopen
+    on the engine, agrees; and QSD 7.2 refuses the one command that could flip it."""
+    start, target = read_only_under_a_writable_export(images, str(sockdir / "a.sock"))
+    z = bmc_synthesize(start, target, max_steps=4)
+    assert not z.found
+    assert z.blocked == [
+        "the permission rules (P1, P3, P4) at every step",
+        "the target has node 'disk' read-only",
+    ], z.blocked
+    bfs = synthesize(start, target, max_steps=4)
+    assert not bfs.found and bfs.exhausted
+    reopen = {
+        "execute": "blockdev-reopen",
+        "arguments": {
+            "options": [
+                {"driver": "qcow2", "node-name": "disk", "file": "disk-file", "read-only": True}
+            ]
+        },
+    }
+    peer = QSDPeer(images)
+    try:
+        for cmd in start:
+            assert "return" in peer.execute(cmd), cmd
+        reply = peer.execute(reopen)
+    finally:
+        peer.close()
+    assert reply["error"]["desc"] == "Read-only block node 'disk' cannot support read-write users"
+
+
+def test_z3_bmc_refuses_a_driver_change(images: Path, sockdir: Path) -> None:
+    start = [_add("qcow2", "disk", file=_img(images, "disk"))]
+    target = [_add("raw", "disk", file=_img(images, "disk"))]
+    with pytest.raises(NotEncodable, match="node 'disk' changes its driver"):
         bmc_synthesize(start, target, max_steps=4)
 
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.differential.test_synthesis import throttle_above_export, throttle_below
 from tests.support.qsd import qemu_img
 
@@ -83,3 +85,15 @@ def test_verify_symbolic_none_and_counterexample() -> None:
 def test_verify_needs_symbolic(tmp_path: Path) -> None:
     res = _cli("verify", str(_SYMBOLIC / "cbw-insert.json"))
     assert res.returncode == 2 and "Traceback" not in res.stderr
+
+
+@pytest.mark.qsd
+def test_verify_symbolic_guest_view_confirmed_on_qsd() -> None:
+    """``--qsd`` on a guest-view counterexample reads the export through NBD on QSD."""
+    res = _cli("verify", str(_SYMBOLIC / "skip-layer.json"), "--symbolic", "--qsd", "--json")
+    assert res.returncode == 1, res.stderr
+    report = json.loads(res.stdout)
+    assert report["counterexample"]["rules"] == ["V1-guest-view"]
+    assert report["qsd"]["prediction-equals-observation"] is True, report["qsd"]
+    seen = json.loads(report["qsd"]["observed"])
+    assert seen["exports"]["X-exp"]["observed"] == [[65536, 65536]]

@@ -5,36 +5,41 @@ The problem for ``k`` steps, in one private z3 context:
 - the *union graph*: every vertex and edge of the start and of the target (the engine's
   graphs of both, so roles and export requests are the engine's), each with a presence
   literal per time step ``0..k``; at ``0`` exactly the start's;
-- the candidate commands, with their effect on presence and their precondition, derived
-  from the difference (as the BFS's): ``blockdev-add`` of a target node (flat, or the
-  target's nested command for a whole subtree; the nodes must be absent, the children
-  they name present), ``blockdev-del`` of a node the target lacks (no present parent;
-  the children it was opened with and the target lacks go with it), ``blockdev-reopen``
-  of a node whose children differ (its out-edges become the target's; the new children
-  present), ``block-export-add``/``-del`` of an export only one side has (an export both
-  sides have is never deleted: that ends the guest's connection). One command per step,
-  each at most once; frame axioms keep everything else;
+- the candidate commands (:mod:`txgraph.symbolic.bmccands`: blockdev-add, -del, -reopen,
+  blockdev-snapshot, block-export-add/-del, derived from the difference), with their
+  effect on presence and their precondition; a snapshot *moves* the parents of its base
+  (an edge to the overlay exists afterwards iff the one to the base did). One command per
+  step, each at most once; frame axioms keep everything else;
+- the flags (read-only, writable, force-share) of every node whose flags differ between
+  start and target: a literal per step, "it has the target's flags", set by its reopen
+  (and by its parent's, for a node inheriting its options) or by a snapshot onto it;
 - the permission rules at every step: the checker's own P1/P3/P4 instances on the union
   graph, encoded by its own encoder (:class:`txgraph.symbolic.graphsmt.SymbolicEncoder`)
-  with a prefix per step, guarded by presence, absent edges ``0``/``all``;
-- the goal: at ``k`` the presence is the target's.
+  with a prefix per step, guarded by presence, absent edges ``0``/``all``; an instance
+  whose formula reads a flipping node's flags (its P4, the P1 of its child edges) in two
+  copies, the start's flags and the target's, each under its flag literal;
+- the goal: at ``k`` the presence is the target's, and every flipping node has the
+  target's flags.
 
 ``k`` grows from 0; the first sat model is a shortest sequence. Unsat at the bound is
 the impossibility answer, and the unsat core over named assumptions (each goal link,
-each command's precondition, "an export both sides have is kept", "the permission rules")
-names the constraint that blocks it. Every decoded sequence is then run on the engine
-under the caller's policy (and on QSD in the tests).
+each command's precondition, "an export both sides have is kept", "the permission rules",
+each node's target flags) names the constraint that blocks it. Every decoded sequence is
+then run on the engine under the caller's policy (and on QSD in the tests).
 
-Not encoded (:class:`NotEncodable`, the BFS answers alone): a node whose flags differ
-between start and target (``blockdev-snapshot`` reopens its base read-only; a reopen
-that changes read-only), so no snapshot, and the structural rules (G2-G5, N1/N2: every
-command's precondition keeps them, and the engine's run confirms).
+Not encoded (:class:`NotEncodable`, the BFS answers alone): a node whose driver differs,
+target flags that change which rule instances exist; and the structural rules (G2-G5,
+N1/N2: every command's precondition keeps them, and the engine's run confirms). A reopen
+is modelled as re-inheriting the options of the nodes that inherit from it
+(``bdrv_reopen_queue_child``), a snapshot as leaving its base and what inherits from it
+with the target's flags; where that model is wrong the engine's run of the sequence does
+not reach the target and the caller falls back to the BFS, saying so.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import z3
@@ -44,10 +49,10 @@ from txgraph.checker.instances import Instance, enumerate_instances
 from txgraph.checker.region import Region
 from txgraph.model.graph import BlockGraph
 from txgraph.plan.verify import scratch_engine
+from txgraph.symbolic.bmccands import Cand, candidates, flag_variants, flipping
+from txgraph.symbolic.bmccands import refs_of as _refs_of
 from txgraph.symbolic.graphsmt import SymbolicEncoder, edge_symbols, parse
-from txgraph.symbolic.graphstate import export_definitions, node_definitions
 from txgraph.symbolic.smtplan import RLIMIT
-from txgraph.symbolic.synth import _refs, target_definition
 
 __all__ = ["NotEncodable", "BmcResult", "bmc_synthesize"]
 
@@ -59,18 +64,6 @@ _EXPORT_BB = "bb:export:"
 
 class NotEncodable(ValueError):
     """The difference needs something the encoding does not model (see the module doc)."""
-
-
-@dataclass
-class _Cand:
-    label: str
-    command: Command
-    adds: set[str] = field(default_factory=set)  # vertices made present
-    removes: set[str] = field(default_factory=set)  # vertices made absent
-    on: set[Ref] = field(default_factory=set)  # edges made present
-    off: set[Ref] = field(default_factory=set)  # edges made absent
-    needs: set[str] = field(default_factory=set)  # vertices that must be present
-    unused: set[str] = field(default_factory=set)  # vertices that must have no present parent
 
 
 @dataclass
@@ -88,10 +81,6 @@ def _graph(cmds: list[Command]) -> BlockGraph:
     return graph
 
 
-def _refs_of(g: BlockGraph) -> set[Ref]:
-    return {(p, e.name, c) for p, c, e in g.edges()}
-
-
 def _union(a: BlockGraph, b: BlockGraph) -> BlockGraph:
     u = copy.deepcopy(a)
     for name, node in b.nodes.items():
@@ -105,94 +94,6 @@ def _union(a: BlockGraph, b: BlockGraph) -> BlockGraph:
         if (p, e.name, c) not in have:
             u.g.add_edge(p, c, key=e.name, obj=copy.deepcopy(e))
     return u
-
-
-def _candidates(start: BlockGraph, target: BlockGraph, tcmds: list[Command]) -> list[_Cand]:
-    defs = node_definitions(tcmds)
-    s_edges, t_edges = _refs_of(start), _refs_of(target)
-    out: list[_Cand] = []
-    for name in sorted(set(target.nodes) - set(start.nodes)):
-        d = defs[name]
-        out.append(
-            _Cand(
-                f"blockdev-add '{name}'",
-                {"execute": "blockdev-add", "arguments": d},
-                adds={name},
-                on={r for r in t_edges if r[0] == name},
-                needs=set(_refs(d)),
-            )
-        )
-    for cmd in (c for c in tcmds if c.get("execute") == "blockdev-add"):
-        sub = set(node_definitions([cmd]))
-        if len(sub) > 1 and not sub & set(start.nodes):
-            ext = {r for n in sub for r in _refs(defs[n])} - sub
-            out.append(
-                _Cand(
-                    f"blockdev-add '{cmd['arguments'].get('node-name')}' (nested)",
-                    cmd,
-                    adds=sub,
-                    on={r for r in t_edges if r[0] in sub},
-                    needs=ext,
-                )
-            )
-    gone = set(start.nodes) - set(target.nodes)
-    for name in sorted(gone):
-        with_it = {c for p, c, _e in start.edges() if p == name and c in gone}
-        with_it = {c for c in with_it if all(p == name for p, _e in start.parents(c))}
-        dropped = {name} | with_it
-        out.append(
-            _Cand(
-                f"blockdev-del '{name}'",
-                {"execute": "blockdev-del", "arguments": {"node-name": name}},
-                removes=dropped,
-                off={r for r in s_edges if r[0] in dropped},
-                needs={name},
-                unused={name},
-            )
-        )
-    tkids: dict[str, dict[str, str]] = {}
-    for p, k, c in t_edges:
-        tkids.setdefault(p, {})[k] = c
-    for name in sorted(set(start.nodes) & set(target.nodes)):
-        was = {r for r in s_edges if r[0] == name}
-        now = {r for r in t_edges if r[0] == name}
-        if was != now and name in defs:
-            opts = target_definition(defs, name, tkids)
-            out.append(
-                _Cand(
-                    f"blockdev-reopen '{name}'",
-                    {"execute": "blockdev-reopen", "arguments": {"options": [opts]}},
-                    on=now,
-                    off=was - now,
-                    needs={name, *_refs(opts)},
-                )
-            )
-    xdefs = export_definitions(tcmds)
-    for key in sorted(set(target.backends) - set(start.backends)):
-        xid = key.removeprefix(_EXPORT_BB)
-        if key.startswith(_EXPORT_BB) and xid in xdefs:
-            out.append(
-                _Cand(
-                    f"block-export-add '{xid}'",
-                    {"execute": "block-export-add", "arguments": xdefs[xid]},
-                    adds={key},
-                    on={r for r in t_edges if r[0] == key},
-                    needs={str(xdefs[xid]["node-name"])},
-                )
-            )
-    for key in sorted(set(start.backends) - set(target.backends)):
-        if key.startswith(_EXPORT_BB):
-            xid = key.removeprefix(_EXPORT_BB)
-            out.append(
-                _Cand(
-                    f"block-export-del '{xid}'",
-                    {"execute": "block-export-del", "arguments": {"id": xid}},
-                    removes={key},
-                    off={r for r in s_edges if r[0] == key},
-                    needs={key},
-                )
-            )
-    return out
 
 
 def _goal(r: Ref, wanted: bool, had: bool) -> str:
@@ -211,52 +112,91 @@ def _goal(r: Ref, wanted: bool, had: bool) -> str:
     )
 
 
-def _flags(g: BlockGraph, n: str) -> tuple[Any, ...]:
-    node = g.nodes[n]
-    return node.driver, node.read_only, node.writable, node.force_share
+class _Tagged(SymbolicEncoder):
+    """The encoder of the target-flag copies: same edge variables, literals tagged ``T:``."""
+
+    def track(self, key: str, formula: str) -> None:
+        super().track("T:" + key, formula)
+
+
+@dataclass
+class _Problem:
+    union: BlockGraph
+    #: the union graph with the target's flags on the flipping nodes
+    flipped: BlockGraph
+    #: (instance on the union graph, the flipping nodes its formula reads): with the
+    #: start's flags; with the target's flags, the instances of the same key that differ
+    insts: list[tuple[Instance, frozenset[str]]]
+    flipped_insts: list[Instance]
+    refs: list[Ref]
+    verts: list[str]
+    cands: list[Cand]
+    flips: list[str]
+    start: tuple[set[Ref], set[str]]
+    target: tuple[set[Ref], set[str]]
+
+
+def _depends(a: Instance, b: Instance, u: BlockGraph, flips: set[str]) -> frozenset[str]:
+    """The flipping nodes whose flags ``a`` (start flags) and ``b`` (target's) differ on."""
+    if a.kind == "p1node":
+        ref = a.data[0]
+        deps = {ref[0]} if a.data[1] != b.data[1] else set()
+        return frozenset(deps | ({ref[2]} if a.data[4] != b.data[4] else set()))
+    if a.kind == "p4" and a.data[0] in flips:
+        return frozenset({a.data[0]})
+    return frozenset()
+
+
+def _problem(start_cmds: list[Command], target_cmds: list[Command]) -> _Problem:
+    start, target = _graph(start_cmds), _graph(target_cmds)
+    for n in sorted(set(start.nodes) & set(target.nodes)):
+        if start.nodes[n].driver != target.nodes[n].driver:
+            raise NotEncodable(f"node '{n}' changes its driver")
+    flips = flipping(start, target)
+    u = _union(start, target)
+    ut = flag_variants(u, target, flips)
+    plain = list(enumerate_instances(Region.of(u, None), _RULES, None))
+    other = {i.key: i for i in enumerate_instances(Region.of(ut, None), _RULES, None)}
+    if {i.key for i in plain} != set(other):
+        raise NotEncodable("the target's flags change which permission rules apply")
+    insts = [(i, _depends(i, other[i.key], u, flips)) for i in plain]
+    return _Problem(
+        u,
+        ut,
+        insts,
+        [other[i.key] for i, d in insts if d],
+        sorted(_refs_of(u)),
+        sorted(set(u.nodes) | set(u.backends)),
+        candidates(start, target, target_cmds, u),
+        sorted(flips),
+        (_refs_of(start), set(start.nodes) | set(start.backends)),
+        (_refs_of(target), set(target.nodes) | set(target.backends)),
+    )
 
 
 def bmc_synthesize(
     start_cmds: list[Command], target_cmds: list[Command], *, max_steps: int = 5
 ) -> BmcResult:
     """The shortest command sequence z3 finds within ``max_steps``, or the blocking core."""
-    start, target = _graph(start_cmds), _graph(target_cmds)
-    for n in sorted(set(start.nodes) & set(target.nodes)):
-        if _flags(start, n) != _flags(target, n):
-            raise NotEncodable(f"node '{n}' changes its flags (a snapshot or read-only reopen)")
-    u = _union(start, target)
-    cands = _candidates(start, target, target_cmds)
-    insts = list(enumerate_instances(Region.of(u, None), _RULES, None))
-    refs = sorted(_refs_of(u))
-    verts = sorted(set(u.nodes) | set(u.backends))
-    s_refs, t_refs = _refs_of(start), _refs_of(target)
-    s_verts = set(start.nodes) | set(start.backends)
-    t_verts = set(target.nodes) | set(target.backends)
+    pb = _problem(start_cmds, target_cmds)
+    n = len(pb.cands)
     last: list[str] = []
     # each command at most once: a longer sequence than the candidates is no sequence
-    for k in range(min(max_steps, len(cands)) + 1):
-        res = _solve(u, insts, refs, verts, cands, k, (s_refs, s_verts), (t_refs, t_verts))
+    for k in range(min(max_steps, n) + 1):
+        res = _solve(pb, k)
         if isinstance(res, list) and res and isinstance(res[0], dict):
-            return BmcResult(True, res, k, [], len(cands))
+            return BmcResult(True, res, k, [], n)
         last = [str(x) for x in res]
-    return BmcResult(False, [], min(max_steps, len(cands)), last, len(cands))
+    return BmcResult(False, [], min(max_steps, n), last, n)
 
 
 def _any(xs: list[Any], ctx: z3.Context) -> Any:
     return z3.Or([*xs, z3.BoolVal(False, ctx)])
 
 
-def _solve(
-    u: BlockGraph,
-    insts: list[Instance],
-    refs: list[Ref],
-    verts: list[str],
-    cands: list[_Cand],
-    k: int,
-    start: tuple[set[Ref], set[str]],
-    target: tuple[set[Ref], set[str]],
-) -> list[Any]:
+def _solve(pb: _Problem, k: int) -> list[Any]:
     """A decoded sequence of ``k`` commands, or the names of an unsat core."""
+    refs, verts, cands, start, target = pb.refs, pb.verts, pb.cands, pb.start, pb.target
     ctx = z3.Context()
     s = z3.Solver(ctx=ctx)
     s.set("random_seed", 0)
@@ -264,6 +204,8 @@ def _solve(
     tt = z3.BoolVal(True, ctx)
     ev = [{r: z3.Bool(f"t{t}:e:{r}", ctx) for r in refs} for t in range(k + 1)]
     vv = [{v: z3.Bool(f"t{t}:v:{v}", ctx) for v in verts} for t in range(k + 1)]
+    #: "the node has the target's flags" at step t
+    fl = [{n: z3.Bool(f"t{t}:f:{n}", ctx) for n in pb.flips} for t in range(k + 1)]
     pick = [[z3.Bool(f"t{t}:do:{c.label}", ctx) for c in cands] for t in range(k)]
     named: dict[str, Any] = {}
 
@@ -273,6 +215,7 @@ def _solve(
     s.add(
         *(ev[0][r] == (r in start[0]) for r in refs), *(vv[0][v] == (v in start[1]) for v in verts)
     )
+    s.add(*(z3.Not(f) for f in fl[0].values()))
     for t in range(k):
         s.add(z3.PbEq([(p, 1) for p in pick[t]], 1) if cands else z3.BoolVal(False, ctx))
         for i, c in enumerate(cands):
@@ -281,10 +224,18 @@ def _solve(
             pre = [vv[t][n] for n in sorted(c.needs) if n in vv[t]]
             pre += [z3.Not(vv[t][n]) for n in sorted(c.adds)]
             pre += [z3.Not(ev[t][r]) for r in refs if r[2] in c.unused and r[0] not in c.removes]
+            pre += [z3.Not(ev[t][r]) for r in sorted(c.absent)]
             s.add(z3.Implies(z3.And(p, track(f"precondition of {c.label}")), z3.And(tt, *pre)))
         for r in refs:
             on = [pick[t][i] for i, c in enumerate(cands) if r in c.on]
+            on += [
+                z3.And(pick[t][i], ev[t][a])
+                for i, c in enumerate(cands)
+                for a, b in c.moves
+                if b == r
+            ]
             off = [pick[t][i] for i, c in enumerate(cands) if r in c.off and r not in c.on]
+            off += [pick[t][i] for i, c in enumerate(cands) if any(a == r for a, _b in c.moves)]
             s.add(
                 ev[t + 1][r]
                 == z3.Or(
@@ -302,6 +253,9 @@ def _solve(
                     z3.And(vv[t][v], z3.Not(_any(off, ctx))),
                 )
             )
+        for n in pb.flips:
+            sets = [pick[t][i] for i, c in enumerate(cands) if n in c.flips]
+            s.add(fl[t + 1][n] == z3.Or(fl[t][n], _any(sets, ctx)))
         for r in refs:  # an edge needs both ends
             s.add(z3.Implies(ev[t + 1][r], z3.And(vv[t + 1][r[0]], vv[t + 1][r[2]])))
     kept = [v for v in verts if v.startswith(_EXPORT_BB) and v in start[1] and v in target[1]]
@@ -314,29 +268,9 @@ def _solve(
                 z3.And(tt, *(vv[t][v] for t in range(k + 1))),
             )
         )
-    perm_ok = track("the permission rules (P1, P3, P4) at every step")
-    declared: set[str] = set()
-    encs = []
-    for t in range(k + 1):
-        enc = SymbolicEncoder(u, declared, f"t{t}:")
-        enc.encode(insts)
-        encs.append(enc)
-    s.add(*parse(ctx, encs))
-    for t, enc in enumerate(encs):
-        for r in refs:
-            ps, ss = edge_symbols(f"t{t}:", r)
-            if ps in enc.used:
-                pv, sv = z3.BitVec(ps, 4, ctx), z3.BitVec(ss, 4, ctx)
-                s.add(z3.Implies(z3.Not(ev[t][r]), z3.And(pv == 0, sv == 0xF)))
-        for inst in insts:
-            lit = z3.Bool(f"t{t}:{esc(inst.key)}", ctx)
-            d = inst.data
-            if inst.kind in ("p1node", "p1root"):
-                s.add(z3.Implies(ev[t][d[0]], lit))
-            elif inst.kind == "p3":
-                s.add(z3.Implies(z3.And(perm_ok, ev[t][d[1]], ev[t][d[2]]), lit))
-            elif inst.kind == "p4":
-                s.add(z3.Implies(z3.And(perm_ok, vv[t][d[0]]), lit))
+    _permissions(
+        pb, s, ctx, k, ev, vv, fl, track("the permission rules (P1, P3, P4) at every step")
+    )
     for r in refs:
         s.add(
             z3.Implies(track(_goal(r, r in target[0], r in start[0])), ev[k][r] == (r in target[0]))
@@ -348,6 +282,9 @@ def _solve(
                 vv[k][v] == (v in target[1]),
             )
         )
+    for n in pb.flips:
+        ro = "read-only" if pb.flipped.nodes[n].read_only else "read-write"
+        s.add(z3.Implies(track(f"the target has node '{n}' {ro}"), fl[k][n]))
     res = s.check(*named.values())
     if res == z3.unknown:
         raise RuntimeError(f"z3 gave up: {s.reason_unknown()}")
@@ -361,3 +298,55 @@ def _solve(
         for i, c in enumerate(cands)
         if z3.is_true(m.eval(pick[t][i], model_completion=True))
     ]
+
+
+def _permissions(
+    pb: _Problem,
+    s: z3.Solver,
+    ctx: z3.Context,
+    k: int,
+    ev: list[dict[Ref, Any]],
+    vv: list[dict[str, Any]],
+    fl: list[dict[str, Any]],
+    perm_ok: Any,
+) -> None:
+    """The checker's P1/P3/P4 instances at every step, each formula reading a flipping
+    node's flags in two copies, selected by its flag literal. An instance reading two
+    flipping nodes has no copy for mixed flags: those nodes flip together (a restriction
+    of the search, never a false sequence; the BFS answers "impossible" with it)."""
+    declared: set[str] = set()
+    encs: list[SymbolicEncoder] = []
+    dep = [(i, d) for i, d in pb.insts if d]
+    for t in range(k + 1):
+        enc = SymbolicEncoder(pb.union, declared, f"t{t}:")
+        enc.encode(i for i, _d in pb.insts)
+        encs.append(enc)
+        if dep:
+            tagged = _Tagged(pb.flipped, declared, f"t{t}:")
+            tagged.encode(pb.flipped_insts)
+            encs.append(tagged)
+        for _i, d in dep:
+            first, *rest = sorted(d)
+            s.add(*(fl[t][first] == fl[t][n] for n in rest))
+    s.add(*parse(ctx, encs))
+    for t in range(k + 1):
+        for r in pb.refs:
+            ps, ss = edge_symbols(f"t{t}:", r)
+            if any(ps in e.used for e in encs):
+                pv, sv = z3.BitVec(ps, 4, ctx), z3.BitVec(ss, 4, ctx)
+                s.add(z3.Implies(z3.Not(ev[t][r]), z3.And(pv == 0, sv == 0xF)))
+        for inst, d in pb.insts:
+            variants = [(z3.Bool(f"t{t}:{esc(inst.key)}", ctx), [z3.Not(fl[t][n]) for n in d])]
+            if d:
+                variants.append(
+                    (z3.Bool(f"t{t}:{esc('T:' + inst.key)}", ctx), [fl[t][n] for n in d])
+                )
+            for lit, when in variants:
+                on = z3.And(z3.BoolVal(True, ctx), *when)
+                data = inst.data
+                if inst.kind in ("p1node", "p1root"):
+                    s.add(z3.Implies(z3.And(ev[t][data[0]], on), lit))
+                elif inst.kind == "p3":
+                    s.add(z3.Implies(z3.And(perm_ok, ev[t][data[1]], ev[t][data[2]], on), lit))
+                elif inst.kind == "p4":
+                    s.add(z3.Implies(z3.And(perm_ok, vv[t][data[0]], on), lit))

@@ -39,7 +39,7 @@ def synth_commands(
 ) -> dict[str, Any]:
     """z3's bounded model check first (:mod:`txgraph.symbolic.bmc`), its sequence confirmed
     on the engine; the BFS (:mod:`txgraph.symbolic.synth`) where z3's encoding does not
-    reach (a snapshot), where the engine does not confirm z3's sequence, or where z3 finds
+    reach (a node changing its driver), where the engine does not confirm z3's sequence, or where z3 finds
     none (its candidate forms are the BFS's minus some, so "none" needs both)."""
     from txgraph.symbolic.bmc import NotEncodable, bmc_synthesize
     from txgraph.symbolic.synth import reaches, synthesize
@@ -142,10 +142,18 @@ def verify_symbolic(
         )
     if confirm and result.counterexample is not None:
         from txgraph.oracle.peers import QSDPeer
+        from txgraph.symbolic.guestsmt import RULE
+        from txgraph.symbolic.observe import observe_on_qsd
 
+        cex = result.counterexample
         peer = QSDPeer(wd)
         try:
-            ok, said = confirm_on_qsd(plan, result.counterexample, peer.execute)
+            if RULE in cex.rules:
+                # the guest's reads through the export, before and after the step
+                seen = observe_on_qsd(plan, cex, peer.execute, wd, policy)
+                ok, said = bool(seen["ok"]), json.dumps(seen)
+            else:
+                ok, said = confirm_on_qsd(plan, cex, peer.execute)
         finally:
             peer.close()
         report["qsd"] = {"prediction-equals-observation": ok, "observed": said}
@@ -153,6 +161,10 @@ def verify_symbolic(
 
 
 def render_symbolic(report: dict[str, Any]) -> str:
+    import shlex
+
+    from txgraph.symbolic.params import tool_argv
+
     cex = report["counterexample"]
     how = (
         f"z3 over {report['encoding'].get('states')} states, "
@@ -181,7 +193,7 @@ def render_symbolic(report: dict[str, Any]) -> str:
             else []
         ),
         "images:",
-        *(f"  qemu-img {' '.join(a)}" for a in cex["qemu-img"]),
+        *(f"  {shlex.join(tool_argv(a))}" for a in cex["qemu-img"]),
         "build:",
         *(f"  {json.dumps(c)}" for c in cex["build"]),
         f"failing step {cex['failing-step']}: {json.dumps(cex['command'])}",

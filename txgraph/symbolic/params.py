@@ -11,47 +11,51 @@ A parameterised plan names node variables with constraints instead of a starting
   a file node), ``throttle`` (over the variable named by ``file``), ``file``;
 - ``export``: the choices for an NBD export of the node (``none``, ``writable``,
   ``read-only``); ``writers``: how many *other* writable NBD exports use the node
-  directly (a second writer); ``backing-depth``/``writers``: ``[lo, hi]``.
+  directly (a second writer); ``backing-depth``/``writers``: ``[lo, hi]``;
+- ``data`` (``qcow2`` and ``file``): which layers hold data a guest reads — ``none``
+  (the default: fresh, empty images), ``all``, or ``any`` (each layer's choice is a
+  parameter). A layer with data holds one 64 KiB cluster of its own byte pattern at
+  an offset of its own (:func:`data_slots`), so no layer's data hides another's and
+  a guest's view changes exactly when the set of data layers it reads through does.
 
 A counterexample is an assignment whose graph QEMU builds, on which some step is
 refused (QEMU's error, under the ``qemu`` policy) or accepted but breaks a rule of the
 ``safe`` policy. The search itself is z3's (:mod:`txgraph.symbolic.search` over the
 encoding of :mod:`txgraph.symbolic.smtplan`). This module holds the plan format, the
 decoding of an assignment into QMP commands (:func:`build`), the engine run of one
-assignment (:func:`run_plan`), QSD confirmation (:func:`confirm_on_qsd`), and the
-cross-check :func:`enumerate_search`: every assignment within the bound, smallest first
-(z3 ``Optimize`` over the parameter ranges only), built and run on the real engine —
-the tests require that both searches agree on every plan of examples/symbolic/.
+assignment (:func:`run_plan`) and QSD confirmation (:func:`confirm_on_qsd`); the space
+as z3 terms and the enumerating cross-check are :mod:`txgraph.symbolic.space`.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import z3
-
 from txgraph.plan.format import parse_steps
-from txgraph.plan.verify import StateError, run_step, scratch_engine
+from txgraph.plan.verify import run_step, scratch_engine
 
 __all__ = [
     "ParamPlan",
     "Counterexample",
     "SearchResult",
     "load_param_plan",
-    "enumerate_search",
-    "failing_assignments",
+    "data_slots",
+    "tool_argv",
+    "make_images",
     "run_plan",
     "build",
 ]
 
 Command = dict[str, Any]
 _EXPORTS = ("none", "writable", "read-only")
+_DATA = ("none", "all", "any")
+#: the data cluster of a layer: one per slot (:func:`data_slots`), within the 1 MiB images
+DATA_CLUSTER = 64 << 10
+_MAX_SLOTS = 16
 
 
 class ParamPlanError(ValueError):
@@ -66,6 +70,16 @@ class Var:
     writers: tuple[int, int] = (0, 0)
     exports: tuple[str, ...] = ("none",)
     file: str | None = None
+    #: ``none``, ``all`` or ``any``: which of the variable's layers hold data
+    data: str = "none"
+
+    def layers(self, depth: int) -> list[str]:
+        """The variable's data layers, top first, for a chain of ``depth``."""
+        if self.driver == "file":
+            return [self.name]
+        if self.driver == "qcow2":
+            return [self.name] + [f"{self.name}-b{i}" for i in range(1, depth)]
+        return []
 
 
 @dataclass
@@ -103,7 +117,12 @@ def load_param_plan(raw: Any) -> ParamPlan:
             _range(spec.get("writers", 0), f"{name}.writers"),
             tuple(exports),
             spec.get("file"),
+            spec.get("data", "none"),
         )
+        if var.data not in _DATA or (var.data != "none" and var.driver == "throttle"):
+            raise ParamPlanError(
+                f"variable {name}: data must be among {list(_DATA)} (a filter holds none)"
+            )
         if var.driver == "throttle" and var.file is None:
             raise ParamPlanError(f"variable {name}: a throttle filter needs 'file'")
         out[name] = var
@@ -119,57 +138,30 @@ def load_param_plan(raw: Any) -> ParamPlan:
         isinstance(a, list) and all(isinstance(x, str) for x in a) for a in images
     ):
         raise ParamPlanError("'images' must be a list of qemu-img argument lists")
-    return ParamPlan(str(raw.get("description", "")), out, steps, images)
+    plan = ParamPlan(str(raw.get("description", "")), out, steps, images)
+    if len(data_slots(plan)) > _MAX_SLOTS:
+        raise ParamPlanError(f"at most {_MAX_SLOTS} layers may hold data")
+    return plan
+
+
+def data_slots(plan: ParamPlan) -> dict[str, int]:
+    """Layer name -> its data slot (cluster ``slot`` of the image), for every layer of
+    the space that may hold data: the patterns and offsets of :func:`build`."""
+    out: dict[str, int] = {}
+    for var in plan.variables.values():
+        if var.data != "none":
+            for layer in var.layers(var.depth[1]):
+                out[layer] = len(out)
+    return out
 
 
 Assignment = dict[str, dict[str, Any]]
 
 
-def _nodes(var: Var, depth: Any) -> Any:
-    return 2 * depth if var.driver == "qcow2" else 1
-
-
-def _space(plan: ParamPlan, max_nodes: int, ctx: z3.Context) -> tuple[z3.Optimize, dict[str, Any]]:
-    opt = z3.Optimize(ctx=ctx)
-    v: dict[str, Any] = {}
-    size = []
-    for var in plan.variables.values():
-        d, w, x = (z3.Int(f"{var.name}.{k}", ctx) for k in ("depth", "writers", "export"))
-        v[var.name] = (d, w, x)
-        opt.add(d >= var.depth[0], d <= var.depth[1], w >= var.writers[0], w <= var.writers[1])
-        opt.add(x >= 0, x < len(var.exports))
-        size.append(_nodes(var, d))
-    total = z3.Sum(size) if size else z3.IntVal(0, ctx)
-    opt.add(total <= max_nodes)
-    opt.minimize(total)
-    opt.minimize(z3.Sum([z3.Sum(list(t)) for t in v.values()]))
-    return opt, v
-
-
-def assignments(plan: ParamPlan, max_nodes: int) -> Any:
-    """Every assignment within the bound, smallest graph first (z3)."""
-    ctx = z3.Context()
-    opt, v = _space(plan, max_nodes, ctx)
-    while opt.check() == z3.sat:
-        m = opt.model()
-        got = {
-            name: {
-                "depth": m.eval(d).as_long(),
-                "writers": m.eval(w).as_long(),
-                "export": plan.variables[name].exports[m.eval(x).as_long()],
-            }
-            for name, (d, w, x) in v.items()
-        }
-        yield got
-        opt.add(
-            z3.Or([z3.Or(d != m.eval(d), w != m.eval(w), x != m.eval(x)) for d, w, x in v.values()])
-        )
-
-
 def skeleton_assignment(plan: ParamPlan) -> Assignment:
     """The maximal point of the space: deepest chains, most writers, an export wherever
     one may be (:func:`build` with ``placeholder`` makes every export read-only)."""
-    return {
+    out: Assignment = {
         name: {
             "depth": var.depth[1],
             "writers": var.writers[1],
@@ -177,6 +169,10 @@ def skeleton_assignment(plan: ParamPlan) -> Assignment:
         }
         for name, var in plan.variables.items()
     }
+    for name, var in plan.variables.items():
+        if var.data != "none":
+            out[name]["data"] = [True] * len(var.layers(var.depth[1]))
+    return out
 
 
 def _needs_server(plan: ParamPlan) -> bool:
@@ -202,6 +198,13 @@ def build(
             }
         )
     done: set[str] = set()
+    slots = data_slots(plan)
+
+    def fill(var: Var, layer: str, j: int, img: Path, fmt: str) -> None:
+        if var.data != "none" and a[var.name]["data"][j]:
+            k = slots[layer]
+            write = f"write -q -P {0x10 + k} {k * DATA_CLUSTER} {DATA_CLUSTER}"
+            images.append(["qemu-io", "-f", fmt, "-c", write, str(img)])
 
     def add(var: Var) -> None:
         if var.name in done:
@@ -211,6 +214,7 @@ def build(
         depth = a[var.name]["depth"]
         if var.driver == "file":
             images.append(["create", "-q", "-f", "raw", str(workdir / f"{var.name}.img"), "1M"])
+            fill(var, var.name, 0, workdir / f"{var.name}.img", "raw")
             cmds.append(
                 _add(
                     {
@@ -240,6 +244,7 @@ def build(
                 if below is not None:
                     create += ["-b", str(workdir / f"{below}.qcow2"), "-F", "qcow2"]
                 images.append([*create, str(img), "1M"])
+                fill(var, layers[i], i, img, "qcow2")
                 cmds.append(
                     _add(
                         {
@@ -327,7 +332,7 @@ class SearchResult:
     seconds: float
     counterexample: Counterexample | None = None
     passed: list[Assignment] = field(default_factory=list)
-    #: ``z3`` (:mod:`txgraph.symbolic.search`) or ``enumeration`` (:func:`enumerate_search`)
+    #: ``z3`` (:mod:`txgraph.symbolic.search`) or ``enumeration`` (:func:`txgraph.symbolic.space.enumerate_search`)
     method: str = "enumeration"
     #: z3 path: what z3 predicted (assignment, step, rules), None for unsat
     prediction: dict[str, Any] | None = None
@@ -382,55 +387,15 @@ def rule_numbers(rules: list[str]) -> list[str]:
     return sorted({r.split("-", 1)[0] for r in rules})
 
 
+def tool_argv(run: list[str]) -> list[str]:
+    """An image run as a command line: qemu-img's arguments, or a whole ``qemu-io`` line
+    (the data a layer holds)."""
+    return run if run[:1] == ["qemu-io"] else ["qemu-img", *run]
+
+
 def make_images(runs: list[list[str]]) -> None:
     for argv in runs:
-        subprocess.run(["qemu-img", *argv], check=True, capture_output=True, timeout=60)
-
-
-def _outcomes(
-    plan: ParamPlan, workdir: Path, max_nodes: int, policy: str, sock: str
-) -> Iterator[tuple[Assignment, list[Command], list[list[str]], Any]]:
-    """Every assignment within the bound, built and run: (assignment, build, images,
-    :func:`run_plan`'s answer, or ``StateError`` for a start QEMU would not build)."""
-    sock = sock or str(workdir / "nbd.sock")
-    make_images(plan.images)
-    for a in assignments(plan, max_nodes):
-        cmds, images = build(plan, a, workdir, sock)
-        make_images(images)
-        try:
-            yield a, cmds, images, run_plan(plan, cmds, policy)
-        except StateError as exc:
-            yield a, cmds, images, exc
-
-
-def enumerate_search(
-    plan: ParamPlan, workdir: Path, *, max_nodes: int = 8, policy: str = "safe", sock: str = ""
-) -> SearchResult:
-    """The cross-check of the z3 search (:mod:`txgraph.symbolic.search`): build and run
-    every assignment on the engine, smallest first; the first counterexample, or none."""
-    start = time.monotonic()
-    n = bad_starts = 0
-    for a, cmds, images, found in _outcomes(plan, workdir, max_nodes, policy, sock):
-        n += 1
-        if isinstance(found, StateError):
-            bad_starts += 1  # QEMU would not build this graph: not a starting state
-            continue
-        if found is not None:
-            i, cmd, err, rules = found
-            cex = Counterexample(a, cmds, images, i, cmd, err, rules)
-            return SearchResult(max_nodes, n, bad_starts, time.monotonic() - start, cex)
-    return SearchResult(max_nodes, n, bad_starts, time.monotonic() - start)
-
-
-def failing_assignments(
-    plan: ParamPlan, workdir: Path, *, max_nodes: int = 8, policy: str = "safe", sock: str = ""
-) -> list[tuple[Assignment, int, list[str]]]:
-    """Every assignment on which the engine fails a step: (assignment, step, rules)."""
-    out = []
-    for a, _cmds, _images, found in _outcomes(plan, workdir, max_nodes, policy, sock):
-        if found is not None and not isinstance(found, StateError):
-            out.append((a, found[0], found[3]))
-    return out
+        subprocess.run(tool_argv(argv), check=True, capture_output=True, timeout=60)
 
 
 def confirm_on_qsd(plan: ParamPlan, cex: Counterexample, execute: Any) -> tuple[bool, str]:

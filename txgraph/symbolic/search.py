@@ -10,7 +10,7 @@ false), never dropped. ``unsat`` is "none up to N nodes".
 
 :func:`all_predictions` lists every failing assignment z3 finds (each model blocked
 in turn), which the tests compare with the enumeration's
-(:func:`txgraph.symbolic.params.failing_assignments`).
+(:func:`txgraph.symbolic.space.failing_assignments`).
 
 When the engine refuses a step on the maximal graph itself (:class:`SkeletonError`),
 the structure after it is unknown to the encoding, and the search falls back to the
@@ -29,12 +29,12 @@ from txgraph.symbolic.params import (
     ParamPlan,
     SearchResult,
     build,
-    enumerate_search,
     make_images,
     rule_numbers,
     run_plan,
 )
 from txgraph.symbolic.smtplan import Prediction, SkeletonError, encode, solve
+from txgraph.symbolic.space import enumerate_search
 
 __all__ = ["search", "all_predictions"]
 

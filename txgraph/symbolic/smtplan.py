@@ -34,11 +34,16 @@ QMP commands that build it; the caller confirms it on the engine and on
 qemu-storage-daemon 7.2. ``unsat`` is "none up to N nodes" for everything the
 encoding covers.
 
+V1 guest view (under a policy other than ``qemu``): per step and per export root, the
+set of layers its guest reads data through, before and after, as z3 terms over the
+presence literals and the layers' data literals (:mod:`txgraph.symbolic.guestsmt`:
+the read path is the walk in the maximal graph of each state, cut at the first
+absent vertex).
+
 What is left to the engine (the confirmation run decides them, and a disagreement is
 reported, never hidden): errors that are no checker rule (an option QEMU refuses, a
 missing node), G1 acyclicity (the maximal structure is acyclic, so is each present
-subgraph), and V1 guest view (it needs the images' allocation; the space's images are
-freshly created and empty).
+subgraph), and V1 where data of layers overlap (:mod:`txgraph.symbolic.guestsmt`).
 """
 
 from __future__ import annotations
@@ -60,7 +65,9 @@ from txgraph.model.graph import BlockGraph
 from txgraph.plan.format import parse_steps
 from txgraph.plan.verify import run_step, scratch_engine
 from txgraph.symbolic.graphsmt import SymbolicEncoder, edge_symbols, parse
-from txgraph.symbolic.params import Assignment, ParamPlan, build, skeleton_assignment
+from txgraph.symbolic.guestsmt import measured_data, view_checks
+from txgraph.symbolic.params import Assignment, ParamPlan, build, make_images, skeleton_assignment
+from txgraph.symbolic.space import block, data_cost, data_vars, decode, unused_data_zero
 
 __all__ = ["Encoding", "SkeletonError", "encode", "solve", "Prediction"]
 
@@ -89,6 +96,8 @@ class Encoding:
     plan: ParamPlan
     ctx: z3.Context
     params: dict[str, tuple[Any, Any, Any]]
+    #: per variable with ``data: any``: "layer j holds data"
+    bits: dict[str, list[Any]]
     size: Any
     base: list[Any]
     #: per state (0 = start): the (guard, literal, instance) of each rule instance
@@ -110,12 +119,18 @@ def _copy(graph: BlockGraph) -> BlockGraph:
     return copy.deepcopy(graph)
 
 
-def skeleton(plan: ParamPlan, workdir: Path, sock: str) -> list[BlockGraph]:
-    """The engine's maximal graphs: the start and after each step (see the module doc)."""
+def skeleton(
+    plan: ParamPlan, workdir: Path, sock: str, measured: dict[str, bool] | None = None
+) -> list[BlockGraph]:
+    """The engine's maximal graphs: the start and after each step (see the module doc).
+
+    ``measured`` receives, for every node the space does not define (the plan's own),
+    whether its image holds data (:func:`txgraph.symbolic.guestsmt.measured_data`)."""
     cmds, images = build(plan, skeleton_assignment(plan), workdir, sock, placeholder=True)
-    _make_images(plan.images + images)
+    make_images(plan.images + images)
     engine, _ = scratch_engine(cmds)
     session = engine.context.session
+    space = set(session.graph.nodes)
     out = [_copy(session.graph)]
     for i, step in enumerate(parse_steps(plan.steps)):
         res = run_step(engine, session, i, step, "qemu")
@@ -123,14 +138,10 @@ def skeleton(plan: ParamPlan, workdir: Path, sock: str) -> list[BlockGraph]:
             desc = res.reply.get("error", {}).get("desc")
             raise SkeletonError(f"step {i} is refused on the maximal graph: {desc}")
         out.append(_copy(session.graph))
+        if measured is not None:
+            for name in set(session.graph.nodes) - space - set(measured):
+                measured[name] = measured_data(session.runtime, name)
     return out
-
-
-def _make_images(runs: list[list[str]]) -> None:
-    import subprocess
-
-    for argv in runs:
-        subprocess.run(["qemu-img", *argv], check=True, capture_output=True, timeout=60)
 
 
 def export_requests() -> dict[bool, tuple[int, int]]:
@@ -169,19 +180,41 @@ def export_requests() -> dict[bool, tuple[int, int]]:
 
 def _params(
     plan: ParamPlan, ctx: z3.Context, max_nodes: int
-) -> tuple[dict[str, Any], Any, list[Any]]:
+) -> tuple[dict[str, Any], dict[str, list[Any]], Any, list[Any]]:
     v: dict[str, tuple[Any, Any, Any]] = {}
+    bits: dict[str, list[Any]] = {}
     base: list[Any] = []
     size = []
     for var in plan.variables.values():
         d, w, x = (z3.Int(f"{var.name}.{k}", ctx) for k in ("depth", "writers", "export"))
         v[var.name] = (d, w, x)
+        bits[var.name] = data_vars(var, ctx)
         base += [d >= var.depth[0], d <= var.depth[1], w >= var.writers[0], w <= var.writers[1]]
-        base += [x >= 0, x < len(var.exports)]
+        base += [x >= 0, x < len(var.exports), *unused_data_zero(var, d, bits[var.name])]
         size.append(2 * d if var.driver == "qcow2" else z3.IntVal(1, ctx))
     total = z3.Sum(size) if size else z3.IntVal(0, ctx)
     base.append(total <= max_nodes)
-    return v, total, base
+    return v, bits, total, base
+
+
+def _data(
+    plan: ParamPlan, bits: dict[str, list[Any]], measured: dict[str, bool], ctx: z3.Context
+) -> Any:
+    """Layer name -> "it holds data": the space's literals, the plan's measured images."""
+    lits: dict[str, Any] = {}
+    for var in plan.variables.values():
+        for j, layer in enumerate(var.layers(var.depth[1])):
+            if var.data == "any":
+                lits[layer] = bits[var.name][j]
+            else:
+                lits[layer] = z3.BoolVal(var.data == "all", ctx)
+
+    def of(layer: str) -> Any:
+        if layer in lits:
+            return lits[layer]
+        return z3.BoolVal(measured.get(layer, True), ctx)
+
+    return of
 
 
 class _Presence:
@@ -227,11 +260,14 @@ def _subjects(inst: Instance, names: set[str]) -> list[str]:
 
 def encode(plan: ParamPlan, workdir: Path, *, max_nodes: int, policy: str, sock: str) -> Encoding:
     """The z3 problem of ``plan`` (see the module doc)."""
-    graphs = skeleton(plan, workdir, sock)
+    measured: dict[str, bool] = {}
+    graphs = skeleton(plan, workdir, sock, measured)
     requests = export_requests()
     ctx = z3.Context()
-    v, total, base = _params(plan, ctx, max_nodes)
+    v, bits, total, base = _params(plan, ctx, max_nodes)
     pres = _Presence(plan, ctx, v)
+    data = _data(plan, bits, measured, ctx)
+    steps = parse_steps(plan.steps)
     declared: set[str] = set()
     encoders: list[_Encoder] = []
     per_state: list[list[Instance]] = []
@@ -245,6 +281,7 @@ def encode(plan: ParamPlan, workdir: Path, *, max_nodes: int, policy: str, sock:
         per_state.append(insts)
     base += parse(ctx, encoders)
     checks: list[list[tuple[Any, Any, Instance]]] = []
+    n_views = 0
     writable = {
         f"{_EXPORT_BB}{var.name}-exp": (x == var.exports.index("writable"))
         if "writable" in var.exports
@@ -289,13 +326,18 @@ def encode(plan: ParamPlan, workdir: Path, *, max_nodes: int, policy: str, sock:
                     base.append(z3.Implies(guard, lit))
             else:
                 state.append((guard, lit, inst))
+        if i and policy != "qemu" and steps[i - 1].intent is None:
+            views = view_checks(graphs[i - 1], g, pres.vertex, data, ctx)
+            state += views
+            n_views += len(views)
         checks.append(state)
     stats = {
         "states": len(graphs),
-        "instances": sum(len(s) for s in per_state),
+        "instances": sum(len(s) for s in per_state) + n_views,
+        "guest-view-instances": n_views,
         "edges": sum(len(list(g.edges())) for g in graphs),
     }
-    return Encoding(plan, ctx, v, total, base, checks, len(graphs), stats)
+    return Encoding(plan, ctx, v, bits, total, base, checks, len(graphs), stats)
 
 
 def _holds(state: list[tuple[Any, Any, Instance]], ctx: z3.Context) -> Any:
@@ -316,36 +358,19 @@ def solve(enc: Encoding, *, exclude: list[Assignment] | None = None) -> Predicti
         fails.append(z3.And(z3.BoolVal(True, ctx), *earlier, z3.Not(_holds(enc.checks[k], ctx))))
     opt.add(z3.Or(z3.BoolVal(False, ctx), *fails))
     for a in exclude or []:
-        opt.add(
-            z3.Or(
-                [
-                    z3.Or(
-                        d != a[n]["depth"],
-                        w != a[n]["writers"],
-                        x != enc.plan.variables[n].exports.index(a[n]["export"]),
-                    )
-                    for n, (d, w, x) in enc.params.items()
-                ]
-            )
-        )
+        opt.add(block(enc.plan, a, enc.params, enc.bits))
     opt.minimize(enc.size)
     opt.minimize(
         z3.Sum([z3.Sum(list(t)) for t in enc.params.values()]) if enc.params else z3.IntVal(0, ctx)
     )
+    opt.minimize(data_cost(enc.bits, ctx))
     res = opt.check()
     if res == z3.unknown:
         raise RuntimeError(f"z3 gave up: {opt.reason_unknown()}")
     if res == z3.unsat:
         return None
     m = opt.model()
-    assignment = {
-        name: {
-            "depth": m.eval(d).as_long(),
-            "writers": m.eval(w).as_long(),
-            "export": enc.plan.variables[name].exports[m.eval(x).as_long()],
-        }
-        for name, (d, w, x) in enc.params.items()
-    }
+    assignment = decode(enc.plan, m, enc.params, enc.bits)
     for k in range(1, enc.states):
         broken = [
             inst
