@@ -208,6 +208,38 @@ class Refcounts:
             self.next_free = start
         return self.alloc(1)
 
+    def alloc_data_run(self, n: int) -> list[int]:
+        """The host byte offsets of ``n`` data clusters, exactly as :meth:`alloc_data`
+        followed by ``n - 1`` calls of ``alloc(1)`` would place them (``handle_alloc``'s
+        one ``qcow2_alloc_clusters`` for the run), but with one reservation and one
+        refcount-block update per stretch of free clusters in a block that exists.
+
+        A failure (ENOSPC) hands every cluster of the run back, as QEMU's
+        ``qcow2_alloc_cluster_abort`` frees the whole allocation.
+        """
+        hosts = [self.alloc_data()]
+        try:
+            while len(hosts) < n:
+                c = self._first_free(self.next_free)
+                bi, j = divmod(c, self.epb)
+                blk = self._block(bi)
+                if blk is None:  # a new refcount block: the one-at-a-time path places it
+                    hosts.append(self.alloc(1))
+                    continue
+                seg = blk[j : j + min(n - len(hosts), self.epb - j)]
+                busy = np.flatnonzero(seg)
+                k = int(busy[0]) if len(busy) else len(seg)  # >= 1: c itself is free
+                self._reserve(c * self.cs, k * self.cs)
+                seg[:k] = 1
+                self.dirty_blocks.add(bi)
+                self.next_free = c + k
+                hosts.extend(range(c * self.cs, (c + k) * self.cs, self.cs))
+        except BaseException:
+            for host in reversed(hosts):
+                self.release(host // self.cs)
+            raise
+        return hosts
+
     def alloc(self, n: int = 1) -> int:
         """Allocate ``n`` contiguous clusters (refcount 1); returns the host byte offset."""
         start = self._first_free(self.next_free)
