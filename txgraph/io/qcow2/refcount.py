@@ -176,7 +176,7 @@ class Refcounts:
         while True:
             bi = c // self.epb
             blk = self._block(bi)
-            if blk is None:
+            if blk is None or blk[c % self.epb] == 0:  # (the usual case: no scan)
                 return c
             rest = np.flatnonzero(blk[c % self.epb :] == 0)
             if len(rest):
@@ -203,10 +203,18 @@ class Refcounts:
         n, self._plan = self._plan, 0
         if n > 1:
             start = self._first_free(self.next_free)
-            while any(self.get(c) for c in range(start, start + n)):
+            while self._busy(start, n):
                 start = self._first_free(start + 1)
             self.next_free = start
         return self.alloc(1)
+
+    def _busy(self, start: int, n: int) -> bool:
+        """Does some cluster of ``[start, start+n)`` have a non-zero refcount?"""
+        bi, j = divmod(start, self.epb)
+        if j + n <= self.epb:  # within one block: one vector test
+            blk = self._block(bi)
+            return blk is not None and bool(blk[j : j + n].any())
+        return any(self.get(c) for c in range(start, start + n))
 
     def alloc_data_run(self, n: int) -> list[int]:
         """The host byte offsets of ``n`` data clusters, exactly as :meth:`alloc_data`
