@@ -18,7 +18,8 @@ interleaved round by round (A B A B ...), in one process:
 One JSON row per (measure, N): ``name``, ``txgraph`` and ``peer`` (median ms),
 ``spread`` (min-max ms of each side), ``peak_kib`` (tracemalloc peak of one
 extra run of the measured side: a copy of the graph shows as MiBs), ``maxrss_mib``
-(the process's peak RSS so far: the graph itself), ``unit``,
+(the process's peak RSS so far: the graph itself), ``cpu_ms`` (median CPU time
+of each side: robust on a shared machine), ``unit``,
 ``ratio`` = peer / txgraph. No result is asserted; the suite only smoke-tests
 that rows come out (tests/bench).
 """
@@ -96,16 +97,24 @@ def _images(workdir: Path) -> None:
         )
 
 
+#: one timed run: (wall ms, CPU ms of this process)
+Sample = tuple[float, float]
+
+
+def _since(start: float, cpu: float) -> Sample:
+    return (time.perf_counter() - start) * 1000, (time.process_time() - cpu) * 1000
+
+
 def _interleaved(
     ours: Callable[[], None], peer: Callable[[], None], rounds: int
-) -> tuple[list[float], list[float]]:
-    a: list[float] = []
-    b: list[float] = []
+) -> tuple[list[Sample], list[Sample]]:
+    a: list[Sample] = []
+    b: list[Sample] = []
     for _ in range(rounds):
         for fn, out in ((ours, a), (peer, b)):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             fn()
-            out.append((time.perf_counter() - start) * 1000)
+            out.append(_since(start, cpu))
     return a, b
 
 
@@ -119,8 +128,9 @@ def _peak_kib(fn: Callable[[], None]) -> float:
 
 
 def _row(
-    name: str, n: int, a: list[float], b: list[float], peak: float, peer: str
+    name: str, n: int, samples_a: list[Sample], samples_b: list[Sample], peak: float, peer: str
 ) -> dict[str, Any]:
+    a, b = [w for w, _ in samples_a], [w for w, _ in samples_b]
     ours, theirs = statistics.median(a), statistics.median(b)
     return {
         "name": f"{name}-{n}-nodes",
@@ -130,6 +140,12 @@ def _row(
         "spread": {
             "txgraph": [round(min(a), 3), round(max(a), 3)],
             "peer": [round(min(b), 3), round(max(b), 3)],
+        },
+        # CPU time of the process (median ms): what the step costs, whatever else
+        # shares the machine (wall time on a loaded host mostly measures the others)
+        "cpu_ms": {
+            "txgraph": round(statistics.median(c for _, c in samples_a), 3),
+            "peer": round(statistics.median(c for _, c in samples_b), 3),
         },
         "peak_kib": peak,
         # the process's high-water mark so far (the whole graph, not just the step)
@@ -213,14 +229,14 @@ def _plan_row(n: int, workdir: Path, rounds: int) -> dict[str, Any]:
 
             return run
 
-        a: list[float] = []
-        b: list[float] = []
+        a: list[Sample] = []
+        b: list[Sample] = []
         for i in range(rounds + 1):
             for policy, out in (("safe", a), ("qemu", b)):
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 under(policy)()
                 if i:  # the first round is the warm-up
-                    out.append((time.perf_counter() - start) * 1000)
+                    out.append(_since(start, cpu))
                 if "error" in engine.execute(restore):
                     raise RuntimeError("could not restore the backing link")
         peak = _peak_kib(under("safe"))
@@ -302,15 +318,15 @@ def _txn_row(
 
         return run
 
-    a: list[float] = []
-    b: list[float] = []
+    a: list[Sample] = []
+    b: list[Sample] = []
     for i in range(rounds + 1):
         for policy, out in (("safe", a), ("qemu", b)):
             run = prepared(policy)  # untimed
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             run()
             if i:  # the first round is the warm-up
-                out.append((time.perf_counter() - start) * 1000)
+                out.append(_since(start, cpu))
     peak = _peak_kib(prepared("safe"))
     session.policy = "qemu"
     return _row(f"txn-{STEPS}-steps", n, a, b, peak, "txgraph policy=qemu, same graph")
