@@ -54,6 +54,14 @@ queued instead of releasing it, so a write still in flight can never land
 in a cluster that was meanwhile reallocated (as data or as metadata the
 overlap check has already passed).
 
+A planned run of fresh clusters (``handle_alloc``'s one allocation for the
+run) is allocated, written and mapped as a whole (``_allocate_run``): one
+refcount update and one reservation per free stretch, one data write per
+host-contiguous stretch, one L2 update; the clusters land exactly where the
+one-cluster path (``_allocate_and_write``, still used for in-place reuse,
+invalid entries, data files and encryption) would put them
+(tests/unit/io/test_qcow2_alloc_batch.py compares the image files byte for byte).
+
 A fresh cluster is backed by disk space before anything points at it
 (:meth:`Refcounts.alloc` reserves it): on a full disk the allocating write
 fails with ENOSPC and is rolled back, like QEMU's ``qcow2_alloc_cluster_abort``,
