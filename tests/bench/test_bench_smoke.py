@@ -64,6 +64,9 @@ def test_jobs_benchmark_rows() -> None:
         assert row["unit"] == "MB/s"
         for key in ("txgraph", "peer", "ratio"):
             assert isinstance(row[key], (int, float)) and row[key] > 0, (key, row)
+        for side in ("txgraph", "peer"):
+            low, high = row["spread"][side]
+            assert low <= row[side] <= high, (side, row)
 
 
 def test_bench_scale_command_rows() -> None:
@@ -71,8 +74,12 @@ def test_bench_scale_command_rows() -> None:
     result = CliRunner().invoke(main, ["bench", "scale", "--nodes", "20", "--rounds", "1"])
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
-    assert [r["name"] for r in rows] == ["safe-add-20-nodes", "plan-step-20-nodes"]
+    assert [r["name"] for r in rows] == [
+        "safe-add-20-nodes",
+        "txn-20-steps-20-nodes",
+        "plan-step-20-nodes",
+    ]
     for row in rows:
         _well_formed(row)
         assert row["spread"]["txgraph"][0] <= row["txgraph"] <= row["spread"]["txgraph"][1]
-        assert row["peak_kib"] > 0
+        assert row["peak_kib"] > 0 and row["maxrss_mib"] > 0

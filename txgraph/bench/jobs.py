@@ -8,8 +8,8 @@ fully allocated base under an empty overlay, streamed until
 BLOCK_JOB_COMPLETED. The same QMP script runs on both peers, alternating,
 with the peer started beforehand (start-up is not measured). Medians of wall
 time from the job command's reply to the event give MB/s; prints one JSON
-line per job: ``{name, txgraph, peer, unit: "MB/s", ratio}``, ratio =
-txgraph / peer.
+line per job: ``{name, txgraph, peer, unit: "MB/s", ratio, spread}``, ratio =
+txgraph / peer, spread the min-max rate of each side; progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -137,8 +138,15 @@ def run_jobs_benchmark(
                 for label, factory in (("txgraph", EnginePeer), ("qsd", QSDPeer)):
                     _make(base, size, job)
                     times[label].append(_one(factory, base, job, timeout))
-            tx = size / statistics.median(times["txgraph"]) / 1e6
-            peer = size / statistics.median(times["qsd"]) / 1e6
+                    print(
+                        f"bench jobs: {job} round {_round + 1}/{rounds} {label}"
+                        f" {times[label][-1]:.2f} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            rates = {k: [size / t / 1e6 for t in v] for k, v in times.items()}
+            tx = statistics.median(rates["txgraph"])
+            peer = statistics.median(rates["qsd"])
             rows.append(
                 {
                     "name": f"{job}-{size_mib}MiB",
@@ -146,6 +154,13 @@ def run_jobs_benchmark(
                     "peer": round(peer, 1),
                     "unit": "MB/s",
                     "ratio": round(tx / peer, 2),
+                    "spread": {
+                        "txgraph": [
+                            round(min(rates["txgraph"]), 1),
+                            round(max(rates["txgraph"]), 1),
+                        ],
+                        "peer": [round(min(rates["qsd"]), 1), round(max(rates["qsd"]), 1)],
+                    },
                     "peer_desc": "qemu-storage-daemon 7.2, same images, speed 0",
                 }
             )

@@ -8,13 +8,18 @@ interleaved round by round (A B A B ...), in one process:
 - ``safe-add``: one ``blockdev-add`` (null-co) under ``policy=safe``, against
   the same add under ``policy=qemu`` on the same graph (the peer: what the
   safe rules add on top);
+- ``txn-20-steps``: the 20-step ``x-txgraph-transaction`` of ``txgraph bench txn``
+  (snapshots, filter insertions, reopens on 4 device chains of their own) under
+  ``policy=safe``, against the same transaction under ``policy=qemu``;
 - ``plan-step``: :func:`txgraph.plan.verify.verify_plan` of one reopen that
   drops the chain's backing link (which ``safe`` flags, S1), against the same
   plan under ``policy=qemu``.
 
 One JSON row per (measure, N): ``name``, ``txgraph`` and ``peer`` (median ms),
 ``spread`` (min-max ms of each side), ``peak_kib`` (tracemalloc peak of one
-extra run of the measured side: a copy of the graph shows as MiBs), ``unit``,
+extra run of the measured side: a copy of the graph shows as MiBs), ``maxrss_mib``
+(the process's peak RSS so far: the graph itself), ``cpu_ms`` (median CPU time
+of each side: robust on a shared machine), ``unit``,
 ``ratio`` = peer / txgraph. No result is asserted; the suite only smoke-tests
 that rows come out (tests/bench).
 """
@@ -22,6 +27,8 @@ that rows come out (tests/bench).
 from __future__ import annotations
 
 import gc
+import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -32,6 +39,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from txgraph.bench.txn import CHAINS, STEPS
 from txgraph.ops.session import Session
 from txgraph.plan.format import parse_steps
 from txgraph.plan.verify import run_step, scratch_engine, start_is_valid
@@ -89,16 +97,24 @@ def _images(workdir: Path) -> None:
         )
 
 
+#: one timed run: (wall ms, CPU ms of this process)
+Sample = tuple[float, float]
+
+
+def _since(start: float, cpu: float) -> Sample:
+    return (time.perf_counter() - start) * 1000, (time.process_time() - cpu) * 1000
+
+
 def _interleaved(
     ours: Callable[[], None], peer: Callable[[], None], rounds: int
-) -> tuple[list[float], list[float]]:
-    a: list[float] = []
-    b: list[float] = []
+) -> tuple[list[Sample], list[Sample]]:
+    a: list[Sample] = []
+    b: list[Sample] = []
     for _ in range(rounds):
         for fn, out in ((ours, a), (peer, b)):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             fn()
-            out.append((time.perf_counter() - start) * 1000)
+            out.append(_since(start, cpu))
     return a, b
 
 
@@ -112,8 +128,9 @@ def _peak_kib(fn: Callable[[], None]) -> float:
 
 
 def _row(
-    name: str, n: int, a: list[float], b: list[float], peak: float, peer: str
+    name: str, n: int, samples_a: list[Sample], samples_b: list[Sample], peak: float, peer: str
 ) -> dict[str, Any]:
+    a, b = [w for w, _ in samples_a], [w for w, _ in samples_b]
     ours, theirs = statistics.median(a), statistics.median(b)
     return {
         "name": f"{name}-{n}-nodes",
@@ -124,7 +141,15 @@ def _row(
             "txgraph": [round(min(a), 3), round(max(a), 3)],
             "peer": [round(min(b), 3), round(max(b), 3)],
         },
+        # CPU time of the process (median ms): what the step costs, whatever else
+        # shares the machine (wall time on a loaded host mostly measures the others)
+        "cpu_ms": {
+            "txgraph": round(statistics.median(c for _, c in samples_a), 3),
+            "peer": round(statistics.median(c for _, c in samples_b), 3),
+        },
         "peak_kib": peak,
+        # the process's high-water mark so far (the whole graph, not just the step)
+        "maxrss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "unit": "ms",
         "ratio": round(theirs / ours, 3),
         "peer_name": peer,
@@ -204,14 +229,14 @@ def _plan_row(n: int, workdir: Path, rounds: int) -> dict[str, Any]:
 
             return run
 
-        a: list[float] = []
-        b: list[float] = []
+        a: list[Sample] = []
+        b: list[Sample] = []
         for i in range(rounds + 1):
             for policy, out in (("safe", a), ("qemu", b)):
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 under(policy)()
                 if i:  # the first round is the warm-up
-                    out.append((time.perf_counter() - start) * 1000)
+                    out.append(_since(start, cpu))
                 if "error" in engine.execute(restore):
                     raise RuntimeError("could not restore the backing link")
         peak = _peak_kib(under("safe"))
@@ -219,6 +244,92 @@ def _plan_row(n: int, workdir: Path, rounds: int) -> dict[str, Any]:
     finally:
         gc.unfreeze()
         session.close()
+
+
+_TXN_NAME = re.compile(r"(top|dev|tf|ovl|of|thr)(\d+)")
+
+
+def _renamed(obj: Any, k: int) -> Any:
+    """The bench txn commands with every chain node and image of chain set ``k``
+    renamed (``top0`` -> ``top0r3``, ``.../ovl0.qcow2`` -> ``.../ovl0r3.qcow2``)."""
+    if isinstance(obj, dict):
+        return {key: _renamed(value, k) for key, value in obj.items()}
+    if isinstance(obj, list):
+        return [_renamed(value, k) for value in obj]
+    if isinstance(obj, str):
+        if obj.endswith(".qcow2"):
+            path = Path(obj)
+            return str(path.with_name(f"{path.stem}r{k}.qcow2"))
+        if _TXN_NAME.fullmatch(obj):
+            return f"{obj}r{k}"
+    return obj
+
+
+def _txn_row(
+    session: Session, engine: Engine, n: int, rounds: int, workdir: Path
+) -> dict[str, Any]:
+    """The 20-step ``x-txgraph-transaction`` of ``txgraph bench txn`` on this N-node graph,
+    under ``policy=safe`` against ``policy=qemu`` (interleaved). Each run works on chains
+    of its own (set up untimed just before it: ``CHAINS`` device chains, 3 nodes each),
+    so every run does the same work on a graph of the same size."""
+    from txgraph.bench.txn import setup_commands, txgraph_actions
+
+    reply = engine.execute(
+        {
+            "execute": "object-add",
+            "arguments": {
+                "qom-type": "throttle-group",
+                "id": "tg",
+                "limits": {"iops-total": 10**6},
+            },
+        }
+    )
+    if "error" in reply:
+        raise RuntimeError(reply["error"]["desc"])
+    chains = [c for c in setup_commands(workdir, 3 * CHAINS) if c[0] == "blockdev-add"]
+    actions = txgraph_actions(workdir)
+    sets = iter(range(10**9))
+
+    def prepared(policy: str) -> Callable[[], None]:
+        k = next(sets)
+        for j in range(CHAINS):
+            for stem in (f"top{j}", f"ovl{j}"):
+                subprocess.run(
+                    ["qemu-img", "create", "-q", "-f", "qcow2", f"{stem}r{k}.qcow2", "16M"],
+                    cwd=workdir,
+                    check=True,
+                    capture_output=True,
+                    timeout=60,
+                )
+        for command, arguments in chains:
+            reply = engine.execute({"execute": command, "arguments": _renamed(arguments, k)})
+            if "error" in reply:
+                raise RuntimeError(reply["error"]["desc"])
+        message = {
+            "execute": "x-txgraph-transaction",
+            "arguments": {"actions": _renamed(actions, k)},
+        }
+
+        def run() -> None:
+            session.policy = policy
+            reply = engine.execute(message)
+            if "error" in reply:
+                raise RuntimeError(f"transaction under {policy}: {reply['error']['desc']}")
+
+        return run
+
+    a: list[Sample] = []
+    b: list[Sample] = []
+    for i in range(rounds + 1):
+        for policy, out in (("safe", a), ("qemu", b)):
+            run = prepared(policy)  # untimed
+            start, cpu = time.perf_counter(), time.process_time()
+            run()
+            if i:  # the first round is the warm-up
+                out.append(_since(start, cpu))
+    peak = _peak_kib(prepared("safe"))
+    session.policy = "qemu"
+    return _row(f"txn-{STEPS}-steps", n, a, b, peak, "txgraph policy=qemu, same graph")
 
 
 def run_scale_benchmark(
@@ -230,7 +341,7 @@ def run_scale_benchmark(
         _images(workdir)
         for n in sizes:
             if progress:
-                progress(f"building {n} nodes (safe-add)")
+                progress(f"building {n} nodes (safe-add, txn)")
             session = Session(policy="qemu")
             try:
                 engine = Engine(CommandContext(session))
@@ -238,6 +349,9 @@ def run_scale_benchmark(
                 gc.collect()
                 gc.freeze()  # start-up objects stay out of the timed collections
                 yield _safe_add_row(session, engine, n, rounds)
+                if progress:
+                    progress(f"{n} nodes: txn")
+                yield _txn_row(session, engine, n, rounds, workdir)
             finally:
                 gc.unfreeze()
                 session.close()

@@ -229,6 +229,18 @@ class Qcow2Node(DriverNode):
                 dc = self._data_child((offset & -self.cluster_size) - code)
                 self.file.debug_event("read_aio")
                 return dc.read(code + (offset & (self.cluster_size - 1)), length)
+        if length > self.cluster_size and offset + length <= vsize and self.writer is not None:
+            # One host-contiguous data run (a copied or mirrored image): one copy straight
+            # from the data child, not a zeroed buffer filled and then copied again.
+            cb = self.cluster_bits
+            c0 = offset >> cb
+            with self.lock:
+                runs = self.map.runs(c0, ((offset + length - 1) >> cb) - c0 + 1)
+            if len(runs) == 1 and runs[0][2] >= 0:
+                code = runs[0][2]
+                dc = self._data_child((c0 << cb) - code)
+                self.file.debug_event("read_aio")
+                return dc.read(code + (offset - (c0 << cb)), length)
         buf = bytearray(length)
         if not (
             self.writer is None and length and self.chain_map.readinto(offset, memoryview(buf))

@@ -434,6 +434,41 @@ class L2Map:
         )
         self.codes[i][j] = int(code[0])  # type: ignore[index]
 
+    def set_entries(
+        self, c0: int, raws: np.ndarray, bitmap: int = 0, codes: np.ndarray | None = None
+    ) -> None:
+        """:meth:`set_entry` for the clusters ``c0 ..`` of one L2 table at once (one
+        classification for the whole run; every entry gets the same subcluster bitmap).
+        ``codes``, when the caller knows them (fresh aligned data clusters: their host
+        offsets), spares the classification."""
+        i, j = c0 >> self.l2b, c0 & (self.n - 1)
+        k = len(raws)
+        assert j + k <= self.n
+        self.slot(i)
+        r, b = self.raw[i], self.bitmaps[i]
+        assert r is not None
+        r[j : j + k] = raws
+        self.gen += 1
+        bms = None
+        if b is not None:
+            b[j : j + k] = bitmap
+            bms = b[j : j + k]
+        if codes is None:
+            codes = self.classify(r[j : j + k], bms, c0)
+        self.codes[i][j : j + k] = codes  # type: ignore[index]
+
+    def run_entries(self, c0: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """(L2 entries, codes) of clusters ``c0 .. c0+count`` of one L2 table, as stored
+        (zeros and UNALLOC for a table not allocated)."""
+        i, j = c0 >> self.l2b, c0 & (self.n - 1)
+        assert j + count <= self.n
+        if i >= self.nslots or self._unallocated(i):
+            return np.zeros(count, dtype=np.uint64), np.full(count, UNALLOC, dtype=np.int64)
+        codes = self.slot(i)
+        r = self.raw[i]
+        assert r is not None
+        return r[j : j + count].copy(), codes[j : j + count].copy()
+
     def raw_entry(self, cluster: int) -> tuple[int, int]:
         """(L2 entry, subcluster bitmap) of ``cluster`` as stored."""
         i, j = cluster >> self.l2b, cluster & (self.n - 1)

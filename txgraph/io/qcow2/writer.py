@@ -54,6 +54,14 @@ queued instead of releasing it, so a write still in flight can never land
 in a cluster that was meanwhile reallocated (as data or as metadata the
 overlap check has already passed).
 
+A planned run of fresh clusters (``handle_alloc``'s one allocation for the
+run) is allocated, written and mapped as a whole (``_allocate_run``): one
+refcount update and one reservation per free stretch, one data write per
+host-contiguous stretch, one L2 update; the clusters land exactly where the
+one-cluster path (``_allocate_and_write``, still used for in-place reuse,
+invalid entries, data files and encryption) would put them
+(tests/unit/io/test_qcow2_alloc_batch.py compares the image files byte for byte).
+
 A fresh cluster is backed by disk space before anything points at it
 (:meth:`Refcounts.alloc` reserves it): on a full disk the allocating write
 fails with ENOSPC and is rolled back, like QEMU's ``qcow2_alloc_cluster_abort``,
@@ -213,12 +221,18 @@ class Qcow2Writer:
                     self.node.overlap.check_data(code + (pos & (cs - 1)), len(chunk))
                     self.inplace[code // cs] = self.inplace.get(code // cs, 0) + 1
                 else:
+                    batched = False
                     if c == offset >> cb or c & (self.map.n - 1) == 0 or planned_to <= c:
                         # handle_alloc takes the whole run of clusters needing allocation
                         # at once (planned and allocated in this one locked section)
                         planned_to = c + self.map.alloc_run(c, -(-end >> cb) - c)
                         self.refs.plan(planned_to - c)
-                    self._allocate_and_write(c, pos & (cs - 1), chunk, code, raw)
+                        if planned_to - c > 1:
+                            batched = self._allocate_run(c, planned_to, pos, end, mv, offset)
+                    if batched:
+                        nxt = min(end, planned_to << cb)
+                    else:
+                        self._allocate_and_write(c, pos & (cs - 1), chunk, code, raw)
             if owned:  # in-place overwrite: no metadata changes, no lock needed
                 try:
                     self.node.file.debug_event("write_aio")  # qcow2_co_pwritev_task
@@ -284,6 +298,82 @@ class Qcow2Writer:
             self._release_entry(raw, code)
         self.map.set_entry(c, host | C.OFLAG_COPIED, _ALL_ALLOC if self.h.extended_l2 else 0)
         self.dirty_slots.add(slot)
+
+    def _allocate_run(
+        self, c0: int, stop: int, pos: int, end: int, mv: memoryview, offset: int
+    ) -> bool:
+        """``handle_alloc`` for the planned run ``[c0, stop)`` as a whole: one allocation
+        of its clusters, one data write per host-contiguous stretch (a partial first or
+        last cluster gets its COW content and a write of its own), one L2 update.
+
+        The clusters land exactly where :meth:`_allocate_and_write`, called once per
+        cluster, would put them (:meth:`Refcounts.alloc_data_run`). Only for runs of
+        fresh clusters: False (nothing done) when some cluster needs the one-cluster
+        path (in-place reuse, an invalid entry, a data file, encryption). Runs under
+        ``lock``; a failed data write gives all the run's clusters back and leaves
+        the mapping as it was (``qcow2_alloc_cluster_abort``).
+        """
+        if self.h.has_data_file or self.node.crypto.volume is not None:
+            return False
+        if self.node.crypto.aes is not None:
+            return False
+        k = stop - c0
+        raws, codes = self.map.run_entries(c0, k)
+        if bool((codes == INVALID).any()) or bool((raws & np.uint64(C.OFLAG_COPIED)).any()):
+            return False
+        cb, cs = self.h.cluster_bits, self.cs
+        stop_pos = min(end, stop << cb)
+        # (first cluster of the piece within the run, clusters, content)
+        pieces: list[tuple[int, int, bytes | bytearray | memoryview]] = []
+        first, last = 0, k
+        if pos & (cs - 1) or (k == 1 and stop_pos - pos < cs):
+            buf = self._cluster_content(c0)
+            head_end = min(stop_pos, (c0 + 1) << cb)
+            buf[pos & (cs - 1) : (pos & (cs - 1)) + head_end - pos] = mv[
+                pos - offset : head_end - offset
+            ]
+            pieces.append((0, 1, buf))
+            first = 1
+        if last > first and stop_pos & (cs - 1):
+            last -= 1
+        if last > first:
+            a = (c0 + first) << cb
+            pieces.append((first, last - first, mv[a - offset : a - offset + (last - first) * cs]))
+        if last < k and last >= first:
+            buf = self._cluster_content(c0 + last)
+            tail = (c0 + last) << cb
+            buf[: stop_pos - tail] = mv[tail - offset : stop_pos - offset]
+            pieces.append((last, 1, buf))
+        slot = c0 >> self.map.l2b
+        self._writable_slot(slot)
+        self._before_metadata_change()
+        hosts = self.refs.alloc_data_run(k)
+        try:
+            for j0, n, content in pieces:
+                data = memoryview(content).cast("B")
+                j = j0
+                while j < j0 + n:  # one write per host-contiguous stretch
+                    s = j
+                    while j + 1 < j0 + n and hosts[j + 1] == hosts[j] + cs:
+                        j += 1
+                    j += 1
+                    host = hosts[s]
+                    part = data[(s - j0) * cs : (j - j0) * cs]
+                    self.node.overlap.check_data(host, len(part))
+                    self.node.file.debug_event("write_aio")  # qcow2_co_pwritev_task
+                    self.node.file.write(host, part)  # type: ignore[arg-type]
+        except BaseException:
+            for host in reversed(hosts):  # never referenced: free again (QEMU's abort)
+                self.refs.release(host // cs)
+            raise
+        for j in np.flatnonzero(raws).tolist():
+            self._release_entry(int(raws[j]), int(codes[j]))
+        # fresh clusters are aligned and in range: each one's code is its host offset
+        offs = np.array(hosts, dtype=np.int64)
+        entries = offs.astype(np.uint64) | np.uint64(C.OFLAG_COPIED)
+        self.map.set_entries(c0, entries, _ALL_ALLOC if self.h.extended_l2 else 0, offs)
+        self.dirty_slots.add(slot)
+        return True
 
     def _release_entry(self, raw: int, code: int) -> None:
         """Queue the host clusters an L2 entry referenced for release after the next flush."""
