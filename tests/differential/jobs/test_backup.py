@@ -309,6 +309,22 @@ SCENARIOS = [
         "filter's write unshare conflicts with it -- a permission conflict, no prefix",
     ),
     scenario(
+        "insert-filter-over-a-frozen-link",
+        cmd(
+            "blockdev-add",
+            {"driver": "copy-on-read", "node-name": "cor", "file": "top", "bottom": "mid"},
+        ),
+        cmd("blockdev-backup", {**BACKUP, "device": "mid"}),
+        cmd("blockdev-backup", {**BACKUP, "device": "mid", "filter-node-name": "f"}),
+        cmd("block-stream", {"device": "mid", "job-id": "s"}),
+        cmd("query-jobs"),
+        Graph(),
+        images=("top.qcow2",),
+        doc="a copy-on-read filter with bottom freezes top's backing link to mid: "
+        "bdrv_insert_node of the copy-before-write (and of stream's copy-on-read) "
+        "fails in bdrv_replace_node, 'Could not replace node: ' first",
+    ),
+    scenario(
         "backup-cancel-while-pending",
         cmd("blockdev-backup", {**BACKUP, "auto-finalize": False}),
         Wait("JOB_STATUS_CHANGE", {"id": "b", "status": "pending"}),
