@@ -31,6 +31,13 @@ class KnownBug:
     #: the test that pins it (path::name)
     test: str
     summary: str
+    #: when set, the step the finding came at must match it too (its fuzz label, e.g.
+    #: ``block-stream`` or ``x-txgraph-wait:block-stream:concluded``): for bugs whose
+    #: own words are too general (a bare SIGSEGV, a leaked anonymous BlockBackend)
+    command: re.Pattern[str] | None = None
+    #: when set, the first line of a mismatch must match it (the bug's own mark), the
+    #: others ``pattern`` (its consequences)
+    first: re.Pattern[str] | None = None
 
 
 KNOWN_BUGS: tuple[KnownBug, ...] = (
@@ -65,17 +72,48 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
         "a refused blockdev-reopen that also named another file leaves a qcow2 whose "
         "data file is no longer its file child",
     ),
+    KnownBug(
+        "stream-concluded-query-segv",
+        "crash",
+        re.compile(r"\(exit status -11\)"),
+        "tests/differential/test_qemu_bugs_jobs.py::"
+        "test_qsd_segfaults_querying_nodes_after_a_concluded_stream",
+        "query-named-block-nodes after a concluded, undismissed block-stream: SIGSEGV "
+        "on the stream's detached copy-on-read filter (fixed in 10.2, 9dbfd4e28d)",
+        re.compile(r"block-stream"),
+    ),
+    KnownBug(
+        "stream-leaks-blockbackend",
+        "mismatch",
+        # the backend and its root edge, and the consistent-read it passes down the
+        # top's children (their edges differ in perm only)
+        re.compile(
+            r'^graph\.(nodes|edges): only in left: +\["<block-backend:root->[^>"]*>"'
+            r'|^graph\.edges: only in (left|right): +\["[^"<]+", "[^"]+", "\w+", '
+        ),
+        "tests/differential/jobs/test_qsd_job_bugs.py::"
+        "test_qsd_leaks_the_stream_blockbackend_of_a_refused_block_stream",
+        "a block-stream refused after its BlockBackend was made (a refused job child) "
+        "leaves that anonymous BlockBackend on the top (stream_start's error path)",
+        re.compile(r"block-stream"),
+        re.compile(r'^graph\.nodes: only in left: +\["<block-backend:root->[^>"]*>", '),
+    ),
 )
 
 
-def classify(kind: str, lines: list[str]) -> KnownBug | None:
-    """The known QEMU bug a finding is, if any (``kind``: ``crash`` or ``mismatch``)."""
+def classify(kind: str, lines: list[str], command: str = "") -> KnownBug | None:
+    """The known QEMU bug a finding is, if any (``kind``: ``crash`` or ``mismatch``;
+    ``command``: the fuzz label of the step it came at)."""
     text = "\n".join(lines)
     for bug in KNOWN_BUGS:
         if bug.kind != kind:
             continue
+        if bug.command is not None and not bug.command.search(command):
+            continue
         if kind == "crash" and bug.pattern.search(text):
             return bug
+        if bug.first is not None and not (lines and bug.first.search(lines[0])):
+            continue
         if kind == "mismatch" and lines and all(bug.pattern.search(line) for line in lines):
             return bug
     return None

@@ -150,7 +150,7 @@ def _signature(kind: str, message: dict[str, Any], lines: list[str]) -> str:
 def _finding(kind: str, index: int, message: dict[str, Any], lines: list[str]) -> Divergence:
     """The divergence for a failure at step ``index``; a known QEMU bug gets its own
     kind (``qsd-crash`` or ``qsd-bug``) and the signature ``qemu-<id>``."""
-    bug = classify(kind, lines) if kind in ("crash", "mismatch") else None
+    bug = classify(kind, lines, _label(message)) if kind in ("crash", "mismatch") else None
     if bug is not None:
         return Divergence(
             "qsd-crash" if kind == "crash" else "qsd-bug",

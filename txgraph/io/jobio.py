@@ -257,11 +257,16 @@ def _cbw(rt: Runtime, name: str) -> CopyBeforeWriteNode:
     return node
 
 
-def backup_init(rt: Runtime, cbw: str, skip_unallocated: bool) -> int:
+def backup_init(rt: Runtime, cbw: str, skip_unallocated: bool, compress: bool = False) -> int:
     """``backup_init_bcs_bitmap``: with sync=top, what the source node itself does not
-    allocate is not to be copied; returns the bytes left to copy (the job's length)."""
+    allocate is not to be copied; returns the bytes left to copy (the job's length).
+    ``compress``: the block-copy state writes compressed clusters from now on
+    (``block_copy_set_copy_opts``)."""
     with rt.request():
         node = _cbw(rt, cbw)
+        if compress:
+            with node._lock:
+                node.compress = True
         if skip_unallocated:
             src = node.filtered
             pos, length = 0, src.size()

@@ -48,7 +48,8 @@ __all__ = ["BackupJob", "blockdev_backup", "stage_blockdev_backup", "TRANSACTION
 #: how much of the disk one background iteration copies at most
 _STEP = 1 << 20
 #: formats that can write compressed clusters (``bdrv_supports_compressed_writes``); txgraph
-#: accepts ``compress`` for them and writes the clusters uncompressed (same guest data)
+#: writes compressed clusters into qcow2 (:mod:`txgraph.io.compressed`), plain ones into
+#: qcow and vmdk (same guest data, not the same allocation)
 _COMPRESSING = frozenset({"qcow2", "qcow", "vmdk"})
 
 
@@ -67,6 +68,7 @@ class BackupJob(GraphJob):
         sync: str,
         length: int,
         on_target_error: str,
+        compress: bool = False,
         **kw: Any,
     ) -> None:
         super().__init__(manager, job_id, **kw)
@@ -75,6 +77,7 @@ class BackupJob(GraphJob):
         self.sync = sync
         self.length = length
         self.on_target_error = on_target_error
+        self.compress = compress
         self.cbw = ""
 
     def cancel_hook(self, force: bool) -> bool:
@@ -84,7 +87,7 @@ class BackupJob(GraphJob):
     def run(self) -> int:
         """``backup_run``."""
         rt = self.manager.session.runtime
-        total = backup_init(rt, self.cbw, self.sync == "top")
+        total = backup_init(rt, self.cbw, self.sync == "top", self.compress)
         with self.manager.mutex:
             self.progress_total = total
         if self.sync == "none":
@@ -183,6 +186,7 @@ def stage_blockdev_backup(
         sync=sync,
         length=length,
         on_target_error=args.get("on-target-error", "report"),
+        compress=bool(args.get("compress", False)),
         auto_finalize=args.get("auto-finalize", True),
         auto_dismiss=args.get("auto-dismiss", True),
         on_error=args.get("on-source-error", "report"),

@@ -12,7 +12,9 @@ BlockBackends: on the base (consistent-read + write, + resize when the base
 is smaller; sharing consistent-read and write-unchanged) and on the top
 (nothing taken, everything shared).
 
-The job copies what the layers from the top down to the base's overlay
+A base shorter than the top first grows to the top's length
+(``blk_truncate``, :mod:`txgraph.io.truncate`); a failure ends the job with
+its errno. The job then copies what the layers from the top down to the base's overlay
 allocate, in 512 KiB chunks, reading through the top BlockBackend and writing
 through the base's. ``prepare`` drops everything between the overlay and the
 base (``bdrv_drop_intermediate``: the overlay's backing string names the base);
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from txgraph.errors import BlockError, IOFailure
 from txgraph.io.jobio import backend_length, commit_step
+from txgraph.io.truncate import blk_truncate
 from txgraph.jobs.blockjob import (
     GraphJob,
     add_job_blk,
@@ -100,6 +103,12 @@ class CommitJob(GraphJob):
         length = backend_length(rt, self.top_blk)
         with self.manager.mutex:
             self.progress_total = length
+        if backend_length(rt, self.base_blk) < length:
+            # the base grows to the top's length first (its BlockBackend took resize)
+            try:
+                blk_truncate(rt, self.base_blk, length)
+            except IOFailure as exc:
+                return self.io_error(exc)
         offset, delay = 0, 0
         while offset < length:
             self.sleep(delay)

@@ -39,6 +39,7 @@ from txgraph.io.jobio import (
     mirror_set_active,
     node_length,
 )
+from txgraph.io.truncate import blk_truncate
 from txgraph.jobs.blockjob import (
     GraphJob,
     add_job_blk,
@@ -132,7 +133,15 @@ class MirrorJob(GraphJob):
         """``mirror_run``."""
         rt = self.manager.session.runtime
         length = node_length(rt, self.mirror_top)
-        if not self.is_commit and backend_length(rt, self.target_blk) != length:
+        target_length = backend_length(rt, self.target_blk)
+        if self.is_commit:
+            if target_length < length:
+                # an active commit grows the base to the active layer's length first
+                try:
+                    blk_truncate(rt, self.target_blk, length)
+                except IOFailure as exc:
+                    return self.io_error(exc)
+        elif target_length != length:
             self.err = "Source and target image have different sizes"
             return -errno.EINVAL
         if length == 0:

@@ -141,9 +141,11 @@ def stage_insert_node(
     so a permission conflict of the open is "Could not create node: ...";
     then every parent edge moves that ``should_update_child`` allows (not the
     jobs', not one that would close a loop through the new node's children --
-    that parent stays on ``node``, and a conflict with it is reported without
-    the prefix, as QEMU's replace step does). The new node is not monitor-owned:
-    it goes away once nothing references it.
+    that parent stays on ``node``); a failure of this replace step (a frozen
+    parent link, a permission conflict) is "Could not replace node: ...". A
+    conflict that only arises once the job attaches to the new node (a parent
+    left on ``node`` meets the filter's unshare then) has no prefix. The new
+    node is not monitor-owned: it goes away once nothing references it.
     """
     try:
         name = Opener(session, tx).open_inherit(
@@ -153,8 +155,15 @@ def stage_insert_node(
         err.desc = f"Could not create node: {err.desc}"
         err.args = (err.desc,)
         raise
-    replace_node_noperm(session, tx, node, name, auto_skip=True)
-    refresh_perms(session, tx, [node, name])
+    try:
+        replace_node_noperm(session, tx, node, name, auto_skip=True)
+        refresh_perms(session, tx, [node, name])
+    except BlockError as err:
+        # bdrv_insert_node: a failed bdrv_replace_node (a frozen parent link, a conflict
+        # of the moved parents' permissions) is "Could not replace node: ..."
+        err.desc = f"Could not replace node: {err.desc}"
+        err.args = (err.desc,)
+        raise
     return name
 
 

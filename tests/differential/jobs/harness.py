@@ -19,7 +19,8 @@ the paused/running pairs a drain causes are compared like every other event:
 txgraph pauses the jobs above a drained node as QEMU does -- except between
 independent jobs, whose ends fall where their threads happen to be), and so are the
 images named by the scenario:
-allocation map, backing string and format, and content (``qemu-img compare``
+virtual size, allocation map, backing string and format, ``qemu-img check``'s
+verdict (corruptions, leaks, compressed clusters) and content (``qemu-img compare``
 between the two peers' copies).
 """
 
@@ -188,6 +189,7 @@ def _image_facts(path: Path) -> Any:
         else:
             merged.append([m["start"], m["length"], *key])
     facts: dict[str, Any] = {
+        "virtual-size": info.get("virtual-size"),
         "backing": info.get("backing-filename"),
         "backing-format": info.get("backing-filename-format"),
         "map": [tuple(m) for m in merged],
@@ -201,7 +203,10 @@ def _image_facts(path: Path) -> Any:
             text=True,
         )
         if check.stdout.strip():
-            facts["compressed-clusters"] = json.loads(check.stdout).get("compressed-clusters", 0)
+            result = json.loads(check.stdout)
+            facts["compressed-clusters"] = result.get("compressed-clusters", 0)
+            # a consistent image on both peers: no corruption, no leak, nothing unreadable
+            facts["check"] = {k: result.get(k, 0) for k in ("check-errors", "corruptions", "leaks")}
     return facts
 
 

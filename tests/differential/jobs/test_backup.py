@@ -9,11 +9,12 @@ targets are equal (``qemu-img compare``).
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
 
-from tests.differential.harness import cmd, qemu_img
+from tests.differential.harness import WriteFile, cmd, qemu_img
 from tests.differential.jobs.harness import Graph, JobScenario, Nodes, Run, Wait, job_differential
 from tests.differential.jobs.test_mirror import ADD_TGT, EXPORT, SETUP, _add, guest
 from tests.differential.jobs.test_stream import ADD_CHAIN
@@ -21,6 +22,8 @@ from tests.differential.jobs.test_stream import ADD_CHAIN
 pytestmark = pytest.mark.qsd
 
 IMAGES = ("top.qcow2", "tgt.qcow2")
+#: 4 MiB: 1 MiB random, 1 MiB of 0x5a, zeros (fixed seed: both peers get the same bytes)
+_RANDOM = random.Random(9).randbytes(1 << 20) + b"\x5a" * (1 << 20) + bytes(2 << 20)
 BACKUP = {"device": "top", "job-id": "b", "target": "tgt", "sync": "full"}
 
 
@@ -43,6 +46,7 @@ def scenario(
     doc: str = "",
     after: tuple[Run, ...] = (),
     per_job: bool = False,
+    setup: tuple[Any, ...] = (),
 ) -> JobScenario:
     return JobScenario(
         name,
@@ -52,6 +56,7 @@ def scenario(
             qemu_img("create -q -f qcow2 -b top.qcow2 -F qcow2 {dir}/ovl.qcow2"),
             qemu_img("create -q -f qcow2 {dir}/tgt2.qcow2 4M"),
             qemu_img("create -q -f qcow2 {dir}/bad.qcow2 4M"),
+            *setup,
         ),
         images,
         doc,
@@ -304,6 +309,22 @@ SCENARIOS = [
         "filter's write unshare conflicts with it -- a permission conflict, no prefix",
     ),
     scenario(
+        "insert-filter-over-a-frozen-link",
+        cmd(
+            "blockdev-add",
+            {"driver": "copy-on-read", "node-name": "cor", "file": "top", "bottom": "mid"},
+        ),
+        cmd("blockdev-backup", {**BACKUP, "device": "mid"}),
+        cmd("blockdev-backup", {**BACKUP, "device": "mid", "filter-node-name": "f"}),
+        cmd("block-stream", {"device": "mid", "job-id": "s"}),
+        cmd("query-jobs"),
+        Graph(),
+        images=("top.qcow2",),
+        doc="a copy-on-read filter with bottom freezes top's backing link to mid: "
+        "bdrv_insert_node of the copy-before-write (and of stream's copy-on-read) "
+        "fails in bdrv_replace_node, 'Could not replace node: ' first",
+    ),
+    scenario(
         "backup-cancel-while-pending",
         cmd("blockdev-backup", {**BACKUP, "auto-finalize": False}),
         Wait("JOB_STATUS_CHANGE", {"id": "b", "status": "pending"}),
@@ -333,24 +354,65 @@ SCENARIOS = [
         cmd("blockdev-backup", {**BACKUP, "compress": True}),
         *_done("b"),
         Graph(),
-        doc="accepted for a qcow2 target; QSD writes compressed clusters, txgraph (for "
-        "now) uncompressed ones: same guest data, other allocation (strict xfail below)",
+        doc="a qcow2 target gets compressed clusters (qemu-img check counts them)",
+    ),
+    scenario(
+        "backup-compress-under-guest-writes",
+        *EXPORT,
+        cmd("blockdev-backup", {**BACKUP, "compress": True, "speed": 1}),
+        cmd("job-pause", {"id": "b"}),
+        Wait("JOB_STATUS_CHANGE", {"status": "paused"}),
+        guest("write -P 0x11 0 64k", "write -P 0x22 1M 128k", "write -P 0x33 3M 64k"),
+        cmd("block-job-set-speed", {"device": "b", "speed": 0}),
+        cmd("job-resume", {"id": "b"}),
+        *_done("b"),
+        after=(
+            target_reads(
+                "read -P 0xaa 0 1M",
+                "read -P 0xcc 1M 1M",
+                "read -P 0xbb 2M 512k",
+                "read -P 0xdd 3M 64k",
+            ),
+        ),
+        doc="copy-before-write saves the old data compressed too (one block-copy state)",
+    ),
+    scenario(
+        "backup-compress-small-zstd-clusters",
+        _add("tz"),
+        cmd("blockdev-add", {"driver": "raw", "node-name": "traw", "file": "tgt2"}),
+        cmd("blockdev-backup", {**BACKUP, "target": "traw", "compress": True}),
+        cmd("blockdev-backup", {**BACKUP, "target": "tz", "compress": True}),
+        *_done("b"),
+        images=("top.qcow2", "tz.qcow2"),
+        setup=(
+            qemu_img(
+                "create -q -f qcow2 -o cluster_size=4096,compression_type=zstd {dir}/tz.qcow2 4M"
+            ),
+        ),
+        doc="raw cannot compress; 4 KiB zstd clusters: each 64 KiB block-copy chunk is "
+        "16 compressed clusters (qcow2_co_pwritev_compressed_part)",
+    ),
+    scenario(
+        "backup-compress-incompressible",
+        cmd(
+            "blockdev-add",
+            {
+                "driver": "raw",
+                "node-name": "rnd",
+                "file": {"driver": "file", "filename": "rnd.raw"},
+            },
+        ),
+        cmd("blockdev-backup", {**BACKUP, "device": "rnd", "compress": True}),
+        *_done("b"),
+        images=("tgt.qcow2",),
+        setup=(WriteFile("rnd.raw", _RANDOM),),
+        doc="random data does not fit in cluster_size - 1 bytes: those clusters are "
+        "written as normal clusters, the patterned ones compressed",
     ),
 ]
 
 
-#: QSD writes compressed clusters; txgraph's qcow2 driver cannot write them yet
-_COMPRESS_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="backup compress: txgraph writes the clusters uncompressed (same guest data); "
-    "QSD's target holds compressed clusters (qemu-img check: compressed-clusters)",
-)
-_PARAMS = [
-    pytest.param(s, marks=_COMPRESS_XFAIL, id=s.name)
-    if s.name == "backup-compress"
-    else pytest.param(s, id=s.name)
-    for s in SCENARIOS
-]
+_PARAMS = [pytest.param(s, id=s.name) for s in SCENARIOS]
 
 
 @pytest.mark.parametrize("job_scenario", _PARAMS)

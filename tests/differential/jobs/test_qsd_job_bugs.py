@@ -2,7 +2,8 @@
 
 (The SIGSEGV of ``query-named-block-nodes`` after a concluded, undismissed stream, behind
 most ``exit status -11`` findings at a block-stream, is pinned in
-tests/differential/test_qemu_bugs_jobs.py.)
+tests/differential/test_qemu_bugs_jobs.py.) A fuzz campaign files both under their
+entries in txgraph/fuzz/known.py, so they do not count as txgraph divergences.
 
 Each test runs the sequence on QSD alone and requires QEMU's wrong answer, then on
 txgraph and requires the answer QEMU's own rules give; these sequences stay out of
@@ -46,6 +47,51 @@ def _run(
 
 def _graph_backends(reply: dict[str, Any]) -> list[dict[str, Any]]:
     return [n for n in reply["return"]["nodes"] if n["type"] == "block-backend"]
+
+
+def _leak_steps() -> list[dict[str, Any]]:
+    return [
+        {
+            "execute": "blockdev-add",
+            "arguments": {"driver": "null-aio", "node-name": "n4", "read-zeroes": True},
+        },
+        {
+            "execute": "blockdev-add",
+            "arguments": {"driver": "file", "filename": "{dir}/i1.qcow2", "node-name": "n1"},
+        },
+        {
+            "execute": "blockdev-add",
+            "arguments": {"driver": "qcow2", "node-name": "n0", "file": "n1", "backing": "n4"},
+        },
+        # n4 becomes n0's file as well as its backing: n0 writes it
+        {
+            "execute": "blockdev-reopen",
+            "arguments": {
+                "options": [{"driver": "qcow2", "node-name": "n0", "backing": "n4", "file": "n4"}]
+            },
+        },
+        {"execute": "block-stream", "arguments": {"device": "n0", "job-id": "j1", "speed": 1}},
+    ]
+
+
+def test_a_campaign_files_the_leak_as_a_known_qsd_bug() -> None:
+    """The fuzzer (QSD against txgraph) meets the leak as a state mismatch right after the
+    refused block-stream (the backend, its root edge, the consistent-read it passes down);
+    txgraph/fuzz/known.py classifies it as QSD's ``stream-leaks-blockbackend``."""
+    from txgraph.fuzz.run import run_sequence
+
+    steps = _leak_steps()
+    res = run_sequence(
+        lambda i, _res: steps[i] if i < len(steps) else None, "qsd", max_steps=len(steps)
+    )
+    d = res.divergence
+    assert d is not None and d.step == 4 and d.command == "block-stream", d
+    assert (d.kind, d.known, d.signature) == (
+        "qsd-bug",
+        "stream-leaks-blockbackend",
+        "qemu-stream-leaks-blockbackend",
+    ), d
+    assert d.lines[0].startswith('graph.nodes: only in left:  ["<block-backend:root->n0>"')
 
 
 def test_qsd_leaks_the_stream_blockbackend_of_a_refused_block_stream() -> None:

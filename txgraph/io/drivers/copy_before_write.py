@@ -8,7 +8,9 @@ source (``file``) to the ``target``, then goes to the source. A backup job
 copies the remaining clusters in the background through :meth:`copy_range`.
 The cluster size is the target's, at least 64 KiB
 (``block_copy_calculate_cluster_size``). A stretch the source reads as zeroes
-is written to the target as zeroes (``block_copy_do_copy``'s zero path).
+is written to the target as zeroes (``block_copy_do_copy``'s zero path). With
+``compress`` (backup's ``compress: true``) each block-copy cluster of data is a
+compressed write (``BDRV_REQ_WRITE_COMPRESSED``, :mod:`txgraph.io.compressed`).
 
 Lock discipline: ``_lock`` serialises everything that reads or clears the copy
 bitmap together with the copy it decides on, and a guest write's own write to
@@ -25,6 +27,7 @@ from typing import Any
 
 from txgraph.errors import IOFailure, OpenError
 from txgraph.io.chain import reads_as_zero
+from txgraph.io.compressed import pwrite_compressed
 from txgraph.io.driver import DriverNode, FilterNode
 from txgraph.io.mirror import DirtyBitmap
 from txgraph.io.registry import register
@@ -53,6 +56,9 @@ class CopyBeforeWriteNode(FilterNode):
         self.to_copy = DirtyBitmap(self.cluster_size, self.filtered.size())
         self.to_copy.mark(0, self.to_copy.length)
         self._lock = threading.Lock()
+        #: ``block_copy_set_copy_opts(compress)``: data goes to the target as compressed
+        #: clusters, one block-copy cluster per write (set by the backup job, under _lock)
+        self.compress = False
 
     # -- block-copy -----------------------------------------------------------------------
     def _save(self, offset: int, length: int) -> int:
@@ -64,8 +70,15 @@ class CopyBeforeWriteNode(FilterNode):
             while pos < end:
                 zero, m = reads_as_zero(src, pos, end - pos)
                 m = max(1, min(m, end - pos))
+                if self.compress:
+                    # COPY_READ_WRITE_CLUSTER: one block-copy cluster at a time; a cluster
+                    # is zeroes only when all of it reads as zeroes
+                    whole = min(self.cluster_size - pos % self.cluster_size, end - pos)
+                    zero, m = zero and m >= whole, whole
                 if zero:
                     _on_target(target.write_zeroes, pos, m, may_unmap=False)
+                elif self.compress:
+                    _on_target(pwrite_compressed, target, pos, src.read(pos, m))
                 else:
                     data = src.read(pos, m)
                     _on_target(target.write, pos, data)

@@ -1,0 +1,51 @@
+"""The block layer's compressed write: ``bdrv_co_pwrite(child, ..., BDRV_REQ_WRITE_COMPRESSED)``.
+
+What QEMU 7.2's ``bdrv_aligned_pwritev`` does with the flag, for a backup's
+block-copy (``block_copy_do_copy`` with ``compress``): a read-only node
+refuses (EPERM); ``detect-zeroes`` turns an all-zero buffer into a zero write
+first (the flag is then dropped); otherwise the driver's compressed write
+(``bdrv_driver_pwritev_compressed``). Filters pass the flag down to their
+filtered child (throttle, copy-on-read, ... forward compressed writes).
+
+txgraph writes compressed clusters for qcow2 (:mod:`txgraph.io.qcow2.compressed_write`);
+the other formats QEMU can compress into (qcow, vmdk streamOptimized) get a
+plain write here: the same guest data, not the same allocation.
+
+No state and no lock of its own: the node's driver locks what it changes.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from txgraph.errors import IOFailure
+from txgraph.io.driver import DriverNode, FilterNode
+from txgraph.io.layer import is_zero
+from txgraph.io.settings import DetectZeroes
+
+__all__ = ["pwrite_compressed"]
+
+
+def pwrite_compressed(target: DriverNode, offset: int, data: bytes) -> None:
+    """Write ``data`` at ``offset`` of ``target`` as compressed clusters where it can."""
+    from txgraph.io.qcow2.compressed_write import write_compressed
+    from txgraph.io.qcow2.driver import Qcow2Node
+
+    bottom = target
+    while isinstance(bottom, FilterNode):
+        bottom = bottom.filtered
+    if not isinstance(bottom, Qcow2Node):
+        target.write(offset, data)  # no compressed writes modelled there: plain data
+        return
+    node = target
+    while True:
+        if node.settings.read_only:
+            raise IOFailure("Operation not permitted", errno.EPERM)
+        if node.settings.detect_zeroes is not DetectZeroes.OFF and is_zero(data):
+            node.write(offset, data)  # the generic layer makes it a zero write
+            return
+        if node is bottom:
+            write_compressed(bottom, offset, data)
+            return
+        assert isinstance(node, FilterNode)
+        node = node.filtered
