@@ -69,6 +69,7 @@ __all__ = [
     "fua",
     "is_zero",
     "primary_child",
+    "request_from_parent",
 ]
 
 #: fresh write generations for every node (``bdrv_co_write_req_finish``'s ``write_gen++``)
@@ -143,6 +144,15 @@ def driver_write_zeroes(
 ) -> None:
     """``bdrv_co_do_pwrite_zeroes`` without the request checks (used by copy-on-read)."""
     _call(_callback(node, "write_zeroes"), node, offset, length, may_unmap=may_unmap)
+
+
+def request_from_parent() -> bool:
+    """Inside a driver callback: whether the request came from a parent node (through a
+    ``BdrvChild``) rather than from a BlockBackend. A BlockBackend checks a request
+    against its length first (``blk_check_byte_request``); a parent may write past a
+    node's end when it holds RESIZE (``bdrv_co_write_req_prepare``), and the node's
+    length then grows (``bdrv_co_write_req_finish``)."""
+    return _STATE.depth > 1
 
 
 def primary_child(node: DriverNode) -> DriverNode | None:

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from txgraph.io.qcow2.driver import Qcow2Node
     from txgraph.io.qcow2.writer import Qcow2Writer
 
-__all__ = ["qcow2_grow"]
+__all__ = ["qcow2_grow", "qcow2_extend_for_write"]
 
 #: offsets of header fields (QCowHeader)
 _SIZE_FIELD = 24
@@ -96,6 +96,38 @@ def qcow2_grow(
             w.flush()
             _remap(node, w)
             raise
+
+
+def qcow2_extend_for_write(node: Qcow2Node, w: Qcow2Writer, end: int) -> None:
+    """A parent writes past the image's end: the length grows in memory only.
+
+    ``bdrv_co_write_req_finish`` sets ``total_sectors`` to the request's end in
+    whole sectors and qcow2 writes there like anywhere else; ``get_cluster_table``
+    grows the L1 table when the cluster lies beyond it (``qcow2_grow_l1_table``
+    without ``exact_size``: the size is bumped by half until it fits). The
+    header's ``size`` field stays as it is: nothing writes it (qcow2_update_header
+    would, from the grown length, when something else changes the header).
+
+    txgraph grows the length before the request instead of after it, and the L1
+    table at the start of the request rather than at the first cluster it does not
+    cover: the same result unless one request both allocates below and needs a
+    larger L1 table.
+    """
+    h = node.header
+    with node.lock:
+        new_size = -(-end // 512) * 512
+        if new_size <= node.size():
+            return
+        w.flush()  # the map is made again: nothing may be pending in the old one
+        l1_span = h.cluster_size * h.l2_entries
+        need = -(-new_size // l1_span)
+        if need > h.l1_size:
+            grown = max(h.l1_size, 1)
+            while need > grown:
+                grown = -(-grown * 3 // 2)
+            _grow_l1(node, w, grown)
+        h.size = new_size
+        _remap(node, w)
 
 
 def _grow_l1(node: Qcow2Node, w: Qcow2Writer, min_size: int) -> None:

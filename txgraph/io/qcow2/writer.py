@@ -77,10 +77,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from txgraph.errors import IOFailure, OpenError
+from txgraph.io.layer import request_from_parent
 from txgraph.io.qcow2 import constants as C
 from txgraph.io.qcow2.l2map import COMPRESSED, INVALID, MIXED, UNALLOC, ZERO
 from txgraph.io.qcow2.overlap import OL_ACTIVE_L1, OL_ACTIVE_L2
 from txgraph.io.qcow2.refcount import Refcounts
+from txgraph.io.qcow2.truncate import qcow2_extend_for_write
 from txgraph.io.qcow2.validate import owned_write_message, unaligned_free
 
 if TYPE_CHECKING:
@@ -189,8 +191,15 @@ class Qcow2Writer:
 
     # -- writes ----------------------------------------------------------------------
     def _check_range(self, offset: int, length: int) -> None:
-        if offset < 0 or offset + length > self.node.size():
+        end = offset + length
+        if offset < 0:
             raise IOFailure("Input/output error", E.EIO)
+        if end > self.node.size():
+            if not request_from_parent():
+                raise IOFailure("Input/output error", E.EIO)
+            # a parent writing past the end (a qcow2 stored inside this one allocating
+            # clusters): the length grows in memory, and the L1 table with it
+            qcow2_extend_for_write(self.node, self, end)
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         self._check_range(offset, len(data))

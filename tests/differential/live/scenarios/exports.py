@@ -264,6 +264,27 @@ SCENARIOS = [
         theme=T,
         doc="a qcow2 image stored as the guest data of another: the outer one's cluster "
         "allocations write past the inner one's virtual size, which grows in memory "
-        "(bdrv_co_write_req_finish; qcow2 grows its L1 table for the new clusters)",
+        "(bdrv_co_write_req_finish)",
+    ),
+    sc(
+        "qcow2_inside_qcow2_grows_its_l1_table",
+        [
+            add(hd("inner", "inner.qcow2")),
+            add({"driver": "qcow2", "node-name": "outer", "file": "inner"}),
+            export("e0", "outer"),
+            io("e0", "write -P 0x5a 0 64k", "write -P 0xa5 1M 64k", "read -P 0xa5 1M 64k"),
+            View("e0"),
+            QUERY,
+        ],
+        setup=(
+            qcow2("outer.qcow2", "4M"),
+            qemu_img(
+                "convert -f raw -O qcow2 -o cluster_size=512 {dir}/outer.qcow2 {dir}/inner.qcow2"
+            ),
+        ),
+        theme=T,
+        doc="the same with 512-byte clusters in the inner image: one L1 entry covers 32 KiB, "
+        "so the writes past its end grow the L1 table too (qcow2_grow_l1_table, bumped by "
+        "half each time)",
     ),
 ]
