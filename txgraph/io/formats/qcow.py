@@ -37,6 +37,7 @@ from txgraph.io.formats.base import (
     eio,
 )
 from txgraph.io.formats.table_cache import CountingCache
+from txgraph.io.layer import driver_write
 from txgraph.io.registry import register
 
 __all__ = ["QcowNode"]
@@ -282,24 +283,65 @@ class QcowNode(ImageFormatNode):
                 self.file.debug_event("write_aio")
                 self.file.write(host + i, self._crypt(guest_cluster + i, bytes(512), True))
 
+    def _l2_for_write(self, cluster: int) -> tuple[int, bytearray]:
+        """``get_cluster_offset``'s L2 step when allocating: the table of ``cluster``,
+        appended at the end of the file (rounded up to a cluster) when missing."""
+        l1_index = cluster >> self.l2_bits
+        l2_offset = self._l1(l1_index)
+        if not l2_offset:
+            # get_cluster_offset's events in its order (l1_update, then l2_load for the new
+            # table); the writes in the safe order: the zeroed table before the L1 entry
+            l2_offset = self._alloc(self.csize)
+            self.file.debug_event("l1_update")
+            self._l2_table(l2_offset, new=True)
+            self.set_table_entry(self.l1, l1_index, l2_offset, 8, "big")
+            self.file.write(self.l1_offset + l1_index * 8, struct.pack(">Q", l2_offset))
+        return l2_offset, self._l2_table(l2_offset)
+
+    def write_compressed(self, offset: int, data: bytes) -> None:
+        """``qcow_co_pwritev_compressed``: one whole cluster (or the image's last, zero
+        padded) as a raw deflate stream (zlib's default level, 4 KiB window, memLevel 9),
+        appended unaligned at the end of the file; any other length is EINVAL, which is
+        what a backup with ``compress`` into a qcow image of 4 KiB or 512-byte clusters
+        meets (its copy chunks are 64 KiB). Data that does not shrink is written as a
+        normal cluster. As in QEMU, a cluster already allocated keeps its L2 entry and
+        gets the compressed bytes at its offset (only a fresh target is written so)."""
+        cs = self.csize
+        buf = bytes(data)
+        if len(buf) != cs:
+            if len(buf) > cs or offset + len(buf) != self.size():
+                raise IOFailure("Invalid argument", E.EINVAL)
+            buf += bytes(cs - len(buf))  # the image's last, partial cluster
+        deflate = zlib.compressobj(
+            zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -12, 9, zlib.Z_DEFAULT_STRATEGY
+        )
+        packed = deflate.compress(buf) + deflate.flush(zlib.Z_FINISH)
+        if len(packed) >= cs:
+            driver_write(self, offset, data)  # could not compress: qcow_co_pwritev
+            return
+        with self.lock:
+            cluster = offset >> self.cluster_bits
+            l2_offset, table = self._l2_for_write(cluster)
+            l2_index = cluster & (self.l2_size - 1)
+            entry = int.from_bytes(table[l2_index * 8 : l2_index * 8 + 8], "big")
+            if not entry:
+                self.file.debug_event("cluster_alloc")
+                end = self.file_length()  # bdrv_getlength: compressed data is not aligned
+                entry = end | _COMPRESSED | len(packed) << (63 - self.cluster_bits)
+                self.file.debug_event("l2_update_compressed")
+                self.file.write(l2_offset + l2_index * 8, struct.pack(">Q", entry))
+                table[l2_index * 8 : l2_index * 8 + 8] = struct.pack(">Q", entry)
+            self.file.debug_event("write_compressed")
+            self.file.write(entry & self.offset_mask, packed)
+
     def write_run(self, offset: int, data: bytes) -> int:
         """``qcow_co_pwritev`` for the part of ``data`` inside one cluster."""
         cs = self.csize
         cluster = offset >> self.cluster_bits
         within = offset & (cs - 1)
         n = min(len(data), cs - within)
-        l1_index = cluster >> self.l2_bits
         l2_index = cluster & (self.l2_size - 1)
-        l2_offset = self._l1(l1_index)
-        if not l2_offset:
-            # get_cluster_offset's events in its order (l1_update, then l2_load for the new
-            # table); the writes in the safe order: the zeroed table before the L1 entry
-            l2_offset = self._alloc(cs)
-            self.file.debug_event("l1_update")
-            self._l2_table(l2_offset, new=True)
-            self.set_table_entry(self.l1, l1_index, l2_offset, 8, "big")
-            self.file.write(self.l1_offset + l1_index * 8, struct.pack(">Q", l2_offset))
-        table = self._l2_table(l2_offset)
+        l2_offset, table = self._l2_for_write(cluster)
         entry = int.from_bytes(table[l2_index * 8 : l2_index * 8 + 8], "big")
         # encrypted: whole sectors, so the host write starts ``head`` bytes earlier
         head = offset % 512 if self.crypto is not None else 0
