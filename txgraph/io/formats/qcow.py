@@ -38,6 +38,7 @@ from txgraph.io.formats.base import (
 )
 from txgraph.io.formats.table_cache import CountingCache
 from txgraph.io.layer import driver_write
+from txgraph.io.qcow2.deflate import raw_deflate
 from txgraph.io.registry import register
 
 __all__ = ["QcowNode"]
@@ -312,10 +313,7 @@ class QcowNode(ImageFormatNode):
             if len(buf) > cs or offset + len(buf) != self.size():
                 raise IOFailure("Invalid argument", E.EINVAL)
             buf += bytes(cs - len(buf))  # the image's last, partial cluster
-        deflate = zlib.compressobj(
-            zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -12, 9, zlib.Z_DEFAULT_STRATEGY
-        )
-        packed = deflate.compress(buf) + deflate.flush(zlib.Z_FINISH)
+        packed = raw_deflate(buf)
         if len(packed) >= cs:
             driver_write(self, offset, data)  # could not compress: qcow_co_pwritev
             return

@@ -26,13 +26,14 @@ request: zlib and libzstd release the GIL while they work.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import threading
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+
+from txgraph.io.qcow2 import zstd
 
 __all__ = [
     "decompress",
@@ -62,53 +63,24 @@ def _zlib(data: bytes, cluster_size: int) -> bytes:
     return out
 
 
-class _InBuf(ctypes.Structure):
-    _fields_ = [("src", ctypes.c_void_p), ("size", ctypes.c_size_t), ("pos", ctypes.c_size_t)]
-
-
-class _OutBuf(ctypes.Structure):
-    _fields_ = [("dst", ctypes.c_void_p), ("size", ctypes.c_size_t), ("pos", ctypes.c_size_t)]
-
-
-def _load_zstd() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("zstd") or "libzstd.so.1"
-    try:
-        lib = ctypes.CDLL(name)
-    except OSError:
-        return None
-    lib.ZSTD_createDCtx.restype = ctypes.c_void_p
-    lib.ZSTD_freeDCtx.argtypes = [ctypes.c_void_p]
-    lib.ZSTD_decompressStream.argtypes = [
-        ctypes.c_void_p,
-        ctypes.POINTER(_OutBuf),
-        ctypes.POINTER(_InBuf),
-    ]
-    lib.ZSTD_decompressStream.restype = ctypes.c_size_t
-    lib.ZSTD_isError.argtypes = [ctypes.c_size_t]
-    lib.ZSTD_isError.restype = ctypes.c_uint
-    return lib
-
-
-_ZSTD = _load_zstd()
-
-
 def zstd_available() -> bool:
-    return _ZSTD is not None
+    return zstd.LIB is not None
 
 
 def _zstd(data: bytes, cluster_size: int) -> bytes:
-    if _ZSTD is None:
+    lib = zstd.LIB
+    if lib is None:
         raise DecompressError("libzstd is not available")
-    dctx = _ZSTD.ZSTD_createDCtx()
+    dctx = lib.ZSTD_createDCtx()
     try:
         src = ctypes.create_string_buffer(data, len(data))
         dst = ctypes.create_string_buffer(cluster_size)
-        inb = _InBuf(ctypes.cast(src, ctypes.c_void_p), len(data), 0)
-        outb = _OutBuf(ctypes.cast(dst, ctypes.c_void_p), cluster_size, 0)
+        inb = zstd.Buffer(ctypes.cast(src, ctypes.c_void_p), len(data), 0)
+        outb = zstd.Buffer(ctypes.cast(dst, ctypes.c_void_p), cluster_size, 0)
         # Like QEMU: feed input until the output cluster is full or input ends.
         while outb.pos < cluster_size and inb.pos < inb.size:
-            ret = _ZSTD.ZSTD_decompressStream(dctx, ctypes.byref(outb), ctypes.byref(inb))
-            if _ZSTD.ZSTD_isError(ret):
+            ret = lib.ZSTD_decompressStream(dctx, ctypes.byref(outb), ctypes.byref(inb))
+            if lib.ZSTD_isError(ret):
                 raise DecompressError("zstd error")
             if ret == 0 and outb.pos < cluster_size and inb.pos >= inb.size:
                 break
@@ -116,7 +88,7 @@ def _zstd(data: bytes, cluster_size: int) -> bytes:
             raise DecompressError("short zstd stream")
         return dst.raw
     finally:
-        _ZSTD.ZSTD_freeDCtx(dctx)
+        lib.ZSTD_freeDCtx(dctx)
 
 
 def decompress(compression_type: int, data: bytes, cluster_size: int) -> bytes:

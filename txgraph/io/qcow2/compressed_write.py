@@ -37,15 +37,15 @@ data write and the entry update run in one section under the node's ``lock``
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno as E
 import os
 import weakref
-import zlib
 from typing import TYPE_CHECKING
 
 from txgraph.errors import IOFailure
 from txgraph.io.qcow2 import constants as C
+from txgraph.io.qcow2 import zstd
+from txgraph.io.qcow2.deflate import raw_deflate
 
 if TYPE_CHECKING:
     from txgraph.io.qcow2.driver import Qcow2Node
@@ -55,52 +55,26 @@ __all__ = ["compress_cluster", "descriptor", "write_compressed"]
 
 #: ``s->free_byte_offset`` of each writer (guarded by its node's lock)
 _FREE_BYTE: weakref.WeakKeyDictionary[Qcow2Writer, int] = weakref.WeakKeyDictionary()
-_ZSTD_E_END = 2
-
-
-class _Buf(ctypes.Structure):
-    _fields_ = [("ptr", ctypes.c_void_p), ("size", ctypes.c_size_t), ("pos", ctypes.c_size_t)]
-
-
-def _load_zstd() -> ctypes.CDLL | None:
-    try:
-        lib = ctypes.CDLL(ctypes.util.find_library("zstd") or "libzstd.so.1")
-    except OSError:
-        return None
-    lib.ZSTD_createCCtx.restype = ctypes.c_void_p
-    lib.ZSTD_freeCCtx.argtypes = [ctypes.c_void_p]
-    lib.ZSTD_compressStream2.argtypes = [
-        ctypes.c_void_p,
-        ctypes.POINTER(_Buf),
-        ctypes.POINTER(_Buf),
-        ctypes.c_int,
-    ]
-    lib.ZSTD_compressStream2.restype = ctypes.c_size_t
-    lib.ZSTD_isError.argtypes = [ctypes.c_size_t]
-    lib.ZSTD_isError.restype = ctypes.c_uint
-    return lib
-
-
-_ZSTD = _load_zstd()
 
 
 def _zstd(data: bytes, limit: int) -> bytes | None:
-    if _ZSTD is None:
+    lib = zstd.LIB
+    if lib is None:
         raise IOFailure(os.strerror(E.EIO), E.EIO)
-    cctx = _ZSTD.ZSTD_createCCtx()
+    cctx = lib.ZSTD_createCCtx()
     try:
         src = ctypes.create_string_buffer(data, len(data))
         dst = ctypes.create_string_buffer(limit)
-        inb = _Buf(ctypes.cast(src, ctypes.c_void_p), len(data), 0)
-        outb = _Buf(ctypes.cast(dst, ctypes.c_void_p), limit, 0)
-        ret = _ZSTD.ZSTD_compressStream2(cctx, ctypes.byref(outb), ctypes.byref(inb), _ZSTD_E_END)
+        inb = zstd.Buffer(ctypes.cast(src, ctypes.c_void_p), len(data), 0)
+        outb = zstd.Buffer(ctypes.cast(dst, ctypes.c_void_p), limit, 0)
+        ret = lib.ZSTD_compressStream2(cctx, ctypes.byref(outb), ctypes.byref(inb), zstd.E_END)
         if ret:
-            if _ZSTD.ZSTD_isError(ret):
+            if lib.ZSTD_isError(ret):
                 raise IOFailure(os.strerror(E.EIO), E.EIO)
             return None  # the output did not fit
         return dst.raw[: outb.pos]
     finally:
-        _ZSTD.ZSTD_freeCCtx(cctx)
+        lib.ZSTD_freeCCtx(cctx)
 
 
 def compress_cluster(compression_type: int, data: bytes, cluster_size: int) -> bytes | None:
@@ -108,8 +82,7 @@ def compress_cluster(compression_type: int, data: bytes, cluster_size: int) -> b
     limit = cluster_size - 1
     if compression_type == 1:
         return _zstd(data, limit)
-    c = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -12, 9, zlib.Z_DEFAULT_STRATEGY)
-    out = c.compress(data) + c.flush(zlib.Z_FINISH)
+    out = raw_deflate(data)
     return out if len(out) <= limit else None
 
 
