@@ -52,13 +52,16 @@ def _start_qsd(workdir: str | None, attempts: int = 5) -> QSD:
 
     ``QSD()`` connects as soon as the socket file exists, which can be a moment before the
     daemon listens (``ConnectionRefusedError``); the half-started process is reaped here.
+    A daemon that greets but does not answer ``qmp_capabilities`` within its reply
+    timeout (``TimeoutError``; seen twice within a minute in a loaded run, a stall of the
+    machine rather than of QEMU) is reaped and started again the same way.
     """
     for attempt in range(attempts):
         q = QSD.__new__(QSD)
         try:
             q.__init__(workdir=workdir)  # type: ignore[misc]
             return q
-        except ConnectionRefusedError:
+        except (ConnectionRefusedError, TimeoutError):
             proc = getattr(q, "proc", None)
             if proc is not None and proc.poll() is None:
                 proc.kill()
