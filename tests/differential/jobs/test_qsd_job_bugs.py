@@ -103,26 +103,7 @@ def test_qsd_leaks_the_stream_blockbackend_of_a_refused_block_stream() -> None:
     can no longer be deleted (``Node n0 is in use``). txgraph's refusal changes nothing."""
     images = [["qemu-img", "create", "-q", "-f", "qcow2", "i1.qcow2", "2M"]]
     steps: list[dict[str, Any]] = [
-        {
-            "execute": "blockdev-add",
-            "arguments": {"driver": "null-aio", "node-name": "n4", "read-zeroes": True},
-        },
-        {
-            "execute": "blockdev-add",
-            "arguments": {"driver": "file", "filename": "{dir}/i1.qcow2", "node-name": "n1"},
-        },
-        {
-            "execute": "blockdev-add",
-            "arguments": {"driver": "qcow2", "node-name": "n0", "file": "n1", "backing": "n4"},
-        },
-        # n4 becomes n0's file as well as its backing: n0 writes it
-        {
-            "execute": "blockdev-reopen",
-            "arguments": {
-                "options": [{"driver": "qcow2", "node-name": "n0", "backing": "n4", "file": "n4"}]
-            },
-        },
-        {"execute": "block-stream", "arguments": {"device": "n0", "job-id": "j1", "speed": 1}},
+        *_leak_steps(),
         {"execute": "x-debug-query-block-graph"},
         {"execute": "blockdev-del", "arguments": {"node-name": "n0"}},
     ]
