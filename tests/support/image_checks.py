@@ -7,8 +7,8 @@ Run after the daemon that used the images has shut down. For each image:
 * ``qemu-img map --output=json`` without host offsets (``offset``), adjacent extents
   with equal attributes merged (QEMU merges only extents contiguous on the host too,
   so the split depends on the allocation order, not on what is allocated);
-* ``qemu-img check --output=json`` (qcow2): errors, leaks, corruptions and allocated
-  clusters; fragmentation and the image end offset depend on the allocation order;
+* ``qemu-img check --output=json`` (qcow2): errors, leaks, corruptions, allocated and
+  compressed clusters; fragmentation and the image end offset depend on the allocation order;
 * a checksum of the image's guest view (``qemu-img convert`` to raw, backing included).
 """
 
@@ -31,6 +31,7 @@ _CHECK_FIELDS = (
     "leaks",
     "corruptions",
     "allocated-clusters",
+    "compressed-clusters",
     "total-clusters",
     "leaks-fixed",
     "corruptions-fixed",

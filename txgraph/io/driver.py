@@ -153,6 +153,12 @@ class DriverNode(abc.ABC):
     @abc.abstractmethod
     def write(self, offset: int, data: bytes) -> None: ...
 
+    def write_compressed(self, offset: int, data: bytes) -> None:
+        """``bdrv_driver_pwritev_compressed``: a driver without the callback
+        (``block_driver_can_compress`` false) answers ENOTSUP; qcow2, qcow and vmdk
+        write compressed clusters, throttle and copy-on-read forward the request."""
+        raise IOFailure(os.strerror(errno.ENOTSUP), errno.ENOTSUP)
+
     def write_zeroes(self, offset: int, length: int, *, may_unmap: bool = False) -> None:
         # No zero-write callback: write a zero buffer (bdrv_co_do_pwrite_zeroes' bounce buffer).
         driver_write(self, offset, bytes(length))
@@ -271,5 +277,5 @@ class FilterNode(DriverNode):
 
 # Subclasses (FilterNode above included) were wrapped as they were defined; DriverNode's
 # own defaults pass the layer too.
-for _name in ("write_zeroes", "discard", "flush"):
+for _name in ("write_compressed", "write_zeroes", "discard", "flush"):
     setattr(DriverNode, _name, LAYERS[_name](DriverNode.__dict__[_name]))

@@ -1,18 +1,19 @@
 """The generic block layer: what QEMU's block/io.c does on every node, whatever its driver.
 
-It runs once per request and node, around the driver callbacks (``write``, ``write_zeroes``, ``discard``,
-``flush`` as a driver defines them): a subclass's definitions are wrapped when
+It runs once per request and node, around the driver callbacks (``write``,
+``write_compressed``, ``write_zeroes``, ``discard``, ``flush`` as a driver defines them): a subclass's definitions are wrapped when
 the class is created (``__init_subclass__``), so every call of ``node.write``
 (by an export, by a parent node, by a format writing its metadata) passes the
 node's generic layer first, exactly as every ``bdrv_co_pwritev`` on a
 ``BdrvChild`` does in QEMU. The rules, from the node's :class:`~txgraph.io.settings.NodeSettings`:
 
-* read-only nodes refuse writes, zero writes and discards with EPERM
+* read-only nodes refuse writes, compressed writes, zero writes and discards with EPERM
   (``bdrv_co_write_req_prepare``, ``bdrv_co_pdiscard``) and do nothing on a
   flush (``bdrv_co_flush`` returns early, children included);
 * ``detect-zeroes=on|unmap``: a write whose buffer is all zeroes becomes a
   zero write, allowed to unmap only with ``unmap`` (``bdrv_aligned_pwritev``);
   only for drivers that have a zero-write callback (``drv->bdrv_co_pwrite_zeroes``);
+  a compressed write (``BDRV_REQ_WRITE_COMPRESSED``) converted so loses its flag;
 * a zero write coming from a *parent node* may unmap only if this node has
   ``discard=unmap`` (``bdrv_co_pwrite_zeroes``); one from a BlockBackend (an
   export) is passed as is, as QEMU 7.2's ``blk_co_pwrite_zeroes`` does;
@@ -210,10 +211,16 @@ def _call(fn: Callable[..., None], node: DriverNode, *args: Any, **kwargs: Any) 
         state.depth -= 1
 
 
-def _layer_write(fn: Callable[..., None]) -> Callable[..., None]:
+def _layer_data_write(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """The layer of a data write callback: ``write`` (``bdrv_driver_pwritev``) or
+    ``write_compressed`` (``bdrv_driver_pwritev_compressed``); the same rules for both."""
+    return functools.partial(_layer_write, name=name)
+
+
+def _layer_write(fn: Callable[..., None], *, name: str) -> Callable[..., None]:
     @functools.wraps(fn)
     def write(self: DriverNode, offset: int, data: bytes) -> None:
-        if type(self).write is not write:  # reached through super(): the layer already ran
+        if getattr(type(self), name) is not write:  # reached through super(): already ran
             return fn(self, offset, data)
         s = self.settings
         if s.read_only:
@@ -314,7 +321,8 @@ def _layer_flush(fn: Callable[..., None]) -> Callable[..., None]:
 
 
 LAYERS: dict[str, Callable[[Callable[..., None]], Callable[..., None]]] = {
-    "write": _layer_write,
+    "write": _layer_data_write("write"),
+    "write_compressed": _layer_data_write("write_compressed"),
     "write_zeroes": _layer_write_zeroes,
     "discard": _layer_discard,
     "flush": _layer_flush,

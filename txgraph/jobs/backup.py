@@ -37,6 +37,7 @@ from txgraph.ops.blockdev import op_blocker
 from txgraph.ops.filters import stage_insert_node
 from txgraph.ops.open import lookup_bs
 from txgraph.ops.perm_apply import refresh_perms
+from txgraph.ops.query import supports_compressed_writes
 from txgraph.ops.replace import replace_node_noperm
 from txgraph.ops.session import Session
 
@@ -47,10 +48,6 @@ __all__ = ["BackupJob", "blockdev_backup", "stage_blockdev_backup", "TRANSACTION
 
 #: how much of the disk one background iteration copies at most
 _STEP = 1 << 20
-#: formats that can write compressed clusters (``bdrv_supports_compressed_writes``); txgraph
-#: writes compressed clusters into qcow2 (:mod:`txgraph.io.compressed`), plain ones into
-#: qcow and vmdk (same guest data, not the same allocation)
-_COMPRESSING = frozenset({"qcow2", "qcow", "vmdk"})
 
 
 class BackupJob(GraphJob):
@@ -157,8 +154,9 @@ def stage_blockdev_backup(
         raise BlockError("Cannot specify bitmap sync mode without a bitmap")
     if bs == target:
         raise BlockError("Source and target cannot be the same")
-    if args.get("compress") and session.graph.nodes[target].driver not in _COMPRESSING:
-        raise BlockError(f"Compression is not supported for this drive {target}")
+    if args.get("compress") and not supports_compressed_writes(session.graph, target):
+        # bdrv_get_device_name(target): a named BlockBackend's name; QSD has none (no -drive)
+        raise BlockError("Compression is not supported for this drive ")
     for node, op in ((bs, "backup-source"), (target, "backup-target")):
         reason = op_blocker(session, node, op)
         if reason is not None:

@@ -19,7 +19,13 @@ from txgraph.model.perm_bits import Role, perm_list
 from txgraph.ops.filenames import full_backing_filename, refresh_filename
 from txgraph.ops.session import Session
 
-__all__ = ["named_block_nodes", "block_graph", "filter_or_cow_child", "filter_or_cow_edge"]
+__all__ = [
+    "named_block_nodes",
+    "block_graph",
+    "filter_or_cow_child",
+    "filter_or_cow_edge",
+    "supports_compressed_writes",
+]
 
 
 def filter_or_cow_child(graph: BlockGraph, name: str) -> str | None:
@@ -37,6 +43,19 @@ def filter_or_cow_edge(graph: BlockGraph, name: str) -> tuple[str, Edge] | None:
         ):
             return child, edge
     return None
+
+
+def supports_compressed_writes(graph: BlockGraph, name: str) -> bool:
+    """``bdrv_supports_compressed_writes``: the node's driver takes compressed writes,
+    and a filter's filtered child does too (filters only forward them)."""
+    spec = driver_spec(graph.nodes[name].driver)
+    if spec is None or not spec.can_compress:
+        return False
+    if spec.is_filter:
+        for child, edge in graph.children(name):
+            if edge.role & Role.FILTERED:
+                return supports_compressed_writes(graph, child)
+    return True
 
 
 def _has_get_info(graph: BlockGraph, name: str) -> bool:

@@ -20,8 +20,8 @@ txgraph pauses the jobs above a drained node as QEMU does -- except between
 independent jobs, whose ends fall where their threads happen to be), and so are the
 images named by the scenario:
 virtual size, allocation map, backing string and format, ``qemu-img check``'s
-verdict (corruptions, leaks, compressed clusters) and content (``qemu-img compare``
-between the two peers' copies).
+verdict (corruptions, leaks, compressed clusters), a vmdk's grains and content
+(``qemu-img compare`` between the two peers' copies).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from typing import Any
 
 from tests.differential.harness import SetupAction, _run_setup
 from tests.support.guest_io import normalise_qemu_io
+from tests.support.vmdk_grains import grains
 from txgraph.oracle.canon import canon_graph, canon_nodes, canon_value
 from txgraph.oracle.peers import EnginePeer, Peer, PeerFactory, QSDPeer
 
@@ -194,6 +195,10 @@ def _image_facts(path: Path) -> Any:
         "backing-format": info.get("backing-filename-format"),
         "map": [tuple(m) for m in merged],
     }
+    if info.get("format") == "vmdk":
+        # what each grain stores (compressed streams of streamOptimized included), in guest
+        # order: the allocation itself, whatever order concurrent copies wrote it in
+        facts["grains"] = grains(path)
     if info.get("format") == "qcow2":
         # qemu-img map does not say how a cluster is stored; check counts compressed ones
         # (backup with compress: true writes compressed clusters to a qcow2 target)

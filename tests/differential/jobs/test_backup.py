@@ -379,6 +379,7 @@ SCENARIOS = [
     scenario(
         "backup-compress-small-zstd-clusters",
         _add("tz"),
+        ADD_TGT2,
         cmd("blockdev-add", {"driver": "raw", "node-name": "traw", "file": "tgt2"}),
         cmd("blockdev-backup", {**BACKUP, "target": "traw", "compress": True}),
         cmd("blockdev-backup", {**BACKUP, "target": "tz", "compress": True}),

@@ -10,7 +10,8 @@ The cluster size is the target's, at least 64 KiB
 (``block_copy_calculate_cluster_size``). A stretch the source reads as zeroes
 is written to the target as zeroes (``block_copy_do_copy``'s zero path). With
 ``compress`` (backup's ``compress: true``) each block-copy cluster of data is a
-compressed write (``BDRV_REQ_WRITE_COMPRESSED``, :mod:`txgraph.io.compressed`).
+compressed write (``BDRV_REQ_WRITE_COMPRESSED``: the target's ``write_compressed``,
+which passes the generic layer of every node on its way down, as in QEMU).
 
 Lock discipline: ``_lock`` serialises everything that reads or clears the copy
 bitmap together with the copy it decides on, and a guest write's own write to
@@ -27,7 +28,6 @@ from typing import Any
 
 from txgraph.errors import IOFailure, OpenError
 from txgraph.io.chain import reads_as_zero
-from txgraph.io.compressed import pwrite_compressed
 from txgraph.io.driver import DriverNode, FilterNode
 from txgraph.io.mirror import DirtyBitmap
 from txgraph.io.registry import register
@@ -78,7 +78,7 @@ class CopyBeforeWriteNode(FilterNode):
                 if zero:
                     _on_target(target.write_zeroes, pos, m, may_unmap=False)
                 elif self.compress:
-                    _on_target(pwrite_compressed, target, pos, src.read(pos, m))
+                    _on_target(target.write_compressed, pos, src.read(pos, m))
                 else:
                     data = src.read(pos, m)
                     _on_target(target.write, pos, data)

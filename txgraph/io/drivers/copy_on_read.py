@@ -38,13 +38,13 @@ from txgraph.io.driver import DriverNode, FilterNode, driver_write, driver_write
 from txgraph.io.registry import register
 from txgraph.io.settings import opt_str
 
-__all__ = ["CopyOnReadNode", "allocated_above", "copy_on_readv"]
+__all__ = ["CopyOnReadNode", "allocated_above", "copy_on_readv", "get_cluster_size"]
 
 #: ``MAX_BOUNCE_BUFFER`` of block/io.c: the largest stretch copied at once
 _MAX_BOUNCE = 32768 * 512
 
 
-def _cluster_size(node: DriverNode) -> int:
+def get_cluster_size(node: DriverNode) -> int:
     """``bdrv_get_cluster_size``: the format's cluster size, seen through filters and raw."""
     cur: DriverNode | None = node
     while cur is not None:
@@ -72,7 +72,7 @@ def copy_on_readv(top: DriverNode, offset: int, length: int) -> bytes:
     first = top.block_status(offset, length)
     if first.allocated and first.length >= length:
         return top.read(offset, length)
-    cs = _cluster_size(top)
+    cs = get_cluster_size(top)
     c0 = offset // cs * cs
     c1 = min(-(-(offset + length) // cs) * cs, max(top.size(), offset + length))
     out = bytearray(length)
@@ -150,6 +150,11 @@ class CopyOnReadNode(FilterNode):
     def write(self, offset: int, data: bytes) -> None:
         with self._serial:
             self.children["file"].write(offset, data)
+
+    def write_compressed(self, offset: int, data: bytes) -> None:
+        """``cor_co_pwritev_compressed``: forwarded to ``file`` as a compressed write."""
+        with self._serial:
+            self.children["file"].write_compressed(offset, data)
 
     def write_zeroes(self, offset: int, length: int, *, may_unmap: bool = False) -> None:
         with self._serial:

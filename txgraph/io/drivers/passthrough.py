@@ -1,11 +1,9 @@
 """Filters that pass data through unchanged, blkverify, and host_device.
 
-- ``preallocate`` (block/preallocate.c) and ``compress`` (block/filter-compress.c)
-  present exactly their ``file`` child's data. QEMU's preallocate grows the
-  file ahead of writes and compress asks the format below for compressed
-  clusters; both are space policies, not data changes. txgraph passes writes
-  through as plain writes: the guest sees identical data, the image does not
-  get preallocated or compressed clusters.
+- ``preallocate`` (block/preallocate.c) presents exactly its ``file`` child's
+  data. QEMU's preallocate grows the file ahead of writes, a space policy, not a
+  data change; txgraph passes writes through: the guest sees identical data, the
+  file does not get preallocated. (``compress`` has a module of its own.)
 - ``blkverify`` (block/blkverify.c) reads from both ``raw`` and ``test`` and
   compares; QEMU aborts the process on a mismatch, txgraph fails the request
   with EIO instead so the server keeps serving.
@@ -17,8 +15,6 @@ from __future__ import annotations
 import errno as E
 import os
 import stat
-from collections.abc import Mapping
-from typing import Any
 
 from txgraph.errors import IOFailure, OpenError
 from txgraph.io.driver import DriverNode, FilterNode, ImageInfo
@@ -27,27 +23,12 @@ from txgraph.io.registry import register
 
 __all__ = ["PassthroughFilter", "BlkverifyNode", "HostDeviceNode"]
 
-#: formats whose drivers can write compressed clusters (block_driver_can_compress)
-_COMPRESSING_FORMATS = frozenset({"qcow2", "qcow", "vmdk"})
 
-
-@register("preallocate", "compress")
+@register("preallocate")
 class PassthroughFilter(FilterNode):
     """A filter whose requests all go unchanged to ``file``."""
 
-    def __init__(
-        self,
-        node_name: str,
-        options: Mapping[str, Any],
-        children: Mapping[str, DriverNode],
-        read_only: bool,
-    ) -> None:
-        super().__init__(node_name, options, children, read_only)
-        self.driver_name = str(options.get("driver", "preallocate"))
-        if self.driver_name == "compress" and self.filtered.driver_name not in _COMPRESSING_FORMATS:
-            raise OpenError(
-                f"Compression is not supported for underlying format: {self.filtered.driver_name}"
-            )
+    driver_name = "preallocate"
 
 
 @register("blkverify")

@@ -88,6 +88,12 @@ class ThrottleNode(FilterNode):
         self.children["file"].write(offset, data)
         self._wrote(offset, len(data))
 
+    def write_compressed(self, offset: int, data: bytes) -> None:
+        """``throttle_co_pwritev_compressed``: limited as a write, then forwarded."""
+        self.group.intercept(True, len(data), self._released)
+        self.children["file"].write_compressed(offset, data)
+        self._wrote(offset, len(data))
+
     def write_zeroes(self, offset: int, length: int, *, may_unmap: bool = False) -> None:
         self.group.intercept(True, length, self._released)
         self.children["file"].write_zeroes(offset, length, may_unmap=may_unmap)

@@ -14,8 +14,10 @@ compressed grains with markers (``vmdk_read_extent``), block status as
 ``vmdk_co_block_status``, and writes as ``vmdk_pwritev``: a new grain is
 taken at the extent's next free sector, filled from the backing around the
 guest data (``get_whole_cluster``), then its entry is written to the grain
-table and to the redundant one (``vmdk_L2update``). Writes to compressed
-(streamOptimized) extents and VMDK3/seSparse extents are not implemented.
+table and to the redundant one (``vmdk_L2update``). A streamOptimized extent
+takes each grain once, compressed (:meth:`VmdkNode._write_stream_grain`), and
+compressed writes are plain writes (``vmdk_co_pwritev_compressed``). Writes
+to VMDK3/seSparse extents are not implemented.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from txgraph.errors import IOFailure, OpenError
-from txgraph.io.driver import BlockStatus
+from txgraph.io.driver import BlockStatus, driver_write
 from txgraph.io.formats.base import DATA, UNALLOC, ZERO, ImageFormatNode, Run, eio, le
 from txgraph.io.formats.table_cache import CountingCache
 from txgraph.io.formats.vmdk_desc import (
@@ -402,8 +404,6 @@ class VmdkNode(ImageFormatNode):
                 ext.flat_offset + offset - ext.start * 512, bytes(data[:n])
             )
             return n
-        if ext.compressed:
-            raise IOFailure("Operation not supported", E.ENOTSUP)
         cbytes = ext.cluster_sectors * 512
         within = (offset - ext.start * 512) % cbytes
         n = min(len(data), cbytes - within, ext_end - offset)
@@ -412,6 +412,8 @@ class VmdkNode(ImageFormatNode):
         except IOFailure:
             # get_cluster_offset fails with VMDK_ERROR: vmdk_pwritev answers -EINVAL
             raise IOFailure("Invalid argument", E.EINVAL) from None
+        if ext.compressed:
+            return self._write_stream_grain(ext, offset, bytes(data[:n]), run)
         child = self.children[ext.child]
         if run.kind == DATA:
             child.debug_event("write_aio")  # vmdk_write_extent
@@ -442,15 +444,76 @@ class VmdkNode(ImageFormatNode):
                     raise IOFailure("Invalid argument", E.EINVAL) from None
         child.debug_event("write_aio")
         child.write(grain * 512 + within, bytes(data[:n]))
+        self._set_grain_entry(ext, l2, idx, l1_index, grain)
+        return n
+
+    def write_compressed(self, offset: int, data: bytes) -> None:
+        """``vmdk_co_pwritev_compressed``: the same as a plain write (``vmdk_co_pwritev``).
+        Only a streamOptimized extent compresses; any other subformat takes the data plain,
+        as QEMU's does."""
+        driver_write(self, offset, data)
+
+    def _write_stream_grain(self, ext: _Extent, offset: int, data: bytes, run: Run) -> int:
+        """``vmdk_pwritev`` into a compressed (streamOptimized) extent.
+
+        A grain already written is refused (EIO, and QEMU reports "Could not write to
+        allocated cluster for streamOptimized"). Otherwise a grain is allocated first
+        (``get_cluster_offset`` with no skip range: the whole grain, from the backing or
+        zeroes, is written at the extent's next free sector), and only then does
+        ``vmdk_write_extent`` check that the request is one whole grain (or ends the
+        extent) and that the image has grain markers (EINVAL otherwise: the allocated
+        grain stays in the file, no table points at it). The data is zlib-compressed
+        (``compress()``: default level, zlib header) behind a 12-byte marker (LBA, size);
+        the next free sector is the one after the stream, so the next grain overwrites
+        the rest of this one's filler. Then the grain tables get the entry."""
+        cbytes = ext.cluster_sectors * 512
+        within = (offset - ext.start * 512) % cbytes
+        if run.kind not in (UNALLOC, ZERO):
+            raise IOFailure("Input/output error", E.EIO)
+        l2, idx, l1_index = self._locate(ext, offset >> 9)
+        if not l2:
+            raise IOFailure("Invalid argument", E.EINVAL)
+        start = offset - within
+        child = self.children[ext.child]
+        grain = ext.next_sector
+        ext.next_sector += ext.cluster_sectors
+        if run.kind == UNALLOC:
+            content = self.backing_data(start, min(cbytes, self.virtual_size - start))
+            content += bytes(cbytes - len(content))
+            if "backing" in self.children:
+                child.debug_event("cow_read")
+        else:
+            content = bytes(cbytes)
+        child.debug_event("cow_write")
+        try:
+            child.write(grain * 512, content)
+        except IOFailure:
+            raise IOFailure("Invalid argument", E.EINVAL) from None  # VMDK_ERROR
+        whole = len(data) == cbytes or offset + len(data) == ext.end * 512
+        if within or not whole or not ext.has_marker:
+            raise IOFailure("Invalid argument", E.EINVAL)
+        packed = zlib.compress(data)
+        stream = struct.pack("<QI", offset >> 9, len(packed)) + packed
+        child.debug_event("write_compressed")
+        try:
+            child.write(grain * 512, stream)
+        finally:
+            ext.next_sector = -(-(grain * 512 + len(stream)) // 512)
+        self._set_grain_entry(ext, l2, idx, l1_index, grain)
+        return len(data)
+
+    def _set_grain_entry(self, ext: _Extent, l2: int, idx: int, l1_index: int, grain: int) -> None:
+        """``vmdk_L2update``: the entry in the grain table (through the cache) and in the
+        redundant one."""
+        child = self.children[ext.child]
         entry = struct.pack("<I", grain)
-        child.debug_event("l2_update")  # vmdk_L2update, written through the cache
+        child.debug_event("l2_update")
         child.write(l2 * 512 + idx * 4, entry)
         struct.pack_into("<I", self._l2_table(ext, l2), idx * 4, grain)
         if ext.l1_backup is not None:
             backup = self.table_entry(ext.l1_backup, l1_index, 4, "little")
             if backup:
                 child.write(backup * 512 + idx * 4, entry)
-        return n
 
     # -- queries ------------------------------------------------------------------------
     def format_specific(self) -> dict[str, Any] | None:

@@ -48,6 +48,7 @@ from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
 from txgraph.io.qcow2 import constants as C
 from txgraph.io.qcow2.chainmap import ChainMap
 from txgraph.io.qcow2.compress import ClusterCache, DecompressError, decompress, decompress_many
+from txgraph.io.qcow2.compressed_write import write_compressed
 from txgraph.io.qcow2.crypto import Qcow2Crypto
 from txgraph.io.qcow2.header import Qcow2Header, read_qcow2_header
 from txgraph.io.qcow2.l2map import COMPRESSED, INVALID, MIXED, UNALLOC, ZERO, L2Map
@@ -422,6 +423,10 @@ class Qcow2Node(DriverNode):
 
     def write(self, offset: int, data: bytes) -> None:
         self._w().write(offset, data)
+
+    def write_compressed(self, offset: int, data: bytes) -> None:
+        """``qcow2_co_pwritev_compressed_part`` (:mod:`txgraph.io.qcow2.compressed_write`)."""
+        write_compressed(self, offset, data)
 
     def write_zeroes(self, offset: int, length: int, *, may_unmap: bool = False) -> None:
         self._w().write_zeroes(offset, length, may_unmap)

@@ -99,6 +99,7 @@ SPECS: tuple[DriverSpec, ...] = (
         changeable_opts=frozenset({"throttle-group"}),
         strong_opts=frozenset({"throttle-group"}),
         children=_FILTER_FILE,
+        can_compress=True,
     ),
     DriverSpec(
         "copy-on-read",
@@ -107,6 +108,7 @@ SPECS: tuple[DriverSpec, ...] = (
         options=frozenset({"bottom"}),
         children=_FILTER_FILE,
         perm_family="copy-on-read",
+        can_compress=True,
     ),
     DriverSpec(
         "copy-before-write",

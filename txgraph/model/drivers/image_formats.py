@@ -34,12 +34,13 @@ IMAGE_FORMAT_SPECS: dict[str, DriverSpec] = {
             strong_opts=frozenset({"encrypt.key-secret"}),  # qcow_strong_runtime_opts
             flat_opts=frozenset({"encrypt."}),
             children=_FILE,
+            can_compress=True,
         ),
         DriverSpec("qed", "format", supports_backing=True, children=_FILE),
         # parallels sets supports_backing (its unallocated clusters read through).
         DriverSpec("parallels", "format", supports_backing=True, reopenable=False, children=_FILE),
         # vmdk's extents are children ``extents.N`` opened from the descriptor.
-        DriverSpec("vmdk", "format", supports_backing=True, children=_FILE),
+        DriverSpec("vmdk", "format", supports_backing=True, children=_FILE, can_compress=True),
         # read-only drivers: bdrv_apply_auto_read_only in their open, no reopen handler
         DriverSpec("bochs", "format", reopenable=False, children=_FILE),
         DriverSpec("cloop", "format", reopenable=False, children=_FILE),

@@ -53,5 +53,6 @@ SPECS: tuple[DriverSpec, ...] = (
             ChildSpec("file", Role.IMAGE),
             ChildSpec("data-file", Role.DATA, required=False),
         ),
+        can_compress=True,
     ),
 )

@@ -124,6 +124,10 @@ class DriverSpec:
     refresh_filename: RefreshFilename | None = None
     #: ``bdrv_gather_child_options``, None for the generic rule (each child by edge name)
     gather_child_options: GatherChildOptions | None = None
+    #: ``block_driver_can_compress``: the driver takes compressed writes
+    #: (``bdrv_co_pwritev_compressed[_part]``): qcow2, qcow and vmdk write them,
+    #: throttle and copy-on-read forward them to their filtered child
+    can_compress: bool = False
 
     @property
     def is_protocol(self) -> bool:
