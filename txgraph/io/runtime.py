@@ -255,6 +255,13 @@ class Runtime:
         node = self._prepared.get(name) or self._nodes[name]
         return node.read_only
 
+    def simulate_growth(self, name: str, length: int) -> None:
+        """A dry run's record that a simulated job grew ``name`` to ``length`` (the
+        truncate of ``commit_run`` / ``mirror_run``). Only a dry run simulates jobs
+        (:class:`txgraph.plan.dryrun.DryRunRuntime`); a live job grows its node for real
+        (:func:`txgraph.io.truncate.blk_truncate`)."""
+        raise BlockError("only a dry run simulates a job's growth")
+
     def size(self, name: str) -> int:
         if name in self._prepared:
             return self._prepared[name].size()

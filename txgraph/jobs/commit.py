@@ -131,6 +131,15 @@ class CommitJob(GraphJob):
             offset += n
         return 0
 
+    def simulate(self) -> int:
+        """A dry run: the base grows to the top's length at the start, as in :meth:`run`
+        (its image is not written; later steps see the new length)."""
+        rt = self.manager.session.runtime
+        length = rt.size(self.top)
+        if rt.size(self.base) < length:
+            rt.simulate_growth(self.base, length)
+        return super().simulate()
+
     def _set_frozen(self, session: Session, tx: Transaction, frozen: bool) -> None:
         old = self.chain_frozen
         if frozen:

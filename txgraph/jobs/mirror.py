@@ -216,7 +216,16 @@ class MirrorJob(GraphJob):
 
     def simulate(self) -> int:
         """READY at the first wait point; the end only once complete (or a soft cancel) was
-        asked for *and* a later wait point wants it, so each step sees a fixed graph."""
+        asked for *and* a later wait point wants it, so each step sees a fixed graph. The
+        lengths are checked first as in :meth:`run`: an active commit grows its base, a
+        mirror between different lengths fails."""
+        rt = self.manager.session.runtime
+        length, target_length = rt.size(self.mirror_top), rt.size(self.target)
+        if self.is_commit and target_length < length:
+            rt.simulate_growth(self.target, length)
+        elif not self.is_commit and target_length != length:
+            self.err = "Source and target image have different sizes"
+            return -errno.EINVAL
         super().simulate()
         if self.is_cancelled:
             return 0

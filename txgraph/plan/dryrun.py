@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from txgraph.errors import BlockError, IOFailure, TxgraphError
@@ -245,6 +245,23 @@ class DryRunRuntime(Runtime):
         self.locks = LockTable()
         #: (node name, driver, read_only as QEMU would open it) for every node opened
         self.opened: list[tuple[str, str, bool]] = []
+        #: node name -> the length a simulated job grew it to (its image is never written)
+        self.grown: dict[str, int] = {}
+
+    # -- lengths ---------------------------------------------------------------------------
+    def simulate_growth(self, name: str, length: int) -> None:
+        """A simulated commit grows its base as ``commit_run``'s truncate would: later
+        steps (size checks, queries) see the new length."""
+        self.grown[name] = length
+
+    def size(self, name: str) -> int:
+        return self.grown[name] if name in self.grown else super().size(name)
+
+    def info(self, name: str) -> ImageInfo:
+        info = super().info(name)
+        if name in self.grown:
+            info = replace(info, virtual_size=self.grown[name])
+        return info
 
     # -- nodes -----------------------------------------------------------------------------
     def _construct(self, op: OpenNode, pending: Mapping[str, DriverNode]) -> DriverNode:
@@ -261,6 +278,7 @@ class DryRunRuntime(Runtime):
 
     def _release(self, node: DriverNode) -> None:
         self.locks.drop(node.node_name)
+        self.grown.pop(node.node_name, None)
         super()._release(node)
 
     def prepare_reopen(self, name: str, options: Mapping[str, Any], read_only: bool) -> None:
