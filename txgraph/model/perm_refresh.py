@@ -12,7 +12,7 @@ undone.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from txgraph.errors import BlockError, PermissionConflict
@@ -113,12 +113,17 @@ def compute_refresh(
     writable_after: WritableAfter | None = None,
     driver_check: DriverCheck | None = None,
     collect: list[BlockError] | None = None,
+    stale: Collection[str] = (),
 ) -> list[EdgePermChange]:
     """Walk the roots' subtrees parents-first and return the edge permission changes.
 
     With ``collect``, violations are appended there instead of raised and the
     walk goes on, giving the permissions the graph *would* have (used to let
     the checker explain a refusal); the driver veto is skipped then.
+
+    ``stale`` names nodes that lost a parent edge (detached or moved away): where the
+    walk reaches one, it is recomputed although no edge into it changed its values
+    (its cumulative permissions may have shrunk, and with them its child edges).
 
     :raises PermissionConflict: two parents of a node disagree (QEMU's P3 text).
     :raises BlockError: a writer on a read-only node (P4) or a driver veto.
@@ -136,7 +141,8 @@ def compute_refresh(
     # permissions, so neither its checks nor its children's edges can change.
     # (QEMU walks the whole subtree; the outcome is the same.)
     roots = list(roots)
-    dirty = set(roots)
+    stale = set(stale)
+    dirty = set(roots) | stale
 
     def visit(name: str) -> list[str]:
         """Recompute ``name`` from its parents' current edges; returns the children made dirty."""
@@ -180,7 +186,10 @@ def compute_refresh(
                 changes.append(EdgePermChange(name, edge.name, nperm, nshared))
                 dirty.add(child)
                 made.append(child)
-            elif child not in dirty and _formula_reads_parents(graph.nodes[child]):
+            elif child in stale or (
+                child not in dirty and _formula_reads_parents(graph.nodes[child])
+            ):
+                # a node that lost a parent is recomputed (see the docstring); and
                 # cbw_child_perm asks whether the node has parents at all: a first parent
                 # that passes nothing down still changes the node's own child edges
                 dirty.add(child)
@@ -194,34 +203,55 @@ def compute_refresh(
         # parent-first order is the topological one). Anything else, or any error
         # (whose choice may depend on the order), redoes the walk below exactly.
         try:
-            if _single_parent_walk(graph, roots[0], visit):
+            seen = _single_parent_walk(graph, roots[0], visit)
+            if seen is not None and not any(
+                s not in seen and _is_below(graph, s, roots[0]) for s in stale
+            ):
                 return changes
         except BlockError:
             pass
         overlay.clear()
         changes.clear()
-        dirty = set(roots)
+        dirty = set(roots) | stale
     for name in graph.subtree_topological(roots):
         if name in dirty:
             visit(name)
     return changes
 
 
-def _single_parent_walk(graph: BlockGraph, root: str, visit: Callable[[str], list[str]]) -> bool:
-    """Visit the dirty nodes from ``root`` parent-first; False as soon as a node has two
-    block-node parents or is reached twice (then the caller walks the sorted subtree)."""
+def _single_parent_walk(
+    graph: BlockGraph, root: str, visit: Callable[[str], list[str]]
+) -> set[str] | None:
+    """Visit the dirty nodes from ``root`` parent-first; the nodes visited, or None as soon
+    as a node has two block-node parents or is reached twice (then the caller walks the
+    sorted subtree)."""
     pending = [root]
     seen = {root}
     while pending:
         name = pending.pop()
         if sum(1 for p in graph._pred[name] for _k in graph._pred[name][p] if p in graph.nodes) > 1:
-            return False
+            return None
         for child in reversed(visit(name)):
             if child in seen:
-                return False
+                return None
             seen.add(child)
             pending.append(child)
-    return True
+    return seen
+
+
+def _is_below(graph: BlockGraph, name: str, root: str) -> bool:
+    """Whether ``name`` lies in ``root``'s subtree (searched upwards from ``name``)."""
+    if name not in graph.nodes:
+        return False
+    seen, todo = {name}, [name]
+    while todo:
+        for parent in graph._pred[todo.pop()]:
+            if parent == root:
+                return True
+            if parent in graph.nodes and parent not in seen:
+                seen.add(parent)
+                todo.append(parent)
+    return False
 
 
 def _check_conflicts(

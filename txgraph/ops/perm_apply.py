@@ -41,7 +41,11 @@ def refresh_perms(
     walked = roots + _aligned_below(session.graph, tx.rt.aligned_nodes(), roots)
     try:
         changes = compute_refresh(
-            session.graph, walked, writable_after=writable_after, driver_check=driver_check
+            session.graph,
+            walked,
+            writable_after=writable_after,
+            driver_check=driver_check,
+            stale=tx.lost_parents,
         )
     except BlockError as err:
         if err.rule in ("P3-perm-conflict", "P4-read-only") and err.explanation is None:
@@ -85,7 +89,11 @@ def _checker_explanation(
     """
     collected: list[BlockError] = []
     would_be = compute_refresh(
-        session.graph, roots, writable_after=writable_after, collect=collected
+        session.graph,
+        roots,
+        writable_after=writable_after,
+        collect=collected,
+        stale=tx.lost_parents,
     )
     for change in would_be:
         tx.set_edge_perm(change.parent, change.name, change.perm, change.shared)

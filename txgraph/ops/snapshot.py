@@ -269,7 +269,11 @@ def reopen_set_read_only(
         # filter) even where the edges from the snapshotted node keep their values
         roots = [name, *(t for t in targets if t != name)]
         changes = compute_refresh(
-            graph, roots, writable_after=writable_after, driver_check=driver_check
+            graph,
+            roots,
+            writable_after=writable_after,
+            driver_check=driver_check,
+            stale=tx.lost_parents,
         )
         tx.rt.set_read_only([t for t in targets if tx.rt.knows(t)], read_only)
     except BaseException:

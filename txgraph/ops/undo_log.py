@@ -72,6 +72,10 @@ class Transaction:
         self._fail_at = fail_at
         #: parents (node names, backend keys) whose child edges changed
         self.edge_parents: dict[str, None] = {}
+        #: nodes an edge was detached from or moved away from: their cumulative
+        #: permissions may have shrunk, so a permission refresh whose walk reaches them
+        #: must recompute them even where no edge into them changed its values
+        self.lost_parents: set[str] = set()
         #: the data plane's side of this transaction
         self.rt = RuntimeStage(runtime, self.undo, fail_prepare_at)
 
@@ -151,6 +155,7 @@ class Transaction:
         child, edge = self.graph.detach(parent, name)
         self.touched.update((parent, child))
         self.edge_parents[parent] = None
+        self.lost_parents.add(child)
         self._undo.append(lambda: self.graph.attach(parent, child, edge))
         return child, edge
 
@@ -164,6 +169,7 @@ class Transaction:
         self.graph.attach(parent, new_child, edge)
         self.touched.update((parent, old_child, new_child))
         self.edge_parents[parent] = None
+        self.lost_parents.add(old_child)
 
         def undo() -> None:
             self.graph.detach(parent, name)

@@ -351,4 +351,19 @@ SCENARIOS = [
         theme=T,
         doc="rule P5 is checked by the probe's refresh of the file's subtree (fuzz fa971d53d5)",
     ),
+    sc(
+        "perm_snapshot_drops_what_moved_parents_needed",
+        [
+            add({"driver": "raw", "node-name": "n0", "file": fnode("a.qcow2", "f")}),
+            add({"driver": "copy-on-read", "node-name": "cor", "file": "n0"}),
+            add({"driver": "qcow2", "node-name": "ovl", "file": "f"}),
+            cmd("blockdev-snapshot", {"node": "n0", "overlay": "ovl"}),
+            cmd("x-debug-query-block-graph"),
+        ],
+        setup=[qcow2_img("a.qcow2")],
+        theme=T,
+        doc="the copy-on-read filter moves from n0 to the overlay; n0, now only a backing, "
+        "keeps no write-unchanged on its file: a node that lost a parent is recomputed by "
+        "the overlay's refresh (fuzz 19f7100dee)",
+    ),
 ]
