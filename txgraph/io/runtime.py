@@ -172,6 +172,8 @@ class Runtime:
         self._generation = 0
         #: outermost drained sections entered so far (tests prove one drain per commit)
         self.drain_count = 0
+        #: how many times everything was drained without a change (:meth:`drain_all`)
+        self.drain_all_count = 0
         self._tls = threading.local()
         #: throttle-group objects (QEMU's ``object-add qom-type=throttle-group``)
         self.throttle_groups = throttle_groups if throttle_groups is not None else ThrottleGroups()
@@ -698,6 +700,15 @@ class Runtime:
             self.drain_count += 1
         with self._graph_lock.write():
             yield
+
+    def drain_all(self) -> None:
+        """``bdrv_drain_all``: wait until no request is in flight (a throttled one is let
+        go at once: every node's ``drain_begin`` runs first) and let requests run again.
+        Nothing changes, so it is counted in :attr:`drain_all_count`, apart from the
+        drained sections that change the graph (:attr:`drain_count`)."""
+        self.drain_all_count += 1
+        with self._graph_lock.write():
+            pass
 
     @contextmanager
     def request(self) -> Iterator[int]:

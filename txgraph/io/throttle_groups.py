@@ -260,6 +260,11 @@ class ThrottleGroup:
                 queue.remove(ticket)
                 self._cond.notify_all()
 
+    def waiting(self) -> int:
+        """How many requests wait in the group's queues right now."""
+        with self._cond:
+            return sum(len(q) for q in self._queues.values())
+
     def kick(self) -> None:
         """Wake every waiter so it re-checks (a member was drained or limits changed)."""
         with self._cond:

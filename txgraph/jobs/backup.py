@@ -145,6 +145,7 @@ def stage_blockdev_backup(
     """``blockdev_backup_prepare`` → ``do_backup_common`` → ``backup_job_create``."""
     bs = lookup_bs(session, args["device"], args["device"])
     target = lookup_bs(session, args["target"], args["target"])
+    tx.drained_nodes.add(bs)  # blockdev_backup_prepare, paired with .clean
     sync = args["sync"]
     if sync in ("bitmap", "incremental") and "bitmap" not in args:
         raise BlockError(f"must provide a valid bitmap name for '{sync}' sync mode")
@@ -198,8 +199,10 @@ def stage_blockdev_backup(
 
 
 def blockdev_backup(session: Session, args: dict[str, Any]) -> None:
-    """QMP ``blockdev-backup`` (a one-action transaction in QEMU: prepare, then start)."""
+    """QMP ``blockdev-backup`` (a one-action transaction in QEMU: drain all, prepare, then
+    start)."""
     manager = manager_of(session)
+    session.drain_all()
     with session.transaction() as tx:
         job = stage_blockdev_backup(session, tx, manager, args)
     manager.start(job, drained=True)  # blockdev_backup_prepare drained the source

@@ -1,6 +1,7 @@
 """The QMP ``transaction`` command: several actions, all or nothing.
 
 Reproduces blockdev.c ``qmp_transaction`` (reference/qemu-graph.md §4.2):
+everything is drained first (``bdrv_drain_all``, whatever happens next), then
 the actions run in list order, each staging its changes at once in one shared
 :class:`~txgraph.ops.undo_log.Transaction`; the first error aborts the
 whole transaction, which undoes every action newest first (QEMU's
@@ -153,7 +154,14 @@ def run_transaction(
     actions: list[dict[str, Any]],
     properties: dict[str, Any] | None = None,
     job_stages: Mapping[str, JobStage] | None = None,
+    *,
+    drain_all: bool = True,
 ) -> None:
-    """Run ``actions`` as one transaction of ``session``."""
+    """Run ``actions`` as one transaction of ``session``: everything drained first (the
+    ``bdrv_drain_all`` that starts ``qmp_transaction``), then one undo-log transaction.
+    txgraph's own ``x-txgraph-transaction`` passes ``drain_all=False``: it is not a QEMU
+    command, and its change drains once, only the nodes it touches."""
+    if drain_all:
+        session.drain_all()
     with session.transaction() as tx:
         stage_transaction(session, tx, actions, properties, job_stages)

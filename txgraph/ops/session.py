@@ -201,7 +201,8 @@ class Session:
         """The nodes the data-plane change drains, as QEMU's graph changes do: both ends
         of every re-pointed edge (and its parent), the children a node gains or loses by
         opening or closing, every reopened node, and each subtree the command drains
-        whole (``tx.drained_subtrees``). Permission-only changes drain nothing."""
+        whole (``tx.drained_subtrees``) or alone (``tx.drained_nodes``). Permission-only
+        changes drain nothing."""
         graph, rt = self.graph, self.runtime
         out: set[str] = set()
         for op in delta:
@@ -221,14 +222,30 @@ class Session:
         for root in tx.drained_subtrees:
             if root in graph.nodes:
                 out.update(graph.subtree_topological([root]))
+        out.update(tx.drained_nodes)
         return {n for n in out if n in graph.nodes}
 
     def _subtree_jobs(self, tx: Transaction) -> set[str]:
-        """The jobs above the subtrees a command drained before its checks
-        (``qmp_blockdev_reopen``'s ``bdrv_subtree_drained_begin``)."""
-        if not tx.drained_subtrees or self.jobs is None or not self.jobs.jobs:
+        """The jobs above the subtrees and nodes a command drained before its checks
+        (``qmp_blockdev_reopen``'s ``bdrv_subtree_drained_begin``, a transaction action's
+        ``bdrv_drained_begin``)."""
+        if not (tx.drained_subtrees or tx.drained_nodes) or self.jobs is None or not self.jobs.jobs:
             return set()
         return self._jobs_above(tx, [])
+
+    def drain_all(self) -> None:
+        """``bdrv_drain_all``, as ``qmp_transaction`` runs it before any action (so every
+        transaction-based command drains, refused or not): every running job pauses and
+        resumes (JOB_STATUS_CHANGE pairs; a rate-limited one copies its next chunk at
+        once), and the data plane's requests in flight finish, throttled ones released
+        without waiting for their budget (``throttle_co_drain_begin``)."""
+        jobs = self.jobs
+        drained = jobs.drained_begin({j.id for j in jobs.jobs}) if jobs is not None else []
+        try:
+            self.runtime.drain_all()
+        finally:
+            if drained and jobs is not None:
+                jobs.drained_end(drained)
 
     def _drain_cycle(self, job_ids: set[str]) -> None:
         """A drained section that changed nothing: the jobs above it still pause and

@@ -48,7 +48,7 @@ __all__ = [
 
 def stage_blockdev_snapshot(session: Session, tx: Transaction, args: dict[str, Any]) -> None:
     """``blockdev-snapshot {node, overlay}``: the overlay is an existing node."""
-    old = _prepare_old(session, args["node"], args["node"])
+    old = _prepare_old(session, tx, args["node"], args["node"])
     overlay = lookup_bs(session, args["overlay"], args["overlay"])
     _append_overlay(session, tx, old, overlay)
 
@@ -61,7 +61,7 @@ def stage_blockdev_snapshot_sync(session: Session, tx: Transaction, args: dict[s
     node had no parents) is closed again at once.
     """
     device, node_name = args.get("device"), args.get("node-name")
-    old = _prepare_old(session, device, node_name)
+    old = _prepare_old(session, tx, device, node_name)
     fmt = args.get("format", "qcow2")
     snapshot_node_name = args.get("snapshot-node-name")
     # C's NULL tests: an empty name is present (and refused later by bdrv_open)
@@ -105,9 +105,14 @@ def _name_in_use(session: Session, name: str) -> bool:
     )
 
 
-def _prepare_old(session: Session, device: str | None, node_name: str | None) -> str:
-    """Lookup and the EXTERNAL_SNAPSHOT op blocker of the node being snapshotted."""
+def _prepare_old(
+    session: Session, tx: Transaction, device: str | None, node_name: str | None
+) -> str:
+    """``external_snapshot_prepare`` up to its checks: the lookup, the drain of the node
+    found (``bdrv_drained_begin``, paired with ``.clean``: the jobs above it pause for the
+    rest of the transaction, whatever its outcome), the EXTERNAL_SNAPSHOT op blocker."""
     old = lookup_bs(session, device, node_name)
+    tx.drained_nodes.add(old)
     reason = op_blocker(session, old)
     if reason is not None:
         raise BlockError(f"Node '{old}' is busy: {reason}", rule="op-blocker", subjects=(old,))

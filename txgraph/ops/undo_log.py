@@ -68,6 +68,9 @@ class Transaction:
         #: nodes whose whole subtree the command drains (``bdrv_subtree_drained_begin``
         #: of blockdev-reopen): the jobs above any node of it pause at commit
         self.drained_subtrees: set[str] = set()
+        #: nodes an action drains until the transaction ends (``bdrv_drained_begin`` in a
+        #: prepare, paired with ``.clean``): the jobs above them pause, commit or abort
+        self.drained_nodes: set[str] = set()
         self.steps = 0
         self._fail_at = fail_at
         #: parents (node names, backend keys) whose child edges changed

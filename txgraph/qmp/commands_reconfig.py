@@ -91,7 +91,9 @@ def _x_remove_filter(ctx: CommandContext, args: dict[str, Any]) -> Any:
 
 @command("x-txgraph-transaction")
 def _x_transaction(ctx: CommandContext, args: dict[str, Any]) -> Any:
-    run_transaction(ctx.session, args["actions"], args.get("properties"), JOB_ACTIONS)
+    run_transaction(
+        ctx.session, args["actions"], args.get("properties"), JOB_ACTIONS, drain_all=False
+    )
     return {}
 
 

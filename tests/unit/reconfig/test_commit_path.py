@@ -101,10 +101,12 @@ class _Tripwire:
 def test_snapshot_commit_uses_exactly_one_drain(qmp: Qmp, chain: Path, sock_dir: Path) -> None:
     _exported(qmp, chain, sock_dir)
     rt = qmp.session.runtime
-    before = rt.drain_count
+    before, before_all = rt.drain_count, rt.drain_all_count
     qmp.ok("blockdev-snapshot", {"node": "top", "overlay": "ovl"})
     # edges moved (export root, overlay backing), old node made read-only: one drain
     assert rt.drain_count == before + 1
+    # and qmp_transaction's bdrv_drain_all before the action, which changes nothing
+    assert rt.drain_all_count == before_all + 1
     assert _served(qmp) == ("ovl", "ovl")
     assert rt.node("ovl").children["backing"].node_name == "top"
     assert rt.node("top").read_only
