@@ -140,21 +140,16 @@ _QCOW2_OWN_FLUSHES = {("qcow2", "os-flush"), ("qcow2", "disk-rw")}
 #: their file where QEMU's do inside a write (allocating a cluster, a block, an L2
 #: table, updating a header), so a rule failing flushes fails different writes
 _FORMAT_OWN_FLUSHES = {
-    "qcow/os-flush/writeback",
-    "qcow/os-flush/writethrough",
     "qed/os-flush/writeback",
     "qed/os-flush/writethrough",
     "qed/os-flush/mixed",
     "qed/os-states/writethrough",
-    "vpc/os-flush/writeback",
-    "vpc/os-flush/writethrough",
     "vhdx/os-flush/writethrough",
     "vhdx/os-flush/mixed",
     "vmdk/os-flush/writeback",
     "vmdk/os-flush/writethrough",
     "vmdk/disk-rw/writeback",
     "vmdk/disk-flush-once/writeback",
-    "parallels/os-flush/writeback",
 }
 CASES = [
     (g, r, q)
