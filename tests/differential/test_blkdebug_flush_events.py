@@ -140,10 +140,6 @@ _QCOW2_OWN_FLUSHES = {("qcow2", "os-flush"), ("qcow2", "disk-rw")}
 #: their file where QEMU's do inside a write (allocating a cluster, a block, an L2
 #: table, updating a header), so a rule failing flushes fails different writes
 _FORMAT_OWN_FLUSHES = {
-    "vmdk/os-flush/writeback",
-    "vmdk/os-flush/writethrough",
-    "vmdk/disk-rw/writeback",
-    "vmdk/disk-flush-once/writeback",
 }
 CASES = [
     (g, r, q)

@@ -442,15 +442,27 @@ class VmdkNode(ImageFormatNode):
                     raise IOFailure("Invalid argument", E.EINVAL) from None
         child.debug_event("write_aio")
         child.write(grain * 512 + within, bytes(data[:n]))
-        entry = struct.pack("<I", grain)
-        child.debug_event("l2_update")  # vmdk_L2update, written through the cache
-        child.write(l2 * 512 + idx * 4, entry)
-        struct.pack_into("<I", self._l2_table(ext, l2), idx * 4, grain)
-        if ext.l1_backup is not None:
-            backup = self.table_entry(ext.l1_backup, l1_index, 4, "little")
-            if backup:
-                child.write(backup * 512 + idx * 4, entry)
+        self._l2_update(ext, l2, idx, l1_index, grain)
         return n
+
+    def _l2_update(self, ext: _Extent, l2: int, idx: int, l1_index: int, grain: int) -> None:
+        """``vmdk_L2update``: the grain's L2 entry, then the backup table's, then a flush
+        of the extent's file (``bdrv_flush(extent->file->bs)``); the cached table gets
+        the entry only after that succeeded. Any failure is VMDK_ERROR, which
+        ``vmdk_pwritev`` answers with -EIO."""
+        child = self.children[ext.child]
+        entry = struct.pack("<I", grain)
+        child.debug_event("l2_update")
+        try:
+            child.write(l2 * 512 + idx * 4, entry)
+            if ext.l1_backup is not None:
+                backup = self.table_entry(ext.l1_backup, l1_index, 4, "little")
+                if backup:
+                    child.write(backup * 512 + idx * 4, entry)
+            child.flush()
+        except IOFailure:
+            raise IOFailure("Input/output error", E.EIO) from None
+        struct.pack_into("<I", self._l2_table(ext, l2), idx * 4, grain)
 
     # -- queries ------------------------------------------------------------------------
     def format_specific(self) -> dict[str, Any] | None:
