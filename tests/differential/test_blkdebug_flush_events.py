@@ -130,24 +130,9 @@ def guest(addr: dict[str, Any], export: str, requests: list[tuple[Any, ...]]) ->
     return out
 
 
-#: not compared: qcow2 under the rules that fail flushes or I/O after a flush.
-#: QEMU's qcow2 flushes its file inside a cluster allocation (``qcow2_cache_flush`` in
-#: ``l2_allocate``), which txgraph's qcow2 writer does not, and after a failed
-#: metadata write the two leave different metadata bytes (a qcow2 writer matter,
-#: not the events': the same events are raised, see the qcow2 cases that run).
-_QCOW2_OWN_FLUSHES = {("qcow2", "os-flush"), ("qcow2", "disk-rw")}
-#: not compared either, for the same reason: the other formats' writers do not flush
-#: their file where QEMU's do inside a write (allocating a cluster, a block, an L2
-#: table, updating a header), so a rule failing flushes fails different writes
-_FORMAT_OWN_FLUSHES = {
-}
-CASES = [
-    (g, r, q)
-    for g in GRAPHS
-    for r in RULES
-    for q in GUESTS
-    if (g, r) not in _QCOW2_OWN_FLUSHES and f"{g}/{r}/{q}" not in _FORMAT_OWN_FLUSHES
-]
+#: every graph under every rule set with every guest: the formats' writers flush their
+#: file where QEMU's do inside a write (tests/unit/io/test_format_write_flushes.py)
+CASES = [(g, r, q) for g in GRAPHS for r in RULES for q in GUESTS]
 
 
 def _make_image(fmt: str, path: Path) -> None:
