@@ -125,3 +125,34 @@ def test_qcow2_flush_writes_l2_tables_before_flush_to_disk(opened: Any) -> None:
     l2 = struct.unpack_from(">Q", raw, l1)[0] & 0x00FFFFFFFFFFFE00
     (entry,) = struct.unpack_from(">Q", raw, l2)
     assert entry & (1 << 63) and entry & 0x00FFFFFFFFFFFE00 > l2, hex(entry)
+
+
+def test_qcow2_new_refcount_block_is_flushed_inside_the_write(tmp_path: Path) -> None:
+    """``alloc_refcount_block``: with 512-byte clusters one refcount block covers 128 KiB
+    of the file; 124 KiB of guest data (written by qemu-io) fill it, a flush arms the
+    rule, and the next write (inside an existing L2 table: no ``l2_allocate``) needs a
+    new refcount block, which QEMU writes and flushes (``qcow2_cache_flush``) inside the
+    write. The block goes after the write's whole run of clusters, where
+    ``qcow2_alloc_clusters`` puts it."""
+    img = tmp_path / "c512.qcow2"
+    for cmd in (
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=512", str(img), "1M"],
+        ["qemu-io", "-f", "qcow2", "-c", "write -P 0x40 0 124k", str(img)],
+    ):
+        subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+    rt = Runtime()
+    try:
+        rt.open_node("f", "file", {"filename": str(img)}, {}, False)
+        rt.open_node("dbg", "blkdebug", _OS_FLUSH, {"image": "f"}, False)
+        rt.open_node("fmt", "qcow2", {}, {"file": "dbg"}, False)
+        node = rt.node("fmt")
+        assert _errno(node.flush) == 0  # nothing written: arms the rule and passes
+        assert _errno(node.write, 31 * 4096, b"\x7e" * 4096) == _EIO
+    finally:
+        rt.close_all()
+    raw = img.read_bytes()
+    reftable = struct.unpack_from(">Q", raw, 48)[0]
+    # the new block (describing itself) was written after the run 256..263; its flush
+    # failed, so it was never hooked into the refcount table (as on QSD 7.2)
+    assert struct.unpack_from(">H", raw, 264 * 512 + (264 - 256) * 2)[0] == 1
+    assert struct.unpack_from(">Q", raw, reftable + 8)[0] == 0

@@ -145,6 +145,16 @@ class Qcow2Writer:
             rebuild_refcounts(self)
             self._set_incompat(self.h.incompatible_features & ~C.INCOMPAT_DIRTY)
             self.marked_dirty = False
+        self.refs.flush_l2 = self._flush_l2_cache
+
+    def _flush_l2_cache(self) -> None:
+        """``qcow2_cache_flush(l2_table_cache)`` inside a request: tables with unwritten
+        entries (after the refcounts they depend on, made stable), then the file flushed."""
+        if self.dirty_slots:
+            write_refcounts(self)
+            self._sync()
+            write_dirty_tables(self)
+        self._sync()
 
     # -- low level --------------------------------------------------------------
     def _fwrite(self, offset: int, data: bytes) -> None:
