@@ -7,11 +7,18 @@ untouched part of a cluster from the old data or the backing chain),
 clusters only) and ``qcow2_co_flush_to_os`` with QEMU's cache dependencies:
 
 1. guest data is written to its cluster immediately;
-2. on flush: refcount blocks, then the refcount table, then *fdatasync*;
-3. L2 tables (the compiled map holds the only cached copy), *fdatasync*;
-4. L1 entries, rewritten a whole 512-byte sector at a time, *fdatasync*;
-5. only then are clusters no longer referenced released (refcount decrement),
-   which reaches the disk with the next flush.
+2. a new L2 table is made durable inside the request, as QEMU's
+   ``l2_allocate`` does (:mod:`.l2_alloc`): refcount blocks written and the file
+   flushed, the table (and every other dirty one) written and the file flushed,
+   then its L1 entry's 512-byte sector written and flushed; a new refcount block
+   likewise (``alloc_refcount_block``, :mod:`.refcount`);
+3. on flush (``qcow2_write_caches``): refcount blocks, then the refcount table,
+   then *fdatasync*; then the L2 tables (the compiled map holds the only cached
+   copy), without a flush of their own - the flush that follows is
+   ``bdrv_co_flush`` going down to the file, which blkdebug sees as QEMU's;
+4. only then are clusters no longer referenced released (refcount decrement),
+   which reaches the disk behind another *fdatasync* (the refcount cache then
+   depends on the L2 cache, ``write_refcounts``).
 
 Every write to the image file (guest data, L2 tables, L1 sectors, refcount
 blocks) first passes QEMU's metadata-overlap check (:mod:`.overlap`); entries
