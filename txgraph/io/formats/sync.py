@@ -17,6 +17,7 @@ import os
 from typing import TYPE_CHECKING
 
 from txgraph.errors import IOFailure
+from txgraph.io.driver import FilterNode
 
 if TYPE_CHECKING:
     from txgraph.io.driver import DriverNode
@@ -32,9 +33,13 @@ def pwrite_sync(child: DriverNode, offset: int, data: bytes) -> None:
 
 
 def truncate_child(child: DriverNode, length: int) -> None:
-    """``bdrv_co_truncate`` of a format's child (``PREALLOC_MODE_OFF``): ENOTSUP where
-    the child's driver cannot resize, as for a driver without ``bdrv_co_truncate``."""
-    truncate = getattr(child, "truncate", None)
+    """``bdrv_co_truncate`` of a format's child (``PREALLOC_MODE_OFF``): a filter passes
+    it to its filtered child; ENOTSUP where no driver on the way can resize, as for a
+    driver without ``bdrv_co_truncate``."""
+    node = child
+    while getattr(node, "truncate", None) is None and isinstance(node, FilterNode):
+        node = node.filtered
+    truncate = getattr(node, "truncate", None)
     if truncate is None:
         raise IOFailure(os.strerror(E.ENOTSUP), E.ENOTSUP)
     truncate(length)
