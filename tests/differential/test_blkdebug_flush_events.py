@@ -245,3 +245,21 @@ def test_flush_rules_are_seen_by_the_guest(
     assert "errno 5" in qsd["raw/disk-flush-once/writethrough"]["guest"]
     # the events go to the primary child, never to the flushed node itself
     assert all(r.startswith("ok") for r in qsd["direct/disk-rw/mixed"]["guest"])
+
+
+def test_formats_flush_inside_writes_on_qsd(
+    both: tuple[dict[str, Any], dict[str, Any]],
+) -> None:
+    """The format cases are not vacuous either: on QSD a rule failing flushes fails a
+    plain (not FUA) write, which only a flush inside the write can meet - after an
+    arming flush for the formats that flush their file, even before any flush for
+    those that flush their own node (qed, vhdx: flush_to_os comes from that flush)."""
+    qsd = both[0]
+    for fmt in ("qcow", "vpc", "vmdk", "qcow2"):
+        lines = qsd[f"{fmt}/os-flush/writeback"]["guest"]
+        assert lines[0] == "ok" and lines[2] == "errno 5", (fmt, lines)
+    for fmt in ("qed", "vhdx"):
+        lines = qsd[f"{fmt}/os-flush/mixed"]["guest"]
+        assert lines[0] == "errno 5", (fmt, lines)
+    # the write needing qcow2's second refcount block (alloc_refcount_block's flushes)
+    assert qsd["qcow2-512/os-flush/refblock"]["guest"][32] == "errno 5"
