@@ -94,11 +94,16 @@ GRAPHS: dict[str, tuple[Any, str, bool]] = {
     "direct": (_direct, "raw", False),
     "nested": (_nested, "raw", False),
     **{fmt: (_over(fmt), fmt, False) for fmt in _FORMATS},
+    # 512-byte clusters: a refcount block covers 128 KiB of the file, so a guest writing
+    # 128 KiB makes qcow2 allocate a second one (alloc_refcount_block)
+    "qcow2-512": (_over("qcow2"), "qcow2:cluster_size=512", False),
 }
 
 #: graphs whose image bytes are compared too; the other formats put random GUIDs or CIDs
 #: and timestamps into their headers on a write, so only the guest's results are compared
-EXACT_IMAGE = frozenset({"raw", "raw-no-flush", "qcow2", "copy-on-read", "direct", "nested"})
+EXACT_IMAGE = frozenset(
+    {"raw", "raw-no-flush", "qcow2", "qcow2-512", "copy-on-read", "direct", "nested"}
+)
 
 #: guests: name -> requests (``("w", offset, byte, fua)``, ``("r", offset)``, ``("f",)``;
 #: 4 KiB each), sent one at a time by an NBD client; a FUA write is what a
@@ -108,6 +113,13 @@ GUESTS: dict[str, list[tuple[Any, ...]]] = {
     "writeback": [*_WB, ("f",), ("f",), ("r", 65536), ("f",)],
     "writethrough": [("w", 0, 0x11, True), ("r", 0), ("w", 8192, 0x22, True), ("r", 8192)],
     "mixed": [("w", 0, 0x33, False), ("w", 4096, 0x44, True), ("f",), ("r", 0), ("f",)],
+}
+#: for qcow2-512 only: 124 KiB written (4 L2 tables and clusters up to the last one the
+#: first refcount block describes), a flush, then the write whose clusters need a new
+#: refcount block, flushed inside the write by QEMU
+_FILL = [("w", i * 4096, 0x40 + i, False) for i in range(31)]
+REFBLOCK_GUESTS = {
+    "refblock": [*_FILL, ("f",), ("w", 31 * 4096, 0x7E, False), ("r", 31 * 4096), ("f",)],
 }
 
 
@@ -130,48 +142,31 @@ def guest(addr: dict[str, Any], export: str, requests: list[tuple[Any, ...]]) ->
     return out
 
 
-#: not compared: qcow2 under the rules that fail flushes or I/O after a flush.
-#: QEMU's qcow2 flushes its file inside a cluster allocation (``qcow2_cache_flush`` in
-#: ``l2_allocate``), which txgraph's qcow2 writer does not, and after a failed
-#: metadata write the two leave different metadata bytes (a qcow2 writer matter,
-#: not the events': the same events are raised, see the qcow2 cases that run).
-_QCOW2_OWN_FLUSHES = {("qcow2", "os-flush"), ("qcow2", "disk-rw")}
-#: not compared either, for the same reason: the other formats' writers do not flush
-#: their file where QEMU's do inside a write (allocating a cluster, a block, an L2
-#: table, updating a header), so a rule failing flushes fails different writes
-_FORMAT_OWN_FLUSHES = {
-    "qcow/os-flush/writeback",
-    "qcow/os-flush/writethrough",
-    "qed/os-flush/writeback",
-    "qed/os-flush/writethrough",
-    "qed/os-flush/mixed",
-    "qed/os-states/writethrough",
-    "vpc/os-flush/writeback",
-    "vpc/os-flush/writethrough",
-    "vhdx/os-flush/writethrough",
-    "vhdx/os-flush/mixed",
-    "vmdk/os-flush/writeback",
-    "vmdk/os-flush/writethrough",
-    "vmdk/disk-rw/writeback",
-    "vmdk/disk-flush-once/writeback",
-    "parallels/os-flush/writeback",
-}
+#: every graph under every rule set with every guest: the formats' writers flush their
+#: file where QEMU's do inside a write (tests/unit/io/test_format_write_flushes.py)
 CASES = [
-    (g, r, q)
-    for g in GRAPHS
-    for r in RULES
-    for q in GUESTS
-    if (g, r) not in _QCOW2_OWN_FLUSHES and f"{g}/{r}/{q}" not in _FORMAT_OWN_FLUSHES
+    *((g, r, q) for g in GRAPHS for r in RULES for q in GUESTS),
+    *(("qcow2-512", r, q) for r in RULES for q in REFBLOCK_GUESTS),
 ]
 
 
 def _make_image(fmt: str, path: Path) -> None:
     """A fresh 1 MiB image, made once per format and directory and copied, so both peers
     start from the same bytes (several formats put a random UUID in the header)."""
-    template = path.parent.parent / f"template.{fmt}"
+    fmt, _, opts = fmt.partition(":")
+    template = path.parent.parent / f"template.{fmt}{opts.replace('=', '-')}"
     if not template.exists():
         subprocess.run(
-            ["qemu-img", "create", "-q", "-f", fmt, str(template), "1M"],
+            [
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                fmt,
+                *(["-o", opts] if opts else []),
+                str(template),
+                "1M",
+            ],
             check=True,
             capture_output=True,
             timeout=60,
@@ -207,7 +202,7 @@ def run_all(factory: Any, tmp: Path) -> dict[str, Any]:
             if errors:
                 out[f"{graph}/{rules}/{guest_name}"] = {"open": errors}
                 continue
-            lines = guest(start, name, GUESTS[guest_name])
+            lines = guest(start, name, {**GUESTS, **REFBLOCK_GUESTS}[guest_name])
             out[f"{graph}/{rules}/{guest_name}"] = {"guest": lines, "path": image}
     finally:
         peer.close()
@@ -250,3 +245,21 @@ def test_flush_rules_are_seen_by_the_guest(
     assert "errno 5" in qsd["raw/disk-flush-once/writethrough"]["guest"]
     # the events go to the primary child, never to the flushed node itself
     assert all(r.startswith("ok") for r in qsd["direct/disk-rw/mixed"]["guest"])
+
+
+def test_formats_flush_inside_writes_on_qsd(
+    both: tuple[dict[str, Any], dict[str, Any]],
+) -> None:
+    """The format cases are not vacuous either: on QSD a rule failing flushes fails a
+    plain (not FUA) write, which only a flush inside the write can meet - after an
+    arming flush for the formats that flush their file, even before any flush for
+    those that flush their own node (qed, vhdx: flush_to_os comes from that flush)."""
+    qsd = both[0]
+    for fmt in ("qcow", "vpc", "vmdk", "qcow2"):
+        lines = qsd[f"{fmt}/os-flush/writeback"]["guest"]
+        assert lines[0] == "ok" and lines[2] == "errno 5", (fmt, lines)
+    for fmt in ("qed", "vhdx"):
+        lines = qsd[f"{fmt}/os-flush/mixed"]["guest"]
+        assert lines[0] == "errno 5", (fmt, lines)
+    # the write needing qcow2's second refcount block (alloc_refcount_block's flushes)
+    assert qsd["qcow2-512/os-flush/refblock"]["guest"][32] == "errno 5"

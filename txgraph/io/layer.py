@@ -28,7 +28,10 @@ node's generic layer first, exactly as every ``bdrv_co_pwritev`` on a
   child - and only when the node was written since its last successful flush
   (``write_gen`` / ``flushed_gen``) and has no ``cache.no-flush``. A driver
   whose own flush-to-disk step does something (blkdebug's rule check) asks
-  :func:`flush_reaches_disk`.
+  :func:`flush_reaches_disk`. A driver whose flush-to-OS step itself flushes
+  the primary child (qcow2's cache flushes, ``bdrv_flush(bs->file->bs)`` inside
+  ``qcow2_co_flush_to_os``) runs that step inside :func:`flush_to_os`, so
+  those flushes do not yet count as the flush going down.
 
 A driver that calls ``super().write(...)`` reaches its base class's callback
 directly (the layer runs once per node per request). Code that must bypass the
@@ -49,11 +52,12 @@ before it started, so it can never claim a write that ended after that.
 
 from __future__ import annotations
 
+import contextlib
 import errno as E
 import functools
 import itertools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from txgraph.errors import IOFailure
@@ -67,6 +71,7 @@ __all__ = [
     "driver_write",
     "driver_write_zeroes",
     "flush_reaches_disk",
+    "flush_to_os",
     "fua",
     "is_zero",
     "primary_child",
@@ -94,13 +99,15 @@ class _LayerState(threading.local):
 class _FlushStep:
     """One node's ``bdrv_co_flush`` in progress: its ``flush_to_disk`` event, raised once."""
 
-    __slots__ = ("node", "primary", "to_disk", "raised")
+    __slots__ = ("node", "primary", "to_disk", "raised", "to_os")
 
     def __init__(self, node: DriverNode, primary: DriverNode | None, to_disk: bool) -> None:
         self.node = node
         self.primary = primary
         self.to_disk = to_disk
         self.raised = False
+        #: the driver's flush-to-OS step is running (:func:`flush_to_os`)
+        self.to_os = False
 
     def reach_disk(self) -> bool:
         """The flush-to-OS step is over: raise ``flush_to_disk`` (once) if the flush
@@ -171,6 +178,23 @@ def flush_reaches_disk(node: DriverNode) -> bool:
         if step.node is node:
             return step.reach_disk()
     return False
+
+
+@contextlib.contextmanager
+def flush_to_os(node: DriverNode) -> Iterator[None]:
+    """Inside ``node``'s flush callback: the block of its ``bdrv_co_flush_to_os`` step.
+    Flushes of the primary child made there are the driver's own (``bdrv_flush`` of
+    ``bs->file->bs``), not ``bdrv_co_flush`` going down to the children, so they do not
+    raise the pending ``flush_to_disk`` event. Outside a flush of ``node``, nothing."""
+    step = next((st for st in reversed(_STATE.flushing) if st.node is node), None)
+    if step is None:
+        yield
+        return
+    before, step.to_os = step.to_os, True
+    try:
+        yield
+    finally:
+        step.to_os = before
 
 
 def _bump(node: DriverNode) -> None:
@@ -297,7 +321,7 @@ def _layer_flush(fn: Callable[..., None]) -> Callable[..., None]:
             return fn(self)
         flushing = _STATE.flushing
         for step in flushing:
-            if step.primary is self:  # a parent's flush goes down to its primary child
+            if step.primary is self and not step.to_os:  # a parent's flush goes down
                 step.reach_disk()
         s = self.settings
         if s.read_only:

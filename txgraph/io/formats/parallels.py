@@ -21,6 +21,7 @@ import numpy as np
 
 from txgraph.errors import IOFailure, OpenError
 from txgraph.io.formats.base import DATA, UNALLOC, ImageFormatNode, Run, could_not_open, le
+from txgraph.io.formats.sync import pwrite_sync
 from txgraph.io.registry import register
 
 __all__ = ["ParallelsNode"]
@@ -81,7 +82,9 @@ class ParallelsNode(ImageFormatNode):
         self.marked = False
         if not self.read_only:
             try:
-                self.file.write(44, struct.pack("<I", _INUSE))
+                # parallels_update_header: written and flushed (bdrv_pwrite_sync), so the
+                # file is clean when the guest's first request comes
+                pwrite_sync(self.file, 44, struct.pack("<I", _INUSE))
             except IOFailure as err:
                 raise could_not_open(self.filename, err.errno) from None
             self.marked = True
@@ -146,7 +149,7 @@ class ParallelsNode(ImageFormatNode):
         self.marked = False
         try:
             with self.lock:
-                self.file.write(44, struct.pack("<I", 0))
+                pwrite_sync(self.file, 44, struct.pack("<I", 0))  # parallels_update_header
                 trunc = getattr(self.file, "truncate", None)
                 if trunc is not None and self.file_length() > self.data_end * 512:
                     trunc(self.data_end * 512)

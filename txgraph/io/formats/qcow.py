@@ -36,6 +36,7 @@ from txgraph.io.formats.base import (
     could_not_open,
     eio,
 )
+from txgraph.io.formats.sync import pwrite_sync, truncate_child
 from txgraph.io.formats.table_cache import CountingCache
 from txgraph.io.layer import driver_write
 from txgraph.io.qcow2.deflate import raw_deflate
@@ -152,14 +153,15 @@ class QcowNode(ImageFormatNode):
     # -- mapping ------------------------------------------------------------------------
     def _l2_table(self, l2_offset: int, new: bool = False) -> bytearray:
         """``get_cluster_offset``'s L2 lookup: a cached table, else ``l2_load`` on the file
-        and the whole table read (a new table is written as zeroes instead)."""
+        and the whole table read. A new table is written as zeroes and flushed
+        (``bdrv_co_pwrite_sync``); it enters the cache only once that succeeded."""
         table = None if new else self._l2_cache.find(l2_offset)
         if table is not None:
             return table
         self.file.debug_event("l2_load")
         if new:
             table = bytearray(self.l2_size * 8)
-            self.file.write(l2_offset, bytes(table))
+            pwrite_sync(self.file, l2_offset, bytes(table))
         else:
             table = bytearray(self.fread(l2_offset, self.l2_size * 8))
         return self._l2_cache.insert(l2_offset, table)
@@ -286,18 +288,29 @@ class QcowNode(ImageFormatNode):
 
     def _l2_for_write(self, cluster: int) -> tuple[int, bytearray]:
         """``get_cluster_offset``'s L2 step when allocating: the table of ``cluster``,
-        appended at the end of the file (rounded up to a cluster) when missing."""
+        appended at the end of the file (rounded up to a cluster) when missing.
+
+        In QEMU's order, each write made durable before the next
+        (``bdrv_co_pwrite_sync``): the L1 entry (the table in memory first, so a
+        failed write or flush leaves it pointing at the new offset, as QEMU's does),
+        then the zeroed table."""
         l1_index = cluster >> self.l2_bits
         l2_offset = self._l1(l1_index)
         if not l2_offset:
-            # get_cluster_offset's events in its order (l1_update, then l2_load for the new
-            # table); the writes in the safe order: the zeroed table before the L1 entry
             l2_offset = self._alloc(self.csize)
-            self.file.debug_event("l1_update")
-            self._l2_table(l2_offset, new=True)
             self.set_table_entry(self.l1, l1_index, l2_offset, 8, "big")
-            self.file.write(self.l1_offset + l1_index * 8, struct.pack(">Q", l2_offset))
+            self.file.debug_event("l1_update")
+            pwrite_sync(self.file, self.l1_offset + l1_index * 8, struct.pack(">Q", l2_offset))
+            return l2_offset, self._l2_table(l2_offset, new=True)
         return l2_offset, self._l2_table(l2_offset)
+
+    def _l2_update(self, l2_offset: int, table: bytearray, l2_index: int, entry: int) -> None:
+        """``get_cluster_offset``'s L2 update: the cached table first, then the entry
+        written and flushed (``bdrv_co_pwrite_sync``) - a failure leaves the cached entry
+        pointing at the new cluster, as QEMU's does."""
+        packed = struct.pack(">Q", entry)
+        table[l2_index * 8 : l2_index * 8 + 8] = packed
+        pwrite_sync(self.file, l2_offset + l2_index * 8, packed)
 
     def write_compressed(self, offset: int, data: bytes) -> None:
         """``qcow_co_pwritev_compressed``: one whole cluster (or the image's last, zero
@@ -327,8 +340,7 @@ class QcowNode(ImageFormatNode):
                 end = self.file_length()  # bdrv_getlength: compressed data is not aligned
                 entry = end | _COMPRESSED | len(packed) << (63 - self.cluster_bits)
                 self.file.debug_event("l2_update_compressed")
-                self.file.write(l2_offset + l2_index * 8, struct.pack(">Q", entry))
-                table[l2_index * 8 : l2_index * 8 + 8] = struct.pack(">Q", entry)
+                self._l2_update(l2_offset, table, l2_index, entry)
             self.file.debug_event("write_compressed")
             self.file.write(entry & self.offset_mask, packed)
 
@@ -358,22 +370,20 @@ class QcowNode(ImageFormatNode):
         else:
             content = None
         host = self._alloc(cs)
-        if host + cs > 2**63 - 1:
-            raise IOFailure("Argument list too long", E.E2BIG)
         if content is not None:
-            # QEMU writes the decompressed cluster as it is, then the (encrypted) data
-            content[within - head : within - head + len(payload)] = payload
+            # QEMU writes the decompressed cluster as it is; the data follows below
             self.file.debug_event("write_aio")
             self.file.write(host, bytes(content))
-        elif self.crypto is not None:
-            self._zero_fill_new(host, offset - within, within - head, len(payload))
-        # QEMU updates the L2 entry (l2_update) before the data write (write_aio); the
-        # events keep that order, the writes put the data first so that a failed write
-        # leaves no entry pointing at a cluster the file does not hold
+        else:
+            if host + cs > 2**63 - 1:
+                raise IOFailure("Argument list too long", E.E2BIG)
+            # the file holds the new cluster before the L2 entry names it
+            truncate_child(self.file, host + cs)
+            if self.crypto is not None:
+                self._zero_fill_new(host, offset - within, within - head, len(payload))
+        # QEMU's order: the L2 entry, durable, before the data write
         self.file.debug_event("l2_update")
-        if content is None:
-            self.file.debug_event("write_aio")
-            self.file.write(host + within - head, payload)
-        self.file.write(l2_offset + l2_index * 8, struct.pack(">Q", host))
-        table[l2_index * 8 : l2_index * 8 + 8] = struct.pack(">Q", host)
+        self._l2_update(l2_offset, table, l2_index, host)
+        self.file.debug_event("write_aio")
+        self.file.write(host + within - head, payload)
         return n

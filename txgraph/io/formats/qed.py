@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno as E
 import struct
+import threading
 from typing import Any
 
 from txgraph.errors import IOFailure, OpenError
@@ -199,7 +200,13 @@ class QedNode(ImageFormatNode):
 
     def _update_l2(self, offset: int, value: int, l2: int, idx: int) -> None:
         """``qed_aio_write_l2_update`` (``l2_update``), then for a new table
-        ``qed_aio_write_l1_update`` (``l1_update``); the cache is written through."""
+        ``qed_aio_write_l1_update`` (``l1_update``); the cache is written through.
+
+        A new table is followed by a flush of the qed node itself
+        (``qed_write_l2_table`` with ``flush``: ``bdrv_co_flush(s->bs)``), through the
+        generic layer, so its primary child sees ``flush_to_os`` (and ``flush_to_disk``
+        when the node was written since its last flush) and is flushed: a failure
+        fails the request before the L1 entry is written, as in QEMU."""
         if not l2:
             l2 = self._alloc(self.table_size)
             table = bytearray(self.entries * 8)
@@ -207,6 +214,11 @@ class QedNode(ImageFormatNode):
             self.file.debug_event("l2_update")
             self.file.write(l2, bytes(table))
             self._l2_cache.insert(l2, table)
+            self._write_flusher = threading.get_ident()
+            try:
+                self.flush()
+            finally:
+                self._write_flusher = None
             cs = self.cluster_size or 1
             l1_index = offset // cs // self.entries
             self.set_table_entry(self.l1, l1_index, l2, 8, "little")
@@ -270,7 +282,16 @@ class QedNode(ImageFormatNode):
                 self._set_need_check()
                 self._update_l2(pos, _ZERO_CLUSTER, l2, idx)
 
+    #: the thread of a write flushing the node (``qed_write_table``), set and cleared by
+    #: that write under ``self.lock``: its flush only flushes the children (the
+    #: need-check timer's work is for the guest's own flushes); other threads' flushes
+    #: compare it with their own id, so they are never mistaken for it
+    _write_flusher: int | None = None
+
     def flush(self) -> None:
+        if self._write_flusher == threading.get_ident():
+            super().flush()
+            return
         with self.lock:
             self.file.flush()
             self._clear_need_check()

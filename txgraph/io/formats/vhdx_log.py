@@ -305,7 +305,9 @@ def _flush_entries(node: VhdxNode, entries: list[_Entry]) -> None:
             node.file.flush()
         if node.file_length() < entry.last and entry.last % MiB:
             node.grow((entry.last >> 20) + 1 << 20)
-    node.file.flush()
+    # bdrv_flush(bs): the vhdx node itself, through its generic layer (so its file
+    # child sees flush_to_os), not only the file
+    node.flush()
     node.log.read = node.log.write = 0
     update_headers(node, False, _ZERO_GUID)
 
@@ -403,10 +405,15 @@ def log_write(node: VhdxNode, data: bytes, offset: int) -> _Entry:
 
 
 def log_write_and_flush(node: VhdxNode, data: bytes, offset: int) -> None:
-    """``vhdx_log_write_and_flush``: data stable, the entry written and stable, then applied."""
-    node.file.flush()
+    """``vhdx_log_write_and_flush``: data stable, the entry written and stable, then applied.
+
+    Both flushes are QEMU's ``bdrv_flush(bs)`` of the vhdx node (not of its file):
+    the generic layer raises ``flush_to_os`` on the file child (and ``flush_to_disk``
+    when the node was written since its last flush) before flushing it, so a blkdebug
+    file's rules fail the guest's allocating write there, as in QEMU 7.2."""
+    node.flush()
     entry = log_write(node, data, offset)
-    node.file.flush()
+    node.flush()
     write = node.log.write
     _flush_entries(node, [entry])
     # QEMU copies back its log view, whose read index caught up with the write index

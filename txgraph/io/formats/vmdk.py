@@ -444,7 +444,7 @@ class VmdkNode(ImageFormatNode):
                     raise IOFailure("Invalid argument", E.EINVAL) from None
         child.debug_event("write_aio")
         child.write(grain * 512 + within, bytes(data[:n]))
-        self._set_grain_entry(ext, l2, idx, l1_index, grain)
+        self._l2_update(ext, l2, idx, l1_index, grain)
         return n
 
     def write_compressed(self, offset: int, data: bytes) -> None:
@@ -499,21 +499,27 @@ class VmdkNode(ImageFormatNode):
             child.write(grain * 512, stream)
         finally:
             ext.next_sector = -(-(grain * 512 + len(stream)) // 512)
-        self._set_grain_entry(ext, l2, idx, l1_index, grain)
+        self._l2_update(ext, l2, idx, l1_index, grain)
         return len(data)
 
-    def _set_grain_entry(self, ext: _Extent, l2: int, idx: int, l1_index: int, grain: int) -> None:
-        """``vmdk_L2update``: the entry in the grain table (through the cache) and in the
-        redundant one."""
+    def _l2_update(self, ext: _Extent, l2: int, idx: int, l1_index: int, grain: int) -> None:
+        """``vmdk_L2update``: the grain's L2 entry, then the backup table's, then a flush
+        of the extent's file (``bdrv_flush(extent->file->bs)``); the cached table gets
+        the entry only after that succeeded. Any failure is VMDK_ERROR, which
+        ``vmdk_pwritev`` answers with -EIO."""
         child = self.children[ext.child]
         entry = struct.pack("<I", grain)
         child.debug_event("l2_update")
-        child.write(l2 * 512 + idx * 4, entry)
+        try:
+            child.write(l2 * 512 + idx * 4, entry)
+            if ext.l1_backup is not None:
+                backup = self.table_entry(ext.l1_backup, l1_index, 4, "little")
+                if backup:
+                    child.write(backup * 512 + idx * 4, entry)
+            child.flush()
+        except IOFailure:
+            raise IOFailure("Input/output error", E.EIO) from None
         struct.pack_into("<I", self._l2_table(ext, l2), idx * 4, grain)
-        if ext.l1_backup is not None:
-            backup = self.table_entry(ext.l1_backup, l1_index, 4, "little")
-            if backup:
-                child.write(backup * 512 + idx * 4, entry)
 
     # -- queries ------------------------------------------------------------------------
     def format_specific(self) -> dict[str, Any] | None:

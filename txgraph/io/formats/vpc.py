@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from txgraph.errors import OpenError
+from txgraph.errors import IOFailure, OpenError
 from txgraph.io.formats.base import DATA, ZERO, ImageFormatNode, Run, be, could_not_open
+from txgraph.io.formats.sync import pwrite_sync
 from txgraph.io.registry import register
 
 __all__ = ["VpcNode", "vpc_checksum"]
@@ -142,6 +143,13 @@ class VpcNode(ImageFormatNode):
         return not self.dynamic
 
     def write_run(self, offset: int, data: bytes) -> int:
+        """``vpc_co_pwritev`` for the part of ``data`` inside one block.
+
+        QEMU makes each metadata write durable (``bdrv_pwrite_sync``): the block
+        bitmap set on the first write into a block (``get_image_offset``), and for a
+        new block (``alloc_block``) its bitmap, the footer moved behind it and its
+        BAT entry. As there, the in-memory BAT entry stays set whatever fails, and
+        the end of the data area moves back when the footer or BAT write fails."""
         if not self.dynamic:
             self.file.write(offset, bytes(data))
             return len(data)
@@ -152,14 +160,18 @@ class VpcNode(ImageFormatNode):
             bitmap = 512 * entry
             if bitmap != self.last_bitmap:
                 self.last_bitmap = bitmap
-                self.file.write(bitmap, b"\xff" * self.bitmap_size)
+                pwrite_sync(self.file, bitmap, b"\xff" * self.bitmap_size)
         else:
             entry = self.free_offset // 512
             self.set_table_entry(self.bat, index, entry, 4, "big")
-            self.file.write(self.free_offset, b"\xff" * self.bitmap_size)
+            pwrite_sync(self.file, self.free_offset, b"\xff" * self.bitmap_size)
             self.free_offset += self.block_size + self.bitmap_size
-            self.file.write(self.free_offset, self.footer)
-            self.file.write(self.bat_offset + 4 * index, struct.pack(">I", entry))
+            try:
+                pwrite_sync(self.file, self.free_offset, self.footer)  # rewrite_footer
+                pwrite_sync(self.file, self.bat_offset + 4 * index, struct.pack(">I", entry))
+            except IOFailure:
+                self.free_offset -= self.block_size + self.bitmap_size
+                raise
         self.file.write(512 * entry + self.bitmap_size + within, bytes(data[:n]))
         return n
 

@@ -96,6 +96,12 @@ class Refcounts:
         self.next_free = 0
         self._node: Qcow2Node | None = None
         self._plan = 0
+        #: the end of the planned run being allocated (0: none): QEMU allocates the run
+        #: at once, so a refcount block it needs goes after the whole run
+        self._run_end = 0
+        #: ``qcow2_cache_flush(l2_table_cache)``, set by the writer once it is ready:
+        #: a new refcount block first makes the L2 tables stable (``alloc_refcount_block``)
+        self.flush_l2: Callable[[], None] | None = None
 
     def install(self, node: Qcow2Node) -> None:
         """Route overlap checks and corruption reports through ``node``."""
@@ -192,6 +198,7 @@ class Refcounts:
     def plan(self, n: int) -> None:
         """The next :meth:`alloc_data` starts a run of ``n`` contiguous clusters."""
         self._plan = n
+        self._run_end = 0
 
     def alloc_data(self) -> int:
         """One data cluster; the first of a planned run is placed where the whole run fits.
@@ -206,6 +213,7 @@ class Refcounts:
             while self._busy(start, n):
                 start = self._first_free(start + 1)
             self.next_free = start
+            self._run_end = start + n
         return self.alloc(1)
 
     def _busy(self, start: int, n: int) -> bool:
@@ -268,23 +276,53 @@ class Refcounts:
         return start * self.cs
 
     def _new_block(self, bi: int) -> np.ndarray:
-        """``alloc_refcount_block``: a block for range ``bi``, self-describing if it can be."""
+        """``alloc_refcount_block``: a block for range ``bi``, self-describing if it can be.
+
+        Inside the request, in QEMU's order, each step durable before the next: the
+        L2 tables (:attr:`flush_l2`), the block's own refcount when another block
+        holds it (that block written and the file flushed), the new block written and
+        flushed (``qcow2_cache_flush``), then its refcount table entry
+        (``bdrv_pwrite_sync``). The table entry is set in memory once that succeeded;
+        a failure forgets the block (its cluster stays allocated: a leak, as in QEMU).
+        """
+        if self.flush_l2 is not None:
+            self.flush_l2()
         if bi >= len(self.table):
             self._grow_table(bi)
             blk = self._block(bi)
             if blk is not None:
                 return blk
-        x = self._take()
+        if self._run_end > self.next_free:
+            # qcow2_alloc_clusters took the whole run before update_refcount needed this
+            # block: it lands after the run (free_cluster_index), the run stays in place
+            x = self._first_free(self._run_end)
+        else:
+            x = self._take()
         self._reserve(x * self.cs, self.cs)  # on failure only a gap is left behind
         blk = np.zeros(self.epb, dtype=np.uint64)
         self.blocks[bi] = blk
-        self.table[bi] = x * self.cs
-        self.dirty_blocks.add(bi)
-        self.dirty_table.add(bi)
-        if x // self.epb == bi:
-            blk[x % self.epb] = 1
-        else:
-            self.set(x, 1)
+        self.table[bi] = x * self.cs  # where write_back puts it; hooked up below
+        try:
+            if x // self.epb == bi:
+                blk[x % self.epb] = 1
+            else:
+                self.set(x, 1)
+                if self.flush_l2 is not None:
+                    self.write_back(tables=False)
+                    self._sync()
+            self.dirty_blocks.add(bi)
+            if self.flush_l2 is None:  # (the writer is not ready: hooked up at write-back)
+                self.dirty_table.add(bi)
+                return blk
+            self.write_back(tables=False)
+            self._sync()
+            self._write(self.h.refcount_table_offset + bi * 8, struct.pack(">Q", x * self.cs))
+            self._sync()
+        except BaseException:
+            self.table[bi] = 0
+            self.blocks.pop(bi, None)
+            self.dirty_blocks.discard(bi)
+            raise
         return blk
 
     def _last_used(self) -> int:

@@ -7,11 +7,18 @@ untouched part of a cluster from the old data or the backing chain),
 clusters only) and ``qcow2_co_flush_to_os`` with QEMU's cache dependencies:
 
 1. guest data is written to its cluster immediately;
-2. on flush: refcount blocks, then the refcount table, then *fdatasync*;
-3. L2 tables (the compiled map holds the only cached copy), *fdatasync*;
-4. L1 entries, rewritten a whole 512-byte sector at a time, *fdatasync*;
-5. only then are clusters no longer referenced released (refcount decrement),
-   which reaches the disk with the next flush.
+2. a new L2 table is made durable inside the request, as QEMU's
+   ``l2_allocate`` does (:mod:`.l2_alloc`): refcount blocks written and the file
+   flushed, the table (and every other dirty one) written and the file flushed,
+   then its L1 entry's 512-byte sector written and flushed; a new refcount block
+   likewise (``alloc_refcount_block``, :mod:`.refcount`);
+3. on flush (``qcow2_write_caches``): refcount blocks, then the refcount table,
+   then *fdatasync*; then the L2 tables (the compiled map holds the only cached
+   copy), without a flush of their own - the flush that follows is
+   ``bdrv_co_flush`` going down to the file, which blkdebug sees as QEMU's;
+4. only then are clusters no longer referenced released (refcount decrement),
+   which reaches the disk behind another *fdatasync* (the refcount cache then
+   depends on the L2 cache, ``write_refcounts``).
 
 Every write to the image file (guest data, L2 tables, L1 sectors, refcount
 blocks) first passes QEMU's metadata-overlap check (:mod:`.overlap`); entries
@@ -77,10 +84,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from txgraph.errors import IOFailure, OpenError
-from txgraph.io.layer import request_from_parent
+from txgraph.io.layer import flush_to_os, request_from_parent
 from txgraph.io.qcow2 import constants as C
+from txgraph.io.qcow2.l2_alloc import (
+    l2_allocate,
+    write_dirty_tables,
+    write_l1_sectors,
+    write_refcounts,
+)
 from txgraph.io.qcow2.l2map import COMPRESSED, INVALID, MIXED, UNALLOC, ZERO
-from txgraph.io.qcow2.overlap import OL_ACTIVE_L1, OL_ACTIVE_L2
 from txgraph.io.qcow2.refcount import Refcounts
 from txgraph.io.qcow2.truncate import qcow2_extend_for_write
 from txgraph.io.qcow2.validate import owned_write_message, unaligned_free
@@ -120,6 +132,10 @@ class Qcow2Writer:
         self.pending_free: list[int] = []
         #: host clusters with an in-place data write in flight (written without the lock)
         self.inplace: dict[int, int] = {}
+        #: a request freed clusters (QEMU's ``update_refcount`` with a decrease sets the
+        #: refcount cache to depend on the L2 cache): the L2 tables and a flush of the
+        #: file come before the next refcount write-back (:func:`.l2_alloc.write_refcounts`)
+        self.refs_after_l2 = False
         self.marked_dirty = self.h.dirty
         if self.h.bitmaps_ext is not None:
             # Persistent bitmaps are not maintained by txgraph; QEMU would update them.
@@ -136,6 +152,16 @@ class Qcow2Writer:
             rebuild_refcounts(self)
             self._set_incompat(self.h.incompatible_features & ~C.INCOMPAT_DIRTY)
             self.marked_dirty = False
+        self.refs.flush_l2 = self._flush_l2_cache
+
+    def _flush_l2_cache(self) -> None:
+        """``qcow2_cache_flush(l2_table_cache)`` inside a request: tables with unwritten
+        entries (after the refcounts they depend on, made stable), then the file flushed."""
+        if self.dirty_slots:
+            write_refcounts(self)
+            self._sync()
+            write_dirty_tables(self)
+        self._sync()
 
     # -- low level --------------------------------------------------------------
     def _fwrite(self, offset: int, data: bytes) -> None:
@@ -181,11 +207,9 @@ class Qcow2Writer:
             return
         self._before_metadata_change()
         self.map.slot(i)  # compile from the old table (zeros if none)
-        new = self.refs.alloc(1)
         old = l1e & C.L1E_OFFSET_MASK
-        self.map.set_l1(i, new | C.OFLAG_COPIED)
-        self.dirty_l1.add(i)
-        self.dirty_slots.add(i)
+        l2_allocate(self, i)  # written and hooked up inside the request, as QEMU's
+        self.dirty_slots.add(i)  # pinned until the caller's entries are written
         if old:
             self.pending_free.append(old)  # the shared table loses this reference
 
@@ -302,6 +326,7 @@ class Qcow2Writer:
         except BaseException:
             if fresh:  # never referenced: free again (and reuse next, as QEMU's abort)
                 self.refs.release(host // self.cs)
+                self.refs_after_l2 = True
             raise
         if not (raw & C.OFLAG_COPIED and host == raw & C.L2E_OFFSET_MASK):
             self._release_entry(raw, code)
@@ -374,6 +399,7 @@ class Qcow2Writer:
         except BaseException:
             for host in reversed(hosts):  # never referenced: free again (QEMU's abort)
                 self.refs.release(host // cs)
+            self.refs_after_l2 = True
             raise
         for j in np.flatnonzero(raws).tolist():
             self._release_entry(int(raws[j]), int(codes[j]))
@@ -520,7 +546,9 @@ class Qcow2Writer:
         The metadata part runs under ``lock`` (``qcow2_co_flush_to_os``); the
         final flush of the file does not need it (``bdrv_co_flush`` of the child).
         """
-        with self.lock:
+        # the cache flushes' own bdrv_flush of the file happen in qcow2_co_flush_to_os,
+        # before bdrv_co_flush raises flush_to_disk and goes down to the file
+        with self.lock, flush_to_os(self.node):
             for _ in range(3):  # released clusters need one more round to reach the disk
                 wrote = self._flush_once()
                 if not wrote:
@@ -531,37 +559,19 @@ class Qcow2Writer:
             dc.flush()
 
     def _flush_once(self) -> bool:
-        refs_written = self.refs.write_back()
+        refs_written = write_refcounts(self)
         if not (self.dirty_slots or self.dirty_l1 or self._releasable()):
             return refs_written
         dc = self.node.children.get("data-file")
         if dc is not None:
             dc.flush()
-        self._sync()
-        n = self.map.n
-        ent = self.h.l2_entry_size
-        for i in sorted(self.dirty_slots):
-            raw = self.map.raw[i]
-            assert raw is not None
-            if self.h.extended_l2:
-                both = np.empty(2 * n, dtype=np.uint64)
-                both[0::2], both[1::2] = raw, self.map.bitmaps[i]  # type: ignore[assignment]
-                table = both.astype(">u8").tobytes()
-            else:
-                table = raw.astype(">u8").tobytes()
-            assert len(table) == n * ent
-            l2off = int(self.map.l1[i]) & C.L1E_OFFSET_MASK
-            self.node.overlap.check(l2off, len(table), OL_ACTIVE_L2)
-            self._fwrite(l2off, table)
-        self.dirty_slots.clear()
-        self._sync()
-        if self.dirty_l1:
-            for sector in sorted({i // 64 for i in self.dirty_l1}):
-                chunk = self.map.l1[sector * 64 : (sector + 1) * 64].astype(">u8").tobytes()
-                self.node.overlap.check(
-                    self.h.l1_table_offset + sector * 512, len(chunk), OL_ACTIVE_L1
-                )
-                self._fwrite(self.h.l1_table_offset + sector * 512, chunk)
+        self._sync()  # the refcounts are stable before the L2 tables (l2 depends on refcounts)
+        # qcow2_write_caches writes the L2 tables without a flush of its own: a flush
+        # here would be one QEMU does not make (blkdebug would see the file clean)
+        write_dirty_tables(self)
+        if self.dirty_l1:  # (l2_allocate writes its L1 entry itself; kept for safety)
+            self._sync()
+            write_l1_sectors(self, self.dirty_l1)
             self.dirty_l1.clear()
             self._sync()
         busy: list[int] = []
@@ -572,6 +582,9 @@ class Qcow2Writer:
                 continue
             if self.refs.release(c) == 0:
                 self.node.file.discard(host, self.cs)
+            # the decrease reaches the disk only behind a flush of the tables that
+            # dropped the reference (the refcount cache now depends on the L2 cache)
+            self.refs_after_l2 = True
         self.pending_free[:] = busy
         return True
 
