@@ -1,0 +1,145 @@
+"""vvfat ``rw: true``: what a guest writes, reads back and leaves in the host directory.
+
+Each scenario is played through a writable NBD export on qemu-storage-daemon
+7.2 and on txgraph; every step's reply (``ok``, the bytes read, the errno of a
+refused request) and the host directory afterwards must be equal
+(tests/support/vvfat_rw.py). The scenarios cover what txgraph reproduces of
+QEMU's write path: file data rewritten in place (committed to the host file,
+from the first changed cluster on), sub-sector writes, the boot sector's
+one writable byte, writes before the FAT (EPERM), the second FAT copy, writes
+into a free cluster (QEMU's consistency check then refuses every commit: the
+guest reads its data, the host keeps the old files) and the disk's tail.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.vvfat_rw import CLUSTER, SECTOR, TREE, Disk, data, differential, find
+
+pytestmark = pytest.mark.qsd
+
+_ONE: bytes = TREE["one.txt"]
+_BIG: bytes = TREE["big.bin"]
+
+
+def _flip(payload: bytes) -> bytes:
+    return bytes(b ^ 0xA5 for b in payload)
+
+
+def test_rewrite_first_cluster_of_a_file(tmp_path: Path) -> None:
+    def scenario(disk: Disk, root: Path) -> list[Any]:
+        at = find(disk, _ONE[:SECTOR])
+        new = _flip(_ONE[:SECTOR])
+        return [disk.write(at, new), disk.read(at, 2 * SECTOR), (root / "one.txt").read_bytes()]
+
+    trace = differential(tmp_path, scenario)
+    assert trace[3] == "ok"
+    assert trace[5] == _flip(_ONE[:SECTOR]) + _ONE[SECTOR:]  # on the host while it runs
+
+
+@pytest.mark.parametrize("cluster", [1, 2, 3])
+def test_rewrite_a_later_cluster(tmp_path: Path, cluster: int) -> None:
+    """commit_one_file from a later cluster (7.2.22 walks the chain to it correctly)."""
+
+    def scenario(disk: Disk, root: Path) -> list[Any]:
+        at = find(disk, _BIG[:SECTOR]) + cluster * CLUSTER
+        new = _flip(_BIG[cluster * CLUSTER : cluster * CLUSTER + SECTOR])
+        return [
+            disk.write(at + SECTOR, new),
+            disk.read(at, CLUSTER),
+            disk.read(at - CLUSTER, CLUSTER),
+        ]
+
+    trace = differential(tmp_path, scenario)
+    assert trace[3] == "ok"
+
+
+def test_sub_sector_writes_and_two_files(tmp_path: Path) -> None:
+    def scenario(disk: Disk, root: Path) -> list[Any]:
+        one = find(disk, _ONE[:SECTOR])
+        inner = find(disk, TREE["sub"]["inner.txt"][:SECTOR])
+        return [
+            disk.write(one + 1000, b"sub-sector"),
+            disk.write(inner + 3, b"x" * 2000),  # past the file's 700 bytes
+            disk.read(one, CLUSTER),
+            disk.read(inner, CLUSTER),
+        ]
+
+    differential(tmp_path, scenario)
+
+
+def test_boot_sector_and_the_sectors_before_the_fat(tmp_path: Path) -> None:
+    def scenario(disk: Disk, root: Path) -> list[Any]:
+        boot = 63 * SECTOR
+        sector = disk.read(boot, SECTOR)
+        assert isinstance(sector, bytes)
+        dirty = sector[:0x25] + b"\x01" + sector[0x26:]
+        other = sector[:3] + b"X" + sector[4:]
+        return [
+            disk.write(boot, dirty),  # reserved1: the one byte a guest may change
+            disk.read(boot, SECTOR),
+            disk.write(boot, other),
+            disk.write(0, bytes(SECTOR)),  # the MBR
+            disk.write(boot, dirty + dirty),
+            disk.read(0, 64 * SECTOR),
+        ]
+
+    trace = differential(tmp_path, scenario)
+    assert trace[3:6] == ["ok", trace[4], "EPERM"] and trace[6:8] == ["EPERM", "EPERM"]
+
+
+def test_second_fat_copy_and_an_unchanged_first_fat(tmp_path: Path) -> None:
+    def scenario(disk: Disk, root: Path) -> list[Any]:
+        fat1 = 64 * SECTOR
+        head = disk.read(fat1, SECTOR)
+        boot = disk.read(63 * SECTOR, SECTOR)
+        assert isinstance(head, bytes) and isinstance(boot, bytes)
+        one = find(disk, _ONE[:SECTOR])
+        # the second copy starts sectors_per_fat (the boot sector's word at 0x16) later
+        fat2 = fat1 + int.from_bytes(boot[0x16:0x18], "little") * SECTOR
+        steps: list[Any] = [disk.read(fat2, SECTOR) == head]
+        steps += [
+            disk.write(fat1, head),
+            disk.write(fat2, _flip(head)),
+            disk.read(fat2, SECTOR),
+            disk.write(one, _flip(_ONE[:SECTOR])),  # a commit: the target is emptied
+            disk.read(fat2, SECTOR),
+            disk.read(one, SECTOR),
+        ]
+        return steps
+
+    trace = differential(tmp_path, scenario)
+    assert trace[3] is True and trace[6] != trace[9]
+
+
+def test_a_free_cluster_blocks_every_commit(tmp_path: Path) -> None:
+    def scenario(disk: Disk, root: Path) -> list[Any]:
+        one = find(disk, _ONE[:SECTOR])
+        big = find(disk, _BIG[:SECTOR])
+        free = big + 8 * CLUSTER  # past every file of the tree
+        return [
+            disk.write(free, data(9, SECTOR)),
+            disk.write(one, _flip(_ONE[:SECTOR])),
+            disk.read(free, SECTOR),
+            disk.read(one, SECTOR),
+            (root / "one.txt").read_bytes() == _ONE,
+        ]
+
+    trace = differential(tmp_path, scenario)
+    assert trace[-1] is True
+
+
+def test_the_disk_tail(tmp_path: Path) -> None:
+    end = 528482304
+
+    def scenario(disk: Disk, root: Path) -> list[Any]:
+        return [
+            disk.write(end - SECTOR, data(5, SECTOR)),
+            disk.read(end - 2 * SECTOR, 2 * SECTOR),
+        ]
+
+    differential(tmp_path, scenario)

@@ -1,0 +1,221 @@
+"""Guest writes on a ``rw=on`` vvfat node: the checks, the write target, the write-back.
+
+Reproduces QEMU 7.2's block/vvfat.c ``vvfat_write``, ``try_commit``,
+``is_consistent``, ``get_cluster_count_for_direntry``'s write-out scheduling,
+``commit_one_file`` and the end of ``do_commit``, for the writes txgraph serves:
+
+* a one-sector write of the boot sector may change only the ``reserved1``
+  byte (kept in memory, nothing reaches the write target); any other write
+  before the first FAT is refused with EPERM, as is a write that changes the
+  short entry of a read-only file in a directory cluster;
+* everything else goes to the ``write-target`` child (a qcow image), the
+  clusters written are marked, and a commit is tried: QEMU's consistency check
+  fails while a cluster outside every file and directory holds written data
+  (the guest then keeps reading what it wrote, nothing reaches the host); a
+  consistent state writes every changed file back from its first changed
+  cluster (as 7.2.22 does it, whose stable updates walk the chain to that
+  cluster correctly), empties the write target and clears the marks; when no
+  file changed the write target keeps the data;
+* txgraph does not reproduce QEMU's commit of structural changes (a changed
+  FAT or directory cluster: new, deleted, renamed, grown or shrunk files and
+  directories): such a write is refused with EOPNOTSUPP before anything is
+  stored, so the guest, the write target and the host directory stay as they
+  were (QEMU would take the write; see tests/interop/test_vvfat_rw_qsd.py).
+
+Lock discipline: a :class:`WriteBack` belongs to one VvfatNode and is used only
+under that node's lock (QEMU's ``s->lock``).
+"""
+
+from __future__ import annotations
+
+import errno as E
+import os
+import struct
+from typing import TYPE_CHECKING
+
+from txgraph.errors import IOFailure
+from txgraph.io.drivers.vvfat_image import SECTOR, FatImage
+
+if TYPE_CHECKING:
+    from txgraph.io.drivers.vvfat import VvfatNode
+
+__all__ = ["WriteBack", "STRUCTURAL_CHANGE"]
+
+#: txgraph's refusal of a write QEMU would commit as a structural change
+STRUCTURAL_CHANGE = (
+    "vvfat: txgraph does not write FAT or directory changes back to the host directory"
+)
+#: ``offsetof(bootsector_t, u.fat16.reserved1)``: the one byte a guest may change
+_RESERVED1 = 0x25
+_USED_ALLOCATED = 4
+
+
+def _eperm() -> IOFailure:
+    return IOFailure(os.strerror(E.EPERM), E.EPERM)
+
+
+class WriteBack:
+    """The write path of one node with a write target (under the node's lock)."""
+
+    def __init__(self, node: VvfatNode, image: FatImage) -> None:
+        self._node = node
+        self._image = image
+        shape = image.shape
+        # enable_write_target runs before init_directories: sized from the whole partition
+        count = (shape.total_sectors - shape.offset_to_bootsector) // shape.sectors_per_cluster
+        self._used = bytearray(count)
+        self._root_end = image.mappings[0].end  # last_cluster_of_root_directory
+
+    # -- vvfat_write ---------------------------------------------------------------------
+    def write(self, first: int, buf: bytes) -> None:
+        """``vvfat_write`` of whole sectors ``first ..`` (the node's lock held)."""
+        image = self._image
+        count = len(buf) // SECTOR
+        boot = image.shape.offset_to_bootsector
+        if first == boot and count == 1:
+            sector = image.first_sectors[boot * SECTOR : (boot + 1) * SECTOR]
+            if any(a != b for i, (a, b) in enumerate(zip(sector, buf)) if i != _RESERVED1):
+                raise _eperm()  # "Tried to write to protected bootsector"
+            image.first_sectors[boot * SECTOR + _RESERVED1] = buf[_RESERVED1]
+            return
+        if first < image.offset_to_fat:
+            raise _eperm()
+        self._check_read_only(first, buf)
+        self._check_structure(first, buf)
+        target = self._node.children["write-target"]
+        target.write(first * SECTOR, buf)
+        lo, hi = self._cluster_of(first), self._cluster_of(first + count - 1)
+        for cluster in range(max(lo, 0), min(hi + 1, len(self._used))):
+            self._used[cluster] |= _USED_ALLOCATED
+        self._try_commit()
+
+    def _cluster_of(self, sector: int) -> int:
+        """``sector2cluster`` (negative before the root directory)."""
+        rel = sector - self._image.offset_to_root_dir
+        return rel // self._image.shape.sectors_per_cluster
+
+    def _check_read_only(self, first: int, buf: bytes) -> None:
+        """``vvfat_write``'s "write-protected file" check on directory clusters."""
+        image = self._image
+        spc = image.shape.sectors_per_cluster
+        last = first + len(buf) // SECTOR
+        for sector in range(max(first, image.offset_to_root_dir), last):
+            mapping = self._node.mapping_for(self._cluster_of(sector))
+            if mapping is None or not mapping.is_dir:
+                continue
+            inside = sector - image.offset_to_root_dir - mapping.begin * spc
+            base = (mapping.first_dir_index + inside * 16) * 32
+            new = buf[(sector - first) * SECTOR : (sector - first + 1) * SECTOR]
+            for k in range(16):
+                entry = new[k * 32 : k * 32 + 32]
+                short = entry[11] != 0x0F and entry[0] not in (0, 0xE5)
+                if short and entry[11] & 1 and entry != image.directory[base + k * 32 :][:32]:
+                    raise _eperm()  # "tried to write to write-protected file"
+
+    def _check_structure(self, first: int, buf: bytes) -> None:
+        """txgraph's refusal: the first FAT and the directory clusters must read as before."""
+        image = self._image
+        fat_end = image.offset_to_fat + image.sectors_per_fat
+        for i in range(len(buf) // SECTOR):
+            sector = first + i
+            new = buf[i * SECTOR : (i + 1) * SECTOR]
+            if image.offset_to_fat <= sector < fat_end:
+                rel = sector - image.offset_to_fat
+                old = bytes(image.fat[rel * SECTOR : (rel + 1) * SECTOR])
+            elif sector >= image.offset_to_root_dir:
+                mapping = self._node.mapping_for(self._cluster_of(sector))
+                if mapping is None or not mapping.is_dir:
+                    continue
+                old = self._node.base_sector(sector)
+            else:
+                continue
+            if new != old:
+                raise IOFailure(STRUCTURAL_CHANGE, E.EOPNOTSUPP)
+
+    # -- try_commit ----------------------------------------------------------------------
+    def _try_commit(self) -> None:
+        """``try_commit``: ``is_consistent``, then ``do_commit`` (failures stay silent)."""
+        node = self._node
+        node.close_current_file()
+        # is_consistent with the FAT and directories unchanged: a written cluster inside
+        # the FAT's range that no file or directory owns keeps the state inconsistent
+        for cluster, mark in enumerate(self._used):
+            if mark and cluster >= self._root_end and node.mapping_for(cluster) is None:
+                if cluster < self._image.cluster_count:
+                    return
+        writeouts: list[tuple[int, int]] = []
+        for index, mapping in enumerate(self._image.mappings):
+            if mapping.is_dir:
+                continue
+            for cluster in range(mapping.begin, mapping.end):
+                if self._was_modified(cluster):
+                    offset = (cluster - mapping.begin) * self._image.cluster_size
+                    writeouts.append((index, offset))  # schedule_writeout
+                    break
+        if not writeouts:
+            return  # do_commit: nothing to commit, the write target keeps the data
+        for index, offset in writeouts:
+            if not self._commit_one_file(index, offset):
+                return
+        make_empty = getattr(node.children["write-target"], "make_empty", None)
+        if make_empty is not None:  # bdrv_make_empty where the target's driver has one
+            make_empty()
+        self._used[:] = bytes(len(self._used))
+
+    def _was_modified(self, cluster: int) -> bool:
+        """``cluster_was_modified``: any sector of the cluster allocated in the target."""
+        target = self._node.children["write-target"]
+        spc = self._image.shape.sectors_per_cluster
+        start = (self._image.offset_to_root_dir + cluster * spc) * SECTOR
+        end = start + spc * SECTOR
+        at = start
+        while at < end:
+            status = target.block_status(at, end - at)
+            if status.allocated:
+                return True
+            at += max(status.length, SECTOR)
+        return False
+
+    def _fat_next(self, cluster: int) -> int:
+        """``modified_fat_get`` on an unchanged FAT."""
+        if cluster < self._root_end:
+            return cluster + 1 if cluster + 1 < self._root_end else 0x0FFFFFFF
+        fat = self._image.fat
+        bits = self._image.shape.fat_type
+        if bits == 32:
+            return int(struct.unpack_from("<I", fat, cluster * 4)[0])
+        if bits == 16:
+            return int(struct.unpack_from("<H", fat, cluster * 2)[0])
+        pair = fat[cluster * 3 // 2] | fat[cluster * 3 // 2 + 1] << 8
+        return (pair >> (4 if cluster & 1 else 0)) & 0xFFF
+
+    def _commit_one_file(self, index: int, offset: int) -> bool:
+        """``commit_one_file``: the file from ``offset`` on, read through the guest view."""
+        image = self._image
+        mapping = image.mappings[index]
+        (size,) = struct.unpack_from("<I", image.directory, mapping.dir_index * 32 + 28)
+        cs = image.cluster_size
+        cluster = mapping.begin
+        for _ in range(0, offset, cs):
+            cluster = self._fat_next(cluster)
+        try:
+            fd = os.open(mapping.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            return False
+        try:
+            os.lseek(fd, offset, os.SEEK_SET)
+            while offset < size:
+                rest = min(cs, size - offset)
+                following = self._fat_next(cluster)
+                first = image.offset_to_root_dir + cluster * image.shape.sectors_per_cluster
+                data = self._node.guest_sectors(first, first + (rest + SECTOR - 1) // SECTOR)
+                os.write(fd, data[:rest])
+                offset += rest
+                cluster = following
+            os.ftruncate(fd, size)
+        except (OSError, IOFailure):
+            return False
+        finally:
+            os.close(fd)
+        self._node.close_current_file()
+        return True
