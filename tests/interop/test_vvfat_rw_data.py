@@ -13,12 +13,26 @@ guest reads its data, the host keeps the old files) and the disk's tail.
 
 from __future__ import annotations
 
+import errno as E
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.vvfat_rw import CLUSTER, SECTOR, TREE, Disk, data, differential, find
+from tests.differential.harness import EnginePeer, QSDPeer
+from tests.support.vvfat_rw import (
+    CLUSTER,
+    READ_ONLY,
+    SECTOR,
+    TREE,
+    Disk,
+    data,
+    differential,
+    find,
+    run,
+)
+from txgraph.io.nbd.client import NbdClient
 
 pytestmark = pytest.mark.qsd
 
@@ -143,3 +157,84 @@ def test_the_disk_tail(tmp_path: Path) -> None:
         ]
 
     differential(tmp_path, scenario)
+
+
+def test_a_read_only_host_file(tmp_path: Path) -> None:
+    """A file without write bits at the scan: its clusters refuse writes (EPERM)."""
+    tree = dict(TREE) | {READ_ONLY: data(6, 5000)}
+
+    def scenario(disk: Disk, root: Path) -> list[Any]:
+        ro = find(disk, tree[READ_ONLY][:SECTOR])
+        one = find(disk, _ONE[:SECTOR])
+        return [
+            disk.write(ro, bytes(SECTOR)),
+            disk.write(one - SECTOR, bytes(2 * SECTOR)),  # ends in one.txt, starts before
+            disk.read(ro, SECTOR),
+        ]
+
+    trace = differential(tmp_path, scenario, tree)
+    assert trace[3] == "EPERM"
+
+
+def _rename_in_root(disk: Disk, root: Path) -> list[Any]:
+    """A guest renames EMPTY.DAT's short entry (a change of a directory cluster)."""
+    area = disk.read(0, 4 << 20)
+    assert isinstance(area, bytes)
+    at = area.find(b"EMPTY   DAT")
+    sector = at - at % SECTOR
+    new = bytearray(area[sector : sector + SECTOR])
+    new[at - sector : at - sector + 11] = b"FULL    DAT"
+    return [disk.write(sector, bytes(new)), disk.read(sector, SECTOR) == bytes(new)]
+
+
+def test_qsd_takes_a_directory_change(tmp_path: Path) -> None:
+    """QEMU stores a changed directory cluster and reads it back (its commit then
+    works on the new tree); txgraph refuses it (the next test)."""
+    trace, _host = run(QSDPeer, tmp_path / "qsd", _rename_in_root)
+    assert trace[3:] == ["ok", True]
+
+
+def test_txgraph_refuses_a_directory_change_and_changes_nothing(tmp_path: Path) -> None:
+    trace, host = run(EnginePeer, tmp_path / "txgraph", _rename_in_root)
+    assert trace[3:] == [E.errorcode[E.EOPNOTSUPP], False]
+    assert host == run(EnginePeer, tmp_path / "untouched", lambda disk, root: [])[1]
+
+
+def test_concurrent_writers_on_txgraph(tmp_path: Path) -> None:
+    """Four clients rewrite clusters of two files and read back at once: the node's
+    lock keeps the write target, the marks and the commits whole."""
+    rounds = 6
+
+    def scenario(disk: Disk, root: Path) -> list[Any]:
+        one = find(disk, _ONE[:SECTOR])
+        big = find(disk, _BIG[:SECTOR])
+        addr = disk.addr
+        errors: list[str] = []
+
+        def worker(k: int) -> None:
+            base = [one, big, big + CLUSTER, big + 2 * CLUSTER][k]
+            with NbdClient(addr, "v") as client:
+                for r in range(rounds):
+                    payload = data(10 * k + r, SECTOR)
+                    client.write(base + SECTOR * (r % 4), payload)
+                    if client.read(base + SECTOR * (r % 4), SECTOR) != payload:
+                        errors.append(f"worker {k} round {r}")
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not any(t.is_alive() for t in threads)
+        return [errors, disk.read(one, SECTOR * 4), disk.read(big, 3 * CLUSTER)]
+
+    trace, host = run(EnginePeer, tmp_path / "txgraph", scenario)
+    assert trace[3] == []
+    guest_one, guest_big = trace[4], trace[5]
+    assert host["one.txt"] is not None and host["big.bin"] is not None
+    assert host["one.txt"][: 4 * SECTOR] == guest_one
+    assert host["big.bin"][: 3 * CLUSTER] == guest_big
+    for k, base in ((0, 0), (1, 0), (2, CLUSTER), (3, 2 * CLUSTER)):
+        got = (host["one.txt"] if k == 0 else host["big.bin"])[base : base + 4 * SECTOR]
+        want = b"".join(data(10 * k + r, SECTOR) for r in range(2, 6))
+        assert got == want[2 * SECTOR :] + want[: 2 * SECTOR]

@@ -38,6 +38,10 @@ TREE: dict[str, Any] = {
 }
 
 
+#: a file of the tree made without write bits (QEMU's scan marks its mapping read-only)
+READ_ONLY = "ro.txt"
+
+
 def make_tree(root: Path, spec: dict[str, Any]) -> None:
     root.mkdir()
     for name, value in spec.items():
@@ -46,6 +50,8 @@ def make_tree(root: Path, spec: dict[str, Any]) -> None:
         else:
             (root / name).write_bytes(value)
             os.utime(root / name, (2_000_000_000, 1_500_000_000))
+            if name == READ_ONLY:
+                os.chmod(root / name, 0o444)
 
 
 def snapshot(root: Path) -> dict[str, bytes | None]:
@@ -65,6 +71,8 @@ class Disk:
     """A guest's handle on the export: requests answer ``ok``, bytes or an errno name."""
 
     client: NbdClient
+    #: the export's address (for more clients)
+    addr: dict[str, Any]
 
     def write(self, offset: int, payload: bytes) -> str:
         try:
@@ -116,7 +124,7 @@ def run(
             ),
         ]
         with NbdClient(addr, "v") as client:
-            trace += scenario(Disk(client), root)
+            trace += scenario(Disk(client, addr), root)
     finally:
         peer.close()
         shutil.rmtree(sockdir, ignore_errors=True)
@@ -132,10 +140,12 @@ def find(disk: Disk, needle: bytes, span: int = 4 << 20) -> int:
     return at
 
 
-def differential(tmp_path: Path, scenario: Scenario, **node: Any) -> list[Any]:
+def differential(
+    tmp_path: Path, scenario: Scenario, tree: dict[str, Any] | None = None, **node: Any
+) -> list[Any]:
     """Run on QSD and on txgraph; both traces and host trees must be equal."""
-    qsd = run(QSDPeer, tmp_path / "qsd", scenario, **node)
-    ours = run(EnginePeer, tmp_path / "txgraph", scenario, **node)
+    qsd = run(QSDPeer, tmp_path / "qsd", scenario, tree, **node)
+    ours = run(EnginePeer, tmp_path / "txgraph", scenario, tree, **node)
     assert ours[0] == qsd[0]
     assert ours[1] == qsd[1]
     return qsd[0]
