@@ -44,13 +44,14 @@ def _flip(payload: bytes) -> bytes:
     return bytes(b ^ 0xA5 for b in payload)
 
 
-def test_rewrite_first_cluster_of_a_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("shape", [{}, {"fat-type": 12}, {"floppy": True}], ids=str)
+def test_rewrite_first_cluster_of_a_file(tmp_path: Path, shape: dict[str, Any]) -> None:
     def scenario(disk: Disk, root: Path) -> list[Any]:
         at = find(disk, _ONE[:SECTOR])
         new = _flip(_ONE[:SECTOR])
         return [disk.write(at, new), disk.read(at, 2 * SECTOR), (root / "one.txt").read_bytes()]
 
-    trace = differential(tmp_path, scenario)
+    trace = differential(tmp_path, scenario, **shape)
     assert trace[3] == "ok"
     assert trace[5] == _flip(_ONE[:SECTOR]) + _ONE[SECTOR:]  # on the host while it runs
 
@@ -238,3 +239,60 @@ def test_concurrent_writers_on_txgraph(tmp_path: Path) -> None:
         got = (host["one.txt"] if k == 0 else host["big.bin"])[base : base + 4 * SECTOR]
         want = b"".join(data(10 * k + r, SECTOR) for r in range(2, 6))
         assert got == want[2 * SECTOR :] + want[: 2 * SECTOR]
+
+
+def test_one_write_over_two_files(tmp_path: Path) -> None:
+    """One request changes two files: both are written back, in the order of QEMU's
+    walk of the tree (what the cluster buffer then holds shows in a short file's tail)."""
+    tree: dict[str, Any] = {
+        "adir": {"f1.txt": data(20, 700)},
+        "zfile.txt": data(21, 3000),
+        "other.txt": data(22, 100),
+    }
+
+    def scenario(disk: Disk, root: Path) -> list[Any]:
+        f1 = find(disk, tree["adir"]["f1.txt"][:SECTOR])
+        span = disk.write(f1 - SECTOR, data(23, 2 * SECTOR))
+        reads = [disk.read(find(disk, tree[n][:100]), CLUSTER) for n in ("zfile.txt", "other.txt")]
+        return [span, disk.read(f1 - CLUSTER, 2 * CLUSTER), *reads]
+
+    trace = differential(tmp_path, scenario, tree)
+    assert trace[3] == "ok"
+
+
+def _fat32_file_write(disk: Disk, root: Path) -> list[Any]:
+    at = find(disk, _ONE[:SECTOR])
+    return [disk.write(at, _flip(_ONE[:SECTOR]))]
+
+
+def test_qsd_aborts_committing_a_fat32_file(tmp_path: Path) -> None:
+    """QEMU 7.2 on FAT32: commit_one_file's assertion fails and the daemon dies."""
+    trace, host = run(QSDPeer, tmp_path / "qsd", _fat32_file_write, **{"fat-type": 32})
+    assert trace[3] == "ESHUTDOWN"  # the daemon is gone: the connection dropped
+    assert host["one.txt"] == _ONE
+
+
+def test_txgraph_refuses_what_makes_qsd_abort_on_fat32(tmp_path: Path) -> None:
+    trace, host = run(EnginePeer, tmp_path / "txgraph", _fat32_file_write, **{"fat-type": 32})
+    assert trace[3] == E.errorcode[E.EOPNOTSUPP]
+    assert host["one.txt"] == _ONE
+
+
+def test_fat32_writes_that_commit_nothing(tmp_path: Path) -> None:
+    """FAT32 writes QEMU survives: a FAT sector, a free cluster, then file data (no
+    commit while the free cluster holds data)."""
+
+    def scenario(disk: Disk, root: Path) -> list[Any]:
+        one = find(disk, _ONE[:SECTOR])
+        big = find(disk, _BIG[:SECTOR])
+        fat = disk.read(64 * SECTOR, SECTOR)
+        assert isinstance(fat, bytes)
+        return [
+            disk.write(64 * SECTOR, fat),
+            disk.write(big + 8 * CLUSTER, data(30, SECTOR)),
+            disk.write(one, _flip(_ONE[:SECTOR])),
+            disk.read(one, SECTOR),
+        ]
+
+    trace = differential(tmp_path, scenario, **{"fat-type": 32})
+    assert trace[3:6] == ["ok", "ok", "ok"]

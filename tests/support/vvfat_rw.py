@@ -133,7 +133,7 @@ def run(
 
 def find(disk: Disk, needle: bytes, span: int = 4 << 20) -> int:
     """The sector offset where ``needle`` (a cluster's first bytes) sits on the disk."""
-    area = disk.read(0, span)
+    area = disk.read(0, min(span, disk.client.size))
     assert isinstance(area, bytes)
     at = area.find(needle)
     assert at > 0 and at % SECTOR == 0, at

@@ -38,23 +38,46 @@ from typing import TYPE_CHECKING
 
 from txgraph.errors import IOFailure
 from txgraph.io.drivers.vvfat_image import SECTOR, FatImage
+from txgraph.io.drivers.vvfat_image import Mapping as FatMapping
 
 if TYPE_CHECKING:
     from txgraph.io.drivers.vvfat import VvfatNode
 
-__all__ = ["WriteBack", "STRUCTURAL_CHANGE"]
+__all__ = ["WriteBack", "STRUCTURAL_CHANGE", "FAT32_ABORT"]
 
+#: txgraph's refusal of a write whose commit makes QEMU 7.2 abort
+FAT32_ABORT = (
+    "vvfat: QEMU 7.2 aborts writing file data of a FAT32 disk back; txgraph refuses the write"
+)
 #: txgraph's refusal of a write QEMU would commit as a structural change
 STRUCTURAL_CHANGE = (
     "vvfat: txgraph does not write FAT or directory changes back to the host directory"
 )
 #: ``offsetof(bootsector_t, u.fat16.reserved1)``: the one byte a guest may change
 _RESERVED1 = 0x25
-_USED_ALLOCATED = 4
 
 
 def _eperm() -> IOFailure:
     return IOFailure(os.strerror(E.EPERM), E.EPERM)
+
+
+def _walk_order(image: FatImage) -> dict[int, int]:
+    """A file's rank in ``check_directory_consistency``'s walk (depth first, each
+    directory's entries in order), keyed by its directory entry index."""
+    children: dict[int, list[int]] = {}
+    for index, mapping in enumerate(image.mappings):
+        if mapping.parent >= 0:
+            children.setdefault(mapping.parent, []).append(index)
+    order: dict[int, int] = {}
+    stack = [0]
+    while stack:
+        index = stack.pop()
+        mapping = image.mappings[index]
+        if not mapping.is_dir:
+            order[mapping.dir_index] = len(order)
+            continue
+        stack.extend(reversed(children.get(index, [])))
+    return order
 
 
 class WriteBack:
@@ -66,8 +89,12 @@ class WriteBack:
         shape = image.shape
         # enable_write_target runs before init_directories: sized from the whole partition
         count = (shape.total_sectors - shape.offset_to_bootsector) // shape.sectors_per_cluster
-        self._used = bytearray(count)
+        self._count = count
+        #: clusters written since the last commit (USED_ALLOCATED); a write always
+        #: allocates in the target, so these are the clusters cluster_was_modified finds
+        self._written: set[int] = set()
         self._root_end = image.mappings[0].end  # last_cluster_of_root_directory
+        self._walk = _walk_order(image)
 
     # -- vvfat_write ---------------------------------------------------------------------
     def write(self, first: int, buf: bytes) -> None:
@@ -85,11 +112,14 @@ class WriteBack:
             raise _eperm()
         self._check_read_only(first, buf)
         self._check_structure(first, buf)
+        lo, hi = self._cluster_of(first), self._cluster_of(first + count - 1)
+        clusters = range(max(lo, 0), min(hi + 1, self._count))
+        if image.shape.fat_type == 32 and self._writeouts(self._written.union(clusters)):
+            # commit_one_file's assertion fails on FAT32 (the daemon aborts)
+            raise IOFailure(FAT32_ABORT, E.EOPNOTSUPP)
         target = self._node.children["write-target"]
         target.write(first * SECTOR, buf)
-        lo, hi = self._cluster_of(first), self._cluster_of(first + count - 1)
-        for cluster in range(max(lo, 0), min(hi + 1, len(self._used))):
-            self._used[cluster] |= _USED_ALLOCATED
+        self._written.update(clusters)
         self._try_commit()
 
     def _cluster_of(self, sector: int) -> int:
@@ -136,44 +166,37 @@ class WriteBack:
         """``try_commit``: ``is_consistent``, then ``do_commit`` (failures stay silent)."""
         node = self._node
         node.close_current_file()
-        # is_consistent with the FAT and directories unchanged: a written cluster inside
-        # the FAT's range that no file or directory owns keeps the state inconsistent
-        for cluster, mark in enumerate(self._used):
-            if mark and cluster >= self._root_end and node.mapping_for(cluster) is None:
-                if cluster < self._image.cluster_count:
-                    return
-        writeouts: list[tuple[int, int]] = []
-        for index, mapping in enumerate(self._image.mappings):
-            if mapping.is_dir:
-                continue
-            for cluster in range(mapping.begin, mapping.end):
-                if self._was_modified(cluster):
-                    offset = (cluster - mapping.begin) * self._image.cluster_size
-                    writeouts.append((index, offset))  # schedule_writeout
-                    break
-        if not writeouts:
-            return  # do_commit: nothing to commit, the write target keeps the data
-        for index, offset in writeouts:
-            if not self._commit_one_file(index, offset):
+        files = self._writeouts(self._written)
+        if not files:
+            return  # inconsistent, or do_commit with nothing to commit: the target keeps it
+        # schedule_writeout in check_directory_consistency's order, from the first
+        # changed cluster; handle_commits in that order
+        for index in sorted(files):
+            mapping = node.mapping_for(files[index])
+            assert mapping is not None
+            offset = (files[index] - mapping.begin) * self._image.cluster_size
+            if not self._commit_one_file(mapping, offset):
                 return
         make_empty = getattr(node.children["write-target"], "make_empty", None)
         if make_empty is not None:  # bdrv_make_empty where the target's driver has one
             make_empty()
-        self._used[:] = bytes(len(self._used))
+        self._written.clear()
 
-    def _was_modified(self, cluster: int) -> bool:
-        """``cluster_was_modified``: any sector of the cluster allocated in the target."""
-        target = self._node.children["write-target"]
-        spc = self._image.shape.sectors_per_cluster
-        start = (self._image.offset_to_root_dir + cluster * spc) * SECTOR
-        end = start + spc * SECTOR
-        at = start
-        while at < end:
-            status = target.block_status(at, end - at)
-            if status.allocated:
-                return True
-            at += max(status.length, SECTOR)
-        return False
+    def _writeouts(self, written: set[int]) -> dict[int, int]:
+        """``is_consistent`` with the FAT and directories unchanged, and the files it
+        schedules for write-out (walk rank -> first written cluster); empty when a
+        written cluster inside the FAT's range belongs to no file or directory."""
+        node = self._node
+        files: dict[int, int] = {}
+        for cluster in written:
+            mapping = node.mapping_for(cluster)
+            if mapping is None:
+                if self._root_end <= cluster < self._image.cluster_count:
+                    return {}
+            elif not mapping.is_dir:
+                index = self._walk[mapping.dir_index]
+                files[index] = min(files.get(index, cluster), cluster)
+        return files
 
     def _fat_next(self, cluster: int) -> int:
         """``modified_fat_get`` on an unchanged FAT."""
@@ -188,10 +211,9 @@ class WriteBack:
         pair = fat[cluster * 3 // 2] | fat[cluster * 3 // 2 + 1] << 8
         return (pair >> (4 if cluster & 1 else 0)) & 0xFFF
 
-    def _commit_one_file(self, index: int, offset: int) -> bool:
+    def _commit_one_file(self, mapping: FatMapping, offset: int) -> bool:
         """``commit_one_file``: the file from ``offset`` on, read through the guest view."""
         image = self._image
-        mapping = image.mappings[index]
         (size,) = struct.unpack_from("<I", image.directory, mapping.dir_index * 32 + 28)
         cs = image.cluster_size
         cluster = mapping.begin
