@@ -3,7 +3,9 @@
 A scenario is a list of steps a guest does through a writable NBD export of a
 ``rw: true`` vvfat node; :func:`run` plays it on one peer (QSD 7.2 or txgraph)
 and returns the trace (each step's reply: ``ok``, the data read, or the errno of
-a refused request) and the host directory afterwards (names, sizes, contents).
+a refused request; then each node's driver and size, so the write target's file
+must have grown as QEMU's) and the host directory afterwards (names, sizes,
+contents).
 """
 
 from __future__ import annotations
@@ -125,6 +127,11 @@ def run(
         ]
         with NbdClient(addr, "v") as client:
             trace += scenario(Disk(client, addr), root)
+        # the write target's allocation: qcow's clusters and tables as QEMU lays them out
+        nodes = peer.execute({"execute": "query-named-block-nodes", "arguments": {"flat": True}})
+        trace.append(
+            sorted((n["drv"], n["image"]["virtual-size"]) for n in nodes.get("return", []))
+        )
     finally:
         peer.close()
         shutil.rmtree(sockdir, ignore_errors=True)
