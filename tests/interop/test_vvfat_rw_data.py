@@ -296,3 +296,34 @@ def test_fat32_writes_that_commit_nothing(tmp_path: Path) -> None:
 
     trace = differential(tmp_path, scenario, **{"fat-type": 32})
     assert trace[3:6] == ["ok", "ok", "ok"]
+
+
+#: trees whose names take QEMU's long-name, short-name and label paths: a data write
+#: must commit (or not) exactly as on QEMU, whatever names sit beside the file
+NAME_TREES: dict[str, dict[str, Any]] = {
+    "non-ascii": {"r\u00e9sum\u00e9.doc": b"r", "\u65e5\u672c.txt": b"j"},
+    "punctuation": {"name with spaces and [brackets] + = ; ,": b"p", "a.b.c.d": b"d"},
+    "long": {"x" * 200: b"l", ".dotfile": b"x", "...": b"t"},
+    "case": {"UPPER.TXT": b"U", "Mixed Case.Ext": b"m", "QEMU VVFAT": b"like the label"},
+    "trailing space": {"sub": {"x.txt": b"x", "X.TXT ": b"t"}},
+    "same prefix": {f"same name {i}.txt": b"s" for i in range(12)},
+}
+
+
+@pytest.mark.parametrize("names", sorted(NAME_TREES))
+def test_rewrite_beside_unusual_names(tmp_path: Path, names: str) -> None:
+    tree = {"one.txt": _ONE} | NAME_TREES[names]
+
+    def scenario(disk: Disk, root: Path) -> list[Any]:
+        at = find(disk, _ONE[:SECTOR])
+        return [disk.write(at, _flip(_ONE[:SECTOR])), disk.read(at, SECTOR)]
+
+    differential(tmp_path, scenario, tree)
+
+
+def test_rewrite_with_a_label(tmp_path: Path) -> None:
+    def scenario(disk: Disk, root: Path) -> list[Any]:
+        at = find(disk, _ONE[:SECTOR])
+        return [disk.write(at, _flip(_ONE[:SECTOR])), disk.read(0, 64 * SECTOR)]
+
+    differential(tmp_path, scenario, label="MYDISK")
