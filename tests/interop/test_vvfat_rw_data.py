@@ -124,6 +124,9 @@ def test_second_fat_copy_and_an_unchanged_first_fat(tmp_path: Path) -> None:
             disk.write(one, _flip(_ONE[:SECTOR])),  # a commit: the target is emptied
             disk.read(fat2, SECTOR),
             disk.read(one, SECTOR),
+            # after qcow_make_empty cut the image back: new clusters and tables again
+            disk.write(fat2 + SECTOR, _flip(head)),
+            disk.read(fat2, 2 * SECTOR),
         ]
         return steps
 
