@@ -143,3 +143,21 @@ def test_concurrent_reads_agree(tmp_path: Path) -> None:
         t.join(60)
     assert not errors and len(got) == 8
     assert all(g == want for g in got)
+
+
+def test_write_target_perms_have_the_same_z3_twin() -> None:
+    """vvfat_child_perm in the checker's z3 encoding gives the formula's bits."""
+    import z3
+
+    from txgraph.checker.perm_smt import bv, smt_child_perm
+    from txgraph.model.child_perms import ChildPermContext, child_perm
+    from txgraph.model.perm_bits import Perm, Role
+
+    ctx = ChildPermContext(family="vvfat", parent_writable=True)
+    role = Role.DATA | Role.METADATA
+    for perm in (0, 0x3, 0xF):
+        for shared in (0, 0x5, 0xF):
+            want = child_perm(ctx, role, Perm(perm), Perm(shared))
+            got = smt_child_perm(ctx, role, bv(perm), bv(shared))
+            values = tuple(z3.simplify(term).as_long() for term in got)
+            assert values == (int(want[0]), int(want[1]))
