@@ -44,7 +44,9 @@ def _flip(payload: bytes) -> bytes:
     return bytes(b ^ 0xA5 for b in payload)
 
 
-@pytest.mark.parametrize("shape", [{}, {"fat-type": 12}, {"floppy": True}], ids=str)
+@pytest.mark.parametrize(
+    "shape", [{}, {"fat-type": 12}, {"floppy": True}, {"floppy": True, "fat-type": 16}], ids=str
+)
 def test_rewrite_first_cluster_of_a_file(tmp_path: Path, shape: dict[str, Any]) -> None:
     def scenario(disk: Disk, root: Path) -> list[Any]:
         at = find(disk, _ONE[:SECTOR])
