@@ -25,6 +25,9 @@ Reproduces QEMU 7.2's block/vvfat.c ``vvfat_write``, ``try_commit``,
   7.2 compares with an entry at a wrongly computed index (EPERM, or an
   assertion failure when the index is past the table).
 
+A write-out that cannot be done (the host file cannot be opened or written) ends
+the commit there; QEMU 7.2 aborts the daemon in that case.
+
 Lock discipline: a :class:`WriteBack` belongs to one VvfatNode and is used only
 under that node's lock (QEMU's ``s->lock``).
 """
@@ -123,9 +126,11 @@ class WriteBack:
         self._try_commit()
 
     def _cluster_of(self, sector: int) -> int:
-        """``sector2cluster`` (negative before the root directory)."""
+        """``sector2cluster``: C's division, so the last sectors before the root directory
+        count as cluster 0 and earlier ones are negative."""
         rel = sector - self._image.offset_to_root_dir
-        return rel // self._image.shape.sectors_per_cluster
+        spc = self._image.shape.sectors_per_cluster
+        return rel // spc if rel >= 0 else -(-rel // spc)
 
     def _check_read_only(self, first: int, buf: bytes) -> None:
         """``vvfat_write``'s "Tried to write to write-protected file" check."""
