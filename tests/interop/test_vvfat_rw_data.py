@@ -332,3 +332,73 @@ def test_rewrite_with_a_label(tmp_path: Path) -> None:
         return [disk.write(at, _flip(_ONE[:SECTOR])), disk.read(0, 64 * SECTOR)]
 
     differential(tmp_path, scenario, label="MYDISK")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_write_sequences(tmp_path: Path, seed: int) -> None:
+    """Seeded sequences of the writes txgraph serves - file data anywhere in the three
+    files, a free cluster, the second FAT, an unchanged first FAT or directory
+    sector, unaligned and multi-cluster spans - with reads between them."""
+    import random
+
+    def scenario(disk: Disk, root: Path) -> list[Any]:
+        rng = random.Random(seed)
+        one = find(disk, _ONE[:SECTOR])
+        big = find(disk, _BIG[:SECTOR])
+        inner = find(disk, TREE["sub"]["inner.txt"][:SECTOR])
+        boot = disk.read(63 * SECTOR, SECTOR)
+        assert isinstance(boot, bytes)
+        fat1 = 64 * SECTOR
+        fat2 = fat1 + int.from_bytes(boot[0x16:0x18], "little") * SECTOR
+        root_dir = fat1 + 2 * (fat2 - fat1)
+        steps: list[Any] = []
+        for _ in range(14):
+            kind = rng.choice(["one", "big", "inner", "free", "fat2", "fat1", "dir", "span"])
+            if kind in ("fat1", "dir"):
+                at = fat1 if kind == "fat1" else root_dir
+                same = disk.read(at, SECTOR)
+                if not isinstance(same, bytes):  # the peer is gone: the trace says so
+                    steps.append(same)
+                    break
+                steps.append(disk.write(at, same))
+                continue
+            # (start, room): each kind stays inside its own clusters, since random bytes
+            # over a directory cluster make QSD abort (test_garbage_over_a_directory)
+            base, room = {
+                "one": (one, CLUSTER),
+                "big": (big, 4 * CLUSTER),
+                "inner": (inner, CLUSTER),
+                "free": (big + 9 * CLUSTER, CLUSTER),
+                "fat2": (fat2, 4 * SECTOR),
+                "span": (big + CLUSTER - 700, 3 * CLUSTER),
+            }[kind]
+            length = min(rng.choice([1, 100, SECTOR, 3 * SECTOR, CLUSTER + 5]), room)
+            at = base + rng.randrange(0, room - length + 1)
+            steps.append(disk.write(at, data(rng.randrange(1000), length)))
+            steps.append(disk.read(base - base % SECTOR, 2 * CLUSTER))
+        return steps
+
+    differential(tmp_path, scenario)
+
+
+def _garbage_over_sub(disk: Disk, root: Path) -> list[Any]:
+    """Random bytes over the first sector of the ``sub`` directory's cluster."""
+    area = disk.read(0, 4 << 20)
+    assert isinstance(area, bytes)
+    at = area.find(b".          \x10")  # the "." entry opens a directory's cluster
+    assert at > 0 and at % CLUSTER == (area.find(_ONE[:SECTOR]) % CLUSTER)
+    return [disk.write(at, data(50, SECTOR)), (root / "sub" / "inner.txt").exists()]
+
+
+def test_qsd_aborts_on_garbage_over_a_directory(tmp_path: Path) -> None:
+    """vvfat_write's read-only-entry check indexes s->directory wrongly: an entry with
+    the read-only bit fails array_get's assertion and the daemon dies."""
+    trace, host = run(QSDPeer, tmp_path / "qsd", _garbage_over_sub)
+    assert trace[3] == "ESHUTDOWN"  # the daemon died checking the directory
+    assert host["sub/inner.txt"] == TREE["sub"]["inner.txt"]
+
+
+def test_txgraph_refuses_garbage_over_a_directory(tmp_path: Path) -> None:
+    trace, host = run(EnginePeer, tmp_path / "txgraph", _garbage_over_sub)
+    assert trace[3:5] == [E.errorcode[E.EOPNOTSUPP], True]
+    assert host["sub/inner.txt"] == TREE["sub"]["inner.txt"]
