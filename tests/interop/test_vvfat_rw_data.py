@@ -6,14 +6,16 @@ refused request) and the host directory afterwards must be equal
 (tests/support/vvfat_rw.py). The scenarios cover what txgraph reproduces of
 QEMU's write path: file data rewritten in place (committed to the host file,
 from the first changed cluster on), sub-sector writes, the boot sector's
-one writable byte, writes before the FAT (EPERM), the second FAT copy, writes
-into a free cluster (QEMU's consistency check then refuses every commit: the
-guest reads its data, the host keeps the old files) and the disk's tail.
+one writable byte, writes before the FAT (EPERM), read-only host files (EPERM),
+the second FAT copy, writes into a free cluster (QEMU's consistency check then
+refuses every commit: the guest reads its data, the host keeps the old files),
+the disk's tail, one write over two files, unusual names beside the file, FAT12,
+floppies, FAT32 writes QEMU survives, seeded random sequences, and concurrent
+clients on txgraph. The writes txgraph refuses are in test_vvfat_rw_refusals.py.
 """
 
 from __future__ import annotations
 
-import errno as E
 import os
 import threading
 from pathlib import Path
@@ -21,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.differential.harness import EnginePeer, QSDPeer
+from tests.differential.harness import EnginePeer
 from tests.support.vvfat_rw import (
     CLUSTER,
     READ_ONLY,
@@ -183,30 +185,6 @@ def test_a_read_only_host_file(tmp_path: Path) -> None:
     assert trace[3] == "EPERM"
 
 
-def _rename_in_root(disk: Disk, root: Path) -> list[Any]:
-    """A guest renames EMPTY.DAT's short entry (a change of a directory cluster)."""
-    area = disk.read(0, 4 << 20)
-    assert isinstance(area, bytes)
-    at = area.find(b"EMPTY   DAT")
-    sector = at - at % SECTOR
-    new = bytearray(area[sector : sector + SECTOR])
-    new[at - sector : at - sector + 11] = b"FULL    DAT"
-    return [disk.write(sector, bytes(new)), disk.read(sector, SECTOR) == bytes(new)]
-
-
-def test_qsd_takes_a_directory_change(tmp_path: Path) -> None:
-    """QEMU stores a changed directory cluster and reads it back (its commit then
-    works on the new tree); txgraph refuses it (the next test)."""
-    trace, _host = run(QSDPeer, tmp_path / "qsd", _rename_in_root)
-    assert trace[3:-1] == ["ok", True]
-
-
-def test_txgraph_refuses_a_directory_change_and_changes_nothing(tmp_path: Path) -> None:
-    trace, host = run(EnginePeer, tmp_path / "txgraph", _rename_in_root)
-    assert trace[3:-1] == [E.errorcode[E.EOPNOTSUPP], False]
-    assert host == run(EnginePeer, tmp_path / "untouched", lambda disk, root: [])[1]
-
-
 def test_concurrent_writers_on_txgraph(tmp_path: Path) -> None:
     """Four clients rewrite clusters of two files and read back at once: the node's
     lock keeps the write target, the marks and the commits whole."""
@@ -269,24 +247,6 @@ def test_one_write_over_two_files(tmp_path: Path) -> None:
 
     trace = differential(tmp_path, scenario, tree)
     assert trace[3] == "ok"
-
-
-def _fat32_file_write(disk: Disk, root: Path) -> list[Any]:
-    at = find(disk, _ONE[:SECTOR])
-    return [disk.write(at, _flip(_ONE[:SECTOR]))]
-
-
-def test_qsd_aborts_committing_a_fat32_file(tmp_path: Path) -> None:
-    """QEMU 7.2 on FAT32: commit_one_file's assertion fails and the daemon dies."""
-    trace, host = run(QSDPeer, tmp_path / "qsd", _fat32_file_write, **{"fat-type": 32})
-    assert trace[3] == "ESHUTDOWN"  # the daemon is gone: the connection dropped
-    assert host["one.txt"] == _ONE
-
-
-def test_txgraph_refuses_what_makes_qsd_abort_on_fat32(tmp_path: Path) -> None:
-    trace, host = run(EnginePeer, tmp_path / "txgraph", _fat32_file_write, **{"fat-type": 32})
-    assert trace[3] == E.errorcode[E.EOPNOTSUPP]
-    assert host["one.txt"] == _ONE
 
 
 def test_fat32_writes_that_commit_nothing(tmp_path: Path) -> None:
@@ -387,26 +347,3 @@ def test_random_write_sequences(tmp_path: Path, seed: int) -> None:
         return steps
 
     differential(tmp_path, scenario)
-
-
-def _garbage_over_sub(disk: Disk, root: Path) -> list[Any]:
-    """Random bytes over the first sector of the ``sub`` directory's cluster."""
-    area = disk.read(0, 4 << 20)
-    assert isinstance(area, bytes)
-    at = area.find(b".          \x10")  # the "." entry opens a directory's cluster
-    assert at > 0 and at % CLUSTER == (area.find(_ONE[:SECTOR]) % CLUSTER)
-    return [disk.write(at, data(50, SECTOR)), (root / "sub" / "inner.txt").exists()]
-
-
-def test_qsd_aborts_on_garbage_over_a_directory(tmp_path: Path) -> None:
-    """vvfat_write's read-only-entry check indexes s->directory wrongly: an entry with
-    the read-only bit fails array_get's assertion and the daemon dies."""
-    trace, host = run(QSDPeer, tmp_path / "qsd", _garbage_over_sub)
-    assert trace[3] == "ESHUTDOWN"  # the daemon died checking the directory
-    assert host["sub/inner.txt"] == TREE["sub"]["inner.txt"]
-
-
-def test_txgraph_refuses_garbage_over_a_directory(tmp_path: Path) -> None:
-    trace, host = run(EnginePeer, tmp_path / "txgraph", _garbage_over_sub)
-    assert trace[3:5] == [E.errorcode[E.EOPNOTSUPP], True]
-    assert host["sub/inner.txt"] == TREE["sub"]["inner.txt"]

@@ -20,7 +20,7 @@ Reproduces QEMU 7.2's block/vvfat.c ``vvfat_write``, ``try_commit``,
   FAT or directory cluster: new, deleted, renamed, grown or shrunk files and
   directories): such a write is refused with EOPNOTSUPP before anything is
   stored, so the guest, the write target and the host directory stay as they
-  were (QEMU would take the write; see tests/interop/test_vvfat_rw_data.py).
+  were (QEMU would take the write; see tests/interop/test_vvfat_rw_refusals.py).
   This covers a guest setting the read-only attribute of an entry, where QEMU
   7.2 compares with an entry at a wrongly computed index (EPERM, or an
   assertion failure when the index is past the table).
