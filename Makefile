@@ -21,12 +21,13 @@ venv: $(STAMP)
 # the -drive suite) are the peers and oracles of the test suite.
 qemu:
 	@if ! command -v qemu-storage-daemon >/dev/null 2>&1 || ! command -v qemu-img >/dev/null 2>&1 \
-			|| ! command -v qemu-system-x86_64 >/dev/null 2>&1 || ! command -v strace >/dev/null 2>&1; then \
-		echo "installing Debian's qemu-utils, qemu-system-common, qemu-system-x86 and strace"; \
+			|| ! command -v qemu-system-x86_64 >/dev/null 2>&1 || ! command -v strace >/dev/null 2>&1 \
+			|| ! command -v mcopy >/dev/null 2>&1; then \
+		echo "installing Debian's qemu-utils, qemu-system-common, qemu-system-x86, strace and mtools"; \
 		SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 		$$SUDO apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq qemu-utils qemu-system-common \
-			qemu-system-x86 strace >/dev/null; \
+			qemu-system-x86 strace mtools >/dev/null; \
 	fi
 	@qemu-storage-daemon --version | head -1
 

@@ -83,6 +83,8 @@ def _default(ctx: ChildPermContext, role: Role, p: BV, s: BV) -> tuple[BV, BV]:
 
 def smt_child_perm(ctx: ChildPermContext, role: Role, p: BV, s: BV) -> tuple[BV, BV]:
     """(perm, shared) of an edge with role ``role`` under a parent with context ``ctx``."""
+    if ctx.family == "vvfat":  # vvfat_child_perm
+        return bv(_R | _W), bv(_U)
     if ctx.family == "copy-before-write":
         if not role & Role.FILTERED:
             return bv(_W), bv(ALL & ~_S)

@@ -120,10 +120,14 @@ def _child_perm(ctx: ChildPermContext, role: int, perm: int, shared: int) -> tup
     - ``copy-on-read``: ``cor_child_perm`` (adds write-unchanged for populating reads)
     - ``blkdebug``: default plus the take/unshare child-perm options
     - ``commit_top``: ``bdrv_commit_top_child_perm`` (nothing taken, everything shared)
+    - ``vvfat``: ``vvfat_child_perm`` (the write target: consistent read and write,
+      only write-unchanged shared)
     - ``crypto``: ``block_crypto_child_perms`` (luks: default rules, but write and
       resize only taken when the parents need them, and shared when they share them)
     """
     family = ctx.family
+    if family == "vvfat":
+        return _R | _W, _U  # vvfat_child_perm: a private write target, whatever the parents
     if family == "copy-before-write":
         # cbw_child_perm: the target is written and shared but for resize; the source
         # is a filtered child that, under users, stops sharing write and resize.

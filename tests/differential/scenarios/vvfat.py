@@ -10,8 +10,8 @@ filename in QDict order, no children), refuse a reopen alike, and open the
 data a guest reads is compared byte for byte in tests/interop/test_vvfat_data.py.
 
 ``rw: true`` on a writable node is not here: QEMU adds a temporary qcow
-``write-target`` child there, which txgraph refuses to build
-(tests/unit/io/test_vvfat.py pins that refusal).
+``write-target`` child there, whose random name these scenarios cannot compare;
+tests/interop/test_vvfat_rw_qsd.py and test_vvfat_rw_data.py compare it.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""vvfat without a daemon: the ``rw`` refusal, the filename parser, names and stress.
+"""vvfat without a daemon: the ``rw`` node's lifecycle, the filename parser, names and stress.
 
 The byte-for-byte comparison with QEMU is tests/interop/test_vvfat_data.py; the
 control plane against QSD is tests/differential/scenarios/vvfat.py. Here: what
-only txgraph decides (``rw=on`` on a writable node is refused with one clear
-line, the graph unchanged), ``vvfat_parse_filename``'s cases, the 8.3 names of
+only txgraph decides (the temporary qcow image of ``rw=on`` never outlives the
+open: unlinked once open, and gone after a failed open), ``vvfat_parse_filename``'s cases, the 8.3 names of
 a few names whose QEMU 7.2 image was inspected, and concurrent reads of one
 node (its cluster buffer is shared state under the node's lock).
 """
@@ -19,7 +19,6 @@ import pytest
 from tests.differential.scenarios.vvfat import tree
 from txgraph.io.drivers import vvfat_names as names
 from txgraph.model.drivers.vvfat import parse_filename
-from txgraph.ops.drivers.vvfat import RW_UNSUPPORTED
 from txgraph.qmp.engine import Engine
 
 
@@ -28,14 +27,27 @@ def _add(engine: Engine, **args: Any) -> dict[str, Any]:
     return reply
 
 
-def test_rw_is_refused_cleanly(tmp_path: Path) -> None:
+def test_rw_temporary_image_never_stays(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tree(tmp_path, "t", {"a.txt": b"a"})
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmpdir))
     engine = Engine()
     reply = _add(engine, driver="vvfat", dir=str(tmp_path / "t"), rw=True, **{"node-name": "v"})
-    assert reply == {"error": {"class": "GenericError", "desc": RW_UNSUPPORTED}}
-    nodes = engine.execute({"execute": "query-named-block-nodes"})
-    assert nodes == {"return": []}
-    # read-only with rw: QEMU's own refusal comes first
+    assert reply == {"return": {}}
+    nodes = engine.execute({"execute": "query-named-block-nodes", "arguments": {"flat": True}})
+    assert sorted(n["drv"] for n in nodes["return"]) == ["file", "qcow", "vvfat"]
+    assert [n["file"].startswith(str(tmpdir) + "/vl.") for n in nodes["return"]].count(True) == 2
+    assert list(tmpdir.iterdir()) == []  # unlinked once open, as QEMU does
+    # a directory that cannot be read fails after the write target was made: nothing stays
+    reply = _add(engine, driver="vvfat", dir=str(tmp_path / "none"), rw=True, **{"node-name": "w"})
+    assert reply["error"]["desc"] == f"Could not read directory {tmp_path / 'none'}"
+    assert list(tmpdir.iterdir()) == []
+    assert engine.execute({"execute": "blockdev-del", "arguments": {"node-name": "v"}}) == {
+        "return": {}
+    }
+    assert engine.execute({"execute": "query-named-block-nodes"}) == {"return": []}
+    # read-only with rw: QEMU's own refusal, no temporary file made
     reply = _add(
         engine,
         driver="vvfat",
@@ -44,6 +56,7 @@ def test_rw_is_refused_cleanly(tmp_path: Path) -> None:
         **{"node-name": "v", "read-only": True},
     )
     assert reply["error"]["desc"] == "Unable to set VVFAT to 'rw' when drive is read-only"
+    assert list(tmpdir.iterdir()) == []
 
 
 @pytest.mark.parametrize(
@@ -130,3 +143,21 @@ def test_concurrent_reads_agree(tmp_path: Path) -> None:
         t.join(60)
     assert not errors and len(got) == 8
     assert all(g == want for g in got)
+
+
+def test_write_target_perms_have_the_same_z3_twin() -> None:
+    """vvfat_child_perm in the checker's z3 encoding gives the formula's bits."""
+    import z3
+
+    from txgraph.checker.perm_smt import bv, smt_child_perm
+    from txgraph.model.child_perms import ChildPermContext, child_perm
+    from txgraph.model.perm_bits import Perm, Role
+
+    ctx = ChildPermContext(family="vvfat", parent_writable=True)
+    role = Role.DATA | Role.METADATA
+    for perm in (0, 0x3, 0xF):
+        for shared in (0, 0x5, 0xF):
+            want = child_perm(ctx, role, Perm(perm), Perm(shared))
+            got = smt_child_perm(ctx, role, bv(perm), bv(shared))
+            values = tuple(z3.simplify(term).as_long() for term in got)
+            assert values == (int(want[0]), int(want[1]))

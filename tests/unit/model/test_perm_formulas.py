@@ -34,6 +34,10 @@ NONE = Perm.NONE
         # quorum children never share write or resize
         ("quorum", True, Role.DATA, (NONE, PERM_ALL), (NONE, R | U)),
         ("quorum", True, Role.DATA, (R | W, R | W | U), (R | W, R | U)),
+        # vvfat's write target: write + consistent-read, only write-unchanged shared,
+        # whatever the parent's users ask (vvfat_child_perm)
+        ("vvfat", True, Role.DATA | Role.METADATA, (NONE, PERM_ALL), (R | W, U)),
+        ("vvfat", True, Role.DATA | Role.METADATA, (R | W | S, NONE), (R | W, U)),
         # copy-on-read adds write-unchanged for populating reads
         (
             "copy-on-read",

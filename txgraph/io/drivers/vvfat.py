@@ -1,9 +1,11 @@
-"""The ``vvfat`` driver: a host directory seen by the guest as a read-only FAT disk.
+"""The ``vvfat`` driver: a host directory seen by the guest as a FAT disk.
 
 Reproduces QEMU 7.2's block/vvfat.c ``vvfat_open`` (options, read-only rule),
-``vvfat_read``/``read_cluster`` and ``vvfat_co_block_status`` for the read-only
-device (the layout is :mod:`txgraph.io.drivers.vvfat_image`):
+``vvfat_read``/``read_cluster`` and ``vvfat_co_block_status`` (the layout is
+:mod:`txgraph.io.drivers.vvfat_image`, writes :mod:`txgraph.io.drivers.vvfat_commit`):
 
+* with a ``write-target`` child (``rw=on``) a sector the target holds reads from
+  there; every other sector as below;
 * the MBR, boot sector and both FAT copies come from memory; a cluster of a
   directory from the directory table; a cluster of a file from the host file,
   opened when it is first read and kept open while reads stay in that file;
@@ -13,10 +15,11 @@ device (the layout is :mod:`txgraph.io.drivers.vvfat_image`):
   cluster the node cannot read (an unreadable file) reads as zeroes;
 * block status: everything is data.
 
-``rw=on`` (QEMU's write-back to the host directory through a temporary qcow
-write target) is refused by :mod:`txgraph.ops.drivers.vvfat` before this node
-is made. Lock discipline: the cluster buffer, the current file and cluster are
-owned by the node and guarded by ``self._lock`` (QEMU's ``s->lock``), since
+Requests are sector-based (``vvfat_refresh_limits``): a write that does not
+cover whole sectors is widened with what the guest reads there (the block
+layer's read-modify-write). Lock discipline: the cluster buffer, the current
+file and cluster, the write-back state and the boot sector's one writable byte
+are owned by the node and guarded by ``self._lock`` (QEMU's ``s->lock``), since
 requests may come from several threads.
 """
 
@@ -31,6 +34,7 @@ from typing import Any
 
 from txgraph.errors import IOFailure, OpenError
 from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
+from txgraph.io.drivers.vvfat_commit import WriteBack
 from txgraph.io.drivers.vvfat_image import SECTOR, FatImage, build, geometry
 from txgraph.io.drivers.vvfat_image import Mapping as FatMapping
 from txgraph.io.registry import register
@@ -88,6 +92,7 @@ class VvfatNode(DriverNode):
         self._current: FatMapping | None = None
         self._cluster: bytes | bytearray = self._buffer
         self._fd: int | None = None
+        self._writeback = WriteBack(self, self._image) if "write-target" in children else None
 
     # -- reads --------------------------------------------------------------------------
     def read(self, offset: int, length: int) -> bytes:
@@ -96,9 +101,39 @@ class VvfatNode(DriverNode):
         if last > self._image.shape.total_sectors:
             raise IOFailure(os.strerror(E.EIO), E.EIO)
         with self._lock:
-            data = b"".join(self._sectors(first, last))
+            data = self.guest_sectors(first, last)
         skip = offset - first * SECTOR
         return data[skip : skip + length]
+
+    def guest_sectors(self, first: int, last: int) -> bytes:
+        """``vvfat_read`` of ``[first, last)``: the write target's sectors where it holds
+        them, the directory's elsewhere (the node's lock held)."""
+        target = self.children.get("write-target") if self._writeback is not None else None
+        if target is None:
+            return b"".join(self._sectors(first, last))
+        out: list[bytes] = []
+        sector = first
+        while sector < last:
+            status = target.block_status(sector * SECTOR, (last - sector) * SECTOR)
+            stop = min(last, sector + max(status.length // SECTOR, 1))
+            if status.allocated:
+                out.append(target.read(sector * SECTOR, (stop - sector) * SECTOR))
+            else:
+                out.extend(self._sectors(sector, stop))
+            sector = stop
+        return b"".join(out)
+
+    def base_sector(self, sector: int) -> bytes:
+        """One sector as the directory alone shows it (the node's lock held)."""
+        return b"".join(self._sectors(sector, sector + 1))
+
+    def mapping_for(self, cluster: int) -> FatMapping | None:
+        """``find_mapping_for_cluster`` (None for a negative cluster)."""
+        return self._find(cluster) if cluster >= 0 else None
+
+    def close_current_file(self) -> None:
+        """``vvfat_close_current_file`` (the node's lock held)."""
+        self._close_file()
 
     def _sectors(self, first: int, last: int) -> list[bytes]:
         """``vvfat_read`` over ``[first, last)`` (whole stretches where QEMU goes sector by
@@ -198,8 +233,22 @@ class VvfatNode(DriverNode):
 
     # -- the rest of the contract ---------------------------------------------------------
     def write(self, offset: int, data: bytes) -> None:
-        # vvfat_write without a write target (rw=off): -EACCES
-        raise IOFailure(os.strerror(E.EACCES), E.EACCES)
+        if self._writeback is None:
+            # vvfat_write without a write target (rw=off): -EACCES
+            raise IOFailure(os.strerror(E.EACCES), E.EACCES)
+        first = offset // SECTOR
+        last = (offset + len(data) + SECTOR - 1) // SECTOR
+        if last > self._image.shape.total_sectors:
+            raise IOFailure(os.strerror(E.EIO), E.EIO)
+        with self._lock:
+            head = offset - first * SECTOR
+            if head or (offset + len(data)) % SECTOR:
+                buf = bytearray(self.guest_sectors(first, last))
+                buf[head : head + len(data)] = data
+            else:
+                buf = bytearray(data)
+            self._close_file()
+            self._writeback.write(first, bytes(buf))
 
     def size(self) -> int:
         return self._image.shape.total_sectors * SECTOR

@@ -81,6 +81,8 @@ class Mapping:
     is_dir: bool
     parent: int = -1
     first_dir_index: int = 0
+    #: no write bit in the host mode at the scan: guest writes into it are refused
+    read_only: bool = False
 
 
 @dataclass
@@ -237,7 +239,8 @@ def _read_directory(image: FatImage, index: int) -> None:
             raise _cannot_read(mapping.path)  # "File ... is larger than 2GB"
         struct.pack_into("<I", image.directory, entry * 32 + 28, 0 if is_dir else st.st_size)
         if not (is_dot or is_dotdot) and (is_dir or st.st_size):
-            image.mappings.append(Mapping(0, st.st_size, entry, path, is_dir, parent=index))
+            ro = not st.st_mode & 0o222  # read_directory's read_only: no write bit
+            image.mappings.append(Mapping(0, st.st_size, entry, path, is_dir, index, 0, ro))
     per_cluster = 0x10 * image.shape.sectors_per_cluster
     while image.entries % per_cluster:
         _put_entry(image, bytes(32))

@@ -41,6 +41,7 @@ from txgraph.io.formats.table_cache import CountingCache
 from txgraph.io.layer import driver_write
 from txgraph.io.qcow2.deflate import raw_deflate
 from txgraph.io.registry import register
+from txgraph.io.truncate import truncate
 
 __all__ = ["QcowNode"]
 
@@ -256,6 +257,17 @@ class QcowNode(ImageFormatNode):
             # qcow_co_block_status: compressed or encrypted data has no usable host offset
             return BlockStatus(offset, min(run.length, length), True, False)
         return super().block_status(offset, length)
+
+    def make_empty(self) -> None:
+        """``qcow_make_empty`` (vvfat's commit calls it): a zeroed L1 table, the file cut
+        back to its end, an empty L2 cache."""
+        with self.lock:
+            length = self.l1_size * 8
+            self.l1 = bytearray(len(self.l1))
+            self.file.write(self.l1_offset, bytes(length))
+            self.file.flush()
+            truncate(self.file, self.l1_offset + length)
+            self._l2_cache.clear()
 
     # -- writes -------------------------------------------------------------------------
     def _alloc(self, size_align: int) -> int:

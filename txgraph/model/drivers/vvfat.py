@@ -1,7 +1,9 @@
 """Driver specification of ``vvfat`` (block/vvfat.c): a host directory as a FAT disk.
 
 A protocol driver (``bdrv_file_open``, protocol prefix ``fat:``) without
-children in read-only use; every option is strong (``vvfat_strong_runtime_opts``),
+children in read-only use; with ``rw=on`` it has a ``write-target`` child whose
+edge takes write and consistent-read and shares write-unchanged only
+(``vvfat_child_perm``, perm family ``vvfat``); every option is strong (``vvfat_strong_runtime_opts``),
 so its nodes are always named by a json: filename, and it has no
 ``bdrv_reopen_prepare``. :func:`parse_filename` is ``vvfat_parse_filename``.
 The open rules are :mod:`txgraph.ops.drivers.vvfat`, the device
@@ -59,6 +61,7 @@ SPECS: tuple[DriverSpec, ...] = (
         strong_opts=_OPTIONS,
         defaults={"fat-type": 0, "floppy": False, "rw": False},
         protocol_names=("fat",),
+        perm_family="vvfat",
         parse_filename=parse_filename,
     ),
 )
