@@ -9,6 +9,8 @@ cumulative permissions, themselves computed in z3 from its parent edges.
 
 from __future__ import annotations
 
+import functools
+
 import networkx as nx
 
 from txgraph.checker.instances import Instance
@@ -57,6 +59,7 @@ NAME_PRELUDE = (
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def name_formula(name: str) -> str:
     """N2 over the name's code points: ``[A-Za-z][A-Za-z0-9_.-]*`` and at most 31
     characters, or ``#block`` followed by at least three digits (needs
@@ -99,6 +102,7 @@ class Encoder:
         self.decls: list[str] = []
         self.body: list[str] = []
         self.lits: list[str] = []
+        self._edges: dict[EdgeRef, tuple[str, str, str]] = {}
 
     # -- symbols and facts --------------------------------------------------------------
     def _decl(self, name: str, sort: str) -> str:
@@ -118,13 +122,19 @@ class Encoder:
         return value
 
     def edge(self, ref: EdgeRef) -> tuple[str, str, str]:
-        e = self.graph.g.edges[ref[0], ref[2], ref[1]]["obj"]
-        k = esc(f"{ref[0]}/{ref[1]}>{ref[2]}")
-        return (
-            self._fact("e.p:" + k, "(_ BitVec 4)", _hex(int(e.perm))),
-            self._fact("e.s:" + k, "(_ BitVec 4)", _hex(int(e.shared))),
-            self._fact("e.r:" + k, "(_ BitVec 5)", f"(_ bv{int(e.role)} 5)"),
-        )
+        # One check reads an edge from several instances (its P1, its child's P1, P3,
+        # P4, G2, G3): its three terms are made once per check. The adjacency dict is
+        # read directly, as networkx's edge view costs several times more.
+        got = self._edges.get(ref)
+        if got is None:
+            e = self.graph._succ[ref[0]][ref[2]][ref[1]]["obj"]
+            k = esc(f"{ref[0]}/{ref[1]}>{ref[2]}")
+            got = self._edges[ref] = (
+                self._fact("e.p:" + k, "(_ BitVec 4)", _hex(int(e.perm))),
+                self._fact("e.s:" + k, "(_ BitVec 4)", _hex(int(e.shared))),
+                self._fact("e.r:" + k, "(_ BitVec 5)", f"(_ bv{int(e.role)} 5)"),
+            )
+        return got
 
     def node_flag(self, node: str, flag: str, value: bool) -> str:
         return self._fact(f"n.{flag}:{esc(node)}", "Bool", "true" if value else "false")
