@@ -6,16 +6,22 @@
   region's nodes and reports a cycle exactly when networkx does;
 - the z3 session's direct C-API calls (push, parse, check under ``go``, pop) decide
   as ``z3.Solver``'s wrappers do, and leave no scope behind;
-- the cached N2 formula is the uncached one.
+- the cached N2 formula is the uncached one;
+- deciding the untracked conjunction first gives the tracked form's verdicts.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import networkx as nx
 import z3
 from hypothesis import given
 from hypothesis import strategies as st
 
+import txgraph.checker.smt as smt
+from tests.property.test_checker_crosscheck import Case, broken_graphs, valid_graphs
+from txgraph.checker import Verdict, check
 from txgraph.checker.encode import name_formula
 from txgraph.checker.region import Region, cumulative, in_edges, out_edges
 from txgraph.checker.smt import _Session, _topological
@@ -137,3 +143,38 @@ def test_direct_solver_calls_decide_as_the_wrappers() -> None:
 @given(st.text(max_size=40))
 def test_cached_name_formula_is_the_formula(name: str) -> None:
     assert name_formula(name) == name_formula.__wrapped__(name)
+
+
+def _verdict_keys(v: Verdict) -> tuple[bool, list[Any], list[str]]:
+    return v.ok, [x.key() for x in v.violations], [x.sentence for x in v.violations]
+
+
+@given(st.one_of(valid_graphs(), broken_graphs()), st.sampled_from(["qemu", "safe"]))
+def test_conjunction_first_decides_as_the_tracked_form(case: Case, policy: str) -> None:
+    """z3 on the untracked conjunction first (falling back to the tracked form when it
+    is not sat) gives the verdicts, rules, subjects and sentences of the tracked form
+    alone, for whole-graph and region checks, on valid and broken graphs."""
+    got: dict[bool, list[tuple[bool, list[Any], list[str]]]] = {}
+    for fast in (True, False):
+        smt.FAST_CONJUNCTION = fast
+        try:
+            got[fast] = [
+                _verdict_keys(check(case.graph, policy=policy, before=case.graph)),
+                _verdict_keys(check(case.graph, case.touched, policy=policy)),
+            ]
+        finally:
+            smt.FAST_CONJUNCTION = True
+    assert got[True] == got[False]
+    # both forms agree with the structural engine too (so neither is vacuous)
+    assert got[True][0] == _verdict_keys(
+        check(case.graph, policy=policy, before=case.graph, engine="structural")
+    )
+
+
+def test_conjunction_path_reports_a_broken_rule() -> None:
+    """A failing conjunction falls back to the tracked form, whose core names the rule."""
+    g = BlockGraph()
+    g.add_node(BlockNode("9bad", "null-co"))
+    verdict = check(g, {"9bad"})
+    assert not verdict.ok
+    assert [v.rule for v in verdict.violations] == ["N2-name-valid"]
