@@ -7,7 +7,8 @@
 - the z3 session's direct C-API calls (push, parse, check under ``go``, pop) decide
   as ``z3.Solver``'s wrappers do, and leave no scope behind;
 - the cached N2 formula is the uncached one;
-- deciding the untracked conjunction first gives the tracked form's verdicts.
+- deciding the untracked conjunction first gives the tracked form's verdicts;
+- one check's memo of edge lists enumerates the same rule instances.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ import z3
 from hypothesis import given
 from hypothesis import strategies as st
 
+import txgraph.checker.instances as instances
 import txgraph.checker.smt as smt
 from tests.property.test_checker_crosscheck import Case, broken_graphs, valid_graphs
 from txgraph.checker import Verdict, check
+from txgraph.checker.before import as_before
 from txgraph.checker.encode import name_formula
 from txgraph.checker.region import Region, cumulative, in_edges, out_edges
+from txgraph.checker.rules import rules_for
 from txgraph.checker.smt import _Session, _topological
 from txgraph.model.graph import BlockGraph
 from txgraph.model.node import Backend, BlockNode, Edge, ParentKind
@@ -178,3 +182,30 @@ def test_conjunction_path_reports_a_broken_rule() -> None:
     verdict = check(g, {"9bad"})
     assert not verdict.ok
     assert [v.rule for v in verdict.violations] == ["N2-name-valid"]
+
+
+class _Uncached(instances._EdgeLists):
+    """The edge lists built afresh on every lookup (what the checker did before)."""
+
+    def __getitem__(self, node: str) -> list[Any]:
+        fresh: list[Any] = self.lister(self.graph, node)
+        return fresh
+
+
+@given(st.one_of(valid_graphs(), broken_graphs()))
+def test_memoised_edge_lists_enumerate_the_same_instances(case: Case) -> None:
+    """One check's memo of edge lists and P1 contexts changes no instance: same
+    rules, kinds, literal names and data, in the same order, region and whole."""
+    for touched in (case.touched, None):
+        region = Region.of(case.graph, touched)
+        rules = rules_for("safe")
+        before = as_before(case.graph)
+        memo = list(instances.enumerate_instances(region, rules, before))
+        real = instances._EdgeLists
+        instances._EdgeLists = _Uncached  # type: ignore[misc]
+        try:
+            fresh = list(instances.enumerate_instances(region, rules, before))
+        finally:
+            instances._EdgeLists = real  # type: ignore[misc]
+        assert memo == fresh
+        assert memo or not region.nodes  # every region node has its N2 instance at least
