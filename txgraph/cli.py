@@ -295,11 +295,18 @@ def bench_nbd(workdir: str) -> None:
 @bench.command("qmp")
 @click.option("--depth", default=100, show_default=True, help="Backing chain depth.")
 @click.option("--adds", default=1000, show_default=True, help="Separate blockdev-adds.")
-def bench_qmp(depth: int, adds: int) -> None:
+@click.option(
+    "--rounds",
+    default=5,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Interleaved rounds (QSD, then txgraph) per measure.",
+)
+def bench_qmp(depth: int, adds: int, rounds: int) -> None:
     """The same QMP scripts on txgraph and on qemu-storage-daemon; one JSON line each."""
     from txgraph.bench.qmp import run_qmp_benchmarks
 
-    for row in run_qmp_benchmarks(depth=depth, adds=adds):
+    for row in run_qmp_benchmarks(depth=depth, adds=adds, repeats=rounds):
         click.echo(json.dumps(row))
 
 

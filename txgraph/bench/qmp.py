@@ -12,8 +12,10 @@ time, so > 1 means txgraph is faster):
   N-deep backing chain in its headers, all auto-opened;
 - ``blockdev-add-x<N>``: N separate blockdev-adds of null-co nodes.
 
-Each measure runs ``repeats`` rounds, QSD then txgraph on fresh peers each
-round (interleaved), and reports the medians with their spread (min, max).
+Each measure runs ``repeats`` rounds (``txgraph bench qmp --rounds``), QSD then
+txgraph on fresh peers each round (interleaved), and reports the medians with
+their spread (min, max). On a loaded machine single rounds vary by 3x or more:
+interleaving keeps the ratio comparable, more rounds make its median steadier.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ for FS1): such constraints can never be part of an unsat core.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ from txgraph.checker.region import Region, edge_label, in_edges, node_edges_only
 from txgraph.checker.verdict import EdgeRef
 from txgraph.model.drivers import driver_spec
 from txgraph.model.graph import BlockGraph
-from txgraph.model.node import Backend, ParentKind
+from txgraph.model.node import Backend, Edge, ParentKind
 from txgraph.model.perm_bits import Perm, Role
 from txgraph.model.perm_refresh import child_perm_context
 
@@ -80,9 +80,13 @@ def enumerate_instances(
     region: Region, rules: frozenset[str], before: Before | None
 ) -> Iterator[Instance]:
     graph = region.graph
+    # A node's edge lists are asked for by several rules (and P1 asks for a parent's
+    # edges once per child edge): each is built once per check.
+    outs = _EdgeLists(graph, out_edges)
+    ins = _EdgeLists(graph, in_edges)
     parents = sorted(region.nodes)
     for p in parents:
-        kids = out_edges(graph, p)
+        kids = outs[p]
         spec = driver_spec(graph.nodes[p].driver)
         if "G2-role-cardinality" in rules:
             if len(kids) >= 2:
@@ -160,7 +164,7 @@ def enumerate_instances(
                 )
     if "G4-edge-name-unique" in rules:
         for owner in sorted(region.nodes | region.backends):
-            kids = out_edges(graph, owner)
+            kids = outs[owner]
             for i, (a, _ea) in enumerate(kids):
                 for b, _eb in kids[i + 1 :]:
                     yield Instance(
@@ -170,7 +174,7 @@ def enumerate_instances(
                         (owner, a, b),
                     )
     yield from _name_instances(region, rules)
-    yield from _perm_instances(region, rules)
+    yield from _perm_instances(region, rules, ins)
     if before is not None:
         yield from _before_instances(region, rules, before)
 
@@ -201,9 +205,26 @@ def _held_by_jobs_only(graph: BlockGraph, name: str) -> bool:
     return bool(parents) and all(e.parent_kind is ParentKind.JOB for _p, e in parents)
 
 
-def _perm_instances(region: Region, rules: frozenset[str]) -> Iterator[Instance]:
+class _EdgeLists(dict[str, list[tuple[EdgeRef, Edge]]]):
+    """``in_edges``/``out_edges`` of one graph, each node's list built on first use
+    (one check's memo: the graph does not change while its instances are made)."""
+
+    def __init__(self, graph: BlockGraph, lister: Callable[[BlockGraph, str], Any]) -> None:
+        super().__init__()
+        self.graph = graph
+        self.lister = lister
+
+    def __missing__(self, node: str) -> list[tuple[EdgeRef, Edge]]:
+        got: list[tuple[EdgeRef, Edge]] = self.lister(self.graph, node)
+        self[node] = got
+        return got
+
+
+def _perm_instances(region: Region, rules: frozenset[str], ins: _EdgeLists) -> Iterator[Instance]:
     graph = region.graph
     if "P1-edge-perm-formula" in rules:
+        # per parent: its ups and formula context (the same for each of its child edges)
+        contexts: dict[str, tuple[tuple[EdgeRef, ...], Any]] = {}
         for ref, e in region.edges_in_scope():
             p, _name, c = ref
             if p in graph.nodes:  # membership, not parent_kind: a mislabeled edge must not crash
@@ -215,8 +236,14 @@ def _perm_instances(region: Region, rules: frozenset[str]) -> Iterator[Instance]
                     # only the new chain (bdrv_set_backing_noperm), so its edges keep the
                     # permissions they had until the job lets go of it.
                     continue
-                ups = tuple(r for r, _e in in_edges(graph, p))
-                ctx = child_perm_context(pnode, pnode.writable, bool(ups))
+                known = contexts.get(p)
+                if known is None:
+                    ups = tuple(r for r, _e in ins[p])
+                    known = contexts[p] = (
+                        ups,
+                        child_perm_context(pnode, pnode.writable, bool(ups)),
+                    )
+                ups, ctx = known
                 yield Instance(
                     "P1-edge-perm-formula",
                     "p1node",
@@ -232,7 +259,7 @@ def _perm_instances(region: Region, rules: frozenset[str]) -> Iterator[Instance]
                     (ref, int(b.perm), int(b.shared)),
                 )
     for c in sorted(region.below):
-        parent_edges = in_edges(graph, c)
+        parent_edges = ins[c]
         if "P3-perm-conflict" in rules and len(parent_edges) >= 2:
             for ref_a, _ea in parent_edges:
                 for ref_b, _eb in parent_edges:

@@ -29,11 +29,14 @@ def edge_label(ref: EdgeRef) -> str:
 
 def in_edges(graph: BlockGraph, child: str) -> list[tuple[EdgeRef, Edge]]:
     """Parent edges of ``child`` in a canonical (sorted) order."""
+    # The adjacency dicts directly: networkx's edge views cost several times more,
+    # and these run for every node of every check. The sort makes the order canonical.
     out = [
         ((p, key, child), data["obj"])
-        for p, _c, key, data in graph.g.in_edges(child, keys=True, data=True)
+        for p, keys in graph._pred[child].items()
+        for key, data in keys.items()
     ]
-    out.sort(key=lambda re: re[0])
+    out.sort(key=_ref)
     return out
 
 
@@ -41,10 +44,15 @@ def out_edges(graph: BlockGraph, parent: str) -> list[tuple[EdgeRef, Edge]]:
     """Child edges of ``parent`` in a canonical (sorted) order."""
     out = [
         ((parent, key, c), data["obj"])
-        for _p, c, key, data in graph.g.out_edges(parent, keys=True, data=True)
+        for c, keys in graph._succ[parent].items()
+        for key, data in keys.items()
     ]
-    out.sort(key=lambda re: re[0])
+    out.sort(key=_ref)
     return out
+
+
+def _ref(item: tuple[EdgeRef, Edge]) -> EdgeRef:
+    return item[0]
 
 
 def node_edges_only(edges: Iterable[tuple[EdgeRef, Edge]]) -> list[tuple[EdgeRef, Edge]]:
@@ -54,10 +62,11 @@ def node_edges_only(edges: Iterable[tuple[EdgeRef, Edge]]) -> list[tuple[EdgeRef
 def cumulative(graph: BlockGraph, node: str) -> tuple[Perm, Perm]:
     """``bdrv_get_cumulative_perm`` over the stored edge values."""
     perm, shared = Perm.NONE, PERM_ALL
-    for _p, _c, data in graph.g.in_edges(node, data=True):
-        edge: Edge = data["obj"]
-        perm |= edge.perm
-        shared &= edge.shared
+    for keys in graph._pred[node].values():
+        for data in keys.values():
+            edge: Edge = data["obj"]
+            perm |= edge.perm
+            shared &= edge.shared
     return perm, shared
 
 
@@ -89,27 +98,30 @@ class Region:
                 backends.add(key)
         below = set(nodes)
         for parent in nodes | backends:
-            below.update(graph.g.successors(parent))
+            below.update(graph._succ[parent])
         return cls(graph, nodes, backends, False, below)
 
     def edges_in_scope(self) -> list[tuple[EdgeRef, Edge]]:
         """Edges whose P1 formula can have changed: out of and into region members."""
-        g = self.graph.g
+        succ, pred = self.graph._succ, self.graph._pred
         seen: set[EdgeRef] = set()
         out: list[tuple[EdgeRef, Edge]] = []
-        owners = sorted(self.nodes | self.backends) if not self.whole else sorted(g.nodes)
+        owners = self.nodes | self.backends if not self.whole else succ
         for owner in owners:
-            for p, c, key, data in g.out_edges(owner, keys=True, data=True):
-                ref = (p, key, c)
-                if ref not in seen:
-                    seen.add(ref)
-                    out.append((ref, data["obj"]))
-        if not self.whole:
-            for child in sorted(self.nodes):
-                for p, c, key, data in g.in_edges(child, keys=True, data=True):
-                    ref = (p, key, c)
+            for c, keys in succ[owner].items():
+                for key, data in keys.items():
+                    ref = (owner, key, c)
                     if ref not in seen:
                         seen.add(ref)
                         out.append((ref, data["obj"]))
-        out.sort(key=lambda re: re[0])
+        if not self.whole:
+            for child in self.nodes:
+                for p, keys in pred[child].items():
+                    for key, data in keys.items():
+                        ref = (p, key, child)
+                        if ref not in seen:
+                            seen.add(ref)
+                            out.append((ref, data["obj"]))
+        # Sorted by reference, which is unique: the order does not depend on the walk's.
+        out.sort(key=_ref)
         return out

@@ -178,4 +178,13 @@ def rules_for(policy: str) -> frozenset[str]:
     """The rule ids a policy enforces."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; expected one of {POLICIES}")
-    return frozenset(rid for rid, rule in RULES.items() if policy in rule.policies)
+    # Built once per policy: ``check`` asks on every transaction and RULES never changes.
+    got = _BY_POLICY.get(policy)
+    if got is None:
+        got = _BY_POLICY[policy] = frozenset(
+            rid for rid, rule in RULES.items() if policy in rule.policies
+        )
+    return got
+
+
+_BY_POLICY: dict[str, frozenset[str]] = {}

@@ -4,9 +4,12 @@ Encoding (reference/qmp-and-tooling.md §2.1):
 
 - the region's edges and nodes become constants (4-bit ``perm``/``shared``,
   5-bit role, booleans for writable/read-only/force-share) pinned by facts;
-- every rule instance is an implication ``lit => constraint`` whose literal
-  carries a readable name (``P3:node=file0:a=top/file:b=dup/file``); the
-  check assumes all literals, so the unsat core names the broken rules;
+- the check first decides the plain conjunction of every instance's
+  constraint (the common outcome, all rules hold, needs nothing more: half the
+  text, so half z3's parse); only when that is not sat does every instance
+  become an implication ``lit => constraint`` whose literal carries a readable
+  name (``P3:node=file0:a=top/file:b=dup/file``), and the check assumes all
+  literals, so the unsat core names the broken rules;
 - acyclicity uses integer ranks: region nodes symbolic, every other node a
   constant from :mod:`ranks` (delta encoding), on the edges touching the
   region only;
@@ -22,8 +25,8 @@ from __future__ import annotations
 
 import threading
 
-import networkx as nx
 import z3
+from z3 import z3core
 
 from txgraph.checker.encode import NAME_PRELUDE, Encoder, esc
 from txgraph.checker.explain import cycles_through, render
@@ -32,6 +35,7 @@ from txgraph.checker.ranks import SPACING, ranks_for, record
 from txgraph.checker.region import Region
 from txgraph.checker.rules import RULES
 from txgraph.checker.verdict import Violation
+from txgraph.model.graph import BlockGraph
 
 __all__ = ["check_smt", "RLIMIT", "SEED"]
 
@@ -40,6 +44,9 @@ RLIMIT = 20_000_000
 SEED = 0
 #: start a fresh solver once this many symbols were declared
 MAX_DECLARED = 200_000
+#: decide the untracked conjunction first (False: always the tracked form; tests
+#: compare the two)
+FAST_CONJUNCTION = True
 
 
 class _Session:
@@ -54,6 +61,27 @@ class _Session:
         self.bools: dict[str, z3.BoolRef] = {}
         self.go = z3.Bool("go")
         self.solver.from_string("(declare-const |go| Bool)\n" + NAME_PRELUDE)
+        # The raw handles for the per-check calls: z3's Python wrappers build a sort,
+        # cast and re-check every assumption on each call (about 10 us a check).
+        self._ctx = self.solver.ctx.ref()
+        self._handle = self.solver.solver
+        self._go = (z3.Ast * 1)()
+        self._go[0] = self.go.as_ast()
+
+    def push(self) -> None:
+        z3core.Z3_solver_push(self._ctx, self._handle)
+
+    def parse(self, text: str) -> None:
+        z3core.Z3_solver_from_string(self._ctx, self._handle, text)
+
+    def pop(self) -> None:
+        z3core.Z3_solver_pop(self._ctx, self._handle, 1)
+
+    def check_go(self) -> z3.CheckSatResult:
+        """``solver.check(go)``: the one assumption that stands for every literal."""
+        return z3.CheckSatResult(
+            z3core.Z3_solver_check_assumptions(self._ctx, self._handle, 1, self._go)
+        )
 
     def lit(self, name: str) -> z3.BoolRef:
         b = self.bools.get(name)
@@ -112,16 +140,23 @@ def _run(
         if fixed is not None:
             symbolic = enc.ranks(region, fixed)
     solver = session.solver
-    solver.push()
+    session.push()
     try:
         # Declarations persist across pop in z3's parser; facts and rules do not.
-        solver.from_string(
-            "\n".join(enc.decls + enc.body)
-            + f"\n(assert (=> |go| (and true {' '.join(f'|{k}|' for k in enc.lits)})))"
-        )
-        # Fast path: one assumption for the whole check. Only a failure pays for
-        # per-literal assumptions and core peeling.
-        first = solver.check(session.go)
+        # Fast path: the conjunction of every formula, one assumption. It is sat
+        # exactly when the tracked form is; only a failure (or an undecided
+        # conjunction) pays for the literals, their cores and their peeling.
+        decls = "\n".join(enc.decls)
+        first = z3.unknown
+        if FAST_CONJUNCTION:
+            session.parse(decls + "\n" + enc.conjunction())
+            decls = ""  # declared now, for the rest of the session
+            first = session.check_go()
+        if first != z3.sat:
+            session.pop()
+            session.push()
+            session.parse(decls + "\n" + enc.tracked())
+            first = session.check_go()
         if first == z3.sat:
             failed: list[str] = []
         elif first == z3.unknown:
@@ -131,7 +166,7 @@ def _run(
             if unknown is not None:
                 return [_unknown(unknown, policy)], False
     finally:
-        solver.pop()
+        session.pop()
     rank_lits = [k for k in failed if k.startswith("G1:")]
     if not rank_lits and symbolic and not region.whole:
         _remember_ranks(region, fixed or {})
@@ -154,10 +189,10 @@ def _fixed_ranks(region: Region, force: bool) -> dict[str, int] | None:
     if region.whole:
         return {}
     needed: set[str] = set()
-    g = graph.g
+    succ, pred = graph._succ, graph._pred
     for n in region.nodes:
-        needed.update(x for x in g.successors(n) if x not in region.nodes)
-        needed.update(x for x in g.predecessors(n) if x in graph.nodes and x not in region.nodes)
+        needed.update(x for x in succ[n] if x not in region.nodes)
+        needed.update(x for x in pred[n] if x in graph.nodes and x not in region.nodes)
     if not needed:
         return {}
     return ranks_for(graph, region.nodes, needed, force=force)
@@ -179,10 +214,10 @@ def _remember_ranks(region: Region, fixed: dict[str, int]) -> None:
         if order[0] in g.succ[order[0]]:
             return
     else:
-        try:
-            order = list(nx.topological_sort(g.subgraph(region.nodes)))
-        except nx.NetworkXUnfeasible:
+        found = _topological(graph, region.nodes)
+        if found is None:
             return
+        order = found
     ranks: dict[str, int] = {}
     for n in reversed(order):
         lo = max(
@@ -198,6 +233,26 @@ def _remember_ranks(region: Region, fixed: dict[str, int]) -> None:
             if p in fixed and not fixed[p] > ranks[n]:
                 return
     record(graph, ranks)
+
+
+def _topological(graph: BlockGraph, nodes: set[str]) -> list[str] | None:
+    """The nodes in an order with every parent before its children (edges among
+    ``nodes`` only), or None on a cycle: Kahn's algorithm on the adjacency dicts
+    (a networkx subgraph view and its sort cost ~0.1 ms per 100 nodes more).
+    Any such order serves: the ranks picked from it are verified before use."""
+    succ, pred = graph._succ, graph._pred
+    indeg = {n: sum(len(keys) for p, keys in pred[n].items() if p in nodes) for n in nodes}
+    ready = sorted(n for n, d in indeg.items() if d == 0)
+    order: list[str] = []
+    while ready:
+        n = ready.pop()
+        order.append(n)
+        for c, keys in succ[n].items():
+            if c in indeg:
+                indeg[c] -= len(keys)
+                if indeg[c] == 0:
+                    ready.append(c)
+    return order if len(order) == len(nodes) else None
 
 
 def _cores(solver: z3.Solver, lits: list[z3.BoolRef]) -> tuple[list[str], str | None]:
