@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import subprocess
 import tempfile
 from dataclasses import dataclass
+
+from txgraph.fuzz.guest import QEMU_IO_TIMING
 
 __all__ = [
     "GuestResult",
@@ -31,8 +32,6 @@ __all__ = [
 #: every tool run has a deadline; a hung NBD server shows as a failure, not a hang
 TOOL_TIMEOUT = 60.0
 
-_TIMING = re.compile(r"^\s*[\d.]+ (bytes|[KMGTPE]iB), \d+ ops; .*sec \(.*\)\s*$")
-
 
 def nbd_uri(socket_path: str, export: str) -> str:
     """The ``nbd+unix`` URI QEMU's NBD client understands (``nbd_parse_uri``)."""
@@ -43,7 +42,7 @@ def normalise_qemu_io(text: str, workdir: str | None) -> list[str]:
     """qemu-io output minus timing lines, with the run directory as ``{dir}``."""
     out = []
     for line in text.splitlines():
-        if not line.strip() or _TIMING.match(line):
+        if not line.strip() or QEMU_IO_TIMING.match(line):
             continue
         if workdir:
             line = line.replace(workdir, "{dir}")

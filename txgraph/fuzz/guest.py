@@ -20,7 +20,7 @@ import re
 import subprocess
 from typing import Any
 
-__all__ = ["GUEST_IO", "guest_io_reply", "qemu_io_argv", "draw_commands"]
+__all__ = ["GUEST_IO", "QEMU_IO_TIMING", "guest_io_reply", "qemu_io_argv", "draw_commands"]
 
 #: the pseudo-command of a guest I/O step
 GUEST_IO = "guest-io"
@@ -28,7 +28,9 @@ GUEST_IO = "guest-io"
 #: every qemu-io run has a deadline (a few kilobytes take milliseconds; the rest is for a
 #: loaded machine): a txgraph NBD server that does not answer is a ``hang`` finding
 _TIMEOUT = 30.0
-_TIMING = re.compile(r"^\s*[\d.]+ (bytes|[KMGTPE]iB), \d+ ops; .*sec \(.*\)\s*$")
+#: qemu-io's timing line after each request (``64 KiB, 1 ops; 00.00 sec (...)``; past
+#: a second ``0:00:04.00 (...)``, without "sec"): never compared
+QEMU_IO_TIMING = re.compile(r"^\s*[\d.]+ (bytes|[KMGTPE]iB), \d+ ops; [\d:.]+( sec)? \(.*\)\s*$")
 
 _OFFSETS = (0, 512, 4096, 65536, 1048576 - 4096, 1048576)
 _LENGTHS = ("512", "4k", "64k")
@@ -76,7 +78,7 @@ def guest_io_reply(workdir: str, arguments: dict[str, Any]) -> dict[str, Any]:
     real = os.path.realpath(workdir)
     lines = []
     for line in (res.stdout + res.stderr).splitlines():
-        if not line.strip() or _TIMING.match(line):
+        if not line.strip() or QEMU_IO_TIMING.match(line):
             continue
         lines.append(line.replace(workdir, "{dir}").replace(real, "{dir}").rstrip())
     return {"return": {"rc": res.returncode, "output": lines}}

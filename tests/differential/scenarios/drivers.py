@@ -258,6 +258,18 @@ SCENARIOS = [
                     "children": [null(), null()],
                 }
             ),
+            # fifo: blkverify is not even checked (fuzz 5e24214b52), with rewrite too
+            add(
+                {
+                    "driver": "quorum",
+                    "node-name": "qf",
+                    "vote-threshold": 1,
+                    "blkverify": True,
+                    "rewrite-corrupted": True,
+                    "read-pattern": "fifo",
+                    "children": [null(), null()],
+                }
+            ),
             add(
                 {
                     "driver": "quorum",

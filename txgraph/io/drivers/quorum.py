@@ -73,16 +73,16 @@ class QuorumNode(DriverNode):
         if pattern not in ("quorum", "fifo"):
             raise OpenError("Please set read-pattern as fifo or quorum")
         self.fifo = pattern == "fifo"
+        # quorum_open reads blkverify and rewrite-corrupted for read-pattern=quorum only
+        # (fifo reads never vote): under fifo both are ignored, not even checked.
         # Typed: bool("off") would be True.
-        self.blkverify = opt_bool(options, "blkverify", False)
-        self.rewrite = opt_bool(options, "rewrite-corrupted", False)
+        self.blkverify = not self.fifo and opt_bool(options, "blkverify", False)
+        self.rewrite = not self.fifo and opt_bool(options, "rewrite-corrupted", False)
         if self.blkverify and (count != 2 or self.threshold != 2):
             raise OpenError(
                 "blkverify=on can only be set if there are exactly two files "
                 "and vote-threshold is 2"
             )
-        # QEMU 7.2 accepts rewrite-corrupted with read-pattern=fifo (fifo reads never
-        # vote, so there is nothing to rewrite); so does txgraph.
         #: the length settled at open (QEMU caches total_sectors; quorum has no
         #: variable length, so children added later do not change it)
         self._length = self._children_length()
