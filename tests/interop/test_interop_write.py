@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import shutil
 import subprocess
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -129,8 +130,16 @@ def _check(img: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["qemu-img", "check", str(img)], capture_output=True, text=True)
 
 
+#: workloads per flavour: fixed seeds (a str hash would change with PYTHONHASHSEED from
+#: run to run); three of them, since one 512-byte-cluster workload in four needed a
+#: refcount block for a new refcount block's own refcount, which once landed on the same
+#: cluster as that block
+_SEEDS = range(3)
+
+
+@pytest.mark.parametrize("seed", _SEEDS)
 @pytest.mark.parametrize("flavour", FLAVOURS, ids=[f.__name__ for f in FLAVOURS])
-def test_writes_pass_check_and_match_qemu_io(flavour: Flavour, tmp_path: Path) -> None:
+def test_writes_pass_check_and_match_qemu_io(flavour: Flavour, seed: int, tmp_path: Path) -> None:
     ours_dir, peer_dir = tmp_path / "ours", tmp_path / "peer"
     ours_dir.mkdir()
     img = flavour(ours_dir)
@@ -139,7 +148,7 @@ def test_writes_pass_check_and_match_qemu_io(flavour: Flavour, tmp_path: Path) -
     if (peer_dir / "img.data").exists():  # the data file name in the header is absolute
         qemu_img("amend", "-f", "qcow2", "-o", f"data_file={peer_dir / 'img.data'}", peer)
     size = 16 << 20
-    ops = _workload(hash(flavour.__name__) & 0xFFFF, size)
+    ops = _workload(zlib.crc32(flavour.__name__.encode()) + seed, size)
     node = open_chain(img, read_only=False)
     node.reopen({**node.options, "discard": "unmap"}, node.read_only)  # BDRV_O_UNMAP
     for kind, off, ln, pat in ops:

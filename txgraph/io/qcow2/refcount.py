@@ -294,8 +294,11 @@ class Refcounts:
                 return blk
         if self._run_end > self.next_free:
             # qcow2_alloc_clusters took the whole run before update_refcount needed this
-            # block: it lands after the run (free_cluster_index), the run stays in place
+            # block: it lands after the run (free_cluster_index), the run stays in place;
+            # the index moves past it, so a block needed for the block's own refcount
+            # (a nested call) lands after it, not on it
             x = self._first_free(self._run_end)
+            self._run_end = x + 1
         else:
             x = self._take()
         self._reserve(x * self.cs, self.cs)  # on failure only a gap is left behind
