@@ -141,7 +141,9 @@ class QemuSystem:
                     try:
                         self.execute("qmp_capabilities")
                         return
-                    except EOFError:  # the greeting went out just before the refusal
+                    except (EOFError, ConnectionResetError, BrokenPipeError):
+                        # the greeting went out just before the refusal; a process that
+                        # exits with our command unread resets the connection instead
                         self.sock = self.file = None
                 f.close()
                 s.close()
