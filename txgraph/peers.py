@@ -103,11 +103,52 @@ class QMPProcess:
         self.sock.settimeout(self.reply_timeout)
         self._file = self.sock.makefile("rwb")
         self.greeting = self._read()
-        reply = self.execute("qmp_capabilities")
-        while "QMP" in reply:  # a repeated greeting (seen under load): the reply follows it
-            reply = self._read()
-        if reply != {"return": {}}:
-            raise RuntimeError(f"{self.label} refused qmp_capabilities: {reply}")
+        self._negotiate(deadline)
+
+    #: seconds to wait for the reply to ``qmp_capabilities`` before sending it again
+    negotiate_retry = 5.0
+
+    def _negotiate(self, deadline: float) -> None:
+        """``qmp_capabilities``, sent again (with a new id) while no reply comes.
+
+        Under load a qemu-storage-daemon has been seen to greet a connection and then
+        never answer its first command (twice in loaded runs: 120 s without a reply), and
+        to send the greeting twice. Every message up to the success is skipped; then a
+        ``query-version`` with its own id clears whatever the extra sends still bring
+        (their errors: negotiation is already complete), so the next command's reply is
+        the next message.
+        """
+        sent = 0
+        try:
+            while True:
+                sent += 1
+                self._file.write(json.dumps({"execute": "qmp_capabilities", "id": sent}).encode())
+                self._file.flush()
+                self.sock.settimeout(
+                    max(0.1, min(self.negotiate_retry, deadline - time.monotonic()))
+                )
+                try:
+                    reply = self._read()
+                    while "QMP" in reply or "event" in reply:
+                        reply = self._read()
+                except TimeoutError:
+                    if time.monotonic() > deadline:
+                        raise
+                    # a socket file that timed out reads no more: a new one (no reply
+                    # had begun, so its buffer held nothing)
+                    self._file = self.sock.makefile("rwb")
+                    continue
+                if "return" not in reply:
+                    raise RuntimeError(f"{self.label} refused qmp_capabilities: {reply}")
+                break
+            self.sock.settimeout(max(0.1, deadline - time.monotonic()))
+            if sent > 1:
+                self._file.write(json.dumps({"execute": "query-version", "id": "sync"}).encode())
+                self._file.flush()
+                while self._read().get("id") != "sync":
+                    pass
+        finally:
+            self.sock.settimeout(self.reply_timeout)
 
     def _abandon(self) -> None:
         """Kill a peer that failed to start and release its socket, pipe and directory."""
