@@ -245,7 +245,9 @@ class DryRunRuntime(Runtime):
         self.locks = LockTable()
         #: (node name, driver, read_only as QEMU would open it) for every node opened
         self.opened: list[tuple[str, str, bool]] = []
-        #: node name -> the length a simulated job grew it to (its image is never written)
+        #: node name -> the length a simulated job grew it to (its image is never written);
+        #: written by a simulated job's thread, read by commands: single dict stores and
+        #: lookups, atomic under the GIL, so no lock (a reader sees the old or new length)
         self.grown: dict[str, int] = {}
 
     # -- lengths ---------------------------------------------------------------------------
