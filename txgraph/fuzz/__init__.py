@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,11 +31,48 @@ def _terminate(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
+#: seconds before a lost stop request is sent again (see _worker_unraisable)
+RESEND_DELAY = 0.01
+#: set in a worker once its first SIGTERM asked it to stop (only the main thread writes it)
+_stopping = False
+
+
 def _worker_terminate(signum: int, frame: Any) -> None:
     """A worker's first SIGTERM unwinds it (SystemExit); a second one, while it still
     unwinds, ends it at once (its peers die with it, by their parent-death signal)."""
-    signal.signal(signal.SIGTERM, lambda _n, _f: os._exit(128 + signum))
+    global _stopping
+    if _stopping:
+        os._exit(128 + signum)
+    _stopping = True
     raise SystemExit(128 + signum)
+
+
+def _worker_unraisable(info: Any) -> None:
+    """``sys.unraisablehook`` of a worker: quiet while it stops, and no exit is lost.
+
+    A signal handler runs wherever the main thread is, and that may be a callback that
+    cannot raise (a weakref's, a ``__del__``): Python then prints the SystemExit as
+    "Exception ignored" with a traceback, and drops it. Once the worker is stopping,
+    such a lost exit is asked for again (a new SIGTERM to itself from a timer thread, so
+    it lands outside the callback), and anything else the unwinding raises there is part of stopping.
+    """
+    global _stopping
+    if not _stopping:
+        sys.__unraisablehook__(info)
+        return
+    if isinstance(info.exc_value, SystemExit):
+        _stopping = False  # the request was never delivered: the next one is the first again
+        # from another thread, a moment later: a signal sent from here would have its
+        # handler run inside this hook, which cannot raise either
+        resend = threading.Timer(RESEND_DELAY, os.kill, (os.getpid(), signal.SIGTERM))
+        resend.daemon = True
+        resend.start()
+
+
+def install_worker_signals() -> None:
+    """SIGTERM handling of a campaign worker (see :func:`_work`)."""
+    signal.signal(signal.SIGTERM, _worker_terminate)
+    sys.unraisablehook = _worker_unraisable
 
 
 def _work(config: CampaignConfig, index: int) -> None:
@@ -48,14 +86,14 @@ def _work(config: CampaignConfig, index: int) -> None:
     reports through its files, so it ends with ``os._exit``: the interpreter's teardown
     (z3's finalizers among it) has nothing to add and would print its own noise.
     """
-    signal.signal(signal.SIGTERM, _worker_terminate)
+    install_worker_signals()
     code = 0
     try:
         Worker(config, index).run()
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else 1
     except BaseException:
-        if signal.getsignal(signal.SIGTERM) is _worker_terminate:
+        if not _stopping:
             raise  # not terminated: a real crash, printed by multiprocessing
         code = 128 + signal.SIGTERM
     finally:

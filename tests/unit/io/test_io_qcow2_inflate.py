@@ -9,15 +9,17 @@ must read it alike, and must fail the same reads QEMU fails.
 from __future__ import annotations
 
 import os
+import random
 import struct
 import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
-from imgkit import open_chain, qemu_img, qemu_io, run
+from imgkit import open_chain, qemu_img, run
 
 from txgraph.errors import IOFailure
+from txgraph.io.qcow2.compress import PARALLEL_MIN_STORED, decompress_many
 
 CS = 65536
 
@@ -78,15 +80,19 @@ def test_a_broken_stream_fails_in_both(tmp_path: Path) -> None:
 
 
 def test_parallel_inflate_equals_qemu_and_keeps_errors(tmp_path: Path) -> None:
-    src = tmp_path / "s.qcow2"
-    qemu_img("create", "-q", "-f", "qcow2", src, "4M")
-    for k in range(16):
-        qemu_io(src, f"write -q -P {k + 1} {k * 192 << 10} 192k")
+    # 16 symbols per byte: each cluster stores about 32 KiB, long enough to go to the pool
+    src = tmp_path / "s.raw"
+    sixteen = bytes(b"0123456789abcdef"[i & 15] for i in range(256))
+    src.write_bytes(random.Random(7).randbytes(4 << 20).translate(sixteen))
     img = tmp_path / "c.qcow2"
-    qemu_img("convert", "-q", "-c", "-O", "qcow2", src, img)
+    qemu_img("convert", "-q", "-c", "-f", "raw", "-O", "qcow2", src, img)
     want = _qemu_raw(tmp_path, img)
     assert want is not None
     node: Any = open_chain(img)
+    extents = [node.map.compressed_extent(node.map.raw_entry(c)[0]) for c in range(16)]
+    assert all(length >= PARALLEL_MIN_STORED for _, length in extents)
+    pooled = decompress_many(0, extents, node._fread, CS)
+    assert pooled == [want[c * CS : (c + 1) * CS] for c in range(16)]
     assert node.read(0, 4 << 20) == want  # one request, many compressed clusters
     node.cache.clear()
     buf = memoryview(bytearray(1 << 20))
@@ -100,3 +106,21 @@ def test_parallel_inflate_equals_qemu_and_keeps_errors(tmp_path: Path) -> None:
     with pytest.raises(IOFailure):
         node2.read(0, 1 << 20)
     assert node2.read(CS, 1 << 20) == want[CS : CS + (1 << 20)]
+
+
+def test_references_across_the_32k_output_block_read_as_in_qemu(tmp_path: Path) -> None:
+    """A match 16 KiB back that starts past 32 KiB of output: QEMU's one inflate call
+    reads it; Python's ``zlib.decompressobj(-12)`` refuses it (its second output block
+    starts a second inflate call, and the 4 KiB window no longer reaches back)."""
+    rnd = os.urandom(8192)
+    want = os.urandom(24576) + rnd + os.urandom(8192) + rnd  # rnd again at 40 KiB
+    want += os.urandom(CS - len(want))
+    co = zlib.compressobj(9, zlib.DEFLATED, -15)
+    stream = co.compress(want) + co.flush()
+    with pytest.raises(zlib.error, match="too far back"):
+        zlib.decompressobj(-12).decompress(stream, CS)
+    img = _compressed_image(tmp_path)
+    _point_cluster0_at(img, stream)
+    assert _qemu_raw(tmp_path, img) == want  # QEMU 7.2 reads it
+    node: Any = open_chain(img)
+    assert node.read(0, CS) == want

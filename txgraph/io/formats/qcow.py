@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import errno as E
 import struct
-import zlib
 from typing import Any
 
 from txgraph.errors import IOFailure, OpenError
@@ -40,6 +39,7 @@ from txgraph.io.formats.sync import pwrite_sync, truncate_child
 from txgraph.io.formats.table_cache import CountingCache
 from txgraph.io.layer import driver_write
 from txgraph.io.qcow2.deflate import raw_deflate
+from txgraph.io.qcow2.inflate import InflateError, inflate_cluster
 from txgraph.io.registry import register
 from txgraph.io.truncate import truncate
 
@@ -241,12 +241,9 @@ class QcowNode(ImageFormatNode):
         self.file.debug_event("read_compressed")
         data = self.fread(offset, csize)
         try:
-            d = zlib.decompressobj(-12)
-            out = d.decompress(data, self.csize)
-        except zlib.error:
+            out = inflate_cluster(data, self.csize)  # decompress_buffer's one inflate call
+        except InflateError:
             raise eio() from None
-        if len(out) != self.csize:
-            raise eio()
         self._cluster_cache = (offset, out)
         return out
 

@@ -7,14 +7,10 @@ The zstd path calls the system ``libzstd`` (QEMU links the same library) via
 ctypes, so no extra Python dependency is needed. Output is never larger than
 one cluster, whatever the input claims (CVE-2015-5162 class: bounded work).
 
-Window: QEMU inflates with window bits -12 in one ``inflate(Z_FINISH)`` call
-into the cluster buffer, and zlib then accepts back-references anywhere in the
-output produced so far (the 4 KiB window only limits what is kept *between*
-calls), so a stream with a 20 KiB distance decodes in QEMU 7.2. Python's zlib
-is the same library and decodes it alike (tests/unit/io/test_io_qcow2_inflate.py
-pins this against qemu-img). The faster inflaters checked refuse such a stream
-(zlib-ng: "invalid distance too far back"; ISA-L: "Invalid deflate symbol"), so
-they would fail reads QEMU serves; they are not used.
+Inflate: :mod:`txgraph.io.qcow2.inflate` makes QEMU's one ``inflate(Z_FINISH)``
+call (window bits -12), with zlib-ng as a fast path that accepts the same
+streams; Python's own ``zlib.decompressobj`` does not (its output blocks limit
+back-references to the 4 KiB window again).
 
 Parallel inflate: QEMU's ``qcow2_co_preadv_part`` runs up to
 ``QCOW2_MAX_WORKERS`` (8) cluster tasks of one request at once, each
@@ -28,12 +24,12 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from txgraph.io.qcow2 import zstd
+from txgraph.io.qcow2.inflate import InflateError, inflate_cluster
 
 __all__ = [
     "decompress",
@@ -46,6 +42,11 @@ __all__ = [
 
 #: QEMU's QCOW2_MAX_WORKERS: cluster tasks of one request at once
 MAX_WORKERS = 8
+#: mean stored bytes per compressed cluster below which the clusters of a request are
+#: inflated in the caller's thread: a stream that short inflates in a few microseconds
+#: (long matches), less than handing it to a pool thread and back costs
+PARALLEL_MIN_STORED = 4096
+_CPUS = os.cpu_count() or 1
 
 
 class DecompressError(Exception):
@@ -53,14 +54,10 @@ class DecompressError(Exception):
 
 
 def _zlib(data: bytes, cluster_size: int) -> bytes:
-    d = zlib.decompressobj(-12)
     try:
-        out = d.decompress(data, cluster_size)
-    except zlib.error as e:
+        return inflate_cluster(data, cluster_size)
+    except InflateError as e:
         raise DecompressError(str(e)) from None
-    if len(out) != cluster_size:
-        raise DecompressError("short zlib stream")
-    return out
 
 
 def zstd_available() -> bool:
@@ -105,7 +102,7 @@ def _executor() -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None:
-            workers = max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+            workers = max(1, min(MAX_WORKERS, _CPUS))
             _pool = ThreadPoolExecutor(workers, thread_name_prefix="txgraph-inflate")
         return _pool
 
@@ -118,9 +115,10 @@ def decompress_many(
 ) -> list[bytes | None]:
     """Inflate several clusters at once: ``fetch(offset, length)`` reads each stream.
 
-    An entry is None when its read or its stream failed: the caller's ordinary
-    one-cluster path then meets (and reports) the same failure, so errors are
-    exactly those of :func:`decompress`.
+    An entry is None when its read or its stream failed, or when the streams are too
+    short to be worth a thread (:data:`PARALLEL_MIN_STORED`): the caller's ordinary
+    one-cluster path then inflates it, or meets (and reports) the same failure, so
+    errors are exactly those of :func:`decompress`.
     """
 
     def one(extent: tuple[int, int]) -> bytes | None:
@@ -129,7 +127,8 @@ def decompress_many(
         except Exception:  # re-raised by the caller's sequential path, with its mapping
             return None
 
-    if len(extents) < 2 or (os.cpu_count() or 1) < 2:
+    stored = sum(length for _, length in extents)
+    if len(extents) < 2 or _CPUS < 2 or stored < PARALLEL_MIN_STORED * len(extents):
         return [None] * len(extents)
     return list(_executor().map(one, extents))
 

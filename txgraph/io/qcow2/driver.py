@@ -97,6 +97,11 @@ class Qcow2Node(DriverNode):
         except IOFailure as e:
             raise OpenError(f"Could not read L1 table: {e.desc}") from None
         self.l1 = np.frombuffer(l1_bytes, dtype=">u8").astype(np.uint64)
+        #: guest data lives in ``file`` as stored (no data-file, no encryption), both fixed
+        #: at open: a one-cluster read then goes straight to the file child
+        self._plain_data = (
+            not h.has_data_file and self.crypto.volume is None and self.crypto.aes is None
+        )
         self.map = L2Map(h, self.l1, self._fread, options)
         #: guards map (and its slot cache), refcounts, writer state, header, cache and
         #: the corruption state below (see the module docstring)
@@ -258,21 +263,32 @@ class Qcow2Node(DriverNode):
         return int(codes[c & (self.map.n - 1)])
 
     def readinto(self, offset: int, out: memoryview) -> None:
-        """Read into a caller buffer; one-cluster data reads skip the run machinery."""
-        self._alive()
+        """Read into a caller buffer; one-cluster data reads skip the run machinery.
+
+        The one-cluster path is the whole of a random small read, so it does only
+        what such a read needs: the compiled L2 code, then the data child's copy
+        (the file child itself when the data is plain, see ``_plain_data``).
+        """
+        if self.dead:
+            self._alive()
         n = len(out)
         cb = self.cluster_bits
         c = offset >> cb
+        m = self.map
         if n and c == (offset + n - 1) >> cb and offset + n <= self.header.size:
-            codes = self.map.codes[c >> self.map.l2b] if c < self.map.nb_clusters else None
+            codes = m.codes[c >> m.l2b] if c < m.nb_clusters else None
             if codes is not None:
-                code = int(codes[c & (self.map.n - 1)])
+                code = int(codes[c & (m.n - 1)])
                 if code >= 0:
+                    host = code + (offset & (self.cluster_size - 1))
+                    if self._plain_data:
+                        f = self.children["file"]
+                        f.debug_event("read_aio")
+                        child_readinto(f, host, out)
+                        return
                     self.file.debug_event("read_aio")
                     child_readinto(
-                        self._data_child((offset & -self.cluster_size) - code),
-                        code + (offset & (self.cluster_size - 1)),
-                        out,
+                        self._data_child((offset & -self.cluster_size) - code), host, out
                     )
                     return
         if n and self.writer is None and self.chain_map.readinto(offset, out):
