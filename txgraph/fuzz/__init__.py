@@ -54,7 +54,9 @@ def _worker_unraisable(info: Any) -> None:
     cannot raise (a weakref's, a ``__del__``): Python then prints the SystemExit as
     "Exception ignored" with a traceback, and drops it. Once the worker is stopping,
     such a lost exit is asked for again (a new SIGTERM to itself from a timer thread, so
-    it lands outside the callback), and anything else the unwinding raises there is part of stopping.
+    it lands outside the callback); anything else raised there while it unwinds is part
+    of stopping (see :func:`_work`). The hook runs in the main thread, where the
+    handler raised, so ``_stopping`` keeps one writer.
     """
     global _stopping
     if not _stopping:
