@@ -10,9 +10,12 @@ zero-filled and returned to the kernel when the last view goes.
 from __future__ import annotations
 
 import mmap
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["aligned_buffer", "child_readinto", "PAGE"]
+from txgraph.io.driver import DriverNode
+
+__all__ = ["aligned_buffer", "announced_reader", "child_readinto", "PAGE"]
 
 PAGE = mmap.PAGESIZE
 
@@ -31,3 +34,22 @@ def child_readinto(child: Any, offset: int, out: memoryview) -> None:
         ri(offset, out)
     else:
         out[:] = child.read(offset, len(out))
+
+
+def announced_reader(child: Any, event: str) -> Callable[[int, memoryview], None]:
+    """``child``'s read into a caller buffer, announcing ``event`` first
+    (``BLKDBG_EVENT(bs->file, event)`` before a format driver's data request).
+
+    Only blkdebug reacts to announcements; for every other child the result is
+    its bound ``readinto`` itself, so a caller that keeps it (per child) pays
+    for neither the announcement nor the lookup on each request.
+    """
+    ri = getattr(child, "readinto", None)
+    if ri is not None and type(child).debug_event is DriverNode.debug_event:
+        return ri  # type: ignore[no-any-return]
+
+    def read(offset: int, out: memoryview) -> None:
+        child.debug_event(event)
+        child_readinto(child, offset, out)
+
+    return read

@@ -52,8 +52,9 @@ media error on a mapped page; none of this can happen on the ``pread``/
 data plane.
 
 Locking (owner: this node). ``_len`` (the length this node knows and reports),
-``_map`` (the current ``(mmap, length)`` pair, replaced as a whole so readers
-never pair one mapping with another's length) and the file's size change only
+``_map`` (the current ``(mmap, length, view)`` triple, replaced as a whole so
+readers never pair one mapping with another's length; the view is made once per
+mapping, not per read) and the file's size change only
 under ``_grow_lock``: writes reaching past ``_len``, ``write_zeroes`` and
 ``truncate`` growth, remaps and ``reserve``. Writes and reads inside ``_len``
 take no lock and run in parallel (``pwrite``/``preadv`` release the GIL);
@@ -198,7 +199,7 @@ class FileNode(DriverNode):
         self._write_gen = 0
         self._flushed_gen = 0
         self._grow_lock = threading.Lock()
-        self._map: tuple[mmap.mmap, int] | None = None
+        self._map: tuple[mmap.mmap, int, memoryview] | None = None
         self._shm = _on_shmem(self.fd)
         with self._grow_lock:
             self._remap(self._len)
@@ -287,7 +288,8 @@ class FileNode(DriverNode):
             return
         prot = mmap.PROT_READ if self.read_only else mmap.PROT_READ | mmap.PROT_WRITE
         try:
-            self._map = (mmap.mmap(self.fd, length, mmap.MAP_SHARED, prot), length)
+            mm = mmap.mmap(self.fd, length, mmap.MAP_SHARED, prot)
+            self._map = (mm, length, memoryview(mm))
         except (OSError, ValueError):
             self._map = None  # e.g. shrunk meanwhile by another process: preadv only
 
@@ -331,10 +333,19 @@ class FileNode(DriverNode):
         syscall once its pages are mapped).
         """
         n = len(out)
-        mm = self._mapped(offset, n) if n < PREADV_MIN else None
-        if mm is not None:
-            out[:] = memoryview(mm)[offset : offset + n]
-            return
+        if n < PREADV_MIN:
+            m = self._map
+            if m is not None and offset + n <= m[1]:
+                # _mapped, inlined: this is the whole of a small read
+                try:
+                    live = os.lseek(self.fd, 0, os.SEEK_END)
+                except OSError:
+                    live = 0
+                if offset + n <= live:
+                    out[:] = m[2][offset : offset + n]
+                    return
+            else:
+                self._mapped(offset, n)  # (re)maps for the next request; this one preadv's
         got = 0
         while got < n:
             try:

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from txgraph.errors import IOFailure
-from txgraph.io.buffers import child_readinto
+from txgraph.io.buffers import announced_reader, child_readinto
 from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
 from txgraph.io.qcow2 import constants as C
 from txgraph.io.qcow2.chainmap import ChainMap
@@ -102,6 +102,9 @@ class Qcow2Node(DriverNode):
         self._plain_data = (
             not h.has_data_file and self.crypto.volume is None and self.crypto.aes is None
         )
+        #: the file child and its announced read (``announced_reader``), kept for the
+        #: one-cluster path; replaced whole when ``children["file"]`` is another node
+        self._file_reader: tuple[DriverNode | None, Any] = (None, None)
         self.map = L2Map(h, self.l1, self._fread, options)
         #: guards map (and its slot cache), refcounts, writer state, header, cache and
         #: the corruption state below (see the module docstring)
@@ -278,13 +281,15 @@ class Qcow2Node(DriverNode):
         if n and c == (offset + n - 1) >> cb and offset + n <= self.header.size:
             codes = m.codes[c >> m.l2b] if c < m.nb_clusters else None
             if codes is not None:
-                code = int(codes[c & (m.n - 1)])
+                code = codes.item(c & (m.n - 1))  # a Python int, half the cost of int()
                 if code >= 0:
                     host = code + (offset & (self.cluster_size - 1))
                     if self._plain_data:
                         f = self.children["file"]
-                        f.debug_event("read_aio")
-                        child_readinto(f, host, out)
+                        reader = self._file_reader
+                        if reader[0] is not f:  # first read, or a child swapped under drain
+                            reader = self._file_reader = (f, announced_reader(f, "read_aio"))
+                        reader[1](host, out)
                         return
                     self.file.debug_event("read_aio")
                     child_readinto(
