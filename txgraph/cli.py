@@ -97,11 +97,20 @@ def main() -> None:
     "file protocol (repeatable; on by default under --policy safe, where the "
     "image's own directory is allowed).",
 )
+@click.option(
+    "--poll-max-ns",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="NS",
+    help="Poll for the next QMP command up to NS nanoseconds before sleeping, adapting "
+    "the window as QEMU's IOThread poll-max-ns does; 0 never polls. [default: 100000]",
+)
 @click.argument("qsd_args", nargs=-1, type=click.UNPROCESSED, metavar="[QSD OPTIONS]...")
 def serve(
     qmp_path: str | None,
     policy: str,
     confine_dirs: tuple[str, ...] = (),
+    poll_max_ns: int | None = None,
     qsd_args: tuple[str, ...] = (),
 ) -> None:
     """Serve QMP on a unix socket, like ``qemu-storage-daemon --monitor``.
@@ -115,6 +124,7 @@ def serve(
     from txgraph.ops.session import Session
     from txgraph.qmp.commands import CommandContext
     from txgraph.qmp.engine import Engine
+    from txgraph.qmp.polling import DEFAULT_POLL_MAX_NS
     from txgraph.qmp.qsd_argv import CmdlineError
     from txgraph.qmp.qsd_cmdline import QsdRun, remove_pidfile, run_command_line, write_pidfile
     from txgraph.qmp.server import ServeError, run_server
@@ -150,7 +160,8 @@ def serve(
 
         try:
             paths = [*([qmp_path] if qmp_path else []), *run.monitors]
-            run_server(paths, engine, ready, run.listening)
+            poll = DEFAULT_POLL_MAX_NS if poll_max_ns is None else poll_max_ns
+            run_server(paths, engine, ready, run.listening, poll_max_ns=poll)
         except CmdlineError as err:  # the PID file could not be created
             sys.stderr.write(err.render())
             sys.exit(1)

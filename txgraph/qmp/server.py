@@ -40,6 +40,7 @@ from txgraph.errors import QMPError, TxgraphError
 from txgraph.qmp.chardev_port import ChardevPort
 from txgraph.qmp.engine import INTERNAL_ERROR, Engine
 from txgraph.qmp.idle_gc import COLLECTOR
+from txgraph.qmp.polling import DEFAULT_POLL_MAX_NS, polling_loop
 from txgraph.qmp.qapi import (
     check_message,
     order_event,
@@ -485,12 +486,17 @@ def run_server(
     engine: Engine,
     on_ready: Callable[[], None] | None = None,
     listening: dict[str, socket.socket] | None = None,
+    poll_max_ns: int = DEFAULT_POLL_MAX_NS,
 ) -> None:
     """Blocking form of :func:`serve` (``txgraph serve --qmp PATH``).
 
+    The loop polls adaptively for up to ``poll_max_ns`` before it sleeps
+    (:mod:`txgraph.qmp.polling`; 0 turns it off).
+
     :raise ServeError: the socket cannot be created.
     """
-    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
-        asyncio.run(
-            serve(path, engine, handle_signals=True, on_ready=on_ready, listening=listening)
-        )
+    with (
+        contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError),
+        asyncio.Runner(loop_factory=lambda: polling_loop(poll_max_ns)) as runner,
+    ):
+        runner.run(serve(path, engine, handle_signals=True, on_ready=on_ready, listening=listening))
