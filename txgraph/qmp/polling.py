@@ -42,7 +42,7 @@ __all__ = ["DEFAULT_POLL_MAX_NS", "POLL_START_NS", "PollingSelector", "polling_l
 POLL_START_NS = 4_000
 #: ``txgraph serve``'s default maximum window. QEMU's IOThread default is 32 µs;
 #: a QMP client's turnaround on a loaded 2-vCPU machine is often longer, so a
-#: longer window catches it (measured: ``tools/qmp_polling.py``).
+#: longer window catches it (``tools/qmp_polling.py`` measures both).
 DEFAULT_POLL_MAX_NS = 100_000
 
 
