@@ -341,9 +341,13 @@ class QMPServer:
         self._watch(client)
 
     def _idle(self, _client: _Client) -> None:
-        """Runs after the ready callbacks; collects only if no client has input pending."""
-        if not any(c.pending for c in self._clients):
-            COLLECTOR.idle()
+        """Runs after the ready callbacks: an idle moment for the collector if no client
+        has input pending (it collects once the pause lasts, see idle_gc.py)."""
+        if self._loop is not None and not self._has_pending():
+            COLLECTOR.idle_moment(self._loop, lambda: not self._has_pending())
+
+    def _has_pending(self) -> bool:
+        return any(c.pending for c in self._clients)
 
     def _writable(self, client: _Client) -> None:
         try:
