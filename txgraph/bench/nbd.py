@@ -7,9 +7,12 @@ socket; the client is ``qemu-img convert -f raw -O raw nbd+unix://... out.raw``
 cache: one discarded warm-up per server, then rounds alternating txgraph and
 the peer; the medians of wall time give MB/s, ``spread`` the min-max of each
 side. The output file goes to /dev/shm when available (same for both
-servers). Prints one JSON line ``{name, txgraph, peer, unit, ratio, spread,
-peer_desc}``; ratio = txgraph / peer. Progress goes to stderr; the image is
-removed at the end unless ``keep``.
+servers). Each round also copies the image file itself (the same command
+without NBD): ``floor`` is that throughput, what a server costing nothing
+would approach, and ``ratio_cap`` = floor / peer the ratio it would reach.
+Prints one JSON line ``{name, txgraph, peer, unit, ratio, rounds, floor,
+ratio_cap, spread, peer_desc}``; ratio = txgraph / peer. Progress goes to
+stderr; the image is removed at the end unless ``keep``.
 """
 
 from __future__ import annotations
@@ -116,10 +119,11 @@ def _run(work: Path, rounds: int, size: int) -> dict[str, Any]:
             peer_uri = f"nbd+unix:///disk?socket={peer_sock}"
             _convert(mine_uri, out)  # warm-ups (page cache, code paths)
             _convert(peer_uri, out)
-            mine, peer = [], []
+            mine, peer, local = [], [], []
             for r in range(rounds):
                 mine.append(_convert(mine_uri, out))
                 peer.append(_convert(peer_uri, out))
+                local.append(_convert(str(img), out))
                 _progress(f"round {r + 1}/{rounds}")
     finally:
         server.stop()
@@ -133,6 +137,8 @@ def _run(work: Path, rounds: int, size: int) -> dict[str, Any]:
         "unit": "MB/s",
         "ratio": round(t_mine / t_peer, 3),
         "rounds": rounds,
+        "floor": round(mb / statistics.median(local), 1),
+        "ratio_cap": round(statistics.median(peer) / statistics.median(local), 3),
         "spread": {
             "txgraph": [round(mb / max(mine), 1), round(mb / min(mine), 1)],
             "peer": [round(mb / max(peer), 1), round(mb / min(peer), 1)],

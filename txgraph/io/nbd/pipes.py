@@ -49,6 +49,8 @@ PIN_MIN = 64 << 10
 PIPE_BYTES = 1 << 20
 #: pinned capacity of one server, all connections together
 POOL_BYTES = 32 << 20
+#: and at most this many pipes (two descriptors each), however small the kernel makes them
+MAX_PIPES = 64
 
 _SPLICE_NONBLOCK = getattr(os, "SPLICE_F_NONBLOCK", 2)
 _SPLICE_MORE = getattr(os, "SPLICE_F_MORE", 4)
@@ -89,7 +91,8 @@ class Pinned:
 
 
 class PipePool:
-    """Empty pipes for read replies, at most ``max_bytes`` of pipe capacity in all."""
+    """Empty pipes for read replies: at most ``max_bytes`` of pipe capacity and
+    :data:`MAX_PIPES` pipes in all."""
 
     def __init__(self, max_bytes: int = POOL_BYTES) -> None:
         self._lock = threading.Lock()
@@ -106,7 +109,7 @@ class PipePool:
                 return None
             if self._free:
                 return self._free.pop()
-            if self._capacity >= self._max_bytes:
+            if self._capacity >= self._max_bytes or self._made >= MAX_PIPES:
                 return None
             self._made += 1
             self._capacity += PIPE_BYTES  # reserved now; corrected below
