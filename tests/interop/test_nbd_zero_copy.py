@@ -62,15 +62,17 @@ def _connect(sock: str, export: str, structured: bool) -> NbdClient:
     return NbdClient({"type": "unix", "path": sock}, export, structured=structured)
 
 
-def _reply(c: NbdClient, cookie: int, length: int) -> list[bytes]:
-    """The raw reply to one read: each structured chunk whole, or header + payload."""
+def _reply(c: NbdClient, cookie: int, length: int, into: list[bytes] | None = None) -> list[bytes]:
+    """The raw reply to one read: each structured chunk whole, or header + payload
+    (appended to ``into`` as they arrive, so a dropped connection leaves what came)."""
+    chunks = [] if into is None else into
     magic = recv_exact(c.sock, 4)
     if struct.unpack(">I", magic)[0] == P.SIMPLE_REPLY_MAGIC:
         rest = recv_exact(c.sock, 12)
         err, rcookie = struct.unpack(">IQ", rest)
         assert rcookie == cookie
-        return [magic + rest + (b"" if err else recv_exact(c.sock, length))]
-    chunks = []
+        chunks.append(magic + rest + (b"" if err else recv_exact(c.sock, length)))
+        return chunks
     while True:
         hdr = magic + recv_exact(c.sock, 16)
         rflags, _rtype, rcookie, rlen = struct.unpack(">HHQI", hdr[4:])
@@ -93,10 +95,9 @@ def _outcome(sock: str, export: str, structured: bool, offset: int, length: int,
     try:
         c.sock.sendall(P.REQUEST.pack(P.REQUEST_MAGIC, flags, P.CMD_READ, 5, offset, length))
         try:
-            got = _reply(c, 5, length)
+            return _reply(c, 5, length, got)
         except Disconnected:
-            return "dropped"
-        return got
+            return ("dropped after", got)
     finally:
         c.sock.close()
 
@@ -274,13 +275,19 @@ def test_throttle_accounts_and_delays_an_nbd_read(tmp_path: Path) -> None:
 
 @needs_qsd
 @pytest.mark.parametrize("flags", [0, P.CMD_FLAG_DF])
-def test_blkdebug_read_error_reaches_the_client_as_on_qsd(tmp_path: Path, flags: int) -> None:
+@pytest.mark.parametrize("sector", [None, 2 * MIB // 512], ids=["every-read", "third-mib"])
+def test_blkdebug_read_error_reaches_the_client_as_on_qsd(
+    tmp_path: Path, flags: int, sector: int | None
+) -> None:
+    """Failing every read, or only the stretch after the hole (the chunks before it arrive)."""
     outcomes = []
     for name in ("qsd", "txgraph"):
         img = tmp_path / f"{name}.raw"
         _image(img)
         sock = str(tmp_path / f"{name}.sock")
-        rule = [{"event": "read_aio", "errno": 5, "once": False}]
+        rule: list[dict[str, Any]] = [{"event": "read_aio", "errno": 5, "once": False}]
+        if sector is not None:
+            rule[0]["sector"] = sector
         if name == "qsd":
             with QSD() as qsd:
                 qsd.cmd(
@@ -300,7 +307,7 @@ def test_blkdebug_read_error_reaches_the_client_as_on_qsd(tmp_path: Path, flags:
                 qsd.cmd(
                     "block-export-add", {"type": "nbd", "id": "e", "node-name": "r", "name": "disk"}
                 )
-                outcomes.append(_outcome(sock, "disk", True, 0, 2 * MIB, flags))
+                outcomes.append(_outcome(sock, "disk", True, 0, 3 * MIB, flags))
             continue
         rt = Runtime()
         rt.open_node("f", "file", {"filename": str(img)}, {}, True)
@@ -310,12 +317,13 @@ def test_blkdebug_read_error_reaches_the_client_as_on_qsd(tmp_path: Path, flags:
         srv.start({"type": "unix", "path": sock})
         srv.add_export("disk", "r", False)
         try:
-            outcomes.append(_outcome(sock, "disk", True, 0, 2 * MIB, flags))
+            outcomes.append(_outcome(sock, "disk", True, 0, 3 * MIB, flags))
         finally:
             srv.stop()
             rt.close_all()
     assert outcomes[0] == outcomes[1]
-    assert outcomes[0] != [] and outcomes[0] is not None
+    if sector is not None and not flags:  # the data and hole chunks before the failed stretch
+        assert outcomes[0][0] == "dropped after" and len(outcomes[0][1]) == 2
 
 
 def _hammer(sock: str, content: bytes, seed: int, rounds: int, errors: list[str]) -> None:
