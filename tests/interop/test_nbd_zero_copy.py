@@ -407,3 +407,34 @@ def test_stress_clients_with_many_reads_in_flight(tmp_path: Path, pool_bytes: in
         assert pipes.pipes > 0
         if pool_bytes is not None:
             assert pipes.pipes <= pool_bytes // MIB
+
+
+def test_server_stop_mid_flight_closes_every_pipe(tmp_path: Path) -> None:
+    """nbd-server-stop while readers have replies pinned: every pipe is closed after."""
+    img = tmp_path / "d.raw"
+    content = _image(img) + bytes(SIZE - FILE_LEN)
+    sock = str(tmp_path / "s.sock")
+    with _txgraph(img, sock) as srv:
+        pool = srv._pipes
+        assert pool is not None
+        errors: list[str] = []
+        threads = [
+            threading.Thread(target=_hammer, args=(sock, content, seed, 1000, errors))
+            for seed in (1, 2, 4)  # structured clients: pinned replies
+        ]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while pool.lent == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert pool.lent > 0  # replies are pinned right now
+        srv.stop()
+        for t in threads:
+            t.join(60)
+        assert not any(t.is_alive() for t in threads)
+        assert errors and all("wrong data" not in e for e in errors)  # cut off, never wrong
+        deadline = time.monotonic() + 30
+        while pool.pipes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pool.pipes == 0 and pool.lent == 0
+        srv.start({"type": "unix", "path": sock})  # for the fixture's stop
