@@ -16,9 +16,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import random
 import struct
 import subprocess
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -438,3 +440,47 @@ def test_server_stop_mid_flight_closes_every_pipe(tmp_path: Path) -> None:
             time.sleep(0.01)
         assert pool.pipes == 0 and pool.lent == 0
         srv.start({"type": "unix", "path": sock})  # for the fixture's stop
+
+
+def test_a_client_vanishing_mid_reply_leaves_no_stale_bytes(tmp_path: Path) -> None:
+    """A pipe whose send failed still holds bytes: it must never serve another reply.
+
+    16 MiB replies are twice the socket's send buffer, so a reader that leaves
+    after 100 bytes fails the send with pinned bytes still in the pipes.
+    """
+    img = tmp_path / "big.raw"
+    content = random.Random(3).randbytes(20 * MIB)
+    img.write_bytes(content)
+    sock = str(tmp_path / "s.sock")
+    rt = Runtime()
+    rt.open_node("f", "file", {"filename": str(img)}, {}, True)
+    rt.open_node("r", "raw", {}, {"file": "f"}, True)
+    srv = NbdServer(rt)
+    srv.start({"type": "unix", "path": sock})
+    srv.add_export("disk", "r", False)
+    try:
+        pool = srv._pipes
+        assert pool is not None
+        for _ in range(4):
+            c = _connect(sock, "disk", True)
+            c.sock.sendall(
+                P.REQUEST.pack(P.REQUEST_MAGIC, P.CMD_FLAG_DF, P.CMD_READ, 1, 0, 16 * MIB)
+            )
+            recv_exact(c.sock, 100)  # the reply started...
+            c.sock.close()  # ...and its reader is gone
+            deadline = time.monotonic() + 30
+            while pool.lent and time.monotonic() < deadline:
+                time.sleep(0.01)
+        for pipe in pool._free:  # what the pool lends again holds nothing
+            queued = fcntl.ioctl(pipe.r, termios.FIONREAD, b"\0\0\0\0")
+            assert struct.unpack("i", queued)[0] == 0
+        c = _connect(sock, "disk", True)
+        try:
+            for offset in (0, 4097, 3 * MIB + 1):
+                chunks = _ask(c, 2, offset, 16 * MIB, P.CMD_FLAG_DF)
+                assert b"".join(ch[28:] for ch in chunks) == content[offset : offset + 16 * MIB]
+        finally:
+            c.close()
+    finally:
+        srv.stop()
+        rt.close_all()
