@@ -296,11 +296,14 @@ def bench_io(workdir: str) -> None:
     default="/tmp/txgraph-bench-nbd",
     show_default=True,
 )
-def bench_nbd(workdir: str) -> None:
+@click.option(
+    "--rounds", default=5, show_default=True, help="Interleaved rounds (txgraph, peer) measured."
+)
+def bench_nbd(workdir: str, rounds: int) -> None:
     """NBD export throughput with qemu-img convert as the client vs qemu-storage-daemon."""
     from txgraph.bench.nbd import run_nbd_benchmark
 
-    click.echo(json.dumps(run_nbd_benchmark(workdir)))
+    click.echo(json.dumps(run_nbd_benchmark(workdir, rounds=rounds)))
 
 
 @bench.command("qmp")

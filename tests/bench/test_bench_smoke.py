@@ -8,6 +8,7 @@ that both peers finished in the same graph, so the ratio compares the same work.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -52,6 +53,19 @@ def test_bench_txn_command() -> None:
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
     assert len(rows) == 1 and rows[0]["graphs_match"] and rows[0]["nodes"] == 20
+
+
+def test_nbd_benchmark_row(tmp_path: Path) -> None:
+    """bench nbd end to end on a small image, one round; the image is removed after."""
+    from txgraph.bench.nbd import run_nbd_benchmark
+
+    row = run_nbd_benchmark(tmp_path / "w", rounds=1, size=8 << 20)
+    assert row["name"] == "nbd_export_read_qemu_img_convert" and row["unit"] == "MB/s"
+    assert row["rounds"] == 1
+    for key in ("txgraph", "peer", "ratio", "floor", "ratio_cap"):
+        assert isinstance(row[key], (int, float)) and row[key] > 0, (key, row)
+    json.dumps(row)
+    assert not (tmp_path / "w").exists()
 
 
 def test_jobs_benchmark_rows() -> None:

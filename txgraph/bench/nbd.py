@@ -7,9 +7,12 @@ socket; the client is ``qemu-img convert -f raw -O raw nbd+unix://... out.raw``
 cache: one discarded warm-up per server, then rounds alternating txgraph and
 the peer; the medians of wall time give MB/s, ``spread`` the min-max of each
 side. The output file goes to /dev/shm when available (same for both
-servers). Prints one JSON line ``{name, txgraph, peer, unit, ratio, spread,
-peer_desc}``; ratio = txgraph / peer. Progress goes to stderr; the image is
-removed at the end unless ``keep``.
+servers). Each round also copies the image file itself (the same command
+without NBD): ``floor`` is that throughput, what a server costing nothing
+would approach, and ``ratio_cap`` = floor / peer the ratio it would reach.
+Prints one JSON line ``{name, txgraph, peer, unit, ratio, rounds, floor,
+ratio_cap, spread, peer_desc}``; ratio = txgraph / peer. Progress goes to
+stderr; the image is removed at the end unless ``keep``.
 """
 
 from __future__ import annotations
@@ -33,13 +36,13 @@ IMAGE_SIZE = 512 * MiB
 ROUNDS = 5
 
 
-def _image(work: Path) -> Path:
+def _image(work: Path, size: int = IMAGE_SIZE) -> Path:
     """A fully allocated raw image with incompressible, non-zero content."""
     img = work / "nbd-bench.raw"
-    if not img.exists() or img.stat().st_size != IMAGE_SIZE:
-        chunk = os.urandom(4 * MiB)
+    if not img.exists() or img.stat().st_size != size:
+        chunk = os.urandom(min(4 * MiB, size))
         with open(img, "wb") as f:
-            for i in range(IMAGE_SIZE // len(chunk)):
+            for i in range(size // len(chunk)):
                 # vary each chunk cheaply so no two are identical
                 f.write(i.to_bytes(8, "little") + chunk[8:])
     return img
@@ -63,13 +66,16 @@ def _progress(msg: str) -> None:
     print(f"bench nbd: {msg}", file=sys.stderr, flush=True)
 
 
-def run_nbd_benchmark(workdir: str | Path, *, keep: bool = False) -> dict[str, Any]:
-    """Measure both servers in one run; return the JSON row."""
+def run_nbd_benchmark(
+    workdir: str | Path, *, keep: bool = False, rounds: int = ROUNDS, size: int = IMAGE_SIZE
+) -> dict[str, Any]:
+    """Measure both servers in one run (``rounds`` interleaved rounds, an image of ``size``
+    bytes, a multiple of 4 MiB up to there); return the JSON row."""
     work = Path(workdir)
     made = not work.exists()
     work.mkdir(parents=True, exist_ok=True)
     try:
-        return _run(work)
+        return _run(work, max(1, rounds), size)
     finally:
         if not keep:
             (work / "nbd-bench.raw").unlink(missing_ok=True)
@@ -77,8 +83,8 @@ def run_nbd_benchmark(workdir: str | Path, *, keep: bool = False) -> dict[str, A
                 shutil.rmtree(work, ignore_errors=True)
 
 
-def _run(work: Path) -> dict[str, Any]:
-    img = _image(work)
+def _run(work: Path, rounds: int, size: int) -> dict[str, Any]:
+    img = _image(work, size)
     # The copy lands in tmpfs when there is one: disk writeback of the output would
     # otherwise dominate and add noise to a measure of the servers' read path.
     shm = Path("/dev/shm")
@@ -113,15 +119,16 @@ def _run(work: Path) -> dict[str, Any]:
             peer_uri = f"nbd+unix:///disk?socket={peer_sock}"
             _convert(mine_uri, out)  # warm-ups (page cache, code paths)
             _convert(peer_uri, out)
-            mine, peer = [], []
-            for r in range(ROUNDS):
+            mine, peer, local = [], [], []
+            for r in range(rounds):
                 mine.append(_convert(mine_uri, out))
                 peer.append(_convert(peer_uri, out))
-                _progress(f"round {r + 1}/{ROUNDS}")
+                local.append(_convert(str(img), out))
+                _progress(f"round {r + 1}/{rounds}")
     finally:
         server.stop()
         rt.close_all()
-    mb = IMAGE_SIZE / 1e6
+    mb = size / 1e6
     t_mine, t_peer = mb / statistics.median(mine), mb / statistics.median(peer)
     return {
         "name": "nbd_export_read_qemu_img_convert",
@@ -129,6 +136,9 @@ def _run(work: Path) -> dict[str, Any]:
         "peer": round(t_peer, 1),
         "unit": "MB/s",
         "ratio": round(t_mine / t_peer, 3),
+        "rounds": rounds,
+        "floor": round(mb / statistics.median(local), 1),
+        "ratio_cap": round(statistics.median(peer) / statistics.median(local), 3),
         "spread": {
             "txgraph": [round(mb / max(mine), 1), round(mb / min(mine), 1)],
             "peer": [round(mb / max(peer), 1), round(mb / min(peer), 1)],

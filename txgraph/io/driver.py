@@ -182,6 +182,19 @@ class DriverNode(abc.ABC):
     @abc.abstractmethod
     def size(self) -> int: ...
 
+    def host_extent(self, offset: int, length: int) -> tuple[int, int] | None:
+        """Where a read of ``[offset, offset+length)`` here takes its bytes from, when that
+        read is nothing but the same bytes of one host file: ``(fd, offset in the file)``.
+
+        Bytes past the file's end read as zeros. A node answers only when its read
+        has no effect of its own (no delay or accounting, no event a node reacts to,
+        no copy, no check beyond a bounds check that raises what the read raises);
+        the default is None, so any other node on the way (throttle, copy-on-read,
+        blkdebug, quorum, every image format) keeps its reads. Side-effect free; call
+        inside ``Runtime.request()``, and use the fd only inside that bracket.
+        """
+        return None
+
     def block_status(self, offset: int, length: int) -> BlockStatus:
         return BlockStatus(offset, length, allocated=True, zero=False)
 
@@ -263,6 +276,14 @@ class FilterNode(DriverNode):
 
     def size(self) -> int:
         return self.filtered.size()
+
+    def host_extent(self, offset: int, length: int) -> tuple[int, int] | None:
+        """A filter whose reads are :meth:`read` above (forwarded unchanged, no
+        ``readinto`` of its own) forwards the query; one that acts on reads does not."""
+        if type(self).read is not FilterNode.read or hasattr(self, "readinto"):
+            return None
+        child = self.children.get(self.filtered_child)
+        return None if child is None else child.host_extent(offset, length)
 
     def block_status(self, offset: int, length: int) -> BlockStatus:
         return self.filtered.block_status(offset, length)

@@ -358,6 +358,11 @@ class FileNode(DriverNode):
         if got < n:
             out[got:] = bytes(n - got)
 
+    def host_extent(self, offset: int, length: int) -> tuple[int, int] | None:
+        """A read here is the file's bytes at ``offset`` (zeros past its end, as
+        :meth:`readinto`): the descriptor and the same offset, for zero-copy readers."""
+        return (self.fd, offset) if self.fd >= 0 else None
+
     # -- DriverNode ----------------------------------------------------------
     def read(self, offset: int, length: int) -> bytes:
         mm = self._mapped(offset, length)

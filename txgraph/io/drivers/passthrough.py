@@ -60,6 +60,10 @@ class HostDeviceNode(FileNode):
 
     driver_name = "host_device"
 
+    def host_extent(self, offset: int, length: int) -> tuple[int, int] | None:
+        """None: a character device may not splice; its reads keep ``readinto``."""
+        return None
+
     def _check_type(self, st: os.stat_result) -> None:
         if not (stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode)):
             raise OpenError(

@@ -104,6 +104,12 @@ class RawNode(DriverNode):
         else:
             out[:] = f.read(host, len(out))
 
+    def host_extent(self, offset: int, length: int) -> tuple[int, int] | None:
+        """A raw read is its file child's read shifted by ``offset`` (``raw_co_preadv``);
+        the window check raises what :meth:`read` raises. The ``read_aio`` event it
+        announces is only seen by blkdebug, which answers None below."""
+        return self.file.host_extent(self._adjust(offset, length, False), length)
+
     def _check_probed_write(self, offset: int, data: bytes) -> tuple[int, bytes]:
         """Widen a write touching sector 0 to the whole sector and re-probe it."""
         if not self.probed or offset >= PROBE_SIZE:

@@ -19,9 +19,15 @@ Transmission reproduces the behaviour of QEMU's ``nbd_trip`` /
 * a WRITE payload is read in full before any check, then: EPERM on a
   read-only export (WRITE, TRIM, WRITE_ZEROES), EINVAL past the end of the
   export or for unknown flags or commands;
-* with structured replies negotiated, READ answers with one OFFSET_DATA chunk,
+* with structured replies negotiated, READ answers as ``nbd_co_send_sparse_read``
+  does (an OFFSET_HOLE chunk per stretch that reads as zeroes, an OFFSET_DATA
+  chunk per other stretch; one OFFSET_DATA chunk with DF; see reads.py),
   BLOCK_STATUS with a BLOCK_STATUS chunk, errors with an ERROR chunk; other
   successes use simple replies.
+
+Read data is pinned in pipes without a copy when the node maps the range onto
+a host file (``DriverNode.host_extent``; pipes.py), else read into the worker's
+buffer; either way inside the request bracket, and sent after it.
 
 The server is owned above the data plane (by the Session) and reaches nodes
 only through the Runtime's request interface: every export is bound to a
@@ -56,13 +62,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from txgraph.errors import BlockError, IOFailure
-from txgraph.io.buffers import child_readinto
-from txgraph.io.chain import HoleCheckFailure
 from txgraph.io.driver import DriverNode
 from txgraph.io.layer import fua
 from txgraph.io.nbd import protocol as P
 from txgraph.io.nbd.negotiate import Session, negotiate
-from txgraph.io.nbd.reads import read_buffer, sparse_readinto
+from txgraph.io.nbd.pipes import PipePool, available
+from txgraph.io.nbd.reads import ReadReply, read_buffer, send_mixed
 from txgraph.io.nbd.wire import Disconnected, parse_address, recv_exact, send_parts
 from txgraph.io.runtime import Runtime
 
@@ -71,6 +76,8 @@ __all__ = ["NbdServer", "NbdExport"]
 _MAX_EXTENTS = 2048
 #: requests of one connection in flight at once (QEMU's NBD_MAX_REQUESTS)
 MAX_REQUESTS = 16
+#: send buffer asked for per connection
+SNDBUF = 4 << 20
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +130,8 @@ class NbdServer:
         self._unix_path: str | None = None
         self._accept_thread: threading.Thread | None = None
         self._conns: set[_Connection] = set()
+        #: pipes of zero-copy read replies (reads.py); None where splice is missing
+        self._pipes: PipePool | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     @property
@@ -161,6 +170,7 @@ class NbdServer:
                 raise BlockError(f"Failed to bind socket: {os.strerror(e.errno or 0)}")
             self._unix_path = None
         sock.listen(64)
+        self._pipes = PipePool() if available() else None
         self._listener = sock
         self._accept_thread = threading.Thread(
             target=self._accept_loop, args=(sock,), name="nbd-accept", daemon=True
@@ -188,6 +198,9 @@ class NbdServer:
             self._exports.clear()
         for key in owned:
             self.runtime.close_backend(key)
+        if self._pipes is not None:
+            self._pipes.close()
+            self._pipes = None
         if self._unix_path:
             try:
                 os.unlink(self._unix_path)
@@ -273,6 +286,12 @@ class NbdServer:
                 return
             if sock.family == socket.AF_INET:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                # Room for a few whole 2 MiB replies (the kernel caps it at wmem_max): with
+                # the default ~200 KiB a reply is written in many wakeups of this side.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
+            except OSError:
+                pass
             conn = _Connection(self, sock)
             with self._lock:
                 self._conns.add(conn)
@@ -498,41 +517,23 @@ class _Connection:
     ) -> bool:
         rt = exp.runtime
         if cmd == P.CMD_READ:
-            data = read_buffer(length)  # this thread's until the reply is sent (reads.py)
-            with rt.request():
-                node = exp.node()
-                if session.structured and not flags & P.CMD_FLAG_DF:
-                    # Structured reads skip what reads as zeroes (nbd_co_send_sparse_read).
-                    # A failed block status is answered with an error reply; a failed read
-                    # is fatal to the connection in QEMU 7.2: it is closed without a reply
-                    # (the client sees EIO and, without reconnect-delay, fails every later
-                    # request).
-                    try:
-                        sparse_readinto(node, offset, data)
-                    except HoleCheckFailure as err:
-                        self._error(cookie, err.errno, err.desc)
-                        return True
-                    except IOFailure:
-                        self.kill()
-                        return True
-                else:
-                    child_readinto(node, offset, data)
-            if session.structured:
-                self._send(
-                    [
-                        P.STRUCTURED_HDR.pack(
-                            P.STRUCTURED_REPLY_MAGIC,
-                            P.REPLY_FLAG_DONE,
-                            P.REPLY_TYPE_OFFSET_DATA,
-                            cookie,
-                            8 + len(data),
-                        ),
-                        struct.pack(">Q", offset),
-                        data,
-                    ]
-                )
-            else:
-                self._simple(cookie, 0, data)
+            reply = ReadReply(self.server._pipes)
+            try:
+                data = read_buffer(length)  # this thread's until the reply is sent (reads.py)
+                with rt.request():
+                    node = exp.node()
+                    if session.structured and not flags & P.CMD_FLAG_DF and length:
+                        # A failed block status ends in an ERROR chunk, a failed read drops
+                        # the connection after the chunks before it (ReadReply.sparse).
+                        reply.sparse(node, offset, data)
+                    else:
+                        reply.whole(node, offset, data)  # a failure: an error reply
+                with self.send_lock:
+                    send_mixed(self.sock, reply.wire(cookie, session.structured))
+            finally:
+                reply.release()
+            if reply.broken:
+                self.kill()
             return True
         if cmd == P.CMD_WRITE:
             with rt.request():
