@@ -48,7 +48,7 @@ disk is never evicted and lost.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -77,8 +77,11 @@ class L2Map:
         l1: np.ndarray,
         read_table: object,
         options: Mapping[str, Any] | None = None,
+        announce: Callable[[str], None] | None = None,
     ) -> None:
         self.h = h
+        #: ``BLKDBG_EVENT`` on the image's file child (the node's ``announce``)
+        self._announce = announce
         self.l1 = l1  # native uint64, owned by the driver (updated on L1 writes)
         self._read_table = read_table  # callable(offset, nbytes) -> bytes
         self.cb = h.cluster_bits
@@ -189,6 +192,9 @@ class L2Map:
             raw = np.zeros(n, dtype=np.uint64)
             bm = np.zeros(n, dtype=np.uint64) if self.ext else None
         else:
+            # qcow2_cache_do_get: a table not in the cache is announced, then read
+            if self._announce is not None:
+                self._announce("l2_load")
             buf = self._read_table(l2off, self.h.cluster_size)  # type: ignore[operator]
             self.l2_reads += 1
             ent = np.frombuffer(buf, dtype=">u8").astype(np.uint64)

@@ -124,6 +124,8 @@ class Qcow2Writer:
             self._sync,
             getattr(f, "file_length", f.size)(),
             self._reserve,
+            node.take_reftable(),
+            node.announce,
         )
         # The map must not evict slots with unwritten entries: they are its pinned set
         # (the same set object, never rebound; guarded by ``lock`` like the map).
@@ -211,6 +213,7 @@ class Qcow2Writer:
         l2_allocate(self, i)  # written and hooked up inside the request, as QEMU's
         self.dirty_slots.add(i)  # pinned until the caller's entries are written
         if old:
+            self.node.announce("cluster_free")  # get_cluster_table frees the old reference
             self.pending_free.append(old)  # the shared table loses this reference
 
     # -- writes ----------------------------------------------------------------------
@@ -287,18 +290,109 @@ class Qcow2Writer:
         self.node._readinto(start, memoryview(buf)[:n], zeroed=True)
         return buf
 
+    def _announce_write(self, event: str) -> None:
+        """The events before a data write: ``write_aio`` (``qcow2_co_pwritev_task``), and
+        for one merged with its COW regions ``cow_write`` after it (``perform_cow``)."""
+        f = self.node.file
+        f.debug_event("write_aio")
+        if event == "cow_write":
+            f.debug_event("cow_write")
+
+    def _cow_content(
+        self, c: int, written: list[tuple[int, int]], fresh: bool
+    ) -> tuple[bytearray, str]:
+        """Cluster ``c``'s content before the guest bytes ``written`` (in-cluster ranges)
+        go in, and the event of the write that stores it.
+
+        ``handle_alloc_space``: when the parts QEMU would copy read as unallocated
+        through the whole chain (``is_zero_cow``), a fresh cluster is zeroed instead
+        (``cluster_alloc_space``) and the data is a plain write (``write_aio``); else
+        ``perform_cow`` reads the untouched parts (``cow_read``, then the read
+        events of the clusters it reads) and writes them with the data (``cow_write``,
+        the data merged into it: ``merge_cow``).
+        """
+        if fresh and self._zero_cow(c, written):
+            self.node.announce("cluster_alloc_space")
+            return bytearray(self.cs), "write_aio"
+        self.node.announce("cow_read")
+        return self._cluster_content(c), "cow_write"
+
+    def _zero_cow(self, c: int, written: list[tuple[int, int]]) -> bool:
+        """``is_zero_cow``: the regions of cluster ``c`` outside ``written`` are not
+        allocated in this image nor in its backing chain (``bdrv_is_allocated_above``);
+        never for encrypted images (``handle_alloc_space`` skips them)."""
+        if self.h.crypt_method or self.map.code(c) != UNALLOC:
+            return False
+        base = c << self.h.cluster_bits
+        end = min(base + self.cs, self.node.size())
+        regions, p = [], base
+        for a, b in sorted(written):
+            if base + a > p:
+                regions.append((p, base + a))
+            p = max(p, base + b)
+        if p < end:
+            regions.append((p, end))
+        backing = self.node.children.get("backing")
+        return all(_chain_unallocated(backing, a, b) for a, b in regions)
+
+    def _run_pieces(
+        self, c0: int, k: int, pos: int, stop_pos: int, mv: memoryview, offset: int
+    ) -> tuple[list[tuple[int, int, bytes | bytearray | memoryview]], str]:
+        """The writes of a run ``[c0, c0+k)`` whose guest bytes are ``[pos, stop_pos)``:
+        (first cluster within the run, clusters, content) each, and their event. A
+        partial first or last cluster gets its COW content (:meth:`_cow_content`,
+        once for the run: QEMU's one ``QCowL2Meta``)."""
+        cb, cs = self.h.cluster_bits, self.cs
+        head = bool(pos & (cs - 1)) or (k == 1 and stop_pos - pos < cs)
+        first, last = (1 if head else 0), k
+        if last > first and stop_pos & (cs - 1):
+            last -= 1
+        tail = last < k and last >= first
+        event = "write_aio"
+        bufs: dict[int, bytearray] = {}
+        if head or tail:
+            zero = True
+            if head:
+                a, b = pos - (c0 << cb), min(stop_pos, (c0 + 1) << cb) - (c0 << cb)
+                zero = self._zero_cow(c0, [(a, b)])
+            if tail and zero:
+                zero = self._zero_cow(c0 + last, [(0, stop_pos - ((c0 + last) << cb))])
+            if zero:
+                self.node.announce("cluster_alloc_space")
+                bufs = {
+                    j: bytearray(cs) for j in ((0,) if head else ()) + ((last,) if tail else ())
+                }
+            else:
+                self.node.announce("cow_read")
+                event = "cow_write"
+                if head:
+                    bufs[0] = self._cluster_content(c0)
+                if tail:
+                    bufs[last] = self._cluster_content(c0 + last)
+        pieces: list[tuple[int, int, bytes | bytearray | memoryview]] = []
+        if head:
+            buf = bufs[0]
+            head_end = min(stop_pos, (c0 + 1) << cb)
+            buf[pos & (cs - 1) : (pos & (cs - 1)) + head_end - pos] = mv[
+                pos - offset : head_end - offset
+            ]
+            pieces.append((0, 1, buf))
+        if last > first:
+            a = (c0 + first) << cb
+            pieces.append((first, last - first, mv[a - offset : a - offset + (last - first) * cs]))
+        if tail:
+            buf = bufs[last]
+            t = (c0 + last) << cb
+            buf[: stop_pos - t] = mv[t - offset : stop_pos - offset]
+            pieces.append((last, 1, buf))
+        return pieces, event
+
     def _allocate_and_write(self, c: int, io: int, chunk: memoryview, code: int, raw: int) -> None:
         """``handle_alloc`` + COW: a fresh cluster gets old content plus the new bytes.
 
         Runs under ``lock``. A failed data write gives the fresh cluster back
         (``qcow2_alloc_cluster_abort``); the mapping still shows the old data.
         """
-        if io == 0 and len(chunk) == self.cs:
-            content: bytes | bytearray | memoryview = chunk
-        else:
-            buf = self._cluster_content(c)
-            buf[io : io + len(chunk)] = chunk
-            content = buf
         slot = c >> self.map.l2b
         self._writable_slot(slot)
         self._before_metadata_change()
@@ -318,8 +412,15 @@ class Qcow2Writer:
             host = self.refs.alloc_data()
             fresh = True
         try:
+            if io == 0 and len(chunk) == self.cs:
+                content: bytes | bytearray | memoryview = chunk
+                event = "write_aio"
+            else:
+                buf, event = self._cow_content(c, [(io, io + len(chunk))], fresh)
+                buf[io : io + len(chunk)] = chunk
+                content = buf
             self.node.overlap.check_data(host, len(content))
-            self.node.file.debug_event("write_aio")  # qcow2_co_pwritev_task
+            self._announce_write(event)
             self._data((c << self.h.cluster_bits) - host).write(  # type: ignore[attr-defined]
                 host, content
             )
@@ -357,32 +458,12 @@ class Qcow2Writer:
             return False
         cb, cs = self.h.cluster_bits, self.cs
         stop_pos = min(end, stop << cb)
-        # (first cluster of the piece within the run, clusters, content)
-        pieces: list[tuple[int, int, bytes | bytearray | memoryview]] = []
-        first, last = 0, k
-        if pos & (cs - 1) or (k == 1 and stop_pos - pos < cs):
-            buf = self._cluster_content(c0)
-            head_end = min(stop_pos, (c0 + 1) << cb)
-            buf[pos & (cs - 1) : (pos & (cs - 1)) + head_end - pos] = mv[
-                pos - offset : head_end - offset
-            ]
-            pieces.append((0, 1, buf))
-            first = 1
-        if last > first and stop_pos & (cs - 1):
-            last -= 1
-        if last > first:
-            a = (c0 + first) << cb
-            pieces.append((first, last - first, mv[a - offset : a - offset + (last - first) * cs]))
-        if last < k and last >= first:
-            buf = self._cluster_content(c0 + last)
-            tail = (c0 + last) << cb
-            buf[: stop_pos - tail] = mv[tail - offset : stop_pos - offset]
-            pieces.append((last, 1, buf))
         slot = c0 >> self.map.l2b
         self._writable_slot(slot)
         self._before_metadata_change()
         hosts = self.refs.alloc_data_run(k)
         try:
+            pieces, event = self._run_pieces(c0, k, pos, stop_pos, mv, offset)
             for j0, n, content in pieces:
                 data = memoryview(content).cast("B")
                 j = j0
@@ -394,7 +475,7 @@ class Qcow2Writer:
                     host = hosts[s]
                     part = data[(s - j0) * cs : (j - j0) * cs]
                     self.node.overlap.check_data(host, len(part))
-                    self.node.file.debug_event("write_aio")  # qcow2_co_pwritev_task
+                    self._announce_write(event)
                     self.node.file.write(host, part)  # type: ignore[arg-type]
         except BaseException:
             for host in reversed(hosts):  # never referenced: free again (QEMU's abort)
@@ -411,15 +492,18 @@ class Qcow2Writer:
         return True
 
     def _release_entry(self, raw: int, code: int) -> None:
-        """Queue the host clusters an L2 entry referenced for release after the next flush."""
+        """Queue the host clusters an L2 entry referenced for release after the next flush
+        (announced now, where ``qcow2_free_any_cluster`` frees them)."""
         if self.h.has_data_file:
             return
         if code == COMPRESSED:
+            self.node.announce("cluster_free")
             coff, csize = self.map.compressed_extent(raw)
             first, last = coff // self.cs, (coff + csize - 1) // self.cs
             self.pending_free.extend(k * self.cs for k in range(first, last + 1))
         elif not raw & C.OFLAG_COMPRESSED and raw & C.L2E_OFFSET_MASK:
             if not unaligned_free(self.node, raw):
+                self.node.announce("cluster_free")
                 self.pending_free.append(raw & C.L2E_OFFSET_MASK)
 
     def write_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
@@ -598,6 +682,25 @@ class Qcow2Writer:
             if self.marked_dirty and not self.node.corrupt:
                 self._set_incompat(self.h.incompatible_features & ~C.INCOMPAT_DIRTY)
                 self.marked_dirty = False
+
+
+def _chain_unallocated(node: DriverNode | None, offset: int, end: int) -> bool:
+    """``bdrv_is_allocated_above(backing, NULL)`` says nothing of ``[offset, end)`` is
+    allocated: past a backing's end nothing is; a qcow2 backing answers from its map
+    (and its own backing); any other driver reports its data allocated (the file
+    driver's block status without ``want_zero``)."""
+    if node is None or offset >= end or offset >= node.size():
+        return True
+    from txgraph.io.qcow2.driver import Qcow2Node
+
+    if not isinstance(node, Qcow2Node):
+        return False
+    cb = node.cluster_bits
+    with node.lock:
+        runs = node.map.runs(offset >> cb, ((min(end, node.size()) - 1) >> cb) - (offset >> cb) + 1)
+    if any(code != UNALLOC for _, _, code in runs):
+        return False
+    return _chain_unallocated(node.children.get("backing"), offset, end)
 
 
 def _chain_reads_zero(node: DriverNode, offset: int, end: int) -> bool:
