@@ -32,9 +32,17 @@ def _qemu(*argv: str) -> None:
     subprocess.run(argv, check=True, capture_output=True, timeout=60)
 
 
-def _image(opts: str, size: str, *writes: str, snapshot: bool = False) -> Callable[[Path], None]:
+def _image(
+    opts: str, size: str, *writes: str, snapshot: bool = False, backing: bool = False
+) -> Callable[[Path], None]:
     def make(path: Path) -> None:
-        _qemu("qemu-img", "create", "-q", "-f", "qcow2", "-o", opts, str(path), size)
+        base: list[str] = []
+        if backing:  # a raw backing file with data at 64k..192k
+            raw = path.with_name("base")
+            _qemu("qemu-img", "create", "-q", "-f", "raw", str(raw), size)
+            _qemu("qemu-io", "-f", "raw", "-c", "write -P 0x44 64k 128k", str(raw))
+            base = ["-b", str(raw), "-F", "raw"]
+        _qemu("qemu-img", "create", "-q", "-f", "qcow2", "-o", opts, *base, str(path), size)
         for w in writes:
             _qemu("qemu-io", "-f", "qcow2", "-c", w, str(path))
         if snapshot:
@@ -102,6 +110,21 @@ CASES: dict[str, Case] = {
         ["write -P 0x22 1M 256k", "read -P 0x22 1M 4k", "read -P 0x11 0 4k"],
         {e: _inject(e) for e in _META},
         ["refblock_alloc_write", "refblock_alloc_hookup", "refblock_load"],
+    ),
+    # extended L2 entries: a write copies only the partial subclusters around it
+    "subclusters": (
+        _image("extended_l2=on,cluster_size=65536", "4M", "write -P 0x11 0 64k"),
+        {},
+        ["write -P 0x22 101k 1k", "read -P 0x22 101k 1k", "write -P 0x33 2M 64k", "read 0 4k"],
+        {e: _inject(e) for e in [*_META, "cluster_alloc_space"]},
+        ["cluster_alloc", "l2_update"],
+    ),
+    "subclusters-backing": (
+        _image("extended_l2=on", "4M", "write -P 0x11 0 64k", backing=True),
+        {},
+        ["write -P 0x22 101k 1k", "read -P 0x44 100k 1k", "write -P 0x33 3M 3k", "read 0 4k"],
+        {e: _inject(e) for e in [*_META, "cluster_alloc_space", "read_backing_aio"]},
+        ["cluster_alloc", "cow_read", "cow_write", "read_backing_aio"],
     ),
     # an L2 cache of two tables and four tables in use: the third load evicts the
     # first table, which is loaded (and announced) again when it is read next
