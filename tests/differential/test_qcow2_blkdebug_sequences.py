@@ -149,6 +149,27 @@ CASES: dict[str, Case] = {
         {f"l2_load#{n}": _nth("l2_load", n) for n in (2, 3, 4, 5, 6)},
         ["l2_load#4", "l2_load#5"],
     ),
+    # the L2 cache's LRU order: the first table, read again, is kept; the second goes
+    "l2-cache-lru": (
+        _image(
+            "cluster_size=4096",
+            "8M",
+            "write -P 0x11 0 4k",
+            "write -P 0x12 2M 4k",
+            "write -P 0x13 4M 4k",
+        ),
+        {"l2-cache-size": 8192},
+        [
+            "read -P 0x11 0 4k",
+            "read -P 0x12 2M 4k",
+            "read -P 0x11 0 4k",
+            "read -P 0x13 4M 4k",
+            "read -P 0x12 2M 4k",
+            "read -P 0x11 0 4k",
+        ],
+        {f"l2_load#{n}": _nth("l2_load", n) for n in (3, 4, 5)},
+        ["l2_load#3", "l2_load#4"],
+    ),
 }
 
 
