@@ -78,6 +78,10 @@ _META = [
     "refblock_alloc_write",
     "refblock_alloc_hookup",
     "reftable_load",
+    "cluster_alloc_space",
+    "pwritev",
+    "pwritev_zero",
+    "pwritev_done",
 ]
 
 #: case -> (image maker, qcow2 options, guest commands, {label: blkdebug rules},
@@ -116,15 +120,31 @@ CASES: dict[str, Case] = {
         _image("extended_l2=on,cluster_size=65536", "4M", "write -P 0x11 0 64k"),
         {},
         ["write -P 0x22 101k 1k", "read -P 0x22 101k 1k", "write -P 0x33 2M 64k", "read 0 4k"],
-        {e: _inject(e) for e in [*_META, "cluster_alloc_space"]},
+        {e: _inject(e) for e in _META},
         ["cluster_alloc", "l2_update"],
     ),
     "subclusters-backing": (
         _image("extended_l2=on", "4M", "write -P 0x11 0 64k", backing=True),
         {},
         ["write -P 0x22 101k 1k", "read -P 0x44 100k 1k", "write -P 0x33 3M 3k", "read 0 4k"],
-        {e: _inject(e) for e in [*_META, "cluster_alloc_space", "read_backing_aio"]},
+        {e: _inject(e) for e in [*_META, "read_backing_aio"]},
         ["cluster_alloc", "cow_read", "cow_write", "read_backing_aio"],
+    ),
+    # one write over three fresh clusters, partial at both ends: one allocation, the
+    # head and tail zeroed (nothing below them) or copied from the backing file
+    "run-partial-ends": (
+        _image("cluster_size=65536", "4M", "write -P 0x11 0 64k"),
+        {},
+        ["write -P 0x22 1025k 130k", "read -P 0x22 1025k 4k", "read -P 0 1M 1k", "read 0 4k"],
+        {e: _inject(e) for e in _META},
+        ["cluster_alloc_space", "pwritev_zero", "write_aio"],
+    ),
+    "run-partial-ends-backing": (
+        _image("cluster_size=65536", "4M", "write -P 0x11 0 64k", backing=True),
+        {},
+        ["write -P 0x22 65k 130k", "read -P 0x44 64k 1k", "read -P 0x22 65k 4k", "read 0 4k"],
+        {e: _inject(e) for e in [*_META, "read_backing_aio"]},
+        ["cow_read", "cow_write", "read_backing_aio"],
     ),
     # an L2 cache of two tables and four tables in use: the third load evicts the
     # first table, which is loaded (and announced) again when it is read next

@@ -290,6 +290,25 @@ class Qcow2Writer:
         self.node._readinto(start, memoryview(buf)[:n], zeroed=True)
         return buf
 
+    def _zeroed_write(
+        self,
+        dc: object,
+        zeros: list[tuple[int, int]],
+        datas: list[tuple[int, bytes | bytearray | memoryview]],
+    ) -> None:
+        """``handle_alloc_space`` then the data write, as separate requests: the fresh
+        clusters zeroed (``bdrv_co_pwrite_zeroes``), then the guest bytes (``write_aio``).
+
+        Only when the data child reacts to events (blkdebug: its rules see a zero write
+        and a data write, and its ``pwritev_zero``); elsewhere the zero-padded clusters
+        are one write, with the same content and the clusters wholly written."""
+        for host, n in zeros:
+            self.node.overlap.check_data(host, n)
+            dc.write_zeroes(host, n)  # type: ignore[attr-defined]
+        for host, data in datas:
+            self.node.file.debug_event("write_aio")
+            dc.write(host, data)  # type: ignore[attr-defined]
+
     def _announce_write(self, event: str) -> None:
         """The events before a data write: ``write_aio`` (``qcow2_co_pwritev_task``), and
         for one merged with its COW regions ``cow_write`` after it (``perform_cow``)."""
@@ -306,14 +325,15 @@ class Qcow2Writer:
 
         ``handle_alloc_space``: when the parts QEMU would copy read as unallocated
         through the whole chain (``is_zero_cow``), a fresh cluster is zeroed instead
-        (``cluster_alloc_space``) and the data is a plain write (``write_aio``); else
+        (``cluster_alloc_space``, the event returned) and the data is a plain write
+        (``write_aio``, see :meth:`_zeroed_write`); else
         ``perform_cow`` reads the untouched parts (``cow_read``, then the read
         events of the clusters it reads) and writes them with the data (``cow_write``,
         the data merged into it: ``merge_cow``).
         """
         if fresh and self._zero_cow(c, written):
             self.node.announce("cluster_alloc_space")
-            return bytearray(self.cs), "write_aio"
+            return bytearray(self.cs), "cluster_alloc_space"
         self.node.announce("cow_read")
         return self._cluster_content(c), "cow_write"
 
@@ -359,6 +379,7 @@ class Qcow2Writer:
                 zero = self._zero_cow(c0 + last, [(0, stop_pos - ((c0 + last) << cb))])
             if zero:
                 self.node.announce("cluster_alloc_space")
+                event = "cluster_alloc_space"
                 bufs = {
                     j: bytearray(cs) for j in ((0,) if head else ()) + ((last,) if tail else ())
                 }
@@ -420,10 +441,12 @@ class Qcow2Writer:
                 buf[io : io + len(chunk)] = chunk
                 content = buf
             self.node.overlap.check_data(host, len(content))
-            self._announce_write(event)
-            self._data((c << self.h.cluster_bits) - host).write(  # type: ignore[attr-defined]
-                host, content
-            )
+            dc = self._data((c << self.h.cluster_bits) - host)
+            if event == "cluster_alloc_space" and _announces(dc):
+                self._zeroed_write(dc, [(host, self.cs)], [(host + io, chunk)])
+            else:
+                self._announce_write(event)
+                dc.write(host, content)  # type: ignore[attr-defined]
         except BaseException:
             if fresh:  # never referenced: free again (and reuse next, as QEMU's abort)
                 self.refs.release(host // self.cs)
@@ -464,6 +487,28 @@ class Qcow2Writer:
         hosts = self.refs.alloc_data_run(k)
         try:
             pieces, event = self._run_pieces(c0, k, pos, stop_pos, mv, offset)
+            if event == "cluster_alloc_space" and _announces(self.node.file):
+                pieces = []  # QEMU's two requests instead of the zero-padded clusters
+                zeros: list[tuple[int, int]] = []
+                datas: list[tuple[int, bytes | bytearray | memoryview]] = []
+                j = 0
+                while j < k:
+                    s = j
+                    while j + 1 < k and hosts[j + 1] == hosts[j] + cs:
+                        j += 1
+                    j += 1
+                    zeros.append((hosts[s], (j - s) * cs))
+                    a, b = max(pos, (c0 + s) << cb), min(stop_pos, (c0 + j) << cb)
+                    if a < b:
+                        datas.append((hosts[s] + a - ((c0 + s) << cb), mv[a - offset : b - offset]))
+                self._zeroed_write(self.node.file, zeros, datas)
+            elif event == "cow_write" and len(pieces) > 1 and _announces(self.node.file):
+                # perform_cow writes the COW regions and the data as one request: so do
+                # its rules see it (elsewhere the pieces keep the data uncopied)
+                whole = bytearray(k * cs)
+                for j0, n, content in pieces:
+                    whole[j0 * cs : (j0 + n) * cs] = content
+                pieces = [(0, k, whole)]
             for j0, n, content in pieces:
                 data = memoryview(content).cast("B")
                 j = j0
@@ -682,6 +727,13 @@ class Qcow2Writer:
             if self.marked_dirty and not self.node.corrupt:
                 self._set_incompat(self.h.incompatible_features & ~C.INCOMPAT_DIRTY)
                 self.marked_dirty = False
+
+
+def _announces(node: object) -> bool:
+    """Does ``node`` react to events (a blkdebug node)?"""
+    from txgraph.io.driver import DriverNode
+
+    return type(node).debug_event is not DriverNode.debug_event  # type: ignore[attr-defined]
 
 
 def _chain_unallocated(node: DriverNode | None, offset: int, end: int) -> bool:
