@@ -146,6 +146,24 @@ CASES: dict[str, Case] = {
         {e: _inject(e) for e in [*_META, "read_backing_aio"]},
         ["cow_read", "cow_write", "read_backing_aio"],
     ),
+    # zero writes (a zero cluster, a partial one written as data) and a discard, whose
+    # freed clusters are announced where they are unreferenced (compressed writes do
+    # not reach the image over NBD: the export refuses them)
+    "zeroes-discard": (
+        _image("cluster_size=65536", "4M", "write -P 0x11 0 192k"),
+        {"discard": "unmap"},
+        [
+            "write -z 64k 64k",
+            "read -P 0 64k 4k",
+            "write -z 130k 4k",
+            "discard 0 64k",
+            "read -P 0 0 4k",
+            "flush",
+            "read -P 0x11 128k 1k",
+        ],
+        {e: _inject(e) for e in [*_META, "flush_to_disk"]},
+        ["cluster_free", "l2_update", "write_aio"],
+    ),
     # an L2 cache of two tables and four tables in use: the third load evicts the
     # first table, which is loaded (and announced) again when it is read next
     "l2-cache-eviction": (
@@ -236,6 +254,39 @@ def test_qcow2_sequences_match_qsd(case: str, tmp_path: Path) -> None:
     # the sequence reaches what it was made for: on QSD those rules fail a command
     for label in CASES[case][4]:
         assert any("failed" in ln for ln in qsd[label]), (label, qsd[label])
+
+
+def test_blkdebug_own_write_events_match_qsd(tmp_path: Path) -> None:
+    """``pwritev``, ``pwritev_zero`` and ``pwritev_done`` come from the generic write
+    path of the blkdebug node itself, for an export on it directly too."""
+    guest = ["read 0 4k", "write 0 4k", "read 0 4k", "write -z 8k 4k", "read 0 4k"]
+    results = []
+    for factory in (QSDPeer, EnginePeer):
+        work = tmp_path / factory.label
+        work.mkdir()
+        _qemu("qemu-img", "create", "-q", "-f", "raw", str(work / "i"), "1M")
+        sockdir = Path(tempfile.mkdtemp(prefix="txq2-"))
+        peer: Peer = factory(work)
+        out = {}
+        try:
+            addr = {"type": "unix", "data": {"path": str(sockdir / "s")}}
+            assert "error" not in peer.execute(
+                {"execute": "nbd-server-start", "arguments": {"addr": addr}}
+            )
+            for k, event in enumerate(["pwritev", "pwritev_done", "pwritev_zero"]):
+                node = {
+                    "driver": "blkdebug",
+                    **_inject(event),
+                    "image": {"driver": "file", "filename": str(work / "i")},
+                }
+                out[event] = guest_run(peer, sockdir / "s", f"n{k}", node, guest, False)
+        finally:
+            peer.close()
+            shutil.rmtree(sockdir)
+        results.append(out)
+    qsd, txg = results
+    assert txg == qsd
+    assert all(any("failed" in ln for ln in lines) for lines in qsd.values())
 
 
 if __name__ == "__main__":  # QSD 7.2's table: python -m tests.differential.test_qcow2_...
