@@ -15,8 +15,8 @@ Reproduces QEMU 7.2's block/blkdebug.c:
   request fails it with ``-errno``; a ``once`` rule is then deleted;
 * events come from the parent: a format driver above the blkdebug node calls
   :meth:`debug_event` on its ``file`` child before a data request
-  (``BLKDBG_EVENT(bs->file, ...)``: raw and qcow2 raise ``read_aio`` /
-  ``write_aio``, qcow2 also ``read_backing_aio`` and ``read_compressed``), so
+  (``BLKDBG_EVENT(bs->file, ...)``: raw raises ``read_aio`` / ``write_aio``;
+  qcow2 those, the backing and compressed reads and its metadata events), so
   a format's own metadata reads at open time arm nothing; rules already armed
   still check every request. The generic write path raises three events on the
   node it writes, this one, whoever sent the request (``bdrv_aligned_pwritev``):

@@ -24,6 +24,10 @@ slots is bounded by a :class:`~txgraph.io.qcow2.slotcache.SlotCache` (QEMU's
 ``l2-cache-size`` / ``cache-clean-interval`` semantics), so memory is bounded by
 the cache size, never O(virtual size) nor O(touched slots).
 
+Reading a table from the image is announced as ``l2_load`` on the file child (the
+``announce`` callback, ``qcow2_cache_do_get`` on a miss), so a blkdebug child sees a
+load where QEMU's L2 cache would load: first use, and again after an eviction.
+
 Entries are classified as QEMU's ``qcow2_get_host_offset`` judges them before
 use (see :mod:`.validate` for the corruption messages): unaligned data or
 preallocated-zero offsets, zero flags in v2, invalid subcluster bitmaps,

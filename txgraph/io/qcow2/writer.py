@@ -69,6 +69,13 @@ one-cluster path (``_allocate_and_write``, still used for in-place reuse,
 invalid entries, data files and encryption) would put them
 (tests/unit/io/test_qcow2_alloc_batch.py compares the image files byte for byte).
 
+blkdebug events (``BLKDBG_EVENT(bs->file, ...)``, through ``node.announce``) are
+raised where QEMU 7.2 raises them, before the request they announce: ``cluster_alloc``
+(``qcow2_alloc_clusters``), the COW choice of :meth:`Qcow2Writer._cow_content`,
+``write_aio``, ``cluster_free`` where an entry's clusters are unreferenced (their
+release waits for the flush, as above), the table and refcount write-backs in
+:mod:`.l2_alloc` and :mod:`.refcount`; ``l2_load`` comes from the map (:mod:`.l2map`).
+
 A fresh cluster is backed by disk space before anything points at it
 (:meth:`Refcounts.alloc` reserves it): on a full disk the allocating write
 fails with ENOSPC and is rolled back, like QEMU's ``qcow2_alloc_cluster_abort``,
