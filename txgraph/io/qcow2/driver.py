@@ -98,7 +98,9 @@ class Qcow2Node(DriverNode):
             raise OpenError(f"Could not read L1 table: {e.desc}") from None
         self.l1 = np.frombuffer(l1_bytes, dtype=">u8").astype(np.uint64)
         #: the refcount table as read at open (``qcow2_refcount_init``, which QEMU runs for
-        #: read-only opens too); the writer decodes it and drops it (``take_reftable``)
+        #: read-only opens too); the first writer (at open, or when a read-only node is
+        #: reopened writable) decodes it and drops it (``take_reftable``), so a reopen
+        #: reads nothing QEMU would not
         self._reftable: bytes | None = self._read_reftable()
         #: guest data lives in ``file`` as stored (no data-file, no encryption), both fixed
         #: at open: a one-cluster read then goes straight to the file child
@@ -132,7 +134,6 @@ class Qcow2Node(DriverNode):
 
             self.writer = Qcow2Writer(self)
             self.writer.refs.install(self)
-        self._reftable = None  # a read-only node keeps no copy
 
     # -- helpers ---------------------------------------------------------------
     @property
