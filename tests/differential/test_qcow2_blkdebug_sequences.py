@@ -289,6 +289,44 @@ def test_blkdebug_own_write_events_match_qsd(tmp_path: Path) -> None:
     assert all(any("failed" in ln for ln in lines) for lines in qsd.values())
 
 
+def test_reopen_writable_after_rule_armed_matches_qsd(tmp_path: Path) -> None:
+    """A read-only qcow2 node reopened writable reads nothing more: QEMU keeps the
+    refcount table read at open, so a blkdebug rule already armed (every request
+    fails) does not fail the reopen."""
+    image = tmp_path / "image"
+    _image("cluster_size=65536", "4M", "write -P 0x11 0 64k")(image)
+    results = []
+    for factory in (QSDPeer, EnginePeer):
+        work = tmp_path / factory.label
+        work.mkdir()
+        shutil.copyfile(image, work / "i")
+        sockdir = Path(tempfile.mkdtemp(prefix="txq2-"))
+        peer: Peer = factory(work)
+        try:
+            addr = {"type": "unix", "data": {"path": str(sockdir / "s")}}
+            assert "error" not in peer.execute(
+                {"execute": "nbd-server-start", "arguments": {"addr": addr}}
+            )
+            file = {
+                "driver": "blkdebug",
+                "node-name": "bd",
+                **_inject("l2_load"),
+                "image": {"driver": "file", "filename": str(work / "i")},
+            }
+            lines = guest_run(
+                peer, sockdir / "s", "n", {"driver": "qcow2", "file": file}, ["read 0 4k"], True
+            )
+            peer.execute({"execute": "block-export-del", "arguments": {"id": "n"}})
+            opts = {"driver": "qcow2", "node-name": "n", "file": "bd", "read-only": False}
+            reply = peer.execute({"execute": "blockdev-reopen", "arguments": {"options": [opts]}})
+        finally:
+            peer.close()
+            shutil.rmtree(sockdir)
+        results.append((lines, reply))
+    assert results[1] == results[0]
+    assert results[0] == (["read failed: Input/output error"], {"return": {}})
+
+
 if __name__ == "__main__":  # QSD 7.2's table: python -m tests.differential.test_qcow2_...
     import sys
 
