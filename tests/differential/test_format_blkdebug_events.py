@@ -157,17 +157,24 @@ def _ok(peer: Peer, execute: str, arguments: dict[str, Any]) -> dict[str, Any]:
 
 
 def guest_run(
-    peer: Peer, sock: Path, name: str, node: dict[str, Any], guest: list[str], read_only: bool
+    peer: Peer,
+    sock: Path,
+    name: str,
+    node: dict[str, Any],
+    guest: list[str],
+    read_only: bool,
+    cache: str = "writethrough",
 ) -> list[str]:
     """Add ``node`` (named ``name``), export it, run the ``qemu-io`` commands ``guest``
-    on the export; each command's normalised result line (or the open error)."""
+    on the export (``cache``: qemu-io's ``-t``; writethrough, its default, makes every
+    write FUA); each command's normalised result line (or the open error)."""
     reply = _ok(peer, "blockdev-add", {**node, "node-name": name, "read-only": read_only})
     if "error" in reply:
         return [f"open: {reply['error']['desc']}"]
     export = {"type": "nbd", "id": name, "node-name": name, "writable": not read_only}
     reply = _ok(peer, "block-export-add", export)
     assert "error" not in reply, reply
-    argv = ["qemu-io", "-f", "raw", *(["-r"] if read_only else [])]
+    argv = ["qemu-io", "-f", "raw", "-t", cache, *(["-r"] if read_only else [])]
     for c in guest:
         argv += ["-c", c]
     res = subprocess.run(

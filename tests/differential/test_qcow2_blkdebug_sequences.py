@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests.differential.harness import EnginePeer, Peer, QSDPeer
-from tests.differential.test_format_blkdebug_events import guest_run
+from tests.differential.test_format_blkdebug_events import GUEST, guest_run
 
 pytestmark = pytest.mark.qsd
 
@@ -211,6 +211,19 @@ CASES: dict[str, Case] = {
 }
 
 
+#: cases whose guest writes back (no FUA: the metadata reaches the disk at its flush)
+WRITEBACK = {"compressed-cow-writeback"}
+CASES["compressed-cow-writeback"] = (
+    # a write into a compressed cluster copies it and frees the old stream inside the
+    # request: the refcounts the L2 table depends on are written then, not at the flush
+    _image("cluster_size=65536", "4M", "write -c -P 0x11 0 64k"),
+    {},
+    GUEST,
+    {e: _inject(e) for e in [*_META, "read_compressed", "flush_to_os", "flush_to_disk"]},
+    ["refblock_update_part", "cluster_free", "cow_read", "read_compressed"],
+)
+
+
 def _outcomes(factory: Any, case: str, tmp: Path) -> dict[str, list[str]]:
     make, opts, guest, rules, _ = CASES[case]
     image = tmp / "image"
@@ -239,7 +252,8 @@ def _outcomes(factory: Any, case: str, tmp: Path) -> dict[str, list[str]]:
                 "image": {"driver": "file", "filename": str(copy)},
             }
             node = {"driver": "qcow2", **opts, "file": file}
-            out[label] = guest_run(peer, sock, f"n{k}", node, guest, False)
+            cache = "writeback" if case in WRITEBACK else "writethrough"
+            out[label] = guest_run(peer, sock, f"n{k}", node, guest, False, cache)
     finally:
         peer.close()
         shutil.rmtree(sockdir)

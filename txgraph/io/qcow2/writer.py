@@ -549,14 +549,29 @@ class Qcow2Writer:
         if self.h.has_data_file:
             return
         if code == COMPRESSED:
-            self.node.announce("cluster_free")
+            self._freeing()
             coff, csize = self.map.compressed_extent(raw)
             first, last = coff // self.cs, (coff + csize - 1) // self.cs
             self.pending_free.extend(k * self.cs for k in range(first, last + 1))
         elif not raw & C.OFLAG_COMPRESSED and raw & C.L2E_OFFSET_MASK:
             if not unaligned_free(self.node, raw):
-                self.node.announce("cluster_free")
+                self._freeing()
                 self.pending_free.append(raw & C.L2E_OFFSET_MASK)
+
+    def _freeing(self) -> None:
+        """``qcow2_free_clusters`` inside the request: ``cluster_free``, then the
+        decrease's ``qcow2_cache_set_dependency``: while the L2 tables depend on
+        refcounts not yet written (an allocation since their last write-back), those
+        refcount blocks are written and the file flushed now. A failure there is
+        only logged by QEMU (the free is lost, a leak) and the request goes on; here
+        the blocks stay dirty and the release still waits for the flush."""
+        self.node.announce("cluster_free")
+        if self.refs.dirty_blocks:
+            try:
+                self.refs.write_back(tables=False)
+                self._sync()
+            except IOFailure:
+                pass
 
     def write_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
         """Whole clusters become zero clusters (v3); partial ones get written zeros."""
