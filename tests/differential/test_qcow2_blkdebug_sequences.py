@@ -13,6 +13,7 @@ count of events matters (the eviction case: only the third ``l2_load`` arms).
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import tempfile
@@ -122,6 +123,23 @@ CASES: dict[str, Case] = {
         ["write -P 0x22 101k 1k", "read -P 0x22 101k 1k", "write -P 0x33 2M 64k", "read 0 4k"],
         {e: _inject(e) for e in _META},
         ["cluster_alloc", "l2_update"],
+    ),
+    # a write of whole subclusters into a fresh cluster copies nothing, zeroes nothing;
+    # in the cluster it owns then, an allocated subcluster is written in place and a
+    # partial unallocated one is zeroed first (handle_alloc_space, as for a new cluster)
+    "subclusters-aligned": (
+        _image("extended_l2=on,cluster_size=65536", "4M", "write -P 0x11 0 64k"),
+        {},
+        [
+            "write -P 0x22 100k 2k",
+            "read -P 0x22 100k 2k",
+            "write -P 0x23 101k 3k",
+            "write -P 0x24 105k 1k",
+            "read -P 0x24 105k 1k",
+            "read 0 4k",
+        ],
+        {e: _inject(e) for e in _META},
+        ["cluster_alloc", "write_aio", "cluster_alloc_space", "pwritev_zero"],
     ),
     "subclusters-backing": (
         _image("extended_l2=on", "4M", "write -P 0x11 0 64k", backing=True),
@@ -268,6 +286,57 @@ def test_qcow2_sequences_match_qsd(case: str, tmp_path: Path) -> None:
     # the sequence reaches what it was made for: on QSD those rules fail a command
     for label in CASES[case][4]:
         assert any("failed" in ln for ln in qsd[label]), (label, qsd[label])
+
+
+SUBCLUSTER_GUEST = [
+    "write -P 0x22 100k 2k",
+    "write -P 0x23 101k 1k",
+    "write -P 0x24 103k 4k",
+    "write -P 0x25 3077k 3k",
+    "write -P 0x26 200k 64k",
+    "write -P 0x27 400k 1k",
+    "write -P 0x28 400k 64k",
+    "read -P 0x22 100k 1k",
+    "read -P 0x23 101k 1k",
+    "read -P 0x24 103k 4k",
+    "read -P 0x28 400k 4k",
+]
+
+
+@pytest.mark.parametrize("backing", [False, True], ids=["plain", "backing"])
+def test_subcluster_writes_map_as_qsd(backing: bool, tmp_path: Path) -> None:
+    """Extended L2 writes allocate what QEMU's do: only the subclusters written (widened
+    to whole subclusters), in place in a cluster the image owns; ``qemu-img map`` of
+    the images QSD and txgraph wrote is the same, and both check clean."""
+    image = tmp_path / "image"
+    _image("extended_l2=on", "4M", "write -P 0x11 0 64k", backing=backing)(image)
+    results = []
+    for factory in (QSDPeer, EnginePeer):
+        work = tmp_path / factory.label
+        work.mkdir()
+        shutil.copyfile(image, work / "i")
+        sockdir = Path(tempfile.mkdtemp(prefix="txq2-"))
+        peer: Peer = factory(work)
+        try:
+            addr = {"type": "unix", "data": {"path": str(sockdir / "s")}}
+            assert "error" not in peer.execute(
+                {"execute": "nbd-server-start", "arguments": {"addr": addr}}
+            )
+            node = {"driver": "qcow2", "file": {"driver": "file", "filename": str(work / "i")}}
+            lines = guest_run(peer, sockdir / "s", "n", node, SUBCLUSTER_GUEST, False)
+        finally:
+            peer.close()
+            shutil.rmtree(sockdir)
+        argv = ["qemu-img", "map", "--output=json", str(work / "i")]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
+        extents = [(e["start"], e["length"], e["data"], e["zero"]) for e in json.loads(done.stdout)]
+        check = subprocess.run(
+            ["qemu-img", "check", str(work / "i")], capture_output=True, timeout=60
+        )
+        results.append((lines, extents, check.returncode))
+    assert results[1] == results[0]
+    assert results[0][2] == 0
+    assert not any("fail" in ln for ln in results[0][0])
 
 
 def test_blkdebug_own_write_events_match_qsd(tmp_path: Path) -> None:

@@ -344,21 +344,35 @@ class Qcow2Writer:
         self.node.announce("cow_read")
         return self._cluster_content(c), "cow_write"
 
-    def _zero_cow(self, c: int, written: list[tuple[int, int]]) -> bool:
-        """``is_zero_cow``: the regions of cluster ``c`` outside ``written`` are not
-        allocated in this image nor in its backing chain (``bdrv_is_allocated_above``);
-        never for encrypted images (``handle_alloc_space`` skips them)."""
-        if self.h.crypt_method or self.map.code(c) != UNALLOC:
+    def _zero_cow(
+        self, c: int, written: list[tuple[int, int]], span: tuple[int, int] | None = None
+    ) -> bool:
+        """``is_zero_cow``: the regions of cluster ``c`` (of ``span`` in it: the COW
+        range, the whole cluster by default) outside ``written`` are not allocated in
+        this image nor in its backing chain (``bdrv_is_allocated_above``); never for
+        encrypted images (``handle_alloc_space`` skips them)."""
+        if self.h.crypt_method:
+            return False
+        code = self.map.code(c)
+        if code != UNALLOC and not (code == MIXED and span is not None):
             return False
         base = c << self.h.cluster_bits
-        end = min(base + self.cs, self.node.size())
-        regions, p = [], base
+        lo, hi = span or (0, self.cs)
+        end = min(base + hi, self.node.size())
+        regions, p = [], base + lo
         for a, b in sorted(written):
             if base + a > p:
                 regions.append((p, base + a))
             p = max(p, base + b)
         if p < end:
             regions.append((p, end))
+        if code == MIXED:  # only unallocated subclusters (zero ones count as allocated)
+            _, bm = self.map.raw_entry(c)
+            scs = self.cs // C.EXTL2_SUBCLUSTERS
+            for a, b in regions:
+                for k in range((a - base) // scs, (b - base - 1) // scs + 1):
+                    if bm >> k & 1 or bm >> (32 + k) & 1:
+                        return False
         backing = self.node.children.get("backing")
         return all(_chain_unallocated(backing, a, b) for a, b in regions)
 
@@ -429,6 +443,10 @@ class Qcow2Writer:
             host = c << self.h.cluster_bits  # external data files map 1:1, no refcounts
         elif code >= 0 and raw & C.OFLAG_COPIED:
             host = code  # an owned cluster with a partial subcluster bitmap: fill in place
+        elif code == MIXED and raw & C.OFLAG_COPIED and raw & C.L2E_OFFSET_MASK:
+            # handle_copied: an owned cluster with unallocated or zero subclusters is
+            # written in place, only its written subclusters becoming allocated
+            host = raw & C.L2E_OFFSET_MASK
         elif (
             code == ZERO
             and raw & C.OFLAG_COPIED
@@ -439,6 +457,10 @@ class Qcow2Writer:
         else:
             host = self.refs.alloc_data()
             fresh = True
+        span = self._subcluster_span(io, len(chunk), raw, fresh, code)
+        if span is not None:
+            self._write_subclusters(c, io, chunk, host, span, fresh)
+            return
         try:
             if io == 0 and len(chunk) == self.cs:
                 content: bytes | bytearray | memoryview = chunk
@@ -464,6 +486,69 @@ class Qcow2Writer:
         self.map.set_entry(c, host | C.OFLAG_COPIED, _ALL_ALLOC if self.h.extended_l2 else 0)
         self.dirty_slots.add(slot)
 
+    def _subcluster_span(
+        self, io: int, n: int, raw: int, fresh: bool, code: int
+    ) -> tuple[int, int] | None:
+        """``calculate_l2_meta`` with extended L2 entries over a cluster that has no host
+        offset (its subclusters unallocated or zero, ``*_PLAIN``), or an owned one with
+        such subclusters written in place: the COW range is the written bytes widened
+        to whole subclusters, not the cluster. None when that is the whole cluster or
+        the entry is anything else."""
+        if not self.h.extended_l2 or raw & C.OFLAG_COMPRESSED:
+            return None
+        if not (fresh and not raw & C.L2E_OFFSET_MASK) and not (not fresh and code == MIXED):
+            return None
+        if self.h.has_data_file or self.node.crypto.volume is not None:
+            return None
+        scs = self.cs // C.EXTL2_SUBCLUSTERS
+        a, b = io // scs * scs, -(-(io + n) // scs) * scs
+        return None if (a, b) == (0, self.cs) else (a, b)
+
+    def _write_subclusters(
+        self, c: int, io: int, chunk: memoryview, host: int, span: tuple[int, int], fresh: bool
+    ) -> None:
+        """A fresh cluster written only over ``span`` (whole subclusters): the partial
+        subclusters around the data copied or zeroed as :meth:`_cow_content` decides,
+        only those subclusters marked allocated in the entry's bitmap
+        (``qcow2_alloc_cluster_link_l2``: the others keep their zero or unallocated
+        state). Runs under ``lock``; a failed write gives the cluster back."""
+        a0, b0 = span
+        n = len(chunk)
+        scs = self.cs // C.EXTL2_SUBCLUSTERS
+        _, old_bm = self.map.raw_entry(c)
+        # a partial subcluster already allocated is written in place, not copied
+        a = io if old_bm >> (io // scs) & 1 else a0
+        b = io + n if old_bm >> ((io + n - 1) // scs) & 1 else b0
+        try:
+            if io == a and io + n == b:
+                content: bytes | bytearray | memoryview = chunk
+                event = "write_aio"  # no COW region: nothing to copy or zero
+            else:
+                if self._zero_cow(c, [(io, io + n)], (a, b)):
+                    self.node.announce("cluster_alloc_space")
+                    buf, event = bytearray(b - a), "cluster_alloc_space"
+                else:
+                    self.node.announce("cow_read")
+                    buf, event = self._cluster_content(c)[a:b], "cow_write"
+                buf[io - a : io - a + n] = chunk
+                content = buf
+            self.node.overlap.check_data(host + a, len(content))
+            dc = self._data((c << self.h.cluster_bits) - host)
+            if event == "cluster_alloc_space" and _announces(dc):
+                self._zeroed_write(dc, [(host + a, b - a)], [(host + io, chunk)])
+            else:
+                self._announce_write(event)
+                dc.write(host + a, content)  # type: ignore[attr-defined]
+        except BaseException:
+            if fresh:  # never referenced: free again
+                self.refs.release(host // self.cs)
+                self.refs_after_l2 = True
+            raise
+        alloc = ((1 << (b0 // scs)) - 1) ^ ((1 << (a0 // scs)) - 1)
+        bitmap = (old_bm | alloc) & ~(alloc << 32)
+        self.map.set_entry(c, host | C.OFLAG_COPIED, bitmap)
+        self.dirty_slots.add(c >> self.map.l2b)
+
     def _allocate_run(
         self, c0: int, stop: int, pos: int, end: int, mv: memoryview, offset: int
     ) -> bool:
@@ -482,6 +567,10 @@ class Qcow2Writer:
             return False
         if self.node.crypto.aes is not None:
             return False
+        if self.h.extended_l2 and (
+            pos & (self.cs - 1) or min(end, stop << self.h.cluster_bits) & (self.cs - 1)
+        ):
+            return False  # partial ends widen to subclusters only: the one-cluster path
         k = stop - c0
         raws, codes = self.map.run_entries(c0, k)
         if bool((codes == INVALID).any()) or bool((raws & np.uint64(C.OFLAG_COPIED)).any()):
