@@ -69,6 +69,12 @@ one-cluster path (``_allocate_and_write``, still used for in-place reuse,
 invalid entries, data files and encryption) would put them
 (tests/unit/io/test_qcow2_alloc_batch.py compares the image files byte for byte).
 
+With extended L2 entries a write into a cluster without a host offset (or into an
+owned one with unallocated or zero subclusters, in place) covers only the subclusters
+it touches, widened to whole subclusters (``calculate_l2_meta``), and only those become
+allocated in the bitmap (``qcow2_alloc_cluster_link_l2``); a partial zero write there
+is still written as data (QEMU makes zero subclusters).
+
 blkdebug events (``BLKDBG_EVENT(bs->file, ...)``, through ``node.announce``) are
 raised where QEMU 7.2 raises them, before the request they announce: ``cluster_alloc``
 (``qcow2_alloc_clusters``), the COW choice of :meth:`Qcow2Writer._cow_content`,
