@@ -15,11 +15,13 @@ Reproduces QEMU 7.2's block/blkdebug.c:
   request fails it with ``-errno``; a ``once`` rule is then deleted;
 * events come from the parent: a format driver above the blkdebug node calls
   :meth:`debug_event` on its ``file`` child before a data request
-  (``BLKDBG_EVENT(bs->file, ...)``: raw and qcow2 raise ``read_aio`` /
-  ``write_aio``, qcow2 also ``read_backing_aio`` and ``read_compressed``), so
-  a format's own metadata reads at open time arm nothing, and requests sent
-  to the blkdebug node directly (an export on it) raise no event at all; rules
-  already armed still check every request. ``flush_to_os`` and
+  (``BLKDBG_EVENT(bs->file, ...)``: raw raises ``read_aio`` / ``write_aio``;
+  qcow2 those, the backing and compressed reads and its metadata events), so
+  a format's own metadata reads at open time arm nothing; rules already armed
+  still check every request. The generic write path raises three events on the
+  node it writes, this one, whoever sent the request (``bdrv_aligned_pwritev``):
+  ``pwritev`` (``pwritev_zero`` for a zero write) before it, ``pwritev_done``
+  after it. ``flush_to_os`` and
   ``flush_to_disk`` come from the generic flush of the parent
   (``bdrv_co_flush`` raises them on the flushed node's primary child, this
   node under a format or filter; :mod:`txgraph.io.layer`);
@@ -274,12 +276,22 @@ class BlkdebugNode(DriverNode):
         return self.image.read(offset, length)
 
     def write(self, offset: int, data: bytes) -> None:
-        self._check(offset, len(data), "write")
-        self.image.write(offset, data)
+        # bdrv_aligned_pwritev raises pwritev / pwritev_done on the node it writes (this
+        # one), around the driver's write and whether or not that fails
+        self.debug_event("pwritev")
+        try:
+            self._check(offset, len(data), "write")
+            self.image.write(offset, data)
+        finally:
+            self.debug_event("pwritev_done")
 
     def write_zeroes(self, offset: int, length: int, *, may_unmap: bool = False) -> None:
-        self._check(offset, length, "write-zeroes")
-        self.image.write_zeroes(offset, length, may_unmap=may_unmap)
+        self.debug_event("pwritev_zero")  # bdrv_aligned_pwritev of a zero write
+        try:
+            self._check(offset, length, "write-zeroes")
+            self.image.write_zeroes(offset, length, may_unmap=may_unmap)
+        finally:
+            self.debug_event("pwritev_done")
 
     def discard(self, offset: int, length: int) -> None:
         self._check(offset, length, "discard")

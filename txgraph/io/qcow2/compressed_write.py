@@ -130,6 +130,8 @@ def _one_cluster(node: Qcow2Node, w: Qcow2Writer, offset: int, chunk: bytes) -> 
             raise IOFailure(os.strerror(E.EIO), E.EIO)  # compression never overwrites
         w._before_metadata_change()
         host = _alloc_bytes(node, w, len(out))
+        # the entry is set in the cached table before the stream is written
+        node.announce("l2_update_compressed")
         try:
             node.overlap.check_data(host, len(out))
             node.file.debug_event("write_compressed")
@@ -147,6 +149,7 @@ def _alloc_bytes(node: Qcow2Node, w: Qcow2Writer, size: int) -> int:
     """``qcow2_alloc_bytes``: ``size`` bytes packed after the previous stream."""
     refs = w.refs
     cs = node.header.cluster_size
+    node.announce("cluster_alloc_bytes")
     offset = _FREE_BYTE.get(w, 0)
     if offset and refs.get(offset // cs) == refs.max:
         offset = 0

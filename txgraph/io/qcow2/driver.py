@@ -97,6 +97,11 @@ class Qcow2Node(DriverNode):
         except IOFailure as e:
             raise OpenError(f"Could not read L1 table: {e.desc}") from None
         self.l1 = np.frombuffer(l1_bytes, dtype=">u8").astype(np.uint64)
+        #: the refcount table as read at open (``qcow2_refcount_init``, which QEMU runs for
+        #: read-only opens too); the first writer (at open, or when a read-only node is
+        #: reopened writable) decodes it and drops it (``take_reftable``), so a reopen
+        #: reads nothing QEMU would not
+        self._reftable: bytes | None = self._read_reftable()
         #: guest data lives in ``file`` as stored (no data-file, no encryption), both fixed
         #: at open: a one-cluster read then goes straight to the file child
         self._plain_data = (
@@ -105,7 +110,7 @@ class Qcow2Node(DriverNode):
         #: the file child and its announced read (``announced_reader``), kept for the
         #: one-cluster path; replaced whole when ``children["file"]`` is another node
         self._file_reader: tuple[DriverNode | None, Any] = (None, None)
-        self.map = L2Map(h, self.l1, self._fread, options)
+        self.map = L2Map(h, self.l1, self._fread, options, self.announce)
         #: guards map (and its slot cache), refcounts, writer state, header, cache and
         #: the corruption state below (see the module docstring)
         self.lock = threading.RLock()
@@ -134,6 +139,33 @@ class Qcow2Node(DriverNode):
     @property
     def file(self) -> DriverNode:
         return self.children["file"]
+
+    def announce(self, event: str) -> None:
+        """``BLKDBG_EVENT(bs->file, event)`` for a metadata request: the event goes to
+        the file child as it is now (only blkdebug reacts; the data paths keep their own,
+        cheaper announcements)."""
+        self.children["file"].debug_event(event)
+
+    def _read_reftable(self) -> bytes | None:
+        """``qcow2_refcount_init``'s read of the refcount table, announced as
+        ``reftable_load``; a failure fails the open with QEMU's message."""
+        from txgraph.errors import OpenError
+
+        h = self.header
+        self.announce("reftable_load")
+        try:
+            return self._fread(h.refcount_table_offset, h.refcount_table_clusters * h.cluster_size)
+        except IOFailure as e:
+            raise OpenError(f"Could not initialize refcount handling: {e.desc}") from None
+
+    def take_reftable(self) -> bytes | None:
+        """The refcount table read at open, once (a writer made later reads it anew)."""
+        raw, self._reftable = self._reftable, None
+        return raw
+
+    def _announces(self) -> bool:
+        """Does the file child react to events (a blkdebug node)?"""
+        return type(self.children["file"]).debug_event is not DriverNode.debug_event
 
     def _fread(self, offset: int, length: int) -> bytes:
         """Metadata read; like QEMU's block layer, refuse ranges past BDRV_MAX_LENGTH."""
@@ -325,7 +357,7 @@ class Qcow2Node(DriverNode):
                 if code in (COMPRESSED, MIXED)
             }
         comp = [entries[first][0] for first, _, code in runs if code == COMPRESSED]
-        if len(comp) > 1:
+        if len(comp) > 1 and not self._announces():
             self._inflate_ahead(comp)
         for first, n, code in runs:
             run_end = min(end, (first + n) << cb)
@@ -391,8 +423,11 @@ class Qcow2Node(DriverNode):
     def _decompressed(self, raw: int) -> bytes:
         """One compressed cluster, given the L2 entry looked up under the lock."""
         key = self.map.compressed_extent(raw)
+        # QEMU 7.2 keeps no decompressed clusters: each read of one reads the file. The
+        # cache is skipped when the file child can fail requests by rule (blkdebug).
+        bypass = self._announces()
         with self.lock:
-            data = self.cache.get(key)
+            data = None if bypass else self.cache.get(key)
         if data is None:
             coff, csize = key
             try:
@@ -401,8 +436,9 @@ class Qcow2Node(DriverNode):
                 )
             except DecompressError:
                 raise _eio() from None
-            with self.lock:
-                self.cache.put(key, data)
+            if not bypass:
+                with self.lock:
+                    self.cache.put(key, data)
         return data
 
     def _read_subclusters(

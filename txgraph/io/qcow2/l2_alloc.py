@@ -62,6 +62,7 @@ def _table_bytes(w: Qcow2Writer, i: int) -> bytes:
 def _write_table(w: Qcow2Writer, i: int, l2off: int) -> None:
     table = _table_bytes(w, i)
     w.node.overlap.check(l2off, len(table), OL_ACTIVE_L2)
+    w.node.announce("l2_update")  # qcow2_cache_entry_flush of an L2 table
     w._fwrite(l2off, table)
 
 
@@ -80,6 +81,7 @@ def write_l1_sectors(w: Qcow2Writer, slots: set[int]) -> None:
         chunk = w.map.l1[sector * 64 : (sector + 1) * 64].astype(">u8").tobytes()
         off = w.h.l1_table_offset + sector * 512
         w.node.overlap.check(off, len(chunk), OL_ACTIVE_L1)
+        w.node.announce("l1_update")  # qcow2_write_l1_entry
         w._fwrite(off, chunk)
 
 
@@ -103,11 +105,15 @@ def l2_allocate(w: Qcow2Writer, i: int) -> int:
     (``w.map.slot(i)``: its entries are what the new table starts with)."""
     cs = w.cs
     old = int(w.map.l1[i])
+    w.node.announce("cluster_alloc")  # qcow2_alloc_clusters for the table
     new = w.refs.alloc(1)
     try:
         # qcow2_cache_flush(refcount_block_cache)
         write_refcounts(w)
         w._sync()
+        if old & C.L1E_OFFSET_MASK:
+            w.node.announce("l2_alloc_cow_read")  # the old table's entries are copied
+        w.node.announce("l2_alloc_write")
         # qcow2_cache_flush(l2_table_cache): the new table with the other dirty ones
         write_dirty_tables(w)
         _write_table(w, i, new)

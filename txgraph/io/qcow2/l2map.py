@@ -24,6 +24,10 @@ slots is bounded by a :class:`~txgraph.io.qcow2.slotcache.SlotCache` (QEMU's
 ``l2-cache-size`` / ``cache-clean-interval`` semantics), so memory is bounded by
 the cache size, never O(virtual size) nor O(touched slots).
 
+Reading a table from the image is announced as ``l2_load`` on the file child (the
+``announce`` callback, ``qcow2_cache_do_get`` on a miss), so a blkdebug child sees a
+load where QEMU's L2 cache would load: first use, and again after an eviction.
+
 Entries are classified as QEMU's ``qcow2_get_host_offset`` judges them before
 use (see :mod:`.validate` for the corruption messages): unaligned data or
 preallocated-zero offsets, zero flags in v2, invalid subcluster bitmaps,
@@ -48,7 +52,7 @@ disk is never evicted and lost.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -77,8 +81,11 @@ class L2Map:
         l1: np.ndarray,
         read_table: object,
         options: Mapping[str, Any] | None = None,
+        announce: Callable[[str], None] | None = None,
     ) -> None:
         self.h = h
+        #: ``BLKDBG_EVENT`` on the image's file child (the node's ``announce``)
+        self._announce = announce
         self.l1 = l1  # native uint64, owned by the driver (updated on L1 writes)
         self._read_table = read_table  # callable(offset, nbytes) -> bytes
         self.cb = h.cluster_bits
@@ -189,6 +196,9 @@ class L2Map:
             raw = np.zeros(n, dtype=np.uint64)
             bm = np.zeros(n, dtype=np.uint64) if self.ext else None
         else:
+            # qcow2_cache_do_get: a table not in the cache is announced, then read
+            if self._announce is not None:
+                self._announce("l2_load")
             buf = self._read_table(l2off, self.h.cluster_size)  # type: ignore[operator]
             self.l2_reads += 1
             ent = np.frombuffer(buf, dtype=">u8").astype(np.uint64)

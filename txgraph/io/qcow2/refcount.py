@@ -77,6 +77,8 @@ class Refcounts:
         sync: Callable[[], None],
         file_length: int,
         reserve: ReserveFn | None = None,
+        table_raw: bytes | None = None,
+        announce: Callable[[str], None] | None = None,
     ) -> None:
         self.h = h
         self._reserve: ReserveFn = reserve or (lambda offset, length: None)
@@ -85,7 +87,11 @@ class Refcounts:
         self.bits = h.refcount_bits
         self.max = (1 << self.bits) - 1
         self.epb = self.cs * 8 // self.bits
-        raw = read(h.refcount_table_offset, h.refcount_table_clusters * self.cs)
+        #: ``BLKDBG_EVENT`` on the image's file child (the node's ``announce``)
+        self.announce: Callable[[str], None] = announce or (lambda event: None)
+        raw = table_raw
+        if raw is None:  # (the node read it at open unless a writer was made before)
+            raw = read(h.refcount_table_offset, h.refcount_table_clusters * self.cs)
         self.table = np.frombuffer(raw, dtype=">u8").astype(np.uint64) & np.uint64(
             C.REFT_OFFSET_MASK
         )
@@ -134,6 +140,7 @@ class Refcounts:
                 if self._node is not None:
                     raise self._node.signal_corruption(msg)
                 raise IOFailure("Input/output error", 5)
+            self.announce("refblock_load")  # load_refcount_block, then the cache's read
             blk = self._decode(self._read(off, self.cs))
             self.blocks[bi] = blk
         return blk
@@ -147,6 +154,9 @@ class Refcounts:
         if not 0 <= value <= self.max:
             raise IOFailure("Numerical result out of range", 34)
         bi = cluster // self.epb
+        # update_refcount reaches the block through alloc_refcount_block, which
+        # announces itself whether the block exists or is made now
+        self.announce("refblock_alloc")
         blk = self._block(bi)
         if blk is None:
             blk = self._new_block(bi)
@@ -208,6 +218,7 @@ class Refcounts:
         later clusters of the run then follow contiguously.
         """
         n, self._plan = self._plan, 0
+        self.announce("cluster_alloc")  # qcow2_alloc_clusters, once for the run
         if n > 1:
             start = self._first_free(self.next_free)
             while self._busy(start, n):
@@ -246,6 +257,7 @@ class Refcounts:
                 busy = np.flatnonzero(seg)
                 k = int(busy[0]) if len(busy) else len(seg)  # >= 1: c itself is free
                 self._reserve(c * self.cs, k * self.cs)
+                self.announce("refblock_alloc")
                 seg[:k] = 1
                 self.dirty_blocks.add(bi)
                 self.next_free = c + k
@@ -317,8 +329,10 @@ class Refcounts:
             if self.flush_l2 is None:  # (the writer is not ready: hooked up at write-back)
                 self.dirty_table.add(bi)
                 return blk
+            self.announce("refblock_alloc_write")
             self.write_back(tables=False)
             self._sync()
+            self.announce("refblock_alloc_hookup")
             self._write(self.h.refcount_table_offset + bi * 8, struct.pack(">Q", x * self.cs))
             self._sync()
         except BaseException:
@@ -369,10 +383,13 @@ class Refcounts:
         self.next_free = start + tc + len(missing)
         for c in range(start, self.next_free):
             self.set(c, 1)
+        self.announce("refblock_alloc_write_blocks")
         self.write_back(tables=False)
+        self.announce("refblock_alloc_write_table")
         self._write(start * self.cs, self.table.astype(">u8").tobytes())
         self._sync()
         # One write switches offset and size together (bytes 48..59 of the header).
+        self.announce("refblock_alloc_switch_table")
         self._write(48, struct.pack(">QI", start * self.cs, tc))
         self._sync()
         self.h.refcount_table_offset, self.h.refcount_table_clusters = start * self.cs, tc
@@ -387,6 +404,7 @@ class Refcounts:
         for bi in sorted(self.dirty_blocks):
             if self._node is not None:
                 self._node.overlap.check(int(self.table[bi]), self.cs, OL_REFCOUNT_BLOCK)
+            self.announce("refblock_update_part")  # qcow2_cache_entry_flush
             self._write(int(self.table[bi]), self._encode(self.blocks[bi]))
             wrote = True
         self.dirty_blocks.clear()

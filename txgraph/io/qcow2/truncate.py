@@ -139,14 +139,18 @@ def _grow_l1(node: Qcow2Node, w: Qcow2Writer, min_size: int) -> None:
         raise _err(E.EFBIG)
     nbytes = min_size * 8
     clusters = -(-nbytes // h.cluster_size)
+    node.announce("l1_grow_alloc_table")
+    node.announce("cluster_alloc")  # qcow2_alloc_clusters
     offset = w.refs.alloc(clusters)
     try:
         w.refs.write_back()  # qcow2_cache_flush(refcount_block_cache)
         node.overlap.check(offset, nbytes)
         table = np.zeros(min_size, dtype=np.uint64)
         table[: h.l1_size] = node.l1[: h.l1_size]
+        node.announce("l1_grow_write_table")
         w._fwrite(offset, table.astype(">u8").tobytes())
         w._sync()
+        node.announce("l1_grow_activate_table")
         w._fwrite(_L1_FIELDS, struct.pack(">IQ", min_size, offset))
         w._sync()
     except BaseException:
@@ -167,7 +171,7 @@ def _remap(node: Qcow2Node, w: Qcow2Writer) -> None:
     """A map for the current header size and L1 table; the writer follows it."""
     pinned = w.dirty_slots
     assert not pinned, "the writer flushed before the map is made again"
-    new = L2Map(node.header, node.l1, node._fread, node.options)
+    new = L2Map(node.header, node.l1, node._fread, node.options, node.announce)
     new.cache.pinned = pinned  # the writer's dirty set stays the one pinned set
     node.map = new
     w.map = new

@@ -69,6 +69,19 @@ one-cluster path (``_allocate_and_write``, still used for in-place reuse,
 invalid entries, data files and encryption) would put them
 (tests/unit/io/test_qcow2_alloc_batch.py compares the image files byte for byte).
 
+With extended L2 entries a write into a cluster without a host offset (or into an
+owned one with unallocated or zero subclusters, in place) covers only the subclusters
+it touches, widened to whole subclusters (``calculate_l2_meta``), and only those become
+allocated in the bitmap (``qcow2_alloc_cluster_link_l2``); a partial zero write there
+is still written as data (QEMU makes zero subclusters).
+
+blkdebug events (``BLKDBG_EVENT(bs->file, ...)``, through ``node.announce``) are
+raised where QEMU 7.2 raises them, before the request they announce: ``cluster_alloc``
+(``qcow2_alloc_clusters``), the COW choice of :meth:`Qcow2Writer._cow_content`,
+``write_aio``, ``cluster_free`` where an entry's clusters are unreferenced (their
+release waits for the flush, as above), the table and refcount write-backs in
+:mod:`.l2_alloc` and :mod:`.refcount`; ``l2_load`` comes from the map (:mod:`.l2map`).
+
 A fresh cluster is backed by disk space before anything points at it
 (:meth:`Refcounts.alloc` reserves it): on a full disk the allocating write
 fails with ENOSPC and is rolled back, like QEMU's ``qcow2_alloc_cluster_abort``,
@@ -86,6 +99,7 @@ import numpy as np
 from txgraph.errors import IOFailure, OpenError
 from txgraph.io.layer import flush_to_os, request_from_parent
 from txgraph.io.qcow2 import constants as C
+from txgraph.io.qcow2.cow import CowSteps, announces
 from txgraph.io.qcow2.l2_alloc import (
     l2_allocate,
     write_dirty_tables,
@@ -107,8 +121,8 @@ _ALL_ALLOC = 0xFFFFFFFF
 _ALL_ZERO = 0xFFFFFFFF << 32
 
 
-class Qcow2Writer:
-    """Write path of one writable qcow2 node."""
+class Qcow2Writer(CowSteps):
+    """Write path of one writable qcow2 node (its COW steps: :mod:`.cow`)."""
 
     def __init__(self, node: Qcow2Node) -> None:
         self.node = node
@@ -124,6 +138,8 @@ class Qcow2Writer:
             self._sync,
             getattr(f, "file_length", f.size)(),
             self._reserve,
+            node.take_reftable(),
+            node.announce,
         )
         # The map must not evict slots with unwritten entries: they are its pinned set
         # (the same set object, never rebound; guarded by ``lock`` like the map).
@@ -211,6 +227,7 @@ class Qcow2Writer:
         l2_allocate(self, i)  # written and hooked up inside the request, as QEMU's
         self.dirty_slots.add(i)  # pinned until the caller's entries are written
         if old:
+            self.node.announce("cluster_free")  # get_cluster_table frees the old reference
             self.pending_free.append(old)  # the shared table loses this reference
 
     # -- writes ----------------------------------------------------------------------
@@ -293,12 +310,6 @@ class Qcow2Writer:
         Runs under ``lock``. A failed data write gives the fresh cluster back
         (``qcow2_alloc_cluster_abort``); the mapping still shows the old data.
         """
-        if io == 0 and len(chunk) == self.cs:
-            content: bytes | bytearray | memoryview = chunk
-        else:
-            buf = self._cluster_content(c)
-            buf[io : io + len(chunk)] = chunk
-            content = buf
         slot = c >> self.map.l2b
         self._writable_slot(slot)
         self._before_metadata_change()
@@ -307,6 +318,10 @@ class Qcow2Writer:
             host = c << self.h.cluster_bits  # external data files map 1:1, no refcounts
         elif code >= 0 and raw & C.OFLAG_COPIED:
             host = code  # an owned cluster with a partial subcluster bitmap: fill in place
+        elif code == MIXED and raw & C.OFLAG_COPIED and raw & C.L2E_OFFSET_MASK:
+            # handle_copied: an owned cluster with unallocated or zero subclusters is
+            # written in place, only its written subclusters becoming allocated
+            host = raw & C.L2E_OFFSET_MASK
         elif (
             code == ZERO
             and raw & C.OFLAG_COPIED
@@ -317,12 +332,25 @@ class Qcow2Writer:
         else:
             host = self.refs.alloc_data()
             fresh = True
+        span = self._subcluster_span(io, len(chunk), raw, fresh, code)
+        if span is not None:
+            self._write_subclusters(c, io, chunk, host, span, fresh)
+            return
         try:
+            if io == 0 and len(chunk) == self.cs:
+                content: bytes | bytearray | memoryview = chunk
+                event = "write_aio"
+            else:
+                buf, event = self._cow_content(c, [(io, io + len(chunk))], fresh)
+                buf[io : io + len(chunk)] = chunk
+                content = buf
             self.node.overlap.check_data(host, len(content))
-            self.node.file.debug_event("write_aio")  # qcow2_co_pwritev_task
-            self._data((c << self.h.cluster_bits) - host).write(  # type: ignore[attr-defined]
-                host, content
-            )
+            dc = self._data((c << self.h.cluster_bits) - host)
+            if event == "cluster_alloc_space" and announces(dc):
+                self._zeroed_write(dc, [(host, self.cs)], [(host + io, chunk)])
+            else:
+                self._announce_write(event)
+                dc.write(host, content)  # type: ignore[attr-defined]
         except BaseException:
             if fresh:  # never referenced: free again (and reuse next, as QEMU's abort)
                 self.refs.release(host // self.cs)
@@ -351,38 +379,44 @@ class Qcow2Writer:
             return False
         if self.node.crypto.aes is not None:
             return False
+        if self.h.extended_l2 and (
+            pos & (self.cs - 1) or min(end, stop << self.h.cluster_bits) & (self.cs - 1)
+        ):
+            return False  # partial ends widen to subclusters only: the one-cluster path
         k = stop - c0
         raws, codes = self.map.run_entries(c0, k)
         if bool((codes == INVALID).any()) or bool((raws & np.uint64(C.OFLAG_COPIED)).any()):
             return False
         cb, cs = self.h.cluster_bits, self.cs
         stop_pos = min(end, stop << cb)
-        # (first cluster of the piece within the run, clusters, content)
-        pieces: list[tuple[int, int, bytes | bytearray | memoryview]] = []
-        first, last = 0, k
-        if pos & (cs - 1) or (k == 1 and stop_pos - pos < cs):
-            buf = self._cluster_content(c0)
-            head_end = min(stop_pos, (c0 + 1) << cb)
-            buf[pos & (cs - 1) : (pos & (cs - 1)) + head_end - pos] = mv[
-                pos - offset : head_end - offset
-            ]
-            pieces.append((0, 1, buf))
-            first = 1
-        if last > first and stop_pos & (cs - 1):
-            last -= 1
-        if last > first:
-            a = (c0 + first) << cb
-            pieces.append((first, last - first, mv[a - offset : a - offset + (last - first) * cs]))
-        if last < k and last >= first:
-            buf = self._cluster_content(c0 + last)
-            tail = (c0 + last) << cb
-            buf[: stop_pos - tail] = mv[tail - offset : stop_pos - offset]
-            pieces.append((last, 1, buf))
         slot = c0 >> self.map.l2b
         self._writable_slot(slot)
         self._before_metadata_change()
         hosts = self.refs.alloc_data_run(k)
         try:
+            pieces, event = self._run_pieces(c0, k, pos, stop_pos, mv, offset)
+            if event == "cluster_alloc_space" and announces(self.node.file):
+                pieces = []  # QEMU's two requests instead of the zero-padded clusters
+                zeros: list[tuple[int, int]] = []
+                datas: list[tuple[int, bytes | bytearray | memoryview]] = []
+                j = 0
+                while j < k:
+                    s = j
+                    while j + 1 < k and hosts[j + 1] == hosts[j] + cs:
+                        j += 1
+                    j += 1
+                    zeros.append((hosts[s], (j - s) * cs))
+                    a, b = max(pos, (c0 + s) << cb), min(stop_pos, (c0 + j) << cb)
+                    if a < b:
+                        datas.append((hosts[s] + a - ((c0 + s) << cb), mv[a - offset : b - offset]))
+                self._zeroed_write(self.node.file, zeros, datas)
+            elif event == "cow_write" and len(pieces) > 1 and announces(self.node.file):
+                # perform_cow writes the COW regions and the data as one request: so do
+                # its rules see it (elsewhere the pieces keep the data uncopied)
+                whole = bytearray(k * cs)
+                for j0, n, content in pieces:
+                    whole[j0 * cs : (j0 + n) * cs] = content
+                pieces = [(0, k, whole)]
             for j0, n, content in pieces:
                 data = memoryview(content).cast("B")
                 j = j0
@@ -394,7 +428,7 @@ class Qcow2Writer:
                     host = hosts[s]
                     part = data[(s - j0) * cs : (j - j0) * cs]
                     self.node.overlap.check_data(host, len(part))
-                    self.node.file.debug_event("write_aio")  # qcow2_co_pwritev_task
+                    self._announce_write(event)
                     self.node.file.write(host, part)  # type: ignore[arg-type]
         except BaseException:
             for host in reversed(hosts):  # never referenced: free again (QEMU's abort)
@@ -411,16 +445,34 @@ class Qcow2Writer:
         return True
 
     def _release_entry(self, raw: int, code: int) -> None:
-        """Queue the host clusters an L2 entry referenced for release after the next flush."""
+        """Queue the host clusters an L2 entry referenced for release after the next flush
+        (announced now, where ``qcow2_free_any_cluster`` frees them)."""
         if self.h.has_data_file:
             return
         if code == COMPRESSED:
+            self._freeing()
             coff, csize = self.map.compressed_extent(raw)
             first, last = coff // self.cs, (coff + csize - 1) // self.cs
             self.pending_free.extend(k * self.cs for k in range(first, last + 1))
         elif not raw & C.OFLAG_COMPRESSED and raw & C.L2E_OFFSET_MASK:
             if not unaligned_free(self.node, raw):
+                self._freeing()
                 self.pending_free.append(raw & C.L2E_OFFSET_MASK)
+
+    def _freeing(self) -> None:
+        """``qcow2_free_clusters`` inside the request: ``cluster_free``, then the
+        decrease's ``qcow2_cache_set_dependency``: while the L2 tables depend on
+        refcounts not yet written (an allocation since their last write-back), those
+        refcount blocks are written and the file flushed now. A failure there is
+        only logged by QEMU (the free is lost, a leak) and the request goes on; here
+        the blocks stay dirty and the release still waits for the flush."""
+        self.node.announce("cluster_free")
+        if self.refs.dirty_blocks:
+            try:
+                self.refs.write_back(tables=False)
+                self._sync()
+            except IOFailure:
+                pass
 
     def write_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
         """Whole clusters become zero clusters (v3); partial ones get written zeros."""
