@@ -6,13 +6,15 @@
   region's nodes and reports a cycle exactly when networkx does;
 - the z3 session's direct C-API calls (push, parse, check under ``go``, pop) decide
   as ``z3.Solver``'s wrappers do, and leave no scope behind;
-- the cached N2 formula is the uncached one;
+- the cached N2 formula is the uncached one, and its form over per-character macros
+  is the same term once z3 expands them;
 - deciding the untracked conjunction first gives the tracked form's verdicts;
 - one check's memo of edge lists enumerates the same rule instances.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import networkx as nx
@@ -25,7 +27,7 @@ import txgraph.checker.smt as smt
 from tests.property.test_checker_crosscheck import Case, broken_graphs, valid_graphs
 from txgraph.checker import Verdict, check
 from txgraph.checker.before import as_before
-from txgraph.checker.encode import name_formula
+from txgraph.checker.encode import MACRO_TEXT, NAME_PRELUDE, name_formula, name_formula_shared
 from txgraph.checker.region import Region, cumulative, in_edges, out_edges
 from txgraph.checker.rules import rules_for
 from txgraph.checker.smt import _Session, _topological
@@ -147,6 +149,31 @@ def test_direct_solver_calls_decide_as_the_wrappers() -> None:
 @given(st.text(max_size=40))
 def test_cached_name_formula_is_the_formula(name: str) -> None:
     assert name_formula(name) == name_formula.__wrapped__(name)
+
+
+_NAME_CHARS = st.sampled_from("#blockq0123456789_.-AZaz") | st.characters()
+
+
+@given(
+    st.one_of(st.text(_NAME_CHARS, max_size=40), st.from_regex(r"#block[0-9]{0,6}", fullmatch=True))
+)
+def test_shared_name_formula_is_the_name_formula(name: str) -> None:
+    """Expanded, the macro form is the inline formula term for term (z3 builds the same
+    term for both: its terms are hash-consed), so it decides N2 the same; and it decides
+    the name the way the regular expression of N2 does (the comparison is not vacuous)."""
+    formula, macros = name_formula_shared(name)
+    assert formula == name_formula_shared.__wrapped__(name)[0]
+    assert len(set(macros)) == len(macros)
+    text = NAME_PRELUDE + "\n".join(MACRO_TEXT[sym] for sym in macros)
+    inline, shared = z3.parse_smt2_string(
+        f"{text}\n(assert {name_formula(name)})\n(assert {formula})"
+    )
+    assert inline.eq(shared)
+    solver = z3.Solver()
+    solver.add(shared)
+    auto = re.fullmatch(r"#block[0-9]{3,}", name) is not None
+    plain = re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*", name) is not None and len(name) <= 31
+    assert (solver.check() == z3.sat) == (auto or plain)
 
 
 def _verdict_keys(v: Verdict) -> tuple[bool, list[Any], list[str]]:
