@@ -40,6 +40,8 @@ def _intern(name: str) -> int:
 
 def esc(name: str) -> str:
     """An SMT symbol body: ``|`` and ``\\`` cannot appear inside ``|...|``; injective."""
+    if "%" not in name and "|" not in name and "\\" not in name:
+        return name  # what the replacements would give, for nearly every name
     return name.replace("%", "%25").replace("|", "%7C").replace("\\", "%5C")
 
 
