@@ -100,9 +100,14 @@ _AUTO_PREFIX = "#block"
 
 
 #: per-character macros of N2 made so far: (kind, code point) -> symbol (their text
-#: is in ``MACRO_TEXT``); the same in every session, so kept for the process
+#: is in ``MACRO_TEXT``); the same in every session, so kept for the process.
+#: Owner: :func:`_char_macro`, the only writer. No lock: entries are only ever added,
+#: a (kind, code point) always gets the same symbol and text (a racing second insert
+#: writes the same values), each dict operation is atomic under the GIL, and the text
+#: is stored before its symbol is published here, so a symbol any thread can see has
+#: its text (tests/unit/checker/test_checker_fast_paths.py stresses it from threads).
 _CHAR_MACROS: dict[tuple[str, int], str] = {}
-#: symbol -> its ``define-fun``
+#: symbol -> its ``define-fun`` (written before the symbol enters ``_CHAR_MACROS``)
 MACRO_TEXT: dict[str, str] = {}
 
 
@@ -113,8 +118,9 @@ def _char_macro(kind: str, code: int) -> str:
             body = f"(= #x{code:06x} #x{ord(_AUTO_PREFIX[int(kind[2:])]):06x})"
         else:
             body = f"({kind} #x{code:06x})"
-        sym = _CHAR_MACROS[(kind, code)] = f"|{kind}.{code}|"
+        sym = f"|{kind}.{code}|"
         MACRO_TEXT[sym] = f"(define-fun {sym} () Bool {body})"
+        _CHAR_MACROS[(kind, code)] = sym  # published once its text is there
     return sym
 
 

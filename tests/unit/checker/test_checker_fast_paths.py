@@ -14,7 +14,9 @@
 
 from __future__ import annotations
 
+import random
 import re
+import threading
 from typing import Any
 
 import networkx as nx
@@ -174,6 +176,43 @@ def test_shared_name_formula_is_the_name_formula(name: str) -> None:
     auto = re.fullmatch(r"#block[0-9]{3,}", name) is not None
     plain = re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*", name) is not None and len(name) <= 31
     assert (solver.check() == z3.sat) == (auto or plain)
+
+
+def test_char_macros_from_many_threads_each_have_their_text() -> None:
+    """Threads making the same new per-character macros at once: every symbol a formula
+    uses has its define-fun, and it is the one a single thread would have made."""
+    base = 0x20000 + random.Random().randrange(0, 0x30000)  # code points no test used yet
+    names = ["".join(chr(base + (i * 7 + j) % 23) for j in range(9)) for i in range(40)]
+    seen: list[tuple[str, ...]] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def work() -> None:
+        try:
+            start.wait(timeout=30)
+            for name in names:
+                _formula, macros = name_formula_shared.__wrapped__(name)
+                for sym in macros:
+                    assert MACRO_TEXT[sym].startswith(f"(define-fun {sym} () Bool (")
+                seen.append(macros)
+        except BaseException as err:  # reported by the main thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    assert not errors, errors
+    assert len(seen) == 8 * len(names)
+    for name in names:
+        _formula, macros = name_formula_shared(name)
+        text = NAME_PRELUDE + "\n".join(MACRO_TEXT[sym] for sym in macros)
+        inline, shared = z3.parse_smt2_string(
+            f"{text}\n(assert {name_formula(name)})\n(assert {_formula})"
+        )
+        assert inline.eq(shared)
 
 
 def _verdict_keys(v: Verdict) -> tuple[bool, list[Any], list[str]]:
