@@ -129,10 +129,8 @@ def _run(
 ) -> tuple[list[Violation], bool]:
     graph = region.graph
     enc = Encoder(graph, session.declared)
-    by_lit: dict[str, Instance] = {}
     for inst in instances:
         enc.instance(inst)
-        by_lit[esc(inst.key)] = inst
     symbolic: list[str] = []
     fixed: dict[str, int] | None = None
     if "G1-acyclic" in rules:
@@ -177,9 +175,12 @@ def _run(
         cycles = cycles_through(graph, None if region.whole else region.nodes, policy)
         false_alarm = not cycles
         out.extend(cycles)
-    for key in failed:
-        if not key.startswith("G1:"):
-            out.append(render(by_lit[key], graph, policy))
+    if any(not key.startswith("G1:") for key in failed):
+        # the literal names of the instances, needed only to render a failure
+        by_lit = {esc(inst.key): inst for inst in instances}
+        for key in failed:
+            if not key.startswith("G1:"):
+                out.append(render(by_lit[key], graph, policy))
     return out, false_alarm
 
 

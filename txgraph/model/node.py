@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from txgraph.model.options import Provenance
-from txgraph.model.perm_bits import PERM_ALL, Perm, Role
+from txgraph.model.perm_bits import PERM_ALL, Perm, Role, fast_flag_ops
 
 __all__ = [
     "OpenFlag",
@@ -26,6 +26,7 @@ __all__ = [
 ]
 
 
+@fast_flag_ops
 class OpenFlag(enum.IntFlag):
     """The BDRV_O_* flags that carry option semantics (qemu-options.md §0.3)."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
+from typing import Any, TypeVar
 
 __all__ = [
     "Perm",
@@ -18,9 +19,45 @@ __all__ = [
     "PERM_ALL",
     "perm_names",
     "perm_list",
+    "fast_flag_ops",
 ]
 
+_F = TypeVar("_F", bound=type[enum.Flag])
 
+
+def _and(self: Any, other: Any) -> Any:
+    if type(other) is type(self):
+        got = self._value2member_map_.get(self._value_ & other._value_)
+        if got is not None:
+            return got
+    return enum.Flag.__and__(self, other)
+
+
+def _or(self: Any, other: Any) -> Any:
+    if type(other) is type(self):
+        got = self._value2member_map_.get(self._value_ | other._value_)
+        if got is not None:
+            return got
+    return enum.Flag.__or__(self, other)
+
+
+def fast_flag_ops(cls: _F) -> _F:
+    """``&`` and ``|`` of two members of ``cls`` without the enum call, same results.
+
+    ``Flag.__and__`` ends in ``cls(value)``, which looks the value up in
+    ``_value2member_map_`` (where every pseudo-member is kept once made) through
+    three Python frames: ~0.45 us per operation in CPython 3.11, some 10,000 of them
+    in a 100-deep chain open. The same map is read here first, so the result is the
+    very object ``Flag``'s own operator returns (~0.15 us); an int operand or a value
+    not made yet takes ``Flag``'s path. Installed after the class statement because
+    ``EnumType`` puts ``Flag``'s operators on every Flag class that lacks its own.
+    """
+    setattr(cls, "__and__", _and)
+    setattr(cls, "__or__", _or)
+    return cls
+
+
+@fast_flag_ops
 class Perm(enum.IntFlag):
     """BLK_PERM_* bits (include/block/block-common.h)."""
 
@@ -69,6 +106,7 @@ def perm_from_names(names: Iterable[str]) -> Perm:
     return result
 
 
+@fast_flag_ops
 class Role(enum.IntFlag):
     """BdrvChildRole bits: what a child edge is for (reference/qemu-graph.md §1.2)."""
 

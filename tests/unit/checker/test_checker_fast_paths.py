@@ -6,13 +6,17 @@
   region's nodes and reports a cycle exactly when networkx does;
 - the z3 session's direct C-API calls (push, parse, check under ``go``, pop) decide
   as ``z3.Solver``'s wrappers do, and leave no scope behind;
-- the cached N2 formula is the uncached one;
+- the cached N2 formula is the uncached one, and its form over per-character macros
+  is the same term once z3 expands them;
 - deciding the untracked conjunction first gives the tracked form's verdicts;
 - one check's memo of edge lists enumerates the same rule instances.
 """
 
 from __future__ import annotations
 
+import random
+import re
+import threading
 from typing import Any
 
 import networkx as nx
@@ -25,7 +29,7 @@ import txgraph.checker.smt as smt
 from tests.property.test_checker_crosscheck import Case, broken_graphs, valid_graphs
 from txgraph.checker import Verdict, check
 from txgraph.checker.before import as_before
-from txgraph.checker.encode import name_formula
+from txgraph.checker.encode import MACRO_TEXT, NAME_PRELUDE, name_formula, name_formula_shared
 from txgraph.checker.region import Region, cumulative, in_edges, out_edges
 from txgraph.checker.rules import rules_for
 from txgraph.checker.smt import _Session, _topological
@@ -147,6 +151,68 @@ def test_direct_solver_calls_decide_as_the_wrappers() -> None:
 @given(st.text(max_size=40))
 def test_cached_name_formula_is_the_formula(name: str) -> None:
     assert name_formula(name) == name_formula.__wrapped__(name)
+
+
+_NAME_CHARS = st.sampled_from("#blockq0123456789_.-AZaz") | st.characters()
+
+
+@given(
+    st.one_of(st.text(_NAME_CHARS, max_size=40), st.from_regex(r"#block[0-9]{0,6}", fullmatch=True))
+)
+def test_shared_name_formula_is_the_name_formula(name: str) -> None:
+    """Expanded, the macro form is the inline formula term for term (z3 builds the same
+    term for both: its terms are hash-consed), so it decides N2 the same; and it decides
+    the name the way the regular expression of N2 does (the comparison is not vacuous)."""
+    formula, macros = name_formula_shared(name)
+    assert formula == name_formula_shared.__wrapped__(name)[0]
+    assert len(set(macros)) == len(macros)
+    text = NAME_PRELUDE + "\n".join(MACRO_TEXT[sym] for sym in macros)
+    inline, shared = z3.parse_smt2_string(
+        f"{text}\n(assert {name_formula(name)})\n(assert {formula})"
+    )
+    assert inline.eq(shared)
+    solver = z3.Solver()
+    solver.add(shared)
+    auto = re.fullmatch(r"#block[0-9]{3,}", name) is not None
+    plain = re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*", name) is not None and len(name) <= 31
+    assert (solver.check() == z3.sat) == (auto or plain)
+
+
+def test_char_macros_from_many_threads_each_have_their_text() -> None:
+    """Threads making the same new per-character macros at once: every symbol a formula
+    uses has its define-fun, and it is the one a single thread would have made."""
+    base = 0x20000 + random.Random().randrange(0, 0x30000)  # code points no test used yet
+    names = ["".join(chr(base + (i * 7 + j) % 23) for j in range(9)) for i in range(40)]
+    seen: list[tuple[str, ...]] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def work() -> None:
+        try:
+            start.wait(timeout=30)
+            for name in names:
+                _formula, macros = name_formula_shared.__wrapped__(name)
+                for sym in macros:
+                    assert MACRO_TEXT[sym].startswith(f"(define-fun {sym} () Bool (")
+                seen.append(macros)
+        except BaseException as err:  # reported by the main thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    assert not errors, errors
+    assert len(seen) == 8 * len(names)
+    for name in names:
+        _formula, macros = name_formula_shared(name)
+        text = NAME_PRELUDE + "\n".join(MACRO_TEXT[sym] for sym in macros)
+        inline, shared = z3.parse_smt2_string(
+            f"{text}\n(assert {name_formula(name)})\n(assert {_formula})"
+        )
+        assert inline.eq(shared)
 
 
 def _verdict_keys(v: Verdict) -> tuple[bool, list[Any], list[str]]:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from txgraph.errors import IOFailure, OpenError, TxgraphError
+from txgraph.io.driver import ImageInfo
 from txgraph.model.drivers import DriverSpec
 from txgraph.model.node import BlockNode, OpenFlag
 
@@ -50,13 +51,14 @@ def runtime_open(
     node: BlockNode,
     children: dict[str, str],
     extra: Mapping[str, Any] | None = None,
-) -> None:
+) -> ImageInfo:
     """Prepare the node's driver object and record what it reports about the image.
 
     The driver gets the resolved common settings typed (flags, detect-zeroes), not
     the strings blockdev-add stored in the options; ``probed`` is typed too: the
     data plane enforces the probed-raw rule (raw_co_pwritev, CVE-2008-2004) from it.
     ``extra`` carries what only the driver sees (a secret reference), never the model.
+    Returns that report (a driver's open reads the header's facts from it).
     """
     options = {**node.options, **node.runtime_options(), **(extra or {})}
     try:
@@ -79,6 +81,7 @@ def runtime_open(
         node.auto_backing_file = info.backing_file
     if info.backing_format:
         node.backing_format = info.backing_format
+    return info
 
 
 def image_dict(info: Any) -> dict[str, Any]:

@@ -38,8 +38,8 @@ def _open_qcow2(opener: Opener, node: BlockNode, spec: DriverSpec, work: OptionS
     data_file_given = "data-file" in work or any(k.startswith("data-file.") for k in work.values)
     opts = {k: work.values[k] for k in work.values if spec.accepts_option(k)}
     _consume_qcow2_options(work, spec)
-    runtime_open(opener, node, {"file": child}, qcow2_crypto_options(opener, opts))
-    info = opener.rt.info(node.name)
+    # what the open reported (header facts: cluster size, data file), not a second report
+    info = runtime_open(opener, node, {"file": child}, qcow2_crypto_options(opener, opts))
     check_qcow2_cache_options(opts, info.cluster_size or 65536)
     data_child = (
         opener.open_child(None, work, "data-file", node, Role.DATA, True)
