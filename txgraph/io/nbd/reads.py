@@ -39,7 +39,7 @@ from txgraph.io.chain import HoleCheckFailure, reads_as_zero
 from txgraph.io.driver import DriverNode
 from txgraph.io.nbd import protocol as P
 from txgraph.io.nbd.pipes import PIN_MIN, Pinned, Pipe, PipePool, pin, splice_out
-from txgraph.io.nbd.wire import Disconnected
+from txgraph.io.nbd.wire import Disconnected, sendmsg_all
 
 __all__ = ["read_buffer", "ReadReply", "KEEP_MAX"]
 
@@ -51,8 +51,6 @@ _LOCAL = threading.local()
 _ZEROS = memoryview(bytes(1 << 20))
 
 Part = memoryview | bytes | Pinned
-#: buffers per sendmsg (Linux's UIO_MAXIOV is 1024)
-_IOV_MAX = 512
 
 
 def read_buffer(length: int) -> memoryview:
@@ -179,27 +177,12 @@ def send_mixed(sock: socket.socket, parts: list[Part]) -> None:
         for i, part in enumerate(parts):
             if isinstance(part, Pinned):
                 if pending:
-                    _sendmsg_all(sock, pending, socket.MSG_MORE)
+                    sendmsg_all(sock, pending, socket.MSG_MORE)
                     pending = []
                 splice_out(part, fd, more=i + 1 < len(parts))
             elif len(part):
                 pending.append(memoryview(part).cast("B"))
         if pending:
-            _sendmsg_all(sock, pending, 0)
+            sendmsg_all(sock, pending, 0)
     except OSError as e:
         raise Disconnected(str(e)) from None
-
-
-def _sendmsg_all(sock: socket.socket, views: list[memoryview], flags: int) -> None:
-    while views:
-        sent = sock.sendmsg(
-            views[:_IOV_MAX], [], flags if len(views) <= _IOV_MAX else flags | socket.MSG_MORE
-        )
-        while sent and views:
-            head = views[0]
-            if sent >= len(head):
-                sent -= len(head)
-                views.pop(0)
-            else:
-                views[0] = head[sent:]
-                sent = 0

@@ -6,7 +6,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["Disconnected", "recv_exact", "send_parts", "parse_address", "connect"]
+__all__ = ["Disconnected", "recv_exact", "send_parts", "sendmsg_all", "parse_address", "connect"]
 
 
 class Disconnected(Exception):
@@ -33,20 +33,30 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
 
 def send_parts(sock: socket.socket, parts: Sequence[bytes | bytearray | memoryview]) -> None:
     """Send buffers back to back without joining them (``sendmsg``, resumed on short writes)."""
-    views = [memoryview(p).cast("B") for p in parts if len(p)]
     try:
-        while views:
-            sent = sock.sendmsg(views)
-            while sent and views:
-                head = views[0]
-                if sent >= len(head):
-                    sent -= len(head)
-                    views.pop(0)
-                else:
-                    views[0] = head[sent:]
-                    sent = 0
+        sendmsg_all(sock, [memoryview(p).cast("B") for p in parts if len(p)], 0)
     except OSError as e:
         raise Disconnected(str(e)) from None
+
+
+#: buffers per sendmsg (Linux's UIO_MAXIOV is 1024)
+IOV_MAX = 512
+
+
+def sendmsg_all(sock: socket.socket, views: list[memoryview], flags: int) -> None:
+    """``sendmsg`` of ``views`` until all is sent, at most :data:`IOV_MAX` per call (the
+    calls before the last add ``MSG_MORE``); consumes ``views``. Raises ``OSError``."""
+    while views:
+        more = flags | socket.MSG_MORE if len(views) > IOV_MAX else flags
+        sent = sock.sendmsg(views[:IOV_MAX], [], more)
+        while sent and views:
+            head = views[0]
+            if sent >= len(head):
+                sent -= len(head)
+                views.pop(0)
+            else:
+                views[0] = head[sent:]
+                sent = 0
 
 
 def parse_address(addr: Mapping[str, Any]) -> tuple[str, Any]:
