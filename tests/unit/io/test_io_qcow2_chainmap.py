@@ -158,3 +158,16 @@ def test_batched_translation_equals_the_scalar_lookup(tmp_path: Path) -> None:
     assert node.map.flat_ok is not None and not node.map.flat_ok[0]
     assert int(node.translate(np.array([128 << 10], dtype=np.int64))[0]) == node.map.code(2)
     assert node.map.flat_ok[0]
+
+
+def test_a_layer_that_is_never_read_fills_no_flat_map(tmp_path: Path) -> None:
+    """A deep chain's open compiles nothing below the top: the flat codes of a small map
+    are made by its first lookup, and then answer as the scalar lookup does."""
+    img = tmp_path / "a.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(img), "4M")
+    qemu_io(img, "write -P 0x11 64k 64k")
+    node: Any = open_chain(img)
+    assert node.map.flat is None
+    got = node.translate(np.array([0, 64 << 10, 100 << 10], dtype=np.int64)).tolist()
+    assert node.map.flat is not None
+    assert got == [UNALLOC, node.map.code(1), node.map.code(1) + (36 << 10)]

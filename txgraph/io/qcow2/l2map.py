@@ -103,17 +103,14 @@ class L2Map:
         self.codes: list[np.ndarray | None] = [None] * self.nslots
         self.raw: list[np.ndarray | None] = [None] * self.nslots
         self.bitmaps: list[np.ndarray | None] = [None] * self.nslots
+        #: every slot's codes in one array (small maps), made by the first compile or
+        #: translation (:meth:`_ensure_flat`): a backing layer that is opened and never
+        #: read (most of a deep chain) never fills one
         self.flat: np.ndarray | None = None
         #: per slot: its part of ``flat`` holds the slot's current codes (a compiled slot,
         #: or one whose L1 entry is 0 and was never compiled: all UNALLOC)
         self.flat_ok: np.ndarray | None = None
-        if self.nslots * self.n * 8 <= FLAT_LIMIT:
-            self.flat = np.full(self.nslots * self.n, UNALLOC, dtype=np.int64)
-            self.flat_ok = (l1[: self.nslots] & np.uint64(C.L1E_OFFSET_MASK)) == 0
-            if len(self.flat_ok) < self.nslots:  # an L1 table shorter than the image
-                self.flat_ok = np.concatenate(
-                    [self.flat_ok, np.ones(self.nslots - len(self.flat_ok), dtype=bool)]
-                )
+        self._flat_wanted = self.nslots * self.n * 8 <= FLAT_LIMIT
         #: bumped by every change of the mapping (an entry, an L1 entry, a slot reset), so
         #: a derived view (:mod:`.chainmap`) can tell that it is stale without the lock
         self.gen = 0
@@ -141,6 +138,17 @@ class L2Map:
         else:
             self.cache.touch(i)
         return codes
+
+    def _ensure_flat(self) -> None:
+        """Make ``flat`` and ``flat_ok`` for a small map (under the node lock, as every
+        compile): nothing is compiled before, so every slot is UNALLOC or still to compile."""
+        if self.flat is not None or not self._flat_wanted:
+            return
+        ok = (self.l1[: self.nslots] & np.uint64(C.L1E_OFFSET_MASK)) == 0
+        if len(ok) < self.nslots:  # an L1 table shorter than the image
+            ok = np.concatenate([ok, np.ones(self.nslots - len(ok), dtype=bool)])
+        self.flat_ok = ok
+        self.flat = np.full(self.nslots * self.n, UNALLOC, dtype=np.int64)
 
     def _drop(self, i: int) -> None:
         """Evicted by the cache: forget the decoded copy (flat codes stay valid)."""
@@ -180,6 +188,7 @@ class L2Map:
         return self.codes[i] is None and self.l2_offset(i) == 0
 
     def _compile(self, i: int) -> np.ndarray:
+        self._ensure_flat()
         n = self.n
         codes = (
             self.flat[i * n : (i + 1) * n] if self.flat is not None else np.empty(n, dtype=np.int64)
@@ -379,6 +388,7 @@ class L2Map:
             g = g.view(np.int64)  # free; values >= 2^63 turn negative: outside
         elif g.dtype != np.int64:
             g = g.astype(np.int64)
+        self._ensure_flat()
         flat, ok = self.flat, self.flat_ok
         n = len(g)
         if flat is not None and ok is not None and 0 < n <= _SCRATCH_MAX:
