@@ -15,6 +15,7 @@ same, and the image files must end equal.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import subprocess
 import tempfile
@@ -113,6 +114,14 @@ GUESTS: dict[str, list[tuple[Any, ...]]] = {
     "writeback": [*_WB, ("f",), ("f",), ("r", 65536), ("f",)],
     "writethrough": [("w", 0, 0x11, True), ("r", 0), ("w", 8192, 0x22, True), ("r", 8192)],
     "mixed": [("w", 0, 0x33, False), ("w", 4096, 0x44, True), ("f",), ("r", 0), ("f",)],
+    # a READ with FUA: QEMU's server flushes the export first (nbd_do_cmd_read)
+    "read-fua": [
+        ("w", 0, 0x55, False),
+        ("rf", 0),
+        ("rf", 0),
+        ("w", 4096, 0x66, False),
+        ("rf", 4096),
+    ],
 }
 #: for qcow2-512 only: 124 KiB written (4 L2 tables and clusters up to the last one the
 #: first refcount block describes), a flush, then the write whose clusters need a new
@@ -132,13 +141,17 @@ def guest(addr: dict[str, Any], export: str, requests: list[tuple[Any, ...]]) ->
                 if req[0] == "w":
                     client.write(req[1], bytes([req[2]]) * 4096, fua=req[3])
                     out.append("ok")
-                elif req[0] == "r":
-                    out.append("ok " + hashlib.sha256(client.read(req[1], 4096)).hexdigest()[:12])
+                elif req[0] in ("r", "rf"):
+                    data = client.read(req[1], 4096, fua=req[0] == "rf")
+                    out.append("ok " + hashlib.sha256(data).hexdigest()[:12])
                 else:
                     client.flush()
                     out.append("ok")
             except NbdError as e:
-                out.append(f"errno {e.errno}")
+                # a FUA read's error text tells its flush from its read ("flush failed");
+                # a lost connection's text is the client's own and varies with timing
+                said = req[0] == "rf" and e.errno != errno.ESHUTDOWN
+                out.append(f"errno {e.errno}" + (f" {e}" if said else ""))
     return out
 
 
@@ -243,6 +256,11 @@ def test_flush_rules_are_seen_by_the_guest(
     assert "errno 5" in qsd["raw/disk-rw/writeback"]["guest"]
     assert "errno 5" not in qsd["raw-no-flush/disk-rw/writeback"]["guest"]
     assert "errno 5" in qsd["raw/disk-flush-once/writethrough"]["guest"]
+    # a READ with FUA flushes first: after a write, the rule fails that flush, not the read
+    assert qsd["raw/disk-flush-once/read-fua"]["guest"][1:3] == [
+        "errno 5 flush failed",
+        "ok 0561079e4fe3",
+    ]
     # the events go to the primary child, never to the flushed node itself
     assert all(r.startswith("ok") for r in qsd["direct/disk-rw/mixed"]["guest"])
 

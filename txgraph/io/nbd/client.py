@@ -222,8 +222,10 @@ class NbdClient:
             raise error
         return bytes(buf), extents
 
-    def read(self, offset: int, length: int) -> bytes:
-        return self._request(P.CMD_READ, offset, length)[0]
+    def read(self, offset: int, length: int, *, fua: bool = False) -> bytes:
+        """``NBD_CMD_READ`` (with ``fua``, the flag QEMU's server answers with a flush
+        first; QEMU's own client never sends it)."""
+        return self._request(P.CMD_READ, offset, length, flags=P.CMD_FLAG_FUA if fua else 0)[0]
 
     def write(self, offset: int, data: bytes, *, fua: bool = False) -> None:
         self._request(P.CMD_WRITE, offset, len(data), data, P.CMD_FLAG_FUA if fua else 0)

@@ -517,6 +517,15 @@ class _Connection:
     ) -> bool:
         rt = exp.runtime
         if cmd == P.CMD_READ:
+            if flags & P.CMD_FLAG_FUA:
+                # nbd_do_cmd_read: a READ with FUA flushes the export's node first, and a
+                # failed flush is the whole reply (the protocol defines FUA for writes only)
+                try:
+                    with rt.request():
+                        exp.node().flush()
+                except IOFailure as e:
+                    self._error(cookie, e.errno, "flush failed")
+                    return True
             reply = ReadReply(self.server._pipes)
             try:
                 data = read_buffer(length)  # this thread's until the reply is sent (reads.py)
