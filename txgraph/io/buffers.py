@@ -13,7 +13,7 @@ import mmap
 from collections.abc import Callable
 from typing import Any
 
-from txgraph.io.driver import DriverNode
+from txgraph.io.driver import reacts_to_events
 
 __all__ = ["aligned_buffer", "announced_reader", "child_readinto", "PAGE"]
 
@@ -45,7 +45,7 @@ def announced_reader(child: Any, event: str) -> Callable[[int, memoryview], None
     for neither the announcement nor the lookup on each request.
     """
     ri = getattr(child, "readinto", None)
-    if ri is not None and type(child).debug_event is DriverNode.debug_event:
+    if ri is not None and not reacts_to_events(child):
         return ri  # type: ignore[no-any-return]
 
     def read(offset: int, out: memoryview) -> None:

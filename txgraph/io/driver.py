@@ -28,6 +28,7 @@ __all__ = [
     "ImageInfo",
     "DriverNode",
     "FilterNode",
+    "reacts_to_events",
     "driver_write",
     "driver_write_zeroes",
     "is_zero",
@@ -239,6 +240,12 @@ class DriverNode(abc.ABC):
     def driver_change_backing_file(self, backing_file: str | None, backing_fmt: str | None) -> None:
         """``drv->bdrv_change_backing_file``; drivers without one (raw, filters...): ENOTSUP."""
         raise IOFailure(os.strerror(errno.ENOTSUP), errno.ENOTSUP)
+
+
+def reacts_to_events(node: object) -> bool:
+    """Whether ``node`` acts on :meth:`DriverNode.debug_event` (a blkdebug node): a
+    caller may skip announcing to, or take a path that raises no events on, any other."""
+    return type(node).debug_event is not DriverNode.debug_event  # type: ignore[attr-defined]
 
 
 class FilterNode(DriverNode):

@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from txgraph.io.buffers import child_readinto
-from txgraph.io.driver import DriverNode
+from txgraph.io.driver import reacts_to_events
 from txgraph.io.qcow2.l2map import UNALLOC, ZERO, L2Map
 
 #: a :class:`~txgraph.io.qcow2.driver.Qcow2Node` (not imported: the driver imports this)
@@ -116,7 +116,7 @@ def _layers(top: Qcow2Node) -> list[Qcow2Node] | None:
 def _ignores_debug_events(child: Any) -> bool:
     """Whether a layer's ``file`` child ignores BLKDBG events; blkdebug does not (every
     data read of its layer must raise ``read_aio`` on it), so its chain is not merged."""
-    return child is None or type(child).debug_event is DriverNode.debug_event
+    return child is None or not reacts_to_events(child)
 
 
 def _is_qcow2(node: Any) -> bool:

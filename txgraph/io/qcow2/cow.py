@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from txgraph.io.driver import reacts_to_events
 from txgraph.io.qcow2 import constants as C
 from txgraph.io.qcow2.l2map import MIXED, UNALLOC
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from txgraph.io.qcow2.l2map import L2Map
     from txgraph.io.qcow2.refcount import Refcounts
 
-__all__ = ["CowSteps", "announces"]
+__all__ = ["CowSteps"]
 
 
 class CowSteps:
@@ -224,7 +225,7 @@ class CowSteps:
                 content = buf
             self.node.overlap.check_data(host + a, len(content))
             dc = self._data((c << self.h.cluster_bits) - host)
-            if event == "cluster_alloc_space" and announces(dc):
+            if event == "cluster_alloc_space" and reacts_to_events(dc):
                 self._zeroed_write(dc, [(host + a, b - a)], [(host + io, chunk)])
             else:
                 self._announce_write(event)
@@ -238,13 +239,6 @@ class CowSteps:
         bitmap = (old_bm | alloc) & ~(alloc << 32)
         self.map.set_entry(c, host | C.OFLAG_COPIED, bitmap)
         self.dirty_slots.add(c >> self.map.l2b)
-
-
-def announces(node: object) -> bool:
-    """Does ``node`` react to events (a blkdebug node)?"""
-    from txgraph.io.driver import DriverNode
-
-    return type(node).debug_event is not DriverNode.debug_event  # type: ignore[attr-defined]
 
 
 def _chain_unallocated(node: DriverNode | None, offset: int, end: int) -> bool:

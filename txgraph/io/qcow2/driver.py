@@ -44,7 +44,7 @@ import numpy as np
 
 from txgraph.errors import IOFailure
 from txgraph.io.buffers import announced_reader, child_readinto
-from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
+from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo, reacts_to_events
 from txgraph.io.qcow2 import constants as C
 from txgraph.io.qcow2.chainmap import ChainMap
 from txgraph.io.qcow2.compress import ClusterCache, DecompressError, decompress, decompress_many
@@ -165,7 +165,7 @@ class Qcow2Node(DriverNode):
 
     def _announces(self) -> bool:
         """Does the file child react to events (a blkdebug node)?"""
-        return type(self.children["file"]).debug_event is not DriverNode.debug_event
+        return reacts_to_events(self.children["file"])
 
     def _fread(self, offset: int, length: int) -> bytes:
         """Metadata read; like QEMU's block layer, refuse ranges past BDRV_MAX_LENGTH."""

@@ -97,9 +97,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from txgraph.errors import IOFailure, OpenError
+from txgraph.io.driver import reacts_to_events
 from txgraph.io.layer import flush_to_os, request_from_parent
 from txgraph.io.qcow2 import constants as C
-from txgraph.io.qcow2.cow import CowSteps, announces
+from txgraph.io.qcow2.cow import CowSteps
 from txgraph.io.qcow2.l2_alloc import (
     l2_allocate,
     write_dirty_tables,
@@ -346,7 +347,7 @@ class Qcow2Writer(CowSteps):
                 content = buf
             self.node.overlap.check_data(host, len(content))
             dc = self._data((c << self.h.cluster_bits) - host)
-            if event == "cluster_alloc_space" and announces(dc):
+            if event == "cluster_alloc_space" and reacts_to_events(dc):
                 self._zeroed_write(dc, [(host, self.cs)], [(host + io, chunk)])
             else:
                 self._announce_write(event)
@@ -395,7 +396,7 @@ class Qcow2Writer(CowSteps):
         hosts = self.refs.alloc_data_run(k)
         try:
             pieces, event = self._run_pieces(c0, k, pos, stop_pos, mv, offset)
-            if event == "cluster_alloc_space" and announces(self.node.file):
+            if event == "cluster_alloc_space" and reacts_to_events(self.node.file):
                 pieces = []  # QEMU's two requests instead of the zero-padded clusters
                 zeros: list[tuple[int, int]] = []
                 datas: list[tuple[int, bytes | bytearray | memoryview]] = []
@@ -410,7 +411,7 @@ class Qcow2Writer(CowSteps):
                     if a < b:
                         datas.append((hosts[s] + a - ((c0 + s) << cb), mv[a - offset : b - offset]))
                 self._zeroed_write(self.node.file, zeros, datas)
-            elif event == "cow_write" and len(pieces) > 1 and announces(self.node.file):
+            elif event == "cow_write" and len(pieces) > 1 and reacts_to_events(self.node.file):
                 # perform_cow writes the COW regions and the data as one request: so do
                 # its rules see it (elsewhere the pieces keep the data uncopied)
                 whole = bytearray(k * cs)
