@@ -14,10 +14,11 @@ freeze) once the frozen population has doubled since the last full pass:
 memory stays within twice the live set, and the full pass's cost is
 amortised O(1) per object and paid while idle.
 
-An idle moment is a pause, not a gap between two commands: the server asks
-with :meth:`IdleCollector.idle_moment` each time no client has input
-pending, and the collector waits :data:`QUIET_S` more without a command
-before it collects. A client that sends its next command right after a reply
+An idle moment is a pause, not a gap between two commands: each time no
+client has input pending, the server asks :meth:`IdleCollector.pause_left`
+how much longer the pause must last, and collects (:meth:`IdleCollector.idle`)
+only once :data:`QUIET_S` passed without a command (the server's own timer
+asks again then). A client that sends its next command right after a reply
 (a burst, or a script that waits for each reply) would otherwise find the
 server collecting what the previous commands left: measured, 7 ms of
 collection right after the setup burst of ``txgraph bench txn`` landed in
@@ -26,16 +27,15 @@ without one, once :data:`MAX_COMMANDS` commands have piled up, so its garbage
 stays bounded as before.
 
 Owner: the event-loop thread of the QMP servers (one collector per process,
-:data:`COLLECTOR`); nothing else calls it. ``gc`` itself is process-wide and
+:data:`COLLECTOR`); nothing else calls it. It keeps no timer of its own: each
+server arms its own on its own loop. ``gc`` itself is process-wide and
 safe to call under the GIL while job threads run.
 """
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import time
-from collections.abc import Callable
 
 __all__ = ["IdleCollector", "COLLECTOR"]
 
@@ -62,8 +62,6 @@ class IdleCollector:
         self._commands = 0
         #: when the last command was answered (``time.monotonic``, the loop's clock)
         self._last = 0.0
-        #: the pending quiet check, at most one
-        self._timer: asyncio.TimerHandle | None = None
         #: objects frozen so far (counted as they are frozen: ``gc.get_freeze_count``
         #: walks the whole frozen list, ~5 ms for 60k objects) and after the last full pass
         self._frozen = -1
@@ -74,23 +72,15 @@ class IdleCollector:
         self._commands += 1
         self._last = time.monotonic()
 
-    def idle_moment(self, loop: asyncio.AbstractEventLoop, quiet: Callable[[], bool]) -> None:
-        """No client has input pending: collect once :data:`QUIET_S` pass without a
-        command and ``quiet()`` still holds (at once after :data:`MAX_COMMANDS`)."""
+    def pause_left(self) -> float | None:
+        """Seconds the current pause must still last before :meth:`idle` collects: 0 once
+        :data:`QUIET_S` passed since the last command (or :data:`MAX_COMMANDS` piled up
+        without a pause), None while too few commands ran to be worth a collection."""
         if self._commands < self.min_commands:
-            return
+            return None
         if self._commands >= self.max_commands:
-            self.idle()
-        elif self._timer is None:
-            self._timer = loop.call_later(self.quiet_s, self._quiet_check, loop, quiet)
-
-    def _quiet_check(self, loop: asyncio.AbstractEventLoop, quiet: Callable[[], bool]) -> None:
-        self._timer = None
-        left = self._last + self.quiet_s - time.monotonic()
-        if left > 0:  # a command came meanwhile: wait for the pause after it
-            self._timer = loop.call_later(left, self._quiet_check, loop, quiet)
-        elif quiet():
-            self.idle()
+            return 0.0
+        return max(0.0, self._last + self.quiet_s - time.monotonic())
 
     def idle(self) -> None:
         """No client has input pending: collect the new objects, freeze the survivors."""

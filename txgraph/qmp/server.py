@@ -18,8 +18,8 @@ No Python text reaches a client: an unexpected exception while answering a
 message becomes a ``GenericError`` with :data:`~txgraph.qmp.engine.INTERNAL_ERROR`
 as its desc, and the traceback goes to the log (stderr under ``txgraph serve``).
 
-Shared state: ``_clients`` and every :class:`_Client` belong to the server and
-are only touched from its event-loop thread (events from other threads are
+Shared state: ``_clients``, ``_gc_timer`` and every :class:`_Client` belong to the
+server and are only touched from its event-loop thread (events from other threads are
 handed over with ``call_soon_threadsafe``); commands run as loop callbacks,
 one at a time, each under the session lock the engine takes.
 """
@@ -146,6 +146,8 @@ class QMPServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._path: str | None = None
         self._done: asyncio.Future[None] | None = None
+        #: this server's pending look at the collector's pause (``_idle``), at most one
+        self._gc_timer: asyncio.TimerHandle | None = None
 
     async def start(self, path: str, listening: socket.socket | None = None) -> None:
         """Listen on ``path`` (mode 0600; a stale socket file is replaced), or serve
@@ -218,6 +220,9 @@ class QMPServer:
             self._sock = None
         for client in list(self._clients):
             self._drop(client)
+        if self._gc_timer is not None:
+            self._gc_timer.cancel()
+            self._gc_timer = None
         if self._done is not None and not self._done.done():
             self._done.set_result(None)
         if self._path is not None:
@@ -340,11 +345,21 @@ class QMPServer:
             self._loop.call_soon(self._feed if client.pending else self._idle, client)
         self._watch(client)
 
-    def _idle(self, _client: _Client) -> None:
-        """Runs after the ready callbacks: an idle moment for the collector if no client
-        has input pending (it collects once the pause lasts, see idle_gc.py)."""
-        if self._loop is not None and not self._has_pending():
-            COLLECTOR.idle_moment(self._loop, lambda: not self._has_pending())
+    def _idle(self, _client: _Client | None) -> None:
+        """Runs after the ready callbacks, and when the collector's pause has lasted:
+        collect if no client has input pending and the pause is long enough, else look
+        again when it will be (idle_gc.py)."""
+        if self._loop is None or self._has_pending():
+            return
+        left = COLLECTOR.pause_left()
+        if left == 0:
+            COLLECTOR.idle()
+        elif left is not None and self._gc_timer is None:
+            self._gc_timer = self._loop.call_later(left, self._pause_over)
+
+    def _pause_over(self) -> None:
+        self._gc_timer = None
+        self._idle(None)
 
     def _has_pending(self) -> bool:
         return any(c.pending for c in self._clients)

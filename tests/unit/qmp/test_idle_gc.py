@@ -8,10 +8,13 @@ import gc
 import time
 import weakref
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from txgraph.qmp.idle_gc import IdleCollector
+from txgraph.qmp.engine import Engine
+from txgraph.qmp.idle_gc import COLLECTOR, IdleCollector
+from txgraph.qmp.server import QMPServer
 
 
 class Node:
@@ -61,71 +64,54 @@ def test_frozen_cycles_are_reclaimed_once_the_frozen_set_doubles() -> None:
     assert all(n.me is n for n in grow)  # live objects survive the full pass
 
 
-def _loop() -> asyncio.AbstractEventLoop:
-    return asyncio.new_event_loop()
-
-
-def _run_timers(loop: asyncio.AbstractEventLoop, longer_than: float) -> None:
-    """Run the loop until a timer due after every armed one fires (the loop's order)."""
-    loop.run_until_complete(asyncio.sleep(longer_than))
-
-
-def test_an_idle_moment_collects_only_once_the_pause_lasts() -> None:
-    loop = _loop()
-    try:
-        collector = IdleCollector(min_commands=1, quiet_s=0.01)
-        ref = weakref.ref(Node())
-        collector.answered()
-        collector.idle_moment(loop, lambda: True)
-        assert ref() is not None  # nothing at once: the next command may be on its way
-        _run_timers(loop, 0.05)
-        assert ref() is None
-    finally:
-        loop.close()
-
-
-def test_a_command_during_the_pause_puts_the_collection_after_it() -> None:
-    loop = _loop()
-    try:
-        collector = IdleCollector(min_commands=1, quiet_s=0.01)
-        ref = weakref.ref(Node())
-        collector.answered()
-        collector.idle_moment(loop, lambda: True)
-        collector._last = time.monotonic() + 60  # as if a command were answered just now
-        _run_timers(loop, 0.05)
-        assert ref() is not None
-        assert collector._timer is not None  # re-armed for the pause after that command
-        collector._timer.cancel()
-    finally:
-        loop.close()
-
-
-def test_input_pending_when_the_pause_ends_means_no_collection() -> None:
-    loop = _loop()
-    try:
-        collector = IdleCollector(min_commands=1, quiet_s=0.01)
-        ref = weakref.ref(Node())
-        collector.answered()
-        collector.idle_moment(loop, lambda: False)
-        _run_timers(loop, 0.05)
-        assert ref() is not None
-    finally:
-        loop.close()
+def test_the_pause_must_last_quiet_s_after_the_last_command() -> None:
+    collector = IdleCollector(min_commands=1, quiet_s=60)
+    assert collector.pause_left() is None  # nothing answered: nothing worth collecting
+    collector.answered()
+    left = collector.pause_left()
+    assert left is not None and 0 < left <= 60  # the next command may be on its way
+    collector._last = time.monotonic() - 61  # the last command a minute ago
+    assert collector.pause_left() == 0
 
 
 def test_a_session_that_never_pauses_still_collects_after_max_commands() -> None:
-    loop = _loop()
-    try:
-        collector = IdleCollector(min_commands=1, quiet_s=3600, max_commands=3)
-        ref = weakref.ref(Node())
-        for _ in range(2):
-            collector.answered()
-            collector.idle_moment(loop, lambda: True)
-        assert ref() is not None
+    collector = IdleCollector(min_commands=1, quiet_s=3600, max_commands=3)
+    for _ in range(2):
         collector.answered()
-        collector.idle_moment(loop, lambda: True)
-        assert ref() is None  # at once, without waiting an hour for a pause
-        assert collector._timer is not None
-        collector._timer.cancel()
-    finally:
-        loop.close()
+        assert collector.pause_left() not in (None, 0)
+    collector.answered()
+    assert collector.pause_left() == 0  # at once, without waiting an hour for a pause
+
+
+def test_the_server_collects_only_once_its_pause_lasted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of commands arms the server's timer instead of collecting; when the timer
+    finds the pause long enough it collects, once; a closed server leaves no timer."""
+    monkeypatch.setattr(COLLECTOR, "quiet_s", 3600.0)
+    monkeypatch.setattr(COLLECTOR, "min_commands", 2)
+    collected: list[int] = []
+    real_idle = COLLECTOR.idle
+    monkeypatch.setattr(COLLECTOR, "idle", lambda: (collected.append(1), real_idle())[1])
+
+    async def scenario() -> None:
+        server = QMPServer(Engine())
+        path = str(tmp_path / "q.sock")
+        await server.start(path)
+        reader, writer = await asyncio.open_unix_connection(path)
+        await reader.readline()  # the greeting
+        burst = b'{"execute": "qmp_capabilities"}' + b'{"execute": "query-version"}' * 8
+        writer.write(burst)
+        for _ in range(9):
+            assert b"return" in await reader.readline()
+        await asyncio.sleep(0)  # the turn in which the server sees its idle moment
+        assert collected == [] and server._gc_timer is not None
+        server._gc_timer.cancel()
+        COLLECTOR._last = time.monotonic() - 7200  # as if the hour had passed quietly
+        server._pause_over()
+        assert collected == [1] and server._gc_timer is None
+        writer.close()
+        await server.close()
+        assert server._gc_timer is None
+
+    asyncio.run(scenario())
