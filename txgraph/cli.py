@@ -297,7 +297,11 @@ def bench_io(workdir: str) -> None:
     show_default=True,
 )
 @click.option(
-    "--rounds", default=5, show_default=True, help="Interleaved rounds (txgraph, peer) measured."
+    "--rounds",
+    default=5,
+    type=click.IntRange(min=1),
+    show_default=True,
+    help="Interleaved rounds (txgraph, peer) measured.",
 )
 def bench_nbd(workdir: str, rounds: int) -> None:
     """NBD export throughput with qemu-img convert as the client vs qemu-storage-daemon."""
@@ -387,7 +391,13 @@ def bench_jobs(size_mib: int, rounds: int, workdir: str | None) -> None:
     show_default=True,
     help="Graph sizes (repeatable).",
 )
-@click.option("--rounds", default=5, show_default=True, help="Interleaved rounds per measure.")
+@click.option(
+    "--rounds",
+    default=5,
+    type=click.IntRange(min=1),
+    show_default=True,
+    help="Interleaved rounds per measure.",
+)
 def bench_scale(sizes: tuple[int, ...], rounds: int) -> None:
     """One command under policy=safe and one plan step, at growing graph sizes."""
     from txgraph.bench.scale import run_scale_benchmark

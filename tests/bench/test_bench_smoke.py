@@ -97,3 +97,11 @@ def test_bench_scale_command_rows() -> None:
         _well_formed(row)
         assert row["spread"]["txgraph"][0] <= row["txgraph"] <= row["spread"]["txgraph"][1]
         assert row["peak_kib"] > 0 and row["maxrss_mib"] > 0
+
+
+@pytest.mark.parametrize("bench", ["nbd", "scale", "qmp", "jobs"])
+def test_bench_refuses_zero_rounds_in_one_line(bench: str) -> None:
+    result = CliRunner().invoke(main, ["bench", bench, "--rounds", "0"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--rounds': 0 is not in the range x>=1." in result.output
+    assert "Traceback" not in result.output
