@@ -15,14 +15,17 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from txgraph import __version__
 
 __all__ = ["main"]
+
+_Command = TypeVar("_Command", bound=Callable[..., Any])
 
 
 #: set to 1 to see the Python traceback of an unexpected failure instead of one line
@@ -274,6 +277,16 @@ def bench() -> None:
     """Benchmarks against the QEMU peers (ratios measured in the same run)."""
 
 
+def _count_option(
+    *names: str, default: Any, text: str, **kwargs: Any
+) -> Callable[[_Command], _Command]:
+    """A bench option counting something (rounds, nodes, adds): at least 1, so a 0 or a
+    negative count is click's one-line usage error, never an empty measurement."""
+    return click.option(
+        *names, default=default, type=click.IntRange(min=1), show_default=True, help=text, **kwargs
+    )
+
+
 @bench.command("io")
 @click.option(
     "--workdir",
@@ -296,13 +309,7 @@ def bench_io(workdir: str) -> None:
     default="/tmp/txgraph-bench-nbd",
     show_default=True,
 )
-@click.option(
-    "--rounds",
-    default=5,
-    type=click.IntRange(min=1),
-    show_default=True,
-    help="Interleaved rounds (txgraph, peer) measured.",
-)
+@_count_option("--rounds", default=5, text="Interleaved rounds (txgraph, peer) measured.")
 def bench_nbd(workdir: str, rounds: int) -> None:
     """NBD export throughput with qemu-img convert as the client vs qemu-storage-daemon."""
     from txgraph.bench.nbd import run_nbd_benchmark
@@ -311,15 +318,9 @@ def bench_nbd(workdir: str, rounds: int) -> None:
 
 
 @bench.command("qmp")
-@click.option("--depth", default=100, show_default=True, help="Backing chain depth.")
-@click.option("--adds", default=1000, show_default=True, help="Separate blockdev-adds.")
-@click.option(
-    "--rounds",
-    default=5,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Interleaved rounds (QSD, then txgraph) per measure.",
-)
+@_count_option("--depth", default=100, text="Backing chain depth.")
+@_count_option("--adds", default=1000, text="Separate blockdev-adds.")
+@_count_option("--rounds", default=5, text="Interleaved rounds (QSD, then txgraph) per measure.")
 def bench_qmp(depth: int, adds: int, rounds: int) -> None:
     """The same QMP scripts on txgraph and on qemu-storage-daemon; one JSON line each."""
     from txgraph.bench.qmp import run_qmp_benchmarks
@@ -329,18 +330,14 @@ def bench_qmp(depth: int, adds: int, rounds: int) -> None:
 
 
 @bench.command("txn")
-@click.option(
+@_count_option(
     "--nodes",
     "sizes",
     multiple=True,
-    type=int,
     default=(100, 10_000),
-    show_default=True,
-    help="Graph size before the steps (repeatable).",
+    text="Graph size before the steps (repeatable).",
 )
-@click.option(
-    "--repeats", default=3, show_default=True, help="Interleaved rounds per size; the median wins."
-)
+@_count_option("--repeats", default=3, text="Interleaved rounds per size; the median wins.")
 def bench_txn(sizes: tuple[int, ...], repeats: int) -> None:
     """A 20-step transaction on txgraph vs the same steps as 20 QMP commands on QSD."""
     from txgraph.bench.txn import run_txn_benchmark
@@ -353,20 +350,8 @@ def bench_txn(sizes: tuple[int, ...], repeats: int) -> None:
 
 
 @bench.command("jobs")
-@click.option(
-    "--size-mib",
-    default=1024,
-    type=click.IntRange(min=1),
-    show_default=True,
-    help="Image size (fully allocated).",
-)
-@click.option(
-    "--rounds",
-    default=3,
-    type=click.IntRange(min=1),
-    show_default=True,
-    help="Interleaved rounds per peer.",
-)
+@_count_option("--size-mib", default=1024, text="Image size (fully allocated).")
+@_count_option("--rounds", default=3, text="Interleaved rounds per peer.")
 @click.option(
     "--workdir",
     type=click.Path(file_okay=False),
@@ -382,22 +367,14 @@ def bench_jobs(size_mib: int, rounds: int, workdir: str | None) -> None:
 
 
 @bench.command("scale")
-@click.option(
+@_count_option(
     "--nodes",
     "sizes",
     multiple=True,
-    type=int,
     default=(100, 1_000, 10_000, 100_000),
-    show_default=True,
-    help="Graph sizes (repeatable).",
+    text="Graph sizes (repeatable).",
 )
-@click.option(
-    "--rounds",
-    default=5,
-    type=click.IntRange(min=1),
-    show_default=True,
-    help="Interleaved rounds per measure.",
-)
+@_count_option("--rounds", default=5, text="Interleaved rounds per measure.")
 def bench_scale(sizes: tuple[int, ...], rounds: int) -> None:
     """One command under policy=safe and one plan step, at growing graph sizes."""
     from txgraph.bench.scale import run_scale_benchmark

@@ -99,9 +99,24 @@ def test_bench_scale_command_rows() -> None:
         assert row["peak_kib"] > 0 and row["maxrss_mib"] > 0
 
 
-@pytest.mark.parametrize("bench", ["nbd", "scale", "qmp", "jobs"])
-def test_bench_refuses_zero_rounds_in_one_line(bench: str) -> None:
-    result = CliRunner().invoke(main, ["bench", bench, "--rounds", "0"])
+@pytest.mark.parametrize(
+    ("bench", "option", "value"),
+    [
+        ("nbd", "--rounds", "0"),
+        ("scale", "--rounds", "0"),
+        ("scale", "--nodes", "0"),
+        ("qmp", "--rounds", "0"),
+        ("qmp", "--depth", "0"),
+        ("qmp", "--adds", "-1"),
+        ("jobs", "--rounds", "0"),
+        ("jobs", "--size-mib", "0"),
+        ("txn", "--repeats", "0"),
+        ("txn", "--nodes", "-5"),
+    ],
+)
+def test_bench_refuses_counts_below_one_in_one_line(bench: str, option: str, value: str) -> None:
+    """A count below 1 is click's usage error (exit 2), not an internal error after setup."""
+    result = CliRunner().invoke(main, ["bench", bench, option, value])
     assert result.exit_code == 2
-    assert "Invalid value for '--rounds': 0 is not in the range x>=1." in result.output
-    assert "Traceback" not in result.output
+    assert f"Invalid value for '{option}': {value} is not in the range x>=1." in result.output
+    assert "Traceback" not in result.output and "internal error" not in result.output
