@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from txgraph.errors import QAPIError, QMPError
 from txgraph.qmp.qapi import check_message, schema_json, validate_arguments
-from txgraph.qobject.encoder import encode, encode_message
+from txgraph.qobject.encoder import _encode_str, _encode_str_escaped, encode, encode_message
 
 
 def test_keys_come_out_in_qdict_order() -> None:
@@ -28,6 +30,25 @@ def test_numbers_and_strings_like_qobject_to_json() -> None:
         == '"\\u00E9\\u0001\\u007F\\uD83D\\uDE00\\"\\\\/\\n"'
     )
     assert encode_message({}) == b"{}\r\n"
+
+
+#: around printable ASCII (0x20-0x7E, where the fast path applies) and anything at all
+_NEAR_PLAIN = st.text(st.characters(min_codepoint=0x1F, max_codepoint=0x7F))
+
+
+@given(_NEAR_PLAIN | st.text())
+@example("")
+@example("/tmp/a b/~img.qcow2")
+@example('say "hi"')
+@example("a\\b")
+@example("".join(map(chr, range(0x20, 0x7F))))
+@example("tail\x7f")
+def test_plain_string_fast_path_prints_what_the_escaping_loop_prints(text: str) -> None:
+    fast: list[str] = []
+    slow: list[str] = []
+    _encode_str(text, fast)
+    _encode_str_escaped(text, slow)
+    assert "".join(fast) == "".join(slow)
 
 
 @pytest.mark.parametrize(
