@@ -136,6 +136,45 @@ def _add_qcow2(d: str, **common: Any) -> Steps:
     ]
 
 
+def _ext_l2_with_data(d: str, *, backing: bool = False) -> None:
+    """A 1 MiB qcow2 with extended L2 entries (64 KiB clusters, 2 KiB subclusters):
+    data in cluster 0, in two subclusters of cluster 3, compressed in cluster 4 and in
+    cluster 5; with ``backing``, over a base full of 9s with two zeroed ranges."""
+    base: list[str] = []
+    if backing:
+        _sh("qemu-img", "create", "-q", "-f", "qcow2", f"{d}/base.qcow2", "1M")
+        _sh(
+            "qemu-io", "-f", "qcow2", "-c", "write -P 9 0 1M", "-c", "write -z 130k 20k",
+            "-c", "write -z 600k 200k", f"{d}/base.qcow2",
+        )  # fmt: skip
+        base = ["-b", "base.qcow2", "-F", "qcow2"]
+    _sh(
+        "qemu-img", "create", "-q", "-f", "qcow2", "-o", "extended_l2=on,cluster_size=64k",
+        *base, f"{d}/img.qcow2", "1M",
+    )  # fmt: skip
+    _sh(
+        "qemu-io", "-f", "qcow2", "-c", "write -P 5 0 64k", "-c", "write -P 5 192k 4k",
+        "-c", "write -c -P 7 256k 64k", "-c", "write -P 5 320k 64k", f"{d}/img.qcow2",
+    )  # fmt: skip
+
+
+_EXT_L2_ZERO_IO = [
+    "write -z 8k 4k",
+    "write -z 64k 6k",
+    "write -z 129k 1k",
+    "write -z 193k 1k",
+    "write -z 196k 3k",
+    "write -z 256k 4k",
+    "write -z 326k 60k",
+    "write -z 500k 3k",
+    "write -z -u 511k 2k",
+    "read -P 5 0 8k",
+    "read -P 0 8k 4k",
+    "read -P 0 193k 1k",
+    "read -P 7 260k 60k",
+]
+
+
 _ZERO_IO = [
     [
         "write -P 0 0 64k",
@@ -324,6 +363,34 @@ CASES: dict[str, Case] = {
                 "write -z -u 512k 64k",
                 "read -P 0 0 128k",
                 "read -P 5 128k 64k",
+            ]
+        ],
+        ["img.qcow2"],
+    ),
+    # extended L2: a zero write gives zero subclusters where QEMU does (whole aligned
+    # subclusters; an unaligned head or tail whose subcluster has no data and otherwise
+    # reads zeros), data elsewhere (a subcluster with data, a partial compressed cluster)
+    "ext_l2_zero_writes": Case(
+        _ext_l2_with_data,
+        _add_qcow2,
+        "q",
+        [_EXT_L2_ZERO_IO, ["write -z 250k 10k", "write -z 190k 70k", "write -z 318k 130k"]],
+        ["img.qcow2"],
+    ),
+    "ext_l2_zero_writes_over_backing": Case(
+        lambda d: _ext_l2_with_data(d, backing=True),
+        _add_qcow2,
+        "q",
+        [
+            [
+                "write -z 129k 1k",
+                "write -z 140k 3k",
+                "write -z 601k 1k",
+                "write -z 650k 5k",
+                "write -z -u 700k 2k",
+                "read -P 0 129k 1k",
+                "read -P 0 601k 1k",
+                "read -P 9 602k 1k",
             ]
         ],
         ["img.qcow2"],

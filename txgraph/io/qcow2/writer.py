@@ -72,8 +72,8 @@ invalid entries, data files and encryption) would put them
 With extended L2 entries a write into a cluster without a host offset (or into an
 owned one with unallocated or zero subclusters, in place) covers only the subclusters
 it touches, widened to whole subclusters (``calculate_l2_meta``), and only those become
-allocated in the bitmap (``qcow2_alloc_cluster_link_l2``); a partial zero write there
-is still written as data (QEMU makes zero subclusters).
+allocated in the bitmap (``qcow2_alloc_cluster_link_l2``); a zero write there sets zero
+subclusters instead (``zero_l2_subclusters``, :meth:`Qcow2Writer.write_zeroes`).
 
 blkdebug events (``BLKDBG_EVENT(bs->file, ...)``, through ``node.announce``) are
 raised where QEMU 7.2 raises them, before the request they announce: ``cluster_alloc``
@@ -476,8 +476,12 @@ class Qcow2Writer(CowSteps):
                 pass
 
     def write_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
-        """Whole clusters become zero clusters (v3); partial ones get written zeros."""
+        """Whole clusters become zero clusters (v3); partial ones get written zeros, or
+        zero subclusters with extended L2 entries (:meth:`_write_zeroes_subclusters`)."""
         self._check_range(offset, length)
+        if self.h.extended_l2 and not self.h.crypt_method and not self.h.has_data_file:
+            self._write_zeroes_subclusters(offset, length, may_unmap)
+            return
         cb, cs = self.h.cluster_bits, self.cs
         end = offset + length
         pos = offset
@@ -510,6 +514,111 @@ class Qcow2Writer(CowSteps):
             else:
                 self.write(pos, bytes(nxt - pos))
             pos = nxt
+
+    def _write_zeroes_subclusters(self, offset: int, length: int, may_unmap: bool) -> None:
+        """A zero write on an image with extended L2 entries, split as QEMU 7.2 splits it.
+
+        The block layer aligns zero writes to the subcluster (qcow2's
+        ``pwrite_zeroes_alignment``): an unaligned head and tail, each inside one
+        subcluster, and the aligned middle. A head or tail becomes a zero subcluster
+        when the rest of its subcluster already reads as zeros and the subcluster holds
+        no data (``qcow2_co_pwrite_zeroes``); otherwise it is written as data (the
+        block layer's fallback). At the image end a tail counts as aligned. The middle
+        is ``qcow2_subcluster_zeroize`` (:meth:`_zeroize`).
+        """
+        sc = self.cs // C.EXTL2_SUBCLUSTERS
+        end, size = offset + length, self.node.size()
+        pos = offset
+        if pos % sc:
+            piece = min(end, -(-pos // sc) * sc)
+            self._zero_partial_subcluster(pos, piece, may_unmap)
+            pos = piece
+        mid = max(pos, end // sc * sc)
+        if pos < mid:
+            self._zero_aligned(pos, mid, may_unmap)
+        if mid < end:
+            if end == size:
+                self._zero_aligned(mid, end, may_unmap)
+            else:
+                self._zero_partial_subcluster(mid, end, may_unmap)
+
+    def _zero_partial_subcluster(self, pos: int, nxt: int, may_unmap: bool) -> None:
+        """``[pos, nxt)`` inside one subcluster, not aligned to it: the whole subcluster
+        becomes a zero one if that reads the same, else the range is written as data."""
+        sc = self.cs // C.EXTL2_SUBCLUSTERS
+        start = pos // sc * sc
+        with self.lock:
+            if self._subcluster_zero_outside(start, pos, nxt):
+                done = self._zeroize(start, min(start + sc, self.node.size()), may_unmap)
+                assert done, "a subcluster without data is never compressed"
+                return
+        self.write(pos, bytes(nxt - pos))
+
+    def _subcluster_zero_outside(self, start: int, pos: int, nxt: int) -> bool:
+        """The subcluster at ``start`` holds no data (unallocated or zero, not compressed)
+        and its bytes outside ``[pos, nxt)`` read as zeros (caller holds the lock)."""
+        sc = self.cs // C.EXTL2_SUBCLUSTERS
+        c = start >> self.h.cluster_bits
+        if self.map.code(c) in (COMPRESSED, INVALID):
+            return False
+        _raw, bitmap = self.map.raw_entry(c)
+        i = (start & (self.cs - 1)) // sc
+        if bitmap & (1 << i):
+            return False  # allocated: qcow2_co_pwrite_zeroes refuses it
+        if bitmap & (1 << (32 + i)):
+            return True
+        backing = self.node.children.get("backing")
+        if backing is None:
+            return True
+        stop = min(start + sc, self.node.size())
+        return _chain_reads_zero(backing, start, pos) and _chain_reads_zero(backing, nxt, stop)
+
+    def _zero_aligned(self, start: int, stop: int, may_unmap: bool) -> None:
+        """One aligned piece: :meth:`_zeroize`, or the block layer's fallback to a data
+        write of the whole piece when the driver refuses it."""
+        with self.lock:
+            done = self._zeroize(start, stop, may_unmap)
+        if not done:
+            self.write(start, bytes(stop - start))
+
+    def _zeroize(self, start: int, stop: int, may_unmap: bool) -> bool:
+        """``qcow2_subcluster_zeroize`` of a subcluster-aligned range (caller holds the
+        lock): whole clusters, and a partial last cluster at the image end, become zero
+        clusters; a partial cluster gets zero subclusters (:meth:`_zero_subclusters`).
+        A partial cluster that is compressed (or invalid) cannot be split: False, with
+        the clusters before it already zeroed, as in QEMU."""
+        cb, cs, size = self.h.cluster_bits, self.cs, self.node.size()
+        pos = start
+        while pos < stop:
+            c = pos >> cb
+            nxt = min(stop, (c + 1) << cb)
+            if pos & (cs - 1) == 0 and (nxt - pos == cs or nxt >= size):
+                self._zero_cluster(c, may_unmap)
+            elif self.map.code(c) in (COMPRESSED, INVALID):
+                return False
+            else:
+                self._zero_subclusters(pos, nxt)
+            pos = nxt
+        return True
+
+    def _zero_subclusters(self, start: int, stop: int) -> None:
+        """``zero_l2_subclusters``: the subclusters of ``[start, stop)`` (one cluster,
+        subcluster-aligned, not all of it) read as zeros; a host cluster stays referenced
+        (caller holds the lock; the cluster is neither compressed nor invalid)."""
+        c = start >> self.h.cluster_bits
+        sc = self.cs // C.EXTL2_SUBCLUSTERS
+        lo = (start & (self.cs - 1)) // sc
+        hi = lo + -(-(stop - start) // sc)
+        bits = ((1 << hi) - 1) ^ ((1 << lo) - 1)
+        slot = c >> self.map.l2b
+        self._writable_slot(slot)  # get_cluster_table: the table is made ours either way
+        raw, bitmap = self.map.raw_entry(c)
+        new = (bitmap | bits << 32) & ~bits
+        if new == bitmap:
+            return
+        self._before_metadata_change()
+        self.map.set_entry(c, raw, new)
+        self.dirty_slots.add(slot)
 
     def _rest_reads_zero(self, c: int, pos: int, nxt: int) -> bool:
         """The head and tail check of ``qcow2_co_pwrite_zeroes`` (caller holds the lock):
