@@ -542,22 +542,52 @@ class Qcow2Node(DriverNode):
         first = offset >> cb
         with self.lock:  # the walk may compile slots and touch the slot cache
             n, code = self.map.first_run(first, 1 + ((offset + length - 1) >> cb) - first)
+            if code == MIXED:
+                return self._subcluster_status(offset, length, first)
         n_bytes = min(offset + length, (first + n) << cb) - offset
         if code >= 0:
             return BlockStatus(offset, n_bytes, True, False, code + (offset - (first << cb)))
         if code == ZERO:
             return BlockStatus(offset, n_bytes, True, True)
         if code == UNALLOC:
-            backing = self.children.get("backing")
-            if backing is None:
-                return BlockStatus(offset, n_bytes, False, True)
-            bsize = backing.size()
-            if offset < bsize:  # the zero answer changes where the backing ends
-                return BlockStatus(offset, min(n_bytes, bsize - offset), False, False)
-            return BlockStatus(offset, n_bytes, False, True)
+            return self._unallocated_status(offset, n_bytes)
         if code == INVALID:
             raise self._invalid(first)
         return BlockStatus(offset, n_bytes, True, False)
+
+    def _unallocated_status(self, offset: int, n_bytes: int) -> BlockStatus:
+        """A range this layer leaves to its backing (zeros without one, or past its end)."""
+        backing = self.children.get("backing")
+        if backing is None:
+            return BlockStatus(offset, n_bytes, False, True)
+        bsize = backing.size()
+        if offset < bsize:  # the zero answer changes where the backing ends
+            return BlockStatus(offset, min(n_bytes, bsize - offset), False, False)
+        return BlockStatus(offset, n_bytes, False, True)
+
+    def _subcluster_status(self, offset: int, length: int, cluster: int) -> BlockStatus:
+        """Block status inside a cluster whose subclusters differ (extended L2): the run
+        of subclusters of one type from ``offset``, data, zero or unallocated, as
+        ``qcow2_get_host_offset`` counts them (caller holds the lock)."""
+        raw, bitmap = self.map.raw_entry(cluster)
+        start = cluster << self.cluster_bits
+        sc = self.header.cluster_size // C.EXTL2_SUBCLUSTERS
+        i = (offset - start) // sc
+
+        def kind(j: int) -> int:
+            return (bitmap >> j & 1) | (bitmap >> (32 + j) & 1) << 1
+
+        first_kind = kind(i)
+        j = i + 1
+        while j < C.EXTL2_SUBCLUSTERS and kind(j) == first_kind:
+            j += 1
+        n_bytes = min(offset + length, start + j * sc) - offset
+        if first_kind == 1:
+            host = (raw & C.L2E_OFFSET_MASK) + (offset - start)
+            return BlockStatus(offset, n_bytes, True, False, host)
+        if first_kind == 2:
+            return BlockStatus(offset, n_bytes, True, True)
+        return self._unallocated_status(offset, n_bytes)
 
     def format_specific(self) -> dict[str, Any]:
         h = self.header
