@@ -55,6 +55,8 @@ class Case:
     fmt: dict[str, str] = field(default_factory=dict)
     #: the export name the second I/O batch uses (default: ``export``)
     later_export: str | None = None
+    #: also compare ``qemu-img map`` over the export at the end (NBD block status)
+    nbd_map: bool = False
 
 
 def _canon(text: str, d: str) -> list[str]:
@@ -72,7 +74,14 @@ def _qemu_io(d: str, export: str, commands: Sequence[str]) -> list[str]:
 
 def _map(d: str, image: str, fmt: str) -> list[dict[str, Any]]:
     res = subprocess.run(
-        ["qemu-img", "map", "-f", fmt, "--output=json", f"{d}/{image}"],
+        [
+            "qemu-img",
+            "map",
+            "-f",
+            fmt,
+            "--output=json",
+            image if "://" in image else f"{d}/{image}",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -108,6 +117,8 @@ def _run(case: Case, peer: type[QMPProcess]) -> dict[str, Any]:
                 out["replies"].append((command, proc.execute(command, arguments)))
             for batch in case.later_io:
                 out["io"].append(_qemu_io(d, case.later_export or case.export, batch))
+            if case.nbd_map:
+                out["nbd_map"] = _map(d, f"nbd+unix:///{case.export}?socket={d}/nbd.sock", "raw")
         finally:
             proc.close()
         out["maps"] = {img: _map(d, img, case.fmt.get(img, "qcow2")) for img in case.images}
@@ -136,10 +147,11 @@ def _add_qcow2(d: str, **common: Any) -> Steps:
     ]
 
 
-def _ext_l2_with_data(d: str, *, backing: bool = False) -> None:
+def _ext_l2_with_data(d: str, *, backing: bool = False, extended: bool = True) -> None:
     """A 1 MiB qcow2 with extended L2 entries (64 KiB clusters, 2 KiB subclusters):
     data in cluster 0, in two subclusters of cluster 3, compressed in cluster 4 and in
-    cluster 5; with ``backing``, over a base full of 9s with two zeroed ranges."""
+    cluster 5; with ``backing``, over a base full of 9s with two zeroed ranges; without
+    ``extended``, the same on plain L2 entries."""
     base: list[str] = []
     if backing:
         _sh("qemu-img", "create", "-q", "-f", "qcow2", f"{d}/base.qcow2", "1M")
@@ -149,7 +161,8 @@ def _ext_l2_with_data(d: str, *, backing: bool = False) -> None:
         )  # fmt: skip
         base = ["-b", "base.qcow2", "-F", "qcow2"]
     _sh(
-        "qemu-img", "create", "-q", "-f", "qcow2", "-o", "extended_l2=on,cluster_size=64k",
+        "qemu-img", "create", "-q", "-f", "qcow2", "-o",
+        f"extended_l2={'on' if extended else 'off'},cluster_size=64k",
         *base, f"{d}/img.qcow2", "1M",
     )  # fmt: skip
     _sh(
@@ -376,6 +389,7 @@ CASES: dict[str, Case] = {
         "q",
         [_EXT_L2_ZERO_IO, ["write -z 250k 10k", "write -z 190k 70k", "write -z 318k 130k"]],
         ["img.qcow2"],
+        nbd_map=True,
     ),
     "ext_l2_zero_writes_over_backing": Case(
         lambda d: _ext_l2_with_data(d, backing=True),
@@ -394,6 +408,17 @@ CASES: dict[str, Case] = {
             ]
         ],
         ["img.qcow2"],
+        nbd_map=True,
+    ),
+    # NBD block status answers for the whole chain: a range the top leaves unallocated
+    # is a hole, and reads as zeros where the backing does
+    "block_status_over_backing": Case(
+        lambda d: _ext_l2_with_data(d, backing=True, extended=False),
+        _add_qcow2,
+        "q",
+        [["write -z 704k 64k", "read -P 9 800k 4k"]],
+        ["img.qcow2"],
+        nbd_map=True,
     ),
     "zero_writes_through_raw_parent": Case(
         _qcow2_with_data,
@@ -599,6 +624,8 @@ def test_runtime_semantics_match_qsd(name: str) -> None:
     assert tx["replies"] == qsd["replies"]
     assert tx["io"] == qsd["io"]
     assert tx["maps"] == qsd["maps"]
+    assert tx.get("nbd_map") == qsd.get("nbd_map")
+    assert ("nbd_map" in qsd) == case.nbd_map
 
 
 def test_scenarios_are_not_vacuous() -> None:

@@ -8,7 +8,9 @@ exactly when the last layer says so (no backing, or past the backing's end).
 
 * :func:`allocated_above` is ``bdrv_is_allocated_above(top, base, include_base)``
   (copy-on-read's ``bottom`` rule);
-* :func:`reads_as_zero` is ``bdrv_block_status_above(bs, NULL)``'s ZERO bit, which
+* :func:`status_above` is ``bdrv_block_status_above(bs, NULL)``, what the NBD
+  server answers ``NBD_CMD_BLOCK_STATUS`` with (``blockstatus_to_extents``);
+* :func:`reads_as_zero` is its ZERO bit, which
   the NBD server consults before a structured read (``nbd_co_send_sparse_read``):
   a stretch that reads as zeroes is answered as a hole without reading it, so
   a copy-on-read filter, blkdebug or quorum below never sees that read.
@@ -16,8 +18,10 @@ exactly when the last layer says so (no backing, or past the backing's end).
 
 from __future__ import annotations
 
+import dataclasses
+
 from txgraph.errors import IOFailure
-from txgraph.io.driver import DriverNode
+from txgraph.io.driver import BlockStatus, DriverNode
 from txgraph.model.drivers import DRIVER_SPECS
 from txgraph.model.perm_bits import Role
 
@@ -27,6 +31,7 @@ __all__ = [
     "chain",
     "allocated_above",
     "reads_as_zero",
+    "status_above",
     "sparse_read",
     "HoleCheckFailure",
 ]
@@ -92,21 +97,32 @@ def allocated_above(
     return False, n
 
 
-def reads_as_zero(node: DriverNode, offset: int, length: int) -> tuple[bool, int]:
-    """``bdrv_block_status_above(node, NULL)``: does the first stretch read as zeroes?
+def status_above(node: DriverNode, offset: int, length: int) -> BlockStatus:
+    """``bdrv_block_status_above(node, NULL)`` for the first stretch from ``offset``.
 
-    Returns (zero, stretch length). Layers that report no status of their own
-    (``DriverNode.block_status``'s default) count as data.
+    The first layer of the chain that allocates the stretch decides it; where none
+    does, the last layer's answer stands (zeroes without a backing or past its end),
+    with ``allocated`` false. The stretch is as long as every layer asked agrees on.
+    Layers that report no status of their own (``DriverNode.block_status``'s
+    default) count as data.
     """
     n = length
-    zero = False
+    st = BlockStatus(offset, length, False, False)
     for layer in chain(node) or [node]:
         st = layer.block_status(offset, n)
         n = max(1, min(n, st.length))
-        zero = st.zero
         if st.allocated:
             break
-    return zero, n
+    return dataclasses.replace(st, length=n)
+
+
+def reads_as_zero(node: DriverNode, offset: int, length: int) -> tuple[bool, int]:
+    """``bdrv_block_status_above(node, NULL)``: does the first stretch read as zeroes?
+
+    Returns (zero, stretch length), from :func:`status_above`.
+    """
+    st = status_above(node, offset, length)
+    return st.zero, st.length
 
 
 class HoleCheckFailure(IOFailure):

@@ -62,6 +62,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from txgraph.errors import BlockError, IOFailure
+from txgraph.io.chain import status_above
 from txgraph.io.driver import DriverNode
 from txgraph.io.layer import fua
 from txgraph.io.nbd import protocol as P
@@ -591,7 +592,7 @@ class _Connection:
             node = exp.node()
             pos, end = offset, offset + length
             while pos < end and len(descs) < _MAX_EXTENTS:
-                st = node.block_status(pos, end - pos)
+                st = status_above(node, pos, end - pos)  # through the backing chain
                 n = max(1, min(st.length, end - pos))
                 hole = st.zero if st.data is None else not st.data
                 state = (P.STATE_HOLE if hole else 0) | (P.STATE_ZERO if st.zero else 0)
