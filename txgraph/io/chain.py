@@ -108,7 +108,11 @@ def status_above(node: DriverNode, offset: int, length: int) -> BlockStatus:
     """
     n = length
     st = BlockStatus(offset, length, False, False)
-    for layer in chain(node) or [node]:
+    for depth, layer in enumerate(chain(node) or [node]):
+        if depth and offset >= layer.size():
+            # past a backing file's end the chain reads zeros (the layer above said so
+            # already; the backing is not asked about a range it does not have)
+            return BlockStatus(offset, n, False, True)
         st = layer.block_status(offset, n)
         n = max(1, min(n, st.length))
         if st.allocated:
