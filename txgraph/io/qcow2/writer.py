@@ -120,6 +120,8 @@ __all__ = ["Qcow2Writer"]
 
 _ALL_ALLOC = 0xFFFFFFFF
 _ALL_ZERO = 0xFFFFFFFF << 32
+#: bytes of zeros written at a time when a zero write falls back to data
+_FALLBACK_CHUNK = 1 << 20
 
 
 class Qcow2Writer(CowSteps):
@@ -578,8 +580,10 @@ class Qcow2Writer(CowSteps):
         write of the whole piece when the driver refuses it."""
         with self.lock:
             done = self._zeroize(start, stop, may_unmap)
-        if not done:
-            self.write(start, bytes(stop - start))
+        if not done:  # zeros as data, a bounded buffer at a time (the bounce buffer)
+            step = max(self.cs, _FALLBACK_CHUNK)
+            for pos in range(start, stop, step):
+                self.write(pos, bytes(min(step, stop - pos)))
 
     def _zeroize(self, start: int, stop: int, may_unmap: bool) -> bool:
         """``qcow2_subcluster_zeroize`` of a subcluster-aligned range (caller holds the
