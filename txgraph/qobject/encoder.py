@@ -56,11 +56,25 @@ def qdict_order(keys: Iterable[str]) -> list[str]:
     return list(_qdict_order(tuple(keys)))
 
 
-@functools.lru_cache(maxsize=1 << 12)
+#: key sets up to this size are memoised; a bigger one (a client's odd message) is
+#: sorted each time, so the cache never keeps large key tuples alive
+_MEMO_KEYS = 64
+
+
 def _qdict_order(keys: tuple[str, ...]) -> tuple[str, ...]:
-    """:func:`qdict_order` of one key tuple, memoised: the order depends on the keys and
-    their insertion order alone, and messages and options repeat the same few key sets
-    (each ``json:`` filename of a transaction step sorts the same dicts again)."""
+    """:func:`qdict_order` of one key tuple, memoised for small key sets: the order
+    depends on the keys and their insertion order alone, and messages and options
+    repeat the same few key sets (each ``json:`` filename of a transaction step sorts
+    the same dicts again)."""
+    return _memo_qdict_order(keys) if len(keys) <= _MEMO_KEYS else _sort_qdict(keys)
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _memo_qdict_order(keys: tuple[str, ...]) -> tuple[str, ...]:
+    return _sort_qdict(keys)
+
+
+def _sort_qdict(keys: tuple[str, ...]) -> tuple[str, ...]:
     indexed = list(enumerate(keys))
     indexed.sort(key=lambda ik: (_tdb_hash(ik[1]) % QDICT_BUCKET_MAX, -ik[0]))
     return tuple(k for _, k in indexed)
