@@ -176,6 +176,27 @@ def test_file_growth_zeroes_discard_flush(tmp_path: Path) -> None:
     ro.close()
 
 
+def test_file_metadata_reads_use_pread_and_map_nothing(tmp_path: Path) -> None:
+    """An open reads headers and tables with ``read``: plain ``pread``s that map no
+    pages (each first touch of a mapping is a page fault, and a backing chain's
+    layers are opened only for their headers). Short reads past EOF, also after a
+    truncation underneath, read as zeros; the first small ``readinto`` maps the file."""
+    p = tmp_path / "m.img"
+    p.write_bytes(bytes(range(256)) * 64)  # 16 KiB
+    f = open_node("file", {"filename": str(p)}, read_only=True)
+    assert f.read(100, 8) == bytes(range(100, 108))
+    assert f.read(16384 - 4, 8) == bytes([252, 253, 254, 255]) + bytes(4)
+    assert f.read(1 << 20, 16) == bytes(16)
+    assert f._map is None
+    buf = bytearray(512)
+    f.readinto(0, memoryview(buf))  # maps, for the next small read; this one preadv's
+    assert buf == (bytes(range(256)) * 2) and f._map is not None
+    os.truncate(p, 4096)
+    assert f.read(4096 - 2, 4) == bytes([254, 255, 0, 0])
+    f.readinto(8192, memoryview(buf))  # inside the old mapping, past the new end
+    assert buf == bytes(512)
+
+
 @pytest.mark.parametrize(
     "opts",
     [

@@ -200,9 +200,9 @@ class FileNode(DriverNode):
         self._flushed_gen = 0
         self._grow_lock = threading.Lock()
         self._map: tuple[mmap.mmap, int, memoryview] | None = None
+        # mapped by the first small read (see _mapped): an image opened only for its
+        # headers, as every layer of a backing chain is, never pays for a mapping
         self._shm = _on_shmem(self.fd)
-        with self._grow_lock:
-            self._remap(self._len)
         self.request_alignment = file_request_alignment(
             self._path,
             direct=self.direct,
@@ -266,11 +266,9 @@ class FileNode(DriverNode):
             except OpenError:
                 self.read_only = old_ro
                 raise
-            self._map = None
+            self._map = None  # the next small read maps the new descriptor
             self._len = os.fstat(self.fd).st_size
             self._shm = _on_shmem(self.fd)
-            with self._grow_lock:
-                self._remap(self._len)
             os.close(old_fd)
         self.refresh_limits(options)
         super().reopen(options, read_only)
@@ -365,11 +363,19 @@ class FileNode(DriverNode):
 
     # -- DriverNode ----------------------------------------------------------
     def read(self, offset: int, length: int) -> bytes:
-        mm = self._mapped(offset, length)
-        if mm is not None:
-            return mm[offset : offset + length]
-        buf = bytearray(length)
-        self.readinto(offset, memoryview(buf))
+        """Metadata reads (headers, tables): one ``pread``, as file-posix's. The
+        mapping would cost the same syscall (its length check) plus a page fault
+        on each page it touches for the first time, which is every page an open
+        reads."""
+        try:
+            data = os.pread(self.fd, length, offset)
+        except OSError as e:
+            raise _oserror(e) from None
+        if len(data) == length:
+            return data
+        buf = bytearray(length)  # a short read: finish it, zeros past EOF
+        buf[: len(data)] = data
+        self.readinto(offset + len(data), memoryview(buf)[len(data) :])
         return bytes(buf)
 
     def _check_writable(self) -> None:
