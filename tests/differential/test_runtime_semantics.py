@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.image_checks import file_blocks
 from txgraph.peers import QSD, QMPProcess, TxgraphDaemon
 
 pytestmark = pytest.mark.qsd
@@ -122,6 +123,7 @@ def _run(case: Case, peer: type[QMPProcess]) -> dict[str, Any]:
         finally:
             proc.close()
         out["maps"] = {img: _map(d, img, case.fmt.get(img, "qcow2")) for img in case.images}
+        out["files"] = {img: file_blocks(f"{d}/{img}") for img in case.images}
         return out
     finally:
         shutil.rmtree(d, ignore_errors=True)
@@ -463,6 +465,24 @@ CASES: dict[str, Case] = {
         ],
         later_io=[["discard 0 64k", "read -P 0 0 64k"]],
     ),
+    # a freed cluster keeps its blocks on the file unless its discard type passes:
+    # pass-discard-request=off keeps what a discard or an unmapping zero write frees,
+    # and a COW write never discards the compressed cluster it replaces
+    # (QCOW2_DISCARD_NEVER), even with discard=unmap (compare "files")
+    "pass_discard_request_off": Case(
+        _qcow2_with_data,
+        lambda d: _add_qcow2(d, discard="unmap", **{"pass-discard-request": False}),
+        "q",
+        [["discard 0 64k", "write -z -u 64k 64k", "read -P 0 0 128k", "read -P 5 128k 4k"]],
+        ["img.qcow2"],
+    ),
+    "cow_over_compressed_keeps_its_blocks": Case(
+        lambda d: _ext_l2_with_data(d, extended=False),
+        lambda d: _add_qcow2(d, discard="unmap"),
+        "q",
+        [["write -P 3 256k 4k", "read -P 7 260k 60k", "discard 0 64k"]],
+        ["img.qcow2"],
+    ),
     # copy-on-read inserted by blockdev-add (the COR node is exported)
     "cor_added": Case(
         _chain,
@@ -624,6 +644,7 @@ def test_runtime_semantics_match_qsd(name: str) -> None:
     assert tx["replies"] == qsd["replies"]
     assert tx["io"] == qsd["io"]
     assert tx["maps"] == qsd["maps"]
+    assert tx["files"] == qsd["files"]
     assert tx.get("nbd_map") == qsd.get("nbd_map")
     assert ("nbd_map" in qsd) == case.nbd_map
 

@@ -44,6 +44,7 @@ class CowSteps:
 
         def _cluster_content(self, c: int) -> bytearray: ...
         def _data(self, delta: int = 0) -> object: ...
+        def _reserve(self, offset: int, length: int) -> None: ...
 
     def _zeroed_write(
         self,
@@ -211,6 +212,8 @@ class CowSteps:
         a = io if old_bm >> (io // scs) & 1 else a0
         b = io + n if old_bm >> ((io + n - 1) // scs) & 1 else b0
         try:
+            if fresh:  # alloc_data left the reservation to this write's own range
+                self._reserve(host + a, b - a)
             if io == a and io + n == b:
                 content: bytes | bytearray | memoryview = chunk
                 event = "write_aio"  # no COW region: nothing to copy or zero

@@ -210,12 +210,13 @@ class Refcounts:
         self._plan = n
         self._run_end = 0
 
-    def alloc_data(self) -> int:
+    def alloc_data(self, *, reserve: bool = True) -> int:
         """One data cluster; the first of a planned run is placed where the whole run fits.
 
         QEMU's ``handle_alloc`` allocates all clusters of a write that need
         allocation in one ``qcow2_alloc_clusters`` call (first fit of the run);
-        later clusters of the run then follow contiguously.
+        later clusters of the run then follow contiguously. Without ``reserve`` the
+        caller reserves what it writes (a write of some subclusters only).
         """
         n, self._plan = self._plan, 0
         self.announce("cluster_alloc")  # qcow2_alloc_clusters, once for the run
@@ -225,7 +226,7 @@ class Refcounts:
                 start = self._first_free(start + 1)
             self.next_free = start
             self._run_end = start + n
-        return self.alloc(1)
+        return self.alloc(1, reserve=reserve)
 
     def _busy(self, start: int, n: int) -> bool:
         """Does some cluster of ``[start, start+n)`` have a non-zero refcount?"""
@@ -268,12 +269,15 @@ class Refcounts:
             raise
         return hosts
 
-    def alloc(self, n: int = 1) -> int:
-        """Allocate ``n`` contiguous clusters (refcount 1); returns the host byte offset."""
+    def alloc(self, n: int = 1, *, reserve: bool = True) -> int:
+        """Allocate ``n`` contiguous clusters (refcount 1); returns the host byte offset.
+
+        ``reserve`` backs them with disk space first (see ``Qcow2Writer._reserve``)."""
         start = self._first_free(self.next_free)
         while any(self.get(c) for c in range(start, start + n)):
             start = self._first_free(start + 1)
-        self._reserve(start * self.cs, n * self.cs)  # ENOSPC here changes nothing
+        if reserve:
+            self._reserve(start * self.cs, n * self.cs)  # ENOSPC here changes nothing
         self.next_free = start + n
         done: list[int] = []
         try:

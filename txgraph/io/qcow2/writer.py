@@ -83,16 +83,25 @@ release waits for the flush, as above), the table and refcount write-backs in
 :mod:`.l2_alloc` and :mod:`.refcount`; ``l2_load`` comes from the map (:mod:`.l2map`).
 
 A fresh cluster is backed by disk space before anything points at it
-(:meth:`Refcounts.alloc` reserves it): on a full disk the allocating write
-fails with ENOSPC and is rolled back, like QEMU's ``qcow2_alloc_cluster_abort``,
-and later flushes still succeed.
+(:meth:`Refcounts.alloc` reserves it; a write of some subclusters reserves only
+those, as it writes only those): on a full disk the allocating write fails with
+ENOSPC and is rolled back, like QEMU's ``qcow2_alloc_cluster_abort``, and later
+flushes still succeed.
+
+A freed cluster is discarded on the file (a hole punched) only where QEMU's
+``update_refcount`` would pass the discard down: each free carries its
+``qcow2_discard_type`` and the node's ``pass-discard-*`` option decides
+(:func:`passes_discard`). A cluster a COW write replaced keeps its blocks
+(``QCOW2_DISCARD_NEVER``, the next allocation reuses it), a guest discard or an
+unmapping zero write passes by default, an old shared L2 table does not.
 """
 
 from __future__ import annotations
 
 import errno as E
 import struct
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -111,6 +120,7 @@ from txgraph.io.qcow2.l2map import COMPRESSED, INVALID, MIXED, UNALLOC, ZERO
 from txgraph.io.qcow2.refcount import Refcounts
 from txgraph.io.qcow2.truncate import qcow2_extend_for_write
 from txgraph.io.qcow2.validate import owned_write_message, unaligned_free
+from txgraph.model.options import parse_bool
 
 if TYPE_CHECKING:
     from txgraph.io.driver import DriverNode
@@ -148,7 +158,8 @@ class Qcow2Writer(CowSteps):
         # (the same set object, never rebound; guarded by ``lock`` like the map).
         self.dirty_slots: set[int] = node.map.cache.pinned
         self.dirty_l1: set[int] = set()
-        self.pending_free: list[int] = []
+        #: host clusters unreferenced since the last flush, each with its discard type
+        self.pending_free: list[tuple[int, str]] = []
         #: host clusters with an in-place data write in flight (written without the lock)
         self.inplace: dict[int, int] = {}
         #: a request freed clusters (QEMU's ``update_refcount`` with a decrease sets the
@@ -231,7 +242,7 @@ class Qcow2Writer(CowSteps):
         self.dirty_slots.add(i)  # pinned until the caller's entries are written
         if old:
             self.node.announce("cluster_free")  # get_cluster_table frees the old reference
-            self.pending_free.append(old)  # the shared table loses this reference
+            self.pending_free.append((old, DISCARD_OTHER))  # the shared table loses this reference
 
     # -- writes ----------------------------------------------------------------------
     def _check_range(self, offset: int, length: int) -> None:
@@ -333,7 +344,10 @@ class Qcow2Writer(CowSteps):
         ):
             host = raw & C.L2E_OFFSET_MASK  # handle_copied: a preallocated zero cluster is reused
         else:
-            host = self.refs.alloc_data()
+            # a write of some subclusters reserves only those (_write_subclusters): QEMU
+            # writes nothing else, so the file ends after them and has no other blocks
+            span = self._subcluster_span(io, len(chunk), raw, True, code)
+            host = self.refs.alloc_data(reserve=span is None)
             fresh = True
         span = self._subcluster_span(io, len(chunk), raw, fresh, code)
         if span is not None:
@@ -360,7 +374,7 @@ class Qcow2Writer(CowSteps):
                 self.refs_after_l2 = True
             raise
         if not (raw & C.OFLAG_COPIED and host == raw & C.L2E_OFFSET_MASK):
-            self._release_entry(raw, code)
+            self._release_entry(raw, code, DISCARD_NEVER)  # qcow2_alloc_cluster_link_l2
         self.map.set_entry(c, host | C.OFLAG_COPIED, _ALL_ALLOC if self.h.extended_l2 else 0)
         self.dirty_slots.add(slot)
 
@@ -439,7 +453,7 @@ class Qcow2Writer(CowSteps):
             self.refs_after_l2 = True
             raise
         for j in np.flatnonzero(raws).tolist():
-            self._release_entry(int(raws[j]), int(codes[j]))
+            self._release_entry(int(raws[j]), int(codes[j]), DISCARD_NEVER)
         # fresh clusters are aligned and in range: each one's code is its host offset
         offs = np.array(hosts, dtype=np.int64)
         entries = offs.astype(np.uint64) | np.uint64(C.OFLAG_COPIED)
@@ -447,20 +461,21 @@ class Qcow2Writer(CowSteps):
         self.dirty_slots.add(slot)
         return True
 
-    def _release_entry(self, raw: int, code: int) -> None:
+    def _release_entry(self, raw: int, code: int, kind: str) -> None:
         """Queue the host clusters an L2 entry referenced for release after the next flush
-        (announced now, where ``qcow2_free_any_cluster`` frees them)."""
+        (announced now, where ``qcow2_free_any_cluster`` frees them); ``kind`` is the
+        free's discard type."""
         if self.h.has_data_file:
             return
         if code == COMPRESSED:
             self._freeing()
             coff, csize = self.map.compressed_extent(raw)
             first, last = coff // self.cs, (coff + csize - 1) // self.cs
-            self.pending_free.extend(k * self.cs for k in range(first, last + 1))
+            self.pending_free.extend((k * self.cs, kind) for k in range(first, last + 1))
         elif not raw & C.OFLAG_COMPRESSED and raw & C.L2E_OFFSET_MASK:
             if not unaligned_free(self.node, raw):
                 self._freeing()
-                self.pending_free.append(raw & C.L2E_OFFSET_MASK)
+                self.pending_free.append((raw & C.L2E_OFFSET_MASK, kind))
 
     def _freeing(self) -> None:
         """``qcow2_free_clusters`` inside the request: ``cluster_free``, then the
@@ -656,7 +671,7 @@ class Qcow2Writer(CowSteps):
         if keep and raw & C.L2E_OFFSET_MASK:
             entry = (raw & C.L2E_OFFSET_MASK) | C.OFLAG_COPIED
         else:
-            self._release_entry(raw, code)
+            self._release_entry(raw, code, DISCARD_REQUEST)  # zero_in_l2_slice
             entry = 0
         if self.h.extended_l2:
             self.map.set_entry(c, entry, _ALL_ZERO)
@@ -701,7 +716,7 @@ class Qcow2Writer(CowSteps):
             slot = c >> self.map.l2b
             self._writable_slot(slot)
             self._before_metadata_change()
-            self._release_entry(raw, code)
+            self._release_entry(raw, code, DISCARD_REQUEST)  # discard_in_l2_slice
             self.map.set_entry(c, new, new_bm)
             self.dirty_slots.add(slot)
 
@@ -740,13 +755,13 @@ class Qcow2Writer(CowSteps):
             write_l1_sectors(self, self.dirty_l1)
             self.dirty_l1.clear()
             self._sync()
-        busy: list[int] = []
-        for host in self.pending_free:
+        busy: list[tuple[int, str]] = []
+        for host, kind in self.pending_free:
             c = host // self.cs
             if c in self.inplace:
-                busy.append(host)  # an in-place write is still in flight: free it later
+                busy.append((host, kind))  # an in-place write is still in flight: later
                 continue
-            if self.refs.release(c) == 0:
+            if self.refs.release(c) == 0 and passes_discard(self.node.options, kind):
                 self.node.file.discard(host, self.cs)
             # the decrease reaches the disk only behind a flush of the tables that
             # dropped the reference (the refcount cache now depends on the L2 cache)
@@ -756,7 +771,7 @@ class Qcow2Writer(CowSteps):
 
     def _releasable(self) -> bool:
         """Is a queued release not held back by an in-flight in-place write?"""
-        return any(host // self.cs not in self.inplace for host in self.pending_free)
+        return any(host // self.cs not in self.inplace for host, _kind in self.pending_free)
 
     def close(self) -> None:
         self.flush()
@@ -764,6 +779,27 @@ class Qcow2Writer(CowSteps):
             if self.marked_dirty and not self.node.corrupt:
                 self._set_incompat(self.h.incompatible_features & ~C.INCOMPAT_DIRTY)
                 self.marked_dirty = False
+
+
+#: ``enum qcow2_discard_type`` of the frees the writer queues (QEMU 7.2's call sites)
+DISCARD_NEVER = "never"
+DISCARD_REQUEST = "request"
+DISCARD_OTHER = "other"
+#: the option deciding ``s->discard_passthrough[type]``
+_PASS_DISCARD = {DISCARD_REQUEST: "pass-discard-request", DISCARD_OTHER: "pass-discard-other"}
+
+
+def passes_discard(options: Mapping[str, Any], kind: str) -> bool:
+    """``s->discard_passthrough[type]`` (``qcow2_update_options_prepare``): does a
+    cluster whose refcount this free brings to zero get discarded on the file? Never
+    for ``QCOW2_DISCARD_NEVER``; for a request, by default when the node itself has
+    ``discard=unmap`` (``BDRV_O_UNMAP``); for the others, not by default."""
+    key = _PASS_DISCARD.get(kind)
+    if key is None:
+        return False
+    default = kind == DISCARD_REQUEST and options.get("discard", "ignore") in ("unmap", "on")
+    value = parse_bool(options.get(key, default))  # validated at open and reopen
+    return default if value is None else value
 
 
 def _chain_reads_zero(node: DriverNode, offset: int, end: int) -> bool:
