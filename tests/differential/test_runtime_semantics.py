@@ -202,6 +202,24 @@ _ZERO_IO = [
 ]
 
 
+def _qcow2_with_compressed(d: str) -> None:
+    """A 4 MiB qcow2: 5s at 0-512k, a compressed 7s at 1M-1152k."""
+    _sh("qemu-img", "create", "-q", "-f", "qcow2", f"{d}/img.qcow2", "4M")
+    _sh("qemu-io", "-f", "qcow2", "-c", "write -P 5 0 512k", "-c", "write -c -P 7 1M 128k",
+        f"{d}/img.qcow2")  # fmt: skip
+
+
+def _over_raw(d: str) -> None:
+    """img.qcow2 over a sparse raw base.raw: 9s at 0-64k, a hole after it, 0s written
+    at 512k-576k; and a qcow2 zero cluster at 768k."""
+    _sh("qemu-img", "create", "-q", "-f", "raw", f"{d}/base.raw", "1M")
+    _sh("qemu-io", "-f", "raw", "-c", "write -P 9 0 64k", "-c", "write -P 0 512k 64k",
+        f"{d}/base.raw")  # fmt: skip
+    _sh("qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw",
+        f"{d}/img.qcow2", "1M")  # fmt: skip
+    _sh("qemu-io", "-f", "qcow2", "-c", "write -z 768k 64k", f"{d}/img.qcow2")
+
+
 def _chain(d: str, *, mid: bool = False) -> None:
     """base.qcow2 (data at 0-64k and 192k-256k) [<- mid.qcow2 (data at 128k-192k)] <- top.qcow2."""
     _sh("qemu-img", "create", "-q", "-f", "qcow2", f"{d}/base.qcow2", "1M")
@@ -482,6 +500,56 @@ CASES: dict[str, Case] = {
         "q",
         [["write -P 3 256k 4k", "read -P 7 260k 60k", "discard 0 64k"]],
         ["img.qcow2"],
+    ),
+    # a partial write to a fresh cluster whose rest reads as zeros (handle_alloc_space,
+    # is_zero_cow): the cluster is zeroed on the file (an unwritten extent, "zero" in
+    # qemu-img map), then the data written; also over a zero cluster
+    "cow_regions_zeroed_not_written": Case(
+        _qcow2_with_compressed,
+        _add_qcow2,
+        "q",
+        [
+            [
+                "write -P 1 2572800 64k",
+                "write -z 3M 64k",
+                "write -P 2 3M 2k",
+            ]
+        ],
+        ["img.qcow2"],
+    ),
+    # over a raw backing, a hole is data to is_zero_cow (block status without want_zero):
+    # the COW regions are copied; a zero cluster of the image's own is zeroed instead
+    "cow_over_raw_backing": Case(
+        _over_raw,
+        lambda d: [
+            (
+                "blockdev-add",
+                {
+                    "driver": "qcow2",
+                    "node-name": "q",
+                    "file": {"driver": "file", "filename": f"{d}/img.qcow2"},
+                    "backing": {
+                        "driver": "raw",
+                        "file": {"driver": "file", "filename": f"{d}/base.raw"},
+                    },
+                },
+            )
+        ],
+        "q",
+        [
+            [
+                "write -P 3 300k 4k",
+                "write -P 4 8k 4k",
+                "write -P 5 520k 4k",
+                "write -P 6 770k 4k",
+                "write -z 900k 4k",
+                "read -P 9 0 8k",
+                "read -P 0 304k 4k",
+            ]
+        ],
+        ["img.qcow2"],
+        fmt={"img.qcow2": "qcow2"},
+        nbd_map=True,
     ),
     # copy-on-read inserted by blockdev-add (the COR node is exported)
     "cor_added": Case(

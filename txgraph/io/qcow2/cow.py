@@ -14,11 +14,10 @@ the write path.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from txgraph.io.driver import reacts_to_events
 from txgraph.io.qcow2 import constants as C
-from txgraph.io.qcow2.l2map import MIXED, UNALLOC
+from txgraph.io.qcow2.l2map import MIXED, UNALLOC, ZERO
 
 if TYPE_CHECKING:
     from txgraph.io.driver import DriverNode
@@ -27,7 +26,7 @@ if TYPE_CHECKING:
     from txgraph.io.qcow2.l2map import L2Map
     from txgraph.io.qcow2.refcount import Refcounts
 
-__all__ = ["CowSteps"]
+__all__ = ["CowSteps", "chain_reads_zero"]
 
 
 class CowSteps:
@@ -55,9 +54,10 @@ class CowSteps:
         """``handle_alloc_space`` then the data write, as separate requests: the fresh
         clusters zeroed (``bdrv_co_pwrite_zeroes``), then the guest bytes (``write_aio``).
 
-        Only when the data child reacts to events (blkdebug: its rules see a zero write
-        and a data write, and its ``pwritev_zero``); elsewhere the zero-padded clusters
-        are one write, with the same content and the clusters wholly written."""
+        Not one write of the zero-padded clusters: the file then holds the same bytes,
+        but its zeroed part is an unwritten extent (``FALLOC_FL_ZERO_RANGE``), which the
+        file's block status reports as zeros, as ``qemu-img map`` of QEMU's image shows
+        (``"zero": true`` on allocated clusters); blkdebug's rules see both requests."""
         for host, n in zeros:
             self.node.overlap.check_data(host, n)
             dc.write_zeroes(host, n)  # type: ignore[attr-defined]
@@ -97,14 +97,15 @@ class CowSteps:
         self, c: int, written: list[tuple[int, int]], span: tuple[int, int] | None = None
     ) -> bool:
         """``is_zero_cow``: the regions of cluster ``c`` (of ``span`` in it: the COW
-        range, the whole cluster by default) outside ``written`` are not allocated in
-        this image nor in its backing chain (``bdrv_is_allocated_above``); never for
-        encrypted images (``handle_alloc_space`` skips them)."""
+        range, the whole cluster by default) outside ``written`` read as zeros by
+        ``bdrv_co_is_zero_fast``: zero clusters or subclusters here, or left to a backing
+        chain that reads zeros there (:func:`chain_reads_zero`); never for encrypted
+        images (``handle_alloc_space`` skips them)."""
         if self.h.crypt_method:
             return False
         code = self.map.code(c)
-        if code != UNALLOC and not (code == MIXED and span is not None):
-            return False
+        if code not in (UNALLOC, ZERO, MIXED):
+            return False  # data, compressed or invalid: block status says data
         base = c << self.h.cluster_bits
         lo, hi = span or (0, self.cs)
         end = min(base + hi, self.node.size())
@@ -115,15 +116,21 @@ class CowSteps:
             p = max(p, base + b)
         if p < end:
             regions.append((p, end))
-        if code == MIXED:  # only unallocated subclusters (zero ones count as allocated)
+        if code == ZERO:
+            return True
+        backing = self.node.children.get("backing")
+        if code == MIXED:  # subcluster by subcluster: zero ones read zeros here
             _, bm = self.map.raw_entry(c)
             scs = self.cs // C.EXTL2_SUBCLUSTERS
+            left: list[tuple[int, int]] = []
             for a, b in regions:
                 for k in range((a - base) // scs, (b - base - 1) // scs + 1):
-                    if bm >> k & 1 or bm >> (32 + k) & 1:
+                    if bm >> k & 1:
                         return False
-        backing = self.node.children.get("backing")
-        return all(_chain_unallocated(backing, a, b) for a, b in regions)
+                    if not bm >> (32 + k) & 1:
+                        left.append((max(a, base + k * scs), min(b, base + (k + 1) * scs)))
+            regions = left
+        return all(chain_reads_zero(backing, a, b, want_zero=False) for a, b in regions)
 
     def _run_pieces(
         self, c0: int, k: int, pos: int, stop_pos: int, mv: memoryview, offset: int
@@ -228,7 +235,7 @@ class CowSteps:
                 content = buf
             self.node.overlap.check_data(host + a, len(content))
             dc = self._data((c << self.h.cluster_bits) - host)
-            if event == "cluster_alloc_space" and reacts_to_events(dc):
+            if event == "cluster_alloc_space":
                 self._zeroed_write(dc, [(host + a, b - a)], [(host + io, chunk)])
             else:
                 self._announce_write(event)
@@ -244,19 +251,32 @@ class CowSteps:
         self.dirty_slots.add(c >> self.map.l2b)
 
 
-def _chain_unallocated(node: DriverNode | None, offset: int, end: int) -> bool:
-    """``bdrv_is_allocated_above(backing, NULL)`` says nothing of ``[offset, end)`` is
-    allocated: past a backing's end nothing is; a qcow2 backing answers from its map
-    (and its own backing); any other driver reports its data allocated (the file
-    driver's block status without ``want_zero``)."""
-    if node is None or offset >= end or offset >= node.size():
-        return True
-    if node.driver_name != "qcow2" or not hasattr(node, "map"):
-        return False
-    q: Any = node  # a Qcow2Node (not imported: the driver imports the writer)
-    cb = q.cluster_bits
-    with q.lock:
-        runs = q.map.runs(offset >> cb, ((min(end, q.size()) - 1) >> cb) - (offset >> cb) + 1)
-    if any(code != UNALLOC for _, _, code in runs):
-        return False
-    return _chain_unallocated(node.children.get("backing"), offset, end)
+#: drivers whose block status without ``want_zero`` is data wherever the file has bytes
+#: (``raw_co_block_status`` of file-posix; the raw format answers with its file's)
+_DATA_WITHOUT_WANT_ZERO = frozenset({"file", "host_device", "host_cdrom", "raw"})
+
+
+def chain_reads_zero(node: DriverNode | None, offset: int, end: int, *, want_zero: bool) -> bool:
+    """Does block status say ``[offset, end)`` of ``node`` and its backing chain reads
+    as zeros: every run reports zero, an unallocated run asks the next backing, past
+    the end of a layer the chain reads zeros (None: no layer at all, zeros).
+
+    ``want_zero`` is qcow2's ``is_zero`` (``bdrv_block_status_above``: a hole in a
+    file or raw layer reads zeros); without it, ``bdrv_co_is_zero_fast`` (what
+    ``is_zero_cow`` asks): a file or raw layer reports data, holes or not."""
+    while node is not None and offset < end:
+        if offset >= node.size():
+            return True
+        if not want_zero and node.driver_name in _DATA_WITHOUT_WANT_ZERO:
+            return False
+        st = node.block_status(offset, end - offset)
+        if st.length <= 0:
+            return False
+        if not st.zero:
+            below = node.children.get("backing")
+            if st.allocated or not chain_reads_zero(
+                below, offset, offset + st.length, want_zero=want_zero
+            ):
+                return False
+        offset += st.length
+    return True

@@ -109,7 +109,7 @@ from txgraph.errors import IOFailure, OpenError
 from txgraph.io.driver import reacts_to_events
 from txgraph.io.layer import flush_to_os, request_from_parent
 from txgraph.io.qcow2 import constants as C
-from txgraph.io.qcow2.cow import CowSteps
+from txgraph.io.qcow2.cow import CowSteps, chain_reads_zero
 from txgraph.io.qcow2.l2_alloc import (
     l2_allocate,
     write_dirty_tables,
@@ -123,7 +123,6 @@ from txgraph.io.qcow2.validate import owned_write_message, unaligned_free
 from txgraph.model.options import parse_bool
 
 if TYPE_CHECKING:
-    from txgraph.io.driver import DriverNode
     from txgraph.io.qcow2.driver import Qcow2Node
 
 __all__ = ["Qcow2Writer"]
@@ -363,7 +362,7 @@ class Qcow2Writer(CowSteps):
                 content = buf
             self.node.overlap.check_data(host, len(content))
             dc = self._data((c << self.h.cluster_bits) - host)
-            if event == "cluster_alloc_space" and reacts_to_events(dc):
+            if event == "cluster_alloc_space":
                 self._zeroed_write(dc, [(host, self.cs)], [(host + io, chunk)])
             else:
                 self._announce_write(event)
@@ -412,8 +411,8 @@ class Qcow2Writer(CowSteps):
         hosts = self.refs.alloc_data_run(k)
         try:
             pieces, event = self._run_pieces(c0, k, pos, stop_pos, mv, offset)
-            if event == "cluster_alloc_space" and reacts_to_events(self.node.file):
-                pieces = []  # QEMU's two requests instead of the zero-padded clusters
+            if event == "cluster_alloc_space":
+                pieces = []  # QEMU's two requests, not the zero-padded clusters
                 zeros: list[tuple[int, int]] = []
                 datas: list[tuple[int, bytes | bytearray | memoryview]] = []
                 j = 0
@@ -588,7 +587,9 @@ class Qcow2Writer(CowSteps):
         if backing is None:
             return True
         stop = min(start + sc, self.node.size())
-        return _chain_reads_zero(backing, start, pos) and _chain_reads_zero(backing, nxt, stop)
+        return chain_reads_zero(backing, start, pos, want_zero=True) and chain_reads_zero(
+            backing, nxt, stop, want_zero=True
+        )
 
     def _zero_aligned(self, start: int, stop: int, may_unmap: bool) -> None:
         """One aligned piece: :meth:`_zeroize`, or the block layer's fallback to a data
@@ -652,7 +653,9 @@ class Qcow2Writer(CowSteps):
         if backing is None:
             return True
         start, end = c << self.h.cluster_bits, min((c + 1) << self.h.cluster_bits, self.node.size())
-        return _chain_reads_zero(backing, start, pos) and _chain_reads_zero(backing, nxt, end)
+        return chain_reads_zero(backing, start, pos, want_zero=True) and chain_reads_zero(
+            backing, nxt, end, want_zero=True
+        )
 
     def _zero_cluster(self, c: int, unmap: bool) -> None:
         raw, _ = self.map.raw_entry(c)
@@ -800,25 +803,3 @@ def passes_discard(options: Mapping[str, Any], kind: str) -> bool:
     default = kind == DISCARD_REQUEST and options.get("discard", "ignore") in ("unmap", "on")
     value = parse_bool(options.get(key, default))  # validated at open and reopen
     return default if value is None else value
-
-
-def _chain_reads_zero(node: DriverNode, offset: int, end: int) -> bool:
-    """``bdrv_co_is_zero_fast`` over ``[offset, end)`` of ``node`` and its backing chain:
-    every run reports zero, an unallocated run asks the next backing (past the end of a
-    backing the image reads zeros)."""
-    while offset < end:
-        if offset >= node.size():
-            return True
-        st = node.block_status(offset, end - offset)
-        if st.length <= 0:
-            return False
-        if not st.zero:
-            below = node.children.get("backing")
-            if (
-                st.allocated
-                or below is None
-                or not _chain_reads_zero(below, offset, offset + st.length)
-            ):
-                return False
-        offset += st.length
-    return True
