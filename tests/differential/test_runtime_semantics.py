@@ -210,14 +210,16 @@ def _qcow2_with_compressed(d: str) -> None:
 
 
 def _over_raw(d: str) -> None:
-    """img.qcow2 over a sparse raw base.raw: 9s at 0-64k, a hole after it, 0s written
-    at 512k-576k; and a qcow2 zero cluster at 768k."""
-    _sh("qemu-img", "create", "-q", "-f", "raw", f"{d}/base.raw", "1M")
+    """A 4 MiB img.qcow2 over a sparse raw base.raw: 9s at 0-64k, 0s written at
+    512k-576k, holes elsewhere; in the image a zero cluster at 768k and a compressed
+    cluster at 1M (so that fresh clusters are not the last of the file)."""
+    _sh("qemu-img", "create", "-q", "-f", "raw", f"{d}/base.raw", "4M")
     _sh("qemu-io", "-f", "raw", "-c", "write -P 9 0 64k", "-c", "write -P 0 512k 64k",
         f"{d}/base.raw")  # fmt: skip
     _sh("qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw",
-        f"{d}/img.qcow2", "1M")  # fmt: skip
-    _sh("qemu-io", "-f", "qcow2", "-c", "write -z 768k 64k", f"{d}/img.qcow2")
+        f"{d}/img.qcow2", "4M")  # fmt: skip
+    _sh("qemu-io", "-f", "qcow2", "-c", "write -z 768k 64k", "-c", "write -c -P 7 1M 128k",
+        f"{d}/img.qcow2")  # fmt: skip
 
 
 def _chain(d: str, *, mid: bool = False) -> None:
@@ -519,6 +521,7 @@ CASES: dict[str, Case] = {
     ),
     # over a raw backing, a hole is data to is_zero_cow (block status without want_zero):
     # the COW regions are copied; a zero cluster of the image's own is zeroed instead
+    # (no nbd_map: QEMU's export asks the file inside data clusters, txgraph's does not)
     "cow_over_raw_backing": Case(
         _over_raw,
         lambda d: [
@@ -538,18 +541,16 @@ CASES: dict[str, Case] = {
         "q",
         [
             [
-                "write -P 3 300k 4k",
+                "write -P 3 2572800 64k",
                 "write -P 4 8k 4k",
                 "write -P 5 520k 4k",
                 "write -P 6 770k 4k",
                 "write -z 900k 4k",
                 "read -P 9 0 8k",
-                "read -P 0 304k 4k",
             ]
         ],
         ["img.qcow2"],
         fmt={"img.qcow2": "qcow2"},
-        nbd_map=True,
     ),
     # copy-on-read inserted by blockdev-add (the COR node is exported)
     "cor_added": Case(

@@ -152,7 +152,10 @@ def file_blocks(path: str | Path) -> tuple[int, list[tuple[int, int]]]:
             buf = bytearray(_FIEMAP_HEADER.size + _EXTENTS_PER_CALL * _FIEMAP_EXTENT.size)
             _FIEMAP_HEADER.pack_into(buf, 0, start, (1 << 64) - 1 - start, _FIEMAP_FLAG_SYNC, 0,
                                      _EXTENTS_PER_CALL, 0)  # fmt: skip
-            fcntl.ioctl(fd, _FS_IOC_FIEMAP, buf)
+            try:
+                fcntl.ioctl(fd, _FS_IOC_FIEMAP, buf)
+            except OSError:  # no FIEMAP (tmpfs): there, allocated pages are SEEK_DATA's
+                return size, _seek_data_ranges(fd, size)
             mapped = _FIEMAP_HEADER.unpack_from(buf, 0)[3]
             if mapped == 0:
                 break
@@ -169,3 +172,17 @@ def file_blocks(path: str | Path) -> tuple[int, list[tuple[int, int]]]:
     finally:
         os.close(fd)
     return size, ranges
+
+
+def _seek_data_ranges(fd: int, size: int) -> list[tuple[int, int]]:
+    """The data ranges ``SEEK_DATA``/``SEEK_HOLE`` report up to ``size``."""
+    ranges: list[tuple[int, int]] = []
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:  # ENXIO: only a hole up to the end
+            break
+        pos = os.lseek(fd, start, os.SEEK_HOLE)
+        ranges.append((start, pos))
+    return ranges

@@ -343,12 +343,12 @@ class Qcow2Writer(CowSteps):
         ):
             host = raw & C.L2E_OFFSET_MASK  # handle_copied: a preallocated zero cluster is reused
         else:
-            # a write of some subclusters reserves only those (_write_subclusters): QEMU
-            # writes nothing else, so the file ends after them and has no other blocks
-            span = self._subcluster_span(io, len(chunk), raw, True, code)
-            host = self.refs.alloc_data(reserve=span is None)
             fresh = True
         span = self._subcluster_span(io, len(chunk), raw, fresh, code)
+        if fresh:
+            # a write of some subclusters reserves only those (_write_subclusters): QEMU
+            # writes nothing else, so the file ends after them and has no other blocks
+            host = self.refs.alloc_data(reserve=span is None)
         if span is not None:
             self._write_subclusters(c, io, chunk, host, span, fresh)
             return
