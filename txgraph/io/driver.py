@@ -29,6 +29,7 @@ __all__ = [
     "DriverNode",
     "FilterNode",
     "reacts_to_events",
+    "recurse_status",
     "driver_write",
     "driver_write_zeroes",
     "is_zero",
@@ -52,6 +53,26 @@ class BlockStatus:
     #: QEMU's BDRV_BLOCK_DATA where it is not simply ``not zero``: a data extent whose
     #: file range reads as zeroes (BDRV_BLOCK_RECURSE: DATA|ZERO); None means ``not zero``
     data: bool | None = None
+
+
+def recurse_status(child: DriverNode, offset: int, length: int, host: int) -> BlockStatus:
+    """``bdrv_co_block_status``'s BDRV_BLOCK_RECURSE step for a data run of a format node.
+
+    The format reported ``[offset, offset+length)`` as data stored at ``host`` in
+    ``child`` and asked for the child's own status there: the child's zero answer
+    makes it DATA|ZERO (``data=True``), and the run ends where the child's answer
+    does, except that a stretch reading as zeroes up to the child's end (or lying
+    past it, ``BDRV_BLOCK_EOF``) refines the whole run, as the child's length does
+    not bound what the format may place beyond it.
+    """
+    end = child.size()
+    if host >= end:
+        return BlockStatus(offset, length, True, True, host, data=True)
+    st = child.block_status(host, length)
+    n = max(1, min(length, st.length))
+    if st.zero and host + n >= end:
+        n = length
+    return BlockStatus(offset, n, True, st.zero, host, data=True)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from txgraph.errors import IOFailure
-from txgraph.io.chain import allocated_above, chain, reads_as_zero, skip_filters
+from txgraph.io.chain import allocated_above, chain, skip_filters, status_above
 from txgraph.io.drivers.copy_before_write import CopyBeforeWriteNode
 from txgraph.io.drivers.job_filters import MirrorTopNode
 from txgraph.io.mirror import DirtyBitmap, MirrorSink
@@ -215,9 +215,11 @@ def mirror_copy(
             pos, end = offset, offset + n
             # The run is split where the source's block status changes (mirror_iteration).
             while pos < end:
-                zero, m = reads_as_zero(src, pos, end - pos)
-                m = max(1, min(m, end - pos))
-                if zero:
+                st = status_above(src, pos, end - pos)
+                m = max(1, min(st.length, end - pos))
+                # zeroed only where block status says ZERO without DATA: a DATA|ZERO
+                # stretch (a file hole found by BDRV_BLOCK_RECURSE) is copied
+                if st.zero and not st.data:
                     _target_op(target.write_zeroes, pos, m, may_unmap=True)
                     counted += 0 if write_zeroes_ok else m
                 else:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.differential.harness import WriteFile, cmd, qemu_img
+from tests.differential.harness import WriteFile, cmd, qemu_img, qemu_io
 from tests.differential.jobs.harness import Graph, JobScenario, Nodes, Run, Wait, job_differential
 from tests.differential.jobs.test_mirror import ADD_TGT, EXPORT, SETUP, _add, guest
 from tests.differential.jobs.test_stream import ADD_CHAIN
@@ -409,6 +409,20 @@ SCENARIOS = [
         setup=(WriteFile("rnd.raw", _RANDOM),),
         doc="random data does not fit in cluster_size - 1 bytes: those clusters are "
         "written as normal clusters, the patterned ones compressed",
+    ),
+    scenario(
+        "backup-metadata-preallocated-source",
+        _add("pm"),
+        cmd("blockdev-backup", {**BACKUP, "device": "pm"}),
+        *_done("b"),
+        images=("pm.qcow2", "tgt.qcow2"),
+        setup=(
+            qemu_img("create -q -f qcow2 -o preallocation=metadata {dir}/pm.qcow2 4M"),
+            qemu_io("-f qcow2 -c 'write -P 0x55 1M 64k' {dir}/pm.qcow2"),
+        ),
+        doc="block status recurses into the file of a metadata-preallocated source: its "
+        "holes read DATA|ZERO, and block-copy writes zeros for them (zero clusters in the "
+        "target), the written cluster as data",
     ),
 ]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.differential.harness import cmd, qemu_img
+from tests.differential.harness import cmd, qemu_img, qemu_io
 from tests.differential.jobs.harness import Graph, JobScenario, Nodes, Run, Wait, job_differential
 from tests.differential.jobs.test_stream import ADD_CHAIN, CHAIN_SETUP
 
@@ -251,6 +251,32 @@ SCENARIOS = [
         Nodes(),
     ),
 ]
+
+
+SCENARIOS.append(
+    JobScenario(
+        "mirror-metadata-preallocated-source",
+        (
+            ADD_CHAIN,
+            ADD_TGT,
+            _add("pm"),
+            cmd("blockdev-mirror", {**MIRROR, "device": "pm"}),
+            READY,
+            cmd("job-complete", {"id": "m"}),
+            *_done("m"),
+            Nodes(),
+        ),
+        (
+            *SETUP,
+            qemu_img("create -q -f qcow2 -o preallocation=metadata {dir}/pm.qcow2 4M"),
+            qemu_io("-f qcow2 -c 'write -P 0x55 1M 64k' {dir}/pm.qcow2"),
+        ),
+        ("pm.qcow2", "tgt.qcow2"),
+        "every cluster of the source is allocated, but its file is a hole outside the "
+        "written one: block status recurses into the file (metadata preallocation), the "
+        "holes read as zeros and the target gets zero clusters, not copies",
+    )
+)
 
 
 @pytest.mark.parametrize("job_scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from txgraph.errors import IOFailure, OpenError
-from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo
+from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo, recurse_status
 
 __all__ = ["ImageFormatNode", "Run", "DATA", "ZERO", "UNALLOC", "eio", "le", "be", "could_not_open"]
 
@@ -258,11 +258,7 @@ class ImageFormatNode(DriverNode):
 
     def _recurse(self, offset: int, n: int, run: Run) -> BlockStatus:
         """``bdrv_co_block_status``'s RECURSE step: the file's zero status refines a data run."""
-        child = self.children[run.child]
-        if run.host >= child.size():
-            return BlockStatus(offset, n, True, True, run.host, data=True)  # past EOF: zeroes
-        st = child.block_status(run.host, n)
-        return BlockStatus(offset, max(1, min(n, st.length)), True, st.zero, run.host, data=True)
+        return recurse_status(self.children[run.child], offset, n, run.host)
 
     # -- control path ------------------------------------------------------------------
     def info(self) -> ImageInfo:

@@ -44,7 +44,7 @@ import numpy as np
 
 from txgraph.errors import IOFailure
 from txgraph.io.buffers import announced_reader, child_readinto
-from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo, reacts_to_events
+from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo, reacts_to_events, recurse_status
 from txgraph.io.qcow2 import constants as C
 from txgraph.io.qcow2.chainmap import ChainMap
 from txgraph.io.qcow2.compress import ClusterCache, DecompressError, decompress, decompress_many
@@ -53,6 +53,7 @@ from txgraph.io.qcow2.crypto import Qcow2Crypto
 from txgraph.io.qcow2.header import Qcow2Header, read_qcow2_header
 from txgraph.io.qcow2.l2map import COMPRESSED, INVALID, MIXED, UNALLOC, ZERO, L2Map
 from txgraph.io.qcow2.overlap import OverlapChecker, parse_overlap_check
+from txgraph.io.qcow2.refcount import Refcounts
 from txgraph.io.qcow2.snapshots import snapshot_qmp
 from txgraph.io.qcow2.update_header import change_backing_file
 from txgraph.io.qcow2.validate import read_message
@@ -62,6 +63,11 @@ __all__ = ["Qcow2Node", "child_readinto"]
 
 def _eio(desc: str = "Input/output error") -> IOFailure:
     return IOFailure(desc, E.EIO)
+
+
+def _refuse_write(offset: int, data: bytes) -> None:
+    """The write callback of a read-only refcount reader, which only looks refcounts up."""
+    raise _eio()
 
 
 class Qcow2Node(DriverNode):
@@ -129,6 +135,9 @@ class Qcow2Node(DriverNode):
         self.writer: Any = None
         #: the merged read view of this node's chain, used while nothing writes to it
         self.chain_map = ChainMap(self)
+        #: QEMU's ``metadata_preallocation`` once ``metadata_preallocation_checked``: None
+        #: until the first block status of this open (:meth:`metadata_preallocated`)
+        self._metadata_prealloc: bool | None = None
         if not read_only:
             from txgraph.io.qcow2.writer import Qcow2Writer
 
@@ -537,16 +546,19 @@ class Qcow2Node(DriverNode):
         skipping unallocated L1 ranges in one step: :meth:`L2Map.first_run`).
         """
         self._alive()
+        recurse = self.metadata_preallocated()  # decided first, as qcow2_co_block_status does
         cb = self.cluster_bits
         length = min(length, self.size() - offset)
         first = offset >> cb
         with self.lock:  # the walk may compile slots and touch the slot cache
             n, code = self.map.first_run(first, 1 + ((offset + length - 1) >> cb) - first)
             if code == MIXED:
-                return self._subcluster_status(offset, length, first)
+                st = self._subcluster_status(offset, length, first)
+                return self._recursed(st) if recurse else st
         n_bytes = min(offset + length, (first + n) << cb) - offset
         if code >= 0:
-            return BlockStatus(offset, n_bytes, True, False, code + (offset - (first << cb)))
+            st = BlockStatus(offset, n_bytes, True, False, code + (offset - (first << cb)))
+            return self._recursed(st) if recurse else st
         if code == ZERO:
             return BlockStatus(offset, n_bytes, True, True)
         if code == UNALLOC:
@@ -554,6 +566,67 @@ class Qcow2Node(DriverNode):
         if code == INVALID:
             raise self._invalid(first)
         return BlockStatus(offset, n_bytes, True, False)
+
+    def _recursed(self, st: BlockStatus) -> BlockStatus:
+        """BDRV_BLOCK_RECURSE on a data run of a metadata-preallocated image: the data
+        child's holes there read as DATA|ZERO. Only a run with a host offset
+        (``BDRV_BLOCK_OFFSET_VALID``) recurses: not a compressed one, and nothing of an
+        encrypted image."""
+        if st.host_offset is None or st.zero:
+            return st
+        if self.crypto.volume is not None or self.crypto.aes is not None:
+            return st
+        child = self.children.get("data-file") if self.header.has_data_file else self.file
+        if child is None:
+            return st
+        return recurse_status(child, st.offset, st.length, st.host_offset)
+
+    def metadata_preallocated(self) -> bool:
+        """``qcow2_detect_metadata_preallocation``, decided once per open, when block
+        status is first asked of this node (QEMU's ``metadata_preallocation_checked``).
+
+        True when the image references clearly more clusters than its ``file`` child
+        has allocated on the host (at least ``max(real * 10 / 9, real + 2)`` of the
+        clusters up to the file's end have a refcount, ``real`` being the allocated
+        bytes in whole clusters), so that data clusters may still be holes in the file.
+        A child that cannot tell what it has allocated, or a refcount lookup that
+        fails, decides "no", as QEMU keeps only an answer of 1.
+        """
+        got = self._metadata_prealloc
+        if got is None:
+            with self.lock:  # QEMU holds s->lock for it
+                got = self._metadata_prealloc
+                if got is None:
+                    got = self._metadata_prealloc = self._detect_metadata_preallocation()
+        return got
+
+    def _detect_metadata_preallocation(self) -> bool:
+        f = self.file
+        try:
+            file_length = f.size()
+            allocated = f.info().actual_size  # bdrv_get_allocated_file_size(bs->file->bs)
+            if allocated is None:
+                return False  # -ENOTSUP
+            real = allocated // self.cluster_size
+            threshold = max(real * 10 // 9, real + 2)
+            end = -(-file_length // self.cluster_size)
+            return self._refcounts().count_referenced(end, threshold) >= threshold
+        except (IOFailure, OSError):
+            return False
+
+    def _refcounts(self) -> Refcounts:
+        """The writer's refcounts, or (read-only) a reader over the table read at open,
+        which stays there for a writer made later."""
+        if self.writer is not None:
+            refs: Refcounts = self.writer.refs
+            return refs
+        h = self.header
+        flen = getattr(self.file, "file_length", self.file.size)()
+        refs = Refcounts(
+            h, self._fread, _refuse_write, lambda: None, flen, None, self._reftable, self.announce
+        )
+        refs.install(self)
+        return refs
 
     def _unallocated_status(self, offset: int, n_bytes: int) -> BlockStatus:
         """A range this layer leaves to its backing (zeros without one, or past its end)."""

@@ -150,6 +150,22 @@ class Refcounts:
         blk = self._block(cluster // self.epb)
         return 0 if blk is None else int(blk[cluster % self.epb])
 
+    def count_referenced(self, end: int, limit: int) -> int:
+        """How many of clusters ``[0, end)`` have a refcount, counted until ``limit``
+        are found (``qcow2_detect_metadata_preallocation``'s loop of
+        ``qcow2_get_refcount``): refcount blocks are loaded in order, and none after
+        the one where the count reaches ``limit``. An unaligned block offset raises,
+        as the lookup does."""
+        count = 0
+        known = max(len(self.table), max(self.blocks, default=-1) + 1)  # the rest: refcount 0
+        for bi in range(min(-(-end // self.epb), known)):
+            blk = self._block(bi)
+            if blk is not None:
+                count += int(np.count_nonzero(blk[: end - bi * self.epb]))
+            if count >= limit:
+                break
+        return count
+
     def set(self, cluster: int, value: int) -> None:
         if not 0 <= value <= self.max:
             raise IOFailure("Numerical result out of range", 34)
