@@ -229,3 +229,48 @@ def test_probe_format() -> None:
     assert probe_format(b"QFI\xfb\0\0\0\x03") == "qcow2"
     assert probe_format(b"QFI\xfb\0\0\0\x01" + bytes(504)) == "qcow"  # v1 is qcow (qcow_probe)
     assert probe_format(b"QFI\xfa\0\0\0\x03") == "raw"
+
+
+def _seek_data(path: Path, offset: int) -> int | None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.lseek(fd, offset, os.SEEK_DATA)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _unwritten_extent_after_a_hole(path: Path) -> None:
+    """1 MiB: a hole from 64 KiB (qemu-img allocates the first block), then 56 KiB of
+    unwritten (``write -z``: FALLOC_FL_ZERO_RANGE) blocks from 664 KiB, none of it in
+    the page cache."""
+    path.unlink(missing_ok=True)
+    qemu_img("create", "-q", "-f", "raw", path, "1M")
+    run("qemu-io", "-f", "raw", "-c", "write -z 664k 56k", path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def test_mapped_reads_do_not_read_around(tmp_path: Path) -> None:
+    """A small read through the mapping pages in what it reads, as ``pread`` would, not a
+    read-around window: on this host's file system, cached pages over unwritten blocks
+    make SEEK_DATA (the file's block status, ``qemu-img map``) call them data."""
+    import mmap
+
+    path = tmp_path / "f.raw"
+    _unwritten_extent_after_a_hole(path)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as plain:
+        plain[640 << 10]  # a plain mapping's fault reads around
+    if _seek_data(path, 64 << 10) is None:
+        pytest.skip("this file system does not report cached unwritten blocks as data")
+    _unwritten_extent_after_a_hole(path)
+    assert _seek_data(path, 64 << 10) is None
+    node = open_node("file", {"filename": str(path)}, read_only=True)
+    out = memoryview(bytearray(4096))
+    node.readinto(600 << 10, out)  # maps the file: this read goes through pread
+    node.readinto(640 << 10, out)  # through the mapping
+    assert node.block_status(64 << 10, 960 << 10).zero and _seek_data(path, 64 << 10) is None

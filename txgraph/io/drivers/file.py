@@ -287,6 +287,12 @@ class FileNode(DriverNode):
         prot = mmap.PROT_READ if self.read_only else mmap.PROT_READ | mmap.PROT_WRITE
         try:
             mm = mmap.mmap(self.fd, length, mmap.MAP_SHARED, prot)
+            # A fault reads the page it needs and no read-around window (up to the
+            # device's read_ahead_kb, 8 MiB here) the way ``pread`` in QEMU would not:
+            # pages cached over an unwritten extent make SEEK_DATA call it data, so
+            # read-around changed what block status and ``qemu-img map`` report later.
+            # Pages already cached are still mapped around the fault (fault-around).
+            mm.madvise(mmap.MADV_RANDOM)
             self._map = (mm, length, memoryview(mm))
         except (OSError, ValueError):
             self._map = None  # e.g. shrunk meanwhile by another process: preadv only
