@@ -41,7 +41,9 @@ class CowSteps:
         refs_after_l2: bool
         dirty_slots: set[int]
 
-        def _cluster_content(self, c: int) -> bytearray: ...
+        def _cow_read(
+            self, c0: int, k: int, keep: tuple[int, int], span: tuple[int, int] | None = None
+        ) -> dict[int, bytearray]: ...
         def _data(self, delta: int = 0) -> object: ...
         def _reserve(self, offset: int, length: int) -> None: ...
 
@@ -74,24 +76,26 @@ class CowSteps:
             f.debug_event("cow_write")
 
     def _cow_content(
-        self, c: int, written: list[tuple[int, int]], fresh: bool
+        self, c: int, written: list[tuple[int, int]], zeroable: bool
     ) -> tuple[bytearray, str]:
         """Cluster ``c``'s content before the guest bytes ``written`` (in-cluster ranges)
         go in, and the event of the write that stores it.
 
         ``handle_alloc_space``: when the parts QEMU would copy read as unallocated
-        through the whole chain (``is_zero_cow``), a fresh cluster is zeroed instead
+        through the whole chain (``is_zero_cow``), a ``zeroable`` cluster (a fresh one,
+        or a zero cluster written in place) is zeroed instead
         (``cluster_alloc_space``, the event returned) and the data is a plain write
         (``write_aio``, see :meth:`_zeroed_write`); else
         ``perform_cow`` reads the untouched parts (``cow_read``, then the read
         events of the clusters it reads) and writes them with the data (``cow_write``,
         the data merged into it: ``merge_cow``).
         """
-        if fresh and self._zero_cow(c, written):
+        if zeroable and self._zero_cow(c, written):
             self.node.announce("cluster_alloc_space")
             return bytearray(self.cs), "cluster_alloc_space"
         self.node.announce("cow_read")
-        return self._cluster_content(c), "cow_write"
+        keep = (min(a for a, _b in written), max(b for _a, b in written))
+        return self._cow_read(c, 1, keep).get(0, bytearray(self.cs)), "cow_write"
 
     def _zero_cow(
         self, c: int, written: list[tuple[int, int]], span: tuple[int, int] | None = None
@@ -103,6 +107,9 @@ class CowSteps:
         images (``handle_alloc_space`` skips them)."""
         if self.h.crypt_method:
             return False
+        # bdrv_co_is_zero_fast asks this node's block status first, the first of which
+        # decides metadata preallocation for the open
+        self.node.metadata_preallocated()
         code = self.map.code(c)
         if code not in (UNALLOC, ZERO, MIXED):
             return False  # data, compressed or invalid: block status says data
@@ -163,10 +170,12 @@ class CowSteps:
             else:
                 self.node.announce("cow_read")
                 event = "cow_write"
+                base = c0 << cb
+                got = self._cow_read(c0, k, (pos - base, stop_pos - base))
                 if head:
-                    bufs[0] = self._cluster_content(c0)
+                    bufs[0] = got.get(0, bytearray(cs))
                 if tail:
-                    bufs[last] = self._cluster_content(c0 + last)
+                    bufs[last] = got.get(last, bytearray(cs))
         pieces: list[tuple[int, int, bytes | bytearray | memoryview]] = []
         if head:
             buf = bufs[0]
@@ -195,7 +204,9 @@ class CowSteps:
         the entry is anything else."""
         if not self.h.extended_l2 or raw & C.OFLAG_COMPRESSED:
             return None
-        if not (fresh and not raw & C.L2E_OFFSET_MASK) and not (not fresh and code == MIXED):
+        if not (fresh and not raw & C.L2E_OFFSET_MASK) and not (
+            not fresh and code in (MIXED, ZERO)
+        ):
             return None
         if self.h.has_data_file or self.node.crypto.volume is not None:
             return None
@@ -230,7 +241,8 @@ class CowSteps:
                     buf, event = bytearray(b - a), "cluster_alloc_space"
                 else:
                     self.node.announce("cow_read")
-                    buf, event = self._cluster_content(c)[a:b], "cow_write"
+                    buf = self._cow_read(c, 1, (io, io + n), (a, b)).get(0, bytearray(self.cs))[a:b]
+                    event = "cow_write"
                 buf[io - a : io - a + n] = chunk
                 content = buf
             self.node.overlap.check_data(host + a, len(content))
@@ -272,6 +284,8 @@ def chain_reads_zero(node: DriverNode | None, offset: int, end: int, *, want_zer
         st = node.block_status(offset, end - offset)
         if st.length <= 0:
             return False
+        if not want_zero and st.data and st.zero:
+            return False  # a zero found by BDRV_BLOCK_RECURSE, which only want_zero asks
         if not st.zero:
             below = node.children.get("backing")
             if st.allocated or not chain_reads_zero(

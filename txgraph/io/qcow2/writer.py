@@ -309,13 +309,36 @@ class Qcow2Writer(CowSteps):
                             self.inplace[code // cs] = left
             pos = nxt
 
-    def _cluster_content(self, c: int) -> bytearray:
-        """The guest-visible content of cluster ``c`` (the COW source)."""
-        start = c << self.h.cluster_bits
-        n = min(self.cs, self.node.size() - start)
-        buf = bytearray(self.cs)
-        self.node._readinto(start, memoryview(buf)[:n], zeroed=True)
-        return buf
+    def _cow_read(
+        self, c0: int, k: int, keep: tuple[int, int], span: tuple[int, int] | None = None
+    ) -> dict[int, bytearray]:
+        """``perform_cow``'s reads of the old content around guest bytes about to be
+        written: for the clusters ``[c0, c0+k)``, whose ``span`` (relative to cluster
+        ``c0``; all of them by default) is rewritten except ``keep``, the COW region
+        before ``keep`` and the one after it are read from this node's guest view,
+        in one request when both exist and the bytes between are at most
+        :data:`COW_MERGE_MAX`, else one request each (as QEMU, so the reads a blkdebug
+        or the host's readahead sees are QEMU's). Returns a cluster-sized buffer for
+        each cluster (index from ``c0``) a region touches; bytes no region covers are
+        zeros, as is anything past the image's end."""
+        cs = self.cs
+        lo, hi = span or (0, k * cs)
+        a, b = keep
+        regions = [(x, y) for x, y in ((lo, a), (b, hi)) if y > x]
+        if len(regions) == 2 and b - a <= COW_MERGE_MAX:
+            regions = [(lo, hi)]
+        base = c0 << self.h.cluster_bits
+        limit = self.node.size() - base
+        out: dict[int, bytearray] = {}
+        for x, y in regions:
+            got = bytearray(y - x)
+            m = min(y, limit) - x
+            if m > 0:
+                self.node._readinto(base + x, memoryview(got)[:m], zeroed=True)
+            for j in range(x // cs, (y - 1) // cs + 1):
+                s, e = max(x, j * cs), min(y, (j + 1) * cs)
+                out.setdefault(j, bytearray(cs))[s - j * cs : e - j * cs] = got[s - x : e - x]
+        return out
 
     def _allocate_and_write(self, c: int, io: int, chunk: memoryview, code: int, raw: int) -> None:
         """``handle_alloc`` + COW: a fresh cluster gets old content plus the new bytes.
@@ -331,9 +354,16 @@ class Qcow2Writer(CowSteps):
             host = c << self.h.cluster_bits  # external data files map 1:1, no refcounts
         elif code >= 0 and raw & C.OFLAG_COPIED:
             host = code  # an owned cluster with a partial subcluster bitmap: fill in place
-        elif code == MIXED and raw & C.OFLAG_COPIED and raw & C.L2E_OFFSET_MASK:
-            # handle_copied: an owned cluster with unallocated or zero subclusters is
-            # written in place, only its written subclusters becoming allocated
+        elif (
+            code in (MIXED, ZERO)
+            and self.h.extended_l2
+            and raw & C.OFLAG_COPIED
+            and raw & C.L2E_OFFSET_MASK
+        ):
+            # handle_copied: an owned cluster with unallocated or zero subclusters (all
+            # of them zero included: with extended L2 that is still a normal cluster to
+            # cluster_needs_new_alloc) is written in place, only its written
+            # subclusters becoming allocated
             host = raw & C.L2E_OFFSET_MASK
         elif (
             code == ZERO
@@ -357,7 +387,10 @@ class Qcow2Writer(CowSteps):
                 content: bytes | bytearray | memoryview = chunk
                 event = "write_aio"
             else:
-                buf, event = self._cow_content(c, [(io, io + len(chunk))], fresh)
+                # (a reused zero cluster is zeroed like a fresh one: handle_alloc_space
+                # runs for every cluster the request links, is_zero_cow says zeros)
+                zeroable = fresh or code == ZERO
+                buf, event = self._cow_content(c, [(io, io + len(chunk))], zeroable)
                 buf[io : io + len(chunk)] = chunk
                 content = buf
             self.node.overlap.check_data(host, len(content))
@@ -575,6 +608,7 @@ class Qcow2Writer(CowSteps):
         and its bytes outside ``[pos, nxt)`` read as zeros (caller holds the lock)."""
         sc = self.cs // C.EXTL2_SUBCLUSTERS
         c = start >> self.h.cluster_bits
+        self.node.metadata_preallocated()  # is_zero starts with this node's block status
         if self.map.code(c) in (COMPRESSED, INVALID):
             return False
         _raw, bitmap = self.map.raw_entry(c)
@@ -644,6 +678,7 @@ class Qcow2Writer(CowSteps):
         """The head and tail check of ``qcow2_co_pwrite_zeroes`` (caller holds the lock):
         cluster ``c`` is unallocated or a zero cluster, and the parts of it outside
         ``[pos, nxt)`` read as zeros (``is_zero``: block status through the backing chain)."""
+        self.node.metadata_preallocated()  # is_zero starts with this node's block status
         code = self.map.code(c)
         if code == ZERO:
             return True
@@ -665,8 +700,11 @@ class Qcow2Writer(CowSteps):
         slot = c >> self.map.l2b
         self._writable_slot(slot)
         self._before_metadata_change()
+        # zero_in_l2_slice: with MAY_UNMAP every allocated cluster loses its host
+        # cluster, a zero one that kept its allocation (ZERO_ALLOC) and, with extended
+        # L2, one of mixed subclusters as well (both are allocated types there)
         keep = (
-            ((not unmap and code >= 0) or code in (ZERO, MIXED, INVALID))
+            ((not unmap and (code >= 0 or code in (ZERO, MIXED))) or code == INVALID)
             and bool(raw & C.OFLAG_COPIED)
             and not raw & C.OFLAG_COMPRESSED
             and not self.h.has_data_file
@@ -783,6 +821,10 @@ class Qcow2Writer(CowSteps):
                 self._set_incompat(self.h.incompatible_features & ~C.INCOMPAT_DIRTY)
                 self.marked_dirty = False
 
+
+#: ``perform_cow`` reads both COW regions in one request when the guest data between
+#: them is no longer than this (``merge_reads``)
+COW_MERGE_MAX = 16384
 
 #: ``enum qcow2_discard_type`` of the frees the writer queues (QEMU 7.2's call sites)
 DISCARD_NEVER = "never"
