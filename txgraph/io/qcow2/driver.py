@@ -117,8 +117,9 @@ class Qcow2Node(DriverNode):
         #: one-cluster path; replaced whole when ``children["file"]`` is another node
         self._file_reader: tuple[DriverNode | None, Any] = (None, None)
         self.map = L2Map(h, self.l1, self._fread, options, self.announce)
-        #: guards map (and its slot cache), refcounts, writer state, header, cache and
-        #: the corruption state below (see the module docstring)
+        #: guards map (and its slot cache), refcounts, writer state, header, cache, the
+        #: corruption state and the metadata-preallocation answer below (see the module
+        #: docstring)
         self.lock = threading.RLock()
         self.cache = ClusterCache()
         #: set when an inconsistency was found (on disk, or at runtime)
@@ -136,7 +137,8 @@ class Qcow2Node(DriverNode):
         #: the merged read view of this node's chain, used while nothing writes to it
         self.chain_map = ChainMap(self)
         #: QEMU's ``metadata_preallocation`` once ``metadata_preallocation_checked``: None
-        #: until the first block status of this open (:meth:`metadata_preallocated`)
+        #: until the first block status of this open (:meth:`metadata_preallocated`);
+        #: set once under ``lock``, read without it afterwards
         self._metadata_prealloc: bool | None = None
         if not read_only:
             from txgraph.io.qcow2.writer import Qcow2Writer
