@@ -53,21 +53,41 @@ class QMPProcess:
     #: seconds a reply may take before the peer counts as hung (``TimeoutError``)
     reply_timeout = 120.0
 
-    def __init__(self, args: list[str], socket_path: str, tmpdir: str, workdir: str | None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        socket_path: str | None,
+        tmpdir: str,
+        workdir: str | None,
+        channel: tuple[socket.socket, socket.socket] | None = None,
+    ) -> None:
+        """Start ``args`` and negotiate QMP with it.
+
+        The connection is either to ``socket_path`` once the process listens there, or
+        ``channel``: a connected socket pair, (ours, the process's), whose second end the
+        process inherits (its fd number is already in ``args``): no listener, no accept.
+        """
         self._tmp = tmpdir
         self.socket_path = socket_path
         self.events: list[dict[str, Any]] = []
         #: indexes of the events :meth:`wait_event` already returned
         self._taken: set[int] = set()
+        inherited = [channel[1].fileno()] if channel is not None else []
         self.proc = subprocess.Popen(
             _dies_with_us(args),
             cwd=workdir or self._tmp,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            pass_fds=inherited,
         )
         try:
-            self._connect()
+            if channel is not None:
+                self.sock = channel[0]
+                channel[1].close()  # the process holds it now
+                self._greet()
+            else:
+                self._connect()
         except BaseException:
             # whatever went wrong (a timeout, a refusal, an interrupt), the process and its
             # directory go with it: a half-started peer must never outlive the caller
@@ -79,6 +99,8 @@ class QMPProcess:
     start_timeout = 60.0
 
     def _connect(self) -> None:
+        """Wait for the listening socket, connect, and negotiate."""
+        assert self.socket_path is not None
         deadline = time.monotonic() + self.start_timeout
         while not os.path.exists(self.socket_path):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -104,6 +126,30 @@ class QMPProcess:
         self._file = self.sock.makefile("rwb")
         self.greeting = self._read()
         self._negotiate(deadline)
+
+    def _greet(self) -> None:
+        """Read the greeting on an inherited connection, and negotiate.
+
+        The daemon greets as soon as its monitor is set up, before it has read the rest
+        of its command line; one that then refuses an option exits, and the closed
+        connection is reported with what it printed. A daemon still running when the
+        exchange fails (a stall: ``TimeoutError``) is the caller's to retry."""
+        deadline = time.monotonic() + self.start_timeout
+        self.sock.settimeout(self.start_timeout)
+        self._file = self.sock.makefile("rwb")
+        try:
+            self.greeting = self._read()
+            self.sock.settimeout(self.reply_timeout)
+            self._negotiate(deadline)
+        except (RuntimeError, OSError) as exc:  # closed, reset, or timed out
+            if isinstance(exc, TimeoutError) and self.proc.poll() is None:
+                raise
+            try:
+                status = self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                raise exc from None
+            out = self.proc.stdout.read().decode().strip() if self.proc.stdout else ""
+            raise RuntimeError(f"{self.label} did not start (exit status {status}): {out}") from exc
 
     #: seconds to wait for the reply to ``qmp_capabilities`` before sending it again
     negotiate_retry = 5.0
@@ -268,22 +314,50 @@ class QMPProcess:
 
 
 class QSD(QMPProcess):
-    """A real qemu-storage-daemon 7.2 with its QMP monitor on a private socket."""
+    """A real qemu-storage-daemon 7.2 whose QMP monitor ``qmp0`` is an inherited socket.
+
+    The monitor's chardev is ``--chardev socket,id=qmp0,fd=N``, one end of a connected
+    socket pair, not a listening socket this side connects to. Under load, a daemon whose
+    listening monitor took our connection while it was still starting has been seen to
+    leave the first command unanswered, send the greeting twice, and (stop 29's CI run)
+    answer a well-formed ``nbd-server-start`` with ``JSON parse error, stray '/t'``: two
+    readers of one connection. With a connected fd there is no accept to race the
+    monitor's setup (``monitor_init_qmp`` drops the chardev's watch and the monitor
+    thread installs its own before it greets). Not reproduced here (500 listening
+    starts under CPU load were clean), so this removes the window rather than fixing a
+    failure seen on this machine.
+
+    ``listen=True`` adds a second monitor ``qmp1`` listening on :attr:`socket_path`, for
+    tests that open their own raw connections (after start, when nothing races them).
+    """
 
     label = "qemu-storage-daemon"
 
-    def __init__(self, extra_args: list[str] | None = None, workdir: str | None = None) -> None:
+    def __init__(
+        self, extra_args: list[str] | None = None, workdir: str | None = None, listen: bool = False
+    ) -> None:
         tmp = tempfile.mkdtemp(prefix="qsd-")
-        path = os.path.join(tmp, "qmp.sock")
-        args = [
-            QSD_BINARY,
-            "--chardev",
-            f"socket,id=qmp0,path={path},server=on,wait=off",
-            "--monitor",
-            "chardev=qmp0",
-            *(extra_args or []),
-        ]
-        super().__init__(args, path, tmp, workdir)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        args = [QSD_BINARY, "--chardev", f"socket,id=qmp0,fd={theirs.fileno()}"]
+        args += ["--monitor", "chardev=qmp0"]
+        path = None
+        if listen:
+            path = os.path.join(tmp, "qmp.sock")
+            args += ["--chardev", f"socket,id=qmp1,path={path},server=on,wait=off"]
+            args += ["--monitor", "chardev=qmp1"]
+        try:
+            super().__init__([*args, *(extra_args or [])], path, tmp, workdir, (ours, theirs))
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
+
+    @property
+    def listen_path(self) -> str:
+        """The listening monitor's socket (``listen=True`` only)."""
+        if self.socket_path is None:
+            raise RuntimeError("this qemu-storage-daemon has no listening monitor")
+        return self.socket_path
 
     def __enter__(self) -> QSD:
         return self

@@ -183,7 +183,7 @@ class Outcome:
 
 @pytest.fixture(scope="module")
 def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[QSD, ServerThread]]:
-    qsd = QSD()
+    qsd = QSD(listen=True)
     qsd._file.close()
     qsd.sock.close()
     txg = ServerThread(str(tmp_path_factory.mktemp("malformed") / "txgraph.sock"))
@@ -194,7 +194,7 @@ def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[QSD, Serve
 
 def run(qsd: QSD, txg: ServerThread, n: int, seed: int) -> Outcome:
     out = Outcome()
-    a, b = Conn(qsd.socket_path), Conn(txg.path)
+    a, b = Conn(qsd.listen_path), Conn(txg.path)
     try:
         for i in range(n):
             category, data = case(seed, i)

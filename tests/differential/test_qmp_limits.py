@@ -34,11 +34,11 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    qsd = QSD()
+    qsd = QSD(listen=True)
     qsd._file.close()
     qsd.sock.close()
     txg = ServerThread(str(tmp_path_factory.mktemp("limits") / "txgraph.sock"))
-    yield qsd.socket_path, txg.path
+    yield qsd.listen_path, txg.path
     txg.stop()
     qsd.close()
 

@@ -26,25 +26,16 @@ pytestmark = pytest.mark.qsd
 SENTINEL = b'{"execute": "qmp_capabilities", "id": "__end__"}'
 
 
-def start_qsd() -> QSD:
-    """A QSD; retried because its socket file appears a moment before it listens."""
-    for attempt in range(20):
-        try:
-            return QSD()
-        except ConnectionRefusedError:
-            time.sleep(0.05 * attempt)
-    raise RuntimeError("qemu-storage-daemon never accepted a connection")
-
-
 @pytest.fixture(scope="module")
 def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """(QSD socket, txgraph socket), shared by the module: every exchange opens its own
-    connection. QSD's monitor takes one client at a time, so QSD's own is closed first."""
-    qsd = start_qsd()
+    connection to QSD's listening monitor ``qmp1`` (its own connection, on ``qmp0``, is
+    closed: nothing reads it)."""
+    qsd = QSD(listen=True)
     qsd._file.close()
     qsd.sock.close()
     txg = ServerThread(str(tmp_path_factory.mktemp("qmp") / "txgraph.sock"))
-    yield qsd.socket_path, txg.path
+    yield qsd.listen_path, txg.path
     txg.stop()
     qsd.close()
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
 import threading
 import time
 import traceback
@@ -48,27 +47,17 @@ class Peer(Protocol):
 
 
 def _start_qsd(workdir: str | None, attempts: int = 5) -> QSD:
-    """Start a QSD, retrying the start-up race of :class:`txgraph.peers.QSD`.
+    """Start a QSD, again when one stalls at start.
 
-    ``QSD()`` connects as soon as the socket file exists, which can be a moment before the
-    daemon listens (``ConnectionRefusedError``); the half-started process is reaped here.
-    A daemon that greets but does not answer ``qmp_capabilities`` within its reply
-    timeout (``TimeoutError``; seen twice within a minute in a loaded run, a stall of the
-    machine rather than of QEMU) is reaped and started again the same way.
+    A daemon that greets but does not answer ``qmp_capabilities`` within its start
+    deadline (``TimeoutError``; seen twice within a minute in a loaded run, a stall of the
+    machine rather than of QEMU) is started again; :class:`txgraph.peers.QMPProcess` has
+    already reaped the stalled one.
     """
     for attempt in range(attempts):
-        q = QSD.__new__(QSD)
         try:
-            q.__init__(workdir=workdir)  # type: ignore[misc]
-            return q
-        except (ConnectionRefusedError, TimeoutError):
-            proc = getattr(q, "proc", None)
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            if proc is not None and proc.stdout:
-                proc.stdout.close()
-            shutil.rmtree(getattr(q, "_tmp", ""), ignore_errors=True)
+            return QSD(workdir=workdir)
+        except TimeoutError:
             if attempt == attempts - 1:
                 raise
             time.sleep(0.05)
