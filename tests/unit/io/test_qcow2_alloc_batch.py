@@ -67,9 +67,9 @@ def test_batched_allocation_writes_the_same_image(
     runs: list[int] = []
     real = Qcow2Writer._allocate_run
 
-    def counted(self: Qcow2Writer, c0: int, stop: int, *a: Any) -> bool:
+    def counted(self: Qcow2Writer, c0: int, stop: int, *a: Any) -> int | None:
         done = real(self, c0, stop, *a)
-        if done:
+        if done is not None:
             runs.append(stop - c0)
         return done
 
@@ -93,7 +93,7 @@ def test_batched_allocation_writes_the_same_image(
             )
             with monkeypatch.context() as m:
                 if not batched:
-                    m.setattr(Qcow2Writer, "_allocate_run", lambda self, *a: False)
+                    m.setattr(Qcow2Writer, "_allocate_run", lambda self, *a: None)
                 else:
                     m.setattr(Qcow2Writer, "_allocate_run", counted)
                 node = open_chain(img, False)

@@ -12,7 +12,11 @@ differed:
 * with extended L2 a cluster whose subclusters are all zero keeps its host
   cluster for a later partial write (written in place, the rest stays zero);
 * a partial write into a zero cluster that kept its allocation zeroes the cluster
-  first (``handle_alloc_space``), so the untouched part stays unwritten on the host.
+  first (``handle_alloc_space``), so the untouched part stays unwritten on the host;
+* clusters a write allocates right after clusters it overwrites in place go right
+  after them on the host when that is free (``qcow2_alloc_clusters_at``), as many as
+  fit there, the rest in a first fit of their own; a free cluster earlier in the file
+  does not take them, and the next first fit still starts from it.
 
 And the COW reads themselves (``perform_cow``): one read of both regions when at
 most 16 KiB of guest data lies between them, else one read each.
@@ -53,6 +57,17 @@ CASES: dict[str, tuple[str, list[str], list[str]]] = {
         "extended_l2=off,cluster_size=16k,preallocation=metadata",
         ["write -z 16k 16k"],
         ["write -P 4 16k 10752"],
+    ),
+    "allocation_continues_after_overwritten_clusters_as_far_as_free": (
+        "extended_l2=off,cluster_size=16k",
+        ["write -P 1 0 32k", "write -P 1 64k 16k", "discard 16k 16k"],
+        ["write -P 2 0 48k"],
+    ),
+    "allocation_after_overwritten_clusters_passes_an_earlier_hole": (
+        "extended_l2=off,cluster_size=16k",
+        ["write -P 1 0 48k", "discard 0 16k", "discard 32k 16k"],
+        # (the next first fit still finds the earlier hole: the index did not move)
+        ["write -P 2 16k 32k", "write -P 3 96k 16k"],
     ),
 }
 

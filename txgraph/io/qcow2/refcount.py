@@ -102,6 +102,11 @@ class Refcounts:
         self.next_free = 0
         self._node: Qcow2Node | None = None
         self._plan = 0
+        #: where the planned run must start (``qcow2_alloc_clusters_at``), else None
+        self._at: int | None = None
+        #: during a run placed at a given cluster: (free_cluster_index before it, the
+        #: run's end), restored once the run is allocated (QEMU's index never moved)
+        self._resume: tuple[int, int] | None = None
         #: the end of the planned run being allocated (0: none): QEMU allocates the run
         #: at once, so a refcount block it needs goes after the whole run
         self._run_end = 0
@@ -221,10 +226,31 @@ class Refcounts:
         self.next_free = c + 1
         return c
 
-    def plan(self, n: int) -> None:
-        """The next :meth:`alloc_data` starts a run of ``n`` contiguous clusters."""
+    def plan(self, n: int, at: int | None = None) -> None:
+        """The next :meth:`alloc_data` starts a run of ``n`` contiguous clusters: the
+        first fit (``qcow2_alloc_clusters``), or with ``at`` exactly at that cluster,
+        whose ``n`` clusters the caller found free with :meth:`free_run_at`."""
+        self._end_fixed_run(abandoned=True)  # a run a failed request left unfinished
         self._plan = n
+        self._at = at
         self._run_end = 0
+
+    def free_run_at(self, at: int, n: int) -> int:
+        """How many of the ``n`` clusters from ``at`` are free, up to the first that is
+        not: what ``qcow2_alloc_clusters_at`` can allocate there (clusters past the
+        refcount table count as free)."""
+        k = 0
+        while k < n and self.get(at + k) == 0:
+            k += 1
+        return k
+
+    def _end_fixed_run(self, *, abandoned: bool = False) -> None:
+        """Once a run placed with ``at`` is allocated (or ``abandoned``), the scan
+        position is back where it was: ``qcow2_alloc_clusters_at`` leaves
+        ``free_cluster_index`` alone (frees since then only lowered it)."""
+        if self._resume is not None and (abandoned or self.next_free >= self._resume[1]):
+            self.next_free = min(self.next_free, self._resume[0])
+            self._resume = None
 
     def alloc_data(self, *, reserve: bool = True) -> int:
         """One data cluster; the first of a planned run is placed where the whole run fits.
@@ -235,14 +261,21 @@ class Refcounts:
         caller reserves what it writes (a write of some subclusters only).
         """
         n, self._plan = self._plan, 0
+        at, self._at = self._at, None
         self.announce("cluster_alloc")  # qcow2_alloc_clusters, once for the run
-        if n > 1:
+        if at is not None:
+            self._resume = (self.next_free, at + n)
+            self.next_free = at
+            self._run_end = at + n
+        elif n > 1:
             start = self._first_free(self.next_free)
             while self._busy(start, n):
                 start = self._first_free(start + 1)
             self.next_free = start
             self._run_end = start + n
-        return self.alloc(1, reserve=reserve)
+        host = self.alloc(1, reserve=reserve)
+        self._end_fixed_run()
+        return host
 
     def _busy(self, start: int, n: int) -> bool:
         """Does some cluster of ``[start, start+n)`` have a non-zero refcount?"""
@@ -280,9 +313,11 @@ class Refcounts:
                 self.next_free = c + k
                 hosts.extend(range(c * self.cs, (c + k) * self.cs, self.cs))
         except BaseException:
+            self._end_fixed_run(abandoned=True)
             for host in reversed(hosts):
                 self.release(host // self.cs)
             raise
+        self._end_fixed_run()
         return hosts
 
     def alloc(self, n: int = 1, *, reserve: bool = True) -> int:

@@ -261,6 +261,9 @@ class Qcow2Writer(CowSteps):
         cb, cs = self.h.cluster_bits, self.cs
         pos, end = offset, offset + len(mv)
         planned_to = 0
+        # where the host clusters this request gathered so far end, as the running
+        # offset of ``qcow2_alloc_host_offset`` (None: a new call starts here)
+        host_pos: int | None = None
         while pos < end:
             c = pos >> cb
             nxt = min(end, (c + 1) << cb)
@@ -283,19 +286,24 @@ class Qcow2Writer(CowSteps):
                     # can free it (and no allocation reuse it) while the write is in flight.
                     self.node.overlap.check_data(code + (pos & (cs - 1)), len(chunk))
                     self.inplace[code // cs] = self.inplace.get(code // cs, 0) + 1
+                    # handle_copied; one that does not follow the gathered clusters
+                    # ends the call, and the next call starts with it
+                    host_pos = code + cs
                 else:
-                    batched = False
+                    run_end: int | None = None
                     if c == offset >> cb or c & (self.map.n - 1) == 0 or planned_to <= c:
                         # handle_alloc takes the whole run of clusters needing allocation
                         # at once (planned and allocated in this one locked section)
-                        planned_to = c + self.map.alloc_run(c, -(-end >> cb) - c)
-                        self.refs.plan(planned_to - c)
+                        n = self.map.alloc_run(c, -(-end >> cb) - c)
+                        planned_to = c + self._plan_run(c, n, host_pos)
                         if planned_to - c > 1:
-                            batched = self._allocate_run(c, planned_to, pos, end, mv, offset)
-                    if batched:
+                            run_end = self._allocate_run(c, planned_to, pos, end, mv, offset)
+                    if run_end is not None:
                         nxt = min(end, planned_to << cb)
+                        host_pos = run_end
                     else:
-                        self._allocate_and_write(c, pos & (cs - 1), chunk, code, raw)
+                        host = self._allocate_and_write(c, pos & (cs - 1), chunk, code, raw)
+                        host_pos = host + cs
             if owned:  # in-place overwrite: no metadata changes, no lock needed
                 try:
                     self.node.file.debug_event("write_aio")  # qcow2_co_pwritev_task
@@ -308,6 +316,29 @@ class Qcow2Writer(CowSteps):
                         if left:
                             self.inplace[code // cs] = left
             pos = nxt
+
+    def _plan_run(self, c: int, n: int, host_pos: int | None) -> int:
+        """Plan where the ``n`` clusters from ``c`` that need allocation go, as
+        ``handle_alloc`` places them; returns how many the run covers.
+
+        Right after the host clusters the request gathered so far (``host_pos``),
+        ``qcow2_alloc_clusters_at`` takes as many of the ``n`` as are free there (the
+        rest go on in a new ``qcow2_alloc_host_offset`` call, a new run). When none is
+        free there, or the call starts here, the run is the first fit of all ``n``
+        (``qcow2_alloc_clusters``). So a freed cluster right after data the write
+        continues is reused, where the first fit would skip it for a longer run.
+        Runs under ``lock``.
+        """
+        if host_pos is not None and not self.h.has_data_file:
+            # get_cluster_table comes first: a new L2 table may take the place
+            self._writable_slot(c >> self.map.l2b)
+            at = host_pos // self.cs
+            k = self.refs.free_run_at(at, n)
+            if k:
+                self.refs.plan(k, at=at)
+                return k
+        self.refs.plan(n)
+        return n
 
     def _cow_read(
         self, c0: int, k: int, keep: tuple[int, int], span: tuple[int, int] | None = None
@@ -340,8 +371,9 @@ class Qcow2Writer(CowSteps):
                 out.setdefault(j, bytearray(cs))[s - j * cs : e - j * cs] = got[s - x : e - x]
         return out
 
-    def _allocate_and_write(self, c: int, io: int, chunk: memoryview, code: int, raw: int) -> None:
+    def _allocate_and_write(self, c: int, io: int, chunk: memoryview, code: int, raw: int) -> int:
         """``handle_alloc`` + COW: a fresh cluster gets old content plus the new bytes.
+        Returns the host offset the cluster now has.
 
         Runs under ``lock``. A failed data write gives the fresh cluster back
         (``qcow2_alloc_cluster_abort``); the mapping still shows the old data.
@@ -381,7 +413,7 @@ class Qcow2Writer(CowSteps):
             host = self.refs.alloc_data(reserve=span is None)
         if span is not None:
             self._write_subclusters(c, io, chunk, host, span, fresh)
-            return
+            return host
         try:
             if io == 0 and len(chunk) == self.cs:
                 content: bytes | bytearray | memoryview = chunk
@@ -409,33 +441,35 @@ class Qcow2Writer(CowSteps):
             self._release_entry(raw, code, DISCARD_NEVER)  # qcow2_alloc_cluster_link_l2
         self.map.set_entry(c, host | C.OFLAG_COPIED, _ALL_ALLOC if self.h.extended_l2 else 0)
         self.dirty_slots.add(slot)
+        return host
 
     def _allocate_run(
         self, c0: int, stop: int, pos: int, end: int, mv: memoryview, offset: int
-    ) -> bool:
+    ) -> int | None:
         """``handle_alloc`` for the planned run ``[c0, stop)`` as a whole: one allocation
         of its clusters, one data write per host-contiguous stretch (a partial first or
         last cluster gets its COW content and a write of its own), one L2 update.
 
         The clusters land exactly where :meth:`_allocate_and_write`, called once per
         cluster, would put them (:meth:`Refcounts.alloc_data_run`). Only for runs of
-        fresh clusters: False (nothing done) when some cluster needs the one-cluster
-        path (in-place reuse, an invalid entry, a data file, encryption). Runs under
+        fresh clusters: None (nothing done) when some cluster needs the one-cluster
+        path (in-place reuse, an invalid entry, a data file, encryption); else where
+        its last cluster ends on the host. Runs under
         ``lock``; a failed data write gives all the run's clusters back and leaves
         the mapping as it was (``qcow2_alloc_cluster_abort``).
         """
         if self.h.has_data_file or self.node.crypto.volume is not None:
-            return False
+            return None
         if self.node.crypto.aes is not None:
-            return False
+            return None
         if self.h.extended_l2 and (
             pos & (self.cs - 1) or min(end, stop << self.h.cluster_bits) & (self.cs - 1)
         ):
-            return False  # partial ends widen to subclusters only: the one-cluster path
+            return None  # partial ends widen to subclusters only: the one-cluster path
         k = stop - c0
         raws, codes = self.map.run_entries(c0, k)
         if bool((codes == INVALID).any()) or bool((raws & np.uint64(C.OFLAG_COPIED)).any()):
-            return False
+            return None
         cb, cs = self.h.cluster_bits, self.cs
         stop_pos = min(end, stop << cb)
         slot = c0 >> self.map.l2b
@@ -491,7 +525,7 @@ class Qcow2Writer(CowSteps):
         entries = offs.astype(np.uint64) | np.uint64(C.OFLAG_COPIED)
         self.map.set_entries(c0, entries, _ALL_ALLOC if self.h.extended_l2 else 0, offs)
         self.dirty_slots.add(slot)
-        return True
+        return hosts[-1] + cs
 
     def _release_entry(self, raw: int, code: int, kind: str) -> None:
         """Queue the host clusters an L2 entry referenced for release after the next flush
