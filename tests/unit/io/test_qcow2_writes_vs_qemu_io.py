@@ -16,7 +16,12 @@ differed:
 * clusters a write allocates right after clusters it overwrites in place go right
   after them on the host when that is free (``qcow2_alloc_clusters_at``), as many as
   fit there, the rest in a first fit of their own; a free cluster earlier in the file
-  does not take them, and the next first fit still starts from it.
+  does not take them, and the next first fit still starts from it;
+* a guest discard without a backing file leaves a cluster of zero and unallocated
+  subclusters that has no host cluster as it is (its type is unallocated), and
+  turns an allocated one into all-zero subclusters;
+* the discard of a freed cluster reaches past the end of the file, so a last block
+  the file only partly covers is deallocated with the rest.
 
 And the COW reads themselves (``perform_cow``): one read of both regions when at
 most 16 KiB of guest data lies between them, else one read each.
@@ -69,6 +74,16 @@ CASES: dict[str, tuple[str, list[str], list[str]]] = {
         # (the next first fit still finds the earlier hole: the index did not move)
         ["write -P 2 16k 32k", "write -P 3 96k 16k"],
     ),
+    "discard_keeps_a_hostless_cluster_of_mixed_subclusters": (
+        "extended_l2=on,cluster_size=16k",
+        ["write -z 17920 14848", "write -P 1 32k 16k"],
+        ["discard 16k 32k"],
+    ),
+    "a_freed_cluster_s_discard_takes_the_partial_last_block": (
+        "extended_l2=on,cluster_size=16k",
+        ["write -P 1 0 5k"],
+        ["write -z -u 0 16k"],
+    ),
 }
 
 
@@ -76,7 +91,9 @@ def _apply(node: DriverNode, command: str) -> None:
     words = command.split()
     unmap = "-u" in words
     off, length = (int(w[:-1]) * KiB if w.endswith("k") else int(w) for w in words[-2:])
-    if words[1] == "-z":
+    if words[0] == "discard":
+        node.discard(off, length)
+    elif words[1] == "-z":
         node.write_zeroes(off, length, may_unmap=unmap)
     else:
         node.write(off, bytes([int(words[2])]) * length)

@@ -470,9 +470,11 @@ class FileNode(DriverNode):
         self._check_writable()
         if self.options.get("discard", "ignore") not in ("unmap", "on"):
             return  # BDRV_O_UNMAP is off: QEMU drops the request
-        inside = min(offset + length, self._len) - offset
-        if inside > 0:
-            punch_hole(self.fd, offset, inside)
+        # the whole range, past the end of the file too (raw_co_pdiscard does not clip
+        # it): a freed cluster whose last block is the file's partial last one loses
+        # that block, where a range clipped at the end would only zero part of it
+        if length > 0:
+            punch_hole(self.fd, offset, length)
 
     @_writes
     def truncate(self, length: int) -> None:

@@ -774,10 +774,13 @@ class Qcow2Writer(CowSteps):
         for c in range(first, last):
             raw, bm = self.map.raw_entry(c)
             code = self.map.code(c)
+            # qcow2_cluster_is_allocated of the entry's cluster type: a cluster of mixed
+            # subclusters is one only with a host cluster (without one its type is
+            # UNALLOCATED, whatever zero bits it has)
             allocated = (
                 code >= 0
-                or code in (COMPRESSED, MIXED)
-                or (code == ZERO and bool(raw & C.L2E_OFFSET_MASK))
+                or code == COMPRESSED
+                or (code in (ZERO, MIXED) and bool(raw & C.L2E_OFFSET_MASK))
             )
             if backing or allocated:
                 if self.h.extended_l2:
