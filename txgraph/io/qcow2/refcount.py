@@ -12,6 +12,10 @@ Reproduces the on-disk effects of QEMU 7.2's block/qcow2-refcount.c
   ``update_refcount`` does — the writer releases clusters only after the
   change that unreferenced them is on disk (after the flush), so the reuse
   can never alias an entry a crash would bring back;
+* a run a write continues right after host clusters it already gathered is
+  placed exactly there, as many clusters as are free
+  (``qcow2_alloc_clusters_at``, :meth:`Refcounts.free_run_at` and ``plan(at=)``),
+  and leaves the scan position where it was;
 * before a refcount block is written back, the metadata-overlap check runs
   (``qcow2_cache_entry_flush`` with ``QCOW2_OL_REFCOUNT_BLOCK`` ignored), and
   an unaligned refcount block offset is a corruption
