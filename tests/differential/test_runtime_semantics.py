@@ -851,11 +851,13 @@ def random_case(seed: int) -> Case:
     )
 
 
-#: seeds ``make test`` runs; ``TXGRAPH_RANDOM_GUEST_IO=N`` runs N more from 1000
-_RANDOM_SEEDS = [
-    *range(8),
-    *range(1000, 1000 + int(os.environ.get("TXGRAPH_RANDOM_GUEST_IO", "0"))),
-]
+#: seeds ``make test`` runs; ``TXGRAPH_RANDOM_GUEST_IO=N`` runs N more from 1000. The
+#: four opt-in seeds pin fixes against QSD: placement after gathered clusters (1044,
+#: 1118), discard of a hostless mixed cluster (1263), the unclipped file discard (1273)
+_RANDOM_SEEDS = sorted(
+    {*range(8), 1044, 1118, 1263, 1273}
+    | set(range(1000, 1000 + int(os.environ.get("TXGRAPH_RANDOM_GUEST_IO", "0"))))
+)
 
 
 @pytest.mark.parametrize("seed", _RANDOM_SEEDS)
