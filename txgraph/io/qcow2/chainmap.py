@@ -232,30 +232,46 @@ class ChainMap:
 
     def readinto(self, offset: int, out: memoryview) -> bool:
         """Serve the whole request from the merged view; False if the plain path must."""
+        got = self.plan(offset, len(out))
+        if got is None:
+            return False
+        chain, plan = got
+        self.served += 1
+        self._copy(chain, offset, out, plan)
+        return True
+
+    def plan(
+        self, offset: int, n: int
+    ) -> tuple[list[Qcow2Node], list[tuple[int, int, int, int]]] | None:
+        """The copies a read of ``[offset, offset+n)`` (``n > 0``) makes from the merged
+        view: the chain and, per run, ``(pos, run_end, layer, host)``, where ``layer``
+        indexes the chain (its ``file`` child holds the bytes at ``host``), -1 means
+        zeroes and -2 the deepest layer's ``_read_backing``. None: the plain path must
+        serve it. (``txgraph bench io`` replays the plan without the driver as its floor.)
+        """
         top = self.top
-        n = len(out)
         cb = top.cluster_bits
         l2b = top.map.l2b
         end = offset + n
         pos = offset
-        plan: list[tuple[int, int, int, int]] = []  # (pos, run_end, layer, host) to copy
+        plan: list[tuple[int, int, int, int]] = []
         chain: list[Qcow2Node] | None = None
         while pos < end:
             c = pos >> cb
             i = c >> l2b
             got = self._get(i)
             if got is None:
-                return False
+                return None
             s, chain = got
             if end > s.limit:
-                return False
+                return None
             base = i << l2b
             k = bisect_right(s.starts, c - base) - 1
             last = (end - 1) >> cb
             nruns = len(s.starts)
             while pos < end:
                 if not s.fast[k]:
-                    return False
+                    return None
                 run_end = min(end, (base + s.ends[k]) << cb)
                 host = s.codes[k] + pos - ((base + s.starts[k]) << cb)
                 plan.append((pos, run_end, s.layers[k], host))
@@ -266,9 +282,7 @@ class ChainMap:
                 if k >= nruns:
                     break
         assert chain is not None
-        self.served += 1
-        self._copy(chain, offset, out, plan)
-        return True
+        return chain, plan
 
     @staticmethod
     def _copy(
