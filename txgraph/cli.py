@@ -295,11 +295,22 @@ def _count_option(
     show_default=True,
     help="Where the (large) benchmark images are made.",
 )
-def bench_io(workdir: str) -> None:
+@_count_option("--size-mib", default=2048, text="The full image's size (an even number of MiB).")
+@_count_option("--rounds", default=5, text="Interleaved rounds (txgraph, peer, floors).")
+@_count_option("--random-reads", default=200_000, text="Requests of the random 4 KiB measure.")
+def bench_io(workdir: str, size_mib: int, rounds: int, random_reads: int) -> None:
     """Data-plane reads vs qemu-img bench on the same images; one JSON line per measure."""
     from txgraph.bench.io import run_io_benchmarks
 
-    run_io_benchmarks(workdir, lambda row: click.echo(json.dumps(row)))
+    if size_mib % 2:
+        raise click.BadParameter(f"{size_mib} is not even.", param_hint="'--size-mib'")
+    run_io_benchmarks(
+        workdir,
+        lambda row: click.echo(json.dumps(row)),
+        size=size_mib << 20,
+        rounds=rounds,
+        random_reads=random_reads,
+    )
 
 
 @bench.command("nbd")

@@ -8,6 +8,7 @@ that both peers finished in the same graph, so the ratio compares the same work.
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,10 @@ from txgraph.bench.txn import STEPS, run_txn_benchmark
 from txgraph.cli import main
 
 pytestmark = pytest.mark.qsd
+
+
+def _run(*args: str) -> None:
+    subprocess.run(args, check=True, capture_output=True)
 
 
 def _well_formed(row: dict[str, Any]) -> None:
@@ -68,6 +73,75 @@ def test_nbd_benchmark_row(tmp_path: Path) -> None:
     assert not (tmp_path / "w").exists()
 
 
+def test_bench_io_rows_floors_and_cleanup(tmp_path: Path) -> None:
+    """bench io end to end on small images, one round: every row once, in order, the
+    plain-copy rows with both copy floors; the images and the work directory are gone."""
+    work = tmp_path / "io"
+    args = ["--workdir", str(work), "--size-mib", "64", "--rounds", "1", "--random-reads", "2000"]
+    result = CliRunner().invoke(main, ["bench", "io", *args])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    assert [r["name"] for r in rows] == [
+        "seq_1MiB_full_64MiB",
+        "seq_1MiB_full_vs_plain_mmap",
+        "rand_4KiB_d1_full",
+        "seq_1MiB_chain3",
+        "seq_1MiB_zlib_32MiB",
+        "translate_1M_batch",
+    ]
+    for row in rows:
+        for key in ("txgraph", "peer", "ratio"):
+            assert isinstance(row[key], (int, float)) and row[key] > 0, (key, row)
+        floored = row["name"] in ("seq_1MiB_full_64MiB", "rand_4KiB_d1_full", "seq_1MiB_chain3")
+        assert ("floor" in row) == floored, row
+        if floored:
+            assert row["floor"] == max(row["floors"].values()) > 0
+            assert row["ratio_cap"] == round(row["floor"] / row["peer"], 2)
+            assert row["of_floor"] == round(row["txgraph"] / row["floor"], 2)
+    assert not work.exists()
+
+
+def test_io_floor_plan_replays_the_driver_reads(tmp_path: Path) -> None:
+    """The floors copy exactly the bytes the driver reads: a chain whose top layer
+    holds one cluster, a ZERO cluster in the middle layer and the rest in the base."""
+    from txgraph.bench.io import open_image
+    from txgraph.bench.io_floor import host_plan
+    from txgraph.io.buffers import aligned_buffer
+
+    base, mid, top = (tmp_path / n for n in ("base.qcow2", "mid.qcow2", "top.qcow2"))
+    _run("qemu-img", "create", "-q", "-f", "qcow2", str(base), "4M")
+    _run("qemu-io", "-f", "qcow2", "-c", "write -q -P 0x11 0 4M", str(base))
+    for img, below in ((mid, base), (top, mid)):
+        _run("qemu-img", "create", "-q", "-f", "qcow2", "-b", below.name, "-F", "qcow2", str(img))
+    _run("qemu-io", "-f", "qcow2", "-c", "write -q -z 1M 64k", str(mid))
+    _run("qemu-io", "-f", "qcow2", "-c", "write -q -P 0x33 960k 64k", str(top))
+    node = open_image(top)
+    out = aligned_buffer(1 << 20)
+    seen: set[str] = set()
+    image = bytearray()
+    for offset in range(0, 4 << 20, 1 << 20):
+        plan = host_plan(node, [offset], 1 << 20)
+        assert plan is not None
+        files, copies = plan
+        seen.update(Path(f).name for f in files)
+        request = bytearray(1 << 20)
+        for f, host, n, at in copies:
+            if f >= 0:
+                with open(files[f], "rb") as fh:
+                    fh.seek(host)
+                    request[at : at + n] = fh.read(n)
+            else:
+                assert request[at : at + n] == bytes(n)
+        node.readinto(offset, out)
+        assert bytes(request) == bytes(out), offset
+        image += request
+    assert seen == {"base.qcow2", "top.qcow2"}  # the middle layer has no data
+    assert image[960 << 10 : 1 << 20] == b"\x33" * (64 << 10)
+    assert image[1 << 20 : (1 << 20) + (64 << 10)] == bytes(64 << 10)  # the ZERO cluster
+    assert image[(1 << 20) + (64 << 10) :] == b"\x11" * ((3 << 20) - (64 << 10))
+    assert image[: 960 << 10] == b"\x11" * (960 << 10)
+
+
 def test_jobs_benchmark_rows() -> None:
     """The job benchmark runs end to end on both peers at a small size (no timing asserted)."""
     from txgraph.bench.jobs import run_jobs_benchmark
@@ -102,6 +176,9 @@ def test_bench_scale_command_rows() -> None:
 @pytest.mark.parametrize(
     ("bench", "option", "value"),
     [
+        ("io", "--rounds", "0"),
+        ("io", "--size-mib", "0"),
+        ("io", "--random-reads", "0"),
         ("nbd", "--rounds", "0"),
         ("scale", "--rounds", "0"),
         ("scale", "--nodes", "0"),
