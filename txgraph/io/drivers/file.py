@@ -350,6 +350,21 @@ class FileNode(DriverNode):
                     return
             else:
                 self._mapped(offset, n)  # (re)maps for the next request; this one preadv's
+        self.preadinto(offset, out)
+
+    def preadinto(self, offset: int, out: memoryview) -> None:
+        """Fill ``out`` from ``offset`` with ``preadv`` only, as file-posix reads
+        (``raw_co_preadv``): bytes past EOF read as zeros.
+
+        Besides the data, such a read leaves the kernel's readahead behind, and that
+        is visible: ext4 answers ``SEEK_DATA`` over an unwritten extent by the pages
+        cached there, so the block status QEMU reports for a raw image (and what a
+        zero write into an overlay of it allocates) depends on what earlier reads
+        cached. A mapped read's fault-around caches other pages than ``pread``'s
+        readahead; readers whose block status comes from this file's extents (the
+        ``raw`` format) read through here to leave what QEMU's reads leave.
+        """
+        n = len(out)
         got = 0
         while got < n:
             try:

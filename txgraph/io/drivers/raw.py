@@ -95,10 +95,13 @@ class RawNode(DriverNode):
         return self.file.read(host, length)
 
     def readinto(self, offset: int, out: memoryview) -> None:
+        """``raw_co_preadv``. A ``file`` child is read with ``preadv`` alone, never its
+        mapping: a raw image's block status is its file's ``SEEK_DATA``, which on ext4
+        depends on the pages earlier reads cached (see ``FileNode.preadinto``)."""
         f = self.file
         host = self._adjust(offset, len(out), False)
         f.debug_event("read_aio")
-        ri = getattr(f, "readinto", None)
+        ri = getattr(f, "preadinto", None) or getattr(f, "readinto", None)
         if ri is not None:
             ri(host, out)
         else:
