@@ -303,7 +303,11 @@ def _run(
         _sh("qemu-img", "convert", "-O", "raw", imgs["full"], raw)
     name = "seq_1MiB_full_vs_plain_mmap"
     times = _interleave(
-        [lambda: seq_txgraph(imgs["full"], size), lambda: plain_mmap_copy(raw, size)],
+        [
+            lambda: seq_txgraph(imgs["full"], size),
+            lambda: plain_mmap_copy(raw, size),
+            *_floor_sides(imgs["full"], sequential, MiB),
+        ],
         name,
         rounds,
     )
