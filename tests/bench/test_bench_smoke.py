@@ -101,6 +101,14 @@ def test_bench_io_rows_floors_and_cleanup(tmp_path: Path) -> None:
     assert not work.exists()
 
 
+def test_bench_io_refuses_an_odd_size_in_one_line() -> None:
+    """The images are made of 2 MiB units: an odd --size-mib is a usage error up front."""
+    result = CliRunner().invoke(main, ["bench", "io", "--size-mib", "3"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--size-mib': 3 is not even." in result.output
+    assert "Traceback" not in result.output and "internal error" not in result.output
+
+
 def test_io_floor_plan_replays_the_driver_reads(tmp_path: Path) -> None:
     """The floors copy exactly the bytes the driver reads: a chain whose top layer
     holds one cluster, a ZERO cluster in the middle layer and the rest in the base."""

@@ -13,7 +13,7 @@ with ``keep=True``, for repeated runs). Buffers are page-aligned on both sides
 The rows of plain copies (sequential, random, chain) also carry their copy floor
 (:mod:`txgraph.bench.io_floor`), measured as two more sides of the same rounds
 (A B C D...): ``floor`` is the faster of the same host reads made with bare
-``preadv`` or bare mapped copies (``floors`` has both), ``ratio_cap`` = floor /
+``preadv`` or with mapped copies guarded as txgraph's are (``floors`` has both), ``ratio_cap`` = floor /
 peer the ratio a driver costing nothing would reach, and ``of_floor`` = txgraph
 / floor the share of it txgraph keeps.
 """
@@ -70,17 +70,11 @@ def build_images(work: Path, size: int = SIZE) -> dict[str, Path]:
     clusters = size // CLUSTER
     if not full.exists():
         _sh("qemu-img", "create", "-q", "-f", "qcow2", full, str(size))
-        half = size // 2  # qemu-io takes at most 2 GiB - 512 per request
-        _sh(
-            "qemu-io",
-            "-f",
-            "qcow2",
-            "-c",
-            f"write -q -P 0x5a 0 {half}",
-            "-c",
-            f"write -q -P 0x5a {half} {size - half}",
-            full,
+        # qemu-io takes at most 2 GiB - 512 bytes per request: write 1 GiB at a time
+        writes = "".join(
+            f"write -q -P 0x5a {off} {min(GiB, size - off)}\n" for off in range(0, size, GiB)
         )
+        _sh("qemu-io", "-f", "qcow2", full, stdin=writes + "quit\n")
     for name, below, seed, pat in ((mid, full, 1, "0xa5"), (top, mid, 2, "0x3c")):
         if not name.exists():
             _sh(
@@ -105,7 +99,11 @@ def build_images(work: Path, size: int = SIZE) -> dict[str, Path]:
     if not comp.exists():
         src = work / "comp_src.qcow2"
         _sh("qemu-img", "create", "-q", "-f", "qcow2", src, str(size // 2))
-        _sh("qemu-io", "-f", "qcow2", "-c", f"write -q -P 0x5a 0 {size // 2}", src)
+        writes = "".join(
+            f"write -q -P 0x5a {off} {min(GiB, size // 2 - off)}\n"
+            for off in range(0, size // 2, GiB)
+        )
+        _sh("qemu-io", "-f", "qcow2", src, stdin=writes + "quit\n")
         _sh("qemu-img", "convert", "-c", "-O", "qcow2", src, comp)
         src.unlink()
     for p in (full, mid, top, comp):  # warm the page cache
@@ -204,7 +202,7 @@ def _line(
     """The row of a throughput measure: ``work`` units per round, rates from seconds.
 
     ``times`` holds txgraph's and the peer's rounds, then, for a row with a copy floor,
-    the bare-``preadv`` and the bare-mapping rounds of the same host reads."""
+    the bare-``preadv`` and the guarded-mapping rounds of the same host reads."""
     ours, ours_spread = _rates(work, times[0])
     peer, peer_spread = _rates(work, times[1])
     row: dict[str, Any] = {
