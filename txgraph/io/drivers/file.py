@@ -58,7 +58,8 @@ mapping, not per read) and the file's size change only
 under ``_grow_lock``: writes reaching past ``_len``, ``write_zeroes`` and
 ``truncate`` growth, remaps and ``reserve``. Writes and reads inside ``_len``
 take no lock and run in parallel (``pwrite``/``preadv`` release the GIL);
-readers take one snapshot of ``_map`` per request. QEMU gets the same
+readers take one snapshot of ``_map`` per request (the qcow2 one-cluster read
+inlines that small-read branch, see ``inlinable_file``). QEMU gets the same
 guarantees from file-posix having no length state beyond ``total_sectors``,
 which the block layer updates only in ``bdrv_co_truncate``/serialised growth.
 """
@@ -556,3 +557,18 @@ class FileNode(DriverNode):
             self._map = None  # readers still copying keep their own reference alive
             os.close(self.fd)
             self.fd = -1
+
+
+def inlinable_file(child: DriverNode) -> FileNode | None:
+    """``child`` when it is a file node whose reads are :meth:`FileNode.readinto` itself,
+    so that a format driver's one-cluster read may inline that method's small-read
+    branch (the snapshot of ``_map``, the ``lseek(SEEK_END)`` guard, the copy) and
+    save a call per request; None for anything else, which keeps its own ``readinto``.
+
+    The inlined copy must keep that branch's rules exactly: only requests shorter
+    than :data:`PREADV_MIN`, only inside the snapshot's length and the file's live
+    length; everything else goes through ``readinto``.
+    """
+    if isinstance(child, FileNode) and type(child).readinto is FileNode.readinto:
+        return child
+    return None

@@ -45,6 +45,7 @@ import numpy as np
 from txgraph.errors import IOFailure
 from txgraph.io.buffers import announced_reader, child_readinto
 from txgraph.io.driver import BlockStatus, DriverNode, ImageInfo, reacts_to_events, recurse_status
+from txgraph.io.drivers.file import PREADV_MIN, FileNode, inlinable_file
 from txgraph.io.qcow2 import constants as C
 from txgraph.io.qcow2.chainmap import ChainMap
 from txgraph.io.qcow2.compress import ClusterCache, DecompressError, decompress, decompress_many
@@ -113,9 +114,10 @@ class Qcow2Node(DriverNode):
         self._plain_data = (
             not h.has_data_file and self.crypto.volume is None and self.crypto.aes is None
         )
-        #: the file child and its announced read (``announced_reader``), kept for the
-        #: one-cluster path; replaced whole when ``children["file"]`` is another node
-        self._file_reader: tuple[DriverNode | None, Any] = (None, None)
+        #: the file child, its announced read (``announced_reader``) and the child again
+        #: when that read may be inlined (``inlinable_file``), kept for the one-cluster
+        #: path; replaced whole when ``children["file"]`` is another node
+        self._file_reader: tuple[DriverNode | None, Any, FileNode | None] = (None, None, None)
         self.map = L2Map(h, self.l1, self._fread, options, self.announce)
         #: guards map (and its slot cache), refcounts, writer state, header, cache, the
         #: corruption state and the metadata-preallocation answer below (see the module
@@ -313,7 +315,8 @@ class Qcow2Node(DriverNode):
 
         The one-cluster path is the whole of a random small read, so it does only
         what such a read needs: the compiled L2 code, then the data child's copy
-        (the file child itself when the data is plain, see ``_plain_data``).
+        (the file child itself when the data is plain, see ``_plain_data``; for a
+        plain file node the copy out of its mapping, inlined).
         """
         if self.dead:
             self._alive()
@@ -331,7 +334,24 @@ class Qcow2Node(DriverNode):
                         f = self.children["file"]
                         reader = self._file_reader
                         if reader[0] is not f:  # first read, or a child swapped under drain
-                            reader = self._file_reader = (f, announced_reader(f, "read_aio"))
+                            reader = self._file_reader = (
+                                f,
+                                announced_reader(f, "read_aio"),
+                                inlinable_file(f),
+                            )
+                        fn = reader[2]
+                        if fn is not None and n < PREADV_MIN:
+                            # FileNode.readinto's small-read branch inlined, one call
+                            # less per random read (see inlinable_file for its rules)
+                            w = fn._map
+                            if w is not None and host + n <= w[1]:
+                                try:
+                                    live = os.lseek(fn.fd, 0, os.SEEK_END)
+                                except OSError:
+                                    live = 0
+                                if host + n <= live:
+                                    out[:] = w[2][host : host + n]
+                                    return
                         reader[1](host, out)
                         return
                     self.file.debug_event("read_aio")
