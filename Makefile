@@ -18,16 +18,17 @@ venv: $(STAMP)
 
 # Debian's qemu-utils (qemu-img, qemu-io, qemu-nbd), qemu-system-common
 # (qemu-storage-daemon) and qemu-system-x86 (qemu-system-x86_64, the oracle of
-# the -drive suite) are the peers and oracles of the test suite.
+# the -drive suite) are the peers and oracles of the test suite; nbdkit is the
+# third NBD server of `txgraph bench nbd` (what a C server reaches on the same socket).
 qemu:
 	@if ! command -v qemu-storage-daemon >/dev/null 2>&1 || ! command -v qemu-img >/dev/null 2>&1 \
 			|| ! command -v qemu-system-x86_64 >/dev/null 2>&1 || ! command -v strace >/dev/null 2>&1 \
-			|| ! command -v mcopy >/dev/null 2>&1; then \
-		echo "installing Debian's qemu-utils, qemu-system-common, qemu-system-x86, strace and mtools"; \
+			|| ! command -v mcopy >/dev/null 2>&1 || ! command -v nbdkit >/dev/null 2>&1; then \
+		echo "installing Debian's qemu-utils, qemu-system-common, qemu-system-x86, strace, mtools and nbdkit"; \
 		SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 		$$SUDO apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq qemu-utils qemu-system-common \
-			qemu-system-x86 strace mtools >/dev/null; \
+			qemu-system-x86 strace mtools nbdkit >/dev/null; \
 	fi
 	@qemu-storage-daemon --version | head -1
 

@@ -67,8 +67,11 @@ def test_nbd_benchmark_row(tmp_path: Path) -> None:
     row = run_nbd_benchmark(tmp_path / "w", rounds=1, size=8 << 20)
     assert row["name"] == "nbd_export_read_qemu_img_convert" and row["unit"] == "MB/s"
     assert row["rounds"] == 1
-    for key in ("txgraph", "peer", "ratio", "floor", "ratio_cap"):
+    for key in ("txgraph", "peer", "ratio", "floor", "ratio_cap", "nbdkit", "nbdkit_cap"):
         assert isinstance(row[key], (int, float)) and row[key] > 0, (key, row)
+    assert row["of_nbdkit"] == pytest.approx(row["txgraph"] / row["nbdkit"], rel=0.01)
+    low, high = row["spread"]["nbdkit"]
+    assert 0 < low <= row["nbdkit"] <= high, row
     json.dumps(row)
     assert not (tmp_path / "w").exists()
 

@@ -10,13 +10,20 @@ side. The output file goes to /dev/shm when available (same for both
 servers). Each round also copies the image file itself (the same command
 without NBD): ``floor`` is that throughput, what a server costing nothing
 would approach, and ``ratio_cap`` = floor / peer the ratio it would reach.
-Prints one JSON line ``{name, txgraph, peer, unit, ratio, rounds, floor,
-ratio_cap, spread, peer_desc}``; ratio = txgraph / peer. Progress goes to
-stderr; the image is removed at the end unless ``keep``.
+Each round also reads the same image through nbdkit's ``file`` plugin (C, a
+thread per request, ``pread`` into a buffer, then ``send``), the third server on
+the same kind of socket with the same client: ``nbdkit`` is its throughput,
+``nbdkit_cap`` = nbdkit / peer, ``of_nbdkit`` = txgraph / nbdkit. What a C
+server reaches over this transport tells the socket and the client's own cost
+from the server's. Prints one JSON line ``{name, txgraph, peer, unit, ratio,
+rounds, floor, ratio_cap, nbdkit, nbdkit_cap, of_nbdkit, spread, peer_desc,
+nbdkit_desc}``; ratio = txgraph / peer. Progress goes to stderr; the image is
+removed at the end unless ``keep``.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -24,6 +31,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +43,8 @@ from txgraph.peers import QSD
 MiB = 1 << 20
 IMAGE_SIZE = 512 * MiB
 ROUNDS = 5
+#: seconds nbdkit may take to listen on its socket
+NBDKIT_START_DEADLINE = 20.0
 
 
 def _image(work: Path, size: int = IMAGE_SIZE) -> Path:
@@ -60,6 +71,41 @@ def _convert(uri: str, out: Path) -> float:
     elapsed = time.perf_counter() - start
     out.unlink(missing_ok=True)
     return elapsed
+
+
+@contextmanager
+def _nbdkit_export(img: Path, sock: str) -> Iterator[None]:
+    """nbdkit's ``file`` plugin serving ``img`` read-only on the unix socket ``sock``
+    until the block ends; it also exits with this process (``--exit-with-parent``)."""
+    exe = shutil.which("nbdkit")
+    if exe is None:
+        raise FileNotFoundError(
+            errno.ENOENT, "not found (Debian's nbdkit; `make qemu` installs it)", "nbdkit"
+        )
+    proc = subprocess.Popen(
+        [exe, "--exit-with-parent", "-f", "-r", "-U", sock, "file", f"file={img}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + NBDKIT_START_DEADLINE
+        while not os.path.exists(sock):
+            if proc.poll() is not None:
+                why = (proc.stderr.read() if proc.stderr else b"").decode(errors="replace")
+                raise RuntimeError(f"nbdkit exited at start: {why.strip()[-300:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nbdkit did not listen on {sock} in {NBDKIT_START_DEADLINE} s")
+            time.sleep(0.02)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
 
 
 def _progress(msg: str) -> None:
@@ -93,6 +139,7 @@ def _run(work: Path, rounds: int, size: int) -> dict[str, Any]:
     ) / f"nbd-bench-{os.getpid()}.raw"
     mine_sock = str(work / "txgraph-nbd.sock")
     peer_sock = str(work / "qsd-nbd.sock")
+    kit_sock = str(work / "nbdkit-nbd.sock")
 
     rt = Runtime()
     rt.open_node("f", "file", {"filename": str(img)}, {}, True)
@@ -101,7 +148,7 @@ def _run(work: Path, rounds: int, size: int) -> dict[str, Any]:
     server.start({"type": "unix", "path": mine_sock})
     server.add_export("disk", "r", False)
     try:
-        with QSD() as qsd:
+        with QSD() as qsd, _nbdkit_export(img, kit_sock):
             qsd.cmd(
                 "blockdev-add",
                 {
@@ -117,12 +164,18 @@ def _run(work: Path, rounds: int, size: int) -> dict[str, Any]:
             )
             mine_uri = f"nbd+unix:///disk?socket={mine_sock}"
             peer_uri = f"nbd+unix:///disk?socket={peer_sock}"
+            kit_uri = f"nbd+unix:///disk?socket={kit_sock}"
             _convert(mine_uri, out)  # warm-ups (page cache, code paths)
             _convert(peer_uri, out)
-            mine, peer, local = [], [], []
+            _convert(kit_uri, out)
+            mine: list[float] = []
+            peer: list[float] = []
+            kit: list[float] = []
+            local: list[float] = []
             for r in range(rounds):
                 mine.append(_convert(mine_uri, out))
                 peer.append(_convert(peer_uri, out))
+                kit.append(_convert(kit_uri, out))
                 local.append(_convert(str(img), out))
                 _progress(f"round {r + 1}/{rounds}")
     finally:
@@ -130,6 +183,7 @@ def _run(work: Path, rounds: int, size: int) -> dict[str, Any]:
         rt.close_all()
     mb = size / 1e6
     t_mine, t_peer = mb / statistics.median(mine), mb / statistics.median(peer)
+    t_kit = mb / statistics.median(kit)
     return {
         "name": "nbd_export_read_qemu_img_convert",
         "txgraph": round(t_mine, 1),
@@ -139,11 +193,16 @@ def _run(work: Path, rounds: int, size: int) -> dict[str, Any]:
         "rounds": rounds,
         "floor": round(mb / statistics.median(local), 1),
         "ratio_cap": round(statistics.median(peer) / statistics.median(local), 3),
+        "nbdkit": round(t_kit, 1),
+        "nbdkit_cap": round(t_kit / t_peer, 3),
+        "of_nbdkit": round(t_mine / t_kit, 3),
         "spread": {
             "txgraph": [round(mb / max(mine), 1), round(mb / min(mine), 1)],
             "peer": [round(mb / max(peer), 1), round(mb / min(peer), 1)],
+            "nbdkit": [round(mb / max(kit), 1), round(mb / min(kit), 1)],
         },
         "peer_desc": "qemu-storage-daemon 7.2 NBD export, same image, same client",
+        "nbdkit_desc": "nbdkit file plugin, read-only, same image, socket kind and client",
     }
 
 
