@@ -12,7 +12,15 @@ import sys
 from pathlib import Path
 
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "data_plane_layers.py"
-SIDES = ("loop", "lseek", "guarded copy", "preadv", "file driver", "qcow2 driver")
+SIDES = ("loop", "lseek", "guarded copy", "preadv", "file driver", "L2 lookup", "qcow2 driver")
+#: each side's step names the side it builds on
+BASES = {
+    "lseek": "loop",
+    "guarded copy": "lseek",
+    "file driver": "guarded copy",
+    "L2 lookup": "guarded copy",
+    "qcow2 driver": "L2 lookup",
+}
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -31,6 +39,10 @@ def test_every_layer_is_reported() -> None:
     for name, cells in rows.items():
         lo, med = float(cells[0]), float(cells[1])
         assert 0 < lo <= med, (name, cells)
+        if name in BASES:
+            assert cells[2] == f"({BASES[name].split()[0]}", (name, cells)
+        else:
+            assert len(cells) == 2, (name, cells)
 
 
 def test_bad_counts_are_refused_in_one_line() -> None:
