@@ -208,3 +208,18 @@ def test_bench_refuses_counts_below_one_in_one_line(bench: str, option: str, val
     assert result.exit_code == 2
     assert f"Invalid value for '{option}': {value} is not in the range x>=1." in result.output
     assert "Traceback" not in result.output and "internal error" not in result.output
+
+
+def test_nbdkit_start_failure_is_one_clear_error(tmp_path: Path) -> None:
+    """nbdkit that cannot serve (no such image) is an error naming nbdkit and its own
+    reason, not a hang: the CLI prints it as one line (an ``OSError`` with a filename)."""
+    from txgraph.bench.nbd import _nbdkit_export
+
+    sock = tmp_path / "k.sock"
+    sock.touch()  # a stale socket file must not pass for a listener
+    with pytest.raises(OSError) as err, _nbdkit_export(tmp_path / "missing.raw", str(sock)):
+        pass
+    assert err.value.filename == "nbdkit"
+    assert (
+        err.value.strerror.startswith("exited at start: ") and "missing.raw" in err.value.strerror
+    )

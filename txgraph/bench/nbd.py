@@ -82,6 +82,7 @@ def _nbdkit_export(img: Path, sock: str) -> Iterator[None]:
         raise FileNotFoundError(
             errno.ENOENT, "not found (Debian's nbdkit; `make qemu` installs it)", "nbdkit"
         )
+    Path(sock).unlink(missing_ok=True)  # a socket left by a killed run is not a listener
     proc = subprocess.Popen(
         [exe, "--exit-with-parent", "-f", "-r", "-U", sock, "file", f"file={img}"],
         stdout=subprocess.DEVNULL,
@@ -92,7 +93,7 @@ def _nbdkit_export(img: Path, sock: str) -> Iterator[None]:
         while not os.path.exists(sock):
             if proc.poll() is not None:
                 why = (proc.stderr.read() if proc.stderr else b"").decode(errors="replace")
-                raise RuntimeError(f"nbdkit exited at start: {why.strip()[-300:]}")
+                raise OSError(errno.EIO, f"exited at start: {why.strip()[-300:]}", "nbdkit")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nbdkit did not listen on {sock} in {NBDKIT_START_DEADLINE} s")
             time.sleep(0.02)
