@@ -51,6 +51,7 @@ from txgraph.io.qcow2.chainmap import ChainMap
 from txgraph.io.qcow2.compress import ClusterCache, DecompressError, decompress, decompress_many
 from txgraph.io.qcow2.compressed_write import write_compressed
 from txgraph.io.qcow2.crypto import Qcow2Crypto
+from txgraph.io.qcow2.fast_read import install_one_cluster_read, remove_one_cluster_read
 from txgraph.io.qcow2.header import Qcow2Header, read_qcow2_header
 from txgraph.io.qcow2.l2map import COMPRESSED, INVALID, MIXED, UNALLOC, ZERO, L2Map
 from txgraph.io.qcow2.overlap import OverlapChecker, parse_overlap_check
@@ -118,6 +119,9 @@ class Qcow2Node(DriverNode):
         #: when that read may be inlined (``inlinable_file``), kept for the one-cluster
         #: path; replaced whole when ``children["file"]`` is another node
         self._file_reader: tuple[DriverNode | None, Any, FileNode | None] = (None, None, None)
+        #: the file child and map the installed one-cluster closure binds
+        #: (:mod:`.fast_read`), or None when none is installed
+        self._one_cluster_for: tuple[FileNode, L2Map] | None = None
         self.map = L2Map(h, self.l1, self._fread, options, self.announce)
         #: guards map (and its slot cache), refcounts, writer state, header, cache, the
         #: corruption state and the metadata-preallocation answer below (see the module
@@ -316,7 +320,8 @@ class Qcow2Node(DriverNode):
         The one-cluster path is the whole of a random small read, so it does only
         what such a read needs: the compiled L2 code, then the data child's copy
         (the file child itself when the data is plain, see ``_plain_data``; for a
-        plain file node the copy out of its mapping, inlined).
+        plain file node the copy out of its mapping, inlined). Such a read also
+        installs the closure of :mod:`.fast_read`, which later reads call instead.
         """
         if self.dead:
             self._alive()
@@ -339,8 +344,13 @@ class Qcow2Node(DriverNode):
                                 announced_reader(f, "read_aio"),
                                 inlinable_file(f),
                             )
+                            if reader[2] is None:
+                                remove_one_cluster_read(self)  # its child check fails now
                         fn = reader[2]
                         if fn is not None and n < PREADV_MIN:
+                            stamp = self._one_cluster_for
+                            if stamp is None or stamp[0] is not fn or stamp[1] is not m:
+                                install_one_cluster_read(self, fn)  # the next read's path
                             # FileNode.readinto's small-read branch inlined, one call
                             # less per random read (see inlinable_file for its rules)
                             w = fn._map
@@ -754,6 +764,7 @@ class Qcow2Node(DriverNode):
         change_backing_file(self, backing_file, backing_fmt)
 
     def close(self) -> None:
+        remove_one_cluster_read(self)
         if self.writer is not None and not self.dead:
             try:
                 self.writer.close()
