@@ -66,6 +66,17 @@ def _read(node: Any, offset: int, length: int) -> bytes:
     return bytes(buf)
 
 
+def _with_closure(img: Path, read_only: bool) -> Qcow2Node:
+    """``img`` opened, with the closure installed: the first small read compiles the
+    L2 slot (and maps the file), the second installs it."""
+    node = open_qcow2(img, read_only=read_only)
+    assert isinstance(node, Qcow2Node)
+    _read(node, 0, 4 * KiB)
+    _read(node, 0, 4 * KiB)
+    assert "readinto" in vars(node)
+    return node
+
+
 class _CountingGeneral:
     """Wraps ``Qcow2Node.readinto`` before a node is opened, so the closure binds the
     wrapper as its general path and the calls that fall back can be counted."""
@@ -106,10 +117,7 @@ def test_closure_serves_one_cluster_reads_as_qemu_reads(
 
 def test_resize_rebinds_to_the_new_map(tmp_path: Path) -> None:
     img = _image(tmp_path, "a.qcow2", 0x30)
-    node = open_qcow2(img)
-    assert isinstance(node, Qcow2Node)
-    _read(node, 0, 4 * KiB)
-    _read(node, 0, 4 * KiB)
+    node = _with_closure(img, read_only=False)
     old_map = node.map
     new_size = SIZE + 64 * MiB  # needs a larger L1 table: a new map
     truncate(node, new_size)
@@ -137,9 +145,7 @@ def test_swapped_file_child_reads_the_new_child(tmp_path: Path) -> None:
     rewrite = [f"write -q -P {0x70 + i} {i * CLUSTER} {CLUSTER}" for i in range(4, 40, 2)]
     qemu_io(other, *rewrite)  # the same clusters, other data: the same metadata
     ref_other = _qemu_read(other, tmp_path)
-    node = open_qcow2(img, read_only=True)
-    _read(node, 0, 4 * KiB)
-    _read(node, 0, 4 * KiB)
+    node = _with_closure(img, read_only=True)
     assert _read(node, 4 * CLUSTER, 4 * KiB) == bytes([0x44]) * 4 * KiB
     # the Runtime's edge swap (``_swap_undoable``) stores into the same children dict;
     # both images have the same metadata layout, so the map stays valid
@@ -152,11 +158,7 @@ def test_swapped_file_child_reads_the_new_child(tmp_path: Path) -> None:
 
 def test_dead_node_fails_with_no_medium(tmp_path: Path) -> None:
     img = _image(tmp_path, "a.qcow2", 0x50)
-    node = open_qcow2(img)
-    assert isinstance(node, Qcow2Node)
-    _read(node, 0, 4 * KiB)
-    _read(node, 0, 4 * KiB)
-    assert "readinto" in vars(node)
+    node = _with_closure(img, read_only=False)
     node.signal_corruption("test: made unusable on purpose")
     assert node.dead
     with pytest.raises(IOFailure) as e:
@@ -166,10 +168,7 @@ def test_dead_node_fails_with_no_medium(tmp_path: Path) -> None:
 
 def test_close_drops_the_closure(tmp_path: Path) -> None:
     img = _image(tmp_path, "a.qcow2", 0x60)
-    node = open_qcow2(img, read_only=True)
-    _read(node, 0, 4 * KiB)
-    _read(node, 0, 4 * KiB)
-    assert "readinto" in vars(node)
+    node = _with_closure(img, read_only=True)
     node.close()
     assert "readinto" not in vars(node)
-    assert isinstance(node, Qcow2Node) and node._one_cluster_for is None
+    assert node._one_cluster_for is None
